@@ -1,0 +1,1 @@
+//! Admin API. Not implemented yet: see issue 3.

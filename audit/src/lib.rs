@@ -1,0 +1,1 @@
+//! Tamper-evident audit log. Not implemented yet: see issue 5.

@@ -1,0 +1,1 @@
+//! Load generator and benchmark harness. Not implemented yet: see issue 6.

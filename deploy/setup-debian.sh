@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the system packages Portcullis needs to build (and, with --test, to run its test
+# suite) on a fresh Debian/Ubuntu machine. Installs only what is missing.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have cmake || need+=(cmake)          # pingora-core builds zlib-ng with cmake
+have cc || need+=(build-essential)
+have curl || need+=(curl)
+have pkg-config || need+=(pkg-config)
+if [ "${1:-}" = "--test" ]; then
+  have openssl || need+=(openssl)    # tests verify certificates with `openssl verify`
+fi
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+if ! have cargo; then
+  echo "setup: cargo not found; install Rust from https://rustup.rs and re-run" >&2
+  exit 1
+fi

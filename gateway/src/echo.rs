@@ -1,0 +1,81 @@
+//! A built-in echo upstream for the demo and the tests: answers every request with a JSON
+//! document of what it received (method, path, headers), so a caller can see exactly what the
+//! gateway forwarded.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server};
+use pingora_core::services::listening::Service;
+
+use crate::metrics::plain_response;
+use crate::GatewayError;
+
+struct Echo {
+    name: String,
+}
+
+/// Largest request body the echo reads back (it reports only the length).
+const MAX_BODY: usize = 1 << 20;
+
+#[async_trait]
+impl ServeHttp for Echo {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let mut body_len = 0usize;
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            body_len += chunk.len();
+            if body_len > MAX_BODY {
+                return plain_response(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", b"too large\n".to_vec());
+            }
+        }
+        let req = session.req_header();
+        let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, value) in req.headers.iter() {
+            headers
+                .entry(name.as_str().to_owned())
+                .or_default()
+                .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+        }
+        let doc = serde_json::json!({
+            "upstream": self.name,
+            "method": req.method.as_str(),
+            "uri": req.uri.to_string(),
+            "path": req.uri.path(),
+            "headers": headers,
+            "body_bytes": body_len,
+        });
+        let mut body = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+        body.push(b'\n');
+        plain_response(StatusCode::OK, "application/json", body)
+    }
+}
+
+/// Runs an echo upstream on plain HTTP until SIGINT/SIGTERM.
+pub fn serve_echo(addr: SocketAddr, name: &str) -> Result<(), GatewayError> {
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| GatewayError::Bind { addr, source: e })?;
+    let conf = ServerConf {
+        threads: 1,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut service = Service::new(
+        format!("echo {name}"),
+        Echo {
+            name: name.to_owned(),
+        },
+    );
+    service.add_tcp(&addr.to_string());
+    server.add_service(service);
+    server.run(RunArgs::default());
+    Ok(())
+}

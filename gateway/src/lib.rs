@@ -1,0 +1,56 @@
+//! The data plane of Portcullis, on pingora: mTLS listeners that establish the caller's
+//! identity, routing and access decisions (from `portcullis-policy`), upstream pools, header
+//! hygiene, metrics, reload and graceful shutdown.
+
+mod echo;
+mod identity;
+mod metrics;
+mod proxy;
+mod server;
+mod snapshot;
+mod tls;
+mod upstream;
+
+use std::path::Path;
+
+pub use echo::serve_echo;
+pub use server::{check, load_config, serve};
+pub use tls::install_crypto_provider;
+
+/// Everything that can stop the gateway from starting or a config from being applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The config file failed validation; the message names file, line and problem.
+    #[error("{0}")]
+    Config(portcullis_policy::ConfigError),
+    /// A file the config refers to could not be read.
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+    /// Certificates, keys or trust bundles that rustls refused.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// An upstream pool could not be built.
+    #[error("{0}")]
+    Upstream(String),
+    /// A listening address is taken or not ours to bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("signal handling: {0}")]
+    Signal(String),
+}
+
+impl GatewayError {
+    fn file(path: &Path, source: std::io::Error) -> Self {
+        GatewayError::File {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}

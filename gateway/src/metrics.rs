@@ -1,0 +1,210 @@
+//! Prometheus metrics and the operations listener (`/metrics`, `/healthz`, `/readyz`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the gateway exports, registered in its own registry.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    tls_failures: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    reloads: IntCounterVec,
+    in_flight: IntGauge,
+    ready: AtomicBool,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// The outcome of one request, as counted.
+#[derive(Debug)]
+pub struct RequestOutcome<'a> {
+    pub tenant: &'a str,
+    pub route: &'a str,
+    pub status: u16,
+    pub decision: &'a str,
+    pub duration: Duration,
+}
+
+// The metric definitions are constants; registration can only fail on a duplicate name,
+// which would be a programming error caught by the first test run.
+#[allow(clippy::expect_used)]
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("portcullis_requests_total", "Requests by tenant, route, status class and decision"),
+            &["tenant", "route", "status_class", "decision"],
+        )
+        .expect("valid metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_request_duration_seconds",
+                "Time from request header to end of response, by tenant",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["tenant"],
+        )
+        .expect("valid metric");
+        let tls_failures = IntCounterVec::new(
+            Opts::new(
+                "portcullis_tls_handshake_failures_total",
+                "Client certificates refused during the handshake, by listener and reason",
+            ),
+            &["listener", "reason"],
+        )
+        .expect("valid metric");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new("portcullis_upstream_errors_total", "Failed upstream exchanges by upstream and kind"),
+            &["upstream", "kind"],
+        )
+        .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new("portcullis_config_reloads_total", "Configuration reloads by result"),
+            &["result"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGauge::new("portcullis_requests_in_flight", "Requests being served")
+            .expect("valid metric");
+        for c in [&requests, &tls_failures, &upstream_errors, &reloads] {
+            registry.register(Box::new(c.clone())).expect("unique metric");
+        }
+        registry.register(Box::new(latency.clone())).expect("unique metric");
+        registry.register(Box::new(in_flight.clone())).expect("unique metric");
+        Self {
+            registry,
+            requests,
+            latency,
+            tls_failures,
+            upstream_errors,
+            reloads,
+            in_flight,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn request(&self, o: &RequestOutcome<'_>) {
+        let class = match o.status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "none",
+        };
+        self.requests
+            .with_label_values(&[o.tenant, o.route, class, o.decision])
+            .inc();
+        self.latency
+            .with_label_values(&[o.tenant])
+            .observe(o.duration.as_secs_f64());
+    }
+
+    pub fn tls_failure(&self, listener: &str, reason: &str) {
+        self.tls_failures.with_label_values(&[listener, reason]).inc();
+    }
+
+    pub fn upstream_error(&self, upstream: &str, kind: &str) {
+        self.upstream_errors.with_label_values(&[upstream, kind]).inc();
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads.with_label_values(&[result]).inc();
+    }
+
+    pub fn request_started(&self) {
+        self.in_flight.inc();
+    }
+
+    pub fn request_finished(&self) {
+        self.in_flight.dec();
+    }
+
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.get()
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The operations endpoint served on the metrics listener.
+#[derive(Debug)]
+pub struct OpsEndpoint {
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl ServeHttp for OpsEndpoint {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_owned();
+        let (status, content_type, body) = match path.as_str() {
+            "/metrics" => (
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                self.metrics.render(),
+            ),
+            "/healthz" => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            "/readyz" if self.metrics.is_ready() => (StatusCode::OK, "text/plain", b"ready\n".to_vec()),
+            "/readyz" => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                b"not ready\n".to_vec(),
+            ),
+            _ => (StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
+        };
+        plain_response(status, content_type, body)
+    }
+}
+
+pub(crate) fn plain_response(
+    status: StatusCode,
+    content_type: &str,
+    body: Vec<u8>,
+) -> Response<Vec<u8>> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    if let Ok(value) = http::HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(http::header::CONTENT_TYPE, value);
+    }
+    let len = response.body().len();
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    response
+}

@@ -1,0 +1,436 @@
+//! The data plane: pingora's `ProxyHttp` phases driving identity, routing, access decisions,
+//! header hygiene, forwarding and the access log. Each phase does one job; the logic lives in
+//! the named functions below and in `policy`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::HeaderName;
+use pingora_core::protocols::Digest;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use portcullis_policy::{normalize_host, normalize_path, Identity, NormalizedPath, RequestFacts};
+
+use crate::identity::ConnectionIdentity;
+use crate::metrics::{Metrics, RequestOutcome};
+use crate::snapshot::{canonical, ListenerView, Snapshot};
+use crate::upstream::Pool;
+
+/// Header prefix of every identity fact the gateway sends upstream. Anything with this
+/// prefix that arrives from outside is removed before forwarding, always.
+const IDENTITY_PREFIX: &str = "x-portcullis-";
+const XFCC: &str = "x-forwarded-client-cert";
+
+pub struct Gateway {
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What one request has established so far, phase by phase.
+pub struct RequestCtx {
+    request_id: String,
+    started: Instant,
+    counted: bool,
+    snapshot: Option<Arc<Snapshot>>,
+    identity: Option<Arc<Identity>>,
+    tls_version: &'static str,
+    client_ip: Option<IpAddr>,
+    forwarded_for: Option<String>,
+    forwarded_proto: Option<String>,
+    host: Option<String>,
+    path: Option<NormalizedPath>,
+    matched: Option<Matched>,
+    decision: &'static str,
+    rule: String,
+}
+
+/// The route a request matched, with what forwarding needs.
+struct Matched {
+    tenant: String,
+    route: String,
+    pool: Option<Arc<Pool>>,
+}
+
+impl RequestCtx {
+    fn tenant(&self) -> &str {
+        self.matched.as_ref().map_or("-", |m| m.tenant.as_str())
+    }
+    fn route(&self) -> &str {
+        self.matched.as_ref().map_or("-", |m| m.route.as_str())
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            request_id: uuid::Uuid::new_v4().simple().to_string(),
+            started: Instant::now(),
+            counted: false,
+            snapshot: None,
+            identity: None,
+            tls_version: "none",
+            client_ip: None,
+            forwarded_for: None,
+            forwarded_proto: None,
+            host: None,
+            path: None,
+            matched: None,
+            decision: "none",
+            rule: String::from("-"),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        self.metrics.request_started();
+        ctx.counted = true;
+        let snapshot = self.snapshot.load_full();
+        read_connection_identity(session.digest(), ctx);
+
+        let peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| canonical(a.ip()));
+        let listener = snapshot.listener(session.server_addr().and_then(|a| a.as_inet()).copied());
+        resolve_client(session.req_header(), peer_ip, listener, ctx);
+
+        let req = session.req_header();
+        ctx.host = req
+            .uri
+            .host()
+            .map(str::to_owned)
+            .or_else(|| header_str(req, "host").map(str::to_owned))
+            .and_then(|h| normalize_host(&h));
+        let path = match normalize_path(req.uri.path()) {
+            Ok(path) => path,
+            Err(e) => {
+                ctx.decision = "invalid";
+                ctx.snapshot = Some(snapshot);
+                let message = format!("request path rejected: {e}");
+                return reply(session, ctx, 400, "bad_request", &message).await;
+            }
+        };
+
+        let Some(route) = snapshot.routes.route(ctx.host.as_deref(), &path) else {
+            ctx.decision = "no_route";
+            ctx.path = Some(path);
+            ctx.snapshot = Some(snapshot);
+            return reply(session, ctx, 404, "no_route", "no route for this host and path").await;
+        };
+        ctx.matched = Some(Matched {
+            tenant: route.tenant.to_string(),
+            route: route.id.to_string(),
+            pool: snapshot.pools.get(&route.upstream).cloned(),
+        });
+        let facts = RequestFacts {
+            identity: ctx.identity.as_deref(),
+            method: req.method.as_str(),
+            path: &path,
+            source: ctx.client_ip.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+        };
+        let verdict = route.authorize(&facts);
+        ctx.path = Some(path);
+        ctx.snapshot = Some(snapshot.clone());
+        match verdict {
+            Ok(permit) => {
+                ctx.decision = "allow";
+                ctx.rule = permit.rule.to_string();
+                Ok(false)
+            }
+            Err(denied) => {
+                ctx.decision = "deny";
+                ctx.rule = denied.rule_label().to_owned();
+                reply(session, ctx, 403, "forbidden", "access denied by policy").await
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let matched = ctx
+            .matched
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route matched"))?;
+        let Some(pool) = &matched.pool else {
+            return Err(Error::explain(ErrorType::InternalError, "route has no upstream pool"));
+        };
+        match pool.peer() {
+            Some(peer) => Ok(Box::new(peer)),
+            None => {
+                self.metrics.upstream_error(pool.name.as_str(), "no_healthy_target");
+                Err(Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    format!("upstream {}: no healthy target", pool.name),
+                ))
+            }
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        strip_spoofable_headers(upstream);
+        if let Some(path) = &ctx.path {
+            let uri = match upstream.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_string(),
+            };
+            let uri = uri
+                .parse::<http::Uri>()
+                .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.to_string()))?;
+            upstream.set_uri(uri);
+        }
+        if upstream.headers.get("host").is_none() {
+            if let Some(host) = &ctx.host {
+                set_header(upstream, "host", host)?;
+            }
+        }
+        set_identity_headers(upstream, ctx)?;
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(pool) = ctx.matched.as_ref().and_then(|m| m.pool.as_ref()) {
+            self.metrics.upstream_error(pool.name.as_str(), "connect");
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let (code, kind, message) = match e.etype() {
+            ErrorType::HTTPStatus(503) => (503, "upstream_unavailable", "no healthy upstream target"),
+            ErrorType::HTTPStatus(code) => (*code, "error", "request failed"),
+            _ => match e.esource() {
+                pingora_core::ErrorSource::Upstream => (502, "bad_gateway", "upstream failed"),
+                pingora_core::ErrorSource::Downstream => (400, "bad_request", "malformed request"),
+                _ => (500, "internal_error", "internal error"),
+            },
+        };
+        if matches!(e.esource(), pingora_core::ErrorSource::Upstream) {
+            if let Some(pool) = ctx.matched.as_ref().and_then(|m| m.pool.as_ref()) {
+                self.metrics.upstream_error(pool.name.as_str(), "exchange");
+            }
+        }
+        let dead = matches!(
+            e.etype(),
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+        ) && matches!(e.esource(), pingora_core::ErrorSource::Downstream);
+        if !dead {
+            // The detail goes to the log; the caller gets a fixed body.
+            tracing::warn!(request.id = %ctx.request_id, error = %e, "request failed");
+            let _ = write_json(session, ctx, code, kind, message).await;
+        }
+        FailToProxy {
+            error_code: if dead { 0 } else { code },
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if !ctx.counted {
+            return;
+        }
+        self.metrics.request_finished();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let duration = ctx.started.elapsed();
+        self.metrics.request(&RequestOutcome {
+            tenant: ctx.tenant(),
+            route: ctx.route(),
+            status,
+            decision: ctx.decision,
+            duration,
+        });
+        let req = session.req_header();
+        let spiffe = ctx
+            .identity
+            .as_ref()
+            .and_then(|i| i.spiffe_id.as_ref())
+            .map(|s| s.as_str())
+            .unwrap_or("-");
+        tracing::info!(
+            target: "access",
+            request.id = %ctx.request_id,
+            tenant.id = ctx.tenant(),
+            route.id = ctx.route(),
+            client.spiffe_id = spiffe,
+            client.ip = %ctx.client_ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
+            tls.version = ctx.tls_version,
+            http.method = %req.method,
+            http.path = ctx.path.as_ref().map_or("-", |p| p.as_str()),
+            http.version = ?req.version,
+            http.status = status,
+            authz.decision = ctx.decision,
+            authz.rule = %ctx.rule,
+            duration_ms = duration.as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+}
+
+fn read_connection_identity(digest: Option<&Digest>, ctx: &mut RequestCtx) {
+    let connection = digest
+        .and_then(|d| d.ssl_digest.as_ref())
+        .and_then(|ssl| ssl.extension.get::<ConnectionIdentity>());
+    if let Some(connection) = connection {
+        ctx.identity = connection.identity.clone();
+        ctx.tls_version = connection.tls_version;
+    }
+}
+
+/// Works out the client address and the X-Forwarded-* values to send upstream. Inbound
+/// forwarding headers are believed only when the connection comes from a trusted proxy; the
+/// client is then the right-most address in X-Forwarded-For that is not itself trusted.
+fn resolve_client(
+    req: &RequestHeader,
+    peer_ip: Option<IpAddr>,
+    listener: Option<&ListenerView>,
+    ctx: &mut RequestCtx,
+) {
+    let Some(peer_ip) = peer_ip else { return };
+    ctx.client_ip = Some(peer_ip);
+    let trusted = listener.is_some_and(|l| l.trusts(peer_ip));
+    let inbound_xff: Vec<&str> = if trusted {
+        req.headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if trusted {
+        if let Some(listener) = listener {
+            for hop in inbound_xff.iter().rev() {
+                match hop.parse::<IpAddr>() {
+                    Ok(ip) => {
+                        let ip = canonical(ip);
+                        ctx.client_ip = Some(ip);
+                        if !listener.trusts(ip) {
+                            break;
+                        }
+                    }
+                    // An unparsable hop ends what we can believe.
+                    Err(_) => break,
+                }
+            }
+        }
+        ctx.forwarded_proto = header_str(req, "x-forwarded-proto").map(str::to_owned);
+    }
+    let mut chain = inbound_xff.join(", ");
+    if !chain.is_empty() {
+        chain.push_str(", ");
+    }
+    chain.push_str(&peer_ip.to_string());
+    ctx.forwarded_for = Some(chain);
+}
+
+fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Removes every header a caller could use to impersonate someone or fake its origin. The
+/// gateway sets its own versions afterwards.
+fn strip_spoofable_headers(req: &mut RequestHeader) {
+    let names: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            n.starts_with(IDENTITY_PREFIX)
+                || n == XFCC
+                || n == "x-forwarded-for"
+                || n == "x-forwarded-proto"
+                || n == "forwarded"
+                || n == "x-real-ip"
+        })
+        .cloned()
+        .collect();
+    for name in names {
+        req.remove_header(&name);
+    }
+}
+
+fn set_header(req: &mut RequestHeader, name: &'static str, value: &str) -> Result<()> {
+    req.insert_header(name, value).map(|_| ())
+}
+
+fn set_identity_headers(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    set_header(req, "x-portcullis-request-id", &ctx.request_id)?;
+    if let Some(m) = &ctx.matched {
+        set_header(req, "x-portcullis-tenant", &m.tenant)?;
+        set_header(req, "x-portcullis-route", &m.route)?;
+    }
+    if let Some(identity) = &ctx.identity {
+        if let Some(spiffe) = &identity.spiffe_id {
+            set_header(req, "x-portcullis-spiffe-id", spiffe.as_str())?;
+        }
+        if !identity.dns_sans.is_empty() {
+            set_header(req, "x-portcullis-dns-sans", &identity.dns_sans.join(","))?;
+        }
+        if let Some(subject) = &identity.subject {
+            // A subject with characters a header cannot carry is left out rather than mangled.
+            if set_header(req, "x-portcullis-subject", subject).is_err() {
+                tracing::debug!(request.id = %ctx.request_id, "subject not representable as a header");
+            }
+        }
+    }
+    if let Some(xff) = &ctx.forwarded_for {
+        set_header(req, "x-forwarded-for", xff)?;
+    }
+    set_header(req, "x-forwarded-proto", ctx.forwarded_proto.as_deref().unwrap_or("https"))?;
+    Ok(())
+}
+
+/// Answers the request ourselves with a JSON error and ends the proxy phases.
+async fn reply(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    status: u16,
+    kind: &str,
+    message: &str,
+) -> Result<bool> {
+    write_json(session, ctx, status, kind, message).await?;
+    Ok(true)
+}
+
+async fn write_json(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    status: u16,
+    kind: &str,
+    message: &str,
+) -> Result<()> {
+    let body = serde_json::json!({
+        "error": kind,
+        "message": message,
+        "request_id": ctx.request_id,
+    })
+    .to_string();
+    let mut header = ResponseHeader::build(status, Some(4))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header("content-length", body.len().to_string())?;
+    header.insert_header("x-request-id", &ctx.request_id)?;
+    header.insert_header("cache-control", "no-store")?;
+    session.write_response_header(Box::new(header), false).await?;
+    session.write_response_body(Some(Bytes::from(body)), true).await?;
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! Assembles and runs the pingora server: one TLS proxy service over all listeners, the
+//! operations listener, the health-check loop, reload on SIGHUP and draining on SIGTERM.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{ExecutionPhase, RunArgs, Server, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
+use portcullis_policy::{Config, UpstreamName};
+
+use crate::metrics::{Metrics, OpsEndpoint};
+use crate::proxy::Gateway;
+use crate::snapshot::Snapshot;
+use crate::tls::{load_certified_key, ClientVerifier, IdentityHook, ServerCertificate};
+use crate::GatewayError;
+
+/// The TLS material of one listener, kept so a reload can swap it.
+struct ListenerTls {
+    name: String,
+    certificate: Arc<ServerCertificate>,
+    verifier: Option<Arc<ClientVerifier>>,
+}
+
+/// Reads and checks a config file: the one entry point for `serve`, `check` and reload.
+pub fn load_config(path: &Path) -> Result<Config, GatewayError> {
+    let text = std::fs::read_to_string(path).map_err(|e| GatewayError::file(path, e))?;
+    Config::from_yaml(&text, path).map_err(GatewayError::Config)
+}
+
+/// Checks a config and everything it refers to (certificate files, keys, CA bundles) without
+/// serving.
+pub fn check(path: &Path) -> Result<Config, GatewayError> {
+    let config = load_config(path)?;
+    for listener in &config.listeners {
+        load_certified_key(&listener.tls.certificate, &listener.tls.private_key)?;
+        ClientVerifier::new(&listener.name, &listener.tls, Arc::new(Metrics::new()))?;
+    }
+    let summary = Snapshot::build(config.clone())?;
+    drop(summary);
+    Ok(config)
+}
+
+/// Serves until SIGINT (immediate) or SIGTERM (drain, then exit).
+pub fn serve(config_path: PathBuf) -> Result<(), GatewayError> {
+    let config = check(&config_path)?;
+    for listener in &config.listeners {
+        ensure_bindable(listener.address)?;
+    }
+    ensure_bindable(config.metrics.address)?;
+
+    let metrics = Arc::new(Metrics::new());
+    let grace = config.shutdown_grace;
+    let mut server_conf = ServerConf {
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        grace_period_seconds: Some(grace.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    server_conf.upstream_keepalive_pool_size = 1024;
+    let mut server = Server::new_with_opt_and_conf(None, server_conf);
+    server.bootstrap();
+
+    let mut listener_tls = Vec::new();
+    let listeners = config.listeners.clone();
+    let metrics_addr = config.metrics.address;
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config)?));
+
+    let gateway = Gateway {
+        snapshot: snapshot.clone(),
+        metrics: metrics.clone(),
+    };
+    let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, gateway);
+    for listener in &listeners {
+        let certificate = Arc::new(ServerCertificate::new(load_certified_key(
+            &listener.tls.certificate,
+            &listener.tls.private_key,
+        )?));
+        let verifier = ClientVerifier::new(&listener.name, &listener.tls, metrics.clone())?.map(Arc::new);
+        let mut tls = TlsSettings::with_callbacks(Box::new(IdentityHook))
+            .map_err(|e| GatewayError::Tls(format!("listener {}: {e}", listener.name)))?;
+        tls.set_cert_resolver(certificate.clone());
+        if let Some(verifier) = &verifier {
+            tls.set_client_cert_verifier(verifier.clone());
+        }
+        tls.enable_h2();
+        proxy.add_tls_with_settings(&listener.address.to_string(), None, tls);
+        tracing::info!(
+            listener = %listener.name,
+            address = %listener.address,
+            client_auth = ?listener.tls.client_auth,
+            "listening"
+        );
+        listener_tls.push(ListenerTls {
+            name: listener.name.clone(),
+            certificate,
+            verifier,
+        });
+    }
+    server.add_service(proxy);
+
+    let mut ops = Service::new(
+        "operations".to_owned(),
+        OpsEndpoint {
+            metrics: metrics.clone(),
+        },
+    );
+    ops.add_tcp(&metrics_addr.to_string());
+    server.add_service(ops);
+    tracing::info!(address = %metrics_addr, "metrics and health listening");
+
+    server.add_service(background_service(
+        "upstream health",
+        HealthChecks {
+            snapshot: snapshot.clone(),
+            metrics: metrics.clone(),
+        },
+    ));
+
+    spawn_reloader(config_path, snapshot, listener_tls, metrics.clone())?;
+    spawn_drain_watch(server.watch_execution_phase(), metrics, grace);
+    server.run(RunArgs::default());
+    Ok(())
+}
+
+/// Binding fails inside pingora with a panic; check first so the operator gets a clear error.
+fn ensure_bindable(addr: std::net::SocketAddr) -> Result<(), GatewayError> {
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| GatewayError::Bind { addr, source: e })
+}
+
+/// Probes every pool with a health check at its interval, for whichever snapshot is current.
+/// Also marks the process ready once the server's services are running.
+struct HealthChecks {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.metrics.set_ready(true);
+        let mut last: HashMap<UpstreamName, Instant> = HashMap::new();
+        loop {
+            let snapshot = self.snapshot.load_full();
+            for (name, pool) in &snapshot.pools {
+                let Some(interval) = pool.health_interval() else { continue };
+                if last.get(name).is_some_and(|t| t.elapsed() < interval) {
+                    continue;
+                }
+                pool.check_health().await;
+                last.insert(name.clone(), Instant::now());
+            }
+            last.retain(|name, _| snapshot.pools.contains_key(name));
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    self.metrics.set_ready(false);
+                    return;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    }
+}
+
+/// SIGHUP re-reads the config file. A config that fails any check is refused and the running
+/// one keeps serving; a good one applies to new requests, established connections stay.
+/// Listener addresses and the metrics address are fixed at start-up.
+fn spawn_reloader(
+    path: PathBuf,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    listeners: Vec<ListenerTls>,
+    metrics: Arc<Metrics>,
+) -> Result<(), GatewayError> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .map_err(|e| GatewayError::Signal(e.to_string()))?;
+    std::thread::Builder::new()
+        .name("config-reload".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                match reload(&path, &listeners) {
+                    Ok(new) => {
+                        snapshot.store(Arc::new(new));
+                        metrics.reload(true);
+                        tracing::info!(config = %path.display(), "configuration reloaded");
+                    }
+                    Err(e) => {
+                        metrics.reload(false);
+                        tracing::error!(config = %path.display(), error = %e, "configuration reload refused; the previous configuration keeps serving");
+                    }
+                }
+            }
+        })
+        .map_err(|e| GatewayError::Signal(e.to_string()))?;
+    Ok(())
+}
+
+fn reload(path: &Path, listeners: &[ListenerTls]) -> Result<Snapshot, GatewayError> {
+    let config = check(path)?;
+    // Build everything first, swap afterwards: a failure leaves nothing half-applied.
+    let mut staged = Vec::new();
+    for running in listeners {
+        let Some(new) = config.listeners.iter().find(|l| l.name == running.name) else {
+            tracing::warn!(listener = %running.name, "listener removed from config: takes effect at restart");
+            continue;
+        };
+        let key = load_certified_key(&new.tls.certificate, &new.tls.private_key)?;
+        staged.push((running, key, new.tls.clone()));
+    }
+    for new in &config.listeners {
+        if !listeners.iter().any(|l| l.name == new.name) {
+            tracing::warn!(listener = %new.name, "new listener: takes effect at restart");
+        }
+    }
+    let snapshot = Snapshot::build(config)?;
+    for (running, key, tls) in staged {
+        running.certificate.replace(key);
+        if let Some(verifier) = &running.verifier {
+            verifier.reload(&tls)?;
+        }
+    }
+    Ok(snapshot)
+}
+
+/// On SIGTERM pingora stops accepting and waits out the grace period. Exit as soon as the
+/// requests in flight have finished instead of sleeping out the rest of it.
+fn spawn_drain_watch(
+    mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
+    metrics: Arc<Metrics>,
+    grace: Duration,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("drain-watch".into())
+        .spawn(move || loop {
+            match phases.blocking_recv() {
+                Ok(ExecutionPhase::GracefulTerminate) => {
+                    metrics.set_ready(false);
+                    let deadline = Instant::now() + grace;
+                    tracing::info!(in_flight = metrics.in_flight(), grace_s = grace.as_secs_f64(), "draining");
+                    // Give already-accepted connections a moment to present their requests.
+                    std::thread::sleep(Duration::from_millis(200));
+                    while metrics.in_flight() > 0 && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    tracing::info!(in_flight = metrics.in_flight(), "drained; exiting");
+                    std::process::exit(0);
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no drain watch: SIGTERM waits out the whole grace period");
+    }
+}

@@ -1,0 +1,82 @@
+//! The immutable runtime view of one configuration: routes, upstream pools and per-listener
+//! settings. Requests pin one snapshot for their whole life; a reload swaps in a new one.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use portcullis_policy::{Config, RouteTable, UpstreamName};
+
+use crate::upstream::Pool;
+use crate::GatewayError;
+
+#[derive(Debug)]
+pub struct ListenerView {
+    pub name: String,
+    pub address: SocketAddr,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl ListenerView {
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (from dual-stack sockets) compare as the IPv4 address.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub routes: RouteTable,
+    pub pools: HashMap<UpstreamName, Arc<Pool>>,
+    pub listeners: Vec<ListenerView>,
+}
+
+impl Snapshot {
+    /// Builds the runtime view of a checked config. Reads the upstream TLS files; anything
+    /// unreadable or malformed is an error and the snapshot is not built.
+    pub fn build(config: Config) -> Result<Self, GatewayError> {
+        let mut pools = HashMap::new();
+        for upstream in &config.upstreams {
+            pools.insert(
+                upstream.name.clone(),
+                Arc::new(Pool::from_config(upstream)?),
+            );
+        }
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| ListenerView {
+                name: l.name.clone(),
+                address: l.address,
+                trusted_proxies: l.trusted_proxies.clone(),
+            })
+            .collect();
+        Ok(Self {
+            routes: config.routes,
+            pools,
+            listeners,
+        })
+    }
+
+    /// The listener a connection arrived on, from the connection's local address.
+    pub fn listener(&self, local: Option<SocketAddr>) -> Option<&ListenerView> {
+        let local = local?;
+        self.listeners
+            .iter()
+            .find(|l| l.address == local)
+            .or_else(|| {
+                self.listeners
+                    .iter()
+                    .find(|l| l.address.ip().is_unspecified() && l.address.port() == local.port())
+            })
+    }
+}

@@ -1,0 +1,287 @@
+//! Downstream TLS: the restricted crypto provider, PEM loading, the hot-swappable server
+//! certificate, the client-certificate verifier (with failure reasons counted), and the
+//! post-handshake hook that turns the verified leaf into the connection's [`Identity`].
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora_core::listeners::TlsAccept;
+use pingora_core::protocols::tls::TlsRef;
+use portcullis_policy::{ClientAuth, TlsListenerConfig};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+
+use crate::identity::{peer_identity, ConnectionIdentity};
+use crate::metrics::Metrics;
+use crate::GatewayError;
+
+/// The process-wide crypto provider: ring, with AEAD suites only (ECDHE key exchange;
+/// AES-GCM and ChaCha20-Poly1305) for TLS 1.2 and 1.3. Installed once at start-up, before any
+/// rustls config is built, so that pingora's own builders use it too.
+pub fn install_crypto_provider() {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    // A provider may already be installed (tests, or a second call): that one stays.
+    let _ = provider.install_default();
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+}
+
+/// Reads every certificate of a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, GatewayError> {
+    let pem = std::fs::read(path).map_err(|e| GatewayError::file(path, e))?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| GatewayError::file(path, e))?;
+    if certs.is_empty() {
+        return Err(GatewayError::Tls(format!(
+            "{}: no PEM certificate found",
+            path.display()
+        )));
+    }
+    for cert in &certs {
+        x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| {
+            GatewayError::Tls(format!("{}: malformed certificate: {e}", path.display()))
+        })?;
+    }
+    Ok(certs)
+}
+
+/// Reads the private key of a PEM file (PKCS#8, SEC1 or PKCS#1).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, GatewayError> {
+    let pem = std::fs::read(path).map_err(|e| GatewayError::file(path, e))?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| GatewayError::file(path, e))?
+        .ok_or_else(|| GatewayError::Tls(format!("{}: no PEM private key found", path.display())))
+}
+
+/// Loads a certificate chain and its key, and checks that they belong together.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, GatewayError> {
+    let chain = load_certs(cert)?;
+    let key_der = load_key(key)?;
+    let signing_key = provider()
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| GatewayError::Tls(format!("{}: unusable private key: {e}", key.display())))?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    certified.keys_match().map_err(|e| {
+        GatewayError::Tls(format!(
+            "{} and {} do not match: {e}",
+            cert.display(),
+            key.display()
+        ))
+    })?;
+    Ok(certified)
+}
+
+/// The server certificate of a listener, swapped whole on reload without touching
+/// established connections.
+#[derive(Debug)]
+pub struct ServerCertificate {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl ServerCertificate {
+    pub fn new(key: CertifiedKey) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(key),
+        }
+    }
+
+    pub fn replace(&self, key: CertifiedKey) {
+        self.current.store(Arc::new(key));
+    }
+}
+
+impl ResolvesServerCert for ServerCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// Verifies client certificates against the listener's trust bundle (swappable on reload),
+/// and counts every refusal by reason.
+pub struct ClientVerifier {
+    inner: ArcSwap<Arc<dyn ClientCertVerifier>>,
+    mandatory: bool,
+    listener: String,
+    metrics: Arc<Metrics>,
+}
+
+impl fmt::Debug for ClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientVerifier")
+            .field("listener", &self.listener)
+            .field("mandatory", &self.mandatory)
+            .finish()
+    }
+}
+
+impl ClientVerifier {
+    pub fn new(
+        listener: &str,
+        config: &TlsListenerConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<Self>, GatewayError> {
+        let Some(inner) = build_webpki_verifier(config)? else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            inner: ArcSwap::from_pointee(inner),
+            mandatory: config.client_auth == ClientAuth::Required,
+            listener: listener.to_owned(),
+            metrics,
+        }))
+    }
+
+    /// Swaps in a new trust bundle. The mode (required/optional) is fixed at start-up.
+    pub fn reload(&self, config: &TlsListenerConfig) -> Result<(), GatewayError> {
+        if let Some(inner) = build_webpki_verifier(config)? {
+            self.inner.store(Arc::new(inner));
+        }
+        Ok(())
+    }
+}
+
+fn build_webpki_verifier(
+    config: &TlsListenerConfig,
+) -> Result<Option<Arc<dyn ClientCertVerifier>>, GatewayError> {
+    let Some(ca_path) = config.client_ca.as_deref() else {
+        return Ok(None);
+    };
+    if config.client_auth == ClientAuth::Off {
+        return Ok(None);
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(ca_path)? {
+        roots.add(cert).map_err(|e| {
+            GatewayError::Tls(format!("{}: unusable CA certificate: {e}", ca_path.display()))
+        })?;
+    }
+    let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    if config.client_auth == ClientAuth::Optional {
+        builder = builder.allow_unauthenticated();
+    }
+    let verifier = builder.build().map_err(|e| {
+        GatewayError::Tls(format!("{}: client verifier: {e}", ca_path.display()))
+    })?;
+    Ok(Some(verifier))
+}
+
+/// A short, stable label for a refused client certificate, used in metrics and logs.
+fn refusal_reason(error: &rustls::Error) -> &'static str {
+    match error {
+        rustls::Error::InvalidCertificate(e) => match e {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not_yet_valid"
+            }
+            CertificateError::UnknownIssuer => "unknown_ca",
+            CertificateError::Revoked => "revoked",
+            CertificateError::BadSignature => "bad_signature",
+            CertificateError::BadEncoding => "bad_encoding",
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "invalid_purpose"
+            }
+            _ => "invalid_certificate",
+        },
+        _ => "other",
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // The hints are only advisory; sending none keeps the bundle swappable.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let result = self
+            .inner
+            .load()
+            .verify_client_cert(end_entity, intermediates, now);
+        if let Err(e) = &result {
+            let reason = refusal_reason(e);
+            self.metrics.tls_failure(&self.listener, reason);
+            tracing::info!(listener = %self.listener, tls.refusal = reason, "client certificate refused");
+        }
+        result
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.load().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.load().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.load().supported_verify_schemes()
+    }
+}
+
+/// Runs after a completed handshake: parses the verified leaf once into the connection's
+/// identity, which pingora then carries in the session digest for every request.
+#[derive(Debug)]
+pub struct IdentityHook;
+
+#[async_trait]
+impl TlsAccept for IdentityHook {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let connection = ConnectionIdentity {
+            identity: tls.peer_certificate_der().and_then(peer_identity).map(Arc::new),
+            tls_version: tls.version().unwrap_or("unknown"),
+        };
+        Some(Arc::new(connection))
+    }
+}

@@ -1,0 +1,149 @@
+//! Access decisions: deny by default, permit on the first matching rule.
+//!
+//! A route carries an ordered list of [`AccessRule`]s. A rule matches when every condition it
+//! has matches (AND); a condition matches when any of its entries does (OR); an absent
+//! condition matches anything. The result is a proof: a [`Permit`] naming the rule, or a
+//! [`Denied`] naming the rule (if any) and the reason.
+
+mod pattern;
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::identity::Identity;
+use crate::names::RuleId;
+use crate::path::{prefix_matches, NormalizedPath};
+
+pub(crate) use pattern::{DnsPattern, SpiffePattern};
+pub use pattern::PatternError;
+
+/// What the gateway knows about a request when it asks for a decision.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestFacts<'a> {
+    /// The authenticated caller, or `None` for an anonymous one.
+    pub identity: Option<&'a Identity>,
+    /// The HTTP method as sent, e.g. `GET`.
+    pub method: &'a str,
+    /// The normalised request path.
+    pub path: &'a NormalizedPath,
+    /// The client address (after trusted-proxy handling).
+    pub source: IpAddr,
+}
+
+/// Proof that a request was allowed, and by which rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permit {
+    /// The rule that allowed the request.
+    pub rule: RuleId,
+}
+
+/// A refusal, with the rule that caused it (`None` for the default deny) and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Denied {
+    /// The rule that denied the request; `None` when no rule matched.
+    pub rule: Option<RuleId>,
+    /// Why the request was denied.
+    pub reason: DenyReason,
+}
+
+/// Why a request was denied.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub enum DenyReason {
+    /// No access rule of the route matched the request (deny by default).
+    NoMatchingRule,
+}
+
+impl Denied {
+    /// A label for logs and metrics: the rule id, or `default-deny`.
+    pub fn rule_label(&self) -> &str {
+        self.rule.as_ref().map_or("default-deny", RuleId::as_str)
+    }
+}
+
+impl std::fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DenyReason::NoMatchingRule => f.write_str("no access rule matched"),
+        }
+    }
+}
+
+/// One access rule, already checked. Conditions that are `None` match anything.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct AccessRule {
+    pub(crate) id: RuleId,
+    pub(crate) spiffe_id: Option<Vec<SpiffePattern>>,
+    pub(crate) dns_san: Option<Vec<DnsPattern>>,
+    pub(crate) subject: Option<Vec<String>>,
+    /// Uppercase method tokens.
+    pub(crate) methods: Option<Vec<String>>,
+    /// Normalised prefixes without a trailing slash (except `/`).
+    pub(crate) path_prefix: Option<Vec<String>>,
+    pub(crate) source: Option<Vec<IpNet>>,
+}
+
+/// An absent condition matches; a present one needs any entry to match.
+fn any_of<T>(condition: &Option<Vec<T>>, pred: impl FnMut(&T) -> bool) -> bool {
+    condition.as_ref().is_none_or(|entries| entries.iter().any(pred))
+}
+
+/// Whether `net` contains `ip`, treating IPv4-mapped IPv6 addresses as the IPv4 address.
+pub(crate) fn net_contains(net: &IpNet, ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    net.contains(&ip)
+}
+
+impl AccessRule {
+    /// Whether the rule needs to know who the caller is.
+    fn needs_identity(&self) -> bool {
+        self.spiffe_id.is_some() || self.dns_san.is_some() || self.subject.is_some()
+    }
+
+    pub(crate) fn matches(&self, facts: &RequestFacts<'_>) -> bool {
+        if self.needs_identity() {
+            let Some(identity) = facts.identity else {
+                return false;
+            };
+            if !self.identity_matches(identity) {
+                return false;
+            }
+        }
+        any_of(&self.methods, |m| m == facts.method)
+            && any_of(&self.path_prefix, |p| prefix_matches(p, facts.path.as_str()))
+            && any_of(&self.source, |net| net_contains(net, facts.source))
+    }
+
+    fn identity_matches(&self, identity: &Identity) -> bool {
+        let spiffe_ok = match (&self.spiffe_id, &identity.spiffe_id) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(patterns), Some(id)) => patterns.iter().any(|p| p.matches(id)),
+        };
+        spiffe_ok
+            && any_of(&self.dns_san, |p| {
+                identity.dns_sans.iter().any(|name| p.matches(name))
+            })
+            && any_of(&self.subject, |s| identity.subject.as_deref() == Some(s))
+    }
+}
+
+/// Applies `rules` in order: the first match permits, otherwise deny by default.
+pub(crate) fn decide(rules: &[AccessRule], facts: &RequestFacts<'_>) -> Result<Permit, Denied> {
+    match rules.iter().find(|rule| rule.matches(facts)) {
+        Some(rule) => Ok(Permit {
+            rule: rule.id.clone(),
+        }),
+        None => Err(Denied {
+            rule: None,
+            reason: DenyReason::NoMatchingRule,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;

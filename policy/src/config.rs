@@ -1,0 +1,246 @@
+//! The gateway's configuration: YAML in, checked types out.
+//!
+//! The text is deserialised into `raw` structs that refuse unknown keys, then converted once
+//! into the checked types below. Every problem found on the way is collected with the line
+//! and column of the YAML node it is about, so an operator sees all mistakes at once.
+
+mod check;
+mod locate;
+mod raw;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::names::UpstreamName;
+use crate::routing::RouteTable;
+use locate::{Locations, Position};
+
+/// The whole checked configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// TLS listeners (at least one).
+    pub listeners: Vec<ListenerConfig>,
+    /// Where metrics are served.
+    pub metrics: MetricsConfig,
+    /// How long in-flight requests get to finish on shutdown.
+    pub shutdown_grace: Duration,
+    /// Upstream services routes may send requests to.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// All tenants' routes.
+    pub routes: RouteTable,
+}
+
+/// One TLS listener.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListenerConfig {
+    /// Unique name, used in logs and metrics.
+    pub name: String,
+    /// Unique address to bind.
+    pub address: SocketAddr,
+    /// Server certificate and client authentication.
+    pub tls: TlsListenerConfig,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// A listener's TLS settings. Paths are resolved against the config file's directory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsListenerConfig {
+    /// PEM certificate chain.
+    pub certificate: PathBuf,
+    /// PEM private key.
+    pub private_key: PathBuf,
+    /// Whether clients must present a certificate.
+    pub client_auth: ClientAuth,
+    /// CA bundle client certificates are verified against; `None` only with [`ClientAuth::Off`].
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Whether a listener asks for client certificates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// A valid client certificate is required to connect.
+    #[default]
+    Required,
+    /// A client certificate is verified if presented; callers without one are anonymous.
+    Optional,
+    /// No client certificates are asked for.
+    Off,
+}
+
+/// The metrics endpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsConfig {
+    /// Address to serve metrics on.
+    pub address: SocketAddr,
+}
+
+/// One upstream service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpstreamConfig {
+    /// Unique name routes refer to.
+    pub name: UpstreamName,
+    /// Addresses to balance over (non-empty).
+    pub targets: Vec<SocketAddr>,
+    /// Time allowed to connect.
+    pub connect_timeout: Duration,
+    /// Time allowed between reads.
+    pub read_timeout: Duration,
+    /// TLS to the upstream; `None` for plain HTTP.
+    pub tls: Option<UpstreamTls>,
+    /// Active health checking, if configured.
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// TLS settings towards an upstream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpstreamTls {
+    /// Name to send in SNI and verify in the upstream's certificate.
+    pub server_name: String,
+    /// CA bundle to verify the upstream with; `None` for the webpki roots.
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key presented to the upstream: `(certificate, key)`.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// Active health checking of an upstream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthCheckConfig {
+    /// Path requested (starts with '/').
+    pub path: String,
+    /// Time between checks.
+    pub interval: Duration,
+}
+
+/// One thing wrong with a config file, with where it is when known (1-based).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Line of the offending YAML node.
+    pub line: Option<usize>,
+    /// Column of the offending YAML node.
+    pub column: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigProblem {
+    pub(crate) fn at(pos: Option<Position>, message: String) -> ConfigProblem {
+        ConfigProblem {
+            line: pos.map(|p| p.line),
+            column: pos.map(|p| p.column),
+            message,
+        }
+    }
+}
+
+/// Why a config file was refused: every problem found, one per line when displayed as
+/// `FILE:LINE:COLUMN: message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", render_problems(file, problems))]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// The problems, in the order found (at least one).
+    pub problems: Vec<ConfigProblem>,
+}
+
+fn render_problems(file: &Path, problems: &[ConfigProblem]) -> String {
+    let file = file.display();
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| match (p.line, p.column) {
+            (Some(line), Some(col)) => format!("{file}:{line}:{col}: {}", p.message),
+            (Some(line), None) => format!("{file}:{line}: {}", p.message),
+            _ => format!("{file}: {}", p.message),
+        })
+        .collect();
+    lines.join("\n")
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(line), Some(col)) => write!(f, "{line}:{col}: {}", self.message),
+            (Some(line), None) => write!(f, "{line}: {}", self.message),
+            _ => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Turns a serde/libyaml error into a problem, moving its location out of the message.
+fn serde_problem(err: &serde_yaml_ng::Error) -> ConfigProblem {
+    let mut message = err.to_string();
+    let pos = err.location().map(|loc| {
+        let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+        if let Some(i) = message.find(&suffix) {
+            message.replace_range(i..i + suffix.len(), "");
+        }
+        Position {
+            line: loc.line(),
+            column: loc.column(),
+        }
+    });
+    ConfigProblem::at(pos, message)
+}
+
+fn describe(value: &serde_yaml_ng::Value) -> &'static str {
+    use serde_yaml_ng::Value;
+    match value {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+impl Config {
+    /// Parses and checks a YAML config. `file` is used in messages and to resolve relative
+    /// paths; it is not read.
+    pub fn from_yaml(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let fail = |problems| ConfigError {
+            file: file.to_path_buf(),
+            problems,
+        };
+        // First as a generic value: catches syntax errors and an empty or non-mapping file with a
+        // clearer message than the struct's.
+        match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) {
+            Err(err) => return Err(fail(vec![serde_problem(&err)])),
+            Ok(serde_yaml_ng::Value::Mapping(_)) => {}
+            Ok(serde_yaml_ng::Value::Null) => {
+                return Err(fail(vec![ConfigProblem::at(
+                    None,
+                    "the file is empty; expected a mapping with `listeners`, `upstreams` and \
+                     `tenants`"
+                        .to_owned(),
+                )]))
+            }
+            Ok(other) => {
+                return Err(fail(vec![ConfigProblem::at(
+                    Some(Position { line: 1, column: 1 }),
+                    format!(
+                        "the top level must be a mapping with `listeners`, `upstreams` and \
+                         `tenants`, found {}",
+                        describe(&other)
+                    ),
+                )]))
+            }
+        }
+        let raw: raw::RawConfig =
+            serde_yaml_ng::from_str(text).map_err(|err| fail(vec![serde_problem(&err)]))?;
+        let locations = Locations::from_text(text);
+        let base = file.parent().unwrap_or_else(|| Path::new(""));
+        check::check(raw, &locations, base).map_err(fail)
+    }
+}
+
+#[cfg(test)]
+mod tests;

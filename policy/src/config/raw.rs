@@ -1,0 +1,135 @@
+//! The config file's exact shape, as serde reads it. Unknown keys are errors everywhere.
+//!
+//! Addresses, CIDRs and names are kept as text here and parsed in `check`, so that all their
+//! problems are reported together, each with its line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::ClientAuth;
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub(crate) listeners: Vec<RawListener>,
+    #[serde(default)]
+    pub(crate) metrics: Option<RawMetrics>,
+    #[serde(default)]
+    pub(crate) shutdown: Option<RawShutdown>,
+    #[serde(default)]
+    pub(crate) upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    pub(crate) tenants: Vec<RawTenant>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListener {
+    pub(crate) name: String,
+    pub(crate) address: String,
+    pub(crate) tls: RawListenerTls,
+    #[serde(default)]
+    pub(crate) trusted_proxies: Vec<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListenerTls {
+    pub(crate) certificate: PathBuf,
+    pub(crate) private_key: PathBuf,
+    #[serde(default)]
+    pub(crate) client_auth: ClientAuth,
+    #[serde(default)]
+    pub(crate) client_ca: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetrics {
+    #[serde(default)]
+    pub(crate) address: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawShutdown {
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) grace_period: Option<Duration>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    pub(crate) name: String,
+    pub(crate) targets: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) read_timeout: Option<Duration>,
+    #[serde(default)]
+    pub(crate) tls: Option<RawUpstreamTls>,
+    #[serde(default)]
+    pub(crate) health_check: Option<RawHealthCheck>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamTls {
+    pub(crate) server_name: String,
+    #[serde(default)]
+    pub(crate) ca: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) client_certificate: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) client_key: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealthCheck {
+    pub(crate) path: String,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) interval: Option<Duration>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTenant {
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) host: Option<String>,
+    #[serde(default)]
+    pub(crate) path_prefix: Option<String>,
+    pub(crate) upstream: String,
+    #[serde(default)]
+    pub(crate) access: Vec<RawRule>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRule {
+    pub(crate) id: String,
+    #[serde(default)]
+    pub(crate) spiffe_id: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) dns_san: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) subject: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) path_prefix: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) source: Option<Vec<String>>,
+}

@@ -1,0 +1,162 @@
+//! Routing: which tenant's route, and so which upstream and access rules, a request belongs to.
+//!
+//! Hosts are matched in three classes, most specific first: exact host, `*.domain` wildcard
+//! (exactly one extra label), then routes with no host. Within a class the longest path
+//! prefix that matches on a segment boundary wins; if no route of a class matches the path, the
+//! next class is tried.
+
+use std::collections::HashMap;
+use std::net::Ipv6Addr;
+
+use crate::access::{decide, AccessRule, Denied, Permit, RequestFacts};
+use crate::names::{RouteId, TenantId, UpstreamName};
+use crate::path::{prefix_matches, NormalizedPath};
+
+/// One route: where matching requests go and who may send them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    /// `tenant/route`.
+    pub id: RouteId,
+    /// The tenant that owns the route.
+    pub tenant: TenantId,
+    /// Where allowed requests are sent.
+    pub upstream: UpstreamName,
+    /// The normalised host (`api.example.com` or `*.example.com`), or `None` for any host.
+    pub host: Option<String>,
+    /// Normalised prefix without a trailing slash, except `/` itself.
+    pub path_prefix: String,
+    pub(crate) access: Vec<AccessRule>,
+}
+
+impl Route {
+    /// Decides whether the request may use this route: the first matching access rule permits;
+    /// with none, the request is denied by default.
+    pub fn authorize(&self, facts: &RequestFacts<'_>) -> Result<Permit, Denied> {
+        decide(&self.access, facts)
+    }
+}
+
+/// All routes, indexed for lookup. Immutable once built.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    /// Exact host -> route indices, longest prefix first.
+    exact: HashMap<String, Vec<usize>>,
+    /// Wildcard suffix (`example.com` for `*.example.com`) -> route indices, longest prefix first.
+    wildcard: HashMap<String, Vec<usize>>,
+    /// Routes without a host, longest prefix first.
+    any_host: Vec<usize>,
+}
+
+impl RouteTable {
+    /// Indexes `routes`. Duplicate (host, prefix) pairs are the config checker's business; here
+    /// the first one wins.
+    pub(crate) fn new(routes: Vec<Route>) -> RouteTable {
+        let mut table = RouteTable {
+            routes,
+            ..RouteTable::default()
+        };
+        for (i, route) in table.routes.iter().enumerate() {
+            let list = match route.host.as_deref() {
+                None => &mut table.any_host,
+                Some(h) => match h.strip_prefix("*.") {
+                    Some(suffix) => table.wildcard.entry(suffix.to_owned()).or_default(),
+                    None => table.exact.entry(h.to_owned()).or_default(),
+                },
+            };
+            list.push(i);
+        }
+        let routes = &table.routes;
+        // Stable sort: for equal lengths, config order is kept.
+        let by_prefix_len = |list: &mut Vec<usize>| {
+            list.sort_by_key(|&i| std::cmp::Reverse(routes[i].path_prefix.len()));
+        };
+        table.exact.values_mut().for_each(by_prefix_len);
+        table.wildcard.values_mut().for_each(by_prefix_len);
+        by_prefix_len(&mut table.any_host);
+        table
+    }
+
+    /// The route for a request to `host` (already normalised by [`normalize_host`]) and `path`.
+    pub fn route(&self, host: Option<&str>, path: &NormalizedPath) -> Option<&Route> {
+        let longest = |list: &[usize]| {
+            list.iter()
+                .map(|&i| &self.routes[i])
+                .find(|r| prefix_matches(&r.path_prefix, path.as_str()))
+        };
+        if let Some(host) = host {
+            if let Some(found) = self.exact.get(host).and_then(|l| longest(l)) {
+                return Some(found);
+            }
+            if let Some((label, suffix)) = host.split_once('.') {
+                if !label.is_empty() {
+                    if let Some(found) = self.wildcard.get(suffix).and_then(|l| longest(l)) {
+                        return Some(found);
+                    }
+                }
+            }
+        }
+        longest(&self.any_host)
+    }
+
+    /// All routes, in config order.
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
+
+    /// How many routes there are.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether there are no routes (every request is refused).
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+/// Normalises a `Host` header or `:authority`: lowercase, no port, no trailing dot, IPv6
+/// literals without brackets. `None` if empty or malformed.
+pub fn normalize_host(raw: &str) -> Option<String> {
+    let lower = raw.to_ascii_lowercase();
+    if let Some(rest) = lower.strip_prefix('[') {
+        let (inner, after) = rest.split_once(']')?;
+        if !(after.is_empty() || is_port(after.strip_prefix(':')?)) {
+            return None;
+        }
+        inner.parse::<Ipv6Addr>().ok()?;
+        return Some(inner.to_owned());
+    }
+    let host = match lower.matches(':').count() {
+        0 => lower.as_str(),
+        1 => {
+            let (host, port) = lower.split_once(':')?;
+            if !is_port(port) {
+                return None;
+            }
+            host
+        }
+        // A bare IPv6 literal (seen in some :authority values).
+        _ => {
+            lower.parse::<Ipv6Addr>().ok()?;
+            return Some(lower);
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+    {
+        return None;
+    }
+    Some(host.to_owned())
+}
+
+/// An empty port is allowed by RFC 3986 (`host:`).
+fn is_port(s: &str) -> bool {
+    s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,121 @@
+//! `portcullis`: the command line. Parses arguments, starts logging, and hands over to the
+//! crates that do the work. Bad input exits non-zero with a clear message, never a panic.
+
+mod demo;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "Hardened edge gateway and zero-trust proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic with the given configuration (SIGHUP reloads it, SIGTERM drains).
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration and the files it refers to, without serving.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start a complete local deployment (development CA, certificates, echo upstream,
+    /// gateway) in a state folder, and print commands to try it.
+    Demo {
+        /// Folder for the demo's certificates and configuration.
+        #[arg(long, default_value = "portcullis-demo")]
+        state: PathBuf,
+        /// Port of the gateway's mTLS listener on 127.0.0.1.
+        #[arg(long, default_value_t = 8443)]
+        port: u16,
+        /// Port of the built-in echo upstream on 127.0.0.1.
+        #[arg(long, default_value_t = 8081)]
+        upstream_port: u16,
+        /// Port of the metrics and health listener on 127.0.0.1.
+        #[arg(long, default_value_t = 9901)]
+        metrics_port: u16,
+    },
+    /// Run the built-in echo upstream (plain HTTP): it answers with what it received.
+    Echo {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value = "echo")]
+        name: String,
+        /// Exit when standard input closes (lets a parent process take it down with it).
+        #[arg(long, hide = true)]
+        exit_with_stdin: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    portcullis_gateway::install_crypto_provider();
+    let result = match cli.command {
+        Command::Serve { config } => portcullis_gateway::serve(config).map_err(anyhow::Error::from),
+        Command::Check { config } => portcullis_gateway::check(&config)
+            .map(|c| {
+                println!(
+                    "{}: ok ({} listener(s), {} upstream(s), {} route(s))",
+                    config.display(),
+                    c.listeners.len(),
+                    c.upstreams.len(),
+                    c.routes.len()
+                );
+            })
+            .map_err(anyhow::Error::from),
+        Command::Demo {
+            state,
+            port,
+            upstream_port,
+            metrics_port,
+        } => demo::run(&demo::DemoPorts {
+            state,
+            gateway: port,
+            upstream: upstream_port,
+            metrics: metrics_port,
+        }),
+        Command::Echo {
+            listen,
+            name,
+            exit_with_stdin,
+        } => {
+            if exit_with_stdin {
+                demo::exit_when_stdin_closes();
+            }
+            portcullis_gateway::serve_echo(listen, &name).map_err(anyhow::Error::from)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// JSON lines on stderr through tracing; pingora's `log` records are bridged in (the
+/// subscriber installs the `log` bridge itself). The filter
+/// comes from `PORTCULLIS_LOG` (tracing's env-filter syntax), default `info`.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PORTCULLIS_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
