@@ -13,14 +13,14 @@ use portcullis_ca::dev::{DevCa, LeafSpec};
 const TRUST_DOMAIN: &str = "demo.portcullis.local";
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
-pub struct DemoPorts {
-    pub state: PathBuf,
-    pub gateway: u16,
-    pub upstream: u16,
-    pub metrics: u16,
+pub(crate) struct DemoPorts {
+    pub(crate) state: PathBuf,
+    pub(crate) gateway: u16,
+    pub(crate) upstream: u16,
+    pub(crate) metrics: u16,
 }
 
-pub fn run(ports: &DemoPorts) -> anyhow::Result<()> {
+pub(crate) fn run(ports: &DemoPorts) -> anyhow::Result<()> {
     let state = &ports.state;
     std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
     let state = state
@@ -35,7 +35,13 @@ pub fn run(ports: &DemoPorts) -> anyhow::Result<()> {
     // outlives the demo, whichever way the demo ends.
     let exe = std::env::current_exe().context("locating the portcullis binary")?;
     let echo = Command::new(exe)
-        .args(["echo", "--exit-with-stdin", "--name", "demo-echo", "--listen"])
+        .args([
+            "echo",
+            "--exit-with-stdin",
+            "--name",
+            "demo-echo",
+            "--listen",
+        ])
         .arg(format!("127.0.0.1:{}", ports.upstream))
         .stdin(Stdio::piped())
         .spawn()
@@ -138,7 +144,7 @@ Ctrl-C stops everything.
 }
 
 /// Exits the process when standard input reaches end of file (the parent went away).
-pub fn exit_when_stdin_closes() {
+pub(crate) fn exit_when_stdin_closes() {
     let spawned = std::thread::Builder::new()
         .name("stdin-watch".into())
         .spawn(|| {

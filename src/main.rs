@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "Hardened edge gateway and zero-trust proxy")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Hardened edge gateway and zero-trust proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -54,7 +54,10 @@ impl LeafSpec {
             common_name: "localhost".to_owned(),
             spiffe_id: None,
             dns_names: names,
-            ips: vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])],
+            ips: vec![
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+            ],
             server_auth: true,
             client_auth: false,
             not_before: now - Duration::from_secs(60),
@@ -73,8 +76,16 @@ pub struct Issued {
 impl Issued {
     /// Writes `NAME.pem` and `NAME.key` (the key created with mode 0600) into `dir`.
     pub fn write(&self, dir: &Path, name: &str) -> Result<(), CaError> {
-        write_file(&dir.join(format!("{name}.pem")), self.cert_pem.as_bytes(), 0o644)?;
-        write_file(&dir.join(format!("{name}.key")), self.key_pem.as_bytes(), 0o600)
+        write_file(
+            &dir.join(format!("{name}.pem")),
+            self.cert_pem.as_bytes(),
+            0o644,
+        )?;
+        write_file(
+            &dir.join(format!("{name}.key")),
+            self.key_pem.as_bytes(),
+            0o600,
+        )
     }
 }
 
@@ -135,16 +146,24 @@ impl DevCa {
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if spec.server_auth {
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
         }
         if spec.client_auth {
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ClientAuth);
         }
         if let Some(id) = &spec.spiffe_id {
-            params.subject_alt_names.push(SanType::URI(id.clone().try_into()?));
+            params
+                .subject_alt_names
+                .push(SanType::URI(id.clone().try_into()?));
         }
         for dns in &spec.dns_names {
-            params.subject_alt_names.push(SanType::DnsName(dns.clone().try_into()?));
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(dns.clone().try_into()?));
         }
         for ip in &spec.ips {
             params.subject_alt_names.push(SanType::IpAddress(*ip));
@@ -167,7 +186,9 @@ fn name(common_name: &str) -> DistinguishedName {
 /// 128 random bits, with the top bit cleared so the DER INTEGER stays positive.
 fn random_serial() -> Result<SerialNumber, CaError> {
     let mut bytes = [0u8; 16];
-    SystemRandom::new().fill(&mut bytes).map_err(|_| CaError::Random)?;
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| CaError::Random)?;
     bytes[0] &= 0x7f;
     Ok(SerialNumber::from_slice(&bytes))
 }

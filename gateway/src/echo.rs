@@ -22,6 +22,7 @@ struct Echo {
 
 /// Largest request body the echo reads back (it reports only the length).
 const MAX_BODY: usize = 1 << 20;
+const MAX_DELAY_MS: u64 = 10_000;
 
 #[async_trait]
 impl ServeHttp for Echo {
@@ -30,8 +31,23 @@ impl ServeHttp for Echo {
         while let Ok(Some(chunk)) = session.read_request_body().await {
             body_len += chunk.len();
             if body_len > MAX_BODY {
-                return plain_response(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", b"too large\n".to_vec());
+                return plain_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "text/plain",
+                    b"too large\n".to_vec(),
+                );
             }
+        }
+        let req = session.req_header();
+        // Tests use a delay to hold a request in flight (bounded).
+        let delay_ms = req
+            .headers
+            .get("x-echo-delay-ms")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |ms| ms.min(MAX_DELAY_MS));
+        if delay_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
         }
         let req = session.req_header();
         let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();

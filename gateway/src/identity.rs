@@ -8,7 +8,7 @@ use x509_parser::extensions::GeneralName;
 
 /// What a connection's handshake established, attached to the connection by pingora.
 #[derive(Debug)]
-pub struct ConnectionIdentity {
+pub(crate) struct ConnectionIdentity {
     /// `None` when no client certificate was presented (client auth optional or off).
     pub identity: Option<Arc<Identity>>,
     pub tls_version: &'static str,
@@ -17,7 +17,7 @@ pub struct ConnectionIdentity {
 /// Parses a verified client leaf. Returns `None` only if the DER cannot be parsed, which the
 /// verifier has already ruled out; a certificate without a usable SPIFFE ID still yields an
 /// identity with its DNS names and subject.
-pub fn peer_identity(der: &[u8]) -> Option<Identity> {
+pub(crate) fn peer_identity(der: &[u8]) -> Option<Identity> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let mut spiffe_uris = Vec::new();
     let mut dns_sans = Vec::new();

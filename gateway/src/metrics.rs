@@ -13,7 +13,7 @@ use prometheus::{
 };
 
 /// Every metric the gateway exports, registered in its own registry.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
@@ -32,7 +32,7 @@ impl std::fmt::Debug for Metrics {
 
 /// The outcome of one request, as counted.
 #[derive(Debug)]
-pub struct RequestOutcome<'a> {
+pub(crate) struct RequestOutcome<'a> {
     pub tenant: &'a str,
     pub route: &'a str,
     pub status: u16,
@@ -44,10 +44,13 @@ pub struct RequestOutcome<'a> {
 // which would be a programming error caught by the first test run.
 #[allow(clippy::expect_used)]
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("portcullis_requests_total", "Requests by tenant, route, status class and decision"),
+            Opts::new(
+                "portcullis_requests_total",
+                "Requests by tenant, route, status class and decision",
+            ),
             &["tenant", "route", "status_class", "decision"],
         )
         .expect("valid metric");
@@ -57,7 +60,8 @@ impl Metrics {
                 "Time from request header to end of response, by tenant",
             )
             .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
             ]),
             &["tenant"],
         )
@@ -71,22 +75,34 @@ impl Metrics {
         )
         .expect("valid metric");
         let upstream_errors = IntCounterVec::new(
-            Opts::new("portcullis_upstream_errors_total", "Failed upstream exchanges by upstream and kind"),
+            Opts::new(
+                "portcullis_upstream_errors_total",
+                "Failed upstream exchanges by upstream and kind",
+            ),
             &["upstream", "kind"],
         )
         .expect("valid metric");
         let reloads = IntCounterVec::new(
-            Opts::new("portcullis_config_reloads_total", "Configuration reloads by result"),
+            Opts::new(
+                "portcullis_config_reloads_total",
+                "Configuration reloads by result",
+            ),
             &["result"],
         )
         .expect("valid metric");
         let in_flight = IntGauge::new("portcullis_requests_in_flight", "Requests being served")
             .expect("valid metric");
         for c in [&requests, &tls_failures, &upstream_errors, &reloads] {
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
         }
-        registry.register(Box::new(latency.clone())).expect("unique metric");
-        registry.register(Box::new(in_flight.clone())).expect("unique metric");
+        registry
+            .register(Box::new(latency.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(in_flight.clone()))
+            .expect("unique metric");
         Self {
             registry,
             requests,
@@ -99,7 +115,7 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, o: &RequestOutcome<'_>) {
+    pub(crate) fn request(&self, o: &RequestOutcome<'_>) {
         let class = match o.status {
             100..=199 => "1xx",
             200..=299 => "2xx",
@@ -116,32 +132,36 @@ impl Metrics {
             .observe(o.duration.as_secs_f64());
     }
 
-    pub fn tls_failure(&self, listener: &str, reason: &str) {
-        self.tls_failures.with_label_values(&[listener, reason]).inc();
+    pub(crate) fn tls_failure(&self, listener: &str, reason: &str) {
+        self.tls_failures
+            .with_label_values(&[listener, reason])
+            .inc();
     }
 
-    pub fn upstream_error(&self, upstream: &str, kind: &str) {
-        self.upstream_errors.with_label_values(&[upstream, kind]).inc();
+    pub(crate) fn upstream_error(&self, upstream: &str, kind: &str) {
+        self.upstream_errors
+            .with_label_values(&[upstream, kind])
+            .inc();
     }
 
-    pub fn reload(&self, ok: bool) {
+    pub(crate) fn reload(&self, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.reloads.with_label_values(&[result]).inc();
     }
 
-    pub fn request_started(&self) {
+    pub(crate) fn request_started(&self) {
         self.in_flight.inc();
     }
 
-    pub fn request_finished(&self) {
+    pub(crate) fn request_finished(&self) {
         self.in_flight.dec();
     }
 
-    pub fn in_flight(&self) -> i64 {
+    pub(crate) fn in_flight(&self) -> i64 {
         self.in_flight.get()
     }
 
-    pub fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }
 
@@ -165,7 +185,7 @@ impl Default for Metrics {
 
 /// The operations endpoint served on the metrics listener.
 #[derive(Debug)]
-pub struct OpsEndpoint {
+pub(crate) struct OpsEndpoint {
     pub metrics: Arc<Metrics>,
 }
 
@@ -180,7 +200,9 @@ impl ServeHttp for OpsEndpoint {
                 self.metrics.render(),
             ),
             "/healthz" => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-            "/readyz" if self.metrics.is_ready() => (StatusCode::OK, "text/plain", b"ready\n".to_vec()),
+            "/readyz" if self.metrics.is_ready() => {
+                (StatusCode::OK, "text/plain", b"ready\n".to_vec())
+            }
             "/readyz" => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
@@ -200,7 +222,9 @@ pub(crate) fn plain_response(
     let mut response = Response::new(body);
     *response.status_mut() = status;
     if let Ok(value) = http::HeaderValue::from_str(content_type) {
-        response.headers_mut().insert(http::header::CONTENT_TYPE, value);
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, value);
     }
     let len = response.body().len();
     response

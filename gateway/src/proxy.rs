@@ -27,13 +27,13 @@ use crate::upstream::Pool;
 const IDENTITY_PREFIX: &str = "x-portcullis-";
 const XFCC: &str = "x-forwarded-client-cert";
 
-pub struct Gateway {
+pub(crate) struct Gateway {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
 }
 
 /// What one request has established so far, phase by phase.
-pub struct RequestCtx {
+pub(crate) struct RequestCtx {
     request_id: String,
     started: Instant,
     counted: bool,
@@ -123,7 +123,14 @@ impl ProxyHttp for Gateway {
             ctx.decision = "no_route";
             ctx.path = Some(path);
             ctx.snapshot = Some(snapshot);
-            return reply(session, ctx, 404, "no_route", "no route for this host and path").await;
+            return reply(
+                session,
+                ctx,
+                404,
+                "no_route",
+                "no route for this host and path",
+            )
+            .await;
         };
         ctx.matched = Some(Matched {
             tenant: route.tenant.to_string(),
@@ -153,18 +160,26 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let matched = ctx
             .matched
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route matched"))?;
         let Some(pool) = &matched.pool else {
-            return Err(Error::explain(ErrorType::InternalError, "route has no upstream pool"));
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "route has no upstream pool",
+            ));
         };
         match pool.peer() {
             Some(peer) => Ok(Box::new(peer)),
             None => {
-                self.metrics.upstream_error(pool.name.as_str(), "no_healthy_target");
+                self.metrics
+                    .upstream_error(pool.name.as_str(), "no_healthy_target");
                 Err(Error::explain(
                     ErrorType::HTTPStatus(503),
                     format!("upstream {}: no healthy target", pool.name),
@@ -212,9 +227,16 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let (code, kind, message) = match e.etype() {
-            ErrorType::HTTPStatus(503) => (503, "upstream_unavailable", "no healthy upstream target"),
+            ErrorType::HTTPStatus(503) => {
+                (503, "upstream_unavailable", "no healthy upstream target")
+            }
             ErrorType::HTTPStatus(code) => (*code, "error", "request failed"),
             _ => match e.esource() {
                 pingora_core::ErrorSource::Upstream => (502, "bad_gateway", "upstream failed"),
@@ -265,6 +287,7 @@ impl ProxyHttp for Gateway {
             .unwrap_or("-");
         tracing::info!(
             target: "access",
+            duration_ms = duration.as_secs_f64() * 1000.0,
             request.id = %ctx.request_id,
             tenant.id = ctx.tenant(),
             route.id = ctx.route(),
@@ -277,7 +300,6 @@ impl ProxyHttp for Gateway {
             http.status = status,
             authz.decision = ctx.decision,
             authz.rule = %ctx.rule,
-            duration_ms = duration.as_secs_f64() * 1000.0,
             "request"
         );
     }
@@ -396,7 +418,11 @@ fn set_identity_headers(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()>
     if let Some(xff) = &ctx.forwarded_for {
         set_header(req, "x-forwarded-for", xff)?;
     }
-    set_header(req, "x-forwarded-proto", ctx.forwarded_proto.as_deref().unwrap_or("https"))?;
+    set_header(
+        req,
+        "x-forwarded-proto",
+        ctx.forwarded_proto.as_deref().unwrap_or("https"),
+    )?;
     Ok(())
 }
 
@@ -430,7 +456,11 @@ async fn write_json(
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_header("x-request-id", &ctx.request_id)?;
     header.insert_header("cache-control", "no-store")?;
-    session.write_response_header(Box::new(header), false).await?;
-    session.write_response_body(Some(Bytes::from(body)), true).await?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await?;
     Ok(())
 }

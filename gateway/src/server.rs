@@ -82,7 +82,8 @@ pub fn serve(config_path: PathBuf) -> Result<(), GatewayError> {
             &listener.tls.certificate,
             &listener.tls.private_key,
         )?));
-        let verifier = ClientVerifier::new(&listener.name, &listener.tls, metrics.clone())?.map(Arc::new);
+        let verifier =
+            ClientVerifier::new(&listener.name, &listener.tls, metrics.clone())?.map(Arc::new);
         let mut tls = TlsSettings::with_callbacks(Box::new(IdentityHook))
             .map_err(|e| GatewayError::Tls(format!("listener {}: {e}", listener.name)))?;
         tls.set_cert_resolver(certificate.clone());
@@ -151,7 +152,9 @@ impl BackgroundService for HealthChecks {
         loop {
             let snapshot = self.snapshot.load_full();
             for (name, pool) in &snapshot.pools {
-                let Some(interval) = pool.health_interval() else { continue };
+                let Some(interval) = pool.health_interval() else {
+                    continue;
+                };
                 if last.get(name).is_some_and(|t| t.elapsed() < interval) {
                     continue;
                 }
@@ -243,7 +246,11 @@ fn spawn_drain_watch(
                 Ok(ExecutionPhase::GracefulTerminate) => {
                     metrics.set_ready(false);
                     let deadline = Instant::now() + grace;
-                    tracing::info!(in_flight = metrics.in_flight(), grace_s = grace.as_secs_f64(), "draining");
+                    tracing::info!(
+                        in_flight = metrics.in_flight(),
+                        grace_s = grace.as_secs_f64(),
+                        "draining"
+                    );
                     // Give already-accepted connections a moment to present their requests.
                     std::thread::sleep(Duration::from_millis(200));
                     while metrics.in_flight() > 0 && Instant::now() < deadline {

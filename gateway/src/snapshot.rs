@@ -12,21 +12,20 @@ use crate::upstream::Pool;
 use crate::GatewayError;
 
 #[derive(Debug)]
-pub struct ListenerView {
-    pub name: String,
+pub(crate) struct ListenerView {
     pub address: SocketAddr,
     pub trusted_proxies: Vec<IpNet>,
 }
 
 impl ListenerView {
-    pub fn trusts(&self, ip: IpAddr) -> bool {
+    pub(crate) fn trusts(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 }
 
 /// IPv4-mapped IPv6 addresses (from dual-stack sockets) compare as the IPv4 address.
-pub fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
@@ -34,7 +33,7 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 #[derive(Debug)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub routes: RouteTable,
     pub pools: HashMap<UpstreamName, Arc<Pool>>,
     pub listeners: Vec<ListenerView>,
@@ -43,7 +42,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds the runtime view of a checked config. Reads the upstream TLS files; anything
     /// unreadable or malformed is an error and the snapshot is not built.
-    pub fn build(config: Config) -> Result<Self, GatewayError> {
+    pub(crate) fn build(config: Config) -> Result<Self, GatewayError> {
         let mut pools = HashMap::new();
         for upstream in &config.upstreams {
             pools.insert(
@@ -55,7 +54,6 @@ impl Snapshot {
             .listeners
             .iter()
             .map(|l| ListenerView {
-                name: l.name.clone(),
                 address: l.address,
                 trusted_proxies: l.trusted_proxies.clone(),
             })
@@ -68,7 +66,7 @@ impl Snapshot {
     }
 
     /// The listener a connection arrived on, from the connection's local address.
-    pub fn listener(&self, local: Option<SocketAddr>) -> Option<&ListenerView> {
+    pub(crate) fn listener(&self, local: Option<SocketAddr>) -> Option<&ListenerView> {
         let local = local?;
         self.listeners
             .iter()

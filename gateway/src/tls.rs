@@ -51,7 +51,7 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Reads every certificate of a PEM file.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, GatewayError> {
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, GatewayError> {
     let pem = std::fs::read(path).map_err(|e| GatewayError::file(path, e))?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
@@ -71,7 +71,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, GatewayEr
 }
 
 /// Reads the private key of a PEM file (PKCS#8, SEC1 or PKCS#1).
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, GatewayError> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, GatewayError> {
     let pem = std::fs::read(path).map_err(|e| GatewayError::file(path, e))?;
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|e| GatewayError::file(path, e))?
@@ -79,7 +79,7 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, GatewayError> {
 }
 
 /// Loads a certificate chain and its key, and checks that they belong together.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, GatewayError> {
+pub(crate) fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, GatewayError> {
     let chain = load_certs(cert)?;
     let key_der = load_key(key)?;
     let signing_key = provider()
@@ -100,18 +100,18 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, Gatew
 /// The server certificate of a listener, swapped whole on reload without touching
 /// established connections.
 #[derive(Debug)]
-pub struct ServerCertificate {
+pub(crate) struct ServerCertificate {
     current: ArcSwap<CertifiedKey>,
 }
 
 impl ServerCertificate {
-    pub fn new(key: CertifiedKey) -> Self {
+    pub(crate) fn new(key: CertifiedKey) -> Self {
         Self {
             current: ArcSwap::from_pointee(key),
         }
     }
 
-    pub fn replace(&self, key: CertifiedKey) {
+    pub(crate) fn replace(&self, key: CertifiedKey) {
         self.current.store(Arc::new(key));
     }
 }
@@ -124,7 +124,7 @@ impl ResolvesServerCert for ServerCertificate {
 
 /// Verifies client certificates against the listener's trust bundle (swappable on reload),
 /// and counts every refusal by reason.
-pub struct ClientVerifier {
+pub(crate) struct ClientVerifier {
     inner: ArcSwap<Arc<dyn ClientCertVerifier>>,
     mandatory: bool,
     listener: String,
@@ -141,7 +141,7 @@ impl fmt::Debug for ClientVerifier {
 }
 
 impl ClientVerifier {
-    pub fn new(
+    pub(crate) fn new(
         listener: &str,
         config: &TlsListenerConfig,
         metrics: Arc<Metrics>,
@@ -158,7 +158,7 @@ impl ClientVerifier {
     }
 
     /// Swaps in a new trust bundle. The mode (required/optional) is fixed at start-up.
-    pub fn reload(&self, config: &TlsListenerConfig) -> Result<(), GatewayError> {
+    pub(crate) fn reload(&self, config: &TlsListenerConfig) -> Result<(), GatewayError> {
         if let Some(inner) = build_webpki_verifier(config)? {
             self.inner.store(Arc::new(inner));
         }
@@ -178,16 +178,19 @@ fn build_webpki_verifier(
     let mut roots = RootCertStore::empty();
     for cert in load_certs(ca_path)? {
         roots.add(cert).map_err(|e| {
-            GatewayError::Tls(format!("{}: unusable CA certificate: {e}", ca_path.display()))
+            GatewayError::Tls(format!(
+                "{}: unusable CA certificate: {e}",
+                ca_path.display()
+            ))
         })?;
     }
     let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
     if config.client_auth == ClientAuth::Optional {
         builder = builder.allow_unauthenticated();
     }
-    let verifier = builder.build().map_err(|e| {
-        GatewayError::Tls(format!("{}: client verifier: {e}", ca_path.display()))
-    })?;
+    let verifier = builder
+        .build()
+        .map_err(|e| GatewayError::Tls(format!("{}: client verifier: {e}", ca_path.display())))?;
     Ok(Some(verifier))
 }
 
@@ -270,7 +273,7 @@ impl ClientCertVerifier for ClientVerifier {
 /// Runs after a completed handshake: parses the verified leaf once into the connection's
 /// identity, which pingora then carries in the session digest for every request.
 #[derive(Debug)]
-pub struct IdentityHook;
+pub(crate) struct IdentityHook;
 
 #[async_trait]
 impl TlsAccept for IdentityHook {
@@ -279,7 +282,10 @@ impl TlsAccept for IdentityHook {
         tls: &TlsRef,
     ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
         let connection = ConnectionIdentity {
-            identity: tls.peer_certificate_der().and_then(peer_identity).map(Arc::new),
+            identity: tls
+                .peer_certificate_der()
+                .and_then(peer_identity)
+                .map(Arc::new),
             tls_version: tls.version().unwrap_or("unknown"),
         };
         Some(Arc::new(connection))

@@ -23,7 +23,7 @@ struct PeerTls {
 }
 
 /// One upstream pool, built from config and replaced whole on reload.
-pub struct Pool {
+pub(crate) struct Pool {
     pub name: UpstreamName,
     balancer: LoadBalancer<RoundRobin>,
     tls: Option<PeerTls>,
@@ -39,9 +39,10 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    pub fn from_config(config: &UpstreamConfig) -> Result<Self, GatewayError> {
-        let balancer = LoadBalancer::<RoundRobin>::try_from_iter(config.targets.iter().copied())
-            .map_err(|e| GatewayError::Upstream(format!("upstream {}: {e}", config.name)))?;
+    pub(crate) fn from_config(config: &UpstreamConfig) -> Result<Self, GatewayError> {
+        let mut balancer =
+            LoadBalancer::<RoundRobin>::try_from_iter(config.targets.iter().copied())
+                .map_err(|e| GatewayError::Upstream(format!("upstream {}: {e}", config.name)))?;
         let tls = match &config.tls {
             None => None,
             Some(tls) => Some(PeerTls {
@@ -107,7 +108,7 @@ impl Pool {
     }
 
     /// The next healthy target, as a peer ready to connect to; `None` when all are down.
-    pub fn peer(&self) -> Option<HttpPeer> {
+    pub(crate) fn peer(&self) -> Option<HttpPeer> {
         let backend = self.balancer.select(b"", 256)?;
         let addr = *backend.addr.as_inet()?;
         let mut peer = match &self.tls {
@@ -124,12 +125,12 @@ impl Pool {
         Some(peer)
     }
 
-    pub fn health_interval(&self) -> Option<Duration> {
+    pub(crate) fn health_interval(&self) -> Option<Duration> {
         self.health_interval
     }
 
     /// Probes every target once (in parallel) and updates their health.
-    pub async fn check_health(&self) {
+    pub(crate) async fn check_health(&self) {
         self.balancer.backends().run_health_check(true).await;
     }
 }

@@ -15,8 +15,8 @@ use crate::identity::Identity;
 use crate::names::RuleId;
 use crate::path::{prefix_matches, NormalizedPath};
 
-pub(crate) use pattern::{DnsPattern, SpiffePattern};
 pub use pattern::PatternError;
+pub(crate) use pattern::{DnsPattern, SpiffePattern};
 
 /// What the gateway knows about a request when it asks for a decision.
 #[derive(Clone, Copy, Debug)]
@@ -86,7 +86,9 @@ pub(crate) struct AccessRule {
 
 /// An absent condition matches; a present one needs any entry to match.
 fn any_of<T>(condition: &Option<Vec<T>>, pred: impl FnMut(&T) -> bool) -> bool {
-    condition.as_ref().is_none_or(|entries| entries.iter().any(pred))
+    condition
+        .as_ref()
+        .is_none_or(|entries| entries.iter().any(pred))
 }
 
 /// Whether `net` contains `ip`, treating IPv4-mapped IPv6 addresses as the IPv4 address.
@@ -114,7 +116,9 @@ impl AccessRule {
             }
         }
         any_of(&self.methods, |m| m == facts.method)
-            && any_of(&self.path_prefix, |p| prefix_matches(p, facts.path.as_str()))
+            && any_of(&self.path_prefix, |p| {
+                prefix_matches(p, facts.path.as_str())
+            })
             && any_of(&self.source, |net| net_contains(net, facts.source))
     }
 

@@ -70,8 +70,8 @@ impl SpiffeId {
 
     /// The path segments, without slashes.
     pub(crate) fn segments(&self) -> impl Iterator<Item = &str> {
-        let path = self.path();
-        path.split('/').skip(usize::from(!path.is_empty()))
+        // "" yields no segment and "/a/b" yields a, b: the first piece is always empty.
+        self.path().split('/').skip(1)
     }
 }
 

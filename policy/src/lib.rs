@@ -1,1 +1,23 @@
-//! Pure decision logic.
+//! Pure decision logic for Portcullis: the config model, request path normalisation, routing
+//! and access rules.
+//!
+//! Nothing here reads files, the network, the clock or the environment, so every decision can
+//! be tested exhaustively and fuzzed. The gateway establishes the facts (who, what, from where)
+//! and asks this crate what to do with them.
+
+mod access;
+mod config;
+mod identity;
+mod names;
+mod path;
+mod routing;
+
+pub use access::{Denied, DenyReason, PatternError, Permit, RequestFacts};
+pub use config::{
+    ClientAuth, Config, ConfigError, ConfigProblem, HealthCheckConfig, ListenerConfig,
+    MetricsConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
+};
+pub use identity::{Identity, SpiffeId, SpiffeIdError};
+pub use names::{NameError, RouteId, RuleId, TenantId, UpstreamName};
+pub use path::{normalize_path, NormalizedPath, PathError};
+pub use routing::{normalize_host, Route, RouteTable};

@@ -161,7 +161,10 @@ mod tests {
 
     #[test]
     fn rule_ids_allow_dots_and_underscores() {
-        assert_eq!(RuleId::try_from("Front_end.read-1").unwrap().to_string(), "Front_end.read-1");
+        assert_eq!(
+            RuleId::try_from("Front_end.read-1").unwrap().to_string(),
+            "Front_end.read-1"
+        );
         assert!("a b".parse::<RuleId>().is_err());
         assert!("echo.v2".parse::<UpstreamName>().is_ok());
     }

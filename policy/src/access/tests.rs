@@ -66,20 +66,31 @@ fn first_matching_rule_permits() {
     let rules = [get_only, read, anything];
 
     let get = Req::new(None, "GET", "/x", "10.0.0.1");
-    assert_eq!(decide(&rules, &get.facts()).unwrap().rule.as_str(), "get-only");
+    assert_eq!(
+        decide(&rules, &get.facts()).unwrap().rule.as_str(),
+        "get-only"
+    );
     let head = Req::new(None, "HEAD", "/x", "10.0.0.1");
     assert_eq!(decide(&rules, &head.facts()).unwrap().rule.as_str(), "read");
     let post = Req::new(None, "POST", "/x", "10.0.0.1");
-    assert_eq!(decide(&rules, &post.facts()).unwrap().rule.as_str(), "anything");
+    assert_eq!(
+        decide(&rules, &post.facts()).unwrap().rule.as_str(),
+        "anything"
+    );
     // Methods are case-sensitive tokens.
     let lower = Req::new(None, "get", "/x", "10.0.0.1");
-    assert_eq!(decide(&rules, &lower.facts()).unwrap().rule.as_str(), "anything");
+    assert_eq!(
+        decide(&rules, &lower.facts()).unwrap().rule.as_str(),
+        "anything"
+    );
 }
 
 #[test]
 fn all_conditions_must_match() {
     let mut r = rule("frontend-read");
-    r.spiffe_id = Some(vec!["spiffe://example.org/ns/*/sa/frontend".parse().unwrap()]);
+    r.spiffe_id = Some(vec!["spiffe://example.org/ns/*/sa/frontend"
+        .parse()
+        .unwrap()]);
     r.methods = Some(vec!["GET".into()]);
     r.path_prefix = Some(vec!["/api/read".into()]);
     r.source = Some(vec!["127.0.0.0/8".parse().unwrap()]);
@@ -117,17 +128,26 @@ fn anonymous_callers_only_match_rules_without_identity_conditions() {
     let rules = [by_dns, by_subject, public];
 
     let anon = Req::new(None, "GET", "/public/x", "192.0.2.1");
-    assert_eq!(decide(&rules, &anon.facts()).unwrap().rule.as_str(), "public");
+    assert_eq!(
+        decide(&rules, &anon.facts()).unwrap().rule.as_str(),
+        "public"
+    );
     let anon_private = Req::new(None, "GET", "/private", "192.0.2.1");
     assert!(decide(&rules, &anon_private.facts()).is_err());
 
     let dns = Identity::from_x509(None, vec!["web.example.org".into()], None);
     let req = Req::new(Some(dns), "GET", "/private", "192.0.2.1");
-    assert_eq!(decide(&rules, &req.facts()).unwrap().rule.as_str(), "by-dns");
+    assert_eq!(
+        decide(&rules, &req.facts()).unwrap().rule.as_str(),
+        "by-dns"
+    );
 
     let subject = Identity::from_x509(None, vec![], Some("CN=frontend,O=Acme".into()));
     let req = Req::new(Some(subject), "GET", "/private", "192.0.2.1");
-    assert_eq!(decide(&rules, &req.facts()).unwrap().rule.as_str(), "by-subject");
+    assert_eq!(
+        decide(&rules, &req.facts()).unwrap().rule.as_str(),
+        "by-subject"
+    );
 }
 
 #[test]

@@ -159,17 +159,20 @@ impl Locations {
         self.find(path).map(|loc| loc.key.unwrap_or(loc.value))
     }
 
+    /// The node at `path` or its nearest located ancestor. The document root only answers for
+    /// itself: a missing top-level key has no line worth pointing at.
     fn find(&self, mut path: &str) -> Option<&NodeLoc> {
-        loop {
+        if path.is_empty() {
+            return self.nodes.get("");
+        }
+        while !path.is_empty() {
             if let Some(loc) = self.nodes.get(path) {
                 return Some(loc);
-            }
-            if path.is_empty() {
-                return None;
             }
             let cut = path.rfind(['.', '[']).unwrap_or(0);
             path = &path[..cut];
         }
+        None
     }
 }
 
@@ -211,8 +214,9 @@ after: 1
     fn falls_back_to_ancestors() {
         let locs = Locations::from_text(DOC);
         assert_eq!(locs.key("listeners[0].tls.client_ca"), at(3, 5));
-        assert_eq!(locs.value("nothing.here"), at(1, 1));
-        assert_eq!(Locations::from_text("").value("x"), None);
-        assert_eq!(Locations::from_text("[1, {").value("x"), at(1, 1));
+        assert_eq!(locs.value("nothing.here"), None);
+        assert_eq!(locs.value(""), at(1, 1));
+        assert_eq!(Locations::from_text("").value(""), None);
+        assert_eq!(Locations::from_text("[1, {").value(""), at(1, 1));
     }
 }

@@ -73,7 +73,10 @@ fn rejections() {
     for (input, want) in cases {
         assert_eq!(norm(input), Err(want), "{input:?}");
     }
-    assert_eq!(norm(&format!("/{}", "a".repeat(8191))).map(|p| p.len()), Ok(8192));
+    assert_eq!(
+        norm(&format!("/{}", "a".repeat(8191))).map(|p| p.len()),
+        Ok(8192)
+    );
     assert_eq!(norm(&format!("/{}", "a".repeat(8192))), Err(TooLong));
     // Growth by encoding past the limit is refused too.
     assert_eq!(norm(&format!("/{}", " ".repeat(3000))), Err(TooLong));

@@ -72,9 +72,18 @@ fn falls_through_to_less_specific_class_when_path_does_not_match() {
         route("wild-api", Some("*.example.com"), "/api"),
         route("any", None, "/"),
     ]);
-    assert_eq!(lookup(&table, Some("api.example.com"), "/admin/x"), Some("exact-admin"));
-    assert_eq!(lookup(&table, Some("api.example.com"), "/api/x"), Some("wild-api"));
-    assert_eq!(lookup(&table, Some("api.example.com"), "/other"), Some("any"));
+    assert_eq!(
+        lookup(&table, Some("api.example.com"), "/admin/x"),
+        Some("exact-admin")
+    );
+    assert_eq!(
+        lookup(&table, Some("api.example.com"), "/api/x"),
+        Some("wild-api")
+    );
+    assert_eq!(
+        lookup(&table, Some("api.example.com"), "/other"),
+        Some("any")
+    );
 }
 
 #[test]

@@ -1,0 +1,394 @@
+//! Converts the raw config into checked types, collecting every problem with its location.
+//!
+//! This file handles the process-wide sections (listeners, metrics, shutdown, upstreams);
+//! `check/tenants.rs` handles tenants, routes and access rules.
+
+mod tenants;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::locate::Locations;
+use super::raw::{RawConfig, RawHealthCheck, RawListener, RawUpstream, RawUpstreamTls};
+use super::{
+    ClientAuth, Config, ConfigProblem, HealthCheckConfig, ListenerConfig, MetricsConfig,
+    TlsListenerConfig, UpstreamConfig, UpstreamTls,
+};
+use crate::names::UpstreamName;
+
+const DEFAULT_METRICS_ADDRESS: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9901);
+const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+const MAX_GRACE: Duration = Duration::from_secs(3600);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Collects problems while converting; `locs` gives each node path its position.
+pub(crate) struct Checker<'a> {
+    locs: &'a Locations,
+    base: &'a Path,
+    problems: Vec<ConfigProblem>,
+}
+
+impl Checker<'_> {
+    /// A problem about the value at `path` (a scalar, or a list entry).
+    fn at_value(&mut self, path: &str, message: String) {
+        let pos = self.locs.value(path);
+        self.problems.push(ConfigProblem::at(pos, message));
+    }
+
+    /// A problem about the mapping or list at `path`, pointed at its key.
+    fn at_key(&mut self, path: &str, message: String) {
+        let pos = self.locs.key(path);
+        self.problems.push(ConfigProblem::at(pos, message));
+    }
+
+    /// " (line N)" for the node at `path`, to point back at an earlier definition.
+    fn line_note(&self, path: &str) -> String {
+        self.locs
+            .value(path)
+            .map(|p| format!(" (line {})", p.line))
+            .unwrap_or_default()
+    }
+
+    /// Resolves a configured file path against the config file's directory.
+    fn file_path(&mut self, path: &str, what: &str, value: &Path) -> PathBuf {
+        if value.as_os_str().is_empty() {
+            self.at_value(path, format!("{what}: the path is empty"));
+        }
+        self.base.join(value)
+    }
+
+    fn socket_addr(&mut self, path: &str, what: &str, text: &str) -> Option<SocketAddr> {
+        match text.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.at_value(
+                    path,
+                    format!("{what}: `{text}` is not an IP:port address (e.g. 127.0.0.1:8443)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn nonzero(
+        &mut self,
+        path: &str,
+        what: &str,
+        value: Option<Duration>,
+        default: Duration,
+    ) -> Duration {
+        let value = value.unwrap_or(default);
+        if value.is_zero() {
+            self.at_value(path, format!("{what} must be greater than zero"));
+        }
+        value
+    }
+
+    /// Reports a name already used at `first`, otherwise remembers it.
+    fn unique<K: std::hash::Hash + Eq>(
+        &mut self,
+        seen: &mut HashMap<K, String>,
+        key: K,
+        path: String,
+        message: impl FnOnce() -> String,
+    ) {
+        match seen.get(&key) {
+            Some(first) => {
+                let note = self.line_note(first);
+                self.at_value(&path, format!("{}{note}", message()));
+            }
+            None => {
+                seen.insert(key, path);
+            }
+        }
+    }
+}
+
+/// A CIDR such as `10.0.0.0/8`; a bare address means just that address.
+pub(crate) fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    match text.parse::<IpAddr>() {
+        Ok(ip) => Ok(IpNet::from(ip)),
+        Err(_) => Err(format!(
+            "`{text}` is not a CIDR (e.g. 10.0.0.0/8) or IP address"
+        )),
+    }
+}
+
+/// Converts `raw`, returning every problem found if there is any.
+pub(crate) fn check(
+    raw: RawConfig,
+    locs: &Locations,
+    base: &Path,
+) -> Result<Config, Vec<ConfigProblem>> {
+    let mut c = Checker {
+        locs,
+        base,
+        problems: Vec::new(),
+    };
+    let listeners = c.listeners(&raw.listeners);
+    let metrics = c.metrics(&raw, &listeners);
+    let shutdown_grace = c.shutdown(&raw);
+    let upstreams = c.upstreams(&raw.upstreams);
+    let upstream_names = raw.upstreams.iter().map(|u| u.name.as_str()).collect();
+    let routes = c.tenants(&raw.tenants, &upstream_names);
+    if c.problems.is_empty() {
+        Ok(Config {
+            listeners,
+            metrics,
+            shutdown_grace,
+            upstreams,
+            routes,
+        })
+    } else {
+        // Problems without a location first, then in file order.
+        c.problems.sort_by_key(|p| (p.line, p.column));
+        Err(c.problems)
+    }
+}
+
+impl Checker<'_> {
+    fn listeners(&mut self, raw: &[RawListener]) -> Vec<ListenerConfig> {
+        if raw.is_empty() {
+            self.at_key("listeners", "at least one listener is required".to_owned());
+        }
+        let mut names = HashMap::new();
+        let mut addresses = HashMap::new();
+        let mut out = Vec::new();
+        for (i, l) in raw.iter().enumerate() {
+            let p = format!("listeners[{i}]");
+            let what = format!("listener `{}`", l.name);
+            if l.name.is_empty() {
+                self.at_value(&format!("{p}.name"), "listener name is empty".to_owned());
+            }
+            self.unique(&mut names, l.name.as_str(), format!("{p}.name"), || {
+                format!("listener name `{}` is already used", l.name)
+            });
+            let address = self.socket_addr(&format!("{p}.address"), &what, &l.address);
+            if let Some(addr) = address {
+                self.unique(&mut addresses, addr, format!("{p}.address"), || {
+                    format!("{what}: address {addr} is already used by another listener")
+                });
+            }
+            let tls = &l.tls;
+            let tp = format!("{p}.tls");
+            let certificate = self.file_path(&format!("{tp}.certificate"), &what, &tls.certificate);
+            let private_key = self.file_path(&format!("{tp}.private_key"), &what, &tls.private_key);
+            let client_ca = match &tls.client_ca {
+                Some(ca) => Some(self.file_path(&format!("{tp}.client_ca"), &what, ca)),
+                None if tls.client_auth != ClientAuth::Off => {
+                    self.at_key(
+                        &tp,
+                        format!("{what}: `client_ca` is required unless `client_auth` is `off`"),
+                    );
+                    None
+                }
+                None => None,
+            };
+            let mut trusted_proxies = Vec::new();
+            for (j, text) in l.trusted_proxies.iter().enumerate() {
+                match parse_cidr(text) {
+                    Ok(net) => trusted_proxies.push(net),
+                    Err(msg) => self.at_value(
+                        &format!("{p}.trusted_proxies[{j}]"),
+                        format!("{what}: trusted_proxies: {msg}"),
+                    ),
+                }
+            }
+            if let Some(address) = address {
+                out.push(ListenerConfig {
+                    name: l.name.clone(),
+                    address,
+                    tls: TlsListenerConfig {
+                        certificate,
+                        private_key,
+                        client_auth: tls.client_auth,
+                        client_ca,
+                    },
+                    trusted_proxies,
+                });
+            }
+        }
+        out
+    }
+
+    fn metrics(&mut self, raw: &RawConfig, listeners: &[ListenerConfig]) -> MetricsConfig {
+        let text = raw.metrics.as_ref().and_then(|m| m.address.as_deref());
+        let address = match text {
+            None => DEFAULT_METRICS_ADDRESS,
+            Some(text) => self
+                .socket_addr("metrics.address", "metrics", text)
+                .unwrap_or(DEFAULT_METRICS_ADDRESS),
+        };
+        if let Some(l) = listeners.iter().find(|l| l.address == address) {
+            let path = if text.is_some() {
+                "metrics.address"
+            } else {
+                "metrics"
+            };
+            self.at_value(
+                path,
+                format!(
+                    "metrics: address {address} is also used by listener `{}`",
+                    l.name
+                ),
+            );
+        }
+        MetricsConfig { address }
+    }
+
+    fn shutdown(&mut self, raw: &RawConfig) -> Duration {
+        let grace = raw
+            .shutdown
+            .as_ref()
+            .and_then(|s| s.grace_period)
+            .unwrap_or(DEFAULT_GRACE);
+        if grace > MAX_GRACE {
+            self.at_value(
+                "shutdown.grace_period",
+                "shutdown: grace_period may be at most 1h".to_owned(),
+            );
+        }
+        grace
+    }
+
+    fn upstreams(&mut self, raw: &[RawUpstream]) -> Vec<UpstreamConfig> {
+        let mut names = HashMap::new();
+        let mut out = Vec::new();
+        for (i, u) in raw.iter().enumerate() {
+            let p = format!("upstreams[{i}]");
+            let what = format!("upstream `{}`", u.name);
+            let name = match u.name.parse::<UpstreamName>() {
+                Ok(name) => Some(name),
+                Err(e) => {
+                    self.at_value(&format!("{p}.name"), format!("{what}: invalid name: {e}"));
+                    None
+                }
+            };
+            self.unique(&mut names, u.name.as_str(), format!("{p}.name"), || {
+                format!("upstream name `{}` is already used", u.name)
+            });
+            if u.targets.is_empty() {
+                self.at_key(
+                    &format!("{p}.targets"),
+                    format!("{what}: `targets` is empty"),
+                );
+            }
+            let targets: Vec<SocketAddr> = u
+                .targets
+                .iter()
+                .enumerate()
+                .filter_map(|(j, t)| self.socket_addr(&format!("{p}.targets[{j}]"), &what, t))
+                .collect();
+            let connect_timeout = self.nonzero(
+                &format!("{p}.connect_timeout"),
+                &format!("{what}: connect_timeout"),
+                u.connect_timeout,
+                DEFAULT_CONNECT_TIMEOUT,
+            );
+            let read_timeout = self.nonzero(
+                &format!("{p}.read_timeout"),
+                &format!("{what}: read_timeout"),
+                u.read_timeout,
+                DEFAULT_READ_TIMEOUT,
+            );
+            let tls = u
+                .tls
+                .as_ref()
+                .map(|t| self.upstream_tls(&format!("{p}.tls"), &what, t));
+            let health_check = u
+                .health_check
+                .as_ref()
+                .map(|h| self.health_check(&format!("{p}.health_check"), &what, h));
+            if let Some(name) = name {
+                out.push(UpstreamConfig {
+                    name,
+                    targets,
+                    connect_timeout,
+                    read_timeout,
+                    tls,
+                    health_check,
+                });
+            }
+        }
+        out
+    }
+
+    fn upstream_tls(&mut self, p: &str, what: &str, t: &RawUpstreamTls) -> UpstreamTls {
+        let sn = &t.server_name;
+        if sn.is_empty()
+            || sn
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            self.at_value(
+                &format!("{p}.server_name"),
+                format!("{what}: server_name `{sn}` is not a valid host name"),
+            );
+        }
+        let ca =
+            t.ca.as_ref()
+                .map(|ca| self.file_path(&format!("{p}.ca"), what, ca));
+        let client_cert = match (&t.client_certificate, &t.client_key) {
+            (Some(cert), Some(key)) => Some((
+                self.file_path(&format!("{p}.client_certificate"), what, cert),
+                self.file_path(&format!("{p}.client_key"), what, key),
+            )),
+            (Some(_), None) => {
+                self.at_key(
+                    &format!("{p}.client_certificate"),
+                    format!("{what}: `client_certificate` needs `client_key` too"),
+                );
+                None
+            }
+            (None, Some(_)) => {
+                self.at_key(
+                    &format!("{p}.client_key"),
+                    format!("{what}: `client_key` needs `client_certificate` too"),
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        UpstreamTls {
+            server_name: sn.clone(),
+            ca,
+            client_cert,
+        }
+    }
+
+    fn health_check(&mut self, p: &str, what: &str, h: &RawHealthCheck) -> HealthCheckConfig {
+        if !h.path.starts_with('/')
+            || h.path
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            self.at_value(
+                &format!("{p}.path"),
+                format!(
+                    "{what}: health_check path `{}` must start with '/' and contain no spaces",
+                    h.path
+                ),
+            );
+        }
+        let interval = self.nonzero(
+            &format!("{p}.interval"),
+            &format!("{what}: health_check interval"),
+            h.interval,
+            DEFAULT_HEALTH_INTERVAL,
+        );
+        HealthCheckConfig {
+            path: h.path.clone(),
+            interval,
+        }
+    }
+}

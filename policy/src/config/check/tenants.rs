@@ -1,0 +1,341 @@
+//! Checks tenants, their routes and access rules, and builds the [`RouteTable`].
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv6Addr;
+
+use super::{parse_cidr, Checker};
+use crate::access::{AccessRule, DnsPattern, SpiffePattern};
+use crate::config::raw::{RawRoute, RawRule, RawTenant};
+use crate::names::{RouteId, RuleId, TenantId, UpstreamName};
+use crate::path::{normalize_path, prefix_matches};
+use crate::routing::{normalize_host, Route, RouteTable};
+
+/// Where a (host, prefix) pair was first claimed: route id and the node path to point at.
+type Claims = HashMap<(Option<String>, String), (String, String)>;
+
+/// The tenant whose routes are being checked.
+struct TenantScope<'r> {
+    raw: &'r RawTenant,
+    /// `None` if the name was invalid (already reported).
+    id: Option<TenantId>,
+    /// Rule ids seen in this tenant -> node path of the first.
+    rule_ids: HashMap<String, String>,
+}
+
+/// Checks that `text` is already a normalised path and returns it as a stored prefix (no
+/// trailing slash except for `/`).
+fn stored_prefix(text: &str) -> Result<String, String> {
+    match normalize_path(text) {
+        Ok(n) if n.as_str() == text => {
+            let trimmed = text.trim_end_matches('/');
+            Ok(if trimmed.is_empty() {
+                "/".to_owned()
+            } else {
+                trimmed.to_owned()
+            })
+        }
+        Ok(n) => Err(format!("`{text}` is not a normalised path (write `{n}`)")),
+        Err(e) => Err(format!("`{text}` is not a valid path: {e}")),
+    }
+}
+
+/// A route's `host`: an exact host name or IP, or `*.domain`. Returned lowercase.
+fn route_host(text: &str) -> Result<String, String> {
+    let bad = || format!("`{text}` is not a host name, IP address or `*.domain` wildcard");
+    let lower = text.to_ascii_lowercase();
+    let lower = lower.strip_suffix('.').unwrap_or(&lower);
+    if let Some(suffix) = lower.strip_prefix("*.") {
+        return match normalize_host(suffix) {
+            Some(n) if n == suffix && !n.contains(':') => Ok(format!("*.{n}")),
+            _ => Err(bad()),
+        };
+    }
+    if lower.parse::<Ipv6Addr>().is_ok() {
+        return Ok(lower.to_owned());
+    }
+    match normalize_host(lower) {
+        // Equal only when nothing (such as a port or brackets) was stripped.
+        Some(n) if n == lower => Ok(n),
+        _ => Err(bad()),
+    }
+}
+
+/// An HTTP method token (RFC 9110 `tchar`s), uppercased.
+fn method(text: &str) -> Result<String, String> {
+    let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if text.is_empty() || !text.bytes().all(is_tchar) {
+        return Err(format!("`{text}` is not an HTTP method"));
+    }
+    Ok(text.to_ascii_uppercase())
+}
+
+impl Checker<'_> {
+    pub(super) fn tenants(&mut self, raw: &[RawTenant], upstreams: &HashSet<&str>) -> RouteTable {
+        let mut tenant_names = HashMap::new();
+        let mut claims = Claims::new();
+        let mut routes = Vec::new();
+        for (i, t) in raw.iter().enumerate() {
+            let p = format!("tenants[{i}]");
+            let tenant = match t.name.parse::<TenantId>() {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    let msg = format!("tenant `{}`: invalid name: {e}", t.name);
+                    self.at_value(&format!("{p}.name"), msg);
+                    None
+                }
+            };
+            self.unique(
+                &mut tenant_names,
+                t.name.as_str(),
+                format!("{p}.name"),
+                || format!("tenant name `{}` is already used", t.name),
+            );
+            let mut route_names = HashMap::new();
+            let mut scope = TenantScope {
+                raw: t,
+                id: tenant,
+                rule_ids: HashMap::new(),
+            };
+            for (j, r) in t.routes.iter().enumerate() {
+                let rp = format!("{p}.routes[{j}]");
+                self.unique(
+                    &mut route_names,
+                    r.name.as_str(),
+                    format!("{rp}.name"),
+                    || {
+                        format!(
+                            "route `{}/{}`: the name is already used in this tenant",
+                            t.name, r.name
+                        )
+                    },
+                );
+                routes.extend(self.route(&rp, &mut scope, r, upstreams, &mut claims));
+            }
+        }
+        RouteTable::new(routes)
+    }
+
+    fn route(
+        &mut self,
+        rp: &str,
+        scope: &mut TenantScope<'_>,
+        r: &RawRoute,
+        upstreams: &HashSet<&str>,
+        claims: &mut Claims,
+    ) -> Option<Route> {
+        let t = scope.raw;
+        let tenant = scope.id.as_ref();
+        let label = format!("{}/{}", t.name, r.name);
+        let what = format!("route {label}");
+        let id = tenant.and_then(|tenant| match RouteId::new(tenant, &r.name) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                self.at_value(&format!("{rp}.name"), format!("{what}: invalid name: {e}"));
+                None
+            }
+        });
+        let host = match &r.host {
+            None => Some(None),
+            Some(h) => match route_host(h) {
+                Ok(h) => Some(Some(h)),
+                Err(msg) => {
+                    self.at_value(&format!("{rp}.host"), format!("{what}: host {msg}"));
+                    None
+                }
+            },
+        };
+        let prefix_path = format!("{rp}.path_prefix");
+        let prefix = match stored_prefix(r.path_prefix.as_deref().unwrap_or("/")) {
+            Ok(p) => Some(p),
+            Err(msg) => {
+                self.at_value(&prefix_path, format!("{what}: path_prefix {msg}"));
+                None
+            }
+        };
+        let upstream = if upstreams.contains(r.upstream.as_str()) {
+            r.upstream.parse::<UpstreamName>().ok()
+        } else {
+            let msg = format!("{what}: upstream `{}` is not defined", r.upstream);
+            self.at_value(&format!("{rp}.upstream"), msg);
+            None
+        };
+        if let (Some(host), Some(prefix)) = (&host, &prefix) {
+            // Point at what makes the pair: the prefix if written, else the host, else the route.
+            let at = if r.path_prefix.is_some() {
+                prefix_path.clone()
+            } else if r.host.is_some() {
+                format!("{rp}.host")
+            } else {
+                rp.to_owned()
+            };
+            let key = (host.clone(), prefix.clone());
+            if let Some((first, first_at)) = claims.get(&key) {
+                let note = self.line_note(first_at);
+                let host_text = host.as_deref().unwrap_or("(any)");
+                let msg = format!(
+                    "{what}: same host {host_text} and path_prefix `{prefix}` as route \
+                     {first}{note}; one of them could never be reached"
+                );
+                self.at_value(&at, msg);
+            } else {
+                claims.insert(key, (label.clone(), at));
+            }
+        }
+        let mut access = Vec::new();
+        for (k, rule) in r.access.iter().enumerate() {
+            let path = format!("{rp}.access[{k}]");
+            self.unique(
+                &mut scope.rule_ids,
+                rule.id.clone(),
+                format!("{path}.id"),
+                || {
+                    format!(
+                        "{what}: rule id `{}` is already used in tenant `{}`",
+                        rule.id, t.name
+                    )
+                },
+            );
+            access.extend(self.rule(&path, &what, prefix.as_deref(), rule));
+        }
+        Some(Route {
+            id: id?,
+            tenant: tenant?.clone(),
+            upstream: upstream?,
+            host: host?,
+            path_prefix: prefix?,
+            access,
+        })
+    }
+
+    fn rule(
+        &mut self,
+        p: &str,
+        route: &str,
+        route_prefix: Option<&str>,
+        r: &RawRule,
+    ) -> Option<AccessRule> {
+        let what = format!("{route}, rule `{}`", r.id);
+        let id = match r.id.parse::<RuleId>() {
+            Ok(id) => Some(id),
+            Err(e) => {
+                self.at_value(&format!("{p}.id"), format!("{what}: invalid id: {e}"));
+                None
+            }
+        };
+        let spiffe_id = self.condition(p, &what, "spiffe_id", &r.spiffe_id, |s| {
+            s.parse::<SpiffePattern>()
+                .map_err(|e| format!("`{s}`: {e}"))
+        });
+        let dns_san = self.condition(p, &what, "dns_san", &r.dns_san, |s| {
+            s.parse::<DnsPattern>().map_err(|e| format!("`{s}`: {e}"))
+        });
+        let subject = self.condition(p, &what, "subject", &r.subject, |s| {
+            if s.is_empty() {
+                Err("the subject is empty".to_owned())
+            } else {
+                Ok(s.to_owned())
+            }
+        });
+        let methods = self.condition(p, &what, "methods", &r.methods, method);
+        let path_prefix = self.condition(p, &what, "path_prefix", &r.path_prefix, |s| {
+            let prefix = stored_prefix(s)?;
+            match route_prefix {
+                Some(rp) if !prefix_matches(rp, &prefix) && !prefix_matches(&prefix, rp) => Err(
+                    format!("`{s}` can never match: the route only serves paths under `{rp}`"),
+                ),
+                _ => Ok(prefix),
+            }
+        });
+        let source = self.condition(p, &what, "source", &r.source, parse_cidr);
+        Some(AccessRule {
+            id: id?,
+            spiffe_id: spiffe_id?,
+            dns_san: dns_san?,
+            subject: subject?,
+            methods: methods?,
+            path_prefix: path_prefix?,
+            source: source?,
+        })
+    }
+
+    /// Parses one condition list. `Some(None)` when absent; `None` after reporting a problem.
+    fn condition<T>(
+        &mut self,
+        rule_path: &str,
+        what: &str,
+        key: &str,
+        entries: &Option<Vec<String>>,
+        mut parse: impl FnMut(&str) -> Result<T, String>,
+    ) -> Option<Option<Vec<T>>> {
+        let Some(entries) = entries else {
+            return Some(None);
+        };
+        let p = format!("{rule_path}.{key}");
+        if entries.is_empty() {
+            let msg =
+                format!("{what}: `{key}` is empty and would match nothing; remove it to match any");
+            self.at_key(&p, msg);
+            return None;
+        }
+        let mut out = Vec::with_capacity(entries.len());
+        let mut ok = true;
+        for (i, entry) in entries.iter().enumerate() {
+            match parse(entry) {
+                Ok(v) => out.push(v),
+                Err(msg) => {
+                    ok = false;
+                    self.at_value(&format!("{p}[{i}]"), format!("{what}: {key} {msg}"));
+                }
+            }
+        }
+        ok.then_some(Some(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_must_be_normalised() {
+        assert_eq!(stored_prefix("/"), Ok("/".to_owned()));
+        assert_eq!(stored_prefix("/api/"), Ok("/api".to_owned()));
+        assert_eq!(stored_prefix("/api"), Ok("/api".to_owned()));
+        assert!(stored_prefix("/a/../b").unwrap_err().contains("write `/b`"));
+        assert!(stored_prefix("/a//b").is_err());
+        assert!(stored_prefix("/%7e").is_err());
+        assert!(stored_prefix("api")
+            .unwrap_err()
+            .contains("not a valid path"));
+    }
+
+    #[test]
+    fn route_hosts() {
+        assert_eq!(
+            route_host("API.example.com"),
+            Ok("api.example.com".to_owned())
+        );
+        assert_eq!(route_host("*.Example.com."), Ok("*.example.com".to_owned()));
+        assert_eq!(route_host("127.0.0.1"), Ok("127.0.0.1".to_owned()));
+        assert_eq!(route_host("::1"), Ok("::1".to_owned()));
+        for bad in [
+            "api.example.com:443",
+            "[::1]",
+            "*.*.example.com",
+            "a.*.com",
+            "*",
+            "",
+            "a b",
+        ] {
+            assert!(route_host(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn methods_are_uppercased_tokens() {
+        assert_eq!(method("get"), Ok("GET".to_owned()));
+        assert_eq!(method("PROPFIND"), Ok("PROPFIND".to_owned()));
+        assert!(method("GE T").is_err());
+        assert!(method("").is_err());
+    }
+}

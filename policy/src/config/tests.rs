@@ -1,0 +1,541 @@
+//! Tests for config parsing and checking: a full valid example, each kind of problem with its
+//! line, and a never-panics property.
+
+use super::*;
+use crate::{normalize_path, Identity, RequestFacts, SpiffeId};
+use proptest::prelude::*;
+
+const FULL: &str = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:8443
+    tls:
+      certificate: certs/server.pem
+      private_key: /etc/portcullis/server.key
+      client_auth: optional
+      client_ca: certs/ca.pem
+    trusted_proxies: [10.0.0.0/8, 192.168.1.7]
+  - name: internal
+    address: '[::1]:9443'
+    tls:
+      certificate: certs/server.pem
+      private_key: certs/server.key
+      client_auth: off
+metrics:
+  address: 127.0.0.1:9902
+shutdown:
+  grace_period: 30s
+upstreams:
+  - name: echo
+    targets: [127.0.0.1:9000, 127.0.0.1:9001]
+    connect_timeout: 2s
+    read_timeout: 30s
+    tls:
+      server_name: echo.internal
+      ca: certs/upstream-ca.pem
+      client_certificate: certs/gw.pem
+      client_key: certs/gw.key
+    health_check:
+      path: /healthz
+      interval: 3s
+  - name: plain
+    targets: [127.0.0.1:9100]
+tenants:
+  - name: acme
+    routes:
+      - name: api
+        host: API.example.com
+        path_prefix: /api/
+        upstream: echo
+        access:
+          - id: frontend-read
+            spiffe_id: [spiffe://example.org/ns/*/sa/frontend]
+            dns_san: [frontend.example.org]
+            methods: [get, POST]
+            path_prefix: [/api/read]
+            source: [127.0.0.0/8]
+          - id: admins
+            subject: ['CN=admin,O=Acme']
+      - name: www
+        host: '*.example.com'
+        upstream: plain
+  - name: globex
+    routes:
+      - name: public
+        upstream: plain
+        access:
+          - id: anyone
+";
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_yaml(text, Path::new("/srv/gw/config.yaml"))
+}
+
+/// The rendered error, which must exist.
+fn error(text: &str) -> String {
+    match parse(text) {
+        Ok(_) => panic!("config unexpectedly accepted:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn assert_problem(text: &str, location: &str, needle: &str) {
+    let err = error(text);
+    let want = format!("/srv/gw/config.yaml:{location}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&want) && l.contains(needle)),
+        "wanted `{want}` with `{needle}` in:\n{err}"
+    );
+}
+
+#[test]
+fn full_example_parses() {
+    let c = parse(FULL).unwrap();
+    assert_eq!(c.listeners.len(), 2);
+    let public = &c.listeners[0];
+    assert_eq!(public.name, "public");
+    assert_eq!(public.address, "127.0.0.1:8443".parse().unwrap());
+    assert_eq!(
+        public.tls.certificate,
+        Path::new("/srv/gw/certs/server.pem")
+    );
+    assert_eq!(
+        public.tls.private_key,
+        Path::new("/etc/portcullis/server.key")
+    );
+    assert_eq!(public.tls.client_auth, ClientAuth::Optional);
+    assert_eq!(
+        public.tls.client_ca.as_deref(),
+        Some(Path::new("/srv/gw/certs/ca.pem"))
+    );
+    assert_eq!(
+        public.trusted_proxies,
+        [
+            "10.0.0.0/8".parse::<IpNet>().unwrap(),
+            "192.168.1.7/32".parse().unwrap()
+        ]
+    );
+    let internal = &c.listeners[1];
+    assert_eq!(internal.address, "[::1]:9443".parse().unwrap());
+    assert_eq!(internal.tls.client_auth, ClientAuth::Off);
+    assert_eq!(internal.tls.client_ca, None);
+    assert!(internal.trusted_proxies.is_empty());
+
+    assert_eq!(c.metrics.address, "127.0.0.1:9902".parse().unwrap());
+    assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+
+    let echo = &c.upstreams[0];
+    assert_eq!(echo.name.as_str(), "echo");
+    assert_eq!(echo.targets.len(), 2);
+    assert_eq!(echo.connect_timeout, Duration::from_secs(2));
+    assert_eq!(echo.read_timeout, Duration::from_secs(30));
+    let tls = echo.tls.as_ref().unwrap();
+    assert_eq!(tls.server_name, "echo.internal");
+    assert_eq!(
+        tls.ca.as_deref(),
+        Some(Path::new("/srv/gw/certs/upstream-ca.pem"))
+    );
+    assert_eq!(
+        tls.client_cert,
+        Some(("/srv/gw/certs/gw.pem".into(), "/srv/gw/certs/gw.key".into()))
+    );
+    assert_eq!(
+        echo.health_check,
+        Some(HealthCheckConfig {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(3)
+        })
+    );
+    let plain = &c.upstreams[1];
+    assert_eq!(plain.connect_timeout, Duration::from_secs(5));
+    assert_eq!(plain.read_timeout, Duration::from_secs(60));
+    assert_eq!(plain.tls, None);
+    assert_eq!(plain.health_check, None);
+
+    assert_eq!(c.routes.len(), 3);
+    let ids: Vec<&str> = c.routes.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["acme/api", "acme/www", "globex/public"]);
+    let api = c.routes.iter().next().unwrap();
+    assert_eq!(api.host.as_deref(), Some("api.example.com"));
+    assert_eq!(api.path_prefix, "/api");
+    assert_eq!(api.upstream.as_str(), "echo");
+    assert_eq!(api.tenant.as_str(), "acme");
+    assert_eq!(api.access.len(), 2);
+    assert_eq!(
+        api.access[0].methods,
+        Some(vec!["GET".to_owned(), "POST".to_owned()])
+    );
+
+    let path = normalize_path("/api/read/x").unwrap();
+    let found = c.routes.route(Some("api.example.com"), &path).unwrap();
+    assert_eq!(found.id.as_str(), "acme/api");
+    let found = c.routes.route(Some("www.example.com"), &path).unwrap();
+    assert_eq!(found.id.as_str(), "acme/www");
+    let found = c.routes.route(Some("other.org"), &path).unwrap();
+    assert_eq!(found.id.as_str(), "globex/public");
+}
+
+#[test]
+fn full_example_authorizes() {
+    let c = parse(FULL).unwrap();
+    let api = c.routes.iter().next().unwrap();
+    let path = normalize_path("/api/read/1").unwrap();
+    let who = Identity::from_x509(
+        Some(SpiffeId::try_from("spiffe://example.org/ns/prod/sa/frontend").unwrap()),
+        vec!["frontend.example.org".into()],
+        None,
+    );
+    let facts = RequestFacts {
+        identity: Some(&who),
+        method: "GET",
+        path: &path,
+        source: "::ffff:127.0.0.1".parse().unwrap(),
+    };
+    assert_eq!(
+        api.authorize(&facts).unwrap().rule.as_str(),
+        "frontend-read"
+    );
+    let anon = RequestFacts {
+        identity: None,
+        ..facts
+    };
+    assert_eq!(
+        api.authorize(&anon).unwrap_err().rule_label(),
+        "default-deny"
+    );
+    let admin = Identity::from_x509(None, vec![], Some("CN=admin,O=Acme".into()));
+    let facts = RequestFacts {
+        identity: Some(&admin),
+        method: "DELETE",
+        ..facts
+    };
+    assert_eq!(api.authorize(&facts).unwrap().rule.as_str(), "admins");
+}
+
+#[test]
+fn minimal_config_uses_defaults() {
+    let c = parse(
+        "listeners:\n  - name: l\n    address: 0.0.0.0:443\n    tls: {certificate: c, private_key: k, client_ca: ca}\n",
+    )
+    .unwrap();
+    assert_eq!(c.metrics.address, "127.0.0.1:9901".parse().unwrap());
+    assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+    assert_eq!(c.listeners[0].tls.client_auth, ClientAuth::Required);
+    assert!(c.routes.is_empty());
+    assert!(c.upstreams.is_empty());
+}
+
+/// `FULL` with `from` replaced by `to` (which must occur).
+fn edit(from: &str, to: &str) -> String {
+    assert!(FULL.contains(from), "{from}");
+    FULL.replacen(from, to, 1)
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_line() {
+    let text = edit("    connect_timeout: 2s\n", "    upstreem: echo\n");
+    assert_problem(&text, "23:5:", "unknown field `upstreem`");
+    let text = edit(
+        "      - name: www\n",
+        "      - name: www\n        hots: x\n",
+    );
+    assert_problem(&text, "52:9:", "unknown field `hots`");
+    let text = edit(
+        "  address: 127.0.0.1:9902\n",
+        "  address: 127.0.0.1:9902\n  port: 1\n",
+    );
+    assert_problem(&text, "18:3:", "unknown field `port`");
+}
+
+#[test]
+fn wrong_types_and_syntax_errors_have_lines() {
+    assert_problem(&edit("interval: 3s", "interval: soon"), "32:17:", "");
+    assert_problem(
+        &edit("client_auth: optional", "client_auth: maybe"),
+        "7:20:",
+        "maybe",
+    );
+    assert_problem(
+        &edit("    targets: [127.0.0.1:9100]\n", "    targets: 5\n"),
+        "34:14:",
+        "",
+    );
+    assert_problem(
+        &edit("  - name: plain\n", "  - name: plain\n   bad: [\n"),
+        "34:",
+        "",
+    );
+    assert_problem("a: [1, 2\n", "2:1:", "");
+}
+
+#[test]
+fn empty_or_non_mapping_files() {
+    for text in ["", "\n", "# only a comment\n", "---\n"] {
+        let err = error(text);
+        assert_eq!(err, "/srv/gw/config.yaml: the file is empty; expected a mapping with `listeners`, `upstreams` and `tenants`");
+    }
+    assert!(error("- a\n- b\n").contains("config.yaml:1:1: the top level must be a mapping"));
+    assert!(error("hello\n").contains("found a string"));
+    assert!(error("{}\n").contains("at least one listener is required"));
+    assert_problem(
+        "listeners: []\n",
+        "1:1:",
+        "at least one listener is required",
+    );
+}
+
+#[test]
+fn semantic_problems_have_lines() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "upstream: echo\n",
+            "upstream: nope\n",
+            "41:19:",
+            "route acme/api: upstream `nope` is not defined",
+        ),
+        (
+            "  - name: internal",
+            "  - name: public",
+            "10:11:",
+            "listener name `public` is already used (line 2)",
+        ),
+        (
+            "'[::1]:9443'",
+            "127.0.0.1:8443",
+            "11:14:",
+            "already used by another listener",
+        ),
+        (
+            "'[::1]:9443'",
+            "localhost:9443",
+            "11:14:",
+            "is not an IP:port address",
+        ),
+        (
+            "  - name: plain",
+            "  - name: echo",
+            "33:11:",
+            "upstream name `echo` is already used (line 21)",
+        ),
+        (
+            "[127.0.0.1:9100]",
+            "[]",
+            "34:5:",
+            "upstream `plain`: `targets` is empty",
+        ),
+        (
+            "[127.0.0.1:9100]",
+            "[127.0.0.1]",
+            "34:15:",
+            "`127.0.0.1` is not an IP:port",
+        ),
+        (
+            "      client_key: certs/gw.key\n",
+            "",
+            "28:7:",
+            "`client_certificate` needs `client_key` too",
+        ),
+        (
+            "      client_ca: certs/ca.pem\n",
+            "",
+            "4:5:",
+            "`client_ca` is required unless `client_auth` is `off`",
+        ),
+        (
+            "[10.0.0.0/8,",
+            "[10.0.0.0/33,",
+            "9:23:",
+            "`10.0.0.0/33` is not a CIDR",
+        ),
+        (
+            "source: [127.0.0.0/8]",
+            "source: [localhost]",
+            "48:22:",
+            "source `localhost` is not a CIDR",
+        ),
+        (
+            "ns/*/sa",
+            "ns/fo*/sa",
+            "44:25:",
+            "a wildcard must be a whole segment",
+        ),
+        (
+            "ns/*/sa",
+            "ns/**/sa",
+            "44:25:",
+            "only allowed as the last segment",
+        ),
+        (
+            "spiffe://example.org/",
+            "spiffe://*.example.org/",
+            "44:25:",
+            "trust domain must be literal",
+        ),
+        (
+            "[frontend.example.org]",
+            "[front end.example.org]",
+            "45:23:",
+            "not a valid DNS name",
+        ),
+        (
+            "path_prefix: [/api/read]",
+            "path_prefix: [/api/./read]",
+            "47:27:",
+            "is not a normalised path (write `/api/read`)",
+        ),
+        (
+            "path_prefix: [/api/read]",
+            "path_prefix: [/admin]",
+            "47:27:",
+            "can never match",
+        ),
+        (
+            "path_prefix: /api/",
+            "path_prefix: /api//x",
+            "40:22:",
+            "not a normalised path",
+        ),
+        (
+            "methods: [get, POST]",
+            "methods: [get, 'P T']",
+            "46:28:",
+            "`P T` is not an HTTP method",
+        ),
+        (
+            "methods: [get, POST]",
+            "methods: []",
+            "46:13:",
+            "`methods` is empty",
+        ),
+        (
+            "- id: admins",
+            "- id: frontend-read",
+            "49:17:",
+            "rule id `frontend-read` is already used in tenant `acme` (line 43)",
+        ),
+        ("- id: admins", "- id: 'bad id'", "49:17:", "invalid id"),
+        (
+            "  - name: globex",
+            "  - name: Globex",
+            "54:11:",
+            "tenant `Globex`: invalid name",
+        ),
+        (
+            "  - name: globex",
+            "  - name: acme",
+            "54:11:",
+            "tenant name `acme` is already used (line 36)",
+        ),
+        (
+            "      - name: www",
+            "      - name: api",
+            "51:15:",
+            "route `acme/api`: the name is already used",
+        ),
+        (
+            "host: API.example.com",
+            "host: api.example.com:443",
+            "39:15:",
+            "is not a host name",
+        ),
+        (
+            "grace_period: 30s",
+            "grace_period: 2h",
+            "19:17:",
+            "at most 1h",
+        ),
+        (
+            "connect_timeout: 2s",
+            "connect_timeout: 0s",
+            "23:22:",
+            "connect_timeout must be greater than zero",
+        ),
+        (
+            "path: /healthz",
+            "path: healthz",
+            "31:13:",
+            "must start with '/'",
+        ),
+        (
+            "127.0.0.1:9902",
+            "127.0.0.1:8443",
+            "17:12:",
+            "also used by listener `public`",
+        ),
+        (
+            "certificate: certs/server.pem\n      private_key: /etc",
+            "certificate: ''\n      private_key: /etc",
+            "5:20:",
+            "the path is empty",
+        ),
+    ];
+    for (from, to, location, needle) in cases {
+        assert_problem(&edit(from, to), location, needle);
+    }
+}
+
+#[test]
+fn shadowed_routes_name_both_and_point_at_the_second() {
+    let text = FULL.to_owned()
+        + "      - name: api-copy\n        host: api.example.com\n        path_prefix: /api\n        upstream: echo\n";
+    assert_problem(
+        &text,
+        "62:22:",
+        "route globex/api-copy: same host api.example.com and path_prefix `/api` as route acme/api (line 40)",
+    );
+    // Two host-less routes with the default prefix: pointed at the second route itself.
+    let text = FULL.to_owned() + "      - name: other\n        upstream: plain\n";
+    assert_problem(
+        &text,
+        "60:9:",
+        "same host (any) and path_prefix `/` as route globex/public (line 56)",
+    );
+}
+
+#[test]
+fn all_semantic_problems_are_collected_in_file_order() {
+    let text = edit("upstream: echo\n", "upstream: nope\n")
+        .replacen("[127.0.0.1:9100]", "[]", 1)
+        .replacen("127.0.0.1:8443", "nowhere", 1);
+    let err = parse(&text).unwrap_err();
+    let lines: Vec<Option<usize>> = err.problems.iter().map(|p| p.line).collect();
+    assert_eq!(lines, [Some(3), Some(34), Some(41)], "{err}");
+    assert_eq!(err.file, Path::new("/srv/gw/config.yaml"));
+}
+
+/// YAML-ish fragments, to reach deeper than random bytes do.
+fn yamlish() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("listeners:".to_owned()),
+        Just("tenants:".to_owned()),
+        Just("upstreams:".to_owned()),
+        Just("  - name: a".to_owned()),
+        Just("    routes:".to_owned()),
+        Just("      - upstream: x".to_owned()),
+        Just("    tls: {certificate: c, private_key: k}".to_owned()),
+        Just("    address: 127.0.0.1:1".to_owned()),
+        Just("        access: [{id: a, source: [1.2.3.4/40]}]".to_owned()),
+        Just("&a [1, *a]".to_owned()),
+        Just("? [x]".to_owned()),
+        Just(": y".to_owned()),
+        Just("---".to_owned()),
+        Just("<<: {}".to_owned()),
+        "[ -~]{0,20}",
+    ];
+    proptest::collection::vec(piece, 0..16).prop_map(|v| v.join("\n"))
+}
+
+proptest! {
+    #[test]
+    fn never_panics_on_arbitrary_text(text in any::<String>()) {
+        let _ = parse(&text);
+    }
+
+    #[test]
+    fn never_panics_on_yamlish_text(text in yamlish()) {
+        if let Err(e) = parse(&text) {
+            prop_assert!(!e.problems.is_empty());
+        }
+    }
+}

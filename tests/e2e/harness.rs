@@ -1,0 +1,464 @@
+//! What the end-to-end tests stand on: a development PKI in a temp folder, the real
+//! `portcullis` binary started as child processes (echo upstreams and gateways), a small
+//! HTTP/1.1 client over real rustls with client certificates, and metrics scraping.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use portcullis_ca::dev::{DevCa, LeafSpec};
+
+pub const TD: &str = "spiffe://test.portcullis.local";
+const DAY: Duration = Duration::from_secs(86400);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_portcullis")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A temp folder with a CA, a server certificate and a set of client certificates.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ca = DevCa::new("Test CA").unwrap();
+        ca.write(d, "ca").unwrap();
+        ca.issue(&LeafSpec::localhost_server(&["api.test"], DAY))
+            .unwrap()
+            .write(d, "server")
+            .unwrap();
+        let frontend = format!("{TD}/ns/app/sa/frontend");
+        let other = format!("{TD}/ns/app/sa/other");
+        let mut spec = LeafSpec::client("frontend", Some(&frontend), DAY);
+        spec.dns_names = vec!["frontend.test".into()];
+        ca.issue(&spec).unwrap().write(d, "frontend").unwrap();
+        ca.issue(&LeafSpec::client("other", Some(&other), DAY))
+            .unwrap()
+            .write(d, "other")
+            .unwrap();
+        // The gateway's own client certificate for upstream mTLS.
+        ca.issue(&LeafSpec::client(
+            "gateway",
+            Some(&format!("{TD}/ns/edge/sa/gateway")),
+            DAY,
+        ))
+        .unwrap()
+        .write(d, "gateway")
+        .unwrap();
+        let now = SystemTime::now();
+        let mut expired = LeafSpec::client("frontend", Some(&frontend), DAY);
+        expired.not_before = now - 3 * DAY;
+        expired.not_after = now - DAY;
+        ca.issue(&expired).unwrap().write(d, "expired").unwrap();
+        let mut future = LeafSpec::client("frontend", Some(&frontend), DAY);
+        future.not_before = now + DAY;
+        future.not_after = now + 2 * DAY;
+        ca.issue(&future).unwrap().write(d, "future").unwrap();
+        DevCa::new("Rogue CA")
+            .unwrap()
+            .issue(&LeafSpec::client("frontend", Some(&frontend), DAY))
+            .unwrap()
+            .write(d, "rogue")
+            .unwrap();
+        Self { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn client(&self, name: Option<&str>) -> Client {
+        Client::new(
+            &self.path("ca.pem"),
+            name.map(|n| {
+                (
+                    self.path(&format!("{n}.pem")),
+                    self.path(&format!("{n}.key")),
+                )
+            }),
+        )
+    }
+}
+
+/// A child process killed when dropped; its stderr goes to a file for post-mortems.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits up to `limit` for the process to exit and returns its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(args: &[&str], log: PathBuf) -> Proc {
+    let err = std::fs::File::create(&log).unwrap();
+    let child = Command::new(bin())
+        .args(args)
+        .env("PORTCULLIS_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    Proc { child, log }
+}
+
+pub fn wait_for_port(port: u16) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "port {port} never opened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Echo {
+    pub port: u16,
+    _proc: Proc,
+}
+
+impl Echo {
+    pub fn start(dir: &Path, name: &str) -> Self {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let proc = spawn(
+            &[
+                "echo",
+                "--exit-with-stdin",
+                "--name",
+                name,
+                "--listen",
+                &addr,
+            ],
+            dir.join(format!("echo-{name}-{port}.log")),
+        );
+        wait_for_port(port);
+        Self { port, _proc: proc }
+    }
+}
+
+/// A running gateway with its config file in `dir`.
+pub struct Gateway {
+    pub port: u16,
+    pub metrics_port: u16,
+    pub config: PathBuf,
+    pub proc: Proc,
+}
+
+impl Gateway {
+    /// `yaml` may use `{port}`, `{metrics}` and `{dir}` placeholders.
+    pub fn start(dir: &Path, yaml: &str) -> Self {
+        let port = free_port();
+        let metrics_port = free_port();
+        let config = dir.join(format!("gateway-{port}.yaml"));
+        std::fs::write(&config, fill(yaml, port, metrics_port)).unwrap();
+        let proc = spawn(
+            &["serve", "--config", config.to_str().unwrap()],
+            dir.join(format!("gateway-{port}.log")),
+        );
+        let gw = Self {
+            port,
+            metrics_port,
+            config,
+            proc,
+        };
+        let start = Instant::now();
+        loop {
+            if let Some((200, _)) = http_get(metrics_port, "/readyz") {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "gateway never became ready:\n{}",
+                gw.proc.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        gw
+    }
+
+    /// Rewrites the config (same placeholders) and sends SIGHUP; waits until the reload
+    /// counter for `expect` ("success" or "failure") goes up.
+    pub fn reload(&self, yaml: &str, expect: &str) {
+        let before = self.metric(&format!(
+            "portcullis_config_reloads_total{{result=\"{expect}\"}}"
+        ));
+        std::fs::write(&self.config, fill(yaml, self.port, self.metrics_port)).unwrap();
+        self.proc.signal("HUP");
+        let start = Instant::now();
+        while self.metric(&format!(
+            "portcullis_config_reloads_total{{result=\"{expect}\"}}"
+        )) <= before
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no reload {expect}:\n{}",
+                self.proc.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.metrics_port, "/metrics").unwrap().1
+    }
+
+    /// The value of one sample, by its exact name and labels as printed; 0 when absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        metric_value(&self.metrics(), sample)
+    }
+}
+
+pub fn metric_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+fn fill(yaml: &str, port: u16, metrics: u16) -> String {
+    yaml.replace("{port}", &port.to_string())
+        .replace("{metrics}", &metrics.to_string())
+}
+
+/// Plain HTTP/1.1 GET (one request, then close) on loopback: (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// An HTTP/1.1 client over rustls presenting an optional client certificate.
+pub struct Client {
+    config: Arc<rustls::ClientConfig>,
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Client {
+    pub fn new(ca: &Path, identity: Option<(PathBuf, PathBuf)>) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut std::fs::read(ca).unwrap().as_slice()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+        let config = match identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let certs = rustls_pemfile::certs(&mut std::fs::read(cert).unwrap().as_slice())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap();
+                let key = rustls_pemfile::private_key(&mut std::fs::read(key).unwrap().as_slice())
+                    .unwrap()
+                    .unwrap();
+                builder.with_client_auth_cert(certs, key).unwrap()
+            }
+        };
+        Self {
+            config: Arc::new(config),
+        }
+    }
+
+    /// Opens a TLS connection and completes the handshake (including the server's verdict on
+    /// our certificate, which TLS 1.3 delivers after the client thinks it is done).
+    pub fn connect(&self, port: u16) -> std::io::Result<Conn> {
+        let tcp = TcpStream::connect(("127.0.0.1", port))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = rustls::ClientConnection::new(self.config.clone(), name)
+            .map_err(std::io::Error::other)?;
+        let mut stream = rustls::StreamOwned::new(tls, tcp);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        Ok(Conn {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// One request on a fresh connection.
+    pub fn get(&self, port: u16, path: &str) -> std::io::Result<Response> {
+        self.connect(port)?.request("GET", path, &[])
+    }
+}
+
+pub struct Conn {
+    reader: BufReader<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>,
+}
+
+impl Conn {
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<Response> {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
+        for (n, v) in headers {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let stream = self.reader.get_mut();
+        stream.write_all(head.as_bytes())?;
+        stream.flush()?;
+        read_response(&mut self.reader)
+    }
+}
+
+fn read_response<R: BufRead>(r: &mut R) -> std::io::Result<Response> {
+    let eof = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed");
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(eof());
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(eof());
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((n, v)) = l.split_once(':') {
+            headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if let Some(len) = get("content-length") {
+        let len: usize = len.parse().map_err(std::io::Error::other)?;
+        body.resize(len, 0);
+        r.read_exact(&mut body)?;
+    } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(std::io::Error::other)?;
+            let mut chunk = vec![0; size + 2];
+            r.read_exact(&mut chunk)?;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Runs curl (for HTTP/2) and returns (http_version, status, body).
+pub fn curl_h2(pki: &Pki, client: &str, port: u16, path: &str) -> (String, u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--http2", "--max-time", "10"])
+        .arg("--cacert")
+        .arg(pki.path("ca.pem"))
+        .arg("--cert")
+        .arg(pki.path(&format!("{client}.pem")))
+        .arg("--key")
+        .arg(pki.path(&format!("{client}.key")))
+        .args(["-w", "\n%{http_version} %{http_code}"])
+        .arg(format!("https://localhost:{port}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let mut parts = tail.split_whitespace();
+    let version = parts.next().unwrap_or("").to_owned();
+    let status = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (version, status, body.to_owned())
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `portcullis` binary, real TLS clients (rustls and curl), real
+//! upstream processes, all on loopback.
+
+// Helpers are shared between the test modules of this one binary.
+#![allow(unreachable_pub)]
+
+mod harness;
+mod operations;
+mod proxy;

@@ -1,0 +1,197 @@
+//! Operating the gateway: config checks, reloads, metrics, draining on SIGTERM.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+use crate::proxy::base_config;
+
+/// The base config with fixed ports, for commands that do not serve.
+fn static_config() -> String {
+    base_config(9)
+        .replace("{port}", "18443")
+        .replace("{metrics}", "19901")
+}
+
+#[test]
+fn check_names_file_and_line_of_the_problem() {
+    let pki = Pki::new();
+    let good = pki.path("good.yaml");
+    std::fs::write(&good, static_config()).unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A route naming an upstream that does not exist.
+    let bad = pki.path("bad.yaml");
+    let text = static_config().replacen("upstream: echo", "upstream: nope", 2);
+    let line = text
+        .lines()
+        .position(|l| l.contains("upstream: nope"))
+        .unwrap()
+        + 1;
+    std::fs::write(&bad, text).unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(&format!("bad.yaml:{line}:")), "{err}");
+    assert!(err.contains("nope"), "{err}");
+
+    // An unknown key (a typo in a security policy) is an error too.
+    let typo = pki.path("typo.yaml");
+    let text = static_config().replacen("spiffe_id:", "spiffe_ids:", 1);
+    let line = text
+        .lines()
+        .position(|l| l.contains("spiffe_ids:"))
+        .unwrap()
+        + 1;
+    std::fs::write(&typo, text).unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&typo)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(&format!("typo.yaml:{line}:")), "{err}");
+
+    // A missing certificate file is named.
+    let missing = pki.path("missing.yaml");
+    std::fs::write(
+        &missing,
+        static_config().replace("server.pem", "nothere.pem"),
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("nothere.pem"), "{err}");
+}
+
+#[test]
+fn serve_refuses_a_bad_config_with_a_clear_error() {
+    let pki = Pki::new();
+    let bad = pki.path("bad.yaml");
+    std::fs::write(&bad, "listeners: [").unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml:"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn reload_applies_to_an_open_connection_and_bad_configs_are_refused() {
+    let pki = Pki::new();
+    let echo = Echo::start(pki.dir.path(), "r");
+    let config = base_config(echo.port);
+    let gw = Gateway::start(pki.dir.path(), &config);
+    let mut conn = pki.client(Some("other")).connect(gw.port).unwrap();
+    assert_eq!(conn.request("GET", "/admin/x", &[]).unwrap().status, 403);
+
+    // Let `other` into /admin; the same keep-alive connection sees the new rule.
+    let opened = config.replace(
+        "spiffe_id: [spiffe://test.portcullis.local/ns/app/sa/frontend]",
+        "spiffe_id: [spiffe://test.portcullis.local/ns/app/sa/*]",
+    );
+    gw.reload(&opened, "success");
+    assert_eq!(conn.request("GET", "/admin/x", &[]).unwrap().status, 200);
+
+    // A broken config is refused and the running one keeps serving, same connection.
+    gw.reload("listeners: [}", "failure");
+    gw.reload(
+        &opened.replace("upstream: echo", "upstream: missing"),
+        "failure",
+    );
+    assert_eq!(conn.request("GET", "/admin/x", &[]).unwrap().status, 200);
+    assert!(gw.proc.log_text().contains("reload refused"));
+}
+
+#[test]
+fn metrics_count_what_was_done() {
+    let pki = Pki::new();
+    let echo = Echo::start(pki.dir.path(), "m");
+    let gw = Gateway::start(pki.dir.path(), &base_config(echo.port));
+    let frontend = pki.client(Some("frontend"));
+    let other = pki.client(Some("other"));
+    for _ in 0..3 {
+        assert_eq!(frontend.get(gw.port, "/admin/a").unwrap().status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(other.get(gw.port, "/admin/a").unwrap().status, 403);
+    }
+    let m = gw.metrics();
+    let allowed = r#"portcullis_requests_total{decision="allow",route="acme/admin",status_class="2xx",tenant="acme"}"#;
+    let denied = r#"portcullis_requests_total{decision="deny",route="acme/admin",status_class="4xx",tenant="acme"}"#;
+    assert_eq!(metric_value(&m, allowed), 3.0, "{m}");
+    assert_eq!(metric_value(&m, denied), 2.0, "{m}");
+    assert!(
+        metric_value(
+            &m,
+            r#"portcullis_request_duration_seconds_count{tenant="acme"}"#
+        ) >= 5.0
+    );
+    assert_eq!(http_get(gw.metrics_port, "/healthz").unwrap().0, 200);
+    // The access log has one JSON line per request, with identity and decision.
+    let log = gw.proc.log_text();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["target"] == "access")
+        .collect();
+    assert_eq!(lines.len(), 5, "{log}");
+    assert!(lines.iter().any(|l| l["authz.decision"] == "deny"
+        && l["authz.rule"] == "default-deny"
+        && l["client.spiffe_id"] == "spiffe://test.portcullis.local/ns/app/sa/other"));
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits() {
+    let pki = Pki::new();
+    let echo = Echo::start(pki.dir.path(), "d");
+    let mut gw = Gateway::start(pki.dir.path(), &base_config(echo.port));
+    let port = gw.port;
+    let client = pki.client(Some("frontend"));
+    let mut conn = client.connect(port).unwrap();
+    let slow = std::thread::spawn(move || {
+        conn.request("GET", "/public/slow", &[("x-echo-delay-ms", "1000")])
+            .map(|r| r.status)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    gw.proc.signal("TERM");
+    assert_eq!(
+        slow.join().unwrap().unwrap(),
+        200,
+        "in-flight request finished"
+    );
+    let status = gw.proc.wait_exit(Duration::from_secs(10)).expect("exited");
+    assert!(status.success());
+    // It exits once drained, well before the 3 s grace period is over.
+    assert!(
+        started.elapsed() < Duration::from_millis(2900),
+        "{:?}",
+        started.elapsed()
+    );
+    // New connections are no longer accepted.
+    assert!(client.connect(port).is_err());
+}
