@@ -49,7 +49,7 @@ pub(crate) fn run(ports: &DemoPorts) -> anyhow::Result<()> {
 
     eprintln!("portcullis demo: key backend: software (development CA; the HSM-backed CA is not built yet)");
     print_instructions(&state, ports);
-    let result = portcullis_gateway::serve(config);
+    let result = portcullis_gateway::serve(config, true);
     drop(echo);
     result.map_err(Into::into)
 }
@@ -75,7 +75,7 @@ fn write_pki(dir: &Path) -> anyhow::Result<()> {
 
 fn demo_config(ports: &DemoPorts) -> String {
     format!(
-        r#"# Written by `portcullis demo`. Edit and send SIGHUP to reload.
+        r#"# Written by `portcullis demo`. Edits take effect on save (the demo watches this file).
 listeners:
   - name: public
     address: 127.0.0.1:{gateway}

@@ -26,6 +26,9 @@ enum Command {
     Serve {
         #[arg(long, short)]
         config: PathBuf,
+        /// Also reload when the config file changes (polled every 200 ms).
+        #[arg(long)]
+        watch: bool,
     },
     /// Validate a configuration and the files it refers to, without serving.
     Check {
@@ -65,7 +68,9 @@ fn main() -> ExitCode {
     init_logging();
     portcullis_gateway::install_crypto_provider();
     let result = match cli.command {
-        Command::Serve { config } => portcullis_gateway::serve(config).map_err(anyhow::Error::from),
+        Command::Serve { config, watch } => {
+            portcullis_gateway::serve(config, watch).map_err(anyhow::Error::from)
+        }
         Command::Check { config } => portcullis_gateway::check(&config)
             .map(|c| {
                 println!(

@@ -214,6 +214,17 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // The id that names this request in our logs, so a caller can quote it.
+        response.insert_header("x-request-id", &ctx.request_id)?;
+        Ok(())
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,

@@ -47,8 +47,9 @@ pub fn check(path: &Path) -> Result<Config, GatewayError> {
     Ok(config)
 }
 
-/// Serves until SIGINT (immediate) or SIGTERM (drain, then exit).
-pub fn serve(config_path: PathBuf) -> Result<(), GatewayError> {
+/// Serves until SIGINT (immediate) or SIGTERM (drain, then exit). With `watch`, a change of
+/// the config file reloads it as SIGHUP does.
+pub fn serve(config_path: PathBuf, watch: bool) -> Result<(), GatewayError> {
     let config = check(&config_path)?;
     for listener in &config.listeners {
         ensure_bindable(listener.address)?;
@@ -124,7 +125,7 @@ pub fn serve(config_path: PathBuf) -> Result<(), GatewayError> {
         },
     ));
 
-    spawn_reloader(config_path, snapshot, listener_tls, metrics.clone())?;
+    spawn_reloader(config_path, watch, snapshot, listener_tls, metrics.clone())?;
     spawn_drain_watch(server.watch_execution_phase(), metrics, grace);
     server.run(RunArgs::default());
     Ok(())
@@ -173,26 +174,41 @@ impl BackgroundService for HealthChecks {
     }
 }
 
-/// SIGHUP re-reads the config file. A config that fails any check is refused and the running
-/// one keeps serving; a good one applies to new requests, established connections stay.
-/// Listener addresses and the metrics address are fixed at start-up.
+/// SIGHUP (and, with `watch`, a change of the file) re-reads the config. A config that
+/// fails any check is refused and the running one keeps serving; a good one applies to new
+/// requests, established connections stay. Listener addresses and the metrics address are
+/// fixed at start-up.
 fn spawn_reloader(
     path: PathBuf,
+    watch: bool,
     snapshot: Arc<ArcSwap<Snapshot>>,
     listeners: Vec<ListenerTls>,
     metrics: Arc<Metrics>,
 ) -> Result<(), GatewayError> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
         .map_err(|e| GatewayError::Signal(e.to_string()))?;
+    let fingerprint = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut seen = fingerprint(&path);
     std::thread::Builder::new()
         .name("config-reload".into())
-        .spawn(move || {
-            for _ in signals.forever() {
+        .spawn(move || loop {
+            let hup = signals.pending().count() > 0;
+            let changed = watch && {
+                let now = fingerprint(&path);
+                let changed = now.is_some() && now != seen;
+                seen = now;
+                changed
+            };
+            if hup || changed {
                 match reload(&path, &listeners) {
                     Ok(new) => {
                         snapshot.store(Arc::new(new));
                         metrics.reload(true);
-                        tracing::info!(config = %path.display(), "configuration reloaded");
+                        tracing::info!(config = %path.display(), trigger = if hup { "signal" } else { "file change" }, "configuration reloaded");
                     }
                     Err(e) => {
                         metrics.reload(false);
@@ -200,6 +216,7 @@ fn spawn_reloader(
                     }
                 }
             }
+            std::thread::sleep(Duration::from_millis(200));
         })
         .map_err(|e| GatewayError::Signal(e.to_string()))?;
     Ok(())

@@ -198,14 +198,18 @@ pub struct Gateway {
 impl Gateway {
     /// `yaml` may use `{port}`, `{metrics}` and `{dir}` placeholders.
     pub fn start(dir: &Path, yaml: &str) -> Self {
+        Self::start_with(dir, yaml, &[])
+    }
+
+    /// Like `start`, with extra `serve` arguments.
+    pub fn start_with(dir: &Path, yaml: &str, extra: &[&str]) -> Self {
         let port = free_port();
         let metrics_port = free_port();
         let config = dir.join(format!("gateway-{port}.yaml"));
         std::fs::write(&config, fill(yaml, port, metrics_port)).unwrap();
-        let proc = spawn(
-            &["serve", "--config", config.to_str().unwrap()],
-            dir.join(format!("gateway-{port}.log")),
-        );
+        let mut args = vec!["serve", "--config", config.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let proc = spawn(&args, dir.join(format!("gateway-{port}.log")));
         let gw = Self {
             port,
             metrics_port,
@@ -230,11 +234,18 @@ impl Gateway {
     /// Rewrites the config (same placeholders) and sends SIGHUP; waits until the reload
     /// counter for `expect` ("success" or "failure") goes up.
     pub fn reload(&self, yaml: &str, expect: &str) {
+        self.rewrite(yaml, expect, true);
+    }
+
+    /// Rewrites the config and, with `hup`, sends SIGHUP; waits for the reload counter.
+    pub fn rewrite(&self, yaml: &str, expect: &str, hup: bool) {
         let before = self.metric(&format!(
             "portcullis_config_reloads_total{{result=\"{expect}\"}}"
         ));
         std::fs::write(&self.config, fill(yaml, self.port, self.metrics_port)).unwrap();
-        self.proc.signal("HUP");
+        if hup {
+            self.proc.signal("HUP");
+        }
         let start = Instant::now();
         while self.metric(&format!(
             "portcullis_config_reloads_total{{result=\"{expect}\"}}"

@@ -127,6 +127,19 @@ fn reload_applies_to_an_open_connection_and_bad_configs_are_refused() {
 }
 
 #[test]
+fn watched_config_reloads_on_change() {
+    let pki = Pki::new();
+    let echo = Echo::start(pki.dir.path(), "w");
+    let config = base_config(echo.port);
+    let gw = Gateway::start_with(pki.dir.path(), &config, &["--watch"]);
+    let other = pki.client(Some("other"));
+    assert_eq!(other.get(gw.port, "/admin/x").unwrap().status, 403);
+    let opened = config.replace("ns/app/sa/frontend]", "ns/app/sa/other]");
+    gw.rewrite(&opened, "success", false);
+    assert_eq!(other.get(gw.port, "/admin/x").unwrap().status, 200);
+}
+
+#[test]
 fn metrics_count_what_was_done() {
     let pki = Pki::new();
     let echo = Echo::start(pki.dir.path(), "m");

@@ -114,6 +114,108 @@ fn allowed_caller_reaches_upstream_with_its_identity() {
         Some("https")
     );
     assert_eq!(resp.json()["uri"], "/admin/users?x=1");
+    // The caller can quote the id under which the request was logged and forwarded.
+    assert_eq!(
+        resp.header("x-request-id").map(str::to_owned),
+        echoed_header(&resp, "x-portcullis-request-id")
+    );
+}
+
+#[test]
+fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let pki = Pki::new();
+    let echo = Echo::start(pki.dir.path(), "xff");
+    // Loopback is a trusted proxy here, and /admin admits only callers from 203.0.113.0/24.
+    let yaml = base_config(echo.port)
+        .replace(
+            "      client_ca: ca.pem\n",
+            "      client_ca: ca.pem\n    trusted_proxies: [127.0.0.0/8]\n",
+        )
+        .replace(
+            "          - id: frontend-admin\n",
+            "          - id: frontend-admin\n            source: [203.0.113.0/24]\n",
+        );
+    let gw = Gateway::start(pki.dir.path(), &yaml);
+    let mut conn = pki.client(Some("frontend")).connect(gw.port).unwrap();
+    let resp = conn
+        .request(
+            "GET",
+            "/admin/x",
+            &[
+                ("X-Forwarded-For", "203.0.113.7, 127.0.0.2"),
+                ("X-Forwarded-Proto", "http"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(resp.status, 200, "client is the right-most untrusted hop");
+    assert_eq!(
+        echoed_header(&resp, "x-forwarded-for").as_deref(),
+        Some("203.0.113.7, 127.0.0.2, 127.0.0.1")
+    );
+    assert_eq!(
+        echoed_header(&resp, "x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+    // Without the header the client is the loopback peer, outside the allowed network.
+    assert_eq!(conn.request("GET", "/admin/x", &[]).unwrap().status, 403);
+    // A forged hop in front of an untrusted one does not help.
+    let resp = conn
+        .request(
+            "GET",
+            "/admin/x",
+            &[("X-Forwarded-For", "203.0.113.7, 198.51.100.1")],
+        )
+        .unwrap();
+    assert_eq!(resp.status, 403);
+}
+
+/// `openssl s_client` with the given extra arguments; true when the handshake completed.
+fn openssl_handshake(pki: &Pki, port: u16, args: &[&str]) -> bool {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            "localhost",
+        ])
+        .arg("-CAfile")
+        .arg(pki.path("ca.pem"))
+        .arg("-cert")
+        .arg(pki.path("frontend.pem"))
+        .arg("-key")
+        .arg(pki.path("frontend.key"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    out.status.success() && text.contains("Verify return code: 0")
+}
+
+#[test]
+fn only_tls12_and_13_with_aead_suites_are_offered() {
+    let s = setup();
+    assert!(openssl_handshake(&s.pki, s.gw.port, &["-tls1_3"]));
+    assert!(openssl_handshake(
+        &s.pki,
+        s.gw.port,
+        &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"]
+    ));
+    assert!(!openssl_handshake(
+        &s.pki,
+        s.gw.port,
+        &["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]
+    ));
+    assert!(!openssl_handshake(
+        &s.pki,
+        s.gw.port,
+        &[
+            "-tls1_2",
+            "-cipher",
+            "ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES128-SHA"
+        ]
+    ));
 }
 
 #[test]
