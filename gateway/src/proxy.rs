@@ -282,13 +282,6 @@ impl ProxyHttp for Gateway {
         self.metrics.request_finished();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let duration = ctx.started.elapsed();
-        self.metrics.request(&RequestOutcome {
-            tenant: ctx.tenant(),
-            route: ctx.route(),
-            status,
-            decision: ctx.decision,
-            duration,
-        });
         let req = session.req_header();
         let spiffe = ctx
             .identity
@@ -313,6 +306,14 @@ impl ProxyHttp for Gateway {
             authz.rule = %ctx.rule,
             "request"
         );
+        // Counted after the log line is written, so a counter never runs ahead of the log.
+        self.metrics.request(&RequestOutcome {
+            tenant: ctx.tenant(),
+            route: ctx.route(),
+            status,
+            decision: ctx.decision,
+            duration,
+        });
     }
 }
 

@@ -211,8 +211,8 @@ fn spawn_reloader(
                         tracing::info!(config = %path.display(), trigger = if hup { "signal" } else { "file change" }, "configuration reloaded");
                     }
                     Err(e) => {
-                        metrics.reload(false);
                         tracing::error!(config = %path.display(), error = %e, "configuration reload refused; the previous configuration keeps serving");
+                        metrics.reload(false);
                     }
                 }
             }

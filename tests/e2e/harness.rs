@@ -264,6 +264,19 @@ impl Gateway {
         http_get(self.metrics_port, "/metrics").unwrap().1
     }
 
+    /// Waits (up to 5 s) for a sample to reach `value`: a request is counted just after its
+    /// response is sent, so a client can be a moment ahead of the metrics.
+    pub fn wait_metric(&self, sample: &str, value: f64) -> String {
+        let start = Instant::now();
+        loop {
+            let text = self.metrics();
+            if metric_value(&text, sample) >= value || start.elapsed() > Duration::from_secs(5) {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The value of one sample, by its exact name and labels as printed; 0 when absent.
     pub fn metric(&self, sample: &str) -> f64 {
         metric_value(&self.metrics(), sample)

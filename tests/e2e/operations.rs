@@ -152,9 +152,10 @@ fn metrics_count_what_was_done() {
     for _ in 0..2 {
         assert_eq!(other.get(gw.port, "/admin/a").unwrap().status, 403);
     }
-    let m = gw.metrics();
     let allowed = r#"portcullis_requests_total{decision="allow",route="acme/admin",status_class="2xx",tenant="acme"}"#;
     let denied = r#"portcullis_requests_total{decision="deny",route="acme/admin",status_class="4xx",tenant="acme"}"#;
+    gw.wait_metric(allowed, 3.0);
+    let m = gw.wait_metric(denied, 2.0);
     assert_eq!(metric_value(&m, allowed), 3.0, "{m}");
     assert_eq!(metric_value(&m, denied), 2.0, "{m}");
     assert!(
