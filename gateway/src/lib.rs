@@ -4,6 +4,7 @@
 
 mod echo;
 mod identity;
+mod limits;
 mod metrics;
 mod proxy;
 mod server;

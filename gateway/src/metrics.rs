@@ -20,6 +20,7 @@ pub(crate) struct Metrics {
     tls_failures: IntCounterVec,
     upstream_errors: IntCounterVec,
     reloads: IntCounterVec,
+    rate_limited: IntCounterVec,
     in_flight: IntGauge,
     ready: AtomicBool,
 }
@@ -90,9 +91,23 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "portcullis_rate_limited_total",
+                "Requests refused by a limit, by tenant and limit (source, identity, route, tenant, in_flight, body_size)",
+            ),
+            &["tenant", "limit"],
+        )
+        .expect("valid metric");
         let in_flight = IntGauge::new("portcullis_requests_in_flight", "Requests being served")
             .expect("valid metric");
-        for c in [&requests, &tls_failures, &upstream_errors, &reloads] {
+        for c in [
+            &requests,
+            &tls_failures,
+            &upstream_errors,
+            &reloads,
+            &rate_limited,
+        ] {
             registry
                 .register(Box::new(c.clone()))
                 .expect("unique metric");
@@ -110,6 +125,7 @@ impl Metrics {
             tls_failures,
             upstream_errors,
             reloads,
+            rate_limited,
             in_flight,
             ready: AtomicBool::new(false),
         }
@@ -142,6 +158,10 @@ impl Metrics {
         self.upstream_errors
             .with_label_values(&[upstream, kind])
             .inc();
+    }
+
+    pub(crate) fn rate_limited(&self, tenant: &str, limit: &str) {
+        self.rate_limited.with_label_values(&[tenant, limit]).inc();
     }
 
     pub(crate) fn reload(&self, ok: bool) {

@@ -18,6 +18,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use portcullis_policy::{normalize_host, normalize_path, Identity, NormalizedPath, RequestFacts};
 
 use crate::identity::ConnectionIdentity;
+use crate::limits::{InFlight, Refusal};
 use crate::metrics::{Metrics, RequestOutcome};
 use crate::snapshot::{canonical, ListenerView, Snapshot};
 use crate::upstream::Pool;
@@ -48,6 +49,10 @@ pub(crate) struct RequestCtx {
     matched: Option<Matched>,
     decision: &'static str,
     rule: String,
+    /// Held while the request runs; frees the tenant's in-flight slot when dropped.
+    in_flight: Option<InFlight>,
+    max_request_body: Option<u64>,
+    request_body_bytes: u64,
 }
 
 /// The route a request matched, with what forwarding needs.
@@ -86,6 +91,9 @@ impl ProxyHttp for Gateway {
             matched: None,
             decision: "none",
             rule: String::from("-"),
+            in_flight: None,
+            max_request_body: None,
+            request_body_bytes: 0,
         }
     }
 
@@ -146,18 +154,75 @@ impl ProxyHttp for Gateway {
         let verdict = route.authorize(&facts);
         ctx.path = Some(path);
         ctx.snapshot = Some(snapshot.clone());
-        match verdict {
-            Ok(permit) => {
-                ctx.decision = "allow";
-                ctx.rule = permit.rule.to_string();
-                Ok(false)
-            }
+        let permit = match verdict {
+            Ok(permit) => permit,
             Err(denied) => {
                 ctx.decision = "deny";
                 ctx.rule = denied.rule_label().to_owned();
-                reply(session, ctx, 403, "forbidden", "access denied by policy").await
+                return reply(session, ctx, 403, "forbidden", "access denied by policy").await;
+            }
+        };
+        ctx.decision = "allow";
+        ctx.rule = permit.rule.to_string();
+
+        let source = ctx.client_ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        match snapshot
+            .limits
+            .admit(route, identity_key(ctx.identity.as_deref()), source)
+        {
+            Ok(slot) => ctx.in_flight = slot,
+            Err(refusal) => {
+                ctx.decision = "rate_limited";
+                self.metrics
+                    .rate_limited(route.tenant.as_str(), refusal.limit);
+                return too_many(session, ctx, &refusal).await;
             }
         }
+        ctx.max_request_body = snapshot
+            .limits
+            .tenant(&route.tenant)
+            .and_then(|t| t.max_request_body());
+        if let Some(max) = ctx.max_request_body {
+            let declared = header_str(session.req_header(), "content-length")
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|len| len > max) {
+                ctx.decision = "too_large";
+                self.metrics
+                    .rate_limited(route.tenant.as_str(), "body_size");
+                return reply(
+                    session,
+                    ctx,
+                    413,
+                    "payload_too_large",
+                    "request body exceeds the limit",
+                )
+                .await;
+            }
+        }
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Bodies without a (truthful) Content-Length are counted as they stream.
+        let Some(max) = ctx.max_request_body else {
+            return Ok(());
+        };
+        ctx.request_body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx.request_body_bytes > max {
+            ctx.decision = "too_large";
+            self.metrics.rate_limited(ctx.tenant(), "body_size");
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(413),
+                "request body exceeds the limit",
+            ));
+        }
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -267,7 +332,7 @@ impl ProxyHttp for Gateway {
         if !dead {
             // The detail goes to the log; the caller gets a fixed body.
             tracing::warn!(request.id = %ctx.request_id, error = %e, "request failed");
-            let _ = write_json(session, ctx, code, kind, message).await;
+            let _ = write_json(session, ctx, code, kind, message, &[]).await;
         }
         FailToProxy {
             error_code: if dead { 0 } else { code },
@@ -377,6 +442,18 @@ fn resolve_client(
     ctx.forwarded_for = Some(chain);
 }
 
+/// The key of per-identity limits: SPIFFE ID, else certificate subject, else anonymous.
+fn identity_key(identity: Option<&Identity>) -> &str {
+    identity
+        .and_then(|i| {
+            i.spiffe_id
+                .as_ref()
+                .map(|s| s.as_str())
+                .or(i.subject.as_deref())
+        })
+        .unwrap_or("anonymous")
+}
+
 fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -446,7 +523,32 @@ async fn reply(
     kind: &str,
     message: &str,
 ) -> Result<bool> {
-    write_json(session, ctx, status, kind, message).await?;
+    write_json(session, ctx, status, kind, message, &[]).await?;
+    Ok(true)
+}
+
+/// 429 with `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit` fields.
+async fn too_many(session: &mut Session, ctx: &RequestCtx, refusal: &Refusal) -> Result<bool> {
+    let retry = refusal.retry_after.as_secs() + u64::from(refusal.retry_after.subsec_nanos() > 0);
+    let retry = retry.max(1);
+    let mut headers = vec![("retry-after", retry.to_string())];
+    if let Some(policy) = refusal.policy {
+        let window = policy.per.as_secs().max(1);
+        headers.push((
+            "ratelimit-policy",
+            format!("\"{}\";q={};w={window}", refusal.limit, policy.requests),
+        ));
+        headers.push(("ratelimit", format!("\"{}\";r=0;t={retry}", refusal.limit)));
+    }
+    write_json(
+        session,
+        ctx,
+        429,
+        "rate_limited",
+        "too many requests",
+        &headers,
+    )
+    .await?;
     Ok(true)
 }
 
@@ -456,6 +558,7 @@ async fn write_json(
     status: u16,
     kind: &str,
     message: &str,
+    extra: &[(&'static str, String)],
 ) -> Result<()> {
     let body = serde_json::json!({
         "error": kind,
@@ -468,6 +571,9 @@ async fn write_json(
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_header("x-request-id", &ctx.request_id)?;
     header.insert_header("cache-control", "no-store")?;
+    for (name, value) in extra {
+        header.insert_header(*name, value)?;
+    }
     session
         .write_response_header(Box::new(header), false)
         .await?;

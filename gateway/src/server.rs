@@ -42,8 +42,7 @@ pub fn check(path: &Path) -> Result<Config, GatewayError> {
         load_certified_key(&listener.tls.certificate, &listener.tls.private_key)?;
         ClientVerifier::new(&listener.name, &listener.tls, Arc::new(Metrics::new()))?;
     }
-    let summary = Snapshot::build(config.clone())?;
-    drop(summary);
+    Snapshot::build(config.clone(), None)?;
     Ok(config)
 }
 
@@ -71,7 +70,7 @@ pub fn serve(config_path: PathBuf, watch: bool) -> Result<(), GatewayError> {
     let mut listener_tls = Vec::new();
     let listeners = config.listeners.clone();
     let metrics_addr = config.metrics.address;
-    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config)?));
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, None)?));
 
     let gateway = Gateway {
         snapshot: snapshot.clone(),
@@ -204,7 +203,7 @@ fn spawn_reloader(
                 changed
             };
             if hup || changed {
-                match reload(&path, &listeners) {
+                match reload(&path, &listeners, &snapshot.load()) {
                     Ok(new) => {
                         snapshot.store(Arc::new(new));
                         metrics.reload(true);
@@ -222,7 +221,11 @@ fn spawn_reloader(
     Ok(())
 }
 
-fn reload(path: &Path, listeners: &[ListenerTls]) -> Result<Snapshot, GatewayError> {
+fn reload(
+    path: &Path,
+    listeners: &[ListenerTls],
+    current: &Snapshot,
+) -> Result<Snapshot, GatewayError> {
     let config = check(path)?;
     // Build everything first, swap afterwards: a failure leaves nothing half-applied.
     let mut staged = Vec::new();
@@ -239,7 +242,7 @@ fn reload(path: &Path, listeners: &[ListenerTls]) -> Result<Snapshot, GatewayErr
             tracing::warn!(listener = %new.name, "new listener: takes effect at restart");
         }
     }
-    let snapshot = Snapshot::build(config)?;
+    let snapshot = Snapshot::build(config, Some(current))?;
     for (running, key, tls) in staged {
         running.certificate.replace(key);
         if let Some(verifier) = &running.verifier {

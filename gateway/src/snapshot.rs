@@ -8,6 +8,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use portcullis_policy::{Config, RouteTable, UpstreamName};
 
+use crate::limits::Limits;
 use crate::upstream::Pool;
 use crate::GatewayError;
 
@@ -36,13 +37,16 @@ pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
 pub(crate) struct Snapshot {
     pub routes: RouteTable,
     pub pools: HashMap<UpstreamName, Arc<Pool>>,
+    pub limits: Limits,
     pub listeners: Vec<ListenerView>,
 }
 
 impl Snapshot {
     /// Builds the runtime view of a checked config. Reads the upstream TLS files; anything
-    /// unreadable or malformed is an error and the snapshot is not built.
-    pub(crate) fn build(config: Config) -> Result<Self, GatewayError> {
+    /// unreadable or malformed is an error and the snapshot is not built. Limit state of
+    /// unchanged tenants and routes carries over from `previous`.
+    pub(crate) fn build(config: Config, previous: Option<&Snapshot>) -> Result<Self, GatewayError> {
+        let limits = Limits::build(&config, previous.map(|p| &p.limits));
         let mut pools = HashMap::new();
         for upstream in &config.upstreams {
             pools.insert(
@@ -61,6 +65,7 @@ impl Snapshot {
         Ok(Self {
             routes: config.routes,
             pools,
+            limits,
             listeners,
         })
     }

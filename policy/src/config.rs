@@ -16,7 +16,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::names::UpstreamName;
+use crate::limits::TenantLimits;
+use crate::names::{TenantId, UpstreamName};
 use crate::routing::RouteTable;
 use locate::{Locations, Position};
 
@@ -33,6 +34,15 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// All tenants' routes.
     pub routes: RouteTable,
+    /// Every tenant, with its limits.
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// One tenant's settings beyond its routes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenantConfig {
+    pub id: TenantId,
+    pub limits: TenantLimits,
 }
 
 /// One TLS listener.

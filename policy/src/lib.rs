@@ -8,6 +8,7 @@
 mod access;
 mod config;
 mod identity;
+mod limits;
 mod names;
 mod path;
 mod routing;
@@ -15,9 +16,10 @@ mod routing;
 pub use access::{Denied, DenyReason, PatternError, Permit, RequestFacts};
 pub use config::{
     ClientAuth, Config, ConfigError, ConfigProblem, HealthCheckConfig, ListenerConfig,
-    MetricsConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
+    MetricsConfig, TenantConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
 };
 pub use identity::{Identity, SpiffeId, SpiffeIdError};
+pub use limits::{RateLimit, TenantLimits};
 pub use names::{NameError, RouteId, RuleId, TenantId, UpstreamName};
 pub use path::{normalize_path, NormalizedPath, PathError};
 pub use routing::{normalize_host, Route, RouteTable};

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::net::Ipv6Addr;
 
 use crate::access::{decide, AccessRule, Denied, Permit, RequestFacts};
+use crate::limits::RateLimit;
 use crate::names::{RouteId, TenantId, UpstreamName};
 use crate::path::{prefix_matches, NormalizedPath};
 
@@ -25,6 +26,8 @@ pub struct Route {
     pub host: Option<String>,
     /// Normalised prefix without a trailing slash, except `/` itself.
     pub path_prefix: String,
+    /// The route's own request rate, shared by all its callers.
+    pub rate_limit: Option<RateLimit>,
     pub(crate) access: Vec<AccessRule>,
 }
 

@@ -401,6 +401,17 @@ impl Conn {
         path: &str,
         headers: &[(&str, &str)],
     ) -> std::io::Result<Response> {
+        self.send(method, path, headers, b"")
+    }
+
+    /// A request with `body` written as is after the head (frame it with the headers).
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
         for (n, v) in headers {
             head.push_str(&format!("{n}: {v}\r\n"));
@@ -408,6 +419,7 @@ impl Conn {
         head.push_str("\r\n");
         let stream = self.reader.get_mut();
         stream.write_all(head.as_bytes())?;
+        stream.write_all(body)?;
         stream.flush()?;
         read_response(&mut self.reader)
     }

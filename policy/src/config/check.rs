@@ -140,7 +140,7 @@ pub(crate) fn check(
     let shutdown_grace = c.shutdown(&raw);
     let upstreams = c.upstreams(&raw.upstreams);
     let upstream_names = raw.upstreams.iter().map(|u| u.name.as_str()).collect();
-    let routes = c.tenants(&raw.tenants, &upstream_names);
+    let (routes, tenants) = c.tenants(&raw.tenants, &upstream_names);
     if c.problems.is_empty() {
         Ok(Config {
             listeners,
@@ -148,6 +148,7 @@ pub(crate) fn check(
             shutdown_grace,
             upstreams,
             routes,
+            tenants,
         })
     } else {
         // Problems without a location first, then in file order.

@@ -100,6 +100,8 @@ pub(crate) struct RawHealthCheck {
 pub(crate) struct RawTenant {
     pub(crate) name: String,
     #[serde(default)]
+    pub(crate) limits: Option<RawTenantLimits>,
+    #[serde(default)]
     pub(crate) routes: Vec<RawRoute>,
 }
 
@@ -112,6 +114,8 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub(crate) path_prefix: Option<String>,
     pub(crate) upstream: String,
+    #[serde(default)]
+    pub(crate) rate_limit: Option<RawRate>,
     #[serde(default)]
     pub(crate) access: Vec<RawRule>,
 }
@@ -132,4 +136,29 @@ pub(crate) struct RawRule {
     pub(crate) path_prefix: Option<Vec<String>>,
     #[serde(default)]
     pub(crate) source: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTenantLimits {
+    #[serde(default)]
+    pub(crate) rate: Option<RawRate>,
+    #[serde(default)]
+    pub(crate) per_identity: Option<RawRate>,
+    #[serde(default)]
+    pub(crate) per_source: Option<RawRate>,
+    #[serde(default)]
+    pub(crate) max_in_flight: Option<u32>,
+    #[serde(default)]
+    pub(crate) max_request_body: Option<u64>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRate {
+    pub(crate) requests: u32,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) per: Option<Duration>,
+    #[serde(default)]
+    pub(crate) burst: Option<u32>,
 }

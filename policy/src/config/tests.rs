@@ -539,3 +539,68 @@ proptest! {
         }
     }
 }
+
+const LIMITED: &str = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:8443
+    tls: { certificate: s.pem, private_key: s.key, client_ca: ca.pem }
+upstreams:
+  - name: echo
+    targets: [127.0.0.1:9000]
+tenants:
+  - name: acme
+    limits:
+      rate: { requests: 100, per: 1s, burst: 200 }
+      per_identity: { requests: 10 }
+      per_source: { requests: 6, per: 1m, burst: 2 }
+      max_in_flight: 32
+      max_request_body: 1048576
+    routes:
+      - name: api
+        upstream: echo
+        rate_limit: { requests: 5, per: 100ms }
+";
+
+#[test]
+fn limits_parse_with_defaults() {
+    let config = parse(LIMITED).unwrap();
+    let limits = &config.tenants[0].limits;
+    let rate = limits.rate.unwrap();
+    assert_eq!((rate.requests.get(), rate.burst.get()), (100, 200));
+    assert_eq!(rate.replenish_interval(), Duration::from_millis(10));
+    let per_identity = limits.per_identity.unwrap();
+    assert_eq!(
+        (per_identity.per, per_identity.burst.get()),
+        (Duration::from_secs(1), 10)
+    );
+    assert_eq!(limits.per_source.unwrap().per, Duration::from_secs(60));
+    assert_eq!(limits.max_in_flight.map(|n| n.get()), Some(32));
+    assert_eq!(limits.max_request_body, Some(1 << 20));
+    let route = config.routes.iter().next().unwrap();
+    assert_eq!(route.rate_limit.unwrap().per, Duration::from_millis(100));
+}
+
+#[test]
+fn bad_limits_are_refused_with_their_line() {
+    assert_problem(
+        &LIMITED.replace("requests: 100,", "requests: 0,"),
+        "11:",
+        "`requests` must be at least 1",
+    );
+    assert_problem(
+        &LIMITED.replace("max_in_flight: 32", "max_in_flight: 0"),
+        "14:",
+        "max_in_flight must be at least 1",
+    );
+    assert_problem(
+        &LIMITED.replace("per: 100ms", "per: 0s"),
+        "19:",
+        "`per` must be between",
+    );
+    assert_problem(
+        &LIMITED.replace("per_source:", "per_client:"),
+        "13:",
+        "unknown field",
+    );
+}

@@ -11,6 +11,7 @@ fn route(name: &str, host: Option<&str>, prefix: &str) -> Route {
         upstream: "up".parse().unwrap(),
         host: host.map(str::to_owned),
         path_prefix: prefix.to_owned(),
+        rate_limit: None,
         access: vec![],
     }
 }

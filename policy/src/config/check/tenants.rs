@@ -2,10 +2,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv6Addr;
+use std::num::NonZeroU32;
+use std::time::Duration;
 
 use super::{parse_cidr, Checker};
 use crate::access::{AccessRule, DnsPattern, SpiffePattern};
-use crate::config::raw::{RawRoute, RawRule, RawTenant};
+use crate::config::raw::{RawRate, RawRoute, RawRule, RawTenant, RawTenantLimits};
+use crate::config::TenantConfig;
+use crate::limits::{RateLimit, TenantLimits};
 use crate::names::{RouteId, RuleId, TenantId, UpstreamName};
 use crate::path::{normalize_path, prefix_matches};
 use crate::routing::{normalize_host, Route, RouteTable};
@@ -70,10 +74,15 @@ fn method(text: &str) -> Result<String, String> {
 }
 
 impl Checker<'_> {
-    pub(super) fn tenants(&mut self, raw: &[RawTenant], upstreams: &HashSet<&str>) -> RouteTable {
+    pub(super) fn tenants(
+        &mut self,
+        raw: &[RawTenant],
+        upstreams: &HashSet<&str>,
+    ) -> (RouteTable, Vec<TenantConfig>) {
         let mut tenant_names = HashMap::new();
         let mut claims = Claims::new();
         let mut routes = Vec::new();
+        let mut tenants = Vec::new();
         for (i, t) in raw.iter().enumerate() {
             let p = format!("tenants[{i}]");
             let tenant = match t.name.parse::<TenantId>() {
@@ -90,6 +99,16 @@ impl Checker<'_> {
                 format!("{p}.name"),
                 || format!("tenant name `{}` is already used", t.name),
             );
+            let limits = match &t.limits {
+                Some(l) => self.tenant_limits(&format!("{p}.limits"), &t.name, l),
+                None => Some(TenantLimits::default()),
+            };
+            if let (Some(id), Some(limits)) = (&tenant, limits) {
+                tenants.push(TenantConfig {
+                    id: id.clone(),
+                    limits,
+                });
+            }
             let mut route_names = HashMap::new();
             let mut scope = TenantScope {
                 raw: t,
@@ -112,7 +131,80 @@ impl Checker<'_> {
                 routes.extend(self.route(&rp, &mut scope, r, upstreams, &mut claims));
             }
         }
-        RouteTable::new(routes)
+        (RouteTable::new(routes), tenants)
+    }
+
+    fn tenant_limits(
+        &mut self,
+        p: &str,
+        tenant: &str,
+        l: &RawTenantLimits,
+    ) -> Option<TenantLimits> {
+        let what = format!("tenant `{tenant}`");
+        let rate = |c: &mut Self, key: &str, raw: &Option<RawRate>| match raw {
+            None => Some(None),
+            Some(r) => c.rate(&format!("{p}.{key}"), &what, r).map(Some),
+        };
+        let tenant_rate = rate(self, "rate", &l.rate);
+        let per_identity = rate(self, "per_identity", &l.per_identity);
+        let per_source = rate(self, "per_source", &l.per_source);
+        let max_in_flight = match l.max_in_flight {
+            None => Some(None),
+            Some(n) => match NonZeroU32::new(n) {
+                Some(n) => Some(Some(n)),
+                None => {
+                    let msg = format!("{what}: max_in_flight must be at least 1");
+                    self.at_value(&format!("{p}.max_in_flight"), msg);
+                    None
+                }
+            },
+        };
+        if l.max_request_body == Some(0) {
+            let msg = format!("{what}: max_request_body must be at least 1 byte");
+            self.at_value(&format!("{p}.max_request_body"), msg);
+            return None;
+        }
+        Some(TenantLimits {
+            rate: tenant_rate?,
+            per_identity: per_identity?,
+            per_source: per_source?,
+            max_in_flight: max_in_flight?,
+            max_request_body: l.max_request_body,
+        })
+    }
+
+    /// A rate limit: at least one request per period, a period between 1 ms and 1 day, and a
+    /// burst of at least one (default: `requests`).
+    fn rate(&mut self, p: &str, what: &str, r: &RawRate) -> Option<RateLimit> {
+        let per = r.per.unwrap_or(Duration::from_secs(1));
+        let Some(requests) = NonZeroU32::new(r.requests) else {
+            let msg = format!("{what}: `requests` must be at least 1");
+            self.at_value(&format!("{p}.requests"), msg);
+            return None;
+        };
+        if per < Duration::from_millis(1) || per > Duration::from_secs(86_400) {
+            let msg = format!("{what}: `per` must be between 1ms and 24h");
+            self.at_value(&format!("{p}.per"), msg);
+            return None;
+        }
+        let burst = match r.burst {
+            None => requests,
+            Some(b) => match NonZeroU32::new(b) {
+                Some(b) => b,
+                None => {
+                    self.at_value(
+                        &format!("{p}.burst"),
+                        format!("{what}: `burst` must be at least 1"),
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(RateLimit {
+            requests,
+            per,
+            burst,
+        })
     }
 
     fn route(
@@ -181,6 +273,10 @@ impl Checker<'_> {
                 claims.insert(key, (label.clone(), at));
             }
         }
+        let rate_limit = match &r.rate_limit {
+            None => Some(None),
+            Some(raw) => self.rate(&format!("{rp}.rate_limit"), &what, raw).map(Some),
+        };
         let mut access = Vec::new();
         for (k, rule) in r.access.iter().enumerate() {
             let path = format!("{rp}.access[{k}]");
@@ -203,6 +299,7 @@ impl Checker<'_> {
             upstream: upstream?,
             host: host?,
             path_prefix: prefix?,
+            rate_limit: rate_limit?,
             access,
         })
     }

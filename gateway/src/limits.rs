@@ -1,0 +1,221 @@
+//! Enforcement of per-tenant limits: GCRA rate limits (governor) per tenant, per identity, per
+//! source address and per route; in-flight requests per tenant. Per-key buckets live in moka
+//! caches with a capacity and an idle expiry, so a flood of distinct identities or addresses
+//! cannot grow memory without bound.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use portcullis_policy::{Config, RateLimit, Route, RouteId, TenantId, TenantLimits};
+
+/// Distinct keys remembered per keyed limit; beyond it the least recently used are dropped.
+const KEYED_CAPACITY: u64 = 100_000;
+/// A bucket idle this long is dropped (it would be full again anyway for any sane limit).
+const KEYED_IDLE: Duration = Duration::from_secs(600);
+
+/// Why a request was refused by a limit, with what the 429 needs to say.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    /// `source`, `identity`, `route`, `tenant` or `in_flight`.
+    pub(crate) limit: &'static str,
+    pub(crate) retry_after: Duration,
+    pub(crate) policy: Option<RateLimit>,
+}
+
+struct Bucket {
+    limit: RateLimit,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl Bucket {
+    fn new(limit: RateLimit) -> Self {
+        Self {
+            limit,
+            limiter: RateLimiter::direct(quota(&limit)),
+        }
+    }
+
+    fn check(&self, name: &'static str) -> Result<(), Refusal> {
+        self.limiter.check().map_err(|not_until| Refusal {
+            limit: name,
+            retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            policy: Some(self.limit),
+        })
+    }
+}
+
+fn quota(limit: &RateLimit) -> Quota {
+    let interval = limit.replenish_interval().max(Duration::from_nanos(1));
+    // `with_period` is only `None` for a zero period, excluded just above.
+    Quota::with_period(interval)
+        .unwrap_or_else(|| Quota::per_second(limit.requests))
+        .allow_burst(limit.burst)
+}
+
+/// One bucket per key (identity or address), bounded in number.
+struct KeyedBuckets<K> {
+    limit: RateLimit,
+    buckets: moka::sync::Cache<K, Arc<Bucket>>,
+}
+
+impl<K: std::hash::Hash + Eq + Send + Sync + 'static> KeyedBuckets<K> {
+    fn new(limit: RateLimit) -> Self {
+        Self {
+            limit,
+            buckets: moka::sync::Cache::builder()
+                .max_capacity(KEYED_CAPACITY)
+                .time_to_idle(KEYED_IDLE)
+                .build(),
+        }
+    }
+
+    fn bucket(&self, key: &K) -> Arc<Bucket>
+    where
+        K: Clone,
+    {
+        self.buckets
+            .get_with_by_ref(key, || Arc::new(Bucket::new(self.limit)))
+    }
+}
+
+impl KeyedBuckets<String> {
+    fn check(&self, key: &str, name: &'static str) -> Result<(), Refusal> {
+        self.buckets
+            .get_with_by_ref(key, || Arc::new(Bucket::new(self.limit)))
+            .check(name)
+    }
+}
+
+/// One tenant's limits and the state enforcing them. Shared by every route of the tenant and
+/// kept across reloads while the tenant's limits stay the same.
+pub(crate) struct TenantGuard {
+    limits: TenantLimits,
+    rate: Option<Bucket>,
+    per_identity: Option<KeyedBuckets<String>>,
+    per_source: Option<KeyedBuckets<IpAddr>>,
+    in_flight: AtomicU32,
+}
+
+impl TenantGuard {
+    fn new(limits: &TenantLimits) -> Self {
+        Self {
+            limits: limits.clone(),
+            rate: limits.rate.map(Bucket::new),
+            per_identity: limits.per_identity.map(KeyedBuckets::new),
+            per_source: limits.per_source.map(KeyedBuckets::new),
+            in_flight: AtomicU32::new(0),
+        }
+    }
+
+    pub(crate) fn max_request_body(&self) -> Option<u64> {
+        self.limits.max_request_body
+    }
+}
+
+/// A request counted against its tenant's in-flight limit; released when dropped.
+pub(crate) struct InFlight(Arc<TenantGuard>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// All limits of one configuration.
+#[derive(Default)]
+pub(crate) struct Limits {
+    tenants: HashMap<TenantId, Arc<TenantGuard>>,
+    routes: HashMap<RouteId, Arc<Bucket>>,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("tenants", &self.tenants.len())
+            .field("routes", &self.routes.len())
+            .finish()
+    }
+}
+
+impl Limits {
+    /// Builds the limits of `config`, keeping the state (buckets, in-flight counts) of any
+    /// tenant or route whose limits are unchanged from `previous`.
+    pub(crate) fn build(config: &Config, previous: Option<&Limits>) -> Self {
+        let mut tenants = HashMap::new();
+        for tenant in &config.tenants {
+            let kept = previous
+                .and_then(|p| p.tenants.get(&tenant.id))
+                .filter(|g| g.limits == tenant.limits)
+                .cloned();
+            let guard = kept.unwrap_or_else(|| Arc::new(TenantGuard::new(&tenant.limits)));
+            tenants.insert(tenant.id.clone(), guard);
+        }
+        let mut routes = HashMap::new();
+        for route in config.routes.iter() {
+            let Some(limit) = route.rate_limit else {
+                continue;
+            };
+            let kept = previous
+                .and_then(|p| p.routes.get(&route.id))
+                .filter(|b| b.limit == limit)
+                .cloned();
+            routes.insert(
+                route.id.clone(),
+                kept.unwrap_or_else(|| Arc::new(Bucket::new(limit))),
+            );
+        }
+        Self { tenants, routes }
+    }
+
+    pub(crate) fn tenant(&self, id: &TenantId) -> Option<&Arc<TenantGuard>> {
+        self.tenants.get(id)
+    }
+
+    /// Charges one request to every limit that applies, narrowest first (so that one noisy
+    /// caller is stopped by its own limit before it spends the tenant's), then takes an
+    /// in-flight slot.
+    pub(crate) fn admit(
+        &self,
+        route: &Route,
+        identity: &str,
+        source: IpAddr,
+    ) -> Result<Option<InFlight>, Refusal> {
+        let guard = self.tenants.get(&route.tenant);
+        if let Some(g) = guard {
+            if let Some(keyed) = &g.per_source {
+                keyed.bucket(&source).check("source")?;
+            }
+            if let Some(keyed) = &g.per_identity {
+                keyed.check(identity, "identity")?;
+            }
+        }
+        if let Some(bucket) = self.routes.get(&route.id) {
+            bucket.check("route")?;
+        }
+        let Some(g) = guard else { return Ok(None) };
+        if let Some(bucket) = &g.rate {
+            bucket.check("tenant")?;
+        }
+        let Some(max) = g.limits.max_in_flight else {
+            return Ok(None);
+        };
+        let taken = g
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max.get()).then_some(n + 1)
+            });
+        match taken {
+            Ok(_) => Ok(Some(InFlight(g.clone()))),
+            Err(_) => Err(Refusal {
+                limit: "in_flight",
+                retry_after: Duration::from_secs(1),
+                policy: None,
+            }),
+        }
+    }
+}
