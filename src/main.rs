@@ -2,8 +2,9 @@
 //! crates that do the work. Bad input exits non-zero with a clear message, never a panic.
 
 mod demo;
+mod explain;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,6 +36,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Work with the access policy of a configuration.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Start a complete local deployment (development CA, certificates, echo upstream,
     /// gateway) in a state folder, and print commands to try it.
     Demo {
@@ -63,6 +69,38 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print the route, decision and deciding rule for a described request.
+    Explain {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The caller's SPIFFE ID (omit for a caller without a certificate).
+        #[arg(long)]
+        identity: Option<String>,
+        /// A DNS SAN of the caller's certificate (repeatable).
+        #[arg(long = "dns-san")]
+        dns_san: Vec<String>,
+        /// The caller's certificate subject, e.g. "O=Acme, CN=frontend".
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The Host the request is sent to.
+        #[arg(long)]
+        host: Option<String>,
+        /// The request path as sent (it is normalised first, as the gateway does).
+        #[arg(long)]
+        path: String,
+        /// The client address.
+        #[arg(long, default_value = "127.0.0.1")]
+        source: IpAddr,
+        /// A request header NAME=VALUE (repeatable).
+        #[arg(long)]
+        header: Vec<String>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -82,6 +120,32 @@ fn main() -> ExitCode {
                 );
             })
             .map_err(anyhow::Error::from),
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    config,
+                    identity,
+                    dns_san,
+                    subject,
+                    method,
+                    host,
+                    path,
+                    source,
+                    header,
+                },
+        } => explain::explain(
+            &config,
+            &explain::Described {
+                identity: identity.as_deref(),
+                dns_sans: &dns_san,
+                subject: subject.as_deref(),
+                method: &method.to_ascii_uppercase(),
+                host: host.as_deref(),
+                path: &path,
+                source,
+                headers: &header,
+            },
+        ),
         Command::Demo {
             state,
             port,

@@ -15,7 +15,9 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use portcullis_policy::{normalize_host, normalize_path, Identity, NormalizedPath, RequestFacts};
+use portcullis_policy::{
+    normalize_host, normalize_path, HeaderSource, Identity, NormalizedPath, RequestFacts,
+};
 
 use crate::identity::ConnectionIdentity;
 use crate::limits::{InFlight, Refusal};
@@ -150,6 +152,7 @@ impl ProxyHttp for Gateway {
             method: req.method.as_str(),
             path: &path,
             source: ctx.client_ip.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            headers: &Headers(req),
         };
         let verdict = route.authorize(&facts);
         ctx.path = Some(path);
@@ -452,6 +455,16 @@ fn identity_key(identity: Option<&Identity>) -> &str {
                 .or(i.subject.as_deref())
         })
         .unwrap_or("anonymous")
+}
+
+/// The request's headers as policy reads them.
+#[derive(Debug)]
+struct Headers<'a>(&'a RequestHeader);
+
+impl HeaderSource for Headers<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        header_str(self.0, name)
+    }
 }
 
 fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {

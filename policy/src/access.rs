@@ -1,4 +1,5 @@
-//! Access decisions: deny by default, permit on the first matching rule.
+//! Access decisions: deny by default; an explicit deny rule wins over any allow rule;
+//! otherwise the first matching allow rule permits.
 //!
 //! A route carries an ordered list of [`AccessRule`]s. A rule matches when every condition it
 //! has matches (AND); a condition matches when any of its entries does (OR); an absent
@@ -18,6 +19,31 @@ use crate::path::{prefix_matches, NormalizedPath};
 pub use pattern::PatternError;
 pub(crate) use pattern::{DnsPattern, SpiffePattern};
 
+/// Read access to a request's headers, by lowercase name.
+pub trait HeaderSource: std::fmt::Debug + Sync {
+    /// The value of the first header called `name`, if present and valid text.
+    fn header(&self, name: &str) -> Option<&str>;
+}
+
+/// No headers at all.
+#[derive(Debug)]
+pub struct NoHeaders;
+
+impl HeaderSource for NoHeaders {
+    fn header(&self, _name: &str) -> Option<&str> {
+        None
+    }
+}
+
+/// Headers as (lowercase name, value) pairs, e.g. from a command line.
+impl HeaderSource for Vec<(String, String)> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// What the gateway knows about a request when it asks for a decision.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestFacts<'a> {
@@ -29,6 +55,8 @@ pub struct RequestFacts<'a> {
     pub path: &'a NormalizedPath,
     /// The client address (after trusted-proxy handling).
     pub source: IpAddr,
+    /// The request headers.
+    pub headers: &'a dyn HeaderSource,
 }
 
 /// Proof that a request was allowed, and by which rule.
@@ -53,6 +81,8 @@ pub struct Denied {
 pub enum DenyReason {
     /// No access rule of the route matched the request (deny by default).
     NoMatchingRule,
+    /// A deny rule matched the request.
+    ExplicitDeny,
 }
 
 impl Denied {
@@ -66,14 +96,34 @@ impl std::fmt::Display for DenyReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DenyReason::NoMatchingRule => f.write_str("no access rule matched"),
+            DenyReason::ExplicitDeny => f.write_str("a deny rule matched"),
         }
     }
+}
+
+/// Whether a matching rule allows or denies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Effect {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// A header condition: the header must be present and, unless `values` is `None`, equal one
+/// of them.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct HeaderCondition {
+    /// Lowercase header name.
+    pub(crate) name: String,
+    pub(crate) values: Option<Vec<String>>,
 }
 
 /// One access rule, already checked. Conditions that are `None` match anything.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct AccessRule {
     pub(crate) id: RuleId,
+    pub(crate) effect: Effect,
     pub(crate) spiffe_id: Option<Vec<SpiffePattern>>,
     pub(crate) dns_san: Option<Vec<DnsPattern>>,
     pub(crate) subject: Option<Vec<String>>,
@@ -81,7 +131,11 @@ pub(crate) struct AccessRule {
     pub(crate) methods: Option<Vec<String>>,
     /// Normalised prefixes without a trailing slash (except `/`).
     pub(crate) path_prefix: Option<Vec<String>>,
+    /// Exact normalised paths.
+    pub(crate) path: Option<Vec<String>>,
     pub(crate) source: Option<Vec<IpNet>>,
+    /// All must hold.
+    pub(crate) headers: Vec<HeaderCondition>,
 }
 
 /// An absent condition matches; a present one needs any entry to match.
@@ -119,7 +173,14 @@ impl AccessRule {
             && any_of(&self.path_prefix, |p| {
                 prefix_matches(p, facts.path.as_str())
             })
+            && any_of(&self.path, |p| p == facts.path.as_str())
             && any_of(&self.source, |net| net_contains(net, facts.source))
+            && self.headers.iter().all(|h| {
+                facts
+                    .headers
+                    .header(&h.name)
+                    .is_some_and(|value| any_of(&h.values, |v| v == value))
+            })
     }
 
     fn identity_matches(&self, identity: &Identity) -> bool {
@@ -136,17 +197,28 @@ impl AccessRule {
     }
 }
 
-/// Applies `rules` in order: the first match permits, otherwise deny by default.
+/// Applies `rules`, which the config checker has ordered deny rules first (see
+/// [`deny_rules_first`]): the first matching rule decides; with none, deny by default.
 pub(crate) fn decide(rules: &[AccessRule], facts: &RequestFacts<'_>) -> Result<Permit, Denied> {
     match rules.iter().find(|rule| rule.matches(facts)) {
-        Some(rule) => Ok(Permit {
+        Some(rule) if rule.effect == Effect::Allow => Ok(Permit {
             rule: rule.id.clone(),
+        }),
+        Some(rule) => Err(Denied {
+            rule: Some(rule.id.clone()),
+            reason: DenyReason::ExplicitDeny,
         }),
         None => Err(Denied {
             rule: None,
             reason: DenyReason::NoMatchingRule,
         }),
     }
+}
+
+/// Orders rules so that every deny rule is tried before any allow rule (a deny wins), keeping
+/// the written order within each kind.
+pub(crate) fn deny_rules_first(rules: &mut [AccessRule]) {
+    rules.sort_by_key(|r| r.effect == Effect::Allow);
 }
 
 #[cfg(test)]

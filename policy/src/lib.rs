@@ -13,7 +13,9 @@ mod names;
 mod path;
 mod routing;
 
-pub use access::{Denied, DenyReason, PatternError, Permit, RequestFacts};
+pub use access::{
+    Denied, DenyReason, HeaderSource, NoHeaders, PatternError, Permit, RequestFacts,
+};
 pub use config::{
     ClientAuth, Config, ConfigError, ConfigProblem, HealthCheckConfig, ListenerConfig,
     MetricsConfig, TenantConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,

@@ -209,3 +209,65 @@ fn sigterm_drains_in_flight_requests_then_exits() {
     // New connections are no longer accepted.
     assert!(client.connect(port).is_err());
 }
+
+/// A policy with an explicit deny and a header condition, explained and then served.
+#[test]
+fn explain_matches_what_the_gateway_does() {
+    let pki = Pki::new();
+    let echo = Echo::start(pki.dir.path(), "x");
+    let yaml = base_config(echo.port).replace(
+        "          - id: anyone\n",
+        "          - id: anyone\n            headers: { x-env: [prod] }\n          - id: no-secrets\n            effect: deny\n            path_prefix: [/public/secrets]\n",
+    );
+    let gw = Gateway::start(pki.dir.path(), &yaml);
+    let explain = |path: &str, header: Option<&str>| {
+        let mut cmd = Command::new(bin());
+        cmd.args(["policy", "explain", "--config"])
+            .arg(&gw.config)
+            .args([
+                "--identity",
+                "spiffe://test.portcullis.local/ns/app/sa/other",
+                "--path",
+                path,
+            ]);
+        if let Some(h) = header {
+            cmd.args(["--header", h]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = explain("/public/secrets/../x", Some("X-Env=prod"));
+    assert!(
+        text.contains("(normalised from /public/secrets/../x)"),
+        "{text}"
+    );
+    assert!(text.contains("decision: allow (rule anyone)"), "{text}");
+    let text = explain("/public/secrets/k", Some("x-env=prod"));
+    assert!(
+        text.contains("decision: deny (rule no-secrets: a deny rule matched)"),
+        "{text}"
+    );
+    let text = explain("/public/x", None);
+    assert!(text.contains("decision: deny (rule default-deny"), "{text}");
+
+    let mut conn = pki.client(Some("other")).connect(gw.port).unwrap();
+    let env = [("X-Env", "prod")];
+    assert_eq!(
+        conn.request("GET", "/public/secrets/../x", &env)
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        conn.request("GET", "/public/secrets/k", &env)
+            .unwrap()
+            .status,
+        403
+    );
+    assert_eq!(conn.request("GET", "/public/x", &[]).unwrap().status, 403);
+}

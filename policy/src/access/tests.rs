@@ -7,12 +7,15 @@ use crate::path::normalize_path;
 fn rule(id: &str) -> AccessRule {
     AccessRule {
         id: id.parse().unwrap(),
+        effect: Effect::Allow,
         spiffe_id: None,
         dns_san: None,
         subject: None,
         methods: None,
         path_prefix: None,
+        path: None,
         source: None,
+        headers: Vec::new(),
     }
 }
 
@@ -43,6 +46,7 @@ impl Req {
             method: self.method,
             path: &self.path,
             source: self.source,
+            headers: &NoHeaders,
         }
     }
 }
@@ -167,4 +171,71 @@ fn ipv4_mapped_sources_match_ipv4_cidrs() {
     let mut r6 = rule("v6");
     r6.source = Some(vec!["2001:db8::/32".parse().unwrap()]);
     assert!(decide(&[r6], &v6.facts()).is_ok());
+}
+
+#[test]
+fn deny_rules_win_over_allow_rules_written_before_them() {
+    let allow_all = rule("allow-all");
+    let mut deny_delete = rule("no-delete");
+    deny_delete.effect = Effect::Deny;
+    deny_delete.methods = Some(vec!["DELETE".into()]);
+    let mut rules = vec![allow_all, deny_delete];
+    deny_rules_first(&mut rules);
+    let get = Req::new(None, "GET", "/x", "10.0.0.1");
+    assert_eq!(
+        decide(&rules, &get.facts()).unwrap().rule.as_str(),
+        "allow-all"
+    );
+    let delete = Req::new(None, "DELETE", "/x", "10.0.0.1");
+    let denied = decide(&rules, &delete.facts()).unwrap_err();
+    assert_eq!(denied.rule_label(), "no-delete");
+    assert_eq!(denied.reason, DenyReason::ExplicitDeny);
+}
+
+#[test]
+fn exact_paths_and_header_conditions() {
+    let mut r = rule("exact");
+    r.path = Some(vec!["/health".into()]);
+    r.headers = vec![
+        HeaderCondition {
+            name: "x-env".into(),
+            values: Some(vec!["prod".into(), "stage".into()]),
+        },
+        HeaderCondition {
+            name: "x-trace".into(),
+            values: None,
+        },
+    ];
+    let rules = [r];
+    let req = Req::new(None, "GET", "/health", "10.0.0.1");
+    let headers = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let both = headers(&[("x-env", "stage"), ("x-trace", "abc")]);
+    let facts = RequestFacts {
+        headers: &both,
+        ..req.facts()
+    };
+    assert!(decide(&rules, &facts).is_ok());
+    let wrong_env = headers(&[("x-env", "dev"), ("x-trace", "abc")]);
+    let facts = RequestFacts {
+        headers: &wrong_env,
+        ..req.facts()
+    };
+    assert!(decide(&rules, &facts).is_err());
+    let no_trace = headers(&[("x-env", "prod")]);
+    let facts = RequestFacts {
+        headers: &no_trace,
+        ..req.facts()
+    };
+    assert!(decide(&rules, &facts).is_err());
+    let sub = Req::new(None, "GET", "/health/deep", "10.0.0.1");
+    let facts = RequestFacts {
+        headers: &both,
+        ..sub.facts()
+    };
+    assert!(decide(&rules, &facts).is_err(), "exact, not a prefix");
 }

@@ -125,6 +125,8 @@ pub(crate) struct RawRoute {
 pub(crate) struct RawRule {
     pub(crate) id: String,
     #[serde(default)]
+    pub(crate) effect: crate::access::Effect,
+    #[serde(default)]
     pub(crate) spiffe_id: Option<Vec<String>>,
     #[serde(default)]
     pub(crate) dns_san: Option<Vec<String>>,
@@ -135,7 +137,12 @@ pub(crate) struct RawRule {
     #[serde(default)]
     pub(crate) path_prefix: Option<Vec<String>>,
     #[serde(default)]
+    pub(crate) path: Option<Vec<String>>,
+    #[serde(default)]
     pub(crate) source: Option<Vec<String>>,
+    /// Header name -> accepted values (`["*"]`: any value, only presence is required).
+    #[serde(default)]
+    pub(crate) headers: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 #[derive(Deserialize, Debug)]

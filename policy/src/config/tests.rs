@@ -2,7 +2,7 @@
 //! line, and a never-panics property.
 
 use super::*;
-use crate::{normalize_path, Identity, RequestFacts, SpiffeId};
+use crate::{normalize_path, Identity, NoHeaders, RequestFacts, SpiffeId};
 use proptest::prelude::*;
 
 const FULL: &str = "\
@@ -191,6 +191,7 @@ fn full_example_authorizes() {
         method: "GET",
         path: &path,
         source: "::ffff:127.0.0.1".parse().unwrap(),
+        headers: &NoHeaders,
     };
     assert_eq!(
         api.authorize(&facts).unwrap().rule.as_str(),
@@ -603,4 +604,34 @@ fn bad_limits_are_refused_with_their_line() {
         "13:",
         "unknown field",
     );
+}
+
+#[test]
+fn deny_rules_paths_and_headers_from_yaml() {
+    let text = LIMITED.replace(
+        "        rate_limit: { requests: 5, per: 100ms }\n",
+        "        access:\n          - id: everyone\n          - id: no-admin\n            effect: deny\n            path: [/admin]\n          - id: bad-header\n            headers: { X-Env: [] }\n",
+    );
+    assert_problem(&text, "25:", "lists no values");
+    let text = text.replace("X-Env: []", "X-Env: [\"*\"]");
+    let config = parse(&text).unwrap();
+    let route = config.routes.iter().next().unwrap();
+    let admin = normalize_path("/admin").unwrap();
+    let facts = RequestFacts {
+        identity: None,
+        method: "GET",
+        path: &admin,
+        source: "10.0.0.1".parse().unwrap(),
+        headers: &NoHeaders,
+    };
+    assert_eq!(
+        route.authorize(&facts).unwrap_err().rule_label(),
+        "no-admin"
+    );
+    let other = normalize_path("/admin/x").unwrap();
+    let facts = RequestFacts {
+        path: &other,
+        ..facts
+    };
+    assert_eq!(route.authorize(&facts).unwrap().rule.as_str(), "everyone");
 }

@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use super::{parse_cidr, Checker};
-use crate::access::{AccessRule, DnsPattern, SpiffePattern};
+use crate::access::{deny_rules_first, AccessRule, DnsPattern, HeaderCondition, SpiffePattern};
 use crate::config::raw::{RawRate, RawRoute, RawRule, RawTenant, RawTenantLimits};
 use crate::config::TenantConfig;
 use crate::limits::{RateLimit, TenantLimits};
@@ -293,6 +293,7 @@ impl Checker<'_> {
             );
             access.extend(self.rule(&path, &what, prefix.as_deref(), rule));
         }
+        deny_rules_first(&mut access);
         Some(Route {
             id: id?,
             tenant: tenant?.clone(),
@@ -343,16 +344,68 @@ impl Checker<'_> {
                 _ => Ok(prefix),
             }
         });
+        let path = self.condition(p, &what, "path", &r.path, |s| match normalize_path(s) {
+            Ok(n) if n.as_str() == s => match route_prefix {
+                Some(rp) if !prefix_matches(rp, s) => Err(format!(
+                    "`{s}` can never match: the route only serves paths under `{rp}`"
+                )),
+                _ => Ok(s.to_owned()),
+            },
+            Ok(n) => Err(format!("`{s}` is not a normalised path (write `{n}`)")),
+            Err(e) => Err(format!("`{s}` is not a valid path: {e}")),
+        });
         let source = self.condition(p, &what, "source", &r.source, parse_cidr);
+        let headers = self.header_conditions(p, &what, r);
         Some(AccessRule {
             id: id?,
+            effect: r.effect,
             spiffe_id: spiffe_id?,
             dns_san: dns_san?,
             subject: subject?,
             methods: methods?,
             path_prefix: path_prefix?,
+            path: path?,
             source: source?,
+            headers: headers?,
         })
+    }
+
+    /// `headers: { name: [values] }`; a value list of `["*"]` requires presence only.
+    fn header_conditions(
+        &mut self,
+        p: &str,
+        what: &str,
+        r: &RawRule,
+    ) -> Option<Vec<HeaderCondition>> {
+        let Some(map) = &r.headers else {
+            return Some(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (name, values) in map {
+            let at = format!("{p}.headers.{name}");
+            let lower = name.to_ascii_lowercase();
+            let is_token = !lower.is_empty()
+                && lower
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !is_token {
+                self.at_key(&at, format!("{what}: `{name}` is not a header name"));
+                ok = false;
+                continue;
+            }
+            if values.is_empty() {
+                self.at_key(&at, format!("{what}: header `{name}` lists no values; use [\"*\"] to require presence only"));
+                ok = false;
+                continue;
+            }
+            let values = (values.as_slice() != ["*"]).then(|| values.clone());
+            out.push(HeaderCondition {
+                name: lower,
+                values,
+            });
+        }
+        ok.then_some(out)
     }
 
     /// Parses one condition list. `Some(None)` when absent; `None` after reporting a problem.
