@@ -1,5 +1,5 @@
 //! A built-in echo upstream for the demo and the tests: answers every request with a JSON
-//! document of what it received (method, path, headers), so a caller can see exactly what the
+//! document of what it received (method, path, headers, body), so a caller can see exactly what the
 //! gateway forwarded.
 
 use std::collections::BTreeMap;
@@ -27,10 +27,10 @@ const MAX_DELAY_MS: u64 = 10_000;
 #[async_trait]
 impl ServeHttp for Echo {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let mut body_len = 0usize;
+        let mut received = Vec::new();
         while let Ok(Some(chunk)) = session.read_request_body().await {
-            body_len += chunk.len();
-            if body_len > MAX_BODY {
+            received.extend_from_slice(&chunk);
+            if received.len() > MAX_BODY {
                 return plain_response(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "text/plain",
@@ -50,6 +50,21 @@ impl ServeHttp for Echo {
             tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
         }
         let req = session.req_header();
+        let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+        // `x-echo-body: 1` answers with the request body itself, with the request's content
+        // type and the content encoding named by `x-echo-content-encoding`.
+        if header("x-echo-body") == Some("1") {
+            let content_type = header("content-type").unwrap_or("application/octet-stream");
+            let mut response = plain_response(StatusCode::OK, content_type, received);
+            if let Some(enc) =
+                header("x-echo-content-encoding").and_then(|v| http::HeaderValue::from_str(v).ok())
+            {
+                response
+                    .headers_mut()
+                    .insert(http::header::CONTENT_ENCODING, enc);
+            }
+            return response;
+        }
         let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (name, value) in req.headers.iter() {
             headers
@@ -63,7 +78,8 @@ impl ServeHttp for Echo {
             "uri": req.uri.to_string(),
             "path": req.uri.path(),
             "headers": headers,
-            "body_bytes": body_len,
+            "body_bytes": received.len(),
+            "body": String::from_utf8_lossy(&received),
         });
         let mut body = serde_json::to_vec_pretty(&doc).unwrap_or_default();
         body.push(b'\n');

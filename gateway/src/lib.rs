@@ -4,6 +4,7 @@
 
 mod echo;
 mod identity;
+mod inspect;
 mod limits;
 mod metrics;
 mod proxy;

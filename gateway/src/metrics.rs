@@ -21,6 +21,8 @@ pub(crate) struct Metrics {
     upstream_errors: IntCounterVec,
     reloads: IntCounterVec,
     rate_limited: IntCounterVec,
+    dlp_findings: IntCounterVec,
+    dlp_incomplete: IntCounterVec,
     in_flight: IntGauge,
     ready: AtomicBool,
 }
@@ -99,6 +101,22 @@ impl Metrics {
             &["tenant", "limit"],
         )
         .expect("valid metric");
+        let dlp_findings = IntCounterVec::new(
+            Opts::new(
+                "portcullis_dlp_findings_total",
+                "DLP matches by tenant, body direction, detector and action taken (never the data)",
+            ),
+            &["tenant", "direction", "detector", "action"],
+        )
+        .expect("valid metric");
+        let dlp_incomplete = IntCounterVec::new(
+            Opts::new(
+                "portcullis_dlp_uninspected_bodies_total",
+                "Bodies passed without full inspection (over the limit, or an undecodable encoding)",
+            ),
+            &["tenant", "direction"],
+        )
+        .expect("valid metric");
         let in_flight = IntGauge::new("portcullis_requests_in_flight", "Requests being served")
             .expect("valid metric");
         for c in [
@@ -107,6 +125,8 @@ impl Metrics {
             &upstream_errors,
             &reloads,
             &rate_limited,
+            &dlp_findings,
+            &dlp_incomplete,
         ] {
             registry
                 .register(Box::new(c.clone()))
@@ -126,6 +146,8 @@ impl Metrics {
             upstream_errors,
             reloads,
             rate_limited,
+            dlp_findings,
+            dlp_incomplete,
             in_flight,
             ready: AtomicBool::new(false),
         }
@@ -162,6 +184,25 @@ impl Metrics {
 
     pub(crate) fn rate_limited(&self, tenant: &str, limit: &str) {
         self.rate_limited.with_label_values(&[tenant, limit]).inc();
+    }
+
+    pub(crate) fn dlp_finding(
+        &self,
+        tenant: &str,
+        direction: &str,
+        detector: &str,
+        action: &str,
+        count: u64,
+    ) {
+        self.dlp_findings
+            .with_label_values(&[tenant, direction, detector, action])
+            .inc_by(count);
+    }
+
+    pub(crate) fn dlp_incomplete(&self, tenant: &str, direction: &str) {
+        self.dlp_incomplete
+            .with_label_values(&[tenant, direction])
+            .inc();
     }
 
     pub(crate) fn reload(&self, ok: bool) {

@@ -16,10 +16,12 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use portcullis_policy::{
-    normalize_host, normalize_path, HeaderSource, Identity, NormalizedPath, RequestFacts,
+    normalize_host, normalize_path, BodyDirection, HeaderSource, Identity, NormalizedPath,
+    RequestFacts, RouteInspection,
 };
 
 use crate::identity::ConnectionIdentity;
+use crate::inspect::{BodyInspector, Encoding, Refused};
 use crate::limits::{InFlight, Refusal};
 use crate::metrics::{Metrics, RequestOutcome};
 use crate::snapshot::{canonical, ListenerView, Snapshot};
@@ -55,6 +57,10 @@ pub(crate) struct RequestCtx {
     in_flight: Option<InFlight>,
     max_request_body: Option<u64>,
     request_body_bytes: u64,
+    /// The route's DLP, and the scanners of this request's bodies.
+    inspection: Option<Arc<RouteInspection>>,
+    request_scan: Option<BodyInspector>,
+    response_scan: Option<BodyInspector>,
 }
 
 /// The route a request matched, with what forwarding needs.
@@ -96,6 +102,9 @@ impl ProxyHttp for Gateway {
             in_flight: None,
             max_request_body: None,
             request_body_bytes: 0,
+            inspection: None,
+            request_scan: None,
+            response_scan: None,
         }
     }
 
@@ -202,6 +211,25 @@ impl ProxyHttp for Gateway {
                 .await;
             }
         }
+        if let Some(inspection) = &route.inspection {
+            let req = session.req_header();
+            let scan = BodyInspector::new(
+                inspection,
+                BodyDirection::Request,
+                header_str(req, "content-type"),
+                Encoding::from_header(header_str(req, "content-encoding")),
+            );
+            ctx.inspection = Some(inspection.clone());
+            match scan {
+                None => {}
+                Some(Ok(scan)) => ctx.request_scan = Some(scan),
+                Some(Err(_)) => {
+                    ctx.decision = "dlp_refused";
+                    let msg = "the request body's encoding cannot be inspected";
+                    return reply(session, ctx, 415, "uninspectable_body", msg).await;
+                }
+            }
+        }
         Ok(false)
     }
 
@@ -209,23 +237,96 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         // Bodies without a (truthful) Content-Length are counted as they stream.
-        let Some(max) = ctx.max_request_body else {
+        if let Some(max) = ctx.max_request_body {
+            ctx.request_body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+            if ctx.request_body_bytes > max {
+                ctx.decision = "too_large";
+                self.metrics.rate_limited(ctx.tenant(), "body_size");
+                let msg = "request body exceeds the limit";
+                return Err(Error::explain(ErrorType::HTTPStatus(413), msg));
+            }
+        }
+        let Some(scan) = ctx.request_scan.as_mut() else {
             return Ok(());
         };
-        ctx.request_body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
-        if ctx.request_body_bytes > max {
-            ctx.decision = "too_large";
-            self.metrics.rate_limited(ctx.tenant(), "body_size");
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(413),
-                "request body exceeds the limit",
-            ));
+        let chunk = body.take().unwrap_or_default();
+        match scan.push(&chunk, end_of_stream) {
+            Ok(out) => {
+                *body = Some(Bytes::from(out));
+                Ok(())
+            }
+            Err(refused) => {
+                ctx.decision = "dlp_refused";
+                Err(refusal_error(&refused, BodyDirection::Request))
+            }
         }
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(inspection) = ctx.inspection.clone() else {
+            return Ok(());
+        };
+        let header = |name: &str| response.headers.get(name).and_then(|v| v.to_str().ok());
+        let scan = BodyInspector::new(
+            &inspection,
+            BodyDirection::Response,
+            header("content-type"),
+            Encoding::from_header(header("content-encoding")),
+        );
+        let scan = match scan {
+            None => return Ok(()),
+            Some(Err(refused)) => {
+                ctx.decision = "dlp_refused";
+                return Err(refusal_error(&refused, BodyDirection::Response));
+            }
+            Some(Ok(scan)) => scan,
+        };
+        if scan.decodes() {
+            response.remove_header("content-encoding");
+        }
+        if scan.decodes() || inspection.may_rewrite(BodyDirection::Response) {
+            // The length is no longer known: stream it chunked (HTTP/1.1) or framed (h2).
+            response.remove_header("content-length");
+            if !session.is_http2() {
+                response.insert_header("transfer-encoding", "chunked")?;
+            }
+        }
+        ctx.response_scan = Some(scan);
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        let Some(scan) = ctx.response_scan.as_mut() else {
+            return Ok(None);
+        };
+        let chunk = body.take().unwrap_or_default();
+        match scan.push(&chunk, end_of_stream) {
+            Ok(out) => {
+                *body = Some(Bytes::from(out));
+                Ok(None)
+            }
+            // The status line is already on its way: the only safe move is to cut the response
+            // off before the held-back match is released.
+            Err(refused) => {
+                ctx.decision = "dlp_refused";
+                Err(refusal_error(&refused, BodyDirection::Response))
+            }
+        }
     }
 
     async fn upstream_peer(
@@ -263,6 +364,24 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         strip_spoofable_headers(upstream);
+        if let (Some(scan), Some(inspection)) = (&ctx.request_scan, &ctx.inspection) {
+            if scan.decodes() {
+                upstream.remove_header("content-encoding");
+            }
+            if scan.decodes() || inspection.may_rewrite(BodyDirection::Request) {
+                // Redaction changes the length; pingora sends the body chunked instead.
+                upstream.remove_header("content-length");
+            }
+        }
+        if let (Some(scan), Some(inspection)) = (&ctx.request_scan, &ctx.inspection) {
+            if scan.decodes() {
+                upstream.remove_header("content-encoding");
+            }
+            if scan.decodes() || inspection.may_rewrite(BodyDirection::Request) {
+                // Redaction changes the length; pingora sends the body chunked instead.
+                upstream.remove_header("content-length");
+            }
+        }
         if let Some(path) = &ctx.path {
             let uri = match upstream.uri.query() {
                 Some(q) => format!("{path}?{q}"),
@@ -316,6 +435,14 @@ impl ProxyHttp for Gateway {
             ErrorType::HTTPStatus(503) => {
                 (503, "upstream_unavailable", "no healthy upstream target")
             }
+            ErrorType::HTTPStatus(413) => (
+                413,
+                "payload_too_large",
+                "request body too large to accept or inspect",
+            ),
+            ErrorType::HTTPStatus(403) => {
+                (403, "dlp_blocked", "body refused by data protection policy")
+            }
             ErrorType::HTTPStatus(code) => (*code, "error", "request failed"),
             _ => match e.esource() {
                 pingora_core::ErrorSource::Upstream => (502, "bad_gateway", "upstream failed"),
@@ -357,6 +484,7 @@ impl ProxyHttp for Gateway {
             .and_then(|i| i.spiffe_id.as_ref())
             .map(|s| s.as_str())
             .unwrap_or("-");
+        let dlp = self.record_findings(ctx);
         tracing::info!(
             target: "access",
             duration_ms = duration.as_secs_f64() * 1000.0,
@@ -372,6 +500,7 @@ impl ProxyHttp for Gateway {
             http.status = status,
             authz.decision = ctx.decision,
             authz.rule = %ctx.rule,
+            dlp.findings = %dlp,
             "request"
         );
         // Counted after the log line is written, so a counter never runs ahead of the log.
@@ -382,6 +511,35 @@ impl ProxyHttp for Gateway {
             decision: ctx.decision,
             duration,
         });
+    }
+}
+
+impl Gateway {
+    /// Counts the DLP findings of both bodies and renders them for the access log as
+    /// `direction:detector:action:count` items (or `-`). Counts only, never data.
+    fn record_findings(&self, ctx: &RequestCtx) -> String {
+        let mut items = Vec::new();
+        for (direction, scan) in [
+            ("request", &ctx.request_scan),
+            ("response", &ctx.response_scan),
+        ] {
+            let Some(scan) = scan else { continue };
+            if scan.incomplete {
+                self.metrics.dlp_incomplete(ctx.tenant(), direction);
+                items.push(format!("{direction}:uninspected"));
+            }
+            for f in scan.findings().iter() {
+                let (detector, action) = (f.detector.to_string(), f.action.to_string());
+                self.metrics
+                    .dlp_finding(ctx.tenant(), direction, &detector, &action, f.count);
+                items.push(format!("{direction}:{detector}:{action}:{}", f.count));
+            }
+        }
+        if items.is_empty() {
+            "-".to_owned()
+        } else {
+            items.join(",")
+        }
     }
 }
 
@@ -443,6 +601,20 @@ fn resolve_client(
     }
     chain.push_str(&peer_ip.to_string());
     ctx.forwarded_for = Some(chain);
+}
+
+/// The error that ends a request whose body DLP refused; `fail_to_proxy` turns it into the
+/// response (or, once a response has started, pingora cuts the connection).
+fn refusal_error(refused: &Refused, direction: BodyDirection) -> Box<Error> {
+    let (status, what) = match refused {
+        Refused::Blocked(detector) => (
+            403,
+            format!("{direction:?} body blocked by DLP detector {detector}"),
+        ),
+        Refused::TooLarge => (413, format!("{direction:?} body over the inspection limit")),
+        Refused::Undecodable(why) => (413, format!("{direction:?} body: {why}")),
+    };
+    Error::explain(ErrorType::HTTPStatus(status), what)
 }
 
 /// The key of per-identity limits: SPIFFE ID, else certificate subject, else anonymous.

@@ -7,20 +7,26 @@
 
 mod access;
 mod config;
+mod dlp;
 mod identity;
+mod inspection;
 mod limits;
 mod names;
 mod path;
 mod routing;
 
-pub use access::{
-    Denied, DenyReason, HeaderSource, NoHeaders, PatternError, Permit, RequestFacts,
-};
+pub use access::{Denied, DenyReason, HeaderSource, NoHeaders, PatternError, Permit, RequestFacts};
 pub use config::{
     ClientAuth, Config, ConfigError, ConfigProblem, HealthCheckConfig, ListenerConfig,
     MetricsConfig, TenantConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
 };
+pub use dlp::{
+    Blocked, BodyDirection, BuiltinDetector, CustomPatternSpec, DetectorKind, DetectorName,
+    DirectionSelector, DlpAction, DlpError, DlpPolicy, DlpSpec, Finding, Findings, KeywordListSpec,
+    Scanner,
+};
 pub use identity::{Identity, SpiffeId, SpiffeIdError};
+pub use inspection::{InspectionLimits, OverLimit, RouteInspection};
 pub use limits::{RateLimit, TenantLimits};
 pub use names::{NameError, RouteId, RuleId, TenantId, UpstreamName};
 pub use path::{normalize_path, NormalizedPath, PathError};

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::net::Ipv6Addr;
 
 use crate::access::{decide, AccessRule, Denied, Permit, RequestFacts};
+use crate::inspection::RouteInspection;
 use crate::limits::RateLimit;
 use crate::names::{RouteId, TenantId, UpstreamName};
 use crate::path::{prefix_matches, NormalizedPath};
@@ -28,6 +29,8 @@ pub struct Route {
     pub path_prefix: String,
     /// The route's own request rate, shared by all its callers.
     pub rate_limit: Option<RateLimit>,
+    /// DLP on this route's bodies (the route's own spec, else its tenant's), if any.
+    pub inspection: Option<std::sync::Arc<RouteInspection>>,
     pub(crate) access: Vec<AccessRule>,
 }
 

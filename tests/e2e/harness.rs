@@ -217,9 +217,13 @@ impl Gateway {
             proc,
         };
         let start = Instant::now();
+        let mut gw = gw;
         loop {
             if let Some((200, _)) = http_get(metrics_port, "/readyz") {
                 break;
+            }
+            if let Ok(Some(status)) = gw.proc.child.try_wait() {
+                panic!("gateway exited ({status}):\n{}", gw.proc.log_text());
             }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
@@ -402,6 +406,38 @@ impl Conn {
         headers: &[(&str, &str)],
     ) -> std::io::Result<Response> {
         self.send(method, path, headers, b"")
+    }
+
+    /// A chunked request whose chunks are written (and flushed) separately, `pause` apart, so
+    /// the gateway receives them as separate reads.
+    pub fn send_chunked(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        chunks: &[&[u8]],
+        pause: Duration,
+    ) -> std::io::Result<Response> {
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
+        );
+        for (n, v) in headers {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let stream = self.reader.get_mut();
+        stream.write_all(head.as_bytes())?;
+        stream.flush()?;
+        for chunk in chunks {
+            stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())?;
+            stream.write_all(chunk)?;
+            stream.write_all(b"\r\n")?;
+            stream.flush()?;
+            std::thread::sleep(pause);
+        }
+        stream.write_all(b"0\r\n\r\n")?;
+        stream.flush()?;
+        read_response(&mut self.reader)
     }
 
     /// A request with `body` written as is after the head (frame it with the headers).

@@ -102,6 +102,10 @@ pub(crate) struct RawTenant {
     #[serde(default)]
     pub(crate) limits: Option<RawTenantLimits>,
     #[serde(default)]
+    pub(crate) dlp: Option<crate::dlp::DlpSpec>,
+    #[serde(default)]
+    pub(crate) body_inspection: Option<RawInspection>,
+    #[serde(default)]
     pub(crate) routes: Vec<RawRoute>,
 }
 
@@ -116,6 +120,9 @@ pub(crate) struct RawRoute {
     pub(crate) upstream: String,
     #[serde(default)]
     pub(crate) rate_limit: Option<RawRate>,
+    /// Replaces the tenant's DLP spec for this route.
+    #[serde(default)]
+    pub(crate) dlp: Option<crate::dlp::DlpSpec>,
     #[serde(default)]
     pub(crate) access: Vec<RawRule>,
 }
@@ -168,4 +175,17 @@ pub(crate) struct RawRate {
     pub(crate) per: Option<Duration>,
     #[serde(default)]
     pub(crate) burst: Option<u32>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawInspection {
+    #[serde(default)]
+    pub(crate) max_bytes: Option<u64>,
+    #[serde(default)]
+    pub(crate) over_limit: Option<crate::inspection::OverLimit>,
+    #[serde(default)]
+    pub(crate) max_decompressed_bytes: Option<u64>,
+    #[serde(default)]
+    pub(crate) max_ratio: Option<u64>,
 }

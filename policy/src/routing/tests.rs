@@ -12,6 +12,7 @@ fn route(name: &str, host: Option<&str>, prefix: &str) -> Route {
         host: host.map(str::to_owned),
         path_prefix: prefix.to_owned(),
         rate_limit: None,
+        inspection: None,
         access: vec![],
     }
 }

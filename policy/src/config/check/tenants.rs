@@ -3,12 +3,15 @@
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv6Addr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{parse_cidr, Checker};
 use crate::access::{deny_rules_first, AccessRule, DnsPattern, HeaderCondition, SpiffePattern};
 use crate::config::raw::{RawRate, RawRoute, RawRule, RawTenant, RawTenantLimits};
 use crate::config::TenantConfig;
+use crate::dlp::{DlpPolicy, DlpSpec};
+use crate::inspection::{InspectionLimits, RouteInspection};
 use crate::limits::{RateLimit, TenantLimits};
 use crate::names::{RouteId, RuleId, TenantId, UpstreamName};
 use crate::path::{normalize_path, prefix_matches};
@@ -24,6 +27,9 @@ struct TenantScope<'r> {
     id: Option<TenantId>,
     /// Rule ids seen in this tenant -> node path of the first.
     rule_ids: HashMap<String, String>,
+    /// The tenant's DLP policy and inspection limits, for routes without their own spec.
+    inspection: Option<Arc<RouteInspection>>,
+    limits: InspectionLimits,
 }
 
 /// Checks that `text` is already a normalised path and returns it as a stored prefix (no
@@ -110,10 +116,21 @@ impl Checker<'_> {
                 });
             }
             let mut route_names = HashMap::new();
+            let limits = self.inspection_limits(&format!("{p}.body_inspection"), &t.name, t);
+            let inspection = t.dlp.as_ref().and_then(|spec| {
+                self.dlp(
+                    &format!("{p}.dlp"),
+                    &format!("tenant `{}`", t.name),
+                    spec,
+                    limits,
+                )
+            });
             let mut scope = TenantScope {
                 raw: t,
                 id: tenant,
                 rule_ids: HashMap::new(),
+                inspection,
+                limits,
             };
             for (j, r) in t.routes.iter().enumerate() {
                 let rp = format!("{p}.routes[{j}]");
@@ -132,6 +149,49 @@ impl Checker<'_> {
             }
         }
         (RouteTable::new(routes), tenants)
+    }
+
+    /// Compiles a DLP spec; a problem is reported at `p` and the route gets no inspection.
+    fn dlp(
+        &mut self,
+        p: &str,
+        what: &str,
+        spec: &DlpSpec,
+        limits: InspectionLimits,
+    ) -> Option<Arc<RouteInspection>> {
+        match DlpPolicy::new(spec) {
+            Ok(policy) => Some(Arc::new(RouteInspection::new(spec.clone(), policy, limits))),
+            Err(e) => {
+                self.at_key(p, format!("{what}: dlp: {e}"));
+                None
+            }
+        }
+    }
+
+    fn inspection_limits(&mut self, p: &str, tenant: &str, t: &RawTenant) -> InspectionLimits {
+        let defaults = InspectionLimits::default();
+        let Some(raw) = &t.body_inspection else {
+            return defaults;
+        };
+        let mut positive = |key: &str, value: Option<u64>, default: u64| match value {
+            Some(0) => {
+                let msg = format!("tenant `{tenant}`: body_inspection.{key} must be at least 1");
+                self.at_value(&format!("{p}.{key}"), msg);
+                default
+            }
+            Some(v) => v,
+            None => default,
+        };
+        InspectionLimits {
+            max_bytes: positive("max_bytes", raw.max_bytes, defaults.max_bytes),
+            over_limit: raw.over_limit.unwrap_or_default(),
+            max_decompressed_bytes: positive(
+                "max_decompressed_bytes",
+                raw.max_decompressed_bytes,
+                defaults.max_decompressed_bytes,
+            ),
+            max_ratio: positive("max_ratio", raw.max_ratio, defaults.max_ratio),
+        }
     }
 
     fn tenant_limits(
@@ -294,6 +354,10 @@ impl Checker<'_> {
             access.extend(self.rule(&path, &what, prefix.as_deref(), rule));
         }
         deny_rules_first(&mut access);
+        let inspection = match &r.dlp {
+            Some(spec) => self.dlp(&format!("{rp}.dlp"), &what, spec, scope.limits),
+            None => scope.inspection.clone(),
+        };
         Some(Route {
             id: id?,
             tenant: tenant?.clone(),
@@ -301,6 +365,7 @@ impl Checker<'_> {
             host: host?,
             path_prefix: prefix?,
             rate_limit: rate_limit?,
+            inspection,
             access,
         })
     }
