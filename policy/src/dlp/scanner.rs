@@ -207,8 +207,8 @@ impl Scanner {
                 end = end.max(hit_end);
                 match rules.detectors.get(index).map(|d| d.1) {
                     Some(DlpAction::Block) if self.blocked.is_none() => {
-                        self.blocked = Some(Blocked {
-                            detector: rules.detectors[index].0.clone(),
+                        self.blocked = rules.detectors.get(index).map(|d| Blocked {
+                            detector: d.0.clone(),
                         });
                     }
                     Some(DlpAction::Redact) if redact.is_none() => redact = Some(index),

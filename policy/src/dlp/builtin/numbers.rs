@@ -117,7 +117,7 @@ pub(crate) fn luhn_ok(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// US SSN `AAA-GG-SSSS`: area not 000, 666 or 900–999, group not 00, serial not 0000.

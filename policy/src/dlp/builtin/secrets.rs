@@ -50,7 +50,10 @@ pub(super) fn private_key(w: &Window<'_>, p: usize) -> Scan<Option<usize>> {
             _ => break i,
         }
     };
-    let trailing = w.buf[header_end.min(end)..end]
+    let trailing = w
+        .buf
+        .get(header_end.min(end)..end)
+        .unwrap_or_default()
         .iter()
         .rev()
         .take_while(|&&b| b == b'\\')
@@ -71,8 +74,7 @@ pub(super) fn aws_access_key_id(w: &Window<'_>, p: usize) -> Scan<Option<usize>>
 /// one at `p + 39` and none at `p + 40` (when those bytes have arrived).
 #[inline]
 pub(super) fn may_be_aws_secret(w: &Window<'_>, p: usize) -> bool {
-    !w.buf.get(p + 39).is_some_and(|&b| !is_b64(b))
-        && !w.buf.get(p + 40).copied().is_some_and(is_b64)
+    w.buf.get(p + 39).is_none_or(|&b| is_b64(b)) && !w.buf.get(p + 40).copied().is_some_and(is_b64)
 }
 
 /// Cheap test before [`bearer_token`]: a space or tab before `p`, and an `r` before the spaces.
@@ -102,14 +104,19 @@ pub(super) fn aws_secret_key(w: &Window<'_>, p: usize) -> Scan<Option<usize>> {
     if n != 40 || w.at(p + 40)? == Some(b'=') {
         return Ok(None);
     }
-    let key = &w.buf[p..p + 40];
+    let Some(key) = w.buf.get(p..p + 40) else {
+        return Ok(None);
+    };
     let mixed = key.iter().any(u8::is_ascii_uppercase)
         && key.iter().any(u8::is_ascii_lowercase)
         && key.iter().any(u8::is_ascii_digit);
     if !mixed {
         return Ok(None);
     }
-    let before = &w.buf[p.saturating_sub(SECRET_KEYWORD_REACH)..p];
+    let before = w
+        .buf
+        .get(p.saturating_sub(SECRET_KEYWORD_REACH)..p)
+        .unwrap_or_default();
     let keyword = before
         .windows(6)
         .any(|win| win.eq_ignore_ascii_case(b"secret"));
@@ -198,7 +205,7 @@ pub(super) fn jwt(w: &Window<'_>, p: usize) -> Scan<Option<usize>> {
         let sig = w.run(sig_at, limit.saturating_sub(sig_at), is_b64url)?;
         end = sig_at + sig;
     }
-    let names_alg = decode_b64url(&w.buf[p..p + header])
+    let names_alg = decode_b64url(w.buf.get(p..p + header).unwrap_or_default())
         .is_some_and(|json| json.windows(5).any(|win| win == b"\"alg\""));
     Ok(names_alg.then_some(end.min(limit)))
 }

@@ -1,0 +1,579 @@
+//! The audit record: a versioned JSON schema, one record per line, chained by SHA-256.
+//!
+//! # Line format (schema version 1)
+//!
+//! Each record is one line of compact JSON (UTF-8, no whitespace between tokens) ending in `\n`,
+//! with the members in exactly this order:
+//!
+//! ```text
+//! {"v":1,"seq":42,"time":"2025-01-01T00:00:00.000000Z","node":"gw-1","kind":"request","event":{...},"prev_hash":"<64 hex>","hash":"<64 hex>"}
+//! ```
+//!
+//! - `v`: schema version, `1`.
+//! - `seq`: the record's sequence number on this node, from 0, without gaps.
+//! - `time`: RFC 3339 UTC, stamped by the writer when it assigns `seq` (so `time` never goes
+//!   backwards along the chain unless the wall clock does).
+//! - `node`: the gateway node that wrote it (the central store's key is `(node, seq)`).
+//! - `kind` + `event`: what happened, see [`RecordKind`].
+//! - `prev_hash`: the `hash` of record `seq - 1`; for `seq` 0 it is [`GENESIS_HASH`]
+//!   (32 zero bytes, hex).
+//! - `hash`: lowercase hex SHA-256 of the line's bytes **without the hash member**: exactly the
+//!   bytes of the line up to (not including) the final `,"hash":"` followed by the single byte `}`.
+//!   No re-serialisation or canonicalisation is involved: a verifier hashes the bytes it read,
+//!   so any byte changed anywhere in the record (including whitespace or member order) is seen.
+//!   The `hash` member must be the last one and must be 64 lowercase hex digits.
+//!
+//! Signed records ([`Checkpoint`], [`Retention`]) sign a separate, documented message (see
+//! [`Checkpoint::signed_message`] and [`Retention::signed_message`]) that commits to the chain.
+
+use ring::digest::{Context, SHA256};
+use serde::{Deserialize, Serialize};
+
+/// The schema version written in every record's `v` member.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// `prev_hash` of the first record of a node's log: 32 zero bytes, hex.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+const HASH_MEMBER: &[u8] = b",\"hash\":\"";
+
+/// One record of the audit log, as stored (see the module docs for the exact line format).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Schema version ([`SCHEMA_VERSION`]).
+    pub v: u32,
+    /// Sequence number on this node, from 0, without gaps.
+    pub seq: u64,
+    /// RFC 3339 UTC time stamped by the writer.
+    pub time: String,
+    /// The node that wrote the record.
+    pub node: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: RecordKind,
+    /// Hash of the previous record ([`GENESIS_HASH`] for seq 0).
+    pub prev_hash: String,
+    /// SHA-256 of this record's line without the `hash` member, hex.
+    pub hash: String,
+}
+
+/// What a record says happened. Serialised as `"kind":"<name>","event":{...}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+// Requests are nearly every record: boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+pub enum RecordKind {
+    /// A request decision at the data plane (`"kind":"request"`).
+    Request(RequestEvent),
+    /// A certificate authority event (`"kind":"ca"`).
+    Ca(CaEvent),
+    /// An admin API action (`"kind":"admin"`).
+    Admin(AdminAction),
+    /// A configuration reload (`"kind":"config_reload"`).
+    ConfigReload(ConfigReload),
+    /// Written by the log itself after cutting a torn tail on open (`"kind":"truncation"`).
+    Truncation(Truncation),
+    /// Written by the log itself after deleting old segments; signed (`"kind":"retention"`).
+    Retention(Retention),
+    /// A signed checkpoint over the chain so far (`"kind":"checkpoint"`).
+    Checkpoint(Checkpoint),
+}
+
+impl RecordKind {
+    /// The `kind` member's value.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RecordKind::Request(_) => "request",
+            RecordKind::Ca(_) => "ca",
+            RecordKind::Admin(_) => "admin",
+            RecordKind::ConfigReload(_) => "config_reload",
+            RecordKind::Truncation(_) => "truncation",
+            RecordKind::Retention(_) => "retention",
+            RecordKind::Checkpoint(_) => "checkpoint",
+        }
+    }
+}
+
+/// An event a producer hands to the log. The log's own records (truncation, retention,
+/// checkpoint) are written only by the writer and cannot be appended from outside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+#[allow(clippy::large_enum_variant)] // as for RecordKind
+pub enum AuditEvent {
+    /// A request decision.
+    Request(RequestEvent),
+    /// A certificate authority event.
+    Ca(CaEvent),
+    /// An admin API action.
+    Admin(AdminAction),
+    /// A configuration reload.
+    ConfigReload(ConfigReload),
+}
+
+impl From<AuditEvent> for RecordKind {
+    fn from(e: AuditEvent) -> Self {
+        match e {
+            AuditEvent::Request(r) => RecordKind::Request(r),
+            AuditEvent::Ca(c) => RecordKind::Ca(c),
+            AuditEvent::Admin(a) => RecordKind::Admin(a),
+            AuditEvent::ConfigReload(c) => RecordKind::ConfigReload(c),
+        }
+    }
+}
+
+impl From<RequestEvent> for AuditEvent {
+    fn from(e: RequestEvent) -> Self {
+        AuditEvent::Request(e)
+    }
+}
+impl From<CaEvent> for AuditEvent {
+    fn from(e: CaEvent) -> Self {
+        AuditEvent::Ca(e)
+    }
+}
+impl From<AdminAction> for AuditEvent {
+    fn from(e: AdminAction) -> Self {
+        AuditEvent::Admin(e)
+    }
+}
+impl From<ConfigReload> for AuditEvent {
+    fn from(e: ConfigReload) -> Self {
+        AuditEvent::ConfigReload(e)
+    }
+}
+
+/// One request's decision at the data plane. Never carries bodies, headers' values or matched
+/// DLP data: only who, what, where and the outcome.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestEvent {
+    /// The gateway's request id.
+    pub request_id: String,
+    /// W3C trace id (32 hex), when the request carried or was given one.
+    pub trace_id: Option<String>,
+    /// Tenant the route belongs to.
+    pub tenant: Option<String>,
+    /// Route id that matched.
+    pub route: Option<String>,
+    /// Caller identity: SPIFFE ID, or the certificate/token subject.
+    pub identity: Option<String>,
+    /// Client address, `ip:port`.
+    pub source: String,
+    /// HTTP method.
+    pub method: String,
+    /// Host (authority) the request named.
+    pub host: String,
+    /// Normalised path; without the query string unless configured (see [`audit_path`]).
+    pub path: String,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Request body bytes received.
+    pub bytes_in: u64,
+    /// Response body bytes sent.
+    pub bytes_out: u64,
+    /// Time from request head to end of response, milliseconds.
+    pub duration_ms: u64,
+    /// The authorisation decision.
+    pub decision: Decision,
+    /// The rule that decided (allowing or denying), if any.
+    pub rule: Option<String>,
+    /// Rate limiting outcome.
+    pub rate_limit: RateLimitOutcome,
+    /// DLP tallies: detector, count and action; never the matched data.
+    pub dlp: Vec<DlpFinding>,
+    /// Negotiated TLS version (`"TLSv1.3"`).
+    pub tls_version: Option<String>,
+    /// Upstream the request was sent to (`host:port`), if it was sent.
+    pub upstream: Option<String>,
+}
+
+/// The authorisation decision recorded for a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Decision {
+    /// Allowed by policy.
+    #[default]
+    Allow,
+    /// Denied by policy (or by a DLP block, with the detector in `dlp`).
+    Deny,
+    /// Not decided: the request failed before a decision (bad TLS, malformed request).
+    Error,
+}
+
+impl Decision {
+    /// The serialised name (`"allow"`, `"deny"`, `"error"`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+            Decision::Error => "error",
+        }
+    }
+}
+
+impl std::str::FromStr for Decision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "allow" => Ok(Decision::Allow),
+            "deny" => Ok(Decision::Deny),
+            "error" => Ok(Decision::Error),
+            other => Err(format!(
+                "unknown decision {other:?} (expected allow, deny or error)"
+            )),
+        }
+    }
+}
+
+/// What rate limiting did to a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RateLimitOutcome {
+    /// No limit applies to this request.
+    #[default]
+    None,
+    /// A limit applies and the request was within it.
+    Passed,
+    /// The request was refused by a limit.
+    Limited,
+}
+
+/// One DLP detector's tally for a request: never the matched data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DlpFinding {
+    /// Detector name (`"credit_card"`).
+    pub detector: String,
+    /// Number of matches.
+    pub count: u64,
+    /// Action taken (`"record"`, `"redact"`, `"block"`).
+    pub action: String,
+}
+
+/// A certificate authority event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaEvent {
+    /// What the CA did.
+    pub action: CaAction,
+    /// Who asked (identity of the requester).
+    pub requester: String,
+    /// Subject (SPIFFE ID / CN) of the certificate concerned.
+    pub subject: Option<String>,
+    /// Serial number, hex, when a certificate exists.
+    pub serial: Option<String>,
+    /// Issuance profile used.
+    pub profile: Option<String>,
+    /// Why (refusal or revocation reason).
+    pub reason: Option<String>,
+}
+
+/// The kind of CA event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CaAction {
+    /// A certificate was issued.
+    Issue,
+    /// An issuance request was refused.
+    Refuse,
+    /// A certificate was revoked.
+    Revoke,
+}
+
+/// An admin API call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminAction {
+    /// Who called (identity).
+    pub actor: String,
+    /// What was asked (`"route.update"`).
+    pub action: String,
+    /// The object acted on.
+    pub target: Option<String>,
+    /// Tenant scope, if any.
+    pub tenant: Option<String>,
+    /// Outcome (`"ok"`, `"denied"`, `"error"`).
+    pub outcome: String,
+}
+
+/// A configuration reload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigReload {
+    /// Digest of the new configuration (`"sha256:<hex>"`).
+    pub digest: String,
+    /// Who or what triggered it (`"sighup"`, `"admin:alice"`).
+    pub trigger: Option<String>,
+}
+
+/// Written on open after a torn tail was cut from the last segment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Truncation {
+    /// The segment file that was cut.
+    pub segment: String,
+    /// The first sequence number that was not kept (the cut bytes claimed this seq and after).
+    pub from_seq: u64,
+    /// How many bytes were cut.
+    pub bytes: u64,
+    /// File the cut bytes were saved to, beside the segments, for forensics.
+    pub saved_as: Option<String>,
+}
+
+/// Written after whole segments were deleted by retention; signed, so that verification can
+/// start from the first remaining record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Segment file names deleted, oldest first.
+    pub deleted_segments: Vec<String>,
+    /// The last sequence number deleted.
+    pub through_seq: u64,
+    /// The hash of record `through_seq` (= `prev_hash` of record `through_seq + 1`).
+    pub through_hash: String,
+    /// Signature algorithm ([`crate::SignatureAlgorithm::name`]).
+    pub algorithm: String,
+    /// Key id: first 16 hex digits of SHA-256 over the signer's SubjectPublicKeyInfo DER.
+    pub key_id: String,
+    /// Signature over [`Retention::signed_message`], hex.
+    pub signature: String,
+}
+
+impl Retention {
+    /// The exact bytes signed: UTF-8 of
+    /// `portcullis-audit-retention/v1\nnode=<node>\ntime=<time>\nthrough_seq=<n>\nthrough_hash=<hex>\ndeleted=<name>,<name>...\n`
+    /// where node and time are the record's own.
+    pub fn signed_message(
+        node: &str,
+        time: &str,
+        through_seq: u64,
+        through_hash: &str,
+        deleted: &[String],
+    ) -> Vec<u8> {
+        format!(
+            "portcullis-audit-retention/v1\nnode={node}\ntime={time}\nthrough_seq={through_seq}\nthrough_hash={through_hash}\ndeleted={}\n",
+            deleted.join(",")
+        )
+        .into_bytes()
+    }
+}
+
+/// A signed statement that the chain up to `through_seq` ends in `chain_hash`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The segment file holding the checkpoint.
+    pub segment: String,
+    /// The last record covered: the checkpoint's own `seq - 1`.
+    pub through_seq: u64,
+    /// The hash of record `through_seq` (= the checkpoint's own `prev_hash`).
+    pub chain_hash: String,
+    /// Signature algorithm ([`crate::SignatureAlgorithm::name`]).
+    pub algorithm: String,
+    /// Key id: first 16 hex digits of SHA-256 over the signer's SubjectPublicKeyInfo DER.
+    pub key_id: String,
+    /// Signature over [`Checkpoint::signed_message`], hex.
+    pub signature: String,
+}
+
+impl Checkpoint {
+    /// The exact bytes signed: UTF-8 of
+    /// `portcullis-audit-checkpoint/v1\nnode=<node>\ntime=<time>\nsegment=<segment>\nthrough_seq=<n>\nchain_hash=<hex>\n`
+    /// where node and time are the checkpoint record's own.
+    pub fn signed_message(
+        node: &str,
+        time: &str,
+        segment: &str,
+        through_seq: u64,
+        chain_hash: &str,
+    ) -> Vec<u8> {
+        format!(
+            "portcullis-audit-checkpoint/v1\nnode={node}\ntime={time}\nsegment={segment}\nthrough_seq={through_seq}\nchain_hash={chain_hash}\n"
+        )
+        .into_bytes()
+    }
+}
+
+/// The fields every record has, parsed without the event: enough to check the chain even for
+/// kinds a newer writer added.
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct RecordHeader {
+    pub(crate) v: u32,
+    pub(crate) seq: u64,
+    pub(crate) kind: String,
+    pub(crate) prev_hash: String,
+    pub(crate) hash: String,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    v: u32,
+    seq: u64,
+    time: &'a str,
+    node: &'a str,
+    #[serde(flatten)]
+    kind: &'a RecordKind,
+    prev_hash: &'a str,
+}
+
+/// Encodes a record: returns the line (with its trailing `\n`) and its hash.
+pub(crate) fn encode(
+    seq: u64,
+    time: &str,
+    node: &str,
+    kind: &RecordKind,
+    prev_hash: &str,
+) -> Result<(Vec<u8>, String), serde_json::Error> {
+    let body = Body {
+        v: SCHEMA_VERSION,
+        seq,
+        time,
+        node,
+        kind,
+        prev_hash,
+    };
+    let mut line = serde_json::to_vec(&body)?;
+    let hash = hex::encode(ring::digest::digest(&SHA256, &line));
+    // `line` ends with the object's closing brace: replace it with the hash member.
+    line.pop();
+    line.extend_from_slice(HASH_MEMBER);
+    line.extend_from_slice(hash.as_bytes());
+    line.extend_from_slice(b"\"}\n");
+    Ok((line, hash))
+}
+
+/// Why a line is not a valid record on its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum LineFault {
+    /// Not JSON of the expected shape, or no well-formed trailing hash member.
+    Malformed(String),
+    /// Well-formed, but the hash does not match the bytes.
+    HashMismatch,
+}
+
+/// Checks a line (without its `\n`) against its own hash and parses its header.
+pub(crate) fn check_line(line: &[u8]) -> Result<RecordHeader, LineFault> {
+    let claimed = claimed_hash(line)?;
+    let cut = line.len() - (HASH_MEMBER.len() + 64 + 2);
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(&line[..cut]);
+    ctx.update(b"}");
+    let actual = ctx.finish();
+    let header: RecordHeader = serde_json::from_slice(line)
+        .map_err(|e| LineFault::Malformed(format!("not a record: {e}")))?;
+    if header.hash.as_bytes() != claimed || hex::encode(actual.as_ref()).as_bytes() != claimed {
+        return Err(LineFault::HashMismatch);
+    }
+    Ok(header)
+}
+
+fn claimed_hash(line: &[u8]) -> Result<&[u8], LineFault> {
+    let tail = HASH_MEMBER.len() + 64 + 2;
+    if line.len() < tail + 1 || !line.ends_with(b"\"}") {
+        return Err(LineFault::Malformed(
+            "line does not end with a hash member".into(),
+        ));
+    }
+    let start = line.len() - tail;
+    if &line[start..start + HASH_MEMBER.len()] != HASH_MEMBER {
+        return Err(LineFault::Malformed(
+            "line does not end with a hash member".into(),
+        ));
+    }
+    let hex_part = &line[start + HASH_MEMBER.len()..line.len() - 2];
+    if !hex_part
+        .iter()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    {
+        return Err(LineFault::Malformed(
+            "hash is not 64 lowercase hex digits".into(),
+        ));
+    }
+    Ok(hex_part)
+}
+
+/// Parses a full record from a line already checked by [`check_line`].
+pub(crate) fn parse_record(line: &[u8]) -> Result<AuditRecord, serde_json::Error> {
+    serde_json::from_slice(line)
+}
+
+/// The path to record for a request: the path of `path_and_query`, without the query string
+/// unless `keep_query` is set (query strings often carry tokens and personal data).
+pub fn audit_path(path_and_query: &str, keep_query: bool) -> &str {
+    if keep_query {
+        path_and_query
+    } else {
+        path_and_query
+            .split_once('?')
+            .map_or(path_and_query, |(p, _)| p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> RecordKind {
+        RecordKind::Request(RequestEvent {
+            request_id: "r1".into(),
+            tenant: Some("acme".into()),
+            identity: Some("spiffe://acme/web".into()),
+            source: "127.0.0.1:5000".into(),
+            method: "GET".into(),
+            host: "api.acme".into(),
+            path: "/v1/x".into(),
+            status: 200,
+            dlp: vec![DlpFinding {
+                detector: "credit_card".into(),
+                count: 2,
+                action: "redact".into(),
+            }],
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn encode_then_check_round_trips() {
+        let (line, hash) =
+            encode(7, "2025-01-01T00:00:00Z", "n1", &sample(), GENESIS_HASH).unwrap();
+        assert_eq!(*line.last().unwrap(), b'\n');
+        let body = &line[..line.len() - 1];
+        let h = check_line(body).unwrap();
+        assert_eq!(h.seq, 7);
+        assert_eq!(h.kind, "request");
+        assert_eq!(h.hash, hash);
+        let rec = parse_record(body).unwrap();
+        assert_eq!(rec.kind, sample());
+        assert_eq!(rec.prev_hash, GENESIS_HASH);
+        // Re-serialising the parsed record gives the same bytes: the schema is stable.
+        assert_eq!(serde_json::to_vec(&rec).unwrap(), body);
+    }
+
+    #[test]
+    fn any_changed_byte_is_seen() {
+        let (line, _) = encode(1, "t", "n1", &sample(), GENESIS_HASH).unwrap();
+        let body = &line[..line.len() - 1];
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        let edited = text.replace("\"status\":200", "\"status\":201");
+        assert_eq!(
+            check_line(edited.as_bytes()).unwrap_err(),
+            LineFault::HashMismatch
+        );
+        let spaced = text.replacen("{\"v\":1", "{ \"v\":1", 1);
+        assert_eq!(
+            check_line(spaced.as_bytes()).unwrap_err(),
+            LineFault::HashMismatch
+        );
+        assert!(matches!(
+            check_line(&body[..body.len() - 5]),
+            Err(LineFault::Malformed(_))
+        ));
+        assert!(matches!(
+            check_line(b"garbage"),
+            Err(LineFault::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn path_drops_query_by_default() {
+        assert_eq!(audit_path("/a/b?token=x", false), "/a/b");
+        assert_eq!(audit_path("/a/b?token=x", true), "/a/b?token=x");
+        assert_eq!(audit_path("/a", false), "/a");
+    }
+}

@@ -1,1 +1,0 @@
-//! Load generator and benchmark harness. Not implemented yet: see issue 6.
