@@ -11,6 +11,11 @@ have curl || need+=(curl)
 have pkg-config || need+=(pkg-config)
 if [ "${1:-}" = "--test" ]; then
   have openssl || need+=(openssl)    # tests verify certificates with `openssl verify`
+  # The audit tests ship to a real PostgreSQL started on loopback by the tests themselves.
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+  # The CA tests create SoftHSM2 tokens and read them over PKCS#11.
+  [ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
+  have pkcs11-tool || need+=(opensc)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

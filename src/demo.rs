@@ -88,6 +88,10 @@ metrics:
   address: 127.0.0.1:{metrics}
 shutdown:
   grace_period: 5s
+audit:
+  directory: audit
+  signing_key: audit.key
+  mode: fail-closed
 upstreams:
   - name: echo
     targets: [127.0.0.1:{upstream}]
@@ -134,6 +138,10 @@ State folder: {s}  (config: {s}/portcullis.yaml)
 
 5. What was counted:
    curl -s http://127.0.0.1:{m}/metrics | grep ^portcullis_
+
+6. What was recorded: every decision, in a hash-chained log with signed checkpoints:
+   portcullis audit tail {s}/audit -n 5
+   portcullis audit verify {s}/audit --key {s}/audit.key.pub
 
 Ctrl-C stops everything.
 "#,

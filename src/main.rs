@@ -1,6 +1,7 @@
 //! `portcullis`: the command line. Parses arguments, starts logging, and hands over to the
 //! crates that do the work. Bad input exits non-zero with a clear message, never a panic.
 
+mod audit_cli;
 mod demo;
 mod explain;
 
@@ -40,6 +41,11 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Verify, tail and query an audit log.
+    Audit {
+        #[command(subcommand)]
+        command: audit_cli::AuditCommand,
     },
     /// Start a complete local deployment (development CA, certificates, echo upstream,
     /// gateway) in a state folder, and print commands to try it.
@@ -146,6 +152,7 @@ fn main() -> ExitCode {
                 headers: &header,
             },
         ),
+        Command::Audit { command } => audit_cli::run(command),
         Command::Demo {
             state,
             port,

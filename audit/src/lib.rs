@@ -73,8 +73,8 @@ pub use error::AuditError;
 pub use query::{query, tail, QueryFilter, Records};
 pub use record::{
     audit_path, AdminAction, AuditEvent, AuditRecord, CaAction, CaEvent, Checkpoint, ConfigReload,
-    Decision, DlpFinding, RateLimitOutcome, RecordKind, RequestEvent, Retention, Truncation,
-    GENESIS_HASH, SCHEMA_VERSION,
+    Decision, DlpFinding, RateLimitOutcome, RecordKind, RequestEvent, RequestStage, Retention,
+    Truncation, GENESIS_HASH, SCHEMA_VERSION,
 };
 pub use signer::{key_id, PublicKey, SignatureAlgorithm, Signer, SignerError, SoftwareSigner};
 pub use sink::{PgSink, PgSinkConfig, SinkError, SinkStats, TABLE_DDL};

@@ -149,6 +149,10 @@ impl From<ConfigReload> for AuditEvent {
 pub struct RequestEvent {
     /// The gateway's request id.
     pub request_id: String,
+    /// Which of a request's records this is: in fail-closed mode an allowed request has an
+    /// `admitted` record, made durable before it is forwarded, and a `completed` one.
+    #[serde(default)]
+    pub stage: RequestStage,
     /// W3C trace id (32 hex), when the request carried or was given one.
     pub trace_id: Option<String>,
     /// Tenant the route belongs to.
@@ -185,6 +189,23 @@ pub struct RequestEvent {
     pub tls_version: Option<String>,
     /// Upstream the request was sent to (`host:port`), if it was sent.
     pub upstream: Option<String>,
+    /// Why a request was not served as allowed (`no_route`, `rate_limited`, `too_large`,
+    /// `dlp_refused`, `invalid`, `audit_unavailable`, `upstream_error`…), when it was not.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Which record of a request this is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RequestStage {
+    /// Written before the request was forwarded: the decision, without the outcome (status,
+    /// bytes and duration are zero).
+    Admitted,
+    /// Written when the request ended: the decision and the outcome.
+    #[default]
+    Completed,
 }
 
 /// The authorisation decision recorded for a request.
@@ -301,8 +322,20 @@ pub struct AdminAction {
 pub struct ConfigReload {
     /// Digest of the new configuration (`"sha256:<hex>"`).
     pub digest: String,
-    /// Who or what triggered it (`"sighup"`, `"admin:alice"`).
+    /// Who or what triggered it (`"startup"`, `"signal"`, `"file change"`, `"admin:alice"`).
     pub trigger: Option<String>,
+    /// True when the new configuration failed its checks and the running one was kept.
+    #[serde(default)]
+    pub refused: bool,
+}
+
+impl ConfigReload {
+    /// The digest of a configuration file's bytes, as recorded (`"sha256:<hex>"`).
+    pub fn digest_of(config: &[u8]) -> String {
+        let digest = ring::digest::digest(&SHA256, config);
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
+    }
 }
 
 /// Written on open after a torn tail was cut from the last segment.

@@ -209,6 +209,37 @@ impl PublicKey {
         })
     }
 
+    /// The key as PEM (`-----BEGIN PUBLIC KEY-----`), for `portcullis audit verify --key`.
+    pub fn to_pem(&self) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.spki);
+        let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(line));
+            pem.push('\n');
+        }
+        pem.push_str("-----END PUBLIC KEY-----\n");
+        pem
+    }
+
+    /// Parses a PEM `PUBLIC KEY` block (as written by [`PublicKey::to_pem`]) or raw DER.
+    pub fn from_pem_or_der(bytes: &[u8]) -> Result<Self, SignerError> {
+        use base64::Engine as _;
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return Self::from_spki_der(bytes);
+        };
+        let body = text
+            .split_once("-----BEGIN PUBLIC KEY-----")
+            .and_then(|(_, rest)| rest.split_once("-----END PUBLIC KEY-----"))
+            .map(|(body, _)| body)
+            .ok_or_else(|| SignerError::BadKey("no PEM PUBLIC KEY block".into()))?;
+        let b64: String = body.split_whitespace().collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| SignerError::BadKey(format!("PEM body is not base64: {e}")))?;
+        Self::from_spki_der(&der)
+    }
+
     /// The key id signed records name.
     pub fn key_id(&self) -> String {
         key_id(&self.spki)
@@ -246,6 +277,19 @@ mod tests {
         pk.verify("ed25519", b"hello", &sig).unwrap();
         assert!(pk.verify("ed25519", b"hellO", &sig).is_err());
         assert!(pk.verify("ecdsa-p256-sha256-asn1", b"hello", &sig).is_err());
+    }
+
+    #[test]
+    fn public_key_round_trips_through_pem_and_garbage_is_refused() {
+        let s = SoftwareSigner::generate().unwrap();
+        let pk = PublicKey::from_spki_der(&s.public_key_der()).unwrap();
+        let pem = pk.to_pem();
+        assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"));
+        assert_eq!(PublicKey::from_pem_or_der(pem.as_bytes()).unwrap(), pk);
+        assert_eq!(PublicKey::from_pem_or_der(&s.public_key_der()).unwrap(), pk);
+        assert!(PublicKey::from_pem_or_der(b"not a key").is_err());
+        let bad = pem.replace('A', "!");
+        assert!(PublicKey::from_pem_or_der(bad.as_bytes()).is_err());
     }
 
     #[test]

@@ -111,7 +111,7 @@ pub struct WriterStats {
     pub durable_next_seq: u64,
     /// Records waiting in the queue.
     pub queued: usize,
-    /// Records dropped (best-effort: queue full or write failed).
+    /// Records dropped (see [`AuditHandle::dropped`]).
     pub dropped: u64,
     /// Batches written (fsyncs).
     pub batches: u64,
@@ -304,6 +304,27 @@ impl AuditHandle {
         }
     }
 
+    /// Queues a record without ever waiting, in either mode: a full queue drops the record,
+    /// counts it in [`AuditHandle::dropped`] and returns [`AuditError::QueueFull`]. For records
+    /// nothing waits on (a request's completion record, written from async code).
+    pub fn try_append(&self, event: impl Into<AuditEvent>) -> Result<Ack, AuditError> {
+        let done = Completion::new();
+        let cmd = Command::Append {
+            kind: RecordKind::from(event.into()),
+            done: done.clone(),
+        };
+        match self.tx.try_send(cmd) {
+            Ok(()) => Ok(self.ack(done)),
+            Err(e) => {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                Err(match e {
+                    TrySendError::Full(_) => AuditError::QueueFull,
+                    TrySendError::Disconnected(_) => AuditError::Closed,
+                })
+            }
+        }
+    }
+
     /// Queues a record and blocks until it is durable, within the configured bound in total.
     pub fn append_durable(&self, event: impl Into<AuditEvent>) -> Result<Durable, AuditError> {
         let start = Instant::now();
@@ -411,7 +432,8 @@ impl AuditHandle {
         self.shared.healthy.load(Ordering::Acquire)
     }
 
-    /// Records dropped (best-effort mode: queue full, or lost in a failed write).
+    /// Records dropped: best-effort appends that found the queue full or were lost in a
+    /// failed write, and [`AuditHandle::try_append`]s that found the queue full.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
     }

@@ -60,7 +60,13 @@ const THROUGHPUT: &[(&str, &str)] = &[
 ];
 
 /// The targets, in table order.
-const TARGETS: &[&str] = &["direct", "portcullis", "nginx", "haproxy"];
+const TARGETS: &[&str] = &[
+    "direct",
+    "portcullis",
+    "portcullis-noaudit",
+    "nginx",
+    "haproxy",
+];
 
 fn load(path: &Path) -> anyhow::Result<Vec<Record>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
@@ -236,6 +242,15 @@ pub(crate) fn markdown(path: &Path) -> anyhow::Result<String> {
                 ms(c.p999),
                 c.rounds,
                 note(t, scenario, &c)
+            );
+        }
+        let on = cell(&records, scenario, "portcullis");
+        let off = cell(&records, scenario, "portcullis-noaudit");
+        if on.rps.is_some() && off.rps.is_some() {
+            let _ = writeln!(
+                out,
+                "\nAudit log (fail-closed) on vs off, same run: {} of the throughput.",
+                ratio(on.rps, off.rps)
             );
         }
         out.push('\n');

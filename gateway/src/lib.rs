@@ -2,6 +2,7 @@
 //! identity, routing and access decisions (from `portcullis-policy`), upstream pools, header
 //! hygiene, metrics, reload and graceful shutdown.
 
+mod audit;
 mod echo;
 mod identity;
 mod inspect;
@@ -46,6 +47,9 @@ pub enum GatewayError {
     },
     #[error("signal handling: {0}")]
     Signal(String),
+    /// The audit log could not be opened (unwritable directory, bad key, missing secret).
+    #[error("audit: {0}")]
+    Audit(String),
 }
 
 impl GatewayError {

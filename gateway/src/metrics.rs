@@ -9,8 +9,11 @@ use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
+
+use crate::audit::{AuditFigures, AuditTrail};
 
 /// Every metric the gateway exports, registered in its own registry.
 pub(crate) struct Metrics {
@@ -24,7 +27,22 @@ pub(crate) struct Metrics {
     dlp_findings: IntCounterVec,
     dlp_incomplete: IntCounterVec,
     in_flight: IntGauge,
+    audit: AuditMetrics,
     ready: AtomicBool,
+}
+
+/// The audit trail's health, as counters and gauges. Writer and sink keep their own counts;
+/// these are brought up to date when metrics are read.
+struct AuditMetrics {
+    refused: IntCounterVec,
+    healthy: IntGauge,
+    durable: IntGauge,
+    queued: IntGauge,
+    dropped: IntCounter,
+    checkpoint_failures: IntCounter,
+    sink_lag: IntGauge,
+    sink_connected: IntGauge,
+    sink_shipped: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -119,6 +137,7 @@ impl Metrics {
         .expect("valid metric");
         let in_flight = IntGauge::new("portcullis_requests_in_flight", "Requests being served")
             .expect("valid metric");
+        let audit = AuditMetrics::new(&registry);
         for c in [
             &requests,
             &tls_failures,
@@ -149,6 +168,7 @@ impl Metrics {
             dlp_findings,
             dlp_incomplete,
             in_flight,
+            audit,
             ready: AtomicBool::new(false),
         }
     }
@@ -205,6 +225,28 @@ impl Metrics {
             .inc();
     }
 
+    /// A request refused because its audit record could not be made durable.
+    pub(crate) fn audit_refused(&self, tenant: &str) {
+        self.audit.refused.with_label_values(&[tenant]).inc();
+    }
+
+    /// Brings the audit gauges and counters up to date.
+    pub(crate) fn observe_audit(&self, f: &AuditFigures) {
+        let a = &self.audit;
+        a.healthy.set(i64::from(f.healthy));
+        a.durable.set(gauge(f.durable_records));
+        a.queued.set(gauge(f.queued));
+        catch_up(&a.dropped, f.dropped);
+        catch_up(&a.checkpoint_failures, f.checkpoint_failures);
+        if let (Some(lag), Some(connected), Some(shipped)) =
+            (f.sink_lag, f.sink_connected, f.sink_shipped)
+        {
+            a.sink_lag.set(gauge(lag));
+            a.sink_connected.set(i64::from(connected));
+            catch_up(&a.sink_shipped, shipped);
+        }
+    }
+
     pub(crate) fn reload(&self, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.reloads.with_label_values(&[result]).inc();
@@ -238,6 +280,85 @@ impl Metrics {
     }
 }
 
+fn gauge(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Advances a counter to a total kept elsewhere (totals only grow).
+fn catch_up(counter: &IntCounter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
+    }
+}
+
+// As for `Metrics::new`: constant definitions, registered once.
+#[allow(clippy::expect_used)]
+impl AuditMetrics {
+    fn new(registry: &Registry) -> Self {
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "portcullis_audit_refused_requests_total",
+                "Requests refused with 503 because their audit record could not be made durable (fail-closed), by tenant",
+            ),
+            &["tenant"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(refused.clone()))
+            .expect("unique metric");
+        AuditMetrics {
+            refused,
+            healthy: gauge(
+                "portcullis_audit_healthy",
+                "1 while the audit log makes records durable; 0 when a write or fsync failed or timed out",
+            ),
+            durable: gauge(
+                "portcullis_audit_durable_records",
+                "Records written and fsynced to the local audit log (its next sequence number)",
+            ),
+            queued: gauge(
+                "portcullis_audit_queued_records",
+                "Records waiting in the queue to the audit writer",
+            ),
+            dropped: counter(
+                "portcullis_audit_dropped_records_total",
+                "Audit records dropped (best-effort mode, or completion records that found the queue full)",
+            ),
+            checkpoint_failures: counter(
+                "portcullis_audit_checkpoint_failures_total",
+                "Checkpoints that could not be signed or written",
+            ),
+            sink_lag: gauge(
+                "portcullis_audit_sink_lag_records",
+                "Records in the local log not yet confirmed by the central store (the spool depth)",
+            ),
+            sink_connected: gauge(
+                "portcullis_audit_sink_connected",
+                "1 while the central store (PostgreSQL) is reachable",
+            ),
+            sink_shipped: counter(
+                "portcullis_audit_sink_shipped_records_total",
+                "Records confirmed by the central store since start",
+            ),
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -248,12 +369,17 @@ impl Default for Metrics {
 #[derive(Debug)]
 pub(crate) struct OpsEndpoint {
     pub metrics: Arc<Metrics>,
+    pub audit: Option<Arc<AuditTrail>>,
 }
 
 #[async_trait]
 impl ServeHttp for OpsEndpoint {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_owned();
+        if let Some(audit) = &self.audit {
+            self.metrics.observe_audit(&audit.figures());
+        }
+        let audit_healthy = self.audit.as_ref().is_none_or(|a| a.healthy());
         let (status, content_type, body) = match path.as_str() {
             "/metrics" => (
                 StatusCode::OK,
@@ -261,7 +387,7 @@ impl ServeHttp for OpsEndpoint {
                 self.metrics.render(),
             ),
             "/healthz" => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-            "/readyz" if self.metrics.is_ready() => {
+            "/readyz" if self.metrics.is_ready() && audit_healthy => {
                 (StatusCode::OK, "text/plain", b"ready\n".to_vec())
             }
             "/readyz" => (

@@ -15,11 +15,13 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use portcullis_audit::{Decision, DlpFinding, RateLimitOutcome, RequestEvent, RequestStage};
 use portcullis_policy::{
     normalize_host, normalize_path, BodyDirection, HeaderSource, Identity, NormalizedPath,
     RequestFacts, RouteInspection,
 };
 
+use crate::audit::AuditTrail;
 use crate::identity::ConnectionIdentity;
 use crate::inspect::{BodyInspector, Encoding, Refused};
 use crate::limits::{InFlight, Refusal};
@@ -35,6 +37,7 @@ const XFCC: &str = "x-forwarded-client-cert";
 pub(crate) struct Gateway {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
+    pub audit: Option<Arc<AuditTrail>>,
 }
 
 /// What one request has established so far, phase by phase.
@@ -61,6 +64,10 @@ pub(crate) struct RequestCtx {
     inspection: Option<Arc<RouteInspection>>,
     request_scan: Option<BodyInspector>,
     response_scan: Option<BodyInspector>,
+    /// The upstream address the request was sent to.
+    upstream: Option<String>,
+    /// Whether a rate limit applied, and its outcome, for the audit record.
+    rate_limit: RateLimitOutcome,
 }
 
 /// The route a request matched, with what forwarding needs.
@@ -105,6 +112,8 @@ impl ProxyHttp for Gateway {
             inspection: None,
             request_scan: None,
             response_scan: None,
+            upstream: None,
+            rate_limit: RateLimitOutcome::None,
         }
     }
 
@@ -182,9 +191,13 @@ impl ProxyHttp for Gateway {
             .limits
             .admit(route, identity_key(ctx.identity.as_deref()), source)
         {
-            Ok(slot) => ctx.in_flight = slot,
+            Ok(slot) => {
+                ctx.in_flight = slot;
+                ctx.rate_limit = RateLimitOutcome::Passed;
+            }
             Err(refusal) => {
                 ctx.decision = "rate_limited";
+                ctx.rate_limit = RateLimitOutcome::Limited;
                 self.metrics
                     .rate_limited(route.tenant.as_str(), refusal.limit);
                 return too_many(session, ctx, &refusal).await;
@@ -230,7 +243,7 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        Ok(false)
+        self.admit(session, ctx).await
     }
 
     async fn request_body_filter(
@@ -345,7 +358,10 @@ impl ProxyHttp for Gateway {
             ));
         };
         match pool.peer() {
-            Some(peer) => Ok(Box::new(peer)),
+            Some(peer) => {
+                ctx.upstream = Some(peer._address.to_string());
+                Ok(Box::new(peer))
+            }
             None => {
                 self.metrics
                     .upstream_error(pool.name.as_str(), "no_healthy_target");
@@ -364,15 +380,6 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         strip_spoofable_headers(upstream);
-        if let (Some(scan), Some(inspection)) = (&ctx.request_scan, &ctx.inspection) {
-            if scan.decodes() {
-                upstream.remove_header("content-encoding");
-            }
-            if scan.decodes() || inspection.may_rewrite(BodyDirection::Request) {
-                // Redaction changes the length; pingora sends the body chunked instead.
-                upstream.remove_header("content-length");
-            }
-        }
         if let (Some(scan), Some(inspection)) = (&ctx.request_scan, &ctx.inspection) {
             if scan.decodes() {
                 upstream.remove_header("content-encoding");
@@ -503,6 +510,15 @@ impl ProxyHttp for Gateway {
             dlp.findings = %dlp,
             "request"
         );
+        if let Some(audit) = &self.audit {
+            audit.complete(request_event(
+                session,
+                ctx,
+                audit,
+                RequestStage::Completed,
+                dlp_findings(ctx),
+            ));
+        }
         // Counted after the log line is written, so a counter never runs ahead of the log.
         self.metrics.request(&RequestOutcome {
             tenant: ctx.tenant(),
@@ -515,6 +531,24 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    /// Fail-closed audit: the request goes on only once its admission record is durable.
+    async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let Some(audit) = self.audit.as_ref().filter(|a| a.fail_closed()) else {
+            return Ok(false);
+        };
+        let event = request_event(session, ctx, audit, RequestStage::Admitted, Vec::new());
+        match audit.admit(event).await {
+            Ok(()) => Ok(false),
+            Err(e) => {
+                ctx.decision = "audit_unavailable";
+                self.metrics.audit_refused(ctx.tenant());
+                tracing::error!(request.id = %ctx.request_id, error = %e, "request refused: its audit record could not be made durable");
+                let msg = "the request cannot be recorded right now; try again later";
+                reply(session, ctx, 503, "audit_unavailable", msg).await
+            }
+        }
+    }
+
     /// Counts the DLP findings of both bodies and renders them for the access log as
     /// `direction:detector:action:count` items (or `-`). Counts only, never data.
     fn record_findings(&self, ctx: &RequestCtx) -> String {
@@ -541,6 +575,100 @@ impl Gateway {
             items.join(",")
         }
     }
+}
+
+/// One of a request's audit records, from what the request established. Never bodies, header
+/// values or matched data.
+fn request_event(
+    session: &Session,
+    ctx: &RequestCtx,
+    audit: &AuditTrail,
+    stage: RequestStage,
+    dlp: Vec<DlpFinding>,
+) -> RequestEvent {
+    let req = session.req_header();
+    let completed = stage == RequestStage::Completed;
+    let mut path = ctx
+        .path
+        .as_ref()
+        .map_or_else(|| req.uri.path().to_owned(), |p| p.as_str().to_owned());
+    if let (true, Some(query)) = (audit.include_query(), req.uri.query()) {
+        path.push('?');
+        path.push_str(query);
+    }
+    let decision = match ctx.decision {
+        "allow" => Decision::Allow,
+        "none" | "invalid" => Decision::Error,
+        _ => Decision::Deny,
+    };
+    RequestEvent {
+        request_id: ctx.request_id.clone(),
+        stage,
+        trace_id: header_str(req, "traceparent").and_then(trace_id),
+        tenant: ctx.matched.as_ref().map(|m| m.tenant.clone()),
+        route: ctx.matched.as_ref().map(|m| m.route.clone()),
+        identity: ctx.identity.as_deref().and_then(|i| {
+            i.spiffe_id
+                .as_ref()
+                .map(|s| s.as_str().to_owned())
+                .or_else(|| i.subject.clone())
+        }),
+        source: ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        method: req.method.as_str().to_owned(),
+        host: ctx.host.clone().unwrap_or_default(),
+        path,
+        status: if completed {
+            session.response_written().map_or(0, |r| r.status.as_u16())
+        } else {
+            0
+        },
+        bytes_in: if completed {
+            session.body_bytes_read() as u64
+        } else {
+            0
+        },
+        bytes_out: if completed {
+            session.body_bytes_sent() as u64
+        } else {
+            0
+        },
+        duration_ms: if completed {
+            u64::try_from(ctx.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        } else {
+            0
+        },
+        decision,
+        rule: (ctx.rule != "-").then(|| ctx.rule.clone()),
+        rate_limit: ctx.rate_limit,
+        dlp,
+        tls_version: (ctx.tls_version != "none").then(|| ctx.tls_version.to_owned()),
+        upstream: ctx.upstream.clone(),
+        reason: (ctx.decision != "allow").then(|| ctx.decision.to_owned()),
+    }
+}
+
+/// The DLP tallies of both bodies, for the audit record.
+fn dlp_findings(ctx: &RequestCtx) -> Vec<DlpFinding> {
+    [&ctx.request_scan, &ctx.response_scan]
+        .into_iter()
+        .flatten()
+        .flat_map(|scan| scan.findings().iter())
+        .map(|f| DlpFinding {
+            detector: f.detector.to_string(),
+            count: f.count,
+            action: f.action.to_string(),
+        })
+        .collect()
+}
+
+/// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
+fn trace_id(traceparent: &str) -> Option<String> {
+    let mut parts = traceparent.trim().split('-');
+    let (_version, id) = (parts.next()?, parts.next()?);
+    let valid = id.len() == 32
+        && id.bytes().all(|b| b.is_ascii_hexdigit())
+        && id.bytes().any(|b| b != b'0');
+    valid.then(|| id.to_ascii_lowercase())
 }
 
 fn read_connection_identity(digest: Option<&Digest>, ctx: &mut RequestCtx) {

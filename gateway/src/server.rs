@@ -15,6 +15,7 @@ use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use portcullis_policy::{Config, UpstreamName};
 
+use crate::audit::{AuditJobs, AuditTrail};
 use crate::metrics::{Metrics, OpsEndpoint};
 use crate::proxy::Gateway;
 use crate::snapshot::Snapshot;
@@ -56,6 +57,16 @@ pub fn serve(config_path: PathBuf, watch: bool) -> Result<(), GatewayError> {
     ensure_bindable(config.metrics.address)?;
 
     let metrics = Arc::new(Metrics::new());
+    let audit = match &config.audit {
+        Some(settings) => Some(Arc::new(AuditTrail::open(settings)?)),
+        None => {
+            tracing::warn!("no `audit` section: requests are not recorded in an audit log");
+            None
+        }
+    };
+    if let Some(audit) = &audit {
+        audit.config_loaded(file_digest(&config_path), "startup", false);
+    }
     let grace = config.shutdown_grace;
     let mut server_conf = ServerConf {
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -75,6 +86,7 @@ pub fn serve(config_path: PathBuf, watch: bool) -> Result<(), GatewayError> {
     let gateway = Gateway {
         snapshot: snapshot.clone(),
         metrics: metrics.clone(),
+        audit: audit.clone(),
     };
     let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, gateway);
     for listener in &listeners {
@@ -110,6 +122,7 @@ pub fn serve(config_path: PathBuf, watch: bool) -> Result<(), GatewayError> {
         "operations".to_owned(),
         OpsEndpoint {
             metrics: metrics.clone(),
+            audit: audit.clone(),
         },
     );
     ops.add_tcp(&metrics_addr.to_string());
@@ -124,8 +137,25 @@ pub fn serve(config_path: PathBuf, watch: bool) -> Result<(), GatewayError> {
         },
     ));
 
-    spawn_reloader(config_path, watch, snapshot, listener_tls, metrics.clone())?;
-    spawn_drain_watch(server.watch_execution_phase(), metrics, grace);
+    if let Some(trail) = &audit {
+        server.add_service(background_service(
+            "audit shipping and retention",
+            AuditJobs {
+                trail: trail.clone(),
+            },
+        ));
+    }
+
+    let reloader = Reloader {
+        path: config_path,
+        watch,
+        snapshot,
+        listeners: listener_tls,
+        metrics: metrics.clone(),
+        audit: audit.clone(),
+    };
+    reloader.spawn()?;
+    spawn_drain_watch(server.watch_execution_phase(), metrics, audit, grace);
     server.run(RunArgs::default());
     Ok(())
 }
@@ -173,26 +203,39 @@ impl BackgroundService for HealthChecks {
     }
 }
 
-/// SIGHUP (and, with `watch`, a change of the file) re-reads the config. A config that
-/// fails any check is refused and the running one keeps serving; a good one applies to new
-/// requests, established connections stay. Listener addresses and the metrics address are
-/// fixed at start-up.
-fn spawn_reloader(
+/// What reloading the configuration needs.
+struct Reloader {
     path: PathBuf,
     watch: bool,
     snapshot: Arc<ArcSwap<Snapshot>>,
     listeners: Vec<ListenerTls>,
     metrics: Arc<Metrics>,
-) -> Result<(), GatewayError> {
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
-        .map_err(|e| GatewayError::Signal(e.to_string()))?;
-    let fingerprint = |p: &Path| {
-        std::fs::metadata(p)
-            .ok()
-            .map(|m| (m.modified().ok(), m.len()))
-    };
-    let mut seen = fingerprint(&path);
-    std::thread::Builder::new()
+    audit: Option<Arc<AuditTrail>>,
+}
+
+impl Reloader {
+    /// SIGHUP (and, with `watch`, a change of the file) re-reads the config. A config that
+    /// fails any check is refused and the running one keeps serving; a good one applies to new
+    /// requests, established connections stay. Listener addresses, the metrics address and the
+    /// audit section are fixed at start-up. Every attempt is recorded in the audit log.
+    fn spawn(self) -> Result<(), GatewayError> {
+        let Reloader {
+            path,
+            watch,
+            snapshot,
+            listeners,
+            metrics,
+            audit,
+        } = self;
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+            .map_err(|e| GatewayError::Signal(e.to_string()))?;
+        let fingerprint = |p: &Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        };
+        let mut seen = fingerprint(&path);
+        std::thread::Builder::new()
         .name("config-reload".into())
         .spawn(move || loop {
             let hup = signals.pending().count() > 0;
@@ -203,11 +246,16 @@ fn spawn_reloader(
                 changed
             };
             if hup || changed {
-                match reload(&path, &listeners, &snapshot.load()) {
+                let trigger = if hup { "signal" } else { "file change" };
+                let result = reload(&path, &listeners, &snapshot.load());
+                if let Some(audit) = &audit {
+                    audit.config_loaded(file_digest(&path), trigger, result.is_err());
+                }
+                match result {
                     Ok(new) => {
                         snapshot.store(Arc::new(new));
                         metrics.reload(true);
-                        tracing::info!(config = %path.display(), trigger = if hup { "signal" } else { "file change" }, "configuration reloaded");
+                        tracing::info!(config = %path.display(), trigger, "configuration reloaded");
                     }
                     Err(e) => {
                         tracing::error!(config = %path.display(), error = %e, "configuration reload refused; the previous configuration keeps serving");
@@ -218,7 +266,13 @@ fn spawn_reloader(
             std::thread::sleep(Duration::from_millis(200));
         })
         .map_err(|e| GatewayError::Signal(e.to_string()))?;
-    Ok(())
+        Ok(())
+    }
+}
+
+/// The digest recorded for a config file (of the bytes read now; empty if unreadable).
+fn file_digest(path: &Path) -> String {
+    portcullis_audit::ConfigReload::digest_of(&std::fs::read(path).unwrap_or_default())
 }
 
 fn reload(
@@ -257,6 +311,7 @@ fn reload(
 fn spawn_drain_watch(
     mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
     metrics: Arc<Metrics>,
+    audit: Option<Arc<AuditTrail>>,
     grace: Duration,
 ) {
     let spawned = std::thread::Builder::new()
@@ -277,6 +332,9 @@ fn spawn_drain_watch(
                         std::thread::sleep(Duration::from_millis(50));
                     }
                     tracing::info!(in_flight = metrics.in_flight(), "drained; exiting");
+                    if let Some(audit) = &audit {
+                        audit.close();
+                    }
                     std::process::exit(0);
                 }
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

@@ -36,6 +36,56 @@ pub struct Config {
     pub routes: RouteTable,
     /// Every tenant, with its limits.
     pub tenants: Vec<TenantConfig>,
+    /// The audit log; `None` when the file has no `audit` section (no audit trail).
+    pub audit: Option<AuditSettings>,
+}
+
+/// The audit log's settings (the `audit` section). Changing them takes a restart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditSettings {
+    /// Directory of the log's segment files.
+    pub directory: PathBuf,
+    /// This node's id in every record; `None` means the host name.
+    pub node: Option<String>,
+    /// What happens to a request whose record cannot be made durable.
+    pub mode: AuditMode,
+    /// How long a request may wait for its record to become durable (fail-closed).
+    pub durable_timeout: Duration,
+    /// The checkpoint signing key (Ed25519 PKCS#8, created 0600 if missing).
+    pub signing_key: PathBuf,
+    /// A signed checkpoint after this many records...
+    pub checkpoint_every: u64,
+    /// ...or after this long, whichever comes first.
+    pub checkpoint_interval: Duration,
+    /// Size at which a segment file is closed and a new one begun.
+    pub segment_bytes: u64,
+    /// Whole segments older than this are deleted (with a signed record of the deletion).
+    pub retention: Option<Duration>,
+    /// Whether request records keep the query string (off: it often carries secrets).
+    pub include_query: bool,
+    /// The central store the log is shipped to, if any.
+    pub postgres: Option<SecretSource>,
+}
+
+/// The audit log's durability mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditMode {
+    /// A request is forwarded only once its admission record is durable; otherwise 503.
+    FailClosed,
+    /// Records are queued and never waited for; records that cannot be written are counted.
+    BestEffort,
+}
+
+/// Where a secret value (such as a connection string with a password) is read from. Secrets
+/// never sit in the config file in clear.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SecretSource {
+    /// Given in the file; only allowed for values that carry no password.
+    Inline(String),
+    /// The named environment variable.
+    Env(String),
+    /// The contents of a file (trailing newline trimmed), resolved against the config's folder.
+    File(PathBuf),
 }
 
 /// One tenant's settings beyond its routes.

@@ -17,8 +17,9 @@ mod routing;
 
 pub use access::{Denied, DenyReason, HeaderSource, NoHeaders, PatternError, Permit, RequestFacts};
 pub use config::{
-    ClientAuth, Config, ConfigError, ConfigProblem, HealthCheckConfig, ListenerConfig,
-    MetricsConfig, TenantConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
+    AuditMode, AuditSettings, ClientAuth, Config, ConfigError, ConfigProblem, HealthCheckConfig,
+    ListenerConfig, MetricsConfig, SecretSource, TenantConfig, TlsListenerConfig, UpstreamConfig,
+    UpstreamTls,
 };
 pub use dlp::{
     Blocked, BodyDirection, BuiltinDetector, CustomPatternSpec, DetectorKind, DetectorName,

@@ -4,8 +4,11 @@
 // Helpers are shared between the test modules of this one binary.
 #![allow(unreachable_pub)]
 
+mod audit;
 mod dlp;
 mod harness;
 mod limits;
 mod operations;
+#[path = "../../audit/tests/common/postgres.rs"]
+mod postgres;
 mod proxy;

@@ -3,6 +3,7 @@
 //! This file handles the process-wide sections (listeners, metrics, shutdown, upstreams);
 //! `check/tenants.rs` handles tenants, routes and access rules.
 
+mod audit;
 mod tenants;
 
 use std::collections::HashMap;
@@ -141,6 +142,7 @@ pub(crate) fn check(
     let upstreams = c.upstreams(&raw.upstreams);
     let upstream_names = raw.upstreams.iter().map(|u| u.name.as_str()).collect();
     let (routes, tenants) = c.tenants(&raw.tenants, &upstream_names);
+    let audit = raw.audit.as_ref().map(|a| c.audit(a));
     if c.problems.is_empty() {
         Ok(Config {
             listeners,
@@ -149,6 +151,7 @@ pub(crate) fn check(
             upstreams,
             routes,
             tenants,
+            audit,
         })
     } else {
         // Problems without a location first, then in file order.

@@ -23,6 +23,44 @@ pub(crate) struct RawConfig {
     pub(crate) upstreams: Vec<RawUpstream>,
     #[serde(default)]
     pub(crate) tenants: Vec<RawTenant>,
+    #[serde(default)]
+    pub(crate) audit: Option<RawAudit>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAudit {
+    pub(crate) directory: PathBuf,
+    #[serde(default)]
+    pub(crate) node: Option<String>,
+    #[serde(default)]
+    pub(crate) mode: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) durable_timeout: Option<Duration>,
+    pub(crate) signing_key: PathBuf,
+    #[serde(default)]
+    pub(crate) checkpoint_every: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) checkpoint_interval: Option<Duration>,
+    #[serde(default)]
+    pub(crate) segment_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) retention: Option<Duration>,
+    #[serde(default)]
+    pub(crate) include_query: bool,
+    #[serde(default)]
+    pub(crate) postgres: Option<RawAuditPostgres>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAuditPostgres {
+    #[serde(default)]
+    pub(crate) conninfo: Option<String>,
+    #[serde(default)]
+    pub(crate) conninfo_env: Option<String>,
+    #[serde(default)]
+    pub(crate) conninfo_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug)]

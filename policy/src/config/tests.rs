@@ -635,3 +635,53 @@ fn deny_rules_paths_and_headers_from_yaml() {
     };
     assert_eq!(route.authorize(&facts).unwrap().rule.as_str(), "everyone");
 }
+
+const MINIMAL: &str =
+    "listeners:\n  - name: l\n    address: 0.0.0.0:443\n    tls: {certificate: c, private_key: k, client_ca: ca}\n";
+
+#[test]
+fn audit_section_defaults_and_paths() {
+    assert_eq!(parse(MINIMAL).unwrap().audit, None);
+    let c = parse(&format!(
+        "{MINIMAL}audit:\n  directory: audit\n  signing_key: /keys/audit.key\n  postgres:\n    conninfo_env: AUDIT_PG\n"
+    ))
+    .unwrap();
+    let a = c.audit.unwrap();
+    assert_eq!(a.directory, Path::new("/srv/gw/audit"));
+    assert_eq!(a.signing_key, Path::new("/keys/audit.key"));
+    assert_eq!(a.mode, AuditMode::FailClosed, "fail-closed unless asked");
+    assert_eq!(a.durable_timeout, Duration::from_millis(250));
+    assert!(!a.include_query);
+    assert_eq!(a.postgres, Some(SecretSource::Env("AUDIT_PG".into())));
+}
+
+#[test]
+fn audit_section_problems_have_lines() {
+    let audit = |body: &str| format!("{MINIMAL}audit:\n  directory: a\n  signing_key: k\n{body}");
+    assert_problem(&audit("  mode: sometimes\n"), "8:9:", "fail-closed");
+    assert_problem(&audit("  durable_timeout: 1m\n"), "8:20:", "at most 10s");
+    assert_problem(&audit("  node: 'gw 1'\n"), "8:9:", "letters");
+    assert_problem(&audit("  retention: 5m\n"), "8:14:", "at least 1h");
+    assert_problem(&audit("  segment_bytes: 10\n"), "8:18:", "at least 4096");
+    assert_problem(
+        &audit("  postgres:\n    conninfo: host=db password=hunter2\n"),
+        "9:15:",
+        "must not carry a password",
+    );
+    assert_problem(
+        &audit("  postgres:\n    conninfo: postgresql://audit:hunter2@db/audit\n"),
+        "9:15:",
+        "must not carry a password",
+    );
+    assert_problem(
+        &audit("  postgres:\n    conninfo: host=db\n    conninfo_env: PG\n"),
+        "8:3:",
+        "exactly one",
+    );
+    assert_problem(&audit("  sink: pg\n"), "8:3:", "unknown field `sink`");
+    // The password itself never appears in the error.
+    assert!(!error(&audit(
+        "  postgres:\n    conninfo: host=db password=hunter2\n"
+    ))
+    .contains("hunter2"));
+}

@@ -1,0 +1,276 @@
+//! The gateway's audit trail: opens the log the config names, writes each request's records,
+//! ships the log to PostgreSQL, applies retention, and tells readiness and metrics how it is
+//! doing.
+//!
+//! Fail-closed: an allowed request is forwarded only after its `admitted` record is durable
+//! (written and fsynced, within `durable_timeout`); otherwise the caller gets 503 and the
+//! readiness endpoint turns unready until the log writes again. Every request, allowed or not,
+//! also gets a `completed` record when it ends, queued without waiting. Best-effort: only the
+//! `completed` record, queued; records that do not fit are dropped and counted.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use portcullis_audit::{
+    AuditConfig, AuditError, AuditHandle, AuditLog, ConfigReload, DurabilityMode, PgSink,
+    PgSinkConfig, PublicKey, RequestEvent, Signer as _, SoftwareSigner,
+};
+use portcullis_policy::{AuditMode, AuditSettings, SecretSource};
+
+use crate::GatewayError;
+
+/// How often retention looks for segments past their age.
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
+/// How long shutdown waits for queued records to become durable.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The open audit log and what ships it.
+pub(crate) struct AuditTrail {
+    handle: AuditHandle,
+    fail_closed: bool,
+    include_query: bool,
+    retention: Option<Duration>,
+    sink: Option<Arc<PgSink>>,
+    /// Owns the writer thread; taken by [`AuditTrail::close`].
+    log: Mutex<Option<AuditLog>>,
+}
+
+impl std::fmt::Debug for AuditTrail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditTrail")
+            .field("fail_closed", &self.fail_closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditTrail {
+    /// Opens (creating if needed) the log, its signing key and, if configured, the sink.
+    /// Recovery of a torn tail happens here, before any traffic.
+    pub(crate) fn open(settings: &AuditSettings) -> Result<Self, GatewayError> {
+        let node = settings.node.clone().unwrap_or_else(host_name);
+        let signer = SoftwareSigner::load_or_create(&settings.signing_key)
+            .map_err(|e| GatewayError::Audit(e.to_string()))?;
+        let public = PublicKey::from_spki_der(&signer.public_key_der())
+            .map_err(|e| GatewayError::Audit(e.to_string()))?;
+        let public_path = public_key_path(&settings.signing_key);
+        if std::fs::read(&public_path).ok().as_deref() != Some(public.to_pem().as_bytes()) {
+            std::fs::write(&public_path, public.to_pem())
+                .map_err(|e| GatewayError::file(&public_path, e))?;
+        }
+        tracing::warn!(
+            key = %settings.signing_key.display(),
+            key_id = %public.key_id(),
+            public_key = %public_path.display(),
+            "audit checkpoints are signed with a software key"
+        );
+        let mut config = AuditConfig::new(&settings.directory, node.clone());
+        config.mode = match settings.mode {
+            AuditMode::FailClosed => DurabilityMode::FailClosed,
+            AuditMode::BestEffort => DurabilityMode::BestEffort,
+        };
+        config.durable_timeout = settings.durable_timeout;
+        config.segment_bytes = settings.segment_bytes;
+        config.checkpoint_every = settings.checkpoint_every;
+        config.checkpoint_interval = settings.checkpoint_interval;
+        let log = AuditLog::open(config, Arc::new(signer))
+            .map_err(|e| GatewayError::Audit(e.to_string()))?;
+        let handle = log.handle();
+        let sink = match &settings.postgres {
+            None => None,
+            Some(source) => {
+                let conninfo = read_secret(source)?;
+                let cfg = PgSinkConfig::new(conninfo, &settings.directory, node.clone());
+                Some(Arc::new(PgSink::new(cfg, Some(handle.clone()))))
+            }
+        };
+        tracing::info!(
+            directory = %settings.directory.display(),
+            node = %node,
+            mode = ?settings.mode,
+            central_store = sink.is_some(),
+            "audit log open"
+        );
+        Ok(AuditTrail {
+            handle,
+            fail_closed: settings.mode == AuditMode::FailClosed,
+            include_query: settings.include_query,
+            retention: settings.retention,
+            sink,
+            log: Mutex::new(Some(log)),
+        })
+    }
+
+    /// Whether allowed requests must wait for their admission record.
+    pub(crate) fn fail_closed(&self) -> bool {
+        self.fail_closed
+    }
+
+    /// Whether request records keep the query string.
+    pub(crate) fn include_query(&self) -> bool {
+        self.include_query
+    }
+
+    /// Makes a request's admission record durable, within the configured bound.
+    pub(crate) async fn admit(&self, event: RequestEvent) -> Result<(), AuditError> {
+        self.handle.append_durable_async(event).await.map(drop)
+    }
+
+    /// Queues a request's completion record; never waits.
+    pub(crate) fn complete(&self, event: RequestEvent) {
+        if let Err(e) = self.handle.try_append(event) {
+            tracing::warn!(error = %e, "audit record dropped");
+        }
+    }
+
+    /// Records a configuration load or reload attempt; never waits.
+    pub(crate) fn config_loaded(&self, digest: String, trigger: &str, refused: bool) {
+        let event = ConfigReload {
+            digest,
+            trigger: Some(trigger.to_owned()),
+            refused,
+        };
+        if let Err(e) = self.handle.try_append(event) {
+            tracing::warn!(error = %e, "audit record of a configuration load dropped");
+        }
+    }
+
+    /// Readiness: false while the log cannot make records durable (fail-closed).
+    pub(crate) fn healthy(&self) -> bool {
+        !self.fail_closed || self.handle.healthy()
+    }
+
+    /// Writer and sink figures for the metrics endpoint.
+    pub(crate) fn figures(&self) -> AuditFigures {
+        let writer = self.handle.stats();
+        let sink = self.sink.as_ref().map(|s| s.stats());
+        AuditFigures {
+            healthy: self.healthy(),
+            durable_records: writer.durable_next_seq,
+            queued: writer.queued as u64,
+            dropped: writer.dropped,
+            checkpoint_failures: writer.checkpoint_failures,
+            // Measured against what the writer has made durable, so the spool depth keeps
+            // growing while the store is away (the sink's own view stops with it).
+            sink_lag: sink
+                .as_ref()
+                .map(|s| writer.durable_next_seq.saturating_sub(s.confirmed_next_seq)),
+            sink_connected: sink.as_ref().map(|s| s.connected),
+            sink_shipped: sink.as_ref().map(|s| s.shipped),
+        }
+    }
+
+    /// Drains the queue, writes a final checkpoint and stops the writer. Called once, on the
+    /// way out; later appends fail and are counted as dropped.
+    pub(crate) fn close(&self) {
+        if let Err(e) = self.handle.flush(CLOSE_TIMEOUT) {
+            tracing::error!(error = %e, "audit log: queued records not made durable at exit");
+        }
+        let log = self.log.lock().map(|mut l| l.take()).unwrap_or_default();
+        if let Some(log) = log {
+            log.close();
+        }
+    }
+}
+
+/// What the metrics endpoint shows of the audit trail.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AuditFigures {
+    pub healthy: bool,
+    pub durable_records: u64,
+    pub queued: u64,
+    pub dropped: u64,
+    pub checkpoint_failures: u64,
+    pub sink_lag: Option<u64>,
+    pub sink_connected: Option<bool>,
+    pub sink_shipped: Option<u64>,
+}
+
+/// Ships the log to PostgreSQL and applies retention, for as long as the server runs.
+pub(crate) struct AuditJobs {
+    pub trail: Arc<AuditTrail>,
+}
+
+#[async_trait]
+impl BackgroundService for AuditJobs {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let sink = self.trail.sink.clone();
+        let mut stop = shutdown.clone();
+        let shipping = async move {
+            if let Some(sink) = sink {
+                sink.run(async move {
+                    let _ = stop.changed().await;
+                })
+                .await;
+            }
+        };
+        let retention = async {
+            let Some(max_age) = self.trail.retention else {
+                return;
+            };
+            loop {
+                self.apply_retention(max_age).await;
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(RETENTION_EVERY) => {}
+                }
+            }
+        };
+        tokio::join!(shipping, retention);
+    }
+}
+
+impl AuditJobs {
+    async fn apply_retention(&self, max_age: Duration) {
+        // Segments the central store has not confirmed yet are the spool: keep them.
+        let keep_from = self
+            .trail
+            .sink
+            .as_ref()
+            .map(|s| s.stats().confirmed_next_seq);
+        let handle = self.trail.handle.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            handle.apply_retention(max_age, keep_from, CLOSE_TIMEOUT)
+        })
+        .await;
+        match outcome {
+            Ok(Ok(done)) => tracing::debug!(outcome = ?done, "audit retention applied"),
+            Ok(Err(e)) => tracing::error!(error = %e, "audit retention failed"),
+            Err(e) => tracing::error!(error = %e, "audit retention task failed"),
+        }
+    }
+}
+
+/// Reads a secret from where the config says it is; the value itself is never logged.
+fn read_secret(source: &SecretSource) -> Result<String, GatewayError> {
+    match source {
+        SecretSource::Inline(value) => Ok(value.clone()),
+        SecretSource::Env(var) => std::env::var(var).map_err(|_| {
+            GatewayError::Audit(format!(
+                "audit.postgres: environment variable {var} is not set"
+            ))
+        }),
+        SecretSource::File(path) => std::fs::read_to_string(path)
+            .map(|s| s.trim_end().to_owned())
+            .map_err(|e| GatewayError::file(path, e)),
+    }
+}
+
+/// Where the public half of the audit signing key is written (`<signing_key>.pub`, PEM), for
+/// `portcullis audit verify --key`.
+pub(crate) fn public_key_path(signing_key: &std::path::Path) -> std::path::PathBuf {
+    let mut name = signing_key.as_os_str().to_owned();
+    name.push(".pub");
+    name.into()
+}
+
+/// The node id used when the config names none.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "portcullis".to_owned())
+}

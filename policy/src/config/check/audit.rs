@@ -1,0 +1,153 @@
+//! The `audit` section: where the log lives, how durable it must be, and where it is shipped.
+
+use std::time::Duration;
+
+use super::Checker;
+use crate::config::raw::{RawAudit, RawAuditPostgres};
+use crate::config::{AuditMode, AuditSettings, SecretSource};
+
+const DEFAULT_DURABLE_TIMEOUT: Duration = Duration::from_millis(250);
+const MAX_DURABLE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_CHECKPOINT_EVERY: u64 = 10_000;
+const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+const MIN_SEGMENT_BYTES: u64 = 4096;
+const MIN_RETENTION: Duration = Duration::from_secs(3600);
+
+impl Checker<'_> {
+    pub(super) fn audit(&mut self, raw: &RawAudit) -> AuditSettings {
+        let what = "audit";
+        let directory = self.file_path("audit.directory", what, &raw.directory);
+        let signing_key = self.file_path("audit.signing_key", what, &raw.signing_key);
+        if let Some(node) = &raw.node {
+            let valid = !node.is_empty()
+                && node.len() <= 128
+                && node
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !valid {
+                self.at_value(
+                    "audit.node",
+                    format!("audit: node `{node}` must be 1-128 letters, digits, '-', '_' or '.'"),
+                );
+            }
+        }
+        let mode = match raw.mode.as_deref() {
+            None | Some("fail-closed") => AuditMode::FailClosed,
+            Some("best-effort") => AuditMode::BestEffort,
+            Some(other) => {
+                self.at_value(
+                    "audit.mode",
+                    format!("audit: mode `{other}` is not `fail-closed` or `best-effort`"),
+                );
+                AuditMode::FailClosed
+            }
+        };
+        let durable_timeout = self.nonzero(
+            "audit.durable_timeout",
+            "audit: durable_timeout",
+            raw.durable_timeout,
+            DEFAULT_DURABLE_TIMEOUT,
+        );
+        if durable_timeout > MAX_DURABLE_TIMEOUT {
+            self.at_value(
+                "audit.durable_timeout",
+                "audit: durable_timeout may be at most 10s".to_owned(),
+            );
+        }
+        let checkpoint_every = raw.checkpoint_every.unwrap_or(DEFAULT_CHECKPOINT_EVERY);
+        if checkpoint_every == 0 {
+            self.at_value(
+                "audit.checkpoint_every",
+                "audit: checkpoint_every must be at least 1".to_owned(),
+            );
+        }
+        let checkpoint_interval = self.nonzero(
+            "audit.checkpoint_interval",
+            "audit: checkpoint_interval",
+            raw.checkpoint_interval,
+            DEFAULT_CHECKPOINT_INTERVAL,
+        );
+        let segment_bytes = raw.segment_bytes.unwrap_or(DEFAULT_SEGMENT_BYTES);
+        if segment_bytes < MIN_SEGMENT_BYTES {
+            self.at_value(
+                "audit.segment_bytes",
+                format!("audit: segment_bytes must be at least {MIN_SEGMENT_BYTES}"),
+            );
+        }
+        if raw.retention.is_some_and(|r| r < MIN_RETENTION) {
+            self.at_value(
+                "audit.retention",
+                "audit: retention must be at least 1h".to_owned(),
+            );
+        }
+        let postgres = raw.postgres.as_ref().and_then(|pg| self.audit_postgres(pg));
+        AuditSettings {
+            directory,
+            node: raw.node.clone(),
+            mode,
+            durable_timeout,
+            signing_key,
+            checkpoint_every,
+            checkpoint_interval,
+            segment_bytes,
+            retention: raw.retention,
+            include_query: raw.include_query,
+            postgres,
+        }
+    }
+
+    fn audit_postgres(&mut self, raw: &RawAuditPostgres) -> Option<SecretSource> {
+        let path = "audit.postgres";
+        let given = [
+            raw.conninfo.is_some(),
+            raw.conninfo_env.is_some(),
+            raw.conninfo_file.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() != 1 {
+            self.at_key(
+                path,
+                "audit.postgres: give exactly one of `conninfo`, `conninfo_env`, `conninfo_file`"
+                    .to_owned(),
+            );
+            return None;
+        }
+        if let Some(text) = &raw.conninfo {
+            if carries_password(text) {
+                self.at_value(
+                    "audit.postgres.conninfo",
+                    "audit.postgres: `conninfo` must not carry a password in the config file; \
+                     use `conninfo_env` or `conninfo_file`"
+                        .to_owned(),
+                );
+                return None;
+            }
+            return Some(SecretSource::Inline(text.clone()));
+        }
+        if let Some(var) = &raw.conninfo_env {
+            if var.is_empty() {
+                self.at_value(
+                    "audit.postgres.conninfo_env",
+                    "audit.postgres: conninfo_env is empty".to_owned(),
+                );
+            }
+            return Some(SecretSource::Env(var.clone()));
+        }
+        raw.conninfo_file.as_ref().map(|file| {
+            SecretSource::File(self.file_path("audit.postgres.conninfo_file", path, file))
+        })
+    }
+}
+
+/// Whether a libpq connection string (key=value or URL form) contains a password.
+fn carries_password(conninfo: &str) -> bool {
+    let lower = conninfo.to_ascii_lowercase();
+    if lower.contains("password") {
+        return true;
+    }
+    // postgresql://user:secret@host/db
+    lower
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}

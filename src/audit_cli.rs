@@ -1,0 +1,127 @@
+//! `portcullis audit …`: verify, tail and query a local audit log directory. Output is JSON
+//! lines (one record per line, exactly as stored), so it pipes into `jq` and log tooling.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use portcullis_audit::{query, tail, verify_dir, Decision, PublicKey, QueryFilter, VerifyError};
+
+#[derive(Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check every hash and signature of a log; name the first bad record if there is one.
+    Verify {
+        /// The log directory (the config's `audit.directory`).
+        dir: PathBuf,
+        /// The checkpoint public key (PEM), written beside the signing key as `<key>.pub`.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Print the last records of a log.
+    Tail {
+        dir: PathBuf,
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+    },
+    /// Print the records that match every given filter, oldest first.
+    Query {
+        dir: PathBuf,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The caller's identity (SPIFFE ID or subject), exactly.
+        #[arg(long)]
+        identity: Option<String>,
+        /// RFC 3339 time (`2026-11-30T10:00:00Z`) or an age (`15m`, `2h`, `7d`) before now.
+        #[arg(long)]
+        since: Option<String>,
+        /// RFC 3339 time or an age before now.
+        #[arg(long)]
+        until: Option<String>,
+        /// `allow`, `deny` or `error`.
+        #[arg(long)]
+        decision: Option<Decision>,
+    },
+}
+
+pub(crate) fn run(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Verify { dir, key } => verify(&dir, &key),
+        AuditCommand::Tail { dir, lines } => {
+            let records = tail(&dir, lines).with_context(|| format!("{}", dir.display()))?;
+            print_json_lines(records.iter())
+        }
+        AuditCommand::Query {
+            dir,
+            tenant,
+            identity,
+            since,
+            until,
+            decision,
+        } => {
+            let filter = QueryFilter {
+                tenant,
+                identity,
+                since: since.as_deref().map(parse_time).transpose()?,
+                until: until.as_deref().map(parse_time).transpose()?,
+                decision,
+            };
+            let records = query(&dir, filter).with_context(|| format!("{}", dir.display()))?;
+            let mut out = std::io::stdout().lock();
+            for record in records {
+                serde_json::to_writer(&mut out, &record?)?;
+                out.write_all(b"\n")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn verify(dir: &Path, key: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(key).with_context(|| format!("{}", key.display()))?;
+    let key = PublicKey::from_pem_or_der(&bytes).with_context(|| format!("{}", key.display()))?;
+    match verify_dir(dir, &key) {
+        Ok(report) => {
+            println!(
+                "{}: ok: {} records in {} segment(s), seq {}..{}, {} signed checkpoint(s), {} record(s) after the last checkpoint, {} truncation(s); chain head {}",
+                dir.display(),
+                report.records,
+                report.segments,
+                report.first_seq.map_or("-".into(), |s| s.to_string()),
+                report.last_seq.map_or("-".into(), |s| s.to_string()),
+                report.checkpoints,
+                report.unsigned_tail,
+                report.truncations,
+                report.last_hash,
+            );
+            Ok(())
+        }
+        Err(VerifyError::Bad(bad)) => bail!("{}: FAILED at {bad}", dir.display()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn print_json_lines<'a, T: serde::Serialize + 'a>(
+    items: impl Iterator<Item = &'a T>,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for item in items {
+        serde_json::to_writer(&mut out, item)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// An RFC 3339 time, or an age (`humantime` syntax) counted back from now.
+fn parse_time(text: &str) -> anyhow::Result<SystemTime> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        return Ok(t);
+    }
+    let age: Duration = humantime::parse_duration(text).with_context(|| {
+        format!("`{text}` is neither an RFC 3339 time nor an age such as 15m or 2h")
+    })?;
+    SystemTime::now()
+        .checked_sub(age)
+        .with_context(|| format!("`{text}` reaches before the epoch"))
+}
