@@ -42,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Run the certificate authority: init, issue, list, revoke, CRL.
+    Ca {
+        #[command(subcommand)]
+        command: portcullis_ca::cli::CaCommand,
+    },
     /// Verify, tail and query an audit log.
     Audit {
         #[command(subcommand)]
@@ -153,6 +158,7 @@ fn main() -> ExitCode {
             },
         ),
         Command::Audit { command } => audit_cli::run(command),
+        Command::Ca { command } => portcullis_ca::cli::run(command).map_err(anyhow::Error::from),
         Command::Demo {
             state,
             port,

@@ -1,0 +1,359 @@
+//! The CA's configuration file (YAML), strictly parsed, then checked once into profiles and a
+//! key backend.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::TenantId;
+use crate::key::{
+    check_label, KeyAlgorithm, KeyBackend, PinSource, Pkcs11Backend, SoftwareBackend,
+};
+use crate::profile::{DnsPattern, IssuanceProfile, KeyType, SpiffeIdPattern};
+use crate::CaError;
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// The whole CA configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// Directory for certificates, the CRL and the inventory.
+    pub state_dir: PathBuf,
+    /// Where the issuing key lives (`pkcs11: {…}` or `software: {…}`).
+    #[serde(with = "serde_yaml_ng::with::singleton_map")]
+    pub backend: BackendConfig,
+    /// Where the root key lives, when not in `backend` (e.g. another token, kept offline).
+    #[serde(default, with = "serde_yaml_ng::with::singleton_map")]
+    pub root_backend: Option<BackendConfig>,
+    /// Key labels and algorithm.
+    pub keys: KeysConfig,
+    /// The root certificate (default: "Portcullis Root CA", 10 years).
+    #[serde(default)]
+    pub root: CertConfig,
+    /// The issuing intermediate (default: "Portcullis Issuing CA", 1 year).
+    #[serde(default)]
+    pub intermediate: CertConfig,
+    /// CRL publication.
+    #[serde(default)]
+    pub crl: CrlConfig,
+    /// No profile may grant a longer lifetime than this (default 24 h).
+    #[serde(default = "default_cap", with = "humantime_serde")]
+    pub max_lifetime_cap: Duration,
+    /// Issuance profiles (at least one per tenant that may be issued certificates).
+    #[serde(default)]
+    pub profiles: Vec<ProfileConfig>,
+}
+
+fn default_cap() -> Duration {
+    DAY
+}
+
+/// A key backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum BackendConfig {
+    /// A PKCS#11 token.
+    Pkcs11(Pkcs11Config),
+    /// Software keys in a directory (warned about at load).
+    Software(SoftwareConfig),
+}
+
+/// A PKCS#11 token. The PIN comes from `pin_file` or `pin_env`, exactly one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    /// The module (default SoftHSM2's).
+    #[serde(default = "default_module")]
+    pub module: PathBuf,
+    pub token_label: String,
+    #[serde(default)]
+    pub pin_file: Option<PathBuf>,
+    #[serde(default)]
+    pub pin_env: Option<String>,
+    /// Session pool size (0 or absent: the number of CPUs).
+    #[serde(default)]
+    pub sessions: usize,
+}
+
+fn default_module() -> PathBuf {
+    PathBuf::from(crate::key::DEFAULT_PKCS11_MODULE)
+}
+
+impl Pkcs11Config {
+    /// Where the PIN comes from.
+    pub fn pin_source(&self) -> Result<PinSource, CaError> {
+        match (&self.pin_file, &self.pin_env) {
+            (Some(file), None) => Ok(PinSource::File(file.clone())),
+            (None, Some(var)) => Ok(PinSource::Env(var.clone())),
+            _ => Err(CaError::Config(format!(
+                "pkcs11 token {:?}: set exactly one of pin_file and pin_env",
+                self.token_label
+            ))),
+        }
+    }
+}
+
+/// A directory of software keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoftwareConfig {
+    pub key_dir: PathBuf,
+}
+
+impl BackendConfig {
+    /// Opens the backend (loads the module and logs in, for PKCS#11).
+    pub fn open(&self) -> Result<Arc<dyn KeyBackend>, CaError> {
+        match self {
+            BackendConfig::Pkcs11(p) => Ok(Arc::new(Pkcs11Backend::open(
+                &p.module,
+                &p.token_label,
+                &p.pin_source()?,
+                p.sessions,
+            )?)),
+            BackendConfig::Software(s) => Ok(Arc::new(SoftwareBackend::new(&s.key_dir))),
+        }
+    }
+}
+
+/// Key labels in the backend(s).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    pub root_label: String,
+    pub issuing_label: String,
+    /// Algorithm of both keys (default p256).
+    #[serde(default = "default_algorithm")]
+    pub algorithm: KeyAlgorithm,
+}
+
+fn default_algorithm() -> KeyAlgorithm {
+    KeyAlgorithm::EcdsaP256Sha256
+}
+
+/// A CA certificate's name and validity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertConfig {
+    #[serde(default)]
+    pub common_name: Option<String>,
+    #[serde(default)]
+    pub organization: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub validity: Option<Duration>,
+}
+
+/// CRL publication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrlConfig {
+    /// How far ahead `nextUpdate` is (default 5 min): gateways refetch by then.
+    #[serde(with = "humantime_serde")]
+    pub next_update: Duration,
+}
+
+impl Default for CrlConfig {
+    fn default() -> Self {
+        Self {
+            next_update: Duration::from_secs(300),
+        }
+    }
+}
+
+/// An issuance profile as written in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    pub name: String,
+    pub tenant: TenantId,
+    #[serde(default)]
+    pub spiffe_ids: Vec<SpiffeIdPattern>,
+    #[serde(default = "yes")]
+    pub require_spiffe_id: bool,
+    #[serde(default)]
+    pub dns_names: Vec<DnsPattern>,
+    #[serde(default)]
+    pub allow_wildcard_names: bool,
+    #[serde(default = "default_key_types")]
+    pub key_types: Vec<KeyType>,
+    /// Longest lifetime granted (default 1 h).
+    #[serde(default = "default_max_lifetime", with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// Lifetime when none is requested (default: `max_lifetime`).
+    #[serde(default, with = "humantime_serde")]
+    pub default_lifetime: Option<Duration>,
+    #[serde(default = "yes")]
+    pub client_auth: bool,
+    #[serde(default)]
+    pub server_auth: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_key_types() -> Vec<KeyType> {
+    vec![KeyType::P256, KeyType::P384]
+}
+
+fn default_max_lifetime() -> Duration {
+    HOUR
+}
+
+impl CaConfig {
+    /// Reads and checks a YAML file.
+    pub fn load(path: &Path) -> Result<Self, CaError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CaError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|e| CaError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses and checks YAML text.
+    pub fn from_yaml(text: &str) -> Result<Self, CaError> {
+        let config: CaConfig =
+            serde_yaml_ng::from_str(text).map_err(|e| CaError::Config(e.to_string()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: labels, lifetimes against the cap, unique profile names.
+    pub fn check(&self) -> Result<(), CaError> {
+        check_label(&self.keys.root_label)?;
+        check_label(&self.keys.issuing_label)?;
+        if self.root_backend.is_none() && self.keys.root_label == self.keys.issuing_label {
+            return Err(CaError::Config(
+                "keys.root_label and keys.issuing_label must differ in one backend".to_owned(),
+            ));
+        }
+        for backend in std::iter::once(&self.backend).chain(self.root_backend.as_ref()) {
+            if let BackendConfig::Pkcs11(p) = backend {
+                p.pin_source()?;
+            }
+        }
+        if self.crl.next_update < Duration::from_secs(60) {
+            return Err(CaError::Config(
+                "crl.next_update must be at least 1m".to_owned(),
+            ));
+        }
+        self.profiles().map(|_| ())
+    }
+
+    /// The profiles, checked.
+    pub fn profiles(&self) -> Result<Vec<IssuanceProfile>, CaError> {
+        let mut names = HashSet::new();
+        self.profiles
+            .iter()
+            .map(|p| {
+                let bad = |why: String| CaError::Config(format!("profile {:?}: {why}", p.name));
+                if p.name.is_empty() || !names.insert(p.name.as_str()) {
+                    return Err(bad("name empty or used twice".to_owned()));
+                }
+                if p.max_lifetime.is_zero() || p.max_lifetime > self.max_lifetime_cap {
+                    return Err(bad(format!(
+                        "max_lifetime {} must be positive and at most max_lifetime_cap {}",
+                        humantime::format_duration(p.max_lifetime),
+                        humantime::format_duration(self.max_lifetime_cap)
+                    )));
+                }
+                let default_lifetime = p.default_lifetime.unwrap_or(p.max_lifetime);
+                if default_lifetime.is_zero() || default_lifetime > p.max_lifetime {
+                    return Err(bad(
+                        "default_lifetime must be positive and at most max_lifetime".to_owned(),
+                    ));
+                }
+                if p.require_spiffe_id && p.spiffe_ids.is_empty() {
+                    return Err(bad(
+                        "require_spiffe_id is set but spiffe_ids is empty".to_owned()
+                    ));
+                }
+                if p.spiffe_ids.is_empty() && p.dns_names.is_empty() {
+                    return Err(bad(
+                        "allows no name at all (spiffe_ids and dns_names empty)".to_owned(),
+                    ));
+                }
+                if p.key_types.is_empty() {
+                    return Err(bad("key_types is empty".to_owned()));
+                }
+                if !p.client_auth && !p.server_auth {
+                    return Err(bad("grants neither client_auth nor server_auth".to_owned()));
+                }
+                Ok(IssuanceProfile {
+                    name: p.name.clone(),
+                    tenant: p.tenant.clone(),
+                    spiffe_ids: p.spiffe_ids.clone(),
+                    require_spiffe_id: p.require_spiffe_id,
+                    dns_names: p.dns_names.clone(),
+                    allow_wildcard_names: p.allow_wildcard_names,
+                    key_types: p.key_types.clone(),
+                    max_lifetime: p.max_lifetime,
+                    default_lifetime,
+                    client_auth: p.client_auth,
+                    server_auth: p.server_auth,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+state_dir: /var/lib/portcullis/ca
+backend:
+  pkcs11:
+    token_label: portcullis-ca
+    pin_env: PORTCULLIS_HSM_PIN
+keys:
+  root_label: root
+  issuing_label: issuing
+profiles:
+  - name: acme-workloads
+    tenant: acme
+    spiffe_ids: ["spiffe://acme.example/ns/*/sa/*"]
+    dns_names: ["*.acme.internal"]
+    max_lifetime: 2h
+"#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let c = CaConfig::from_yaml(GOOD).unwrap();
+        assert_eq!(c.crl.next_update, Duration::from_secs(300));
+        let p = &c.profiles().unwrap()[0];
+        assert_eq!(p.default_lifetime, Duration::from_secs(7200));
+        assert!(p.client_auth && !p.server_auth);
+        assert_eq!(p.key_types, vec![KeyType::P256, KeyType::P384]);
+    }
+
+    #[test]
+    fn refuses_typos_wildcard_abuse_and_over_cap() {
+        for (bad, needle) in [
+            (
+                GOOD.replace("max_lifetime: 2h", "max_lifetim: 2h"),
+                "unknown field",
+            ),
+            (GOOD.replace("*.acme.internal", "*.com"), "wildcard"),
+            (GOOD.replace("*.acme.internal", "*"), "wildcard"),
+            (
+                GOOD.replace("max_lifetime: 2h", "max_lifetime: 48h"),
+                "max_lifetime_cap",
+            ),
+            (
+                GOOD.replace("pin_env: PORTCULLIS_HSM_PIN", "pin: \"1234\""),
+                "unknown field",
+            ),
+            (GOOD.replace("ns/*/sa/*", "ns/**/sa"), "last segment"),
+            (GOOD.replace("tenant: acme", "tenant: Acme"), "tenant id"),
+        ] {
+            let err = CaConfig::from_yaml(&bad).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+}

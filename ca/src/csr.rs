@@ -1,0 +1,196 @@
+//! Reading an untrusted PKCS#10 CSR (PEM or DER) into the facts the profile decides on.
+//! Everything here is a refusal, never a panic: the bytes come from the requester.
+
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::cri_attributes::ParsedCriAttribute;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::oid_registry::{
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_SIG_ED25519,
+};
+use x509_parser::prelude::FromDer;
+
+use crate::profile::{shown, IssueRefusal, KeyType};
+
+/// Largest CSR accepted, PEM or DER.
+pub(crate) const MAX_CSR_BYTES: usize = 16 * 1024;
+
+/// The extended key usages a CSR asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RequestedEku {
+    pub(crate) client_auth: bool,
+    pub(crate) server_auth: bool,
+    /// Anything else, named.
+    pub(crate) other: Vec<String>,
+}
+
+/// What a verified CSR asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CsrFacts {
+    pub(crate) key_type: KeyType,
+    /// The subject key, DER SubjectPublicKeyInfo as found in the CSR.
+    pub(crate) spki_der: Vec<u8>,
+    pub(crate) uris: Vec<String>,
+    pub(crate) dns_names: Vec<String>,
+    /// SANs of other types, described.
+    pub(crate) other_sans: Vec<String>,
+    pub(crate) eku: Option<RequestedEku>,
+}
+
+/// Parses, verifies the self-signature, and reads the request. Refuses CA requests and
+/// extensions the CA does not grant.
+pub(crate) fn read_csr(input: &[u8]) -> Result<CsrFacts, IssueRefusal> {
+    if input.len() > MAX_CSR_BYTES {
+        return Err(IssueRefusal::CsrTooLarge {
+            size: input.len(),
+            limit: MAX_CSR_BYTES,
+        });
+    }
+    let der = to_der(input)?;
+    let (rest, csr) = X509CertificationRequest::from_der(&der)
+        .map_err(|e| IssueRefusal::CsrMalformed(format!("not a PKCS#10 request: {e}")))?;
+    if !rest.is_empty() {
+        return Err(IssueRefusal::CsrMalformed(format!(
+            "{} trailing bytes after the request",
+            rest.len()
+        )));
+    }
+    let info = &csr.certification_request_info;
+    let key_type = key_type(&info.subject_pki)?;
+    csr.verify_signature()
+        .map_err(|_| IssueRefusal::CsrSignatureInvalid)?;
+
+    let mut facts = CsrFacts {
+        key_type,
+        spki_der: info.subject_pki.raw.to_vec(),
+        uris: Vec::new(),
+        dns_names: Vec::new(),
+        other_sans: Vec::new(),
+        eku: None,
+    };
+    for attr in info.iter_attributes() {
+        let ParsedCriAttribute::ExtensionRequest(request) = attr.parsed_attribute() else {
+            continue;
+        };
+        for ext in &request.extensions {
+            read_extension(&mut facts, ext.oid.to_id_string(), ext.parsed_extension())?;
+        }
+    }
+    Ok(facts)
+}
+
+fn to_der(input: &[u8]) -> Result<Vec<u8>, IssueRefusal> {
+    let trimmed = input.trim_ascii_start();
+    if !trimmed.starts_with(b"-----BEGIN") {
+        return Ok(input.to_vec());
+    }
+    let (_, pem) = x509_parser::pem::parse_x509_pem(trimmed)
+        .map_err(|e| IssueRefusal::CsrMalformed(format!("bad PEM: {e}")))?;
+    if pem.label != "CERTIFICATE REQUEST" && pem.label != "NEW CERTIFICATE REQUEST" {
+        return Err(IssueRefusal::CsrMalformed(format!(
+            "PEM block is {:?}, expected CERTIFICATE REQUEST",
+            shown(&pem.label)
+        )));
+    }
+    Ok(pem.contents)
+}
+
+fn key_type(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<KeyType, IssueRefusal> {
+    let alg = &spki.algorithm.algorithm;
+    if *alg == OID_SIG_ED25519 {
+        return Ok(KeyType::Ed25519);
+    }
+    let unsupported = |what: String| IssueRefusal::KeyTypeNotAllowed {
+        key: what,
+        allowed: "ECDSA P-256, ECDSA P-384, Ed25519".to_owned(),
+    };
+    if *alg != OID_KEY_TYPE_EC_PUBLIC_KEY {
+        return Err(unsupported(format!(
+            "with algorithm OID {}",
+            alg.to_id_string()
+        )));
+    }
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok());
+    match curve {
+        Some(c) if c == OID_EC_P256 => Ok(KeyType::P256),
+        Some(c) if c == OID_NIST_EC_P384 => Ok(KeyType::P384),
+        Some(c) => Err(unsupported(format!("EC on curve {}", c.to_id_string()))),
+        None => Err(unsupported("EC without a named curve".to_owned())),
+    }
+}
+
+fn read_extension(
+    facts: &mut CsrFacts,
+    oid: String,
+    ext: &ParsedExtension<'_>,
+) -> Result<(), IssueRefusal> {
+    match ext {
+        ParsedExtension::BasicConstraints(bc) => {
+            if bc.ca {
+                return Err(IssueRefusal::CaRequested(
+                    "basicConstraints CA:TRUE".to_owned(),
+                ));
+            }
+        }
+        ParsedExtension::KeyUsage(ku) => {
+            if ku.key_cert_sign() {
+                return Err(IssueRefusal::CaRequested("keyUsage keyCertSign".to_owned()));
+            }
+            if ku.crl_sign() {
+                return Err(IssueRefusal::CaRequested("keyUsage cRLSign".to_owned()));
+            }
+        }
+        ParsedExtension::NameConstraints(_) => {
+            return Err(IssueRefusal::CaRequested("nameConstraints".to_owned()));
+        }
+        ParsedExtension::ExtendedKeyUsage(eku) => {
+            let mut req = RequestedEku {
+                client_auth: eku.client_auth,
+                server_auth: eku.server_auth,
+                other: eku.other.iter().map(|o| o.to_id_string()).collect(),
+            };
+            for (set, name) in [
+                (eku.any, "anyExtendedKeyUsage"),
+                (eku.code_signing, "codeSigning"),
+                (eku.email_protection, "emailProtection"),
+                (eku.time_stamping, "timeStamping"),
+                (eku.ocsp_signing, "OCSPSigning"),
+            ] {
+                if set {
+                    req.other.push(name.to_owned());
+                }
+            }
+            facts.eku = Some(req);
+        }
+        ParsedExtension::SubjectAlternativeName(san) => {
+            for name in &san.general_names {
+                match name {
+                    GeneralName::URI(uri) => facts.uris.push((*uri).to_owned()),
+                    GeneralName::DNSName(dns) => facts.dns_names.push((*dns).to_owned()),
+                    GeneralName::IPAddress(_) => {
+                        facts.other_sans.push("of type IP address".to_owned())
+                    }
+                    GeneralName::RFC822Name(_) => {
+                        facts.other_sans.push("of type e-mail".to_owned())
+                    }
+                    GeneralName::OtherName(oid, _) => facts
+                        .other_sans
+                        .push(format!("of type otherName {}", oid.to_id_string())),
+                    _ => facts.other_sans.push("of an unsupported type".to_owned()),
+                }
+            }
+        }
+        // The CA sets its own key identifiers; a requested one is harmless and ignored.
+        ParsedExtension::SubjectKeyIdentifier(_) => {}
+        ParsedExtension::ParseError { error } => {
+            return Err(IssueRefusal::CsrMalformed(format!(
+                "requested extension {oid}: {error}"
+            )))
+        }
+        _ => return Err(IssueRefusal::ExtensionNotAllowed(oid)),
+    }
+    Ok(())
+}

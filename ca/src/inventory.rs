@@ -1,0 +1,148 @@
+//! The inventory of every certificate issued: what, to whom, under which profile, by whose
+//! request, and whether it was revoked. Behind [`InventoryStore`] so that a shared store
+//! (PostgreSQL) can replace the embedded SQLite one.
+
+mod sqlite;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Serialize, Serializer};
+
+use crate::crl::RevocationReason;
+use crate::ids::{Serial, TenantId};
+use crate::CaError;
+
+pub use sqlite::SqliteInventory;
+
+/// A certificate's status at some instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertStatus {
+    /// Not revoked and not yet expired.
+    Valid,
+    /// Revoked (whether or not also expired).
+    Revoked,
+    /// Not revoked, past `not_after`.
+    Expired,
+}
+
+impl fmt::Display for CertStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CertStatus::Valid => "valid",
+            CertStatus::Revoked => "revoked",
+            CertStatus::Expired => "expired",
+        })
+    }
+}
+
+impl FromStr for CertStatus {
+    type Err = CaError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "valid" => Ok(CertStatus::Valid),
+            "revoked" => Ok(CertStatus::Revoked),
+            "expired" => Ok(CertStatus::Expired),
+            other => Err(CaError::Config(format!(
+                "status {other:?}: expected valid, revoked or expired"
+            ))),
+        }
+    }
+}
+
+/// What is recorded when a certificate is issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCertRecord {
+    pub serial: Serial,
+    pub subject: String,
+    /// `URI:spiffe://…`, `DNS:…`.
+    pub sans: Vec<String>,
+    pub tenant: TenantId,
+    pub profile: String,
+    /// Who asked, as `kind:id`.
+    pub requester: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    pub cert_der: Vec<u8>,
+}
+
+/// A certificate in the inventory, with its status computed at the query's `now`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertRecord {
+    pub serial: Serial,
+    pub subject: String,
+    pub sans: Vec<String>,
+    pub tenant: TenantId,
+    pub profile: String,
+    pub requester: String,
+    #[serde(serialize_with = "rfc3339")]
+    pub not_before: SystemTime,
+    #[serde(serialize_with = "rfc3339")]
+    pub not_after: SystemTime,
+    pub status: CertStatus,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub revoked_at: Option<SystemTime>,
+    pub revocation_reason: Option<RevocationReason>,
+}
+
+/// Which certificates to list. Empty: all, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InventoryFilter {
+    pub tenant: Option<TenantId>,
+    pub status: Option<CertStatus>,
+    /// Not yet expired, and expiring within this long from `now`.
+    pub expires_within: Option<Duration>,
+    /// At most this many (default 1000).
+    pub limit: Option<usize>,
+}
+
+/// Where issued certificates are recorded.
+pub trait InventoryStore: Send + Sync + fmt::Debug {
+    /// Records an issued certificate. Issuance fails if this fails.
+    fn record_issued(&self, record: &NewCertRecord) -> Result<(), CaError>;
+    /// One certificate by serial.
+    fn get(&self, serial: &Serial, now: SystemTime) -> Result<Option<CertRecord>, CaError>;
+    /// Certificates matching `filter`, newest first.
+    fn list(&self, filter: &InventoryFilter, now: SystemTime) -> Result<Vec<CertRecord>, CaError>;
+    /// Marks a certificate revoked. [`CaError::UnknownSerial`] when absent,
+    /// [`CaError::AlreadyRevoked`] when already revoked.
+    fn revoke(
+        &self,
+        serial: &Serial,
+        reason: RevocationReason,
+        at: SystemTime,
+    ) -> Result<CertRecord, CaError>;
+    /// Revoked certificates not yet expired at `now` (what a CRL must list).
+    fn list_revoked(&self, now: SystemTime) -> Result<Vec<CertRecord>, CaError>;
+    /// The next CRL number: strictly greater than every one returned before.
+    fn next_crl_number(&self) -> Result<u64, CaError>;
+}
+
+pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    }
+}
+
+pub(crate) fn from_unix_seconds(s: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(s).unwrap_or(0))
+}
+
+pub(crate) fn format_time(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_seconds(*t))
+}
+
+fn rfc3339_opt<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => rfc3339(t, s),
+        None => s.serialize_none(),
+    }
+}

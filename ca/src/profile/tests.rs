@@ -1,0 +1,191 @@
+use std::time::Duration;
+
+use super::*;
+use crate::csr::RequestedEku;
+
+fn profile() -> IssuanceProfile {
+    IssuanceProfile {
+        name: "acme".to_owned(),
+        tenant: "acme".parse().unwrap(),
+        spiffe_ids: vec![
+            SpiffeIdPattern::parse("spiffe://acme.example/ns/*/sa/*").unwrap(),
+            SpiffeIdPattern::parse("spiffe://acme.example/batch/**").unwrap(),
+        ],
+        require_spiffe_id: true,
+        dns_names: vec![
+            DnsPattern::parse("*.acme.internal").unwrap(),
+            DnsPattern::parse("api.acme.example").unwrap(),
+        ],
+        allow_wildcard_names: false,
+        key_types: vec![KeyType::P256],
+        max_lifetime: Duration::from_secs(3600),
+        default_lifetime: Duration::from_secs(1800),
+        client_auth: true,
+        server_auth: false,
+    }
+}
+
+fn facts(uris: &[&str], dns: &[&str]) -> CsrFacts {
+    CsrFacts {
+        key_type: KeyType::P256,
+        spki_der: Vec::new(),
+        uris: uris.iter().map(|s| (*s).to_owned()).collect(),
+        dns_names: dns.iter().map(|s| (*s).to_owned()).collect(),
+        other_sans: Vec::new(),
+        eku: None,
+    }
+}
+
+fn code(p: &IssuanceProfile, f: &CsrFacts, lifetime: Option<Duration>) -> &'static str {
+    match p.permit(f, lifetime) {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    }
+}
+
+#[test]
+fn allows_matching_ids_and_names() {
+    let p = profile();
+    let permit = p
+        .permit(
+            &facts(
+                &["spiffe://acme.example/ns/prod/sa/web"],
+                &["web.acme.internal", "API.acme.example"],
+            ),
+            None,
+        )
+        .unwrap();
+    assert_eq!(permit.lifetime, Duration::from_secs(1800));
+    assert_eq!(permit.dns_names[1].as_str(), "api.acme.example");
+    assert!(permit.client_auth && !permit.server_auth);
+    assert_eq!(
+        code(
+            &p,
+            &facts(&["spiffe://acme.example/batch/a/b/c"], &[]),
+            None
+        ),
+        "ok"
+    );
+}
+
+#[test]
+fn spiffe_refusals() {
+    let p = profile();
+    for (uri, want) in [
+        (
+            "spiffe://other.example/ns/prod/sa/web",
+            "trust_domain_not_allowed",
+        ),
+        (
+            "spiffe://acme.example/ns/prod/sa/web/extra",
+            "spiffe_id_not_allowed",
+        ),
+        ("spiffe://acme.example/ns/prod", "spiffe_id_not_allowed"),
+        ("spiffe://acme.example/batch", "spiffe_id_not_allowed"),
+        ("spiffe://acme.example/ns/../sa/web", "spiffe_id_invalid"),
+        ("spiffe://acme.example/ns//sa/web", "spiffe_id_invalid"),
+        ("spiffe://ACME.example/ns/a/sa/b", "spiffe_id_invalid"),
+        ("spiffe://acme.example", "spiffe_id_invalid"),
+        ("spiffe://acme.example/ns/a/sa/b?x=1", "spiffe_id_invalid"),
+        ("https://acme.example/ns/a/sa/b", "san_not_allowed"),
+    ] {
+        assert_eq!(code(&p, &facts(&[uri], &[]), None), want, "{uri}");
+    }
+    let two = facts(
+        &[
+            "spiffe://acme.example/ns/a/sa/b",
+            "spiffe://acme.example/ns/a/sa/c",
+        ],
+        &[],
+    );
+    assert_eq!(code(&p, &two, None), "san_not_allowed");
+    assert_eq!(
+        code(&p, &facts(&[], &["web.acme.internal"]), None),
+        "spiffe_id_missing"
+    );
+    assert_eq!(code(&p, &facts(&[], &[]), None), "san_missing");
+}
+
+#[test]
+fn dns_refusals_and_wildcard_abuse() {
+    let p = profile();
+    let id = "spiffe://acme.example/ns/a/sa/b";
+    for (name, want) in [
+        ("*", "wildcard_not_allowed"),
+        ("*.com", "wildcard_not_allowed"),
+        ("*.*.acme.internal", "wildcard_not_allowed"),
+        ("w*.acme.internal", "wildcard_not_allowed"),
+        ("*.acme.internal", "wildcard_not_allowed"),
+        ("a.b.acme.internal", "dns_name_not_allowed"),
+        ("acme.internal", "dns_name_not_allowed"),
+        ("evilacme.internal", "dns_name_not_allowed"),
+        ("x.acme.internal.", "dns_name_invalid"),
+        ("10.0.0.1", "dns_name_invalid"),
+        ("-x.acme.internal", "dns_name_invalid"),
+        ("under_score.acme.internal", "dns_name_invalid"),
+    ] {
+        assert_eq!(code(&p, &facts(&[id], &[name]), None), want, "{name}");
+    }
+    let mut wild = profile();
+    wild.allow_wildcard_names = true;
+    assert_eq!(code(&wild, &facts(&[id], &["*.acme.internal"]), None), "ok");
+    assert_eq!(
+        code(&wild, &facts(&[id], &["*.other.internal"]), None),
+        "dns_name_not_allowed"
+    );
+}
+
+#[test]
+fn lifetime_key_type_and_eku() {
+    let p = profile();
+    let id = "spiffe://acme.example/ns/a/sa/b";
+    assert_eq!(
+        code(&p, &facts(&[id], &[]), Some(Duration::from_secs(3601))),
+        "lifetime_over_cap"
+    );
+    assert_eq!(
+        code(&p, &facts(&[id], &[]), Some(Duration::ZERO)),
+        "lifetime_invalid"
+    );
+    assert_eq!(
+        code(&p, &facts(&[id], &[]), Some(Duration::from_secs(3600))),
+        "ok"
+    );
+
+    let mut f = facts(&[id], &[]);
+    f.key_type = KeyType::P384;
+    assert_eq!(code(&p, &f, None), "key_type_not_allowed");
+
+    let mut f = facts(&[id], &[]);
+    f.eku = Some(RequestedEku {
+        server_auth: true,
+        ..Default::default()
+    });
+    assert_eq!(code(&p, &f, None), "eku_not_allowed");
+    f.eku = Some(RequestedEku {
+        client_auth: true,
+        other: vec!["codeSigning".to_owned()],
+        ..Default::default()
+    });
+    assert_eq!(code(&p, &f, None), "eku_not_allowed");
+
+    let mut f = facts(&[id], &[]);
+    f.other_sans.push("of type IP address".to_owned());
+    assert_eq!(code(&p, &f, None), "san_not_allowed");
+}
+
+#[test]
+fn patterns_refuse_bad_syntax() {
+    for bad in [
+        "spiffe://acme.example",
+        "spiffe://acme.example/**/x",
+        "spiffe://acme.example/ns-*",
+        "http://acme.example/x",
+        "spiffe://Acme/x",
+    ] {
+        assert!(SpiffeIdPattern::parse(bad).is_err(), "{bad}");
+    }
+    for bad in ["*", "*.com", "*.*.a.b", "a*.b.c", "", "a..b"] {
+        assert!(DnsPattern::parse(bad).is_err(), "{bad}");
+    }
+}
