@@ -23,6 +23,7 @@ pub(crate) struct Metrics {
     tls_failures: IntCounterVec,
     upstream_errors: IntCounterVec,
     reloads: IntCounterVec,
+    crl_loads: IntCounterVec,
     rate_limited: IntCounterVec,
     dlp_findings: IntCounterVec,
     dlp_incomplete: IntCounterVec,
@@ -111,6 +112,14 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let crl_loads = IntCounterVec::new(
+            Opts::new(
+                "portcullis_crl_loads_total",
+                "Revocation lists re-read after their file changed, by listener and result",
+            ),
+            &["listener", "result"],
+        )
+        .expect("valid metric");
         let rate_limited = IntCounterVec::new(
             Opts::new(
                 "portcullis_rate_limited_total",
@@ -143,6 +152,7 @@ impl Metrics {
             &tls_failures,
             &upstream_errors,
             &reloads,
+            &crl_loads,
             &rate_limited,
             &dlp_findings,
             &dlp_incomplete,
@@ -164,6 +174,7 @@ impl Metrics {
             tls_failures,
             upstream_errors,
             reloads,
+            crl_loads,
             rate_limited,
             dlp_findings,
             dlp_incomplete,
@@ -250,6 +261,11 @@ impl Metrics {
     pub(crate) fn reload(&self, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.reloads.with_label_values(&[result]).inc();
+    }
+
+    pub(crate) fn crl_load(&self, listener: &str, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.crl_loads.with_label_values(&[listener, result]).inc();
     }
 
     pub(crate) fn request_started(&self) {

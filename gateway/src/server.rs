@@ -235,6 +235,7 @@ impl Reloader {
                 .map(|m| (m.modified().ok(), m.len()))
         };
         let mut seen = fingerprint(&path);
+        let mut ticks = 0u32;
         std::thread::Builder::new()
         .name("config-reload".into())
         .spawn(move || loop {
@@ -260,6 +261,15 @@ impl Reloader {
                     Err(e) => {
                         tracing::error!(config = %path.display(), error = %e, "configuration reload refused; the previous configuration keeps serving");
                         metrics.reload(false);
+                    }
+                }
+            }
+            // Revocation lists are re-read within a second of changing.
+            ticks = ticks.wrapping_add(1);
+            if ticks.is_multiple_of(5) {
+                for listener in &listeners {
+                    if let Some(verifier) = &listener.verifier {
+                        verifier.refresh_crl();
                     }
                 }
             }

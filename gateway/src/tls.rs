@@ -4,7 +4,8 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -17,7 +18,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 
 use crate::identity::{peer_identity, ConnectionIdentity};
 use crate::metrics::Metrics;
@@ -122,13 +123,25 @@ impl ResolvesServerCert for ServerCertificate {
     }
 }
 
-/// Verifies client certificates against the listener's trust bundle (swappable on reload),
-/// and counts every refusal by reason.
+/// Verifies client certificates against the listener's trust bundle and revocation list
+/// (both swappable: on reload, and whenever the CRL file changes), and counts every refusal by
+/// reason.
 pub(crate) struct ClientVerifier {
     inner: ArcSwap<Arc<dyn ClientCertVerifier>>,
     mandatory: bool,
     listener: String,
     metrics: Arc<Metrics>,
+    /// The settings the current verifier was built from, and the CRL file's fingerprint then.
+    source: Mutex<(TlsListenerConfig, Option<FileStamp>)>,
+}
+
+/// What tells us a file changed: modification time and length.
+type FileStamp = (Option<SystemTime>, u64);
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.modified().ok(), m.len()))
 }
 
 impl fmt::Debug for ClientVerifier {
@@ -146,6 +159,7 @@ impl ClientVerifier {
         config: &TlsListenerConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Option<Self>, GatewayError> {
+        let crl_stamp = config.crl.as_deref().and_then(stamp);
         let Some(inner) = build_webpki_verifier(config)? else {
             return Ok(None);
         };
@@ -154,16 +168,64 @@ impl ClientVerifier {
             mandatory: config.client_auth == ClientAuth::Required,
             listener: listener.to_owned(),
             metrics,
+            source: Mutex::new((config.clone(), crl_stamp)),
         }))
     }
 
-    /// Swaps in a new trust bundle. The mode (required/optional) is fixed at start-up.
+    /// Swaps in a new trust bundle and CRL. The mode (required/optional) is fixed at start-up.
     pub(crate) fn reload(&self, config: &TlsListenerConfig) -> Result<(), GatewayError> {
+        let crl_stamp = config.crl.as_deref().and_then(stamp);
         if let Some(inner) = build_webpki_verifier(config)? {
             self.inner.store(Arc::new(inner));
+            *self.source.lock().unwrap_or_else(PoisonError::into_inner) =
+                (config.clone(), crl_stamp);
         }
         Ok(())
     }
+
+    /// Re-reads the CRL if its file changed since it was last read. A CRL that cannot be used
+    /// is refused, and the previous one stays in force.
+    pub(crate) fn refresh_crl(&self) {
+        let mut source = self.source.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(path) = source.0.crl.clone() else {
+            return;
+        };
+        let now = stamp(&path);
+        if now.is_none() || now == source.1 {
+            return;
+        }
+        source.1 = now;
+        match build_webpki_verifier(&source.0) {
+            Ok(Some(inner)) => {
+                self.inner.store(Arc::new(inner));
+                self.metrics.crl_load(&self.listener, true);
+                tracing::info!(listener = %self.listener, crl = %path.display(), "revocation list reloaded");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.metrics.crl_load(&self.listener, false);
+                tracing::error!(listener = %self.listener, error = %e, "revocation list refused; the previous one stays in force");
+            }
+        }
+    }
+}
+
+/// Reads the CRLs of a file: PEM (`X509 CRL` blocks) or a single DER CRL.
+fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, GatewayError> {
+    let bytes = std::fs::read(path).map_err(|e| GatewayError::file(path, e))?;
+    if bytes.first() == Some(&0x30) {
+        return Ok(vec![CertificateRevocationListDer::from(bytes)]);
+    }
+    let crls = rustls_pemfile::crls(&mut bytes.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| GatewayError::file(path, e))?;
+    if crls.is_empty() {
+        return Err(GatewayError::Tls(format!(
+            "{}: no PEM X509 CRL found",
+            path.display()
+        )));
+    }
+    Ok(crls)
 }
 
 fn build_webpki_verifier(
@@ -188,9 +250,19 @@ fn build_webpki_verifier(
     if config.client_auth == ClientAuth::Optional {
         builder = builder.allow_unauthenticated();
     }
-    let verifier = builder
-        .build()
-        .map_err(|e| GatewayError::Tls(format!("{}: client verifier: {e}", ca_path.display())))?;
+    if let Some(crl_path) = &config.crl {
+        // The CA's CRL covers the leaves it issued. A leaf from an issuer without a CRL here
+        // has unknown status and is accepted; a stale CRL still applies (the CA republishes
+        // it well before nextUpdate, and refusing everyone because of it would be an outage).
+        builder = builder
+            .with_crls(load_crls(crl_path)?)
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    let verifier = builder.build().map_err(|e| {
+        let what = config.crl.as_deref().unwrap_or(ca_path);
+        GatewayError::Tls(format!("{}: client verifier: {e}", what.display()))
+    })?;
     Ok(Some(verifier))
 }
 

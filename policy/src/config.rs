@@ -119,6 +119,9 @@ pub struct TlsListenerConfig {
     pub client_auth: ClientAuth,
     /// CA bundle client certificates are verified against; `None` only with [`ClientAuth::Off`].
     pub client_ca: Option<PathBuf>,
+    /// Certificate revocation list(s), PEM or DER, re-read whenever the file changes; client
+    /// certificates it lists are refused at the handshake.
+    pub crl: Option<PathBuf>,
 }
 
 /// Whether a listener asks for client certificates.

@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod audit;
+mod ca;
 mod dlp;
 mod harness;
 mod limits;

@@ -198,6 +198,16 @@ impl Checker<'_> {
                 }
                 None => None,
             };
+            let crl = tls
+                .crl
+                .as_ref()
+                .map(|crl| self.file_path(&format!("{tp}.crl"), &what, crl));
+            if crl.is_some() && client_ca.is_none() {
+                self.at_value(
+                    &format!("{tp}.crl"),
+                    format!("{what}: `crl` needs client certificates (`client_ca`)"),
+                );
+            }
             let mut trusted_proxies = Vec::new();
             for (j, text) in l.trusted_proxies.iter().enumerate() {
                 match parse_cidr(text) {
@@ -217,6 +227,7 @@ impl Checker<'_> {
                         private_key,
                         client_auth: tls.client_auth,
                         client_ca,
+                        crl,
                     },
                     trusted_proxies,
                 });

@@ -82,6 +82,8 @@ pub(crate) struct RawListenerTls {
     pub(crate) client_auth: ClientAuth,
     #[serde(default)]
     pub(crate) client_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) crl: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug)]

@@ -685,3 +685,20 @@ fn audit_section_problems_have_lines() {
     ))
     .contains("hunter2"));
 }
+
+#[test]
+fn crl_is_resolved_and_needs_client_certificates() {
+    let c = parse(
+        "listeners:\n  - name: l\n    address: 0.0.0.0:443\n    tls: {certificate: c, private_key: k, client_ca: ca, crl: ca/crl.pem}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.listeners[0].tls.crl.as_deref(),
+        Some(Path::new("/srv/gw/ca/crl.pem"))
+    );
+    assert_problem(
+        "listeners:\n  - name: l\n    address: 0.0.0.0:443\n    tls: {certificate: c, private_key: k, client_auth: off, crl: crl.pem}\n",
+        "4:",
+        "`crl` needs client certificates",
+    );
+}
