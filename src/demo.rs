@@ -49,7 +49,7 @@ pub(crate) fn run(ports: &DemoPorts) -> anyhow::Result<()> {
 
     eprintln!("portcullis demo: key backend: software (development CA; the HSM-backed CA is not built yet)");
     print_instructions(&state, ports);
-    let result = portcullis_gateway::serve(config, true);
+    let result = portcullis_gateway::serve(config, true, &crate::keys::audit_signer);
     drop(echo);
     result.map_err(Into::into)
 }

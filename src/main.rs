@@ -4,6 +4,7 @@
 mod audit_cli;
 mod demo;
 mod explain;
+mod keys;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -118,7 +119,8 @@ fn main() -> ExitCode {
     portcullis_gateway::install_crypto_provider();
     let result = match cli.command {
         Command::Serve { config, watch } => {
-            portcullis_gateway::serve(config, watch).map_err(anyhow::Error::from)
+            portcullis_gateway::serve(config, watch, &keys::audit_signer)
+                .map_err(anyhow::Error::from)
         }
         Command::Check { config } => portcullis_gateway::check(&config)
             .map(|c| {

@@ -16,9 +16,9 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use portcullis_audit::{
     AuditConfig, AuditError, AuditHandle, AuditLog, ConfigReload, DurabilityMode, PgSink,
-    PgSinkConfig, PublicKey, RequestEvent, Signer as _, SoftwareSigner,
+    PgSinkConfig, PublicKey, RequestEvent, Signer,
 };
-use portcullis_policy::{AuditMode, AuditSettings, SecretSource};
+use portcullis_policy::{AuditKey, AuditMode, AuditSettings, SecretSource};
 
 use crate::GatewayError;
 
@@ -49,22 +49,23 @@ impl std::fmt::Debug for AuditTrail {
 impl AuditTrail {
     /// Opens (creating if needed) the log, its signing key and, if configured, the sink.
     /// Recovery of a torn tail happens here, before any traffic.
-    pub(crate) fn open(settings: &AuditSettings) -> Result<Self, GatewayError> {
+    pub(crate) fn open(
+        settings: &AuditSettings,
+        signer: Arc<dyn Signer>,
+    ) -> Result<Self, GatewayError> {
         let node = settings.node.clone().unwrap_or_else(host_name);
-        let signer = SoftwareSigner::load_or_create(&settings.signing_key)
-            .map_err(|e| GatewayError::Audit(e.to_string()))?;
         let public = PublicKey::from_spki_der(&signer.public_key_der())
             .map_err(|e| GatewayError::Audit(e.to_string()))?;
-        let public_path = public_key_path(&settings.signing_key);
+        let public_path = public_key_path(settings);
         if std::fs::read(&public_path).ok().as_deref() != Some(public.to_pem().as_bytes()) {
             std::fs::write(&public_path, public.to_pem())
                 .map_err(|e| GatewayError::file(&public_path, e))?;
         }
-        tracing::warn!(
-            key = %settings.signing_key.display(),
+        tracing::info!(
             key_id = %public.key_id(),
+            algorithm = signer.algorithm().name(),
             public_key = %public_path.display(),
-            "audit checkpoints are signed with a software key"
+            "audit checkpoint signing key ready"
         );
         let mut config = AuditConfig::new(&settings.directory, node.clone());
         config.mode = match settings.mode {
@@ -75,8 +76,7 @@ impl AuditTrail {
         config.segment_bytes = settings.segment_bytes;
         config.checkpoint_every = settings.checkpoint_every;
         config.checkpoint_interval = settings.checkpoint_interval;
-        let log = AuditLog::open(config, Arc::new(signer))
-            .map_err(|e| GatewayError::Audit(e.to_string()))?;
+        let log = AuditLog::open(config, signer).map_err(|e| GatewayError::Audit(e.to_string()))?;
         let handle = log.handle();
         let sink = match &settings.postgres {
             None => None,
@@ -258,10 +258,15 @@ fn read_secret(source: &SecretSource) -> Result<String, GatewayError> {
     }
 }
 
-/// Where the public half of the audit signing key is written (`<signing_key>.pub`, PEM), for
-/// `portcullis audit verify --key`.
-pub(crate) fn public_key_path(signing_key: &std::path::Path) -> std::path::PathBuf {
-    let mut name = signing_key.as_os_str().to_owned();
+/// Where the public half of the audit signing key is written (PEM), for
+/// `portcullis audit verify --key`: `<signing_key>.pub` for a key file, `<directory>.pub` for
+/// a key in a token.
+fn public_key_path(settings: &AuditSettings) -> std::path::PathBuf {
+    let base = match &settings.signing_key {
+        AuditKey::File(path) => path,
+        AuditKey::Pkcs11 { .. } => &settings.directory,
+    };
+    let mut name = base.as_os_str().to_owned();
     name.push(".pub");
     name.into()
 }

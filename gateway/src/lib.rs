@@ -15,10 +15,17 @@ mod tls;
 mod upstream;
 
 use std::path::Path;
+use std::sync::Arc;
 
 pub use echo::serve_echo;
 pub use server::{check, load_config, serve};
 pub use tls::install_crypto_provider;
+
+/// Makes the audit checkpoint signer for the configured key. The binary supplies it (from the
+/// CA's key backends), so the gateway never touches key material.
+pub type AuditSigners = dyn Fn(&portcullis_policy::AuditKey) -> Result<Arc<dyn portcullis_audit::Signer>, String>
+    + Send
+    + Sync;
 
 /// Everything that can stop the gateway from starting or a config from being applied.
 #[derive(Debug, thiserror::Error)]

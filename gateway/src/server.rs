@@ -20,7 +20,7 @@ use crate::metrics::{Metrics, OpsEndpoint};
 use crate::proxy::Gateway;
 use crate::snapshot::Snapshot;
 use crate::tls::{load_certified_key, ClientVerifier, IdentityHook, ServerCertificate};
-use crate::GatewayError;
+use crate::{AuditSigners, GatewayError};
 
 /// The TLS material of one listener, kept so a reload can swap it.
 struct ListenerTls {
@@ -49,7 +49,11 @@ pub fn check(path: &Path) -> Result<Config, GatewayError> {
 
 /// Serves until SIGINT (immediate) or SIGTERM (drain, then exit). With `watch`, a change of
 /// the config file reloads it as SIGHUP does.
-pub fn serve(config_path: PathBuf, watch: bool) -> Result<(), GatewayError> {
+pub fn serve(
+    config_path: PathBuf,
+    watch: bool,
+    signers: &AuditSigners,
+) -> Result<(), GatewayError> {
     let config = check(&config_path)?;
     for listener in &config.listeners {
         ensure_bindable(listener.address)?;
@@ -58,7 +62,10 @@ pub fn serve(config_path: PathBuf, watch: bool) -> Result<(), GatewayError> {
 
     let metrics = Arc::new(Metrics::new());
     let audit = match &config.audit {
-        Some(settings) => Some(Arc::new(AuditTrail::open(settings)?)),
+        Some(settings) => {
+            let signer = signers(&settings.signing_key).map_err(GatewayError::Audit)?;
+            Some(Arc::new(AuditTrail::open(settings, signer)?))
+        }
         None => {
             tracing::warn!("no `audit` section: requests are not recorded in an audit log");
             None

@@ -51,8 +51,8 @@ pub struct AuditSettings {
     pub mode: AuditMode,
     /// How long a request may wait for its record to become durable (fail-closed).
     pub durable_timeout: Duration,
-    /// The checkpoint signing key (Ed25519 PKCS#8, created 0600 if missing).
-    pub signing_key: PathBuf,
+    /// The checkpoint signing key.
+    pub signing_key: AuditKey,
     /// A signed checkpoint after this many records...
     pub checkpoint_every: u64,
     /// ...or after this long, whichever comes first.
@@ -65,6 +65,24 @@ pub struct AuditSettings {
     pub include_query: bool,
     /// The central store the log is shipped to, if any.
     pub postgres: Option<SecretSource>,
+}
+
+/// Where the audit checkpoint signing key lives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AuditKey {
+    /// A software Ed25519 key (PKCS#8 file, created 0600 if missing).
+    File(PathBuf),
+    /// A P-256 key inside a PKCS#11 token (generated there, non-extractable, if missing).
+    Pkcs11 {
+        /// The PKCS#11 module; `None` for SoftHSM2's.
+        module: Option<PathBuf>,
+        /// The token, found by label.
+        token_label: String,
+        /// Where the user PIN is read from (never the config file).
+        pin: SecretSource,
+        /// The key's label in the token.
+        key_label: String,
+    },
 }
 
 /// The audit log's durability mode.

@@ -17,9 +17,9 @@ mod routing;
 
 pub use access::{Denied, DenyReason, HeaderSource, NoHeaders, PatternError, Permit, RequestFacts};
 pub use config::{
-    AuditMode, AuditSettings, ClientAuth, Config, ConfigError, ConfigProblem, HealthCheckConfig,
-    ListenerConfig, MetricsConfig, SecretSource, TenantConfig, TlsListenerConfig, UpstreamConfig,
-    UpstreamTls,
+    AuditKey, AuditMode, AuditSettings, ClientAuth, Config, ConfigError, ConfigProblem,
+    HealthCheckConfig, ListenerConfig, MetricsConfig, SecretSource, TenantConfig,
+    TlsListenerConfig, UpstreamConfig, UpstreamTls,
 };
 pub use dlp::{
     Blocked, BodyDirection, BuiltinDetector, CustomPatternSpec, DetectorKind, DetectorName,

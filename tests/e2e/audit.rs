@@ -445,3 +445,46 @@ fn postgres_outage_under_load_ends_with_the_table_equal_to_the_log() {
     assert_eq!(cols[2] + 1, local_count, "sequence has no gaps");
     assert_eq!(central_head, head, "same chain head");
 }
+
+/// The checkpoint key generated inside a SoftHSM2 token: no key file anywhere, and the log
+/// verifies with the public key the gateway wrote beside it.
+#[test]
+fn checkpoints_signed_by_a_key_in_the_hsm_verify() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let Some(softhsm_conf) = crate::ca::softhsm_token(d, "audit") else {
+        return;
+    };
+    let echo = Echo::start(d, "audit-hsm");
+    let yaml = config(&echo, "audit", "fail-closed", "").replace(
+        "  signing_key: audit.key\n",
+        "  signing_pkcs11: { token_label: audit, key_label: checkpoints, pin_file: hsm.pin }\n",
+    );
+    let env = [("SOFTHSM2_CONF", softhsm_conf.as_path())];
+    let mut gw = Gateway::start_env(d, &yaml, &[], &env);
+    let client = pki.client(Some("frontend"));
+    for _ in 0..60 {
+        assert_eq!(client.get(gw.port, "/api/hsm").unwrap().status, 200);
+    }
+    stop(&mut gw);
+    // Started again: the key is found in the token, not generated anew.
+    let mut again = Gateway::start_env(d, &yaml, &[], &env);
+    stop(&mut again);
+    assert!(!d.join("audit.key").exists());
+    let public = std::fs::read_to_string(d.join("audit.pub")).unwrap();
+    assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"));
+    let dir = d.join("audit");
+    let out = verify(&dir, &d.join("audit.pub"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(!report.contains(" 0 signed checkpoint"), "{report}");
+    let checkpoint = records(&dir)
+        .into_iter()
+        .find(|r| r["kind"] == "checkpoint")
+        .unwrap();
+    assert_eq!(checkpoint["event"]["algorithm"], "ecdsa-p256-sha256-asn1");
+}

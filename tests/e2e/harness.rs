@@ -139,9 +139,14 @@ impl Drop for Proc {
 }
 
 fn spawn(args: &[&str], log: PathBuf) -> Proc {
+    spawn_env(args, log, &[])
+}
+
+fn spawn_env(args: &[&str], log: PathBuf, env: &[(&str, &Path)]) -> Proc {
     let err = std::fs::File::create(&log).unwrap();
     let child = Command::new(bin())
         .args(args)
+        .envs(env.iter().copied())
         .env("PORTCULLIS_LOG", "info")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -203,13 +208,18 @@ impl Gateway {
 
     /// Like `start`, with extra `serve` arguments.
     pub fn start_with(dir: &Path, yaml: &str, extra: &[&str]) -> Self {
+        Self::start_env(dir, yaml, extra, &[])
+    }
+
+    /// Like `start_with`, with extra environment variables for the gateway process.
+    pub fn start_env(dir: &Path, yaml: &str, extra: &[&str], env: &[(&str, &Path)]) -> Self {
         let port = free_port();
         let metrics_port = free_port();
         let config = dir.join(format!("gateway-{port}.yaml"));
         std::fs::write(&config, fill(yaml, port, metrics_port)).unwrap();
         let mut args = vec!["serve", "--config", config.to_str().unwrap()];
         args.extend_from_slice(extra);
-        let proc = spawn(&args, dir.join(format!("gateway-{port}.log")));
+        let proc = spawn_env(&args, dir.join(format!("gateway-{port}.log")), env);
         let gw = Self {
             port,
             metrics_port,

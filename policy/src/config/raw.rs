@@ -37,7 +37,10 @@ pub(crate) struct RawAudit {
     pub(crate) mode: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub(crate) durable_timeout: Option<Duration>,
-    pub(crate) signing_key: PathBuf,
+    #[serde(default)]
+    pub(crate) signing_key: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) signing_pkcs11: Option<RawPkcs11Key>,
     #[serde(default)]
     pub(crate) checkpoint_every: Option<u64>,
     #[serde(default, with = "humantime_serde")]
@@ -50,6 +53,19 @@ pub(crate) struct RawAudit {
     pub(crate) include_query: bool,
     #[serde(default)]
     pub(crate) postgres: Option<RawAuditPostgres>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPkcs11Key {
+    #[serde(default)]
+    pub(crate) module: Option<PathBuf>,
+    pub(crate) token_label: String,
+    #[serde(default)]
+    pub(crate) pin_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) pin_env: Option<String>,
+    pub(crate) key_label: String,
 }
 
 #[derive(Deserialize, Debug)]

@@ -648,7 +648,7 @@ fn audit_section_defaults_and_paths() {
     .unwrap();
     let a = c.audit.unwrap();
     assert_eq!(a.directory, Path::new("/srv/gw/audit"));
-    assert_eq!(a.signing_key, Path::new("/keys/audit.key"));
+    assert_eq!(a.signing_key, AuditKey::File("/keys/audit.key".into()));
     assert_eq!(a.mode, AuditMode::FailClosed, "fail-closed unless asked");
     assert_eq!(a.durable_timeout, Duration::from_millis(250));
     assert!(!a.include_query);
@@ -679,6 +679,11 @@ fn audit_section_problems_have_lines() {
         "exactly one",
     );
     assert_problem(&audit("  sink: pg\n"), "8:3:", "unknown field `sink`");
+    assert_problem(
+        &audit("  signing_pkcs11: {token_label: t, key_label: k, pin_env: P}\n"),
+        "5:1:",
+        "exactly one of `signing_key`",
+    );
     // The password itself never appears in the error.
     assert!(!error(&audit(
         "  postgres:\n    conninfo: host=db password=hunter2\n"
@@ -700,5 +705,27 @@ fn crl_is_resolved_and_needs_client_certificates() {
         "listeners:\n  - name: l\n    address: 0.0.0.0:443\n    tls: {certificate: c, private_key: k, client_auth: off, crl: crl.pem}\n",
         "4:",
         "`crl` needs client certificates",
+    );
+}
+
+#[test]
+fn audit_key_in_a_pkcs11_token() {
+    let c = parse(&format!(
+        "{MINIMAL}audit:\n  directory: a\n  signing_pkcs11: {{token_label: audit, key_label: checkpoints, pin_file: hsm.pin}}\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.audit.unwrap().signing_key,
+        AuditKey::Pkcs11 {
+            module: None,
+            token_label: "audit".into(),
+            pin: SecretSource::File("/srv/gw/hsm.pin".into()),
+            key_label: "checkpoints".into(),
+        }
+    );
+    assert_problem(
+        &format!("{MINIMAL}audit:\n  directory: a\n  signing_pkcs11: {{token_label: audit, key_label: k}}\n"),
+        "7:3:",
+        "exactly one of `pin_file` and `pin_env`",
     );
 }

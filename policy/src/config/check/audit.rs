@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use super::Checker;
-use crate::config::raw::{RawAudit, RawAuditPostgres};
-use crate::config::{AuditMode, AuditSettings, SecretSource};
+use crate::config::raw::{RawAudit, RawAuditPostgres, RawPkcs11Key};
+use crate::config::{AuditKey, AuditMode, AuditSettings, SecretSource};
 
 const DEFAULT_DURABLE_TIMEOUT: Duration = Duration::from_millis(250);
 const MAX_DURABLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -18,7 +18,18 @@ impl Checker<'_> {
     pub(super) fn audit(&mut self, raw: &RawAudit) -> AuditSettings {
         let what = "audit";
         let directory = self.file_path("audit.directory", what, &raw.directory);
-        let signing_key = self.file_path("audit.signing_key", what, &raw.signing_key);
+        let signing_key = match (&raw.signing_key, &raw.signing_pkcs11) {
+            (Some(path), None) => AuditKey::File(self.file_path("audit.signing_key", what, path)),
+            (None, Some(pkcs11)) => self.audit_pkcs11(pkcs11),
+            _ => {
+                self.at_key(
+                    "audit",
+                    "audit: give exactly one of `signing_key` (a key file) and `signing_pkcs11`"
+                        .to_owned(),
+                );
+                AuditKey::File(self.base.join("audit.key"))
+            }
+        };
         if let Some(node) = &raw.node {
             let valid = !node.is_empty()
                 && node.len() <= 128
@@ -94,6 +105,40 @@ impl Checker<'_> {
             retention: raw.retention,
             include_query: raw.include_query,
             postgres,
+        }
+    }
+
+    fn audit_pkcs11(&mut self, raw: &RawPkcs11Key) -> AuditKey {
+        let path = "audit.signing_pkcs11";
+        let pin = match (&raw.pin_file, &raw.pin_env) {
+            (Some(file), None) => {
+                SecretSource::File(self.file_path(&format!("{path}.pin_file"), path, file))
+            }
+            (None, Some(var)) => SecretSource::Env(var.clone()),
+            _ => {
+                self.at_key(
+                    path,
+                    "audit.signing_pkcs11: give exactly one of `pin_file` and `pin_env`".to_owned(),
+                );
+                SecretSource::Env(String::new())
+            }
+        };
+        for (key, value) in [
+            ("token_label", &raw.token_label),
+            ("key_label", &raw.key_label),
+        ] {
+            if value.is_empty() {
+                self.at_value(&format!("{path}.{key}"), format!("{path}: {key} is empty"));
+            }
+        }
+        AuditKey::Pkcs11 {
+            module: raw
+                .module
+                .as_ref()
+                .map(|m| self.file_path(&format!("{path}.module"), path, m)),
+            token_label: raw.token_label.clone(),
+            pin,
+            key_label: raw.key_label.clone(),
         }
     }
 
