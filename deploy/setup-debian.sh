@@ -9,13 +9,13 @@ have cmake || need+=(cmake)          # pingora-core builds zlib-ng with cmake
 have cc || need+=(build-essential)
 have curl || need+=(curl)
 have pkg-config || need+=(pkg-config)
+# The CA keeps its keys in a PKCS#11 token; the demo and the tests use SoftHSM2's.
+[ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
 if [ "${1:-}" = "--test" ]; then
   have openssl || need+=(openssl)    # tests verify certificates with `openssl verify`
   # The audit tests ship to a real PostgreSQL started on loopback by the tests themselves.
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
-  # The CA tests create SoftHSM2 tokens and read them over PKCS#11.
-  [ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
-  have pkcs11-tool || need+=(opensc)
+  have pkcs11-tool || need+=(opensc)  # to inspect the test tokens by hand
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -9,6 +9,7 @@ mod inspect;
 mod limits;
 mod metrics;
 mod proxy;
+mod renew;
 mod server;
 mod snapshot;
 mod tls;

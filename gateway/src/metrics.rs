@@ -24,6 +24,8 @@ pub(crate) struct Metrics {
     upstream_errors: IntCounterVec,
     reloads: IntCounterVec,
     crl_loads: IntCounterVec,
+    renewals: IntCounterVec,
+    certificate_expiry: prometheus::IntGaugeVec,
     rate_limited: IntCounterVec,
     dlp_findings: IntCounterVec,
     dlp_incomplete: IntCounterVec,
@@ -120,6 +122,25 @@ impl Metrics {
             &["listener", "result"],
         )
         .expect("valid metric");
+        let renewals = IntCounterVec::new(
+            Opts::new(
+                "portcullis_certificate_renewals_total",
+                "Renewals of a listener's own certificate from the CA, by listener and result",
+            ),
+            &["listener", "result"],
+        )
+        .expect("valid metric");
+        let certificate_expiry = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "portcullis_certificate_not_after_seconds",
+                "Expiry (Unix time) of the certificate a listener serves, for listeners that renew their own",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(certificate_expiry.clone()))
+            .expect("unique metric");
         let rate_limited = IntCounterVec::new(
             Opts::new(
                 "portcullis_rate_limited_total",
@@ -153,6 +174,7 @@ impl Metrics {
             &upstream_errors,
             &reloads,
             &crl_loads,
+            &renewals,
             &rate_limited,
             &dlp_findings,
             &dlp_incomplete,
@@ -175,6 +197,8 @@ impl Metrics {
             upstream_errors,
             reloads,
             crl_loads,
+            renewals,
+            certificate_expiry,
             rate_limited,
             dlp_findings,
             dlp_incomplete,
@@ -266,6 +290,20 @@ impl Metrics {
     pub(crate) fn crl_load(&self, listener: &str, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.crl_loads.with_label_values(&[listener, result]).inc();
+    }
+
+    pub(crate) fn certificate_renewal(&self, listener: &str, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.renewals.with_label_values(&[listener, result]).inc();
+    }
+
+    pub(crate) fn certificate_expiry(&self, listener: &str, not_after: std::time::SystemTime) {
+        let secs = not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.certificate_expiry
+            .with_label_values(&[listener])
+            .set(secs);
     }
 
     pub(crate) fn request_started(&self) {

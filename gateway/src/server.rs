@@ -18,6 +18,7 @@ use portcullis_policy::{Config, UpstreamName};
 use crate::audit::{AuditJobs, AuditTrail};
 use crate::metrics::{Metrics, OpsEndpoint};
 use crate::proxy::Gateway;
+use crate::renew::{self, Renewal, Renewals};
 use crate::snapshot::Snapshot;
 use crate::tls::{load_certified_key, ClientVerifier, IdentityHook, ServerCertificate};
 use crate::{AuditSigners, GatewayError};
@@ -40,6 +41,12 @@ pub fn load_config(path: &Path) -> Result<Config, GatewayError> {
 pub fn check(path: &Path) -> Result<Config, GatewayError> {
     let config = load_config(path)?;
     for listener in &config.listeners {
+        let files = &listener.tls;
+        if files.issuer.is_some() && !files.certificate.exists() {
+            // Obtained from the CA when the gateway starts.
+            ClientVerifier::new(&listener.name, &listener.tls, Arc::new(Metrics::new()))?;
+            continue;
+        }
         load_certified_key(&listener.tls.certificate, &listener.tls.private_key)?;
         ClientVerifier::new(&listener.name, &listener.tls, Arc::new(Metrics::new()))?;
     }
@@ -54,6 +61,10 @@ pub fn serve(
     watch: bool,
     signers: &AuditSigners,
 ) -> Result<(), GatewayError> {
+    let config = load_config(&config_path)?;
+    for listener in &config.listeners {
+        renew::prepare(listener)?;
+    }
     let config = check(&config_path)?;
     for listener in &config.listeners {
         ensure_bindable(listener.address)?;
@@ -86,6 +97,7 @@ pub fn serve(
     server.bootstrap();
 
     let mut listener_tls = Vec::new();
+    let mut renewals = Vec::new();
     let listeners = config.listeners.clone();
     let metrics_addr = config.metrics.address;
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, None)?));
@@ -117,6 +129,15 @@ pub fn serve(
             client_auth = ?listener.tls.client_auth,
             "listening"
         );
+        if let Some(issuer) = &listener.tls.issuer {
+            renewals.push(Renewal {
+                listener: listener.name.clone(),
+                issuer: issuer.clone(),
+                certificate: listener.tls.certificate.clone(),
+                private_key: listener.tls.private_key.clone(),
+                slot: certificate.clone(),
+            });
+        }
         listener_tls.push(ListenerTls {
             name: listener.name.clone(),
             certificate,
@@ -144,6 +165,15 @@ pub fn serve(
         },
     ));
 
+    if !renewals.is_empty() {
+        server.add_service(background_service(
+            "certificate renewal",
+            Renewals {
+                renewals,
+                metrics: metrics.clone(),
+            },
+        ));
+    }
     if let Some(trail) = &audit {
         server.add_service(background_service(
             "audit shipping and retention",

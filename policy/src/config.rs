@@ -140,6 +140,30 @@ pub struct TlsListenerConfig {
     /// Certificate revocation list(s), PEM or DER, re-read whenever the file changes; client
     /// certificates it lists are refused at the handshake.
     pub crl: Option<PathBuf>,
+    /// Where the certificate comes from when the gateway obtains and renews it itself:
+    /// `certificate` and `private_key` are then where it keeps them.
+    pub issuer: Option<IssuerConfig>,
+}
+
+/// The Portcullis CA (its admin API) a listener obtains its certificate from, renewing it at
+/// two thirds of its lifetime.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IssuerConfig {
+    /// `https://host:port` of the admin API.
+    pub url: String,
+    /// Host and port from `url`.
+    pub host: String,
+    pub port: u16,
+    /// Trust bundle for the admin API's certificate.
+    pub ca: PathBuf,
+    /// A one-time bootstrap token for the first certificate (renewals use the current one).
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// DNS names to ask for (at least one).
+    pub dns_names: Vec<String>,
+    /// SPIFFE ID to ask for, if any.
+    pub spiffe_id: Option<String>,
+    /// Lifetime to ask for (`None`: the profile's default).
+    pub lifetime: Option<Duration>,
 }
 
 /// Whether a listener asks for client certificates.

@@ -18,7 +18,7 @@ mod routing;
 pub use access::{Denied, DenyReason, HeaderSource, NoHeaders, PatternError, Permit, RequestFacts};
 pub use config::{
     AuditKey, AuditMode, AuditSettings, ClientAuth, Config, ConfigError, ConfigProblem,
-    HealthCheckConfig, ListenerConfig, MetricsConfig, SecretSource, TenantConfig,
+    HealthCheckConfig, IssuerConfig, ListenerConfig, MetricsConfig, SecretSource, TenantConfig,
     TlsListenerConfig, UpstreamConfig, UpstreamTls,
 };
 pub use dlp::{

@@ -6,6 +6,7 @@
 
 mod audit;
 mod ca;
+mod demo;
 mod dlp;
 mod harness;
 mod limits;

@@ -14,10 +14,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::locate::Locations;
-use super::raw::{RawConfig, RawHealthCheck, RawListener, RawUpstream, RawUpstreamTls};
+use super::raw::{RawConfig, RawHealthCheck, RawIssuer, RawListener, RawUpstream, RawUpstreamTls};
 use super::{
-    ClientAuth, Config, ConfigProblem, HealthCheckConfig, ListenerConfig, MetricsConfig,
-    TlsListenerConfig, UpstreamConfig, UpstreamTls,
+    ClientAuth, Config, ConfigProblem, HealthCheckConfig, IssuerConfig, ListenerConfig,
+    MetricsConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
 };
 use crate::names::UpstreamName;
 
@@ -110,6 +110,17 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// `(host, port)` of an `https://host:port[/]` URL.
+fn https_authority(url: &str) -> Option<(String, u16)> {
+    let rest = url.strip_prefix("https://")?.trim_end_matches('/');
+    let (host, port) = rest.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains('/') {
+        return None;
+    }
+    Some((host.to_owned(), port.parse().ok()?))
 }
 
 /// A CIDR such as `10.0.0.0/8`; a bare address means just that address.
@@ -208,6 +219,10 @@ impl Checker<'_> {
                     format!("{what}: `crl` needs client certificates (`client_ca`)"),
                 );
             }
+            let issuer = tls
+                .issuer
+                .as_ref()
+                .and_then(|i| self.issuer(&format!("{tp}.issuer"), &what, i));
             let mut trusted_proxies = Vec::new();
             for (j, text) in l.trusted_proxies.iter().enumerate() {
                 match parse_cidr(text) {
@@ -228,12 +243,48 @@ impl Checker<'_> {
                         client_auth: tls.client_auth,
                         client_ca,
                         crl,
+                        issuer,
                     },
                     trusted_proxies,
                 });
             }
         }
         out
+    }
+
+    fn issuer(&mut self, path: &str, what: &str, raw: &RawIssuer) -> Option<IssuerConfig> {
+        let Some((host, port)) = https_authority(&raw.url) else {
+            self.at_value(
+                &format!("{path}.url"),
+                format!("{what}: issuer url `{}` is not https://host:port", raw.url),
+            );
+            return None;
+        };
+        if raw.dns_names.is_empty() {
+            self.at_key(
+                path,
+                format!("{what}: issuer needs at least one of `dns_names`"),
+            );
+        }
+        if raw.lifetime.is_some_and(|l| l < Duration::from_secs(10)) {
+            self.at_value(
+                &format!("{path}.lifetime"),
+                format!("{what}: issuer lifetime must be at least 10s"),
+            );
+        }
+        Some(IssuerConfig {
+            url: raw.url.clone(),
+            host,
+            port,
+            ca: self.file_path(&format!("{path}.ca"), what, &raw.ca),
+            bootstrap_token_file: raw
+                .bootstrap_token_file
+                .as_ref()
+                .map(|f| self.file_path(&format!("{path}.bootstrap_token_file"), what, f)),
+            dns_names: raw.dns_names.clone(),
+            spiffe_id: raw.spiffe_id.clone(),
+            lifetime: raw.lifetime,
+        })
     }
 
     fn metrics(&mut self, raw: &RawConfig, listeners: &[ListenerConfig]) -> MetricsConfig {

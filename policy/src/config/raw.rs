@@ -100,6 +100,23 @@ pub(crate) struct RawListenerTls {
     pub(crate) client_ca: Option<PathBuf>,
     #[serde(default)]
     pub(crate) crl: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) issuer: Option<RawIssuer>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawIssuer {
+    pub(crate) url: String,
+    pub(crate) ca: PathBuf,
+    #[serde(default)]
+    pub(crate) bootstrap_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) dns_names: Vec<String>,
+    #[serde(default)]
+    pub(crate) spiffe_id: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) lifetime: Option<Duration>,
 }
 
 #[derive(Deserialize, Debug)]
