@@ -7,7 +7,10 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use portcullis_audit::{query, tail, verify_dir, Decision, PublicKey, QueryFilter, VerifyError};
+use portcullis_audit::{
+    query, tail, verify_dir, AuditConfig, AuditLog, Decision, DurabilityMode, PublicKey,
+    QueryFilter, VerifyError,
+};
 
 #[derive(Subcommand)]
 pub(crate) enum AuditCommand {
@@ -124,4 +127,26 @@ fn parse_time(text: &str) -> anyhow::Result<SystemTime> {
     SystemTime::now()
         .checked_sub(age)
         .with_context(|| format!("`{text}` reaches before the epoch"))
+}
+
+/// Runs an `admin` command, with its calls recorded in an audit log when `dir` is given. The
+/// log is closed (queue drained, final checkpoint) when the command ends.
+pub(crate) fn admin_with_audit(
+    dir: Option<PathBuf>,
+    key: &Path,
+    command: portcullis_admin::cli::AdminCommand,
+) -> anyhow::Result<()> {
+    let Some(dir) = dir else {
+        return portcullis_admin::cli::run(command, None).map_err(Into::into);
+    };
+    let signer = crate::keys::audit_signer(&portcullis_policy::AuditKey::File(key.to_owned()))
+        .map_err(anyhow::Error::msg)?;
+    let node = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "portcullis".to_owned(), |h| h.trim().to_owned());
+    let mut config = AuditConfig::new(&dir, format!("{node}-admin"));
+    config.mode = DurabilityMode::BestEffort;
+    let log = AuditLog::open(config, signer).with_context(|| format!("{}", dir.display()))?;
+    let result = portcullis_admin::cli::run(command, Some(log.handle()));
+    log.close();
+    result.map_err(Into::into)
 }

@@ -1,1 +1,34 @@
-//! Admin API. Not implemented yet: see issue 3.
+//! The admin API of Portcullis: the CA's issuance endpoint over HTTPS, on its own listener.
+//!
+//! - [`AdminServer`]: axum over tokio-rustls, client certificates optional at the TLS layer and,
+//!   when presented, verified against the CA's root and intermediate and refused when on the
+//!   CA's current CRL ([`ClientTrust`], which re-reads `STATE/crl.pem` when it changes). The
+//!   server's own certificate is issued by the CA at start and renewed at 2/3 of its lifetime.
+//! - Issuance (`POST /v1/certificates`): renewal with the current client certificate (same
+//!   identity only), or a first certificate with a one-time, tenant-scoped, expiring bootstrap
+//!   token ([`TokenStore`], stored hashed). Revocation, the CRL and the inventory listing.
+//! - [`cli`]: `portcullis admin serve` and `portcullis admin token create`.
+//!
+//! Errors a caller sees are `{"error": "<stable code>", "message": "<for humans>"}`; details go
+//! to the log only.
+
+mod api;
+pub mod cli;
+mod config;
+mod error;
+mod identity;
+mod server;
+mod stats;
+mod tls;
+mod token;
+
+pub use config::{AdminConfig, SelfIssueConfig, ServingCertSource, ServingTlsConfig};
+pub use error::AdminError;
+pub use identity::PeerIdentity;
+pub use server::AdminServer;
+pub use stats::{IssuanceStats, StatsSnapshot};
+pub use tls::ClientTrust;
+pub use token::{
+    create_token, BootstrapToken, SqliteTokenStore, TokenGrant, TokenHash, TokenId, TokenStore,
+    MAX_TOKEN_TTL, TOKEN_DB,
+};

@@ -2,6 +2,7 @@
 //! identity, routing and access decisions (from `portcullis-policy`), upstream pools, header
 //! hygiene, metrics, reload and graceful shutdown.
 
+mod access_log;
 mod audit;
 mod echo;
 mod identity;

@@ -21,6 +21,7 @@ use portcullis_policy::{
     RequestFacts, RouteInspection,
 };
 
+use crate::access_log::{self, AccessLine};
 use crate::audit::AuditTrail;
 use crate::identity::ConnectionIdentity;
 use crate::inspect::{BodyInspector, Encoding, Refused};
@@ -389,7 +390,11 @@ impl ProxyHttp for Gateway {
                 upstream.remove_header("content-length");
             }
         }
-        if let Some(path) = &ctx.path {
+        if let Some(path) = ctx
+            .path
+            .as_ref()
+            .filter(|p| p.as_str() != upstream.uri.path())
+        {
             let uri = match upstream.uri.query() {
                 Some(q) => format!("{path}?{q}"),
                 None => path.to_string(),
@@ -492,24 +497,22 @@ impl ProxyHttp for Gateway {
             .map(|s| s.as_str())
             .unwrap_or("-");
         let dlp = self.record_findings(ctx);
-        tracing::info!(
-            target: "access",
-            duration_ms = duration.as_secs_f64() * 1000.0,
-            request.id = %ctx.request_id,
-            tenant.id = ctx.tenant(),
-            route.id = ctx.route(),
-            client.spiffe_id = spiffe,
-            client.ip = %ctx.client_ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
-            tls.version = ctx.tls_version,
-            http.method = %req.method,
-            http.path = ctx.path.as_ref().map_or("-", |p| p.as_str()),
-            http.version = ?req.version,
-            http.status = status,
-            authz.decision = ctx.decision,
-            authz.rule = %ctx.rule,
-            dlp.findings = %dlp,
-            "request"
-        );
+        access_log::write(&AccessLine {
+            duration_ms: duration.as_secs_f64() * 1000.0,
+            request_id: &ctx.request_id,
+            tenant: ctx.tenant(),
+            route: ctx.route(),
+            spiffe_id: spiffe,
+            client_ip: ctx.client_ip,
+            tls_version: ctx.tls_version,
+            method: req.method.as_str(),
+            path: ctx.path.as_ref().map_or("-", |p| p.as_str()),
+            version: http_version(req.version),
+            status,
+            decision: ctx.decision,
+            rule: &ctx.rule,
+            dlp: &dlp,
+        });
         if let Some(audit) = &self.audit {
             audit.complete(request_event(
                 session,
@@ -647,6 +650,17 @@ fn request_event(
     }
 }
 
+fn http_version(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "other",
+    }
+}
+
 /// The DLP tallies of both bodies, for the audit record.
 fn dlp_findings(ctx: &RequestCtx) -> Vec<DlpFinding> {
     [&ctx.request_scan, &ctx.response_scan]
@@ -774,18 +788,22 @@ fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
 /// Removes every header a caller could use to impersonate someone or fake its origin. The
 /// gateway sets its own versions afterwards.
 fn strip_spoofable_headers(req: &mut RequestHeader) {
+    let spoofable = |n: &str| {
+        n.starts_with(IDENTITY_PREFIX)
+            || n == XFCC
+            || n == "x-forwarded-for"
+            || n == "x-forwarded-proto"
+            || n == "forwarded"
+            || n == "x-real-ip"
+    };
+    // Most requests carry none: look before allocating.
+    if !req.headers.keys().any(|name| spoofable(name.as_str())) {
+        return;
+    }
     let names: Vec<HeaderName> = req
         .headers
         .keys()
-        .filter(|name| {
-            let n = name.as_str();
-            n.starts_with(IDENTITY_PREFIX)
-                || n == XFCC
-                || n == "x-forwarded-for"
-                || n == "x-forwarded-proto"
-                || n == "forwarded"
-                || n == "x-real-ip"
-        })
+        .filter(|name| spoofable(name.as_str()))
         .cloned()
         .collect();
     for name in names {

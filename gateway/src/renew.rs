@@ -87,8 +87,13 @@ async fn keep_renewed(r: &Renewal, metrics: &Metrics, mut shutdown: ShutdownWatc
         let wait = match validity(&r.certificate) {
             Some((not_before, not_after)) => {
                 metrics.certificate_expiry(&r.listener, not_after);
-                let lifetime = not_after.duration_since(not_before).unwrap_or_default();
-                let renew_at = not_before + lifetime * 2 / 3;
+                // CAs back-date not_before for clock skew: count the lifetime from when we
+                // got the certificate (the file's time) when that is later.
+                let got = std::fs::metadata(&r.certificate)
+                    .and_then(|m| m.modified())
+                    .map_or(not_before, |t| t.max(not_before));
+                let lifetime = not_after.duration_since(got).unwrap_or_default();
+                let renew_at = got + lifetime * 2 / 3;
                 let due = renew_at
                     .duration_since(SystemTime::now())
                     .unwrap_or_default();
@@ -170,6 +175,9 @@ async fn obtain(
         }
     };
     let mut body = serde_json::json!({ "csr": csr });
+    if let Some(profile) = &issuer.profile {
+        body["profile"] = profile.clone().into();
+    }
     if let Some(lifetime) = issuer.lifetime {
         body["lifetime"] = humantime::format_duration(lifetime).to_string().into();
     }

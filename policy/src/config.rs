@@ -162,6 +162,8 @@ pub struct IssuerConfig {
     pub dns_names: Vec<String>,
     /// SPIFFE ID to ask for, if any.
     pub spiffe_id: Option<String>,
+    /// The CA's issuance profile to ask for (`None`: the tenant's only one).
+    pub profile: Option<String>,
     /// Lifetime to ask for (`None`: the profile's default).
     pub lifetime: Option<Duration>,
 }

@@ -70,6 +70,20 @@ profiles:
     tenant: acme
     spiffe_ids: ["spiffe://test.portcullis.local/ns/app/**"]
     max_lifetime: 1h
+  - name: edge
+    tenant: acme
+    require_spiffe_id: false
+    dns_names: [localhost]
+    server_auth: true
+    client_auth: true
+    max_lifetime: 1h
+  - name: admin-server
+    tenant: platform
+    require_spiffe_id: false
+    dns_names: [localhost]
+    server_auth: true
+    client_auth: false
+    max_lifetime: 1h
 "#,
                 state = state.display(),
                 pin = dir.join("hsm.pin").display()
@@ -128,6 +142,8 @@ profiles:
             csr.to_str().unwrap(),
             "--tenant",
             "acme",
+            "--profile",
+            "workloads",
             "--out",
             pem.to_str().unwrap(),
         ]);
@@ -260,4 +276,154 @@ fn a_revoked_certificate_is_refused_by_a_gateway_already_running() {
         .get(gw.port, "/x")
         .map_or(true, |r| r.status != 200));
     assert_eq!(client("keep").get(gw.port, "/x").unwrap().status, 200);
+}
+
+/// The gateway obtains its serving certificate from the CA's admin API with a bootstrap token,
+/// then renews it (by mTLS with the current one) at two thirds of its lifetime, swapping it in
+/// under a live keep-alive client.
+#[test]
+fn the_gateway_certificate_rotates_under_a_live_keep_alive_client() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let Some(ca) = HsmCa::init(d) else { return };
+    let admin_port = free_port();
+    std::fs::write(
+        d.join("admin.yaml"),
+        format!(
+            "listen: 127.0.0.1:{admin_port}\nca: ca.yaml\ntls:\n  self_issue: {{ tenant: platform, profile: admin-server, dns_names: [localhost] }}\n"
+        ),
+    )
+    .unwrap();
+    let admin_log = std::fs::File::create(d.join("admin.log")).unwrap();
+    let mut admin = Command::new(bin())
+        .args([
+            "admin",
+            "serve",
+            "--config",
+            d.join("admin.yaml").to_str().unwrap(),
+        ])
+        .args(["--audit-dir", d.join("admin-audit").to_str().unwrap()])
+        .args(["--audit-key", d.join("admin-audit.key").to_str().unwrap()])
+        .env("SOFTHSM2_CONF", &ca.softhsm_conf)
+        .stderr(admin_log)
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            // SIGTERM: the admin server stops and closes its audit log.
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.0.id().to_string()])
+                .status();
+            let start = Instant::now();
+            while self.0.try_wait().ok().flatten().is_none() {
+                if start.elapsed() > Duration::from_secs(10) {
+                    let _ = self.0.kill();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let _admin = Kill(&mut admin);
+    wait_for_port(admin_port);
+    let token = Command::new(bin())
+        .args([
+            "admin",
+            "token",
+            "create",
+            "--ca-config",
+            ca.config.to_str().unwrap(),
+        ])
+        .args(["--tenant", "acme", "--ttl", "10m"])
+        .env("SOFTHSM2_CONF", &ca.softhsm_conf)
+        .output()
+        .unwrap();
+    assert!(token.status.success(), "{}", stderr(&token));
+    std::fs::write(d.join("gw.token"), &token.stdout).unwrap();
+
+    let echo = Echo::start(d, "renew");
+    let yaml = format!(
+        r#"
+listeners:
+  - name: public
+    address: 127.0.0.1:{{port}}
+    tls:
+      certificate: gw.pem
+      private_key: gw.key
+      client_auth: required
+      client_ca: ca.pem
+      issuer:
+        url: https://localhost:{admin_port}
+        ca: ca/bundle.pem
+        bootstrap_token_file: gw.token
+        dns_names: [localhost]
+        profile: edge
+        lifetime: 12s
+metrics:
+  address: 127.0.0.1:{{metrics}}
+upstreams:
+  - name: echo
+    targets: [127.0.0.1:{echo}]
+tenants:
+  - name: acme
+    routes:
+      - name: api
+        path_prefix: /
+        upstream: echo
+        access: [ {{ id: anyone }} ]
+"#,
+        echo = echo.port
+    );
+    let gw = Gateway::start(d, &yaml);
+    let key_mode = std::fs::metadata(d.join("gw.key")).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key_mode) & 0o777,
+        0o600
+    );
+    let client = || {
+        Client::new(
+            &ca.state.join("bundle.pem"),
+            Some((pki.path("frontend.pem"), pki.path("frontend.key"))),
+        )
+    };
+    let mut conn = client().connect(gw.port).unwrap();
+    let first = conn.server_certificate();
+    assert_eq!(conn.request("GET", "/before", &[]).unwrap().status, 200);
+
+    let renewed = "portcullis_certificate_renewals_total{listener=\"public\",result=\"success\"}";
+    let start = Instant::now();
+    while gw.metric(renewed) < 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no renewal:\n{}",
+            gw.proc.log_text()
+        );
+        // The live connection keeps working throughout.
+        assert_eq!(conn.request("GET", "/during", &[]).unwrap().status, 200);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(conn.request("GET", "/after", &[]).unwrap().status, 200);
+    // A new client (a resumed TLS session would show the certificate of the first one).
+    let fresh = client().connect(gw.port).unwrap();
+    assert_ne!(
+        fresh.server_certificate(),
+        first,
+        "new connections get the new certificate"
+    );
+    let listed = ca.run(&["list", "--tenant", "acme", "--json"]);
+    let edge = String::from_utf8_lossy(&listed.stdout)
+        .matches("\"edge\"")
+        .count();
+    assert!(edge >= 2, "bootstrap issuance and a renewal: {edge}");
+    // The issuance API recorded the issuances as CA events.
+    drop(_admin);
+    let audit = Command::new(bin())
+        .args(["audit", "query", d.join("admin-audit").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let issued = String::from_utf8_lossy(&audit.stdout)
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"ca\"") && l.contains("\"action\":\"issue\""))
+        .count();
+    assert!(issued >= 2, "{}", String::from_utf8_lossy(&audit.stdout));
 }

@@ -409,6 +409,11 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// The DER of the certificate the server presented on this connection.
+    pub fn server_certificate(&self) -> Vec<u8> {
+        self.reader.get_ref().conn.peer_certificates().unwrap()[0].to_vec()
+    }
+
     pub fn request(
         &mut self,
         method: &str,

@@ -283,6 +283,7 @@ impl Checker<'_> {
                 .map(|f| self.file_path(&format!("{path}.bootstrap_token_file"), what, f)),
             dns_names: raw.dns_names.clone(),
             spiffe_id: raw.spiffe_id.clone(),
+            profile: raw.profile.clone(),
             lifetime: raw.lifetime,
         })
     }

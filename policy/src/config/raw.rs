@@ -115,6 +115,8 @@ pub(crate) struct RawIssuer {
     pub(crate) dns_names: Vec<String>,
     #[serde(default)]
     pub(crate) spiffe_id: Option<String>,
+    #[serde(default)]
+    pub(crate) profile: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub(crate) lifetime: Option<Duration>,
 }

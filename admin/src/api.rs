@@ -1,0 +1,233 @@
+//! The HTTP API: routes, authentication and authorisation, the issuance, revocation, CRL and
+//! inventory endpoints, fixed public error bodies, and the audit record of every call.
+
+mod errors;
+mod inventory;
+mod issue;
+
+use std::collections::HashSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::body::Body;
+use axum::http::header::CONTENT_LENGTH;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::Router;
+use portcullis_audit::{AdminAction, AuditEvent, AuditHandle};
+use portcullis_ca::{Ca, CertRecord, CertStatus};
+use serde::de::DeserializeOwned;
+
+use crate::identity::{ConnInfo, PeerIdentity};
+use crate::stats::IssuanceStats;
+use crate::tls::ClientTrust;
+use crate::token::TokenStore;
+pub(crate) use errors::ApiError;
+
+/// Largest request body accepted.
+pub(crate) const MAX_BODY: usize = 64 * 1024;
+/// Bodies up to this size are read (and discarded) before answering 413.
+const MAX_DRAIN: usize = 1024 * 1024;
+/// A request body must arrive within this.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What every handler shares.
+pub(crate) struct AppState {
+    pub(crate) ca: Arc<Ca>,
+    pub(crate) tokens: Arc<dyn TokenStore>,
+    pub(crate) operators: HashSet<String>,
+    pub(crate) audit: Option<AuditHandle>,
+    pub(crate) stats: Arc<IssuanceStats>,
+    pub(crate) trust: Arc<ClientTrust>,
+    /// A revocation was recorded but its CRL could not be published: publish again.
+    pub(crate) crl_dirty: AtomicBool,
+}
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/certificates", post(issue::issue).get(inventory::list))
+        .route("/v1/certificates/{serial}/revoke", post(inventory::revoke))
+        .route("/v1/crl", get(inventory::crl))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this endpoint",
+            )
+        })
+        .with_state(state)
+}
+
+/// What the audit record of one call says.
+struct CallRecord {
+    actor: String,
+    remote: std::net::SocketAddr,
+    tenant: Option<String>,
+    target: Option<String>,
+}
+
+impl CallRecord {
+    fn new(conn: &ConnInfo) -> Self {
+        Self {
+            actor: conn
+                .peer
+                .as_ref()
+                .map_or_else(|| "anonymous".to_owned(), |p| p.actor()),
+            remote: conn.remote,
+            tenant: None,
+            target: None,
+        }
+    }
+}
+
+impl AppState {
+    fn record(&self, event: impl Into<AuditEvent>) {
+        if let Some(audit) = &self.audit {
+            if let Err(e) = audit.try_append(event) {
+                tracing::warn!(error = %e, "admin API: audit record dropped");
+            }
+        }
+    }
+
+    fn audit_call(&self, rec: &CallRecord, action: &str, status: StatusCode) {
+        let outcome = match status.as_u16() {
+            200..=299 => "ok",
+            401 | 403 => "denied",
+            400..=499 => "refused",
+            _ => "error",
+        };
+        tracing::info!(
+            client.id = %rec.actor,
+            client.addr = %rec.remote,
+            admin.action = action,
+            tenant.id = rec.tenant.as_deref().unwrap_or(""),
+            admin.target = rec.target.as_deref().unwrap_or(""),
+            http.status = status.as_u16(),
+            "admin call"
+        );
+        self.record(AdminAction {
+            actor: rec.actor.clone(),
+            action: action.to_owned(),
+            target: rec.target.clone(),
+            tenant: rec.tenant.clone(),
+            outcome: outcome.to_owned(),
+        });
+    }
+
+    fn is_operator(&self, peer: &PeerIdentity) -> bool {
+        peer.spiffe_id
+            .as_ref()
+            .is_some_and(|id| self.operators.contains(id))
+    }
+}
+
+/// Runs blocking work (PKCS#11, SQLite) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        tracing::error!(error = %e, "admin API: blocking task failed");
+        ApiError::internal()
+    })
+}
+
+/// Reads a JSON body of at most [`MAX_BODY`] bytes. An empty body reads as `T::default()`
+/// when `empty_ok`.
+async fn read_json<T: DeserializeOwned + Default>(
+    headers: &HeaderMap,
+    body: Body,
+    empty_ok: bool,
+) -> Result<T, ApiError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_DRAIN as u64) {
+        return Err(ApiError::too_large());
+    }
+    let bytes = tokio::time::timeout(BODY_TIMEOUT, read_limited(body))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time",
+            )
+        })??;
+    if empty_ok && bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        tracing::debug!(error = %e, "admin API: malformed JSON body");
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+            "the body is not the expected JSON document",
+        )
+    })
+}
+
+/// Reads up to [`MAX_BODY`] bytes. A longer body is read on and discarded up to
+/// [`MAX_DRAIN`] bytes before the 413, so that the client, still sending, reads the answer
+/// instead of a reset connection; past that the connection is dropped.
+async fn read_limited(mut body: Body) -> Result<bytes::Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let mut kept = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            tracing::debug!(error = %e, "admin API: body unreadable");
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                "the request body could not be read",
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen > MAX_DRAIN {
+            break;
+        }
+        if seen <= MAX_BODY {
+            kept.extend_from_slice(&data);
+        }
+    }
+    if seen > MAX_BODY {
+        return Err(ApiError::too_large());
+    }
+    Ok(kept.freeze())
+}
+
+/// The caller's certificate as the inventory knows it: it must be there and valid.
+async fn caller_record(st: &AppState, peer: &PeerIdentity) -> Result<CertRecord, ApiError> {
+    let ca = Arc::clone(&st.ca);
+    let serial = peer.serial.clone();
+    let found = blocking(move || ca.inventory().get(&serial, SystemTime::now()))
+        .await?
+        .map_err(|e| {
+            tracing::error!(error = %e, "admin API: inventory lookup failed");
+            ApiError::internal()
+        })?;
+    let Some(record) = found else {
+        tracing::warn!(ca.serial = %peer.serial, "admin API: verified client certificate not in the inventory");
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the client certificate is not known to this CA",
+        ));
+    };
+    if record.status != CertStatus::Valid {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the client certificate is revoked or expired",
+        ));
+    }
+    Ok(record)
+}

@@ -1,0 +1,254 @@
+//! The inventory side: `POST /v1/certificates/{serial}/revoke` (operators and the holder),
+//! `GET /v1/crl` (anyone), `GET /v1/certificates` (operators).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use portcullis_audit::{CaAction, CaEvent};
+use portcullis_ca::{
+    CaError, CertRecord, CertStatus, InventoryFilter, RevocationReason, Serial, TenantId,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{blocking, caller_record, read_json, ApiError, AppState, CallRecord};
+use crate::identity::ConnInfo;
+
+/// Most inventory records one listing returns.
+const MAX_LIST: usize = 1000;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+pub(super) async fn revoke(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(serial): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    rec.target = Some(serial.chars().take(64).collect());
+    let response = match revoke_flow(&st, &conn, &serial, &headers, body, &mut rec).await {
+        Ok(record) => (StatusCode::OK, Json(record)).into_response(),
+        Err(e) => e.into_response(),
+    };
+    st.audit_call(&rec, "certificate.revoke", response.status());
+    response
+}
+
+async fn revoke_flow(
+    st: &Arc<AppState>,
+    conn: &ConnInfo,
+    serial: &str,
+    headers: &HeaderMap,
+    body: Body,
+    rec: &mut CallRecord,
+) -> Result<CertRecord, ApiError> {
+    let peer = conn.peer.as_ref().ok_or_else(ApiError::unauthenticated)?;
+    let serial: Serial = serial.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_serial",
+            "the serial must be 1 to 20 bytes of hex",
+        )
+    })?;
+    caller_record(st, peer).await?;
+    if !(st.is_operator(peer) || peer.serial == serial) {
+        return Err(ApiError::forbidden(
+            "only operators and the certificate's holder may revoke it",
+        ));
+    }
+    let body: RevokeBody = read_json(headers, body, true).await?;
+    let reason = match body.reason.as_deref() {
+        None => RevocationReason::Unspecified,
+        Some(r) => r.parse().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_reason",
+                "reason must be an RFC 5280 reason name such as \"keyCompromise\"",
+            )
+        })?,
+    };
+    let ca = Arc::clone(&st.ca);
+    let trust = Arc::clone(&st.trust);
+    let s = serial.clone();
+    let result = blocking(move || {
+        let result = ca.revoke(&s, reason, SystemTime::now());
+        if result.is_ok() {
+            // Enforce at once on this listener, not at the next poll.
+            if let Err(e) = trust.reload() {
+                tracing::error!(error = %e, "admin API: CRL reload after revocation failed");
+            }
+        }
+        result
+    })
+    .await?;
+    match result {
+        Ok(record) => {
+            rec.tenant = Some(record.tenant.to_string());
+            st.record(CaEvent {
+                action: CaAction::Revoke,
+                requester: rec.actor.clone(),
+                subject: record
+                    .sans
+                    .iter()
+                    .find_map(|s| s.strip_prefix("URI:").map(str::to_owned))
+                    .or_else(|| Some(record.subject.clone())),
+                serial: Some(record.serial.to_string()),
+                profile: Some(record.profile.clone()),
+                reason: Some(reason.to_string()),
+            });
+            Ok(record)
+        }
+        Err(CaError::UnknownSerial(_)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no certificate with this serial",
+        )),
+        Err(CaError::AlreadyRevoked { .. }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_revoked",
+            "the certificate is already revoked",
+        )),
+        Err(e) if e.is_unavailable() => {
+            // The inventory may hold the revocation while the CRL could not be signed.
+            st.crl_dirty.store(true, Ordering::Release);
+            tracing::warn!(error = %e, ca.serial = %serial, "admin API: CRL not published: key backend unavailable");
+            Err(ApiError::ca_unavailable())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, ca.serial = %serial, "admin API: revocation failed");
+            Err(ApiError::internal())
+        }
+    }
+}
+
+// GET /v1/crl
+
+pub(super) async fn crl(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+) -> Response {
+    let snapshot = st.trust.crl();
+    let wants_der = headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|m| {
+            m.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/pkix-crl"))
+        });
+    let response = if wants_der {
+        (
+            [(CONTENT_TYPE, "application/pkix-crl")],
+            snapshot.der.clone(),
+        )
+            .into_response()
+    } else {
+        (
+            [(CONTENT_TYPE, "application/x-pem-file")],
+            snapshot.pem.clone(),
+        )
+            .into_response()
+    };
+    st.audit_call(&CallRecord::new(&conn), "crl.get", response.status());
+    response
+}
+
+// GET /v1/certificates
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    expires_within: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+struct ListResponse {
+    certificates: Vec<CertRecord>,
+}
+
+pub(super) async fn list(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    uri: Uri,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    let response = match list_flow(&st, &conn, &uri, &mut rec).await {
+        Ok(certificates) => Json(ListResponse { certificates }).into_response(),
+        Err(e) => e.into_response(),
+    };
+    st.audit_call(&rec, "certificate.list", response.status());
+    response
+}
+
+async fn list_flow(
+    st: &Arc<AppState>,
+    conn: &ConnInfo,
+    uri: &Uri,
+    rec: &mut CallRecord,
+) -> Result<Vec<CertRecord>, ApiError> {
+    let peer = conn.peer.as_ref().ok_or_else(ApiError::unauthenticated)?;
+    if !st.is_operator(peer) {
+        return Err(ApiError::forbidden("only operators may list certificates"));
+    }
+    caller_record(st, peer).await?;
+    let invalid = |what: &str| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("invalid query: {what}"),
+        )
+    };
+    let Query(q) = Query::<ListQuery>::try_from_uri(uri)
+        .map_err(|_| invalid("expected tenant, status, expires_within, limit"))?;
+    let tenant = q
+        .tenant
+        .map(|t| t.parse::<TenantId>())
+        .transpose()
+        .map_err(|_| invalid("tenant"))?;
+    rec.tenant = tenant.as_ref().map(ToString::to_string);
+    let filter = InventoryFilter {
+        tenant,
+        status: q
+            .status
+            .map(|s| s.parse::<CertStatus>())
+            .transpose()
+            .map_err(|_| invalid("status (valid, revoked or expired)"))?,
+        expires_within: q
+            .expires_within
+            .map(|d| humantime::parse_duration(&d))
+            .transpose()
+            .map_err(|_| invalid("expires_within (a duration such as 1h)"))?
+            .map(|d: Duration| d.min(Duration::from_secs(100 * 365 * 24 * 3600))),
+        limit: Some(q.limit.unwrap_or(MAX_LIST).clamp(1, MAX_LIST)),
+    };
+    let ca = Arc::clone(&st.ca);
+    blocking(move || ca.list(&filter, SystemTime::now()))
+        .await?
+        .map_err(|e| {
+            tracing::error!(error = %e, "admin API: inventory listing failed");
+            ApiError::internal()
+        })
+}

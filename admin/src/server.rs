@@ -1,0 +1,339 @@
+//! The listener: TCP accept, TLS handshake (client certificate optional, verified by
+//! [`ClientTrust`]), the verified peer identity attached to each request, HTTP/1.1 and HTTP/2
+//! by ALPN; background CRL reload/refresh and server-certificate renewal.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use portcullis_audit::AuditHandle;
+use portcullis_ca::{Ca, CaConfig};
+use rustls::crypto::CryptoProvider;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tower_service::Service;
+use tracing::Instrument;
+
+use crate::api::{router, AppState};
+use crate::config::{AdminConfig, SelfIssueConfig, ServingCertSource};
+use crate::error::AdminError;
+use crate::identity::{ConnInfo, PeerIdentity};
+use crate::stats::{IssuanceStats, StatsSnapshot};
+use crate::tls::{
+    issue_serving, load_serving_files, provider, renew_serving, ClientTrust, ServingCert,
+};
+use crate::token::{SqliteTokenStore, TokenStore};
+
+/// A TLS handshake must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request headers must arrive within this (HTTP/1.1).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 4096;
+/// How long open connections get to finish after shutdown is asked.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The admin API server, bound and ready to [`run`](AdminServer::run).
+pub struct AdminServer {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    acceptor: TlsAcceptor,
+    router: Router,
+    state: Arc<AppState>,
+    provider: Arc<CryptoProvider>,
+    crl_poll: Duration,
+    renewal: Option<(SelfIssueConfig, Arc<ServingCert>, SystemTime, SystemTime)>,
+}
+
+impl std::fmt::Debug for AdminServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminServer")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminServer {
+    /// Opens the CA named by `config.ca` (logging in to its HSM), then [`AdminServer::bind_with`].
+    pub async fn bind(
+        config: &AdminConfig,
+        audit: Option<AuditHandle>,
+    ) -> Result<Self, AdminError> {
+        let path = config.ca.clone();
+        let ca = tokio::task::spawn_blocking(move || -> Result<Ca, AdminError> {
+            Ok(Ca::open(&CaConfig::load(&path)?)?)
+        })
+        .await
+        .map_err(|e| AdminError::Invalid(format!("opening the CA: {e}")))??;
+        Self::bind_with(config, Arc::new(ca), audit).await
+    }
+
+    /// Builds the server on an opened CA: obtains the server certificate (self-issued or from
+    /// files), loads the trust bundle and CRL, opens the token store (`STATE/tokens.sqlite3`)
+    /// and binds the listener.
+    pub async fn bind_with(
+        config: &AdminConfig,
+        ca: Arc<Ca>,
+        audit: Option<AuditHandle>,
+    ) -> Result<Self, AdminError> {
+        let tokens: Arc<dyn TokenStore> = Arc::new(SqliteTokenStore::in_state_dir(ca.state_dir())?);
+        Self::bind_with_tokens(config, ca, tokens, audit).await
+    }
+
+    /// As [`AdminServer::bind_with`], with a given token store.
+    pub async fn bind_with_tokens(
+        config: &AdminConfig,
+        ca: Arc<Ca>,
+        tokens: Arc<dyn TokenStore>,
+        audit: Option<AuditHandle>,
+    ) -> Result<Self, AdminError> {
+        let source = config.serving_cert().map_err(|detail| AdminError::Config {
+            path: "(admin config)".to_owned(),
+            detail,
+        })?;
+        let provider = provider();
+        let (serving, renewal) = match source {
+            ServingCertSource::SelfIssue(cfg) => {
+                let (ca2, cfg2, p2) = (Arc::clone(&ca), cfg.clone(), Arc::clone(&provider));
+                let now = SystemTime::now();
+                let (key, issued) =
+                    tokio::task::spawn_blocking(move || issue_serving(&ca2, &cfg2, &p2, now))
+                        .await
+                        .map_err(|e| {
+                            AdminError::Tls(format!("issuing the server certificate: {e}"))
+                        })??;
+                tracing::info!(ca.serial = %issued.serial, "admin server certificate issued by the CA");
+                let serving = Arc::new(ServingCert::new(key));
+                let renewal = (cfg, Arc::clone(&serving), now, issued.not_after);
+                (serving, Some(renewal))
+            }
+            ServingCertSource::Files {
+                certificate,
+                private_key,
+            } => (
+                Arc::new(ServingCert::new(load_serving_files(
+                    &certificate,
+                    &private_key,
+                    &provider,
+                )?)),
+                None,
+            ),
+        };
+        let trust = Arc::new(ClientTrust::with_provider(
+            Arc::clone(&provider),
+            ca.trust_bundle_pem(),
+            ca.intermediate_pem(),
+            &ca.crl_path(),
+        )?);
+        let mut tls = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| AdminError::Tls(e.to_string()))?
+            .with_client_cert_verifier(Arc::clone(&trust) as _)
+            .with_cert_resolver(serving);
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+
+        let state = Arc::new(AppState {
+            ca,
+            tokens,
+            operators: config.operators.iter().cloned().collect::<HashSet<_>>(),
+            audit,
+            stats: Arc::new(IssuanceStats::default()),
+            trust,
+            crl_dirty: AtomicBool::new(false),
+        });
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| AdminError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| AdminError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        Ok(Self {
+            listener,
+            local_addr,
+            acceptor: TlsAcceptor::from(Arc::new(tls)),
+            router: router(Arc::clone(&state)),
+            state,
+            provider,
+            crl_poll: config.crl_poll_interval,
+            renewal,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Issuance counts so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.state.stats.snapshot()
+    }
+
+    /// The live counters, readable after [`AdminServer::run`] took the server.
+    pub fn stats_handle(&self) -> Arc<IssuanceStats> {
+        Arc::clone(&self.state.stats)
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting, lets open connections finish
+    /// for up to 5 s, and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AdminError> {
+        let mut background = tokio::task::JoinSet::new();
+        background.spawn(crl_watch(Arc::clone(&self.state), self.crl_poll));
+        if let Some((cfg, serving, issued_at, not_after)) = self.renewal {
+            background.spawn(renew_serving(
+                Arc::clone(&self.state.ca),
+                cfg,
+                Arc::clone(&self.provider),
+                serving,
+                issued_at,
+                not_after,
+            ));
+        }
+        tracing::info!(listen.addr = %self.local_addr, "admin API listening");
+
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                permit = Arc::clone(&limit).acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let (tcp, remote) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "admin API: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let acceptor = self.acceptor.clone();
+            let router = self.router.clone();
+            let watcher = graceful.watcher();
+            let span = tracing::info_span!("admin.conn", client.addr = %remote);
+            tokio::spawn(
+                async move {
+                    let _permit = permit;
+                    serve_connection(acceptor, router, watcher, tcp, remote).await;
+                }
+                .instrument(span),
+            );
+        }
+        drop(self.listener);
+        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("admin API: connections still open after the grace period; closing");
+        }
+        background.abort_all();
+        Ok(())
+    }
+}
+
+async fn serve_connection(
+    acceptor: TlsAcceptor,
+    router: Router,
+    watcher: hyper_util::server::graceful::Watcher,
+    tcp: tokio::net::TcpStream,
+    remote: SocketAddr,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!(client.addr = %remote, error = %e, "admin API: TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(client.addr = %remote, "admin API: TLS handshake timed out");
+            return;
+        }
+    };
+    let peer = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+        None => None,
+        Some(leaf) => match PeerIdentity::from_der(leaf) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                // Verified by webpki but unreadable here: refuse rather than serve anonymously.
+                tracing::warn!(client.addr = %remote, error = %e, "admin API: client certificate unparsable");
+                return;
+            }
+        },
+    };
+    let info = ConnInfo { peer, remote };
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(info.clone());
+        let mut router = router.clone();
+        async move { router.call(req).await }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(client.addr = %remote, error = %e, "admin API: connection ended with an error");
+    }
+}
+
+/// Re-reads `STATE/crl.pem` when it changes, and publishes a fresh CRL when the current one is
+/// past half of its validity or a revocation could not be published.
+async fn crl_watch(state: Arc<AppState>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let st = Arc::clone(&state);
+        let outcome = tokio::task::spawn_blocking(move || {
+            if let Err(e) = st.trust.reload() {
+                tracing::warn!(error = %e, "admin API: CRL reload failed; the previous CRL stays in force");
+            }
+            let crl = st.trust.crl();
+            let stale = match (crl.this_update, crl.next_update) {
+                (Some(this), Some(next)) => {
+                    let half = next.duration_since(this).unwrap_or_default() / 2;
+                    SystemTime::now() >= this + half
+                }
+                _ => false,
+            };
+            if stale || st.crl_dirty.load(Ordering::Acquire) {
+                match st.ca.publish_crl(SystemTime::now()) {
+                    Ok(_) => {
+                        st.crl_dirty.store(false, Ordering::Release);
+                        if let Err(e) = st.trust.reload() {
+                            tracing::warn!(error = %e, "admin API: CRL reload failed");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "admin API: CRL refresh failed"),
+                }
+            }
+        })
+        .await;
+        if let Err(e) = outcome {
+            tracing::error!(error = %e, "admin API: CRL watch task failed");
+        }
+    }
+}

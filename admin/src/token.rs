@@ -1,0 +1,411 @@
+//! Bootstrap tokens: how a workload gets its first certificate.
+//!
+//! A token is 256 random bits, base64url, shown once at creation. Only its SHA-256 is stored;
+//! a presented token is hashed and looked up by that hash (an equality lookup on a hash of a
+//! 256-bit secret: timing reveals nothing usable about the secret). A token is scoped to one
+//! tenant, may be bound to one SPIFFE ID, expires, and is consumed atomically by one
+//! `UPDATE … RETURNING`: of two concurrent uses exactly one gets the grant. A use whose
+//! issuance did not happen (refused, CA unavailable) gives the token back ([`TokenStore::release`]).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use portcullis_ca::TenantId;
+use ring::rand::{SecureRandom, SystemRandom};
+use rusqlite::{params, Connection, OptionalExtension};
+use zeroize::Zeroizing;
+
+use crate::error::AdminError;
+
+/// File name of the token store in the CA state directory.
+pub const TOKEN_DB: &str = "tokens.sqlite3";
+/// Longest lifetime a bootstrap token may have.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Length of an encoded token: 32 bytes in unpadded base64url.
+const TOKEN_CHARS: usize = 43;
+
+/// A bootstrap token's secret value (what the workload sends as `Authorization: Bearer …`).
+/// Never logged: `Debug` shows only its id.
+pub struct BootstrapToken(Zeroizing<String>);
+
+impl BootstrapToken {
+    /// 256 bits from the system's random generator.
+    pub fn generate() -> Result<Self, AdminError> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        SystemRandom::new()
+            .fill(bytes.as_mut())
+            .map_err(|_| AdminError::Random)?;
+        Ok(Self(Zeroizing::new(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.as_ref()),
+        )))
+    }
+
+    /// The secret, to hand to the workload once.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Its hash, the only form stored.
+    pub fn hash(&self) -> TokenHash {
+        TokenHash::of(&self.0)
+    }
+}
+
+impl fmt::Debug for BootstrapToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BootstrapToken({})", self.hash().id())
+    }
+}
+
+/// SHA-256 of a token.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TokenHash([u8; 32]);
+
+impl TokenHash {
+    /// The hash of a presented token value.
+    pub fn of(token: &str) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        Self(out)
+    }
+
+    /// The hash of the value of an `Authorization: Bearer` header, or None when it cannot be a
+    /// token (wrong length or alphabet): such values are not even looked up.
+    pub fn of_presented(token: &str) -> Option<Self> {
+        let plausible = token.len() == TOKEN_CHARS
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        plausible.then(|| Self::of(token))
+    }
+
+    /// The token's public id: the first 8 bytes of the hash, hex.
+    pub fn id(&self) -> TokenId {
+        TokenId(hex_lower(&self.0[..8]))
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenHash({})", self.id())
+    }
+}
+
+/// A token's public id (safe to log and audit).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TokenId(String);
+
+impl TokenId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a token allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenGrant {
+    pub id: TokenId,
+    /// The only tenant whose profiles it may issue under.
+    pub tenant: TenantId,
+    /// When set, the only SPIFFE ID the certificate may carry.
+    pub spiffe_id: Option<String>,
+    pub expires_at: SystemTime,
+}
+
+/// Where bootstrap tokens are kept (hashed).
+pub trait TokenStore: Send + Sync + fmt::Debug {
+    /// Stores a new token's hash and grant.
+    fn insert(
+        &self,
+        hash: &TokenHash,
+        grant: &TokenGrant,
+        now: SystemTime,
+    ) -> Result<(), AdminError>;
+    /// Atomically marks the token used and returns its grant; None when unknown, already used
+    /// or expired (the caller answers all three alike).
+    fn consume(&self, hash: &TokenHash, now: SystemTime) -> Result<Option<TokenGrant>, AdminError>;
+    /// Makes a consumed token usable again: the issuance it was consumed for did not happen.
+    fn release(&self, hash: &TokenHash) -> Result<(), AdminError>;
+}
+
+/// Creates a token for `tenant`, optionally bound to `spiffe_id`, valid for `ttl`, stores its
+/// hash and returns the secret (to show once) with its grant.
+pub fn create_token(
+    store: &dyn TokenStore,
+    tenant: TenantId,
+    spiffe_id: Option<String>,
+    ttl: Duration,
+    now: SystemTime,
+) -> Result<(BootstrapToken, TokenGrant), AdminError> {
+    if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+        return Err(AdminError::Invalid(format!(
+            "token lifetime {}: must be positive and at most {}",
+            humantime::format_duration(ttl),
+            humantime::format_duration(MAX_TOKEN_TTL)
+        )));
+    }
+    if let Some(id) = &spiffe_id {
+        if !id.starts_with("spiffe://") || id.len() > 2048 {
+            return Err(AdminError::Invalid(format!(
+                "{:?} is not a SPIFFE ID",
+                id.chars().take(80).collect::<String>()
+            )));
+        }
+    }
+    let token = BootstrapToken::generate()?;
+    let hash = token.hash();
+    let grant = TokenGrant {
+        id: hash.id(),
+        tenant,
+        spiffe_id,
+        // Whole seconds: what the store keeps.
+        expires_at: UNIX_EPOCH + Duration::from_secs(u64::try_from(unix(now + ttl)).unwrap_or(0)),
+    };
+    store.insert(&hash, &grant, now)?;
+    Ok((token, grant))
+}
+
+/// Tokens in a SQLite file (by default `STATE/tokens.sqlite3`, beside the CA's inventory).
+#[derive(Debug)]
+pub struct SqliteTokenStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS bootstrap_tokens (
+    hash BLOB PRIMARY KEY NOT NULL,
+    id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    spiffe_id TEXT,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER
+);
+";
+
+/// Expired tokens are deleted this long after expiry.
+const KEEP_EXPIRED: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl SqliteTokenStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, AdminError> {
+        let err = |e: rusqlite::Error| AdminError::TokenStore {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(Self {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Opens the store in a CA state directory.
+    pub fn in_state_dir(dir: &Path) -> Result<Self, AdminError> {
+        Self::open(&dir.join(TOKEN_DB))
+    }
+
+    fn error(&self, e: impl fmt::Display) -> AdminError {
+        AdminError::TokenStore {
+            path: self.path.display().to_string(),
+            detail: e.to_string(),
+        }
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves no half-done state: every use is one statement.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl TokenStore for SqliteTokenStore {
+    fn insert(
+        &self,
+        hash: &TokenHash,
+        grant: &TokenGrant,
+        now: SystemTime,
+    ) -> Result<(), AdminError> {
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM bootstrap_tokens WHERE expires_at < ?1",
+            params![unix(now).saturating_sub(secs(KEEP_EXPIRED))],
+        )
+        .map_err(|e| self.error(e))?;
+        conn.execute(
+            "INSERT INTO bootstrap_tokens (hash, id, tenant, spiffe_id, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                &hash.0[..],
+                grant.id.as_str(),
+                grant.tenant.as_str(),
+                grant.spiffe_id,
+                unix(now),
+                unix(grant.expires_at)
+            ],
+        )
+        .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    fn consume(&self, hash: &TokenHash, now: SystemTime) -> Result<Option<TokenGrant>, AdminError> {
+        let row = self
+            .conn()
+            .query_row(
+                "UPDATE bootstrap_tokens SET used_at = ?2
+                 WHERE hash = ?1 AND used_at IS NULL AND expires_at > ?2
+                 RETURNING id, tenant, spiffe_id, expires_at",
+                params![&hash.0[..], unix(now)],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(|e| self.error(e))?;
+        let Some((id, tenant, spiffe_id, expires_at)) = row else {
+            return Ok(None);
+        };
+        let tenant = tenant
+            .parse()
+            .map_err(|e| self.error(format!("token {id}: stored tenant: {e}")))?;
+        Ok(Some(TokenGrant {
+            id: TokenId(id),
+            tenant,
+            spiffe_id,
+            expires_at: UNIX_EPOCH + Duration::from_secs(u64::try_from(expires_at).unwrap_or(0)),
+        }))
+    }
+
+    fn release(&self, hash: &TokenHash) -> Result<(), AdminError> {
+        self.conn()
+            .execute(
+                "UPDATE bootstrap_tokens SET used_at = NULL WHERE hash = ?1",
+                params![&hash.0[..]],
+            )
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn store() -> (tempfile::TempDir, SqliteTokenStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteTokenStore::in_state_dir(dir.path()).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn one_time_expiring_hashed() {
+        let (dir, s) = store();
+        let now = SystemTime::now();
+        let tenant: TenantId = "acme".parse().unwrap();
+        let (token, grant) =
+            create_token(&s, tenant.clone(), None, Duration::from_secs(60), now).unwrap();
+        assert_eq!(token.expose().len(), TOKEN_CHARS);
+        assert!(!format!("{token:?}").contains(token.expose()));
+        let hash = TokenHash::of_presented(token.expose()).unwrap();
+        // The file holds the hash, not the token.
+        let bytes = std::fs::read(dir.path().join(TOKEN_DB)).unwrap();
+        assert!(!bytes
+            .windows(TOKEN_CHARS)
+            .any(|w| w == token.expose().as_bytes()));
+
+        assert_eq!(s.consume(&hash, now).unwrap(), Some(grant.clone()));
+        assert_eq!(s.consume(&hash, now).unwrap(), None, "used");
+        s.release(&hash).unwrap();
+        assert_eq!(s.consume(&hash, now).unwrap(), Some(grant));
+
+        let (late, _) = create_token(&s, tenant, None, Duration::from_secs(60), now).unwrap();
+        assert_eq!(
+            s.consume(&late.hash(), now + Duration::from_secs(61))
+                .unwrap(),
+            None,
+            "expired"
+        );
+        assert_eq!(s.consume(&TokenHash::of("unknown"), now).unwrap(), None);
+        assert!(TokenHash::of_presented("short").is_none());
+        assert!(TokenHash::of_presented(&"a".repeat(42).to_owned().replace('a', "+")).is_none());
+    }
+
+    #[test]
+    fn refuses_bad_ttl_and_spiffe_id() {
+        let (_dir, s) = store();
+        let t: TenantId = "acme".parse().unwrap();
+        let now = SystemTime::now();
+        assert!(create_token(&s, t.clone(), None, Duration::ZERO, now).is_err());
+        assert!(create_token(&s, t.clone(), None, MAX_TOKEN_TTL * 2, now).is_err());
+        assert!(
+            create_token(&s, t, Some("https://x".into()), Duration::from_secs(1), now).is_err()
+        );
+    }
+
+    #[test]
+    fn concurrent_consumers_exactly_one_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Arc::new(SqliteTokenStore::in_state_dir(dir.path()).unwrap());
+        // A second connection, as a second process would have.
+        let b = Arc::new(SqliteTokenStore::in_state_dir(dir.path()).unwrap());
+        let now = SystemTime::now();
+        for _ in 0..20 {
+            let (token, _) = create_token(
+                a.as_ref(),
+                "acme".parse().unwrap(),
+                None,
+                Duration::from_secs(60),
+                now,
+            )
+            .unwrap();
+            let hash = token.hash();
+            let wins: usize = std::thread::scope(|sc| {
+                let handles: Vec<_> = [&a, &b, &a, &b]
+                    .into_iter()
+                    .map(|st| {
+                        let hash = hash.clone();
+                        sc.spawn(move || st.consume(&hash, now).unwrap().is_some())
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| usize::from(h.join().unwrap()))
+                    .sum()
+            });
+            assert_eq!(wins, 1);
+        }
+    }
+}

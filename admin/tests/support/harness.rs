@@ -1,0 +1,480 @@
+//! The admin API's test rig: one SoftHSM2-backed CA per test binary, an admin server per test
+//! (in-process on 127.0.0.1:0, on the test's runtime), workloads with rcgen keys and CSRs, and
+//! a real rustls + hyper HTTP/1.1 client that can present a client certificate.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use portcullis_admin::{
+    create_token, AdminConfig, AdminServer, IssuanceStats, SqliteTokenStore, TokenStore,
+};
+use portcullis_audit::AuditHandle;
+use portcullis_ca::{Ca, CaConfig, IssueRequest, Requester, RequesterKind};
+use rcgen::{CertificateParams, KeyPair, SanType, PKCS_ECDSA_P256_SHA256};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
+
+use crate::softhsm;
+
+pub const OPERATOR: &str = "spiffe://ops.example/operator/alice";
+
+const CA_CONFIG: &str = r#"
+state_dir: DIR/state
+backend:
+  pkcs11:
+    module: /usr/lib/softhsm/libsofthsm2.so
+    token_label: ca
+    pin_file: PIN_FILE
+    sessions: 4
+keys:
+  root_label: admin-root
+  issuing_label: admin-issuing
+intermediate:
+  validity: 30d
+max_lifetime_cap: 4h
+profiles:
+  - name: acme
+    tenant: acme
+    spiffe_ids: ["spiffe://acme.example/**"]
+    dns_names: ["*.acme.internal"]
+    max_lifetime: 1h
+    default_lifetime: 30m
+  - name: globex
+    tenant: globex
+    spiffe_ids: ["spiffe://globex.example/**"]
+  - name: ops
+    tenant: ops
+    spiffe_ids: ["spiffe://ops.example/operator/*"]
+  - name: admin-server
+    tenant: platform
+    require_spiffe_id: false
+    dns_names: ["localhost"]
+    client_auth: false
+    server_auth: true
+  - name: admin-short
+    tenant: short
+    require_spiffe_id: false
+    dns_names: ["localhost"]
+    client_auth: false
+    server_auth: true
+    max_lifetime: 6s
+"#;
+
+pub struct Fixture {
+    pub dir: PathBuf,
+    pub ca_config: CaConfig,
+    pub ca: Arc<Ca>,
+    pub roots: Arc<RootCertStore>,
+    pub tokens: SqliteTokenStore,
+    pub operator: Identity,
+}
+
+/// One CA for the test binary; None when SoftHSM2 is missing.
+pub fn fixture() -> Option<&'static Fixture> {
+    static FIXTURE: OnceLock<Option<Fixture>> = OnceLock::new();
+    FIXTURE
+        .get_or_init(|| {
+            let hsm = softhsm::hsm()?;
+            let dir = hsm.dir.join("admin");
+            let yaml = CA_CONFIG
+                .replace("DIR", &dir.display().to_string())
+                .replace("PIN_FILE", &hsm.pin_file.display().to_string());
+            let ca_config = CaConfig::from_yaml(&yaml).expect("CA config");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("ca.yaml"), &yaml).unwrap();
+            let ca = Arc::new(Ca::init(&ca_config, SystemTime::now()).expect("CA init"));
+            let mut roots = RootCertStore::empty();
+            for c in certs(ca.trust_bundle_pem()) {
+                roots.add(c).unwrap();
+            }
+            let tokens = SqliteTokenStore::in_state_dir(ca.state_dir()).unwrap();
+            let w = Workload::new(Some(OPERATOR), &[]);
+            let issued = ca
+                .issue(
+                    &IssueRequest {
+                        csr: w.csr.as_bytes(),
+                        tenant: "ops".parse().unwrap(),
+                        profile: None,
+                        lifetime: None,
+                        requester: Requester {
+                            kind: RequesterKind::Operator,
+                            id: "test".into(),
+                        },
+                    },
+                    SystemTime::now(),
+                )
+                .expect("operator certificate");
+            let operator = w.identity(&issued.chain_pem, &issued.serial.to_string());
+            Some(Fixture {
+                dir,
+                ca_config,
+                ca,
+                roots: Arc::new(roots),
+                tokens,
+                operator,
+            })
+        })
+        .as_ref()
+}
+
+/// Skips the calling test (returns) when SoftHSM2 is not installed.
+#[macro_export]
+macro_rules! require_fixture {
+    () => {
+        match $crate::harness::fixture() {
+            Some(f) => f,
+            None => return,
+        }
+    };
+}
+
+pub fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
+impl Fixture {
+    /// A bootstrap token for `tenant`, valid for an hour.
+    pub fn token(&self, tenant: &str, spiffe_id: Option<&str>) -> String {
+        self.token_at(
+            tenant,
+            spiffe_id,
+            Duration::from_secs(3600),
+            SystemTime::now(),
+        )
+    }
+
+    pub fn token_at(
+        &self,
+        tenant: &str,
+        spiffe_id: Option<&str>,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> String {
+        let store: &dyn TokenStore = &self.tokens;
+        let (token, _) = create_token(
+            store,
+            tenant.parse().unwrap(),
+            spiffe_id.map(str::to_owned),
+            ttl,
+            now,
+        )
+        .unwrap();
+        token.expose().to_owned()
+    }
+
+    pub fn admin_config(&self, self_issue_tenant: &str, profile: &str) -> AdminConfig {
+        let yaml = format!(
+            "listen: 127.0.0.1:0\nca: ca.yaml\ntls:\n  self_issue:\n    tenant: {self_issue_tenant}\n    profile: {profile}\n    dns_names: [localhost]\noperators: [\"{OPERATOR}\"]\ncrl_poll_interval: 200ms\n"
+        );
+        AdminConfig::from_yaml(&yaml, &self.dir).unwrap()
+    }
+
+    /// Starts an admin server on the current runtime.
+    pub async fn start(&self, audit: Option<AuditHandle>) -> Server {
+        self.start_with(self.admin_config("platform", "admin-server"), audit)
+            .await
+    }
+
+    pub async fn start_with(&self, config: AdminConfig, audit: Option<AuditHandle>) -> Server {
+        let server = AdminServer::bind_with(&config, Arc::clone(&self.ca), audit)
+            .await
+            .expect("bind admin server");
+        let addr = server.local_addr();
+        let stats = server.stats_handle();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        Server {
+            addr,
+            stats,
+            stop: Some(stop),
+            task: Some(task),
+            roots: Arc::clone(&self.roots),
+        }
+    }
+
+    pub fn bundle_path(&self) -> PathBuf {
+        self.ca.state_dir().join("bundle.pem")
+    }
+
+    pub fn intermediate_path(&self) -> PathBuf {
+        self.ca.state_dir().join("intermediate.pem")
+    }
+}
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub stats: Arc<IssuanceStats>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), portcullis_admin::AdminError>>>,
+    roots: Arc<RootCertStore>,
+}
+
+impl Server {
+    pub async fn client(&self, identity: Option<&Identity>) -> Client {
+        Client::connect(self.addr, &self.roots, identity)
+            .await
+            .expect("connect")
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// A workload's key and CSR.
+pub struct Workload {
+    pub key: KeyPair,
+    pub csr: String,
+}
+
+impl Workload {
+    pub fn new(spiffe_id: Option<&str>, dns: &[&str]) -> Self {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        if let Some(id) = spiffe_id {
+            params
+                .subject_alt_names
+                .push(SanType::URI(id.to_owned().try_into().unwrap()));
+        }
+        for d in dns {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName((*d).to_owned().try_into().unwrap()));
+        }
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        Self { key, csr }
+    }
+
+    /// A CSR for other names, with the same key.
+    pub fn csr_for(&self, spiffe_id: Option<&str>, dns: &[&str]) -> String {
+        let mut params = CertificateParams::default();
+        if let Some(id) = spiffe_id {
+            params
+                .subject_alt_names
+                .push(SanType::URI(id.to_owned().try_into().unwrap()));
+        }
+        for d in dns {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName((*d).to_owned().try_into().unwrap()));
+        }
+        params.serialize_request(&self.key).unwrap().pem().unwrap()
+    }
+
+    pub fn identity(&self, chain_pem: &str, serial: &str) -> Identity {
+        Identity {
+            chain: certs(chain_pem),
+            key: PrivatePkcs8KeyDer::from(self.key.serialize_der()).into(),
+            serial: serial.to_owned(),
+        }
+    }
+
+    /// The identity from a 201 answer.
+    pub fn identity_from(&self, reply: &serde_json::Value) -> Identity {
+        self.identity(
+            reply["chain"].as_str().expect("chain"),
+            reply["serial"].as_str().expect("serial"),
+        )
+    }
+}
+
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub serial: String,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn code(&self) -> String {
+        self.json()["error"].as_str().unwrap_or("").to_owned()
+    }
+}
+
+/// One keep-alive HTTPS connection (HTTP/1.1).
+pub struct Client {
+    send: SendRequest<BoxBody<Bytes, std::convert::Infallible>>,
+    /// The server's certificate chain, leaf first.
+    pub server_chain: Vec<CertificateDer<'static>>,
+}
+
+pub fn client_config(roots: &RootCertStore, identity: Option<&Identity>) -> ClientConfig {
+    client_config_versions(roots, identity, rustls::DEFAULT_VERSIONS)
+}
+
+pub fn client_config_versions(
+    roots: &RootCertStore,
+    identity: Option<&Identity>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> ClientConfig {
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots.clone());
+    match identity {
+        Some(id) => builder
+            .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    }
+}
+
+impl Client {
+    pub async fn connect(
+        addr: SocketAddr,
+        roots: &RootCertStore,
+        identity: Option<&Identity>,
+    ) -> std::io::Result<Self> {
+        Self::connect_with(addr, client_config(roots, identity)).await
+    }
+
+    pub async fn connect_with(addr: SocketAddr, config: ClientConfig) -> std::io::Result<Self> {
+        let connector = TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let tls = connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await?;
+        let server_chain = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Self { send, server_chain })
+    }
+
+    pub async fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<Reply, hyper::Error> {
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send_request(req.body(Full::new(body.into()).boxed()).unwrap())
+            .await
+    }
+
+    async fn send_request(
+        &mut self,
+        req: hyper::Request<BoxBody<Bytes, std::convert::Infallible>>,
+    ) -> Result<Reply, hyper::Error> {
+        self.send.ready().await?;
+        let resp = self.send.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// POST /v1/certificates with a JSON body, optionally with a bearer token.
+    pub async fn issue(&mut self, token: Option<&str>, body: serde_json::Value) -> Reply {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a.as_str()));
+        }
+        self.call("POST", "/v1/certificates", &headers, body.to_string())
+            .await
+            .expect("issue call")
+    }
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+impl Client {
+    /// An issuance call that reports transport failure instead of panicking.
+    pub async fn issue_result(&mut self, body: serde_json::Value) -> Result<Reply, hyper::Error> {
+        self.call(
+            "POST",
+            "/v1/certificates",
+            &[("content-type", "application/json")],
+            body.to_string(),
+        )
+        .await
+    }
+
+    /// A request whose body is sent chunked (no Content-Length).
+    pub async fn call_streaming(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        chunks: Vec<Vec<u8>>,
+    ) -> Result<Reply, hyper::Error> {
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let body = Chunks(chunks.into_iter().map(Bytes::from).collect()).boxed();
+        self.send_request(req.body(body).unwrap()).await
+    }
+}
+
+/// A body sent in chunks, of unknown length.
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}

@@ -1,0 +1,521 @@
+//! `portcullis-issue-bench`: what certificate issuance costs, side by side in one run on one
+//! SoftHSM2 token (loopback only, nothing outside the process but the token's files):
+//!
+//! 1. raw HSM signatures (P-256, `SigningKey::sign`) from 1 and from `--threads` threads;
+//! 2. certificates issued through `Ca::issue` directly, 1 and `--threads` threads;
+//! 3. certificates issued through the admin HTTPS API: `--clients` keep-alive mTLS connections,
+//!    each renewing with its client certificate back to back.
+//!
+//! Then the ratios API / raw sign and API / direct issue. Each measurement runs for
+//! `--duration` after a short warm-up.
+//!
+//! Run (2 cores; the figures in the issue note came from exactly this):
+//!
+//! ```sh
+//! cargo run --release -p portcullis-bench --bin portcullis-issue-bench -- \
+//!     --duration 5s --threads 2 --clients 4
+//! ```
+//!
+//! Needs `softhsm2-util` and the SoftHSM2 module (`apt-get install -y softhsm2`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use portcullis_admin::{AdminConfig, AdminServer};
+use portcullis_ca::{
+    Ca, CaConfig, IssueRequest, KeyBackend, PinSource, Pkcs11Backend, Requester, RequesterKind,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const TOKEN: &str = "issue-bench";
+const PIN: &str = "1234";
+const ISSUING_LABEL: &str = "bench-issuing";
+
+#[derive(Parser)]
+#[command(name = "portcullis-issue-bench", version, about)]
+struct Args {
+    /// Measure each figure for this long (after a warm-up of a tenth of it, at most 1 s).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    duration: Duration,
+    /// Threads for the parallel raw-sign and direct-issue figures.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Concurrent keep-alive API clients.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// PKCS#11 session pool of the CA (0: one per CPU).
+    #[arg(long, default_value_t = 4)]
+    sessions: usize,
+    /// Runtime worker threads of the in-process admin server (and the clients).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis-issue-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One figure.
+struct Figure {
+    name: String,
+    ops: u64,
+    errors: u64,
+    elapsed: Duration,
+    /// Latency quantiles (p50, p99) in microseconds, where measured.
+    latency_us: Option<(u64, u64)>,
+}
+
+impl Figure {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    if args.threads == 0 || args.clients == 0 || args.workers == 0 {
+        bail!("--threads, --clients and --workers must be at least 1");
+    }
+    let work = tempfile::Builder::new()
+        .prefix("portcullis-issue-bench-")
+        .tempdir()
+        .context("temp dir")?;
+    let pin_file = softhsm(work.path())?;
+    let ca_config = ca_config(work.path(), &pin_file, args.sessions)?;
+    let ca = Arc::new(Ca::init(&ca_config, SystemTime::now()).context("CA init on SoftHSM2")?);
+    let warmup = (args.duration / 10).min(Duration::from_secs(1));
+    let load_before = loadavg();
+    let mut figures = Vec::new();
+
+    // (a) Raw signatures through a backend of its own (the CA's pool stays untouched).
+    let backend = Pkcs11Backend::open(
+        Path::new(MODULE),
+        TOKEN,
+        &PinSource::File(pin_file.clone()),
+        args.threads.max(1),
+    )?;
+    let key = backend.find_key(ISSUING_LABEL)?;
+    let msg = [0x5au8; 256];
+    for threads in dedup([1, args.threads]) {
+        let key = Arc::clone(&key);
+        figures.push(measure_threads(
+            format!("HSM P-256 sign, {threads} thread(s)"),
+            threads,
+            warmup,
+            args.duration,
+            move || key.sign(&msg).map(drop).map_err(anyhow::Error::from),
+        ));
+    }
+    let raw_parallel = figures.last().map(Figure::rate).unwrap_or_default();
+
+    // (b) Ca::issue directly: parse + verify the CSR, profile, sign, inventory insert.
+    let csr = Arc::new(csr("spiffe://bench.example/ns/bench/sa/direct")?);
+    for threads in dedup([1, args.threads]) {
+        let (ca, csr) = (Arc::clone(&ca), Arc::clone(&csr));
+        figures.push(measure_threads(
+            format!("Ca::issue direct, {threads} thread(s)"),
+            threads,
+            warmup,
+            args.duration,
+            move || {
+                ca.issue(
+                    &request(csr.0.as_bytes(), RequesterKind::Operator),
+                    SystemTime::now(),
+                )
+                .map(drop)
+                .map_err(anyhow::Error::from)
+            },
+        ));
+    }
+    let direct_parallel = figures.last().map(Figure::rate).unwrap_or_default();
+
+    // (c) The HTTPS API: renewals over keep-alive mTLS connections.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.workers)
+        .enable_all()
+        .build()
+        .context("runtime")?;
+    let api = runtime.block_on(api_figure(work.path(), &ca, args, warmup))?;
+    let api_rate = api.rate();
+    figures.push(api);
+
+    print_table(&figures, args);
+    println!();
+    println!(
+        "load average (1/5/15 min) before: {load_before}; after: {}",
+        loadavg()
+    );
+    println!(
+        "ratio API / raw sign ({} threads):      {:.2}",
+        args.threads,
+        api_rate / raw_parallel
+    );
+    println!(
+        "ratio API / Ca::issue ({} threads):     {:.2}",
+        args.threads,
+        api_rate / direct_parallel
+    );
+    Ok(())
+}
+
+/// The machine's load average (shared machines make absolute figures move; ratios less so).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+fn dedup(threads: [usize; 2]) -> Vec<usize> {
+    if threads[0] == threads[1] {
+        vec![threads[0]]
+    } else {
+        threads.to_vec()
+    }
+}
+
+/// A private SoftHSM2 with one token; returns the PIN file.
+fn softhsm(dir: &Path) -> anyhow::Result<PathBuf> {
+    if !Path::new(MODULE).exists() {
+        bail!("{MODULE} is missing: apt-get install -y softhsm2");
+    }
+    let tokens = dir.join("tokens");
+    std::fs::create_dir(&tokens)?;
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )?;
+    // Before any PKCS#11 module is loaded in this process (single-threaded here).
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+    let out = Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            TOKEN,
+            "--pin",
+            PIN,
+            "--so-pin",
+            "5678",
+        ])
+        .output()
+        .context("run softhsm2-util")?;
+    if !out.status.success() {
+        bail!(
+            "softhsm2-util --init-token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let pin_file = dir.join("pin");
+    std::fs::write(&pin_file, format!("{PIN}\n"))?;
+    let mut perms = std::fs::metadata(&pin_file)?.permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&pin_file, perms)?;
+    Ok(pin_file)
+}
+
+fn ca_config(dir: &Path, pin_file: &Path, sessions: usize) -> anyhow::Result<CaConfig> {
+    let yaml = format!(
+        r#"
+state_dir: {dir}/state
+backend:
+  pkcs11:
+    module: {MODULE}
+    token_label: {TOKEN}
+    pin_file: {pin}
+    sessions: {sessions}
+keys:
+  root_label: bench-root
+  issuing_label: {ISSUING_LABEL}
+profiles:
+  - name: bench
+    tenant: bench
+    spiffe_ids: ["spiffe://bench.example/**"]
+  - name: admin-server
+    tenant: platform
+    require_spiffe_id: false
+    dns_names: ["localhost"]
+    client_auth: false
+    server_auth: true
+"#,
+        dir = dir.display(),
+        pin = pin_file.display(),
+    );
+    std::fs::write(dir.join("ca.yaml"), &yaml)?;
+    Ok(CaConfig::from_yaml(&yaml)?)
+}
+
+/// A CSR (PEM) and its key (PKCS#8 DER).
+struct Csr(String, Vec<u8>);
+
+fn csr(spiffe_id: &str) -> anyhow::Result<Csr> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::URI(spiffe_id.to_owned().try_into()?));
+    Ok(Csr(
+        params.serialize_request(&key)?.pem()?,
+        key.serialize_der(),
+    ))
+}
+
+fn request(csr: &[u8], kind: RequesterKind) -> IssueRequest<'_> {
+    IssueRequest {
+        csr,
+        tenant: "bench".parse().expect("a valid tenant id literal"),
+        profile: None,
+        lifetime: None,
+        requester: Requester {
+            kind,
+            id: "issue-bench".to_owned(),
+        },
+    }
+}
+
+/// Runs `op` in `threads` threads back to back: warm-up, then counts for `duration`.
+fn measure_threads(
+    name: String,
+    threads: usize,
+    warmup: Duration,
+    duration: Duration,
+    op: impl Fn() -> anyhow::Result<()> + Send + Sync + 'static,
+) -> Figure {
+    let op = Arc::new(op);
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (op, measuring, stop, ops, errors) = (
+                Arc::clone(&op),
+                Arc::clone(&measuring),
+                Arc::clone(&stop),
+                Arc::clone(&ops),
+                Arc::clone(&errors),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let ok = op().is_ok();
+                    if measuring.load(Ordering::Relaxed) {
+                        if ok { &ops } else { &errors }.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(warmup);
+    measuring.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    std::thread::sleep(duration);
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    let figure = Figure {
+        name,
+        ops: ops.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+        latency_us: None,
+    };
+    eprintln!("  {}: {:.0}/s", figure.name, figure.rate());
+    figure
+}
+
+async fn api_figure(
+    dir: &Path,
+    ca: &Arc<Ca>,
+    args: &Args,
+    warmup: Duration,
+) -> anyhow::Result<Figure> {
+    let config = AdminConfig::from_yaml(
+        "listen: 127.0.0.1:0\nca: ca.yaml\ntls:\n  self_issue:\n    tenant: platform\n    profile: admin-server\n    dns_names: [localhost]\n",
+        dir,
+    )
+    .map_err(|e| anyhow::anyhow!("admin config: {e}"))?;
+    let server = AdminServer::bind_with(&config, Arc::clone(ca), None).await?;
+    let addr = server.local_addr();
+    let stats = server.stats_handle();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(async {
+        let _ = stop_rx.await;
+    }));
+
+    let mut roots = RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca.trust_bundle_pem().as_bytes()) {
+        roots.add(c?)?;
+    }
+    let roots = Arc::new(roots);
+    // Each client: a certificate issued directly, then renewals with a CSR of the same ID.
+    let mut clients = Vec::new();
+    for i in 0..args.clients {
+        let id = format!("spiffe://bench.example/ns/bench/sa/client-{i}");
+        let first = csr(&id)?;
+        let issued = ca.issue(
+            &request(first.0.as_bytes(), RequesterKind::Operator),
+            SystemTime::now(),
+        )?;
+        let chain: Vec<CertificateDer<'static>> =
+            rustls_pemfile::certs(&mut issued.chain_pem.as_bytes()).collect::<Result<_, _>>()?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(first.1.clone()));
+        let tls =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(Arc::clone(&roots))
+                .with_client_auth_cert(chain, key)?;
+        let body = Bytes::from(serde_json::json!({ "csr": csr(&id)?.0 }).to_string());
+        clients.push((Arc::new(tls), body));
+    }
+
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (tls, body) in clients {
+        let (measuring, stop) = (Arc::clone(&measuring), Arc::clone(&stop));
+        tasks.push(tokio::spawn(async move {
+            client_loop(addr, tls, body, measuring, stop).await
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    measuring.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(args.duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
+    let (mut ops, mut errors) = (0, 0);
+    for t in tasks {
+        let tally = t.await??;
+        ops += tally.ok;
+        errors += tally.errors;
+        hist.add(&tally.latency)?;
+    }
+    let _ = stop_tx.send(());
+    serving.await??;
+    let snapshot = stats.snapshot();
+    eprintln!(
+        "  admin server counters: issued {} refused {} unavailable {}",
+        snapshot.issued, snapshot.refused, snapshot.unavailable
+    );
+    let figure = Figure {
+        name: format!("HTTPS API renewal, {} keep-alive clients", args.clients),
+        ops,
+        errors,
+        elapsed,
+        latency_us: Some((hist.value_at_quantile(0.5), hist.value_at_quantile(0.99))),
+    };
+    eprintln!("  {}: {:.0}/s", figure.name, figure.rate());
+    Ok(figure)
+}
+
+struct Tally {
+    ok: u64,
+    errors: u64,
+    latency: hdrhistogram::Histogram<u64>,
+}
+
+async fn client_loop(
+    addr: std::net::SocketAddr,
+    tls: Arc<ClientConfig>,
+    body: Bytes,
+    measuring: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Tally> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(ServerName::try_from("localhost")?, tcp)
+        .await?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut tally = Tally {
+        ok: 0,
+        errors: 0,
+        latency: hdrhistogram::Histogram::new(3)?,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let req = http::Request::post("/v1/certificates")
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .body(Full::new(body.clone()))?;
+        let started = Instant::now();
+        send.ready().await?;
+        let resp = send.send_request(req).await?;
+        let status = resp.status();
+        resp.into_body().collect().await?;
+        if measuring.load(Ordering::Relaxed) {
+            if status == http::StatusCode::CREATED {
+                tally.ok += 1;
+                tally
+                    .latency
+                    .record(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX))?;
+            } else {
+                tally.errors += 1;
+            }
+        }
+    }
+    Ok(tally)
+}
+
+fn print_table(figures: &[Figure], args: &Args) {
+    println!();
+    println!(
+        "Issuance on one SoftHSM2 token; {} per figure; {} CPUs; CA session pool {}",
+        humantime::format_duration(args.duration),
+        std::thread::available_parallelism().map_or(0, usize::from),
+        args.sessions
+    );
+    println!();
+    println!(
+        "| {:<44} | {:>10} | {:>8} | {:>6} | {:>9} | {:>9} |",
+        "measurement", "per second", "count", "errors", "p50 ms", "p99 ms"
+    );
+    println!(
+        "|{:-<46}|{:->12}|{:->10}|{:->8}|{:->11}|{:->11}|",
+        "", "", "", "", "", ""
+    );
+    for f in figures {
+        let (p50, p99) = match f.latency_us {
+            Some((a, b)) => (
+                format!("{:.2}", a as f64 / 1000.0),
+                format!("{:.2}", b as f64 / 1000.0),
+            ),
+            None => ("-".to_owned(), "-".to_owned()),
+        };
+        println!(
+            "| {:<44} | {:>10.0} | {:>8} | {:>6} | {:>9} | {:>9} |",
+            f.name,
+            f.rate(),
+            f.ops,
+            f.errors,
+            p50,
+            p99
+        );
+    }
+}
