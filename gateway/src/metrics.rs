@@ -125,17 +125,17 @@ impl Metrics {
         let renewals = IntCounterVec::new(
             Opts::new(
                 "portcullis_certificate_renewals_total",
-                "Renewals of a listener's own certificate from the CA, by listener and result",
+                "Renewals of the gateway's own certificates from the CA, by certificate (listener/NAME, upstream/NAME) and result",
             ),
-            &["listener", "result"],
+            &["certificate", "result"],
         )
         .expect("valid metric");
         let certificate_expiry = prometheus::IntGaugeVec::new(
             Opts::new(
                 "portcullis_certificate_not_after_seconds",
-                "Expiry (Unix time) of the certificate a listener serves, for listeners that renew their own",
+                "Expiry (Unix time) of each certificate the gateway renews itself (listener/NAME, upstream/NAME)",
             ),
-            &["listener"],
+            &["certificate"],
         )
         .expect("valid metric");
         registry
@@ -292,17 +292,19 @@ impl Metrics {
         self.crl_loads.with_label_values(&[listener, result]).inc();
     }
 
-    pub(crate) fn certificate_renewal(&self, listener: &str, ok: bool) {
+    pub(crate) fn certificate_renewal(&self, certificate: &str, ok: bool) {
         let result = if ok { "success" } else { "failure" };
-        self.renewals.with_label_values(&[listener, result]).inc();
+        self.renewals
+            .with_label_values(&[certificate, result])
+            .inc();
     }
 
-    pub(crate) fn certificate_expiry(&self, listener: &str, not_after: std::time::SystemTime) {
+    pub(crate) fn certificate_expiry(&self, certificate: &str, not_after: std::time::SystemTime) {
         let secs = not_after
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         self.certificate_expiry
-            .with_label_values(&[listener])
+            .with_label_values(&[certificate])
             .set(secs);
     }
 

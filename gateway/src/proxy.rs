@@ -226,6 +226,14 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Some(inspection) = &route.inspection {
+            ctx.inspection = Some(inspection.clone());
+        }
+        let has_body = {
+            let req = session.req_header();
+            req.headers.contains_key("transfer-encoding")
+                || header_str(req, "content-length").is_some_and(|len| len.trim() != "0")
+        };
+        if let (Some(inspection), true) = (&route.inspection, has_body) {
             let req = session.req_header();
             let scan = BodyInspector::new(
                 inspection,
@@ -233,7 +241,6 @@ impl ProxyHttp for Gateway {
                 header_str(req, "content-type"),
                 Encoding::from_header(header_str(req, "content-encoding")),
             );
-            ctx.inspection = Some(inspection.clone());
             match scan {
                 None => {}
                 Some(Ok(scan)) => ctx.request_scan = Some(scan),
@@ -270,7 +277,8 @@ impl ProxyHttp for Gateway {
         let chunk = body.take().unwrap_or_default();
         match scan.push(&chunk, end_of_stream) {
             Ok(out) => {
-                *body = Some(Bytes::from(out));
+                // Nothing to send is None: an empty chunk after the end is an error upstream.
+                *body = (!out.is_empty()).then(|| Bytes::from(out));
                 Ok(())
             }
             Err(refused) => {

@@ -1,8 +1,10 @@
-//! A listener's own certificate from the Portcullis CA: obtained at start when it is missing or
-//! expired (with the one-time bootstrap token), renewed at two thirds of its lifetime (by mTLS
-//! with the current certificate), kept in the listener's `certificate` / `private_key` files,
-//! and swapped in without touching established connections. When the CA cannot be reached the
-//! current certificate keeps serving and renewal retries with backoff.
+//! The gateway's own certificates from the Portcullis CA — a listener's serving certificate and
+//! an upstream's client certificate: obtained at start when missing or expired (with the
+//! one-time bootstrap token), renewed at two thirds of their lifetime (by mTLS with the current
+//! certificate), kept in the configured files, and swapped in without touching established
+//! connections (a listener's slot is replaced; upstream pools are rebuilt from the files). When
+//! the CA cannot be reached the current certificate keeps serving and renewal retries with
+//! backoff.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use portcullis_policy::{IssuerConfig, ListenerConfig};
+use portcullis_policy::{Config, IssuerConfig};
 use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -29,22 +31,59 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Largest answer accepted from the CA.
 const MAX_ANSWER: usize = 256 << 10;
 
-/// One listener whose certificate the gateway renews itself.
+/// One certificate the gateway renews itself.
 pub(crate) struct Renewal {
-    pub listener: String,
+    /// `listener/NAME` or `upstream/NAME`, in logs and metrics.
+    pub name: String,
     pub issuer: IssuerConfig,
     pub certificate: PathBuf,
     pub private_key: PathBuf,
-    pub slot: Arc<ServerCertificate>,
+    pub holder: Holder,
 }
 
-/// Makes sure a listener with an issuer has a valid certificate in its files before the
-/// server starts: obtains one when the files are missing or the certificate has expired.
-pub(crate) fn prepare(listener: &ListenerConfig) -> Result<(), GatewayError> {
-    let Some(issuer) = &listener.tls.issuer else {
-        return Ok(());
-    };
-    let (certificate, private_key) = (&listener.tls.certificate, &listener.tls.private_key);
+/// Who uses a renewed certificate.
+pub(crate) enum Holder {
+    /// A listener's serving certificate, swapped in place.
+    Listener(Arc<ServerCertificate>),
+    /// An upstream's client certificate: the renewal is announced to the reloader, which
+    /// rebuilds the pools from the files.
+    Upstream(std::sync::mpsc::Sender<String>),
+}
+
+/// The certificates of a config that the gateway obtains itself: `(name, issuer, certificate,
+/// key)`.
+pub(crate) fn issued(config: &Config) -> Vec<(String, &IssuerConfig, &Path, &Path)> {
+    let listeners = config.listeners.iter().filter_map(|l| {
+        let issuer = l.tls.issuer.as_ref()?;
+        Some((
+            format!("listener/{}", l.name),
+            issuer,
+            l.tls.certificate.as_path(),
+            l.tls.private_key.as_path(),
+        ))
+    });
+    let upstreams = config.upstreams.iter().filter_map(|u| {
+        let tls = u.tls.as_ref()?;
+        let issuer = tls.issuer.as_ref()?;
+        let (cert, key) = tls.client_cert.as_ref()?;
+        Some((
+            format!("upstream/{}", u.name),
+            issuer,
+            cert.as_path(),
+            key.as_path(),
+        ))
+    });
+    listeners.chain(upstreams).collect()
+}
+
+/// Makes sure a certificate the gateway obtains itself is in its files before the server
+/// starts: obtains one when the files are missing or the certificate has expired.
+pub(crate) fn prepare(
+    name: &str,
+    issuer: &IssuerConfig,
+    certificate: &Path,
+    private_key: &Path,
+) -> Result<(), GatewayError> {
     if validity(certificate).is_some_and(|(_, not_after)| not_after > SystemTime::now()) {
         return Ok(());
     }
@@ -56,15 +95,15 @@ pub(crate) fn prepare(listener: &ListenerConfig) -> Result<(), GatewayError> {
         .block_on(obtain(issuer, None, certificate, private_key))
         .map_err(|e| {
             GatewayError::Tls(format!(
-                "listener {}: no certificate from the CA at {}: {e}",
-                listener.name, issuer.url
+                "{name}: no certificate from the CA at {}: {e}",
+                issuer.url
             ))
         })?;
-    tracing::info!(listener = %listener.name, issuer = %issuer.url, "certificate obtained from the CA");
+    tracing::info!(certificate = %name, issuer = %issuer.url, "certificate obtained from the CA");
     Ok(())
 }
 
-/// Renews every listener's certificate as it reaches two thirds of its lifetime.
+/// Renews every certificate as it reaches two thirds of its lifetime.
 pub(crate) struct Renewals {
     pub renewals: Vec<Renewal>,
     pub metrics: Arc<Metrics>,
@@ -86,7 +125,7 @@ async fn keep_renewed(r: &Renewal, metrics: &Metrics, mut shutdown: ShutdownWatc
     loop {
         let wait = match validity(&r.certificate) {
             Some((not_before, not_after)) => {
-                metrics.certificate_expiry(&r.listener, not_after);
+                metrics.certificate_expiry(&r.name, not_after);
                 // CAs back-date not_before for clock skew: count the lifetime from when we
                 // got the certificate (the file's time) when that is later.
                 let got = std::fs::metadata(&r.certificate)
@@ -112,14 +151,14 @@ async fn keep_renewed(r: &Renewal, metrics: &Metrics, mut shutdown: ShutdownWatc
         match renew(r).await {
             Ok(not_after) => {
                 failures = 0;
-                metrics.certificate_renewal(&r.listener, true);
-                metrics.certificate_expiry(&r.listener, not_after);
-                tracing::info!(listener = %r.listener, not_after = %humantime::format_rfc3339_seconds(not_after), "certificate renewed");
+                metrics.certificate_renewal(&r.name, true);
+                metrics.certificate_expiry(&r.name, not_after);
+                tracing::info!(certificate = %r.name, not_after = %humantime::format_rfc3339_seconds(not_after), "certificate renewed");
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                metrics.certificate_renewal(&r.listener, false);
-                tracing::warn!(listener = %r.listener, issuer = %r.issuer.url, error = %e, retry_in_s = backoff(failures).as_secs(), "certificate renewal failed; the current certificate keeps serving");
+                metrics.certificate_renewal(&r.name, false);
+                tracing::warn!(certificate = %r.name, issuer = %r.issuer.url, error = %e, retry_in_s = backoff(failures).as_secs(), "certificate renewal failed; the current certificate keeps serving");
             }
         }
     }
@@ -129,14 +168,22 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.min(6)).min(MAX_BACKOFF)
 }
 
-/// Renews with the current certificate as the client certificate, then swaps it in.
+/// Renews with the current certificate as the client certificate, then hands it over.
 async fn renew(r: &Renewal) -> Result<SystemTime, String> {
     let current = load_certs(&r.certificate)
         .and_then(|chain| Ok((chain, crate::tls::load_key(&r.private_key)?)))
         .ok();
     let not_after = obtain(&r.issuer, current, &r.certificate, &r.private_key).await?;
-    let key = load_certified_key(&r.certificate, &r.private_key).map_err(|e| e.to_string())?;
-    r.slot.replace(key);
+    match &r.holder {
+        Holder::Listener(slot) => {
+            let key =
+                load_certified_key(&r.certificate, &r.private_key).map_err(|e| e.to_string())?;
+            slot.replace(key);
+        }
+        Holder::Upstream(reloader) => reloader
+            .send(r.name.clone())
+            .map_err(|_| "the reloader has stopped".to_owned())?,
+    }
     Ok(not_after)
 }
 

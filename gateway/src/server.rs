@@ -18,7 +18,7 @@ use portcullis_policy::{Config, UpstreamName};
 use crate::audit::{AuditJobs, AuditTrail};
 use crate::metrics::{Metrics, OpsEndpoint};
 use crate::proxy::Gateway;
-use crate::renew::{self, Renewal, Renewals};
+use crate::renew::{self, Holder, Renewal, Renewals};
 use crate::snapshot::Snapshot;
 use crate::tls::{load_certified_key, ClientVerifier, IdentityHook, ServerCertificate};
 use crate::{AuditSigners, GatewayError};
@@ -62,8 +62,8 @@ pub fn serve(
     signers: &AuditSigners,
 ) -> Result<(), GatewayError> {
     let config = load_config(&config_path)?;
-    for listener in &config.listeners {
-        renew::prepare(listener)?;
+    for (name, issuer, certificate, key) in renew::issued(&config) {
+        renew::prepare(&name, issuer, certificate, key)?;
     }
     let config = check(&config_path)?;
     for listener in &config.listeners {
@@ -96,8 +96,20 @@ pub fn serve(
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();
 
+    let (renewed_tx, renewed_rx) = std::sync::mpsc::channel();
+    let upstream_renewals: Vec<Renewal> = renew::issued(&config)
+        .into_iter()
+        .filter(|(name, ..)| name.starts_with("upstream/"))
+        .map(|(name, issuer, certificate, key)| Renewal {
+            name,
+            issuer: issuer.clone(),
+            certificate: certificate.to_owned(),
+            private_key: key.to_owned(),
+            holder: Holder::Upstream(renewed_tx.clone()),
+        })
+        .collect();
     let mut listener_tls = Vec::new();
-    let mut renewals = Vec::new();
+    let mut renewals = upstream_renewals;
     let listeners = config.listeners.clone();
     let metrics_addr = config.metrics.address;
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, None)?));
@@ -131,11 +143,11 @@ pub fn serve(
         );
         if let Some(issuer) = &listener.tls.issuer {
             renewals.push(Renewal {
-                listener: listener.name.clone(),
+                name: format!("listener/{}", listener.name),
                 issuer: issuer.clone(),
                 certificate: listener.tls.certificate.clone(),
                 private_key: listener.tls.private_key.clone(),
-                slot: certificate.clone(),
+                holder: Holder::Listener(certificate.clone()),
             });
         }
         listener_tls.push(ListenerTls {
@@ -190,6 +202,7 @@ pub fn serve(
         listeners: listener_tls,
         metrics: metrics.clone(),
         audit: audit.clone(),
+        renewed: renewed_rx,
     };
     reloader.spawn()?;
     spawn_drain_watch(server.watch_execution_phase(), metrics, audit, grace);
@@ -248,6 +261,8 @@ struct Reloader {
     listeners: Vec<ListenerTls>,
     metrics: Arc<Metrics>,
     audit: Option<Arc<AuditTrail>>,
+    /// Names of upstream client certificates just renewed: the pools are rebuilt from files.
+    renewed: std::sync::mpsc::Receiver<String>,
 }
 
 impl Reloader {
@@ -263,6 +278,7 @@ impl Reloader {
             listeners,
             metrics,
             audit,
+            renewed,
         } = self;
         let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
             .map_err(|e| GatewayError::Signal(e.to_string()))?;
@@ -283,8 +299,13 @@ impl Reloader {
                 seen = now;
                 changed
             };
-            if hup || changed {
-                let trigger = if hup { "signal" } else { "file change" };
+            let renewal = renewed.try_iter().last();
+            if hup || changed || renewal.is_some() {
+                let trigger = match (hup, changed) {
+                    (true, _) => "signal",
+                    (false, true) => "file change",
+                    (false, false) => "certificate renewal",
+                };
                 let result = reload(&path, &listeners, &snapshot.load());
                 if let Some(audit) = &audit {
                     audit.config_loaded(file_digest(&path), trigger, result.is_err());

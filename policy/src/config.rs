@@ -158,7 +158,7 @@ pub struct IssuerConfig {
     pub ca: PathBuf,
     /// A one-time bootstrap token for the first certificate (renewals use the current one).
     pub bootstrap_token_file: Option<PathBuf>,
-    /// DNS names to ask for (at least one).
+    /// DNS names to ask for (with `spiffe_id`, at least one name).
     pub dns_names: Vec<String>,
     /// SPIFFE ID to ask for, if any.
     pub spiffe_id: Option<String>,
@@ -214,6 +214,9 @@ pub struct UpstreamTls {
     pub ca: Option<PathBuf>,
     /// Client certificate and key presented to the upstream: `(certificate, key)`.
     pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Where the client certificate comes from when the gateway obtains and renews it itself
+    /// (`client_cert` is then where it keeps it).
+    pub issuer: Option<IssuerConfig>,
 }
 
 /// Active health checking of an upstream.

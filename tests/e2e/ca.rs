@@ -286,60 +286,9 @@ fn the_gateway_certificate_rotates_under_a_live_keep_alive_client() {
     let pki = Pki::new();
     let d = pki.dir.path();
     let Some(ca) = HsmCa::init(d) else { return };
-    let admin_port = free_port();
-    std::fs::write(
-        d.join("admin.yaml"),
-        format!(
-            "listen: 127.0.0.1:{admin_port}\nca: ca.yaml\ntls:\n  self_issue: {{ tenant: platform, profile: admin-server, dns_names: [localhost] }}\n"
-        ),
-    )
-    .unwrap();
-    let admin_log = std::fs::File::create(d.join("admin.log")).unwrap();
-    let mut admin = Command::new(bin())
-        .args([
-            "admin",
-            "serve",
-            "--config",
-            d.join("admin.yaml").to_str().unwrap(),
-        ])
-        .args(["--audit-dir", d.join("admin-audit").to_str().unwrap()])
-        .args(["--audit-key", d.join("admin-audit.key").to_str().unwrap()])
-        .env("SOFTHSM2_CONF", &ca.softhsm_conf)
-        .stderr(admin_log)
-        .spawn()
-        .unwrap();
-    struct Kill<'a>(&'a mut std::process::Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            // SIGTERM: the admin server stops and closes its audit log.
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.0.id().to_string()])
-                .status();
-            let start = Instant::now();
-            while self.0.try_wait().ok().flatten().is_none() {
-                if start.elapsed() > Duration::from_secs(10) {
-                    let _ = self.0.kill();
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-    let _admin = Kill(&mut admin);
-    wait_for_port(admin_port);
-    let token = Command::new(bin())
-        .args([
-            "admin",
-            "token",
-            "create",
-            "--ca-config",
-            ca.config.to_str().unwrap(),
-        ])
-        .args(["--tenant", "acme", "--ttl", "10m"])
-        .env("SOFTHSM2_CONF", &ca.softhsm_conf)
-        .output()
-        .unwrap();
-    assert!(token.status.success(), "{}", stderr(&token));
-    std::fs::write(d.join("gw.token"), &token.stdout).unwrap();
+    let admin = AdminApi::start(d, &ca);
+    let admin_port = admin.port;
+    std::fs::write(d.join("gw.token"), admin.token(&ca, None)).unwrap();
 
     let echo = Echo::start(d, "renew");
     let yaml = format!(
@@ -390,7 +339,8 @@ tenants:
     let first = conn.server_certificate();
     assert_eq!(conn.request("GET", "/before", &[]).unwrap().status, 200);
 
-    let renewed = "portcullis_certificate_renewals_total{listener=\"public\",result=\"success\"}";
+    let renewed =
+        "portcullis_certificate_renewals_total{certificate=\"listener/public\",result=\"success\"}";
     let start = Instant::now();
     while gw.metric(renewed) < 1.0 {
         assert!(
@@ -415,8 +365,22 @@ tenants:
         .matches("\"edge\"")
         .count();
     assert!(edge >= 2, "bootstrap issuance and a renewal: {edge}");
+    // The CA goes away: renewal fails and backs off, and the current certificate keeps
+    // serving.
+    drop(admin);
+    let failed =
+        "portcullis_certificate_renewals_total{certificate=\"listener/public\",result=\"failure\"}";
+    let start = Instant::now();
+    while gw.metric(failed) < 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no failed renewal"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(client().get(gw.port, "/still").unwrap().status, 200);
+    assert!(gw.proc.log_text().contains("certificate renewal failed"));
     // The issuance API recorded the issuances as CA events.
-    drop(_admin);
     let audit = Command::new(bin())
         .args(["audit", "query", d.join("admin-audit").to_str().unwrap()])
         .output()
@@ -426,4 +390,203 @@ tenants:
         .filter(|l| l.contains("\"kind\":\"ca\"") && l.contains("\"action\":\"issue\""))
         .count();
     assert!(issued >= 2, "{}", String::from_utf8_lossy(&audit.stdout));
+}
+
+/// `portcullis admin serve` for a CA, with its calls audited in `admin-audit/`; stopped with
+/// SIGTERM (which closes its audit log) when dropped.
+pub struct AdminApi {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl AdminApi {
+    pub fn start(d: &Path, ca: &HsmCa) -> Self {
+        let port = free_port();
+        std::fs::write(
+            d.join("admin.yaml"),
+            format!(
+                "listen: 127.0.0.1:{port}\nca: ca.yaml\ntls:\n  self_issue: {{ tenant: platform, profile: admin-server, dns_names: [localhost] }}\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(d.join("admin.log")).unwrap();
+        let child = Command::new(bin())
+            .args([
+                "admin",
+                "serve",
+                "--config",
+                d.join("admin.yaml").to_str().unwrap(),
+            ])
+            .args(["--audit-dir", d.join("admin-audit").to_str().unwrap()])
+            .args(["--audit-key", d.join("admin-audit.key").to_str().unwrap()])
+            .env("SOFTHSM2_CONF", &ca.softhsm_conf)
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_for_port(port);
+        AdminApi { port, child }
+    }
+
+    /// A one-time bootstrap token for tenant `acme`.
+    pub fn token(&self, ca: &HsmCa, spiffe_id: Option<&str>) -> Vec<u8> {
+        let mut cmd = Command::new(bin());
+        cmd.args([
+            "admin",
+            "token",
+            "create",
+            "--ca-config",
+            ca.config.to_str().unwrap(),
+        ])
+        .args(["--tenant", "acme", "--ttl", "10m"])
+        .env("SOFTHSM2_CONF", &ca.softhsm_conf);
+        if let Some(id) = spiffe_id {
+            cmd.args(["--spiffe-id", id]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        out.stdout
+    }
+}
+
+impl Drop for AdminApi {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() {
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = self.child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The gateway's upstream-client certificate comes from the CA too: obtained with a bootstrap
+/// token, renewed, and used for new upstream connections — after the first one is revoked and
+/// the upstream restarted (so no pooled connection survives), traffic still flows.
+#[test]
+fn the_upstream_client_certificate_is_obtained_renewed_and_used() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let Some(ca) = HsmCa::init(d) else { return };
+    let admin = AdminApi::start(d, &ca);
+    let gateway_id = "spiffe://test.portcullis.local/ns/app/sa/gateway";
+    std::fs::write(d.join("up.token"), admin.token(&ca, Some(gateway_id))).unwrap();
+    let echo = Echo::start(d, "inner");
+    // The upstream: a gateway that admits only the outer gateway's CA-issued identity and
+    // enforces the CA's CRL.
+    let inner_yaml = |port: &str| {
+        format!(
+            r#"
+listeners:
+  - name: inner
+    address: 127.0.0.1:{port}
+    tls: {{ certificate: server.pem, private_key: server.key, client_auth: required, client_ca: ca/bundle.pem, crl: ca/crl.pem }}
+metrics:
+  address: 127.0.0.1:{{metrics}}
+upstreams:
+  - name: echo
+    targets: [127.0.0.1:{echo}]
+tenants:
+  - name: acme
+    routes:
+      - name: api
+        path_prefix: /
+        upstream: echo
+        access:
+          - id: only-the-gateway
+            spiffe_id: ["{gateway_id}"]
+"#,
+            echo = echo.port
+        )
+    };
+    let inner = Gateway::start(d, &inner_yaml("{port}"));
+    let inner_port = inner.port;
+    let outer_yaml = format!(
+        r#"
+listeners:
+  - name: outer
+    address: 127.0.0.1:{{port}}
+    tls: {{ certificate: server.pem, private_key: server.key, client_auth: required, client_ca: ca.pem }}
+metrics:
+  address: 127.0.0.1:{{metrics}}
+upstreams:
+  - name: inner
+    targets: [127.0.0.1:{inner_port}]
+    tls:
+      server_name: localhost
+      ca: ca.pem
+      client_certificate: up.pem
+      client_key: up.key
+      issuer:
+        url: https://localhost:{admin_port}
+        ca: ca/bundle.pem
+        bootstrap_token_file: up.token
+        spiffe_id: "{gateway_id}"
+        profile: workloads
+        lifetime: 12s
+tenants:
+  - name: acme
+    routes:
+      - name: api
+        path_prefix: /
+        upstream: inner
+        access: [ {{ id: anyone }} ]
+"#,
+        admin_port = admin.port
+    );
+    let outer = Gateway::start(d, &outer_yaml);
+    let client = pki.client(Some("frontend"));
+    assert_eq!(client.get(outer.port, "/first").unwrap().status, 200);
+    let first = std::fs::read(d.join("up.pem")).unwrap();
+    let first_serial = ca_serial_of(&d.join("up.pem"));
+
+    let renewed =
+        "portcullis_certificate_renewals_total{certificate=\"upstream/inner\",result=\"success\"}";
+    let start = Instant::now();
+    while outer.metric(renewed) < 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no renewal:\n{}",
+            outer.proc.log_text()
+        );
+        assert_eq!(client.get(outer.port, "/during").unwrap().status, 200);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_ne!(std::fs::read(d.join("up.pem")).unwrap(), first);
+    outer.wait_metric("portcullis_config_reloads_total{result=\"success\"}", 1.0);
+
+    // Revoke the first certificate and restart the upstream: only the renewed one gets in.
+    let out = ca.run(&["revoke", &first_serial, "--reason", "superseded"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    drop(inner);
+    let _inner = Gateway::start(d, &inner_yaml(&inner_port.to_string()));
+    let start = Instant::now();
+    loop {
+        let status = client.get(outer.port, "/after").unwrap().status;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "upstream refused the renewed certificate ({status}):\n{}",
+            outer.proc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The serial (hex, as the CA prints it) of the first certificate in a PEM file.
+fn ca_serial_of(pem: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(pem)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase()
 }

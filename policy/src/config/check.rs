@@ -260,10 +260,10 @@ impl Checker<'_> {
             );
             return None;
         };
-        if raw.dns_names.is_empty() {
+        if raw.dns_names.is_empty() && raw.spiffe_id.is_none() {
             self.at_key(
                 path,
-                format!("{what}: issuer needs at least one of `dns_names`"),
+                format!("{what}: issuer needs `dns_names` or a `spiffe_id` to ask for"),
             );
         }
         if raw.lifetime.is_some_and(|l| l < Duration::from_secs(10)) {
@@ -426,10 +426,21 @@ impl Checker<'_> {
             }
             (None, None) => None,
         };
+        let issuer = t
+            .issuer
+            .as_ref()
+            .and_then(|i| self.issuer(&format!("{p}.issuer"), what, i));
+        if issuer.is_some() && client_cert.is_none() {
+            self.at_key(
+                &format!("{p}.issuer"),
+                format!("{what}: `issuer` needs `client_certificate` and `client_key` (where the certificate is kept)"),
+            );
+        }
         UpstreamTls {
             server_name: sn.clone(),
             ca,
             client_cert,
+            issuer,
         }
     }
 

@@ -160,6 +160,8 @@ pub(crate) struct RawUpstreamTls {
     pub(crate) client_certificate: Option<PathBuf>,
     #[serde(default)]
     pub(crate) client_key: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) issuer: Option<RawIssuer>,
 }
 
 #[derive(Deserialize, Debug)]
