@@ -36,6 +36,8 @@ pub(crate) struct AuditTrail {
     sink: Option<Arc<PgSink>>,
     /// Owns the writer thread; taken by [`AuditTrail::close`].
     log: Mutex<Option<AuditLog>>,
+    /// Requests refused because their record could not be made durable.
+    refused: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for AuditTrail {
@@ -100,6 +102,7 @@ impl AuditTrail {
             retention: settings.retention,
             sink,
             log: Mutex::new(Some(log)),
+            refused: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -118,10 +121,25 @@ impl AuditTrail {
         self.handle.append_durable_async(event).await.map(drop)
     }
 
+    /// Counts a request refused for want of a durable record; true when it should be logged
+    /// (the 1st, 2nd, 4th, 8th… refusal), so an unwritable disk cannot flood the log.
+    pub(crate) fn note_refused(&self) -> bool {
+        let n = self
+            .refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        n.is_power_of_two()
+    }
+
     /// Queues a request's completion record; never waits.
     pub(crate) fn complete(&self, event: RequestEvent) {
         if let Err(e) = self.handle.try_append(event) {
-            tracing::warn!(error = %e, "audit record dropped");
+            // Logged at 1, 2, 4, 8… drops, so a full queue cannot flood the log; the metric
+            // counts every one.
+            let dropped = self.handle.dropped();
+            if dropped.is_power_of_two() {
+                tracing::warn!(error = %e, dropped_total = dropped, "audit record dropped");
+            }
         }
     }
 

@@ -553,7 +553,9 @@ impl Gateway {
             Err(e) => {
                 ctx.decision = "audit_unavailable";
                 self.metrics.audit_refused(ctx.tenant());
-                tracing::error!(request.id = %ctx.request_id, error = %e, "request refused: its audit record could not be made durable");
+                if audit.note_refused() {
+                    tracing::error!(request.id = %ctx.request_id, error = %e, "request refused: its audit record could not be made durable (logged at 1, 2, 4, 8… refusals; portcullis_audit_refused_requests_total counts all)");
+                }
                 let msg = "the request cannot be recorded right now; try again later";
                 reply(session, ctx, 503, "audit_unavailable", msg).await
             }
