@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use portcullis_audit::{
-    query, tail, verify_dir, AuditConfig, AuditLog, Decision, DurabilityMode, PublicKey,
-    QueryFilter, VerifyError,
+    query, tail, verify_dir, AuditConfig, AuditHandle, AuditLog, Decision, DurabilityMode,
+    PublicKey, QueryFilter, VerifyError,
 };
 
 #[derive(Subcommand)]
@@ -129,24 +129,33 @@ fn parse_time(text: &str) -> anyhow::Result<SystemTime> {
         .with_context(|| format!("`{text}` reaches before the epoch"))
 }
 
-/// Runs an `admin` command, with its calls recorded in an audit log when `dir` is given. The
-/// log is closed (queue drained, final checkpoint) when the command ends.
-pub(crate) fn admin_with_audit(
+/// Runs `work` with an audit log open in `dir` (node `<host>-<role>`) when `dir` is given, and
+/// closes the log afterwards (queue drained, final signed checkpoint). For the control-plane
+/// commands (`admin`, `ca`), whose events are recorded best-effort: they are never refused for
+/// want of a record.
+pub(crate) fn with_audit_log<T>(
     dir: Option<PathBuf>,
     key: &Path,
-    command: portcullis_admin::cli::AdminCommand,
-) -> anyhow::Result<()> {
+    role: &str,
+    work: impl FnOnce(Option<AuditHandle>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let Some(dir) = dir else {
-        return portcullis_admin::cli::run(command, None).map_err(Into::into);
+        return work(None);
     };
     let signer = crate::keys::audit_signer(&portcullis_policy::AuditKey::File(key.to_owned()))
         .map_err(anyhow::Error::msg)?;
+    // The public half beside the key, for `portcullis audit verify --key KEY.pub`.
+    let public = PublicKey::from_spki_der(&signer.public_key_der())?;
+    let mut public_path = key.as_os_str().to_owned();
+    public_path.push(".pub");
+    std::fs::write(&public_path, public.to_pem())
+        .with_context(|| format!("{}", Path::new(&public_path).display()))?;
     let node = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map_or_else(|_| "portcullis".to_owned(), |h| h.trim().to_owned());
-    let mut config = AuditConfig::new(&dir, format!("{node}-admin"));
+    let mut config = AuditConfig::new(&dir, format!("{node}-{role}"));
     config.mode = DurabilityMode::BestEffort;
     let log = AuditLog::open(config, signer).with_context(|| format!("{}", dir.display()))?;
-    let result = portcullis_admin::cli::run(command, Some(log.handle()));
+    let result = work(Some(log.handle()));
     log.close();
-    result.map_err(Into::into)
+    result
 }

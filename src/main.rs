@@ -50,6 +50,12 @@ enum Command {
     },
     /// Run the certificate authority: init, issue, list, revoke, CRL.
     Ca {
+        /// Record issuances, refusals and revocations in this audit log directory.
+        #[arg(long, global = true)]
+        audit_dir: Option<PathBuf>,
+        /// The audit checkpoint signing key (Ed25519 PKCS#8, created 0600 if missing).
+        #[arg(long, global = true, default_value = "ca-audit.key")]
+        audit_key: PathBuf,
         #[command(subcommand)]
         command: portcullis_ca::cli::CaCommand,
     },
@@ -181,8 +187,16 @@ fn main() -> ExitCode {
             audit_dir,
             audit_key,
             command,
-        } => audit_cli::admin_with_audit(audit_dir, &audit_key, command),
-        Command::Ca { command } => portcullis_ca::cli::run(command).map_err(anyhow::Error::from),
+        } => audit_cli::with_audit_log(audit_dir, &audit_key, "admin", |audit| {
+            portcullis_admin::cli::run(command, audit).map_err(Into::into)
+        }),
+        Command::Ca {
+            audit_dir,
+            audit_key,
+            command,
+        } => audit_cli::with_audit_log(audit_dir, &audit_key, "ca", |audit| {
+            portcullis_ca::cli::run_audited(command, audit.as_ref()).map_err(Into::into)
+        }),
         Command::Demo {
             state,
             port,

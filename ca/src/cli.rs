@@ -11,6 +11,7 @@ use crate::crl::{write_atomic, RevocationReason};
 use crate::ids::{Serial, TenantId};
 use crate::inventory::{format_time, CertStatus, InventoryFilter};
 use crate::CaError;
+use portcullis_audit::{AuditHandle, CaAction, CaEvent};
 
 /// The `ca` subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -82,9 +83,24 @@ pub enum CaCommand {
 
 /// Runs a subcommand, printing to stdout.
 pub fn run(cmd: CaCommand) -> Result<(), CaError> {
+    run_audited(cmd, None)
+}
+
+/// Runs a subcommand, printing to stdout; issuances, refusals and revocations are recorded in
+/// `audit` when given.
+pub fn run_audited(cmd: CaCommand, audit: Option<&AuditHandle>) -> Result<(), CaError> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    run_with(cmd, &mut out, SystemTime::now())
+    run_with_audit(cmd, &mut out, SystemTime::now(), audit)
+}
+
+/// Appends a CA event; a full queue drops it (counted by the log), never blocking the CA.
+fn record(audit: Option<&AuditHandle>, event: CaEvent) {
+    if let Some(audit) = audit {
+        if let Err(e) = audit.try_append(event) {
+            tracing::warn!(error = %e, "CA event not recorded in the audit log");
+        }
+    }
 }
 
 fn operator() -> Requester {
@@ -96,6 +112,16 @@ fn operator() -> Requester {
 
 /// Runs a subcommand, printing to `out`, at `now`.
 pub fn run_with(cmd: CaCommand, out: &mut dyn Write, now: SystemTime) -> Result<(), CaError> {
+    run_with_audit(cmd, out, now, None)
+}
+
+/// [`run_with`], recording CA events in `audit`.
+pub fn run_with_audit(
+    cmd: CaCommand,
+    out: &mut dyn Write,
+    now: SystemTime,
+    audit: Option<&AuditHandle>,
+) -> Result<(), CaError> {
     let print = |out: &mut dyn Write, text: &str| -> Result<(), CaError> {
         out.write_all(text.as_bytes())
             .map_err(|source| CaError::Io {
@@ -128,16 +154,46 @@ pub fn run_with(cmd: CaCommand, out: &mut dyn Write, now: SystemTime) -> Result<
         } => {
             let ca = Ca::open(&CaConfig::load(&config)?)?;
             let csr_bytes = read_capped(&csr)?;
-            let issued = ca.issue(
+            let requester = operator();
+            let result = ca.issue(
                 &IssueRequest {
                     csr: &csr_bytes,
                     tenant,
                     profile: profile.as_deref(),
                     lifetime,
-                    requester: operator(),
+                    requester: requester.clone(),
                 },
                 now,
-            )?;
+            );
+            match &result {
+                Ok(issued) => record(
+                    audit,
+                    CaEvent {
+                        action: CaAction::Issue,
+                        requester: requester.to_string(),
+                        subject: issued
+                            .spiffe_id
+                            .clone()
+                            .or_else(|| issued.dns_names.first().cloned()),
+                        serial: Some(issued.serial.to_string()),
+                        profile: Some(issued.profile.clone()),
+                        reason: None,
+                    },
+                ),
+                Err(CaError::Refused(refusal)) => record(
+                    audit,
+                    CaEvent {
+                        action: CaAction::Refuse,
+                        requester: requester.to_string(),
+                        subject: None,
+                        serial: None,
+                        profile: profile.clone(),
+                        reason: Some(format!("{}: {refusal}", refusal.code())),
+                    },
+                ),
+                Err(_) => {}
+            }
+            let issued = result?;
             match out_file {
                 Some(path) => {
                     write_atomic(&path, issued.chain_pem.as_bytes(), 0o644)?;
@@ -203,6 +259,17 @@ pub fn run_with(cmd: CaCommand, out: &mut dyn Write, now: SystemTime) -> Result<
             let serial: Serial = serial.parse()?;
             let ca = Ca::open(&CaConfig::load(&config)?)?;
             let record = ca.revoke(&serial, reason, now)?;
+            self::record(
+                audit,
+                CaEvent {
+                    action: CaAction::Revoke,
+                    requester: operator().to_string(),
+                    subject: record.sans.first().cloned(),
+                    serial: Some(record.serial.to_string()),
+                    profile: Some(record.profile.clone()),
+                    reason: Some(reason.to_string()),
+                },
+            );
             print(
                 out,
                 &format!(

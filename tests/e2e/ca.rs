@@ -220,8 +220,34 @@ fn a_revoked_certificate_is_refused_by_a_gateway_already_running() {
     assert_eq!(client("doomed").get(gw.port, "/x").unwrap().status, 200);
     assert_eq!(client("keep").get(gw.port, "/x").unwrap().status, 200);
 
-    let out = ca.run(&["revoke", &doomed, "--reason", "keyCompromise"]);
+    let (audit_dir, audit_key) = (d.join("ca-audit"), d.join("ca-audit.key"));
+    let out = ca.run(&[
+        "revoke",
+        &doomed,
+        "--reason",
+        "keyCompromise",
+        "--audit-dir",
+        audit_dir.to_str().unwrap(),
+        "--audit-key",
+        audit_key.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "ca revoke: {}", stderr(&out));
+    // The revocation is in the CA's audit log, which verifies.
+    let recorded = Command::new(bin())
+        .args(["audit", "query", audit_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let recorded = String::from_utf8_lossy(&recorded.stdout).to_string();
+    assert!(
+        recorded.contains("\"action\":\"revoke\"") && recorded.contains(&doomed),
+        "{recorded}"
+    );
+    let verify = Command::new(bin())
+        .args(["audit", "verify", audit_dir.to_str().unwrap(), "--key"])
+        .arg(d.join("ca-audit.key.pub"))
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", stderr(&verify));
     let listed = ca.run(&["list", "--status", "revoked", "--json"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains(&doomed));
 
