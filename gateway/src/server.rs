@@ -93,6 +93,11 @@ pub fn serve(
         ..ServerConf::default()
     };
     server_conf.upstream_keepalive_pool_size = 1024;
+    // pingora's "fast" timeouts share one clock thread that write-locks every worker's timer
+    // tree every 10 ms; when that thread is descheduled on a busy machine, workers registering
+    // a timeout block behind it (seen as 5-50 ms p99 stalls at any load). Tokio's per-worker
+    // timers have no such lock: use them for every timeout of a second or more.
+    server_conf.fast_timeout_to_tokio_threshold_seconds = Some(0);
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();
 
