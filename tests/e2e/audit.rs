@@ -277,37 +277,15 @@ fn kill_9_under_load_loses_no_acknowledged_request() {
 fn fail_closed_refuses_traffic_while_the_log_cannot_be_written() {
     let pki = Pki::new();
     let d = pki.dir.path();
-    let mnt = d.join("audit-disk");
-    std::fs::create_dir(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-        .arg(&mnt)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !mounted {
-        eprintln!("SKIP fail_closed_refuses_traffic_while_the_log_cannot_be_written: cannot mount a tmpfs here");
+    let Some(disk) = SmallDisk::mount(d, "fail_closed_refuses_traffic") else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.clone());
+    };
     let echo = Echo::start(d, "audit-full");
     let gw = Gateway::start(d, &config(&echo, "audit-disk/log", "fail-closed", ""));
     let client = pki.client(Some("frontend"));
     assert_eq!(client.get(gw.port, "/api/before").unwrap().status, 200);
 
-    // Fill the disk.
-    let filler = mnt.join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        while f.write_all(&[0u8; 4096]).is_ok() {}
-        let _ = f.sync_all();
-    }
+    disk.fill();
     // Records fill the slack of pages already allocated first; then writes fail.
     let refused = (0..50)
         .map(|_| client.get(gw.port, "/api/full").unwrap())
@@ -325,7 +303,7 @@ fn fail_closed_refuses_traffic_while_the_log_cannot_be_written() {
         ) >= 1.0
     );
 
-    std::fs::remove_file(&filler).unwrap();
+    disk.free();
     let start = Instant::now();
     loop {
         let r = client.get(gw.port, "/api/after").unwrap();
@@ -487,4 +465,66 @@ fn checkpoints_signed_by_a_key_in_the_hsm_verify() {
         .find(|r| r["kind"] == "checkpoint")
         .unwrap();
     assert_eq!(checkpoint["event"]["algorithm"], "ecdsa-p256-sha256-asn1");
+}
+
+/// A 256 KiB tmpfs at `DIR/audit-disk` (needs mount rights; the CI runs as root), unmounted
+/// when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, test: &str) -> Option<Self> {
+        let mnt = dir.join("audit-disk");
+        std::fs::create_dir(&mnt).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(&mnt)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !mounted {
+            eprintln!("SKIP {test}: cannot mount a tmpfs here");
+            return None;
+        }
+        Some(SmallDisk(mnt))
+    }
+
+    /// Fills the disk with a file until writes fail.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+        let _ = f.sync_all();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.0.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Best-effort on a full disk: traffic continues, the records that could not be written are
+/// dropped and counted, and the gateway stays ready.
+#[test]
+fn best_effort_keeps_serving_and_counts_dropped_records_on_a_full_disk() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let Some(disk) = SmallDisk::mount(d, "best_effort_keeps_serving") else {
+        return;
+    };
+    let echo = Echo::start(d, "audit-best-effort");
+    let gw = Gateway::start(d, &config(&echo, "audit-disk/log", "best-effort", ""));
+    let client = pki.client(Some("frontend"));
+    assert_eq!(client.get(gw.port, "/api/before").unwrap().status, 200);
+    disk.fill();
+    for _ in 0..100 {
+        assert_eq!(client.get(gw.port, "/api/full").unwrap().status, 200);
+    }
+    let m = gw.wait_metric("portcullis_audit_dropped_records_total", 1.0);
+    assert!(metric_value(&m, "portcullis_audit_dropped_records_total") >= 1.0);
+    assert_eq!(http_get(gw.metrics_port, "/readyz").unwrap().0, 200);
+    assert!(gw.proc.log_text().contains("audit log: batch not written"));
 }
