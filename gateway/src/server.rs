@@ -50,8 +50,28 @@ pub fn check(path: &Path) -> Result<Config, GatewayError> {
         load_certified_key(&listener.tls.certificate, &listener.tls.private_key)?;
         ClientVerifier::new(&listener.name, &listener.tls, Arc::new(Metrics::new()))?;
     }
+    if let Some(audit) = &config.audit {
+        check_audit_key(audit)?;
+    }
     Snapshot::build(config.clone(), None)?;
     Ok(config)
+}
+
+/// A key file the audit log would refuse at start (readable by others) is a check failure too.
+fn check_audit_key(audit: &portcullis_policy::AuditSettings) -> Result<(), GatewayError> {
+    use std::os::unix::fs::PermissionsExt;
+    let portcullis_policy::AuditKey::File(key) = &audit.signing_key else {
+        return Ok(());
+    };
+    match std::fs::metadata(key) {
+        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => Err(GatewayError::Audit(format!(
+            "audit key {} is readable by group or others (mode {:o}); chmod 600 it",
+            key.display(),
+            meta.permissions().mode() & 0o777
+        ))),
+        // A missing key is created at start.
+        _ => Ok(()),
+    }
 }
 
 /// Serves until SIGINT (immediate) or SIGTERM (drain, then exit). With `watch`, a change of
@@ -369,7 +389,12 @@ fn reload(
             tracing::warn!(listener = %new.name, "new listener: takes effect at restart");
         }
     }
-    let snapshot = Snapshot::build(config, Some(current))?;
+    if config.audit != current.audit {
+        tracing::warn!("the `audit` section changed: takes effect at restart");
+    }
+    let mut snapshot = Snapshot::build(config, Some(current))?;
+    // The audit log keeps the settings it was opened with until restart.
+    snapshot.audit.clone_from(&current.audit);
     for (running, key, tls) in staged {
         running.certificate.replace(key);
         if let Some(verifier) = &running.verifier {

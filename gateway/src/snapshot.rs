@@ -39,6 +39,8 @@ pub(crate) struct Snapshot {
     pub pools: HashMap<UpstreamName, Arc<Pool>>,
     pub limits: Limits,
     pub listeners: Vec<ListenerView>,
+    /// The `audit` section this snapshot was built from (applied only at start-up).
+    pub audit: Option<portcullis_policy::AuditSettings>,
 }
 
 impl Snapshot {
@@ -67,6 +69,7 @@ impl Snapshot {
             pools,
             limits,
             listeners,
+            audit: config.audit,
         })
     }
 

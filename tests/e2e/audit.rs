@@ -528,3 +528,30 @@ fn best_effort_keeps_serving_and_counts_dropped_records_on_a_full_disk() {
     assert_eq!(http_get(gw.metrics_port, "/readyz").unwrap().0, 200);
     assert!(gw.proc.log_text().contains("audit log: batch not written"));
 }
+
+/// `portcullis check` refuses an audit key file others can read, naming it and the fix.
+#[test]
+fn check_refuses_a_readable_audit_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let key = d.join("audit.key");
+    std::fs::write(&key, b"not checked for content here").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let yaml = CONFIG
+        .replace("{echo}", "9")
+        .replace("{audit}", "audit")
+        .replace("{mode}", "fail-closed")
+        .replace("{postgres}", "")
+        .replace("{port}", "18999")
+        .replace("{metrics}", "18998");
+    let config = d.join("check.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let out = cli(&["check", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("readable by group or others") && err.contains("chmod 600"),
+        "{err}"
+    );
+}
