@@ -66,7 +66,7 @@ pub(crate) struct RequestCtx {
     request_scan: Option<BodyInspector>,
     response_scan: Option<BodyInspector>,
     /// The upstream address the request was sent to.
-    upstream: Option<String>,
+    upstream: Option<pingora_core::protocols::l4::socket::SocketAddr>,
     /// Whether a rate limit applied, and its outcome, for the audit record.
     rate_limit: RateLimitOutcome,
 }
@@ -228,13 +228,13 @@ impl ProxyHttp for Gateway {
         if let Some(inspection) = &route.inspection {
             ctx.inspection = Some(inspection.clone());
         }
-        let has_body = {
-            let req = session.req_header();
+        let req = session.req_header();
+        // A request without a body has nothing to scan.
+        let has_body = || {
             req.headers.contains_key("transfer-encoding")
                 || header_str(req, "content-length").is_some_and(|len| len.trim() != "0")
         };
-        if let (Some(inspection), true) = (&route.inspection, has_body) {
-            let req = session.req_header();
+        if let Some(inspection) = route.inspection.as_ref().filter(|_| has_body()) {
             let scan = BodyInspector::new(
                 inspection,
                 BodyDirection::Request,
@@ -368,7 +368,7 @@ impl ProxyHttp for Gateway {
         };
         match pool.peer() {
             Some(peer) => {
-                ctx.upstream = Some(peer._address.to_string());
+                ctx.upstream = Some(peer._address.clone());
                 Ok(Box::new(peer))
             }
             None => {
@@ -504,7 +504,7 @@ impl ProxyHttp for Gateway {
             .and_then(|i| i.spiffe_id.as_ref())
             .map(|s| s.as_str())
             .unwrap_or("-");
-        let dlp = self.record_findings(ctx);
+        let (dlp, findings) = self.record_findings(ctx);
         access_log::write(&AccessLine {
             duration_ms: duration.as_secs_f64() * 1000.0,
             request_id: &ctx.request_id,
@@ -527,7 +527,7 @@ impl ProxyHttp for Gateway {
                 ctx,
                 audit,
                 RequestStage::Completed,
-                dlp_findings(ctx),
+                findings,
             ));
         }
         // Counted after the log line is written, so a counter never runs ahead of the log.
@@ -562,10 +562,12 @@ impl Gateway {
         }
     }
 
-    /// Counts the DLP findings of both bodies and renders them for the access log as
-    /// `direction:detector:action:count` items (or `-`). Counts only, never data.
-    fn record_findings(&self, ctx: &RequestCtx) -> String {
+    /// Counts the DLP findings of both bodies, renders them for the access log as
+    /// `direction:detector:action:count` items (or `-`), and returns them for the audit record.
+    /// Counts only, never data.
+    fn record_findings(&self, ctx: &RequestCtx) -> (String, Vec<DlpFinding>) {
         let mut items = Vec::new();
+        let mut findings = Vec::new();
         for (direction, scan) in [
             ("request", &ctx.request_scan),
             ("response", &ctx.response_scan),
@@ -580,13 +582,19 @@ impl Gateway {
                 self.metrics
                     .dlp_finding(ctx.tenant(), direction, &detector, &action, f.count);
                 items.push(format!("{direction}:{detector}:{action}:{}", f.count));
+                findings.push(DlpFinding {
+                    detector,
+                    count: f.count,
+                    action,
+                });
             }
         }
-        if items.is_empty() {
+        let rendered = if items.is_empty() {
             "-".to_owned()
         } else {
             items.join(",")
-        }
+        };
+        (rendered, findings)
     }
 }
 
@@ -620,12 +628,7 @@ fn request_event(
         trace_id: header_str(req, "traceparent").and_then(trace_id),
         tenant: ctx.matched.as_ref().map(|m| m.tenant.clone()),
         route: ctx.matched.as_ref().map(|m| m.route.clone()),
-        identity: ctx.identity.as_deref().and_then(|i| {
-            i.spiffe_id
-                .as_ref()
-                .map(|s| s.as_str().to_owned())
-                .or_else(|| i.subject.clone())
-        }),
+        identity: identity_name(ctx.identity.as_deref()).map(str::to_owned),
         source: ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
         method: req.method.as_str().to_owned(),
         host: ctx.host.clone().unwrap_or_default(),
@@ -655,7 +658,7 @@ fn request_event(
         rate_limit: ctx.rate_limit,
         dlp,
         tls_version: (ctx.tls_version != "none").then(|| ctx.tls_version.to_owned()),
-        upstream: ctx.upstream.clone(),
+        upstream: ctx.upstream.as_ref().map(ToString::to_string),
         reason: (ctx.decision != "allow").then(|| ctx.decision.to_owned()),
     }
 }
@@ -669,20 +672,6 @@ fn http_version(v: http::Version) -> &'static str {
         http::Version::HTTP_3 => "HTTP/3.0",
         _ => "other",
     }
-}
-
-/// The DLP tallies of both bodies, for the audit record.
-fn dlp_findings(ctx: &RequestCtx) -> Vec<DlpFinding> {
-    [&ctx.request_scan, &ctx.response_scan]
-        .into_iter()
-        .flatten()
-        .flat_map(|scan| scan.findings().iter())
-        .map(|f| DlpFinding {
-            detector: f.detector.to_string(),
-            count: f.count,
-            action: f.action.to_string(),
-        })
-        .collect()
 }
 
 /// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
@@ -769,16 +758,19 @@ fn refusal_error(refused: &Refused, direction: BodyDirection) -> Box<Error> {
     Error::explain(ErrorType::HTTPStatus(status), what)
 }
 
-/// The key of per-identity limits: SPIFFE ID, else certificate subject, else anonymous.
+/// The caller's name: SPIFFE ID, else certificate subject.
+fn identity_name(identity: Option<&Identity>) -> Option<&str> {
+    identity.and_then(|i| {
+        i.spiffe_id
+            .as_ref()
+            .map(|s| s.as_str())
+            .or(i.subject.as_deref())
+    })
+}
+
+/// The key of per-identity limits: the caller's name, else anonymous.
 fn identity_key(identity: Option<&Identity>) -> &str {
-    identity
-        .and_then(|i| {
-            i.spiffe_id
-                .as_ref()
-                .map(|s| s.as_str())
-                .or(i.subject.as_deref())
-        })
-        .unwrap_or("anonymous")
+    identity_name(identity).unwrap_or("anonymous")
 }
 
 /// The request's headers as policy reads them.
