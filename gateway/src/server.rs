@@ -41,14 +41,12 @@ pub fn load_config(path: &Path) -> Result<Config, GatewayError> {
 pub fn check(path: &Path) -> Result<Config, GatewayError> {
     let config = load_config(path)?;
     for listener in &config.listeners {
-        let files = &listener.tls;
-        if files.issuer.is_some() && !files.certificate.exists() {
-            // Obtained from the CA when the gateway starts.
-            ClientVerifier::new(&listener.name, &listener.tls, Arc::new(Metrics::new()))?;
-            continue;
+        let tls = &listener.tls;
+        // A certificate the gateway obtains from the CA may not exist before it starts.
+        if tls.issuer.is_none() || tls.certificate.exists() {
+            load_certified_key(&tls.certificate, &tls.private_key)?;
         }
-        load_certified_key(&listener.tls.certificate, &listener.tls.private_key)?;
-        ClientVerifier::new(&listener.name, &listener.tls, Arc::new(Metrics::new()))?;
+        ClientVerifier::new(&listener.name, tls, Arc::new(Metrics::new()))?;
     }
     if let Some(audit) = &config.audit {
         check_audit_key(audit)?;
@@ -199,6 +197,7 @@ pub fn serve(
         HealthChecks {
             snapshot: snapshot.clone(),
             metrics: metrics.clone(),
+            listeners: listeners.iter().map(|l| l.address).collect(),
         },
     ));
 
@@ -242,16 +241,45 @@ fn ensure_bindable(addr: std::net::SocketAddr) -> Result<(), GatewayError> {
         .map_err(|e| GatewayError::Bind { addr, source: e })
 }
 
+/// Whether a socket of this process's host is listening on TCP `port` (from /proc/net/tcp
+/// and tcp6; no connection is made, so nothing shows up in the listener's logs). The port was
+/// free at start-up, so a listener there is ours.
+fn listening(port: u16) -> bool {
+    const LISTEN: &str = "0A";
+    let port = format!("{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table).is_ok_and(|text| {
+            text.lines().skip(1).any(|line| {
+                let mut fields = line.split_whitespace().skip(1);
+                let local = fields.next().unwrap_or_default();
+                let state = fields.nth(1).unwrap_or_default();
+                state == LISTEN && local.rsplit(':').next() == Some(port.as_str())
+            })
+        })
+    })
+}
+
 /// Probes every pool with a health check at its interval, for whichever snapshot is current.
-/// Also marks the process ready once the server's services are running.
+/// Also marks the process ready once its listeners accept connections.
 struct HealthChecks {
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
+    /// Ready means these accept connections.
+    listeners: Vec<std::net::SocketAddr>,
 }
 
 #[async_trait]
 impl BackgroundService for HealthChecks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        // Services start side by side: answer ready only once every listener is listening.
+        for addr in &self.listeners {
+            while !listening(addr.port()) {
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                }
+            }
+        }
         self.metrics.set_ready(true);
         let mut last: HashMap<UpstreamName, Instant> = HashMap::new();
         loop {
