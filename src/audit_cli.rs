@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use portcullis_audit::{
-    query, tail, verify_dir, AuditConfig, AuditHandle, AuditLog, Decision, DurabilityMode,
-    PublicKey, QueryFilter, VerifyError,
+    default_node, publish_public_key, query, tail, verify_dir, AuditConfig, AuditHandle, AuditLog,
+    Decision, DurabilityMode, PublicKey, QueryFilter, VerifyError,
 };
 
 #[derive(Subcommand)]
@@ -53,7 +53,7 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<()> {
         AuditCommand::Verify { dir, key } => verify(&dir, &key),
         AuditCommand::Tail { dir, lines } => {
             let records = tail(&dir, lines).with_context(|| format!("{}", dir.display()))?;
-            print_json_lines(records.iter())
+            print_json_lines(records.into_iter().map(Ok::<_, VerifyError>))
         }
         AuditCommand::Query {
             dir,
@@ -71,12 +71,7 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<()> {
                 decision,
             };
             let records = query(&dir, filter).with_context(|| format!("{}", dir.display()))?;
-            let mut out = std::io::stdout().lock();
-            for record in records {
-                serde_json::to_writer(&mut out, &record?)?;
-                out.write_all(b"\n")?;
-            }
-            Ok(())
+            print_json_lines(records)
         }
     }
 }
@@ -105,12 +100,13 @@ fn verify(dir: &Path, key: &Path) -> anyhow::Result<()> {
     }
 }
 
-fn print_json_lines<'a, T: serde::Serialize + 'a>(
-    items: impl Iterator<Item = &'a T>,
+/// One JSON document a line on stdout, streaming; stops at the first unreadable record.
+fn print_json_lines<T: serde::Serialize, E: Into<anyhow::Error>>(
+    items: impl Iterator<Item = Result<T, E>>,
 ) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     for item in items {
-        serde_json::to_writer(&mut out, item)?;
+        serde_json::to_writer(&mut out, &item.map_err(Into::into)?)?;
         out.write_all(b"\n")?;
     }
     Ok(())
@@ -145,14 +141,10 @@ pub(crate) fn with_audit_log<T>(
     let signer = crate::keys::audit_signer(&portcullis_policy::AuditKey::File(key.to_owned()))
         .map_err(anyhow::Error::msg)?;
     // The public half beside the key, for `portcullis audit verify --key KEY.pub`.
-    let public = PublicKey::from_spki_der(&signer.public_key_der())?;
     let mut public_path = key.as_os_str().to_owned();
     public_path.push(".pub");
-    std::fs::write(&public_path, public.to_pem())
-        .with_context(|| format!("{}", Path::new(&public_path).display()))?;
-    let node = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map_or_else(|_| "portcullis".to_owned(), |h| h.trim().to_owned());
-    let mut config = AuditConfig::new(&dir, format!("{node}-{role}"));
+    publish_public_key(signer.as_ref(), Path::new(&public_path))?;
+    let mut config = AuditConfig::new(&dir, format!("{}-{role}", default_node()));
     config.mode = DurabilityMode::BestEffort;
     let log = AuditLog::open(config, signer).with_context(|| format!("{}", dir.display()))?;
     let result = work(Some(log.handle()));

@@ -76,9 +76,12 @@ pub use record::{
     Decision, DlpFinding, RateLimitOutcome, RecordKind, RequestEvent, RequestStage, Retention,
     Truncation, GENESIS_HASH, SCHEMA_VERSION,
 };
-pub use signer::{key_id, PublicKey, SignatureAlgorithm, Signer, SignerError, SoftwareSigner};
+pub use signer::{
+    key_id, publish_public_key, PublicKey, SignatureAlgorithm, Signer, SignerError, SoftwareSigner,
+};
 pub use sink::{PgSink, PgSinkConfig, SinkError, SinkStats, TABLE_DDL};
 pub use verify::{verify_dir, BadRecord, Problem, VerifyError, VerifyReport};
 pub use writer::{
-    Ack, AuditConfig, AuditHandle, AuditLog, DurabilityMode, Durable, RetentionOutcome, WriterStats,
+    default_node, Ack, AuditConfig, AuditHandle, AuditLog, DurabilityMode, Durable,
+    RetentionOutcome, WriterStats,
 };

@@ -89,6 +89,20 @@ const P256_SPKI_PREFIX: [u8; 26] = [
     0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
 
+/// Writes the public half of `signer`'s key as PEM to `path` (unless it already holds exactly
+/// that), for `portcullis audit verify --key`; returns it.
+pub fn publish_public_key(signer: &dyn Signer, path: &Path) -> Result<PublicKey, SignerError> {
+    let public = PublicKey::from_spki_der(&signer.public_key_der())?;
+    let pem = public.to_pem();
+    if fs::read(path).ok().as_deref() != Some(pem.as_bytes()) {
+        fs::write(path, pem).map_err(|source| SignerError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(public)
+}
+
 /// Key id written in signed records: the first 16 hex digits of SHA-256 over the SPKI DER.
 pub fn key_id(spki_der: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, spki_der);

@@ -60,6 +60,15 @@ pub struct AuditConfig {
     pub clock: fn() -> SystemTime,
 }
 
+/// The node id to use when none is configured: the host name.
+pub fn default_node() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "portcullis".to_owned())
+}
+
 impl AuditConfig {
     /// Defaults: fail-closed, 65,536-record queue, batches of up to 4,096, 250 ms bound,
     /// 64 MiB segments, checkpoint every 10,000 records or 60 s.

@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use portcullis_audit::{
-    AuditConfig, AuditError, AuditHandle, AuditLog, ConfigReload, DurabilityMode, PgSink,
-    PgSinkConfig, PublicKey, RequestEvent, Signer,
+    default_node, publish_public_key, AuditConfig, AuditError, AuditHandle, AuditLog, ConfigReload,
+    DurabilityMode, PgSink, PgSinkConfig, RequestEvent, Signer,
 };
 use portcullis_policy::{AuditKey, AuditMode, AuditSettings, SecretSource};
 
@@ -55,14 +55,10 @@ impl AuditTrail {
         settings: &AuditSettings,
         signer: Arc<dyn Signer>,
     ) -> Result<Self, GatewayError> {
-        let node = settings.node.clone().unwrap_or_else(host_name);
-        let public = PublicKey::from_spki_der(&signer.public_key_der())
-            .map_err(|e| GatewayError::Audit(e.to_string()))?;
+        let node = settings.node.clone().unwrap_or_else(default_node);
         let public_path = public_key_path(settings);
-        if std::fs::read(&public_path).ok().as_deref() != Some(public.to_pem().as_bytes()) {
-            std::fs::write(&public_path, public.to_pem())
-                .map_err(|e| GatewayError::file(&public_path, e))?;
-        }
+        let public = publish_public_key(signer.as_ref(), &public_path)
+            .map_err(|e| GatewayError::Audit(e.to_string()))?;
         tracing::info!(
             key_id = %public.key_id(),
             algorithm = signer.algorithm().name(),
@@ -287,13 +283,4 @@ fn public_key_path(settings: &AuditSettings) -> std::path::PathBuf {
     let mut name = base.as_os_str().to_owned();
     name.push(".pub");
     name.into()
-}
-
-/// The node id used when the config names none.
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "portcullis".to_owned())
 }
