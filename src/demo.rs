@@ -2,15 +2,14 @@
 //! PKI and a config in a state folder, starts the built-in echo upstream as a child process,
 //! prints commands to try, and serves until Ctrl-C.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use portcullis_ca::dev::{DevCa, LeafSpec};
-use portcullis_ca::{Ca, CaConfig, IssueRequest, Requester, RequesterKind};
+use portcullis_ca::{write_atomic, Ca, CaConfig, IssueRequest, Requester, RequesterKind};
 
 const TRUST_DOMAIN: &str = "demo.portcullis.local";
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -146,15 +145,11 @@ fn issue(
         SystemTime::now(),
     )?;
     std::fs::write(dir.join(format!("{name}.pem")), issued.chain_pem)?;
-    let key_path = dir.join(format!("{name}.key"));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&key_path)
-        .and_then(|mut f| f.write_all(key.serialize_pem().as_bytes()))
-        .with_context(|| format!("writing {}", key_path.display()))?;
+    write_atomic(
+        &dir.join(format!("{name}.key")),
+        key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
     std::fs::write(
         dir.join(format!("{name}.serial")),
         issued.serial.to_string(),
@@ -183,15 +178,7 @@ fn softhsm_token(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
         .and_then(|mut f| f.read_exact(&mut pin))
         .context("reading /dev/urandom")?;
     let pin: String = pin.iter().map(|b| format!("{b:02x}")).collect();
-    let pin_path = dir.join("hsm.pin");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&pin_path)
-        .and_then(|mut f| f.write_all(pin.as_bytes()))
-        .context("writing hsm.pin")?;
+    write_atomic(&dir.join("hsm.pin"), pin.as_bytes(), 0o600)?;
     let out = Command::new("softhsm2-util")
         .args(["--init-token", "--free", "--label", HSM_TOKEN])
         .args(["--pin", &pin, "--so-pin", &pin])

@@ -191,7 +191,7 @@ pub(crate) fn sign_crl(
 
 /// Writes `data` to `path` atomically: a temp file in the same directory, fsync, rename, fsync
 /// of the directory.
-pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     let io = |p: &Path| {

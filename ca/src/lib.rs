@@ -24,7 +24,7 @@ pub use config::{
     BackendConfig, CaConfig, CertConfig, CrlConfig, KeysConfig, Pkcs11Config, ProfileConfig,
     SoftwareConfig,
 };
-pub use crl::{Crl, RevocationReason};
+pub use crl::{write_atomic, Crl, RevocationReason};
 pub use ids::{Serial, TenantId};
 pub use inventory::{
     CertRecord, CertStatus, InventoryFilter, InventoryStore, NewCertRecord, SqliteInventory,

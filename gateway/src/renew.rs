@@ -237,8 +237,13 @@ async fn obtain(
     let chain = answer["chain"]
         .as_str()
         .ok_or("the CA's answer has no chain")?;
-    write_private(private_key, key.serialize_pem().as_bytes())?;
-    write_private(certificate, chain.as_bytes())?;
+    // Readable by the gateway only, replaced atomically.
+    for (path, contents) in [
+        (private_key, key.serialize_pem()),
+        (certificate, chain.to_owned()),
+    ] {
+        portcullis_ca::write_atomic(path, contents.as_bytes(), 0o600).map_err(|e| e.to_string())?;
+    }
     validity(certificate)
         .map(|(_, not_after)| not_after)
         .ok_or_else(|| "the CA's chain is not a certificate".to_owned())
@@ -318,23 +323,4 @@ fn validity(path: &Path) -> Option<(SystemTime, SystemTime)> {
         Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t.timestamp()).ok()?))
     };
     Some((at(&v.not_before)?, at(&v.not_after)?))
-}
-
-/// Writes a file readable by its owner only, atomically (temp file, fsync, rename).
-fn write_private(path: &Path, contents: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| format!("{}: {e}", path.display()))
 }
