@@ -422,7 +422,7 @@ tenants:
 /// SIGTERM (which closes its audit log) when dropped.
 pub struct AdminApi {
     pub port: u16,
-    child: std::process::Child,
+    proc: Proc,
 }
 
 impl AdminApi {
@@ -435,22 +435,25 @@ impl AdminApi {
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(d.join("admin.log")).unwrap();
-        let child = Command::new(bin())
-            .args([
-                "admin",
-                "serve",
-                "--config",
-                d.join("admin.yaml").to_str().unwrap(),
-            ])
-            .args(["--audit-dir", d.join("admin-audit").to_str().unwrap()])
-            .args(["--audit-key", d.join("admin-audit.key").to_str().unwrap()])
-            .env("SOFTHSM2_CONF", &ca.softhsm_conf)
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let (config, audit, key) = (
+            d.join("admin.yaml"),
+            d.join("admin-audit"),
+            d.join("admin-audit.key"),
+        );
+        let args = [
+            "admin",
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--audit-dir",
+            audit.to_str().unwrap(),
+            "--audit-key",
+            key.to_str().unwrap(),
+        ];
+        let env = [("SOFTHSM2_CONF", ca.softhsm_conf.as_path())];
+        let proc = spawn_env(&args, d.join("admin.log"), &env);
         wait_for_port(port);
-        AdminApi { port, child }
+        AdminApi { port, proc }
     }
 
     /// A one-time bootstrap token for tenant `acme`.
@@ -475,17 +478,10 @@ impl AdminApi {
 }
 
 impl Drop for AdminApi {
+    /// SIGTERM, so the admin server stops and closes its audit log.
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let start = Instant::now();
-        while self.child.try_wait().ok().flatten().is_none() {
-            if start.elapsed() > Duration::from_secs(10) {
-                let _ = self.child.kill();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.proc.signal("TERM");
+        self.proc.wait_exit(Duration::from_secs(10));
     }
 }
 

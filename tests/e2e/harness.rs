@@ -142,7 +142,8 @@ fn spawn(args: &[&str], log: PathBuf) -> Proc {
     spawn_env(args, log, &[])
 }
 
-fn spawn_env(args: &[&str], log: PathBuf, env: &[(&str, &Path)]) -> Proc {
+/// Starts the binary with `args` and extra environment, its stderr in `log`.
+pub fn spawn_env(args: &[&str], log: PathBuf, env: &[(&str, &Path)]) -> Proc {
     let err = std::fs::File::create(&log).unwrap();
     let child = Command::new(bin())
         .args(args)
