@@ -45,7 +45,8 @@ pub(crate) struct AccessLine<'a> {
 
 #[derive(Serialize)]
 struct Envelope<'a> {
-    timestamp: Rfc3339Micros,
+    #[serde(serialize_with = "display")]
+    timestamp: humantime::Rfc3339Timestamp,
     level: &'static str,
     message: &'static str,
     #[serde(flatten)]
@@ -53,13 +54,9 @@ struct Envelope<'a> {
     target: &'static str,
 }
 
-impl Serialize for Rfc3339Micros {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
-    }
+fn display<T: std::fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
 }
-
-struct Rfc3339Micros(humantime::Rfc3339Timestamp);
 
 /// Writes the line if the log filter lets `access` INFO events through.
 pub(crate) fn write(line: &AccessLine<'_>) {
@@ -68,7 +65,7 @@ pub(crate) fn write(line: &AccessLine<'_>) {
     }
     let mut buf = Vec::with_capacity(512);
     let envelope = Envelope {
-        timestamp: Rfc3339Micros(humantime::format_rfc3339_micros(SystemTime::now())),
+        timestamp: humantime::format_rfc3339_micros(SystemTime::now()),
         level: "INFO",
         message: "request",
         line,
