@@ -31,13 +31,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Largest answer accepted from the CA.
 const MAX_ANSWER: usize = 256 << 10;
 
-/// One certificate the gateway renews itself.
-pub(crate) struct Renewal {
+/// A certificate the gateway obtains from the CA itself, and where it is kept.
+pub(crate) struct Issued {
     /// `listener/NAME` or `upstream/NAME`, in logs and metrics.
     pub name: String,
+    /// The listener it serves on; `None` for an upstream client certificate.
+    pub listener: Option<String>,
     pub issuer: IssuerConfig,
     pub certificate: PathBuf,
     pub private_key: PathBuf,
+}
+
+/// One certificate the gateway renews itself, and who uses it.
+pub(crate) struct Renewal {
+    pub issued: Issued,
     pub holder: Holder,
 }
 
@@ -50,40 +57,41 @@ pub(crate) enum Holder {
     Upstream(std::sync::mpsc::Sender<String>),
 }
 
-/// The certificates of a config that the gateway obtains itself: `(name, issuer, certificate,
-/// key)`.
-pub(crate) fn issued(config: &Config) -> Vec<(String, &IssuerConfig, &Path, &Path)> {
+/// The certificates of a config that the gateway obtains itself.
+pub(crate) fn issued(config: &Config) -> Vec<Issued> {
     let listeners = config.listeners.iter().filter_map(|l| {
-        let issuer = l.tls.issuer.as_ref()?;
-        Some((
-            format!("listener/{}", l.name),
-            issuer,
-            l.tls.certificate.as_path(),
-            l.tls.private_key.as_path(),
-        ))
+        Some(Issued {
+            name: format!("listener/{}", l.name),
+            listener: Some(l.name.clone()),
+            issuer: l.tls.issuer.clone()?,
+            certificate: l.tls.certificate.clone(),
+            private_key: l.tls.private_key.clone(),
+        })
     });
     let upstreams = config.upstreams.iter().filter_map(|u| {
         let tls = u.tls.as_ref()?;
-        let issuer = tls.issuer.as_ref()?;
-        let (cert, key) = tls.client_cert.as_ref()?;
-        Some((
-            format!("upstream/{}", u.name),
-            issuer,
-            cert.as_path(),
-            key.as_path(),
-        ))
+        let (certificate, private_key) = tls.client_cert.clone()?;
+        Some(Issued {
+            name: format!("upstream/{}", u.name),
+            listener: None,
+            issuer: tls.issuer.clone()?,
+            certificate,
+            private_key,
+        })
     });
     listeners.chain(upstreams).collect()
 }
 
 /// Makes sure a certificate the gateway obtains itself is in its files before the server
 /// starts: obtains one when the files are missing or the certificate has expired.
-pub(crate) fn prepare(
-    name: &str,
-    issuer: &IssuerConfig,
-    certificate: &Path,
-    private_key: &Path,
-) -> Result<(), GatewayError> {
+pub(crate) fn prepare(issued: &Issued) -> Result<(), GatewayError> {
+    let Issued {
+        name,
+        issuer,
+        certificate,
+        private_key,
+        ..
+    } = issued;
     if validity(certificate).is_some_and(|(_, not_after)| not_after > SystemTime::now()) {
         return Ok(());
     }
@@ -123,12 +131,12 @@ impl BackgroundService for Renewals {
 async fn keep_renewed(r: &Renewal, metrics: &Metrics, mut shutdown: ShutdownWatch) {
     let mut failures = 0u32;
     loop {
-        let wait = match validity(&r.certificate) {
+        let wait = match validity(&r.issued.certificate) {
             Some((not_before, not_after)) => {
-                metrics.certificate_expiry(&r.name, not_after);
+                metrics.certificate_expiry(&r.issued.name, not_after);
                 // CAs back-date not_before for clock skew: count the lifetime from when we
                 // got the certificate (the file's time) when that is later.
-                let got = std::fs::metadata(&r.certificate)
+                let got = std::fs::metadata(&r.issued.certificate)
                     .and_then(|m| m.modified())
                     .map_or(not_before, |t| t.max(not_before));
                 let lifetime = not_after.duration_since(got).unwrap_or_default();
@@ -151,14 +159,14 @@ async fn keep_renewed(r: &Renewal, metrics: &Metrics, mut shutdown: ShutdownWatc
         match renew(r).await {
             Ok(not_after) => {
                 failures = 0;
-                metrics.certificate_renewal(&r.name, true);
-                metrics.certificate_expiry(&r.name, not_after);
-                tracing::info!(certificate = %r.name, not_after = %humantime::format_rfc3339_seconds(not_after), "certificate renewed");
+                metrics.certificate_renewal(&r.issued.name, true);
+                metrics.certificate_expiry(&r.issued.name, not_after);
+                tracing::info!(certificate = %r.issued.name, not_after = %humantime::format_rfc3339_seconds(not_after), "certificate renewed");
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                metrics.certificate_renewal(&r.name, false);
-                tracing::warn!(certificate = %r.name, issuer = %r.issuer.url, error = %e, retry_in_s = backoff(failures).as_secs(), "certificate renewal failed; the current certificate keeps serving");
+                metrics.certificate_renewal(&r.issued.name, false);
+                tracing::warn!(certificate = %r.issued.name, issuer = %r.issued.issuer.url, error = %e, retry_in_s = backoff(failures).as_secs(), "certificate renewal failed; the current certificate keeps serving");
             }
         }
     }
@@ -170,18 +178,24 @@ fn backoff(failures: u32) -> Duration {
 
 /// Renews with the current certificate as the client certificate, then hands it over.
 async fn renew(r: &Renewal) -> Result<SystemTime, String> {
-    let current = load_certs(&r.certificate)
-        .and_then(|chain| Ok((chain, crate::tls::load_key(&r.private_key)?)))
+    let current = load_certs(&r.issued.certificate)
+        .and_then(|chain| Ok((chain, crate::tls::load_key(&r.issued.private_key)?)))
         .ok();
-    let not_after = obtain(&r.issuer, current, &r.certificate, &r.private_key).await?;
+    let not_after = obtain(
+        &r.issued.issuer,
+        current,
+        &r.issued.certificate,
+        &r.issued.private_key,
+    )
+    .await?;
     match &r.holder {
         Holder::Listener(slot) => {
-            let key =
-                load_certified_key(&r.certificate, &r.private_key).map_err(|e| e.to_string())?;
+            let key = load_certified_key(&r.issued.certificate, &r.issued.private_key)
+                .map_err(|e| e.to_string())?;
             slot.replace(key);
         }
         Holder::Upstream(reloader) => reloader
-            .send(r.name.clone())
+            .send(r.issued.name.clone())
             .map_err(|_| "the reloader has stopped".to_owned())?,
     }
     Ok(not_after)

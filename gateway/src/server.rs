@@ -80,8 +80,9 @@ pub fn serve(
     signers: &AuditSigners,
 ) -> Result<(), GatewayError> {
     let config = load_config(&config_path)?;
-    for (name, issuer, certificate, key) in renew::issued(&config) {
-        renew::prepare(&name, issuer, certificate, key)?;
+    let issued = renew::issued(&config);
+    for certificate in &issued {
+        renew::prepare(certificate)?;
     }
     let config = check(&config_path)?;
     for listener in &config.listeners {
@@ -119,20 +120,7 @@ pub fn serve(
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();
 
-    let (renewed_tx, renewed_rx) = std::sync::mpsc::channel();
-    let upstream_renewals: Vec<Renewal> = renew::issued(&config)
-        .into_iter()
-        .filter(|(name, ..)| name.starts_with("upstream/"))
-        .map(|(name, issuer, certificate, key)| Renewal {
-            name,
-            issuer: issuer.clone(),
-            certificate: certificate.to_owned(),
-            private_key: key.to_owned(),
-            holder: Holder::Upstream(renewed_tx.clone()),
-        })
-        .collect();
     let mut listener_tls = Vec::new();
-    let mut renewals = upstream_renewals;
     let listeners = config.listeners.clone();
     let metrics_addr = config.metrics.address;
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, None)?));
@@ -164,15 +152,6 @@ pub fn serve(
             client_auth = ?listener.tls.client_auth,
             "listening"
         );
-        if let Some(issuer) = &listener.tls.issuer {
-            renewals.push(Renewal {
-                name: format!("listener/{}", listener.name),
-                issuer: issuer.clone(),
-                certificate: listener.tls.certificate.clone(),
-                private_key: listener.tls.private_key.clone(),
-                holder: Holder::Listener(certificate.clone()),
-            });
-        }
         listener_tls.push(ListenerTls {
             name: listener.name.clone(),
             certificate,
@@ -180,6 +159,26 @@ pub fn serve(
         });
     }
     server.add_service(proxy);
+
+    // Renewed listener certificates are swapped into their listener's slot; renewed upstream
+    // client certificates make the reloader rebuild the pools.
+    let (renewed_tx, renewed_rx) = std::sync::mpsc::channel();
+    let renewals: Vec<Renewal> = issued
+        .into_iter()
+        .filter_map(|issued| {
+            let holder = match &issued.listener {
+                Some(name) => Holder::Listener(
+                    listener_tls
+                        .iter()
+                        .find(|l| &l.name == name)?
+                        .certificate
+                        .clone(),
+                ),
+                None => Holder::Upstream(renewed_tx.clone()),
+            };
+            Some(Renewal { issued, holder })
+        })
+        .collect();
 
     let mut ops = Service::new(
         "operations".to_owned(),
