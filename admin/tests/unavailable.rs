@@ -9,33 +9,8 @@ mod pki;
 #[path = "../../ca/tests/support/softhsm.rs"]
 mod softhsm;
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::error::{Error as P11Error, RvError};
-use cryptoki::session::{Session, UserType};
-use cryptoki::types::AuthPin;
 use harness::Workload;
 use serde_json::json;
-
-/// A session opened directly through cryptoki, outside the CA's backend.
-fn outsider(token: &str) -> Session {
-    let ctx = Pkcs11::new(softhsm::MODULE).unwrap();
-    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(e) => panic!("initialize: {e}"),
-    }
-    let slot = ctx
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == token)
-        .expect("token");
-    let session = ctx.open_rw_session(slot).unwrap();
-    match session.login(UserType::User, Some(&AuthPin::from(softhsm::PIN))) {
-        Ok(()) | Err(P11Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-        Err(e) => panic!("login: {e}"),
-    }
-    session
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hsm_logged_out_is_503_then_recovers() {
@@ -46,7 +21,7 @@ async fn hsm_logged_out_is_503_then_recovers() {
     let token = fx.token("acme", None);
 
     // Log the token out behind the CA's back.
-    let session = outsider("ca");
+    let session = softhsm::raw_session("ca");
     session.logout().unwrap();
 
     let r = c.issue(Some(&token), json!({ "csr": w.csr })).await;

@@ -2,16 +2,13 @@
 
 #[path = "support/softhsm.rs"]
 mod softhsm;
+use softhsm::raw_session;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::error::{Error as P11Error, RvError};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
-use cryptoki::session::{Session, UserType};
-use cryptoki::types::AuthPin;
 use portcullis_ca::{
     CaError, KeyAlgorithm, KeyBackend, PinSource, Pkcs11Backend, SigningKey, SoftwareBackend,
 };
@@ -25,27 +22,6 @@ fn backend(hsm: &softhsm::Hsm, token: &str, sessions: usize) -> Pkcs11Backend {
         sessions,
     )
     .expect("open token")
-}
-
-/// A session opened directly through cryptoki, independent of the backend under test.
-fn raw_session(token: &str) -> Session {
-    let ctx = Pkcs11::new(softhsm::MODULE).unwrap();
-    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(e) => panic!("initialize: {e}"),
-    }
-    let slot = ctx
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == token)
-        .expect("token");
-    let session = ctx.open_rw_session(slot).unwrap();
-    match session.login(UserType::User, Some(&AuthPin::from(softhsm::PIN))) {
-        Ok(()) | Err(P11Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-        Err(e) => panic!("login: {e}"),
-    }
-    session
 }
 
 fn point(spki: &[u8]) -> Vec<u8> {
