@@ -103,9 +103,7 @@ macro_rules! require_hsm {
 /// A session opened directly through cryptoki, independent of the backend under test.
 pub fn raw_session(token: &str) -> Session {
     let ctx = Pkcs11::new(MODULE).unwrap();
-    match ctx.initialize(cryptoki::context::CInitializeArgs::new(
-        cryptoki::context::CInitializeFlags::OS_LOCKING_OK,
-    )) {
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(e) => panic!("initialize: {e}"),
     }
