@@ -1,11 +1,14 @@
 //! `portcullis policy explain`: what the gateway would decide for a described request, and
-//! which rule decides it, so an operator can test a change before applying it.
+//! which rule decides it, so an operator can test a change before applying it. It runs the
+//! gateway's own admission step (normalise, route, authorise, limits, body plan), so the two
+//! cannot disagree; only the limits start empty here, as after a restart.
 
 use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use portcullis_policy::{normalize_host, normalize_path, Identity, RequestFacts, SpiffeId};
+use portcullis_gateway::{Admission, BodyPlan, RequestHead, Verdict};
+use portcullis_policy::{Identity, RateLimit, SpiffeId};
 
 /// A request described on the command line.
 pub(crate) struct Described<'a> {
@@ -17,6 +20,8 @@ pub(crate) struct Described<'a> {
     pub(crate) path: &'a str,
     pub(crate) source: IpAddr,
     pub(crate) headers: &'a [String],
+    /// Print one JSON object instead of text.
+    pub(crate) json: bool,
 }
 
 pub(crate) fn explain(config: &Path, req: &Described<'_>) -> anyhow::Result<()> {
@@ -47,18 +52,31 @@ pub(crate) fn explain(config: &Path, req: &Described<'_>) -> anyhow::Result<()> 
         headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
     }
     let (raw_path, query) = req.path.split_once('?').unwrap_or((req.path, ""));
-    let path =
-        normalize_path(raw_path).with_context(|| format!("path `{raw_path}` would get 400"))?;
-    let host = req.host.and_then(normalize_host);
+    let head = RequestHead {
+        identity: identity.as_ref(),
+        method: req.method,
+        host: req.host,
+        path: raw_path,
+        source: req.source,
+        headers: &headers,
+    };
+    let verdict = Admission::from_config(&config).decide(&head);
+    if req.json {
+        println!("{}", as_json(&verdict));
+        return Ok(());
+    }
 
-    println!(
-        "request:  {} {}{}{}",
-        req.method,
-        path,
-        if query.is_empty() { "" } else { "?" },
-        query
-    );
-    if path.as_str() != raw_path {
+    let shown = verdict
+        .target
+        .as_ref()
+        .map_or(raw_path, |t| t.path.as_str());
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    println!("request:  {} {shown}{query}", req.method);
+    if shown != raw_path {
         println!("          (normalised from {raw_path})");
     }
     let who = identity
@@ -66,37 +84,32 @@ pub(crate) fn explain(config: &Path, req: &Described<'_>) -> anyhow::Result<()> 
         .and_then(|i| i.spiffe_id.as_ref().map(|s| s.to_string()))
         .unwrap_or_else(|| "anonymous".to_owned());
     println!("caller:   {who} from {}", req.source);
-    let Some(route) = config.routes.route(host.as_deref(), &path) else {
-        println!("route:    none");
-        println!("decision: 404 no route");
-        return Ok(());
-    };
-    println!(
-        "route:    {} (tenant {}, upstream {}, prefix {})",
-        route.id, route.tenant, route.upstream, route.path_prefix
-    );
-    let facts = RequestFacts {
-        identity: identity.as_ref(),
-        method: req.method,
-        path: &path,
-        source: req.source,
-        headers: &headers,
-    };
-    match route.authorize(&facts) {
-        Ok(permit) => println!("decision: allow (rule {})", permit.rule),
-        Err(denied) => println!(
-            "decision: deny (rule {}: {})",
-            denied.rule_label(),
-            denied.reason
+    match &verdict.route {
+        Some(route) => println!(
+            "route:    {} (tenant {}, upstream {}, prefix {})",
+            route.id, route.tenant, route.upstream, route.path_prefix
         ),
+        None => println!("route:    none"),
     }
-    if let Some(t) = config.tenants.iter().find(|t| t.id == route.tenant) {
-        let l = &t.limits;
-        let rate = |r: &Option<portcullis_policy::RateLimit>| {
-            r.map_or("none".to_owned(), |r| {
-                format!("{}/{:?} burst {}", r.requests, r.per, r.burst)
-            })
-        };
+    match &verdict.outcome {
+        Ok(admitted) => {
+            println!("decision: allow (rule {})", admitted.permit.rule);
+            println!("body:     request {}", plan_text(&admitted.request_body));
+        }
+        Err(refusal) => {
+            println!("decision: {refusal}");
+            println!("status:   {} {}", refusal.status(), refusal.code());
+        }
+    }
+    let tenant = verdict.route.as_ref().and_then(|r| {
+        config
+            .tenants
+            .iter()
+            .find(|t| t.id == r.tenant)
+            .map(|t| (r, t))
+    });
+    if let Some((route, tenant)) = tenant {
+        let l = &tenant.limits;
         println!(
             "limits:   tenant {}, per identity {}, per source {}, route {}, in flight {}, body {}",
             rate(&l.rate),
@@ -108,6 +121,44 @@ pub(crate) fn explain(config: &Path, req: &Described<'_>) -> anyhow::Result<()> 
             l.max_request_body
                 .map_or("unlimited".to_owned(), |n| format!("{n} bytes")),
         );
+        println!("          (counted from empty here: the gateway's buckets hold its traffic)");
     }
     Ok(())
+}
+
+fn rate(r: &Option<RateLimit>) -> String {
+    r.map_or("none".to_owned(), |r| {
+        format!("{}/{:?} burst {}", r.requests, r.per, r.burst)
+    })
+}
+
+fn plan_text(plan: &BodyPlan) -> &'static str {
+    match plan {
+        BodyPlan::Forward => "body forwarded as sent (none, or not inspected on this route)",
+        BodyPlan::NotText => "body forwarded unscanned (content type not inspected)",
+        BodyPlan::Scan(_) => "body scanned by DLP as it streams",
+    }
+}
+
+/// The verdict as one JSON object: what the gateway would answer.
+fn as_json(verdict: &Verdict) -> serde_json::Value {
+    let route = verdict.route.as_ref().map(|r| r.id.to_string());
+    let path = verdict.target.as_ref().map(|t| t.path.to_string());
+    match &verdict.outcome {
+        Ok(admitted) => serde_json::json!({
+            "decision": "allow",
+            "route": route,
+            "path": path,
+            "rule": admitted.permit.rule.as_str(),
+            "request_body": format!("{:?}", admitted.request_body),
+        }),
+        Err(refusal) => serde_json::json!({
+            "decision": refusal.label(),
+            "route": route,
+            "path": path,
+            "rule": refusal.rule(),
+            "status": refusal.status(),
+            "error": refusal.code(),
+        }),
+    }
 }

@@ -133,6 +133,9 @@ enum PolicyCommand {
         /// A request header NAME=VALUE (repeatable).
         #[arg(long)]
         header: Vec<String>,
+        /// Print the verdict as one JSON object (decision, route, rule, status, error code).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -168,6 +171,7 @@ fn main() -> ExitCode {
                     path,
                     source,
                     header,
+                    json,
                 },
         } => explain::explain(
             &config,
@@ -175,11 +179,13 @@ fn main() -> ExitCode {
                 identity: identity.as_deref(),
                 dns_sans: &dns_san,
                 subject: subject.as_deref(),
-                method: &method.to_ascii_uppercase(),
+                // As sent: the gateway matches methods as the client wrote them.
+                method: &method,
                 host: host.as_deref(),
                 path: &path,
                 source,
                 headers: &header,
+                json,
             },
         ),
         Command::Audit { command } => audit_cli::run(command),

@@ -21,8 +21,9 @@ pub(crate) struct AccessLine<'a> {
     pub tenant: &'a str,
     #[serde(rename = "route.id")]
     pub route: &'a str,
-    #[serde(rename = "client.spiffe_id")]
-    pub spiffe_id: &'a str,
+    /// The caller as every record names it: SPIFFE ID, else certificate subject.
+    #[serde(rename = "client.id")]
+    pub caller: &'a str,
     #[serde(rename = "client.ip")]
     pub client_ip: Option<std::net::IpAddr>,
     #[serde(rename = "tls.version")]

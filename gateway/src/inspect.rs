@@ -5,23 +5,14 @@
 
 use flate2::{Decompress, FlushDecompress, Status};
 use portcullis_policy::{
-    BodyDirection, DetectorKind, Findings, InspectionLimits, OverLimit, RouteInspection, Scanner,
+    BodyDirection, Findings, InspectionLimits, OverLimit, RouteInspection, Scanner,
 };
 
-/// Why a body was refused.
-#[derive(Debug)]
-pub(crate) enum Refused {
-    /// A detector with action `block` matched.
-    Blocked(DetectorKind),
-    /// Longer than the inspection limit, with `over_limit: refuse`.
-    TooLarge,
-    /// A compressed body that expands too far, or does not decode.
-    Undecodable(&'static str),
-}
+use crate::admission::Refusal;
 
 /// How the body is encoded, from `Content-Encoding`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Encoding {
+pub enum Encoding {
     Identity,
     Gzip,
     Deflate,
@@ -84,15 +75,16 @@ impl Inflate {
     fn feed(
         &mut self,
         mut input: &[u8],
-        sink: &mut dyn FnMut(&[u8]) -> Result<(), Refused>,
-    ) -> Result<(), Refused> {
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), Refusal>,
+        direction: BodyDirection,
+    ) -> Result<(), Refusal> {
         let mut out = vec![0u8; STEP];
         while !self.done {
             let (in_before, out_before) = (self.z.total_in(), self.z.total_out());
             let status = self
                 .z
                 .decompress(input, &mut out, FlushDecompress::None)
-                .map_err(|_| Refused::Undecodable("corrupt compressed body"))?;
+                .map_err(|_| Refusal::Undecodable(direction, "corrupt compressed body"))?;
             let consumed = (self.z.total_in() - in_before) as usize;
             let produced = (self.z.total_out() - out_before) as usize;
             input = &input[consumed.min(input.len())..];
@@ -113,8 +105,11 @@ impl Inflate {
 
 /// Inspects one body.
 pub(crate) struct BodyInspector {
+    direction: BodyDirection,
     scanner: Scanner,
     inflate: Option<Inflate>,
+    /// Whether scanning may change the body's length (decoding or redaction).
+    changes_length: bool,
     limits: InspectionLimits,
     raw_bytes: u64,
     decoded_bytes: u64,
@@ -124,35 +119,27 @@ pub(crate) struct BodyInspector {
 }
 
 impl BodyInspector {
-    /// `None` when the route does not scan this direction, or the body is not text.
+    /// Starts inspecting a body the admission plan says to scan. A body in an encoding we
+    /// cannot read is over the inspection limit from its first byte (the plan has already
+    /// refused it if the route refuses such bodies).
     pub(crate) fn new(
         inspection: &RouteInspection,
         direction: BodyDirection,
-        content_type: Option<&str>,
         encoding: Encoding,
-    ) -> Option<Result<Self, Refused>> {
-        if !inspection.scans(direction) || !scannable(content_type) {
-            return None;
-        }
-        let mut inspector = Self {
+    ) -> Self {
+        let inflate =
+            matches!(encoding, Encoding::Gzip | Encoding::Deflate).then(|| Inflate::new(encoding));
+        Self {
+            direction,
             scanner: inspection.policy.scanner(direction),
-            inflate: None,
+            changes_length: inflate.is_some() || inspection.may_rewrite(direction),
+            inflate,
             limits: inspection.limits,
             raw_bytes: 0,
             decoded_bytes: 0,
             scanned_bytes: 0,
-            incomplete: false,
-        };
-        match encoding {
-            Encoding::Identity => {}
-            Encoding::Gzip | Encoding::Deflate => inspector.inflate = Some(Inflate::new(encoding)),
-            // What we cannot read is over the limit from the first byte.
-            Encoding::Opaque => match inspection.limits.over_limit {
-                OverLimit::Pass => inspector.incomplete = true,
-                OverLimit::Refuse => return Some(Err(Refused::TooLarge)),
-            },
+            incomplete: encoding == Encoding::Opaque,
         }
-        Some(Ok(inspector))
     }
 
     /// Whether the forwarded body is the decoded one (so `Content-Encoding` must go).
@@ -160,34 +147,45 @@ impl BodyInspector {
         self.inflate.is_some()
     }
 
+    /// Whether the forwarded body's length may differ from the received one's (so
+    /// `Content-Length` must go).
+    pub(crate) fn changes_length(&self) -> bool {
+        self.changes_length
+    }
+
     pub(crate) fn findings(&self) -> &Findings {
         self.scanner.findings()
     }
 
     /// Feeds the next chunk (and, with `end`, finishes). Returns what may be forwarded now.
-    pub(crate) fn push(&mut self, chunk: &[u8], end: bool) -> Result<Vec<u8>, Refused> {
+    pub(crate) fn push(&mut self, chunk: &[u8], end: bool) -> Result<Vec<u8>, Refusal> {
         self.raw_bytes += chunk.len() as u64;
         let mut out = Vec::with_capacity(chunk.len());
         match self.inflate.take() {
             None => self.scan(chunk, &mut out)?,
             Some(mut inflate) => {
-                let limits = self.limits;
+                let (limits, direction) = (self.limits, self.direction);
                 let raw = self.raw_bytes;
                 let mut decoded = self.decoded_bytes;
                 let mut pieces = Vec::new();
-                inflate.feed(chunk, &mut |piece| {
-                    decoded += piece.len() as u64;
-                    // A ratio is only meaningful past a floor: tiny bodies compress well.
-                    let expanded =
-                        decoded > 64 * 1024 && decoded > raw.saturating_mul(limits.max_ratio);
-                    if decoded > limits.max_decompressed_bytes || expanded {
-                        return Err(Refused::Undecodable(
-                            "compressed body expands beyond the limit",
-                        ));
-                    }
-                    pieces.extend_from_slice(piece);
-                    Ok(())
-                })?;
+                inflate.feed(
+                    chunk,
+                    &mut |piece| {
+                        decoded += piece.len() as u64;
+                        // A ratio is only meaningful past a floor: tiny bodies compress well.
+                        let expanded =
+                            decoded > 64 * 1024 && decoded > raw.saturating_mul(limits.max_ratio);
+                        if decoded > limits.max_decompressed_bytes || expanded {
+                            return Err(Refusal::Undecodable(
+                                direction,
+                                "compressed body expands beyond the limit",
+                            ));
+                        }
+                        pieces.extend_from_slice(piece);
+                        Ok(())
+                    },
+                    direction,
+                )?;
                 self.decoded_bytes = decoded;
                 self.inflate = Some(inflate);
                 self.scan(&pieces, &mut out)?;
@@ -198,14 +196,14 @@ impl BodyInspector {
             let tail = self
                 .scanner
                 .finish()
-                .map_err(|b| Refused::Blocked(b.detector))?;
+                .map_err(|b| Refusal::DlpBlocked(self.direction, b.detector))?;
             out.extend_from_slice(&tail);
         }
         Ok(out)
     }
 
     /// Scans up to the inspection limit; past it, passes through or refuses.
-    fn scan(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), Refused> {
+    fn scan(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), Refusal> {
         if self.incomplete {
             out.extend_from_slice(data);
             return Ok(());
@@ -215,18 +213,18 @@ impl BodyInspector {
         let scanned = self
             .scanner
             .push(inspect)
-            .map_err(|b| Refused::Blocked(b.detector))?;
+            .map_err(|b| Refusal::DlpBlocked(self.direction, b.detector))?;
         out.extend_from_slice(&scanned);
         self.scanned_bytes += inspect.len() as u64;
         if !rest.is_empty() {
             if self.limits.over_limit == OverLimit::Refuse {
-                return Err(Refused::TooLarge);
+                return Err(Refusal::OverInspectionLimit(self.direction));
             }
             // Release what the scanner held back (scanned), then the rest unscanned.
             let tail = self
                 .scanner
                 .finish()
-                .map_err(|b| Refused::Blocked(b.detector))?;
+                .map_err(|b| Refusal::DlpBlocked(self.direction, b.detector))?;
             out.extend_from_slice(&tail);
             out.extend_from_slice(rest);
             self.incomplete = true;
@@ -259,20 +257,14 @@ mod tests {
 
     const SSN: &str = "    dlp: { request: { us_ssn: redact } }\n";
 
-    fn inspector(settings: &str, encoding: Encoding) -> Result<BodyInspector, Refused> {
-        BodyInspector::new(
-            &inspection(settings),
-            BodyDirection::Request,
-            Some("text/plain"),
-            encoding,
-        )
-        .unwrap()
+    fn inspector(settings: &str, encoding: Encoding) -> BodyInspector {
+        BodyInspector::new(&inspection(settings), BodyDirection::Request, encoding)
     }
 
     #[test]
     fn past_the_limit_the_rest_passes_unscanned_or_is_refused() {
         let pass = format!("{SSN}    body_inspection: {{ max_bytes: 32 }}\n");
-        let mut scan = inspector(&pass, Encoding::Identity).unwrap();
+        let mut scan = inspector(&pass, Encoding::Identity);
         let body = b"ssn 123-45-6789 then padding padding padding 987-65-4321";
         let out = scan.push(body, true).unwrap();
         let out = String::from_utf8(out).unwrap();
@@ -284,20 +276,18 @@ mod tests {
         assert!(scan.incomplete);
 
         let refuse = format!("{SSN}    body_inspection: {{ max_bytes: 32, over_limit: refuse }}\n");
-        let mut scan = inspector(&refuse, Encoding::Identity).unwrap();
-        assert!(matches!(scan.push(body, true), Err(Refused::TooLarge)));
+        let mut scan = inspector(&refuse, Encoding::Identity);
+        assert!(matches!(
+            scan.push(body, true),
+            Err(Refusal::OverInspectionLimit(BodyDirection::Request))
+        ));
     }
 
     #[test]
-    fn undecodable_encodings_follow_the_over_limit_rule() {
-        let mut scan = inspector(SSN, Encoding::Opaque).unwrap();
+    fn an_unreadable_encoding_passes_uninspected_and_says_so() {
+        let mut scan = inspector(SSN, Encoding::Opaque);
         assert!(scan.incomplete);
         assert_eq!(scan.push(b"123-45-6789", true).unwrap(), b"123-45-6789");
-        let refuse = format!("{SSN}    body_inspection: {{ over_limit: refuse }}\n");
-        assert!(matches!(
-            inspector(&refuse, Encoding::Opaque),
-            Err(Refused::TooLarge)
-        ));
     }
 
     #[test]
@@ -305,17 +295,17 @@ mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         enc.write_all(b"id 123-45-6789 end").unwrap();
         let gz = enc.finish().unwrap();
-        let mut scan = inspector(SSN, Encoding::Gzip).unwrap();
+        let mut scan = inspector(SSN, Encoding::Gzip);
         let mut out = Vec::new();
         for piece in gz.chunks(3) {
             out.extend(scan.push(piece, false).unwrap());
         }
         out.extend(scan.push(&[], true).unwrap());
         assert_eq!(out, b"id [REDACTED:us_ssn] end");
-        let mut scan = inspector(SSN, Encoding::Gzip).unwrap();
+        let mut scan = inspector(SSN, Encoding::Gzip);
         assert!(matches!(
             scan.push(b"not gzip at all", true),
-            Err(Refused::Undecodable(_))
+            Err(Refusal::Undecodable(BodyDirection::Request, _))
         ));
     }
 

@@ -3,13 +3,16 @@
 //! hygiene, metrics, reload and graceful shutdown.
 
 mod access_log;
+mod admission;
 mod audit;
 mod echo;
+mod forwarding;
 mod identity;
 mod inspect;
 mod limits;
 mod metrics;
 mod proxy;
+mod record;
 mod renew;
 mod server;
 mod snapshot;
@@ -19,7 +22,10 @@ mod upstream;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use admission::{Admission, Admitted, BodyPlan, Refusal, RequestHead, Target, Verdict};
 pub use echo::serve_echo;
+pub use inspect::Encoding;
+pub use limits::LimitExceeded;
 pub use server::{check, load_config, serve};
 pub use tls::install_crypto_provider;
 

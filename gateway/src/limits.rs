@@ -18,13 +18,13 @@ const KEYED_CAPACITY: u64 = 100_000;
 /// A bucket idle this long is dropped (it would be full again anyway for any sane limit).
 const KEYED_IDLE: Duration = Duration::from_secs(600);
 
-/// Why a request was refused by a limit, with what the 429 needs to say.
+/// The limit a request ran into, with what the 429 needs to say.
 #[derive(Debug)]
-pub(crate) struct Refusal {
+pub struct LimitExceeded {
     /// `source`, `identity`, `route`, `tenant` or `in_flight`.
-    pub(crate) limit: &'static str,
-    pub(crate) retry_after: Duration,
-    pub(crate) policy: Option<RateLimit>,
+    pub limit: &'static str,
+    pub retry_after: Duration,
+    pub policy: Option<RateLimit>,
 }
 
 struct Bucket {
@@ -40,8 +40,8 @@ impl Bucket {
         }
     }
 
-    fn check(&self, name: &'static str) -> Result<(), Refusal> {
-        self.limiter.check().map_err(|not_until| Refusal {
+    fn check(&self, name: &'static str) -> Result<(), LimitExceeded> {
+        self.limiter.check().map_err(|not_until| LimitExceeded {
             limit: name,
             retry_after: not_until.wait_time_from(DefaultClock::default().now()),
             policy: Some(self.limit),
@@ -84,7 +84,7 @@ impl<K: std::hash::Hash + Eq + Send + Sync + 'static> KeyedBuckets<K> {
 }
 
 impl KeyedBuckets<String> {
-    fn check(&self, key: &str, name: &'static str) -> Result<(), Refusal> {
+    fn check(&self, key: &str, name: &'static str) -> Result<(), LimitExceeded> {
         self.buckets
             .get_with_by_ref(key, || Arc::new(Bucket::new(self.limit)))
             .check(name)
@@ -119,6 +119,12 @@ impl TenantGuard {
 
 /// A request counted against its tenant's in-flight limit; released when dropped.
 pub(crate) struct InFlight(Arc<TenantGuard>);
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InFlight")
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -176,6 +182,18 @@ impl Limits {
         self.tenants.get(id)
     }
 
+    /// Whether any rate or in-flight limit applies to requests on `route`.
+    pub(crate) fn applies(&self, route: &Route) -> bool {
+        self.routes.contains_key(&route.id)
+            || self.tenants.get(&route.tenant).is_some_and(|g| {
+                let l = &g.limits;
+                l.rate.is_some()
+                    || l.per_identity.is_some()
+                    || l.per_source.is_some()
+                    || l.max_in_flight.is_some()
+            })
+    }
+
     /// Charges one request to every limit that applies, narrowest first (so that one noisy
     /// caller is stopped by its own limit before it spends the tenant's), then takes an
     /// in-flight slot.
@@ -184,7 +202,7 @@ impl Limits {
         route: &Route,
         identity: &str,
         source: IpAddr,
-    ) -> Result<Option<InFlight>, Refusal> {
+    ) -> Result<Option<InFlight>, LimitExceeded> {
         let guard = self.tenants.get(&route.tenant);
         if let Some(g) = guard {
             if let Some(keyed) = &g.per_source {
@@ -211,7 +229,7 @@ impl Limits {
             });
         match taken {
             Ok(_) => Ok(Some(InFlight(g.clone()))),
-            Err(_) => Err(Refusal {
+            Err(_) => Err(LimitExceeded {
                 limit: "in_flight",
                 retry_after: Duration::from_secs(1),
                 policy: None,

@@ -6,9 +6,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use portcullis_policy::{Config, RouteTable, UpstreamName};
+use portcullis_policy::{Config, UpstreamName};
 
-use crate::limits::Limits;
+use crate::admission::Admission;
 use crate::upstream::Pool;
 use crate::GatewayError;
 
@@ -35,9 +35,9 @@ pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
 
 #[derive(Debug)]
 pub(crate) struct Snapshot {
-    pub routes: RouteTable,
+    /// Routes and limits: what decides each request.
+    pub admission: Admission,
     pub pools: HashMap<UpstreamName, Arc<Pool>>,
-    pub limits: Limits,
     pub listeners: Vec<ListenerView>,
     /// The `audit` section this snapshot was built from (applied only at start-up).
     pub audit: Option<portcullis_policy::AuditSettings>,
@@ -48,7 +48,7 @@ impl Snapshot {
     /// unreadable or malformed is an error and the snapshot is not built. Limit state of
     /// unchanged tenants and routes carries over from `previous`.
     pub(crate) fn build(config: Config, previous: Option<&Snapshot>) -> Result<Self, GatewayError> {
-        let limits = Limits::build(&config, previous.map(|p| &p.limits));
+        let admission = Admission::build(&config, previous.map(|p| &p.admission));
         let mut pools = HashMap::new();
         for upstream in &config.upstreams {
             pools.insert(
@@ -65,9 +65,8 @@ impl Snapshot {
             })
             .collect();
         Ok(Self {
-            routes: config.routes,
+            admission,
             pools,
-            limits,
             listeners,
             audit: config.audit,
         })

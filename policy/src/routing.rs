@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::Ipv6Addr;
+use std::sync::Arc;
 
 use crate::access::{decide, AccessRule, Denied, Permit, RequestFacts};
 use crate::inspection::RouteInspection;
@@ -45,7 +46,8 @@ impl Route {
 /// All routes, indexed for lookup. Immutable once built.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RouteTable {
-    routes: Vec<Route>,
+    /// Shared, so a request can hold on to its route without borrowing the table.
+    routes: Vec<Arc<Route>>,
     /// Exact host -> route indices, longest prefix first.
     exact: HashMap<String, Vec<usize>>,
     /// Wildcard suffix (`example.com` for `*.example.com`) -> route indices, longest prefix first.
@@ -59,7 +61,7 @@ impl RouteTable {
     /// the first one wins.
     pub(crate) fn new(routes: Vec<Route>) -> RouteTable {
         let mut table = RouteTable {
-            routes,
+            routes: routes.into_iter().map(Arc::new).collect(),
             ..RouteTable::default()
         };
         for (i, route) in table.routes.iter().enumerate() {
@@ -84,7 +86,7 @@ impl RouteTable {
     }
 
     /// The route for a request to `host` (already normalised by [`normalize_host`]) and `path`.
-    pub fn route(&self, host: Option<&str>, path: &NormalizedPath) -> Option<&Route> {
+    pub fn route(&self, host: Option<&str>, path: &NormalizedPath) -> Option<&Arc<Route>> {
         let longest = |list: &[usize]| {
             list.iter()
                 .map(|&i| &self.routes[i])
@@ -107,7 +109,7 @@ impl RouteTable {
 
     /// All routes, in config order.
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
-        self.routes.iter()
+        self.routes.iter().map(|r| &**r)
     }
 
     /// How many routes there are.

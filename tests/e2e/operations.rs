@@ -175,7 +175,7 @@ fn metrics_count_what_was_done() {
     assert_eq!(lines.len(), 5, "{log}");
     assert!(lines.iter().any(|l| l["authz.decision"] == "deny"
         && l["authz.rule"] == "default-deny"
-        && l["client.spiffe_id"] == "spiffe://test.portcullis.local/ns/app/sa/other"));
+        && l["client.id"] == "spiffe://test.portcullis.local/ns/app/sa/other"));
 }
 
 #[test]

@@ -1,0 +1,253 @@
+//! Admission: the one step that decides whether a request may go on, shared by the proxy and
+//! `portcullis policy explain` so the two cannot disagree.
+//!
+//! Facts of a request go in ([`RequestHead`]: identity, host and path as sent, method,
+//! headers, source); a [`Verdict`] comes out: the normalised target, the route, and either an
+//! [`Admitted`] — the proof the rest of the proxy needs (the route, the access permit, the
+//! tenant's in-flight slot, the body inspection plan) — or a [`Refusal`]. Every refusal the
+//! gateway can make, here or later in the request's life, is a [`Refusal`] variant that owns
+//! its status, stable code, public message, audit decision and metric label: one table.
+//!
+//! Nothing here does I/O. The only state touched is the tenants' limit buckets.
+
+mod refusal;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use portcullis_policy::{
+    normalize_host, normalize_path, BodyDirection, Config, HeaderSource, Identity, NormalizedPath,
+    OverLimit, Permit, RequestFacts, Route, RouteInspection, RouteTable,
+};
+
+use crate::inspect::{scannable, Encoding};
+use crate::limits::{InFlight, Limits};
+
+pub use refusal::Refusal;
+
+/// What the gateway knows of a request when it decides, before reading any body.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestHead<'a> {
+    /// The caller established by the handshake, or `None`.
+    pub identity: Option<&'a Identity>,
+    /// The method as sent.
+    pub method: &'a str,
+    /// The host as sent: the request target's authority, else the `Host` header.
+    pub host: Option<&'a str>,
+    /// The request target's path as sent (without the query).
+    pub path: &'a str,
+    /// The client address (after trusted-proxy handling).
+    pub source: IpAddr,
+    /// The request headers.
+    pub headers: &'a dyn HeaderSource,
+}
+
+/// Where a request is going, normalised once: what policy sees and what the upstream receives.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The normalised host, if the request named a usable one.
+    pub host: Option<String>,
+    pub path: NormalizedPath,
+}
+
+/// The outcome of admission.
+#[derive(Debug)]
+pub struct Verdict {
+    /// `None` when the path was refused before routing.
+    pub target: Option<Target>,
+    /// The route the request matched, if it got that far.
+    pub route: Option<Arc<Route>>,
+    pub outcome: Result<Admitted, Refusal>,
+}
+
+/// Proof that a request passed admission, with what forwarding it needs. The proxy cannot
+/// pick an upstream without one.
+#[derive(Debug)]
+pub struct Admitted {
+    pub route: Arc<Route>,
+    /// The access rule that allowed the request.
+    pub permit: Permit,
+    /// Whether any rate limit applied to the request (it passed them all).
+    pub rate_limited: bool,
+    /// The tenant's in-flight slot, freed when the request ends.
+    pub(crate) in_flight: Option<InFlight>,
+    /// The tenant's cap on request body bytes, checked again as the body streams.
+    pub max_request_body: Option<u64>,
+    /// What happens to the request body.
+    pub request_body: BodyPlan,
+}
+
+/// What the gateway does with one body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BodyPlan {
+    /// Forwarded as it comes: the route inspects nothing in this direction, or there is no
+    /// body.
+    Forward,
+    /// Forwarded unscanned: its content type is not one DLP reads.
+    NotText,
+    /// Scanned by the route's DLP as it streams, after decoding `encoding`.
+    Scan(Encoding),
+}
+
+/// Routes and limits of one configuration: everything admission consults.
+#[derive(Debug)]
+pub struct Admission {
+    routes: RouteTable,
+    limits: Limits,
+}
+
+impl Admission {
+    /// Admission for `config`, keeping the limit state of unchanged tenants and routes from
+    /// `previous`.
+    pub(crate) fn build(config: &Config, previous: Option<&Admission>) -> Self {
+        Self {
+            routes: config.routes.clone(),
+            limits: Limits::build(config, previous.map(|p| &p.limits)),
+        }
+    }
+
+    /// Admission for `config` with fresh limits, as `policy explain` uses it.
+    pub fn from_config(config: &Config) -> Self {
+        Self::build(config, None)
+    }
+
+    /// Decides a request: normalise, route, authorise, charge the limits, check the declared
+    /// body size, plan the body's inspection. Limits are charged only for requests the access
+    /// rules allow.
+    pub fn decide(&self, head: &RequestHead<'_>) -> Verdict {
+        let host = head.host.and_then(normalize_host);
+        let path = match normalize_path(head.path) {
+            Ok(path) => path,
+            Err(e) => {
+                return Verdict {
+                    target: None,
+                    route: None,
+                    outcome: Err(Refusal::BadPath(e)),
+                }
+            }
+        };
+        let route = self.routes.route(host.as_deref(), &path).cloned();
+        let target = Some(Target { host, path });
+        let Some(route) = route else {
+            return Verdict {
+                target,
+                route: None,
+                outcome: Err(Refusal::NoRoute),
+            };
+        };
+        let outcome = target
+            .as_ref()
+            .map_or(Err(Refusal::NoRoute), |t| self.admit(&route, &t.path, head));
+        Verdict {
+            target,
+            route: Some(route),
+            outcome,
+        }
+    }
+
+    fn admit(
+        &self,
+        route: &Arc<Route>,
+        path: &NormalizedPath,
+        head: &RequestHead<'_>,
+    ) -> Result<Admitted, Refusal> {
+        let facts = RequestFacts {
+            identity: head.identity,
+            method: head.method,
+            path,
+            source: head.source,
+            headers: head.headers,
+        };
+        let permit = route.authorize(&facts).map_err(Refusal::Denied)?;
+        let in_flight = self
+            .limits
+            .admit(route, caller_key(head.identity), head.source)
+            .map_err(Refusal::RateLimited)?;
+        let max_request_body = self
+            .limits
+            .tenant(&route.tenant)
+            .and_then(|t| t.max_request_body());
+        let declared = head
+            .headers
+            .header("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let (Some(max), Some(len)) = (max_request_body, declared) {
+            if len > max {
+                return Err(Refusal::BodyTooLarge);
+            }
+        }
+        let request_body = match &route.inspection {
+            Some(inspection) if has_body(head.headers) => plan_body(
+                inspection,
+                BodyDirection::Request,
+                head.headers.header("content-type"),
+                head.headers.header("content-encoding"),
+            )?,
+            _ => BodyPlan::Forward,
+        };
+        Ok(Admitted {
+            route: route.clone(),
+            permit,
+            rate_limited: self.limits.applies(route),
+            in_flight,
+            max_request_body,
+            request_body,
+        })
+    }
+}
+
+impl Admitted {
+    /// Whether the request holds one of its tenant's in-flight slots.
+    pub fn holds_in_flight_slot(&self) -> bool {
+        self.in_flight.is_some()
+    }
+}
+
+/// Whether the request head announces a body.
+fn has_body(headers: &dyn HeaderSource) -> bool {
+    headers.header("transfer-encoding").is_some()
+        || headers
+            .header("content-length")
+            .is_some_and(|len| len.trim() != "0")
+}
+
+/// The plan for a body in `direction` of a route with DLP, from its content type and
+/// encoding. A body the route scans but whose encoding cannot be read is refused when the
+/// route refuses what it cannot inspect, and otherwise counted as not fully inspected.
+pub(crate) fn plan_body(
+    inspection: &RouteInspection,
+    direction: BodyDirection,
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+) -> Result<BodyPlan, Refusal> {
+    if !inspection.scans(direction) {
+        return Ok(BodyPlan::Forward);
+    }
+    if !scannable(content_type) {
+        return Ok(BodyPlan::NotText);
+    }
+    let encoding = Encoding::from_header(content_encoding);
+    if encoding == Encoding::Opaque && inspection.limits.over_limit == OverLimit::Refuse {
+        return Err(Refusal::Uninspectable(direction));
+    }
+    Ok(BodyPlan::Scan(encoding))
+}
+
+/// How a caller is named everywhere a request is recorded or counted (access log, audit
+/// record, per-identity limits): SPIFFE ID, else certificate subject.
+pub(crate) fn caller_name(identity: Option<&Identity>) -> Option<&str> {
+    identity.and_then(|i| {
+        i.spiffe_id
+            .as_ref()
+            .map(|s| s.as_str())
+            .or(i.subject.as_deref())
+    })
+}
+
+/// The key of per-identity limits: the caller's name, else anonymous.
+fn caller_key(identity: Option<&Identity>) -> &str {
+    caller_name(identity).unwrap_or("anonymous")
+}
+
+#[cfg(test)]
+mod tests;

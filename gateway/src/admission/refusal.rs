@@ -1,0 +1,197 @@
+//! Every way the gateway refuses or fails a request, and what each one means to the caller
+//! (status, stable code, public message), to the audit log (decision) and to the metrics and
+//! access log (label). The detail of a failure goes to the log, never to the caller.
+
+use std::borrow::Cow;
+
+use portcullis_audit::Decision;
+use portcullis_policy::{BodyDirection, Denied, DetectorKind, PathError};
+
+use crate::limits::LimitExceeded;
+
+/// Why a request did not get (or did not finish getting) what it asked for.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The path cannot be normalised safely (encoded separators, traversal above the root…).
+    BadPath(PathError),
+    /// No route for this host and path.
+    NoRoute,
+    /// The route's access rules refused the caller.
+    Denied(Denied),
+    /// A rate or in-flight limit of the tenant, route, identity or source.
+    RateLimited(LimitExceeded),
+    /// The request body is over the tenant's cap (declared, or counted as it streamed).
+    BodyTooLarge,
+    /// A body the route must inspect is in an encoding the gateway cannot read.
+    Uninspectable(BodyDirection),
+    /// A DLP detector with action `block` matched.
+    DlpBlocked(BodyDirection, DetectorKind),
+    /// A body longer than the inspection limit, on a route that refuses what it cannot scan.
+    OverInspectionLimit(BodyDirection),
+    /// A compressed body that does not decode or expands beyond the limits.
+    Undecodable(BodyDirection, &'static str),
+    /// Fail-closed audit: the admission record could not be made durable.
+    AuditUnavailable,
+    /// Every target of the route's upstream pool is unhealthy.
+    NoHealthyUpstream,
+    /// The upstream could not be reached, or failed mid-exchange.
+    UpstreamFailed,
+    /// The request could not be read (malformed HTTP, or the client misbehaved).
+    Malformed,
+    /// Something failed on our side.
+    Internal,
+}
+
+impl Refusal {
+    /// The HTTP status sent to the caller.
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::BadPath(_) | Refusal::Malformed => 400,
+            Refusal::NoRoute => 404,
+            Refusal::Denied(_) | Refusal::DlpBlocked(..) => 403,
+            Refusal::RateLimited(_) => 429,
+            Refusal::BodyTooLarge | Refusal::OverInspectionLimit(_) | Refusal::Undecodable(..) => {
+                413
+            }
+            Refusal::Uninspectable(BodyDirection::Request) => 415,
+            Refusal::Uninspectable(BodyDirection::Response) | Refusal::UpstreamFailed => 502,
+            Refusal::AuditUnavailable | Refusal::NoHealthyUpstream => 503,
+            Refusal::Internal => 500,
+        }
+    }
+
+    /// The stable code in the JSON body's `error` field.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::BadPath(_) | Refusal::Malformed => "bad_request",
+            Refusal::NoRoute => "no_route",
+            Refusal::Denied(_) => "forbidden",
+            Refusal::RateLimited(_) => "rate_limited",
+            Refusal::BodyTooLarge | Refusal::OverInspectionLimit(_) | Refusal::Undecodable(..) => {
+                "payload_too_large"
+            }
+            Refusal::Uninspectable(BodyDirection::Request) => "uninspectable_body",
+            Refusal::Uninspectable(BodyDirection::Response) => "uninspectable_response",
+            Refusal::DlpBlocked(..) => "dlp_blocked",
+            Refusal::AuditUnavailable => "audit_unavailable",
+            Refusal::NoHealthyUpstream => "upstream_unavailable",
+            Refusal::UpstreamFailed => "bad_gateway",
+            Refusal::Internal => "internal_error",
+        }
+    }
+
+    /// The message in the JSON body. Fixed text, except that a refused path says why (it is
+    /// the caller's own input).
+    pub fn message(&self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
+            Refusal::BadPath(e) => return Cow::Owned(format!("request path rejected: {e}")),
+            Refusal::NoRoute => "no route for this host and path",
+            Refusal::Denied(_) => "access denied by policy",
+            Refusal::RateLimited(_) => "too many requests",
+            Refusal::BodyTooLarge => "request body exceeds the limit",
+            Refusal::OverInspectionLimit(_) | Refusal::Undecodable(..) => {
+                "request body too large to accept or inspect"
+            }
+            Refusal::Uninspectable(BodyDirection::Request) => {
+                "the request body's encoding cannot be inspected"
+            }
+            Refusal::Uninspectable(BodyDirection::Response) => {
+                "the upstream response's encoding cannot be inspected"
+            }
+            Refusal::DlpBlocked(..) => "body refused by data protection policy",
+            Refusal::AuditUnavailable => {
+                "the request cannot be recorded right now; try again later"
+            }
+            Refusal::NoHealthyUpstream => "no healthy upstream target",
+            Refusal::UpstreamFailed => "upstream failed",
+            Refusal::Malformed => "malformed request",
+            Refusal::Internal => "internal error",
+        })
+    }
+
+    /// The decision in the audit record. A request the policy allowed and the upstream then
+    /// failed stays allowed: the status tells the rest.
+    pub fn decision(&self) -> Decision {
+        match self {
+            Refusal::BadPath(_) | Refusal::Malformed | Refusal::Internal => Decision::Error,
+            Refusal::NoHealthyUpstream | Refusal::UpstreamFailed => Decision::Allow,
+            _ => Decision::Deny,
+        }
+    }
+
+    /// The label of the `decision` in the access log and metrics, and the audit record's
+    /// `reason`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::BadPath(_) | Refusal::Malformed => "invalid",
+            Refusal::NoRoute => "no_route",
+            Refusal::Denied(_) => "deny",
+            Refusal::RateLimited(_) => "rate_limited",
+            Refusal::BodyTooLarge => "too_large",
+            Refusal::Uninspectable(_)
+            | Refusal::DlpBlocked(..)
+            | Refusal::OverInspectionLimit(_)
+            | Refusal::Undecodable(..) => "dlp_refused",
+            Refusal::AuditUnavailable => "audit_unavailable",
+            Refusal::NoHealthyUpstream => "no_upstream",
+            Refusal::UpstreamFailed => "upstream_failed",
+            Refusal::Internal => "error",
+        }
+    }
+
+    /// The rule that refused, for the records: the deny rule, or `default-deny`.
+    pub fn rule(&self) -> Option<&str> {
+        match self {
+            Refusal::Denied(d) => Some(d.rule_label()),
+            _ => None,
+        }
+    }
+
+    /// Extra response headers: `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit`
+    /// fields on a 429.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let Refusal::RateLimited(limit) = self else {
+            return Vec::new();
+        };
+        let retry = limit.retry_after.as_secs() + u64::from(limit.retry_after.subsec_nanos() > 0);
+        let retry = retry.max(1);
+        let mut headers = vec![("retry-after", retry.to_string())];
+        if let Some(policy) = limit.policy {
+            let window = policy.per.as_secs().max(1);
+            headers.push((
+                "ratelimit-policy",
+                format!("\"{}\";q={};w={window}", limit.limit, policy.requests),
+            ));
+            headers.push(("ratelimit", format!("\"{}\";r=0;t={retry}", limit.limit)));
+        }
+        headers
+    }
+
+    /// The JSON body sent with the refusal.
+    pub fn body(&self, request_id: &str) -> String {
+        serde_json::json!({
+            "error": self.code(),
+            "message": self.message(),
+            "request_id": request_id,
+        })
+        .to_string()
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Denied(d) => write!(f, "deny (rule {}: {})", d.rule_label(), d.reason),
+            Refusal::RateLimited(l) => write!(f, "rate limited ({} limit)", l.limit),
+            Refusal::DlpBlocked(direction, detector) => {
+                write!(f, "{direction:?} body blocked by DLP detector {detector}")
+            }
+            Refusal::Undecodable(direction, why) => write!(f, "{direction:?} body: {why}"),
+            Refusal::OverInspectionLimit(direction) => {
+                write!(f, "{direction:?} body over the inspection limit")
+            }
+            other => f.write_str(&other.message()),
+        }
+    }
+}

@@ -1,0 +1,249 @@
+use std::path::Path;
+
+use portcullis_audit::Decision;
+use portcullis_policy::{Config, Identity, SpiffeId};
+
+use super::*;
+
+const CONFIG: &str = r#"
+listeners:
+  - name: l
+    address: 127.0.0.1:8443
+    tls: { certificate: s.pem, private_key: s.key, client_ca: ca.pem }
+upstreams:
+  - name: u
+    targets: [127.0.0.1:9000]
+tenants:
+  - name: acme
+    limits:
+      per_identity: { requests: 2, per: 1m }
+      max_in_flight: 1
+      max_request_body: 100
+    dlp: { request: { us_ssn: block } }
+    routes:
+      - name: api
+        path_prefix: /api
+        upstream: u
+        access:
+          - id: no-admin
+            effect: deny
+            path_prefix: [/api/admin]
+          - id: frontend
+            spiffe_id: [spiffe://acme.example/ns/web/sa/frontend]
+  - name: open
+    routes:
+      - name: public
+        path_prefix: /public
+        upstream: u
+        access: [ { id: anyone } ]
+"#;
+
+fn admission() -> Admission {
+    let config = Config::from_yaml(CONFIG, Path::new("t.yaml")).unwrap();
+    Admission::from_config(&config)
+}
+
+fn frontend() -> Identity {
+    let id: SpiffeId = "spiffe://acme.example/ns/web/sa/frontend".parse().unwrap();
+    Identity::from_x509(Some(id), Vec::new(), None)
+}
+
+fn decide(
+    admission: &Admission,
+    identity: Option<&Identity>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Verdict {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+        .collect();
+    admission.decide(&RequestHead {
+        identity,
+        method: "POST",
+        host: Some("Gateway.Example:8443"),
+        path,
+        source: IpAddr::from([10, 0, 0, 1]),
+        headers: &headers,
+    })
+}
+
+#[test]
+fn an_admitted_request_carries_its_route_permit_slot_and_body_plan() {
+    let admission = admission();
+    let caller = frontend();
+    let verdict = decide(
+        &admission,
+        Some(&caller),
+        "/api/./orders//1",
+        &[
+            ("content-length", "12"),
+            ("content-type", "application/json"),
+        ],
+    );
+    let target = verdict.target.unwrap();
+    assert_eq!(target.path.as_str(), "/api/orders/1");
+    assert_eq!(target.host.as_deref(), Some("gateway.example"));
+    let admitted = verdict.outcome.unwrap();
+    assert_eq!(admitted.route.id.as_str(), "acme/api");
+    assert_eq!(admitted.permit.rule.as_str(), "frontend");
+    assert!(admitted.rate_limited);
+    assert!(admitted.holds_in_flight_slot());
+    assert_eq!(admitted.max_request_body, Some(100));
+    assert_eq!(admitted.request_body, BodyPlan::Scan(Encoding::Identity));
+}
+
+#[test]
+fn each_refusal_names_its_status_code_and_label() {
+    let admission = admission();
+    let caller = frontend();
+    let refusal = |identity, path, headers: &[(&str, &str)]| {
+        decide(&admission, identity, path, headers)
+            .outcome
+            .unwrap_err()
+    };
+
+    let bad = refusal(Some(&caller), "/api/a%2Fb", &[]);
+    assert_eq!(
+        (bad.status(), bad.code(), bad.label()),
+        (400, "bad_request", "invalid")
+    );
+    assert_eq!(bad.decision(), Decision::Error);
+
+    let none = refusal(Some(&caller), "/nowhere", &[]);
+    assert_eq!(
+        (none.status(), none.code(), none.label()),
+        (404, "no_route", "no_route")
+    );
+
+    let default_deny = refusal(None, "/api/orders", &[]);
+    assert_eq!((default_deny.status(), default_deny.label()), (403, "deny"));
+    assert_eq!(default_deny.rule(), Some("default-deny"));
+
+    let explicit = refusal(Some(&caller), "/api/admin/users", &[]);
+    assert_eq!(explicit.rule(), Some("no-admin"));
+    assert_eq!(explicit.decision(), Decision::Deny);
+
+    let large = refusal(Some(&caller), "/api/x", &[("content-length", "101")]);
+    assert_eq!((large.status(), large.label()), (413, "too_large"));
+}
+
+#[test]
+fn limits_are_charged_only_for_allowed_requests_and_refuse_with_retry_headers() {
+    let admission = admission();
+    let caller = frontend();
+    // Denied requests do not spend the caller's per-identity budget.
+    for _ in 0..5 {
+        assert!(decide(&admission, Some(&caller), "/api/admin", &[])
+            .outcome
+            .is_err());
+    }
+    let first = decide(&admission, Some(&caller), "/api/a", &[])
+        .outcome
+        .unwrap();
+    // The in-flight slot is held by `first`: the next one is refused for it.
+    let busy = decide(&admission, Some(&caller), "/api/b", &[])
+        .outcome
+        .unwrap_err();
+    assert!(matches!(&busy, Refusal::RateLimited(l) if l.limit == "in_flight"));
+    drop(first);
+    // Two per minute per identity: the third is over.
+    let over = decide(&admission, Some(&caller), "/api/c", &[])
+        .outcome
+        .unwrap_err();
+    assert_eq!(
+        (over.status(), over.code(), over.label()),
+        (429, "rate_limited", "rate_limited")
+    );
+    let headers = over.headers();
+    assert!(headers.iter().any(|(n, _)| *n == "retry-after"));
+    assert!(headers
+        .iter()
+        .any(|(n, v)| *n == "ratelimit-policy" && v == "\"identity\";q=2;w=60"));
+}
+
+#[test]
+fn body_plans_follow_content_type_and_encoding() {
+    let caller = frontend();
+    // A fresh admission each time, so the tenant's limits do not interfere.
+    let plan =
+        |headers: &[(&str, &str)]| decide(&admission(), Some(&caller), "/api/x", headers).outcome;
+    assert_eq!(plan(&[]).unwrap().request_body, BodyPlan::Forward);
+    assert_eq!(
+        plan(&[("content-length", "0")]).unwrap().request_body,
+        BodyPlan::Forward
+    );
+    assert_eq!(
+        plan(&[
+            ("transfer-encoding", "chunked"),
+            ("content-type", "image/png")
+        ])
+        .unwrap()
+        .request_body,
+        BodyPlan::NotText
+    );
+    assert_eq!(
+        plan(&[("content-length", "9"), ("content-encoding", "gzip")])
+            .unwrap()
+            .request_body,
+        BodyPlan::Scan(Encoding::Gzip)
+    );
+    // Under the default `over_limit: pass`, an unreadable encoding is scanned as far as it
+    // can be (not at all) and counted as uninspected, not refused.
+    assert_eq!(
+        plan(&[("content-length", "9"), ("content-encoding", "br")])
+            .unwrap()
+            .request_body,
+        BodyPlan::Scan(Encoding::Opaque)
+    );
+}
+
+#[test]
+fn a_route_that_refuses_what_it_cannot_read_refuses_unreadable_encodings() {
+    let yaml = CONFIG.replace(
+        "    dlp: { request: { us_ssn: block } }\n",
+        "    dlp: { request: { us_ssn: block } }\n    body_inspection: { over_limit: refuse }\n",
+    );
+    let config = Config::from_yaml(&yaml, Path::new("t.yaml")).unwrap();
+    let admission = Admission::from_config(&config);
+    let caller = frontend();
+    let refusal = decide(
+        &admission,
+        Some(&caller),
+        "/api/x",
+        &[("content-length", "9"), ("content-encoding", "br")],
+    )
+    .outcome
+    .unwrap_err();
+    assert_eq!(
+        (refusal.status(), refusal.code(), refusal.label()),
+        (415, "uninspectable_body", "dlp_refused")
+    );
+}
+
+#[test]
+fn refusal_bodies_are_json_with_the_request_id_and_never_details() {
+    let body: serde_json::Value =
+        serde_json::from_str(&Refusal::UpstreamFailed.body("abc123")).unwrap();
+    assert_eq!(body["error"], "bad_gateway");
+    assert_eq!(body["message"], "upstream failed");
+    assert_eq!(body["request_id"], "abc123");
+    // Failures after an allow stay allowed in the audit log; the status tells the rest.
+    assert_eq!(Refusal::NoHealthyUpstream.decision(), Decision::Allow);
+    assert_eq!(Refusal::NoHealthyUpstream.status(), 503);
+    assert_eq!(Refusal::AuditUnavailable.status(), 503);
+    assert_eq!(Refusal::AuditUnavailable.decision(), Decision::Deny);
+}
+
+#[test]
+fn one_name_for_the_caller_everywhere() {
+    let spiffe = frontend();
+    assert_eq!(
+        caller_name(Some(&spiffe)),
+        Some("spiffe://acme.example/ns/web/sa/frontend")
+    );
+    let subject_only = Identity::from_x509(None, vec!["a.svc".into()], Some("CN=batch".into()));
+    assert_eq!(caller_name(Some(&subject_only)), Some("CN=batch"));
+    assert_eq!(caller_name(None), None);
+    assert_eq!(caller_key(None), "anonymous");
+}

@@ -1,0 +1,166 @@
+//! What the gateway believes about where a request came from, and what it tells the upstream:
+//! the client address (X-Forwarded-For only from trusted proxies), removal of every header a
+//! caller could use to impersonate someone, and the gateway's own identity and forwarding
+//! headers on the upstream request.
+
+use std::net::IpAddr;
+
+use http::header::HeaderName;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::RequestHeader;
+use portcullis_policy::{Identity, Route};
+
+use crate::admission::Target;
+use crate::snapshot::{canonical, ListenerView};
+
+/// Header prefix of every identity fact the gateway sends upstream. Anything with this
+/// prefix that arrives from outside is removed before forwarding, always.
+const IDENTITY_PREFIX: &str = "x-portcullis-";
+const XFCC: &str = "x-forwarded-client-cert";
+
+/// The client of a request, as far as the gateway can believe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Client {
+    /// The connecting peer, or the right-most untrusted hop named by trusted proxies.
+    pub ip: IpAddr,
+    /// The X-Forwarded-For chain to send upstream: the trusted inbound hops, then the peer.
+    pub forwarded_for: String,
+    /// X-Forwarded-Proto as a trusted proxy sent it.
+    pub forwarded_proto: Option<String>,
+}
+
+/// Works out the client of a request from the connecting peer. Inbound forwarding headers are
+/// believed only when the peer is a trusted proxy of the listener; the client is then the
+/// right-most address in X-Forwarded-For that is not itself trusted.
+pub(crate) fn resolve_client(
+    req: &RequestHeader,
+    peer: IpAddr,
+    listener: Option<&ListenerView>,
+) -> Client {
+    let peer = canonical(peer);
+    let trusted = listener.filter(|l| l.trusts(peer));
+    let mut client = Client {
+        ip: peer,
+        forwarded_for: String::new(),
+        forwarded_proto: None,
+    };
+    if let Some(listener) = trusted {
+        let inbound: Vec<&str> = req
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        for hop in inbound.iter().rev() {
+            // An unparsable hop ends what we can believe.
+            let Ok(ip) = hop.parse::<IpAddr>() else { break };
+            client.ip = canonical(ip);
+            if !listener.trusts(client.ip) {
+                break;
+            }
+        }
+        client.forwarded_proto = header_str(req, "x-forwarded-proto").map(str::to_owned);
+        for hop in inbound {
+            client.forwarded_for.push_str(hop);
+            client.forwarded_for.push_str(", ");
+        }
+    }
+    client.forwarded_for.push_str(&peer.to_string());
+    client
+}
+
+/// The first value of a header, if it is text.
+pub(crate) fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Removes every header a caller could use to impersonate someone or fake its origin. The
+/// gateway sets its own versions afterwards.
+pub(crate) fn strip_spoofable_headers(req: &mut RequestHeader) {
+    let spoofable = |n: &str| {
+        n.starts_with(IDENTITY_PREFIX)
+            || n == XFCC
+            || n == "x-forwarded-for"
+            || n == "x-forwarded-proto"
+            || n == "forwarded"
+            || n == "x-real-ip"
+    };
+    // Most requests carry none: look before allocating.
+    if !req.headers.keys().any(|name| spoofable(name.as_str())) {
+        return;
+    }
+    let names: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|name| spoofable(name.as_str()))
+        .cloned()
+        .collect();
+    for name in names {
+        req.remove_header(&name);
+    }
+}
+
+/// What the upstream request says about the request it forwards.
+#[derive(Debug)]
+pub(crate) struct Forwarded<'a> {
+    pub request_id: &'a str,
+    pub route: &'a Route,
+    pub target: &'a Target,
+    pub identity: Option<&'a Identity>,
+    pub client: Option<&'a Client>,
+}
+
+/// Turns the caller's request head into the upstream's: spoofable headers out, the normalised
+/// path in (query kept), a Host if the caller sent none, then the gateway's identity headers
+/// and X-Forwarded-For/-Proto.
+pub(crate) fn rewrite_upstream_request(req: &mut RequestHeader, f: &Forwarded<'_>) -> Result<()> {
+    strip_spoofable_headers(req);
+    let path = f.target.path.as_str();
+    if path != req.uri.path() {
+        let uri = match req.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        let uri = uri
+            .parse::<http::Uri>()
+            .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.to_string()))?;
+        req.set_uri(uri);
+    }
+    if req.headers.get("host").is_none() {
+        if let Some(host) = &f.target.host {
+            set(req, "host", host)?;
+        }
+    }
+    set(req, "x-portcullis-request-id", f.request_id)?;
+    set(req, "x-portcullis-tenant", f.route.tenant.as_str())?;
+    set(req, "x-portcullis-route", f.route.id.as_str())?;
+    if let Some(identity) = f.identity {
+        if let Some(spiffe) = &identity.spiffe_id {
+            set(req, "x-portcullis-spiffe-id", spiffe.as_str())?;
+        }
+        if !identity.dns_sans.is_empty() {
+            set(req, "x-portcullis-dns-sans", &identity.dns_sans.join(","))?;
+        }
+        if let Some(subject) = &identity.subject {
+            // A subject with characters a header cannot carry is left out rather than mangled.
+            if set(req, "x-portcullis-subject", subject).is_err() {
+                tracing::debug!(request.id = %f.request_id, "subject not representable as a header");
+            }
+        }
+    }
+    if let Some(client) = f.client {
+        set(req, "x-forwarded-for", &client.forwarded_for)?;
+    }
+    let proto = f.client.and_then(|c| c.forwarded_proto.as_deref());
+    set(req, "x-forwarded-proto", proto.unwrap_or("https"))
+}
+
+fn set(req: &mut RequestHeader, name: &'static str, value: &str) -> Result<()> {
+    req.insert_header(name, value).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests;

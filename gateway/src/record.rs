@@ -1,0 +1,192 @@
+//! The records of one request — the access line, the audit record and the request metrics —
+//! all built from one [`Summary`], so the three name the same caller, decision and rule.
+//! Identity, decisions and counts only: never bodies, header values or matched data.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use portcullis_audit::{Decision, DlpFinding, RateLimitOutcome, RequestEvent, RequestStage};
+
+use crate::access_log::AccessLine;
+use crate::inspect::BodyInspector;
+use crate::metrics::{Metrics, RequestOutcome};
+
+/// What a request established, in the terms every record uses.
+#[derive(Debug)]
+pub(crate) struct Summary<'a> {
+    pub request_id: &'a str,
+    pub tenant: Option<&'a str>,
+    pub route: Option<&'a str>,
+    /// The caller: SPIFFE ID, else certificate subject.
+    pub caller: Option<&'a str>,
+    pub client_ip: Option<IpAddr>,
+    pub tls_version: Option<&'static str>,
+    pub method: &'a str,
+    pub host: Option<&'a str>,
+    /// The normalised path, else the path as sent (when it could not be normalised).
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub http_version: http::Version,
+    pub traceparent: Option<&'a str>,
+    pub outcome: Outcome<'a>,
+    pub upstream: Option<String>,
+}
+
+/// The decision a request got.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outcome<'a> {
+    /// `allow`, or the refusal's label; `none` if the request never reached a decision.
+    pub label: &'static str,
+    pub decision: Decision,
+    /// The access rule that allowed or denied it.
+    pub rule: Option<&'a str>,
+    pub rate_limit: RateLimitOutcome,
+}
+
+/// What the request's exchange amounted to, once it is over.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Exchange {
+    pub status: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration: Duration,
+}
+
+/// The DLP findings of a request's bodies, counted in the metrics once.
+#[derive(Debug, Default)]
+pub(crate) struct Findings {
+    /// `direction:detector:action:count` items (or `direction:uninspected`), or `-`.
+    pub rendered: String,
+    pub list: Vec<DlpFinding>,
+}
+
+impl Findings {
+    /// Gathers the findings of both bodies and counts them in the metrics. Counts only.
+    pub(crate) fn gather(
+        metrics: &Metrics,
+        tenant: &str,
+        request: Option<&BodyInspector>,
+        response: Option<&BodyInspector>,
+    ) -> Self {
+        let mut items = Vec::new();
+        let mut list = Vec::new();
+        for (direction, scan) in [("request", request), ("response", response)] {
+            let Some(scan) = scan else { continue };
+            if scan.incomplete {
+                metrics.dlp_incomplete(tenant, direction);
+                items.push(format!("{direction}:uninspected"));
+            }
+            for f in scan.findings().iter() {
+                let (detector, action) = (f.detector.to_string(), f.action.to_string());
+                metrics.dlp_finding(tenant, direction, &detector, &action, f.count);
+                items.push(format!("{direction}:{detector}:{action}:{}", f.count));
+                list.push(DlpFinding {
+                    detector,
+                    count: f.count,
+                    action,
+                });
+            }
+        }
+        let rendered = if items.is_empty() {
+            "-".to_owned()
+        } else {
+            items.join(",")
+        };
+        Self { rendered, list }
+    }
+}
+
+impl Summary<'_> {
+    pub(crate) fn access_line<'a>(&'a self, exchange: &Exchange, dlp: &'a str) -> AccessLine<'a> {
+        AccessLine {
+            duration_ms: exchange.duration.as_secs_f64() * 1000.0,
+            request_id: self.request_id,
+            tenant: self.tenant.unwrap_or("-"),
+            route: self.route.unwrap_or("-"),
+            caller: self.caller.unwrap_or("-"),
+            client_ip: self.client_ip,
+            tls_version: self.tls_version.unwrap_or("none"),
+            method: self.method,
+            path: self.path,
+            version: http_version(self.http_version),
+            status: exchange.status,
+            decision: self.outcome.label,
+            rule: self.outcome.rule.unwrap_or("-"),
+            dlp,
+        }
+    }
+
+    /// The request's audit record at `stage`; `exchange` is `None` for the `admitted` record
+    /// (nothing has been exchanged yet).
+    pub(crate) fn audit_event(
+        &self,
+        stage: RequestStage,
+        exchange: Option<&Exchange>,
+        include_query: bool,
+        dlp: Vec<DlpFinding>,
+    ) -> RequestEvent {
+        let mut path = self.path.to_owned();
+        if let (true, Some(query)) = (include_query, self.query) {
+            path.push('?');
+            path.push_str(query);
+        }
+        let exchange = exchange.copied().unwrap_or_default();
+        RequestEvent {
+            request_id: self.request_id.to_owned(),
+            stage,
+            trace_id: self.traceparent.and_then(trace_id),
+            tenant: self.tenant.map(str::to_owned),
+            route: self.route.map(str::to_owned),
+            identity: self.caller.map(str::to_owned),
+            source: self.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            method: self.method.to_owned(),
+            host: self.host.unwrap_or_default().to_owned(),
+            path,
+            status: exchange.status,
+            bytes_in: exchange.bytes_in,
+            bytes_out: exchange.bytes_out,
+            duration_ms: u64::try_from(exchange.duration.as_millis()).unwrap_or(u64::MAX),
+            decision: self.outcome.decision,
+            rule: self.outcome.rule.map(str::to_owned),
+            rate_limit: self.outcome.rate_limit,
+            dlp,
+            tls_version: self.tls_version.map(str::to_owned),
+            upstream: self.upstream.clone(),
+            reason: (self.outcome.label != "allow").then(|| self.outcome.label.to_owned()),
+        }
+    }
+
+    pub(crate) fn metrics_outcome(&self, exchange: &Exchange) -> RequestOutcome<'_> {
+        RequestOutcome {
+            tenant: self.tenant.unwrap_or("-"),
+            route: self.route.unwrap_or("-"),
+            status: exchange.status,
+            decision: self.outcome.label,
+            duration: exchange.duration,
+        }
+    }
+}
+
+fn http_version(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "other",
+    }
+}
+
+/// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
+fn trace_id(traceparent: &str) -> Option<String> {
+    let mut parts = traceparent.trim().split('-');
+    let (_version, id) = (parts.next()?, parts.next()?);
+    let valid = id.len() == 32
+        && id.bytes().all(|b| b.is_ascii_hexdigit())
+        && id.bytes().any(|b| b != b'0');
+    valid.then(|| id.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests;
