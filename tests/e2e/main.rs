@@ -8,6 +8,7 @@ mod audit;
 mod ca;
 mod demo;
 mod dlp;
+mod explain;
 mod harness;
 mod limits;
 mod operations;
