@@ -4,28 +4,30 @@
 //! line, the audit record and the metrics (`record`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use portcullis_audit::{Decision, RateLimitOutcome, RequestStage};
-use portcullis_policy::{BodyDirection, HeaderSource, Identity, Route};
+use portcullis_audit::RequestStage;
+use portcullis_policy::{BodyDirection, HeaderSource};
 
-use crate::admission::{caller_name, plan_body, Admitted, BodyPlan, Refusal, RequestHead, Target};
+use crate::admission::{plan_body, BodyPlan, Refusal, RequestHead};
 use crate::audit::AuditTrail;
-use crate::forwarding::{header_str, resolve_client, rewrite_upstream_request, Client, Forwarded};
+use crate::forwarding::{header_str, resolve_client, rewrite_upstream_request, Forwarded};
 use crate::identity::ConnectionIdentity;
 use crate::inspect::BodyInspector;
 use crate::metrics::Metrics;
-use crate::record::{Exchange, Findings, Outcome, Summary};
+use crate::record::{Exchange, Findings};
+mod context;
+
+pub(crate) use context::RequestCtx;
+
 use crate::snapshot::Snapshot;
-use crate::upstream::Pool;
 
 pub(crate) struct Gateway {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
@@ -33,116 +35,12 @@ pub(crate) struct Gateway {
     pub audit: Option<Arc<AuditTrail>>,
 }
 
-/// What one request has established so far. `admitted` is the proof admission gave; once
-/// anything refuses the request, `refusal` says what and why.
-pub(crate) struct RequestCtx {
-    request_id: String,
-    started: Instant,
-    /// Whether the request was counted in flight (so `logging` must count it out).
-    counted: bool,
-    identity: Option<Arc<Identity>>,
-    tls_version: Option<&'static str>,
-    client: Option<Client>,
-    target: Option<Target>,
-    route: Option<Arc<Route>>,
-    admitted: Option<Admitted>,
-    /// The admitted route's pool, from the snapshot the request was admitted under.
-    pool: Option<Arc<Pool>>,
-    refusal: Option<Refusal>,
-    request_body_bytes: u64,
-    request_scan: Option<BodyInspector>,
-    response_scan: Option<BodyInspector>,
-    /// The upstream address the request was sent to.
-    upstream: Option<SocketAddr>,
-}
-
-impl RequestCtx {
-    fn tenant(&self) -> &str {
-        self.route.as_ref().map_or("-", |r| r.tenant.as_str())
-    }
-
-    /// The decision as every record states it.
-    fn outcome(&self) -> Outcome<'_> {
-        let limited = |rate_limited| {
-            if rate_limited {
-                RateLimitOutcome::Passed
-            } else {
-                RateLimitOutcome::None
-            }
-        };
-        match (&self.refusal, &self.admitted) {
-            (Some(refusal), admitted) => Outcome {
-                label: refusal.label(),
-                decision: refusal.decision(),
-                rule: refusal
-                    .rule()
-                    .or(admitted.as_ref().map(|a| a.permit.rule.as_str())),
-                rate_limit: match (refusal, admitted) {
-                    (Refusal::RateLimited(_), _) => RateLimitOutcome::Limited,
-                    (_, Some(a)) => limited(a.rate_limited),
-                    (_, None) => RateLimitOutcome::None,
-                },
-            },
-            (None, Some(admitted)) => Outcome {
-                label: "allow",
-                decision: Decision::Allow,
-                rule: Some(admitted.permit.rule.as_str()),
-                rate_limit: limited(admitted.rate_limited),
-            },
-            (None, None) => Outcome {
-                label: "none",
-                decision: Decision::Error,
-                rule: None,
-                rate_limit: RateLimitOutcome::None,
-            },
-        }
-    }
-
-    fn summary<'a>(&'a self, req: &'a RequestHeader) -> Summary<'a> {
-        Summary {
-            request_id: &self.request_id,
-            tenant: self.route.as_ref().map(|r| r.tenant.as_str()),
-            route: self.route.as_ref().map(|r| r.id.as_str()),
-            caller: caller_name(self.identity.as_deref()),
-            client_ip: self.client.as_ref().map(|c| c.ip),
-            tls_version: self.tls_version,
-            method: req.method.as_str(),
-            host: self.target.as_ref().and_then(|t| t.host.as_deref()),
-            path: self
-                .target
-                .as_ref()
-                .map_or_else(|| req.uri.path(), |t| t.path.as_str()),
-            query: req.uri.query(),
-            http_version: req.version,
-            traceparent: header_str(req, "traceparent"),
-            outcome: self.outcome(),
-            upstream: self.upstream.as_ref().map(ToString::to_string),
-        }
-    }
-}
-
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            request_id: uuid::Uuid::new_v4().simple().to_string(),
-            started: Instant::now(),
-            counted: false,
-            identity: None,
-            tls_version: None,
-            client: None,
-            target: None,
-            route: None,
-            admitted: None,
-            pool: None,
-            refusal: None,
-            request_body_bytes: 0,
-            request_scan: None,
-            response_scan: None,
-            upstream: None,
-        }
+        RequestCtx::new()
     }
 
     /// Identity, client, then admission; a refusal is answered here.

@@ -1,0 +1,153 @@
+//! The state of one request as it moves through the proxy phases, and the outcome every
+//! record of it states.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use pingora_core::protocols::l4::socket::SocketAddr;
+use pingora_http::RequestHeader;
+use portcullis_audit::{Decision, RateLimitOutcome};
+use portcullis_policy::{Identity, Route};
+
+use crate::admission::{caller_name, Admitted, Refusal, Target};
+use crate::forwarding::{header_str, Client};
+use crate::inspect::BodyInspector;
+use crate::record::{Outcome, Summary};
+use crate::upstream::Pool;
+
+/// What one request has established so far. `admitted` is the proof admission gave; once
+/// anything refuses the request, `refusal` says what and why.
+pub(crate) struct RequestCtx {
+    pub(super) request_id: String,
+    pub(super) started: Instant,
+    /// Whether the request was counted in flight (so `logging` must count it out).
+    pub(super) counted: bool,
+    pub(super) identity: Option<Arc<Identity>>,
+    pub(super) tls_version: Option<&'static str>,
+    pub(super) client: Option<Client>,
+    pub(super) target: Option<Target>,
+    pub(super) route: Option<Arc<Route>>,
+    pub(super) admitted: Option<Admitted>,
+    /// The admitted route's pool, from the snapshot the request was admitted under.
+    pub(super) pool: Option<Arc<Pool>>,
+    pub(super) refusal: Option<Refusal>,
+    pub(super) request_body_bytes: u64,
+    pub(super) request_scan: Option<BodyInspector>,
+    pub(super) response_scan: Option<BodyInspector>,
+    /// The upstream address the request was sent to.
+    pub(super) upstream: Option<SocketAddr>,
+}
+
+impl RequestCtx {
+    pub(super) fn new() -> Self {
+        Self {
+            request_id: uuid::Uuid::new_v4().simple().to_string(),
+            started: Instant::now(),
+            counted: false,
+            identity: None,
+            tls_version: None,
+            client: None,
+            target: None,
+            route: None,
+            admitted: None,
+            pool: None,
+            refusal: None,
+            request_body_bytes: 0,
+            request_scan: None,
+            response_scan: None,
+            upstream: None,
+        }
+    }
+
+    pub(super) fn tenant(&self) -> &str {
+        self.route.as_ref().map_or("-", |r| r.tenant.as_str())
+    }
+
+    /// The decision as every record states it.
+    pub(super) fn outcome(&self) -> Outcome<'_> {
+        let limited = |rate_limited| {
+            if rate_limited {
+                RateLimitOutcome::Passed
+            } else {
+                RateLimitOutcome::None
+            }
+        };
+        match (&self.refusal, &self.admitted) {
+            (Some(refusal), admitted) => Outcome {
+                label: refusal.label(),
+                decision: refusal.decision(),
+                rule: refusal
+                    .rule()
+                    .or(admitted.as_ref().map(|a| a.permit.rule.as_str())),
+                rate_limit: match (refusal, admitted) {
+                    (Refusal::RateLimited(_), _) => RateLimitOutcome::Limited,
+                    (_, Some(a)) => limited(a.rate_limited),
+                    (_, None) => RateLimitOutcome::None,
+                },
+            },
+            (None, Some(admitted)) => Outcome {
+                label: "allow",
+                decision: Decision::Allow,
+                rule: Some(admitted.permit.rule.as_str()),
+                rate_limit: limited(admitted.rate_limited),
+            },
+            (None, None) => Outcome {
+                label: "none",
+                decision: Decision::Error,
+                rule: None,
+                rate_limit: RateLimitOutcome::None,
+            },
+        }
+    }
+
+    pub(super) fn summary<'a>(&'a self, req: &'a RequestHeader) -> Summary<'a> {
+        Summary {
+            request_id: &self.request_id,
+            tenant: self.route.as_ref().map(|r| r.tenant.as_str()),
+            route: self.route.as_ref().map(|r| r.id.as_str()),
+            caller: caller_name(self.identity.as_deref()),
+            client_ip: self.client.as_ref().map(|c| c.ip),
+            tls_version: self.tls_version,
+            method: req.method.as_str(),
+            host: self.target.as_ref().and_then(|t| t.host.as_deref()),
+            path: self
+                .target
+                .as_ref()
+                .map_or_else(|| req.uri.path(), |t| t.path.as_str()),
+            query: req.uri.query(),
+            http_version: req.version,
+            traceparent: header_str(req, "traceparent"),
+            outcome: self.outcome(),
+            upstream: self.upstream.as_ref().map(ToString::to_string),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outcome_follows_the_refusal_else_the_admission() {
+        let mut ctx = RequestCtx::new();
+        let o = ctx.outcome();
+        assert_eq!(
+            (o.label, o.decision, o.rule),
+            ("none", Decision::Error, None)
+        );
+        ctx.refusal = Some(Refusal::NoRoute);
+        let o = ctx.outcome();
+        assert_eq!(
+            (o.label, o.decision, o.rule),
+            ("no_route", Decision::Deny, None)
+        );
+        assert_eq!(o.rate_limit, RateLimitOutcome::None);
+        ctx.refusal = Some(Refusal::RateLimited(crate::limits::LimitExceeded {
+            limit: "tenant",
+            retry_after: std::time::Duration::from_secs(1),
+            policy: None,
+        }));
+        assert_eq!(ctx.outcome().rate_limit, RateLimitOutcome::Limited);
+        assert_eq!(ctx.request_id.len(), 32);
+    }
+}
