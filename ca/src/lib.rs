@@ -5,6 +5,7 @@
 //! - [`Ca`]: a root and an issuing intermediate ([`Ca::init`], [`Ca::open`]), issuance from CSRs
 //!   under per-tenant [`IssuanceProfile`]s ([`Ca::issue`]), an [`InventoryStore`] of everything
 //!   issued (SQLite by default), revocation and CRLs written atomically to `STATE/crl.pem`.
+//!   The CA records its own issuances, refusals and revocations through a [`CaEventSink`].
 //! - [`cli`]: the `portcullis ca …` subcommands.
 //! - [`dev`]: the development PKI (software keys) used by `portcullis demo` and tests.
 
@@ -14,6 +15,7 @@ mod config;
 mod crl;
 mod csr;
 pub mod dev;
+mod events;
 mod ids;
 mod inventory;
 mod key;
@@ -25,6 +27,7 @@ pub use config::{
     SoftwareConfig,
 };
 pub use crl::{write_atomic, Crl, RevocationReason};
+pub use events::CaEventSink;
 pub use ids::{Serial, TenantId};
 pub use inventory::{
     CertRecord, CertStatus, InventoryFilter, InventoryStore, NewCertRecord, SqliteInventory,
