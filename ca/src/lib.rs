@@ -9,6 +9,10 @@
 //! - [`cli`]: the `portcullis ca …` subcommands.
 //! - [`dev`]: the development PKI (software keys) used by `portcullis demo` and tests.
 
+// No unwrap/expect on anything a peer or an operator can influence; an expect that guards a
+// true invariant is allowed where it stands, with the reason. Tests are exempt.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 mod authority;
 pub mod cli;
 mod config;
