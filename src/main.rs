@@ -9,6 +9,7 @@ mod keys;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
@@ -201,7 +202,8 @@ fn main() -> ExitCode {
             audit_key,
             command,
         } => audit_cli::with_audit_log(audit_dir, &audit_key, "ca", |audit| {
-            portcullis_ca::cli::run_audited(command, audit.as_ref()).map_err(Into::into)
+            let events = audit.map(|a| Arc::new(a) as Arc<dyn portcullis_ca::CaEventSink>);
+            portcullis_ca::cli::run_audited(command, events).map_err(Into::into)
         }),
         Command::Demo {
             state,

@@ -34,9 +34,11 @@ const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What every handler shares.
 pub(crate) struct AppState {
+    /// The CA, recording its issuances, refusals and revocations in the audit log itself.
     pub(crate) ca: Arc<Ca>,
     pub(crate) tokens: Arc<dyn TokenStore>,
     pub(crate) operators: HashSet<String>,
+    /// Where the record of every call goes.
     pub(crate) audit: Option<AuditHandle>,
     pub(crate) stats: Arc<IssuanceStats>,
     pub(crate) trust: Arc<ClientTrust>,

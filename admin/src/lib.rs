@@ -12,6 +12,10 @@
 //! Errors a caller sees are `{"error": "<stable code>", "message": "<for humans>"}`; details go
 //! to the log only.
 
+// No unwrap/expect on anything a peer or an operator can influence; an expect that guards a
+// true invariant is allowed where it stands, with the reason. Tests are exempt.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 mod api;
 pub mod cli;
 mod config;

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use portcullis_audit::AuditHandle;
-use portcullis_ca::{Ca, CaConfig};
+use portcullis_ca::{Ca, CaConfig, CaEventSink};
 use rustls::crypto::CryptoProvider;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
@@ -51,7 +51,17 @@ pub struct AdminServer {
     state: Arc<AppState>,
     provider: Arc<CryptoProvider>,
     crl_poll: Duration,
-    renewal: Option<(SelfIssueConfig, Arc<ServingCert>, SystemTime, SystemTime)>,
+    renewal: Option<ServingRenewal>,
+}
+
+/// What renewing the server's own, self-issued certificate takes.
+struct ServingRenewal {
+    /// The CA as handed in (not the API's, which records in the server's audit log).
+    ca: Arc<Ca>,
+    config: SelfIssueConfig,
+    serving: Arc<ServingCert>,
+    issued_at: SystemTime,
+    not_after: SystemTime,
 }
 
 impl std::fmt::Debug for AdminServer {
@@ -80,6 +90,10 @@ impl AdminServer {
     /// Builds the server on an opened CA: obtains the server certificate (self-issued or from
     /// files), loads the trust bundle and CRL, opens the token store (`STATE/tokens.sqlite3`)
     /// and binds the listener.
+    ///
+    /// `audit` receives the record of every call and, through the CA, the events of the
+    /// issuances, refusals and revocations the API asks of it. The server's own certificate is
+    /// issued by `ca` as handed in (recorded in its event sink, if it has one).
     pub async fn bind_with(
         config: &AdminConfig,
         ca: Arc<Ca>,
@@ -113,7 +127,13 @@ impl AdminServer {
                         })??;
                 tracing::info!(ca.serial = %issued.serial, "admin server certificate issued by the CA");
                 let serving = Arc::new(ServingCert::new(key));
-                let renewal = (cfg, Arc::clone(&serving), now, issued.not_after);
+                let renewal = ServingRenewal {
+                    ca: Arc::clone(&ca),
+                    config: cfg,
+                    serving: Arc::clone(&serving),
+                    issued_at: now,
+                    not_after: issued.not_after,
+                };
                 (serving, Some(renewal))
             }
             ServingCertSource::Files {
@@ -141,6 +161,12 @@ impl AdminServer {
             .with_cert_resolver(serving);
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
 
+        let ca = match &audit {
+            Some(audit) => Arc::new(
+                Ca::clone(&ca).with_event_sink(Arc::new(audit.clone()) as Arc<dyn CaEventSink>),
+            ),
+            None => ca,
+        };
         let state = Arc::new(AppState {
             ca,
             tokens,
@@ -193,14 +219,14 @@ impl AdminServer {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AdminError> {
         let mut background = tokio::task::JoinSet::new();
         background.spawn(crl_watch(Arc::clone(&self.state), self.crl_poll));
-        if let Some((cfg, serving, issued_at, not_after)) = self.renewal {
+        if let Some(r) = self.renewal {
             background.spawn(renew_serving(
-                Arc::clone(&self.state.ca),
-                cfg,
+                r.ca,
+                r.config,
                 Arc::clone(&self.provider),
-                serving,
-                issued_at,
-                not_after,
+                r.serving,
+                r.issued_at,
+                r.not_after,
             ));
         }
         tracing::info!(listen.addr = %self.local_addr, "admin API listening");

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use portcullis_audit::CaEvent;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyUsagePurpose, SanType, SerialNumber,
@@ -20,6 +21,7 @@ use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
 use crate::config::CaConfig;
 use crate::crl::{sign_crl, write_atomic, Crl, RevocationReason, RevokedEntry};
 use crate::csr::read_csr;
+use crate::events::{self, CaEventSink};
 use crate::ids::{Serial, TenantId};
 use crate::inventory::{
     format_time, CertRecord, InventoryFilter, InventoryStore, NewCertRecord, SqliteInventory,
@@ -37,7 +39,7 @@ const INTERMEDIATE_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RequesterKind {
-    /// A workload renewing with its current client certificate.
+    /// A workload authenticated by its current client certificate (renewing, or revoking it).
     ClientCert,
     /// A workload's first certificate, with a bootstrap token.
     BootstrapToken,
@@ -55,7 +57,8 @@ impl fmt::Display for RequesterKind {
     }
 }
 
-/// Who asked for a certificate (recorded in the inventory).
+/// Who asked for a certificate (recorded in the inventory and the CA's events) or for its
+/// revocation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Requester {
     pub kind: RequesterKind,
@@ -99,7 +102,21 @@ pub struct IssuedCertificate {
 }
 
 /// The certificate authority. `Send + Sync`: issue from many threads through `&self`.
+///
+/// Issuances, refusals and revocations are recorded as [`CaEvent`]s in the [`CaEventSink`]
+/// given with [`Ca::with_event_sink`] (none by default). A clone is the same CA (same keys,
+/// inventory and CRL numbering), so front ends that share one CA can each record its events in
+/// their own sink.
+///
+/// [`CaEvent`]: portcullis_audit::CaEvent
+#[derive(Clone)]
 pub struct Ca {
+    core: Arc<CaCore>,
+    events: Option<Arc<dyn CaEventSink>>,
+}
+
+/// What every clone of a [`Ca`] shares.
+struct CaCore {
     state_dir: PathBuf,
     issuer: Issuer<'static, RcgenSigner>,
     issuer_ski: Vec<u8>,
@@ -116,9 +133,10 @@ pub struct Ca {
 impl fmt::Debug for Ca {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ca")
-            .field("state_dir", &self.state_dir)
-            .field("profiles", &self.profiles.len())
-            .field("inventory", &self.inventory)
+            .field("state_dir", &self.core.state_dir)
+            .field("profiles", &self.core.profiles.len())
+            .field("inventory", &self.core.inventory)
+            .field("events", &self.events.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -303,42 +321,75 @@ impl Ca {
         let signer = RcgenSigner::new(issuing_key)?;
         let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(inter_der.as_slice()), signer)?;
         Ok(Ca {
-            state_dir: dir.clone(),
-            issuer,
-            issuer_ski,
-            issuer_not_after,
-            root_pem,
-            intermediate_pem,
-            profiles: config.profiles()?,
-            inventory,
-            crl_next_update: config.crl.next_update,
-            crl_lock: Mutex::new(()),
+            core: Arc::new(CaCore {
+                state_dir: dir.clone(),
+                issuer,
+                issuer_ski,
+                issuer_not_after,
+                root_pem,
+                intermediate_pem,
+                profiles: config.profiles()?,
+                inventory,
+                crl_next_update: config.crl.next_update,
+                crl_lock: Mutex::new(()),
+            }),
+            events: None,
         })
+    }
+
+    /// This CA, recording its issuances, refusals and revocations in `sink` (in place of any
+    /// sink it had).
+    #[must_use]
+    pub fn with_event_sink(self, sink: Arc<dyn CaEventSink>) -> Ca {
+        Ca {
+            events: Some(sink),
+            ..self
+        }
+    }
+
+    /// Hands an event to the sink, if there is one; built only then.
+    fn record(&self, event: impl FnOnce() -> CaEvent) {
+        if let Some(sink) = &self.events {
+            sink.record(event());
+        }
+    }
+
+    /// Records, as a refusal, an issuance that the caller refused before asking the CA (the
+    /// issuance API's identity checks), so that it reads like the CA's own refusals: `reason`
+    /// is `"<code>: <why>"`, `subject` the name the request asked for.
+    pub fn record_refusal(
+        &self,
+        requester: &Requester,
+        subject: Option<String>,
+        code: &str,
+        why: &str,
+    ) {
+        self.record(|| events::refused(requester, subject, None, code, &why));
     }
 
     /// The trust bundle (the root certificate), PEM.
     pub fn trust_bundle_pem(&self) -> &str {
-        &self.root_pem
+        &self.core.root_pem
     }
 
     /// The issuing intermediate, PEM.
     pub fn intermediate_pem(&self) -> &str {
-        &self.intermediate_pem
+        &self.core.intermediate_pem
     }
 
     /// The state directory.
     pub fn state_dir(&self) -> &Path {
-        &self.state_dir
+        &self.core.state_dir
     }
 
     /// The inventory store.
     pub fn inventory(&self) -> &dyn InventoryStore {
-        self.inventory.as_ref()
+        self.core.inventory.as_ref()
     }
 
     /// The checked issuance profiles.
     pub fn profiles(&self) -> &[IssuanceProfile] {
-        &self.profiles
+        &self.core.profiles
     }
 
     fn profile(
@@ -347,6 +398,7 @@ impl Ca {
         name: Option<&str>,
     ) -> Result<&IssuanceProfile, IssueRefusal> {
         let mut candidates = self
+            .core
             .profiles
             .iter()
             .filter(|p| p.tenant == *tenant && name.is_none_or(|n| p.name == n));
@@ -372,6 +424,9 @@ impl Ca {
     /// `CN=<first DNS name>` (when there is one), and carries only the SANs the profile allowed.
     /// Valid from `now - 60s` to `now + lifetime` (cut to the intermediate's expiry).
     /// Refusals are [`CaError::Refused`]; an unreachable HSM is [`CaError::BackendUnavailable`].
+    ///
+    /// Records one event: the issuance, or the refusal (with the profile asked for and the
+    /// name the CSR asked for). Other failures record nothing: nothing was decided.
     pub fn issue(
         &self,
         req: &IssueRequest<'_>,
@@ -379,22 +434,36 @@ impl Ca {
     ) -> Result<IssuedCertificate, CaError> {
         let result = self.issue_inner(req, now);
         match &result {
-            Ok(issued) => tracing::info!(
-                ca.serial = %issued.serial,
-                tenant.id = %req.tenant,
-                ca.profile = %issued.profile,
-                ca.requester = %req.requester,
-                cert.spiffe_id = issued.spiffe_id.as_deref().unwrap_or(""),
-                cert.not_after = %format_time(issued.not_after),
-                "certificate issued"
-            ),
-            Err(CaError::Refused(refusal)) => tracing::info!(
-                tenant.id = %req.tenant,
-                ca.requester = %req.requester,
-                refusal.code = refusal.code(),
-                refusal.reason = %refusal,
-                "issuance refused"
-            ),
+            Ok(issued) => {
+                tracing::info!(
+                    ca.serial = %issued.serial,
+                    tenant.id = %req.tenant,
+                    ca.profile = %issued.profile,
+                    ca.requester = %req.requester,
+                    cert.spiffe_id = issued.spiffe_id.as_deref().unwrap_or(""),
+                    cert.not_after = %format_time(issued.not_after),
+                    "certificate issued"
+                );
+                self.record(|| events::issued(&req.requester, issued));
+            }
+            Err(CaError::Refused(refusal)) => {
+                tracing::info!(
+                    tenant.id = %req.tenant,
+                    ca.requester = %req.requester,
+                    refusal.code = refusal.code(),
+                    refusal.reason = %refusal,
+                    "issuance refused"
+                );
+                self.record(|| {
+                    events::refused(
+                        &req.requester,
+                        events::csr_subject(req.csr),
+                        req.profile,
+                        refusal.code(),
+                        refusal,
+                    )
+                });
+            }
             Err(e) => tracing::warn!(tenant.id = %req.tenant, error = %e, "issuance failed"),
         }
         result
@@ -412,9 +481,9 @@ impl Ca {
         let serial = Serial::random()?;
         let not_before = now - CLOCK_SKEW;
         let mut not_after = now + permit.lifetime;
-        if not_after > self.issuer_not_after {
+        if not_after > self.core.issuer_not_after {
             tracing::warn!(tenant.id = %req.tenant, "lifetime cut to the intermediate's expiry");
-            not_after = self.issuer_not_after;
+            not_after = self.core.issuer_not_after;
         }
 
         let mut params = CertificateParams::default();
@@ -459,12 +528,12 @@ impl Ca {
         let subject_key = rcgen::SubjectPublicKeyInfo::from_der(&csr.spki_der)
             .map_err(|e| IssueRefusal::CsrMalformed(format!("subject key: {e}")))?;
         let cert = params
-            .signed_by(&subject_key, &self.issuer)
+            .signed_by(&subject_key, &self.core.issuer)
             .map_err(RcgenSigner::error)?;
         let cert_der = cert.der().to_vec();
         let cert_pem = cert.pem();
 
-        self.inventory.record_issued(&NewCertRecord {
+        self.core.inventory.record_issued(&NewCertRecord {
             serial: serial.clone(),
             subject,
             sans,
@@ -478,7 +547,7 @@ impl Ca {
 
         Ok(IssuedCertificate {
             serial,
-            chain_pem: format!("{cert_pem}{}", self.intermediate_pem),
+            chain_pem: format!("{cert_pem}{}", self.core.intermediate_pem),
             cert_der,
             cert_pem,
             not_before,
@@ -500,31 +569,55 @@ impl Ca {
         filter: &InventoryFilter,
         now: SystemTime,
     ) -> Result<Vec<CertRecord>, CaError> {
-        self.inventory.list(filter, now)
+        self.core.inventory.list(filter, now)
     }
 
-    /// Revokes a certificate and publishes a new CRL to `STATE/crl.pem`.
-    /// [`CaError::UnknownSerial`] or [`CaError::AlreadyRevoked`] when it cannot.
+    /// [`Ca::revoke_by`] for a caller with no one to name: the event's requester reads
+    /// `operator:(unnamed)`. Front ends name who asked with [`Ca::revoke_by`].
     pub fn revoke(
         &self,
         serial: &Serial,
         reason: RevocationReason,
         now: SystemTime,
     ) -> Result<CertRecord, CaError> {
-        let record = self.inventory.revoke(serial, reason, now)?;
-        tracing::info!(ca.serial = %serial, tenant.id = %record.tenant, revocation.reason = %reason, "certificate revoked");
+        let unnamed = Requester {
+            kind: RequesterKind::Operator,
+            id: "(unnamed)".to_owned(),
+        };
+        self.revoke_by(serial, reason, &unnamed, now)
+    }
+
+    /// Revokes a certificate at `requester`'s request and publishes a new CRL to
+    /// `STATE/crl.pem`. [`CaError::UnknownSerial`] or [`CaError::AlreadyRevoked`] when it
+    /// cannot. Records one event once the inventory holds the revocation, even if the CRL then
+    /// cannot be signed (the error says so; the certificate is revoked all the same).
+    pub fn revoke_by(
+        &self,
+        serial: &Serial,
+        reason: RevocationReason,
+        requester: &Requester,
+        now: SystemTime,
+    ) -> Result<CertRecord, CaError> {
+        let record = self.core.inventory.revoke(serial, reason, now)?;
+        tracing::info!(ca.serial = %serial, tenant.id = %record.tenant, ca.requester = %requester, revocation.reason = %reason, "certificate revoked");
+        self.record(|| events::revoked(requester, &record, reason));
         self.publish_crl(now)?;
         Ok(record)
     }
 
     /// Signs a new CRL (next CRL number) listing the revoked, unexpired certificates.
     pub fn crl(&self, now: SystemTime) -> Result<Crl, CaError> {
-        let _serial = self.crl_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _serial = self
+            .core
+            .crl_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         self.sign_crl_locked(now)
     }
 
     fn sign_crl_locked(&self, now: SystemTime) -> Result<Crl, CaError> {
         let revoked: Vec<RevokedEntry> = self
+            .core
             .inventory
             .list_revoked(now)?
             .into_iter()
@@ -534,13 +627,13 @@ impl Ca {
                 reason: r.revocation_reason.unwrap_or(RevocationReason::Unspecified),
             })
             .collect();
-        let number = self.inventory.next_crl_number()?;
+        let number = self.core.inventory.next_crl_number()?;
         sign_crl(
-            &self.issuer,
-            &self.issuer_ski,
+            &self.core.issuer,
+            &self.core.issuer_ski,
             number,
             now,
-            self.crl_next_update,
+            self.core.crl_next_update,
             &revoked,
         )
         .map_err(RcgenSigner::error)
@@ -548,7 +641,11 @@ impl Ca {
 
     /// Signs a new CRL and writes it to `STATE/crl.pem` atomically.
     pub fn publish_crl(&self, now: SystemTime) -> Result<Crl, CaError> {
-        let _serial = self.crl_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _serial = self
+            .core
+            .crl_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let crl = self.sign_crl_locked(now)?;
         write_atomic(&self.crl_path(), crl.pem.as_bytes(), 0o644)?;
         tracing::info!(
@@ -561,6 +658,6 @@ impl Ca {
 
     /// Where the current CRL is written.
     pub fn crl_path(&self) -> PathBuf {
-        self.state_dir.join("crl.pem")
+        self.core.state_dir.join("crl.pem")
     }
 }

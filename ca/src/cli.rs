@@ -3,15 +3,16 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::authority::{Ca, IssueRequest, Requester, RequesterKind};
 use crate::config::CaConfig;
 use crate::crl::{write_atomic, RevocationReason};
+use crate::events::CaEventSink;
 use crate::ids::{Serial, TenantId};
 use crate::inventory::{format_time, CertStatus, InventoryFilter};
 use crate::CaError;
-use portcullis_audit::{AuditHandle, CaAction, CaEvent};
 
 /// The `ca` subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -86,21 +87,12 @@ pub fn run(cmd: CaCommand) -> Result<(), CaError> {
     run_audited(cmd, None)
 }
 
-/// Runs a subcommand, printing to stdout; issuances, refusals and revocations are recorded in
-/// `audit` when given.
-pub fn run_audited(cmd: CaCommand, audit: Option<&AuditHandle>) -> Result<(), CaError> {
+/// Runs a subcommand, printing to stdout; the CA records its issuances, refusals and
+/// revocations in `events` when given.
+pub fn run_audited(cmd: CaCommand, events: Option<Arc<dyn CaEventSink>>) -> Result<(), CaError> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    run_with_audit(cmd, &mut out, SystemTime::now(), audit)
-}
-
-/// Appends a CA event; a full queue drops it (counted by the log), never blocking the CA.
-fn record(audit: Option<&AuditHandle>, event: CaEvent) {
-    if let Some(audit) = audit {
-        if let Err(e) = audit.try_append(event) {
-            tracing::warn!(error = %e, "CA event not recorded in the audit log");
-        }
-    }
+    run_with_audit(cmd, &mut out, SystemTime::now(), events)
 }
 
 fn operator() -> Requester {
@@ -115,13 +107,20 @@ pub fn run_with(cmd: CaCommand, out: &mut dyn Write, now: SystemTime) -> Result<
     run_with_audit(cmd, out, now, None)
 }
 
-/// [`run_with`], recording CA events in `audit`.
+/// [`run_with`], the CA recording its events in `events`.
 pub fn run_with_audit(
     cmd: CaCommand,
     out: &mut dyn Write,
     now: SystemTime,
-    audit: Option<&AuditHandle>,
+    events: Option<Arc<dyn CaEventSink>>,
 ) -> Result<(), CaError> {
+    let open = |config: &Path| -> Result<Ca, CaError> {
+        let ca = Ca::open(&CaConfig::load(config)?)?;
+        Ok(match &events {
+            Some(sink) => ca.with_event_sink(Arc::clone(sink)),
+            None => ca,
+        })
+    };
     let print = |out: &mut dyn Write, text: &str| -> Result<(), CaError> {
         out.write_all(text.as_bytes())
             .map_err(|source| CaError::Io {
@@ -152,48 +151,18 @@ pub fn run_with_audit(
             lifetime,
             out: out_file,
         } => {
-            let ca = Ca::open(&CaConfig::load(&config)?)?;
+            let ca = open(&config)?;
             let csr_bytes = read_capped(&csr)?;
-            let requester = operator();
-            let result = ca.issue(
+            let issued = ca.issue(
                 &IssueRequest {
                     csr: &csr_bytes,
                     tenant,
                     profile: profile.as_deref(),
                     lifetime,
-                    requester: requester.clone(),
+                    requester: operator(),
                 },
                 now,
-            );
-            match &result {
-                Ok(issued) => record(
-                    audit,
-                    CaEvent {
-                        action: CaAction::Issue,
-                        requester: requester.to_string(),
-                        subject: issued
-                            .spiffe_id
-                            .clone()
-                            .or_else(|| issued.dns_names.first().cloned()),
-                        serial: Some(issued.serial.to_string()),
-                        profile: Some(issued.profile.clone()),
-                        reason: None,
-                    },
-                ),
-                Err(CaError::Refused(refusal)) => record(
-                    audit,
-                    CaEvent {
-                        action: CaAction::Refuse,
-                        requester: requester.to_string(),
-                        subject: None,
-                        serial: None,
-                        profile: profile.clone(),
-                        reason: Some(format!("{}: {refusal}", refusal.code())),
-                    },
-                ),
-                Err(_) => {}
-            }
-            let issued = result?;
+            )?;
             match out_file {
                 Some(path) => {
                     write_atomic(&path, issued.chain_pem.as_bytes(), 0o644)?;
@@ -219,7 +188,7 @@ pub fn run_with_audit(
             limit,
             json,
         } => {
-            let ca = Ca::open(&CaConfig::load(&config)?)?;
+            let ca = open(&config)?;
             let records = ca.list(
                 &InventoryFilter {
                     tenant,
@@ -257,19 +226,8 @@ pub fn run_with_audit(
             reason,
         } => {
             let serial: Serial = serial.parse()?;
-            let ca = Ca::open(&CaConfig::load(&config)?)?;
-            let record = ca.revoke(&serial, reason, now)?;
-            self::record(
-                audit,
-                CaEvent {
-                    action: CaAction::Revoke,
-                    requester: operator().to_string(),
-                    subject: record.sans.first().cloned(),
-                    serial: Some(record.serial.to_string()),
-                    profile: Some(record.profile.clone()),
-                    reason: Some(reason.to_string()),
-                },
-            );
+            let ca = open(&config)?;
+            let record = ca.revoke_by(&serial, reason, &operator(), now)?;
             print(
                 out,
                 &format!(
@@ -285,7 +243,7 @@ pub fn run_with_audit(
             config,
             out: out_file,
         } => {
-            let ca = Ca::open(&CaConfig::load(&config)?)?;
+            let ca = open(&config)?;
             let crl = ca.publish_crl(now)?;
             if let Some(path) = out_file {
                 write_atomic(&path, crl.pem.as_bytes(), 0o644)?;

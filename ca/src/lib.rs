@@ -5,8 +5,13 @@
 //! - [`Ca`]: a root and an issuing intermediate ([`Ca::init`], [`Ca::open`]), issuance from CSRs
 //!   under per-tenant [`IssuanceProfile`]s ([`Ca::issue`]), an [`InventoryStore`] of everything
 //!   issued (SQLite by default), revocation and CRLs written atomically to `STATE/crl.pem`.
+//!   The CA records its own issuances, refusals and revocations through a [`CaEventSink`].
 //! - [`cli`]: the `portcullis ca …` subcommands.
 //! - [`dev`]: the development PKI (software keys) used by `portcullis demo` and tests.
+
+// No unwrap/expect on anything a peer or an operator can influence; an expect that guards a
+// true invariant is allowed where it stands, with the reason. Tests are exempt.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod authority;
 pub mod cli;
@@ -14,6 +19,7 @@ mod config;
 mod crl;
 mod csr;
 pub mod dev;
+mod events;
 mod ids;
 mod inventory;
 mod key;
@@ -25,6 +31,7 @@ pub use config::{
     SoftwareConfig,
 };
 pub use crl::{write_atomic, Crl, RevocationReason};
+pub use events::CaEventSink;
 pub use ids::{Serial, TenantId};
 pub use inventory::{
     CertRecord, CertStatus, InventoryFilter, InventoryStore, NewCertRecord, SqliteInventory,

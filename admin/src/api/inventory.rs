@@ -11,9 +11,9 @@ use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use portcullis_audit::{CaAction, CaEvent};
 use portcullis_ca::{
-    CaError, CertRecord, CertStatus, InventoryFilter, RevocationReason, Serial, TenantId,
+    CaError, CertRecord, CertStatus, InventoryFilter, Requester, RequesterKind, RevocationReason,
+    Serial, TenantId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -64,11 +64,19 @@ async fn revoke_flow(
         )
     })?;
     caller_record(st, peer).await?;
-    if !(st.is_operator(peer) || peer.serial == serial) {
+    let kind = if st.is_operator(peer) {
+        RequesterKind::Operator
+    } else if peer.serial == serial {
+        RequesterKind::ClientCert
+    } else {
         return Err(ApiError::forbidden(
             "only operators and the certificate's holder may revoke it",
         ));
-    }
+    };
+    let requester = Requester {
+        kind,
+        id: rec.actor.clone(),
+    };
     let body: RevokeBody = read_json(headers, body, true).await?;
     let reason = match body.reason.as_deref() {
         None => RevocationReason::Unspecified,
@@ -83,8 +91,9 @@ async fn revoke_flow(
     let ca = Arc::clone(&st.ca);
     let trust = Arc::clone(&st.trust);
     let s = serial.clone();
+    // The CA records the revocation in its event sink (this server's audit log).
     let result = blocking(move || {
-        let result = ca.revoke(&s, reason, SystemTime::now());
+        let result = ca.revoke_by(&s, reason, &requester, SystemTime::now());
         if result.is_ok() {
             // Enforce at once on this listener, not at the next poll.
             if let Err(e) = trust.reload() {
@@ -97,18 +106,6 @@ async fn revoke_flow(
     match result {
         Ok(record) => {
             rec.tenant = Some(record.tenant.to_string());
-            st.record(CaEvent {
-                action: CaAction::Revoke,
-                requester: rec.actor.clone(),
-                subject: record
-                    .sans
-                    .iter()
-                    .find_map(|s| s.strip_prefix("URI:").map(str::to_owned))
-                    .or_else(|| Some(record.subject.clone())),
-                serial: Some(record.serial.to_string()),
-                profile: Some(record.profile.clone()),
-                reason: Some(reason.to_string()),
-            });
             Ok(record)
         }
         Err(CaError::UnknownSerial(_)) => Err(ApiError::new(

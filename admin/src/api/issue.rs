@@ -10,7 +10,6 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use portcullis_audit::{CaAction, CaEvent};
 use portcullis_ca::{CaError, IssueRequest, IssuedCertificate, Requester, RequesterKind, TenantId};
 use serde::{Deserialize, Serialize};
 
@@ -138,19 +137,16 @@ async fn issue_flow(
         Credential::Token(hash) => authorize_token(st, hash, names.as_ref(), rec).await?,
     };
     let profile = req.profile.or(auth.default_profile);
-    let subject = names
-        .as_ref()
-        .and_then(|n| n.uris.first().or(n.dns_names.first()).cloned());
 
+    // The CA records the issuance or its refusal in its event sink (this server's audit log).
     let ca = Arc::clone(&st.ca);
     let (tenant, requester) = (auth.tenant.clone(), auth.requester.clone());
-    let profile_asked = profile.clone();
     let result = blocking(move || {
         ca.issue(
             &IssueRequest {
                 csr: &csr,
                 tenant,
-                profile: profile_asked.as_deref(),
+                profile: profile.as_deref(),
                 lifetime,
                 requester,
             },
@@ -169,17 +165,6 @@ async fn issue_flow(
         Ok(issued) => {
             st.stats.issued();
             rec.target = Some(issued.serial.to_string());
-            st.record(CaEvent {
-                action: CaAction::Issue,
-                requester: auth.requester.to_string(),
-                subject: issued
-                    .spiffe_id
-                    .clone()
-                    .or_else(|| issued.dns_names.first().cloned()),
-                serial: Some(issued.serial.to_string()),
-                profile: Some(issued.profile.clone()),
-                reason: None,
-            });
             Ok(issued)
         }
         Err(e) => {
@@ -187,14 +172,6 @@ async fn issue_flow(
             Err(match e {
                 CaError::Refused(refusal) => {
                     st.stats.refused();
-                    st.record(CaEvent {
-                        action: CaAction::Refuse,
-                        requester: auth.requester.to_string(),
-                        subject,
-                        serial: None,
-                        profile,
-                        reason: Some(format!("{}: {refusal}", refusal.code())),
-                    });
                     ApiError::new(StatusCode::BAD_REQUEST, refusal.code(), refusal.to_string())
                 }
                 e if e.is_unavailable() => {
@@ -211,23 +188,18 @@ async fn issue_flow(
     }
 }
 
-/// A refusal by this API's identity checks (not by the CA): counted and audited like one.
+/// A refusal by this API's identity checks (not by the CA): counted, and recorded through the
+/// CA like one of its own.
 fn identity_refusal(
     st: &AppState,
-    requester: &str,
+    requester: &Requester,
     subject: Option<String>,
     why: &str,
     message: &'static str,
 ) -> ApiError {
     st.stats.refused();
-    st.record(CaEvent {
-        action: CaAction::Refuse,
-        requester: requester.to_owned(),
-        subject,
-        serial: None,
-        profile: None,
-        reason: Some(format!("identity_mismatch: {why}")),
-    });
+    st.ca
+        .record_refusal(requester, subject, "identity_mismatch", why);
     ApiError::new(StatusCode::FORBIDDEN, "identity_mismatch", message)
 }
 
@@ -255,7 +227,7 @@ async fn authorize_renewal(
         tracing::warn!(ca.serial = %peer.serial, tenant.id = %record.tenant, "admin API: certificate O= disagrees with the inventory's tenant");
         return Err(identity_refusal(
             st,
-            &requester.to_string(),
+            &requester,
             None,
             "certificate tenant disagrees with the inventory",
             "the client certificate's tenant is inconsistent",
@@ -271,7 +243,7 @@ async fn authorize_renewal(
     if !same_identity(current_spiffe, &current_dns, names) {
         return Err(identity_refusal(
             st,
-            &requester.to_string(),
+            &requester,
             names.uris.first().cloned(),
             "renewal asks for names the current certificate does not carry",
             "a renewal may carry only the SPIFFE ID and DNS names of the current certificate",
@@ -314,7 +286,7 @@ async fn authorize_token(
             None => Some(csr_unreadable()),
             Some(n) if n.uris.as_slice() != std::slice::from_ref(bound) => Some(identity_refusal(
                 st,
-                &requester.to_string(),
+                &requester,
                 n.uris.first().cloned(),
                 "CSR SPIFFE ID differs from the token's",
                 "this bootstrap token is bound to another SPIFFE ID",

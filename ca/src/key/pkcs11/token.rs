@@ -54,8 +54,10 @@ struct Lease<'a> {
 }
 
 impl Lease<'_> {
+    // Invariant, not input: `checkout` hands out only leases holding a session, and only
+    // `release` (which consumes the lease) and `drop` take it out, so no caller can see None.
+    #[allow(clippy::expect_used)]
     fn session(&self) -> &Session {
-        // Invariant: `session` is Some from checkout until release or drop.
         self.session.as_ref().expect("lease holds a session")
     }
 

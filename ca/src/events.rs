@@ -1,0 +1,116 @@
+//! What the CA records about itself: one [`CaEvent`] per issuance, refusal and revocation,
+//! handed to the [`CaEventSink`] it was given ([`Ca::with_event_sink`]). The events are built
+//! here and nowhere else, so every front end (the CLI, the admin API) records the same facts.
+//!
+//! [`Ca::with_event_sink`]: crate::Ca::with_event_sink
+
+use std::fmt;
+
+use portcullis_audit::{AuditHandle, CaAction, CaEvent};
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::FromDer;
+
+use crate::authority::{IssuedCertificate, Requester};
+use crate::crl::RevocationReason;
+use crate::inventory::CertRecord;
+
+/// Where a [`Ca`](crate::Ca) records what it did. The CA calls [`record`](Self::record) on the
+/// thread that issued or revoked, after the fact: it must not block for long, and a sink that
+/// cannot record drops the event (and says so); the certificate operation stands.
+pub trait CaEventSink: Send + Sync {
+    /// Records one event.
+    fn record(&self, event: CaEvent);
+}
+
+/// The audit log, appended to without waiting: a full queue drops the event (the log counts
+/// it), never blocking the CA.
+impl CaEventSink for AuditHandle {
+    fn record(&self, event: CaEvent) {
+        if let Err(e) = self.try_append(event) {
+            tracing::warn!(error = %e, "CA event not recorded in the audit log");
+        }
+    }
+}
+
+/// A certificate was issued.
+pub(crate) fn issued(requester: &Requester, cert: &IssuedCertificate) -> CaEvent {
+    CaEvent {
+        action: CaAction::Issue,
+        requester: requester.to_string(),
+        subject: cert
+            .spiffe_id
+            .clone()
+            .or_else(|| cert.dns_names.first().cloned()),
+        serial: Some(cert.serial.to_string()),
+        profile: Some(cert.profile.clone()),
+        reason: None,
+    }
+}
+
+/// An issuance was refused; `reason` reads `"<code>: <why>"`.
+pub(crate) fn refused(
+    requester: &Requester,
+    subject: Option<String>,
+    profile: Option<&str>,
+    code: &str,
+    why: &dyn fmt::Display,
+) -> CaEvent {
+    CaEvent {
+        action: CaAction::Refuse,
+        requester: requester.to_string(),
+        subject,
+        serial: None,
+        profile: profile.map(str::to_owned),
+        reason: Some(format!("{code}: {why}")),
+    }
+}
+
+/// A certificate was revoked. The subject is its SPIFFE ID, else its subject name.
+pub(crate) fn revoked(
+    requester: &Requester,
+    record: &CertRecord,
+    reason: RevocationReason,
+) -> CaEvent {
+    CaEvent {
+        action: CaAction::Revoke,
+        requester: requester.to_string(),
+        subject: record
+            .sans
+            .iter()
+            .find_map(|s| s.strip_prefix("URI:").map(str::to_owned))
+            .or_else(|| Some(record.subject.clone())),
+        serial: Some(record.serial.to_string()),
+        profile: Some(record.profile.clone()),
+        reason: Some(reason.to_string()),
+    }
+}
+
+/// The name a refused CSR asked for, for the record: its first URI SAN, else its first DNS
+/// SAN. Read leniently (no signature check, trailing bytes ignored) because refused CSRs are
+/// often the broken ones; None when nothing can be read.
+pub(crate) fn csr_subject(csr: &[u8]) -> Option<String> {
+    let trimmed = csr.trim_ascii_start();
+    let pem;
+    let der = if trimmed.starts_with(b"-----BEGIN") {
+        pem = x509_parser::pem::parse_x509_pem(trimmed).ok()?.1;
+        &pem.contents[..]
+    } else {
+        csr
+    };
+    let (_, req) = X509CertificationRequest::from_der(der).ok()?;
+    let (mut uri, mut dns) = (None, None);
+    for ext in req.requested_extensions()? {
+        let ParsedExtension::SubjectAlternativeName(san) = ext else {
+            continue;
+        };
+        for name in &san.general_names {
+            match name {
+                GeneralName::URI(u) if uri.is_none() => uri = Some((*u).to_owned()),
+                GeneralName::DNSName(d) if dns.is_none() => dns = Some((*d).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    uri.or(dns)
+}
