@@ -85,6 +85,7 @@ pub enum IdentityError {
     },
 }
 
+#[cfg(feature = "io")]
 impl IdentityError {
     pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> IdentityError {
         let path = path.display().to_string();
