@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 pub use echo::serve_echo;
 pub use server::{check, load_config, serve};
-pub use tls::install_crypto_provider;
+pub use portcullis_identity::install_crypto_provider;
 
 /// Makes the audit checkpoint signer for the configured key. The binary supplies it (from the
 /// CA's key backends), so the gateway never touches key material.
@@ -59,6 +59,17 @@ pub enum GatewayError {
     /// The audit log could not be opened (unwritable directory, bad key, missing secret).
     #[error("audit: {0}")]
     Audit(String),
+}
+
+impl From<portcullis_identity::IdentityError> for GatewayError {
+    fn from(e: portcullis_identity::IdentityError) -> Self {
+        match e {
+            portcullis_identity::IdentityError::Io { path, source } => {
+                GatewayError::File { path, source }
+            }
+            other => GatewayError::Tls(other.to_string()),
+        }
+    }
 }
 
 impl GatewayError {
