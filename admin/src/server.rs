@@ -49,7 +49,12 @@ pub struct AdminServer {
     router: Router,
     state: Arc<AppState>,
     crl_poll: Duration,
-    renewal: Option<(SelfIssueConfig, Arc<ServerCertificate>, SystemTime, SystemTime)>,
+    renewal: Option<(
+        SelfIssueConfig,
+        Arc<ServerCertificate>,
+        SystemTime,
+        SystemTime,
+    )>,
 }
 
 impl std::fmt::Debug for AdminServer {

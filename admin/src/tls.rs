@@ -10,9 +10,8 @@ use std::time::{Duration, SystemTime};
 use portcullis_ca::{Ca, IssueRequest, IssuedCertificate, Requester, RequesterKind};
 pub(crate) use portcullis_identity::provider;
 use portcullis_identity::{
-    certified_key, load_certified_key, parse_certs, parse_crls, root_store,
-    webpki_client_verifier, ClientAuthMode, ServerCertificate, SwappableVerifier,
-    UnknownRevocation, VerifierState,
+    certified_key, load_certified_key, parse_certs, parse_crls, root_store, webpki_client_verifier,
+    ClientAuthMode, ServerCertificate, SwappableVerifier, UnknownRevocation, VerifierState,
 };
 use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
@@ -185,7 +184,10 @@ pub(crate) fn issue_serving(
         now,
     )?;
     let mut chain = vec![CertificateDer::from(issued.cert_der.clone())];
-    chain.extend(parse_certs(ca.intermediate_pem().as_bytes(), "intermediate")?);
+    chain.extend(parse_certs(
+        ca.intermediate_pem().as_bytes(),
+        "intermediate",
+    )?);
     let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let certified = certified_key(chain, private, "server certificate")?;
     Ok((certified, issued))
@@ -227,8 +229,7 @@ pub(crate) async fn renew_serving(
         loop {
             let (ca, cfg) = (Arc::clone(&ca), cfg.clone());
             let now = SystemTime::now();
-            let result =
-                tokio::task::spawn_blocking(move || issue_serving(&ca, &cfg, now)).await;
+            let result = tokio::task::spawn_blocking(move || issue_serving(&ca, &cfg, now)).await;
             match result {
                 Ok(Ok((key, issued))) => {
                     serving.replace(key);

@@ -381,7 +381,8 @@ async fn api_figure(
             chain: parse_certs(issued.chain_pem.as_bytes(), "issued chain")?,
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(first.1.clone())),
         };
-        let client = IssuanceClient::new("localhost", addr.port(), roots.clone(), Some(credentials))?;
+        let client =
+            IssuanceClient::new("localhost", addr.port(), roots.clone(), Some(credentials))?;
         clients.push((client, IssuanceRequest::new(csr(&id)?.0)));
     }
 

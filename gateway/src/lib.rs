@@ -20,8 +20,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use echo::serve_echo;
-pub use server::{check, load_config, serve};
 pub use portcullis_identity::install_crypto_provider;
+pub use server::{check, load_config, serve};
 
 /// Makes the audit checkpoint signer for the configured key. The binary supplies it (from the
 /// CA's key backends), so the gateway never touches key material.

@@ -14,8 +14,7 @@ use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use portcullis_identity::{
-    root_store, write_atomic, ClientCredentials, IssuanceClient, IssuanceRequest,
-    PRIVATE_FILE_MODE,
+    root_store, write_atomic, ClientCredentials, IssuanceClient, IssuanceRequest, PRIVATE_FILE_MODE,
 };
 use portcullis_policy::{Config, IssuerConfig};
 
@@ -242,8 +241,11 @@ async fn obtain(
     if let Some(lifetime) = issuer.lifetime {
         request = request.with_lifetime(lifetime);
     }
-    let roots = root_store(load_certs(&issuer.ca).map_err(|e| e.to_string())?, "issuer ca")
-        .map_err(|e| e.to_string())?;
+    let roots = root_store(
+        load_certs(&issuer.ca).map_err(|e| e.to_string())?,
+        "issuer ca",
+    )
+    .map_err(|e| e.to_string())?;
     let answer = IssuanceClient::new(&issuer.host, issuer.port, roots, current)
         .map_err(|e| e.to_string())?
         .with_timeout(EXCHANGE_TIMEOUT)

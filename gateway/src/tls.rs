@@ -91,7 +91,8 @@ impl ClientVerifier {
         metrics: Arc<Metrics>,
     ) -> Result<Option<Self>, GatewayError> {
         let crl_stamp = config.crl.as_deref().and_then(stamp);
-        let Some((inner, mode)) = build_webpki_verifier(config)? else {
+        let (Some(inner), Some(mode)) = (build_webpki_verifier(config)?, client_auth_mode(config))
+        else {
             return Ok(None);
         };
         let observer = ListenerRefusals {
@@ -115,7 +116,7 @@ impl ClientVerifier {
     /// Swaps in a new trust bundle and CRL. The mode (required/optional) is fixed at start-up.
     pub(crate) fn reload(&self, config: &TlsListenerConfig) -> Result<(), GatewayError> {
         let crl_stamp = config.crl.as_deref().and_then(stamp);
-        if let Some((inner, _)) = build_webpki_verifier(config)? {
+        if let Some(inner) = build_webpki_verifier(config)? {
             self.verifier.replace(inner);
             *self.source.lock().unwrap_or_else(PoisonError::into_inner) =
                 (config.clone(), crl_stamp);
@@ -136,7 +137,7 @@ impl ClientVerifier {
         }
         source.1 = now;
         match build_webpki_verifier(&source.0) {
-            Ok(Some((inner, _))) => {
+            Ok(Some(inner)) => {
                 self.verifier.replace(inner);
                 self.metrics.crl_load(&self.listener, true);
                 tracing::info!(listener = %self.listener, crl = %path.display(), "revocation list reloaded");
@@ -150,18 +151,24 @@ impl ClientVerifier {
     }
 }
 
-/// The webpki verifier of a listener's settings, and its mode; `None` when client
-/// certificates are off.
+/// Whether a listener asks for client certificates, and how; `None` when they are off.
+fn client_auth_mode(config: &TlsListenerConfig) -> Option<ClientAuthMode> {
+    match config.client_auth {
+        ClientAuth::Off => None,
+        ClientAuth::Optional => Some(ClientAuthMode::Optional),
+        ClientAuth::Required => Some(ClientAuthMode::Required),
+    }
+}
+
+/// The webpki verifier of a listener's settings; `None` when client certificates are off.
 fn build_webpki_verifier(
     config: &TlsListenerConfig,
-) -> Result<Option<(Arc<dyn ClientCertVerifier>, ClientAuthMode)>, GatewayError> {
+) -> Result<Option<Arc<dyn ClientCertVerifier>>, GatewayError> {
     let Some(ca_path) = config.client_ca.as_deref() else {
         return Ok(None);
     };
-    let mode = match config.client_auth {
-        ClientAuth::Off => return Ok(None),
-        ClientAuth::Optional => ClientAuthMode::Optional,
-        ClientAuth::Required => ClientAuthMode::Required,
+    let Some(mode) = client_auth_mode(config) else {
+        return Ok(None);
     };
     let roots = root_store(load_certs(ca_path)?, &ca_path.display().to_string())?;
     // The CA's CRL covers the leaves it issued. A leaf from an issuer without a CRL here has
@@ -176,7 +183,7 @@ fn build_webpki_verifier(
             let what = config.crl.as_deref().unwrap_or(ca_path);
             GatewayError::Tls(format!("{}: {e}", what.display()))
         })?;
-    Ok(Some((verifier, mode)))
+    Ok(Some(verifier))
 }
 
 /// Runs after a completed handshake: parses the verified leaf once into the connection's

@@ -304,10 +304,7 @@ mod tests {
             Err(LabelLength)
         );
         assert_eq!("a.".repeat(127).parse::<DnsName>(), Err(TooLong));
-        assert_eq!(
-            InvalidCharacter.reason(),
-            "labels may hold only a-z 0-9 -"
-        );
+        assert_eq!(InvalidCharacter.reason(), "labels may hold only a-z 0-9 -");
     }
 
     #[test]
@@ -342,7 +339,15 @@ mod tests {
     #[test]
     fn invalid_patterns() {
         for bad in [
-            "", "*", "*.", "a.*.com", "a..b", "exa mple.com", "*example.com", "a/b", "*.*.a.b",
+            "",
+            "*",
+            "*.",
+            "a.*.com",
+            "a..b",
+            "exa mple.com",
+            "*example.com",
+            "a/b",
+            "*.*.a.b",
             "a*.b.c",
         ] {
             assert!(bad.parse::<DnsPattern>().is_err(), "{bad}");
@@ -359,7 +364,12 @@ mod tests {
     /// wildcard-name rule); policy allowed it, and configs rely on it.
     #[test]
     fn the_old_rules_disagreed_here() {
-        for bad in ["a_b.example", "frontend.example.org.", "-a.example", "10.0.0.1"] {
+        for bad in [
+            "a_b.example",
+            "frontend.example.org.",
+            "-a.example",
+            "10.0.0.1",
+        ] {
             assert!(bad.parse::<DnsPattern>().is_err(), "{bad}");
         }
         let exact = pat("frontend.example.org");

@@ -95,10 +95,9 @@ mod tests {
 
     fn cert(uris: &[&str], dns: &[&str], org: Option<&str>) -> Vec<u8> {
         let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(
-            dns.iter().map(|d| (*d).to_owned()).collect::<Vec<_>>(),
-        )
-        .unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(dns.iter().map(|d| (*d).to_owned()).collect::<Vec<_>>())
+                .unwrap();
         for uri in uris {
             params
                 .subject_alt_names

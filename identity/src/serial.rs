@@ -129,7 +129,10 @@ mod tests {
         assert_eq!("a2b".parse::<Serial>().unwrap().as_bytes(), &[0x0a, 0x2b]);
         assert_eq!(Serial::from_be_bytes(&[0, 0, 0x1a, 0x2b]), s);
         assert_eq!(Serial::from_be_bytes(&[]).to_string(), "00");
-        assert_eq!("1".repeat(40).parse::<Serial>().unwrap().as_bytes().len(), 20);
+        assert_eq!(
+            "1".repeat(40).parse::<Serial>().unwrap().as_bytes().len(),
+            20
+        );
     }
 
     #[test]

@@ -66,7 +66,10 @@ mod tests {
                 name.contains("_GCM_") || name.contains("CHACHA20_POLY1305"),
                 "{name}"
             );
-            assert!(!name.contains("CBC") && !name.contains("TLS_RSA_"), "{name}");
+            assert!(
+                !name.contains("CBC") && !name.contains("TLS_RSA_"),
+                "{name}"
+            );
         }
     }
 

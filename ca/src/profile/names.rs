@@ -1,8 +1,8 @@
 //! The SPIFFE IDs and DNS names a CSR asks for, read with the rules of `portcullis-identity`
 //! (shared with the gateway and the admin API) and turned into the CA's coded refusals.
 
-pub(crate) use portcullis_identity::{DnsName, SpiffeId};
 use portcullis_identity::SpiffeIdError;
+pub(crate) use portcullis_identity::{DnsName, SpiffeId};
 
 use super::{shown, IssueRefusal};
 

@@ -189,9 +189,18 @@ mod tests {
             ("spiffe://example.org/***", PartialWildcard),
             ("https://example.org/a", Spiffe(SpiffeIdError::WrongScheme)),
             ("spiffe://Acme/x", Spiffe(SpiffeIdError::InvalidTrustDomain)),
-            ("spiffe://example.org/a//b", Spiffe(SpiffeIdError::EmptySegment)),
-            ("spiffe://example.org/../a", Spiffe(SpiffeIdError::DotSegment)),
-            ("spiffe://example.org/a?b", Spiffe(SpiffeIdError::InvalidPathCharacter)),
+            (
+                "spiffe://example.org/a//b",
+                Spiffe(SpiffeIdError::EmptySegment),
+            ),
+            (
+                "spiffe://example.org/../a",
+                Spiffe(SpiffeIdError::DotSegment),
+            ),
+            (
+                "spiffe://example.org/a?b",
+                Spiffe(SpiffeIdError::InvalidPathCharacter),
+            ),
         ];
         for (input, want) in bad {
             assert_eq!(input.parse::<SpiffeIdPattern>(), Err(want), "{input}");
@@ -215,10 +224,16 @@ mod tests {
     #[test]
     fn serde_shows_the_pattern_in_errors() {
         let p: SpiffeIdPattern = serde_json::from_str("\"spiffe://a.example/**\"").unwrap();
-        assert_eq!(serde_json::to_string(&p).unwrap(), "\"spiffe://a.example/**\"");
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            "\"spiffe://a.example/**\""
+        );
         let err = serde_json::from_str::<SpiffeIdPattern>("\"spiffe://a.example/**/x\"")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("last segment") && err.contains("SPIFFE ID pattern"), "{err}");
+        assert!(
+            err.contains("last segment") && err.contains("SPIFFE ID pattern"),
+            "{err}"
+        );
     }
 }

@@ -141,7 +141,12 @@ mod tests {
         std::fs::write(&key_path, &key).unwrap();
         let certified = load_certified_key(&cert_path, &key_path).unwrap();
         assert_eq!(certified.cert.len(), 1);
-        assert_eq!(root_store(load_certs(&cert_path).unwrap(), "c").unwrap().len(), 1);
+        assert_eq!(
+            root_store(load_certs(&cert_path).unwrap(), "c")
+                .unwrap()
+                .len(),
+            1
+        );
 
         let (_, other_key) = leaf();
         std::fs::write(&key_path, other_key).unwrap();
@@ -168,10 +173,18 @@ mod tests {
         }
         assert!(parse_private_key(b"", "x").is_err());
         assert!(parse_private_key(cert.as_bytes(), "x").is_err());
-        assert!(parse_private_key(b"-----BEGIN PRIVATE KEY-----\n!!\n-----END PRIVATE KEY-----\n", "x").is_err());
+        assert!(parse_private_key(
+            b"-----BEGIN PRIVATE KEY-----\n!!\n-----END PRIVATE KEY-----\n",
+            "x"
+        )
+        .is_err());
         assert!(parse_crls(b"", "x").is_err());
         assert!(parse_crls(cert.as_bytes(), "x").is_err());
-        assert!(parse_crls(b"-----BEGIN X509 CRL-----\n!!\n-----END X509 CRL-----\n", "x").is_err());
+        assert!(parse_crls(
+            b"-----BEGIN X509 CRL-----\n!!\n-----END X509 CRL-----\n",
+            "x"
+        )
+        .is_err());
         assert_eq!(parse_crls(&[0x30, 0x00], "x").unwrap().len(), 1);
         // Every truncation of a good PEM certificate: an error or the certificate, no panic.
         for cut in 0..cert.len() {

@@ -219,11 +219,11 @@ impl<S: VerifierState> ClientCertVerifier for SwappableVerifier<S> {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let result = self
-            .current
-            .load()
-            .verifier()
-            .verify_client_cert(end_entity, intermediates, now);
+        let result =
+            self.current
+                .load()
+                .verifier()
+                .verify_client_cert(end_entity, intermediates, now);
         if let (Err(e), Some(observer)) = (&result, &self.observer) {
             observer.refused(RefusalReason::of(e));
         }
@@ -329,7 +329,9 @@ mod tests {
         assert!(verifier.client_auth_mandatory());
         assert!(verifier.root_hint_subjects().is_empty());
         assert!(verifier.verify_client_cert(&a.leaf, &[], now()).is_ok());
-        assert!(verifier.verify_client_cert(&a.stranger, &[], now()).is_err());
+        assert!(verifier
+            .verify_client_cert(&a.stranger, &[], now())
+            .is_err());
         assert!(verifier.verify_client_cert(&b.leaf, &[], now()).is_err());
 
         verifier.replace(
@@ -373,13 +375,22 @@ mod tests {
     #[test]
     fn reasons_have_stable_labels() {
         let e = |c| rustls::Error::InvalidCertificate(c);
-        assert_eq!(RefusalReason::of(&e(CertificateError::Expired)).as_str(), "expired");
-        assert_eq!(RefusalReason::of(&e(CertificateError::Revoked)).as_str(), "revoked");
+        assert_eq!(
+            RefusalReason::of(&e(CertificateError::Expired)).as_str(),
+            "expired"
+        );
+        assert_eq!(
+            RefusalReason::of(&e(CertificateError::Revoked)).as_str(),
+            "revoked"
+        );
         assert_eq!(
             RefusalReason::of(&e(CertificateError::UnknownIssuer)).to_string(),
             "unknown_ca"
         );
-        assert_eq!(RefusalReason::of(&rustls::Error::DecryptError).as_str(), "other");
+        assert_eq!(
+            RefusalReason::of(&rustls::Error::DecryptError).as_str(),
+            "other"
+        );
     }
 
     #[test]
