@@ -123,7 +123,7 @@ impl AppState {
     fn is_operator(&self, peer: &PeerIdentity) -> bool {
         peer.spiffe_id
             .as_ref()
-            .is_some_and(|id| self.operators.contains(id))
+            .is_some_and(|id| self.operators.contains(id.as_str()))
     }
 }
 

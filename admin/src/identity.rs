@@ -1,58 +1,15 @@
-//! Who is calling, and which names a CSR asks for: the verified client certificate parsed once
-//! per connection into a [`PeerIdentity`], and the SANs of an untrusted CSR (for the identity
-//! checks made before the CA is asked; the CA verifies the CSR itself).
+//! Who is calling, and which names a CSR asks for: the verified client certificate read once
+//! per connection into a [`PeerIdentity`] (`portcullis-identity`, the rules the gateway uses
+//! too), and the SANs of an untrusted CSR (for the identity checks made before the CA is
+//! asked; the CA verifies the CSR itself).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use portcullis_ca::Serial;
+pub use portcullis_identity::PeerIdentity;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
-use x509_parser::prelude::{FromDer, X509Certificate};
-
-/// The identity in a client certificate that the TLS layer verified (chain to the CA, not on
-/// its CRL).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerIdentity {
-    pub serial: Serial,
-    /// The URI SAN, when it is a SPIFFE ID.
-    pub spiffe_id: Option<String>,
-    pub dns_names: Vec<String>,
-    /// The subject's `O=` (the CA writes the tenant there).
-    pub organization: Option<String>,
-}
-
-impl PeerIdentity {
-    /// Reads a DER certificate. Errors are for the log.
-    pub fn from_der(der: &[u8]) -> Result<Self, String> {
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
-        let mut uris = Vec::new();
-        let mut dns_names = Vec::new();
-        if let Some(san) = cert.subject_alternative_name().map_err(|e| e.to_string())? {
-            collect_names(&san.value.general_names, &mut uris, &mut dns_names);
-        }
-        let organization = cert
-            .subject()
-            .iter_organization()
-            .next()
-            .and_then(|o| o.as_str().ok())
-            .map(str::to_owned);
-        Ok(Self {
-            serial: Serial::from_be_bytes(cert.raw_serial()),
-            spiffe_id: uris.into_iter().find(|u| u.starts_with("spiffe://")),
-            dns_names,
-            organization,
-        })
-    }
-
-    /// How this caller is named in logs and audit records.
-    pub fn actor(&self) -> String {
-        match &self.spiffe_id {
-            Some(id) => id.clone(),
-            None => format!("cert:{}", self.serial),
-        }
-    }
-}
+use x509_parser::prelude::FromDer;
 
 fn collect_names(names: &[GeneralName<'_>], uris: &mut Vec<String>, dns: &mut Vec<String>) {
     for name in names {

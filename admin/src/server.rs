@@ -15,7 +15,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use portcullis_audit::AuditHandle;
 use portcullis_ca::{Ca, CaConfig, CaEventSink};
-use rustls::crypto::CryptoProvider;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -28,9 +27,9 @@ use crate::config::{AdminConfig, SelfIssueConfig, ServingCertSource};
 use crate::error::AdminError;
 use crate::identity::{ConnInfo, PeerIdentity};
 use crate::stats::{IssuanceStats, StatsSnapshot};
-use crate::tls::{
-    issue_serving, load_serving_files, provider, renew_serving, ClientTrust, ServingCert,
-};
+use portcullis_identity::ServerCertificate;
+
+use crate::tls::{issue_serving, load_serving_files, provider, renew_serving, ClientTrust};
 use crate::token::{SqliteTokenStore, TokenStore};
 
 /// A TLS handshake must finish within this.
@@ -49,7 +48,6 @@ pub struct AdminServer {
     acceptor: TlsAcceptor,
     router: Router,
     state: Arc<AppState>,
-    provider: Arc<CryptoProvider>,
     crl_poll: Duration,
     renewal: Option<ServingRenewal>,
 }
@@ -59,7 +57,7 @@ struct ServingRenewal {
     /// The CA as handed in (not the API's, which records in the server's audit log).
     ca: Arc<Ca>,
     config: SelfIssueConfig,
-    serving: Arc<ServingCert>,
+    serving: Arc<ServerCertificate>,
     issued_at: SystemTime,
     not_after: SystemTime,
 }
@@ -114,19 +112,18 @@ impl AdminServer {
             path: "(admin config)".to_owned(),
             detail,
         })?;
-        let provider = provider();
         let (serving, renewal) = match source {
             ServingCertSource::SelfIssue(cfg) => {
-                let (ca2, cfg2, p2) = (Arc::clone(&ca), cfg.clone(), Arc::clone(&provider));
+                let (ca2, cfg2) = (Arc::clone(&ca), cfg.clone());
                 let now = SystemTime::now();
                 let (key, issued) =
-                    tokio::task::spawn_blocking(move || issue_serving(&ca2, &cfg2, &p2, now))
+                    tokio::task::spawn_blocking(move || issue_serving(&ca2, &cfg2, now))
                         .await
                         .map_err(|e| {
                             AdminError::Tls(format!("issuing the server certificate: {e}"))
                         })??;
                 tracing::info!(ca.serial = %issued.serial, "admin server certificate issued by the CA");
-                let serving = Arc::new(ServingCert::new(key));
+                let serving = Arc::new(ServerCertificate::new(key));
                 let renewal = ServingRenewal {
                     ca: Arc::clone(&ca),
                     config: cfg,
@@ -140,24 +137,22 @@ impl AdminServer {
                 certificate,
                 private_key,
             } => (
-                Arc::new(ServingCert::new(load_serving_files(
+                Arc::new(ServerCertificate::new(load_serving_files(
                     &certificate,
                     &private_key,
-                    &provider,
                 )?)),
                 None,
             ),
         };
-        let trust = Arc::new(ClientTrust::with_provider(
-            Arc::clone(&provider),
+        let trust = Arc::new(ClientTrust::new(
             ca.trust_bundle_pem(),
             ca.intermediate_pem(),
             &ca.crl_path(),
         )?);
-        let mut tls = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        let mut tls = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| AdminError::Tls(e.to_string()))?
-            .with_client_cert_verifier(Arc::clone(&trust) as _)
+            .with_client_cert_verifier(trust.verifier())
             .with_cert_resolver(serving);
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
 
@@ -193,7 +188,6 @@ impl AdminServer {
             acceptor: TlsAcceptor::from(Arc::new(tls)),
             router: router(Arc::clone(&state)),
             state,
-            provider,
             crl_poll: config.crl_poll_interval,
             renewal,
         })
@@ -223,7 +217,6 @@ impl AdminServer {
             background.spawn(renew_serving(
                 r.ca,
                 r.config,
-                Arc::clone(&self.provider),
                 r.serving,
                 r.issued_at,
                 r.not_after,

@@ -1,60 +1,34 @@
-//! TLS of the admin listener: the crypto provider (ring; TLS 1.3 and 1.2, AEAD suites only),
-//! the client verifier that also enforces the CA's current CRL, and the server certificate
-//! (self-issued from the CA and renewed in the background, or read from files).
+//! TLS of the admin listener, on the shared pieces of `portcullis-identity` (the restricted
+//! provider, PEM loading, the swappable server certificate and client verifier): the client
+//! verifier that also enforces the CA's current CRL, and the server certificate (self-issued
+//! from the CA and renewed in the background, or read from files).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use portcullis_ca::{Ca, IssueRequest, IssuedCertificate, Requester, RequesterKind};
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::CryptoProvider;
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
-use rustls_pki_types::{
-    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime,
+pub(crate) use portcullis_identity::provider;
+use portcullis_identity::{
+    certified_key, load_certified_key, parse_certs, parse_crls, root_store, webpki_client_verifier,
+    ClientAuthMode, ServerCertificate, SwappableVerifier, UnknownRevocation, VerifierState,
 };
+use rustls::server::danger::ClientCertVerifier;
+use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::config::SelfIssueConfig;
 use crate::error::{io_error, AdminError};
 
-/// The ring provider with exactly these suites: TLS 1.3 AES-GCM and ChaCha20-Poly1305, and
-/// TLS 1.2 ECDHE with AES-GCM or ChaCha20-Poly1305 (AEAD only; no CBC, no static RSA).
-pub(crate) fn provider() -> Arc<CryptoProvider> {
-    use rustls::crypto::ring::cipher_suite as cs;
-    let mut provider = rustls::crypto::ring::default_provider();
-    provider.cipher_suites = vec![
-        cs::TLS13_AES_256_GCM_SHA384,
-        cs::TLS13_AES_128_GCM_SHA256,
-        cs::TLS13_CHACHA20_POLY1305_SHA256,
-        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-    ];
-    Arc::new(provider)
-}
-
-/// Certificates of a PEM text, in order.
-pub(crate) fn pem_certs(
-    pem: &[u8],
-    what: &str,
-) -> Result<Vec<CertificateDer<'static>>, AdminError> {
-    let certs = rustls_pemfile::certs(&mut &pem[..])
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| AdminError::Tls(format!("{what}: {e}")))?;
-    if certs.is_empty() {
-        return Err(AdminError::Tls(format!("{what}: no certificate")));
+impl From<portcullis_identity::IdentityError> for AdminError {
+    fn from(e: portcullis_identity::IdentityError) -> Self {
+        AdminError::Tls(e.to_string())
     }
-    Ok(certs)
 }
 
-/// One CRL as read from `STATE/crl.pem`, with the verifier built on it.
+/// One CRL as read from `STATE/crl.pem`, with the verifier built on it: swapped together, so
+/// `GET /v1/crl` serves the CRL that handshakes enforce.
 pub(crate) struct CrlSnapshot {
     pub(crate) pem: Vec<u8>,
     pub(crate) der: Vec<u8>,
@@ -63,16 +37,19 @@ pub(crate) struct CrlSnapshot {
     verifier: Arc<dyn ClientCertVerifier>,
 }
 
+impl VerifierState for CrlSnapshot {
+    fn verifier(&self) -> &dyn ClientCertVerifier {
+        self.verifier.as_ref()
+    }
+}
+
 /// Verifies optional client certificates against the CA's root and issuing intermediate, and
 /// refuses certificates listed on the CA's current CRL. The CRL file is re-read by
-/// [`ClientTrust::reload`] (called on a timer and right after a revocation through the API);
-/// handshakes in progress keep the verifier they started with.
+/// [`ClientTrust::reload`] (called on a timer and right after a revocation through the API).
 pub struct ClientTrust {
-    provider: Arc<CryptoProvider>,
     roots: Arc<RootCertStore>,
-    hints: Vec<DistinguishedName>,
     crl_path: PathBuf,
-    current: ArcSwap<CrlSnapshot>,
+    verifier: Arc<SwappableVerifier<CrlSnapshot>>,
 }
 
 impl std::fmt::Debug for ClientTrust {
@@ -92,35 +69,20 @@ impl ClientTrust {
         intermediate_pem: &str,
         crl_path: &Path,
     ) -> Result<Self, AdminError> {
-        Self::with_provider(provider(), bundle_pem, intermediate_pem, crl_path)
-    }
-
-    pub(crate) fn with_provider(
-        provider: Arc<CryptoProvider>,
-        bundle_pem: &str,
-        intermediate_pem: &str,
-        crl_path: &Path,
-    ) -> Result<Self, AdminError> {
-        let mut roots = RootCertStore::empty();
-        for cert in pem_certs(bundle_pem.as_bytes(), "trust bundle")?
+        let anchors = parse_certs(bundle_pem.as_bytes(), "trust bundle")?
             .into_iter()
-            .chain(pem_certs(intermediate_pem.as_bytes(), "intermediate")?)
-        {
-            roots
-                .add(cert)
-                .map_err(|e| AdminError::Tls(format!("trust anchor: {e}")))?;
-        }
-        let roots = Arc::new(roots);
-        let hints = roots.subjects();
+            .chain(parse_certs(intermediate_pem.as_bytes(), "intermediate")?);
+        let roots = Arc::new(root_store(anchors, "trust anchor")?);
         let pem = std::fs::read(crl_path).map_err(io_error(crl_path))?;
-        let first = build_snapshot(&provider, &roots, pem)
+        let first = build_snapshot(&roots, pem)
             .map_err(|e| AdminError::Tls(format!("{}: {e}", crl_path.display())))?;
+        // Bootstrap-token callers have no certificate yet: each endpoint decides.
+        let verifier = SwappableVerifier::new(first, ClientAuthMode::Optional)
+            .with_root_hints(roots.subjects());
         Ok(Self {
-            provider,
             roots,
-            hints,
             crl_path: crl_path.to_owned(),
-            current: ArcSwap::from_pointee(first),
+            verifier: Arc::new(verifier),
         })
     }
 
@@ -128,41 +90,47 @@ impl ClientTrust {
     /// that cannot be read or parsed leaves the current CRL in force (and is an error).
     pub fn reload(&self) -> Result<bool, AdminError> {
         let pem = std::fs::read(&self.crl_path).map_err(io_error(&self.crl_path))?;
-        if pem == self.current.load().pem {
+        if pem == self.verifier.current().pem {
             return Ok(false);
         }
-        let next = build_snapshot(&self.provider, &self.roots, pem)
+        let next = build_snapshot(&self.roots, pem)
             .map_err(|e| AdminError::Tls(format!("{}: {e}", self.crl_path.display())))?;
-        self.current.store(Arc::new(next));
+        self.verifier.replace(next);
         tracing::info!(crl.path = %self.crl_path.display(), "CRL reloaded");
         Ok(true)
     }
 
+    /// The CRL in force (and the verifier built on it).
     pub(crate) fn crl(&self) -> Arc<CrlSnapshot> {
-        self.current.load_full()
+        self.verifier.current()
+    }
+
+    /// The verifier rustls calls.
+    pub(crate) fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        Arc::clone(&self.verifier) as Arc<dyn ClientCertVerifier>
     }
 }
 
-fn build_snapshot(
-    provider: &Arc<CryptoProvider>,
-    roots: &Arc<RootCertStore>,
-    pem: Vec<u8>,
-) -> Result<CrlSnapshot, String> {
-    let mut crls = rustls_pemfile::crls(&mut &pem[..])
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("CRL PEM: {e}"))?;
+fn build_snapshot(roots: &Arc<RootCertStore>, pem: Vec<u8>) -> Result<CrlSnapshot, String> {
+    // Served again as PEM by `GET /v1/crl`: the CA writes PEM, and DER is refused.
+    if pem.first() == Some(&0x30) {
+        return Err("expected one PEM CRL, found DER".to_owned());
+    }
+    let mut crls = parse_crls(&pem, "CRL PEM").map_err(|e| e.to_string())?;
     if crls.len() != 1 {
         return Err(format!("expected one CRL, found {}", crls.len()));
     }
-    let der: CertificateRevocationListDer<'static> = crls.remove(0);
+    let der = crls.remove(0);
     let (this_update, next_update) = crl_times(der.as_ref())?;
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::clone(roots), Arc::clone(provider))
-            .with_crls([der.clone()])
-            .only_check_end_entity_revocation()
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| format!("client verifier: {e}"))?;
+    // The CRL is the issuing CA's own, covering every leaf it issued: a leaf it does not cover
+    // is refused, not waved through as of unknown status.
+    let verifier = webpki_client_verifier(
+        Arc::clone(roots),
+        vec![der.clone()],
+        UnknownRevocation::Refuse,
+        ClientAuthMode::Optional,
+    )
+    .map_err(|e| e.to_string())?;
     Ok(CrlSnapshot {
         der: der.as_ref().to_vec(),
         pem,
@@ -184,91 +152,11 @@ fn crl_times(der: &[u8]) -> Result<(Option<SystemTime>, Option<SystemTime>), Str
     Ok((at(crl.last_update()), crl.next_update().and_then(at)))
 }
 
-impl ClientCertVerifier for ClientTrust {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        // Bootstrap-token callers have no certificate yet; each endpoint decides.
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &self.hints
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.current
-            .load()
-            .verifier
-            .verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current
-            .load()
-            .verifier
-            .verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current
-            .load()
-            .verifier
-            .verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.current.load().verifier.supported_verify_schemes()
-    }
-}
-
-/// The server certificate in use, swapped whole on renewal.
-#[derive(Debug)]
-pub(crate) struct ServingCert {
-    current: ArcSwap<CertifiedKey>,
-}
-
-impl ServingCert {
-    pub(crate) fn new(key: CertifiedKey) -> Self {
-        Self {
-            current: ArcSwap::from_pointee(key),
-        }
-    }
-
-    pub(crate) fn replace(&self, key: CertifiedKey) {
-        self.current.store(Arc::new(key));
-    }
-}
-
-impl ResolvesServerCert for ServingCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
-    }
-}
-
 /// Issues the server certificate: a fresh P-256 key in memory, a CSR, and `Ca::issue` as the
 /// operator `admin-server` under the configured profile with its default lifetime.
 pub(crate) fn issue_serving(
     ca: &Ca,
     cfg: &SelfIssueConfig,
-    provider: &CryptoProvider,
     now: SystemTime,
 ) -> Result<(CertifiedKey, IssuedCertificate), AdminError> {
     let key =
@@ -296,10 +184,12 @@ pub(crate) fn issue_serving(
         now,
     )?;
     let mut chain = vec![CertificateDer::from(issued.cert_der.clone())];
-    chain.extend(pem_certs(ca.intermediate_pem().as_bytes(), "intermediate")?);
+    chain.extend(parse_certs(
+        ca.intermediate_pem().as_bytes(),
+        "intermediate",
+    )?);
     let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let certified = CertifiedKey::from_der(chain, private, provider)
-        .map_err(|e| AdminError::Tls(format!("server certificate: {e}")))?;
+    let certified = certified_key(chain, private, "server certificate")?;
     Ok((certified, issued))
 }
 
@@ -311,19 +201,8 @@ fn tls(what: &'static str) -> impl Fn(rcgen::Error) -> AdminError {
 pub(crate) fn load_serving_files(
     certificate: &Path,
     private_key: &Path,
-    provider: &CryptoProvider,
 ) -> Result<CertifiedKey, AdminError> {
-    let chain = pem_certs(
-        &std::fs::read(certificate).map_err(io_error(certificate))?,
-        &certificate.display().to_string(),
-    )?;
-    let key_pem =
-        zeroize::Zeroizing::new(std::fs::read(private_key).map_err(io_error(private_key))?);
-    let key = rustls_pemfile::private_key(&mut &key_pem[..])
-        .map_err(|e| AdminError::Tls(format!("{}: {e}", private_key.display())))?
-        .ok_or_else(|| AdminError::Tls(format!("{}: no private key", private_key.display())))?;
-    CertifiedKey::from_der(chain, key, provider)
-        .map_err(|e| AdminError::Tls(format!("{}: {e}", certificate.display())))
+    Ok(load_certified_key(certificate, private_key)?)
 }
 
 /// When to renew a certificate issued at `issued_at`: at 2/3 of its lifetime.
@@ -337,8 +216,7 @@ pub(crate) fn renewal_time(issued_at: SystemTime, not_after: SystemTime) -> Syst
 pub(crate) async fn renew_serving(
     ca: Arc<Ca>,
     cfg: SelfIssueConfig,
-    provider: Arc<CryptoProvider>,
-    serving: Arc<ServingCert>,
+    serving: Arc<ServerCertificate>,
     mut issued_at: SystemTime,
     mut not_after: SystemTime,
 ) {
@@ -349,10 +227,9 @@ pub(crate) async fn renew_serving(
         tokio::time::sleep(wait).await;
         let mut backoff = Duration::from_secs(1);
         loop {
-            let (ca, cfg, provider) = (Arc::clone(&ca), cfg.clone(), Arc::clone(&provider));
+            let (ca, cfg) = (Arc::clone(&ca), cfg.clone());
             let now = SystemTime::now();
-            let result =
-                tokio::task::spawn_blocking(move || issue_serving(&ca, &cfg, &provider, now)).await;
+            let result = tokio::task::spawn_blocking(move || issue_serving(&ca, &cfg, now)).await;
             match result {
                 Ok(Ok((key, issued))) => {
                     serving.replace(key);
@@ -390,16 +267,5 @@ mod tests {
             t0 + Duration::from_secs(2400)
         );
         assert_eq!(renewal_time(t0, t0 - Duration::from_secs(1)), t0);
-    }
-
-    #[test]
-    fn only_aead_suites() {
-        for suite in &provider().cipher_suites {
-            let name = format!("{:?}", suite.suite());
-            assert!(
-                name.contains("_GCM_") || name.contains("CHACHA20_POLY1305"),
-                "{name}"
-            );
-        }
     }
 }

@@ -25,16 +25,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
-use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use portcullis_admin::{AdminConfig, AdminServer};
 use portcullis_ca::{
     Ca, CaConfig, IssueRequest, KeyBackend, PinSource, Pkcs11Backend, Requester, RequesterKind,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use portcullis_identity::{
+    parse_certs, root_store, ClientCredentials, IdentityError, IssuanceClient, IssuanceRequest,
+};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const TOKEN: &str = "issue-bench";
@@ -364,12 +363,12 @@ async fn api_figure(
         let _ = stop_rx.await;
     }));
 
-    let mut roots = RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut ca.trust_bundle_pem().as_bytes()) {
-        roots.add(c?)?;
-    }
-    let roots = Arc::new(roots);
-    // Each client: a certificate issued directly, then renewals with a CSR of the same ID.
+    let roots = root_store(
+        parse_certs(ca.trust_bundle_pem().as_bytes(), "trust bundle")?,
+        "trust bundle",
+    )?;
+    // Each client: a certificate issued directly, then renewals with a CSR of the same ID,
+    // through the typed issuance client the gateway renews with.
     let mut clients = Vec::new();
     for i in 0..args.clients {
         let id = format!("spiffe://bench.example/ns/bench/sa/client-{i}");
@@ -378,25 +377,22 @@ async fn api_figure(
             &request(first.0.as_bytes(), RequesterKind::Operator),
             SystemTime::now(),
         )?;
-        let chain: Vec<CertificateDer<'static>> =
-            rustls_pemfile::certs(&mut issued.chain_pem.as_bytes()).collect::<Result<_, _>>()?;
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(first.1.clone()));
-        let tls =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(Arc::clone(&roots))
-                .with_client_auth_cert(chain, key)?;
-        let body = Bytes::from(serde_json::json!({ "csr": csr(&id)?.0 }).to_string());
-        clients.push((Arc::new(tls), body));
+        let credentials = ClientCredentials {
+            chain: parse_certs(issued.chain_pem.as_bytes(), "issued chain")?,
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(first.1.clone())),
+        };
+        let client =
+            IssuanceClient::new("localhost", addr.port(), roots.clone(), Some(credentials))?;
+        clients.push((client, IssuanceRequest::new(csr(&id)?.0)));
     }
 
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for (tls, body) in clients {
+    for (client, request) in clients {
         let (measuring, stop) = (Arc::clone(&measuring), Arc::clone(&stop));
         tasks.push(tokio::spawn(async move {
-            client_loop(addr, tls, body, measuring, stop).await
+            client_loop(client, request, measuring, stop).await
         }));
     }
     tokio::time::sleep(warmup).await;
@@ -439,38 +435,27 @@ struct Tally {
 }
 
 async fn client_loop(
-    addr: std::net::SocketAddr,
-    tls: Arc<ClientConfig>,
-    body: Bytes,
+    client: IssuanceClient,
+    request: IssuanceRequest,
     measuring: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<Tally> {
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    let stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(ServerName::try_from("localhost")?, tcp)
-        .await?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let mut connection = client.connect().await?;
     let mut tally = Tally {
         ok: 0,
         errors: 0,
         latency: hdrhistogram::Histogram::new(3)?,
     };
     while !stop.load(Ordering::Relaxed) {
-        let req = http::Request::post("/v1/certificates")
-            .header("host", "localhost")
-            .header("content-type", "application/json")
-            .body(Full::new(body.clone()))?;
         let started = Instant::now();
-        send.ready().await?;
-        let resp = send.send_request(req).await?;
-        let status = resp.status();
-        resp.into_body().collect().await?;
+        let issued = match connection.issue(&request, None).await {
+            Ok(_) => true,
+            // A refusal is a figure; a broken connection ends the run.
+            Err(IdentityError::IssuerRefused { .. }) => false,
+            Err(e) => return Err(e.into()),
+        };
         if measuring.load(Ordering::Relaxed) {
-            if status == http::StatusCode::CREATED {
+            if issued {
                 tally.ok += 1;
                 tally
                     .latency

@@ -1,8 +1,6 @@
 //! Where the load goes and how a connection to it is opened: the loopback-only target URL,
 //! the TLS client (with the client certificate) and the HTTP/1.1 or HTTP/2 connection.
 
-use std::fs::File;
-use std::io::BufReader;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -312,21 +310,11 @@ fn client_config(files: &TlsFiles, protocol: Protocol) -> anyhow::Result<ClientC
 }
 
 fn read_certs(path: &Path) -> anyhow::Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
-    let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let certs = rustls_pemfile::certs(&mut BufReader::new(file))
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("read certificates from {}", path.display()))?;
-    if certs.is_empty() {
-        bail!("{}: no certificate found", path.display());
-    }
-    Ok(certs)
+    Ok(portcullis_identity::load_certs(path)?)
 }
 
 fn read_key(path: &Path) -> anyhow::Result<rustls_pki_types::PrivateKeyDer<'static>> {
-    let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
-    rustls_pemfile::private_key(&mut BufReader::new(file))
-        .with_context(|| format!("read private key from {}", path.display()))?
-        .with_context(|| format!("{}: no private key found", path.display()))
+    Ok(portcullis_identity::load_private_key(path)?)
 }
 
 #[cfg(test)]

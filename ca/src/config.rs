@@ -277,6 +277,11 @@ impl CaConfig {
                         "allows no name at all (spiffe_ids and dns_names empty)".to_owned(),
                     ));
                 }
+                // A pattern's syntax is shared with access rules (where `*.test` is fine); a
+                // profile must not cover a whole top-level domain.
+                if let Some(Err(e)) = p.dns_names.iter().find_map(|d| d.wildcard_name()) {
+                    return Err(bad(format!("DNS pattern too broad to issue under: {e}")));
+                }
                 if p.key_types.is_empty() {
                     return Err(bad("key_types is empty".to_owned()));
                 }

@@ -3,12 +3,12 @@
 //! gateways watching the file never read half of one.
 
 use std::fmt;
-use std::io::Write;
-use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
+
+pub use portcullis_identity::write_atomic;
 
 use crate::CaError;
 
@@ -187,41 +187,6 @@ pub(crate) fn sign_crl(
         der: crl.der().to_vec(),
         pem: crl.pem()?,
     })
-}
-
-/// Writes `data` to `path` atomically: a temp file in the same directory, fsync, rename, fsync
-/// of the directory.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let io = |p: &Path| {
-        let shown = p.display().to_string();
-        move |source| CaError::Io {
-            path: shown,
-            source,
-        }
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    file.write_all(data).map_err(io(&tmp))?;
-    file.sync_all().map_err(io(&tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        // Best effort: the rename is already visible; this makes it durable.
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -120,6 +120,27 @@ pub enum CaError {
     /// The inventory store failed.
     #[error("inventory: {0}")]
     Inventory(String),
+    /// Certificates, keys or names that `portcullis-identity` refused.
+    #[error("{0}")]
+    Identity(portcullis_identity::IdentityError),
+}
+
+impl From<portcullis_identity::IdentityError> for CaError {
+    fn from(e: portcullis_identity::IdentityError) -> Self {
+        use portcullis_identity::IdentityError as E;
+        match e {
+            E::Io { path, source } => CaError::Io { path, source },
+            E::Random => CaError::Random,
+            E::Serial(s) => CaError::InvalidSerial(s.input().to_owned()),
+            other => CaError::Identity(other),
+        }
+    }
+}
+
+impl From<portcullis_identity::SerialError> for CaError {
+    fn from(e: portcullis_identity::SerialError) -> Self {
+        CaError::InvalidSerial(e.input().to_owned())
+    }
 }
 
 impl CaError {

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::csr::CsrFacts;
 use crate::ids::TenantId;
 
+use names::{requested_dns_name, requested_spiffe_id};
 pub(crate) use names::{DnsName, SpiffeId};
-pub use names::{DnsPattern, SpiffeIdPattern};
+pub use portcullis_identity::{DnsPattern, SpiffeIdPattern};
 
 /// A subject key type a CSR may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -227,7 +228,7 @@ impl IssuanceProfile {
                 )))
             }
         };
-        let id = SpiffeId::parse(uri)?;
+        let id = requested_spiffe_id(uri)?;
         if !self
             .spiffe_ids
             .iter()
@@ -252,14 +253,14 @@ impl IssuanceProfile {
     }
 
     fn permit_dns_name(&self, raw: &str) -> Result<DnsName, IssueRefusal> {
-        let name = DnsName::parse(raw)?;
+        let name = requested_dns_name(raw)?;
         if name.is_wildcard() && !self.allow_wildcard_names {
             return Err(IssueRefusal::WildcardNotAllowed {
                 name: shown(raw),
                 why: "the profile does not issue wildcard names".to_owned(),
             });
         }
-        if self.dns_names.iter().any(|p| p.matches(&name)) {
+        if self.dns_names.iter().any(|p| p.covers(&name)) {
             Ok(name)
         } else {
             Err(IssueRefusal::DnsNameNotAllowed(shown(raw)))

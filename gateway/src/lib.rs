@@ -26,8 +26,8 @@ pub use admission::{Admission, Admitted, BodyPlan, Refusal, RequestHead, Target,
 pub use echo::serve_echo;
 pub use inspect::Encoding;
 pub use limits::LimitExceeded;
+pub use portcullis_identity::install_crypto_provider;
 pub use server::{check, load_config, serve};
-pub use tls::install_crypto_provider;
 
 /// Makes the audit checkpoint signer for the configured key. The binary supplies it (from the
 /// CA's key backends), so the gateway never touches key material.
@@ -65,6 +65,17 @@ pub enum GatewayError {
     /// The audit log could not be opened (unwritable directory, bad key, missing secret).
     #[error("audit: {0}")]
     Audit(String),
+}
+
+impl From<portcullis_identity::IdentityError> for GatewayError {
+    fn from(e: portcullis_identity::IdentityError) -> Self {
+        match e {
+            portcullis_identity::IdentityError::Io { path, source } => {
+                GatewayError::File { path, source }
+            }
+            other => GatewayError::Tls(other.to_string()),
+        }
+    }
 }
 
 impl GatewayError {

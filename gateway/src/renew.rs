@@ -11,25 +11,21 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
+use portcullis_identity::{
+    root_store, write_atomic, ClientCredentials, IssuanceClient, IssuanceRequest, PRIVATE_FILE_MODE,
+};
 use portcullis_policy::{Config, IssuerConfig};
-use rustls::RootCertStore;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::metrics::Metrics;
-use crate::tls::{load_certified_key, load_certs, ServerCertificate};
+use crate::tls::{load_certified_key, load_certs, load_key, ServerCertificate};
 use crate::GatewayError;
 
-/// Time allowed for one issuance exchange.
+/// Time allowed for one issuance exchange (connect, TLS, request, answer).
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait between failed renewal attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// Largest answer accepted from the CA.
-const MAX_ANSWER: usize = 256 << 10;
 
 /// A certificate the gateway obtains from the CA itself, and where it is kept.
 pub(crate) struct Issued {
@@ -179,7 +175,12 @@ fn backoff(failures: u32) -> Duration {
 /// Renews with the current certificate as the client certificate, then hands it over.
 async fn renew(r: &Renewal) -> Result<SystemTime, String> {
     let current = load_certs(&r.issued.certificate)
-        .and_then(|chain| Ok((chain, crate::tls::load_key(&r.issued.private_key)?)))
+        .and_then(|chain| {
+            Ok(ClientCredentials {
+                chain,
+                key: load_key(&r.issued.private_key)?,
+            })
+        })
         .ok();
     let not_after = obtain(
         &r.issued.issuer,
@@ -201,13 +202,11 @@ async fn renew(r: &Renewal) -> Result<SystemTime, String> {
     Ok(not_after)
 }
 
-/// The client identity a renewal presents: the current chain and key.
-type ClientIdentity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
-
-/// Generates a key, asks the CA for a certificate, and writes both (key 0600) atomically.
+/// Generates a key, asks the CA for a certificate (with `current` as the client certificate,
+/// else with the bootstrap token), and writes both (key 0600) atomically.
 async fn obtain(
     issuer: &IssuerConfig,
-    current: Option<ClientIdentity>,
+    current: Option<ClientCredentials>,
     certificate: &Path,
     private_key: &Path,
 ) -> Result<SystemTime, String> {
@@ -235,97 +234,34 @@ async fn obtain(
             return Err("no current certificate and no bootstrap_token_file".to_owned());
         }
     };
-    let mut body = serde_json::json!({ "csr": csr });
+    let mut request = IssuanceRequest::new(csr);
     if let Some(profile) = &issuer.profile {
-        body["profile"] = profile.clone().into();
+        request = request.with_profile(profile.clone());
     }
     if let Some(lifetime) = issuer.lifetime {
-        body["lifetime"] = humantime::format_duration(lifetime).to_string().into();
+        request = request.with_lifetime(lifetime);
     }
-    let answer = tokio::time::timeout(
-        EXCHANGE_TIMEOUT,
-        post_json(issuer, current, token.as_deref(), body.to_string()),
+    let roots = root_store(
+        load_certs(&issuer.ca).map_err(|e| e.to_string())?,
+        "issuer ca",
     )
-    .await
-    .map_err(|_| format!("no answer within {EXCHANGE_TIMEOUT:?}"))??;
-    let chain = answer["chain"]
-        .as_str()
-        .ok_or("the CA's answer has no chain")?;
+    .map_err(|e| e.to_string())?;
+    let answer = IssuanceClient::new(&issuer.host, issuer.port, roots, current)
+        .map_err(|e| e.to_string())?
+        .with_timeout(EXCHANGE_TIMEOUT)
+        .issue(&request, token.as_deref())
+        .await
+        .map_err(|e| e.to_string())?;
     // Readable by the gateway only, replaced atomically.
     for (path, contents) in [
         (private_key, key.serialize_pem()),
-        (certificate, chain.to_owned()),
+        (certificate, answer.chain),
     ] {
-        portcullis_ca::write_atomic(path, contents.as_bytes(), 0o600).map_err(|e| e.to_string())?;
+        write_atomic(path, contents.as_bytes(), PRIVATE_FILE_MODE).map_err(|e| e.to_string())?;
     }
     validity(certificate)
         .map(|(_, not_after)| not_after)
         .ok_or_else(|| "the CA's chain is not a certificate".to_owned())
-}
-
-/// `POST /v1/certificates` over HTTPS; the JSON answer, or the CA's error code and message.
-async fn post_json(
-    issuer: &IssuerConfig,
-    client: Option<ClientIdentity>,
-    token: Option<&str>,
-    body: String,
-) -> Result<serde_json::Value, String> {
-    let mut roots = RootCertStore::empty();
-    for cert in load_certs(&issuer.ca).map_err(|e| e.to_string())? {
-        roots.add(cert).map_err(|e| format!("issuer ca: {e}"))?;
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
-    let config = match client {
-        Some((chain, key)) => builder
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| format!("client certificate: {e}"))?,
-        None => builder.with_no_client_auth(),
-    };
-    let name = ServerName::try_from(issuer.host.clone()).map_err(|e| e.to_string())?;
-    let tcp = tokio::net::TcpStream::connect((issuer.host.as_str(), issuer.port))
-        .await
-        .map_err(|e| format!("connect {}: {e}", issuer.url))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS to {}: {e}", issuer.url))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let mut request = http::Request::post("/v1/certificates")
-        .header("host", format!("{}:{}", issuer.host, issuer.port))
-        .header("content-type", "application/json");
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    let request = request
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let bytes = Limited::new(response.into_body(), MAX_ANSWER)
-        .collect()
-        .await
-        .map_err(|e| format!("reading the answer: {e}"))?
-        .to_bytes();
-    let json: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|_| format!("the CA answered {status} without JSON"))?;
-    if status.is_success() {
-        Ok(json)
-    } else {
-        Err(format!(
-            "the CA refused ({status}, {}): {}",
-            json["error"].as_str().unwrap_or("-"),
-            json["message"].as_str().unwrap_or("-")
-        ))
-    }
 }
 
 /// `(not_before, not_after)` of the first certificate in a PEM file.

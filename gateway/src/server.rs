@@ -142,7 +142,7 @@ pub fn serve(
             .map_err(|e| GatewayError::Tls(format!("listener {}: {e}", listener.name)))?;
         tls.set_cert_resolver(certificate.clone());
         if let Some(verifier) = &verifier {
-            tls.set_client_cert_verifier(verifier.clone());
+            tls.set_client_cert_verifier(verifier.verifier());
         }
         tls.enable_h2();
         proxy.add_tls_with_settings(&listener.address.to_string(), None, tls);

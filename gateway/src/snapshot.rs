@@ -26,12 +26,7 @@ impl ListenerView {
 }
 
 /// IPv4-mapped IPv6 addresses (from dual-stack sockets) compare as the IPv4 address.
-pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
+pub(crate) use portcullis_identity::canonical_ip as canonical;
 
 #[derive(Debug)]
 pub(crate) struct Snapshot {

@@ -6,18 +6,16 @@
 //! condition matches anything. The result is a proof: a [`Permit`] naming the rule, or a
 //! [`Denied`] naming the rule (if any) and the reason.
 
-mod pattern;
-
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+pub(crate) use portcullis_identity::{DnsPattern, SpiffeIdPattern as SpiffePattern};
 
 use crate::identity::Identity;
 use crate::names::RuleId;
 use crate::path::{prefix_matches, NormalizedPath};
 
-pub use pattern::PatternError;
-pub(crate) use pattern::{DnsPattern, SpiffePattern};
+pub use portcullis_identity::PatternError;
 
 /// Read access to a request's headers, by lowercase name.
 pub trait HeaderSource: std::fmt::Debug + Sync {
@@ -147,11 +145,7 @@ fn any_of<T>(condition: &Option<Vec<T>>, pred: impl FnMut(&T) -> bool) -> bool {
 
 /// Whether `net` contains `ip`, treating IPv4-mapped IPv6 addresses as the IPv4 address.
 pub(crate) fn net_contains(net: &IpNet, ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    net.contains(&ip)
+    net.contains(&portcullis_identity::canonical_ip(ip))
 }
 
 impl AccessRule {

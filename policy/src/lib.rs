@@ -26,7 +26,7 @@ pub use dlp::{
     DirectionSelector, DlpAction, DlpError, DlpPolicy, DlpSpec, Finding, Findings, KeywordListSpec,
     Scanner,
 };
-pub use identity::{Identity, SpiffeId, SpiffeIdError};
+pub use identity::{Identity, PeerIdentity, SpiffeId, SpiffeIdError};
 pub use inspection::{InspectionLimits, OverLimit, RouteInspection};
 pub use limits::{RateLimit, TenantLimits};
 pub use names::{NameError, RouteId, RuleId, TenantId, UpstreamName};

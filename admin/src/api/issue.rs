@@ -11,48 +11,24 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use portcullis_ca::{CaError, IssueRequest, IssuedCertificate, Requester, RequesterKind, TenantId};
-use serde::{Deserialize, Serialize};
+use portcullis_identity::{IssuanceRequest, IssuanceResponse};
 
 use super::{blocking, caller_record, read_json, ApiError, AppState, CallRecord};
 use crate::identity::{requested_names, same_identity, ConnInfo, PeerIdentity, RequestedNames};
 use crate::token::TokenHash;
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct IssueBody {
-    csr: String,
-    #[serde(default)]
-    profile: Option<String>,
-    #[serde(default)]
-    lifetime: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-struct IssueResponse {
-    serial: String,
-    certificate: String,
-    chain: String,
-    not_before: String,
-    not_after: String,
-    spiffe_id: Option<String>,
-    dns_names: Vec<String>,
-    tenant: String,
-    profile: String,
-}
-
-impl From<IssuedCertificate> for IssueResponse {
-    fn from(c: IssuedCertificate) -> Self {
-        Self {
-            serial: c.serial.to_string(),
-            certificate: c.cert_pem,
-            chain: c.chain_pem,
-            not_before: humantime::format_rfc3339_seconds(c.not_before).to_string(),
-            not_after: humantime::format_rfc3339_seconds(c.not_after).to_string(),
-            spiffe_id: c.spiffe_id,
-            dns_names: c.dns_names,
-            tenant: c.tenant.to_string(),
-            profile: c.profile,
-        }
+/// The answer for an issued certificate, in the wire type clients read.
+fn issue_response(c: IssuedCertificate) -> IssuanceResponse {
+    IssuanceResponse {
+        serial: c.serial,
+        certificate: c.cert_pem,
+        chain: c.chain_pem,
+        not_before: c.not_before,
+        not_after: c.not_after,
+        spiffe_id: c.spiffe_id,
+        dns_names: c.dns_names,
+        tenant: c.tenant,
+        profile: c.profile,
     }
 }
 
@@ -104,7 +80,7 @@ pub(super) async fn issue(
 ) -> Response {
     let mut rec = CallRecord::new(&conn);
     let response = match issue_flow(&st, &conn, &headers, body, &mut rec).await {
-        Ok(issued) => (StatusCode::CREATED, Json(IssueResponse::from(issued))).into_response(),
+        Ok(issued) => (StatusCode::CREATED, Json(issue_response(issued))).into_response(),
         Err(e) => e.into_response(),
     };
     st.audit_call(&rec, "certificate.issue", response.status());
@@ -119,7 +95,7 @@ async fn issue_flow(
     rec: &mut CallRecord,
 ) -> Result<IssuedCertificate, ApiError> {
     let credential = credential(conn, headers)?;
-    let req: IssueBody = read_json(headers, body, false).await?;
+    let req: IssuanceRequest = read_json(headers, body, false).await?;
     let lifetime = match &req.lifetime {
         None => None,
         Some(text) => Some(humantime::parse_duration(text).map_err(|_| {
