@@ -2,6 +2,9 @@
 //! identity, routing and access decisions (from `portcullis-policy`), upstream pools, header
 //! hygiene, metrics, reload and graceful shutdown.
 
+// Nothing a peer or an operator sends may panic the data plane.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 mod access_log;
 mod admission;
 mod audit;
@@ -13,6 +16,7 @@ mod limits;
 mod metrics;
 mod proxy;
 mod record;
+mod reload;
 mod renew;
 mod server;
 mod snapshot;

@@ -2,7 +2,7 @@
 //! an upstream's client certificate: obtained at start when missing or expired (with the
 //! one-time bootstrap token), renewed at two thirds of their lifetime (by mTLS with the current
 //! certificate), kept in the configured files, and swapped in without touching established
-//! connections (a listener's slot is replaced; upstream pools are rebuilt from the files). When
+//! connections (the reloader builds the next generation from the renewed files). When
 //! the CA cannot be reached the current certificate keeps serving and renewal retries with
 //! backoff.
 
@@ -19,7 +19,7 @@ use portcullis_identity::{
 use portcullis_policy::{Config, IssuerConfig};
 
 use crate::metrics::Metrics;
-use crate::tls::{load_certified_key, load_certs, load_key, ServerCertificate};
+use crate::tls::{load_certified_key, load_certs, load_key};
 use crate::GatewayError;
 
 /// Time allowed for one issuance exchange (connect, TLS, request, answer).
@@ -38,19 +38,20 @@ pub(crate) struct Issued {
     pub private_key: PathBuf,
 }
 
-/// One certificate the gateway renews itself, and who uses it.
+/// One certificate the gateway renews itself.
 pub(crate) struct Renewal {
     pub issued: Issued,
-    pub holder: Holder,
+    /// Told of each renewal: it builds the next generation from the renewed files.
+    pub reloader: std::sync::mpsc::Sender<Renewed>,
 }
 
-/// Who uses a renewed certificate.
-pub(crate) enum Holder {
-    /// A listener's serving certificate, swapped in place.
-    Listener(Arc<ServerCertificate>),
-    /// An upstream's client certificate: the renewal is announced to the reloader, which
-    /// rebuilds the pools from the files.
-    Upstream(std::sync::mpsc::Sender<String>),
+/// What a renewed certificate is used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Renewed {
+    /// A listener's serving certificate.
+    Listener,
+    /// An upstream client certificate (the pools are rebuilt).
+    Upstream,
 }
 
 /// The certificates of a config that the gateway obtains itself.
@@ -189,16 +190,15 @@ async fn renew(r: &Renewal) -> Result<SystemTime, String> {
         &r.issued.private_key,
     )
     .await?;
-    match &r.holder {
-        Holder::Listener(slot) => {
-            let key = load_certified_key(&r.issued.certificate, &r.issued.private_key)
-                .map_err(|e| e.to_string())?;
-            slot.replace(key);
-        }
-        Holder::Upstream(reloader) => reloader
-            .send(r.issued.name.clone())
-            .map_err(|_| "the reloader has stopped".to_owned())?,
-    }
+    // What was written must load before the reloader is told (it would refuse it anyway).
+    load_certified_key(&r.issued.certificate, &r.issued.private_key).map_err(|e| e.to_string())?;
+    let renewed = match r.issued.listener {
+        Some(_) => Renewed::Listener,
+        None => Renewed::Upstream,
+    };
+    r.reloader
+        .send(renewed)
+        .map_err(|_| "the reloader has stopped".to_owned())?;
     Ok(not_after)
 }
 

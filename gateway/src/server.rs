@@ -18,17 +18,12 @@ use portcullis_policy::{Config, UpstreamName};
 use crate::audit::{AuditJobs, AuditTrail};
 use crate::metrics::{Metrics, OpsEndpoint};
 use crate::proxy::Gateway;
-use crate::renew::{self, Holder, Renewal, Renewals};
+use crate::reload::{file_digest, Reloader};
+use crate::renew::{self, Renewal, Renewals};
 use crate::snapshot::Snapshot;
-use crate::tls::{load_certified_key, ClientVerifier, IdentityHook, ServerCertificate};
+use crate::tls::{build_webpki_verifier, IdentityHook, ListenerSlot, ListenerTls};
+use crate::upstream::Pool;
 use crate::{AuditSigners, GatewayError};
-
-/// The TLS material of one listener, kept so a reload can swap it.
-struct ListenerTls {
-    name: String,
-    certificate: Arc<ServerCertificate>,
-    verifier: Option<Arc<ClientVerifier>>,
-}
 
 /// Reads and checks a config file: the one entry point for `serve`, `check` and reload.
 pub fn load_config(path: &Path) -> Result<Config, GatewayError> {
@@ -43,20 +38,24 @@ pub fn check(path: &Path) -> Result<Config, GatewayError> {
     for listener in &config.listeners {
         let tls = &listener.tls;
         // A certificate the gateway obtains from the CA may not exist before it starts.
-        if tls.issuer.is_none() || tls.certificate.exists() {
-            load_certified_key(&tls.certificate, &tls.private_key)?;
+        if tls.issuer.is_some() && !tls.certificate.exists() {
+            build_webpki_verifier(tls)?;
+        } else {
+            ListenerTls::load(listener)?;
         }
-        ClientVerifier::new(&listener.name, tls, Arc::new(Metrics::new()))?;
     }
-    if let Some(audit) = &config.audit {
-        check_audit_key(audit)?;
+    for upstream in &config.upstreams {
+        Pool::from_config(upstream)?;
     }
-    Snapshot::build(config.clone(), None)?;
+    check_audit_key(&config)?;
     Ok(config)
 }
 
 /// A key file the audit log would refuse at start (readable by others) is a check failure too.
-fn check_audit_key(audit: &portcullis_policy::AuditSettings) -> Result<(), GatewayError> {
+pub(crate) fn check_audit_key(config: &Config) -> Result<(), GatewayError> {
+    let Some(audit) = &config.audit else {
+        return Ok(());
+    };
     use std::os::unix::fs::PermissionsExt;
     let portcullis_policy::AuditKey::File(key) = &audit.signing_key else {
         return Ok(());
@@ -120,7 +119,6 @@ pub fn serve(
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();
 
-    let mut listener_tls = Vec::new();
     let listeners = config.listeners.clone();
     let metrics_addr = config.metrics.address;
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, None)?));
@@ -131,18 +129,18 @@ pub fn serve(
         audit: audit.clone(),
     };
     let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, gateway);
-    for listener in &listeners {
-        let certificate = Arc::new(ServerCertificate::new(load_certified_key(
-            &listener.tls.certificate,
-            &listener.tls.private_key,
-        )?));
-        let verifier =
-            ClientVerifier::new(&listener.name, &listener.tls, metrics.clone())?.map(Arc::new);
+    for (index, listener) in listeners.iter().enumerate() {
+        // Handshakes read the listener's certificate and verifier from the current generation.
         let mut tls = TlsSettings::with_callbacks(Box::new(IdentityHook))
             .map_err(|e| GatewayError::Tls(format!("listener {}: {e}", listener.name)))?;
-        tls.set_cert_resolver(certificate.clone());
-        if let Some(verifier) = &verifier {
-            tls.set_client_cert_verifier(verifier.verifier());
+        tls.set_cert_resolver(Arc::new(ListenerSlot::new(snapshot.clone(), index)));
+        let verifier = ListenerSlot::new(snapshot.clone(), index).verifier(
+            &listener.name,
+            listener.tls.client_auth,
+            metrics.clone(),
+        );
+        if let Some(verifier) = verifier {
+            tls.set_client_cert_verifier(verifier);
         }
         tls.enable_h2();
         proxy.add_tls_with_settings(&listener.address.to_string(), None, tls);
@@ -152,31 +150,16 @@ pub fn serve(
             client_auth = ?listener.tls.client_auth,
             "listening"
         );
-        listener_tls.push(ListenerTls {
-            name: listener.name.clone(),
-            certificate,
-            verifier,
-        });
     }
     server.add_service(proxy);
 
-    // Renewed listener certificates are swapped into their listener's slot; renewed upstream
-    // client certificates make the reloader rebuild the pools.
+    // Renewed certificates are announced to the reloader, which builds the next generation.
     let (renewed_tx, renewed_rx) = std::sync::mpsc::channel();
     let renewals: Vec<Renewal> = issued
         .into_iter()
-        .filter_map(|issued| {
-            let holder = match &issued.listener {
-                Some(name) => Holder::Listener(
-                    listener_tls
-                        .iter()
-                        .find(|l| &l.name == name)?
-                        .certificate
-                        .clone(),
-                ),
-                None => Holder::Upstream(renewed_tx.clone()),
-            };
-            Some(Renewal { issued, holder })
+        .map(|issued| Renewal {
+            issued,
+            reloader: renewed_tx.clone(),
         })
         .collect();
 
@@ -222,7 +205,6 @@ pub fn serve(
         path: config_path,
         watch,
         snapshot,
-        listeners: listener_tls,
         metrics: metrics.clone(),
         audit: audit.clone(),
         renewed: renewed_rx,
@@ -283,7 +265,7 @@ impl BackgroundService for HealthChecks {
         let mut last: HashMap<UpstreamName, Instant> = HashMap::new();
         loop {
             let snapshot = self.snapshot.load_full();
-            for (name, pool) in &snapshot.pools {
+            for (name, pool) in snapshot.pools.iter() {
                 let Some(interval) = pool.health_interval() else {
                     continue;
                 };
@@ -303,132 +285,6 @@ impl BackgroundService for HealthChecks {
             }
         }
     }
-}
-
-/// What reloading the configuration needs.
-struct Reloader {
-    path: PathBuf,
-    watch: bool,
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    listeners: Vec<ListenerTls>,
-    metrics: Arc<Metrics>,
-    audit: Option<Arc<AuditTrail>>,
-    /// Names of upstream client certificates just renewed: the pools are rebuilt from files.
-    renewed: std::sync::mpsc::Receiver<String>,
-}
-
-impl Reloader {
-    /// SIGHUP (and, with `watch`, a change of the file) re-reads the config. A config that
-    /// fails any check is refused and the running one keeps serving; a good one applies to new
-    /// requests, established connections stay. Listener addresses, the metrics address and the
-    /// audit section are fixed at start-up. Every attempt is recorded in the audit log.
-    fn spawn(self) -> Result<(), GatewayError> {
-        let Reloader {
-            path,
-            watch,
-            snapshot,
-            listeners,
-            metrics,
-            audit,
-            renewed,
-        } = self;
-        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
-            .map_err(|e| GatewayError::Signal(e.to_string()))?;
-        let fingerprint = |p: &Path| {
-            std::fs::metadata(p)
-                .ok()
-                .map(|m| (m.modified().ok(), m.len()))
-        };
-        let mut seen = fingerprint(&path);
-        let mut ticks = 0u32;
-        std::thread::Builder::new()
-        .name("config-reload".into())
-        .spawn(move || loop {
-            let hup = signals.pending().count() > 0;
-            let changed = watch && {
-                let now = fingerprint(&path);
-                let changed = now.is_some() && now != seen;
-                seen = now;
-                changed
-            };
-            let renewal = renewed.try_iter().last();
-            if hup || changed || renewal.is_some() {
-                let trigger = match (hup, changed) {
-                    (true, _) => "signal",
-                    (false, true) => "file change",
-                    (false, false) => "certificate renewal",
-                };
-                let result = reload(&path, &listeners, &snapshot.load());
-                if let Some(audit) = &audit {
-                    audit.config_loaded(file_digest(&path), trigger, result.is_err());
-                }
-                match result {
-                    Ok(new) => {
-                        snapshot.store(Arc::new(new));
-                        metrics.reload(true);
-                        tracing::info!(config = %path.display(), trigger, "configuration reloaded");
-                    }
-                    Err(e) => {
-                        tracing::error!(config = %path.display(), error = %e, "configuration reload refused; the previous configuration keeps serving");
-                        metrics.reload(false);
-                    }
-                }
-            }
-            // Revocation lists are re-read within a second of changing.
-            ticks = ticks.wrapping_add(1);
-            if ticks.is_multiple_of(5) {
-                for listener in &listeners {
-                    if let Some(verifier) = &listener.verifier {
-                        verifier.refresh_crl();
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        })
-        .map_err(|e| GatewayError::Signal(e.to_string()))?;
-        Ok(())
-    }
-}
-
-/// The digest recorded for a config file (of the bytes read now; empty if unreadable).
-fn file_digest(path: &Path) -> String {
-    portcullis_audit::ConfigReload::digest_of(&std::fs::read(path).unwrap_or_default())
-}
-
-fn reload(
-    path: &Path,
-    listeners: &[ListenerTls],
-    current: &Snapshot,
-) -> Result<Snapshot, GatewayError> {
-    let config = check(path)?;
-    // Build everything first, swap afterwards: a failure leaves nothing half-applied.
-    let mut staged = Vec::new();
-    for running in listeners {
-        let Some(new) = config.listeners.iter().find(|l| l.name == running.name) else {
-            tracing::warn!(listener = %running.name, "listener removed from config: takes effect at restart");
-            continue;
-        };
-        let key = load_certified_key(&new.tls.certificate, &new.tls.private_key)?;
-        staged.push((running, key, new.tls.clone()));
-    }
-    for new in &config.listeners {
-        if !listeners.iter().any(|l| l.name == new.name) {
-            tracing::warn!(listener = %new.name, "new listener: takes effect at restart");
-        }
-    }
-    if config.audit != current.audit {
-        tracing::warn!("the `audit` section changed: takes effect at restart");
-    }
-    let mut snapshot = Snapshot::build(config, Some(current))?;
-    // The audit log keeps the settings it was opened with until restart.
-    snapshot.audit.clone_from(&current.audit);
-    for (running, key, tls) in staged {
-        running.certificate.replace(key);
-        if let Some(verifier) = &running.verifier {
-            verifier.reload(&tls)?;
-        }
-    }
-    Ok(snapshot)
 }
 
 /// On SIGTERM pingora stops accepting and waits out the grace period. Exit as soon as the

@@ -1,5 +1,6 @@
-//! The immutable runtime view of one configuration: routes, upstream pools and per-listener
-//! settings. Requests pin one snapshot for their whole life; a reload swaps in a new one.
+//! The immutable runtime view of one configuration: admission, upstream pools, per-listener
+//! settings and TLS material. Requests pin one snapshot for their whole life and handshakes
+//! read the current one; a reload swaps in a new one whole.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -9,10 +10,11 @@ use ipnet::IpNet;
 use portcullis_policy::{Config, UpstreamName};
 
 use crate::admission::Admission;
+use crate::tls::ListenerTls;
 use crate::upstream::Pool;
 use crate::GatewayError;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ListenerView {
     pub address: SocketAddr,
     pub trusted_proxies: Vec<IpNet>,
@@ -28,22 +30,33 @@ impl ListenerView {
 /// IPv4-mapped IPv6 addresses (from dual-stack sockets) compare as the IPv4 address.
 pub(crate) use portcullis_identity::canonical_ip as canonical;
 
-#[derive(Debug)]
+/// One generation of the running configuration: what decides requests, where they go, and
+/// every listener's certificate and client verifier. Built completely, then stored once: a
+/// handshake or request sees one whole generation, and a reload that fails anywhere changes
+/// nothing.
+#[derive(Debug, Clone)]
 pub(crate) struct Snapshot {
+    /// The checked configuration this generation was built from.
+    pub config: Arc<Config>,
     /// Routes and limits: what decides each request.
-    pub admission: Admission,
-    pub pools: HashMap<UpstreamName, Arc<Pool>>,
+    pub admission: Arc<Admission>,
+    pub pools: Arc<HashMap<UpstreamName, Arc<Pool>>>,
     pub listeners: Vec<ListenerView>,
-    /// The `audit` section this snapshot was built from (applied only at start-up).
+    /// TLS material of each listener bound at start-up, in start-up order (the handshake
+    /// side finds its listener by position).
+    pub tls: Vec<Arc<ListenerTls>>,
+    /// The `audit` section in effect (applied only at start-up).
     pub audit: Option<portcullis_policy::AuditSettings>,
 }
 
 impl Snapshot {
-    /// Builds the runtime view of a checked config. Reads the upstream TLS files; anything
-    /// unreadable or malformed is an error and the snapshot is not built. Limit state of
-    /// unchanged tenants and routes carries over from `previous`.
+    /// Builds a generation from a checked config: admission, upstream pools (reading their
+    /// TLS files) and every listener's certificate and verifier. Anything unreadable or
+    /// malformed is an error and nothing is built. With `previous` (a reload), limit state of
+    /// unchanged tenants and routes carries over, the listeners stay those bound at start-up
+    /// (matched by name), and the audit section stays the one the log was opened with.
     pub(crate) fn build(config: Config, previous: Option<&Snapshot>) -> Result<Self, GatewayError> {
-        let admission = Admission::build(&config, previous.map(|p| &p.admission));
+        let admission = Admission::build(&config, previous.map(|p| &*p.admission));
         let mut pools = HashMap::new();
         for upstream in &config.upstreams {
             pools.insert(
@@ -51,20 +64,63 @@ impl Snapshot {
                 Arc::new(Pool::from_config(upstream)?),
             );
         }
-        let listeners = config
-            .listeners
-            .iter()
-            .map(|l| ListenerView {
-                address: l.address,
-                trusted_proxies: l.trusted_proxies.clone(),
-            })
-            .collect();
+        let tls = match previous {
+            None => config
+                .listeners
+                .iter()
+                .map(|l| ListenerTls::load(l).map(Arc::new))
+                .collect::<Result<_, _>>()?,
+            Some(previous) => previous.reload_tls(&config)?,
+        };
+        let audit = match previous {
+            Some(previous) => previous.audit.clone(),
+            None => config.audit.clone(),
+        };
         Ok(Self {
-            admission,
-            pools,
-            listeners,
-            audit: config.audit,
+            listeners: views(&config),
+            admission: Arc::new(admission),
+            pools: Arc::new(pools),
+            tls,
+            audit,
+            config: Arc::new(config),
         })
+    }
+
+    /// This generation with every listener's certificate and verifier read again from its
+    /// files (after a renewal or a CRL change); admission and pools are shared.
+    pub(crate) fn with_fresh_tls(&self) -> Result<Self, GatewayError> {
+        Ok(Self {
+            tls: self.reload_tls(&self.config)?,
+            ..self.clone()
+        })
+    }
+
+    /// The TLS material of the running listeners from `config`. A listener's client-auth mode
+    /// is fixed at start-up (rustls asks for client certificates by it), so a config that
+    /// changes it is refused; one that drops a listener keeps its current material, since the
+    /// socket stays bound until restart.
+    fn reload_tls(&self, config: &Config) -> Result<Vec<Arc<ListenerTls>>, GatewayError> {
+        let mut tls = Vec::with_capacity(self.tls.len());
+        for running in &self.tls {
+            let Some(new) = config.listeners.iter().find(|l| l.name == running.name) else {
+                tracing::warn!(listener = %running.name, "listener removed from config: takes effect at restart");
+                tls.push(Arc::clone(running));
+                continue;
+            };
+            if new.tls.client_auth != running.client_auth {
+                return Err(GatewayError::Tls(format!(
+                    "listener {}: client_auth changes from {:?} to {:?} only at restart; restart to apply it",
+                    new.name, running.client_auth, new.tls.client_auth
+                )));
+            }
+            tls.push(Arc::new(ListenerTls::load(new)?));
+        }
+        for new in &config.listeners {
+            if !self.tls.iter().any(|l| l.name == new.name) {
+                tracing::warn!(listener = %new.name, "new listener: takes effect at restart");
+            }
+        }
+        Ok(tls)
     }
 
     /// The listener a connection arrived on, from the connection's local address.
@@ -79,4 +135,16 @@ impl Snapshot {
                     .find(|l| l.address.ip().is_unspecified() && l.address.port() == local.port())
             })
     }
+}
+
+/// The per-listener settings requests consult.
+fn views(config: &Config) -> Vec<ListenerView> {
+    config
+        .listeners
+        .iter()
+        .map(|l| ListenerView {
+            address: l.address,
+            trusted_proxies: l.trusted_proxies.clone(),
+        })
+        .collect()
 }

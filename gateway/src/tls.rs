@@ -1,31 +1,33 @@
 //! Downstream TLS of the gateway, on the shared pieces of `portcullis-identity` (restricted
-//! provider, PEM loading, swappable certificate and verifier): the listener's client verifier
-//! built from its config (refusals counted by reason, CRL re-read when its file changes), and
-//! the post-handshake hook that turns the verified leaf into the connection's [`Identity`].
+//! provider, PEM loading, verifier delegation): each listener's certificate and client verifier
+//! as part of a generation ([`ListenerTls`]), the slot through which handshakes read them from
+//! the current generation ([`ListenerSlot`]; refusals counted by reason), and the
+//! post-handshake hook that turns the verified leaf into the connection's [`Identity`].
 //!
 //! [`Identity`]: portcullis_policy::Identity
 
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::listeners::TlsAccept;
 use pingora_core::protocols::tls::TlsRef;
 use portcullis_identity::{
-    load_crls, root_store, webpki_client_verifier, ClientAuthMode, RefusalObserver, RefusalReason,
-    SwappableVerifier, UnknownRevocation,
+    load_crls, root_store, webpki_client_verifier, ClientAuthMode, ClientVerifier, RefusalObserver,
+    RefusalReason, UnknownRevocation, VerifierSource,
 };
-use portcullis_policy::{ClientAuth, TlsListenerConfig};
+use portcullis_policy::{ClientAuth, ListenerConfig, TlsListenerConfig};
 use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-pub(crate) use portcullis_identity::ServerCertificate;
-
 use crate::identity::{peer_identity, ConnectionIdentity};
 use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
 use crate::GatewayError;
 
 /// Reads every certificate of a PEM file (each one checked to parse).
@@ -56,104 +58,99 @@ impl RefusalObserver for ListenerRefusals {
     }
 }
 
-/// A listener's client verifier: the listener's trust bundle and revocation list (both
-/// swappable: on reload, and whenever the CRL file changes), every refusal counted by reason.
-pub(crate) struct ClientVerifier {
-    verifier: Arc<SwappableVerifier>,
-    listener: String,
-    metrics: Arc<Metrics>,
-    /// The settings the current verifier was built from, and the CRL file's fingerprint then.
-    source: Mutex<(TlsListenerConfig, Option<FileStamp>)>,
+/// A listener's TLS material in one generation: its certificate and its client verifier
+/// (trust bundle and CRL), read from the files its config names.
+pub(crate) struct ListenerTls {
+    pub name: String,
+    pub client_auth: ClientAuth,
+    certificate: Arc<CertifiedKey>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+impl fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerTls")
+            .field("name", &self.name)
+            .field("client_auth", &self.client_auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ListenerTls {
+    /// Reads the listener's certificate, key, client CA bundle and CRL; any problem is an
+    /// error naming the file.
+    pub(crate) fn load(listener: &ListenerConfig) -> Result<Self, GatewayError> {
+        let tls = &listener.tls;
+        Ok(Self {
+            name: listener.name.clone(),
+            client_auth: tls.client_auth,
+            certificate: Arc::new(load_certified_key(&tls.certificate, &tls.private_key)?),
+            verifier: build_webpki_verifier(tls)?,
+        })
+    }
 }
 
 /// What tells us a file changed: modification time and length.
-type FileStamp = (Option<SystemTime>, u64);
+pub(crate) type FileStamp = (Option<SystemTime>, u64);
 
-fn stamp(path: &Path) -> Option<FileStamp> {
+pub(crate) fn stamp(path: &Path) -> Option<FileStamp> {
     std::fs::metadata(path)
         .ok()
         .map(|m| (m.modified().ok(), m.len()))
 }
 
-impl fmt::Debug for ClientVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientVerifier")
-            .field("listener", &self.listener)
-            .field("verifier", &self.verifier)
-            .finish()
+/// How the handshakes of the listener bound at `index` (start-up order) find their
+/// certificate and verifier: in the current generation, loaded at each handshake.
+#[derive(Debug)]
+pub(crate) struct ListenerSlot {
+    generation: Arc<ArcSwap<Snapshot>>,
+    index: usize,
+}
+
+impl ListenerSlot {
+    pub(crate) fn new(generation: Arc<ArcSwap<Snapshot>>, index: usize) -> Self {
+        Self { generation, index }
+    }
+
+    /// The verifier rustls calls for this listener, counting refusals by reason; `None` when
+    /// the listener does not ask for client certificates.
+    pub(crate) fn verifier(
+        self,
+        listener: &str,
+        client_auth: ClientAuth,
+        metrics: Arc<Metrics>,
+    ) -> Option<Arc<dyn ClientCertVerifier>> {
+        let mode = client_auth_mode(client_auth)?;
+        let observer = ListenerRefusals {
+            listener: listener.to_owned(),
+            metrics,
+        };
+        let verifier = ClientVerifier::from_source(self, mode).with_observer(Arc::new(observer));
+        Some(Arc::new(verifier))
     }
 }
 
-impl ClientVerifier {
-    pub(crate) fn new(
-        listener: &str,
-        config: &TlsListenerConfig,
-        metrics: Arc<Metrics>,
-    ) -> Result<Option<Self>, GatewayError> {
-        let crl_stamp = config.crl.as_deref().and_then(stamp);
-        let (Some(inner), Some(mode)) = (build_webpki_verifier(config)?, client_auth_mode(config))
-        else {
-            return Ok(None);
-        };
-        let observer = ListenerRefusals {
-            listener: listener.to_owned(),
-            metrics: Arc::clone(&metrics),
-        };
-        let verifier = SwappableVerifier::new(inner, mode).with_observer(Arc::new(observer));
-        Ok(Some(Self {
-            verifier: Arc::new(verifier),
-            listener: listener.to_owned(),
-            metrics,
-            source: Mutex::new((config.clone(), crl_stamp)),
-        }))
+impl ResolvesServerCert for ListenerSlot {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let generation = self.generation.load();
+        generation
+            .tls
+            .get(self.index)
+            .map(|l| Arc::clone(&l.certificate))
     }
+}
 
-    /// The verifier rustls calls.
-    pub(crate) fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
-        Arc::clone(&self.verifier) as Arc<dyn ClientCertVerifier>
-    }
-
-    /// Swaps in a new trust bundle and CRL. The mode (required/optional) is fixed at start-up.
-    pub(crate) fn reload(&self, config: &TlsListenerConfig) -> Result<(), GatewayError> {
-        let crl_stamp = config.crl.as_deref().and_then(stamp);
-        if let Some(inner) = build_webpki_verifier(config)? {
-            self.verifier.replace(inner);
-            *self.source.lock().unwrap_or_else(PoisonError::into_inner) =
-                (config.clone(), crl_stamp);
-        }
-        Ok(())
-    }
-
-    /// Re-reads the CRL if its file changed since it was last read. A CRL that cannot be used
-    /// is refused, and the previous one stays in force.
-    pub(crate) fn refresh_crl(&self) {
-        let mut source = self.source.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(path) = source.0.crl.clone() else {
-            return;
-        };
-        let now = stamp(&path);
-        if now.is_none() || now == source.1 {
-            return;
-        }
-        source.1 = now;
-        match build_webpki_verifier(&source.0) {
-            Ok(Some(inner)) => {
-                self.verifier.replace(inner);
-                self.metrics.crl_load(&self.listener, true);
-                tracing::info!(listener = %self.listener, crl = %path.display(), "revocation list reloaded");
-            }
-            Ok(None) => {}
-            Err(e) => {
-                self.metrics.crl_load(&self.listener, false);
-                tracing::error!(listener = %self.listener, error = %e, "revocation list refused; the previous one stays in force");
-            }
-        }
+impl VerifierSource for ListenerSlot {
+    fn with_verifier<R>(&self, check: impl FnOnce(&dyn ClientCertVerifier) -> R) -> Option<R> {
+        let generation = self.generation.load();
+        let verifier = generation.tls.get(self.index)?.verifier.as_deref()?;
+        Some(check(verifier))
     }
 }
 
 /// Whether a listener asks for client certificates, and how; `None` when they are off.
-fn client_auth_mode(config: &TlsListenerConfig) -> Option<ClientAuthMode> {
-    match config.client_auth {
+fn client_auth_mode(client_auth: ClientAuth) -> Option<ClientAuthMode> {
+    match client_auth {
         ClientAuth::Off => None,
         ClientAuth::Optional => Some(ClientAuthMode::Optional),
         ClientAuth::Required => Some(ClientAuthMode::Required),
@@ -161,13 +158,13 @@ fn client_auth_mode(config: &TlsListenerConfig) -> Option<ClientAuthMode> {
 }
 
 /// The webpki verifier of a listener's settings; `None` when client certificates are off.
-fn build_webpki_verifier(
+pub(crate) fn build_webpki_verifier(
     config: &TlsListenerConfig,
 ) -> Result<Option<Arc<dyn ClientCertVerifier>>, GatewayError> {
     let Some(ca_path) = config.client_ca.as_deref() else {
         return Ok(None);
     };
-    let Some(mode) = client_auth_mode(config) else {
+    let Some(mode) = client_auth_mode(config.client_auth) else {
         return Ok(None);
     };
     let roots = root_store(load_certs(ca_path)?, &ca_path.display().to_string())?;

@@ -41,8 +41,9 @@ pub use tenant::{TenantId, TenantIdError};
 pub use tls::{
     certified_key, install_crypto_provider, load_certified_key, load_certs, load_crls,
     load_private_key, parse_certs, parse_crls, parse_private_key, provider, root_store,
-    webpki_client_verifier, ClientAuthMode, RefusalObserver, RefusalReason, ServerCertificate,
-    SwappableVerifier, UnknownRevocation, VerifierState,
+    webpki_client_verifier, ClientAuthMode, ClientVerifier, RefusalObserver, RefusalReason,
+    ServerCertificate, Swappable, SwappableVerifier, UnknownRevocation, VerifierSource,
+    VerifierState,
 };
 
 /// Shows a peer- or operator-supplied string safely in a message: at most 80 characters.

@@ -15,8 +15,8 @@ pub use pem::{
 };
 pub use resolver::ServerCertificate;
 pub use verifier::{
-    webpki_client_verifier, ClientAuthMode, RefusalObserver, RefusalReason, SwappableVerifier,
-    UnknownRevocation, VerifierState,
+    webpki_client_verifier, ClientAuthMode, ClientVerifier, RefusalObserver, RefusalReason,
+    Swappable, SwappableVerifier, UnknownRevocation, VerifierSource, VerifierState,
 };
 
 /// The ring provider with exactly these suites: TLS 1.3 AES-GCM and ChaCha20-Poly1305, and

@@ -29,6 +29,8 @@ pub fn free_port() -> u16 {
 /// A temp folder with a CA, a server certificate and a set of client certificates.
 pub struct Pki {
     pub dir: tempfile::TempDir,
+    /// The test CA, to issue more certificates than the standard set.
+    pub ca: DevCa,
 }
 
 impl Pki {
@@ -74,7 +76,16 @@ impl Pki {
             .unwrap()
             .write(d, "rogue")
             .unwrap();
-        Self { dir }
+        Self { dir, ca }
+    }
+
+    /// Writes another localhost server certificate (`NAME.pem`, `NAME.key`) from the test CA.
+    pub fn server(&self, name: &str) {
+        self.ca
+            .issue(&LeafSpec::localhost_server(&["api.test"], DAY))
+            .unwrap()
+            .write(self.dir.path(), name)
+            .unwrap();
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

@@ -126,6 +126,62 @@ fn reload_applies_to_an_open_connection_and_bad_configs_are_refused() {
     assert!(gw.proc.log_text().contains("reload refused"));
 }
 
+/// A reload is one generation: certificate, verifier and policy change together or not at
+/// all. A config with a new certificate and a broken client CA file changes nothing; the same
+/// config with a good CA file swaps the certificate for new handshakes.
+#[test]
+fn a_reload_that_fails_anywhere_changes_nothing() {
+    let pki = Pki::new();
+    let echo = Echo::start(pki.dir.path(), "g");
+    let config = base_config(echo.port);
+    let gw = Gateway::start(pki.dir.path(), &config);
+    // A fresh client (and session cache) for each look: a resumed session would show the
+    // certificate of the session it resumes.
+    let client = || pki.client(Some("frontend"));
+    let before = client().connect(gw.port).unwrap().server_certificate();
+
+    pki.server("server2");
+    std::fs::write(
+        pki.path("broken-ca.pem"),
+        "-----BEGIN CERTIFICATE-----\nAAAA\n",
+    )
+    .unwrap();
+    let renewed = config
+        .replace("certificate: server.pem", "certificate: server2.pem")
+        .replace("private_key: server.key", "private_key: server2.key");
+    gw.reload(
+        &renewed.replace("client_ca: ca.pem", "client_ca: broken-ca.pem"),
+        "failure",
+    );
+    let mut conn = client().connect(gw.port).unwrap();
+    assert_eq!(
+        conn.server_certificate(),
+        before,
+        "the old certificate still serves"
+    );
+    assert_eq!(conn.request("GET", "/admin/x", &[]).unwrap().status, 200);
+    // The old verifier still refuses a certificate from another CA.
+    assert!(pki.client(Some("rogue")).get(gw.port, "/admin/x").is_err());
+
+    gw.reload(&renewed, "success");
+    let mut conn = client().connect(gw.port).unwrap();
+    assert_ne!(
+        conn.server_certificate(),
+        before,
+        "the new certificate serves"
+    );
+    assert_eq!(conn.request("GET", "/admin/x", &[]).unwrap().status, 200);
+
+    // A listener's client_auth mode is fixed at start-up: changing it is refused, not
+    // silently half-applied.
+    gw.reload(
+        &renewed.replace("client_auth: required", "client_auth: optional"),
+        "failure",
+    );
+    assert!(gw.proc.log_text().contains("only at restart"));
+    assert_eq!(client().get(gw.port, "/admin/x").unwrap().status, 200);
+}
+
 #[test]
 fn watched_config_reloads_on_change() {
     let pki = Pki::new();

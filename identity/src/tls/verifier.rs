@@ -146,18 +146,39 @@ impl VerifierState for Arc<dyn ClientCertVerifier> {
     }
 }
 
-/// A client verifier whose state is replaced whole (new trust bundle, new CRL); a handshake
-/// uses the state current when each of its checks runs. The mode (required/optional) is fixed.
-pub struct SwappableVerifier<S: VerifierState = Arc<dyn ClientCertVerifier>> {
-    current: ArcSwap<S>,
+/// Where a [`ClientVerifier`] finds the verifier to delegate to, at each check: its own
+/// swappable slot ([`Swappable`]), or something larger swapped whole (the gateway reads the
+/// current listener generation, so certificate, verifier and policy change in one store).
+pub trait VerifierSource: Send + Sync + 'static {
+    /// Runs `check` with the verifier current now; `None` when there is none.
+    fn with_verifier<R>(&self, check: impl FnOnce(&dyn ClientCertVerifier) -> R) -> Option<R>;
+}
+
+/// A slot holding verifier state, replaced whole (new trust bundle, new CRL).
+pub struct Swappable<S>(ArcSwap<S>);
+
+impl<S: VerifierState> VerifierSource for Swappable<S> {
+    fn with_verifier<R>(&self, check: impl FnOnce(&dyn ClientCertVerifier) -> R) -> Option<R> {
+        Some(check(self.0.load().verifier()))
+    }
+}
+
+/// A client-certificate verifier that delegates each check to its [`VerifierSource`] and
+/// reports refusals to an observer. The mode (required/optional) is fixed.
+pub struct ClientVerifier<Src: VerifierSource> {
+    source: Src,
     mandatory: bool,
     hints: Vec<DistinguishedName>,
     observer: Option<Arc<dyn RefusalObserver>>,
 }
 
-impl<S: VerifierState> fmt::Debug for SwappableVerifier<S> {
+/// A client verifier with its own swappable state: a handshake uses the state current when
+/// each of its checks runs.
+pub type SwappableVerifier<S = Arc<dyn ClientCertVerifier>> = ClientVerifier<Swappable<S>>;
+
+impl<Src: VerifierSource> fmt::Debug for ClientVerifier<Src> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SwappableVerifier")
+        f.debug_struct("ClientVerifier")
             .field("mandatory", &self.mandatory)
             .field("hints", &self.hints.len())
             .field("observed", &self.observer.is_some())
@@ -165,12 +186,12 @@ impl<S: VerifierState> fmt::Debug for SwappableVerifier<S> {
     }
 }
 
-impl<S: VerifierState> SwappableVerifier<S> {
-    /// Starts with `state`. No root hints are sent (they are advisory, and sending none keeps
-    /// the bundle swappable) unless [`SwappableVerifier::with_root_hints`] sets them.
-    pub fn new(state: S, mode: ClientAuthMode) -> Self {
+impl<Src: VerifierSource> ClientVerifier<Src> {
+    /// Checks through `source`. No root hints are sent (they are advisory, and sending none
+    /// keeps the bundle swappable) unless [`ClientVerifier::with_root_hints`] sets them.
+    pub fn from_source(source: Src, mode: ClientAuthMode) -> Self {
         Self {
-            current: ArcSwap::from_pointee(state),
+            source,
             mandatory: mode == ClientAuthMode::Required,
             hints: Vec::new(),
             observer: None,
@@ -188,19 +209,31 @@ impl<S: VerifierState> SwappableVerifier<S> {
         self.observer = Some(observer);
         self
     }
+}
+
+impl<S: VerifierState> ClientVerifier<Swappable<S>> {
+    /// Starts with `state`.
+    pub fn new(state: S, mode: ClientAuthMode) -> Self {
+        Self::from_source(Swappable(ArcSwap::from_pointee(state)), mode)
+    }
 
     /// Uses `state` from the next check on.
     pub fn replace(&self, state: S) {
-        self.current.store(Arc::new(state));
+        self.source.0.store(Arc::new(state));
     }
 
     /// The current state.
     pub fn current(&self) -> Arc<S> {
-        self.current.load_full()
+        self.source.0.load_full()
     }
 }
 
-impl<S: VerifierState> ClientCertVerifier for SwappableVerifier<S> {
+/// The error of a check made while no verifier is in place.
+fn no_verifier() -> rustls::Error {
+    rustls::Error::General("no client verifier in place".into())
+}
+
+impl<Src: VerifierSource> ClientCertVerifier for ClientVerifier<Src> {
     fn offer_client_auth(&self) -> bool {
         true
     }
@@ -219,11 +252,10 @@ impl<S: VerifierState> ClientCertVerifier for SwappableVerifier<S> {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let result =
-            self.current
-                .load()
-                .verifier()
-                .verify_client_cert(end_entity, intermediates, now);
+        let result = self
+            .source
+            .with_verifier(|v| v.verify_client_cert(end_entity, intermediates, now))
+            .unwrap_or_else(|| Err(no_verifier()));
         if let (Err(e), Some(observer)) = (&result, &self.observer) {
             observer.refused(RefusalReason::of(e));
         }
@@ -236,10 +268,9 @@ impl<S: VerifierState> ClientCertVerifier for SwappableVerifier<S> {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current
-            .load()
-            .verifier()
-            .verify_tls12_signature(message, cert, dss)
+        self.source
+            .with_verifier(|v| v.verify_tls12_signature(message, cert, dss))
+            .unwrap_or_else(|| Err(no_verifier()))
     }
 
     fn verify_tls13_signature(
@@ -248,161 +279,14 @@ impl<S: VerifierState> ClientCertVerifier for SwappableVerifier<S> {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current
-            .load()
-            .verifier()
-            .verify_tls13_signature(message, cert, dss)
+        self.source
+            .with_verifier(|v| v.verify_tls13_signature(message, cert, dss))
+            .unwrap_or_else(|| Err(no_verifier()))
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.current.load().verifier().supported_verify_schemes()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-
-    use super::*;
-
-    struct Pki {
-        roots: Arc<RootCertStore>,
-        leaf: CertificateDer<'static>,
-        stranger: CertificateDer<'static>,
-    }
-
-    fn pki(name: &str) -> Pki {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let mut leaf_params = rcgen::CertificateParams::new(vec!["a.example".to_owned()]).unwrap();
-        leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-        let other_key = rcgen::KeyPair::generate().unwrap();
-        let stranger = rcgen::CertificateParams::new(vec!["b.example".to_owned()])
-            .unwrap()
-            .self_signed(&other_key)
-            .unwrap();
-        let roots = crate::root_store([ca.der().clone()], "ca").unwrap();
-        Pki {
-            roots: Arc::new(roots),
-            leaf: leaf.der().clone(),
-            stranger: stranger.der().clone(),
-        }
-    }
-
-    #[derive(Default)]
-    struct Seen(Mutex<Vec<RefusalReason>>);
-
-    impl RefusalObserver for Seen {
-        fn refused(&self, reason: RefusalReason) {
-            self.0.lock().unwrap().push(reason);
-        }
-    }
-
-    fn now() -> UnixTime {
-        UnixTime::now()
-    }
-
-    #[test]
-    fn verifies_swaps_and_reports_refusals() {
-        let a = pki("a");
-        let b = pki("b");
-        let seen = Arc::new(Seen::default());
-        let verifier = SwappableVerifier::new(
-            webpki_client_verifier(
-                Arc::clone(&a.roots),
-                Vec::new(),
-                UnknownRevocation::Allow,
-                ClientAuthMode::Required,
-            )
-            .unwrap(),
-            ClientAuthMode::Required,
-        )
-        .with_observer(Arc::clone(&seen) as Arc<dyn RefusalObserver>);
-        assert!(verifier.client_auth_mandatory());
-        assert!(verifier.root_hint_subjects().is_empty());
-        assert!(verifier.verify_client_cert(&a.leaf, &[], now()).is_ok());
-        assert!(verifier
-            .verify_client_cert(&a.stranger, &[], now())
-            .is_err());
-        assert!(verifier.verify_client_cert(&b.leaf, &[], now()).is_err());
-
-        verifier.replace(
-            webpki_client_verifier(
-                Arc::clone(&b.roots),
-                Vec::new(),
-                UnknownRevocation::Allow,
-                ClientAuthMode::Required,
-            )
-            .unwrap(),
-        );
-        assert!(verifier.verify_client_cert(&b.leaf, &[], now()).is_ok());
-        assert!(verifier.verify_client_cert(&a.leaf, &[], now()).is_err());
-        let seen = seen.0.lock().unwrap().clone();
-        assert_eq!(seen, [RefusalReason::UnknownCa; 3]);
-
-        let garbage = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
-        assert!(verifier.verify_client_cert(&garbage, &[], now()).is_err());
-    }
-
-    #[test]
-    fn optional_mode_and_hints() {
-        let a = pki("a");
-        let hints = a.roots.subjects();
-        let verifier = SwappableVerifier::new(
-            webpki_client_verifier(
-                Arc::clone(&a.roots),
-                Vec::new(),
-                UnknownRevocation::Refuse,
-                ClientAuthMode::Optional,
-            )
-            .unwrap(),
-            ClientAuthMode::Optional,
-        )
-        .with_root_hints(hints.clone());
-        assert!(!verifier.client_auth_mandatory());
-        assert_eq!(verifier.root_hint_subjects().len(), hints.len());
-        assert_eq!(hints.len(), 1);
-    }
-
-    #[test]
-    fn reasons_have_stable_labels() {
-        let e = |c| rustls::Error::InvalidCertificate(c);
-        assert_eq!(
-            RefusalReason::of(&e(CertificateError::Expired)).as_str(),
-            "expired"
-        );
-        assert_eq!(
-            RefusalReason::of(&e(CertificateError::Revoked)).as_str(),
-            "revoked"
-        );
-        assert_eq!(
-            RefusalReason::of(&e(CertificateError::UnknownIssuer)).to_string(),
-            "unknown_ca"
-        );
-        assert_eq!(
-            RefusalReason::of(&rustls::Error::DecryptError).as_str(),
-            "other"
-        );
-    }
-
-    #[test]
-    fn a_crl_that_is_not_one_is_refused_at_build() {
-        let a = pki("a");
-        let bad = vec![CertificateRevocationListDer::from(vec![0x30, 0x00])];
-        assert!(webpki_client_verifier(
-            a.roots,
-            bad,
-            UnknownRevocation::Allow,
-            ClientAuthMode::Required
-        )
-        .is_err());
+        self.source
+            .with_verifier(|v| v.supported_verify_schemes())
+            .unwrap_or_default()
     }
 }
