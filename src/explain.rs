@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use portcullis_gateway::{Admission, BodyPlan, RequestHead, Verdict};
+use portcullis_gateway::{Admission, BodyPlan, HeadSize, RequestHead, Verdict};
 use portcullis_policy::{Identity, RateLimit, SpiffeId};
 
 /// A request described on the command line.
@@ -55,7 +55,11 @@ pub(crate) fn explain(config: &Path, req: &Described<'_>) -> anyhow::Result<()> 
     let head = RequestHead {
         identity: identity.as_ref(),
         method: req.method,
+        authority: None,
         host: req.host,
+        host_required: false,
+        size: HeadSize::default(),
+        both_lengths: false,
         path: raw_path,
         source: req.source,
         headers: &headers,

@@ -14,14 +14,17 @@ mod refusal;
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use portcullis_policy::{
-    normalize_host, normalize_path, BodyDirection, Config, HeaderSource, Identity, NormalizedPath,
-    OverLimit, Permit, RequestFacts, Route, RouteInspection, RouteTable,
+    normalize_host, normalize_path, BodyDirection, Config, HeaderSource, HttpSettings, Identity,
+    NormalizedPath, OverLimit, Permit, RequestFacts, Route, RouteInspection, RouteTable, StripList,
 };
 
+use crate::identity::ConnectionIdentity;
 use crate::inspect::{scannable, Encoding};
 use crate::limits::{InFlight, Limits};
+use crate::snapshot::Snapshot;
 
 pub use refusal::Refusal;
 
@@ -32,8 +35,17 @@ pub struct RequestHead<'a> {
     pub identity: Option<&'a Identity>,
     /// The method as sent.
     pub method: &'a str,
-    /// The host as sent: the request target's authority, else the `Host` header.
+    /// The request target's authority as sent (absolute-form, or HTTP/2 `:authority`).
+    pub authority: Option<&'a str>,
+    /// The `Host` header as sent.
     pub host: Option<&'a str>,
+    /// Whether the protocol requires a `Host` header (HTTP/1.1).
+    pub host_required: bool,
+    /// The size of the request head as received.
+    pub size: HeadSize,
+    /// Whether the head as received carried both Content-Length and Transfer-Encoding (the
+    /// HTTP/1 parser keeps only Transfer-Encoding, so the headers alone cannot tell).
+    pub both_lengths: bool,
     /// The request target's path as sent (without the query).
     pub path: &'a str,
     /// The client address (after trusted-proxy handling).
@@ -41,6 +53,20 @@ pub struct RequestHead<'a> {
     /// The request headers.
     pub headers: &'a dyn HeaderSource,
 }
+
+/// The size of a request head: the request line and header lines, in bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeadSize {
+    pub total: usize,
+    /// The longest single header line.
+    pub longest_line: usize,
+}
+
+/// Standard methods, which must be sent in upper case (`delete` is refused, not guessed at:
+/// some frameworks upper-case methods, others do not).
+const STANDARD_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
 
 /// Where a request is going, normalised once: what policy sees and what the upstream receives.
 #[derive(Clone, Debug)]
@@ -94,6 +120,7 @@ pub enum BodyPlan {
 pub struct Admission {
     routes: RouteTable,
     limits: Limits,
+    http: HttpSettings,
 }
 
 impl Admission {
@@ -103,6 +130,7 @@ impl Admission {
         Self {
             routes: config.routes.clone(),
             limits: Limits::build(config, previous.map(|p| &p.limits)),
+            http: config.http.clone(),
         }
     }
 
@@ -111,11 +139,25 @@ impl Admission {
         Self::build(config, None)
     }
 
-    /// Decides a request: normalise, route, authorise, charge the limits, check the declared
-    /// body size, plan the body's inspection. Limits are charged only for requests the access
-    /// rules allow.
+    /// The headers removed from every request before it is forwarded.
+    pub(crate) fn stripped(&self) -> &StripList {
+        &self.http.strip
+    }
+
+    /// Decides a request: check the head is unambiguous, normalise, route, authorise, charge
+    /// the limits, check the declared body size, plan the body's inspection. Limits are
+    /// charged only for requests the access rules allow.
     pub fn decide(&self, head: &RequestHead<'_>) -> Verdict {
-        let host = head.host.and_then(normalize_host);
+        let host = match self.strict_head(head) {
+            Ok(host) => host.and_then(normalize_host),
+            Err(refusal) => {
+                return Verdict {
+                    target: None,
+                    route: None,
+                    outcome: Err(refusal),
+                }
+            }
+        };
         let path = match normalize_path(head.path) {
             Ok(path) => path,
             Err(e) => {
@@ -142,6 +184,44 @@ impl Admission {
             target,
             route: Some(route),
             outcome,
+        }
+    }
+
+    /// Refuses a head that upstreams could read differently from the gateway; returns the
+    /// host the request is routed by.
+    fn strict_head<'h>(&self, head: &RequestHead<'h>) -> Result<Option<&'h str>, Refusal> {
+        if head.size.total > self.http.max_request_head
+            || head.size.longest_line > self.http.max_header_line
+        {
+            return Err(Refusal::HeadTooLarge);
+        }
+        let headers = head.headers;
+        let both_lengths = head.both_lengths
+            || (headers.header("content-length").is_some()
+                && !headers.header_values("transfer-encoding").is_empty());
+        if both_lengths {
+            return Err(Refusal::BadRequest(
+                "the request has both Content-Length and Transfer-Encoding",
+            ));
+        }
+        if STANDARD_METHODS
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(head.method) && *m != head.method)
+        {
+            return Err(Refusal::BadRequest(
+                "standard methods must be sent in upper case",
+            ));
+        }
+        match (head.authority, head.host) {
+            (Some(authority), Some(host)) if normalize_host(authority) != normalize_host(host) => {
+                Err(Refusal::BadRequest(
+                    "the Host header does not match the request target",
+                ))
+            }
+            (_, None) if head.host_required => Err(Refusal::BadRequest(
+                "an HTTP/1.1 request needs a Host header",
+            )),
+            (authority, host) => Ok(authority.or(host)),
         }
     }
 
@@ -201,6 +281,30 @@ impl Admitted {
     pub fn holds_in_flight_slot(&self) -> bool {
         self.in_flight.is_some()
     }
+}
+
+/// Re-checks, on every request, the client certificate its connection was made with against
+/// the listener's current revocation list and the certificate's expiry: connections (and
+/// resumed TLS sessions) outlive both. A hash lookup, no parsing.
+pub(crate) fn recheck_connection(
+    connection: &ConnectionIdentity,
+    generation: &Snapshot,
+    now: SystemTime,
+) -> Result<(), Refusal> {
+    let Some(credential) = &connection.credential else {
+        return Ok(());
+    };
+    let revoked = generation
+        .tls
+        .get(connection.listener)
+        .is_some_and(|tls| tls.is_revoked(&credential.serial));
+    if revoked {
+        return Err(Refusal::CertificateRevoked);
+    }
+    if credential.not_after < now {
+        return Err(Refusal::CertificateExpired);
+    }
+    Ok(())
 }
 
 /// Whether the request head announces a body.

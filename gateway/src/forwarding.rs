@@ -8,15 +8,10 @@ use std::net::IpAddr;
 use http::header::HeaderName;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
-use portcullis_policy::{Identity, Route};
+use portcullis_policy::{Identity, Route, StripList};
 
-use crate::admission::Target;
+use crate::admission::{HeadSize, Target};
 use crate::snapshot::{canonical, ListenerView};
-
-/// Header prefix of every identity fact the gateway sends upstream. Anything with this
-/// prefix that arrives from outside is removed before forwarding, always.
-const IDENTITY_PREFIX: &str = "x-portcullis-";
-const XFCC: &str = "x-forwarded-client-cert";
 
 /// The client of a request, as far as the gateway can believe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,30 +67,48 @@ pub(crate) fn resolve_client(
     client
 }
 
+/// The size of a request head as a client sends it in HTTP/1.1: request line and header
+/// lines with their separators (for HTTP/2, the same measure of the decoded fields).
+pub(crate) fn head_size(req: &RequestHeader) -> HeadSize {
+    let request_line = req.method.as_str().len() + req.raw_path().len() + " HTTP/1.1\r\n".len() + 1;
+    let mut size = HeadSize {
+        total: request_line + 2,
+        longest_line: 0,
+    };
+    for (name, value) in &req.headers {
+        let line = name.as_str().len() + value.len() + 4;
+        size.total += line;
+        size.longest_line = size.longest_line.max(line);
+    }
+    size
+}
+
+/// Whether a raw HTTP/1 request head has a header called `name` (any case).
+pub(crate) fn raw_head_names(raw: &[u8], name: &str) -> bool {
+    raw.split(|b| *b == b'\n').skip(1).any(|line| {
+        line.iter()
+            .position(|b| *b == b':')
+            .is_some_and(|colon| line[..colon].eq_ignore_ascii_case(name.as_bytes()))
+    })
+}
+
 /// The first value of a header, if it is text.
 pub(crate) fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Removes every header a caller could use to impersonate someone or fake its origin. The
-/// gateway sets its own versions afterwards.
-pub(crate) fn strip_spoofable_headers(req: &mut RequestHeader) {
-    let spoofable = |n: &str| {
-        n.starts_with(IDENTITY_PREFIX)
-            || n == XFCC
-            || n == "x-forwarded-for"
-            || n == "x-forwarded-proto"
-            || n == "forwarded"
-            || n == "x-real-ip"
-    };
+/// Removes every header a caller could use to impersonate someone, fake its origin or
+/// reroute the request upstream (`strip`: the built-in list and the config's additions). The
+/// gateway sets its own identity and forwarding headers afterwards.
+pub(crate) fn strip_spoofable_headers(req: &mut RequestHeader, strip: &StripList) {
     // Most requests carry none: look before allocating.
-    if !req.headers.keys().any(|name| spoofable(name.as_str())) {
+    if !req.headers.keys().any(|name| strip.strips(name.as_str())) {
         return;
     }
     let names: Vec<HeaderName> = req
         .headers
         .keys()
-        .filter(|name| spoofable(name.as_str()))
+        .filter(|name| strip.strips(name.as_str()))
         .cloned()
         .collect();
     for name in names {
@@ -111,13 +124,15 @@ pub(crate) struct Forwarded<'a> {
     pub target: &'a Target,
     pub identity: Option<&'a Identity>,
     pub client: Option<&'a Client>,
+    /// Headers removed before forwarding.
+    pub strip: &'a StripList,
 }
 
 /// Turns the caller's request head into the upstream's: spoofable headers out, the normalised
 /// path in (query kept), a Host if the caller sent none, then the gateway's identity headers
 /// and X-Forwarded-For/-Proto.
 pub(crate) fn rewrite_upstream_request(req: &mut RequestHeader, f: &Forwarded<'_>) -> Result<()> {
-    strip_spoofable_headers(req);
+    strip_spoofable_headers(req, f.strip);
     let path = f.target.path.as_str();
     if path != req.uri.path() {
         let uri = match req.uri.query() {

@@ -1,27 +1,48 @@
 //! The caller's identity as established by the TLS handshake: the verified client leaf read
 //! once per connection ([`PeerIdentity::from_der`], the rules shared with the admin API) into a
-//! policy [`Identity`].
+//! policy [`Identity`], with what every later request re-checks (serial and expiry).
 
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
-use portcullis_identity::PeerIdentity;
+use portcullis_identity::{PeerIdentity, Serial};
 use portcullis_policy::Identity;
 
 /// What a connection's handshake established, attached to the connection by pingora.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ConnectionIdentity {
     /// `None` when no client certificate was presented (client auth optional or off).
     pub identity: Option<Arc<Identity>>,
+    /// The certificate behind `identity`, re-checked on every request.
+    pub credential: Option<Credential>,
     pub tls_version: &'static str,
+    /// The listener's position in start-up order (its TLS material in each generation).
+    pub listener: usize,
+    /// When the handshake completed.
+    pub established: Instant,
+}
+
+/// What a request re-checks of the client certificate its connection was made with:
+/// connections outlive revocations and expiries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Credential {
+    pub serial: Serial,
+    pub not_after: SystemTime,
 }
 
 /// Reads a verified client leaf. `None` only if the certificate cannot be read (malformed DER
 /// or SAN extension, which the verifier has already ruled out): the connection then counts as
 /// unauthenticated. A certificate without a usable SPIFFE ID still yields an identity with its
 /// DNS names and subject.
-pub(crate) fn peer_identity(der: &[u8]) -> Option<Identity> {
+pub(crate) fn peer_identity(der: &[u8]) -> Option<(Identity, Credential)> {
     match PeerIdentity::from_der(der) {
-        Ok(peer) => Some(Identity::from(&peer)),
+        Ok(peer) => {
+            let credential = Credential {
+                serial: peer.serial.clone(),
+                not_after: peer.not_after,
+            };
+            Some((Identity::from(&peer), credential))
+        }
         Err(e) => {
             tracing::warn!(error = %e, "verified client certificate unreadable; treated as anonymous");
             None

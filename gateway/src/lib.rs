@@ -26,7 +26,9 @@ mod upstream;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use admission::{Admission, Admitted, BodyPlan, Refusal, RequestHead, Target, Verdict};
+pub use admission::{
+    Admission, Admitted, BodyPlan, HeadSize, Refusal, RequestHead, Target, Verdict,
+};
 pub use echo::serve_echo;
 pub use inspect::Encoding;
 pub use limits::LimitExceeded;

@@ -4,7 +4,7 @@
 //! line, the audit record and the metrics (`record`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -16,9 +16,11 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use portcullis_audit::RequestStage;
 use portcullis_policy::{BodyDirection, HeaderSource};
 
-use crate::admission::{plan_body, BodyPlan, Refusal, RequestHead};
+use crate::admission::{plan_body, recheck_connection, BodyPlan, Refusal, RequestHead};
 use crate::audit::AuditTrail;
-use crate::forwarding::{header_str, resolve_client, rewrite_upstream_request, Forwarded};
+use crate::forwarding::{
+    head_size, header_str, raw_head_names, resolve_client, rewrite_upstream_request, Forwarded,
+};
 use crate::identity::ConnectionIdentity;
 use crate::inspect::BodyInspector;
 use crate::metrics::Metrics;
@@ -48,11 +50,12 @@ impl ProxyHttp for Gateway {
         self.metrics.request_started();
         ctx.counted = true;
         let snapshot = self.snapshot.load_full();
-        if let Some(connection) = session
+        let connection = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
             .and_then(|ssl| ssl.extension.get::<ConnectionIdentity>())
-        {
+            .cloned();
+        if let Some(connection) = &connection {
             ctx.identity = connection.identity.clone();
             ctx.tls_version = Some(connection.tls_version);
         }
@@ -63,11 +66,29 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|peer| resolve_client(req, peer.ip(), listener));
 
+        if let Some(connection) = &connection {
+            if let Err(refusal) = recheck_connection(connection, &snapshot, SystemTime::now()) {
+                return self.refuse(session, ctx, refusal).await;
+            }
+            let max_age = listener.map_or(Duration::MAX, |l| l.max_connection_age);
+            if connection.established.elapsed() > max_age {
+                // HTTP/1.1: `Connection: close` after this response. (An HTTP/2 stream has no
+                // handle on its connection in pingora 0.9; per-request checks still apply.)
+                session.set_keepalive(None);
+            }
+        }
+
+        let req = session.req_header();
         let headers = Headers(req);
         let head = RequestHead {
             identity: ctx.identity.as_deref(),
             method: req.method.as_str(),
-            host: req.uri.host().or_else(|| header_str(req, "host")),
+            authority: req.uri.authority().map(|a| a.as_str()),
+            host: header_str(req, "host"),
+            host_required: req.version == http::Version::HTTP_11,
+            size: head_size(req),
+            both_lengths: req.headers.contains_key("transfer-encoding")
+                && raw_head_names(&session.as_downstream().to_h1_raw(), "content-length"),
             path: req.uri.path(),
             source: ctx
                 .client
@@ -165,6 +186,7 @@ impl ProxyHttp for Gateway {
                 "no forwarding without admission",
             ));
         };
+        let generation = self.snapshot.load();
         rewrite_upstream_request(
             upstream,
             &Forwarded {
@@ -173,6 +195,7 @@ impl ProxyHttp for Gateway {
                 target,
                 identity: ctx.identity.as_deref(),
                 client: ctx.client.as_ref(),
+                strip: generation.admission.stripped(),
             },
         )?;
         if let Some(scan) = &ctx.request_scan {
@@ -381,6 +404,9 @@ impl Gateway {
         refusal: Refusal,
     ) -> Result<bool> {
         self.count_refusal(ctx.tenant(), &refusal);
+        if refusal.closes_connection() {
+            session.set_keepalive(None);
+        }
         ctx.refusal = Some(refusal);
         self.write_refusal(session, ctx).await?;
         Ok(true)
@@ -426,5 +452,14 @@ struct Headers<'a>(&'a RequestHeader);
 impl HeaderSource for Headers<'_> {
     fn header(&self, name: &str) -> Option<&str> {
         header_str(self.0, name)
+    }
+
+    fn header_values(&self, name: &str) -> Vec<Option<&str>> {
+        self.0
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().ok())
+            .collect()
     }
 }

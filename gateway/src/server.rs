@@ -39,7 +39,11 @@ pub fn check(path: &Path) -> Result<Config, GatewayError> {
         let tls = &listener.tls;
         // A certificate the gateway obtains from the CA may not exist before it starts.
         if tls.issuer.is_some() && !tls.certificate.exists() {
-            build_webpki_verifier(tls)?;
+            let crls = match &tls.crl {
+                Some(path) => portcullis_identity::load_crls(path)?,
+                None => Vec::new(),
+            };
+            build_webpki_verifier(tls, crls)?;
         } else {
             ListenerTls::load(listener)?;
         }
@@ -131,7 +135,7 @@ pub fn serve(
     let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, gateway);
     for (index, listener) in listeners.iter().enumerate() {
         // Handshakes read the listener's certificate and verifier from the current generation.
-        let mut tls = TlsSettings::with_callbacks(Box::new(IdentityHook))
+        let mut tls = TlsSettings::with_callbacks(Box::new(IdentityHook { listener: index }))
             .map_err(|e| GatewayError::Tls(format!("listener {}: {e}", listener.name)))?;
         tls.set_cert_resolver(Arc::new(ListenerSlot::new(snapshot.clone(), index)));
         let verifier = ListenerSlot::new(snapshot.clone(), index).verifier(

@@ -18,6 +18,7 @@ use crate::GatewayError;
 pub(crate) struct ListenerView {
     pub address: SocketAddr,
     pub trusted_proxies: Vec<IpNet>,
+    pub max_connection_age: std::time::Duration,
 }
 
 impl ListenerView {
@@ -145,6 +146,7 @@ fn views(config: &Config) -> Vec<ListenerView> {
         .map(|l| ListenerView {
             address: l.address,
             trusted_proxies: l.trusted_proxies.clone(),
+            max_connection_age: l.max_connection_age,
         })
         .collect()
 }

@@ -6,10 +6,11 @@
 //!
 //! [`Identity`]: portcullis_policy::Identity
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -17,13 +18,13 @@ use pingora_core::listeners::TlsAccept;
 use pingora_core::protocols::tls::TlsRef;
 use portcullis_identity::{
     load_crls, root_store, webpki_client_verifier, ClientAuthMode, ClientVerifier, RefusalObserver,
-    RefusalReason, UnknownRevocation, VerifierSource,
+    RefusalReason, Serial, UnknownRevocation, VerifierSource,
 };
 use portcullis_policy::{ClientAuth, ListenerConfig, TlsListenerConfig};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use crate::identity::{peer_identity, ConnectionIdentity};
 use crate::metrics::Metrics;
@@ -65,6 +66,10 @@ pub(crate) struct ListenerTls {
     pub client_auth: ClientAuth,
     certificate: Arc<CertifiedKey>,
     verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// Serials on the listener's CRL, for the per-request check of established connections.
+    /// Keyed by serial alone: with 128-bit random serials a clash between issuers is not a
+    /// practical concern, and would refuse, never admit.
+    revoked: HashSet<Serial>,
 }
 
 impl fmt::Debug for ListenerTls {
@@ -81,13 +86,46 @@ impl ListenerTls {
     /// error naming the file.
     pub(crate) fn load(listener: &ListenerConfig) -> Result<Self, GatewayError> {
         let tls = &listener.tls;
+        let crls = match &tls.crl {
+            Some(path) => load_crls(path)?,
+            None => Vec::new(),
+        };
         Ok(Self {
             name: listener.name.clone(),
             client_auth: tls.client_auth,
             certificate: Arc::new(load_certified_key(&tls.certificate, &tls.private_key)?),
-            verifier: build_webpki_verifier(tls)?,
+            revoked: revoked_serials(&crls, tls)?,
+            verifier: build_webpki_verifier(tls, crls)?,
         })
     }
+
+    /// Whether `serial` is on the listener's revocation list: a hash lookup.
+    pub(crate) fn is_revoked(&self, serial: &Serial) -> bool {
+        self.revoked.contains(serial)
+    }
+}
+
+/// The serials of the revoked certificates in `crls`.
+fn revoked_serials(
+    crls: &[CertificateRevocationListDer<'static>],
+    tls: &TlsListenerConfig,
+) -> Result<HashSet<Serial>, GatewayError> {
+    let mut serials = HashSet::new();
+    for crl in crls {
+        let (_, parsed) = x509_parser::parse_x509_crl(crl.as_ref()).map_err(|e| {
+            let path = tls.crl.as_deref().map(Path::display);
+            GatewayError::Tls(format!(
+                "{}: unreadable CRL: {e}",
+                path.map(|p| p.to_string()).unwrap_or_default()
+            ))
+        })?;
+        serials.extend(
+            parsed
+                .iter_revoked_certificates()
+                .map(|r| Serial::from_be_bytes(r.raw_serial())),
+        );
+    }
+    Ok(serials)
 }
 
 /// What tells us a file changed: modification time and length.
@@ -160,6 +198,7 @@ fn client_auth_mode(client_auth: ClientAuth) -> Option<ClientAuthMode> {
 /// The webpki verifier of a listener's settings; `None` when client certificates are off.
 pub(crate) fn build_webpki_verifier(
     config: &TlsListenerConfig,
+    crls: Vec<CertificateRevocationListDer<'static>>,
 ) -> Result<Option<Arc<dyn ClientCertVerifier>>, GatewayError> {
     let Some(ca_path) = config.client_ca.as_deref() else {
         return Ok(None);
@@ -171,10 +210,6 @@ pub(crate) fn build_webpki_verifier(
     // The CA's CRL covers the leaves it issued. A leaf from an issuer without a CRL here has
     // unknown status and is accepted; a stale CRL still applies (the CA republishes it well
     // before nextUpdate, and refusing everyone because of it would be an outage).
-    let crls = match &config.crl {
-        Some(path) => load_crls(path)?,
-        None => Vec::new(),
-    };
     let verifier = webpki_client_verifier(Arc::new(roots), crls, UnknownRevocation::Allow, mode)
         .map_err(|e| {
             let what = config.crl.as_deref().unwrap_or(ca_path);
@@ -183,10 +218,13 @@ pub(crate) fn build_webpki_verifier(
     Ok(Some(verifier))
 }
 
-/// Runs after a completed handshake: parses the verified leaf once into the connection's
-/// identity, which pingora then carries in the session digest for every request.
+/// Runs after a completed handshake (full or resumed): parses the verified leaf once into the
+/// connection's identity, which pingora then carries in the session digest for every request.
 #[derive(Debug)]
-pub(crate) struct IdentityHook;
+pub(crate) struct IdentityHook {
+    /// The listener's position in start-up order.
+    pub listener: usize,
+}
 
 #[async_trait]
 impl TlsAccept for IdentityHook {
@@ -194,12 +232,17 @@ impl TlsAccept for IdentityHook {
         &self,
         tls: &TlsRef,
     ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let peer = tls.peer_certificate_der().and_then(peer_identity);
+        let (identity, credential) = match peer {
+            Some((identity, credential)) => (Some(Arc::new(identity)), Some(credential)),
+            None => (None, None),
+        };
         let connection = ConnectionIdentity {
-            identity: tls
-                .peer_certificate_der()
-                .and_then(peer_identity)
-                .map(Arc::new),
+            identity,
+            credential,
             tls_version: tls.version().unwrap_or("unknown"),
+            listener: self.listener,
+            established: Instant::now(),
         };
         Some(Arc::new(connection))
     }

@@ -21,6 +21,10 @@ pub use portcullis_identity::PatternError;
 pub trait HeaderSource: std::fmt::Debug + Sync {
     /// The value of the first header called `name`, if present and valid text.
     fn header(&self, name: &str) -> Option<&str>;
+
+    /// Every value of the headers called `name`, in order: `None` for a value that is not
+    /// text (obs-text), so that a rule can treat it as unreadable rather than absent.
+    fn header_values(&self, name: &str) -> Vec<Option<&str>>;
 }
 
 /// No headers at all.
@@ -31,6 +35,10 @@ impl HeaderSource for NoHeaders {
     fn header(&self, _name: &str) -> Option<&str> {
         None
     }
+
+    fn header_values(&self, _name: &str) -> Vec<Option<&str>> {
+        Vec::new()
+    }
 }
 
 /// Headers as (lowercase name, value) pairs, e.g. from a command line.
@@ -39,6 +47,13 @@ impl HeaderSource for Vec<(String, String)> {
         self.iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    fn header_values(&self, name: &str) -> Vec<Option<&str>> {
+        self.iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| Some(v.as_str()))
+            .collect()
     }
 }
 
@@ -117,6 +132,25 @@ pub(crate) struct HeaderCondition {
     pub(crate) values: Option<Vec<String>>,
 }
 
+impl HeaderCondition {
+    /// Whether the condition holds, judged against every value of the header so that a
+    /// duplicate or unreadable value can only ever make a request look worse: for a deny rule
+    /// it holds if any value matches or any value is unreadable; for an allow rule, only if
+    /// there is a value and every value is readable and matches.
+    fn holds(&self, effect: Effect, headers: &dyn HeaderSource) -> bool {
+        let values = headers.header_values(&self.name);
+        let matches = |v: &Option<&str>| match (v, &self.values) {
+            (None, _) => effect == Effect::Deny,
+            (Some(_), None) => true,
+            (Some(value), Some(wanted)) => wanted.iter().any(|w| w == value),
+        };
+        match effect {
+            Effect::Deny => values.iter().any(matches),
+            Effect::Allow => !values.is_empty() && values.iter().all(matches),
+        }
+    }
+}
+
 /// One access rule, already checked. Conditions that are `None` match anything.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct AccessRule {
@@ -163,18 +197,18 @@ impl AccessRule {
                 return false;
             }
         }
-        any_of(&self.methods, |m| m == facts.method)
+        // Standard methods in another case are refused before policy; extension methods are
+        // compared without regard to case, as some frameworks upper-case them.
+        any_of(&self.methods, |m| m.eq_ignore_ascii_case(facts.method))
             && any_of(&self.path_prefix, |p| {
                 prefix_matches(p, facts.path.as_str())
             })
             && any_of(&self.path, |p| p == facts.path.as_str())
             && any_of(&self.source, |net| net_contains(net, facts.source))
-            && self.headers.iter().all(|h| {
-                facts
-                    .headers
-                    .header(&h.name)
-                    .is_some_and(|value| any_of(&h.values, |v| v == value))
-            })
+            && self
+                .headers
+                .iter()
+                .all(|h| h.holds(self.effect, facts.headers))
     }
 
     fn identity_matches(&self, identity: &Identity) -> bool {

@@ -38,6 +38,29 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     /// The audit log; `None` when the file has no `audit` section (no audit trail).
     pub audit: Option<AuditSettings>,
+    /// How strictly request heads are read (the `http` section).
+    pub http: HttpSettings,
+}
+
+/// Request-head limits and header hygiene (the `http` section).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpSettings {
+    /// Headers removed before forwarding: the built-in list plus `strip_headers`.
+    pub strip: crate::headers::StripList,
+    /// Largest request head (request line and every header line), bytes; larger gets 431.
+    pub max_request_head: usize,
+    /// Longest single header line, bytes; longer gets 431.
+    pub max_header_line: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            strip: crate::headers::StripList::default(),
+            max_request_head: 32 * 1024,
+            max_header_line: 8 * 1024,
+        }
+    }
 }
 
 /// The audit log's settings (the `audit` section). Changing them takes a restart.
@@ -124,6 +147,9 @@ pub struct ListenerConfig {
     pub tls: TlsListenerConfig,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// A connection older than this is closed after its current request (HTTP/1.1), so no
+    /// connection outlives a certificate generation by much.
+    pub max_connection_age: Duration,
 }
 
 /// A listener's TLS settings. Paths are resolved against the config file's directory.

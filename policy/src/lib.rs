@@ -8,6 +8,7 @@
 mod access;
 mod config;
 mod dlp;
+mod headers;
 mod identity;
 mod inspection;
 mod limits;
@@ -18,14 +19,15 @@ mod routing;
 pub use access::{Denied, DenyReason, HeaderSource, NoHeaders, PatternError, Permit, RequestFacts};
 pub use config::{
     AuditKey, AuditMode, AuditSettings, ClientAuth, Config, ConfigError, ConfigProblem,
-    HealthCheckConfig, IssuerConfig, ListenerConfig, MetricsConfig, SecretSource, TenantConfig,
-    TlsListenerConfig, UpstreamConfig, UpstreamTls,
+    HealthCheckConfig, HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig, SecretSource,
+    TenantConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
 };
 pub use dlp::{
     Blocked, BodyDirection, BuiltinDetector, CustomPatternSpec, DetectorKind, DetectorName,
     DirectionSelector, DlpAction, DlpError, DlpPolicy, DlpSpec, Finding, Findings, KeywordListSpec,
     Scanner,
 };
+pub use headers::{StripList, ALWAYS_STRIPPED, GATEWAY_PREFIX};
 pub use identity::{Identity, PeerIdentity, SpiffeId, SpiffeIdError};
 pub use inspection::{InspectionLimits, OverLimit, RouteInspection};
 pub use limits::{RateLimit, TenantLimits};

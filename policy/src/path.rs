@@ -62,6 +62,17 @@ pub enum PathError {
     /// Longer than 8192 bytes.
     #[error("the path is longer than 8192 bytes")]
     TooLong,
+    /// A `;` (literal or `%3B`): path parameters, which servlet containers strip before
+    /// resolving the path (`/public/..;/admin` is `/admin` to Tomcat).
+    #[error("the path contains ';' (path parameters are not accepted)")]
+    Semicolon,
+    /// `%25` followed by the encoding of a dot, slash or backslash: a double-decoding upstream
+    /// would see `.`, `/` or `\` where the gateway saw none.
+    #[error("the path contains a double-encoded dot, slash or backslash")]
+    DoubleEncoded,
+    /// The percent-decoded path is not UTF-8 (overlong encodings like `%C0%AE` among them).
+    #[error("the decoded path is not valid UTF-8")]
+    NotUtf8,
 }
 
 /// Normalises the path part of a request target (without the query string).
@@ -78,6 +89,7 @@ pub fn normalize_path(raw: &str) -> Result<NormalizedPath, PathError> {
         return Err(PathError::TooLong);
     }
     let decoded = canonical_encoding(raw.as_bytes())?;
+    check_decoded(&decoded)?;
     let out = remove_dot_segments(&decoded);
     if out.len() > MAX_PATH_LEN {
         return Err(PathError::TooLong);
@@ -135,6 +147,7 @@ fn canonical_encoding(raw: &[u8]) -> Result<String, PathError> {
         let b = raw[i];
         match b {
             b'\\' => return Err(PathError::Backslash),
+            b';' => return Err(PathError::Semicolon),
             0 => return Err(PathError::Nul),
             0x01..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
             b'%' => {
@@ -146,6 +159,7 @@ fn canonical_encoding(raw: &[u8]) -> Result<String, PathError> {
                 let value = (hi << 4) | lo;
                 match value {
                     b'/' => return Err(PathError::EncodedSlash),
+                    b';' => return Err(PathError::Semicolon),
                     b'\\' => return Err(PathError::Backslash),
                     0 => return Err(PathError::Nul),
                     0x01..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
@@ -162,6 +176,41 @@ fn canonical_encoding(raw: &[u8]) -> Result<String, PathError> {
         i += 1;
     }
     Ok(out)
+}
+
+/// Refuses, in a path already in canonical encoding, what an upstream that decodes twice
+/// would read differently, and a path whose bytes, once decoded, are not UTF-8.
+fn check_decoded(canonical: &str) -> Result<(), PathError> {
+    let bytes = canonical.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            decoded.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        // Canonical encoding guarantees two uppercase hex digits after every '%'.
+        let escape = bytes.get(i + 1..i + 3).unwrap_or_default();
+        let value = escape
+            .iter()
+            .try_fold(0u8, |acc, &b| hex_value(b).map(|v| (acc << 4) | v))
+            .ok_or(PathError::InvalidEncoding)?;
+        if value == b'%' {
+            // `%25` then `2e`: decoded once more, a dot (likewise slash and backslash).
+            let next = bytes
+                .get(i + 3..i + 5)
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            if matches!(next.as_slice(), b"2e" | b"2f" | b"5c") {
+                return Err(PathError::DoubleEncoded);
+            }
+        }
+        decoded.push(value);
+        i += 3;
+    }
+    std::str::from_utf8(&decoded).map_err(|_| PathError::NotUtf8)?;
+    Ok(())
 }
 
 /// Merges repeated slashes and removes `.` and `..` segments. `path` starts with '/'.

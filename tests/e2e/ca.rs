@@ -219,6 +219,28 @@ fn a_revoked_certificate_is_refused_by_a_gateway_already_running() {
     };
     assert_eq!(client("doomed").get(gw.port, "/x").unwrap().status, 200);
     assert_eq!(client("keep").get(gw.port, "/x").unwrap().status, 200);
+    // What an attacker holding the doomed certificate keeps open across the revocation: an
+    // HTTP/1.1 keep-alive connection, an HTTP/2 connection (curl sending a request every
+    // 250 ms on one connection), and a TLS session to resume.
+    let mut kept = client("doomed").connect(gw.port).unwrap();
+    assert_eq!(kept.request("GET", "/x", &[]).unwrap().status, 200);
+    let resumable = client("doomed");
+    assert_eq!(resumable.get(gw.port, "/x").unwrap().status, 200);
+    let url = format!("https://localhost:{}/x", gw.port);
+    let h2 = std::process::Command::new("curl")
+        .args(["-sS", "--http2", "--rate", "4/s"])
+        .args(["-w", "%{http_code} %{num_connects}\n"])
+        .arg("--cacert")
+        .arg(pki.path("ca.pem"))
+        .arg("--cert")
+        .arg(d.join("doomed.pem"))
+        .arg("--key")
+        .arg(d.join("doomed.key"))
+        .args((0..24).flat_map(|_| ["-o", "/dev/null", url.as_str()]))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
 
     let (audit_dir, audit_key) = (d.join("ca-audit"), d.join("ca-audit.key"));
     let out = ca.run(&[
@@ -268,6 +290,40 @@ fn a_revoked_certificate_is_refused_by_a_gateway_already_running() {
         std::thread::sleep(Duration::from_millis(100));
     };
     eprintln!("revocation enforced {refused_after:?} after `ca revoke`");
+    // The connection opened before the revocation is refused on its next request, and closed.
+    let resp = kept.request("GET", "/x", &[]).unwrap();
+    assert_eq!(resp.status, 403);
+    assert_eq!(resp.json()["error"], "certificate_revoked");
+    assert!(kept.closed_by_server());
+    // A resumed TLS session restores the revoked certificate without a handshake check; the
+    // request on it is refused all the same.
+    if let Ok(mut conn) = resumable.connect(gw.port) {
+        let resumed = conn.resumed();
+        let status = conn.request("GET", "/x", &[]).map_or(0, |r| r.status);
+        assert_ne!(status, 200, "resumed session served (resumed: {resumed})");
+        eprintln!("after revocation: resumed={resumed}, status {status}");
+    }
+    // The HTTP/2 connection: served before, refused after, never reconnected.
+    let out = h2.wait_with_output().unwrap();
+    let lines: Vec<(u16, u32)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (code, connects) = l.split_once(' ')?;
+            Some((code.parse().ok()?, connects.parse().ok()?))
+        })
+        .collect();
+    let curl_err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        lines.first().map(|l| l.0),
+        Some(200),
+        "{lines:?} {curl_err}"
+    );
+    assert_eq!(lines.last().map(|l| l.0), Some(403), "{lines:?} {curl_err}");
+    let first_refused = lines.iter().position(|l| l.0 == 403).unwrap();
+    assert!(
+        lines[..first_refused].iter().skip(1).all(|l| l.1 == 0) && lines[first_refused].1 == 0,
+        "the refused request came on the connection opened before the revocation: {lines:?}"
+    );
     let m = gw.wait_metric(
         "portcullis_tls_handshake_failures_total{listener=\"public\",reason=\"revoked\"}",
         1.0,
@@ -611,4 +667,33 @@ fn ca_serial_of(pem: &Path) -> String {
         .trim()
         .trim_start_matches("serial=")
         .to_ascii_lowercase()
+}
+
+/// A certificate that expires while its connection is open stops working on that connection
+/// (over HTTP/1.1 here; the check is the same per-request one for HTTP/2).
+#[test]
+fn a_certificate_that_expires_on_an_open_connection_is_refused() {
+    let pki = Pki::new();
+    let now = std::time::SystemTime::now();
+    let mut brief = portcullis_ca::dev::LeafSpec::client(
+        "brief",
+        Some("spiffe://test.portcullis.local/ns/app/sa/frontend"),
+        Duration::from_secs(3),
+    );
+    brief.not_before = now - Duration::from_secs(60);
+    brief.not_after = now + Duration::from_secs(3);
+    pki.ca
+        .issue(&brief)
+        .unwrap()
+        .write(pki.dir.path(), "brief")
+        .unwrap();
+    let echo = Echo::start(pki.dir.path(), "exp");
+    let gw = Gateway::start(pki.dir.path(), &crate::proxy::base_config(echo.port));
+    let mut conn = pki.client(Some("brief")).connect(gw.port).unwrap();
+    assert_eq!(conn.request("GET", "/admin/x", &[]).unwrap().status, 200);
+    std::thread::sleep(Duration::from_millis(3500));
+    let resp = conn.request("GET", "/admin/x", &[]).unwrap();
+    assert_eq!(resp.status, 403);
+    assert_eq!(resp.json()["error"], "certificate_expired");
+    assert!(conn.closed_by_server());
 }

@@ -421,6 +421,38 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Whether the handshake resumed an earlier TLS session.
+    pub fn resumed(&self) -> bool {
+        self.reader.get_ref().conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
+    /// Writes `head` exactly as given (request line, headers, blank line, any body) and reads
+    /// one response.
+    pub fn send_raw(&mut self, head: &[u8]) -> std::io::Result<Response> {
+        let stream = self.reader.get_mut();
+        stream.write_all(head)?;
+        stream.flush()?;
+        read_response(&mut self.reader)
+    }
+
+    /// Whether the server has closed the connection (a read sees the end, not a timeout).
+    pub fn closed_by_server(&mut self) -> bool {
+        let _ = self
+            .reader
+            .get_ref()
+            .sock
+            .set_read_timeout(Some(Duration::from_secs(3)));
+        let mut byte = [0u8; 1];
+        match self.reader.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    }
+
     /// The DER of the certificate the server presented on this connection.
     pub fn server_certificate(&self) -> Vec<u8> {
         self.reader.get_ref().conn.peer_certificates().unwrap()[0].to_vec()

@@ -15,3 +15,4 @@ mod operations;
 #[path = "../../audit/tests/common/postgres.rs"]
 mod postgres;
 mod proxy;
+mod strict;

@@ -15,6 +15,15 @@ use crate::limits::LimitExceeded;
 pub enum Refusal {
     /// The path cannot be normalised safely (encoded separators, traversal above the root…).
     BadPath(PathError),
+    /// A request head an upstream could read differently (both Content-Length and
+    /// Transfer-Encoding, a lower-case standard method, a Host that disagrees with the target).
+    BadRequest(&'static str),
+    /// The request head is over the configured size.
+    HeadTooLarge,
+    /// The caller's certificate is on its listener's current revocation list.
+    CertificateRevoked,
+    /// The caller's certificate has expired since the connection was made.
+    CertificateExpired,
     /// No route for this host and path.
     NoRoute,
     /// The route's access rules refused the caller.
@@ -47,7 +56,9 @@ impl Refusal {
     /// The HTTP status sent to the caller.
     pub fn status(&self) -> u16 {
         match self {
-            Refusal::BadPath(_) | Refusal::Malformed => 400,
+            Refusal::BadPath(_) | Refusal::BadRequest(_) | Refusal::Malformed => 400,
+            Refusal::HeadTooLarge => 431,
+            Refusal::CertificateRevoked | Refusal::CertificateExpired => 403,
             Refusal::NoRoute => 404,
             Refusal::Denied(_) | Refusal::DlpBlocked(..) => 403,
             Refusal::RateLimited(_) => 429,
@@ -64,7 +75,10 @@ impl Refusal {
     /// The stable code in the JSON body's `error` field.
     pub fn code(&self) -> &'static str {
         match self {
-            Refusal::BadPath(_) | Refusal::Malformed => "bad_request",
+            Refusal::BadPath(_) | Refusal::BadRequest(_) | Refusal::Malformed => "bad_request",
+            Refusal::HeadTooLarge => "request_header_too_large",
+            Refusal::CertificateRevoked => "certificate_revoked",
+            Refusal::CertificateExpired => "certificate_expired",
             Refusal::NoRoute => "no_route",
             Refusal::Denied(_) => "forbidden",
             Refusal::RateLimited(_) => "rate_limited",
@@ -86,6 +100,10 @@ impl Refusal {
     pub fn message(&self) -> Cow<'static, str> {
         Cow::Borrowed(match self {
             Refusal::BadPath(e) => return Cow::Owned(format!("request path rejected: {e}")),
+            Refusal::BadRequest(why) => why,
+            Refusal::HeadTooLarge => "request header fields too large",
+            Refusal::CertificateRevoked => "the client certificate has been revoked",
+            Refusal::CertificateExpired => "the client certificate has expired",
             Refusal::NoRoute => "no route for this host and path",
             Refusal::Denied(_) => "access denied by policy",
             Refusal::RateLimited(_) => "too many requests",
@@ -114,7 +132,11 @@ impl Refusal {
     /// failed stays allowed: the status tells the rest.
     pub fn decision(&self) -> Decision {
         match self {
-            Refusal::BadPath(_) | Refusal::Malformed | Refusal::Internal => Decision::Error,
+            Refusal::BadPath(_)
+            | Refusal::BadRequest(_)
+            | Refusal::HeadTooLarge
+            | Refusal::Malformed
+            | Refusal::Internal => Decision::Error,
             Refusal::NoHealthyUpstream | Refusal::UpstreamFailed => Decision::Allow,
             _ => Decision::Deny,
         }
@@ -124,7 +146,12 @@ impl Refusal {
     /// `reason`.
     pub fn label(&self) -> &'static str {
         match self {
-            Refusal::BadPath(_) | Refusal::Malformed => "invalid",
+            Refusal::BadPath(_)
+            | Refusal::BadRequest(_)
+            | Refusal::HeadTooLarge
+            | Refusal::Malformed => "invalid",
+            Refusal::CertificateRevoked => "revoked",
+            Refusal::CertificateExpired => "expired",
             Refusal::NoRoute => "no_route",
             Refusal::Denied(_) => "deny",
             Refusal::RateLimited(_) => "rate_limited",
@@ -138,6 +165,21 @@ impl Refusal {
             Refusal::UpstreamFailed => "upstream_failed",
             Refusal::Internal => "error",
         }
+    }
+
+    /// Whether the connection is closed after the answer: a client that sends what an
+    /// upstream could read differently gets no second try on the same connection, and one whose
+    /// credential no longer holds gets no more requests.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Refusal::BadPath(_)
+                | Refusal::BadRequest(_)
+                | Refusal::HeadTooLarge
+                | Refusal::Malformed
+                | Refusal::CertificateRevoked
+                | Refusal::CertificateExpired
+        )
     }
 
     /// The rule that refused, for the records: the deny rule, or `default-deny`.

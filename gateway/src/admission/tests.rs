@@ -61,7 +61,11 @@ fn decide(
     admission.decide(&RequestHead {
         identity,
         method: "POST",
+        authority: None,
         host: Some("Gateway.Example:8443"),
+        host_required: true,
+        size: HeadSize::default(),
+        both_lengths: false,
         path,
         source: IpAddr::from([10, 0, 0, 1]),
         headers: &headers,
@@ -246,4 +250,76 @@ fn one_name_for_the_caller_everywhere() {
     assert_eq!(caller_name(Some(&subject_only)), Some("CN=batch"));
     assert_eq!(caller_name(None), None);
     assert_eq!(caller_key(None), "anonymous");
+}
+
+fn head<'a>(headers: &'a Vec<(String, String)>, method: &'a str) -> RequestHead<'a> {
+    RequestHead {
+        identity: None,
+        method,
+        authority: None,
+        host: Some("gw.example"),
+        host_required: true,
+        size: HeadSize::default(),
+        both_lengths: false,
+        path: "/public/x",
+        source: IpAddr::from([10, 0, 0, 1]),
+        headers,
+    }
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[test]
+fn heads_an_upstream_could_read_differently_are_refused_and_close_the_connection() {
+    let admission = admission();
+    let refused = |head: RequestHead<'_>| admission.decide(&head).outcome.unwrap_err();
+
+    let smuggle = pairs(&[("content-length", "5"), ("transfer-encoding", "chunked")]);
+    let r = refused(head(&smuggle, "POST"));
+    assert_eq!((r.status(), r.label()), (400, "invalid"));
+    assert!(r.closes_connection());
+
+    let none = pairs(&[]);
+    let r = refused(head(&none, "delete"));
+    assert_eq!(r.message(), "standard methods must be sent in upper case");
+    assert!(
+        admission.decide(&head(&none, "PURGE")).outcome.is_ok(),
+        "extension methods pass"
+    );
+
+    let mut absolute = head(&none, "GET");
+    absolute.authority = Some("other.example");
+    assert_eq!(refused(absolute).status(), 400);
+    absolute.authority = Some("GW.example:443");
+    assert!(
+        admission.decide(&absolute).outcome.is_ok(),
+        "same host, any case or port"
+    );
+
+    let mut hostless = head(&none, "GET");
+    hostless.host = None;
+    assert_eq!(refused(hostless).status(), 400);
+    hostless.host_required = false;
+    hostless.authority = Some("gw.example");
+    assert!(
+        admission.decide(&hostless).outcome.is_ok(),
+        "HTTP/2 :authority alone"
+    );
+
+    let mut large = head(&none, "GET");
+    large.size = HeadSize {
+        total: 32 * 1024 + 1,
+        longest_line: 100,
+    };
+    let r = refused(large);
+    assert_eq!((r.status(), r.code()), (431, "request_header_too_large"));
+    large.size = HeadSize {
+        total: 9000,
+        longest_line: 8 * 1024 + 1,
+    };
+    assert_eq!(refused(large).status(), 431);
 }

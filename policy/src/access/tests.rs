@@ -81,11 +81,12 @@ fn first_matching_rule_permits() {
         decide(&rules, &post.facts()).unwrap().rule.as_str(),
         "anything"
     );
-    // Methods are case-sensitive tokens.
+    // Methods match without regard to case (the gateway refuses `get` before policy; a rule
+    // must not be skipped by a spelling some frameworks upper-case).
     let lower = Req::new(None, "get", "/x", "10.0.0.1");
     assert_eq!(
         decide(&rules, &lower.facts()).unwrap().rule.as_str(),
-        "anything"
+        "get-only"
     );
 }
 
@@ -238,4 +239,92 @@ fn exact_paths_and_header_conditions() {
         ..sub.facts()
     };
     assert!(decide(&rules, &facts).is_err(), "exact, not a prefix");
+}
+
+/// Headers whose values can be unreadable (obs-text), as the gateway sees them.
+#[derive(Debug)]
+struct RawHeaders(Vec<(&'static str, Option<&'static str>)>);
+
+impl HeaderSource for RawHeaders {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| *v)
+    }
+
+    fn header_values(&self, name: &str) -> Vec<Option<&str>> {
+        self.0
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .collect()
+    }
+}
+
+#[test]
+fn duplicate_or_unreadable_header_values_never_help_a_caller() {
+    let mut deny = rule("no-debug");
+    deny.effect = Effect::Deny;
+    deny.headers = vec![HeaderCondition {
+        name: "x-debug".into(),
+        values: Some(vec!["1".into()]),
+    }];
+    let mut allow = rule("prod-only");
+    allow.headers = vec![HeaderCondition {
+        name: "x-env".into(),
+        values: Some(vec!["prod".into()]),
+    }];
+    let rules = [deny, allow];
+    let req = Req::new(None, "GET", "/x", "10.0.0.1");
+    let decide_with = |headers: Vec<(&'static str, Option<&'static str>)>| {
+        let headers = RawHeaders(headers);
+        decide(
+            &rules,
+            &RequestFacts {
+                headers: &headers,
+                ..req.facts()
+            },
+        )
+        .map(|p| p.rule.to_string())
+        .map_err(|d| d.rule_label().to_owned())
+    };
+    assert_eq!(
+        decide_with(vec![("x-env", Some("prod"))]),
+        Ok("prod-only".into())
+    );
+    // A deny condition matches on any of the values, not only the first.
+    assert_eq!(
+        decide_with(vec![
+            ("x-env", Some("prod")),
+            ("x-debug", Some("0")),
+            ("x-debug", Some("1"))
+        ]),
+        Err("no-debug".into())
+    );
+    // An unreadable value of a header a deny rule looks at counts as a match.
+    assert_eq!(
+        decide_with(vec![("x-env", Some("prod")), ("x-debug", None)]),
+        Err("no-debug".into())
+    );
+    // An allow condition needs every value to match, and all to be readable.
+    assert_eq!(
+        decide_with(vec![("x-env", Some("prod")), ("x-env", Some("dev"))]),
+        Err("default-deny".into())
+    );
+    assert_eq!(
+        decide_with(vec![("x-env", Some("prod")), ("x-env", None)]),
+        Err("default-deny".into())
+    );
+}
+
+#[test]
+fn extension_methods_match_without_regard_to_case() {
+    let mut r = rule("purge");
+    r.methods = Some(vec!["PURGE".into()]);
+    let rules = [r];
+    for method in ["PURGE", "purge", "Purge"] {
+        let req = Req::new(None, method, "/x", "10.0.0.1");
+        assert!(decide(&rules, &req.facts()).is_ok(), "{method}");
+    }
 }

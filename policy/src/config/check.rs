@@ -14,11 +14,14 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::locate::Locations;
-use super::raw::{RawConfig, RawHealthCheck, RawIssuer, RawListener, RawUpstream, RawUpstreamTls};
-use super::{
-    ClientAuth, Config, ConfigProblem, HealthCheckConfig, IssuerConfig, ListenerConfig,
-    MetricsConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
+use super::raw::{
+    RawConfig, RawHealthCheck, RawHttp, RawIssuer, RawListener, RawUpstream, RawUpstreamTls,
 };
+use super::{
+    ClientAuth, Config, ConfigProblem, HealthCheckConfig, HttpSettings, IssuerConfig,
+    ListenerConfig, MetricsConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
+};
+use crate::headers::StripList;
 use crate::names::UpstreamName;
 
 const DEFAULT_METRICS_ADDRESS: SocketAddr =
@@ -28,12 +31,18 @@ const MAX_GRACE: Duration = Duration::from_secs(3600);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// Well under the hour-long certificates the CA issues by default.
+const DEFAULT_CONNECTION_AGE: Duration = Duration::from_secs(600);
+const MIN_CONNECTION_AGE: Duration = Duration::from_secs(1);
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// Collects problems while converting; `locs` gives each node path its position.
 pub(crate) struct Checker<'a> {
     locs: &'a Locations,
     base: &'a Path,
     problems: Vec<ConfigProblem>,
+    /// Headers removed before forwarding, which access rules may not look at.
+    stripped: StripList,
 }
 
 impl Checker<'_> {
@@ -146,7 +155,10 @@ pub(crate) fn check(
         locs,
         base,
         problems: Vec::new(),
+        stripped: StripList::default(),
     };
+    let http = c.http(raw.http.as_ref());
+    c.stripped = http.strip.clone();
     let listeners = c.listeners(&raw.listeners);
     let metrics = c.metrics(&raw, &listeners);
     let shutdown_grace = c.shutdown(&raw);
@@ -163,6 +175,7 @@ pub(crate) fn check(
             routes,
             tenants,
             audit,
+            http,
         })
     } else {
         // Problems without a location first, then in file order.
@@ -223,6 +236,13 @@ impl Checker<'_> {
                 .issuer
                 .as_ref()
                 .and_then(|i| self.issuer(&format!("{tp}.issuer"), &what, i));
+            let max_connection_age = l.max_connection_age.unwrap_or(DEFAULT_CONNECTION_AGE);
+            if !(MIN_CONNECTION_AGE..=MAX_CONNECTION_AGE).contains(&max_connection_age) {
+                self.at_value(
+                    &format!("{p}.max_connection_age"),
+                    format!("{what}: max_connection_age must be between 1s and 24h"),
+                );
+            }
             let mut trusted_proxies = Vec::new();
             for (j, text) in l.trusted_proxies.iter().enumerate() {
                 match parse_cidr(text) {
@@ -246,6 +266,7 @@ impl Checker<'_> {
                         issuer,
                     },
                     trusted_proxies,
+                    max_connection_age,
                 });
             }
         }
@@ -311,6 +332,55 @@ impl Checker<'_> {
             );
         }
         MetricsConfig { address }
+    }
+
+    fn http(&mut self, raw: Option<&RawHttp>) -> HttpSettings {
+        let defaults = HttpSettings::default();
+        let Some(raw) = raw else {
+            return defaults;
+        };
+        let mut extra = Vec::new();
+        for (i, name) in raw.strip_headers.iter().enumerate() {
+            let lower = name.to_ascii_lowercase();
+            let token = lower.strip_suffix('*').unwrap_or(&lower);
+            if !is_header_token(token) {
+                self.at_value(
+                    &format!("http.strip_headers[{i}]"),
+                    format!(
+                        "http: `{name}` is not a header name (a trailing `*` matches a prefix)"
+                    ),
+                );
+                continue;
+            }
+            extra.push(lower);
+        }
+        let mut bytes = |key: &str, value: Option<usize>, default: usize, min: usize| {
+            let value = value.unwrap_or(default);
+            if !(min..=1 << 20).contains(&value) {
+                self.at_value(
+                    &format!("http.{key}"),
+                    format!("http: {key} must be between {min} and 1048576 bytes"),
+                );
+            }
+            value
+        };
+        let max_request_head = bytes(
+            "max_request_head",
+            raw.max_request_head,
+            defaults.max_request_head,
+            1024,
+        );
+        let max_header_line = bytes(
+            "max_header_line",
+            raw.max_header_line,
+            defaults.max_header_line,
+            256,
+        );
+        HttpSettings {
+            strip: StripList::with_extra(&extra),
+            max_request_head,
+            max_header_line,
+        }
     }
 
     fn shutdown(&mut self, raw: &RawConfig) -> Duration {
@@ -469,4 +539,12 @@ impl Checker<'_> {
             interval,
         }
     }
+}
+
+/// An RFC 9110 token, as header names are.
+pub(crate) fn is_header_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

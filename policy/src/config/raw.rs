@@ -25,6 +25,19 @@ pub(crate) struct RawConfig {
     pub(crate) tenants: Vec<RawTenant>,
     #[serde(default)]
     pub(crate) audit: Option<RawAudit>,
+    #[serde(default)]
+    pub(crate) http: Option<RawHttp>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttp {
+    #[serde(default)]
+    pub(crate) strip_headers: Vec<String>,
+    #[serde(default)]
+    pub(crate) max_request_head: Option<usize>,
+    #[serde(default)]
+    pub(crate) max_header_line: Option<usize>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -87,6 +100,8 @@ pub(crate) struct RawListener {
     pub(crate) tls: RawListenerTls,
     #[serde(default)]
     pub(crate) trusted_proxies: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) max_connection_age: Option<Duration>,
 }
 
 #[derive(Deserialize, Debug)]

@@ -729,3 +729,62 @@ fn audit_key_in_a_pkcs11_token() {
         "exactly one of `pin_file` and `pin_env`",
     );
 }
+
+#[test]
+fn rules_on_gateway_owned_or_forgeable_headers_are_refused() {
+    let rule = |header: &str| {
+        LIMITED.replace(
+            "        rate_limit: { requests: 5, per: 100ms }\n",
+            &format!("        access:\n          - id: spoofable\n            headers: {{ {header}: [\"*\"] }}\n"),
+        )
+    };
+    assert_problem(
+        &rule("X-Portcullis-SPIFFE-ID"),
+        "21:",
+        "set or removed by the gateway",
+    );
+    assert_problem(
+        &rule("X-Forwarded-For"),
+        "21:",
+        "set or removed by the gateway",
+    );
+    assert_problem(
+        &rule("x-ssl-client-s-dn"),
+        "21:",
+        "set or removed by the gateway",
+    );
+    assert!(parse(&rule("x-env")).is_ok());
+    // A configured extra is stripped and refused in rules too.
+    let extra = format!(
+        "http:\n  strip_headers: [x-user, x-internal-*]\n{}",
+        rule("X-Internal-Token")
+    );
+    assert_problem(&extra, "23:", "set or removed by the gateway");
+}
+
+#[test]
+fn the_http_section_sets_head_limits_and_extra_stripped_headers() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.http.max_request_head, 32 * 1024);
+    assert_eq!(config.http.max_header_line, 8 * 1024);
+    assert!(config.http.strip.strips("x-forwarded-host"));
+    let text = format!("http:\n  strip_headers: [x-user]\n  max_request_head: 16384\n{MINIMAL}");
+    let config = parse(&text).unwrap();
+    assert_eq!(config.http.max_request_head, 16384);
+    assert!(config.http.strip.strips("x-user"));
+    assert_problem(
+        &format!("http:\n  strip_headers: [\"bad name\"]\n{MINIMAL}"),
+        "2:",
+        "is not a header name",
+    );
+    assert_problem(
+        &format!("http:\n  max_request_head: 10\n{MINIMAL}"),
+        "2:",
+        "max_request_head must be between",
+    );
+    assert_problem(
+        &format!("http:\n  max_head: 10\n{MINIMAL}"),
+        "2:",
+        "unknown field",
+    );
+}

@@ -450,12 +450,13 @@ impl Checker<'_> {
         for (name, values) in map {
             let at = format!("{p}.headers.{name}");
             let lower = name.to_ascii_lowercase();
-            let is_token = !lower.is_empty()
-                && lower
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-            if !is_token {
+            if !super::is_header_token(&lower) {
                 self.at_key(&at, format!("{what}: `{name}` is not a header name"));
+                ok = false;
+                continue;
+            }
+            if self.stripped.strips(&lower) {
+                self.at_key(&at, format!("{what}: `{name}` is set or removed by the gateway (or forgeable by any caller); a rule on it would read what the caller chose to send"));
                 ok = false;
                 continue;
             }
