@@ -73,10 +73,18 @@ impl Reloader {
                         Trigger::FileChange
                     };
                     self.apply(trigger);
-                } else if renewed.contains(&Renewed::Upstream) {
-                    self.apply(Trigger::UpstreamRenewal);
-                } else if !renewed.is_empty() {
-                    self.apply(Trigger::ListenerFiles);
+                }
+                if !renewed.is_empty() {
+                    let trigger = if renewed.iter().any(|r| r.upstream) {
+                        Trigger::UpstreamRenewal
+                    } else {
+                        Trigger::ListenerFiles
+                    };
+                    let ok = self.apply(trigger);
+                    for renewal in renewed {
+                        // The renewal task may have given up waiting; nothing to tell then.
+                        let _ = renewal.applied.send(ok);
+                    }
                 }
                 // Revocation lists are re-read within a second of changing.
                 ticks = ticks.wrapping_add(1);

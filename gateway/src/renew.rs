@@ -45,13 +45,13 @@ pub(crate) struct Renewal {
     pub reloader: std::sync::mpsc::Sender<Renewed>,
 }
 
-/// What a renewed certificate is used for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Renewed {
-    /// A listener's serving certificate.
-    Listener,
-    /// An upstream client certificate (the pools are rebuilt).
-    Upstream,
+/// A renewal announced to the reloader, which answers once the generation using it is in
+/// service (or could not be built).
+#[derive(Debug)]
+pub(crate) struct Renewed {
+    /// An upstream client certificate (the pools are rebuilt), else a listener's.
+    pub upstream: bool,
+    pub applied: tokio::sync::oneshot::Sender<bool>,
 }
 
 /// The certificates of a config that the gateway obtains itself.
@@ -192,14 +192,19 @@ async fn renew(r: &Renewal) -> Result<SystemTime, String> {
     .await?;
     // What was written must load before the reloader is told (it would refuse it anyway).
     load_certified_key(&r.issued.certificate, &r.issued.private_key).map_err(|e| e.to_string())?;
-    let renewed = match r.issued.listener {
-        Some(_) => Renewed::Listener,
-        None => Renewed::Upstream,
+    let (applied, in_service) = tokio::sync::oneshot::channel();
+    let renewed = Renewed {
+        upstream: r.issued.listener.is_none(),
+        applied,
     };
     r.reloader
         .send(renewed)
         .map_err(|_| "the reloader has stopped".to_owned())?;
-    Ok(not_after)
+    match tokio::time::timeout(EXCHANGE_TIMEOUT, in_service).await {
+        Ok(Ok(true)) => Ok(not_after),
+        Ok(Ok(false)) => Err("the renewed certificate was refused by the reloader".to_owned()),
+        _ => Err("the reloader did not take the renewed certificate in time".to_owned()),
+    }
 }
 
 /// Generates a key, asks the CA for a certificate (with `current` as the client certificate,
