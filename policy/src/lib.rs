@@ -18,8 +18,8 @@ mod routing;
 pub use access::{Denied, DenyReason, HeaderSource, NoHeaders, PatternError, Permit, RequestFacts};
 pub use config::{
     AuditKey, AuditMode, AuditSettings, ClientAuth, Config, ConfigError, ConfigProblem,
-    HealthCheckConfig, IssuerConfig, ListenerConfig, MetricsConfig, SecretSource, TenantConfig,
-    TlsListenerConfig, UpstreamConfig, UpstreamTls,
+    ConnectionLimits, HealthCheckConfig, IssuerConfig, ListenerConfig, MetricsConfig, SecretSource,
+    TenantConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
 };
 pub use dlp::{
     Blocked, BodyDirection, BuiltinDetector, CustomPatternSpec, DetectorKind, DetectorName,

@@ -1,9 +1,11 @@
 //! Converts the raw config into checked types, collecting every problem with its location.
 //!
 //! This file handles the process-wide sections (listeners, metrics, shutdown, upstreams);
-//! `check/tenants.rs` handles tenants, routes and access rules.
+//! `check/connections.rs` a listener's connection bounds; `check/tenants.rs` tenants, routes
+//! and access rules.
 
 mod audit;
+mod connections;
 mod tenants;
 
 use std::collections::HashMap;
@@ -233,6 +235,7 @@ impl Checker<'_> {
                     ),
                 }
             }
+            let connections = self.connections(&p, &what, l.connections.as_ref());
             if let Some(address) = address {
                 out.push(ListenerConfig {
                     name: l.name.clone(),
@@ -246,6 +249,7 @@ impl Checker<'_> {
                         issuer,
                     },
                     trusted_proxies,
+                    connections,
                 });
             }
         }
