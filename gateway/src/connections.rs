@@ -285,7 +285,9 @@ impl Connections {
             return;
         }
         let h2 = matches!(tls.selected_alpn_proto(), Some(ALPN::H2));
-        let head = Arc::new(HeadPhase::new(!h2));
+        // HTTP/2 too: its connection preface (`PRI * HTTP/2.0\r\n\r\n…`) ends like a head,
+        // so a client that never sends it is cut at the same deadline.
+        let head = Arc::new(HeadPhase::new());
         let stream: Stream = Box::new(BoundedStream::new(
             Box::new(tls),
             Arc::clone(&head),
@@ -335,9 +337,9 @@ const HEAD_AWAITING: u8 = 1;
 const HEAD_READING: u8 = 2;
 
 impl HeadPhase {
-    /// A new connection's first head is timed from now; `false` (HTTP/2) never times heads.
-    fn new(http1: bool) -> Self {
-        Self(AtomicU8::new(if http1 { HEAD_READING } else { HEAD_DONE }))
+    /// A new connection's first head is timed from now.
+    fn new() -> Self {
+        Self(AtomicU8::new(HEAD_READING))
     }
 
     /// After a response: the next head is timed from its first byte (the wait for it is the
@@ -595,6 +597,12 @@ impl Peek for BoundedStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_http2_preface_ends_like_a_head() {
+        let mut end = HeadEnd::default();
+        assert!(end.scan(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+    }
 
     #[test]
     fn head_end_is_the_first_empty_line_after_content() {

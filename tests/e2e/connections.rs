@@ -99,6 +99,49 @@ fn a_header_trickled_byte_by_byte_is_cut_at_the_head_deadline() {
 }
 
 #[test]
+fn an_http2_client_that_never_sends_its_preface_is_cut_at_the_head_deadline() {
+    let s = setup();
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{}", s.gw.port)])
+        .args(["-servername", "localhost", "-alpn", "h2", "-ign_eof"])
+        .arg("-CAfile")
+        .arg(s.pki.path("ca.pem"))
+        .arg("-cert")
+        .arg(s.pki.path("frontend.pem"))
+        .arg("-key")
+        .arg(s.pki.path("frontend.key"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // openssl keeps its stdin open and sends nothing; the gateway closes at about 1 s.
+    let started = Instant::now();
+    let mut child = out;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.is_some(), "still open after 5 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    s.gw.wait_metric(
+        "portcullis_connection_timeouts_total{listener=\"public\",timeout=\"request_head\"}",
+        1.0,
+    );
+    assert_eq!(timeouts(&s.gw, "request_head"), 1.0);
+}
+
+#[test]
 fn keep_alive_is_idle_bounded_and_capped_in_requests() {
     let s = setup();
     let client = s.pki.client(Some("frontend"));
