@@ -8,6 +8,7 @@
 mod access_log;
 mod admission;
 mod audit;
+mod connections;
 mod echo;
 mod forwarding;
 mod identity;

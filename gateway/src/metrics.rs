@@ -31,7 +31,15 @@ pub(crate) struct Metrics {
     dlp_incomplete: IntCounterVec,
     in_flight: IntGauge,
     audit: AuditMetrics,
+    connections: ConnectionMetrics,
     ready: AtomicBool,
+}
+
+/// Downstream connections by listener: open, refused at accept, cut by a timeout.
+struct ConnectionMetrics {
+    open: prometheus::IntGaugeVec,
+    refused: IntCounterVec,
+    timeouts: IntCounterVec,
 }
 
 /// The audit trail's health, as counters and gauges. Writer and sink keep their own counts;
@@ -93,7 +101,8 @@ impl Metrics {
         let tls_failures = IntCounterVec::new(
             Opts::new(
                 "portcullis_tls_handshake_failures_total",
-                "Client certificates refused during the handshake, by listener and reason",
+                "Client certificates refused during the handshake (or missing on a `required` \
+                 listener: no_certificate), by listener and reason",
             ),
             &["listener", "reason"],
         )
@@ -168,6 +177,7 @@ impl Metrics {
         let in_flight = IntGauge::new("portcullis_requests_in_flight", "Requests being served")
             .expect("valid metric");
         let audit = AuditMetrics::new(&registry);
+        let connections = ConnectionMetrics::new(&registry);
         for c in [
             &requests,
             &tls_failures,
@@ -204,6 +214,7 @@ impl Metrics {
             dlp_incomplete,
             in_flight,
             audit,
+            connections,
             ready: AtomicBool::new(false),
         }
     }
@@ -228,6 +239,30 @@ impl Metrics {
     pub(crate) fn tls_failure(&self, listener: &str, reason: &str) {
         self.tls_failures
             .with_label_values(&[listener, reason])
+            .inc();
+    }
+
+    pub(crate) fn connection_opened(&self, listener: &str) {
+        self.connections.open.with_label_values(&[listener]).inc();
+    }
+
+    pub(crate) fn connection_closed(&self, listener: &str) {
+        self.connections.open.with_label_values(&[listener]).dec();
+    }
+
+    /// A connection closed at accept: `listener_full` or `source_full`.
+    pub(crate) fn connection_refused(&self, listener: &str, reason: &str) {
+        self.connections
+            .refused
+            .with_label_values(&[listener, reason])
+            .inc();
+    }
+
+    /// A connection cut by a timeout: `handshake`, `request_head` or `write`.
+    pub(crate) fn connection_timeout(&self, listener: &str, timeout: &str) {
+        self.connections
+            .timeouts
+            .with_label_values(&[listener, timeout])
             .inc();
     }
 
@@ -333,6 +368,51 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+// As for `Metrics::new`: constant definitions, registered once.
+#[allow(clippy::expect_used)]
+impl ConnectionMetrics {
+    fn new(registry: &Registry) -> Self {
+        let open = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "portcullis_connections_open",
+                "Downstream connections open (accepted, under the caps), by listener",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "portcullis_connections_refused_total",
+                "Connections closed at accept because a cap was reached, by listener and reason \
+                 (listener_full, source_full)",
+            ),
+            &["listener", "reason"],
+        )
+        .expect("valid metric");
+        let timeouts = IntCounterVec::new(
+            Opts::new(
+                "portcullis_connection_timeouts_total",
+                "Connections cut by a timeout, by listener and timeout (handshake, request_head, write)",
+            ),
+            &["listener", "timeout"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(open.clone()))
+            .expect("unique metric");
+        for c in [&refused, &timeouts] {
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+        }
+        Self {
+            open,
+            refused,
+            timeouts,
+        }
     }
 }
 

@@ -35,6 +35,8 @@ pub(crate) struct Gateway {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
     pub audit: Option<Arc<AuditTrail>>,
+    /// The listener's downstream write timeout (`connections.write_timeout`).
+    pub write_timeout: Duration,
 }
 
 #[async_trait]
@@ -47,6 +49,8 @@ impl ProxyHttp for Gateway {
 
     /// Identity, client, then admission; a refusal is answered here.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // HTTP/2 flow control: a client that stops granting window is cut too (`connections`).
+        session.set_write_timeout(Some(self.write_timeout));
         self.metrics.request_started();
         ctx.counted = true;
         let snapshot = self.snapshot.load_full();

@@ -145,12 +145,22 @@ impl Reloader {
 }
 
 /// A generation from the config file as it is now. Listener addresses, the metrics address and
-/// the audit section are fixed at start-up.
+/// the audit section are fixed at start-up, as are each listener's `connections` bounds.
 fn from_file(path: &Path, current: &Snapshot) -> Result<Snapshot, GatewayError> {
     let config = load_config(path)?;
     check_audit_key(&config)?;
     if config.audit != current.audit {
         tracing::warn!("the `audit` section changed: takes effect at restart");
+    }
+    for listener in &config.listeners {
+        let running = current
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.name == listener.name);
+        if running.is_some_and(|r| r.connections != listener.connections) {
+            tracing::warn!(listener = %listener.name, "`connections` changed: takes effect at restart");
+        }
     }
     Snapshot::build(config, Some(current))
 }

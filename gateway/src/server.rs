@@ -1,5 +1,5 @@
-//! Assembles and runs the pingora server: one TLS proxy service over all listeners, the
-//! operations listener, the health-check loop, reload on SIGHUP and draining on SIGTERM.
+//! Assembles and runs the pingora server: one service per listener (our accept loop in
+//! `connections` over a pingora proxy carrying the listener's options), the operations listener, the health-check loop, reload on SIGHUP and draining on SIGTERM.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,20 +8,23 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::tls::Acceptor;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{ExecutionPhase, RunArgs, Server, ShutdownWatch};
-use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::background::{
+    background_service, BackgroundService, GenBackgroundService,
+};
 use pingora_core::services::listening::Service;
-use portcullis_policy::{Config, UpstreamName};
+use portcullis_policy::{Config, ListenerConfig, UpstreamName};
 
 use crate::audit::{AuditJobs, AuditTrail};
+use crate::connections::{self, ListenerService};
 use crate::metrics::{Metrics, OpsEndpoint};
 use crate::proxy::Gateway;
 use crate::reload::{file_digest, Reloader};
 use crate::renew::{self, Renewal, Renewals};
 use crate::snapshot::Snapshot;
-use crate::tls::{build_webpki_verifier, IdentityHook, ListenerSlot, ListenerTls};
+use crate::tls::{build_webpki_verifier, server_config, ListenerSlot, ListenerTls};
 use crate::upstream::Pool;
 use crate::{AuditSigners, GatewayError};
 
@@ -127,27 +130,11 @@ pub fn serve(
     let metrics_addr = config.metrics.address;
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, None)?));
 
-    let gateway = Gateway {
-        snapshot: snapshot.clone(),
-        metrics: metrics.clone(),
-        audit: audit.clone(),
-    };
-    let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, gateway);
+    let threads = server_conf_threads(&server);
     for (index, listener) in listeners.iter().enumerate() {
-        // Handshakes read the listener's certificate and verifier from the current generation.
-        let mut tls = TlsSettings::with_callbacks(Box::new(IdentityHook { listener: index }))
-            .map_err(|e| GatewayError::Tls(format!("listener {}: {e}", listener.name)))?;
-        tls.set_cert_resolver(Arc::new(ListenerSlot::new(snapshot.clone(), index)));
-        let verifier = ListenerSlot::new(snapshot.clone(), index).verifier(
-            &listener.name,
-            listener.tls.client_auth,
-            metrics.clone(),
-        );
-        if let Some(verifier) = verifier {
-            tls.set_client_cert_verifier(verifier);
-        }
-        tls.enable_h2();
-        proxy.add_tls_with_settings(&listener.address.to_string(), None, tls);
+        server.add_service(listener_service(
+            &server, listener, index, &snapshot, &metrics, &audit, threads,
+        )?);
         tracing::info!(
             listener = %listener.name,
             address = %listener.address,
@@ -155,7 +142,6 @@ pub fn serve(
             "listening"
         );
     }
-    server.add_service(proxy);
 
     // Renewed certificates are announced to the reloader, which builds the next generation.
     let (renewed_tx, renewed_rx) = std::sync::mpsc::channel();
@@ -217,6 +203,55 @@ pub fn serve(
     spawn_drain_watch(server.watch_execution_phase(), metrics, audit, grace);
     server.run(RunArgs::default());
     Ok(())
+}
+
+fn server_conf_threads(server: &Server) -> usize {
+    server.configuration.threads.max(1)
+}
+
+/// One listener as its own service: its accept loop (`connections`) over its own proxy
+/// instance, which carries the listener's HTTP and HTTP/2 options. Handshakes read the
+/// listener's certificate and verifier from the current generation.
+fn listener_service(
+    server: &Server,
+    listener: &ListenerConfig,
+    index: usize,
+    snapshot: &Arc<ArcSwap<Snapshot>>,
+    metrics: &Arc<Metrics>,
+    audit: &Option<Arc<AuditTrail>>,
+    threads: usize,
+) -> Result<GenBackgroundService<ListenerService>, GatewayError> {
+    let limits = &listener.connections;
+    let gateway = Gateway {
+        snapshot: snapshot.clone(),
+        metrics: metrics.clone(),
+        audit: audit.clone(),
+        write_timeout: limits.write_timeout,
+    };
+    let mut proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
+    proxy.server_options = Some(connections::server_options(limits));
+    proxy.h2_options = Some(connections::h2_options(limits));
+    let config = server_config(
+        || ListenerSlot::new(snapshot.clone(), index),
+        &listener.name,
+        listener.tls.client_auth,
+        metrics.clone(),
+    )?;
+    let mut service = background_service(
+        &format!("listener {}", listener.name),
+        ListenerService {
+            name: listener.name.clone(),
+            index,
+            address: listener.address,
+            client_auth: listener.tls.client_auth,
+            limits: limits.clone(),
+            acceptor: Arc::new(Acceptor::from_server_config(config)),
+            proxy: Arc::new(proxy),
+            metrics: metrics.clone(),
+        },
+    );
+    service.threads = Some(threads);
+    Ok(service)
 }
 
 /// Binding fails inside pingora with a panic; check first so the operator gets a clear error.

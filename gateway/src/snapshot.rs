@@ -146,7 +146,7 @@ fn views(config: &Config) -> Vec<ListenerView> {
         .map(|l| ListenerView {
             address: l.address,
             trusted_proxies: l.trusted_proxies.clone(),
-            max_connection_age: l.max_connection_age,
+            max_connection_age: l.connections.max_connection_age,
         })
         .collect()
 }

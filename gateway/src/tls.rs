@@ -22,7 +22,7 @@ use portcullis_identity::{
 };
 use portcullis_policy::{ClientAuth, ListenerConfig, TlsListenerConfig};
 use rustls::server::danger::ClientCertVerifier;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
@@ -151,14 +151,18 @@ impl ListenerSlot {
     }
 
     /// The verifier rustls calls for this listener, counting refusals by reason; `None` when
-    /// the listener does not ask for client certificates.
+    /// the listener does not ask for client certificates. On a `required` listener it does not
+    /// make a certificate mandatory to rustls: a handshake without one completes so that the
+    /// accept loop can count it, and closes it before any HTTP (`connections`). A certificate
+    /// that is presented is verified in full either way.
     pub(crate) fn verifier(
         self,
         listener: &str,
         client_auth: ClientAuth,
         metrics: Arc<Metrics>,
     ) -> Option<Arc<dyn ClientCertVerifier>> {
-        let mode = client_auth_mode(client_auth)?;
+        client_auth_mode(client_auth)?;
+        let mode = ClientAuthMode::Optional;
         let observer = ListenerRefusals {
             listener: listener.to_owned(),
             metrics,
@@ -184,6 +188,28 @@ impl VerifierSource for ListenerSlot {
         let verifier = generation.tls.get(self.index)?.verifier.as_deref()?;
         Some(check(verifier))
     }
+}
+
+/// A listener's rustls config: its certificate and verifier from the current generation, the
+/// restricted provider, HTTP/2 and HTTP/1.1 by ALPN, and the server's cipher suite order
+/// (strongest first) over the client's.
+pub(crate) fn server_config(
+    slot: impl Fn() -> ListenerSlot,
+    listener: &str,
+    client_auth: ClientAuth,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<ServerConfig>, GatewayError> {
+    let builder = ServerConfig::builder_with_provider(portcullis_identity::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| GatewayError::Tls(format!("listener {listener}: {e}")))?;
+    let builder = match slot().verifier(listener, client_auth, metrics) {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(slot()));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ignore_client_order = true;
+    Ok(Arc::new(config))
 }
 
 /// Whether a listener asks for client certificates, and how; `None` when they are off.

@@ -147,9 +147,66 @@ pub struct ListenerConfig {
     pub tls: TlsListenerConfig,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// How the listener bounds its connections (timeouts, caps, HTTP/2 limits).
+    pub connections: ConnectionLimits,
+}
+
+/// How one listener bounds its connections. Every field has a safe default (the `DEFAULT`
+/// constant); `check` keeps each within a sane range. Applied at start, like the address: a
+/// reload that changes them is warned about and takes effect at restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// From accept to a completed TLS handshake.
+    pub handshake_timeout: Duration,
+    /// From the start of a request's head (the connection's handshake for the first request,
+    /// the first byte for later ones) to its end: the whole head, however it trickles in.
+    pub request_head_timeout: Duration,
+    /// HTTP/1: how long a kept-alive connection may wait for its next request (whole seconds).
+    pub idle_timeout: Duration,
+    /// HTTP/2: how long a connection with no stream open stays open.
+    pub h2_idle_timeout: Duration,
+    /// How long a write to the client may make no progress before the connection is cut.
+    pub write_timeout: Duration,
+    /// How long a request body may stall between two reads.
+    pub body_idle_timeout: Duration,
+    /// Open connections on the listener; further ones are closed at accept.
+    pub max_connections: u32,
+    /// Open connections from one source address; further ones are closed at accept.
+    pub max_connections_per_source: u32,
+    /// Requests served on one HTTP/1 connection before it is closed (`Connection: close`).
+    pub max_requests_per_connection: u32,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE` (decoded bytes); larger header blocks are refused.
+    pub h2_max_header_list_size: u32,
     /// A connection older than this is closed after its current request (HTTP/1.1), so no
     /// connection outlives a certificate generation by much.
     pub max_connection_age: Duration,
+}
+
+impl ConnectionLimits {
+    /// The defaults of every setting.
+    pub const DEFAULT: Self = Self {
+        handshake_timeout: Duration::from_secs(10),
+        request_head_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        h2_idle_timeout: Duration::from_secs(60),
+        write_timeout: Duration::from_secs(30),
+        body_idle_timeout: Duration::from_secs(30),
+        max_connections: 10_000,
+        max_connections_per_source: 256,
+        max_requests_per_connection: 1_000,
+        h2_max_concurrent_streams: 100,
+        h2_max_header_list_size: 32 * 1024,
+        // Well under the hour-long certificates the CA issues by default.
+        max_connection_age: Duration::from_secs(600),
+    };
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 /// A listener's TLS settings. Paths are resolved against the config file's directory.

@@ -19,8 +19,8 @@ mod routing;
 pub use access::{Denied, DenyReason, HeaderSource, NoHeaders, PatternError, Permit, RequestFacts};
 pub use config::{
     AuditKey, AuditMode, AuditSettings, ClientAuth, Config, ConfigError, ConfigProblem,
-    HealthCheckConfig, HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig, SecretSource,
-    TenantConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
+    ConnectionLimits, HealthCheckConfig, HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig,
+    SecretSource, TenantConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
 };
 pub use dlp::{
     Blocked, BodyDirection, BuiltinDetector, CustomPatternSpec, DetectorKind, DetectorName,

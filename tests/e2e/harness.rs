@@ -303,6 +303,18 @@ impl Gateway {
         }
     }
 
+    /// Waits (up to 5 s) until a sample falls to `value` or below; the last scrape.
+    pub fn wait_metric_at_most(&self, sample: &str, value: f64) -> String {
+        let start = Instant::now();
+        loop {
+            let text = self.metrics();
+            if metric_value(&text, sample) <= value || start.elapsed() > Duration::from_secs(5) {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The value of one sample, by its exact name and labels as printed; 0 when absent.
     pub fn metric(&self, sample: &str) -> f64 {
         metric_value(&self.metrics(), sample)
@@ -435,22 +447,33 @@ impl Conn {
         read_response(&mut self.reader)
     }
 
-    /// Whether the server has closed the connection (a read sees the end, not a timeout).
+    /// Whether the server closes the connection within a few seconds.
     pub fn closed_by_server(&mut self) -> bool {
-        let _ = self
-            .reader
+        self.read_until_closed(Duration::from_secs(3)).1
+    }
+
+    /// The TLS stream itself, to write raw bytes (slow or malformed requests).
+    pub fn raw(&mut self) -> &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+        self.reader.get_mut()
+    }
+
+    /// Reads until the server closes the connection (or `limit` passes); the bytes read and
+    /// whether it was closed.
+    pub fn read_until_closed(&mut self, limit: Duration) -> (Vec<u8>, bool) {
+        self.reader
             .get_ref()
             .sock
-            .set_read_timeout(Some(Duration::from_secs(3)));
-        let mut byte = [0u8; 1];
-        match self.reader.read(&mut byte) {
-            Ok(0) => true,
-            Ok(_) => false,
+            .set_read_timeout(Some(limit))
+            .unwrap();
+        let mut out = Vec::new();
+        let closed = match self.reader.read_to_end(&mut out) {
+            Ok(_) => true,
             Err(e) => !matches!(
                 e.kind(),
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
             ),
-        }
+        };
+        (out, closed)
     }
 
     /// The DER of the certificate the server presented on this connection.

@@ -6,6 +6,7 @@
 
 mod audit;
 mod ca;
+mod connections;
 mod demo;
 mod dlp;
 mod explain;

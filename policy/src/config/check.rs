@@ -1,9 +1,11 @@
 //! Converts the raw config into checked types, collecting every problem with its location.
 //!
 //! This file handles the process-wide sections (listeners, metrics, shutdown, upstreams);
-//! `check/tenants.rs` handles tenants, routes and access rules.
+//! `check/connections.rs` a listener's connection bounds; `check/tenants.rs` tenants, routes
+//! and access rules.
 
 mod audit;
+mod connections;
 mod tenants;
 
 use std::collections::HashMap;
@@ -31,10 +33,6 @@ const MAX_GRACE: Duration = Duration::from_secs(3600);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
-/// Well under the hour-long certificates the CA issues by default.
-const DEFAULT_CONNECTION_AGE: Duration = Duration::from_secs(600);
-const MIN_CONNECTION_AGE: Duration = Duration::from_secs(1);
-const MAX_CONNECTION_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// Collects problems while converting; `locs` gives each node path its position.
 pub(crate) struct Checker<'a> {
@@ -236,13 +234,6 @@ impl Checker<'_> {
                 .issuer
                 .as_ref()
                 .and_then(|i| self.issuer(&format!("{tp}.issuer"), &what, i));
-            let max_connection_age = l.max_connection_age.unwrap_or(DEFAULT_CONNECTION_AGE);
-            if !(MIN_CONNECTION_AGE..=MAX_CONNECTION_AGE).contains(&max_connection_age) {
-                self.at_value(
-                    &format!("{p}.max_connection_age"),
-                    format!("{what}: max_connection_age must be between 1s and 24h"),
-                );
-            }
             let mut trusted_proxies = Vec::new();
             for (j, text) in l.trusted_proxies.iter().enumerate() {
                 match parse_cidr(text) {
@@ -253,6 +244,7 @@ impl Checker<'_> {
                     ),
                 }
             }
+            let connections = self.connections(&p, &what, l.connections.as_ref());
             if let Some(address) = address {
                 out.push(ListenerConfig {
                     name: l.name.clone(),
@@ -266,7 +258,7 @@ impl Checker<'_> {
                         issuer,
                     },
                     trusted_proxies,
-                    max_connection_age,
+                    connections,
                 });
             }
         }

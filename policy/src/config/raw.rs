@@ -100,6 +100,36 @@ pub(crate) struct RawListener {
     pub(crate) tls: RawListenerTls,
     #[serde(default)]
     pub(crate) trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub(crate) connections: Option<RawConnections>,
+}
+
+/// A listener's connection bounds; each omitted key takes its default.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConnections {
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) handshake_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) request_head_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) h2_idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) write_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) body_idle_timeout: Option<Duration>,
+    #[serde(default)]
+    pub(crate) max_connections: Option<u32>,
+    #[serde(default)]
+    pub(crate) max_connections_per_source: Option<u32>,
+    #[serde(default)]
+    pub(crate) max_requests_per_connection: Option<u32>,
+    #[serde(default)]
+    pub(crate) h2_max_concurrent_streams: Option<u32>,
+    #[serde(default)]
+    pub(crate) h2_max_header_list_size: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     pub(crate) max_connection_age: Option<Duration>,
 }

@@ -788,3 +788,79 @@ fn the_http_section_sets_head_limits_and_extra_stripped_headers() {
         "unknown field",
     );
 }
+
+#[test]
+fn listener_connections_default_and_parse() {
+    let c = parse(FULL).unwrap();
+    assert_eq!(c.listeners[0].connections, ConnectionLimits::DEFAULT);
+    let text = edit(
+        "    trusted_proxies: [10.0.0.0/8, 192.168.1.7]\n",
+        "    trusted_proxies: [10.0.0.0/8, 192.168.1.7]\n    connections:\n      handshake_timeout: 2s\n      request_head_timeout: 1500ms\n      idle_timeout: 5s\n      h2_idle_timeout: 7s\n      write_timeout: 3s\n      body_idle_timeout: 4s\n      max_connections: 50\n      max_connections_per_source: 5\n      max_requests_per_connection: 10\n      h2_max_concurrent_streams: 20\n      h2_max_header_list_size: 8192\n",
+    );
+    let l = &parse(&text).unwrap().listeners[0].connections;
+    assert_eq!(l.handshake_timeout, Duration::from_secs(2));
+    assert_eq!(l.request_head_timeout, Duration::from_millis(1500));
+    assert_eq!(l.idle_timeout, Duration::from_secs(5));
+    assert_eq!(l.h2_idle_timeout, Duration::from_secs(7));
+    assert_eq!(l.write_timeout, Duration::from_secs(3));
+    assert_eq!(l.body_idle_timeout, Duration::from_secs(4));
+    assert_eq!((l.max_connections, l.max_connections_per_source), (50, 5));
+    assert_eq!(l.max_requests_per_connection, 10);
+    assert_eq!(l.h2_max_concurrent_streams, 20);
+    assert_eq!(l.h2_max_header_list_size, 8192);
+}
+
+#[test]
+fn listener_connections_out_of_range_have_lines() {
+    let with = |section: &str| {
+        edit(
+            "    trusted_proxies: [10.0.0.0/8, 192.168.1.7]\n",
+            &format!("    trusted_proxies: [10.0.0.0/8, 192.168.1.7]\n    connections:\n{section}"),
+        )
+    };
+    assert_problem(
+        &with("      handhsake_timeout: 2s\n"),
+        "11:7:",
+        "unknown field `handhsake_timeout`",
+    );
+    assert_problem(
+        &with("      handshake_timeout: 0s\n"),
+        "11:26:",
+        "connections.handshake_timeout must be between 100ms and 1h",
+    );
+    assert_problem(
+        &with("      write_timeout: 2h\n"),
+        "11:22:",
+        "connections.write_timeout must be between 100ms and 1h",
+    );
+    assert_problem(
+        &with("      idle_timeout: 1500ms\n"),
+        "11:21:",
+        "connections.idle_timeout must be whole seconds",
+    );
+    assert_problem(
+        &with("      max_connections: 0\n"),
+        "11:24:",
+        "connections.max_connections must be between 1 and 1000000",
+    );
+    assert_problem(
+        &with("      max_connections: 10\n      max_connections_per_source: 11\n"),
+        "12:35:",
+        "max_connections_per_source (11) exceeds max_connections (10)",
+    );
+    assert_problem(
+        &with("      h2_max_concurrent_streams: 0\n"),
+        "11:34:",
+        "connections.h2_max_concurrent_streams must be between 1 and 1000",
+    );
+    assert_problem(
+        &with("      h2_max_header_list_size: 100\n"),
+        "11:32:",
+        "connections.h2_max_header_list_size must be between 1024 and 1048576",
+    );
+    assert_problem(
+        &with("      max_requests_per_connection: -1\n"),
+        "11:36:",
+        "",
+    );
+}

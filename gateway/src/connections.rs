@@ -1,0 +1,649 @@
+//! Bounded connections: each listener runs its own accept loop instead of pingora's, because
+//! pingora 0.9 fixes the TLS handshake timeout (60 s), has no connection caps, no total
+//! request-head deadline and no HTTP/1 keep-alive idle limit after the first request. Here:
+//!
+//! - at accept, before any TLS: the listener's and the source address's connection caps
+//!   (over either, the socket is closed at once — [`ConnectionCounts`]);
+//! - the TLS handshake under `handshake_timeout`, with the listener's own rustls config
+//!   (`tls::server_config`: server cipher order); on a `required` listener a handshake that
+//!   presented no certificate is counted as a TLS failure and closed before any HTTP;
+//! - the stream wrapped in [`BoundedStream`]: the whole HTTP/1 request head must arrive
+//!   within `request_head_timeout`, and a write that makes no progress for `write_timeout` cuts
+//!   the connection (a client that stops reading);
+//! - HTTP/1 driven request by request here (keep-alive idle timeout, requests per connection,
+//!   body idle timeout); HTTP/2 handed to pingora with the listener's `H2Options` (streams,
+//!   header list size, reset-flood bound) and idle timeout.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::apps::{HttpServerApp, HttpServerOptions, ServerApp};
+use pingora_core::listeners::tls::Acceptor;
+use pingora_core::protocols::http::v2::server::{default_h2_options, H2Options};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::l4::listener::Listener;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::server::handshake_with_callback;
+use pingora_core::protocols::tls::{SslDigest, TlsRef};
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use pingora_proxy::HttpProxy;
+use portcullis_policy::{ClientAuth, ConnectionLimits};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{sleep, Sleep};
+
+use crate::metrics::Metrics;
+use crate::proxy::Gateway;
+use crate::snapshot::canonical;
+use crate::tls::IdentityHook;
+
+/// The listen backlog: connections beyond it wait in the kernel, not in the gateway.
+const BACKLOG: u32 = 1024;
+
+/// pingora's options for a listener's connections: the HTTP/2 idle timeout.
+pub(crate) fn server_options(limits: &ConnectionLimits) -> HttpServerOptions {
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(limits.h2_idle_timeout);
+    options
+}
+
+/// The HTTP/2 settings a listener announces and enforces. h2 itself closes a connection
+/// (GOAWAY) that resets too many streams before they are accepted (rapid reset) or sends an
+/// endless header block (CONTINUATION flood, bounded by the header list size).
+pub(crate) fn h2_options(limits: &ConnectionLimits) -> H2Options {
+    let mut options = default_h2_options();
+    options
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(limits.h2_max_header_list_size)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(Some(256));
+    options
+}
+
+/// Why a connection was closed at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    ListenerFull,
+    SourceFull,
+}
+
+impl Refused {
+    fn as_str(self) -> &'static str {
+        match self {
+            Refused::ListenerFull => "listener_full",
+            Refused::SourceFull => "source_full",
+        }
+    }
+}
+
+/// Open connections of one listener, in total and per source address.
+#[derive(Debug)]
+pub(crate) struct ConnectionCounts {
+    max_total: u32,
+    max_per_source: u32,
+    open: Mutex<(u32, HashMap<IpAddr, u32>)>,
+}
+
+impl ConnectionCounts {
+    pub(crate) fn new(limits: &ConnectionLimits) -> Arc<Self> {
+        Arc::new(Self {
+            max_total: limits.max_connections,
+            max_per_source: limits.max_connections_per_source,
+            open: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// A slot for a new connection from `source`, held for the connection's life.
+    pub(crate) fn admit(self: &Arc<Self>, source: IpAddr) -> Result<ConnectionSlot, Refused> {
+        let source = canonical(source);
+        // A panic while holding the lock cannot leave the counts half-updated.
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if open.0 >= self.max_total {
+            return Err(Refused::ListenerFull);
+        }
+        let from_source = open.1.entry(source).or_insert(0);
+        if *from_source >= self.max_per_source {
+            return Err(Refused::SourceFull);
+        }
+        *from_source += 1;
+        open.0 += 1;
+        Ok(ConnectionSlot {
+            counts: Arc::clone(self),
+            source,
+        })
+    }
+
+    fn release(&self, source: IpAddr) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.0 = open.0.saturating_sub(1);
+        if let Some(n) = open.1.get_mut(&source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.1.remove(&source);
+            }
+        }
+    }
+}
+
+/// One open connection's place in its listener's counts; freed on drop.
+#[derive(Debug)]
+pub(crate) struct ConnectionSlot {
+    counts: Arc<ConnectionCounts>,
+    source: IpAddr,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.counts.release(self.source);
+    }
+}
+
+/// One listener: its socket, its TLS, its bounds and the proxy its requests go to.
+pub(crate) struct ListenerService {
+    pub name: String,
+    /// The listener's position in start-up order (its TLS material in each generation).
+    pub index: usize,
+    pub address: SocketAddr,
+    pub client_auth: ClientAuth,
+    pub limits: ConnectionLimits,
+    pub acceptor: Arc<Acceptor>,
+    pub proxy: Arc<HttpProxy<Gateway>>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl BackgroundService for ListenerService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let listener = match bind(self.address) {
+            Ok(l) => Listener::from(l),
+            Err(e) => {
+                tracing::error!(listener = %self.name, address = %self.address, error = %e, "cannot listen");
+                return;
+            }
+        };
+        let counts = ConnectionCounts::new(&self.limits);
+        let this = Arc::new(Connections {
+            name: self.name.clone(),
+            hook: IdentityHook {
+                listener: self.index,
+            },
+            client_auth: self.client_auth,
+            limits: self.limits.clone(),
+            acceptor: Arc::clone(&self.acceptor),
+            proxy: Arc::clone(&self.proxy),
+            metrics: Arc::clone(&self.metrics),
+        });
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                    continue;
+                }
+                accepted = listener.accept() => accepted,
+            };
+            let stream = match accepted {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(listener = %self.name, error = %e, "accept failed");
+                    // Out of file descriptors: give closing connections a moment.
+                    sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Some(peer) = stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
+            else {
+                continue;
+            };
+            let slot = match counts.admit(peer.ip()) {
+                Ok(slot) => slot,
+                Err(refused) => {
+                    self.metrics
+                        .connection_refused(&self.name, refused.as_str());
+                    tracing::info!(listener = %self.name, client.ip = %peer.ip(), reason = refused.as_str(), "connection refused at accept");
+                    continue;
+                }
+            };
+            let this = Arc::clone(&this);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                this.metrics.connection_opened(&this.name);
+                this.serve(stream, peer, &shutdown).await;
+                this.metrics.connection_closed(&this.name);
+                drop(slot);
+            });
+        }
+        // Wakes HTTP/1 connections parked between requests, as pingora's own service does.
+        ServerApp::cleanup(&*self.proxy).await;
+    }
+}
+
+fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(BACKLOG)
+}
+
+/// What every connection of a listener shares.
+struct Connections {
+    name: String,
+    hook: IdentityHook,
+    client_auth: ClientAuth,
+    limits: ConnectionLimits,
+    acceptor: Arc<Acceptor>,
+    proxy: Arc<HttpProxy<Gateway>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Connections {
+    async fn serve(
+        &self,
+        mut stream: pingora_core::protocols::l4::stream::Stream,
+        peer: SocketAddr,
+        shutdown: &ShutdownWatch,
+    ) {
+        if let Err(e) = stream.set_nodelay() {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+        let handshake = handshake_with_callback(&self.acceptor, stream, &self.hook);
+        let tls = match tokio::time::timeout(self.limits.handshake_timeout, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                // Certificate refusals are counted by the verifier, with their reason.
+                tracing::debug!(listener = %self.name, client.ip = %peer.ip(), error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.metrics.connection_timeout(&self.name, "handshake");
+                tracing::info!(listener = %self.name, client.ip = %peer.ip(), "TLS handshake timed out");
+                return;
+            }
+        };
+        // rustls lets a handshake without a certificate through (the verifier does not make
+        // it mandatory) so that it can be counted; it never reaches HTTP.
+        let certified = tls
+            .get_ssl()
+            .is_some_and(|t| t.peer_certificate_der().is_some());
+        if self.client_auth == ClientAuth::Required && !certified {
+            self.metrics.tls_failure(&self.name, "no_certificate");
+            tracing::info!(listener = %self.name, client.ip = %peer.ip(), tls.refusal = "no_certificate", "client certificate refused");
+            let mut tls = tls;
+            Shutdown::shutdown(&mut tls).await;
+            return;
+        }
+        let h2 = matches!(tls.selected_alpn_proto(), Some(ALPN::H2));
+        // HTTP/2 too: its connection preface (`PRI * HTTP/2.0\r\n\r\n…`) ends like a head,
+        // so a client that never sends it is cut at the same deadline.
+        let head = Arc::new(HeadPhase::new());
+        let stream: Stream = Box::new(BoundedStream::new(
+            Box::new(tls),
+            Arc::clone(&head),
+            self.limits.request_head_timeout,
+            self.limits.write_timeout,
+            self.name.clone(),
+            Arc::clone(&self.metrics),
+        ));
+        if h2 {
+            ServerApp::process_new(&self.proxy, stream, shutdown).await;
+        } else {
+            self.serve_http1(stream, &head, shutdown).await;
+        }
+    }
+
+    /// pingora's HTTP/1 keep-alive loop, with this listener's bounds set on every request.
+    async fn serve_http1(&self, stream: Stream, head: &HeadPhase, shutdown: &ShutdownWatch) {
+        let limits = &self.limits;
+        // pingora counts reuses: N requests are N - 1 reuses.
+        let reuses = limits.max_requests_per_connection.saturating_sub(1);
+        let mut session = ServerSession::new_http1(stream);
+        session.set_keepalive_reuses_remaining(Some(reuses));
+        loop {
+            let keepalive = (!*shutdown.borrow()).then(|| limits.idle_timeout.as_secs().max(1));
+            session.set_keepalive(keepalive);
+            session.set_read_timeout(Some(limits.body_idle_timeout));
+            session.set_write_timeout(Some(limits.write_timeout));
+            let Some(reused) = self.proxy.process_new_http(session, shutdown).await else {
+                return;
+            };
+            let (stream, persistent) = reused.consume();
+            head.next_request();
+            session = ServerSession::new_http1(stream);
+            if let Some(persistent) = persistent {
+                persistent.apply_to_session(&mut session);
+            }
+        }
+    }
+}
+
+/// Where an HTTP/1 connection is in reading a request head.
+#[derive(Debug)]
+pub(crate) struct HeadPhase(AtomicU8);
+
+const HEAD_DONE: u8 = 0;
+const HEAD_AWAITING: u8 = 1;
+const HEAD_READING: u8 = 2;
+
+impl HeadPhase {
+    /// A new connection's first head is timed from now.
+    fn new() -> Self {
+        Self(AtomicU8::new(HEAD_READING))
+    }
+
+    /// After a response: the next head is timed from its first byte (the wait for it is the
+    /// keep-alive idle timeout).
+    fn next_request(&self) {
+        self.0.store(HEAD_AWAITING, Ordering::Release);
+    }
+}
+
+/// Finds the end of an HTTP/1 head (an empty line) in the bytes as they are read.
+#[derive(Debug, Default)]
+struct HeadEnd {
+    /// A byte other than CR/LF was seen (leading empty lines are not the end).
+    content: bool,
+    /// The last byte other than CR was LF.
+    after_lf: bool,
+}
+
+impl HeadEnd {
+    /// Whether `bytes` complete the head.
+    fn scan(&mut self, bytes: &[u8]) -> bool {
+        for &b in bytes {
+            match b {
+                b'\n' => {
+                    if self.after_lf && self.content {
+                        return true;
+                    }
+                    self.after_lf = true;
+                }
+                b'\r' => {}
+                _ => {
+                    self.content = true;
+                    self.after_lf = false;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// A downstream connection with the deadlines pingora does not have: the whole HTTP/1 request
+/// head within `head_timeout`, and no write stalled longer than `write_timeout`. Either
+/// failing is an I/O error (`TimedOut`), which makes pingora close the connection.
+#[derive(Debug)]
+pub(crate) struct BoundedStream {
+    inner: Stream,
+    phase: Arc<HeadPhase>,
+    head_timeout: Duration,
+    head_end: HeadEnd,
+    head_deadline: Option<Pin<Box<Sleep>>>,
+    write_timeout: Duration,
+    write_deadline: Option<Pin<Box<Sleep>>>,
+    listener: String,
+    metrics: Arc<Metrics>,
+}
+
+impl BoundedStream {
+    fn new(
+        inner: Stream,
+        phase: Arc<HeadPhase>,
+        head_timeout: Duration,
+        write_timeout: Duration,
+        listener: String,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let head_deadline = (phase.0.load(Ordering::Acquire) == HEAD_READING)
+            .then(|| Box::pin(sleep(head_timeout)));
+        Self {
+            inner,
+            phase,
+            head_timeout,
+            head_end: HeadEnd::default(),
+            head_deadline,
+            write_timeout,
+            write_deadline: None,
+            listener,
+            metrics,
+        }
+    }
+
+    fn timed_out(&self, what: &'static str) -> std::io::Error {
+        self.metrics.connection_timeout(&self.listener, what);
+        tracing::info!(listener = %self.listener, timeout = what, "connection cut");
+        std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timeout"))
+    }
+
+    /// Polls a write-side operation, cutting it once it has made no progress for the write
+    /// timeout.
+    fn bound_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(Pin<&mut Stream>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match poll(Pin::new(&mut self.inner), cx) {
+            Poll::Ready(result) => {
+                self.write_deadline = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let timeout = self.write_timeout;
+                let deadline = self
+                    .write_deadline
+                    .get_or_insert_with(|| Box::pin(sleep(timeout)));
+                if deadline.as_mut().poll(cx).is_ready() {
+                    self.write_deadline = None;
+                    return Poll::Ready(Err(self.timed_out("write")));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncRead for BoundedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let phase = this.phase.0.load(Ordering::Acquire);
+        if phase == HEAD_DONE {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = &buf.filled()[before..];
+                if phase == HEAD_AWAITING && !read.is_empty() {
+                    // The first byte of the next request starts its head's clock.
+                    this.head_end = HeadEnd::default();
+                    this.head_deadline = Some(Box::pin(sleep(this.head_timeout)));
+                    this.phase.0.store(HEAD_READING, Ordering::Release);
+                }
+                if this.head_end.scan(read) {
+                    this.head_deadline = None;
+                    this.phase.0.store(HEAD_DONE, Ordering::Release);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let expired = this
+                    .head_deadline
+                    .as_mut()
+                    .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if expired {
+                    this.head_deadline = None;
+                    this.phase.0.store(HEAD_DONE, Ordering::Release);
+                    return Poll::Ready(Err(this.timed_out("request_head")));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncWrite for BoundedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.bound_write(cx, |s, cx| s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.bound_write(cx, |s, cx| s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.bound_write(cx, |s, cx| s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.bound_write(cx, |s, cx| s.poll_shutdown(cx))
+    }
+}
+
+#[async_trait]
+impl Shutdown for BoundedStream {
+    async fn shutdown(&mut self) {
+        // A client that does not read cannot hold the close either.
+        let timeout = self.write_timeout;
+        if tokio::time::timeout(timeout, self.inner.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::debug!(listener = %self.listener, "shutdown timed out");
+        }
+    }
+}
+
+impl UniqueID for BoundedStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for BoundedStream {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for BoundedStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for BoundedStream {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for BoundedStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+}
+
+#[async_trait]
+impl Peek for BoundedStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_http2_preface_ends_like_a_head() {
+        let mut end = HeadEnd::default();
+        assert!(end.scan(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+    }
+
+    #[test]
+    fn head_end_is_the_first_empty_line_after_content() {
+        let mut end = HeadEnd::default();
+        assert!(!end.scan(b"\r\n\r\n"), "leading empty lines are skipped");
+        assert!(!end.scan(b"GET / HTTP/1.1\r\nHost: a\r"));
+        assert!(!end.scan(b"\n\r"));
+        assert!(end.scan(b"\nbody"));
+        let mut end = HeadEnd::default();
+        assert!(end.scan(b"GET / HTTP/1.1\nHost: a\n\n"), "bare LF lines");
+        let mut end = HeadEnd::default();
+        for b in b"GET / HTTP/1.1\r\nX: y\r\n" {
+            assert!(!end.scan(&[*b]), "one byte at a time");
+        }
+        assert!(!end.scan(b"\r"));
+        assert!(end.scan(b"\n"));
+    }
+
+    #[test]
+    fn counts_cap_the_listener_and_each_source_and_free_on_drop() {
+        let limits = ConnectionLimits {
+            max_connections: 3,
+            max_connections_per_source: 2,
+            ..ConnectionLimits::DEFAULT
+        };
+        let counts = ConnectionCounts::new(&limits);
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let b: IpAddr = [127, 0, 0, 2].into();
+        let first = counts.admit(a).unwrap();
+        let _second = counts.admit(mapped).unwrap();
+        assert_eq!(counts.admit(a).unwrap_err(), Refused::SourceFull);
+        let _third = counts.admit(b).unwrap();
+        assert_eq!(counts.admit(b).unwrap_err(), Refused::ListenerFull);
+        drop(first);
+        let _again = counts.admit(a).unwrap();
+    }
+}
