@@ -104,8 +104,10 @@ fn best_effort_drops_and_counts_when_the_queue_is_full() {
                         Err(AuditError::QueueFull) => refused += 1,
                         Err(e) => panic!("{e}"),
                     }
-                    // Never blocks the producer on the disk.
-                    assert!(start.elapsed() < Duration::from_millis(100));
+                    // Never waits for the disk: a full queue refuses at once (the drops counted
+                    // below prove it). The bound is loose so that a descheduled thread on a
+                    // loaded CI machine is not mistaken for a blocking append.
+                    assert!(start.elapsed() < Duration::from_secs(2));
                 }
                 refused
             })
