@@ -31,6 +31,8 @@ pub use config::{
     SoftwareConfig,
 };
 pub use crl::{write_atomic, Crl, RevocationReason};
+#[doc(hidden)]
+pub use csr::parse_csr_for_fuzzing;
 pub use events::CaEventSink;
 pub use ids::{Serial, TenantId};
 pub use inventory::{
