@@ -275,7 +275,14 @@ impl Verifier<'_> {
             self.start = Some(pos.clone());
             return Ok(());
         };
-        let expected = prev.seq + 1;
+        // A record claiming the last possible sequence number can have no successor.
+        let Some(expected) = prev.seq.checked_add(1) else {
+            return Err(at(
+                pos,
+                Problem::Edited,
+                format!("follows seq {}, which cannot be followed", prev.seq),
+            ));
+        };
         if pos.seq == expected && pos.prev_hash == prev.hash {
             return Ok(());
         }
@@ -307,7 +314,7 @@ impl Verifier<'_> {
             }
             let genuine = index
                 .iter()
-                .any(|p| p.seq + 1 == pos.seq && p.hash == pos.prev_hash);
+                .any(|p| p.seq.checked_add(1) == Some(pos.seq) && p.hash == pos.prev_hash);
             return Err(if genuine {
                 at(
                     pos,
@@ -329,7 +336,7 @@ impl Verifier<'_> {
         // the chain continues from is genuine; the other was inserted.
         let this_continued = index
             .iter()
-            .any(|p| later(p) && p.seq == pos.seq + 1 && p.prev_hash == pos.hash);
+            .any(|p| later(p) && Some(p.seq) == pos.seq.checked_add(1) && p.prev_hash == pos.hash);
         let earlier = index
             .iter()
             .find(|p| p.seq == pos.seq && (p.seg, p.line) < (pos.seg, pos.line));
@@ -386,7 +393,8 @@ impl Verifier<'_> {
         let sig_bad = |detail: String| at(pos, Problem::BadSignature, detail);
         let (algorithm, key_id, signature, msg) = match &rec.kind {
             RecordKind::Checkpoint(cp) => {
-                if cp.through_seq + 1 != rec.seq || cp.chain_hash != rec.prev_hash {
+                if cp.through_seq.checked_add(1) != Some(rec.seq) || cp.chain_hash != rec.prev_hash
+                {
                     return Err(sig_bad(format!(
                         "checkpoint claims seq {} / {} but follows seq {} / {}",
                         cp.through_seq,
@@ -446,7 +454,7 @@ impl Verifier<'_> {
     /// than it names deleted) the hash of a segment end still present.
     fn anchor(&mut self, seq: &u64, r: &Retention) {
         let Some(start) = &self.start else { return };
-        let anchored = if r.through_seq + 1 == start.seq {
+        let anchored = if r.through_seq.checked_add(1) == Some(start.seq) {
             r.through_hash == start.prev_hash
         } else if r.through_seq >= start.seq {
             self.segment_ends.get(&r.through_seq) == Some(&r.through_hash)

@@ -234,3 +234,19 @@ fn removed_first_segment_without_retention_is_named() {
     let b = bad(&t);
     assert_eq!((b.problem, b.line), (Problem::Removed, 1), "{b}");
 }
+
+/// Found by the `audit_segment` fuzz target: a record claiming the largest sequence number,
+/// followed by another, overflowed the verifier (a panic in debug builds, a wrap to seq 0 in
+/// release). It is a bad record now, named, and nothing panics.
+#[test]
+fn a_record_claiming_the_last_sequence_number_cannot_be_followed() {
+    let t = small_log(8);
+    let seg = only_segment(&t);
+    let mut lines = read_lines(&seg);
+    // The log now starts at the last possible seq, and the next record chains to it.
+    lines[0] = rehash(&lines[0].replace("\"seq\":0,", &format!("\"seq\":{},", u64::MAX)));
+    rechain(&mut lines, 1);
+    write_lines(&seg, &lines);
+    let b = bad(&t);
+    assert_eq!(b.line, 2, "{b}");
+}

@@ -245,24 +245,32 @@ fn rule_matches(r: &Rule, q: &Request) -> bool {
     if needs_identity && !q.authenticated {
         return false;
     }
-    // Headers: the rule sees the first value sent under the name.
-    let header = |name: &str| {
+    // Headers: every value sent under the name counts. A deny condition holds if any value
+    // matches; an allow condition only if there is a value and all of them match.
+    let values = |name: &str| -> Vec<&str> {
         q.headers
             .iter()
-            .find(|(n, _)| n == name)
+            .filter(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+            .collect()
     };
     any(r.spiffe_id, |p| {
         q.spiffe_id.as_deref().is_some_and(|id| spiffe_matches(p, id))
     }) && any(r.dns_san, |p| q.dns_sans.iter().any(|n| dns_matches(p, n)))
         && any(r.subject, |s| q.subject.as_deref() == Some(s))
-        // Methods are compared as sent (the config's are uppercase).
-        && any(r.methods, |m| m == q.method)
+        // Methods match without regard to case.
+        && any(r.methods, |m| m.eq_ignore_ascii_case(&q.method))
         && any(r.path_prefix, |p| prefix_matches(p, &q.path))
         && any(r.path, |p| p == q.path)
         && any(r.source, |(a, l)| net_contains(a, l, q.source))
-        && r.headers.iter().all(|(name, values)| {
-            header(name).is_some_and(|v| values.is_none_or(|vals| vals.contains(&v)))
+        && r.headers.iter().all(|(name, wanted)| {
+            let sent = values(name);
+            let ok = |v: &&str| wanted.is_none_or(|vals| vals.contains(v));
+            if r.deny {
+                sent.iter().any(ok)
+            } else {
+                !sent.is_empty() && sent.iter().all(ok)
+            }
         })
 }
 
