@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 pub use admission::{Admission, Admitted, BodyPlan, Refusal, RequestHead, Target, Verdict};
 pub use echo::serve_echo;
-pub use inspect::Encoding;
+pub use inspect::{BodyFormat, Coding, Codings, Content, Unscanned};
 pub use limits::LimitExceeded;
 pub use portcullis_identity::install_crypto_provider;
 pub use server::{check, load_config, serve};

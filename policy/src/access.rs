@@ -21,6 +21,12 @@ pub use portcullis_identity::PatternError;
 pub trait HeaderSource: std::fmt::Debug + Sync {
     /// The value of the first header called `name`, if present and valid text.
     fn header(&self, name: &str) -> Option<&str>;
+
+    /// How many headers called `name` there are, readable or not (DLP refuses a repeated
+    /// or unreadable `Content-Type`/`Content-Encoding`).
+    fn header_count(&self, name: &str) -> usize {
+        usize::from(self.header(name).is_some())
+    }
 }
 
 /// No headers at all.
@@ -39,6 +45,10 @@ impl HeaderSource for Vec<(String, String)> {
         self.iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    fn header_count(&self, name: &str) -> usize {
+        self.iter().filter(|(n, _)| n == name).count()
     }
 }
 
