@@ -210,8 +210,8 @@ fn plan_request_body(
     head: &RequestHead<'_>,
 ) -> Result<BodyPlan, Refusal> {
     let scans = inspection.scans(BodyDirection::Request);
-    let upgrade = head.headers.header_count("upgrade") > 0
-        || head.method.eq_ignore_ascii_case("CONNECT");
+    let upgrade =
+        head.headers.header_count("upgrade") > 0 || head.method.eq_ignore_ascii_case("CONNECT");
     if scans && upgrade {
         return match inspection.upgrades {
             Upgrades::Allow => Ok(BodyPlan::Unscanned(Unscanned::Websocket)),

@@ -284,8 +284,7 @@ impl BodyInspector {
         Ok(Self {
             direction,
             limits,
-            decoders: Decoders::new(&format.codings, limits)
-                .map_err(|p| p.refusal(direction))?,
+            decoders: Decoders::new(&format.codings, limits).map_err(|p| p.refusal(direction))?,
             stage,
             map: SourceMap::default(),
             scanner: inspection.policy.scanner(direction),
@@ -306,7 +305,8 @@ impl BodyInspector {
             return Ok(decoded);
         }
         let room = self.limits.max_bytes.saturating_sub(self.scanned);
-        let (inspect, rest) = decoded.split_at(usize::try_from(room).map_or(decoded.len(), |r| r.min(decoded.len())));
+        let (inspect, rest) =
+            decoded.split_at(usize::try_from(room).map_or(decoded.len(), |r| r.min(decoded.len())));
         let mut out = Vec::with_capacity(decoded.len());
         self.feed(inspect, &mut out)?;
         if !rest.is_empty() {

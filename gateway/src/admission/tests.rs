@@ -216,7 +216,10 @@ fn body_plans_follow_content_type_and_encoding_whatever_the_framing() {
         (400, "ambiguous_body_header", "dlp_refused")
     );
     assert_eq!(
-        refused(&[("content-type", "text/plain"), ("content-type", "image/png")]),
+        refused(&[
+            ("content-type", "text/plain"),
+            ("content-type", "image/png")
+        ]),
         (400, "ambiguous_body_header", "dlp_refused")
     );
     assert_eq!(
@@ -231,14 +234,25 @@ fn the_tenant_decides_what_passes_unscanned_and_what_is_refused() {
         "    dlp: { request: { us_ssn: block } }\n",
         "    dlp: { request: { us_ssn: block } }\n    body_inspection: { unknown_encoding: pass, other_content: refuse }\n",
     );
-    let yaml = yaml.replace("        path_prefix: /api\n", "        path_prefix: /api\n        websocket: allow\n");
+    let yaml = yaml.replace(
+        "        path_prefix: /api\n",
+        "        path_prefix: /api\n        websocket: allow\n",
+    );
     let config = Config::from_yaml(&yaml, Path::new("t.yaml")).unwrap();
     let caller = frontend();
     let plan = |headers: &[(&str, &str)]| {
-        decide(&Admission::from_config(&config), Some(&caller), "/api/x", headers).outcome
+        decide(
+            &Admission::from_config(&config),
+            Some(&caller),
+            "/api/x",
+            headers,
+        )
+        .outcome
     };
     assert_eq!(
-        plan(&[("content-encoding", "compress")]).unwrap().request_body,
+        plan(&[("content-encoding", "compress")])
+            .unwrap()
+            .request_body,
         BodyPlan::Unscanned(Unscanned::UnknownEncoding)
     );
     assert_eq!(

@@ -101,8 +101,8 @@ impl Decoders {
             let mut out = Vec::new();
             layer.decode(&data, &mut |piece: &[u8]| {
                 *produced += piece.len() as u64;
-                let expanded = *produced > RATIO_FLOOR
-                    && *produced > raw.saturating_mul(limits.max_ratio);
+                let expanded =
+                    *produced > RATIO_FLOOR && *produced > raw.saturating_mul(limits.max_ratio);
                 if *produced > limits.max_decompressed_bytes || expanded {
                     return Err(Problem::ExpandsTooFar);
                 }
@@ -119,9 +119,18 @@ type Sink<'a> = dyn FnMut(&[u8]) -> Result<(), Problem> + 'a;
 
 /// One streaming decoder.
 enum Layer {
-    Inflate { z: Decompress, gzip: bool, done: bool },
-    Brotli { state: Box<BrotliState<StandardAlloc, StandardAlloc, StandardAlloc>>, done: bool },
-    Zstd { z: Box<ZstdDecoder<'static>> },
+    Inflate {
+        z: Decompress,
+        gzip: bool,
+        done: bool,
+    },
+    Brotli {
+        state: Box<BrotliState<StandardAlloc, StandardAlloc, StandardAlloc>>,
+        done: bool,
+    },
+    Zstd {
+        z: Box<ZstdDecoder<'static>>,
+    },
 }
 
 impl Layer {
@@ -182,7 +191,8 @@ impl Layer {
                         *done = true;
                         continue;
                     }
-                    if (input.is_empty() && produced < out.len()) || (consumed == 0 && produced == 0)
+                    if (input.is_empty() && produced < out.len())
+                        || (consumed == 0 && produced == 0)
                     {
                         break;
                     }
@@ -261,6 +271,9 @@ mod tests {
         );
         assert_eq!(Codings::parse(Some("compress")), Err(UnknownCoding));
         assert_eq!(Codings::parse(Some("gzip, x-custom")), Err(UnknownCoding));
-        assert_eq!(Codings::parse(Some("gzip,gzip,gzip,gzip,gzip")), Err(UnknownCoding));
+        assert_eq!(
+            Codings::parse(Some("gzip,gzip,gzip,gzip,gzip")),
+            Err(UnknownCoding)
+        );
     }
 }

@@ -25,7 +25,11 @@ enum Escape {
     /// Not an escape: the backslash is read as it is.
     Invalid,
     /// An escape of `len` bytes decoding to `bytes[..n]`.
-    Decoded { len: usize, bytes: [u8; 4], n: usize },
+    Decoded {
+        len: usize,
+        bytes: [u8; 4],
+        n: usize,
+    },
 }
 
 impl JsonEscapes {
@@ -97,9 +101,7 @@ fn escape(s: &[u8]) -> Escape {
             if digits.len() < 4 {
                 return Escape::Incomplete;
             }
-            let unit = digits
-                .iter()
-                .fold(0u32, |acc, d| acc * 16 + hex_value(*d));
+            let unit = digits.iter().fold(0u32, |acc, d| acc * 16 + hex_value(*d));
             let ch = char::from_u32(unit).unwrap_or(char::REPLACEMENT_CHARACTER);
             let mut bytes = [0u8; 4];
             let n = ch.encode_utf8(&mut bytes).len();

@@ -240,8 +240,12 @@ impl Multipart {
         let Some(colon) = memchr(b':', line) else {
             return Err(Problem::Malformed("multipart header without a colon"));
         };
-        let name = String::from_utf8_lossy(&line[..colon]).trim().to_ascii_lowercase();
-        let value = String::from_utf8_lossy(&line[colon + 1..]).trim().to_owned();
+        let name = String::from_utf8_lossy(&line[..colon])
+            .trim()
+            .to_ascii_lowercase();
+        let value = String::from_utf8_lossy(&line[colon + 1..])
+            .trim()
+            .to_owned();
         let slot = match name.as_str() {
             "content-type" => &mut self.headers.content_type,
             "content-transfer-encoding" => &mut self.headers.transfer_encoding,
@@ -512,7 +516,10 @@ mod tests {
             boundary("multipart/form-data; boundary=\"a b\"").as_deref(),
             Some("a b")
         );
-        assert_eq!(boundary("Multipart/Mixed;Boundary=xyz").as_deref(), Some("xyz"));
+        assert_eq!(
+            boundary("Multipart/Mixed;Boundary=xyz").as_deref(),
+            Some("xyz")
+        );
         assert_eq!(boundary("multipart/form-data"), None);
         assert_eq!(boundary("text/plain; boundary=x"), None);
     }

@@ -37,7 +37,11 @@ fn format(codings: &str, content_type: Option<&str>) -> BodyFormat {
 }
 
 /// What one run gives: the bytes forwarded (or the refusal's code), the findings, the reasons.
-type Outcome = (Result<Vec<u8>, &'static str>, Vec<(String, u64)>, Vec<Unscanned>);
+type Outcome = (
+    Result<Vec<u8>, &'static str>,
+    Vec<(String, u64)>,
+    Vec<Unscanned>,
+);
 
 fn run(settings: &str, format: &BodyFormat, chunks: &[&[u8]]) -> Outcome {
     let mut scan = BodyScan::planned(
@@ -59,7 +63,11 @@ fn run(settings: &str, format: &BodyFormat, chunks: &[&[u8]]) -> Outcome {
     }
     let findings = scan
         .findings()
-        .map(|f| f.iter().map(|f| (f.detector.to_string(), f.count)).collect())
+        .map(|f| {
+            f.iter()
+                .map(|f| (f.detector.to_string(), f.count))
+                .collect()
+        })
         .unwrap_or_default();
     (result.map(|()| sent), findings, scan.unscanned().to_vec())
 }
@@ -97,16 +105,24 @@ fn same_whatever_the_chunks(settings: &str, format: &BodyFormat, body: &[u8]) ->
     let whole = run(settings, format, &[body]);
     let bytes: Vec<&[u8]> = body.chunks(1).collect();
     let chunked = run(settings, format, &bytes);
-    assert!(agrees(&chunked, &whole), "byte by byte: {chunked:?} != {whole:?}");
+    assert!(
+        agrees(&chunked, &whole),
+        "byte by byte: {chunked:?} != {whole:?}"
+    );
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ body.len() as u64);
     for _ in 0..60 {
-        let mut cuts: Vec<usize> = (0..rng.below(8) + 1).map(|_| rng.below(body.len() + 1)).collect();
+        let mut cuts: Vec<usize> = (0..rng.below(8) + 1)
+            .map(|_| rng.below(body.len() + 1))
+            .collect();
         cuts.push(0);
         cuts.push(body.len());
         cuts.sort_unstable();
         let chunks: Vec<&[u8]> = cuts.windows(2).map(|w| &body[w[0]..w[1]]).collect();
         let chunked = run(settings, format, &chunks);
-        assert!(agrees(&chunked, &whole), "cuts {cuts:?}: {chunked:?} != {whole:?}");
+        assert!(
+            agrees(&chunked, &whole),
+            "cuts {cuts:?}: {chunked:?} != {whole:?}"
+        );
     }
     whole
 }
@@ -137,8 +153,7 @@ fn zstd(data: &[u8]) -> Vec<u8> {
 }
 
 const PII: &[u8] = br#"{"note":"ssn 123-45-6789, card 4111 1111 1111 1111, end"}"#;
-const REDACTED: &[u8] =
-    br#"{"note":"ssn [REDACTED:us_ssn], card [REDACTED:card_number], end"}"#;
+const REDACTED: &[u8] = br#"{"note":"ssn [REDACTED:us_ssn], card [REDACTED:card_number], end"}"#;
 
 fn found(outcome: &Outcome) -> Vec<(String, u64)> {
     outcome.1.clone()
@@ -176,7 +191,11 @@ fn a_false_label_or_corrupt_data_is_refused_not_passed() {
 fn bombs_are_refused_in_every_coding() {
     let settings = format!("{REDACT}    body_inspection: {{ max_decompressed_bytes: 1000000 }}\n");
     let big = vec![b'a'; 4 << 20];
-    for (codings, body) in [("gzip", gzip(&big)), ("br", brotli(&big)), ("zstd", zstd(&big))] {
+    for (codings, body) in [
+        ("gzip", gzip(&big)),
+        ("br", brotli(&big)),
+        ("zstd", zstd(&big)),
+    ] {
         let outcome = run(&settings, &format(codings, None), &[&body]);
         assert_eq!(outcome.0, Err("payload_too_large"), "{codings}");
     }
@@ -188,7 +207,8 @@ fn json_escapes_cannot_hide_a_match_and_the_body_is_forwarded_as_sent() {
     let blocked = same_whatever_the_chunks(BLOCK, &format("", Some("application/json")), escaped);
     assert_eq!(blocked.0, Err("dlp_blocked"));
     // Labelled as something else, the same bytes are still read with escapes decoded.
-    let blocked = same_whatever_the_chunks(BLOCK, &format("gzip", Some("text/plain")), &gzip(escaped));
+    let blocked =
+        same_whatever_the_chunks(BLOCK, &format("gzip", Some("text/plain")), &gzip(escaped));
     assert_eq!(blocked.0, Err("dlp_blocked"));
     // Escapes elsewhere in the body do not stop an exact redaction, and are kept as sent.
     let elsewhere = br#"{"a":"caf\u00e9 \/ x","ssn":"123-45-6789"}"#;
@@ -237,7 +257,8 @@ fn multipart_parts_are_scanned_and_plain_parts_redacted_exactly() {
 fn encoded_parts_are_scanned_decoded_and_as_sent() {
     let format = format("", Some("multipart/mixed; boundary=b"));
     // base64 of "ssn 123-45-6789".
-    let b64 = b"--b\r\nContent-Transfer-Encoding: base64\r\n\r\nc3NuIDEy\r\nMy00NS02Nzg5\r\n--b--\r\n";
+    let b64 =
+        b"--b\r\nContent-Transfer-Encoding: base64\r\n\r\nc3NuIDEy\r\nMy00NS02Nzg5\r\n--b--\r\n";
     let outcome = same_whatever_the_chunks(BLOCK, &format, b64);
     assert_eq!(outcome.0, Err("dlp_blocked"));
     // Redacting inside the decoded bytes is not possible: refused.
@@ -271,7 +292,10 @@ fn over_the_limit_is_refused_by_default_and_passed_only_when_said() {
     let outcome = same_whatever_the_chunks(&pass, &format("", None), body);
     let sent = String::from_utf8(outcome.0.clone().unwrap()).unwrap();
     assert!(sent.starts_with("ssn [REDACTED:us_ssn] then"), "{sent}");
-    assert!(sent.ends_with("987-65-4321"), "past the limit: unscanned: {sent}");
+    assert!(
+        sent.ends_with("987-65-4321"),
+        "past the limit: unscanned: {sent}"
+    );
     assert_eq!(outcome.2, vec![Unscanned::OverLimit]);
     assert_eq!(found(&outcome), vec![("us_ssn".to_owned(), 1)]);
 }
