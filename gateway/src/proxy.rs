@@ -111,8 +111,10 @@ impl ProxyHttp for Gateway {
         let chunk = body.take().unwrap_or_default();
         match scan.push(&chunk, end_of_stream) {
             Ok(out) => {
-                // Nothing to send is None: an empty chunk after the end is an error upstream.
-                *body = (!out.is_empty()).then(|| Bytes::from(out));
+                // Nothing to send yet is an empty chunk, which pingora skips: `None` would end
+                // the upstream body there. At the end, nothing is `None` (an empty chunk after
+                // the end is an error upstream).
+                *body = (!out.is_empty() || !end_of_stream).then(|| Bytes::from(out));
                 Ok(())
             }
             Err(refusal) => Err(self.refused_midway(ctx, refusal)),
