@@ -280,6 +280,17 @@ fn curl_h2_stream(
     )
 }
 
+/// One way of sending the PII: (what, content type, content encoding, body, expected status,
+/// expected error code).
+type Shape = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Vec<u8>,
+    u16,
+    &'static str,
+);
+
 #[test]
 fn the_same_pii_is_refused_whatever_its_framing_label_or_encoding() {
     let (pki, _echo, gw) = start();
@@ -292,7 +303,7 @@ fn the_same_pii_is_refused_whatever_its_framing_label_or_encoding() {
          Content-Type: application/json\r\n\r\n{PII}\r\n--XyZ--\r\n"
     );
     // (what, content type, content encoding, body, expected status, expected code)
-    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<Shape> = vec![
         (
             "content-length",
             "application/json",
