@@ -204,7 +204,7 @@ impl Admitted {
 /// The request body's plan on a route with DLP. An upgrade (WebSocket over HTTP/1.1, any other
 /// `Upgrade`, or CONNECT, which carries HTTP/2's extended-CONNECT WebSockets) would turn the
 /// connection into frames no scanner reads: refused on a route with request DLP unless the
-/// route says `websocket: allow`.
+/// route says `websocket: allow` (and then only without a body of its own).
 fn plan_request_body(
     inspection: &RouteInspection,
     head: &RequestHead<'_>,
@@ -213,9 +213,16 @@ fn plan_request_body(
     let upgrade =
         head.headers.header_count("upgrade") > 0 || head.method.eq_ignore_ascii_case("CONNECT");
     if scans && upgrade {
+        // An upgrade request that also announces a body would get that body through
+        // unscanned: only a bodiless handshake is allowed.
+        let announces_body = head.headers.header_count("transfer-encoding") > 0
+            || head
+                .headers
+                .header("content-length")
+                .is_some_and(|len| len.trim() != "0");
         return match inspection.upgrades {
-            Upgrades::Allow => Ok(BodyPlan::Unscanned(Unscanned::Websocket)),
-            Upgrades::Refuse => Err(Refusal::UpgradeRefused),
+            Upgrades::Allow if !announces_body => Ok(BodyPlan::Unscanned(Unscanned::Websocket)),
+            _ => Err(Refusal::UpgradeRefused),
         };
     }
     plan_body(inspection, BodyDirection::Request, &|name| {

@@ -83,8 +83,8 @@ pub enum Content {
 }
 
 impl Content {
-    /// Reads a content type; `None` for a type the tenant refuses (neither text nor
-    /// multipart, under `other_content: refuse`).
+    /// Reads a content type (the plan then refuses [`Content::Bytes`] under
+    /// `other_content: refuse`).
     pub(crate) fn of(content_type: Option<&str>) -> Content {
         let Some(ct) = content_type else {
             return Content::Text;

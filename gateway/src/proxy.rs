@@ -202,10 +202,12 @@ impl ProxyHttp for Gateway {
         let Some(inspection) = ctx.route.as_ref().and_then(|r| r.inspection.clone()) else {
             return Ok(());
         };
-        if !inspection.scans(BodyDirection::Response) {
+        let status = response.status.as_u16();
+        let bodiless = status == 204 || status == 304 || session.req_header().method == "HEAD";
+        if !inspection.scans(BodyDirection::Response) || bodiless {
             return Ok(());
         }
-        let plan = if response.status.as_u16() == 101 {
+        let plan = if status == 101 {
             // An upgrade admission let through (`websocket: allow`): frames, not a body.
             Ok(BodyPlan::Unscanned(Unscanned::Websocket))
         } else {

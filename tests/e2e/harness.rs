@@ -455,20 +455,15 @@ impl Conn {
         let stream = self.reader.get_mut();
         stream.write_all(head.as_bytes())?;
         stream.flush()?;
-        // A server may answer (and close) before the body is all sent: stop writing then,
-        // and read its answer.
-        let mut write = || -> std::io::Result<()> {
-            for chunk in chunks {
-                stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())?;
-                stream.write_all(chunk)?;
-                stream.write_all(b"\r\n")?;
-                stream.flush()?;
-                std::thread::sleep(pause);
-            }
-            stream.write_all(b"0\r\n\r\n")?;
-            stream.flush()
-        };
-        let _ = write();
+        for chunk in chunks {
+            stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())?;
+            stream.write_all(chunk)?;
+            stream.write_all(b"\r\n")?;
+            stream.flush()?;
+            std::thread::sleep(pause);
+        }
+        stream.write_all(b"0\r\n\r\n")?;
+        stream.flush()?;
         read_response(&mut self.reader)
     }
 

@@ -259,6 +259,9 @@ fn the_tenant_decides_what_passes_unscanned_and_what_is_refused() {
         plan(&[("upgrade", "websocket")]).unwrap().request_body,
         BodyPlan::Unscanned(Unscanned::Websocket)
     );
+    // Allowed, but not with a body of its own.
+    let refusal = plan(&[("upgrade", "websocket"), ("content-length", "9")]).unwrap_err();
+    assert_eq!(refusal.code(), "upgrade_refused");
     let refusal = plan(&[("content-type", "application/octet-stream")]).unwrap_err();
     assert_eq!(
         (refusal.status(), refusal.code()),
