@@ -138,9 +138,9 @@ fn rate(r: &Option<RateLimit>) -> String {
 
 fn plan_text(plan: &BodyPlan) -> &'static str {
     match plan {
-        BodyPlan::Forward => "body forwarded as sent (none, or not inspected on this route)",
-        BodyPlan::NotText => "body forwarded unscanned (content type not inspected)",
-        BodyPlan::Scan(_) => "body scanned by DLP as it streams",
+        BodyPlan::Forward => "body forwarded as sent (not inspected on this route)",
+        BodyPlan::Scan(_) => "any body scanned by DLP as it streams",
+        BodyPlan::Unscanned(_) => "body forwarded unscanned, as the policy allows (counted)",
     }
 }
 

@@ -18,11 +18,12 @@ use std::time::SystemTime;
 
 use portcullis_policy::{
     normalize_host, normalize_path, BodyDirection, Config, HeaderSource, HttpSettings, Identity,
-    NormalizedPath, OverLimit, Permit, RequestFacts, Route, RouteInspection, RouteTable, StripList,
+    NormalizedPath, OtherContent, Permit, RequestFacts, Route, RouteInspection, RouteTable,
+    StripList, UnknownEncoding, Upgrades,
 };
 
 use crate::identity::ConnectionIdentity;
-use crate::inspect::{scannable, Encoding};
+use crate::inspect::{BodyFormat, Codings, Content, Unscanned};
 use crate::limits::{InFlight, Limits};
 use crate::snapshot::Snapshot;
 
@@ -103,16 +104,18 @@ pub struct Admitted {
     pub request_body: BodyPlan,
 }
 
-/// What the gateway does with one body.
+/// What the gateway does with one body. Planned from the headers alone, whatever the
+/// framing (Content-Length, chunked, HTTP/2 DATA without a length); the scanner itself is
+/// created on the first body byte, so a request without a body costs nothing more.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BodyPlan {
-    /// Forwarded as it comes: the route inspects nothing in this direction, or there is no
-    /// body.
+    /// Forwarded as it comes: the route inspects nothing in this direction.
     Forward,
-    /// Forwarded unscanned: its content type is not one DLP reads.
-    NotText,
-    /// Scanned by the route's DLP as it streams, after decoding `encoding`.
-    Scan(Encoding),
+    /// Scanned by the route's DLP as it streams, read as the format says.
+    Scan(BodyFormat),
+    /// Forwarded unscanned because the route's policy says so explicitly; counted and
+    /// recorded with the reason once a byte passes.
+    Unscanned(Unscanned),
 }
 
 /// Routes and limits of one configuration: everything admission consults.
@@ -257,13 +260,8 @@ impl Admission {
             }
         }
         let request_body = match &route.inspection {
-            Some(inspection) if has_body(head.headers) => plan_body(
-                inspection,
-                BodyDirection::Request,
-                head.headers.header("content-type"),
-                head.headers.header("content-encoding"),
-            )?,
-            _ => BodyPlan::Forward,
+            Some(inspection) => plan_request_body(inspection, head)?,
+            None => BodyPlan::Forward,
         };
         Ok(Admitted {
             route: route.clone(),
@@ -307,34 +305,87 @@ pub(crate) fn recheck_connection(
     Ok(())
 }
 
-/// Whether the request head announces a body.
-fn has_body(headers: &dyn HeaderSource) -> bool {
-    headers.header("transfer-encoding").is_some()
-        || headers
-            .header("content-length")
-            .is_some_and(|len| len.trim() != "0")
+/// The request body's plan on a route with DLP. An upgrade (WebSocket over HTTP/1.1, any other
+/// `Upgrade`, or CONNECT, which carries HTTP/2's extended-CONNECT WebSockets) would turn the
+/// connection into frames no scanner reads: refused on a route with request DLP unless the
+/// route says `websocket: allow` (and then only without a body of its own).
+fn plan_request_body(
+    inspection: &RouteInspection,
+    head: &RequestHead<'_>,
+) -> Result<BodyPlan, Refusal> {
+    let scans = inspection.scans(BodyDirection::Request);
+    let upgrade =
+        head.headers.header_count("upgrade") > 0 || head.method.eq_ignore_ascii_case("CONNECT");
+    if scans && upgrade {
+        // An upgrade request that also announces a body would get that body through
+        // unscanned: only a bodiless handshake is allowed.
+        let announces_body = head.headers.header_count("transfer-encoding") > 0
+            || head
+                .headers
+                .header("content-length")
+                .is_some_and(|len| len.trim() != "0");
+        return match inspection.upgrades {
+            Upgrades::Allow if !announces_body => Ok(BodyPlan::Unscanned(Unscanned::Websocket)),
+            _ => Err(Refusal::UpgradeRefused),
+        };
+    }
+    plan_body(inspection, BodyDirection::Request, &|name| {
+        body_header(head.headers.header_count(name), head.headers.header(name))
+    })
 }
 
-/// The plan for a body in `direction` of a route with DLP, from its content type and
-/// encoding. A body the route scans but whose encoding cannot be read is refused when the
-/// route refuses what it cannot inspect, and otherwise counted as not fully inspected.
-pub(crate) fn plan_body(
+/// One of a body's framing headers as DLP reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyHeader<'a> {
+    Absent,
+    One(&'a str),
+    /// Repeated, or not text: refused on a DLP route.
+    Ambiguous,
+}
+
+/// A header from how many there are and the first one's text.
+pub(crate) fn body_header(count: usize, first: Option<&str>) -> BodyHeader<'_> {
+    match (count, first) {
+        (0, _) => BodyHeader::Absent,
+        (1, Some(value)) => BodyHeader::One(value),
+        _ => BodyHeader::Ambiguous,
+    }
+}
+
+/// The plan for a body in `direction` of a route with DLP, from its `Content-Type` and
+/// `Content-Encoding` (`header` reads one by lowercase name): repeated or unreadable ones
+/// are refused (400); an encoding we cannot decode is refused (415) unless the tenant says
+/// `unknown_encoding: pass`; a content type neither text-like nor multipart is scanned as
+/// bytes unless the tenant says `other_content: refuse` (415).
+pub(crate) fn plan_body<'a>(
     inspection: &RouteInspection,
     direction: BodyDirection,
-    content_type: Option<&str>,
-    content_encoding: Option<&str>,
+    header: &dyn Fn(&'static str) -> BodyHeader<'a>,
 ) -> Result<BodyPlan, Refusal> {
     if !inspection.scans(direction) {
         return Ok(BodyPlan::Forward);
     }
-    if !scannable(content_type) {
-        return Ok(BodyPlan::NotText);
+    let value = |name: &'static str| match header(name) {
+        BodyHeader::Absent => Ok(None),
+        BodyHeader::One(v) => Ok(Some(v)),
+        BodyHeader::Ambiguous => Err(Refusal::AmbiguousBodyHeader(direction, name)),
+    };
+    let content_type = value("content-type")?;
+    let content_encoding = value("content-encoding")?;
+    let codings = match Codings::parse(content_encoding) {
+        Ok(codings) => codings,
+        Err(_) => {
+            return match inspection.limits.unknown_encoding {
+                UnknownEncoding::Pass => Ok(BodyPlan::Unscanned(Unscanned::UnknownEncoding)),
+                UnknownEncoding::Refuse => Err(Refusal::Uninspectable(direction)),
+            }
+        }
+    };
+    let content = Content::of(content_type);
+    if content == Content::Bytes && inspection.limits.other_content == OtherContent::Refuse {
+        return Err(Refusal::UnsupportedContentType(direction));
     }
-    let encoding = Encoding::from_header(content_encoding);
-    if encoding == Encoding::Opaque && inspection.limits.over_limit == OverLimit::Refuse {
-        return Err(Refusal::Uninspectable(direction));
-    }
-    Ok(BodyPlan::Scan(encoding))
+    Ok(BodyPlan::Scan(BodyFormat { codings, content }))
 }
 
 /// How a caller is named everywhere a request is recorded or counted (access log, audit

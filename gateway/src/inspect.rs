@@ -1,150 +1,198 @@
-//! Body inspection on the data path: feeds request and response bodies, chunk by chunk, to the
-//! route's DLP scanner, decoding gzip/deflate on the way with bounds on size and expansion
-//! ratio, and stops scanning (or refuses) past the inspection limit. Nothing here keeps or
-//! logs matched data: only the scanner's counts leave this module.
+//! Body inspection on the data path. Every body a DLP route receives (request) or sends
+//! (response) goes through here, whatever its framing: the scanner is planned from the headers
+//! (admission for requests, `upstream_response_filter` for responses) and created on the first
+//! body byte, so a request or response without a body costs nothing.
+//!
+//! A body is read in three steps: its `Content-Encoding` is undone (`decode`: gzip, deflate,
+//! br, zstd, stacked, within bounds on size and ratio; the decoded body is what is forwarded),
+//! then a *view* is made for the scanner — JSON escapes decoded (`json`), or a multipart body
+//! read part by part (`multipart`) — and the scanner reads the view. `view` maps what the
+//! scanner released and redacted back onto the decoded body. Past `max_bytes` the body is
+//! refused, or passed unscanned when the tenant says so; whatever passes unscanned is
+//! reported by reason ([`Unscanned`]). Nothing here keeps or logs matched data: only the
+//! scanner's counts leave this module.
 
-use flate2::{Decompress, FlushDecompress, Status};
+mod decode;
+mod json;
+mod multipart;
+mod view;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
 use portcullis_policy::{
     BodyDirection, Findings, InspectionLimits, OverLimit, RouteInspection, Scanner,
 };
 
-use crate::admission::Refusal;
+use crate::admission::{BodyPlan, Refusal};
+use decode::Decoders;
+use json::JsonEscapes;
+use multipart::Multipart;
+use view::{SourceMap, ViewOut};
 
-/// How the body is encoded, from `Content-Encoding`.
+pub use decode::{Coding, Codings};
+pub(crate) use multipart::boundary;
+
+/// Why some of a body went through unscanned. Each is counted in
+/// `portcullis_dlp_unscanned_total{tenant,direction,reason}`, written in the access line and
+/// recorded in the audit record's `dlp` list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Encoding {
-    Identity,
-    Gzip,
-    Deflate,
-    /// An encoding we cannot decode (br, zstd, several layers...).
-    Opaque,
+#[non_exhaustive]
+pub enum Unscanned {
+    /// Past `max_bytes`, under `over_limit: pass`.
+    OverLimit,
+    /// In an encoding the gateway cannot decode, under `unknown_encoding: pass`.
+    UnknownEncoding,
+    /// WebSocket (or other upgraded, or CONNECT) traffic, under the route's `websocket: allow`.
+    Websocket,
 }
 
-impl Encoding {
-    pub(crate) fn from_header(value: Option<&str>) -> Self {
-        match value.map(|v| v.trim().to_ascii_lowercase()) {
-            None => Encoding::Identity,
-            Some(v) if v.is_empty() || v == "identity" => Encoding::Identity,
-            Some(v) if v == "gzip" || v == "x-gzip" => Encoding::Gzip,
-            Some(v) if v == "deflate" => Encoding::Deflate,
-            Some(_) => Encoding::Opaque,
+impl Unscanned {
+    /// The reason's label in metrics and records.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Unscanned::OverLimit => "over_limit",
+            Unscanned::UnknownEncoding => "unknown_encoding",
+            Unscanned::Websocket => "websocket",
         }
     }
 }
 
-/// Whether a body of this content type is text we scan: text, JSON, XML, forms. A body
-/// without a content type is scanned too (an attacker chooses the header).
-pub(crate) fn scannable(content_type: Option<&str>) -> bool {
-    let Some(ct) = content_type else { return true };
-    let ct = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    ct.is_empty()
-        || ct.starts_with("text/")
-        || ct == "application/json"
-        || ct.ends_with("+json")
-        || ct == "application/x-www-form-urlencoded"
-        || ct == "application/xml"
-        || ct.ends_with("+xml")
-        || ct == "application/javascript"
-        || ct == "application/x-ndjson"
+/// How a body is read for scanning, from its headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BodyFormat {
+    /// The content codings to undo.
+    pub codings: Codings,
+    /// How the decoded body is read.
+    pub content: Content,
 }
 
-/// Streaming inflate with bounded output per step.
-struct Inflate {
-    z: Decompress,
-    done: bool,
+/// How a decoded body is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Content {
+    /// Text-like (text, JSON, XML, forms, no content type): JSON escapes decoded.
+    Text,
+    /// Any other type, scanned as bytes (JSON escapes decoded too: the upstream may read it
+    /// as JSON whatever the label says).
+    Bytes,
+    /// `multipart/*`, part by part.
+    Multipart { boundary: String },
 }
 
-const STEP: usize = 64 * 1024;
-
-impl Inflate {
-    fn new(encoding: Encoding) -> Self {
-        let z = match encoding {
-            // 15-bit window, gzip wrapper.
-            Encoding::Gzip => Decompress::new_gzip(15),
-            _ => Decompress::new(true),
+impl Content {
+    /// Reads a content type (the plan then refuses [`Content::Bytes`] under
+    /// `other_content: refuse`).
+    pub(crate) fn of(content_type: Option<&str>) -> Content {
+        let Some(ct) = content_type else {
+            return Content::Text;
         };
-        Self { z, done: false }
-    }
-
-    /// Decodes `input`, handing each decoded piece to `sink`, which may refuse.
-    fn feed(
-        &mut self,
-        mut input: &[u8],
-        sink: &mut dyn FnMut(&[u8]) -> Result<(), Refusal>,
-        direction: BodyDirection,
-    ) -> Result<(), Refusal> {
-        let mut out = vec![0u8; STEP];
-        while !self.done {
-            let (in_before, out_before) = (self.z.total_in(), self.z.total_out());
-            let status = self
-                .z
-                .decompress(input, &mut out, FlushDecompress::None)
-                .map_err(|_| Refusal::Undecodable(direction, "corrupt compressed body"))?;
-            let consumed = (self.z.total_in() - in_before) as usize;
-            let produced = (self.z.total_out() - out_before) as usize;
-            input = &input[consumed.min(input.len())..];
-            sink(&out[..produced])?;
-            if status == Status::StreamEnd {
-                self.done = true;
-            }
-            if input.is_empty() && produced < out.len() {
-                break;
-            }
-            if consumed == 0 && produced == 0 {
-                break;
-            }
+        if let Some(boundary) = boundary(ct) {
+            return Content::Multipart { boundary };
         }
-        Ok(())
+        let ct = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let text = ct.is_empty()
+            || ct.starts_with("text/")
+            || ct == "application/json"
+            || ct.ends_with("+json")
+            || ct == "application/x-www-form-urlencoded"
+            || ct == "application/xml"
+            || ct.ends_with("+xml")
+            || ct == "application/javascript"
+            || ct == "application/x-ndjson";
+        if text {
+            Content::Text
+        } else {
+            Content::Bytes
+        }
     }
 }
 
-/// Inspects one body.
-pub(crate) struct BodyInspector {
+/// Why a body could not be read; the inspector turns it into the refusal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Problem {
+    /// Does not decode as its encoding says.
+    Corrupt(&'static str),
+    /// Decodes to more than the limits allow.
+    ExpandsTooFar,
+    /// A multipart body that cannot be read unambiguously.
+    Malformed(&'static str),
+    /// A multipart part with two `Content-Type` or `Content-Transfer-Encoding` headers.
+    DuplicatePartHeader,
+    /// A part in a transfer encoding we cannot decode.
+    UnknownEncoding,
+}
+
+impl Problem {
+    fn refusal(self, direction: BodyDirection) -> Refusal {
+        match self {
+            Problem::Corrupt(why) => Refusal::Undecodable(direction, why),
+            Problem::ExpandsTooFar => Refusal::ExpandsTooFar(direction),
+            Problem::Malformed(why) => Refusal::MalformedBody(direction, why),
+            Problem::DuplicatePartHeader => {
+                Refusal::AmbiguousBodyHeader(direction, "multipart part header")
+            }
+            Problem::UnknownEncoding => Refusal::Uninspectable(direction),
+        }
+    }
+}
+
+/// One body's inspection: planned, then running once the first byte arrives.
+pub(crate) struct BodyScan {
     direction: BodyDirection,
-    scanner: Scanner,
-    inflate: Option<Inflate>,
-    /// Whether scanning may change the body's length (decoding or redaction).
+    state: ScanState,
+    /// Whether the forwarded body is decoded and may change length (decided with the plan).
+    decodes: bool,
     changes_length: bool,
-    limits: InspectionLimits,
-    raw_bytes: u64,
-    decoded_bytes: u64,
-    scanned_bytes: u64,
-    /// Past the inspection limit with `over_limit: pass`: the rest goes through unscanned.
-    pub(crate) incomplete: bool,
+    unscanned: Vec<Unscanned>,
 }
 
-impl BodyInspector {
-    /// Starts inspecting a body the admission plan says to scan. A body in an encoding we
-    /// cannot read is over the inspection limit from its first byte (the plan has already
-    /// refused it if the route refuses such bodies).
-    pub(crate) fn new(
-        inspection: &RouteInspection,
+enum ScanState {
+    Planned(Arc<RouteInspection>, BodyFormat),
+    Running(Box<BodyInspector>),
+    /// Forwarded unscanned for this reason (counted once a byte passes).
+    Passing(Unscanned),
+}
+
+impl BodyScan {
+    /// The scan a plan asks for; `None` when the body is not inspected at all.
+    pub(crate) fn planned(
+        inspection: &Arc<RouteInspection>,
         direction: BodyDirection,
-        encoding: Encoding,
-    ) -> Self {
-        let inflate =
-            matches!(encoding, Encoding::Gzip | Encoding::Deflate).then(|| Inflate::new(encoding));
-        Self {
+        plan: &BodyPlan,
+    ) -> Option<Self> {
+        let (state, decodes, changes_length) = match plan {
+            BodyPlan::Forward => return None,
+            BodyPlan::Unscanned(reason) => (ScanState::Passing(*reason), false, false),
+            BodyPlan::Scan(format) => {
+                let decodes = !format.codings.is_empty();
+                let changes_length = decodes || inspection.may_rewrite(direction);
+                (
+                    ScanState::Planned(inspection.clone(), format.clone()),
+                    decodes,
+                    changes_length,
+                )
+            }
+        };
+        Some(Self {
             direction,
-            scanner: inspection.policy.scanner(direction),
-            changes_length: inflate.is_some() || inspection.may_rewrite(direction),
-            inflate,
-            limits: inspection.limits,
-            raw_bytes: 0,
-            decoded_bytes: 0,
-            scanned_bytes: 0,
-            incomplete: encoding == Encoding::Opaque,
-        }
+            state,
+            decodes,
+            changes_length,
+            unscanned: Vec::new(),
+        })
     }
 
     /// Whether the forwarded body is the decoded one (so `Content-Encoding` must go).
     pub(crate) fn decodes(&self) -> bool {
-        self.inflate.is_some()
+        self.decodes
     }
 
     /// Whether the forwarded body's length may differ from the received one's (so
@@ -153,168 +201,172 @@ impl BodyInspector {
         self.changes_length
     }
 
-    pub(crate) fn findings(&self) -> &Findings {
-        self.scanner.findings()
+    /// What the scanner found, if it ran.
+    pub(crate) fn findings(&self) -> Option<&Findings> {
+        match &self.state {
+            ScanState::Running(inspector) => Some(inspector.scanner.findings()),
+            _ => None,
+        }
+    }
+
+    /// What passed unscanned, by reason.
+    pub(crate) fn unscanned(&self) -> &[Unscanned] {
+        &self.unscanned
     }
 
     /// Feeds the next chunk (and, with `end`, finishes). Returns what may be forwarded now.
     pub(crate) fn push(&mut self, chunk: &[u8], end: bool) -> Result<Vec<u8>, Refusal> {
-        self.raw_bytes += chunk.len() as u64;
-        let mut out = Vec::with_capacity(chunk.len());
-        match self.inflate.take() {
-            None => self.scan(chunk, &mut out)?,
-            Some(mut inflate) => {
-                let (limits, direction) = (self.limits, self.direction);
-                let raw = self.raw_bytes;
-                let mut decoded = self.decoded_bytes;
-                let mut pieces = Vec::new();
-                inflate.feed(
-                    chunk,
-                    &mut |piece| {
-                        decoded += piece.len() as u64;
-                        // A ratio is only meaningful past a floor: tiny bodies compress well.
-                        let expanded =
-                            decoded > 64 * 1024 && decoded > raw.saturating_mul(limits.max_ratio);
-                        if decoded > limits.max_decompressed_bytes || expanded {
-                            return Err(Refusal::Undecodable(
-                                direction,
-                                "compressed body expands beyond the limit",
-                            ));
-                        }
-                        pieces.extend_from_slice(piece);
-                        Ok(())
-                    },
-                    direction,
-                )?;
-                self.decoded_bytes = decoded;
-                self.inflate = Some(inflate);
-                self.scan(&pieces, &mut out)?;
+        if let ScanState::Planned(inspection, format) = &self.state {
+            if chunk.is_empty() {
+                return Ok(Vec::new());
+            }
+            let inspector = BodyInspector::new(inspection, self.direction, format)?;
+            self.state = ScanState::Running(Box::new(inspector));
+        }
+        match &mut self.state {
+            ScanState::Planned(..) => Ok(Vec::new()),
+            ScanState::Passing(reason) => {
+                if !chunk.is_empty() && !self.unscanned.contains(reason) {
+                    self.unscanned.push(*reason);
+                }
+                Ok(chunk.to_vec())
+            }
+            ScanState::Running(inspector) => {
+                let out = inspector.push(chunk, end);
+                for reason in inspector.unscanned.drain(..) {
+                    if !self.unscanned.contains(&reason) {
+                        self.unscanned.push(reason);
+                    }
+                }
+                out
             }
         }
-        // Once incomplete, the scanner has already been flushed.
-        if end && !self.incomplete {
-            let tail = self
-                .scanner
-                .finish()
-                .map_err(|b| Refusal::DlpBlocked(self.direction, b.detector))?;
-            out.extend_from_slice(&tail);
+    }
+}
+
+/// How the decoded body is turned into the scanner's view.
+enum Stage {
+    Text(JsonEscapes),
+    Multipart(Box<Multipart>),
+}
+
+/// Inspects one body.
+pub(crate) struct BodyInspector {
+    direction: BodyDirection,
+    limits: InspectionLimits,
+    decoders: Decoders,
+    stage: Stage,
+    map: SourceMap,
+    scanner: Scanner,
+    /// Decoded bytes handed to the view.
+    scanned: u64,
+    /// Past the inspection limit under `over_limit: pass`: the rest goes through unscanned.
+    passing: bool,
+    /// Reasons found since the owner last looked.
+    unscanned: Vec<Unscanned>,
+}
+
+impl BodyInspector {
+    pub(crate) fn new(
+        inspection: &RouteInspection,
+        direction: BodyDirection,
+        format: &BodyFormat,
+    ) -> Result<Self, Refusal> {
+        let limits = inspection.limits;
+        let stage = match &format.content {
+            Content::Multipart { boundary } => Stage::Multipart(Box::new(Multipart::new(
+                boundary,
+                0,
+                limits.unknown_encoding == portcullis_policy::UnknownEncoding::Pass,
+            ))),
+            Content::Text | Content::Bytes => Stage::Text(JsonEscapes::default()),
+        };
+        Ok(Self {
+            direction,
+            limits,
+            decoders: Decoders::new(&format.codings, limits).map_err(|p| p.refusal(direction))?,
+            stage,
+            map: SourceMap::default(),
+            scanner: inspection.policy.scanner(direction),
+            scanned: 0,
+            passing: false,
+            unscanned: Vec::new(),
+        })
+    }
+
+    /// Feeds the next chunk (and, with `end`, finishes). Returns what may be forwarded now.
+    pub(crate) fn push(&mut self, chunk: &[u8], end: bool) -> Result<Vec<u8>, Refusal> {
+        let direction = self.direction;
+        let decoded = self
+            .decoders
+            .push(chunk)
+            .map_err(|p| p.refusal(direction))?;
+        if self.passing {
+            return Ok(decoded);
+        }
+        let room = self.limits.max_bytes.saturating_sub(self.scanned);
+        let (inspect, rest) =
+            decoded.split_at(usize::try_from(room).map_or(decoded.len(), |r| r.min(decoded.len())));
+        let mut out = Vec::with_capacity(decoded.len());
+        self.feed(inspect, &mut out)?;
+        if !rest.is_empty() {
+            if self.limits.over_limit == OverLimit::Refuse {
+                return Err(Refusal::OverInspectionLimit(direction));
+            }
+            // Release what was scanned, then the rest unscanned.
+            self.close(&mut out)?;
+            out.extend_from_slice(rest);
+            self.passing = true;
+            self.unscanned.push(Unscanned::OverLimit);
+        } else if end {
+            self.close(&mut out)?;
         }
         Ok(out)
     }
 
-    /// Scans up to the inspection limit; past it, passes through or refuses.
-    fn scan(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), Refusal> {
-        if self.incomplete {
-            out.extend_from_slice(data);
-            return Ok(());
+    /// Hands decoded bytes to the view and the scanner; releases what the scanner released.
+    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), Refusal> {
+        self.scanned += data.len() as u64;
+        let mut view = ViewOut::default();
+        let direction = self.direction;
+        match &mut self.stage {
+            Stage::Text(json) => json.feed(data, &mut view),
+            Stage::Multipart(m) => m.feed(data, &mut view).map_err(|p| p.refusal(direction))?,
         }
-        let room = self.limits.max_bytes.saturating_sub(self.scanned_bytes);
-        let (inspect, rest) = data.split_at((room as usize).min(data.len()));
-        let scanned = self
-            .scanner
-            .push(inspect)
-            .map_err(|b| Refusal::DlpBlocked(self.direction, b.detector))?;
-        out.extend_from_slice(&scanned);
-        self.scanned_bytes += inspect.len() as u64;
-        if !rest.is_empty() {
-            if self.limits.over_limit == OverLimit::Refuse {
-                return Err(Refusal::OverInspectionLimit(self.direction));
-            }
-            // Release what the scanner held back (scanned), then the rest unscanned.
-            let tail = self
-                .scanner
-                .finish()
-                .map_err(|b| Refusal::DlpBlocked(self.direction, b.detector))?;
-            out.extend_from_slice(&tail);
-            out.extend_from_slice(rest);
-            self.incomplete = true;
+        self.map.push(data, &view);
+        self.scan(&view, false, out)
+    }
+
+    /// Ends the view and the scanner and releases everything.
+    fn close(&mut self, out: &mut Vec<u8>) -> Result<(), Refusal> {
+        let mut view = ViewOut::default();
+        let direction = self.direction;
+        match &mut self.stage {
+            Stage::Text(json) => json.finish(&mut view),
+            Stage::Multipart(m) => m.finish(&mut view).map_err(|p| p.refusal(direction))?,
+        }
+        self.map.push(&[], &view);
+        self.scan(&view, true, out)?;
+        if !self.map.is_drained() {
+            // Every stage accounts for each byte it was given by the time it finishes.
+            return Err(Refusal::Internal);
         }
         Ok(())
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use std::io::Write;
-    use std::path::Path;
-    use std::sync::Arc;
-
-    use portcullis_policy::Config;
-
-    use super::*;
-
-    /// The inspection of the only route of a config with the given tenant settings.
-    fn inspection(tenant_settings: &str) -> Arc<RouteInspection> {
-        let yaml = format!(
-            "listeners:\n  - name: l\n    address: 127.0.0.1:8443\n    tls: {{ certificate: s.pem, private_key: s.key, client_ca: ca.pem }}\n\
-             upstreams:\n  - name: u\n    targets: [127.0.0.1:9000]\n\
-             tenants:\n  - name: t\n{tenant_settings}    routes:\n      - name: r\n        upstream: u\n"
-        );
-        let config = Config::from_yaml(&yaml, Path::new("t.yaml")).unwrap();
-        let route = config.routes.iter().next().unwrap();
-        route.inspection.clone().unwrap()
-    }
-
-    const SSN: &str = "    dlp: { request: { us_ssn: redact } }\n";
-
-    fn inspector(settings: &str, encoding: Encoding) -> BodyInspector {
-        BodyInspector::new(&inspection(settings), BodyDirection::Request, encoding)
-    }
-
-    #[test]
-    fn past_the_limit_the_rest_passes_unscanned_or_is_refused() {
-        let pass = format!("{SSN}    body_inspection: {{ max_bytes: 32 }}\n");
-        let mut scan = inspector(&pass, Encoding::Identity);
-        let body = b"ssn 123-45-6789 then padding padding padding 987-65-4321";
-        let out = scan.push(body, true).unwrap();
-        let out = String::from_utf8(out).unwrap();
-        assert!(out.starts_with("ssn [REDACTED:us_ssn] then"), "{out}");
-        assert!(
-            out.ends_with("987-65-4321"),
-            "past the limit: unscanned: {out}"
-        );
-        assert!(scan.incomplete);
-
-        let refuse = format!("{SSN}    body_inspection: {{ max_bytes: 32, over_limit: refuse }}\n");
-        let mut scan = inspector(&refuse, Encoding::Identity);
-        assert!(matches!(
-            scan.push(body, true),
-            Err(Refusal::OverInspectionLimit(BodyDirection::Request))
-        ));
-    }
-
-    #[test]
-    fn an_unreadable_encoding_passes_uninspected_and_says_so() {
-        let mut scan = inspector(SSN, Encoding::Opaque);
-        assert!(scan.incomplete);
-        assert_eq!(scan.push(b"123-45-6789", true).unwrap(), b"123-45-6789");
-    }
-
-    #[test]
-    fn gzip_is_decoded_across_chunks_and_corrupt_input_refused() {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        enc.write_all(b"id 123-45-6789 end").unwrap();
-        let gz = enc.finish().unwrap();
-        let mut scan = inspector(SSN, Encoding::Gzip);
-        let mut out = Vec::new();
-        for piece in gz.chunks(3) {
-            out.extend(scan.push(piece, false).unwrap());
+    fn scan(&mut self, view: &ViewOut, end: bool, out: &mut Vec<u8>) -> Result<(), Refusal> {
+        let direction = self.direction;
+        let blocked = |b: portcullis_policy::Blocked| Refusal::DlpBlocked(direction, b.detector);
+        if view.unknown_encoding && !self.unscanned.contains(&Unscanned::UnknownEncoding) {
+            self.unscanned.push(Unscanned::UnknownEncoding);
         }
-        out.extend(scan.push(&[], true).unwrap());
-        assert_eq!(out, b"id [REDACTED:us_ssn] end");
-        let mut scan = inspector(SSN, Encoding::Gzip);
-        assert!(matches!(
-            scan.push(b"not gzip at all", true),
-            Err(Refusal::Undecodable(BodyDirection::Request, _))
-        ));
-    }
-
-    #[test]
-    fn only_text_bodies_are_scanned() {
-        assert!(scannable(Some("application/json; charset=utf-8")));
-        assert!(scannable(Some("application/vnd.api+json")));
-        assert!(scannable(None));
-        assert!(!scannable(Some("image/png")));
-        assert!(!scannable(Some("application/octet-stream")));
+        self.scanner.push(&view.view).map_err(blocked)?;
+        if end {
+            self.scanner.finish().map_err(blocked)?;
+        }
+        let redactions = self.scanner.take_redactions();
+        self.map
+            .release(self.scanner.released(), redactions, out)
+            .map_err(|_| Refusal::Unredactable(direction))
     }
 }

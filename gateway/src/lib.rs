@@ -31,7 +31,7 @@ pub use admission::{
     Admission, Admitted, BodyPlan, HeadSize, Refusal, RequestHead, Target, Verdict,
 };
 pub use echo::serve_echo;
-pub use inspect::Encoding;
+pub use inspect::{BodyFormat, Coding, Codings, Content, Unscanned};
 pub use limits::LimitExceeded;
 pub use portcullis_identity::install_crypto_provider;
 pub use server::{check, load_config, serve};

@@ -28,7 +28,7 @@ pub(crate) struct Metrics {
     certificate_expiry: prometheus::IntGaugeVec,
     rate_limited: IntCounterVec,
     dlp_findings: IntCounterVec,
-    dlp_incomplete: IntCounterVec,
+    dlp_unscanned: IntCounterVec,
     in_flight: IntGauge,
     audit: AuditMetrics,
     connections: ConnectionMetrics,
@@ -166,12 +166,12 @@ impl Metrics {
             &["tenant", "direction", "detector", "action"],
         )
         .expect("valid metric");
-        let dlp_incomplete = IntCounterVec::new(
+        let dlp_unscanned = IntCounterVec::new(
             Opts::new(
-                "portcullis_dlp_uninspected_bodies_total",
-                "Bodies passed without full inspection (over the limit, or an undecodable encoding)",
+                "portcullis_dlp_unscanned_total",
+                "Bodies on DLP routes passed (in part) unscanned because the policy says pass, by reason (over_limit, unknown_encoding, websocket)",
             ),
-            &["tenant", "direction"],
+            &["tenant", "direction", "reason"],
         )
         .expect("valid metric");
         let in_flight = IntGauge::new("portcullis_requests_in_flight", "Requests being served")
@@ -187,7 +187,7 @@ impl Metrics {
             &renewals,
             &rate_limited,
             &dlp_findings,
-            &dlp_incomplete,
+            &dlp_unscanned,
         ] {
             registry
                 .register(Box::new(c.clone()))
@@ -211,7 +211,7 @@ impl Metrics {
             certificate_expiry,
             rate_limited,
             dlp_findings,
-            dlp_incomplete,
+            dlp_unscanned,
             in_flight,
             audit,
             connections,
@@ -289,9 +289,9 @@ impl Metrics {
             .inc_by(count);
     }
 
-    pub(crate) fn dlp_incomplete(&self, tenant: &str, direction: &str) {
-        self.dlp_incomplete
-            .with_label_values(&[tenant, direction])
+    pub(crate) fn dlp_unscanned(&self, tenant: &str, direction: &str, reason: &str) {
+        self.dlp_unscanned
+            .with_label_values(&[tenant, direction, reason])
             .inc();
     }
 

@@ -16,13 +16,15 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use portcullis_audit::RequestStage;
 use portcullis_policy::{BodyDirection, HeaderSource};
 
-use crate::admission::{plan_body, recheck_connection, BodyPlan, Refusal, RequestHead};
+use crate::admission::{
+    body_header, plan_body, recheck_connection, BodyPlan, Refusal, RequestHead,
+};
 use crate::audit::AuditTrail;
 use crate::forwarding::{
     head_size, header_str, raw_head_names, resolve_client, rewrite_upstream_request, Forwarded,
 };
 use crate::identity::ConnectionIdentity;
-use crate::inspect::BodyInspector;
+use crate::inspect::{BodyScan, Codings, Unscanned};
 use crate::metrics::Metrics;
 use crate::record::{Exchange, Findings};
 mod context;
@@ -105,15 +107,9 @@ impl ProxyHttp for Gateway {
         ctx.route = verdict.route;
         match verdict.outcome {
             Ok(admitted) => {
-                if let (BodyPlan::Scan(encoding), Some(inspection)) =
-                    (&admitted.request_body, &admitted.route.inspection)
-                {
-                    ctx.request_scan = Some(BodyInspector::new(
-                        inspection,
-                        BodyDirection::Request,
-                        *encoding,
-                    ));
-                }
+                ctx.request_scan = admitted.route.inspection.as_ref().and_then(|i| {
+                    BodyScan::planned(i, BodyDirection::Request, &admitted.request_body)
+                });
                 ctx.pool = snapshot.pools.get(&admitted.route.upstream).cloned();
                 ctx.admitted = Some(admitted);
             }
@@ -142,8 +138,10 @@ impl ProxyHttp for Gateway {
         let chunk = body.take().unwrap_or_default();
         match scan.push(&chunk, end_of_stream) {
             Ok(out) => {
-                // Nothing to send is None: an empty chunk after the end is an error upstream.
-                *body = (!out.is_empty()).then(|| Bytes::from(out));
+                // Nothing to send yet is an empty chunk, which pingora skips: `None` would end
+                // the upstream body there. At the end, nothing is `None` (an empty chunk after
+                // the end is an error upstream).
+                *body = (!out.is_empty() || !end_of_stream).then(|| Bytes::from(out));
                 Ok(())
             }
             Err(refusal) => Err(self.refused_midway(ctx, refusal)),
@@ -211,6 +209,16 @@ impl ProxyHttp for Gateway {
                 upstream.remove_header("content-length");
             }
         }
+        if admitted
+            .route
+            .inspection
+            .as_ref()
+            .is_some_and(|i| i.scans(BodyDirection::Response))
+        {
+            // The client's choice must not make the upstream send what we cannot read.
+            let accepted = decodable_accept_encoding(upstream);
+            upstream.insert_header("accept-encoding", accepted)?;
+        }
         Ok(())
     }
 
@@ -223,19 +231,30 @@ impl ProxyHttp for Gateway {
         let Some(inspection) = ctx.route.as_ref().and_then(|r| r.inspection.clone()) else {
             return Ok(());
         };
-        let header = |name: &str| response.headers.get(name).and_then(|v| v.to_str().ok());
-        let plan = plan_body(
-            &inspection,
-            BodyDirection::Response,
-            header("content-type"),
-            header("content-encoding"),
-        );
-        let encoding = match plan {
-            Ok(BodyPlan::Scan(encoding)) => encoding,
-            Ok(_) => return Ok(()),
+        let status = response.status.as_u16();
+        let bodiless = status == 204 || status == 304 || session.req_header().method == "HEAD";
+        if !inspection.scans(BodyDirection::Response) || bodiless {
+            return Ok(());
+        }
+        let plan = if status == 101 {
+            // An upgrade admission let through (`websocket: allow`): frames, not a body.
+            Ok(BodyPlan::Unscanned(Unscanned::Websocket))
+        } else {
+            let header = |name: &'static str| {
+                let mut values = response.headers.get_all(name).iter();
+                let first = values.next();
+                let count = usize::from(first.is_some()) + values.count();
+                body_header(count, first.and_then(|v| v.to_str().ok()))
+            };
+            plan_body(&inspection, BodyDirection::Response, &header)
+        };
+        let scan = match plan {
+            Ok(plan) => BodyScan::planned(&inspection, BodyDirection::Response, &plan),
             Err(refusal) => return Err(self.refused_midway(ctx, refusal)),
         };
-        let scan = BodyInspector::new(&inspection, BodyDirection::Response, encoding);
+        let Some(scan) = scan else {
+            return Ok(());
+        };
         if scan.decodes() {
             response.remove_header("content-encoding");
         }
@@ -465,5 +484,37 @@ impl HeaderSource for Headers<'_> {
             .iter()
             .map(|v| v.to_str().ok())
             .collect()
+    }
+
+    fn header_count(&self, name: &str) -> usize {
+        self.0.headers.get_all(name).iter().count()
+    }
+}
+
+/// The codings of the request's `Accept-Encoding` (all its headers) that the gateway can
+/// decode, or `identity` when none is left: what a route with response DLP asks of the
+/// upstream.
+fn decodable_accept_encoding(request: &RequestHeader) -> String {
+    let mut kept: Vec<String> = Vec::new();
+    for value in request.headers.get_all("accept-encoding") {
+        let Ok(value) = value.to_str() else { continue };
+        for item in value.split(',') {
+            let coding = item.split(';').next().unwrap_or("").trim();
+            let refused = item.split(';').skip(1).any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    == Some(0.0)
+            });
+            let known = Codings::parse(Some(coding)).is_ok_and(|c| !c.is_empty());
+            if known && !refused && !kept.iter().any(|k| k.eq_ignore_ascii_case(coding)) {
+                kept.push(coding.to_ascii_lowercase());
+            }
+        }
+    }
+    if kept.is_empty() {
+        "identity".to_owned()
+    } else {
+        kept.join(", ")
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use portcullis_audit::{Decision, DlpFinding, RateLimitOutcome, RequestEvent, RequestStage};
 
 use crate::access_log::AccessLine;
-use crate::inspect::BodyInspector;
+use crate::inspect::BodyScan;
 use crate::metrics::{Metrics, RequestOutcome};
 
 /// What a request established, in the terms every record uses.
@@ -55,7 +55,7 @@ pub(crate) struct Exchange {
 /// The DLP findings of a request's bodies, counted in the metrics once.
 #[derive(Debug, Default)]
 pub(crate) struct Findings {
-    /// `direction:detector:action:count` items (or `direction:uninspected`), or `-`.
+    /// `direction:detector:action:count` and `direction:unscanned:reason` items, or `-`.
     pub rendered: String,
     pub list: Vec<DlpFinding>,
 }
@@ -65,18 +65,26 @@ impl Findings {
     pub(crate) fn gather(
         metrics: &Metrics,
         tenant: &str,
-        request: Option<&BodyInspector>,
-        response: Option<&BodyInspector>,
+        request: Option<&BodyScan>,
+        response: Option<&BodyScan>,
     ) -> Self {
         let mut items = Vec::new();
         let mut list = Vec::new();
         for (direction, scan) in [("request", request), ("response", response)] {
             let Some(scan) = scan else { continue };
-            if scan.incomplete {
-                metrics.dlp_incomplete(tenant, direction);
-                items.push(format!("{direction}:uninspected"));
+            // What passed unscanned is recorded like a finding: `unscanned:<direction>:<reason>`,
+            // action `pass`.
+            for reason in scan.unscanned() {
+                let reason = reason.as_str();
+                metrics.dlp_unscanned(tenant, direction, reason);
+                items.push(format!("{direction}:unscanned:{reason}"));
+                list.push(DlpFinding {
+                    detector: format!("unscanned:{direction}:{reason}"),
+                    count: 1,
+                    action: "pass".to_owned(),
+                });
             }
-            for f in scan.findings().iter() {
+            for f in scan.findings().into_iter().flat_map(|f| f.iter()) {
                 let (detector, action) = (f.detector.to_string(), f.action.to_string());
                 metrics.dlp_finding(tenant, direction, &detector, &action, f.count);
                 items.push(format!("{direction}:{detector}:{action}:{}", f.count));

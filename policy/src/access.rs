@@ -25,6 +25,12 @@ pub trait HeaderSource: std::fmt::Debug + Sync {
     /// Every value of the headers called `name`, in order: `None` for a value that is not
     /// text (obs-text), so that a rule can treat it as unreadable rather than absent.
     fn header_values(&self, name: &str) -> Vec<Option<&str>>;
+
+    /// How many headers called `name` there are, readable or not (DLP refuses a repeated
+    /// or unreadable `Content-Type`/`Content-Encoding`).
+    fn header_count(&self, name: &str) -> usize {
+        self.header_values(name).len()
+    }
 }
 
 /// No headers at all.

@@ -23,7 +23,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use compile::DlpPolicy;
-pub use scanner::Scanner;
+pub use scanner::{Redaction, Scanner};
 pub use spec::{BuiltinDetector, CustomPatternSpec, DirectionSelector, DlpSpec, KeywordListSpec};
 
 /// What a DLP detector found: one of the built-in kinds, or a tenant's pattern or word list.

@@ -1,5 +1,6 @@
-//! What a route inspects in bodies: its compiled DLP policy and the limits of inspection
-//! (how much of a body is scanned, and how far a compressed body may expand).
+//! What a route inspects in bodies: its compiled DLP policy, the limits of inspection (how much
+//! of a body is scanned, how far a compressed body may expand) and what happens to what cannot
+//! be scanned. Every default refuses: passing a body unscanned must be said in the config.
 
 use crate::dlp::{BodyDirection, DlpAction, DlpPolicy, DlpSpec};
 
@@ -7,33 +8,76 @@ use crate::dlp::{BodyDirection, DlpAction, DlpPolicy, DlpSpec};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OverLimit {
-    /// Forward the rest unscanned and mark the request as not fully inspected.
-    #[default]
+    /// Forward the rest unscanned; counted and recorded as unscanned (`over_limit`).
     Pass,
-    /// Refuse the body.
+    /// Refuse the body (413), or cut a response off.
+    #[default]
     Refuse,
 }
 
-/// Bounds on body inspection.
+/// What happens to a body in a `Content-Encoding` (or a multipart part in a
+/// `Content-Transfer-Encoding`) the gateway cannot decode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownEncoding {
+    /// Forward it unscanned (a part: scanned as it is); counted and recorded as unscanned
+    /// (`unknown_encoding`).
+    Pass,
+    /// Refuse it (415; 502 for a response).
+    #[default]
+    Refuse,
+}
+
+/// What happens to a body whose content type is neither text-like (text, JSON, XML, forms,
+/// or none) nor `multipart/*`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtherContent {
+    /// Scan it as bytes: the validated detectors stay precise on binary data.
+    #[default]
+    Scan,
+    /// Refuse it (415; 502 for a response).
+    Refuse,
+}
+
+/// Whether a route with request DLP lets a request upgrade to a WebSocket (or any other
+/// protocol, or open a CONNECT tunnel), whose frames are not scanned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Upgrades {
+    /// Allowed; counted and recorded as unscanned (`websocket`).
+    Allow,
+    /// Refused (403).
+    #[default]
+    Refuse,
+}
+
+/// Bounds on body inspection, and what happens to what falls outside them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InspectionLimits {
     /// Bytes of (decoded) body scanned at most.
     pub max_bytes: u64,
     /// What to do past `max_bytes`.
     pub over_limit: OverLimit,
-    /// A gzip/deflate body that decodes to more than this is refused.
+    /// A compressed body that decodes to more than this is refused.
     pub max_decompressed_bytes: u64,
-    /// A gzip/deflate body that expands more than this many times is refused.
+    /// A compressed body that expands more than this many times is refused.
     pub max_ratio: u64,
+    /// What to do with an encoding the gateway cannot decode.
+    pub unknown_encoding: UnknownEncoding,
+    /// What to do with a content type that is neither text-like nor multipart.
+    pub other_content: OtherContent,
 }
 
 impl Default for InspectionLimits {
     fn default() -> Self {
         Self {
             max_bytes: 1 << 20,
-            over_limit: OverLimit::Pass,
+            over_limit: OverLimit::Refuse,
             max_decompressed_bytes: 8 << 20,
             max_ratio: 100,
+            unknown_encoding: UnknownEncoding::Refuse,
+            other_content: OtherContent::Scan,
         }
     }
 }
@@ -44,11 +88,13 @@ pub struct RouteInspection {
     spec: DlpSpec,
     pub policy: DlpPolicy,
     pub limits: InspectionLimits,
+    /// The route's `websocket` setting.
+    pub upgrades: Upgrades,
 }
 
 impl PartialEq for RouteInspection {
     fn eq(&self, other: &Self) -> bool {
-        self.spec == other.spec && self.limits == other.limits
+        self.spec == other.spec && self.limits == other.limits && self.upgrades == other.upgrades
     }
 }
 
@@ -58,6 +104,15 @@ impl RouteInspection {
             spec,
             policy,
             limits,
+            upgrades: Upgrades::default(),
+        }
+    }
+
+    /// The same inspection with the route's own `websocket` setting.
+    pub(crate) fn with_upgrades(&self, upgrades: Upgrades) -> Self {
+        Self {
+            upgrades,
+            ..self.clone()
         }
     }
 

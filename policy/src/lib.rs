@@ -25,11 +25,13 @@ pub use config::{
 pub use dlp::{
     Blocked, BodyDirection, BuiltinDetector, CustomPatternSpec, DetectorKind, DetectorName,
     DirectionSelector, DlpAction, DlpError, DlpPolicy, DlpSpec, Finding, Findings, KeywordListSpec,
-    Scanner,
+    Redaction, Scanner,
 };
 pub use headers::{StripList, ALWAYS_STRIPPED, GATEWAY_PREFIX};
 pub use identity::{Identity, PeerIdentity, SpiffeId, SpiffeIdError};
-pub use inspection::{InspectionLimits, OverLimit, RouteInspection};
+pub use inspection::{
+    InspectionLimits, OtherContent, OverLimit, RouteInspection, UnknownEncoding, Upgrades,
+};
 pub use limits::{RateLimit, TenantLimits};
 pub use names::{NameError, RouteId, RuleId, TenantId, UpstreamName};
 pub use path::{normalize_path, NormalizedPath, PathError};

@@ -38,8 +38,24 @@ pub enum Refusal {
     DlpBlocked(BodyDirection, DetectorKind),
     /// A body longer than the inspection limit, on a route that refuses what it cannot scan.
     OverInspectionLimit(BodyDirection),
-    /// A compressed body that does not decode or expands beyond the limits.
+    /// A body that does not decode as its `Content-Encoding` says (a fake label included).
     Undecodable(BodyDirection, &'static str),
+    /// A compressed body that decodes beyond the size or ratio limit (a bomb).
+    ExpandsTooFar(BodyDirection),
+    /// A multipart body (or part) that cannot be read unambiguously.
+    MalformedBody(BodyDirection, &'static str),
+    /// Two `Content-Type` or `Content-Encoding` headers (or one that is not text, or a
+    /// multipart part with two of its own) on a DLP route: which one the upstream reads is
+    /// anyone's guess.
+    AmbiguousBodyHeader(BodyDirection, &'static str),
+    /// A content type the tenant does not let through (`other_content: refuse`).
+    UnsupportedContentType(BodyDirection),
+    /// A WebSocket upgrade (or other upgrade, or CONNECT) on a route with request DLP that
+    /// does not allow them.
+    UpgradeRefused,
+    /// A match to redact lies in bytes the gateway reads decoded (a JSON escape, an encoded
+    /// multipart part), where the original cannot be redacted exactly: refused instead.
+    Unredactable(BodyDirection),
     /// Fail-closed audit: the admission record could not be made durable.
     AuditUnavailable,
     /// Every target of the route's upstream pool is unhealthy.
@@ -56,17 +72,33 @@ impl Refusal {
     /// The HTTP status sent to the caller.
     pub fn status(&self) -> u16 {
         match self {
-            Refusal::BadPath(_) | Refusal::BadRequest(_) | Refusal::Malformed => 400,
+            // A response the gateway will not pass is the upstream's failure.
+            Refusal::Uninspectable(BodyDirection::Response)
+            | Refusal::Undecodable(BodyDirection::Response, _)
+            | Refusal::ExpandsTooFar(BodyDirection::Response)
+            | Refusal::MalformedBody(BodyDirection::Response, _)
+            | Refusal::AmbiguousBodyHeader(BodyDirection::Response, _)
+            | Refusal::UnsupportedContentType(BodyDirection::Response)
+            | Refusal::UpstreamFailed => 502,
             Refusal::HeadTooLarge => 431,
             Refusal::CertificateRevoked | Refusal::CertificateExpired => 403,
+            Refusal::BadPath(_)
+            | Refusal::BadRequest(_)
+            | Refusal::Malformed
+            | Refusal::MalformedBody(..)
+            | Refusal::AmbiguousBodyHeader(..) => 400,
             Refusal::NoRoute => 404,
-            Refusal::Denied(_) | Refusal::DlpBlocked(..) => 403,
+            Refusal::Denied(_)
+            | Refusal::DlpBlocked(..)
+            | Refusal::Unredactable(_)
+            | Refusal::UpgradeRefused => 403,
             Refusal::RateLimited(_) => 429,
-            Refusal::BodyTooLarge | Refusal::OverInspectionLimit(_) | Refusal::Undecodable(..) => {
+            Refusal::BodyTooLarge | Refusal::OverInspectionLimit(_) | Refusal::ExpandsTooFar(_) => {
                 413
             }
-            Refusal::Uninspectable(BodyDirection::Request) => 415,
-            Refusal::Uninspectable(BodyDirection::Response) | Refusal::UpstreamFailed => 502,
+            Refusal::Uninspectable(_)
+            | Refusal::Undecodable(..)
+            | Refusal::UnsupportedContentType(_) => 415,
             Refusal::AuditUnavailable | Refusal::NoHealthyUpstream => 503,
             Refusal::Internal => 500,
         }
@@ -82,12 +114,17 @@ impl Refusal {
             Refusal::NoRoute => "no_route",
             Refusal::Denied(_) => "forbidden",
             Refusal::RateLimited(_) => "rate_limited",
-            Refusal::BodyTooLarge | Refusal::OverInspectionLimit(_) | Refusal::Undecodable(..) => {
+            Refusal::BodyTooLarge | Refusal::OverInspectionLimit(_) | Refusal::ExpandsTooFar(_) => {
                 "payload_too_large"
             }
             Refusal::Uninspectable(BodyDirection::Request) => "uninspectable_body",
             Refusal::Uninspectable(BodyDirection::Response) => "uninspectable_response",
-            Refusal::DlpBlocked(..) => "dlp_blocked",
+            Refusal::Undecodable(..) => "undecodable_body",
+            Refusal::MalformedBody(..) => "malformed_body",
+            Refusal::AmbiguousBodyHeader(..) => "ambiguous_body_header",
+            Refusal::UnsupportedContentType(_) => "unsupported_content_type",
+            Refusal::UpgradeRefused => "upgrade_refused",
+            Refusal::DlpBlocked(..) | Refusal::Unredactable(_) => "dlp_blocked",
             Refusal::AuditUnavailable => "audit_unavailable",
             Refusal::NoHealthyUpstream => "upstream_unavailable",
             Refusal::UpstreamFailed => "bad_gateway",
@@ -108,9 +145,17 @@ impl Refusal {
             Refusal::Denied(_) => "access denied by policy",
             Refusal::RateLimited(_) => "too many requests",
             Refusal::BodyTooLarge => "request body exceeds the limit",
-            Refusal::OverInspectionLimit(_) | Refusal::Undecodable(..) => {
-                "request body too large to accept or inspect"
+            Refusal::OverInspectionLimit(_) | Refusal::ExpandsTooFar(_) => {
+                "body too large to accept or inspect"
             }
+            Refusal::Undecodable(..) => "the body does not decode as its content encoding says",
+            Refusal::MalformedBody(..) => "the multipart body cannot be read unambiguously",
+            Refusal::AmbiguousBodyHeader(..) => {
+                "repeated or unreadable content-type or content-encoding header"
+            }
+            Refusal::UnsupportedContentType(_) => "this content type is not accepted here",
+            Refusal::UpgradeRefused => "protocol upgrades are not allowed on this route",
+            Refusal::Unredactable(_) => "body refused by data protection policy",
             Refusal::Uninspectable(BodyDirection::Request) => {
                 "the request body's encoding cannot be inspected"
             }
@@ -159,7 +204,13 @@ impl Refusal {
             Refusal::Uninspectable(_)
             | Refusal::DlpBlocked(..)
             | Refusal::OverInspectionLimit(_)
-            | Refusal::Undecodable(..) => "dlp_refused",
+            | Refusal::Undecodable(..)
+            | Refusal::ExpandsTooFar(_)
+            | Refusal::MalformedBody(..)
+            | Refusal::AmbiguousBodyHeader(..)
+            | Refusal::UnsupportedContentType(_)
+            | Refusal::UpgradeRefused
+            | Refusal::Unredactable(_) => "dlp_refused",
             Refusal::AuditUnavailable => "audit_unavailable",
             Refusal::NoHealthyUpstream => "no_upstream",
             Refusal::UpstreamFailed => "upstream_failed",
@@ -229,7 +280,15 @@ impl std::fmt::Display for Refusal {
             Refusal::DlpBlocked(direction, detector) => {
                 write!(f, "{direction:?} body blocked by DLP detector {detector}")
             }
-            Refusal::Undecodable(direction, why) => write!(f, "{direction:?} body: {why}"),
+            Refusal::Undecodable(direction, why) | Refusal::MalformedBody(direction, why) => {
+                write!(f, "{direction:?} body: {why}")
+            }
+            Refusal::AmbiguousBodyHeader(direction, what) => {
+                write!(f, "{direction:?} body: repeated or unreadable {what}")
+            }
+            Refusal::Unredactable(direction) => {
+                write!(f, "{direction:?} body: a redaction inside decoded bytes")
+            }
             Refusal::OverInspectionLimit(direction) => {
                 write!(f, "{direction:?} body over the inspection limit")
             }

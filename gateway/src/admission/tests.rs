@@ -94,7 +94,13 @@ fn an_admitted_request_carries_its_route_permit_slot_and_body_plan() {
     assert!(admitted.rate_limited);
     assert!(admitted.holds_in_flight_slot());
     assert_eq!(admitted.max_request_body, Some(100));
-    assert_eq!(admitted.request_body, BodyPlan::Scan(Encoding::Identity));
+    assert_eq!(
+        admitted.request_body,
+        BodyPlan::Scan(BodyFormat {
+            codings: Codings::default(),
+            content: Content::Text
+        })
+    );
 }
 
 #[test]
@@ -167,61 +173,103 @@ fn limits_are_charged_only_for_allowed_requests_and_refuse_with_retry_headers() 
 }
 
 #[test]
-fn body_plans_follow_content_type_and_encoding() {
+fn body_plans_follow_content_type_and_encoding_whatever_the_framing() {
     let caller = frontend();
     // A fresh admission each time, so the tenant's limits do not interfere.
     let plan =
         |headers: &[(&str, &str)]| decide(&admission(), Some(&caller), "/api/x", headers).outcome;
-    assert_eq!(plan(&[]).unwrap().request_body, BodyPlan::Forward);
+    let scan = |codings: &str, content: Content| {
+        BodyPlan::Scan(BodyFormat {
+            codings: Codings::parse(Some(codings)).unwrap(),
+            content,
+        })
+    };
+    // No length, no transfer coding (an HTTP/2 body): scanned all the same.
+    assert_eq!(plan(&[]).unwrap().request_body, scan("", Content::Text));
     assert_eq!(
-        plan(&[("content-length", "0")]).unwrap().request_body,
-        BodyPlan::Forward
+        plan(&[("content-type", "image/png")]).unwrap().request_body,
+        scan("", Content::Bytes)
     );
     assert_eq!(
-        plan(&[
-            ("transfer-encoding", "chunked"),
+        plan(&[("content-encoding", "gzip, br")])
+            .unwrap()
+            .request_body,
+        scan("gzip, br", Content::Text)
+    );
+    assert_eq!(
+        plan(&[("content-type", "multipart/form-data; boundary=x")])
+            .unwrap()
+            .request_body,
+        scan(
+            "",
+            Content::Multipart {
+                boundary: "x".into()
+            }
+        )
+    );
+    let refused = |headers: &[(&str, &str)]| {
+        let r = plan(headers).unwrap_err();
+        (r.status(), r.code(), r.label())
+    };
+    assert_eq!(
+        refused(&[("content-encoding", "compress")]),
+        (415, "uninspectable_body", "dlp_refused")
+    );
+    assert_eq!(
+        refused(&[("content-encoding", "gzip"), ("content-encoding", "br")]),
+        (400, "ambiguous_body_header", "dlp_refused")
+    );
+    assert_eq!(
+        refused(&[
+            ("content-type", "text/plain"),
             ("content-type", "image/png")
-        ])
-        .unwrap()
-        .request_body,
-        BodyPlan::NotText
+        ]),
+        (400, "ambiguous_body_header", "dlp_refused")
     );
     assert_eq!(
-        plan(&[("content-length", "9"), ("content-encoding", "gzip")])
-            .unwrap()
-            .request_body,
-        BodyPlan::Scan(Encoding::Gzip)
-    );
-    // Under the default `over_limit: pass`, an unreadable encoding is scanned as far as it
-    // can be (not at all) and counted as uninspected, not refused.
-    assert_eq!(
-        plan(&[("content-length", "9"), ("content-encoding", "br")])
-            .unwrap()
-            .request_body,
-        BodyPlan::Scan(Encoding::Opaque)
+        refused(&[("upgrade", "websocket"), ("connection", "upgrade")]),
+        (403, "upgrade_refused", "dlp_refused")
     );
 }
 
 #[test]
-fn a_route_that_refuses_what_it_cannot_read_refuses_unreadable_encodings() {
+fn the_tenant_decides_what_passes_unscanned_and_what_is_refused() {
     let yaml = CONFIG.replace(
         "    dlp: { request: { us_ssn: block } }\n",
-        "    dlp: { request: { us_ssn: block } }\n    body_inspection: { over_limit: refuse }\n",
+        "    dlp: { request: { us_ssn: block } }\n    body_inspection: { unknown_encoding: pass, other_content: refuse }\n",
+    );
+    let yaml = yaml.replace(
+        "        path_prefix: /api\n",
+        "        path_prefix: /api\n        websocket: allow\n",
     );
     let config = Config::from_yaml(&yaml, Path::new("t.yaml")).unwrap();
-    let admission = Admission::from_config(&config);
     let caller = frontend();
-    let refusal = decide(
-        &admission,
-        Some(&caller),
-        "/api/x",
-        &[("content-length", "9"), ("content-encoding", "br")],
-    )
-    .outcome
-    .unwrap_err();
+    let plan = |headers: &[(&str, &str)]| {
+        decide(
+            &Admission::from_config(&config),
+            Some(&caller),
+            "/api/x",
+            headers,
+        )
+        .outcome
+    };
     assert_eq!(
-        (refusal.status(), refusal.code(), refusal.label()),
-        (415, "uninspectable_body", "dlp_refused")
+        plan(&[("content-encoding", "compress")])
+            .unwrap()
+            .request_body,
+        BodyPlan::Unscanned(Unscanned::UnknownEncoding)
+    );
+    assert_eq!(
+        plan(&[("upgrade", "websocket")]).unwrap().request_body,
+        BodyPlan::Unscanned(Unscanned::Websocket)
+    );
+    // Allowed, but not with a body of its own.
+    let refusal = plan(&[("upgrade", "websocket"), ("content-length", "9")]).unwrap_err();
+    assert_eq!(refusal.code(), "upgrade_refused");
+    let refusal = plan(&[("content-type", "application/octet-stream")]).unwrap_err();
+    assert_eq!(
+        (refusal.status(), refusal.code()),
+        (415, "unsupported_content_type")
     );
 }
 

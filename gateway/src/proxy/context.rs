@@ -11,7 +11,7 @@ use portcullis_policy::{Identity, Route};
 
 use crate::admission::{caller_name, Admitted, Refusal, Target};
 use crate::forwarding::{header_str, Client};
-use crate::inspect::BodyInspector;
+use crate::inspect::BodyScan;
 use crate::record::{Outcome, Summary};
 use crate::upstream::Pool;
 
@@ -32,8 +32,9 @@ pub(crate) struct RequestCtx {
     pub(super) pool: Option<Arc<Pool>>,
     pub(super) refusal: Option<Refusal>,
     pub(super) request_body_bytes: u64,
-    pub(super) request_scan: Option<BodyInspector>,
-    pub(super) response_scan: Option<BodyInspector>,
+    /// The bodies' DLP scans, planned at admission and from the response header.
+    pub(super) request_scan: Option<BodyScan>,
+    pub(super) response_scan: Option<BodyScan>,
     /// The upstream address the request was sent to.
     pub(super) upstream: Option<SocketAddr>,
 }

@@ -245,6 +245,9 @@ pub(crate) struct RawRoute {
     /// Replaces the tenant's DLP spec for this route.
     #[serde(default)]
     pub(crate) dlp: Option<crate::dlp::DlpSpec>,
+    /// Whether WebSocket upgrades (and CONNECT tunnels) pass on a route with request DLP.
+    #[serde(default)]
+    pub(crate) websocket: Option<crate::inspection::Upgrades>,
     #[serde(default)]
     pub(crate) access: Vec<RawRule>,
 }
@@ -310,4 +313,8 @@ pub(crate) struct RawInspection {
     pub(crate) max_decompressed_bytes: Option<u64>,
     #[serde(default)]
     pub(crate) max_ratio: Option<u64>,
+    #[serde(default)]
+    pub(crate) unknown_encoding: Option<crate::inspection::UnknownEncoding>,
+    #[serde(default)]
+    pub(crate) other_content: Option<crate::inspection::OtherContent>,
 }

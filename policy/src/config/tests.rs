@@ -864,3 +864,64 @@ fn listener_connections_out_of_range_have_lines() {
         "",
     );
 }
+
+#[test]
+fn body_inspection_refuses_by_default_and_passes_only_when_said() {
+    use crate::inspection::{OtherContent, OverLimit, UnknownEncoding, Upgrades};
+    let with_dlp = LIMITED.replace(
+        "    routes:\n",
+        "    dlp: { request: { us_ssn: block } }\n    routes:\n",
+    );
+    let config = parse(&with_dlp).unwrap();
+    let route = config.routes.iter().next().unwrap();
+    let inspection = route.inspection.as_ref().unwrap();
+    assert_eq!(inspection.limits.over_limit, OverLimit::Refuse);
+    assert_eq!(inspection.limits.unknown_encoding, UnknownEncoding::Refuse);
+    assert_eq!(inspection.limits.other_content, OtherContent::Scan);
+    assert_eq!(inspection.upgrades, Upgrades::Refuse);
+
+    let said = with_dlp
+        .replace(
+            "    routes:\n",
+            "    body_inspection: { over_limit: pass, unknown_encoding: pass, other_content: refuse }\n    routes:\n",
+        )
+        .replace("        upstream: echo\n", "        upstream: echo\n        websocket: allow\n");
+    let config = parse(&said).unwrap();
+    let inspection = config
+        .routes
+        .iter()
+        .next()
+        .unwrap()
+        .inspection
+        .clone()
+        .unwrap();
+    assert_eq!(inspection.limits.over_limit, OverLimit::Pass);
+    assert_eq!(inspection.limits.unknown_encoding, UnknownEncoding::Pass);
+    assert_eq!(inspection.limits.other_content, OtherContent::Refuse);
+    assert_eq!(inspection.upgrades, Upgrades::Allow);
+
+    assert_problem(
+        &with_dlp.replace(
+            "    routes:\n",
+            "    body_inspection: { unknown_encoding: maybe }\n    routes:\n",
+        ),
+        "17:",
+        "unknown variant `maybe`",
+    );
+    assert_problem(
+        &with_dlp.replace(
+            "    routes:\n",
+            "    body_inspection: { other_contents: scan }\n    routes:\n",
+        ),
+        "17:",
+        "unknown field `other_contents`",
+    );
+    assert_problem(
+        &LIMITED.replace(
+            "        upstream: echo\n",
+            "        upstream: echo\n        websocket: allow\n",
+        ),
+        "19:",
+        "`websocket` applies only to a route with DLP",
+    );
+}

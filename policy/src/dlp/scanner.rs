@@ -65,6 +65,21 @@ pub struct Scanner {
     keywords: Vec<(usize, bool)>,
     findings: Findings,
     blocked: Option<Blocked>,
+    /// Spans replaced by a mask since the last [`Scanner::take_redactions`].
+    redactions: Vec<Redaction>,
+}
+
+/// One span of the body (offsets into everything pushed) that the scanner replaced with a
+/// mask. A caller that forwards something other than the scanned bytes (say, the original of
+/// a decoded view) uses these to redact its own bytes, or to refuse where it cannot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redaction {
+    /// Offset of the first replaced byte.
+    pub start: usize,
+    /// Offset just past the last replaced byte.
+    pub end: usize,
+    /// What replaced it, e.g. `[REDACTED:us_ssn]`.
+    pub mask: Box<[u8]>,
 }
 
 impl fmt::Debug for Scanner {
@@ -94,6 +109,7 @@ impl Scanner {
             keywords: Vec::new(),
             findings,
             blocked: None,
+            redactions: Vec::new(),
         }
     }
 
@@ -138,6 +154,17 @@ impl Scanner {
     /// Bytes received but not yet released.
     pub fn held_back(&self) -> usize {
         self.buf.len() - self.pos
+    }
+
+    /// How many bytes of the body have been decided and released (masks count as the bytes
+    /// they replaced).
+    pub fn released(&self) -> usize {
+        self.base + self.pos
+    }
+
+    /// The redactions made since the last call, in body order.
+    pub fn take_redactions(&mut self) -> Vec<Redaction> {
+        std::mem::take(&mut self.redactions)
     }
 
     fn advance(&mut self, eof: bool) -> Result<Vec<u8>, Blocked> {
@@ -219,8 +246,14 @@ impl Scanner {
                 return Err(b.clone());
             }
             if let Some(index) = redact {
+                let mask = rules.masks.get(index).map_or(&[][..], |m| &m[..]);
                 out.extend_from_slice(&self.buf[emitted..p]);
-                out.extend_from_slice(rules.masks.get(index).map_or(&[][..], |m| &m[..]));
+                out.extend_from_slice(mask);
+                self.redactions.push(Redaction {
+                    start: self.base + p,
+                    end: self.base + end,
+                    mask: mask.into(),
+                });
                 emitted = end;
             }
             p = end;

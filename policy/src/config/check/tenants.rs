@@ -191,6 +191,8 @@ impl Checker<'_> {
                 defaults.max_decompressed_bytes,
             ),
             max_ratio: positive("max_ratio", raw.max_ratio, defaults.max_ratio),
+            unknown_encoding: raw.unknown_encoding.unwrap_or_default(),
+            other_content: raw.other_content.unwrap_or_default(),
         }
     }
 
@@ -357,6 +359,15 @@ impl Checker<'_> {
         let inspection = match &r.dlp {
             Some(spec) => self.dlp(&format!("{rp}.dlp"), &what, spec, scope.limits),
             None => scope.inspection.clone(),
+        };
+        let inspection = match (r.websocket, inspection) {
+            (Some(upgrades), Some(i)) => Some(Arc::new(i.with_upgrades(upgrades))),
+            (Some(_), None) => {
+                let msg = format!("{what}: `websocket` applies only to a route with DLP");
+                self.at_key(&format!("{rp}.websocket"), msg);
+                None
+            }
+            (None, inspection) => inspection,
         };
         Some(Route {
             id: id?,

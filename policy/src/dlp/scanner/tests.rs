@@ -221,3 +221,20 @@ fn clean_text_is_released_promptly() {
     assert_eq!(out.len() + scanner.held_back(), body.len());
     assert!(scanner.held_back() <= 14, "{}", scanner.held_back());
 }
+
+#[test]
+fn redactions_are_reported_with_their_offsets_and_masks() {
+    let mut scanner = redacting().scanner(BodyDirection::Request);
+    let mut out = scanner.push(b"id 123-45-").unwrap();
+    assert!(scanner.take_redactions().is_empty());
+    out.extend(scanner.push(b"6789 and 4111111111111111").unwrap());
+    out.extend(scanner.finish().unwrap());
+    assert_eq!(scanner.released(), 35);
+    let r = scanner.take_redactions();
+    assert_eq!(
+        r.iter().map(|r| (r.start, r.end)).collect::<Vec<_>>(),
+        vec![(3, 14), (19, 35)]
+    );
+    assert_eq!(&*r[0].mask, b"[REDACTED:us_ssn]");
+    assert_eq!(out, b"id [REDACTED:us_ssn] and [REDACTED:card_number]");
+}
