@@ -7,6 +7,7 @@
 #
 #   bench/run.sh                   # everything, ~6-8 minutes after the build
 #   ROUNDS=5 ROUND_SECS=10 bench/run.sh
+#   BASELINE=/path/to/older/portcullis bench/run.sh   # adds that build as baseline-noaudit
 #
 # Knobs (environment): ROUNDS (3), ROUND_SECS (5), WARMUP_SECS (1), CONNS (32),
 # NEWCONN_CONNS (16), OPEN_LOOP_CONNS (64), IDLE_CONNS (2000), HOLD_SECS (6),
@@ -41,6 +42,14 @@ CG_PORT=$((BASE_PORT + 446))
 CG_METRICS_PORT=$((BASE_PORT + 902))
 TARGETS=(direct portcullis portcullis-noaudit nginx haproxy)
 PCL_NOAUDIT_PORT=$((BASE_PORT + 447))
+BASELINE=${BASELINE:-}
+BASE_NOAUDIT_PORT=$((BASE_PORT + 448))
+BASE_NOAUDIT_METRICS_PORT=$((BASE_PORT + 904))
+CG_BASE_PORT=$((BASE_PORT + 449))
+CG_BASE_METRICS_PORT=$((BASE_PORT + 905))
+if [[ -n $BASELINE ]]; then
+  TARGETS=(direct portcullis portcullis-noaudit baseline-noaudit nginx haproxy)
+fi
 PCL_NOAUDIT_METRICS_PORT=$((BASE_PORT + 903))
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -140,6 +149,7 @@ url_of() {
     direct) echo "http://127.0.0.1:$ECHO_PORT/bench/item" ;;
     portcullis) echo "https://127.0.0.1:$PCL_PORT/bench/item" ;;
     portcullis-noaudit) echo "https://127.0.0.1:$PCL_NOAUDIT_PORT/bench/item" ;;
+    baseline-noaudit) echo "https://127.0.0.1:$BASE_NOAUDIT_PORT/bench/item" ;;
     nginx) echo "https://127.0.0.1:$NGINX_PORT/bench/item" ;;
     haproxy) echo "https://127.0.0.1:$HAPROXY_PORT/bench/item" ;;
   esac
@@ -237,6 +247,11 @@ wait_ok "$(url_of portcullis)" 150 "${TLS_ARGS[@]}" || FAIL_OF[portcullis]="port
 write_pcl_config "$WORK/portcullis-noaudit.yaml" "$PCL_NOAUDIT_PORT" "$PCL_NOAUDIT_METRICS_PORT" off
 start_bg portcullis-noaudit "$WORK/portcullis-noaudit.log" "${PIN_SUT[@]}" "$PCL" serve --config "$WORK/portcullis-noaudit.yaml"
 wait_ok "$(url_of portcullis-noaudit)" 150 "${TLS_ARGS[@]}" || FAIL_OF[portcullis-noaudit]="portcullis-noaudit did not become ready (see its log)"
+if [[ -n $BASELINE ]]; then
+  write_pcl_config "$WORK/baseline-noaudit.yaml" "$BASE_NOAUDIT_PORT" "$BASE_NOAUDIT_METRICS_PORT" off
+  start_bg baseline-noaudit "$WORK/baseline-noaudit.log" "${PIN_SUT[@]}" "$BASELINE" serve --config "$WORK/baseline-noaudit.yaml"
+  wait_ok "$(url_of baseline-noaudit)" 150 "${TLS_ARGS[@]}" || FAIL_OF[baseline-noaudit]="baseline-noaudit did not become ready (see its log)"
+fi
 
 # --- nginx ----------------------------------------------------------------------------------
 if [[ -z $NGINX_MISSING ]]; then
@@ -417,44 +432,63 @@ END_TS=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 LOADAVG_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- instruction count per proxied request (callgrind) -------------------------------------
+# instructions BINARY NAME PORT METRICS_PORT AUDIT(on|off): one line saying how many
+# instructions one keep-alive GET costs that build under callgrind.
+instructions() {
+  local bin=$1 name=$2 port=$3 mport=$4 audit=$5 dir="$WORK/cg-$2" ok ir line
+  mkdir -p "$dir"
+  cp "$WORK"/{ca.pem,server.pem,server.key} "$dir/"
+  write_pcl_config "$dir/portcullis.yaml" "$port" "$mport" "$audit"
+  start_bg "cg-$name" "$dir/portcullis.log" "${PIN_SUT[@]}" valgrind --tool=callgrind \
+    --callgrind-out-file="$dir/callgrind.out.%p" "$bin" serve --config "$dir/portcullis.yaml"
+  local url="https://127.0.0.1:$port/bench/item"
+  if wait_ok "$url" 1200 "${TLS_ARGS[@]}"; then
+    # Warm the connection pools and caches, then count only the measured batch.
+    "${PIN_LOAD[@]}" "$LOAD" run "$url" "${TLS_ARGS[@]}" -c 1 -n 200 --duration 120s >/dev/null
+    callgrind_control -z "${PID_OF[cg-$name]}" >/dev/null
+    "${PIN_LOAD[@]}" "$LOAD" run "$url" "${TLS_ARGS[@]}" -c 1 -n "$CALLGRIND_REQUESTS" \
+      --duration 600s --json >"$dir/batch.json"
+    callgrind_control -d "${PID_OF[cg-$name]}" >/dev/null
+    sleep 1
+    ok=$(grep -o '"ok":[0-9]*' "$dir/batch.json" | grep -o '[0-9]*')
+    ir=$(grep -h '^summary:\|^totals:' "$dir"/callgrind.out.* 2>/dev/null | awk '{print $2}' | sort -n | tail -n 1)
+    if [[ -n $ir && ${ok:-0} -gt 0 ]]; then
+      line="$((ir / ok)) instructions per proxied request (Ir $ir over $ok keep-alive GETs on one mTLS connection, all threads, counters zeroed after a 200-request warm-up)"
+    else
+      line="failed: no callgrind totals (ok=${ok:-0})"
+    fi
+  else
+    line="failed: $name under valgrind did not become ready"
+  fi
+  kill -TERM "${PID_OF[cg-$name]}" 2>/dev/null || true
+  wait "${PID_OF[cg-$name]}" 2>/dev/null || true
+  forget_pid "${PID_OF[cg-$name]}"
+  echo "$line"
+}
+
 CALLGRIND_LINE="not measured (CALLGRIND_REQUESTS=0)"
+BASELINE_CALLGRIND_LINE=""
 if [[ $CALLGRIND_REQUESTS -gt 0 ]]; then
   if command -v valgrind >/dev/null 2>&1 && command -v callgrind_control >/dev/null 2>&1; then
     log "instruction count: Portcullis under callgrind, $CALLGRIND_REQUESTS keep-alive GETs"
-    mkdir -p "$WORK/cg"
-    cp "$WORK"/{ca.pem,server.pem,server.key} "$WORK/cg/"
-    write_pcl_config "$WORK/cg/portcullis.yaml" "$CG_PORT" "$CG_METRICS_PORT"
-    start_bg callgrind "$WORK/cg/portcullis.log" "${PIN_SUT[@]}" valgrind --tool=callgrind \
-      --callgrind-out-file="$WORK/cg/callgrind.out.%p" "$PCL" serve --config "$WORK/cg/portcullis.yaml"
-    CG_URL="https://127.0.0.1:$CG_PORT/bench/item"
-    if wait_ok "$CG_URL" 1200 "${TLS_ARGS[@]}"; then
-      # Warm the connection pools and caches, then count only the measured batch.
-      "${PIN_LOAD[@]}" "$LOAD" run "$CG_URL" "${TLS_ARGS[@]}" -c 1 -n 200 --duration 120s >/dev/null
-      callgrind_control -z "${PID_OF[callgrind]}" >/dev/null
-      "${PIN_LOAD[@]}" "$LOAD" run "$CG_URL" "${TLS_ARGS[@]}" -c 1 -n "$CALLGRIND_REQUESTS" \
-        --duration 600s --json >"$WORK/cg/batch.json"
-      callgrind_control -d "${PID_OF[callgrind]}" >/dev/null
-      sleep 1
-      ok=$(grep -o '"ok":[0-9]*' "$WORK/cg/batch.json" | grep -o '[0-9]*')
-      ir=$(grep -h '^summary:\|^totals:' "$WORK"/cg/callgrind.out.* 2>/dev/null | awk '{print $2}' | sort -n | tail -n 1)
-      if [[ -n $ir && ${ok:-0} -gt 0 ]]; then
-        CALLGRIND_LINE="$((ir / ok)) instructions per proxied request (Ir $ir over $ok keep-alive GETs on one mTLS connection, all threads, counters zeroed after a 200-request warm-up)"
-      else
-        CALLGRIND_LINE="failed: no callgrind totals (ok=${ok:-0})"
-      fi
-    else
-      CALLGRIND_LINE="failed: Portcullis under valgrind did not become ready"
+    CALLGRIND_LINE=$(instructions "$PCL" portcullis "$CG_PORT" "$CG_METRICS_PORT" on)
+    if [[ -n $BASELINE ]]; then
+      log "instruction count: this build and the baseline without audit"
+      NOAUDIT_IR=$(instructions "$PCL" portcullis-noaudit "$CG_PORT" "$CG_METRICS_PORT" off)
+      BASE_IR=$(instructions "$BASELINE" baseline-noaudit "$CG_BASE_PORT" "$CG_BASE_METRICS_PORT" off)
+      BASELINE_CALLGRIND_LINE="Without audit, this build: $NOAUDIT_IR. Baseline ($BASELINE): $BASE_IR."
     fi
-    kill -TERM "${PID_OF[callgrind]}" 2>/dev/null || true
-    wait "${PID_OF[callgrind]}" 2>/dev/null || true
-    forget_pid "${PID_OF[callgrind]}"
   else
     CALLGRIND_LINE="not measured: valgrind/callgrind_control not installed (apt-get install valgrind)"
   fi
-  log "instructions: $CALLGRIND_LINE"
+  log "instructions: $CALLGRIND_LINE $BASELINE_CALLGRIND_LINE"
 fi
 
 # --- report ---------------------------------------------------------------------------------
+BASELINE_NOTE=""
+if [[ -n $BASELINE ]]; then
+  BASELINE_NOTE="**baseline-noaudit** is an earlier build ($BASELINE) with the portcullis-noaudit configuration: the pair gives what the changes since that build cost, in the same run."
+fi
 TABLES=$("$LOAD" summarize --records "$RECORDS")
 CPU_MODEL=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
 NGINX_V=$({ [[ -n $NGINX ]] && "$NGINX" -v 2>&1; } || echo "nginx: not installed")
@@ -474,6 +508,7 @@ access log + the fail-closed audit log (every allowed request's admission record
 fsynced before forwarding, a completion record after), at commit $COMMIT.
 **portcullis-noaudit** is the same configuration without the audit section: the pair gives the
 audit log's cost in the same run.
+$BASELINE_NOTE
 
 ## Machine and versions
 
@@ -508,6 +543,7 @@ $TABLES
 ## Instruction count per proxied request (Portcullis, callgrind)
 
 $CALLGRIND_LINE
+$BASELINE_CALLGRIND_LINE
 
 ## Exact commands
 

@@ -64,6 +64,9 @@ const TARGETS: &[&str] = &[
     "direct",
     "portcullis",
     "portcullis-noaudit",
+    // An earlier build of Portcullis (`BASELINE=`), same config as portcullis-noaudit: what a
+    // change costs, side by side in one run. Absent from runs without it.
+    "baseline-noaudit",
     "nginx",
     "haproxy",
 ];
