@@ -8,9 +8,10 @@ use std::net::IpAddr;
 use http::header::HeaderName;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
-use portcullis_policy::{Identity, Route, StripList};
+use portcullis_policy::{HeaderSource, Identity, Route, StripList};
 
 use crate::admission::{HeadSize, Target};
+use crate::inspect::Codings;
 use crate::snapshot::{canonical, ListenerView};
 
 /// The client of a request, as far as the gateway can believe it.
@@ -175,6 +176,57 @@ pub(crate) fn rewrite_upstream_request(req: &mut RequestHeader, f: &Forwarded<'_
 
 fn set(req: &mut RequestHeader, name: &'static str, value: &str) -> Result<()> {
     req.insert_header(name, value).map(|_| ())
+}
+
+/// The request's headers as policy reads them.
+#[derive(Debug)]
+pub(crate) struct Headers<'a>(pub &'a RequestHeader);
+
+impl HeaderSource for Headers<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        header_str(self.0, name)
+    }
+
+    fn header_values(&self, name: &str) -> Vec<Option<&str>> {
+        self.0
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().ok())
+            .collect()
+    }
+
+    fn header_count(&self, name: &str) -> usize {
+        self.0.headers.get_all(name).iter().count()
+    }
+}
+
+/// The codings of the request's `Accept-Encoding` (all its headers) that the gateway can
+/// decode, or `identity` when none is left: what a route with response DLP asks of the
+/// upstream.
+pub(crate) fn decodable_accept_encoding(request: &RequestHeader) -> String {
+    let mut kept: Vec<String> = Vec::new();
+    for value in request.headers.get_all("accept-encoding") {
+        let Ok(value) = value.to_str() else { continue };
+        for item in value.split(',') {
+            let coding = item.split(';').next().unwrap_or("").trim();
+            let refused = item.split(';').skip(1).any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    == Some(0.0)
+            });
+            let known = Codings::parse(Some(coding)).is_ok_and(|c| !c.is_empty());
+            if known && !refused && !kept.iter().any(|k| k.eq_ignore_ascii_case(coding)) {
+                kept.push(coding.to_ascii_lowercase());
+            }
+        }
+    }
+    if kept.is_empty() {
+        "identity".to_owned()
+    } else {
+        kept.join(", ")
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use portcullis_identity::{PeerIdentity, Serial};
 use portcullis_policy::Identity;
 
 /// What a connection's handshake established, attached to the connection by pingora.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct ConnectionIdentity {
     /// `None` when no client certificate was presented (client auth optional or off).
     pub identity: Option<Arc<Identity>>,

@@ -1,19 +1,18 @@
 //! Prometheus metrics and the operations listener (`/metrics`, `/healthz`, `/readyz`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use http::{Response, StatusCode};
-use pingora_core::apps::http_app::ServeHttp;
-use pingora_core::protocols::http::ServerSession;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
 
-use crate::audit::{AuditFigures, AuditTrail};
+use crate::audit::AuditFigures;
+
+mod ops;
+
+pub(crate) use ops::{plain_response, OpsEndpoint};
 
 /// Every metric the gateway exports, registered in its own registry.
 pub(crate) struct Metrics {
@@ -499,59 +498,4 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// The operations endpoint served on the metrics listener.
-#[derive(Debug)]
-pub(crate) struct OpsEndpoint {
-    pub metrics: Arc<Metrics>,
-    pub audit: Option<Arc<AuditTrail>>,
-}
-
-#[async_trait]
-impl ServeHttp for OpsEndpoint {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = session.req_header().uri.path().to_owned();
-        if let Some(audit) = &self.audit {
-            self.metrics.observe_audit(&audit.figures());
-        }
-        let audit_healthy = self.audit.as_ref().is_none_or(|a| a.healthy());
-        let (status, content_type, body) = match path.as_str() {
-            "/metrics" => (
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                self.metrics.render(),
-            ),
-            "/healthz" => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-            "/readyz" if self.metrics.is_ready() && audit_healthy => {
-                (StatusCode::OK, "text/plain", b"ready\n".to_vec())
-            }
-            "/readyz" => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                b"not ready\n".to_vec(),
-            ),
-            _ => (StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
-        };
-        plain_response(status, content_type, body)
-    }
-}
-
-pub(crate) fn plain_response(
-    status: StatusCode,
-    content_type: &str,
-    body: Vec<u8>,
-) -> Response<Vec<u8>> {
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    if let Ok(value) = http::HeaderValue::from_str(content_type) {
-        response
-            .headers_mut()
-            .insert(http::header::CONTENT_TYPE, value);
-    }
-    let len = response.body().len();
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
-    response
 }

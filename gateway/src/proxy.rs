@@ -14,17 +14,18 @@ use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use portcullis_audit::RequestStage;
-use portcullis_policy::{BodyDirection, HeaderSource};
+use portcullis_policy::BodyDirection;
 
 use crate::admission::{
     body_header, plan_body, recheck_connection, BodyPlan, Refusal, RequestHead,
 };
 use crate::audit::AuditTrail;
 use crate::forwarding::{
-    head_size, header_str, raw_head_names, resolve_client, rewrite_upstream_request, Forwarded,
+    decodable_accept_encoding, head_size, header_str, raw_head_names, resolve_client,
+    rewrite_upstream_request, Forwarded, Headers,
 };
 use crate::identity::ConnectionIdentity;
-use crate::inspect::{BodyScan, Codings, Unscanned};
+use crate::inspect::{BodyScan, Unscanned};
 use crate::metrics::Metrics;
 use crate::record::{Exchange, Findings};
 mod context;
@@ -56,32 +57,32 @@ impl ProxyHttp for Gateway {
         self.metrics.request_started();
         ctx.counted = true;
         let snapshot = self.snapshot.load_full();
-        let connection = session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .and_then(|ssl| ssl.extension.get::<ConnectionIdentity>())
-            .cloned();
-        if let Some(connection) = &connection {
-            ctx.identity = connection.identity.clone();
-            ctx.tls_version = Some(connection.tls_version);
-        }
         let listener = snapshot.listener(session.server_addr().and_then(|a| a.as_inet()).copied());
         let req = session.req_header();
         ctx.client = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|peer| resolve_client(req, peer.ip(), listener));
-
-        if let Some(connection) = &connection {
-            if let Err(refusal) = recheck_connection(connection, &snapshot, SystemTime::now()) {
-                return self.refuse(session, ctx, refusal).await;
-            }
+        let mut recheck = Ok(());
+        let mut aged = false;
+        if let Some(connection) = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|ssl| ssl.extension.get::<ConnectionIdentity>())
+        {
+            ctx.identity = connection.identity.clone();
+            ctx.tls_version = Some(connection.tls_version);
+            recheck = recheck_connection(connection, &snapshot, SystemTime::now());
             let max_age = listener.map_or(Duration::MAX, |l| l.max_connection_age);
-            if connection.established.elapsed() > max_age {
-                // HTTP/1.1: `Connection: close` after this response. (An HTTP/2 stream has no
-                // handle on its connection in pingora 0.9; per-request checks still apply.)
-                session.set_keepalive(None);
-            }
+            aged = connection.established.elapsed() > max_age;
+        }
+        if let Err(refusal) = recheck {
+            return self.refuse(session, ctx, refusal).await;
+        }
+        if aged {
+            // HTTP/1.1: `Connection: close` after this response. (An HTTP/2 stream has no
+            // handle on its connection in pingora 0.9; per-request checks still apply.)
+            session.set_keepalive(None);
         }
 
         let req = session.req_header();
@@ -465,56 +466,5 @@ impl Gateway {
         session
             .write_response_body(Some(Bytes::from(body)), true)
             .await
-    }
-}
-
-/// The request's headers as policy reads them.
-#[derive(Debug)]
-struct Headers<'a>(&'a RequestHeader);
-
-impl HeaderSource for Headers<'_> {
-    fn header(&self, name: &str) -> Option<&str> {
-        header_str(self.0, name)
-    }
-
-    fn header_values(&self, name: &str) -> Vec<Option<&str>> {
-        self.0
-            .headers
-            .get_all(name)
-            .iter()
-            .map(|v| v.to_str().ok())
-            .collect()
-    }
-
-    fn header_count(&self, name: &str) -> usize {
-        self.0.headers.get_all(name).iter().count()
-    }
-}
-
-/// The codings of the request's `Accept-Encoding` (all its headers) that the gateway can
-/// decode, or `identity` when none is left: what a route with response DLP asks of the
-/// upstream.
-fn decodable_accept_encoding(request: &RequestHeader) -> String {
-    let mut kept: Vec<String> = Vec::new();
-    for value in request.headers.get_all("accept-encoding") {
-        let Ok(value) = value.to_str() else { continue };
-        for item in value.split(',') {
-            let coding = item.split(';').next().unwrap_or("").trim();
-            let refused = item.split(';').skip(1).any(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f32>().ok())
-                    == Some(0.0)
-            });
-            let known = Codings::parse(Some(coding)).is_ok_and(|c| !c.is_empty());
-            if known && !refused && !kept.iter().any(|k| k.eq_ignore_ascii_case(coding)) {
-                kept.push(coding.to_ascii_lowercase());
-            }
-        }
-    }
-    if kept.is_empty() {
-        "identity".to_owned()
-    } else {
-        kept.join(", ")
     }
 }
