@@ -182,22 +182,37 @@ fn set(req: &mut RequestHeader, name: &'static str, value: &str) -> Result<()> {
 #[derive(Debug)]
 pub(crate) struct Headers<'a>(pub &'a RequestHeader);
 
+impl Headers<'_> {
+    /// The values of `name`; the names admission asks for on every request are matched to
+    /// their constants, which skips parsing the name each time.
+    fn all(&self, name: &str) -> http::header::GetAll<'_, http::HeaderValue> {
+        use http::header;
+        let known = match name {
+            "content-length" => Some(header::CONTENT_LENGTH),
+            "transfer-encoding" => Some(header::TRANSFER_ENCODING),
+            "content-type" => Some(header::CONTENT_TYPE),
+            "content-encoding" => Some(header::CONTENT_ENCODING),
+            "upgrade" => Some(header::UPGRADE),
+            _ => None,
+        };
+        match known {
+            Some(known) => self.0.headers.get_all(known),
+            None => self.0.headers.get_all(name),
+        }
+    }
+}
+
 impl HeaderSource for Headers<'_> {
     fn header(&self, name: &str) -> Option<&str> {
-        header_str(self.0, name)
+        self.all(name).iter().next().and_then(|v| v.to_str().ok())
     }
 
     fn header_values(&self, name: &str) -> Vec<Option<&str>> {
-        self.0
-            .headers
-            .get_all(name)
-            .iter()
-            .map(|v| v.to_str().ok())
-            .collect()
+        self.all(name).iter().map(|v| v.to_str().ok()).collect()
     }
 
     fn header_count(&self, name: &str) -> usize {
-        self.0.headers.get_all(name).iter().count()
+        self.all(name).iter().count()
     }
 }
 

@@ -52,24 +52,28 @@ struct HeadEnd {
 }
 
 impl HeadEnd {
-    /// Whether `bytes` complete the head.
+    /// Whether `bytes` complete the head. Line by line (memchr for LF), so a head costs a few
+    /// instructions per line rather than per byte.
     fn scan(&mut self, bytes: &[u8]) -> bool {
-        for &b in bytes {
-            match b {
-                b'\n' => {
-                    if self.after_lf && self.content {
-                        return true;
-                    }
-                    self.after_lf = true;
-                }
-                b'\r' => {}
-                _ => {
-                    self.content = true;
-                    self.after_lf = false;
-                }
+        let mut start = 0;
+        for lf in memchr::memchr_iter(b'\n', bytes) {
+            self.line(&bytes[start..lf]);
+            if self.after_lf && self.content {
+                return true;
             }
+            self.after_lf = true;
+            start = lf + 1;
         }
+        self.line(&bytes[start..]);
         false
+    }
+
+    /// Bytes between two LFs: anything but CR is content and ends the empty-line run.
+    fn line(&mut self, bytes: &[u8]) {
+        if bytes.iter().any(|&b| b != b'\r') {
+            self.content = true;
+            self.after_lf = false;
+        }
     }
 }
 
