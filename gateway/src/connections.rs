@@ -33,6 +33,7 @@ use pingora_proxy::HttpProxy;
 use portcullis_policy::{ClientAuth, ConnectionLimits};
 use tokio::time::sleep;
 
+use crate::identity::ConnectionIdentity;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::snapshot::canonical;
@@ -227,6 +228,26 @@ impl BackgroundService for ListenerService {
     }
 }
 
+/// The shutdown signal of one HTTP/2 connection: the server's, or the connection's own `close`
+/// (set by the request path), whichever comes first. pingora answers either with GOAWAY and
+/// lets the streams in flight finish.
+fn ending(
+    close: Arc<tokio::sync::watch::Sender<bool>>,
+    mut server: ShutdownWatch,
+) -> ShutdownWatch {
+    let watch = close.subscribe();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = server.changed() => {
+                close.send_replace(true);
+            }
+            // The connection has ended: nothing left to tell it.
+            _ = close.closed() => {}
+        }
+    });
+    watch
+}
+
 fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = match address {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
@@ -285,6 +306,13 @@ impl Connections {
             return;
         }
         let h2 = matches!(tls.selected_alpn_proto(), Some(ALPN::H2));
+        // The request path can ask for this connection to end (revoked or expired
+        // certificate, `max_connection_age`); HTTP/2 then sends GOAWAY as on shutdown.
+        let close = tls.get_ssl_digest().and_then(|d| {
+            d.extension
+                .get::<ConnectionIdentity>()
+                .map(|c| c.close.clone())
+        });
         // HTTP/2 too: its connection preface (`PRI * HTTP/2.0\r\n\r\n…`) ends like a head,
         // so a client that never sends it is cut at the same deadline.
         let head = Arc::new(HeadPhase::new());
@@ -297,7 +325,11 @@ impl Connections {
             Arc::clone(&self.metrics),
         ));
         if h2 {
-            ServerApp::process_new(&self.proxy, stream, shutdown).await;
+            let shutdown = match close {
+                Some(close) => ending(close, shutdown.clone()),
+                None => shutdown.clone(),
+            };
+            ServerApp::process_new(&self.proxy, stream, &shutdown).await;
         } else {
             self.serve_http1(stream, &head, shutdown).await;
         }

@@ -20,6 +20,16 @@ pub(crate) struct ConnectionIdentity {
     pub listener: usize,
     /// When the handshake completed.
     pub established: Instant,
+    /// Set to end the connection after the requests in flight: HTTP/2 sends GOAWAY (HTTP/1.1
+    /// closes through keep-alive instead).
+    pub close: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl ConnectionIdentity {
+    /// Asks the connection to end once its requests in flight are done.
+    pub(crate) fn end(&self) {
+        self.close.send_replace(true);
+    }
 }
 
 /// What a request re-checks of the client certificate its connection was made with:

@@ -75,13 +75,16 @@ impl ProxyHttp for Gateway {
             recheck = recheck_connection(connection, &snapshot, SystemTime::now());
             let max_age = listener.map_or(Duration::MAX, |l| l.max_connection_age);
             aged = connection.established.elapsed() > max_age;
+            if recheck.is_err() || aged {
+                // HTTP/2: GOAWAY once the streams in flight are done.
+                connection.end();
+            }
         }
         if let Err(refusal) = recheck {
             return self.refuse(session, ctx, refusal).await;
         }
         if aged {
-            // HTTP/1.1: `Connection: close` after this response. (An HTTP/2 stream has no
-            // handle on its connection in pingora 0.9; per-request checks still apply.)
+            // HTTP/1.1: `Connection: close` after this response.
             session.set_keepalive(None);
         }
 

@@ -269,6 +269,7 @@ impl TlsAccept for IdentityHook {
             tls_version: tls.version().unwrap_or("unknown"),
             listener: self.listener,
             established: Instant::now(),
+            close: Arc::new(tokio::sync::watch::channel(false).0),
         };
         Some(Arc::new(connection))
     }

@@ -179,8 +179,8 @@ pub struct ConnectionLimits {
     pub h2_max_concurrent_streams: u32,
     /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE` (decoded bytes); larger header blocks are refused.
     pub h2_max_header_list_size: u32,
-    /// A connection older than this is closed after its current request (HTTP/1.1), so no
-    /// connection outlives a certificate generation by much.
+    /// A connection older than this is ended after its current request (HTTP/1.1: closed;
+    /// HTTP/2: GOAWAY), so no connection outlives a certificate generation by much.
     pub max_connection_age: Duration,
 }
 
