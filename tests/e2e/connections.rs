@@ -365,3 +365,96 @@ fn a_client_that_stops_reading_is_cut_at_the_write_timeout() {
         "{m}"
     );
 }
+
+/// An HTTP/1.1 client that asks for a large response and never reads it (a 2 KiB receive
+/// buffer): the gateway's writes stall and the connection is cut at the write timeout, its
+/// in-flight slot freed, while other clients are served at normal latency.
+#[test]
+fn an_http1_client_that_stops_reading_is_cut_at_the_write_timeout() {
+    // Heads large enough that the echo's answer (which repeats them) overflows any loopback
+    // buffer: three 250 KB headers.
+    let pki = Pki::new();
+    let echo = Echo::start(pki.dir.path(), "slow");
+    let yaml = base_config(echo.port).replacen(
+        "      client_ca: ca.pem\n",
+        &format!(
+            "      client_ca: ca.pem\n{}",
+            CONNECTIONS.replace(
+                "max_requests_per_connection: 3",
+                "max_requests_per_connection: 100"
+            )
+        ),
+        1,
+    );
+    let yaml = format!("http: {{ max_request_head: 1000000, max_header_line: 300000 }}\n{yaml}");
+    let gw = Gateway::start(pki.dir.path(), &yaml);
+    let s = Setup {
+        pki,
+        _echo: echo,
+        gw,
+    };
+    let before = timeouts(&s.gw, "write");
+    let mut conn = s
+        .pki
+        .client(Some("frontend"))
+        .connect_small_window(s.gw.port, 2048)
+        .unwrap();
+    let pad = "p".repeat(250_000);
+    let request = format!(
+        "GET /public/big HTTP/1.1\r\nHost: localhost\r\nX-Pad-1: {pad}\r\nX-Pad-2: {pad}\r\nX-Pad-3: {pad}\r\n\r\n"
+    );
+    // One request after another on the keep-alive connection, never reading an answer: ~9 MB
+    // of responses, more than the kernel buffers between the two ends can take, so the
+    // gateway's write stalls. A write of ours failing means the gateway has cut us off.
+    conn.raw()
+        .sock
+        .set_write_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    for _ in 0..12 {
+        let sent = conn.raw().write_all(request.as_bytes());
+        if sent.and_then(|_| conn.raw().flush()).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    for _ in 0..3 {
+        let (status, latency) = timed_get(&s);
+        assert_eq!(status, 200);
+        assert!(latency < Duration::from_millis(500), "{latency:?}");
+    }
+    // Not reading: the gateway's write stalls and it cuts the connection after 1 s.
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, closed) = conn.read_until_closed(Duration::from_secs(5));
+    assert!(closed, "the stalled connection is still open");
+    assert!(
+        timeouts(&s.gw, "write") > before,
+        "no write timeout counted:\n{}",
+        s.gw.proc.log_text()
+    );
+    s.gw.wait_metric_at_most("portcullis_requests_in_flight", 0.0);
+}
+
+/// The listener-wide cap holds (whatever the source) and frees.
+#[test]
+fn the_listener_cap_holds_and_frees() {
+    let pki = Pki::new();
+    let echo = Echo::start(pki.dir.path(), "cap");
+    let yaml = base_config(echo.port).replacen(
+        "      client_ca: ca.pem\n",
+        "      client_ca: ca.pem\n    connections: { max_connections: 2, max_connections_per_source: 2 }\n",
+        1,
+    );
+    let gw = Gateway::start(pki.dir.path(), &yaml);
+    let client = pki.client(Some("frontend"));
+    let held: Vec<Conn> = (0..2).map(|_| client.connect(gw.port).unwrap()).collect();
+    assert!(client
+        .connect(gw.port)
+        .and_then(|mut c| c.request("GET", "/public/x", &[]))
+        .is_err());
+    let refused =
+        "portcullis_connections_refused_total{listener=\"public\",reason=\"listener_full\"}";
+    assert_eq!(gw.metric(refused), 1.0);
+    drop(held);
+    gw.wait_metric_at_most("portcullis_connections_open{listener=\"public\"}", 0.0);
+    assert_eq!(client.get(gw.port, "/public/x").unwrap().status, 200);
+}

@@ -408,7 +408,10 @@ impl Client {
     /// Opens a TLS connection and completes the handshake (including the server's verdict on
     /// our certificate, which TLS 1.3 delivers after the client thinks it is done).
     pub fn connect(&self, port: u16) -> std::io::Result<Conn> {
-        let tcp = TcpStream::connect(("127.0.0.1", port))?;
+        self.handshake(TcpStream::connect(("127.0.0.1", port))?)
+    }
+
+    fn handshake(&self, tcp: TcpStream) -> std::io::Result<Conn> {
         tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let tls = rustls::ClientConnection::new(self.config.clone(), name)
@@ -420,6 +423,15 @@ impl Client {
         Ok(Conn {
             reader: BufReader::new(stream),
         })
+    }
+
+    /// Like `connect`, with the socket's receive buffer set to `bytes` before connecting, so
+    /// that a client that stops reading stalls the server's writes after a few KiB.
+    pub fn connect_small_window(&self, port: u16, bytes: usize) -> std::io::Result<Conn> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.set_recv_buffer_size(bytes)?;
+        socket.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+        self.handshake(socket.into())
     }
 
     /// One request on a fresh connection.
