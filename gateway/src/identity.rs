@@ -23,12 +23,23 @@ pub(crate) struct ConnectionIdentity {
     /// Set to end the connection after the requests in flight: HTTP/2 sends GOAWAY (HTTP/1.1
     /// closes through keep-alive instead).
     pub close: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Requests served on the connection so far (HTTP/2's cap; HTTP/1 counts in pingora).
+    pub requests: std::sync::atomic::AtomicU32,
 }
 
 impl ConnectionIdentity {
     /// Asks the connection to end once its requests in flight are done.
     pub(crate) fn end(&self) {
         self.close.send_replace(true);
+    }
+
+    /// Counts a request; whether it is the connection's last allowed one (`max`).
+    pub(crate) fn count_request(&self, max: u32) -> bool {
+        let n = self
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .saturating_add(1);
+        n >= max
     }
 }
 

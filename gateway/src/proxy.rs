@@ -75,7 +75,10 @@ impl ProxyHttp for Gateway {
             recheck = recheck_connection(connection, &snapshot, SystemTime::now());
             let max_age = listener.map_or(Duration::MAX, |l| l.max_connection_age);
             aged = connection.established.elapsed() > max_age;
-            if recheck.is_err() || aged {
+            let max_requests = listener.map_or(u32::MAX, |l| l.max_requests_per_connection);
+            // HTTP/2: the cap on requests per connection (HTTP/1's is pingora's reuse count).
+            let last = session.is_http2() && connection.count_request(max_requests);
+            if recheck.is_err() || aged || last {
                 // HTTP/2: GOAWAY once the streams in flight are done.
                 connection.end();
             }

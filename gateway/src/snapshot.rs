@@ -19,6 +19,8 @@ pub(crate) struct ListenerView {
     pub address: SocketAddr,
     pub trusted_proxies: Vec<IpNet>,
     pub max_connection_age: std::time::Duration,
+    /// Requests one connection may carry (HTTP/2 is held to it here; HTTP/1 by pingora).
+    pub max_requests_per_connection: u32,
 }
 
 impl ListenerView {
@@ -147,6 +149,7 @@ fn views(config: &Config) -> Vec<ListenerView> {
             address: l.address,
             trusted_proxies: l.trusted_proxies.clone(),
             max_connection_age: l.connections.max_connection_age,
+            max_requests_per_connection: l.connections.max_requests_per_connection,
         })
         .collect()
 }

@@ -270,6 +270,7 @@ impl TlsAccept for IdentityHook {
             listener: self.listener,
             established: Instant::now(),
             close: Arc::new(tokio::sync::watch::channel(false).0),
+            requests: std::sync::atomic::AtomicU32::new(0),
         };
         Some(Arc::new(connection))
     }

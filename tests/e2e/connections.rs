@@ -1,5 +1,5 @@
-//! Bounded connections: the head deadline, keep-alive idle and request caps, connection caps
-//! per source, a client that stops reading, HTTP/2 floods, and the TLS details (server cipher
+//! Bounded connections: the head deadline, keep-alive idle and request caps (HTTP/1 and
+//! HTTP/2), connection caps per listener and per source, clients that stop reading, HTTP/2 floods, and the TLS details (server cipher
 //! order, a certificate-less handshake on a `required` listener). Timeouts are configured
 //! short (1-2 s) so that the tests stay quick.
 
@@ -457,4 +457,33 @@ fn the_listener_cap_holds_and_frees() {
     drop(held);
     gw.wait_metric_at_most("portcullis_connections_open{listener=\"public\"}", 0.0);
     assert_eq!(client.get(gw.port, "/public/x").unwrap().status, 200);
+}
+
+/// `max_requests_per_connection` holds on HTTP/2 too: after the third request the gateway
+/// sends GOAWAY, and the client's fourth request opens a new connection.
+#[test]
+fn http2_connections_are_capped_in_requests() {
+    let s = setup();
+    let url = format!("https://localhost:{}/public/x", s.gw.port);
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--http2", "-w", "%{http_code} %{num_connects}\n"])
+        .arg("--cacert")
+        .arg(s.pki.path("ca.pem"))
+        .arg("--cert")
+        .arg(s.pki.path("frontend.pem"))
+        .arg("--key")
+        .arg(s.pki.path("frontend.key"))
+        .args((0..5).flat_map(|_| ["-o", "/dev/null", url.as_str()]))
+        .output()
+        .unwrap();
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        lines,
+        ["200 1", "200 0", "200 0", "200 1", "200 0"],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -18,6 +18,7 @@ fn listener(trusted: &[&str]) -> ListenerView {
         address: "127.0.0.1:8443".parse::<SocketAddr>().unwrap(),
         trusted_proxies: trusted.iter().map(|n| n.parse().unwrap()).collect(),
         max_connection_age: std::time::Duration::from_secs(600),
+        max_requests_per_connection: 1000,
     }
 }
 
