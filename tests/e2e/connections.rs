@@ -1,7 +1,7 @@
 //! Bounded connections: the head deadline, keep-alive idle and request caps (HTTP/1 and
-//! HTTP/2), connection caps per listener and per source, clients that stop reading, HTTP/2 floods, and the TLS details (server cipher
-//! order, a certificate-less handshake on a `required` listener). Timeouts are configured
-//! short (1-2 s) so that the tests stay quick.
+//! HTTP/2), connection caps per listener and per source, clients that stop reading, HTTP/2
+//! floods, and the TLS details (server cipher order, a certificate-less handshake on a
+//! `required` listener). Timeouts are configured short (1-2 s) so that the tests stay quick.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
