@@ -308,11 +308,14 @@ impl Connections {
         let h2 = matches!(tls.selected_alpn_proto(), Some(ALPN::H2));
         // The request path can ask for this connection to end (revoked or expired
         // certificate, `max_connection_age`); HTTP/2 then sends GOAWAY as on shutdown.
-        let close = tls.get_ssl_digest().and_then(|d| {
-            d.extension
-                .get::<ConnectionIdentity>()
-                .map(|c| c.close.clone())
-        });
+        let (close, abort) = tls
+            .get_ssl_digest()
+            .and_then(|d| {
+                d.extension
+                    .get::<ConnectionIdentity>()
+                    .map(|c| (c.close.clone(), c.abort.clone()))
+            })
+            .unzip();
         // HTTP/2 too: its connection preface (`PRI * HTTP/2.0\r\n\r\n…`) ends like a head,
         // so a client that never sends it is cut at the same deadline.
         let head = Arc::new(HeadPhase::new());
@@ -329,7 +332,16 @@ impl Connections {
                 Some(close) => ending(close, shutdown.clone()),
                 None => shutdown.clone(),
             };
-            ServerApp::process_new(&self.proxy, stream, &shutdown).await;
+            let abort = abort.unwrap_or_default();
+            tokio::select! {
+                _ = ServerApp::process_new(&self.proxy, stream, &shutdown) => {}
+                // A request body stalled past `body_idle_timeout`: the connection is dropped,
+                // which ends every stream on it.
+                _ = abort.notified() => {
+                    self.metrics.connection_timeout(&self.name, "body_idle");
+                    tracing::info!(listener = %self.name, client.ip = %peer.ip(), timeout = "body_idle", "connection cut");
+                }
+            }
         } else {
             self.serve_http1(stream, &head, shutdown).await;
         }

@@ -25,6 +25,10 @@ pub(crate) struct ConnectionIdentity {
     pub close: Arc<tokio::sync::watch::Sender<bool>>,
     /// Requests served on the connection so far (HTTP/2's cap; HTTP/1 counts in pingora).
     pub requests: std::sync::atomic::AtomicU32,
+    /// Notified to drop an HTTP/2 connection at once: a request body stalled past its idle
+    /// timeout (pingora 0.9 has no HTTP/2 read timeout, and a stream cannot be reset from
+    /// outside its task).
+    pub abort: Arc<tokio::sync::Notify>,
 }
 
 impl ConnectionIdentity {

@@ -28,6 +28,7 @@ use crate::identity::ConnectionIdentity;
 use crate::inspect::{BodyScan, Unscanned};
 use crate::metrics::Metrics;
 use crate::record::{Exchange, Findings};
+mod body_watch;
 mod context;
 
 pub(crate) use context::RequestCtx;
@@ -65,6 +66,7 @@ impl ProxyHttp for Gateway {
             .map(|peer| resolve_client(req, peer.ip(), listener));
         let mut recheck = Ok(());
         let mut aged = false;
+        let mut abort = None;
         if let Some(connection) = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
@@ -72,6 +74,7 @@ impl ProxyHttp for Gateway {
         {
             ctx.identity = connection.identity.clone();
             ctx.tls_version = Some(connection.tls_version);
+            abort = Some(connection.abort.clone());
             recheck = recheck_connection(connection, &snapshot, SystemTime::now());
             let max_age = listener.map_or(Duration::MAX, |l| l.max_connection_age);
             aged = connection.established.elapsed() > max_age;
@@ -119,6 +122,12 @@ impl ProxyHttp for Gateway {
                 });
                 ctx.pool = snapshot.pools.get(&admitted.route.upstream).cloned();
                 ctx.admitted = Some(admitted);
+                if let (Some(abort), true) = (abort, session.is_http2()) {
+                    if !session.is_body_done() {
+                        let timeout = listener.map_or(Duration::MAX, |l| l.body_idle_timeout);
+                        ctx.body_watch = Some(body_watch::BodyWatch::start(abort, timeout));
+                    }
+                }
             }
             Err(refusal) => return self.refuse(session, ctx, refusal).await,
         }
@@ -132,6 +141,11 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if end_of_stream {
+            ctx.body_watch = None;
+        } else if let Some(watch) = &ctx.body_watch {
+            watch.touch();
+        }
         // Bodies without a (truthful) Content-Length are counted as they stream.
         if let Some(max) = ctx.admitted.as_ref().and_then(|a| a.max_request_body) {
             ctx.request_body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);

@@ -21,6 +21,8 @@ pub(crate) struct ListenerView {
     pub max_connection_age: std::time::Duration,
     /// Requests one connection may carry (HTTP/2 is held to it here; HTTP/1 by pingora).
     pub max_requests_per_connection: u32,
+    /// How long a request body may stall (HTTP/2 is held to it here; HTTP/1 by pingora).
+    pub body_idle_timeout: std::time::Duration,
 }
 
 impl ListenerView {
@@ -150,6 +152,7 @@ fn views(config: &Config) -> Vec<ListenerView> {
             trusted_proxies: l.trusted_proxies.clone(),
             max_connection_age: l.connections.max_connection_age,
             max_requests_per_connection: l.connections.max_requests_per_connection,
+            body_idle_timeout: l.connections.body_idle_timeout,
         })
         .collect()
 }

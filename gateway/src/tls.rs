@@ -271,6 +271,7 @@ impl TlsAccept for IdentityHook {
             established: Instant::now(),
             close: Arc::new(tokio::sync::watch::channel(false).0),
             requests: std::sync::atomic::AtomicU32::new(0),
+            abort: Arc::new(tokio::sync::Notify::new()),
         };
         Some(Arc::new(connection))
     }

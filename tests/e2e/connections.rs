@@ -28,11 +28,16 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(CONNECTIONS)
+}
+
+/// A gateway whose listener has these `connections` settings.
+fn setup_with(connections: &str) -> Setup {
     let pki = Pki::new();
     let echo = Echo::start(pki.dir.path(), "e1");
     let yaml = base_config(echo.port).replacen(
         "      client_ca: ca.pem\n",
-        &format!("      client_ca: ca.pem\n{CONNECTIONS}"),
+        &format!("      client_ca: ca.pem\n{connections}"),
         1,
     );
     let gw = Gateway::start(pki.dir.path(), &yaml);
@@ -309,7 +314,11 @@ fn assert_connection_closed(mode: &str, verdict: &serde_json::Value) {
 
 #[test]
 fn http2_floods_close_the_offending_connection_only() {
-    let s = setup();
+    // Reset streams count as requests: a cap of 3 would end the control run's connection.
+    let s = setup_with(&CONNECTIONS.replace(
+        "max_requests_per_connection: 3",
+        "max_requests_per_connection: 1000",
+    ));
     // The script itself works: one ordinary request is answered.
     let verdict = h2_script(&s, "normal");
     assert_eq!(verdict["responses"], 1, "{verdict}");
@@ -486,4 +495,21 @@ fn http2_connections_are_capped_in_requests() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// An HTTP/2 upload that stops sending is cut at `body_idle_timeout` (1 s here): pingora 0.9
+/// has no HTTP/2 read timeout, so the gateway's own watchdog drops the connection.
+#[test]
+fn a_stalled_http2_request_body_is_cut_at_the_body_idle_timeout() {
+    let s = setup();
+    let before = timeouts(&s.gw, "body_idle");
+    let verdict = h2_script(&s, "stalled_body");
+    assert!(
+        verdict["closed"] == true || verdict["resets"].as_u64() > Some(0),
+        "{verdict}"
+    );
+    let seconds = verdict["seconds"].as_f64().unwrap_or(99.0);
+    assert!((0.9..5.0).contains(&seconds), "{verdict}");
+    assert!(timeouts(&s.gw, "body_idle") > before);
+    s.gw.wait_metric_at_most("portcullis_requests_in_flight", 0.0);
 }

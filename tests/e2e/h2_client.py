@@ -1,7 +1,7 @@
 """Raw HTTP/2 misbehaviour for the connection tests (PyPI `h2`/`hyperframe`).
 
 usage: h2_client.py PORT CA CERT KEY MODE
-MODE: normal | few_resets | rapid_reset | continuation_flood | stalled_window
+MODE: normal | few_resets | rapid_reset | continuation_flood | stalled_window | stalled_body
 Prints one JSON line: what the server did (GOAWAY code, resets, whether it closed) and when.
 """
 import json
@@ -77,6 +77,12 @@ try:
         tls.sendall(conn.data_to_send())
     elif mode == "normal":
         conn.send_headers(1, headers, end_stream=True)
+        tls.sendall(conn.data_to_send())
+    elif mode == "stalled_body":
+        # An upload that starts and then stops sending: its stream stays open with no data.
+        post = [(":method", "POST")] + headers[1:] + [("content-type", "text/plain")]
+        conn.send_headers(1, post, end_stream=False)
+        conn.send_data(1, b"the first part of the body", end_stream=False)
         tls.sendall(conn.data_to_send())
 except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
     # The server stopped us mid-flood; what it said (GOAWAY) may still be readable.

@@ -19,6 +19,7 @@ fn listener(trusted: &[&str]) -> ListenerView {
         trusted_proxies: trusted.iter().map(|n| n.parse().unwrap()).collect(),
         max_connection_age: std::time::Duration::from_secs(600),
         max_requests_per_connection: 1000,
+        body_idle_timeout: std::time::Duration::from_secs(30),
     }
 }
 

@@ -32,6 +32,8 @@ pub(crate) struct RequestCtx {
     pub(super) pool: Option<Arc<Pool>>,
     pub(super) refusal: Option<Refusal>,
     pub(super) request_body_bytes: u64,
+    /// HTTP/2: the request body's idle watchdog, while the body is being read.
+    pub(super) body_watch: Option<super::body_watch::BodyWatch>,
     /// The bodies' DLP scans, planned at admission and from the response header.
     pub(super) request_scan: Option<BodyScan>,
     pub(super) response_scan: Option<BodyScan>,
@@ -54,6 +56,7 @@ impl RequestCtx {
             pool: None,
             refusal: None,
             request_body_bytes: 0,
+            body_watch: None,
             request_scan: None,
             response_scan: None,
             upstream: None,
