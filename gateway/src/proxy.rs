@@ -120,7 +120,6 @@ impl ProxyHttp for Gateway {
                 ctx.request_scan = admitted.route.inspection.as_ref().and_then(|i| {
                     BodyScan::planned(i, BodyDirection::Request, &admitted.request_body)
                 });
-                ctx.pool = snapshot.pools.get(&admitted.route.upstream).cloned();
                 ctx.admitted = Some(admitted);
                 if let (Some(abort), true) = (abort, session.is_http2()) {
                     if !session.is_body_done() {
@@ -131,6 +130,7 @@ impl ProxyHttp for Gateway {
             }
             Err(refusal) => return self.refuse(session, ctx, refusal).await,
         }
+        ctx.generation = Some(snapshot);
         self.record_admission(session, ctx).await
     }
 
@@ -181,8 +181,8 @@ impl ProxyHttp for Gateway {
             ));
         }
         let pool = ctx
-            .pool
-            .clone()
+            .pool()
+            .cloned()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "route has no pool"))?;
         match pool.peer() {
             Some(peer) => {
@@ -209,7 +209,12 @@ impl ProxyHttp for Gateway {
                 "no forwarding without admission",
             ));
         };
-        let generation = self.snapshot.load();
+        let Some(generation) = &ctx.generation else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no forwarding without admission",
+            ));
+        };
         rewrite_upstream_request(
             upstream,
             &Forwarded {
@@ -330,7 +335,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(pool) = &ctx.pool {
+        if let Some(pool) = ctx.pool() {
             self.metrics.upstream_error(pool.name.as_str(), "connect");
         }
         e
@@ -346,7 +351,7 @@ impl ProxyHttp for Gateway {
     ) -> FailToProxy {
         let upstream_failed = matches!(e.esource(), ErrorSource::Upstream);
         if upstream_failed {
-            if let Some(pool) = &ctx.pool {
+            if let Some(pool) = ctx.pool() {
                 self.metrics.upstream_error(pool.name.as_str(), "exchange");
             }
         }

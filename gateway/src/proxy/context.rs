@@ -13,6 +13,7 @@ use crate::admission::{caller_name, Admitted, Refusal, Target};
 use crate::forwarding::{header_str, Client};
 use crate::inspect::BodyScan;
 use crate::record::{Outcome, Summary};
+use crate::snapshot::Snapshot;
 use crate::upstream::Pool;
 
 /// What one request has established so far. `admitted` is the proof admission gave; once
@@ -28,8 +29,9 @@ pub(crate) struct RequestCtx {
     pub(super) target: Option<Target>,
     pub(super) route: Option<Arc<Route>>,
     pub(super) admitted: Option<Admitted>,
-    /// The admitted route's pool, from the snapshot the request was admitted under.
-    pub(super) pool: Option<Arc<Pool>>,
+    /// The generation the request was admitted under: its pools and strip list serve the
+    /// rest of the request, whatever a reload stores meanwhile.
+    pub(super) generation: Option<Arc<Snapshot>>,
     pub(super) refusal: Option<Refusal>,
     pub(super) request_body_bytes: u64,
     /// HTTP/2: the request body's idle watchdog, while the body is being read.
@@ -53,7 +55,7 @@ impl RequestCtx {
             target: None,
             route: None,
             admitted: None,
-            pool: None,
+            generation: None,
             refusal: None,
             request_body_bytes: 0,
             body_watch: None,
@@ -61,6 +63,12 @@ impl RequestCtx {
             response_scan: None,
             upstream: None,
         }
+    }
+
+    /// The admitted route's upstream pool, in the request's generation.
+    pub(super) fn pool(&self) -> Option<&Arc<Pool>> {
+        let route = &self.admitted.as_ref()?.route;
+        self.generation.as_ref()?.pools.get(&route.upstream)
     }
 
     pub(super) fn tenant(&self) -> &str {
