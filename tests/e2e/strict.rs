@@ -92,3 +92,134 @@ fn forgeable_headers_never_reach_the_upstream() {
         );
     }
 }
+
+/// curl over HTTP/2 with extra arguments: (status, body).
+fn h2(pki: &Pki, port: u16, args: &[&str], path: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--http2", "--path-as-is", "--max-time", "10"])
+        .arg("--cacert")
+        .arg(pki.path("ca.pem"))
+        .arg("--cert")
+        .arg(pki.path("other.pem"))
+        .arg("--key")
+        .arg(pki.path("other.key"))
+        .args(args)
+        .args(["-w", "\n%{http_version} %{http_code}"])
+        .arg(format!("https://localhost:{port}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let mut parts = tail.split_whitespace();
+    assert_eq!(parts.next(), Some("2"), "not HTTP/2: {text}");
+    let status = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, body.to_owned())
+}
+
+/// The same attacks over HTTP/2, where the head arrives as HPACK fields rather than text.
+#[test]
+fn over_http2_the_same_paths_methods_and_forged_headers_are_refused_or_stripped() {
+    let (pki, _echo, gw) = start();
+    for path in [
+        "/public/..;/admin",
+        "/public/%252e%252e/admin",
+        "/public/%c0%ae%c0%ae/admin",
+        "/admin;x",
+    ] {
+        let (status, body) = h2(&pki, gw.port, &[], path);
+        assert_eq!(status, 400, "{path}: {body}");
+    }
+    let (status, _) = h2(&pki, gw.port, &["-X", "delete"], "/admin/x");
+    assert_eq!(status, 400, "lower-case method over HTTP/2");
+    let forged = [
+        "X-Original-URL: /admin/x",
+        "X-Forwarded-Host: admin.internal",
+        "X-HTTP-Method-Override: DELETE",
+        "Client-Cert: :MIIBforged:",
+        "X-SSL-Client-S-DN: CN=admin",
+        "X-Portcullis-SPIFFE-ID: spiffe://test.portcullis.local/ns/app/sa/frontend",
+    ];
+    let mut args = Vec::new();
+    for h in forged {
+        args.extend(["-H", h]);
+    }
+    let (status, body) = h2(&pki, gw.port, &args, "/public/x");
+    assert_eq!(status, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for h in forged {
+        let name = h.split(':').next().unwrap().to_ascii_lowercase();
+        let sent = &doc["headers"][&name];
+        if name == "x-portcullis-spiffe-id" {
+            // Replaced by the caller's real identity, never the forged one.
+            assert_eq!(
+                sent,
+                &serde_json::json!(["spiffe://test.portcullis.local/ns/app/sa/other"]),
+                "{body}"
+            );
+        } else {
+            assert!(
+                sent.is_null(),
+                "{name} reached the upstream over HTTP/2: {body}"
+            );
+        }
+    }
+}
+
+/// Header conditions judged as an attacker sends headers: a duplicate value or an obs-text
+/// value never gets a caller past a deny rule or into an allow rule, over HTTP/1.1 or HTTP/2.
+#[test]
+fn duplicate_and_unreadable_header_values_never_help_a_caller() {
+    let pki = Pki::new();
+    let echo = Echo::start(pki.dir.path(), "hdr");
+    let yaml = base_config(echo.port).replacen(
+        "          - id: anyone\n",
+        "          - id: no-debug\n            effect: deny\n            headers: { x-debug: [\"*\"] }\n          - id: prod-only\n            headers: { x-env: [prod] }\n",
+        1,
+    );
+    let gw = Gateway::start(pki.dir.path(), &yaml);
+    let send = |head: &[u8]| {
+        let mut conn = pki.client(Some("other")).connect(gw.port).unwrap();
+        conn.send_raw(head).unwrap().status
+    };
+    let base = "GET /public/x HTTP/1.1\r\nHost: localhost\r\n";
+    assert_eq!(send(format!("{base}X-Env: prod\r\n\r\n").as_bytes()), 200);
+    assert_eq!(
+        send(format!("{base}X-Env: prod\r\nX-Env: dev\r\n\r\n").as_bytes()),
+        403
+    );
+    assert_eq!(
+        send(format!("{base}X-Env: prod\r\nX-Debug: 1\r\n\r\n").as_bytes()),
+        403
+    );
+    let mut obs = format!("{base}X-Env: prod\r\nX-Debug: ").into_bytes();
+    obs.extend_from_slice(b"\xff\xfe\r\n\r\n");
+    assert_eq!(
+        send(&obs),
+        403,
+        "an unreadable value still matches the deny rule"
+    );
+    let mut obs_allow = format!("{base}X-Env: prod\r\nX-Env: ").into_bytes();
+    obs_allow.extend_from_slice(b"\xff\r\n\r\n");
+    assert_eq!(
+        send(&obs_allow),
+        403,
+        "an unreadable value never satisfies an allow rule"
+    );
+
+    let (status, _) = h2(
+        &pki,
+        gw.port,
+        &["-H", "x-env: prod", "-H", "x-env: dev"],
+        "/public/x",
+    );
+    assert_eq!(status, 403, "duplicate over HTTP/2");
+    let (status, _) = h2(
+        &pki,
+        gw.port,
+        &["-H", "x-env: prod", "-H", "x-debug: 0"],
+        "/public/x",
+    );
+    assert_eq!(status, 403, "deny header over HTTP/2");
+    let (status, _) = h2(&pki, gw.port, &["-H", "x-env: prod"], "/public/x");
+    assert_eq!(status, 200);
+}
