@@ -7,20 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use portcullis_identity::PeerIdentity;
-use x509_parser::certification_request::X509CertificationRequest;
-use x509_parser::extensions::{GeneralName, ParsedExtension};
-use x509_parser::prelude::FromDer;
-
-fn collect_names(names: &[GeneralName<'_>], uris: &mut Vec<String>, dns: &mut Vec<String>) {
-    for name in names {
-        match name {
-            GeneralName::URI(u) => uris.push((*u).to_owned()),
-            GeneralName::DNSName(d) => dns.push((*d).to_owned()),
-            _ => {}
-        }
-    }
-}
-
 /// Facts about one accepted connection, attached to each of its requests.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnInfo {
@@ -28,34 +14,9 @@ pub(crate) struct ConnInfo {
     pub(crate) remote: SocketAddr,
 }
 
-/// The SANs a CSR asks for.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct RequestedNames {
-    pub(crate) uris: Vec<String>,
-    pub(crate) dns_names: Vec<String>,
-}
-
-/// Reads the SANs of a CSR (PEM or DER). None when it cannot be parsed.
-pub(crate) fn requested_names(csr: &[u8]) -> Option<RequestedNames> {
-    let der;
-    let bytes = if csr.trim_ascii_start().starts_with(b"-----BEGIN") {
-        let (_, pem) = x509_parser::pem::parse_x509_pem(csr.trim_ascii_start()).ok()?;
-        der = pem.contents;
-        &der[..]
-    } else {
-        csr
-    };
-    let (_, req) = X509CertificationRequest::from_der(bytes).ok()?;
-    let mut names = RequestedNames::default();
-    if let Some(exts) = req.requested_extensions() {
-        for ext in exts {
-            if let ParsedExtension::SubjectAlternativeName(san) = ext {
-                collect_names(&san.general_names, &mut names.uris, &mut names.dns_names);
-            }
-        }
-    }
-    Some(names)
-}
+/// The SANs a CSR asks for, from every extensionRequest attribute (the CA merges them all,
+/// so the renewal check must see them all).
+pub(crate) use portcullis_ca::{requested_names, RequestedNames};
 
 /// Whether a renewal keeps the identity of the current certificate: the same SPIFFE ID (or
 /// none if it had none), no other URI, and DNS names a subset of the current ones.

@@ -183,10 +183,16 @@ async fn renewal_with_the_client_certificate_keeps_the_identity() {
     assert!(not_after.duration_since(SystemTime::now()).unwrap() <= Duration::from_secs(600));
 
     // Another SPIFFE ID, an extra DNS name, or no SPIFFE ID at all: refused.
+    // The extra name in a second extensionRequest attribute (the CA merges all of them, so
+    // the check must read all of them): refused too.
     for csr in [
         w.csr_for(Some("spiffe://acme.example/ns/web/sa/admin"), &[]),
         w.csr_for(Some(API), &["api.acme.internal", "db.acme.internal"]),
         w.csr_for(None, &["api.acme.internal"]),
+        w.csr_with_two_extension_requests(
+            (Some(API), &["api.acme.internal"]),
+            (None, &["db.acme.internal"]),
+        ),
     ] {
         let r = client.issue(None, json!({ "csr": csr })).await;
         assert_eq!((r.status, r.code().as_str()), (403, "identity_mismatch"));

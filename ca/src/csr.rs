@@ -85,6 +85,47 @@ pub fn parse_csr_for_fuzzing(input: &[u8]) -> Result<(), IssueRefusal> {
     read_csr(input).map(|_| ())
 }
 
+/// The SANs a CSR asks for, from every extensionRequest attribute (as issuance merges them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestedNames {
+    pub uris: Vec<String>,
+    pub dns_names: Vec<String>,
+}
+
+/// Reads the names a CSR asks for, leniently (no signature check, trailing bytes ignored):
+/// for checks made before the CA is asked, and for the records of refused requests, which
+/// are often the broken ones. `None` when nothing can be read.
+pub fn requested_names(csr: &[u8]) -> Option<RequestedNames> {
+    let trimmed = csr.trim_ascii_start();
+    let pem;
+    let der = if trimmed.starts_with(b"-----BEGIN") {
+        pem = x509_parser::pem::parse_x509_pem(trimmed).ok()?.1;
+        &pem.contents[..]
+    } else {
+        csr
+    };
+    let (_, req) = X509CertificationRequest::from_der(der).ok()?;
+    let mut names = RequestedNames::default();
+    for attr in req.certification_request_info.iter_attributes() {
+        let ParsedCriAttribute::ExtensionRequest(request) = attr.parsed_attribute() else {
+            continue;
+        };
+        for ext in &request.extensions {
+            let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() else {
+                continue;
+            };
+            for name in &san.general_names {
+                match name {
+                    GeneralName::URI(u) => names.uris.push((*u).to_owned()),
+                    GeneralName::DNSName(d) => names.dns_names.push((*d).to_owned()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Some(names)
+}
+
 fn to_der(input: &[u8]) -> Result<Vec<u8>, IssueRefusal> {
     let trimmed = input.trim_ascii_start();
     if !trimmed.starts_with(b"-----BEGIN") {

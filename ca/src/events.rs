@@ -7,9 +7,6 @@
 use std::fmt;
 
 use portcullis_audit::{AuditHandle, CaAction, CaEvent};
-use x509_parser::certification_request::X509CertificationRequest;
-use x509_parser::extensions::{GeneralName, ParsedExtension};
-use x509_parser::prelude::FromDer;
 
 use crate::authority::{IssuedCertificate, Requester};
 use crate::crl::RevocationReason;
@@ -87,30 +84,8 @@ pub(crate) fn revoked(
 }
 
 /// The name a refused CSR asked for, for the record: its first URI SAN, else its first DNS
-/// SAN. Read leniently (no signature check, trailing bytes ignored) because refused CSRs are
-/// often the broken ones; None when nothing can be read.
+/// SAN; None when nothing can be read.
 pub(crate) fn csr_subject(csr: &[u8]) -> Option<String> {
-    let trimmed = csr.trim_ascii_start();
-    let pem;
-    let der = if trimmed.starts_with(b"-----BEGIN") {
-        pem = x509_parser::pem::parse_x509_pem(trimmed).ok()?.1;
-        &pem.contents[..]
-    } else {
-        csr
-    };
-    let (_, req) = X509CertificationRequest::from_der(der).ok()?;
-    let (mut uri, mut dns) = (None, None);
-    for ext in req.requested_extensions()? {
-        let ParsedExtension::SubjectAlternativeName(san) = ext else {
-            continue;
-        };
-        for name in &san.general_names {
-            match name {
-                GeneralName::URI(u) if uri.is_none() => uri = Some((*u).to_owned()),
-                GeneralName::DNSName(d) if dns.is_none() => dns = Some((*d).to_owned()),
-                _ => {}
-            }
-        }
-    }
-    uri.or(dns)
+    let names = crate::csr::requested_names(csr)?;
+    names.uris.into_iter().chain(names.dns_names).next()
 }

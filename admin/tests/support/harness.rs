@@ -240,6 +240,61 @@ impl Server {
     }
 }
 
+/// One DER TLV at the start of `der`: (whole TLV, rest).
+fn split_tlv(der: &[u8]) -> (&[u8], &[u8]) {
+    let (len, head) = match der[1] {
+        n if n < 0x80 => (n as usize, 2),
+        n => {
+            let k = (n & 0x7f) as usize;
+            let len = der[2..2 + k]
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | *b as usize);
+            (len, 2 + k)
+        }
+    };
+    der.split_at(head + len)
+}
+
+/// The content of a TLV.
+fn content(tlv: &[u8]) -> &[u8] {
+    let head = if tlv[1] < 0x80 {
+        2
+    } else {
+        2 + (tlv[1] & 0x7f) as usize
+    };
+    &tlv[head..]
+}
+
+/// The TLVs inside a constructed TLV.
+fn children(tlv: &[u8]) -> Vec<&[u8]> {
+    let mut rest = content(tlv);
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (one, more) = split_tlv(rest);
+        out.push(one);
+        rest = more;
+    }
+    out
+}
+
+/// A DER TLV with `tag` around `body`.
+fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    match body.len() {
+        n if n < 0x80 => out.push(n as u8),
+        n if n < 0x100 => out.extend([0x81, n as u8]),
+        n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// A CSR's CertificationRequestInfo and signature algorithm TLVs.
+fn csr_parts(csr: &[u8]) -> (&[u8], &[u8]) {
+    let parts = children(csr);
+    (parts[0], parts[1])
+}
+
 /// A workload's key and CSR.
 pub struct Workload {
     pub key: KeyPair,
@@ -278,6 +333,45 @@ impl Workload {
                 .push(SanType::DnsName((*d).to_owned().try_into().unwrap()));
         }
         params.serialize_request(&self.key).unwrap().pem().unwrap()
+    }
+
+    /// A CSR, signed with this key, whose first extensionRequest attribute asks for `first`'s
+    /// names and a second one for `second`'s: what an attacker sends when a check reads only
+    /// the first attribute while the CA merges them all.
+    pub fn csr_with_two_extension_requests(
+        &self,
+        first: (Option<&str>, &[&str]),
+        second: (Option<&str>, &[&str]),
+    ) -> String {
+        use base64::Engine;
+        let der = |pem: String| {
+            let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(body)
+                .unwrap()
+        };
+        let a = der(self.csr_for(first.0, first.1));
+        let b = der(self.csr_for(second.0, second.1));
+        let (a_cri, a_alg) = csr_parts(&a);
+        let (b_cri, _) = csr_parts(&b);
+        let mut a_fields = children(a_cri);
+        let b_attrs = children(b_cri).pop().unwrap();
+        let a_attrs = a_fields.pop().unwrap();
+        let attrs = tlv(0xa0, &[content(a_attrs), content(b_attrs)].concat());
+        a_fields.push(&attrs);
+        let cri = tlv(0x30, &a_fields.concat());
+        let rng = ring::rand::SystemRandom::new();
+        let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &self.key.serialize_der(),
+            &rng,
+        )
+        .unwrap();
+        let sig = key.sign(&rng, &cri).unwrap();
+        let bits = tlv(0x03, &[&[0u8][..], sig.as_ref()].concat());
+        let csr = tlv(0x30, &[&cri[..], a_alg, &bits].concat());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(csr);
+        format!("-----BEGIN CERTIFICATE REQUEST-----\n{b64}\n-----END CERTIFICATE REQUEST-----\n")
     }
 
     pub fn identity(&self, chain_pem: &str, serial: &str) -> Identity {
