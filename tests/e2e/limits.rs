@@ -155,3 +155,69 @@ fn in_flight_and_body_size_limits() {
         .unwrap();
     assert_eq!(resp.status, 413);
 }
+
+/// Multiplexing does not stretch a limit: streams on one HTTP/2 connection are charged like
+/// separate requests, and a body over the cap sent without Content-Length is cut as it
+/// streams.
+#[test]
+fn over_http2_streams_are_charged_and_streamed_bodies_capped() {
+    let (pki, _echo, gw) = start();
+    let url = format!("https://localhost:{}/careful/a", gw.port);
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--http2", "-w", "%{http_version} %{http_code}\n"])
+            .arg("--cacert")
+            .arg(pki.path("ca.pem"))
+            .arg("--cert")
+            .arg(pki.path("frontend.pem"))
+            .arg("--key")
+            .arg(pki.path("frontend.key"))
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        &url,
+        "-o",
+        "/dev/null",
+        &url,
+        "-o",
+        "/dev/null",
+        &url,
+    ]);
+    assert_eq!(out, "2 200\n2 200\n2 429\n", "{out}");
+
+    // 200 bytes streamed (no Content-Length) to a tenant capped at 100.
+    let mut child = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
+        .arg("--cacert")
+        .arg(pki.path("ca.pem"))
+        .arg("--cert")
+        .arg(pki.path("frontend.pem"))
+        .arg("--key")
+        .arg(pki.path("frontend.key"))
+        .args(["-X", "POST", "-T", "-"])
+        .arg(format!("https://localhost:{}/bounded/up", gw.port))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&[b'a'; 200]).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text, "2 413", "{text}");
+}
