@@ -190,7 +190,7 @@ fn the_per_source_cap_holds_and_frees() {
         3.0
     );
     // Another source address is not affected.
-    let out = std::process::Command::new("curl")
+    let out = curl_as(&s.pki, "frontend")
         .args([
             "-s",
             "-o",
@@ -200,12 +200,6 @@ fn the_per_source_cap_holds_and_frees() {
             "--interface",
             "127.0.0.2",
         ])
-        .arg("--cacert")
-        .arg(s.pki.path("ca.pem"))
-        .arg("--cert")
-        .arg(s.pki.path("frontend.pem"))
-        .arg("--key")
-        .arg(s.pki.path("frontend.key"))
         .args(["--resolve", &format!("localhost:{}:127.0.0.1", s.gw.port)])
         .arg(format!(
             "https://localhost:{}/public/other-source",
@@ -480,14 +474,8 @@ fn the_listener_cap_holds_and_frees() {
 fn http2_connections_are_capped_in_requests() {
     let s = setup();
     let url = format!("https://localhost:{}/public/x", s.gw.port);
-    let out = std::process::Command::new("curl")
+    let out = curl_as(&s.pki, "frontend")
         .args(["-sS", "--http2", "-w", "%{http_code} %{num_connects}\n"])
-        .arg("--cacert")
-        .arg(s.pki.path("ca.pem"))
-        .arg("--cert")
-        .arg(s.pki.path("frontend.pem"))
-        .arg("--key")
-        .arg(s.pki.path("frontend.key"))
         .args((0..5).flat_map(|_| ["-o", "/dev/null", url.as_str()]))
         .output()
         .unwrap();

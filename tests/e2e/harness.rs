@@ -607,16 +607,22 @@ fn read_response<R: BufRead>(r: &mut R) -> std::io::Result<Response> {
     })
 }
 
-/// Runs curl (for HTTP/2) and returns (http_version, status, body).
-pub fn curl_h2(pki: &Pki, client: &str, port: u16, path: &str) -> (String, u16, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--http2", "--max-time", "10"])
-        .arg("--cacert")
+/// A curl command that trusts the test CA and presents `client`'s certificate.
+pub fn curl_as(pki: &Pki, client: &str) -> Command {
+    let mut cmd = Command::new("curl");
+    cmd.arg("--cacert")
         .arg(pki.path("ca.pem"))
         .arg("--cert")
         .arg(pki.path(&format!("{client}.pem")))
         .arg("--key")
-        .arg(pki.path(&format!("{client}.key")))
+        .arg(pki.path(&format!("{client}.key")));
+    cmd
+}
+
+/// Runs curl (for HTTP/2) and returns (http_version, status, body).
+pub fn curl_h2(pki: &Pki, client: &str, port: u16, path: &str) -> (String, u16, String) {
+    let out = curl_as(pki, client)
+        .args(["-sS", "--http2", "--max-time", "10"])
         .args(["-w", "\n%{http_version} %{http_code}"])
         .arg(format!("https://localhost:{port}{path}"))
         .output()

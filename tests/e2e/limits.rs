@@ -164,14 +164,8 @@ fn over_http2_streams_are_charged_and_streamed_bodies_capped() {
     let (pki, _echo, gw) = start();
     let url = format!("https://localhost:{}/careful/a", gw.port);
     let curl = |args: &[&str]| {
-        let out = std::process::Command::new("curl")
+        let out = curl_as(&pki, "frontend")
             .args(["-sS", "--http2", "-w", "%{http_version} %{http_code}\n"])
-            .arg("--cacert")
-            .arg(pki.path("ca.pem"))
-            .arg("--cert")
-            .arg(pki.path("frontend.pem"))
-            .arg("--key")
-            .arg(pki.path("frontend.key"))
             .args(args)
             .output()
             .unwrap();
@@ -191,7 +185,7 @@ fn over_http2_streams_are_charged_and_streamed_bodies_capped() {
     assert_eq!(out, "2 200\n2 200\n2 429\n", "{out}");
 
     // 200 bytes streamed (no Content-Length) to a tenant capped at 100.
-    let mut child = std::process::Command::new("curl")
+    let mut child = curl_as(&pki, "frontend")
         .args([
             "-sS",
             "--http2",
@@ -200,12 +194,6 @@ fn over_http2_streams_are_charged_and_streamed_bodies_capped() {
             "-w",
             "%{http_version} %{http_code}",
         ])
-        .arg("--cacert")
-        .arg(pki.path("ca.pem"))
-        .arg("--cert")
-        .arg(pki.path("frontend.pem"))
-        .arg("--key")
-        .arg(pki.path("frontend.key"))
         .args(["-X", "POST", "-T", "-"])
         .arg(format!("https://localhost:{}/bounded/up", gw.port))
         .stdin(std::process::Stdio::piped())

@@ -95,14 +95,8 @@ fn forgeable_headers_never_reach_the_upstream() {
 
 /// curl over HTTP/2 with extra arguments: (status, body).
 fn h2(pki: &Pki, port: u16, args: &[&str], path: &str) -> (u16, String) {
-    let out = std::process::Command::new("curl")
+    let out = curl_as(pki, "other")
         .args(["-sS", "--http2", "--path-as-is", "--max-time", "10"])
-        .arg("--cacert")
-        .arg(pki.path("ca.pem"))
-        .arg("--cert")
-        .arg(pki.path("other.pem"))
-        .arg("--key")
-        .arg(pki.path("other.key"))
         .args(args)
         .args(["-w", "\n%{http_version} %{http_code}"])
         .arg(format!("https://localhost:{port}{path}"))
