@@ -17,7 +17,7 @@ use pingora_core::protocols::{
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{sleep, Sleep};
+use tokio::time::{sleep, sleep_until, Instant, Sleep};
 
 use crate::metrics::Metrics;
 
@@ -86,7 +86,10 @@ pub(crate) struct BoundedStream {
     phase: Arc<HeadPhase>,
     head_timeout: Duration,
     head_end: HeadEnd,
-    head_deadline: Option<Pin<Box<Sleep>>>,
+    /// When the head being read started; `None` between heads.
+    head_since: Option<Instant>,
+    /// The head deadline's timer, made only once a read has to wait, and reused.
+    head_timer: Option<Pin<Box<Sleep>>>,
     write_timeout: Duration,
     write_deadline: Option<Pin<Box<Sleep>>>,
     listener: String,
@@ -102,14 +105,14 @@ impl BoundedStream {
         listener: String,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let head_deadline = (phase.0.load(Ordering::Acquire) == HEAD_READING)
-            .then(|| Box::pin(sleep(head_timeout)));
+        let head_since = (phase.0.load(Ordering::Acquire) == HEAD_READING).then(Instant::now);
         Self {
             inner,
             phase,
             head_timeout,
             head_end: HeadEnd::default(),
-            head_deadline,
+            head_since,
+            head_timer: None,
             write_timeout,
             write_deadline: None,
             listener,
@@ -168,23 +171,30 @@ impl AsyncRead for BoundedStream {
                 if phase == HEAD_AWAITING && !read.is_empty() {
                     // The first byte of the next request starts its head's clock.
                     this.head_end = HeadEnd::default();
-                    this.head_deadline = Some(Box::pin(sleep(this.head_timeout)));
+                    this.head_since = Some(Instant::now());
                     this.phase.0.store(HEAD_READING, Ordering::Release);
                 }
                 if this.head_end.scan(read) {
-                    this.head_deadline = None;
+                    this.head_since = None;
                     this.phase.0.store(HEAD_DONE, Ordering::Release);
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                let expired = this
-                    .head_deadline
-                    .as_mut()
-                    .is_some_and(|d| d.as_mut().poll(cx).is_ready());
-                if expired {
-                    this.head_deadline = None;
+                let Some(since) = this.head_since else {
+                    return Poll::Pending;
+                };
+                // A head that arrives in one read (nearly all) never makes a timer.
+                let deadline = since + this.head_timeout;
+                let timer = this
+                    .head_timer
+                    .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.head_since = None;
                     this.phase.0.store(HEAD_DONE, Ordering::Release);
                     return Poll::Ready(Err(this.timed_out("request_head")));
                 }
