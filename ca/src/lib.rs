@@ -88,10 +88,10 @@ pub enum CaError {
     /// Any other PKCS#11 failure.
     #[error("PKCS#11 {op}: {detail}")]
     Pkcs11 { op: &'static str, detail: String },
-    /// A software key file is accessible to group or others.
+    /// A software key file or a PIN file is accessible to group or others.
     #[error(
-        "key file {path} has mode {mode:04o}: it must not be accessible by group or others \
-         (chmod 600 {path})"
+        "{path} has mode {mode:04o}: a key or PIN file must not be accessible by group or \
+         others (chmod 600 {path})"
     )]
     KeyFilePermissions { path: String, mode: u32 },
     /// A software key file is not a usable PKCS#8 EC key.

@@ -58,22 +58,40 @@ pub fn check(path: &Path) -> Result<Config, GatewayError> {
     Ok(config)
 }
 
-/// A key file the audit log would refuse at start (readable by others) is a check failure too.
+/// A key, PIN or connection-string file of the audit log that group or others can read is a
+/// check failure (the log itself would refuse the key and the PIN at start).
 pub(crate) fn check_audit_key(config: &Config) -> Result<(), GatewayError> {
+    use portcullis_policy::{AuditKey, SecretSource};
     let Some(audit) = &config.audit else {
         return Ok(());
     };
-    use std::os::unix::fs::PermissionsExt;
-    let portcullis_policy::AuditKey::File(key) = &audit.signing_key else {
-        return Ok(());
+    let key = match &audit.signing_key {
+        AuditKey::File(key) => Some(("audit key", key)),
+        AuditKey::Pkcs11 {
+            pin: SecretSource::File(pin),
+            ..
+        } => Some(("audit key PIN file", pin)),
+        AuditKey::Pkcs11 { .. } => None,
     };
-    match std::fs::metadata(key) {
+    let conninfo = match &audit.postgres {
+        Some(SecretSource::File(file)) => Some(("audit.postgres connection file", file)),
+        _ => None,
+    };
+    for (what, path) in key.into_iter().chain(conninfo) {
+        refuse_readable_secret(what, path)?;
+    }
+    Ok(())
+}
+
+fn refuse_readable_secret(what: &str, path: &std::path::Path) -> Result<(), GatewayError> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
         Ok(meta) if meta.permissions().mode() & 0o077 != 0 => Err(GatewayError::Audit(format!(
-            "audit key {} is readable by group or others (mode {:o}); chmod 600 it",
-            key.display(),
+            "{what} {} is readable by group or others (mode {:o}); chmod 600 it",
+            path.display(),
             meta.permissions().mode() & 0o777
         ))),
-        // A missing key is created at start.
+        // A missing key is created at start; a missing PIN or connection file is named there.
         _ => Ok(()),
     }
 }

@@ -16,4 +16,5 @@ mod operations;
 #[path = "../../audit/tests/common/postgres.rs"]
 mod postgres;
 mod proxy;
+mod secrets;
 mod strict;

@@ -40,25 +40,41 @@ impl PinSource {
     fn read(&self) -> Result<AuthPin, CaError> {
         let pin = match self {
             PinSource::File(path) => {
-                let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-                    CaError::PinSource(format!("PIN file {}: {e}", path.display()))
-                })?);
+                let text = Zeroizing::new(read_secret_file(path)?);
                 Zeroizing::new(text.lines().next().unwrap_or("").trim().to_owned())
             }
-            PinSource::Env(var) => Zeroizing::new(
-                std::env::var(var)
-                    .map_err(|_| {
-                        CaError::PinSource(format!("environment variable {var} is not set"))
-                    })?
-                    .trim()
-                    .to_owned(),
-            ),
+            PinSource::Env(var) => {
+                let value = Zeroizing::new(std::env::var(var).map_err(|_| {
+                    CaError::PinSource(format!("environment variable {var} is not set"))
+                })?);
+                Zeroizing::new(value.trim().to_owned())
+            }
         };
         if pin.is_empty() {
             return Err(CaError::PinSource(format!("{self:?}: empty PIN")));
         }
         Ok(AuthPin::from(pin.as_str()))
     }
+}
+
+/// Reads a file holding a secret, refusing one that group or others can access (as key files
+/// are): a PIN readable by every local user is a PIN given away.
+fn read_secret_file(path: &Path) -> Result<String, CaError> {
+    use std::os::unix::fs::PermissionsExt;
+    let unreadable =
+        |e: std::io::Error| CaError::PinSource(format!("PIN file {}: {e}", path.display()));
+    let mode = std::fs::metadata(path)
+        .map_err(unreadable)?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(CaError::KeyFilePermissions {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    std::fs::read_to_string(path).map_err(unreadable)
 }
 
 /// One context per module per process: `C_Initialize` may run only once.
@@ -315,7 +331,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pin");
         std::fs::write(&path, "1234\n").unwrap();
-        assert!(PinSource::File(path).read().is_ok());
+        let chmod = |mode| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        chmod(0o644);
+        assert!(matches!(
+            PinSource::File(path.clone()).read(),
+            Err(CaError::KeyFilePermissions { mode: 0o644, .. })
+        ));
+        chmod(0o600);
+        assert!(PinSource::File(path.clone()).read().is_ok());
         assert!(matches!(
             PinSource::File(dir.path().join("missing")).read(),
             Err(CaError::PinSource(_))
