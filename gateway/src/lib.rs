@@ -27,6 +27,7 @@ mod upstream;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use audit::central_store;
 pub use admission::{
     Admission, Admitted, BodyPlan, HeadSize, Refusal, RequestHead, Target, Verdict,
 };
