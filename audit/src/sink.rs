@@ -139,7 +139,7 @@ impl PgSinkConfig {
 #[non_exhaustive]
 pub enum SinkError {
     /// PostgreSQL refused or went away (or its certificate was refused).
-    #[error("audit store: {0}")]
+    #[error("audit store: {}", with_causes(.0))]
     Pg(#[from] tokio_postgres::Error),
     /// The local log could not be read.
     #[error("audit spool: {0}")]
@@ -311,7 +311,7 @@ impl PgSink {
         let mut ahead_check = Instant::now();
         loop {
             let limit = local_limit(self.writer.as_ref());
-            let batch = cursor.read(self.cfg.batch, limit)?;
+            let mut batch = cursor.read(self.cfg.batch, limit)?;
             // Offline (no writer), the spool's end is wherever reading stopped.
             let local_end = self.writer.as_ref().map_or(cursor.next_seq, |_| limit);
             self.counters.local_next.store(local_end, Ordering::Release);
@@ -326,7 +326,10 @@ impl PgSink {
                 tokio::time::sleep(self.cfg.poll_interval).await;
                 continue;
             }
-            let inserted = self.confirm(client, &batch).await?;
+            let (inserted, mismatch) = self.confirm(client, &batch).await?;
+            if let Some(SinkError::Mismatch { seq, .. }) = &mismatch {
+                batch.retain(|(r, _)| r.seq < *seq);
+            }
             if let Some(head) = batch.iter().rev().find_map(|(r, l)| AuditHead::of(r, l)) {
                 client
                     .execute(
@@ -338,6 +341,9 @@ impl PgSink {
             next = batch.last().map_or(next, |(r, _)| r.seq + 1);
             self.counters.confirmed_next.store(next, Ordering::Release);
             self.counters.shipped.fetch_add(inserted, Ordering::Relaxed);
+            if let Some(e) = mismatch {
+                return Err(e);
+            }
         }
     }
 
@@ -366,21 +372,25 @@ impl PgSink {
         Ok(first)
     }
 
-    /// Makes sure every record of `batch` (consecutive seqs) is stored with its hash; returns
-    /// how many rows it inserted.
+    /// Makes sure every record of `batch` (consecutive seqs) is stored with its hash, up to the
+    /// first one stored with another hash. Returns how many rows it inserted, and that
+    /// mismatch if there is one (the records before it are confirmed).
     async fn confirm(
         &self,
         client: &Client,
         batch: &[(AuditRecord, String)],
-    ) -> Result<u64, SinkError> {
-        let (Some((first, _)), Some((last, _))) = (batch.first(), batch.last()) else {
-            return Ok(0);
-        };
-        let range = [db_seq(first.seq), db_seq(last.seq)];
+    ) -> Result<(u64, Option<SinkError>), SinkError> {
         let mut inserted = 0;
+        let mut upto = batch.len();
+        let mut mismatch = None;
         // Twice at most: a row another writer inserted between our read and our insert is
         // compared on the second pass.
         for pass in 0..2 {
+            let part = &batch[..upto];
+            let (Some((first, _)), Some((last, _))) = (part.first(), part.last()) else {
+                break;
+            };
+            let range = [db_seq(first.seq), db_seq(last.seq)];
             let stored: HashMap<i64, String> = client
                 .query(STORED, &[&self.cfg.node, &range[0], &range[1]])
                 .await?
@@ -388,23 +398,25 @@ impl PgSink {
                 .map(|row| (row.get(0), row.get(1)))
                 .collect();
             let mut missing = Vec::new();
-            for entry in batch {
+            for (i, entry) in part.iter().enumerate() {
                 let record = &entry.0;
                 match stored.get(&db_seq(record.seq)) {
                     Some(hash) if *hash == record.hash => {}
                     Some(hash) => {
-                        return Err(SinkError::Mismatch {
+                        mismatch = Some(SinkError::Mismatch {
                             node: self.cfg.node.clone(),
                             seq: record.seq,
                             stored: hash.clone(),
                             local: record.hash.clone(),
-                        })
+                        });
+                        upto = i;
+                        break;
                     }
                     None => missing.push(entry),
                 }
             }
             let Some(absent) = missing.first().map(|(r, _)| r.seq) else {
-                return Ok(inserted);
+                break;
             };
             if pass > 0 {
                 return Err(SinkError::Unconfirmed(absent));
@@ -413,10 +425,10 @@ impl PgSink {
             inserted += n;
             if n == missing.len() as u64 {
                 // Every missing row was inserted by us, with the local hash.
-                return Ok(inserted);
+                break;
             }
         }
-        Ok(inserted)
+        Ok((inserted, mismatch))
     }
 
     /// Raises (or clears) the alarm for rows or a head stored beyond the log's end.
@@ -451,6 +463,19 @@ impl PgSink {
         }
         Ok(())
     }
+}
+
+/// An error and its causes (`tokio_postgres` shows only the kind: "error performing TLS
+/// handshake", "db error").
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Seqs below this may be read: the writer's durable watermark, or all of a closed log.

@@ -14,7 +14,7 @@ use tokio_postgres::{Client, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::head::AuditHead;
-use crate::sink::SinkError;
+use crate::sink::{with_causes, SinkError};
 
 /// Connection attempts give up after this long unless the connection string says otherwise.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,8 +66,9 @@ impl CentralStore {
     pub fn new(conninfo: &str, tls: StoreTls) -> Result<Self, SinkError> {
         let mut config = tokio_postgres::Config::from_str(conninfo).map_err(|e| {
             SinkError::Config(format!(
-                "connection string: {e} (sslmode may be disable, prefer or require; TLS is \
-                 always verified in full)"
+                "connection string: {} (sslmode may be disable, prefer or require; TLS is \
+                 always verified in full)",
+                with_causes(&e)
             ))
         })?;
         match (&tls, config.get_ssl_mode()) {
