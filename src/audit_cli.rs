@@ -109,9 +109,9 @@ fn verify(dir: &Path, key: &Path, head: Option<&AuditHead>) -> anyhow::Result<()
             let expected = match (head, report.matched_head) {
                 (None, _) => String::new(),
                 (Some(h), Some(_)) => format!("; reaches the expected head {h}"),
-                (Some(h), None) => format!(
-                    "; the expected head {h} precedes the log's first record (retention)"
-                ),
+                (Some(h), None) => {
+                    format!("; the expected head {h} precedes the log's first record (retention)")
+                }
             };
             println!(
                 "{}: ok: {} records in {} segment(s), seq {}..{}, {} signed checkpoint(s), {} record(s) after the last checkpoint, {} truncation(s); chain head {}{expected}",
@@ -129,7 +129,11 @@ fn verify(dir: &Path, key: &Path, head: Option<&AuditHead>) -> anyhow::Result<()
         }
         Err(VerifyError::Bad(bad)) => bail!("{}: FAILED at {bad}", dir.display()),
         Err(VerifyError::Io { path, source }) => {
-            bail!("{}: cannot read {}: {source}", dir.display(), path.display())
+            bail!(
+                "{}: cannot read {}: {source}",
+                dir.display(),
+                path.display()
+            )
         }
         Err(e) => bail!("{}: FAILED: {e}", dir.display()),
     }

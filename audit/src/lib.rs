@@ -86,9 +86,7 @@ pub use signer::{
 };
 pub use sink::{PgSink, PgSinkConfig, SinkError, SinkStats, TABLE_DDL};
 pub use store::{CentralStore, StoreTls};
-pub use verify::{
-    verify_dir, verify_dir_expecting, BadRecord, Problem, VerifyError, VerifyReport,
-};
+pub use verify::{verify_dir, verify_dir_expecting, BadRecord, Problem, VerifyError, VerifyReport};
 pub use writer::{
     default_node, Ack, AuditConfig, AuditHandle, AuditLog, DurabilityMode, Durable,
     RetentionOutcome, WriterStats,

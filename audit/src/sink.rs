@@ -454,7 +454,11 @@ impl PgSink {
                 "the store holds seq {stored} for node {} but the log ends before seq {local_end}: rows this log never wrote, or a log cut short",
                 self.cfg.node
             );
-            tracing::error!(audit.stored_seq = stored, audit.local_next_seq = local_end, "audit sink: ALARM: {message}");
+            tracing::error!(
+                audit.stored_seq = stored,
+                audit.local_next_seq = local_end,
+                "audit sink: ALARM: {message}"
+            );
             *self
                 .counters
                 .last_error
@@ -579,7 +583,11 @@ impl Cursor {
     }
 
     /// Up to `max` records with seq in `next_seq..limit`, each with its exact line.
-    pub(crate) fn read(&mut self, max: usize, limit: u64) -> Result<Vec<(AuditRecord, String)>, SinkError> {
+    pub(crate) fn read(
+        &mut self,
+        max: usize,
+        limit: u64,
+    ) -> Result<Vec<(AuditRecord, String)>, SinkError> {
         let mut out = Vec::new();
         while out.len() < max && self.next_seq < limit {
             if self.reader.is_none() && !self.open()? {

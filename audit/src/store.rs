@@ -6,6 +6,7 @@
 //! provider) is built by the caller and handed in: this crate loads no TLS material.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -27,7 +28,7 @@ pub enum StoreTls {
     /// client configuration: its roots are the CA that signed the server's certificate, and
     /// the host name of the connection string is checked against the certificate. A client
     /// certificate, if the configuration has one, is presented.
-    Verified(rustls::ClientConfig),
+    Verified(Arc<rustls::ClientConfig>),
     /// No TLS: the connection string (password included) and every record cross the network in
     /// clear. Only when configured explicitly (`insecure_plaintext: true`).
     InsecurePlaintext,
@@ -47,13 +48,13 @@ impl std::fmt::Debug for StoreTls {
 #[derive(Clone)]
 pub struct CentralStore {
     config: tokio_postgres::Config,
-    tls: StoreTls,
+    tls: Option<MakeRustlsConnect>,
 }
 
 impl std::fmt::Debug for CentralStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CentralStore")
-            .field("tls", &self.tls)
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -92,20 +93,21 @@ impl CentralStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
         }
+        let tls = match tls {
+            StoreTls::Verified(tls) => Some(MakeRustlsConnect::new(Arc::unwrap_or_clone(tls))),
+            StoreTls::InsecurePlaintext => None,
+        };
         Ok(CentralStore { config, tls })
     }
 
     /// Opens a connection; the connection's task ends when the returned session is dropped.
     pub(crate) async fn connect(&self) -> Result<StoreSession, SinkError> {
         let (client, task) = match &self.tls {
-            StoreTls::Verified(tls) => {
-                let (client, conn) = self
-                    .config
-                    .connect(MakeRustlsConnect::new(tls.clone()))
-                    .await?;
+            Some(tls) => {
+                let (client, conn) = self.config.connect(tls.clone()).await?;
                 (client, tokio::spawn(drive(conn)))
             }
-            StoreTls::InsecurePlaintext => {
+            None => {
                 let (client, conn) = self.config.connect(NoTls).await?;
                 (client, tokio::spawn(drive(conn)))
             }

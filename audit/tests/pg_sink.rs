@@ -239,11 +239,20 @@ fn a_forged_high_seq_row_raises_the_alarm_and_unshipped_segments_are_kept() {
     let shipped = rt.block_on(sink.ship_until_caught_up()).unwrap();
     let durable = h.stats().durable_next_seq;
     assert!(durable >= 100);
-    assert_eq!(shipped, durable, "every durable record shipped despite the forged row");
+    assert_eq!(
+        shipped, durable,
+        "every durable record shipped despite the forged row"
+    );
     assert_eq!(count_rows(&pg, "seq < 4611686018427387904"), durable);
     let stats = sink.stats();
-    assert!(stats.store_ahead, "the forged row raises the alarm: {stats:?}");
-    assert_eq!(stats.confirmed_next_seq, durable, "confirmed only what it compared");
+    assert!(
+        stats.store_ahead,
+        "the forged row raises the alarm: {stats:?}"
+    );
+    assert_eq!(
+        stats.confirmed_next_seq, durable,
+        "confirmed only what it compared"
+    );
     assert_eq!(stats.lag_records, 0);
     assert!(sink.last_error().unwrap().contains("4611686018427387904"));
 
@@ -258,7 +267,10 @@ fn a_forged_high_seq_row_raises_the_alarm_and_unshipped_segments_are_kept() {
     let outcome = h
         .apply_retention(Duration::ZERO, Some(confirmed), Duration::from_secs(10))
         .unwrap();
-    assert!(!outcome.deleted_segments.is_empty(), "confirmed segments go");
+    assert!(
+        !outcome.deleted_segments.is_empty(),
+        "confirmed segments go"
+    );
     assert!(
         outcome.held_unconfirmed >= 2,
         "unconfirmed segments are kept and counted: {outcome:?}"
@@ -285,7 +297,9 @@ fn a_forged_high_seq_row_raises_the_alarm_and_unshipped_segments_are_kept() {
 #[test]
 fn a_stored_row_with_another_hash_stops_the_sink_with_the_alarm() {
     let Some(pg) = Postgres::start() else {
-        eprintln!("SKIP a_stored_row_with_another_hash: PostgreSQL is not installed and could not be");
+        eprintln!(
+            "SKIP a_stored_row_with_another_hash: PostgreSQL is not installed and could not be"
+        );
         return;
     };
     let rt = current_thread();
@@ -313,7 +327,10 @@ fn a_stored_row_with_another_hash_stops_the_sink_with_the_alarm() {
     );
     let stats = sink.stats();
     assert!(stats.mismatch, "{stats:?}");
-    assert_eq!(stats.confirmed_next_seq, 30, "only what precedes it is confirmed");
+    assert_eq!(
+        stats.confirmed_next_seq, 30,
+        "only what precedes it is confirmed"
+    );
     assert_eq!(count_rows(&pg, "seq > 30"), 0, "nothing shipped past it");
     // The sink's run loop does not go back to shipping after the alarm.
     let stop = Arc::new(tokio::sync::Notify::new());

@@ -38,7 +38,7 @@ fn verified(ca_pem: &str, client: Option<&(String, String)>) -> StoreTls {
             )
             .unwrap(),
     };
-    StoreTls::Verified(config)
+    StoreTls::Verified(std::sync::Arc::new(config))
 }
 
 fn sink(conninfo: &str, tls: StoreTls, dir: &Path) -> PgSink {
@@ -81,30 +81,53 @@ fn ships_over_verified_tls_and_refuses_servers_it_cannot_verify() {
     // A server certificate from another CA: refused before anything is sent.
     let other = TestCa::new("Someone Else's CA");
     let err = rt
-        .block_on(sink(&pg.conninfo(), verified(&other.cert_pem, Some(&client)), t.path()).ship_until_caught_up())
+        .block_on(
+            sink(
+                &pg.conninfo(),
+                verified(&other.cert_pem, Some(&client)),
+                t.path(),
+            )
+            .ship_until_caught_up(),
+        )
         .unwrap_err();
     assert!(matches!(err, SinkError::Pg(_)), "{err}");
-    assert!(err.to_string().contains("invalid peer certificate"), "{err}");
+    assert!(
+        err.to_string().contains("invalid peer certificate"),
+        "{err}"
+    );
     // The right CA, but the certificate does not name the host connected to.
-    let by_name = format!("{} hostaddr=127.0.0.1", pg.conninfo().replace("host=127.0.0.1", "host=localhost"));
+    let by_name = format!(
+        "{} hostaddr=127.0.0.1",
+        pg.conninfo().replace("host=127.0.0.1", "host=localhost")
+    );
     let err = rt
-        .block_on(sink(&by_name, verified(&ca.cert_pem, Some(&client)), t.path()).ship_until_caught_up())
+        .block_on(
+            sink(&by_name, verified(&ca.cert_pem, Some(&client)), t.path()).ship_until_caught_up(),
+        )
         .unwrap_err();
     assert!(err.to_string().contains("not valid for name"), "{err}");
     // No client certificate: the server refuses (cert authentication over hostssl).
     let err = rt
-        .block_on(sink(&pg.conninfo(), verified(&ca.cert_pem, None), t.path()).ship_until_caught_up())
+        .block_on(
+            sink(&pg.conninfo(), verified(&ca.cert_pem, None), t.path()).ship_until_caught_up(),
+        )
         .unwrap_err();
     assert!(matches!(err, SinkError::Pg(_)), "{err}");
     // In clear: the server takes TCP over TLS only.
     let err = rt
-        .block_on(sink(&pg.conninfo(), StoreTls::InsecurePlaintext, t.path()).ship_until_caught_up())
+        .block_on(
+            sink(&pg.conninfo(), StoreTls::InsecurePlaintext, t.path()).ship_until_caught_up(),
+        )
         .unwrap_err();
     assert!(matches!(err, SinkError::Pg(_)), "{err}");
     assert!(!table_exists(&pg), "nothing reached the store");
 
     // The configured CA and a client certificate from it: shipped, over TLS.
-    let good = sink(&pg.conninfo(), verified(&ca.cert_pem, Some(&client)), t.path());
+    let good = sink(
+        &pg.conninfo(),
+        verified(&ca.cert_pem, Some(&client)),
+        t.path(),
+    );
     let shipped = rt.block_on(good.ship_until_caught_up()).unwrap();
     let report = verify_dir(t.path(), &t.key()).unwrap();
     assert_eq!(shipped, report.records);
@@ -125,7 +148,9 @@ fn ships_over_verified_tls_and_refuses_servers_it_cannot_verify() {
 #[test]
 fn refuses_a_server_without_tls_when_tls_is_required() {
     let Some(pg) = Postgres::start() else {
-        eprintln!("SKIP refuses_a_server_without_tls: PostgreSQL is not installed and could not be");
+        eprintln!(
+            "SKIP refuses_a_server_without_tls: PostgreSQL is not installed and could not be"
+        );
         return;
     };
     let rt = current_thread();
@@ -133,7 +158,9 @@ fn refuses_a_server_without_tls_when_tls_is_required() {
     fill(&t, t.config(), 10);
     let ca = TestCa::new("Audit Store Test CA");
     let err = rt
-        .block_on(sink(&pg.conninfo(), verified(&ca.cert_pem, None), t.path()).ship_until_caught_up())
+        .block_on(
+            sink(&pg.conninfo(), verified(&ca.cert_pem, None), t.path()).ship_until_caught_up(),
+        )
         .unwrap_err();
     assert!(err.to_string().contains("TLS"), "{err}");
     assert!(!table_exists(&pg), "nothing reached the store");
@@ -142,8 +169,8 @@ fn refuses_a_server_without_tls_when_tls_is_required() {
 #[test]
 fn a_connection_string_cannot_switch_tls_off_or_on_behind_the_setting() {
     let ca = TestCa::new("Audit Store Test CA");
-    let err = CentralStore::new("host=db sslmode=disable", verified(&ca.cert_pem, None))
-        .unwrap_err();
+    let err =
+        CentralStore::new("host=db sslmode=disable", verified(&ca.cert_pem, None)).unwrap_err();
     assert!(err.to_string().contains("insecure_plaintext"), "{err}");
     let err = CentralStore::new(
         "postgresql://audit:hunter2@db/audit?sslmode=require",
@@ -151,8 +178,15 @@ fn a_connection_string_cannot_switch_tls_off_or_on_behind_the_setting() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("no CA"), "{err}");
-    let err = CentralStore::new("host=db password=hunter2 sslmode=verify-full", StoreTls::InsecurePlaintext)
-        .unwrap_err();
+    let err = CentralStore::new(
+        "host=db password=hunter2 sslmode=verify-full",
+        StoreTls::InsecurePlaintext,
+    )
+    .unwrap_err();
     assert!(!err.to_string().contains("hunter2"), "{err}");
-    assert!(!format!("{:?}", CentralStore::new("host=db password=hunter2", StoreTls::InsecurePlaintext).unwrap()).contains("hunter2"));
+    assert!(!format!(
+        "{:?}",
+        CentralStore::new("host=db password=hunter2", StoreTls::InsecurePlaintext).unwrap()
+    )
+    .contains("hunter2"));
 }

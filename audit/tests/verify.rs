@@ -273,7 +273,11 @@ fn deleting_the_last_segments_is_named_by_the_expected_head() {
     let head = last_head(&t);
     let whole = verify_dir_expecting(t.path(), &t.key(), &head).unwrap();
     assert_eq!(whole.matched_head, Some(head.seq));
-    assert_eq!(whole.last_seq, Some(head.seq), "the final checkpoint is the head");
+    assert_eq!(
+        whole.last_seq,
+        Some(head.seq),
+        "the final checkpoint is the head"
+    );
 
     let segs = segments(t.path());
     assert!(segs.len() >= 4, "{} segments", segs.len());
@@ -325,5 +329,7 @@ fn an_expected_head_must_be_this_log_s_and_signed() {
     // Not a record at all, or not a checkpoint.
     assert!(AuditHead::parse("{}").is_err());
     let first = read_lines(&only_segment(&t))[0].clone();
-    assert!(AuditHead::parse(&first).unwrap_err().contains("not a checkpoint"));
+    assert!(AuditHead::parse(&first)
+        .unwrap_err()
+        .contains("not a checkpoint"));
 }

@@ -18,9 +18,9 @@ use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use portcullis_audit::{
-    default_node, publish_public_key, AuditConfig, AuditError, AuditHandle, AuditLog,
-    CentralStore, ConfigReload, DurabilityMode, HeadTracker, PgSink, PgSinkConfig, RequestEvent,
-    Signer, StoreTls,
+    default_node, publish_public_key, AuditConfig, AuditError, AuditHandle, AuditLog, CentralStore,
+    ConfigReload, DurabilityMode, HeadTracker, PgSink, PgSinkConfig, RequestEvent, Signer,
+    StoreTls,
 };
 use portcullis_policy::{
     AuditKey, AuditMode, AuditPostgres, AuditSettings, PostgresTls, SecretSource,
@@ -362,7 +362,7 @@ pub(crate) fn store_tls(tls: &PostgresTls) -> Result<StoreTls, GatewayError> {
                 ))
             })?,
     };
-    Ok(StoreTls::Verified(config))
+    Ok(StoreTls::Verified(Arc::new(config)))
 }
 
 /// Reads a secret from where the config says it is; the value itself is never logged.

@@ -229,7 +229,11 @@ fn deleting_the_last_segments_fails_verification_against_the_head_file() {
     let head_arg = ["--expect-head", head_file.to_str().unwrap()];
     let out = verify_with(&dir, &key, &head_arg);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("reaches the expected head"), "{text}");
     // The head file holds the final checkpoint written at shutdown: the log's last record.
     assert_eq!(records(&dir).last().unwrap()["seq"], head["seq"]);
@@ -246,7 +250,10 @@ fn deleting_the_last_segments_fails_verification_against_the_head_file() {
     }
     let left = records(&dir);
     let last = left.last().unwrap()["seq"].as_u64().unwrap();
-    assert!(verify(&dir, &key).status.success(), "the log alone cannot tell");
+    assert!(
+        verify(&dir, &key).status.success(),
+        "the log alone cannot tell"
+    );
     let out = verify_with(&dir, &key, &head_arg);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -504,7 +511,12 @@ fn postgres_outage_under_load_ends_with_the_table_equal_to_the_log() {
     let out = verify_with(
         &d.join("audit"),
         &d.join("audit.key.pub"),
-        &["--expect-head", "pg", "--config", gw.config.to_str().unwrap()],
+        &[
+            "--expect-head",
+            "pg",
+            "--config",
+            gw.config.to_str().unwrap(),
+        ],
     );
     assert!(
         out.status.success(),

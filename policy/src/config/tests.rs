@@ -674,7 +674,9 @@ fn audit_postgres_is_tls_unless_plaintext_is_said() {
         "give `tls.ca`",
     );
     assert_problem(
-        &audit("  postgres:\n    conninfo: host=db sslmode=require\n    insecure_plaintext: true\n"),
+        &audit(
+            "  postgres:\n    conninfo: host=db sslmode=require\n    insecure_plaintext: true\n",
+        ),
         "9:15:",
         "no CA is configured",
     );
@@ -712,7 +714,9 @@ fn audit_section_problems_have_lines() {
     assert_problem(&audit("  retention: 5m\n"), "8:14:", "at least 1h");
     assert_problem(&audit("  segment_bytes: 10\n"), "8:18:", "at least 4096");
     assert_problem(
-        &audit("  postgres:\n    conninfo: host=db password=hunter2\n    insecure_plaintext: true\n"),
+        &audit(
+            "  postgres:\n    conninfo: host=db password=hunter2\n    insecure_plaintext: true\n",
+        ),
         "9:15:",
         "must not carry a password",
     );
