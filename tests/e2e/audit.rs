@@ -524,6 +524,24 @@ fn postgres_outage_under_load_ends_with_the_table_equal_to_the_log() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("reaches the expected head"));
+
+    // Whoever can write the table plants a row at a seq the gateway is about to write. The
+    // sink finds it, raises the alarm and stops: the lag grows instead of reading 0.
+    let durable = metric_value(&gw.metrics(), "portcullis_audit_durable_records") as u64;
+    pg.psql(&format!(
+        "INSERT INTO audit_records (node, seq, time, kind, record, hash, line) \
+         VALUES ('gw-test', {}, now(), 'request', '{{}}', 'forged', 'forged')",
+        durable + 10
+    ));
+    let client = pki.client(Some("frontend"));
+    for _ in 0..30 {
+        assert_eq!(client.get(gw.port, "/api/after").unwrap().status, 200);
+    }
+    let m = wait("the mismatch alarm", &|m| {
+        metric_value(m, "portcullis_audit_sink_mismatch") == 1.0
+    });
+    assert!(metric_value(&m, lag) > 0.0);
+    assert!(gw.proc.log_text().contains("ALARM"));
 }
 
 /// The checkpoint key generated inside a SoftHSM2 token: no key file anywhere, and the log
