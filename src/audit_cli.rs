@@ -100,6 +100,19 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<()> {
 fn verify(dir: &Path, key: &Path, head: Option<&AuditHead>) -> anyhow::Result<()> {
     let bytes = std::fs::read(key).with_context(|| format!("{}", key.display()))?;
     let key = PublicKey::from_pem_or_der(&bytes).with_context(|| format!("{}", key.display()))?;
+    let log_node = tail(dir, 1)
+        .ok()
+        .and_then(|records| records.into_iter().next())
+        .map(|r| r.node);
+    if let (Some(head), Some(node)) = (head, &log_node) {
+        if head.node != *node {
+            bail!(
+                "{}: the expected head is node {}'s, the log is node {node}'s",
+                dir.display(),
+                head.node
+            );
+        }
+    }
     let result = match head {
         Some(head) => verify_dir_expecting(dir, &key, head),
         None => verify_dir(dir, &key),
