@@ -8,8 +8,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use portcullis_audit::{
-    default_node, publish_public_key, query, tail, verify_dir, AuditConfig, AuditHandle, AuditLog,
-    Decision, DurabilityMode, PublicKey, QueryFilter, VerifyError,
+    default_node, publish_public_key, query, tail, verify_dir, verify_dir_expecting, AuditConfig,
+    AuditHandle, AuditHead, AuditLog, Decision, DurabilityMode, PublicKey, QueryFilter,
+    VerifyError,
 };
 
 #[derive(Subcommand)]
@@ -21,6 +22,14 @@ pub(crate) enum AuditCommand {
         /// The checkpoint public key (PEM), written beside the signing key as `<key>.pub`.
         #[arg(long)]
         key: PathBuf,
+        /// The log's head as published outside it: a head file (the config's
+        /// `audit.head_file`), or `pg` for the central store of `--config`. A log that ends
+        /// before it was cut.
+        #[arg(long, value_name = "FILE|pg")]
+        expect_head: Option<String>,
+        /// The gateway config whose `audit.postgres` (and `audit.node`) `--expect-head pg` uses.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Print the last records of a log.
     Tail {
@@ -50,7 +59,19 @@ pub(crate) enum AuditCommand {
 
 pub(crate) fn run(command: AuditCommand) -> anyhow::Result<()> {
     match command {
-        AuditCommand::Verify { dir, key } => verify(&dir, &key),
+        AuditCommand::Verify {
+            dir,
+            key,
+            expect_head,
+            config,
+        } => {
+            let head = match expect_head.as_deref() {
+                None => None,
+                Some("pg") => Some(head_from_store(&dir, config.as_deref())?),
+                Some(file) => Some(head_from_file(Path::new(file))?),
+            };
+            verify(&dir, &key, head.as_ref())
+        }
         AuditCommand::Tail { dir, lines } => {
             let records = tail(&dir, lines).with_context(|| format!("{}", dir.display()))?;
             print_json_lines(records.into_iter().map(Ok::<_, VerifyError>))
@@ -76,13 +97,37 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<()> {
     }
 }
 
-fn verify(dir: &Path, key: &Path) -> anyhow::Result<()> {
+fn verify(dir: &Path, key: &Path, head: Option<&AuditHead>) -> anyhow::Result<()> {
     let bytes = std::fs::read(key).with_context(|| format!("{}", key.display()))?;
     let key = PublicKey::from_pem_or_der(&bytes).with_context(|| format!("{}", key.display()))?;
-    match verify_dir(dir, &key) {
+    let log_node = tail(dir, 1)
+        .ok()
+        .and_then(|records| records.into_iter().next())
+        .map(|r| r.node);
+    if let (Some(head), Some(node)) = (head, &log_node) {
+        if head.node != *node {
+            bail!(
+                "{}: the expected head is node {}'s, the log is node {node}'s",
+                dir.display(),
+                head.node
+            );
+        }
+    }
+    let result = match head {
+        Some(head) => verify_dir_expecting(dir, &key, head),
+        None => verify_dir(dir, &key),
+    };
+    match result {
         Ok(report) => {
+            let expected = match (head, report.matched_head) {
+                (None, _) => String::new(),
+                (Some(h), Some(_)) => format!("; reaches the expected head {h}"),
+                (Some(h), None) => {
+                    format!("; the expected head {h} precedes the log's first record (retention)")
+                }
+            };
             println!(
-                "{}: ok: {} records in {} segment(s), seq {}..{}, {} signed checkpoint(s), {} record(s) after the last checkpoint, {} truncation(s); chain head {}",
+                "{}: ok: {} records in {} segment(s), seq {}..{}, {} signed checkpoint(s), {} record(s) after the last checkpoint, {} truncation(s); chain head {}{expected}",
                 dir.display(),
                 report.records,
                 report.segments,
@@ -96,8 +141,50 @@ fn verify(dir: &Path, key: &Path) -> anyhow::Result<()> {
             Ok(())
         }
         Err(VerifyError::Bad(bad)) => bail!("{}: FAILED at {bad}", dir.display()),
-        Err(e) => Err(e.into()),
+        Err(VerifyError::Io { path, source }) => {
+            bail!(
+                "{}: cannot read {}: {source}",
+                dir.display(),
+                path.display()
+            )
+        }
+        Err(e) => bail!("{}: FAILED: {e}", dir.display()),
     }
+}
+
+fn head_from_file(path: &Path) -> anyhow::Result<AuditHead> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    AuditHead::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// The head the central store of the config's `audit.postgres` holds for this log's node (the
+/// config's `audit.node`, else the node named in the log, else the host name).
+fn head_from_store(dir: &Path, config: Option<&Path>) -> anyhow::Result<AuditHead> {
+    let Some(config) = config else {
+        bail!("--expect-head pg needs --config (the gateway config naming audit.postgres)");
+    };
+    let config = portcullis_gateway::load_config(config)?;
+    let Some(audit) = config.audit else {
+        bail!("the config has no audit section");
+    };
+    let Some(pg) = &audit.postgres else {
+        bail!("the config's audit section has no postgres store");
+    };
+    let store = portcullis_gateway::central_store(pg)?;
+    let node = match audit.node {
+        Some(node) => node,
+        None => tail(dir, 1)
+            .ok()
+            .and_then(|records| records.into_iter().next())
+            .map_or_else(default_node, |r| r.node),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime
+        .block_on(store.head(&node))
+        .with_context(|| format!("reading node {node}'s head from the central store"))?
+        .with_context(|| format!("the central store holds no head for node {node}"))
 }
 
 /// One JSON document a line on stdout, streaming; stops at the first unreadable record.

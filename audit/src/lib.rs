@@ -5,7 +5,9 @@
 //! the record before it (see [`record`](crate::AuditRecord) for the exact bytes hashed). Every
 //! N records or T seconds the writer appends a [`Checkpoint`] signed by a [`Signer`] (the HSM
 //! in production). [`verify_dir`] proves a log untouched or names the first bad record.
-//! [`PgSink`] ships the log to PostgreSQL, idempotently, keyed by `(node, seq)`.
+//! [`PgSink`] ships the log to PostgreSQL (over verified TLS, [`CentralStore`]), keyed by
+//! `(node, seq)`, confirming every row by hash, and publishes the latest signed checkpoint as
+//! the log's [`AuditHead`], which [`verify_dir_expecting`] compares the log with.
 //!
 //! # Writing
 //!
@@ -61,15 +63,18 @@
 //! after appending a signed [`Retention`] record, so what remains still verifies.
 
 mod error;
+mod head;
 mod query;
 mod record;
 mod segment;
 mod signer;
 mod sink;
+mod store;
 mod verify;
 mod writer;
 
 pub use error::AuditError;
+pub use head::{AuditHead, HeadTracker};
 pub use query::{query, tail, QueryFilter, Records};
 pub use record::{
     audit_path, AdminAction, AuditEvent, AuditRecord, CaAction, CaEvent, Checkpoint, ConfigReload,
@@ -80,7 +85,8 @@ pub use signer::{
     key_id, publish_public_key, PublicKey, SignatureAlgorithm, Signer, SignerError, SoftwareSigner,
 };
 pub use sink::{PgSink, PgSinkConfig, SinkError, SinkStats, TABLE_DDL};
-pub use verify::{verify_dir, BadRecord, Problem, VerifyError, VerifyReport};
+pub use store::{CentralStore, StoreTls};
+pub use verify::{verify_dir, verify_dir_expecting, BadRecord, Problem, VerifyError, VerifyReport};
 pub use writer::{
     default_node, Ack, AuditConfig, AuditHandle, AuditLog, DurabilityMode, Durable,
     RetentionOutcome, WriterStats,

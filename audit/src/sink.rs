@@ -1,31 +1,48 @@
 //! The PostgreSQL sink: ships the local log to a central `audit_records` table.
 //!
-//! The local log is the spool: the sink keeps no state of its own. On every (re)connection it
-//! asks the table for `max(seq)` of its node and reads the local segments from the next seq on,
-//! inserting in batches with `ON CONFLICT (node, seq) DO NOTHING`, so a retried batch never
-//! duplicates and nothing acknowledged locally is skipped. Only durable records are shipped
-//! (those below the writer's durable watermark), so a record cut from a torn tail on restart can
-//! never have reached the store.
+//! The local log is the spool. The sink trusts nothing the store says about what it holds
+//! until it has compared hashes: for every batch it reads back the rows already stored for the
+//! batch's seqs, compares each one's hash with the local record's, inserts the missing ones
+//! (`ON CONFLICT (node, seq) DO NOTHING`) and counts the batch confirmed only when every seq is
+//! stored with the local hash. A stored row with another hash is the alarm
+//! ([`SinkError::Mismatch`], [`SinkStats::mismatch`]): shipping stops until a person looks.
+//! Rows stored beyond the log's head (a forged `(node, 2^62)`, or a log cut short) are an alarm
+//! too ([`SinkStats::store_ahead`]), never a reason to skip: the sink resumes from what it has
+//! confirmed itself. After a restart that is the start of the local log (rows already there
+//! are compared, not sent again); after a reconnection, its own watermark, unless the store
+//! has lost rows below it since. Only durable records are shipped (those below the writer's
+//! durable watermark), so a record cut from a torn tail on restart can never have reached the
+//! store.
 //!
-//! Retention must not delete what is not shipped yet: pass
-//! [`SinkStats::confirmed_next_seq`] as `keep_from_seq` to
-//! [`crate::AuditHandle::apply_retention`].
+//! When a batch holding a signed checkpoint is confirmed, the checkpoint is published as the
+//! node's head in `audit_heads` (see [`crate::AuditHead`]), so `verify` can tell a log cut off
+//! at its end.
+//!
+//! Retention must not delete what is not confirmed: pass [`SinkStats::confirmed_next_seq`] as
+//! `keep_from_seq` to [`crate::AuditHandle::apply_retention`].
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
+use crate::head::AuditHead;
 use crate::record::{parse_record, AuditRecord, RecordKind};
 use crate::segment::{list_segments, segment_name, LineReader, SegmentFile};
+use crate::store::CentralStore;
 use crate::verify::VerifyError;
 use crate::writer::AuditHandle;
 
-/// The central table and its indexes (idempotent: run on every connection).
+/// How often a caught-up sink asks whether the store holds rows beyond the log's head.
+const AHEAD_CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// The central tables and indexes (idempotent: run on every connection).
 ///
+/// `audit_records`, one row a record:
 /// - `node`, `seq`: the record's origin and sequence: the primary key, so inserts are
 ///   idempotent.
 /// - `time`: the record's time stamp.
@@ -36,6 +53,10 @@ use crate::writer::AuditHandle;
 /// - `hash`: the record's chain hash.
 /// - `line`: the exact line as written, so the chain and checkpoint signatures can be
 ///   re-verified from the central store (jsonb does not keep the bytes).
+///
+/// `audit_heads`, one row a node: its latest signed checkpoint the sink has confirmed stored
+/// (`seq`, `hash`, `record`: the checkpoint's exact line, signature included), for
+/// `portcullis audit verify --expect-head pg`.
 pub const TABLE_DDL: &str = "
 CREATE TABLE IF NOT EXISTS audit_records (
     node     text        NOT NULL,
@@ -53,6 +74,13 @@ CREATE TABLE IF NOT EXISTS audit_records (
 CREATE INDEX IF NOT EXISTS audit_records_tenant_time ON audit_records (tenant, time);
 CREATE INDEX IF NOT EXISTS audit_records_identity_time ON audit_records (identity, time);
 CREATE INDEX IF NOT EXISTS audit_records_time ON audit_records (time);
+CREATE TABLE IF NOT EXISTS audit_heads (
+    node       text        PRIMARY KEY,
+    seq        bigint      NOT NULL,
+    hash       text        NOT NULL,
+    record     text        NOT NULL,
+    updated_at timestamptz NOT NULL
+);
 ";
 
 const INSERT: &str = "
@@ -63,15 +91,25 @@ FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text
      AS u(n, s, t, te, i, d, k, r, h, l)
 ON CONFLICT (node, seq) DO NOTHING";
 
+const STORED: &str =
+    "SELECT seq, hash FROM audit_records WHERE node = $1 AND seq BETWEEN $2 AND $3";
+
+/// The head only moves forward (a restarted sink passes older checkpoints again).
+const PUBLISH_HEAD: &str = "
+INSERT INTO audit_heads (node, seq, hash, record, updated_at) VALUES ($1, $2, $3, $4, now())
+ON CONFLICT (node) DO UPDATE
+SET seq = EXCLUDED.seq, hash = EXCLUDED.hash, record = EXCLUDED.record,
+    updated_at = EXCLUDED.updated_at
+WHERE audit_heads.seq < EXCLUDED.seq";
+
 /// Settings for [`PgSink`].
 #[derive(Clone, Debug)]
 pub struct PgSinkConfig {
-    /// libpq-style connection string (`host=127.0.0.1 port=5432 user=audit dbname=audit`).
-    /// No TLS: use it on loopback or a trusted network only.
-    pub conninfo: String,
+    /// The central store and how to reach it.
+    pub store: CentralStore,
     /// The local log directory (the spool).
     pub dir: PathBuf,
-    /// This node's id (the resume query's key).
+    /// This node's id (the rows' key).
     pub node: String,
     /// Records per insert.
     pub batch: usize,
@@ -83,13 +121,9 @@ pub struct PgSinkConfig {
 
 impl PgSinkConfig {
     /// Defaults: batches of 500, poll every 200 ms, retry every 1 s.
-    pub fn new(
-        conninfo: impl Into<String>,
-        dir: impl Into<PathBuf>,
-        node: impl Into<String>,
-    ) -> Self {
+    pub fn new(store: CentralStore, dir: impl Into<PathBuf>, node: impl Into<String>) -> Self {
         PgSinkConfig {
-            conninfo: conninfo.into(),
+            store,
             dir: dir.into(),
             node: node.into(),
             batch: 500,
@@ -99,12 +133,13 @@ impl PgSinkConfig {
     }
 }
 
-/// Why shipping stopped (the sink retries by itself in [`PgSink::run`]).
+/// Why shipping stopped (the sink retries by itself in [`PgSink::run`], except after a
+/// [`SinkError::Mismatch`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SinkError {
-    /// PostgreSQL refused or went away.
-    #[error("audit store: {0}")]
+    /// PostgreSQL refused or went away (or its certificate was refused).
+    #[error("audit store: {}", with_causes(.0))]
     Pg(#[from] tokio_postgres::Error),
     /// The local log could not be read.
     #[error("audit spool: {0}")]
@@ -112,12 +147,32 @@ pub enum SinkError {
     /// The local log is missing records the store has not got (deleted before shipping).
     #[error("audit spool: seq {0} is not in the local log any more")]
     Gap(u64),
+    /// A row the store holds at a seq of the local log has another hash: the store or the log
+    /// was tampered with. Shipping stops.
+    #[error("audit store: node {node} seq {seq} is stored with hash {stored}, the local record has {local}: the store and the log disagree; shipping stopped")]
+    Mismatch {
+        /// The node.
+        node: String,
+        /// The seq.
+        seq: u64,
+        /// The stored row's hash.
+        stored: String,
+        /// The local record's hash.
+        local: String,
+    },
+    /// A row the sink inserted was not there when read back.
+    #[error("audit store: seq {0} is not stored after it was inserted")]
+    Unconfirmed(u64),
+    /// The store's settings are unusable (connection string, TLS).
+    #[error("audit store: {0}")]
+    Config(String),
 }
 
 /// Numbers for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SinkStats {
-    /// Every seq below this is confirmed in the store.
+    /// Every seq below this (and in the local log) is stored with the local record's hash, as
+    /// this sink has checked.
     pub confirmed_next_seq: u64,
     /// Every seq below this is durable locally (the spool's end).
     pub local_next_seq: u64,
@@ -127,6 +182,11 @@ pub struct SinkStats {
     pub shipped: u64,
     /// Whether the sink holds a working connection.
     pub connected: bool,
+    /// Alarm: a stored row disagrees with the local record at its seq. Shipping has stopped.
+    pub mismatch: bool,
+    /// Alarm: the store holds rows (or a head) beyond the log's head: rows this log never
+    /// wrote, or a log cut short. Shipping goes on.
+    pub store_ahead: bool,
 }
 
 #[derive(Default)]
@@ -135,6 +195,8 @@ struct Counters {
     local_next: AtomicU64,
     shipped: AtomicU64,
     connected: AtomicBool,
+    mismatch: AtomicBool,
+    store_ahead: AtomicBool,
     last_error: Mutex<Option<String>>,
 }
 
@@ -169,14 +231,17 @@ impl PgSink {
 
     /// Counters for metrics.
     pub fn stats(&self) -> SinkStats {
-        let confirmed = self.counters.confirmed_next.load(Ordering::Acquire);
-        let local = self.counters.local_next.load(Ordering::Acquire);
+        let c = &self.counters;
+        let confirmed = c.confirmed_next.load(Ordering::Acquire);
+        let local = c.local_next.load(Ordering::Acquire);
         SinkStats {
             confirmed_next_seq: confirmed,
             local_next_seq: local,
             lag_records: local.saturating_sub(confirmed),
-            shipped: self.counters.shipped.load(Ordering::Relaxed),
-            connected: self.counters.connected.load(Ordering::Acquire),
+            shipped: c.shipped.load(Ordering::Relaxed),
+            connected: c.connected.load(Ordering::Acquire),
+            mismatch: c.mismatch.load(Ordering::Acquire),
+            store_ahead: c.store_ahead.load(Ordering::Acquire),
         }
     }
 
@@ -189,11 +254,12 @@ impl PgSink {
             .clone()
     }
 
-    /// Ships forever, reconnecting after failures, until `shutdown` completes. File reads are
+    /// Ships forever, reconnecting after failures, until `shutdown` completes; after a
+    /// [`SinkError::Mismatch`] it ships nothing more (the alarm stays raised). File reads are
     /// short blocking reads: run it on a runtime (or thread) of its own, not the data plane's.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
-        loop {
+        while !self.counters.mismatch.load(Ordering::Acquire) {
             tokio::select! {
                 () = &mut shutdown => return,
                 r = self.session(false) => if let Err(e) = r { self.failed(&e) },
@@ -203,6 +269,7 @@ impl PgSink {
                 () = tokio::time::sleep(self.cfg.retry_interval) => {}
             }
         }
+        shutdown.await;
     }
 
     /// Connects, ships everything durable now, and returns how many records it inserted.
@@ -217,7 +284,12 @@ impl PgSink {
 
     fn failed(&self, e: &SinkError) {
         self.counters.connected.store(false, Ordering::Release);
-        tracing::warn!(error = %e, "audit sink: shipping interrupted");
+        if matches!(e, SinkError::Mismatch { .. }) {
+            self.counters.mismatch.store(true, Ordering::Release);
+            tracing::error!(error = %e, "audit sink: ALARM: the central store disagrees with the local log");
+        } else {
+            tracing::warn!(error = %e, "audit sink: shipping interrupted");
+        }
         *self
             .counters
             .last_error
@@ -226,68 +298,216 @@ impl PgSink {
     }
 
     async fn session(&self, until_caught_up: bool) -> Result<(), SinkError> {
-        let (client, connection) = tokio_postgres::connect(&self.cfg.conninfo, NoTls).await?;
-        let conn_task = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "audit sink: connection closed");
-            }
-        });
-        let r = self.ship(&client, until_caught_up).await;
-        drop(client);
-        conn_task.abort();
-        r
+        let session = self.cfg.store.connect().await?;
+        self.ship(&session.client, until_caught_up).await
     }
 
     async fn ship(&self, client: &Client, until_caught_up: bool) -> Result<(), SinkError> {
         client.batch_execute(TABLE_DDL).await?;
-        let row = client
-            .query_one(
-                "SELECT coalesce(max(seq) + 1, 0) FROM audit_records WHERE node = $1",
-                &[&self.cfg.node],
-            )
-            .await?;
-        let next: i64 = row.get(0);
-        let mut next = u64::try_from(next).unwrap_or(0);
+        let mut next = self.resume_from(client).await?;
         self.counters.confirmed_next.store(next, Ordering::Release);
         self.counters.connected.store(true, Ordering::Release);
         let mut cursor = Cursor::new(self.cfg.dir.clone(), next);
+        let mut ahead_check = Instant::now();
         loop {
-            let limit = self.local_limit();
-            let batch = cursor.read(self.cfg.batch, limit)?;
+            let limit = local_limit(self.writer.as_ref());
+            let mut batch = cursor.read(self.cfg.batch, limit)?;
             // Offline (no writer), the spool's end is wherever reading stopped.
             let local_end = self.writer.as_ref().map_or(cursor.next_seq, |_| limit);
             self.counters.local_next.store(local_end, Ordering::Release);
             if batch.is_empty() {
+                if Instant::now() >= ahead_check {
+                    self.check_store_ahead(client, local_end).await?;
+                    ahead_check = Instant::now() + AHEAD_CHECK_EVERY;
+                }
                 if until_caught_up {
                     return Ok(());
                 }
                 tokio::time::sleep(self.cfg.poll_interval).await;
                 continue;
             }
-            let n = batch.len() as u64;
-            let last = batch.last().map_or(next, |(r, _)| r.seq);
-            insert(client, &batch).await?;
-            next = last + 1;
+            let (inserted, mismatch) = self.confirm(client, &batch).await?;
+            if let Some(SinkError::Mismatch { seq, .. }) = &mismatch {
+                batch.retain(|(r, _)| r.seq < *seq);
+            }
+            if let Some(head) = batch.iter().rev().find_map(|(r, l)| AuditHead::of(r, l)) {
+                client
+                    .execute(
+                        PUBLISH_HEAD,
+                        &[&head.node, &db_seq(head.seq), &head.hash, &head.line],
+                    )
+                    .await?;
+            }
+            next = batch.last().map_or(next, |(r, _)| r.seq + 1);
             self.counters.confirmed_next.store(next, Ordering::Release);
-            self.counters.shipped.fetch_add(n, Ordering::Relaxed);
+            self.counters.shipped.fetch_add(inserted, Ordering::Relaxed);
+            if let Some(e) = mismatch {
+                return Err(e);
+            }
         }
     }
 
-    /// Seqs below this may be shipped.
-    fn local_limit(&self) -> u64 {
-        match &self.writer {
-            Some(w) => w.stats().durable_next_seq,
-            None => u64::MAX,
+    /// Where to start comparing: this sink's own watermark if the store still holds every row
+    /// below it (down to the local log's first record), else the local log's first record.
+    async fn resume_from(&self, client: &Client) -> Result<u64, SinkError> {
+        let first = first_local_seq(&self.cfg.dir)?;
+        let confirmed = self.counters.confirmed_next.load(Ordering::Acquire);
+        if confirmed <= first {
+            return Ok(first);
         }
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM audit_records WHERE node = $1 AND seq >= $2 AND seq < $3",
+                &[&self.cfg.node, &db_seq(first), &db_seq(confirmed)],
+            )
+            .await?;
+        let stored: i64 = row.get(0);
+        if u64::try_from(stored).ok() == Some(confirmed - first) {
+            return Ok(confirmed);
+        }
+        tracing::warn!(
+            audit.confirmed_next_seq = confirmed,
+            "audit sink: the store lost rows it had confirmed; comparing again from the log's start"
+        );
+        Ok(first)
+    }
+
+    /// Makes sure every record of `batch` (consecutive seqs) is stored with its hash, up to the
+    /// first one stored with another hash. Returns how many rows it inserted, and that
+    /// mismatch if there is one (the records before it are confirmed).
+    async fn confirm(
+        &self,
+        client: &Client,
+        batch: &[(AuditRecord, String)],
+    ) -> Result<(u64, Option<SinkError>), SinkError> {
+        let mut inserted = 0;
+        let mut upto = batch.len();
+        let mut mismatch = None;
+        // Twice at most: a row another writer inserted between our read and our insert is
+        // compared on the second pass.
+        for pass in 0..2 {
+            let part = &batch[..upto];
+            let (Some((first, _)), Some((last, _))) = (part.first(), part.last()) else {
+                break;
+            };
+            let range = [db_seq(first.seq), db_seq(last.seq)];
+            let stored: HashMap<i64, String> = client
+                .query(STORED, &[&self.cfg.node, &range[0], &range[1]])
+                .await?
+                .into_iter()
+                .map(|row| (row.get(0), row.get(1)))
+                .collect();
+            let mut missing = Vec::new();
+            for (i, entry) in part.iter().enumerate() {
+                let record = &entry.0;
+                match stored.get(&db_seq(record.seq)) {
+                    Some(hash) if *hash == record.hash => {}
+                    Some(hash) => {
+                        mismatch = Some(SinkError::Mismatch {
+                            node: self.cfg.node.clone(),
+                            seq: record.seq,
+                            stored: hash.clone(),
+                            local: record.hash.clone(),
+                        });
+                        upto = i;
+                        break;
+                    }
+                    None => missing.push(entry),
+                }
+            }
+            let Some(absent) = missing.first().map(|(r, _)| r.seq) else {
+                break;
+            };
+            if pass > 0 {
+                return Err(SinkError::Unconfirmed(absent));
+            }
+            let n = insert(client, &missing).await?;
+            inserted += n;
+            if n == missing.len() as u64 {
+                // Every missing row was inserted by us, with the local hash.
+                break;
+            }
+        }
+        Ok((inserted, mismatch))
+    }
+
+    /// Raises (or clears) the alarm for rows or a head stored beyond the log's end.
+    async fn check_store_ahead(&self, client: &Client, local_end: u64) -> Result<(), SinkError> {
+        let row = client
+            .query_one(
+                "SELECT (SELECT max(seq) FROM audit_records WHERE node = $1),
+                        (SELECT seq FROM audit_heads WHERE node = $1)",
+                &[&self.cfg.node],
+            )
+            .await?;
+        let (rows, head): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+        let beyond = rows
+            .max(head)
+            .and_then(|s| u64::try_from(s).ok())
+            .filter(|s| *s >= local_end);
+        let was = self
+            .counters
+            .store_ahead
+            .swap(beyond.is_some(), Ordering::AcqRel);
+        if let (Some(stored), false) = (beyond, was) {
+            let message = format!(
+                "the store holds seq {stored} for node {} but the log ends before seq {local_end}: rows this log never wrote, or a log cut short",
+                self.cfg.node
+            );
+            tracing::error!(
+                audit.stored_seq = stored,
+                audit.local_next_seq = local_end,
+                "audit sink: ALARM: {message}"
+            );
+            *self
+                .counters
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(message);
+        }
+        Ok(())
     }
 }
 
-async fn insert(client: &Client, batch: &[(AuditRecord, String)]) -> Result<(), SinkError> {
+/// An error and its causes (`tokio_postgres` shows only the kind: "error performing TLS
+/// handshake", "db error").
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// Seqs below this may be read: the writer's durable watermark, or all of a closed log.
+pub(crate) fn local_limit(writer: Option<&AuditHandle>) -> u64 {
+    writer.map_or(u64::MAX, |w| w.stats().durable_next_seq)
+}
+
+/// The seq of the local log's first record (0 for an empty log).
+fn first_local_seq(dir: &Path) -> Result<u64, SinkError> {
+    let segments = list_segments(dir).map_err(|source| VerifyError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(segments.first().map_or(0, |s| s.first_seq))
+}
+
+/// A seq as the table's `bigint` (seqs never reach 2^63).
+fn db_seq(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// Inserts records whose seqs are not stored; returns how many rows were inserted.
+async fn insert(client: &Client, batch: &[&(AuditRecord, String)]) -> Result<u64, SinkError> {
     let mut c = Columns::default();
-    for (r, line) in batch {
+    for (r, line) in batch.iter().copied() {
         let (tenant, identity, decision) = columns(r);
         c.node.push(&r.node);
-        c.seq.push(i64::try_from(r.seq).unwrap_or(i64::MAX));
+        c.seq.push(db_seq(r.seq));
         c.time.push(&r.time);
         c.tenant.push(tenant);
         c.identity.push(identity);
@@ -297,7 +517,7 @@ async fn insert(client: &Client, batch: &[(AuditRecord, String)]) -> Result<(), 
         c.hash.push(&r.hash);
         c.line.push(line);
     }
-    client
+    let n = client
         .execute(
             INSERT,
             &[
@@ -314,7 +534,7 @@ async fn insert(client: &Client, batch: &[(AuditRecord, String)]) -> Result<(), 
             ],
         )
         .await?;
-    Ok(())
+    Ok(n)
 }
 
 /// One array per column: a batch is inserted with a single `unnest` statement.
@@ -347,14 +567,14 @@ fn columns(r: &AuditRecord) -> (Option<&str>, Option<&str>, Option<&str>) {
 }
 
 /// Reads the local log forward from a seq.
-struct Cursor {
+pub(crate) struct Cursor {
     dir: PathBuf,
-    next_seq: u64,
+    pub(crate) next_seq: u64,
     reader: Option<(SegmentFile, LineReader)>,
 }
 
 impl Cursor {
-    fn new(dir: PathBuf, next_seq: u64) -> Self {
+    pub(crate) fn new(dir: PathBuf, next_seq: u64) -> Self {
         Cursor {
             dir,
             next_seq,
@@ -363,7 +583,11 @@ impl Cursor {
     }
 
     /// Up to `max` records with seq in `next_seq..limit`, each with its exact line.
-    fn read(&mut self, max: usize, limit: u64) -> Result<Vec<(AuditRecord, String)>, SinkError> {
+    pub(crate) fn read(
+        &mut self,
+        max: usize,
+        limit: u64,
+    ) -> Result<Vec<(AuditRecord, String)>, SinkError> {
         let mut out = Vec::new();
         while out.len() < max && self.next_seq < limit {
             if self.reader.is_none() && !self.open()? {
@@ -419,6 +643,9 @@ impl Cursor {
             path: self.dir.clone(),
             source,
         })?;
+        if segments.is_empty() {
+            return Ok(false);
+        }
         let Some(seg) = segments
             .into_iter()
             .rev()

@@ -7,8 +7,10 @@
 //!   detected; a rewrite of the whole chain from some point on is detected at the next
 //!   checkpoint (its signature no longer matches), unless the attacker holds the signing key.
 //! - Records after the last checkpoint are chained but not yet signed
-//!   ([`VerifyReport::unsigned_tail`]); cutting records off the end of the log cannot be seen
-//!   from the log alone (the central store, which holds the same records, can).
+//!   ([`VerifyReport::unsigned_tail`]). Cutting records off the end of the log, checkpoints and
+//!   all, cannot be seen from the log alone: [`verify_dir_expecting`] compares the log with its
+//!   head published elsewhere ([`AuditHead`]: the central store, a head file) and fails when
+//!   the log ends before it or holds another record at its seq.
 //! - A log that does not start at seq 0 must be anchored by a signed retention record naming
 //!   the deleted records' last hash.
 
@@ -16,7 +18,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::record::{check_line, parse_record, LineFault, RecordKind, GENESIS_HASH};
+use crate::head::AuditHead;
+use crate::record::{check_line, parse_record, AuditRecord, LineFault, RecordKind, GENESIS_HASH};
 use crate::record::{Checkpoint, Retention, SCHEMA_VERSION};
 use crate::segment::{list_segments, LineReader, SegmentFile};
 use crate::signer::PublicKey;
@@ -94,6 +97,36 @@ pub enum VerifyError {
     /// A record is bad; the first one is named.
     #[error("audit log fails verification at {0}")]
     Bad(Box<BadRecord>),
+    /// The log ends before the expected head: records were cut off its end.
+    #[error("{}", truncated(*.last_seq, .head))]
+    Truncated {
+        /// The log's last seq (None: no record at all).
+        last_seq: Option<u64>,
+        /// The head the log should reach.
+        head: Box<AuditHead>,
+    },
+    /// The log's record at the expected head's seq is another record.
+    #[error("the log's record at seq {} has hash {found}, the expected head has hash {}: the log was rewritten from there, or the head is another log's", .head.seq, .head.hash)]
+    HeadMismatch {
+        /// The head expected.
+        head: Box<AuditHead>,
+        /// The hash of the log's record at its seq.
+        found: String,
+    },
+    /// The expected head is not a checkpoint signed by the given key.
+    #[error("expected head {0}")]
+    BadHead(String),
+}
+
+fn truncated(last_seq: Option<u64>, head: &AuditHead) -> String {
+    let (ends, first_missing) = match last_seq {
+        Some(n) => (format!("log ends at seq {n}"), n + 1),
+        None => ("log holds no record".to_owned(), 0),
+    };
+    format!(
+        "{ends}; expected head {head}: records {first_missing}..={} missing — truncated?",
+        head.seq
+    )
 }
 
 /// What a passing verification covered.
@@ -117,6 +150,9 @@ pub struct VerifyReport {
     pub anchored_by: Option<u64>,
     /// Truncation records (torn tails cut on open).
     pub truncations: u64,
+    /// Seq of the expected head, when the log holds it (with its hash); None when no head was
+    /// expected or it precedes the log's first record (deleted by retention).
+    pub matched_head: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -139,10 +175,33 @@ struct Verifier<'a> {
     segment_ends: HashMap<u64, String>,
     /// Headers of every hash-valid line, built only once something is wrong.
     index: Option<Vec<Pos>>,
+    /// The head the log must reach, and the hash of the log's record at its seq once seen.
+    expect: Option<(&'a AuditHead, Option<String>)>,
 }
 
 /// Verifies the log in `dir` against the checkpoint signing key.
 pub fn verify_dir(dir: &Path, key: &PublicKey) -> Result<VerifyReport, VerifyError> {
+    verify(dir, key, None)
+}
+
+/// Verifies the log in `dir` as [`verify_dir`] does, and that it reaches `head` (the log's
+/// latest signed checkpoint as published outside it, itself checked against `key`): a log that
+/// ends before the head's seq was cut ([`VerifyError::Truncated`]); one holding another record
+/// at that seq was rewritten ([`VerifyError::HeadMismatch`]).
+pub fn verify_dir_expecting(
+    dir: &Path,
+    key: &PublicKey,
+    head: &AuditHead,
+) -> Result<VerifyReport, VerifyError> {
+    head.verify(key)?;
+    verify(dir, key, Some(head))
+}
+
+fn verify(
+    dir: &Path,
+    key: &PublicKey,
+    head: Option<&AuditHead>,
+) -> Result<VerifyReport, VerifyError> {
     let segments = list_segments(dir).map_err(|source| VerifyError::Io {
         path: dir.to_path_buf(),
         source,
@@ -159,8 +218,29 @@ pub fn verify_dir(dir: &Path, key: &PublicKey) -> Result<VerifyReport, VerifyErr
         prev: None,
         segment_ends: HashMap::new(),
         index: None,
+        expect: head.map(|h| (h, None)),
     };
     v.run().map_err(|b| VerifyError::Bad(Box::new(b)))?;
+    let Some((head, found)) = v.expect else {
+        return Ok(v.report);
+    };
+    match found {
+        Some(found) if found == head.hash => v.report.matched_head = Some(head.seq),
+        Some(found) => {
+            return Err(VerifyError::HeadMismatch {
+                head: Box::new(head.clone()),
+                found,
+            })
+        }
+        None if v.report.last_seq.is_none_or(|last| last < head.seq) => {
+            return Err(VerifyError::Truncated {
+                last_seq: v.report.last_seq,
+                head: Box::new(head.clone()),
+            })
+        }
+        // The head's record was deleted by retention; the log goes on past it.
+        None => {}
+    }
     Ok(v.report)
 }
 
@@ -225,6 +305,11 @@ impl Verifier<'_> {
                     prev_hash: header.prev_hash.clone(),
                 };
                 self.link(&pos)?;
+                if let Some((head, found)) = &mut self.expect {
+                    if head.seq == pos.seq {
+                        *found = Some(pos.hash.clone());
+                    }
+                }
                 match header.kind.as_str() {
                     "checkpoint" | "retention" => self.check_signed(&pos, &line.bytes)?,
                     "truncation" => self.report.truncations += 1,
@@ -391,58 +476,17 @@ impl Verifier<'_> {
             )
         })?;
         let sig_bad = |detail: String| at(pos, Problem::BadSignature, detail);
-        let (algorithm, key_id, signature, msg) = match &rec.kind {
-            RecordKind::Checkpoint(cp) => {
-                if cp.through_seq.checked_add(1) != Some(rec.seq) || cp.chain_hash != rec.prev_hash
-                {
-                    return Err(sig_bad(format!(
-                        "checkpoint claims seq {} / {} but follows seq {} / {}",
-                        cp.through_seq,
-                        cp.chain_hash,
-                        rec.seq.wrapping_sub(1),
-                        rec.prev_hash
-                    )));
-                }
-                if cp.segment != pos.segment {
-                    return Err(at(
-                        pos,
-                        Problem::Reordered,
-                        format!("checkpoint was written in {}", cp.segment),
-                    ));
-                }
-                let msg = Checkpoint::signed_message(
-                    &rec.node,
-                    &rec.time,
-                    &cp.segment,
-                    cp.through_seq,
-                    &cp.chain_hash,
-                );
-                (&cp.algorithm, &cp.key_id, &cp.signature, msg)
+        if let RecordKind::Checkpoint(cp) = &rec.kind {
+            check_checkpoint(&rec, cp).map_err(sig_bad)?;
+            if cp.segment != pos.segment {
+                return Err(at(
+                    pos,
+                    Problem::Reordered,
+                    format!("checkpoint was written in {}", cp.segment),
+                ));
             }
-            RecordKind::Retention(r) => {
-                let msg = Retention::signed_message(
-                    &rec.node,
-                    &rec.time,
-                    r.through_seq,
-                    &r.through_hash,
-                    &r.deleted_segments,
-                );
-                (&r.algorithm, &r.key_id, &r.signature, msg)
-            }
-            _ => return Ok(()),
-        };
-        if *key_id != self.key.key_id() {
-            return Err(sig_bad(format!(
-                "signed by key {key_id}, not the given key {}",
-                self.key.key_id()
-            )));
         }
-        let sig = hex::decode(signature).map_err(|_| sig_bad("signature is not hex".into()))?;
-        self.key.verify(algorithm, &msg, &sig).map_err(|e| {
-            sig_bad(format!(
-                "{e} (the records it covers may have been rewritten)"
-            ))
-        })?;
+        verify_signature(&rec, self.key).map_err(sig_bad)?;
         if let RecordKind::Retention(r) = &rec.kind {
             self.anchor(&rec.seq, r);
         }
@@ -469,6 +513,60 @@ impl Verifier<'_> {
             self.report.anchored_by = Some(*seq);
         }
     }
+}
+
+/// A checkpoint must cover exactly the record before it.
+pub(crate) fn check_checkpoint(rec: &AuditRecord, cp: &Checkpoint) -> Result<(), String> {
+    if cp.through_seq.checked_add(1) != Some(rec.seq) || cp.chain_hash != rec.prev_hash {
+        return Err(format!(
+            "checkpoint claims seq {} / {} but follows seq {} / {}",
+            cp.through_seq,
+            cp.chain_hash,
+            rec.seq.wrapping_sub(1),
+            rec.prev_hash
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a checkpoint's or retention record's signature with `key` (other kinds pass).
+pub(crate) fn verify_signature(rec: &AuditRecord, key: &PublicKey) -> Result<(), String> {
+    let (algorithm, key_id, signature, msg) = match &rec.kind {
+        RecordKind::Checkpoint(cp) => (
+            &cp.algorithm,
+            &cp.key_id,
+            &cp.signature,
+            Checkpoint::signed_message(
+                &rec.node,
+                &rec.time,
+                &cp.segment,
+                cp.through_seq,
+                &cp.chain_hash,
+            ),
+        ),
+        RecordKind::Retention(r) => (
+            &r.algorithm,
+            &r.key_id,
+            &r.signature,
+            Retention::signed_message(
+                &rec.node,
+                &rec.time,
+                r.through_seq,
+                &r.through_hash,
+                &r.deleted_segments,
+            ),
+        ),
+        _ => return Ok(()),
+    };
+    if *key_id != key.key_id() {
+        return Err(format!(
+            "signed by key {key_id}, not the given key {}",
+            key.key_id()
+        ));
+    }
+    let sig = hex::decode(signature).map_err(|_| "signature is not hex".to_owned())?;
+    key.verify(algorithm, &msg, &sig)
+        .map_err(|e| format!("{e} (the records it covers may have been rewritten)"))
 }
 
 fn at(pos: &Pos, problem: Problem, detail: String) -> BadRecord {

@@ -1,10 +1,12 @@
 //! `verify_dir` passes on an untouched log and names the first bad record after each kind of
-//! tampering.
+//! tampering; `verify_dir_expecting` also names a log cut off at its end.
 
 mod common;
 
 use common::*;
-use portcullis_audit::{verify_dir, BadRecord, Problem, VerifyError};
+use portcullis_audit::{
+    verify_dir, verify_dir_expecting, AuditHead, BadRecord, HeadTracker, Problem, VerifyError,
+};
 
 fn small_log(n: u64) -> TestLog {
     let t = TestLog::new();
@@ -249,4 +251,85 @@ fn a_record_claiming_the_last_sequence_number_cannot_be_followed() {
     write_lines(&seg, &lines);
     let b = bad(&t);
     assert_eq!(b.line, 2, "{b}");
+}
+
+fn last_head(t: &TestLog) -> AuditHead {
+    HeadTracker::new(t.path(), None)
+        .unwrap()
+        .poll()
+        .unwrap()
+        .expect("the log has a checkpoint")
+}
+
+/// The attack of issue 11: whole trailing segments deleted, signed checkpoints and all. The log
+/// alone still verifies; against its head published elsewhere it does not.
+#[test]
+fn deleting_the_last_segments_is_named_by_the_expected_head() {
+    let t = TestLog::new();
+    let mut cfg = t.config();
+    cfg.checkpoint_every = 10;
+    cfg.segment_bytes = 4096;
+    fill(&t, cfg, 100);
+    let head = last_head(&t);
+    let whole = verify_dir_expecting(t.path(), &t.key(), &head).unwrap();
+    assert_eq!(whole.matched_head, Some(head.seq));
+    assert_eq!(
+        whole.last_seq,
+        Some(head.seq),
+        "the final checkpoint is the head"
+    );
+
+    let segs = segments(t.path());
+    assert!(segs.len() >= 4, "{} segments", segs.len());
+    for seg in &segs[segs.len() - 2..] {
+        std::fs::remove_file(seg).unwrap();
+    }
+    let cut = verify_dir(t.path(), &t.key()).expect("the log alone cannot tell");
+    let last = cut.last_seq.unwrap();
+    assert!(last < head.seq);
+    let err = verify_dir_expecting(t.path(), &t.key(), &head).unwrap_err();
+    assert!(matches!(err, VerifyError::Truncated { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "log ends at seq {last}; expected head seq {} (hash {}): records {}..={} missing — truncated?",
+            head.seq,
+            head.hash,
+            last + 1,
+            head.seq
+        )
+    );
+}
+
+#[test]
+fn an_expected_head_must_be_this_log_s_and_signed() {
+    let t = small_log(30);
+    // Another log signed with the same key, as long: its head has the same seq, another hash.
+    let other = TestLog {
+        dir: tempfile::tempdir().unwrap(),
+        signer: t.signer.clone(),
+    };
+    let mut cfg = other.config();
+    cfg.checkpoint_every = 10;
+    fill(&other, cfg, 30);
+    let (mine, theirs) = (last_head(&t), last_head(&other));
+    assert_eq!(mine.seq, theirs.seq);
+    let err = verify_dir_expecting(t.path(), &t.key(), &theirs).unwrap_err();
+    assert!(matches!(err, VerifyError::HeadMismatch { .. }), "{err:?}");
+    assert!(err.to_string().contains(&theirs.hash), "{err}");
+
+    // A head claiming a later seq, hashed again but not signed by the key: refused as a head.
+    let forged = rehash(&mine.line.replace(
+        &format!("\"seq\":{}", mine.seq),
+        &format!("\"seq\":{}", mine.seq + 1000),
+    ));
+    let head = AuditHead::parse(&forged).unwrap();
+    let err = verify_dir_expecting(t.path(), &t.key(), &head).unwrap_err();
+    assert!(matches!(err, VerifyError::BadHead(_)), "{err:?}");
+    // Not a record at all, or not a checkpoint.
+    assert!(AuditHead::parse("{}").is_err());
+    let first = read_lines(&only_segment(&t))[0].clone();
+    assert!(AuditHead::parse(&first)
+        .unwrap_err()
+        .contains("not a checkpoint"));
 }

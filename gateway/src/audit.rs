@@ -1,5 +1,6 @@
 //! The gateway's audit trail: opens the log the config names, writes each request's records,
-//! ships the log to PostgreSQL, applies retention, and tells readiness and metrics how it is
+//! ships the log to PostgreSQL (over verified TLS), publishes its head (latest signed
+//! checkpoint) to the head file, applies retention, and tells readiness and metrics how it is
 //! doing.
 //!
 //! Fail-closed: an allowed request is forwarded only after its `admitted` record is durable
@@ -8,6 +9,8 @@
 //! also gets a `completed` record when it ends, queued without waiting. Best-effort: only the
 //! `completed` record, queued; records that do not fit are dropped and counted.
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,10 +18,13 @@ use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use portcullis_audit::{
-    default_node, publish_public_key, AuditConfig, AuditError, AuditHandle, AuditLog, ConfigReload,
-    DurabilityMode, PgSink, PgSinkConfig, RequestEvent, Signer,
+    default_node, publish_public_key, AuditConfig, AuditError, AuditHandle, AuditLog, CentralStore,
+    ConfigReload, DurabilityMode, HeadTracker, PgSink, PgSinkConfig, RequestEvent, Signer,
+    StoreTls,
 };
-use portcullis_policy::{AuditKey, AuditMode, AuditSettings, SecretSource};
+use portcullis_policy::{
+    AuditKey, AuditMode, AuditPostgres, AuditSettings, PostgresTls, SecretSource,
+};
 
 use crate::GatewayError;
 
@@ -26,6 +32,8 @@ use crate::GatewayError;
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
 /// How long shutdown waits for queued records to become durable.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the head file is brought up to date with the latest checkpoint.
+const HEAD_EVERY: Duration = Duration::from_secs(1);
 
 /// The open audit log and what ships it.
 pub(crate) struct AuditTrail {
@@ -34,10 +42,14 @@ pub(crate) struct AuditTrail {
     include_query: bool,
     retention: Option<Duration>,
     sink: Option<Arc<PgSink>>,
+    /// The head file and what follows the log for new checkpoints.
+    head: Option<(PathBuf, Mutex<HeadTracker>)>,
     /// Owns the writer thread; taken by [`AuditTrail::close`].
     log: Mutex<Option<AuditLog>>,
     /// Requests refused because their record could not be made durable.
-    refused: std::sync::atomic::AtomicU64,
+    refused: AtomicU64,
+    /// Segments the last retention pass kept past their age, unconfirmed by the store.
+    retention_held: AtomicU64,
 }
 
 impl std::fmt::Debug for AuditTrail {
@@ -78,10 +90,17 @@ impl AuditTrail {
         let handle = log.handle();
         let sink = match &settings.postgres {
             None => None,
-            Some(source) => {
-                let conninfo = read_secret(source)?;
-                let cfg = PgSinkConfig::new(conninfo, &settings.directory, node.clone());
+            Some(pg) => {
+                let cfg = PgSinkConfig::new(central_store(pg)?, &settings.directory, node.clone());
                 Some(Arc::new(PgSink::new(cfg, Some(handle.clone()))))
+            }
+        };
+        let head = match &settings.head_file {
+            None => None,
+            Some(path) => {
+                let tracker = HeadTracker::new(&settings.directory, Some(handle.clone()))
+                    .map_err(|e| GatewayError::Audit(e.to_string()))?;
+                Some((path.clone(), Mutex::new(tracker)))
             }
         };
         tracing::info!(
@@ -97,8 +116,10 @@ impl AuditTrail {
             include_query: settings.include_query,
             retention: settings.retention,
             sink,
+            head,
             log: Mutex::new(Some(log)),
-            refused: std::sync::atomic::AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            retention_held: AtomicU64::new(0),
         })
     }
 
@@ -120,10 +141,7 @@ impl AuditTrail {
     /// Counts a request refused for want of a durable record; true when it should be logged
     /// (the 1st, 2nd, 4th, 8th… refusal), so an unwritable disk cannot flood the log.
     pub(crate) fn note_refused(&self) -> bool {
-        let n = self
-            .refused
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
+        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
         n.is_power_of_two()
     }
 
@@ -173,6 +191,32 @@ impl AuditTrail {
                 .map(|s| writer.durable_next_seq.saturating_sub(s.confirmed_next_seq)),
             sink_connected: sink.as_ref().map(|s| s.connected),
             sink_shipped: sink.as_ref().map(|s| s.shipped),
+            sink_mismatch: sink.as_ref().map(|s| s.mismatch || s.store_ahead),
+            retention_held: self.retention_held.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Writes the newest checkpoint written since the last call, if any, to the head file
+    /// (atomically: an off-box reader sees the old head or the new one).
+    fn publish_head(&self) {
+        let Some((path, tracker)) = &self.head else {
+            return;
+        };
+        let found = tracker.lock().unwrap_or_else(|e| e.into_inner()).poll();
+        match found {
+            Ok(None) => {}
+            Ok(Some(head)) => {
+                let line = format!("{}\n", head.line);
+                let written = portcullis_identity::write_atomic(
+                    path,
+                    line.as_bytes(),
+                    portcullis_identity::PUBLIC_FILE_MODE,
+                );
+                if let Err(e) = written {
+                    tracing::error!(error = %e, "audit head file not written");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "audit head: reading the log failed"),
         }
     }
 
@@ -186,6 +230,8 @@ impl AuditTrail {
         if let Some(log) = log {
             log.close();
         }
+        // The final checkpoint close wrote is the head from now on.
+        self.publish_head();
     }
 }
 
@@ -200,6 +246,9 @@ pub(crate) struct AuditFigures {
     pub sink_lag: Option<u64>,
     pub sink_connected: Option<bool>,
     pub sink_shipped: Option<u64>,
+    /// The store disagrees with the log (a hash mismatch, or rows beyond its head).
+    pub sink_mismatch: Option<bool>,
+    pub retention_held: u64,
 }
 
 /// Ships the log to PostgreSQL and applies retention, for as long as the server runs.
@@ -212,6 +261,7 @@ impl BackgroundService for AuditJobs {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let sink = self.trail.sink.clone();
         let mut stop = shutdown.clone();
+        let mut heads_stop = shutdown.clone();
         let shipping = async move {
             if let Some(sink) = sink {
                 sink.run(async move {
@@ -232,7 +282,19 @@ impl BackgroundService for AuditJobs {
                 }
             }
         };
-        tokio::join!(shipping, retention);
+        let heads = async {
+            if self.trail.head.is_none() {
+                return;
+            }
+            loop {
+                self.trail.publish_head();
+                tokio::select! {
+                    _ = heads_stop.changed() => return,
+                    _ = tokio::time::sleep(HEAD_EVERY) => {}
+                }
+            }
+        };
+        tokio::join!(shipping, retention, heads);
     }
 }
 
@@ -250,11 +312,57 @@ impl AuditJobs {
         })
         .await;
         match outcome {
-            Ok(Ok(done)) => tracing::debug!(outcome = ?done, "audit retention applied"),
+            Ok(Ok(done)) => {
+                let held = done.held_unconfirmed as u64;
+                self.trail.retention_held.store(held, Ordering::Relaxed);
+                tracing::debug!(outcome = ?done, "audit retention applied");
+            }
             Ok(Err(e)) => tracing::error!(error = %e, "audit retention failed"),
             Err(e) => tracing::error!(error = %e, "audit retention task failed"),
         }
     }
+}
+
+/// The central store the config names: its connection string read from where the config says,
+/// and its TLS client (the restricted provider, the configured CA as the only trust anchor,
+/// the optional client certificate). For the sink and for `audit verify --expect-head pg`.
+pub fn central_store(pg: &AuditPostgres) -> Result<CentralStore, GatewayError> {
+    let tls = store_tls(&pg.tls)?;
+    let conninfo = read_secret(&pg.conninfo)?;
+    CentralStore::new(&conninfo, tls).map_err(|e| GatewayError::Audit(format!("postgres: {e}")))
+}
+
+/// The TLS client for the central store (loads the CA and client files; `check` runs it too).
+pub(crate) fn store_tls(tls: &PostgresTls) -> Result<StoreTls, GatewayError> {
+    let (ca, client) = match tls {
+        PostgresTls::InsecurePlaintext => {
+            tracing::warn!(
+                "audit.postgres.insecure_plaintext: the audit log and the PostgreSQL password \
+                 cross the network in clear"
+            );
+            return Ok(StoreTls::InsecurePlaintext);
+        }
+        PostgresTls::VerifyFull { ca, client } => (ca, client),
+    };
+    use portcullis_identity::{load_certs, load_private_key, provider, root_store};
+    let roots = root_store(load_certs(ca)?, &ca.display().to_string())?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| GatewayError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(load_certs(cert)?, load_private_key(key)?)
+            .map_err(|e| {
+                GatewayError::Tls(format!(
+                    "audit.postgres.tls: {} and {}: {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?,
+    };
+    Ok(StoreTls::Verified(Arc::new(config)))
 }
 
 /// Reads a secret from where the config says it is; the value itself is never logged.

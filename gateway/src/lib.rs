@@ -30,6 +30,7 @@ use std::sync::Arc;
 pub use admission::{
     Admission, Admitted, BodyPlan, HeadSize, Refusal, RequestHead, Target, Verdict,
 };
+pub use audit::central_store;
 pub use echo::serve_echo;
 pub use inspect::{BodyFormat, Coding, Codings, Content, Unscanned};
 pub use limits::LimitExceeded;

@@ -53,6 +53,8 @@ struct AuditMetrics {
     sink_lag: IntGauge,
     sink_connected: IntGauge,
     sink_shipped: IntCounter,
+    sink_mismatch: IntGauge,
+    retention_held: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -314,6 +316,9 @@ impl Metrics {
             a.sink_connected.set(i64::from(connected));
             catch_up(&a.sink_shipped, shipped);
         }
+        a.sink_mismatch
+            .set(i64::from(f.sink_mismatch.unwrap_or_default()));
+        a.retention_held.set(gauge(f.retention_held));
     }
 
     pub(crate) fn reload(&self, ok: bool) {
@@ -489,6 +494,14 @@ impl AuditMetrics {
             sink_shipped: counter(
                 "portcullis_audit_sink_shipped_records_total",
                 "Records confirmed by the central store since start",
+            ),
+            sink_mismatch: gauge(
+                "portcullis_audit_sink_mismatch",
+                "1 when the central store disagrees with the local log: a row with another hash (shipping stopped) or rows beyond the log's head",
+            ),
+            retention_held: gauge(
+                "portcullis_audit_retention_held_segments",
+                "Segments past their retention age kept because the central store has not confirmed them",
             ),
         }
     }

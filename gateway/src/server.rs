@@ -55,6 +55,9 @@ pub fn check(path: &Path) -> Result<Config, GatewayError> {
         Pool::from_config(upstream)?;
     }
     check_audit_key(&config)?;
+    if let Some(pg) = config.audit.as_ref().and_then(|a| a.postgres.as_ref()) {
+        crate::audit::store_tls(&pg.tls)?;
+    }
     Ok(config)
 }
 

@@ -87,7 +87,35 @@ pub struct AuditSettings {
     /// Whether request records keep the query string (off: it often carries secrets).
     pub include_query: bool,
     /// The central store the log is shipped to, if any.
-    pub postgres: Option<SecretSource>,
+    pub postgres: Option<AuditPostgres>,
+    /// Where the log's head (its latest signed checkpoint) is also written, atomically, at
+    /// each checkpoint: an off-box copy for `portcullis audit verify --expect-head FILE`.
+    pub head_file: Option<PathBuf>,
+}
+
+/// The central store (PostgreSQL) the audit log is shipped to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditPostgres {
+    /// The libpq-style connection string (it may carry a password: never inline).
+    pub conninfo: SecretSource,
+    /// How the connection is protected.
+    pub tls: PostgresTls,
+}
+
+/// How the connection to PostgreSQL is protected.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PostgresTls {
+    /// TLS required, `verify-full`: the server's certificate must chain to `ca` and name the
+    /// connection string's host.
+    VerifyFull {
+        /// The CA certificate(s) (PEM) that signed the server's certificate.
+        ca: PathBuf,
+        /// A client certificate chain and key (PEM) to present, if the server asks for one.
+        client: Option<(PathBuf, PathBuf)>,
+    },
+    /// No TLS, said explicitly (`insecure_plaintext: true`): the password and every record
+    /// cross the network in clear.
+    InsecurePlaintext,
 }
 
 /// Where the audit checkpoint signing key lives.

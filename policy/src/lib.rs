@@ -18,9 +18,10 @@ mod routing;
 
 pub use access::{Denied, DenyReason, HeaderSource, NoHeaders, PatternError, Permit, RequestFacts};
 pub use config::{
-    AuditKey, AuditMode, AuditSettings, ClientAuth, Config, ConfigError, ConfigProblem,
-    ConnectionLimits, HealthCheckConfig, HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig,
-    SecretSource, TenantConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
+    AuditKey, AuditMode, AuditPostgres, AuditSettings, ClientAuth, Config, ConfigError,
+    ConfigProblem, ConnectionLimits, HealthCheckConfig, HttpSettings, IssuerConfig, ListenerConfig,
+    MetricsConfig, PostgresTls, SecretSource, TenantConfig, TlsListenerConfig, UpstreamConfig,
+    UpstreamTls,
 };
 pub use dlp::{
     Blocked, BodyDirection, BuiltinDetector, CustomPatternSpec, DetectorKind, DetectorName,

@@ -1,6 +1,7 @@
 //! The audit trail through the real gateway: every decision recorded, the log verifies and a
-//! tampered one does not, `kill -9` loses no acknowledged request, a full disk refuses traffic
-//! in fail-closed mode, and a PostgreSQL outage ends with the central table equal to the log.
+//! tampered one does not, a log cut at its end fails against its published head, `kill -9`
+//! loses no acknowledged request, a full disk refuses traffic in fail-closed mode, and a
+//! PostgreSQL outage (over verified TLS) ends with the central table equal to the log.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
-use crate::postgres::Postgres;
+use crate::postgres::{Postgres, ServerTls, TestCa};
 
 const CONFIG: &str = r#"
 listeners:
@@ -75,13 +76,19 @@ fn request_records<'a>(all: &'a [serde_json::Value], id: &str) -> Vec<&'a serde_
 }
 
 fn verify(dir: &Path, key: &Path) -> Output {
-    cli(&[
+    verify_with(dir, key, &[])
+}
+
+fn verify_with(dir: &Path, key: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
         "audit",
         "verify",
         dir.to_str().unwrap(),
         "--key",
         key.to_str().unwrap(),
-    ])
+    ];
+    args.extend_from_slice(extra);
+    cli(&args)
 }
 
 fn stop(gw: &mut Gateway) {
@@ -195,6 +202,68 @@ fn every_decision_is_recorded_and_the_log_verifies_until_tampered_with() {
         err.contains(&format!("line {line_no}")) && err.contains("edited"),
         "{err}"
     );
+}
+
+/// The attack of issue 11: the last segments deleted, signed checkpoints and all. The log alone
+/// still verifies; against the head file the gateway kept (an off-box copy in production) the
+/// CLI names the records that are gone.
+#[test]
+fn deleting_the_last_segments_fails_verification_against_the_head_file() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let echo = Echo::start(d, "audit-head");
+    let extra = "  segment_bytes: 4096\n  head_file: off-box/gw.head";
+    std::fs::create_dir(d.join("off-box")).unwrap();
+    let mut gw = Gateway::start(d, &config(&echo, "audit", "fail-closed", extra));
+    let client = pki.client(Some("frontend"));
+    for _ in 0..60 {
+        assert_eq!(client.get(gw.port, "/api/x").unwrap().status, 200);
+    }
+    stop(&mut gw);
+
+    let (dir, key) = (d.join("audit"), d.join("audit.key.pub"));
+    let head_file = d.join("off-box/gw.head");
+    let head: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&head_file).unwrap().trim()).unwrap();
+    assert_eq!(head["kind"], "checkpoint");
+    let head_arg = ["--expect-head", head_file.to_str().unwrap()];
+    let out = verify_with(&dir, &key, &head_arg);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("reaches the expected head"), "{text}");
+    // The head file holds the final checkpoint written at shutdown: the log's last record.
+    assert_eq!(records(&dir).last().unwrap()["seq"], head["seq"]);
+
+    let mut segs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 4, "{} segments", segs.len());
+    for seg in &segs[segs.len() - 2..] {
+        std::fs::remove_file(seg).unwrap();
+    }
+    let left = records(&dir);
+    let last = left.last().unwrap()["seq"].as_u64().unwrap();
+    assert!(
+        verify(&dir, &key).status.success(),
+        "the log alone cannot tell"
+    );
+    let out = verify_with(&dir, &key, &head_arg);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let head_seq = head["seq"].as_u64().unwrap();
+    let expected = format!(
+        "log ends at seq {last}; expected head seq {head_seq} (hash {}): records {}..={head_seq} missing — truncated?",
+        head["hash"].as_str().unwrap(),
+        last + 1
+    );
+    assert!(err.contains(&expected), "{err}");
 }
 
 /// Requests answered 200 under load, then `kill -9`: every one of them has its admission
@@ -320,14 +389,25 @@ fn fail_closed_refuses_traffic_while_the_log_cannot_be_written() {
 /// central table ends equal to it (same count, no duplicates, same chain head).
 #[test]
 fn postgres_outage_under_load_ends_with_the_table_equal_to_the_log() {
-    let Some(pg) = Postgres::start() else {
+    let ca = TestCa::new("Audit Store Test CA");
+    let (cert_pem, key_pem) = ca.leaf("audit-store", &["127.0.0.1"]);
+    let tls = ServerTls {
+        cert_pem,
+        key_pem,
+        client_ca_pem: None,
+    };
+    let Some(pg) = Postgres::start_tls(tls) else {
         eprintln!("SKIP postgres_outage_under_load: PostgreSQL is not installed");
         return;
     };
     let pki = Pki::new();
     let d = pki.dir.path();
+    std::fs::write(d.join("pg-ca.pem"), &ca.cert_pem).unwrap();
     let echo = Echo::start(d, "audit-pg");
-    let postgres = format!("  postgres:\n    conninfo: \"{}\"", pg.conninfo());
+    let postgres = format!(
+        "  postgres:\n    conninfo: \"{}\"\n    tls: {{ ca: pg-ca.pem }}",
+        pg.conninfo()
+    );
     let gw = Gateway::start(d, &config(&echo, "audit", "best-effort", &postgres));
     let load = {
         let client = pki.client(Some("frontend"));
@@ -422,6 +502,46 @@ fn postgres_outage_under_load_ends_with_the_table_equal_to_the_log() {
     assert_eq!(cols[1], cols[0], "no duplicates");
     assert_eq!(cols[2] + 1, local_count, "sequence has no gaps");
     assert_eq!(central_head, head, "same chain head");
+    assert_eq!(
+        metric_value(&gw.metrics(), "portcullis_audit_sink_mismatch"),
+        0.0
+    );
+    // The head the sink published in the store (read over the same verified TLS) is one the
+    // log reaches.
+    let out = verify_with(
+        &d.join("audit"),
+        &d.join("audit.key.pub"),
+        &[
+            "--expect-head",
+            "pg",
+            "--config",
+            gw.config.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reaches the expected head"));
+
+    // Whoever can write the table plants a row at a seq the gateway is about to write. The
+    // sink finds it, raises the alarm and stops: the lag grows instead of reading 0.
+    let durable = metric_value(&gw.metrics(), "portcullis_audit_durable_records") as u64;
+    pg.psql(&format!(
+        "INSERT INTO audit_records (node, seq, time, kind, record, hash, line) \
+         VALUES ('gw-test', {}, now(), 'request', '{{}}', 'forged', 'forged')",
+        durable + 10
+    ));
+    let client = pki.client(Some("frontend"));
+    for _ in 0..30 {
+        assert_eq!(client.get(gw.port, "/api/after").unwrap().status, 200);
+    }
+    let m = wait("the mismatch alarm", &|m| {
+        metric_value(m, "portcullis_audit_sink_mismatch") == 1.0
+    });
+    assert!(metric_value(&m, lag) > 0.0);
+    assert!(gw.proc.log_text().contains("ALARM"));
 }
 
 /// The checkpoint key generated inside a SoftHSM2 token: no key file anywhere, and the log

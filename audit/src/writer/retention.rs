@@ -22,6 +22,9 @@ pub struct RetentionOutcome {
     pub through_seq: Option<u64>,
     /// Seq of the signed retention record written, if any segment was deleted.
     pub record_seq: Option<u64>,
+    /// Segments old enough to delete but kept: they hold records at or after `keep_from_seq`
+    /// (the central store has not confirmed them).
+    pub held_unconfirmed: usize,
 }
 
 pub(super) fn apply(
@@ -34,13 +37,10 @@ pub(super) fn apply(
     let (now, time) = engine.now();
     let segments = list_segments(&dir).map_err(dir_io)?;
     let mut doomed: Vec<&SegmentFile> = Vec::new();
+    let mut held_unconfirmed = 0;
     for pair in segments.windows(2) {
         let (seg, next) = (&pair[0], &pair[1]);
         if seg.name == engine.active.name {
-            break;
-        }
-        let last_seq = next.first_seq.saturating_sub(1);
-        if keep_from_seq.is_some_and(|k| last_seq >= k) {
             break;
         }
         let modified = fs::metadata(&seg.path)
@@ -49,10 +49,26 @@ pub(super) fn apply(
         if now.duration_since(modified).unwrap_or(Duration::ZERO) < max_age {
             break;
         }
+        // Old enough, but not confirmed in the central store: kept, and so is every later one.
+        let last_seq = next.first_seq.saturating_sub(1);
+        if held_unconfirmed > 0 || keep_from_seq.is_some_and(|k| last_seq >= k) {
+            held_unconfirmed += 1;
+            continue;
+        }
         doomed.push(seg);
     }
+    if held_unconfirmed > 0 {
+        tracing::warn!(
+            audit.held_segments = held_unconfirmed,
+            audit.keep_from_seq = keep_from_seq,
+            "audit log: retention keeps segments past their age: the central store has not confirmed them"
+        );
+    }
     let Some(first_kept) = segments.get(doomed.len()).filter(|_| !doomed.is_empty()) else {
-        return Ok(RetentionOutcome::default());
+        return Ok(RetentionOutcome {
+            held_unconfirmed,
+            ..RetentionOutcome::default()
+        });
     };
     let through_seq = first_kept.first_seq.saturating_sub(1);
     let through_hash = first_prev_hash(first_kept)?.unwrap_or_else(|| {
@@ -88,6 +104,7 @@ pub(super) fn apply(
         deleted_segments: names,
         through_seq: Some(through_seq),
         record_seq: Some(record_seq),
+        held_unconfirmed,
     })
 }
 

@@ -1,5 +1,6 @@
 //! A throwaway PostgreSQL cluster on loopback for tests (shared by the audit crate's tests and
-//! the end-to-end suite through `#[path]`). Run as the `postgres` user when we are root.
+//! the end-to-end suite through `#[path]`), in clear or with `ssl=on` and a server certificate
+//! from a test CA. Run as the `postgres` user when we are root.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -12,6 +13,62 @@ pub(crate) struct Postgres {
     base: tempfile::TempDir,
     port: u16,
     as_user: Option<String>,
+    tls: bool,
+}
+
+/// A test certificate authority (rcgen): signs server and client leaves.
+pub(crate) struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The CA certificate, PEM.
+    pub(crate) cert_pem: String,
+}
+
+impl TestCa {
+    pub(crate) fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            cert_pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf with common name `cn` and these subject alternative names (IP addresses or DNS
+    /// names): (certificate PEM, key PEM).
+    pub(crate) fn leaf(&self, cn: &str, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// How a cluster started with [`Postgres::start_tls`] speaks TLS.
+pub(crate) struct ServerTls {
+    /// The server's certificate and key, PEM.
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
+    /// With a client CA, TCP clients must present a certificate from it whose common name is
+    /// the user (`cert` authentication); without, TCP clients must use TLS (`hostssl`).
+    pub(crate) client_ca_pem: Option<String>,
 }
 
 fn is_root() -> bool {
@@ -33,7 +90,17 @@ fn find_bin() -> Option<PathBuf> {
 }
 
 impl Postgres {
+    /// A cluster that speaks in clear only (`ssl=off`).
     pub(crate) fn start() -> Option<Postgres> {
+        Self::start_with(None)
+    }
+
+    /// A cluster with `ssl=on` that refuses clear-text TCP connections.
+    pub(crate) fn start_tls(tls: ServerTls) -> Option<Postgres> {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<ServerTls>) -> Option<Postgres> {
         let bin = find_bin().or_else(|| {
             if is_root() {
                 eprintln!("PostgreSQL not found: apt-get install -y postgresql");
@@ -65,6 +132,7 @@ impl Postgres {
             base,
             port,
             as_user,
+            tls: tls.is_some(),
         };
         let data = pg.data();
         let ok = pg
@@ -74,8 +142,44 @@ impl Postgres {
             )
             .success();
         assert!(ok, "initdb failed");
+        if let Some(tls) = tls {
+            pg.install_tls(&tls);
+        }
         pg.ctl_start();
         Some(pg)
+    }
+
+    /// Writes the server's TLS files (key 0600, owned by the server's user) and a `pg_hba.conf`
+    /// that accepts TCP only over TLS.
+    fn install_tls(&self, tls: &ServerTls) {
+        use std::os::unix::fs::PermissionsExt;
+        let base = self.base.path();
+        let mut files = vec![
+            ("server.crt", tls.cert_pem.as_str()),
+            ("server.key", tls.key_pem.as_str()),
+        ];
+        let auth = match &tls.client_ca_pem {
+            Some(ca) => {
+                files.push(("client-ca.crt", ca.as_str()));
+                "cert"
+            }
+            None => "trust",
+        };
+        let hba = format!("local all all trust\nhostssl all all 127.0.0.1/32 {auth}\n");
+        std::fs::write(base.join("data/pg_hba.conf"), hba).unwrap();
+        for (name, pem) in files {
+            let path = base.join(name);
+            std::fs::write(&path, pem).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        if let Some(user) = &self.as_user {
+            let st = Command::new("chown")
+                .args(["-R", &format!("{user}:{user}")])
+                .arg(base)
+                .status()
+                .unwrap();
+            assert!(st.success(), "chown of the TLS files failed");
+        }
     }
 
     fn data(&self) -> String {
@@ -99,11 +203,19 @@ impl Postgres {
     }
 
     pub(crate) fn ctl_start(&self) {
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+        let base = self.base.path().display();
+        let mut opts = format!(
+            "-p {} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
-            self.base.path().display()
         );
+        if self.tls {
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={base}/server.crt -c ssl_key_file={base}/server.key"
+            ));
+            if self.base.path().join("client-ca.crt").exists() {
+                opts.push_str(&format!(" -c ssl_ca_file={base}/client-ca.crt"));
+            }
+        }
         let log = self.base.path().join("pg.log").display().to_string();
         let ok = self
             .run(
@@ -127,10 +239,16 @@ impl Postgres {
 }
 
 impl Postgres {
-    /// Runs one SQL statement with `psql` and returns its unaligned, tuples-only output.
+    /// Runs one SQL statement with `psql` (over the Unix socket, so whatever TCP demands) and
+    /// returns its unaligned, tuples-only output.
     pub(crate) fn psql(&self, sql: &str) -> String {
+        let socket = format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.base.path().display(),
+            self.port
+        );
         let out = Command::new(self.bin.join("psql"))
-            .args(["-X", "-At", "-c", sql, &self.conninfo()])
+            .args(["-X", "-At", "-c", sql, &socket])
             .output()
             .expect("run psql");
         assert!(

@@ -66,6 +66,8 @@ pub(crate) struct RawAudit {
     pub(crate) include_query: bool,
     #[serde(default)]
     pub(crate) postgres: Option<RawAuditPostgres>,
+    #[serde(default)]
+    pub(crate) head_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -90,6 +92,20 @@ pub(crate) struct RawAuditPostgres {
     pub(crate) conninfo_env: Option<String>,
     #[serde(default)]
     pub(crate) conninfo_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) tls: Option<RawPostgresTls>,
+    #[serde(default)]
+    pub(crate) insecure_plaintext: bool,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPostgresTls {
+    pub(crate) ca: PathBuf,
+    #[serde(default)]
+    pub(crate) client_certificate: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) client_key: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug)]

@@ -643,7 +643,7 @@ const MINIMAL: &str =
 fn audit_section_defaults_and_paths() {
     assert_eq!(parse(MINIMAL).unwrap().audit, None);
     let c = parse(&format!(
-        "{MINIMAL}audit:\n  directory: audit\n  signing_key: /keys/audit.key\n  postgres:\n    conninfo_env: AUDIT_PG\n"
+        "{MINIMAL}audit:\n  directory: audit\n  signing_key: /keys/audit.key\n  head_file: /off-box/gw.head\n  postgres:\n    conninfo_env: AUDIT_PG\n    tls: {{ca: pg-ca.pem, client_certificate: gw.pem, client_key: gw.key}}\n"
     ))
     .unwrap();
     let a = c.audit.unwrap();
@@ -652,7 +652,57 @@ fn audit_section_defaults_and_paths() {
     assert_eq!(a.mode, AuditMode::FailClosed, "fail-closed unless asked");
     assert_eq!(a.durable_timeout, Duration::from_millis(250));
     assert!(!a.include_query);
-    assert_eq!(a.postgres, Some(SecretSource::Env("AUDIT_PG".into())));
+    assert_eq!(
+        a.postgres,
+        Some(AuditPostgres {
+            conninfo: SecretSource::Env("AUDIT_PG".into()),
+            tls: PostgresTls::VerifyFull {
+                ca: "/srv/gw/pg-ca.pem".into(),
+                client: Some(("/srv/gw/gw.pem".into(), "/srv/gw/gw.key".into())),
+            },
+        })
+    );
+    assert_eq!(a.head_file, Some("/off-box/gw.head".into()));
+}
+
+#[test]
+fn audit_postgres_is_tls_unless_plaintext_is_said() {
+    let audit = |body: &str| format!("{MINIMAL}audit:\n  directory: a\n  signing_key: k\n{body}");
+    assert_problem(
+        &audit("  postgres:\n    conninfo_env: PG\n"),
+        "8:3:",
+        "give `tls.ca`",
+    );
+    assert_problem(
+        &audit(
+            "  postgres:\n    conninfo: host=db sslmode=require\n    insecure_plaintext: true\n",
+        ),
+        "9:15:",
+        "no CA is configured",
+    );
+    assert_problem(
+        &audit("  postgres:\n    conninfo: host=db sslmode=disable\n    tls: {ca: ca.pem}\n"),
+        "9:15:",
+        "insecure_plaintext",
+    );
+    assert_problem(
+        &audit("  postgres:\n    conninfo_env: PG\n    tls: {ca: ca.pem, client_key: k.pem}\n"),
+        "10:5:",
+        "both `client_certificate` and `client_key`",
+    );
+    assert_problem(
+        &audit("  postgres:\n    conninfo_env: PG\n    tls: {ca: ca.pem}\n    insecure_plaintext: true\n"),
+        "11:5:",
+        "exclude each other",
+    );
+    let c = parse(&audit(
+        "  postgres:\n    conninfo: host=127.0.0.1\n    insecure_plaintext: true\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.audit.unwrap().postgres.unwrap().tls,
+        PostgresTls::InsecurePlaintext
+    );
 }
 
 #[test]
@@ -664,17 +714,19 @@ fn audit_section_problems_have_lines() {
     assert_problem(&audit("  retention: 5m\n"), "8:14:", "at least 1h");
     assert_problem(&audit("  segment_bytes: 10\n"), "8:18:", "at least 4096");
     assert_problem(
-        &audit("  postgres:\n    conninfo: host=db password=hunter2\n"),
+        &audit(
+            "  postgres:\n    conninfo: host=db password=hunter2\n    insecure_plaintext: true\n",
+        ),
         "9:15:",
         "must not carry a password",
     );
     assert_problem(
-        &audit("  postgres:\n    conninfo: postgresql://audit:hunter2@db/audit\n"),
+        &audit("  postgres:\n    conninfo: postgresql://audit:hunter2@db/audit\n    tls: {ca: ca.pem}\n"),
         "9:15:",
         "must not carry a password",
     );
     assert_problem(
-        &audit("  postgres:\n    conninfo: host=db\n    conninfo_env: PG\n"),
+        &audit("  postgres:\n    conninfo: host=db\n    conninfo_env: PG\n    insecure_plaintext: true\n"),
         "8:3:",
         "exactly one",
     );
@@ -686,7 +738,7 @@ fn audit_section_problems_have_lines() {
     );
     // The password itself never appears in the error.
     assert!(!error(&audit(
-        "  postgres:\n    conninfo: host=db password=hunter2\n"
+        "  postgres:\n    conninfo: host=db password=hunter2\n    insecure_plaintext: true\n"
     ))
     .contains("hunter2"));
 }

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use super::Checker;
-use crate::config::raw::{RawAudit, RawAuditPostgres, RawPkcs11Key};
-use crate::config::{AuditKey, AuditMode, AuditSettings, SecretSource};
+use crate::config::raw::{RawAudit, RawAuditPostgres, RawPkcs11Key, RawPostgresTls};
+use crate::config::{AuditKey, AuditMode, AuditPostgres, AuditSettings, PostgresTls, SecretSource};
 
 const DEFAULT_DURABLE_TIMEOUT: Duration = Duration::from_millis(250);
 const MAX_DURABLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -105,6 +105,10 @@ impl Checker<'_> {
             retention: raw.retention,
             include_query: raw.include_query,
             postgres,
+            head_file: raw
+                .head_file
+                .as_ref()
+                .map(|f| self.file_path("audit.head_file", what, f)),
         }
     }
 
@@ -142,7 +146,74 @@ impl Checker<'_> {
         }
     }
 
-    fn audit_postgres(&mut self, raw: &RawAuditPostgres) -> Option<SecretSource> {
+    fn audit_postgres(&mut self, raw: &RawAuditPostgres) -> Option<AuditPostgres> {
+        let path = "audit.postgres";
+        let tls = match (&raw.tls, raw.insecure_plaintext) {
+            (Some(tls), false) => self.postgres_tls(tls),
+            (None, true) => PostgresTls::InsecurePlaintext,
+            (Some(_), true) => {
+                self.at_key(
+                    "audit.postgres.insecure_plaintext",
+                    "audit.postgres: `tls` and `insecure_plaintext` exclude each other".to_owned(),
+                );
+                return None;
+            }
+            (None, false) => {
+                self.at_key(
+                    path,
+                    "audit.postgres: give `tls.ca` (the CA that signed the PostgreSQL server's \
+                     certificate; the server is verified in full), or `insecure_plaintext: true` \
+                     to ship the log and the password in clear"
+                        .to_owned(),
+                );
+                return None;
+            }
+        };
+        if let Some(text) = &raw.conninfo {
+            let lower = text.to_ascii_lowercase().replace(' ', "");
+            let conflict = match tls {
+                PostgresTls::InsecurePlaintext => lower.contains("sslmode=require").then_some(
+                    "asks for TLS (sslmode=require) but no CA is configured: give `tls.ca`",
+                ),
+                PostgresTls::VerifyFull { .. } => lower.contains("sslmode=disable").then_some(
+                    "says sslmode=disable but `tls` is configured; say `insecure_plaintext: true` \
+                     to ship in clear",
+                ),
+            };
+            if let Some(problem) = conflict {
+                self.at_value(
+                    "audit.postgres.conninfo",
+                    format!("audit.postgres: `conninfo` {problem}"),
+                );
+                return None;
+            }
+        }
+        let conninfo = self.postgres_conninfo(raw)?;
+        Some(AuditPostgres { conninfo, tls })
+    }
+
+    fn postgres_tls(&mut self, raw: &RawPostgresTls) -> PostgresTls {
+        let path = "audit.postgres.tls";
+        let ca = self.file_path(&format!("{path}.ca"), path, &raw.ca);
+        let client = match (&raw.client_certificate, &raw.client_key) {
+            (Some(cert), Some(key)) => Some((
+                self.file_path(&format!("{path}.client_certificate"), path, cert),
+                self.file_path(&format!("{path}.client_key"), path, key),
+            )),
+            (None, None) => None,
+            _ => {
+                self.at_key(
+                    path,
+                    "audit.postgres.tls: give both `client_certificate` and `client_key`, or neither"
+                        .to_owned(),
+                );
+                None
+            }
+        };
+        PostgresTls::VerifyFull { ca, client }
+    }
+
+    fn postgres_conninfo(&mut self, raw: &RawAuditPostgres) -> Option<SecretSource> {
         let path = "audit.postgres";
         let given = [
             raw.conninfo.is_some(),
