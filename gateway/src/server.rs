@@ -61,10 +61,10 @@ pub fn check(path: &Path) -> Result<Config, GatewayError> {
     Ok(config)
 }
 
-/// A key, PIN or connection-string file of the audit log that group or others can read is a
+/// A key, PIN, connection-string or client-key file of the audit log that group or others can read is a
 /// check failure (the log itself would refuse the key and the PIN at start).
 pub(crate) fn check_audit_key(config: &Config) -> Result<(), GatewayError> {
-    use portcullis_policy::{AuditKey, SecretSource};
+    use portcullis_policy::{AuditKey, PostgresTls, SecretSource};
     let Some(audit) = &config.audit else {
         return Ok(());
     };
@@ -76,11 +76,20 @@ pub(crate) fn check_audit_key(config: &Config) -> Result<(), GatewayError> {
         } => Some(("audit key PIN file", pin)),
         AuditKey::Pkcs11 { .. } => None,
     };
-    let conninfo = match &audit.postgres {
-        Some(SecretSource::File(file)) => Some(("audit.postgres connection file", file)),
-        _ => None,
-    };
-    for (what, path) in key.into_iter().chain(conninfo) {
+    let mut store = Vec::new();
+    if let Some(postgres) = &audit.postgres {
+        if let SecretSource::File(file) = &postgres.conninfo {
+            store.push(("audit.postgres connection file", file));
+        }
+        if let PostgresTls::VerifyFull {
+            client: Some((_, key)),
+            ..
+        } = &postgres.tls
+        {
+            store.push(("audit.postgres client key", key));
+        }
+    }
+    for (what, path) in key.into_iter().chain(store) {
         refuse_readable_secret(what, path)?;
     }
     Ok(())

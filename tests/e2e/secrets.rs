@@ -62,8 +62,8 @@ fn the_ca_refuses_a_pin_file_others_can_read() {
     );
 }
 
-/// `portcullis check` refuses the audit log's PKCS#11 PIN file and its PostgreSQL connection
-/// file when group or others can read them.
+/// `portcullis check` refuses the audit log's PKCS#11 PIN file, its PostgreSQL connection file
+/// and its PostgreSQL client key when group or others can read them.
 #[test]
 fn check_refuses_audit_secret_files_others_can_read() {
     let pki = Pki::new();
@@ -83,7 +83,9 @@ listeners:
 audit:
   directory: audit
   signing_pkcs11: { token_label: audit, key_label: checkpoints, pin_file: hsm.pin }
-  postgres: { conninfo_file: pg.conninfo }
+  postgres:
+    conninfo_file: pg.conninfo
+    tls: { ca: ca.pem, client_certificate: frontend.pem, client_key: frontend.key }
 upstreams:
   - name: echo
     targets: [127.0.0.1:9]
@@ -112,6 +114,7 @@ tenants:
     for (secret, named) in [
         ("hsm.pin", "audit key PIN file"),
         ("pg.conninfo", "audit.postgres connection file"),
+        ("frontend.key", "audit.postgres client key"),
     ] {
         chmod(&d.join(secret), 0o640);
         let out = check();
