@@ -24,10 +24,11 @@ use crate::csr::read_csr;
 use crate::events::{self, CaEventSink};
 use crate::ids::{Serial, TenantId};
 use crate::inventory::{
-    format_time, CertRecord, InventoryFilter, InventoryStore, NewCertRecord, SqliteInventory,
+    format_time, CertRecord, CertStatus, InventoryFilter, InventoryStore, NewCertRecord,
+    Revocation, RevocationScope, SqliteInventory,
 };
 use crate::key::{RcgenSigner, SigningKey};
-use crate::profile::{IssuanceProfile, IssueRefusal};
+use crate::profile::{IssuanceProfile, IssueRefusal, ProfileRole};
 use crate::CaError;
 
 /// Leaves start this long before `now`, for clocks slightly behind.
@@ -99,6 +100,8 @@ pub struct IssuedCertificate {
     pub dns_names: Vec<String>,
     pub tenant: TenantId,
     pub profile: String,
+    /// The certificate it renews, when it is a renewal.
+    pub renewed_from: Option<Serial>,
 }
 
 /// The certificate authority. `Send + Sync`: issue from many threads through `&self`.
@@ -425,6 +428,8 @@ impl Ca {
     /// Valid from `now - 60s` to `now + lifetime` (cut to the intermediate's expiry).
     /// Refusals are [`CaError::Refused`]; an unreachable HSM is [`CaError::BackendUnavailable`].
     ///
+    /// A profile with `role: operator` issues only when the requester is an operator.
+    ///
     /// Records one event: the issuance, or the refusal (with the profile asked for and the
     /// name the CSR asked for). Other failures record nothing: nothing was decided.
     pub fn issue(
@@ -432,7 +437,32 @@ impl Ca {
         req: &IssueRequest<'_>,
         now: SystemTime,
     ) -> Result<IssuedCertificate, CaError> {
-        let result = self.issue_inner(req, now);
+        self.issue_recorded(req, None, now)
+    }
+
+    /// Renews `current` for its holder, as [`Ca::issue`] does a first certificate, and records
+    /// the new certificate as its renewal (revoking `current` revokes it too). The renewal keeps
+    /// `current`'s tenant and profile (a request naming another profile is refused with
+    /// `renewal_profile_changed`) and may carry only its names: the same SPIFFE ID and a subset
+    /// of its DNS names, compared on what would be issued (`identity_mismatch`). `current`
+    /// must be valid (`not_renewable`).
+    pub fn renew(
+        &self,
+        req: &IssueRequest<'_>,
+        current: &Serial,
+        now: SystemTime,
+    ) -> Result<IssuedCertificate, CaError> {
+        self.issue_recorded(req, Some(current), now)
+    }
+
+    /// Issues or renews, and records the outcome (one event).
+    fn issue_recorded(
+        &self,
+        req: &IssueRequest<'_>,
+        renews: Option<&Serial>,
+        now: SystemTime,
+    ) -> Result<IssuedCertificate, CaError> {
+        let result = self.issue_inner(req, renews, now);
         match &result {
             Ok(issued) => {
                 tracing::info!(
@@ -440,6 +470,7 @@ impl Ca {
                     tenant.id = %req.tenant,
                     ca.profile = %issued.profile,
                     ca.requester = %req.requester,
+                    ca.renewed_from = issued.renewed_from.as_ref().map(ToString::to_string).unwrap_or_default(),
                     cert.spiffe_id = issued.spiffe_id.as_deref().unwrap_or(""),
                     cert.not_after = %format_time(issued.not_after),
                     "certificate issued"
@@ -469,14 +500,60 @@ impl Ca {
         result
     }
 
+    /// The profile a request is decided under, and for a renewal the certificate renewed.
+    fn basis(
+        &self,
+        req: &IssueRequest<'_>,
+        renews: Option<&Serial>,
+        now: SystemTime,
+    ) -> Result<(&IssuanceProfile, Option<CertRecord>), CaError> {
+        let Some(serial) = renews else {
+            let profile = self.profile(&req.tenant, req.profile)?;
+            if profile.role == ProfileRole::Operator && req.requester.kind != RequesterKind::Operator
+            {
+                return Err(IssueRefusal::OperatorProfile(profile.name.clone()).into());
+            }
+            return Ok((profile, None));
+        };
+        let not_renewable = |why: String| IssueRefusal::NotRenewable {
+            serial: serial.to_string(),
+            why,
+        };
+        let current = self
+            .core
+            .inventory
+            .get(serial, now)?
+            .ok_or_else(|| not_renewable("it is not in the inventory".to_owned()))?;
+        if current.status != CertStatus::Valid {
+            return Err(not_renewable(format!("it is {}", current.status)).into());
+        }
+        if current.tenant != req.tenant {
+            return Err(not_renewable(format!("it belongs to tenant {}", current.tenant)).into());
+        }
+        if let Some(asked) = req.profile.filter(|asked| *asked != current.profile) {
+            return Err(IssueRefusal::RenewalProfileChanged {
+                current: current.profile.clone(),
+                requested: crate::profile::shown(asked),
+            }
+            .into());
+        }
+        let profile = self.profile(&current.tenant, Some(&current.profile))?;
+        Ok((profile, Some(current)))
+    }
+
     fn issue_inner(
         &self,
         req: &IssueRequest<'_>,
+        renews: Option<&Serial>,
         now: SystemTime,
     ) -> Result<IssuedCertificate, CaError> {
-        let profile = self.profile(&req.tenant, req.profile)?;
+        let (profile, current) = self.basis(req, renews, now)?;
         let csr = read_csr(req.csr)?;
         let permit = profile.permit(&csr, req.lifetime)?;
+        if let Some(current) = &current {
+            permit.within(&current.sans)?;
+        }
+        let renewed_from = current.map(|c| c.serial);
 
         let serial = Serial::random()?;
         let not_before = now - CLOCK_SKEW;
@@ -543,6 +620,7 @@ impl Ca {
             not_before,
             not_after,
             cert_der: cert_der.clone(),
+            renewed_from: renewed_from.clone(),
         })?;
 
         Ok(IssuedCertificate {
@@ -560,6 +638,7 @@ impl Ca {
                 .collect(),
             tenant: req.tenant.clone(),
             profile: profile.name.clone(),
+            renewed_from,
         })
     }
 
@@ -572,37 +651,50 @@ impl Ca {
         self.core.inventory.list(filter, now)
     }
 
-    /// [`Ca::revoke_by`] for a caller with no one to name: the event's requester reads
+    /// [`Ca::revoke_by`] for a caller with no one to name: the events' requester reads
     /// `operator:(unnamed)`. Front ends name who asked with [`Ca::revoke_by`].
     pub fn revoke(
         &self,
         serial: &Serial,
         reason: RevocationReason,
+        scope: RevocationScope,
         now: SystemTime,
-    ) -> Result<CertRecord, CaError> {
+    ) -> Result<Revocation, CaError> {
         let unnamed = Requester {
             kind: RequesterKind::Operator,
             id: "(unnamed)".to_owned(),
         };
-        self.revoke_by(serial, reason, &unnamed, now)
+        self.revoke_by(serial, reason, scope, &unnamed, now)
     }
 
-    /// Revokes a certificate at `requester`'s request and publishes a new CRL to
-    /// `STATE/crl.pem`. [`CaError::UnknownSerial`] or [`CaError::AlreadyRevoked`] when it
-    /// cannot. Records one event once the inventory holds the revocation, even if the CRL then
-    /// cannot be signed (the error says so; the certificate is revoked all the same).
+    /// Revokes a certificate at `requester`'s request (with its renewals, unless `scope` is
+    /// [`RevocationScope::OnlyThis`]) and publishes a new CRL to `STATE/crl.pem`.
+    /// [`CaError::UnknownSerial`], or [`CaError::AlreadyRevoked`] when nothing in scope was
+    /// left to revoke. Records one event per certificate revoked once the inventory holds the
+    /// revocation, even if the CRL then cannot be signed (the error says so; the certificates
+    /// are revoked all the same).
     pub fn revoke_by(
         &self,
         serial: &Serial,
         reason: RevocationReason,
+        scope: RevocationScope,
         requester: &Requester,
         now: SystemTime,
-    ) -> Result<CertRecord, CaError> {
-        let record = self.core.inventory.revoke(serial, reason, now)?;
-        tracing::info!(ca.serial = %serial, tenant.id = %record.tenant, ca.requester = %requester, revocation.reason = %reason, "certificate revoked");
-        self.record(|| events::revoked(requester, &record, reason));
+    ) -> Result<Revocation, CaError> {
+        let revocation = self.core.inventory.revoke(serial, reason, scope, now)?;
+        for record in &revocation.revoked {
+            tracing::info!(
+                ca.serial = %record.serial,
+                tenant.id = %record.tenant,
+                ca.requester = %requester,
+                revocation.reason = %reason,
+                revocation.named = %serial,
+                "certificate revoked"
+            );
+            self.record(|| events::revoked(requester, record, reason, serial));
+        }
         self.publish_crl(now)?;
-        Ok(record)
+        Ok(revocation)
     }
 
     /// Signs a new CRL (next CRL number) listing the revoked, unexpired certificates.
