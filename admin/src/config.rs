@@ -138,10 +138,13 @@ impl AdminConfig {
                 .parse()
                 .map_err(|e| format!("operators: {op:?} is not a SPIFFE ID: {e}"))?;
             let issued_by = |role: ProfileRole| {
-                profiles.iter().filter(move |p| p.role == role).find_map(|p| {
-                    let pattern = p.spiffe_ids.iter().find(|pattern| pattern.matches(&id))?;
-                    Some((p, pattern))
-                })
+                profiles
+                    .iter()
+                    .filter(move |p| p.role == role)
+                    .find_map(|p| {
+                        let pattern = p.spiffe_ids.iter().find(|pattern| pattern.matches(&id))?;
+                        Some((p, pattern))
+                    })
             };
             if let Some((profile, pattern)) = issued_by(ProfileRole::Tenant) {
                 return Err(format!(
@@ -249,7 +252,10 @@ operators: ["spiffe://example.org/portcullis/operator/alice"]
                 "SPIFFE",
             ),
             (
-                GOOD.replace("/portcullis/operator/alice", "/portcullis/operator/../alice"),
+                GOOD.replace(
+                    "/portcullis/operator/alice",
+                    "/portcullis/operator/../alice",
+                ),
                 "SPIFFE",
             ),
             (

@@ -509,7 +509,8 @@ impl Ca {
     ) -> Result<(&IssuanceProfile, Option<CertRecord>), CaError> {
         let Some(serial) = renews else {
             let profile = self.profile(&req.tenant, req.profile)?;
-            if profile.role == ProfileRole::Operator && req.requester.kind != RequesterKind::Operator
+            if profile.role == ProfileRole::Operator
+                && req.requester.kind != RequesterKind::Operator
             {
                 return Err(IssueRefusal::OperatorProfile(profile.name.clone()).into());
             }

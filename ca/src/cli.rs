@@ -240,7 +240,10 @@ pub fn run_with_audit(
             let revocation = ca.revoke_by(&serial, reason, scope, &operator(), now)?;
             let mut text = String::new();
             for r in &revocation.revoked {
-                text.push_str(&format!("revoked {} (tenant {}, {reason}", r.serial, r.tenant));
+                text.push_str(&format!(
+                    "revoked {} (tenant {}, {reason}",
+                    r.serial, r.tenant
+                ));
                 if let Some(from) = r.renewed_from.as_ref().filter(|_| r.serial != serial) {
                     text.push_str(&format!("; renewal of {from}"));
                 }

@@ -107,7 +107,10 @@ fn extension_request<'a>(
         let mut seen = Vec::with_capacity(request.extensions.len());
         for ext in &request.extensions {
             if seen.contains(&&ext.oid) {
-                return ambiguous(format!("extension {} requested twice", ext.oid.to_id_string()));
+                return ambiguous(format!(
+                    "extension {} requested twice",
+                    ext.oid.to_id_string()
+                ));
             }
             seen.push(&ext.oid);
         }

@@ -46,8 +46,7 @@ pub use key::{
     DEFAULT_PKCS11_MODULE,
 };
 pub use profile::{
-    DnsPattern, IssuanceProfile, IssueRefusal, KeyType, ProfileRole, SpiffeIdPattern,
-    OPERATOR_PATH,
+    DnsPattern, IssuanceProfile, IssueRefusal, KeyType, ProfileRole, SpiffeIdPattern, OPERATOR_PATH,
 };
 
 /// Errors of the certificate authority.

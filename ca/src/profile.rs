@@ -114,7 +114,9 @@ pub enum IssueRefusal {
     #[error("profile {0:?} issues operator identities: only an operator may ask for it")]
     OperatorProfile(String),
     /// A renewal naming another profile than the one of the certificate it renews.
-    #[error("a renewal keeps the profile of the certificate it renews ({current:?}), not {requested:?}")]
+    #[error(
+        "a renewal keeps the profile of the certificate it renews ({current:?}), not {requested:?}"
+    )]
     RenewalProfileChanged { current: String, requested: String },
     /// A renewal asking for a name the certificate it renews does not carry.
     #[error("a renewal may carry only the names of the certificate it renews: {0}")]

@@ -164,7 +164,10 @@ fn crafted(
     let path = dir.path().join("req.pem");
     std::fs::write(&path, &pem).unwrap();
     let (ok, out) = openssl(&["req", "-verify", "-noout", "-in", path.to_str().unwrap()]);
-    assert!(ok && out.contains("verify OK"), "openssl req -verify: {out}");
+    assert!(
+        ok && out.contains("verify OK"),
+        "openssl req -verify: {out}"
+    );
     pem.into_bytes()
 }
 
@@ -194,7 +197,12 @@ fn csr_extensions_that_could_be_read_two_ways_are_refused() {
     let key = KeyPair::generate().unwrap();
     let issue = |csr: &[u8]| {
         f.ca.issue(
-            &request(csr, "acme", Some("workloads"), RequesterKind::BootstrapToken),
+            &request(
+                csr,
+                "acme",
+                Some("workloads"),
+                RequesterKind::BootstrapToken,
+            ),
             SystemTime::now(),
         )
     };
@@ -251,7 +259,10 @@ fn csr_extensions_that_could_be_read_two_ways_are_refused() {
         Vec::new(),
     );
     let err = issue(&repeated).unwrap_err();
-    assert!(err.to_string().contains("2.5.29.17 requested twice"), "{err}");
+    assert!(
+        err.to_string().contains("2.5.29.17 requested twice"),
+        "{err}"
+    );
     assert_eq!(code::<()>(Err(err)), "csr_ambiguous_extensions");
 
     // Microsoft's extension request attribute, which OpenSSL reads and this CA's parser
@@ -288,7 +299,12 @@ fn a_renewal_keeps_the_profile_and_the_names_of_the_certificate_it_renews() {
     let first = csr(&key, Some(WEB), &["a.acme.internal", "b.acme.internal"]);
     let current =
         f.ca.issue(
-            &request(&first, "acme", Some("workloads"), RequesterKind::BootstrapToken),
+            &request(
+                &first,
+                "acme",
+                Some("workloads"),
+                RequesterKind::BootstrapToken,
+            ),
             now,
         )
         .unwrap();
@@ -391,7 +407,12 @@ fn revoking_a_stolen_certificate_revokes_its_renewals_and_the_crl_lists_them() {
     let key = KeyPair::generate().unwrap();
     let id = "spiffe://acme.example/ns/prod/sa/stolen";
     let pem = csr(&key, Some(id), &[]);
-    let token = request(&pem, "acme", Some("workloads"), RequesterKind::BootstrapToken);
+    let token = request(
+        &pem,
+        "acme",
+        Some("workloads"),
+        RequesterKind::BootstrapToken,
+    );
     let renewal = request(&pem, "acme", None, RequesterKind::ClientCert);
     // The thief renews the stolen certificate twice over, and once more from the original.
     let stolen = f.ca.issue(&token, now).unwrap();
@@ -435,14 +456,24 @@ fn revoking_a_stolen_certificate_revokes_its_renewals_and_the_crl_lists_them() {
         .unwrap();
     assert_eq!(
         for_c.reason.as_deref(),
-        Some(format!("keyCompromise (a renewal of {}, revoked with it)", stolen.serial).as_str())
+        Some(
+            format!(
+                "keyCompromise (a renewal of {}, revoked with it)",
+                stolen.serial
+            )
+            .as_str()
+        )
     );
 
     // The CRL in the state folder, read by openssl, lists all four; openssl then refuses the
     // thief's latest certificate and still accepts the bystander's.
     let listed = crl_serials(f);
     for cert in [&stolen, &b, &c, &d] {
-        assert!(listed.contains(&cert.serial.to_string()), "{} in\n{listed}", cert.serial);
+        assert!(
+            listed.contains(&cert.serial.to_string()),
+            "{} in\n{listed}",
+            cert.serial
+        );
     }
     assert!(!listed.contains(&bystander.serial.to_string()));
     let (ok, out) = verify_with_crl(f, &c);
@@ -469,7 +500,11 @@ fn operator_identities_come_only_from_operator_profiles_at_an_operators_request(
     let f = require_fixture!();
     let now = SystemTime::now();
     let key = KeyPair::generate().unwrap();
-    let alice = csr(&key, Some("spiffe://ops.example/portcullis/operator/alice"), &[]);
+    let alice = csr(
+        &key,
+        Some("spiffe://ops.example/portcullis/operator/alice"),
+        &[],
+    );
     // A bootstrap token for tenant ops cannot obtain an operator certificate.
     for profile in [Some("operators"), None] {
         let req = request(&alice, "ops", profile, RequesterKind::BootstrapToken);
@@ -483,10 +518,22 @@ fn operator_identities_come_only_from_operator_profiles_at_an_operators_request(
     assert_eq!(code(f.ca.renew(&renewal, &issued.serial, now)), "issued");
     // A tenant's workload asking for an operator's ID under its own trust domain: refused as
     // reserved (and a tenant pattern that could match it is refused when the config is read).
-    let sneaky = csr(&key, Some("spiffe://acme.example/portcullis/operator/alice"), &[]);
-    let req = request(&sneaky, "acme", Some("workloads"), RequesterKind::BootstrapToken);
+    let sneaky = csr(
+        &key,
+        Some("spiffe://acme.example/portcullis/operator/alice"),
+        &[],
+    );
+    let req = request(
+        &sneaky,
+        "acme",
+        Some("workloads"),
+        RequesterKind::BootstrapToken,
+    );
     assert_eq!(code(f.ca.issue(&req, now)), "spiffe_id_reserved");
-    let broad = CONFIG.replace("ns/**\"]\n    dns_names: [\"*.acme.internal\"]\n    max_lifetime: 1h", "**\"]\n    dns_names: [\"*.acme.internal\"]\n    max_lifetime: 1h");
+    let broad = CONFIG.replace(
+        "ns/**\"]\n    dns_names: [\"*.acme.internal\"]\n    max_lifetime: 1h",
+        "**\"]\n    dns_names: [\"*.acme.internal\"]\n    max_lifetime: 1h",
+    );
     assert_ne!(broad, CONFIG);
     let err = CaConfig::from_yaml(&broad.replace("PIN_FILE", "/pin"))
         .unwrap_err()

@@ -204,7 +204,11 @@ fn operator_path_is_only_for_operator_profiles() {
     let operator = facts(&["spiffe://acme.example/portcullis/operator/alice"], &[]);
     assert_eq!(code(&p, &operator, None), "spiffe_id_reserved");
     assert_eq!(
-        code(&p, &facts(&["spiffe://acme.example/portcullis/x"], &[]), None),
+        code(
+            &p,
+            &facts(&["spiffe://acme.example/portcullis/x"], &[]),
+            None
+        ),
         "ok"
     );
     p.role = ProfileRole::Operator;
@@ -229,7 +233,10 @@ fn a_renewal_keeps_the_spiffe_id_and_a_subset_of_the_dns_names() {
     };
     assert_eq!(within(&[id], &["a.acme.internal"]), Ok(()));
     // Compared on what would be issued: the names as the CA writes them (lower case).
-    assert_eq!(within(&[id], &["B.ACME.internal", "a.acme.internal"]), Ok(()));
+    assert_eq!(
+        within(&[id], &["B.ACME.internal", "a.acme.internal"]),
+        Ok(())
+    );
     assert_eq!(within(&[id], &[]), Ok(()));
     assert_eq!(
         within(&[id], &["c.acme.internal"]),
@@ -244,6 +251,9 @@ fn a_renewal_keeps_the_spiffe_id_and_a_subset_of_the_dns_names() {
     let dns_only = no_id
         .permit(&facts(&[], &["a.acme.internal"]), None)
         .unwrap();
-    assert_eq!(dns_only.within(&current).map_err(|e| e.code()), Err("identity_mismatch"));
+    assert_eq!(
+        dns_only.within(&current).map_err(|e| e.code()),
+        Err("identity_mismatch")
+    );
     assert_eq!(dns_only.within(&current[1..]), Ok(()));
 }

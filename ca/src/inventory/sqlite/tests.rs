@@ -78,7 +78,12 @@ fn filters_revokes_and_counts() {
         Err(CaError::AlreadyRevoked { .. })
     ));
     assert!(matches!(
-        inv.revoke(&"ff".parse().unwrap(), RevocationReason::Superseded, lineage, now),
+        inv.revoke(
+            &"ff".parse().unwrap(),
+            RevocationReason::Superseded,
+            lineage,
+            now
+        ),
         Err(CaError::UnknownSerial(_))
     ));
     let revoked = InventoryFilter {
