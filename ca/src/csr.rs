@@ -1,6 +1,8 @@
 //! Reading an untrusted PKCS#10 CSR (PEM or DER) into the facts the profile decides on.
 //! Everything here is a refusal, never a panic: the bytes come from the requester.
 
+use std::collections::HashSet;
+
 use x509_parser::asn1_rs::{Header, Length};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::cri_attributes::{ExtensionRequest, ParsedCriAttribute};
@@ -104,15 +106,14 @@ fn extension_request<'a>(
         if !single_value(attr.value) {
             return ambiguous("an extensionRequest attribute with more than one value".to_owned());
         }
-        let mut seen = Vec::with_capacity(request.extensions.len());
+        let mut seen = HashSet::with_capacity(request.extensions.len());
         for ext in &request.extensions {
-            if seen.contains(&&ext.oid) {
+            if !seen.insert(&ext.oid) {
                 return ambiguous(format!(
                     "extension {} requested twice",
                     ext.oid.to_id_string()
                 ));
             }
-            seen.push(&ext.oid);
         }
         found = Some(request);
     }
