@@ -88,7 +88,7 @@ fn write_pki(dir: &Path) -> anyhow::Result<String> {
         ),
     };
     let yaml = format!(
-        "# Written by `portcullis demo`.\nstate_dir: {state}\nbackend:\n{backend_yaml}keys:\n  root_label: demo-root\n  issuing_label: demo-issuing\nprofiles:\n  - name: workloads\n    tenant: demo\n    spiffe_ids: [\"spiffe://{TRUST_DOMAIN}/**\"]\n    max_lifetime: 24h\n  - name: gateway\n    tenant: demo\n    require_spiffe_id: false\n    dns_names: [localhost]\n    server_auth: true\n    client_auth: false\n    max_lifetime: 24h\n",
+        "# Written by `portcullis demo`.\nstate_dir: {state}\nbackend:\n{backend_yaml}keys:\n  root_label: demo-root\n  issuing_label: demo-issuing\nprofiles:\n  - name: workloads\n    tenant: demo\n    spiffe_ids: [\"spiffe://{TRUST_DOMAIN}/ns/**\"]\n    max_lifetime: 24h\n  - name: gateway\n    tenant: demo\n    require_spiffe_id: false\n    dns_names: [localhost]\n    server_auth: true\n    client_auth: false\n    max_lifetime: 24h\n",
         state = dir.join("ca").display(),
     );
     std::fs::write(dir.join("ca.yaml"), &yaml).context("writing ca.yaml")?;

@@ -120,10 +120,9 @@ impl AppState {
         });
     }
 
-    fn is_operator(&self, peer: &PeerIdentity) -> bool {
-        peer.spiffe_id
-            .as_ref()
-            .is_some_and(|id| self.operators.contains(id.as_str()))
+    /// Whether the caller, whose certificate the inventory holds as `record`, is an operator.
+    fn is_operator(&self, peer: &PeerIdentity, record: &CertRecord) -> bool {
+        crate::identity::is_operator(&self.operators, self.ca.profiles(), peer, record)
     }
 }
 

@@ -1,4 +1,4 @@
-//! `portcullis admin …`: serve the admin API, create bootstrap tokens.
+//! `portcullis admin …`: serve the admin API, check its configuration, create bootstrap tokens.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -18,6 +18,13 @@ use crate::token::{create_token, SqliteTokenStore};
 pub enum AdminCommand {
     /// Serve the admin API (HTTPS) until SIGINT or SIGTERM.
     Serve {
+        /// The admin configuration file (YAML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check the admin configuration and the CA configuration it names (no tenant profile may
+    /// issue an operator's ID), without starting anything.
+    Check {
         /// The admin configuration file (YAML).
         #[arg(long)]
         config: PathBuf,
@@ -52,6 +59,7 @@ pub enum TokenCommand {
 pub fn run(cmd: AdminCommand, audit: Option<AuditHandle>) -> Result<(), AdminError> {
     match cmd {
         AdminCommand::Serve { config } => serve(&config, audit),
+        AdminCommand::Check { config } => check(&config),
         AdminCommand::Token(TokenCommand::Create {
             ca_config,
             tenant,
@@ -75,6 +83,24 @@ fn serve(path: &std::path::Path, audit: Option<AuditHandle>) -> Result<(), Admin
         );
         server.run(shutdown_signal()).await
     })
+}
+
+fn check(path: &std::path::Path) -> Result<(), AdminError> {
+    let config = AdminConfig::load(path)?;
+    let ca = CaConfig::load(&config.ca)?;
+    config
+        .check_operators(&ca.profiles()?)
+        .map_err(|detail| AdminError::Config {
+            path: path.display().to_string(),
+            detail,
+        })?;
+    println!(
+        "{}: ok ({} operator(s); CA configuration {})",
+        path.display(),
+        config.operators.len(),
+        config.ca.display()
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -10,16 +10,20 @@
 //!     profile: admin-server
 //!     dns_names: [admin.portcullis.internal, localhost]
 //!     spiffe_id: spiffe://portcullis.internal/admin   # when the profile requires one
-//! operators:
-//!   - spiffe://portcullis.internal/operator/alice
+//! operators:                      # issued by a CA profile with `role: operator`
+//!   - spiffe://portcullis.internal/portcullis/operator/alice
 //! crl_poll_interval: 2s           # default 2s
 //! ```
+//!
+//! Operators are a role: [`AdminConfig::check_operators`] refuses an operator ID that a tenant
+//! profile of the CA could issue, or that no operator profile issues.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use portcullis_ca::TenantId;
+use portcullis_ca::{IssuanceProfile, ProfileRole, TenantId, OPERATOR_PATH};
+use portcullis_identity::SpiffeId;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_error, AdminError};
@@ -34,7 +38,8 @@ pub struct AdminConfig {
     pub ca: PathBuf,
     /// The server's own certificate.
     pub tls: ServingTlsConfig,
-    /// SPIFFE IDs allowed to revoke and list certificates of any tenant.
+    /// SPIFFE IDs allowed to revoke and list certificates of any tenant, when their certificate
+    /// was issued under a CA profile with `role: operator`.
     #[serde(default)]
     pub operators: Vec<String>,
     /// How often `STATE/crl.pem` is checked for a change (default 2 s).
@@ -113,14 +118,53 @@ impl AdminConfig {
         resolve_opt(&mut config.tls.private_key, base);
         config.serving_cert()?;
         for op in &config.operators {
-            if !op.starts_with("spiffe://") || op.len() <= "spiffe://".len() {
-                return Err(format!("operators: {op:?} is not a SPIFFE ID"));
-            }
+            op.parse::<SpiffeId>()
+                .map_err(|e| format!("operators: {op:?} is not a SPIFFE ID: {e}"))?;
         }
         if config.crl_poll_interval < Duration::from_millis(100) {
             return Err("crl_poll_interval must be at least 100ms".to_owned());
         }
         Ok(config)
+    }
+
+    /// Checks the operators against the CA's profiles. Operators are a role: an operator's ID
+    /// must be one no tenant profile could issue (or that tenant could act as the operator:
+    /// list and revoke every certificate), and one that a profile with `role: operator`
+    /// issues (else no certificate could act as it). The error names the operator, the
+    /// profile and the pattern.
+    pub fn check_operators(&self, profiles: &[IssuanceProfile]) -> Result<(), String> {
+        for op in &self.operators {
+            let id: SpiffeId = op
+                .parse()
+                .map_err(|e| format!("operators: {op:?} is not a SPIFFE ID: {e}"))?;
+            let issued_by = |role: ProfileRole| {
+                profiles
+                    .iter()
+                    .filter(move |p| p.role == role)
+                    .find_map(|p| {
+                        let pattern = p.spiffe_ids.iter().find(|pattern| pattern.matches(&id))?;
+                        Some((p, pattern))
+                    })
+            };
+            if let Some((profile, pattern)) = issued_by(ProfileRole::Tenant) {
+                return Err(format!(
+                    "operators: {op} could be issued by tenant {}'s profile {:?} (SPIFFE ID \
+                     pattern {pattern}), so that tenant could act as this operator; give \
+                     operators IDs under spiffe://{}{OPERATOR_PATH}, issued by a profile with \
+                     role: operator",
+                    profile.tenant,
+                    profile.name,
+                    id.trust_domain()
+                ));
+            }
+            if issued_by(ProfileRole::Operator).is_none() {
+                return Err(format!(
+                    "operators: no CA profile with role: operator issues {op}, so no \
+                     certificate could act as this operator"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Where the server certificate comes from.
@@ -162,7 +206,7 @@ tls:
     tenant: platform
     profile: admin-server
     dns_names: [localhost]
-operators: ["spiffe://example.org/operator/alice"]
+operators: ["spiffe://example.org/portcullis/operator/alice"]
 "#;
 
     #[test]
@@ -204,7 +248,14 @@ operators: ["spiffe://example.org/operator/alice"]
                 "either",
             ),
             (
-                GOOD.replace("spiffe://example.org/operator/alice", "alice"),
+                GOOD.replace("spiffe://example.org/portcullis/operator/alice", "alice"),
+                "SPIFFE",
+            ),
+            (
+                GOOD.replace(
+                    "/portcullis/operator/alice",
+                    "/portcullis/operator/../alice",
+                ),
                 "SPIFFE",
             ),
             (
@@ -215,5 +266,40 @@ operators: ["spiffe://example.org/operator/alice"]
             let err = AdminConfig::from_yaml(&bad, Path::new("/")).unwrap_err();
             assert!(err.contains(needle), "{needle}: {err}");
         }
+    }
+
+    #[test]
+    fn an_operator_a_tenant_profile_could_issue_is_refused() {
+        let profiles = |yaml: &str| {
+            portcullis_ca::CaConfig::from_yaml(&format!(
+                "state_dir: /s\nbackend:\n  software:\n    key_dir: /k\nkeys:\n  \
+                 root_label: r\n  issuing_label: i\nprofiles:\n{yaml}"
+            ))
+            .unwrap()
+            .profiles()
+            .unwrap()
+        };
+        let operators = "  - name: ops\n    tenant: platform\n    role: operator\n    \
+                         spiffe_ids: [\"spiffe://example.org/portcullis/operator/*\"]\n";
+        let c = AdminConfig::from_yaml(GOOD, Path::new("/")).unwrap();
+        c.check_operators(&profiles(operators)).unwrap();
+
+        let legacy = GOOD.replace("/portcullis/operator/alice", "/operator/alice");
+        let legacy = AdminConfig::from_yaml(&legacy, Path::new("/")).unwrap();
+        let tenant = "  - name: team-a\n    tenant: a\n    spiffe_ids: [\"spiffe://example.org/operator/*\"]\n";
+        let err = legacy
+            .check_operators(&profiles(&format!("{operators}{tenant}")))
+            .unwrap_err();
+        for needle in [
+            "spiffe://example.org/operator/alice",
+            "\"team-a\"",
+            "spiffe://example.org/operator/*",
+            "tenant a",
+        ] {
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+        // No operator profile issues it: no certificate could ever act as it.
+        let err = c.check_operators(&profiles(tenant)).unwrap_err();
+        assert!(err.contains("role: operator"), "{err}");
     }
 }

@@ -1,11 +1,14 @@
 //! Who is calling, and which names a CSR asks for: the verified client certificate read once
 //! per connection into a [`PeerIdentity`] (`portcullis-identity`, the rules the gateway uses
-//! too), and the SANs of an untrusted CSR (for the identity checks made before the CA is
-//! asked; the CA verifies the CSR itself).
+//! too), whether it acts as an operator (a role: see [`is_operator`]), and the SANs of an
+//! untrusted CSR (for the bootstrap token's binding, checked before the CA is asked; the CA
+//! verifies the CSR itself, and decides renewals against the renewed certificate).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use portcullis_ca::{CertRecord, IssuanceProfile, ProfileRole};
 pub use portcullis_identity::PeerIdentity;
 /// Facts about one accepted connection, attached to each of its requests.
 #[derive(Debug, Clone)]
@@ -14,62 +17,34 @@ pub(crate) struct ConnInfo {
     pub(crate) remote: SocketAddr,
 }
 
-/// The SANs a CSR asks for, from every extensionRequest attribute (the CA merges them all,
-/// so the renewal check must see them all).
+/// The SANs a CSR asks for, from every extensionRequest attribute (for the bootstrap token's
+/// SPIFFE ID binding; the CA refuses a CSR with more than one).
 pub(crate) use portcullis_ca::{requested_names, RequestedNames};
 
-/// Whether a renewal keeps the identity of the current certificate: the same SPIFFE ID (or
-/// none if it had none), no other URI, and DNS names a subset of the current ones.
-pub(crate) fn same_identity(
-    current_spiffe_id: Option<&str>,
-    current_dns: &[String],
-    asked: &RequestedNames,
+/// Whether the caller acts as an operator. Operators are a role, not a name: the caller's
+/// SPIFFE ID must be one of `operators`, and its certificate (`record`, as the inventory knows
+/// it) must have been issued under a profile with `role: operator`, which no tenant can obtain
+/// (a tenant profile may not issue an operator's ID: checked at startup and at issuance).
+pub(crate) fn is_operator(
+    operators: &HashSet<String>,
+    profiles: &[IssuanceProfile],
+    peer: &PeerIdentity,
+    record: &CertRecord,
 ) -> bool {
-    let uri_ok = match (current_spiffe_id, asked.uris.as_slice()) {
-        (None, []) => true,
-        (Some(cur), [one]) => cur == one,
-        _ => false,
-    };
-    uri_ok
-        && asked
-            .dns_names
+    let listed = peer
+        .spiffe_id
+        .as_ref()
+        .is_some_and(|id| operators.contains(id.as_str()));
+    listed
+        && record.serial == peer.serial
+        && profiles
             .iter()
-            .all(|n| current_dns.iter().any(|c| c.eq_ignore_ascii_case(n)))
+            .any(|p| p.name == record.profile && p.role == ProfileRole::Operator)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn asked(uris: &[&str], dns: &[&str]) -> RequestedNames {
-        RequestedNames {
-            uris: uris.iter().map(|s| (*s).to_owned()).collect(),
-            dns_names: dns.iter().map(|s| (*s).to_owned()).collect(),
-        }
-    }
-
-    #[test]
-    fn renewal_identity_rules() {
-        let id = "spiffe://a.example/ns/x/sa/y";
-        let dns = vec!["a.svc".to_owned(), "b.svc".to_owned()];
-        assert!(same_identity(Some(id), &dns, &asked(&[id], &["a.svc"])));
-        assert!(same_identity(
-            Some(id),
-            &dns,
-            &asked(&[id], &["B.SVC", "a.svc"])
-        ));
-        assert!(same_identity(Some(id), &dns, &asked(&[id], &[])));
-        assert!(!same_identity(Some(id), &dns, &asked(&[], &["a.svc"])));
-        assert!(!same_identity(Some(id), &dns, &asked(&[id, id], &[])));
-        assert!(!same_identity(
-            Some(id),
-            &dns,
-            &asked(&["spiffe://a.example/ns/x/sa/z"], &[])
-        ));
-        assert!(!same_identity(Some(id), &dns, &asked(&[id], &["c.svc"])));
-        assert!(same_identity(None, &dns, &asked(&[], &["a.svc"])));
-        assert!(!same_identity(None, &dns, &asked(&[id], &["a.svc"])));
-    }
 
     #[test]
     fn garbage_csr_is_none_not_a_panic() {

@@ -112,6 +112,12 @@ impl AdminServer {
             path: "(admin config)".to_owned(),
             detail,
         })?;
+        config
+            .check_operators(ca.profiles())
+            .map_err(|detail| AdminError::Config {
+                path: "(admin config)".to_owned(),
+                detail,
+            })?;
         let (serving, renewal) = match source {
             ServingCertSource::SelfIssue(cfg) => {
                 let (ca2, cfg2) = (Arc::clone(&ca), cfg.clone());

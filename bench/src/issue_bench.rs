@@ -248,7 +248,7 @@ keys:
 profiles:
   - name: bench
     tenant: bench
-    spiffe_ids: ["spiffe://bench.example/**"]
+    spiffe_ids: ["spiffe://bench.example/ns/**"]
   - name: admin-server
     tenant: platform
     require_spiffe_id: false

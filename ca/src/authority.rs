@@ -1,5 +1,6 @@
 //! The certificate authority: a root and an issuing intermediate whose keys live in a backend,
-//! issuance from CSRs under per-tenant profiles, the inventory, revocation and CRLs.
+//! issuance and renewal from CSRs under per-tenant profiles (`issue.rs`), the inventory,
+//! revocation and CRLs (`revocation.rs`).
 //!
 //! State directory layout: `root.pem`, `intermediate.pem`, `bundle.pem` (the trust bundle:
 //! the root), `chain.pem` (intermediate then root), `crl.pem` (current CRL, replaced
@@ -7,28 +8,28 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use portcullis_audit::CaEvent;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyUsagePurpose,
+    SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
 
 use crate::config::CaConfig;
-use crate::crl::{sign_crl, write_atomic, Crl, RevocationReason, RevokedEntry};
-use crate::csr::read_csr;
+use crate::crl::write_atomic;
 use crate::events::{self, CaEventSink};
 use crate::ids::{Serial, TenantId};
-use crate::inventory::{
-    format_time, CertRecord, InventoryFilter, InventoryStore, NewCertRecord, SqliteInventory,
-};
+use crate::inventory::{CertRecord, InventoryFilter, InventoryStore, SqliteInventory};
 use crate::key::{RcgenSigner, SigningKey};
-use crate::profile::{IssuanceProfile, IssueRefusal};
+use crate::profile::IssuanceProfile;
 use crate::CaError;
+
+mod issue;
+mod revocation;
 
 /// Leaves start this long before `now`, for clocks slightly behind.
 const CLOCK_SKEW: Duration = Duration::from_secs(60);
@@ -99,6 +100,8 @@ pub struct IssuedCertificate {
     pub dns_names: Vec<String>,
     pub tenant: TenantId,
     pub profile: String,
+    /// The certificate it renews, when it is a renewal.
+    pub renewed_from: Option<Serial>,
 }
 
 /// The certificate authority. `Send + Sync`: issue from many threads through `&self`.
@@ -392,177 +395,6 @@ impl Ca {
         &self.core.profiles
     }
 
-    fn profile(
-        &self,
-        tenant: &TenantId,
-        name: Option<&str>,
-    ) -> Result<&IssuanceProfile, IssueRefusal> {
-        let mut candidates = self
-            .core
-            .profiles
-            .iter()
-            .filter(|p| p.tenant == *tenant && name.is_none_or(|n| p.name == n));
-        match (candidates.next(), candidates.next()) {
-            (Some(p), None) => Ok(p),
-            (None, _) => Err(IssueRefusal::ProfileNotFound {
-                tenant: tenant.to_string(),
-                profile: name.map_or_else(
-                    || "(any)".to_owned(),
-                    |n| format!("{:?}", crate::profile::shown(n)),
-                ),
-            }),
-            (Some(_), Some(_)) => Err(IssueRefusal::ProfileNotFound {
-                tenant: tenant.to_string(),
-                profile: "(unnamed: the tenant has several; name one)".to_owned(),
-            }),
-        }
-    }
-
-    /// Issues a certificate for a CSR: verifies it, checks it against the tenant's profile,
-    /// signs with the issuing key and records it in the inventory (an unrecorded certificate is
-    /// never returned). The CSR's subject is ignored: the certificate says `O=<tenant>` and
-    /// `CN=<first DNS name>` (when there is one), and carries only the SANs the profile allowed.
-    /// Valid from `now - 60s` to `now + lifetime` (cut to the intermediate's expiry).
-    /// Refusals are [`CaError::Refused`]; an unreachable HSM is [`CaError::BackendUnavailable`].
-    ///
-    /// Records one event: the issuance, or the refusal (with the profile asked for and the
-    /// name the CSR asked for). Other failures record nothing: nothing was decided.
-    pub fn issue(
-        &self,
-        req: &IssueRequest<'_>,
-        now: SystemTime,
-    ) -> Result<IssuedCertificate, CaError> {
-        let result = self.issue_inner(req, now);
-        match &result {
-            Ok(issued) => {
-                tracing::info!(
-                    ca.serial = %issued.serial,
-                    tenant.id = %req.tenant,
-                    ca.profile = %issued.profile,
-                    ca.requester = %req.requester,
-                    cert.spiffe_id = issued.spiffe_id.as_deref().unwrap_or(""),
-                    cert.not_after = %format_time(issued.not_after),
-                    "certificate issued"
-                );
-                self.record(|| events::issued(&req.requester, issued));
-            }
-            Err(CaError::Refused(refusal)) => {
-                tracing::info!(
-                    tenant.id = %req.tenant,
-                    ca.requester = %req.requester,
-                    refusal.code = refusal.code(),
-                    refusal.reason = %refusal,
-                    "issuance refused"
-                );
-                self.record(|| {
-                    events::refused(
-                        &req.requester,
-                        events::csr_subject(req.csr),
-                        req.profile,
-                        refusal.code(),
-                        refusal,
-                    )
-                });
-            }
-            Err(e) => tracing::warn!(tenant.id = %req.tenant, error = %e, "issuance failed"),
-        }
-        result
-    }
-
-    fn issue_inner(
-        &self,
-        req: &IssueRequest<'_>,
-        now: SystemTime,
-    ) -> Result<IssuedCertificate, CaError> {
-        let profile = self.profile(&req.tenant, req.profile)?;
-        let csr = read_csr(req.csr)?;
-        let permit = profile.permit(&csr, req.lifetime)?;
-
-        let serial = Serial::random()?;
-        let not_before = now - CLOCK_SKEW;
-        let mut not_after = now + permit.lifetime;
-        if not_after > self.core.issuer_not_after {
-            tracing::warn!(tenant.id = %req.tenant, "lifetime cut to the intermediate's expiry");
-            not_after = self.core.issuer_not_after;
-        }
-
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, req.tenant.as_str());
-        let mut subject = format!("O={}", req.tenant);
-        if let Some(first) = permit.dns_names.iter().find(|n| n.as_str().len() <= 64) {
-            dn.push(DnType::CommonName, first.as_str());
-            subject.push_str(&format!(", CN={}", first.as_str()));
-        }
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.serial_number = Some(SerialNumber::from_slice(serial.as_bytes()));
-        params.not_before = not_before.into();
-        params.not_after = not_after.into();
-        params.use_authority_key_identifier_extension = true;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        if permit.client_auth {
-            params
-                .extended_key_usages
-                .push(ExtendedKeyUsagePurpose::ClientAuth);
-        }
-        if permit.server_auth {
-            params
-                .extended_key_usages
-                .push(ExtendedKeyUsagePurpose::ServerAuth);
-        }
-        let mut sans = Vec::new();
-        if let Some(id) = &permit.spiffe_id {
-            params
-                .subject_alt_names
-                .push(SanType::URI(id.as_str().to_owned().try_into()?));
-            sans.push(format!("URI:{}", id.as_str()));
-        }
-        for name in &permit.dns_names {
-            params
-                .subject_alt_names
-                .push(SanType::DnsName(name.as_str().to_owned().try_into()?));
-            sans.push(format!("DNS:{}", name.as_str()));
-        }
-
-        let subject_key = rcgen::SubjectPublicKeyInfo::from_der(&csr.spki_der)
-            .map_err(|e| IssueRefusal::CsrMalformed(format!("subject key: {e}")))?;
-        let cert = params
-            .signed_by(&subject_key, &self.core.issuer)
-            .map_err(RcgenSigner::error)?;
-        let cert_der = cert.der().to_vec();
-        let cert_pem = cert.pem();
-
-        self.core.inventory.record_issued(&NewCertRecord {
-            serial: serial.clone(),
-            subject,
-            sans,
-            tenant: req.tenant.clone(),
-            profile: profile.name.clone(),
-            requester: req.requester.to_string(),
-            not_before,
-            not_after,
-            cert_der: cert_der.clone(),
-        })?;
-
-        Ok(IssuedCertificate {
-            serial,
-            chain_pem: format!("{cert_pem}{}", self.core.intermediate_pem),
-            cert_der,
-            cert_pem,
-            not_before,
-            not_after,
-            spiffe_id: permit.spiffe_id.map(|id| id.as_str().to_owned()),
-            dns_names: permit
-                .dns_names
-                .iter()
-                .map(|n| n.as_str().to_owned())
-                .collect(),
-            tenant: req.tenant.clone(),
-            profile: profile.name.clone(),
-        })
-    }
-
     /// Lists inventory records.
     pub fn list(
         &self,
@@ -570,94 +402,5 @@ impl Ca {
         now: SystemTime,
     ) -> Result<Vec<CertRecord>, CaError> {
         self.core.inventory.list(filter, now)
-    }
-
-    /// [`Ca::revoke_by`] for a caller with no one to name: the event's requester reads
-    /// `operator:(unnamed)`. Front ends name who asked with [`Ca::revoke_by`].
-    pub fn revoke(
-        &self,
-        serial: &Serial,
-        reason: RevocationReason,
-        now: SystemTime,
-    ) -> Result<CertRecord, CaError> {
-        let unnamed = Requester {
-            kind: RequesterKind::Operator,
-            id: "(unnamed)".to_owned(),
-        };
-        self.revoke_by(serial, reason, &unnamed, now)
-    }
-
-    /// Revokes a certificate at `requester`'s request and publishes a new CRL to
-    /// `STATE/crl.pem`. [`CaError::UnknownSerial`] or [`CaError::AlreadyRevoked`] when it
-    /// cannot. Records one event once the inventory holds the revocation, even if the CRL then
-    /// cannot be signed (the error says so; the certificate is revoked all the same).
-    pub fn revoke_by(
-        &self,
-        serial: &Serial,
-        reason: RevocationReason,
-        requester: &Requester,
-        now: SystemTime,
-    ) -> Result<CertRecord, CaError> {
-        let record = self.core.inventory.revoke(serial, reason, now)?;
-        tracing::info!(ca.serial = %serial, tenant.id = %record.tenant, ca.requester = %requester, revocation.reason = %reason, "certificate revoked");
-        self.record(|| events::revoked(requester, &record, reason));
-        self.publish_crl(now)?;
-        Ok(record)
-    }
-
-    /// Signs a new CRL (next CRL number) listing the revoked, unexpired certificates.
-    pub fn crl(&self, now: SystemTime) -> Result<Crl, CaError> {
-        let _serial = self
-            .core
-            .crl_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        self.sign_crl_locked(now)
-    }
-
-    fn sign_crl_locked(&self, now: SystemTime) -> Result<Crl, CaError> {
-        let revoked: Vec<RevokedEntry> = self
-            .core
-            .inventory
-            .list_revoked(now)?
-            .into_iter()
-            .map(|r| RevokedEntry {
-                serial: r.serial.as_bytes().to_vec(),
-                at: r.revoked_at.unwrap_or(now),
-                reason: r.revocation_reason.unwrap_or(RevocationReason::Unspecified),
-            })
-            .collect();
-        let number = self.core.inventory.next_crl_number()?;
-        sign_crl(
-            &self.core.issuer,
-            &self.core.issuer_ski,
-            number,
-            now,
-            self.core.crl_next_update,
-            &revoked,
-        )
-        .map_err(RcgenSigner::error)
-    }
-
-    /// Signs a new CRL and writes it to `STATE/crl.pem` atomically.
-    pub fn publish_crl(&self, now: SystemTime) -> Result<Crl, CaError> {
-        let _serial = self
-            .core
-            .crl_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let crl = self.sign_crl_locked(now)?;
-        write_atomic(&self.crl_path(), crl.pem.as_bytes(), 0o644)?;
-        tracing::info!(
-            crl.number = crl.number,
-            crl.revoked = crl.revoked,
-            "CRL published"
-        );
-        Ok(crl)
-    }
-
-    /// Where the current CRL is written.
-    pub fn crl_path(&self) -> PathBuf {
-        self.core.state_dir.join("crl.pem")
     }
 }

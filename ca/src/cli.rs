@@ -1,5 +1,5 @@
-//! `portcullis ca …`: initialise the CA, issue from a CSR, list the inventory, revoke, publish
-//! a CRL. Each subcommand reads the CA configuration (YAML) given with `--config`.
+//! `portcullis ca …`: initialise the CA, issue from a CSR, list the inventory, revoke (with
+//! the certificate's renewals), publish a CRL. Each subcommand reads the CA configuration (YAML) given with `--config`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use crate::config::CaConfig;
 use crate::crl::{write_atomic, RevocationReason};
 use crate::events::CaEventSink;
 use crate::ids::{Serial, TenantId};
-use crate::inventory::{format_time, CertStatus, InventoryFilter};
+use crate::inventory::{format_time, CertStatus, InventoryFilter, RevocationScope};
 use crate::CaError;
 
 /// The `ca` subcommands.
@@ -62,7 +62,8 @@ pub enum CaCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a certificate by serial (hex) and publish a new CRL.
+    /// Revoke a certificate by serial (hex), with every renewal descending from it, and
+    /// publish a new CRL.
     Revoke {
         #[arg(long)]
         config: PathBuf,
@@ -71,6 +72,9 @@ pub enum CaCommand {
         /// RFC 5280 reason: unspecified, keyCompromise, superseded, cessationOfOperation, …
         #[arg(long, default_value = "unspecified")]
         reason: RevocationReason,
+        /// Revoke this certificate only, not the certificates renewed from it.
+        #[arg(long)]
+        only_this: bool,
     },
     /// Sign and publish a fresh CRL to STATE/crl.pem (run before nextUpdate).
     Crl {
@@ -224,20 +228,33 @@ pub fn run_with_audit(
             config,
             serial,
             reason,
+            only_this,
         } => {
             let serial: Serial = serial.parse()?;
             let ca = open(&config)?;
-            let record = ca.revoke_by(&serial, reason, &operator(), now)?;
-            print(
-                out,
-                &format!(
-                    "revoked {} (tenant {}, {}); CRL written to {}\n",
-                    record.serial,
-                    record.tenant,
-                    reason,
-                    ca.crl_path().display()
-                ),
-            )
+            let scope = if only_this {
+                RevocationScope::OnlyThis
+            } else {
+                RevocationScope::Lineage
+            };
+            let revocation = ca.revoke_by(&serial, reason, scope, &operator(), now)?;
+            let mut text = String::new();
+            for r in &revocation.revoked {
+                text.push_str(&format!(
+                    "revoked {} (tenant {}, {reason}",
+                    r.serial, r.tenant
+                ));
+                if let Some(from) = r.renewed_from.as_ref().filter(|_| r.serial != serial) {
+                    text.push_str(&format!("; renewal of {from}"));
+                }
+                text.push_str(")\n");
+            }
+            text.push_str(&format!(
+                "{} certificate(s) revoked; CRL written to {}\n",
+                revocation.revoked.len(),
+                ca.crl_path().display()
+            ));
+            print(out, &text)
         }
         CaCommand::Crl {
             config,

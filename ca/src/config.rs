@@ -12,7 +12,10 @@ use crate::ids::TenantId;
 use crate::key::{
     check_label, KeyAlgorithm, KeyBackend, PinSource, Pkcs11Backend, SoftwareBackend,
 };
-use crate::profile::{DnsPattern, IssuanceProfile, KeyType, SpiffeIdPattern};
+use crate::profile::{
+    reaches_operator_path, DnsPattern, IssuanceProfile, KeyType, ProfileRole, SpiffeIdPattern,
+    OPERATOR_PATH,
+};
 use crate::CaError;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -170,6 +173,10 @@ impl Default for CrlConfig {
 pub struct ProfileConfig {
     pub name: String,
     pub tenant: TenantId,
+    /// `tenant` (default): workload identities, never under `/portcullis/operator/`.
+    /// `operator`: operator identities, issued only at an operator's request or by renewal.
+    #[serde(default)]
+    pub role: ProfileRole,
     #[serde(default)]
     pub spiffe_ids: Vec<SpiffeIdPattern>,
     #[serde(default = "yes")]
@@ -282,6 +289,7 @@ impl CaConfig {
                 if let Some(Err(e)) = p.dns_names.iter().find_map(|d| d.wildcard_name()) {
                     return Err(bad(format!("DNS pattern too broad to issue under: {e}")));
                 }
+                check_role(p).map_err(bad)?;
                 if p.key_types.is_empty() {
                     return Err(bad("key_types is empty".to_owned()));
                 }
@@ -291,6 +299,7 @@ impl CaConfig {
                 Ok(IssuanceProfile {
                     name: p.name.clone(),
                     tenant: p.tenant.clone(),
+                    role: p.role,
                     spiffe_ids: p.spiffe_ids.clone(),
                     require_spiffe_id: p.require_spiffe_id,
                     dns_names: p.dns_names.clone(),
@@ -303,6 +312,32 @@ impl CaConfig {
                 })
             })
             .collect()
+    }
+}
+
+/// Operators are a role: a tenant profile may not carry a pattern that could issue an ID
+/// under the operator path; an operator profile issues SPIFFE IDs only.
+fn check_role(p: &ProfileConfig) -> Result<(), String> {
+    match p.role {
+        ProfileRole::Tenant => match p.spiffe_ids.iter().find(|s| reaches_operator_path(s)) {
+            Some(pattern) => Err(format!(
+                "SPIFFE ID pattern {pattern} could issue IDs under \
+                 spiffe://{}{OPERATOR_PATH}, which are reserved for operators: narrow it \
+                 (e.g. spiffe://{}/ns/**), and issue operators from a profile with role: operator",
+                pattern.trust_domain(),
+                pattern.trust_domain()
+            )),
+            None => Ok(()),
+        },
+        ProfileRole::Operator => {
+            if !p.require_spiffe_id || !p.dns_names.is_empty() {
+                return Err(
+                    "role: operator issues SPIFFE IDs only (require_spiffe_id true, no dns_names)"
+                        .to_owned(),
+                );
+            }
+            Ok(())
+        }
     }
 }
 
@@ -360,5 +395,39 @@ profiles:
             let err = CaConfig::from_yaml(&bad).unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");
         }
+    }
+
+    #[test]
+    fn operators_are_a_role_and_their_path_is_reserved() {
+        let err = CaConfig::from_yaml(&GOOD.replace("ns/*/sa/*", "**"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("acme-workloads")
+                && err.contains("spiffe://acme.example/**")
+                && err.contains("spiffe://acme.example/portcullis/operator/"),
+            "{err}"
+        );
+        let operators = format!(
+            "{GOOD}  - name: ops\n    tenant: acme\n    role: operator\n    spiffe_ids: [\"spiffe://acme.example/portcullis/operator/*\"]\n"
+        );
+        let c = CaConfig::from_yaml(&operators).unwrap();
+        assert_eq!(c.profiles().unwrap()[1].role, ProfileRole::Operator);
+        // The same pattern in a tenant profile is refused.
+        let err = CaConfig::from_yaml(&operators.replace("    role: operator\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"ops\"") && err.contains("reserved"), "{err}");
+        let err = CaConfig::from_yaml(&operators.replace(
+            "    role: operator\n",
+            "    role: operator\n    dns_names: [ops.acme.internal]\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("SPIFFE IDs only"), "{err}");
+        let err = CaConfig::from_yaml(&operators.replace("role: operator", "role: admin"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant"), "{err}");
     }
 }

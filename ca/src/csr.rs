@@ -1,8 +1,11 @@
 //! Reading an untrusted PKCS#10 CSR (PEM or DER) into the facts the profile decides on.
 //! Everything here is a refusal, never a panic: the bytes come from the requester.
 
+use std::collections::HashSet;
+
+use x509_parser::asn1_rs::{Header, Length};
 use x509_parser::certification_request::X509CertificationRequest;
-use x509_parser::cri_attributes::ParsedCriAttribute;
+use x509_parser::cri_attributes::{ExtensionRequest, ParsedCriAttribute};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::oid_registry::{
     OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_SIG_ED25519,
@@ -13,6 +16,9 @@ use crate::profile::{shown, IssueRefusal, KeyType};
 
 /// Largest CSR accepted, PEM or DER.
 pub(crate) const MAX_CSR_BYTES: usize = 16 * 1024;
+
+/// Microsoft's extension request attribute (szOID_CERT_EXTENSIONS).
+const OID_MS_EXTENSION_REQUEST: &str = "1.3.6.1.4.1.311.2.1.14";
 
 /// The extended key usages a CSR asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -67,15 +73,60 @@ pub(crate) fn read_csr(input: &[u8]) -> Result<CsrFacts, IssueRefusal> {
         other_sans: Vec::new(),
         eku: None,
     };
-    for attr in info.iter_attributes() {
-        let ParsedCriAttribute::ExtensionRequest(request) = attr.parsed_attribute() else {
-            continue;
-        };
+    if let Some(request) = extension_request(&csr)? {
         for ext in &request.extensions {
             read_extension(&mut facts, ext.oid.to_id_string(), ext.parsed_extension())?;
         }
     }
     Ok(facts)
+}
+
+/// The CSR's one extension request, if any. Refuses every way of asking for extensions that
+/// readers could see differently: a second extensionRequest attribute, a second value in one
+/// (x509-parser reads the first value only), an extension requested twice, and Microsoft's
+/// extension request attribute (which OpenSSL reads and x509-parser does not).
+fn extension_request<'a>(
+    csr: &'a X509CertificationRequest<'a>,
+) -> Result<Option<&'a ExtensionRequest<'a>>, IssueRefusal> {
+    let ambiguous = |why: String| Err(IssueRefusal::CsrAmbiguousExtensions(why));
+    let mut found = None;
+    for attr in csr.certification_request_info.iter_attributes() {
+        if attr.oid.to_id_string() == OID_MS_EXTENSION_REQUEST {
+            return ambiguous(format!(
+                "a Microsoft extension request attribute ({OID_MS_EXTENSION_REQUEST}): ask for \
+                 every extension in one PKCS#9 extensionRequest"
+            ));
+        }
+        let ParsedCriAttribute::ExtensionRequest(request) = attr.parsed_attribute() else {
+            continue;
+        };
+        if found.is_some() {
+            return ambiguous("more than one extensionRequest attribute".to_owned());
+        }
+        if !single_value(attr.value) {
+            return ambiguous("an extensionRequest attribute with more than one value".to_owned());
+        }
+        let mut seen = HashSet::with_capacity(request.extensions.len());
+        for ext in &request.extensions {
+            if !seen.insert(&ext.oid) {
+                return ambiguous(format!(
+                    "extension {} requested twice",
+                    ext.oid.to_id_string()
+                ));
+            }
+        }
+        found = Some(request);
+    }
+    Ok(found)
+}
+
+/// Whether an attribute's value set (`SET OF`, as x509-parser hands it: the header and the
+/// value it read) holds nothing beyond that one value.
+fn single_value(set: &[u8]) -> bool {
+    match Header::from_der(set) {
+        Ok((content, header)) => header.length() == Length::Definite(content.len()),
+        Err(_) => false,
+    }
 }
 
 /// Runs the CSR parser on untrusted bytes (PEM or DER) and keeps only the verdict: for the

@@ -10,6 +10,7 @@ use portcullis_audit::{AuditHandle, CaAction, CaEvent};
 
 use crate::authority::{IssuedCertificate, Requester};
 use crate::crl::RevocationReason;
+use crate::ids::Serial;
 use crate::inventory::CertRecord;
 
 /// Where a [`Ca`](crate::Ca) records what it did. The CA calls [`record`](Self::record) on the
@@ -30,7 +31,7 @@ impl CaEventSink for AuditHandle {
     }
 }
 
-/// A certificate was issued.
+/// A certificate was issued; a renewal says which certificate it renews.
 pub(crate) fn issued(requester: &Requester, cert: &IssuedCertificate) -> CaEvent {
     CaEvent {
         action: CaAction::Issue,
@@ -41,7 +42,10 @@ pub(crate) fn issued(requester: &Requester, cert: &IssuedCertificate) -> CaEvent
             .or_else(|| cert.dns_names.first().cloned()),
         serial: Some(cert.serial.to_string()),
         profile: Some(cert.profile.clone()),
-        reason: None,
+        reason: cert
+            .renewed_from
+            .as_ref()
+            .map(|from| format!("renewal of {from}")),
     }
 }
 
@@ -63,11 +67,13 @@ pub(crate) fn refused(
     }
 }
 
-/// A certificate was revoked. The subject is its SPIFFE ID, else its subject name.
+/// A certificate was revoked, as `named` or as one of its renewals. The subject is its SPIFFE
+/// ID, else its subject name.
 pub(crate) fn revoked(
     requester: &Requester,
     record: &CertRecord,
     reason: RevocationReason,
+    named: &Serial,
 ) -> CaEvent {
     CaEvent {
         action: CaAction::Revoke,
@@ -79,7 +85,11 @@ pub(crate) fn revoked(
             .or_else(|| Some(record.subject.clone())),
         serial: Some(record.serial.to_string()),
         profile: Some(record.profile.clone()),
-        reason: Some(reason.to_string()),
+        reason: Some(if record.serial == *named {
+            reason.to_string()
+        } else {
+            format!("{reason} (a renewal of {named}, revoked with it)")
+        }),
     }
 }
 

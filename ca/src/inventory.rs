@@ -1,5 +1,5 @@
 //! The inventory of every certificate issued: what, to whom, under which profile, by whose
-//! request, and whether it was revoked. Behind [`InventoryStore`] so that a shared store
+//! request, which certificate it renewed (its lineage), and whether it was revoked. Behind [`InventoryStore`] so that a shared store
 //! (PostgreSQL) can replace the embedded SQLite one.
 
 mod sqlite;
@@ -67,6 +67,9 @@ pub struct NewCertRecord {
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     pub cert_der: Vec<u8>,
+    /// The certificate this one renews: it must be in the inventory and not revoked when this
+    /// one is recorded.
+    pub renewed_from: Option<Serial>,
 }
 
 /// A certificate in the inventory, with its status computed at the query's `now`.
@@ -86,6 +89,30 @@ pub struct CertRecord {
     #[serde(serialize_with = "rfc3339_opt")]
     pub revoked_at: Option<SystemTime>,
     pub revocation_reason: Option<RevocationReason>,
+    /// The certificate this one renewed, if it was a renewal.
+    pub renewed_from: Option<Serial>,
+}
+
+/// What a revocation covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RevocationScope {
+    /// The certificate and every renewal descending from it (the default: a stolen
+    /// certificate's renewals are the thief's too).
+    #[default]
+    Lineage,
+    /// The certificate only.
+    OnlyThis,
+}
+
+/// What one revocation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// The certificate named, as it now stands.
+    pub certificate: CertRecord,
+    /// Every certificate revoked now: the one named (unless it already was), then its renewals,
+    /// each after the certificate it renewed.
+    pub revoked: Vec<CertRecord>,
 }
 
 /// Which certificates to list. Empty: all, newest first.
@@ -101,20 +128,26 @@ pub struct InventoryFilter {
 
 /// Where issued certificates are recorded.
 pub trait InventoryStore: Send + Sync + fmt::Debug {
-    /// Records an issued certificate. Issuance fails if this fails.
+    /// Records an issued certificate. Issuance fails if this fails, and a renewal fails with
+    /// [`IssueRefusal::NotRenewable`] when the certificate it renews is absent or revoked, in
+    /// the same transaction (so a renewal racing a revocation is refused or revoked with it).
+    ///
+    /// [`IssueRefusal::NotRenewable`]: crate::IssueRefusal::NotRenewable
     fn record_issued(&self, record: &NewCertRecord) -> Result<(), CaError>;
     /// One certificate by serial.
     fn get(&self, serial: &Serial, now: SystemTime) -> Result<Option<CertRecord>, CaError>;
     /// Certificates matching `filter`, newest first.
     fn list(&self, filter: &InventoryFilter, now: SystemTime) -> Result<Vec<CertRecord>, CaError>;
-    /// Marks a certificate revoked. [`CaError::UnknownSerial`] when absent,
-    /// [`CaError::AlreadyRevoked`] when already revoked.
+    /// Marks a certificate revoked, with its renewals unless `scope` is
+    /// [`RevocationScope::OnlyThis`], in one transaction. [`CaError::UnknownSerial`] when
+    /// absent, [`CaError::AlreadyRevoked`] when nothing in scope was left to revoke.
     fn revoke(
         &self,
         serial: &Serial,
         reason: RevocationReason,
+        scope: RevocationScope,
         at: SystemTime,
-    ) -> Result<CertRecord, CaError>;
+    ) -> Result<Revocation, CaError>;
     /// Revoked certificates not yet expired at `now` (what a CRL must list).
     fn list_revoked(&self, now: SystemTime) -> Result<Vec<CertRecord>, CaError>;
     /// The next CRL number: strictly greater than every one returned before.

@@ -4,7 +4,9 @@
 //!   software PKCS#8 key with a loud warning. Key material never leaves this crate.
 //! - [`Ca`]: a root and an issuing intermediate ([`Ca::init`], [`Ca::open`]), issuance from CSRs
 //!   under per-tenant [`IssuanceProfile`]s ([`Ca::issue`]), an [`InventoryStore`] of everything
-//!   issued (SQLite by default), revocation and CRLs written atomically to `STATE/crl.pem`.
+//!   issued (SQLite by default) with each renewal's lineage, revocation (of a certificate and
+//!   its renewals) and CRLs written atomically to `STATE/crl.pem`. Operators are a role:
+//!   IDs under [`OPERATOR_PATH`] come only from profiles with `role: operator`.
 //!   The CA records its own issuances, refusals and revocations through a [`CaEventSink`].
 //! - [`cli`]: the `portcullis ca …` subcommands.
 //! - [`dev`]: the development PKI (software keys) used by `portcullis demo` and tests.
@@ -36,13 +38,16 @@ pub use csr::{parse_csr_for_fuzzing, requested_names, RequestedNames};
 pub use events::CaEventSink;
 pub use ids::{Serial, TenantId};
 pub use inventory::{
-    CertRecord, CertStatus, InventoryFilter, InventoryStore, NewCertRecord, SqliteInventory,
+    CertRecord, CertStatus, InventoryFilter, InventoryStore, NewCertRecord, Revocation,
+    RevocationScope, SqliteInventory,
 };
 pub use key::{
     KeyAlgorithm, KeyBackend, PinSource, Pkcs11Backend, SigningKey, SoftwareBackend,
     DEFAULT_PKCS11_MODULE,
 };
-pub use profile::{DnsPattern, IssuanceProfile, IssueRefusal, KeyType, SpiffeIdPattern};
+pub use profile::{
+    DnsPattern, IssuanceProfile, IssueRefusal, KeyType, ProfileRole, SpiffeIdPattern, OPERATOR_PATH,
+};
 
 /// Errors of the certificate authority.
 #[derive(Debug, thiserror::Error)]

@@ -3,6 +3,7 @@
 //! [`IssueRefusal`] with a stable code. No clock, no I/O.
 
 mod names;
+mod role;
 
 use std::fmt;
 use std::time::Duration;
@@ -15,6 +16,8 @@ use crate::ids::TenantId;
 use names::{requested_dns_name, requested_spiffe_id};
 pub(crate) use names::{DnsName, SpiffeId};
 pub use portcullis_identity::{DnsPattern, SpiffeIdPattern};
+pub(crate) use role::{is_operator_id, reaches_operator_path};
+pub use role::{ProfileRole, OPERATOR_PATH};
 
 /// A subject key type a CSR may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -49,6 +52,10 @@ pub enum IssueRefusal {
     /// The bytes are not a PKCS#10 CSR (PEM or DER).
     #[error("CSR malformed: {0}")]
     CsrMalformed(String),
+    /// The CSR's extensions could be read more than one way: more than one extension request
+    /// attribute, one with several values, or an extension requested twice.
+    #[error("CSR extensions ambiguous: {0}")]
+    CsrAmbiguousExtensions(String),
     /// The CSR's self-signature does not verify with its own public key.
     #[error("CSR signature does not verify")]
     CsrSignatureInvalid,
@@ -79,6 +86,9 @@ pub enum IssueRefusal {
     /// A SPIFFE ID in the right trust domain that no pattern of the profile allows.
     #[error("SPIFFE ID {0:?} not allowed by the profile")]
     SpiffeIdNotAllowed(String),
+    /// A SPIFFE ID under the operator path, asked of a tenant profile.
+    #[error("SPIFFE ID {0:?} is under {OPERATOR_PATH}, which only operator profiles issue")]
+    SpiffeIdReserved(String),
     /// A DNS name that is not a valid host name.
     #[error("DNS name {name:?} invalid: {why}")]
     DnsNameInvalid { name: String, why: String },
@@ -100,6 +110,20 @@ pub enum IssueRefusal {
     /// No profile for this tenant (and profile name).
     #[error("no issuance profile {profile} for tenant {tenant}")]
     ProfileNotFound { tenant: String, profile: String },
+    /// A profile with `role: operator` asked for by a requester that is not an operator.
+    #[error("profile {0:?} issues operator identities: only an operator may ask for it")]
+    OperatorProfile(String),
+    /// A renewal naming another profile than the one of the certificate it renews.
+    #[error(
+        "a renewal keeps the profile of the certificate it renews ({current:?}), not {requested:?}"
+    )]
+    RenewalProfileChanged { current: String, requested: String },
+    /// A renewal asking for a name the certificate it renews does not carry.
+    #[error("a renewal may carry only the names of the certificate it renews: {0}")]
+    RenewalIdentityMismatch(String),
+    /// The certificate to renew is revoked, expired or of another tenant.
+    #[error("certificate {serial} cannot be renewed: {why}")]
+    NotRenewable { serial: String, why: String },
 }
 
 impl IssueRefusal {
@@ -108,6 +132,7 @@ impl IssueRefusal {
         match self {
             IssueRefusal::CsrTooLarge { .. } => "csr_too_large",
             IssueRefusal::CsrMalformed(_) => "csr_malformed",
+            IssueRefusal::CsrAmbiguousExtensions(_) => "csr_ambiguous_extensions",
             IssueRefusal::CsrSignatureInvalid => "csr_signature_invalid",
             IssueRefusal::KeyTypeNotAllowed { .. } => "key_type_not_allowed",
             IssueRefusal::CaRequested(_) => "ca_requested",
@@ -118,6 +143,7 @@ impl IssueRefusal {
             IssueRefusal::SpiffeIdInvalid { .. } => "spiffe_id_invalid",
             IssueRefusal::TrustDomainNotAllowed { .. } => "trust_domain_not_allowed",
             IssueRefusal::SpiffeIdNotAllowed(_) => "spiffe_id_not_allowed",
+            IssueRefusal::SpiffeIdReserved(_) => "spiffe_id_reserved",
             IssueRefusal::DnsNameInvalid { .. } => "dns_name_invalid",
             IssueRefusal::WildcardNotAllowed { .. } => "wildcard_not_allowed",
             IssueRefusal::DnsNameNotAllowed(_) => "dns_name_not_allowed",
@@ -125,6 +151,11 @@ impl IssueRefusal {
             IssueRefusal::LifetimeOverCap { .. } => "lifetime_over_cap",
             IssueRefusal::LifetimeInvalid => "lifetime_invalid",
             IssueRefusal::ProfileNotFound { .. } => "profile_not_found",
+            IssueRefusal::OperatorProfile(_) => "operator_profile",
+            IssueRefusal::RenewalProfileChanged { .. } => "renewal_profile_changed",
+            // The admin API's code for a renewal that would change the identity.
+            IssueRefusal::RenewalIdentityMismatch(_) => "identity_mismatch",
+            IssueRefusal::NotRenewable { .. } => "not_renewable",
         }
     }
 }
@@ -141,6 +172,8 @@ pub struct IssuanceProfile {
     pub name: String,
     /// The tenant the profile belongs to.
     pub tenant: TenantId,
+    /// Whether it issues workload identities of its tenant or operator identities.
+    pub role: ProfileRole,
     /// SPIFFE IDs the CSR's URI SAN may match.
     pub spiffe_ids: Vec<SpiffeIdPattern>,
     /// Whether the CSR must carry a SPIFFE ID.
@@ -229,6 +262,9 @@ impl IssuanceProfile {
             }
         };
         let id = requested_spiffe_id(uri)?;
+        if self.role == ProfileRole::Tenant && is_operator_id(&id) {
+            return Err(IssueRefusal::SpiffeIdReserved(shown(uri)));
+        }
         if !self
             .spiffe_ids
             .iter()
@@ -287,6 +323,34 @@ impl IssuanceProfile {
             ));
         }
         Ok((eku.client_auth, eku.server_auth))
+    }
+}
+
+impl Permit {
+    /// Whether a renewal stays within the certificate it renews, whose SANs are `sans` as the
+    /// inventory records them (`URI:…`, `DNS:…`, written from that certificate's permit): the
+    /// same SPIFFE ID (none if it had none) and DNS names among its own.
+    pub(crate) fn within(&self, sans: &[String]) -> Result<(), IssueRefusal> {
+        let current = sans.iter().find_map(|s| s.strip_prefix("URI:"));
+        let asked = self.spiffe_id.as_ref().map(SpiffeId::as_str);
+        if asked != current {
+            return Err(IssueRefusal::RenewalIdentityMismatch(format!(
+                "SPIFFE ID {} where the certificate has {}",
+                asked.map_or_else(|| "(none)".to_owned(), |a| format!("{a:?}")),
+                current.map_or_else(|| "(none)".to_owned(), |c| format!("{c:?}")),
+            )));
+        }
+        let carried = |name: &DnsName| {
+            sans.iter()
+                .any(|s| s.strip_prefix("DNS:") == Some(name.as_str()))
+        };
+        if let Some(extra) = self.dns_names.iter().find(|n| !carried(n)) {
+            return Err(IssueRefusal::RenewalIdentityMismatch(format!(
+                "DNS name {:?} is not on the certificate",
+                extra.as_str()
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -28,7 +28,7 @@ keys:
 profiles:
   - name: web
     tenant: web
-    spiffe_ids: ["spiffe://web.example/**"]
+    spiffe_ids: ["spiffe://web.example/*"]
     dns_names: ["*.web.internal"]
     server_auth: true
 "#,
@@ -101,6 +101,7 @@ profiles:
         config: config.clone(),
         serial: serial.clone(),
         reason: RevocationReason::Superseded,
+        only_this: false,
     });
     assert!(out.contains("revoked"), "{out}");
     let table = run(CaCommand::List {
@@ -139,6 +140,7 @@ profiles:
             config: config.clone(),
             serial: "zz".into(),
             reason: RevocationReason::Unspecified,
+            only_this: false,
         },
         &mut sink,
         SystemTime::now(),

@@ -13,6 +13,7 @@ use portcullis_audit::{CaAction, CaEvent};
 use portcullis_ca::cli::{run_with_audit, CaCommand};
 use portcullis_ca::{
     Ca, CaConfig, CaError, CaEventSink, IssueRequest, Requester, RequesterKind, RevocationReason,
+    RevocationScope,
 };
 
 /// Keeps what it is handed.
@@ -49,7 +50,7 @@ keys:
 profiles:
   - name: web
     tenant: web
-    spiffe_ids: ["spiffe://web.example/**"]
+    spiffe_ids: ["spiffe://web.example/*"]
     dns_names: ["*.web.internal"]
     max_lifetime: 1h
     server_auth: true
@@ -186,6 +187,7 @@ fn issue_refuse_and_revoke_each_record_one_event() {
     ca.revoke_by(
         &issued.serial,
         RevocationReason::KeyCompromise,
+        RevocationScope::Lineage,
         &operator,
         now,
     )
@@ -205,6 +207,7 @@ fn issue_refuse_and_revoke_each_record_one_event() {
     ca.revoke_by(
         &by_name.serial,
         RevocationReason::Superseded,
+        RevocationScope::Lineage,
         &operator,
         now,
     )
@@ -217,11 +220,18 @@ fn issue_refuse_and_revoke_each_record_one_event() {
     );
 
     // What was not done is not recorded: revoking twice, or an unknown serial.
-    let again = ca.revoke_by(&issued.serial, RevocationReason::Superseded, &operator, now);
+    let again = ca.revoke_by(
+        &issued.serial,
+        RevocationReason::Superseded,
+        RevocationScope::Lineage,
+        &operator,
+        now,
+    );
     assert!(matches!(again, Err(CaError::AlreadyRevoked { .. })));
     let unknown = ca.revoke_by(
         &"0badc0ffee".parse().unwrap(),
         RevocationReason::Unspecified,
+        RevocationScope::Lineage,
         &operator,
         now,
     );
@@ -322,6 +332,7 @@ fn the_cli_records_through_the_ca() {
         config: config.clone(),
         serial: serial.clone(),
         reason: RevocationReason::Superseded,
+        only_this: false,
     })
     .unwrap();
     assert_eq!(

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use pki::{csr, csr_with, dns, openssl, uri};
 use portcullis_ca::{
     Ca, CaConfig, CaError, CertStatus, InventoryFilter, IssueRequest, IssuedCertificate, Requester,
-    RequesterKind, RevocationReason, Serial, TenantId,
+    RequesterKind, RevocationReason, RevocationScope, Serial, TenantId,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
@@ -54,10 +54,10 @@ profiles:
     server_auth: true
   - name: globex
     tenant: globex
-    spiffe_ids: ["spiffe://globex.example/**"]
+    spiffe_ids: ["spiffe://globex.example/worker/**"]
   - name: inventory
     tenant: inv
-    spiffe_ids: ["spiffe://inv.example/**"]
+    spiffe_ids: ["spiffe://inv.example/*"]
     max_lifetime: 4h
 "#;
 
@@ -476,8 +476,14 @@ fn inventory_revocation_and_crl() {
 
     let before = f.ca.crl(now).unwrap().number;
     let record =
-        f.ca.revoke(&doomed.serial, RevocationReason::KeyCompromise, now)
-            .unwrap();
+        f.ca.revoke(
+            &doomed.serial,
+            RevocationReason::KeyCompromise,
+            RevocationScope::Lineage,
+            now,
+        )
+        .unwrap()
+        .certificate;
     assert_eq!(record.status, CertStatus::Revoked);
     assert_eq!(
         record.revocation_reason,
@@ -497,13 +503,19 @@ fn inventory_revocation_and_crl() {
     assert_eq!(list(valid, now).len(), 2);
 
     let err =
-        f.ca.revoke(&doomed.serial, RevocationReason::Superseded, now)
-            .unwrap_err();
+        f.ca.revoke(
+            &doomed.serial,
+            RevocationReason::Superseded,
+            RevocationScope::Lineage,
+            now,
+        )
+        .unwrap_err();
     assert!(matches!(err, CaError::AlreadyRevoked { .. }), "{err}");
     let err =
         f.ca.revoke(
             &"0123456789abcdef".parse().unwrap(),
             RevocationReason::Superseded,
+            RevocationScope::Lineage,
             now,
         )
         .unwrap_err();

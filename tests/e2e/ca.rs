@@ -647,8 +647,15 @@ tenants:
     assert_ne!(std::fs::read(d.join("up.pem")).unwrap(), first);
     outer.wait_metric("portcullis_config_reloads_total{result=\"success\"}", 1.0);
 
-    // Revoke the first certificate and restart the upstream: only the renewed one gets in.
-    let out = ca.run(&["revoke", &first_serial, "--reason", "superseded"]);
+    // Revoke the first certificate only (by default its renewals would go with it) and
+    // restart the upstream: only the renewed one gets in.
+    let out = ca.run(&[
+        "revoke",
+        &first_serial,
+        "--reason",
+        "superseded",
+        "--only-this",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     drop(inner);
     let _inner = Gateway::start(d, &inner_yaml(&inner_port.to_string()));
@@ -707,4 +714,76 @@ fn a_certificate_that_expires_on_an_open_connection_is_refused() {
     assert_eq!(resp.status, 403);
     assert_eq!(resp.json()["error"], "certificate_expired");
     assert!(conn.closed_by_server());
+}
+
+/// Operators are a role. An operator ID that a tenant's profile could issue (a bootstrap token
+/// for that tenant would then buy a certificate that lists and revokes every other) is refused
+/// by `portcullis admin check` and by `admin serve` before it listens, with a message naming
+/// the operator, the profile and the pattern; an operator under the reserved path, issued by a
+/// `role: operator` profile, passes.
+#[test]
+fn an_operator_id_a_tenant_profile_could_issue_is_refused_by_check_and_serve() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let Some(ca) = HsmCa::init(d) else { return };
+    let port = free_port();
+    let admin_config = |operator: &str| {
+        std::fs::write(
+            d.join("admin.yaml"),
+            format!(
+                "listen: 127.0.0.1:{port}\nca: ca.yaml\ntls:\n  self_issue: {{ tenant: platform, \
+                 profile: admin-server, dns_names: [localhost] }}\noperators: [\"{operator}\"]\n"
+            ),
+        )
+        .unwrap();
+    };
+    let admin = d.join("admin.yaml");
+    let check = || {
+        Command::new(bin())
+            .args(["admin", "check", "--config", admin.to_str().unwrap()])
+            .env("SOFTHSM2_CONF", &ca.softhsm_conf)
+            .output()
+            .unwrap()
+    };
+
+    // Tenant acme's profile "workloads" issues spiffe://test.portcullis.local/ns/app/**.
+    let overlapping = "spiffe://test.portcullis.local/ns/app/sa/ops";
+    admin_config(overlapping);
+    let out = check();
+    assert!(!out.status.success(), "admin check accepted {overlapping}");
+    let err = stderr(&out);
+    for needle in [
+        overlapping,
+        "tenant acme's profile \"workloads\"",
+        "spiffe://test.portcullis.local/ns/app/**",
+        "spiffe://test.portcullis.local/portcullis/operator/",
+    ] {
+        assert!(err.contains(needle), "{needle} not in: {err}");
+    }
+    let mut serve = spawn_env(
+        &["admin", "serve", "--config", admin.to_str().unwrap()],
+        d.join("admin-refused.log"),
+        &[("SOFTHSM2_CONF", ca.softhsm_conf.as_path())],
+    );
+    let status = serve
+        .wait_exit(Duration::from_secs(20))
+        .expect("admin serve must refuse to start, not listen");
+    assert!(!status.success());
+    assert!(
+        serve.log_text().contains(overlapping),
+        "{}",
+        serve.log_text()
+    );
+
+    // The safe pattern: the operator under the reserved path, from an operator profile.
+    let mut yaml = std::fs::read_to_string(&ca.config).unwrap();
+    yaml.push_str(
+        "  - name: operators\n    tenant: platform\n    role: operator\n    \
+         spiffe_ids: [\"spiffe://test.portcullis.local/portcullis/operator/*\"]\n",
+    );
+    std::fs::write(&ca.config, yaml).unwrap();
+    admin_config("spiffe://test.portcullis.local/portcullis/operator/alice");
+    let out = check();
+    assert!(out.status.success(), "admin check: {}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 operator(s)"));
 }

@@ -1,4 +1,5 @@
-//! The inventory side: `POST /v1/certificates/{serial}/revoke` (operators and the holder),
+//! The inventory side: `POST /v1/certificates/{serial}/revoke` (operators and the holder; the
+//! certificates renewed from it too unless `"only_this": true`),
 //! `GET /v1/crl` (anyone), `GET /v1/certificates` (operators).
 
 use std::sync::atomic::Ordering;
@@ -12,8 +13,8 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use portcullis_ca::{
-    CaError, CertRecord, CertStatus, InventoryFilter, Requester, RequesterKind, RevocationReason,
-    Serial, TenantId,
+    CaError, CertRecord, CertStatus, InventoryFilter, Requester, RequesterKind, Revocation,
+    RevocationReason, RevocationScope, Serial, TenantId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,18 @@ const MAX_LIST: usize = 1000;
 struct RevokeBody {
     #[serde(default)]
     reason: Option<String>,
+    /// Revoke this certificate only, not the certificates renewed from it.
+    #[serde(default)]
+    only_this: bool,
+}
+
+/// The certificate named, as it now stands, and every serial the call revoked (it, unless it
+/// already was, and the certificates renewed from it).
+#[derive(Debug, Serialize)]
+struct RevokeResponse {
+    #[serde(flatten)]
+    certificate: CertRecord,
+    revoked: Vec<Serial>,
 }
 
 pub(super) async fn revoke(
@@ -40,7 +53,14 @@ pub(super) async fn revoke(
     let mut rec = CallRecord::new(&conn);
     rec.target = Some(serial.chars().take(64).collect());
     let response = match revoke_flow(&st, &conn, &serial, &headers, body, &mut rec).await {
-        Ok(record) => (StatusCode::OK, Json(record)).into_response(),
+        Ok(revocation) => (
+            StatusCode::OK,
+            Json(RevokeResponse {
+                certificate: revocation.certificate,
+                revoked: revocation.revoked.into_iter().map(|r| r.serial).collect(),
+            }),
+        )
+            .into_response(),
         Err(e) => e.into_response(),
     };
     st.audit_call(&rec, "certificate.revoke", response.status());
@@ -54,7 +74,7 @@ async fn revoke_flow(
     headers: &HeaderMap,
     body: Body,
     rec: &mut CallRecord,
-) -> Result<CertRecord, ApiError> {
+) -> Result<Revocation, ApiError> {
     let peer = conn.peer.as_ref().ok_or_else(ApiError::unauthenticated)?;
     let serial: Serial = serial.parse().map_err(|_| {
         ApiError::new(
@@ -63,8 +83,8 @@ async fn revoke_flow(
             "the serial must be 1 to 20 bytes of hex",
         )
     })?;
-    caller_record(st, peer).await?;
-    let kind = if st.is_operator(peer) {
+    let caller = caller_record(st, peer).await?;
+    let kind = if st.is_operator(peer, &caller) {
         RequesterKind::Operator
     } else if peer.serial == serial {
         RequesterKind::ClientCert
@@ -88,12 +108,17 @@ async fn revoke_flow(
             )
         })?,
     };
+    let scope = if body.only_this {
+        RevocationScope::OnlyThis
+    } else {
+        RevocationScope::Lineage
+    };
     let ca = Arc::clone(&st.ca);
     let trust = Arc::clone(&st.trust);
     let s = serial.clone();
-    // The CA records the revocation in its event sink (this server's audit log).
+    // The CA records each revocation in its event sink (this server's audit log).
     let result = blocking(move || {
-        let result = ca.revoke_by(&s, reason, &requester, SystemTime::now());
+        let result = ca.revoke_by(&s, reason, scope, &requester, SystemTime::now());
         if result.is_ok() {
             // Enforce at once on this listener, not at the next poll.
             if let Err(e) = trust.reload() {
@@ -104,9 +129,9 @@ async fn revoke_flow(
     })
     .await?;
     match result {
-        Ok(record) => {
-            rec.tenant = Some(record.tenant.to_string());
-            Ok(record)
+        Ok(revocation) => {
+            rec.tenant = Some(revocation.certificate.tenant.to_string());
+            Ok(revocation)
         }
         Err(CaError::UnknownSerial(_)) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -207,10 +232,10 @@ async fn list_flow(
     rec: &mut CallRecord,
 ) -> Result<Vec<CertRecord>, ApiError> {
     let peer = conn.peer.as_ref().ok_or_else(ApiError::unauthenticated)?;
-    if !st.is_operator(peer) {
+    let caller = caller_record(st, peer).await?;
+    if !st.is_operator(peer, &caller) {
         return Err(ApiError::forbidden("only operators may list certificates"));
     }
-    caller_record(st, peer).await?;
     let invalid = |what: &str| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -1,5 +1,6 @@
 //! `POST /v1/certificates`: a certificate for a CSR, to a caller renewing with its current
-//! client certificate (same identity only) or presenting a one-time bootstrap token.
+//! client certificate (the CA keeps the renewal to that certificate's profile and names) or
+//! presenting a one-time bootstrap token.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -10,11 +11,14 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use portcullis_ca::{CaError, IssueRequest, IssuedCertificate, Requester, RequesterKind, TenantId};
+use portcullis_ca::{
+    CaError, IssueRefusal, IssueRequest, IssuedCertificate, Requester, RequesterKind, Serial,
+    TenantId,
+};
 use portcullis_identity::{IssuanceRequest, IssuanceResponse};
 
 use super::{blocking, caller_record, read_json, ApiError, AppState, CallRecord};
-use crate::identity::{requested_names, same_identity, ConnInfo, PeerIdentity, RequestedNames};
+use crate::identity::{requested_names, ConnInfo, PeerIdentity, RequestedNames};
 use crate::token::TokenHash;
 
 /// The answer for an issued certificate, in the wire type clients read.
@@ -66,7 +70,8 @@ fn credential(conn: &ConnInfo, headers: &HeaderMap) -> Result<Credential, ApiErr
 /// What an authenticated, authorised issuance may ask the CA for.
 struct Authorized {
     tenant: TenantId,
-    default_profile: Option<String>,
+    /// A renewal: the caller's current certificate.
+    renews: Option<Serial>,
     requester: Requester,
     /// The consumed token, given back if no certificate results.
     token: Option<TokenHash>,
@@ -107,27 +112,35 @@ async fn issue_flow(
         })?),
     };
     let csr = req.csr.into_bytes();
-    let names = requested_names(&csr);
     let auth = match credential {
-        Credential::Cert(peer) => authorize_renewal(st, &peer, names.as_ref(), rec).await?,
-        Credential::Token(hash) => authorize_token(st, hash, names.as_ref(), rec).await?,
+        Credential::Cert(peer) => authorize_renewal(st, &peer, rec).await?,
+        Credential::Token(hash) => {
+            authorize_token(st, hash, requested_names(&csr).as_ref(), rec).await?
+        }
     };
-    let profile = req.profile.or(auth.default_profile);
 
-    // The CA records the issuance or its refusal in its event sink (this server's audit log).
+    // The CA decides a renewal against the certificate renewed (its profile and names, read
+    // from the CSR by the CA's own parser), and records the issuance or its refusal in its
+    // event sink (this server's audit log).
     let ca = Arc::clone(&st.ca);
-    let (tenant, requester) = (auth.tenant.clone(), auth.requester.clone());
+    let (tenant, requester, renews) = (
+        auth.tenant.clone(),
+        auth.requester.clone(),
+        auth.renews.clone(),
+    );
+    let profile = req.profile;
     let result = blocking(move || {
-        ca.issue(
-            &IssueRequest {
-                csr: &csr,
-                tenant,
-                profile: profile.as_deref(),
-                lifetime,
-                requester,
-            },
-            SystemTime::now(),
-        )
+        let request = IssueRequest {
+            csr: &csr,
+            tenant,
+            profile: profile.as_deref(),
+            lifetime,
+            requester,
+        };
+        match &renews {
+            Some(current) => ca.renew(&request, current, SystemTime::now()),
+            None => ca.issue(&request, SystemTime::now()),
+        }
     })
     .await;
     let result = match result {
@@ -148,7 +161,12 @@ async fn issue_flow(
             Err(match e {
                 CaError::Refused(refusal) => {
                     st.stats.refused();
-                    ApiError::new(StatusCode::BAD_REQUEST, refusal.code(), refusal.to_string())
+                    // A renewal asking for another identity is forbidden, as a token's is.
+                    let status = match refusal {
+                        IssueRefusal::RenewalIdentityMismatch(_) => StatusCode::FORBIDDEN,
+                        _ => StatusCode::BAD_REQUEST,
+                    };
+                    ApiError::new(status, refusal.code(), refusal.to_string())
                 }
                 e if e.is_unavailable() => {
                     st.stats.unavailable();
@@ -187,10 +205,13 @@ fn csr_unreadable() -> ApiError {
     )
 }
 
+/// A renewal: the caller's certificate must be in the inventory, valid, and say the tenant the
+/// inventory says. What the new certificate may carry is the CA's decision ([`Ca::renew`]).
+///
+/// [`Ca::renew`]: portcullis_ca::Ca::renew
 async fn authorize_renewal(
     st: &AppState,
     peer: &PeerIdentity,
-    names: Option<&RequestedNames>,
     rec: &mut CallRecord,
 ) -> Result<Authorized, ApiError> {
     let record = caller_record(st, peer).await?;
@@ -209,25 +230,9 @@ async fn authorize_renewal(
             "the client certificate's tenant is inconsistent",
         ));
     }
-    let names = names.ok_or_else(csr_unreadable)?;
-    let current_spiffe = record.sans.iter().find_map(|s| s.strip_prefix("URI:"));
-    let current_dns: Vec<String> = record
-        .sans
-        .iter()
-        .filter_map(|s| s.strip_prefix("DNS:").map(str::to_owned))
-        .collect();
-    if !same_identity(current_spiffe, &current_dns, names) {
-        return Err(identity_refusal(
-            st,
-            &requester,
-            names.uris.first().cloned(),
-            "renewal asks for names the current certificate does not carry",
-            "a renewal may carry only the SPIFFE ID and DNS names of the current certificate",
-        ));
-    }
     Ok(Authorized {
         tenant: record.tenant,
-        default_profile: Some(record.profile),
+        renews: Some(record.serial),
         requester,
         token: None,
     })
@@ -276,7 +281,7 @@ async fn authorize_token(
     }
     Ok(Authorized {
         tenant: grant.tenant,
-        default_profile: None,
+        renews: None,
         requester,
         token: Some(hash),
     })

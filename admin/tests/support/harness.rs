@@ -26,7 +26,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::softhsm;
 
-pub const OPERATOR: &str = "spiffe://ops.example/operator/alice";
+pub const OPERATOR: &str = "spiffe://ops.example/portcullis/operator/alice";
 
 const CA_CONFIG: &str = r#"
 state_dir: DIR/state
@@ -45,16 +45,28 @@ max_lifetime_cap: 4h
 profiles:
   - name: acme
     tenant: acme
-    spiffe_ids: ["spiffe://acme.example/**"]
+    spiffe_ids: ["spiffe://acme.example/ns/**"]
     dns_names: ["*.acme.internal"]
     max_lifetime: 1h
     default_lifetime: 30m
   - name: globex
     tenant: globex
-    spiffe_ids: ["spiffe://globex.example/**"]
+    spiffe_ids: ["spiffe://globex.example/ns/**", "spiffe://globex.example/list/*"]
+  - name: initech-workloads
+    tenant: initech
+    spiffe_ids: ["spiffe://initech.example/ns/**"]
+    max_lifetime: 1h
+    default_lifetime: 30m
+  - name: initech-edge
+    tenant: initech
+    spiffe_ids: ["spiffe://initech.example/ns/**"]
+    client_auth: true
+    server_auth: true
+    max_lifetime: 4h
   - name: ops
     tenant: ops
-    spiffe_ids: ["spiffe://ops.example/operator/*"]
+    role: operator
+    spiffe_ids: ["spiffe://ops.example/portcullis/operator/*"]
   - name: admin-server
     tenant: platform
     require_spiffe_id: false

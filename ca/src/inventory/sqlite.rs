@@ -1,4 +1,5 @@
-//! The embedded inventory: one SQLite file in the CA state directory.
+//! The embedded inventory: one SQLite file in the CA state directory. Files made before
+//! lineage was recorded are given the `renewed_from` column when opened.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -8,10 +9,11 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
     format_time, from_unix_seconds, unix_seconds, CertRecord, CertStatus, InventoryFilter,
-    InventoryStore, NewCertRecord,
+    InventoryStore, NewCertRecord, Revocation, RevocationScope,
 };
 use crate::crl::RevocationReason;
 use crate::ids::{Serial, TenantId};
+use crate::profile::IssueRefusal;
 use crate::CaError;
 
 const SCHEMA: &str = "
@@ -26,7 +28,8 @@ CREATE TABLE IF NOT EXISTS certificates (
     not_after         INTEGER NOT NULL,
     cert_der          BLOB NOT NULL,
     revoked_at        INTEGER,
-    revocation_reason INTEGER
+    revocation_reason INTEGER,
+    renewed_from      TEXT
 );
 CREATE INDEX IF NOT EXISTS certificates_tenant ON certificates (tenant, not_after);
 CREATE INDEX IF NOT EXISTS certificates_not_after ON certificates (not_after);
@@ -35,8 +38,20 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 INSERT OR IGNORE INTO counters (name, value) VALUES ('crl_number', 0);
 ";
 
+/// Run after [`SCHEMA`], once `renewed_from` exists.
+const LINEAGE_INDEX: &str = "CREATE INDEX IF NOT EXISTS certificates_renewed_from \
+                             ON certificates (renewed_from) WHERE renewed_from IS NOT NULL";
+
+/// A certificate and every renewal descending from it, each after the one it renewed (the
+/// recursive query's queue is first in, first out; UNION visits each serial once).
+const LINEAGE: &str = "WITH RECURSIVE lineage(serial) AS (
+    SELECT ?1
+    UNION
+    SELECT c.serial FROM certificates c JOIN lineage l ON c.renewed_from = l.serial
+) SELECT serial FROM lineage";
+
 const COLUMNS: &str = "serial, subject, sans, tenant, profile, requester, not_before, not_after, \
-                       revoked_at, revocation_reason";
+                       revoked_at, revocation_reason, renewed_from";
 
 /// The inventory in a SQLite file (WAL, synchronous FULL: a recorded issuance survives a crash).
 pub struct SqliteInventory {
@@ -61,7 +76,7 @@ impl SqliteInventory {
     pub fn open(path: &Path) -> Result<Self, CaError> {
         let shown = path.display().to_string();
         let err = |e: rusqlite::Error| CaError::Inventory(format!("{shown}: {e}"));
-        let conn = Connection::open(path).map_err(err)?;
+        let mut conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -69,6 +84,7 @@ impl SqliteInventory {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        add_lineage(&mut conn).map_err(err)?;
         Ok(Self {
             conn: Mutex::new(conn),
             path: shown,
@@ -78,6 +94,21 @@ impl SqliteInventory {
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Gives an inventory made before lineage was recorded its `renewed_from` column (NULL for the
+/// certificates already there: their lineage is unknown). In a write transaction, so two
+/// processes opening one old file at once add it once.
+fn add_lineage(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let present = tx
+        .prepare("SELECT 1 FROM pragma_table_info('certificates') WHERE name = 'renewed_from'")?
+        .exists([])?;
+    if !present {
+        tx.execute_batch("ALTER TABLE certificates ADD COLUMN renewed_from TEXT")?;
+    }
+    tx.execute_batch(LINEAGE_INDEX)?;
+    tx.commit()
 }
 
 struct Row {
@@ -91,6 +122,7 @@ struct Row {
     not_after: i64,
     revoked_at: Option<i64>,
     revocation_reason: Option<u8>,
+    renewed_from: Option<String>,
 }
 
 impl Row {
@@ -106,6 +138,7 @@ impl Row {
             not_after: row.get(7)?,
             revoked_at: row.get(8)?,
             revocation_reason: row.get(9)?,
+            renewed_from: row.get(10)?,
         })
     }
 
@@ -138,6 +171,12 @@ impl Row {
                 }
                 None => None,
             },
+            renewed_from: self
+                .renewed_from
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|_| corrupt("renewed_from"))?,
         })
     }
 }
@@ -161,26 +200,50 @@ impl InventoryStore for SqliteInventory {
     fn record_issued(&self, r: &NewCertRecord) -> Result<(), CaError> {
         let sans = serde_json::to_string(&r.sans)
             .map_err(|e| CaError::Inventory(format!("encode SANs: {e}")))?;
-        self.conn()
-            .prepare_cached(
-                "INSERT INTO certificates (serial, subject, sans, tenant, profile, requester, \
-                 not_before, not_after, cert_der) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    r.serial.to_string(),
-                    r.subject,
-                    sans,
-                    r.tenant.as_str(),
-                    r.profile,
-                    r.requester,
-                    unix_seconds(r.not_before),
-                    unix_seconds(r.not_after),
-                    r.cert_der,
-                ])
-            })
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_error)?;
-        Ok(())
+        if let Some(parent) = &r.renewed_from {
+            let revoked_at: Option<Option<i64>> = tx
+                .query_row(
+                    "SELECT revoked_at FROM certificates WHERE serial = ?1",
+                    [parent.to_string()],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(db_error)?;
+            let why = match revoked_at {
+                None => Some("it is not in the inventory"),
+                Some(Some(_)) => Some("it has been revoked"),
+                Some(None) => None,
+            };
+            if let Some(why) = why {
+                return Err(CaError::Refused(IssueRefusal::NotRenewable {
+                    serial: parent.to_string(),
+                    why: why.to_owned(),
+                }));
+            }
+        }
+        tx.execute(
+            "INSERT INTO certificates (serial, subject, sans, tenant, profile, requester, \
+             not_before, not_after, cert_der, renewed_from) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                r.serial.to_string(),
+                r.subject,
+                sans,
+                r.tenant.as_str(),
+                r.profile,
+                r.requester,
+                unix_seconds(r.not_before),
+                unix_seconds(r.not_after),
+                r.cert_der,
+                r.renewed_from.as_ref().map(ToString::to_string),
+            ],
+        )
+        .map_err(db_error)?;
+        tx.commit().map_err(db_error)
     }
 
     fn get(&self, serial: &Serial, now: SystemTime) -> Result<Option<CertRecord>, CaError> {
@@ -241,14 +304,15 @@ impl InventoryStore for SqliteInventory {
         &self,
         serial: &Serial,
         reason: RevocationReason,
+        scope: RevocationScope,
         at: SystemTime,
-    ) -> Result<CertRecord, CaError> {
+    ) -> Result<Revocation, CaError> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_error)?;
         let key = serial.to_string();
-        let current: Option<(Option<i64>, Option<u8>)> = tx
+        let named: Option<(Option<i64>, Option<u8>)> = tx
             .query_row(
                 "SELECT revoked_at, revocation_reason FROM certificates WHERE serial = ?1",
                 [&key],
@@ -256,28 +320,56 @@ impl InventoryStore for SqliteInventory {
             )
             .optional()
             .map_err(db_error)?;
-        match current {
-            None => return Err(CaError::UnknownSerial(serial.clone())),
-            Some((Some(revoked_at), code)) => {
-                return Err(CaError::AlreadyRevoked {
-                    serial: serial.clone(),
-                    at: format_time(from_unix_seconds(revoked_at)),
-                    reason: code
-                        .and_then(RevocationReason::from_code)
-                        .unwrap_or(RevocationReason::Unspecified),
+        let Some((revoked_at, code)) = named else {
+            return Err(CaError::UnknownSerial(serial.clone()));
+        };
+        let in_scope: Vec<String> = match scope {
+            RevocationScope::OnlyThis => vec![key],
+            RevocationScope::Lineage => tx
+                .prepare(LINEAGE)
+                .and_then(|mut stmt| {
+                    stmt.query_map([&key], |row| row.get(0))?
+                        .collect::<Result<_, _>>()
                 })
+                .map_err(db_error)?,
+        };
+        let mut now_revoked = Vec::new();
+        for s in in_scope {
+            let changed = tx
+                .execute(
+                    "UPDATE certificates SET revoked_at = ?1, revocation_reason = ?2 \
+                     WHERE serial = ?3 AND revoked_at IS NULL",
+                    params![unix_seconds(at), reason.code(), s],
+                )
+                .map_err(db_error)?;
+            if changed == 1 {
+                now_revoked.push(s);
             }
-            Some((None, _)) => {}
         }
-        tx.execute(
-            "UPDATE certificates SET revoked_at = ?1, revocation_reason = ?2 WHERE serial = ?3",
-            params![unix_seconds(at), reason.code(), key],
-        )
-        .map_err(db_error)?;
+        if now_revoked.is_empty() {
+            return Err(CaError::AlreadyRevoked {
+                serial: serial.clone(),
+                at: format_time(from_unix_seconds(revoked_at.unwrap_or(0))),
+                reason: code
+                    .and_then(RevocationReason::from_code)
+                    .unwrap_or(RevocationReason::Unspecified),
+            });
+        }
+        let now_s = unix_seconds(at);
+        let one = |s: &String| -> Result<CertRecord, CaError> {
+            let sql = format!("SELECT {COLUMNS} FROM certificates WHERE serial = ?1");
+            query(&tx, &sql, &[s], now_s)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| CaError::Inventory(format!("serial {s} vanished")))
+        };
+        let certificate = one(&serial.to_string())?;
+        let revoked = now_revoked.iter().map(one).collect::<Result<Vec<_>, _>>()?;
         tx.commit().map_err(db_error)?;
-        drop(conn);
-        self.get(serial, at)?
-            .ok_or_else(|| CaError::UnknownSerial(serial.clone()))
+        Ok(Revocation {
+            certificate,
+            revoked,
+        })
     }
 
     fn list_revoked(&self, now: SystemTime) -> Result<Vec<CertRecord>, CaError> {
@@ -303,84 +395,4 @@ impl InventoryStore for SqliteInventory {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    fn record(serial: &str, tenant: &str, not_after: SystemTime) -> NewCertRecord {
-        NewCertRecord {
-            serial: serial.parse().unwrap(),
-            subject: "O=t".to_owned(),
-            sans: vec!["URI:spiffe://t/x".to_owned()],
-            tenant: tenant.parse().unwrap(),
-            profile: "p".to_owned(),
-            requester: "operator:test".to_owned(),
-            not_before: not_after - Duration::from_secs(3600),
-            not_after,
-            cert_der: vec![1, 2, 3],
-        }
-    }
-
-    #[test]
-    fn filters_revokes_and_counts() {
-        let dir = tempfile::tempdir().unwrap();
-        let inv = SqliteInventory::open(&dir.path().join("inv.sqlite3")).unwrap();
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let h = Duration::from_secs(3600);
-        inv.record_issued(&record("01", "a", now + h)).unwrap();
-        inv.record_issued(&record("02", "a", now + 10 * h)).unwrap();
-        inv.record_issued(&record("03", "b", now - h)).unwrap();
-        assert!(
-            inv.record_issued(&record("03", "b", now)).is_err(),
-            "duplicate serial"
-        );
-
-        let list = |f: InventoryFilter| -> Vec<String> {
-            inv.list(&f, now)
-                .unwrap()
-                .into_iter()
-                .map(|r| r.serial.to_string())
-                .collect()
-        };
-        assert_eq!(list(InventoryFilter::default()).len(), 3);
-        let tenant_a = InventoryFilter {
-            tenant: Some("a".parse().unwrap()),
-            ..Default::default()
-        };
-        assert_eq!(list(tenant_a), vec!["02", "01"]);
-        let expired = InventoryFilter {
-            status: Some(CertStatus::Expired),
-            ..Default::default()
-        };
-        assert_eq!(list(expired), vec!["03"]);
-        let soon = InventoryFilter {
-            expires_within: Some(2 * h),
-            ..Default::default()
-        };
-        assert_eq!(list(soon), vec!["01"]);
-
-        let serial: Serial = "02".parse().unwrap();
-        let rec = inv
-            .revoke(&serial, RevocationReason::KeyCompromise, now)
-            .unwrap();
-        assert_eq!(rec.status, CertStatus::Revoked);
-        assert!(matches!(
-            inv.revoke(&serial, RevocationReason::Superseded, now),
-            Err(CaError::AlreadyRevoked { .. })
-        ));
-        assert!(matches!(
-            inv.revoke(&"ff".parse().unwrap(), RevocationReason::Superseded, now),
-            Err(CaError::UnknownSerial(_))
-        ));
-        let revoked = InventoryFilter {
-            status: Some(CertStatus::Revoked),
-            ..Default::default()
-        };
-        assert_eq!(list(revoked), vec!["02"]);
-        assert_eq!(inv.list_revoked(now).unwrap().len(), 1);
-        assert_eq!(inv.list_revoked(now + 11 * h).unwrap().len(), 0);
-        let a = inv.next_crl_number().unwrap();
-        assert_eq!(inv.next_crl_number().unwrap(), a + 1);
-    }
-}
+mod tests;

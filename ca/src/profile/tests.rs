@@ -7,6 +7,7 @@ fn profile() -> IssuanceProfile {
     IssuanceProfile {
         name: "acme".to_owned(),
         tenant: "acme".parse().unwrap(),
+        role: ProfileRole::Tenant,
         spiffe_ids: vec![
             "spiffe://acme.example/ns/*/sa/*".parse().unwrap(),
             "spiffe://acme.example/batch/**".parse().unwrap(),
@@ -192,4 +193,67 @@ fn patterns_refuse_bad_syntax() {
     // broad when the config is checked.
     let com: DnsPattern = "*.com".parse().unwrap();
     assert!(com.wildcard_name().is_some_and(|n| n.is_err()));
+}
+
+#[test]
+fn operator_path_is_only_for_operator_profiles() {
+    // A tenant profile whose patterns reach the operator path (only possible when built by
+    // hand: the config check refuses such patterns) still refuses the ID at issuance.
+    let mut p = profile();
+    p.spiffe_ids = vec!["spiffe://acme.example/**".parse().unwrap()];
+    let operator = facts(&["spiffe://acme.example/portcullis/operator/alice"], &[]);
+    assert_eq!(code(&p, &operator, None), "spiffe_id_reserved");
+    assert_eq!(
+        code(
+            &p,
+            &facts(&["spiffe://acme.example/portcullis/x"], &[]),
+            None
+        ),
+        "ok"
+    );
+    p.role = ProfileRole::Operator;
+    assert_eq!(code(&p, &operator, None), "ok");
+}
+
+#[test]
+fn a_renewal_keeps_the_spiffe_id_and_a_subset_of_the_dns_names() {
+    let p = profile();
+    let id = "spiffe://acme.example/ns/a/sa/b";
+    let current: Vec<String> = [
+        format!("URI:{id}"),
+        "DNS:a.acme.internal".to_owned(),
+        "DNS:b.acme.internal".to_owned(),
+    ]
+    .into();
+    let within = |uris: &[&str], dns: &[&str]| {
+        p.permit(&facts(uris, dns), None)
+            .unwrap()
+            .within(&current)
+            .map_err(|e| e.code())
+    };
+    assert_eq!(within(&[id], &["a.acme.internal"]), Ok(()));
+    // Compared on what would be issued: the names as the CA writes them (lower case).
+    assert_eq!(
+        within(&[id], &["B.ACME.internal", "a.acme.internal"]),
+        Ok(())
+    );
+    assert_eq!(within(&[id], &[]), Ok(()));
+    assert_eq!(
+        within(&[id], &["c.acme.internal"]),
+        Err("identity_mismatch")
+    );
+    assert_eq!(
+        within(&["spiffe://acme.example/ns/a/sa/c"], &[]),
+        Err("identity_mismatch")
+    );
+    let mut no_id = profile();
+    no_id.require_spiffe_id = false;
+    let dns_only = no_id
+        .permit(&facts(&[], &["a.acme.internal"]), None)
+        .unwrap();
+    assert_eq!(
+        dns_only.within(&current).map_err(|e| e.code()),
+        Err("identity_mismatch")
+    );
+    assert_eq!(dns_only.within(&current[1..]), Ok(()));
 }

@@ -1,0 +1,183 @@
+use std::time::Duration;
+
+use super::*;
+
+fn record(serial: &str, tenant: &str, not_after: SystemTime) -> NewCertRecord {
+    NewCertRecord {
+        serial: serial.parse().unwrap(),
+        subject: "O=t".to_owned(),
+        sans: vec!["URI:spiffe://t/x".to_owned()],
+        tenant: tenant.parse().unwrap(),
+        profile: "p".to_owned(),
+        requester: "operator:test".to_owned(),
+        not_before: not_after - Duration::from_secs(3600),
+        not_after,
+        cert_der: vec![1, 2, 3],
+        renewed_from: None,
+    }
+}
+
+fn renewal(serial: &str, of: &str, not_after: SystemTime) -> NewCertRecord {
+    NewCertRecord {
+        renewed_from: Some(of.parse().unwrap()),
+        ..record(serial, "a", not_after)
+    }
+}
+
+fn serials(records: &[CertRecord]) -> Vec<String> {
+    records.iter().map(|r| r.serial.to_string()).collect()
+}
+
+#[test]
+fn filters_revokes_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = SqliteInventory::open(&dir.path().join("inv.sqlite3")).unwrap();
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let h = Duration::from_secs(3600);
+    inv.record_issued(&record("01", "a", now + h)).unwrap();
+    inv.record_issued(&record("02", "a", now + 10 * h)).unwrap();
+    inv.record_issued(&record("03", "b", now - h)).unwrap();
+    assert!(
+        inv.record_issued(&record("03", "b", now)).is_err(),
+        "duplicate serial"
+    );
+
+    let list = |f: InventoryFilter| -> Vec<String> {
+        inv.list(&f, now)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.serial.to_string())
+            .collect()
+    };
+    assert_eq!(list(InventoryFilter::default()).len(), 3);
+    let tenant_a = InventoryFilter {
+        tenant: Some("a".parse().unwrap()),
+        ..Default::default()
+    };
+    assert_eq!(list(tenant_a), vec!["02", "01"]);
+    let expired = InventoryFilter {
+        status: Some(CertStatus::Expired),
+        ..Default::default()
+    };
+    assert_eq!(list(expired), vec!["03"]);
+    let soon = InventoryFilter {
+        expires_within: Some(2 * h),
+        ..Default::default()
+    };
+    assert_eq!(list(soon), vec!["01"]);
+
+    let serial: Serial = "02".parse().unwrap();
+    let lineage = RevocationScope::Lineage;
+    let rec = inv
+        .revoke(&serial, RevocationReason::KeyCompromise, lineage, now)
+        .unwrap();
+    assert_eq!(rec.certificate.status, CertStatus::Revoked);
+    assert_eq!(serials(&rec.revoked), vec!["02"]);
+    assert!(matches!(
+        inv.revoke(&serial, RevocationReason::Superseded, lineage, now),
+        Err(CaError::AlreadyRevoked { .. })
+    ));
+    assert!(matches!(
+        inv.revoke(
+            &"ff".parse().unwrap(),
+            RevocationReason::Superseded,
+            lineage,
+            now
+        ),
+        Err(CaError::UnknownSerial(_))
+    ));
+    let revoked = InventoryFilter {
+        status: Some(CertStatus::Revoked),
+        ..Default::default()
+    };
+    assert_eq!(list(revoked), vec!["02"]);
+    assert_eq!(inv.list_revoked(now).unwrap().len(), 1);
+    assert_eq!(inv.list_revoked(now + 11 * h).unwrap().len(), 0);
+    let a = inv.next_crl_number().unwrap();
+    assert_eq!(inv.next_crl_number().unwrap(), a + 1);
+}
+
+#[test]
+fn revoking_a_certificate_revokes_its_renewals_unless_only_this() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = SqliteInventory::open(&dir.path().join("inv.sqlite3")).unwrap();
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let later = now + Duration::from_secs(3600);
+    // 01 -> 02 -> 04, 01 -> 03; 05 unrelated.
+    inv.record_issued(&record("01", "a", later)).unwrap();
+    inv.record_issued(&renewal("02", "01", later)).unwrap();
+    inv.record_issued(&renewal("03", "01", later)).unwrap();
+    inv.record_issued(&renewal("04", "02", later)).unwrap();
+    inv.record_issued(&record("05", "a", later)).unwrap();
+    let got = inv.get(&"04".parse().unwrap(), now).unwrap().unwrap();
+    assert_eq!(got.renewed_from.unwrap().to_string(), "02");
+
+    let reason = RevocationReason::KeyCompromise;
+    let revoke = |serial: &str, scope| inv.revoke(&serial.parse().unwrap(), reason, scope, now);
+    let only = revoke("02", RevocationScope::OnlyThis).unwrap();
+    assert_eq!(serials(&only.revoked), vec!["02"]);
+    // 02 is revoked already, its renewal 04 is not: revoking 02's lineage revokes 04.
+    let rest = revoke("02", RevocationScope::Lineage).unwrap();
+    assert_eq!(serials(&rest.revoked), vec!["04"]);
+    assert_eq!(rest.certificate.serial.to_string(), "02");
+    // Each after the certificate it renewed; those already revoked are not listed again.
+    let all = revoke("01", RevocationScope::Lineage).unwrap();
+    assert_eq!(serials(&all.revoked), vec!["01", "03"]);
+    assert!(all.revoked.iter().all(|r| r.status == CertStatus::Revoked));
+    assert_eq!(inv.list_revoked(now).unwrap().len(), 4, "05 stays valid");
+    assert!(matches!(
+        revoke("01", RevocationScope::Lineage),
+        Err(CaError::AlreadyRevoked { .. })
+    ));
+
+    // A renewal of a revoked or unknown certificate is not recorded (a renewal racing a
+    // revocation is decided inside the store's transaction).
+    for parent in ["01", "ee"] {
+        let err = inv
+            .record_issued(&renewal("06", parent, later))
+            .unwrap_err();
+        assert!(
+            matches!(&err, CaError::Refused(r) if r.code() == "not_renewable"),
+            "{err}"
+        );
+    }
+    assert!(inv.get(&"06".parse().unwrap(), now).unwrap().is_none());
+}
+
+#[test]
+fn an_inventory_from_before_lineage_is_migrated_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sqlite3");
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    {
+        let conn = Connection::open(&path).unwrap();
+        let old_schema = SCHEMA.replace(",\n    renewed_from      TEXT", "");
+        assert_ne!(old_schema, SCHEMA);
+        conn.execute_batch(&old_schema).unwrap();
+        conn.execute(
+            "INSERT INTO certificates (serial, subject, sans, tenant, profile, requester, \
+             not_before, not_after, cert_der) VALUES ('0a', 'O=a', '[]', 'a', 'p', 'x', \
+             1, 2000000000, x'00')",
+            [],
+        )
+        .unwrap();
+    }
+    // Opened twice: the column is added once.
+    for _ in 0..2 {
+        let inv = SqliteInventory::open(&path).unwrap();
+        let old = inv.get(&"0a".parse().unwrap(), now).unwrap().unwrap();
+        assert_eq!((old.status, old.renewed_from), (CertStatus::Valid, None));
+    }
+    let inv = SqliteInventory::open(&path).unwrap();
+    let later = now + Duration::from_secs(3600);
+    inv.record_issued(&renewal("0b", "0a", later)).unwrap();
+    let all = inv
+        .revoke(
+            &"0a".parse().unwrap(),
+            RevocationReason::KeyCompromise,
+            RevocationScope::Lineage,
+            now,
+        )
+        .unwrap();
+    assert_eq!(serials(&all.revoked), vec!["0a", "0b"]);
+}
