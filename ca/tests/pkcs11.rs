@@ -159,6 +159,7 @@ fn distinct_errors_for_module_token_pin_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let wrong = dir.path().join("wrong-pin");
     std::fs::write(&wrong, "0000\n").unwrap();
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
     let err = Pkcs11Backend::open(
         Path::new(softhsm::MODULE),
         "wrong-pin",
