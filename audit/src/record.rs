@@ -25,6 +25,17 @@
 //!
 //! Signed records ([`Checkpoint`], [`Retention`]) sign a separate, documented message (see
 //! [`Checkpoint::signed_message`] and [`Retention::signed_message`]) that commits to the chain.
+//!
+//! # Additions within version 1
+//!
+//! Readers ignore members and kinds they do not know, so version 1 grows compatibly: a new
+//! member is optional and left out when empty, so records written before it still parse, and
+//! still verify (verification hashes the bytes read, never a re-serialisation).
+//!
+//! - `request` events may carry `path_truncated` ([`TruncatedPath`]) after `path`, when the path
+//!   was cut to a bound ([`RequestEvent::bound_path`]).
+//! - Kind `refusals_suppressed` ([`SuppressedRefusals`]): how many records of refused requests
+//!   were not written in detail, per source, over an interval.
 
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
@@ -72,6 +83,8 @@ pub enum RecordKind {
     Admin(AdminAction),
     /// A configuration reload (`"kind":"config_reload"`).
     ConfigReload(ConfigReload),
+    /// Refusal records left out over budget, counted (`"kind":"refusals_suppressed"`).
+    RefusalsSuppressed(SuppressedRefusals),
     /// Written by the log itself after cutting a torn tail on open (`"kind":"truncation"`).
     Truncation(Truncation),
     /// Written by the log itself after deleting old segments; signed (`"kind":"retention"`).
@@ -88,6 +101,7 @@ impl RecordKind {
             RecordKind::Ca(_) => "ca",
             RecordKind::Admin(_) => "admin",
             RecordKind::ConfigReload(_) => "config_reload",
+            RecordKind::RefusalsSuppressed(_) => "refusals_suppressed",
             RecordKind::Truncation(_) => "truncation",
             RecordKind::Retention(_) => "retention",
             RecordKind::Checkpoint(_) => "checkpoint",
@@ -109,6 +123,8 @@ pub enum AuditEvent {
     Admin(AdminAction),
     /// A configuration reload.
     ConfigReload(ConfigReload),
+    /// Refusal records left out over budget, counted.
+    RefusalsSuppressed(SuppressedRefusals),
 }
 
 impl From<AuditEvent> for RecordKind {
@@ -118,6 +134,7 @@ impl From<AuditEvent> for RecordKind {
             AuditEvent::Ca(c) => RecordKind::Ca(c),
             AuditEvent::Admin(a) => RecordKind::Admin(a),
             AuditEvent::ConfigReload(c) => RecordKind::ConfigReload(c),
+            AuditEvent::RefusalsSuppressed(s) => RecordKind::RefusalsSuppressed(s),
         }
     }
 }
@@ -140,6 +157,11 @@ impl From<AdminAction> for AuditEvent {
 impl From<ConfigReload> for AuditEvent {
     fn from(e: ConfigReload) -> Self {
         AuditEvent::ConfigReload(e)
+    }
+}
+impl From<SuppressedRefusals> for AuditEvent {
+    fn from(e: SuppressedRefusals) -> Self {
+        AuditEvent::RefusalsSuppressed(e)
     }
 }
 
@@ -169,6 +191,9 @@ pub struct RequestEvent {
     pub host: String,
     /// Normalised path; without the query string unless configured (see [`audit_path`]).
     pub path: String,
+    /// Present when `path` was cut to a bound: the whole path's length and digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_truncated: Option<TruncatedPath>,
     /// Status sent to the client.
     pub status: u16,
     /// Request body bytes received.
@@ -193,6 +218,59 @@ pub struct RequestEvent {
     /// `dlp_refused`, `invalid`, `audit_unavailable`, `upstream_error`…), when it was not.
     #[serde(default)]
     pub reason: Option<String>,
+}
+
+impl RequestEvent {
+    /// Cuts `path` to at most `max` bytes (on a character boundary), keeping the whole path's
+    /// length and SHA-256 in `path_truncated`, so that the record stays small and still names
+    /// exactly what was asked. Does nothing to a path that fits.
+    pub fn bound_path(&mut self, max: usize) {
+        if self.path.len() <= max {
+            return;
+        }
+        let digest = ring::digest::digest(&SHA256, self.path.as_bytes());
+        self.path_truncated = Some(TruncatedPath {
+            bytes: self.path.len() as u64,
+            sha256: hex::encode(digest),
+        });
+        let mut cut = max;
+        while !self.path.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.path.truncate(cut);
+    }
+}
+
+/// What a cut `path` member was before it was cut.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TruncatedPath {
+    /// The whole path's length in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the whole path's bytes, lowercase hex.
+    pub sha256: String,
+}
+
+/// Records of refused requests that were not written in detail because their source had used
+/// its budget for the interval: counted, so that no refusal goes unrecorded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuppressedRefusals {
+    /// Start of the interval the counts cover (RFC 3339 UTC).
+    pub since: String,
+    /// Suppressed records by source, most first; at most a bounded number of sources.
+    pub sources: Vec<SuppressedSource>,
+    /// Suppressed records of sources not listed.
+    pub unlisted: u64,
+    /// All suppressed records of the interval (the listed ones plus `unlisted`).
+    pub suppressed: u64,
+}
+
+/// One source's suppressed refusal records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuppressedSource {
+    /// Client address, as in a request record's `source`.
+    pub source: String,
+    /// Records suppressed.
+    pub suppressed: u64,
 }
 
 /// Which record of a request this is.
@@ -601,6 +679,56 @@ mod tests {
             check_line(b"garbage"),
             Err(LineFault::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_long_path_is_cut_with_its_length_and_digest_kept() {
+        let whole = format!("/{}%2F", "é".repeat(30_000));
+        let mut event = RequestEvent {
+            path: whole.clone(),
+            ..Default::default()
+        };
+        event.bound_path(1024);
+        // Cut on a character boundary: 'é' is two bytes, after the one-byte '/'.
+        assert_eq!(event.path.len(), 1023);
+        assert!(whole.starts_with(&event.path));
+        let kept = event.path_truncated.clone().unwrap();
+        assert_eq!(kept.bytes, whole.len() as u64);
+        assert_eq!(
+            kept.sha256,
+            hex::encode(ring::digest::digest(&SHA256, whole.as_bytes()))
+        );
+        let (line, _) = encode(0, "t", "n1", &RecordKind::Request(event), GENESIS_HASH).unwrap();
+        assert!(line.len() < 2048);
+        let rec = parse_record(&line[..line.len() - 1]).unwrap();
+        let RecordKind::Request(back) = rec.kind else {
+            panic!("not a request")
+        };
+        assert_eq!(back.path_truncated, Some(kept));
+
+        let mut short = RequestEvent {
+            path: "/a".into(),
+            ..Default::default()
+        };
+        short.bound_path(1024);
+        assert_eq!((short.path.as_str(), short.path_truncated), ("/a", None));
+    }
+
+    #[test]
+    fn records_written_before_path_truncated_existed_still_parse() {
+        // A request line as version 1 wrote it before the optional member was added.
+        let old = r#"{"v":1,"seq":0,"time":"t","node":"n1","kind":"request","event":{"request_id":"r1","stage":"completed","trace_id":null,"tenant":null,"route":null,"identity":null,"source":"127.0.0.1","method":"GET","host":"h","path":"/x","status":404,"bytes_in":0,"bytes_out":0,"duration_ms":0,"decision":"deny","rule":null,"rate_limit":"none","dlp":[],"tls_version":null,"upstream":null,"reason":"no_route"},"prev_hash":"0000000000000000000000000000000000000000000000000000000000000000"}"#;
+        let hash = hex::encode(ring::digest::digest(&SHA256, old.as_bytes()));
+        let line = format!("{},\"hash\":\"{hash}\"}}", &old[..old.len() - 1]);
+        check_line(line.as_bytes()).unwrap();
+        let rec = parse_record(line.as_bytes()).unwrap();
+        let RecordKind::Request(e) = &rec.kind else {
+            panic!("not a request")
+        };
+        assert_eq!(e.path_truncated, None);
+        // Re-encoded, the bytes are the same: nothing is added to a record that has no cut.
+        let (again, _) = encode(0, "t", "n1", &rec.kind, GENESIS_HASH).unwrap();
+        assert_eq!(again, format!("{line}\n").into_bytes());
     }
 
     #[test]
