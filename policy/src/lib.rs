@@ -20,7 +20,7 @@ pub use access::{Denied, DenyReason, HeaderSource, NoHeaders, PatternError, Perm
 pub use config::{
     AuditKey, AuditMode, AuditSettings, ClientAuth, Config, ConfigError, ConfigProblem,
     ConnectionLimits, HealthCheckConfig, HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig,
-    SecretSource, TenantConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
+    RefusalRecords, SecretSource, TenantConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
 };
 pub use dlp::{
     Blocked, BodyDirection, BuiltinDetector, CustomPatternSpec, DetectorKind, DetectorName,
