@@ -68,7 +68,7 @@ pub struct AuditConfig {
     /// records are refused ([`AuditError::OverBudget`]) once they would take the total past
     /// `max_bytes` minus [`OWN_RECORDS_RESERVE`], which is left for the log's own records
     /// (checkpoints, retention and truncation records), so the files stay within `max_bytes`.
-    /// A warning is logged when the total crosses 80% and 95%. Retention frees room.
+    /// A warning is logged when the total crosses 80% and 95% of that. Retention frees room.
     pub max_bytes: Option<u64>,
     /// The wall clock that stamps records and ages segments (tests pass a fixed one).
     pub clock: fn() -> SystemTime,

@@ -1,6 +1,7 @@
 //! The audit trail through the real gateway: every decision recorded, the log verifies and a
 //! tampered one does not, `kill -9` loses no acknowledged request, a full disk refuses traffic
 //! in fail-closed mode, and a PostgreSQL outage ends with the central table equal to the log.
+//! `abuse`: refusals in a loop, and the disk budget.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -11,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 use crate::postgres::Postgres;
+
+mod abuse;
 
 const CONFIG: &str = r#"
 listeners:

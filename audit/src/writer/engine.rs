@@ -256,52 +256,64 @@ impl Engine {
     }
 
     /// After the segments grew (`freed` false) or shrank: logs each crossing of 80% and 95% of
-    /// the budget once; leaving the budget (only by freeing room) is logged too, and lets the
-    /// log be healthy again.
+    /// the budget (less the reserve) once; leaving the budget (only by freeing room) is logged
+    /// too, and lets the log be healthy again.
     fn budget_moved(&mut self, freed: bool) {
         let Some(max) = self.cfg.max_bytes else {
             return;
         };
-        let level = match self.disk_bytes.saturating_mul(100) / max {
+        // Measured against what producers may use: reaching it is reaching the budget.
+        let usable = max.saturating_sub(OWN_RECORDS_RESERVE).max(1);
+        let level = match self.disk_bytes.saturating_mul(100) / usable {
             95.. => 95,
             80.. => 80,
             _ => 0,
         };
-        if self.budget_level == 100 {
-            if !freed {
-                return;
+        if level >= self.budget_level {
+            self.raise_budget_level(level, max);
+        } else if freed {
+            if self.budget_level == 100 {
+                tracing::info!(
+                    audit.disk_bytes = self.disk_bytes,
+                    audit.max_bytes = max,
+                    "audit log below its disk budget again"
+                );
+                if !self.broken {
+                    self.shared.healthy.store(true, Ordering::Release);
+                }
             }
-            tracing::info!(
-                audit.disk_bytes = self.disk_bytes,
-                audit.max_bytes = max,
-                "audit log below its disk budget again"
-            );
-            if !self.broken {
-                self.shared.healthy.store(true, Ordering::Release);
-            }
-        } else if level > self.budget_level {
-            tracing::warn!(
-                audit.disk_bytes = self.disk_bytes,
-                audit.max_bytes = max,
-                "audit log past {level}% of its disk budget"
-            );
+            // Lowered, so that the next crossing is logged again.
+            self.budget_level = level;
         }
-        // Lower after freeing, so that the next crossing is logged again.
-        self.budget_level = level;
     }
 
-    /// A producer's record did not fit in the budget: logged once until room is freed; in
-    /// fail-closed mode the log is unhealthy meanwhile.
-    fn budget_reached(&mut self, max: u64) -> AuditError {
-        if self.budget_level < 100 {
+    /// Logs every level from the current one up to `level` (80 and 95: warnings; 100, the
+    /// budget reached: an error), each once.
+    fn raise_budget_level(&mut self, level: u8, max: u64) {
+        for threshold in [80, 95] {
+            if self.budget_level < threshold && threshold <= level {
+                tracing::warn!(
+                    audit.disk_bytes = self.disk_bytes,
+                    audit.max_bytes = max,
+                    "audit log past {threshold}% of its disk budget"
+                );
+            }
+        }
+        if self.budget_level < 100 && level == 100 {
             tracing::error!(
                 audit.disk_bytes = self.disk_bytes,
                 audit.max_bytes = max,
                 audit.mode = ?self.cfg.mode,
                 "audit log at its disk budget: records are refused (fail-closed) or dropped (best-effort) until retention frees room"
             );
-            self.budget_level = 100;
         }
+        self.budget_level = self.budget_level.max(level);
+    }
+
+    /// A producer's record did not fit in the budget: logged once until room is freed; in
+    /// fail-closed mode the log is unhealthy meanwhile.
+    fn budget_reached(&mut self, max: u64) -> AuditError {
+        self.raise_budget_level(100, max);
         if self.cfg.mode == DurabilityMode::FailClosed {
             self.shared.healthy.store(false, Ordering::Release);
         }
