@@ -211,7 +211,6 @@ impl AuditTrail {
         match written {
             Ok(_) => tracing::warn!(
                 audit.suppressed = summary.suppressed,
-                audit.sources = summary.sources.len() as u64 + u64::from(summary.unlisted > 0),
                 audit.top_source = top.map_or("", |s| s.source.as_str()),
                 audit.top_suppressed = top.map_or(0, |s| s.suppressed),
                 "refusal records over their per-source budget were counted, not written in detail"
@@ -254,8 +253,8 @@ impl AuditTrail {
         }
     }
 
-    /// Drains the queue, writes a final checkpoint and stops the writer. Called once, on the
-    /// way out; later appends fail and are counted as dropped.
+    /// Writes the last refusal summary, drains the queue, writes a final checkpoint and stops
+    /// the writer. Called once, on the way out; later appends fail and are counted as dropped.
     pub(crate) fn close(&self) {
         let window = self.refusal_budget.roll(SystemTime::now());
         if let Some(summary) = window.summary() {
@@ -307,12 +306,12 @@ impl BackgroundService for AuditJobs {
                 .await;
             }
         };
-        let mut stop = shutdown.clone();
+        let mut stop_summaries = shutdown.clone();
         let summaries = async {
             // The last interval's summary is written by `close`.
             loop {
                 tokio::select! {
-                    _ = stop.changed() => return,
+                    _ = stop_summaries.changed() => return,
                     _ = tokio::time::sleep(self.trail.refusal_records.interval) => {}
                 }
                 self.trail.summarise_refusals().await;

@@ -478,7 +478,7 @@ impl AuditMetrics {
             ),
             dropped: counter(
                 "portcullis_audit_dropped_records_total",
-                "Audit records dropped (best-effort mode, or completion records that found the queue full)",
+                "Audit records dropped: best-effort records, and completion records, that could not be queued or written (full queue, disk budget, failed write)",
             ),
             checkpoint_failures: counter(
                 "portcullis_audit_checkpoint_failures_total",
