@@ -153,7 +153,7 @@ fn a_client_looping_refused_requests_neither_fills_the_log_nor_goes_unrecorded()
     let dir = d.join("audit");
     let log_bytes = on_disk(&dir);
     eprintln!(
-        "audit abuse: {sent} refused requests with 60 KiB paths in {attack_time:?}, {} legitimate 200s, log {log_bytes} bytes (budget {budget})",
+        "audit abuse: {sent} refused requests (60 KiB and 8 KiB paths) in {attack_time:?}, {} legitimate 200s, log {log_bytes} bytes (budget {budget})",
         statuses.len()
     );
     assert!(log_bytes <= budget, "{log_bytes}");
