@@ -22,6 +22,14 @@ pub enum AuditError {
     /// fail-closed: it stayed full for the whole bound).
     #[error("audit queue full: record not accepted")]
     QueueFull,
+    /// The log's segments have reached [`crate::AuditConfig::max_bytes`]: the record was not
+    /// written (best-effort: dropped and counted; fail-closed: the caller refuses). Retention
+    /// deleting old segments makes room again.
+    #[error("audit log at its disk budget of {max_bytes} bytes: record not written")]
+    OverBudget {
+        /// The budget.
+        max_bytes: u64,
+    },
     /// The record was queued but not confirmed durable within the bound. It may still be
     /// written later: the log holds every acknowledged record and possibly some that were not.
     #[error("audit record not durable within {0:?}")]

@@ -21,10 +21,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Producers hand records to one writer thread over a bounded queue. The writer takes whatever
-//! is queued (up to `max_batch`), assigns sequence numbers, chains and encodes the records,
-//! writes them with one `write` and makes them durable with one `fdatasync` (group commit),
-//! then acknowledges every record of the batch at once.
+//! Producers hand records to one writer thread over two bounded queues: one for records a
+//! producer waits on ([`AuditHandle::append`], [`AuditHandle::append_durable`],
+//! [`AuditHandle::append_durable_async`]; the gateway's admission records), one for records
+//! nothing waits on ([`AuditHandle::try_append`]), so that the second kind cannot crowd out the
+//! first. The writer takes what is queued (the waited-on queue first, up to `max_batch` from
+//! each), assigns sequence numbers in that order, chains and encodes the records, writes them
+//! with one `write` and makes them durable with one `fdatasync` (group commit), then
+//! acknowledges every record of the batch at once.
 //!
 //! # What "acknowledged" means
 //!
@@ -45,11 +49,12 @@
 //!   write or fsync failed → [`AuditError::WriteFailed`] (the record is not in the log);
 //!   no answer within the bound → [`AuditError::Timeout`] (the record may still be written
 //!   later: the log holds every acknowledged record and may hold some that timed out).
+//!   At the byte budget ([`AuditConfig::max_bytes`]) → [`AuditError::OverBudget`].
 //!   Any of these turns [`AuditHandle::healthy`] false (readiness: unready) until the next
-//!   batch is made durable.
+//!   batch is made durable (for the budget: until retention frees room).
 //! - [`DurabilityMode::BestEffort`]: producers never wait for the disk (they may still wait on
-//!   an `Ack` if they choose). A record that does not fit in the queue, or whose batch fails to
-//!   be written, is dropped and counted in [`AuditHandle::dropped`]. Records that were
+//!   an `Ack` if they choose). A record that does not fit in the queue or the byte budget, or
+//!   whose batch fails to be written, is dropped and counted in [`AuditHandle::dropped`]. Records that were
 //!   acknowledged have exactly the fail-closed guarantee; records merely queued have none.
 //!
 //! After a crash, the torn tail of the last segment (bytes of a batch that was never
@@ -60,7 +65,9 @@
 //!
 //! `DIR/segment-<first seq, 20 digits>.log`, JSON lines, a new segment once one reaches
 //! [`AuditConfig::segment_bytes`]. [`AuditHandle::apply_retention`] deletes whole old segments
-//! after appending a signed [`Retention`] record, so what remains still verifies.
+//! after appending a signed [`Retention`] record, so what remains still verifies. With
+//! [`AuditConfig::max_bytes`] the writer keeps the segments' total within a budget (counted at
+//! open, after each batch and after retention; [`WriterStats::disk_bytes`]).
 
 mod error;
 mod head;
@@ -79,7 +86,7 @@ pub use query::{query, tail, QueryFilter, Records};
 pub use record::{
     audit_path, AdminAction, AuditEvent, AuditRecord, CaAction, CaEvent, Checkpoint, ConfigReload,
     Decision, DlpFinding, RateLimitOutcome, RecordKind, RequestEvent, RequestStage, Retention,
-    Truncation, GENESIS_HASH, SCHEMA_VERSION,
+    SuppressedRefusals, SuppressedSource, TruncatedPath, Truncation, GENESIS_HASH, SCHEMA_VERSION,
 };
 pub use signer::{
     key_id, publish_public_key, PublicKey, SignatureAlgorithm, Signer, SignerError, SoftwareSigner,
@@ -89,5 +96,5 @@ pub use store::{CentralStore, StoreTls};
 pub use verify::{verify_dir, verify_dir_expecting, BadRecord, Problem, VerifyError, VerifyReport};
 pub use writer::{
     default_node, Ack, AuditConfig, AuditHandle, AuditLog, DurabilityMode, Durable,
-    RetentionOutcome, WriterStats,
+    RetentionOutcome, WriterStats, OWN_RECORDS_RESERVE,
 };

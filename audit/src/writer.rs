@@ -1,5 +1,7 @@
-//! The local log's writer: a thread that owns the segment files, fed by a bounded queue, doing
-//! group commit (one write and one fsync per batch) and acknowledging records once durable.
+//! The local log's writer: a thread that owns the segment files, fed by two bounded queues (one
+//! for records a producer waits on, one for the rest), doing group commit (one write and one
+//! fsync per batch), acknowledging records once durable, and holding the segments to a byte
+//! budget.
 
 mod engine;
 mod recovery;
@@ -30,8 +32,8 @@ pub enum DurabilityMode {
     /// as an error, so the caller refuses the request (503), and [`AuditHandle::healthy`] turns
     /// false until a batch is written and fsynced again.
     FailClosed,
-    /// Producers never wait: when the queue is full, or the disk fails, records are dropped and
-    /// counted in [`AuditHandle::dropped`]; traffic continues.
+    /// Producers never wait: when the queue is full, the disk fails or the log is at its byte
+    /// budget, records are dropped and counted in [`AuditHandle::dropped`]; traffic continues.
     BestEffort,
 }
 
@@ -44,8 +46,14 @@ pub struct AuditConfig {
     pub node: String,
     /// Fail-closed or best-effort.
     pub mode: DurabilityMode,
-    /// Capacity of the queue between producers and the writer, in records.
+    /// Capacity of the queue between producers and the writer for records nothing waits on
+    /// ([`AuditHandle::try_append`]) and for control commands, in records.
     pub queue_capacity: usize,
+    /// Capacity of the separate queue for records a producer waits on ([`AuditHandle::append`],
+    /// [`AuditHandle::append_durable`], [`AuditHandle::append_durable_async`]: the gateway's
+    /// admission records), so that records nothing waits on cannot crowd them out. The writer
+    /// takes this queue first in every batch.
+    pub durable_queue_capacity: usize,
     /// Most records written in one batch (one write, one fsync).
     pub max_batch: usize,
     /// The bound on how long a producer waits, for queue space and then for durability.
@@ -56,9 +64,19 @@ pub struct AuditConfig {
     pub checkpoint_every: u64,
     /// ...or this long after the previous one, whichever comes first (if there are new records).
     pub checkpoint_interval: Duration,
+    /// The most bytes the segment files may hold together; `None` for no bound. Producers'
+    /// records are refused ([`AuditError::OverBudget`]) once they would take the total past
+    /// `max_bytes` minus [`OWN_RECORDS_RESERVE`], which is left for the log's own records
+    /// (checkpoints, retention and truncation records), so the files stay within `max_bytes`.
+    /// A warning is logged when the total crosses 80% and 95% of that. Retention frees room.
+    pub max_bytes: Option<u64>,
     /// The wall clock that stamps records and ages segments (tests pass a fixed one).
     pub clock: fn() -> SystemTime,
 }
+
+/// The share of [`AuditConfig::max_bytes`] kept for the log's own records: producers' records
+/// stop this much short of the budget.
+pub const OWN_RECORDS_RESERVE: u64 = 16 << 10;
 
 /// The node id to use when none is configured: the host name.
 pub fn default_node() -> String {
@@ -70,19 +88,22 @@ pub fn default_node() -> String {
 }
 
 impl AuditConfig {
-    /// Defaults: fail-closed, 65,536-record queue, batches of up to 4,096, 250 ms bound,
-    /// 64 MiB segments, checkpoint every 10,000 records or 60 s.
+    /// Defaults: fail-closed, 65,536-record queue and an 8,192-record queue for records producers
+    /// wait on, batches of up to 4,096, 250 ms bound, 64 MiB segments, checkpoint every 10,000
+    /// records or 60 s, no byte budget.
     pub fn new(dir: impl Into<PathBuf>, node: impl Into<String>) -> Self {
         AuditConfig {
             dir: dir.into(),
             node: node.into(),
             mode: DurabilityMode::FailClosed,
             queue_capacity: 65_536,
+            durable_queue_capacity: 8_192,
             max_batch: 4_096,
             durable_timeout: Duration::from_millis(250),
             segment_bytes: 64 << 20,
             checkpoint_every: 10_000,
             checkpoint_interval: Duration::from_secs(60),
+            max_bytes: None,
             clock: SystemTime::now,
         }
     }
@@ -92,8 +113,11 @@ impl AuditConfig {
         if self.node.is_empty() {
             return bad("node id is empty");
         }
-        if self.queue_capacity == 0 || self.max_batch == 0 {
-            return bad("queue_capacity and max_batch must be at least 1");
+        if self.queue_capacity == 0 || self.durable_queue_capacity == 0 || self.max_batch == 0 {
+            return bad("queue_capacity, durable_queue_capacity and max_batch must be at least 1");
+        }
+        if self.max_bytes.is_some_and(|m| m < 4 * OWN_RECORDS_RESERVE) {
+            return bad("max_bytes must be at least 65536");
         }
         if self.checkpoint_every == 0 || self.checkpoint_interval.is_zero() {
             return bad("checkpoint_every and checkpoint_interval must be positive");
@@ -126,8 +150,13 @@ pub struct WriterStats {
     pub batches: u64,
     /// Checkpoints that could not be signed.
     pub checkpoint_failures: u64,
-    /// Whether the last batch was made durable and no producer has timed out since.
+    /// Whether the last batch was made durable and no producer has timed out since (nor, in
+    /// fail-closed mode, been refused for the byte budget).
     pub healthy: bool,
+    /// Bytes of the segment files on disk.
+    pub disk_bytes: u64,
+    /// The byte budget ([`AuditConfig::max_bytes`]).
+    pub max_bytes: Option<u64>,
 }
 
 pub(crate) struct Shared {
@@ -136,14 +165,34 @@ pub(crate) struct Shared {
     durable_next: AtomicU64,
     batches: AtomicU64,
     checkpoint_failures: AtomicU64,
+    disk_bytes: AtomicU64,
+}
+
+/// A record handed to the writer.
+pub(crate) struct Append {
+    kind: RecordKind,
+    done: Arc<Completion>,
+    /// Whether the producer learns the record's fate (it came through the queue for records
+    /// producers wait on). A record nobody waits on that is not written is counted as dropped
+    /// in either mode.
+    waited: bool,
+}
+
+impl Append {
+    fn new(event: AuditEvent, waited: bool) -> (Self, Arc<Completion>) {
+        let done = Completion::new();
+        let append = Append {
+            kind: RecordKind::from(event),
+            done: done.clone(),
+            waited,
+        };
+        (append, done)
+    }
 }
 
 #[allow(clippy::large_enum_variant)] // appends are nearly every command; see RecordKind
 pub(crate) enum Command {
-    Append {
-        kind: RecordKind,
-        done: Arc<Completion>,
-    },
+    Append(Append),
     Flush {
         done: Arc<Completion>,
     },
@@ -261,8 +310,12 @@ impl Future for Ack {
 /// A cheap, cloneable handle producers use to append records.
 #[derive(Clone)]
 pub struct AuditHandle {
+    /// Records nothing waits on, and control commands.
     tx: Sender<Command>,
+    /// Records a producer waits on.
+    durable_tx: Sender<Append>,
     shared: Arc<Shared>,
+    max_bytes: Option<u64>,
     mode: DurabilityMode,
     timeout: Duration,
 }
@@ -277,20 +330,17 @@ impl std::fmt::Debug for AuditHandle {
 }
 
 impl AuditHandle {
-    /// Queues a record and returns at once with an [`Ack`] to wait on.
+    /// Queues a record on the queue for records a producer waits on and returns at once with an
+    /// [`Ack`] to wait on.
     ///
     /// Best-effort: never blocks; a full queue drops the record, counts it and returns
     /// [`AuditError::QueueFull`]. Fail-closed: waits at most the configured bound for queue
     /// space (then `QueueFull`, and unhealthy). Blocking: call it from a blocking context, or
     /// use [`AuditHandle::append_durable_async`] from async code.
     pub fn append(&self, event: impl Into<AuditEvent>) -> Result<Ack, AuditError> {
-        let done = Completion::new();
-        let cmd = Command::Append {
-            kind: RecordKind::from(event.into()),
-            done: done.clone(),
-        };
+        let (cmd, done) = Append::new(event.into(), true);
         match self.mode {
-            DurabilityMode::BestEffort => match self.tx.try_send(cmd) {
+            DurabilityMode::BestEffort => match self.durable_tx.try_send(cmd) {
                 Ok(()) => Ok(self.ack(done)),
                 Err(e) => {
                     self.shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -300,7 +350,7 @@ impl AuditHandle {
                     })
                 }
             },
-            DurabilityMode::FailClosed => match self.tx.send_timeout(cmd, self.timeout) {
+            DurabilityMode::FailClosed => match self.durable_tx.send_timeout(cmd, self.timeout) {
                 Ok(()) => Ok(self.ack(done)),
                 Err(crossbeam_channel::SendTimeoutError::Timeout(_)) => {
                     self.shared.healthy.store(false, Ordering::Release);
@@ -313,16 +363,13 @@ impl AuditHandle {
         }
     }
 
-    /// Queues a record without ever waiting, in either mode: a full queue drops the record,
-    /// counts it in [`AuditHandle::dropped`] and returns [`AuditError::QueueFull`]. For records
+    /// Queues a record without ever waiting, in either mode, on the queue for records nothing
+    /// waits on: a full queue drops the record, counts it in [`AuditHandle::dropped`] and
+    /// returns [`AuditError::QueueFull`]; so does the writer if it cannot write it. For records
     /// nothing waits on (a request's completion record, written from async code).
     pub fn try_append(&self, event: impl Into<AuditEvent>) -> Result<Ack, AuditError> {
-        let done = Completion::new();
-        let cmd = Command::Append {
-            kind: RecordKind::from(event.into()),
-            done: done.clone(),
-        };
-        match self.tx.try_send(cmd) {
+        let (append, done) = Append::new(event.into(), false);
+        match self.tx.try_send(Command::Append(append)) {
             Ok(()) => Ok(self.ack(done)),
             Err(e) => {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -349,12 +396,8 @@ impl AuditHandle {
         &self,
         event: impl Into<AuditEvent>,
     ) -> Result<Durable, AuditError> {
-        let done = Completion::new();
-        let cmd = Command::Append {
-            kind: RecordKind::from(event.into()),
-            done: done.clone(),
-        };
-        if let Err(e) = self.tx.try_send(cmd) {
+        let (cmd, done) = Append::new(event.into(), true);
+        if let Err(e) = self.durable_tx.try_send(cmd) {
             match self.mode {
                 DurabilityMode::BestEffort => {
                     self.shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -441,8 +484,9 @@ impl AuditHandle {
         self.shared.healthy.load(Ordering::Acquire)
     }
 
-    /// Records dropped: best-effort appends that found the queue full or were lost in a
-    /// failed write, and [`AuditHandle::try_append`]s that found the queue full.
+    /// Records dropped: best-effort appends that found the queue full, were refused at the byte
+    /// budget or were lost in a failed write, and [`AuditHandle::try_append`]s that met any of
+    /// these (in either mode: nobody else learns of them).
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
     }
@@ -456,11 +500,13 @@ impl AuditHandle {
     pub fn stats(&self) -> WriterStats {
         WriterStats {
             durable_next_seq: self.shared.durable_next.load(Ordering::Acquire),
-            queued: self.tx.len(),
+            queued: self.tx.len() + self.durable_tx.len(),
             dropped: self.dropped(),
             batches: self.shared.batches.load(Ordering::Relaxed),
             checkpoint_failures: self.shared.checkpoint_failures.load(Ordering::Relaxed),
             healthy: self.healthy(),
+            disk_bytes: self.shared.disk_bytes.load(Ordering::Relaxed),
+            max_bytes: self.max_bytes,
         }
     }
 }
@@ -492,17 +538,21 @@ impl AuditLog {
             durable_next: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             checkpoint_failures: AtomicU64::new(0),
+            disk_bytes: AtomicU64::new(0),
         });
         let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity);
+        let (durable_tx, durable_rx) = crossbeam_channel::bounded(config.durable_queue_capacity);
         let engine = engine::Engine::open(config.clone(), signer, shared.clone())?;
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || engine.run(rx))
+            .spawn(move || engine.run(durable_rx, rx))
             .map_err(|e| AuditError::io("audit-writer thread", e))?;
         Ok(AuditLog {
             handle: AuditHandle {
                 tx,
+                durable_tx,
                 shared,
+                max_bytes: config.max_bytes,
                 mode: config.mode,
                 timeout: config.durable_timeout,
             },

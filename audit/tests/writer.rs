@@ -89,7 +89,7 @@ fn best_effort_drops_and_counts_when_the_queue_is_full() {
     let t = TestLog::new();
     let mut cfg = t.config();
     cfg.mode = DurabilityMode::BestEffort;
-    cfg.queue_capacity = 4;
+    cfg.durable_queue_capacity = 4;
     let log = t.open(cfg);
     let attempted = 4 * 5000u64;
     let threads: Vec<_> = (0..4u64)
@@ -237,19 +237,6 @@ fn checkpoint_after_an_interval() {
     let r = verify_dir(t.path(), &t.key()).unwrap();
     assert_eq!((r.records, r.checkpoints), (2, 1));
     log.close();
-}
-
-fn age_segments(dir: &std::path::Path, except_last: usize) {
-    let segs = segments(dir);
-    let old = SystemTime::now() - Duration::from_secs(3 * 86400);
-    for p in &segs[..segs.len() - except_last] {
-        std::fs::File::options()
-            .write(true)
-            .open(p)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
-    }
 }
 
 #[test]

@@ -8,25 +8,36 @@
 //! readiness endpoint turns unready until the log writes again. Every request, allowed or not,
 //! also gets a `completed` record when it ends, queued without waiting. Best-effort: only the
 //! `completed` record, queued; records that do not fit are dropped and counted.
+//!
+//! A client must not be able to fill the log with refusals: a request refused before admission
+//! is recorded with its path cut to `refusals.path_bytes` (the whole path's length and SHA-256
+//! kept), and in detail only within its source's budget (`refusals`); beyond it the refusal is
+//! counted, and the counts are written once per interval (`refusals_suppressed`). The log's
+//! files are held to `max_bytes` by the writer.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use portcullis_audit::{
     default_node, publish_public_key, AuditConfig, AuditError, AuditHandle, AuditLog, CentralStore,
-    ConfigReload, DurabilityMode, HeadTracker, PgSink, PgSinkConfig, RequestEvent, Signer,
-    StoreTls,
+    ConfigReload, DlpFinding, DurabilityMode, Durable, HeadTracker, PgSink, PgSinkConfig,
+    RequestEvent, RequestStage, Signer, StoreTls, SuppressedRefusals,
 };
 use portcullis_policy::{
-    AuditKey, AuditMode, AuditPostgres, AuditSettings, PostgresTls, SecretSource,
+    AuditKey, AuditMode, AuditPostgres, AuditSettings, PostgresTls, RefusalRecords, SecretSource,
 };
 
+use crate::record::{Exchange, Summary};
 use crate::GatewayError;
+
+mod refusals;
+
+use refusals::{RefusalBudget, Window};
 
 /// How often retention looks for segments past their age.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
@@ -50,6 +61,9 @@ pub(crate) struct AuditTrail {
     refused: AtomicU64,
     /// Segments the last retention pass kept past their age, unconfirmed by the store.
     retention_held: AtomicU64,
+    /// How records of requests refused before admission are bounded.
+    refusal_records: RefusalRecords,
+    refusal_budget: RefusalBudget,
 }
 
 impl std::fmt::Debug for AuditTrail {
@@ -86,6 +100,7 @@ impl AuditTrail {
         config.segment_bytes = settings.segment_bytes;
         config.checkpoint_every = settings.checkpoint_every;
         config.checkpoint_interval = settings.checkpoint_interval;
+        config.max_bytes = Some(settings.max_bytes);
         let log = AuditLog::open(config, signer).map_err(|e| GatewayError::Audit(e.to_string()))?;
         let handle = log.handle();
         let sink = match &settings.postgres {
@@ -107,6 +122,7 @@ impl AuditTrail {
             directory = %settings.directory.display(),
             node = %node,
             mode = ?settings.mode,
+            max_bytes = settings.max_bytes,
             central_store = sink.is_some(),
             "audit log open"
         );
@@ -120,6 +136,8 @@ impl AuditTrail {
             log: Mutex::new(Some(log)),
             refused: AtomicU64::new(0),
             retention_held: AtomicU64::new(0),
+            refusal_records: settings.refusals,
+            refusal_budget: RefusalBudget::new(settings.refusals.per_source, SystemTime::now()),
         })
     }
 
@@ -145,8 +163,27 @@ impl AuditTrail {
         n.is_power_of_two()
     }
 
-    /// Queues a request's completion record; never waits.
-    pub(crate) fn complete(&self, event: RequestEvent) {
+    /// Queues a request's completion record; never waits. A request refused before admission
+    /// is recorded in detail only within its source's budget (else counted for the interval's
+    /// summary), with its path cut to the configured length.
+    pub(crate) fn completed(
+        &self,
+        summary: &Summary<'_>,
+        exchange: &Exchange,
+        dlp: Vec<DlpFinding>,
+    ) {
+        if !summary.admitted && !self.refusal_budget.detail(summary.client_ip) {
+            return;
+        }
+        let mut event = summary.audit_event(
+            RequestStage::Completed,
+            Some(exchange),
+            self.include_query,
+            dlp,
+        );
+        if !summary.admitted {
+            event.bound_path(self.refusal_records.path_bytes);
+        }
         if let Err(e) = self.handle.try_append(event) {
             // Logged at 1, 2, 4, 8… drops, so a full queue cannot flood the log; the metric
             // counts every one.
@@ -169,6 +206,42 @@ impl AuditTrail {
         }
     }
 
+    /// Ends the refusal budget's interval: writes its `refusals_suppressed` record, if anything
+    /// was suppressed, and waits for it to be durable.
+    pub(crate) async fn summarise_refusals(&self) {
+        let window = self.refusal_budget.roll(SystemTime::now());
+        if let Some(summary) = window.summary() {
+            let written = self.handle.append_durable_async(summary.clone()).await;
+            self.summary_written(window, &summary, written);
+        }
+    }
+
+    /// Counts that could not be written go back into the budget's interval, to go out with
+    /// the next summary (unless the record may yet be written: a timeout).
+    fn summary_written(
+        &self,
+        window: Window,
+        summary: &SuppressedRefusals,
+        written: Result<Durable, AuditError>,
+    ) {
+        let top = summary.sources.first();
+        match written {
+            Ok(_) => tracing::warn!(
+                audit.suppressed = summary.suppressed,
+                audit.top_source = top.map_or("", |s| s.source.as_str()),
+                audit.top_suppressed = top.map_or(0, |s| s.suppressed),
+                "refusal records over their per-source budget were counted, not written in detail"
+            ),
+            Err(e @ AuditError::Timeout(_)) => {
+                tracing::error!(error = %e, audit.suppressed = summary.suppressed, "summary of suppressed refusal records not confirmed durable");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, audit.suppressed = summary.suppressed, "summary of suppressed refusal records not written; its counts go out with the next one");
+                self.refusal_budget.restore(window);
+            }
+        }
+    }
+
     /// Readiness: false while the log cannot make records durable (fail-closed).
     pub(crate) fn healthy(&self) -> bool {
         !self.fail_closed || self.handle.healthy()
@@ -184,6 +257,9 @@ impl AuditTrail {
             queued: writer.queued as u64,
             dropped: writer.dropped,
             checkpoint_failures: writer.checkpoint_failures,
+            disk_bytes: writer.disk_bytes,
+            max_bytes: writer.max_bytes.unwrap_or(0),
+            suppressed_refusals: self.refusal_budget.suppressed(),
             // Measured against what the writer has made durable, so the spool depth keeps
             // growing while the store is away (the sink's own view stops with it).
             sink_lag: sink
@@ -220,9 +296,14 @@ impl AuditTrail {
         }
     }
 
-    /// Drains the queue, writes a final checkpoint and stops the writer. Called once, on the
-    /// way out; later appends fail and are counted as dropped.
+    /// Writes the last refusal summary, drains the queue, writes a final checkpoint and stops
+    /// the writer. Called once, on the way out; later appends fail and are counted as dropped.
     pub(crate) fn close(&self) {
+        let window = self.refusal_budget.roll(SystemTime::now());
+        if let Some(summary) = window.summary() {
+            let written = self.handle.append_durable(summary.clone());
+            self.summary_written(window, &summary, written);
+        }
         if let Err(e) = self.handle.flush(CLOSE_TIMEOUT) {
             tracing::error!(error = %e, "audit log: queued records not made durable at exit");
         }
@@ -243,6 +324,9 @@ pub(crate) struct AuditFigures {
     pub queued: u64,
     pub dropped: u64,
     pub checkpoint_failures: u64,
+    pub disk_bytes: u64,
+    pub max_bytes: u64,
+    pub suppressed_refusals: u64,
     pub sink_lag: Option<u64>,
     pub sink_connected: Option<bool>,
     pub sink_shipped: Option<u64>,
@@ -251,7 +335,8 @@ pub(crate) struct AuditFigures {
     pub retention_held: u64,
 }
 
-/// Ships the log to PostgreSQL and applies retention, for as long as the server runs.
+/// Ships the log to PostgreSQL, applies retention and writes the refusal summaries, for as long
+/// as the server runs.
 pub(crate) struct AuditJobs {
     pub trail: Arc<AuditTrail>,
 }
@@ -268,6 +353,17 @@ impl BackgroundService for AuditJobs {
                     let _ = stop.changed().await;
                 })
                 .await;
+            }
+        };
+        let mut stop_summaries = shutdown.clone();
+        let summaries = async {
+            // The last interval's summary is written by `close`.
+            loop {
+                tokio::select! {
+                    _ = stop_summaries.changed() => return,
+                    _ = tokio::time::sleep(self.trail.refusal_records.interval) => {}
+                }
+                self.trail.summarise_refusals().await;
             }
         };
         let retention = async {
@@ -294,7 +390,7 @@ impl BackgroundService for AuditJobs {
                 }
             }
         };
-        tokio::join!(shipping, retention, heads);
+        tokio::join!(shipping, summaries, retention, heads);
     }
 }
 

@@ -50,6 +50,9 @@ struct AuditMetrics {
     queued: IntGauge,
     dropped: IntCounter,
     checkpoint_failures: IntCounter,
+    disk_bytes: IntGauge,
+    max_bytes: IntGauge,
+    suppressed_refusals: IntCounter,
     sink_lag: IntGauge,
     sink_connected: IntGauge,
     sink_shipped: IntCounter,
@@ -309,6 +312,9 @@ impl Metrics {
         a.queued.set(gauge(f.queued));
         catch_up(&a.dropped, f.dropped);
         catch_up(&a.checkpoint_failures, f.checkpoint_failures);
+        a.disk_bytes.set(gauge(f.disk_bytes));
+        a.max_bytes.set(gauge(f.max_bytes));
+        catch_up(&a.suppressed_refusals, f.suppressed_refusals);
         if let (Some(lag), Some(connected), Some(shipped)) =
             (f.sink_lag, f.sink_connected, f.sink_shipped)
         {
@@ -477,11 +483,23 @@ impl AuditMetrics {
             ),
             dropped: counter(
                 "portcullis_audit_dropped_records_total",
-                "Audit records dropped (best-effort mode, or completion records that found the queue full)",
+                "Audit records dropped: best-effort records, and completion records, that could not be queued or written (full queue, disk budget, failed write)",
             ),
             checkpoint_failures: counter(
                 "portcullis_audit_checkpoint_failures_total",
                 "Checkpoints that could not be signed or written",
+            ),
+            disk_bytes: gauge(
+                "portcullis_audit_disk_bytes",
+                "Bytes of the audit log's segment files on disk",
+            ),
+            max_bytes: gauge(
+                "portcullis_audit_disk_budget_bytes",
+                "The audit log's disk budget (audit.max_bytes): at it, fail-closed refuses requests and best-effort drops records",
+            ),
+            suppressed_refusals: counter(
+                "portcullis_audit_suppressed_refusals_total",
+                "Records of refused requests counted instead of written, their source being over its budget (audit.refusals)",
             ),
             sink_lag: gauge(
                 "portcullis_audit_sink_lag_records",

@@ -400,12 +400,7 @@ impl ProxyHttp for Gateway {
         let summary = ctx.summary(session.req_header());
         crate::access_log::write(&summary.access_line(&exchange, &findings.rendered));
         if let Some(audit) = &self.audit {
-            audit.complete(summary.audit_event(
-                RequestStage::Completed,
-                Some(&exchange),
-                audit.include_query(),
-                findings.list,
-            ));
+            audit.completed(&summary, &exchange, findings.list);
         }
         // Counted after the log line is written, so a counter never runs ahead of the log.
         self.metrics.request(&summary.metrics_outcome(&exchange));

@@ -28,6 +28,9 @@ pub(crate) struct Summary<'a> {
     pub query: Option<&'a str>,
     pub http_version: http::Version,
     pub traceparent: Option<&'a str>,
+    /// Whether admission let the request through (false: refused before admission, or never
+    /// decided).
+    pub admitted: bool,
     pub outcome: Outcome<'a>,
     pub upstream: Option<String>,
 }
@@ -150,6 +153,7 @@ impl Summary<'_> {
             method: self.method.to_owned(),
             host: self.host.unwrap_or_default().to_owned(),
             path,
+            path_truncated: None,
             status: exchange.status,
             bytes_in: exchange.bytes_in,
             bytes_out: exchange.bytes_out,

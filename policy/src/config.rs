@@ -86,6 +86,11 @@ pub struct AuditSettings {
     pub retention: Option<Duration>,
     /// Whether request records keep the query string (off: it often carries secrets).
     pub include_query: bool,
+    /// The most bytes the log's segment files may hold together. At it, fail-closed refuses
+    /// requests (503) and best-effort drops records (counted) until retention frees room.
+    pub max_bytes: u64,
+    /// How the records of requests refused before admission are bounded.
+    pub refusals: RefusalRecords,
     /// The central store the log is shipped to, if any.
     pub postgres: Option<AuditPostgres>,
     /// Where the log's head (its latest signed checkpoint) is also written, atomically, at
@@ -116,6 +121,20 @@ pub enum PostgresTls {
     /// No TLS, said explicitly (`insecure_plaintext: true`): the password and every record
     /// cross the network in clear.
     InsecurePlaintext,
+}
+
+/// How the audit records of requests refused before admission (400, 403, 404, 429…) are
+/// bounded, so that a client cannot fill the log with refusals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefusalRecords {
+    /// A refused request's path (with its query string, when kept) is cut to this many bytes;
+    /// the record keeps the whole path's length and SHA-256.
+    pub path_bytes: usize,
+    /// Detailed records per source (client address) per interval; beyond it they are only
+    /// counted.
+    pub per_source: u32,
+    /// The interval; the counts of suppressed records are written once per interval.
+    pub interval: Duration,
 }
 
 /// Where the audit checkpoint signing key lives.

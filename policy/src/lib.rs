@@ -20,8 +20,8 @@ pub use access::{Denied, DenyReason, HeaderSource, NoHeaders, PatternError, Perm
 pub use config::{
     AuditKey, AuditMode, AuditPostgres, AuditSettings, ClientAuth, Config, ConfigError,
     ConfigProblem, ConnectionLimits, HealthCheckConfig, HttpSettings, IssuerConfig, ListenerConfig,
-    MetricsConfig, PostgresTls, SecretSource, TenantConfig, TlsListenerConfig, UpstreamConfig,
-    UpstreamTls,
+    MetricsConfig, PostgresTls, RefusalRecords, SecretSource, TenantConfig, TlsListenerConfig,
+    UpstreamConfig, UpstreamTls,
 };
 pub use dlp::{
     Blocked, BodyDirection, BuiltinDetector, CustomPatternSpec, DetectorKind, DetectorName,

@@ -2,6 +2,7 @@
 //! tampered one does not, a log cut at its end fails against its published head, `kill -9`
 //! loses no acknowledged request, a full disk refuses traffic in fail-closed mode, and a
 //! PostgreSQL outage (over verified TLS) ends with the central table equal to the log.
+//! `abuse`: refusals in a loop, and the disk budget.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -12,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 use crate::postgres::{Postgres, ServerTls, TestCa};
+
+mod abuse;
 
 const CONFIG: &str = r#"
 listeners:

@@ -1,5 +1,9 @@
 //! The writer thread: assigns sequence numbers, chains and encodes records, writes each batch
 //! with one `write` and one `fdatasync`, then completes the batch's acknowledgements.
+//!
+//! Each batch takes the queue of records producers wait on first, then the other queue, up to
+//! `max_batch` from each: the chain's order is the order the writer takes records in, and
+//! records nothing waits on can neither crowd out nor starve the ones that are waited on.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -7,14 +11,17 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, Select, TryRecvError};
 
-use super::{recovery, retention, AuditConfig, Command, Completion, DurabilityMode, Shared};
+use super::{
+    recovery, retention, Append, AuditConfig, Command, Completion, DurabilityMode, Shared,
+    OWN_RECORDS_RESERVE,
+};
 use crate::error::AuditError;
 use crate::record::{self, Checkpoint, RecordKind};
-use crate::segment::{segment_name, sync_dir};
+use crate::segment::{list_segments, segment_name, sync_dir};
 use crate::signer::{key_id, Signer};
 
 pub(super) struct Active {
@@ -42,8 +49,13 @@ pub(super) struct Engine {
     /// Position of the durable log (rolled back to on a failed write).
     committed: ChainState,
     buf: Vec<u8>,
-    /// Completions for buffered records: (completion, seq, is a producer's record).
+    /// Completions for buffered records: (completion, seq, counted as dropped if not written).
     pending: Vec<(Arc<Completion>, u64, bool)>,
+    /// Bytes of the segment files, durable (the buffer not included).
+    disk_bytes: u64,
+    /// The highest budget level warned about (0, 80, 95 or 100 percent); lowered again when
+    /// retention frees room, so each crossing is logged once.
+    budget_level: u8,
     since_checkpoint: u64,
     last_checkpoint: Instant,
     /// The active file's state is unknown after a failed write: reopen and cut before writing.
@@ -73,8 +85,11 @@ impl Engine {
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             broken: false,
+            disk_bytes: 0,
+            budget_level: 0,
             cfg,
         };
+        engine.measure_disk()?;
         if let Some(cut) = rec.truncation {
             tracing::warn!(
                 audit.segment = %cut.segment,
@@ -88,8 +103,8 @@ impl Engine {
         Ok(engine)
     }
 
-    pub(super) fn run(mut self, rx: Receiver<Command>) {
-        let mut batch = Vec::with_capacity(self.cfg.max_batch);
+    pub(super) fn run(mut self, durable_rx: Receiver<Append>, rx: Receiver<Command>) {
+        let mut batch = Vec::with_capacity(2 * self.cfg.max_batch);
         loop {
             let wait = if self.since_checkpoint > 0 {
                 self.cfg
@@ -98,27 +113,13 @@ impl Engine {
             } else {
                 self.cfg.checkpoint_interval
             };
-            let mut shutdown = false;
-            match rx.recv_timeout(wait) {
-                Ok(cmd) => batch.push(cmd),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => shutdown = true,
-            }
-            while batch.len() < self.cfg.max_batch {
-                match rx.try_recv() {
-                    Ok(cmd) => batch.push(cmd),
-                    Err(_) => break,
-                }
-            }
+            let mut shutdown = self.take_batch(&durable_rx, &rx, wait, &mut batch);
             for cmd in batch.drain(..) {
                 match cmd {
-                    Command::Append { kind, done } => {
-                        if let Err(e) = self.push(kind, Some((done.clone(), true))) {
-                            self.count_dropped(1);
-                            done.complete(Err(e));
-                        }
-                    }
+                    Command::Append(append) => self.append(append),
                     Command::Flush { done } => {
+                        // Records a producer queued for waiting before the flush come first.
+                        self.take_waiting(&durable_rx);
                         let seq = self.chain.next_seq.saturating_sub(1);
                         self.pending.push((done, seq, false));
                     }
@@ -136,10 +137,17 @@ impl Engine {
                     } => {
                         let _ = self.commit();
                         let out = retention::apply(&mut self, max_age, keep_from_seq);
+                        // Deleted segments free budget: count the files again.
+                        if let Err(e) = self.measure_disk() {
+                            tracing::warn!(error = %e, "audit log: could not measure segments");
+                        }
                         // The caller may have given up waiting; nothing to do then.
                         let _ = reply.send(out);
                     }
-                    Command::Shutdown => shutdown = true,
+                    Command::Shutdown => {
+                        self.take_waiting(&durable_rx);
+                        shutdown = true;
+                    }
                 }
             }
             let due = self.since_checkpoint >= self.cfg.checkpoint_every
@@ -154,11 +162,14 @@ impl Engine {
                 break;
             }
         }
-        // Whatever was queued after the shutdown is refused; dropping `rx` then makes every
-        // later `append` fail with `Closed`.
+        // Whatever was queued after the shutdown is refused; dropping the receivers then makes
+        // every later `append` fail with `Closed`.
+        while let Ok(append) = durable_rx.try_recv() {
+            append.done.complete(Err(AuditError::Closed));
+        }
         while let Ok(cmd) = rx.try_recv() {
             match cmd {
-                Command::Append { done, .. }
+                Command::Append(Append { done, .. })
                 | Command::Flush { done }
                 | Command::Checkpoint { done } => done.complete(Err(AuditError::Closed)),
                 Command::Retention { reply, .. } => {
@@ -169,10 +180,157 @@ impl Engine {
         }
     }
 
-    fn count_dropped(&self, n: u64) {
-        if self.cfg.mode == DurabilityMode::BestEffort {
-            self.shared.dropped.fetch_add(n, Ordering::Relaxed);
+    /// Waits up to `wait` for either queue, then takes up to `max_batch` commands from the
+    /// queue of records producers wait on, then up to `max_batch` from the other. Returns true
+    /// when the producers are all gone (both queues are closed together).
+    fn take_batch(
+        &self,
+        durable_rx: &Receiver<Append>,
+        rx: &Receiver<Command>,
+        wait: Duration,
+        batch: &mut Vec<Command>,
+    ) -> bool {
+        let mut ready = Select::new();
+        ready.recv(durable_rx);
+        ready.recv(rx);
+        // A timeout just means a quiet period: the checkpoint timer is looked at below.
+        let _ = ready.ready_timeout(wait);
+        let mut closed = false;
+        for _ in 0..self.cfg.max_batch {
+            match durable_rx.try_recv() {
+                Ok(append) => batch.push(Command::Append(append)),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
         }
+        for _ in 0..self.cfg.max_batch {
+            match rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        closed
+    }
+
+    /// Appends what is queued now on the queue of records producers wait on (bounded by its
+    /// length at the call).
+    fn take_waiting(&mut self, durable_rx: &Receiver<Append>) {
+        for _ in 0..durable_rx.len() {
+            match durable_rx.try_recv() {
+                Ok(append) => self.append(append),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn append(&mut self, append: Append) {
+        let Append { kind, done, waited } = append;
+        let counted = !waited || self.cfg.mode == DurabilityMode::BestEffort;
+        if let Err(e) = self.push(kind, Some((done.clone(), counted))) {
+            self.count_dropped(u64::from(counted));
+            done.complete(Err(e));
+        }
+    }
+
+    /// Counts the segment files' bytes again (at open, and after retention deleted some).
+    fn measure_disk(&mut self) -> Result<(), AuditError> {
+        let dir = &self.cfg.dir;
+        let io = |e| AuditError::io(dir.display(), e);
+        let mut total = 0u64;
+        for seg in list_segments(dir).map_err(io)? {
+            // A segment deleted meanwhile holds no bytes.
+            total += std::fs::metadata(&seg.path).map_or(0, |m| m.len());
+        }
+        let freed = total < self.disk_bytes;
+        self.disk_bytes = total;
+        self.shared.disk_bytes.store(total, Ordering::Relaxed);
+        self.budget_moved(freed);
+        Ok(())
+    }
+
+    /// After the segments grew (`freed` false) or shrank: logs each crossing of 80% and 95% of
+    /// the budget (less the reserve) once; leaving the budget (only by freeing room) is logged
+    /// too, and lets the log be healthy again.
+    fn budget_moved(&mut self, freed: bool) {
+        let Some(max) = self.cfg.max_bytes else {
+            return;
+        };
+        // Measured against what producers may use: reaching it is reaching the budget.
+        let usable = max.saturating_sub(OWN_RECORDS_RESERVE).max(1);
+        let level = match self.disk_bytes.saturating_mul(100) / usable {
+            95.. => 95,
+            80.. => 80,
+            _ => 0,
+        };
+        if level >= self.budget_level {
+            self.raise_budget_level(level, max);
+        } else if freed {
+            if self.budget_level == 100 {
+                tracing::info!(
+                    audit.disk_bytes = self.disk_bytes,
+                    audit.max_bytes = max,
+                    "audit log below its disk budget again"
+                );
+                if !self.broken {
+                    self.shared.healthy.store(true, Ordering::Release);
+                }
+            }
+            // Lowered, so that the next crossing is logged again.
+            self.budget_level = level;
+        }
+    }
+
+    /// Logs every level from the current one up to `level` (80 and 95: warnings; 100, the
+    /// budget reached: an error), each once.
+    fn raise_budget_level(&mut self, level: u8, max: u64) {
+        for threshold in [80, 95] {
+            if self.budget_level < threshold && threshold <= level {
+                tracing::warn!(
+                    audit.disk_bytes = self.disk_bytes,
+                    audit.max_bytes = max,
+                    "audit log past {threshold}% of its disk budget"
+                );
+            }
+        }
+        if self.budget_level < 100 && level == 100 {
+            tracing::error!(
+                audit.disk_bytes = self.disk_bytes,
+                audit.max_bytes = max,
+                audit.mode = ?self.cfg.mode,
+                "audit log at its disk budget: records are refused (fail-closed) or dropped (best-effort) until retention frees room"
+            );
+        }
+        self.budget_level = self.budget_level.max(level);
+    }
+
+    /// A producer's record did not fit in the budget: logged once until room is freed; in
+    /// fail-closed mode the log is unhealthy meanwhile.
+    fn budget_reached(&mut self, max: u64) -> AuditError {
+        self.raise_budget_level(100, max);
+        if self.cfg.mode == DurabilityMode::FailClosed {
+            self.shared.healthy.store(false, Ordering::Release);
+        }
+        AuditError::OverBudget { max_bytes: max }
+    }
+
+    /// Whether a producer's line of `len` bytes still fits in the budget.
+    fn fits(&self, len: usize) -> bool {
+        let Some(max) = self.cfg.max_bytes else {
+            return true;
+        };
+        let limit = max.saturating_sub(OWN_RECORDS_RESERVE);
+        self.disk_bytes + (self.buf.len() as u64) + (len as u64) <= limit
+    }
+
+    fn count_dropped(&self, n: u64) {
+        self.shared.dropped.fetch_add(n, Ordering::Relaxed);
     }
 
     pub(super) fn now(&self) -> (SystemTime, String) {
@@ -181,7 +339,9 @@ impl Engine {
     }
 
     /// Encodes a record at the chain's head into the batch buffer, rolling the segment first if
-    /// it is full. Returns its seq.
+    /// it is full. Returns its seq. A producer's record (`done` given) that would take the
+    /// segments past the byte budget is refused; the log's own records are not (they have the
+    /// reserve).
     pub(super) fn push(
         &mut self,
         kind: RecordKind,
@@ -208,6 +368,11 @@ impl Engine {
             &self.chain.last_hash,
         )
         .map_err(|e| AuditError::Encode(e.to_string()))?;
+        if let (Some(max), Some(_)) = (self.cfg.max_bytes, &done) {
+            if !self.fits(line.len()) {
+                return Err(self.budget_reached(max));
+            }
+        }
         let seq = self.chain.next_seq;
         self.buf.extend_from_slice(&line);
         self.chain.next_seq += 1;
@@ -215,8 +380,8 @@ impl Engine {
         if !matches!(kind, RecordKind::Checkpoint(_)) {
             self.since_checkpoint += 1;
         }
-        if let Some((done, producer)) = done {
-            self.pending.push((done, seq, producer));
+        if let Some((done, counted)) = done {
+            self.pending.push((done, seq, counted));
         }
         Ok(seq)
     }
@@ -293,12 +458,20 @@ impl Engine {
         match &result {
             Ok(()) => {
                 self.active.len += self.buf.len() as u64;
+                self.disk_bytes += self.buf.len() as u64;
+                self.shared
+                    .disk_bytes
+                    .store(self.disk_bytes, Ordering::Relaxed);
                 self.committed = self.chain.clone();
                 self.shared
                     .durable_next
                     .store(self.chain.next_seq, Ordering::Release);
                 self.shared.batches.fetch_add(1, Ordering::Relaxed);
-                self.shared.healthy.store(true, Ordering::Release);
+                // Fail-closed at the byte budget stays unhealthy until room is freed.
+                let at_budget = self.budget_level == 100;
+                let healthy = !(at_budget && self.cfg.mode == DurabilityMode::FailClosed);
+                self.shared.healthy.store(healthy, Ordering::Release);
+                self.budget_moved(false);
             }
             Err(e) => {
                 tracing::error!(error = %e, "audit log: batch not written");
@@ -334,11 +507,11 @@ impl Engine {
 
     fn complete_pending(&mut self, result: Result<(), AuditError>) {
         let mut failed = 0;
-        for (done, seq, producer) in self.pending.drain(..) {
+        for (done, seq, counted) in self.pending.drain(..) {
             match &result {
                 Ok(()) => done.complete(Ok(seq)),
                 Err(e) => {
-                    failed += u64::from(producer);
+                    failed += u64::from(counted);
                     done.complete(Err(e.clone()));
                 }
             }

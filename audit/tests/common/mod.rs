@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use portcullis_audit::{
     AuditConfig, AuditLog, Decision, PublicKey, RequestEvent, Signer, SoftwareSigner,
@@ -127,4 +127,18 @@ pub fn fill(t: &TestLog, cfg: AuditConfig, n: u64) {
         h.append_durable(request(i)).unwrap();
     }
     log.close();
+}
+
+/// Makes all but the newest `except_last` segments three days old (for retention).
+pub fn age_segments(dir: &std::path::Path, except_last: usize) {
+    let segs = segments(dir);
+    let old = SystemTime::now() - Duration::from_secs(3 * 86400);
+    for p in &segs[..segs.len() - except_last] {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
 }

@@ -129,6 +129,7 @@ impl RequestCtx {
             query: req.uri.query(),
             http_version: req.version,
             traceparent: header_str(req, "traceparent"),
+            admitted: self.admitted.is_some(),
             outcome: self.outcome(),
             upstream: self.upstream.as_ref().map(ToString::to_string),
         }

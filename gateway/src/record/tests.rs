@@ -14,6 +14,7 @@ fn summary(outcome: Outcome<'static>) -> Summary<'static> {
         query: Some("token=secret"),
         http_version: http::Version::HTTP_2,
         traceparent: Some("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
+        admitted: outcome.label == "allow",
         outcome,
         upstream: Some("127.0.0.1:9000".into()),
     }

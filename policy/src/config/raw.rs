@@ -65,9 +65,25 @@ pub(crate) struct RawAudit {
     #[serde(default)]
     pub(crate) include_query: bool,
     #[serde(default)]
+    pub(crate) max_bytes: Option<u64>,
+    #[serde(default)]
+    pub(crate) refusals: Option<RawRefusalRecords>,
+    #[serde(default)]
     pub(crate) postgres: Option<RawAuditPostgres>,
     #[serde(default)]
     pub(crate) head_file: Option<PathBuf>,
+}
+
+/// `audit.refusals`; each omitted key takes its default.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRefusalRecords {
+    #[serde(default)]
+    pub(crate) path_bytes: Option<usize>,
+    #[serde(default)]
+    pub(crate) per_source: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) interval: Option<Duration>,
 }
 
 #[derive(Deserialize, Debug)]

@@ -663,6 +663,29 @@ fn audit_section_defaults_and_paths() {
         })
     );
     assert_eq!(a.head_file, Some("/off-box/gw.head".into()));
+    assert_eq!(a.max_bytes, 10 << 30);
+    assert_eq!(
+        a.refusals,
+        RefusalRecords {
+            path_bytes: 1024,
+            per_source: 100,
+            interval: Duration::from_secs(60),
+        }
+    );
+    let c = parse(&format!(
+        "{MINIMAL}audit:\n  directory: a\n  signing_key: k\n  segment_bytes: 65536\n  max_bytes: 1048576\n  refusals: {{ path_bytes: 256, per_source: 5, interval: 2s }}\n"
+    ))
+    .unwrap();
+    let a = c.audit.unwrap();
+    assert_eq!(a.max_bytes, 1 << 20);
+    assert_eq!(
+        a.refusals,
+        RefusalRecords {
+            path_bytes: 256,
+            per_source: 5,
+            interval: Duration::from_secs(2),
+        }
+    );
 }
 
 #[test]
@@ -713,6 +736,32 @@ fn audit_section_problems_have_lines() {
     assert_problem(&audit("  node: 'gw 1'\n"), "8:9:", "letters");
     assert_problem(&audit("  retention: 5m\n"), "8:14:", "at least 1h");
     assert_problem(&audit("  segment_bytes: 10\n"), "8:18:", "at least 4096");
+    assert_problem(&audit("  max_bytes: 1000\n"), "8:14:", "at least 65536");
+    assert_problem(
+        &audit("  max_bytes: 100000000\n"),
+        "8:14:",
+        "twice segment_bytes",
+    );
+    assert_problem(
+        &audit("  refusals: { path_bytes: 10 }\n"),
+        "8:27:",
+        "between 64 and 65536",
+    );
+    assert_problem(
+        &audit("  refusals:\n    per_source: 0\n"),
+        "9:17:",
+        "at least 1",
+    );
+    assert_problem(
+        &audit("  refusals:\n    interval: 2h\n"),
+        "9:15:",
+        "between 1s and 1h",
+    );
+    assert_problem(
+        &audit("  refusals: { burst: 3 }\n"),
+        "8:",
+        "unknown field `burst`",
+    );
     assert_problem(
         &audit(
             "  postgres:\n    conninfo: host=db password=hunter2\n    insecure_plaintext: true\n",

@@ -3,8 +3,12 @@
 use std::time::Duration;
 
 use super::Checker;
-use crate::config::raw::{RawAudit, RawAuditPostgres, RawPkcs11Key, RawPostgresTls};
-use crate::config::{AuditKey, AuditMode, AuditPostgres, AuditSettings, PostgresTls, SecretSource};
+use crate::config::raw::{
+    RawAudit, RawAuditPostgres, RawPkcs11Key, RawPostgresTls, RawRefusalRecords,
+};
+use crate::config::{
+    AuditKey, AuditMode, AuditPostgres, AuditSettings, PostgresTls, RefusalRecords, SecretSource,
+};
 
 const DEFAULT_DURABLE_TIMEOUT: Duration = Duration::from_millis(250);
 const MAX_DURABLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -13,6 +17,16 @@ const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 const MIN_SEGMENT_BYTES: u64 = 4096;
 const MIN_RETENTION: Duration = Duration::from_secs(3600);
+/// 10 GiB: room for months of a busy gateway's records, and a bound well short of filling a
+/// disk by surprise.
+const DEFAULT_MAX_BYTES: u64 = 10 << 30;
+const MIN_MAX_BYTES: u64 = 64 << 10;
+const DEFAULT_REFUSAL_PATH_BYTES: usize = 1024;
+const REFUSAL_PATH_BYTES: std::ops::RangeInclusive<usize> = 64..=65536;
+const DEFAULT_REFUSALS_PER_SOURCE: u32 = 100;
+const DEFAULT_REFUSAL_INTERVAL: Duration = Duration::from_secs(60);
+const REFUSAL_INTERVAL: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
 
 impl Checker<'_> {
     pub(super) fn audit(&mut self, raw: &RawAudit) -> AuditSettings {
@@ -92,6 +106,17 @@ impl Checker<'_> {
                 "audit: retention must be at least 1h".to_owned(),
             );
         }
+        let max_bytes = raw.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
+        if max_bytes < MIN_MAX_BYTES.max(segment_bytes.saturating_mul(2)) {
+            self.at_value(
+                "audit.max_bytes",
+                format!(
+                    "audit: max_bytes must be at least {MIN_MAX_BYTES} and at least twice \
+                     segment_bytes (retention frees room by whole segments)"
+                ),
+            );
+        }
+        let refusals = self.audit_refusals(raw.refusals.as_ref().unwrap_or(&Default::default()));
         let postgres = raw.postgres.as_ref().and_then(|pg| self.audit_postgres(pg));
         AuditSettings {
             directory,
@@ -104,11 +129,42 @@ impl Checker<'_> {
             segment_bytes,
             retention: raw.retention,
             include_query: raw.include_query,
+            max_bytes,
+            refusals,
             postgres,
             head_file: raw
                 .head_file
                 .as_ref()
                 .map(|f| self.file_path("audit.head_file", what, f)),
+        }
+    }
+
+    fn audit_refusals(&mut self, raw: &RawRefusalRecords) -> RefusalRecords {
+        let path_bytes = raw.path_bytes.unwrap_or(DEFAULT_REFUSAL_PATH_BYTES);
+        if !REFUSAL_PATH_BYTES.contains(&path_bytes) {
+            self.at_value(
+                "audit.refusals.path_bytes",
+                "audit.refusals: path_bytes must be between 64 and 65536".to_owned(),
+            );
+        }
+        let per_source = raw.per_source.unwrap_or(DEFAULT_REFUSALS_PER_SOURCE);
+        if per_source == 0 {
+            self.at_value(
+                "audit.refusals.per_source",
+                "audit.refusals: per_source must be at least 1".to_owned(),
+            );
+        }
+        let interval = raw.interval.unwrap_or(DEFAULT_REFUSAL_INTERVAL);
+        if !REFUSAL_INTERVAL.contains(&interval) {
+            self.at_value(
+                "audit.refusals.interval",
+                "audit.refusals: interval must be between 1s and 1h".to_owned(),
+            );
+        }
+        RefusalRecords {
+            path_bytes,
+            per_source,
+            interval,
         }
     }
 
