@@ -19,18 +19,23 @@
 mod api;
 pub mod cli;
 mod config;
+mod connections;
 mod error;
 mod identity;
+mod limits;
 mod server;
 mod stats;
 mod tls;
 mod token;
 
-pub use config::{AdminConfig, SelfIssueConfig, ServingCertSource, ServingTlsConfig};
+pub use config::{
+    AdminConfig, ConnectionsConfig, RateLimit, RateLimitsConfig, SelfIssueConfig,
+    ServingCertSource, ServingTlsConfig,
+};
 pub use error::AdminError;
 pub use identity::PeerIdentity;
 pub use server::AdminServer;
-pub use stats::{IssuanceStats, StatsSnapshot};
+pub use stats::{ClosedConnections, IssuanceStats, OpenConnections, RateLimited, StatsSnapshot};
 pub use tls::ClientTrust;
 pub use token::{
     create_token, BootstrapToken, SqliteTokenStore, TokenGrant, TokenHash, TokenId, TokenStore,
