@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use portcullis_identity::canonical_ip;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
@@ -144,6 +144,8 @@ impl Drop for ConnectionSlot {
 struct Activity {
     since: Instant,
     begun: AtomicBool,
+    /// Wakes the watchdog from the first-request deadline when the first request begins.
+    first_begun: Notify,
     in_progress: AtomicU32,
     /// When the last request ended, in nanoseconds after `since`.
     last_end: AtomicU64,
@@ -157,6 +159,7 @@ impl Activity {
         Arc::new(Self {
             since: Instant::now(),
             begun: AtomicBool::new(false),
+            first_begun: Notify::new(),
             in_progress: AtomicU32::new(0),
             last_end: AtomicU64::new(0),
         })
@@ -164,7 +167,9 @@ impl Activity {
 
     fn request(self: &Arc<Self>) -> Busy {
         self.in_progress.fetch_add(1, Ordering::AcqRel);
-        self.begun.store(true, Ordering::Release);
+        if !self.begun.swap(true, Ordering::AcqRel) {
+            self.first_begun.notify_one();
+        }
         Busy(Arc::clone(self))
     }
 
@@ -188,7 +193,15 @@ impl Activity {
                     CloseReason::FirstRequestTimeout
                 };
             }
-            sleep_until(deadline).await;
+            if begun {
+                // A request that ends meanwhile moves the deadline later: looked at on waking.
+                sleep_until(deadline).await;
+            } else {
+                tokio::select! {
+                    () = sleep_until(deadline) => {}
+                    () = self.first_begun.notified() => {}
+                }
+            }
         }
     }
 }
