@@ -221,7 +221,7 @@ pub(crate) struct Connections {
     pub(crate) config: ConnectionsConfig,
     pub(crate) counts: Arc<ConnectionCounts>,
     pub(crate) stats: Arc<IssuanceStats>,
-    /// Refusals at the caps are logged at info within this budget.
+    /// Refusals at the caps and failed handshakes are logged at info within this budget.
     pub(crate) log: LogBudget,
 }
 
@@ -266,8 +266,11 @@ impl Connections {
             done = handshake => match done {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
+                    // Refused certificates among them: at info, within the log budget.
                     self.stats.closed(CloseReason::HandshakeFailed);
-                    tracing::debug!(client.addr = %remote, error = %e, "admin API: TLS handshake failed");
+                    if let Some(suppressed) = self.log.allow() {
+                        tracing::info!(client.addr = %remote, error = %e, log.suppressed = suppressed, "admin API: TLS handshake failed");
+                    }
                     return;
                 }
                 Err(_) => return self.timed_out(remote, CloseReason::HandshakeTimeout),

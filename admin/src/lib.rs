@@ -4,6 +4,9 @@
 //!   when presented, verified against the CA's root and intermediate and refused when on the
 //!   CA's current CRL ([`ClientTrust`], which re-reads `STATE/crl.pem` when it changes). The
 //!   server's own certificate is issued by the CA at start and renewed at 2/3 of its lifetime.
+//!   Connections are capped (in all, per source, and without a certificate, so that certified
+//!   clients keep a share) and closed at their deadlines (handshake, first request, idle);
+//!   requests are rate limited per source, identity and bootstrap token (429).
 //! - Issuance (`POST /v1/certificates`): renewal with the current client certificate (same
 //!   identity only), or a first certificate with a one-time, tenant-scoped, expiring bootstrap
 //!   token ([`TokenStore`], stored hashed). Revocation, the CRL and the inventory listing.
