@@ -11,8 +11,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use portcullis_audit::{AdminAction, AuditEvent, AuditHandle};
@@ -20,6 +23,7 @@ use portcullis_ca::{Ca, CertRecord, CertStatus};
 use serde::de::DeserializeOwned;
 
 use crate::identity::{ConnInfo, PeerIdentity};
+use crate::limits::RequestLimits;
 use crate::stats::IssuanceStats;
 use crate::tls::ClientTrust;
 use crate::token::TokenStore;
@@ -41,6 +45,8 @@ pub(crate) struct AppState {
     /// Where the record of every call goes.
     pub(crate) audit: Option<AuditHandle>,
     pub(crate) stats: Arc<IssuanceStats>,
+    /// Request rates per source, identity and bootstrap token, charged before routing.
+    pub(crate) limits: RequestLimits,
     pub(crate) trust: Arc<ClientTrust>,
     /// A revocation was recorded but its CRL could not be published: publish again.
     pub(crate) crl_dirty: AtomicBool,
@@ -61,7 +67,26 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
                 "method not allowed on this endpoint",
             )
         })
+        .layer(from_fn_with_state(Arc::clone(&state), rate_limit))
         .with_state(state)
+}
+
+/// Charges each request to its rate limits before it is routed: over one, 429.
+async fn rate_limit(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(conn) = req.extensions().get::<ConnInfo>() {
+        // The listed ID picks the operator's (higher) bucket without an inventory lookup: no
+        // tenant profile can issue a listed ID (`AdminConfig::check_operators`), and what an
+        // operator may do is still decided by `is_operator` in the handlers.
+        let operator = conn
+            .peer
+            .as_ref()
+            .and_then(|p| p.spiffe_id.as_ref())
+            .is_some_and(|id| st.operators.contains(id.as_str()));
+        if let Err(limited) = st.limits.check(conn, req.headers(), operator) {
+            return limited.into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// What the audit record of one call says.

@@ -13,12 +13,25 @@
 //! operators:                      # issued by a CA profile with `role: operator`
 //!   - spiffe://portcullis.internal/portcullis/operator/alice
 //! crl_poll_interval: 2s           # default 2s
+//! connections:                    # defaults shown; timeouts 100ms to 1h
+//!   handshake_timeout: 10s        # accept to a completed TLS handshake
+//!   first_request_timeout: 10s    # handshake to the first complete request head
+//!   idle_timeout: 60s             # no request in progress (HTTP/1 keep-alive and HTTP/2)
+//!   max_connections: 4096         # open in all, handshakes included
+//!   max_unauthenticated_connections: 2048   # of those, without a client certificate
+//!   max_connections_per_source: 256         # from one IP address
+//! rate_limits:                    # defaults shown; per: 1s and burst: requests by default
+//!   per_identity: { requests: 30, per: 1m, burst: 60 }    # client certificate's SPIFFE ID
+//!   per_operator: { requests: 600, per: 1m, burst: 300 }  # instead of per_identity
+//!   per_token: { requests: 10, per: 1m, burst: 20 }       # bootstrap token (its id)
+//!   per_source: { requests: 1200, per: 1m, burst: 600 }   # IP address, whoever calls
 //! ```
 //!
 //! Operators are a role: [`AdminConfig::check_operators`] refuses an operator ID that a tenant
 //! profile of the CA could issue, or that no operator profile issues.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -45,10 +58,196 @@ pub struct AdminConfig {
     /// How often `STATE/crl.pem` is checked for a change (default 2 s).
     #[serde(default = "default_crl_poll", with = "humantime_serde")]
     pub crl_poll_interval: Duration,
+    /// How the listener bounds its connections.
+    #[serde(default)]
+    pub connections: ConnectionsConfig,
+    /// Request rates per caller.
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
 }
 
 fn default_crl_poll() -> Duration {
     Duration::from_secs(2)
+}
+
+/// How the listener bounds its connections. Every field has a default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsConfig {
+    /// From accept to a completed TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// From the handshake's end to the first complete request head (HTTP/1 head, HTTP/2
+    /// HEADERS), protocol detection included; a connection without one is closed.
+    #[serde(with = "humantime_serde")]
+    pub first_request_timeout: Duration,
+    /// How long a connection with no request in progress stays open after its last one
+    /// (HTTP/1 keep-alive and HTTP/2 alike); a later request head must complete within it.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Open connections in all, handshakes included; more are closed at accept.
+    pub max_connections: u32,
+    /// Of those, connections that completed the handshake without a client certificate; more
+    /// are closed after the handshake. The rest is kept for certified clients.
+    pub max_unauthenticated_connections: u32,
+    /// Open connections from one IP address (IPv4-mapped counted as IPv4); more are closed
+    /// at accept.
+    pub max_connections_per_source: u32,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            first_request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            max_unauthenticated_connections: 2048,
+            max_connections_per_source: 256,
+        }
+    }
+}
+
+impl ConnectionsConfig {
+    fn check(&self) -> Result<(), String> {
+        let range = Duration::from_millis(100)..=Duration::from_secs(3600);
+        for (name, value) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("first_request_timeout", self.first_request_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if !range.contains(&value) {
+                return Err(format!(
+                    "connections.{name}: {} is outside 100ms..1h",
+                    humantime::format_duration(value)
+                ));
+            }
+        }
+        for (name, value) in [
+            ("max_connections", self.max_connections),
+            (
+                "max_unauthenticated_connections",
+                self.max_unauthenticated_connections,
+            ),
+            (
+                "max_connections_per_source",
+                self.max_connections_per_source,
+            ),
+        ] {
+            if value == 0 {
+                return Err(format!("connections.{name} must be at least 1"));
+            }
+        }
+        if self.max_unauthenticated_connections >= self.max_connections {
+            return Err(format!(
+                "connections.max_unauthenticated_connections ({}) must be below \
+                 max_connections ({}): the rest is kept for clients with a certificate",
+                self.max_unauthenticated_connections, self.max_connections
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Request rates, each a GCRA limit per key. Every field has a default; a request is charged
+/// to its source address and to its identity (operators: `per_operator`) or bootstrap token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// Per client certificate: its SPIFFE ID (else its serial).
+    pub per_identity: RateLimit,
+    /// Per operator (their SPIFFE ID), in place of `per_identity`.
+    pub per_operator: RateLimit,
+    /// Per bootstrap token (its public id).
+    pub per_token: RateLimit,
+    /// Per source IP address (IPv4-mapped counted as IPv4), operators included.
+    pub per_source: RateLimit,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        let minute = Duration::from_secs(60);
+        Self {
+            per_identity: RateLimit::new(30, minute, 60),
+            per_operator: RateLimit::new(600, minute, 300),
+            per_token: RateLimit::new(10, minute, 20),
+            per_source: RateLimit::new(1200, minute, 600),
+        }
+    }
+}
+
+/// A GCRA limit: on average `requests` per `per`, in bursts of up to `burst`. Written
+/// `{ requests: 30, per: 1m, burst: 60 }`; `per` defaults to 1s and `burst` to `requests`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawRateLimit", into = "RawRateLimit")]
+pub struct RateLimit {
+    pub requests: NonZeroU32,
+    pub per: Duration,
+    pub burst: NonZeroU32,
+}
+
+impl RateLimit {
+    /// A limit from literal, non-zero figures (defaults).
+    fn new(requests: u32, per: Duration, burst: u32) -> Self {
+        let nonzero = |n| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        Self {
+            requests: nonzero(requests),
+            per,
+            burst: nonzero(burst),
+        }
+    }
+
+    /// The time one request's allowance takes to come back (at least 1 ns).
+    pub fn replenish_interval(&self) -> Duration {
+        (self.per / self.requests.get()).max(Duration::from_nanos(1))
+    }
+}
+
+/// A [`RateLimit`] as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    requests: u32,
+    #[serde(default = "one_second", with = "humantime_serde")]
+    per: Duration,
+    #[serde(default)]
+    burst: Option<u32>,
+}
+
+fn one_second() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl TryFrom<RawRateLimit> for RateLimit {
+    type Error = String;
+
+    fn try_from(raw: RawRateLimit) -> Result<Self, String> {
+        let requests =
+            NonZeroU32::new(raw.requests).ok_or("rate limit: requests must be at least 1")?;
+        let burst = NonZeroU32::new(raw.burst.unwrap_or(raw.requests))
+            .ok_or("rate limit: burst must be at least 1")?;
+        if !(Duration::from_millis(1)..=Duration::from_secs(24 * 3600)).contains(&raw.per) {
+            return Err(format!(
+                "rate limit: per {} is outside 1ms..24h",
+                humantime::format_duration(raw.per)
+            ));
+        }
+        Ok(Self {
+            requests,
+            per: raw.per,
+            burst,
+        })
+    }
+}
+
+impl From<RateLimit> for RawRateLimit {
+    fn from(limit: RateLimit) -> Self {
+        Self {
+            requests: limit.requests.get(),
+            per: limit.per,
+            burst: Some(limit.burst.get()),
+        }
+    }
 }
 
 /// The server certificate, as written: either `self_issue`, or `certificate` and `private_key`.
@@ -124,6 +323,7 @@ impl AdminConfig {
         if config.crl_poll_interval < Duration::from_millis(100) {
             return Err("crl_poll_interval must be at least 100ms".to_owned());
         }
+        config.connections.check()?;
         Ok(config)
     }
 
@@ -301,5 +501,84 @@ operators: ["spiffe://example.org/portcullis/operator/alice"]
         // No operator profile issues it: no certificate could ever act as it.
         let err = c.check_operators(&profiles(tenant)).unwrap_err();
         assert!(err.contains("role: operator"), "{err}");
+    }
+
+    #[test]
+    fn connection_and_rate_limits_default_and_parse() {
+        let c = AdminConfig::from_yaml(GOOD, Path::new("/")).unwrap();
+        assert_eq!(c.connections, ConnectionsConfig::default());
+        assert_eq!(c.rate_limits, RateLimitsConfig::default());
+        let yaml = format!(
+            "{GOOD}connections:\n  first_request_timeout: 2s\n  max_connections: 100\n  \
+             max_unauthenticated_connections: 60\nrate_limits:\n  per_token: {{ requests: 3 }}\n  \
+             per_source: {{ requests: 5, per: 1m, burst: 20 }}\n"
+        );
+        let c = AdminConfig::from_yaml(&yaml, Path::new("/")).unwrap();
+        assert_eq!(c.connections.first_request_timeout, Duration::from_secs(2));
+        assert_eq!(c.connections.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.connections.max_connections, 100);
+        let token = c.rate_limits.per_token;
+        assert_eq!(
+            (token.requests.get(), token.per, token.burst.get()),
+            (3, Duration::from_secs(1), 3)
+        );
+        let source = c.rate_limits.per_source;
+        assert_eq!(source.replenish_interval(), Duration::from_secs(12));
+        assert_eq!(source.burst.get(), 20);
+        assert_eq!(
+            c.rate_limits.per_identity,
+            RateLimitsConfig::default().per_identity
+        );
+    }
+
+    #[test]
+    fn refuses_bad_connection_and_rate_limits() {
+        for (extra, needle) in [
+            (
+                "connections:\n  idle_timout: 5s\n",
+                "unknown field `idle_timout`",
+            ),
+            ("connections:\n  idle_timeout: 5\n", "idle_timeout"),
+            (
+                "connections:\n  handshake_timeout: 10ms\n",
+                "outside 100ms..1h",
+            ),
+            (
+                "connections:\n  first_request_timeout: 2h\n",
+                "outside 100ms..1h",
+            ),
+            (
+                "connections:\n  max_connections_per_source: 0\n",
+                "at least 1",
+            ),
+            (
+                "connections:\n  max_connections: 10\n  max_unauthenticated_connections: 10\n",
+                "must be below max_connections",
+            ),
+            (
+                "rate_limits:\n  per_token: { requests: 0 }\n",
+                "requests must be at least 1",
+            ),
+            (
+                "rate_limits:\n  per_source: { requests: 5, burst: 0 }\n",
+                "burst must be at least 1",
+            ),
+            (
+                "rate_limits:\n  per_identity: { requests: 5, per: 0s }\n",
+                "outside 1ms..24h",
+            ),
+            (
+                "rate_limits:\n  per_identity: { request: 5 }\n",
+                "unknown field",
+            ),
+            (
+                "rate_limits:\n  per_client: { requests: 5 }\n",
+                "unknown field",
+            ),
+        ] {
+            let err =
+                AdminConfig::from_yaml(&format!("{GOOD}{extra}"), Path::new("/")).unwrap_err();
+            assert!(err.contains(needle), "{extra}: {needle}: {err}");
+        }
     }
 }

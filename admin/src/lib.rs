@@ -4,6 +4,9 @@
 //!   when presented, verified against the CA's root and intermediate and refused when on the
 //!   CA's current CRL ([`ClientTrust`], which re-reads `STATE/crl.pem` when it changes). The
 //!   server's own certificate is issued by the CA at start and renewed at 2/3 of its lifetime.
+//!   Connections are capped (in all, per source, and without a certificate, so that certified
+//!   clients keep a share) and closed at their deadlines (handshake, first request, idle);
+//!   requests are rate limited per source, identity and bootstrap token (429).
 //! - Issuance (`POST /v1/certificates`): renewal with the current client certificate (same
 //!   identity only), or a first certificate with a one-time, tenant-scoped, expiring bootstrap
 //!   token ([`TokenStore`], stored hashed). Revocation, the CRL and the inventory listing.
@@ -19,18 +22,23 @@
 mod api;
 pub mod cli;
 mod config;
+mod connections;
 mod error;
 mod identity;
+mod limits;
 mod server;
 mod stats;
 mod tls;
 mod token;
 
-pub use config::{AdminConfig, SelfIssueConfig, ServingCertSource, ServingTlsConfig};
+pub use config::{
+    AdminConfig, ConnectionsConfig, RateLimit, RateLimitsConfig, SelfIssueConfig,
+    ServingCertSource, ServingTlsConfig,
+};
 pub use error::AdminError;
 pub use identity::PeerIdentity;
 pub use server::AdminServer;
-pub use stats::{IssuanceStats, StatsSnapshot};
+pub use stats::{ClosedConnections, IssuanceStats, OpenConnections, RateLimited, StatsSnapshot};
 pub use tls::ClientTrust;
 pub use token::{
     create_token, BootstrapToken, SqliteTokenStore, TokenGrant, TokenHash, TokenId, TokenStore,

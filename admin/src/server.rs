@@ -1,6 +1,7 @@
-//! The listener: TCP accept, TLS handshake (client certificate optional, verified by
-//! [`ClientTrust`]), the verified peer identity attached to each request, HTTP/1.1 and HTTP/2
-//! by ALPN; background CRL reload/refresh and server-certificate renewal.
+//! The listener: TCP accept under the connection caps, then each connection served by
+//! [`Connections`] (TLS handshake with the client certificate optional, verified by
+//! [`ClientTrust`]; the verified peer identity attached to each request; HTTP/1.1 and HTTP/2;
+//! deadlines); background CRL reload/refresh and server-certificate renewal.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -9,44 +10,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::Router;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use portcullis_audit::AuditHandle;
 use portcullis_ca::{Ca, CaConfig, CaEventSink};
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tower_service::Service;
 use tracing::Instrument;
 
 use crate::api::{router, AppState};
 use crate::config::{AdminConfig, SelfIssueConfig, ServingCertSource};
+use crate::connections::{ConnectionCounts, Connections};
 use crate::error::AdminError;
-use crate::identity::{ConnInfo, PeerIdentity};
+use crate::limits::{LogBudget, RequestLimits};
 use crate::stats::{IssuanceStats, StatsSnapshot};
 use portcullis_identity::ServerCertificate;
 
 use crate::tls::{issue_serving, load_serving_files, provider, renew_serving, ClientTrust};
 use crate::token::{SqliteTokenStore, TokenStore};
 
-/// A TLS handshake must finish within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Request headers must arrive within this (HTTP/1.1).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 4096;
-/// How long open connections get to finish after shutdown is asked.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long `run` waits for open connections after shutdown is asked (each connection also
+/// bounds its own end).
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(6);
 
 /// The admin API server, bound and ready to [`run`](AdminServer::run).
 pub struct AdminServer {
     listener: TcpListener,
     local_addr: SocketAddr,
-    acceptor: TlsAcceptor,
-    router: Router,
+    connections: Arc<Connections>,
     state: Arc<AppState>,
     crl_poll: Duration,
     renewal: Option<ServingRenewal>,
@@ -168,12 +158,14 @@ impl AdminServer {
             ),
             None => ca,
         };
+        let stats = Arc::new(IssuanceStats::default());
         let state = Arc::new(AppState {
             ca,
             tokens,
             operators: config.operators.iter().cloned().collect::<HashSet<_>>(),
             audit,
-            stats: Arc::new(IssuanceStats::default()),
+            stats: Arc::clone(&stats),
+            limits: RequestLimits::new(&config.rate_limits, Arc::clone(&stats)),
             trust,
             crl_dirty: AtomicBool::new(false),
         });
@@ -188,11 +180,18 @@ impl AdminServer {
             addr: config.listen,
             source,
         })?;
+        let connections = Arc::new(Connections {
+            acceptor: TlsAcceptor::from(Arc::new(tls)),
+            router: router(Arc::clone(&state)),
+            config: config.connections.clone(),
+            counts: ConnectionCounts::new(&config.connections, Arc::clone(&stats)),
+            stats,
+            log: LogBudget::new(),
+        });
         Ok(Self {
             listener,
             local_addr,
-            acceptor: TlsAcceptor::from(Arc::new(tls)),
-            router: router(Arc::clone(&state)),
+            connections,
             state,
             crl_poll: config.crl_poll_interval,
             renewal,
@@ -230,17 +229,12 @@ impl AdminServer {
         }
         tracing::info!(listen.addr = %self.local_addr, "admin API listening");
 
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        // Dropped at shutdown: every connection sees its receiver change.
+        let (stop, stopping) = tokio::sync::watch::channel(());
+        // Each connection holds a sender; `recv` returns None once all have ended.
+        let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
         tokio::pin!(shutdown);
         loop {
-            let permit = tokio::select! {
-                () = &mut shutdown => break,
-                permit = Arc::clone(&limit).acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
             let (tcp, remote) = tokio::select! {
                 () = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
@@ -253,74 +247,34 @@ impl AdminServer {
                     }
                 },
             };
-            let acceptor = self.acceptor.clone();
-            let router = self.router.clone();
-            let watcher = graceful.watcher();
+            // Over a cap: the socket is closed here, before any TLS.
+            let Some(slot) = self.connections.admit(remote) else {
+                continue;
+            };
+            let (connections, stopping, open) = (
+                Arc::clone(&self.connections),
+                stopping.clone(),
+                open.clone(),
+            );
             let span = tracing::info_span!("admin.conn", client.addr = %remote);
             tokio::spawn(
                 async move {
-                    let _permit = permit;
-                    serve_connection(acceptor, router, watcher, tcp, remote).await;
+                    connections.serve(slot, tcp, remote, stopping).await;
+                    drop(open);
                 }
                 .instrument(span),
             );
         }
         drop(self.listener);
-        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        drop((stop, open));
+        if tokio::time::timeout(SHUTDOWN_WAIT, all_closed.recv())
             .await
             .is_err()
         {
-            tracing::warn!("admin API: connections still open after the grace period; closing");
+            tracing::warn!("admin API: connections still open after the grace period");
         }
         background.abort_all();
         Ok(())
-    }
-}
-
-async fn serve_connection(
-    acceptor: TlsAcceptor,
-    router: Router,
-    watcher: hyper_util::server::graceful::Watcher,
-    tcp: tokio::net::TcpStream,
-    remote: SocketAddr,
-) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::info!(client.addr = %remote, error = %e, "admin API: TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(client.addr = %remote, "admin API: TLS handshake timed out");
-            return;
-        }
-    };
-    let peer = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-        None => None,
-        Some(leaf) => match PeerIdentity::from_der(leaf) {
-            Ok(p) => Some(Arc::new(p)),
-            Err(e) => {
-                // Verified by webpki but unreadable here: refuse rather than serve anonymously.
-                tracing::warn!(client.addr = %remote, error = %e, "admin API: client certificate unparsable");
-                return;
-            }
-        },
-    };
-    let info = ConnInfo { peer, remote };
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(info.clone());
-        let mut router = router.clone();
-        async move { router.call(req).await }
-    });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
-    let conn = builder.serve_connection(TokioIo::new(tls), service);
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(client.addr = %remote, error = %e, "admin API: connection ended with an error");
     }
 }
 

@@ -4,23 +4,30 @@
 //! 1. raw HSM signatures (P-256, `SigningKey::sign`) from 1 and from `--threads` threads;
 //! 2. certificates issued through `Ca::issue` directly, 1 and `--threads` threads;
 //! 3. certificates issued through the admin HTTPS API: `--clients` keep-alive mTLS connections,
-//!    each renewing with its client certificate back to back.
+//!    each renewing with its client certificate back to back;
+//! 4. with `--silent N`: the API figure again, keep-alive and with a new connection per
+//!    renewal, each without and with N connections held open that send nothing (a third each:
+//!    TCP only, TLS without a certificate, half a request head; from one loopback address per
+//!    200, under the default per-source cap; each re-opened as the server closes it at its
+//!    deadline) — the attack of issue 11, side by side.
 //!
 //! Then the ratios API / raw sign and API / direct issue. Each measurement runs for
-//! `--duration` after a short warm-up.
+//! `--duration` after a short warm-up. The admin server runs with its default connection
+//! bounds and with rate limits raised out of the way (the figure is the issuance path).
 //!
 //! Run (2 cores; the figures in the issue note came from exactly this):
 //!
 //! ```sh
 //! cargo run --release -p portcullis-bench --bin portcullis-issue-bench -- \
-//!     --duration 5s --threads 2 --clients 4
+//!     --duration 5s --threads 2 --clients 4 [--silent 2000]
 //! ```
 //!
 //! Needs `softhsm2-util` and the SoftHSM2 module (`apt-get install -y softhsm2`).
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,7 +40,9 @@ use portcullis_ca::{
 use portcullis_identity::{
     parse_certs, root_store, ClientCredentials, IdentityError, IssuanceClient, IssuanceRequest,
 };
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::RootCertStore;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const TOKEN: &str = "issue-bench";
@@ -58,6 +67,18 @@ struct Args {
     /// Runtime worker threads of the in-process admin server (and the clients).
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Also measure the API while this many connections that send nothing are held open.
+    #[arg(long, default_value_t = 0)]
+    silent: usize,
+}
+
+/// How the API figure's clients renew, and what else the server is put through meanwhile.
+#[derive(Clone, Copy)]
+struct ApiLoad {
+    /// A new TLS connection for every renewal (else one keep-alive connection per client).
+    connect_each: bool,
+    /// Silent connections held open during the measurement.
+    silent: usize,
 }
 
 fn main() -> ExitCode {
@@ -144,15 +165,32 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     let direct_parallel = figures.last().map(Figure::rate).unwrap_or_default();
 
-    // (c) The HTTPS API: renewals over keep-alive mTLS connections.
+    // (c) The HTTPS API: renewals over keep-alive mTLS connections; (d) under silent ones.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.workers)
         .enable_all()
         .build()
         .context("runtime")?;
-    let api = runtime.block_on(api_figure(work.path(), &ca, args, warmup))?;
-    let api_rate = api.rate();
-    figures.push(api);
+    let mut loads = vec![ApiLoad {
+        connect_each: false,
+        silent: 0,
+    }];
+    if args.silent > 0 {
+        loads = [false, true]
+            .into_iter()
+            .flat_map(|connect_each| {
+                [0, args.silent].map(|silent| ApiLoad {
+                    connect_each,
+                    silent,
+                })
+            })
+            .collect();
+    }
+    let first_api = figures.len();
+    for load in loads {
+        figures.push(runtime.block_on(api_figure(work.path(), &ca, args, warmup, load))?);
+    }
+    let api_rate = figures.get(first_api).map(Figure::rate).unwrap_or_default();
 
     print_table(&figures, args);
     println!();
@@ -170,6 +208,26 @@ fn run(args: &Args) -> anyhow::Result<()> {
         args.threads,
         api_rate / direct_parallel
     );
+    if args.silent > 0 {
+        // The API figures come in pairs: without, then with the silent connections.
+        let ms = |us: u64| us as f64 / 1000.0;
+        for pair in figures[first_api..].chunks(2) {
+            if let [without, with] = pair {
+                if let (Some((p50, p99)), Some((s50, s99))) = (without.latency_us, with.latency_us)
+                {
+                    println!(
+                        "{}: p50 {:.2} -> {:.2} ms, p99 {:.2} -> {:.2} ms with {} silent",
+                        without.name,
+                        ms(p50),
+                        ms(s50),
+                        ms(p99),
+                        ms(s99),
+                        args.silent
+                    );
+                }
+            }
+        }
+    }
     Ok(())
 }
 
@@ -349,9 +407,11 @@ async fn api_figure(
     ca: &Arc<Ca>,
     args: &Args,
     warmup: Duration,
+    load: ApiLoad,
 ) -> anyhow::Result<Figure> {
     let config = AdminConfig::from_yaml(
-        "listen: 127.0.0.1:0\nca: ca.yaml\ntls:\n  self_issue:\n    tenant: platform\n    profile: admin-server\n    dns_names: [localhost]\n",
+        "listen: 127.0.0.1:0\nca: ca.yaml\ntls:\n  self_issue:\n    tenant: platform\n    profile: admin-server\n    dns_names: [localhost]\n\
+         rate_limits:\n  per_identity: { requests: 1000000 }\n  per_source: { requests: 1000000 }\n",
         dir,
     )
     .map_err(|e| anyhow::anyhow!("admin config: {e}"))?;
@@ -386,13 +446,36 @@ async fn api_figure(
         clients.push((client, IssuanceRequest::new(csr(&id)?.0)));
     }
 
+    let (stop_silent, silent_stopped) = tokio::sync::watch::channel(());
+    let held = Arc::new(AtomicUsize::new(0));
+    let mut silent = tokio::task::JoinSet::new();
+    if load.silent > 0 {
+        for i in 0..load.silent {
+            let (roots, stop, held) = (roots.clone(), silent_stopped.clone(), Arc::clone(&held));
+            silent.spawn(hold_silent(addr, i, roots, stop, held));
+        }
+        // Until (nearly) all are open, at most 60 s.
+        let since = Instant::now();
+        while held.load(Ordering::Relaxed) < load.silent * 95 / 100
+            && since.elapsed() < Duration::from_secs(60)
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "  {} of {} silent connections open after {:.1?}",
+            held.load(Ordering::Relaxed),
+            load.silent,
+            since.elapsed()
+        );
+    }
+
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for (client, request) in clients {
         let (measuring, stop) = (Arc::clone(&measuring), Arc::clone(&stop));
         tasks.push(tokio::spawn(async move {
-            client_loop(client, request, measuring, stop).await
+            client_loop(client, request, load.connect_each, measuring, stop).await
         }));
     }
     tokio::time::sleep(warmup).await;
@@ -410,15 +493,30 @@ async fn api_figure(
         errors += tally.errors;
         hist.add(&tally.latency)?;
     }
+    let held_at_end = held.load(Ordering::Relaxed);
+    drop(stop_silent);
+    while silent.join_next().await.is_some() {}
     let _ = stop_tx.send(());
     serving.await??;
     let snapshot = stats.snapshot();
     eprintln!(
-        "  admin server counters: issued {} refused {} unavailable {}",
-        snapshot.issued, snapshot.refused, snapshot.unavailable
+        "  admin server counters: issued {} refused {} unavailable {}; closed {:?}",
+        snapshot.issued, snapshot.refused, snapshot.unavailable, snapshot.closed
     );
+    if load.silent > 0 {
+        eprintln!("  silent connections open at the end: {held_at_end}");
+    }
+    let how = if load.connect_each {
+        "new connection each"
+    } else {
+        "keep-alive"
+    };
+    let under = match load.silent {
+        0 => String::new(),
+        n => format!(", {n} silent held"),
+    };
     let figure = Figure {
-        name: format!("HTTPS API renewal, {} keep-alive clients", args.clients),
+        name: format!("HTTPS API renewal, {} {how} clients{under}", args.clients),
         ops,
         errors,
         elapsed,
@@ -437,10 +535,14 @@ struct Tally {
 async fn client_loop(
     client: IssuanceClient,
     request: IssuanceRequest,
+    connect_each: bool,
     measuring: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<Tally> {
-    let mut connection = client.connect().await?;
+    let mut connection = match connect_each {
+        true => None,
+        false => Some(client.connect().await?),
+    };
     let mut tally = Tally {
         ok: 0,
         errors: 0,
@@ -448,7 +550,11 @@ async fn client_loop(
     };
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        let issued = match connection.issue(&request, None).await {
+        let answer = match &mut connection {
+            Some(connection) => connection.issue(&request, None).await,
+            None => client.issue(&request, None).await,
+        };
+        let issued = match answer {
             Ok(_) => true,
             // A refusal is a figure; a broken connection ends the run.
             Err(IdentityError::IssuerRefused { .. }) => false,
@@ -468,6 +574,88 @@ async fn client_loop(
     Ok(tally)
 }
 
+/// Silent connection `i`: from 127.0.0.(2 + i / 200), TCP only, TLS without a certificate or
+/// TLS with half a request head (by `i % 3`), held until the server closes it, then opened
+/// again; until `stop` changes. `held` counts the open ones.
+async fn hold_silent(
+    addr: SocketAddr,
+    i: usize,
+    roots: RootCertStore,
+    mut stop: tokio::sync::watch::Receiver<()>,
+    held: Arc<AtomicUsize>,
+) {
+    let source = IpAddr::from([127, 0, 0, u8::try_from(2 + i / 200).unwrap_or(255)]);
+    let mut tls = rustls::ClientConfig::builder_with_provider(portcullis_identity::provider())
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+    if let Ok(config) = &mut tls {
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
+    let Ok(tls) = tls.map(|c| tokio_rustls::TlsConnector::from(Arc::new(c))) else {
+        return;
+    };
+    loop {
+        let opened = Instant::now();
+        let wait = async {
+            let Some(conn) = open_silent(addr, source, i % 3, &tls).await else {
+                return;
+            };
+            held.fetch_add(1, Ordering::Relaxed);
+            match conn {
+                Silent::Tcp(s) => drain(s).await,
+                Silent::Tls(s) => drain(s).await,
+            }
+            held.fetch_sub(1, Ordering::Relaxed);
+        };
+        tokio::select! {
+            () = wait => {}
+            _ = stop.changed() => return,
+        }
+        // Refused at once (a cap): do not spin.
+        if opened.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+enum Silent {
+    Tcp(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+async fn open_silent(
+    addr: SocketAddr,
+    source: IpAddr,
+    kind: usize,
+    tls: &tokio_rustls::TlsConnector,
+) -> Option<Silent> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind(SocketAddr::new(source, 0)).ok()?;
+    let tcp = socket.connect(addr).await.ok()?;
+    if kind == 0 {
+        return Some(Silent::Tcp(tcp));
+    }
+    let name = ServerName::try_from("localhost").ok()?;
+    let mut stream = tls.connect(name, tcp).await.ok()?;
+    if kind == 2 {
+        stream
+            .write_all(b"POST /v1/certificates HTTP/1.1\r\nHost: localhost\r\n")
+            .await
+            .ok()?;
+    }
+    Some(Silent::Tls(Box::new(stream)))
+}
+
+/// Reads until the peer closes (or an error).
+async fn drain(mut stream: impl AsyncRead + Unpin) {
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
 fn print_table(figures: &[Figure], args: &Args) {
     println!();
     println!(
@@ -478,11 +666,11 @@ fn print_table(figures: &[Figure], args: &Args) {
     );
     println!();
     println!(
-        "| {:<44} | {:>10} | {:>8} | {:>6} | {:>9} | {:>9} |",
+        "| {:<66} | {:>10} | {:>8} | {:>6} | {:>9} | {:>9} |",
         "measurement", "per second", "count", "errors", "p50 ms", "p99 ms"
     );
     println!(
-        "|{:-<46}|{:->12}|{:->10}|{:->8}|{:->11}|{:->11}|",
+        "|{:-<68}|{:->12}|{:->10}|{:->8}|{:->11}|{:->11}|",
         "", "", "", "", "", ""
     );
     for f in figures {
@@ -494,7 +682,7 @@ fn print_table(figures: &[Figure], args: &Args) {
             None => ("-".to_owned(), "-".to_owned()),
         };
         println!(
-            "| {:<44} | {:>10.0} | {:>8} | {:>6} | {:>9} | {:>9} |",
+            "| {:<66} | {:>10.0} | {:>8} | {:>6} | {:>9} | {:>9} |",
             f.name,
             f.rate(),
             f.ops,

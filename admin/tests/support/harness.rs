@@ -4,7 +4,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -187,10 +187,19 @@ impl Fixture {
     }
 
     pub fn admin_config(&self, self_issue_tenant: &str, profile: &str) -> AdminConfig {
-        let yaml = format!(
-            "listen: 127.0.0.1:0\nca: ca.yaml\ntls:\n  self_issue:\n    tenant: {self_issue_tenant}\n    profile: {profile}\n    dns_names: [localhost]\noperators: [\"{OPERATOR}\"]\ncrl_poll_interval: 200ms\n"
-        );
+        AdminConfig::from_yaml(&self.admin_yaml(self_issue_tenant, profile), &self.dir).unwrap()
+    }
+
+    /// The default test config with `extra` YAML appended (`connections:`, `rate_limits:`).
+    pub fn admin_config_with(&self, extra: &str) -> AdminConfig {
+        let yaml = self.admin_yaml("platform", "admin-server") + extra;
         AdminConfig::from_yaml(&yaml, &self.dir).unwrap()
+    }
+
+    fn admin_yaml(&self, self_issue_tenant: &str, profile: &str) -> String {
+        format!(
+            "listen: 127.0.0.1:0\nca: ca.yaml\ntls:\n  self_issue:\n    tenant: {self_issue_tenant}\n    profile: {profile}\n    dns_names: [localhost]\noperators: [\"{OPERATOR}\"]\ncrl_poll_interval: 200ms\n"
+        )
     }
 
     /// Starts an admin server on the current runtime.
@@ -240,6 +249,22 @@ impl Server {
         Client::connect(self.addr, &self.roots, identity)
             .await
             .expect("connect")
+    }
+
+    /// A client connecting from another loopback address (127.0.0.0/8 is all local).
+    pub async fn client_from(&self, source: IpAddr, identity: Option<&Identity>) -> Client {
+        Client::connect_from(
+            self.addr,
+            Some(source),
+            client_config(&self.roots, identity),
+        )
+        .await
+        .expect("connect")
+    }
+
+    /// The CA's roots, for clients made by hand.
+    pub fn roots(&self) -> &RootCertStore {
+        &self.roots
     }
 
     pub async fn stop(mut self) {
@@ -465,8 +490,16 @@ impl Client {
     }
 
     pub async fn connect_with(addr: SocketAddr, config: ClientConfig) -> std::io::Result<Self> {
+        Self::connect_from(addr, None, config).await
+    }
+
+    pub async fn connect_from(
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        config: ClientConfig,
+    ) -> std::io::Result<Self> {
         let connector = TlsConnector::from(Arc::new(config));
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let tcp = tcp_from(addr, source).await?;
         let tls = connector
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await?;
@@ -530,6 +563,19 @@ impl Client {
             .await
             .expect("issue call")
     }
+}
+
+/// A TCP connection to `addr` from `source` (any port), or from the default address.
+pub async fn tcp_from(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let Some(source) = source else {
+        return tokio::net::TcpStream::connect(addr).await;
+    };
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
 }
 
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
