@@ -25,6 +25,8 @@
 //!   per_operator: { requests: 600, per: 1m, burst: 300 }  # instead of per_identity
 //!   per_token: { requests: 10, per: 1m, burst: 20 }       # bootstrap token (its id)
 //!   per_source: { requests: 1200, per: 1m, burst: 600 }   # IP address, whoever calls
+//! metrics: 127.0.0.1:9443         # optional plain-HTTP Prometheus /metrics (connections open
+//!                                 # by class, closed by reason, 429s by key, issuance outcomes)
 //! ```
 //!
 //! Operators are a role: [`AdminConfig::check_operators`] refuses an operator ID that a tenant
@@ -64,6 +66,10 @@ pub struct AdminConfig {
     /// Request rates per caller.
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
+    /// Address of a plain-HTTP listener serving Prometheus `/metrics` (none by default; keep
+    /// it on loopback or a management network).
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
 }
 
 fn default_crl_poll() -> Duration {

@@ -26,6 +26,7 @@ mod connections;
 mod error;
 mod identity;
 mod limits;
+mod metrics;
 mod server;
 mod stats;
 mod tls;

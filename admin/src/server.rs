@@ -40,6 +40,7 @@ pub struct AdminServer {
     state: Arc<AppState>,
     crl_poll: Duration,
     renewal: Option<ServingRenewal>,
+    metrics: Option<TcpListener>,
 }
 
 /// What renewing the server's own, self-issued certificate takes.
@@ -180,6 +181,10 @@ impl AdminServer {
             addr: config.listen,
             source,
         })?;
+        let metrics = match config.metrics {
+            Some(addr) => Some(crate::metrics::bind(addr).await?),
+            None => None,
+        };
         let connections = Arc::new(Connections {
             acceptor: TlsAcceptor::from(Arc::new(tls)),
             router: router(Arc::clone(&state)),
@@ -195,12 +200,18 @@ impl AdminServer {
             state,
             crl_poll: config.crl_poll_interval,
             renewal,
+            metrics,
         })
     }
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound address of the metrics listener, if one is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Issuance counts so far.
@@ -218,6 +229,12 @@ impl AdminServer {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AdminError> {
         let mut background = tokio::task::JoinSet::new();
         background.spawn(crl_watch(Arc::clone(&self.state), self.crl_poll));
+        if let Some(listener) = self.metrics {
+            background.spawn(crate::metrics::serve(
+                listener,
+                Arc::clone(&self.state.stats),
+            ));
+        }
         if let Some(r) = self.renewal {
             background.spawn(renew_serving(
                 r.ca,

@@ -140,6 +140,18 @@ fn attacker_tls(server: &Server, alpn: &[&[u8]]) -> TlsConnector {
     TlsConnector::from(Arc::new(config))
 }
 
+/// `GET /metrics` on the plain-HTTP metrics listener.
+async fn scrape(addr: SocketAddr) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
+}
+
 fn source(i: u8) -> IpAddr {
     [127, 0, 0, i].into()
 }
@@ -181,7 +193,7 @@ async fn silent_connections_do_not_starve_issuance_renewal_or_revocation() {
     let server = fx
         .start_with(
             fx.admin_config_with(
-                "connections:\n  handshake_timeout: 15s\n  first_request_timeout: 15s\n",
+                "connections:\n  handshake_timeout: 15s\n  first_request_timeout: 15s\nmetrics: 127.0.0.1:0\n",
             ),
             None,
         )
@@ -252,6 +264,15 @@ async fn silent_connections_do_not_starve_issuance_renewal_or_revocation() {
     eprintln!("after: {s:?}");
     assert!(s.closed.handshake_timeout >= 1000, "{:?}", s.closed);
     assert!(s.closed.first_request_timeout >= 900, "{:?}", s.closed);
+    // What an operator's Prometheus sees.
+    let text = scrape(server.metrics.expect("metrics listener")).await;
+    for (reason, n) in [
+        ("handshake_timeout", s.closed.handshake_timeout),
+        ("first_request_timeout", s.closed.first_request_timeout),
+    ] {
+        let line = format!("portcullis_admin_connections_closed_total{{reason=\"{reason}\"}} {n}");
+        assert!(text.contains(&line), "{line} in\n{text}");
+    }
     assert_eq!(
         (s.open.handshaking, s.open.unauthenticated, s.open.certified),
         (0, 0, 0)

@@ -213,6 +213,7 @@ impl Fixture {
             .await
             .expect("bind admin server");
         let addr = server.local_addr();
+        let metrics = server.metrics_addr();
         let stats = server.stats_handle();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
@@ -220,6 +221,7 @@ impl Fixture {
         }));
         Server {
             addr,
+            metrics,
             stats,
             stop: Some(stop),
             task: Some(task),
@@ -238,6 +240,8 @@ impl Fixture {
 
 pub struct Server {
     pub addr: SocketAddr,
+    /// The Prometheus listener, when the config has `metrics:`.
+    pub metrics: Option<SocketAddr>,
     pub stats: Arc<IssuanceStats>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), portcullis_admin::AdminError>>>,

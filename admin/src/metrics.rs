@@ -1,0 +1,135 @@
+//! The admin API's Prometheus endpoint: `GET /metrics` on its own plain-HTTP listener
+//! (`metrics:` in the admin config; keep it on loopback or a management network), rendered
+//! from [`IssuanceStats`] at each scrape.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use tokio::net::TcpListener;
+
+use crate::stats::{IssuanceStats, StatsSnapshot};
+
+/// Serves `/metrics` on `listener` until the task is dropped.
+pub(crate) async fn serve(listener: TcpListener, stats: Arc<IssuanceStats>) {
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let stats = Arc::clone(&stats);
+            async move { scrape(&stats.snapshot()) }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "admin metrics listener failed");
+    }
+}
+
+/// Binds the metrics listener, so that a taken port is an error at start.
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::AdminError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| crate::AdminError::Listen { addr, source })
+}
+
+fn scrape(s: &StatsSnapshot) -> axum::response::Response {
+    match render(s) {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "admin metrics: rendering failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// The Prometheus text of one snapshot (counters since start, gauges now).
+fn render(s: &StatsSnapshot) -> Result<String, prometheus::Error> {
+    let registry = Registry::new();
+    let counter = |name: &str, help: &str, label: &str, values: &[(&str, u64)]| {
+        let vec = IntCounterVec::new(Opts::new(name, help), &[label])?;
+        for (value, n) in values {
+            vec.with_label_values(&[*value]).inc_by(*n);
+        }
+        registry.register(Box::new(vec))
+    };
+    counter(
+        "portcullis_admin_issuance_total",
+        "Issuance and renewal requests by outcome.",
+        "outcome",
+        &[
+            ("issued", s.issued),
+            ("refused", s.refused),
+            ("unavailable", s.unavailable),
+        ],
+    )?;
+    let c = &s.closed;
+    counter(
+        "portcullis_admin_connections_closed_total",
+        "Connections the admin API closed before their client did, by reason.",
+        "reason",
+        &[
+            ("handshake_timeout", c.handshake_timeout),
+            ("handshake_failed", c.handshake_failed),
+            ("first_request_timeout", c.first_request_timeout),
+            ("idle_timeout", c.idle_timeout),
+            ("total_cap", c.total_cap),
+            ("source_cap", c.source_cap),
+            ("unauthenticated_cap", c.unauthenticated_cap),
+        ],
+    )?;
+    let r = &s.rate_limited;
+    counter(
+        "portcullis_admin_rate_limited_total",
+        "Requests answered 429, by the kind of key whose limit they ran into.",
+        "key",
+        &[
+            ("identity", r.identity),
+            ("token", r.token),
+            ("source", r.source),
+        ],
+    )?;
+    let open = IntGaugeVec::new(
+        Opts::new(
+            "portcullis_admin_connections_open",
+            "Connections open now, by class.",
+        ),
+        &["class"],
+    )?;
+    for (class, n) in [
+        ("handshaking", s.open.handshaking),
+        ("unauthenticated", s.open.unauthenticated),
+        ("certified", s.open.certified),
+    ] {
+        open.with_label_values(&[class])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    registry.register(Box::new(open))?;
+    let mut text = Vec::new();
+    TextEncoder::new().encode(&registry.gather(), &mut text)?;
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_is_rendered_with_its_label() {
+        let mut s = StatsSnapshot::default();
+        s.closed.first_request_timeout = 7;
+        s.rate_limited.token = 3;
+        s.open.unauthenticated = 2;
+        let text = render(&s).unwrap();
+        for line in [
+            "portcullis_admin_connections_closed_total{reason=\"first_request_timeout\"} 7",
+            "portcullis_admin_rate_limited_total{key=\"token\"} 3",
+            "portcullis_admin_connections_open{class=\"unauthenticated\"} 2",
+            "portcullis_admin_issuance_total{outcome=\"issued\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
+}
