@@ -30,8 +30,12 @@ pub(crate) struct AccessLine<'a> {
     pub tls_version: &'a str,
     #[serde(rename = "http.method")]
     pub method: &'a str,
+    /// At most [`PATH_MAX`] bytes of the path (cut on a character boundary)...
     #[serde(rename = "http.path")]
     pub path: &'a str,
+    /// ...and the whole path's length when it was cut.
+    #[serde(rename = "http.path_bytes", skip_serializing_if = "Option::is_none")]
+    pub path_bytes: Option<usize>,
     #[serde(rename = "http.version")]
     pub version: &'a str,
     #[serde(rename = "http.status")]
@@ -42,6 +46,22 @@ pub(crate) struct AccessLine<'a> {
     pub rule: &'a str,
     #[serde(rename = "dlp.findings")]
     pub dlp: &'a str,
+}
+
+/// The longest path an access line carries: a client looping 60 KiB paths must not turn the
+/// log into a disk flood (the audit record of a refusal is bounded likewise).
+pub(crate) const PATH_MAX: usize = 1024;
+
+/// `path` cut to [`PATH_MAX`] bytes, and its whole length when it was cut.
+pub(crate) fn bounded_path(path: &str) -> (&str, Option<usize>) {
+    if path.len() <= PATH_MAX {
+        return (path, None);
+    }
+    let mut cut = PATH_MAX;
+    while !path.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    (&path[..cut], Some(path.len()))
 }
 
 #[derive(Serialize)]

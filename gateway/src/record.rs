@@ -109,6 +109,7 @@ impl Findings {
 
 impl Summary<'_> {
     pub(crate) fn access_line<'a>(&'a self, exchange: &Exchange, dlp: &'a str) -> AccessLine<'a> {
+        let (path, path_bytes) = crate::access_log::bounded_path(self.path);
         AccessLine {
             duration_ms: exchange.duration.as_secs_f64() * 1000.0,
             request_id: self.request_id,
@@ -118,7 +119,8 @@ impl Summary<'_> {
             client_ip: self.client_ip,
             tls_version: self.tls_version.unwrap_or("none"),
             method: self.method,
-            path: self.path,
+            path,
+            path_bytes,
             version: http_version(self.http_version),
             status: exchange.status,
             decision: self.outcome.label,

@@ -150,6 +150,22 @@ fn a_client_looping_refused_requests_neither_fills_the_log_nor_goes_unrecorded()
     assert_eq!(metric_value(&metrics, "portcullis_audit_healthy"), 1.0);
     stop(&mut gw);
 
+    // The access log is bounded the same way: every line's path at most 1 KiB, with the whole
+    // path's length beside it (400 lines of 60 KiB paths were 24 MiB of stderr).
+    let stderr = gw.proc.log_text();
+    let cut: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "access" && v["http.path_bytes"].is_u64())
+        .collect();
+    assert!(cut.len() as u64 >= sent, "{} cut access lines", cut.len());
+    for line in &cut {
+        let path = line["http.path"].as_str().unwrap();
+        let whole = line["http.path_bytes"].as_u64().unwrap();
+        assert!(path.len() <= 1024 && whole > 1024, "{line}");
+    }
+    assert!(stderr.len() < 2 << 20, "stderr {} bytes", stderr.len());
+
     let dir = d.join("audit");
     let log_bytes = on_disk(&dir);
     eprintln!(
