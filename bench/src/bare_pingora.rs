@@ -128,12 +128,14 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
 /// `client_ca`, h2 and http/1.1 by ALPN. The files are read and checked here, so pingora's
 /// `build`, which panics on unreadable files, only sees files that load.
 fn tls_settings(cert: &Path, key: &Path, client_ca: &Path) -> anyhow::Result<TlsSettings> {
-    portcullis_identity::load_certified_key(cert, key)
-        .with_context(|| format!("server certificate {} and key", cert.display()))?;
+    // The identity errors name the file and include their cause.
+    let named = |e: portcullis_identity::IdentityError| anyhow::anyhow!("{e}");
+    portcullis_identity::load_certified_key(cert, key).map_err(named)?;
     let roots = portcullis_identity::root_store(
-        portcullis_identity::load_certs(client_ca)?,
+        portcullis_identity::load_certs(client_ca).map_err(named)?,
         &client_ca.display().to_string(),
-    )?;
+    )
+    .map_err(named)?;
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), portcullis_identity::provider())
             .build()
