@@ -656,7 +656,8 @@ fi
 TABLES=$("$LOAD" summarize --records "$RECORDS")
 CPU_MODEL=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
 NGINX_V=$({ [[ -n $NGINX ]] && "$NGINX" -v 2>&1; } || echo "nginx: not installed")
-HAPROXY_V=$({ [[ -n $HAPROXY ]] && "$HAPROXY" -v 2>&1 | head -n 1; } || echo "haproxy: not installed")
+# sed reads all of it: with head, haproxy could die of SIGPIPE and fail the pipeline.
+HAPROXY_V=$({ [[ -n $HAPROXY ]] && "$HAPROXY" -v 2>&1 | sed -n 1p; } || echo "haproxy: not installed")
 RUSTC_V=$(rustc -V)
 TWO_WORKER_NOTE=$PINNING_2W
 if [[ $TWO_WORKERS == 0 ]]; then TWO_WORKER_NOTE="not run (TWO_WORKERS=0)"; fi

@@ -136,12 +136,14 @@ fn tls_settings(cert: &Path, key: &Path, client_ca: &Path) -> anyhow::Result<Tls
         &client_ca.display().to_string(),
     )
     .map_err(named)?;
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), portcullis_identity::provider())
-            .build()
-            .with_context(|| format!("client CA {}", client_ca.display()))?;
-    let mut tls = TlsSettings::intermediate(&path_str(cert)?, &path_str(key)?)
-        .context("TLS settings")?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        portcullis_identity::provider(),
+    )
+    .build()
+    .with_context(|| format!("client CA {}", client_ca.display()))?;
+    let mut tls =
+        TlsSettings::intermediate(&path_str(cert)?, &path_str(key)?).context("TLS settings")?;
     tls.set_client_cert_verifier(verifier);
     tls.enable_h2();
     Ok(tls)

@@ -212,6 +212,15 @@ fn round_ratio(records: &[Record], scenario: &str, target: &str, base: &str) -> 
     )
 }
 
+/// Whether the records hold anything of `target` in `scenario` (a run or a failure); targets
+/// the harness did not start for a scenario (no `BASELINE`, no direct path for HTTP/2) get no
+/// row.
+fn ran(records: &[Record], scenario: &str, target: &str) -> bool {
+    records
+        .iter()
+        .any(|r| r.scenario == scenario && r.target == target)
+}
+
 fn times(v: Option<f64>) -> String {
     v.map_or_else(|| "—".to_owned(), |v| format!("{v:.2}×"))
 }
@@ -226,7 +235,7 @@ fn note(target: &str, scenario: &str, c: &Cell) -> String {
         });
     }
     if c.rounds == 0 && c.why.is_empty() {
-        parts.push("did not run".to_owned());
+        parts.push("no request completed".to_owned());
     }
     parts.extend(c.why.iter().cloned());
     if c.errors > 0 && c.ok > 0 {
@@ -270,8 +279,11 @@ pub(crate) fn markdown(path: &Path) -> anyhow::Result<String> {
             out,
             "| target | median {unit} | vs direct | vs nginx | vs pingora | rounds min–max | p50 ms | p99 ms | p99.9 ms | rounds | notes |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
-        for t in TARGETS {
+        let _ = writeln!(
+            out,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        );
+        for t in TARGETS.iter().filter(|t| ran(&records, scenario, t)) {
             let c = cell(&records, scenario, t);
             let _ = writeln!(
                 out,
@@ -317,7 +329,7 @@ pub(crate) fn markdown(path: &Path) -> anyhow::Result<String> {
             "| target | achieved req/s | p50 ms | p99 ms | p99.9 ms | added p50 vs direct ms | added p99 vs direct ms | rounds | notes |"
         );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
-        for t in TARGETS {
+        for t in TARGETS.iter().filter(|t| ran(&records, "open-loop", t)) {
             let c = cell(&records, "open-loop", t);
             let added = |v: Option<f64>, b: Option<f64>| match (v, b) {
                 (Some(v), Some(b)) if *t != "direct" => format!("{:+.3}", (v - b) / 1000.0),
@@ -348,7 +360,7 @@ pub(crate) fn markdown(path: &Path) -> anyhow::Result<String> {
             "| target | connections held | RSS before MiB | RSS holding MiB | KiB per connection | still open after hold | notes |"
         );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|");
-        for t in TARGETS.iter().filter(|t| **t != "direct") {
+        for t in TARGETS.iter().filter(|t| ran(&records, "idle-memory", t)) {
             let mine: Vec<&Record> = records
                 .iter()
                 .filter(|r| r.scenario == "idle-memory" && r.target == *t)
@@ -383,7 +395,7 @@ pub(crate) fn markdown(path: &Path) -> anyhow::Result<String> {
                 }
                 None => {
                     let why = if failure.is_empty() {
-                        "did not run".to_owned()
+                        "no figures recorded".to_owned()
                     } else {
                         failure.join("; ")
                     };
@@ -478,7 +490,9 @@ mod tests {
         );
         assert!(md.contains("| pingora | 417 | — | 0.83× | 1.00× |"), "{md}");
         assert!(md.contains("| nginx | 500 | — | 1.00× | 1.20× |"), "{md}");
-        assert!(md.contains("| direct | — | — | — | — |"), "{md}");
+        // Targets without records in a scenario get no row.
+        assert!(!md.contains("| direct |"), "{md}");
+        assert!(!md.contains("| haproxy |"), "{md}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
