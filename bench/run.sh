@@ -18,6 +18,7 @@
 #   ROUNDS=5 ROUND_SECS=10 bench/run.sh
 #   ROUNDS=1 ROUND_SECS=2 CALLGRIND_REQUESTS=300 RESULTS=- bench/run.sh   # a quick check
 #   BASELINE=/path/to/older/portcullis bench/run.sh   # adds that build as baseline-noaudit
+#     (a build that reads the listener `connections:` section, commit cdf897b or later)
 #
 # Knobs (environment): ROUNDS (3), ROUND_SECS (5), WARMUP_SECS (1), CONNS (32),
 # NEWCONN_CONNS (16), OPEN_LOOP_CONNS (64), H2_CONNS (4), H2_STREAMS (8), IDLE_CONNS (2000),
@@ -598,7 +599,7 @@ ir_ratio() { # a b
   fi
 }
 
-CALLGRIND_LINES="Not measured (CALLGRIND_REQUESTS=0)."
+CALLGRIND_LINES="Not measured (CALLGRIND_REQUESTS=$CALLGRIND_REQUESTS; it takes at least 2)."
 if [[ $CALLGRIND_REQUESTS -gt 1 ]]; then
   if command -v valgrind >/dev/null 2>&1 && command -v callgrind_control >/dev/null 2>&1; then
     log "instruction count under callgrind: $CALLGRIND_REQUESTS keep-alive GETs per target"
