@@ -1,18 +1,30 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: the echo upstream reached directly, Portcullis, nginx and HAProxy,
-# all on loopback with the same certificates, the same upstream, the same load generator
-# (portcullis-load) and the same CPU pinning. Each scenario alternates the targets round by
-# round (direct portcullis nginx haproxy, direct portcullis nginx haproxy, ...) so that drift on
-# a shared machine hits them alike; the tables give medians over rounds and ratios to direct.
+# Side-by-side benchmark: the echo upstream reached directly, Portcullis (with and without its
+# audit log), a bare pingora mTLS proxy (portcullis-bare-pingora: the framework floor), nginx
+# and HAProxy, all on loopback with the same certificates, the same upstream, the same load
+# generator (portcullis-load) and the same CPU pinning. Each scenario alternates the targets
+# round by round (direct portcullis ... haproxy, direct portcullis ... haproxy, ...) so that
+# drift on a shared machine hits them alike; the tables give medians over rounds, the ratio to
+# direct, and the median of per-round ratios to nginx and to bare pingora.
 #
-#   bench/run.sh                   # everything, ~6-8 minutes after the build
+# Scenarios, one worker each (proxy on core PROXY_CPU, load generator on LOAD_CPU): keep-alive
+# GET, keep-alive POST, HTTP/2 keep-alive GET (H2_CONNS connections x H2_STREAMS streams),
+# new connection per request, open loop, idle-connection memory. Then keep-alive GET with two
+# workers per proxy on both CPUs, shared with the load generator (TWO_WORKERS=0 skips it).
+# Then instructions per request under callgrind: Portcullis with and without audit, bare
+# pingora, nginx.
+#
+#   bench/run.sh                   # everything: ~15 minutes after the build
 #   ROUNDS=5 ROUND_SECS=10 bench/run.sh
+#   ROUNDS=1 ROUND_SECS=2 CALLGRIND_REQUESTS=300 RESULTS=- bench/run.sh   # a quick check
 #   BASELINE=/path/to/older/portcullis bench/run.sh   # adds that build as baseline-noaudit
+#     (a build that reads the listener `connections:` section, commit cdf897b or later)
 #
 # Knobs (environment): ROUNDS (3), ROUND_SECS (5), WARMUP_SECS (1), CONNS (32),
-# NEWCONN_CONNS (16), OPEN_LOOP_CONNS (64), IDLE_CONNS (2000), HOLD_SECS (6),
-# CALLGRIND_REQUESTS (2000, 0 skips the instruction count), PROXY_CPU (0), LOAD_CPU (1),
-# BASE_PORT (18000), RESULTS (bench/RESULTS.md; "-" to only print), CARGO_TARGET_DIR.
+# NEWCONN_CONNS (16), OPEN_LOOP_CONNS (64), H2_CONNS (4), H2_STREAMS (8), IDLE_CONNS (2000),
+# HOLD_SECS (6), TWO_WORKERS (1), LOAD_THREADS_2W (2), CALLGRIND_REQUESTS (2000, 0 skips the
+# instruction count), PROXY_CPU (0), LOAD_CPU (1), BASE_PORT (18000), RESULTS
+# (bench/RESULTS.md; "-" to only print), CARGO_TARGET_DIR.
 # Needs: cargo, nginx, haproxy (installed with apt-get when missing and running as root),
 # taskset (optional), valgrind (optional, for the instruction count).
 set -euo pipefail
@@ -24,33 +36,44 @@ WARMUP_SECS=${WARMUP_SECS:-1}
 CONNS=${CONNS:-32}
 NEWCONN_CONNS=${NEWCONN_CONNS:-16}
 OPEN_LOOP_CONNS=${OPEN_LOOP_CONNS:-64}
+H2_CONNS=${H2_CONNS:-4}
+H2_STREAMS=${H2_STREAMS:-8}
 IDLE_CONNS=${IDLE_CONNS:-2000}
 HOLD_SECS=${HOLD_SECS:-6}
+TWO_WORKERS=${TWO_WORKERS:-1}
+LOAD_THREADS_2W=${LOAD_THREADS_2W:-2}
 CALLGRIND_REQUESTS=${CALLGRIND_REQUESTS:-2000}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 BASE_PORT=${BASE_PORT:-18000}
 RESULTS=${RESULTS:-$ROOT/bench/RESULTS.md}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BASELINE=${BASELINE:-}
 
 ECHO_PORT=$((BASE_PORT + 81))
-PCL_PORT=$((BASE_PORT + 443))
-PCL_METRICS_PORT=$((BASE_PORT + 901))
-NGINX_PORT=$((BASE_PORT + 444))
-HAPROXY_PORT=$((BASE_PORT + 445))
 CG_PORT=$((BASE_PORT + 446))
 CG_METRICS_PORT=$((BASE_PORT + 902))
-TARGETS=(direct portcullis portcullis-noaudit nginx haproxy)
-PCL_NOAUDIT_PORT=$((BASE_PORT + 447))
-BASELINE=${BASELINE:-}
-BASE_NOAUDIT_PORT=$((BASE_PORT + 448))
-BASE_NOAUDIT_METRICS_PORT=$((BASE_PORT + 904))
 CG_BASE_PORT=$((BASE_PORT + 449))
 CG_BASE_METRICS_PORT=$((BASE_PORT + 905))
+# The proxies' ports; the two-worker set runs on its own (set_ports 20), so a lingering socket
+# of the one-worker set cannot get in its way.
+set_ports() { # shift
+  PCL_PORT=$((BASE_PORT + 443 + $1))
+  NGINX_PORT=$((BASE_PORT + 444 + $1))
+  HAPROXY_PORT=$((BASE_PORT + 445 + $1))
+  PCL_NOAUDIT_PORT=$((BASE_PORT + 447 + $1))
+  BASE_NOAUDIT_PORT=$((BASE_PORT + 448 + $1))
+  PINGORA_PORT=$((BASE_PORT + 450 + $1))
+  PCL_METRICS_PORT=$((BASE_PORT + 901 + $1))
+  PCL_NOAUDIT_METRICS_PORT=$((BASE_PORT + 903 + $1))
+  BASE_NOAUDIT_METRICS_PORT=$((BASE_PORT + 904 + $1))
+}
+set_ports 0
+PROXIES=(portcullis portcullis-noaudit pingora nginx haproxy)
 if [[ -n $BASELINE ]]; then
-  TARGETS=(direct portcullis portcullis-noaudit baseline-noaudit nginx haproxy)
+  PROXIES=(portcullis portcullis-noaudit baseline-noaudit pingora nginx haproxy)
 fi
-PCL_NOAUDIT_METRICS_PORT=$((BASE_PORT + 903))
+TARGETS=(direct "${PROXIES[@]}")
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -81,12 +104,14 @@ forget_pid() { # a process we started has ended: never signal its (reusable) id 
 }
 trap 'exit 130' INT TERM
 
-# --- build ----------------------------------------------------------------------------------
+# --- build (once; cargo reuses it when nothing changed) --------------------------------------
 log "building release binaries into $TARGET_DIR"
 (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --quiet \
-  -p portcullis-bench --bin portcullis-load -p portcullis --bin portcullis)
+  -p portcullis-bench --bin portcullis-load --bin portcullis-bare-pingora \
+  -p portcullis --bin portcullis)
 LOAD="$TARGET_DIR/release/portcullis-load"
 PCL="$TARGET_DIR/release/portcullis"
+BARE="$TARGET_DIR/release/portcullis-bare-pingora"
 
 # --- peers ----------------------------------------------------------------------------------
 install_if_missing() {
@@ -111,11 +136,15 @@ NCPU=$(nproc)
 if command -v taskset >/dev/null 2>&1 && [[ $NCPU -ge 2 ]]; then
   PIN_SUT=(taskset -c "$PROXY_CPU")
   PIN_LOAD=(taskset -c "$LOAD_CPU")
+  PIN_BOTH=(taskset -c "$PROXY_CPU,$LOAD_CPU")
   PINNING="core $PROXY_CPU: echo upstream + the proxy under test (each proxy runs 1 worker thread/process); core $LOAD_CPU: portcullis-load (1 thread)"
+  PINNING_2W="cores $PROXY_CPU,$LOAD_CPU shared by everything: the proxy under test (2 worker threads/processes), the echo upstream (1 thread) and portcullis-load ($LOAD_THREADS_2W threads), placed by the kernel's scheduler; so a proxy that needs less CPU per request leaves more to the load generator"
 else
   PIN_SUT=()
   PIN_LOAD=()
+  PIN_BOTH=()
   PINNING="no pinning (taskset missing or fewer than 2 CPUs)"
+  PINNING_2W=$PINNING
 fi
 log "pinning: $PINNING"
 
@@ -150,6 +179,7 @@ url_of() {
     portcullis) echo "https://127.0.0.1:$PCL_PORT/bench/item" ;;
     portcullis-noaudit) echo "https://127.0.0.1:$PCL_NOAUDIT_PORT/bench/item" ;;
     baseline-noaudit) echo "https://127.0.0.1:$BASE_NOAUDIT_PORT/bench/item" ;;
+    pingora) echo "https://127.0.0.1:$PINGORA_PORT/bench/item" ;;
     nginx) echo "https://127.0.0.1:$NGINX_PORT/bench/item" ;;
     haproxy) echo "https://127.0.0.1:$HAPROXY_PORT/bench/item" ;;
   esac
@@ -193,22 +223,40 @@ start_bg() { # name, log file, command...
   PID_OF[$name]=$!
 }
 
+# Stops one process started with start_bg (TERM, then KILL after 5 s) and forgets it.
+stop_bg() { # name
+  local pid=${PID_OF[$1]:-}
+  [[ -n $pid ]] || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  forget_pid "$pid"
+  unset 'PID_OF[$1]'
+}
+
 # --- echo upstream --------------------------------------------------------------------------
 start_bg echo "$WORK/echo.log" "${PIN_SUT[@]}" "$PCL" echo --listen "127.0.0.1:$ECHO_PORT" --name bench
 wait_ok "http://127.0.0.1:$ECHO_PORT/healthz" 100 || { log "echo upstream did not start"; cat "$WORK/echo.log" >&2; exit 1; }
 
-# --- Portcullis -----------------------------------------------------------------------------
+# --- the proxies' configurations ------------------------------------------------------------
 write_pcl_config() { # file, port, metrics port, audit (on|off)
   cat >"$1" <<EOF
 # Full pipeline as built today: mTLS + identity + access rules + routing + per-tenant and
 # per-identity rate limits (configured far above the offered load, so never triggered), a
 # body-size limit, DLP scanning request and response bodies (the bench bodies hold nothing
 # it detects, so it inspects every byte and acts on none), and (audit on) the fail-closed
-# audit log: each request's admission record fsynced before it is forwarded.
+# audit log: each request's admission record fsynced before it is forwarded. Keep-alive and
+# per-source connection caps are raised like the peers' (nginx keepalive_requests 10000000,
+# HAProxy and pingora unbounded), so no target reconnects or refuses where another does not.
 listeners:
   - name: public
     address: 127.0.0.1:$2
     tls: { certificate: server.pem, private_key: server.key, client_auth: required, client_ca: ca.pem }
+    connections: { max_requests_per_connection: 1000000, max_connections_per_source: 10000 }
 metrics: { address: 127.0.0.1:$3 }
 shutdown: { grace_period: 1s }
 upstreams:
@@ -240,36 +288,25 @@ audit:
 EOF
   fi
 }
-write_pcl_config "$WORK/portcullis.yaml" "$PCL_PORT" "$PCL_METRICS_PORT"
-# Default log level (info): Portcullis writes its access log line per request, like the peers.
-start_bg portcullis "$WORK/portcullis.log" "${PIN_SUT[@]}" "$PCL" serve --config "$WORK/portcullis.yaml"
-wait_ok "$(url_of portcullis)" 150 "${TLS_ARGS[@]}" || FAIL_OF[portcullis]="portcullis did not become ready (see its log)"
-write_pcl_config "$WORK/portcullis-noaudit.yaml" "$PCL_NOAUDIT_PORT" "$PCL_NOAUDIT_METRICS_PORT" off
-start_bg portcullis-noaudit "$WORK/portcullis-noaudit.log" "${PIN_SUT[@]}" "$PCL" serve --config "$WORK/portcullis-noaudit.yaml"
-wait_ok "$(url_of portcullis-noaudit)" 150 "${TLS_ARGS[@]}" || FAIL_OF[portcullis-noaudit]="portcullis-noaudit did not become ready (see its log)"
-if [[ -n $BASELINE ]]; then
-  write_pcl_config "$WORK/baseline-noaudit.yaml" "$BASE_NOAUDIT_PORT" "$BASE_NOAUDIT_METRICS_PORT" off
-  start_bg baseline-noaudit "$WORK/baseline-noaudit.log" "${PIN_SUT[@]}" "$BASELINE" serve --config "$WORK/baseline-noaudit.yaml"
-  wait_ok "$(url_of baseline-noaudit)" 150 "${TLS_ARGS[@]}" || FAIL_OF[baseline-noaudit]="baseline-noaudit did not become ready (see its log)"
-fi
 
-# --- nginx ----------------------------------------------------------------------------------
-if [[ -z $NGINX_MISSING ]]; then
-  mkdir -p "$WORK/nginx-tmp"
-  cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1;
+write_nginx_config() { # file, port, workers, master_process (on|off)
+  local dir=${1%.conf}
+  mkdir -p "$dir-tmp"
+  cat >"$1" <<EOF
+worker_processes $3;
+master_process $4;
 daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
+pid $dir.pid;
+error_log $dir-error.log warn;
 worker_rlimit_nofile $FD_LIMIT;
 events { worker_connections $PEER_MAXCONN; }
 http {
-  access_log $WORK/nginx-access.log;
-  client_body_temp_path $WORK/nginx-tmp/body;
-  proxy_temp_path $WORK/nginx-tmp/proxy;
-  fastcgi_temp_path $WORK/nginx-tmp/fastcgi;
-  uwsgi_temp_path $WORK/nginx-tmp/uwsgi;
-  scgi_temp_path $WORK/nginx-tmp/scgi;
+  access_log $dir-access.log;
+  client_body_temp_path $dir-tmp/body;
+  proxy_temp_path $dir-tmp/proxy;
+  fastcgi_temp_path $dir-tmp/fastcgi;
+  uwsgi_temp_path $dir-tmp/uwsgi;
+  scgi_temp_path $dir-tmp/scgi;
   keepalive_requests 10000000;
   keepalive_timeout 300s;
   upstream echo {
@@ -278,7 +315,7 @@ http {
     keepalive_requests 10000000;
   }
   server {
-    listen 127.0.0.1:$NGINX_PORT ssl http2;
+    listen 127.0.0.1:$2 ssl http2;
     ssl_certificate $WORK/server.pem;
     ssl_certificate_key $WORK/server.key;
     ssl_client_certificate $WORK/ca.pem;
@@ -293,17 +330,12 @@ http {
   }
 }
 EOF
-  start_bg nginx "$WORK/nginx.log" "${PIN_SUT[@]}" "$NGINX" -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf"
-  wait_ok "$(url_of nginx)" 100 "${TLS_ARGS[@]}" || FAIL_OF[nginx]="nginx did not become ready: $(tail -n 2 "$WORK/nginx-error.log" 2>/dev/null | tr '\n' ' ')"
-else
-  FAIL_OF[nginx]=$NGINX_MISSING
-fi
+}
 
-# --- HAProxy --------------------------------------------------------------------------------
-if [[ -z $HAPROXY_MISSING ]]; then
-  cat >"$WORK/haproxy.cfg" <<EOF
+write_haproxy_config() { # file, port, threads
+  cat >"$1" <<EOF
 global
-  nbthread 1
+  nbthread $3
   maxconn $PEER_MAXCONN
   log stderr format raw local0
 defaults
@@ -316,24 +348,77 @@ defaults
   timeout server 300s
   timeout http-keep-alive 300s
 frontend fe
-  bind 127.0.0.1:$HAPROXY_PORT ssl crt $WORK/server-bundle.pem ca-file $WORK/ca.pem verify required alpn h2,http/1.1
+  bind 127.0.0.1:$2 ssl crt $WORK/server-bundle.pem ca-file $WORK/ca.pem verify required alpn h2,http/1.1
   http-request set-header X-Client-Subject %[ssl_c_s_dn]
   default_backend echo
 backend echo
   http-reuse always
   server echo 127.0.0.1:$ECHO_PORT
 EOF
-  start_bg haproxy "$WORK/haproxy.log" "${PIN_SUT[@]}" "$HAPROXY" -db -f "$WORK/haproxy.cfg"
-  wait_ok "$(url_of haproxy)" 100 "${TLS_ARGS[@]}" || FAIL_OF[haproxy]="haproxy did not become ready: $(tail -n 2 "$WORK/haproxy.log" | tr '\n' ' ')"
-else
-  FAIL_OF[haproxy]=$HAPROXY_MISSING
-fi
+}
+
+# Arguments of portcullis-bare-pingora in front of the echo upstream.
+bare_args() { # port threads
+  printf '%s\n' --listen "127.0.0.1:$1" --upstream "127.0.0.1:$ECHO_PORT" --cert "$WORK/server.pem" \
+    --key "$WORK/server.key" --client-ca "$WORK/ca.pem" --threads "$2"
+}
+
+# --- the proxies under test -----------------------------------------------------------------
+# Starts every proxy with WORKERS worker threads/processes (Portcullis sizes itself from its
+# CPU affinity), pinned with PIN_SUT, on the current ports; a proxy that does not become ready
+# is recorded in FAIL_OF and skipped by the scenarios.
+start_proxies() { # workers
+  local w=$1 sfx="" t
+  if [[ $w -gt 1 ]]; then sfx="-${w}w"; fi
+  for t in "${PROXIES[@]}"; do unset 'FAIL_OF[$t]'; done
+  # Default log level (info): Portcullis writes its access log line per request, like nginx
+  # and HAProxy; bare pingora writes none.
+  write_pcl_config "$WORK/portcullis$sfx.yaml" "$PCL_PORT" "$PCL_METRICS_PORT"
+  start_bg portcullis "$WORK/portcullis$sfx.log" "${PIN_SUT[@]}" "$PCL" serve --config "$WORK/portcullis$sfx.yaml"
+  write_pcl_config "$WORK/portcullis-noaudit$sfx.yaml" "$PCL_NOAUDIT_PORT" "$PCL_NOAUDIT_METRICS_PORT" off
+  start_bg portcullis-noaudit "$WORK/portcullis-noaudit$sfx.log" "${PIN_SUT[@]}" "$PCL" serve --config "$WORK/portcullis-noaudit$sfx.yaml"
+  if [[ -n $BASELINE ]]; then
+    write_pcl_config "$WORK/baseline-noaudit$sfx.yaml" "$BASE_NOAUDIT_PORT" "$BASE_NOAUDIT_METRICS_PORT" off
+    start_bg baseline-noaudit "$WORK/baseline-noaudit$sfx.log" "${PIN_SUT[@]}" "$BASELINE" serve --config "$WORK/baseline-noaudit$sfx.yaml"
+  fi
+  local -a bare
+  mapfile -t bare < <(bare_args "$PINGORA_PORT" "$w")
+  start_bg pingora "$WORK/pingora$sfx.log" "${PIN_SUT[@]}" "$BARE" "${bare[@]}"
+  if [[ -z $NGINX_MISSING ]]; then
+    write_nginx_config "$WORK/nginx$sfx.conf" "$NGINX_PORT" "$w" on
+    start_bg nginx "$WORK/nginx$sfx.log" "${PIN_SUT[@]}" "$NGINX" -e "$WORK/nginx$sfx-error.log" -p "$WORK" -c "$WORK/nginx$sfx.conf"
+  else
+    FAIL_OF[nginx]=$NGINX_MISSING
+  fi
+  if [[ -z $HAPROXY_MISSING ]]; then
+    write_haproxy_config "$WORK/haproxy$sfx.cfg" "$HAPROXY_PORT" "$w"
+    start_bg haproxy "$WORK/haproxy$sfx.log" "${PIN_SUT[@]}" "$HAPROXY" -db -f "$WORK/haproxy$sfx.cfg"
+  else
+    FAIL_OF[haproxy]=$HAPROXY_MISSING
+  fi
+  for t in "${PROXIES[@]}"; do
+    if [[ -n ${FAIL_OF[$t]:-} ]]; then continue; fi
+    if ! wait_ok "$(url_of "$t")" 150 "${TLS_ARGS[@]}"; then
+      case $t in
+        nginx) FAIL_OF[$t]="nginx did not become ready: $(tail -n 2 "$WORK/nginx$sfx-error.log" 2>/dev/null | tr '\n' ' ')" ;;
+        haproxy) FAIL_OF[$t]="haproxy did not become ready: $(tail -n 2 "$WORK/haproxy$sfx.log" | tr '\n' ' ')" ;;
+        *) FAIL_OF[$t]="$t did not become ready (see its log)" ;;
+      esac
+      log "${FAIL_OF[$t]}"
+    fi
+  done
+}
+
+stop_proxies() {
+  local t
+  for t in "${PROXIES[@]}"; do stop_bg "$t"; done
+}
 
 alive() { # target: is it usable right now? (sets FAIL_OF when it died)
   local t=$1
   [[ $t == direct ]] && return 0
   [[ -n ${FAIL_OF[$t]:-} ]] && return 1
-  if ! kill -0 "${PID_OF[$t]}" 2>/dev/null; then
+  if ! kill -0 "${PID_OF[$t]:-}" 2>/dev/null; then
     FAIL_OF[$t]="$t exited during the run (see its log)"
     return 1
   fi
@@ -364,11 +449,12 @@ measure() { # scenario target round load-args...
   fi
 }
 
-scenario() { # name load-args...
+scenario() { # name targets-array-name load-args...
   local name=$1 round t
-  shift
+  local -n on=$2
+  shift 2
   for round in $(seq 1 "$ROUNDS"); do
-    for t in "${TARGETS[@]}"; do
+    for t in "${on[@]}"; do
       measure "$name" "$t" "$round" "$@"
     done
   done
@@ -376,19 +462,25 @@ scenario() { # name load-args...
 
 # BENCH_COMMIT names the source when ROOT is an exported tree rather than a git checkout.
 COMMIT=${BENCH_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}
-if [[ -z ${BENCH_COMMIT:-} ]] && ! git -C "$ROOT" diff --quiet HEAD -- gateway policy src ca 2>/dev/null; then
+if [[ -z ${BENCH_COMMIT:-} ]] && ! git -C "$ROOT" diff --quiet HEAD -- gateway policy src ca bench 2>/dev/null; then
   COMMIT="$COMMIT with uncommitted changes"
 fi
 START_TS=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+
+# --- one worker per proxy -------------------------------------------------------------------
+start_proxies 1
 log "scenario: keep-alive GET"
-scenario ka-get --connections "$CONNS"
+scenario ka-get TARGETS --connections "$CONNS"
 log "scenario: keep-alive POST ($BODY_BYTES bytes of JSON)"
-scenario ka-post --connections "$CONNS" --body "$WORK/body.json"
+scenario ka-post TARGETS --connections "$CONNS" --body "$WORK/body.json"
+# The echo upstream speaks HTTP/1.1 only: no direct row.
+log "scenario: HTTP/2 keep-alive GET ($H2_CONNS connections x $H2_STREAMS streams)"
+scenario h2-get PROXIES --http 2 --connections "$H2_CONNS" --streams "$H2_STREAMS"
 log "scenario: new connection per request"
-scenario new-conn --new-conn --connections "$NEWCONN_CONNS"
+scenario new-conn TARGETS --new-conn --connections "$NEWCONN_CONNS"
 if RATE=$("$LOAD" summarize --records "$RECORDS" --half-rate-of ka-get 2>"$WORK/rate.err"); then
   log "scenario: open loop at $RATE req/s"
-  scenario open-loop --rate "$RATE" --connections "$OPEN_LOOP_CONNS"
+  scenario open-loop TARGETS --rate "$RATE" --connections "$OPEN_LOOP_CONNS"
 else
   RATE=""
   for t in "${TARGETS[@]}"; do
@@ -398,7 +490,7 @@ fi
 
 # --- memory per idle connection -------------------------------------------------------------
 log "scenario: $IDLE_CONNS idle mTLS connections per proxy"
-for t in portcullis nginx haproxy; do
+for t in portcullis pingora nginx haproxy; do
   if ! alive "$t"; then
     record_failure idle-memory "$t" 1 "${FAIL_OF[$t]}"
     continue
@@ -428,60 +520,133 @@ for t in portcullis nginx haproxy; do
   log "idle-memory $t: $first before=${before}KiB during=${during}KiB still_open=${still:-?}"
   sleep 1
 done
+stop_proxies
+
+# --- two workers per proxy, on both CPUs ----------------------------------------------------
+if [[ $TWO_WORKERS != 0 ]]; then
+  log "scenario: keep-alive GET, 2 workers per proxy; pinning: $PINNING_2W"
+  PIN_SUT_1W=("${PIN_SUT[@]}")
+  PIN_LOAD_1W=("${PIN_LOAD[@]}")
+  PIN_SUT=("${PIN_BOTH[@]}")
+  PIN_LOAD=("${PIN_BOTH[@]}")
+  if [[ ${#PIN_BOTH[@]} -gt 0 ]]; then
+    taskset -a -p -c "$PROXY_CPU,$LOAD_CPU" "${PID_OF[echo]}" >/dev/null
+  fi
+  set_ports 20
+  start_proxies 2
+  scenario ka-get-2w TARGETS --connections "$CONNS" --threads "$LOAD_THREADS_2W"
+  stop_proxies
+  set_ports 0
+  PIN_SUT=("${PIN_SUT_1W[@]}")
+  PIN_LOAD=("${PIN_LOAD_1W[@]}")
+  if [[ ${#PIN_BOTH[@]} -gt 0 ]]; then
+    taskset -a -p -c "$PROXY_CPU" "${PID_OF[echo]}" >/dev/null
+  fi
+fi
 END_TS=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 LOADAVG_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- instruction count per proxied request (callgrind) -------------------------------------
-# instructions BINARY NAME PORT METRICS_PORT AUDIT(on|off): one line saying how many
-# instructions one keep-alive GET costs that build under callgrind.
+# instructions NAME PORT COMMAND...: runs COMMAND (a proxy listening on PORT) under callgrind
+# and sets CG_N, the instructions per keep-alive GET ("-" when it failed), and CG_LINE, saying
+# how it was counted. Both batches run on a fresh connection after a warm-up, with the
+# counters zeroed before and dumped after: one request, then CALLGRIND_REQUESTS requests. Their
+# difference over CALLGRIND_REQUESTS-1 requests is what a keep-alive request costs, with the
+# handshake and connection set-up cancelled out (the one-request batch minus N is their cost).
 instructions() {
-  local bin=$1 name=$2 port=$3 mport=$4 audit=$5 dir="$WORK/cg-$2" ok ir line
+  local name=$1 port=$2
+  shift 2
+  local dir="$WORK/cg-$name" url="https://127.0.0.1:$port/bench/item" pid one all ok1 okn errs
   mkdir -p "$dir"
-  cp "$WORK"/{ca.pem,server.pem,server.key} "$dir/"
-  write_pcl_config "$dir/portcullis.yaml" "$port" "$mport" "$audit"
-  start_bg "cg-$name" "$dir/portcullis.log" "${PIN_SUT[@]}" valgrind --tool=callgrind \
-    --callgrind-out-file="$dir/callgrind.out.%p" "$bin" serve --config "$dir/portcullis.yaml"
-  local url="https://127.0.0.1:$port/bench/item"
+  start_bg "cg-$name" "$dir/out.log" "${PIN_SUT[@]}" valgrind --tool=callgrind \
+    --callgrind-out-file="$dir/callgrind.out.%p" "$@"
+  pid=${PID_OF[cg-$name]}
+  CG_N="-"
   if wait_ok "$url" 1200 "${TLS_ARGS[@]}"; then
-    # Warm the connection pools and caches, then count only the measured batch.
+    # Warm the upstream pool and caches on a connection of its own.
     "${PIN_LOAD[@]}" "$LOAD" run "$url" "${TLS_ARGS[@]}" -c 1 -n 200 --duration 120s >/dev/null
-    callgrind_control -z "${PID_OF[cg-$name]}" >/dev/null
+    callgrind_control -z "$pid" >/dev/null
+    "${PIN_LOAD[@]}" "$LOAD" run "$url" "${TLS_ARGS[@]}" -c 1 -n 1 --duration 60s --json >"$dir/one.json"
+    callgrind_control -d "$pid" >/dev/null
+    callgrind_control -z "$pid" >/dev/null
     "${PIN_LOAD[@]}" "$LOAD" run "$url" "${TLS_ARGS[@]}" -c 1 -n "$CALLGRIND_REQUESTS" \
       --duration 600s --json >"$dir/batch.json"
-    callgrind_control -d "${PID_OF[cg-$name]}" >/dev/null
+    callgrind_control -d "$pid" >/dev/null
     sleep 1
-    ok=$(grep -o '"ok":[0-9]*' "$dir/batch.json" | grep -o '[0-9]*')
-    ir=$(grep -h '^summary:\|^totals:' "$dir"/callgrind.out.* 2>/dev/null | awk '{print $2}' | sort -n | tail -n 1)
-    if [[ -n $ir && ${ok:-0} -gt 0 ]]; then
-      line="$((ir / ok)) instructions per proxied request (Ir $ir over $ok keep-alive GETs on one mTLS connection, all threads, counters zeroed after a 200-request warm-up)"
+    one=$(awk '/^summary:/{print $2; exit}' "$dir/callgrind.out.$pid.1" 2>/dev/null || true)
+    all=$(awk '/^summary:/{print $2; exit}' "$dir/callgrind.out.$pid.2" 2>/dev/null || true)
+    ok1=$(grep -o '"ok":[0-9]*' "$dir/one.json" | grep -o '[0-9]*' || true)
+    okn=$(grep -o '"ok":[0-9]*' "$dir/batch.json" | grep -o '[0-9]*' || true)
+    errs=$(grep -o '"errors_total":[0-9]*' "$dir/batch.json" | grep -o '[0-9]*' || true)
+    if [[ -n $one && -n $all && ${ok1:-0} -eq 1 && ${okn:-0} -gt 1 && ${errs:-1} -eq 0 ]]; then
+      CG_N=$(((all - one) / (okn - 1)))
+      CG_LINE="$CG_N instructions per request ((Ir $all over $okn keep-alive GETs − Ir $one over 1) / $((okn - 1)), one mTLS connection each, all threads); a new connection's handshake and set-up: $((one - CG_N))"
     else
-      line="failed: no callgrind totals (ok=${ok:-0})"
+      CG_LINE="failed: no callgrind summary or failed requests (1-request batch ok=${ok1:-0}, $CALLGRIND_REQUESTS-request batch ok=${okn:-0}, errors=${errs:-?}; see $dir)"
     fi
   else
-    line="failed: $name under valgrind did not become ready"
+    CG_LINE="failed: $name under valgrind did not become ready"
   fi
-  kill -TERM "${PID_OF[cg-$name]}" 2>/dev/null || true
-  wait "${PID_OF[cg-$name]}" 2>/dev/null || true
-  forget_pid "${PID_OF[cg-$name]}"
-  echo "$line"
+  stop_bg "cg-$name"
 }
 
-CALLGRIND_LINE="not measured (CALLGRIND_REQUESTS=0)"
-BASELINE_CALLGRIND_LINE=""
-if [[ $CALLGRIND_REQUESTS -gt 0 ]]; then
-  if command -v valgrind >/dev/null 2>&1 && command -v callgrind_control >/dev/null 2>&1; then
-    log "instruction count: Portcullis under callgrind, $CALLGRIND_REQUESTS keep-alive GETs"
-    CALLGRIND_LINE=$(instructions "$PCL" portcullis "$CG_PORT" "$CG_METRICS_PORT" on)
-    if [[ -n $BASELINE ]]; then
-      log "instruction count: this build and the baseline without audit"
-      NOAUDIT_IR=$(instructions "$PCL" portcullis-noaudit "$CG_PORT" "$CG_METRICS_PORT" off)
-      BASE_IR=$(instructions "$BASELINE" baseline-noaudit "$CG_BASE_PORT" "$CG_BASE_METRICS_PORT" off)
-      BASELINE_CALLGRIND_LINE="Without audit, this build: $NOAUDIT_IR. Baseline ($BASELINE): $BASE_IR."
-    fi
+# "A/B" of two instruction counts, or "—".
+ir_ratio() { # a b
+  if [[ $1 =~ ^[0-9]+$ && $2 =~ ^[0-9]+$ && $2 -gt 0 ]]; then
+    awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f×", a / b }'
   else
-    CALLGRIND_LINE="not measured: valgrind/callgrind_control not installed (apt-get install valgrind)"
+    echo "—"
   fi
-  log "instructions: $CALLGRIND_LINE $BASELINE_CALLGRIND_LINE"
+}
+
+CALLGRIND_LINES="Not measured (CALLGRIND_REQUESTS=$CALLGRIND_REQUESTS; it takes at least 2)."
+if [[ $CALLGRIND_REQUESTS -gt 1 ]]; then
+  if command -v valgrind >/dev/null 2>&1 && command -v callgrind_control >/dev/null 2>&1; then
+    log "instruction count under callgrind: $CALLGRIND_REQUESTS keep-alive GETs per target"
+    cg_pcl() { # name port metrics-port audit binary
+      local dir="$WORK/cg-$1"
+      mkdir -p "$dir"
+      cp "$WORK"/{ca.pem,server.pem,server.key} "$dir/"
+      write_pcl_config "$dir/portcullis.yaml" "$2" "$3" "$4"
+      instructions "$1" "$2" "$5" serve --config "$dir/portcullis.yaml"
+    }
+    cg_pcl portcullis "$CG_PORT" "$CG_METRICS_PORT" on "$PCL"
+    IR_PCL=$CG_N LINE_PCL=$CG_LINE
+    log "portcullis: $LINE_PCL"
+    cg_pcl portcullis-noaudit "$CG_PORT" "$CG_METRICS_PORT" off "$PCL"
+    IR_NOAUDIT=$CG_N LINE_NOAUDIT=$CG_LINE
+    log "portcullis-noaudit: $LINE_NOAUDIT"
+    mapfile -t bare < <(bare_args "$CG_PORT" 1)
+    instructions pingora "$CG_PORT" "$BARE" "${bare[@]}"
+    IR_PINGORA=$CG_N LINE_PINGORA=$CG_LINE
+    log "pingora: $LINE_PINGORA"
+    if [[ -z $NGINX_MISSING ]]; then
+      mkdir -p "$WORK/cg-nginx"
+      write_nginx_config "$WORK/cg-nginx/nginx.conf" "$CG_PORT" 1 off
+      instructions nginx "$CG_PORT" "$NGINX" \
+        -e "$WORK/cg-nginx/nginx-error.log" -p "$WORK/cg-nginx" -c "$WORK/cg-nginx/nginx.conf"
+      IR_NGINX=$CG_N LINE_NGINX=$CG_LINE
+    else
+      IR_NGINX="-" LINE_NGINX=$NGINX_MISSING
+    fi
+    log "nginx: $LINE_NGINX"
+    CALLGRIND_LINES="- **portcullis** (fail-closed audit): $LINE_PCL
+- **portcullis-noaudit**: $LINE_NOAUDIT
+- **pingora** (portcullis-bare-pingora): $LINE_PINGORA
+- **nginx** (\`master_process off; daemon off;\`, one process): $LINE_NGINX"
+    if [[ -n $BASELINE ]]; then
+      cg_pcl baseline-noaudit "$CG_BASE_PORT" "$CG_BASE_METRICS_PORT" off "$BASELINE"
+      IR_BASE=$CG_N LINE_BASE=$CG_LINE
+      log "baseline-noaudit: $LINE_BASE"
+      CALLGRIND_LINES="$CALLGRIND_LINES
+- **baseline-noaudit** ($BASELINE): $LINE_BASE (this build without audit / baseline: $(ir_ratio "$IR_NOAUDIT" "$IR_BASE"))"
+    fi
+    CALLGRIND_LINES="$CALLGRIND_LINES
+
+Ratios: Portcullis / pingora $(ir_ratio "$IR_PCL" "$IR_PINGORA") with the audit log, $(ir_ratio "$IR_NOAUDIT" "$IR_PINGORA") without; pingora / nginx $(ir_ratio "$IR_PINGORA" "$IR_NGINX"); Portcullis without audit / nginx $(ir_ratio "$IR_NOAUDIT" "$IR_NGINX")."
+  else
+    CALLGRIND_LINES="Not measured: valgrind/callgrind_control not installed (apt-get install valgrind)."
+  fi
 fi
 
 # --- report ---------------------------------------------------------------------------------
@@ -492,8 +657,11 @@ fi
 TABLES=$("$LOAD" summarize --records "$RECORDS")
 CPU_MODEL=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
 NGINX_V=$({ [[ -n $NGINX ]] && "$NGINX" -v 2>&1; } || echo "nginx: not installed")
-HAPROXY_V=$({ [[ -n $HAPROXY ]] && "$HAPROXY" -v 2>&1 | head -n 1; } || echo "haproxy: not installed")
+# sed reads all of it: with head, haproxy could die of SIGPIPE and fail the pipeline.
+HAPROXY_V=$({ [[ -n $HAPROXY ]] && "$HAPROXY" -v 2>&1 | sed -n 1p; } || echo "haproxy: not installed")
 RUSTC_V=$(rustc -V)
+TWO_WORKER_NOTE=$PINNING_2W
+if [[ $TWO_WORKERS == 0 ]]; then TWO_WORKER_NOTE="not run (TWO_WORKERS=0)"; fi
 REPORT=$(
   cat <<EOF
 # Portcullis benchmark results
@@ -508,6 +676,11 @@ access log + the fail-closed audit log (every allowed request's admission record
 fsynced before forwarding, a completion record after), at commit $COMMIT.
 **portcullis-noaudit** is the same configuration without the audit section: the pair gives the
 audit log's cost in the same run.
+**pingora** is the framework floor: \`portcullis-bare-pingora\` (bench/src/bare_pingora.rs), the
+workspace's pingora 0.9 with the gateway's features (rustls, ring, Portcullis's restricted
+provider) and allocator (mimalloc), a \`ProxyHttp\` that only picks the echo upstream, mTLS with
+client certificates required against the same CA, no access log. What Portcullis costs beyond
+it is Portcullis's own work.
 $BASELINE_NOTE
 
 ## Machine and versions
@@ -515,45 +688,54 @@ $BASELINE_NOTE
 - CPUs: $NCPU × $CPU_MODEL; $(awk '/MemTotal/{printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo); kernel $(uname -r)
 - Load average (1/5/15 min) before: $LOADAVG_BEFORE; after: $LOADAVG_AFTER. The machine is shared:
   other builds may run on the same cores, which is why only ratios within one run are reported.
-- Pinning: $PINNING
-- $RUSTC_V; portcullis and portcullis-load built with \`cargo build --release\`
+- Pinning: $PINNING. Two-worker scenario: $TWO_WORKER_NOTE.
+- $RUSTC_V; portcullis, portcullis-bare-pingora and portcullis-load built with \`cargo build --release\`
 - $NGINX_V
 - $HAPROXY_V
-- TLS libraries: Portcullis rustls 0.23 (ring); nginx and HAProxy $(openssl version 2>/dev/null || echo "OpenSSL (version unknown)") (Debian's)
+- TLS libraries: Portcullis and bare pingora rustls 0.23 (ring); nginx and HAProxy $(openssl version 2>/dev/null || echo "OpenSSL (version unknown)") (Debian's)
 - Settings: $ROUNDS rounds × $ROUND_SECS s (+$WARMUP_SECS s warm-up) per target per scenario, targets
-  alternated within each round; keep-alive $CONNS connections; new-connection $NEWCONN_CONNS loops;
-  open loop $OPEN_LOOP_CONNS connections${RATE:+ at $RATE req/s}; POST body $BODY_BYTES bytes of JSON;
-  $IDLE_CONNS idle connections held ${HOLD_SECS}s. TLS 1.3, ECDSA P-256 certificates from one dev CA,
-  no session resumption (every new connection is a full handshake).
+  alternated within each round; keep-alive $CONNS connections; HTTP/2 $H2_CONNS connections × $H2_STREAMS
+  streams; new-connection $NEWCONN_CONNS loops; open loop $OPEN_LOOP_CONNS connections${RATE:+ at $RATE req/s};
+  POST body $BODY_BYTES bytes of JSON; $IDLE_CONNS idle connections held ${HOLD_SECS}s. TLS 1.3, ECDSA P-256
+  certificates from one dev CA, no session resumption (every new connection is a full handshake).
 - Peers: nginx and HAProxy terminate mTLS (verify required, same CA), proxy to the same echo
-  upstream over keep-alive HTTP/1.1, set a client-subject header and write an access log;
-  1 worker each. Portcullis: 1 worker thread (pingora sizes it from the 1-CPU affinity).
+  upstream over keep-alive HTTP/1.1, set a client-subject header and write an access log; bare
+  pingora does the same without the header and the log. 1 worker each (2 in the two-worker
+  scenario). Portcullis: 1 worker thread (pingora sizes it from the 1-CPU affinity; 2 on 2 CPUs).
 
 ## Results
 
 How to read: **direct** is plain HTTP straight to the echo upstream (no TLS, no proxy): the
 physical limit. The proxies share core $PROXY_CPU with the echo upstream, so a ratio to direct
-includes the upstream's own share of that core. Medians over rounds; "rounds min–max" shows how
-much the shared machine moved between rounds. Closed-loop latencies (keep-alive, new connection)
-mostly measure queueing at $CONNS or $NEWCONN_CONNS requests in flight; the open-loop table is the
-latency one.
+includes the upstream's own share of that core. Medians over rounds; "vs direct" is the ratio of
+medians; "vs nginx" and "vs pingora" are the median over rounds of that round's ratio (targets
+run seconds apart within a round, so drift of the shared machine largely cancels). "rounds
+min–max" shows how much the shared machine moved between rounds. Closed-loop latencies
+(keep-alive, HTTP/2, new connection) mostly measure queueing at the requests in flight; the
+open-loop table is the latency one.
 
 $TABLES
 
-## Instruction count per proxied request (Portcullis, callgrind)
+## Instruction count per proxied request (callgrind)
 
-$CALLGRIND_LINE
-$BASELINE_CALLGRIND_LINE
+Keep-alive GET, proxy pinned to core $PROXY_CPU under \`valgrind --tool=callgrind\`, all threads.
+
+$CALLGRIND_LINES
 
 ## Exact commands
 
 \`\`\`
-$(printf '%q ' "$0") # with ROUNDS=$ROUNDS ROUND_SECS=$ROUND_SECS WARMUP_SECS=$WARMUP_SECS CONNS=$CONNS IDLE_CONNS=$IDLE_CONNS
+$(printf '%q ' "$0") # with ROUNDS=$ROUNDS ROUND_SECS=$ROUND_SECS WARMUP_SECS=$WARMUP_SECS CONNS=$CONNS H2_CONNS=$H2_CONNS H2_STREAMS=$H2_STREAMS IDLE_CONNS=$IDLE_CONNS CALLGRIND_REQUESTS=$CALLGRIND_REQUESTS
+# bare pingora:
+${PIN_SUT[*]} portcullis-bare-pingora --listen 127.0.0.1:$PINGORA_PORT --upstream 127.0.0.1:$ECHO_PORT --cert server.pem --key server.key --client-ca ca.pem --threads 1
 # per target and round, e.g. Portcullis keep-alive GET:
 ${PIN_LOAD[*]} portcullis-load run https://127.0.0.1:$PCL_PORT/bench/item --ca ca.pem --cert client.pem --key client.key --json --duration ${ROUND_SECS}s --warmup ${WARMUP_SECS}s --connections $CONNS
-#   POST: add --body body.json; handshakes: --new-conn --connections $NEWCONN_CONNS; open loop: --rate ${RATE:-R} --connections $OPEN_LOOP_CONNS
+#   POST: add --body body.json; HTTP/2: --http 2 --connections $H2_CONNS --streams $H2_STREAMS;
+#   handshakes: --new-conn --connections $NEWCONN_CONNS; open loop: --rate ${RATE:-R} --connections $OPEN_LOOP_CONNS
+#   two workers: proxies on ${PIN_BOTH[*]:-all CPUs} with 2 threads/workers, the echo upstream re-pinned there, load generator ${PIN_BOTH[*]} portcullis-load run … --threads $LOAD_THREADS_2W
 #   idle memory: portcullis-load hold URL --ca … --connections $IDLE_CONNS --for ${HOLD_SECS}s, VmRSS of the proxy's processes before and while holding
-#   instructions: valgrind --tool=callgrind portcullis serve …; callgrind_control -z after 200 warm-up requests; $CALLGRIND_REQUESTS requests; callgrind_control -d
+#   instructions: ${PIN_SUT[*]} valgrind --tool=callgrind PROXY …; 200 warm-up requests; callgrind_control -z; 1 request (new connection); callgrind_control -d;
+#     callgrind_control -z; $CALLGRIND_REQUESTS requests (new connection); callgrind_control -d; per request = (Ir_$CALLGRIND_REQUESTS − Ir_1) / $((CALLGRIND_REQUESTS - 1))
 \`\`\`
 EOF
 )

@@ -1,5 +1,6 @@
 //! Turns the harness's records (one JSON object a line, written by `bench/run.sh`) into the
-//! markdown tables of `RESULTS.md`: medians over rounds and ratios against the direct path.
+//! markdown tables of `RESULTS.md`: medians over rounds, the ratio against the direct path,
+//! and per-round ratios against nginx and against bare pingora (the framework floor).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,6 +14,8 @@ use serde::Deserialize;
 struct Record {
     scenario: String,
     target: String,
+    /// Which pass over the targets this run belongs to (runs of one round ran side by side).
+    round: Option<u64>,
     /// A load run's report.
     report: Option<RunReport>,
     /// Why a target could not run this scenario (not started, crashed, ...).
@@ -57,6 +60,14 @@ const THROUGHPUT: &[(&str, &str)] = &[
         "new-conn",
         "New connection per request (full handshake each)",
     ),
+    (
+        "h2-get",
+        "HTTP/2 keep-alive GET (streams multiplexed on few connections; no direct: the echo upstream speaks HTTP/1.1 only)",
+    ),
+    (
+        "ka-get-2w",
+        "Keep-alive GET, 2 workers per proxy on 2 CPUs (the load generator shares them)",
+    ),
 ];
 
 /// The targets, in table order.
@@ -67,6 +78,8 @@ const TARGETS: &[&str] = &[
     // An earlier build of Portcullis (`BASELINE=`), same config as portcullis-noaudit: what a
     // change costs, side by side in one run. Absent from runs without it.
     "baseline-noaudit",
+    // The framework floor: pingora with a `ProxyHttp` that only picks the upstream.
+    "pingora",
     "nginx",
     "haproxy",
 ];
@@ -176,6 +189,42 @@ fn ratio(v: Option<f64>, base: Option<f64>) -> String {
     }
 }
 
+/// The median over rounds of `target`'s throughput divided by `base`'s in the same round.
+/// Targets alternate within a round, so a round's pair ran seconds apart and drift of the
+/// shared machine largely cancels in the ratio, where it would not between medians.
+fn round_ratio(records: &[Record], scenario: &str, target: &str, base: &str) -> Option<f64> {
+    let by_round = |t: &str| -> BTreeMap<u64, f64> {
+        records
+            .iter()
+            .filter(|r| r.scenario == scenario && r.target == t)
+            .filter_map(|r| {
+                let report = r.report.as_ref().filter(|rep| rep.ok > 0)?;
+                Some((r.round?, report.rps))
+            })
+            .collect()
+    };
+    let base = by_round(base);
+    median(
+        by_round(target)
+            .iter()
+            .filter_map(|(round, v)| base.get(round).filter(|b| **b > 0.0).map(|b| v / b))
+            .collect(),
+    )
+}
+
+/// Whether the records hold anything of `target` in `scenario` (a run or a failure); targets
+/// the harness did not start for a scenario (no `BASELINE`, no direct path for HTTP/2) get no
+/// row.
+fn ran(records: &[Record], scenario: &str, target: &str) -> bool {
+    records
+        .iter()
+        .any(|r| r.scenario == scenario && r.target == target)
+}
+
+fn times(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".to_owned(), |v| format!("{v:.2}×"))
+}
+
 fn note(target: &str, scenario: &str, c: &Cell) -> String {
     let mut parts = Vec::new();
     if target == "direct" {
@@ -186,7 +235,7 @@ fn note(target: &str, scenario: &str, c: &Cell) -> String {
         });
     }
     if c.rounds == 0 && c.why.is_empty() {
-        parts.push("did not run".to_owned());
+        parts.push("no request completed".to_owned());
     }
     parts.extend(c.why.iter().cloned());
     if c.errors > 0 && c.ok > 0 {
@@ -228,16 +277,21 @@ pub(crate) fn markdown(path: &Path) -> anyhow::Result<String> {
         let _ = writeln!(out, "### {heading}\n");
         let _ = writeln!(
             out,
-            "| target | median {unit} | vs direct | rounds min–max | p50 ms | p99 ms | p99.9 ms | rounds | notes |"
+            "| target | median {unit} | vs direct | vs nginx | vs pingora | rounds min–max | p50 ms | p99 ms | p99.9 ms | rounds | notes |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
-        for t in TARGETS {
+        let _ = writeln!(
+            out,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        );
+        for t in TARGETS.iter().filter(|t| ran(&records, scenario, t)) {
             let c = cell(&records, scenario, t);
             let _ = writeln!(
                 out,
-                "| {t} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {t} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 num(c.rps),
                 ratio(c.rps, base.rps),
+                times(round_ratio(&records, scenario, t, "nginx")),
+                times(round_ratio(&records, scenario, t, "pingora")),
                 c.rps_range
                     .map_or_else(|| "—".to_owned(), |(lo, hi)| format!("{lo:.0}–{hi:.0}")),
                 ms(c.p50),
@@ -275,7 +329,7 @@ pub(crate) fn markdown(path: &Path) -> anyhow::Result<String> {
             "| target | achieved req/s | p50 ms | p99 ms | p99.9 ms | added p50 vs direct ms | added p99 vs direct ms | rounds | notes |"
         );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
-        for t in TARGETS {
+        for t in TARGETS.iter().filter(|t| ran(&records, "open-loop", t)) {
             let c = cell(&records, "open-loop", t);
             let added = |v: Option<f64>, b: Option<f64>| match (v, b) {
                 (Some(v), Some(b)) if *t != "direct" => format!("{:+.3}", (v - b) / 1000.0),
@@ -306,7 +360,7 @@ pub(crate) fn markdown(path: &Path) -> anyhow::Result<String> {
             "| target | connections held | RSS before MiB | RSS holding MiB | KiB per connection | still open after hold | notes |"
         );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|");
-        for t in TARGETS.iter().filter(|t| **t != "direct") {
+        for t in TARGETS.iter().filter(|t| ran(&records, "idle-memory", t)) {
             let mine: Vec<&Record> = records
                 .iter()
                 .filter(|r| r.scenario == "idle-memory" && r.target == *t)
@@ -341,7 +395,7 @@ pub(crate) fn markdown(path: &Path) -> anyhow::Result<String> {
                 }
                 None => {
                     let why = if failure.is_empty() {
-                        "did not run".to_owned()
+                        "no figures recorded".to_owned()
                     } else {
                         failure.join("; ")
                     };
@@ -358,33 +412,42 @@ pub(crate) fn markdown(path: &Path) -> anyhow::Result<String> {
 mod tests {
     use super::*;
 
-    fn run(scenario: &str, target: &str, rps: f64, p50: f64) -> String {
+    fn run(scenario: &str, target: &str, round: u64, rps: f64, p50: f64) -> String {
         format!(
-            r#"{{"scenario":"{scenario}","target":"{target}","round":1,"report":{{"ok":10,"errors_total":0,"errors":{{}},"rps":{rps},"rate":null,"latency_us":{{"p50":{p50},"p99":{p50},"p999":{p50}}}}}}}"#
+            r#"{{"scenario":"{scenario}","target":"{target}","round":{round},"report":{{"ok":10,"errors_total":0,"errors":{{}},"rps":{rps},"rate":null,"latency_us":{{"p50":{p50},"p99":{p50},"p999":{p50}}}}}}}"#
         )
+    }
+
+    fn markdown_of(name: &str, lines: &[String]) -> (String, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("pcl-summary-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("records.jsonl");
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        (markdown(&path).unwrap(), dir)
     }
 
     #[test]
     fn medians_ratios_and_failures() {
-        let dir = std::env::temp_dir().join(format!("pcl-summary-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("records.jsonl");
         let lines = [
-            run("ka-get", "direct", 1000.0, 100.0),
-            run("ka-get", "direct", 3000.0, 100.0),
-            run("ka-get", "direct", 2000.0, 100.0),
-            run("ka-get", "portcullis", 500.0, 400.0),
-            run("ka-get", "nginx", 800.0, 200.0),
+            run("ka-get", "direct", 1, 1000.0, 100.0),
+            run("ka-get", "direct", 2, 3000.0, 100.0),
+            run("ka-get", "direct", 3, 2000.0, 100.0),
+            run("ka-get", "portcullis", 1, 500.0, 400.0),
+            run("ka-get", "nginx", 1, 1000.0, 200.0),
             r#"{"scenario":"ka-get","target":"haproxy","round":1,"failure":"haproxy not installed"}"#
                 .to_owned(),
             r#"{"scenario":"idle-memory","target":"nginx","idle":{"held":2000,"failed":0,"rss_before_kb":1000,"rss_during_kb":5000,"still_open":2000}}"#
                 .to_owned(),
         ];
-        std::fs::write(&path, lines.join("\n")).unwrap();
-        let md = markdown(&path).unwrap();
-        assert!(md.contains("| direct | 2000 | 1.00× | 1000–3000 |"), "{md}");
+        let (md, dir) = markdown_of("basic", &lines);
+        // vs direct: ratio of medians; vs nginx: rounds both ran (round 1 only here); no
+        // pingora in this run.
         assert!(
-            md.contains("| portcullis | 500 | 0.25× | 500–500 | 0.400 |"),
+            md.contains("| direct | 2000 | 1.00× | 1.00× | — | 1000–3000 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| portcullis | 500 | 0.25× | 0.50× | — | 500–500 | 0.400 |"),
             "{md}"
         );
         assert!(md.contains("haproxy not installed"), "{md}");
@@ -392,7 +455,44 @@ mod tests {
             md.contains("| nginx | 2000 | 1.0 | 4.9 | 2.0 | 2000 |"),
             "{md}"
         );
-        assert_eq!(open_loop_rate(&path, "ka-get").unwrap(), 250.0);
+        assert_eq!(
+            open_loop_rate(&dir.join("records.jsonl"), "ka-get").unwrap(),
+            250.0
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ratios_to_nginx_and_pingora_are_medians_of_per_round_ratios() {
+        // The machine slows down in round 2: every target halves. Per round, portcullis is
+        // 0.5× nginx and 0.6× pingora; the ratio of medians would drift with the rounds'
+        // spread, the per-round ratio does not.
+        let lines = [
+            run("h2-get", "portcullis", 1, 500.0, 1.0),
+            run("h2-get", "pingora", 1, 833.0, 1.0),
+            run("h2-get", "nginx", 1, 1000.0, 1.0),
+            run("h2-get", "portcullis", 2, 250.0, 1.0),
+            run("h2-get", "pingora", 2, 417.0, 1.0),
+            run("h2-get", "nginx", 2, 500.0, 1.0),
+            run("h2-get", "portcullis", 3, 240.0, 1.0),
+            run("h2-get", "pingora", 3, 400.0, 1.0),
+            run("h2-get", "nginx", 3, 480.0, 1.0),
+            // A round a base did not complete is left out of that base's ratio.
+            run("h2-get", "portcullis", 4, 10.0, 1.0),
+            r#"{"scenario":"h2-get","target":"nginx","round":4,"failure":"nginx exited"}"#
+                .to_owned(),
+        ];
+        let (md, dir) = markdown_of("rounds", &lines);
+        assert!(md.contains("### HTTP/2 keep-alive GET"), "{md}");
+        assert!(
+            md.contains("| portcullis | 245 | — | 0.50× | 0.60× | 10–500 |"),
+            "{md}"
+        );
+        assert!(md.contains("| pingora | 417 | — | 0.83× | 1.00× |"), "{md}");
+        assert!(md.contains("| nginx | 500 | — | 1.00× | 1.20× |"), "{md}");
+        // Targets without records in a scenario get no row.
+        assert!(!md.contains("| direct |"), "{md}");
+        assert!(!md.contains("| haproxy |"), "{md}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
