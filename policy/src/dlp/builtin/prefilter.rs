@@ -21,11 +21,13 @@ use crate::dlp::window::{is_b64, Window};
 const BLOCK: usize = 256;
 /// Bytes past a position the block test reads.
 const AHEAD: usize = 8;
+/// Bytes one block test reads.
+const WINDOW: usize = BLOCK + AHEAD;
 
-/// Flag: some built-in may start here.
-const START: u8 = 1;
+/// Flags (any of these bits): some built-in may start here.
+const START: u8 = 0b0011_1101;
 /// Flag: "secret" or "bearer" may start here.
-const WORD: u8 = 2;
+const WORD: u8 = 0b0100_0000;
 
 /// The AWS secret key length.
 const AWS_SECRET_LEN: usize = 40;
@@ -34,42 +36,46 @@ const AWS_SECRET_LEN: usize = 40;
 pub(crate) struct Positions<'a> {
     w: Window<'a>,
     enabled: u16,
-    /// Which terms of the block test apply, as all-ones or zero bytes.
-    terms: Terms,
+    /// The byte classes the block test computes.
+    classes: u8,
     /// From here on every position is tested one by one.
     exact_from: usize,
     /// The block whose flags are in `flags`: `block_start..block_end`.
     block_start: usize,
     block_end: usize,
     flags: [u8; BLOCK],
+    /// Offsets in the block of the positions flagged [`START`], ascending, and how many.
+    starts: [u8; BLOCK],
+    start_count: usize,
+    /// The first entry of `starts` not yet passed.
+    start_next: usize,
     /// Positions a context word opened for a gated detector, ascending.
     gated: &'a mut Vec<usize>,
 }
 
-#[derive(Clone, Copy)]
-struct Terms {
-    digits: u8,
-    capitals: u8,
-    dashes: u8,
-    x: u8,
-    jwt: u8,
-    underscore: u8,
-    words: u8,
-}
+/// The byte classes of the block test, one bit each.
+const DIGIT: u8 = 1;
+/// `[0-9 -]`
+const NUMBER: u8 = 2;
+/// `[A-Z-]`
+const CAPITAL_OR_DASH: u8 = 4;
+const X: u8 = 8;
+const J: u8 = 16;
+const UNDERSCORE: u8 = 32;
+/// `e` or `E`
+const E: u8 = 64;
+/// `r` or `R`
+const R: u8 = 128;
 
-impl Terms {
-    fn new(enabled: u16) -> Self {
-        let on = |bits: u16| if enabled & bits != 0 { 0xFF } else { 0 };
-        Terms {
-            digits: on(CARD | SSN),
-            capitals: on(IBAN | AWS_ID),
-            dashes: on(PEM),
-            x: on(SLACK),
-            jwt: on(JWT),
-            underscore: on(GITHUB),
-            words: on(AWS_SECRET | BEARER),
-        }
-    }
+/// The classes some enabled detector needs: the terms of the others never fire.
+fn classes(enabled: u16) -> u8 {
+    let bit = |bits: u16, class: u8| if enabled & bits != 0 { class } else { 0 };
+    bit(CARD | SSN, DIGIT | NUMBER)
+        | bit(IBAN | AWS_ID | PEM, CAPITAL_OR_DASH)
+        | bit(SLACK, X)
+        | bit(JWT, J)
+        | bit(GITHUB, UNDERSCORE)
+        | bit(AWS_SECRET | BEARER, E | R)
 }
 
 impl<'a> Positions<'a> {
@@ -81,11 +87,14 @@ impl<'a> Positions<'a> {
         Positions {
             w,
             enabled,
-            terms: Terms::new(enabled),
+            classes: classes(enabled),
             exact_from: w.buf.len().saturating_sub(AHEAD),
             block_start: start,
             block_end: start,
             flags: [0; BLOCK],
+            starts: [0; BLOCK],
+            start_count: 0,
+            start_next: 0,
             gated,
         }
     }
@@ -105,12 +114,7 @@ impl<'a> Positions<'a> {
                 continue;
             }
             let stop = self.block_end.min(end);
-            let flagged = first_flag(
-                &self.flags,
-                from - self.block_start,
-                stop - self.block_start,
-            )
-            .map_or(stop, |i| self.block_start + i);
+            let flagged = self.first_start(from).unwrap_or(stop);
             let next = self.first_gated(from).map_or(flagged, |g| g.min(flagged));
             if next < stop {
                 return next;
@@ -120,6 +124,18 @@ impl<'a> Positions<'a> {
         end
     }
 
+    /// The first position flagged [`START`] in this block at or after `from`.
+    fn first_start(&mut self, from: usize) -> Option<usize> {
+        while self.start_next < self.start_count {
+            let p = self.block_start + usize::from(self.starts[self.start_next]);
+            if p >= from {
+                return Some(p);
+            }
+            self.start_next += 1;
+        }
+        None
+    }
+
     /// The first gated position at or after `from` (dropping those before it).
     fn first_gated(&mut self, from: usize) -> Option<usize> {
         let stale = self.gated.partition_point(|&g| g < from);
@@ -127,23 +143,51 @@ impl<'a> Positions<'a> {
         self.gated.first().copied()
     }
 
-    /// Flags the block from `start` and handles the context words in it.
+    /// Flags the block from `start`, lists its [`START`] positions and handles the context
+    /// words in it.
     fn test_block(&mut self, start: usize) {
-        let mut bytes = [0u8; BLOCK + AHEAD];
-        let have = self.w.buf.get(start..).unwrap_or_default();
-        let n = have.len().min(bytes.len());
-        bytes[..n].copy_from_slice(&have[..n]);
         self.block_start = start;
         self.block_end = (start + BLOCK).min(self.exact_from);
-        if flag_block(&bytes, self.terms, &mut self.flags) & WORD == 0 {
+        self.start_count = 0;
+        self.start_next = 0;
+        let any = match self.w.buf.get(start..start + WINDOW) {
+            Some(bytes) => flag_block(bytes, self.classes, &mut self.flags),
+            None => {
+                // The last block: what is left, padded (the padding is never flagged from).
+                let mut bytes = [0u8; WINDOW];
+                let have = self.w.buf.get(start..).unwrap_or_default();
+                let n = have.len().min(WINDOW);
+                bytes[..n].copy_from_slice(&have[..n]);
+                flag_block(&bytes, self.classes, &mut self.flags)
+            }
+        };
+        if any == 0 {
             return;
         }
+        // Eight flags at a time, 32 where they are all clear (clean text has few).
         let mut i = 0;
-        while self.block_start + i < self.block_end {
-            if self.flags[i] & WORD != 0 {
-                self.context_word(self.block_start + i);
+        while i < BLOCK {
+            if i % 32 == 0 && (0..4).all(|k| eight(&self.flags, i + 8 * k) == 0) {
+                i += 32;
+                continue;
             }
-            i += 1;
+            let mut set = eight(&self.flags, i);
+            while set != 0 {
+                let at = i + set.trailing_zeros() as usize / 8;
+                set &= !(0xFF << ((at - i) * 8));
+                if start + at >= self.block_end {
+                    return;
+                }
+                let f = self.flags[at];
+                if f & START != 0 {
+                    self.starts[self.start_count] = at as u8;
+                    self.start_count += 1;
+                }
+                if f & WORD != 0 {
+                    self.context_word(start + at);
+                }
+            }
+            i += 8;
         }
     }
 
@@ -181,19 +225,19 @@ impl<'a> Positions<'a> {
 
     /// The start of the maximal base64 run through `at`, if it is `len` bytes long.
     fn b64_run_of_len(&self, at: usize, len: usize) -> Option<usize> {
-        let b64 = |i: usize| self.w.buf.get(i).copied().is_some_and(is_b64);
-        if !b64(at) {
+        let buf = self.w.buf;
+        if !buf.get(at).copied().is_some_and(is_b64) {
             return None;
         }
-        let mut start = at;
-        while start > 0 && at - start < len && b64(start - 1) {
-            start -= 1;
-        }
-        let mut end = at + 1;
-        while end - start <= len && b64(end) {
-            end += 1;
-        }
-        (end - start == len).then_some(start)
+        let before = buf.get(at.saturating_sub(len)..at).unwrap_or_default();
+        let back = before.iter().rev().take_while(|&&b| is_b64(b)).count();
+        let from_at = buf.get(at..).unwrap_or_default();
+        let ahead = from_at
+            .iter()
+            .take(len + 1)
+            .take_while(|&&b| is_b64(b))
+            .count();
+        (back + ahead == len).then_some(at - back)
     }
 
     /// A bearer token starts after "bearer" and one to four spaces or tabs.
@@ -224,61 +268,50 @@ impl<'a> Positions<'a> {
     }
 }
 
-/// The index of the first byte of `flags[from..to]` with [`START`] set.
-fn first_flag(flags: &[u8; BLOCK], from: usize, to: usize) -> Option<usize> {
-    let mut i = from;
-    while i < to {
-        // Eight flags at a time: clean text has few.
-        if let Some(eight) = flags.get(i..i + 8).filter(|_| i + 8 <= to) {
-            let word = u64::from_le_bytes(eight.try_into().unwrap_or_default());
-            let starts = word & u64::from_le_bytes([START; 8]);
-            if starts == 0 {
-                i += 8;
-                continue;
-            }
-            return Some(i + starts.trailing_zeros() as usize / 8);
-        }
-        if flags[i] & START != 0 {
-            return Some(i);
-        }
-        i += 1;
-    }
-    None
+/// The eight flags from `i` as one number (zero past the end).
+fn eight(flags: &[u8; BLOCK], i: usize) -> u64 {
+    let bytes = flags
+        .get(i..i + 8)
+        .and_then(|e| <[u8; 8]>::try_from(e).ok());
+    u64::from_le_bytes(bytes.unwrap_or_default())
 }
 
-/// The block test: flags for `bytes[..BLOCK]`, reading up to [`AHEAD`] bytes further.
-/// Returns the union of all flags. Every loop here runs over whole arrays of fixed length
-/// with no early exit, so that each compiles to SIMD.
-fn flag_block(bytes: &[u8; BLOCK + AHEAD], t: Terms, flags: &mut [u8; BLOCK]) -> u8 {
-    let digit = class(bytes, |b| b.is_ascii_digit());
-    let number = class(bytes, |b| b.is_ascii_digit() || b == b' ' || b == b'-');
-    let capital = class(bytes, |b| b.is_ascii_uppercase());
-    let e = class(bytes, |b| b | 0x20 == b'e');
-    let r = class(bytes, |b| b | 0x20 == b'r');
-    let is = |b: u8, want: u8| if b == want { 0xFF } else { 0 };
+/// The block test: flags for `bytes[..BLOCK]` (of [`WINDOW`] bytes). Returns the union of
+/// all flags. Each byte's classes are computed once into one byte of bits; the flags are then
+/// ANDs of those bytes at fixed offsets. Every loop runs over whole arrays of fixed length with
+/// no early exit, so that each compiles to SIMD loads, compares and logic.
+fn flag_block(bytes: &[u8], classes: u8, flags: &mut [u8; BLOCK]) -> u8 {
+    let Ok(bytes) = <&[u8; WINDOW]>::try_from(bytes) else {
+        return 0;
+    };
+    let k: [u8; WINDOW] = std::array::from_fn(|i| {
+        let b = bytes[i];
+        let is = |yes: bool, class: u8| u8::from(yes).wrapping_neg() & class;
+        let digit = b.is_ascii_digit();
+        (is(digit, DIGIT)
+            | is(digit || b == b' ' || b == b'-', NUMBER)
+            | is(b.is_ascii_uppercase() || b == b'-', CAPITAL_OR_DASH)
+            | is(b == b'x', X)
+            | is(b == b'J', J)
+            | is(b == b'_', UNDERSCORE)
+            | is(b | 0x20 == b'e', E)
+            | is(b | 0x20 == b'r', R))
+            & classes
+    });
     let mut any = 0;
     for i in 0..BLOCK {
-        let numbers = digit[i] & digit[i + 1] & digit[i + 2] & number[i + 3] & number[i + 4];
-        let start = (numbers & t.digits)
-            | (capital[i] & capital[i + 1] & t.capitals)
-            | (is(bytes[i], b'-') & is(bytes[i + 1], b'-') & t.dashes)
-            | (is(bytes[i], b'x') & t.x)
-            | (is(bytes[i + 2], b'J') & t.jwt)
-            | ((is(bytes[i + 3], b'_') | is(bytes[i + 6], b'_')) & t.underscore);
-        let word = e[i + 1] & r[i + 3] & e[i + 4] & t.words;
-        let f = (start & START) | (word & WORD);
+        let pair = k[i] & k[i + 1];
+        // Three digits, then two of `[0-9 -]` (cards, SSNs).
+        let numbers = pair & k[i + 2] & ((k[i + 3] & k[i + 4]) >> 1) & DIGIT;
+        // Two capitals (IBANs, AWS key ids) or `--` (PEM).
+        let pairs = pair & CAPITAL_OR_DASH;
+        // `x` (Slack), `J` two ahead (JWT), `_` three or six ahead (GitHub).
+        let lits = (k[i] & X) | (k[i + 2] & J) | ((k[i + 3] | k[i + 6]) & UNDERSCORE);
+        // `?e?re?`, any case: perhaps "secret" or "bearer".
+        let word = k[i + 1] & k[i + 4] & (k[i + 3] >> 1) & E;
+        let f = numbers | pairs | lits | (word & WORD);
         flags[i] = f;
         any |= f;
     }
     any
-}
-
-/// All-ones where `f` holds, zero elsewhere.
-#[inline(always)]
-fn class(bytes: &[u8; BLOCK + AHEAD], f: impl Fn(u8) -> bool) -> [u8; BLOCK + AHEAD] {
-    let mut c = [0u8; BLOCK + AHEAD];
-    for (c, &b) in c.iter_mut().zip(bytes) {
-        *c = if f(b) { 0xFF } else { 0 };
-    }
-    c
 }
