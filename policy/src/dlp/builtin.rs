@@ -80,6 +80,8 @@ pub(crate) enum PositionFilter {
     /// The filter used before it, kept to compare against.
     #[cfg(any(test, feature = "reference-scanner"))]
     Reference(Box<reference::Reference>),
+    #[cfg(test)]
+    Exhaustive(Vec<usize>),
 }
 
 impl PositionFilter {
@@ -92,6 +94,12 @@ impl PositionFilter {
         PositionFilter::Reference(Box::new(reference::Reference::new(enabled)))
     }
 
+    /// Every position tried: the definition both filters must agree with (tests only).
+    #[cfg(test)]
+    pub(crate) fn exhaustive() -> Self {
+        PositionFilter::Exhaustive(Vec::new())
+    }
+
     /// A pass over `w` whose first undecided position is `pos`.
     pub(crate) fn pass<'a>(&'a mut self, w: Window<'a>, pos: usize, enabled: u16) -> Pass<'a> {
         match self {
@@ -100,6 +108,10 @@ impl PositionFilter {
             }
             #[cfg(any(test, feature = "reference-scanner"))]
             PositionFilter::Reference(r) => Pass::Reference(r.pass(w, pos)),
+            #[cfg(test)]
+            PositionFilter::Exhaustive(gated) => {
+                Pass::Prefilter(prefilter::Positions::exhaustive(w, pos, enabled, gated))
+            }
         }
     }
 }

@@ -74,6 +74,15 @@ impl DlpPolicy {
         self.request.hold_limit.max(self.response.hold_limit)
     }
 
+    /// A scanner that tries every position (tests only).
+    #[cfg(test)]
+    pub(crate) fn exhaustive_scanner(&self, direction: BodyDirection) -> Scanner {
+        Scanner::new(
+            Arc::clone(self.rules(direction)),
+            PositionFilter::exhaustive(),
+        )
+    }
+
     fn rules(&self, direction: BodyDirection) -> &Arc<RuleSet> {
         match direction {
             BodyDirection::Request => &self.request,

@@ -17,6 +17,9 @@ use super::secrets::SECRET_KEYWORD_REACH;
 use super::{candidates, AWS_ID, AWS_SECRET, BEARER, CARD, GITHUB, IBAN, JWT, PEM, SLACK, SSN};
 use crate::dlp::window::{is_b64, Window};
 
+#[cfg(test)]
+mod tests;
+
 /// Positions one block test decides.
 const BLOCK: usize = 256;
 /// Bytes past a position the block test reads.
@@ -97,6 +100,19 @@ impl<'a> Positions<'a> {
             start_next: 0,
             gated,
         }
+    }
+
+    /// A pass that tests every position one by one (tests only).
+    #[cfg(test)]
+    pub(crate) fn exhaustive(
+        w: Window<'a>,
+        pos: usize,
+        enabled: u16,
+        gated: &'a mut Vec<usize>,
+    ) -> Self {
+        let mut p = Positions::new(w, pos, enabled, gated);
+        p.exact_from = 0;
+        p
     }
 
     /// The first position in `from..end` where an enabled built-in may start, or `end`.
