@@ -198,8 +198,11 @@ impl Baseline {
     }
 }
 
+/// One way of scanning a body, returning its match count.
+type Scan<'a> = &'a dyn Fn(&[u8]) -> u64;
+
 /// MiB/s of each scan over `body`: the median of `rounds` alternating runs.
-fn interleaved(body: &[u8], scans: &[&dyn Fn(&[u8]) -> u64], rounds: usize) -> Vec<f64> {
+fn interleaved(body: &[u8], scans: &[Scan<'_>], rounds: usize) -> Vec<f64> {
     let mut times = vec![Vec::with_capacity(rounds); scans.len()];
     for _ in 0..rounds {
         for (scan, t) in scans.iter().zip(&mut times) {

@@ -117,6 +117,8 @@ impl PositionFilter {
 }
 
 /// The positions of one scanning pass.
+// One per pass, on the stack; boxing the prefilter's block would allocate on every pass.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Pass<'a> {
     Prefilter(prefilter::Positions<'a>),
     #[cfg(any(test, feature = "reference-scanner"))]
