@@ -2,8 +2,8 @@
 //!
 //! A block test over [`BLOCK`] positions at a time flags the few positions worth the exact
 //! per-position test ([`candidates`]): three digits then two of `[0-9 -]` (cards, SSNs), two
-//! capitals (IBANs, AWS key ids), `--` (PEM), `x` (Slack), `J` two ahead (JWT), `_` three or
-//! six ahead (GitHub). It is written as plain loops over byte arrays so that the compiler
+//! capitals then two digits or two capitals (IBANs, AWS key ids), `--` (PEM), `x` or `J` two
+//! ahead (Slack, JWT), `_` three or six ahead (GitHub). It is written as plain loops over byte arrays so that the compiler
 //! turns it into SIMD (16 bytes an instruction on baseline x86-64; no `unsafe`), and each byte
 //! of clean text is classified once. The same pass flags `?e?re?` (any case): where that is
 //! "secret" or "bearer", the one or two positions the word makes possible for the AWS secret
@@ -24,11 +24,11 @@ mod tests;
 const BLOCK: usize = 256;
 /// Bytes past a position the block test reads.
 const AHEAD: usize = 8;
-/// Bytes one block test reads.
-const WINDOW: usize = BLOCK + AHEAD;
+/// Bytes one block test reads: one before the block, the block, and [`AHEAD`].
+const WINDOW: usize = 1 + BLOCK + AHEAD;
 
 /// Flags (any of these bits): some built-in may start here.
-const START: u8 = 0b0011_1101;
+const START: u8 = DIGIT | CAPITAL | DASH | X_OR_J | UNDERSCORE;
 /// Flag: "secret" or "bearer" may start here.
 const WORD: u8 = 0b0100_0000;
 
@@ -60,10 +60,10 @@ pub(crate) struct Positions<'a> {
 const DIGIT: u8 = 1;
 /// `[0-9 -]`
 const NUMBER: u8 = 2;
-/// `[A-Z-]`
-const CAPITAL_OR_DASH: u8 = 4;
-const X: u8 = 8;
-const J: u8 = 16;
+const CAPITAL: u8 = 4;
+const DASH: u8 = 8;
+/// `x` or `J`: the third byte of `xox` (Slack) and of `eyJ` (JWT).
+const X_OR_J: u8 = 16;
 const UNDERSCORE: u8 = 32;
 /// `e` or `E`
 const E: u8 = 64;
@@ -73,10 +73,11 @@ const R: u8 = 128;
 /// The classes some enabled detector needs: the terms of the others never fire.
 fn classes(enabled: u16) -> u8 {
     let bit = |bits: u16, class: u8| if enabled & bits != 0 { class } else { 0 };
-    bit(CARD | SSN, DIGIT | NUMBER)
-        | bit(IBAN | AWS_ID | PEM, CAPITAL_OR_DASH)
-        | bit(SLACK, X)
-        | bit(JWT, J)
+    bit(CARD | SSN | IBAN, DIGIT)
+        | bit(CARD | SSN, NUMBER)
+        | bit(IBAN | AWS_ID, CAPITAL)
+        | bit(PEM, DASH)
+        | bit(SLACK | JWT, X_OR_J)
         | bit(GITHUB, UNDERSCORE)
         | bit(AWS_SECRET | BEARER, E | R)
 }
@@ -166,14 +167,19 @@ impl<'a> Positions<'a> {
         self.block_end = (start + BLOCK).min(self.exact_from);
         self.start_count = 0;
         self.start_next = 0;
-        let any = match self.w.buf.get(start..start + WINDOW) {
+        let window = start
+            .checked_sub(1)
+            .and_then(|s| self.w.buf.get(s..s + WINDOW));
+        let any = match window {
             Some(bytes) => flag_block(bytes, self.classes, &mut self.flags),
             None => {
-                // The last block: what is left, padded (the padding is never flagged from).
+                // The first block of the body or the last of what has arrived: padded with
+                // zero bytes, which are in no class (as if nothing were there).
                 let mut bytes = [0u8; WINDOW];
-                let have = self.w.buf.get(start..).unwrap_or_default();
-                let n = have.len().min(WINDOW);
-                bytes[..n].copy_from_slice(&have[..n]);
+                let (lead, from) = start.checked_sub(1).map_or((1, 0), |f| (0, f));
+                let have = self.w.buf.get(from..).unwrap_or_default();
+                let n = have.len().min(WINDOW - lead);
+                bytes[lead..lead + n].copy_from_slice(&have[..n]);
                 flag_block(&bytes, self.classes, &mut self.flags)
             }
         };
@@ -292,10 +298,11 @@ fn eight(flags: &[u8; BLOCK], i: usize) -> u64 {
     u64::from_le_bytes(bytes.unwrap_or_default())
 }
 
-/// The block test: flags for `bytes[..BLOCK]` (of [`WINDOW`] bytes). Returns the union of
-/// all flags. Each byte's classes are computed once into one byte of bits; the flags are then
-/// ANDs of those bytes at fixed offsets. Every loop runs over whole arrays of fixed length with
-/// no early exit, so that each compiles to SIMD loads, compares and logic.
+/// The block test: flags for the [`BLOCK`] positions after the first of `bytes` (of
+/// [`WINDOW`] bytes). Returns the union of all flags. Each byte's classes are computed once
+/// into one byte of bits; the flags are then ANDs of those bytes at fixed offsets. Every loop
+/// runs over whole arrays of fixed length with no early exit, so that each compiles to SIMD
+/// loads, compares and logic.
 fn flag_block(bytes: &[u8], classes: u8, flags: &mut [u8; BLOCK]) -> u8 {
     let Ok(bytes) = <&[u8; WINDOW]>::try_from(bytes) else {
         return 0;
@@ -306,28 +313,31 @@ fn flag_block(bytes: &[u8], classes: u8, flags: &mut [u8; BLOCK]) -> u8 {
         let digit = b.is_ascii_digit();
         (is(digit, DIGIT)
             | is(digit || b == b' ' || b == b'-', NUMBER)
-            | is(b.is_ascii_uppercase() || b == b'-', CAPITAL_OR_DASH)
-            | is(b == b'x', X)
-            | is(b == b'J', J)
+            | is(b.is_ascii_uppercase(), CAPITAL)
+            | is(b == b'-', DASH)
+            | is(b == b'x' || b == b'J', X_OR_J)
             | is(b == b'_', UNDERSCORE)
             | is(b | 0x20 == b'e', E)
             | is(b | 0x20 == b'r', R))
             & classes
     });
     let mut any = 0;
-    for i in 0..BLOCK {
-        let pair = k[i] & k[i + 1];
+    for (i, f) in flags.iter_mut().enumerate() {
+        // `k[i]` is the byte before the position, `k[i + 1]` the byte at it.
+        let pair = k[i + 1] & k[i + 2];
+        // Cards, SSNs, IBANs and AWS key ids start a word: not after a digit or a capital.
+        let fresh = !k[i];
         // Three digits, then two of `[0-9 -]` (cards, SSNs).
-        let numbers = pair & k[i + 2] & ((k[i + 3] & k[i + 4]) >> 1) & DIGIT;
-        // Two capitals (IBANs, AWS key ids) or `--` (PEM).
-        let pairs = pair & CAPITAL_OR_DASH;
-        // `x` (Slack), `J` two ahead (JWT), `_` three or six ahead (GitHub).
-        let lits = (k[i] & X) | (k[i + 2] & J) | ((k[i + 3] | k[i + 6]) & UNDERSCORE);
+        let numbers = pair & k[i + 3] & ((k[i + 4] & k[i + 5]) >> 1) & fresh & DIGIT;
+        // Two capitals, then two digits (IBANs) or two capitals (AWS key ids); `--` (PEM).
+        let then = k[i + 3] & k[i + 4];
+        let pairs = (pair & (((then & DIGIT) << 2) | then) & fresh & CAPITAL) | (pair & DASH);
+        // `x`/`J` two ahead (Slack, JWT), `_` three or six ahead (GitHub).
+        let lits = (k[i + 3] & X_OR_J) | ((k[i + 4] | k[i + 7]) & UNDERSCORE);
         // `?e?re?`, any case: perhaps "secret" or "bearer".
-        let word = k[i + 1] & k[i + 4] & (k[i + 3] >> 1) & E;
-        let f = numbers | pairs | lits | (word & WORD);
-        flags[i] = f;
-        any |= f;
+        let word = k[i + 2] & k[i + 5] & (k[i + 4] >> 1) & E;
+        *f = numbers | pairs | lits | (word & WORD);
+        any |= *f;
     }
     any
 }
