@@ -1,14 +1,16 @@
 //! Where a built-in detector may start, found without deciding every position.
 //!
 //! A block test over [`BLOCK`] positions at a time flags the few positions worth the exact
-//! per-position test ([`candidates`]): three digits then two of `[0-9 -]` (cards, SSNs), two
-//! capitals then two digits or two capitals (IBANs, AWS key ids), `--` (PEM), `x` or `J` two
-//! ahead (Slack, JWT), `_` three or six ahead (GitHub). It is written as plain loops over byte arrays so that the compiler
-//! turns it into SIMD (16 bytes an instruction on baseline x86-64; no `unsafe`), and each byte
-//! of clean text is classified once. The same pass flags `?e?re?` (any case): where that is
-//! "secret" or "bearer", the one or two positions the word makes possible for the AWS secret
-//! key and bearer token detectors are added, so those never need a scan of their own.
+//! per-position test ([`candidates`]), from one byte of class bits per input byte:
+//! - three digits then two of `[0-9 -]`, not after a digit (cards, SSNs);
+//! - two capitals then two digits or two capitals, not after a capital (IBANs, AWS key ids);
+//! - `--` (PEM), `x` or `J` two ahead (Slack `xox`, JWT `eyJ`), `_` three or six ahead (GitHub);
+//! - `?e?re?` in any case, perhaps "secret" or "bearer": where it is, the one or two positions
+//!   the word makes possible for the AWS secret key and bearer token detectors are added.
 //!
+//! The test is plain loops over fixed-size byte arrays, which the compiler turns into SIMD
+//! (16 bytes an instruction on baseline x86-64, no `unsafe`): each byte of clean text is
+//! classified once, and validation (Luhn, mod-97, JWT header…) runs only where a flag is.
 //! The flags are a superset of where a match can start, so the scanner decides exactly as if
 //! it tried every position. Near the end of what has arrived, where the block test would read
 //! bytes that are not here yet, positions are tested one by one.
@@ -29,8 +31,8 @@ const WINDOW: usize = 1 + BLOCK + AHEAD;
 
 /// Flags (any of these bits): some built-in may start here.
 const START: u8 = DIGIT | CAPITAL | DASH | X_OR_J | UNDERSCORE;
-/// Flag: "secret" or "bearer" may start here.
-const WORD: u8 = 0b0100_0000;
+/// Flag: "secret" or "bearer" may start here (the bit of `e`, where the term leaves it).
+const WORD: u8 = E;
 
 /// The AWS secret key length.
 const AWS_SECRET_LEN: usize = 40;
