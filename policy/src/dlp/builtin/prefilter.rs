@@ -4,7 +4,8 @@
 //! per-position test ([`candidates`]), from one byte of class bits per input byte:
 //! - three digits then two of `[0-9 -]`, not after a digit (cards, SSNs);
 //! - two capitals then two digits or two capitals, not after a capital (IBANs, AWS key ids);
-//! - `--` (PEM), `x` or `J` two ahead (Slack `xox`, JWT `eyJ`), `_` three or six ahead (GitHub);
+//! - `--` (PEM); `x` or `J` two ahead of `x`, `J` or `e` (Slack `xox`, JWT `eyJ`); `_` three
+//!   or six ahead (GitHub);
 //! - `?e?re?` in any case, perhaps "secret" or "bearer": where it is, the one or two positions
 //!   the word makes possible for the AWS secret key and bearer token detectors are added.
 //!
@@ -15,7 +16,7 @@
 //! it tried every position. Near the end of what has arrived, where the block test would read
 //! bytes that are not here yet, positions are tested one by one.
 
-use super::secrets::SECRET_KEYWORD_REACH;
+use super::secrets::{is_bearer_char, BEARER_TOKEN_MIN, SECRET_KEYWORD_REACH};
 use super::{candidates, AWS_ID, AWS_SECRET, BEARER, CARD, GITHUB, IBAN, JWT, PEM, SLACK, SSN};
 use crate::dlp::window::{is_b64, Window};
 
@@ -24,6 +25,8 @@ mod tests;
 
 /// Positions one block test decides.
 const BLOCK: usize = 256;
+/// Positions per bit of the summary the block test returns.
+const GROUP: usize = BLOCK / 8;
 /// Bytes past a position the block test reads.
 const AHEAD: usize = 8;
 /// Bytes one block test reads: one before the block, the block, and [`AHEAD`].
@@ -67,7 +70,7 @@ const DASH: u8 = 8;
 /// `x` or `J`: the third byte of `xox` (Slack) and of `eyJ` (JWT).
 const X_OR_J: u8 = 16;
 const UNDERSCORE: u8 = 32;
-/// `e` or `E`
+/// `e` or `E` (two places left of it in a class byte: `X_OR_J`)
 const E: u8 = 64;
 /// `r` or `R`
 const R: u8 = 128;
@@ -81,7 +84,8 @@ fn classes(enabled: u16) -> u8 {
         | bit(PEM, DASH)
         | bit(SLACK | JWT, X_OR_J)
         | bit(GITHUB, UNDERSCORE)
-        | bit(AWS_SECRET | BEARER, E | R)
+        | bit(AWS_SECRET | BEARER | JWT, E)
+        | bit(AWS_SECRET | BEARER, R)
 }
 
 impl<'a> Positions<'a> {
@@ -172,7 +176,7 @@ impl<'a> Positions<'a> {
         let window = start
             .checked_sub(1)
             .and_then(|s| self.w.buf.get(s..s + WINDOW));
-        let any = match window {
+        let groups = match window {
             Some(bytes) => flag_block(bytes, self.classes, &mut self.flags),
             None => {
                 // The first block of the body or the last of what has arrived: padded with
@@ -185,33 +189,29 @@ impl<'a> Positions<'a> {
                 flag_block(&bytes, self.classes, &mut self.flags)
             }
         };
-        if any == 0 {
-            return;
-        }
-        // Eight flags at a time, 32 where they are all clear (clean text has few).
-        let mut i = 0;
-        while i < BLOCK {
-            if i % 32 == 0 && (0..4).all(|k| eight(&self.flags, i + 8 * k) == 0) {
-                i += 32;
-                continue;
-            }
-            let mut set = eight(&self.flags, i);
-            while set != 0 {
-                let at = i + set.trailing_zeros() as usize / 8;
-                set &= !(0xFF << ((at - i) * 8));
-                if start + at >= self.block_end {
-                    return;
-                }
-                let f = self.flags[at];
-                if f & START != 0 {
-                    self.starts[self.start_count] = at as u8;
-                    self.start_count += 1;
-                }
-                if f & WORD != 0 {
-                    self.context_word(start + at);
+        // Only the groups with a flag, eight flags at a time: clean text has few.
+        let mut groups = groups;
+        while groups != 0 {
+            let g = groups.trailing_zeros() as usize;
+            groups &= groups - 1;
+            for i in (g * GROUP..(g + 1) * GROUP).step_by(8) {
+                let mut set = eight(&self.flags, i);
+                while set != 0 {
+                    let at = i + set.trailing_zeros() as usize / 8;
+                    set &= !(0xFF << ((at - i) * 8));
+                    if start + at >= self.block_end {
+                        return;
+                    }
+                    let f = self.flags[at];
+                    if f & START != 0 {
+                        self.starts[self.start_count] = at as u8;
+                        self.start_count += 1;
+                    }
+                    if f & WORD != 0 {
+                        self.context_word(start + at);
+                    }
                 }
             }
-            i += 8;
         }
     }
 
@@ -274,7 +274,16 @@ impl<'a> Positions<'a> {
         let spaces = (first..first + 5)
             .take_while(|&i| matches!(self.w.buf.get(i), Some(b' ' | b'\t')))
             .count();
-        if (1..=4).contains(&spaces) {
+        if !(1..=4).contains(&spaces) {
+            return;
+        }
+        // Not worth a position where a word shorter than a token follows.
+        let token = self.w.buf.get(first + spaces..).unwrap_or_default();
+        if token
+            .iter()
+            .take(BEARER_TOKEN_MIN)
+            .all(|&b| is_bearer_char(b))
+        {
             self.add_gated(first + spaces);
         }
     }
@@ -301,7 +310,7 @@ fn eight(flags: &[u8; BLOCK], i: usize) -> u64 {
 }
 
 /// The block test: flags for the [`BLOCK`] positions after the first of `bytes` (of
-/// [`WINDOW`] bytes). Returns the union of all flags. Each byte's classes are computed once
+/// [`WINDOW`] bytes). Returns which groups of [`GROUP`] positions have a flag, one bit each. Each byte's classes are computed once
 /// into one byte of bits; the flags are then ANDs of those bytes at fixed offsets. Every loop
 /// runs over whole arrays of fixed length with no early exit, so that each compiles to SIMD
 /// loads, compares and logic.
@@ -323,23 +332,30 @@ fn flag_block(bytes: &[u8], classes: u8, flags: &mut [u8; BLOCK]) -> u8 {
             | is(b | 0x20 == b'r', R))
             & classes
     });
-    let mut any = 0;
-    for (i, f) in flags.iter_mut().enumerate() {
-        // `k[i]` is the byte before the position, `k[i + 1]` the byte at it.
-        let pair = k[i + 1] & k[i + 2];
-        // Cards, SSNs, IBANs and AWS key ids start a word: not after a digit or a capital.
-        let fresh = !k[i];
-        // Three digits, then two of `[0-9 -]` (cards, SSNs).
-        let numbers = pair & k[i + 3] & ((k[i + 4] & k[i + 5]) >> 1) & fresh & DIGIT;
-        // Two capitals, then two digits (IBANs) or two capitals (AWS key ids); `--` (PEM).
-        let then = k[i + 3] & k[i + 4];
-        let pairs = (pair & (((then & DIGIT) << 2) | then) & fresh & CAPITAL) | (pair & DASH);
-        // `x`/`J` two ahead (Slack, JWT), `_` three or six ahead (GitHub).
-        let lits = (k[i + 3] & X_OR_J) | ((k[i + 4] | k[i + 7]) & UNDERSCORE);
-        // `?e?re?`, any case: perhaps "secret" or "bearer".
-        let word = k[i + 2] & k[i + 5] & (k[i + 4] >> 1) & E;
-        *f = numbers | pairs | lits | (word & WORD);
-        any |= *f;
+    let mut groups = 0;
+    for (g, group) in flags.chunks_exact_mut(GROUP).enumerate() {
+        let mut any = 0;
+        for (j, f) in group.iter_mut().enumerate() {
+            let i = g * GROUP + j;
+            // `k[i]` is the byte before the position, `k[i + 1]` the byte at it.
+            let pair = k[i + 1] & k[i + 2];
+            // Cards, SSNs, IBANs and AWS key ids start a word: not after a digit or a capital.
+            let fresh = !k[i];
+            // Three digits, then two of `[0-9 -]` (cards, SSNs).
+            let numbers = pair & k[i + 3] & ((k[i + 4] & k[i + 5]) >> 1) & fresh & DIGIT;
+            // Two capitals, then two digits (IBANs) or two capitals (AWS key ids); `--` (PEM).
+            let then = k[i + 3] & k[i + 4];
+            let pairs = (pair & (((then & DIGIT) << 2) | then) & fresh & CAPITAL) | (pair & DASH);
+            // `x` or `J` two ahead of `x`, `J` or `e`/`E` (Slack `xox`, JWT `eyJ`); `_` three
+            // or six ahead (GitHub).
+            let lits = (k[i + 3] & (k[i + 1] | (k[i + 1] >> 2)) & X_OR_J)
+                | ((k[i + 4] | k[i + 7]) & UNDERSCORE);
+            // `?e?re?`, any case: perhaps "secret" or "bearer".
+            let word = k[i + 2] & k[i + 5] & (k[i + 4] >> 1) & E;
+            *f = numbers | pairs | lits | (word & WORD);
+            any |= *f;
+        }
+        groups |= u8::from(any != 0) << g;
     }
-    any
+    groups
 }
