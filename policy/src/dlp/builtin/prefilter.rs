@@ -27,8 +27,9 @@ mod tests;
 const BLOCK: usize = 256;
 /// Positions per bit of the summary the block test returns.
 const GROUP: usize = BLOCK / 8;
-/// Bytes past a position the block test reads.
-const AHEAD: usize = 8;
+/// Bytes past a position the block test may read: it reads seven; fifteen make [`WINDOW`] a
+/// whole number of 16-byte vectors, so that classifying it has no scalar remainder.
+const AHEAD: usize = 15;
 /// Bytes one block test reads: one before the block, the block, and [`AHEAD`].
 const WINDOW: usize = 1 + BLOCK + AHEAD;
 
