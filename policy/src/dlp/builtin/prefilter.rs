@@ -4,8 +4,9 @@
 //! per-position test ([`candidates`]), from one byte of class bits per input byte:
 //! - three digits then two of `[0-9 -]`, not after a digit (cards, SSNs);
 //! - two capitals then two digits or two capitals, not after a capital (IBANs, AWS key ids);
-//! - `--` (PEM); `x` or `J` two ahead of `x`, `J` or `e` (Slack `xox`, JWT `eyJ`); `_` three
-//!   or six ahead (GitHub);
+//! - the last five dashes of a run (PEM `-----BEGIN`);
+//! - `x` or `J` two ahead of `x`, `J` or `e`, not after one of those (Slack `xox`, JWT `eyJ`);
+//! - the first `_` three or six ahead, none just before (GitHub `ghp_`, `github_pat_`);
 //! - `?e?re?` in any case, perhaps "secret" or "bearer": where it is, the one or two positions
 //!   the word makes possible for the AWS secret key and bearer token detectors are added.
 //!
@@ -15,6 +16,8 @@
 //! The flags are a superset of where a match can start, so the scanner decides exactly as if
 //! it tried every position. Near the end of what has arrived, where the block test would read
 //! bytes that are not here yet, positions are tested one by one.
+
+use std::ops::Range;
 
 use super::secrets::{is_bearer_char, BEARER_TOKEN_MIN, SECRET_KEYWORD_REACH};
 use super::{candidates, AWS_ID, AWS_SECRET, BEARER, CARD, GITHUB, IBAN, JWT, PEM, SLACK, SSN};
@@ -60,6 +63,8 @@ pub(crate) struct Positions<'a> {
     start_next: usize,
     /// Positions a context word opened for a gated detector, ascending.
     gated: &'a mut Vec<usize>,
+    /// Bytes known to be inside one base64 run longer than an AWS secret key.
+    long_run: Range<usize>,
 }
 
 /// The byte classes of the block test, one bit each.
@@ -107,6 +112,7 @@ impl<'a> Positions<'a> {
             start_count: 0,
             start_next: 0,
             gated,
+            long_run: 0..0,
         }
     }
 
@@ -249,7 +255,10 @@ impl<'a> Positions<'a> {
     }
 
     /// The start of the maximal base64 run through `at`, if it is `len` bytes long.
-    fn b64_run_of_len(&self, at: usize, len: usize) -> Option<usize> {
+    fn b64_run_of_len(&mut self, at: usize, len: usize) -> Option<usize> {
+        if self.long_run.contains(&at) {
+            return None;
+        }
         let buf = self.w.buf;
         if !buf.get(at).copied().is_some_and(is_b64) {
             return None;
@@ -262,6 +271,11 @@ impl<'a> Positions<'a> {
             .take(len + 1)
             .take_while(|&&b| is_b64(b))
             .count();
+        if back + ahead > len {
+            // All of this is in one run that is too long: later probes there need no scan
+            // (a body of "secretsecret…" would otherwise rescan it for every word).
+            self.long_run = at - back..at + ahead;
+        }
         (back + ahead == len).then_some(at - back)
     }
 
@@ -344,16 +358,24 @@ fn flag_block(bytes: &[u8], classes: u8, flags: &mut [u8; BLOCK]) -> u8 {
             let fresh = !k[i];
             // Three digits, then two of `[0-9 -]` (cards, SSNs).
             let numbers = pair & k[i + 3] & ((k[i + 4] & k[i + 5]) >> 1) & fresh & DIGIT;
-            // Two capitals, then two digits (IBANs) or two capitals (AWS key ids); `--` (PEM).
+            // Two capitals, then two digits (IBANs) or two capitals (AWS key ids).
             let then = k[i + 3] & k[i + 4];
-            let pairs = (pair & (((then & DIGIT) << 2) | then) & fresh & CAPITAL) | (pair & DASH);
-            // `x` or `J` two ahead of `x`, `J` or `e`/`E` (Slack `xox`, JWT `eyJ`); `_` three
-            // or six ahead (GitHub).
-            let lits = (k[i + 3] & (k[i + 1] | (k[i + 1] >> 2)) & X_OR_J)
-                | ((k[i + 4] | k[i + 7]) & UNDERSCORE);
+            let capitals = pair & (((then & DIGIT) << 2) | then) & fresh & CAPITAL;
+            // `--`, a dash four ahead and none five ahead: where `-----BEGIN` could be (PEM).
+            let dashes = pair & k[i + 5] & !k[i + 6] & DASH;
+            // `x` or `J` two ahead of `x`, `J` or `e`/`E`, not after any of those (Slack `xox`,
+            // JWT `eyJ`, both at a word start).
+            let x_or_j = |b: u8| b | (b >> 2);
+            let slack_jwt = k[i + 3] & x_or_j(k[i + 1]) & !x_or_j(k[i]) & X_OR_J;
+            // The first `_` three or six ahead, none before it nor just before the position
+            // (GitHub `ghp_`, `github_pat_`).
+            let no_underscore = !(k[i] | k[i + 1] | k[i + 2] | k[i + 3]);
+            let github = no_underscore
+                & (k[i + 4] | (k[i + 7] & !(k[i + 4] | k[i + 5] | k[i + 6])))
+                & UNDERSCORE;
             // `?e?re?`, any case: perhaps "secret" or "bearer".
             let word = k[i + 2] & k[i + 5] & (k[i + 4] >> 1) & E;
-            *f = numbers | pairs | lits | (word & WORD);
+            *f = numbers | capitals | dashes | slack_jwt | github | (word & WORD);
             any |= *f;
         }
         groups |= u8::from(any != 0) << g;

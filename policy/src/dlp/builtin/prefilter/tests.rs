@@ -300,3 +300,39 @@ fn tiny_chunks_of_a_busy_body() {
         assert_all_agree(policy, body.as_bytes(), &cuts);
     }
 }
+
+/// Bodies an attacker could send to make the prefilter flag every byte: a run of one of the
+/// bytes it keys on, or of a context word. Each is left with a handful of positions to decide
+/// (those of its last bytes, decided one by one), however long it is.
+#[test]
+fn runs_of_the_bytes_it_keys_on_flag_almost_nothing() {
+    use super::Positions;
+    use crate::dlp::window::Window;
+
+    let all = BuiltinDetector::ALL.iter().fold(0, |m, b| m | b.bit());
+    for unit in [
+        "_", "x", "J", "-", "eyJ", "xox", "ghp_", "secret", "SeCrEt ", "bearer ", "Bearer\t", "1",
+        "A", "AKIA", "?e?re?", "e r e",
+    ] {
+        let body = unit.repeat(64 * 1024 / unit.len());
+        let w = Window {
+            buf: body.as_bytes(),
+            eof: true,
+        };
+        let mut gated = Vec::new();
+        let mut positions = Positions::new(w, 0, all, &mut gated);
+        let (mut from, mut decided) = (0, 0);
+        loop {
+            let p = positions.next(from, body.len());
+            if p == body.len() {
+                break;
+            }
+            decided += 1;
+            from = p + 1;
+        }
+        assert!(
+            decided <= 16,
+            "{unit:?} repeated: {decided} positions to decide"
+        );
+    }
+}
