@@ -3,8 +3,9 @@
 //!
 //! A [`DlpSpec`] (from config) compiles once into a [`DlpPolicy`], shared cheaply between
 //! requests. Each body gets its own [`Scanner`], fed chunk by chunk. The built-in detectors are
-//! a hand-written single pass with validation (Luhn, SSN area rules, IBAN mod-97, JWT header),
-//! and tenant patterns run on the linear-time `regex` engine, so no input is slow to scan.
+//! hand-written with validation (Luhn, SSN area rules, IBAN mod-97, JWT header), tried only
+//! where a block prefilter that classifies each byte once says a match may start; tenant
+//! patterns run on the linear-time `regex` engine, so no input is slow to scan.
 //!
 //! Streaming is exact: however a body is cut into chunks, the released bytes and the findings
 //! are those of scanning it whole. A scanner holds back only the bytes a match could still

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use regex::bytes::{Regex, RegexBuilder};
 
-use super::builtin::{SkipTable, GATED, MAX_READ};
+use super::builtin::{PositionFilter, MAX_READ};
 use super::scanner::Scanner;
 use super::spec::{BuiltinDetector, DlpSpec};
 use super::{BodyDirection, DetectorKind, DetectorName, DlpAction, DlpError};
@@ -47,7 +47,21 @@ impl DlpPolicy {
 
     /// A scanner for one body travelling in `direction`.
     pub fn scanner(&self, direction: BodyDirection) -> Scanner {
-        Scanner::new(Arc::clone(self.rules(direction)))
+        Scanner::new(
+            Arc::clone(self.rules(direction)),
+            PositionFilter::prefilter(),
+        )
+    }
+
+    /// A scanner that finds the positions to decide as scanners did before the block
+    /// prefilter: the same findings, redactions and released bytes, slower. For benchmarks and
+    /// tests that compare the two.
+    #[cfg(any(test, feature = "reference-scanner"))]
+    #[doc(hidden)]
+    pub fn reference_scanner(&self, direction: BodyDirection) -> Scanner {
+        let rules = Arc::clone(self.rules(direction));
+        let filter = PositionFilter::reference(rules.builtin_enabled);
+        Scanner::new(rules, filter)
     }
 
     /// Whether any detector applies to bodies in `direction` (if not, skip scanning them).
@@ -58,6 +72,15 @@ impl DlpPolicy {
     /// The most bytes a scanner of this policy ever holds back from release.
     pub fn max_hold_back(&self) -> usize {
         self.request.hold_limit.max(self.response.hold_limit)
+    }
+
+    /// A scanner that tries every position (tests only).
+    #[cfg(test)]
+    pub(crate) fn exhaustive_scanner(&self, direction: BodyDirection) -> Scanner {
+        Scanner::new(
+            Arc::clone(self.rules(direction)),
+            PositionFilter::exhaustive(),
+        )
     }
 
     fn rules(&self, direction: BodyDirection) -> &Arc<RuleSet> {
@@ -87,10 +110,6 @@ pub(crate) struct RuleSet {
     pub(crate) masks: Vec<Box<[u8]>>,
     /// Bit set of enabled built-ins.
     pub(crate) builtin_enabled: u16,
-    /// Finds the positions where an enabled built-in may start, per open keyword zone.
-    pub(crate) skip: Box<[SkipTable; 4]>,
-    /// Finds "secret" and "bearer" (any case), which open zones for the gated detectors.
-    pub(crate) context_words: Option<Regex>,
     /// Index in `detectors` of each built-in, by [`BuiltinDetector`] discriminant.
     pub(crate) builtin_finding: [usize; BuiltinDetector::ALL.len()],
     pub(crate) custom: Vec<CustomMatcher>,
@@ -143,11 +162,6 @@ impl RuleSet {
             detectors,
             masks,
             builtin_enabled,
-            skip: SkipTable::per_zone(builtin_enabled),
-            context_words: (builtin_enabled & GATED != 0).then(|| {
-                // A fixed, valid pattern: failing to compile it is a bug caught by every test.
-                Regex::new("(?i-u)secret|bearer").expect("context word pattern compiles")
-            }),
             builtin_finding,
             custom,
             hold_limit,

@@ -14,7 +14,7 @@ mod tests;
 use std::fmt;
 use std::sync::Arc;
 
-use super::builtin;
+use super::builtin::{self, PositionFilter};
 use super::compile::{CustomMatcher, RuleSet, CUSTOM_LOOK_AHEAD};
 use super::spec::BuiltinDetector;
 use super::window::{NeedMore, Scan, Window, LOOK_BEHIND};
@@ -61,8 +61,8 @@ pub struct Scanner {
     stall: Option<(usize, usize)>,
     /// Scratch list of the matches at one position: (detector index, end offset).
     hits: Vec<(usize, usize)>,
-    /// Scratch list of context keywords in the window: (index, whether it is "secret").
-    keywords: Vec<(usize, bool)>,
+    /// How the positions to decide are found (with its scratch space).
+    filter: PositionFilter,
     findings: Findings,
     blocked: Option<Blocked>,
     /// Spans replaced by a mask since the last [`Scanner::take_redactions`].
@@ -95,7 +95,7 @@ impl fmt::Debug for Scanner {
 }
 
 impl Scanner {
-    pub(crate) fn new(rules: Arc<RuleSet>) -> Self {
+    pub(crate) fn new(rules: Arc<RuleSet>, filter: PositionFilter) -> Self {
         let findings = Findings::new(rules.detectors.iter().cloned());
         Scanner {
             known: vec![Known::Unknown; rules.custom.len()],
@@ -106,7 +106,7 @@ impl Scanner {
             custom_due: 0,
             stall: None,
             hits: Vec::new(),
-            keywords: Vec::new(),
+            filter,
             findings,
             blocked: None,
             redactions: Vec::new(),
@@ -179,29 +179,16 @@ impl Scanner {
         let mut p = self.pos;
         let mut stalled = false;
         let has_custom = !rules.custom.is_empty();
-        self.keywords.clear();
-        if let Some(words) = &rules.context_words {
-            let from = p.saturating_sub(LOOK_BEHIND);
-            let hay = self.buf.get(from..).unwrap_or_default();
-            self.keywords.extend(words.find_iter(hay).map(|m| {
-                (
-                    from + m.start(),
-                    m.as_bytes().first().is_some_and(|b| b | 0x20 == b's'),
-                )
-            }));
-        }
-        let mut zones = builtin::Zones::new(&self.keywords);
+        let mut positions = self.filter.pass(w, p, rules.builtin_enabled);
         while p < len {
             let custom_due = has_custom && self.base + p >= self.custom_due;
             if !custom_due {
-                let (zone, zone_until) = zones.at(p);
                 let until = if has_custom {
                     len.min(self.custom_due - self.base)
                 } else {
                     len
-                }
-                .min(zone_until);
-                p = rules.skip[zone].next_candidate(&w, p, until);
+                };
+                p = positions.next(p, until);
                 if p == until {
                     continue;
                 }

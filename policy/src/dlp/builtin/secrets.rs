@@ -153,9 +153,12 @@ pub(super) fn slack_token(w: &Window<'_>, p: usize) -> Scan<Option<usize>> {
     Ok((n >= 10).then_some(p + 5 + n.min(cap)))
 }
 
-fn is_bearer_char(b: u8) -> bool {
+pub(super) fn is_bearer_char(b: u8) -> bool {
     is_b64url(b) || matches!(b, b'.' | b'~' | b'+' | b'/' | b'=')
 }
+
+/// The fewest token characters a bearer token has.
+pub(super) const BEARER_TOKEN_MIN: usize = 20;
 
 /// Bearer token: at least 20 token characters after the word `bearer` (any case) and one to
 /// four spaces, as in `Authorization: Bearer …`. Only the token is matched.
@@ -176,7 +179,7 @@ pub(super) fn bearer_token(w: &Window<'_>, p: usize) -> Scan<Option<usize>> {
         return Ok(None);
     }
     let n = w.run(p, MAX_SPAN, is_bearer_char)?;
-    Ok((n >= 20).then_some(p + n.min(MAX_SPAN)))
+    Ok((n >= BEARER_TOKEN_MIN).then_some(p + n.min(MAX_SPAN)))
 }
 
 /// JWT: `eyJ…` header, payload and (possibly empty) signature in base64url, where the header
