@@ -446,6 +446,24 @@ profiles:
             ),
             (GOOD.replace("ns/*/sa/*", "ns/**/sa"), "last segment"),
             (GOOD.replace("tenant: acme", "tenant: Acme"), "tenant id"),
+            (
+                GOOD.replace("profiles:", "ocsp_url: ftp://ca.example/ocsp\nprofiles:"),
+                "http:// or https://",
+            ),
+            (
+                GOOD.replace(
+                    "profiles:",
+                    "crl_distribution_points: [\"http://\"]\nprofiles:",
+                ),
+                "http:// or https://",
+            ),
+            (
+                GOOD.replace(
+                    "profiles:",
+                    "ocsp_url: \"http://ca.example/o csp\"\nprofiles:",
+                ),
+                "printable ASCII",
+            ),
         ] {
             let err = CaConfig::from_yaml(&bad).unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");
