@@ -17,9 +17,9 @@ use std::time::{Duration, Instant, SystemTime};
 use harness::{write, Workload};
 use pki::openssl;
 use portcullis_admin::{AdminConfig, AdminServer};
+use portcullis_ca::cli::CaCommand;
 use portcullis_ca::{
     Ca, CaConfig, IssueRequest, IssuedCertificate, Requester, RequesterKind, RevocationReason,
-    RevocationScope,
 };
 
 const CA_CONFIG: &str = r#"
@@ -271,14 +271,22 @@ async fn openssl_sees_revocations_through_ocsp_and_the_crl_distribution_point() 
     assert!(rig
         .ocsp(&renewed_file)
         .contains(&format!("{renewed_file}: good")));
-    rig.ca
-        .revoke(
-            &first.serial,
-            RevocationReason::KeyCompromise,
-            RevocationScope::Lineage,
-            SystemTime::now(),
-        )
-        .unwrap();
+    // `portcullis ca revoke SERIAL` (the CLI's own entry point, another CA handle on the
+    // same token and inventory, as an operator's shell would be).
+    let mut out = Vec::new();
+    portcullis_ca::cli::run_with(
+        CaCommand::Revoke {
+            config: rig.dir.join("ca.yaml"),
+            serial: first.serial.to_string(),
+            reason: RevocationReason::KeyCompromise,
+            only_this: false,
+        },
+        &mut out,
+        SystemTime::now(),
+    )
+    .unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains(&renewed.serial.to_string()), "{out}");
     for file in [&first_file, &renewed_file] {
         let out = rig.ocsp(file);
         assert!(out.contains(&format!("{file}: revoked")), "{out}");
