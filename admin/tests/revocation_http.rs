@@ -14,6 +14,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use harness::{write, Workload};
 use pki::openssl;
 use portcullis_admin::{AdminConfig, AdminServer};
@@ -387,6 +388,23 @@ async fn crl_and_ocsp_get_are_served_with_their_types_and_cache_headers() {
         text.contains("Issuer: O=Portcullis, CN=Portcullis Issuing CA"),
         "{text}"
     );
+    // Its key was generated in the token beside the issuing key, sensitive and not extractable.
+    let session = softhsm::raw_session("ca");
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(b"http-issuing-ocsp".to_vec()),
+        ])
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    let attrs = session
+        .get_attributes(
+            found[0],
+            &[AttributeType::Extractable, AttributeType::Sensitive],
+        )
+        .unwrap();
+    assert!(attrs.contains(&Attribute::Extractable(false)), "{attrs:?}");
+    assert!(attrs.contains(&Attribute::Sensitive(true)), "{attrs:?}");
 }
 
 /// The DER of an `OCSPResponse` whose status is malformedRequest, without response bytes.
