@@ -9,7 +9,9 @@
 //!   until its `nextUpdate`.
 //!
 //! Every OCSP answer takes a signature from the key backend: at most [`MAX_SIGNING`] are made at
-//! once, the rest are answered `tryLater` at once.
+//! once, the rest are answered `tryLater` at once. Connections are capped
+//! ([`MAX_CONNECTIONS`]), a request head must arrive within [`HEAD_TIMEOUT`], and no connection
+//! lives longer than [`CONNECTION_LIFETIME`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,9 +26,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use base64::Engine;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use portcullis_ca::{Ca, OcspAnswer, OcspOutcome, OcspResponder};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower_service::Service;
 
 use crate::tls::ClientTrust;
 use crate::AdminError;
@@ -35,6 +41,12 @@ use crate::AdminError;
 const MAX_OCSP_REQUEST: usize = 8 * 1024;
 /// Most OCSP answers being signed at once.
 const MAX_SIGNING: usize = 64;
+/// Most connections open at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 1024;
+/// A request head must arrive within this.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// No connection stays open longer (a CRL or an OCSP answer takes milliseconds).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(15);
 /// How often the OCSP signing certificate is checked for renewal.
 const SIGNER_CHECK: Duration = Duration::from_secs(3600);
 
@@ -78,7 +90,8 @@ async fn signing_responder(ca: Arc<Ca>) -> Result<OcspResponder, AdminError> {
 /// Serves until the task is aborted; renews the OCSP signing certificate on the way.
 pub(crate) async fn serve(listener: TcpListener, state: Arc<Revocation>) {
     let renewing = Arc::clone(&state);
-    let renewal = tokio::spawn(async move {
+    // Aborted when this task is (its guard dropped with the task's state).
+    let _renewal = AbortOnDrop(tokio::spawn(async move {
         loop {
             tokio::time::sleep(SIGNER_CHECK).await;
             match signing_responder(Arc::clone(&renewing.ca)).await {
@@ -86,7 +99,7 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<Revocation>) {
                 Err(e) => tracing::warn!(error = %e, "OCSP signing certificate renewal failed"),
             }
         }
-    });
+    }));
     let app = Router::new()
         .route("/crl.der", get(crl_der))
         .route("/crl.pem", get(crl_pem))
@@ -94,10 +107,46 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<Revocation>) {
         .route("/ocsp/{*request}", get(ocsp_get))
         .layer(DefaultBodyLimit::max(MAX_OCSP_REQUEST))
         .with_state(state);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "revocation listener failed");
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "revocation listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Over the cap: the socket is closed here.
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            continue;
+        };
+        let router = app.clone();
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let mut router = router.clone();
+            async move { router.call(req).await }
+        });
+        tokio::spawn(async move {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT);
+            let conn = builder.serve_connection(TokioIo::new(tcp), service);
+            // Whatever the client does, the connection ends within its lifetime.
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+            drop(slot);
+        });
     }
-    renewal.abort();
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Headers saying a response may be cached until `next_update`.

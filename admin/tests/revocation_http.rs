@@ -488,3 +488,35 @@ async fn garbage_ocsp_requests_are_answered_malformed_request() {
     // Still answering.
     assert!(rig.ocsp(&cert_file).contains(&format!("{cert_file}: good")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_nothing_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let Some(hsm) = softhsm::hsm() else { return };
+    let rig = Rig::start(hsm, "silent").await;
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", rig.port))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(30), silent.read(&mut buf)).await;
+    // Closed (EOF or reset), not left open: by the head deadline (10 s), else the 30 s lifetime.
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(32),
+        "{:?}",
+        started.elapsed()
+    );
+    eprintln!("silent connection closed after {:?}", started.elapsed());
+    // The listener still answers.
+    let head = String::from_utf8(curl(&[
+        "-s",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &rig.url("/crl.der"),
+    ]))
+    .unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
