@@ -27,6 +27,8 @@
 //!   per_source: { requests: 1200, per: 1m, burst: 600 }   # IP address, whoever calls
 //! metrics: 127.0.0.1:9443         # optional plain-HTTP Prometheus /metrics (connections open
 //!                                 # by class, closed by reason, 429s by key, issuance outcomes)
+//! revocation_http: 0.0.0.0:8080   # optional plain-HTTP /crl.der, /crl.pem and OCSP at /ocsp
+//!                                 # (the CA config's crl_distribution_points and ocsp_url)
 //! ```
 //!
 //! Operators are a role: [`AdminConfig::check_operators`] refuses an operator ID that a tenant
@@ -70,6 +72,10 @@ pub struct AdminConfig {
     /// it on loopback or a management network).
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// Address of a plain-HTTP listener serving the CRL (`/crl.der`, `/crl.pem`) and the OCSP
+    /// responder (`/ocsp`) to relying parties other than Portcullis (none by default).
+    #[serde(default)]
+    pub revocation_http: Option<SocketAddr>,
 }
 
 fn default_crl_poll() -> Duration {

@@ -27,6 +27,7 @@ mod error;
 mod identity;
 mod limits;
 mod metrics;
+mod revocation_http;
 mod server;
 mod stats;
 mod tls;

@@ -22,6 +22,7 @@ use crate::config::{AdminConfig, SelfIssueConfig, ServingCertSource};
 use crate::connections::{ConnectionCounts, Connections};
 use crate::error::AdminError;
 use crate::limits::{LogBudget, RequestLimits};
+use crate::revocation_http::Revocation;
 use crate::stats::{IssuanceStats, StatsSnapshot};
 use portcullis_identity::ServerCertificate;
 
@@ -41,6 +42,8 @@ pub struct AdminServer {
     crl_poll: Duration,
     renewal: Option<ServingRenewal>,
     metrics: Option<TcpListener>,
+    /// The plain-HTTP CRL and OCSP listener, when configured.
+    revocation: Option<(TcpListener, Arc<Revocation>)>,
 }
 
 /// What renewing the server's own, self-issued certificate takes.
@@ -185,6 +188,12 @@ impl AdminServer {
             Some(addr) => Some(crate::metrics::bind(addr).await?),
             None => None,
         };
+        let revocation = match config.revocation_http {
+            Some(addr) => {
+                Some(Revocation::bind(addr, Arc::clone(&state.ca), Arc::clone(&state.trust)).await?)
+            }
+            None => None,
+        };
         let connections = Arc::new(Connections {
             acceptor: TlsAcceptor::from(Arc::new(tls)),
             router: router(Arc::clone(&state)),
@@ -201,6 +210,7 @@ impl AdminServer {
             crl_poll: config.crl_poll_interval,
             renewal,
             metrics,
+            revocation,
         })
     }
 
@@ -234,6 +244,9 @@ impl AdminServer {
                 listener,
                 Arc::clone(&self.state.stats),
             ));
+        }
+        if let Some((listener, revocation)) = self.revocation {
+            background.spawn(crate::revocation_http::serve(listener, revocation));
         }
         if let Some(r) = self.renewal {
             background.spawn(renew_serving(

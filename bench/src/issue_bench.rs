@@ -11,7 +11,10 @@
 //!    200, under the default per-source cap; each re-opened as the server closes it at its
 //!    deadline) — the attack of issue 11, side by side.
 //!
-//! Then the ratios API / raw sign and API / direct issue. Each measurement runs for
+//! 5. with `--cfssl`: `cfssl serve` with a file key signing CSRs from as many keep-alive
+//!    clients (`issue_cfssl.rs`), the reference the issuance figure is held against.
+//!
+//! Then the ratios API / raw sign, API / direct issue and API / cfssl. Each measurement runs for
 //! `--duration` after a short warm-up. The admin server runs with its default connection
 //! bounds and with rate limits raised out of the way (the figure is the issuance path).
 //!
@@ -44,6 +47,8 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::RootCertStore;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+mod issue_cfssl;
+
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const TOKEN: &str = "issue-bench";
 const PIN: &str = "1234";
@@ -70,6 +75,9 @@ struct Args {
     /// Also measure the API while this many connections that send nothing are held open.
     #[arg(long, default_value_t = 0)]
     silent: usize,
+    /// Also measure `cfssl serve` (file key) with as many clients, and print API / cfssl.
+    #[arg(long)]
+    cfssl: bool,
 }
 
 /// How the API figure's clients renew, and what else the server is put through meanwhile.
@@ -191,6 +199,21 @@ fn run(args: &Args) -> anyhow::Result<()> {
         figures.push(runtime.block_on(api_figure(work.path(), &ca, args, warmup, load))?);
     }
     let api_rate = figures.get(first_api).map(Figure::rate).unwrap_or_default();
+    let cfssl_rate = match args.cfssl {
+        true => runtime
+            .block_on(issue_cfssl::cfssl_figure(
+                work.path(),
+                args.clients,
+                warmup,
+                args.duration,
+            ))?
+            .map(|figure| {
+                let rate = figure.rate();
+                figures.push(figure);
+                rate
+            }),
+        false => None,
+    };
 
     print_table(&figures, args);
     println!();
@@ -208,6 +231,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
         args.threads,
         api_rate / direct_parallel
     );
+    if let Some(cfssl) = cfssl_rate {
+        println!(
+            "ratio API / cfssl serve ({} clients):  {:.2}",
+            args.clients,
+            api_rate / cfssl
+        );
+    }
     if args.silent > 0 {
         // The API figures come in pairs: without, then with the silent connections.
         let ms = |us: u64| us as f64 / 1000.0;

@@ -24,12 +24,15 @@ use crate::crl::write_atomic;
 use crate::events::{self, CaEventSink};
 use crate::ids::{Serial, TenantId};
 use crate::inventory::{CertRecord, InventoryFilter, InventoryStore, SqliteInventory};
-use crate::key::{RcgenSigner, SigningKey};
+use crate::key::{KeyBackend, RcgenSigner, SigningKey};
 use crate::profile::IssuanceProfile;
 use crate::CaError;
 
 mod issue;
+mod ocsp_signer;
 mod revocation;
+
+use issue::RevocationUrls;
 
 /// Leaves start this long before `now`, for clocks slightly behind.
 const CLOCK_SKEW: Duration = Duration::from_secs(60);
@@ -129,6 +132,16 @@ struct CaCore {
     profiles: Vec<IssuanceProfile>,
     inventory: Arc<dyn InventoryStore>,
     crl_next_update: Duration,
+    /// What every issued certificate says about where its revocation status is published.
+    revocation_urls: RevocationUrls,
+    /// The backend holding the issuing key, where the OCSP signing key lives too (None when
+    /// opened with [`Ca::open_with`]: no OCSP responder).
+    backend: Option<Arc<dyn KeyBackend>>,
+    ocsp_label: String,
+    /// The issuing key's algorithm (the OCSP signing key is generated with it).
+    algorithm: crate::key::KeyAlgorithm,
+    /// The issuing intermediate, DER (the OCSP responder's CertID hashes are over it).
+    intermediate_der: Vec<u8>,
     /// Serialises CRL numbering, signing and writing, so files replace each other in order.
     crl_lock: Mutex<()>,
 }
@@ -259,7 +272,7 @@ impl Ca {
         }
         tracing::info!(ca.state_dir = %dir.display(), "CA initialised: root and issuing intermediate created");
         let inventory = Arc::new(SqliteInventory::open(&dir.join("inventory.sqlite3"))?);
-        let ca = Self::open_with(config, issuing_key, inventory)?;
+        let ca = Self::open_in(config, issuing_key, inventory, Some(backend))?;
         ca.publish_crl(now)?;
         Ok(ca)
     }
@@ -278,14 +291,24 @@ impl Ca {
             ));
         }
         let inventory = Arc::new(SqliteInventory::open(&db)?);
-        Self::open_with(config, key, inventory)
+        Self::open_in(config, key, inventory, Some(backend))
     }
 
     /// Opens with a given issuing key and inventory store (e.g. a shared PostgreSQL store).
+    /// Without the key's backend there is no OCSP responder ([`Ca::ocsp_responder`] fails).
     pub fn open_with(
         config: &CaConfig,
         issuing_key: Arc<dyn SigningKey>,
         inventory: Arc<dyn InventoryStore>,
+    ) -> Result<Ca, CaError> {
+        Self::open_in(config, issuing_key, inventory, None)
+    }
+
+    fn open_in(
+        config: &CaConfig,
+        issuing_key: Arc<dyn SigningKey>,
+        inventory: Arc<dyn InventoryStore>,
+        backend: Option<Arc<dyn KeyBackend>>,
     ) -> Result<Ca, CaError> {
         let dir = &config.state_dir;
         let read = |name: &str| -> Result<(String, Vec<u8>), CaError> {
@@ -321,6 +344,7 @@ impl Ca {
             + Duration::from_secs(
                 u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0),
             );
+        let algorithm = issuing_key.algorithm();
         let signer = RcgenSigner::new(issuing_key)?;
         let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(inter_der.as_slice()), signer)?;
         Ok(Ca {
@@ -334,6 +358,14 @@ impl Ca {
                 profiles: config.profiles()?,
                 inventory,
                 crl_next_update: config.crl.next_update,
+                revocation_urls: RevocationUrls::new(
+                    &config.crl_distribution_points,
+                    config.ocsp_url.as_deref(),
+                )?,
+                backend,
+                ocsp_label: config.keys.ocsp_label(),
+                algorithm,
+                intermediate_der: inter_der.clone(),
                 crl_lock: Mutex::new(()),
             }),
             events: None,

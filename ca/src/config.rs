@@ -44,6 +44,15 @@ pub struct CaConfig {
     /// CRL publication.
     #[serde(default)]
     pub crl: CrlConfig,
+    /// URLs written into every issued certificate's CRL distribution points extension, where
+    /// relying parties other than Portcullis fetch the CRL (normally `http://…/crl.der`, served
+    /// by the admin API's `revocation_http` listener). None by default.
+    #[serde(default)]
+    pub crl_distribution_points: Vec<String>,
+    /// The OCSP responder's URL, written into every issued certificate's authority information
+    /// access extension (e.g. `http://…/ocsp`). None by default.
+    #[serde(default)]
+    pub ocsp_url: Option<String>,
     /// No profile may grant a longer lifetime than this (default 24 h).
     #[serde(default = "default_cap", with = "humantime_serde")]
     pub max_lifetime_cap: Duration,
@@ -54,6 +63,28 @@ pub struct CaConfig {
 
 fn default_cap() -> Duration {
     DAY
+}
+
+/// Longest URL accepted in a certificate extension.
+const MAX_URL: usize = 512;
+
+/// A URL for a certificate extension: `http://` or `https://`, printable ASCII without spaces
+/// (an IA5String), a host present.
+fn check_url(url: &str) -> Result<(), CaError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    let ok = url.len() <= MAX_URL
+        && url.bytes().all(|b| b.is_ascii_graphic())
+        && rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CaError::Config(format!(
+            "URL {:?}: expected http:// or https:// with a host, printable ASCII, at most {MAX_URL} bytes",
+            url.chars().take(80).collect::<String>()
+        )))
+    }
 }
 
 /// A key backend.
@@ -129,9 +160,22 @@ impl BackendConfig {
 pub struct KeysConfig {
     pub root_label: String,
     pub issuing_label: String,
+    /// The OCSP responder's signing key, in `backend` beside the issuing key (default
+    /// `<issuing_label>-ocsp`; generated when first needed).
+    #[serde(default)]
+    pub ocsp_label: Option<String>,
     /// Algorithm of both keys (default p256).
     #[serde(default = "default_algorithm")]
     pub algorithm: KeyAlgorithm,
+}
+
+impl KeysConfig {
+    /// The OCSP signing key's label.
+    pub fn ocsp_label(&self) -> String {
+        self.ocsp_label
+            .clone()
+            .unwrap_or_else(|| format!("{}-ocsp", self.issuing_label))
+    }
 }
 
 fn default_algorithm() -> KeyAlgorithm {
@@ -233,6 +277,14 @@ impl CaConfig {
     pub fn check(&self) -> Result<(), CaError> {
         check_label(&self.keys.root_label)?;
         check_label(&self.keys.issuing_label)?;
+        check_label(&self.keys.ocsp_label())?;
+        if self.keys.ocsp_label() == self.keys.issuing_label
+            || (self.root_backend.is_none() && self.keys.ocsp_label() == self.keys.root_label)
+        {
+            return Err(CaError::Config(
+                "keys.ocsp_label must differ from the other keys' labels".to_owned(),
+            ));
+        }
         if self.root_backend.is_none() && self.keys.root_label == self.keys.issuing_label {
             return Err(CaError::Config(
                 "keys.root_label and keys.issuing_label must differ in one backend".to_owned(),
@@ -247,6 +299,9 @@ impl CaConfig {
             return Err(CaError::Config(
                 "crl.next_update must be at least 1m".to_owned(),
             ));
+        }
+        for url in self.crl_distribution_points.iter().chain(&self.ocsp_url) {
+            check_url(url)?;
         }
         self.profiles().map(|_| ())
     }
@@ -391,6 +446,24 @@ profiles:
             ),
             (GOOD.replace("ns/*/sa/*", "ns/**/sa"), "last segment"),
             (GOOD.replace("tenant: acme", "tenant: Acme"), "tenant id"),
+            (
+                GOOD.replace("profiles:", "ocsp_url: ftp://ca.example/ocsp\nprofiles:"),
+                "http:// or https://",
+            ),
+            (
+                GOOD.replace(
+                    "profiles:",
+                    "crl_distribution_points: [\"http://\"]\nprofiles:",
+                ),
+                "http:// or https://",
+            ),
+            (
+                GOOD.replace(
+                    "profiles:",
+                    "ocsp_url: \"http://ca.example/o csp\"\nprofiles:",
+                ),
+                "printable ASCII",
+            ),
         ] {
             let err = CaConfig::from_yaml(&bad).unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");

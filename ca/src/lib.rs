@@ -25,6 +25,7 @@ mod events;
 mod ids;
 mod inventory;
 mod key;
+mod ocsp;
 mod profile;
 
 pub use authority::{Ca, IssueRequest, IssuedCertificate, Requester, RequesterKind};
@@ -45,6 +46,7 @@ pub use key::{
     KeyAlgorithm, KeyBackend, PinSource, Pkcs11Backend, SigningKey, SoftwareBackend,
     DEFAULT_PKCS11_MODULE,
 };
+pub use ocsp::{OcspAnswer, OcspOutcome, OcspResponder, MAX_CERTS_PER_REQUEST};
 pub use profile::{
     DnsPattern, IssuanceProfile, IssueRefusal, KeyType, ProfileRole, SpiffeIdPattern, OPERATOR_PATH,
 };

@@ -4,10 +4,14 @@
 
 use std::time::SystemTime;
 
+use der::asn1::Ia5String;
+use der::Encode;
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose,
-    SanType, SerialNumber,
+    CertificateParams, CrlDistributionPoint, CustomExtension, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType, SerialNumber,
 };
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::{AccessDescription, AuthorityInfoAccessSyntax};
 
 use super::{Ca, IssueRequest, IssuedCertificate, RequesterKind, CLOCK_SKEW};
 use crate::csr::read_csr;
@@ -17,6 +21,63 @@ use crate::inventory::{format_time, CertRecord, CertStatus, NewCertRecord};
 use crate::key::RcgenSigner;
 use crate::profile::{shown, IssuanceProfile, IssueRefusal, ProfileRole};
 use crate::CaError;
+
+/// id-pe-authorityInfoAccess (RFC 5280 §4.2.2.1).
+const AUTHORITY_INFO_ACCESS: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 1, 1];
+/// id-ad-ocsp.
+const AD_OCSP: der::oid::ObjectIdentifier =
+    der::oid::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.48.1");
+
+/// Where a certificate's revocation status is published: the CRL distribution points and the
+/// OCSP responder (as an authority information access extension), built once at open.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RevocationUrls {
+    crl_distribution_points: Vec<String>,
+    /// The DER of the authority information access extension's value, when there is an OCSP URL.
+    authority_info_access: Option<Vec<u8>>,
+}
+
+impl RevocationUrls {
+    pub(crate) fn new(
+        crl_distribution_points: &[String],
+        ocsp_url: Option<&str>,
+    ) -> Result<Self, CaError> {
+        let authority_info_access = ocsp_url
+            .map(|url| {
+                let bad = |e: der::Error| CaError::Config(format!("ocsp_url {url:?}: {e}"));
+                AuthorityInfoAccessSyntax(vec![AccessDescription {
+                    access_method: AD_OCSP,
+                    access_location: GeneralName::UniformResourceIdentifier(
+                        Ia5String::new(url).map_err(bad)?,
+                    ),
+                }])
+                .to_der()
+                .map_err(bad)
+            })
+            .transpose()?;
+        Ok(Self {
+            crl_distribution_points: crl_distribution_points.to_vec(),
+            authority_info_access,
+        })
+    }
+
+    /// Writes the extensions into a certificate's parameters.
+    pub(crate) fn apply(&self, params: &mut CertificateParams) {
+        if !self.crl_distribution_points.is_empty() {
+            params.crl_distribution_points = vec![CrlDistributionPoint {
+                uris: self.crl_distribution_points.clone(),
+            }];
+        }
+        if let Some(aia) = &self.authority_info_access {
+            params
+                .custom_extensions
+                .push(CustomExtension::from_oid_content(
+                    AUTHORITY_INFO_ACCESS,
+                    aia.clone(),
+                ));
+        }
+    }
+}
 
 impl Ca {
     fn profile(
@@ -223,6 +284,7 @@ impl Ca {
                 .push(SanType::DnsName(name.as_str().to_owned().try_into()?));
             sans.push(format!("DNS:{}", name.as_str()));
         }
+        self.core.revocation_urls.apply(&mut params);
 
         let subject_key = rcgen::SubjectPublicKeyInfo::from_der(&csr.spki_der)
             .map_err(|e| IssueRefusal::CsrMalformed(format!("subject key: {e}")))?;

@@ -2,7 +2,7 @@
 //! lineage was recorded are given the `renewed_from` column when opened.
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -54,9 +54,29 @@ const COLUMNS: &str = "serial, subject, sans, tenant, profile, requester, not_be
                        revoked_at, revocation_reason, renewed_from";
 
 /// The inventory in a SQLite file (WAL, synchronous FULL: a recorded issuance survives a crash).
+///
+/// Issuances are group-committed: each caller queues its record, then takes the connection;
+/// whoever holds it writes every record queued so far in one transaction (one WAL fsync) and
+/// hands each caller its outcome after the commit. A caller whose record a previous holder
+/// committed returns at once. So no certificate is returned before its row is durable, and
+/// concurrent issuances share an fsync instead of queueing for one each.
+///
+/// Reads go through a connection of their own: under WAL they see every committed write and
+/// never wait for a commit's fsync.
 pub struct SqliteInventory {
     conn: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    /// Records waiting for the next commit, each with where its outcome goes.
+    queued: Mutex<Vec<QueuedRecord>>,
     path: String,
+}
+
+/// Where one queued record's outcome is written (once, after its batch's commit).
+type Outcome = Arc<Mutex<Option<Result<(), CaError>>>>;
+
+struct QueuedRecord {
+    record: NewCertRecord,
+    outcome: Outcome,
 }
 
 impl std::fmt::Debug for SqliteInventory {
@@ -85,14 +105,24 @@ impl SqliteInventory {
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         add_lineage(&mut conn).map_err(err)?;
+        let reader = Connection::open(path).map_err(err)?;
+        reader
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
         Ok(Self {
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
+            queued: Mutex::new(Vec::new()),
             path: shown,
         })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -196,60 +226,129 @@ fn query(
     rows.into_iter().map(|r| r.into_record(now)).collect()
 }
 
-impl InventoryStore for SqliteInventory {
-    fn record_issued(&self, r: &NewCertRecord) -> Result<(), CaError> {
-        let sans = serde_json::to_string(&r.sans)
-            .map_err(|e| CaError::Inventory(format!("encode SANs: {e}")))?;
-        let mut conn = self.conn();
-        let tx = conn
+fn take(outcome: &Outcome) -> Option<Result<(), CaError>> {
+    outcome
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+}
+
+/// Writes a batch in one transaction, each record under its own savepoint (a refused renewal
+/// or a duplicate serial fails alone), and sets every outcome once the commit is known.
+fn write_batch(conn: &mut Connection, batch: &[QueuedRecord]) {
+    let set = |q: &QueuedRecord, result: Result<(), CaError>| {
+        *q.outcome.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+    };
+    let committed = (|| -> Result<Vec<Result<(), CaError>>, CaError> {
+        let mut tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_error)?;
-        if let Some(parent) = &r.renewed_from {
-            let revoked_at: Option<Option<i64>> = tx
-                .query_row(
-                    "SELECT revoked_at FROM certificates WHERE serial = ?1",
-                    [parent.to_string()],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(db_error)?;
-            let why = match revoked_at {
-                None => Some("it is not in the inventory"),
-                Some(Some(_)) => Some("it has been revoked"),
-                Some(None) => None,
-            };
-            if let Some(why) = why {
-                return Err(CaError::Refused(IssueRefusal::NotRenewable {
-                    serial: parent.to_string(),
-                    why: why.to_owned(),
-                }));
+        let mut results = Vec::with_capacity(batch.len());
+        for q in batch {
+            let mut sp = tx.savepoint().map_err(db_error)?;
+            let result = insert(&sp, &q.record);
+            if result.is_ok() {
+                sp.commit().map_err(db_error)?;
+            } else {
+                sp.rollback().map_err(db_error)?;
+            }
+            results.push(result);
+        }
+        tx.commit().map_err(db_error)?;
+        Ok(results)
+    })();
+    match committed {
+        Ok(results) => {
+            for (q, result) in batch.iter().zip(results) {
+                set(q, result);
             }
         }
-        tx.execute(
-            "INSERT INTO certificates (serial, subject, sans, tenant, profile, requester, \
-             not_before, not_after, cert_der, renewed_from) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                r.serial.to_string(),
-                r.subject,
-                sans,
-                r.tenant.as_str(),
-                r.profile,
-                r.requester,
-                unix_seconds(r.not_before),
-                unix_seconds(r.not_after),
-                r.cert_der,
-                r.renewed_from.as_ref().map(ToString::to_string),
-            ],
-        )
-        .map_err(db_error)?;
-        tx.commit().map_err(db_error)
+        Err(e) => {
+            tracing::warn!(error = %e, batch = batch.len(), "inventory: batch not committed");
+            for q in batch {
+                set(q, Err(CaError::Inventory(e.to_string())));
+            }
+        }
+    }
+}
+
+/// Inserts one issued certificate; a renewal only while the certificate it renews is there and
+/// not revoked.
+fn insert(tx: &Connection, r: &NewCertRecord) -> Result<(), CaError> {
+    let sans = serde_json::to_string(&r.sans)
+        .map_err(|e| CaError::Inventory(format!("encode SANs: {e}")))?;
+    if let Some(parent) = &r.renewed_from {
+        let revoked_at: Option<Option<i64>> = tx
+            .query_row(
+                "SELECT revoked_at FROM certificates WHERE serial = ?1",
+                [parent.to_string()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db_error)?;
+        let why = match revoked_at {
+            None => Some("it is not in the inventory"),
+            Some(Some(_)) => Some("it has been revoked"),
+            Some(None) => None,
+        };
+        if let Some(why) = why {
+            return Err(CaError::Refused(IssueRefusal::NotRenewable {
+                serial: parent.to_string(),
+                why: why.to_owned(),
+            }));
+        }
+    }
+    tx.execute(
+        "INSERT INTO certificates (serial, subject, sans, tenant, profile, requester, \
+         not_before, not_after, cert_der, renewed_from) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            r.serial.to_string(),
+            r.subject,
+            sans,
+            r.tenant.as_str(),
+            r.profile,
+            r.requester,
+            unix_seconds(r.not_before),
+            unix_seconds(r.not_after),
+            r.cert_der,
+            r.renewed_from.as_ref().map(ToString::to_string),
+        ],
+    )
+    .map_err(db_error)
+    .map(|_| ())
+}
+
+impl InventoryStore for SqliteInventory {
+    fn record_issued(&self, r: &NewCertRecord) -> Result<(), CaError> {
+        let outcome: Outcome = Arc::default();
+        self.queued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(QueuedRecord {
+                record: r.clone(),
+                outcome: Arc::clone(&outcome),
+            });
+        let mut conn = self.conn();
+        // A holder before us may have committed our record with its batch.
+        if let Some(done) = take(&outcome) {
+            return done;
+        }
+        let batch =
+            std::mem::take(&mut *self.queued.lock().unwrap_or_else(PoisonError::into_inner));
+        write_batch(&mut conn, &batch);
+        drop(conn);
+        take(&outcome).unwrap_or_else(|| {
+            Err(CaError::Inventory(
+                "the record was not written (not in the batch)".to_owned(),
+            ))
+        })
     }
 
     fn get(&self, serial: &Serial, now: SystemTime) -> Result<Option<CertRecord>, CaError> {
         let sql = format!("SELECT {COLUMNS} FROM certificates WHERE serial = ?1");
         let serial = serial.to_string();
-        Ok(query(&self.conn(), &sql, &[&serial], unix_seconds(now))?
+        Ok(query(&self.reader(), &sql, &[&serial], unix_seconds(now))?
             .into_iter()
             .next())
     }
@@ -297,7 +396,7 @@ impl InventoryStore for SqliteInventory {
             args.len()
         ));
         let refs: Vec<&dyn rusqlite::ToSql> = args.iter().map(|a| a.as_ref()).collect();
-        query(&self.conn(), &sql, &refs, now_s)
+        query(&self.reader(), &sql, &refs, now_s)
     }
 
     fn revoke(
@@ -378,7 +477,7 @@ impl InventoryStore for SqliteInventory {
             "SELECT {COLUMNS} FROM certificates WHERE revoked_at IS NOT NULL AND not_after > ?1 \
              ORDER BY revoked_at, serial"
         );
-        query(&self.conn(), &sql, &[&now_s], now_s)
+        query(&self.reader(), &sql, &[&now_s], now_s)
     }
 
     fn next_crl_number(&self) -> Result<u64, CaError> {
