@@ -27,6 +27,9 @@
 //!   per_source: { requests: 1200, per: 1m, burst: 600 }   # IP address, whoever calls
 //! metrics: 127.0.0.1:9443         # optional plain-HTTP Prometheus /metrics (connections open
 //!                                 # by class, closed by reason, 429s by key, issuance outcomes)
+//! acme:                           # the ACME server under /acme/ (off by default)
+//!   enabled: true
+//!   http01_port: 80               # where http-01 challenges are fetched (default 80)
 //! ```
 //!
 //! Operators are a role: [`AdminConfig::check_operators`] refuses an operator ID that a tenant
@@ -70,6 +73,29 @@ pub struct AdminConfig {
     /// it on loopback or a management network).
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// The ACME server (RFC 8555) on this listener.
+    #[serde(default)]
+    pub acme: AcmeConfig,
+}
+
+/// The ACME server's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeConfig {
+    /// Serve `/acme/` (off by default).
+    pub enabled: bool,
+    /// The port http-01 challenges are fetched from (80 unless a test or a proxy says
+    /// otherwise).
+    pub http01_port: u16,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            http01_port: 80,
+        }
+    }
 }
 
 fn default_crl_poll() -> Duration {

@@ -1,0 +1,923 @@
+//! The ACME resources: accounts, orders, authorizations and their http-01 challenges,
+//! finalization through the CA, certificate download and revocation.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use portcullis_ca::{
+    requested_names, CaError, IssueRequest, Requester, RequesterKind, RevocationReason,
+    RevocationScope, Serial,
+};
+use portcullis_identity::DnsName;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::jws::{self, b64};
+use super::store::{AcmeStore, Account};
+use super::{finish, purge_expired, verify_post, AcmeService, Problem, Signed, MAX_ORDERS, ORDER_TTL};
+use crate::api::{blocking, AppState, CallRecord};
+use crate::error::AdminError;
+use crate::identity::ConnInfo;
+
+/// Names in one order at most.
+const MAX_IDENTIFIERS: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Status {
+    Pending,
+    Processing,
+    Ready,
+    Valid,
+    Invalid,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Processing => "processing",
+            Status::Ready => "ready",
+            Status::Valid => "valid",
+            Status::Invalid => "invalid",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Order {
+    account: i64,
+    /// Pending until finalized: `ready` is worked out from the authorizations.
+    status: Status,
+    expires: SystemTime,
+    names: Vec<String>,
+    authz: Vec<String>,
+    certificate: Option<Serial>,
+    error: Option<Value>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Authz {
+    account: i64,
+    name: String,
+    expires: SystemTime,
+    token: String,
+    /// The challenge's status (the authorization's follows it).
+    status: Status,
+    validated: Option<SystemTime>,
+    error: Option<Value>,
+}
+
+/// Orders and authorizations in progress.
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    orders: HashMap<String, Order>,
+    authz: HashMap<String, Authz>,
+}
+
+impl Pending {
+    /// The order's status as a client sees it.
+    fn order_status(&self, order: &Order) -> Status {
+        if order.status != Status::Pending {
+            return order.status;
+        }
+        let states: Vec<Status> = order
+            .authz
+            .iter()
+            .map(|id| self.authz.get(id).map_or(Status::Invalid, |a| a.status))
+            .collect();
+        if states.contains(&Status::Invalid) {
+            Status::Invalid
+        } else if states.iter().all(|s| *s == Status::Valid) {
+            Status::Ready
+        } else {
+            Status::Pending
+        }
+    }
+}
+
+fn acme(st: &AppState) -> Result<&AcmeService, Problem> {
+    st.acme.as_deref().ok_or_else(Problem::not_found)
+}
+
+/// Runs a store call off the async threads.
+pub(super) async fn blocking_store<T: Send + 'static>(
+    st: &AppState,
+    f: impl FnOnce(&AcmeStore) -> Result<T, AdminError> + Send + 'static,
+) -> Result<T, Problem> {
+    let Some(service) = st.acme.clone() else {
+        return Err(Problem::not_found());
+    };
+    blocking(move || f(&service.store))
+        .await
+        .map_err(|_| Problem::server_internal())?
+        .map_err(|e| {
+            tracing::error!(error = %e, "acme: store failed");
+            Problem::server_internal()
+        })
+}
+
+fn random_id() -> Result<String, Problem> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| Problem::server_internal())?;
+    Ok(b64(&bytes))
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Answers `result`, adding the ACME headers, and records the call when `action` is named.
+fn respond(
+    st: &AppState,
+    base: Option<&str>,
+    result: Result<Response, Problem>,
+) -> Response {
+    let response = match result {
+        Ok(r) => r,
+        Err(p) => p.into_response(),
+    };
+    finish(st, base, response)
+}
+
+fn json_response(status: StatusCode, body: Value, location: Option<String>) -> Response {
+    let mut r = (status, axum::Json(body)).into_response();
+    if let Some(l) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        r.headers_mut().insert(header::LOCATION, l);
+    }
+    r
+}
+
+fn account_json(a: &Account) -> Value {
+    json!({ "status": "valid", "contact": a.contact })
+}
+
+fn account_url(base: &str, id: i64) -> String {
+    format!("{base}/acme/account/{id}")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewAccount {
+    #[serde(default)]
+    contact: Vec<String>,
+    #[serde(default)]
+    only_return_existing: bool,
+    #[serde(default)]
+    external_account_binding: Option<Value>,
+    #[serde(default, rename = "termsOfServiceAgreed")]
+    _tos: Option<bool>,
+}
+
+pub(super) async fn new_account(
+    State(st): State<Arc<AppState>>,
+    axum::Extension(conn): axum::Extension<ConnInfo>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    let result = new_account_flow(&st, &headers, &uri, body, &mut rec).await;
+    let base = super::base_url(&headers, &uri).ok();
+    let response = respond(&st, base.as_deref(), result);
+    st.audit_call(&rec, "acme.account.create", response.status());
+    response
+}
+
+async fn new_account_flow(
+    st: &Arc<AppState>,
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: Body,
+    rec: &mut CallRecord,
+) -> Result<Response, Problem> {
+    let acme = acme(st)?;
+    let Signed {
+        payload, jwk, base, ..
+    } = verify_post(st, acme, headers, uri, body, true).await?;
+    let Some(jwk) = jwk else {
+        return Err(Problem::malformed("newAccount is signed with the jwk form"));
+    };
+    let req: NewAccount = serde_json::from_slice(&payload)
+        .map_err(|_| Problem::malformed("the newAccount payload is not the expected JSON"))?;
+    let thumbprint = jwk.thumbprint();
+    let t = thumbprint.clone();
+    if let Some(existing) = blocking_store(st, move |s| s.account_by_thumbprint(&t)).await? {
+        rec.tenant = Some(existing.tenant.to_string());
+        rec.target = Some(format!("account:{}", existing.id));
+        return Ok(json_response(
+            StatusCode::OK,
+            account_json(&existing),
+            Some(account_url(&base, existing.id)),
+        ));
+    }
+    if req.only_return_existing {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "accountDoesNotExist",
+            "no account has this key",
+        ));
+    }
+    if req.contact.len() > 4 || req.contact.iter().any(|c| c.len() > 256) {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalidContact",
+            "at most 4 contacts of at most 256 characters",
+        ));
+    }
+    let Some(eab) = req.external_account_binding else {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "externalAccountRequired",
+            "this server requires an external account binding",
+        ));
+    };
+    let url = format!("{base}{}", uri.path());
+    // The MAC key is read from the store before the (CPU-only) check.
+    let kid_in = eab
+        .get("protected")
+        .and_then(Value::as_str)
+        .and_then(|p| jws::unb64(p, "protected").ok())
+        .and_then(|p| serde_json::from_slice::<Value>(&p).ok())
+        .and_then(|h| h.get("kid").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_default();
+    let k = kid_in.clone();
+    let mac_key = blocking_store(st, move |s| s.eab_mac_key(&k, SystemTime::now())).await?;
+    let kid = jws::verify_eab(&eab, &jwk, &url, |kid| {
+        Ok((kid == kid_in).then_some(mac_key).flatten().map(|k| k.to_vec()))
+    })
+    .inspect_err(|_| tracing::info!(acme.eab_kid = %kid_in, "acme: external account binding refused"))?;
+    let canonical = jwk.canonical();
+    let contact = req.contact.clone();
+    let account = blocking_store(st, move |s| {
+        s.create_account(&kid, &thumbprint, &canonical, &contact, SystemTime::now())
+    })
+    .await?
+    .ok_or_else(|| Problem::unauthorized("the external account binding does not verify"))?;
+    rec.tenant = Some(account.tenant.to_string());
+    rec.target = Some(format!("account:{}", account.id));
+    tracing::info!(acme.account = account.id, tenant.id = %account.tenant, acme.eab_kid = %account.eab_kid, "acme: account created");
+    Ok(json_response(
+        StatusCode::CREATED,
+        account_json(&account),
+        Some(account_url(&base, account.id)),
+    ))
+}
+
+/// The account, by its owner: POST-as-GET or an update (only reading is supported; a
+/// deactivation is refused).
+pub(super) async fn account(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Response {
+    let base = super::base_url(&headers, &uri).ok();
+    let result = async {
+        let signed = signed_by_account(&st, &headers, &uri, body).await?;
+        let account = owner(&signed)?;
+        if id != account.id.to_string() {
+            return Err(Problem::unauthorized("not this account's resource"));
+        }
+        if let Ok(v) = serde_json::from_slice::<Value>(&signed.payload) {
+            if v.get("status").is_some_and(|s| s != "valid") {
+                return Err(Problem::malformed("account deactivation is not supported"));
+            }
+        }
+        Ok(json_response(
+            StatusCode::OK,
+            account_json(account),
+            Some(account_url(&signed.base, account.id)),
+        ))
+    }
+    .await;
+    respond(&st, base.as_deref(), result)
+}
+
+async fn signed_by_account(
+    st: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: Body,
+) -> Result<Signed, Problem> {
+    verify_post(st, acme(st)?, headers, uri, body, false).await
+}
+
+fn owner(signed: &Signed) -> Result<&Account, Problem> {
+    signed
+        .account
+        .as_ref()
+        .ok_or_else(|| Problem::unauthorized("sign with an account"))
+}
+
+#[derive(Debug, Deserialize)]
+struct Identifier {
+    #[serde(rename = "type")]
+    kind: String,
+    value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewOrder {
+    identifiers: Vec<Identifier>,
+    #[serde(default)]
+    not_before: Option<String>,
+    #[serde(default)]
+    not_after: Option<String>,
+}
+
+/// The names of an order, checked against the account's profile before any validation.
+fn order_names(st: &AppState, account: &Account, req: &NewOrder) -> Result<Vec<String>, Problem> {
+    if req.not_before.is_some() || req.not_after.is_some() {
+        return Err(Problem::malformed(
+            "notBefore and notAfter are not supported: the profile sets the lifetime",
+        ));
+    }
+    if req.identifiers.is_empty() || req.identifiers.len() > MAX_IDENTIFIERS {
+        return Err(Problem::malformed(format!(
+            "an order names 1 to {MAX_IDENTIFIERS} identifiers"
+        )));
+    }
+    let profile = st
+        .ca
+        .profiles()
+        .iter()
+        .find(|p| p.tenant == account.tenant && p.name == account.profile)
+        .ok_or_else(|| {
+            tracing::warn!(tenant.id = %account.tenant, ca.profile = %account.profile, "acme: the account's profile is gone");
+            Problem::unauthorized("the account's profile no longer exists")
+        })?;
+    let mut names = BTreeSet::new();
+    for id in &req.identifiers {
+        let shown: String = id.value.chars().take(80).collect();
+        if id.kind != "dns" {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "unsupportedIdentifier",
+                "this server issues DNS names only",
+            ));
+        }
+        let name: DnsName = id.value.parse().map_err(|_| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "rejectedIdentifier",
+                format!("{shown:?} is not a DNS name"),
+            )
+        })?;
+        if name.is_wildcard() {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "rejectedIdentifier",
+                "wildcard names need dns-01, which this server does not offer",
+            ));
+        }
+        if !profile.dns_names.iter().any(|p| p.covers(&name)) {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "rejectedIdentifier",
+                format!("{shown:?} is not allowed by this account's profile"),
+            ));
+        }
+        names.insert(name.as_str().to_owned());
+    }
+    Ok(names.into_iter().collect())
+}
+
+pub(super) async fn new_order(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Response {
+    let base = super::base_url(&headers, &uri).ok();
+    let result = async {
+        let signed = signed_by_account(&st, &headers, &uri, body).await?;
+        let account = owner(&signed)?;
+        let req: NewOrder = serde_json::from_slice(&signed.payload)
+            .map_err(|_| Problem::malformed("the newOrder payload is not the expected JSON"))?;
+        let names = order_names(&st, account, &req)?;
+        let acme = acme(&st)?;
+        let expires = SystemTime::now() + ORDER_TTL;
+        let mut authz_ids = Vec::with_capacity(names.len());
+        let mut new_authz = Vec::with_capacity(names.len());
+        for name in &names {
+            let id = random_id()?;
+            authz_ids.push(id.clone());
+            new_authz.push((
+                id,
+                Authz {
+                    account: account.id,
+                    name: name.clone(),
+                    expires,
+                    token: random_id()?,
+                    status: Status::Pending,
+                    validated: None,
+                    error: None,
+                },
+            ));
+        }
+        let order_id = random_id()?;
+        let order = Order {
+            account: account.id,
+            status: Status::Pending,
+            expires,
+            names,
+            authz: authz_ids,
+            certificate: None,
+            error: None,
+        };
+        let body = {
+            let mut p = acme.pending();
+            purge_expired(&mut p.orders, |o| o.expires);
+            purge_expired(&mut p.authz, |a| a.expires);
+            if p.orders.len() >= MAX_ORDERS {
+                return Err(Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "rateLimited",
+                    "too many orders in progress; retry later",
+                ));
+            }
+            p.authz.extend(new_authz);
+            let body = order_json(&p, &signed.base, &order_id, &order);
+            p.orders.insert(order_id.clone(), order);
+            body
+        };
+        Ok(json_response(
+            StatusCode::CREATED,
+            body,
+            Some(format!("{}/acme/order/{order_id}", signed.base)),
+        ))
+    }
+    .await;
+    respond(&st, base.as_deref(), result)
+}
+
+fn order_json(p: &Pending, base: &str, id: &str, o: &Order) -> Value {
+    let mut v = json!({
+        "status": p.order_status(o).as_str(),
+        "expires": rfc3339(o.expires),
+        "identifiers": o.names.iter().map(|n| json!({"type": "dns", "value": n})).collect::<Vec<_>>(),
+        "authorizations": o.authz.iter().map(|a| format!("{base}/acme/authz/{a}")).collect::<Vec<_>>(),
+        "finalize": format!("{base}/acme/order/{id}/finalize"),
+    });
+    if let Some(serial) = &o.certificate {
+        v["certificate"] = json!(format!("{base}/acme/cert/{serial}"));
+    }
+    if let Some(e) = &o.error {
+        v["error"] = e.clone();
+    }
+    v
+}
+
+fn challenge_json(base: &str, id: &str, a: &Authz) -> Value {
+    let mut v = json!({
+        "type": "http-01",
+        "url": format!("{base}/acme/chall/{id}"),
+        "token": a.token,
+        "status": a.status.as_str(),
+    });
+    if let Some(t) = a.validated {
+        v["validated"] = json!(rfc3339(t));
+    }
+    if let Some(e) = &a.error {
+        v["error"] = e.clone();
+    }
+    v
+}
+
+fn authz_json(base: &str, id: &str, a: &Authz) -> Value {
+    let status = match a.status {
+        Status::Processing => Status::Pending,
+        s => s,
+    };
+    json!({
+        "status": status.as_str(),
+        "expires": rfc3339(a.expires),
+        "identifier": {"type": "dns", "value": a.name},
+        "challenges": [challenge_json(base, id, a)],
+    })
+}
+
+pub(super) async fn order(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Response {
+    let base = super::base_url(&headers, &uri).ok();
+    let result = async {
+        let signed = signed_by_account(&st, &headers, &uri, body).await?;
+        let account = owner(&signed)?;
+        let p = acme(&st)?.pending();
+        let order = p
+            .orders
+            .get(&id)
+            .filter(|o| o.account == account.id)
+            .ok_or_else(Problem::not_found)?;
+        Ok(json_response(
+            StatusCode::OK,
+            order_json(&p, &signed.base, &id, order),
+            None,
+        ))
+    }
+    .await;
+    respond(&st, base.as_deref(), result)
+}
+
+pub(super) async fn authz(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Response {
+    let base = super::base_url(&headers, &uri).ok();
+    let result = async {
+        let signed = signed_by_account(&st, &headers, &uri, body).await?;
+        let account = owner(&signed)?;
+        let p = acme(&st)?.pending();
+        let a = p
+            .authz
+            .get(&id)
+            .filter(|a| a.account == account.id)
+            .ok_or_else(Problem::not_found)?;
+        Ok(json_response(StatusCode::OK, authz_json(&signed.base, &id, a), None))
+    }
+    .await;
+    respond(&st, base.as_deref(), result)
+}
+
+/// A challenge: POST `{}` starts its validation (once); POST-as-GET reads it.
+pub(super) async fn challenge(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Response {
+    let base = super::base_url(&headers, &uri).ok();
+    let result = async {
+        let signed = signed_by_account(&st, &headers, &uri, body).await?;
+        let account = owner(&signed)?;
+        let acme = acme(&st)?;
+        let thumbprint = {
+            let stored: Value = serde_json::from_str(&account.jwk)
+                .map_err(|_| Problem::server_internal())?;
+            jws::Jwk::from_json(&stored)?.thumbprint()
+        };
+        let respond_now = signed.payload.is_empty();
+        let (body, start) = {
+            let mut p = acme.pending();
+            let a = p
+                .authz
+                .get_mut(&id)
+                .filter(|a| a.account == account.id)
+                .ok_or_else(Problem::not_found)?;
+            let start = !respond_now && a.status == Status::Pending;
+            if start {
+                a.status = Status::Processing;
+            }
+            (challenge_json(&signed.base, &id, a), start.then(|| (a.name.clone(), a.token.clone())))
+        };
+        if let Some((name, token)) = start {
+            let st2 = Arc::clone(&st);
+            let port = acme.http01_port;
+            let id = id.clone();
+            tokio::spawn(async move {
+                let key_authorization = format!("{token}.{thumbprint}");
+                let outcome = super::http01::validate(&name, port, &token, &key_authorization).await;
+                if let Some(acme) = st2.acme.as_deref() {
+                    let mut p = acme.pending();
+                    if let Some(a) = p.authz.get_mut(&id) {
+                        match outcome {
+                            Ok(()) => {
+                                a.status = Status::Valid;
+                                a.validated = Some(SystemTime::now());
+                                tracing::info!(acme.name = %name, "acme: http-01 validated");
+                            }
+                            Err(problem) => {
+                                tracing::info!(acme.name = %name, acme.problem = %problem.detail, "acme: http-01 failed");
+                                a.status = Status::Invalid;
+                                a.error = Some(problem.to_json());
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        let mut r = json_response(StatusCode::OK, body, None);
+        if let Ok(up) = HeaderValue::from_str(&format!("<{}/acme/authz/{id}>;rel=\"up\"", signed.base)) {
+            r.headers_mut().append(header::LINK, up);
+        }
+        Ok(r)
+    }
+    .await;
+    respond(&st, base.as_deref(), result)
+}
+
+#[derive(Debug, Deserialize)]
+struct Finalize {
+    csr: String,
+}
+
+pub(super) async fn finalize(
+    State(st): State<Arc<AppState>>,
+    axum::Extension(conn): axum::Extension<ConnInfo>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    let base = super::base_url(&headers, &uri).ok();
+    let result = finalize_flow(&st, &id, &headers, &uri, body, &mut rec).await;
+    let response = respond(&st, base.as_deref(), result);
+    st.audit_call(&rec, "acme.order.finalize", response.status());
+    response
+}
+
+async fn finalize_flow(
+    st: &Arc<AppState>,
+    id: &str,
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: Body,
+    rec: &mut CallRecord,
+) -> Result<Response, Problem> {
+    let signed = signed_by_account(st, headers, uri, body).await?;
+    let account = owner(&signed)?.clone();
+    rec.actor = format!("acme:account:{}", account.id);
+    rec.tenant = Some(account.tenant.to_string());
+    let acme = acme(st)?;
+    let req: Finalize = serde_json::from_slice(&signed.payload)
+        .map_err(|_| Problem::malformed("the finalize payload is not the expected JSON"))?;
+    let csr = jws::unb64(&req.csr, "csr")?;
+    let bad_csr = |detail: &str| Problem::new(StatusCode::BAD_REQUEST, "badCSR", detail.to_owned());
+    let names = requested_names(&csr).ok_or_else(|| bad_csr("the CSR is not a PKCS#10 request"))?;
+    // Claim the order: of two concurrent finalizations one proceeds.
+    let order_names = {
+        let mut p = acme.pending();
+        let order = p
+            .orders
+            .get(id)
+            .filter(|o| o.account == account.id)
+            .cloned()
+            .ok_or_else(Problem::not_found)?;
+        if p.order_status(&order) != Status::Ready {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "orderNotReady",
+                "the order's authorizations are not all valid",
+            ));
+        }
+        let asked: BTreeSet<String> = names.dns_names.iter().map(|n| n.to_ascii_lowercase()).collect();
+        let ordered: BTreeSet<String> = order.names.iter().cloned().collect();
+        if !names.uris.is_empty() || asked != ordered {
+            return Err(bad_csr("the CSR's names are not exactly the order's identifiers"));
+        }
+        if let Some(o) = p.orders.get_mut(id) {
+            o.status = Status::Processing;
+        }
+        order.names
+    };
+    rec.target = Some(order_names.join(","));
+    let ca = Arc::clone(&st.ca);
+    let (tenant, profile) = (account.tenant.clone(), account.profile.clone());
+    let requester = Requester {
+        kind: RequesterKind::BootstrapToken,
+        id: format!("acme:{}", account.eab_kid),
+    };
+    let issued = blocking(move || {
+        ca.issue(
+            &IssueRequest {
+                csr: &csr,
+                tenant,
+                profile: Some(&profile),
+                lifetime: None,
+                requester,
+            },
+            SystemTime::now(),
+        )
+    })
+    .await
+    .map_err(|_| Problem::server_internal())?;
+    let outcome = match issued {
+        Ok(issued) => {
+            st.stats.issued();
+            let (serial, chain) = (issued.serial.clone(), issued.chain_pem.clone());
+            blocking_store(st, move |s| s.add_certificate(&serial, account.id, &chain)).await?;
+            rec.target = Some(issued.serial.to_string());
+            Ok(issued.serial)
+        }
+        Err(CaError::Refused(refusal)) => {
+            st.stats.refused();
+            Err(Problem::new(StatusCode::BAD_REQUEST, "badCSR", refusal.to_string()))
+        }
+        Err(e) => {
+            if e.is_unavailable() {
+                st.stats.unavailable();
+            }
+            tracing::warn!(error = %e, "acme: issuance failed");
+            Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "serverInternal",
+                "the CA could not issue now; retry later",
+            ))
+        }
+    };
+    let mut p = acme.pending();
+    let Some(order) = p.orders.get_mut(id) else {
+        return Err(Problem::not_found());
+    };
+    match outcome {
+        Ok(serial) => {
+            order.status = Status::Valid;
+            order.certificate = Some(serial);
+        }
+        Err(problem) => {
+            // A refused CSR ends the order; an unavailable CA leaves it ready for a retry.
+            if problem.kind == "badCSR" {
+                order.status = Status::Invalid;
+                order.error = Some(problem.to_json());
+            } else {
+                order.status = Status::Pending;
+            }
+            return Err(problem);
+        }
+    }
+    let order = order.clone();
+    Ok(json_response(
+        StatusCode::OK,
+        order_json(&p, &signed.base, id, &order),
+        Some(format!("{}/acme/order/{id}", signed.base)),
+    ))
+}
+
+/// The PEM chain (leaf first), to the account that obtained it.
+pub(super) async fn certificate(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Response {
+    let base = super::base_url(&headers, &uri).ok();
+    let result = async {
+        let signed = signed_by_account(&st, &headers, &uri, body).await?;
+        let account = owner(&signed)?.id;
+        let serial: Serial = id.parse().map_err(|_| Problem::not_found())?;
+        let (holder, chain) = blocking_store(&st, move |s| s.certificate(&serial))
+            .await?
+            .ok_or_else(Problem::not_found)?;
+        if holder != account {
+            return Err(Problem::not_found());
+        }
+        let mut r = (StatusCode::OK, chain).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/pem-certificate-chain"),
+        );
+        Ok(r)
+    }
+    .await;
+    respond(&st, base.as_deref(), result)
+}
+
+#[derive(Debug, Deserialize)]
+struct Revoke {
+    certificate: String,
+    #[serde(default)]
+    reason: Option<u8>,
+}
+
+const REASONS: [RevocationReason; 9] = [
+    RevocationReason::Unspecified,
+    RevocationReason::KeyCompromise,
+    RevocationReason::CaCompromise,
+    RevocationReason::AffiliationChanged,
+    RevocationReason::Superseded,
+    RevocationReason::CessationOfOperation,
+    RevocationReason::CertificateHold,
+    RevocationReason::PrivilegeWithdrawn,
+    RevocationReason::AaCompromise,
+];
+
+/// Revocation by the account that obtained the certificate (the certificate-key form is not
+/// offered).
+pub(super) async fn revoke(
+    State(st): State<Arc<AppState>>,
+    axum::Extension(conn): axum::Extension<ConnInfo>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    let base = super::base_url(&headers, &uri).ok();
+    let result = revoke_flow(&st, &headers, &uri, body, &mut rec).await;
+    let response = respond(&st, base.as_deref(), result);
+    st.audit_call(&rec, "acme.certificate.revoke", response.status());
+    response
+}
+
+async fn revoke_flow(
+    st: &Arc<AppState>,
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: Body,
+    rec: &mut CallRecord,
+) -> Result<Response, Problem> {
+    let acme = acme(st)?;
+    let signed = verify_post(st, acme, headers, uri, body, true).await?;
+    let account = signed.account.clone().ok_or_else(|| {
+        Problem::unauthorized("revoke with the account that obtained the certificate")
+    })?;
+    rec.actor = format!("acme:account:{}", account.id);
+    rec.tenant = Some(account.tenant.to_string());
+    let req: Revoke = serde_json::from_slice(&signed.payload)
+        .map_err(|_| Problem::malformed("the revokeCert payload is not the expected JSON"))?;
+    let reason = match req.reason {
+        None => RevocationReason::Unspecified,
+        Some(code) => REASONS
+            .into_iter()
+            .find(|r| r.code() == code && *r != RevocationReason::CertificateHold)
+            .ok_or_else(|| {
+                Problem::new(StatusCode::BAD_REQUEST, "badRevocationReason", "no such reason")
+            })?,
+    };
+    let der = jws::unb64(&req.certificate, "certificate")?;
+    let serial = x509_parser::parse_x509_certificate(&der)
+        .map(|(_, c)| Serial::from_be_bytes(c.raw_serial()))
+        .map_err(|_| Problem::malformed("certificate is not a DER certificate"))?;
+    rec.target = Some(serial.to_string());
+    let s = serial.clone();
+    let holder = blocking_store(st, move |store| store.certificate(&s)).await?;
+    if holder.map(|(a, _)| a) != Some(account.id) {
+        return Err(Problem::unauthorized(
+            "this account did not obtain this certificate",
+        ));
+    }
+    let (ca, trust) = (Arc::clone(&st.ca), Arc::clone(&st.trust));
+    let requester = Requester {
+        kind: RequesterKind::BootstrapToken,
+        id: format!("acme:{}", account.eab_kid),
+    };
+    let result = blocking(move || {
+        let r = ca.revoke_by(
+            &serial,
+            reason,
+            RevocationScope::OnlyThis,
+            &requester,
+            SystemTime::now(),
+        );
+        if r.is_ok() {
+            if let Err(e) = trust.reload() {
+                tracing::error!(error = %e, "acme: CRL reload after revocation failed");
+            }
+        }
+        r
+    })
+    .await
+    .map_err(|_| Problem::server_internal())?;
+    match result {
+        Ok(_) => Ok(StatusCode::OK.into_response()),
+        Err(CaError::AlreadyRevoked { .. }) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "alreadyRevoked",
+            "the certificate is already revoked",
+        )),
+        Err(e) => {
+            if e.is_unavailable() {
+                st.crl_dirty.store(true, std::sync::atomic::Ordering::Release);
+            }
+            tracing::warn!(error = %e, "acme: revocation failed");
+            Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "serverInternal",
+                "the revocation could not be completed now; retry later",
+            ))
+        }
+    }
+}
+
+pub(super) async fn key_change(State(st): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> Response {
+    let base = super::base_url(&headers, &uri).ok();
+    respond(
+        &st,
+        base.as_deref(),
+        Err(Problem::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "malformed",
+            "account key rollover is not supported",
+        )),
+    )
+}
