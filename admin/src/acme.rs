@@ -58,7 +58,10 @@ pub(crate) struct AcmeService {
 }
 
 impl AcmeService {
-    pub(crate) fn open(state_dir: &std::path::Path, config: &AcmeConfig) -> Result<Self, AdminError> {
+    pub(crate) fn open(
+        state_dir: &std::path::Path,
+        config: &AcmeConfig,
+    ) -> Result<Self, AdminError> {
         Ok(Self {
             store: AcmeStore::in_state_dir(state_dir)?,
             nonces: moka::sync::Cache::builder()
@@ -135,9 +138,9 @@ fn finish(st: &AppState, base: Option<&str>, mut response: Response) -> Response
         headers.insert("replay-nonce", nonce);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(link) = base.and_then(|b| {
-        HeaderValue::from_str(&format!("<{b}/acme/directory>;rel=\"index\"")).ok()
-    }) {
+    if let Some(link) = base
+        .and_then(|b| HeaderValue::from_str(&format!("<{b}/acme/directory>;rel=\"index\"")).ok())
+    {
         headers.append(header::LINK, link);
     }
     response
@@ -211,9 +214,9 @@ pub(crate) async fn verify_post(
             "the content type must be application/jose+json",
         ));
     }
-    let bytes = crate::api::read_body(body).await.map_err(|e| {
-        Problem::new(e.status, "malformed", e.message)
-    })?;
+    let bytes = crate::api::read_body(body)
+        .await
+        .map_err(|e| Problem::new(e.status, "malformed", e.message))?;
     let parsed = jws::parse(&bytes)?;
     if parsed.url != format!("{base}{}", uri.path()) {
         return Err(Problem::unauthorized(
@@ -242,10 +245,22 @@ pub(crate) async fn verify_post(
             let id = kid
                 .strip_prefix(&format!("{base}/acme/account/"))
                 .and_then(|id| id.parse::<i64>().ok())
-                .ok_or_else(|| Problem::new(StatusCode::BAD_REQUEST, "accountDoesNotExist", "no such account"))?;
+                .ok_or_else(|| {
+                    Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "accountDoesNotExist",
+                        "no such account",
+                    )
+                })?;
             let account = flow::blocking_store(st, move |s| s.account(id))
                 .await?
-                .ok_or_else(|| Problem::new(StatusCode::BAD_REQUEST, "accountDoesNotExist", "no such account"))?;
+                .ok_or_else(|| {
+                    Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "accountDoesNotExist",
+                        "no such account",
+                    )
+                })?;
             let stored: serde_json::Value = serde_json::from_str(&account.jwk).map_err(|e| {
                 tracing::error!(error = %e, "acme: stored account key unreadable");
                 Problem::server_internal()

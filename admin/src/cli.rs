@@ -7,10 +7,10 @@ use clap::Subcommand;
 use portcullis_audit::{AdminAction, AuditHandle};
 use portcullis_ca::{CaConfig, TenantId};
 
+use crate::acme::AcmeStore;
 use crate::config::AdminConfig;
 use crate::error::AdminError;
 use crate::server::AdminServer;
-use crate::acme::AcmeStore;
 use crate::token::{create_token, SqliteTokenStore, MAX_TOKEN_TTL};
 
 /// The `admin` subcommands.

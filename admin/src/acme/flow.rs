@@ -18,8 +18,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::jws::{self, b64};
-use super::store::{AcmeStore, Account};
-use super::{finish, purge_expired, verify_post, AcmeService, Problem, Signed, MAX_ORDERS, ORDER_TTL};
+use super::store::{Account, AcmeStore};
+use super::{
+    finish, purge_expired, verify_post, AcmeService, Problem, Signed, MAX_ORDERS, ORDER_TTL,
+};
 use crate::api::{blocking, AppState, CallRecord};
 use crate::error::AdminError;
 use crate::identity::ConnInfo;
@@ -135,11 +137,7 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 /// Answers `result`, adding the ACME headers, and records the call when `action` is named.
-fn respond(
-    st: &AppState,
-    base: Option<&str>,
-    result: Result<Response, Problem>,
-) -> Response {
+fn respond(st: &AppState, base: Option<&str>, result: Result<Response, Problem>) -> Response {
     let response = match result {
         Ok(r) => r,
         Err(p) => p.into_response(),
@@ -251,9 +249,14 @@ async fn new_account_flow(
     let k = kid_in.clone();
     let mac_key = blocking_store(st, move |s| s.eab_mac_key(&k, SystemTime::now())).await?;
     let kid = jws::verify_eab(&eab, &jwk, &url, |kid| {
-        Ok((kid == kid_in).then_some(mac_key).flatten().map(|k| k.to_vec()))
+        Ok((kid == kid_in)
+            .then_some(mac_key)
+            .flatten()
+            .map(|k| k.to_vec()))
     })
-    .inspect_err(|_| tracing::info!(acme.eab_kid = %kid_in, "acme: external account binding refused"))?;
+    .inspect_err(
+        |_| tracing::info!(acme.eab_kid = %kid_in, "acme: external account binding refused"),
+    )?;
     let canonical = jwk.canonical();
     let contact = req.contact.clone();
     let account = blocking_store(st, move |s| {
@@ -551,7 +554,11 @@ pub(super) async fn authz(
             .get(&id)
             .filter(|a| a.account == account.id)
             .ok_or_else(Problem::not_found)?;
-        Ok(json_response(StatusCode::OK, authz_json(&signed.base, &id, a), None))
+        Ok(json_response(
+            StatusCode::OK,
+            authz_json(&signed.base, &id, a),
+            None,
+        ))
     }
     .await;
     respond(&st, base.as_deref(), result)
@@ -680,10 +687,16 @@ async fn finalize_flow(
                 "the order's authorizations are not all valid",
             ));
         }
-        let asked: BTreeSet<String> = names.dns_names.iter().map(|n| n.to_ascii_lowercase()).collect();
+        let asked: BTreeSet<String> = names
+            .dns_names
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
         let ordered: BTreeSet<String> = order.names.iter().cloned().collect();
         if !names.uris.is_empty() || asked != ordered {
-            return Err(bad_csr("the CSR's names are not exactly the order's identifiers"));
+            return Err(bad_csr(
+                "the CSR's names are not exactly the order's identifiers",
+            ));
         }
         if let Some(o) = p.orders.get_mut(id) {
             o.status = Status::Processing;
@@ -721,7 +734,11 @@ async fn finalize_flow(
         }
         Err(CaError::Refused(refusal)) => {
             st.stats.refused();
-            Err(Problem::new(StatusCode::BAD_REQUEST, "badCSR", refusal.to_string()))
+            Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "badCSR",
+                refusal.to_string(),
+            ))
         }
         Err(e) => {
             if e.is_unavailable() {
@@ -851,7 +868,11 @@ async fn revoke_flow(
             .into_iter()
             .find(|r| r.code() == code && *r != RevocationReason::CertificateHold)
             .ok_or_else(|| {
-                Problem::new(StatusCode::BAD_REQUEST, "badRevocationReason", "no such reason")
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "badRevocationReason",
+                    "no such reason",
+                )
             })?,
     };
     let der = jws::unb64(&req.certificate, "certificate")?;
@@ -897,7 +918,8 @@ async fn revoke_flow(
         )),
         Err(e) => {
             if e.is_unavailable() {
-                st.crl_dirty.store(true, std::sync::atomic::Ordering::Release);
+                st.crl_dirty
+                    .store(true, std::sync::atomic::Ordering::Release);
             }
             tracing::warn!(error = %e, "acme: revocation failed");
             Err(Problem::new(
@@ -909,7 +931,11 @@ async fn revoke_flow(
     }
 }
 
-pub(super) async fn key_change(State(st): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> Response {
+pub(super) async fn key_change(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
     let base = super::base_url(&headers, &uri).ok();
     respond(
         &st,

@@ -30,8 +30,20 @@ pub(super) async fn validate(
 ) -> Result<(), Problem> {
     let addrs: Vec<_> = tokio::time::timeout(STEP_TIMEOUT, tokio::net::lookup_host((name, port)))
         .await
-        .map_err(|_| Problem::new(StatusCode::FORBIDDEN, "dns", format!("resolving {name} timed out")))?
-        .map_err(|_| Problem::new(StatusCode::FORBIDDEN, "dns", format!("{name} does not resolve")))?
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::FORBIDDEN,
+                "dns",
+                format!("resolving {name} timed out"),
+            )
+        })?
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::FORBIDDEN,
+                "dns",
+                format!("{name} does not resolve"),
+            )
+        })?
         .take(MAX_ADDRS)
         .collect();
     let mut last = failed(format!("{name} has no address"));
@@ -62,11 +74,10 @@ async fn fetch(
         .map_err(|_| failed(format!("connecting to {addr} timed out")))?
         .map_err(|_| failed(format!("connecting to {addr} failed")))?;
     let exchange = async {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<bytes::Bytes>>(
-            TokioIo::new(stream),
-        )
-        .await
-        .map_err(|_| failed(format!("no HTTP/1.1 at {addr}")))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<bytes::Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(|_| failed(format!("no HTTP/1.1 at {addr}")))?;
         let driver = tokio::spawn(conn);
         let request = hyper::Request::get(format!("/.well-known/acme-challenge/{token}"))
             .header(hyper::header::HOST, format!("{name}:{port}"))
@@ -82,13 +93,20 @@ async fn fetch(
             return Err(Problem::new(
                 StatusCode::FORBIDDEN,
                 "unauthorized",
-                format!("{addr} answered {} for the challenge", response.status().as_u16()),
+                format!(
+                    "{addr} answered {} for the challenge",
+                    response.status().as_u16()
+                ),
             ));
         }
         let body = Limited::new(response.into_body(), MAX_ANSWER)
             .collect()
             .await
-            .map_err(|_| failed(format!("{addr}: answer unreadable or over {MAX_ANSWER} bytes")))?
+            .map_err(|_| {
+                failed(format!(
+                    "{addr}: answer unreadable or over {MAX_ANSWER} bytes"
+                ))
+            })?
             .to_bytes();
         driver.abort();
         Ok(body.to_vec())

@@ -260,7 +260,12 @@ mod tests {
         }
         let both = header(r#"{"alg":"ES256","kid":"k","jwk":{},"nonce":"n","url":"u"}"#);
         assert_eq!(parse(both.as_bytes()).unwrap_err().kind, "malformed");
-        for junk in [&b""[..], b"{", b"[]", b"{\"protected\":\"%%\",\"payload\":\"\",\"signature\":\"\"}"] {
+        for junk in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"{\"protected\":\"%%\",\"payload\":\"\",\"signature\":\"\"}",
+        ] {
             assert!(parse(junk).is_err());
         }
     }

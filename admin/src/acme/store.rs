@@ -211,7 +211,15 @@ impl AcmeStore {
         tx.execute(
             "INSERT INTO accounts (thumbprint, jwk, tenant, profile, eab_kid, contact, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![thumbprint, jwk, tenant, profile, kid, contact_json, unix(now)],
+            params![
+                thumbprint,
+                jwk,
+                tenant,
+                profile,
+                kid,
+                contact_json,
+                unix(now)
+            ],
         )
         .map_err(|e| self.error(e))?;
         let id = tx.last_insert_rowid();
@@ -314,9 +322,8 @@ impl SealKey {
                 SystemRandom::new()
                     .fill(&mut key)
                     .map_err(|_| AdminError::Random)?;
-                write_atomic(path, &key, 0o600).map_err(|e| {
-                    AdminError::Invalid(format!("writing {}: {e}", path.display()))
-                })?;
+                write_atomic(path, &key, 0o600)
+                    .map_err(|e| AdminError::Invalid(format!("writing {}: {e}", path.display())))?;
                 key
             }
             Err(e) => {
@@ -326,9 +333,8 @@ impl SealKey {
                 )))
             }
         };
-        let key = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| {
-            AdminError::Invalid(format!("{}: not a 32-byte key", path.display()))
-        })?;
+        let key = UnboundKey::new(&AES_256_GCM, &bytes)
+            .map_err(|_| AdminError::Invalid(format!("{}: not a 32-byte key", path.display())))?;
         Ok(Self(LessSafeKey::new(key)))
     }
 
@@ -386,16 +392,30 @@ mod tests {
         let s = AcmeStore::in_state_dir(dir.path()).unwrap();
         let now = SystemTime::now();
         let cred = s
-            .create_eab(&"webco".parse().unwrap(), "webco-web", Duration::from_secs(60), now)
+            .create_eab(
+                &"webco".parse().unwrap(),
+                "webco-web",
+                Duration::from_secs(60),
+                now,
+            )
             .unwrap();
         let key = s.eab_mac_key(&cred.kid, now).unwrap().unwrap();
         assert_eq!(super::super::jws::b64(&key), cred.expose_hmac());
         let file = std::fs::read(dir.path().join(ACME_DB)).unwrap();
-        assert!(!file.windows(32).any(|w| w == key.as_slice()), "stored sealed");
-        assert!(s.eab_mac_key(&cred.kid, now + Duration::from_secs(61)).unwrap().is_none());
+        assert!(
+            !file.windows(32).any(|w| w == key.as_slice()),
+            "stored sealed"
+        );
+        assert!(s
+            .eab_mac_key(&cred.kid, now + Duration::from_secs(61))
+            .unwrap()
+            .is_none());
         let a = s.create_account(&cred.kid, "t1", "{}", &[], now).unwrap();
         assert!(a.is_some());
-        assert!(s.create_account(&cred.kid, "t2", "{}", &[], now).unwrap().is_none());
+        assert!(s
+            .create_account(&cred.kid, "t2", "{}", &[], now)
+            .unwrap()
+            .is_none());
         assert!(s.eab_mac_key(&cred.kid, now).unwrap().is_none(), "used");
     }
 }
