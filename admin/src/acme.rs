@@ -44,8 +44,9 @@ pub use store::{AcmeStore, EabCredential, ACME_DB};
 const NONCE_TTL: Duration = Duration::from_secs(3600);
 /// Nonces outstanding at most (the oldest are forgotten first).
 const MAX_NONCES: u64 = 100_000;
-/// Orders (and their authorizations) kept in memory at most.
+/// Orders (and their authorizations) kept in memory at most, and per account.
 const MAX_ORDERS: usize = 10_000;
+const MAX_ORDERS_PER_ACCOUNT: usize = 100;
 /// How long an order and its authorizations live.
 const ORDER_TTL: Duration = Duration::from_secs(24 * 3600);
 

@@ -679,3 +679,26 @@ async fn finalize_needs_valid_authorizations_and_exactly_the_ordered_names() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     server.stop().await;
 }
+
+#[test]
+fn eab_create_refuses_a_profile_an_acme_account_could_not_use() {
+    use portcullis_admin::cli::{run, AcmeCommand, AdminCommand};
+    let fx = require_fixture!();
+    let create = |tenant: &str, profile: &str| {
+        run(
+            AdminCommand::Acme(AcmeCommand::EabCreate {
+                ca_config: fx.dir.join("ca.yaml"),
+                tenant: tenant.parse().unwrap(),
+                profile: profile.to_owned(),
+                ttl: Duration::from_secs(60),
+            }),
+            None,
+        )
+    };
+    create("webco", "webco-web").unwrap();
+    let e = create("webco", "hooli-web").unwrap_err().to_string();
+    assert!(e.contains("has no profile"), "{e}");
+    // A SPIFFE-ID profile: no DNS-only certificate could come of it.
+    let e = create("acme", "acme").unwrap_err().to_string();
+    assert!(e.contains("no DNS-only certificate"), "{e}");
+}

@@ -20,7 +20,8 @@ use serde_json::{json, Value};
 use super::jws::{self, b64};
 use super::store::{Account, AcmeStore};
 use super::{
-    finish, purge_expired, verify_post, AcmeService, Problem, Signed, MAX_ORDERS, ORDER_TTL,
+    finish, purge_expired, verify_post, AcmeService, Problem, Signed, MAX_ORDERS,
+    MAX_ORDERS_PER_ACCOUNT, ORDER_TTL,
 };
 use crate::api::{blocking, AppState, CallRecord};
 use crate::error::AdminError;
@@ -442,7 +443,12 @@ pub(super) async fn new_order(
             let mut p = acme.pending();
             purge_expired(&mut p.orders, |o| o.expires);
             purge_expired(&mut p.authz, |a| a.expires);
-            if p.orders.len() >= MAX_ORDERS {
+            let own = p
+                .orders
+                .values()
+                .filter(|o| o.account == account.id)
+                .count();
+            if p.orders.len() >= MAX_ORDERS || own >= MAX_ORDERS_PER_ACCOUNT {
                 return Err(Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "rateLimited",

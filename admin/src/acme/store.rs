@@ -314,25 +314,35 @@ impl AcmeStore {
 }
 
 impl SealKey {
+    /// Reads the sealing key, creating it first if there is none. Creation is exclusive (a
+    /// complete file linked into place, never replaced): of two processes creating it at once,
+    /// both end up with the one that was linked first.
     fn load_or_create(path: &Path) -> Result<Self, AdminError> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => Zeroizing::new(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = Zeroizing::new(vec![0u8; 32]);
-                SystemRandom::new()
-                    .fill(&mut key)
-                    .map_err(|_| AdminError::Random)?;
-                write_atomic(path, &key, 0o600)
-                    .map_err(|e| AdminError::Invalid(format!("writing {}: {e}", path.display())))?;
-                key
+        let io = |e: std::io::Error| AdminError::Invalid(format!("{}: {e}", path.display()));
+        if !path.exists() {
+            let mut key = Zeroizing::new(vec![0u8; 32]);
+            SystemRandom::new()
+                .fill(&mut key)
+                .map_err(|_| AdminError::Random)?;
+            let mut tag = [0u8; 8];
+            SystemRandom::new()
+                .fill(&mut tag)
+                .map_err(|_| AdminError::Random)?;
+            let mut name = path.as_os_str().to_owned();
+            name.push(format!(".{}.tmp", super::jws::b64(&tag)));
+            let tmp = PathBuf::from(name);
+            let _ = std::fs::remove_file(&tmp);
+            write_atomic(&tmp, &key, 0o600)
+                .map_err(|e| AdminError::Invalid(format!("writing {}: {e}", tmp.display())))?;
+            let linked = std::fs::hard_link(&tmp, path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io(e)),
             }
-            Err(e) => {
-                return Err(AdminError::Invalid(format!(
-                    "reading {}: {e}",
-                    path.display()
-                )))
-            }
-        };
+        }
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(io)?);
         let key = UnboundKey::new(&AES_256_GCM, &bytes)
             .map_err(|_| AdminError::Invalid(format!("{}: not a 32-byte key", path.display())))?;
         Ok(Self(LessSafeKey::new(key)))
