@@ -6,7 +6,8 @@
 //! one. Every POST is a JWS (ES256 or RS256, `jwk` or `kid` form) whose `url` must be the URL
 //! requested and whose nonce is consumed once ([`jws`]). An order names only what the account's
 //! profile allows; each name is proven by http-01 (the server fetches
-//! `http://NAME:PORT/.well-known/acme-challenge/TOKEN`, PORT 80 unless configured); finalize
+//! `http://NAME:PORT/.well-known/acme-challenge/TOKEN`, PORT 80 unless configured) or, when a
+//! resolver is configured, dns-01 (a TXT record, wildcard names allowed); finalize
 //! sends the CSR through [`Ca::issue`] under the account's tenant and profile, its names exactly
 //! the order's. Revocation is by the account that obtained the certificate. Every refusal is a
 //! problem document ([`Problem`]).
@@ -16,6 +17,7 @@
 //!
 //! [`Ca::issue`]: portcullis_ca::Ca::issue
 
+mod dns01;
 mod flow;
 mod http01;
 mod jws;
@@ -56,6 +58,8 @@ pub(crate) struct AcmeService {
     nonces: moka::sync::Cache<String, ()>,
     pending: Mutex<flow::Pending>,
     http01_port: u16,
+    /// dns-01's resolver, when offered.
+    dns01: Option<hickory_resolver::TokioResolver>,
 }
 
 impl AcmeService {
@@ -71,6 +75,7 @@ impl AcmeService {
                 .build(),
             pending: Mutex::new(flow::Pending::default()),
             http01_port: config.http01_port,
+            dns01: config.dns01_resolver.map(dns01::resolver),
         })
     }
 
@@ -104,7 +109,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/acme/order/{id}", post(flow::order))
         .route("/acme/order/{id}/finalize", post(flow::finalize))
         .route("/acme/authz/{id}", post(flow::authz))
-        .route("/acme/chall/{id}", post(flow::challenge))
+        .route("/acme/chall/{id}/{kind}", post(flow::challenge))
         .route("/acme/cert/{id}", post(flow::certificate))
         .route("/acme/revoke-cert", post(flow::revoke))
         .route("/acme/key-change", post(flow::key_change))

@@ -30,6 +30,7 @@
 //! acme:                           # the ACME server under /acme/ (off by default)
 //!   enabled: true
 //!   http01_port: 80               # where http-01 challenges are fetched (default 80)
+//!   dns01_resolver: 127.0.0.1:53  # offer dns-01, asking this resolver (none by default)
 //! ```
 //!
 //! Operators are a role: [`AdminConfig::check_operators`] refuses an operator ID that a tenant
@@ -87,6 +88,9 @@ pub struct AcmeConfig {
     /// The port http-01 challenges are fetched from (80 unless a test or a proxy says
     /// otherwise).
     pub http01_port: u16,
+    /// When set, dns-01 is offered too: `_acme-challenge` TXT records are asked of this
+    /// resolver (and wildcard names may be ordered).
+    pub dns01_resolver: Option<SocketAddr>,
 }
 
 impl Default for AcmeConfig {
@@ -94,6 +98,7 @@ impl Default for AcmeConfig {
         Self {
             enabled: false,
             http01_port: 80,
+            dns01_resolver: None,
         }
     }
 }

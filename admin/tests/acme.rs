@@ -702,3 +702,127 @@ fn eab_create_refuses_a_profile_an_acme_account_could_not_use() {
     let e = create("acme", "acme").unwrap_err().to_string();
     assert!(e.contains("no DNS-only certificate"), "{e}");
 }
+
+/// A DNS server on loopback (UDP) answering TXT queries from its map, NXDOMAIN otherwise.
+async fn dns_server() -> (SocketAddr, Arc<Mutex<HashMap<String, String>>>) {
+    let records: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let map = Arc::clone(&records);
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let q = &buf[..n];
+            // The question: labels from byte 12, then type and class.
+            let (mut i, mut labels) = (12, Vec::new());
+            while i < n && q[i] != 0 {
+                let len = q[i] as usize;
+                labels.push(String::from_utf8_lossy(&q[i + 1..i + 1 + len]).to_ascii_lowercase());
+                i += 1 + len;
+            }
+            let end = i + 5;
+            let name = labels.join(".");
+            let txt = map.lock().unwrap().get(&name).cloned();
+            let mut out = q[..2].to_vec();
+            out.extend_from_slice(if txt.is_some() {
+                &[0x85, 0x80]
+            } else {
+                &[0x85, 0x83]
+            });
+            out.extend_from_slice(&[0, 1, 0, u8::from(txt.is_some()), 0, 0, 0, 0]);
+            out.extend_from_slice(&q[12..end]);
+            if let Some(t) = txt {
+                out.extend_from_slice(&[0xc0, 0x0c, 0, 16, 0, 1, 0, 0, 0, 0]);
+                out.extend_from_slice(&[0, (t.len() + 1) as u8, t.len() as u8]);
+                out.extend_from_slice(t.as_bytes());
+            }
+            let _ = socket.send_to(&out, from).await;
+        }
+    });
+    (addr, records)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns01_validates_through_the_configured_resolver() {
+    let fx = require_fixture!();
+    let (dns, records) = dns_server().await;
+    let config = fx.admin_config_with(&format!(
+        "acme:\n  enabled: true\n  http01_port: 1\n  dns01_resolver: {dns}\n"
+    ));
+    let server = fx.start_with(config, None).await;
+    let mut acme = Acme::new(&server).await;
+    acme.register(&eab(fx, "webco", "webco-web")).await;
+
+    // A wildcard name is offered dns-01 only.
+    let r = acme.order(&["*.webco.test"]).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let a = acme
+        .post(
+            &path_of(r.json()["authorizations"][0].as_str().unwrap()),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(a["wildcard"], true);
+    assert_eq!(a["challenges"].as_array().unwrap().len(), 1);
+    assert_eq!(a["challenges"][0]["type"], "dns-01");
+
+    // A wrong TXT record fails; the right one validates and the order is finalized.
+    for (right, name) in [(false, "b.webco.test"), (true, "a.webco.test")] {
+        let r = acme.order(&[name]).await;
+        let order = r.json();
+        let order_path = path_of(&location(&r));
+        let authz = path_of(order["authorizations"][0].as_str().unwrap());
+        let a = acme.post(&authz, None).await.json();
+        let ch = a["challenges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "dns-01")
+            .unwrap()
+            .clone();
+        let token = ch["token"].as_str().unwrap();
+        let digest = ring::digest::digest(
+            &ring::digest::SHA256,
+            format!("{token}.{}", acme.thumbprint()).as_bytes(),
+        );
+        let value = if right {
+            b64(digest.as_ref())
+        } else {
+            "wrong".to_owned()
+        };
+        records
+            .lock()
+            .unwrap()
+            .insert(format!("_acme-challenge.{name}"), value);
+        let r = acme
+            .post(&path_of(ch["url"].as_str().unwrap()), Some(&json!({})))
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let mut status = String::new();
+        for _ in 0..100 {
+            status = acme.post(&authz, None).await.json()["status"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            if status != "pending" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !right {
+            assert_eq!(status, "invalid");
+            continue;
+        }
+        assert_eq!(status, "valid");
+        let r = acme
+            .post(
+                &path_of(order["finalize"].as_str().unwrap()),
+                Some(&json!({"csr": csr_der(&[name])})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(acme.post(&order_path, None).await.json()["status"], "valid");
+    }
+    server.stop().await;
+}

@@ -71,6 +71,8 @@ pub(super) struct Authz {
     token: String,
     /// The challenge's status (the authorization's follows it).
     status: Status,
+    /// The challenge the client chose (`http-01`, `dns-01`), once it chose.
+    chosen: Option<&'static str>,
     validated: Option<SystemTime>,
     error: Option<Value>,
 }
@@ -340,7 +342,12 @@ struct NewOrder {
 }
 
 /// The names of an order, checked against the account's profile before any validation.
-fn order_names(st: &AppState, account: &Account, req: &NewOrder) -> Result<Vec<String>, Problem> {
+fn order_names(
+    st: &AppState,
+    account: &Account,
+    req: &NewOrder,
+    dns01: bool,
+) -> Result<Vec<String>, Problem> {
     if req.not_before.is_some() || req.not_after.is_some() {
         return Err(Problem::malformed(
             "notBefore and notAfter are not supported: the profile sets the lifetime",
@@ -377,7 +384,7 @@ fn order_names(st: &AppState, account: &Account, req: &NewOrder) -> Result<Vec<S
                 format!("{shown:?} is not a DNS name"),
             )
         })?;
-        if name.is_wildcard() {
+        if name.is_wildcard() && !dns01 {
             return Err(Problem::new(
                 StatusCode::BAD_REQUEST,
                 "rejectedIdentifier",
@@ -408,8 +415,8 @@ pub(super) async fn new_order(
         let account = owner(&signed)?;
         let req: NewOrder = serde_json::from_slice(&signed.payload)
             .map_err(|_| Problem::malformed("the newOrder payload is not the expected JSON"))?;
-        let names = order_names(&st, account, &req)?;
         let acme = acme(&st)?;
+        let names = order_names(&st, account, &req, acme.dns01.is_some())?;
         let expires = SystemTime::now() + ORDER_TTL;
         let mut authz_ids = Vec::with_capacity(names.len());
         let mut new_authz = Vec::with_capacity(names.len());
@@ -424,6 +431,7 @@ pub(super) async fn new_order(
                     expires,
                     token: random_id()?,
                     status: Status::Pending,
+                    chosen: None,
                     validated: None,
                     error: None,
                 },
@@ -487,33 +495,56 @@ fn order_json(p: &Pending, base: &str, id: &str, o: &Order) -> Value {
     v
 }
 
-fn challenge_json(base: &str, id: &str, a: &Authz) -> Value {
-    let mut v = json!({
-        "type": "http-01",
-        "url": format!("{base}/acme/chall/{id}"),
-        "token": a.token,
-        "status": a.status.as_str(),
-    });
-    if let Some(t) = a.validated {
-        v["validated"] = json!(rfc3339(t));
+/// The challenges offered for an authorization: http-01 (not for a wildcard name) and dns-01
+/// when a resolver is configured.
+fn offered(a: &Authz, dns01: bool) -> Vec<&'static str> {
+    let mut kinds = Vec::with_capacity(2);
+    if !a.name.starts_with("*.") {
+        kinds.push("http-01");
     }
-    if let Some(e) = &a.error {
-        v["error"] = e.clone();
+    if dns01 {
+        kinds.push("dns-01");
+    }
+    kinds
+}
+
+fn challenge_json(base: &str, id: &str, kind: &str, a: &Authz) -> Value {
+    let mine = a.chosen.is_none_or(|c| c == kind);
+    let mut v = json!({
+        "type": kind,
+        "url": format!("{base}/acme/chall/{id}/{kind}"),
+        "token": a.token,
+        "status": if mine { a.status.as_str() } else { "pending" },
+    });
+    if mine {
+        if let Some(t) = a.validated {
+            v["validated"] = json!(rfc3339(t));
+        }
+        if let Some(e) = &a.error {
+            v["error"] = e.clone();
+        }
     }
     v
 }
 
-fn authz_json(base: &str, id: &str, a: &Authz) -> Value {
+fn authz_json(base: &str, id: &str, a: &Authz, dns01: bool) -> Value {
     let status = match a.status {
         Status::Processing => Status::Pending,
         s => s,
     };
-    json!({
+    let mut v = json!({
         "status": status.as_str(),
         "expires": rfc3339(a.expires),
-        "identifier": {"type": "dns", "value": a.name},
-        "challenges": [challenge_json(base, id, a)],
-    })
+        "identifier": {"type": "dns", "value": a.name.trim_start_matches("*.")},
+        "challenges": offered(a, dns01)
+            .into_iter()
+            .map(|k| challenge_json(base, id, k, a))
+            .collect::<Vec<_>>(),
+    });
+    if a.name.starts_with("*.") {
+        v["wildcard"] = json!(true);
+    }
+    v
 }
 
 pub(super) async fn order(
@@ -554,7 +585,8 @@ pub(super) async fn authz(
     let result = async {
         let signed = signed_by_account(&st, &headers, &uri, body).await?;
         let account = owner(&signed)?;
-        let p = acme(&st)?.pending();
+        let acme = acme(&st)?;
+        let p = acme.pending();
         let a = p
             .authz
             .get(&id)
@@ -562,7 +594,7 @@ pub(super) async fn authz(
             .ok_or_else(Problem::not_found)?;
         Ok(json_response(
             StatusCode::OK,
-            authz_json(&signed.base, &id, a),
+            authz_json(&signed.base, &id, a, acme.dns01.is_some()),
             None,
         ))
     }
@@ -573,7 +605,7 @@ pub(super) async fn authz(
 /// A challenge: POST `{}` starts its validation (once); POST-as-GET reads it.
 pub(super) async fn challenge(
     State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    Path((id, kind)): Path<(String, String)>,
     headers: HeaderMap,
     uri: Uri,
     body: Body,
@@ -596,30 +628,47 @@ pub(super) async fn challenge(
                 .get_mut(&id)
                 .filter(|a| a.account == account.id)
                 .ok_or_else(Problem::not_found)?;
+            let kind = offered(a, acme.dns01.is_some())
+                .into_iter()
+                .find(|k| *k == kind)
+                .ok_or_else(Problem::not_found)?;
             let start = !respond_now && a.status == Status::Pending;
             if start {
                 a.status = Status::Processing;
+                a.chosen = Some(kind);
             }
-            (challenge_json(&signed.base, &id, a), start.then(|| (a.name.clone(), a.token.clone())))
+            (
+                challenge_json(&signed.base, &id, kind, a),
+                start.then(|| (kind, a.name.clone(), a.token.clone())),
+            )
         };
-        if let Some((name, token)) = start {
+        if let Some((kind, name, token)) = start {
             let st2 = Arc::clone(&st);
             let port = acme.http01_port;
             let id = id.clone();
             tokio::spawn(async move {
                 let key_authorization = format!("{token}.{thumbprint}");
-                let outcome = super::http01::validate(&name, port, &token, &key_authorization).await;
-                if let Some(acme) = st2.acme.as_deref() {
+                let Some(acme) = st2.acme.as_deref() else {
+                    return;
+                };
+                let outcome = match (kind, &acme.dns01) {
+                    ("dns-01", Some(resolver)) => {
+                        let base = name.trim_start_matches("*.");
+                        super::dns01::validate(resolver, base, &key_authorization).await
+                    }
+                    _ => super::http01::validate(&name, port, &token, &key_authorization).await,
+                };
+                {
                     let mut p = acme.pending();
                     if let Some(a) = p.authz.get_mut(&id) {
                         match outcome {
                             Ok(()) => {
                                 a.status = Status::Valid;
                                 a.validated = Some(SystemTime::now());
-                                tracing::info!(acme.name = %name, "acme: http-01 validated");
+                                tracing::info!(acme.name = %name, acme.challenge = kind, "acme: validated");
                             }
                             Err(problem) => {
-                                tracing::info!(acme.name = %name, acme.problem = %problem.detail, "acme: http-01 failed");
+                                tracing::info!(acme.name = %name, acme.challenge = kind, acme.problem = %problem.detail, "acme: validation failed");
                                 a.status = Status::Invalid;
                                 a.error = Some(problem.to_json());
                             }

@@ -195,7 +195,11 @@ impl AcmeStore {
         now: SystemTime,
     ) -> Result<Option<Account>, AdminError> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.error(e))?;
+        // Immediate: the write lock is taken (waiting out other writers) before the read, so
+        // the transaction never has to upgrade a read lock that another writer made stale.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.error(e))?;
         let grant: Option<(String, String)> = tx
             .query_row(
                 "SELECT tenant, profile FROM eab_keys WHERE kid = ?1 AND account IS NULL",
