@@ -17,6 +17,7 @@
 //!
 //! [`Ca::issue`]: portcullis_ca::Ca::issue
 
+mod certificates;
 mod dns01;
 mod flow;
 mod http01;
@@ -107,11 +108,11 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/acme/account/{id}", post(flow::account))
         .route("/acme/new-order", post(flow::new_order))
         .route("/acme/order/{id}", post(flow::order))
-        .route("/acme/order/{id}/finalize", post(flow::finalize))
+        .route("/acme/order/{id}/finalize", post(certificates::finalize))
         .route("/acme/authz/{id}", post(flow::authz))
         .route("/acme/chall/{id}/{kind}", post(flow::challenge))
-        .route("/acme/cert/{id}", post(flow::certificate))
-        .route("/acme/revoke-cert", post(flow::revoke))
+        .route("/acme/cert/{id}", post(certificates::certificate))
+        .route("/acme/revoke-cert", post(certificates::revoke))
         .route("/acme/key-change", post(flow::key_change))
 }
 
