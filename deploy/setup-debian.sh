@@ -16,6 +16,8 @@ if [ "${1:-}" = "--test" ]; then
   # The audit tests ship to a real PostgreSQL started on loopback by the tests themselves.
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
   have pkcs11-tool || need+=(opensc)  # to inspect the test tokens by hand
+  have lego || need+=(lego)          # the ACME tests drive the real clients
+  have certbot || need+=(certbot)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -50,10 +50,18 @@ pub(crate) struct AppState {
     pub(crate) trust: Arc<ClientTrust>,
     /// A revocation was recorded but its CRL could not be published: publish again.
     pub(crate) crl_dirty: AtomicBool,
+    /// The ACME server, when enabled.
+    pub(crate) acme: Option<Arc<crate::acme::AcmeService>>,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let acme = if state.acme.is_some() {
+        crate::acme::routes()
+    } else {
+        Router::new()
+    };
     Router::new()
+        .merge(acme)
         .route("/v1/certificates", post(issue::issue).get(inventory::list))
         .route("/v1/certificates/{serial}/revoke", post(inventory::revoke))
         .route("/v1/crl", get(inventory::crl))
@@ -90,15 +98,15 @@ async fn rate_limit(State(st): State<Arc<AppState>>, req: Request, next: Next) -
 }
 
 /// What the audit record of one call says.
-struct CallRecord {
-    actor: String,
+pub(crate) struct CallRecord {
+    pub(crate) actor: String,
     remote: std::net::SocketAddr,
-    tenant: Option<String>,
-    target: Option<String>,
+    pub(crate) tenant: Option<String>,
+    pub(crate) target: Option<String>,
 }
 
 impl CallRecord {
-    fn new(conn: &ConnInfo) -> Self {
+    pub(crate) fn new(conn: &ConnInfo) -> Self {
         Self {
             actor: conn
                 .peer
@@ -120,7 +128,7 @@ impl AppState {
         }
     }
 
-    fn audit_call(&self, rec: &CallRecord, action: &str, status: StatusCode) {
+    pub(crate) fn audit_call(&self, rec: &CallRecord, action: &str, status: StatusCode) {
         let outcome = match status.as_u16() {
             200..=299 => "ok",
             401 | 403 => "denied",
@@ -152,7 +160,7 @@ impl AppState {
 }
 
 /// Runs blocking work (PKCS#11, SQLite) off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
@@ -175,15 +183,7 @@ async fn read_json<T: DeserializeOwned + Default>(
     if declared.is_some_and(|n| n > MAX_DRAIN as u64) {
         return Err(ApiError::too_large());
     }
-    let bytes = tokio::time::timeout(BODY_TIMEOUT, read_limited(body))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                "the request body did not arrive in time",
-            )
-        })??;
+    let bytes = read_body(body).await?;
     if empty_ok && bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -195,6 +195,19 @@ async fn read_json<T: DeserializeOwned + Default>(
             "the body is not the expected JSON document",
         )
     })
+}
+
+/// Reads a body of at most [`MAX_BODY`] bytes within [`BODY_TIMEOUT`].
+pub(crate) async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
+    tokio::time::timeout(BODY_TIMEOUT, read_limited(body))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time",
+            )
+        })?
 }
 
 /// Reads up to [`MAX_BODY`] bytes. A longer body is read on and discarded up to

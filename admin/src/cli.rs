@@ -7,10 +7,11 @@ use clap::Subcommand;
 use portcullis_audit::{AdminAction, AuditHandle};
 use portcullis_ca::{CaConfig, TenantId};
 
+use crate::acme::AcmeStore;
 use crate::config::AdminConfig;
 use crate::error::AdminError;
 use crate::server::AdminServer;
-use crate::token::{create_token, SqliteTokenStore};
+use crate::token::{create_token, SqliteTokenStore, MAX_TOKEN_TTL};
 
 /// The `admin` subcommands.
 #[derive(Debug, Subcommand)]
@@ -32,6 +33,31 @@ pub enum AdminCommand {
     /// Bootstrap tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The ACME server's external account binding keys.
+    #[command(subcommand)]
+    Acme(AcmeCommand),
+}
+
+/// The `admin acme` subcommands.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum AcmeCommand {
+    /// Create an EAB key (key id and HMAC key, printed once on standard output) that binds one
+    /// ACME account to a tenant's profile.
+    EabCreate {
+        /// The CA's configuration file: the key is stored (sealed) in its state directory.
+        #[arg(long)]
+        ca_config: PathBuf,
+        /// The tenant whose certificates the account obtains.
+        #[arg(long)]
+        tenant: TenantId,
+        /// The tenant's profile the account's certificates are issued under.
+        #[arg(long)]
+        profile: String,
+        /// How long the key may bind an account.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
 }
 
 /// The `admin token` subcommands.
@@ -66,6 +92,12 @@ pub fn run(cmd: AdminCommand, audit: Option<AuditHandle>) -> Result<(), AdminErr
             spiffe_id,
             ttl,
         }) => token_create(&ca_config, tenant, spiffe_id, ttl, audit.as_ref()),
+        AdminCommand::Acme(AcmeCommand::EabCreate {
+            ca_config,
+            tenant,
+            profile,
+            ttl,
+        }) => eab_create(&ca_config, &tenant, &profile, ttl, audit.as_ref()),
     }
 }
 
@@ -159,5 +191,59 @@ fn token_create(
         humantime::format_rfc3339_seconds(grant.expires_at)
     );
     println!("{}", token.expose());
+    Ok(())
+}
+
+fn eab_create(
+    ca_config: &std::path::Path,
+    tenant: &TenantId,
+    profile: &str,
+    ttl: Duration,
+    audit: Option<&AuditHandle>,
+) -> Result<(), AdminError> {
+    let config = CaConfig::load(ca_config)?;
+    let profiles = config.profiles()?;
+    let Some(found) = profiles
+        .iter()
+        .find(|p| p.tenant == *tenant && p.name == profile)
+    else {
+        return Err(AdminError::Invalid(format!(
+            "tenant {tenant} has no profile {profile:?} in {}",
+            ca_config.display()
+        )));
+    };
+    if found.dns_names.is_empty() || found.require_spiffe_id {
+        return Err(AdminError::Invalid(format!(
+            "profile {profile:?} issues no DNS-only certificate (it needs dns_names and \
+             require_spiffe_id: false); an ACME account under it could obtain nothing"
+        )));
+    }
+    if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+        return Err(AdminError::Invalid(format!(
+            "EAB key lifetime {}: must be positive and at most {}",
+            humantime::format_duration(ttl),
+            humantime::format_duration(MAX_TOKEN_TTL)
+        )));
+    }
+    let store = AcmeStore::in_state_dir(&config.state_dir)?;
+    let cred = store.create_eab(tenant, profile, ttl, SystemTime::now())?;
+    if let Some(audit) = audit {
+        if let Err(e) = audit.try_append(AdminAction {
+            actor: "cli".to_owned(),
+            action: "acme.eab.create".to_owned(),
+            target: Some(cred.kid.clone()),
+            tenant: Some(tenant.to_string()),
+            outcome: "ok".to_owned(),
+        }) {
+            tracing::warn!(error = %e, "audit record dropped");
+        }
+    }
+    eprintln!(
+        "ACME EAB key for tenant {tenant}, profile {profile}, binds one account until {} \
+         (HMAC key shown once; store it now):",
+        humantime::format_rfc3339_seconds(cred.expires_at)
+    );
+    println!("kid: {}", cred.kid);
+    println!("hmac: {}", cred.expose_hmac());
     Ok(())
 }

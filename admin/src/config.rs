@@ -29,6 +29,10 @@
 //!                                 # by class, closed by reason, 429s by key, issuance outcomes)
 //! revocation_http: 0.0.0.0:8080   # optional plain-HTTP /crl.der, /crl.pem and OCSP at /ocsp
 //!                                 # (the CA config's crl_distribution_points and ocsp_url)
+//! acme:                           # the ACME server under /acme/ (off by default)
+//!   enabled: true
+//!   http01_port: 80               # where http-01 challenges are fetched (default 80)
+//!   dns01_resolver: 127.0.0.1:53  # offer dns-01, asking this resolver (none by default)
 //! ```
 //!
 //! Operators are a role: [`AdminConfig::check_operators`] refuses an operator ID that a tenant
@@ -76,6 +80,33 @@ pub struct AdminConfig {
     /// responder (`/ocsp`) to relying parties other than Portcullis (none by default).
     #[serde(default)]
     pub revocation_http: Option<SocketAddr>,
+    /// The ACME server (RFC 8555) on this listener.
+    #[serde(default)]
+    pub acme: AcmeConfig,
+}
+
+/// The ACME server's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeConfig {
+    /// Serve `/acme/` (off by default).
+    pub enabled: bool,
+    /// The port http-01 challenges are fetched from (80 unless a test or a proxy says
+    /// otherwise).
+    pub http01_port: u16,
+    /// When set, dns-01 is offered too: `_acme-challenge` TXT records are asked of this
+    /// resolver (and wildcard names may be ordered).
+    pub dns01_resolver: Option<SocketAddr>,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            http01_port: 80,
+            dns01_resolver: None,
+        }
+    }
 }
 
 fn default_crl_poll() -> Duration {

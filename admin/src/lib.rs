@@ -10,7 +10,10 @@
 //! - Issuance (`POST /v1/certificates`): renewal with the current client certificate (same
 //!   identity only), or a first certificate with a one-time, tenant-scoped, expiring bootstrap
 //!   token ([`TokenStore`], stored hashed). Revocation, the CRL and the inventory listing.
-//! - [`cli`]: `portcullis admin serve` and `portcullis admin token create`.
+//! - ACME (RFC 8555) under `/acme/` when `acme.enabled`: accounts bound to a tenant's profile
+//!   by external account binding ([`AcmeStore`]), http-01, finalize through the CA, revocation.
+//! - [`cli`]: `portcullis admin serve`, `portcullis admin token create` and
+//!   `portcullis admin acme eab-create`.
 //!
 //! Errors a caller sees are `{"error": "<stable code>", "message": "<for humans>"}`; details go
 //! to the log only.
@@ -19,6 +22,7 @@
 // true invariant is allowed where it stands, with the reason. Tests are exempt.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod acme;
 mod api;
 pub mod cli;
 mod config;
@@ -33,8 +37,9 @@ mod stats;
 mod tls;
 mod token;
 
+pub use acme::{AcmeStore, EabCredential, ACME_DB};
 pub use config::{
-    AdminConfig, ConnectionsConfig, RateLimit, RateLimitsConfig, SelfIssueConfig,
+    AcmeConfig, AdminConfig, ConnectionsConfig, RateLimit, RateLimitsConfig, SelfIssueConfig,
     ServingCertSource, ServingTlsConfig,
 };
 pub use error::AdminError;

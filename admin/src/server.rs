@@ -163,6 +163,14 @@ impl AdminServer {
             None => ca,
         };
         let stats = Arc::new(IssuanceStats::default());
+        let acme = if config.acme.enabled {
+            Some(Arc::new(crate::acme::AcmeService::open(
+                ca.state_dir(),
+                &config.acme,
+            )?))
+        } else {
+            None
+        };
         let state = Arc::new(AppState {
             ca,
             tokens,
@@ -172,6 +180,7 @@ impl AdminServer {
             limits: RequestLimits::new(&config.rate_limits, Arc::clone(&stats)),
             trust,
             crl_dirty: AtomicBool::new(false),
+            acme,
         });
         let listener =
             TcpListener::bind(config.listen)

@@ -80,6 +80,18 @@ profiles:
     client_auth: false
     server_auth: true
     max_lifetime: 6s
+  - name: webco-web
+    tenant: webco
+    require_spiffe_id: false
+    dns_names: ["localhost", "*.webco.test"]
+    client_auth: false
+    server_auth: true
+  - name: hooli-web
+    tenant: hooli
+    require_spiffe_id: false
+    dns_names: ["*.hooli.test"]
+    client_auth: false
+    server_auth: true
 "#;
 
 pub struct Fixture {

@@ -1,0 +1,291 @@
+//! An ACME server (RFC 8555) on the admin listener: workloads outside Portcullis obtain DNS-name
+//! certificates of a tenant with any ACME client.
+//!
+//! An account is bound to a tenant and one of its profiles by external account binding (an EAB
+//! key made by `portcullis admin acme eab-create`, [`AcmeStore`]); it cannot be made without
+//! one. Every POST is a JWS (ES256 or RS256, `jwk` or `kid` form) whose `url` must be the URL
+//! requested and whose nonce is consumed once ([`jws`]). An order names only what the account's
+//! profile allows; each name is proven by http-01 (the server fetches
+//! `http://NAME:PORT/.well-known/acme-challenge/TOKEN`, PORT 80 unless configured) or, when a
+//! resolver is configured, dns-01 (a TXT record, wildcard names allowed); finalize
+//! sends the CSR through [`Ca::issue`] under the account's tenant and profile, its names exactly
+//! the order's. Revocation is by the account that obtained the certificate. Every refusal is a
+//! problem document ([`Problem`]).
+//!
+//! Accounts, EAB keys and issued certificates are in `STATE/acme.sqlite3`; orders and
+//! authorizations are kept in memory (bounded, expiring): a restart abandons them.
+//!
+//! [`Ca::issue`]: portcullis_ca::Ca::issue
+
+mod certificates;
+mod dns01;
+mod flow;
+mod http01;
+mod jws;
+mod problem;
+mod store;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::api::AppState;
+use crate::config::AcmeConfig;
+use crate::error::AdminError;
+pub(crate) use problem::Problem;
+pub use store::{AcmeStore, EabCredential, ACME_DB};
+
+/// How long an issued nonce stays usable.
+const NONCE_TTL: Duration = Duration::from_secs(3600);
+/// Nonces outstanding at most (the oldest are forgotten first).
+const MAX_NONCES: u64 = 100_000;
+/// Orders (and their authorizations) kept in memory at most, and per account.
+const MAX_ORDERS: usize = 10_000;
+const MAX_ORDERS_PER_ACCOUNT: usize = 100;
+/// How long an order and its authorizations live.
+const ORDER_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The ACME server's state.
+pub(crate) struct AcmeService {
+    store: AcmeStore,
+    nonces: moka::sync::Cache<String, ()>,
+    pending: Mutex<flow::Pending>,
+    http01_port: u16,
+    /// dns-01's resolver, when offered.
+    dns01: Option<hickory_resolver::TokioResolver>,
+}
+
+impl AcmeService {
+    pub(crate) fn open(
+        state_dir: &std::path::Path,
+        config: &AcmeConfig,
+    ) -> Result<Self, AdminError> {
+        Ok(Self {
+            store: AcmeStore::in_state_dir(state_dir)?,
+            nonces: moka::sync::Cache::builder()
+                .max_capacity(MAX_NONCES)
+                .time_to_live(NONCE_TTL)
+                .build(),
+            pending: Mutex::new(flow::Pending::default()),
+            http01_port: config.http01_port,
+            dns01: config.dns01_resolver.map(dns01::resolver),
+        })
+    }
+
+    fn new_nonce(&self) -> Option<String> {
+        let mut bytes = [0u8; 16];
+        SystemRandom::new().fill(&mut bytes).ok()?;
+        let nonce = jws::b64(&bytes);
+        self.nonces.insert(nonce.clone(), ());
+        Some(nonce)
+    }
+
+    /// Consumes a nonce: true exactly once per issued nonce.
+    fn take_nonce(&self, nonce: &str) -> bool {
+        self.nonces.remove(nonce).is_some()
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, flow::Pending> {
+        // Every change under the lock is a few map updates: nothing is left half done.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The ACME routes, under `/acme/`.
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/acme/directory", get(directory))
+        .route("/acme/new-nonce", get(new_nonce).head(new_nonce))
+        .route("/acme/new-account", post(flow::new_account))
+        .route("/acme/account/{id}", post(flow::account))
+        .route("/acme/new-order", post(flow::new_order))
+        .route("/acme/order/{id}", post(flow::order))
+        .route("/acme/order/{id}/finalize", post(certificates::finalize))
+        .route("/acme/authz/{id}", post(flow::authz))
+        .route("/acme/chall/{id}/{kind}", post(flow::challenge))
+        .route("/acme/cert/{id}", post(certificates::certificate))
+        .route("/acme/revoke-cert", post(certificates::revoke))
+        .route("/acme/key-change", post(flow::key_change))
+}
+
+/// `https://HOST` as the client addressed this server: every URL handed out is built on it, and
+/// each JWS's `url` must equal the URL requested on it.
+pub(crate) fn base_url(headers: &HeaderMap, uri: &axum::http::Uri) -> Result<String, Problem> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        })
+        .ok_or_else(|| Problem::malformed("the request has no usable Host"))?;
+    Ok(format!("https://{host}"))
+}
+
+/// Adds what every ACME response carries: a fresh nonce, the directory link, no caching.
+fn finish(st: &AppState, base: Option<&str>, mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    if let Some(nonce) = st
+        .acme
+        .as_ref()
+        .and_then(|a| a.new_nonce())
+        .and_then(|n| HeaderValue::from_str(&n).ok())
+    {
+        headers.insert("replay-nonce", nonce);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(link) = base
+        .and_then(|b| HeaderValue::from_str(&format!("<{b}/acme/directory>;rel=\"index\"")).ok())
+    {
+        headers.append(header::LINK, link);
+    }
+    response
+}
+
+async fn directory(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let base = match base_url(&headers, &uri) {
+        Ok(b) => b,
+        Err(p) => return finish(&st, None, p.into_response()),
+    };
+    let body = serde_json::json!({
+        "newNonce": format!("{base}/acme/new-nonce"),
+        "newAccount": format!("{base}/acme/new-account"),
+        "newOrder": format!("{base}/acme/new-order"),
+        "revokeCert": format!("{base}/acme/revoke-cert"),
+        "keyChange": format!("{base}/acme/key-change"),
+        "meta": { "externalAccountRequired": true },
+    });
+    finish(&st, None, axum::Json(body).into_response())
+}
+
+async fn new_nonce(
+    State(st): State<Arc<AppState>>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let status = if method == axum::http::Method::GET {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let base = base_url(&headers, &uri).ok();
+    finish(&st, base.as_deref(), status.into_response())
+}
+
+/// An authenticated ACME request: the verified payload, and the account when signed by `kid`.
+pub(crate) struct Signed {
+    pub(crate) payload: Vec<u8>,
+    pub(crate) account: Option<store::Account>,
+    /// The key, when signed in the `jwk` form.
+    pub(crate) jwk: Option<jws::Jwk>,
+    pub(crate) base: String,
+}
+
+/// Reads and verifies a POST: JOSE content type, a JWS whose `url` is this request's URL, a
+/// nonce issued here and not yet used, and a signature by the account's key (`kid`) or, where
+/// `jwk_ok`, by the key in the header.
+pub(crate) async fn verify_post(
+    st: &AppState,
+    acme: &AcmeService,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    body: Body,
+    jwk_ok: bool,
+) -> Result<Signed, Problem> {
+    let base = base_url(headers, uri)?;
+    if headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim())
+        != Some("application/jose+json")
+    {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "malformed",
+            "the content type must be application/jose+json",
+        ));
+    }
+    let bytes = crate::api::read_body(body)
+        .await
+        .map_err(|e| Problem::new(e.status, "malformed", e.message))?;
+    let parsed = jws::parse(&bytes)?;
+    if parsed.url != format!("{base}{}", uri.path()) {
+        return Err(Problem::unauthorized(
+            "the JWS url is not the URL of this request",
+        ));
+    }
+    if !acme.take_nonce(&parsed.nonce) {
+        return Err(Problem::bad_nonce());
+    }
+    match parsed.signer.clone() {
+        jws::Signer::Jwk(key) => {
+            if !jwk_ok {
+                return Err(Problem::malformed(
+                    "this request must be signed by an account (kid)",
+                ));
+            }
+            let payload = parsed.verify(&key)?;
+            Ok(Signed {
+                payload,
+                account: None,
+                jwk: Some(key),
+                base,
+            })
+        }
+        jws::Signer::Kid(kid) => {
+            let id = kid
+                .strip_prefix(&format!("{base}/acme/account/"))
+                .and_then(|id| id.parse::<i64>().ok())
+                .ok_or_else(|| {
+                    Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "accountDoesNotExist",
+                        "no such account",
+                    )
+                })?;
+            let account = flow::blocking_store(st, move |s| s.account(id))
+                .await?
+                .ok_or_else(|| {
+                    Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "accountDoesNotExist",
+                        "no such account",
+                    )
+                })?;
+            let stored: serde_json::Value = serde_json::from_str(&account.jwk).map_err(|e| {
+                tracing::error!(error = %e, "acme: stored account key unreadable");
+                Problem::server_internal()
+            })?;
+            let key = jws::Jwk::from_json(&stored)?;
+            let payload = parsed.verify(&key)?;
+            Ok(Signed {
+                payload,
+                account: Some(account),
+                jwk: None,
+                base,
+            })
+        }
+    }
+}
+
+/// A map from ids to pending objects, bounded, with expired entries dropped on insert.
+pub(crate) fn purge_expired<T>(map: &mut HashMap<String, T>, expires: impl Fn(&T) -> SystemTime) {
+    let now = SystemTime::now();
+    map.retain(|_, v| expires(v) > now);
+}

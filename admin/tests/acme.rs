@@ -1,0 +1,828 @@
+//! The ACME server end to end: a SoftHSM2-backed CA, the admin server in-process on loopback,
+//! the real `lego` and `certbot` clients (Debian's), and a hand-made client for the attacks.
+
+#[path = "support/harness.rs"]
+mod harness;
+#[path = "../../ca/tests/support/pki.rs"]
+mod pki;
+#[path = "../../ca/tests/support/softhsm.rs"]
+mod softhsm;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use harness::{Client, Fixture, Reply, Server, Workload};
+use portcullis_admin::{AcmeStore, EabCredential};
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use serde_json::{json, Value};
+
+fn b64(b: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+fn eab(fx: &Fixture, tenant: &str, profile: &str) -> EabCredential {
+    AcmeStore::in_state_dir(fx.ca.state_dir())
+        .unwrap()
+        .create_eab(
+            &tenant.parse().unwrap(),
+            profile,
+            Duration::from_secs(3600),
+            SystemTime::now(),
+        )
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An admin server with ACME on, fetching http-01 challenges from `http01_port`.
+async fn start(fx: &Fixture, http01_port: u16) -> Server {
+    let config = fx.admin_config_with(&format!(
+        "acme:\n  enabled: true\n  http01_port: {http01_port}\n"
+    ));
+    fx.start_with(config, None).await
+}
+
+fn have(tool: &str) -> bool {
+    let found = Command::new(tool).arg("--version").output().is_ok();
+    if !found {
+        eprintln!("{tool} not installed (apt-get install {tool}): test skipped");
+    }
+    found
+}
+
+/// Runs a command off the runtime's threads (the server runs on them); its output on failure.
+async fn run(mut cmd: Command) -> String {
+    let shown = format!("{cmd:?}");
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    eprintln!(
+        "{:.1?}: {}",
+        started.elapsed(),
+        shown.split(" \"--").next().unwrap_or("")
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{shown} failed:\n{text}");
+    text
+}
+
+/// The serial of a PEM certificate file, as the CRL check reads it (lower-case hex).
+fn serial_of(path: &Path) -> String {
+    let (ok, out) = pki::openssl(&["x509", "-noout", "-serial", "-in", path.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    out.trim()
+        .trim_start_matches("serial=")
+        .trim_start_matches('0')
+        .to_ascii_lowercase()
+}
+
+/// Whether the CA's published CRL lists `serial` (read by openssl).
+fn crl_lists(fx: &Fixture, serial: &str) -> bool {
+    let crl = fx.ca.state_dir().join("crl.pem");
+    let (ok, out) = pki::openssl(&["crl", "-noout", "-text", "-in", crl.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("Serial Number: "))
+        .any(|s| s.trim_start_matches('0').eq_ignore_ascii_case(serial))
+}
+
+fn verify_chain(fx: &Fixture, leaf: &Path) {
+    let (ok, out) = pki::openssl(&[
+        "verify",
+        "-CAfile",
+        fx.bundle_path().to_str().unwrap(),
+        "-untrusted",
+        fx.intermediate_path().to_str().unwrap(),
+        leaf.to_str().unwrap(),
+    ]);
+    assert!(ok, "openssl verify: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lego_obtains_renews_and_revokes_with_eab() {
+    let fx = require_fixture!();
+    if !have("lego") {
+        return;
+    }
+    let port = free_port();
+    let server = start(fx, port).await;
+    let cred = eab(fx, "webco", "webco-web");
+    let dir = tempfile::tempdir().unwrap();
+    let lego = |action: &[&str]| {
+        let mut cmd = Command::new("lego");
+        cmd.env("LEGO_CA_CERTIFICATES", fx.bundle_path())
+            .args([
+                "--server",
+                &format!("https://localhost:{}/acme/directory", server.addr.port()),
+                "--eab",
+                "--kid",
+                &cred.kid,
+                "--hmac",
+                cred.expose_hmac(),
+                "--email",
+                "ops@webco.test",
+                "--accept-tos",
+                "--domains",
+                "localhost",
+                "--http",
+                "--http.port",
+                &format!("127.0.0.1:{port}"),
+                "--path",
+                dir.path().to_str().unwrap(),
+            ])
+            .args(action);
+        cmd
+    };
+    run(lego(&["run"])).await;
+    let cert = dir.path().join("certificates/localhost.crt");
+    verify_chain(fx, &cert);
+    let first = serial_of(&cert);
+
+    // lego renews within --days of expiry: the profile's certificates live an hour.
+    run(lego(&["renew", "--days", "30", "--no-random-sleep"])).await;
+    verify_chain(fx, &cert);
+    let renewed = serial_of(&cert);
+    assert_ne!(first, renewed, "renewal issued a new certificate");
+
+    run(lego(&["revoke"])).await;
+    assert!(crl_lists(fx, &renewed), "the CRL lists the revoked serial");
+    assert!(!crl_lists(fx, &first));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certbot_obtains_renews_and_revokes_with_eab() {
+    let fx = require_fixture!();
+    if !have("certbot") {
+        return;
+    }
+    let port = free_port();
+    let server = start(fx, port).await;
+    let cred = eab(fx, "webco", "webco-web");
+    let dir = tempfile::tempdir().unwrap();
+    let certbot = |args: &[&str]| {
+        let mut cmd = Command::new("certbot");
+        cmd.env("REQUESTS_CA_BUNDLE", fx.bundle_path())
+            .args(args)
+            .args(["--non-interactive", "--config-dir"])
+            .arg(dir.path().join("config"))
+            .arg("--work-dir")
+            .arg(dir.path().join("work"))
+            .arg("--logs-dir")
+            .arg(dir.path().join("logs"));
+        cmd
+    };
+    let directory = format!("https://localhost:{}/acme/directory", server.addr.port());
+    let port_text = port.to_string();
+    run(certbot(&[
+        "certonly",
+        "--agree-tos",
+        "--register-unsafely-without-email",
+        "--server",
+        &directory,
+        "--eab-kid",
+        &cred.kid,
+        "--eab-hmac-key",
+        cred.expose_hmac(),
+        "--standalone",
+        "--http-01-port",
+        &port_text,
+        "--http-01-address",
+        "127.0.0.1",
+        "-d",
+        "localhost",
+    ]))
+    .await;
+    let cert: PathBuf = dir.path().join("config/live/localhost/cert.pem");
+    verify_chain(fx, &cert);
+    let first = serial_of(&cert);
+
+    run(certbot(&[
+        "renew",
+        "--force-renewal",
+        "--no-random-sleep-on-renew",
+    ]))
+    .await;
+    verify_chain(fx, &cert);
+    let renewed = serial_of(&cert);
+    assert_ne!(first, renewed, "renewal issued a new certificate");
+
+    run(certbot(&[
+        "revoke",
+        "--cert-name",
+        "localhost",
+        "--server",
+        &directory,
+        "--delete-after-revoke",
+    ]))
+    .await;
+    assert!(crl_lists(fx, &renewed), "the CRL lists the revoked serial");
+    server.stop().await;
+}
+
+/// A hand-made ACME client: an ES256 account key, requests signed as RFC 8555 says.
+struct Acme {
+    client: Client,
+    key: EcdsaKeyPair,
+    kid: Option<String>,
+    nonce: String,
+}
+
+const BASE: &str = "https://localhost";
+
+impl Acme {
+    async fn new(server: &Server) -> Self {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        let mut client = server.client(None).await;
+        let r = client
+            .call("HEAD", "/acme/new-nonce", &[], "")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        let nonce = nonce_of(&r);
+        Self {
+            client,
+            key,
+            kid: None,
+            nonce,
+        }
+    }
+
+    fn jwk(&self) -> Value {
+        let point = self.key.public_key().as_ref();
+        json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65])})
+    }
+
+    fn thumbprint(&self) -> String {
+        let j = self.jwk();
+        let canonical = format!(
+            r#"{{"crv":"P-256","kty":"EC","x":{},"y":{}}}"#,
+            j["x"], j["y"]
+        );
+        b64(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref())
+    }
+
+    /// The JWS for `path` with `nonce`; `payload` None is POST-as-GET.
+    fn sign(&self, path: &str, nonce: &str, payload: Option<&Value>) -> String {
+        let mut protected = json!({"alg": "ES256", "nonce": nonce, "url": format!("{BASE}{path}")});
+        match &self.kid {
+            Some(kid) => protected["kid"] = json!(kid),
+            None => protected["jwk"] = self.jwk(),
+        }
+        let protected = b64(protected.to_string().as_bytes());
+        let payload = payload.map_or(String::new(), |p| b64(p.to_string().as_bytes()));
+        let sig = self
+            .key
+            .sign(
+                &SystemRandom::new(),
+                format!("{protected}.{payload}").as_bytes(),
+            )
+            .unwrap();
+        json!({"protected": protected, "payload": payload, "signature": b64(sig.as_ref())})
+            .to_string()
+    }
+
+    async fn send(&mut self, path: &str, body: String) -> Reply {
+        let r = self
+            .client
+            .call(
+                "POST",
+                path,
+                &[("content-type", "application/jose+json")],
+                body,
+            )
+            .await
+            .unwrap();
+        self.nonce = nonce_of(&r);
+        r
+    }
+
+    async fn post(&mut self, path: &str, payload: Option<&Value>) -> Reply {
+        let body = self.sign(path, &self.nonce.clone(), payload);
+        self.send(path, body).await
+    }
+
+    fn eab(&self, cred: &EabCredential) -> Value {
+        let protected = b64(
+            json!({"alg": "HS256", "kid": cred.kid, "url": format!("{BASE}/acme/new-account")})
+                .to_string()
+                .as_bytes(),
+        );
+        let payload = b64(self.jwk().to_string().as_bytes());
+        let key = URL_SAFE_NO_PAD.decode(cred.expose_hmac()).unwrap();
+        let mac = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
+            format!("{protected}.{payload}").as_bytes(),
+        );
+        json!({"protected": protected, "payload": payload, "signature": b64(mac.as_ref())})
+    }
+
+    async fn register(&mut self, cred: &EabCredential) {
+        let payload =
+            json!({"termsOfServiceAgreed": true, "externalAccountBinding": self.eab(cred)});
+        let r = self.post("/acme/new-account", Some(&payload)).await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        self.kid = Some(location(&r));
+    }
+
+    /// A new order for `names`: (order path, its JSON).
+    async fn order(&mut self, names: &[&str]) -> Reply {
+        let ids: Vec<Value> = names
+            .iter()
+            .map(|n| json!({"type": "dns", "value": n}))
+            .collect();
+        self.post("/acme/new-order", Some(&json!({ "identifiers": ids })))
+            .await
+    }
+}
+
+fn nonce_of(r: &Reply) -> String {
+    r.headers
+        .get("replay-nonce")
+        .expect("every ACME answer carries a nonce")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn location(r: &Reply) -> String {
+    r.headers["location"].to_str().unwrap().to_owned()
+}
+
+fn path_of(url: &str) -> String {
+    url.strip_prefix(BASE).unwrap().to_owned()
+}
+
+fn problem(r: &Reply) -> String {
+    assert_eq!(
+        r.headers["content-type"],
+        "application/problem+json",
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    r.json()["type"].as_str().unwrap().to_owned()
+}
+
+/// An http-01 responder on loopback answering the key authorizations it is given.
+async fn responder() -> (SocketAddr, Arc<Mutex<HashMap<String, String>>>) {
+    let answers: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let map = Arc::clone(&answers);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let map = Arc::clone(&map);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let token = req
+                            .uri()
+                            .path()
+                            .trim_start_matches("/.well-known/acme-challenge/")
+                            .to_owned();
+                        let answer = map.lock().unwrap().get(&token).cloned();
+                        async move {
+                            let (status, body) = match answer {
+                                Some(a) => (200, a),
+                                None => (404, String::new()),
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, answers)
+}
+
+/// Proves every authorization of `order` through the responder; waits for `ready`.
+async fn validate(acme: &mut Acme, order: &Value, answers: &Mutex<HashMap<String, String>>) {
+    for authz in order["authorizations"].as_array().unwrap() {
+        let a = acme
+            .post(&path_of(authz.as_str().unwrap()), None)
+            .await
+            .json();
+        let ch = &a["challenges"][0];
+        assert_eq!(ch["type"], "http-01");
+        let token = ch["token"].as_str().unwrap().to_owned();
+        answers
+            .lock()
+            .unwrap()
+            .insert(token.clone(), format!("{token}.{}", acme.thumbprint()));
+        let r = acme
+            .post(&path_of(ch["url"].as_str().unwrap()), Some(&json!({})))
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let mut status = String::new();
+        for _ in 0..50 {
+            let a = acme
+                .post(&path_of(authz.as_str().unwrap()), None)
+                .await
+                .json();
+            status = a["status"].as_str().unwrap().to_owned();
+            if status != "pending" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(status, "valid");
+    }
+}
+
+fn csr_der(names: &[&str]) -> String {
+    let pem = Workload::new(None, names).csr;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    b64(&base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_without_eab_or_with_a_forged_binding_is_refused() {
+    let fx = require_fixture!();
+    let server = start(fx, 1).await;
+    let mut acme = Acme::new(&server).await;
+    let r = acme
+        .post(
+            "/acme/new-account",
+            Some(&json!({"termsOfServiceAgreed": true})),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        problem(&r),
+        "urn:ietf:params:acme:error:externalAccountRequired"
+    );
+
+    // A binding MACed with a guessed key, and one for another account key.
+    let cred = eab(fx, "webco", "webco-web");
+    let mut forged = acme.eab(&cred);
+    forged["signature"] = json!(b64(&[0u8; 32]));
+    let r = acme
+        .post(
+            "/acme/new-account",
+            Some(&json!({"externalAccountBinding": forged})),
+        )
+        .await;
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:unauthorized");
+    let other = Acme::new(&server).await;
+    let r = acme
+        .post(
+            "/acme/new-account",
+            Some(&json!({"externalAccountBinding": other.eab(&cred)})),
+        )
+        .await;
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:unauthorized");
+
+    // The real binding works once; the same EAB key cannot bind a second account.
+    acme.register(&cred).await;
+    let mut second = Acme::new(&server).await;
+    let payload = json!({"externalAccountBinding": second.eab(&cred)});
+    let r = second.post("/acme/new-account", Some(&payload)).await;
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:unauthorized");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_nonce_and_a_wrong_url_are_refused() {
+    let fx = require_fixture!();
+    let server = start(fx, 1).await;
+    let mut acme = Acme::new(&server).await;
+    acme.register(&eab(fx, "webco", "webco-web")).await;
+    let nonce = acme.nonce.clone();
+    let body = acme.sign(
+        "/acme/new-order",
+        &nonce,
+        Some(&json!({"identifiers": [{"type": "dns", "value": "localhost"}]})),
+    );
+    let r = acme.send("/acme/new-order", body.clone()).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let r = acme.send("/acme/new-order", body).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:badNonce");
+    // A JWS signed for one URL replayed at another.
+    let body = acme.sign(
+        "/acme/new-order",
+        &acme.nonce.clone(),
+        Some(&json!({"identifiers": []})),
+    );
+    let r = acme.send("/acme/revoke-cert", body).await;
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:unauthorized");
+    // alg none and HMAC are refused for account keys; garbage is a problem, not a panic.
+    for alg in ["none", "HS256"] {
+        let protected = b64(json!({"alg": alg, "nonce": acme.nonce, "url": format!("{BASE}/acme/new-order"), "kid": acme.kid}).to_string().as_bytes());
+        let body = json!({"protected": protected, "payload": "", "signature": ""}).to_string();
+        let r = acme.send("/acme/new-order", body).await;
+        assert_eq!(
+            problem(&r),
+            "urn:ietf:params:acme:error:badSignatureAlgorithm",
+            "{alg}"
+        );
+    }
+    for junk in ["", "{", "{\"protected\":1}", "[]"] {
+        let r = acme.send("/acme/new-order", junk.to_owned()).await;
+        assert_eq!(problem(&r), "urn:ietf:params:acme:error:malformed");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_a_cannot_order_a_name_only_tenant_b_allows() {
+    let fx = require_fixture!();
+    let server = start(fx, 1).await;
+    let mut acme = Acme::new(&server).await;
+    acme.register(&eab(fx, "webco", "webco-web")).await;
+    for names in [&["www.hooli.test"][..], &["localhost", "www.hooli.test"]] {
+        let r = acme.order(names).await;
+        assert_eq!(r.status, 400);
+        assert_eq!(problem(&r), "urn:ietf:params:acme:error:rejectedIdentifier");
+    }
+    let r = acme.order(&["*.webco.test"]).await;
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:rejectedIdentifier");
+    let r = acme.order(&["a.webco.test"]).await;
+    assert_eq!(r.status, 201);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalize_needs_valid_authorizations_and_exactly_the_ordered_names() {
+    let fx = require_fixture!();
+    let (responder, answers) = responder().await;
+    let server = start(fx, responder.port()).await;
+    let mut acme = Acme::new(&server).await;
+    acme.register(&eab(fx, "webco", "webco-web")).await;
+
+    // Not validated: the order is pending and cannot be finalized.
+    let r = acme.order(&["localhost"]).await;
+    let order = r.json();
+    assert_eq!(order["status"], "pending");
+    let finalize = path_of(order["finalize"].as_str().unwrap());
+    let r = acme
+        .post(&finalize, Some(&json!({"csr": csr_der(&["localhost"])})))
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:orderNotReady");
+
+    // A wrong key authorization fails the challenge, and the order with it.
+    let a = acme
+        .post(&path_of(order["authorizations"][0].as_str().unwrap()), None)
+        .await
+        .json();
+    let ch = &a["challenges"][0];
+    answers
+        .lock()
+        .unwrap()
+        .insert(ch["token"].as_str().unwrap().to_owned(), "wrong".to_owned());
+    acme.post(&path_of(ch["url"].as_str().unwrap()), Some(&json!({})))
+        .await;
+    let mut status = String::new();
+    for _ in 0..50 {
+        let a = acme
+            .post(&path_of(order["authorizations"][0].as_str().unwrap()), None)
+            .await
+            .json();
+        status = a["status"].as_str().unwrap().to_owned();
+        if status != "pending" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "invalid");
+    let r = acme
+        .post(&finalize, Some(&json!({"csr": csr_der(&["localhost"])})))
+        .await;
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:orderNotReady");
+
+    // Validated, but the CSR adds a name the profile allows and the order does not name.
+    let r = acme.order(&["localhost"]).await;
+    let order = r.json();
+    let order_path = path_of(&location(&r));
+    validate(&mut acme, &order, &answers).await;
+    let finalize = path_of(order["finalize"].as_str().unwrap());
+    let r = acme
+        .post(
+            &finalize,
+            Some(&json!({"csr": csr_der(&["localhost", "www.webco.test"])})),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:badCSR");
+    let r = acme.post(&finalize, Some(&json!({"csr": "!!"}))).await;
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:malformed");
+    let r = acme
+        .post(&finalize, Some(&json!({"csr": b64(b"junk")})))
+        .await;
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:badCSR");
+
+    // The exact names: a certificate, downloadable by this account only.
+    let r = acme
+        .post(&finalize, Some(&json!({"csr": csr_der(&["localhost"])})))
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let done = acme.post(&order_path, None).await.json();
+    assert_eq!(done["status"], "valid");
+    let cert_path = path_of(done["certificate"].as_str().unwrap());
+    let r = acme.post(&cert_path, None).await;
+    assert_eq!(
+        r.headers["content-type"],
+        "application/pem-certificate-chain"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = harness::write(
+        dir.path(),
+        "leaf.pem",
+        std::str::from_utf8(&r.body).unwrap(),
+    );
+    verify_chain(fx, &leaf);
+    let mut stranger = Acme::new(&server).await;
+    stranger.register(&eab(fx, "webco", "webco-web")).await;
+    assert_eq!(stranger.post(&cert_path, None).await.status, 404);
+    // Nor may another account revoke it.
+    let der = b64(&harness::certs(std::str::from_utf8(&r.body).unwrap())[0]);
+    let r = stranger
+        .post("/acme/revoke-cert", Some(&json!({"certificate": der})))
+        .await;
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:unauthorized");
+    let r = acme
+        .post("/acme/revoke-cert", Some(&json!({"certificate": der})))
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    server.stop().await;
+}
+
+#[test]
+fn eab_create_refuses_a_profile_an_acme_account_could_not_use() {
+    use portcullis_admin::cli::{run, AcmeCommand, AdminCommand};
+    let fx = require_fixture!();
+    let create = |tenant: &str, profile: &str| {
+        run(
+            AdminCommand::Acme(AcmeCommand::EabCreate {
+                ca_config: fx.dir.join("ca.yaml"),
+                tenant: tenant.parse().unwrap(),
+                profile: profile.to_owned(),
+                ttl: Duration::from_secs(60),
+            }),
+            None,
+        )
+    };
+    create("webco", "webco-web").unwrap();
+    let e = create("webco", "hooli-web").unwrap_err().to_string();
+    assert!(e.contains("has no profile"), "{e}");
+    // A SPIFFE-ID profile: no DNS-only certificate could come of it.
+    let e = create("acme", "acme").unwrap_err().to_string();
+    assert!(e.contains("no DNS-only certificate"), "{e}");
+}
+
+/// A DNS server on loopback (UDP) answering TXT queries from its map, NXDOMAIN otherwise.
+async fn dns_server() -> (SocketAddr, Arc<Mutex<HashMap<String, String>>>) {
+    let records: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let map = Arc::clone(&records);
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let q = &buf[..n];
+            // The question: labels from byte 12, then type and class.
+            let (mut i, mut labels) = (12, Vec::new());
+            while i < n && q[i] != 0 {
+                let len = q[i] as usize;
+                labels.push(String::from_utf8_lossy(&q[i + 1..i + 1 + len]).to_ascii_lowercase());
+                i += 1 + len;
+            }
+            let end = i + 5;
+            let name = labels.join(".");
+            let txt = map.lock().unwrap().get(&name).cloned();
+            let mut out = q[..2].to_vec();
+            out.extend_from_slice(if txt.is_some() {
+                &[0x85, 0x80]
+            } else {
+                &[0x85, 0x83]
+            });
+            out.extend_from_slice(&[0, 1, 0, u8::from(txt.is_some()), 0, 0, 0, 0]);
+            out.extend_from_slice(&q[12..end]);
+            if let Some(t) = txt {
+                out.extend_from_slice(&[0xc0, 0x0c, 0, 16, 0, 1, 0, 0, 0, 0]);
+                out.extend_from_slice(&[0, (t.len() + 1) as u8, t.len() as u8]);
+                out.extend_from_slice(t.as_bytes());
+            }
+            let _ = socket.send_to(&out, from).await;
+        }
+    });
+    (addr, records)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns01_validates_through_the_configured_resolver() {
+    let fx = require_fixture!();
+    let (dns, records) = dns_server().await;
+    let config = fx.admin_config_with(&format!(
+        "acme:\n  enabled: true\n  http01_port: 1\n  dns01_resolver: {dns}\n"
+    ));
+    let server = fx.start_with(config, None).await;
+    let mut acme = Acme::new(&server).await;
+    acme.register(&eab(fx, "webco", "webco-web")).await;
+
+    // A wildcard name is offered dns-01 only.
+    let r = acme.order(&["*.webco.test"]).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let a = acme
+        .post(
+            &path_of(r.json()["authorizations"][0].as_str().unwrap()),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(a["wildcard"], true);
+    assert_eq!(a["challenges"].as_array().unwrap().len(), 1);
+    assert_eq!(a["challenges"][0]["type"], "dns-01");
+
+    // A wrong TXT record fails; the right one validates and the order is finalized.
+    for (right, name) in [(false, "b.webco.test"), (true, "a.webco.test")] {
+        let r = acme.order(&[name]).await;
+        let order = r.json();
+        let order_path = path_of(&location(&r));
+        let authz = path_of(order["authorizations"][0].as_str().unwrap());
+        let a = acme.post(&authz, None).await.json();
+        let ch = a["challenges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "dns-01")
+            .unwrap()
+            .clone();
+        let token = ch["token"].as_str().unwrap();
+        let digest = ring::digest::digest(
+            &ring::digest::SHA256,
+            format!("{token}.{}", acme.thumbprint()).as_bytes(),
+        );
+        let value = if right {
+            b64(digest.as_ref())
+        } else {
+            "wrong".to_owned()
+        };
+        records
+            .lock()
+            .unwrap()
+            .insert(format!("_acme-challenge.{name}"), value);
+        let r = acme
+            .post(&path_of(ch["url"].as_str().unwrap()), Some(&json!({})))
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let mut status = String::new();
+        for _ in 0..100 {
+            status = acme.post(&authz, None).await.json()["status"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            if status != "pending" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !right {
+            assert_eq!(status, "invalid");
+            continue;
+        }
+        assert_eq!(status, "valid");
+        let r = acme
+            .post(
+                &path_of(order["finalize"].as_str().unwrap()),
+                Some(&json!({"csr": csr_der(&[name])})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(acme.post(&order_path, None).await.json()["status"], "valid");
+    }
+    server.stop().await;
+}
