@@ -34,6 +34,10 @@
 //!
 //! - `request` events may carry `path_truncated` ([`TruncatedPath`]) after `path`, when the path
 //!   was cut to a bound ([`RequestEvent::bound_path`]).
+//! - `request` events leave out their optional members that are null (`trace_id`, `tenant`,
+//!   `route`, `identity`, `rule`, `tls_version`, `upstream`, `reason`): a reader takes a missing
+//!   one as null, as version 1 readers always have. Records written with the nulls still parse
+//!   and verify.
 //! - Kind `refusals_suppressed` ([`SuppressedRefusals`]): how many records of refused requests
 //!   were not written in detail, per source, over an interval.
 
@@ -176,12 +180,16 @@ pub struct RequestEvent {
     #[serde(default)]
     pub stage: RequestStage,
     /// W3C trace id (32 hex), when the request carried or was given one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
     /// Tenant the route belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     /// Route id that matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
     /// Caller identity: SPIFFE ID, or the certificate/token subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
     /// Client address, `ip:port`.
     pub source: String,
@@ -205,18 +213,21 @@ pub struct RequestEvent {
     /// The authorisation decision.
     pub decision: Decision,
     /// The rule that decided (allowing or denying), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     /// Rate limiting outcome.
     pub rate_limit: RateLimitOutcome,
     /// DLP tallies: detector, count and action; never the matched data.
     pub dlp: Vec<DlpFinding>,
     /// Negotiated TLS version (`"TLSv1.3"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_version: Option<String>,
     /// Upstream the request was sent to (`host:port`), if it was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
     /// Why a request was not served as allowed (`no_route`, `rate_limited`, `too_large`,
     /// `dlp_refused`, `invalid`, `audit_unavailable`, `upstream_error`…), when it was not.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
@@ -512,18 +523,8 @@ pub(crate) struct RecordHeader {
     pub(crate) hash: String,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    v: u32,
-    seq: u64,
-    time: &'a str,
-    node: &'a str,
-    #[serde(flatten)]
-    kind: &'a RecordKind,
-    prev_hash: &'a str,
-}
-
 /// Encodes a record: returns the line (with its trailing `\n`) and its hash.
+#[cfg(test)]
 pub(crate) fn encode(
     seq: u64,
     time: &str,
@@ -531,22 +532,80 @@ pub(crate) fn encode(
     kind: &RecordKind,
     prev_hash: &str,
 ) -> Result<(Vec<u8>, String), serde_json::Error> {
-    let body = Body {
-        v: SCHEMA_VERSION,
-        seq,
-        time,
-        node,
-        kind,
-        prev_hash,
-    };
-    let mut line = serde_json::to_vec(&body)?;
-    let hash = hex::encode(ring::digest::digest(&SHA256, &line));
-    // `line` ends with the object's closing brace: replace it with the hash member.
-    line.pop();
-    line.extend_from_slice(HASH_MEMBER);
-    line.extend_from_slice(hash.as_bytes());
-    line.extend_from_slice(b"\"}\n");
+    let mut line = Vec::new();
+    let hash = encode_into(&mut line, seq, time, node, kind, prev_hash)?;
     Ok((line, hash))
+}
+
+/// Appends a record's line (with its trailing `\n`) to `out` and returns its hash. The line is
+/// written in place, members in the order of the format, and hashed once over the bytes
+/// written; on an error `out` is left as it was.
+pub(crate) fn encode_into(
+    out: &mut Vec<u8>,
+    seq: u64,
+    time: &str,
+    node: &str,
+    kind: &RecordKind,
+    prev_hash: &str,
+) -> Result<String, serde_json::Error> {
+    let start = out.len();
+    if let Err(e) = write_body(out, seq, time, node, kind, prev_hash) {
+        out.truncate(start);
+        return Err(e);
+    }
+    let digest = ring::digest::digest(&SHA256, &out[start..]);
+    let mut hash = String::with_capacity(64);
+    for b in digest.as_ref() {
+        hash.push(char::from(HEX_DIGITS[usize::from(b >> 4)]));
+        hash.push(char::from(HEX_DIGITS[usize::from(b & 0xf)]));
+    }
+    // The body ends with the object's closing brace: replace it with the hash member.
+    out.pop();
+    out.extend_from_slice(HASH_MEMBER);
+    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(b"\"}\n");
+    Ok(hash)
+}
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// The line without its hash member: `{"v":..,"seq":..,"time":..,"node":..,"kind":..,
+/// "event":{..},"prev_hash":..}`, compact JSON, exactly as serde writes an [`AuditRecord`]
+/// (a test holds the two together).
+fn write_body(
+    out: &mut Vec<u8>,
+    seq: u64,
+    time: &str,
+    node: &str,
+    kind: &RecordKind,
+    prev_hash: &str,
+) -> Result<(), serde_json::Error> {
+    out.extend_from_slice(b"{\"v\":");
+    serde_json::to_writer(&mut *out, &SCHEMA_VERSION)?;
+    out.extend_from_slice(b",\"seq\":");
+    serde_json::to_writer(&mut *out, &seq)?;
+    out.extend_from_slice(b",\"time\":");
+    serde_json::to_writer(&mut *out, time)?;
+    out.extend_from_slice(b",\"node\":");
+    serde_json::to_writer(&mut *out, node)?;
+    out.extend_from_slice(b",\"kind\":\"");
+    out.extend_from_slice(kind.name().as_bytes());
+    out.extend_from_slice(b"\",\"event\":");
+    let event = &mut *out;
+    match kind {
+        RecordKind::Request(e) => serde_json::to_writer(event, e),
+        RecordKind::Ca(e) => serde_json::to_writer(event, e),
+        RecordKind::Admin(e) => serde_json::to_writer(event, e),
+        RecordKind::ConfigReload(e) => serde_json::to_writer(event, e),
+        RecordKind::RefusalsSuppressed(e) => serde_json::to_writer(event, e),
+        RecordKind::Truncation(e) => serde_json::to_writer(event, e),
+        RecordKind::Retention(e) => serde_json::to_writer(event, e),
+        RecordKind::Checkpoint(e) => serde_json::to_writer(event, e),
+    }?;
+    out.extend_from_slice(b",\"prev_hash\":");
+    serde_json::to_writer(&mut *out, prev_hash)?;
+    out.push(b'}');
+    Ok(())
 }
 
 /// Why a line is not a valid record on its own.

@@ -320,13 +320,14 @@ impl Engine {
         AuditError::OverBudget { max_bytes: max }
     }
 
-    /// Whether a producer's line of `len` bytes still fits in the budget.
-    fn fits(&self, len: usize) -> bool {
+    /// Whether the segments and the buffer (holding a producer's new line) still fit in the
+    /// budget.
+    fn fits(&self) -> bool {
         let Some(max) = self.cfg.max_bytes else {
             return true;
         };
         let limit = max.saturating_sub(OWN_RECORDS_RESERVE);
-        self.disk_bytes + (self.buf.len() as u64) + (len as u64) <= limit
+        self.disk_bytes + (self.buf.len() as u64) <= limit
     }
 
     fn count_dropped(&self, n: u64) {
@@ -360,7 +361,9 @@ impl Engine {
         kind: RecordKind,
         done: Option<(Arc<Completion>, bool)>,
     ) -> Result<u64, AuditError> {
-        let (line, hash) = record::encode(
+        let start = self.buf.len();
+        let hash = record::encode_into(
+            &mut self.buf,
             self.chain.next_seq,
             time,
             &self.cfg.node,
@@ -369,12 +372,12 @@ impl Engine {
         )
         .map_err(|e| AuditError::Encode(e.to_string()))?;
         if let (Some(max), Some(_)) = (self.cfg.max_bytes, &done) {
-            if !self.fits(line.len()) {
+            if !self.fits() {
+                self.buf.truncate(start);
                 return Err(self.budget_reached(max));
             }
         }
         let seq = self.chain.next_seq;
-        self.buf.extend_from_slice(&line);
         self.chain.next_seq += 1;
         self.chain.last_hash = hash;
         if !matches!(kind, RecordKind::Checkpoint(_)) {
