@@ -523,91 +523,6 @@ pub(crate) struct RecordHeader {
     pub(crate) hash: String,
 }
 
-/// Encodes a record: returns the line (with its trailing `\n`) and its hash.
-#[cfg(test)]
-pub(crate) fn encode(
-    seq: u64,
-    time: &str,
-    node: &str,
-    kind: &RecordKind,
-    prev_hash: &str,
-) -> Result<(Vec<u8>, String), serde_json::Error> {
-    let mut line = Vec::new();
-    let hash = encode_into(&mut line, seq, time, node, kind, prev_hash)?;
-    Ok((line, hash))
-}
-
-/// Appends a record's line (with its trailing `\n`) to `out` and returns its hash. The line is
-/// written in place, members in the order of the format, and hashed once over the bytes
-/// written; on an error `out` is left as it was.
-pub(crate) fn encode_into(
-    out: &mut Vec<u8>,
-    seq: u64,
-    time: &str,
-    node: &str,
-    kind: &RecordKind,
-    prev_hash: &str,
-) -> Result<String, serde_json::Error> {
-    let start = out.len();
-    if let Err(e) = write_body(out, seq, time, node, kind, prev_hash) {
-        out.truncate(start);
-        return Err(e);
-    }
-    let digest = ring::digest::digest(&SHA256, &out[start..]);
-    let mut hash = String::with_capacity(64);
-    for b in digest.as_ref() {
-        hash.push(char::from(HEX_DIGITS[usize::from(b >> 4)]));
-        hash.push(char::from(HEX_DIGITS[usize::from(b & 0xf)]));
-    }
-    // The body ends with the object's closing brace: replace it with the hash member.
-    out.pop();
-    out.extend_from_slice(HASH_MEMBER);
-    out.extend_from_slice(hash.as_bytes());
-    out.extend_from_slice(b"\"}\n");
-    Ok(hash)
-}
-
-const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
-
-/// The line without its hash member: `{"v":..,"seq":..,"time":..,"node":..,"kind":..,
-/// "event":{..},"prev_hash":..}`, compact JSON, exactly as serde writes an [`AuditRecord`]
-/// (a test holds the two together).
-fn write_body(
-    out: &mut Vec<u8>,
-    seq: u64,
-    time: &str,
-    node: &str,
-    kind: &RecordKind,
-    prev_hash: &str,
-) -> Result<(), serde_json::Error> {
-    out.extend_from_slice(b"{\"v\":");
-    serde_json::to_writer(&mut *out, &SCHEMA_VERSION)?;
-    out.extend_from_slice(b",\"seq\":");
-    serde_json::to_writer(&mut *out, &seq)?;
-    out.extend_from_slice(b",\"time\":");
-    serde_json::to_writer(&mut *out, time)?;
-    out.extend_from_slice(b",\"node\":");
-    serde_json::to_writer(&mut *out, node)?;
-    out.extend_from_slice(b",\"kind\":\"");
-    out.extend_from_slice(kind.name().as_bytes());
-    out.extend_from_slice(b"\",\"event\":");
-    let event = &mut *out;
-    match kind {
-        RecordKind::Request(e) => serde_json::to_writer(event, e),
-        RecordKind::Ca(e) => serde_json::to_writer(event, e),
-        RecordKind::Admin(e) => serde_json::to_writer(event, e),
-        RecordKind::ConfigReload(e) => serde_json::to_writer(event, e),
-        RecordKind::RefusalsSuppressed(e) => serde_json::to_writer(event, e),
-        RecordKind::Truncation(e) => serde_json::to_writer(event, e),
-        RecordKind::Retention(e) => serde_json::to_writer(event, e),
-        RecordKind::Checkpoint(e) => serde_json::to_writer(event, e),
-    }?;
-    out.extend_from_slice(b",\"prev_hash\":");
-    serde_json::to_writer(&mut *out, prev_hash)?;
-    out.push(b'}');
-    Ok(())
-}
-
 /// Why a line is not a valid record on its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum LineFault {
@@ -674,6 +589,12 @@ pub fn audit_path(path_and_query: &str, keep_query: bool) -> &str {
             .map_or(path_and_query, |(p, _)| p)
     }
 }
+
+mod encode;
+
+#[cfg(test)]
+use encode::encode;
+pub(crate) use encode::encode_into;
 
 #[cfg(test)]
 mod tests;

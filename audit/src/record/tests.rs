@@ -165,6 +165,15 @@ fn the_encoder_writes_what_serde_writes_for_every_kind() {
             upstream: Some("127.0.0.1:1".into()),
             reason: Some("no_route".into()),
             path: "/caf\u{e9}/\\x".into(),
+            path_truncated: Some(TruncatedPath {
+                bytes: 4096,
+                sha256: "ab".repeat(32),
+            }),
+            stage: RequestStage::Admitted,
+            decision: Decision::Error,
+            rate_limit: RateLimitOutcome::Passed,
+            status: 503,
+            bytes_in: u64::MAX,
             ..Default::default()
         }),
         RecordKind::Ca(CaEvent {
