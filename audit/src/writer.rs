@@ -1,7 +1,7 @@
 //! The local log's writer: a thread that owns the segment files, fed by two bounded queues (one
 //! for records a producer waits on, one for the rest), doing group commit (one write and one
-//! fsync per batch), acknowledging records once durable, and holding the segments to a byte
-//! budget.
+//! fdatasync per batch, at once when a producer waits on a record in it, else within
+//! 10 ms), acknowledging records once durable, and holding the segments to a byte budget.
 
 mod engine;
 mod recovery;
@@ -217,6 +217,9 @@ pub(crate) struct Completion {
 struct CompletionState {
     result: Option<Result<u64, AuditError>>,
     waker: Option<Waker>,
+    /// A thread is blocked in [`Ack::wait`]: only then is the condition variable signalled
+    /// (a system call each time), not for the many records nobody waits on.
+    blocked: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -235,11 +238,15 @@ impl Completion {
     pub(crate) fn complete(&self, result: Result<u64, AuditError>) {
         let mut st = lock(&self.state);
         st.result = Some(result);
-        if let Some(w) = st.waker.take() {
+        let waker = st.waker.take();
+        let blocked = st.blocked;
+        drop(st);
+        if let Some(w) = waker {
             w.wake();
         }
-        drop(st);
-        self.cv.notify_all();
+        if blocked {
+            self.cv.notify_all();
+        }
     }
 }
 
@@ -272,6 +279,7 @@ impl Ack {
                 drop(st);
                 return Err(self.timed_out(timeout));
             }
+            st.blocked = true;
             st = self
                 .done
                 .cv

@@ -4,6 +4,10 @@
 //! Each batch takes the queue of records producers wait on first, then the other queue, up to
 //! `max_batch` from each: the chain's order is the order the writer takes records in, and
 //! records nothing waits on can neither crowd out nor starve the ones that are waited on.
+//! A batch is committed at once when a producer waits on something in it; records nobody waits
+//! on stay buffered (at most [`UNWAITED_DELAY`]) to share the next waited record's fdatasync.
+//! So the batch size follows the load: one record when idle, everything that queued during the
+//! previous fdatasync when busy.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -23,6 +27,14 @@ use crate::error::AuditError;
 use crate::record::{self, Checkpoint, RecordKind};
 use crate::segment::{list_segments, segment_name, sync_dir};
 use crate::signer::{key_id, Signer};
+
+/// How long records nobody waits on (completion records, CA and admin events) may sit in the
+/// buffer before they are written and fsynced, unless a record a producer waits on comes first
+/// and they share its fsync. A request's completion record thus rides on the next request's
+/// admission record instead of costing an fsync of its own, that admission would wait behind.
+pub(super) const UNWAITED_DELAY: Duration = Duration::from_millis(10);
+/// ...or until the buffer holds this many bytes.
+const UNWAITED_BYTES: usize = 256 << 10;
 
 pub(super) struct Active {
     pub(super) file: File,
@@ -49,6 +61,9 @@ pub(super) struct Engine {
     /// Position of the durable log (rolled back to on a failed write).
     committed: ChainState,
     buf: Vec<u8>,
+    /// When the oldest record in the buffer was encoded.
+    buffered_since: Option<Instant>,
+    stamp: TimeStamp,
     /// Completions for buffered records: (completion, seq, counted as dropped if not written).
     pending: Vec<(Arc<Completion>, u64, bool)>,
     /// Bytes of the segment files, durable (the buffer not included).
@@ -81,6 +96,8 @@ impl Engine {
             committed: rec.chain.clone(),
             chain: rec.chain,
             buf: Vec::with_capacity(1 << 20),
+            buffered_since: None,
+            stamp: TimeStamp::default(),
             pending: Vec::new(),
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
@@ -106,24 +123,24 @@ impl Engine {
     pub(super) fn run(mut self, durable_rx: Receiver<Append>, rx: Receiver<Command>) {
         let mut batch = Vec::with_capacity(2 * self.cfg.max_batch);
         loop {
-            let wait = if self.since_checkpoint > 0 {
-                self.cfg
-                    .checkpoint_interval
-                    .saturating_sub(self.last_checkpoint.elapsed())
-            } else {
-                self.cfg.checkpoint_interval
-            };
-            let mut shutdown = self.take_batch(&durable_rx, &rx, wait, &mut batch);
+            let mut shutdown = self.take_batch(&durable_rx, &rx, self.next_wakeup(), &mut batch);
+            // Whether someone waits on what this batch buffered: then it is committed now.
+            let mut waited = shutdown;
             for cmd in batch.drain(..) {
                 match cmd {
-                    Command::Append(append) => self.append(append),
+                    Command::Append(append) => {
+                        waited |= append.waited;
+                        self.append(append);
+                    }
                     Command::Flush { done } => {
                         // Records a producer queued for waiting before the flush come first.
                         self.take_waiting(&durable_rx);
                         let seq = self.chain.next_seq.saturating_sub(1);
                         self.pending.push((done, seq, false));
+                        waited = true;
                     }
                     Command::Checkpoint { done } => {
+                        waited = true;
                         let seq = self.chain.next_seq.saturating_sub(1);
                         match self.push_checkpoint() {
                             Ok(()) => self.pending.push((done, seq, false)),
@@ -147,6 +164,7 @@ impl Engine {
                     Command::Shutdown => {
                         self.take_waiting(&durable_rx);
                         shutdown = true;
+                        waited = true;
                     }
                 }
             }
@@ -157,7 +175,9 @@ impl Engine {
                 // A signer failure is counted and retried at the next opportunity.
                 let _ = self.push_checkpoint();
             }
-            let _ = self.commit();
+            if waited || due || self.unwaited_due() {
+                let _ = self.commit();
+            }
             if shutdown {
                 break;
             }
@@ -178,6 +198,31 @@ impl Engine {
                 Command::Shutdown => {}
             }
         }
+    }
+
+    /// How long to wait for commands: until the next checkpoint is due, or until the records
+    /// nobody waits on that sit in the buffer have waited [`UNWAITED_DELAY`].
+    fn next_wakeup(&self) -> Duration {
+        let checkpoint = if self.since_checkpoint > 0 {
+            self.cfg
+                .checkpoint_interval
+                .saturating_sub(self.last_checkpoint.elapsed())
+        } else {
+            self.cfg.checkpoint_interval
+        };
+        match self.buffered_since {
+            Some(since) => checkpoint.min(UNWAITED_DELAY.saturating_sub(since.elapsed())),
+            None => checkpoint,
+        }
+    }
+
+    /// Whether the buffered records, none of which a producer waits on, are to be committed
+    /// now: they have waited [`UNWAITED_DELAY`], or the buffer holds [`UNWAITED_BYTES`].
+    fn unwaited_due(&self) -> bool {
+        self.buf.len() >= UNWAITED_BYTES
+            || self
+                .buffered_since
+                .is_some_and(|since| since.elapsed() >= UNWAITED_DELAY)
     }
 
     /// Waits up to `wait` for either queue, then takes up to `max_batch` commands from the
@@ -334,9 +379,9 @@ impl Engine {
         self.shared.dropped.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub(super) fn now(&self) -> (SystemTime, String) {
+    pub(super) fn now(&mut self) -> (SystemTime, String) {
         let t = (self.cfg.clock)();
-        (t, humantime::format_rfc3339_micros(t).to_string())
+        (t, self.stamp.format(t))
     }
 
     /// Encodes a record at the chain's head into the batch buffer, rolling the segment first if
@@ -362,6 +407,9 @@ impl Engine {
         done: Option<(Arc<Completion>, bool)>,
     ) -> Result<u64, AuditError> {
         let start = self.buf.len();
+        if start == 0 {
+            self.buffered_since = Some(Instant::now());
+        }
         let hash = record::encode_into(
             &mut self.buf,
             self.chain.next_seq,
@@ -453,6 +501,7 @@ impl Engine {
     /// the buffered records are discarded (the chain rolls back to the durable head) and every
     /// pending producer gets the error.
     pub(super) fn commit(&mut self) -> Result<(), AuditError> {
+        self.buffered_since = None;
         if self.buf.is_empty() {
             self.complete_pending(Ok(()));
             return Ok(());
@@ -531,10 +580,62 @@ impl Engine {
     }
 }
 
+/// Records' `time`: RFC 3339 UTC with microseconds (`2025-01-01T00:00:00.000000Z`), formatted
+/// in full once a second; within that second only the microseconds are written.
+#[derive(Default)]
+struct TimeStamp {
+    /// The second formatted last, and its text up to the fraction (`2025-01-01T00:00:00.`).
+    second: Option<(u64, String)>,
+}
+
+impl TimeStamp {
+    fn format(&mut self, t: SystemTime) -> String {
+        let since_epoch = t.duration_since(SystemTime::UNIX_EPOCH).ok();
+        if let (Some(d), Some((second, prefix))) = (since_epoch, &self.second) {
+            if d.as_secs() == *second {
+                let mut text = String::with_capacity(prefix.len() + 7);
+                text.push_str(prefix);
+                let micros = d.subsec_micros();
+                for place in [100_000, 10_000, 1_000, 100, 10, 1] {
+                    text.push(char::from(b'0' + (micros / place % 10) as u8));
+                }
+                text.push('Z');
+                return text;
+            }
+        }
+        let text = humantime::format_rfc3339_micros(t).to_string();
+        // `YYYY-MM-DDTHH:MM:SS.ffffffZ`: the prefix is the first 20 bytes.
+        self.second = since_epoch
+            .filter(|_| text.len() == 27 && text.as_bytes()[19] == b'.')
+            .map(|d| (d.as_secs(), text[..20].to_owned()));
+        text
+    }
+}
+
 pub(super) fn create_segment(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
         .create_new(true)
         .append(true)
         .mode(0o600)
         .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::TimeStamp;
+
+    #[test]
+    fn time_stamps_within_a_second_match_the_full_format() {
+        let mut stamp = TimeStamp::default();
+        let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_735_689_599);
+        for micros in [
+            0, 1, 999_999, 123_456, 500_000, 1_000_000, 1_000_001, 2_000_000,
+        ] {
+            let t = base + Duration::from_micros(micros);
+            let expected = humantime::format_rfc3339_micros(t).to_string();
+            assert_eq!(stamp.format(t), expected);
+        }
+    }
 }
