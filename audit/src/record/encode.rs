@@ -151,9 +151,13 @@ fn write_opt(
 }
 
 /// A JSON string. Most values need no escape and are copied between quotes; the rest go
-/// through serde_json, which escapes exactly these bytes (`"`, `\` and controls).
+/// through serde_json, which escapes exactly these bytes (`"`, `\` and controls). The scan has
+/// no early exit so that it is vectorised: values are short.
 fn write_str(out: &mut Vec<u8>, s: &str) -> Result<(), serde_json::Error> {
-    if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    let escapes = s.bytes().fold(false, |found, b| {
+        found | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if escapes {
         return serde_json::to_writer(out, s);
     }
     out.reserve(s.len() + 2);
