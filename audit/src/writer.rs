@@ -58,6 +58,13 @@ pub struct AuditConfig {
     pub max_batch: usize,
     /// The bound on how long a producer waits, for queue space and then for durability.
     pub durable_timeout: Duration,
+    /// How long records nobody waits on ([`AuditHandle::try_append`]: completion records, CA
+    /// and admin events) may stay buffered, unwritten, for a record a producer waits on to come
+    /// and share its fdatasync. A request's completion record thus rides on the next request's
+    /// admission record instead of costing an fdatasync of its own that the admission would
+    /// queue behind. A crash loses at most this much of them (they are lost from the queue
+    /// anyway).
+    pub unwaited_delay: Duration,
     /// A segment is closed and a new one started once it reaches this size.
     pub segment_bytes: u64,
     /// A signed checkpoint after this many records...
@@ -89,8 +96,8 @@ pub fn default_node() -> String {
 
 impl AuditConfig {
     /// Defaults: fail-closed, 65,536-record queue and an 8,192-record queue for records producers
-    /// wait on, batches of up to 4,096, 250 ms bound, 64 MiB segments, checkpoint every 10,000
-    /// records or 60 s, no byte budget.
+    /// wait on, batches of up to 4,096, 250 ms bound, records nobody waits on buffered up to
+    /// 10 ms, 64 MiB segments, checkpoint every 10,000 records or 60 s, no byte budget.
     pub fn new(dir: impl Into<PathBuf>, node: impl Into<String>) -> Self {
         AuditConfig {
             dir: dir.into(),
@@ -100,6 +107,7 @@ impl AuditConfig {
             durable_queue_capacity: 8_192,
             max_batch: 4_096,
             durable_timeout: Duration::from_millis(250),
+            unwaited_delay: Duration::from_millis(10),
             segment_bytes: 64 << 20,
             checkpoint_every: 10_000,
             checkpoint_interval: Duration::from_secs(60),

@@ -38,17 +38,18 @@ pub(crate) fn encode_into(
         return Err(e);
     }
     let digest = ring::digest::digest(&SHA256, &out[start..]);
-    let mut hash = String::with_capacity(64);
-    for b in digest.as_ref() {
-        hash.push(char::from(HEX_DIGITS[usize::from(b >> 4)]));
-        hash.push(char::from(HEX_DIGITS[usize::from(b & 0xf)]));
+    let mut hex = [0u8; 64];
+    for (pair, b) in hex.chunks_exact_mut(2).zip(digest.as_ref()) {
+        pair[0] = HEX_DIGITS[usize::from(b >> 4)];
+        pair[1] = HEX_DIGITS[usize::from(b & 0xf)];
     }
     // The body ends with the object's closing brace: replace it with the hash member.
     out.pop();
     out.extend_from_slice(HASH_MEMBER);
-    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(&hex);
     out.extend_from_slice(b"\"}\n");
-    Ok(hash)
+    // Hex digits are ASCII: the conversion cannot fail.
+    Ok(String::from_utf8_lossy(&hex).into_owned())
 }
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";

@@ -5,7 +5,8 @@
 //! `max_batch` from each: the chain's order is the order the writer takes records in, and
 //! records nothing waits on can neither crowd out nor starve the ones that are waited on.
 //! A batch is committed at once when a producer waits on something in it; records nobody waits
-//! on stay buffered (at most [`UNWAITED_DELAY`]) to share the next waited record's fdatasync.
+//! on stay buffered (at most [`AuditConfig::unwaited_delay`]) to share the next waited record's
+//! fdatasync.
 //! So the batch size follows the load: one record when idle, everything that queued during the
 //! previous fdatasync when busy.
 
@@ -28,12 +29,8 @@ use crate::record::{self, Checkpoint, RecordKind};
 use crate::segment::{list_segments, segment_name, sync_dir};
 use crate::signer::{key_id, Signer};
 
-/// How long records nobody waits on (completion records, CA and admin events) may sit in the
-/// buffer before they are written and fsynced, unless a record a producer waits on comes first
-/// and they share its fsync. A request's completion record thus rides on the next request's
-/// admission record instead of costing an fsync of its own, that admission would wait behind.
-pub(super) const UNWAITED_DELAY: Duration = Duration::from_millis(10);
-/// ...or until the buffer holds this many bytes.
+/// Records nobody waits on are committed once the buffer holds this many bytes, if
+/// [`AuditConfig::unwaited_delay`] has not passed before.
 const UNWAITED_BYTES: usize = 256 << 10;
 
 pub(super) struct Active {
@@ -201,7 +198,7 @@ impl Engine {
     }
 
     /// How long to wait for commands: until the next checkpoint is due, or until the records
-    /// nobody waits on that sit in the buffer have waited [`UNWAITED_DELAY`].
+    /// nobody waits on that sit in the buffer have waited [`AuditConfig::unwaited_delay`].
     fn next_wakeup(&self) -> Duration {
         let checkpoint = if self.since_checkpoint > 0 {
             self.cfg
@@ -211,18 +208,19 @@ impl Engine {
             self.cfg.checkpoint_interval
         };
         match self.buffered_since {
-            Some(since) => checkpoint.min(UNWAITED_DELAY.saturating_sub(since.elapsed())),
+            Some(since) => checkpoint.min(self.cfg.unwaited_delay.saturating_sub(since.elapsed())),
             None => checkpoint,
         }
     }
 
     /// Whether the buffered records, none of which a producer waits on, are to be committed
-    /// now: they have waited [`UNWAITED_DELAY`], or the buffer holds [`UNWAITED_BYTES`].
+    /// now: they have waited [`AuditConfig::unwaited_delay`], or the buffer holds
+    /// [`UNWAITED_BYTES`].
     fn unwaited_due(&self) -> bool {
         self.buf.len() >= UNWAITED_BYTES
             || self
                 .buffered_since
-                .is_some_and(|since| since.elapsed() >= UNWAITED_DELAY)
+                .is_some_and(|since| since.elapsed() >= self.cfg.unwaited_delay)
     }
 
     /// Waits up to `wait` for either queue, then takes up to `max_batch` commands from the
