@@ -297,6 +297,16 @@ pub enum RequestStage {
     Completed,
 }
 
+impl RequestStage {
+    /// The serialised name (`"admitted"`, `"completed"`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RequestStage::Admitted => "admitted",
+            RequestStage::Completed => "completed",
+        }
+    }
+}
+
 /// The authorisation decision recorded for a request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -348,6 +358,17 @@ pub enum RateLimitOutcome {
     Passed,
     /// The request was refused by a limit.
     Limited,
+}
+
+impl RateLimitOutcome {
+    /// The serialised name (`"none"`, `"passed"`, `"limited"`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RateLimitOutcome::None => "none",
+            RateLimitOutcome::Passed => "passed",
+            RateLimitOutcome::Limited => "limited",
+        }
+    }
 }
 
 /// One DLP detector's tally for a request: never the matched data.

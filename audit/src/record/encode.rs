@@ -97,8 +97,7 @@ fn write_body(
 fn write_request(out: &mut Vec<u8>, e: &RequestEvent) -> Result<(), serde_json::Error> {
     out.extend_from_slice(b"{\"request_id\":");
     write_str(out, &e.request_id)?;
-    out.extend_from_slice(b",\"stage\":");
-    serde_json::to_writer(&mut *out, &e.stage)?;
+    write_name(out, b",\"stage\":", e.stage.as_str());
     write_opt(out, b",\"trace_id\":", &e.trace_id)?;
     write_opt(out, b",\"tenant\":", &e.tenant)?;
     write_opt(out, b",\"route\":", &e.route)?;
@@ -123,19 +122,28 @@ fn write_request(out: &mut Vec<u8>, e: &RequestEvent) -> Result<(), serde_json::
     write_u64(out, e.bytes_out);
     out.extend_from_slice(b",\"duration_ms\":");
     write_u64(out, e.duration_ms);
-    out.extend_from_slice(b",\"decision\":\"");
-    out.extend_from_slice(e.decision.as_str().as_bytes());
-    out.push(b'"');
+    write_name(out, b",\"decision\":", e.decision.as_str());
     write_opt(out, b",\"rule\":", &e.rule)?;
-    out.extend_from_slice(b",\"rate_limit\":");
-    serde_json::to_writer(&mut *out, &e.rate_limit)?;
+    write_name(out, b",\"rate_limit\":", e.rate_limit.as_str());
     out.extend_from_slice(b",\"dlp\":");
-    serde_json::to_writer(&mut *out, &e.dlp)?;
+    if e.dlp.is_empty() {
+        out.extend_from_slice(b"[]");
+    } else {
+        serde_json::to_writer(&mut *out, &e.dlp)?;
+    }
     write_opt(out, b",\"tls_version\":", &e.tls_version)?;
     write_opt(out, b",\"upstream\":", &e.upstream)?;
     write_opt(out, b",\"reason\":", &e.reason)?;
     out.push(b'}');
     Ok(())
+}
+
+/// `,"name":"value"` for an enum's serialised name (plain ASCII, nothing to escape).
+fn write_name(out: &mut Vec<u8>, member: &[u8], name: &str) {
+    out.extend_from_slice(member);
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'"');
 }
 
 /// `,"name":"value"` when there is a value; nothing when it is null.

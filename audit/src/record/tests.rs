@@ -262,3 +262,20 @@ fn path_drops_query_by_default() {
     assert_eq!(audit_path("/a/b?token=x", true), "/a/b?token=x");
     assert_eq!(audit_path("/a", false), "/a");
 }
+
+#[test]
+fn enum_names_are_their_serialised_names() {
+    for stage in [RequestStage::Admitted, RequestStage::Completed] {
+        assert_eq!(serde_json::to_value(stage).unwrap(), stage.as_str());
+    }
+    for outcome in [
+        RateLimitOutcome::None,
+        RateLimitOutcome::Passed,
+        RateLimitOutcome::Limited,
+    ] {
+        assert_eq!(serde_json::to_value(outcome).unwrap(), outcome.as_str());
+    }
+    for decision in [Decision::Allow, Decision::Deny, Decision::Error] {
+        assert_eq!(serde_json::to_value(decision).unwrap(), decision.as_str());
+    }
+}
