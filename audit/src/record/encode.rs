@@ -48,8 +48,8 @@ pub(crate) fn encode_into(
     out.extend_from_slice(HASH_MEMBER);
     out.extend_from_slice(&hex);
     out.extend_from_slice(b"\"}\n");
-    // Hex digits are ASCII: the conversion cannot fail.
-    Ok(String::from_utf8_lossy(&hex).into_owned())
+    // Hex digits are ASCII: the check cannot fail.
+    Ok(String::from(std::str::from_utf8(&hex).unwrap_or_default()))
 }
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
