@@ -1,11 +1,13 @@
 //! The local log's writer: a thread that owns the segment files, fed by two bounded queues (one
 //! for records a producer waits on, one for the rest), doing group commit (one write and one
 //! fdatasync per batch, at once when a producer waits on a record in it, else within
-//! 10 ms), acknowledging records once durable, and holding the segments to a byte budget.
+//! `unwaited_delay`), acknowledging records once durable, and holding the segments to a byte
+//! budget.
 
 mod engine;
 mod recovery;
 mod retention;
+mod stamp;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -62,8 +64,8 @@ pub struct AuditConfig {
     /// and admin events) may stay buffered, unwritten, for a record a producer waits on to come
     /// and share its fdatasync. A request's completion record thus rides on the next request's
     /// admission record instead of costing an fdatasync of its own that the admission would
-    /// queue behind. A crash loses at most this much of them (they are lost from the queue
-    /// anyway).
+    /// queue behind. A crash loses those of the last `unwaited_delay` along with those still
+    /// queued. Zero commits every batch at once.
     pub unwaited_delay: Duration,
     /// A segment is closed and a new one started once it reaches this size.
     pub segment_bytes: u64,

@@ -6,9 +6,8 @@
 //! records nothing waits on can neither crowd out nor starve the ones that are waited on.
 //! A batch is committed at once when a producer waits on something in it; records nobody waits
 //! on stay buffered (at most [`AuditConfig::unwaited_delay`]) to share the next waited record's
-//! fdatasync.
-//! So the batch size follows the load: one record when idle, everything that queued during the
-//! previous fdatasync when busy.
+//! fdatasync. So the batch size follows the load: one record when idle, everything that queued
+//! during the previous fdatasync when busy.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -20,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Select, TryRecvError};
 
+use super::stamp::TimeStamp;
 use super::{
     recovery, retention, Append, AuditConfig, Command, Completion, DurabilityMode, Shared,
     OWN_RECORDS_RESERVE,
@@ -578,62 +578,10 @@ impl Engine {
     }
 }
 
-/// Records' `time`: RFC 3339 UTC with microseconds (`2025-01-01T00:00:00.000000Z`), formatted
-/// in full once a second; within that second only the microseconds are written.
-#[derive(Default)]
-struct TimeStamp {
-    /// The second formatted last, and its text up to the fraction (`2025-01-01T00:00:00.`).
-    second: Option<(u64, String)>,
-}
-
-impl TimeStamp {
-    fn format(&mut self, t: SystemTime) -> String {
-        let since_epoch = t.duration_since(SystemTime::UNIX_EPOCH).ok();
-        if let (Some(d), Some((second, prefix))) = (since_epoch, &self.second) {
-            if d.as_secs() == *second {
-                let mut text = String::with_capacity(prefix.len() + 7);
-                text.push_str(prefix);
-                let micros = d.subsec_micros();
-                for place in [100_000, 10_000, 1_000, 100, 10, 1] {
-                    text.push(char::from(b'0' + (micros / place % 10) as u8));
-                }
-                text.push('Z');
-                return text;
-            }
-        }
-        let text = humantime::format_rfc3339_micros(t).to_string();
-        // `YYYY-MM-DDTHH:MM:SS.ffffffZ`: the prefix is the first 20 bytes.
-        self.second = since_epoch
-            .filter(|_| text.len() == 27 && text.as_bytes()[19] == b'.')
-            .map(|d| (d.as_secs(), text[..20].to_owned()));
-        text
-    }
-}
-
 pub(super) fn create_segment(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
         .create_new(true)
         .append(true)
         .mode(0o600)
         .open(path)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::{Duration, SystemTime};
-
-    use super::TimeStamp;
-
-    #[test]
-    fn time_stamps_within_a_second_match_the_full_format() {
-        let mut stamp = TimeStamp::default();
-        let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_735_689_599);
-        for micros in [
-            0, 1, 999_999, 123_456, 500_000, 1_000_000, 1_000_001, 2_000_000,
-        ] {
-            let t = base + Duration::from_micros(micros);
-            let expected = humantime::format_rfc3339_micros(t).to_string();
-            assert_eq!(stamp.format(t), expected);
-        }
-    }
 }
