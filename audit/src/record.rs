@@ -34,6 +34,10 @@
 //!
 //! - `request` events may carry `path_truncated` ([`TruncatedPath`]) after `path`, when the path
 //!   was cut to a bound ([`RequestEvent::bound_path`]).
+//! - `request` events leave out their optional members that are null (`trace_id`, `tenant`,
+//!   `route`, `identity`, `rule`, `tls_version`, `upstream`, `reason`): a reader takes a missing
+//!   one as null, as version 1 readers always have. Records written with the nulls still parse
+//!   and verify.
 //! - Kind `refusals_suppressed` ([`SuppressedRefusals`]): how many records of refused requests
 //!   were not written in detail, per source, over an interval.
 
@@ -176,12 +180,16 @@ pub struct RequestEvent {
     #[serde(default)]
     pub stage: RequestStage,
     /// W3C trace id (32 hex), when the request carried or was given one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
     /// Tenant the route belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     /// Route id that matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
     /// Caller identity: SPIFFE ID, or the certificate/token subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
     /// Client address, `ip:port`.
     pub source: String,
@@ -205,18 +213,21 @@ pub struct RequestEvent {
     /// The authorisation decision.
     pub decision: Decision,
     /// The rule that decided (allowing or denying), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     /// Rate limiting outcome.
     pub rate_limit: RateLimitOutcome,
     /// DLP tallies: detector, count and action; never the matched data.
     pub dlp: Vec<DlpFinding>,
     /// Negotiated TLS version (`"TLSv1.3"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_version: Option<String>,
     /// Upstream the request was sent to (`host:port`), if it was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
     /// Why a request was not served as allowed (`no_route`, `rate_limited`, `too_large`,
     /// `dlp_refused`, `invalid`, `audit_unavailable`, `upstream_error`…), when it was not.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
@@ -286,6 +297,16 @@ pub enum RequestStage {
     Completed,
 }
 
+impl RequestStage {
+    /// The serialised name (`"admitted"`, `"completed"`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RequestStage::Admitted => "admitted",
+            RequestStage::Completed => "completed",
+        }
+    }
+}
+
 /// The authorisation decision recorded for a request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -337,6 +358,17 @@ pub enum RateLimitOutcome {
     Passed,
     /// The request was refused by a limit.
     Limited,
+}
+
+impl RateLimitOutcome {
+    /// The serialised name (`"none"`, `"passed"`, `"limited"`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RateLimitOutcome::None => "none",
+            RateLimitOutcome::Passed => "passed",
+            RateLimitOutcome::Limited => "limited",
+        }
+    }
 }
 
 /// One DLP detector's tally for a request: never the matched data.
@@ -512,43 +544,6 @@ pub(crate) struct RecordHeader {
     pub(crate) hash: String,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    v: u32,
-    seq: u64,
-    time: &'a str,
-    node: &'a str,
-    #[serde(flatten)]
-    kind: &'a RecordKind,
-    prev_hash: &'a str,
-}
-
-/// Encodes a record: returns the line (with its trailing `\n`) and its hash.
-pub(crate) fn encode(
-    seq: u64,
-    time: &str,
-    node: &str,
-    kind: &RecordKind,
-    prev_hash: &str,
-) -> Result<(Vec<u8>, String), serde_json::Error> {
-    let body = Body {
-        v: SCHEMA_VERSION,
-        seq,
-        time,
-        node,
-        kind,
-        prev_hash,
-    };
-    let mut line = serde_json::to_vec(&body)?;
-    let hash = hex::encode(ring::digest::digest(&SHA256, &line));
-    // `line` ends with the object's closing brace: replace it with the hash member.
-    line.pop();
-    line.extend_from_slice(HASH_MEMBER);
-    line.extend_from_slice(hash.as_bytes());
-    line.extend_from_slice(b"\"}\n");
-    Ok((line, hash))
-}
-
 /// Why a line is not a valid record on its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum LineFault {
@@ -615,6 +610,12 @@ pub fn audit_path(path_and_query: &str, keep_query: bool) -> &str {
             .map_or(path_and_query, |(p, _)| p)
     }
 }
+
+mod encode;
+
+#[cfg(test)]
+use encode::encode;
+pub(crate) use encode::encode_into;
 
 #[cfg(test)]
 mod tests;

@@ -1,11 +1,13 @@
 //! The local log's writer: a thread that owns the segment files, fed by two bounded queues (one
 //! for records a producer waits on, one for the rest), doing group commit (one write and one
-//! fsync per batch), acknowledging records once durable, and holding the segments to a byte
+//! fdatasync per batch, at once when a producer waits on a record in it, else within
+//! `unwaited_delay`), acknowledging records once durable, and holding the segments to a byte
 //! budget.
 
 mod engine;
 mod recovery;
 mod retention;
+mod stamp;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -58,6 +60,13 @@ pub struct AuditConfig {
     pub max_batch: usize,
     /// The bound on how long a producer waits, for queue space and then for durability.
     pub durable_timeout: Duration,
+    /// How long records nobody waits on ([`AuditHandle::try_append`]: completion records, CA
+    /// and admin events) may stay buffered, unwritten, for a record a producer waits on to come
+    /// and share its fdatasync. A request's completion record thus rides on the next request's
+    /// admission record instead of costing an fdatasync of its own that the admission would
+    /// queue behind. A crash loses those of the last `unwaited_delay` along with those still
+    /// queued. Zero commits every batch at once.
+    pub unwaited_delay: Duration,
     /// A segment is closed and a new one started once it reaches this size.
     pub segment_bytes: u64,
     /// A signed checkpoint after this many records...
@@ -89,8 +98,8 @@ pub fn default_node() -> String {
 
 impl AuditConfig {
     /// Defaults: fail-closed, 65,536-record queue and an 8,192-record queue for records producers
-    /// wait on, batches of up to 4,096, 250 ms bound, 64 MiB segments, checkpoint every 10,000
-    /// records or 60 s, no byte budget.
+    /// wait on, batches of up to 4,096, 250 ms bound, records nobody waits on buffered up to
+    /// 10 ms, 64 MiB segments, checkpoint every 10,000 records or 60 s, no byte budget.
     pub fn new(dir: impl Into<PathBuf>, node: impl Into<String>) -> Self {
         AuditConfig {
             dir: dir.into(),
@@ -100,6 +109,7 @@ impl AuditConfig {
             durable_queue_capacity: 8_192,
             max_batch: 4_096,
             durable_timeout: Duration::from_millis(250),
+            unwaited_delay: Duration::from_millis(10),
             segment_bytes: 64 << 20,
             checkpoint_every: 10_000,
             checkpoint_interval: Duration::from_secs(60),
@@ -217,6 +227,9 @@ pub(crate) struct Completion {
 struct CompletionState {
     result: Option<Result<u64, AuditError>>,
     waker: Option<Waker>,
+    /// A thread is blocked in [`Ack::wait`]: only then is the condition variable signalled
+    /// (a system call each time), not for the many records nobody waits on.
+    blocked: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -235,11 +248,15 @@ impl Completion {
     pub(crate) fn complete(&self, result: Result<u64, AuditError>) {
         let mut st = lock(&self.state);
         st.result = Some(result);
-        if let Some(w) = st.waker.take() {
+        let waker = st.waker.take();
+        let blocked = st.blocked;
+        drop(st);
+        if let Some(w) = waker {
             w.wake();
         }
-        drop(st);
-        self.cv.notify_all();
+        if blocked {
+            self.cv.notify_all();
+        }
     }
 }
 
@@ -272,6 +289,7 @@ impl Ack {
                 drop(st);
                 return Err(self.timed_out(timeout));
             }
+            st.blocked = true;
             st = self
                 .done
                 .cv

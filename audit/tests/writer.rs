@@ -354,3 +354,46 @@ fn appends_after_close_are_refused() {
         Err(AuditError::Closed)
     ));
 }
+
+/// A request's completion record (nobody waits on it) does not cost an fdatasync of its own:
+/// it stays buffered until the next admission record, a producer waits on, carries it to disk;
+/// with no admission coming, it is made durable after `unwaited_delay`.
+#[test]
+fn records_nobody_waits_on_ride_on_the_next_waited_records_fdatasync() {
+    let t = TestLog::new();
+    let mut cfg = t.config();
+    cfg.unwaited_delay = Duration::from_secs(3);
+    let log = t.open(cfg);
+    let h = log.handle();
+    h.append_durable(request(0)).unwrap();
+    let before = h.stats();
+
+    let completion = h.try_append(request(1)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        h.stats().durable_next_seq,
+        before.durable_next_seq,
+        "not written on its own"
+    );
+    let admission = h.append_durable(request(2)).unwrap();
+    assert_eq!(completion.wait(Duration::from_secs(1)).unwrap().seq, 1);
+    assert_eq!(admission.seq, 2);
+    assert_eq!(
+        h.stats().batches,
+        before.batches + 1,
+        "one fdatasync for both"
+    );
+
+    // Alone, it waits out the delay, then is written.
+    let alone = std::time::Instant::now();
+    let completion = h.try_append(request(3)).unwrap();
+    assert_eq!(completion.wait(Duration::from_secs(10)).unwrap().seq, 3);
+    assert!(
+        alone.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        alone.elapsed()
+    );
+    assert_eq!(h.stats().batches, before.batches + 2);
+    log.close();
+    assert_eq!(verify_dir(t.path(), &t.key()).unwrap().records, 5);
+}

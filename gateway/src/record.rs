@@ -151,7 +151,7 @@ impl Summary<'_> {
             tenant: self.tenant.map(str::to_owned),
             route: self.route.map(str::to_owned),
             identity: self.caller.map(str::to_owned),
-            source: self.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            source: self.client_ip.map(source_text).unwrap_or_default(),
             method: self.method.to_owned(),
             host: self.host.unwrap_or_default().to_owned(),
             path,
@@ -179,6 +179,28 @@ impl Summary<'_> {
             duration: exchange.duration,
         }
     }
+}
+
+/// The client address as audit records name it. IPv4, nearly every client, is written digit by
+/// digit: `Ipv4Addr`'s `Display` costs four passes through the formatter, twice a request.
+fn source_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
 }
 
 fn http_version(v: http::Version) -> &'static str {

@@ -1,7 +1,8 @@
 //! The audit trail through the real gateway: every decision recorded, the log verifies and a
 //! tampered one does not, a log cut at its end fails against its published head, `kill -9`
-//! loses no acknowledged request, a full disk refuses traffic in fail-closed mode, and a
-//! PostgreSQL outage (over verified TLS) ends with the central table equal to the log.
+//! loses no acknowledged request (nor, half a second on, the last completion record), a full
+//! disk refuses traffic in fail-closed mode, and a PostgreSQL outage (over verified TLS) ends
+//! with the central table equal to the log.
 //! `abuse`: refusals in a loop, and the disk budget.
 
 use std::collections::HashSet;
@@ -340,6 +341,36 @@ fn kill_9_under_load_loses_no_acknowledged_request() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A completion record nobody waits on rides on the next admission's fdatasync, but does not
+/// wait for one: with no traffic after the last request, it is on disk within the writer's
+/// delay, so a `kill -9` half a second later keeps it.
+#[test]
+fn the_last_requests_completion_record_survives_kill_9_without_further_traffic() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let echo = Echo::start(d, "audit-last");
+    let yaml = config(&echo, "audit", "fail-closed", "");
+    let mut gw = Gateway::start(d, &yaml);
+    let last = pki
+        .client(Some("frontend"))
+        .get(gw.port, "/api/last")
+        .unwrap();
+    assert_eq!(last.status, 200);
+    let id = last.header("x-request-id").unwrap().to_owned();
+    std::thread::sleep(Duration::from_millis(500));
+    gw.proc.signal("KILL");
+    gw.proc.wait_exit(Duration::from_secs(5));
+
+    let mut again = Gateway::start(d, &yaml);
+    stop(&mut again);
+    let all = records(&d.join("audit"));
+    let stages: Vec<_> = request_records(&all, &id)
+        .iter()
+        .map(|r| r["event"]["stage"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(stages, ["admitted", "completed"]);
 }
 
 /// Fail-closed on a real full disk (a 256 KiB tmpfs): requests are refused with 503 and the

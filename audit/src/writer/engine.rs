@@ -4,6 +4,10 @@
 //! Each batch takes the queue of records producers wait on first, then the other queue, up to
 //! `max_batch` from each: the chain's order is the order the writer takes records in, and
 //! records nothing waits on can neither crowd out nor starve the ones that are waited on.
+//! A batch is committed at once when a producer waits on something in it; records nobody waits
+//! on stay buffered (at most [`AuditConfig::unwaited_delay`]) to share the next waited record's
+//! fdatasync. So the batch size follows the load: one record when idle, everything that queued
+//! during the previous fdatasync when busy.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -15,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Select, TryRecvError};
 
+use super::stamp::TimeStamp;
 use super::{
     recovery, retention, Append, AuditConfig, Command, Completion, DurabilityMode, Shared,
     OWN_RECORDS_RESERVE,
@@ -23,6 +28,10 @@ use crate::error::AuditError;
 use crate::record::{self, Checkpoint, RecordKind};
 use crate::segment::{list_segments, segment_name, sync_dir};
 use crate::signer::{key_id, Signer};
+
+/// Records nobody waits on are committed once the buffer holds this many bytes, if
+/// [`AuditConfig::unwaited_delay`] has not passed before.
+const UNWAITED_BYTES: usize = 256 << 10;
 
 pub(super) struct Active {
     pub(super) file: File,
@@ -49,6 +58,9 @@ pub(super) struct Engine {
     /// Position of the durable log (rolled back to on a failed write).
     committed: ChainState,
     buf: Vec<u8>,
+    /// When the oldest record in the buffer was encoded.
+    buffered_since: Option<Instant>,
+    stamp: TimeStamp,
     /// Completions for buffered records: (completion, seq, counted as dropped if not written).
     pending: Vec<(Arc<Completion>, u64, bool)>,
     /// Bytes of the segment files, durable (the buffer not included).
@@ -81,6 +93,8 @@ impl Engine {
             committed: rec.chain.clone(),
             chain: rec.chain,
             buf: Vec::with_capacity(1 << 20),
+            buffered_since: None,
+            stamp: TimeStamp::default(),
             pending: Vec::new(),
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
@@ -106,24 +120,24 @@ impl Engine {
     pub(super) fn run(mut self, durable_rx: Receiver<Append>, rx: Receiver<Command>) {
         let mut batch = Vec::with_capacity(2 * self.cfg.max_batch);
         loop {
-            let wait = if self.since_checkpoint > 0 {
-                self.cfg
-                    .checkpoint_interval
-                    .saturating_sub(self.last_checkpoint.elapsed())
-            } else {
-                self.cfg.checkpoint_interval
-            };
-            let mut shutdown = self.take_batch(&durable_rx, &rx, wait, &mut batch);
+            let mut shutdown = self.take_batch(&durable_rx, &rx, self.next_wakeup(), &mut batch);
+            // Whether someone waits on what this batch buffered: then it is committed now.
+            let mut waited = shutdown;
             for cmd in batch.drain(..) {
                 match cmd {
-                    Command::Append(append) => self.append(append),
+                    Command::Append(append) => {
+                        waited |= append.waited;
+                        self.append(append);
+                    }
                     Command::Flush { done } => {
                         // Records a producer queued for waiting before the flush come first.
                         self.take_waiting(&durable_rx);
                         let seq = self.chain.next_seq.saturating_sub(1);
                         self.pending.push((done, seq, false));
+                        waited = true;
                     }
                     Command::Checkpoint { done } => {
+                        waited = true;
                         let seq = self.chain.next_seq.saturating_sub(1);
                         match self.push_checkpoint() {
                             Ok(()) => self.pending.push((done, seq, false)),
@@ -147,6 +161,7 @@ impl Engine {
                     Command::Shutdown => {
                         self.take_waiting(&durable_rx);
                         shutdown = true;
+                        waited = true;
                     }
                 }
             }
@@ -157,7 +172,9 @@ impl Engine {
                 // A signer failure is counted and retried at the next opportunity.
                 let _ = self.push_checkpoint();
             }
-            let _ = self.commit();
+            if waited || due || self.unwaited_due() {
+                let _ = self.commit();
+            }
             if shutdown {
                 break;
             }
@@ -178,6 +195,32 @@ impl Engine {
                 Command::Shutdown => {}
             }
         }
+    }
+
+    /// How long to wait for commands: until the next checkpoint is due, or until the records
+    /// nobody waits on that sit in the buffer have waited [`AuditConfig::unwaited_delay`].
+    fn next_wakeup(&self) -> Duration {
+        let checkpoint = if self.since_checkpoint > 0 {
+            self.cfg
+                .checkpoint_interval
+                .saturating_sub(self.last_checkpoint.elapsed())
+        } else {
+            self.cfg.checkpoint_interval
+        };
+        match self.buffered_since {
+            Some(since) => checkpoint.min(self.cfg.unwaited_delay.saturating_sub(since.elapsed())),
+            None => checkpoint,
+        }
+    }
+
+    /// Whether the buffered records, none of which a producer waits on, are to be committed
+    /// now: they have waited [`AuditConfig::unwaited_delay`], or the buffer holds
+    /// [`UNWAITED_BYTES`].
+    fn unwaited_due(&self) -> bool {
+        self.buf.len() >= UNWAITED_BYTES
+            || self
+                .buffered_since
+                .is_some_and(|since| since.elapsed() >= self.cfg.unwaited_delay)
     }
 
     /// Waits up to `wait` for either queue, then takes up to `max_batch` commands from the
@@ -320,22 +363,23 @@ impl Engine {
         AuditError::OverBudget { max_bytes: max }
     }
 
-    /// Whether a producer's line of `len` bytes still fits in the budget.
-    fn fits(&self, len: usize) -> bool {
+    /// Whether the segments and the buffer (holding a producer's new line) still fit in the
+    /// budget.
+    fn fits(&self) -> bool {
         let Some(max) = self.cfg.max_bytes else {
             return true;
         };
         let limit = max.saturating_sub(OWN_RECORDS_RESERVE);
-        self.disk_bytes + (self.buf.len() as u64) + (len as u64) <= limit
+        self.disk_bytes + (self.buf.len() as u64) <= limit
     }
 
     fn count_dropped(&self, n: u64) {
         self.shared.dropped.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub(super) fn now(&self) -> (SystemTime, String) {
+    pub(super) fn now(&mut self) -> (SystemTime, String) {
         let t = (self.cfg.clock)();
-        (t, humantime::format_rfc3339_micros(t).to_string())
+        (t, self.stamp.format(t))
     }
 
     /// Encodes a record at the chain's head into the batch buffer, rolling the segment first if
@@ -360,7 +404,12 @@ impl Engine {
         kind: RecordKind,
         done: Option<(Arc<Completion>, bool)>,
     ) -> Result<u64, AuditError> {
-        let (line, hash) = record::encode(
+        let start = self.buf.len();
+        if start == 0 {
+            self.buffered_since = Some(Instant::now());
+        }
+        let hash = record::encode_into(
+            &mut self.buf,
             self.chain.next_seq,
             time,
             &self.cfg.node,
@@ -369,12 +418,12 @@ impl Engine {
         )
         .map_err(|e| AuditError::Encode(e.to_string()))?;
         if let (Some(max), Some(_)) = (self.cfg.max_bytes, &done) {
-            if !self.fits(line.len()) {
+            if !self.fits() {
+                self.buf.truncate(start);
                 return Err(self.budget_reached(max));
             }
         }
         let seq = self.chain.next_seq;
-        self.buf.extend_from_slice(&line);
         self.chain.next_seq += 1;
         self.chain.last_hash = hash;
         if !matches!(kind, RecordKind::Checkpoint(_)) {
@@ -450,6 +499,7 @@ impl Engine {
     /// the buffered records are discarded (the chain rolls back to the durable head) and every
     /// pending producer gets the error.
     pub(super) fn commit(&mut self) -> Result<(), AuditError> {
+        self.buffered_since = None;
         if self.buf.is_empty() {
             self.complete_pending(Ok(()));
             return Ok(());

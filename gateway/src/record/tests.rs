@@ -82,6 +82,23 @@ fn an_admission_record_has_nothing_exchanged_yet_and_a_refusal_has_its_reason() 
 }
 
 #[test]
+fn audit_sources_are_written_as_the_address_displays() {
+    for ip in [
+        "0.0.0.0",
+        "255.255.255.255",
+        "10.0.0.1",
+        "192.168.100.9",
+        "100.64.10.200",
+        "::1",
+        "2001:db8::8a2e:370:7334",
+        "::ffff:10.0.0.1",
+    ] {
+        let ip: IpAddr = ip.parse().unwrap();
+        assert_eq!(source_text(ip), ip.to_string());
+    }
+}
+
+#[test]
 fn only_well_formed_nonzero_trace_ids_are_kept() {
     assert_eq!(
         trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
