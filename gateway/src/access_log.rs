@@ -21,6 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::forwarding::IpText;
+
 /// One request, as logged. Identity, decision and counts only: never bodies or header values.
 #[derive(Serialize)]
 pub(crate) struct AccessLine<'a> {
@@ -139,7 +141,7 @@ impl AccessLine<'_> {
         match self.client_ip {
             Some(ip) => {
                 out.push(b'"');
-                write_ip(ip, out);
+                out.extend_from_slice(IpText::new(ip).as_str().as_bytes());
                 out.push(b'"');
             }
             None => out.extend_from_slice(b"null"),
@@ -197,24 +199,6 @@ fn needs_escape(bytes: &[u8]) -> bool {
         .remainder()
         .iter()
         .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
-}
-
-/// An address as `Display` writes it; IPv4 (nearly every client) without the formatter.
-fn write_ip(ip: IpAddr, out: &mut Vec<u8>) {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut digits = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                out.extend_from_slice(digits.format(octet).as_bytes());
-            }
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
-    }
 }
 
 /// The RFC 3339 text of the current second (`2026-01-31T12:00:00.`), made once a second.
