@@ -73,44 +73,57 @@ const fn start_table() -> [u16; 256] {
     t
 }
 
-/// The hot loop's byte classes: finds the next position where an enabled built-in may start.
+/// The hot loop: finds the next position where an enabled built-in may start.
 ///
 /// Inside a word nothing can start (every detector that starts with a word character needs a
-/// word start, or a space before it), so most bytes cost one table lookup and no dependency
-/// on the bytes before them. A JSON escape such as `\\n` ends a word for what follows it.
+/// word start, or a space before it), so what decides a byte is the byte itself and whether a
+/// word may start there: a small automaton whose state is where the previous bytes left off
+/// (in a word, at a word start, after a backslash: a JSON escape such as `\\n` ends a word for
+/// what follows it). Blocks of eight bytes none of which can start anything in any state (most
+/// of a body) are passed over with one table lookup a byte and no dependency between them.
 #[derive(Debug)]
-pub(crate) struct SkipTable([u8; 256]);
+pub(crate) struct SkipTable {
+    /// Per state and byte: the next state, with [`CANDIDATE`] set where an enabled built-in may
+    /// start (a fourth row, never reached, keeps indexing by `state & 3` in bounds).
+    step: [[u8; 256]; 4],
+    /// Per byte: whether an enabled built-in may start with it in some state.
+    may_start: [u8; 256],
+}
 
-/// A word character some enabled detector may start with, at a word start.
-const AT_WORD_START: u8 = 1;
-/// A non-word character some enabled detector may start with.
-const ANYWHERE: u8 = 2;
-/// Not a word character: what follows starts a word.
-const NON_WORD: u8 = 4;
-/// `n`, `r` or `t`: after a backslash, what follows starts a word.
-const ESCAPE_LETTER: u8 = 8;
-const BACKSLASH: u8 = 16;
+/// Inside a word: no word starts at the next byte.
+const IN_WORD: u8 = 0;
+/// A word may start at the next byte.
+const WORD_START_NEXT: u8 = 1;
+/// After a backslash: a word may start at the next byte, and after `n`, `r` or `t` too.
+const AFTER_BACKSLASH: u8 = 2;
+/// In [`SkipTable::step`]: an enabled built-in may start at this byte.
+const CANDIDATE: u8 = 0x80;
 
 impl SkipTable {
     pub(crate) fn new(enabled: u16) -> Self {
-        let mut t = [0u8; 256];
-        for (b, class) in t.iter_mut().enumerate() {
-            let c = b as u8;
-            let starts = START[b] & enabled != 0;
-            *class = match (is_word(c), starts) {
-                (true, true) => AT_WORD_START,
-                (true, false) => 0,
-                (false, true) => ANYWHERE | NON_WORD,
-                (false, false) => NON_WORD,
-            };
-            if matches!(c, b'n' | b'r' | b't') {
-                *class |= ESCAPE_LETTER;
+        let mut step = [[0u8; 256]; 4];
+        let mut may_start = [0u8; 256];
+        for b in 0..=255u8 {
+            let starts = START[usize::from(b)] & enabled != 0;
+            for state in [IN_WORD, WORD_START_NEXT, AFTER_BACKSLASH] {
+                let next = if b == b'\\' {
+                    AFTER_BACKSLASH
+                } else if !is_word(b)
+                    || (state == AFTER_BACKSLASH && matches!(b, b'n' | b'r' | b't'))
+                {
+                    WORD_START_NEXT
+                } else {
+                    IN_WORD
+                };
+                // A word character needs a word start; any other byte starts where it is.
+                let candidate = starts && (!is_word(b) || state != IN_WORD);
+                step[usize::from(state)][usize::from(b)] =
+                    next | if candidate { CANDIDATE } else { 0 };
             }
-            if c == b'\\' {
-                *class |= BACKSLASH;
-            }
+            may_start[usize::from(b)] = u8::from(starts);
         }
-        SkipTable(t)
+        step[3] = step[usize::from(AFTER_BACKSLASH)];
+        SkipTable { step, may_start }
     }
 
     /// One automaton per combination of open [`Zones`], indexed by their bits.
@@ -122,26 +135,55 @@ impl SkipTable {
         )
     }
 
+    /// The step from `state` (its [`CANDIDATE`] bit ignored) over byte `b`.
+    #[inline]
+    fn next(&self, state: u8, b: u8) -> u8 {
+        self.step[usize::from(state & 3)][usize::from(b)]
+    }
+
     /// The first index in `from..end` where an enabled built-in may start a match, or `end`.
     #[inline]
     pub(crate) fn next_candidate(&self, w: &Window<'_>, from: usize, end: usize) -> usize {
         let Some(bytes) = w.buf.get(from..end) else {
             return end;
         };
-        let class = |b: Option<u8>| b.map_or(NON_WORD, |b| self.0[usize::from(b)]);
-        let mut prev2 = class(w.before(from, 2));
-        let mut prev = class(w.before(from, 1));
-        for (k, &b) in bytes.iter().enumerate() {
-            let c = self.0[usize::from(b)];
-            if c & (AT_WORD_START | ANYWHERE) != 0 {
-                let word_start =
-                    prev & NON_WORD != 0 || (prev & ESCAPE_LETTER != 0 && prev2 & BACKSLASH != 0);
-                if c & ANYWHERE != 0 || word_start {
-                    return from + k;
+        // The state at `from` follows from the two bytes before it (or the body's start).
+        let mut state = match (w.before(from, 2), w.before(from, 1)) {
+            (_, None) => WORD_START_NEXT,
+            (None, Some(b1)) => self.next(WORD_START_NEXT, b1),
+            (Some(b2), Some(b1)) => self.next(self.next(IN_WORD, b2), b1),
+        };
+        let mut at = from;
+        let mut blocks = bytes.chunks_exact(8);
+        for block in &mut blocks {
+            let quiet = block
+                .iter()
+                .fold(0, |any, &b| any | self.may_start[usize::from(b)])
+                == 0;
+            if quiet {
+                // Where the block leaves the automaton depends on its last two bytes only.
+                if let [.., b6, b7] = *block {
+                    state = self.next(self.next(IN_WORD, b6), b7);
                 }
+                at += 8;
+                continue;
             }
-            prev2 = prev;
-            prev = c;
+            for &b in block {
+                let next = self.next(state, b);
+                if next & CANDIDATE != 0 {
+                    return at;
+                }
+                state = next;
+                at += 1;
+            }
+        }
+        for &b in blocks.remainder() {
+            let next = self.next(state, b);
+            if next & CANDIDATE != 0 {
+                return at;
+            }
+            state = next;
+            at += 1;
         }
         end
     }

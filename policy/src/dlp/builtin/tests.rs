@@ -359,3 +359,70 @@ fn jwts_with_an_alg_header() {
         ],
     );
 }
+
+mod skipping {
+    use proptest::prelude::*;
+
+    use super::super::{is_word, SkipTable, START};
+    use crate::dlp::window::Window;
+
+    /// What [`SkipTable::next_candidate`] finds, one position at a time.
+    fn reference(w: &Window<'_>, enabled: u16, from: usize, end: usize) -> usize {
+        (from..end)
+            .find(|&p| {
+                let b = w.buf[p];
+                START[usize::from(b)] & enabled != 0 && (!is_word(b) || w.word_start(p))
+            })
+            .unwrap_or(end)
+    }
+
+    proptest! {
+        #[test]
+        fn the_automaton_finds_what_a_byte_by_byte_search_finds(
+            text in proptest::collection::vec(
+                prop_oneof![
+                    Just(b'\\'), Just(b'n'), Just(b't'), Just(b'r'), Just(b'-'), Just(b' '),
+                    Just(b'"'), Just(b'A'), Just(b'4'), Just(b'x'), Just(b'_'), any::<u8>(),
+                ],
+                0..80,
+            ),
+            enabled in any::<u16>(),
+            from in 0usize..80,
+            len in 0usize..80,
+        ) {
+            let w = Window { buf: &text, eof: false };
+            let from = from.min(text.len());
+            let end = (from + len).min(text.len());
+            let table = SkipTable::new(enabled & 0x3ff);
+            prop_assert_eq!(
+                table.next_candidate(&w, from, end),
+                reference(&w, enabled & 0x3ff, from, end)
+            );
+        }
+    }
+}
+
+proptest::proptest! {
+    /// On a whole body the cheap tests decide as the full ones. On part of one they may decide
+    /// sooner (a run whose first group rules it out, whatever follows), never later, and never
+    /// otherwise.
+    #[test]
+    fn the_cheap_first_tests_decide_as_the_full_ones(
+        text in proptest::collection::vec(
+            proptest::sample::select(b"0123456789 -.x\\n".to_vec()),
+            0..40,
+        ),
+        eof: bool,
+    ) {
+        use super::numbers::{card, card_in_full, ssn, ssn_in_full};
+        let w = crate::dlp::window::Window { buf: &text, eof };
+        for p in 0..text.len() {
+            for (cheap, full) in [(card(&w, p), card_in_full(&w, p)), (ssn(&w, p), ssn_in_full(&w, p))] {
+                match (cheap, full) {
+                    (Ok(None), Err(_)) if !eof => {}
+                    (cheap, full) => proptest::prop_assert_eq!(cheap, full, "at {}", p),
+                }
+            }
+        }
+    }
+}
