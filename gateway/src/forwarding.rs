@@ -221,8 +221,12 @@ pub(crate) fn rewrite_upstream_request(req: &mut RequestHeader, f: &Forwarded<'_
     if let Some(client) = f.client {
         set(req, "x-forwarded-for", &client.forwarded_for)?;
     }
-    let proto = f.client.and_then(|c| c.forwarded_proto.as_deref());
-    set(req, "x-forwarded-proto", proto.unwrap_or("https"))
+    match f.client.and_then(|c| c.forwarded_proto.as_deref()) {
+        Some(proto) => set(req, "x-forwarded-proto", proto),
+        None => req
+            .insert_header("x-forwarded-proto", http::HeaderValue::from_static("https"))
+            .map(|_| ()),
+    }
 }
 
 fn set(req: &mut RequestHeader, name: &'static str, value: &str) -> Result<()> {
@@ -272,12 +276,19 @@ impl HeaderSource for Headers<'_> {
     fn header_count(&self, name: &str) -> usize {
         self.all(name).iter().count()
     }
+
+    fn header_and_count(&self, name: &str) -> (Option<&str>, usize) {
+        let mut values = self.all(name).iter();
+        let first = values.next();
+        let count = usize::from(first.is_some()) + values.count();
+        (first.and_then(|v| v.to_str().ok()), count)
+    }
 }
 
 /// The codings of the request's `Accept-Encoding` (all its headers) that the gateway can
 /// decode, or `identity` when none is left: what a route with response DLP asks of the
 /// upstream.
-pub(crate) fn decodable_accept_encoding(request: &RequestHeader) -> String {
+pub(crate) fn decodable_accept_encoding(request: &RequestHeader) -> http::HeaderValue {
     let mut kept: Vec<String> = Vec::new();
     for value in request.headers.get_all(http::header::ACCEPT_ENCODING) {
         let Ok(value) = value.to_str() else { continue };
@@ -296,10 +307,11 @@ pub(crate) fn decodable_accept_encoding(request: &RequestHeader) -> String {
         }
     }
     if kept.is_empty() {
-        "identity".to_owned()
-    } else {
-        kept.join(", ")
+        return http::HeaderValue::from_static("identity");
     }
+    // Codings are tokens: always a valid value.
+    http::HeaderValue::from_str(&kept.join(", "))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("identity"))
 }
 
 #[cfg(test)]

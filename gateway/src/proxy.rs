@@ -298,7 +298,10 @@ impl ProxyHttp for Gateway {
             // The length is no longer known: stream it chunked (HTTP/1.1) or framed (h2).
             response.remove_header("content-length");
             if !session.is_http2() {
-                response.insert_header("transfer-encoding", "chunked")?;
+                response.insert_header(
+                    "transfer-encoding",
+                    http::HeaderValue::from_static("chunked"),
+                )?;
             }
         }
         ctx.response_scan = Some(scan);
