@@ -201,7 +201,7 @@ impl Admission {
         let headers = head.headers;
         let both_lengths = head.both_lengths
             || (headers.header("content-length").is_some()
-                && !headers.header_values("transfer-encoding").is_empty());
+                && headers.header_count("transfer-encoding") > 0);
         if both_lengths {
             return Err(Refusal::BadRequest(
                 "the request has both Content-Length and Transfer-Encoding",
@@ -330,7 +330,8 @@ fn plan_request_body(
         };
     }
     plan_body(inspection, BodyDirection::Request, &|name| {
-        body_header(head.headers.header_count(name), head.headers.header(name))
+        let (first, count) = head.headers.header_and_count(name);
+        body_header(count, first)
     })
 }
 

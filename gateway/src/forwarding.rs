@@ -43,7 +43,7 @@ pub(crate) fn resolve_client(
     if let Some(listener) = trusted {
         let inbound: Vec<&str> = req
             .headers
-            .get_all("x-forwarded-for")
+            .get_all(X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
@@ -58,14 +58,61 @@ pub(crate) fn resolve_client(
                 break;
             }
         }
-        client.forwarded_proto = header_str(req, "x-forwarded-proto").map(str::to_owned);
+        client.forwarded_proto = header_str(req, X_FORWARDED_PROTO).map(str::to_owned);
         for hop in inbound {
             client.forwarded_for.push_str(hop);
             client.forwarded_for.push_str(", ");
         }
     }
-    client.forwarded_for.push_str(&peer.to_string());
+    client.forwarded_for.push_str(IpText::new(peer).as_str());
     client
+}
+
+/// An address as `Display` writes it, on the stack; IPv4 (nearly every client) without the
+/// formatter, which costs more than the rest of the client's resolution.
+pub(crate) struct IpText {
+    text: [u8; 45],
+    len: usize,
+}
+
+impl IpText {
+    pub(crate) fn new(ip: IpAddr) -> Self {
+        let mut out = IpText {
+            text: [0; 45],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                let mut digits = itoa::Buffer::new();
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b".");
+                    }
+                    out.push(digits.format(octet).as_bytes());
+                }
+            }
+            IpAddr::V6(v6) => {
+                use std::io::Write;
+                let mut cursor = std::io::Cursor::new(&mut out.text[..]);
+                // The longest IPv6 text (45 bytes, an IPv4-mapped form) fits.
+                let _ = write!(cursor, "{v6}");
+                out.len = usize::try_from(cursor.position()).unwrap_or_default();
+            }
+        }
+        out
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if let Some(to) = self.text.get_mut(self.len..self.len + bytes.len()) {
+            to.copy_from_slice(bytes);
+            self.len += bytes.len();
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Digits, dots, hex and colons only.
+        std::str::from_utf8(self.text.get(..self.len).unwrap_or_default()).unwrap_or_default()
+    }
 }
 
 /// The size of a request head as a client sends it in HTTP/1.1: request line and header
@@ -93,8 +140,12 @@ pub(crate) fn raw_head_names(raw: &[u8], name: &str) -> bool {
     })
 }
 
-/// The first value of a header, if it is text.
-pub(crate) fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+/// The first value of a header, if it is text. Name it by a `HeaderName` constant: a `&str`
+/// is parsed on every lookup.
+pub(crate) fn header_str<'a>(
+    req: &'a RequestHeader,
+    name: impl http::header::AsHeaderName,
+) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -145,7 +196,7 @@ pub(crate) fn rewrite_upstream_request(req: &mut RequestHeader, f: &Forwarded<'_
             .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.to_string()))?;
         req.set_uri(uri);
     }
-    if req.headers.get("host").is_none() {
+    if req.headers.get(http::header::HOST).is_none() {
         if let Some(host) = &f.target.host {
             set(req, "host", host)?;
         }
@@ -170,12 +221,33 @@ pub(crate) fn rewrite_upstream_request(req: &mut RequestHeader, f: &Forwarded<'_
     if let Some(client) = f.client {
         set(req, "x-forwarded-for", &client.forwarded_for)?;
     }
-    let proto = f.client.and_then(|c| c.forwarded_proto.as_deref());
-    set(req, "x-forwarded-proto", proto.unwrap_or("https"))
+    match f.client.and_then(|c| c.forwarded_proto.as_deref()) {
+        Some(proto) => set(req, "x-forwarded-proto", proto),
+        None => req
+            .insert_header("x-forwarded-proto", http::HeaderValue::from_static("https"))
+            .map(|_| ()),
+    }
 }
 
 fn set(req: &mut RequestHeader, name: &'static str, value: &str) -> Result<()> {
     req.insert_header(name, value).map(|_| ())
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The constant of a header admission or body inspection asks for on every request or
+/// response, which skips parsing the name on each lookup.
+pub(crate) fn known_header(name: &str) -> Option<HeaderName> {
+    use http::header;
+    match name {
+        "content-length" => Some(header::CONTENT_LENGTH),
+        "transfer-encoding" => Some(header::TRANSFER_ENCODING),
+        "content-type" => Some(header::CONTENT_TYPE),
+        "content-encoding" => Some(header::CONTENT_ENCODING),
+        "upgrade" => Some(header::UPGRADE),
+        _ => None,
+    }
 }
 
 /// The request's headers as policy reads them.
@@ -183,19 +255,9 @@ fn set(req: &mut RequestHeader, name: &'static str, value: &str) -> Result<()> {
 pub(crate) struct Headers<'a>(pub &'a RequestHeader);
 
 impl Headers<'_> {
-    /// The values of `name`; the names admission asks for on every request are matched to
-    /// their constants, which skips parsing the name each time.
+    /// The values of `name` (see [`known_header`]).
     fn all(&self, name: &str) -> http::header::GetAll<'_, http::HeaderValue> {
-        use http::header;
-        let known = match name {
-            "content-length" => Some(header::CONTENT_LENGTH),
-            "transfer-encoding" => Some(header::TRANSFER_ENCODING),
-            "content-type" => Some(header::CONTENT_TYPE),
-            "content-encoding" => Some(header::CONTENT_ENCODING),
-            "upgrade" => Some(header::UPGRADE),
-            _ => None,
-        };
-        match known {
+        match known_header(name) {
             Some(known) => self.0.headers.get_all(known),
             None => self.0.headers.get_all(name),
         }
@@ -214,14 +276,21 @@ impl HeaderSource for Headers<'_> {
     fn header_count(&self, name: &str) -> usize {
         self.all(name).iter().count()
     }
+
+    fn header_and_count(&self, name: &str) -> (Option<&str>, usize) {
+        let mut values = self.all(name).iter();
+        let first = values.next();
+        let count = usize::from(first.is_some()) + values.count();
+        (first.and_then(|v| v.to_str().ok()), count)
+    }
 }
 
 /// The codings of the request's `Accept-Encoding` (all its headers) that the gateway can
 /// decode, or `identity` when none is left: what a route with response DLP asks of the
 /// upstream.
-pub(crate) fn decodable_accept_encoding(request: &RequestHeader) -> String {
+pub(crate) fn decodable_accept_encoding(request: &RequestHeader) -> http::HeaderValue {
     let mut kept: Vec<String> = Vec::new();
-    for value in request.headers.get_all("accept-encoding") {
+    for value in request.headers.get_all(http::header::ACCEPT_ENCODING) {
         let Ok(value) = value.to_str() else { continue };
         for item in value.split(',') {
             let coding = item.split(';').next().unwrap_or("").trim();
@@ -238,10 +307,11 @@ pub(crate) fn decodable_accept_encoding(request: &RequestHeader) -> String {
         }
     }
     if kept.is_empty() {
-        "identity".to_owned()
-    } else {
-        kept.join(", ")
+        return http::HeaderValue::from_static("identity");
     }
+    // Codings are tokens: always a valid value.
+    http::HeaderValue::from_str(&kept.join(", "))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("identity"))
 }
 
 #[cfg(test)]

@@ -92,21 +92,25 @@ impl Content {
         if let Some(boundary) = boundary(ct) {
             return Content::Multipart { boundary };
         }
-        let ct = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        // Compared without case, as sent (no lower-cased copy).
+        let ct = ct.split(';').next().unwrap_or("").trim().as_bytes();
+        let is = |t: &str| ct.eq_ignore_ascii_case(t.as_bytes());
+        let starts = |p: &str| {
+            ct.get(..p.len())
+                .is_some_and(|c| c.eq_ignore_ascii_case(p.as_bytes()))
+        };
+        let ends = |s: &str| {
+            ct.len() >= s.len() && ct[ct.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+        };
         let text = ct.is_empty()
-            || ct.starts_with("text/")
-            || ct == "application/json"
-            || ct.ends_with("+json")
-            || ct == "application/x-www-form-urlencoded"
-            || ct == "application/xml"
-            || ct.ends_with("+xml")
-            || ct == "application/javascript"
-            || ct == "application/x-ndjson";
+            || starts("text/")
+            || is("application/json")
+            || ends("+json")
+            || is("application/x-www-form-urlencoded")
+            || is("application/xml")
+            || ends("+xml")
+            || is("application/javascript")
+            || is("application/x-ndjson");
         if text {
             Content::Text
         } else {

@@ -29,6 +29,7 @@ pub(crate) struct Metrics {
     dlp_findings: IntCounterVec,
     dlp_unscanned: IntCounterVec,
     in_flight: IntGauge,
+    access_log_dropped: IntCounter,
     audit: AuditMetrics,
     connections: ConnectionMetrics,
     ready: AtomicBool,
@@ -180,6 +181,14 @@ impl Metrics {
         .expect("valid metric");
         let in_flight = IntGauge::new("portcullis_requests_in_flight", "Requests being served")
             .expect("valid metric");
+        let access_log_dropped = IntCounter::new(
+            "portcullis_access_log_dropped_lines_total",
+            "Access log lines dropped because stderr did not keep up (its buffer was full)",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(access_log_dropped.clone()))
+            .expect("unique metric");
         let audit = AuditMetrics::new(&registry);
         let connections = ConnectionMetrics::new(&registry);
         for c in [
@@ -217,6 +226,7 @@ impl Metrics {
             dlp_findings,
             dlp_unscanned,
             in_flight,
+            access_log_dropped,
             audit,
             connections,
             ready: AtomicBool::new(false),
@@ -374,6 +384,9 @@ impl Metrics {
     }
 
     fn render(&self) -> Vec<u8> {
+        // Every line of the requests counted here is in the log first.
+        crate::access_log::flush();
+        catch_up(&self.access_log_dropped, crate::access_log::dropped_lines());
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

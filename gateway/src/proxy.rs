@@ -21,7 +21,7 @@ use crate::admission::{
 };
 use crate::audit::AuditTrail;
 use crate::forwarding::{
-    decodable_accept_encoding, head_size, header_str, raw_head_names, resolve_client,
+    decodable_accept_encoding, head_size, header_str, known_header, raw_head_names, resolve_client,
     rewrite_upstream_request, Forwarded, Headers,
 };
 use crate::identity::ConnectionIdentity;
@@ -45,14 +45,20 @@ pub(crate) struct Gateway {
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
+    /// Boxed: pingora moves the request's future (which holds the context) into a box of its
+    /// own for every request, and a small context keeps that copy short.
+    type CTX = Box<RequestCtx>;
 
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+    fn new_ctx(&self) -> Box<RequestCtx> {
+        Box::new(RequestCtx::new())
     }
 
     /// Identity, client, then admission; a refusal is answered here.
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Box<RequestCtx>,
+    ) -> Result<bool> {
         // HTTP/2 flow control: a client that stops granting window is cut too (`connections`).
         session.set_write_timeout(Some(self.write_timeout));
         self.metrics.request_started();
@@ -100,10 +106,10 @@ impl ProxyHttp for Gateway {
             identity: ctx.identity.as_deref(),
             method: req.method.as_str(),
             authority: req.uri.authority().map(|a| a.as_str()),
-            host: header_str(req, "host"),
+            host: header_str(req, http::header::HOST),
             host_required: req.version == http::Version::HTTP_11,
             size: head_size(req),
-            both_lengths: req.headers.contains_key("transfer-encoding")
+            both_lengths: req.headers.contains_key(http::header::TRANSFER_ENCODING)
                 && raw_head_names(&session.as_downstream().to_h1_raw(), "content-length"),
             path: req.uri.path(),
             source: ctx
@@ -139,7 +145,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
         if end_of_stream {
             ctx.body_watch = None;
@@ -172,7 +178,7 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<Box<HttpPeer>> {
         if ctx.admitted.is_none() {
             return Err(Error::explain(
@@ -201,7 +207,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         upstream: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
         let (Some(admitted), Some(target)) = (&ctx.admitted, &ctx.target) else {
             return Err(Error::explain(
@@ -218,7 +224,7 @@ impl ProxyHttp for Gateway {
         rewrite_upstream_request(
             upstream,
             &Forwarded {
-                request_id: &ctx.request_id,
+                request_id: ctx.request_id.as_str(),
                 route: &admitted.route,
                 target,
                 identity: ctx.identity.as_deref(),
@@ -252,7 +258,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
         let Some(inspection) = ctx.route.as_ref().and_then(|r| r.inspection.clone()) else {
             return Ok(());
@@ -267,7 +273,11 @@ impl ProxyHttp for Gateway {
             Ok(BodyPlan::Unscanned(Unscanned::Websocket))
         } else {
             let header = |name: &'static str| {
-                let mut values = response.headers.get_all(name).iter();
+                let mut values = match known_header(name) {
+                    Some(known) => response.headers.get_all(known),
+                    None => response.headers.get_all(name),
+                }
+                .iter();
                 let first = values.next();
                 let count = usize::from(first.is_some()) + values.count();
                 body_header(count, first.and_then(|v| v.to_str().ok()))
@@ -288,7 +298,10 @@ impl ProxyHttp for Gateway {
             // The length is no longer known: stream it chunked (HTTP/1.1) or framed (h2).
             response.remove_header("content-length");
             if !session.is_http2() {
-                response.insert_header("transfer-encoding", "chunked")?;
+                response.insert_header(
+                    "transfer-encoding",
+                    http::HeaderValue::from_static("chunked"),
+                )?;
             }
         }
         ctx.response_scan = Some(scan);
@@ -300,7 +313,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<Option<Duration>> {
         let Some(scan) = ctx.response_scan.as_mut() else {
             return Ok(None);
@@ -321,10 +334,10 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
         // The id that names this request in our logs, so a caller can quote it.
-        response.insert_header("x-request-id", &ctx.request_id)?;
+        response.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())
     }
 
@@ -332,7 +345,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
         e: Box<Error>,
     ) -> Box<Error> {
         if let Some(pool) = ctx.pool() {
@@ -347,7 +360,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         e: &Error,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> FailToProxy {
         let upstream_failed = matches!(e.esource(), ErrorSource::Upstream);
         if upstream_failed {
@@ -380,7 +393,7 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Box<RequestCtx>) {
         if !ctx.counted {
             return;
         }
@@ -471,11 +484,11 @@ impl Gateway {
         let Some(refusal) = &ctx.refusal else {
             return Ok(());
         };
-        let body = refusal.body(&ctx.request_id);
+        let body = refusal.body(ctx.request_id.as_str());
         let mut header = ResponseHeader::build(refusal.status(), Some(4))?;
         header.insert_header("content-type", "application/json")?;
         header.insert_header("content-length", body.len().to_string())?;
-        header.insert_header("x-request-id", &ctx.request_id)?;
+        header.insert_header("x-request-id", ctx.request_id.as_str())?;
         header.insert_header("cache-control", "no-store")?;
         for (name, value) in refusal.headers() {
             header.insert_header(name, value)?;

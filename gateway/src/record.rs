@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use pingora_core::protocols::l4::socket::SocketAddr;
 use portcullis_audit::{Decision, DlpFinding, RateLimitOutcome, RequestEvent, RequestStage};
 
 use crate::access_log::AccessLine;
@@ -32,8 +33,11 @@ pub(crate) struct Summary<'a> {
     /// decided).
     pub admitted: bool,
     pub outcome: Outcome<'a>,
-    pub upstream: Option<String>,
+    pub upstream: Option<&'a SocketAddr>,
 }
+
+/// The W3C trace context header, whose trace id the audit record carries.
+pub(crate) const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// The decision a request got.
 #[derive(Debug, Clone, Copy)]
@@ -165,7 +169,7 @@ impl Summary<'_> {
             rate_limit: self.outcome.rate_limit,
             dlp,
             tls_version: self.tls_version.map(str::to_owned),
-            upstream: self.upstream.clone(),
+            upstream: self.upstream.map(ToString::to_string),
             reason: (self.outcome.label != "allow").then(|| self.outcome.label.to_owned()),
         }
     }

@@ -232,6 +232,7 @@ pub fn serve(
     reloader.spawn()?;
     spawn_drain_watch(server.watch_execution_phase(), metrics, audit, grace);
     server.run(RunArgs::default());
+    crate::access_log::flush();
     Ok(())
 }
 
@@ -385,6 +386,7 @@ fn spawn_drain_watch(
                     if let Some(audit) = &audit {
                         audit.close();
                     }
+                    crate::access_log::flush();
                     std::process::exit(0);
                 }
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

@@ -31,6 +31,12 @@ pub trait HeaderSource: std::fmt::Debug + Sync {
     fn header_count(&self, name: &str) -> usize {
         self.header_values(name).len()
     }
+
+    /// [`header`](Self::header) and [`header_count`](Self::header_count) together (one lookup
+    /// where the source can).
+    fn header_and_count(&self, name: &str) -> (Option<&str>, usize) {
+        (self.header(name), self.header_count(name))
+    }
 }
 
 /// No headers at all.

@@ -82,6 +82,53 @@ pub enum PathError {
 /// encoded); merge repeated slashes; remove dot segments as in RFC 3986 §5.2.4, clamping `..`
 /// at the root and keeping a trailing slash.
 pub fn normalize_path(raw: &str) -> Result<NormalizedPath, PathError> {
+    if is_normal(raw) {
+        return Ok(NormalizedPath(raw.to_owned()));
+    }
+    normalize_in_full(raw)
+}
+
+/// Whether `raw` is its own normal form: literal characters only (no `%`, `;`, controls or
+/// bytes that get encoded) and no empty, `.` or `..` segment but a trailing slash. Nearly every
+/// path is; deciding it takes one pass and no allocation.
+fn is_normal(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') || bytes.len() > MAX_PATH_LEN {
+        return false;
+    }
+    let mut segment = 1;
+    for (i, &b) in bytes.iter().enumerate().skip(1) {
+        if b == b'/' {
+            if !normal_segment(&bytes[segment..i]) {
+                return false;
+            }
+            segment = i + 1;
+        } else if !LITERAL[usize::from(b)] {
+            return false;
+        }
+    }
+    // The last segment may be empty: a trailing slash is kept.
+    let last = &bytes[segment..];
+    last.is_empty() || normal_segment(last)
+}
+
+fn normal_segment(segment: &[u8]) -> bool {
+    !matches!(segment, b"" | b"." | b"..")
+}
+
+/// Bytes that stand for themselves in a normal path ([`is_literal_path_char`] but `;`).
+static LITERAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = is_literal_path_char(b as u8) && b as u8 != b';';
+        b += 1;
+    }
+    t
+};
+
+/// [`normalize_path`] step by step: canonical encoding, the decoded checks, dot segments.
+fn normalize_in_full(raw: &str) -> Result<NormalizedPath, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
@@ -97,13 +144,12 @@ pub fn normalize_path(raw: &str) -> Result<NormalizedPath, PathError> {
     Ok(NormalizedPath(out))
 }
 
-/// RFC 3986 unreserved characters: decoded wherever they were percent-encoded.
-fn is_unreserved(b: u8) -> bool {
+const fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
 /// Characters that may appear literally in a path (pchar minus `%`, plus `/`).
-fn is_literal_path_char(b: u8) -> bool {
+const fn is_literal_path_char(b: u8) -> bool {
     is_unreserved(b)
         || matches!(
             b,

@@ -126,8 +126,9 @@ impl RouteTable {
 /// Normalises a `Host` header or `:authority`: lowercase, no port, no trailing dot, IPv6
 /// literals without brackets. `None` if empty or malformed.
 pub fn normalize_host(raw: &str) -> Option<String> {
-    let lower = raw.to_ascii_lowercase();
-    if let Some(rest) = lower.strip_prefix('[') {
+    if raw.starts_with('[') {
+        let lower = raw.to_ascii_lowercase();
+        let rest = &lower[1..];
         let (inner, after) = rest.split_once(']')?;
         if !(after.is_empty() || is_port(after.strip_prefix(':')?)) {
             return None;
@@ -135,10 +136,11 @@ pub fn normalize_host(raw: &str) -> Option<String> {
         inner.parse::<Ipv6Addr>().ok()?;
         return Some(inner.to_owned());
     }
-    let host = match lower.matches(':').count() {
-        0 => lower.as_str(),
+    // Checked as sent, lower-cased once at the end: one allocation.
+    let host = match raw.bytes().filter(|&b| b == b':').count() {
+        0 => raw,
         1 => {
-            let (host, port) = lower.split_once(':')?;
+            let (host, port) = raw.split_once(':')?;
             if !is_port(port) {
                 return None;
             }
@@ -146,6 +148,7 @@ pub fn normalize_host(raw: &str) -> Option<String> {
         }
         // A bare IPv6 literal (seen in some :authority values).
         _ => {
+            let lower = raw.to_ascii_lowercase();
             lower.parse::<Ipv6Addr>().ok()?;
             return Some(lower);
         }
@@ -154,11 +157,11 @@ pub fn normalize_host(raw: &str) -> Option<String> {
     if host.is_empty()
         || !host
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
     {
         return None;
     }
-    Some(host.to_owned())
+    Some(host.to_ascii_lowercase())
 }
 
 /// An empty port is allowed by RFC 3986 (`host:`).

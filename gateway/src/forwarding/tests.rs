@@ -131,3 +131,22 @@ fn spoofed_identity_and_origin_headers_never_reach_the_upstream() {
     assert_eq!(req.uri.to_string(), "/api/x?q=1");
     assert_eq!(values("host"), ["gw.example"]);
 }
+
+#[test]
+fn addresses_are_written_as_display_writes_them() {
+    for ip in [
+        "0.0.0.0",
+        "127.0.0.1",
+        "255.255.255.255",
+        "10.20.30.4",
+        "::",
+        "::1",
+        "2001:db8::8a2e:370:7334",
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        "::ffff:255.255.255.255",
+        "0:0:0:0:0:ffff:10.0.0.1",
+    ] {
+        let ip: IpAddr = ip.parse().unwrap();
+        assert_eq!(IpText::new(ip).as_str(), ip.to_string());
+    }
+}

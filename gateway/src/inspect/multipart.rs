@@ -25,8 +25,11 @@ const MAX_DELIMITER_LINE: usize = 1024;
 /// The `boundary` parameter of a `multipart/*` content type, if it is one and has a valid one.
 pub(crate) fn boundary(content_type: &str) -> Option<String> {
     let mut params = content_type.split(';');
-    let kind = params.next()?.trim().to_ascii_lowercase();
-    if !kind.starts_with("multipart/") {
+    let kind = params.next()?.trim().as_bytes();
+    if !kind
+        .get(.."multipart/".len())
+        .is_some_and(|k| k.eq_ignore_ascii_case(b"multipart/"))
+    {
         return None;
     }
     params.find_map(|p| {

@@ -12,14 +12,38 @@ use portcullis_policy::{Identity, Route};
 use crate::admission::{caller_name, Admitted, Refusal, Target};
 use crate::forwarding::{header_str, Client};
 use crate::inspect::BodyScan;
-use crate::record::{Outcome, Summary};
+use crate::record::{Outcome, Summary, TRACEPARENT};
 use crate::snapshot::Snapshot;
 use crate::upstream::Pool;
+
+/// The id that names a request in every record and header: a random UUID as 32 lower-case
+/// hex digits, kept inline (no allocation, no formatter).
+#[derive(Clone, Copy)]
+pub(crate) struct RequestId([u8; 32]);
+
+impl RequestId {
+    fn new() -> Self {
+        let mut hex = [0; 32];
+        uuid::Uuid::new_v4().simple().encode_lower(&mut hex);
+        Self(hex)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Hex digits are ASCII: the conversion cannot fail.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// What one request has established so far. `admitted` is the proof admission gave; once
 /// anything refuses the request, `refusal` says what and why.
 pub(crate) struct RequestCtx {
-    pub(super) request_id: String,
+    pub(super) request_id: RequestId,
     pub(super) started: Instant,
     /// Whether the request was counted in flight (so `logging` must count it out).
     pub(super) counted: bool,
@@ -46,7 +70,7 @@ pub(crate) struct RequestCtx {
 impl RequestCtx {
     pub(super) fn new() -> Self {
         Self {
-            request_id: uuid::Uuid::new_v4().simple().to_string(),
+            request_id: RequestId::new(),
             started: Instant::now(),
             counted: false,
             identity: None,
@@ -114,7 +138,7 @@ impl RequestCtx {
 
     pub(super) fn summary<'a>(&'a self, req: &'a RequestHeader) -> Summary<'a> {
         Summary {
-            request_id: &self.request_id,
+            request_id: self.request_id.as_str(),
             tenant: self.route.as_ref().map(|r| r.tenant.as_str()),
             route: self.route.as_ref().map(|r| r.id.as_str()),
             caller: caller_name(self.identity.as_deref()),
@@ -128,10 +152,10 @@ impl RequestCtx {
                 .map_or_else(|| req.uri.path(), |t| t.path.as_str()),
             query: req.uri.query(),
             http_version: req.version,
-            traceparent: header_str(req, "traceparent"),
+            traceparent: header_str(req, TRACEPARENT),
             admitted: self.admitted.is_some(),
             outcome: self.outcome(),
-            upstream: self.upstream.as_ref().map(ToString::to_string),
+            upstream: self.upstream.as_ref(),
         }
     }
 }
@@ -161,6 +185,13 @@ mod tests {
             policy: None,
         }));
         assert_eq!(ctx.outcome().rate_limit, RateLimitOutcome::Limited);
-        assert_eq!(ctx.request_id.len(), 32);
+        let id = ctx.request_id.as_str();
+        assert!(
+            id.len() == 32
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert_ne!(id, RequestCtx::new().request_id.as_str());
     }
 }

@@ -1,5 +1,9 @@
 use super::*;
 
+static UPSTREAM: SocketAddr = SocketAddr::Inet(std::net::SocketAddr::V4(
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(127, 0, 0, 1), 9000),
+));
+
 fn summary(outcome: Outcome<'static>) -> Summary<'static> {
     Summary {
         request_id: "rid",
@@ -16,7 +20,7 @@ fn summary(outcome: Outcome<'static>) -> Summary<'static> {
         traceparent: Some("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
         admitted: outcome.label == "allow",
         outcome,
-        upstream: Some("127.0.0.1:9000".into()),
+        upstream: Some(&UPSTREAM),
     }
 }
 

@@ -8,6 +8,25 @@ fn norm(raw: &str) -> Result<String, PathError> {
 }
 
 #[test]
+fn common_paths_are_taken_as_they_are() {
+    for raw in [
+        "/",
+        "/a",
+        "/a/b/",
+        "/api/v1/items:batch",
+        "/~user/a.b-c_d!$&'()*+,=:@",
+        "/..a/b..",
+    ] {
+        assert!(is_normal(raw), "{raw}");
+    }
+    for raw in [
+        "", "a", "//", "/a//b", "/a/./b", "/a/..", "/.", "/a%41", "/a;b", "/é", "/a b", "/a\\b",
+    ] {
+        assert!(!is_normal(raw), "{raw}");
+    }
+}
+
+#[test]
 fn examples() {
     let cases = [
         ("/", "/"),
@@ -133,6 +152,16 @@ proptest! {
             prop_assert!(!s.ends_with("/."), "{}", s);
             let twice = normalize_path(s);
             prop_assert_eq!(twice, Ok(once.clone()));
+        }
+    }
+
+    #[test]
+    fn paths_taken_as_they_are_normalise_to_themselves(raw in pathish(), any in any::<String>()) {
+        for raw in [raw, format!("/{any}")] {
+            if is_normal(&raw) {
+                prop_assert_eq!(normalize_in_full(&raw).map(|p| p.0), Ok(raw.clone()));
+            }
+            prop_assert_eq!(normalize_path(&raw), normalize_in_full(&raw));
         }
     }
 

@@ -125,3 +125,49 @@ fn host_normalisation() {
         assert_eq!(normalize_host(raw).as_deref(), want, "{raw:?}");
     }
 }
+
+/// `normalize_host` as first written (lower-case, then check), kept to hold the one-allocation
+/// version to it.
+fn normalize_host_reference(raw: &str) -> Option<String> {
+    let lower = raw.to_ascii_lowercase();
+    if let Some(rest) = lower.strip_prefix('[') {
+        let (inner, after) = rest.split_once(']')?;
+        if !(after.is_empty() || is_port(after.strip_prefix(':')?)) {
+            return None;
+        }
+        inner.parse::<Ipv6Addr>().ok()?;
+        return Some(inner.to_owned());
+    }
+    let host = match lower.matches(':').count() {
+        0 => lower.as_str(),
+        1 => {
+            let (host, port) = lower.split_once(':')?;
+            if !is_port(port) {
+                return None;
+            }
+            host
+        }
+        _ => {
+            lower.parse::<Ipv6Addr>().ok()?;
+            return Some(lower);
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+    {
+        return None;
+    }
+    Some(host.to_owned())
+}
+
+proptest::proptest! {
+    #[test]
+    fn hosts_normalise_as_they_always_did(
+        raw in "[a-zA-Z0-9.:\\[\\]-]{0,24}|[[:^cntrl:]]{0,12}",
+    ) {
+        proptest::prop_assert_eq!(normalize_host(&raw), normalize_host_reference(&raw));
+    }
+}

@@ -31,10 +31,7 @@ fn is_sep(b: u8) -> bool {
 /// The digit run starting at `p`, if `p` starts one (not inside a longer run or word) and it
 /// has at most 19 digits and ends a word.
 fn digit_run(w: &Window<'_>, p: usize) -> Scan<Option<DigitRun>> {
-    if !w.word_start(p)
-        || (w.before(p, 1).is_some_and(is_sep)
-            && w.before(p, 2).is_some_and(|b| b.is_ascii_digit()))
-    {
+    if !may_start_run(w, p) {
         return Ok(None);
     }
     let mut run = DigitRun {
@@ -79,9 +76,38 @@ fn digit_run(w: &Window<'_>, p: usize) -> Scan<Option<DigitRun>> {
     Ok(Some(run))
 }
 
+/// Whether a digit run may start at `p`: a word starts there, not inside a longer run.
+fn may_start_run(w: &Window<'_>, p: usize) -> bool {
+    w.word_start(p)
+        && !(w.before(p, 1).is_some_and(is_sep)
+            && w.before(p, 2).is_some_and(|b| b.is_ascii_digit()))
+}
+
+/// The digits from `p` (counted up to `cap + 1`) and the byte after them when there are at
+/// most `cap`: the cheap test that rules out most numbers (ports, octets, counts) before their
+/// whole run is read. It reads no byte [`digit_run`] would not.
+fn first_group(w: &Window<'_>, p: usize, cap: usize) -> Scan<(usize, Option<u8>)> {
+    let n = w.run(p, cap, |b| b.is_ascii_digit())?;
+    let after = if n <= cap { w.at(p + n)? } else { None };
+    Ok((n, after))
+}
+
 /// Payment card number: 13–19 digits, whole or in groups (first of 4, others of 3–6, one kind
 /// of separator), leading digit 2–6 (Mastercard, Visa, Amex, Discover…), Luhn-valid.
 pub(super) fn card(w: &Window<'_>, p: usize) -> Scan<Option<usize>> {
+    if !may_start_run(w, p) {
+        return Ok(None);
+    }
+    // Whole, 13 digits or more; grouped, a first group of four and a separator.
+    let (first, after) = first_group(w, p, 12)?;
+    if first <= 12 && !(first == 4 && after.is_some_and(is_sep)) {
+        return Ok(None);
+    }
+    card_in_full(w, p)
+}
+
+/// [`card`] without the cheap first test.
+pub(super) fn card_in_full(w: &Window<'_>, p: usize) -> Scan<Option<usize>> {
     let Some(run) = digit_run(w, p)? else {
         return Ok(None);
     };
@@ -122,6 +148,14 @@ pub(crate) fn luhn_ok(digits: &[u8]) -> bool {
 
 /// US SSN `AAA-GG-SSSS`: area not 000, 666 or 900–999, group not 00, serial not 0000.
 pub(super) fn ssn(w: &Window<'_>, p: usize) -> Scan<Option<usize>> {
+    if !may_start_run(w, p) || first_group(w, p, 3)? != (3, Some(b'-')) {
+        return Ok(None);
+    }
+    ssn_in_full(w, p)
+}
+
+/// [`ssn`] without the cheap first test.
+pub(super) fn ssn_in_full(w: &Window<'_>, p: usize) -> Scan<Option<usize>> {
     let Some(run) = digit_run(w, p)? else {
         return Ok(None);
     };

@@ -359,3 +359,28 @@ fn jwts_with_an_alg_header() {
         ],
     );
 }
+
+proptest::proptest! {
+    /// On a whole body the cheap tests decide as the full ones. On part of one they may decide
+    /// sooner (a run whose first group rules it out, whatever follows), never later, and never
+    /// otherwise.
+    #[test]
+    fn the_cheap_first_tests_decide_as_the_full_ones(
+        text in proptest::collection::vec(
+            proptest::sample::select(b"0123456789 -.x\\n".to_vec()),
+            0..40,
+        ),
+        eof: bool,
+    ) {
+        use super::numbers::{card, card_in_full, ssn, ssn_in_full};
+        let w = crate::dlp::window::Window { buf: &text, eof };
+        for p in 0..text.len() {
+            for (cheap, full) in [(card(&w, p), card_in_full(&w, p)), (ssn(&w, p), ssn_in_full(&w, p))] {
+                match (cheap, full) {
+                    (Ok(None), Err(_)) if !eof => {}
+                    (cheap, full) => proptest::prop_assert_eq!(cheap, full, "at {}", p),
+                }
+            }
+        }
+    }
+}
