@@ -142,10 +142,10 @@ pub(crate) fn raw_head_names(raw: &[u8], name: &str) -> bool {
 
 /// The first value of a header, if it is text. Name it by a `HeaderName` constant: a `&str`
 /// is parsed on every lookup.
-pub(crate) fn header_str<'a>(
-    req: &'a RequestHeader,
+pub(crate) fn header_str(
+    req: &RequestHeader,
     name: impl http::header::AsHeaderName,
-) -> Option<&'a str> {
+) -> Option<&str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
