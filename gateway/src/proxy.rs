@@ -416,7 +416,9 @@ impl ProxyHttp for Gateway {
             audit.completed(&summary, &exchange, findings.list);
         }
         // Counted after the log line is written, so a counter never runs ahead of the log.
-        self.metrics.request(&summary.metrics_outcome(&exchange));
+        let series = ctx.route_state().map(|r| &r.series);
+        self.metrics
+            .request(&summary.metrics_outcome(&exchange), series);
     }
 }
 

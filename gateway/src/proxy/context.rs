@@ -13,7 +13,7 @@ use crate::admission::{caller_name, Admitted, Refusal, Target};
 use crate::forwarding::{header_str, Client};
 use crate::inspect::BodyScan;
 use crate::record::{Outcome, Summary, TRACEPARENT};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{RouteState, Snapshot};
 use crate::upstream::Pool;
 
 /// The id that names a request in every record and header: a random UUID as 32 lower-case
@@ -89,10 +89,15 @@ impl RequestCtx {
         }
     }
 
+    /// The admitted route's state in the request's generation.
+    pub(super) fn route_state(&self) -> Option<&RouteState> {
+        let index = self.admitted.as_ref()?.route_index;
+        self.generation.as_ref()?.routes.get(index)
+    }
+
     /// The admitted route's upstream pool, in the request's generation.
     pub(super) fn pool(&self) -> Option<&Arc<Pool>> {
-        let route = &self.admitted.as_ref()?.route;
-        self.generation.as_ref()?.pools.get(&route.upstream)
+        self.route_state()?.pool.as_ref()
     }
 
     pub(super) fn tenant(&self) -> &str {
