@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use portcullis_policy::{Config, UpstreamName};
 
 use crate::admission::Admission;
+use crate::forwarding::RouteHeaders;
 use crate::metrics::RouteSeries;
 use crate::tls::ListenerTls;
 use crate::upstream::Pool;
@@ -89,6 +90,7 @@ impl Snapshot {
             .iter()
             .map(|route| RouteState {
                 pool: pools.get(&route.upstream).cloned(),
+                headers: RouteHeaders::of(route),
                 series: RouteSeries::default(),
             })
             .collect();
@@ -155,10 +157,11 @@ impl Snapshot {
 }
 
 /// What a generation keeps for one route, found by the route's position (admission's
-/// `route_index`) rather than by hashing its names on every request: its upstream pool and its
-/// metric series.
+/// `route_index`) rather than by hashing its names on every request: its upstream pool, its
+/// headers to the upstream and its metric series.
 pub(crate) struct RouteState {
     pub pool: Option<Arc<Pool>>,
+    pub headers: Option<RouteHeaders>,
     pub series: RouteSeries,
 }
 

@@ -10,7 +10,7 @@ use portcullis_audit::{Decision, RateLimitOutcome};
 use portcullis_policy::{Identity, Route};
 
 use crate::admission::{caller_name, Admitted, Refusal, Target};
-use crate::forwarding::{header_str, Client};
+use crate::forwarding::{header_str, Client, IdentityHeaders};
 use crate::inspect::BodyScan;
 use crate::record::{Outcome, Summary, TRACEPARENT};
 use crate::snapshot::{RouteState, Snapshot};
@@ -48,6 +48,8 @@ pub(crate) struct RequestCtx {
     /// Whether the request was counted in flight (so `logging` must count it out).
     pub(super) counted: bool,
     pub(super) identity: Option<Arc<Identity>>,
+    /// The connection's identity headers to the upstream.
+    pub(super) identity_headers: Option<Arc<IdentityHeaders>>,
     pub(super) tls_version: Option<&'static str>,
     pub(super) client: Option<Client>,
     pub(super) target: Option<Target>,
@@ -74,6 +76,7 @@ impl RequestCtx {
             started: Instant::now(),
             counted: false,
             identity: None,
+            identity_headers: None,
             tls_version: None,
             client: None,
             target: None,
