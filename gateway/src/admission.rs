@@ -92,6 +92,8 @@ pub struct Verdict {
 #[derive(Debug)]
 pub struct Admitted {
     pub route: Arc<Route>,
+    /// The route's position in the generation's route table (its per-route state there).
+    pub route_index: usize,
     /// The access rule that allowed the request.
     pub permit: Permit,
     /// Whether any rate limit applied to the request (it passed them all).
@@ -171,18 +173,19 @@ impl Admission {
                 }
             }
         };
-        let route = self.routes.route(host.as_deref(), &path).cloned();
+        let index = self.routes.route_index(host.as_deref(), &path);
+        let route = index.and_then(|i| self.routes.get(i)).cloned();
         let target = Some(Target { host, path });
-        let Some(route) = route else {
+        let (Some(route), Some(index)) = (route, index) else {
             return Verdict {
                 target,
                 route: None,
                 outcome: Err(Refusal::NoRoute),
             };
         };
-        let outcome = target
-            .as_ref()
-            .map_or(Err(Refusal::NoRoute), |t| self.admit(&route, &t.path, head));
+        let outcome = target.as_ref().map_or(Err(Refusal::NoRoute), |t| {
+            self.admit(&route, index, &t.path, head)
+        });
         Verdict {
             target,
             route: Some(route),
@@ -231,6 +234,7 @@ impl Admission {
     fn admit(
         &self,
         route: &Arc<Route>,
+        index: usize,
         path: &NormalizedPath,
         head: &RequestHead<'_>,
     ) -> Result<Admitted, Refusal> {
@@ -242,14 +246,11 @@ impl Admission {
             headers: head.headers,
         };
         let permit = route.authorize(&facts).map_err(Refusal::Denied)?;
-        let in_flight = self
+        let charged = self
             .limits
-            .admit(route, caller_key(head.identity), head.source)
+            .admit(index, caller_key(head.identity), head.source)
             .map_err(Refusal::RateLimited)?;
-        let max_request_body = self
-            .limits
-            .tenant(&route.tenant)
-            .and_then(|t| t.max_request_body());
+        let max_request_body = charged.max_request_body;
         let declared = head
             .headers
             .header("content-length")
@@ -265,9 +266,10 @@ impl Admission {
         };
         Ok(Admitted {
             route: route.clone(),
+            route_index: index,
             permit,
-            rate_limited: self.limits.applies(route),
-            in_flight,
+            rate_limited: charged.limited,
+            in_flight: charged.in_flight,
             max_request_body,
             request_body,
         })

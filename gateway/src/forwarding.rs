@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use http::header::HeaderName;
+use http::header::{HeaderName, HeaderValue};
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
 use portcullis_policy::{HeaderSource, Identity, Route, StripList};
@@ -168,13 +168,62 @@ pub(crate) fn strip_spoofable_headers(req: &mut RequestHeader, strip: &StripList
     }
 }
 
+/// A route's headers to the upstream (`x-portcullis-tenant`, `x-portcullis-route`), made once
+/// per generation.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteHeaders {
+    tenant: HeaderValue,
+    route: HeaderValue,
+}
+
+impl RouteHeaders {
+    /// `None` only if a name could not be a header value, which checked names never are.
+    pub(crate) fn of(route: &Route) -> Option<Self> {
+        Some(Self {
+            tenant: HeaderValue::from_str(route.tenant.as_str()).ok()?,
+            route: HeaderValue::from_str(route.id.as_str()).ok()?,
+        })
+    }
+}
+
+/// A caller's identity headers to the upstream (`x-portcullis-spiffe-id`, `-dns-sans`,
+/// `-subject`), made once per connection: its requests only clone them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct IdentityHeaders {
+    spiffe_id: Option<HeaderValue>,
+    dns_sans: Option<HeaderValue>,
+    subject: Option<HeaderValue>,
+}
+
+impl IdentityHeaders {
+    pub(crate) fn of(identity: &Identity) -> Self {
+        let value = |text: &str| HeaderValue::from_str(text).ok();
+        let subject = identity.subject.as_deref().and_then(|subject| {
+            let value = value(subject);
+            if value.is_none() {
+                // Left out rather than mangled.
+                tracing::debug!("subject not representable as a header");
+            }
+            value
+        });
+        Self {
+            // SPIFFE IDs and DNS names are checked names: always header values.
+            spiffe_id: identity.spiffe_id.as_ref().and_then(|s| value(s.as_str())),
+            dns_sans: (!identity.dns_sans.is_empty())
+                .then(|| value(&identity.dns_sans.join(",")))
+                .flatten(),
+            subject,
+        }
+    }
+}
+
 /// What the upstream request says about the request it forwards.
 #[derive(Debug)]
 pub(crate) struct Forwarded<'a> {
     pub request_id: &'a str,
-    pub route: &'a Route,
+    pub route: &'a RouteHeaders,
     pub target: &'a Target,
-    pub identity: Option<&'a Identity>,
+    pub identity: Option<&'a IdentityHeaders>,
     pub client: Option<&'a Client>,
     /// Headers removed before forwarding.
     pub strip: &'a StripList,
@@ -202,19 +251,16 @@ pub(crate) fn rewrite_upstream_request(req: &mut RequestHeader, f: &Forwarded<'_
         }
     }
     set(req, "x-portcullis-request-id", f.request_id)?;
-    set(req, "x-portcullis-tenant", f.route.tenant.as_str())?;
-    set(req, "x-portcullis-route", f.route.id.as_str())?;
+    req.insert_header("x-portcullis-tenant", f.route.tenant.clone())?;
+    req.insert_header("x-portcullis-route", f.route.route.clone())?;
     if let Some(identity) = f.identity {
-        if let Some(spiffe) = &identity.spiffe_id {
-            set(req, "x-portcullis-spiffe-id", spiffe.as_str())?;
-        }
-        if !identity.dns_sans.is_empty() {
-            set(req, "x-portcullis-dns-sans", &identity.dns_sans.join(","))?;
-        }
-        if let Some(subject) = &identity.subject {
-            // A subject with characters a header cannot carry is left out rather than mangled.
-            if set(req, "x-portcullis-subject", subject).is_err() {
-                tracing::debug!(request.id = %f.request_id, "subject not representable as a header");
+        for (name, value) in [
+            ("x-portcullis-spiffe-id", &identity.spiffe_id),
+            ("x-portcullis-dns-sans", &identity.dns_sans),
+            ("x-portcullis-subject", &identity.subject),
+        ] {
+            if let Some(value) = value {
+                req.insert_header(name, value.clone())?;
             }
         }
     }

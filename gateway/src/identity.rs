@@ -8,11 +8,15 @@ use std::time::{Instant, SystemTime};
 use portcullis_identity::{PeerIdentity, Serial};
 use portcullis_policy::Identity;
 
+use crate::forwarding::IdentityHeaders;
+
 /// What a connection's handshake established, attached to the connection by pingora.
 #[derive(Debug)]
 pub(crate) struct ConnectionIdentity {
     /// `None` when no client certificate was presented (client auth optional or off).
     pub identity: Option<Arc<Identity>>,
+    /// The identity's headers to the upstream, made once for all the connection's requests.
+    pub headers: Option<Arc<IdentityHeaders>>,
     /// The certificate behind `identity`, re-checked on every request.
     pub credential: Option<Credential>,
     pub tls_version: &'static str,

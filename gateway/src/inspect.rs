@@ -306,42 +306,58 @@ impl BodyInspector {
             .push(chunk)
             .map_err(|p| p.refusal(direction))?;
         if self.passing {
-            return Ok(decoded);
+            return Ok(decoded.into_owned());
         }
         let room = self.limits.max_bytes.saturating_sub(self.scanned);
         let (inspect, rest) =
             decoded.split_at(usize::try_from(room).map_or(decoded.len(), |r| r.min(decoded.len())));
         let mut out = Vec::with_capacity(decoded.len());
-        self.feed(inspect, &mut out)?;
         if !rest.is_empty() {
             if self.limits.over_limit == OverLimit::Refuse {
+                // What fits is scanned (and its findings counted) before the refusal.
+                self.feed(inspect, false, &mut out)?;
                 return Err(Refusal::OverInspectionLimit(direction));
             }
             // Release what was scanned, then the rest unscanned.
-            self.close(&mut out)?;
+            self.feed(inspect, true, &mut out)?;
             out.extend_from_slice(rest);
             self.passing = true;
             self.unscanned.push(Unscanned::OverLimit);
-        } else if end {
-            self.close(&mut out)?;
+        } else {
+            self.feed(inspect, end, &mut out)?;
         }
         Ok(out)
     }
 
     /// Hands decoded bytes to the view and the scanner; releases what the scanner released.
-    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), Refusal> {
+    /// With `last`, the view and the scanner are ended too and everything is released.
+    fn feed(&mut self, data: &[u8], last: bool, out: &mut Vec<u8>) -> Result<(), Refusal> {
         self.scanned += data.len() as u64;
         let mut view = ViewOut::default();
         let direction = self.direction;
         match &mut self.stage {
-            Stage::Text(json) => json.feed(data, &mut view),
+            Stage::Text(json) => {
+                json.feed(data, &mut view);
+                if last {
+                    // One view and one final scan for the last bytes and what the view held
+                    // (the same as scanning them in turn: the scanner is exact whatever the
+                    // chunking).
+                    json.finish(&mut view);
+                    self.map.push(data, &view);
+                    return self.scan(&view, true, out);
+                }
+            }
             Stage::Multipart(m) => m.feed(data, &mut view).map_err(|p| p.refusal(direction))?,
         }
         self.map.push(data, &view);
-        self.scan(&view, false, out)
+        self.scan(&view, false, out)?;
+        if last {
+            self.close(out)?;
+        }
+        Ok(())
     }
 
-    /// Ends the view and the scanner and releases everything.
+    /// Ends a multipart view and the scanner and releases everything.
     fn close(&mut self, out: &mut Vec<u8>) -> Result<(), Refusal> {
         let mut view = ViewOut::default();
         let direction = self.direction;
@@ -350,27 +366,29 @@ impl BodyInspector {
             Stage::Multipart(m) => m.finish(&mut view).map_err(|p| p.refusal(direction))?,
         }
         self.map.push(&[], &view);
-        self.scan(&view, true, out)?;
-        if !self.map.is_drained() {
-            // Every stage accounts for each byte it was given by the time it finishes.
-            return Err(Refusal::Internal);
-        }
-        Ok(())
+        self.scan(&view, true, out)
     }
 
+    /// Scans the view; with `end`, as the body's last, and checks every byte was accounted for.
     fn scan(&mut self, view: &ViewOut, end: bool, out: &mut Vec<u8>) -> Result<(), Refusal> {
         let direction = self.direction;
         let blocked = |b: portcullis_policy::Blocked| Refusal::DlpBlocked(direction, b.detector);
         if view.unknown_encoding && !self.unscanned.contains(&Unscanned::UnknownEncoding) {
             self.unscanned.push(Unscanned::UnknownEncoding);
         }
-        self.scanner.push(&view.view).map_err(blocked)?;
         if end {
-            self.scanner.finish().map_err(blocked)?;
+            self.scanner.push_last(&view.view).map_err(blocked)?;
+        } else {
+            self.scanner.push(&view.view).map_err(blocked)?;
         }
         let redactions = self.scanner.take_redactions();
         self.map
             .release(self.scanner.released(), redactions, out)
-            .map_err(|_| Refusal::Unredactable(direction))
+            .map_err(|_| Refusal::Unredactable(direction))?;
+        if end && !self.map.is_drained() {
+            // Every stage accounts for each byte it was given by the time it finishes.
+            return Err(Refusal::Internal);
+        }
+        Ok(())
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use portcullis_policy::{Config, RateLimit, Route, RouteId, TenantId, TenantLimits};
+use portcullis_policy::{Config, RateLimit, RouteId, TenantId, TenantLimits};
 
 /// Distinct keys remembered per keyed limit; beyond it the least recently used are dropped.
 const KEYED_CAPACITY: u64 = 100_000;
@@ -137,6 +137,28 @@ impl Drop for InFlight {
 pub(crate) struct Limits {
     tenants: HashMap<TenantId, Arc<TenantGuard>>,
     routes: HashMap<RouteId, Arc<Bucket>>,
+    /// Each route's limits, in the route table's order: a request finds them by its route's
+    /// position, hashing no name.
+    by_route: Vec<RouteLimits>,
+}
+
+/// The limits one route's requests are charged to.
+struct RouteLimits {
+    tenant: Option<Arc<TenantGuard>>,
+    route: Option<Arc<Bucket>>,
+    /// Whether any rate or in-flight limit applies.
+    applies: bool,
+}
+
+/// What charging a request to its route's limits gave it.
+#[derive(Debug)]
+pub(crate) struct Charged {
+    /// The tenant's in-flight slot, if the tenant caps requests in flight.
+    pub in_flight: Option<InFlight>,
+    /// Whether any rate or in-flight limit applied (the request passed them all).
+    pub limited: bool,
+    /// The tenant's cap on request body bytes.
+    pub max_request_body: Option<u64>,
 }
 
 impl std::fmt::Debug for Limits {
@@ -175,35 +197,51 @@ impl Limits {
                 kept.unwrap_or_else(|| Arc::new(Bucket::new(limit))),
             );
         }
-        Self { tenants, routes }
-    }
-
-    pub(crate) fn tenant(&self, id: &TenantId) -> Option<&Arc<TenantGuard>> {
-        self.tenants.get(id)
-    }
-
-    /// Whether any rate or in-flight limit applies to requests on `route`.
-    pub(crate) fn applies(&self, route: &Route) -> bool {
-        self.routes.contains_key(&route.id)
-            || self.tenants.get(&route.tenant).is_some_and(|g| {
-                let l = &g.limits;
-                l.rate.is_some()
-                    || l.per_identity.is_some()
-                    || l.per_source.is_some()
-                    || l.max_in_flight.is_some()
+        let by_route = config
+            .routes
+            .iter()
+            .map(|route| {
+                let tenant = tenants.get(&route.tenant).cloned();
+                let route = routes.get(&route.id).cloned();
+                let applies = route.is_some()
+                    || tenant.as_ref().is_some_and(|g| {
+                        let l = &g.limits;
+                        l.rate.is_some()
+                            || l.per_identity.is_some()
+                            || l.per_source.is_some()
+                            || l.max_in_flight.is_some()
+                    });
+                RouteLimits {
+                    tenant,
+                    route,
+                    applies,
+                }
             })
+            .collect();
+        Self {
+            tenants,
+            routes,
+            by_route,
+        }
     }
 
-    /// Charges one request to every limit that applies, narrowest first (so that one noisy
-    /// caller is stopped by its own limit before it spends the tenant's), then takes an
-    /// in-flight slot.
+    /// Charges one request on the route at `route` (its position in the route table) to every
+    /// limit that applies, narrowest first (so that one noisy caller is stopped by its own limit
+    /// before it spends the tenant's), then takes an in-flight slot.
     pub(crate) fn admit(
         &self,
-        route: &Route,
+        route: usize,
         identity: &str,
         source: IpAddr,
-    ) -> Result<Option<InFlight>, LimitExceeded> {
-        let guard = self.tenants.get(&route.tenant);
+    ) -> Result<Charged, LimitExceeded> {
+        let Some(limits) = self.by_route.get(route) else {
+            return Ok(Charged {
+                in_flight: None,
+                limited: false,
+                max_request_body: None,
+            });
+        };
+        let guard = limits.tenant.as_ref();
         if let Some(g) = guard {
             if let Some(keyed) = &g.per_source {
                 keyed.bucket(&source).check("source")?;
@@ -212,15 +250,20 @@ impl Limits {
                 keyed.check(identity, "identity")?;
             }
         }
-        if let Some(bucket) = self.routes.get(&route.id) {
+        if let Some(bucket) = &limits.route {
             bucket.check("route")?;
         }
-        let Some(g) = guard else { return Ok(None) };
+        let mut charged = Charged {
+            in_flight: None,
+            limited: limits.applies,
+            max_request_body: guard.and_then(|g| g.max_request_body()),
+        };
+        let Some(g) = guard else { return Ok(charged) };
         if let Some(bucket) = &g.rate {
             bucket.check("tenant")?;
         }
         let Some(max) = g.limits.max_in_flight else {
-            return Ok(None);
+            return Ok(charged);
         };
         let taken = g
             .in_flight
@@ -228,7 +271,10 @@ impl Limits {
                 (n < max.get()).then_some(n + 1)
             });
         match taken {
-            Ok(_) => Ok(Some(InFlight(g.clone()))),
+            Ok(_) => {
+                charged.in_flight = Some(InFlight(g.clone()));
+                Ok(charged)
+            }
             Err(_) => Err(LimitExceeded {
                 limit: "in_flight",
                 retry_after: Duration::from_secs(1),

@@ -79,6 +79,7 @@ impl ProxyHttp for Gateway {
             .and_then(|ssl| ssl.extension.get::<ConnectionIdentity>())
         {
             ctx.identity = connection.identity.clone();
+            ctx.identity_headers = connection.headers.clone();
             ctx.tls_version = Some(connection.tls_version);
             abort = Some(connection.abort.clone());
             recheck = recheck_connection(connection, &snapshot, SystemTime::now());
@@ -209,36 +210,39 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
-        let (Some(admitted), Some(target)) = (&ctx.admitted, &ctx.target) else {
+        let (Some(admitted), Some(target), Some(generation)) =
+            (&ctx.admitted, &ctx.target, &ctx.generation)
+        else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "no forwarding without admission",
             ));
         };
-        let Some(generation) = &ctx.generation else {
+        let Some(route) = ctx.route_state().and_then(|r| r.headers.as_ref()) else {
             return Err(Error::explain(
-                ErrorType::InternalError,
-                "no forwarding without admission",
+                ErrorType::InvalidHTTPHeader,
+                "route names are not header values",
             ));
         };
         rewrite_upstream_request(
             upstream,
             &Forwarded {
                 request_id: ctx.request_id.as_str(),
-                route: &admitted.route,
+                route,
                 target,
-                identity: ctx.identity.as_deref(),
+                identity: ctx.identity_headers.as_deref(),
                 client: ctx.client.as_ref(),
                 strip: generation.admission.stripped(),
             },
         )?;
         if let Some(scan) = &ctx.request_scan {
             if scan.decodes() {
-                upstream.remove_header("content-encoding");
+                upstream.remove_header(&http::header::CONTENT_ENCODING);
             }
-            if scan.changes_length() {
+            if scan.changes_length() && upstream.headers.contains_key(http::header::CONTENT_LENGTH)
+            {
                 // pingora sends the body chunked instead.
-                upstream.remove_header("content-length");
+                upstream.remove_header(&http::header::CONTENT_LENGTH);
             }
         }
         if admitted
@@ -292,11 +296,11 @@ impl ProxyHttp for Gateway {
             return Ok(());
         };
         if scan.decodes() {
-            response.remove_header("content-encoding");
+            response.remove_header(&http::header::CONTENT_ENCODING);
         }
         if scan.changes_length() {
             // The length is no longer known: stream it chunked (HTTP/1.1) or framed (h2).
-            response.remove_header("content-length");
+            response.remove_header(&http::header::CONTENT_LENGTH);
             if !session.is_http2() {
                 response.insert_header(
                     "transfer-encoding",
@@ -416,7 +420,9 @@ impl ProxyHttp for Gateway {
             audit.completed(&summary, &exchange, findings.list);
         }
         // Counted after the log line is written, so a counter never runs ahead of the log.
-        self.metrics.request(&summary.metrics_outcome(&exchange));
+        let series = ctx.route_state().map(|r| &r.series);
+        self.metrics
+            .request(&summary.metrics_outcome(&exchange), series);
     }
 }
 

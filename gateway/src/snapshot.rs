@@ -10,6 +10,8 @@ use ipnet::IpNet;
 use portcullis_policy::{Config, UpstreamName};
 
 use crate::admission::Admission;
+use crate::forwarding::RouteHeaders;
+use crate::metrics::RouteSeries;
 use crate::tls::ListenerTls;
 use crate::upstream::Pool;
 use crate::GatewayError;
@@ -46,6 +48,8 @@ pub(crate) struct Snapshot {
     /// Routes and limits: what decides each request.
     pub admission: Arc<Admission>,
     pub pools: Arc<HashMap<UpstreamName, Arc<Pool>>>,
+    /// Per route, in the route table's order (see [`RouteState`]).
+    pub routes: Arc<[RouteState]>,
     pub listeners: Vec<ListenerView>,
     /// TLS material of each listener bound at start-up, in start-up order (the handshake
     /// side finds its listener by position).
@@ -81,10 +85,20 @@ impl Snapshot {
             Some(previous) => previous.audit.clone(),
             None => config.audit.clone(),
         };
+        let routes = config
+            .routes
+            .iter()
+            .map(|route| RouteState {
+                pool: pools.get(&route.upstream).cloned(),
+                headers: RouteHeaders::of(route),
+                series: RouteSeries::default(),
+            })
+            .collect();
         Ok(Self {
             listeners: views(&config),
             admission: Arc::new(admission),
             pools: Arc::new(pools),
+            routes,
             tls,
             audit,
             config: Arc::new(config),
@@ -139,6 +153,23 @@ impl Snapshot {
                     .iter()
                     .find(|l| l.address.ip().is_unspecified() && l.address.port() == local.port())
             })
+    }
+}
+
+/// What a generation keeps for one route, found by the route's position (admission's
+/// `route_index`) rather than by hashing its names on every request: its upstream pool, its
+/// headers to the upstream and its metric series.
+pub(crate) struct RouteState {
+    pub pool: Option<Arc<Pool>>,
+    pub headers: Option<RouteHeaders>,
+    pub series: RouteSeries,
+}
+
+impl std::fmt::Debug for RouteState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteState")
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
     }
 }
 

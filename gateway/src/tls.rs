@@ -26,6 +26,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
+use crate::forwarding::IdentityHeaders;
 use crate::identity::{peer_identity, ConnectionIdentity};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
@@ -264,6 +265,9 @@ impl TlsAccept for IdentityHook {
             None => (None, None),
         };
         let connection = ConnectionIdentity {
+            headers: identity
+                .as_deref()
+                .map(|i| Arc::new(IdentityHeaders::of(i))),
             identity,
             credential,
             tls_version: tls.version().unwrap_or("unknown"),

@@ -9,7 +9,7 @@ use pingora_core::utils::tls::{parse_x509, CertKey, WrappedX509};
 use pingora_http::RequestHeader;
 use pingora_load_balancing::health_check::HttpHealthCheck;
 use pingora_load_balancing::selection::RoundRobin;
-use pingora_load_balancing::LoadBalancer;
+use pingora_load_balancing::{Backend, LoadBalancer};
 use portcullis_policy::{UpstreamConfig, UpstreamName};
 
 use crate::tls::{load_certs, load_key};
@@ -26,6 +26,9 @@ struct PeerTls {
 pub(crate) struct Pool {
     pub name: UpstreamName,
     balancer: LoadBalancer<RoundRobin>,
+    /// The pool's one target, when it has only one: there is nothing to choose, only its
+    /// health to check (the balancer's selection costs more than the rest of the choice).
+    single: Option<Backend>,
     tls: Option<PeerTls>,
     connect_timeout: Duration,
     read_timeout: Duration,
@@ -97,9 +100,15 @@ impl Pool {
             }
             balancer.set_health_check(Box::new(check));
         }
+        let backends = balancer.backends().get_backend();
+        let single = match backends.len() {
+            1 => backends.iter().next().cloned(),
+            _ => None,
+        };
         Ok(Self {
             name: config.name.clone(),
             balancer,
+            single,
             tls,
             connect_timeout: config.connect_timeout,
             read_timeout: config.read_timeout,
@@ -109,7 +118,10 @@ impl Pool {
 
     /// The next healthy target, as a peer ready to connect to; `None` when all are down.
     pub(crate) fn peer(&self) -> Option<HttpPeer> {
-        let backend = self.balancer.select(b"", 256)?;
+        let backend = match &self.single {
+            Some(one) => self.balancer.backends().ready(one).then(|| one.clone())?,
+            None => self.balancer.select(b"", 256)?,
+        };
         let addr = *backend.addr.as_inet()?;
         let mut peer = match &self.tls {
             None => HttpPeer::new(addr, false, String::new()),
@@ -132,5 +144,44 @@ impl Pool {
     /// Probes every target once (in parallel) and updates their health.
     pub(crate) async fn check_health(&self) {
         self.balancer.backends().run_health_check(true).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use portcullis_policy::Config;
+
+    use super::*;
+
+    fn pool(targets: &str) -> Pool {
+        let config = Config::from_yaml(
+            &format!(
+                "listeners:\n  - name: l\n    address: 127.0.0.1:8443\n    tls: {{ certificate: s.pem, private_key: s.key, client_ca: ca.pem }}\n\
+                 upstreams:\n  - name: u\n    targets: [{targets}]\n\
+                 tenants:\n  - name: t\n    routes:\n      - name: r\n        upstream: u\n        access: [ {{ id: anyone }} ]\n"
+            ),
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        Pool::from_config(&config.upstreams[0]).unwrap()
+    }
+
+    #[test]
+    fn a_single_target_is_taken_without_selection_and_several_in_turn() {
+        let one = pool("127.0.0.1:9000");
+        assert!(one.single.is_some());
+        for _ in 0..3 {
+            assert_eq!(one.peer().unwrap()._address.to_string(), "127.0.0.1:9000");
+        }
+        let two = pool("127.0.0.1:9000, 127.0.0.1:9001");
+        assert!(two.single.is_none());
+        let mut seen: Vec<String> = (0..4)
+            .map(|_| two.peer().unwrap()._address.to_string())
+            .collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen, ["127.0.0.1:9000", "127.0.0.1:9001"]);
     }
 }

@@ -87,10 +87,17 @@ impl RouteTable {
 
     /// The route for a request to `host` (already normalised by [`normalize_host`]) and `path`.
     pub fn route(&self, host: Option<&str>, path: &NormalizedPath) -> Option<&Arc<Route>> {
+        self.route_index(host, path)
+            .and_then(|i| self.routes.get(i))
+    }
+
+    /// The position of [`route`](Self::route)'s answer in [`iter`](Self::iter) order, by which
+    /// a caller can keep its own per-route state in a `Vec`.
+    pub fn route_index(&self, host: Option<&str>, path: &NormalizedPath) -> Option<usize> {
         let longest = |list: &[usize]| {
             list.iter()
-                .map(|&i| &self.routes[i])
-                .find(|r| prefix_matches(&r.path_prefix, path.as_str()))
+                .copied()
+                .find(|&i| prefix_matches(&self.routes[i].path_prefix, path.as_str()))
         };
         if let Some(host) = host {
             if let Some(found) = self.exact.get(host).and_then(|l| longest(l)) {
@@ -105,6 +112,11 @@ impl RouteTable {
             }
         }
         longest(&self.any_host)
+    }
+
+    /// The route at `index` ([`iter`](Self::iter) order).
+    pub fn get(&self, index: usize) -> Option<&Arc<Route>> {
+        self.routes.get(index)
     }
 
     /// All routes, in config order.

@@ -167,13 +167,17 @@ fn spawn(args: &[&str], log: PathBuf) -> Proc {
 /// Starts the binary with `args` and extra environment, its stderr in `log`.
 pub fn spawn_env(args: &[&str], log: PathBuf, env: &[(&str, &Path)]) -> Proc {
     let err = std::fs::File::create(&log).unwrap();
+    spawn_stderr(args, log, env, err.into())
+}
+
+fn spawn_stderr(args: &[&str], log: PathBuf, env: &[(&str, &Path)], stderr: Stdio) -> Proc {
     let child = Command::new(bin())
         .args(args)
         .envs(env.iter().copied())
         .env("PORTCULLIS_LOG", "info")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(err)
+        .stderr(stderr)
         .spawn()
         .unwrap();
     Proc { child, log }
@@ -236,13 +240,35 @@ impl Gateway {
 
     /// Like `start_with`, with extra environment variables for the gateway process.
     pub fn start_env(dir: &Path, yaml: &str, extra: &[&str], env: &[(&str, &Path)]) -> Self {
+        Self::launch(dir, yaml, extra, env, false)
+    }
+
+    /// Like `start`, with the gateway's stderr a pipe that nobody reads: once the pipe is full,
+    /// every write to it blocks (a log shipper that has stopped reading).
+    pub fn start_with_stderr_unread(dir: &Path, yaml: &str) -> Self {
+        Self::launch(dir, yaml, &[], &[], true)
+    }
+
+    fn launch(
+        dir: &Path,
+        yaml: &str,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+        stderr_unread: bool,
+    ) -> Self {
         let port = free_port();
         let metrics_port = free_port();
         let config = dir.join(format!("gateway-{port}.yaml"));
         std::fs::write(&config, fill(yaml, port, metrics_port)).unwrap();
         let mut args = vec!["serve", "--config", config.to_str().unwrap()];
         args.extend_from_slice(extra);
-        let proc = spawn_env(&args, dir.join(format!("gateway-{port}.log")), env);
+        let log = dir.join(format!("gateway-{port}.log"));
+        let proc = if stderr_unread {
+            // The child keeps the read end (in `Child::stderr`), unread, for its whole life.
+            spawn_stderr(&args, log, env, Stdio::piped())
+        } else {
+            spawn_env(&args, log, env)
+        };
         let gw = Self {
             port,
             metrics_port,

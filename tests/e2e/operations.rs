@@ -234,6 +234,44 @@ fn metrics_count_what_was_done() {
         && l["client.id"] == "spiffe://test.portcullis.local/ns/app/sa/other"));
 }
 
+/// A log shipper that stops reading the gateway's stderr must not stop the gateway: once the
+/// pipe is full (64 KiB, a couple of hundred access lines), writing the access line straight
+/// to stderr blocked the worker and every request behind it. Lines now wait in a bounded
+/// buffer for the writer thread, and past it are dropped and counted.
+#[test]
+fn a_stalled_stderr_holds_up_no_request() {
+    let pki = Pki::new();
+    let echo = Echo::start(pki.dir.path(), "s");
+    let gw = Gateway::start_with_stderr_unread(pki.dir.path(), &base_config(echo.port));
+    let frontend = pki.client(Some("frontend"));
+    let mut conn = frontend.connect(gw.port).unwrap();
+    // Long paths make long lines: ~1.4 KiB each, so the 4 MiB buffer fills after ~3,000.
+    let path = format!("/admin/{}", "x".repeat(1000));
+    let started = Instant::now();
+    let mut served = 0;
+    while served < 3500 {
+        if served % 500 == 0 {
+            // Within the default 1,000 requests per connection.
+            conn = frontend.connect(gw.port).unwrap();
+        }
+        let response = conn.request("GET", &path, &[]).unwrap_or_else(|e| {
+            panic!(
+                "request {served} failed ({e}) after {:?}",
+                started.elapsed()
+            )
+        });
+        assert_eq!(response.status, 200);
+        served += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{served} requests in 120 s"
+        );
+    }
+    let dropped = gw.metric("portcullis_access_log_dropped_lines_total");
+    assert!(dropped > 0.0, "no access line dropped with stderr stalled");
+    assert_eq!(http_get(gw.metrics_port, "/healthz").unwrap().0, 200);
+}
+
 #[test]
 fn sigterm_drains_in_flight_requests_then_exits() {
     let pki = Pki::new();

@@ -90,9 +90,9 @@ fn spoofed_identity_and_origin_headers_never_reach_the_upstream() {
         &mut req,
         &Forwarded {
             request_id: "rid",
-            route,
+            route: &RouteHeaders::of(route).unwrap(),
             target: &target,
-            identity: Some(&identity),
+            identity: Some(&IdentityHeaders::of(&identity)),
             client: Some(&client),
             strip: &config.http.strip,
         },

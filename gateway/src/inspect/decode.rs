@@ -5,6 +5,7 @@
 use brotli_decompressor::{BrotliDecompressStream, BrotliResult, BrotliState, StandardAlloc};
 use flate2::{Decompress, FlushDecompress, Status};
 use portcullis_policy::InspectionLimits;
+use std::borrow::Cow;
 use zstd::stream::raw::{DParameter, Decoder as ZstdDecoder, InBuffer, Operation, OutBuffer};
 
 use super::Problem;
@@ -93,9 +94,10 @@ impl Decoders {
     }
 
     /// Decodes the next chunk through every layer.
-    pub(super) fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, Problem> {
+    pub(super) fn push<'a>(&mut self, chunk: &'a [u8]) -> Result<Cow<'a, [u8]>, Problem> {
         self.raw += chunk.len() as u64;
-        let mut data = chunk.to_vec();
+        // No coding: the chunk is what is scanned, uncopied.
+        let mut data = Cow::Borrowed(chunk);
         let (raw, limits) = (self.raw, self.limits);
         for (layer, produced) in &mut self.layers {
             let mut out = Vec::new();
@@ -109,7 +111,7 @@ impl Decoders {
                 out.extend_from_slice(piece);
                 Ok(())
             })?;
-            data = out;
+            data = Cow::Owned(out);
         }
         Ok(data)
     }

@@ -10,10 +10,10 @@ use portcullis_audit::{Decision, RateLimitOutcome};
 use portcullis_policy::{Identity, Route};
 
 use crate::admission::{caller_name, Admitted, Refusal, Target};
-use crate::forwarding::{header_str, Client};
+use crate::forwarding::{header_str, Client, IdentityHeaders};
 use crate::inspect::BodyScan;
 use crate::record::{Outcome, Summary, TRACEPARENT};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{RouteState, Snapshot};
 use crate::upstream::Pool;
 
 /// The id that names a request in every record and header: a random UUID as 32 lower-case
@@ -48,6 +48,8 @@ pub(crate) struct RequestCtx {
     /// Whether the request was counted in flight (so `logging` must count it out).
     pub(super) counted: bool,
     pub(super) identity: Option<Arc<Identity>>,
+    /// The connection's identity headers to the upstream.
+    pub(super) identity_headers: Option<Arc<IdentityHeaders>>,
     pub(super) tls_version: Option<&'static str>,
     pub(super) client: Option<Client>,
     pub(super) target: Option<Target>,
@@ -74,6 +76,7 @@ impl RequestCtx {
             started: Instant::now(),
             counted: false,
             identity: None,
+            identity_headers: None,
             tls_version: None,
             client: None,
             target: None,
@@ -89,10 +92,15 @@ impl RequestCtx {
         }
     }
 
+    /// The admitted route's state in the request's generation.
+    pub(super) fn route_state(&self) -> Option<&RouteState> {
+        let index = self.admitted.as_ref()?.route_index;
+        self.generation.as_ref()?.routes.get(index)
+    }
+
     /// The admitted route's upstream pool, in the request's generation.
     pub(super) fn pool(&self) -> Option<&Arc<Pool>> {
-        let route = &self.admitted.as_ref()?.route;
-        self.generation.as_ref()?.pools.get(&route.upstream)
+        self.route_state()?.pool.as_ref()
     }
 
     pub(super) fn tenant(&self) -> &str {

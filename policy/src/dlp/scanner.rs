@@ -123,6 +123,10 @@ impl Scanner {
         if let Some(b) = &self.blocked {
             return Err(b.clone());
         }
+        if chunk.is_empty() {
+            // Nothing new to decide on: what was undecided needs more bytes still.
+            return Ok(Vec::new());
+        }
         self.buf.extend_from_slice(chunk);
         if let Some((at, then)) = self.stall {
             let now = self.base + self.buf.len();
@@ -144,6 +148,16 @@ impl Scanner {
         self.known.fill(Known::Unknown);
         self.custom_due = 0;
         out
+    }
+
+    /// The body's last chunk: [`push`](Self::push) then [`finish`](Self::finish) in one pass
+    /// (the same result: the scanner decides alike whatever the chunking).
+    pub fn push_last(&mut self, chunk: &[u8]) -> Result<Vec<u8>, Blocked> {
+        if let Some(b) = &self.blocked {
+            return Err(b.clone());
+        }
+        self.buf.extend_from_slice(chunk);
+        self.finish()
     }
 
     /// What has been found so far: per detector, the count and the action taken.
