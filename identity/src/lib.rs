@@ -18,6 +18,7 @@ mod error;
 mod files;
 mod ip;
 mod issuance;
+pub mod oidc;
 mod peer;
 mod serial;
 mod spiffe;
