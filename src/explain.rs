@@ -6,9 +6,11 @@
 use std::net::IpAddr;
 use std::path::Path;
 
+use std::sync::Arc;
+
 use anyhow::{bail, Context};
-use portcullis_gateway::{Admission, BodyPlan, HeadSize, RequestHead, Verdict};
-use portcullis_policy::{Identity, RateLimit, SpiffeId};
+use portcullis_gateway::{Admission, Bearer, BodyPlan, HeadSize, RequestHead, Verdict};
+use portcullis_policy::{ClaimNames, Config, Identity, RateLimit, SpiffeId, TokenIdentity};
 
 /// A request described on the command line.
 pub(crate) struct Described<'a> {
@@ -20,6 +22,8 @@ pub(crate) struct Described<'a> {
     pub(crate) path: &'a str,
     pub(crate) source: IpAddr,
     pub(crate) headers: &'a [String],
+    /// A file with the bearer token's claims (a JSON object).
+    pub(crate) claims: Option<&'a Path>,
     /// Print one JSON object instead of text.
     pub(crate) json: bool,
 }
@@ -51,6 +55,13 @@ pub(crate) fn explain(config: &Path, req: &Described<'_>) -> anyhow::Result<()> 
         };
         headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
     }
+    let bearer = match req.claims {
+        None => Bearer::Absent,
+        Some(file) => Bearer::Valid(Arc::new(token_from_claims(&config, file)?)),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let (raw_path, query) = req.path.split_once('?').unwrap_or((req.path, ""));
     let head = RequestHead {
         identity: identity.as_ref(),
@@ -63,6 +74,8 @@ pub(crate) fn explain(config: &Path, req: &Described<'_>) -> anyhow::Result<()> 
         path: raw_path,
         source: req.source,
         headers: &headers,
+        bearer: &bearer,
+        now,
     };
     let verdict = Admission::from_config(&config).decide(&head);
     if req.json {
@@ -88,6 +101,17 @@ pub(crate) fn explain(config: &Path, req: &Described<'_>) -> anyhow::Result<()> 
         .and_then(|i| i.spiffe_id.as_ref().map(|s| s.to_string()))
         .unwrap_or_else(|| "anonymous".to_owned());
     println!("caller:   {who} from {}", req.source);
+    if let Bearer::Valid(token) = &bearer {
+        println!(
+            "token:    sub {} (provider {}), email {}, groups [{}], amr [{}], acr {}",
+            token.subject,
+            token.provider,
+            token.email.as_deref().unwrap_or("-"),
+            token.groups.join(", "),
+            token.amr.join(", "),
+            token.acr.as_deref().unwrap_or("-"),
+        );
+    }
     match &verdict.route {
         Some(route) => println!(
             "route:    {} (tenant {}, upstream {}, prefix {})",
@@ -128,6 +152,25 @@ pub(crate) fn explain(config: &Path, req: &Described<'_>) -> anyhow::Result<()> 
         println!("          (counted from empty here: the gateway's buckets hold its traffic)");
     }
     Ok(())
+}
+
+/// The token identity `file`'s claims describe, read with the claim names of the provider
+/// whose issuer they name (else the default names).
+fn token_from_claims(config: &Config, file: &Path) -> anyhow::Result<TokenIdentity> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("--claims {}", file.display()))?;
+    let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+        .with_context(|| format!("--claims {}: not a JSON object", file.display()))?;
+    let issuer = claims.get("iss").and_then(|v| v.as_str());
+    let provider = config
+        .tenants
+        .iter()
+        .flat_map(|t| &t.identity_providers)
+        .find(|p| Some(p.settings.issuer.as_str()) == issuer);
+    let names = provider.map_or_else(ClaimNames::default, |p| p.settings.claims.clone());
+    let name = provider.map_or("-", |p| p.settings.name.as_str());
+    TokenIdentity::from_claims(claims, name, &names)
+        .with_context(|| format!("--claims {}: no `sub` claim", file.display()))
 }
 
 fn rate(r: &Option<RateLimit>) -> String {

@@ -134,6 +134,10 @@ enum PolicyCommand {
         /// A request header NAME=VALUE (repeatable).
         #[arg(long)]
         header: Vec<String>,
+        /// The claims of the caller's bearer token, as a JSON object in this file (taken as
+        /// verified: only the route's authentication, MFA and access rules are judged).
+        #[arg(long, value_name = "FILE")]
+        claims: Option<PathBuf>,
         /// Print the verdict as one JSON object (decision, route, rule, status, error code).
         #[arg(long)]
         json: bool,
@@ -172,6 +176,7 @@ fn main() -> ExitCode {
                     path,
                     source,
                     header,
+                    claims,
                     json,
                 },
         } => explain::explain(
@@ -186,6 +191,7 @@ fn main() -> ExitCode {
                 path: &path,
                 source,
                 headers: &header,
+                claims: claims.as_deref(),
                 json,
             },
         ),

@@ -191,6 +191,10 @@ pub struct RequestEvent {
     /// Caller identity: SPIFFE ID, or the certificate/token subject.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// The person, when the request carried a verified bearer token (a compatible addition
+    /// within v1). Never the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person: Option<PersonFacts>,
     /// Client address, `ip:port`.
     pub source: String,
     /// HTTP method.
@@ -369,6 +373,25 @@ impl RateLimitOutcome {
             RateLimitOutcome::Limited => "limited",
         }
     }
+}
+
+/// Who a verified bearer token named and how that person authenticated.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersonFacts {
+    /// The tenant's identity provider that verified the token.
+    pub provider: String,
+    pub issuer: String,
+    /// The token's `sub`.
+    pub subject: String,
+    /// Authentication methods (`amr`), e.g. `pwd`, `mfa`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    /// Authentication context class (`acr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr: Option<String>,
+    /// When the person authenticated (Unix time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<u64>,
 }
 
 /// One DLP detector's tally for a request: never the matched data.

@@ -19,7 +19,7 @@ use std::time::SystemTime;
 use portcullis_policy::{
     normalize_host, normalize_path, BodyDirection, Config, HeaderSource, HttpSettings, Identity,
     NormalizedPath, OtherContent, Permit, RequestFacts, Route, RouteInspection, RouteTable,
-    StripList, UnknownEncoding, Upgrades,
+    StripList, TokenError, TokenIdentity, UnknownEncoding, Upgrades,
 };
 
 use crate::identity::ConnectionIdentity;
@@ -53,6 +53,29 @@ pub struct RequestHead<'a> {
     pub source: IpAddr,
     /// The request headers.
     pub headers: &'a dyn HeaderSource,
+    /// The bearer token as verified for the route's tenant (see [`Admission::route`]).
+    pub bearer: &'a Bearer,
+    /// Seconds since the Unix epoch (a route's `mfa.max_age`).
+    pub now: u64,
+}
+
+/// A request's bearer token, as far as the route's tenant's providers could verify it.
+#[derive(Clone, Debug, Default)]
+pub enum Bearer {
+    /// None sent, or the route reads none.
+    #[default]
+    Absent,
+    Valid(Arc<TokenIdentity>),
+    Invalid(TokenError),
+}
+
+/// A request that has been routed, before its caller is judged: what the proxy needs to know
+/// to verify a bearer token for the route's tenant.
+#[derive(Debug)]
+pub struct Routed {
+    pub target: Target,
+    pub route: Arc<Route>,
+    pub index: usize,
 }
 
 /// The size of a request head: the request line and header lines, in bytes.
@@ -96,6 +119,8 @@ pub struct Admitted {
     pub route_index: usize,
     /// The access rule that allowed the request.
     pub permit: Permit,
+    /// The verified bearer token, on a route that reads them.
+    pub token: Option<Arc<TokenIdentity>>,
     /// Whether any rate limit applied to the request (it passed them all).
     pub rate_limited: bool,
     /// The tenant's in-flight slot, freed when the request ends.
@@ -149,46 +174,50 @@ impl Admission {
         &self.http.strip
     }
 
-    /// Decides a request: check the head is unambiguous, normalise, route, authorise, charge
-    /// the limits, check the declared body size, plan the body's inspection. Limits are
-    /// charged only for requests the access rules allow.
+    /// Decides a request: check the head is unambiguous, normalise, route, authenticate,
+    /// authorise, charge the limits, check the declared body size, plan the body's
+    /// inspection. Limits are charged only for requests the access rules allow.
     pub fn decide(&self, head: &RequestHead<'_>) -> Verdict {
+        match self.route(head) {
+            Ok(routed) => self.admit_routed(routed, head),
+            Err(verdict) => verdict,
+        }
+    }
+
+    /// The first half of [`decide`](Self::decide): a strict head, normalised, routed. Between
+    /// the two halves the proxy verifies a bearer token for the route's tenant.
+    pub fn route(&self, head: &RequestHead<'_>) -> Result<Routed, Verdict> {
+        let refused = |target, outcome| Verdict {
+            target,
+            route: None,
+            outcome: Err(outcome),
+        };
         let host = match self.strict_head(head) {
             Ok(host) => host.and_then(normalize_host),
-            Err(refusal) => {
-                return Verdict {
-                    target: None,
-                    route: None,
-                    outcome: Err(refusal),
-                }
-            }
+            Err(refusal) => return Err(refused(None, refusal)),
         };
         let path = match normalize_path(head.path) {
             Ok(path) => path,
-            Err(e) => {
-                return Verdict {
-                    target: None,
-                    route: None,
-                    outcome: Err(Refusal::BadPath(e)),
-                }
-            }
+            Err(e) => return Err(refused(None, Refusal::BadPath(e))),
         };
         let index = self.routes.route_index(host.as_deref(), &path);
-        let route = index.and_then(|i| self.routes.get(i)).cloned();
-        let target = Some(Target { host, path });
-        let (Some(route), Some(index)) = (route, index) else {
-            return Verdict {
+        let target = Target { host, path };
+        match index.and_then(|i| Some((i, self.routes.get(i)?.clone()))) {
+            Some((index, route)) => Ok(Routed {
                 target,
-                route: None,
-                outcome: Err(Refusal::NoRoute),
-            };
-        };
-        let outcome = target.as_ref().map_or(Err(Refusal::NoRoute), |t| {
-            self.admit(&route, index, &t.path, head)
-        });
+                route,
+                index,
+            }),
+            None => Err(refused(Some(target), Refusal::NoRoute)),
+        }
+    }
+
+    /// The second half of [`decide`](Self::decide), for a routed request.
+    pub fn admit_routed(&self, routed: Routed, head: &RequestHead<'_>) -> Verdict {
+        let outcome = self.admit(&routed.route, routed.index, &routed.target.path, head);
         Verdict {
-            target,
-            route: Some(route),
+            target: Some(routed.target),
+            route: Some(routed.route),
             outcome,
         }
     }
@@ -238,8 +267,10 @@ impl Admission {
         path: &NormalizedPath,
         head: &RequestHead<'_>,
     ) -> Result<Admitted, Refusal> {
+        let token = authenticate(route, head)?;
         let facts = RequestFacts {
             identity: head.identity,
+            token: token.map(|t| &**t),
             method: head.method,
             path,
             source: head.source,
@@ -248,7 +279,7 @@ impl Admission {
         let permit = route.authorize(&facts).map_err(Refusal::Denied)?;
         let charged = self
             .limits
-            .admit(index, caller_key(head.identity), head.source)
+            .admit(index, caller_key(head.identity, facts.token), head.source)
             .map_err(Refusal::RateLimited)?;
         let max_request_body = charged.max_request_body;
         let declared = head
@@ -268,6 +299,7 @@ impl Admission {
             route: route.clone(),
             route_index: index,
             permit,
+            token: token.cloned(),
             rate_limited: charged.limited,
             in_flight: charged.in_flight,
             max_request_body,
@@ -391,20 +423,55 @@ pub(crate) fn plan_body<'a>(
     Ok(BodyPlan::Scan(BodyFormat { codings, content }))
 }
 
+/// What a route asks of the caller before its rules are read: a client certificate, a
+/// verified bearer token, and how the person authenticated. Returns the token.
+fn authenticate<'h>(
+    route: &Route,
+    head: &RequestHead<'h>,
+) -> Result<Option<&'h Arc<TokenIdentity>>, Refusal> {
+    let wanted = route.authentication;
+    if wanted.wants_certificate() && head.identity.is_none() {
+        return Err(Refusal::CertificateRequired);
+    }
+    if !wanted.wants_token() {
+        return Ok(None);
+    }
+    let token = match head.bearer {
+        Bearer::Absent => return Err(Refusal::TokenRequired),
+        Bearer::Invalid(e) => return Err(Refusal::TokenRefused(*e)),
+        Bearer::Valid(token) => token,
+    };
+    if let Some(mfa) = &route.mfa {
+        if !mfa.met_by(token, head.now) {
+            return Err(Refusal::StepUpRequired {
+                acr_values: mfa.acr.join(" "),
+                max_age: mfa.max_age.map(|a| a.as_secs()),
+            });
+        }
+    }
+    Ok(Some(token))
+}
+
 /// How a caller is named everywhere a request is recorded or counted (access log, audit
-/// record, per-identity limits): SPIFFE ID, else certificate subject.
-pub(crate) fn caller_name(identity: Option<&Identity>) -> Option<&str> {
-    identity.and_then(|i| {
-        i.spiffe_id
-            .as_ref()
-            .map(|s| s.as_str())
-            .or(i.subject.as_deref())
+/// record, per-identity limits): the bearer token's subject on a route that reads tokens, else
+/// the certificate's SPIFFE ID, else its subject.
+pub(crate) fn caller_name<'a>(
+    identity: Option<&'a Identity>,
+    token: Option<&'a TokenIdentity>,
+) -> Option<&'a str> {
+    token.map(|t| t.subject.as_str()).or_else(|| {
+        identity.and_then(|i| {
+            i.spiffe_id
+                .as_ref()
+                .map(|s| s.as_str())
+                .or(i.subject.as_deref())
+        })
     })
 }
 
 /// The key of per-identity limits: the caller's name, else anonymous.
-fn caller_key(identity: Option<&Identity>) -> &str {
-    caller_name(identity).unwrap_or("anonymous")
+fn caller_key<'a>(identity: Option<&'a Identity>, token: Option<&'a TokenIdentity>) -> &'a str {
+    caller_name(identity, token).unwrap_or("anonymous")
 }
 
 #[cfg(test)]

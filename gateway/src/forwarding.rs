@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use http::header::{HeaderName, HeaderValue};
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
-use portcullis_policy::{HeaderSource, Identity, Route, StripList};
+use portcullis_policy::{HeaderSource, Identity, Route, StripList, TokenIdentity};
 
 use crate::admission::{HeadSize, Target};
 use crate::inspect::Codings;
@@ -224,6 +224,8 @@ pub(crate) struct Forwarded<'a> {
     pub route: &'a RouteHeaders,
     pub target: &'a Target,
     pub identity: Option<&'a IdentityHeaders>,
+    /// The verified bearer token, on a route that reads them.
+    pub token: Option<&'a TokenIdentity>,
     pub client: Option<&'a Client>,
     /// Headers removed before forwarding.
     pub strip: &'a StripList,
@@ -264,6 +266,9 @@ pub(crate) fn rewrite_upstream_request(req: &mut RequestHeader, f: &Forwarded<'_
             }
         }
     }
+    if let Some(token) = f.token {
+        forward_token_identity(req, token)?;
+    }
     if let Some(client) = f.client {
         set(req, "x-forwarded-for", &client.forwarded_for)?;
     }
@@ -273,6 +278,42 @@ pub(crate) fn rewrite_upstream_request(req: &mut RequestHeader, f: &Forwarded<'_
             .insert_header("x-forwarded-proto", http::HeaderValue::from_static("https"))
             .map(|_| ()),
     }
+}
+
+/// A person's identity to the upstream: the verified token's issuer, subject, e-mail, groups
+/// and authentication methods as `x-portcullis-user-*` headers (lists comma-separated; a value
+/// that cannot be a header, or a list item holding a comma, is left out rather than mangled).
+/// The token itself stays at the gateway: `Authorization` is removed.
+fn forward_token_identity(req: &mut RequestHeader, token: &TokenIdentity) -> Result<()> {
+    req.remove_header(&http::header::AUTHORIZATION);
+    let list = |items: &[String]| {
+        items
+            .iter()
+            .filter(|i| !i.contains(','))
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let groups = list(&token.groups);
+    let amr = list(&token.amr);
+    for (name, value) in [
+        ("x-portcullis-user-issuer", Some(token.issuer.as_str())),
+        ("x-portcullis-user-subject", Some(token.subject.as_str())),
+        ("x-portcullis-user-email", token.email.as_deref()),
+        (
+            "x-portcullis-user-groups",
+            Some(groups.as_str()).filter(|g| !g.is_empty()),
+        ),
+        (
+            "x-portcullis-user-amr",
+            Some(amr.as_str()).filter(|a| !a.is_empty()),
+        ),
+    ] {
+        if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+            req.insert_header(name, value)?;
+        }
+    }
+    Ok(())
 }
 
 fn set(req: &mut RequestHeader, name: &'static str, value: &str) -> Result<()> {

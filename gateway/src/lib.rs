@@ -8,6 +8,7 @@
 mod access_log;
 mod admission;
 mod audit;
+mod authn;
 mod connections;
 mod echo;
 mod forwarding;
@@ -28,7 +29,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use admission::{
-    Admission, Admitted, BodyPlan, HeadSize, Refusal, RequestHead, Target, Verdict,
+    Admission, Admitted, Bearer, BodyPlan, HeadSize, Refusal, RequestHead, Target, Verdict,
 };
 pub use audit::central_store;
 pub use echo::serve_echo;
@@ -73,6 +74,9 @@ pub enum GatewayError {
     /// The audit log could not be opened (unwritable directory, bad key, missing secret).
     #[error("audit: {0}")]
     Audit(String),
+    /// An identity provider's settings could not be used (trust anchors, issuer, thread).
+    #[error("identity provider: {0}")]
+    IdentityProvider(String),
 }
 
 impl From<portcullis_identity::IdentityError> for GatewayError {

@@ -31,6 +31,9 @@ pub(crate) struct Metrics {
     dlp_unscanned: IntCounterVec,
     in_flight: IntGauge,
     access_log_dropped: IntCounter,
+    oidc_tokens: IntCounterVec,
+    oidc_key_fetches: IntCounterVec,
+    oidc_keys_fetched: prometheus::IntGaugeVec,
     audit: AuditMetrics,
     connections: ConnectionMetrics,
     ready: AtomicBool,
@@ -196,6 +199,33 @@ impl Metrics {
         registry
             .register(Box::new(access_log_dropped.clone()))
             .expect("unique metric");
+        let oidc_tokens = IntCounterVec::new(
+            Opts::new(
+                "portcullis_oidc_tokens_total",
+                "Bearer tokens presented on routes that read them, by tenant, provider (- when no provider of the tenant names the token's issuer) and result (valid, or why refused: token_expired, token_audience, token_signature, ...)",
+            ),
+            &["tenant", "provider", "result"],
+        )
+        .expect("valid metric");
+        let oidc_key_fetches = IntCounterVec::new(
+            Opts::new(
+                "portcullis_oidc_key_fetches_total",
+                "Fetches of an identity provider's signing keys (discovery and JWKS), by issuer, reason (schedule, unknown_key) and result",
+            ),
+            &["issuer", "reason", "result"],
+        )
+        .expect("valid metric");
+        let oidc_keys_fetched = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "portcullis_oidc_keys_fetched_seconds",
+                "When the signing keys in use were fetched (Unix time; 0: never, tokens of that issuer are refused with 503)",
+            ),
+            &["issuer"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(oidc_keys_fetched.clone()))
+            .expect("unique metric");
         let audit = AuditMetrics::new(&registry);
         let connections = ConnectionMetrics::new(&registry);
         for c in [
@@ -208,6 +238,8 @@ impl Metrics {
             &rate_limited,
             &dlp_findings,
             &dlp_unscanned,
+            &oidc_tokens,
+            &oidc_key_fetches,
         ] {
             registry
                 .register(Box::new(c.clone()))
@@ -234,6 +266,9 @@ impl Metrics {
             dlp_unscanned,
             in_flight,
             access_log_dropped,
+            oidc_tokens,
+            oidc_key_fetches,
+            oidc_keys_fetched,
             audit,
             connections,
             ready: AtomicBool::new(false),
@@ -380,6 +415,33 @@ impl Metrics {
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         self.certificate_expiry
             .with_label_values(&[certificate])
+            .set(secs);
+    }
+
+    /// A bearer token judged on a route that reads them.
+    pub(crate) fn oidc_token(&self, tenant: &str, provider: &str, result: &str) {
+        self.oidc_tokens
+            .with_label_values(&[tenant, provider, result])
+            .inc();
+    }
+
+    /// A fetch of an issuer's keys; on success, when the keys in use were fetched.
+    pub(crate) fn oidc_key_fetch(
+        &self,
+        issuer: &str,
+        reason: &str,
+        fetched_at: Option<std::time::SystemTime>,
+        ok: bool,
+    ) {
+        let result = if ok { "success" } else { "failure" };
+        self.oidc_key_fetches
+            .with_label_values(&[issuer, reason, result])
+            .inc();
+        let secs = fetched_at
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.oidc_keys_fetched
+            .with_label_values(&[issuer])
             .set(secs);
     }
 

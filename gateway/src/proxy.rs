@@ -14,10 +14,10 @@ use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use portcullis_audit::RequestStage;
-use portcullis_policy::BodyDirection;
+use portcullis_policy::{BodyDirection, TokenError};
 
 use crate::admission::{
-    body_header, plan_body, recheck_connection, BodyPlan, Refusal, RequestHead,
+    body_header, plan_body, recheck_connection, Bearer, BodyPlan, Refusal, RequestHead,
 };
 use crate::audit::AuditTrail;
 use crate::forwarding::{
@@ -34,6 +34,23 @@ mod context;
 pub(crate) use context::RequestCtx;
 
 use crate::snapshot::Snapshot;
+
+/// The `Authorization` header's value. Two of them, or one that is not text, are refused as
+/// malformed: which one an upstream would read is anyone's guess.
+fn bearer_header(req: &RequestHeader) -> Result<Option<&str>, TokenError> {
+    let mut values = req.headers.get_all(http::header::AUTHORIZATION).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(value), None) => value.to_str().map(Some).map_err(|_| TokenError::Malformed),
+        (Some(_), Some(_)) => Err(TokenError::Malformed),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 pub(crate) struct Gateway {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
@@ -103,7 +120,7 @@ impl ProxyHttp for Gateway {
 
         let req = session.req_header();
         let headers = Headers(req);
-        let head = RequestHead {
+        let mut head = RequestHead {
             identity: ctx.identity.as_deref(),
             method: req.method.as_str(),
             authority: req.uri.authority().map(|a| a.as_str()),
@@ -118,8 +135,31 @@ impl ProxyHttp for Gateway {
                 .as_ref()
                 .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.ip),
             headers: &headers,
+            bearer: &Bearer::Absent,
+            now: 0,
         };
-        let verdict = snapshot.admission.decide(&head);
+        let verdict = match snapshot.admission.route(&head) {
+            Err(verdict) => verdict,
+            Ok(routed) => {
+                let bearer = if routed.route.authentication.wants_token() {
+                    head.now = unix_now();
+                    let authorization = bearer_header(req);
+                    snapshot
+                        .authenticator
+                        .bearer(&routed.route, authorization, &self.metrics)
+                        .await
+                } else {
+                    Bearer::Absent
+                };
+                snapshot.admission.admit_routed(
+                    routed,
+                    &RequestHead {
+                        bearer: &bearer,
+                        ..head
+                    },
+                )
+            }
+        };
         ctx.target = verdict.target;
         ctx.route = verdict.route;
         match verdict.outcome {
@@ -231,6 +271,7 @@ impl ProxyHttp for Gateway {
                 route,
                 target,
                 identity: ctx.identity_headers.as_deref(),
+                token: ctx.admitted.as_ref().and_then(|a| a.token.as_deref()),
                 client: ctx.client.as_ref(),
                 strip: generation.admission.stripped(),
             },

@@ -6,7 +6,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use pingora_core::protocols::l4::socket::SocketAddr;
-use portcullis_audit::{Decision, DlpFinding, RateLimitOutcome, RequestEvent, RequestStage};
+use portcullis_audit::{
+    Decision, DlpFinding, PersonFacts, RateLimitOutcome, RequestEvent, RequestStage,
+};
+use portcullis_policy::TokenIdentity;
 
 use crate::access_log::AccessLine;
 use crate::inspect::BodyScan;
@@ -18,8 +21,10 @@ pub(crate) struct Summary<'a> {
     pub request_id: &'a str,
     pub tenant: Option<&'a str>,
     pub route: Option<&'a str>,
-    /// The caller: SPIFFE ID, else certificate subject.
+    /// The caller: the bearer token's subject, else SPIFFE ID, else certificate subject.
     pub caller: Option<&'a str>,
+    /// The verified bearer token, on a route that reads them.
+    pub token: Option<&'a TokenIdentity>,
     pub client_ip: Option<IpAddr>,
     pub tls_version: Option<&'static str>,
     pub method: &'a str,
@@ -155,6 +160,14 @@ impl Summary<'_> {
             tenant: self.tenant.map(str::to_owned),
             route: self.route.map(str::to_owned),
             identity: self.caller.map(str::to_owned),
+            person: self.token.map(|t| PersonFacts {
+                provider: t.provider.clone(),
+                issuer: t.issuer.clone(),
+                subject: t.subject.clone(),
+                amr: t.amr.clone(),
+                acr: t.acr.clone(),
+                auth_time: t.auth_time,
+            }),
             source: self.client_ip.map(source_text).unwrap_or_default(),
             method: self.method.to_owned(),
             host: self.host.unwrap_or_default().to_owned(),

@@ -159,6 +159,9 @@ pub fn serve(
     let listeners = config.listeners.clone();
     let metrics_addr = config.metrics.address;
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, None)?));
+    // Identity providers' keys: fetched in the background from now on; a token arriving
+    // before the first fetch asks for one itself.
+    snapshot.load().key_sets.spawn_refresher(metrics.clone())?;
 
     let threads = server_conf_threads(&server);
     for (index, listener) in listeners.iter().enumerate() {

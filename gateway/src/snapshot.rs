@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use portcullis_policy::{Config, UpstreamName};
 
 use crate::admission::Admission;
+use crate::authn::{Authenticator, KeyRegistry};
 use crate::forwarding::RouteHeaders;
 use crate::metrics::RouteSeries;
 use crate::tls::ListenerTls;
@@ -56,6 +57,10 @@ pub(crate) struct Snapshot {
     pub tls: Vec<Arc<ListenerTls>>,
     /// The `audit` section in effect (applied only at start-up).
     pub audit: Option<portcullis_policy::AuditSettings>,
+    /// Bearer-token verification for the tenants' identity providers.
+    pub authenticator: Arc<Authenticator>,
+    /// Every identity provider's key set, shared by all generations.
+    pub key_sets: Arc<KeyRegistry>,
 }
 
 impl Snapshot {
@@ -66,6 +71,8 @@ impl Snapshot {
     /// (matched by name), and the audit section stays the one the log was opened with.
     pub(crate) fn build(config: Config, previous: Option<&Snapshot>) -> Result<Self, GatewayError> {
         let admission = Admission::build(&config, previous.map(|p| &*p.admission));
+        let key_sets = previous.map_or_else(Default::default, |p| Arc::clone(&p.key_sets));
+        let authenticator = Arc::new(Authenticator::build(&config, &key_sets)?);
         let mut pools = HashMap::new();
         for upstream in &config.upstreams {
             pools.insert(
@@ -101,6 +108,8 @@ impl Snapshot {
             routes,
             tls,
             audit,
+            authenticator,
+            key_sets,
             config: Arc::new(config),
         })
     }

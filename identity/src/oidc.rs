@@ -156,7 +156,59 @@ pub struct TokenIdentity {
     pub claims: Map<String, Value>,
 }
 
+/// A claim that is a string or a list of strings.
+fn strings(claims: &Map<String, Value>, name: &str) -> Vec<String> {
+    match claims.get(name) {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 impl TokenIdentity {
+    /// The identity `claims` describe, read with `names`, as established by `provider`; `None`
+    /// without a non-empty `sub`. Nothing is checked: [`verify`] checks first (`policy
+    /// explain` uses this directly for claims given on the command line).
+    pub fn from_claims(
+        claims: Map<String, Value>,
+        provider: &str,
+        names: &ClaimNames,
+    ) -> Option<TokenIdentity> {
+        let subject = match claims.get("sub") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => return None,
+        };
+        let date = |name: &str| {
+            claims
+                .get(name)
+                .and_then(Value::as_f64)
+                .filter(|n| n.is_finite() && *n >= 0.0)
+                .map(|n| n as u64)
+        };
+        Some(TokenIdentity {
+            provider: provider.to_owned(),
+            issuer: claims
+                .get("iss")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            subject,
+            expires_at: date("exp").unwrap_or_default(),
+            auth_time: date("auth_time"),
+            email: claims
+                .get(&names.email)
+                .and_then(Value::as_str)
+                .map(str::to_ascii_lowercase),
+            groups: strings(&claims, &names.groups),
+            amr: strings(&claims, "amr"),
+            acr: claims.get("acr").and_then(Value::as_str).map(str::to_owned),
+            claims,
+        })
+    }
+
     /// The domain of the e-mail claim.
     pub fn email_domain(&self) -> Option<&str> {
         self.email
@@ -231,21 +283,21 @@ pub enum TokenError {
 }
 
 impl TokenError {
-    /// A stable label for metrics and records.
+    /// A stable label for metrics and records (`token_expired`, …).
     pub fn label(self) -> &'static str {
         match self {
-            TokenError::Malformed => "malformed",
-            TokenError::Algorithm => "algorithm",
-            TokenError::UnknownKey => "unknown_key",
-            TokenError::Signature => "signature",
-            TokenError::Expired => "expired",
-            TokenError::NotYetValid => "not_yet_valid",
-            TokenError::IssuedInFuture => "issued_in_future",
-            TokenError::Issuer => "issuer",
-            TokenError::Audience => "audience",
-            TokenError::MissingClaim => "missing_claim",
-            TokenError::Tenant => "tenant",
-            TokenError::KeysUnavailable => "keys_unavailable",
+            TokenError::Malformed => "token_malformed",
+            TokenError::Algorithm => "token_algorithm",
+            TokenError::UnknownKey => "token_unknown_key",
+            TokenError::Signature => "token_signature",
+            TokenError::Expired => "token_expired",
+            TokenError::NotYetValid => "token_not_yet_valid",
+            TokenError::IssuedInFuture => "token_issued_in_future",
+            TokenError::Issuer => "token_issuer",
+            TokenError::Audience => "token_audience",
+            TokenError::MissingClaim => "token_missing_claim",
+            TokenError::Tenant => "token_tenant",
+            TokenError::KeysUnavailable => "token_keys_unavailable",
         }
     }
 }

@@ -53,6 +53,7 @@ fn decision(c: &mut Criterion) {
                     .expect("routed");
                 let facts = RequestFacts {
                     identity: Some(&identity),
+                    token: None,
                     method: "GET",
                     path: &path,
                     source: [10, 0, 0, 1].into(),

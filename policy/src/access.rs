@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 pub(crate) use portcullis_identity::{DnsPattern, SpiffeIdPattern as SpiffePattern};
 
+use crate::authn::TokenIdentity;
 use crate::identity::Identity;
 use crate::names::RuleId;
 use crate::path::{prefix_matches, NormalizedPath};
@@ -72,8 +73,10 @@ impl HeaderSource for Vec<(String, String)> {
 /// What the gateway knows about a request when it asks for a decision.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestFacts<'a> {
-    /// The authenticated caller, or `None` for an anonymous one.
+    /// The caller's client certificate, or `None` for an anonymous one.
     pub identity: Option<&'a Identity>,
+    /// The caller's verified bearer token, on a route that reads them.
+    pub token: Option<&'a TokenIdentity>,
     /// The HTTP method as sent, e.g. `GET`.
     pub method: &'a str,
     /// The normalised request path.
@@ -180,6 +183,15 @@ pub(crate) struct AccessRule {
     pub(crate) source: Option<Vec<IpNet>>,
     /// All must hold.
     pub(crate) headers: Vec<HeaderCondition>,
+    /// The bearer token's `sub`.
+    pub(crate) token_subject: Option<Vec<String>>,
+    /// Lower-case e-mail addresses.
+    pub(crate) email: Option<Vec<String>>,
+    /// Lower-case e-mail domains.
+    pub(crate) email_domain: Option<Vec<String>>,
+    pub(crate) groups: Option<Vec<String>>,
+    /// (dotted claim path, accepted values); all must hold, each by any value.
+    pub(crate) claims: Vec<(String, Vec<String>)>,
 }
 
 /// An absent condition matches; a present one needs any entry to match.
@@ -200,7 +212,24 @@ impl AccessRule {
         self.spiffe_id.is_some() || self.dns_san.is_some() || self.subject.is_some()
     }
 
+    /// Whether the rule reads the bearer token.
+    fn needs_token(&self) -> bool {
+        self.token_subject.is_some()
+            || self.email.is_some()
+            || self.email_domain.is_some()
+            || self.groups.is_some()
+            || !self.claims.is_empty()
+    }
+
     pub(crate) fn matches(&self, facts: &RequestFacts<'_>) -> bool {
+        if self.needs_token() {
+            let Some(token) = facts.token else {
+                return false;
+            };
+            if !self.token_matches(token) {
+                return false;
+            }
+        }
         if self.needs_identity() {
             let Some(identity) = facts.identity else {
                 return false;
@@ -221,6 +250,19 @@ impl AccessRule {
                 .headers
                 .iter()
                 .all(|h| h.holds(self.effect, facts.headers))
+    }
+
+    fn token_matches(&self, token: &TokenIdentity) -> bool {
+        any_of(&self.token_subject, |s| *s == token.subject)
+            && any_of(&self.email, |e| token.email.as_ref() == Some(e))
+            && any_of(&self.email_domain, |d| {
+                token.email_domain() == Some(d.as_str())
+            })
+            && any_of(&self.groups, |g| token.groups.contains(g))
+            && self
+                .claims
+                .iter()
+                .all(|(path, wanted)| token.claim_values(path).iter().any(|v| wanted.contains(v)))
     }
 
     fn identity_matches(&self, identity: &Identity) -> bool {

@@ -181,6 +181,8 @@ pub enum SecretSource {
 pub struct TenantConfig {
     pub id: TenantId,
     pub limits: TenantLimits,
+    /// OpenID Connect providers whose bearer tokens the tenant's routes may accept.
+    pub identity_providers: Vec<crate::authn::IdentityProvider>,
 }
 
 /// One TLS listener.

@@ -6,6 +6,7 @@
 //! and asks this crate what to do with them.
 
 mod access;
+mod authn;
 mod config;
 mod dlp;
 mod headers;
@@ -17,6 +18,10 @@ mod path;
 mod routing;
 
 pub use access::{Denied, DenyReason, HeaderSource, NoHeaders, PatternError, Permit, RequestFacts};
+pub use authn::{
+    bearer_token, Authentication, ClaimNames, IdentityProvider, MfaRequirement, ProviderSettings,
+    SigningAlgorithm, TokenError, TokenIdentity,
+};
 pub use config::{
     AuditKey, AuditMode, AuditPostgres, AuditSettings, ClientAuth, Config, ConfigError,
     ConfigProblem, ConnectionLimits, HealthCheckConfig, HttpSettings, IssuerConfig, ListenerConfig,

@@ -10,6 +10,7 @@ use std::net::Ipv6Addr;
 use std::sync::Arc;
 
 use crate::access::{decide, AccessRule, Denied, Permit, RequestFacts};
+use crate::authn::{Authentication, MfaRequirement};
 use crate::inspection::RouteInspection;
 use crate::limits::RateLimit;
 use crate::names::{RouteId, TenantId, UpstreamName};
@@ -32,6 +33,10 @@ pub struct Route {
     pub rate_limit: Option<RateLimit>,
     /// DLP on this route's bodies (the route's own spec, else its tenant's), if any.
     pub inspection: Option<std::sync::Arc<RouteInspection>>,
+    /// What callers must prove before the access rules are read.
+    pub authentication: Authentication,
+    /// How a person must have authenticated (a route reading bearer tokens only).
+    pub mfa: Option<MfaRequirement>,
     pub(crate) access: Vec<AccessRule>,
 }
 

@@ -102,6 +102,10 @@ fn write_request(out: &mut Vec<u8>, e: &RequestEvent) -> Result<(), serde_json::
     write_opt(out, b",\"tenant\":", &e.tenant)?;
     write_opt(out, b",\"route\":", &e.route)?;
     write_opt(out, b",\"identity\":", &e.identity)?;
+    if let Some(person) = &e.person {
+        out.extend_from_slice(b",\"person\":");
+        serde_json::to_writer(&mut *out, person)?;
+    }
     out.extend_from_slice(b",\"source\":");
     write_str(out, &e.source)?;
     out.extend_from_slice(b",\"method\":");

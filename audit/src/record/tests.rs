@@ -169,11 +169,26 @@ fn the_encoder_writes_what_serde_writes_for_every_kind() {
                 bytes: 4096,
                 sha256: "ab".repeat(32),
             }),
+            person: Some(PersonFacts {
+                provider: "corp".into(),
+                issuer: "https://idp.example".into(),
+                subject: "alice\"".into(),
+                amr: vec!["pwd".into(), "mfa".into()],
+                acr: Some("urn:mfa".into()),
+                auth_time: Some(1_700_000_000),
+            }),
             stage: RequestStage::Admitted,
             decision: Decision::Error,
             rate_limit: RateLimitOutcome::Passed,
             status: 503,
             bytes_in: u64::MAX,
+            ..Default::default()
+        }),
+        RecordKind::Request(RequestEvent {
+            person: Some(PersonFacts {
+                subject: "bob".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         RecordKind::Ca(CaEvent {

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 
 use portcullis_audit::Decision;
-use portcullis_policy::{BodyDirection, Denied, DetectorKind, PathError};
+use portcullis_policy::{BodyDirection, Denied, DetectorKind, PathError, TokenError};
 
 use crate::limits::LimitExceeded;
 
@@ -26,6 +26,21 @@ pub enum Refusal {
     CertificateExpired,
     /// No route for this host and path.
     NoRoute,
+    /// The route needs a client certificate and the connection has none.
+    CertificateRequired,
+    /// The route needs a bearer token and the request carries none.
+    TokenRequired,
+    /// The bearer token was not accepted (why, in the records; the caller gets the
+    /// description in `WWW-Authenticate`).
+    TokenRefused(TokenError),
+    /// The token is valid but the person did not authenticate strongly or recently enough
+    /// for the route (RFC 9470).
+    StepUpRequired {
+        /// The route's `acr` values, space-separated (empty: none asked).
+        acr_values: String,
+        /// The route's `max_age`, in seconds.
+        max_age: Option<u64>,
+    },
     /// The route's access rules refused the caller.
     Denied(Denied),
     /// A rate or in-flight limit of the tenant, route, identity or source.
@@ -81,7 +96,13 @@ impl Refusal {
             | Refusal::UnsupportedContentType(BodyDirection::Response)
             | Refusal::UpstreamFailed => 502,
             Refusal::HeadTooLarge => 431,
-            Refusal::CertificateRevoked | Refusal::CertificateExpired => 403,
+            Refusal::CertificateRevoked
+            | Refusal::CertificateExpired
+            | Refusal::CertificateRequired => 403,
+            Refusal::TokenRefused(TokenError::KeysUnavailable) => 503,
+            Refusal::TokenRequired | Refusal::TokenRefused(_) | Refusal::StepUpRequired { .. } => {
+                401
+            }
             Refusal::BadPath(_)
             | Refusal::BadRequest(_)
             | Refusal::Malformed
@@ -111,6 +132,11 @@ impl Refusal {
             Refusal::HeadTooLarge => "request_header_too_large",
             Refusal::CertificateRevoked => "certificate_revoked",
             Refusal::CertificateExpired => "certificate_expired",
+            Refusal::CertificateRequired => "certificate_required",
+            Refusal::TokenRequired => "unauthenticated",
+            Refusal::TokenRefused(TokenError::KeysUnavailable) => "identity_provider_unavailable",
+            Refusal::TokenRefused(_) => "invalid_token",
+            Refusal::StepUpRequired { .. } => "insufficient_user_authentication",
             Refusal::NoRoute => "no_route",
             Refusal::Denied(_) => "forbidden",
             Refusal::RateLimited(_) => "rate_limited",
@@ -141,6 +167,15 @@ impl Refusal {
             Refusal::HeadTooLarge => "request header fields too large",
             Refusal::CertificateRevoked => "the client certificate has been revoked",
             Refusal::CertificateExpired => "the client certificate has expired",
+            Refusal::CertificateRequired => "a client certificate is required on this route",
+            Refusal::TokenRequired => "a bearer token is required",
+            Refusal::TokenRefused(TokenError::KeysUnavailable) => {
+                "the identity provider cannot be reached; try again later"
+            }
+            Refusal::TokenRefused(_) => "the bearer token was not accepted",
+            Refusal::StepUpRequired { .. } => {
+                "a stronger or more recent authentication is required"
+            }
             Refusal::NoRoute => "no route for this host and path",
             Refusal::Denied(_) => "access denied by policy",
             Refusal::RateLimited(_) => "too many requests",
@@ -197,6 +232,10 @@ impl Refusal {
             | Refusal::Malformed => "invalid",
             Refusal::CertificateRevoked => "revoked",
             Refusal::CertificateExpired => "expired",
+            Refusal::CertificateRequired => "certificate_required",
+            Refusal::TokenRequired => "unauthenticated",
+            Refusal::TokenRefused(e) => e.label(),
+            Refusal::StepUpRequired { .. } => "step_up",
             Refusal::NoRoute => "no_route",
             Refusal::Denied(_) => "deny",
             Refusal::RateLimited(_) => "rate_limited",
@@ -241,11 +280,37 @@ impl Refusal {
         }
     }
 
-    /// Extra response headers: `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit`
-    /// fields on a 429.
+    /// Extra response headers: `WWW-Authenticate` on a 401 (RFC 6750, RFC 9470), and
+    /// `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit` fields on a 429.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
-        let Refusal::RateLimited(limit) = self else {
-            return Vec::new();
+        const REALM: &str = "Bearer realm=\"portcullis\"";
+        let limit = match self {
+            Refusal::RateLimited(limit) => limit,
+            Refusal::TokenRequired => return vec![("www-authenticate", REALM.to_owned())],
+            Refusal::TokenRefused(e) if *e != TokenError::KeysUnavailable => {
+                return vec![(
+                    "www-authenticate",
+                    format!("{REALM}, error=\"invalid_token\", error_description=\"{e}\""),
+                )]
+            }
+            Refusal::StepUpRequired {
+                acr_values,
+                max_age,
+            } => {
+                let mut value = format!(
+                    "{REALM}, error=\"insufficient_user_authentication\", \
+                     error_description=\"{}\"",
+                    self.message()
+                );
+                if !acr_values.is_empty() {
+                    value.push_str(&format!(", acr_values=\"{acr_values}\""));
+                }
+                if let Some(age) = max_age {
+                    value.push_str(&format!(", max_age={age}"));
+                }
+                return vec![("www-authenticate", value)];
+            }
+            _ => return Vec::new(),
         };
         let retry = limit.retry_after.as_secs() + u64::from(limit.retry_after.subsec_nanos() > 0);
         let retry = retry.max(1);

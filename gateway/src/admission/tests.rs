@@ -69,6 +69,8 @@ fn decide(
         path,
         source: IpAddr::from([10, 0, 0, 1]),
         headers: &headers,
+        bearer: &Bearer::Absent,
+        now: 0,
     })
 }
 
@@ -291,13 +293,13 @@ fn refusal_bodies_are_json_with_the_request_id_and_never_details() {
 fn one_name_for_the_caller_everywhere() {
     let spiffe = frontend();
     assert_eq!(
-        caller_name(Some(&spiffe)),
+        caller_name(Some(&spiffe), None),
         Some("spiffe://acme.example/ns/web/sa/frontend")
     );
     let subject_only = Identity::from_x509(None, vec!["a.svc".into()], Some("CN=batch".into()));
-    assert_eq!(caller_name(Some(&subject_only)), Some("CN=batch"));
-    assert_eq!(caller_name(None), None);
-    assert_eq!(caller_key(None), "anonymous");
+    assert_eq!(caller_name(Some(&subject_only), None), Some("CN=batch"));
+    assert_eq!(caller_name(None, None), None);
+    assert_eq!(caller_key(None, None), "anonymous");
 }
 
 fn head<'a>(headers: &'a Vec<(String, String)>, method: &'a str) -> RequestHead<'a> {
@@ -312,6 +314,8 @@ fn head<'a>(headers: &'a Vec<(String, String)>, method: &'a str) -> RequestHead<
         path: "/public/x",
         source: IpAddr::from([10, 0, 0, 1]),
         headers,
+        bearer: &Bearer::Absent,
+        now: 0,
     }
 }
 

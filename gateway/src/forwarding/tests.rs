@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use portcullis_policy::{normalize_path, Config, Identity, SpiffeId};
+use portcullis_policy::{normalize_path, Config, Identity, SpiffeId, TokenIdentity};
 
 use super::*;
 
@@ -93,6 +93,7 @@ fn spoofed_identity_and_origin_headers_never_reach_the_upstream() {
             route: &RouteHeaders::of(route).unwrap(),
             target: &target,
             identity: Some(&IdentityHeaders::of(&identity)),
+            token: None,
             client: Some(&client),
             strip: &config.http.strip,
         },
@@ -130,6 +131,52 @@ fn spoofed_identity_and_origin_headers_never_reach_the_upstream() {
     // The upstream gets the normalised path, the query as sent, and a Host.
     assert_eq!(req.uri.to_string(), "/api/x?q=1");
     assert_eq!(values("host"), ["gw.example"]);
+}
+
+#[test]
+fn a_persons_token_becomes_identity_headers_and_stays_at_the_gateway() {
+    let mut req = request(&[("authorization", "Bearer eyJ.secret.token")]);
+    let token = TokenIdentity {
+        provider: "corp".into(),
+        issuer: "https://idp.example".into(),
+        subject: "alice".into(),
+        expires_at: 0,
+        auth_time: None,
+        email: Some("alice@example.com".into()),
+        groups: vec!["eng".into(), "a,b".into(), "ops".into()],
+        amr: vec!["pwd".into(), "mfa".into()],
+        acr: None,
+        claims: Default::default(),
+    };
+    forward_token_identity(&mut req, &token).unwrap();
+    let value = |name: &str| {
+        req.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    assert_eq!(value("authorization"), None);
+    assert_eq!(value("x-portcullis-user-subject").as_deref(), Some("alice"));
+    assert_eq!(
+        value("x-portcullis-user-issuer").as_deref(),
+        Some("https://idp.example")
+    );
+    assert_eq!(
+        value("x-portcullis-user-email").as_deref(),
+        Some("alice@example.com")
+    );
+    assert_eq!(
+        value("x-portcullis-user-groups").as_deref(),
+        Some("eng,ops")
+    );
+    assert_eq!(value("x-portcullis-user-amr").as_deref(), Some("pwd,mfa"));
+    // A subject that cannot be a header value is left out.
+    let mut odd = token.clone();
+    odd.subject = "a\nb".into();
+    odd.email = None;
+    let mut req = request(&[]);
+    forward_token_identity(&mut req, &odd).unwrap();
+    assert!(req.headers.get("x-portcullis-user-subject").is_none());
+    assert!(req.headers.get("x-portcullis-user-email").is_none());
 }
 
 #[test]

@@ -145,11 +145,13 @@ impl RequestCtx {
     }
 
     pub(super) fn summary<'a>(&'a self, req: &'a RequestHeader) -> Summary<'a> {
+        let token = self.admitted.as_ref().and_then(|a| a.token.as_deref());
         Summary {
             request_id: self.request_id.as_str(),
             tenant: self.route.as_ref().map(|r| r.tenant.as_str()),
             route: self.route.as_ref().map(|r| r.id.as_str()),
-            caller: caller_name(self.identity.as_deref()),
+            caller: caller_name(self.identity.as_deref(), token),
+            token,
             client_ip: self.client.as_ref().map(|c| c.ip),
             tls_version: self.tls_version,
             method: req.method.as_str(),

@@ -10,6 +10,7 @@ fn summary(outcome: Outcome<'static>) -> Summary<'static> {
         tenant: Some("acme"),
         route: Some("acme/api"),
         caller: Some("CN=batch"),
+        token: None,
         client_ip: Some("10.0.0.1".parse().unwrap()),
         tls_version: Some("TLSv1.3"),
         method: "POST",

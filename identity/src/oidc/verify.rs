@@ -12,22 +12,27 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
 use super::keys::{KeySet, Keys};
-use super::{ProviderSettings, SigningAlgorithm, TokenError, TokenIdentity, MAX_TOKEN_BYTES};
+use super::{
+    strings, ProviderSettings, SigningAlgorithm, TokenError, TokenIdentity, MAX_TOKEN_BYTES,
+};
 
 /// Verifies `token` for `settings` with the keys of `keys`, at `now`. A token signed with a
 /// key the set does not hold makes the set fetch again (at most once per its interval) before
-/// it is refused.
+/// it is refused; `fetched` hears the outcome of such a fetch.
 pub async fn verify(
     token: &str,
     keys: &KeySet,
     settings: &ProviderSettings,
     now: SystemTime,
+    fetched: impl FnOnce(&Result<usize, String>),
 ) -> Result<TokenIdentity, TokenError> {
     let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     match check(token, &keys.current(), settings, now) {
         Err(TokenError::UnknownKey | TokenError::KeysUnavailable) => {
             let kid = header(token).ok().and_then(|(_, kid)| kid);
-            keys.refresh_for_unknown_key(kid.as_deref()).await;
+            if let Some(outcome) = keys.refresh_for_unknown_key(kid.as_deref()).await {
+                fetched(&outcome);
+            }
             check(token, &keys.current(), settings, now)
         }
         outcome => outcome,
@@ -139,18 +144,6 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, 
     }
 }
 
-/// A claim that is a string or a list of strings.
-fn strings(claims: &Map<String, Value>, name: &str) -> Vec<String> {
-    match claims.get(name) {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// The claims of a token whose signature held.
 fn judge(
     claims: Map<String, Value>,
@@ -175,32 +168,14 @@ fn judge(
     if !audiences.iter().any(|a| settings.audiences.contains(a)) {
         return Err(TokenError::Audience);
     }
-    let subject = match claims.get("sub") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        _ => return Err(TokenError::MissingClaim),
-    };
     if let Some(claim) = &settings.claims.tenant {
         if claims.get(claim).and_then(Value::as_str) != Some(settings.tenant.as_str()) {
             return Err(TokenError::Tenant);
         }
     }
-    let auth_time = numeric_date(&claims, "auth_time")?;
-    let email = claims
-        .get(&settings.claims.email)
-        .and_then(Value::as_str)
-        .map(str::to_ascii_lowercase);
-    Ok(TokenIdentity {
-        provider: settings.name.clone(),
-        issuer: settings.issuer.clone(),
-        subject,
-        expires_at,
-        auth_time,
-        email,
-        groups: strings(&claims, &settings.claims.groups),
-        amr: strings(&claims, "amr"),
-        acr: claims.get("acr").and_then(Value::as_str).map(str::to_owned),
-        claims,
-    })
+    numeric_date(&claims, "auth_time")?;
+    TokenIdentity::from_claims(claims, &settings.name, &settings.claims)
+        .ok_or(TokenError::MissingClaim)
 }
 
 #[cfg(test)]

@@ -16,6 +16,11 @@ fn rule(id: &str) -> AccessRule {
         path: None,
         source: None,
         headers: Vec::new(),
+        token_subject: None,
+        email: None,
+        email_domain: None,
+        groups: None,
+        claims: Vec::new(),
     }
 }
 
@@ -43,6 +48,7 @@ impl Req {
     fn facts(&self) -> RequestFacts<'_> {
         RequestFacts {
             identity: self.identity.as_ref(),
+            token: None,
             method: self.method,
             path: &self.path,
             source: self.source,

@@ -260,7 +260,55 @@ pub(crate) struct RawTenant {
     #[serde(default)]
     pub(crate) body_inspection: Option<RawInspection>,
     #[serde(default)]
+    pub(crate) identity_providers: Vec<RawIdentityProvider>,
+    #[serde(default)]
     pub(crate) routes: Vec<RawRoute>,
+}
+
+/// An OpenID Connect provider whose bearer tokens the tenant's routes may accept.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawIdentityProvider {
+    pub(crate) name: String,
+    pub(crate) issuer: String,
+    #[serde(default)]
+    pub(crate) audiences: Vec<String>,
+    /// Trust anchors for the provider's HTTPS (default: the public web roots).
+    #[serde(default)]
+    pub(crate) ca: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) algorithms: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) clock_skew: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) keys_refresh: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) unknown_key_refetch: Option<Duration>,
+    #[serde(default)]
+    pub(crate) claims: Option<RawClaimNames>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawClaimNames {
+    #[serde(default)]
+    pub(crate) groups: Option<String>,
+    #[serde(default)]
+    pub(crate) email: Option<String>,
+    #[serde(default)]
+    pub(crate) tenant: Option<String>,
+}
+
+/// `mfa` on a route: what a token must say of how the person authenticated.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMfa {
+    #[serde(default)]
+    pub(crate) amr: Vec<String>,
+    #[serde(default)]
+    pub(crate) acr: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) max_age: Option<Duration>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -280,6 +328,11 @@ pub(crate) struct RawRoute {
     /// Whether WebSocket upgrades (and CONNECT tunnels) pass on a route with request DLP.
     #[serde(default)]
     pub(crate) websocket: Option<crate::inspection::Upgrades>,
+    /// Who callers must prove to be: a client certificate (default), a bearer token, or both.
+    #[serde(default)]
+    pub(crate) authentication: Option<crate::authn::Authentication>,
+    #[serde(default)]
+    pub(crate) mfa: Option<RawMfa>,
     #[serde(default)]
     pub(crate) access: Vec<RawRule>,
 }
@@ -307,6 +360,18 @@ pub(crate) struct RawRule {
     /// Header name -> accepted values (`["*"]`: any value, only presence is required).
     #[serde(default)]
     pub(crate) headers: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    /// Bearer-token conditions: the token's `sub`, e-mail, e-mail domain, groups, and any
+    /// claim by dotted path.
+    #[serde(default)]
+    pub(crate) token_subject: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) email: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) email_domain: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) groups: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) claims: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 #[derive(Deserialize, Debug)]

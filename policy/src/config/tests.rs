@@ -188,6 +188,7 @@ fn full_example_authorizes() {
     );
     let facts = RequestFacts {
         identity: Some(&who),
+        token: None,
         method: "GET",
         path: &path,
         source: "::ffff:127.0.0.1".parse().unwrap(),
@@ -619,6 +620,7 @@ fn deny_rules_paths_and_headers_from_yaml() {
     let admin = normalize_path("/admin").unwrap();
     let facts = RequestFacts {
         identity: None,
+        token: None,
         method: "GET",
         path: &admin,
         source: "10.0.0.1".parse().unwrap(),

@@ -13,6 +13,8 @@ fn route(name: &str, host: Option<&str>, prefix: &str) -> Route {
         path_prefix: prefix.to_owned(),
         rate_limit: None,
         inspection: None,
+        authentication: Default::default(),
+        mfa: None,
         access: vec![],
     }
 }

@@ -8,7 +8,13 @@ use std::time::Duration;
 
 use super::{parse_cidr, Checker};
 use crate::access::{deny_rules_first, AccessRule, DnsPattern, HeaderCondition, SpiffePattern};
-use crate::config::raw::{RawRate, RawRoute, RawRule, RawTenant, RawTenantLimits};
+use crate::authn::{
+    Authentication, ClaimNames, IdentityProvider, MfaRequirement, ProviderSettings,
+    SigningAlgorithm,
+};
+use crate::config::raw::{
+    RawIdentityProvider, RawMfa, RawRate, RawRoute, RawRule, RawTenant, RawTenantLimits,
+};
 use crate::config::TenantConfig;
 use crate::dlp::{DlpPolicy, DlpSpec};
 use crate::inspection::{InspectionLimits, RouteInspection};
@@ -23,6 +29,8 @@ type Claims = HashMap<(Option<String>, String), (String, String)>;
 /// The tenant whose routes are being checked.
 struct TenantScope<'r> {
     raw: &'r RawTenant,
+    /// How many identity providers the tenant lists.
+    providers: usize,
     /// `None` if the name was invalid (already reported).
     id: Option<TenantId>,
     /// Rule ids seen in this tenant -> node path of the first.
@@ -70,6 +78,37 @@ fn route_host(text: &str) -> Result<String, String> {
     }
 }
 
+fn authentication_name(a: Authentication) -> &'static str {
+    match a {
+        Authentication::Mtls => "mtls",
+        Authentication::Oidc => "oidc",
+        Authentication::MtlsAndOidc => "mtls_and_oidc",
+    }
+}
+
+/// A provider's name: 1-63 of `a-z 0-9 - _` (it appears in metrics and records).
+fn is_provider_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// An issuer identifier (OIDC Discovery §2): an `https` URL with a host, no query or
+/// fragment.
+fn check_issuer(issuer: &str) -> Result<(), String> {
+    let Some(rest) = issuer.strip_prefix("https://") else {
+        return Err(format!("`{issuer}` must be an https URL"));
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || issuer.contains(['?', '#']) || issuer.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "`{issuer}` must be an https URL with a host and no query or fragment"
+        ));
+    }
+    Ok(())
+}
+
 /// An HTTP method token (RFC 9110 `tchar`s), uppercased.
 fn method(text: &str) -> Result<String, String> {
     let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
@@ -109,10 +148,14 @@ impl Checker<'_> {
                 Some(l) => self.tenant_limits(&format!("{p}.limits"), &t.name, l),
                 None => Some(TenantLimits::default()),
             };
-            if let (Some(id), Some(limits)) = (&tenant, limits) {
+            let providers = self.identity_providers(&p, t);
+            let provider_count = t.identity_providers.len();
+            if let (Some(id), Some(limits), Some(identity_providers)) = (&tenant, limits, providers)
+            {
                 tenants.push(TenantConfig {
                     id: id.clone(),
                     limits,
+                    identity_providers,
                 });
             }
             let mut route_names = HashMap::new();
@@ -126,6 +169,7 @@ impl Checker<'_> {
                 )
             });
             let mut scope = TenantScope {
+                providers: provider_count,
                 raw: t,
                 id: tenant,
                 rule_ids: HashMap::new(),
@@ -339,6 +383,20 @@ impl Checker<'_> {
             None => Some(None),
             Some(raw) => self.rate(&format!("{rp}.rate_limit"), &what, raw).map(Some),
         };
+        let authentication = r.authentication.unwrap_or_default();
+        if authentication.wants_token() && scope.providers == 0 {
+            let msg = format!(
+                "{what}: authentication `{}` needs an identity provider in tenant `{}` \
+                 (`identity_providers`)",
+                authentication_name(authentication),
+                t.name
+            );
+            self.at_value(&format!("{rp}.authentication"), msg);
+        }
+        let mfa = r
+            .mfa
+            .as_ref()
+            .and_then(|m| self.mfa(&format!("{rp}.mfa"), &what, authentication, m));
         let mut access = Vec::new();
         for (k, rule) in r.access.iter().enumerate() {
             let path = format!("{rp}.access[{k}]");
@@ -353,7 +411,7 @@ impl Checker<'_> {
                     )
                 },
             );
-            access.extend(self.rule(&path, &what, prefix.as_deref(), rule));
+            access.extend(self.rule(&path, &what, prefix.as_deref(), authentication, rule));
         }
         deny_rules_first(&mut access);
         let inspection = match &r.dlp {
@@ -377,6 +435,11 @@ impl Checker<'_> {
             path_prefix: prefix?,
             rate_limit: rate_limit?,
             inspection,
+            authentication,
+            mfa: match (&r.mfa, mfa) {
+                (Some(_), None) => return None,
+                (_, mfa) => mfa,
+            },
             access,
         })
     }
@@ -386,6 +449,7 @@ impl Checker<'_> {
         p: &str,
         route: &str,
         route_prefix: Option<&str>,
+        authentication: Authentication,
         r: &RawRule,
     ) -> Option<AccessRule> {
         let what = format!("{route}, rule `{}`", r.id);
@@ -432,6 +496,42 @@ impl Checker<'_> {
         });
         let source = self.condition(p, &what, "source", &r.source, parse_cidr);
         let headers = self.header_conditions(p, &what, r);
+        let non_empty = |s: &str| {
+            if s.is_empty() {
+                Err("is empty".to_owned())
+            } else {
+                Ok(s.to_owned())
+            }
+        };
+        let token_subject = self.condition(p, &what, "token_subject", &r.token_subject, non_empty);
+        let email = self.condition(p, &what, "email", &r.email, |s| match s.split_once('@') {
+            Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {
+                Ok(s.to_ascii_lowercase())
+            }
+            _ => Err(format!("`{s}` is not an e-mail address")),
+        });
+        let email_domain = self.condition(p, &what, "email_domain", &r.email_domain, |s| {
+            if s.is_empty() || s.contains('@') {
+                Err(format!("`{s}` is not a domain (write it without `@`)"))
+            } else {
+                Ok(s.to_ascii_lowercase())
+            }
+        });
+        let groups = self.condition(p, &what, "groups", &r.groups, non_empty);
+        let claims = self.claim_conditions(p, &what, r);
+        let reads_token = token_subject.as_ref().is_some_and(Option::is_some)
+            || r.email.is_some()
+            || r.email_domain.is_some()
+            || r.groups.is_some()
+            || r.claims.is_some();
+        if reads_token && !authentication.wants_token() {
+            let msg = format!(
+                "{what}: token conditions can never match: the route reads no bearer tokens \
+                 (set `authentication: oidc` or `mtls_and_oidc`)"
+            );
+            self.at_key(p, msg);
+            return None;
+        }
         Some(AccessRule {
             id: id?,
             effect: r.effect,
@@ -443,6 +543,224 @@ impl Checker<'_> {
             path: path?,
             source: source?,
             headers: headers?,
+            token_subject: token_subject?,
+            email: email?,
+            email_domain: email_domain?,
+            groups: groups?,
+            claims: claims?,
+        })
+    }
+
+    /// `claims: { dotted.path: [values] }`.
+    fn claim_conditions(
+        &mut self,
+        p: &str,
+        what: &str,
+        r: &RawRule,
+    ) -> Option<Vec<(String, Vec<String>)>> {
+        let Some(map) = &r.claims else {
+            return Some(Vec::new());
+        };
+        let mut ok = true;
+        for (path, values) in map {
+            let at = format!("{p}.claims.{path}");
+            if path.is_empty() || path.split('.').any(str::is_empty) {
+                self.at_key(&at, format!("{what}: `{path}` is not a claim path"));
+                ok = false;
+            } else if values.is_empty() {
+                self.at_key(&at, format!("{what}: claim `{path}` lists no values"));
+                ok = false;
+            }
+        }
+        ok.then(|| map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    /// A route's `mfa` requirement.
+    fn mfa(
+        &mut self,
+        p: &str,
+        what: &str,
+        authentication: Authentication,
+        m: &RawMfa,
+    ) -> Option<MfaRequirement> {
+        if !authentication.wants_token() {
+            let msg = format!("{what}: `mfa` needs a route that reads bearer tokens (`authentication: oidc` or `mtls_and_oidc`)");
+            self.at_key(p, msg);
+            return None;
+        }
+        if m.amr.is_empty() && m.acr.is_empty() && m.max_age.is_none() {
+            let msg = format!("{what}: `mfa` asks for nothing; give `amr`, `acr` or `max_age`");
+            self.at_key(p, msg);
+            return None;
+        }
+        if m.amr.iter().chain(&m.acr).any(String::is_empty) {
+            self.at_key(p, format!("{what}: `mfa` lists an empty value"));
+            return None;
+        }
+        if m.max_age.is_some_and(|a| a < Duration::from_secs(1)) {
+            let msg = format!("{what}: `mfa.max_age` must be at least 1s");
+            self.at_value(&format!("{p}.max_age"), msg);
+            return None;
+        }
+        Some(MfaRequirement {
+            amr: m.amr.clone(),
+            acr: m.acr.clone(),
+            max_age: m.max_age,
+        })
+    }
+
+    /// A tenant's `identity_providers`; `None` after reporting a problem.
+    fn identity_providers(&mut self, p: &str, t: &RawTenant) -> Option<Vec<IdentityProvider>> {
+        let mut names = HashMap::new();
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, raw) in t.identity_providers.iter().enumerate() {
+            let ip = format!("{p}.identity_providers[{i}]");
+            self.unique(&mut names, raw.name.as_str(), format!("{ip}.name"), || {
+                format!(
+                    "tenant `{}`: identity provider `{}` is listed twice",
+                    t.name, raw.name
+                )
+            });
+            match self.identity_provider(&ip, &t.name, raw) {
+                Some(provider) => out.push(provider),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn identity_provider(
+        &mut self,
+        p: &str,
+        tenant: &str,
+        raw: &RawIdentityProvider,
+    ) -> Option<IdentityProvider> {
+        let what = format!("tenant `{tenant}`, identity provider `{}`", raw.name);
+        let mut ok = true;
+        if !is_provider_name(&raw.name) {
+            let msg = format!("{what}: the name must be 1-63 of a-z 0-9 - _");
+            self.at_value(&format!("{p}.name"), msg);
+            ok = false;
+        }
+        if let Err(msg) = check_issuer(&raw.issuer) {
+            self.at_value(&format!("{p}.issuer"), format!("{what}: issuer {msg}"));
+            ok = false;
+        }
+        if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
+            let msg = format!(
+                "{what}: `audiences` must name at least one audience (the `aud` this service's \
+                 tokens carry); without it a token meant for any other service would pass"
+            );
+            self.at_key(&format!("{p}.audiences"), msg);
+            ok = false;
+        }
+        let algorithms = match &raw.algorithms {
+            None => Some(SigningAlgorithm::ALL.to_vec()),
+            Some(list) if list.is_empty() => {
+                let msg = format!(
+                    "{what}: `algorithms` is empty; remove it to allow every asymmetric algorithm"
+                );
+                self.at_key(&format!("{p}.algorithms"), msg);
+                None
+            }
+            Some(list) => {
+                let mut parsed = Vec::new();
+                for (k, a) in list.iter().enumerate() {
+                    match a.parse::<SigningAlgorithm>() {
+                        Ok(a) => parsed.push(a),
+                        Err(msg) => {
+                            self.at_value(
+                                &format!("{p}.algorithms[{k}]"),
+                                format!("{what}: {msg}"),
+                            );
+                        }
+                    }
+                }
+                (parsed.len() == list.len()).then_some(parsed)
+            }
+        };
+        let mut bounded = |key: &str,
+                           value: Option<Duration>,
+                           default: Duration,
+                           min: Duration,
+                           max: Duration| {
+            let v = value.unwrap_or(default);
+            if v < min || v > max {
+                let msg = format!(
+                    "{what}: `{key}` must be between {} and {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                );
+                self.at_value(&format!("{p}.{key}"), msg);
+                return None;
+            }
+            Some(v)
+        };
+        let clock_skew = bounded(
+            "clock_skew",
+            raw.clock_skew,
+            Duration::from_secs(60),
+            Duration::ZERO,
+            Duration::from_secs(300),
+        );
+        let keys_refresh = bounded(
+            "keys_refresh",
+            raw.keys_refresh,
+            Duration::from_secs(300),
+            Duration::from_secs(10),
+            Duration::from_secs(86_400),
+        );
+        let unknown_key_refetch = bounded(
+            "unknown_key_refetch",
+            raw.unknown_key_refetch,
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            Duration::from_secs(3_600),
+        );
+        let names = raw.claims.as_ref();
+        let defaults = ClaimNames::default();
+        let claim = |name: &Option<String>| name.clone().filter(|n| !n.is_empty());
+        let claims = ClaimNames {
+            groups: names
+                .and_then(|n| claim(&n.groups))
+                .unwrap_or(defaults.groups),
+            email: names
+                .and_then(|n| claim(&n.email))
+                .unwrap_or(defaults.email),
+            tenant: names.and_then(|n| claim(&n.tenant)),
+        };
+        if names.is_some_and(|n| {
+            [&n.groups, &n.email, &n.tenant]
+                .iter()
+                .any(|c| c.as_deref() == Some(""))
+        }) {
+            self.at_key(
+                &format!("{p}.claims"),
+                format!("{what}: a claim name is empty"),
+            );
+            ok = false;
+        }
+        let ca = raw
+            .ca
+            .as_ref()
+            .map(|ca| self.file_path(&format!("{p}.ca"), &what, ca));
+        if !ok {
+            return None;
+        }
+        Some(IdentityProvider {
+            settings: ProviderSettings {
+                name: raw.name.clone(),
+                tenant: tenant.to_owned(),
+                issuer: raw.issuer.clone(),
+                audiences: raw.audiences.clone(),
+                algorithms: algorithms?,
+                clock_skew: clock_skew?,
+                claims,
+            },
+            ca,
+            keys_refresh: keys_refresh?,
+            unknown_key_refetch: unknown_key_refetch?,
         })
     }
 
