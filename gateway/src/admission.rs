@@ -69,6 +69,13 @@ pub enum Bearer {
     Invalid(TokenError),
 }
 
+/// The first half of admission: routed, or already refused.
+#[derive(Debug)]
+pub enum Routing {
+    Routed(Routed),
+    Refused(Verdict),
+}
+
 /// A request that has been routed, before its caller is judged: what the proxy needs to know
 /// to verify a bearer token for the route's tenant.
 #[derive(Debug)]
@@ -179,36 +186,38 @@ impl Admission {
     /// inspection. Limits are charged only for requests the access rules allow.
     pub fn decide(&self, head: &RequestHead<'_>) -> Verdict {
         match self.route(head) {
-            Ok(routed) => self.admit_routed(routed, head),
-            Err(verdict) => verdict,
+            Routing::Routed(routed) => self.admit_routed(routed, head),
+            Routing::Refused(verdict) => verdict,
         }
     }
 
     /// The first half of [`decide`](Self::decide): a strict head, normalised, routed. Between
     /// the two halves the proxy verifies a bearer token for the route's tenant.
-    pub fn route(&self, head: &RequestHead<'_>) -> Result<Routed, Verdict> {
-        let refused = |target, outcome| Verdict {
-            target,
-            route: None,
-            outcome: Err(outcome),
+    pub fn route(&self, head: &RequestHead<'_>) -> Routing {
+        let refused = |target, outcome| {
+            Routing::Refused(Verdict {
+                target,
+                route: None,
+                outcome: Err(outcome),
+            })
         };
         let host = match self.strict_head(head) {
             Ok(host) => host.and_then(normalize_host),
-            Err(refusal) => return Err(refused(None, refusal)),
+            Err(refusal) => return refused(None, refusal),
         };
         let path = match normalize_path(head.path) {
             Ok(path) => path,
-            Err(e) => return Err(refused(None, Refusal::BadPath(e))),
+            Err(e) => return refused(None, Refusal::BadPath(e)),
         };
         let index = self.routes.route_index(host.as_deref(), &path);
         let target = Target { host, path };
         match index.and_then(|i| Some((i, self.routes.get(i)?.clone()))) {
-            Some((index, route)) => Ok(Routed {
+            Some((index, route)) => Routing::Routed(Routed {
                 target,
                 route,
                 index,
             }),
-            None => Err(refused(Some(target), Refusal::NoRoute)),
+            None => refused(Some(target), Refusal::NoRoute),
         }
     }
 

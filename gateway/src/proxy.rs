@@ -17,7 +17,7 @@ use portcullis_audit::RequestStage;
 use portcullis_policy::{BodyDirection, TokenError};
 
 use crate::admission::{
-    body_header, plan_body, recheck_connection, Bearer, BodyPlan, Refusal, RequestHead,
+    body_header, plan_body, recheck_connection, Bearer, BodyPlan, Refusal, RequestHead, Routing,
 };
 use crate::audit::AuditTrail;
 use crate::forwarding::{
@@ -139,8 +139,8 @@ impl ProxyHttp for Gateway {
             now: 0,
         };
         let verdict = match snapshot.admission.route(&head) {
-            Err(verdict) => verdict,
-            Ok(routed) => {
+            Routing::Refused(verdict) => verdict,
+            Routing::Routed(routed) => {
                 let bearer = if routed.route.authentication.wants_token() {
                     head.now = unix_now();
                     let authorization = bearer_header(req);

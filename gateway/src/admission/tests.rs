@@ -375,3 +375,5 @@ fn heads_an_upstream_could_read_differently_are_refused_and_close_the_connection
     };
     assert_eq!(refused(large).status(), 431);
 }
+
+mod oidc;

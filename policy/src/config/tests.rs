@@ -1028,3 +1028,5 @@ fn body_inspection_refuses_by_default_and_passes_only_when_said() {
         "`websocket` applies only to a route with DLP",
     );
 }
+
+mod oidc;
