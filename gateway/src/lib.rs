@@ -7,6 +7,7 @@
 
 mod access_log;
 mod admission;
+mod assertion;
 mod audit;
 mod authn;
 mod connections;

@@ -17,8 +17,10 @@ use portcullis_audit::RequestStage;
 use portcullis_policy::{BodyDirection, TokenError};
 
 use crate::admission::{
-    body_header, plan_body, recheck_connection, Bearer, BodyPlan, Refusal, RequestHead, Routing,
+    body_header, caller_name, plan_body, recheck_connection, Bearer, BodyPlan, Refusal,
+    RequestHead, Routing,
 };
+use crate::assertion::{AssertionFacts, ASSERTION_HEADER};
 use crate::audit::AuditTrail;
 use crate::forwarding::{
     decodable_accept_encoding, head_size, header_str, known_header, raw_head_names, resolve_client,
@@ -276,6 +278,21 @@ impl ProxyHttp for Gateway {
                 strip: generation.admission.stripped(),
             },
         )?;
+        if let (Some(signer), Some(admitted)) = (&generation.assertion, &ctx.admitted) {
+            let token = admitted.token.as_deref();
+            let identity = ctx.identity.as_deref();
+            let facts = AssertionFacts {
+                tenant: admitted.route.tenant.as_str(),
+                route: admitted.route.id.as_str(),
+                caller: caller_name(identity, token),
+                certificate: identity,
+                token,
+            };
+            let jwt = signer.assertion(&facts).ok_or_else(|| {
+                Error::explain(ErrorType::InternalError, "identity assertion not signed")
+            })?;
+            upstream.insert_header(ASSERTION_HEADER, &*jwt)?;
+        }
         if let Some(scan) = &ctx.request_scan {
             if scan.decodes() {
                 upstream.remove_header(&http::header::CONTENT_ENCODING);

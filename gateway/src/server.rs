@@ -55,6 +55,11 @@ pub fn check(path: &Path) -> Result<Config, GatewayError> {
         Pool::from_config(upstream)?;
     }
     check_audit_key(&config)?;
+    if let Some(assertion) = &config.identity_assertion {
+        refuse_readable_secret("identity_assertion.signing_key", &assertion.signing_key)
+            .map_err(|e| GatewayError::IdentityProvider(e.to_string()))?;
+        crate::assertion::AssertionSigner::load(assertion)?;
+    }
     if let Some(pg) = config.audit.as_ref().and_then(|a| a.postgres.as_ref()) {
         crate::audit::store_tls(&pg.tls)?;
     }
@@ -191,6 +196,7 @@ pub fn serve(
         OpsEndpoint {
             metrics: metrics.clone(),
             audit: audit.clone(),
+            snapshot: snapshot.clone(),
         },
     );
     ops.add_tcp(&metrics_addr.to_string());

@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use portcullis_policy::{Config, UpstreamName};
 
 use crate::admission::Admission;
+use crate::assertion::AssertionSigner;
 use crate::authn::{Authenticator, KeyRegistry};
 use crate::forwarding::RouteHeaders;
 use crate::metrics::RouteSeries;
@@ -61,6 +62,8 @@ pub(crate) struct Snapshot {
     pub authenticator: Arc<Authenticator>,
     /// Every identity provider's key set, shared by all generations.
     pub key_sets: Arc<KeyRegistry>,
+    /// The signer of upstream identity assertions, if configured.
+    pub assertion: Option<Arc<AssertionSigner>>,
 }
 
 impl Snapshot {
@@ -73,6 +76,14 @@ impl Snapshot {
         let admission = Admission::build(&config, previous.map(|p| &*p.admission));
         let key_sets = previous.map_or_else(Default::default, |p| Arc::clone(&p.key_sets));
         let authenticator = Arc::new(Authenticator::build(&config, &key_sets)?);
+        // The same settings keep the same signer (and its cache of signed assertions).
+        let assertion = match (&config.identity_assertion, previous) {
+            (None, _) => None,
+            (Some(settings), Some(p)) if p.config.identity_assertion.as_ref() == Some(settings) => {
+                p.assertion.clone()
+            }
+            (Some(settings), _) => Some(Arc::new(AssertionSigner::load(settings)?)),
+        };
         let mut pools = HashMap::new();
         for upstream in &config.upstreams {
             pools.insert(
@@ -110,6 +121,7 @@ impl Snapshot {
             audit,
             authenticator,
             key_sets,
+            assertion,
             config: Arc::new(config),
         })
     }

@@ -40,6 +40,19 @@ pub struct Config {
     pub audit: Option<AuditSettings>,
     /// How strictly request heads are read (the `http` section).
     pub http: HttpSettings,
+    /// The signed identity assertion sent to upstreams, if configured.
+    pub identity_assertion: Option<AssertionSettings>,
+}
+
+/// The identity assertion the gateway signs for upstreams (`identity_assertion`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AssertionSettings {
+    /// PKCS#8 PEM, P-256 (ES256); its public key is served as a JWKS on the metrics listener.
+    pub signing_key: PathBuf,
+    /// The assertion's `iss`.
+    pub issuer: String,
+    /// How long an assertion is valid.
+    pub lifetime: Duration,
 }
 
 /// Request-head limits and header hygiene (the `http` section).

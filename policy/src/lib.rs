@@ -23,10 +23,10 @@ pub use authn::{
     SigningAlgorithm, TokenError, TokenIdentity,
 };
 pub use config::{
-    AuditKey, AuditMode, AuditPostgres, AuditSettings, ClientAuth, Config, ConfigError,
-    ConfigProblem, ConnectionLimits, HealthCheckConfig, HttpSettings, IssuerConfig, ListenerConfig,
-    MetricsConfig, PostgresTls, RefusalRecords, SecretSource, TenantConfig, TlsListenerConfig,
-    UpstreamConfig, UpstreamTls,
+    AssertionSettings, AuditKey, AuditMode, AuditPostgres, AuditSettings, ClientAuth, Config,
+    ConfigError, ConfigProblem, ConnectionLimits, HealthCheckConfig, HttpSettings, IssuerConfig,
+    ListenerConfig, MetricsConfig, PostgresTls, RefusalRecords, SecretSource, TenantConfig,
+    TlsListenerConfig, UpstreamConfig, UpstreamTls,
 };
 pub use dlp::{
     Blocked, BodyDirection, BuiltinDetector, CustomPatternSpec, DetectorKind, DetectorName,

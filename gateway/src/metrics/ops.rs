@@ -15,6 +15,8 @@ use crate::audit::AuditTrail;
 pub(crate) struct OpsEndpoint {
     pub metrics: Arc<Metrics>,
     pub audit: Option<Arc<AuditTrail>>,
+    /// The current generation, for the identity assertion's public key.
+    pub snapshot: Arc<arc_swap::ArcSwap<crate::snapshot::Snapshot>>,
 }
 
 #[async_trait]
@@ -32,6 +34,19 @@ impl ServeHttp for OpsEndpoint {
                 self.metrics.render(),
             ),
             "/healthz" => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            // The key upstreams verify `x-portcullis-assertion` with.
+            "/.well-known/jwks.json" => match &self.snapshot.load().assertion {
+                Some(signer) => (
+                    StatusCode::OK,
+                    "application/jwk-set+json",
+                    signer.jwks().as_bytes().to_vec(),
+                ),
+                None => (
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    b"no identity assertion is configured\n".to_vec(),
+                ),
+            },
             "/readyz" if self.metrics.is_ready() && audit_healthy => {
                 (StatusCode::OK, "text/plain", b"ready\n".to_vec())
             }

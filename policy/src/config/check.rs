@@ -17,11 +17,12 @@ use ipnet::IpNet;
 
 use super::locate::Locations;
 use super::raw::{
-    RawConfig, RawHealthCheck, RawHttp, RawIssuer, RawListener, RawUpstream, RawUpstreamTls,
+    RawAssertion, RawConfig, RawHealthCheck, RawHttp, RawIssuer, RawListener, RawUpstream,
+    RawUpstreamTls,
 };
 use super::{
-    ClientAuth, Config, ConfigProblem, HealthCheckConfig, HttpSettings, IssuerConfig,
-    ListenerConfig, MetricsConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
+    AssertionSettings, ClientAuth, Config, ConfigProblem, HealthCheckConfig, HttpSettings,
+    IssuerConfig, ListenerConfig, MetricsConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
 };
 use crate::headers::StripList;
 use crate::names::UpstreamName;
@@ -164,6 +165,7 @@ pub(crate) fn check(
     let upstream_names = raw.upstreams.iter().map(|u| u.name.as_str()).collect();
     let (routes, tenants) = c.tenants(&raw.tenants, &upstream_names);
     let audit = raw.audit.as_ref().map(|a| c.audit(a));
+    let identity_assertion = raw.identity_assertion.as_ref().map(|a| c.assertion(a));
     if c.problems.is_empty() {
         Ok(Config {
             listeners,
@@ -174,6 +176,7 @@ pub(crate) fn check(
             tenants,
             audit,
             http,
+            identity_assertion,
         })
     } else {
         // Problems without a location first, then in file order.
@@ -299,6 +302,33 @@ impl Checker<'_> {
             profile: raw.profile.clone(),
             lifetime: raw.lifetime,
         })
+    }
+
+    fn assertion(&mut self, raw: &RawAssertion) -> AssertionSettings {
+        let what = "identity_assertion";
+        let signing_key = self.file_path("identity_assertion.signing_key", what, &raw.signing_key);
+        let lifetime = raw.lifetime.unwrap_or(Duration::from_secs(60));
+        if !(Duration::from_secs(10)..=Duration::from_secs(3_600)).contains(&lifetime) {
+            self.at_value(
+                "identity_assertion.lifetime",
+                format!("{what}: `lifetime` must be between 10s and 1h"),
+            );
+        }
+        let issuer = raw
+            .issuer
+            .clone()
+            .unwrap_or_else(|| "portcullis".to_owned());
+        if issuer.is_empty() {
+            self.at_value(
+                "identity_assertion.issuer",
+                format!("{what}: `issuer` is empty"),
+            );
+        }
+        AssertionSettings {
+            signing_key,
+            issuer,
+            lifetime,
+        }
     }
 
     fn metrics(&mut self, raw: &RawConfig, listeners: &[ListenerConfig]) -> MetricsConfig {

@@ -27,6 +27,19 @@ pub(crate) struct RawConfig {
     pub(crate) audit: Option<RawAudit>,
     #[serde(default)]
     pub(crate) http: Option<RawHttp>,
+    #[serde(default)]
+    pub(crate) identity_assertion: Option<RawAssertion>,
+}
+
+/// `identity_assertion`: a JWT the gateway signs for each upstream request, saying who called.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAssertion {
+    pub(crate) signing_key: PathBuf,
+    #[serde(default)]
+    pub(crate) issuer: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) lifetime: Option<Duration>,
 }
 
 #[derive(Deserialize, Debug)]
