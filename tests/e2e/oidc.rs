@@ -25,6 +25,9 @@ metrics:
   address: 127.0.0.1:{metrics}
 shutdown:
   grace_period: 1s
+identity_assertion:
+  signing_key: {assertion_key}
+  issuer: https://gateway.test
 upstreams:
   - name: echo
     targets: [127.0.0.1:{echo}]
@@ -68,6 +71,52 @@ struct Setup {
     person: Client,
 }
 
+/// A P-256 PKCS#8 key for the identity assertion, readable by its owner only.
+fn assertion_key(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &rng,
+    )
+    .unwrap();
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref())
+    );
+    let path = dir.join("assertion.key");
+    std::fs::write(&path, pem).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// The claims of an identity assertion, after checking its ES256 signature with the JWKS the
+/// gateway publishes on its metrics listener (as an upstream would).
+fn verified_assertion(gw: &Gateway, jwt: &str) -> Value {
+    let (status, jwks) = http_get(gw.metrics_port, "/.well-known/jwks.json").unwrap();
+    assert_eq!(status, 200, "{jwks}");
+    let jwks: Value = serde_json::from_str(&jwks).unwrap();
+    let (message, signature) = jwt.rsplit_once('.').unwrap();
+    let header: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(message.split('.').next().unwrap()).unwrap())
+            .unwrap();
+    let key = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == header["kid"])
+        .expect("the assertion's kid is published");
+    let coord = |c: &str| URL_SAFE_NO_PAD.decode(key[c].as_str().unwrap()).unwrap();
+    let mut point = vec![4];
+    point.extend(coord("x"));
+    point.extend(coord("y"));
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, point)
+        .verify(message.as_bytes(), &URL_SAFE_NO_PAD.decode(signature).unwrap())
+        .expect("the assertion verifies with the published key");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(message.split('.').nth(1).unwrap()).unwrap())
+        .unwrap()
+}
+
 fn setup(refetch: &str) -> Setup {
     let pki = Pki::new();
     let provider = OidcProvider::start(&pki, pki.dir.path(), ProviderOptions::default());
@@ -77,7 +126,11 @@ fn setup(refetch: &str) -> Setup {
         .replace("{issuer}", provider.issuer())
         .replace("{audience}", DEFAULT_RESOURCE)
         .replace("{idp_ca}", provider.ca().to_str().unwrap())
-        .replace("{refetch}", refetch);
+        .replace("{refetch}", refetch)
+        .replace(
+            "{assertion_key}",
+            assertion_key(pki.dir.path()).to_str().unwrap(),
+        );
     let gw = Gateway::start(pki.dir.path(), &yaml);
     let person = Client::new(&pki.path("ca.pem"), None);
     Setup {
@@ -157,6 +210,30 @@ fn a_person_logged_in_at_the_provider_reaches_token_routes_with_their_identity()
     assert_eq!(echoed(&resp, "x-portcullis-user-groups").as_deref(), Some("eng"));
     assert_eq!(echoed(&resp, "x-portcullis-user-amr").as_deref(), Some("pwd"));
     assert_eq!(echoed(&resp, "authorization"), None, "the token stays at the gateway");
+    // The upstream can check who called without trusting the network.
+    let claims = verified_assertion(&s.gw, &echoed(&resp, "x-portcullis-assertion").unwrap());
+    assert_eq!(claims["iss"], "https://gateway.test");
+    assert_eq!(claims["aud"], "acme/app");
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["tenant"], "acme");
+    assert_eq!(claims["person"]["iss"], s.provider.issuer());
+    assert_eq!(claims["person"]["amr"], json!(["pwd"]));
+    // A caller's own assertion never reaches the upstream.
+    let forged = format!("Bearer {}", alice.access_token);
+    let resp = s
+        .person
+        .connect(s.gw.port)
+        .unwrap()
+        .request(
+            "GET",
+            "/app/report",
+            &[("Authorization", &forged), ("X-Portcullis-Assertion", "eyJ.forged.x")],
+        )
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    let sent = resp.json()["headers"]["x-portcullis-assertion"].clone();
+    assert_eq!(sent.as_array().map(Vec::len), Some(1), "{sent}");
+    assert_ne!(sent[0], "eyJ.forged.x");
     // No token: a challenge, not a redirect.
     let resp = s.get("/app/report", None);
     assert_eq!(resp.status, 401);
@@ -188,7 +265,7 @@ fn a_person_logged_in_at_the_provider_reaches_token_routes_with_their_identity()
             &metrics,
             "portcullis_oidc_tokens_total{provider=\"corp\",result=\"valid\",tenant=\"acme\"}"
         ),
-        3.0,
+        4.0,
         "{metrics}"
     );
 }
