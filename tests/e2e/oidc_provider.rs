@@ -591,6 +591,7 @@ fn rotate_and_sign() {
     assert_eq!(jwt_header(&signed)["kid"], first[0].as_str());
     assert_eq!(jwt_payload(&signed), json!({"sub": "x", "exp": 1}));
 
+    let before = provider.login("alice");
     let second = provider.rotate(false);
     let now = kids(&provider.keys());
     assert_eq!(now, vec![second.clone(), first[0].clone()]);
@@ -599,6 +600,10 @@ fn rotate_and_sign() {
     // The provider's own tokens use the new key too.
     let token = provider.client_credentials();
     assert_eq!(jwt_header(&token)["kid"], second.as_str());
+    // Sessions, grants and refresh tokens outlive a rotation.
+    let refreshed = provider.refresh(before.refresh_token.as_deref().unwrap());
+    assert_eq!(jwt_header(&refreshed.access_token)["kid"], second.as_str());
+    assert_eq!(jwt_payload(&refreshed.access_token)["sub"], "alice");
 
     let third = provider.rotate(true);
     assert_eq!(kids(&provider.keys()), vec![third.clone()]);

@@ -129,10 +129,77 @@ async function authenticationOf(ctx, token) {
   return {};
 }
 
+// oidc-provider's own in-memory adapter keeps one store per Provider instance, and the
+// instance is rebuilt on every key rotation (a keystore cannot change in place): this one store
+// outlives them, so sessions, grants, codes and tokens survive a rotation.
+const store = new Map(); // `${model}:${id}` -> { payload, expiresAt }
+const grantMembers = new Map(); // grantId -> Set of keys
+const uidIndex = new Map(); // uid -> key
+const userCodeIndex = new Map(); // userCode -> key
+
+class SharedMemoryAdapter {
+  constructor(model) {
+    this.model = model;
+  }
+
+  key(id) {
+    return `${this.model}:${id}`;
+  }
+
+  static get(key) {
+    const entry = key && store.get(key);
+    if (!entry) return undefined;
+    if (entry.expiresAt <= Date.now()) {
+      store.delete(key);
+      return undefined;
+    }
+    return structuredClone(entry.payload);
+  }
+
+  async upsert(id, payload, expiresIn) {
+    const key = this.key(id);
+    const expiresAt = typeof expiresIn === 'number' ? Date.now() + expiresIn * 1000 : Infinity;
+    store.set(key, { payload: structuredClone(payload), expiresAt });
+    if (payload.grantId) {
+      if (!grantMembers.has(payload.grantId)) grantMembers.set(payload.grantId, new Set());
+      grantMembers.get(payload.grantId).add(key);
+    }
+    if (payload.uid) uidIndex.set(payload.uid, key);
+    if (payload.userCode) userCodeIndex.set(payload.userCode, key);
+  }
+
+  async find(id) {
+    return SharedMemoryAdapter.get(this.key(id));
+  }
+
+  async findByUid(uid) {
+    return SharedMemoryAdapter.get(uidIndex.get(uid));
+  }
+
+  async findByUserCode(userCode) {
+    return SharedMemoryAdapter.get(userCodeIndex.get(userCode));
+  }
+
+  async consume(id) {
+    const entry = store.get(this.key(id));
+    if (entry) entry.payload.consumed = Math.floor(Date.now() / 1000);
+  }
+
+  async destroy(id) {
+    store.delete(this.key(id));
+  }
+
+  async revokeByGrantId(grantId) {
+    for (const key of grantMembers.get(grantId) ?? []) store.delete(key);
+    grantMembers.delete(grantId);
+  }
+}
+
 const cookieKeys = [crypto.randomBytes(32).toString('base64url')];
 
 function configuration() {
   return {
+    adapter: SharedMemoryAdapter,
     clients: [
       {
         client_id: codeClient.client_id,
@@ -216,7 +283,7 @@ function configuration() {
 }
 
 // The provider (and its keystore) is rebuilt on every rotation; sessions, grants and tokens
-// live in oidc-provider's in-memory adapter, which is shared by every instance in the process.
+// live in SharedMemoryAdapter's store, which every instance shares.
 let provider;
 let handler;
 
@@ -259,6 +326,7 @@ async function interaction(req, res, url) {
     return;
   }
   const { prompt, params } = details;
+  log('interaction', req.method, action ?? '', `prompt=${prompt.name}`, `reasons=${prompt.reasons.join(',')}`);
 
   if (req.method === 'POST' && action === 'login') {
     const form = new URLSearchParams(await readBody(req));
