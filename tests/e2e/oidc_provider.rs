@@ -52,6 +52,11 @@ pub struct Tokens {
     pub refresh_token: Option<String>,
 }
 
+/// A scripted browser's cookie jar, for logins that should see an earlier login's session.
+pub struct Browser {
+    client: reqwest::blocking::Client,
+}
+
 /// A running provider; stopped (SIGTERM, then killed) by `stop` or when dropped.
 pub struct OidcProvider {
     proc: Option<Proc>,
@@ -130,6 +135,31 @@ fn jwt_part(token: &str, n: usize) -> Value {
         .nth(n)
         .unwrap_or_else(|| panic!("not a JWT: {token}"));
     serde_json::from_slice(&B64URL.decode(part).unwrap()).unwrap()
+}
+
+/// The first form of an HTML page: its action and its hidden fields (the provider's pages are
+/// simple and regular: `action="..."`, `<input type="hidden" name="..." value="..."/>`).
+fn html_form(body: &str) -> Option<(String, Vec<(String, String)>)> {
+    let attr = |tag: &str, name: &str| {
+        tag.split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .map(|v| v.replace("&amp;", "&"))
+    };
+    let form = body.split("<form").nth(1)?;
+    let action = attr(form.split('>').next()?, "action")?;
+    let fields = form
+        .split("<input")
+        .skip(1)
+        .filter_map(|tag| {
+            let tag = tag.split('>').next()?;
+            if attr(tag, "type")? != "hidden" {
+                return None;
+            }
+            Some((attr(tag, "name")?, attr(tag, "value").unwrap_or_default()))
+        })
+        .collect();
+    Some((action, fields))
 }
 
 impl OidcProvider {
@@ -280,13 +310,35 @@ impl OidcProvider {
         self.login_with(user, &random_b64(16), &[])
     }
 
-    /// A login of `user` with `nonce` and extra authorization parameters (`prompt`,
-    /// `max_age`, `acr_values`, ...): GET /auth, follow the redirects to the login form, post
-    /// the user name, follow the redirects (consent is automatic) until the one to the
-    /// client's redirect_uri, which is caught; check `state` and `iss`, then exchange the code
-    /// at the token endpoint with the PKCE verifier.
+    /// A login of `user` in a fresh browser with `nonce` and extra authorization parameters;
+    /// see `login_in`.
     pub fn login_with(&self, user: &str, nonce: &str, extra: &[(&str, &str)]) -> Tokens {
-        let browser = http_client(&self.ca, self.port, true);
+        self.login_in(&self.browser(), user, nonce, extra).0
+    }
+
+    /// A browser with an empty cookie jar (one user agent: its provider session outlives a
+    /// login).
+    pub fn browser(&self) -> Browser {
+        Browser {
+            client: http_client(&self.ca, self.port, true),
+        }
+    }
+
+    /// A login in `browser` with `nonce` and extra authorization parameters (`prompt`,
+    /// `max_age`, `acr_values`, ...; one given here replaces the default of the same name):
+    /// GET /auth, follow the redirects; post `user` to the login form if the provider shows it
+    /// (it does not when the browser's session satisfies the request); follow the redirects
+    /// (consent is automatic) until the one to the client's redirect_uri, which is caught;
+    /// check `state` and `iss`, then exchange the code at the token endpoint with the PKCE
+    /// verifier. Returns the tokens and whether the login form was shown.
+    pub fn login_in(
+        &self,
+        browser: &Browser,
+        user: &str,
+        nonce: &str,
+        extra: &[(&str, &str)],
+    ) -> (Tokens, bool) {
+        let browser = &browser.client;
         let verifier = random_b64(32);
         let challenge = B64URL.encode(ring::digest::digest(
             &ring::digest::SHA256,
@@ -303,6 +355,7 @@ impl OidcProvider {
             ("code_challenge", challenge.as_str()),
             ("code_challenge_method", "S256"),
         ];
+        query.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
         query.extend_from_slice(extra);
         let mut response = browser
             .get(format!("{}/auth", self.issuer))
@@ -322,22 +375,28 @@ impl OidcProvider {
             }
             let url = response.url().clone();
             let body = response.text().unwrap();
-            assert!(
-                status.is_success() && body.contains("name=\"username\"") && !posted,
-                "login of {user}: unexpected {status} at {url}:\n{body}\n{}",
-                self.log_text()
-            );
-            let action = body
-                .split("action=\"")
-                .nth(1)
-                .and_then(|s| s.split('"').next())
-                .expect("login form action");
-            response = browser
-                .post(self.url(action))
-                .form(&[("username", user)])
-                .send()
-                .unwrap();
-            posted = true;
+            let form = status.is_success().then(|| html_form(&body)).flatten();
+            response = match form {
+                // The provider's auto-submitting forms (a browser's script posts them), e.g.
+                // ending the previous user's session when another one signs in.
+                Some((action, fields)) if body.contains("document.forms[0].submit()") => browser
+                    .post(self.url(&action))
+                    .form(&fields)
+                    .send()
+                    .unwrap(),
+                Some((action, _)) if body.contains("name=\"username\"") && !posted => {
+                    posted = true;
+                    browser
+                        .post(self.url(&action))
+                        .form(&[("username", user)])
+                        .send()
+                        .unwrap()
+                }
+                _ => panic!(
+                    "login of {user}: unexpected {status} at {url}:\n{body}\n{}",
+                    self.log_text()
+                ),
+            };
         };
         let param = |name: &str| {
             callback
@@ -362,11 +421,12 @@ impl OidcProvider {
                 ("code_verifier", &verifier),
             ],
         );
-        Tokens {
+        let tokens = Tokens {
             access_token: body["access_token"].as_str().unwrap().to_owned(),
             id_token: body["id_token"].as_str().unwrap().to_owned(),
             refresh_token: body["refresh_token"].as_str().map(str::to_owned),
-        }
+        };
+        (tokens, posted)
     }
 
     /// New tokens for a refresh token (the ID token too).
@@ -620,4 +680,31 @@ fn stop_closes_the_port() {
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     assert!(provider.exit_status().unwrap().success());
     assert!(provider.log_text().contains("SIGTERM"));
+}
+
+#[test]
+fn session_prompt_login_and_max_age() {
+    let (_pki, provider) = start();
+    let browser = provider.browser();
+    let (first, shown) = provider.login_in(&browser, "alice", "n1", &[]);
+    assert!(shown);
+    let auth_time = jwt_payload(&first.id_token)["auth_time"].clone();
+    // The session answers the next request: no form, the same authentication.
+    let (again, shown) = provider.login_in(&browser, "alice", "n2", &[]);
+    assert!(!shown);
+    let id = jwt_payload(&again.id_token);
+    assert_eq!(
+        (id["nonce"].as_str(), &id["auth_time"]),
+        (Some("n2"), &auth_time)
+    );
+    // prompt=login asks again; another user may sign in.
+    let (bob, shown) = provider.login_in(&browser, "bob", "n3", &[("prompt", "login")]);
+    assert!(shown);
+    assert_eq!(jwt_payload(&bob.access_token)["sub"], "bob");
+    // max_age=0 once a second has passed since the login: asked again.
+    std::thread::sleep(Duration::from_millis(1100));
+    let (_, shown) = provider.login_in(&browser, "bob", "n4", &[("max_age", "0")]);
+    assert!(shown);
+    let (_, shown) = provider.login_in(&browser, "bob", "n5", &[("max_age", "3600")]);
+    assert!(!shown);
 }

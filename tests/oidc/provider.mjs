@@ -136,6 +136,11 @@ const store = new Map(); // `${model}:${id}` -> { payload, expiresAt }
 const grantMembers = new Map(); // grantId -> Set of keys
 const uidIndex = new Map(); // uid -> key
 const userCodeIndex = new Map(); // userCode -> key
+// What revoking a grant removes (an Interaction or a Session also names a grantId, and stays).
+const grantable = new Set([
+  'AccessToken', 'AuthorizationCode', 'RefreshToken', 'DeviceCode',
+  'BackchannelAuthenticationRequest', 'PreAuthorizedCode',
+]);
 
 class SharedMemoryAdapter {
   constructor(model) {
@@ -160,7 +165,7 @@ class SharedMemoryAdapter {
     const key = this.key(id);
     const expiresAt = typeof expiresIn === 'number' ? Date.now() + expiresIn * 1000 : Infinity;
     store.set(key, { payload: structuredClone(payload), expiresAt });
-    if (payload.grantId) {
+    if (grantable.has(this.model) && payload.grantId) {
       if (!grantMembers.has(payload.grantId)) grantMembers.set(payload.grantId, new Set());
       grantMembers.get(payload.grantId).add(key);
     }
