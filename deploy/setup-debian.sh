@@ -18,6 +18,10 @@ if [ "${1:-}" = "--test" ]; then
   have pkcs11-tool || need+=(opensc)  # to inspect the test tokens by hand
   have lego || need+=(lego)          # the ACME tests drive the real clients
   have certbot || need+=(certbot)
+  # The OpenID provider the OIDC tests log in to is node-oidc-provider (tests/oidc), run by
+  # Node.js; the tests install its npm packages themselves (npm ci).
+  have node || need+=(nodejs)
+  have npm || need+=(npm)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then
@@ -26,6 +30,13 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+# oidc-provider 9 needs Node.js 20.19 or later; Debian 12's own nodejs package is 18.
+if [ "${1:-}" = "--test" ] && have node \
+  && [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+  echo "setup: node $(node --version) is too old for tests/oidc (oidc-provider 9 needs 20.19+);" \
+    "install a newer Node.js (e.g. from NodeSource) for the OIDC tests" >&2
 fi
 
 if ! have cargo; then

@@ -12,6 +12,8 @@ mod dlp;
 mod explain;
 mod harness;
 mod limits;
+mod oidc;
+mod oidc_provider;
 mod operations;
 #[path = "../../audit/tests/common/postgres.rs"]
 mod postgres;
