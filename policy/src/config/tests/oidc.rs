@@ -202,3 +202,17 @@ fn routes_that_cannot_authenticate_are_refused() {
         "is not a domain",
     );
 }
+
+/// The configuration example in the README is a config the gateway accepts.
+#[test]
+fn the_readme_example_parses() {
+    let readme = include_str!("../../../../README.md");
+    let start = readme
+        .find("```yaml\nlisteners:")
+        .expect("the README's config example")
+        + 8;
+    let end = start + readme[start..].find("```").unwrap();
+    let config = parse(&readme[start..end]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.identity_assertion.is_some());
+    assert_eq!(config.tenants[0].identity_providers.len(), 1);
+}
