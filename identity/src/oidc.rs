@@ -16,10 +16,21 @@ mod http;
 #[cfg(feature = "io")]
 mod keys;
 #[cfg(feature = "io")]
+mod login;
+#[cfg(feature = "io")]
+mod seal;
+#[cfg(feature = "io")]
 mod verify;
 
 #[cfg(feature = "io")]
 pub use keys::{KeySet, KeySetStatus};
+#[cfg(feature = "io")]
+pub use login::{
+    end_session_url, finish_login, refresh_login, start_login, LoggedIn, LoginSettings, LoginStart,
+    StepUp,
+};
+#[cfg(feature = "io")]
+pub use seal::KeyRing;
 #[cfg(feature = "io")]
 pub use verify::verify;
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use openidconnect::core::{CoreJsonWebKeySet, CoreProviderMetadata};
-use openidconnect::{IssuerUrl, JsonWebKeySetUrl};
+use openidconnect::core::CoreJsonWebKeySet;
+use openidconnect::{IssuerUrl, JsonWebKeySetUrl, ProviderMetadataWithLogout};
 use rustls::RootCertStore;
 
 use super::http::ProviderHttp;
@@ -33,6 +33,8 @@ pub(crate) struct Keys {
     pub(crate) list: Vec<Key>,
     pub(crate) jwks_uri: Option<JsonWebKeySetUrl>,
     pub(crate) fetched_at: Option<SystemTime>,
+    /// The discovery document (endpoints for the browser login).
+    pub(crate) metadata: Option<Arc<ProviderMetadataWithLogout>>,
 }
 
 /// What a key set knows of its provider, for metrics and logs.
@@ -92,6 +94,15 @@ impl KeySet {
         self.keys.load()
     }
 
+    /// The provider's discovery document, once fetched.
+    pub(crate) fn metadata(&self) -> Option<Arc<ProviderMetadataWithLogout>> {
+        self.keys.load().metadata.clone()
+    }
+
+    pub(crate) fn http(&self) -> &ProviderHttp {
+        &self.http
+    }
+
     /// How many keys are in use and since when.
     pub fn status(&self) -> KeySetStatus {
         let keys = self.keys.load();
@@ -128,21 +139,22 @@ impl KeySet {
 
     async fn fetch(&self) -> Result<usize, String> {
         let current = self.keys.load_full();
-        let (jwks_uri, set) = match &current.jwks_uri {
-            Some(uri) => {
+        let (jwks_uri, set, metadata) = match (&current.jwks_uri, &current.metadata) {
+            (Some(uri), Some(metadata)) => {
                 let set = CoreJsonWebKeySet::fetch_async(uri, &self.http)
                     .await
                     .map_err(|e| format!("key set {}: {}", uri.as_str(), error_chain(&e)))?;
-                (uri.clone(), set)
+                (uri.clone(), set, Arc::clone(metadata))
             }
-            None => {
+            _ => {
                 let metadata =
-                    CoreProviderMetadata::discover_async(self.issuer.clone(), &self.http)
+                    ProviderMetadataWithLogout::discover_async(self.issuer.clone(), &self.http)
                         .await
                         .map_err(|e| {
                             format!("discovery of {}: {}", self.issuer(), error_chain(&e))
                         })?;
-                (metadata.jwks_uri().clone(), metadata.jwks().clone())
+                let set = metadata.jwks().clone();
+                (metadata.jwks_uri().clone(), set, Arc::new(metadata))
             }
         };
         let list = usable_keys(&set);
@@ -157,6 +169,7 @@ impl KeySet {
             list,
             jwks_uri: Some(jwks_uri),
             fetched_at: Some(SystemTime::now()),
+            metadata: Some(metadata),
         }));
         Ok(count)
     }
@@ -188,7 +201,7 @@ fn usable_keys(set: &CoreJsonWebKeySet) -> Vec<Key> {
 }
 
 /// An error and its sources on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
