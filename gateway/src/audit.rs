@@ -424,7 +424,7 @@ impl AuditJobs {
 /// the optional client certificate). For the sink and for `audit verify --expect-head pg`.
 pub fn central_store(pg: &AuditPostgres) -> Result<CentralStore, GatewayError> {
     let tls = store_tls(&pg.tls)?;
-    let conninfo = read_secret(&pg.conninfo)?;
+    let conninfo = read_secret(&pg.conninfo, "audit.postgres").map_err(GatewayError::Audit)?;
     CentralStore::new(&conninfo, tls).map_err(|e| GatewayError::Audit(format!("postgres: {e}")))
 }
 
@@ -461,18 +461,17 @@ pub(crate) fn store_tls(tls: &PostgresTls) -> Result<StoreTls, GatewayError> {
     Ok(StoreTls::Verified(Arc::new(config)))
 }
 
-/// Reads a secret from where the config says it is; the value itself is never logged.
-fn read_secret(source: &SecretSource) -> Result<String, GatewayError> {
+/// Reads the secret of `what` from where the config says it is; the value itself is never
+/// logged.
+pub(crate) fn read_secret(source: &SecretSource, what: &str) -> Result<String, String> {
     match source {
         SecretSource::Inline(value) => Ok(value.clone()),
-        SecretSource::Env(var) => std::env::var(var).map_err(|_| {
-            GatewayError::Audit(format!(
-                "audit.postgres: environment variable {var} is not set"
-            ))
-        }),
+        SecretSource::Env(var) => {
+            std::env::var(var).map_err(|_| format!("{what}: environment variable {var} is not set"))
+        }
         SecretSource::File(path) => std::fs::read_to_string(path)
             .map(|s| s.trim_end().to_owned())
-            .map_err(|e| GatewayError::file(path, e)),
+            .map_err(|e| format!("{what}: {}: {e}", path.display())),
     }
 }
 

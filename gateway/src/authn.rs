@@ -11,15 +11,29 @@ use std::time::{Duration, Instant, SystemTime};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use moka::sync::Cache;
-use portcullis_identity::oidc::{verify, KeySet};
+use portcullis_identity::oidc::{
+    end_session_url, finish_login, start_login, verify, KeyRing, KeySet, LoginSettings, StepUp,
+};
 use portcullis_policy::{
     bearer_token, Config, IdentityProvider, ProviderSettings, Route, TenantId, TokenError,
     TokenIdentity,
 };
 
-use crate::admission::Bearer;
+use crate::admission::{Bearer, Refusal};
 use crate::metrics::Metrics;
 use crate::GatewayError;
+
+mod login;
+
+use login::{
+    clear_cookie, open, safe_return, same_secret, seal, set_cookie, PendingLogin, Session,
+    LOGIN_COOKIE, SESSION_COOKIE,
+};
+
+/// The `Set-Cookie` that ends a login in progress (after a failed callback).
+pub(crate) fn clear_login_cookie() -> String {
+    clear_cookie(LOGIN_COOKIE)
+}
 
 /// Bytes of verified (and refused) tokens kept, token text included.
 const CACHE_BYTES: u64 = 32 << 20;
@@ -170,10 +184,25 @@ fn providers(config: &Config) -> impl Iterator<Item = (&TenantId, &IdentityProvi
         .flat_map(|t| t.identity_providers.iter().map(move |p| (&t.id, p)))
 }
 
-/// One provider of one tenant, ready to verify.
+/// One provider of one tenant, ready to verify (and to log people in, with a client).
 struct Provider {
     settings: ProviderSettings,
     keys: Arc<KeySet>,
+    login: Option<LoginSettings>,
+}
+
+/// The session cookies' keys and lifetimes.
+struct SessionKeys {
+    ring: KeyRing,
+    absolute: u64,
+    idle: u64,
+}
+
+/// A request's caller as the route's authentication found it, and the session cookie to
+/// send back when the session was renewed (last seen, or a refreshed ID token).
+pub(crate) struct Authenticated {
+    pub bearer: Bearer,
+    pub set_cookie: Option<String>,
 }
 
 /// Verified and refused tokens, by tenant and token text. An entry lives until the token
@@ -184,6 +213,7 @@ type TokenCache = Cache<(TenantId, Arc<str>), Result<Arc<TokenIdentity>, TokenEr
 pub(crate) struct Authenticator {
     tenants: HashMap<TenantId, Vec<Provider>>,
     cache: TokenCache,
+    sessions: Option<SessionKeys>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -226,11 +256,38 @@ impl Authenticator {
     pub(crate) fn build(config: &Config, registry: &KeyRegistry) -> Result<Self, GatewayError> {
         let mut tenants: HashMap<TenantId, Vec<Provider>> = HashMap::new();
         for (tenant, provider) in providers(config) {
+            let login = match &provider.login {
+                None => None,
+                Some(l) => Some(LoginSettings {
+                    client_id: l.client_id.clone(),
+                    client_secret: crate::audit::read_secret(
+                        &l.client_secret,
+                        &format!(
+                            "identity provider {}: client secret",
+                            provider.settings.name
+                        ),
+                    )
+                    .map_err(GatewayError::IdentityProvider)?,
+                    redirect_uri: l.redirect_uri.clone(),
+                    scopes: l.scopes.clone(),
+                }),
+            };
             tenants.entry(tenant.clone()).or_default().push(Provider {
                 settings: provider.settings.clone(),
                 keys: registry.key_set(provider)?,
+                login,
             });
         }
+        let sessions = match &config.sessions {
+            None => None,
+            Some(s) => Some(SessionKeys {
+                ring: KeyRing::load(&s.key_ring).map_err(|e| {
+                    GatewayError::IdentityProvider(format!("sessions.key_ring {e}"))
+                })?,
+                absolute: s.absolute_lifetime.as_secs(),
+                idle: s.idle_lifetime.as_secs(),
+            }),
+        };
         registry.retain(config);
         let cache = Cache::builder()
             .max_capacity(CACHE_BYTES)
@@ -239,12 +296,37 @@ impl Authenticator {
             })
             .expire_after(UntilExpiry)
             .build();
-        Ok(Self { tenants, cache })
+        Ok(Self {
+            tenants,
+            cache,
+            sessions,
+        })
+    }
+
+    /// The caller of a route that reads tokens: the bearer token, else (on a route with
+    /// `login`) the browser's session.
+    pub(crate) async fn authenticate(
+        &self,
+        route: &Route,
+        authorization: Result<Option<&str>, TokenError>,
+        cookies: &[&str],
+        metrics: &Metrics,
+    ) -> Authenticated {
+        let bearer = self.bearer(route, authorization, metrics).await;
+        match (&bearer, &route.login, &self.sessions) {
+            (Bearer::Absent, Some(_), Some(keys)) => {
+                self.session(route, keys, cookies, metrics).await
+            }
+            _ => Authenticated {
+                bearer,
+                set_cookie: None,
+            },
+        }
     }
 
     /// The request's bearer token, verified for `route`'s tenant: absent on a route that
     /// reads none or when none was sent (or the `Authorization` header is another scheme).
-    pub(crate) async fn bearer(
+    async fn bearer(
         &self,
         route: &Route,
         authorization: Result<Option<&str>, TokenError>,
@@ -331,6 +413,230 @@ impl Authenticator {
             }
         }
         outcome
+    }
+}
+
+impl Authenticator {
+    fn provider(&self, tenant: &str, name: &str) -> Option<&Provider> {
+        self.tenants
+            .iter()
+            .find(|(t, _)| t.as_str() == tenant)
+            .and_then(|(_, providers)| providers.iter().find(|p| p.settings.name == name))
+    }
+
+    /// The browser's session on `route`, if it has a live one of the route's tenant: ended
+    /// past its absolute or idle lifetime; its ID token refreshed when expired (with the
+    /// refresh token it holds), else ended.
+    async fn session(
+        &self,
+        route: &Route,
+        keys: &SessionKeys,
+        cookies: &[&str],
+        metrics: &Metrics,
+    ) -> Authenticated {
+        let absent = |set_cookie| Authenticated {
+            bearer: Bearer::Absent,
+            set_cookie,
+        };
+        let Some(mut session) = open::<Session>(&keys.ring, SESSION_COOKIE, cookies) else {
+            return absent(None);
+        };
+        let tenant = route.tenant.as_str();
+        let Some(provider) = (session.t == tenant)
+            .then(|| self.provider(tenant, &session.p))
+            .flatten()
+        else {
+            return absent(None);
+        };
+        let now = unix_now();
+        let ended = Some(clear_cookie(SESSION_COOKIE));
+        if now >= session.iat.saturating_add(keys.absolute)
+            || now >= session.seen.saturating_add(keys.idle)
+        {
+            return absent(ended);
+        }
+        let mut renewed = false;
+        if session.token_expiry() <= now {
+            let (Some(login), Some(refresh)) = (&provider.login, session.r.as_deref()) else {
+                return absent(ended);
+            };
+            match portcullis_identity::oidc::refresh_login(
+                &provider.keys,
+                login,
+                &provider.settings,
+                refresh,
+            )
+            .await
+            {
+                Ok(fresh) => {
+                    metrics.oidc_token(tenant, &provider.settings.name, "session_refreshed");
+                    session.c = Session::new(
+                        tenant,
+                        &provider.settings.name,
+                        fresh.identity.claims,
+                        None,
+                        now,
+                    )
+                    .c;
+                    session.r = fresh.refresh_token;
+                    renewed = true;
+                }
+                Err(e) => {
+                    tracing::info!(tenant, provider = %provider.settings.name, error = %e, "session refresh failed; the person logs in again");
+                    metrics.oidc_token(tenant, &provider.settings.name, "session_refresh_failed");
+                    return absent(ended);
+                }
+            }
+        }
+        if renewed || now >= session.seen + login::SEEN_RESOLUTION {
+            session.seen = now;
+            renewed = true;
+        }
+        let Some(identity) = TokenIdentity::from_claims(
+            session.c.clone(),
+            &provider.settings.name,
+            &provider.settings.claims,
+        ) else {
+            return absent(ended);
+        };
+        let set_cookie = renewed
+            .then(|| seal(&keys.ring, SESSION_COOKIE, &session))
+            .flatten()
+            .map(|v| {
+                set_cookie(
+                    SESSION_COOKIE,
+                    &v,
+                    session
+                        .iat
+                        .saturating_add(keys.absolute)
+                        .saturating_sub(now),
+                )
+            });
+        Authenticated {
+            bearer: Bearer::Valid(Arc::new(identity)),
+            set_cookie,
+        }
+    }
+
+    /// The answer to a browser that must log in (or step up) to use `route`: a redirect to
+    /// the provider, with the login's secrets in a sealed cookie. `None` when the route has
+    /// no login or the provider has not been discovered yet.
+    pub(crate) fn login_redirect(
+        &self,
+        route: &Route,
+        return_to: &str,
+        step_up: Option<&StepUp>,
+    ) -> Option<Refusal> {
+        let keys = self.sessions.as_ref()?;
+        let provider = self.provider(route.tenant.as_str(), route.login.as_deref()?)?;
+        let login = provider.login.as_ref()?;
+        let start = match start_login(&provider.keys, login, step_up) {
+            Ok(start) => start,
+            Err(e) => {
+                tracing::warn!(provider = %provider.settings.name, error = %e, "cannot start a login");
+                return None;
+            }
+        };
+        let pending = PendingLogin::new(
+            route.tenant.as_str(),
+            &provider.settings.name,
+            &start,
+            safe_return(return_to),
+            unix_now(),
+        );
+        let sealed = seal(&keys.ring, LOGIN_COOKIE, &pending)?;
+        Some(Refusal::LoginRedirect {
+            location: start.url,
+            cookie: set_cookie(LOGIN_COOKIE, &sealed, login::LOGIN_TTL),
+        })
+    }
+
+    /// The provider's redirect back to the gateway: the code exchanged, the ID token checked,
+    /// a session made, and the browser sent where it was going.
+    pub(crate) async fn callback(
+        &self,
+        query: &str,
+        cookies: &[&str],
+        metrics: &Metrics,
+    ) -> Refusal {
+        let Some(keys) = &self.sessions else {
+            return Refusal::LoginFailed("no login is configured");
+        };
+        let Some(pending) = open::<PendingLogin>(&keys.ring, LOGIN_COOKIE, cookies) else {
+            return Refusal::LoginFailed("no login in progress (or it was started elsewhere)");
+        };
+        let now = unix_now();
+        if now >= pending.iat + login::LOGIN_TTL {
+            return Refusal::LoginFailed("the login took too long");
+        }
+        let param = |name: &str| {
+            url::form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        };
+        if !param("state").is_some_and(|s| same_secret(&s, &pending.state)) {
+            return Refusal::LoginFailed("the login's state does not match");
+        }
+        if param("error").is_some() {
+            return Refusal::LoginFailed("the identity provider refused the login");
+        }
+        let Some(code) = param("code") else {
+            return Refusal::LoginFailed("the callback carries no code");
+        };
+        let Some(provider) = self.provider(&pending.t, &pending.p) else {
+            return Refusal::LoginFailed("the identity provider is no longer configured");
+        };
+        let Some(login) = &provider.login else {
+            return Refusal::LoginFailed("the identity provider is no longer configured");
+        };
+        let logged_in = match finish_login(
+            &provider.keys,
+            login,
+            &provider.settings,
+            code,
+            &pending.as_start(),
+        )
+        .await
+        {
+            Ok(logged_in) => logged_in,
+            Err(e) => {
+                tracing::info!(tenant = %pending.t, provider = %pending.p, error = %e, "login failed");
+                metrics.oidc_token(&pending.t, &pending.p, "login_failed");
+                return Refusal::LoginFailed("the login could not be completed");
+            }
+        };
+        let session = Session::new(
+            &pending.t,
+            &pending.p,
+            logged_in.identity.claims,
+            logged_in.refresh_token,
+            now,
+        );
+        let Some(sealed) = seal(&keys.ring, SESSION_COOKIE, &session) else {
+            return Refusal::LoginFailed("the identity is too large for a session cookie");
+        };
+        metrics.oidc_token(&pending.t, &pending.p, "login");
+        Refusal::LoggedIn {
+            location: pending.ret,
+            cookies: [
+                set_cookie(SESSION_COOKIE, &sealed, keys.absolute),
+                clear_cookie(LOGIN_COOKIE),
+            ],
+        }
+    }
+
+    /// Signing out: the session cookie removed, and the browser sent to the provider's
+    /// end-session endpoint when it has one.
+    pub(crate) fn logout(&self, cookies: &[&str]) -> Refusal {
+        let location = self.sessions.as_ref().and_then(|keys| {
+            let session = open::<Session>(&keys.ring, SESSION_COOKIE, cookies)?;
+            let provider = self.provider(&session.t, &session.p)?;
+            end_session_url(&provider.keys, provider.login.as_ref()?)
+        });
+        Refusal::LoggedOut {
+            location,
+            cookie: clear_cookie(SESSION_COOKIE),
+        }
     }
 }
 

@@ -14,7 +14,8 @@ use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use portcullis_audit::RequestStage;
-use portcullis_policy::{BodyDirection, TokenError};
+use portcullis_identity::oidc::StepUp;
+use portcullis_policy::{BodyDirection, TokenError, CALLBACK_PATH, LOGOUT_PATH};
 
 use crate::admission::{
     body_header, caller_name, plan_body, recheck_connection, Bearer, BodyPlan, Refusal,
@@ -46,6 +47,26 @@ fn bearer_header(req: &RequestHeader) -> Result<Option<&str>, TokenError> {
         (Some(value), None) => value.to_str().map(Some).map_err(|_| TokenError::Malformed),
         (Some(_), Some(_)) => Err(TokenError::Malformed),
     }
+}
+
+/// The request's `Cookie` header values (HTTP/2 may send several), those that are text.
+fn cookie_values(req: &RequestHeader) -> Vec<&str> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect()
+}
+
+/// A browser navigating (a GET or HEAD that accepts HTML): sent to log in rather than
+/// answered 401. Scripts and API clients get the 401.
+fn is_browser_navigation(req: &RequestHeader) -> bool {
+    (req.method == http::Method::GET || req.method == http::Method::HEAD)
+        && req
+            .headers
+            .get_all(http::header::ACCEPT)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.contains("text/html")))
 }
 
 fn unix_now() -> u64 {
@@ -121,6 +142,25 @@ impl ProxyHttp for Gateway {
         }
 
         let req = session.req_header();
+        // The browser login's own endpoints, answered by the gateway on any host.
+        let own = match req.uri.path() {
+            CALLBACK_PATH => Some(
+                snapshot
+                    .authenticator
+                    .callback(
+                        req.uri.query().unwrap_or_default(),
+                        &cookie_values(req),
+                        &self.metrics,
+                    )
+                    .await,
+            ),
+            LOGOUT_PATH => Some(snapshot.authenticator.logout(&cookie_values(req))),
+            _ => None,
+        };
+        if let Some(answer) = own {
+            return self.refuse(session, ctx, answer).await;
+        }
+        let req = session.req_header();
         let headers = Headers(req);
         let mut head = RequestHead {
             identity: ctx.identity.as_deref(),
@@ -145,21 +185,52 @@ impl ProxyHttp for Gateway {
             Routing::Routed(routed) => {
                 let bearer = if routed.route.authentication.wants_token() {
                     head.now = unix_now();
-                    let authorization = bearer_header(req);
-                    snapshot
+                    let authenticated = snapshot
                         .authenticator
-                        .bearer(&routed.route, authorization, &self.metrics)
-                        .await
+                        .authenticate(
+                            &routed.route,
+                            bearer_header(req),
+                            &cookie_values(req),
+                            &self.metrics,
+                        )
+                        .await;
+                    ctx.set_cookie = authenticated.set_cookie;
+                    authenticated.bearer
                 } else {
                     Bearer::Absent
                 };
-                snapshot.admission.admit_routed(
+                let route = Arc::clone(&routed.route);
+                let mut verdict = snapshot.admission.admit_routed(
                     routed,
                     &RequestHead {
                         bearer: &bearer,
                         ..head
                     },
-                )
+                );
+                // A browser on a route with a login is sent to log in, not told 401.
+                if route.login.is_some() && is_browser_navigation(req) {
+                    let step_up = match &verdict.outcome {
+                        Err(Refusal::TokenRequired) => Some(None),
+                        Err(Refusal::StepUpRequired { .. }) => {
+                            Some(route.mfa.as_ref().map(|m| StepUp {
+                                acr_values: m.acr.clone(),
+                                max_age: m.max_age,
+                            }))
+                        }
+                        _ => None,
+                    };
+                    if let Some(step_up) = step_up {
+                        let return_to = req.uri.path_and_query().map_or("/", |p| p.as_str());
+                        if let Some(redirect) = snapshot.authenticator.login_redirect(
+                            &route,
+                            return_to,
+                            step_up.as_ref(),
+                        ) {
+                            verdict.outcome = Err(redirect);
+                        }
+                    }
+                }
+                verdict
             }
         };
         ctx.target = verdict.target;
@@ -400,6 +471,10 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         // The id that names this request in our logs, so a caller can quote it.
         response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        // A renewed session (last seen, or a refreshed ID token).
+        if let Some(cookie) = ctx.set_cookie.take() {
+            response.append_header(http::header::SET_COOKIE, cookie)?;
+        }
         Ok(())
     }
 
@@ -554,8 +629,9 @@ impl Gateway {
         header.insert_header("content-length", body.len().to_string())?;
         header.insert_header("x-request-id", ctx.request_id.as_str())?;
         header.insert_header("cache-control", "no-store")?;
+        // Appended: a login answer sets two cookies.
         for (name, value) in refusal.headers() {
-            header.insert_header(name, value)?;
+            header.append_header(name, value)?;
         }
         session
             .write_response_header(Box::new(header), false)

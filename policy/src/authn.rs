@@ -47,6 +47,35 @@ pub struct IdentityProvider {
     pub keys_refresh: Duration,
     /// At most one fetch per this interval for tokens naming a key not yet known.
     pub unknown_key_refetch: Duration,
+    /// The browser login with this provider, if configured.
+    pub login: Option<ProviderLogin>,
+}
+
+/// The gateway as a confidential client of a provider, for the browser login.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProviderLogin {
+    pub client_id: String,
+    /// Never in the file itself.
+    pub client_secret: crate::config::SecretSource,
+    /// The gateway's callback, `https://HOST/.portcullis/oidc/callback`.
+    pub redirect_uri: String,
+    pub scopes: Vec<String>,
+}
+
+/// Where the provider sends the browser back after a login.
+pub const CALLBACK_PATH: &str = "/.portcullis/oidc/callback";
+/// Where a person signs out.
+pub const LOGOUT_PATH: &str = "/.portcullis/oidc/logout";
+
+/// The session cookies of the browser login (`sessions`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionSettings {
+    /// The key ring file: one `ID BASE64-KEY` a line, the first seals.
+    pub key_ring: PathBuf,
+    /// A session ends this long after the login, whatever happens.
+    pub absolute_lifetime: Duration,
+    /// A session ends after this long without a request.
+    pub idle_lifetime: Duration,
 }
 
 /// A route's demand on how a person authenticated. Every part given must hold.

@@ -42,6 +42,8 @@ pub struct Config {
     pub http: HttpSettings,
     /// The signed identity assertion sent to upstreams, if configured.
     pub identity_assertion: Option<AssertionSettings>,
+    /// The browser login's session cookies, if configured.
+    pub sessions: Option<crate::authn::SessionSettings>,
 }
 
 /// The identity assertion the gateway signs for upstreams (`identity_assertion`).

@@ -19,8 +19,9 @@ mod routing;
 
 pub use access::{Denied, DenyReason, HeaderSource, NoHeaders, PatternError, Permit, RequestFacts};
 pub use authn::{
-    bearer_token, Authentication, ClaimNames, IdentityProvider, MfaRequirement, ProviderSettings,
-    SigningAlgorithm, TokenError, TokenIdentity,
+    bearer_token, Authentication, ClaimNames, IdentityProvider, MfaRequirement, ProviderLogin,
+    ProviderSettings, SessionSettings, SigningAlgorithm, TokenError, TokenIdentity, CALLBACK_PATH,
+    LOGOUT_PATH,
 };
 pub use config::{
     AssertionSettings, AuditKey, AuditMode, AuditPostgres, AuditSettings, ClientAuth, Config,

@@ -37,6 +37,8 @@ pub struct Route {
     pub authentication: Authentication,
     /// How a person must have authenticated (a route reading bearer tokens only).
     pub mfa: Option<MfaRequirement>,
+    /// The tenant's provider that browsers without a session are sent to, to log in.
+    pub login: Option<String>,
     pub(crate) access: Vec<AccessRule>,
 }
 

@@ -33,6 +33,23 @@ pub enum Refusal {
     /// The bearer token was not accepted (why, in the records; the caller gets the
     /// description in `WWW-Authenticate`).
     TokenRefused(TokenError),
+    /// A browser without a (strong or recent enough) session on a route with `login`: sent to
+    /// the identity provider, the login's secrets in a sealed cookie.
+    LoginRedirect { location: String, cookie: String },
+    /// The login finished at the gateway's callback: a session cookie, and back to where the
+    /// person was going.
+    LoggedIn {
+        location: String,
+        cookies: [String; 2],
+    },
+    /// The callback could not finish a login (why, for the person; details in the log).
+    LoginFailed(&'static str),
+    /// Signed out: the session cookie removed; to the provider's end-session endpoint if it
+    /// has one.
+    LoggedOut {
+        location: Option<String>,
+        cookie: String,
+    },
     /// The token is valid but the person did not authenticate strongly or recently enough
     /// for the route (RFC 9470).
     StepUpRequired {
@@ -103,6 +120,13 @@ impl Refusal {
             Refusal::TokenRequired | Refusal::TokenRefused(_) | Refusal::StepUpRequired { .. } => {
                 401
             }
+            Refusal::LoginRedirect { .. }
+            | Refusal::LoggedIn { .. }
+            | Refusal::LoggedOut {
+                location: Some(_), ..
+            } => 302,
+            Refusal::LoggedOut { location: None, .. } => 200,
+            Refusal::LoginFailed(_) => 400,
             Refusal::BadPath(_)
             | Refusal::BadRequest(_)
             | Refusal::Malformed
@@ -137,6 +161,10 @@ impl Refusal {
             Refusal::TokenRefused(TokenError::KeysUnavailable) => "identity_provider_unavailable",
             Refusal::TokenRefused(_) => "invalid_token",
             Refusal::StepUpRequired { .. } => "insufficient_user_authentication",
+            Refusal::LoginRedirect { .. } => "login_required",
+            Refusal::LoggedIn { .. } => "logged_in",
+            Refusal::LoginFailed(_) => "login_failed",
+            Refusal::LoggedOut { .. } => "logged_out",
             Refusal::NoRoute => "no_route",
             Refusal::Denied(_) => "forbidden",
             Refusal::RateLimited(_) => "rate_limited",
@@ -176,6 +204,10 @@ impl Refusal {
             Refusal::StepUpRequired { .. } => {
                 "a stronger or more recent authentication is required"
             }
+            Refusal::LoginRedirect { .. } => "log in at the identity provider",
+            Refusal::LoggedIn { .. } => "logged in",
+            Refusal::LoginFailed(why) => why,
+            Refusal::LoggedOut { .. } => "signed out",
             Refusal::NoRoute => "no route for this host and path",
             Refusal::Denied(_) => "access denied by policy",
             Refusal::RateLimited(_) => "too many requests",
@@ -217,7 +249,10 @@ impl Refusal {
             | Refusal::HeadTooLarge
             | Refusal::Malformed
             | Refusal::Internal => Decision::Error,
-            Refusal::NoHealthyUpstream | Refusal::UpstreamFailed => Decision::Allow,
+            Refusal::NoHealthyUpstream
+            | Refusal::UpstreamFailed
+            | Refusal::LoggedIn { .. }
+            | Refusal::LoggedOut { .. } => Decision::Allow,
             _ => Decision::Deny,
         }
     }
@@ -236,6 +271,10 @@ impl Refusal {
             Refusal::TokenRequired => "unauthenticated",
             Refusal::TokenRefused(e) => e.label(),
             Refusal::StepUpRequired { .. } => "step_up",
+            Refusal::LoginRedirect { .. } => "login_redirect",
+            Refusal::LoggedIn { .. } => "login",
+            Refusal::LoginFailed(_) => "login_failed",
+            Refusal::LoggedOut { .. } => "logout",
             Refusal::NoRoute => "no_route",
             Refusal::Denied(_) => "deny",
             Refusal::RateLimited(_) => "rate_limited",
@@ -286,6 +325,25 @@ impl Refusal {
         const REALM: &str = "Bearer realm=\"portcullis\"";
         let limit = match self {
             Refusal::RateLimited(limit) => limit,
+            Refusal::LoginRedirect { location, cookie } => {
+                return vec![
+                    ("location", location.clone()),
+                    ("set-cookie", cookie.clone()),
+                ]
+            }
+            Refusal::LoggedIn { location, cookies } => {
+                let mut headers = vec![("location", location.clone())];
+                headers.extend(cookies.iter().map(|c| ("set-cookie", c.clone())));
+                return headers;
+            }
+            Refusal::LoginFailed(_) => {
+                return vec![("set-cookie", crate::authn::clear_login_cookie())]
+            }
+            Refusal::LoggedOut { location, cookie } => {
+                let mut headers = vec![("set-cookie", cookie.clone())];
+                headers.extend(location.iter().map(|l| ("location", l.clone())));
+                return headers;
+            }
             Refusal::TokenRequired => return vec![("www-authenticate", REALM.to_owned())],
             Refusal::TokenRefused(e) if *e != TokenError::KeysUnavailable => {
                 return vec![(

@@ -67,6 +67,8 @@ pub(crate) struct RequestCtx {
     pub(super) response_scan: Option<BodyScan>,
     /// The upstream address the request was sent to.
     pub(super) upstream: Option<SocketAddr>,
+    /// A renewed session cookie to send with the response.
+    pub(super) set_cookie: Option<String>,
 }
 
 impl RequestCtx {
@@ -89,6 +91,7 @@ impl RequestCtx {
             request_scan: None,
             response_scan: None,
             upstream: None,
+            set_cookie: None,
         }
     }
 

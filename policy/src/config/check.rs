@@ -17,13 +17,14 @@ use ipnet::IpNet;
 
 use super::locate::Locations;
 use super::raw::{
-    RawAssertion, RawConfig, RawHealthCheck, RawHttp, RawIssuer, RawListener, RawUpstream,
-    RawUpstreamTls,
+    RawAssertion, RawConfig, RawHealthCheck, RawHttp, RawIssuer, RawListener, RawSessions,
+    RawUpstream, RawUpstreamTls,
 };
 use super::{
     AssertionSettings, ClientAuth, Config, ConfigProblem, HealthCheckConfig, HttpSettings,
     IssuerConfig, ListenerConfig, MetricsConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
 };
+use crate::authn::SessionSettings;
 use crate::headers::StripList;
 use crate::names::UpstreamName;
 
@@ -42,6 +43,8 @@ pub(crate) struct Checker<'a> {
     problems: Vec<ConfigProblem>,
     /// Headers removed before forwarding, which access rules may not look at.
     stripped: StripList,
+    /// Whether the file has a `sessions` section (routes with `login` need one).
+    sessions: bool,
 }
 
 impl Checker<'_> {
@@ -155,6 +158,7 @@ pub(crate) fn check(
         base,
         problems: Vec::new(),
         stripped: StripList::default(),
+        sessions: false,
     };
     let http = c.http(raw.http.as_ref());
     c.stripped = http.strip.clone();
@@ -163,7 +167,9 @@ pub(crate) fn check(
     let shutdown_grace = c.shutdown(&raw);
     let upstreams = c.upstreams(&raw.upstreams);
     let upstream_names = raw.upstreams.iter().map(|u| u.name.as_str()).collect();
+    c.sessions = raw.sessions.is_some();
     let (routes, tenants) = c.tenants(&raw.tenants, &upstream_names);
+    let sessions = raw.sessions.as_ref().map(|s| c.sessions(s));
     let audit = raw.audit.as_ref().map(|a| c.audit(a));
     let identity_assertion = raw.identity_assertion.as_ref().map(|a| c.assertion(a));
     if c.problems.is_empty() {
@@ -177,6 +183,7 @@ pub(crate) fn check(
             audit,
             http,
             identity_assertion,
+            sessions,
         })
     } else {
         // Problems without a location first, then in file order.
@@ -302,6 +309,36 @@ impl Checker<'_> {
             profile: raw.profile.clone(),
             lifetime: raw.lifetime,
         })
+    }
+
+    fn sessions(&mut self, raw: &RawSessions) -> SessionSettings {
+        let what = "sessions";
+        let key_ring = self.file_path("sessions.key_ring", what, &raw.key_ring);
+        let absolute_lifetime = raw
+            .absolute_lifetime
+            .unwrap_or(Duration::from_secs(12 * 3600));
+        let idle_lifetime = raw.idle_lifetime.unwrap_or(Duration::from_secs(3600));
+        if !(Duration::from_secs(60)..=Duration::from_secs(30 * 86_400))
+            .contains(&absolute_lifetime)
+        {
+            self.at_value(
+                "sessions.absolute_lifetime",
+                format!("{what}: `absolute_lifetime` must be between 1m and 30d"),
+            );
+        }
+        if idle_lifetime < Duration::from_secs(60) || idle_lifetime > absolute_lifetime {
+            self.at_value(
+                "sessions.idle_lifetime",
+                format!(
+                    "{what}: `idle_lifetime` must be at least 1m and at most `absolute_lifetime`"
+                ),
+            );
+        }
+        SessionSettings {
+            key_ring,
+            absolute_lifetime,
+            idle_lifetime,
+        }
     }
 
     fn assertion(&mut self, raw: &RawAssertion) -> AssertionSettings {

@@ -29,6 +29,8 @@ pub(crate) struct RawConfig {
     pub(crate) http: Option<RawHttp>,
     #[serde(default)]
     pub(crate) identity_assertion: Option<RawAssertion>,
+    #[serde(default)]
+    pub(crate) sessions: Option<RawSessions>,
 }
 
 /// `identity_assertion`: a JWT the gateway signs for each upstream request, saying who called.
@@ -299,6 +301,28 @@ pub(crate) struct RawIdentityProvider {
     pub(crate) unknown_key_refetch: Option<Duration>,
     #[serde(default)]
     pub(crate) claims: Option<RawClaimNames>,
+    /// The browser login: the gateway as a confidential client of the provider.
+    #[serde(default)]
+    pub(crate) client_id: Option<String>,
+    #[serde(default)]
+    pub(crate) client_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) client_secret_env: Option<String>,
+    #[serde(default)]
+    pub(crate) redirect_uri: Option<String>,
+    #[serde(default)]
+    pub(crate) scopes: Option<Vec<String>>,
+}
+
+/// `sessions`: the browser login's session cookies.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSessions {
+    pub(crate) key_ring: PathBuf,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) absolute_lifetime: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) idle_lifetime: Option<Duration>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -346,6 +370,9 @@ pub(crate) struct RawRoute {
     pub(crate) authentication: Option<crate::authn::Authentication>,
     #[serde(default)]
     pub(crate) mfa: Option<RawMfa>,
+    /// The provider browsers without a session are sent to for a login.
+    #[serde(default)]
+    pub(crate) login: Option<String>,
     #[serde(default)]
     pub(crate) access: Vec<RawRule>,
 }

@@ -15,6 +15,7 @@ fn route(name: &str, host: Option<&str>, prefix: &str) -> Route {
         inspection: None,
         authentication: Default::default(),
         mfa: None,
+        login: None,
         access: vec![],
     }
 }

@@ -9,12 +9,13 @@ use std::time::Duration;
 use super::{parse_cidr, Checker};
 use crate::access::{deny_rules_first, AccessRule, DnsPattern, HeaderCondition, SpiffePattern};
 use crate::authn::{
-    Authentication, ClaimNames, IdentityProvider, MfaRequirement, ProviderSettings,
-    SigningAlgorithm,
+    Authentication, ClaimNames, IdentityProvider, MfaRequirement, ProviderLogin, ProviderSettings,
+    SigningAlgorithm, CALLBACK_PATH,
 };
 use crate::config::raw::{
     RawIdentityProvider, RawMfa, RawRate, RawRoute, RawRule, RawTenant, RawTenantLimits,
 };
+use crate::config::SecretSource;
 use crate::config::TenantConfig;
 use crate::dlp::{DlpPolicy, DlpSpec};
 use crate::inspection::{InspectionLimits, RouteInspection};
@@ -397,6 +398,28 @@ impl Checker<'_> {
             .mfa
             .as_ref()
             .and_then(|m| self.mfa(&format!("{rp}.mfa"), &what, authentication, m));
+        if let Some(provider) = &r.login {
+            let found = t.identity_providers.iter().find(|p| &p.name == provider);
+            let problem = if !authentication.wants_token() {
+                Some("`login` needs `authentication: oidc` or `mtls_and_oidc`".to_owned())
+            } else if found.is_none() {
+                Some(format!(
+                    "`login`: tenant `{}` has no identity provider `{provider}`",
+                    t.name
+                ))
+            } else if found.is_some_and(|p| p.client_id.is_none()) {
+                Some(format!("`login`: identity provider `{provider}` has no `client_id` (the browser login's client)"))
+            } else if !self.sessions {
+                Some(
+                    "`login` needs a `sessions` section (the session cookies' key ring)".to_owned(),
+                )
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                self.at_value(&format!("{rp}.login"), format!("{what}: {problem}"));
+            }
+        }
         let mut access = Vec::new();
         for (k, rule) in r.access.iter().enumerate() {
             let path = format!("{rp}.access[{k}]");
@@ -440,6 +463,7 @@ impl Checker<'_> {
                 (Some(_), None) => return None,
                 (_, mfa) => mfa,
             },
+            login: r.login.clone(),
             access,
         })
     }
@@ -745,6 +769,7 @@ impl Checker<'_> {
             .ca
             .as_ref()
             .map(|ca| self.file_path(&format!("{p}.ca"), &what, ca));
+        let login = self.provider_login(p, &what, raw);
         if !ok {
             return None;
         }
@@ -761,7 +786,82 @@ impl Checker<'_> {
             ca,
             keys_refresh: keys_refresh?,
             unknown_key_refetch: unknown_key_refetch?,
+            login: login?,
         })
+    }
+
+    /// A provider's browser-login client: `Some(None)` when it has none.
+    fn provider_login(
+        &mut self,
+        p: &str,
+        what: &str,
+        raw: &RawIdentityProvider,
+    ) -> Option<Option<ProviderLogin>> {
+        let Some(client_id) = &raw.client_id else {
+            if raw.client_secret_file.is_some()
+                || raw.client_secret_env.is_some()
+                || raw.redirect_uri.is_some()
+                || raw.scopes.is_some()
+            {
+                let msg = format!("{what}: the browser login needs `client_id`");
+                self.at_key(p, msg);
+                return None;
+            }
+            return Some(None);
+        };
+        let secret = match (&raw.client_secret_file, &raw.client_secret_env) {
+            (Some(file), None) => Some(SecretSource::File(self.file_path(
+                &format!("{p}.client_secret_file"),
+                what,
+                file,
+            ))),
+            (None, Some(env)) if !env.is_empty() => Some(SecretSource::Env(env.clone())),
+            _ => {
+                let msg = format!(
+                    "{what}: give the client secret as exactly one of `client_secret_file` or \
+                     `client_secret_env` (never in this file)"
+                );
+                self.at_key(p, msg);
+                None
+            }
+        };
+        let redirect_uri = match raw.redirect_uri.as_deref() {
+            Some(uri)
+                if uri.starts_with("https://")
+                    && uri
+                        .strip_prefix("https://")
+                        .and_then(|r| r.split_once('/'))
+                        .is_some_and(|(host, path)| {
+                            !host.is_empty() && format!("/{path}") == CALLBACK_PATH
+                        }) =>
+            {
+                Some(uri.to_owned())
+            }
+            _ => {
+                let msg = format!(
+                    "{what}: `redirect_uri` must be `https://HOST{CALLBACK_PATH}` (the gateway's \
+                     callback, registered at the provider)"
+                );
+                self.at_key(p, msg);
+                None
+            }
+        };
+        let scopes = raw
+            .scopes
+            .clone()
+            .unwrap_or_else(|| ["openid", "email", "profile"].map(str::to_owned).to_vec());
+        if client_id.is_empty() || !scopes.iter().any(|s| s == "openid") {
+            let msg =
+                format!("{what}: `client_id` must not be empty and `scopes` must include `openid`");
+            self.at_key(p, msg);
+            return None;
+        }
+        Some(Some(ProviderLogin {
+            client_id: client_id.clone(),
+            client_secret: secret?,
+            redirect_uri: redirect_uri?,
+            scopes,
+        }))
     }
 
     /// `headers: { name: [values] }`; a value list of `["*"]` requires presence only.
