@@ -236,6 +236,7 @@ pub(crate) struct Forwarded<'a> {
 /// and X-Forwarded-For/-Proto.
 pub(crate) fn rewrite_upstream_request(req: &mut RequestHeader, f: &Forwarded<'_>) -> Result<()> {
     strip_spoofable_headers(req, f.strip);
+    strip_gateway_cookies(req)?;
     let path = f.target.path.as_str();
     if path != req.uri.path() {
         let uri = match req.uri.query() {
@@ -278,6 +279,44 @@ pub(crate) fn rewrite_upstream_request(req: &mut RequestHeader, f: &Forwarded<'_
             .insert_header("x-forwarded-proto", http::HeaderValue::from_static("https"))
             .map(|_| ()),
     }
+}
+
+/// The prefix of the gateway's own cookies (the login session and a login in progress).
+const GATEWAY_COOKIE_PREFIX: &str = "__Host-portcullis-";
+
+/// Removes the gateway's own cookies from `Cookie` headers: a session cookie is a credential,
+/// and an upstream that saw it could replay it. Other cookies pass as sent.
+fn strip_gateway_cookies(req: &mut RequestHeader) -> Result<()> {
+    let values: Vec<HeaderValue> = req
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    if !values
+        .iter()
+        .any(|v| memchr::memmem::find(v.as_bytes(), GATEWAY_COOKIE_PREFIX.as_bytes()).is_some())
+    {
+        return Ok(());
+    }
+    req.remove_header(&http::header::COOKIE);
+    for value in values {
+        // A value that is not text cannot be split safely; it cannot hold our cookies either
+        // (they are base64url).
+        let Ok(text) = value.to_str() else {
+            req.append_header(http::header::COOKIE, value)?;
+            continue;
+        };
+        let kept: Vec<&str> = text
+            .split(';')
+            .map(str::trim)
+            .filter(|pair| !pair.starts_with(GATEWAY_COOKIE_PREFIX))
+            .collect();
+        if !kept.is_empty() {
+            req.append_header(http::header::COOKIE, kept.join("; "))?;
+        }
+    }
+    Ok(())
 }
 
 /// A person's identity to the upstream: the verified token's issuer, subject, e-mail, groups

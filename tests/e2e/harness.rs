@@ -249,6 +249,12 @@ impl Gateway {
         Self::launch(dir, yaml, &[], &[], true)
     }
 
+    /// Like `start`, on a port chosen beforehand (for configs that must name it elsewhere,
+    /// such as a login callback registered at an identity provider).
+    pub fn start_at(dir: &Path, yaml: &str, port: u16) -> Self {
+        Self::launch_at(dir, yaml, &[], &[], false, port)
+    }
+
     fn launch(
         dir: &Path,
         yaml: &str,
@@ -256,7 +262,17 @@ impl Gateway {
         env: &[(&str, &Path)],
         stderr_unread: bool,
     ) -> Self {
-        let port = free_port();
+        Self::launch_at(dir, yaml, extra, env, stderr_unread, free_port())
+    }
+
+    fn launch_at(
+        dir: &Path,
+        yaml: &str,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+        stderr_unread: bool,
+        port: u16,
+    ) -> Self {
         let metrics_port = free_port();
         let config = dir.join(format!("gateway-{port}.yaml"));
         std::fs::write(&config, fill(yaml, port, metrics_port)).unwrap();

@@ -13,6 +13,7 @@ mod explain;
 mod harness;
 mod limits;
 mod oidc;
+mod oidc_login;
 mod oidc_provider;
 mod operations;
 #[path = "../../audit/tests/common/postgres.rs"]

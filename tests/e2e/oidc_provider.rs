@@ -31,6 +31,7 @@ pub const LOGIN_SCOPE: &str = "openid email groups profile offline_access api:re
 pub struct ProviderOptions {
     pub redirect_uris: Vec<String>,
     pub access_token_ttl: Duration,
+    pub id_token_ttl: Duration,
     pub resource: String,
 }
 
@@ -39,6 +40,7 @@ impl Default for ProviderOptions {
         Self {
             redirect_uris: vec!["https://localhost/oauth2/callback".to_owned()],
             access_token_ttl: Duration::from_secs(300),
+            id_token_ttl: Duration::from_secs(3600),
             resource: DEFAULT_RESOURCE.to_owned(),
         }
     }
@@ -178,6 +180,7 @@ impl OidcProvider {
             "issuer": issuer,
             "resource": options.resource,
             "access_token_ttl": options.access_token_ttl.as_secs().max(1),
+            "id_token_ttl": options.id_token_ttl.as_secs().max(1),
             "code_client": {
                 "client_id": CLIENT_ID,
                 "client_secret": CLIENT_SECRET,
@@ -611,6 +614,7 @@ fn login_bob_with_mfa() {
             redirect_uris: vec!["https://localhost:9/cb".to_owned()],
             access_token_ttl: Duration::from_secs(60),
             resource: "https://other.portcullis.test".to_owned(),
+            ..ProviderOptions::default()
         },
     );
     let tokens = provider.login("bob");

@@ -10,6 +10,7 @@
 //     "resource": "https://api.portcullis.test",      // the audience of every access token
 //     "resource_scope": "openid profile email groups api:read api:write",
 //     "access_token_ttl": 300,                         // seconds
+//     "id_token_ttl": 3600,                            // seconds
 //     "alg": "RS256",                                  // RS256, PS256, ES256 or EdDSA
 //     "code_client": { "client_id": "...", "client_secret": "...", "redirect_uris": ["..."] },
 //     "service_client": { "client_id": "...", "client_secret": "..." },
@@ -53,6 +54,7 @@ const issuer = config.issuer ?? `https://localhost:${port}`;
 const resource = config.resource ?? 'https://api.portcullis.test';
 const resourceScope = config.resource_scope ?? 'openid profile email groups api:read api:write';
 const accessTokenTtl = Number(config.access_token_ttl ?? 300);
+const idTokenTtl = Number(config.id_token_ttl ?? 3600);
 const alg = config.alg ?? 'RS256';
 const codeClient = {
   client_id: 'portcullis',
@@ -274,7 +276,7 @@ function configuration() {
       AccessToken: accessTokenTtl,
       ClientCredentials: accessTokenTtl,
       AuthorizationCode: 60,
-      IdToken: 3600,
+      IdToken: idTokenTtl,
       RefreshToken: 86400,
       Interaction: 600,
       Session: 86400,

@@ -180,6 +180,29 @@ fn a_persons_token_becomes_identity_headers_and_stays_at_the_gateway() {
 }
 
 #[test]
+fn the_gateways_own_cookies_never_reach_the_upstream() {
+    let mut req = request(&[
+        (
+            "cookie",
+            "theme=dark; __Host-portcullis-session=abc; lang=en",
+        ),
+        ("cookie", "__Host-portcullis-login=xyz"),
+        ("cookie", "other=1"),
+    ]);
+    strip_gateway_cookies(&mut req).unwrap();
+    let values: Vec<&str> = req
+        .headers
+        .get_all("cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(values, ["theme=dark; lang=en", "other=1"]);
+    let mut only = request(&[("cookie", "__Host-portcullis-session=abc")]);
+    strip_gateway_cookies(&mut only).unwrap();
+    assert!(only.headers.get("cookie").is_none());
+}
+
+#[test]
 fn addresses_are_written_as_display_writes_them() {
     for ip in [
         "0.0.0.0",
