@@ -55,9 +55,10 @@ pub fn check(path: &Path) -> Result<Config, GatewayError> {
         Pool::from_config(upstream)?;
     }
     check_audit_key(&config)?;
+    check_login_secrets(&config)?;
     if let Some(assertion) = &config.identity_assertion {
         refuse_readable_secret("identity_assertion.signing_key", &assertion.signing_key)
-            .map_err(|e| GatewayError::IdentityProvider(e.to_string()))?;
+            .map_err(GatewayError::IdentityProvider)?;
         crate::assertion::AssertionSigner::load(assertion)?;
     }
     if let Some(pg) = config.audit.as_ref().and_then(|a| a.postgres.as_ref()) {
@@ -95,19 +96,45 @@ pub(crate) fn check_audit_key(config: &Config) -> Result<(), GatewayError> {
         }
     }
     for (what, path) in key.into_iter().chain(store) {
-        refuse_readable_secret(what, path)?;
+        refuse_readable_secret(what, path).map_err(GatewayError::Audit)?;
     }
     Ok(())
 }
 
-fn refuse_readable_secret(what: &str, path: &std::path::Path) -> Result<(), GatewayError> {
+/// The browser login's secrets: the session key ring and each provider's client secret must
+/// be readable by the gateway and by no one else.
+fn check_login_secrets(config: &Config) -> Result<(), GatewayError> {
+    use portcullis_policy::SecretSource;
+    let fail = |e: String| GatewayError::IdentityProvider(e);
+    if let Some(sessions) = &config.sessions {
+        refuse_readable_secret("sessions.key_ring", &sessions.key_ring).map_err(fail)?;
+        portcullis_identity::oidc::KeyRing::load(&sessions.key_ring)
+            .map_err(|e| fail(format!("sessions.key_ring {e}")))?;
+    }
+    for provider in config.tenants.iter().flat_map(|t| &t.identity_providers) {
+        let Some(login) = &provider.login else {
+            continue;
+        };
+        let what = format!(
+            "identity provider {}: client secret",
+            provider.settings.name
+        );
+        if let SecretSource::File(path) = &login.client_secret {
+            refuse_readable_secret(&what, path).map_err(fail)?;
+        }
+        crate::audit::read_secret(&login.client_secret, &what).map_err(fail)?;
+    }
+    Ok(())
+}
+
+fn refuse_readable_secret(what: &str, path: &std::path::Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     match std::fs::metadata(path) {
-        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => Err(GatewayError::Audit(format!(
+        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => Err(format!(
             "{what} {} is readable by group or others (mode {:o}); chmod 600 it",
             path.display(),
             meta.permissions().mode() & 0o777
-        ))),
+        )),
         // A missing key is created at start; a missing PIN or connection file is named there.
         _ => Ok(()),
     }

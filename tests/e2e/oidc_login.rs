@@ -86,6 +86,11 @@ fn setup(id_token_ttl: Duration) -> Setup {
         format!("{CLIENT_SECRET}\n"),
     )
     .unwrap();
+    for secret in ["session-keys", "client-secret"] {
+        use std::os::unix::fs::PermissionsExt;
+        let path = pki.dir.path().join(secret);
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let echo = Echo::start(pki.dir.path(), "e1");
     let yaml = CONFIG
         .replace("{echo}", &echo.port.to_string())
@@ -433,4 +438,38 @@ fn an_expired_id_token_is_refreshed_with_the_sealed_refresh_token() {
         ),
         1.0
     );
+}
+
+#[test]
+fn check_refuses_login_secrets_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup(Duration::from_secs(3600));
+    let check = |expect: Option<&str>| {
+        let out = std::process::Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&s.gw.config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        match expect {
+            None => assert!(out.status.success(), "{stderr}"),
+            Some(needle) => {
+                assert!(!out.status.success());
+                assert!(stderr.contains(needle), "{stderr}");
+                assert!(!stderr.contains(CLIENT_SECRET), "the secret was shown: {stderr}");
+            }
+        }
+    };
+    check(None);
+    for (file, needle) in [
+        ("session-keys", "sessions.key_ring"),
+        ("client-secret", "identity provider corp: client secret"),
+    ] {
+        let path = s.pki.dir.path().join(file);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        check(Some(needle));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    std::fs::write(s.pki.dir.path().join("session-keys"), "k1 short\n").unwrap();
+    check(Some("not base64"));
 }
