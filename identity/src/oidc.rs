@@ -32,7 +32,7 @@ pub use login::{
 #[cfg(feature = "io")]
 pub use seal::KeyRing;
 #[cfg(feature = "io")]
-pub use verify::verify;
+pub use verify::{check_token_for_fuzzing, verify};
 
 /// Largest bearer token read: anything longer is malformed, before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 << 10;

@@ -456,7 +456,10 @@ fn check_refuses_login_secrets_others_can_read() {
             Some(needle) => {
                 assert!(!out.status.success());
                 assert!(stderr.contains(needle), "{stderr}");
-                assert!(!stderr.contains(CLIENT_SECRET), "the secret was shown: {stderr}");
+                assert!(
+                    !stderr.contains(CLIENT_SECRET),
+                    "the secret was shown: {stderr}"
+                );
             }
         }
     };

@@ -177,7 +177,7 @@ impl KeySet {
 
 /// The signature keys of a key set that `jsonwebtoken` can use; encryption keys and keys of
 /// unknown types are skipped.
-fn usable_keys(set: &CoreJsonWebKeySet) -> Vec<Key> {
+pub(crate) fn usable_keys(set: &CoreJsonWebKeySet) -> Vec<Key> {
     set.keys()
         .iter()
         .filter_map(|key| {
