@@ -12,7 +12,13 @@
 # new connection per request, open loop, idle-connection memory. Then keep-alive GET with two
 # workers per proxy on both CPUs, shared with the load generator (TWO_WORKERS=0 skips it).
 # Then instructions per request under callgrind: Portcullis with and without audit, bare
-# pingora, nginx.
+# pingora, nginx, and Portcullis with a bearer token.
+#
+# portcullis-bearer is portcullis-noaudit with the benched route on `authentication: oidc`
+# (a tenant identity provider: portcullis-bench-idp, a static provider on loopback with a
+# certificate of the bench CA; an access rule on the token's `groups`): every request carries
+# `Authorization: Bearer` with the same token, verified once and then served from the cache.
+# It runs in the keep-alive GET scenario and under callgrind, next to portcullis-noaudit.
 #
 #   bench/run.sh                   # everything: ~15 minutes after the build
 #   ROUNDS=5 ROUND_SECS=10 bench/run.sh
@@ -55,6 +61,7 @@ CG_PORT=$((BASE_PORT + 446))
 CG_METRICS_PORT=$((BASE_PORT + 902))
 CG_BASE_PORT=$((BASE_PORT + 449))
 CG_BASE_METRICS_PORT=$((BASE_PORT + 905))
+IDP_PORT=$((BASE_PORT + 950))
 # The proxies' ports; the two-worker set runs on its own (set_ports 20), so a lingering socket
 # of the one-worker set cannot get in its way.
 set_ports() { # shift
@@ -64,9 +71,11 @@ set_ports() { # shift
   PCL_NOAUDIT_PORT=$((BASE_PORT + 447 + $1))
   BASE_NOAUDIT_PORT=$((BASE_PORT + 448 + $1))
   PINGORA_PORT=$((BASE_PORT + 450 + $1))
+  PCL_BEARER_PORT=$((BASE_PORT + 451 + $1))
   PCL_METRICS_PORT=$((BASE_PORT + 901 + $1))
   PCL_NOAUDIT_METRICS_PORT=$((BASE_PORT + 903 + $1))
   BASE_NOAUDIT_METRICS_PORT=$((BASE_PORT + 904 + $1))
+  PCL_BEARER_METRICS_PORT=$((BASE_PORT + 906 + $1))
 }
 set_ports 0
 PROXIES=(portcullis portcullis-noaudit pingora nginx haproxy)
@@ -74,6 +83,12 @@ if [[ -n $BASELINE ]]; then
   PROXIES=(portcullis portcullis-noaudit baseline-noaudit pingora nginx haproxy)
 fi
 TARGETS=(direct "${PROXIES[@]}")
+# Keep-alive GET (one worker) also runs portcullis-bearer, next to portcullis-noaudit.
+KA_GET_TARGETS=()
+for t in "${TARGETS[@]}"; do
+  KA_GET_TARGETS+=("$t")
+  if [[ $t == portcullis-noaudit ]]; then KA_GET_TARGETS+=(portcullis-bearer); fi
+done
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -107,11 +122,12 @@ trap 'exit 130' INT TERM
 # --- build (once; cargo reuses it when nothing changed) --------------------------------------
 log "building release binaries into $TARGET_DIR"
 (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --quiet \
-  -p portcullis-bench --bin portcullis-load --bin portcullis-bare-pingora \
+  -p portcullis-bench --bin portcullis-load --bin portcullis-bare-pingora --bin portcullis-bench-idp \
   -p portcullis --bin portcullis)
 LOAD="$TARGET_DIR/release/portcullis-load"
 PCL="$TARGET_DIR/release/portcullis"
 BARE="$TARGET_DIR/release/portcullis-bare-pingora"
+IDP="$TARGET_DIR/release/portcullis-bench-idp"
 
 # --- peers ----------------------------------------------------------------------------------
 install_if_missing() {
@@ -178,13 +194,17 @@ url_of() {
     direct) echo "http://127.0.0.1:$ECHO_PORT/bench/item" ;;
     portcullis) echo "https://127.0.0.1:$PCL_PORT/bench/item" ;;
     portcullis-noaudit) echo "https://127.0.0.1:$PCL_NOAUDIT_PORT/bench/item" ;;
+    portcullis-bearer) echo "https://127.0.0.1:$PCL_BEARER_PORT/bench/item" ;;
     baseline-noaudit) echo "https://127.0.0.1:$BASE_NOAUDIT_PORT/bench/item" ;;
     pingora) echo "https://127.0.0.1:$PINGORA_PORT/bench/item" ;;
     nginx) echo "https://127.0.0.1:$NGINX_PORT/bench/item" ;;
     haproxy) echo "https://127.0.0.1:$HAPROXY_PORT/bench/item" ;;
   esac
 }
-tls_of() { [[ $1 == direct ]] || printf '%s\n' "${TLS_ARGS[@]}"; }
+tls_of() { # the load generator's TLS arguments, and the bearer token where the target wants one
+  [[ $1 == direct ]] || printf '%s\n' "${TLS_ARGS[@]}"
+  [[ $1 != portcullis-bearer ]] || printf '%s\n' --bearer-file "$WORK/token"
+}
 
 # Waits until one request to URL succeeds (plain or mTLS), up to ~N tenths of a second.
 wait_ok() {
@@ -238,12 +258,44 @@ stop_bg() { # name
   unset 'PID_OF[$1]'
 }
 
+# --- the bench identity provider (for portcullis-bearer) -----------------------------------
+# Serves its discovery document and key set on 127.0.0.1:IDP_PORT with the bench server
+# certificate, and writes one ES256 token (aud https://bench.local/api, groups [bench-eng],
+# valid 24 h) to $WORK/token. The cleanup trap stops it.
+start_bg idp "$WORK/idp.log" "$IDP" --listen "127.0.0.1:$IDP_PORT" --cert "$WORK/server.pem" \
+  --key "$WORK/server.key" --token-out "$WORK/token" --audience https://bench.local/api \
+  --group bench-eng --lifetime 24h
+for _ in $(seq 1 100); do
+  [[ -s "$WORK/token" ]] && break
+  kill -0 "${PID_OF[idp]}" 2>/dev/null || break
+  sleep 0.1
+done
+if [[ ! -s "$WORK/token" ]]; then
+  log "the bench identity provider did not start; portcullis-bearer will fail"
+  cat "$WORK/idp.log" >&2
+fi
+
 # --- echo upstream --------------------------------------------------------------------------
 start_bg echo "$WORK/echo.log" "${PIN_SUT[@]}" "$PCL" echo --listen "127.0.0.1:$ECHO_PORT" --name bench
 wait_ok "http://127.0.0.1:$ECHO_PORT/healthz" 100 || { log "echo upstream did not start"; cat "$WORK/echo.log" >&2; exit 1; }
 
 # --- the proxies' configurations ------------------------------------------------------------
-write_pcl_config() { # file, port, metrics port, audit (on|off)
+write_pcl_config() { # file, port, metrics port, audit (on|off), authentication (mtls|oidc)
+  local providers="" authn="" rule="spiffe_id: [spiffe://bench.local/ns/bench/sa/client]"
+  if [[ ${5:-mtls} == oidc ]]; then
+    # The benched route takes bearer tokens of the bench identity provider (the TLS handshake
+    # still asks for the client certificate, as for the other targets).
+    providers="
+    identity_providers:
+      - name: bench-idp
+        issuer: https://127.0.0.1:$IDP_PORT
+        audiences: [https://bench.local/api]
+        ca: $WORK/ca.pem
+        algorithms: [ES256]"
+    authn="
+        authentication: oidc"
+    rule="groups: [bench-eng]"
+  fi
   cat >"$1" <<EOF
 # Full pipeline as built today: mTLS + identity + access rules + routing + per-tenant and
 # per-identity rate limits (configured far above the offered load, so never triggered), a
@@ -263,14 +315,14 @@ upstreams:
   - name: echo
     targets: [127.0.0.1:$ECHO_PORT]
 tenants:
-  - name: bench
+  - name: bench$providers
     routes:
       - name: all
         path_prefix: /
-        upstream: echo
+        upstream: echo$authn
         access:
           - id: bench-client
-            spiffe_id: [spiffe://bench.local/ns/bench/sa/client]
+            $rule
     limits:
       rate: { requests: 4000000, per: 1s }
       per_identity: { requests: 4000000, per: 1s }
@@ -377,6 +429,10 @@ start_proxies() { # workers
   start_bg portcullis "$WORK/portcullis$sfx.log" "${PIN_SUT[@]}" "$PCL" serve --config "$WORK/portcullis$sfx.yaml"
   write_pcl_config "$WORK/portcullis-noaudit$sfx.yaml" "$PCL_NOAUDIT_PORT" "$PCL_NOAUDIT_METRICS_PORT" off
   start_bg portcullis-noaudit "$WORK/portcullis-noaudit$sfx.log" "${PIN_SUT[@]}" "$PCL" serve --config "$WORK/portcullis-noaudit$sfx.yaml"
+  if [[ $w -eq 1 ]]; then # portcullis-bearer runs in the one-worker keep-alive GET only
+    write_pcl_config "$WORK/portcullis-bearer.yaml" "$PCL_BEARER_PORT" "$PCL_BEARER_METRICS_PORT" off oidc
+    start_bg portcullis-bearer "$WORK/portcullis-bearer.log" "${PIN_SUT[@]}" "$PCL" serve --config "$WORK/portcullis-bearer.yaml"
+  fi
   if [[ -n $BASELINE ]]; then
     write_pcl_config "$WORK/baseline-noaudit$sfx.yaml" "$BASE_NOAUDIT_PORT" "$BASE_NOAUDIT_METRICS_PORT" off
     start_bg baseline-noaudit "$WORK/baseline-noaudit$sfx.log" "${PIN_SUT[@]}" "$BASELINE" serve --config "$WORK/baseline-noaudit$sfx.yaml"
@@ -396,9 +452,12 @@ start_proxies() { # workers
   else
     FAIL_OF[haproxy]=$HAPROXY_MISSING
   fi
-  for t in "${PROXIES[@]}"; do
+  local -a started=("${PROXIES[@]}") tls
+  if [[ $w -eq 1 ]]; then started+=(portcullis-bearer); fi
+  for t in "${started[@]}"; do
     if [[ -n ${FAIL_OF[$t]:-} ]]; then continue; fi
-    if ! wait_ok "$(url_of "$t")" 150 "${TLS_ARGS[@]}"; then
+    mapfile -t tls < <(tls_of "$t")
+    if ! wait_ok "$(url_of "$t")" 150 "${tls[@]}"; then
       case $t in
         nginx) FAIL_OF[$t]="nginx did not become ready: $(tail -n 2 "$WORK/nginx$sfx-error.log" 2>/dev/null | tr '\n' ' ')" ;;
         haproxy) FAIL_OF[$t]="haproxy did not become ready: $(tail -n 2 "$WORK/haproxy$sfx.log" | tr '\n' ' ')" ;;
@@ -411,7 +470,7 @@ start_proxies() { # workers
 
 stop_proxies() {
   local t
-  for t in "${PROXIES[@]}"; do stop_bg "$t"; done
+  for t in "${PROXIES[@]}" portcullis-bearer; do stop_bg "$t"; done
 }
 
 alive() { # target: is it usable right now? (sets FAIL_OF when it died)
@@ -470,7 +529,7 @@ START_TS=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 # --- one worker per proxy -------------------------------------------------------------------
 start_proxies 1
 log "scenario: keep-alive GET"
-scenario ka-get TARGETS --connections "$CONNS"
+scenario ka-get KA_GET_TARGETS --connections "$CONNS"
 log "scenario: keep-alive POST ($BODY_BYTES bytes of JSON)"
 scenario ka-post TARGETS --connections "$CONNS" --body "$WORK/body.json"
 # The echo upstream speaks HTTP/1.1 only: no direct row.
@@ -553,6 +612,8 @@ LOADAVG_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 # counters zeroed before and dumped after: one request, then CALLGRIND_REQUESTS requests. Their
 # difference over CALLGRIND_REQUESTS-1 requests is what a keep-alive request costs, with the
 # handshake and connection set-up cancelled out (the one-request batch minus N is their cost).
+# CG_LOAD_EXTRA: more arguments for the load generator (the bearer token).
+CG_LOAD_EXTRA=()
 instructions() {
   local name=$1 port=$2
   shift 2
@@ -562,14 +623,14 @@ instructions() {
     --callgrind-out-file="$dir/callgrind.out.%p" "$@"
   pid=${PID_OF[cg-$name]}
   CG_N="-"
-  if wait_ok "$url" 1200 "${TLS_ARGS[@]}"; then
+  if wait_ok "$url" 1200 "${TLS_ARGS[@]}" "${CG_LOAD_EXTRA[@]}"; then
     # Warm the upstream pool and caches on a connection of its own.
-    "${PIN_LOAD[@]}" "$LOAD" run "$url" "${TLS_ARGS[@]}" -c 1 -n 200 --duration 120s >/dev/null
+    "${PIN_LOAD[@]}" "$LOAD" run "$url" "${TLS_ARGS[@]}" "${CG_LOAD_EXTRA[@]}" -c 1 -n 200 --duration 120s >/dev/null
     callgrind_control -z "$pid" >/dev/null
-    "${PIN_LOAD[@]}" "$LOAD" run "$url" "${TLS_ARGS[@]}" -c 1 -n 1 --duration 60s --json >"$dir/one.json"
+    "${PIN_LOAD[@]}" "$LOAD" run "$url" "${TLS_ARGS[@]}" "${CG_LOAD_EXTRA[@]}" -c 1 -n 1 --duration 60s --json >"$dir/one.json"
     callgrind_control -d "$pid" >/dev/null
     callgrind_control -z "$pid" >/dev/null
-    "${PIN_LOAD[@]}" "$LOAD" run "$url" "${TLS_ARGS[@]}" -c 1 -n "$CALLGRIND_REQUESTS" \
+    "${PIN_LOAD[@]}" "$LOAD" run "$url" "${TLS_ARGS[@]}" "${CG_LOAD_EXTRA[@]}" -c 1 -n "$CALLGRIND_REQUESTS" \
       --duration 600s --json >"$dir/batch.json"
     callgrind_control -d "$pid" >/dev/null
     sleep 1
@@ -603,11 +664,11 @@ CALLGRIND_LINES="Not measured (CALLGRIND_REQUESTS=$CALLGRIND_REQUESTS; it takes 
 if [[ $CALLGRIND_REQUESTS -gt 1 ]]; then
   if command -v valgrind >/dev/null 2>&1 && command -v callgrind_control >/dev/null 2>&1; then
     log "instruction count under callgrind: $CALLGRIND_REQUESTS keep-alive GETs per target"
-    cg_pcl() { # name port metrics-port audit binary
+    cg_pcl() { # name port metrics-port audit binary [authentication]
       local dir="$WORK/cg-$1"
       mkdir -p "$dir"
       cp "$WORK"/{ca.pem,server.pem,server.key} "$dir/"
-      write_pcl_config "$dir/portcullis.yaml" "$2" "$3" "$4"
+      write_pcl_config "$dir/portcullis.yaml" "$2" "$3" "$4" "${6:-mtls}"
       instructions "$1" "$2" "$5" serve --config "$dir/portcullis.yaml"
     }
     cg_pcl portcullis "$CG_PORT" "$CG_METRICS_PORT" on "$PCL"
@@ -616,6 +677,11 @@ if [[ $CALLGRIND_REQUESTS -gt 1 ]]; then
     cg_pcl portcullis-noaudit "$CG_PORT" "$CG_METRICS_PORT" off "$PCL"
     IR_NOAUDIT=$CG_N LINE_NOAUDIT=$CG_LINE
     log "portcullis-noaudit: $LINE_NOAUDIT"
+    CG_LOAD_EXTRA=(--bearer-file "$WORK/token")
+    cg_pcl portcullis-bearer "$CG_PORT" "$CG_METRICS_PORT" off "$PCL" oidc
+    CG_LOAD_EXTRA=()
+    IR_BEARER=$CG_N LINE_BEARER=$CG_LINE
+    log "portcullis-bearer: $LINE_BEARER"
     mapfile -t bare < <(bare_args "$CG_PORT" 1)
     instructions pingora "$CG_PORT" "$BARE" "${bare[@]}"
     IR_PINGORA=$CG_N LINE_PINGORA=$CG_LINE
@@ -632,6 +698,7 @@ if [[ $CALLGRIND_REQUESTS -gt 1 ]]; then
     log "nginx: $LINE_NGINX"
     CALLGRIND_LINES="- **portcullis** (fail-closed audit): $LINE_PCL
 - **portcullis-noaudit**: $LINE_NOAUDIT
+- **portcullis-bearer** (portcullis-noaudit + \`authentication: oidc\`, the same bearer token on every request, verified once then cached): $LINE_BEARER
 - **pingora** (portcullis-bare-pingora): $LINE_PINGORA
 - **nginx** (\`master_process off; daemon off;\`, one process): $LINE_NGINX"
     if [[ -n $BASELINE ]]; then
@@ -643,7 +710,7 @@ if [[ $CALLGRIND_REQUESTS -gt 1 ]]; then
     fi
     CALLGRIND_LINES="$CALLGRIND_LINES
 
-Ratios: Portcullis / pingora $(ir_ratio "$IR_PCL" "$IR_PINGORA") with the audit log, $(ir_ratio "$IR_NOAUDIT" "$IR_PINGORA") without; pingora / nginx $(ir_ratio "$IR_PINGORA" "$IR_NGINX"); Portcullis without audit / nginx $(ir_ratio "$IR_NOAUDIT" "$IR_NGINX")."
+Ratios: Portcullis / pingora $(ir_ratio "$IR_PCL" "$IR_PINGORA") with the audit log, $(ir_ratio "$IR_NOAUDIT" "$IR_PINGORA") without; pingora / nginx $(ir_ratio "$IR_PINGORA" "$IR_NGINX"); Portcullis without audit / nginx $(ir_ratio "$IR_NOAUDIT" "$IR_NGINX"); bearer token (cached validation) / mTLS only: portcullis-bearer / portcullis-noaudit $(ir_ratio "$IR_BEARER" "$IR_NOAUDIT")."
   else
     CALLGRIND_LINES="Not measured: valgrind/callgrind_control not installed (apt-get install valgrind)."
   fi
@@ -676,6 +743,12 @@ access log + the fail-closed audit log (every allowed request's admission record
 fsynced before forwarding, a completion record after), at commit $COMMIT.
 **portcullis-noaudit** is the same configuration without the audit section: the pair gives the
 audit log's cost in the same run.
+**portcullis-bearer** (keep-alive GET and callgrind only) is portcullis-noaudit with the route on
+\`authentication: oidc\`: a tenant identity provider (\`portcullis-bench-idp\`, a static
+provider on loopback: discovery document and an ES256 key set over TLS), an access rule on the
+token's \`groups\`, and every request carrying the same \`Authorization: Bearer\` token, verified
+once and then served from the gateway's token cache (the client certificate is still required
+in the handshake). Against portcullis-noaudit it gives what cached bearer validation costs.
 **pingora** is the framework floor: \`portcullis-bare-pingora\` (bench/src/bare_pingora.rs), the
 workspace's pingora 0.9 with the gateway's features (rustls, ring, Portcullis's restricted
 provider) and allocator (mimalloc), a \`ProxyHttp\` that only picks the echo upstream, mTLS with
@@ -730,6 +803,7 @@ $(printf '%q ' "$0") # with ROUNDS=$ROUNDS ROUND_SECS=$ROUND_SECS WARMUP_SECS=$W
 ${PIN_SUT[*]} portcullis-bare-pingora --listen 127.0.0.1:$PINGORA_PORT --upstream 127.0.0.1:$ECHO_PORT --cert server.pem --key server.key --client-ca ca.pem --threads 1
 # per target and round, e.g. Portcullis keep-alive GET:
 ${PIN_LOAD[*]} portcullis-load run https://127.0.0.1:$PCL_PORT/bench/item --ca ca.pem --cert client.pem --key client.key --json --duration ${ROUND_SECS}s --warmup ${WARMUP_SECS}s --connections $CONNS
+#   portcullis-bearer: add --bearer-file token (the token portcullis-bench-idp wrote; keep-alive GET and callgrind only)
 #   POST: add --body body.json; HTTP/2: --http 2 --connections $H2_CONNS --streams $H2_STREAMS;
 #   handshakes: --new-conn --connections $NEWCONN_CONNS; open loop: --rate ${RATE:-R} --connections $OPEN_LOOP_CONNS
 #   two workers: proxies on ${PIN_BOTH[*]:-all CPUs} with 2 threads/workers, the echo upstream re-pinned there, load generator ${PIN_BOTH[*]} portcullis-load run … --threads $LOAD_THREADS_2W

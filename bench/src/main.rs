@@ -79,6 +79,13 @@ struct Connection {
     /// POST this file's contents (as application/json) instead of GET.
     #[arg(long)]
     body: Option<PathBuf>,
+    /// Add this header to every request, as `Name: value` (repeat for more).
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+    /// Add `Authorization: Bearer <token>` to every request, the token read from this file
+    /// (surrounding whitespace trimmed).
+    #[arg(long)]
+    bearer_file: Option<PathBuf>,
     /// Give up on one request (connect included) after this long.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     timeout: Duration,
@@ -192,11 +199,28 @@ fn connector(conn: &Connection) -> anyhow::Result<Arc<Connector>> {
         )),
         None => None,
     };
+    let mut headers = conn
+        .headers
+        .iter()
+        .map(|h| target::parse_header(h))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(path) = &conn.bearer_file {
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("read token {}", path.display()))?;
+        let token = token.trim();
+        if token.is_empty() {
+            bail!("token file {} is empty", path.display());
+        }
+        headers.push(target::parse_header(&format!(
+            "Authorization: Bearer {token}"
+        ))?);
+    }
     Ok(Arc::new(Connector::new(
         target,
         conn.protocol,
         tls.as_ref(),
         body,
+        headers,
     )?))
 }
 

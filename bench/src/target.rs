@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use http::{Method, Request, Uri};
+use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -133,6 +133,8 @@ pub(crate) struct Connector {
     server_name: Option<ServerName<'static>>,
     method: Method,
     body: Bytes,
+    /// Extra headers every request carries (e.g. `Authorization: Bearer …`).
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Connector {
@@ -141,6 +143,7 @@ impl Connector {
         protocol: Protocol,
         tls: Option<&TlsFiles>,
         body: Option<Bytes>,
+        headers: Vec<(HeaderName, HeaderValue)>,
     ) -> anyhow::Result<Self> {
         let (tls, server_name) = match (target.tls, tls) {
             (true, Some(files)) => {
@@ -164,6 +167,7 @@ impl Connector {
             server_name,
             method,
             body: body.unwrap_or_default(),
+            headers,
         })
     }
 
@@ -233,11 +237,14 @@ impl Connector {
                 .header(http::header::HOST, self.target.authority.as_str()),
             Protocol::Http2 => builder.uri(self.target.uri.clone()),
         };
-        let builder = if self.method == Method::POST {
+        let mut builder = if self.method == Method::POST {
             builder.header(http::header::CONTENT_TYPE, "application/json")
         } else {
             builder
         };
+        for (name, value) in &self.headers {
+            builder = builder.header(name, value);
+        }
         builder
             .body(Full::new(self.body.clone()))
             // Invariant: method, URI and headers above come from values already validated.
@@ -317,9 +324,43 @@ fn read_key(path: &Path) -> anyhow::Result<rustls_pki_types::PrivateKeyDer<'stat
     Ok(portcullis_identity::load_private_key(path)?)
 }
 
+/// Parses `Name: value` (as curl's `-H`).
+pub(crate) fn parse_header(text: &str) -> anyhow::Result<(HeaderName, HeaderValue)> {
+    let (name, value) = text
+        .split_once(':')
+        .with_context(|| format!("header {text:?}: give it as `Name: value`"))?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .with_context(|| format!("header name {:?}", name.trim()))?;
+    let value =
+        HeaderValue::from_str(value.trim()).with_context(|| format!("value of header {name}"))?;
+    Ok((name, value))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_parse() {
+        let (n, v) = parse_header("Authorization: Bearer a.b.c").unwrap();
+        assert_eq!(n, http::header::AUTHORIZATION);
+        assert_eq!(v, "Bearer a.b.c");
+        assert!(parse_header("no colon").is_err());
+        assert!(parse_header("X-Bad: a\nb").is_err());
+        assert!(parse_header("Bad Name: x").is_err());
+    }
+
+    #[test]
+    fn extra_headers_on_every_request() {
+        let target = Target::parse("http://127.0.0.1:8080/x").unwrap();
+        let header = parse_header("Authorization: Bearer t").unwrap();
+        for protocol in [Protocol::Http1, Protocol::Http2] {
+            let c =
+                Connector::new(target.clone(), protocol, None, None, vec![header.clone()]).unwrap();
+            let req = c.request();
+            assert_eq!(req.headers()[http::header::AUTHORIZATION], "Bearer t");
+        }
+    }
 
     #[test]
     fn loopback_targets_only() {
