@@ -32,6 +32,13 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
+# The HTTP/2 misbehaviour tests drive raw frames with PyPI's h2 (tests/e2e/h2_client.py).
+if [ "${1:-}" = "--test" ] && ! python3 -c 'import h2, hyperframe' 2>/dev/null; then
+  echo "setup: installing the Python h2 package (pip)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check 'h2>=4.1,<5' \
+    || python3 -m pip install --quiet --break-system-packages 'h2>=4.1,<5'
+fi
+
 # oidc-provider 9 needs Node.js 20.19 or later; Debian 12's own nodejs package is 18.
 if [ "${1:-}" = "--test" ] && have node \
   && [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then

@@ -205,9 +205,12 @@ pub(crate) struct Authenticated {
     pub set_cookie: Option<String>,
 }
 
-/// Verified and refused tokens, by tenant and token text. An entry lives until the token
-/// expires (a refusal for [`REFUSAL_TTL`]).
-type TokenCache = Cache<(TenantId, Arc<str>), Result<Arc<TokenIdentity>, TokenError>>;
+/// A token's verdict for the tenant that asked.
+type Verdict = (TenantId, Result<Arc<TokenIdentity>, TokenError>);
+
+/// Verified and refused tokens, by token text. An entry lives until the token expires (a
+/// refusal for [`REFUSAL_TTL`]).
+type TokenCache = Cache<Arc<str>, Verdict>;
 
 /// One generation's bearer-token verification.
 pub(crate) struct Authenticator {
@@ -227,11 +230,11 @@ impl std::fmt::Debug for Authenticator {
 /// Expiry of cache entries: a verified token at its `exp`, a refusal after a while.
 struct UntilExpiry;
 
-impl moka::Expiry<(TenantId, Arc<str>), Result<Arc<TokenIdentity>, TokenError>> for UntilExpiry {
+impl moka::Expiry<Arc<str>, Verdict> for UntilExpiry {
     fn expire_after_create(
         &self,
-        _key: &(TenantId, Arc<str>),
-        value: &Result<Arc<TokenIdentity>, TokenError>,
+        _key: &Arc<str>,
+        (_, value): &Verdict,
         _created_at: Instant,
     ) -> Option<Duration> {
         Some(match value {
@@ -291,9 +294,7 @@ impl Authenticator {
         registry.retain(config);
         let cache = Cache::builder()
             .max_capacity(CACHE_BYTES)
-            .weigher(|key: &(TenantId, Arc<str>), _| {
-                u32::try_from(key.1.len() + 1024).unwrap_or(u32::MAX)
-            })
+            .weigher(|key: &Arc<str>, _| u32::try_from(key.len() + 1024).unwrap_or(u32::MAX))
             .expire_after(UntilExpiry)
             .build();
         Ok(Self {
@@ -348,25 +349,30 @@ impl Authenticator {
             }
             Some(Ok(token)) => token,
         };
-        let key = (route.tenant.clone(), Arc::<str>::from(token));
-        let outcome = match self.cache.get(&key) {
+        // Looked up by the token's text, without a copy; an entry is the tenant's verdict.
+        let cached = self.cache.get(token).filter(|(t, outcome)| {
             // An entry can outlive its token by up to a second.
-            Some(Ok(t)) if t.expires_at < unix_now() => {
-                self.verify(&route.tenant, token, metrics).await
+            *t == route.tenant && !matches!(outcome, Ok(id) if id.expires_at < unix_now())
+        });
+        let outcome = match cached {
+            Some((_, outcome)) => outcome,
+            None => {
+                let outcome = self.verify(&route.tenant, token, metrics).await;
+                // Refusals a key fetch could change are not remembered.
+                let remember = !matches!(
+                    outcome,
+                    Err(TokenError::UnknownKey | TokenError::KeysUnavailable)
+                );
+                if remember {
+                    let entry = (route.tenant.clone(), outcome.clone());
+                    self.cache.insert(Arc::from(token), entry);
+                }
+                outcome
             }
-            Some(cached) => cached,
-            None => self.verify(&route.tenant, token, metrics).await,
         };
         match &outcome {
             Ok(t) => metrics.oidc_token(tenant, &t.provider, "valid"),
             Err(e) => metrics.oidc_token(tenant, "-", e.label()),
-        }
-        let remember = !matches!(
-            outcome,
-            Err(TokenError::UnknownKey | TokenError::KeysUnavailable)
-        );
-        if remember {
-            self.cache.insert(key, outcome.clone());
         }
         match outcome {
             Ok(t) => Bearer::Valid(t),

@@ -501,29 +501,38 @@ fn postgres_outage_under_load_ends_with_the_table_equal_to_the_log() {
         metric_value(m, connected) == 1.0 && metric_value(m, lag) == 0.0
     });
 
-    let out = verify(&d.join("audit"), &d.join("audit.key.pub"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = String::from_utf8_lossy(&out.stdout).to_string();
-    let local_count: u64 = report
-        .split(": ok: ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap();
-    let head = report
-        .rsplit("chain head ")
-        .next()
-        .unwrap()
-        .trim()
-        .to_owned();
-    let row = pg.psql(
-        "SELECT count(*), count(DISTINCT seq), max(seq) FROM audit_records WHERE node = 'gw-test'",
-    );
-    let cols: Vec<u64> = row.split('|').map(|c| c.parse().unwrap()).collect();
+    // Records made after the load stopped (completions, a checkpoint) can still be on their
+    // way when the lag first reads 0: compare once the log and the table agree, or time out.
+    let settled = Instant::now();
+    let (local_count, head, cols) = loop {
+        let out = verify(&d.join("audit"), &d.join("audit.key.pub"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report = String::from_utf8_lossy(&out.stdout).to_string();
+        let local_count: u64 = report
+            .split(": ok: ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        let head = report
+            .rsplit("chain head ")
+            .next()
+            .unwrap()
+            .trim()
+            .to_owned();
+        let row = pg.psql(
+            "SELECT count(*), count(DISTINCT seq), max(seq) FROM audit_records WHERE node = 'gw-test'",
+        );
+        let cols: Vec<u64> = row.split('|').map(|c| c.parse().unwrap()).collect();
+        if cols[0] == local_count || settled.elapsed() > Duration::from_secs(10) {
+            break (local_count, head, cols);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let central_head = pg.psql(&format!(
         "SELECT hash FROM audit_records WHERE node = 'gw-test' AND seq = {}",
         cols[2]
