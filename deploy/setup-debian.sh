@@ -22,6 +22,8 @@ if [ "${1:-}" = "--test" ]; then
   # Node.js; the tests install its npm packages themselves (npm ci).
   have node || need+=(nodejs)
   have npm || need+=(npm)
+  # One login test drives a real browser: Debian's Chromium, through playwright-core (npm).
+  [ -x /usr/bin/chromium ] || need+=(chromium)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

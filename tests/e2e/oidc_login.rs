@@ -476,3 +476,41 @@ fn check_refuses_login_secrets_others_can_read() {
     std::fs::write(s.pki.dir.path().join("session-keys"), "k1 short\n").unwrap();
     check(Some("not base64"));
 }
+
+/// Headless Chromium (Debian's, driven by playwright-core) logs in through the gateway; the
+/// landing page is kept as a screenshot in `target/test-artifacts/oidc-login.png`.
+#[test]
+fn a_real_browser_logs_in_and_lands_on_the_page_it_asked_for() {
+    let s = setup(Duration::from_secs(3600));
+    let app = format!("https://localhost:{}/app/welcome", s.gw.port);
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let screenshot = artifacts.join("oidc-login.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let certs = format!(
+        "{},{}",
+        s.pki.path("server.pem").display(),
+        s.pki.path(&format!("oidc-{}.pem", s.provider.port())).display()
+    );
+    let out = std::process::Command::new("node")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc/browser-login.mjs"))
+        .args([&app, "alice", &certs])
+        .arg(&screenshot)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.gw.proc.log_text()
+    );
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(result["url"], app.as_str(), "{result}");
+    let body = result["body"].as_str().unwrap();
+    assert!(body.contains("\"x-portcullis-user-subject\""), "{body}");
+    assert!(body.contains("alice"), "{body}");
+    let cookies = result["cookies"].to_string();
+    assert!(cookies.contains("__Host-portcullis-session"), "{cookies}");
+    assert!(std::fs::metadata(&screenshot).unwrap().len() > 1_000);
+}
