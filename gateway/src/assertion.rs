@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use moka::sync::Cache;
+use portcullis_audit::{SignatureAlgorithm, Signer, SignerError};
 use portcullis_policy::{AssertionSettings, Identity, TokenIdentity};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
@@ -39,8 +40,7 @@ pub(crate) struct AssertionFacts<'a> {
 
 /// Signs assertions with the configured key.
 pub(crate) struct AssertionSigner {
-    key: EcdsaKeyPair,
-    rng: SystemRandom,
+    key: Arc<dyn Signer>,
     /// `base64url({"alg":"ES256","kid":…,"typ":"JWT"})`.
     header: String,
     issuer: String,
@@ -58,31 +58,114 @@ impl std::fmt::Debug for AssertionSigner {
     }
 }
 
+/// A P-256 key read from a PKCS#8 PEM file, signing as JWS ES256 wants (`r || s`).
+struct FileKey {
+    key: EcdsaKeyPair,
+    rng: SystemRandom,
+    spki: Vec<u8>,
+}
+
+impl Signer for FileKey {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, SignerError> {
+        self.key
+            .sign(&self.rng, msg)
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|e| SignerError::Backend(e.to_string()))
+    }
+
+    fn algorithm(&self) -> SignatureAlgorithm {
+        SignatureAlgorithm::EcdsaP256Sha256Fixed
+    }
+
+    fn public_key_der(&self) -> Vec<u8> {
+        self.spki.clone()
+    }
+}
+
+/// DER SubjectPublicKeyInfo of a P-256 key, before its 65-byte uncompressed point.
+const P256_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+/// The P-256 key (PKCS#8 PEM) at `path`.
+pub(crate) fn file_key(path: &std::path::Path) -> Result<Arc<dyn Signer>, GatewayError> {
+    let fail = |detail: String| {
+        GatewayError::IdentityProvider(format!(
+            "identity_assertion.signing_key {}: {detail}",
+            path.display()
+        ))
+    };
+    let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let der = match rustls_pemfile::private_key(&mut pem.as_slice()) {
+        Ok(Some(rustls_pki_types::PrivateKeyDer::Pkcs8(der))) => der,
+        _ => return Err(fail("not a PKCS#8 PEM private key".to_owned())),
+    };
+    let rng = SystemRandom::new();
+    let key = EcdsaKeyPair::from_pkcs8(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        der.secret_pkcs8_der(),
+        &rng,
+    )
+    .map_err(|e| fail(format!("not a P-256 key: {e}")))?;
+    let mut spki = P256_SPKI_PREFIX.to_vec();
+    spki.extend_from_slice(key.public_key().as_ref());
+    Ok(Arc::new(FileKey { key, rng, spki }))
+}
+
+/// An ECDSA signature in DER (`SEQUENCE { r INTEGER, s INTEGER }`) as JWS wants it: `r || s`,
+/// each 32 bytes.
+fn der_to_fixed(der: &[u8]) -> Option<Vec<u8>> {
+    let integer = |bytes: &[u8]| -> Option<(Vec<u8>, usize)> {
+        let (&tag, rest) = bytes.split_first()?;
+        let (&len, rest) = rest.split_first()?;
+        let len = usize::from(len);
+        if tag != 0x02 || len > 33 || rest.len() < len {
+            return None;
+        }
+        let value = rest[..len]
+            .iter()
+            .skip_while(|b| **b == 0)
+            .copied()
+            .collect::<Vec<u8>>();
+        if value.len() > 32 {
+            return None;
+        }
+        let mut fixed = vec![0; 32 - value.len()];
+        fixed.extend(value);
+        Some((fixed, 2 + len))
+    };
+    let (&tag, rest) = der.split_first()?;
+    let (&len, body) = rest.split_first()?;
+    if tag != 0x30 || usize::from(len) != body.len() {
+        return None;
+    }
+    let (mut r, used) = integer(body)?;
+    let (s, used_s) = integer(&body[used..])?;
+    if used + used_s != body.len() {
+        return None;
+    }
+    r.extend(s);
+    Some(r)
+}
+
 impl AssertionSigner {
-    /// Reads the P-256 key (PKCS#8 PEM) the settings name.
-    pub(crate) fn load(settings: &AssertionSettings) -> Result<Self, GatewayError> {
-        let fail = |detail: String| {
-            GatewayError::IdentityProvider(format!(
-                "identity_assertion.signing_key {}: {detail}",
-                settings.signing_key.display()
-            ))
-        };
-        let pem = std::fs::read(&settings.signing_key).map_err(|e| fail(e.to_string()))?;
-        let der = match rustls_pemfile::private_key(&mut pem.as_slice()) {
-            Ok(Some(rustls_pki_types::PrivateKeyDer::Pkcs8(der))) => der,
-            _ => return Err(fail("not a PKCS#8 PEM private key".to_owned())),
-        };
-        let rng = SystemRandom::new();
-        let key = EcdsaKeyPair::from_pkcs8(
-            &ECDSA_P256_SHA256_FIXED_SIGNING,
-            der.secret_pkcs8_der(),
-            &rng,
-        )
-        .map_err(|e| fail(format!("not a P-256 key: {e}")))?;
-        let public = key.public_key().as_ref();
-        // Uncompressed point: 0x04 || x || y.
-        let (x, y) = (&public[1..33], &public[33..65]);
-        let digest = ring::digest::digest(&ring::digest::SHA256, public);
+    /// A signer with `key` (a P-256 key: from a file, or in a token) and `settings`.
+    pub(crate) fn new(
+        key: Arc<dyn Signer>,
+        settings: &AssertionSettings,
+    ) -> Result<Self, GatewayError> {
+        let spki = key.public_key_der();
+        let point = spki
+            .strip_prefix(&P256_SPKI_PREFIX[..])
+            .filter(|p| p.len() == 65 && p[0] == 4)
+            .ok_or_else(|| {
+                GatewayError::IdentityProvider(
+                    "identity_assertion: the key is not a P-256 key".to_owned(),
+                )
+            })?;
+        let (x, y) = (&point[1..33], &point[33..65]);
+        let digest = ring::digest::digest(&ring::digest::SHA256, point);
         let kid = URL_SAFE_NO_PAD.encode(&digest.as_ref()[..12]);
         let jwks = json!({"keys": [{
             "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
@@ -96,7 +179,6 @@ impl AssertionSigner {
         );
         Ok(Self {
             key,
-            rng,
             header,
             issuer: settings.issuer.clone(),
             lifetime: settings.lifetime,
@@ -135,9 +217,13 @@ impl AssertionSigner {
             self.header,
             URL_SAFE_NO_PAD.encode(body.as_bytes())
         );
-        let signature = self.key.sign(&self.rng, message.as_bytes()).ok()?;
-        let jwt: Arc<str> =
-            format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref())).into();
+        let signature = self.key.sign(message.as_bytes()).ok()?;
+        let signature = match self.key.algorithm() {
+            SignatureAlgorithm::EcdsaP256Sha256Fixed => signature,
+            SignatureAlgorithm::EcdsaP256Sha256Asn1 => der_to_fixed(&signature)?,
+            _ => return None,
+        };
+        let jwt: Arc<str> = format!("{message}.{}", URL_SAFE_NO_PAD.encode(&signature)).into();
         self.cache.insert(claims, (Arc::clone(&jwt), exp));
         Some(jwt)
     }
@@ -186,6 +272,42 @@ impl AssertionSigner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_policy::AuditKey;
+
+    /// A token's signer answers in DER: the JWS gets `r || s` all the same.
+    #[test]
+    fn der_signatures_become_fixed_width() {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let fixed =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+                .unwrap();
+        let asn1 = EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            pkcs8.as_ref(),
+            &rng,
+        )
+        .unwrap();
+        let public = ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+            fixed.public_key().as_ref().to_vec(),
+        );
+        for i in 0..64u8 {
+            let msg = [i; 40];
+            let der = asn1.sign(&rng, &msg).unwrap();
+            let converted = der_to_fixed(der.as_ref()).unwrap();
+            assert_eq!(converted.len(), 64);
+            public.verify(&msg, &converted).unwrap();
+        }
+        for bad in [
+            &[][..],
+            &[0x30, 0x00],
+            &[0x30, 0x02, 0x02, 0x00],
+            &[0x31, 0x00],
+        ] {
+            assert!(der_to_fixed(bad).is_none());
+        }
+    }
     use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
 
     fn signer(dir: &std::path::Path) -> AssertionSigner {
@@ -197,12 +319,12 @@ mod tests {
         );
         let path = dir.join("assertion.key");
         std::fs::write(&path, pem).unwrap();
-        AssertionSigner::load(&AssertionSettings {
-            signing_key: path,
+        let settings = AssertionSettings {
+            signing_key: AuditKey::File(path.clone()),
             issuer: "https://gw.example".into(),
             lifetime: Duration::from_secs(60),
-        })
-        .unwrap()
+        };
+        AssertionSigner::new(file_key(&path).unwrap(), &settings).unwrap()
     }
 
     /// Verifies `jwt` with the JWKS the signer publishes and returns its claims.
@@ -289,12 +411,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.pem");
         std::fs::write(&path, "not a key").unwrap();
-        let settings = AssertionSettings {
-            signing_key: path,
-            issuer: "i".into(),
-            lifetime: Duration::from_secs(60),
-        };
-        let err = AssertionSigner::load(&settings).unwrap_err().to_string();
+        let err = file_key(&path).err().unwrap().to_string();
         assert!(err.contains("not a PKCS#8 PEM private key"), "{err}");
     }
 }

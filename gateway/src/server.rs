@@ -17,6 +17,7 @@ use pingora_core::services::background::{
 use pingora_core::services::listening::Service;
 use portcullis_policy::{Config, ListenerConfig, UpstreamName};
 
+use crate::assertion::AssertionSigner;
 use crate::audit::{AuditJobs, AuditTrail};
 use crate::connections::{self, ListenerService};
 use crate::metrics::{Metrics, OpsEndpoint};
@@ -57,9 +58,20 @@ pub fn check(path: &Path) -> Result<Config, GatewayError> {
     check_audit_key(&config)?;
     check_login_secrets(&config)?;
     if let Some(assertion) = &config.identity_assertion {
-        refuse_readable_secret("identity_assertion.signing_key", &assertion.signing_key)
-            .map_err(GatewayError::IdentityProvider)?;
-        crate::assertion::AssertionSigner::load(assertion)?;
+        use portcullis_policy::{AuditKey, SecretSource};
+        match &assertion.signing_key {
+            AuditKey::File(path) => {
+                refuse_readable_secret("identity_assertion.signing_key", path)
+                    .map_err(GatewayError::IdentityProvider)?;
+                crate::assertion::file_key(path)?;
+            }
+            AuditKey::Pkcs11 {
+                pin: SecretSource::File(pin),
+                ..
+            } => refuse_readable_secret("identity_assertion.signing_pkcs11 PIN file", pin)
+                .map_err(GatewayError::IdentityProvider)?,
+            AuditKey::Pkcs11 { .. } => {}
+        }
     }
     if let Some(pg) = config.audit.as_ref().and_then(|a| a.postgres.as_ref()) {
         crate::audit::store_tls(&pg.tls)?;
@@ -190,7 +202,23 @@ pub fn serve(
 
     let listeners = config.listeners.clone();
     let metrics_addr = config.metrics.address;
-    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, None)?));
+    let assertion = match &config.identity_assertion {
+        None => None,
+        Some(settings) => {
+            let key = match &settings.signing_key {
+                portcullis_policy::AuditKey::File(path) => crate::assertion::file_key(path)?,
+                pkcs11 => signers(pkcs11).map_err(|e| {
+                    GatewayError::IdentityProvider(format!(
+                        "identity_assertion.signing_pkcs11: {e}"
+                    ))
+                })?,
+            };
+            Some(Arc::new(AssertionSigner::new(key, settings)?))
+        }
+    };
+    let mut first = Snapshot::build(config, None)?;
+    first.assertion = assertion;
+    let snapshot = Arc::new(ArcSwap::from_pointee(first));
     // Identity providers' keys: fetched in the background from now on; a token arriving
     // before the first fetch asks for one itself.
     snapshot.load().key_sets.spawn_refresher(metrics.clone())?;

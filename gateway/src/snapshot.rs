@@ -76,14 +76,13 @@ impl Snapshot {
         let admission = Admission::build(&config, previous.map(|p| &*p.admission));
         let key_sets = previous.map_or_else(Default::default, |p| Arc::clone(&p.key_sets));
         let authenticator = Arc::new(Authenticator::build(&config, &key_sets)?);
-        // The same settings keep the same signer (and its cache of signed assertions).
-        let assertion = match (&config.identity_assertion, previous) {
-            (None, _) => None,
-            (Some(settings), Some(p)) if p.config.identity_assertion.as_ref() == Some(settings) => {
-                p.assertion.clone()
+        // The assertion's key is opened at start-up (it may be in a token): a reload keeps it.
+        let assertion = previous.and_then(|p| {
+            if p.config.identity_assertion != config.identity_assertion {
+                tracing::warn!("identity_assertion changed: takes effect at restart");
             }
-            (Some(settings), _) => Some(Arc::new(AssertionSigner::load(settings)?)),
-        };
+            p.assertion.clone()
+        });
         let mut pools = HashMap::new();
         for upstream in &config.upstreams {
             pools.insert(

@@ -49,8 +49,10 @@ pub struct Config {
 /// The identity assertion the gateway signs for upstreams (`identity_assertion`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AssertionSettings {
-    /// PKCS#8 PEM, P-256 (ES256); its public key is served as a JWKS on the metrics listener.
-    pub signing_key: PathBuf,
+    /// The P-256 (ES256) key: a PKCS#8 PEM file (`AuditKey::File`), or a key in a PKCS#11
+    /// token (generated there if missing). Its public key is served as a JWKS on the metrics
+    /// listener.
+    pub signing_key: AuditKey,
     /// The assertion's `iss`.
     pub issuer: String,
     /// How long an assertion is valid.

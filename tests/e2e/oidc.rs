@@ -619,3 +619,39 @@ fn policy_explain_with_claims_agrees_with_the_gateway() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no `sub` claim"));
 }
+
+/// The assertion's key generated in a SoftHSM2 token (no key file): the upstream verifies it
+/// with the JWKS as before.
+#[test]
+fn the_assertion_key_can_live_in_a_token() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let Some(softhsm_conf) = crate::ca::softhsm_token(d, "assertion") else {
+        return;
+    };
+    let provider = OidcProvider::start(&pki, d, ProviderOptions::default());
+    let echo = Echo::start(d, "hsm");
+    let yaml = CONFIG
+        .replace("{echo}", &echo.port.to_string())
+        .replace("{issuer}", provider.issuer())
+        .replace("{audience}", DEFAULT_RESOURCE)
+        .replace("{idp_ca}", provider.ca().to_str().unwrap())
+        .replace("{refetch}", "30s")
+        .replace(
+            "  signing_key: {assertion_key}\n",
+            "  signing_pkcs11: { token_label: assertion, key_label: upstream-assertions, pin_file: hsm.pin }\n",
+        );
+    let env = [("SOFTHSM2_CONF", softhsm_conf.as_path())];
+    let gw = Gateway::start_env(d, &yaml, &[], &env);
+    let alice = provider.login("alice");
+    let auth = format!("Bearer {}", alice.access_token);
+    let resp = Client::new(&pki.path("ca.pem"), None)
+        .connect(gw.port)
+        .unwrap()
+        .request("GET", "/app/hsm", &[("Authorization", &auth)])
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    let claims = verified_assertion(&gw, &echoed(&resp, "x-portcullis-assertion").unwrap());
+    assert_eq!(claims["sub"], "alice");
+    assert!(!d.join("assertion.key").exists());
+}

@@ -490,10 +490,15 @@ fn a_real_browser_logs_in_and_lands_on_the_page_it_asked_for() {
     let certs = format!(
         "{},{}",
         s.pki.path("server.pem").display(),
-        s.pki.path(&format!("oidc-{}.pem", s.provider.port())).display()
+        s.pki
+            .path(&format!("oidc-{}.pem", s.provider.port()))
+            .display()
     );
     let out = std::process::Command::new("node")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc/browser-login.mjs"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/oidc/browser-login.mjs"
+        ))
         .args([&app, "alice", &certs])
         .arg(&screenshot)
         .output()

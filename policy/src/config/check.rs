@@ -21,8 +21,9 @@ use super::raw::{
     RawUpstream, RawUpstreamTls,
 };
 use super::{
-    AssertionSettings, ClientAuth, Config, ConfigProblem, HealthCheckConfig, HttpSettings,
-    IssuerConfig, ListenerConfig, MetricsConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
+    AssertionSettings, AuditKey, ClientAuth, Config, ConfigProblem, HealthCheckConfig,
+    HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig, TlsListenerConfig, UpstreamConfig,
+    UpstreamTls,
 };
 use crate::authn::SessionSettings;
 use crate::headers::StripList;
@@ -343,7 +344,19 @@ impl Checker<'_> {
 
     fn assertion(&mut self, raw: &RawAssertion) -> AssertionSettings {
         let what = "identity_assertion";
-        let signing_key = self.file_path("identity_assertion.signing_key", what, &raw.signing_key);
+        let signing_key = match (&raw.signing_key, &raw.signing_pkcs11) {
+            (Some(path), None) => {
+                AuditKey::File(self.file_path("identity_assertion.signing_key", what, path))
+            }
+            (None, Some(pkcs11)) => self.pkcs11_key("identity_assertion.signing_pkcs11", pkcs11),
+            _ => {
+                self.at_key(
+                    what,
+                    format!("{what}: give exactly one of `signing_key` (a key file) and `signing_pkcs11`"),
+                );
+                AuditKey::File(PathBuf::new())
+            }
+        };
         let lifetime = raw.lifetime.unwrap_or(Duration::from_secs(60));
         if !(Duration::from_secs(10)..=Duration::from_secs(3_600)).contains(&lifetime) {
             self.at_value(

@@ -37,7 +37,10 @@ pub(crate) struct RawConfig {
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAssertion {
-    pub(crate) signing_key: PathBuf,
+    #[serde(default)]
+    pub(crate) signing_key: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) signing_pkcs11: Option<RawPkcs11Key>,
     #[serde(default)]
     pub(crate) issuer: Option<String>,
     #[serde(default, with = "humantime_serde")]

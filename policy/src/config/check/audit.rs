@@ -34,7 +34,7 @@ impl Checker<'_> {
         let directory = self.file_path("audit.directory", what, &raw.directory);
         let signing_key = match (&raw.signing_key, &raw.signing_pkcs11) {
             (Some(path), None) => AuditKey::File(self.file_path("audit.signing_key", what, path)),
-            (None, Some(pkcs11)) => self.audit_pkcs11(pkcs11),
+            (None, Some(pkcs11)) => self.pkcs11_key("audit.signing_pkcs11", pkcs11),
             _ => {
                 self.at_key(
                     "audit",
@@ -168,8 +168,8 @@ impl Checker<'_> {
         }
     }
 
-    fn audit_pkcs11(&mut self, raw: &RawPkcs11Key) -> AuditKey {
-        let path = "audit.signing_pkcs11";
+    /// A key in a PKCS#11 token, at config path `path`.
+    pub(super) fn pkcs11_key(&mut self, path: &str, raw: &RawPkcs11Key) -> AuditKey {
         let pin = match (&raw.pin_file, &raw.pin_env) {
             (Some(file), None) => {
                 SecretSource::File(self.file_path(&format!("{path}.pin_file"), path, file))
@@ -178,7 +178,7 @@ impl Checker<'_> {
             _ => {
                 self.at_key(
                     path,
-                    "audit.signing_pkcs11: give exactly one of `pin_file` and `pin_env`".to_owned(),
+                    format!("{path}: give exactly one of `pin_file` and `pin_env`"),
                 );
                 SecretSource::Env(String::new())
             }
