@@ -411,6 +411,7 @@ fuzz_target!(|data: &[u8]| {
     });
     let facts = RequestFacts {
         identity: identity.as_ref(),
+        token: None,
         method: &q.method,
         path: &path,
         source: q.source,
