@@ -511,7 +511,7 @@ pub fn tcp_from(source: [u8; 4], port: u16) -> std::io::Result<TcpStream> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     socket.bind(&std::net::SocketAddr::from((source, 0)).into())?;
     socket.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
-    socket.set_nodelay(true)?;
+    socket.set_tcp_nodelay(true)?;
     Ok(socket.into())
 }
 
