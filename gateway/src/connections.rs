@@ -110,15 +110,27 @@ impl ConnectionCounts {
 
     /// A slot for a new connection from `source`, held for the connection's life.
     pub(crate) fn admit(self: &Arc<Self>, source: IpAddr) -> Result<ConnectionSlot, Refused> {
-        let mut slot = self.admit_unattributed()?;
-        slot.attribute(source)?;
-        Ok(slot)
+        let source = canonical(source);
+        // A panic while holding the lock cannot leave the counts half-updated.
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if open.0 >= self.max_total {
+            return Err(Refused::ListenerFull);
+        }
+        let from_source = open.1.entry(source).or_insert(0);
+        if *from_source >= self.max_per_source {
+            return Err(Refused::SourceFull);
+        }
+        *from_source += 1;
+        open.0 += 1;
+        Ok(ConnectionSlot {
+            counts: Arc::clone(self),
+            source: Some(source),
+        })
     }
 
     /// A slot under the listener's cap only: a balancer's connection, whose source is known
     /// once its PROXY header is read ([`ConnectionSlot::attribute`]).
     pub(crate) fn admit_unattributed(self: &Arc<Self>) -> Result<ConnectionSlot, Refused> {
-        // A panic while holding the lock cannot leave the counts half-updated.
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         if open.0 >= self.max_total {
             return Err(Refused::ListenerFull);
@@ -530,7 +542,10 @@ mod tests {
         assert_eq!(second.attribute(client).unwrap_err(), Refused::SourceFull);
         // A refused slot still holds its place under the listener's cap until dropped.
         let _third = counts.admit_unattributed().unwrap();
-        assert_eq!(counts.admit_unattributed().unwrap_err(), Refused::ListenerFull);
+        assert_eq!(
+            counts.admit_unattributed().unwrap_err(),
+            Refused::ListenerFull
+        );
         drop(second);
         drop(first);
         let mut again = counts.admit_unattributed().unwrap();
