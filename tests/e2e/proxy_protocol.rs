@@ -35,6 +35,12 @@ const LIMITS: &str = "    limits:
       per_source: { requests: 4, per: 1m, burst: 4 }
 ";
 
+const AUDIT: &str = "audit:
+  directory: audit
+  signing_key: audit.key
+  node: gw-proxied
+";
+
 const ALLOWED: [u8; 4] = [127, 0, 0, 9];
 
 struct Setup {
@@ -43,7 +49,8 @@ struct Setup {
     gw: Gateway,
 }
 
-fn setup(limits: bool) -> Setup {
+/// With `haproxy`: a per-source limit, an audit log, and no connection cap in the way.
+fn setup(haproxy: bool) -> Setup {
     let pki = Pki::new();
     let echo = Echo::start(pki.dir.path(), "e1");
     let mut yaml = base_config(echo.port)
@@ -53,7 +60,7 @@ fn setup(limits: bool) -> Setup {
             1,
         )
         .replacen("    routes:\n", &format!("    routes:\n{ROUTES}"), 1);
-    if limits {
+    if haproxy {
         // Connections through HAProxy close as fast as the test opens them: no cap in the way.
         yaml = yaml
             .replacen("    routes:\n", &format!("{LIMITS}    routes:\n"), 1)
@@ -61,7 +68,8 @@ fn setup(limits: bool) -> Setup {
                 "max_connections_per_source: 2",
                 "max_connections_per_source: 50",
                 1,
-            );
+            )
+            .replacen("shutdown:\n", &format!("{AUDIT}shutdown:\n"), 1);
     }
     let gw = Gateway::start(pki.dir.path(), &yaml);
     Setup {
@@ -194,6 +202,28 @@ fn behind_haproxy_the_carried_address_is_the_client() {
     assert_eq!(via([127, 0, 0, 8], "/public/x").status, 200);
     assert_eq!(refused(&s.gw, "proxy_source"), 0.0);
     assert_eq!(refused(&s.gw, "proxy_header"), 0.0);
+
+    // The audit record names the carried address too.
+    let mut s = s;
+    s.gw.proc.signal("TERM");
+    assert!(s.gw.proc.wait_exit(Duration::from_secs(10)).is_some());
+    let out = Command::new(bin())
+        .args(["audit", "query"])
+        .arg(s.pki.path("audit"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = resp.header("x-request-id").unwrap();
+    let completed = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["event"]["request_id"] == id && r["event"]["stage"] == "completed")
+        .expect("the completed record of the request from 127.0.0.7");
+    assert_eq!(completed["event"]["source"], "127.0.0.7");
 }
 
 #[test]
