@@ -24,6 +24,8 @@ if [ "${1:-}" = "--test" ]; then
   have npm || need+=(npm)
   # One login test drives a real browser: Debian's Chromium, through playwright-core (npm).
   [ -x /usr/bin/chromium ] || need+=(chromium)
+  # The PROXY protocol tests put a real L4 balancer in front of the gateway.
+  have haproxy || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

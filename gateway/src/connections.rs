@@ -4,6 +4,9 @@
 //!
 //! - at accept, before any TLS: the listener's and the source address's connection caps
 //!   (over either, the socket is closed at once — [`ConnectionCounts`]);
+//! - behind an L4 balancer (`proxy_protocol`): only the balancers' connections accepted, each
+//!   beginning with a PROXY header whose source becomes the connection's client address
+//!   (`proxied`), the per-source cap then counted by that address;
 //! - the TLS handshake under `handshake_timeout`, with the listener's own rustls config
 //!   (`tls::server_config`: server cipher order); on a `required` listener a handshake that
 //!   presented no certificate is counted as a TLS failure and closed before any HTTP;
@@ -40,8 +43,11 @@ use crate::snapshot::canonical;
 use crate::tls::IdentityHook;
 
 mod bounded;
+mod proxied;
+mod proxy_header;
 
 pub(crate) use bounded::{BoundedStream, HeadPhase};
+use proxied::{HeaderRefusal, LogGate};
 
 /// The listen backlog: connections beyond it wait in the kernel, not in the gateway.
 const BACKLOG: u32 = 1024;
@@ -71,6 +77,8 @@ pub(crate) fn h2_options(limits: &ConnectionLimits) -> H2Options {
 pub(crate) enum Refused {
     ListenerFull,
     SourceFull,
+    /// On a `proxy_protocol` listener, a peer that is not one of its balancers.
+    ProxySource,
 }
 
 impl Refused {
@@ -78,6 +86,7 @@ impl Refused {
         match self {
             Refused::ListenerFull => "listener_full",
             Refused::SourceFull => "source_full",
+            Refused::ProxySource => "proxy_source",
         }
     }
 }
@@ -115,13 +124,28 @@ impl ConnectionCounts {
         open.0 += 1;
         Ok(ConnectionSlot {
             counts: Arc::clone(self),
-            source,
+            source: Some(source),
         })
     }
 
-    fn release(&self, source: IpAddr) {
+    /// A slot under the listener's cap only: a balancer's connection, whose source is known
+    /// once its PROXY header is read ([`ConnectionSlot::attribute`]).
+    pub(crate) fn admit_unattributed(self: &Arc<Self>) -> Result<ConnectionSlot, Refused> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if open.0 >= self.max_total {
+            return Err(Refused::ListenerFull);
+        }
+        open.0 += 1;
+        Ok(ConnectionSlot {
+            counts: Arc::clone(self),
+            source: None,
+        })
+    }
+
+    fn release(&self, source: Option<IpAddr>) {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         open.0 = open.0.saturating_sub(1);
+        let Some(source) = source else { return };
         if let Some(n) = open.1.get_mut(&source) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -131,11 +155,38 @@ impl ConnectionCounts {
     }
 }
 
-/// One open connection's place in its listener's counts; freed on drop.
+/// One open connection's place in its listener's counts; freed on drop (also when
+/// [`ConnectionSlot::attribute`] refuses it).
 #[derive(Debug)]
 pub(crate) struct ConnectionSlot {
     counts: Arc<ConnectionCounts>,
-    source: IpAddr,
+    source: Option<IpAddr>,
+}
+
+impl ConnectionSlot {
+    /// Counts the connection against `source`'s cap (once: a slot already attributed keeps
+    /// its source).
+    pub(crate) fn attribute(&mut self, source: IpAddr) -> Result<(), Refused> {
+        if self.source.is_some() {
+            return Ok(());
+        }
+        let source = canonical(source);
+        let mut open = self
+            .counts
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let from_source = open.1.entry(source).or_insert(0);
+        if *from_source >= self.counts.max_per_source {
+            if *from_source == 0 {
+                open.1.remove(&source);
+            }
+            return Err(Refused::SourceFull);
+        }
+        *from_source += 1;
+        self.source = Some(source);
+        Ok(())
+    }
 }
 
 impl Drop for ConnectionSlot {
@@ -178,6 +229,7 @@ impl BackgroundService for ListenerService {
             acceptor: Arc::clone(&self.acceptor),
             proxy: Arc::clone(&self.proxy),
             metrics: Arc::clone(&self.metrics),
+            proxy_log: LogGate::new(),
         });
         loop {
             let accepted = tokio::select! {
@@ -205,12 +257,23 @@ impl BackgroundService for ListenerService {
             else {
                 continue;
             };
-            let slot = match counts.admit(peer.ip()) {
+            let admitted = match &self.limits.proxy_protocol {
+                None => counts.admit(peer.ip()),
+                // The source is known, and counted, once the header is read.
+                Some(pp)
+                    if pp
+                        .from
+                        .iter()
+                        .any(|net| net.contains(&canonical(peer.ip()))) =>
+                {
+                    counts.admit_unattributed()
+                }
+                Some(_) => Err(Refused::ProxySource),
+            };
+            let slot = match admitted {
                 Ok(slot) => slot,
                 Err(refused) => {
-                    self.metrics
-                        .connection_refused(&self.name, refused.as_str());
-                    tracing::info!(listener = %self.name, client.ip = %peer.ip(), reason = refused.as_str(), "connection refused at accept");
+                    this.refused(peer, refused);
                     continue;
                 }
             };
@@ -218,9 +281,8 @@ impl BackgroundService for ListenerService {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 this.metrics.connection_opened(&this.name);
-                this.serve(stream, peer, &shutdown).await;
+                this.accept(stream, peer, slot, &shutdown).await;
                 this.metrics.connection_closed(&this.name);
-                drop(slot);
             });
         }
         // Wakes HTTP/1 connections parked between requests, as pingora's own service does.
@@ -267,9 +329,78 @@ struct Connections {
     acceptor: Arc<Acceptor>,
     proxy: Arc<HttpProxy<Gateway>>,
     metrics: Arc<Metrics>,
+    /// Bounds the log lines of PROXY protocol refusals (a forged or broken header is cheap to
+    /// send again and again).
+    proxy_log: LogGate,
 }
 
 impl Connections {
+    /// A connection closed at accept (or, behind a balancer, once its source is known).
+    fn refused(&self, peer: SocketAddr, refused: Refused) {
+        self.metrics
+            .connection_refused(&self.name, refused.as_str());
+        if refused != Refused::ProxySource {
+            tracing::info!(listener = %self.name, client.ip = %peer.ip(), reason = refused.as_str(), "connection refused at accept");
+        } else if let Some(suppressed) = self.proxy_log.admit() {
+            tracing::warn!(listener = %self.name, client.ip = %peer.ip(), reason = refused.as_str(), log.suppressed = suppressed, "connection refused at accept: not from a proxy_protocol balancer");
+        }
+    }
+
+    /// Behind a balancer, reads the PROXY header and counts the connection against its
+    /// carried source; then serves it. `slot` is held for the connection's life.
+    async fn accept(
+        &self,
+        mut stream: pingora_core::protocols::l4::stream::Stream,
+        peer: SocketAddr,
+        mut slot: ConnectionSlot,
+        shutdown: &ShutdownWatch,
+    ) {
+        let mut client = peer;
+        if let Some(pp) = &self.limits.proxy_protocol {
+            match proxied::read_header(&mut stream, pp.timeout).await {
+                Ok(Some(source)) => {
+                    proxied::carry_source(&mut stream, source);
+                    client = source;
+                }
+                // LOCAL / UNKNOWN (a health check): the balancer's own address.
+                Ok(None) => {}
+                Err(refusal) => {
+                    self.header_refused(peer, refusal);
+                    return;
+                }
+            }
+            if let Err(refused) = slot.attribute(client.ip()) {
+                self.refused(client, refused);
+                return;
+            }
+        }
+        self.serve(stream, client, shutdown).await;
+        drop(slot);
+    }
+
+    fn header_refused(&self, balancer: SocketAddr, refusal: HeaderRefusal) {
+        match refusal {
+            HeaderRefusal::Closed { empty: true } => {
+                tracing::debug!(listener = %self.name, balancer.ip = %balancer.ip(), "closed before a PROXY header");
+                return;
+            }
+            HeaderRefusal::Timeout => self
+                .metrics
+                .connection_timeout(&self.name, refusal.as_str()),
+            _ => self
+                .metrics
+                .connection_refused(&self.name, refusal.as_str()),
+        }
+        if let Some(suppressed) = self.proxy_log.admit() {
+            let error = match refusal {
+                HeaderRefusal::Malformed(e) | HeaderRefusal::Oversized(e) => e.to_string(),
+                HeaderRefusal::Timeout => "not whole within proxy_protocol.timeout".to_owned(),
+                HeaderRefusal::Closed { .. } => "closed before the header was whole".to_owned(),
+            };
+            tracing::info!(listener = %self.name, balancer.ip = %balancer.ip(), reason = refusal.as_str(), error, log.suppressed = suppressed, "PROXY header refused");
+        }
+    }
+
     async fn serve(
         &self,
         mut stream: pingora_core::protocols::l4::stream::Stream,
@@ -394,5 +525,31 @@ mod tests {
         assert_eq!(counts.admit(b).unwrap_err(), Refused::ListenerFull);
         drop(first);
         let _again = counts.admit(a).unwrap();
+    }
+
+    #[test]
+    fn a_balancers_connection_counts_against_its_carried_source() {
+        let limits = ConnectionLimits {
+            max_connections: 3,
+            max_connections_per_source: 1,
+            ..ConnectionLimits::DEFAULT
+        };
+        let counts = ConnectionCounts::new(&limits);
+        let client: IpAddr = [192, 0, 2, 7].into();
+        let mut first = counts.admit_unattributed().unwrap();
+        let mut second = counts.admit_unattributed().unwrap();
+        first.attribute(client).unwrap();
+        assert_eq!(second.attribute(client).unwrap_err(), Refused::SourceFull);
+        // A refused slot still holds its place under the listener's cap until dropped.
+        let _third = counts.admit_unattributed().unwrap();
+        assert_eq!(
+            counts.admit_unattributed().unwrap_err(),
+            Refused::ListenerFull
+        );
+        drop(second);
+        drop(first);
+        let mut again = counts.admit_unattributed().unwrap();
+        again.attribute(client).unwrap();
+        assert_eq!(counts.open.lock().unwrap().1.len(), 1);
     }
 }

@@ -327,7 +327,8 @@ impl Metrics {
             .inc();
     }
 
-    /// A connection cut by a timeout: `handshake`, `request_head` or `write`.
+    /// A connection cut by a timeout: `proxy_header`, `handshake`, `request_head`, `write` or
+    /// `body_idle`.
     pub(crate) fn connection_timeout(&self, listener: &str, timeout: &str) {
         self.connections
             .timeouts
@@ -491,8 +492,9 @@ impl ConnectionMetrics {
         let refused = IntCounterVec::new(
             Opts::new(
                 "portcullis_connections_refused_total",
-                "Connections closed at accept because a cap was reached, by listener and reason \
-                 (listener_full, source_full)",
+                "Connections closed at accept because a cap was reached or, behind an L4 balancer, \
+                 the PROXY protocol was not met, by listener and reason (listener_full, \
+                 source_full, proxy_source, proxy_header, proxy_header_size)",
             ),
             &["listener", "reason"],
         )
@@ -500,7 +502,8 @@ impl ConnectionMetrics {
         let timeouts = IntCounterVec::new(
             Opts::new(
                 "portcullis_connection_timeouts_total",
-                "Connections cut by a timeout, by listener and timeout (handshake, request_head, write)",
+                "Connections cut by a timeout, by listener and timeout (proxy_header, handshake, \
+                 request_head, write, body_idle)",
             ),
             &["listener", "timeout"],
         )

@@ -248,6 +248,24 @@ pub struct ConnectionLimits {
     /// A connection older than this is ended after its current request (HTTP/1.1: closed;
     /// HTTP/2: GOAWAY), so no connection outlives a certificate generation by much.
     pub max_connection_age: Duration,
+    /// Behind an L4 balancer: connections carry the client's address in a PROXY header.
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// A listener's PROXY protocol (v1 or v2): every connection must come from one of `from` and
+/// begin with a header, read within `timeout`, whose source address becomes the connection's
+/// client address (rules, limits, forwarding headers, access log, audit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    /// The balancers' addresses (non-empty); a connection from anywhere else is closed.
+    pub from: Vec<IpNet>,
+    /// From accept to the header's last byte.
+    pub timeout: Duration,
+}
+
+impl ProxyProtocol {
+    /// The timeout when the file gives none.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 }
 
 impl ConnectionLimits {
@@ -266,6 +284,7 @@ impl ConnectionLimits {
         h2_max_header_list_size: 32 * 1024,
         // Well under the hour-long certificates the CA issues by default.
         max_connection_age: Duration::from_secs(600),
+        proxy_protocol: None,
     };
 }
 

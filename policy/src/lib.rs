@@ -26,8 +26,8 @@ pub use authn::{
 pub use config::{
     AssertionSettings, AuditKey, AuditMode, AuditPostgres, AuditSettings, ClientAuth, Config,
     ConfigError, ConfigProblem, ConnectionLimits, HealthCheckConfig, HttpSettings, IssuerConfig,
-    ListenerConfig, MetricsConfig, PostgresTls, RefusalRecords, SecretSource, TenantConfig,
-    TlsListenerConfig, UpstreamConfig, UpstreamTls,
+    ListenerConfig, MetricsConfig, PostgresTls, ProxyProtocol, RefusalRecords, SecretSource,
+    TenantConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
 };
 pub use dlp::{
     Blocked, BodyDirection, BuiltinDetector, CustomPatternSpec, DetectorKind, DetectorName,

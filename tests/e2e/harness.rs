@@ -487,10 +487,32 @@ impl Client {
         self.handshake(socket.into())
     }
 
+    /// Like `connect`, from the loopback address `source` (the whole 127.0.0.0/8 is local),
+    /// after writing `prefix` on the bare socket (a PROXY protocol header, or nothing).
+    pub fn connect_from(&self, source: [u8; 4], port: u16, prefix: &[u8]) -> std::io::Result<Conn> {
+        let mut tcp = tcp_from(source, port)?;
+        tcp.write_all(prefix)?;
+        self.handshake(tcp)
+    }
+
+    /// A TLS connection over a TCP stream the caller has opened (and perhaps written to).
+    pub fn over(&self, tcp: TcpStream) -> std::io::Result<Conn> {
+        self.handshake(tcp)
+    }
+
     /// One request on a fresh connection.
     pub fn get(&self, port: u16, path: &str) -> std::io::Result<Response> {
         self.connect(port)?.request("GET", path, &[])
     }
+}
+
+/// A TCP connection to the loopback `port` from the local address `source`.
+pub fn tcp_from(source: [u8; 4], port: u16) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&std::net::SocketAddr::from((source, 0)).into())?;
+    socket.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    socket.set_tcp_nodelay(true)?;
+    Ok(socket.into())
 }
 
 pub struct Conn {

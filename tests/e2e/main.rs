@@ -19,5 +19,6 @@ mod operations;
 #[path = "../../audit/tests/common/postgres.rs"]
 mod postgres;
 mod proxy;
+mod proxy_protocol;
 mod secrets;
 mod strict;

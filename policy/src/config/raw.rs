@@ -182,6 +182,17 @@ pub(crate) struct RawConnections {
     pub(crate) h2_max_header_list_size: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     pub(crate) max_connection_age: Option<Duration>,
+    #[serde(default)]
+    pub(crate) proxy_protocol: Option<RawProxyProtocol>,
+}
+
+/// `connections.proxy_protocol`: the balancers allowed to send a PROXY header.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProxyProtocol {
+    pub(crate) from: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) timeout: Option<Duration>,
 }
 
 #[derive(Deserialize, Debug)]

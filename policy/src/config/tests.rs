@@ -1030,3 +1030,60 @@ fn body_inspection_refuses_by_default_and_passes_only_when_said() {
 }
 
 mod oidc;
+
+#[test]
+fn listener_proxy_protocol_parses_with_its_default_timeout() {
+    let with = |section: &str| {
+        edit(
+            "    trusted_proxies: [10.0.0.0/8, 192.168.1.7]\n",
+            &format!("    trusted_proxies: [10.0.0.0/8, 192.168.1.7]\n    connections:\n      proxy_protocol:\n{section}"),
+        )
+    };
+    let c = parse(&with("        from: [10.1.0.0/16, 127.0.0.1]\n")).unwrap();
+    let pp = c.listeners[0].connections.proxy_protocol.as_ref().unwrap();
+    let from: Vec<String> = pp.from.iter().map(ToString::to_string).collect();
+    assert_eq!(from, ["10.1.0.0/16", "127.0.0.1/32"]);
+    assert_eq!(pp.timeout, crate::ProxyProtocol::DEFAULT_TIMEOUT);
+    let c = parse(&with("        from: [127.0.0.1]\n        timeout: 2s\n")).unwrap();
+    let pp = c.listeners[0].connections.proxy_protocol.as_ref().unwrap();
+    assert_eq!(pp.timeout, Duration::from_secs(2));
+    assert_problem(
+        &with("        from: []\n"),
+        "12:9:",
+        "connections.proxy_protocol.from must name at least one balancer address",
+    );
+    assert_problem(
+        &with("        from: [127.0.0.1, 10.0.0.0/33]\n"),
+        "12:27:",
+        "connections.proxy_protocol.from: `10.0.0.0/33` is not a CIDR",
+    );
+    assert_problem(
+        &with("        from: [127.0.0.1]\n        timeout: 5m\n"),
+        "13:18:",
+        "connections.proxy_protocol.timeout must be between 100ms and 60s",
+    );
+    assert_problem(
+        &with("        timeout: 5s\n"),
+        "12:",
+        "missing field `from`",
+    );
+    assert_problem(
+        &with("        from: [127.0.0.1]\n        versions: [2]\n"),
+        "13:9:",
+        "unknown field `versions`",
+    );
+}
+
+/// The README's PROXY protocol example is a config the gateway accepts.
+#[test]
+fn the_readme_proxy_protocol_example_parses() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("```yaml\n# A listener behind the balancers")
+        .expect("the README's PROXY protocol example")
+        + 8;
+    let end = start + readme[start..].find("```").unwrap();
+    let config = parse(&readme[start..end]).unwrap_or_else(|e| panic!("{e}"));
+    let pp = config.listeners[0].connections.proxy_protocol.as_ref();
+    assert_eq!(pp.map(|pp| pp.from.len()), Some(1));
+}

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use super::Checker;
-use crate::config::raw::RawConnections;
-use crate::config::ConnectionLimits;
+use super::{parse_cidr, Checker};
+use crate::config::raw::{RawConnections, RawProxyProtocol};
+use crate::config::{ConnectionLimits, ProxyProtocol};
 
 /// Timeouts are at least this: shorter ones would cut ordinary clients on a busy network.
 const MIN_TIMEOUT: Duration = Duration::from_millis(100);
@@ -106,6 +106,10 @@ impl Checker<'_> {
                 MIN_HEADER_LIST_SIZE..=MAX_HEADER_LIST_SIZE,
             ),
             max_connection_age: raw.max_connection_age.unwrap_or(d.max_connection_age),
+            proxy_protocol: raw
+                .proxy_protocol
+                .as_ref()
+                .map(|pp| self.proxy_protocol(&p, what, pp)),
         };
         if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600))
             .contains(&limits.max_connection_age)
@@ -134,6 +138,40 @@ impl Checker<'_> {
             );
         }
         limits
+    }
+
+    /// `section` is the listener's `connections` node path.
+    fn proxy_protocol(
+        &mut self,
+        section: &str,
+        what: &str,
+        raw: &RawProxyProtocol,
+    ) -> ProxyProtocol {
+        let p = format!("{section}.proxy_protocol");
+        if raw.from.is_empty() {
+            self.at_key(
+                &format!("{p}.from"),
+                format!("{what}: connections.proxy_protocol.from must name at least one balancer address"),
+            );
+        }
+        let mut from = Vec::new();
+        for (i, text) in raw.from.iter().enumerate() {
+            match parse_cidr(text) {
+                Ok(net) => from.push(net),
+                Err(msg) => self.at_value(
+                    &format!("{p}.from[{i}]"),
+                    format!("{what}: connections.proxy_protocol.from: {msg}"),
+                ),
+            }
+        }
+        let timeout = raw.timeout.unwrap_or(ProxyProtocol::DEFAULT_TIMEOUT);
+        if !(MIN_TIMEOUT..=Duration::from_secs(60)).contains(&timeout) {
+            self.at_value(
+                &format!("{p}.timeout"),
+                format!("{what}: connections.proxy_protocol.timeout must be between 100ms and 60s"),
+            );
+        }
+        ProxyProtocol { from, timeout }
     }
 
     fn count(
