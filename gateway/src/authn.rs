@@ -476,6 +476,7 @@ impl Authenticator {
             {
                 Ok(fresh) => {
                     metrics.oidc_token(tenant, &provider.settings.name, "session_refreshed");
+                    tracing::info!(tenant, provider = %provider.settings.name, subject = %fresh.identity.subject, "session refreshed with its refresh token");
                     session.c = Session::new(
                         tenant,
                         &provider.settings.name,
