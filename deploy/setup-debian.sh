@@ -36,11 +36,17 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
-# The HTTP/2 misbehaviour tests drive raw frames with PyPI's h2 (tests/e2e/h2_client.py).
-if [ "${1:-}" = "--test" ] && ! python3 -c 'import h2, hyperframe' 2>/dev/null; then
-  echo "setup: installing the Python h2 package (pip)" >&2
-  python3 -m pip install --quiet --disable-pip-version-check 'h2>=4.1,<5' \
-    || python3 -m pip install --quiet --break-system-packages 'h2>=4.1,<5'
+# The HTTP/2 misbehaviour tests drive raw frames with PyPI's h2 (tests/e2e/h2_client.py);
+# the WebSocket tests use PyPI's websockets on both ends (tests/e2e/ws_peer.py).
+pip_need=()
+if [ "${1:-}" = "--test" ]; then
+  python3 -c 'import h2, hyperframe' 2>/dev/null || pip_need+=('h2>=4.1,<5')
+  python3 -c 'import websockets.sync.client' 2>/dev/null || pip_need+=('websockets>=13,<16')
+fi
+if [ ${#pip_need[@]} -gt 0 ]; then
+  echo "setup: installing Python packages ${pip_need[*]} (pip)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "${pip_need[@]}" \
+    || python3 -m pip install --quiet --break-system-packages "${pip_need[@]}"
 fi
 
 # oidc-provider 9 needs Node.js 20.19 or later; Debian 12's own nodejs package is 18.

@@ -31,6 +31,8 @@ pub(crate) struct Metrics {
     dlp_unscanned: IntCounterVec,
     in_flight: IntGauge,
     access_log_dropped: IntCounter,
+    upgrades: IntCounterVec,
+    upgrades_ended: IntCounterVec,
     oidc_tokens: IntCounterVec,
     oidc_key_fetches: IntCounterVec,
     oidc_keys_fetched: prometheus::IntGaugeVec,
@@ -199,6 +201,22 @@ impl Metrics {
         registry
             .register(Box::new(access_log_dropped.clone()))
             .expect("unique metric");
+        let upgrades = IntCounterVec::new(
+            Opts::new(
+                "portcullis_upgrades_total",
+                "Protocol upgrades (WebSocket) the upstream accepted (101), by tenant",
+            ),
+            &["tenant"],
+        )
+        .expect("valid metric");
+        let upgrades_ended = IntCounterVec::new(
+            Opts::new(
+                "portcullis_upgrades_ended_total",
+                "Upgraded (WebSocket) exchanges that ended, by tenant and reason (closed, idle: the listener's body_idle_timeout, max_duration: its max_connection_age, error)",
+            ),
+            &["tenant", "reason"],
+        )
+        .expect("valid metric");
         let oidc_tokens = IntCounterVec::new(
             Opts::new(
                 "portcullis_oidc_tokens_total",
@@ -240,6 +258,8 @@ impl Metrics {
             &dlp_unscanned,
             &oidc_tokens,
             &oidc_key_fetches,
+            &upgrades,
+            &upgrades_ended,
         ] {
             registry
                 .register(Box::new(c.clone()))
@@ -266,6 +286,8 @@ impl Metrics {
             dlp_unscanned,
             in_flight,
             access_log_dropped,
+            upgrades,
+            upgrades_ended,
             oidc_tokens,
             oidc_key_fetches,
             oidc_keys_fetched,
@@ -417,6 +439,16 @@ impl Metrics {
         self.certificate_expiry
             .with_label_values(&[certificate])
             .set(secs);
+    }
+
+    pub(crate) fn upgrade_started(&self, tenant: &str) {
+        self.upgrades.with_label_values(&[tenant]).inc();
+    }
+
+    pub(crate) fn upgrade_ended(&self, tenant: &str, reason: &str) {
+        self.upgrades_ended
+            .with_label_values(&[tenant, reason])
+            .inc();
     }
 
     /// A bearer token judged on a route that reads them.

@@ -69,6 +69,23 @@ fn is_browser_navigation(req: &RequestHeader) -> bool {
             .any(|v| v.to_str().is_ok_and(|v| v.contains("text/html")))
 }
 
+/// An upgraded (WebSocket) exchange outlives its requests: it is held to the listener's
+/// `max_connection_age` frame by frame, and cut once past it.
+fn past_max_age(ctx: &mut RequestCtx) -> Result<()> {
+    if ctx.upgraded
+        && ctx
+            .connection_deadline
+            .is_some_and(|deadline| std::time::Instant::now() >= deadline)
+    {
+        ctx.cut_at_max_age = true;
+        return Err(Error::explain(
+            ErrorType::ConnectionClosed,
+            "upgraded connection past the listener's max_connection_age",
+        ));
+    }
+    Ok(())
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -125,6 +142,7 @@ impl ProxyHttp for Gateway {
             recheck = recheck_connection(connection, &snapshot, SystemTime::now());
             let max_age = listener.map_or(Duration::MAX, |l| l.max_connection_age);
             aged = connection.established.elapsed() > max_age;
+            ctx.connection_deadline = connection.established.checked_add(max_age);
             let max_requests = listener.map_or(u32::MAX, |l| l.max_requests_per_connection);
             // HTTP/2: the cap on requests per connection (HTTP/1's is pingora's reuse count).
             let last = session.is_http2() && connection.count_request(max_requests);
@@ -266,6 +284,7 @@ impl ProxyHttp for Gateway {
         } else if let Some(watch) = &ctx.body_watch {
             watch.touch();
         }
+        past_max_age(ctx)?;
         // Bodies without a (truthful) Content-Length are counted as they stream.
         if let Some(max) = ctx.admitted.as_ref().and_then(|a| a.max_request_body) {
             ctx.request_body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
@@ -393,6 +412,10 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
+        if response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            ctx.upgraded = true;
+            self.metrics.upgrade_started(ctx.tenant());
+        }
         let Some(inspection) = ctx.route.as_ref().and_then(|r| r.inspection.clone()) else {
             return Ok(());
         };
@@ -448,6 +471,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Box<RequestCtx>,
     ) -> Result<Option<Duration>> {
+        past_max_age(ctx)?;
         let Some(scan) = ctx.response_scan.as_mut() else {
             return Ok(None);
         };
@@ -530,11 +554,27 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Box<RequestCtx>) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<RequestCtx>) {
         if !ctx.counted {
             return;
         }
         self.metrics.request_finished();
+        if ctx.upgraded {
+            let reason = match e {
+                _ if ctx.cut_at_max_age => "max_duration",
+                Some(e)
+                    if matches!(
+                        e.etype(),
+                        ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                    ) =>
+                {
+                    "idle"
+                }
+                Some(_) => "error",
+                None => "closed",
+            };
+            self.metrics.upgrade_ended(ctx.tenant(), reason);
+        }
         let exchange = Exchange {
             status: session.response_written().map_or(0, |r| r.status.as_u16()),
             bytes_in: session.body_bytes_read() as u64,

@@ -22,3 +22,4 @@ mod proxy;
 mod proxy_protocol;
 mod secrets;
 mod strict;
+mod websocket;

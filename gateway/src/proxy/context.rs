@@ -69,6 +69,12 @@ pub(crate) struct RequestCtx {
     pub(super) upstream: Option<SocketAddr>,
     /// A renewed session cookie to send with the response.
     pub(super) set_cookie: Option<String>,
+    /// When the connection reaches its listener's `max_connection_age`.
+    pub(super) connection_deadline: Option<std::time::Instant>,
+    /// The upstream answered 101: the exchange is now frames both ways (WebSocket).
+    pub(super) upgraded: bool,
+    /// The upgraded exchange was cut at the connection's age limit.
+    pub(super) cut_at_max_age: bool,
 }
 
 impl RequestCtx {
@@ -92,6 +98,9 @@ impl RequestCtx {
             response_scan: None,
             upstream: None,
             set_cookie: None,
+            connection_deadline: None,
+            upgraded: false,
+            cut_at_max_age: false,
         }
     }
 
