@@ -153,19 +153,20 @@ fn an_idle_upgraded_connection_is_cut_at_the_body_idle_timeout() {
     let r = exchange(&pki, &gw, "frontend", "/chat/idle", 2, 16, 3.0);
     assert_eq!(r["echoed"].as_u64(), Some(1), "{r}");
     assert!(r["closed"] == true || !r["error"].is_null(), "{r}");
-    gw.wait_metric("portcullis_upgrades_ended_total{reason=\"idle\",tenant=\"acme\"}", 1.0);
+    gw.wait_metric(
+        "portcullis_upgrades_ended_total{reason=\"idle\",tenant=\"acme\"}",
+        1.0,
+    );
 }
 
 #[test]
 fn a_busy_upgraded_connection_is_cut_at_the_listeners_max_connection_age() {
     let pki = Pki::new();
     let ws = WsEcho::start();
-    let yaml = CONFIG
-        .replace("{ws}", &ws.port.to_string())
-        .replace(
-            "connections: { body_idle_timeout: 2s }",
-            "connections: { body_idle_timeout: 30s, max_connection_age: 2s }",
-        );
+    let yaml = CONFIG.replace("{ws}", &ws.port.to_string()).replace(
+        "connections: { body_idle_timeout: 2s }",
+        "connections: { body_idle_timeout: 30s, max_connection_age: 2s }",
+    );
     let gw = Gateway::start(pki.dir.path(), &yaml);
     // A message every 250 ms for 5 s: never idle, but older than 2 s after the eighth or so.
     let r = exchange(&pki, &gw, "frontend", "/chat/long", 20, 16, 0.25);
