@@ -26,6 +26,9 @@ if [ "${1:-}" = "--test" ]; then
   [ -x /usr/bin/chromium ] || need+=(chromium)
   # The PROXY protocol tests put a real L4 balancer in front of the gateway.
   have haproxy || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+  # deploy/observability: promtool checks and unit-tests the alert rules, and a real Prometheus
+  # scrapes a gateway to evaluate every dashboard query and alert expression.
+  { have promtool && have prometheus; } || need+=(prometheus)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

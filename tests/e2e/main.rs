@@ -12,6 +12,7 @@ mod dlp;
 mod explain;
 mod harness;
 mod limits;
+mod observability;
 mod oidc;
 mod oidc_login;
 mod oidc_provider;
