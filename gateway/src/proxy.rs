@@ -581,14 +581,11 @@ impl ProxyHttp for Gateway {
             bytes_out: session.body_bytes_sent() as u64,
             duration: ctx.started.elapsed(),
         };
-        let findings = Findings::gather(
-            &self.metrics,
-            ctx.tenant(),
-            ctx.request_scan.as_ref(),
-            ctx.response_scan.as_ref(),
-        );
+        let findings = Findings::gather(ctx.request_scan.as_ref(), ctx.response_scan.as_ref());
         let summary = ctx.summary(session.req_header());
         crate::access_log::write(&summary.access_line(&exchange, &findings.rendered));
+        // Counted once the line is queued: a counter never runs ahead of the log.
+        findings.count(&self.metrics, ctx.tenant());
         if let Some(audit) = &self.audit {
             audit.completed(&summary, &exchange, findings.list);
         }

@@ -64,31 +64,31 @@ pub(crate) struct Exchange {
     pub duration: Duration,
 }
 
-/// The DLP findings of a request's bodies, counted in the metrics once.
+/// The DLP findings of a request's bodies, counted in the metrics once (after the access
+/// line is written: a counter never runs ahead of the log).
 #[derive(Debug, Default)]
 pub(crate) struct Findings {
     /// `direction:detector:action:count` and `direction:unscanned:reason` items, or `-`.
     pub rendered: String,
     pub list: Vec<DlpFinding>,
+    /// What the metrics count: (direction, detector or `None` for unscanned, action or
+    /// reason, count).
+    counts: Vec<(&'static str, Option<String>, String, u64)>,
 }
 
 impl Findings {
-    /// Gathers the findings of both bodies and counts them in the metrics. Counts only.
-    pub(crate) fn gather(
-        metrics: &Metrics,
-        tenant: &str,
-        request: Option<&BodyScan>,
-        response: Option<&BodyScan>,
-    ) -> Self {
+    /// Gathers the findings of both bodies. Counts only.
+    pub(crate) fn gather(request: Option<&BodyScan>, response: Option<&BodyScan>) -> Self {
         let mut items = Vec::new();
         let mut list = Vec::new();
+        let mut counts = Vec::new();
         for (direction, scan) in [("request", request), ("response", response)] {
             let Some(scan) = scan else { continue };
             // What passed unscanned is recorded like a finding: `unscanned:<direction>:<reason>`,
             // action `pass`.
             for reason in scan.unscanned() {
                 let reason = reason.as_str();
-                metrics.dlp_unscanned(tenant, direction, reason);
+                counts.push((direction, None, reason.to_owned(), 1));
                 items.push(format!("{direction}:unscanned:{reason}"));
                 list.push(DlpFinding {
                     detector: format!("unscanned:{direction}:{reason}"),
@@ -98,7 +98,7 @@ impl Findings {
             }
             for f in scan.findings().into_iter().flat_map(|f| f.iter()) {
                 let (detector, action) = (f.detector.to_string(), f.action.to_string());
-                metrics.dlp_finding(tenant, direction, &detector, &action, f.count);
+                counts.push((direction, Some(detector.clone()), action.clone(), f.count));
                 items.push(format!("{direction}:{detector}:{action}:{}", f.count));
                 list.push(DlpFinding {
                     detector,
@@ -112,7 +112,21 @@ impl Findings {
         } else {
             items.join(",")
         };
-        Self { rendered, list }
+        Self {
+            rendered,
+            list,
+            counts,
+        }
+    }
+
+    /// Counts the findings in the metrics.
+    pub(crate) fn count(&self, metrics: &Metrics, tenant: &str) {
+        for (direction, detector, action, count) in &self.counts {
+            match detector {
+                Some(detector) => metrics.dlp_finding(tenant, direction, detector, action, *count),
+                None => metrics.dlp_unscanned(tenant, direction, action),
+            }
+        }
     }
 }
 
