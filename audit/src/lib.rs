@@ -91,6 +91,7 @@ pub use record::{
 };
 pub use signer::{
     key_id, publish_public_key, PublicKey, SignatureAlgorithm, Signer, SignerError, SoftwareSigner,
+    P256_SPKI_PREFIX,
 };
 pub use sink::{PgSink, PgSinkConfig, SinkError, SinkStats, TABLE_DDL};
 pub use store::{CentralStore, StoreTls};

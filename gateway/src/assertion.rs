@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use moka::sync::Cache;
-use portcullis_audit::{SignatureAlgorithm, Signer, SignerError};
+use portcullis_audit::{SignatureAlgorithm, Signer, SignerError, P256_SPKI_PREFIX};
 use portcullis_policy::{AssertionSettings, Identity, TokenIdentity};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
@@ -81,12 +81,6 @@ impl Signer for FileKey {
         self.spki.clone()
     }
 }
-
-/// DER SubjectPublicKeyInfo of a P-256 key, before its 65-byte uncompressed point.
-const P256_SPKI_PREFIX: [u8; 26] = [
-    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
-    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-];
 
 /// The P-256 key (PKCS#8 PEM) at `path`.
 pub(crate) fn file_key(path: &std::path::Path) -> Result<Arc<dyn Signer>, GatewayError> {

@@ -206,7 +206,7 @@ pub(crate) struct Authenticated {
 }
 
 /// A token's verdict for the tenant that asked.
-type Verdict = (TenantId, Result<Arc<TokenIdentity>, TokenError>);
+type Verdict = (Arc<TenantId>, Result<Arc<TokenIdentity>, TokenError>);
 
 /// Verified and refused tokens, by token text. An entry lives until the token expires (a
 /// refusal for [`REFUSAL_TTL`]).
@@ -247,7 +247,8 @@ impl moka::Expiry<Arc<str>, Verdict> for UntilExpiry {
     }
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch (token and session times, MFA `max_age`).
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -352,7 +353,7 @@ impl Authenticator {
         // Looked up by the token's text, without a copy; an entry is the tenant's verdict.
         let cached = self.cache.get(token).filter(|(t, outcome)| {
             // An entry can outlive its token by up to a second.
-            *t == route.tenant && !matches!(outcome, Ok(id) if id.expires_at < unix_now())
+            **t == route.tenant && !matches!(outcome, Ok(id) if id.expires_at < unix_now())
         });
         let outcome = match cached {
             Some((_, outcome)) => outcome,
@@ -364,7 +365,7 @@ impl Authenticator {
                     Err(TokenError::UnknownKey | TokenError::KeysUnavailable)
                 );
                 if remember {
-                    let entry = (route.tenant.clone(), outcome.clone());
+                    let entry = (Arc::new(route.tenant.clone()), outcome.clone());
                     self.cache.insert(Arc::from(token), entry);
                 }
                 outcome
@@ -525,19 +526,28 @@ impl Authenticator {
         }
     }
 
-    /// The answer to a browser that must log in (or step up) to use `route`: a redirect to
-    /// the provider, with the login's secrets in a sealed cookie. `None` when the route has
-    /// no login or the provider has not been discovered yet.
+    /// The answer to a browser refused for want of a login (`TokenRequired`) or of a strong
+    /// or recent enough one (`StepUpRequired`) on `route`: a redirect to the provider, with
+    /// the login's secrets in a sealed cookie. `None` for any other refusal, a route without a
+    /// login, or a provider not discovered yet.
     pub(crate) fn login_redirect(
         &self,
         route: &Route,
+        refusal: &Refusal,
         return_to: &str,
-        step_up: Option<&StepUp>,
     ) -> Option<Refusal> {
+        let step_up = match refusal {
+            Refusal::TokenRequired => None,
+            Refusal::StepUpRequired { .. } => route.mfa.as_ref().map(|m| StepUp {
+                acr_values: m.acr.clone(),
+                max_age: m.max_age,
+            }),
+            _ => return None,
+        };
         let keys = self.sessions.as_ref()?;
         let provider = self.provider(route.tenant.as_str(), route.login.as_deref()?)?;
         let login = provider.login.as_ref()?;
-        let start = match start_login(&provider.keys, login, step_up) {
+        let start = match start_login(&provider.keys, login, step_up.as_ref()) {
             Ok(start) => start,
             Err(e) => {
                 tracing::warn!(provider = %provider.settings.name, error = %e, "cannot start a login");

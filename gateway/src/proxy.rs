@@ -14,7 +14,6 @@ use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use portcullis_audit::RequestStage;
-use portcullis_identity::oidc::StepUp;
 use portcullis_policy::{BodyDirection, TokenError, CALLBACK_PATH, LOGOUT_PATH};
 
 use crate::admission::{
@@ -23,6 +22,7 @@ use crate::admission::{
 };
 use crate::assertion::{AssertionFacts, ASSERTION_HEADER};
 use crate::audit::AuditTrail;
+use crate::authn::unix_now;
 use crate::forwarding::{
     decodable_accept_encoding, head_size, header_str, known_header, raw_head_names, resolve_client,
     rewrite_upstream_request, Forwarded, Headers,
@@ -84,12 +84,6 @@ fn past_max_age(ctx: &mut RequestCtx) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 pub(crate) struct Gateway {
@@ -203,21 +197,20 @@ impl ProxyHttp for Gateway {
             Routing::Routed(routed) => {
                 let bearer = if routed.route.authentication.wants_token() {
                     head.now = unix_now();
+                    // Only a route with a login reads the session cookie.
+                    let cookies = match routed.route.login {
+                        Some(_) => cookie_values(req),
+                        None => Vec::new(),
+                    };
                     let authenticated = snapshot
                         .authenticator
-                        .authenticate(
-                            &routed.route,
-                            bearer_header(req),
-                            &cookie_values(req),
-                            &self.metrics,
-                        )
+                        .authenticate(&routed.route, bearer_header(req), &cookies, &self.metrics)
                         .await;
                     ctx.set_cookie = authenticated.set_cookie;
                     authenticated.bearer
                 } else {
                     Bearer::Absent
                 };
-                let route = Arc::clone(&routed.route);
                 let mut verdict = snapshot.admission.admit_routed(
                     routed,
                     &RequestHead {
@@ -226,24 +219,13 @@ impl ProxyHttp for Gateway {
                     },
                 );
                 // A browser on a route with a login is sent to log in, not told 401.
-                if route.login.is_some() && is_browser_navigation(req) {
-                    let step_up = match &verdict.outcome {
-                        Err(Refusal::TokenRequired) => Some(None),
-                        Err(Refusal::StepUpRequired { .. }) => {
-                            Some(route.mfa.as_ref().map(|m| StepUp {
-                                acr_values: m.acr.clone(),
-                                max_age: m.max_age,
-                            }))
-                        }
-                        _ => None,
-                    };
-                    if let Some(step_up) = step_up {
+                if let (Some(route), Err(refusal)) = (&verdict.route, &verdict.outcome) {
+                    if route.login.is_some() && is_browser_navigation(req) {
                         let return_to = req.uri.path_and_query().map_or("/", |p| p.as_str());
-                        if let Some(redirect) = snapshot.authenticator.login_redirect(
-                            &route,
-                            return_to,
-                            step_up.as_ref(),
-                        ) {
+                        if let Some(redirect) = snapshot
+                            .authenticator
+                            .login_redirect(route, refusal, return_to)
+                        {
                             verdict.outcome = Err(redirect);
                         }
                     }
