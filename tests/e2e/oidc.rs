@@ -571,6 +571,26 @@ fn tokens_work_over_http2_too() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+    // Two Authorization fields on one HTTP/2 request: refused, not one of them picked.
+    let auth = format!("Authorization: Bearer {}", alice.access_token);
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
+        .arg("--cacert")
+        .arg(s.pki.path("ca.pem"))
+        .args(["-H", &auth, "-H", &auth])
+        .arg(format!("https://localhost:{}/app/h2", s.gw.port))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 401");
 }
 
 #[test]
@@ -654,4 +674,47 @@ fn the_assertion_key_can_live_in_a_token() {
     let claims = verified_assertion(&gw, &echoed(&resp, "x-portcullis-assertion").unwrap());
     assert_eq!(claims["sub"], "alice");
     assert!(!d.join("assertion.key").exists());
+}
+
+/// A token that expires while its connection stays open is refused on that connection from
+/// then on (the cache keeps a verdict no longer than the token lives), over HTTP/1.1
+/// keep-alive; and a refused token stays refused however often it is sent again.
+#[test]
+fn a_token_that_expires_on_an_open_connection_stops_working_there() {
+    // No clock skew, so the expiry is exact.
+    let s = setup("30s\n        clock_skew: 0s");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let short = s
+        .provider
+        .sign(Value::Null, s.claims(json!({"exp": now + 2})));
+    let auth = format!("Bearer {short}");
+    let mut conn = s.person.connect(s.gw.port).unwrap();
+    let first = conn
+        .request("GET", "/app/a", &[("Authorization", &auth)])
+        .unwrap();
+    assert_eq!(first.status, 200);
+    // The same token again is served from the cache while it lives.
+    let again = conn
+        .request("GET", "/app/b", &[("Authorization", &auth)])
+        .unwrap();
+    assert_eq!(again.status, 200);
+    std::thread::sleep(Duration::from_millis(3_200));
+    for path in ["/app/c", "/app/d", "/app/e"] {
+        let late = conn
+            .request("GET", path, &[("Authorization", &auth)])
+            .unwrap();
+        assert_eq!(late.status, 401, "{path}");
+        assert!(
+            challenge(&late).contains("the token has expired"),
+            "{}",
+            challenge(&late)
+        );
+    }
+    let metrics = s.gw.metrics();
+    let expired =
+        r#"portcullis_oidc_tokens_total{provider="-",result="token_expired",tenant="acme"}"#;
+    assert_eq!(metric_value(&metrics, expired), 3.0, "{metrics}");
 }
