@@ -194,10 +194,11 @@ impl FromStr for DnsPattern {
 }
 
 impl DnsPattern {
-    /// Whether a host name read from a certificate (any case) is allowed. A name that is not a
-    /// valid host name never matches, and neither does a wildcard name: it names a set of
-    /// hosts, not a caller.
+    /// Whether a host name read from a certificate (any case, one trailing dot ignored:
+    /// `a.example.` is `a.example`) is allowed. A name that is not a valid host name never
+    /// matches, and neither does a wildcard name: it names a set of hosts, not a caller.
     pub fn matches(&self, name: &str) -> bool {
+        let name = name.strip_suffix('.').unwrap_or(name);
         name.parse::<DnsName>()
             .is_ok_and(|n| !n.is_wildcard() && self.covers(&n))
     }
@@ -359,8 +360,9 @@ mod tests {
     }
 
     /// Where the policy's old rule and the CA's disagreed. Policy accepted `_`, a trailing dot,
-    /// edge hyphens and numeric last labels in patterns, and matched certificate names with a
-    /// trailing dot; the CA refused all of them. The CA refused `*.test` as a pattern (its
+    /// edge hyphens and numeric last labels in patterns; the CA refused all of them. (A
+    /// certificate name with one trailing dot is the same name and matches: see
+    /// `a_trailing_dot_does_not_make_another_name`.) The CA refused `*.test` as a pattern (its
     /// wildcard-name rule); policy allowed it, and configs rely on it.
     #[test]
     fn the_old_rules_disagreed_here() {
@@ -373,7 +375,7 @@ mod tests {
             assert!(bad.parse::<DnsPattern>().is_err(), "{bad}");
         }
         let exact = pat("frontend.example.org");
-        assert!(!exact.matches("frontend.example.org."));
+        assert!(exact.matches("frontend.example.org."));
         assert!(!pat("*.example.org").matches("under_score.example.org"));
 
         let test = pat("*.test");
@@ -395,5 +397,17 @@ mod tests {
         assert_eq!(serde_json::to_string(&p).unwrap(), "\"*.acme.internal\"");
         let err = serde_json::from_str::<DnsPattern>("\"*\"").unwrap_err();
         assert!(err.to_string().contains("DNS pattern \"*\""), "{err}");
+    }
+
+    /// Found by the access-rules fuzz target: a SAN written as an absolute name (trailing dot)
+    /// escaped a deny rule on the same name.
+    #[test]
+    fn a_trailing_dot_does_not_make_another_name() {
+        let wildcard: DnsPattern = "*.svc.example.org".parse().unwrap();
+        let exact: DnsPattern = "monitor.example.org".parse().unwrap();
+        assert!(wildcard.matches("A.SVC.example.org."));
+        assert!(exact.matches("monitor.example.org."));
+        assert!(!exact.matches("monitor.example.org.."));
+        assert!(!wildcard.matches("."));
     }
 }
