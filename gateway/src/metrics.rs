@@ -9,9 +9,12 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::audit::AuditFigures;
-
+mod audit;
+mod connections;
 mod ops;
+
+use audit::{catch_up, AuditMetrics};
+use connections::ConnectionMetrics;
 
 pub(crate) use ops::{plain_response, OpsEndpoint};
 
@@ -39,32 +42,6 @@ pub(crate) struct Metrics {
     audit: AuditMetrics,
     connections: ConnectionMetrics,
     ready: AtomicBool,
-}
-
-/// Downstream connections by listener: open, refused at accept, cut by a timeout.
-struct ConnectionMetrics {
-    open: prometheus::IntGaugeVec,
-    refused: IntCounterVec,
-    timeouts: IntCounterVec,
-}
-
-/// The audit trail's health, as counters and gauges. Writer and sink keep their own counts;
-/// these are brought up to date when metrics are read.
-struct AuditMetrics {
-    refused: IntCounterVec,
-    healthy: IntGauge,
-    durable: IntGauge,
-    queued: IntGauge,
-    dropped: IntCounter,
-    checkpoint_failures: IntCounter,
-    disk_bytes: IntGauge,
-    max_bytes: IntGauge,
-    suppressed_refusals: IntCounter,
-    sink_lag: IntGauge,
-    sink_connected: IntGauge,
-    sink_shipped: IntCounter,
-    sink_mismatch: IntGauge,
-    retention_held: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -333,31 +310,6 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn connection_opened(&self, listener: &str) {
-        self.connections.open.with_label_values(&[listener]).inc();
-    }
-
-    pub(crate) fn connection_closed(&self, listener: &str) {
-        self.connections.open.with_label_values(&[listener]).dec();
-    }
-
-    /// A connection closed at accept: `listener_full` or `source_full`.
-    pub(crate) fn connection_refused(&self, listener: &str, reason: &str) {
-        self.connections
-            .refused
-            .with_label_values(&[listener, reason])
-            .inc();
-    }
-
-    /// A connection cut by a timeout: `proxy_header`, `handshake`, `request_head`, `write` or
-    /// `body_idle`.
-    pub(crate) fn connection_timeout(&self, listener: &str, timeout: &str) {
-        self.connections
-            .timeouts
-            .with_label_values(&[listener, timeout])
-            .inc();
-    }
-
     pub(crate) fn upstream_error(&self, upstream: &str, kind: &str) {
         self.upstream_errors
             .with_label_values(&[upstream, kind])
@@ -385,34 +337,6 @@ impl Metrics {
         self.dlp_unscanned
             .with_label_values(&[tenant, direction, reason])
             .inc();
-    }
-
-    /// A request refused because its audit record could not be made durable.
-    pub(crate) fn audit_refused(&self, tenant: &str) {
-        self.audit.refused.with_label_values(&[tenant]).inc();
-    }
-
-    /// Brings the audit gauges and counters up to date.
-    pub(crate) fn observe_audit(&self, f: &AuditFigures) {
-        let a = &self.audit;
-        a.healthy.set(i64::from(f.healthy));
-        a.durable.set(gauge(f.durable_records));
-        a.queued.set(gauge(f.queued));
-        catch_up(&a.dropped, f.dropped);
-        catch_up(&a.checkpoint_failures, f.checkpoint_failures);
-        a.disk_bytes.set(gauge(f.disk_bytes));
-        a.max_bytes.set(gauge(f.max_bytes));
-        catch_up(&a.suppressed_refusals, f.suppressed_refusals);
-        if let (Some(lag), Some(connected), Some(shipped)) =
-            (f.sink_lag, f.sink_connected, f.sink_shipped)
-        {
-            a.sink_lag.set(gauge(lag));
-            a.sink_connected.set(i64::from(connected));
-            catch_up(&a.sink_shipped, shipped);
-        }
-        a.sink_mismatch
-            .set(i64::from(f.sink_mismatch.unwrap_or_default()));
-        a.retention_held.set(gauge(f.retention_held));
     }
 
     pub(crate) fn reload(&self, ok: bool) {
@@ -506,152 +430,6 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
-    }
-}
-
-// As for `Metrics::new`: constant definitions, registered once.
-#[allow(clippy::expect_used)]
-impl ConnectionMetrics {
-    fn new(registry: &Registry) -> Self {
-        let open = prometheus::IntGaugeVec::new(
-            Opts::new(
-                "portcullis_connections_open",
-                "Downstream connections open (accepted, under the caps), by listener",
-            ),
-            &["listener"],
-        )
-        .expect("valid metric");
-        let refused = IntCounterVec::new(
-            Opts::new(
-                "portcullis_connections_refused_total",
-                "Connections closed at accept because a cap was reached or, behind an L4 balancer, \
-                 the PROXY protocol was not met, by listener and reason (listener_full, \
-                 source_full, proxy_source, proxy_header, proxy_header_size)",
-            ),
-            &["listener", "reason"],
-        )
-        .expect("valid metric");
-        let timeouts = IntCounterVec::new(
-            Opts::new(
-                "portcullis_connection_timeouts_total",
-                "Connections cut by a timeout, by listener and timeout (proxy_header, handshake, \
-                 request_head, write, body_idle)",
-            ),
-            &["listener", "timeout"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(open.clone()))
-            .expect("unique metric");
-        for c in [&refused, &timeouts] {
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-        }
-        Self {
-            open,
-            refused,
-            timeouts,
-        }
-    }
-}
-
-fn gauge(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// Advances a counter to a total kept elsewhere (totals only grow).
-fn catch_up(counter: &IntCounter, total: u64) {
-    let seen = counter.get();
-    if total > seen {
-        counter.inc_by(total - seen);
-    }
-}
-
-// As for `Metrics::new`: constant definitions, registered once.
-#[allow(clippy::expect_used)]
-impl AuditMetrics {
-    fn new(registry: &Registry) -> Self {
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let refused = IntCounterVec::new(
-            Opts::new(
-                "portcullis_audit_refused_requests_total",
-                "Requests refused with 503 because their audit record could not be made durable (fail-closed), by tenant",
-            ),
-            &["tenant"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(refused.clone()))
-            .expect("unique metric");
-        AuditMetrics {
-            refused,
-            healthy: gauge(
-                "portcullis_audit_healthy",
-                "1 while the audit log makes records durable; 0 when a write or fsync failed or timed out",
-            ),
-            durable: gauge(
-                "portcullis_audit_durable_records",
-                "Records written and fsynced to the local audit log (its next sequence number)",
-            ),
-            queued: gauge(
-                "portcullis_audit_queued_records",
-                "Records waiting in the queue to the audit writer",
-            ),
-            dropped: counter(
-                "portcullis_audit_dropped_records_total",
-                "Audit records dropped: best-effort records, and completion records, that could not be queued or written (full queue, disk budget, failed write)",
-            ),
-            checkpoint_failures: counter(
-                "portcullis_audit_checkpoint_failures_total",
-                "Checkpoints that could not be signed or written",
-            ),
-            disk_bytes: gauge(
-                "portcullis_audit_disk_bytes",
-                "Bytes of the audit log's segment files on disk",
-            ),
-            max_bytes: gauge(
-                "portcullis_audit_disk_budget_bytes",
-                "The audit log's disk budget (audit.max_bytes): at it, fail-closed refuses requests and best-effort drops records",
-            ),
-            suppressed_refusals: counter(
-                "portcullis_audit_suppressed_refusals_total",
-                "Records of refused requests counted instead of written, their source being over its budget (audit.refusals)",
-            ),
-            sink_lag: gauge(
-                "portcullis_audit_sink_lag_records",
-                "Records in the local log not yet confirmed by the central store (the spool depth)",
-            ),
-            sink_connected: gauge(
-                "portcullis_audit_sink_connected",
-                "1 while the central store (PostgreSQL) is reachable",
-            ),
-            sink_shipped: counter(
-                "portcullis_audit_sink_shipped_records_total",
-                "Records confirmed by the central store since start",
-            ),
-            sink_mismatch: gauge(
-                "portcullis_audit_sink_mismatch",
-                "1 when the central store disagrees with the local log: a row with another hash (shipping stopped) or rows beyond the log's head",
-            ),
-            retention_held: gauge(
-                "portcullis_audit_retention_held_segments",
-                "Segments past their retention age kept because the central store has not confirmed them",
-            ),
-        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! line, the audit record and the metrics (`record`).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -13,78 +13,30 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use portcullis_audit::RequestStage;
-use portcullis_policy::{BodyDirection, TokenError, CALLBACK_PATH, LOGOUT_PATH};
+use portcullis_policy::BodyDirection;
 
 use crate::admission::{
-    body_header, caller_name, plan_body, recheck_connection, Bearer, BodyPlan, Refusal,
-    RequestHead, Routing,
+    body_header, caller_name, plan_body, Bearer, BodyPlan, Refusal, RequestHead, Routing,
 };
 use crate::assertion::{AssertionFacts, ASSERTION_HEADER};
 use crate::audit::AuditTrail;
-use crate::authn::unix_now;
 use crate::forwarding::{
     decodable_accept_encoding, head_size, header_str, known_header, raw_head_names, resolve_client,
     rewrite_upstream_request, Forwarded, Headers,
 };
-use crate::identity::ConnectionIdentity;
 use crate::inspect::{BodyScan, Unscanned};
 use crate::metrics::Metrics;
 use crate::record::{Exchange, Findings};
+
 mod body_watch;
+mod connection;
 mod context;
+mod people;
+mod refusals;
 
 pub(crate) use context::RequestCtx;
 
 use crate::snapshot::Snapshot;
-
-/// The `Authorization` header's value. Two of them, or one that is not text, are refused as
-/// malformed: which one an upstream would read is anyone's guess.
-fn bearer_header(req: &RequestHeader) -> Result<Option<&str>, TokenError> {
-    let mut values = req.headers.get_all(http::header::AUTHORIZATION).iter();
-    match (values.next(), values.next()) {
-        (None, _) => Ok(None),
-        (Some(value), None) => value.to_str().map(Some).map_err(|_| TokenError::Malformed),
-        (Some(_), Some(_)) => Err(TokenError::Malformed),
-    }
-}
-
-/// The request's `Cookie` header values (HTTP/2 may send several), those that are text.
-fn cookie_values(req: &RequestHeader) -> Vec<&str> {
-    req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect()
-}
-
-/// A browser navigating (a GET or HEAD that accepts HTML): sent to log in rather than
-/// answered 401. Scripts and API clients get the 401.
-fn is_browser_navigation(req: &RequestHeader) -> bool {
-    (req.method == http::Method::GET || req.method == http::Method::HEAD)
-        && req
-            .headers
-            .get_all(http::header::ACCEPT)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.contains("text/html")))
-}
-
-/// An upgraded (WebSocket) exchange outlives its requests: it is held to the listener's
-/// `max_connection_age` frame by frame, and cut once past it.
-fn past_max_age(ctx: &mut RequestCtx) -> Result<()> {
-    if ctx.upgraded
-        && ctx
-            .connection_deadline
-            .is_some_and(|deadline| std::time::Instant::now() >= deadline)
-    {
-        ctx.cut_at_max_age = true;
-        return Err(Error::explain(
-            ErrorType::ConnectionClosed,
-            "upgraded connection past the listener's max_connection_age",
-        ));
-    }
-    Ok(())
-}
 
 pub(crate) struct Gateway {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
@@ -121,60 +73,20 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|peer| resolve_client(req, peer.ip(), listener));
-        let mut recheck = Ok(());
-        let mut aged = false;
-        let mut abort = None;
-        if let Some(connection) = session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .and_then(|ssl| ssl.extension.get::<ConnectionIdentity>())
-        {
-            ctx.identity = connection.identity.clone();
-            ctx.identity_headers = connection.headers.clone();
-            ctx.tls_version = Some(connection.tls_version);
-            abort = Some(connection.abort.clone());
-            recheck = recheck_connection(connection, &snapshot, SystemTime::now());
-            let max_age = listener.map_or(Duration::MAX, |l| l.max_connection_age);
-            aged = connection.established.elapsed() > max_age;
-            ctx.connection_deadline = connection.established.checked_add(max_age);
-            let max_requests = listener.map_or(u32::MAX, |l| l.max_requests_per_connection);
-            // HTTP/2: the cap on requests per connection (HTTP/1's is pingora's reuse count).
-            let last = session.is_http2() && connection.count_request(max_requests);
-            if recheck.is_err() || aged || last {
-                // HTTP/2: GOAWAY once the streams in flight are done.
-                connection.end();
-            }
-        }
-        if let Err(refusal) = recheck {
+        let check = connection::check_connection(session, ctx, &snapshot, listener);
+        if let Err(refusal) = check.recheck {
             return self.refuse(session, ctx, refusal).await;
         }
-        if aged {
+        if check.aged {
             // HTTP/1.1: `Connection: close` after this response.
             session.set_keepalive(None);
         }
-
-        let req = session.req_header();
-        // The browser login's own endpoints, answered by the gateway on any host.
-        let own = match req.uri.path() {
-            CALLBACK_PATH => Some(
-                snapshot
-                    .authenticator
-                    .callback(
-                        req.uri.query().unwrap_or_default(),
-                        &cookie_values(req),
-                        &self.metrics,
-                    )
-                    .await,
-            ),
-            LOGOUT_PATH => Some(snapshot.authenticator.logout(&cookie_values(req))),
-            _ => None,
-        };
-        if let Some(answer) = own {
+        if let Some(answer) = self.own_endpoint(&snapshot, session.req_header()).await {
             return self.refuse(session, ctx, answer).await;
         }
         let req = session.req_header();
         let headers = Headers(req);
-        let mut head = RequestHead {
+        let head = RequestHead {
             identity: ctx.identity.as_deref(),
             method: req.method.as_str(),
             authority: req.uri.authority().map(|a| a.as_str()),
@@ -195,42 +107,8 @@ impl ProxyHttp for Gateway {
         let verdict = match snapshot.admission.route(&head) {
             Routing::Refused(verdict) => verdict,
             Routing::Routed(routed) => {
-                let bearer = if routed.route.authentication.wants_token() {
-                    head.now = unix_now();
-                    // Only a route with a login reads the session cookie.
-                    let cookies = match routed.route.login {
-                        Some(_) => cookie_values(req),
-                        None => Vec::new(),
-                    };
-                    let authenticated = snapshot
-                        .authenticator
-                        .authenticate(&routed.route, bearer_header(req), &cookies, &self.metrics)
-                        .await;
-                    ctx.set_cookie = authenticated.set_cookie;
-                    authenticated.bearer
-                } else {
-                    Bearer::Absent
-                };
-                let mut verdict = snapshot.admission.admit_routed(
-                    routed,
-                    &RequestHead {
-                        bearer: &bearer,
-                        ..head
-                    },
-                );
-                // A browser on a route with a login is sent to log in, not told 401.
-                if let (Some(route), Err(refusal)) = (&verdict.route, &verdict.outcome) {
-                    if route.login.is_some() && is_browser_navigation(req) {
-                        let return_to = req.uri.path_and_query().map_or("/", |p| p.as_str());
-                        if let Some(redirect) = snapshot
-                            .authenticator
-                            .login_redirect(route, refusal, return_to)
-                        {
-                            verdict.outcome = Err(redirect);
-                        }
-                    }
-                }
-                verdict
+                self.admit_routed(&snapshot, routed, head, req, &mut ctx.set_cookie)
+                    .await
             }
         };
         ctx.target = verdict.target;
@@ -241,7 +119,7 @@ impl ProxyHttp for Gateway {
                     BodyScan::planned(i, BodyDirection::Request, &admitted.request_body)
                 });
                 ctx.admitted = Some(admitted);
-                if let (Some(abort), true) = (abort, session.is_http2()) {
+                if let (Some(abort), true) = (check.abort, session.is_http2()) {
                     if !session.is_body_done() {
                         let timeout = listener.map_or(Duration::MAX, |l| l.body_idle_timeout);
                         ctx.body_watch = Some(body_watch::BodyWatch::start(abort, timeout));
@@ -266,7 +144,7 @@ impl ProxyHttp for Gateway {
         } else if let Some(watch) = &ctx.body_watch {
             watch.touch();
         }
-        past_max_age(ctx)?;
+        connection::past_max_age(ctx)?;
         // Bodies without a (truthful) Content-Length are counted as they stream.
         if let Some(max) = ctx.admitted.as_ref().and_then(|a| a.max_request_body) {
             ctx.request_body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
@@ -453,7 +331,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Box<RequestCtx>,
     ) -> Result<Option<Duration>> {
-        past_max_age(ctx)?;
+        connection::past_max_age(ctx)?;
         let Some(scan) = ctx.response_scan.as_mut() else {
             return Ok(None);
         };
@@ -575,88 +453,5 @@ impl ProxyHttp for Gateway {
         let series = ctx.route_state().map(|r| &r.series);
         self.metrics
             .request(&summary.metrics_outcome(&exchange), series);
-    }
-}
-
-impl Gateway {
-    /// Fail-closed audit: the request goes on only once its admission record is durable.
-    async fn record_admission(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let Some(audit) = self.audit.as_ref().filter(|a| a.fail_closed()) else {
-            return Ok(false);
-        };
-        let event = ctx.summary(session.req_header()).audit_event(
-            RequestStage::Admitted,
-            None,
-            audit.include_query(),
-            Vec::new(),
-        );
-        match audit.admit(event).await {
-            Ok(()) => Ok(false),
-            Err(e) => {
-                if audit.note_refused() {
-                    tracing::error!(request.id = %ctx.request_id, error = %e, "request refused: its audit record could not be made durable (logged at 1, 2, 4, 8… refusals; portcullis_audit_refused_requests_total counts all)");
-                }
-                self.refuse(session, ctx, Refusal::AuditUnavailable).await
-            }
-        }
-    }
-
-    /// Counts a refusal where its kind has a metric of its own.
-    fn count_refusal(&self, tenant: &str, refusal: &Refusal) {
-        match refusal {
-            Refusal::RateLimited(limit) => self.metrics.rate_limited(tenant, limit.limit),
-            Refusal::BodyTooLarge => self.metrics.rate_limited(tenant, "body_size"),
-            Refusal::AuditUnavailable => self.metrics.audit_refused(tenant),
-            _ => {}
-        }
-    }
-
-    /// Answers a refusal made before anything was forwarded, and ends the proxy phases.
-    async fn refuse(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        refusal: Refusal,
-    ) -> Result<bool> {
-        self.count_refusal(ctx.tenant(), &refusal);
-        if refusal.closes_connection() {
-            session.set_keepalive(None);
-        }
-        ctx.refusal = Some(refusal);
-        self.write_refusal(session, ctx).await?;
-        Ok(true)
-    }
-
-    /// Records a refusal made once the request is under way, as the error that ends it;
-    /// `fail_to_proxy` answers it (or, once a response has started, pingora cuts the
-    /// connection).
-    fn refused_midway(&self, ctx: &mut RequestCtx, refusal: Refusal) -> Box<Error> {
-        self.count_refusal(ctx.tenant(), &refusal);
-        let error = Error::explain(ErrorType::HTTPStatus(refusal.status()), refusal.to_string());
-        ctx.refusal = Some(refusal);
-        error
-    }
-
-    /// Writes the JSON body of the request's refusal.
-    async fn write_refusal(&self, session: &mut Session, ctx: &RequestCtx) -> Result<()> {
-        let Some(refusal) = &ctx.refusal else {
-            return Ok(());
-        };
-        let body = refusal.body(ctx.request_id.as_str());
-        let mut header = ResponseHeader::build(refusal.status(), Some(4))?;
-        header.insert_header("content-type", "application/json")?;
-        header.insert_header("content-length", body.len().to_string())?;
-        header.insert_header("x-request-id", ctx.request_id.as_str())?;
-        header.insert_header("cache-control", "no-store")?;
-        // Appended: a login answer sets two cookies.
-        for (name, value) in refusal.headers() {
-            header.append_header(name, value)?;
-        }
-        session
-            .write_response_header(Box::new(header), false)
-            .await?;
-        session
-            .write_response_body(Some(Bytes::from(body)), true)
-            .await
     }
 }

@@ -1,0 +1,86 @@
+//! Downstream connection metrics: open per listener, refused at accept, cut by a timeout.
+
+use prometheus::{IntCounterVec, Opts, Registry};
+
+use super::Metrics;
+
+/// Downstream connections by listener: open, refused at accept, cut by a timeout.
+pub(super) struct ConnectionMetrics {
+    open: prometheus::IntGaugeVec,
+    refused: IntCounterVec,
+    timeouts: IntCounterVec,
+}
+
+// As for `Metrics::new`: constant definitions, registered once.
+#[allow(clippy::expect_used)]
+impl ConnectionMetrics {
+    pub(super) fn new(registry: &Registry) -> Self {
+        let open = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "portcullis_connections_open",
+                "Downstream connections open (accepted, under the caps), by listener",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "portcullis_connections_refused_total",
+                "Connections closed at accept because a cap was reached or, behind an L4 balancer, \
+                 the PROXY protocol was not met, by listener and reason (listener_full, \
+                 source_full, proxy_source, proxy_header, proxy_header_size)",
+            ),
+            &["listener", "reason"],
+        )
+        .expect("valid metric");
+        let timeouts = IntCounterVec::new(
+            Opts::new(
+                "portcullis_connection_timeouts_total",
+                "Connections cut by a timeout, by listener and timeout (proxy_header, handshake, \
+                 request_head, write, body_idle)",
+            ),
+            &["listener", "timeout"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(open.clone()))
+            .expect("unique metric");
+        for c in [&refused, &timeouts] {
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+        }
+        Self {
+            open,
+            refused,
+            timeouts,
+        }
+    }
+}
+
+impl Metrics {
+    pub(crate) fn connection_opened(&self, listener: &str) {
+        self.connections.open.with_label_values(&[listener]).inc();
+    }
+
+    pub(crate) fn connection_closed(&self, listener: &str) {
+        self.connections.open.with_label_values(&[listener]).dec();
+    }
+
+    /// A connection closed at accept: `listener_full` or `source_full`.
+    pub(crate) fn connection_refused(&self, listener: &str, reason: &str) {
+        self.connections
+            .refused
+            .with_label_values(&[listener, reason])
+            .inc();
+    }
+
+    /// A connection cut by a timeout: `proxy_header`, `handshake`, `request_head`, `write` or
+    /// `body_idle`.
+    pub(crate) fn connection_timeout(&self, listener: &str, timeout: &str) {
+        self.connections
+            .timeouts
+            .with_label_values(&[listener, timeout])
+            .inc();
+    }
+}

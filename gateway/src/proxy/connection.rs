@@ -1,0 +1,80 @@
+//! What the connection says about each request on it: the caller's certificate re-checked
+//! against the current generation, the listener's `max_connection_age` and request cap, and
+//! an upgraded exchange held to that age frame by frame.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use pingora_core::{Error, ErrorType, Result};
+use pingora_proxy::Session;
+use tokio::sync::Notify;
+
+use super::RequestCtx;
+use crate::admission::{recheck_connection, Refusal};
+use crate::identity::ConnectionIdentity;
+use crate::snapshot::{ListenerView, Snapshot};
+
+/// The connection's verdict on one request.
+pub(super) struct ConnectionCheck {
+    /// The caller's certificate, re-checked (revoked or expired since the handshake: refused).
+    pub recheck: Result<(), Refusal>,
+    /// Past `max_connection_age`: this response is the connection's last.
+    pub aged: bool,
+    /// Drops an HTTP/2 connection at once (a stalled request body).
+    pub abort: Option<Arc<Notify>>,
+}
+
+/// Reads the connection's identity into the request and checks the connection; on a refusal,
+/// past its age or at its request cap, an HTTP/2 connection is sent GOAWAY once the streams
+/// in flight are done.
+pub(super) fn check_connection(
+    session: &Session,
+    ctx: &mut RequestCtx,
+    snapshot: &Snapshot,
+    listener: Option<&ListenerView>,
+) -> ConnectionCheck {
+    let mut check = ConnectionCheck {
+        recheck: Ok(()),
+        aged: false,
+        abort: None,
+    };
+    let Some(connection) = session
+        .digest()
+        .and_then(|d| d.ssl_digest.as_ref())
+        .and_then(|ssl| ssl.extension.get::<ConnectionIdentity>())
+    else {
+        return check;
+    };
+    ctx.identity = connection.identity.clone();
+    ctx.identity_headers = connection.headers.clone();
+    ctx.tls_version = Some(connection.tls_version);
+    check.abort = Some(connection.abort.clone());
+    check.recheck = recheck_connection(connection, snapshot, SystemTime::now());
+    let max_age = listener.map_or(Duration::MAX, |l| l.max_connection_age);
+    check.aged = connection.established.elapsed() > max_age;
+    ctx.connection_deadline = connection.established.checked_add(max_age);
+    let max_requests = listener.map_or(u32::MAX, |l| l.max_requests_per_connection);
+    // HTTP/2: the cap on requests per connection (HTTP/1's is pingora's reuse count).
+    let last = session.is_http2() && connection.count_request(max_requests);
+    if check.recheck.is_err() || check.aged || last {
+        connection.end();
+    }
+    check
+}
+
+/// An upgraded (WebSocket) exchange outlives its requests: it is held to the listener's
+/// `max_connection_age` frame by frame, and cut once past it.
+pub(super) fn past_max_age(ctx: &mut RequestCtx) -> Result<()> {
+    if ctx.upgraded
+        && ctx
+            .connection_deadline
+            .is_some_and(|deadline| std::time::Instant::now() >= deadline)
+    {
+        ctx.cut_at_max_age = true;
+        return Err(Error::explain(
+            ErrorType::ConnectionClosed,
+            "upgraded connection past the listener's max_connection_age",
+        ));
+    }
+    Ok(())
+}

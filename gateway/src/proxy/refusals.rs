@@ -1,0 +1,103 @@
+//! Refusals on the wire: the fail-closed audit wait before forwarding, the counting of each
+//! refusal, and its JSON answer (before anything was forwarded, or as the error that ends a
+//! request under way).
+
+use bytes::Bytes;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use portcullis_audit::RequestStage;
+
+use super::{Gateway, RequestCtx};
+use crate::admission::Refusal;
+
+impl Gateway {
+    /// Fail-closed audit: the request goes on only once its admission record is durable.
+    pub(super) async fn record_admission(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        let Some(audit) = self.audit.as_ref().filter(|a| a.fail_closed()) else {
+            return Ok(false);
+        };
+        let event = ctx.summary(session.req_header()).audit_event(
+            RequestStage::Admitted,
+            None,
+            audit.include_query(),
+            Vec::new(),
+        );
+        match audit.admit(event).await {
+            Ok(()) => Ok(false),
+            Err(e) => {
+                if audit.note_refused() {
+                    tracing::error!(request.id = %ctx.request_id, error = %e, "request refused: its audit record could not be made durable (logged at 1, 2, 4, 8… refusals; portcullis_audit_refused_requests_total counts all)");
+                }
+                self.refuse(session, ctx, Refusal::AuditUnavailable).await
+            }
+        }
+    }
+
+    /// Counts a refusal where its kind has a metric of its own.
+    fn count_refusal(&self, tenant: &str, refusal: &Refusal) {
+        match refusal {
+            Refusal::RateLimited(limit) => self.metrics.rate_limited(tenant, limit.limit),
+            Refusal::BodyTooLarge => self.metrics.rate_limited(tenant, "body_size"),
+            Refusal::AuditUnavailable => self.metrics.audit_refused(tenant),
+            _ => {}
+        }
+    }
+
+    /// Answers a refusal made before anything was forwarded, and ends the proxy phases.
+    pub(super) async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        refusal: Refusal,
+    ) -> Result<bool> {
+        self.count_refusal(ctx.tenant(), &refusal);
+        if refusal.closes_connection() {
+            session.set_keepalive(None);
+        }
+        ctx.refusal = Some(refusal);
+        self.write_refusal(session, ctx).await?;
+        Ok(true)
+    }
+
+    /// Records a refusal made once the request is under way, as the error that ends it;
+    /// `fail_to_proxy` answers it (or, once a response has started, pingora cuts the
+    /// connection).
+    pub(super) fn refused_midway(&self, ctx: &mut RequestCtx, refusal: Refusal) -> Box<Error> {
+        self.count_refusal(ctx.tenant(), &refusal);
+        let error = Error::explain(ErrorType::HTTPStatus(refusal.status()), refusal.to_string());
+        ctx.refusal = Some(refusal);
+        error
+    }
+
+    /// Writes the JSON body of the request's refusal.
+    pub(super) async fn write_refusal(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+    ) -> Result<()> {
+        let Some(refusal) = &ctx.refusal else {
+            return Ok(());
+        };
+        let body = refusal.body(ctx.request_id.as_str());
+        let mut header = ResponseHeader::build(refusal.status(), Some(4))?;
+        header.insert_header("content-type", "application/json")?;
+        header.insert_header("content-length", body.len().to_string())?;
+        header.insert_header("x-request-id", ctx.request_id.as_str())?;
+        header.insert_header("cache-control", "no-store")?;
+        // Appended: a login answer sets two cookies.
+        for (name, value) in refusal.headers() {
+            header.append_header(name, value)?;
+        }
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await
+    }
+}
