@@ -303,12 +303,17 @@ write_pcl_config() { # file, port, metrics port, audit (on|off), authentication 
 # it detects, so it inspects every byte and acts on none), and (audit on) the fail-closed
 # audit log: each request's admission record fsynced before it is forwarded. Keep-alive and
 # per-source connection caps are raised like the peers' (nginx keepalive_requests 10000000,
-# HAProxy and pingora unbounded), so no target reconnects or refuses where another does not.
+# HAProxy and pingora unbounded), and new-connection rates are off (the new-connection
+# scenario reconnects from one address and identity thousands of times a second), so no
+# target reconnects or refuses where another does not.
 listeners:
   - name: public
     address: 127.0.0.1:$2
     tls: { certificate: server.pem, private_key: server.key, client_auth: required, client_ca: ca.pem }
-    connections: { max_requests_per_connection: 1000000, max_connections_per_source: 10000 }
+    connections:
+      max_requests_per_connection: 1000000
+      max_connections_per_source: 10000
+      abuse: { connection_rate_per_source: off, connection_rate_per_identity: off }
 metrics: { address: 127.0.0.1:$3 }
 shutdown: { grace_period: 1s }
 upstreams:

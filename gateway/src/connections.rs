@@ -36,7 +36,10 @@ use pingora_proxy::HttpProxy;
 use portcullis_policy::{ClientAuth, ConnectionLimits};
 use tokio::time::sleep;
 
+use crate::abuse::AbusePolicy;
+use crate::admission::caller_name;
 use crate::identity::ConnectionIdentity;
+use crate::limits::ConnectionRates;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::snapshot::canonical;
@@ -79,6 +82,10 @@ pub(crate) enum Refused {
     SourceFull,
     /// On a `proxy_protocol` listener, a peer that is not one of its balancers.
     ProxySource,
+    /// Over `connections.abuse.connection_rate_per_source`.
+    SourceRate,
+    /// Over `connections.abuse.connection_rate_per_identity` (after the handshake).
+    IdentityRate,
 }
 
 impl Refused {
@@ -87,6 +94,8 @@ impl Refused {
             Refused::ListenerFull => "listener_full",
             Refused::SourceFull => "source_full",
             Refused::ProxySource => "proxy_source",
+            Refused::SourceRate => "source_rate",
+            Refused::IdentityRate => "identity_rate",
         }
     }
 }
@@ -223,7 +232,12 @@ impl BackgroundService for ListenerService {
             name: self.name.clone(),
             hook: IdentityHook {
                 listener: self.index,
+                abuse: Arc::new(AbusePolicy {
+                    listener: self.name.clone(),
+                    limits: self.limits.abuse.clone(),
+                }),
             },
+            rates: ConnectionRates::new(&self.limits.abuse),
             client_auth: self.client_auth,
             limits: self.limits.clone(),
             acceptor: Arc::clone(&self.acceptor),
@@ -258,6 +272,7 @@ impl BackgroundService for ListenerService {
                 continue;
             };
             let admitted = match &self.limits.proxy_protocol {
+                None if !this.source_allows(peer.ip()) => Err(Refused::SourceRate),
                 None => counts.admit(peer.ip()),
                 // The source is known, and counted, once the header is read.
                 Some(pp)
@@ -332,9 +347,16 @@ struct Connections {
     /// Bounds the log lines of PROXY protocol refusals (a forged or broken header is cheap to
     /// send again and again).
     proxy_log: LogGate,
+    rates: ConnectionRates,
 }
 
 impl Connections {
+    /// A new connection from `source` within its rate (or exempt).
+    fn source_allows(&self, source: IpAddr) -> bool {
+        let source = canonical(source);
+        self.limits.abuse.exempts(source) || self.rates.source_allows(source)
+    }
+
     /// A connection closed at accept (or, behind a balancer, once its source is known).
     fn refused(&self, peer: SocketAddr, refused: Refused) {
         self.metrics
@@ -368,6 +390,10 @@ impl Connections {
                     self.header_refused(peer, refusal);
                     return;
                 }
+            }
+            if !self.source_allows(client.ip()) {
+                self.refused(client, Refused::SourceRate);
+                return;
             }
             if let Err(refused) = slot.attribute(client.ip()) {
                 self.refused(client, refused);
@@ -436,6 +462,12 @@ impl Connections {
             Shutdown::shutdown(&mut tls).await;
             return;
         }
+        if !self.identity_allows(&tls, peer) {
+            self.refused(peer, Refused::IdentityRate);
+            let mut tls = tls;
+            Shutdown::shutdown(&mut tls).await;
+            return;
+        }
         let h2 = matches!(tls.selected_alpn_proto(), Some(ALPN::H2));
         // The request path can ask for this connection to end (revoked or expired
         // certificate, `max_connection_age`); HTTP/2 then sends GOAWAY as on shutdown.
@@ -476,6 +508,20 @@ impl Connections {
         } else {
             self.serve_http1(stream, &head, shutdown).await;
         }
+    }
+
+    /// A new connection of the handshake's client identity within its rate (or exempt, or
+    /// without a certificate).
+    fn identity_allows<S: Ssl>(&self, tls: &S, peer: SocketAddr) -> bool {
+        let digest = tls.get_ssl_digest();
+        let Some(name) = digest
+            .as_ref()
+            .and_then(|d| d.extension.get::<ConnectionIdentity>())
+            .and_then(|c| caller_name(c.identity.as_deref(), None))
+        else {
+            return true;
+        };
+        self.limits.abuse.exempts(peer.ip()) || self.rates.identity_allows(name)
     }
 
     /// pingora's HTTP/1 keep-alive loop, with this listener's bounds set on every request.

@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 use portcullis_identity::{PeerIdentity, Serial};
 use portcullis_policy::Identity;
 
+use crate::abuse::{AbusePolicy, RefusalWindow};
 use crate::forwarding::IdentityHeaders;
 
 /// What a connection's handshake established, attached to the connection by pingora.
@@ -33,6 +34,9 @@ pub(crate) struct ConnectionIdentity {
     /// timeout (pingora 0.9 has no HTTP/2 read timeout, and a stream cannot be reset from
     /// outside its task).
     pub abort: Arc<tokio::sync::Notify>,
+    /// The listener's abuse settings, and this connection's refusals under them.
+    pub abuse: Arc<AbusePolicy>,
+    pub refusals: RefusalWindow,
 }
 
 impl ConnectionIdentity {

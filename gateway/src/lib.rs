@@ -5,6 +5,7 @@
 // Nothing a peer or an operator sends may panic the data plane.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod abuse;
 mod access_log;
 mod admission;
 mod assertion;

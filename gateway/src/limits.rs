@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use portcullis_policy::{Config, RateLimit, RouteId, TenantId, TenantLimits};
+use portcullis_policy::{AbuseLimits, Config, RateLimit, RouteId, TenantId, TenantLimits};
 
 /// Distinct keys remembered per keyed limit; beyond it the least recently used are dropped.
 const KEYED_CAPACITY: u64 = 100_000;
@@ -88,6 +88,36 @@ impl KeyedBuckets<String> {
         self.buckets
             .get_with_by_ref(key, || Arc::new(Bucket::new(self.limit)))
             .check(name)
+    }
+}
+
+/// A listener's new-connection rates (`connections.abuse`): per source address, checked at
+/// accept before any TLS, and per client identity, checked after the handshake.
+pub(crate) struct ConnectionRates {
+    per_source: Option<KeyedBuckets<IpAddr>>,
+    per_identity: Option<KeyedBuckets<String>>,
+}
+
+impl ConnectionRates {
+    pub(crate) fn new(abuse: &AbuseLimits) -> Self {
+        Self {
+            per_source: abuse.connection_rate_per_source.map(KeyedBuckets::new),
+            per_identity: abuse.connection_rate_per_identity.map(KeyedBuckets::new),
+        }
+    }
+
+    /// Counts a new connection from `source` (canonical); whether it is within the rate.
+    pub(crate) fn source_allows(&self, source: IpAddr) -> bool {
+        self.per_source
+            .as_ref()
+            .is_none_or(|b| b.bucket(&source).limiter.check().is_ok())
+    }
+
+    /// Counts a new connection of `identity`; whether it is within the rate.
+    pub(crate) fn identity_allows(&self, identity: &str) -> bool {
+        self.per_identity
+            .as_ref()
+            .is_none_or(|b| b.check(identity, "identity").is_ok())
     }
 }
 

@@ -26,6 +26,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
+use crate::abuse::{AbusePolicy, RefusalWindow};
 use crate::forwarding::IdentityHeaders;
 use crate::identity::{peer_identity, ConnectionIdentity};
 use crate::metrics::Metrics;
@@ -251,6 +252,7 @@ pub(crate) fn build_webpki_verifier(
 pub(crate) struct IdentityHook {
     /// The listener's position in start-up order.
     pub listener: usize,
+    pub abuse: Arc<AbusePolicy>,
 }
 
 #[async_trait]
@@ -276,6 +278,8 @@ impl TlsAccept for IdentityHook {
             close: Arc::new(tokio::sync::watch::channel(false).0),
             requests: std::sync::atomic::AtomicU32::new(0),
             abort: Arc::new(tokio::sync::Notify::new()),
+            abuse: Arc::clone(&self.abuse),
+            refusals: RefusalWindow::new(),
         };
         Some(Arc::new(connection))
     }

@@ -250,6 +250,45 @@ pub struct ConnectionLimits {
     pub max_connection_age: Duration,
     /// Behind an L4 balancer: connections carry the client's address in a PROXY header.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// Callers that keep reconnecting or keep being refused.
+    pub abuse: AbuseLimits,
+}
+
+/// How a listener slows and then drops callers who abuse it: new connections per source
+/// address (counted at accept, before any TLS) and per client identity (after the
+/// handshake), and a connection whose requests keep being refused — each further refusal
+/// delayed once `slow_after` were refused within `window`, the connection closed (HTTP/1.1
+/// `Connection: close`, HTTP/2 GOAWAY) at `close_after`. None of it applies to `exempt`
+/// sources.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbuseLimits {
+    pub connection_rate_per_source: Option<crate::RateLimit>,
+    pub connection_rate_per_identity: Option<crate::RateLimit>,
+    pub window: Duration,
+    pub slow_after: u32,
+    pub delay: Duration,
+    pub close_after: u32,
+    pub exempt: Vec<IpNet>,
+}
+
+impl AbuseLimits {
+    /// The defaults: far above what one well-behaved client does, and low enough that a
+    /// flood from one source or identity is cut early.
+    pub const DEFAULT: Self = Self {
+        connection_rate_per_source: Some(crate::RateLimit::per_second(200)),
+        connection_rate_per_identity: Some(crate::RateLimit::per_second(100)),
+        window: Duration::from_secs(10),
+        slow_after: 20,
+        delay: Duration::from_millis(250),
+        close_after: 50,
+        exempt: Vec::new(),
+    };
+
+    /// Whether `ip` is exempt (IPv4-mapped addresses compare as IPv4).
+    pub fn exempts(&self, ip: std::net::IpAddr) -> bool {
+        let ip = portcullis_identity::canonical_ip(ip);
+        self.exempt.iter().any(|net| net.contains(&ip))
+    }
 }
 
 /// A listener's PROXY protocol (v1 or v2): every connection must come from one of `from` and
@@ -285,6 +324,7 @@ impl ConnectionLimits {
         // Well under the hour-long certificates the CA issues by default.
         max_connection_age: Duration::from_secs(600),
         proxy_protocol: None,
+        abuse: AbuseLimits::DEFAULT,
     };
 }
 

@@ -24,10 +24,10 @@ pub use authn::{
     LOGOUT_PATH,
 };
 pub use config::{
-    AssertionSettings, AuditKey, AuditMode, AuditPostgres, AuditSettings, ClientAuth, Config,
-    ConfigError, ConfigProblem, ConnectionLimits, HealthCheckConfig, HttpSettings, IssuerConfig,
-    ListenerConfig, MetricsConfig, PostgresTls, ProxyProtocol, RefusalRecords, SecretSource,
-    TenantConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
+    AbuseLimits, AssertionSettings, AuditKey, AuditMode, AuditPostgres, AuditSettings, ClientAuth,
+    Config, ConfigError, ConfigProblem, ConnectionLimits, HealthCheckConfig, HttpSettings,
+    IssuerConfig, ListenerConfig, MetricsConfig, PostgresTls, ProxyProtocol, RefusalRecords,
+    SecretSource, TenantConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
 };
 pub use dlp::{
     Blocked, BodyDirection, BuiltinDetector, CustomPatternSpec, DetectorKind, DetectorName,

@@ -14,6 +14,19 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
+    /// `n` per second, bursts of `n` (`n` of 0 is taken as 1).
+    pub const fn per_second(n: u32) -> Self {
+        let n = match NonZeroU32::new(n) {
+            Some(n) => n,
+            None => NonZeroU32::MIN,
+        };
+        Self {
+            requests: n,
+            per: Duration::from_secs(1),
+            burst: n,
+        }
+    }
+
     /// The time one request's allowance takes to replenish.
     pub fn replenish_interval(&self) -> Duration {
         self.per / self.requests.get()

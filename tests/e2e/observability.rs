@@ -400,7 +400,13 @@ fn tokens_until_brace(rest: &str) -> Vec<String> {
 
 /// Metric names and label names as declared in the gateway's source (for `NOT_EXERCISED`).
 fn declared() -> BTreeMap<String, BTreeSet<String>> {
-    let src = include_str!("../../gateway/src/metrics.rs");
+    let src = [
+        include_str!("../../gateway/src/metrics.rs"),
+        include_str!("../../gateway/src/metrics/connections.rs"),
+        include_str!("../../gateway/src/metrics/audit.rs"),
+    ]
+    .concat();
+    let src = src.as_str();
     let mut out = BTreeMap::new();
     let starts: Vec<usize> = src.match_indices("\"portcullis_").map(|(i, _)| i).collect();
     for (k, &start) in starts.iter().enumerate() {

@@ -149,6 +149,12 @@ impl Refusal {
         }
     }
 
+    /// Whether the refusal is the caller's doing (a 4xx other than a failed login), and so
+    /// counts towards slowing and then closing its connection (`abuse`).
+    pub fn counts_against_caller(&self) -> bool {
+        (400..500).contains(&self.status()) && !matches!(self, Refusal::LoginFailed(_))
+    }
+
     /// The stable code in the JSON body's `error` field.
     pub fn code(&self) -> &'static str {
         match self {

@@ -3,12 +3,14 @@
 use prometheus::{IntCounterVec, Opts, Registry};
 
 use super::Metrics;
+use crate::abuse::Escalation;
 
 /// Downstream connections by listener: open, refused at accept, cut by a timeout.
 pub(super) struct ConnectionMetrics {
     open: prometheus::IntGaugeVec,
     refused: IntCounterVec,
     timeouts: IntCounterVec,
+    abuse: IntCounterVec,
 }
 
 // As for `Metrics::new`: constant definitions, registered once.
@@ -28,7 +30,8 @@ impl ConnectionMetrics {
                 "portcullis_connections_refused_total",
                 "Connections closed at accept because a cap was reached or, behind an L4 balancer, \
                  the PROXY protocol was not met, by listener and reason (listener_full, \
-                 source_full, proxy_source, proxy_header, proxy_header_size)",
+                 source_full, source_rate, identity_rate, proxy_source, proxy_header, \
+                 proxy_header_size)",
             ),
             &["listener", "reason"],
         )
@@ -42,10 +45,19 @@ impl ConnectionMetrics {
             &["listener", "timeout"],
         )
         .expect("valid metric");
+        let abuse = IntCounterVec::new(
+            Opts::new(
+                "portcullis_abuse_escalations_total",
+                "Refusals on connections whose requests keep being refused: answered late \
+                 (slowed) or ending the connection (closed), by listener and action",
+            ),
+            &["listener", "action"],
+        )
+        .expect("valid metric");
         registry
             .register(Box::new(open.clone()))
             .expect("unique metric");
-        for c in [&refused, &timeouts] {
+        for c in [&refused, &timeouts, &abuse] {
             registry
                 .register(Box::new(c.clone()))
                 .expect("unique metric");
@@ -54,6 +66,7 @@ impl ConnectionMetrics {
             open,
             refused,
             timeouts,
+            abuse,
         }
     }
 }
@@ -81,6 +94,19 @@ impl Metrics {
         self.connections
             .timeouts
             .with_label_values(&[listener, timeout])
+            .inc();
+    }
+
+    /// A refusal that slowed or closed its connection (`abuse`).
+    pub(crate) fn abuse(&self, listener: &str, escalation: Escalation) {
+        let action = match escalation {
+            Escalation::Slow(_) => "slowed",
+            Escalation::Close => "closed",
+            Escalation::None => return,
+        };
+        self.connections
+            .abuse
+            .with_label_values(&[listener, action])
             .inc();
     }
 }

@@ -9,7 +9,9 @@ use pingora_proxy::Session;
 use portcullis_audit::RequestStage;
 
 use super::{Gateway, RequestCtx};
+use crate::abuse::Escalation;
 use crate::admission::Refusal;
+use crate::identity::ConnectionIdentity;
 
 impl Gateway {
     /// Fail-closed audit: the request goes on only once its admission record is durable.
@@ -59,9 +61,45 @@ impl Gateway {
         if refusal.closes_connection() {
             session.set_keepalive(None);
         }
+        if refusal.counts_against_caller() {
+            self.escalate(session).await;
+        }
         ctx.refusal = Some(refusal);
         self.write_refusal(session, ctx).await?;
         Ok(true)
+    }
+
+    /// Counts a refusal against its connection: past `slow_after` in the window it is answered
+    /// late, at `close_after` the connection ends after it (unless its source is exempt).
+    async fn escalate(&self, session: &mut Session) {
+        // The digest is the session's; a handle of its own lets the session be answered below.
+        let Some(ssl) = session.digest().and_then(|d| d.ssl_digest.clone()) else {
+            return;
+        };
+        let Some(connection) = ssl.extension.get::<ConnectionIdentity>() else {
+            return;
+        };
+        let abuse = &connection.abuse;
+        let escalation = connection
+            .refusals
+            .refused(&abuse.limits, std::time::Instant::now());
+        if escalation == Escalation::None
+            || session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .is_some_and(|a| abuse.limits.exempts(a.ip()))
+        {
+            return;
+        }
+        self.metrics.abuse(&abuse.listener, escalation);
+        match escalation {
+            Escalation::Slow(delay) => tokio::time::sleep(delay).await,
+            Escalation::Close => {
+                session.set_keepalive(None);
+                connection.end();
+            }
+            Escalation::None => {}
+        }
     }
 
     /// Records a refusal made once the request is under way, as the error that ends it;

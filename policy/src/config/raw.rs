@@ -184,6 +184,50 @@ pub(crate) struct RawConnections {
     pub(crate) max_connection_age: Option<Duration>,
     #[serde(default)]
     pub(crate) proxy_protocol: Option<RawProxyProtocol>,
+    #[serde(default)]
+    pub(crate) abuse: Option<RawAbuse>,
+}
+
+/// `connections.abuse`; each omitted key takes its default, `off` turns a rate off.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAbuse {
+    #[serde(default)]
+    pub(crate) connection_rate_per_source: Option<RawRateOrOff>,
+    #[serde(default)]
+    pub(crate) connection_rate_per_identity: Option<RawRateOrOff>,
+    #[serde(default)]
+    pub(crate) refusals: Option<RawRefusals>,
+    #[serde(default)]
+    pub(crate) exempt: Vec<String>,
+}
+
+/// A connection rate, or `off`.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+pub(crate) enum RawRateOrOff {
+    Off(RawOff),
+    Rate(RawRate),
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawOff {
+    Off,
+}
+
+/// `connections.abuse.refusals`: when a connection's refused requests are slowed, then cut.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRefusals {
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) window: Option<Duration>,
+    #[serde(default)]
+    pub(crate) slow_after: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) delay: Option<Duration>,
+    #[serde(default)]
+    pub(crate) close_after: Option<u32>,
 }
 
 /// `connections.proxy_protocol`: the balancers allowed to send a PROXY header.
@@ -446,6 +490,8 @@ pub(crate) struct RawTenantLimits {
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRate {
+    /// (`connections` in a connection rate.)
+    #[serde(alias = "connections")]
     pub(crate) requests: u32,
     #[serde(default, with = "humantime_serde")]
     pub(crate) per: Option<Duration>,

@@ -969,6 +969,87 @@ fn listener_connections_out_of_range_have_lines() {
 }
 
 #[test]
+fn listener_abuse_limits_default_parse_and_refuse_nonsense_with_lines() {
+    use crate::{AbuseLimits, RateLimit};
+    let with = |section: &str| {
+        edit(
+            "    trusted_proxies: [10.0.0.0/8, 192.168.1.7]\n",
+            &format!("    trusted_proxies: [10.0.0.0/8, 192.168.1.7]\n    connections:\n      abuse:\n{section}"),
+        )
+    };
+    let c = parse(FULL).unwrap();
+    assert_eq!(c.listeners[0].connections.abuse, AbuseLimits::DEFAULT);
+    let text = with("        connection_rate_per_source: { connections: 30, per: 1m }\n        connection_rate_per_identity: off\n        refusals: { window: 30s, slow_after: 5, delay: 1s, close_after: 9 }\n        exempt: [10.1.2.3, 192.168.0.0/16]\n");
+    let a = &parse(&text).unwrap().listeners[0].connections.abuse;
+    let rate = a.connection_rate_per_source.unwrap();
+    assert_eq!(
+        (rate.requests.get(), rate.per),
+        (30, Duration::from_secs(60))
+    );
+    assert_eq!(a.connection_rate_per_identity, None);
+    assert_eq!(
+        (a.window, a.slow_after, a.delay, a.close_after),
+        (Duration::from_secs(30), 5, Duration::from_secs(1), 9)
+    );
+    assert!(
+        a.exempts("10.1.2.3".parse().unwrap()) && a.exempts("::ffff:192.168.4.5".parse().unwrap())
+    );
+    assert!(!a.exempts("10.1.2.4".parse().unwrap()));
+    // Omitted keys keep their defaults.
+    let a = &parse(&with("        exempt: [127.0.0.1]\n"))
+        .unwrap()
+        .listeners[0]
+        .connections
+        .abuse;
+    assert_eq!(
+        a.connection_rate_per_identity,
+        Some(RateLimit::per_second(100))
+    );
+    assert_eq!(a.close_after, AbuseLimits::DEFAULT.close_after);
+
+    assert_problem(
+        &with("        refusals: { slow_after: 10, close_after: 5 }\n"),
+        "12:",
+        "slow_after (10) exceeds close_after (5)",
+    );
+    assert_problem(
+        &with("        refusals: { delay: 1m }\n"),
+        "12:",
+        "delay must be at most 10s",
+    );
+    assert_problem(
+        &with("        refusals: { window: 0s }\n"),
+        "12:",
+        "window must be between 1s and 1h",
+    );
+    assert_problem(
+        &with("        refusals: { close_after: 0 }\n"),
+        "12:",
+        "slow_after and close_after must be at least 1",
+    );
+    assert_problem(
+        &with("        exempt: [not-an-address]\n"),
+        "12:",
+        "connections.abuse.exempt",
+    );
+    assert_problem(
+        &with("        connection_rate_per_source: { connections: 0 }\n"),
+        "12:",
+        "must be at least 1",
+    );
+    assert_problem(
+        &with("        connection_rate_per_source: sometimes\n"),
+        "12:",
+        "",
+    );
+    assert_problem(
+        &with("        slow_after: 3\n"),
+        "12:",
+        "unknown field `slow_after`",
+    );
+}
+
+#[test]
 fn body_inspection_refuses_by_default_and_passes_only_when_said() {
     use crate::inspection::{OtherContent, OverLimit, UnknownEncoding, Upgrades};
     let with_dlp = LIMITED.replace(

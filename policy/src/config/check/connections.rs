@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::{parse_cidr, Checker};
-use crate::config::raw::{RawConnections, RawProxyProtocol};
-use crate::config::{ConnectionLimits, ProxyProtocol};
+use crate::config::raw::{RawAbuse, RawConnections, RawProxyProtocol, RawRateOrOff};
+use crate::config::{AbuseLimits, ConnectionLimits, ProxyProtocol};
 
 /// Timeouts are at least this: shorter ones would cut ordinary clients on a busy network.
 const MIN_TIMEOUT: Duration = Duration::from_millis(100);
@@ -110,6 +110,7 @@ impl Checker<'_> {
                 .proxy_protocol
                 .as_ref()
                 .map(|pp| self.proxy_protocol(&p, what, pp)),
+            abuse: self.abuse(&p, what, raw.abuse.as_ref()),
         };
         if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600))
             .contains(&limits.max_connection_age)
@@ -138,6 +139,82 @@ impl Checker<'_> {
             );
         }
         limits
+    }
+
+    /// `section` is the listener's `connections` node path.
+    fn abuse(&mut self, section: &str, what: &str, raw: Option<&RawAbuse>) -> AbuseLimits {
+        let d = AbuseLimits::DEFAULT;
+        let Some(raw) = raw else { return d };
+        let p = format!("{section}.abuse");
+        let rate = |c: &mut Self, key: &str, raw: &Option<RawRateOrOff>, default| match raw {
+            None => default,
+            Some(RawRateOrOff::Off(_)) => None,
+            Some(RawRateOrOff::Rate(r)) => c.rate(
+                &format!("{p}.{key}"),
+                &format!("{what}: connections.abuse.{key}"),
+                r,
+            ),
+        };
+        let per_source = rate(
+            self,
+            "connection_rate_per_source",
+            &raw.connection_rate_per_source,
+            d.connection_rate_per_source,
+        );
+        let per_identity = rate(
+            self,
+            "connection_rate_per_identity",
+            &raw.connection_rate_per_identity,
+            d.connection_rate_per_identity,
+        );
+        let mut abuse = AbuseLimits {
+            connection_rate_per_source: per_source,
+            connection_rate_per_identity: per_identity,
+            ..d
+        };
+        if let Some(r) = &raw.refusals {
+            let r_path = format!("{p}.refusals");
+            abuse.window = r.window.unwrap_or(abuse.window);
+            abuse.slow_after = r.slow_after.unwrap_or(abuse.slow_after);
+            abuse.delay = r.delay.unwrap_or(abuse.delay);
+            abuse.close_after = r.close_after.unwrap_or(abuse.close_after);
+            if !(Duration::from_secs(1)..=MAX_TIMEOUT).contains(&abuse.window) {
+                self.at_value(
+                    &format!("{r_path}.window"),
+                    format!("{what}: connections.abuse.refusals.window must be between 1s and 1h"),
+                );
+            }
+            if abuse.delay > Duration::from_secs(10) {
+                self.at_value(
+                    &format!("{r_path}.delay"),
+                    format!("{what}: connections.abuse.refusals.delay must be at most 10s (a delayed refusal holds the connection, not the caller's next one)"),
+                );
+            }
+            if abuse.slow_after == 0 || abuse.close_after == 0 {
+                self.at_value(
+                    &r_path,
+                    format!("{what}: connections.abuse.refusals: slow_after and close_after must be at least 1"),
+                );
+            } else if abuse.slow_after > abuse.close_after {
+                self.at_value(
+                    &format!("{r_path}.slow_after"),
+                    format!(
+                        "{what}: connections.abuse.refusals.slow_after ({}) exceeds close_after ({})",
+                        abuse.slow_after, abuse.close_after
+                    ),
+                );
+            }
+        }
+        for (i, text) in raw.exempt.iter().enumerate() {
+            match parse_cidr(text) {
+                Ok(net) => abuse.exempt.push(net),
+                Err(e) => self.at_value(
+                    &format!("{p}.exempt[{i}]"),
+                    format!("{what}: connections.abuse.exempt: {e}"),
+                ),
+            }
+        }
+        abuse
     }
 
     /// `section` is the listener's `connections` node path.

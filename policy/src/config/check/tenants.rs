@@ -282,7 +282,7 @@ impl Checker<'_> {
 
     /// A rate limit: at least one request per period, a period between 1 ms and 1 day, and a
     /// burst of at least one (default: `requests`).
-    fn rate(&mut self, p: &str, what: &str, r: &RawRate) -> Option<RateLimit> {
+    pub(super) fn rate(&mut self, p: &str, what: &str, r: &RawRate) -> Option<RateLimit> {
         let per = r.per.unwrap_or(Duration::from_secs(1));
         let Some(requests) = NonZeroU32::new(r.requests) else {
             let msg = format!("{what}: `requests` must be at least 1");
