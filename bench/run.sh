@@ -280,8 +280,12 @@ start_bg echo "$WORK/echo.log" "${PIN_SUT[@]}" "$PCL" echo --listen "127.0.0.1:$
 wait_ok "http://127.0.0.1:$ECHO_PORT/healthz" 100 || { log "echo upstream did not start"; cat "$WORK/echo.log" >&2; exit 1; }
 
 # --- the proxies' configurations ------------------------------------------------------------
-write_pcl_config() { # file, port, metrics port, audit (on|off), authentication (mtls|oidc)
+write_pcl_config() { # file, port, metrics port, audit (on|off), authentication (mtls|oidc), limits (open|refused)
   local providers="" authn="" rule="spiffe_id: [spiffe://bench.local/ns/bench/sa/client]"
+  # refused: the tenant's rate allows one request a day, so every request after the first is
+  # answered 429 (the cost of a refusal, next to a proxied request's).
+  local rate="{ requests: 4000000, per: 1s }"
+  [[ ${6:-open} == refused ]] && rate="{ requests: 1, per: 24h }"
   if [[ ${5:-mtls} == oidc ]]; then
     # The benched route takes bearer tokens of the bench identity provider (the TLS handshake
     # still asks for the client certificate, as for the other targets).
@@ -304,8 +308,9 @@ write_pcl_config() { # file, port, metrics port, audit (on|off), authentication 
 # audit log: each request's admission record fsynced before it is forwarded. Keep-alive and
 # per-source connection caps are raised like the peers' (nginx keepalive_requests 10000000,
 # HAProxy and pingora unbounded), and new-connection rates are off (the new-connection
-# scenario reconnects from one address and identity thousands of times a second), so no
-# target reconnects or refuses where another does not.
+# scenario reconnects from one address and identity thousands of times a second) and refused
+# requests are never slowed (portcullis-refused measures a refusal's own cost), so no target
+# reconnects or refuses where another does not.
 listeners:
   - name: public
     address: 127.0.0.1:$2
@@ -313,7 +318,10 @@ listeners:
     connections:
       max_requests_per_connection: 1000000
       max_connections_per_source: 10000
-      abuse: { connection_rate_per_source: off, connection_rate_per_identity: off }
+      abuse:
+        connection_rate_per_source: off
+        connection_rate_per_identity: off
+        refusals: { slow_after: 1000000000, close_after: 1000000000 }
 metrics: { address: 127.0.0.1:$3 }
 shutdown: { grace_period: 1s }
 upstreams:
@@ -329,7 +337,7 @@ tenants:
           - id: bench-client
             $rule
     limits:
-      rate: { requests: 4000000, per: 1s }
+      rate: $rate
       per_identity: { requests: 4000000, per: 1s }
       max_request_body: 1048576
     dlp:
@@ -669,11 +677,11 @@ CALLGRIND_LINES="Not measured (CALLGRIND_REQUESTS=$CALLGRIND_REQUESTS; it takes 
 if [[ $CALLGRIND_REQUESTS -gt 1 ]]; then
   if command -v valgrind >/dev/null 2>&1 && command -v callgrind_control >/dev/null 2>&1; then
     log "instruction count under callgrind: $CALLGRIND_REQUESTS keep-alive GETs per target"
-    cg_pcl() { # name port metrics-port audit binary [authentication]
+    cg_pcl() { # name port metrics-port audit binary [authentication] [limits]
       local dir="$WORK/cg-$1"
       mkdir -p "$dir"
       cp "$WORK"/{ca.pem,server.pem,server.key} "$dir/"
-      write_pcl_config "$dir/portcullis.yaml" "$2" "$3" "$4" "${6:-mtls}"
+      write_pcl_config "$dir/portcullis.yaml" "$2" "$3" "$4" "${6:-mtls}" "${7:-open}"
       instructions "$1" "$2" "$5" serve --config "$dir/portcullis.yaml"
     }
     cg_pcl portcullis "$CG_PORT" "$CG_METRICS_PORT" on "$PCL"
@@ -687,6 +695,11 @@ if [[ $CALLGRIND_REQUESTS -gt 1 ]]; then
     CG_LOAD_EXTRA=()
     IR_BEARER=$CG_N LINE_BEARER=$CG_LINE
     log "portcullis-bearer: $LINE_BEARER"
+    CG_LOAD_EXTRA=(--expect-status 429)
+    cg_pcl portcullis-refused "$CG_PORT" "$CG_METRICS_PORT" off "$PCL" mtls refused
+    CG_LOAD_EXTRA=()
+    IR_REFUSED=$CG_N LINE_REFUSED=$CG_LINE
+    log "portcullis-refused: $LINE_REFUSED"
     mapfile -t bare < <(bare_args "$CG_PORT" 1)
     instructions pingora "$CG_PORT" "$BARE" "${bare[@]}"
     IR_PINGORA=$CG_N LINE_PINGORA=$CG_LINE
@@ -704,6 +717,7 @@ if [[ $CALLGRIND_REQUESTS -gt 1 ]]; then
     CALLGRIND_LINES="- **portcullis** (fail-closed audit): $LINE_PCL
 - **portcullis-noaudit**: $LINE_NOAUDIT
 - **portcullis-bearer** (portcullis-noaudit + \`authentication: oidc\`, the same bearer token on every request, verified once then cached): $LINE_BEARER
+- **portcullis-refused** (portcullis-noaudit with the tenant's rate at one request a day: every request answered 429): $LINE_REFUSED
 - **pingora** (portcullis-bare-pingora): $LINE_PINGORA
 - **nginx** (\`master_process off; daemon off;\`, one process): $LINE_NGINX"
     if [[ -n $BASELINE ]]; then
@@ -715,7 +729,7 @@ if [[ $CALLGRIND_REQUESTS -gt 1 ]]; then
     fi
     CALLGRIND_LINES="$CALLGRIND_LINES
 
-Ratios: Portcullis / pingora $(ir_ratio "$IR_PCL" "$IR_PINGORA") with the audit log, $(ir_ratio "$IR_NOAUDIT" "$IR_PINGORA") without; pingora / nginx $(ir_ratio "$IR_PINGORA" "$IR_NGINX"); Portcullis without audit / nginx $(ir_ratio "$IR_NOAUDIT" "$IR_NGINX"); bearer token (cached validation) / mTLS only: portcullis-bearer / portcullis-noaudit $(ir_ratio "$IR_BEARER" "$IR_NOAUDIT")."
+Ratios: Portcullis / pingora $(ir_ratio "$IR_PCL" "$IR_PINGORA") with the audit log, $(ir_ratio "$IR_NOAUDIT" "$IR_PINGORA") without; pingora / nginx $(ir_ratio "$IR_PINGORA" "$IR_NGINX"); Portcullis without audit / nginx $(ir_ratio "$IR_NOAUDIT" "$IR_NGINX"); bearer token (cached validation) / mTLS only: portcullis-bearer / portcullis-noaudit $(ir_ratio "$IR_BEARER" "$IR_NOAUDIT"); a refusal (429) / a proxied request: portcullis-refused / portcullis-noaudit $(ir_ratio "$IR_REFUSED" "$IR_NOAUDIT")."
   else
     CALLGRIND_LINES="Not measured: valgrind/callgrind_control not installed (apt-get install valgrind)."
   fi

@@ -86,6 +86,10 @@ struct Connection {
     /// (surrounding whitespace trimmed).
     #[arg(long)]
     bearer_file: Option<PathBuf>,
+    /// Count answers with this status as successes (e.g. 429, to load a refused route);
+    /// otherwise only 2xx are.
+    #[arg(long)]
+    expect_status: Option<u16>,
     /// Give up on one request (connect included) after this long.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     timeout: Duration,
@@ -215,13 +219,9 @@ fn connector(conn: &Connection) -> anyhow::Result<Arc<Connector>> {
             "Authorization: Bearer {token}"
         ))?);
     }
-    Ok(Arc::new(Connector::new(
-        target,
-        conn.protocol,
-        tls.as_ref(),
-        body,
-        headers,
-    )?))
+    let mut connector = Connector::new(target, conn.protocol, tls.as_ref(), body, headers)?;
+    connector.expect_status = conn.expect_status;
+    Ok(Arc::new(connector))
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {

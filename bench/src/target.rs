@@ -135,6 +135,8 @@ pub(crate) struct Connector {
     body: Bytes,
     /// Extra headers every request carries (e.g. `Authorization: Bearer …`).
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// A status that counts as success besides 2xx.
+    pub(crate) expect_status: Option<u16>,
 }
 
 impl Connector {
@@ -168,6 +170,7 @@ impl Connector {
             method,
             body: body.unwrap_or_default(),
             headers,
+            expect_status: None,
         })
     }
 

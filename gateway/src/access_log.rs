@@ -58,6 +58,64 @@ pub(crate) struct AccessLine<'a> {
     pub rule: &'a str,
     #[serde(rename = "dlp.findings")]
     pub dlp: &'a str,
+    /// Refusals of the same tenant and code whose lines were left out since the last one
+    /// written (see [`RefusalLines`]).
+    #[serde(rename = "log.suppressed", skip_serializing_if = "is_zero")]
+    pub suppressed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Refused requests' access lines, sampled: a flood of refusals must cost little and must not
+/// flood the log. Per tenant and refusal code, the first [`REFUSAL_LINES_PER_SECOND`] lines
+/// of each second are written; the rest are left out and counted, and the next line written
+/// for that tenant and code carries the count (`log.suppressed`). Metrics and the audit log
+/// still count every refusal.
+#[derive(Debug, Default)]
+pub(crate) struct RefusalLines(std::sync::Mutex<std::collections::HashMap<u64, LineWindow>>);
+
+#[derive(Debug, Default)]
+struct LineWindow {
+    second: u64,
+    written: u32,
+    suppressed: u64,
+}
+
+const REFUSAL_LINES_PER_SECOND: u32 = 20;
+/// Keys remembered; beyond it the map starts again (tenants and codes are few).
+const REFUSAL_KEYS: usize = 4096;
+
+impl RefusalLines {
+    /// Whether to write a refusal's line at `second` (since the epoch); if so, how many were
+    /// left out before it.
+    pub(crate) fn admit(&self, tenant: &str, code: &str, second: u64) -> Option<u64> {
+        use std::hash::Hasher;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        h.write(tenant.as_bytes());
+        h.write_u8(0xff);
+        h.write(code.as_bytes());
+        let key = h.finish();
+        let mut windows = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if windows.len() >= REFUSAL_KEYS && !windows.contains_key(&key) {
+            windows.clear();
+        }
+        let w = windows.entry(key).or_default();
+        if w.second != second {
+            w.second = second;
+            w.written = 0;
+        }
+        if w.written >= REFUSAL_LINES_PER_SECOND {
+            w.suppressed += 1;
+            return None;
+        }
+        w.written += 1;
+        Some(std::mem::take(&mut w.suppressed))
+    }
 }
 
 /// The longest path an access line carries: a client looping 60 KiB paths must not turn the
@@ -159,6 +217,10 @@ impl AccessLine<'_> {
         string_field(out, b",\"authz.decision\":", self.decision);
         string_field(out, b",\"authz.rule\":", self.rule);
         string_field(out, b",\"dlp.findings\":", self.dlp);
+        if self.suppressed > 0 {
+            out.extend_from_slice(b",\"log.suppressed\":");
+            out.extend_from_slice(itoa::Buffer::new().format(self.suppressed).as_bytes());
+        }
         out.extend_from_slice(b",\"target\":\"access\"}\n");
     }
 }
@@ -406,7 +468,35 @@ mod tests {
             decision: "allow",
             rule: "bench-client",
             dlp: "-",
+            suppressed: 0,
         }
+    }
+
+    #[test]
+    fn a_suppressed_count_is_written_like_serde_writes_it() {
+        let mut seconds = Seconds::default();
+        let t0 = UNIX_EPOCH + Duration::from_micros(1_764_558_593_000_042);
+        let mut l = line("/x");
+        l.suppressed = 17;
+        let ours = by_hand(&l, t0, &mut seconds);
+        assert_eq!(ours, by_serde(&l, t0));
+        assert!(ours.contains(",\"log.suppressed\":17,"));
+    }
+
+    #[test]
+    fn refusal_lines_are_sampled_per_tenant_and_code_and_the_count_is_carried() {
+        let lines = RefusalLines::default();
+        let admitted: Vec<_> = (0..25)
+            .map(|_| lines.admit("t", "rate_limited", 100))
+            .collect();
+        assert!(admitted[..20].iter().all(|a| *a == Some(0)));
+        assert!(admitted[20..].iter().all(Option::is_none));
+        // Another code or tenant has its own allowance.
+        assert_eq!(lines.admit("t", "forbidden", 100), Some(0));
+        assert_eq!(lines.admit("u", "rate_limited", 100), Some(0));
+        // The next second's first line carries the five left out.
+        assert_eq!(lines.admit("t", "rate_limited", 101), Some(5));
+        assert_eq!(lines.admit("t", "rate_limited", 101), Some(0));
     }
 
     #[test]

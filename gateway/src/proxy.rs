@@ -44,6 +44,7 @@ pub(crate) struct Gateway {
     pub audit: Option<Arc<AuditTrail>>,
     /// The listener's downstream write timeout (`connections.write_timeout`).
     pub write_timeout: Duration,
+    pub refusal_lines: crate::access_log::RefusalLines,
 }
 
 #[async_trait]
@@ -443,7 +444,18 @@ impl ProxyHttp for Gateway {
         };
         let findings = Findings::gather(ctx.request_scan.as_ref(), ctx.response_scan.as_ref());
         let summary = ctx.summary(session.req_header());
-        crate::access_log::write(&summary.access_line(&exchange, &findings.rendered));
+        let written = match &ctx.refusal {
+            Some(refusal) if refusal.counts_against_caller() => {
+                self.refusal_lines
+                    .admit(ctx.tenant(), refusal.code(), crate::authn::unix_now())
+            }
+            _ => Some(0),
+        };
+        if let Some(suppressed) = written {
+            let mut line = summary.access_line(&exchange, &findings.rendered);
+            line.suppressed = suppressed;
+            crate::access_log::write(&line);
+        }
         // Counted once the line is queued: a counter never runs ahead of the log.
         findings.count(&self.metrics, ctx.tenant());
         if let Some(audit) = &self.audit {

@@ -149,6 +149,7 @@ impl Summary<'_> {
             decision: self.outcome.label,
             rule: self.outcome.rule.unwrap_or("-"),
             dlp,
+            suppressed: 0,
         }
     }
 

@@ -322,6 +322,7 @@ fn listener_service(
         metrics: metrics.clone(),
         audit: audit.clone(),
         write_timeout: limits.write_timeout,
+        refusal_lines: Default::default(),
     };
     let mut proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
     proxy.server_options = Some(connections::server_options(limits));

@@ -390,14 +390,43 @@ impl Refusal {
         headers
     }
 
-    /// The JSON body sent with the refusal.
+    /// The JSON body sent with the refusal: `{"error":…,"message":…,"request_id":…}`.
+    /// Written by hand (a refusal should cost little; a flood of them is an attack): the code
+    /// is a fixed identifier and the request id hex, only the message needs escaping.
     pub fn body(&self, request_id: &str) -> String {
-        serde_json::json!({
-            "error": self.code(),
-            "message": self.message(),
-            "request_id": request_id,
-        })
-        .to_string()
+        let code = self.code();
+        let message = self.message();
+        let mut out = String::with_capacity(48 + code.len() + message.len() + request_id.len());
+        out.push_str("{\"error\":\"");
+        out.push_str(code);
+        out.push_str("\",\"message\":\"");
+        push_json_escaped(&mut out, &message);
+        out.push_str("\",\"request_id\":\"");
+        push_json_escaped(&mut out, request_id);
+        out.push_str("\"}");
+        out
+    }
+}
+
+/// Appends `s` as the inside of a JSON string.
+pub(crate) fn push_json_escaped(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(s);
+        return;
+    }
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c < ' ' => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
     }
 }
 

@@ -275,6 +275,24 @@ fn the_tenant_decides_what_passes_unscanned_and_what_is_refused() {
     );
 }
 
+/// The hand-written JSON escaping agrees with serde_json on every kind of character a
+/// message could hold.
+#[test]
+fn refusal_json_escaping_matches_serde_json() {
+    let tricky =
+        "plain \"quoted\" back\\slash new\nline \r\t tab \u{1} \u{1f} \u{7f} é ✓ 🦀 </script>";
+    for text in ["", "nothing to escape", tricky] {
+        let mut ours = String::new();
+        super::refusal::push_json_escaped(&mut ours, text);
+        let parsed: String = serde_json::from_str(&format!("\"{ours}\"")).unwrap();
+        assert_eq!(parsed, text);
+    }
+    // Every refusal's body parses, whatever its message (a path error quotes the path).
+    let bad = Refusal::BadRequest("a \"quoted\" reason\n");
+    let body: serde_json::Value = serde_json::from_str(&bad.body("id")).unwrap();
+    assert_eq!(body["message"], "a \"quoted\" reason\n");
+}
+
 #[test]
 fn refusal_bodies_are_json_with_the_request_id_and_never_details() {
     let body: serde_json::Value =

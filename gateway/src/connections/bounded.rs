@@ -1,12 +1,13 @@
 //! The deadlines pingora 0.9 does not have, on the downstream stream itself: a whole HTTP/1
 //! request head (or the HTTP/2 preface) within `request_head_timeout`, and no write stalled
-//! longer than `write_timeout`.
+//! longer than `write_timeout`. Small writes are gathered until a flush, so that a response's
+//! head and a short body leave as one TLS record and one system call.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,6 +21,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep, sleep_until, Instant, Sleep};
 
 use crate::metrics::Metrics;
+
+/// Writes are gathered up to this many bytes before they go to TLS. pingora flushes wherever
+/// bytes must leave now (a head without a body, each piece of a streamed body, the end of a
+/// response), and h2 after each batch of frames.
+const GATHER: usize = 16 * 1024;
 
 /// Where an HTTP/1 connection is in reading a request head.
 #[derive(Debug)]
@@ -92,6 +98,9 @@ pub(crate) struct BoundedStream {
     head_timer: Option<Pin<Box<Sleep>>>,
     write_timeout: Duration,
     write_deadline: Option<Pin<Box<Sleep>>>,
+    /// Written by pingora, not yet handed to TLS; `gathered_sent` of it already has been.
+    gathered: Vec<u8>,
+    gathered_sent: usize,
     listener: String,
     metrics: Arc<Metrics>,
 }
@@ -115,6 +124,8 @@ impl BoundedStream {
             head_timer: None,
             write_timeout,
             write_deadline: None,
+            gathered: Vec::new(),
+            gathered_sent: 0,
             listener,
             metrics,
         }
@@ -150,6 +161,29 @@ impl BoundedStream {
                 Poll::Pending
             }
         }
+    }
+}
+
+impl BoundedStream {
+    /// Hands every gathered byte to TLS.
+    fn poll_send_gathered(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while self.gathered_sent < self.gathered.len() {
+            let gathered = std::mem::take(&mut self.gathered);
+            let from = self.gathered_sent;
+            let written = self.bound_write(cx, |s, cx| s.poll_write(cx, &gathered[from..]));
+            self.gathered = gathered;
+            match written {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => self.gathered_sent += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.gathered.clear();
+        self.gathered_sent = 0;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -210,7 +244,17 @@ impl AsyncWrite for BoundedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.bound_write(cx, |s, cx| s.poll_write(cx, buf))
+        let this = &mut *self;
+        if this.gathered.len() + buf.len() <= GATHER {
+            this.gathered.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        ready!(this.poll_send_gathered(cx))?;
+        if buf.len() < GATHER {
+            this.gathered.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        this.bound_write(cx, |s, cx| s.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -218,6 +262,7 @@ impl AsyncWrite for BoundedStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        ready!(self.poll_send_gathered(cx))?;
         self.bound_write(cx, |s, cx| s.poll_write_vectored(cx, bufs))
     }
 
@@ -226,10 +271,12 @@ impl AsyncWrite for BoundedStream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.poll_send_gathered(cx))?;
         self.bound_write(cx, |s, cx| s.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.poll_send_gathered(cx))?;
         self.bound_write(cx, |s, cx| s.poll_shutdown(cx))
     }
 }
@@ -239,10 +286,12 @@ impl Shutdown for BoundedStream {
     async fn shutdown(&mut self) {
         // A client that does not read cannot hold the close either.
         let timeout = self.write_timeout;
-        if tokio::time::timeout(timeout, self.inner.shutdown())
-            .await
-            .is_err()
-        {
+        let close = async {
+            // What was gathered still goes out first.
+            let _ = tokio::io::AsyncWriteExt::flush(self).await;
+            self.inner.shutdown().await;
+        };
+        if tokio::time::timeout(timeout, close).await.is_err() {
             tracing::debug!(listener = %self.listener, "shutdown timed out");
         }
     }
