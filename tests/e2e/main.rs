@@ -4,6 +4,7 @@
 // Helpers are shared between the test modules of this one binary.
 #![allow(unreachable_pub)]
 
+mod agent;
 mod audit;
 mod ca;
 mod connections;
