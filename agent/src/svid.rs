@@ -56,6 +56,18 @@ impl SvidStore {
         self.generation.subscribe()
     }
 
+    /// Drops entry `entry`'s SVID once it has expired (its renewal failing): a workload is
+    /// never handed an expired SVID; new calls wait for the next one.
+    fn drop_expired(&self, entry: usize, now: SystemTime) {
+        let Some(slot) = self.slots.get(entry) else {
+            return;
+        };
+        if slot.load().as_ref().is_some_and(|s| s.not_after <= now) {
+            slot.store(None);
+            self.generation.send_modify(|g| *g = g.wrapping_add(1));
+        }
+    }
+
     fn publish(&self, entry: usize, svid: Svid) {
         if let Some(slot) = self.slots.get(entry) {
             slot.store(Some(Arc::new(svid)));
@@ -89,7 +101,8 @@ pub(crate) async fn keep_rotated(
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                tracing::warn!(workload.spiffe_id = %entry.spiffe_id, error = %e, retry_in_s = backoff(failures).as_secs(), "SVID issuance failed; the current one (if any) is kept");
+                tracing::warn!(workload.spiffe_id = %entry.spiffe_id, error = %e, retry_in_s = backoff(failures).as_secs(), "SVID issuance failed; the current one is kept until it expires");
+                store.drop_expired(index, SystemTime::now());
                 backoff(failures)
             }
         };
@@ -151,4 +164,48 @@ pub(crate) fn validity_der(der: &[u8]) -> Option<(SystemTime, SystemTime)> {
         Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t.timestamp()).ok()?))
     };
     Some((at(&v.not_before)?, at(&v.not_after)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svid(id: &str, not_after: SystemTime) -> Svid {
+        Svid {
+            spiffe_id: id.to_owned(),
+            chain_der: vec![1],
+            key_der: Zeroizing::new(vec![2]),
+            bundle_der: vec![3],
+            trust_domain: "spiffe://example.org".to_owned(),
+            not_after,
+        }
+    }
+
+    #[test]
+    fn a_caller_sees_its_svids_once_all_are_issued_and_never_an_expired_one() {
+        let store = SvidStore::new(2);
+        let changes = store.subscribe();
+        let now = SystemTime::now();
+        let later = now + Duration::from_secs(60);
+        store.publish(0, svid("spiffe://example.org/a", later));
+        assert!(store.current(&[0, 1]).is_none(), "entry 1 not issued yet");
+        assert_eq!(
+            store.current(&[0]).unwrap()[0].spiffe_id,
+            "spiffe://example.org/a"
+        );
+        store.publish(1, svid("spiffe://example.org/b", now));
+        let both = store.current(&[1, 0]).unwrap();
+        assert_eq!(
+            both[0].spiffe_id, "spiffe://example.org/b",
+            "in the order asked"
+        );
+        assert!(changes.has_changed().unwrap());
+        // Entry 1's renewal failed past its expiry: it is withdrawn, entry 0's is kept.
+        store.drop_expired(1, now + Duration::from_secs(1));
+        store.drop_expired(0, now + Duration::from_secs(1));
+        assert!(store.current(&[1]).is_none());
+        assert!(store.current(&[0]).is_some());
+        assert_eq!(*changes.borrow(), 3);
+        assert!(store.current(&[7]).is_none());
+    }
 }
