@@ -40,11 +40,13 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # The HTTP/2 misbehaviour tests drive raw frames with PyPI's h2 (tests/e2e/h2_client.py);
-# the WebSocket tests use PyPI's websockets on both ends (tests/e2e/ws_peer.py).
+# the WebSocket tests use PyPI's websockets on both ends (tests/e2e/ws_peer.py); the agent's
+# Workload API tests use PyPI's spiffe client, py-spiffe (agent/tests/workload_client.py).
 pip_need=()
 if [ "${1:-}" = "--test" ]; then
   python3 -c 'import h2, hyperframe' 2>/dev/null || pip_need+=('h2>=4.1,<5')
   python3 -c 'import websockets.sync.client' 2>/dev/null || pip_need+=('websockets>=13,<16')
+  python3 -c 'import spiffe.workloadapi' 2>/dev/null || pip_need+=('spiffe>=0.3,<0.4')
 fi
 if [ ${#pip_need[@]} -gt 0 ]; then
   echo "setup: installing Python packages ${pip_need[*]} (pip)" >&2

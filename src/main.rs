@@ -72,6 +72,12 @@ enum Command {
         #[command(subcommand)]
         command: portcullis_admin::cli::AdminCommand,
     },
+    /// Serve the SPIFFE Workload API on a Unix socket: attest local workloads and hand them
+    /// X.509-SVIDs obtained from the admin API.
+    Agent {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Verify, tail and query an audit log.
     Audit {
         #[command(subcommand)]
@@ -195,6 +201,7 @@ fn main() -> ExitCode {
                 json,
             },
         ),
+        Command::Agent { config } => portcullis_agent::run(&config).map_err(anyhow::Error::from),
         Command::Audit { command } => audit_cli::run(command),
         Command::Admin {
             audit_dir,

@@ -42,6 +42,8 @@ pub(crate) struct AppState {
     pub(crate) ca: Arc<Ca>,
     pub(crate) tokens: Arc<dyn TokenStore>,
     pub(crate) operators: HashSet<String>,
+    /// Node agents and the SPIFFE IDs they may obtain SVIDs for.
+    pub(crate) agents: crate::config::Agents,
     /// Where the record of every call goes.
     pub(crate) audit: Option<AuditHandle>,
     pub(crate) stats: Arc<IssuanceStats>,

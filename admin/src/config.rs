@@ -33,10 +33,16 @@
 //!   enabled: true
 //!   http01_port: 80               # where http-01 challenges are fetched (default 80)
 //!   dns01_resolver: 127.0.0.1:53  # offer dns-01, asking this resolver (none by default)
+//! agents:                         # node agents and the SPIFFE IDs they may obtain SVIDs for
+//!   - spiffe_id: spiffe://portcullis.internal/agent/node-1       # (see `config/agents.rs`)
+//!     tenant: platform
+//!     grants: [{ tenant: acme, spiffe_ids: ["spiffe://acme.example/ns/**"] }]
 //! ```
 //!
 //! Operators are a role: [`AdminConfig::check_operators`] refuses an operator ID that a tenant
 //! profile of the CA could issue, or that no operator profile issues.
+
+mod agents;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -48,6 +54,8 @@ use portcullis_identity::SpiffeId;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_error, AdminError};
+pub use agents::{AgentConfig, AgentGrant};
+pub(crate) use agents::{AgentRefusal, Agents};
 
 /// The admin server's configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +91,9 @@ pub struct AdminConfig {
     /// The ACME server (RFC 8555) on this listener.
     #[serde(default)]
     pub acme: AcmeConfig,
+    /// Node agents and the SPIFFE IDs (per tenant) they may obtain SVIDs for.
+    #[serde(default)]
+    pub agents: Vec<AgentConfig>,
 }
 
 /// The ACME server's settings.
@@ -367,6 +378,7 @@ impl AdminConfig {
             return Err("crl_poll_interval must be at least 100ms".to_owned());
         }
         config.connections.check()?;
+        config.checked_agents()?;
         Ok(config)
     }
 
@@ -408,6 +420,11 @@ impl AdminConfig {
             }
         }
         Ok(())
+    }
+
+    /// The `agents:` section, checked.
+    pub(crate) fn checked_agents(&self) -> Result<Agents, String> {
+        Agents::check(&self.agents, &self.operators)
     }
 
     /// Where the server certificate comes from.

@@ -39,8 +39,8 @@ mod token;
 
 pub use acme::{AcmeStore, EabCredential, ACME_DB};
 pub use config::{
-    AcmeConfig, AdminConfig, ConnectionsConfig, RateLimit, RateLimitsConfig, SelfIssueConfig,
-    ServingCertSource, ServingTlsConfig,
+    AcmeConfig, AdminConfig, AgentConfig, AgentGrant, ConnectionsConfig, RateLimit,
+    RateLimitsConfig, SelfIssueConfig, ServingCertSource, ServingTlsConfig,
 };
 pub use error::AdminError;
 pub use identity::PeerIdentity;

@@ -112,6 +112,12 @@ impl AdminServer {
                 path: "(admin config)".to_owned(),
                 detail,
             })?;
+        let agents = config
+            .checked_agents()
+            .map_err(|detail| AdminError::Config {
+                path: "(admin config)".to_owned(),
+                detail,
+            })?;
         let (serving, renewal) = match source {
             ServingCertSource::SelfIssue(cfg) => {
                 let (ca2, cfg2) = (Arc::clone(&ca), cfg.clone());
@@ -175,6 +181,7 @@ impl AdminServer {
             ca,
             tokens,
             operators: config.operators.iter().cloned().collect::<HashSet<_>>(),
+            agents,
             audit,
             stats: Arc::clone(&stats),
             limits: RequestLimits::new(&config.rate_limits, Arc::clone(&stats)),

@@ -2,8 +2,9 @@
 //! admin API serves and every client (gateway renewal, bench) sends, and, with `io`, the typed
 //! client.
 //!
-//! Wire format (JSON): the request is `{"csr": PEM, "profile"?: name, "lifetime"?: "30m"}`
-//! (unknown fields refused); a certificate is answered `201` with [`IssuanceResponse`]; a
+//! Wire format (JSON): the request is `{"csr": PEM, "profile"?: name, "lifetime"?: "30m",
+//! "tenant"?: id}` (unknown fields refused; `tenant` is for node agents asking for a workload of
+//! another tenant); a certificate is answered `201` with [`IssuanceResponse`]; a
 //! refusal with a 4xx/5xx status and [`ErrorBody`] `{"error": code, "message": text}`.
 
 #[cfg(feature = "io")]
@@ -34,6 +35,10 @@ pub struct IssuanceRequest {
     /// text on the wire: the server answers `invalid_lifetime` for text it cannot read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifetime: Option<String>,
+    /// The tenant the certificate is for (default: the caller's). Only a node agent asking
+    /// for a workload's SVID may name another tenant, within what the admin API grants it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantId>,
 }
 
 impl IssuanceRequest {
@@ -43,7 +48,14 @@ impl IssuanceRequest {
             csr: csr_pem.into(),
             profile: None,
             lifetime: None,
+            tenant: None,
         }
+    }
+
+    /// Asks for a certificate of `tenant` (node agents only).
+    pub fn with_tenant(mut self, tenant: TenantId) -> Self {
+        self.tenant = Some(tenant);
+        self
     }
 
     /// Asks for a profile by name.
@@ -129,6 +141,12 @@ mod tests {
         assert_eq!(back, full);
         assert!(serde_json::from_str::<IssuanceRequest>(r#"{"csr":"x","extra":1}"#).is_err());
         assert!(serde_json::from_str::<IssuanceRequest>(r#"{"profile":"x"}"#).is_err());
+        let agent = IssuanceRequest::new("PEM").with_tenant("acme".parse().unwrap());
+        assert_eq!(
+            serde_json::to_value(&agent).unwrap(),
+            serde_json::json!({"csr": "PEM", "tenant": "acme"})
+        );
+        assert!(serde_json::from_str::<IssuanceRequest>(r#"{"csr":"x","tenant":"Acme"}"#).is_err());
     }
 
     #[test]

@@ -494,11 +494,16 @@ pub struct AdminApi {
 
 impl AdminApi {
     pub fn start(d: &Path, ca: &HsmCa) -> Self {
+        Self::start_with(d, ca, "")
+    }
+
+    /// With `extra` YAML appended to the admin config (`agents:`).
+    pub fn start_with(d: &Path, ca: &HsmCa, extra: &str) -> Self {
         let port = free_port();
         std::fs::write(
             d.join("admin.yaml"),
             format!(
-                "listen: 127.0.0.1:{port}\nca: ca.yaml\ntls:\n  self_issue: {{ tenant: platform, profile: admin-server, dns_names: [localhost] }}\n"
+                "listen: 127.0.0.1:{port}\nca: ca.yaml\ntls:\n  self_issue: {{ tenant: platform, profile: admin-server, dns_names: [localhost] }}\n{extra}"
             ),
         )
         .unwrap();

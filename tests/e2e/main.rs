@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod abuse;
+mod agent;
 mod audit;
 mod ca;
 mod connections;

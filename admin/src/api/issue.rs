@@ -1,6 +1,7 @@
 //! `POST /v1/certificates`: a certificate for a CSR, to a caller renewing with its current
-//! client certificate (the CA keeps the renewal to that certificate's profile and names) or
-//! presenting a one-time bootstrap token.
+//! client certificate (the CA keeps the renewal to that certificate's profile and names),
+//! presenting a one-time bootstrap token, or — a node agent listed in `agents:` — asking with
+//! its client certificate for a workload's SPIFFE ID its grants cover (a first issuance).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -15,9 +16,10 @@ use portcullis_ca::{
     CaError, IssueRefusal, IssueRequest, IssuedCertificate, Requester, RequesterKind, Serial,
     TenantId,
 };
-use portcullis_identity::{IssuanceRequest, IssuanceResponse};
+use portcullis_identity::{IssuanceRequest, IssuanceResponse, SpiffeId};
 
 use super::{blocking, caller_record, read_json, ApiError, AppState, CallRecord};
+use crate::config::AgentRefusal;
 use crate::identity::{requested_names, ConnInfo, PeerIdentity, RequestedNames};
 use crate::token::TokenHash;
 
@@ -112,12 +114,23 @@ async fn issue_flow(
         })?),
     };
     let csr = req.csr.into_bytes();
+    let names = requested_names(&csr);
     let auth = match credential {
-        Credential::Cert(peer) => authorize_renewal(st, &peer, rec).await?,
-        Credential::Token(hash) => {
-            authorize_token(st, hash, requested_names(&csr).as_ref(), rec).await?
+        Credential::Cert(peer) => {
+            authorize_client_cert(st, &peer, names.as_ref(), req.tenant.as_ref(), rec).await?
         }
+        Credential::Token(hash) => authorize_token(st, hash, names.as_ref(), rec).await?,
     };
+    // Only an agent's request may name another tenant than its credential's.
+    if req.tenant.as_ref().is_some_and(|t| *t != auth.tenant) {
+        give_back(st, auth.token).await;
+        st.stats.refused();
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "tenant_not_allowed",
+            "this credential may not ask for a certificate of that tenant",
+        ));
+    }
 
     // The CA decides a renewal against the certificate renewed (its profile and names, read
     // from the CSR by the CA's own parser), and records the issuance or its refusal in its
@@ -203,6 +216,75 @@ fn csr_unreadable() -> ApiError {
         "csr_malformed",
         "CSR malformed: not a PKCS#10 request (PEM or DER)",
     )
+}
+
+/// A caller with a client certificate: a renewal, unless the caller is a listed node agent
+/// asking for another SPIFFE ID, which its grants must then cover.
+async fn authorize_client_cert(
+    st: &AppState,
+    peer: &PeerIdentity,
+    names: Option<&RequestedNames>,
+    tenant: Option<&TenantId>,
+    rec: &mut CallRecord,
+) -> Result<Authorized, ApiError> {
+    let Some(agent) = peer.spiffe_id.as_ref().filter(|id| st.agents.is_agent(id)) else {
+        return authorize_renewal(st, peer, rec).await;
+    };
+    let Some(names) = names else {
+        return Err(csr_unreadable());
+    };
+    // An agent renewing its own certificate is a renewal like any other.
+    if names.uris.as_slice() == [agent.as_str()] {
+        return authorize_renewal(st, peer, rec).await;
+    }
+    // The agent's own certificate is checked as a renewal's would be: known, valid, and of
+    // the tenant the inventory says.
+    let own = authorize_renewal(st, peer, rec).await?;
+    let tenant = tenant.cloned().unwrap_or_else(|| own.tenant.clone());
+    rec.tenant = Some(tenant.to_string());
+    let requested = match names.uris.as_slice() {
+        [one] => one.parse::<SpiffeId>().ok(),
+        _ => None,
+    };
+    let decision = match &requested {
+        Some(id) => st.agents.authorize(agent, &own.tenant, &tenant, id),
+        None => Err(AgentRefusal::NotGranted),
+    };
+    match decision {
+        Ok(()) => {
+            tracing::info!(client.id = %agent, tenant.id = %tenant, cert.spiffe_id = names.uris.first().map_or("", String::as_str), "admin API: agent issuance granted");
+            Ok(Authorized {
+                tenant,
+                renews: None,
+                requester: own.requester,
+                token: None,
+            })
+        }
+        Err(refusal) => {
+            let (why, message) = match refusal {
+                AgentRefusal::WrongTenant => (
+                    "agent certificate of another tenant than its entry".to_owned(),
+                    "this agent's certificate belongs to another tenant than its entry names",
+                ),
+                AgentRefusal::NotGranted => (
+                    format!("no grant of agent {agent} for tenant {tenant} covers the CSR"),
+                    "this agent may not obtain that SPIFFE ID for that tenant",
+                ),
+            };
+            st.stats.refused();
+            st.ca.record_refusal(
+                &own.requester,
+                names.uris.first().cloned(),
+                "agent_not_allowed",
+                &why,
+            );
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "agent_not_allowed",
+                message,
+            ))
+        }
+    }
 }
 
 /// A renewal: the caller's certificate must be in the inventory, valid, and say the tenant the
