@@ -29,8 +29,10 @@
 # Knobs (environment): ROUNDS (3), ROUND_SECS (5), WARMUP_SECS (1), CONNS (32),
 # NEWCONN_CONNS (16), OPEN_LOOP_CONNS (64), H2_CONNS (4), H2_STREAMS (8), IDLE_CONNS (2000),
 # HOLD_SECS (6), TWO_WORKERS (1), LOAD_THREADS_2W (2), CALLGRIND_REQUESTS (2000, 0 skips the
-# instruction count), PROXY_CPU (0), LOAD_CPU (1), BASE_PORT (18000), RESULTS
-# (bench/RESULTS.md; "-" to only print), CARGO_TARGET_DIR.
+# instruction count), NOISY (1; 0 skips the noisy-neighbour scenario, bench/noisy.sh),
+# QUIET_RATE (300), NOISY_LIMIT (200), NOISY_CONNS (32), NOISY_SECS (5), PROXY_CPU (0),
+# LOAD_CPU (1), BASE_PORT (18000), RESULTS (bench/RESULTS.md; "-" to only print),
+# CARGO_TARGET_DIR.
 # Needs: cargo, nginx, haproxy (installed with apt-get when missing and running as root),
 # taskset (optional), valgrind (optional, for the instruction count).
 set -euo pipefail
@@ -55,6 +57,11 @@ BASE_PORT=${BASE_PORT:-18000}
 RESULTS=${RESULTS:-$ROOT/bench/RESULTS.md}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BASELINE=${BASELINE:-}
+NOISY=${NOISY:-1}
+QUIET_RATE=${QUIET_RATE:-300}
+NOISY_LIMIT=${NOISY_LIMIT:-200}
+NOISY_CONNS=${NOISY_CONNS:-32}
+NOISY_SECS=${NOISY_SECS:-5}
 
 ECHO_PORT=$((BASE_PORT + 81))
 CG_PORT=$((BASE_PORT + 446))
@@ -735,6 +742,13 @@ Ratios: Portcullis / pingora $(ir_ratio "$IR_PCL" "$IR_PINGORA") with the audit 
   fi
 fi
 
+# --- noisy neighbour (bench/noisy.sh) ------------------------------------------------------
+NOISY_LINES="Not measured (NOISY=0)."
+if [[ $NOISY == 1 ]]; then
+  # shellcheck source=bench/noisy.sh
+  source "$ROOT/bench/noisy.sh"
+fi
+
 # --- report ---------------------------------------------------------------------------------
 BASELINE_NOTE=""
 if [[ -n $BASELINE ]]; then
@@ -813,6 +827,10 @@ $TABLES
 Keep-alive GET, proxy pinned to core $PROXY_CPU under \`valgrind --tool=callgrind\`, all threads.
 
 $CALLGRIND_LINES
+
+## Noisy neighbour (one core)
+
+$NOISY_LINES
 
 ## Exact commands
 

@@ -1,0 +1,133 @@
+# Sourced by bench/run.sh (NOISY=0 skips it): the noisy-neighbour scenario. Tenant `quiet`
+# sends QUIET_RATE requests/s open loop over 16 keep-alive connections; tenant `noisy`, limited
+# to NOISY_LIMIT requests/s, floods its own route with NOISY_CONNS keep-alive connections, so
+# nearly all of its requests are refused (429). The quiet tenant's latency is measured alone,
+# then beside the flood, for Portcullis (without audit, its default `connections.abuse`: a
+# connection refused over and over is slowed, then closed, and reconnections are rate-limited
+# at accept; and again with refusals never slowed or closed, portcullis-noescalation, to show
+# what the cheaper refusals alone do) and for nginx (`limit_req` on the noisy tenant's
+# location, burst NOISY_LIMIT, nodelay, 429), one proxy at a time with the pinning of the other scenarios. Both load
+# generators run on the load core, and both tenants present the same client certificate from
+# the same address (the quiet tenant's connections are opened before the flood and kept).
+# Sets NOISY_LINES (the report's markdown).
+
+NOISY_PORT=$((BASE_PORT + 460))
+NOISY_METRICS_PORT=$((BASE_PORT + 910))
+
+noisy_pcl_config() { # file [abuse]
+  local abuse=${2:-"{}"}
+  cat >"$1" <<YAML
+listeners:
+  - name: public
+    address: 127.0.0.1:$NOISY_PORT
+    tls: { certificate: server.pem, private_key: server.key, client_auth: required, client_ca: ca.pem }
+    connections: { max_requests_per_connection: 1000000, max_connections_per_source: 10000, abuse: $abuse }
+metrics: { address: 127.0.0.1:$NOISY_METRICS_PORT }
+shutdown: { grace_period: 1s }
+upstreams:
+  - name: echo
+    targets: [127.0.0.1:$ECHO_PORT]
+tenants:
+  - name: quiet
+    routes:
+      - name: quiet
+        path_prefix: /quiet
+        upstream: echo
+        access: [{ id: bench-client, spiffe_id: [spiffe://bench.local/ns/bench/sa/client] }]
+  - name: noisy
+    routes:
+      - name: noisy
+        path_prefix: /noisy
+        upstream: echo
+        access: [{ id: bench-client, spiffe_id: [spiffe://bench.local/ns/bench/sa/client] }]
+    limits:
+      rate: { requests: $NOISY_LIMIT, per: 1s }
+YAML
+}
+
+noisy_nginx_config() { # file
+  write_nginx_config "$1" "$NOISY_PORT" 1 off
+  sed -i -e "s|^  server {|  limit_req_zone \$server_name zone=noisy:1m rate=${NOISY_LIMIT}r/s;\n  limit_req_status 429;\n  server {|" \
+    -e "s|^    location / {|    location /noisy {\n      limit_req zone=noisy burst=$NOISY_LIMIT nodelay;\n      proxy_pass http://echo;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }\n    location / {|" "$1"
+}
+
+# p50 and p99 (ms) and the answered rate of one load report: "p50 p99 rps ok errors".
+noisy_figures() { # report.json
+  python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+l = r["latency_us"]
+print("%.3f %.3f %.0f %d %d" % (l["p50"] / 1000, l["p99"] / 1000, r["rps"], r["ok"], r["errors_total"]))
+' "$1" 2>/dev/null || echo "- - - - -"
+}
+
+noisy_target() { # name
+  local name=$1 dir="$WORK/noisy-$1" quiet noisy
+  mkdir -p "$dir"
+  cp "$WORK"/{ca.pem,server.pem,server.key} "$dir/"
+  case $name in
+    portcullis | portcullis-noescalation)
+      if [[ $name == portcullis ]]; then
+        noisy_pcl_config "$dir/portcullis.yaml"
+      else
+        noisy_pcl_config "$dir/portcullis.yaml" \
+          "{ refusals: { slow_after: 1000000000, close_after: 1000000000 } }"
+      fi
+      start_bg "noisy-$name" "$dir/proxy.log" "${PIN_SUT[@]}" "$PCL" serve --config "$dir/portcullis.yaml"
+      ;;
+    nginx)
+      noisy_nginx_config "$dir/nginx.conf"
+      start_bg "noisy-$name" "$dir/proxy.log" "${PIN_SUT[@]}" "$NGINX" -e "$dir/nginx-error.log" -p "$dir" -c "$dir/nginx.conf"
+      ;;
+  esac
+  quiet="https://127.0.0.1:$NOISY_PORT/quiet/item"
+  noisy="https://127.0.0.1:$NOISY_PORT/noisy/item"
+  if ! wait_ok "$quiet" 100 "${TLS_ARGS[@]}"; then
+    NOISY_ROWS+="| $name | did not start (see $dir/proxy.log) | | | | | |"$'\n'
+    stop_bg "noisy-$name"
+    return
+  fi
+  "${PIN_LOAD[@]}" "$LOAD" run "$quiet" "${TLS_ARGS[@]}" --rate "$QUIET_RATE" -c 16 \
+    --warmup 1s --duration "${NOISY_SECS}s" --json >"$dir/alone.json" 2>/dev/null || true
+  # The flood starts first and outlasts the quiet run.
+  "${PIN_LOAD[@]}" "$LOAD" run "$noisy" "${TLS_ARGS[@]}" -c "$NOISY_CONNS" --expect-status 429 \
+    --duration "$((NOISY_SECS + 3))s" --json >"$dir/flood.json" 2>/dev/null &
+  local flood=$!
+  sleep 1
+  "${PIN_LOAD[@]}" "$LOAD" run "$quiet" "${TLS_ARGS[@]}" --rate "$QUIET_RATE" -c 16 \
+    --warmup 1s --duration "${NOISY_SECS}s" --json >"$dir/beside.json" 2>/dev/null || true
+  wait "$flood" 2>/dev/null || true
+  local a b f
+  read -r a_p50 a_p99 _ a_ok a_err <<<"$(noisy_figures "$dir/alone.json")"
+  read -r b_p50 b_p99 _ b_ok b_err <<<"$(noisy_figures "$dir/beside.json")"
+  read -r _ _ f_rps f_ok f_err <<<"$(noisy_figures "$dir/flood.json")"
+  local r50 r99
+  r50=$(awk -v a="$a_p50" -v b="$b_p50" 'BEGIN { if (a > 0) printf "%.2f×", b / a; else print "—" }')
+  r99=$(awk -v a="$a_p99" -v b="$b_p99" 'BEGIN { if (a > 0) printf "%.2f×", b / a; else print "—" }')
+  NOISY_ROWS+="| $name | $a_p50 / $a_p99 | $b_p50 / $b_p99 | $r50 / $r99 | $((a_err + b_err)) | $f_rps | $f_err |"$'\n'
+  log "noisy neighbour, $name: quiet alone p50/p99 $a_p50/$a_p99 ms, beside the flood $b_p50/$b_p99 ms ($r50 / $r99); flood answered $f_rps/s, $f_err failed"
+  if [[ $name == portcullis* ]]; then
+    NOISY_METRICS+="    # $name"$'\n'
+    NOISY_METRICS+=$(curl -s "http://127.0.0.1:$NOISY_METRICS_PORT/metrics" |
+      grep -E '^portcullis_(requests_total\{.*tenant="noisy"|abuse_escalations_total|connections_refused_total)' | sed 's/^/    /')
+    NOISY_METRICS+=$'\n'
+  fi
+  stop_bg "noisy-$name"
+}
+
+NOISY_ROWS=""
+NOISY_METRICS=""
+log "noisy neighbour: quiet $QUIET_RATE req/s open loop, noisy flood $NOISY_CONNS connections (limit $NOISY_LIMIT/s), ${NOISY_SECS}s each"
+noisy_target portcullis
+noisy_target portcullis-noescalation
+if [[ -z $NGINX_MISSING ]]; then
+  noisy_target nginx
+fi
+NOISY_LINES="Tenant \`quiet\`: $QUIET_RATE req/s open loop (16 connections); tenant \`noisy\` (rate limit $NOISY_LIMIT/s): $NOISY_CONNS keep-alive connections as fast as they are answered. ${NOISY_SECS} s each; the quiet run beside the flood starts 1 s into it.
+
+| target | quiet alone p50 / p99 ms | quiet beside the flood p50 / p99 ms | beside / alone | quiet errors | flood answered /s | flood failures |
+|---|---:|---:|---:|---:|---:|---:|
+$NOISY_ROWS
+Portcullis's counters after the flood (the noisy tenant's decisions, escalations, connections refused at accept):
+
+$NOISY_METRICS"
