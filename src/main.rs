@@ -2,6 +2,8 @@
 //! crates that do the work. Bad input exits non-zero with a clear message, never a panic.
 
 mod audit_cli;
+mod cli_docs;
+mod config_cli;
 mod demo;
 mod explain;
 mod keys;
@@ -11,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 // mimalloc: the proxy allocates and frees many small objects per request (header maps, body
 // chunks); glibc's allocator spent about a sixth of a request's instructions on them.
@@ -92,6 +94,22 @@ enum Command {
         /// Port of the metrics and health listener on 127.0.0.1.
         #[arg(long, default_value_t = 9901)]
         metrics_port: u16,
+    },
+    /// Work with config files: print their JSON Schema.
+    Config {
+        #[command(subcommand)]
+        command: config_cli::ConfigCommand,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, or write one page per command into a folder.
+    Man {
+        /// Write portcullis.1, portcullis-serve.1, … into this folder.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
     /// Run the built-in echo upstream (plain HTTP): it answers with what it received.
     Echo {
@@ -222,6 +240,9 @@ fn main() -> ExitCode {
             upstream: upstream_port,
             metrics: metrics_port,
         }),
+        Command::Config { command } => config_cli::run(command),
+        Command::Completions { shell } => cli_docs::completions(shell, Cli::command()),
+        Command::Man { dir } => cli_docs::man(Cli::command(), dir.as_deref()),
         Command::Echo {
             listen,
             name,

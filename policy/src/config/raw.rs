@@ -9,8 +9,15 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::ClientAuth;
+#[cfg(feature = "schema")]
+use portcullis_identity::schema::HumanDuration;
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "GatewayConfig")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConfig {
     #[serde(default)]
@@ -35,6 +42,11 @@ pub(crate) struct RawConfig {
 
 /// `identity_assertion`: a JWT the gateway signs for each upstream request, saying who called.
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Assertion")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAssertion {
     #[serde(default)]
@@ -44,10 +56,16 @@ pub(crate) struct RawAssertion {
     #[serde(default)]
     pub(crate) issuer: Option<String>,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) lifetime: Option<Duration>,
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Http")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHttp {
     #[serde(default)]
@@ -59,6 +77,11 @@ pub(crate) struct RawHttp {
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Audit")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAudit {
     pub(crate) directory: PathBuf,
@@ -67,6 +90,7 @@ pub(crate) struct RawAudit {
     #[serde(default)]
     pub(crate) mode: Option<String>,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) durable_timeout: Option<Duration>,
     #[serde(default)]
     pub(crate) signing_key: Option<PathBuf>,
@@ -75,10 +99,12 @@ pub(crate) struct RawAudit {
     #[serde(default)]
     pub(crate) checkpoint_every: Option<u64>,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) checkpoint_interval: Option<Duration>,
     #[serde(default)]
     pub(crate) segment_bytes: Option<u64>,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) retention: Option<Duration>,
     #[serde(default)]
     pub(crate) include_query: bool,
@@ -94,6 +120,11 @@ pub(crate) struct RawAudit {
 
 /// `audit.refusals`; each omitted key takes its default.
 #[derive(Deserialize, Debug, Default)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "RefusalRecords")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRefusalRecords {
     #[serde(default)]
@@ -101,10 +132,16 @@ pub(crate) struct RawRefusalRecords {
     #[serde(default)]
     pub(crate) per_source: Option<u32>,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) interval: Option<Duration>,
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Pkcs11Key")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPkcs11Key {
     #[serde(default)]
@@ -118,6 +155,11 @@ pub(crate) struct RawPkcs11Key {
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "AuditPostgres")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAuditPostgres {
     #[serde(default)]
@@ -133,6 +175,11 @@ pub(crate) struct RawAuditPostgres {
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "PostgresTls")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPostgresTls {
     pub(crate) ca: PathBuf,
@@ -143,6 +190,11 @@ pub(crate) struct RawPostgresTls {
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Listener")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawListener {
     pub(crate) name: String,
@@ -156,19 +208,30 @@ pub(crate) struct RawListener {
 
 /// A listener's connection bounds; each omitted key takes its default.
 #[derive(Deserialize, Debug, Default)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Connections")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConnections {
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) handshake_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) request_head_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) h2_idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) write_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) body_idle_timeout: Option<Duration>,
     #[serde(default)]
     pub(crate) max_connections: Option<u32>,
@@ -181,6 +244,7 @@ pub(crate) struct RawConnections {
     #[serde(default)]
     pub(crate) h2_max_header_list_size: Option<u32>,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) max_connection_age: Option<Duration>,
     #[serde(default)]
     pub(crate) proxy_protocol: Option<RawProxyProtocol>,
@@ -188,14 +252,25 @@ pub(crate) struct RawConnections {
 
 /// `connections.proxy_protocol`: the balancers allowed to send a PROXY header.
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "ProxyProtocol")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawProxyProtocol {
     pub(crate) from: Vec<String>,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) timeout: Option<Duration>,
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "ListenerTls")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawListenerTls {
     pub(crate) certificate: PathBuf,
@@ -211,6 +286,11 @@ pub(crate) struct RawListenerTls {
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Issuer")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawIssuer {
     pub(crate) url: String,
@@ -224,10 +304,16 @@ pub(crate) struct RawIssuer {
     #[serde(default)]
     pub(crate) profile: Option<String>,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) lifetime: Option<Duration>,
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Metrics")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawMetrics {
     #[serde(default)]
@@ -235,20 +321,33 @@ pub(crate) struct RawMetrics {
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Shutdown")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawShutdown {
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) grace_period: Option<Duration>,
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Upstream")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawUpstream {
     pub(crate) name: String,
     pub(crate) targets: Vec<String>,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) read_timeout: Option<Duration>,
     #[serde(default)]
     pub(crate) tls: Option<RawUpstreamTls>,
@@ -257,6 +356,11 @@ pub(crate) struct RawUpstream {
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "UpstreamTls")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawUpstreamTls {
     pub(crate) server_name: String,
@@ -271,14 +375,25 @@ pub(crate) struct RawUpstreamTls {
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "HealthCheck")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHealthCheck {
     pub(crate) path: String,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) interval: Option<Duration>,
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Tenant")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTenant {
     pub(crate) name: String,
@@ -296,6 +411,11 @@ pub(crate) struct RawTenant {
 
 /// An OpenID Connect provider whose bearer tokens the tenant's routes may accept.
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "IdentityProvider")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawIdentityProvider {
     pub(crate) name: String,
@@ -308,10 +428,13 @@ pub(crate) struct RawIdentityProvider {
     #[serde(default)]
     pub(crate) algorithms: Option<Vec<String>>,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) clock_skew: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) keys_refresh: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) unknown_key_refetch: Option<Duration>,
     #[serde(default)]
     pub(crate) claims: Option<RawClaimNames>,
@@ -330,16 +453,28 @@ pub(crate) struct RawIdentityProvider {
 
 /// `sessions`: the browser login's session cookies.
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Sessions")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSessions {
     pub(crate) key_ring: PathBuf,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) absolute_lifetime: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) idle_lifetime: Option<Duration>,
 }
 
 #[derive(Deserialize, Debug, Default)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "ClaimNames")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawClaimNames {
     #[serde(default)]
@@ -352,6 +487,11 @@ pub(crate) struct RawClaimNames {
 
 /// `mfa` on a route: what a token must say of how the person authenticated.
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Mfa")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawMfa {
     #[serde(default)]
@@ -359,10 +499,16 @@ pub(crate) struct RawMfa {
     #[serde(default)]
     pub(crate) acr: Vec<String>,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) max_age: Option<Duration>,
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Route")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRoute {
     pub(crate) name: String,
@@ -392,6 +538,11 @@ pub(crate) struct RawRoute {
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Rule")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRule {
     pub(crate) id: String,
@@ -429,6 +580,11 @@ pub(crate) struct RawRule {
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "TenantLimits")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTenantLimits {
     #[serde(default)]
@@ -444,16 +600,27 @@ pub(crate) struct RawTenantLimits {
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Rate")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRate {
     pub(crate) requests: u32,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) per: Option<Duration>,
     #[serde(default)]
     pub(crate) burst: Option<u32>,
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Inspection")
+)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawInspection {
     #[serde(default)]

@@ -1,0 +1,45 @@
+//! `portcullis completions SHELL` and `portcullis man`: shell completion scripts and man
+//! pages generated from the clap definition, so they list exactly the commands and options
+//! the binary parses.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use clap::Command;
+use clap_complete::Shell;
+
+/// Writes the completion script for `shell` to stdout.
+pub(crate) fn completions(shell: Shell, mut command: Command) -> anyhow::Result<()> {
+    let name = command.get_name().to_owned();
+    let mut out = std::io::stdout().lock();
+    clap_complete::generate(shell, &mut command, name, &mut out);
+    out.flush().context("stdout")
+}
+
+/// With `dir`: one page per command and subcommand (`portcullis.1`, `portcullis-serve.1`, …)
+/// written there. Without: the top-level page on stdout.
+pub(crate) fn man(command: Command, dir: Option<&Path>) -> anyhow::Result<()> {
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+            clap_mangen::generate_to(command, dir)
+                .with_context(|| format!("writing man pages to {}", dir.display()))?;
+            let mut pages: Vec<_> = std::fs::read_dir(dir)
+                .with_context(|| format!("{}", dir.display()))?
+                .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                .filter(|n| n.ends_with(".1"))
+                .collect();
+            pages.sort();
+            eprintln!("{}: {} man page(s)", dir.display(), pages.len());
+            Ok(())
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(command)
+                .render(&mut out)
+                .context("stdout")?;
+            out.flush().context("stdout")
+        }
+    }
+}
