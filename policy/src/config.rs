@@ -117,6 +117,9 @@ pub struct AuditSettings {
     /// Where the log's head (its latest signed checkpoint) is also written, atomically, at
     /// each checkpoint: an off-box copy for `portcullis audit verify --expect-head FILE`.
     pub head_file: Option<PathBuf>,
+    /// Where the signing key's public half is written; `None`: beside a key file
+    /// (`KEY.pub`), or `DIRECTORY.pub` for a key in a token.
+    pub public_key: Option<PathBuf>,
 }
 
 /// The central store (PostgreSQL) the audit log is shipped to.

@@ -116,6 +116,11 @@ pub(crate) struct RawAudit {
     pub(crate) postgres: Option<RawAuditPostgres>,
     #[serde(default)]
     pub(crate) head_file: Option<PathBuf>,
+    /// Where the signing key's public half is written (default: beside a key file as
+    /// `KEY.pub`, or `DIRECTORY.pub` for a key in a token). Set it when the key file is in a
+    /// read-only place such as a systemd credential or a mounted secret.
+    #[serde(default)]
+    pub(crate) public_key: Option<PathBuf>,
 }
 
 /// `audit.refusals`; each omitted key takes its default.
