@@ -6,6 +6,7 @@ mod cli_docs;
 mod config_cli;
 mod demo;
 mod explain;
+mod health;
 mod keys;
 
 use std::net::{IpAddr, SocketAddr};
@@ -99,6 +100,11 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: config_cli::ConfigCommand,
+    },
+    /// Probe the metrics listener: GET URL, exit 0 on a 2xx answer (a container HEALTHCHECK).
+    Health {
+        #[arg(default_value = "http://127.0.0.1:9901/healthz")]
+        url: String,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -241,6 +247,7 @@ fn main() -> ExitCode {
             metrics: metrics_port,
         }),
         Command::Config { command } => config_cli::run(command),
+        Command::Health { url } => health::probe(&url),
         Command::Completions { shell } => cli_docs::completions(shell, Cli::command()),
         Command::Man { dir } => cli_docs::man(Cli::command(), dir.as_deref()),
         Command::Echo {
