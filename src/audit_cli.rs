@@ -113,10 +113,20 @@ fn verify(dir: &Path, key: &Path, head: Option<&AuditHead>) -> anyhow::Result<()
             );
         }
     }
+    // A large log takes a while: the elapsed time and rate go to stderr (stdout is the result).
+    let started = std::time::Instant::now();
     let result = match head {
         Some(head) => verify_dir_expecting(dir, &key, head),
         None => verify_dir(dir, &key),
     };
+    let elapsed = started.elapsed();
+    if let Ok(report) = &result {
+        eprintln!(
+            "audit verify: {} records in {elapsed:.2?} ({:.0} records/s)",
+            report.records,
+            report.records as f64 / elapsed.as_secs_f64().max(1e-6)
+        );
+    }
     match result {
         Ok(report) => {
             let expected = match (head, report.matched_head) {

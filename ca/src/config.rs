@@ -161,6 +161,14 @@ impl BackendConfig {
             BackendConfig::Software(s) => Ok(Arc::new(SoftwareBackend::new(&s.key_dir))),
         }
     }
+
+    /// Where the keys live, for progress lines: `PKCS#11 token "LABEL"` or `software keys in DIR`.
+    pub fn describe(&self) -> String {
+        match self {
+            BackendConfig::Pkcs11(p) => format!("PKCS#11 token {:?}", p.token_label),
+            BackendConfig::Software(s) => format!("software keys in {}", s.key_dir.display()),
+        }
+    }
 }
 
 /// Key labels in the backend(s).

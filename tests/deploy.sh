@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# Packaging and operations checks, run by tests/run.sh after `cargo test` (which built the
+# binary). Each part drives the real tool a user would run:
+#   1. config schemas: `portcullis config schema` for each kind; every YAML config in README.md,
+#      deploy/config, deploy/container and the Kubernetes ConfigMaps validated with
+#      check-jsonschema, and `portcullis check` on the complete ones;
+#   2. systemd: README "Run it under systemd" in a scratch root (deploy/systemd/install.sh, a
+#      SoftHSM2 CA, certificates, the audit key as a credential), units verified and rated by
+#      `systemd-analyze security` (2.0 or lower), then the gateway run with the unit's own
+#      ExecStart/ExecReload: an mTLS request through it, SIGHUP reload, /metrics, SIGTERM, and
+#      the audit log verified;
+#   3. the container build file linted by hadolint (not built: no registry here);
+#   4. Kubernetes manifests validated by kubernetes-validate --strict (CRDs skipped, said so);
+#   5. shell completions parsed by bash, man pages rendered by man/groff.
+# Everything listens on 127.0.0.1; every wait is bounded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+target=${CARGO_TARGET_DIR:-target}
+bin="$target/debug/portcullis"
+if [ ! -x "$bin" ]; then
+  cargo build --locked --bin portcullis
+fi
+bin=$(cd "$(dirname "$bin")" && pwd)/portcullis
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+step() { echo "== deploy: $*" >&2; }
+fail() { echo "deploy: FAILED: $*" >&2; exit 1; }
+# A free TCP port on 127.0.0.1 (bound and released; the kernel does not hand it out again soon).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Waits up to $2 tenths of a second for command $1 to succeed.
+wait_for() {
+  local cmd=$1 tries=$2
+  for _ in $(seq "$tries"); do
+    if eval "$cmd" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+# --- 1. Config schemas ------------------------------------------------------------------
+step "config schemas"
+schemas="$work/schemas"
+mkdir -p "$schemas"
+for kind in gateway ca admin; do
+  "$bin" config schema --kind "$kind" >"$schemas/$kind.json"
+  check-jsonschema --check-metaschema "$schemas/$kind.json" >/dev/null \
+    || fail "the $kind schema is not a valid JSON Schema"
+done
+
+# Every YAML block of README.md, and the configs inside the Kubernetes ConfigMaps, as files;
+# each named by the kind of config it is (by its top-level keys), or skipped with a message.
+examples="$work/examples"
+mkdir -p "$examples"
+python3 - "$examples" <<'PY'
+import pathlib, re, sys, yaml
+out = pathlib.Path(sys.argv[1])
+def kind(doc):
+    if not isinstance(doc, dict):
+        return None
+    if "state_dir" in doc and "backend" in doc:
+        return "ca"
+    if "listen" in doc and "ca" in doc:
+        return "admin"
+    if {"listeners", "tenants", "upstreams"} & doc.keys():
+        return "gateway"
+    return None
+blocks = re.findall(r"```yaml\n(.*?)```", pathlib.Path("README.md").read_text(), re.S)
+for i, text in enumerate(blocks, 1):
+    k = kind(yaml.safe_load(text))
+    if k is None:
+        print(f"deploy: README.md yaml block {i} is not a Portcullis config; skipped", file=sys.stderr)
+        continue
+    (out / f"readme-{i}.{k}.yaml").write_text(text)
+for path in sorted(pathlib.Path("deploy/kubernetes").glob("*/configmap.yaml")):
+    for doc in yaml.safe_load_all(path.read_text()):
+        for name, text in (doc.get("data") or {}).items():
+            k = kind(yaml.safe_load(text))
+            if k is not None:
+                (out / f"k8s-{path.parent.name}-{name[:-5]}.{k}.yaml").write_text(text)
+PY
+for f in deploy/config/*.yaml deploy/container/*.yaml; do
+  cp "$f" "$examples/$(basename "$(dirname "$f")")-$(basename "$f" .yaml).$(basename "$f" .yaml).yaml"
+done
+count=0
+for f in "$examples"/*.yaml; do
+  kind=${f%.yaml}
+  kind=${kind##*.}
+  check-jsonschema --schemafile "$schemas/$kind.json" "$f" >/dev/null \
+    || { check-jsonschema --schemafile "$schemas/$kind.json" "$f" || true; fail "$(basename "$f") does not match the $kind schema"; }
+  count=$((count + 1))
+done
+[ "$count" -ge 8 ] || fail "only $count example configs found"
+echo "deploy: $count example configs match their schema" >&2
+
+# The schema refuses what serde refuses: an unknown key and a duration humantime cannot read.
+printf 'listeners: []\nshutdown: { grace_period: 10s }\ntenant: []\n' >"$work/typo.yaml"
+! check-jsonschema --schemafile "$schemas/gateway.json" "$work/typo.yaml" >/dev/null \
+  || fail "the gateway schema accepted an unknown key"
+! "$bin" check --config "$work/typo.yaml" >/dev/null 2>&1 || fail "check accepted an unknown key"
+printf 'listeners: []\nshutdown: { grace_period: 10 seconds please }\n' >"$work/duration.yaml"
+! check-jsonschema --schemafile "$schemas/gateway.json" "$work/duration.yaml" >/dev/null \
+  || fail "the gateway schema accepted a bad duration"
+printf 'listeners: []\nshutdown: { grace_period: 1h 30m }\n' >"$work/duration.yaml"
+check-jsonschema --schemafile "$schemas/gateway.json" "$work/duration.yaml" >/dev/null \
+  || fail "the gateway schema refused '1h 30m'"
+
+# --- 2. systemd: README "Run it under systemd", in a scratch root --------------------------
+step "systemd units"
+root="$work/root"
+deploy/systemd/install.sh --root "$root" --bin "$bin" 2>"$work/install.log" \
+  || { cat "$work/install.log" >&2; fail "install.sh"; }
+grep -q '^portcullis:' "$root/etc/passwd" || fail "sysusers: no portcullis user"
+grep -q '^portcullis-ca:' "$root/etc/passwd" || fail "sysusers: no portcullis-ca user"
+[ "$(stat -c %a "$root/etc/portcullis/credentials")" = 700 ] || fail "tmpfiles: credentials folder mode"
+[ "$(stat -c %a "$root/etc/portcullis/gateway.yaml")" = 640 ] || fail "gateway.yaml mode"
+
+for unit in portcullis.service portcullis-admin.service; do
+  line=$(systemd-analyze security --offline=true --threshold=20 "deploy/systemd/$unit" 2>&1 | tail -n 1) \
+    || fail "$unit: exposure above 2.0: $line"
+  echo "deploy: $unit: ${line#→ }" >&2
+  # `verify` needs the binary where the unit says: check a copy pointing at this build.
+  sed "s#/usr/local/bin/portcullis#$bin#g" "deploy/systemd/$unit" >"$work/$unit"
+  systemd-analyze verify --man=no "$work/$unit" || fail "systemd-analyze verify $unit"
+done
+
+# The paths the services see, inside the scratch root: the only change to the README steps.
+in_root() { sed -e "s#/etc/portcullis#$root/etc/portcullis#g" -e "s#/var/lib/portcullis#$root/var/lib/portcullis#g" \
+  -e "s#/run/credentials#$root/run/credentials#g" -e "s#/usr/local/bin/portcullis#$bin#g" "$@"; }
+for f in gateway ca admin; do
+  in_root "$root/etc/portcullis/$f.yaml" >"$work/$f.yaml" && cp "$work/$f.yaml" "$root/etc/portcullis/$f.yaml"
+done
+
+step "systemd walkthrough: CA in SoftHSM2, certificates, audit key, check"
+export SOFTHSM2_CONF="$work/softhsm2.conf"
+mkdir -p "$work/tokens"
+printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$work/tokens" >"$SOFTHSM2_CONF"
+pin=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+softhsm2-util --init-token --free --label portcullis-ca --pin "$pin" --so-pin "$pin" >/dev/null
+install -m 0600 /dev/null "$root/etc/portcullis/credentials/hsm.pin"
+printf '%s' "$pin" >"$root/etc/portcullis/credentials/hsm.pin"
+# README: `ca init` runs once as root, reading the PIN from the root-only file.
+sed "s#$root/run/credentials/portcullis-admin.service#$root/etc/portcullis/credentials#" \
+  "$root/etc/portcullis/ca.yaml" >"$work/ca-init.yaml"
+mkdir -p "$root/var/lib/portcullis-ca" "$root/var/lib/portcullis"
+"$bin" ca init --config "$work/ca-init.yaml" >"$work/ca-init.out" 2>"$work/ca-init.err" \
+  || { cat "$work/ca-init.err" >&2; fail "ca init"; }
+grep -q 'ca init: done in' "$work/ca-init.err" || fail "ca init printed no elapsed time"
+echo "deploy: $(grep 'ca init: done' "$work/ca-init.err")" >&2
+
+issue() { # issue NAME PROFILE SUBJECT-ALT-NAME
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$1" \
+    -keyout "$work/$1.key" -out "$work/$1.csr" -addext "subjectAltName=$3" 2>/dev/null
+  "$bin" ca issue --config "$work/ca-init.yaml" --csr "$work/$1.csr" --tenant "$4" \
+    --profile "$2" --out "$work/$1.pem" >/dev/null 2>>"$work/ca.log" \
+    || { cat "$work/ca.log" >&2; fail "ca issue $1"; }
+}
+issue server edge DNS:api.acme.example acme
+issue frontend workloads URI:spiffe://acme.example/ns/prod/sa/frontend acme
+state="$root/var/lib/portcullis-ca/state"
+install -m 0644 "$work/server.pem" "$root/etc/portcullis/tls/server.pem"
+install -m 0640 "$work/server.key" "$root/etc/portcullis/tls/server.key"
+install -m 0644 "$state/bundle.pem" "$root/etc/portcullis/tls/bundle.pem"
+install -m 0644 "$state/crl.pem" "$root/etc/portcullis/tls/crl.pem"
+# The audit key: Ed25519 PKCS#8 (DER), root-only, handed over by LoadCredential=audit.key.
+openssl genpkey -algorithm ed25519 -outform DER -out "$root/etc/portcullis/credentials/audit.key"
+chmod 0600 "$root/etc/portcullis/credentials/audit.key"
+# What systemd does at start: the credential, readable by the service only, in a read-only folder.
+creds="$root/run/credentials/portcullis.service"
+install -d -m 0700 "$creds"
+install -m 0400 "$root/etc/portcullis/credentials/audit.key" "$creds/audit.key"
+chmod 0500 "$creds"
+
+# Loopback ports for the test instead of :443 and :9901, and a real upstream.
+port=$(free_port) mport=$(free_port) uport=$(free_port)
+sed -i -e "s#0.0.0.0:443#127.0.0.1:$port#" -e "s#127.0.0.1:9901#127.0.0.1:$mport#" \
+  -e "s#127.0.0.1:8080#127.0.0.1:$uport#" "$root/etc/portcullis/gateway.yaml"
+"$bin" check --config "$root/etc/portcullis/gateway.yaml" >/dev/null || fail "check gateway.yaml"
+
+# The container and Kubernetes configs are complete too: check them with their files in place.
+for f in "$examples"/k8s-*.gateway.yaml "$examples"/container-*.gateway.yaml; do
+  croot="$work/croot-$(basename "$f" .yaml)"
+  mkdir -p "$croot/etc/portcullis/tls" "$croot/run/portcullis/secrets" "$croot/run/secrets/portcullis"
+  for n in tls.crt server.pem; do cp "$work/server.pem" "$croot/etc/portcullis/tls/$n"; done
+  for n in tls.key server.key; do cp "$work/server.key" "$croot/etc/portcullis/tls/$n"; done
+  for n in ca.crt bundle.pem; do cp "$state/bundle.pem" "$croot/etc/portcullis/tls/$n"; done
+  cp "$root/etc/portcullis/credentials/audit.key" "$croot/run/portcullis/secrets/audit.key"
+  cp "$root/etc/portcullis/credentials/audit.key" "$croot/run/secrets/portcullis/audit.key"
+  sed -e "s#/etc/portcullis#$croot/etc/portcullis#g" -e "s#/run/#$croot/run/#g" \
+    -e "s#/var/lib/portcullis#$croot/var/lib/portcullis#g" "$f" >"$croot/gateway.yaml"
+  "$bin" check --config "$croot/gateway.yaml" >/dev/null || fail "check $(basename "$f")"
+done
+
+step "systemd walkthrough: serve with the unit's ExecStart, reload, metrics, stop"
+"$bin" echo --listen "127.0.0.1:$uport" --name app 2>"$work/echo.log" &
+pids+=($!)
+exec_start=$(sed -n 's/^ExecStart=//p' "$work/portcullis.service")
+exec_start=$(printf '%s' "$exec_start" | in_root)
+# shellcheck disable=SC2086 # the unit's command line, split as systemd splits it (no quotes)
+$exec_start 2>"$work/gateway.log" &
+gw=$!
+pids+=($gw)
+wait_for "'$bin' health http://127.0.0.1:$mport/readyz" 150 \
+  || { tail -n 20 "$work/gateway.log" >&2; fail "the gateway never became ready"; }
+# The container's HEALTHCHECK command, against the same listener.
+health=$(sed -n 's/.*CMD \["\/usr\/local\/bin\/portcullis", "health", "\([^"]*\)"\].*/\1/p' deploy/container/Containerfile)
+[ "$health" = "http://127.0.0.1:9901/healthz" ] || fail "Containerfile HEALTHCHECK not found"
+"$bin" health "${health/9901/$mport}" >/dev/null || fail "portcullis health"
+[ -s "$root/var/lib/portcullis/audit.pub" ] || fail "the audit public key was not written to audit.public_key"
+
+# An mTLS request through the gateway, as the route's rule allows.
+code=$(curl -s -o "$work/body" -w '%{http_code}' --max-time 5 \
+  --resolve "api.acme.example:$port:127.0.0.1" --cacert "$state/bundle.pem" \
+  --cert "$work/frontend.pem" --key "$work/frontend.key" "https://api.acme.example:$port/api/orders")
+[ "$code" = 200 ] || fail "mTLS request through the gateway: HTTP $code"
+
+# ExecReload, as systemd runs it ($MAINPID is the gateway).
+exec_reload=$(sed -n 's/^ExecReload=//p' "$work/portcullis.service")
+${exec_reload//\$MAINPID/$gw}
+wait_for "curl -sf http://127.0.0.1:$mport/metrics | grep -q 'portcullis_config_reloads_total{result=\"success\"} 1'" 100 \
+  || fail "SIGHUP (ExecReload) did not reload"
+curl -sf "http://127.0.0.1:$mport/metrics" | grep -q '^portcullis_requests_total' \
+  || fail "/metrics has no request counter"
+
+# systemctl stop: SIGTERM, a clean exit, and an audit log that verifies.
+kill -TERM "$gw"
+for _ in $(seq 100); do kill -0 "$gw" 2>/dev/null || break; sleep 0.1; done
+! kill -0 "$gw" 2>/dev/null || fail "the gateway did not stop within 10 s of SIGTERM"
+wait "$gw" || fail "the gateway exited non-zero after SIGTERM"
+"$bin" audit verify "$root/var/lib/portcullis/audit" --key "$root/var/lib/portcullis/audit.pub" \
+  >/dev/null 2>"$work/verify.err" || { cat "$work/verify.err" >&2; fail "audit verify"; }
+grep -q 'records in' "$work/verify.err" || fail "audit verify printed no elapsed time"
+echo "deploy: $(grep 'audit verify:' "$work/verify.err")" >&2
+
+# --- 3. Container build file ------------------------------------------------------------
+step "container: hadolint"
+hadolint --failure-threshold warning deploy/container/Containerfile
+grep -q '^USER 65532' deploy/container/Containerfile || fail "the image does not run as non-root"
+
+# --- 4. Kubernetes manifests ------------------------------------------------------------
+step "kubernetes: kubernetes-validate --strict"
+manifests=()
+for f in deploy/kubernetes/*/*.yaml; do
+  if grep -q '^apiVersion: monitoring.coreos.com/' "$f"; then
+    echo "deploy: $f is a Prometheus Operator resource (a CRD): not validated" >&2
+  else
+    manifests+=("$f")
+  fi
+done
+kubernetes-validate --strict --quiet "${manifests[@]}"
+# It catches a misspelled field (so a pass above means something).
+sed 's/readOnlyRootFilesystem/readOnlyRootFilesytem/' deploy/kubernetes/edge/deployment.yaml >"$work/bad.yaml"
+! kubernetes-validate --strict --quiet "$work/bad.yaml" >/dev/null 2>&1 \
+  || fail "kubernetes-validate accepted a misspelled field"
+for f in deploy/kubernetes/*/deployment.yaml; do
+  grep -q 'readOnlyRootFilesystem: true' "$f" && grep -q 'runAsNonRoot: true' "$f" \
+    || fail "$f: not read-only and non-root"
+  ! grep -qE '^\s+(env|envFrom):' "$f" || fail "$f: secrets belong in files, not the environment"
+done
+
+# --- 5. Completions and man pages --------------------------------------------------------
+step "completions and man pages"
+"$bin" completions bash >"$work/portcullis.bash"
+bash -n "$work/portcullis.bash" || fail "the bash completion script does not parse"
+grep -q 'config' "$work/portcullis.bash" || fail "bash completion lacks the config command"
+# shellcheck disable=SC1091
+(source "$work/portcullis.bash" && complete -p portcullis >/dev/null) || fail "bash completion not registered"
+for shell in zsh fish; do "$bin" completions "$shell" | grep -q portcullis || fail "$shell completion"; done
+man1="$root/usr/local/share/man/man1"
+[ -s "$man1/portcullis-serve.1" ] || fail "no portcullis-serve.1"
+if command -v man >/dev/null; then
+  MANWIDTH=100 man -l "$man1/portcullis-serve.1" 2>/dev/null | grep -q -- '--config' \
+    || fail "man -l portcullis-serve.1 does not show --config"
+fi
+for page in "$man1"/*.1; do
+  warnings=$(groff -k -man -Tutf8 -ww -z "$page" 2>&1) || fail "groff $page"
+  [ -z "$warnings" ] || fail "groff warns on $(basename "$page"): $warnings"
+done
+echo "deploy: all checks passed" >&2
