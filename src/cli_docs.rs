@@ -12,9 +12,14 @@ use clap_complete::Shell;
 /// Writes the completion script for `shell` to stdout.
 pub(crate) fn completions(shell: Shell, mut command: Command) -> anyhow::Result<()> {
     let name = command.get_name().to_owned();
+    // clap_complete panics when its writer fails: generate into memory, then write, so a
+    // closed pipe (`| head`) is an error like any other.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, name, &mut script);
     let mut out = std::io::stdout().lock();
-    clap_complete::generate(shell, &mut command, name, &mut out);
-    out.flush().context("stdout")
+    out.write_all(&script)?;
+    out.flush()?;
+    Ok(())
 }
 
 /// With `dir`: one page per command and subcommand (`portcullis.1`, `portcullis-serve.1`, …)

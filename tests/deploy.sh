@@ -145,13 +145,13 @@ mkdir -p "$work/tokens"
 printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$work/tokens" >"$SOFTHSM2_CONF"
 pin=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
 softhsm2-util --init-token --free --label portcullis-ca --pin "$pin" --so-pin "$pin" >/dev/null
-install -m 0600 /dev/null "$root/etc/portcullis/credentials/hsm.pin"
-printf '%s' "$pin" >"$root/etc/portcullis/credentials/hsm.pin"
-# README: `ca init` runs once as root, reading the PIN from the root-only file.
+printf %s "$pin" | install -m 0600 /dev/stdin "$root/etc/portcullis/credentials/hsm.pin"
+# README: `ca init` and `ca issue` run as root, reading the PIN from the root-only file.
 sed "s#$root/run/credentials/portcullis-admin.service#$root/etc/portcullis/credentials#" \
-  "$root/etc/portcullis/ca.yaml" >"$work/ca-init.yaml"
+  "$root/etc/portcullis/ca.yaml" | install -m 0600 /dev/stdin "$root/etc/portcullis/ca-root.yaml"
+# What systemd makes (StateDirectory=) before the first start.
 mkdir -p "$root/var/lib/portcullis-ca" "$root/var/lib/portcullis"
-"$bin" ca init --config "$work/ca-init.yaml" >"$work/ca-init.out" 2>"$work/ca-init.err" \
+"$bin" ca init --config "$root/etc/portcullis/ca-root.yaml" >"$work/ca-init.out" 2>"$work/ca-init.err" \
   || { cat "$work/ca-init.err" >&2; fail "ca init"; }
 grep -q 'ca init: done in' "$work/ca-init.err" || fail "ca init printed no elapsed time"
 echo "deploy: $(grep 'ca init: done' "$work/ca-init.err")" >&2
@@ -159,17 +159,15 @@ echo "deploy: $(grep 'ca init: done' "$work/ca-init.err")" >&2
 issue() { # issue NAME PROFILE SUBJECT-ALT-NAME
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$1" \
     -keyout "$work/$1.key" -out "$work/$1.csr" -addext "subjectAltName=$3" 2>/dev/null
-  "$bin" ca issue --config "$work/ca-init.yaml" --csr "$work/$1.csr" --tenant "$4" \
+  "$bin" ca issue --config "$root/etc/portcullis/ca-root.yaml" --csr "$work/$1.csr" --tenant "$4" \
     --profile "$2" --out "$work/$1.pem" >/dev/null 2>>"$work/ca.log" \
     || { cat "$work/ca.log" >&2; fail "ca issue $1"; }
 }
 issue server edge DNS:api.acme.example acme
 issue frontend workloads URI:spiffe://acme.example/ns/prod/sa/frontend acme
 state="$root/var/lib/portcullis-ca/state"
-install -m 0644 "$work/server.pem" "$root/etc/portcullis/tls/server.pem"
-install -m 0640 "$work/server.key" "$root/etc/portcullis/tls/server.key"
-install -m 0644 "$state/bundle.pem" "$root/etc/portcullis/tls/bundle.pem"
-install -m 0644 "$state/crl.pem" "$root/etc/portcullis/tls/crl.pem"
+install -m 0644 "$work/server.pem" "$state/bundle.pem" "$state/crl.pem" "$root/etc/portcullis/tls/"
+install -m 0640 "$work/server.key" "$root/etc/portcullis/tls/"
 # The audit key: Ed25519 PKCS#8 (DER), root-only, handed over by LoadCredential=audit.key.
 openssl genpkey -algorithm ed25519 -outform DER -out "$root/etc/portcullis/credentials/audit.key"
 chmod 0600 "$root/etc/portcullis/credentials/audit.key"
@@ -222,6 +220,37 @@ code=$(curl -s -o "$work/body" -w '%{http_code}' --max-time 5 \
   --cert "$work/frontend.pem" --key "$work/frontend.key" "https://api.acme.example:$port/api/orders")
 [ "$code" = 200 ] || fail "mTLS request through the gateway: HTTP $code"
 
+# Prometheus with the README's prometheus.yml: the alert rules load, the gateway is up.
+python3 - "$work/prometheus.yml" "$repo/deploy/observability/alerts.yml" "$mport" <<'PY'
+import pathlib, re, sys
+readme = pathlib.Path("README.md").read_text()
+block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S)
+             if b.startswith("# /etc/prometheus/prometheus.yml (on the gateway's host)"))
+block = block.replace("/etc/prometheus/portcullis/alerts.yml", sys.argv[2])
+block = block.replace("127.0.0.1:9901", f"127.0.0.1:{sys.argv[3]}")
+block = block.replace("scrape_interval: 15s", "scrape_interval: 1s")
+pathlib.Path(sys.argv[1]).write_text(block)
+PY
+promtool check config "$work/prometheus.yml" >/dev/null || fail "promtool check config (README prometheus.yml)"
+pport=$(free_port)
+prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/prometheus-data" \
+  --web.listen-address="127.0.0.1:$pport" >/dev/null 2>"$work/prometheus.log" &
+prom=$!
+pids+=($prom)
+prom_query() { curl -sf --max-time 2 "http://127.0.0.1:$pport/api/v1/query" --data-urlencode "query=$1"; }
+wait_for "prom_query 'up{job=\"portcullis\"} == 1' | grep -q '\"value\"'" 200 \
+  || { tail -n 20 "$work/prometheus.log" >&2; fail "Prometheus never scraped the gateway"; }
+rules=$(curl -sf --max-time 2 "http://127.0.0.1:$pport/api/v1/rules")
+printf '%s' "$rules" | python3 -c '
+import json, sys
+groups = json.load(sys.stdin)["data"]["groups"]
+rules = [r for g in groups for r in g["rules"]]
+bad = [r["name"] for r in rules if r.get("health") not in ("ok", "unknown")]
+assert rules and not bad, f"{len(rules)} rules, unhealthy: {bad}"
+print(f"deploy: Prometheus scrapes the gateway with {len(rules)} alert rules loaded", file=sys.stderr)
+' || fail "the alert rules did not load"
+kill "$prom"
+
 # ExecReload, as systemd runs it ($MAINPID is the gateway).
 exec_reload=$(sed -n 's/^ExecReload=//p' "$work/portcullis.service")
 ${exec_reload//\$MAINPID/$gw}
@@ -273,7 +302,13 @@ bash -n "$work/portcullis.bash" || fail "the bash completion script does not par
 grep -q 'config' "$work/portcullis.bash" || fail "bash completion lacks the config command"
 # shellcheck disable=SC1091
 (source "$work/portcullis.bash" && complete -p portcullis >/dev/null) || fail "bash completion not registered"
-for shell in zsh fish; do "$bin" completions "$shell" | grep -q portcullis || fail "$shell completion"; done
+for shell in zsh fish; do
+  "$bin" completions "$shell" >"$work/completion.$shell" && grep -q portcullis "$work/completion.$shell" \
+    || fail "$shell completion"
+done
+# A reader that goes away early is not a failure (nor a panic).
+"$bin" completions zsh 2>"$work/pipe.err" | head -c 10 >/dev/null
+[ ! -s "$work/pipe.err" ] || fail "completions into a closed pipe: $(cat "$work/pipe.err")"
 man1="$root/usr/local/share/man/man1"
 [ -s "$man1/portcullis-serve.1" ] || fail "no portcullis-serve.1"
 if command -v man >/dev/null; then
