@@ -7,8 +7,9 @@
 #   2. systemd: README "Run it under systemd" in a scratch root (deploy/systemd/install.sh, a
 #      SoftHSM2 CA, certificates, the audit key as a credential), units verified and rated by
 #      `systemd-analyze security` (2.0 or lower), then the gateway run with the unit's own
-#      ExecStart/ExecReload: an mTLS request through it, SIGHUP reload, /metrics, SIGTERM, and
-#      the audit log verified;
+#      ExecStart/ExecReload: an mTLS request through it, Prometheus with the README's
+#      prometheus.yml, SIGHUP reload, /metrics, SIGTERM, and the audit log verified; the
+#      issuance API with its unit's ExecStart and the HSM PIN credential;
 #   3. the container build file linted by hadolint (not built: no registry here);
 #   4. Kubernetes manifests validated by kubernetes-validate --strict (CRDs skipped, said so);
 #   5. shell completions parsed by bash, man pages rendered by man/groff.
@@ -282,6 +283,34 @@ wait "$gw" || fail "the gateway exited non-zero after SIGTERM"
 grep -q "records in" "$work/verify.err" && grep -q "reading 1 segment file" "$work/verify.err" \
   || fail "audit verify printed no progress or elapsed time"
 echo "deploy: $(grep 'audit verify:' "$work/verify.err")" >&2
+
+step "systemd walkthrough: the CA's issuance API with the unit's ExecStart and its PIN credential"
+acreds="$root/run/credentials/portcullis-admin.service"
+install -d -m 0700 "$acreds"
+install -m 0400 "$root/etc/portcullis/credentials/hsm.pin" "$acreds/hsm.pin"
+aport=$(free_port) amport=$(free_port)
+sed -i -e "s#0.0.0.0:9443#127.0.0.1:$aport#" -e "s#127.0.0.1:9902#127.0.0.1:$amport#" \
+  "$root/etc/portcullis/admin.yaml"
+"$bin" admin check --config "$root/etc/portcullis/admin.yaml" >/dev/null 2>>"$work/admin.log" \
+  || { cat "$work/admin.log" >&2; fail "admin check"; }
+admin_start=$(sed -n 's/^ExecStart=//p' "$work/portcullis-admin.service" | in_root)
+# shellcheck disable=SC2086 # split as systemd splits it
+$admin_start 2>>"$work/admin.log" &
+admin=$!
+pids+=("$admin")
+wait_for "curl -sf http://127.0.0.1:$amport/metrics | grep -q portcullis_admin_" 150 \
+  || { tail -n 20 "$work/admin.log" >&2; fail "the admin API never served"; }
+# Its HTTPS listener, with the certificate it issued itself from the HSM-backed CA.
+curl -s -o /dev/null --max-time 5 --resolve "ca.acme.example:$aport:127.0.0.1" \
+  --cacert "$state/bundle.pem" "https://ca.acme.example:$aport/" \
+  || fail "the admin API's TLS listener (self-issued certificate) refused the handshake"
+kill -TERM "$admin"
+for _ in $(seq 100); do kill -0 "$admin" 2>/dev/null || break; sleep 0.1; done
+! kill -0 "$admin" 2>/dev/null || fail "the admin API did not stop within 10 s of SIGTERM"
+wait "$admin" || fail "the admin API exited non-zero after SIGTERM"
+# Its audit log and key in its state folder (StateDirectory=portcullis-ca).
+"$bin" audit verify "$root/var/lib/portcullis-ca/audit" --key "$root/var/lib/portcullis-ca/admin-audit.key.pub" \
+  >/dev/null 2>>"$work/admin.log" || { tail -n 5 "$work/admin.log" >&2; fail "the admin API's audit log"; }
 
 # --- 3. Container build file ------------------------------------------------------------
 step "container: hadolint"
