@@ -62,3 +62,64 @@ fn titled<T: JsonSchema>(title: &str, description: &str) -> Schema {
     schema.insert("description".into(), description.into());
     schema
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{schema, ConfigKind};
+    use serde_json::Value;
+
+    /// Every config struct refuses unknown keys (`deny_unknown_fields`), so every object in
+    /// every schema must too: an editor must flag a typo the parser would refuse.
+    #[test]
+    fn every_object_with_properties_refuses_unknown_keys() {
+        fn walk(path: &str, v: &Value, open: &mut Vec<String>) {
+            match v {
+                Value::Object(map) => {
+                    if map.contains_key("properties")
+                        && map.get("additionalProperties") != Some(&Value::Bool(false))
+                    {
+                        open.push(path.to_owned());
+                    }
+                    for (k, child) in map {
+                        walk(&format!("{path}/{k}"), child, open);
+                    }
+                }
+                Value::Array(items) => {
+                    for (i, child) in items.iter().enumerate() {
+                        walk(&format!("{path}/{i}"), child, open);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for kind in [ConfigKind::Gateway, ConfigKind::Ca, ConfigKind::Admin] {
+            let value = serde_json::to_value(schema(kind)).unwrap();
+            assert_eq!(
+                value["$schema"], "https://json-schema.org/draft/2020-12/schema",
+                "{kind:?}"
+            );
+            let mut open = Vec::new();
+            walk("#", &value, &mut open);
+            assert!(
+                open.is_empty(),
+                "{kind:?}: objects open to unknown keys: {open:?}"
+            );
+        }
+    }
+
+    /// Durations are strings humantime reads, never serde's `{secs, nanos}` for `Duration`.
+    #[test]
+    fn durations_are_humantime_strings() {
+        let value = serde_json::to_value(schema(ConfigKind::Gateway)).unwrap();
+        let text = value.to_string();
+        assert!(
+            !text.contains("\"secs\""),
+            "a Duration leaked as {{secs, nanos}}"
+        );
+        let timeout = &value["$defs"]["Connections"]["properties"]["idle_timeout"];
+        assert_eq!(timeout["anyOf"][0]["$ref"], "#/$defs/Duration", "{timeout}");
+        assert_eq!(value["$defs"]["Duration"]["type"], "string");
+        let admin = serde_json::to_value(schema(ConfigKind::Admin)).unwrap();
+        assert!(!admin.to_string().contains("\"secs\""));
+    }
+}
