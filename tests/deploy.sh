@@ -163,8 +163,9 @@ printf %s "$pin" | install -m 0600 /dev/stdin "$root/etc/portcullis/credentials/
 # README: `ca init` and `ca issue` run as root, reading the PIN from the root-only file.
 sed "s#$root/run/credentials/portcullis-admin.service#$root/etc/portcullis/credentials#" \
   "$root/etc/portcullis/ca.yaml" | install -m 0600 /dev/stdin "$root/etc/portcullis/ca-root.yaml"
-# What systemd makes (StateDirectory=) before the first start.
-mkdir -p "$root/var/lib/portcullis-ca" "$root/var/lib/portcullis"
+# What systemd makes for the gateway (StateDirectory=portcullis) at its first start; the CA's
+# folder is made by `ca init`, before its service ever starts.
+mkdir -p "$root/var/lib/portcullis"
 "$bin" ca init --config "$root/etc/portcullis/ca-root.yaml" >"$work/ca-init.out" 2>"$work/ca-init.err" \
   || { cat "$work/ca-init.err" >&2; fail "ca init"; }
 grep -q 'ca init: done in' "$work/ca-init.err" || fail "ca init printed no elapsed time"
