@@ -11,7 +11,8 @@
 #      prometheus.yml, SIGHUP reload, /metrics, SIGTERM, and the audit log verified; the
 #      issuance API with its unit's ExecStart and the HSM PIN credential;
 #   3. the container build file linted by hadolint (not built: no registry here);
-#   4. Kubernetes manifests validated by kubernetes-validate --strict (CRDs skipped, said so);
+#   4. Kubernetes manifests validated by kubernetes-validate --strict (CRDs skipped, said so)
+#      and checked to fit together (selectors, named ports, targets);
 #   5. shell completions parsed by bash, man pages rendered by man/groff.
 # Everything listens on 127.0.0.1; every wait is bounded.
 set -euo pipefail
@@ -323,12 +324,63 @@ step "kubernetes: kubernetes-validate --strict"
 manifests=()
 for f in deploy/kubernetes/*/*.yaml; do
   if grep -q '^apiVersion: monitoring.coreos.com/' "$f"; then
-    echo "deploy: $f is a Prometheus Operator resource (a CRD): not validated" >&2
+    echo "deploy: $f is a Prometheus Operator resource (a CRD): no schema here, only its selector and port are checked" >&2
   else
     manifests+=("$f")
   fi
 done
 kubernetes-validate --strict --quiet "${manifests[@]}"
+# What the schemas cannot see: that the objects of each folder refer to each other correctly
+# (selectors match the pod labels, named ports exist, the HPA and PDB target the Deployment),
+# and the ServiceMonitor's selector and port, which its CRD would not check either.
+python3 - deploy/kubernetes/edge deploy/kubernetes/sidecar <<'PY' || fail "Kubernetes manifests do not fit together"
+import pathlib, sys, yaml
+def matches(selector, labels):
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+for folder in map(pathlib.Path, sys.argv[1:]):
+    docs = [d for f in sorted(folder.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    (deploy,) = by_kind["Deployment"]
+    pod = deploy["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    assert matches(deploy["spec"]["selector"]["matchLabels"], labels), f"{folder}: Deployment selector"
+    containers = pod["spec"]["containers"] + pod["spec"].get("initContainers", [])
+    ports = {p["name"] for c in containers for p in c.get("ports", [])}
+    for c in containers:
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            port = c.get(probe, {}).get("httpGet", {}).get("port")
+            assert port is None or port in ports, f"{folder}: {c['name']} {probe} port {port}"
+    mounts = {m["name"] for c in containers for m in c.get("volumeMounts", [])}
+    volumes = {v["name"] for v in pod["spec"].get("volumes", [])}
+    assert mounts <= volumes, f"{folder}: mounts without volumes: {mounts - volumes}"
+    for cm in (v["configMap"]["name"] for v in pod["spec"]["volumes"] if "configMap" in v):
+        assert cm in {d["metadata"]["name"] for d in by_kind["ConfigMap"]}, f"{folder}: ConfigMap {cm}"
+    for svc in by_kind.get("Service", []):
+        assert matches(svc["spec"]["selector"], labels), f"{folder}: Service {svc['metadata']['name']} selector"
+        for p in svc["spec"]["ports"]:
+            assert p["targetPort"] in ports, f"{folder}: Service targetPort {p['targetPort']}"
+    for pdb in by_kind.get("PodDisruptionBudget", []):
+        assert matches(pdb["spec"]["selector"]["matchLabels"], labels), f"{folder}: PDB selector"
+    for hpa in by_kind.get("HorizontalPodAutoscaler", []):
+        ref = hpa["spec"]["scaleTargetRef"]
+        assert (ref["kind"], ref["name"]) == ("Deployment", deploy["metadata"]["name"]), f"{folder}: HPA target"
+    for np in by_kind.get("NetworkPolicy", []):
+        assert matches(np["spec"]["podSelector"]["matchLabels"], labels), f"{folder}: NetworkPolicy selector"
+        numbers = {p["containerPort"] for c in containers for p in c.get("ports", [])}
+        for rule in np["spec"].get("ingress", []):
+            for p in rule.get("ports", []):
+                assert p["port"] in numbers, f"{folder}: NetworkPolicy admits port {p['port']} nothing listens on"
+    for sm in by_kind.get("ServiceMonitor", []):
+        svcs = [s for s in by_kind["Service"] if matches(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+        assert len(svcs) == 1, f"{folder}: ServiceMonitor selects {len(svcs)} Services"
+        names = {p["name"] for p in svcs[0]["spec"]["ports"]}
+        for e in sm["spec"]["endpoints"]:
+            assert e["port"] in names, f"{folder}: ServiceMonitor port {e['port']}"
+            assert e["path"] == "/metrics"
+    print(f"deploy: {folder}: {len(docs)} objects refer to each other correctly", file=sys.stderr)
+PY
 # It catches a misspelled field (so a pass above means something).
 sed 's/readOnlyRootFilesystem/readOnlyRootFilesytem/' deploy/kubernetes/edge/deployment.yaml >"$work/bad.yaml"
 ! kubernetes-validate --strict --quiet "$work/bad.yaml" >/dev/null 2>&1 \
