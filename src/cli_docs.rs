@@ -30,13 +30,12 @@ pub(crate) fn man(command: Command, dir: Option<&Path>) -> anyhow::Result<()> {
             std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
             clap_mangen::generate_to(command, dir)
                 .with_context(|| format!("writing man pages to {}", dir.display()))?;
-            let mut pages: Vec<_> = std::fs::read_dir(dir)
+            let pages = std::fs::read_dir(dir)
                 .with_context(|| format!("{}", dir.display()))?
-                .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-                .filter(|n| n.ends_with(".1"))
-                .collect();
-            pages.sort();
-            eprintln!("{}: {} man page(s)", dir.display(), pages.len());
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".1"))
+                .count();
+            eprintln!("{}: {pages} man page(s)", dir.display());
             Ok(())
         }
         None => {
