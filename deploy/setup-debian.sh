@@ -32,6 +32,7 @@ if [ "${1:-}" = "--test" ]; then
   # tests/deploy.sh: the systemd units are verified and rated offline (systemd-analyze), users
   # and folders made in a scratch root (systemd-sysusers, systemd-tmpfiles), man pages rendered.
   { have systemd-analyze && have systemd-sysusers && have systemd-tmpfiles; } || need+=(systemd)
+  have strace || need+=(strace)     # the system calls the services make, against their filter
   have groff || need+=(groff-base)
   have man || need+=(man-db)
 fi

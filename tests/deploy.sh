@@ -7,7 +7,8 @@
 #   2. systemd: README "Run it under systemd" in a scratch root (deploy/systemd/install.sh, a
 #      SoftHSM2 CA, certificates, the audit key as a credential), units verified and rated by
 #      `systemd-analyze security` (2.0 or lower), then the gateway run with the unit's own
-#      ExecStart/ExecReload: an mTLS request through it, Prometheus with the README's
+#      ExecStart/ExecReload under strace (every system call against the unit's
+#      SystemCallFilter=): an mTLS request through it, Prometheus with the README's
 #      prometheus.yml, SIGHUP reload, /metrics, SIGTERM, and the audit log verified; the
 #      issuance API with its unit's ExecStart and the HSM PIN credential;
 #   3. the container build file linted by hadolint (not built: no registry here);
@@ -46,6 +47,33 @@ wait_for() {
     sleep 0.1
   done
   return 1
+}
+
+# The system calls a group of systemd's names (`@system-service`), nested groups expanded.
+syscall_group() {
+  local name
+  for name in $(systemd-analyze syscall-filter "$1" | sed '1d' | grep -v '^ *#'); do
+    case $name in @*) syscall_group "$name" ;; *) echo "$name" ;; esac
+  done
+}
+# Fails when the traced process made a system call the unit's SystemCallFilter= refuses: the
+# one part of the sandbox that could break the service and that can be judged without systemd.
+# fchown is left out: SQLite calls it only as root (to keep a database's owner), and the
+# services run as their own users.
+syscall_filter_check() { # UNIT TRACE
+  local line allowed="" denied="" used refused
+  while read -r line; do
+    for group in ${line#\~}; do
+      case $line in "~"*) denied+=$(syscall_group "$group" 2>/dev/null || echo "$group")$'\n' ;;
+        *) allowed+=$(syscall_group "$group" 2>/dev/null || echo "$group")$'\n' ;; esac
+    done
+  done < <(sed -n 's/^SystemCallFilter=//p' "deploy/systemd/$1")
+  used=$(sed -nE 's/^[0-9]+ +([a-z0-9_]+)\(.*/\1/p' "$2" | sort -u)
+  refused=$(comm -23 <(printf '%s\n' "$used") <(printf '%s' "$allowed" | sort -u))
+  refused+=$'\n'$(comm -12 <(printf '%s\n' "$used") <(printf '%s' "$denied" | sort -u))
+  refused=$(printf '%s\n' "$refused" | { grep -vx -e '' -e fchown || true; } | sort -u | tr '\n' ' ')
+  [ -z "$refused" ] || fail "$1: SystemCallFilter= would refuse: $refused"
+  echo "deploy: $1: all $(printf '%s\n' "$used" | wc -l) system calls it made pass its SystemCallFilter=" >&2
 }
 
 # --- 1. Config schemas ------------------------------------------------------------------
@@ -218,10 +246,13 @@ step "systemd walkthrough: serve with the unit's ExecStart, reload, metrics, sto
 pids+=($!)
 exec_start=$(sed -n 's/^ExecStart=//p' "$work/portcullis.service")
 exec_start=$(printf '%s' "$exec_start" | in_root)
+# Traced: every system call it makes is compared below with the unit's SystemCallFilter=.
 # shellcheck disable=SC2086 # the unit's command line, split as systemd splits it (no quotes)
-$exec_start 2>"$work/gateway.log" &
-gw=$!
-pids+=("$gw")
+strace -f -qq -o "$work/gateway.trace" $exec_start 2>"$work/gateway.log" &
+tracer=$!
+pids+=("$tracer")
+wait_for "pgrep -P $tracer" 50 || fail "the gateway did not start under strace"
+gw=$(pgrep -P "$tracer")
 wait_for "'$bin' health http://127.0.0.1:$mport/readyz" 150 \
   || { tail -n 20 "$work/gateway.log" >&2; fail "the gateway never became ready"; }
 # The container's HEALTHCHECK command, against the same listener.
@@ -279,7 +310,8 @@ curl -sf "http://127.0.0.1:$mport/metrics" | grep -q '^portcullis_requests_total
 kill -TERM "$gw"
 for _ in $(seq 100); do kill -0 "$gw" 2>/dev/null || break; sleep 0.1; done
 ! kill -0 "$gw" 2>/dev/null || fail "the gateway did not stop within 10 s of SIGTERM"
-wait "$gw" || fail "the gateway exited non-zero after SIGTERM"
+wait "$tracer" || fail "the gateway exited non-zero after SIGTERM"
+syscall_filter_check portcullis.service "$work/gateway.trace"
 "$bin" audit verify "$root/var/lib/portcullis/audit" --key "$root/var/lib/portcullis/audit.pub" \
   >/dev/null 2>"$work/verify.err" || { cat "$work/verify.err" >&2; fail "audit verify"; }
 grep -q "records in" "$work/verify.err" && grep -q "reading 1 segment file" "$work/verify.err" \
@@ -297,9 +329,11 @@ sed -i -e "s#0.0.0.0:9443#127.0.0.1:$aport#" -e "s#127.0.0.1:9902#127.0.0.1:$amp
   || { cat "$work/admin.log" >&2; fail "admin check"; }
 admin_start=$(sed -n 's/^ExecStart=//p' "$work/portcullis-admin.service" | in_root)
 # shellcheck disable=SC2086 # split as systemd splits it
-$admin_start 2>>"$work/admin.log" &
-admin=$!
-pids+=("$admin")
+strace -f -qq -o "$work/admin.trace" $admin_start 2>>"$work/admin.log" &
+admin_tracer=$!
+pids+=("$admin_tracer")
+wait_for "pgrep -P $admin_tracer" 50 || fail "the admin API did not start under strace"
+admin=$(pgrep -P "$admin_tracer")
 wait_for "curl -sf http://127.0.0.1:$amport/metrics | grep -q portcullis_admin_" 150 \
   || { tail -n 20 "$work/admin.log" >&2; fail "the admin API never served"; }
 # Its HTTPS listener, with the certificate it issued itself from the HSM-backed CA.
@@ -309,7 +343,8 @@ curl -s -o /dev/null --max-time 5 --resolve "ca.acme.example:$aport:127.0.0.1" \
 kill -TERM "$admin"
 for _ in $(seq 100); do kill -0 "$admin" 2>/dev/null || break; sleep 0.1; done
 ! kill -0 "$admin" 2>/dev/null || fail "the admin API did not stop within 10 s of SIGTERM"
-wait "$admin" || fail "the admin API exited non-zero after SIGTERM"
+wait "$admin_tracer" || fail "the admin API exited non-zero after SIGTERM"
+syscall_filter_check portcullis-admin.service "$work/admin.trace"
 # Its audit log and key in its state folder (StateDirectory=portcullis-ca).
 "$bin" audit verify "$root/var/lib/portcullis-ca/audit" --key "$root/var/lib/portcullis-ca/admin-audit.key.pub" \
   >/dev/null 2>>"$work/admin.log" || { tail -n 5 "$work/admin.log" >&2; fail "the admin API's audit log"; }
