@@ -73,7 +73,14 @@ syscall_filter_check() { # UNIT TRACE
   refused+=$'\n'$(comm -12 <(printf '%s\n' "$used") <(printf '%s' "$denied" | sort -u))
   refused=$(printf '%s\n' "$refused" | { grep -vx -e '' -e fchown || true; } | sort -u | tr '\n' ' ')
   [ -z "$refused" ] || fail "$1: SystemCallFilter= would refuse: $refused"
-  echo "deploy: $1: all $(printf '%s\n' "$used" | wc -l) system calls it made pass its SystemCallFilter=" >&2
+  # Likewise the socket families it opened, against RestrictAddressFamilies=.
+  local families family
+  families=$(sed -n 's/^RestrictAddressFamilies=//p' "deploy/systemd/$1")
+  for family in $(grep -oE 'socket\(AF_[A-Z0-9]+' "$2" | sed 's/socket(//' | sort -u); do
+    [[ " $families " == *" $family "* ]] || fail "$1: RestrictAddressFamilies= would refuse $family"
+  done
+  echo "deploy: $1: all $(printf '%s\n' "$used" | wc -l) system calls it made pass its SystemCallFilter=," \
+    "its sockets ($(grep -oE 'socket\(AF_[A-Z0-9]+' "$2" | sed 's/socket(//' | sort -u | paste -sd, -)) its RestrictAddressFamilies=" >&2
 }
 
 # --- 1. Config schemas ------------------------------------------------------------------
