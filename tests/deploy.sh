@@ -56,8 +56,9 @@ syscall_group() {
     case $name in @*) syscall_group "$name" ;; *) echo "$name" ;; esac
   done
 }
-# Fails when the traced process made a system call the unit's SystemCallFilter= refuses: the
-# one part of the sandbox that could break the service and that can be judged without systemd.
+# Fails when the traced process made a system call the unit's SystemCallFilter= refuses (or
+# opened a socket family, or a mapping, the unit forbids): the parts of the sandbox that could
+# break the service and that can be judged without systemd.
 # fchown is left out: SQLite calls it only as root (to keep a database's owner), and the
 # services run as their own users.
 syscall_filter_check() { # UNIT TRACE
@@ -79,6 +80,11 @@ syscall_filter_check() { # UNIT TRACE
   for family in $(grep -oE 'socket\(AF_[A-Z0-9]+' "$2" | sed 's/socket(//' | sort -u); do
     [[ " $families " == *" $family "* ]] || fail "$1: RestrictAddressFamilies= would refuse $family"
   done
+  # And MemoryDenyWriteExecute=: no writable and executable mapping, no mprotect to executable.
+  if grep -q '^MemoryDenyWriteExecute=yes' "deploy/systemd/$1" \
+    && grep -qE 'mprotect\([^)]*PROT_EXEC|mmap\([^)]*(PROT_WRITE\|PROT_EXEC|PROT_EXEC\|PROT_WRITE)' "$2"; then
+    fail "$1: MemoryDenyWriteExecute= would refuse a mapping it made"
+  fi
   echo "deploy: $1: all $(printf '%s\n' "$used" | wc -l) system calls it made pass its SystemCallFilter=," \
     "its sockets ($(grep -oE 'socket\(AF_[A-Z0-9]+' "$2" | sed 's/socket(//' | sort -u | paste -sd, -)) its RestrictAddressFamilies=" >&2
 }
