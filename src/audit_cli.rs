@@ -97,6 +97,24 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<()> {
     }
 }
 
+/// How many segment files (`segment-*.log`) the folder holds, and their bytes; an unreadable
+/// folder counts as empty here (the verifier reports it).
+fn segment_files(dir: &Path) -> (usize, u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("segment-") && name.ends_with(".log")
+        })
+        .fold((0, 0), |(n, bytes), e| {
+            (n + 1, bytes + e.metadata().map_or(0, |m| m.len()))
+        })
+}
+
 fn verify(dir: &Path, key: &Path, head: Option<&AuditHead>) -> anyhow::Result<()> {
     let bytes = std::fs::read(key).with_context(|| format!("{}", key.display()))?;
     let key = PublicKey::from_pem_or_der(&bytes).with_context(|| format!("{}", key.display()))?;
@@ -113,10 +131,27 @@ fn verify(dir: &Path, key: &Path, head: Option<&AuditHead>) -> anyhow::Result<()
             );
         }
     }
+    // A large log takes a while: what is being read, then the elapsed time and rate, go to
+    // stderr (stdout is the result).
+    let (segments, bytes) = segment_files(dir);
+    eprintln!(
+        "audit verify: reading {segments} segment file(s), {:.1} MiB, in {}",
+        bytes as f64 / (1024.0 * 1024.0),
+        dir.display()
+    );
+    let started = std::time::Instant::now();
     let result = match head {
         Some(head) => verify_dir_expecting(dir, &key, head),
         None => verify_dir(dir, &key),
     };
+    let elapsed = started.elapsed();
+    if let Ok(report) = &result {
+        eprintln!(
+            "audit verify: {} records in {elapsed:.2?} ({:.0} records/s)",
+            report.records,
+            report.records as f64 / elapsed.as_secs_f64().max(1e-6)
+        );
+    }
     match result {
         Ok(report) => {
             let expected = match (head, report.matched_head) {

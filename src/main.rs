@@ -2,8 +2,11 @@
 //! crates that do the work. Bad input exits non-zero with a clear message, never a panic.
 
 mod audit_cli;
+mod cli_docs;
+mod config_cli;
 mod demo;
 mod explain;
+mod health;
 mod keys;
 
 use std::net::{IpAddr, SocketAddr};
@@ -11,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 // mimalloc: the proxy allocates and frees many small objects per request (header maps, body
 // chunks); glibc's allocator spent about a sixth of a request's instructions on them.
@@ -98,6 +101,27 @@ enum Command {
         /// Port of the metrics and health listener on 127.0.0.1.
         #[arg(long, default_value_t = 9901)]
         metrics_port: u16,
+    },
+    /// Work with config files: print their JSON Schema.
+    Config {
+        #[command(subcommand)]
+        command: config_cli::ConfigCommand,
+    },
+    /// Probe the metrics listener: GET URL, exit 0 on a 2xx answer (a container HEALTHCHECK).
+    Health {
+        #[arg(default_value = "http://127.0.0.1:9901/healthz")]
+        url: String,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, or write one page per command into a folder.
+    Man {
+        /// Write portcullis.1, portcullis-serve.1, … into this folder.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
     /// Run the built-in echo upstream (plain HTTP): it answers with what it received.
     Echo {
@@ -229,6 +253,10 @@ fn main() -> ExitCode {
             upstream: upstream_port,
             metrics: metrics_port,
         }),
+        Command::Config { command } => config_cli::run(command),
+        Command::Health { url } => health::probe(&url),
+        Command::Completions { shell } => cli_docs::completions(shell, Cli::command()),
+        Command::Man { dir } => cli_docs::man(Cli::command(), dir.as_deref()),
         Command::Echo {
             listen,
             name,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what is missing, then runs
-# format, lint, every test (unit, property and end-to-end against the real binary), then a
-# few seconds of each fuzz target (tests/fuzz.sh).
+# format, lint, every test (unit, property and end-to-end against the real binary), the
+# packaging checks (tests/deploy.sh), then a few seconds of each fuzz target (tests/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/setup-debian.sh --test
@@ -12,5 +12,7 @@ echo "== cargo clippy" >&2
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test" >&2
 cargo test --locked --workspace -- --test-threads=2
+echo "== packaging: schemas, systemd, container, Kubernetes, completions, man pages" >&2
+tests/deploy.sh
 echo "== fuzz smoke run" >&2
 tests/fuzz.sh 5

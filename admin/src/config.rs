@@ -50,6 +50,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use portcullis_ca::{IssuanceProfile, ProfileRole, TenantId, OPERATOR_PATH};
+#[cfg(feature = "schema")]
+use portcullis_identity::schema::HumanDuration;
 use portcullis_identity::SpiffeId;
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +61,7 @@ pub(crate) use agents::{AgentRefusal, Agents};
 
 /// The admin server's configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address of the HTTPS listener.
@@ -73,6 +76,7 @@ pub struct AdminConfig {
     pub operators: Vec<String>,
     /// How often `STATE/crl.pem` is checked for a change (default 2 s).
     #[serde(default = "default_crl_poll", with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "HumanDuration"))]
     pub crl_poll_interval: Duration,
     /// How the listener bounds its connections.
     #[serde(default)]
@@ -98,6 +102,7 @@ pub struct AdminConfig {
 
 /// The ACME server's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct AcmeConfig {
     /// Serve `/acme/` (off by default).
@@ -126,18 +131,22 @@ fn default_crl_poll() -> Duration {
 
 /// How the listener bounds its connections. Every field has a default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct ConnectionsConfig {
     /// From accept to a completed TLS handshake.
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "HumanDuration"))]
     pub handshake_timeout: Duration,
     /// From the handshake's end to the first complete request head (HTTP/1 head, HTTP/2
     /// HEADERS), protocol detection included; a connection without one is closed.
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "HumanDuration"))]
     pub first_request_timeout: Duration,
     /// How long a connection with no request in progress stays open after its last one
     /// (HTTP/1 keep-alive and HTTP/2 alike); a later request head must complete within it.
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "HumanDuration"))]
     pub idle_timeout: Duration,
     /// Open connections in all, handshakes included; more are closed at accept.
     pub max_connections: u32,
@@ -206,6 +215,7 @@ impl ConnectionsConfig {
 /// Request rates, each a GCRA limit per key. Every field has a default; a request is charged
 /// to its source address and to its identity (operators: `per_operator`) or bootstrap token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitsConfig {
     /// Per client certificate: its SPIFFE ID (else its serial).
@@ -233,6 +243,7 @@ impl Default for RateLimitsConfig {
 /// A GCRA limit: on average `requests` per `per`, in bursts of up to `burst`. Written
 /// `{ requests: 30, per: 1m, burst: 60 }`; `per` defaults to 1s and `burst` to `requests`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(try_from = "RawRateLimit", into = "RawRateLimit")]
 pub struct RateLimit {
     pub requests: NonZeroU32,
@@ -259,10 +270,12 @@ impl RateLimit {
 
 /// A [`RateLimit`] as written.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRateLimit {
     requests: u32,
     #[serde(default = "one_second", with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "HumanDuration"))]
     per: Duration,
     #[serde(default)]
     burst: Option<u32>,
@@ -306,6 +319,7 @@ impl From<RateLimit> for RawRateLimit {
 
 /// The server certificate, as written: either `self_issue`, or `certificate` and `private_key`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ServingTlsConfig {
     /// Issue the server certificate from the CA at start, and renew it.
@@ -321,6 +335,7 @@ pub struct ServingTlsConfig {
 
 /// What the self-issued server certificate asks the CA for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SelfIssueConfig {
     /// The tenant whose profile issues it.

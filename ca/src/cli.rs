@@ -135,7 +135,15 @@ pub fn run_with_audit(
     match cmd {
         CaCommand::Init { config } => {
             let config = CaConfig::load(&config)?;
+            // Key generation in an HSM can take seconds: say what is happening, and how long
+            // it took, on stderr (stdout stays the result).
+            eprintln!(
+                "ca init: generating the root and issuing keys ({}) and certificates...",
+                config.backend.describe()
+            );
+            let started = std::time::Instant::now();
             let ca = Ca::init(&config, now)?;
+            eprintln!("ca init: done in {:.1?}", started.elapsed());
             print(
                 out,
                 &format!(

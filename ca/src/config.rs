@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "schema")]
+use portcullis_identity::schema::HumanDuration;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::TenantId;
@@ -23,15 +25,18 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// The whole CA configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CaConfig {
     /// Directory for certificates, the CRL and the inventory.
     pub state_dir: PathBuf,
     /// Where the issuing key lives (`pkcs11: {…}` or `software: {…}`).
     #[serde(with = "serde_yaml_ng::with::singleton_map")]
+    #[cfg_attr(feature = "schema", schemars(with = "BackendConfig"))]
     pub backend: BackendConfig,
     /// Where the root key lives, when not in `backend` (e.g. another token, kept offline).
     #[serde(default, with = "serde_yaml_ng::with::singleton_map")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<BackendConfig>"))]
     pub root_backend: Option<BackendConfig>,
     /// Key labels and algorithm.
     pub keys: KeysConfig,
@@ -55,6 +60,7 @@ pub struct CaConfig {
     pub ocsp_url: Option<String>,
     /// No profile may grant a longer lifetime than this (default 24 h).
     #[serde(default = "default_cap", with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "HumanDuration"))]
     pub max_lifetime_cap: Duration,
     /// Issuance profiles (at least one per tenant that may be issued certificates).
     #[serde(default)]
@@ -89,6 +95,7 @@ fn check_url(url: &str) -> Result<(), CaError> {
 
 /// A key backend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum BackendConfig {
     /// A PKCS#11 token.
@@ -99,6 +106,7 @@ pub enum BackendConfig {
 
 /// A PKCS#11 token. The PIN comes from `pin_file` or `pin_env`, exactly one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Pkcs11Config {
     /// The module (default SoftHSM2's).
@@ -134,6 +142,7 @@ impl Pkcs11Config {
 
 /// A directory of software keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SoftwareConfig {
     pub key_dir: PathBuf,
@@ -152,10 +161,19 @@ impl BackendConfig {
             BackendConfig::Software(s) => Ok(Arc::new(SoftwareBackend::new(&s.key_dir))),
         }
     }
+
+    /// Where the keys live, for progress lines: `PKCS#11 token "LABEL"` or `software keys in DIR`.
+    pub fn describe(&self) -> String {
+        match self {
+            BackendConfig::Pkcs11(p) => format!("PKCS#11 token {:?}", p.token_label),
+            BackendConfig::Software(s) => format!("software keys in {}", s.key_dir.display()),
+        }
+    }
 }
 
 /// Key labels in the backend(s).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct KeysConfig {
     pub root_label: String,
@@ -184,6 +202,7 @@ fn default_algorithm() -> KeyAlgorithm {
 
 /// A CA certificate's name and validity.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CertConfig {
     #[serde(default)]
@@ -191,15 +210,18 @@ pub struct CertConfig {
     #[serde(default)]
     pub organization: Option<String>,
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub validity: Option<Duration>,
 }
 
 /// CRL publication.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CrlConfig {
     /// How far ahead `nextUpdate` is (default 5 min): gateways refetch by then.
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "HumanDuration"))]
     pub next_update: Duration,
 }
 
@@ -213,6 +235,7 @@ impl Default for CrlConfig {
 
 /// An issuance profile as written in the file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ProfileConfig {
     pub name: String,
@@ -233,9 +256,11 @@ pub struct ProfileConfig {
     pub key_types: Vec<KeyType>,
     /// Longest lifetime granted (default 1 h).
     #[serde(default = "default_max_lifetime", with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "HumanDuration"))]
     pub max_lifetime: Duration,
     /// Lifetime when none is requested (default: `max_lifetime`).
     #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub default_lifetime: Option<Duration>,
     #[serde(default = "yes")]
     pub client_auth: bool,

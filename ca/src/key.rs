@@ -17,6 +17,7 @@ pub use software::SoftwareBackend;
 
 /// The signature algorithm of an issuing key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[non_exhaustive]
 pub enum KeyAlgorithm {
     /// ECDSA on P-256 with SHA-256.

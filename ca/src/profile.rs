@@ -21,6 +21,7 @@ pub use role::{ProfileRole, OPERATOR_PATH};
 
 /// A subject key type a CSR may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[non_exhaustive]
 pub enum KeyType {
     #[serde(rename = "p256")]

@@ -479,6 +479,9 @@ pub(crate) fn read_secret(source: &SecretSource, what: &str) -> Result<String, S
 /// `portcullis audit verify --key`: `<signing_key>.pub` for a key file, `<directory>.pub` for
 /// a key in a token.
 fn public_key_path(settings: &AuditSettings) -> std::path::PathBuf {
+    if let Some(path) = &settings.public_key {
+        return path.clone();
+    }
     let base = match &settings.signing_key {
         AuditKey::File(path) => path,
         AuditKey::Pkcs11 { .. } => &settings.directory,

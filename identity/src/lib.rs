@@ -20,6 +20,8 @@ mod ip;
 mod issuance;
 pub mod oidc;
 mod peer;
+#[cfg(feature = "schema")]
+pub mod schema;
 mod serial;
 mod spiffe;
 mod tenant;

@@ -131,6 +131,7 @@ impl std::fmt::Display for DenyReason {
 
 /// Whether a matching rule allows or denies.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Effect {
     #[default]

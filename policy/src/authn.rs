@@ -11,6 +11,7 @@ pub use portcullis_identity::oidc::{
 
 /// How callers of a route authenticate.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Authentication {
     /// The connection's client certificate, if any (the access rules decide what an absent

@@ -7,6 +7,8 @@
 mod check;
 mod locate;
 mod raw;
+#[cfg(feature = "schema")]
+mod schema;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -20,6 +22,8 @@ use crate::limits::TenantLimits;
 use crate::names::{TenantId, UpstreamName};
 use crate::routing::RouteTable;
 use locate::{Locations, Position};
+#[cfg(feature = "schema")]
+pub use schema::config_schema;
 
 /// The whole checked configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -113,6 +117,9 @@ pub struct AuditSettings {
     /// Where the log's head (its latest signed checkpoint) is also written, atomically, at
     /// each checkpoint: an off-box copy for `portcullis audit verify --expect-head FILE`.
     pub head_file: Option<PathBuf>,
+    /// Where the signing key's public half is written; `None`: beside a key file
+    /// (`KEY.pub`), or `DIRECTORY.pub` for a key in a token.
+    pub public_key: Option<PathBuf>,
 }
 
 /// The central store (PostgreSQL) the audit log is shipped to.
@@ -378,6 +385,7 @@ pub struct IssuerConfig {
 
 /// Whether a listener asks for client certificates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ClientAuth {
     /// A valid client certificate is required to connect.

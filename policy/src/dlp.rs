@@ -123,6 +123,7 @@ impl fmt::Display for DetectorName {
 
 /// What to do with a body when a detector matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DlpAction {
     /// Count the match; pass the body unchanged.

@@ -6,6 +6,7 @@ use crate::dlp::{BodyDirection, DlpAction, DlpPolicy, DlpSpec};
 
 /// What happens to a body longer than `max_bytes`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum OverLimit {
     /// Forward the rest unscanned; counted and recorded as unscanned (`over_limit`).
@@ -18,6 +19,7 @@ pub enum OverLimit {
 /// What happens to a body in a `Content-Encoding` (or a multipart part in a
 /// `Content-Transfer-Encoding`) the gateway cannot decode.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum UnknownEncoding {
     /// Forward it unscanned (a part: scanned as it is); counted and recorded as unscanned
@@ -31,6 +33,7 @@ pub enum UnknownEncoding {
 /// What happens to a body whose content type is neither text-like (text, JSON, XML, forms,
 /// or none) nor `multipart/*`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum OtherContent {
     /// Scan it as bytes: the validated detectors stay precise on binary data.
@@ -43,6 +46,7 @@ pub enum OtherContent {
 /// Whether a route with request DLP lets a request upgrade to a WebSocket (or any other
 /// protocol, or open a CONNECT tunnel), whose frames are not scanned.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Upgrades {
     /// Allowed; counted and recorded as unscanned (`websocket`).

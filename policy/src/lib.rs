@@ -23,6 +23,8 @@ pub use authn::{
     ProviderSettings, SessionSettings, SigningAlgorithm, TokenError, TokenIdentity, CALLBACK_PATH,
     LOGOUT_PATH,
 };
+#[cfg(feature = "schema")]
+pub use config::config_schema;
 pub use config::{
     AbuseLimits, AssertionSettings, AuditKey, AuditMode, AuditPostgres, AuditSettings, ClientAuth,
     Config, ConfigError, ConfigProblem, ConnectionLimits, HealthCheckConfig, HttpSettings,

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 /// One node agent, as written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// The SPIFFE ID of the agent's own (node) certificate.
@@ -33,8 +34,10 @@ pub struct AgentConfig {
 
 /// SPIFFE IDs of one tenant an agent may obtain SVIDs for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AgentGrant {
+    /// The tenant the SVIDs belong to.
     pub tenant: TenantId,
     /// `*` one path segment, a final `**` one or more.
     pub spiffe_ids: Vec<SpiffeIdPattern>,

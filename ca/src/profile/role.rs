@@ -9,6 +9,7 @@ use super::{SpiffeId, SpiffeIdPattern};
 
 /// What a profile issues.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ProfileRole {

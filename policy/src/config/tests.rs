@@ -645,7 +645,7 @@ const MINIMAL: &str =
 fn audit_section_defaults_and_paths() {
     assert_eq!(parse(MINIMAL).unwrap().audit, None);
     let c = parse(&format!(
-        "{MINIMAL}audit:\n  directory: audit\n  signing_key: /keys/audit.key\n  head_file: /off-box/gw.head\n  postgres:\n    conninfo_env: AUDIT_PG\n    tls: {{ca: pg-ca.pem, client_certificate: gw.pem, client_key: gw.key}}\n"
+        "{MINIMAL}audit:\n  directory: audit\n  signing_key: /keys/audit.key\n  head_file: /off-box/gw.head\n  public_key: audit.pub\n  postgres:\n    conninfo_env: AUDIT_PG\n    tls: {{ca: pg-ca.pem, client_certificate: gw.pem, client_key: gw.key}}\n"
     ))
     .unwrap();
     let a = c.audit.unwrap();
@@ -665,6 +665,9 @@ fn audit_section_defaults_and_paths() {
         })
     );
     assert_eq!(a.head_file, Some("/off-box/gw.head".into()));
+    // Relative to the config file, like every path: the key itself may sit in a read-only
+    // credential folder.
+    assert_eq!(a.public_key, Some("/srv/gw/audit.pub".into()));
     assert_eq!(a.max_bytes, 10 << 30);
     assert_eq!(
         a.refusals,

@@ -16,13 +16,16 @@ use super::{BodyDirection, DetectorKind, DlpAction};
 
 /// A DLP configuration: built-in detectors per direction, plus tenant patterns and word lists.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DlpSpec {
     /// Built-in detectors applied to request bodies, with their action.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "detector_actions"))]
     pub request: BTreeMap<BuiltinDetector, DlpAction>,
     /// Built-in detectors applied to response bodies, with their action.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "detector_actions"))]
     pub response: BTreeMap<BuiltinDetector, DlpAction>,
     /// Tenant-defined regular expressions.
     #[serde(default)]
@@ -32,6 +35,19 @@ pub struct DlpSpec {
     pub keywords: Vec<KeywordListSpec>,
 }
 
+/// The schema of a detector -> action map: serde reads the keys as [`BuiltinDetector`]s, so an
+/// unknown detector name is an error, and the schema says so too.
+#[cfg(feature = "schema")]
+fn detector_actions(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let detectors = generator.subschema_for::<BuiltinDetector>();
+    let actions = generator.subschema_for::<DlpAction>();
+    schemars::json_schema!({
+        "type": "object",
+        "propertyNames": detectors,
+        "additionalProperties": actions,
+    })
+}
+
 /// A tenant-defined pattern.
 ///
 /// The pattern uses the `regex` crate's syntax and must have a bounded match length (at most
@@ -39,6 +55,7 @@ pub struct DlpSpec {
 /// in a stream with a bounded hold-back. Add `(?i)` for case-insensitivity. It should not match
 /// quotes or backslashes, so a redacted JSON body stays well-formed.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CustomPatternSpec {
     /// Name, `[a-z0-9-]`; shown as `custom:<name>` in findings and masks.
@@ -56,6 +73,7 @@ pub struct CustomPatternSpec {
 ///
 /// Word edges are judged by ASCII word characters (`[A-Za-z0-9_]`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct KeywordListSpec {
     /// Name, `[a-z0-9-]`; shown as `keyword:<name>` in findings and masks.
@@ -71,6 +89,7 @@ pub struct KeywordListSpec {
 
 /// Which bodies a tenant pattern or word list applies to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DirectionSelector {
     /// Request and response bodies.
@@ -94,6 +113,7 @@ impl DirectionSelector {
 
 /// The built-in detectors, as named in config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum BuiltinDetector {

@@ -136,6 +136,10 @@ impl Checker<'_> {
                 .head_file
                 .as_ref()
                 .map(|f| self.file_path("audit.head_file", what, f)),
+            public_key: raw
+                .public_key
+                .as_ref()
+                .map(|f| self.file_path("audit.public_key", what, f)),
         }
     }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{parse_cidr, Checker};
-use crate::config::raw::{RawAbuse, RawConnections, RawProxyProtocol, RawRateOrOff};
+use crate::config::raw::{RawAbuse, RawConnections, RawProxyProtocol, RawRate, RawRateOrOff};
 use crate::config::{AbuseLimits, ConnectionLimits, ProxyProtocol};
 
 /// Timeouts are at least this: shorter ones would cut ordinary clients on a busy network.
@@ -149,11 +149,25 @@ impl Checker<'_> {
         let rate = |c: &mut Self, key: &str, raw: &Option<RawRateOrOff>, default| match raw {
             None => default,
             Some(RawRateOrOff::Off(_)) => None,
-            Some(RawRateOrOff::Rate(r)) => c.rate(
-                &format!("{p}.{key}"),
-                &format!("{what}: connections.abuse.{key}"),
-                r,
-            ),
+            Some(RawRateOrOff::Rate(r)) if r.connections == 0 => {
+                c.at_value(
+                    &format!("{p}.{key}.connections"),
+                    format!("{what}: connections.abuse.{key}: `connections` must be at least 1"),
+                );
+                None
+            }
+            Some(RawRateOrOff::Rate(r)) => {
+                let r = RawRate {
+                    requests: r.connections,
+                    per: r.per,
+                    burst: r.burst,
+                };
+                c.rate(
+                    &format!("{p}.{key}"),
+                    &format!("{what}: connections.abuse.{key}"),
+                    &r,
+                )
+            }
         };
         let per_source = rate(
             self,
