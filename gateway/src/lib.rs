@@ -13,6 +13,7 @@ mod audit;
 mod authn;
 mod connections;
 mod echo;
+mod fairness;
 mod forwarding;
 mod identity;
 mod inspect;

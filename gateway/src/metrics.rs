@@ -11,10 +11,12 @@ use prometheus::{
 
 mod audit;
 mod connections;
+mod fairness;
 mod ops;
 
 use audit::{catch_up, AuditMetrics};
 use connections::ConnectionMetrics;
+use fairness::FairnessMetrics;
 
 pub(crate) use ops::{plain_response, OpsEndpoint};
 
@@ -41,6 +43,7 @@ pub(crate) struct Metrics {
     oidc_keys_fetched: prometheus::IntGaugeVec,
     audit: AuditMetrics,
     connections: ConnectionMetrics,
+    fairness: FairnessMetrics,
     ready: AtomicBool,
 }
 
@@ -223,6 +226,7 @@ impl Metrics {
             .expect("unique metric");
         let audit = AuditMetrics::new(&registry);
         let connections = ConnectionMetrics::new(&registry);
+        let fairness = FairnessMetrics::new(&registry);
         for c in [
             &requests,
             &tls_failures,
@@ -270,6 +274,7 @@ impl Metrics {
             oidc_keys_fetched,
             audit,
             connections,
+            fairness,
             ready: AtomicBool::new(false),
         }
     }

@@ -45,6 +45,8 @@ pub(crate) struct Gateway {
     /// The listener's downstream write timeout (`connections.write_timeout`).
     pub write_timeout: Duration,
     pub refusal_lines: crate::access_log::RefusalLines,
+    /// The gateway-wide cap shared fairly between tenants (`fairness`), if configured.
+    pub fairness: Option<Arc<crate::fairness::FairGate>>,
 }
 
 #[async_trait]
@@ -116,6 +118,22 @@ impl ProxyHttp for Gateway {
         ctx.route = verdict.route;
         match verdict.outcome {
             Ok(admitted) => {
+                if let Some(gate) = &self.fairness {
+                    let weight = snapshot
+                        .routes
+                        .get(admitted.route_index)
+                        .map_or(1, |r| r.weight);
+                    match gate
+                        .acquire(admitted.route.tenant.as_str(), weight, &self.metrics)
+                        .await
+                    {
+                        Some(slot) => ctx.fair_slot = Some(slot),
+                        None => {
+                            ctx.admitted = Some(admitted);
+                            return self.refuse(session, ctx, Refusal::Overloaded).await;
+                        }
+                    }
+                }
                 ctx.request_scan = admitted.route.inspection.as_ref().and_then(|i| {
                     BodyScan::planned(i, BodyDirection::Request, &admitted.request_body)
                 });

@@ -20,6 +20,7 @@ use portcullis_policy::{Config, ListenerConfig, UpstreamName};
 use crate::assertion::AssertionSigner;
 use crate::audit::{AuditJobs, AuditTrail};
 use crate::connections::{self, ListenerService};
+use crate::fairness::FairGate;
 use crate::metrics::{Metrics, OpsEndpoint};
 use crate::proxy::Gateway;
 use crate::reload::{file_digest, Reloader};
@@ -224,9 +225,16 @@ pub fn serve(
     snapshot.load().key_sets.spawn_refresher(metrics.clone())?;
 
     let threads = server_conf_threads(&server);
+    // One cap for every listener; like the listeners, set at start.
+    let shared = Shared {
+        snapshot: snapshot.clone(),
+        metrics: metrics.clone(),
+        audit: audit.clone(),
+        fairness: snapshot.load().config.fairness.map(FairGate::new),
+    };
     for (index, listener) in listeners.iter().enumerate() {
         server.add_service(listener_service(
-            &server, listener, index, &snapshot, &metrics, &audit, threads,
+            &server, listener, index, &shared, threads,
         )?);
         tracing::info!(
             listener = %listener.name,
@@ -307,22 +315,30 @@ fn server_conf_threads(server: &Server) -> usize {
 /// One listener as its own service: its accept loop (`connections`) over its own proxy
 /// instance, which carries the listener's HTTP and HTTP/2 options. Handshakes read the
 /// listener's certificate and verifier from the current generation.
+/// What every listener's proxy shares.
+struct Shared {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
+    audit: Option<Arc<AuditTrail>>,
+    fairness: Option<Arc<FairGate>>,
+}
+
 fn listener_service(
     server: &Server,
     listener: &ListenerConfig,
     index: usize,
-    snapshot: &Arc<ArcSwap<Snapshot>>,
-    metrics: &Arc<Metrics>,
-    audit: &Option<Arc<AuditTrail>>,
+    shared: &Shared,
     threads: usize,
 ) -> Result<GenBackgroundService<ListenerService>, GatewayError> {
     let limits = &listener.connections;
+    let (snapshot, metrics) = (&shared.snapshot, &shared.metrics);
     let gateway = Gateway {
         snapshot: snapshot.clone(),
         metrics: metrics.clone(),
-        audit: audit.clone(),
+        audit: shared.audit.clone(),
         write_timeout: limits.write_timeout,
         refusal_lines: Default::default(),
+        fairness: shared.fairness.clone(),
     };
     let mut proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
     proxy.server_options = Some(connections::server_options(limits));

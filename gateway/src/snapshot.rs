@@ -102,10 +102,16 @@ impl Snapshot {
             Some(previous) => previous.audit.clone(),
             None => config.audit.clone(),
         };
+        let weights: HashMap<&str, u32> = config
+            .tenants
+            .iter()
+            .map(|t| (t.id.as_str(), t.limits.weight.map_or(1, |w| w.get())))
+            .collect();
         let routes = config
             .routes
             .iter()
             .map(|route| RouteState {
+                weight: weights.get(route.tenant.as_str()).copied().unwrap_or(1),
                 pool: pools.get(&route.upstream).cloned(),
                 headers: RouteHeaders::of(route),
                 series: RouteSeries::default(),
@@ -180,6 +186,8 @@ impl Snapshot {
 /// `route_index`) rather than by hashing its names on every request: its upstream pool, its
 /// headers to the upstream and its metric series.
 pub(crate) struct RouteState {
+    /// The route's tenant's `weight` (`fairness`).
+    pub weight: u32,
     pub pool: Option<Arc<Pool>>,
     pub headers: Option<RouteHeaders>,
     pub series: RouteSeries,

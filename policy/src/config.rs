@@ -48,6 +48,17 @@ pub struct Config {
     pub identity_assertion: Option<AssertionSettings>,
     /// The browser login's session cookies, if configured.
     pub sessions: Option<crate::authn::SessionSettings>,
+    /// A share of the gateway per tenant when it is saturated; `None`: no shared cap.
+    pub fairness: Option<Fairness>,
+}
+
+/// The `fairness` section: at most `max_in_flight` requests are served at once; the others
+/// wait (at most `queue_timeout`, then 503) in their tenant's queue, and each freed slot goes
+/// to the waiting tenant with the fewest requests in flight for its weight. Applied at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fairness {
+    pub max_in_flight: u32,
+    pub queue_timeout: Duration,
 }
 
 /// The identity assertion the gateway signs for upstreams (`identity_assertion`).

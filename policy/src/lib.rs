@@ -27,9 +27,9 @@ pub use authn::{
 pub use config::config_schema;
 pub use config::{
     AbuseLimits, AssertionSettings, AuditKey, AuditMode, AuditPostgres, AuditSettings, ClientAuth,
-    Config, ConfigError, ConfigProblem, ConnectionLimits, HealthCheckConfig, HttpSettings,
-    IssuerConfig, ListenerConfig, MetricsConfig, PostgresTls, ProxyProtocol, RefusalRecords,
-    SecretSource, TenantConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
+    Config, ConfigError, ConfigProblem, ConnectionLimits, Fairness, HealthCheckConfig,
+    HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig, PostgresTls, ProxyProtocol,
+    RefusalRecords, SecretSource, TenantConfig, TlsListenerConfig, UpstreamConfig, UpstreamTls,
 };
 pub use dlp::{
     Blocked, BodyDirection, BuiltinDetector, CustomPatternSpec, DetectorKind, DetectorName,

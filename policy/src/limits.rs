@@ -46,4 +46,7 @@ pub struct TenantLimits {
     pub max_in_flight: Option<NonZeroU32>,
     /// Largest request body accepted, in bytes.
     pub max_request_body: Option<u64>,
+    /// The tenant's share of the gateway when it is saturated (`fairness`), against the
+    /// other tenants' weights; `None` is 1.
+    pub weight: Option<NonZeroU32>,
 }

@@ -12,6 +12,7 @@ mod connections;
 mod demo;
 mod dlp;
 mod explain;
+mod fairness;
 mod harness;
 mod limits;
 mod observability;

@@ -404,6 +404,7 @@ fn declared() -> BTreeMap<String, BTreeSet<String>> {
         include_str!("../../gateway/src/metrics.rs"),
         include_str!("../../gateway/src/metrics/connections.rs"),
         include_str!("../../gateway/src/metrics/audit.rs"),
+        include_str!("../../gateway/src/metrics/fairness.rs"),
     ]
     .concat();
     let src = src.as_str();

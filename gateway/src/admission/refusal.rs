@@ -90,6 +90,9 @@ pub enum Refusal {
     Unredactable(BodyDirection),
     /// Fail-closed audit: the admission record could not be made durable.
     AuditUnavailable,
+    /// `fairness`: the gateway was full and no slot came free for the tenant within
+    /// `queue_timeout`.
+    Overloaded,
     /// Every target of the route's upstream pool is unhealthy.
     NoHealthyUpstream,
     /// The upstream could not be reached, or failed mid-exchange.
@@ -144,7 +147,7 @@ impl Refusal {
             Refusal::Uninspectable(_)
             | Refusal::Undecodable(..)
             | Refusal::UnsupportedContentType(_) => 415,
-            Refusal::AuditUnavailable | Refusal::NoHealthyUpstream => 503,
+            Refusal::AuditUnavailable | Refusal::NoHealthyUpstream | Refusal::Overloaded => 503,
             Refusal::Internal => 500,
         }
     }
@@ -186,6 +189,7 @@ impl Refusal {
             Refusal::UpgradeRefused => "upgrade_refused",
             Refusal::DlpBlocked(..) | Refusal::Unredactable(_) => "dlp_blocked",
             Refusal::AuditUnavailable => "audit_unavailable",
+            Refusal::Overloaded => "overloaded",
             Refusal::NoHealthyUpstream => "upstream_unavailable",
             Refusal::UpstreamFailed => "bad_gateway",
             Refusal::Internal => "internal_error",
@@ -240,6 +244,7 @@ impl Refusal {
                 "the request cannot be recorded right now; try again later"
             }
             Refusal::NoHealthyUpstream => "no healthy upstream target",
+            Refusal::Overloaded => "the gateway is at capacity; try again shortly",
             Refusal::UpstreamFailed => "upstream failed",
             Refusal::Malformed => "malformed request",
             Refusal::Internal => "internal error",
@@ -296,6 +301,7 @@ impl Refusal {
             | Refusal::UpgradeRefused
             | Refusal::Unredactable(_) => "dlp_refused",
             Refusal::AuditUnavailable => "audit_unavailable",
+            Refusal::Overloaded => "overloaded",
             Refusal::NoHealthyUpstream => "no_upstream",
             Refusal::UpstreamFailed => "upstream_failed",
             Refusal::Internal => "error",
@@ -351,6 +357,7 @@ impl Refusal {
                 return headers;
             }
             Refusal::TokenRequired => return vec![("www-authenticate", REALM.to_owned())],
+            Refusal::Overloaded => return vec![("retry-after", "1".to_owned())],
             Refusal::TokenRefused(e) if *e != TokenError::KeysUnavailable => {
                 return vec![(
                     "www-authenticate",

@@ -69,6 +69,8 @@ pub(crate) struct RequestCtx {
     pub(super) upstream: Option<SocketAddr>,
     /// A renewed session cookie to send with the response.
     pub(super) set_cookie: Option<String>,
+    /// The request's slot under `fairness`, held until the request ends.
+    pub(super) fair_slot: Option<crate::fairness::FairSlot>,
     /// When the connection reaches its listener's `max_connection_age`.
     pub(super) connection_deadline: Option<std::time::Instant>,
     /// The upstream answered 101: the exchange is now frames both ways (WebSocket).
@@ -98,6 +100,7 @@ impl RequestCtx {
             response_scan: None,
             upstream: None,
             set_cookie: None,
+            fair_slot: None,
             connection_deadline: None,
             upgraded: false,
             cut_at_max_age: false,

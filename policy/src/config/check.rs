@@ -17,11 +17,11 @@ use ipnet::IpNet;
 
 use super::locate::Locations;
 use super::raw::{
-    RawAssertion, RawConfig, RawHealthCheck, RawHttp, RawIssuer, RawListener, RawSessions,
-    RawUpstream, RawUpstreamTls,
+    RawAssertion, RawConfig, RawFairness, RawHealthCheck, RawHttp, RawIssuer, RawListener,
+    RawSessions, RawUpstream, RawUpstreamTls,
 };
 use super::{
-    AssertionSettings, AuditKey, ClientAuth, Config, ConfigProblem, HealthCheckConfig,
+    AssertionSettings, AuditKey, ClientAuth, Config, ConfigProblem, Fairness, HealthCheckConfig,
     HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig, TlsListenerConfig, UpstreamConfig,
     UpstreamTls,
 };
@@ -162,6 +162,7 @@ pub(crate) fn check(
         sessions: false,
     };
     let http = c.http(raw.http.as_ref());
+    let fairness = raw.fairness.as_ref().map(|f| c.fairness(f));
     c.stripped = http.strip.clone();
     let listeners = c.listeners(&raw.listeners);
     let metrics = c.metrics(&raw, &listeners);
@@ -183,6 +184,7 @@ pub(crate) fn check(
             tenants,
             audit,
             http,
+            fairness,
             identity_assertion,
             sessions,
         })
@@ -404,6 +406,26 @@ impl Checker<'_> {
             );
         }
         MetricsConfig { address }
+    }
+
+    fn fairness(&mut self, raw: &RawFairness) -> Fairness {
+        let queue_timeout = raw.queue_timeout.unwrap_or(Duration::from_secs(1));
+        if !(1..=1_000_000).contains(&raw.max_in_flight) {
+            self.at_value(
+                "fairness.max_in_flight",
+                "fairness: max_in_flight must be between 1 and 1000000".to_owned(),
+            );
+        }
+        if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&queue_timeout) {
+            self.at_value(
+                "fairness.queue_timeout",
+                "fairness: queue_timeout must be between 1ms and 60s".to_owned(),
+            );
+        }
+        Fairness {
+            max_in_flight: raw.max_in_flight,
+            queue_timeout,
+        }
     }
 
     fn http(&mut self, raw: Option<&RawHttp>) -> HttpSettings {

@@ -47,6 +47,9 @@ pub(crate) struct RawConfig {
     /// The browser login's session cookies (routes with `login`).
     #[serde(default)]
     pub(crate) sessions: Option<RawSessions>,
+    /// A share of the gateway for every tenant when it is saturated.
+    #[serde(default)]
+    pub(crate) fairness: Option<RawFairness>,
 }
 
 /// `identity_assertion`: a JWT the gateway signs for each upstream request, saying who called.
@@ -90,6 +93,25 @@ pub(crate) struct RawHttp {
     /// Bytes of one header line at most (default 8192; 431 above).
     #[serde(default)]
     pub(crate) max_header_line: Option<usize>,
+}
+
+/// `fairness`: requests beyond `max_in_flight` wait, per tenant, for a slot; a freed slot
+/// goes to the waiting tenant with the fewest requests in flight for its weight.
+#[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Fairness")
+)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFairness {
+    /// Requests served at once, all tenants together (1 to 1000000).
+    pub(crate) max_in_flight: u32,
+    /// How long a request may wait for a slot before it is refused 503 (default 1s; 1ms to
+    /// 60s).
+    #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
+    pub(crate) queue_timeout: Option<Duration>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -835,6 +857,10 @@ pub(crate) struct RawTenantLimits {
     /// Request body bytes at most (413 above).
     #[serde(default)]
     pub(crate) max_request_body: Option<u64>,
+    /// The tenant's share of the gateway's in-flight requests when `fairness` is on and the
+    /// gateway is full (default 1; 1 to 1000).
+    #[serde(default)]
+    pub(crate) weight: Option<u32>,
 }
 
 #[derive(Deserialize, Debug)]

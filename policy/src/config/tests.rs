@@ -565,6 +565,56 @@ tenants:
 ";
 
 #[test]
+fn fairness_and_weights_parse_and_nonsense_is_refused_with_lines() {
+    let config = parse(LIMITED).unwrap();
+    assert_eq!(config.fairness, None);
+    assert_eq!(config.tenants[0].limits.weight, None);
+    let text = format!(
+        "fairness: {{ max_in_flight: 64, queue_timeout: 250ms }}\n{}",
+        LIMITED.replace(
+            "      max_in_flight: 32\n",
+            "      max_in_flight: 32\n      weight: 3\n"
+        )
+    );
+    let config = parse(&text).unwrap();
+    let fairness = config.fairness.unwrap();
+    assert_eq!(
+        (fairness.max_in_flight, fairness.queue_timeout),
+        (64, Duration::from_millis(250))
+    );
+    assert_eq!(config.tenants[0].limits.weight.map(|w| w.get()), Some(3));
+    let defaulted = parse(&format!("fairness: {{ max_in_flight: 8 }}\n{LIMITED}")).unwrap();
+    assert_eq!(
+        defaulted.fairness.unwrap().queue_timeout,
+        Duration::from_secs(1)
+    );
+
+    assert_problem(
+        &format!("fairness: {{ max_in_flight: 0 }}\n{LIMITED}"),
+        "1:",
+        "max_in_flight must be between 1 and 1000000",
+    );
+    assert_problem(
+        &format!("fairness: {{ max_in_flight: 8, queue_timeout: 2m }}\n{LIMITED}"),
+        "1:",
+        "queue_timeout must be between 1ms and 60s",
+    );
+    assert_problem(
+        &format!("fairness: {{ max_in_flight: 8, queue: 1s }}\n{LIMITED}"),
+        "1:",
+        "unknown field `queue`",
+    );
+    assert_problem(
+        &LIMITED.replace(
+            "      max_in_flight: 32\n",
+            "      max_in_flight: 32\n      weight: 0\n",
+        ),
+        "15:",
+        "weight must be between 1 and 1000",
+    );
+}
+
+#[test]
 fn limits_parse_with_defaults() {
     let config = parse(LIMITED).unwrap();
     let limits = &config.tenants[0].limits;

@@ -266,6 +266,15 @@ impl Checker<'_> {
                 }
             },
         };
+        let weight = match l.weight {
+            None => None,
+            Some(w @ 1..=1000) => NonZeroU32::new(w),
+            Some(_) => {
+                let msg = format!("{what}: weight must be between 1 and 1000");
+                self.at_value(&format!("{p}.weight"), msg);
+                return None;
+            }
+        };
         if l.max_request_body == Some(0) {
             let msg = format!("{what}: max_request_body must be at least 1 byte");
             self.at_value(&format!("{p}.max_request_body"), msg);
@@ -277,6 +286,7 @@ impl Checker<'_> {
             per_source: per_source?,
             max_in_flight: max_in_flight?,
             max_request_body: l.max_request_body,
+            weight,
         })
     }
 

@@ -1,0 +1,120 @@
+//! `fairness`: with the gateway at `max_in_flight`, a tenant whose requests are slow (within
+//! its own limits) cannot make another tenant wait behind its queue — a freed slot goes to
+//! the tenant with the fewest requests in flight for its weight — and a request that waits
+//! past `queue_timeout` gets 503 `overloaded` with Retry-After.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+fn config(echo_port: u16, max_in_flight: u32, queue_timeout: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - name: public
+    address: 127.0.0.1:{{port}}
+    tls:
+      certificate: server.pem
+      private_key: server.key
+      client_auth: required
+      client_ca: ca.pem
+metrics:
+  address: 127.0.0.1:{{metrics}}
+fairness:
+  max_in_flight: {max_in_flight}
+  queue_timeout: {queue_timeout}
+upstreams:
+  - name: echo
+    targets: [127.0.0.1:{echo_port}]
+    read_timeout: 10s
+tenants:
+  - name: slow
+    limits: {{ weight: 1 }}
+    routes:
+      - name: slow
+        path_prefix: /slow
+        upstream: echo
+        access: [{{ id: anyone }}]
+  - name: quick
+    limits: {{ weight: 1 }}
+    routes:
+      - name: quick
+        path_prefix: /quick
+        upstream: echo
+        access: [{{ id: anyone }}]
+"#
+    )
+}
+
+/// `n` requests of one second each to /slow, each on its own connection, started together.
+fn slow_requests(pki: &Pki, port: u16, n: usize) -> Vec<std::thread::JoinHandle<u16>> {
+    (0..n)
+        .map(|i| {
+            let client = pki.client(Some("frontend"));
+            std::thread::spawn(move || {
+                let mut conn = client.connect(port).unwrap();
+                conn.request("GET", &format!("/slow/{i}"), &[("x-echo-delay-ms", "1000")])
+                    .map_or(0, |r| r.status)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_slow_tenant_at_the_cap_does_not_queue_another_tenant_behind_it() {
+    let pki = Pki::new();
+    let echo = Echo::start(pki.dir.path(), "fair");
+    let gw = Gateway::start(pki.dir.path(), &config(echo.port, 4, "10s"));
+    // Twelve one-second requests of `slow`: four in flight, eight waiting (three rounds).
+    let slow = slow_requests(&pki, gw.port, 12);
+    let queued = "portcullis_fairness_queued_requests{tenant=\"slow\"}";
+    gw.wait_metric(queued, 8.0);
+    // `quick` gets the first slot that frees (about a second), not the fourth round's.
+    let started = Instant::now();
+    let quick = pki
+        .client(Some("frontend"))
+        .get(gw.port, "/quick/x")
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(quick.status, 200);
+    assert!(
+        waited < Duration::from_millis(1900),
+        "quick waited {waited:?} (first in, first out would be about 3 s)"
+    );
+    let statuses: Vec<u16> = slow.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let m = gw.metrics();
+    assert!(
+        metric_value(
+            &m,
+            "portcullis_fairness_wait_seconds_count{tenant=\"quick\"}"
+        ) >= 1.0
+    );
+    assert_eq!(metric_value(&m, queued), 0.0);
+}
+
+#[test]
+fn a_request_that_waits_past_the_queue_timeout_gets_503_overloaded() {
+    let pki = Pki::new();
+    let echo = Echo::start(pki.dir.path(), "fair-timeout");
+    let gw = Gateway::start(pki.dir.path(), &config(echo.port, 2, "200ms"));
+    let slow = slow_requests(&pki, gw.port, 2);
+    gw.wait_metric("portcullis_requests_in_flight", 2.0);
+    let started = Instant::now();
+    let mut conn = pki.client(Some("frontend")).connect(gw.port).unwrap();
+    let refused = conn.request("GET", "/quick/x", &[]).unwrap();
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.json()["error"], "overloaded");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(190), "{waited:?}");
+    for h in slow {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+    // Once the slots are free the same connection is served at once.
+    assert_eq!(conn.request("GET", "/quick/y", &[]).unwrap().status, 200);
+    assert_eq!(
+        gw.metric("portcullis_fairness_timeouts_total{tenant=\"quick\"}"),
+        1.0
+    );
+}
