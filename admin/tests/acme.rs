@@ -133,10 +133,10 @@ async fn lego_obtains_renews_and_revokes_with_eab() {
                 "--server",
                 &format!("https://localhost:{}/acme/directory", server.addr.port()),
                 "--eab",
-                "--kid",
-                &cred.kid,
-                "--hmac",
-                cred.expose_hmac(),
+                // `=`: a base64url kid or key may begin with '-', which a separate argument
+                // would make look like a flag.
+                &format!("--kid={}", cred.kid),
+                &format!("--hmac={}", cred.expose_hmac()),
                 "--email",
                 "ops@webco.test",
                 "--accept-tos",
@@ -192,16 +192,17 @@ async fn certbot_obtains_renews_and_revokes_with_eab() {
     };
     let directory = format!("https://localhost:{}/acme/directory", server.addr.port());
     let port_text = port.to_string();
+    // `=`: a base64url kid or key may begin with '-', which argparse would take for a flag.
+    let kid = format!("--eab-kid={}", cred.kid);
+    let hmac = format!("--eab-hmac-key={}", cred.expose_hmac());
     run(certbot(&[
         "certonly",
         "--agree-tos",
         "--register-unsafely-without-email",
         "--server",
         &directory,
-        "--eab-kid",
-        &cred.kid,
-        "--eab-hmac-key",
-        cred.expose_hmac(),
+        &kid,
+        &hmac,
         "--standalone",
         "--http-01-port",
         &port_text,

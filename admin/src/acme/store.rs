@@ -140,8 +140,17 @@ impl AcmeStore {
         let rng = SystemRandom::new();
         let mut id = [0u8; 12];
         let mut key = Zeroizing::new([0u8; 32]);
-        rng.fill(&mut id).map_err(|_| AdminError::Random)?;
-        rng.fill(key.as_mut()).map_err(|_| AdminError::Random)?;
+        // Neither the key id nor the key may begin with '-': pasted after `--eab-kid` or
+        // `--eab-hmac-key`, certbot's argument parser would take it for a flag.
+        // (base64url's first character is the first byte's top six bits; '-' is 62.)
+        let starts_with_dash = |bytes: &[u8]| bytes[0] >> 2 == 62;
+        loop {
+            rng.fill(&mut id).map_err(|_| AdminError::Random)?;
+            rng.fill(key.as_mut()).map_err(|_| AdminError::Random)?;
+            if !starts_with_dash(&id) && !starts_with_dash(key.as_ref()) {
+                break;
+            }
+        }
         let kid = super::jws::b64(&id);
         let sealed = self.seal.seal(&kid, key.as_ref())?;
         let expires_at = UNIX_EPOCH + Duration::from_secs(secs(now + ttl));
@@ -431,5 +440,24 @@ mod tests {
             .unwrap()
             .is_none());
         assert!(s.eab_mac_key(&cred.kid, now).unwrap().is_none(), "used");
+    }
+
+    #[test]
+    fn eab_credentials_never_begin_with_a_dash() {
+        // One draw in 64 would without the rule; 400 draws make a miss unlikely (~2e-3).
+        let dir = tempfile::tempdir().unwrap();
+        let s = AcmeStore::in_state_dir(dir.path()).unwrap();
+        for _ in 0..200 {
+            let cred = s
+                .create_eab(
+                    &"webco".parse().unwrap(),
+                    "webco-web",
+                    Duration::from_secs(60),
+                    SystemTime::now(),
+                )
+                .unwrap();
+            assert!(!cred.kid.starts_with('-'), "{}", cred.kid);
+            assert!(!cred.expose_hmac().starts_with('-'));
+        }
     }
 }
