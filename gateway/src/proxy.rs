@@ -389,7 +389,13 @@ impl ProxyHttp for Gateway {
         e: Box<Error>,
     ) -> Box<Error> {
         if let Some(pool) = ctx.pool() {
-            self.metrics.upstream_error(pool.name.as_str(), "connect");
+            let kind = match e.etype() {
+                &crate::upstream::IDENTITY_MISMATCH => "identity_mismatch",
+                ErrorType::InvalidCert => "certificate",
+                ErrorType::TLSHandshakeFailure => "tls",
+                _ => "connect",
+            };
+            self.metrics.upstream_error(pool.name.as_str(), kind);
         }
         e
     }

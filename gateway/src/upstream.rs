@@ -1,26 +1,23 @@
 //! Upstream pools: static targets chosen round robin among the healthy ones, active HTTP
-//! health checks, timeouts, and plain HTTP, TLS or mTLS to the upstream.
+//! health checks, timeouts, and plain HTTP, TLS or mTLS to the upstream (TLS made by
+//! [`connect`], which checks the upstream's name, SPIFFE ID or both).
+
+mod connect;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::utils::tls::{parse_x509, CertKey, WrappedX509};
 use pingora_http::RequestHeader;
 use pingora_load_balancing::health_check::HttpHealthCheck;
 use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{Backend, LoadBalancer};
 use portcullis_policy::{UpstreamConfig, UpstreamName};
 
-use crate::tls::{load_certs, load_key};
-use crate::GatewayError;
+use connect::TlsConnect;
+pub(crate) use connect::IDENTITY_MISMATCH;
 
-/// How the gateway talks TLS to one upstream.
-struct PeerTls {
-    server_name: String,
-    ca: Option<Arc<[WrappedX509]>>,
-    client: Option<Arc<CertKey>>,
-}
+use crate::GatewayError;
 
 /// One upstream pool, built from config and replaced whole on reload.
 pub(crate) struct Pool {
@@ -29,7 +26,7 @@ pub(crate) struct Pool {
     /// The pool's one target, when it has only one: there is nothing to choose, only its
     /// health to check (the balancer's selection costs more than the rest of the choice).
     single: Option<Backend>,
-    tls: Option<PeerTls>,
+    tls: Option<Arc<TlsConnect>>,
     connect_timeout: Duration,
     read_timeout: Duration,
     health_interval: Option<Duration>,
@@ -48,43 +45,20 @@ impl Pool {
                 .map_err(|e| GatewayError::Upstream(format!("upstream {}: {e}", config.name)))?;
         let tls = match &config.tls {
             None => None,
-            Some(tls) => Some(PeerTls {
-                server_name: tls.server_name.clone(),
-                ca: match &tls.ca {
-                    None => None,
-                    Some(path) => {
-                        // `load_certs` has parsed each certificate, so pingora's parser, which
-                        // panics on bad input, only ever sees well-formed DER.
-                        let certs = load_certs(path)?;
-                        Some(
-                            certs
-                                .into_iter()
-                                .map(|c| WrappedX509::new(c.as_ref().to_vec(), parse_x509))
-                                .collect::<Vec<_>>()
-                                .into(),
-                        )
-                    }
-                },
-                client: match &tls.client_cert {
-                    None => None,
-                    Some((cert, key)) => {
-                        // Checked as a pair so that a mismatch is a config error, not a failed
-                        // handshake on the first request.
-                        crate::tls::load_certified_key(cert, key)?;
-                        let chain = load_certs(cert)?.into_iter().map(|c| c.to_vec()).collect();
-                        let key = load_key(key)?.secret_der().to_vec();
-                        Some(Arc::new(CertKey::new(chain, key)))
-                    }
-                },
-            }),
+            Some(tls) => Some(Arc::new(TlsConnect::new(
+                config.name.as_str(),
+                tls,
+                config.connect_timeout,
+            )?)),
         };
         let health_interval = config.health_check.as_ref().map(|hc| hc.interval);
         if let Some(hc) = &config.health_check {
-            let host = tls
+            let host = config
+                .tls
                 .as_ref()
-                .map(|t| t.server_name.as_str())
+                .and_then(|t| t.server_name.as_deref())
                 .unwrap_or("localhost");
-            let mut check = HttpHealthCheck::new(host, tls.is_some());
+            let mut check = HttpHealthCheck::new(host, false);
             let mut req = RequestHeader::build("GET", hc.path.as_bytes(), None)
                 .map_err(|e| GatewayError::Upstream(format!("upstream {}: {e}", config.name)))?;
             req.insert_header("Host", host)
@@ -95,8 +69,8 @@ impl Pool {
             check.peer_template.options.connection_timeout = Some(config.connect_timeout);
             check.peer_template.options.read_timeout = Some(config.read_timeout.min(hc.interval));
             if let Some(tls) = &tls {
-                check.peer_template.options.ca = tls.ca.clone();
-                check.peer_template.client_cert_key = tls.client.clone();
+                check.peer_template.options.custom_l4 = Some(tls.clone());
+                check.peer_template.group_key = tls.group;
             }
             balancer.set_health_check(Box::new(check));
         }
@@ -123,15 +97,12 @@ impl Pool {
             None => self.balancer.select(b"", 256)?,
         };
         let addr = *backend.addr.as_inet()?;
-        let mut peer = match &self.tls {
-            None => HttpPeer::new(addr, false, String::new()),
-            Some(tls) => {
-                let mut peer = HttpPeer::new(addr, true, tls.server_name.clone());
-                peer.options.ca = tls.ca.clone();
-                peer.client_cert_key = tls.client.clone();
-                peer
-            }
-        };
+        // Over TLS too pingora sees plain HTTP: the TLS stream is made by `TlsConnect`.
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        if let Some(tls) = &self.tls {
+            peer.options.custom_l4 = Some(tls.clone());
+            peer.group_key = tls.group;
+        }
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);
         Some(peer)

@@ -1,8 +1,9 @@
 //! The TLS both planes speak: one restricted crypto provider, PEM loading, the swappable server
-//! certificate and the swappable client verifier.
+//! certificate, the swappable client verifier, and a server verifier by name or SPIFFE ID.
 
 mod pem;
 mod resolver;
+mod server_identity;
 mod verifier;
 
 use std::sync::{Arc, OnceLock};
@@ -14,6 +15,9 @@ pub use pem::{
     parse_crls, parse_private_key, root_store,
 };
 pub use resolver::ServerCertificate;
+pub use server_identity::{
+    is_identity_mismatch, IdentityMismatch, ServerIdentity, ServerIdentityVerifier,
+};
 pub use verifier::{
     webpki_client_verifier, ClientAuthMode, ClientVerifier, RefusalObserver, RefusalReason,
     Swappable, SwappableVerifier, UnknownRevocation, VerifierSource, VerifierState,

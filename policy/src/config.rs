@@ -435,8 +435,11 @@ pub struct UpstreamConfig {
 /// TLS settings towards an upstream.
 #[derive(Clone, Debug, PartialEq)]
 pub struct UpstreamTls {
-    /// Name to send in SNI and verify in the upstream's certificate.
-    pub server_name: String,
+    /// Name to send in SNI and verify in the upstream's certificate; `None` when the upstream
+    /// is known by its SPIFFE ID alone (no SNI is then sent).
+    pub server_name: Option<String>,
+    /// The upstream certificate's SPIFFE ID must match one of these (empty: not checked).
+    pub spiffe_id: Vec<portcullis_identity::SpiffeIdPattern>,
     /// CA bundle to verify the upstream with; `None` for the webpki roots.
     pub ca: Option<PathBuf>,
     /// Client certificate and key presented to the upstream: `(certificate, key)`.

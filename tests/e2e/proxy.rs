@@ -483,3 +483,67 @@ fn upstream_mtls_carries_the_gateway_identity() {
         Some("spiffe://test.portcullis.local/ns/edge/sa/gateway")
     );
 }
+
+/// A mesh upstream known by its SPIFFE ID alone: its certificate has no DNS name. The gateway
+/// checks the ID it was told to expect, and a workload of the same trust domain showing another
+/// ID is refused (502) and counted apart as `identity_mismatch`.
+#[test]
+fn an_upstream_is_checked_by_its_spiffe_id() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let mut spec = portcullis_ca::dev::LeafSpec::client(
+        "api",
+        Some("spiffe://test.portcullis.local/ns/backend/sa/api"),
+        std::time::Duration::from_secs(86400),
+    );
+    spec.server_auth = true;
+    pki.ca.issue(&spec).unwrap().write(d, "mesh-api").unwrap();
+    let echo = Echo::start(d, "inner");
+    let inner = Gateway::start(
+        d,
+        &base_config(echo.port)
+            .replace("certificate: server.pem", "certificate: mesh-api.pem")
+            .replace("private_key: server.key", "private_key: mesh-api.key"),
+    );
+    let outer = |tls: &str| {
+        Gateway::start(
+            d,
+            &base_config(inner.port).replace(
+                "    read_timeout: 5s\n",
+                &format!("    read_timeout: 5s\n    tls:\n{tls}      ca: ca.pem\n      client_certificate: gateway.pem\n      client_key: gateway.key\n"),
+            ),
+        )
+    };
+    let by_id = outer("      spiffe_id: [spiffe://test.portcullis.local/ns/backend/sa/api]\n");
+    let by_pattern = outer("      spiffe_id: [spiffe://test.portcullis.local/ns/backend/**]\n");
+    let wrong_id = outer("      spiffe_id: [spiffe://test.portcullis.local/ns/backend/sa/db]\n");
+    // The name is checked besides the ID when both are given: this certificate has no name.
+    let with_name = outer(
+        "      server_name: localhost\n      spiffe_id: [spiffe://test.portcullis.local/ns/backend/sa/api]\n",
+    );
+    let client = pki.client(Some("frontend"));
+    for gw in [&by_id, &by_pattern] {
+        let resp = client.get(gw.port, "/public/mesh").unwrap();
+        assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+        assert_eq!(
+            echoed_header(&resp, "x-portcullis-spiffe-id").as_deref(),
+            Some("spiffe://test.portcullis.local/ns/edge/sa/gateway"),
+            "the upstream saw the gateway's client certificate"
+        );
+    }
+    // Several requests, so that a reused connection would show.
+    for _ in 0..3 {
+        assert_eq!(client.get(by_id.port, "/public/again").unwrap().status, 200);
+    }
+    let resp = client.get(wrong_id.port, "/public/mesh").unwrap();
+    assert_eq!(resp.status, 502, "{}", String::from_utf8_lossy(&resp.body));
+    let mismatch = r#"portcullis_upstream_errors_total{kind="identity_mismatch",upstream="echo"}"#;
+    assert!(metric_value(&wrong_id.wait_metric(mismatch, 1.0), mismatch) >= 1.0);
+    assert_eq!(
+        client.get(with_name.port, "/public/mesh").unwrap().status,
+        502
+    );
+    let certificate = r#"portcullis_upstream_errors_total{kind="certificate",upstream="echo"}"#;
+    assert!(metric_value(&with_name.wait_metric(certificate, 1.0), certificate) >= 1.0);
+    assert_eq!(wrong_id.metric(certificate), 0.0);
+}

@@ -555,15 +555,35 @@ impl Checker<'_> {
     }
 
     fn upstream_tls(&mut self, p: &str, what: &str, t: &RawUpstreamTls) -> UpstreamTls {
-        let sn = &t.server_name;
-        if sn.is_empty()
-            || sn
-                .bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-        {
-            self.at_value(
-                &format!("{p}.server_name"),
-                format!("{what}: server_name `{sn}` is not a valid host name"),
+        if let Some(sn) = &t.server_name {
+            if sn.is_empty()
+                || sn
+                    .bytes()
+                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            {
+                self.at_value(
+                    &format!("{p}.server_name"),
+                    format!("{what}: server_name `{sn}` is not a valid host name"),
+                );
+            }
+        }
+        let spiffe_id = self
+            .condition(p, what, "spiffe_id", &t.spiffe_id, |s| {
+                s.parse::<portcullis_identity::SpiffeIdPattern>()
+                    .map_err(|e| format!("`{s}`: {e}"))
+            })
+            .flatten()
+            .unwrap_or_default();
+        if t.server_name.is_none() && t.spiffe_id.is_none() {
+            self.at_key(
+                p,
+                format!("{what}: tls needs `server_name`, `spiffe_id` or both: who the upstream must be"),
+            );
+        }
+        if t.spiffe_id.is_some() && t.ca.is_none() {
+            self.at_key(
+                &format!("{p}.spiffe_id"),
+                format!("{what}: `spiffe_id` needs `ca`, the trust bundle of the upstream's trust domain (public roots vouch for no SPIFFE ID)"),
             );
         }
         let ca =
@@ -601,7 +621,8 @@ impl Checker<'_> {
             );
         }
         UpstreamTls {
-            server_name: sn.clone(),
+            server_name: t.server_name.clone(),
+            spiffe_id,
             ca,
             client_cert,
             issuer,

@@ -568,8 +568,14 @@ pub(crate) struct RawUpstream {
 )]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawUpstreamTls {
-    /// The name the upstream's certificate must carry.
-    pub(crate) server_name: String,
+    /// The name sent in SNI that the upstream's certificate must carry. At least one of
+    /// `server_name` and `spiffe_id` is required; with both, both are checked.
+    #[serde(default)]
+    pub(crate) server_name: Option<String>,
+    /// SPIFFE ID patterns (`spiffe://td/path`, `*` one segment, `**` the rest): the upstream's
+    /// certificate must carry exactly one SPIFFE ID, matching one of them. Needs `ca`.
+    #[serde(default)]
+    pub(crate) spiffe_id: Option<Vec<String>>,
     /// Trust anchors for the upstream's certificate.
     #[serde(default)]
     pub(crate) ca: Option<PathBuf>,

@@ -131,7 +131,8 @@ fn full_example_parses() {
     assert_eq!(echo.connect_timeout, Duration::from_secs(2));
     assert_eq!(echo.read_timeout, Duration::from_secs(30));
     let tls = echo.tls.as_ref().unwrap();
-    assert_eq!(tls.server_name, "echo.internal");
+    assert_eq!(tls.server_name.as_deref(), Some("echo.internal"));
+    assert!(tls.spiffe_id.is_empty());
     assert_eq!(
         tls.ca.as_deref(),
         Some(Path::new("/srv/gw/certs/upstream-ca.pem"))
@@ -1220,4 +1221,54 @@ fn the_readme_proxy_protocol_example_parses() {
     let config = parse(&readme[start..end]).unwrap_or_else(|e| panic!("{e}"));
     let pp = config.listeners[0].connections.proxy_protocol.as_ref();
     assert_eq!(pp.map(|pp| pp.from.len()), Some(1));
+}
+
+#[test]
+fn upstream_tls_names_its_server_by_spiffe_id_name_or_both() {
+    let by_id = parse(&edit(
+        "      server_name: echo.internal\n",
+        "      spiffe_id: [spiffe://example.org/ns/prod/sa/echo, spiffe://example.org/ns/canary/**]\n",
+    ))
+    .unwrap();
+    let tls = by_id.upstreams[0].tls.as_ref().unwrap();
+    assert_eq!(tls.server_name, None);
+    assert_eq!(tls.spiffe_id.len(), 2);
+    let both = parse(&edit(
+        "      server_name: echo.internal\n",
+        "      server_name: echo.internal\n      spiffe_id: [spiffe://example.org/ns/prod/sa/echo]\n",
+    ))
+    .unwrap();
+    let tls = both.upstreams[0].tls.as_ref().unwrap();
+    assert_eq!(tls.server_name.as_deref(), Some("echo.internal"));
+    assert_eq!(tls.spiffe_id.len(), 1);
+
+    assert_problem(
+        &edit("      server_name: echo.internal\n", ""),
+        "25:5",
+        "tls needs `server_name`, `spiffe_id` or both",
+    );
+    assert_problem(
+        &edit(
+            "      server_name: echo.internal\n",
+            "      spiffe_id: [spiffe://example.org/ns/*x/sa/echo]\n",
+        ),
+        "26:",
+        "spiffe_id `spiffe://example.org/ns/*x/sa/echo`",
+    );
+    assert_problem(
+        &edit(
+            "      server_name: echo.internal\n",
+            "      spiffe_id: []\n",
+        ),
+        "26:",
+        "`spiffe_id` is empty",
+    );
+    assert_problem(
+        &edit(
+            "      server_name: echo.internal\n      ca: certs/upstream-ca.pem\n",
+            "      spiffe_id: [spiffe://example.org/ns/prod/sa/echo]\n",
+        ),
+        "26:",
+        "`spiffe_id` needs `ca`",
+    );
 }

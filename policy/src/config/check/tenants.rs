@@ -914,7 +914,7 @@ impl Checker<'_> {
     }
 
     /// Parses one condition list. `Some(None)` when absent; `None` after reporting a problem.
-    fn condition<T>(
+    pub(super) fn condition<T>(
         &mut self,
         rule_path: &str,
         what: &str,
