@@ -52,6 +52,9 @@ pub(crate) struct AccessLine<'a> {
     pub version: &'a str,
     #[serde(rename = "http.status")]
     pub status: u16,
+    /// A gRPC call's status code.
+    #[serde(rename = "grpc.status", skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u8>,
     #[serde(rename = "authz.decision")]
     pub decision: &'a str,
     #[serde(rename = "authz.rule")]
@@ -214,6 +217,10 @@ impl AccessLine<'_> {
         string_field(out, b",\"http.version\":", self.version);
         out.extend_from_slice(b",\"http.status\":");
         out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
+        if let Some(code) = self.grpc_status {
+            out.extend_from_slice(b",\"grpc.status\":");
+            out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
+        }
         string_field(out, b",\"authz.decision\":", self.decision);
         string_field(out, b",\"authz.rule\":", self.rule);
         string_field(out, b",\"dlp.findings\":", self.dlp);

@@ -398,8 +398,8 @@ pub(crate) fn body_header(count: usize, first: Option<&str>) -> BodyHeader<'_> {
 
 /// The plan for a body in `direction` of a route with DLP, from its `Content-Type` and
 /// `Content-Encoding` (`header` reads one by lowercase name): repeated or unreadable ones
-/// are refused (400); an encoding we cannot decode is refused (415) unless the tenant says
-/// `unknown_encoding: pass`; a content type neither text-like nor multipart is scanned as
+/// are refused (400); an encoding we cannot decode (including compressed gRPC messages,
+/// `grpc-encoding`) is refused (415) unless the tenant says `unknown_encoding: pass`; a content type neither text-like nor multipart is scanned as
 /// bytes unless the tenant says `other_content: refuse` (415).
 pub(crate) fn plan_body<'a>(
     inspection: &RouteInspection,
@@ -416,9 +416,16 @@ pub(crate) fn plan_body<'a>(
     };
     let content_type = value("content-type")?;
     let content_encoding = value("content-encoding")?;
-    let codings = match Codings::parse(content_encoding) {
-        Ok(codings) => codings,
-        Err(_) => {
+    // gRPC messages compressed one by one (`grpc-encoding`) are not decoded: an encoding
+    // like any other that cannot be read.
+    let grpc_compressed =
+        value("grpc-encoding")?.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+    let codings = match Codings::parse(content_encoding)
+        .ok()
+        .filter(|_| !grpc_compressed)
+    {
+        Some(codings) => codings,
+        None => {
             return match inspection.limits.unknown_encoding {
                 UnknownEncoding::Pass => Ok(BodyPlan::Unscanned(Unscanned::UnknownEncoding)),
                 UnknownEncoding::Refuse => Err(Refusal::Uninspectable(direction)),
@@ -426,7 +433,9 @@ pub(crate) fn plan_body<'a>(
         }
     };
     let content = Content::of(content_type);
-    if content == Content::Bytes && inspection.limits.other_content == OtherContent::Refuse {
+    if matches!(content, Content::Bytes | Content::Grpc)
+        && inspection.limits.other_content == OtherContent::Refuse
+    {
         return Err(Refusal::UnsupportedContentType(direction));
     }
     Ok(BodyPlan::Scan(BodyFormat { codings, content }))

@@ -361,6 +361,7 @@ fn set(req: &mut RequestHeader, name: &'static str, value: &str) -> Result<()> {
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
 
 /// The constant of a header admission or body inspection asks for on every request or
 /// response, which skips parsing the name on each lookup.
@@ -372,6 +373,7 @@ pub(crate) fn known_header(name: &str) -> Option<HeaderName> {
         "content-type" => Some(header::CONTENT_TYPE),
         "content-encoding" => Some(header::CONTENT_ENCODING),
         "upgrade" => Some(header::UPGRADE),
+        "grpc-encoding" => Some(GRPC_ENCODING),
         _ => None,
     }
 }

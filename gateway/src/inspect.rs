@@ -80,6 +80,10 @@ pub enum Content {
     Bytes,
     /// `multipart/*`, part by part.
     Multipart { boundary: String },
+    /// gRPC (`application/grpc`, `+proto`…): length-prefixed messages, scanned as bytes. A
+    /// redaction would change a message's length under its prefix, so a `redact` finding
+    /// refuses the call instead (`unredactable`).
+    Grpc,
 }
 
 impl Content {
@@ -102,6 +106,9 @@ impl Content {
         let ends = |s: &str| {
             ct.len() >= s.len() && ct[ct.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
         };
+        if starts("application/grpc") && matches!(ct.get(16), None | Some(b'+')) {
+            return Content::Grpc;
+        }
         let text = ct.is_empty()
             || starts("text/")
             || is("application/json")
@@ -268,6 +275,8 @@ pub(crate) struct BodyInspector {
     passing: bool,
     /// Reasons found since the owner last looked.
     unscanned: Vec<Unscanned>,
+    /// Whether a redaction may be made (not in length-prefixed gRPC messages).
+    redactable: bool,
 }
 
 impl BodyInspector {
@@ -283,7 +292,7 @@ impl BodyInspector {
                 0,
                 limits.unknown_encoding == portcullis_policy::UnknownEncoding::Pass,
             ))),
-            Content::Text | Content::Bytes => Stage::Text(JsonEscapes::default()),
+            Content::Text | Content::Bytes | Content::Grpc => Stage::Text(JsonEscapes::default()),
         };
         Ok(Self {
             direction,
@@ -295,6 +304,7 @@ impl BodyInspector {
             scanned: 0,
             passing: false,
             unscanned: Vec::new(),
+            redactable: format.content != Content::Grpc,
         })
     }
 
@@ -382,6 +392,9 @@ impl BodyInspector {
             self.scanner.push(&view.view).map_err(blocked)?;
         }
         let redactions = self.scanner.take_redactions();
+        if !self.redactable && !redactions.is_empty() {
+            return Err(Refusal::Unredactable(direction));
+        }
         self.map
             .release(self.scanner.released(), redactions, out)
             .map_err(|_| Refusal::Unredactable(direction))?;

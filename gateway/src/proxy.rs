@@ -26,7 +26,7 @@ use crate::forwarding::{
 };
 use crate::inspect::{BodyScan, Unscanned};
 use crate::metrics::Metrics;
-use crate::record::{Exchange, Findings};
+use crate::record::{grpc_status, Exchange, Findings};
 
 mod body_watch;
 mod connection;
@@ -168,7 +168,7 @@ impl ProxyHttp for Gateway {
         if let Some(max) = ctx.admitted.as_ref().and_then(|a| a.max_request_body) {
             ctx.request_body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
             if ctx.request_body_bytes > max {
-                return Err(self.refused_midway(ctx, Refusal::BodyTooLarge));
+                return Err(self.refused_in_request_body(ctx, Refusal::BodyTooLarge));
             }
         }
         let Some(scan) = ctx.request_scan.as_mut() else {
@@ -183,7 +183,7 @@ impl ProxyHttp for Gateway {
                 *body = (!out.is_empty() || !end_of_stream).then(|| Bytes::from(out));
                 Ok(())
             }
-            Err(refusal) => Err(self.refused_midway(ctx, refusal)),
+            Err(refusal) => Err(self.refused_in_request_body(ctx, refusal)),
         }
     }
 
@@ -281,6 +281,10 @@ impl ProxyHttp for Gateway {
             // The client's choice must not make the upstream send what we cannot read.
             let accepted = decodable_accept_encoding(upstream);
             upstream.insert_header("accept-encoding", accepted)?;
+            // gRPC compresses messages inside the body (grpc-encoding), which is not decoded.
+            if upstream.headers.contains_key("grpc-accept-encoding") {
+                upstream.insert_header("grpc-accept-encoding", "identity")?;
+            }
         }
         Ok(())
     }
@@ -294,6 +298,10 @@ impl ProxyHttp for Gateway {
         if response.status == http::StatusCode::SWITCHING_PROTOCOLS {
             ctx.upgraded = true;
             self.metrics.upgrade_started(ctx.tenant());
+        }
+        // gRPC is HTTP/2 only: a headers-only answer carries its status here.
+        if session.as_downstream().is_http2() {
+            ctx.grpc_status = grpc_status(&response.headers);
         }
         let Some(inspection) = ctx.route.as_ref().and_then(|r| r.inspection.clone()) else {
             return Ok(());
@@ -364,6 +372,16 @@ impl ProxyHttp for Gateway {
             // off before the held-back match is released.
             Err(refusal) => Err(self.refused_midway(ctx, refusal)),
         }
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Box<RequestCtx>,
+    ) -> Result<()> {
+        ctx.grpc_status = grpc_status(trailers).or(ctx.grpc_status);
+        Ok(())
     }
 
     async fn response_filter(
@@ -465,6 +483,12 @@ impl ProxyHttp for Gateway {
             bytes_in: session.body_bytes_read() as u64,
             bytes_out: session.body_bytes_sent() as u64,
             duration: ctx.started.elapsed(),
+            grpc_status: ctx.grpc_status.or_else(|| {
+                ctx.refusal
+                    .as_ref()
+                    .filter(|_| refusals::is_grpc(session))
+                    .map(|r| refusals::grpc_code(r.status()))
+            }),
         };
         let findings = Findings::gather(ctx.request_scan.as_ref(), ctx.response_scan.as_ref());
         let summary = ctx.summary(session.req_header());

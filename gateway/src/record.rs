@@ -62,6 +62,13 @@ pub(crate) struct Exchange {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub duration: Duration,
+    /// A gRPC call's status: the upstream's, or the one a refusal answered with.
+    pub grpc_status: Option<u8>,
+}
+
+/// The `grpc-status` in a header block, if it is a number.
+pub(crate) fn grpc_status(headers: &http::HeaderMap) -> Option<u8> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 /// The DLP findings of a request's bodies, counted in the metrics once (after the access
@@ -146,6 +153,7 @@ impl Summary<'_> {
             path_bytes,
             version: http_version(self.http_version),
             status: exchange.status,
+            grpc_status: exchange.grpc_status,
             decision: self.outcome.label,
             rule: self.outcome.rule.unwrap_or("-"),
             dlp,

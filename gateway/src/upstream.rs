@@ -7,17 +7,21 @@ mod connect;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use pingora_load_balancing::health_check::HttpHealthCheck;
 use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{Backend, LoadBalancer};
-use portcullis_policy::{UpstreamConfig, UpstreamName};
+use portcullis_policy::{UpstreamConfig, UpstreamName, UpstreamProtocol};
 
 use connect::TlsConnect;
 pub(crate) use connect::IDENTITY_MISMATCH;
 
 use crate::GatewayError;
+
+/// Requests sent at once on one HTTP/2 upstream connection before another is opened.
+const H2_STREAMS_PER_CONNECTION: usize = 100;
 
 /// One upstream pool, built from config and replaced whole on reload.
 pub(crate) struct Pool {
@@ -27,6 +31,7 @@ pub(crate) struct Pool {
     /// health to check (the balancer's selection costs more than the rest of the choice).
     single: Option<Backend>,
     tls: Option<Arc<TlsConnect>>,
+    protocol: UpstreamProtocol,
     connect_timeout: Duration,
     read_timeout: Duration,
     health_interval: Option<Duration>,
@@ -48,6 +53,7 @@ impl Pool {
             Some(tls) => Some(Arc::new(TlsConnect::new(
                 config.name.as_str(),
                 tls,
+                config.protocol,
                 config.connect_timeout,
             )?)),
         };
@@ -72,6 +78,9 @@ impl Pool {
                 check.peer_template.options.custom_l4 = Some(tls.clone());
                 check.peer_template.group_key = tls.group;
             }
+            if config.protocol == UpstreamProtocol::Http2 {
+                check.peer_template.options.alpn = ALPN::H2;
+            }
             balancer.set_health_check(Box::new(check));
         }
         let backends = balancer.backends().get_backend();
@@ -84,6 +93,7 @@ impl Pool {
             balancer,
             single,
             tls,
+            protocol: config.protocol,
             connect_timeout: config.connect_timeout,
             read_timeout: config.read_timeout,
             health_interval,
@@ -102,6 +112,12 @@ impl Pool {
         if let Some(tls) = &self.tls {
             peer.options.custom_l4 = Some(tls.clone());
             peer.group_key = tls.group;
+        }
+        if self.protocol == UpstreamProtocol::Http2 {
+            // HTTP/2 only (over TLS the ALPN offered is `h2` alone; in plaintext, h2c with
+            // prior knowledge), with requests multiplexed on each connection.
+            peer.options.alpn = ALPN::H2;
+            peer.options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
         }
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);

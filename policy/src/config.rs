@@ -415,6 +415,18 @@ pub struct MetricsConfig {
     pub address: SocketAddr,
 }
 
+/// The HTTP version spoken to an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (over TLS: ALPN `http/1.1`).
+    #[default]
+    Http1,
+    /// HTTP/2: over TLS by ALPN `h2` only, in plaintext with prior knowledge (h2c). gRPC needs it.
+    Http2,
+}
+
 /// One upstream service.
 #[derive(Clone, Debug, PartialEq)]
 pub struct UpstreamConfig {
@@ -428,6 +440,8 @@ pub struct UpstreamConfig {
     pub read_timeout: Duration,
     /// TLS to the upstream; `None` for plain HTTP.
     pub tls: Option<UpstreamTls>,
+    /// HTTP/1.1 or HTTP/2.
+    pub protocol: UpstreamProtocol,
     /// Active health checking, if configured.
     pub health_check: Option<HealthCheckConfig>,
 }

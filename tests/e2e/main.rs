@@ -13,6 +13,7 @@ mod demo;
 mod dlp;
 mod explain;
 mod fairness;
+mod grpc;
 mod harness;
 mod limits;
 mod observability;

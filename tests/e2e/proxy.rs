@@ -547,3 +547,39 @@ fn an_upstream_is_checked_by_its_spiffe_id() {
     assert!(metric_value(&with_name.wait_metric(certificate, 1.0), certificate) >= 1.0);
     assert_eq!(wrong_id.metric(certificate), 0.0);
 }
+
+/// `protocol: http2` to a TLS upstream (ALPN h2): an HTTP/1.1 caller is carried over HTTP/2.
+#[test]
+fn an_http1_caller_reaches_an_http2_upstream() {
+    let pki = Pki::new();
+    let echo = Echo::start(pki.dir.path(), "inner");
+    let inner = Gateway::start(pki.dir.path(), &base_config(echo.port));
+    let outer = Gateway::start(
+        pki.dir.path(),
+        &base_config(inner.port).replace(
+            "    read_timeout: 5s\n",
+            "    read_timeout: 5s\n    protocol: http2\n    tls:\n      server_name: localhost\n      ca: ca.pem\n      client_certificate: gateway.pem\n      client_key: gateway.key\n",
+        ),
+    );
+    let client = pki.client(Some("frontend"));
+    for i in 0..3 {
+        let resp = client.get(outer.port, &format!("/public/h2/{i}")).unwrap();
+        assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+        assert_eq!(
+            echoed_header(&resp, "x-portcullis-spiffe-id").as_deref(),
+            Some("spiffe://test.portcullis.local/ns/edge/sa/gateway")
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !inner
+        .proc
+        .log_text()
+        .contains("\"http.version\":\"HTTP/2.0\"")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the inner gateway saw no HTTP/2"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

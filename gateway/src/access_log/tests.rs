@@ -42,6 +42,7 @@ fn line(path: &str) -> AccessLine<'_> {
         path_bytes: None,
         version: "HTTP/1.1",
         status: 200,
+        grpc_status: None,
         decision: "allow",
         rule: "bench-client",
         dlp: "-",
@@ -58,6 +59,10 @@ fn a_suppressed_count_is_written_like_serde_writes_it() {
     let ours = by_hand(&l, t0, &mut seconds);
     assert_eq!(ours, by_serde(&l, t0));
     assert!(ours.contains(",\"log.suppressed\":17,"));
+    l.grpc_status = Some(7);
+    let ours = by_hand(&l, t0, &mut seconds);
+    assert_eq!(ours, by_serde(&l, t0));
+    assert!(ours.contains(",\"http.status\":200,\"grpc.status\":7,"));
 }
 
 #[test]

@@ -221,6 +221,26 @@ fn body_plans_follow_content_type_and_encoding_whatever_the_framing() {
         refused(&[("content-encoding", "gzip"), ("content-encoding", "br")]),
         (400, "ambiguous_body_header", "dlp_refused")
     );
+    // gRPC messages compressed one by one are not decoded: refused like any other encoding.
+    let grpc = ("content-type", "application/grpc");
+    assert_eq!(
+        refused(&[grpc, ("grpc-encoding", "gzip")]),
+        (415, "uninspectable_body", "dlp_refused")
+    );
+    assert_eq!(
+        refused(&[
+            grpc,
+            ("grpc-encoding", "identity"),
+            ("grpc-encoding", "gzip")
+        ]),
+        (400, "ambiguous_body_header", "dlp_refused")
+    );
+    assert_eq!(
+        plan(&[grpc, ("grpc-encoding", "identity")])
+            .unwrap()
+            .request_body,
+        scan("", Content::Grpc)
+    );
     assert_eq!(
         refused(&[
             ("content-type", "text/plain"),

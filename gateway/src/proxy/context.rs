@@ -75,6 +75,9 @@ pub(crate) struct RequestCtx {
     pub(super) connection_deadline: Option<std::time::Instant>,
     /// The upstream answered 101: the exchange is now frames both ways (WebSocket).
     pub(super) upgraded: bool,
+    /// A gRPC call's status as the upstream sent it (`grpc-status`, in the trailers or a
+    /// headers-only answer).
+    pub(super) grpc_status: Option<u8>,
     /// The upgraded exchange was cut at the connection's age limit.
     pub(super) cut_at_max_age: bool,
 }
@@ -103,6 +106,7 @@ impl RequestCtx {
             fair_slot: None,
             connection_deadline: None,
             upgraded: false,
+            grpc_status: None,
             cut_at_max_age: false,
         }
     }

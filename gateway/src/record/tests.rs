@@ -40,6 +40,7 @@ fn access_line_audit_record_and_metrics_name_the_same_caller_and_decision() {
         bytes_in: 10,
         bytes_out: 20,
         duration: Duration::from_millis(7),
+        grpc_status: None,
     };
     let line = serde_json::to_value(s.access_line(&exchange, "-")).unwrap();
     let event = s.audit_event(RequestStage::Completed, Some(&exchange), false, Vec::new());

@@ -19,7 +19,7 @@ use pingora_core::protocols::l4::stream::Stream;
 use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
 use pingora_core::{Error, ErrorType, Result};
 use portcullis_identity::{is_identity_mismatch, ServerIdentity, ServerIdentityVerifier};
-use portcullis_policy::UpstreamTls as TlsConfig;
+use portcullis_policy::{UpstreamProtocol, UpstreamTls as TlsConfig};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -49,6 +49,7 @@ impl TlsConnect {
     pub(crate) fn new(
         upstream: &str,
         tls: &TlsConfig,
+        protocol: UpstreamProtocol,
         timeout: Duration,
     ) -> Result<Self, GatewayError> {
         let bad =
@@ -79,7 +80,12 @@ impl TlsConnect {
                 .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
                 .map_err(|e| bad(&e))?,
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // One protocol offered: pingora cannot see what a virtual socket negotiated, so it
+        // speaks what the config says.
+        config.alpn_protocols = vec![match protocol {
+            UpstreamProtocol::Http1 => b"http/1.1".to_vec(),
+            UpstreamProtocol::Http2 => b"h2".to_vec(),
+        }];
         let server_name = match &tls.server_name {
             None => None,
             Some(name) => Some(ServerName::try_from(name.clone()).map_err(|e| bad(&e))?),

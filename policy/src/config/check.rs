@@ -547,6 +547,7 @@ impl Checker<'_> {
                     connect_timeout,
                     read_timeout,
                     tls,
+                    protocol: u.protocol,
                     health_check,
                 });
             }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::ClientAuth;
+use super::{ClientAuth, UpstreamProtocol};
 #[cfg(feature = "schema")]
 use portcullis_identity::schema::HumanDuration;
 
@@ -555,6 +555,9 @@ pub(crate) struct RawUpstream {
     /// TLS or mTLS to the upstream.
     #[serde(default)]
     pub(crate) tls: Option<RawUpstreamTls>,
+    /// `http1` (default) or `http2` (over TLS by ALPN, else h2c; needed for gRPC).
+    #[serde(default)]
+    pub(crate) protocol: UpstreamProtocol,
     /// An HTTP health check of each target.
     #[serde(default)]
     pub(crate) health_check: Option<RawHealthCheck>,

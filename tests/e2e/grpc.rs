@@ -1,0 +1,285 @@
+//! gRPC through the gateway: a real tonic client over mTLS, the standard gRPC health service
+//! (tonic-health: unary `Check`, server-streaming `Watch`) behind it over HTTP/2 (h2c, and
+//! over TLS with ALPN `h2` through a second gateway). Trailers arrive, streams stream, and what
+//! the gateway refuses is answered as a gRPC status the client can read.
+
+use std::time::Duration;
+
+use http::uri::PathAndQuery;
+use tokio_stream::StreamExt;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tonic_health::server::HealthReporter;
+
+use crate::harness::*;
+
+const CONFIG: &str = r#"
+listeners:
+  - name: public
+    address: 127.0.0.1:{port}
+    tls: { certificate: server.pem, private_key: server.key, client_auth: required, client_ca: ca.pem }
+metrics:
+  address: 127.0.0.1:{metrics}
+upstreams:
+  - name: grpc
+    targets: [127.0.0.1:{backend}]
+    protocol: http2
+    {tls}
+tenants:
+  - name: acme
+    dlp: { request: { card_number: block, us_ssn: redact } }
+    routes:
+      - name: check
+        path_prefix: /grpc.health.v1.Health/Check
+        upstream: grpc
+        access: [ { id: anyone } ]
+      - name: watch
+        path_prefix: /grpc.health.v1.Health/Watch
+        upstream: grpc
+        access:
+          - id: frontend
+            spiffe_id: [spiffe://test.portcullis.local/ns/app/sa/frontend]
+  - name: limited
+    limits: { rate: { requests: 1, per: 1h, burst: 1 } }
+    routes:
+      - name: limited
+        path_prefix: /limited.Orders/
+        upstream: grpc
+        access: [ { id: anyone } ]
+"#;
+
+/// The health service on loopback (h2c), with service `orders` serving.
+struct Backend {
+    port: u16,
+    reporter: HealthReporter,
+    /// Serves the backend for as long as the test holds it.
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Backend {
+    fn start() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (reporter, service) = tonic_health::server::health_reporter();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        rt.spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        rt.block_on(reporter.set_service_status("orders", tonic_health::ServingStatus::Serving));
+        Self {
+            port,
+            reporter,
+            _rt: rt,
+        }
+    }
+}
+
+fn config(backend: u16, tls: &str) -> String {
+    CONFIG
+        .replace("{backend}", &backend.to_string())
+        .replace("{tls}", tls)
+}
+
+/// A tonic channel to the gateway over mTLS as `client`.
+async fn channel(pki: &Pki, client: &str, port: u16) -> Channel {
+    let read = |name: &str| std::fs::read(pki.path(name)).unwrap();
+    let tls = ClientTlsConfig::new()
+        .domain_name("localhost")
+        .ca_certificate(Certificate::from_pem(read("ca.pem")))
+        .identity(Identity::from_pem(
+            read(&format!("{client}.pem")),
+            read(&format!("{client}.key")),
+        ));
+    Channel::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn check(service: &str) -> tonic::Request<HealthCheckRequest> {
+    tonic::Request::new(HealthCheckRequest {
+        service: service.to_owned(),
+    })
+}
+
+/// A unary call to any method path, with the health messages as its types.
+async fn call(channel: Channel, path: &'static str) -> Result<HealthCheckResponse, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    grpc.unary(
+        check("orders"),
+        PathAndQuery::from_static(path),
+        tonic_prost::ProstCodec::default(),
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn grpc_calls_stream_and_refusals_are_grpc_statuses() {
+    let pki = Pki::new();
+    let backend = Backend::start();
+    let gw = Gateway::start(pki.dir.path(), &config(backend.port, ""));
+    let rt = runtime();
+    rt.block_on(async {
+        let frontend = channel(&pki, "frontend", gw.port).await;
+        // Unary: the answer and the trailers (tonic fails a call whose grpc-status is lost).
+        let mut health = HealthClient::new(frontend.clone());
+        let answer = health.check(check("orders")).await.unwrap().into_inner();
+        assert_eq!(answer.status(), ServingStatus::Serving);
+        // The upstream's own error status passes through.
+        let unknown = health.check(check("nothing")).await.unwrap_err();
+        assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+
+        // Server streaming: each change arrives as it happens.
+        let mut stream = health.watch(check("orders")).await.unwrap().into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
+        assert_eq!(
+            first.unwrap().unwrap().unwrap().status(),
+            ServingStatus::Serving
+        );
+        backend
+            .reporter
+            .set_service_status("orders", tonic_health::ServingStatus::NotServing)
+            .await;
+        let next = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
+        assert_eq!(
+            next.expect("the change was streamed")
+                .unwrap()
+                .unwrap()
+                .status(),
+            ServingStatus::NotServing
+        );
+        drop(stream);
+
+        // A card number in a message on a DLP route: blocked, as PERMISSION_DENIED. Messages
+        // compressed by gRPC itself cannot be read, so they are refused (INVALID_ARGUMENT).
+        let leak = health
+            .check(check("card 4111 1111 1111 1111"))
+            .await
+            .unwrap_err();
+        assert_eq!(leak.code(), Code::PermissionDenied, "{leak:?}");
+        assert_eq!(
+            leak.metadata().get("portcullis-error").unwrap(),
+            "dlp_blocked"
+        );
+        let compressed = HealthClient::new(frontend.clone())
+            .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .check(check("orders"))
+            .await
+            .unwrap_err();
+        assert_eq!(compressed.code(), Code::InvalidArgument, "{compressed:?}");
+
+        // Denied by the access rules: PERMISSION_DENIED, with the request id in the message.
+        let other = channel(&pki, "other", gw.port).await;
+        let denied = HealthClient::new(other.clone())
+            .watch(check("orders"))
+            .await
+            .unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+        assert!(
+            denied.message().contains("request "),
+            "{}",
+            denied.message()
+        );
+        assert_eq!(
+            denied.metadata().get("portcullis-error").unwrap(),
+            "forbidden"
+        );
+        // No route: UNIMPLEMENTED.
+        let none = call(other.clone(), "/nowhere.Svc/Call").await.unwrap_err();
+        assert_eq!(none.code(), Code::Unimplemented, "{none:?}");
+        // Over the tenant's rate: the first call reaches the upstream (which has no such
+        // service), the second is RESOURCE_EXHAUSTED with Retry-After.
+        let first = call(other.clone(), "/limited.Orders/Get")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            first.code(),
+            Code::Unimplemented,
+            "from the upstream: {first:?}"
+        );
+        let limited = call(other, "/limited.Orders/Get").await.unwrap_err();
+        assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
+        assert!(limited.metadata().get("retry-after").is_some());
+    });
+    // The access log names each call's gRPC status.
+    for (route, status) in [
+        ("acme/check", "\"grpc.status\":0"),
+        ("acme/check", "\"grpc.status\":5"),
+        ("acme/watch", "\"grpc.status\":7"),
+        ("limited/limited", "\"grpc.status\":8"),
+    ] {
+        let route = format!("\"route.id\":\"{route}\"");
+        wait_for_line(&gw, |l| l.contains(&route) && l.contains(status));
+    }
+}
+
+#[test]
+fn grpc_over_tls_to_an_http2_upstream() {
+    // The second gateway is the TLS upstream (HTTP/2 by ALPN), in front of the health service.
+    let pki = Pki::new();
+    let backend = Backend::start();
+    let inner = Gateway::start(pki.dir.path(), &config(backend.port, ""));
+    let outer = Gateway::start(
+        pki.dir.path(),
+        &config(
+            inner.port,
+            "tls: { server_name: localhost, ca: ca.pem, client_certificate: frontend.pem, client_key: frontend.key }",
+        ),
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        let mut health = HealthClient::new(channel(&pki, "frontend", outer.port).await);
+        for _ in 0..3 {
+            let answer = health.check(check("orders")).await.unwrap().into_inner();
+            assert_eq!(answer.status(), ServingStatus::Serving);
+        }
+        let mut stream = health.watch(check("orders")).await.unwrap().into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
+        assert_eq!(
+            first.unwrap().unwrap().unwrap().status(),
+            ServingStatus::Serving
+        );
+    });
+    // Both hops were HTTP/2.
+    wait_for_line(&inner, |l| l.contains("\"http.version\":\"HTTP/2.0\""));
+}
+
+/// Waits (up to 5 s: the access log is written by its own thread) for a log line.
+fn wait_for_line(gw: &Gateway, found: impl Fn(&str) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = gw.proc.log_text();
+        if log.lines().any(&found) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "line not found in:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
