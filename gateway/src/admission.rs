@@ -414,13 +414,12 @@ pub(crate) fn plan_body<'a>(
         BodyHeader::One(v) => Ok(Some(v)),
         BodyHeader::Ambiguous => Err(Refusal::AmbiguousBodyHeader(direction, name)),
     };
-    let content_type = value("content-type")?;
-    let content_encoding = value("content-encoding")?;
+    let content = Content::of(value("content-type")?);
     // gRPC messages compressed one by one (`grpc-encoding`) are not decoded: an encoding
     // like any other that cannot be read.
-    let grpc_compressed =
-        value("grpc-encoding")?.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
-    let codings = match Codings::parse(content_encoding)
+    let grpc_compressed = content == Content::Grpc
+        && value("grpc-encoding")?.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+    let codings = match Codings::parse(value("content-encoding")?)
         .ok()
         .filter(|_| !grpc_compressed)
     {
@@ -432,7 +431,6 @@ pub(crate) fn plan_body<'a>(
             }
         }
     };
-    let content = Content::of(content_type);
     if matches!(content, Content::Bytes | Content::Grpc)
         && inspection.limits.other_content == OtherContent::Refuse
     {
