@@ -18,7 +18,7 @@ use pingora_core::listeners::TlsAccept;
 use pingora_core::protocols::tls::TlsRef;
 use portcullis_identity::{
     load_crls, root_store, webpki_client_verifier, ClientAuthMode, ClientVerifier, RefusalObserver,
-    RefusalReason, Serial, UnknownRevocation, VerifierSource,
+    RefusalReason, Serial, TrustDomainVerifier, UnknownRevocation, VerifierSource,
 };
 use portcullis_policy::{ClientAuth, ListenerConfig, TlsListenerConfig};
 use rustls::server::danger::ClientCertVerifier;
@@ -223,27 +223,34 @@ fn client_auth_mode(client_auth: ClientAuth) -> Option<ClientAuthMode> {
     }
 }
 
-/// The webpki verifier of a listener's settings; `None` when client certificates are off.
+/// The client-certificate verifier of a listener's settings (webpki over `client_ca`, or one
+/// webpki verifier per trust domain); `None` when client certificates are off.
 pub(crate) fn build_webpki_verifier(
     config: &TlsListenerConfig,
     crls: Vec<CertificateRevocationListDer<'static>>,
 ) -> Result<Option<Arc<dyn ClientCertVerifier>>, GatewayError> {
-    let Some(ca_path) = config.client_ca.as_deref() else {
-        return Ok(None);
-    };
     let Some(mode) = client_auth_mode(config.client_auth) else {
         return Ok(None);
     };
-    let roots = root_store(load_certs(ca_path)?, &ca_path.display().to_string())?;
     // The CA's CRL covers the leaves it issued. A leaf from an issuer without a CRL here has
     // unknown status and is accepted; a stale CRL still applies (the CA republishes it well
     // before nextUpdate, and refusing everyone because of it would be an outage).
-    let verifier = webpki_client_verifier(Arc::new(roots), crls, UnknownRevocation::Allow, mode)
-        .map_err(|e| {
-            let what = config.crl.as_deref().unwrap_or(ca_path);
+    let webpki = |bundle: &Path, crls: Vec<CertificateRevocationListDer<'static>>| {
+        let roots = root_store(load_certs(bundle)?, &bundle.display().to_string())?;
+        webpki_client_verifier(Arc::new(roots), crls, UnknownRevocation::Allow, mode).map_err(|e| {
+            let what = config.crl.as_deref().unwrap_or(bundle);
             GatewayError::Tls(format!("{}: {e}", what.display()))
-        })?;
-    Ok(Some(verifier))
+        })
+    };
+    if let Some(ca_path) = config.client_ca.as_deref() {
+        return webpki(ca_path, crls).map(Some);
+    }
+    let domains = config
+        .trust_domains
+        .iter()
+        .map(|td| Ok((td.name.clone(), webpki(&td.bundle, crls.clone())?)))
+        .collect::<Result<Vec<_>, GatewayError>>()?;
+    Ok(TrustDomainVerifier::new(domains).map(|v| Arc::new(v) as Arc<dyn ClientCertVerifier>))
 }
 
 /// Runs after a completed handshake (full or resumed): parses the verified leaf once into the

@@ -46,7 +46,7 @@ pub use tls::{
     load_crls, load_private_key, parse_certs, parse_crls, parse_private_key, provider, root_store,
     webpki_client_verifier, ClientAuthMode, ClientVerifier, IdentityMismatch, RefusalObserver,
     RefusalReason, ServerCertificate, ServerIdentity, ServerIdentityVerifier, Swappable,
-    SwappableVerifier, UnknownRevocation, VerifierSource, VerifierState,
+    SwappableVerifier, TrustDomainVerifier, UnknownRevocation, VerifierSource, VerifierState,
 };
 
 /// Shows a peer- or operator-supplied string safely in a message: at most 80 characters.

@@ -4,6 +4,7 @@
 mod pem;
 mod resolver;
 mod server_identity;
+mod trust_domains;
 mod verifier;
 
 use std::sync::{Arc, OnceLock};
@@ -18,6 +19,7 @@ pub use resolver::ServerCertificate;
 pub use server_identity::{
     is_identity_mismatch, IdentityMismatch, ServerIdentity, ServerIdentityVerifier,
 };
+pub use trust_domains::TrustDomainVerifier;
 pub use verifier::{
     webpki_client_verifier, ClientAuthMode, ClientVerifier, RefusalObserver, RefusalReason,
     Swappable, SwappableVerifier, UnknownRevocation, VerifierSource, VerifierState,

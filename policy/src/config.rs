@@ -361,14 +361,27 @@ pub struct TlsListenerConfig {
     pub private_key: PathBuf,
     /// Whether clients must present a certificate.
     pub client_auth: ClientAuth,
-    /// CA bundle client certificates are verified against; `None` only with [`ClientAuth::Off`].
+    /// CA bundle client certificates are verified against; `None` with [`ClientAuth::Off`] or
+    /// with `trust_domains`.
     pub client_ca: Option<PathBuf>,
+    /// Instead of `client_ca`: one bundle per SPIFFE trust domain, a client certificate
+    /// verified only against the bundle of its SPIFFE ID's trust domain.
+    pub trust_domains: Vec<TrustDomainBundle>,
     /// Certificate revocation list(s), PEM or DER, re-read whenever the file changes; client
     /// certificates it lists are refused at the handshake.
     pub crl: Option<PathBuf>,
     /// Where the certificate comes from when the gateway obtains and renews it itself:
     /// `certificate` and `private_key` are then where it keeps them.
     pub issuer: Option<IssuerConfig>,
+}
+
+/// The trust anchors of one SPIFFE trust domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustDomainBundle {
+    /// The trust domain, e.g. `example.org`.
+    pub name: String,
+    /// Its CA certificates (PEM).
+    pub bundle: PathBuf,
 }
 
 /// The Portcullis CA (its admin API) a listener obtains its certificate from, renewing it at

@@ -29,8 +29,8 @@ pub use config::{
     AbuseLimits, AssertionSettings, AuditKey, AuditMode, AuditPostgres, AuditSettings, ClientAuth,
     Config, ConfigError, ConfigProblem, ConnectionLimits, Fairness, HealthCheckConfig,
     HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig, PostgresTls, ProxyProtocol,
-    RefusalRecords, SecretSource, TenantConfig, TlsListenerConfig, UpstreamConfig,
-    UpstreamProtocol, UpstreamTls,
+    RefusalRecords, SecretSource, TenantConfig, TlsListenerConfig, TrustDomainBundle,
+    UpstreamConfig, UpstreamProtocol, UpstreamTls,
 };
 pub use dlp::{
     Blocked, BodyDirection, BuiltinDetector, CustomPatternSpec, DetectorKind, DetectorName,

@@ -16,6 +16,7 @@ mod fairness;
 mod grpc;
 mod harness;
 mod limits;
+mod mesh;
 mod observability;
 mod oidc;
 mod oidc_login;

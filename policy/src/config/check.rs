@@ -18,12 +18,12 @@ use ipnet::IpNet;
 use super::locate::Locations;
 use super::raw::{
     RawAssertion, RawConfig, RawFairness, RawHealthCheck, RawHttp, RawIssuer, RawListener,
-    RawSessions, RawUpstream, RawUpstreamTls,
+    RawSessions, RawTrustDomain, RawUpstream, RawUpstreamTls,
 };
 use super::{
     AssertionSettings, AuditKey, ClientAuth, Config, ConfigProblem, Fairness, HealthCheckConfig,
-    HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig, TlsListenerConfig, UpstreamConfig,
-    UpstreamTls,
+    HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig, TlsListenerConfig,
+    TrustDomainBundle, UpstreamConfig, UpstreamTls,
 };
 use crate::authn::SessionSettings;
 use crate::headers::StripList;
@@ -222,22 +222,37 @@ impl Checker<'_> {
             let tp = format!("{p}.tls");
             let certificate = self.file_path(&format!("{tp}.certificate"), &what, &tls.certificate);
             let private_key = self.file_path(&format!("{tp}.private_key"), &what, &tls.private_key);
+            let trust_domains = self.trust_domains(&tp, &what, tls.trust_domains.as_deref());
             let client_ca = match &tls.client_ca {
-                Some(ca) => Some(self.file_path(&format!("{tp}.client_ca"), &what, ca)),
-                None if tls.client_auth != ClientAuth::Off => {
+                Some(ca) => {
+                    if tls.trust_domains.is_some() {
+                        self.at_key(
+                            &format!("{tp}.trust_domains"),
+                            format!("{what}: give `client_ca` or `trust_domains`, not both"),
+                        );
+                    }
+                    Some(self.file_path(&format!("{tp}.client_ca"), &what, ca))
+                }
+                None if tls.client_auth != ClientAuth::Off && tls.trust_domains.is_none() => {
                     self.at_key(
                         &tp,
-                        format!("{what}: `client_ca` is required unless `client_auth` is `off`"),
+                        format!("{what}: `client_ca` (or `trust_domains`) is required unless `client_auth` is `off`"),
                     );
                     None
                 }
                 None => None,
             };
+            if tls.client_auth == ClientAuth::Off && tls.trust_domains.is_some() {
+                self.at_key(
+                    &format!("{tp}.trust_domains"),
+                    format!("{what}: `trust_domains` verifies client certificates, which `client_auth: off` does not ask for"),
+                );
+            }
             let crl = tls
                 .crl
                 .as_ref()
                 .map(|crl| self.file_path(&format!("{tp}.crl"), &what, crl));
-            if crl.is_some() && client_ca.is_none() {
+            if crl.is_some() && client_ca.is_none() && trust_domains.is_empty() {
                 self.at_value(
                     &format!("{tp}.crl"),
                     format!("{what}: `crl` needs client certificates (`client_ca`)"),
@@ -267,6 +282,7 @@ impl Checker<'_> {
                         private_key,
                         client_auth: tls.client_auth,
                         client_ca,
+                        trust_domains,
                         crl,
                         issuer,
                     },
@@ -628,6 +644,43 @@ impl Checker<'_> {
             client_cert,
             issuer,
         }
+    }
+
+    fn trust_domains(
+        &mut self,
+        tp: &str,
+        what: &str,
+        raw: Option<&[RawTrustDomain]>,
+    ) -> Vec<TrustDomainBundle> {
+        let Some(raw) = raw else {
+            return Vec::new();
+        };
+        let p = format!("{tp}.trust_domains");
+        if raw.is_empty() {
+            self.at_key(&p, format!("{what}: `trust_domains` is empty"));
+        }
+        let mut out = Vec::with_capacity(raw.len());
+        let mut seen = HashMap::new();
+        for (i, td) in raw.iter().enumerate() {
+            // A trust domain is what a SPIFFE ID names before its path.
+            if format!("spiffe://{}/x", td.name)
+                .parse::<portcullis_identity::SpiffeId>()
+                .map_or(true, |id| id.trust_domain() != td.name)
+            {
+                self.at_value(
+                    &format!("{p}[{i}].name"),
+                    format!("{what}: `{}` is not a SPIFFE trust domain (lower-case letters, digits, `.`, `-`, `_`)", td.name),
+                );
+            }
+            self.unique(&mut seen, td.name.clone(), format!("{p}[{i}].name"), || {
+                format!("{what}: trust domain `{}` is listed twice", td.name)
+            });
+            out.push(TrustDomainBundle {
+                name: td.name.clone(),
+                bundle: self.file_path(&format!("{p}[{i}].bundle"), what, &td.bundle),
+            });
+        }
+        out
     }
 
     fn health_check(&mut self, p: &str, what: &str, h: &RawHealthCheck) -> HealthCheckConfig {

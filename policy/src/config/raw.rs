@@ -467,6 +467,10 @@ pub(crate) struct RawListenerTls {
     /// Trust anchors for client certificates (PEM).
     #[serde(default)]
     pub(crate) client_ca: Option<PathBuf>,
+    /// Instead of `client_ca`: a bundle per SPIFFE trust domain; a client certificate is
+    /// verified only against the bundle of its SPIFFE ID's trust domain.
+    #[serde(default)]
+    pub(crate) trust_domains: Option<Vec<RawTrustDomain>>,
     /// A CRL (PEM) of revoked client certificates, re-read when it changes.
     #[serde(default)]
     pub(crate) crl: Option<PathBuf>,
@@ -561,6 +565,20 @@ pub(crate) struct RawUpstream {
     /// An HTTP health check of each target.
     #[serde(default)]
     pub(crate) health_check: Option<RawHealthCheck>,
+}
+
+#[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "TrustDomain")
+)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTrustDomain {
+    /// The trust domain, e.g. `example.org`.
+    pub(crate) name: String,
+    /// Its CA certificates (PEM).
+    pub(crate) bundle: PathBuf,
 }
 
 #[derive(Deserialize, Debug)]

@@ -1272,3 +1272,29 @@ fn upstream_tls_names_its_server_by_spiffe_id_name_or_both() {
         "`spiffe_id` needs `ca`",
     );
 }
+
+#[test]
+fn listener_trust_domains_replace_client_ca() {
+    let with_domains = edit(
+        "      client_auth: off\n",
+        "      trust_domains:\n        - { name: example.org, bundle: certs/example-org.pem }\n        - { name: partner.test, bundle: certs/partner.pem }\n",
+    );
+    let config = parse(&with_domains).unwrap();
+    let tls = &config.listeners[1].tls;
+    assert_eq!(tls.client_ca, None);
+    assert_eq!(tls.trust_domains.len(), 2);
+    assert_eq!(tls.trust_domains[1].name, "partner.test");
+    assert_eq!(
+        tls.trust_domains[1].bundle,
+        Path::new("/srv/gw/certs/partner.pem")
+    );
+    let twice = with_domains.replace("name: partner.test", "name: example.org");
+    assert_problem(&twice, "17:", "trust domain `example.org` is listed twice");
+    let bad = with_domains.replace("name: partner.test", "name: Partner.Test");
+    assert_problem(&bad, "17:", "is not a SPIFFE trust domain");
+    let off = edit(
+        "      client_auth: off\n",
+        "      client_auth: off\n      trust_domains: [ { name: example.org, bundle: b.pem } ]\n",
+    );
+    assert_problem(&off, "16:", "`client_auth: off` does not ask for");
+}
