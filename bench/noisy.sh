@@ -9,10 +9,19 @@
 # location, burst NOISY_LIMIT, nodelay, 429), one proxy at a time with the pinning of the other scenarios. Both load
 # generators run on the load core, and both tenants present the same client certificate from
 # the same address (the quiet tenant's connections are opened before the flood and kept).
+#
+# Then (HEAVY=0 skips it) the expensive-but-allowed neighbour: tenant `heavy`, its rate limit
+# far above what it sends (never refused), POSTs HEAVY_BYTES of JSON that its request DLP
+# rules scan in full (nothing matches) over HEAVY_CONNS keep-alive connections, as fast as
+# they are answered. The quiet tenant's open-loop latency is measured alone, then beside it,
+# for Portcullis with `fairness: { max_in_flight: FAIR_SLOTS }` (quiet and heavy weight 1
+# each), Portcullis without fairness, and nginx (the same body, no DLP).
 # Sets NOISY_LINES (the report's markdown).
 
 NOISY_PORT=$((BASE_PORT + 460))
 NOISY_METRICS_PORT=$((BASE_PORT + 910))
+HEAVY_PORT=$((BASE_PORT + 461))
+HEAVY_METRICS_PORT=$((BASE_PORT + 911))
 
 noisy_pcl_config() { # file [abuse]
   local abuse=${2:-"{}"}
@@ -115,6 +124,125 @@ noisy_target() { # name
   stop_bg "noisy-$name"
 }
 
+# --- the expensive-but-allowed neighbour --------------------------------------------------
+
+heavy_pcl_config() { # file [fairness section]
+  cat >"$1" <<YAML
+listeners:
+  - name: public
+    address: 127.0.0.1:$HEAVY_PORT
+    tls: { certificate: server.pem, private_key: server.key, client_auth: required, client_ca: ca.pem }
+    connections: { max_requests_per_connection: 1000000, max_connections_per_source: 10000 }
+metrics: { address: 127.0.0.1:$HEAVY_METRICS_PORT }
+shutdown: { grace_period: 1s }
+${2:-}
+upstreams:
+  - name: echo
+    targets: [127.0.0.1:$ECHO_PORT]
+tenants:
+  - name: quiet
+    limits: { weight: 1 }
+    routes:
+      - name: quiet
+        path_prefix: /quiet
+        upstream: echo
+        access: [{ id: bench-client, spiffe_id: [spiffe://bench.local/ns/bench/sa/client] }]
+  - name: heavy
+    limits:
+      weight: 1
+      rate: { requests: 10000000, per: 1s }
+      max_request_body: 1048576
+    dlp:
+      request: { card_number: block, us_ssn: redact, private_key: block, aws_secret_key: block }
+    routes:
+      - name: heavy
+        path_prefix: /heavy
+        upstream: echo
+        access: [{ id: bench-client, spiffe_id: [spiffe://bench.local/ns/bench/sa/client] }]
+YAML
+}
+
+# nginx keeps the whole body in memory (its default 16 KiB buffer would spill it to a file).
+heavy_nginx_config() { # file
+  write_nginx_config "$1" "$HEAVY_PORT" 1 off
+  sed -i -e "s|^  server {|  client_body_buffer_size $((HEAVY_BYTES + 1024));\n  server {|" "$1"
+}
+
+# HEAVY_BYTES of JSON that no DLP detector matches: order lines as in the POST scenario.
+heavy_body() { # file
+  python3 - "$1" "$HEAVY_BYTES" <<'PY'
+import sys
+path, size = sys.argv[1], int(sys.argv[2])
+head, tail = '{"order":{"id":"A-2048","customer":"heavy","items":[', '{"sku":"SKU-LAST","qty":1}]}}'
+items, i = [], 0
+while len(head) + sum(len(x) for x in items) + len(tail) < size - 80:
+    i += 1
+    items.append('{"sku":"SKU-%05d","qty":%d,"price":"19.99","note":"standard item"},' % (i, i % 50))
+body = head + "".join(items) + tail
+# Padded with spaces to the size exactly (a long run of letters could look like a key).
+pad = size - len(body) - len(',"memo":"}')
+body = body[:-1] + ',"memo":"' + " " * max(pad, 0) + '"}'
+open(path, "w").write(body)
+PY
+}
+
+heavy_target() { # name
+  local name=$1 dir="$WORK/heavy-$1" quiet heavy
+  mkdir -p "$dir"
+  cp "$WORK"/{ca.pem,server.pem,server.key} "$dir/"
+  case $name in
+    portcullis-fair)
+      heavy_pcl_config "$dir/portcullis.yaml" "fairness: { max_in_flight: $FAIR_SLOTS }"
+      start_bg "heavy-$name" "$dir/proxy.log" "${PIN_SUT[@]}" "$PCL" serve --config "$dir/portcullis.yaml"
+      ;;
+    portcullis)
+      heavy_pcl_config "$dir/portcullis.yaml"
+      start_bg "heavy-$name" "$dir/proxy.log" "${PIN_SUT[@]}" "$PCL" serve --config "$dir/portcullis.yaml"
+      ;;
+    nginx)
+      heavy_nginx_config "$dir/nginx.conf"
+      start_bg "heavy-$name" "$dir/proxy.log" "${PIN_SUT[@]}" "$NGINX" -e "$dir/nginx-error.log" -p "$dir" -c "$dir/nginx.conf"
+      ;;
+  esac
+  quiet="https://127.0.0.1:$HEAVY_PORT/quiet/item"
+  heavy="https://127.0.0.1:$HEAVY_PORT/heavy/item"
+  if ! wait_ok "$quiet" 100 "${TLS_ARGS[@]}"; then
+    HEAVY_ROWS+="| $name | did not start (see $dir/proxy.log) | | | | | |"$'\n'
+    stop_bg "heavy-$name"
+    return
+  fi
+  "${PIN_LOAD[@]}" "$LOAD" run "$quiet" "${TLS_ARGS[@]}" --rate "$QUIET_RATE" -c 16 \
+    --warmup 1s --duration "${NOISY_SECS}s" --json >"$dir/alone.json" 2>/dev/null || true
+  # The heavy tenant starts first and outlasts the quiet run. Its generator runs at the lowest
+  # priority, so that on the shared load core the quiet generator still sends on time and
+  # reads its answers at once: the quiet latency is the proxy's.
+  "${PIN_LOAD[@]}" nice -n 19 "$LOAD" run "$heavy" "${TLS_ARGS[@]}" -c "$HEAVY_CONNS" --body "$WORK/heavy.json" \
+    --duration "$((NOISY_SECS + 3))s" --json >"$dir/heavy.json" 2>/dev/null &
+  local load=$!
+  sleep 1
+  "${PIN_LOAD[@]}" "$LOAD" run "$quiet" "${TLS_ARGS[@]}" --rate "$QUIET_RATE" -c 16 \
+    --warmup 1s --duration "${NOISY_SECS}s" --json >"$dir/beside.json" 2>/dev/null || true
+  wait "$load" 2>/dev/null || true
+  local a_p50 a_p99 a_err b_p50 b_p99 b_err h_rps h_err r50 r99
+  read -r a_p50 a_p99 _ _ a_err <<<"$(noisy_figures "$dir/alone.json")"
+  read -r b_p50 b_p99 _ _ b_err <<<"$(noisy_figures "$dir/beside.json")"
+  read -r _ _ h_rps _ h_err <<<"$(noisy_figures "$dir/heavy.json")"
+  r50=$(awk -v a="$a_p50" -v b="$b_p50" 'BEGIN { if (a > 0) printf "%.2f×", b / a; else print "—" }')
+  r99=$(awk -v a="$a_p99" -v b="$b_p99" 'BEGIN { if (a > 0) printf "%.2f×", b / a; else print "—" }')
+  local mib
+  mib=$(awk -v r="$h_rps" -v b="$HEAVY_BYTES" 'BEGIN { if (r > 0) printf "%.0f", r * b / 1048576; else print "—" }')
+  HEAVY_ROWS+="| $name | $a_p50 / $a_p99 | $b_p50 / $b_p99 | $r50 / $r99 | $((a_err + b_err)) | $h_rps ($mib MiB/s) | $h_err |"$'\n'
+  log "expensive neighbour, $name: quiet alone p50/p99 $a_p50/$a_p99 ms, beside the heavy tenant $b_p50/$b_p99 ms ($r50 / $r99); heavy answered $h_rps/s, $h_err failed"
+  if [[ $name == portcullis* ]]; then
+    HEAVY_METRICS+="    # $name"$'\n'
+    HEAVY_METRICS+=$(curl -s "http://127.0.0.1:$HEAVY_METRICS_PORT/metrics" |
+      grep -E '^portcullis_(fairness_(queued_requests|timeouts_total|wait_seconds_(sum|count))|requests_total\{.*tenant="heavy")' |
+      sed 's/^/    /')
+    HEAVY_METRICS+=$'\n'
+  fi
+  stop_bg "heavy-$name"
+}
+
 NOISY_ROWS=""
 NOISY_METRICS=""
 log "noisy neighbour: quiet $QUIET_RATE req/s open loop, noisy flood $NOISY_CONNS connections (limit $NOISY_LIMIT/s), ${NOISY_SECS}s each"
@@ -131,3 +259,27 @@ $NOISY_ROWS
 Portcullis's counters after the flood (the noisy tenant's decisions, escalations, connections refused at accept):
 
 $NOISY_METRICS"
+
+if [[ $HEAVY == 1 ]]; then
+  HEAVY_ROWS=""
+  HEAVY_METRICS=""
+  heavy_body "$WORK/heavy.json"
+  log "expensive neighbour: quiet $QUIET_RATE req/s open loop, heavy $HEAVY_CONNS connections POSTing $HEAVY_BYTES bytes (DLP-scanned), fairness max_in_flight $FAIR_SLOTS, ${NOISY_SECS}s each"
+  heavy_target portcullis-fair
+  heavy_target portcullis
+  if [[ -z $NGINX_MISSING ]]; then
+    heavy_target nginx
+  fi
+  NOISY_LINES+="
+Beside an expensive but allowed tenant: tenant \`quiet\` as above; tenant \`heavy\` (rate limit 10M/s, never refused; request DLP: card_number, us_ssn, private_key, aws_secret_key, nothing matching) POSTs $(wc -c <"$WORK/heavy.json") bytes of JSON over $HEAVY_CONNS keep-alive connections as fast as they are answered. portcullis-fair: \`fairness: { max_in_flight: $FAIR_SLOTS }\`, quiet and heavy weight 1 each; portcullis: no fairness section; both without audit. nginx proxies the same body with no DLP (it has none), the body kept in memory (\`client_body_buffer_size\`). ${NOISY_SECS} s each; the quiet run beside the heavy tenant starts 1 s into it; both load generators share the load core, the heavy one at \`nice -n 19\`.
+
+| target | quiet alone p50 / p99 ms | quiet beside heavy p50 / p99 ms | beside / alone | quiet errors | heavy answered /s | heavy failures |
+|---|---:|---:|---:|---:|---:|---:|
+$HEAVY_ROWS
+Portcullis's fairness counters and the heavy tenant's requests after the run:
+
+$HEAVY_METRICS"
+else
+  NOISY_LINES+="
+The expensive-but-allowed neighbour: not measured (HEAVY=0)."
+fi

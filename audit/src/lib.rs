@@ -84,10 +84,10 @@ pub use error::AuditError;
 pub use head::{AuditHead, HeadTracker};
 pub use query::{query, tail, QueryFilter, Records};
 pub use record::{
-    audit_path, AdminAction, AuditEvent, AuditRecord, CaAction, CaEvent, Checkpoint, ConfigReload,
-    Decision, DlpFinding, PersonFacts, RateLimitOutcome, RecordKind, RequestEvent, RequestStage,
-    Retention, SuppressedRefusals, SuppressedSource, TruncatedPath, Truncation, GENESIS_HASH,
-    SCHEMA_VERSION,
+    audit_path, AbuseCaller, AbuseSummary, AdminAction, AuditEvent, AuditRecord, CaAction, CaEvent,
+    Checkpoint, ConfigReload, Decision, DlpFinding, ListenerAbuse, PersonFacts, RateLimitOutcome,
+    RecordKind, RequestEvent, RequestStage, Retention, SuppressedRefusals, SuppressedSource,
+    TruncatedPath, Truncation, GENESIS_HASH, SCHEMA_VERSION,
 };
 pub use signer::{
     key_id, publish_public_key, PublicKey, SignatureAlgorithm, Signer, SignerError, SoftwareSigner,

@@ -40,6 +40,9 @@
 //!   and verify.
 //! - Kind `refusals_suppressed` ([`SuppressedRefusals`]): how many records of refused requests
 //!   were not written in detail, per source, over an interval.
+//! - Kind `abuse_summary` ([`AbuseSummary`]): per listener, the connections slowed or closed
+//!   for their refusals and refused for their connection rate over an interval, with the
+//!   callers that did most of it.
 
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
@@ -89,6 +92,8 @@ pub enum RecordKind {
     ConfigReload(ConfigReload),
     /// Refusal records left out over budget, counted (`"kind":"refusals_suppressed"`).
     RefusalsSuppressed(SuppressedRefusals),
+    /// Abusive callers escalated against over an interval, counted (`"kind":"abuse_summary"`).
+    AbuseSummary(AbuseSummary),
     /// Written by the log itself after cutting a torn tail on open (`"kind":"truncation"`).
     Truncation(Truncation),
     /// Written by the log itself after deleting old segments; signed (`"kind":"retention"`).
@@ -106,6 +111,7 @@ impl RecordKind {
             RecordKind::Admin(_) => "admin",
             RecordKind::ConfigReload(_) => "config_reload",
             RecordKind::RefusalsSuppressed(_) => "refusals_suppressed",
+            RecordKind::AbuseSummary(_) => "abuse_summary",
             RecordKind::Truncation(_) => "truncation",
             RecordKind::Retention(_) => "retention",
             RecordKind::Checkpoint(_) => "checkpoint",
@@ -129,6 +135,8 @@ pub enum AuditEvent {
     ConfigReload(ConfigReload),
     /// Refusal records left out over budget, counted.
     RefusalsSuppressed(SuppressedRefusals),
+    /// Abusive callers escalated against, counted.
+    AbuseSummary(AbuseSummary),
 }
 
 impl From<AuditEvent> for RecordKind {
@@ -139,6 +147,7 @@ impl From<AuditEvent> for RecordKind {
             AuditEvent::Admin(a) => RecordKind::Admin(a),
             AuditEvent::ConfigReload(c) => RecordKind::ConfigReload(c),
             AuditEvent::RefusalsSuppressed(s) => RecordKind::RefusalsSuppressed(s),
+            AuditEvent::AbuseSummary(s) => RecordKind::AbuseSummary(s),
         }
     }
 }
@@ -166,6 +175,11 @@ impl From<ConfigReload> for AuditEvent {
 impl From<SuppressedRefusals> for AuditEvent {
     fn from(e: SuppressedRefusals) -> Self {
         AuditEvent::RefusalsSuppressed(e)
+    }
+}
+impl From<AbuseSummary> for AuditEvent {
+    fn from(e: AbuseSummary) -> Self {
+        AuditEvent::AbuseSummary(e)
     }
 }
 
@@ -286,6 +300,53 @@ pub struct SuppressedSource {
     pub source: String,
     /// Records suppressed.
     pub suppressed: u64,
+}
+
+/// What the gateway did to abusive callers over an interval: connections slowed and closed
+/// for the refusals they kept drawing, and new connections refused for coming too often.
+/// Written once per interval in which anything happened. The counts are exact; the callers
+/// named are bounded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbuseSummary {
+    /// Start of the interval the counts cover (RFC 3339 UTC).
+    pub since: String,
+    /// Per listener with anything to report, in name order.
+    pub listeners: Vec<ListenerAbuse>,
+}
+
+/// One listener's escalations over an interval.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerAbuse {
+    /// The listener's name.
+    pub listener: String,
+    /// Connections whose refusals began to be answered late (each connection once).
+    pub slowed: u64,
+    /// Refusals answered late (`portcullis_abuse_escalations_total{action="slowed"}`).
+    pub delayed: u64,
+    /// Connections ended for their refusals.
+    pub closed: u64,
+    /// New connections refused at accept over their source's connection rate.
+    pub source_rate: u64,
+    /// New connections refused after the handshake over their identity's connection rate.
+    pub identity_rate: u64,
+    /// The sources (client addresses) with the most events, most first; bounded.
+    pub sources: Vec<AbuseCaller>,
+    /// The identities (SPIFFE ID, else certificate subject) with the most events, most
+    /// first; bounded. Connections refused before the handshake have none.
+    pub identities: Vec<AbuseCaller>,
+}
+
+/// One source's or identity's share of a listener's escalations.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbuseCaller {
+    /// The client address (as in a request record's `source`), or the identity.
+    pub caller: String,
+    /// Its connections slowed.
+    pub slowed: u64,
+    /// Its connections closed.
+    pub closed: u64,
+    /// Its new connections refused over a connection rate (a source's: either rate).
+    pub refused: u64,
 }
 
 /// Which record of a request this is.

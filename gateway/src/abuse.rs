@@ -3,6 +3,7 @@
 //! and at `close_after` the connection is ended (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY).
 //! New connections per source and per identity are bounded in `connections.rs`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -25,13 +26,19 @@ pub(crate) enum Escalation {
     Close,
 }
 
-/// One connection's refusals in the current window.
+/// One connection's refusals in the current window, and whether it was ever slowed.
 #[derive(Debug)]
-pub(crate) struct RefusalWindow(Mutex<(Instant, u32)>);
+pub(crate) struct RefusalWindow(Mutex<(Instant, u32)>, AtomicBool);
 
 impl RefusalWindow {
     pub(crate) fn new() -> Self {
-        Self(Mutex::new((Instant::now(), 0)))
+        Self(Mutex::new((Instant::now(), 0)), AtomicBool::new(false))
+    }
+
+    /// Marks the connection slowed; true the first time (the audit summary counts connections
+    /// slowed, the metric each late answer).
+    pub(crate) fn first_slowed(&self) -> bool {
+        !self.1.swap(true, Ordering::Relaxed)
     }
 
     /// Counts a refusal made at `now` and says what it does to the connection.
@@ -89,5 +96,12 @@ mod tests {
             w.refused(&l, t);
         }
         assert_eq!(w.refused(&l, t + Duration::from_secs(11)), Escalation::None);
+    }
+
+    #[test]
+    fn a_connection_is_first_slowed_once() {
+        let w = RefusalWindow::new();
+        assert!(w.first_slowed());
+        assert!(!w.first_slowed());
     }
 }

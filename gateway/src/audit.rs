@@ -12,8 +12,10 @@
 //! A client must not be able to fill the log with refusals: a request refused before admission
 //! is recorded with its path cut to `refusals.path_bytes` (the whole path's length and SHA-256
 //! kept), and in detail only within its source's budget (`refusals`); beyond it the refusal is
-//! counted, and the counts are written once per interval (`refusals_suppressed`). The log's
-//! files are held to `max_bytes` by the writer.
+//! counted, and the counts are written once per interval (`refusals_suppressed`). At the same
+//! cadence the escalations against abusive callers (connections slowed, closed, refused for
+//! their connection rate) are written as one `abuse_summary`. The log's files are held to
+//! `max_bytes` by the writer.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,9 +26,9 @@ use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use portcullis_audit::{
-    default_node, publish_public_key, AuditConfig, AuditError, AuditHandle, AuditLog, CentralStore,
-    ConfigReload, DlpFinding, DurabilityMode, Durable, HeadTracker, PgSink, PgSinkConfig,
-    RequestEvent, RequestStage, Signer, StoreTls, SuppressedRefusals,
+    default_node, publish_public_key, AbuseSummary, AuditConfig, AuditError, AuditHandle, AuditLog,
+    CentralStore, ConfigReload, DlpFinding, DurabilityMode, Durable, HeadTracker, ListenerAbuse,
+    PgSink, PgSinkConfig, RequestEvent, RequestStage, Signer, StoreTls, SuppressedRefusals,
 };
 use portcullis_policy::{
     AuditKey, AuditMode, AuditPostgres, AuditSettings, PostgresTls, RefusalRecords, SecretSource,
@@ -35,8 +37,11 @@ use portcullis_policy::{
 use crate::record::{Exchange, Summary};
 use crate::GatewayError;
 
+mod escalations;
 mod refusals;
 
+use escalations::EscalationTally;
+pub(crate) use escalations::{Escalated, Offender};
 use refusals::{RefusalBudget, Window};
 
 /// How often retention looks for segments past their age.
@@ -64,6 +69,8 @@ pub(crate) struct AuditTrail {
     /// How records of requests refused before admission are bounded.
     refusal_records: RefusalRecords,
     refusal_budget: RefusalBudget,
+    /// Escalations against abusive callers in the current interval.
+    escalations: EscalationTally,
 }
 
 impl std::fmt::Debug for AuditTrail {
@@ -138,6 +145,7 @@ impl AuditTrail {
             retention_held: AtomicU64::new(0),
             refusal_records: settings.refusals,
             refusal_budget: RefusalBudget::new(settings.refusals.per_source, SystemTime::now()),
+            escalations: EscalationTally::new(SystemTime::now()),
         })
     }
 
@@ -206,13 +214,52 @@ impl AuditTrail {
         }
     }
 
+    /// Counts an escalation against an abusive caller for the interval's `abuse_summary`.
+    pub(crate) fn escalated(&self, offender: Offender<'_>, what: Escalated) {
+        self.escalations.note(offender, what);
+    }
+
     /// Ends the refusal budget's interval: writes its `refusals_suppressed` record, if anything
-    /// was suppressed, and waits for it to be durable.
+    /// was suppressed, and its `abuse_summary`, if anything was escalated, and waits for them
+    /// to be durable.
     pub(crate) async fn summarise_refusals(&self) {
-        let window = self.refusal_budget.roll(SystemTime::now());
+        let now = SystemTime::now();
+        let window = self.refusal_budget.roll(now);
         if let Some(summary) = window.summary() {
             let written = self.handle.append_durable_async(summary.clone()).await;
             self.summary_written(window, &summary, written);
+        }
+        let window = self.escalations.roll(now);
+        if let Some(summary) = window.summary() {
+            let written = self.handle.append_durable_async(summary.clone()).await;
+            self.abuse_written(window, &summary, written);
+        }
+    }
+
+    /// As [`AuditTrail::summary_written`], for an `abuse_summary`.
+    fn abuse_written(
+        &self,
+        window: escalations::Window,
+        summary: &AbuseSummary,
+        written: Result<Durable, AuditError>,
+    ) {
+        let sum = |f: fn(&ListenerAbuse) -> u64| summary.listeners.iter().map(f).sum::<u64>();
+        let (slowed, closed) = (sum(|l| l.slowed), sum(|l| l.closed));
+        let refused = sum(|l| l.source_rate + l.identity_rate);
+        match written {
+            Ok(_) => tracing::info!(
+                abuse.slowed = slowed,
+                abuse.closed = closed,
+                abuse.rate_refused = refused,
+                "escalations against abusive callers summarised in the audit log"
+            ),
+            Err(e @ AuditError::Timeout(_)) => {
+                tracing::error!(error = %e, abuse.slowed = slowed, abuse.closed = closed, abuse.rate_refused = refused, "abuse summary not confirmed durable");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, abuse.slowed = slowed, abuse.closed = closed, abuse.rate_refused = refused, "abuse summary not written; its counts go out with the next one");
+                self.escalations.restore(window);
+            }
         }
     }
 
@@ -296,13 +343,18 @@ impl AuditTrail {
         }
     }
 
-    /// Writes the last refusal summary, drains the queue, writes a final checkpoint and stops
+    /// Writes the last refusal and abuse summaries, drains the queue, writes a final checkpoint and stops
     /// the writer. Called once, on the way out; later appends fail and are counted as dropped.
     pub(crate) fn close(&self) {
         let window = self.refusal_budget.roll(SystemTime::now());
         if let Some(summary) = window.summary() {
             let written = self.handle.append_durable(summary.clone());
             self.summary_written(window, &summary, written);
+        }
+        let window = self.escalations.roll(SystemTime::now());
+        if let Some(summary) = window.summary() {
+            let written = self.handle.append_durable(summary.clone());
+            self.abuse_written(window, &summary, written);
         }
         if let Err(e) = self.handle.flush(CLOSE_TIMEOUT) {
             tracing::error!(error = %e, "audit log: queued records not made durable at exit");

@@ -37,6 +37,7 @@ use tokio::time::sleep;
 
 use crate::abuse::AbusePolicy;
 use crate::admission::caller_name;
+use crate::audit::{AuditTrail, Escalated, Offender};
 use crate::identity::ConnectionIdentity;
 use crate::limits::ConnectionRates;
 use crate::metrics::Metrics;
@@ -87,6 +88,8 @@ pub(crate) struct ListenerService {
     pub acceptor: Arc<Acceptor>,
     pub proxy: Arc<HttpProxy<Gateway>>,
     pub metrics: Arc<Metrics>,
+    /// Where connections refused over a connection rate are summarised.
+    pub audit: Option<Arc<AuditTrail>>,
 }
 
 #[async_trait]
@@ -115,6 +118,7 @@ impl BackgroundService for ListenerService {
             acceptor: Arc::clone(&self.acceptor),
             proxy: Arc::clone(&self.proxy),
             metrics: Arc::clone(&self.metrics),
+            audit: self.audit.clone(),
             proxy_log: LogGate::new(),
         });
         loop {
@@ -160,7 +164,7 @@ impl BackgroundService for ListenerService {
             let slot = match admitted {
                 Ok(slot) => slot,
                 Err(refused) => {
-                    this.refused(peer, refused);
+                    this.refused(peer, refused, None);
                     continue;
                 }
             };
@@ -216,6 +220,7 @@ struct Connections {
     acceptor: Arc<Acceptor>,
     proxy: Arc<HttpProxy<Gateway>>,
     metrics: Arc<Metrics>,
+    audit: Option<Arc<AuditTrail>>,
     /// Bounds the log lines of PROXY protocol refusals (a forged or broken header is cheap to
     /// send again and again).
     proxy_log: LogGate,
@@ -229,10 +234,24 @@ impl Connections {
         self.limits.abuse.exempts(source) || self.rates.source_allows(source)
     }
 
-    /// A connection closed at accept (or, behind a balancer, once its source is known).
-    fn refused(&self, peer: SocketAddr, refused: Refused) {
+    /// A connection closed at accept (or, behind a balancer, once its source is known; or,
+    /// over its identity's rate, after the handshake: `identity`).
+    fn refused(&self, peer: SocketAddr, refused: Refused, identity: Option<&str>) {
         self.metrics
             .connection_refused(&self.name, refused.as_str());
+        let rate = match refused {
+            Refused::SourceRate => Some(Escalated::SourceRate),
+            Refused::IdentityRate => Some(Escalated::IdentityRate),
+            _ => None,
+        };
+        if let (Some(what), Some(audit)) = (rate, &self.audit) {
+            let offender = Offender {
+                listener: &self.name,
+                source: Some(canonical(peer.ip())),
+                identity,
+            };
+            audit.escalated(offender, what);
+        }
         if refused != Refused::ProxySource {
             tracing::info!(listener = %self.name, client.ip = %peer.ip(), reason = refused.as_str(), "connection refused at accept");
         } else if let Some(suppressed) = self.proxy_log.admit() {
@@ -264,11 +283,11 @@ impl Connections {
                 }
             }
             if !self.source_allows(client.ip()) {
-                self.refused(client, Refused::SourceRate);
+                self.refused(client, Refused::SourceRate, None);
                 return;
             }
             if let Err(refused) = slot.attribute(client.ip()) {
-                self.refused(client, refused);
+                self.refused(client, refused, None);
                 return;
             }
         }
@@ -334,8 +353,8 @@ impl Connections {
             Shutdown::shutdown(&mut tls).await;
             return;
         }
-        if !self.identity_allows(&tls, peer) {
-            self.refused(peer, Refused::IdentityRate);
+        if let Some(identity) = self.identity_over_rate(&tls, peer) {
+            self.refused(peer, Refused::IdentityRate, Some(&identity));
             let mut tls = tls;
             Shutdown::shutdown(&mut tls).await;
             return;
@@ -382,18 +401,16 @@ impl Connections {
         }
     }
 
-    /// A new connection of the handshake's client identity within its rate (or exempt, or
-    /// without a certificate).
-    fn identity_allows<S: Ssl>(&self, tls: &S, peer: SocketAddr) -> bool {
+    /// The handshake's client identity, when this new connection of it is over its rate (and
+    /// not exempt); none for a connection within it or without a certificate.
+    fn identity_over_rate<S: Ssl>(&self, tls: &S, peer: SocketAddr) -> Option<String> {
         let digest = tls.get_ssl_digest();
-        let Some(name) = digest
+        let name = digest
             .as_ref()
             .and_then(|d| d.extension.get::<ConnectionIdentity>())
-            .and_then(|c| caller_name(c.identity.as_deref(), None))
-        else {
-            return true;
-        };
-        self.limits.abuse.exempts(peer.ip()) || self.rates.identity_allows(name)
+            .and_then(|c| caller_name(c.identity.as_deref(), None))?;
+        let allowed = self.limits.abuse.exempts(peer.ip()) || self.rates.identity_allows(name);
+        (!allowed).then(|| name.to_owned())
     }
 
     /// pingora's HTTP/1 keep-alive loop, with this listener's bounds set on every request.

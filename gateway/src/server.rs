@@ -360,6 +360,7 @@ fn listener_service(
             acceptor: Arc::new(Acceptor::from_server_config(config)),
             proxy: Arc::new(proxy),
             metrics: metrics.clone(),
+            audit: shared.audit.clone(),
         },
     );
     service.threads = Some(threads);

@@ -2,10 +2,14 @@
 //! refused is answered later and later, then closed (HTTP/1.1 and HTTP/2), while other
 //! clients of the same tenant — and the same client on a fresh connection — are served at
 //! once; a source or an identity that keeps reconnecting is refused at accept or right after
-//! the handshake, and an exempt source is not.
+//! the handshake, and an exempt source is not. Each interval's escalations are summarised in
+//! the signed audit log (`abuse_summary`), with exact counts, and the log still verifies.
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::audit::{cli, records, stop, verify};
 use crate::harness::*;
 use crate::proxy::base_config;
 
@@ -167,4 +171,158 @@ fn an_identity_that_keeps_reconnecting_is_refused_after_the_handshake() {
     // Another identity from the same address is not affected.
     let other = pki.client(Some("other"));
     assert_eq!(other.get(gw.port, "/public/x").unwrap().status, 200);
+}
+
+/// Every `abuse_summary` of the log, summed: the listener's counts and, per source and per
+/// identity, `[slowed, closed, refused]` (an interval's events may span two records).
+#[derive(Debug, Default, PartialEq)]
+struct Summed {
+    counts: BTreeMap<String, u64>,
+    sources: BTreeMap<String, [u64; 3]>,
+    identities: BTreeMap<String, [u64; 3]>,
+}
+
+fn abuse_summaries(all: &[serde_json::Value]) -> (usize, Summed) {
+    let summaries: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|r| r["kind"] == "abuse_summary")
+        .collect();
+    let mut summed = Summed::default();
+    for record in &summaries {
+        let listeners = record["event"]["listeners"].as_array().unwrap();
+        assert_eq!(listeners.len(), 1, "{record}");
+        let l = &listeners[0];
+        assert_eq!(l["listener"], "public");
+        for key in [
+            "slowed",
+            "delayed",
+            "closed",
+            "source_rate",
+            "identity_rate",
+        ] {
+            *summed.counts.entry(key.to_owned()).or_default() += l[key].as_u64().unwrap();
+        }
+        for (list, into) in [
+            ("sources", &mut summed.sources),
+            ("identities", &mut summed.identities),
+        ] {
+            for c in l[list].as_array().unwrap() {
+                let sum = into
+                    .entry(c["caller"].as_str().unwrap().to_owned())
+                    .or_default();
+                for (i, key) in ["slowed", "closed", "refused"].iter().enumerate() {
+                    sum[i] += c[*key].as_u64().unwrap();
+                }
+            }
+        }
+    }
+    (summaries.len(), summed)
+}
+
+/// Whether the running gateway's log already holds an `abuse_summary` (written on the
+/// interval, not only at exit). A read racing the writer may fail; it is tried again.
+fn summarised_while_running(dir: &Path) -> bool {
+    let out = cli(&["audit", "query", dir.to_str().unwrap()]);
+    out.status.success()
+        && String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.contains(r#""kind":"abuse_summary""#))
+}
+
+#[test]
+fn escalations_are_summarised_in_the_audit_log_with_exact_counts() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let echo = Echo::start(d, "abuse-audit");
+    let yaml = base_config(echo.port)
+        .replacen(
+            "      client_ca: ca.pem\n",
+            "      client_ca: ca.pem\n    connections: { abuse: { \
+             refusals: { window: 1m, slow_after: 2, delay: 100ms, close_after: 5 }, \
+             connection_rate_per_source: { connections: 3, per: 1m }, \
+             connection_rate_per_identity: off } }\n",
+            1,
+        )
+        .replacen(
+            "shutdown:\n",
+            "audit:\n  directory: audit\n  signing_key: audit.key\n  \
+             refusals: { interval: 1s }\nshutdown:\n",
+            1,
+        );
+    let mut gw = Gateway::start(d, &yaml);
+
+    // Source connection 1: five refusals, the third and fourth answered late, the fifth
+    // closing the connection.
+    let mut conn = pki.client(Some("other")).connect(gw.port).unwrap();
+    for i in 1..=5 {
+        let r = conn.request("GET", &format!("/admin/{i}"), &[]).unwrap();
+        assert_eq!(r.status, 403, "request {i}");
+        assert_eq!(r.header("connection") == Some("close"), i == 5);
+    }
+    let (_, closed) = conn.read_until_closed(Duration::from_secs(2));
+    assert!(closed);
+    // Connections 2 and 3 are within the source's rate; 4 and 5 are refused at accept.
+    let frontend = pki.client(Some("frontend"));
+    for i in 2..=3 {
+        assert_eq!(
+            frontend
+                .get(gw.port, &format!("/public/{i}"))
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    for i in 4..=5 {
+        assert!(frontend.get(gw.port, &format!("/public/{i}")).is_err());
+    }
+    assert_eq!(escalations(&gw, "slowed"), 2.0);
+    assert_eq!(escalations(&gw, "closed"), 1.0);
+    assert_eq!(refused_at_accept(&gw, "source_rate"), 2.0);
+
+    // The interval's summary is written while the gateway runs (`audit.refusals.interval`).
+    let dir = d.join("audit");
+    let started = Instant::now();
+    while !summarised_while_running(&dir) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no abuse_summary within 10 s:\n{}",
+            gw.proc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop(&mut gw);
+
+    let all = records(&dir);
+    let (written, summed) = abuse_summaries(&all);
+    assert!((1..=2).contains(&written), "{written} abuse summaries");
+    let counts: Vec<(&str, u64)> = summed
+        .counts
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("closed", 1),
+            ("delayed", 2),
+            ("identity_rate", 0),
+            ("slowed", 1),
+            ("source_rate", 2)
+        ]
+    );
+    // One source did all of it; the identity only what it did once through the handshake.
+    assert_eq!(
+        summed.sources,
+        BTreeMap::from([("127.0.0.1".to_owned(), [1, 1, 2])])
+    );
+    assert_eq!(
+        summed.identities,
+        BTreeMap::from([(format!("{TD}/ns/app/sa/other"), [1, 1, 0])])
+    );
+    let out = verify(&dir, &d.join("audit.key.pub"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -55,12 +55,12 @@ fn config(echo: &Echo, audit: &str, mode: &str, postgres: &str) -> String {
         .replace("{postgres}", postgres)
 }
 
-fn cli(args: &[&str]) -> Output {
+pub(crate) fn cli(args: &[&str]) -> Output {
     Command::new(bin()).args(args).output().unwrap()
 }
 
 /// Every record of the log, parsed.
-fn records(dir: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn records(dir: &Path) -> Vec<serde_json::Value> {
     let out = cli(&["audit", "query", dir.to_str().unwrap()]);
     assert!(
         out.status.success(),
@@ -79,7 +79,7 @@ fn request_records<'a>(all: &'a [serde_json::Value], id: &str) -> Vec<&'a serde_
         .collect()
 }
 
-fn verify(dir: &Path, key: &Path) -> Output {
+pub(crate) fn verify(dir: &Path, key: &Path) -> Output {
     verify_with(dir, key, &[])
 }
 
@@ -95,7 +95,7 @@ fn verify_with(dir: &Path, key: &Path, extra: &[&str]) -> Output {
     cli(&args)
 }
 
-fn stop(gw: &mut Gateway) {
+pub(crate) fn stop(gw: &mut Gateway) {
     gw.proc.signal("TERM");
     assert!(gw.proc.wait_exit(Duration::from_secs(10)).is_some());
 }

@@ -82,6 +82,7 @@ fn write_body(
         RecordKind::Admin(e) => serde_json::to_writer(event, e),
         RecordKind::ConfigReload(e) => serde_json::to_writer(event, e),
         RecordKind::RefusalsSuppressed(e) => serde_json::to_writer(event, e),
+        RecordKind::AbuseSummary(e) => serde_json::to_writer(event, e),
         RecordKind::Truncation(e) => serde_json::to_writer(event, e),
         RecordKind::Retention(e) => serde_json::to_writer(event, e),
         RecordKind::Checkpoint(e) => serde_json::to_writer(event, e),

@@ -220,6 +220,34 @@ fn the_encoder_writes_what_serde_writes_for_every_kind() {
             unlisted: 1,
             suppressed: 8,
         }),
+        RecordKind::AbuseSummary(AbuseSummary {
+            since: "t".into(),
+            listeners: vec![
+                ListenerAbuse {
+                    listener: "public\"".into(),
+                    slowed: 2,
+                    delayed: 9,
+                    closed: 1,
+                    source_rate: u64::MAX,
+                    identity_rate: 3,
+                    sources: vec![AbuseCaller {
+                        caller: "10.0.0.9".into(),
+                        slowed: 2,
+                        closed: 1,
+                        refused: 7,
+                    }],
+                    identities: vec![AbuseCaller {
+                        caller: "spiffe://td/ns/x/sa/caf\u{e9}".into(),
+                        refused: 3,
+                        ..Default::default()
+                    }],
+                },
+                ListenerAbuse {
+                    listener: "internal".into(),
+                    ..Default::default()
+                },
+            ],
+        }),
         RecordKind::Truncation(Truncation {
             segment: "s".into(),
             from_seq: 4,

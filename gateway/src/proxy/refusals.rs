@@ -12,8 +12,10 @@ use portcullis_audit::RequestStage;
 
 use super::{Gateway, RequestCtx};
 use crate::abuse::Escalation;
-use crate::admission::Refusal;
+use crate::admission::{caller_name, Refusal};
+use crate::audit::{Escalated, Offender};
 use crate::identity::ConnectionIdentity;
+use crate::snapshot::canonical;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -87,15 +89,28 @@ impl Gateway {
         let escalation = connection
             .refusals
             .refused(&abuse.limits, std::time::Instant::now());
-        if escalation == Escalation::None
-            || session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .is_some_and(|a| abuse.limits.exempts(a.ip()))
-        {
+        let source = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| canonical(a.ip()));
+        if escalation == Escalation::None || source.is_some_and(|ip| abuse.limits.exempts(ip)) {
             return;
         }
         self.metrics.abuse(&abuse.listener, escalation);
+        if let Some(audit) = &self.audit {
+            let what = match escalation {
+                Escalation::Close => Escalated::Closed,
+                _ => Escalated::Delayed {
+                    first: connection.refusals.first_slowed(),
+                },
+            };
+            let offender = Offender {
+                listener: &abuse.listener,
+                source,
+                identity: caller_name(connection.identity.as_deref(), None),
+            };
+            audit.escalated(offender, what);
+        }
         match escalation {
             Escalation::Slow(delay) => tokio::time::sleep(delay).await,
             Escalation::Close => {
