@@ -247,6 +247,10 @@ pub struct RequestEvent {
     /// `dlp_refused`, `invalid`, `audit_unavailable`, `upstream_error`…), when it was not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `egress` for a request the local workload sent out through a sidecar's egress listener;
+    /// absent for inbound requests (a compatible addition within v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
 }
 
 impl RequestEvent {

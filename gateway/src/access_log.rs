@@ -55,6 +55,9 @@ pub(crate) struct AccessLine<'a> {
     /// A gRPC call's status code.
     #[serde(rename = "grpc.status", skip_serializing_if = "Option::is_none")]
     pub grpc_status: Option<u8>,
+    /// `egress` for a request the local workload sent out; absent for inbound ones.
+    #[serde(rename = "direction", skip_serializing_if = "Option::is_none")]
+    pub direction: Option<&'static str>,
     #[serde(rename = "authz.decision")]
     pub decision: &'a str,
     #[serde(rename = "authz.rule")]
@@ -220,6 +223,9 @@ impl AccessLine<'_> {
         if let Some(code) = self.grpc_status {
             out.extend_from_slice(b",\"grpc.status\":");
             out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
+        }
+        if let Some(direction) = self.direction {
+            string_field(out, b",\"direction\":", direction);
         }
         string_field(out, b",\"authz.decision\":", self.decision);
         string_field(out, b",\"authz.rule\":", self.rule);

@@ -85,7 +85,8 @@ pub(crate) struct ListenerService {
     pub address: SocketAddr,
     pub client_auth: ClientAuth,
     pub limits: ConnectionLimits,
-    pub acceptor: Arc<Acceptor>,
+    /// `None` on an egress listener: plain HTTP/1.1 from the local workload.
+    pub acceptor: Option<Arc<Acceptor>>,
     pub proxy: Arc<HttpProxy<Gateway>>,
     pub metrics: Arc<Metrics>,
     /// Where connections refused over a connection rate are summarised.
@@ -115,7 +116,7 @@ impl BackgroundService for ListenerService {
             rates: ConnectionRates::new(&self.limits.abuse),
             client_auth: self.client_auth,
             limits: self.limits.clone(),
-            acceptor: Arc::clone(&self.acceptor),
+            acceptor: self.acceptor.clone(),
             proxy: Arc::clone(&self.proxy),
             metrics: Arc::clone(&self.metrics),
             audit: self.audit.clone(),
@@ -217,7 +218,7 @@ struct Connections {
     hook: IdentityHook,
     client_auth: ClientAuth,
     limits: ConnectionLimits,
-    acceptor: Arc<Acceptor>,
+    acceptor: Option<Arc<Acceptor>>,
     proxy: Arc<HttpProxy<Gateway>>,
     metrics: Arc<Metrics>,
     audit: Option<Arc<AuditTrail>>,
@@ -327,7 +328,21 @@ impl Connections {
         if let Err(e) = stream.set_nodelay() {
             tracing::debug!(error = %e, "TCP_NODELAY");
         }
-        let handshake = handshake_with_callback(&self.acceptor, stream, &self.hook);
+        let Some(acceptor) = &self.acceptor else {
+            // An egress listener: plain HTTP/1.1 from the local workload, with the same bounds.
+            let head = Arc::new(HeadPhase::new());
+            let stream: Stream = Box::new(BoundedStream::new(
+                Box::new(stream),
+                Arc::clone(&head),
+                self.limits.request_head_timeout,
+                self.limits.write_timeout,
+                self.name.clone(),
+                Arc::clone(&self.metrics),
+            ));
+            self.serve_http1(stream, &head, shutdown).await;
+            return;
+        };
+        let handshake = handshake_with_callback(acceptor, stream, &self.hook);
         let tls = match tokio::time::timeout(self.limits.handshake_timeout, handshake).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {

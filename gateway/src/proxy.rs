@@ -34,6 +34,7 @@ mod context;
 mod people;
 mod refusals;
 
+pub(crate) use connection::Workload;
 pub(crate) use context::RequestCtx;
 
 use crate::snapshot::Snapshot;
@@ -47,6 +48,8 @@ pub(crate) struct Gateway {
     pub refusal_lines: crate::access_log::RefusalLines,
     /// The gateway-wide cap shared fairly between tenants (`fairness`), if configured.
     pub fairness: Option<Arc<crate::fairness::FairGate>>,
+    /// On an egress listener: the local workload every request on it comes from.
+    pub egress: Option<Arc<connection::Workload>>,
 }
 
 #[async_trait]
@@ -76,7 +79,10 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|peer| resolve_client(req, peer.ip(), listener));
-        let check = connection::check_connection(session, ctx, &snapshot, listener);
+        let check = match &self.egress {
+            Some(workload) => workload.enter(ctx),
+            None => connection::check_connection(session, ctx, &snapshot, listener),
+        };
         if let Err(refusal) = check.recheck {
             return self.refuse(session, ctx, refusal).await;
         }

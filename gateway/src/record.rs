@@ -39,6 +39,8 @@ pub(crate) struct Summary<'a> {
     pub admitted: bool,
     pub outcome: Outcome<'a>,
     pub upstream: Option<&'a SocketAddr>,
+    /// Sent by the local workload through an egress listener (outbound).
+    pub egress: bool,
 }
 
 /// The W3C trace context header, whose trace id the audit record carries.
@@ -154,6 +156,7 @@ impl Summary<'_> {
             version: http_version(self.http_version),
             status: exchange.status,
             grpc_status: exchange.grpc_status,
+            direction: self.egress.then_some("egress"),
             decision: self.outcome.label,
             rule: self.outcome.rule.unwrap_or("-"),
             dlp,
@@ -207,6 +210,7 @@ impl Summary<'_> {
             tls_version: self.tls_version.map(str::to_owned),
             upstream: self.upstream.map(ToString::to_string),
             reason: (self.outcome.label != "allow").then(|| self.outcome.label.to_owned()),
+            direction: self.egress.then(|| "egress".to_owned()),
         }
     }
 

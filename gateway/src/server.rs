@@ -15,14 +15,14 @@ use pingora_core::services::background::{
     background_service, BackgroundService, GenBackgroundService,
 };
 use pingora_core::services::listening::Service;
-use portcullis_policy::{Config, ListenerConfig, UpstreamName};
+use portcullis_policy::{ClientAuth, Config, EgressConfig, ListenerConfig, UpstreamName};
 
 use crate::assertion::AssertionSigner;
 use crate::audit::{AuditJobs, AuditTrail};
 use crate::connections::{self, ListenerService};
 use crate::fairness::FairGate;
 use crate::metrics::{Metrics, OpsEndpoint};
-use crate::proxy::Gateway;
+use crate::proxy::{Gateway, Workload};
 use crate::reload::{file_digest, Reloader};
 use crate::renew::{self, Renewal, Renewals};
 use crate::snapshot::Snapshot;
@@ -169,6 +169,9 @@ pub fn serve(
     for listener in &config.listeners {
         ensure_bindable(listener.address)?;
     }
+    for egress in &config.egress {
+        ensure_bindable(egress.address)?;
+    }
     ensure_bindable(config.metrics.address)?;
 
     let metrics = Arc::new(Metrics::new());
@@ -202,6 +205,7 @@ pub fn serve(
     server.bootstrap();
 
     let listeners = config.listeners.clone();
+    let egresses = config.egress.clone();
     let metrics_addr = config.metrics.address;
     let assertion = match &config.identity_assertion {
         None => None,
@@ -241,6 +245,15 @@ pub fn serve(
             address = %listener.address,
             client_auth = ?listener.tls.client_auth,
             "listening"
+        );
+    }
+    for egress in &egresses {
+        server.add_service(egress_service(&server, egress, &shared, threads));
+        tracing::info!(
+            listener = %egress.name,
+            address = %egress.address,
+            workload = %egress.workload,
+            "listening for the workload's outbound requests (egress)"
         );
     }
 
@@ -339,6 +352,7 @@ fn listener_service(
         write_timeout: limits.write_timeout,
         refusal_lines: Default::default(),
         fairness: shared.fairness.clone(),
+        egress: None,
     };
     let mut proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
     proxy.server_options = Some(connections::server_options(limits));
@@ -357,7 +371,7 @@ fn listener_service(
             address: listener.address,
             client_auth: listener.tls.client_auth,
             limits: limits.clone(),
-            acceptor: Arc::new(Acceptor::from_server_config(config)),
+            acceptor: Some(Arc::new(Acceptor::from_server_config(config))),
             proxy: Arc::new(proxy),
             metrics: metrics.clone(),
             audit: shared.audit.clone(),
@@ -365,6 +379,44 @@ fn listener_service(
     );
     service.threads = Some(threads);
     Ok(service)
+}
+
+/// An egress listener: plain HTTP/1.1 on loopback from the local workload, whose requests its
+/// own proxy instance judges as the workload's.
+fn egress_service(
+    server: &Server,
+    egress: &EgressConfig,
+    shared: &Shared,
+    threads: usize,
+) -> GenBackgroundService<ListenerService> {
+    let limits = &egress.connections;
+    let gateway = Gateway {
+        snapshot: shared.snapshot.clone(),
+        metrics: shared.metrics.clone(),
+        audit: shared.audit.clone(),
+        write_timeout: limits.write_timeout,
+        refusal_lines: Default::default(),
+        fairness: shared.fairness.clone(),
+        egress: Some(Arc::new(Workload::new(&egress.workload))),
+    };
+    let mut proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
+    proxy.server_options = Some(connections::server_options(limits));
+    let mut service = background_service(
+        &format!("egress {}", egress.name),
+        ListenerService {
+            name: egress.name.clone(),
+            index: usize::MAX,
+            address: egress.address,
+            client_auth: ClientAuth::Off,
+            limits: limits.clone(),
+            acceptor: None,
+            proxy: Arc::new(proxy),
+            metrics: shared.metrics.clone(),
+            audit: shared.audit.clone(),
+        },
+    );
+    service.threads = Some(threads);
+    service
 }
 
 /// Binding fails inside pingora with a panic; check first so the operator gets a clear error.

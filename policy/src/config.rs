@@ -50,6 +50,19 @@ pub struct Config {
     pub sessions: Option<crate::authn::SessionSettings>,
     /// A share of the gateway per tenant when it is saturated; `None`: no shared cap.
     pub fairness: Option<Fairness>,
+    /// Sidecar outbound listeners (plain HTTP from the local workload).
+    pub egress: Vec<EgressConfig>,
+}
+
+/// A sidecar's outbound listener: plain HTTP/1.1 from the local workload, each request judged
+/// as coming from `workload` (routes by host, rules, limits, DLP, audit with direction
+/// `egress`) and forwarded over the route's upstream TLS.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EgressConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    pub workload: portcullis_identity::SpiffeId,
+    pub connections: ConnectionLimits,
 }
 
 /// The `fairness` section: at most `max_in_flight` requests are served at once; the others

@@ -27,10 +27,10 @@ pub use authn::{
 pub use config::config_schema;
 pub use config::{
     AbuseLimits, AssertionSettings, AuditKey, AuditMode, AuditPostgres, AuditSettings, ClientAuth,
-    Config, ConfigError, ConfigProblem, ConnectionLimits, Fairness, HealthCheckConfig,
-    HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig, PostgresTls, ProxyProtocol,
-    RefusalRecords, SecretSource, TenantConfig, TlsListenerConfig, TrustDomainBundle,
-    UpstreamConfig, UpstreamProtocol, UpstreamTls,
+    Config, ConfigError, ConfigProblem, ConnectionLimits, EgressConfig, Fairness,
+    HealthCheckConfig, HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig, PostgresTls,
+    ProxyProtocol, RefusalRecords, SecretSource, TenantConfig, TlsListenerConfig,
+    TrustDomainBundle, UpstreamConfig, UpstreamProtocol, UpstreamTls,
 };
 pub use dlp::{
     Blocked, BodyDirection, BuiltinDetector, CustomPatternSpec, DetectorKind, DetectorName,

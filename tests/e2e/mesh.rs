@@ -114,3 +114,162 @@ fn each_trust_domain_vouches_only_for_its_own_ids() {
     let bad = CONFIG.replace("name: b.test,", "name: B.Test/x,");
     assert!(check(&bad).contains("is not a SPIFFE trust domain"));
 }
+
+/// Sidecar A: the inbound listener for its own service, and the egress listener its service
+/// calls out through, to B's sidecar over mTLS with A's SVID, B checked by its SPIFFE ID.
+const SIDECAR_A: &str = r#"
+listeners:
+  - name: inbound
+    address: 127.0.0.1:{port}
+    tls: { certificate: a-svid.pem, private_key: a-svid.key, client_auth: required, client_ca: ca.pem }
+egress:
+  - name: outbound
+    address: 127.0.0.1:{egress}
+    workload: spiffe://test.portcullis.local/ns/a/sa/svc
+metrics:
+  address: 127.0.0.1:{metrics}
+upstreams:
+  - name: b
+    targets: [127.0.0.1:{b}]
+    tls:
+      spiffe_id: [spiffe://test.portcullis.local/ns/b/sa/svc]
+      ca: ca.pem
+      client_certificate: a-svid.pem
+      client_key: a-svid.key
+tenants:
+  - name: mesh
+    dlp: { request: { card_number: block } }
+    routes:
+      - name: to-b
+        host: b.mesh
+        upstream: b
+        access: [ { id: a-out, spiffe_id: ["spiffe://test.portcullis.local/ns/a/sa/svc"] } ]
+"#;
+
+/// Sidecar B: inbound only, for callers of namespace `a`.
+const SIDECAR_B: &str = r#"
+listeners:
+  - name: inbound
+    address: 127.0.0.1:{port}
+    tls: { certificate: b-svid.pem, private_key: b-svid.key, client_auth: required, client_ca: ca.pem }
+metrics:
+  address: 127.0.0.1:{metrics}
+upstreams:
+  - name: svc
+    targets: [127.0.0.1:{echo}]
+tenants:
+  - name: b
+    routes:
+      - name: svc
+        upstream: svc
+        access: [ { id: from-a, spiffe_id: ["spiffe://test.portcullis.local/ns/a/**"] } ]
+"#;
+
+/// What the local service sends its sidecar: plain HTTP/1.1 on loopback.
+fn plain(port: u16, host: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn two_services_talk_through_their_sidecars_by_spiffe_id() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let day = Duration::from_secs(86400);
+    for (name, id) in [
+        ("a-svid", "spiffe://test.portcullis.local/ns/a/sa/svc"),
+        ("b-svid", "spiffe://test.portcullis.local/ns/b/sa/svc"),
+    ] {
+        // SVIDs: a SPIFFE ID and no DNS name, for both ends of TLS.
+        let mut spec = LeafSpec::client("svc", Some(id), day);
+        spec.server_auth = true;
+        pki.ca.issue(&spec).unwrap().write(d, name).unwrap();
+    }
+    let echo_b = Echo::start(d, "b");
+    let b = Gateway::start(d, &SIDECAR_B.replace("{echo}", &echo_b.port.to_string()));
+    let egress = free_port();
+    let a = Gateway::start(
+        d,
+        &SIDECAR_A
+            .replace("{b}", &b.port.to_string())
+            .replace("{egress}", &egress.to_string()),
+    );
+    wait_for_port(egress);
+
+    let (status, body) = plain(egress, "b.mesh", "GET", "/orders/1", "");
+    assert_eq!(status, 200, "{body}");
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        echoed["headers"]["x-portcullis-spiffe-id"][0],
+        "spiffe://test.portcullis.local/ns/a/sa/svc",
+        "B's sidecar saw A's SVID"
+    );
+    // Data leaving the service is inspected like data coming in.
+    let (status, _) = plain(
+        egress,
+        "b.mesh",
+        "POST",
+        "/orders",
+        r#"{"card":"4111 1111 1111 1111"}"#,
+    );
+    assert_eq!(status, 403);
+    // Only routed hosts leave.
+    assert_eq!(plain(egress, "elsewhere.example", "GET", "/", "").0, 404);
+    // The access line names the workload and the direction.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = a.proc.log_text();
+        if log.lines().any(|l| {
+            l.contains("\"direction\":\"egress\"")
+                && l.contains("\"client.id\":\"spiffe://test.portcullis.local/ns/a/sa/svc\"")
+                && l.contains("\"http.status\":200")
+        }) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no egress line:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A's inbound listener is untouched by the egress one: plain HTTP is not spoken there.
+    assert!(http_get(a.port, "/").is_none_or(|(status, _)| status == 400));
+
+    // An egress listener off loopback is refused unless said.
+    let path = d.join("off-loopback.yaml");
+    std::fs::write(
+        &path,
+        SIDECAR_A
+            .replace("{port}", "18443")
+            .replace("{metrics}", "19901")
+            .replace("{b}", "18444")
+            .replace("127.0.0.1:{egress}", "0.0.0.0:15001"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a loopback address"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -139,6 +139,7 @@ fn write_request(out: &mut Vec<u8>, e: &RequestEvent) -> Result<(), serde_json::
     write_opt(out, b",\"tls_version\":", &e.tls_version)?;
     write_opt(out, b",\"upstream\":", &e.upstream)?;
     write_opt(out, b",\"reason\":", &e.reason)?;
+    write_opt(out, b",\"direction\":", &e.direction)?;
     out.push(b'}');
     Ok(())
 }

@@ -43,6 +43,7 @@ fn line(path: &str) -> AccessLine<'_> {
         version: "HTTP/1.1",
         status: 200,
         grpc_status: None,
+        direction: None,
         decision: "allow",
         rule: "bench-client",
         dlp: "-",
@@ -63,6 +64,9 @@ fn a_suppressed_count_is_written_like_serde_writes_it() {
     let ours = by_hand(&l, t0, &mut seconds);
     assert_eq!(ours, by_serde(&l, t0));
     assert!(ours.contains(",\"http.status\":200,\"grpc.status\":7,"));
+    l.direction = Some("egress");
+    let ours = by_hand(&l, t0, &mut seconds);
+    assert_eq!(ours, by_serde(&l, t0));
 }
 
 #[test]

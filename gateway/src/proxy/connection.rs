@@ -14,6 +14,37 @@ use crate::admission::{recheck_connection, Refusal};
 use crate::identity::ConnectionIdentity;
 use crate::snapshot::{ListenerView, Snapshot};
 
+/// The local workload behind an egress listener: plain HTTP from loopback, so no certificate;
+/// each request is judged as coming from the workload the listener names.
+#[derive(Debug)]
+pub(crate) struct Workload {
+    identity: Arc<portcullis_policy::Identity>,
+    headers: Arc<crate::forwarding::IdentityHeaders>,
+}
+
+impl Workload {
+    pub(crate) fn new(workload: &portcullis_policy::SpiffeId) -> Self {
+        let mut identity = portcullis_policy::Identity::default();
+        identity.spiffe_id = Some(workload.clone());
+        Self {
+            headers: Arc::new(crate::forwarding::IdentityHeaders::of(&identity)),
+            identity: Arc::new(identity),
+        }
+    }
+
+    /// The request's identity is the workload's; there is no certificate to re-check.
+    pub(super) fn enter(&self, ctx: &mut RequestCtx) -> ConnectionCheck {
+        ctx.identity = Some(Arc::clone(&self.identity));
+        ctx.identity_headers = Some(Arc::clone(&self.headers));
+        ctx.egress = true;
+        ConnectionCheck {
+            recheck: Ok(()),
+            aged: false,
+            abort: None,
+        }
+    }
+}
+
 /// The connection's verdict on one request.
 pub(super) struct ConnectionCheck {
     /// The caller's certificate, re-checked (revoked or expired since the handshake: refused).

@@ -75,6 +75,8 @@ pub(crate) struct RequestCtx {
     pub(super) connection_deadline: Option<std::time::Instant>,
     /// The upstream answered 101: the exchange is now frames both ways (WebSocket).
     pub(super) upgraded: bool,
+    /// The request came from the local workload through an egress listener.
+    pub(super) egress: bool,
     /// A gRPC call's status as the upstream sent it (`grpc-status`, in the trailers or a
     /// headers-only answer).
     pub(super) grpc_status: Option<u8>,
@@ -106,6 +108,7 @@ impl RequestCtx {
             fair_slot: None,
             connection_deadline: None,
             upgraded: false,
+            egress: false,
             grpc_status: None,
             cut_at_max_age: false,
         }
@@ -185,6 +188,7 @@ impl RequestCtx {
             admitted: self.admitted.is_some(),
             outcome: self.outcome(),
             upstream: self.upstream.as_ref(),
+            egress: self.egress,
         }
     }
 }

@@ -22,6 +22,7 @@ fn summary(outcome: Outcome<'static>) -> Summary<'static> {
         admitted: outcome.label == "allow",
         outcome,
         upstream: Some(&UPSTREAM),
+        egress: false,
     }
 }
 

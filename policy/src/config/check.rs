@@ -17,13 +17,13 @@ use ipnet::IpNet;
 
 use super::locate::Locations;
 use super::raw::{
-    RawAssertion, RawConfig, RawFairness, RawHealthCheck, RawHttp, RawIssuer, RawListener,
-    RawSessions, RawTrustDomain, RawUpstream, RawUpstreamTls,
+    RawAssertion, RawConfig, RawEgress, RawFairness, RawHealthCheck, RawHttp, RawIssuer,
+    RawListener, RawSessions, RawTrustDomain, RawUpstream, RawUpstreamTls,
 };
 use super::{
-    AssertionSettings, AuditKey, ClientAuth, Config, ConfigProblem, Fairness, HealthCheckConfig,
-    HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig, TlsListenerConfig,
-    TrustDomainBundle, UpstreamConfig, UpstreamTls,
+    AssertionSettings, AuditKey, ClientAuth, Config, ConfigProblem, EgressConfig, Fairness,
+    HealthCheckConfig, HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig,
+    TlsListenerConfig, TrustDomainBundle, UpstreamConfig, UpstreamTls,
 };
 use crate::authn::SessionSettings;
 use crate::headers::StripList;
@@ -174,6 +174,7 @@ pub(crate) fn check(
     let sessions = raw.sessions.as_ref().map(|s| c.sessions(s));
     let audit = raw.audit.as_ref().map(|a| c.audit(a));
     let identity_assertion = raw.identity_assertion.as_ref().map(|a| c.assertion(a));
+    let egress = c.egress(&raw.egress, &raw.listeners);
     if c.problems.is_empty() {
         Ok(Config {
             listeners,
@@ -187,6 +188,7 @@ pub(crate) fn check(
             fairness,
             identity_assertion,
             sessions,
+            egress,
         })
     } else {
         // Problems without a location first, then in file order.
@@ -196,6 +198,76 @@ pub(crate) fn check(
 }
 
 impl Checker<'_> {
+    fn egress(&mut self, raw: &[RawEgress], listeners: &[RawListener]) -> Vec<EgressConfig> {
+        let mut names: HashMap<&str, String> = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.name.as_str(), format!("listeners[{i}].name")))
+            .collect();
+        let mut addresses: HashMap<String, String> = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.address.clone(), format!("listeners[{i}].address")))
+            .collect();
+        let mut out = Vec::new();
+        for (i, e) in raw.iter().enumerate() {
+            let p = format!("egress[{i}]");
+            let what = format!("egress `{}`", e.name);
+            if e.name.is_empty() {
+                self.at_value(&format!("{p}.name"), "egress name is empty".to_owned());
+            }
+            self.unique(&mut names, e.name.as_str(), format!("{p}.name"), || {
+                format!("listener name `{}` is already used", e.name)
+            });
+            self.unique(
+                &mut addresses,
+                e.address.clone(),
+                format!("{p}.address"),
+                || {
+                    format!(
+                        "{what}: address {} is already used by another listener",
+                        e.address
+                    )
+                },
+            );
+            let address = self.socket_addr(&format!("{p}.address"), &what, &e.address);
+            if let Some(addr) = address {
+                if !addr.ip().is_loopback() && !e.allow_non_loopback {
+                    self.at_value(
+                        &format!("{p}.address"),
+                        format!("{what}: {addr} is not a loopback address: anyone who reaches it would speak as the workload (set `allow_non_loopback: true` if that is meant)"),
+                    );
+                }
+            }
+            let workload = match e.workload.parse::<portcullis_identity::SpiffeId>() {
+                Ok(id) => Some(id),
+                Err(err) => {
+                    self.at_value(
+                        &format!("{p}.workload"),
+                        format!("{what}: workload `{}`: {err}", e.workload),
+                    );
+                    None
+                }
+            };
+            let connections = self.connections(&p, &what, e.connections.as_ref());
+            if connections.proxy_protocol.is_some() {
+                self.at_value(
+                    &format!("{p}.connections.proxy_protocol"),
+                    format!("{what}: an egress listener takes no PROXY protocol"),
+                );
+            }
+            if let (Some(address), Some(workload)) = (address, workload) {
+                out.push(EgressConfig {
+                    name: e.name.clone(),
+                    address,
+                    workload,
+                    connections,
+                });
+            }
+        }
+        out
+    }
+
     fn listeners(&mut self, raw: &[RawListener]) -> Vec<ListenerConfig> {
         if raw.is_empty() {
             self.at_key("listeners", "at least one listener is required".to_owned());

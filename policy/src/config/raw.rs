@@ -50,6 +50,35 @@ pub(crate) struct RawConfig {
     /// A share of the gateway for every tenant when it is saturated.
     #[serde(default)]
     pub(crate) fairness: Option<RawFairness>,
+    /// Sidecar outbound listeners: plain HTTP from the local workload, on loopback.
+    #[serde(default)]
+    pub(crate) egress: Vec<RawEgress>,
+}
+
+/// A sidecar's outbound listener: the local workload sends plain HTTP here, and the gateway
+/// judges each request as coming from `workload` before forwarding it over (m)TLS.
+#[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Egress")
+)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEgress {
+    /// The listener's name (metrics, logs).
+    pub(crate) name: String,
+    /// The address to bind: loopback (`127.0.0.1:15001`, `[::1]:15001`) unless
+    /// `allow_non_loopback`.
+    pub(crate) address: String,
+    /// The SPIFFE ID of the workload whose outbound calls arrive here: rules, limits, logs and
+    /// audit records name it.
+    pub(crate) workload: String,
+    /// Bind a non-loopback address (anyone who can reach it speaks as `workload`).
+    #[serde(default)]
+    pub(crate) allow_non_loopback: bool,
+    /// Connection bounds; each omitted key takes its default.
+    #[serde(default)]
+    pub(crate) connections: Option<RawConnections>,
 }
 
 /// `identity_assertion`: a JWT the gateway signs for each upstream request, saying who called.

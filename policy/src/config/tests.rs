@@ -343,7 +343,7 @@ fn semantic_problems_have_lines() {
             "      client_ca: certs/ca.pem\n",
             "",
             "4:5:",
-            "`client_ca` is required unless `client_auth` is `off`",
+            "`client_ca` (or `trust_domains`) is required unless `client_auth` is `off`",
         ),
         (
             "[10.0.0.0/8,",
@@ -1297,4 +1297,62 @@ fn listener_trust_domains_replace_client_ca() {
         "      client_auth: off\n      trust_domains: [ { name: example.org, bundle: b.pem } ]\n",
     );
     assert_problem(&off, "16:", "`client_auth: off` does not ask for");
+}
+
+#[test]
+fn egress_listeners_are_loopback_and_name_their_workload() {
+    let with = |egress: &str| format!("{FULL}egress:\n{egress}");
+    let config = parse(&with(
+        "  - { name: out, address: '127.0.0.1:15001', workload: 'spiffe://example.org/ns/a/sa/app' }\n",
+    ))
+    .unwrap();
+    assert_eq!(config.egress.len(), 1);
+    assert_eq!(
+        config.egress[0].workload.as_str(),
+        "spiffe://example.org/ns/a/sa/app"
+    );
+    assert!(parse(&with(
+        "  - { name: out, address: '0.0.0.0:15001', workload: 'spiffe://example.org/a', allow_non_loopback: true }\n",
+    ))
+    .is_ok());
+    let err = error(&with(
+        "  - { name: out, address: '0.0.0.0:15001', workload: 'spiffe://example.org/a' }\n",
+    ));
+    assert!(err.contains("is not a loopback address"), "{err}");
+    let err = error(&with(
+        "  - { name: out, address: '127.0.0.1:15001', workload: 'example.org/a' }\n",
+    ));
+    assert!(
+        err.contains("egress `out`: workload `example.org/a`"),
+        "{err}"
+    );
+    let err = error(&with(
+        "  - { name: public, address: '127.0.0.1:15001', workload: 'spiffe://example.org/a' }\n",
+    ));
+    assert!(
+        err.contains("listener name `public` is already used"),
+        "{err}"
+    );
+    let err = error(&with(
+        "  - { name: out, address: '127.0.0.1:15001', workload: 'spiffe://example.org/a', connections: { proxy_protocol: { from: [127.0.0.1/32] } } }\n",
+    ));
+    assert!(err.contains("takes no PROXY protocol"), "{err}");
+}
+
+#[test]
+fn the_readme_sidecar_example_parses() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("```yaml\n# Sidecar of service A")
+        .expect("the README's sidecar example")
+        + 8;
+    let end = start + readme[start..].find("```").unwrap();
+    let config = parse(&readme[start..end]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.egress.len(), 1);
+    let b = config
+        .upstreams
+        .iter()
+        .find(|u| u.name.as_str() == "b")
+        .unwrap();
+    assert_eq!(b.tls.as_ref().unwrap().spiffe_id.len(), 1);
 }
