@@ -11,6 +11,7 @@ mod admission;
 mod assertion;
 mod audit;
 mod authn;
+mod bundles;
 mod connections;
 mod echo;
 mod fairness;

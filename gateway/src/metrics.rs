@@ -29,6 +29,7 @@ pub(crate) struct Metrics {
     upstream_errors: IntCounterVec,
     reloads: IntCounterVec,
     crl_loads: IntCounterVec,
+    bundle_fetches: IntCounterVec,
     renewals: IntCounterVec,
     certificate_expiry: prometheus::IntGaugeVec,
     rate_limited: IntCounterVec,
@@ -126,6 +127,14 @@ impl Metrics {
                 "Revocation lists re-read after their file changed, by listener and result",
             ),
             &["listener", "result"],
+        )
+        .expect("valid metric");
+        let bundle_fetches = IntCounterVec::new(
+            Opts::new(
+                "portcullis_trust_bundle_fetches_total",
+                "SPIFFE bundle endpoint fetches, by trust domain and result",
+            ),
+            &["trust_domain", "result"],
         )
         .expect("valid metric");
         let renewals = IntCounterVec::new(
@@ -233,6 +242,7 @@ impl Metrics {
             &upstream_errors,
             &reloads,
             &crl_loads,
+            &bundle_fetches,
             &renewals,
             &rate_limited,
             &dlp_findings,
@@ -260,6 +270,7 @@ impl Metrics {
             upstream_errors,
             reloads,
             crl_loads,
+            bundle_fetches,
             renewals,
             certificate_expiry,
             rate_limited,
@@ -352,6 +363,13 @@ impl Metrics {
     pub(crate) fn crl_load(&self, listener: &str, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.crl_loads.with_label_values(&[listener, result]).inc();
+    }
+
+    pub(crate) fn bundle_fetch(&self, trust_domain: &str, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.bundle_fetches
+            .with_label_values(&[trust_domain, result])
+            .inc();
     }
 
     pub(crate) fn certificate_renewal(&self, certificate: &str, ok: bool) {

@@ -89,8 +89,8 @@ impl Reloader {
                 // Revocation lists are re-read within a second of changing.
                 ticks = ticks.wrapping_add(1);
                 if ticks.is_multiple_of(5) {
-                    let changed = crls.changed(&self.snapshot.load());
-                    if !changed.is_empty() {
+                    let (changed, bundles) = crls.changed(&self.snapshot.load());
+                    if !changed.is_empty() || bundles {
                         let ok = self.apply(Trigger::ListenerFiles);
                         for listener in &changed {
                             self.metrics.crl_load(listener, ok);
@@ -165,7 +165,7 @@ fn from_file(path: &Path, current: &Snapshot) -> Result<Snapshot, GatewayError> 
     Snapshot::build(config, Some(current))
 }
 
-/// The CRL files of the running listeners, as last seen.
+/// The CRL and trust-domain bundle files of the running listeners, as last seen.
 struct CrlStamps(HashMap<String, Option<FileStamp>>);
 
 impl CrlStamps {
@@ -175,21 +175,30 @@ impl CrlStamps {
         stamps
     }
 
-    /// The listeners whose CRL file changed since last seen (a file that vanished is not a
-    /// change: the CRL in force stays).
-    fn changed(&mut self, snapshot: &Snapshot) -> Vec<String> {
+    /// The listeners whose CRL file changed since last seen, and whether any trust-domain
+    /// bundle file did (a file that vanished is not a change: what is in force stays).
+    fn changed(&mut self, snapshot: &Snapshot) -> (Vec<String>, bool) {
         let mut changed = Vec::new();
+        let mut bundles = false;
         for listener in &snapshot.config.listeners {
-            let Some(path) = &listener.tls.crl else {
-                continue;
-            };
-            let now = stamp(path);
-            let before = self.0.insert(listener.name.clone(), now);
-            if now.is_some() && before.is_some_and(|b| b != now) {
-                changed.push(listener.name.clone());
+            if let Some(path) = &listener.tls.crl {
+                if self.moved(listener.name.clone(), path) {
+                    changed.push(listener.name.clone());
+                }
+            }
+            for td in &listener.tls.trust_domains {
+                let key = format!("{}/bundle/{}", listener.name, td.name);
+                bundles |= self.moved(key, &td.bundle);
             }
         }
-        changed
+        (changed, bundles)
+    }
+
+    /// Whether the file at `path`, seen as `key`, changed since it was last seen.
+    fn moved(&mut self, key: String, path: &Path) -> bool {
+        let now = stamp(path);
+        let before = self.0.insert(key, now);
+        now.is_some() && before.is_some_and(|b| b != now)
     }
 }
 

@@ -315,6 +315,7 @@ pub fn serve(
         renewed: renewed_rx,
     };
     reloader.spawn()?;
+    crate::bundles::spawn(&listeners, metrics.clone())?;
     spawn_drain_watch(server.watch_execution_phase(), metrics, audit, grace);
     server.run(RunArgs::default());
     crate::access_log::flush();

@@ -43,10 +43,11 @@ pub use tenant::{TenantId, TenantIdError};
 #[cfg(feature = "io")]
 pub use tls::{
     certified_key, install_crypto_provider, is_identity_mismatch, load_certified_key, load_certs,
-    load_crls, load_private_key, parse_certs, parse_crls, parse_private_key, provider, root_store,
-    webpki_client_verifier, ClientAuthMode, ClientVerifier, IdentityMismatch, RefusalObserver,
-    RefusalReason, ServerCertificate, ServerIdentity, ServerIdentityVerifier, Swappable,
-    SwappableVerifier, TrustDomainVerifier, UnknownRevocation, VerifierSource, VerifierState,
+    load_crls, load_private_key, parse_certs, parse_crls, parse_private_key, parse_spiffe_bundle,
+    provider, root_store, webpki_client_verifier, BundleEndpoint, ClientAuthMode, ClientVerifier,
+    IdentityMismatch, RefusalObserver, RefusalReason, ServerCertificate, ServerIdentity,
+    ServerIdentityVerifier, SpiffeBundle, Swappable, SwappableVerifier, TrustDomainVerifier,
+    UnknownRevocation, VerifierSource, VerifierState,
 };
 
 /// Shows a peer- or operator-supplied string safely in a message: at most 80 characters.

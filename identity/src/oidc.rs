@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 #[cfg(feature = "io")]
-mod http;
+pub(crate) mod http;
 #[cfg(feature = "io")]
 mod keys;
 #[cfg(feature = "io")]

@@ -1,6 +1,7 @@
 //! The TLS both planes speak: one restricted crypto provider, PEM loading, the swappable server
 //! certificate, the swappable client verifier, and a server verifier by name or SPIFFE ID.
 
+mod bundle;
 mod pem;
 mod resolver;
 mod server_identity;
@@ -11,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::CryptoProvider;
 
+pub use bundle::{parse_spiffe_bundle, BundleEndpoint, SpiffeBundle};
 pub use pem::{
     certified_key, load_certified_key, load_certs, load_crls, load_private_key, parse_certs,
     parse_crls, parse_private_key, root_store,

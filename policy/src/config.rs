@@ -393,8 +393,22 @@ pub struct TlsListenerConfig {
 pub struct TrustDomainBundle {
     /// The trust domain, e.g. `example.org`.
     pub name: String,
-    /// Its CA certificates (PEM).
+    /// Its CA certificates (PEM); with `endpoint`, where the last good bundle fetched is kept.
     pub bundle: PathBuf,
+    /// Where the trust domain publishes its bundle, if it is fetched.
+    pub endpoint: Option<BundleEndpointConfig>,
+}
+
+/// The shortest interval between two fetches of a SPIFFE bundle endpoint.
+pub const MIN_BUNDLE_REFRESH: Duration = Duration::from_secs(30);
+
+/// A SPIFFE bundle endpoint (`https_web`): its URL, the anchors for its server certificate
+/// (`None`: the web PKI roots) and how often it is fetched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BundleEndpointConfig {
+    pub url: String,
+    pub ca: Option<PathBuf>,
+    pub refresh: Duration,
 }
 
 /// The Portcullis CA (its admin API) a listener obtains its certificate from, renewing it at

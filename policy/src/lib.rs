@@ -25,6 +25,7 @@ pub use authn::{
 };
 #[cfg(feature = "schema")]
 pub use config::config_schema;
+pub use config::MIN_BUNDLE_REFRESH;
 pub use config::{
     AbuseLimits, AssertionSettings, AuditKey, AuditMode, AuditPostgres, AuditSettings, ClientAuth,
     Config, ConfigError, ConfigProblem, ConnectionLimits, EgressConfig, Fairness,

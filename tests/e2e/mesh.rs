@@ -273,3 +273,142 @@ fn two_services_talk_through_their_sidecars_by_spiffe_id() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An HTTPS server for the files in `dir` (Python's, with the test PKI's localhost
+/// certificate): the trust domains' bundle endpoints.
+struct FileServer {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl FileServer {
+    fn start(dir: &std::path::Path) -> Self {
+        let port = free_port();
+        let script = "import http.server, ssl, sys, os\n\
+            os.chdir(sys.argv[1])\n\
+            srv = http.server.HTTPServer(('127.0.0.1', int(sys.argv[2])), http.server.SimpleHTTPRequestHandler)\n\
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+            ctx.load_cert_chain('server.pem', 'server.key')\n\
+            srv.socket = ctx.wrap_socket(srv.socket, server_side=True)\n\
+            srv.serve_forever()\n";
+        let child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(dir)
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(port);
+        Self { port, child }
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A SPIFFE bundle document with the CA certificates of `pem_files`.
+fn bundle_json(dir: &std::path::Path, pem_files: &[&str]) -> String {
+    use base64::Engine as _;
+    let keys: Vec<serde_json::Value> = pem_files
+        .iter()
+        .map(|f| {
+            let pem = std::fs::read(dir.join(f)).unwrap();
+            let der = rustls_pemfile::certs(&mut pem.as_slice())
+                .next()
+                .unwrap()
+                .unwrap();
+            serde_json::json!({
+                "use": "x509-svid",
+                "kty": "EC",
+                "x5c": [base64::engine::general_purpose::STANDARD.encode(der.as_ref())],
+            })
+        })
+        .collect();
+    serde_json::json!({ "keys": keys, "spiffe_refresh_hint": 60 }).to_string()
+}
+
+#[test]
+fn a_trust_domain_bundle_is_fetched_from_its_endpoint_and_the_last_good_one_kept() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let day = Duration::from_secs(86400);
+    // Trust domain B rotates to a new CA: its endpoint publishes old and new; the gateway
+    // starts with the old one only.
+    let old = DevCa::new("B old").unwrap();
+    old.write(d, "b-old").unwrap();
+    let new = DevCa::new("B new").unwrap();
+    new.write(d, "b-new").unwrap();
+    new.issue(&LeafSpec::client(
+        "reader",
+        Some("spiffe://b.test/ns/db/sa/reader"),
+        day,
+    ))
+    .unwrap()
+    .write(d, "b-reader")
+    .unwrap();
+    let served = d.join("served");
+    std::fs::create_dir(&served).unwrap();
+    for f in ["server.pem", "server.key"] {
+        std::fs::copy(d.join(f), served.join(f)).unwrap();
+    }
+    std::fs::write(
+        served.join("b.json"),
+        bundle_json(d, &["b-old.pem", "b-new.pem"]),
+    )
+    .unwrap();
+    std::fs::write(served.join("broken.json"), r#"{"keys":[]}"#).unwrap();
+    let endpoint = FileServer::start(&served);
+    std::fs::copy(d.join("b-old.pem"), d.join("b-bundle.pem")).unwrap();
+    std::fs::copy(d.join("b-old.pem"), d.join("b-kept.pem")).unwrap();
+    let echo = Echo::start(d, "echo");
+    let config = |file: &str, doc: &str| {
+        CONFIG
+            .replace("{echo}", &echo.port.to_string())
+            .replace(
+                "        - { name: b.test, bundle: ca-b.pem }\n",
+                &format!(
+                    "        - name: b.test\n          bundle: {file}\n          endpoint: {{ url: 'https://localhost:{}/{doc}', ca: ca.pem }}\n",
+                    endpoint.port
+                ),
+            )
+    };
+    let gw = Gateway::start(d, &config("b-bundle.pem", "b.json"));
+    let reader = pki.client(Some("b-reader"));
+    // Fetched at start, written over the bundle file, and in force within a few seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = reader.get(gw.port, "/b/x").map(|r| r.status).ok();
+        if status == Some(200) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new CA never took effect:\n{}",
+            gw.proc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let kept = std::fs::read_to_string(d.join("b-bundle.pem")).unwrap();
+    assert_eq!(kept.matches("BEGIN CERTIFICATE").count(), 2);
+    let fetched =
+        r#"portcullis_trust_bundle_fetches_total{result="success",trust_domain="b.test"}"#;
+    assert!(metric_value(&gw.metrics(), fetched) >= 1.0);
+
+    // An endpoint serving nothing usable changes nothing: the bundle on file stays in force.
+    let stale = Gateway::start(d, &config("b-kept.pem", "broken.json"));
+    let failed = r#"portcullis_trust_bundle_fetches_total{result="failure",trust_domain="b.test"}"#;
+    assert!(metric_value(&stale.wait_metric(failed, 1.0), failed) >= 1.0);
+    assert_eq!(
+        std::fs::read(d.join("b-kept.pem")).unwrap(),
+        std::fs::read(d.join("b-old.pem")).unwrap()
+    );
+    assert!(reader
+        .connect(stale.port)
+        .and_then(|mut c| c.request("GET", "/b/x", &[]))
+        .is_err());
+}

@@ -42,6 +42,15 @@ impl ProviderHttp {
         })
     }
 
+    /// GETs `url`: the answer's status and body (at most 1 MiB).
+    pub(crate) async fn get(&self, url: &str) -> Result<(u16, Vec<u8>), FetchError> {
+        let request = http::Request::get(url)
+            .body(Vec::new())
+            .map_err(|e| FetchError(format!("{url}: {e}")))?;
+        let response = self.exchange(request).await?;
+        Ok((response.status().as_u16(), response.into_body()))
+    }
+
     async fn exchange(&self, request: HttpRequest) -> Result<HttpResponse, FetchError> {
         tokio::time::timeout(self.timeout, self.exchange_inner(request))
             .await

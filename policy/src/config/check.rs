@@ -21,10 +21,14 @@ use super::raw::{
     RawListener, RawSessions, RawTrustDomain, RawUpstream, RawUpstreamTls,
 };
 use super::{
-    AssertionSettings, AuditKey, ClientAuth, Config, ConfigProblem, EgressConfig, Fairness,
-    HealthCheckConfig, HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig,
-    TlsListenerConfig, TrustDomainBundle, UpstreamConfig, UpstreamTls,
+    AssertionSettings, AuditKey, BundleEndpointConfig, ClientAuth, Config, ConfigProblem,
+    EgressConfig, Fairness, HealthCheckConfig, HttpSettings, IssuerConfig, ListenerConfig,
+    MetricsConfig, TlsListenerConfig, TrustDomainBundle, UpstreamConfig, UpstreamTls,
+    MIN_BUNDLE_REFRESH,
 };
+
+/// How often a SPIFFE bundle endpoint is fetched by default.
+const DEFAULT_BUNDLE_REFRESH: Duration = Duration::from_secs(300);
 use crate::authn::SessionSettings;
 use crate::headers::StripList;
 use crate::names::UpstreamName;
@@ -747,9 +751,41 @@ impl Checker<'_> {
             self.unique(&mut seen, td.name.clone(), format!("{p}[{i}].name"), || {
                 format!("{what}: trust domain `{}` is listed twice", td.name)
             });
+            let endpoint = td.endpoint.as_ref().map(|e| {
+                let ep = format!("{p}[{i}].endpoint");
+                let bad_url = e.url.strip_prefix("https://").is_none_or(|rest| {
+                    rest.is_empty()
+                        || rest.starts_with('/')
+                        || rest
+                            .bytes()
+                            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+                });
+                if bad_url {
+                    self.at_value(
+                        &format!("{ep}.url"),
+                        format!("{what}: bundle endpoint `{}` is not an https URL", e.url),
+                    );
+                }
+                let refresh = e.refresh.unwrap_or(DEFAULT_BUNDLE_REFRESH);
+                if !(MIN_BUNDLE_REFRESH..=Duration::from_secs(86_400)).contains(&refresh) {
+                    self.at_value(
+                        &format!("{ep}.refresh"),
+                        format!("{what}: bundle endpoint refresh must be between 30s and 24h"),
+                    );
+                }
+                BundleEndpointConfig {
+                    url: e.url.clone(),
+                    ca: e
+                        .ca
+                        .as_ref()
+                        .map(|ca| self.file_path(&format!("{ep}.ca"), what, ca)),
+                    refresh,
+                }
+            });
             out.push(TrustDomainBundle {
                 name: td.name.clone(),
                 bundle: self.file_path(&format!("{p}[{i}].bundle"), what, &td.bundle),
+                endpoint,
             });
         }
         out

@@ -606,8 +606,32 @@ pub(crate) struct RawUpstream {
 pub(crate) struct RawTrustDomain {
     /// The trust domain, e.g. `example.org`.
     pub(crate) name: String,
-    /// Its CA certificates (PEM).
+    /// Its CA certificates (PEM); with `endpoint`, where the last good bundle fetched is kept.
     pub(crate) bundle: PathBuf,
+    /// The trust domain's SPIFFE bundle endpoint (`https_web`), fetched again and again.
+    #[serde(default)]
+    pub(crate) endpoint: Option<RawBundleEndpoint>,
+}
+
+/// A SPIFFE bundle endpoint.
+#[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "BundleEndpoint")
+)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBundleEndpoint {
+    /// `https://…` of the bundle document.
+    pub(crate) url: String,
+    /// Trust anchors for the endpoint's server certificate (default: the web PKI roots).
+    #[serde(default)]
+    pub(crate) ca: Option<PathBuf>,
+    /// How often to fetch (default 5m; sooner when the bundle's refresh hint says so, never
+    /// more than every 30s).
+    #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
+    pub(crate) refresh: Option<Duration>,
 }
 
 #[derive(Deserialize, Debug)]

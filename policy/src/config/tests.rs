@@ -1356,3 +1356,22 @@ fn the_readme_sidecar_example_parses() {
         .unwrap();
     assert_eq!(b.tls.as_ref().unwrap().spiffe_id.len(), 1);
 }
+
+#[test]
+fn trust_domain_endpoints_parse_with_defaults_and_refuse_nonsense() {
+    let yaml = edit(
+        "      client_auth: off\n",
+        "      trust_domains:\n        - name: example.org\n          bundle: certs/example-org.pem\n          endpoint: { url: 'https://bundles.example.org/b.json' }\n",
+    );
+    let config = parse(&yaml).unwrap();
+    let endpoint = config.listeners[1].tls.trust_domains[0]
+        .endpoint
+        .clone()
+        .unwrap();
+    assert_eq!(endpoint.refresh, Duration::from_secs(300));
+    assert_eq!(endpoint.ca, None);
+    let err = error(&yaml.replace("https://bundles", "http://bundles"));
+    assert!(err.contains("is not an https URL"), "{err}");
+    let err = error(&yaml.replace("b.json' }", "b.json', refresh: 1s }"));
+    assert!(err.contains("between 30s and 24h"), "{err}");
+}
