@@ -6,8 +6,10 @@
 //! one. Every POST is a JWS (ES256 or RS256, `jwk` or `kid` form) whose `url` must be the URL
 //! requested and whose nonce is consumed once ([`jws`]). An order names only what the account's
 //! profile allows; each name is proven by http-01 (the server fetches
-//! `http://NAME:PORT/.well-known/acme-challenge/TOKEN`, PORT 80 unless configured) or, when a
-//! resolver is configured, dns-01 (a TXT record, wildcard names allowed); finalize
+//! `http://NAME:PORT/.well-known/acme-challenge/TOKEN`, PORT 80 unless configured),
+//! tls-alpn-01 (a TLS handshake with `NAME:PORT`, PORT 443 unless configured, ALPN
+//! `acme-tls/1`) or, when a resolver is configured, dns-01 (a TXT record, wildcard names
+//! allowed); finalize
 //! sends the CSR through [`Ca::issue`] under the account's tenant and profile, its names exactly
 //! the order's. Revocation is by the account that obtained the certificate. Every refusal is a
 //! problem document ([`Problem`]).
@@ -24,6 +26,7 @@ mod http01;
 mod jws;
 mod problem;
 mod store;
+mod tlsalpn01;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -59,6 +62,7 @@ pub(crate) struct AcmeService {
     nonces: moka::sync::Cache<String, ()>,
     pending: Mutex<flow::Pending>,
     http01_port: u16,
+    tls_alpn01_port: u16,
     /// dns-01's resolver, when offered.
     dns01: Option<hickory_resolver::TokioResolver>,
 }
@@ -76,6 +80,7 @@ impl AcmeService {
                 .build(),
             pending: Mutex::new(flow::Pending::default()),
             http01_port: config.http01_port,
+            tls_alpn01_port: config.tls_alpn01_port,
             dns01: config.dns01_resolver.map(dns01::resolver),
         })
     }

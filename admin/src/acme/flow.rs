@@ -68,7 +68,7 @@ pub(super) struct Authz {
     token: String,
     /// The challenge's status (the authorization's follows it).
     status: Status,
-    /// The challenge the client chose (`http-01`, `dns-01`), once it chose.
+    /// The challenge the client chose (`http-01`, `tls-alpn-01`, `dns-01`), once it chose.
     chosen: Option<&'static str>,
     validated: Option<SystemTime>,
     error: Option<Value>,
@@ -496,12 +496,13 @@ pub(super) fn order_json(p: &Pending, base: &str, id: &str, o: &Order) -> Value 
     v
 }
 
-/// The challenges offered for an authorization: http-01 (not for a wildcard name) and dns-01
-/// when a resolver is configured.
+/// The challenges offered for an authorization: http-01 and tls-alpn-01 (not for a wildcard
+/// name) and dns-01 when a resolver is configured.
 fn offered(a: &Authz, dns01: bool) -> Vec<&'static str> {
-    let mut kinds = Vec::with_capacity(2);
+    let mut kinds = Vec::with_capacity(3);
     if !a.name.starts_with("*.") {
         kinds.push("http-01");
+        kinds.push("tls-alpn-01");
     }
     if dns01 {
         kinds.push("dns-01");
@@ -645,7 +646,7 @@ pub(super) async fn challenge(
         };
         if let Some((kind, name, token)) = start {
             let st2 = Arc::clone(&st);
-            let port = acme.http01_port;
+            let (port, tls_port) = (acme.http01_port, acme.tls_alpn01_port);
             let id = id.clone();
             tokio::spawn(async move {
                 let key_authorization = format!("{token}.{thumbprint}");
@@ -656,6 +657,9 @@ pub(super) async fn challenge(
                     ("dns-01", Some(resolver)) => {
                         let base = name.trim_start_matches("*.");
                         super::dns01::validate(resolver, base, &key_authorization).await
+                    }
+                    ("tls-alpn-01", _) => {
+                        super::tlsalpn01::validate(&name, tls_port, &key_authorization).await
                     }
                     _ => super::http01::validate(&name, port, &token, &key_authorization).await,
                 };
