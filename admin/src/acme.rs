@@ -11,8 +11,10 @@
 //! `acme-tls/1`) or, when a resolver is configured, dns-01 (a TXT record, wildcard names
 //! allowed); finalize
 //! sends the CSR through [`Ca::issue`] under the account's tenant and profile, its names exactly
-//! the order's. Revocation is by the account that obtained the certificate. Every refusal is a
-//! problem document ([`Problem`]).
+//! the order's. Revocation is by the account that obtained the certificate. Renewal
+//! information (RFC 9773, [`renewal`]) suggests when to renew each certificate issued here, and
+//! an order may name the certificate it replaces. Every refusal is a problem document
+//! ([`Problem`]).
 //!
 //! Accounts, EAB keys and issued certificates are in `STATE/acme.sqlite3`; orders and
 //! authorizations are kept in memory (bounded, expiring): a restart abandons them.
@@ -25,6 +27,7 @@ mod flow;
 mod http01;
 mod jws;
 mod problem;
+mod renewal;
 mod store;
 mod tlsalpn01;
 
@@ -119,6 +122,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/acme/cert/{id}", post(certificates::certificate))
         .route("/acme/revoke-cert", post(certificates::revoke))
         .route("/acme/key-change", post(flow::key_change))
+        .route("/acme/renewal-info/{id}", get(renewal::renewal_info))
 }
 
 /// `https://HOST` as the client addressed this server: every URL handed out is built on it, and
@@ -173,6 +177,7 @@ async fn directory(
         "newOrder": format!("{base}/acme/new-order"),
         "revokeCert": format!("{base}/acme/revoke-cert"),
         "keyChange": format!("{base}/acme/key-change"),
+        "renewalInfo": format!("{base}/acme/renewal-info"),
         "meta": { "externalAccountRequired": true },
     });
     finish(&st, None, axum::Json(body).into_response())

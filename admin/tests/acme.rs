@@ -1069,3 +1069,179 @@ async fn tls_alpn01_refuses_a_wrong_certificate_and_accepts_the_right_one() {
     assert_eq!(acme.post(&order_path, None).await.json()["status"], "valid");
     server.stop().await;
 }
+
+/// Orders `names`, proves them through the http-01 responder and finalizes: the PEM chain.
+async fn obtain(
+    acme: &mut Acme,
+    answers: &Mutex<HashMap<String, String>>,
+    names: &[&str],
+) -> String {
+    let r = acme.order(names).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let order = r.json();
+    let order_path = path_of(&location(&r));
+    validate(acme, &order, answers).await;
+    let r = acme
+        .post(
+            &path_of(order["finalize"].as_str().unwrap()),
+            Some(&json!({"csr": csr_der(names)})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let done = acme.post(&order_path, None).await.json();
+    let r = acme
+        .post(&path_of(done["certificate"].as_str().unwrap()), None)
+        .await;
+    String::from_utf8(r.body.to_vec()).unwrap()
+}
+
+/// RFC 9773's certID of the chain's leaf: base64url(AKI keyIdentifier).base64url(serial).
+fn cert_id(
+    chain: &str,
+) -> (
+    String,
+    x509_parser::time::ASN1Time,
+    x509_parser::time::ASN1Time,
+) {
+    let der = harness::certs(chain).remove(0);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let aki = cert
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                a.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
+        .expect("the CA writes an authority key identifier");
+    (
+        format!("{}.{}", b64(&aki), b64(cert.raw_serial())),
+        cert.validity().not_before,
+        cert.validity().not_after,
+    )
+}
+
+fn at(rfc3339: &Value) -> SystemTime {
+    humantime::parse_rfc3339(rfc3339.as_str().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_info_suggests_a_window_renews_now_when_revoked_and_checks_replaces() {
+    let fx = require_fixture!();
+    let (responder, answers) = responder().await;
+    let server = start(fx, responder.port()).await;
+    let mut acme = Acme::new(&server).await;
+    acme.register(&eab(fx, "webco", "webco-web")).await;
+
+    let r = acme
+        .client
+        .call("GET", "/acme/directory", &[], "")
+        .await
+        .unwrap();
+    let renewal_info = path_of(r.json()["renewalInfo"].as_str().unwrap());
+    assert_eq!(renewal_info, "/acme/renewal-info");
+
+    let chain = obtain(&mut acme, &answers, &["localhost"]).await;
+    let (id, not_before, not_after) = cert_id(&chain);
+    let (nb, na) = (not_before.timestamp(), not_after.timestamp());
+    let r = acme
+        .client
+        .call("GET", &format!("{renewal_info}/{id}"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let window = &r.json()["suggestedWindow"];
+    let unix = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let (start, end) = (unix(at(&window["start"])), unix(at(&window["end"])));
+    assert!((start - (nb + (na - nb) * 2 / 3)).abs() <= 1, "{window}");
+    assert!((end - (nb + (na - nb) * 5 / 6)).abs() <= 1, "{window}");
+    let retry: i64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    let now = unix(SystemTime::now());
+    assert!(
+        (60..=6 * 3600).contains(&retry) && retry <= start - now + 1,
+        "{retry}"
+    );
+
+    // Unknown and malformed certIDs.
+    let (aki, _) = id.split_once('.').unwrap();
+    for (path, status) in [
+        (format!("{renewal_info}/{aki}.AQIDBAUGBwg"), 404),
+        (
+            format!("{renewal_info}/AAAA.{}", id.split_once('.').unwrap().1),
+            404,
+        ),
+        (format!("{renewal_info}/{aki}"), 400),
+        (format!("{renewal_info}/{aki}.!!"), 400),
+        (format!("{renewal_info}/{aki}.AA"), 400),
+    ] {
+        let r = acme.client.call("GET", &path, &[], "").await.unwrap();
+        assert_eq!(r.status, status, "{path}");
+        assert_eq!(problem(&r), "urn:ietf:params:acme:error:malformed");
+    }
+
+    // replaces: this account's certificate, once; not another account's, nor a stranger's id.
+    let ids = json!([{"type": "dns", "value": "localhost"}]);
+    let r = acme
+        .post(
+            "/acme/new-order",
+            Some(&json!({"identifiers": ids, "replaces": id})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["replaces"], id.as_str());
+    let r = acme
+        .post(
+            "/acme/new-order",
+            Some(&json!({"identifiers": ids, "replaces": id})),
+        )
+        .await;
+    assert_eq!(r.status, 409);
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:alreadyReplaced");
+    let r = acme
+        .post(
+            "/acme/new-order",
+            Some(
+                &json!({"identifiers": [{"type": "dns", "value": "a.webco.test"}], "replaces": id}),
+            ),
+        )
+        .await;
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:malformed");
+    for bad in [format!("{aki}.AQIDBAUGBwg"), "junk".to_owned()] {
+        let r = acme
+            .post(
+                "/acme/new-order",
+                Some(&json!({"identifiers": ids, "replaces": bad})),
+            )
+            .await;
+        assert_eq!(problem(&r), "urn:ietf:params:acme:error:malformed", "{bad}");
+    }
+    let mut stranger = Acme::new(&server).await;
+    stranger.register(&eab(fx, "webco", "webco-web")).await;
+    let r = stranger
+        .post(
+            "/acme/new-order",
+            Some(&json!({"identifiers": ids, "replaces": id})),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:unauthorized");
+
+    // Revoked: the window is in the past (renew now).
+    let der = b64(&harness::certs(&chain)[0]);
+    let r = acme
+        .post("/acme/revoke-cert", Some(&json!({"certificate": der})))
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = acme
+        .client
+        .call("GET", &format!("{renewal_info}/{id}"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let window = &r.json()["suggestedWindow"];
+    let now = SystemTime::now();
+    assert!(at(&window["start"]) < at(&window["end"]), "{window}");
+    assert!(at(&window["end"]) < now, "{window}");
+    server.stop().await;
+}

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::jws::{self, b64};
+use super::renewal::{check_replaces, CertId};
 use super::store::{Account, AcmeStore};
 use super::{
     finish, purge_expired, verify_post, AcmeService, Problem, Signed, MAX_ORDERS,
@@ -58,6 +59,8 @@ pub(super) struct Order {
     pub(super) authz: Vec<String>,
     pub(super) certificate: Option<Serial>,
     pub(super) error: Option<Value>,
+    /// The certificate this order replaces (RFC 9773), checked to be the account's.
+    pub(super) replaces: Option<CertId>,
 }
 
 #[derive(Debug, Clone)]
@@ -132,7 +135,7 @@ fn random_id() -> Result<String, Problem> {
     Ok(b64(&bytes))
 }
 
-fn rfc3339(t: SystemTime) -> String {
+pub(super) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
@@ -340,6 +343,9 @@ struct NewOrder {
     not_before: Option<String>,
     #[serde(default)]
     not_after: Option<String>,
+    /// The certID of the certificate this order replaces (RFC 9773 §5).
+    #[serde(default)]
+    replaces: Option<String>,
 }
 
 /// The names of an order, checked against the account's profile before any validation.
@@ -418,6 +424,10 @@ pub(super) async fn new_order(
             .map_err(|_| Problem::malformed("the newOrder payload is not the expected JSON"))?;
         let acme = acme(&st)?;
         let names = order_names(&st, account, &req, acme.dns01.is_some())?;
+        let replaces = match &req.replaces {
+            Some(text) => Some(check_replaces(&st, account.id, text, &names).await?),
+            None => None,
+        };
         let expires = SystemTime::now() + ORDER_TTL;
         let mut authz_ids = Vec::with_capacity(names.len());
         let mut new_authz = Vec::with_capacity(names.len());
@@ -447,6 +457,7 @@ pub(super) async fn new_order(
             authz: authz_ids,
             certificate: None,
             error: None,
+            replaces,
         };
         let body = {
             let mut p = acme.pending();
@@ -463,6 +474,21 @@ pub(super) async fn new_order(
                     "rateLimited",
                     "too many orders in progress; retry later",
                 ));
+            }
+            if let Some(replaced) = &order.replaces {
+                let taken = p.orders.values().any(|o| {
+                    o.replaces
+                        .as_ref()
+                        .is_some_and(|r| r.serial == replaced.serial)
+                        && p.order_status(o) != Status::Invalid
+                });
+                if taken {
+                    return Err(Problem::new(
+                        StatusCode::CONFLICT,
+                        "alreadyReplaced",
+                        "another order already replaces this certificate",
+                    ));
+                }
             }
             p.authz.extend(new_authz);
             let body = order_json(&p, &signed.base, &order_id, &order);
@@ -492,6 +518,9 @@ pub(super) fn order_json(p: &Pending, base: &str, id: &str, o: &Order) -> Value 
     }
     if let Some(e) = &o.error {
         v["error"] = e.clone();
+    }
+    if let Some(r) = &o.replaces {
+        v["replaces"] = json!(r.text());
     }
     v
 }
