@@ -9,12 +9,11 @@
 //! `http://NAME:PORT/.well-known/acme-challenge/TOKEN`, PORT 80 unless configured),
 //! tls-alpn-01 (a TLS handshake with `NAME:PORT`, PORT 443 unless configured, ALPN
 //! `acme-tls/1`) or, when a resolver is configured, dns-01 (a TXT record, wildcard names
-//! allowed); finalize
-//! sends the CSR through [`Ca::issue`] under the account's tenant and profile, its names exactly
-//! the order's. Revocation is by the account that obtained the certificate. Renewal
-//! information (RFC 9773, [`renewal`]) suggests when to renew each certificate issued here, and
-//! an order may name the certificate it replaces. Every refusal is a problem document
-//! ([`Problem`]).
+//! allowed); finalize sends the CSR through [`Ca::issue`] under the account's tenant and
+//! profile, its names exactly the order's. Revocation is by the account that obtained the
+//! certificate. Renewal information (RFC 9773, [`renewal`]) suggests when to renew each
+//! certificate issued here, and an order may name the certificate it replaces. Every refusal is
+//! a problem document ([`Problem`]).
 //!
 //! Accounts, EAB keys and issued certificates are in `STATE/acme.sqlite3`; orders and
 //! authorizations are kept in memory (bounded, expiring): a restart abandons them.
