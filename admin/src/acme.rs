@@ -6,11 +6,14 @@
 //! one. Every POST is a JWS (ES256 or RS256, `jwk` or `kid` form) whose `url` must be the URL
 //! requested and whose nonce is consumed once ([`jws`]). An order names only what the account's
 //! profile allows; each name is proven by http-01 (the server fetches
-//! `http://NAME:PORT/.well-known/acme-challenge/TOKEN`, PORT 80 unless configured) or, when a
-//! resolver is configured, dns-01 (a TXT record, wildcard names allowed); finalize
-//! sends the CSR through [`Ca::issue`] under the account's tenant and profile, its names exactly
-//! the order's. Revocation is by the account that obtained the certificate. Every refusal is a
-//! problem document ([`Problem`]).
+//! `http://NAME:PORT/.well-known/acme-challenge/TOKEN`, PORT 80 unless configured),
+//! tls-alpn-01 (a TLS handshake with `NAME:PORT`, PORT 443 unless configured, ALPN
+//! `acme-tls/1`) or, when a resolver is configured, dns-01 (a TXT record, wildcard names
+//! allowed); finalize sends the CSR through [`Ca::issue`] under the account's tenant and
+//! profile, its names exactly the order's. Revocation is by the account that obtained the
+//! certificate. Renewal information (RFC 9773, [`renewal`]) suggests when to renew each
+//! certificate issued here, and an order may name the certificate it replaces. Every refusal is
+//! a problem document ([`Problem`]).
 //!
 //! Accounts, EAB keys and issued certificates are in `STATE/acme.sqlite3`; orders and
 //! authorizations are kept in memory (bounded, expiring): a restart abandons them.
@@ -23,7 +26,9 @@ mod flow;
 mod http01;
 mod jws;
 mod problem;
+mod renewal;
 mod store;
+mod tlsalpn01;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -59,6 +64,7 @@ pub(crate) struct AcmeService {
     nonces: moka::sync::Cache<String, ()>,
     pending: Mutex<flow::Pending>,
     http01_port: u16,
+    tls_alpn01_port: u16,
     /// dns-01's resolver, when offered.
     dns01: Option<hickory_resolver::TokioResolver>,
 }
@@ -76,6 +82,7 @@ impl AcmeService {
                 .build(),
             pending: Mutex::new(flow::Pending::default()),
             http01_port: config.http01_port,
+            tls_alpn01_port: config.tls_alpn01_port,
             dns01: config.dns01_resolver.map(dns01::resolver),
         })
     }
@@ -114,6 +121,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/acme/cert/{id}", post(certificates::certificate))
         .route("/acme/revoke-cert", post(certificates::revoke))
         .route("/acme/key-change", post(flow::key_change))
+        .route("/acme/renewal-info/{id}", get(renewal::renewal_info))
 }
 
 /// `https://HOST` as the client addressed this server: every URL handed out is built on it, and
@@ -168,6 +176,7 @@ async fn directory(
         "newOrder": format!("{base}/acme/new-order"),
         "revokeCert": format!("{base}/acme/revoke-cert"),
         "keyChange": format!("{base}/acme/key-change"),
+        "renewalInfo": format!("{base}/acme/renewal-info"),
         "meta": { "externalAccountRequired": true },
     });
     finish(&st, None, axum::Json(body).into_response())

@@ -32,6 +32,7 @@
 //! acme:                           # the ACME server under /acme/ (off by default)
 //!   enabled: true
 //!   http01_port: 80               # where http-01 challenges are fetched (default 80)
+//!   tls_alpn01_port: 443          # where tls-alpn-01 handshakes go (default 443)
 //!   dns01_resolver: 127.0.0.1:53  # offer dns-01, asking this resolver (none by default)
 //! agents:                         # node agents and the SPIFFE IDs they may obtain SVIDs for
 //!   - spiffe_id: spiffe://portcullis.internal/agent/node-1       # (see `config/agents.rs`)
@@ -110,6 +111,9 @@ pub struct AcmeConfig {
     /// The port http-01 challenges are fetched from (80 unless a test or a proxy says
     /// otherwise).
     pub http01_port: u16,
+    /// The port tls-alpn-01 handshakes are made to (443 unless a test or a proxy says
+    /// otherwise).
+    pub tls_alpn01_port: u16,
     /// When set, dns-01 is offered too: `_acme-challenge` TXT records are asked of this
     /// resolver (and wildcard names may be ordered).
     pub dns01_resolver: Option<SocketAddr>,
@@ -120,6 +124,7 @@ impl Default for AcmeConfig {
         Self {
             enabled: false,
             http01_port: 80,
+            tls_alpn01_port: 443,
             dns01_resolver: None,
         }
     }

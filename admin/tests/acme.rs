@@ -49,8 +49,13 @@ fn free_port() -> u16 {
 
 /// An admin server with ACME on, fetching http-01 challenges from `http01_port`.
 async fn start(fx: &Fixture, http01_port: u16) -> Server {
+    start_ports(fx, http01_port, 1).await
+}
+
+/// An admin server with ACME on, http-01 and tls-alpn-01 at these ports.
+async fn start_ports(fx: &Fixture, http01_port: u16, tls_alpn01_port: u16) -> Server {
     let config = fx.admin_config_with(&format!(
-        "acme:\n  enabled: true\n  http01_port: {http01_port}\n"
+        "acme:\n  enabled: true\n  http01_port: {http01_port}\n  tls_alpn01_port: {tls_alpn01_port}\n"
     ));
     fx.start_with(config, None).await
 }
@@ -118,12 +123,25 @@ fn verify_chain(fx: &Fixture, leaf: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lego_obtains_renews_and_revokes_with_eab() {
+    lego_obtains_renews_and_revokes("--http").await;
+}
+
+/// The same through tls-alpn-01 (http-01 would fetch from port 1, where nothing answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lego_obtains_renews_and_revokes_with_tls_alpn01() {
+    lego_obtains_renews_and_revokes("--tls").await;
+}
+
+async fn lego_obtains_renews_and_revokes(challenge: &str) {
     let fx = require_fixture!();
     if !have("lego") {
         return;
     }
     let port = free_port();
-    let server = start(fx, port).await;
+    let server = match challenge {
+        "--tls" => start_ports(fx, 1, port).await,
+        _ => start_ports(fx, port, 1).await,
+    };
     let cred = eab(fx, "webco", "webco-web");
     let dir = tempfile::tempdir().unwrap();
     let lego = |action: &[&str]| {
@@ -142,8 +160,8 @@ async fn lego_obtains_renews_and_revokes_with_eab() {
                 "--accept-tos",
                 "--domains",
                 "localhost",
-                "--http",
-                "--http.port",
+                challenge,
+                &format!("{challenge}.port"),
                 &format!("127.0.0.1:{port}"),
                 "--path",
                 dir.path().to_str().unwrap(),
@@ -825,5 +843,405 @@ async fn dns01_validates_through_the_configured_resolver() {
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         assert_eq!(acme.post(&order_path, None).await.json()["status"], "valid");
     }
+    server.stop().await;
+}
+
+/// What the tls-alpn-01 responder presents: a certificate made for these names, with or without
+/// the acmeIdentifier extension (critical or not) of this digest, and whether ALPN is spoken.
+#[derive(Clone)]
+struct AlpnAnswer {
+    names: Vec<String>,
+    digest: Option<Vec<u8>>,
+    critical: bool,
+    alpn: bool,
+}
+
+#[derive(Debug)]
+struct OneCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for OneCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+}
+
+/// A TLS responder on loopback presenting whatever `AlpnAnswer` is current.
+async fn alpn_responder() -> (u16, Arc<Mutex<Option<AlpnAnswer>>>) {
+    let answer: Arc<Mutex<Option<AlpnAnswer>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let current = Arc::clone(&answer);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let Some(a) = current.lock().unwrap().clone() else {
+                continue;
+            };
+            let mut params = rcgen::CertificateParams::new(a.names.clone()).unwrap();
+            if let Some(d) = &a.digest {
+                let mut ext = rcgen::CustomExtension::new_acme_identifier(d);
+                ext.set_criticality(a.critical);
+                params.custom_extensions.push(ext);
+            }
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            let provider = portcullis_identity::provider();
+            let signing = provider
+                .key_provider
+                .load_private_key(rustls::pki_types::PrivateKeyDer::Pkcs8(
+                    key.serialize_der().into(),
+                ))
+                .unwrap();
+            // Not with_single_cert: its key check (webpki) refuses the critical extension.
+            let certified = Arc::new(rustls::sign::CertifiedKey::new(
+                vec![cert.der().clone()],
+                signing,
+            ));
+            let mut config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(OneCert(certified)));
+            if a.alpn {
+                config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+            }
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(stream).await {
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+                }
+            });
+        }
+    });
+    (port, answer)
+}
+
+/// Starts `kind` of the order's only authorization and waits until it is decided: the final
+/// authorization.
+async fn decide(acme: &mut Acme, order: &Value, kind: &str, before: impl FnOnce(&str)) -> Value {
+    let authz = path_of(order["authorizations"][0].as_str().unwrap());
+    let a = acme.post(&authz, None).await.json();
+    let ch = a["challenges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == kind)
+        .unwrap_or_else(|| panic!("{kind} offered: {a}"))
+        .clone();
+    before(ch["token"].as_str().unwrap());
+    let r = acme
+        .post(&path_of(ch["url"].as_str().unwrap()), Some(&json!({})))
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    for _ in 0..100 {
+        let a = acme.post(&authz, None).await.json();
+        if a["status"] != "pending" {
+            return a;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{kind} still pending");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn01_refuses_a_wrong_certificate_and_accepts_the_right_one() {
+    let fx = require_fixture!();
+    let (port, answer) = alpn_responder().await;
+    let server = start_ports(fx, 1, port).await;
+    let mut acme = Acme::new(&server).await;
+    acme.register(&eab(fx, "webco", "webco-web")).await;
+
+    // Offered beside http-01, not for a wildcard (which would need dns-01 anyway).
+    let r = acme.order(&["localhost"]).await;
+    let a = acme
+        .post(
+            &path_of(r.json()["authorizations"][0].as_str().unwrap()),
+            None,
+        )
+        .await
+        .json();
+    let kinds: Vec<&str> = a["challenges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["http-01", "tls-alpn-01"]);
+
+    let thumbprint = acme.thumbprint();
+    let digest = |token: &str| {
+        ring::digest::digest(
+            &ring::digest::SHA256,
+            format!("{token}.{thumbprint}").as_bytes(),
+        )
+        .as_ref()
+        .to_vec()
+    };
+    let right = |names: &[&str], token: &str| AlpnAnswer {
+        names: names.iter().map(|n| (*n).to_owned()).collect(),
+        digest: Some(digest(token)),
+        critical: true,
+        alpn: true,
+    };
+    type Variant<'a> = Box<dyn Fn(&str) -> AlpnAnswer + 'a>;
+    let wrong: Vec<(&str, &str, Variant)> = vec![
+        (
+            "wrong digest",
+            "incorrectResponse",
+            Box::new(|token| AlpnAnswer {
+                digest: Some(digest(&format!("{token}x"))),
+                ..right(&["localhost"], token)
+            }),
+        ),
+        (
+            "non-critical extension",
+            "incorrectResponse",
+            Box::new(|token| AlpnAnswer {
+                critical: false,
+                ..right(&["localhost"], token)
+            }),
+        ),
+        (
+            "no extension",
+            "incorrectResponse",
+            Box::new(|token| AlpnAnswer {
+                digest: None,
+                ..right(&["localhost"], token)
+            }),
+        ),
+        (
+            "extra SAN",
+            "incorrectResponse",
+            Box::new(|token| right(&["localhost", "www.webco.test"], token)),
+        ),
+        (
+            "another name",
+            "incorrectResponse",
+            Box::new(|token| right(&["www.webco.test"], token)),
+        ),
+        (
+            "no ALPN",
+            "tls",
+            Box::new(|token| AlpnAnswer {
+                alpn: false,
+                ..right(&["localhost"], token)
+            }),
+        ),
+    ];
+    for (what, kind, variant) in wrong {
+        let order = acme.order(&["localhost"]).await.json();
+        let a = decide(&mut acme, &order, "tls-alpn-01", |token| {
+            *answer.lock().unwrap() = Some(variant(token));
+        })
+        .await;
+        assert_eq!(a["status"], "invalid", "{what}");
+        let ch = a["challenges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "tls-alpn-01")
+            .unwrap();
+        assert_eq!(
+            ch["error"]["type"],
+            format!("urn:ietf:params:acme:error:{kind}"),
+            "{what}: {ch}"
+        );
+    }
+
+    // The right certificate: valid, and the order is finalized.
+    let r = acme.order(&["localhost"]).await;
+    let order = r.json();
+    let order_path = path_of(&location(&r));
+    let a = decide(&mut acme, &order, "tls-alpn-01", |token| {
+        *answer.lock().unwrap() = Some(right(&["localhost"], token));
+    })
+    .await;
+    assert_eq!(a["status"], "valid", "{a}");
+    let r = acme
+        .post(
+            &path_of(order["finalize"].as_str().unwrap()),
+            Some(&json!({"csr": csr_der(&["localhost"])})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(acme.post(&order_path, None).await.json()["status"], "valid");
+    server.stop().await;
+}
+
+/// Orders `names`, proves them through the http-01 responder and finalizes: the PEM chain.
+async fn obtain(
+    acme: &mut Acme,
+    answers: &Mutex<HashMap<String, String>>,
+    names: &[&str],
+) -> String {
+    let r = acme.order(names).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let order = r.json();
+    let order_path = path_of(&location(&r));
+    validate(acme, &order, answers).await;
+    let r = acme
+        .post(
+            &path_of(order["finalize"].as_str().unwrap()),
+            Some(&json!({"csr": csr_der(names)})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let done = acme.post(&order_path, None).await.json();
+    let r = acme
+        .post(&path_of(done["certificate"].as_str().unwrap()), None)
+        .await;
+    String::from_utf8(r.body.to_vec()).unwrap()
+}
+
+/// RFC 9773's certID of the chain's leaf: base64url(AKI keyIdentifier).base64url(serial).
+fn cert_id(
+    chain: &str,
+) -> (
+    String,
+    x509_parser::time::ASN1Time,
+    x509_parser::time::ASN1Time,
+) {
+    let der = harness::certs(chain).remove(0);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let aki = cert
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                a.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
+        .expect("the CA writes an authority key identifier");
+    (
+        format!("{}.{}", b64(&aki), b64(cert.raw_serial())),
+        cert.validity().not_before,
+        cert.validity().not_after,
+    )
+}
+
+fn at(rfc3339: &Value) -> SystemTime {
+    humantime::parse_rfc3339(rfc3339.as_str().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_info_suggests_a_window_renews_now_when_revoked_and_checks_replaces() {
+    let fx = require_fixture!();
+    let (responder, answers) = responder().await;
+    let server = start(fx, responder.port()).await;
+    let mut acme = Acme::new(&server).await;
+    acme.register(&eab(fx, "webco", "webco-web")).await;
+
+    let r = acme
+        .client
+        .call("GET", "/acme/directory", &[], "")
+        .await
+        .unwrap();
+    let renewal_info = path_of(r.json()["renewalInfo"].as_str().unwrap());
+    assert_eq!(renewal_info, "/acme/renewal-info");
+
+    let chain = obtain(&mut acme, &answers, &["localhost"]).await;
+    let (id, not_before, not_after) = cert_id(&chain);
+    let (nb, na) = (not_before.timestamp(), not_after.timestamp());
+    let r = acme
+        .client
+        .call("GET", &format!("{renewal_info}/{id}"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let window = &r.json()["suggestedWindow"];
+    let unix = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let (start, end) = (unix(at(&window["start"])), unix(at(&window["end"])));
+    assert!((start - (nb + (na - nb) * 2 / 3)).abs() <= 1, "{window}");
+    assert!((end - (nb + (na - nb) * 5 / 6)).abs() <= 1, "{window}");
+    let retry: i64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    let now = unix(SystemTime::now());
+    assert!(
+        (60..=6 * 3600).contains(&retry) && retry <= start - now + 1,
+        "{retry}"
+    );
+
+    // Unknown and malformed certIDs.
+    let (aki, _) = id.split_once('.').unwrap();
+    for (path, status) in [
+        (format!("{renewal_info}/{aki}.AQIDBAUGBwg"), 404),
+        (
+            format!("{renewal_info}/AAAA.{}", id.split_once('.').unwrap().1),
+            404,
+        ),
+        (format!("{renewal_info}/{aki}"), 400),
+        (format!("{renewal_info}/{aki}.!!"), 400),
+        (format!("{renewal_info}/{aki}.AA"), 400),
+    ] {
+        let r = acme.client.call("GET", &path, &[], "").await.unwrap();
+        assert_eq!(r.status, status, "{path}");
+        assert_eq!(problem(&r), "urn:ietf:params:acme:error:malformed");
+    }
+
+    // replaces: this account's certificate, once; not another account's, nor a stranger's id.
+    let ids = json!([{"type": "dns", "value": "localhost"}]);
+    let r = acme
+        .post(
+            "/acme/new-order",
+            Some(&json!({"identifiers": ids, "replaces": id})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["replaces"], id.as_str());
+    let r = acme
+        .post(
+            "/acme/new-order",
+            Some(&json!({"identifiers": ids, "replaces": id})),
+        )
+        .await;
+    assert_eq!(r.status, 409);
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:alreadyReplaced");
+    let r = acme
+        .post(
+            "/acme/new-order",
+            Some(
+                &json!({"identifiers": [{"type": "dns", "value": "a.webco.test"}], "replaces": id}),
+            ),
+        )
+        .await;
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:malformed");
+    for bad in [format!("{aki}.AQIDBAUGBwg"), "junk".to_owned()] {
+        let r = acme
+            .post(
+                "/acme/new-order",
+                Some(&json!({"identifiers": ids, "replaces": bad})),
+            )
+            .await;
+        assert_eq!(problem(&r), "urn:ietf:params:acme:error:malformed", "{bad}");
+    }
+    let mut stranger = Acme::new(&server).await;
+    stranger.register(&eab(fx, "webco", "webco-web")).await;
+    let r = stranger
+        .post(
+            "/acme/new-order",
+            Some(&json!({"identifiers": ids, "replaces": id})),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:unauthorized");
+
+    // Revoked: the window is in the past (renew now).
+    let der = b64(&harness::certs(&chain)[0]);
+    let r = acme
+        .post("/acme/revoke-cert", Some(&json!({"certificate": der})))
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = acme
+        .client
+        .call("GET", &format!("{renewal_info}/{id}"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let window = &r.json()["suggestedWindow"];
+    let now = SystemTime::now();
+    assert!(at(&window["start"]) < at(&window["end"]), "{window}");
+    assert!(at(&window["end"]) < now, "{window}");
     server.stop().await;
 }

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::jws::{self, b64};
+use super::renewal::{check_replaces, CertId};
 use super::store::{Account, AcmeStore};
 use super::{
     finish, purge_expired, verify_post, AcmeService, Problem, Signed, MAX_ORDERS,
@@ -58,6 +59,8 @@ pub(super) struct Order {
     pub(super) authz: Vec<String>,
     pub(super) certificate: Option<Serial>,
     pub(super) error: Option<Value>,
+    /// The certificate this order replaces (RFC 9773), checked to be the account's.
+    pub(super) replaces: Option<CertId>,
 }
 
 #[derive(Debug, Clone)]
@@ -68,7 +71,7 @@ pub(super) struct Authz {
     token: String,
     /// The challenge's status (the authorization's follows it).
     status: Status,
-    /// The challenge the client chose (`http-01`, `dns-01`), once it chose.
+    /// The challenge the client chose (`http-01`, `tls-alpn-01`, `dns-01`), once it chose.
     chosen: Option<&'static str>,
     validated: Option<SystemTime>,
     error: Option<Value>,
@@ -132,7 +135,7 @@ fn random_id() -> Result<String, Problem> {
     Ok(b64(&bytes))
 }
 
-fn rfc3339(t: SystemTime) -> String {
+pub(super) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
@@ -340,6 +343,9 @@ struct NewOrder {
     not_before: Option<String>,
     #[serde(default)]
     not_after: Option<String>,
+    /// The certID of the certificate this order replaces (RFC 9773 §5).
+    #[serde(default)]
+    replaces: Option<String>,
 }
 
 /// The names of an order, checked against the account's profile before any validation.
@@ -418,6 +424,10 @@ pub(super) async fn new_order(
             .map_err(|_| Problem::malformed("the newOrder payload is not the expected JSON"))?;
         let acme = acme(&st)?;
         let names = order_names(&st, account, &req, acme.dns01.is_some())?;
+        let replaces = match &req.replaces {
+            Some(text) => Some(check_replaces(&st, account.id, text, &names).await?),
+            None => None,
+        };
         let expires = SystemTime::now() + ORDER_TTL;
         let mut authz_ids = Vec::with_capacity(names.len());
         let mut new_authz = Vec::with_capacity(names.len());
@@ -447,6 +457,7 @@ pub(super) async fn new_order(
             authz: authz_ids,
             certificate: None,
             error: None,
+            replaces,
         };
         let body = {
             let mut p = acme.pending();
@@ -463,6 +474,21 @@ pub(super) async fn new_order(
                     "rateLimited",
                     "too many orders in progress; retry later",
                 ));
+            }
+            if let Some(replaced) = &order.replaces {
+                let taken = p.orders.values().any(|o| {
+                    o.replaces
+                        .as_ref()
+                        .is_some_and(|r| r.serial == replaced.serial)
+                        && p.order_status(o) != Status::Invalid
+                });
+                if taken {
+                    return Err(Problem::new(
+                        StatusCode::CONFLICT,
+                        "alreadyReplaced",
+                        "another order already replaces this certificate",
+                    ));
+                }
             }
             p.authz.extend(new_authz);
             let body = order_json(&p, &signed.base, &order_id, &order);
@@ -493,15 +519,19 @@ pub(super) fn order_json(p: &Pending, base: &str, id: &str, o: &Order) -> Value 
     if let Some(e) = &o.error {
         v["error"] = e.clone();
     }
+    if let Some(r) = &o.replaces {
+        v["replaces"] = json!(r.text());
+    }
     v
 }
 
-/// The challenges offered for an authorization: http-01 (not for a wildcard name) and dns-01
-/// when a resolver is configured.
+/// The challenges offered for an authorization: http-01 and tls-alpn-01 (not for a wildcard
+/// name) and dns-01 when a resolver is configured.
 fn offered(a: &Authz, dns01: bool) -> Vec<&'static str> {
-    let mut kinds = Vec::with_capacity(2);
+    let mut kinds = Vec::with_capacity(3);
     if !a.name.starts_with("*.") {
         kinds.push("http-01");
+        kinds.push("tls-alpn-01");
     }
     if dns01 {
         kinds.push("dns-01");
@@ -645,7 +675,7 @@ pub(super) async fn challenge(
         };
         if let Some((kind, name, token)) = start {
             let st2 = Arc::clone(&st);
-            let port = acme.http01_port;
+            let (port, tls_port) = (acme.http01_port, acme.tls_alpn01_port);
             let id = id.clone();
             tokio::spawn(async move {
                 let key_authorization = format!("{token}.{thumbprint}");
@@ -656,6 +686,9 @@ pub(super) async fn challenge(
                     ("dns-01", Some(resolver)) => {
                         let base = name.trim_start_matches("*.");
                         super::dns01::validate(resolver, base, &key_authorization).await
+                    }
+                    ("tls-alpn-01", _) => {
+                        super::tlsalpn01::validate(&name, tls_port, &key_authorization).await
                     }
                     _ => super::http01::validate(&name, port, &token, &key_authorization).await,
                 };

@@ -10,14 +10,14 @@ use hyper_util::rt::TokioIo;
 
 use super::Problem;
 
-/// Each connection attempt, and the exchange after it.
-const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Each connection attempt, and the exchange after it (tls-alpn-01 uses the same bounds).
+pub(super) const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Resolved addresses tried at most.
 const MAX_ADDRS: usize = 4;
 /// Longest answer read.
 const MAX_ANSWER: usize = 1024;
 
-fn failed(detail: String) -> Problem {
+pub(super) fn failed(detail: String) -> Problem {
     Problem::new(StatusCode::FORBIDDEN, "connection", detail)
 }
 
@@ -28,24 +28,7 @@ pub(super) async fn validate(
     token: &str,
     key_authorization: &str,
 ) -> Result<(), Problem> {
-    let addrs: Vec<_> = tokio::time::timeout(STEP_TIMEOUT, tokio::net::lookup_host((name, port)))
-        .await
-        .map_err(|_| {
-            Problem::new(
-                StatusCode::FORBIDDEN,
-                "dns",
-                format!("resolving {name} timed out"),
-            )
-        })?
-        .map_err(|_| {
-            Problem::new(
-                StatusCode::FORBIDDEN,
-                "dns",
-                format!("{name} does not resolve"),
-            )
-        })?
-        .take(MAX_ADDRS)
-        .collect();
+    let addrs = resolve(name, port).await?;
     let mut last = failed(format!("{name} has no address"));
     for addr in addrs {
         match fetch(addr, name, port, token).await {
@@ -61,6 +44,30 @@ pub(super) async fn validate(
         }
     }
     Err(last)
+}
+
+/// The first few addresses of `name`, resolved within [`STEP_TIMEOUT`].
+pub(super) async fn resolve(name: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, Problem> {
+    Ok(
+        tokio::time::timeout(STEP_TIMEOUT, tokio::net::lookup_host((name, port)))
+            .await
+            .map_err(|_| {
+                Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "dns",
+                    format!("resolving {name} timed out"),
+                )
+            })?
+            .map_err(|_| {
+                Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "dns",
+                    format!("{name} does not resolve"),
+                )
+            })?
+            .take(MAX_ADDRS)
+            .collect(),
+    )
 }
 
 async fn fetch(
