@@ -31,6 +31,7 @@ use crate::record::{grpc_status, Exchange, Findings};
 mod body_watch;
 mod connection;
 mod context;
+mod grpc;
 mod people;
 mod refusals;
 
@@ -144,6 +145,9 @@ impl ProxyHttp for Gateway {
                     BodyScan::planned(i, BodyDirection::Request, &admitted.request_body)
                 });
                 ctx.admitted = Some(admitted);
+                if session.is_http2() && grpc::is_call(session) {
+                    ctx.grpc_deadline = grpc::timeout(session).map(|t| ctx.started + t);
+                }
                 if let (Some(abort), true) = (check.abort, session.is_http2()) {
                     if !session.is_body_done() {
                         let timeout = listener.map_or(Duration::MAX, |l| l.body_idle_timeout);
@@ -209,7 +213,17 @@ impl ProxyHttp for Gateway {
             .cloned()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "route has no pool"))?;
         match pool.peer() {
-            Some(peer) => {
+            Some(mut peer) => {
+                if let Some(deadline) = ctx.grpc_deadline {
+                    // The call's deadline caps every wait on the upstream.
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Err(self.refused_midway(ctx, Refusal::DeadlineExceeded));
+                    }
+                    let cap = |t: Option<Duration>| Some(t.map_or(left, |t| t.min(left)));
+                    peer.options.read_timeout = cap(peer.options.read_timeout);
+                    peer.options.connection_timeout = cap(peer.options.connection_timeout);
+                }
                 ctx.upstream = Some(peer._address.clone());
                 Ok(Box::new(peer))
             }
@@ -442,6 +456,13 @@ impl ProxyHttp for Gateway {
             e.etype(),
             ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
         ) && matches!(e.esource(), ErrorSource::Downstream);
+        if upstream_failed
+            && ctx
+                .grpc_deadline
+                .is_some_and(|d| std::time::Instant::now() >= d)
+        {
+            ctx.refusal.get_or_insert(Refusal::DeadlineExceeded);
+        }
         let refusal = ctx.refusal.get_or_insert_with(|| match e.esource() {
             ErrorSource::Upstream => Refusal::UpstreamFailed,
             ErrorSource::Downstream => Refusal::Malformed,
@@ -492,8 +513,8 @@ impl ProxyHttp for Gateway {
             grpc_status: ctx.grpc_status.or_else(|| {
                 ctx.refusal
                     .as_ref()
-                    .filter(|_| refusals::is_grpc(session))
-                    .map(|r| refusals::grpc_code(r.status()))
+                    .filter(|_| grpc::is_call(session))
+                    .map(|r| grpc::code(r.status()))
             }),
         };
         let findings = Findings::gather(ctx.request_scan.as_ref(), ctx.response_scan.as_ref());

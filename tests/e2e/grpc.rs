@@ -283,3 +283,65 @@ fn wait_for_line(gw: &Gateway, found: impl Fn(&str) -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_grpc_deadline_caps_the_wait_for_the_upstream() {
+    // An upstream that accepts connections (the kernel does) and never answers.
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let pki = Pki::new();
+    let yaml = config(blackhole.local_addr().unwrap().port(), "read_timeout: 20s");
+    let gw = Gateway::start(pki.dir.path(), &yaml);
+    // A raw HTTP/2 client (PyPI h2), not tonic: tonic enforces a `grpc-timeout` on its side
+    // too, which would hide whether the gateway does. It prints the status the gateway sent.
+    let script = r#"
+import socket, ssl, sys, time, h2.connection, h2.config, h2.events
+port, ca, cert, key = sys.argv[1:5]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(cert, key)
+ctx.set_alpn_protocols(["h2"])
+tls = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(port)), timeout=15), server_hostname="localhost")
+conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+conn.initiate_connection()
+conn.send_headers(1, [(":method", "POST"), (":scheme", "https"), (":authority", "localhost"),
+    (":path", "/grpc.health.v1.Health/Check"), ("content-type", "application/grpc"),
+    ("te", "trailers"), ("grpc-timeout", "300m")])
+conn.send_data(1, b"\0\0\0\0\0", end_stream=True)
+tls.sendall(conn.data_to_send())
+while True:
+    data = tls.recv(65536)
+    if not data:
+        break
+    for event in conn.receive_data(data):
+        if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+            for name, value in event.headers:
+                if name == b"grpc-status":
+                    print(value.decode())
+                    sys.exit(0)
+        if isinstance(event, h2.events.StreamReset):
+            print("reset")
+            sys.exit(0)
+    tls.sendall(conn.data_to_send())
+"#;
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &gw.port.to_string()])
+        .arg(pki.path("ca.pem"))
+        .arg(pki.path("frontend.pem"))
+        .arg(pki.path("frontend.key"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "4",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered after {:?}: the read timeout, not the deadline",
+        started.elapsed()
+    );
+    wait_for_line(&gw, |l| {
+        l.contains("\"grpc.status\":4") && l.contains("\"authz.decision\":\"deadline_exceeded\"")
+    });
+}

@@ -97,6 +97,8 @@ pub enum Refusal {
     NoHealthyUpstream,
     /// The upstream could not be reached, or failed mid-exchange.
     UpstreamFailed,
+    /// A gRPC call's deadline (`grpc-timeout`) passed before the upstream answered.
+    DeadlineExceeded,
     /// The request could not be read (malformed HTTP, or the client misbehaved).
     Malformed,
     /// Something failed on our side.
@@ -115,6 +117,7 @@ impl Refusal {
             | Refusal::AmbiguousBodyHeader(BodyDirection::Response, _)
             | Refusal::UnsupportedContentType(BodyDirection::Response)
             | Refusal::UpstreamFailed => 502,
+            Refusal::DeadlineExceeded => 504,
             Refusal::HeadTooLarge => 431,
             Refusal::CertificateRevoked
             | Refusal::CertificateExpired
@@ -192,6 +195,7 @@ impl Refusal {
             Refusal::Overloaded => "overloaded",
             Refusal::NoHealthyUpstream => "upstream_unavailable",
             Refusal::UpstreamFailed => "bad_gateway",
+            Refusal::DeadlineExceeded => "deadline_exceeded",
             Refusal::Internal => "internal_error",
         }
     }
@@ -246,6 +250,7 @@ impl Refusal {
             Refusal::NoHealthyUpstream => "no healthy upstream target",
             Refusal::Overloaded => "the gateway is at capacity; try again shortly",
             Refusal::UpstreamFailed => "upstream failed",
+            Refusal::DeadlineExceeded => "the call's deadline passed before the upstream answered",
             Refusal::Malformed => "malformed request",
             Refusal::Internal => "internal error",
         })
@@ -262,6 +267,7 @@ impl Refusal {
             | Refusal::Internal => Decision::Error,
             Refusal::NoHealthyUpstream
             | Refusal::UpstreamFailed
+            | Refusal::DeadlineExceeded
             | Refusal::LoggedIn { .. }
             | Refusal::LoggedOut { .. } => Decision::Allow,
             _ => Decision::Deny,
@@ -304,6 +310,7 @@ impl Refusal {
             Refusal::Overloaded => "overloaded",
             Refusal::NoHealthyUpstream => "no_upstream",
             Refusal::UpstreamFailed => "upstream_failed",
+            Refusal::DeadlineExceeded => "deadline_exceeded",
             Refusal::Internal => "error",
         }
     }

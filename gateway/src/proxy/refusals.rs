@@ -1,7 +1,6 @@
 //! Refusals on the wire: the fail-closed audit wait before forwarding, the counting of each
 //! refusal, and its answer (before anything was forwarded, or as the error that ends a request
-//! under way): JSON, or to a gRPC caller a gRPC status (HTTP 200, `grpc-status` and
-//! `grpc-message` in a headers-only answer), since gRPC clients read no HTTP status.
+//! under way): JSON, or to a gRPC caller a gRPC status (`grpc`).
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
@@ -151,8 +150,8 @@ impl Gateway {
         let Some(refusal) = &ctx.refusal else {
             return Ok(());
         };
-        if is_grpc(session) {
-            return write_grpc_refusal(session, ctx, refusal).await;
+        if super::grpc::is_call(session) {
+            return super::grpc::write_refusal(session, ctx, refusal).await;
         }
         let body = refusal.body(ctx.request_id.as_str());
         // Without a case map: the names are written as given (lower case), and each insert
@@ -172,97 +171,5 @@ impl Gateway {
         session
             .write_response_body(Some(Bytes::from(body)), true)
             .await
-    }
-}
-
-/// A gRPC call (whose refusals are answered in gRPC form): HTTP/2 with an `application/grpc`
-/// content type (`+proto`, `+json`…).
-pub(super) fn is_grpc(session: &Session) -> bool {
-    session.as_downstream().is_http2()
-        && session
-            .req_header()
-            .headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| {
-                let ct = ct.trim_start();
-                ct.len() >= 16
-                    && ct[..16].eq_ignore_ascii_case("application/grpc")
-                    && matches!(ct.as_bytes().get(16), None | Some(b'+' | b';'))
-            })
-}
-
-/// A refusal as a gRPC "trailers-only" answer: HTTP 200 and the status in the one header
-/// block, which ends the stream.
-async fn write_grpc_refusal(
-    session: &mut Session,
-    ctx: &RequestCtx,
-    refusal: &Refusal,
-) -> Result<()> {
-    let mut header = ResponseHeader::build_no_case(200, Some(8))?;
-    header.insert_header(CONTENT_TYPE, HeaderValue::from_static("application/grpc"))?;
-    header.insert_header("grpc-status", grpc_code(refusal.status()).to_string())?;
-    header.insert_header(
-        "grpc-message",
-        grpc_message(&format!(
-            "{} (request {})",
-            refusal.message(),
-            ctx.request_id.as_str()
-        )),
-    )?;
-    header.insert_header("portcullis-error", refusal.code())?;
-    header.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
-    for (name, value) in refusal.headers() {
-        header.append_header(name, value)?;
-    }
-    session.write_response_header(Box::new(header), true).await
-}
-
-/// The gRPC status code for a refusal's HTTP status: the gRPC project's HTTP mapping, except
-/// that a rate limit or a body over a limit is RESOURCE_EXHAUSTED and a bad request
-/// INVALID_ARGUMENT, as a gRPC server would answer them.
-pub(super) fn grpc_code(http_status: u16) -> u8 {
-    match http_status {
-        400 | 415 | 431 => 3, // INVALID_ARGUMENT
-        401 => 16,            // UNAUTHENTICATED
-        403 => 7,             // PERMISSION_DENIED
-        404 => 12,            // UNIMPLEMENTED (no route for this method)
-        413 | 429 => 8,       // RESOURCE_EXHAUSTED
-        502 | 503 => 14,      // UNAVAILABLE
-        504 => 4,             // DEADLINE_EXCEEDED
-        500 => 13,            // INTERNAL
-        _ => 2,               // UNKNOWN
-    }
-}
-
-/// `grpc-message` is percent-encoded: every byte outside printable ASCII, and `%`.
-fn grpc_message(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_codes_and_messages() {
-        assert_eq!(grpc_code(403), 7);
-        assert_eq!(grpc_code(429), 8);
-        assert_eq!(grpc_code(401), 16);
-        assert_eq!(grpc_code(404), 12);
-        assert_eq!(grpc_code(503), 14);
-        assert_eq!(grpc_code(302), 2);
-        assert_eq!(
-            grpc_message("denied: 100% sure ✓"),
-            "denied: 100%25 sure %E2%9C%93"
-        );
     }
 }
