@@ -5,6 +5,8 @@ mod bundle;
 mod pem;
 mod resolver;
 mod server_identity;
+#[cfg(test)]
+mod test_pki;
 mod trust_domains;
 mod verifier;
 

@@ -135,36 +135,7 @@ impl ServerCertVerifier for ServerIdentityVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-
-    struct Ca {
-        der: CertificateDer<'static>,
-        issuer: Issuer<'static, KeyPair>,
-    }
-
-    fn ca() -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let der = params.self_signed(&key).unwrap().der().clone();
-        Ca {
-            der,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    fn leaf(ca: &Ca, dns: &[&str], uri: Option<&str>) -> CertificateDer<'static> {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(dns.iter().map(|d| (*d).to_owned()).collect::<Vec<_>>())
-                .unwrap();
-        if let Some(uri) = uri {
-            params
-                .subject_alt_names
-                .push(SanType::URI(uri.try_into().unwrap()));
-        }
-        params.signed_by(&key, &ca.issuer).unwrap().der().clone()
-    }
+    use crate::tls::test_pki::Ca;
 
     fn verify(
         anchor: &Ca,
@@ -195,8 +166,8 @@ mod tests {
 
     #[test]
     fn a_spiffe_id_alone_is_enough_and_must_match() {
-        let anchor = ca();
-        let cert = leaf(&anchor, &[], Some(WEB));
+        let anchor = Ca::new();
+        let cert = anchor.leaf(&[], Some(WEB));
         assert!(verify(&anchor, &cert, false, &[WEB]).is_ok());
         assert!(verify(&anchor, &cert, false, &["spiffe://example.org/ns/prod/**"]).is_ok());
         let e = verify(
@@ -217,16 +188,16 @@ mod tests {
         .unwrap_err();
         assert!(is_identity_mismatch(&e));
         // A DNS-only certificate names no workload.
-        let dns_only = leaf(&anchor, &["api.example"], None);
+        let dns_only = anchor.leaf(&["api.example"], None);
         let e = verify(&anchor, &dns_only, false, &[WEB]).unwrap_err();
         assert!(is_identity_mismatch(&e));
     }
 
     #[test]
     fn the_chain_is_checked_first_and_is_no_identity_mismatch() {
-        let anchor = ca();
-        let rogue = ca();
-        let forged = leaf(&rogue, &["api.example"], Some(WEB));
+        let anchor = Ca::new();
+        let rogue = Ca::new();
+        let forged = rogue.leaf(&["api.example"], Some(WEB));
         let e = verify(&anchor, &forged, false, &[WEB]).unwrap_err();
         assert!(!is_identity_mismatch(&e), "{e}");
         let e = verify(&anchor, &forged, true, &[]).unwrap_err();
@@ -235,9 +206,9 @@ mod tests {
 
     #[test]
     fn the_name_is_checked_when_asked_and_besides_the_spiffe_id() {
-        let anchor = ca();
-        let right = leaf(&anchor, &["api.example"], Some(WEB));
-        let wrong_name = leaf(&anchor, &["other.example"], Some(WEB));
+        let anchor = Ca::new();
+        let right = anchor.leaf(&["api.example"], Some(WEB));
+        let wrong_name = anchor.leaf(&["other.example"], Some(WEB));
         assert!(verify(&anchor, &right, true, &[WEB]).is_ok());
         assert!(verify(&anchor, &right, true, &[]).is_ok());
         let e = verify(&anchor, &wrong_name, true, &[WEB]).unwrap_err();

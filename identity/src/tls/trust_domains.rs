@@ -101,36 +101,13 @@ impl ClientCertVerifier for TrustDomainVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::test_pki::Ca;
     use crate::{webpki_client_verifier, ClientAuthMode, UnknownRevocation};
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
     use rustls::RootCertStore;
 
-    struct Ca {
-        der: CertificateDer<'static>,
-        issuer: Issuer<'static, KeyPair>,
-    }
-
-    fn ca() -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let der = params.self_signed(&key).unwrap().der().clone();
-        Ca {
-            der,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
+    /// A client leaf named `w.example`, with the SPIFFE ID if given.
     fn leaf(ca: &Ca, uri: Option<&str>) -> CertificateDer<'static> {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["w.example".to_owned()]).unwrap();
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        if let Some(uri) = uri {
-            params
-                .subject_alt_names
-                .push(SanType::URI(uri.try_into().unwrap()));
-        }
-        params.signed_by(&key, &ca.issuer).unwrap().der().clone()
+        ca.leaf(&["w.example"], uri)
     }
 
     fn webpki(ca: &Ca) -> Arc<dyn ClientCertVerifier> {
@@ -147,7 +124,7 @@ mod tests {
 
     #[test]
     fn each_trust_domain_is_vouched_for_by_its_own_bundle_only() {
-        let (a, b) = (ca(), ca());
+        let (a, b) = (Ca::new(), Ca::new());
         let verifier = TrustDomainVerifier::new(vec![
             ("a.example".to_owned(), webpki(&a)),
             ("b.example".to_owned(), webpki(&b)),
