@@ -61,6 +61,10 @@ pub enum AuditError {
     /// The configuration is invalid.
     #[error("audit config: {0}")]
     Config(String),
+    /// Another process (or another log in this one) has the directory open: two writers would
+    /// interleave records and break the hash chain.
+    #[error("audit log {0} is in use by another writer (its .lock is held); one log, one writer")]
+    InUse(String),
 }
 
 impl AuditError {

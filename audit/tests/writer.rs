@@ -397,3 +397,31 @@ fn records_nobody_waits_on_ride_on_the_next_waited_records_fdatasync() {
     log.close();
     assert_eq!(verify_dir(t.path(), &t.key()).unwrap().records, 5);
 }
+
+#[test]
+fn one_log_has_one_writer() {
+    let t = TestLog::new();
+    let first = t.open(t.config());
+    first.handle().append_durable(request(1)).unwrap();
+    // A second writer on the same directory (another process, or a second gateway with the
+    // same config) would interleave records and break the chain: refused, nothing written.
+    match portcullis_audit::AuditLog::open(t.config(), t.signer.clone()) {
+        Err(AuditError::InUse(dir)) => assert!(dir.contains(&*t.dir.path().to_string_lossy())),
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("a second writer opened the log"),
+    }
+    // Another process is refused the same way (the lock is the kernel's, per open file).
+    let out = Command::new("flock")
+        .args(["--nonblock", "--exclusive"])
+        .arg(t.dir.path().join(".lock"))
+        .arg("true")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "flock took the held lock");
+    first.close();
+    let again = t.open(t.config());
+    again.handle().append_durable(request(2)).unwrap();
+    again.close();
+    assert_eq!(requests(t.dir.path()).len(), 2);
+    assert!(verify_dir(t.dir.path(), &t.key()).is_ok());
+}

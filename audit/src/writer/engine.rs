@@ -72,6 +72,8 @@ pub(super) struct Engine {
     last_checkpoint: Instant,
     /// The active file's state is unknown after a failed write: reopen and cut before writing.
     broken: bool,
+    /// The directory's writer lock, held while the engine lives.
+    _lock: std::fs::File,
 }
 
 impl Engine {
@@ -80,6 +82,8 @@ impl Engine {
         signer: Arc<dyn Signer>,
         shared: Arc<Shared>,
     ) -> Result<Engine, AuditError> {
+        // Before recovery: it cuts a torn tail, which another writer's tail would look like.
+        let lock = recovery::lock(&cfg.dir)?;
         let rec = recovery::recover(&cfg.dir, cfg.clock)?;
         let key_id = key_id(&signer.public_key_der());
         shared
@@ -101,6 +105,7 @@ impl Engine {
             broken: false,
             disk_bytes: 0,
             budget_level: 0,
+            _lock: lock,
             cfg,
         };
         engine.measure_disk()?;

@@ -92,6 +92,29 @@ fn scan(seg: &SegmentFile) -> Result<Scan, AuditError> {
     Ok(out)
 }
 
+/// Takes the directory's writer lock (`.lock`, an advisory `flock` held for the writer's
+/// life, released by the kernel when the process ends however it ends).
+pub(super) fn lock(dir: &Path) -> Result<fs::File, AuditError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| AuditError::io(dir.display(), e))?;
+    let path = dir.join(".lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| AuditError::io(path.display(), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(AuditError::InUse(dir.display().to_string())),
+        Err(fs::TryLockError::Error(e)) => Err(AuditError::io(path.display(), e)),
+    }
+}
+
 pub(super) fn recover(dir: &Path, clock: fn() -> SystemTime) -> Result<Recovered, AuditError> {
     let dir_io = |e| AuditError::io(dir.display(), e);
     fs::DirBuilder::new()

@@ -45,18 +45,25 @@ pub fn request(i: u64) -> RequestEvent {
     RequestEvent {
         request_id: format!("req-{i}"),
         trace_id: Some(format!("{i:032x}")),
-        tenant: Some(if i % 2 == 0 { "acme" } else { "globex" }.into()),
+        tenant: Some(
+            if i.is_multiple_of(2) {
+                "acme"
+            } else {
+                "globex"
+            }
+            .into(),
+        ),
         route: Some("api".into()),
         identity: Some(format!("spiffe://acme.test/svc/{}", i % 3)),
         source: "127.0.0.1:40000".into(),
         method: "GET".into(),
         host: "api.acme.test".into(),
         path: "/v1/items".into(),
-        status: if i % 5 == 0 { 403 } else { 200 },
+        status: if i.is_multiple_of(5) { 403 } else { 200 },
         bytes_in: 10,
         bytes_out: 200,
         duration_ms: 3,
-        decision: if i % 5 == 0 {
+        decision: if i.is_multiple_of(5) {
             Decision::Deny
         } else {
             Decision::Allow
