@@ -52,7 +52,14 @@ pub(crate) fn run(ports: &DemoPorts) -> anyhow::Result<()> {
 
     eprintln!("portcullis demo: CA key backend: {backend}");
     print_instructions(&state, ports);
-    let result = portcullis_gateway::serve(config, true, &crate::keys::audit_signer);
+    let result = portcullis_gateway::serve(
+        config,
+        portcullis_gateway::ServeOptions {
+            watch: true,
+            ..Default::default()
+        },
+        &crate::keys::audit_signer,
+    );
     drop(echo);
     result.map_err(Into::into)
 }

@@ -41,6 +41,14 @@ enum Command {
         /// Also reload when the config file changes (polled every 200 ms).
         #[arg(long)]
         watch: bool,
+        /// Listen on this Unix socket (mode 0600) for a new gateway taking over (--upgrade),
+        /// and with --upgrade, the running gateway's socket to take over from.
+        #[arg(long, value_name = "PATH")]
+        upgrade_socket: Option<PathBuf>,
+        /// Take over the listening sockets of the gateway running with --upgrade-socket; it
+        /// then drains its requests and exits (zero-downtime upgrade).
+        #[arg(long, requires = "upgrade_socket")]
+        upgrade: bool,
     },
     /// Validate a configuration and the files it refers to, without serving.
     Check {
@@ -179,8 +187,18 @@ fn main() -> ExitCode {
     init_logging();
     portcullis_gateway::install_crypto_provider();
     let result = match cli.command {
-        Command::Serve { config, watch } => {
-            portcullis_gateway::serve(config, watch, &keys::audit_signer)
+        Command::Serve {
+            config,
+            watch,
+            upgrade_socket,
+            upgrade,
+        } => {
+            let options = portcullis_gateway::ServeOptions {
+                watch,
+                upgrade_socket,
+                upgrade,
+            };
+            portcullis_gateway::serve(config, options, &keys::audit_signer)
                 .map_err(anyhow::Error::from)
         }
         Command::Check { config } => portcullis_gateway::check(&config)

@@ -108,7 +108,10 @@ impl AuditTrail {
         config.checkpoint_every = settings.checkpoint_every;
         config.checkpoint_interval = settings.checkpoint_interval;
         config.max_bytes = Some(settings.max_bytes);
-        let log = AuditLog::open(config, signer).map_err(|e| GatewayError::Audit(e.to_string()))?;
+        let log = AuditLog::open(config, signer).map_err(|e| match e {
+            AuditError::InUse(dir) => GatewayError::AuditInUse(dir),
+            e => GatewayError::Audit(e.to_string()),
+        })?;
         let handle = log.handle();
         let sink = match &settings.postgres {
             None => None,

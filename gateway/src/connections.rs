@@ -202,14 +202,26 @@ fn ending(
     watch
 }
 
+/// The listener's socket: the one the gateway this one replaces handed over (`upgrade`), else
+/// a new one; registered either way, so that a later upgrade can hand it on.
 fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = match address {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    let listener = match crate::upgrade::take_inherited(address) {
+        Some(inherited) => {
+            inherited.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(inherited)?
+        }
+        None => {
+            let socket = match address {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.set_reuseaddr(true)?;
+            socket.bind(address)?;
+            socket.listen(BACKLOG)?
+        }
     };
-    socket.set_reuseaddr(true)?;
-    socket.bind(address)?;
-    socket.listen(BACKLOG)
+    crate::upgrade::register(address, &listener);
+    Ok(listener)
 }
 
 /// What every connection of a listener shares.
@@ -435,12 +447,24 @@ impl Connections {
         let reuses = limits.max_requests_per_connection.saturating_sub(1);
         let mut session = ServerSession::new_http1(stream);
         session.set_keepalive_reuses_remaining(Some(reuses));
+        // pingora drops a connection whose request has not arrived when shutdown begins. The
+        // first request of an accepted connection is always answered (within the head
+        // deadline): a draining or upgraded-away gateway must not reset a client it accepted.
+        let (_never_tx, never) = tokio::sync::watch::channel(false);
+        let mut first = true;
         loop {
-            let keepalive = (!*shutdown.borrow()).then(|| limits.idle_timeout.as_secs().max(1));
+            let draining = *shutdown.borrow();
+            if draining && !first {
+                // An idle keep-alive connection during a drain: closed, not waited on.
+                return;
+            }
+            let keepalive = (!draining).then(|| limits.idle_timeout.as_secs().max(1));
             session.set_keepalive(keepalive);
             session.set_read_timeout(Some(limits.body_idle_timeout));
             session.set_write_timeout(Some(limits.write_timeout));
-            let Some(reused) = self.proxy.process_new_http(session, shutdown).await else {
+            let watch = if first { &never } else { shutdown };
+            first = false;
+            let Some(reused) = self.proxy.process_new_http(session, watch).await else {
                 return;
             };
             let (stream, persistent) = reused.consume();

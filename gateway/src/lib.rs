@@ -27,6 +27,7 @@ mod renew;
 mod server;
 mod snapshot;
 mod tls;
+mod upgrade;
 mod upstream;
 
 use std::path::Path;
@@ -40,7 +41,7 @@ pub use echo::serve_echo;
 pub use inspect::{BodyFormat, Coding, Codings, Content, Unscanned};
 pub use limits::LimitExceeded;
 pub use portcullis_identity::install_crypto_provider;
-pub use server::{check, load_config, serve};
+pub use server::{check, load_config, serve, ServeOptions};
 
 /// Makes the audit checkpoint signer for the configured key. The binary supplies it (from the
 /// CA's key backends), so the gateway never touches key material.
@@ -75,9 +76,16 @@ pub enum GatewayError {
     },
     #[error("signal handling: {0}")]
     Signal(String),
+    /// Handing the listening sockets over to a new gateway failed.
+    #[error("upgrade: {0}")]
+    Upgrade(String),
     /// The audit log could not be opened (unwritable directory, bad key, missing secret).
     #[error("audit: {0}")]
     Audit(String),
+    /// The audit log directory has a writer already (another gateway, or the one an upgrade
+    /// replaces, still draining).
+    #[error("audit: the log in {0} is in use by another writer; one log, one writer")]
+    AuditInUse(String),
     /// An identity provider's settings could not be used (trust anchors, issuer, thread).
     #[error("identity provider: {0}")]
     IdentityProvider(String),

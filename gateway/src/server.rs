@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::listeners::tls::Acceptor;
+use pingora_core::listeners::TcpSocketOptions;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{ExecutionPhase, RunArgs, Server, ShutdownWatch};
 use pingora_core::services::background::{
@@ -27,6 +28,7 @@ use crate::reload::{file_digest, Reloader};
 use crate::renew::{self, Renewal, Renewals};
 use crate::snapshot::Snapshot;
 use crate::tls::{build_webpki_verifier, server_config, ListenerSlot, ListenerTls};
+use crate::upgrade;
 use crate::upstream::Pool;
 use crate::{AuditSigners, GatewayError};
 
@@ -153,32 +155,69 @@ fn refuse_readable_secret(what: &str, path: &std::path::Path) -> Result<(), Stri
     }
 }
 
+/// How `serve` runs besides its config.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Also reload when the config file changes (as SIGHUP does).
+    pub watch: bool,
+    /// Where this gateway hands its listening sockets to a new one (`upgrade`); `None`: no
+    /// upgrade socket.
+    pub upgrade_socket: Option<PathBuf>,
+    /// Take over the listening sockets of the gateway running with `upgrade_socket`.
+    pub upgrade: bool,
+}
+
 /// Serves until SIGINT (immediate) or SIGTERM (drain, then exit). With `watch`, a change of
-/// the config file reloads it as SIGHUP does.
+/// the config file reloads it as SIGHUP does. With `upgrade`, takes the listening sockets of
+/// the gateway running with the same `upgrade_socket`, which then drains and exits.
 pub fn serve(
     config_path: PathBuf,
-    watch: bool,
+    options: ServeOptions,
     signers: &AuditSigners,
 ) -> Result<(), GatewayError> {
+    let ServeOptions {
+        watch,
+        upgrade_socket,
+        upgrade,
+    } = options;
     let config = load_config(&config_path)?;
     let issued = renew::issued(&config);
     for certificate in &issued {
         renew::prepare(certificate)?;
     }
     let config = check(&config_path)?;
-    for listener in &config.listeners {
-        ensure_bindable(listener.address)?;
+    if upgrade {
+        let socket = upgrade_socket.as_ref().ok_or_else(|| {
+            GatewayError::Upgrade("--upgrade needs --upgrade-socket, the running gateway's".into())
+        })?;
+        let count = upgrade::receive(socket)?;
+        tracing::info!(
+            sockets = count,
+            "listening sockets taken over from the running gateway"
+        );
     }
-    for egress in &config.egress {
-        ensure_bindable(egress.address)?;
+    let addresses: Vec<_> = config
+        .listeners
+        .iter()
+        .map(|l| l.address)
+        .chain(config.egress.iter().map(|e| e.address))
+        .collect();
+    upgrade::keep_only(&addresses);
+    for &address in &addresses {
+        if !upgrade::is_inherited(address) {
+            ensure_bindable(address)?;
+        }
     }
-    ensure_bindable(config.metrics.address)?;
+    // Shared by the old and the new gateway while they overlap (SO_REUSEPORT).
+    if !upgrade {
+        ensure_bindable(config.metrics.address)?;
+    }
 
     let metrics = Arc::new(Metrics::new());
     let audit = match &config.audit {
         Some(settings) => {
             let signer = signers(&settings.signing_key).map_err(GatewayError::Audit)?;
-            Some(Arc::new(AuditTrail::open(settings, signer)?))
+            Some(Arc::new(open_audit(settings, signer, upgrade)?))
         }
         None => {
             tracing::warn!("no `audit` section: requests are not recorded in an audit log");
@@ -275,7 +314,9 @@ pub fn serve(
             snapshot: snapshot.clone(),
         },
     );
-    ops.add_tcp(&metrics_addr.to_string());
+    let mut reuse = TcpSocketOptions::default();
+    reuse.so_reuseport = Some(true);
+    ops.add_tcp_with_settings(&metrics_addr.to_string(), reuse);
     server.add_service(ops);
     tracing::info!(address = %metrics_addr, "metrics and health listening");
 
@@ -316,10 +357,39 @@ pub fn serve(
     };
     reloader.spawn()?;
     crate::bundles::spawn(&listeners, metrics.clone())?;
+    if let Some(path) = &upgrade_socket {
+        upgrade::serve_handover(path)?;
+    }
     spawn_drain_watch(server.watch_execution_phase(), metrics, audit, grace);
     server.run(RunArgs::default());
     crate::access_log::flush();
     Ok(())
+}
+
+/// Opens the audit log. Taking over from a running gateway, waits for it to finish its
+/// requests and release the log (one log, one writer); connections meanwhile wait in the
+/// listening sockets' queue.
+fn open_audit(
+    settings: &portcullis_policy::AuditSettings,
+    signer: Arc<dyn portcullis_audit::Signer>,
+    upgrade: bool,
+) -> Result<AuditTrail, GatewayError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let mut waited = false;
+    loop {
+        match AuditTrail::open(settings, Arc::clone(&signer)) {
+            Err(GatewayError::AuditInUse(dir))
+                if upgrade && std::time::Instant::now() < deadline =>
+            {
+                if !waited {
+                    tracing::info!(audit.dir = %dir, "waiting for the gateway being replaced to release the audit log");
+                    waited = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn server_conf_threads(server: &Server) -> usize {
@@ -512,12 +582,20 @@ fn spawn_drain_watch(
                         grace_s = grace.as_secs_f64(),
                         "draining"
                     );
-                    // Give already-accepted connections a moment to present their requests.
+                    // Connections already accepted finish: the one in its handshake or before
+                    // its first request gets its answer (then `Connection: close`); idle
+                    // keep-alive ones are closed by the listeners, HTTP/2 ones sent GOAWAY.
                     std::thread::sleep(Duration::from_millis(200));
-                    while metrics.in_flight() > 0 && Instant::now() < deadline {
+                    while (metrics.in_flight() > 0 || metrics.connections_open() > 0)
+                        && Instant::now() < deadline
+                    {
                         std::thread::sleep(Duration::from_millis(50));
                     }
-                    tracing::info!(in_flight = metrics.in_flight(), "drained; exiting");
+                    tracing::info!(
+                        in_flight = metrics.in_flight(),
+                        connections = metrics.connections_open(),
+                        "drained; exiting"
+                    );
                     if let Some(audit) = &audit {
                         audit.close();
                     }

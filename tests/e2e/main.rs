@@ -28,4 +28,5 @@ mod proxy;
 mod proxy_protocol;
 mod secrets;
 mod strict;
+mod upgrade;
 mod websocket;

@@ -8,6 +8,8 @@ use crate::abuse::Escalation;
 /// Downstream connections by listener: open, refused at accept, cut by a timeout.
 pub(super) struct ConnectionMetrics {
     open: prometheus::IntGaugeVec,
+    /// All listeners' open connections together, for draining.
+    open_total: std::sync::atomic::AtomicI64,
     refused: IntCounterVec,
     timeouts: IntCounterVec,
     abuse: IntCounterVec,
@@ -64,6 +66,7 @@ impl ConnectionMetrics {
         }
         Self {
             open,
+            open_total: std::sync::atomic::AtomicI64::new(0),
             refused,
             timeouts,
             abuse,
@@ -74,10 +77,23 @@ impl ConnectionMetrics {
 impl Metrics {
     pub(crate) fn connection_opened(&self, listener: &str) {
         self.connections.open.with_label_values(&[listener]).inc();
+        self.connections
+            .open_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn connection_closed(&self, listener: &str) {
         self.connections.open.with_label_values(&[listener]).dec();
+        self.connections
+            .open_total
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Downstream connections open on every listener.
+    pub(crate) fn connections_open(&self) -> i64 {
+        self.connections
+            .open_total
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A connection closed at accept: `listener_full` or `source_full`.
