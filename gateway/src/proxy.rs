@@ -419,6 +419,14 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// pingora's own "Fail to proxy" error line: left out for refusals the caller brought on
+    /// itself (recorded in the access line, sampled, and the audit record).
+    fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, _error: &Error) -> bool {
+        ctx.refusal
+            .as_ref()
+            .is_some_and(Refusal::counts_against_caller)
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -475,8 +483,14 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         }
-        // The detail goes to the log; the caller gets a fixed body.
-        tracing::warn!(request.id = %ctx.request_id, error = %e, "request failed");
+        // The detail goes to the log; the caller gets a fixed body. A refusal the caller
+        // brought on itself (DLP, limits) is in its access line already: its detail is debug,
+        // so that a client repeating it cannot flood the log.
+        if refusal.counts_against_caller() {
+            tracing::debug!(request.id = %ctx.request_id, error = %e, "request refused");
+        } else {
+            tracing::warn!(request.id = %ctx.request_id, error = %e, "request failed");
+        }
         let _ = self.write_refusal(session, ctx).await;
         FailToProxy {
             error_code: status,
