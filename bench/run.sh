@@ -12,13 +12,21 @@
 # new connection per request, open loop, idle-connection memory. Then keep-alive GET with two
 # workers per proxy on both CPUs, shared with the load generator (TWO_WORKERS=0 skips it).
 # Then instructions per request under callgrind: Portcullis with and without audit, bare
-# pingora, nginx, and Portcullis with a bearer token.
+# pingora, nginx, and Portcullis with a bearer token, with HTTP/2 to the upstream and through a
+# sidecar's egress listener.
 #
 # portcullis-bearer is portcullis-noaudit with the benched route on `authentication: oidc`
 # (a tenant identity provider: portcullis-bench-idp, a static provider on loopback with a
 # certificate of the bench CA; an access rule on the token's `groups`): every request carries
 # `Authorization: Bearer` with the same token, verified once and then served from the cache.
 # It runs in the keep-alive GET scenario and under callgrind, next to portcullis-noaudit.
+# So do two more variants of portcullis-noaudit:
+# - portcullis-h2up: the echo upstream on `protocol: http2` (h2c: `portcullis echo` speaks
+#   HTTP/2 with prior knowledge and HTTP/1.1 on one port), HTTP/1.1 over mTLS from the client;
+# - portcullis-egress: a sidecar's `egress:` listener on loopback, `workload:` the bench client's
+#   SPIFFE ID (so the same access rule applies), the load generator sending plain HTTP/1.1 with
+#   `Host: echo.bench`, the route matched by that host, forwarded to the echo over plain HTTP
+#   (comparable to direct; a real sidecar would originate mTLS to the remote peer).
 #
 #   bench/run.sh                   # everything: ~15 minutes after the build
 #   ROUNDS=5 ROUND_SECS=10 bench/run.sh
@@ -75,6 +83,10 @@ CG_METRICS_PORT=$((BASE_PORT + 902))
 CG_BASE_PORT=$((BASE_PORT + 449))
 CG_BASE_METRICS_PORT=$((BASE_PORT + 905))
 IDP_PORT=$((BASE_PORT + 950))
+# portcullis-egress under callgrind: its egress listener (its mTLS listener is CG_PORT).
+CG_EGRESS_PORT=$((BASE_PORT + 455))
+# The host portcullis-egress routes to the echo by (the load generator's Host header).
+EGRESS_HOST=echo.bench
 # The proxies' ports; the two-worker set runs on its own (set_ports 20), so a lingering socket
 # of the one-worker set cannot get in its way.
 set_ports() { # shift
@@ -85,10 +97,16 @@ set_ports() { # shift
   BASE_NOAUDIT_PORT=$((BASE_PORT + 448 + $1))
   PINGORA_PORT=$((BASE_PORT + 450 + $1))
   PCL_BEARER_PORT=$((BASE_PORT + 451 + $1))
+  PCL_H2UP_PORT=$((BASE_PORT + 452 + $1))
+  # portcullis-egress: its (unused) mTLS listener, and the egress listener the load goes to.
+  PCL_EGRESS_PORT=$((BASE_PORT + 453 + $1))
+  PCL_EGRESS_OUT_PORT=$((BASE_PORT + 454 + $1))
   PCL_METRICS_PORT=$((BASE_PORT + 901 + $1))
   PCL_NOAUDIT_METRICS_PORT=$((BASE_PORT + 903 + $1))
   BASE_NOAUDIT_METRICS_PORT=$((BASE_PORT + 904 + $1))
   PCL_BEARER_METRICS_PORT=$((BASE_PORT + 906 + $1))
+  PCL_H2UP_METRICS_PORT=$((BASE_PORT + 907 + $1))
+  PCL_EGRESS_METRICS_PORT=$((BASE_PORT + 908 + $1))
 }
 set_ports 0
 PROXIES=(portcullis portcullis-noaudit pingora nginx haproxy)
@@ -96,11 +114,12 @@ if [[ -n $BASELINE ]]; then
   PROXIES=(portcullis portcullis-noaudit baseline-noaudit pingora nginx haproxy)
 fi
 TARGETS=(direct "${PROXIES[@]}")
-# Keep-alive GET (one worker) also runs portcullis-bearer, next to portcullis-noaudit.
+# Keep-alive GET (one worker) also runs these variants, next to portcullis-noaudit.
+VARIANTS=(portcullis-bearer portcullis-h2up portcullis-egress)
 KA_GET_TARGETS=()
 for t in "${TARGETS[@]}"; do
   KA_GET_TARGETS+=("$t")
-  if [[ $t == portcullis-noaudit ]]; then KA_GET_TARGETS+=(portcullis-bearer); fi
+  if [[ $t == portcullis-noaudit ]]; then KA_GET_TARGETS+=("${VARIANTS[@]}"); fi
 done
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -208,15 +227,23 @@ url_of() {
     portcullis) echo "https://127.0.0.1:$PCL_PORT/bench/item" ;;
     portcullis-noaudit) echo "https://127.0.0.1:$PCL_NOAUDIT_PORT/bench/item" ;;
     portcullis-bearer) echo "https://127.0.0.1:$PCL_BEARER_PORT/bench/item" ;;
+    portcullis-h2up) echo "https://127.0.0.1:$PCL_H2UP_PORT/bench/item" ;;
+    portcullis-egress) echo "http://127.0.0.1:$PCL_EGRESS_OUT_PORT/bench/item" ;;
     baseline-noaudit) echo "https://127.0.0.1:$BASE_NOAUDIT_PORT/bench/item" ;;
     pingora) echo "https://127.0.0.1:$PINGORA_PORT/bench/item" ;;
     nginx) echo "https://127.0.0.1:$NGINX_PORT/bench/item" ;;
     haproxy) echo "https://127.0.0.1:$HAPROXY_PORT/bench/item" ;;
   esac
 }
-tls_of() { # the load generator's TLS arguments, and the bearer token where the target wants one
-  [[ $1 == direct ]] || printf '%s\n' "${TLS_ARGS[@]}"
-  [[ $1 != portcullis-bearer ]] || printf '%s\n' --bearer-file "$WORK/token"
+# The load generator's TLS arguments (none for plain HTTP), and the bearer token or the Host
+# header where the target wants one.
+tls_of() {
+  case $1 in
+    direct) ;;
+    portcullis-egress) printf '%s\n' --header "Host: $EGRESS_HOST" ;;
+    portcullis-bearer) printf '%s\n' "${TLS_ARGS[@]}" --bearer-file "$WORK/token" ;;
+    *) printf '%s\n' "${TLS_ARGS[@]}" ;;
+  esac
 }
 
 # Waits until one request to URL succeeds (plain or mTLS), up to ~N tenths of a second.
@@ -293,8 +320,11 @@ start_bg echo "$WORK/echo.log" "${PIN_SUT[@]}" "$PCL" echo --listen "127.0.0.1:$
 wait_ok "http://127.0.0.1:$ECHO_PORT/healthz" 100 || { log "echo upstream did not start"; cat "$WORK/echo.log" >&2; exit 1; }
 
 # --- the proxies' configurations ------------------------------------------------------------
-write_pcl_config() { # file, port, metrics port, audit (on|off), authentication (mtls|oidc), limits (open|refused)
+# file, port, metrics port, audit (on|off), authentication (mtls|oidc), limits (open|refused),
+# upstream protocol (http1|http2), egress listener port (none when empty)
+write_pcl_config() {
   local providers="" authn="" rule="spiffe_id: [spiffe://bench.local/ns/bench/sa/client]"
+  local protocol="" host="" egress=""
   # refused: the tenant's rate allows one request a day, so every request after the first is
   # answered 429 (the cost of a refusal, next to a proxied request's).
   local rate="{ requests: 4000000, per: 1s }"
@@ -312,6 +342,27 @@ write_pcl_config() { # file, port, metrics port, audit (on|off), authentication 
     authn="
         authentication: oidc"
     rule="groups: [bench-eng]"
+  fi
+  # h2c to the echo upstream (it speaks both).
+  [[ ${7:-http1} == http2 ]] && protocol="
+    protocol: http2"
+  if [[ -n ${8:-} ]]; then
+    # A sidecar's outbound listener: the bench client's SPIFFE ID as the workload, so the
+    # access rule is the same; the route is matched by host, as a sidecar's routes are.
+    egress="
+egress:
+  - name: outbound
+    address: 127.0.0.1:$8
+    workload: spiffe://bench.local/ns/bench/sa/client
+    connections:
+      max_requests_per_connection: 1000000
+      max_connections_per_source: 10000
+      abuse:
+        connection_rate_per_source: off
+        connection_rate_per_identity: off
+        refusals: { slow_after: 1000000000, close_after: 1000000000 }"
+    host="
+        host: $EGRESS_HOST"
   fi
   cat >"$1" <<EOF
 # Full pipeline as built today: mTLS + identity + access rules + routing + per-tenant and
@@ -334,16 +385,16 @@ listeners:
       abuse:
         connection_rate_per_source: off
         connection_rate_per_identity: off
-        refusals: { slow_after: 1000000000, close_after: 1000000000 }
+        refusals: { slow_after: 1000000000, close_after: 1000000000 }$egress
 metrics: { address: 127.0.0.1:$3 }
 shutdown: { grace_period: 1s }
 upstreams:
   - name: echo
-    targets: [127.0.0.1:$ECHO_PORT]
+    targets: [127.0.0.1:$ECHO_PORT]$protocol
 tenants:
   - name: bench$providers
     routes:
-      - name: all
+      - name: all$host
         path_prefix: /
         upstream: echo$authn
         access:
@@ -455,9 +506,13 @@ start_proxies() { # workers
   start_bg portcullis "$WORK/portcullis$sfx.log" "${PIN_SUT[@]}" "$PCL" serve --config "$WORK/portcullis$sfx.yaml"
   write_pcl_config "$WORK/portcullis-noaudit$sfx.yaml" "$PCL_NOAUDIT_PORT" "$PCL_NOAUDIT_METRICS_PORT" off
   start_bg portcullis-noaudit "$WORK/portcullis-noaudit$sfx.log" "${PIN_SUT[@]}" "$PCL" serve --config "$WORK/portcullis-noaudit$sfx.yaml"
-  if [[ $w -eq 1 ]]; then # portcullis-bearer runs in the one-worker keep-alive GET only
+  if [[ $w -eq 1 ]]; then # the variants run in the one-worker keep-alive GET only
     write_pcl_config "$WORK/portcullis-bearer.yaml" "$PCL_BEARER_PORT" "$PCL_BEARER_METRICS_PORT" off oidc
     start_bg portcullis-bearer "$WORK/portcullis-bearer.log" "${PIN_SUT[@]}" "$PCL" serve --config "$WORK/portcullis-bearer.yaml"
+    write_pcl_config "$WORK/portcullis-h2up.yaml" "$PCL_H2UP_PORT" "$PCL_H2UP_METRICS_PORT" off mtls open http2
+    start_bg portcullis-h2up "$WORK/portcullis-h2up.log" "${PIN_SUT[@]}" "$PCL" serve --config "$WORK/portcullis-h2up.yaml"
+    write_pcl_config "$WORK/portcullis-egress.yaml" "$PCL_EGRESS_PORT" "$PCL_EGRESS_METRICS_PORT" off mtls open http1 "$PCL_EGRESS_OUT_PORT"
+    start_bg portcullis-egress "$WORK/portcullis-egress.log" "${PIN_SUT[@]}" "$PCL" serve --config "$WORK/portcullis-egress.yaml"
   fi
   if [[ -n $BASELINE ]]; then
     write_pcl_config "$WORK/baseline-noaudit$sfx.yaml" "$BASE_NOAUDIT_PORT" "$BASE_NOAUDIT_METRICS_PORT" off
@@ -479,7 +534,7 @@ start_proxies() { # workers
     FAIL_OF[haproxy]=$HAPROXY_MISSING
   fi
   local -a started=("${PROXIES[@]}") tls
-  if [[ $w -eq 1 ]]; then started+=(portcullis-bearer); fi
+  if [[ $w -eq 1 ]]; then started+=("${VARIANTS[@]}"); fi
   for t in "${started[@]}"; do
     if [[ -n ${FAIL_OF[$t]:-} ]]; then continue; fi
     mapfile -t tls < <(tls_of "$t")
@@ -496,7 +551,7 @@ start_proxies() { # workers
 
 stop_proxies() {
   local t
-  for t in "${PROXIES[@]}" portcullis-bearer; do stop_bg "$t"; done
+  for t in "${PROXIES[@]}" "${VARIANTS[@]}"; do stop_bg "$t"; done
 }
 
 alive() { # target: is it usable right now? (sets FAIL_OF when it died)
@@ -558,7 +613,7 @@ log "scenario: keep-alive GET"
 scenario ka-get KA_GET_TARGETS --connections "$CONNS"
 log "scenario: keep-alive POST ($BODY_BYTES bytes of JSON)"
 scenario ka-post TARGETS --connections "$CONNS" --body "$WORK/body.json"
-# The echo upstream speaks HTTP/1.1 only: no direct row.
+# The proxies' HTTP/2 ingress (HTTP/1.1 to the echo): no direct row.
 log "scenario: HTTP/2 keep-alive GET ($H2_CONNS connections x $H2_STREAMS streams)"
 scenario h2-get PROXIES --http 2 --connections "$H2_CONNS" --streams "$H2_STREAMS"
 log "scenario: new connection per request"
@@ -638,25 +693,31 @@ LOADAVG_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 # counters zeroed before and dumped after: one request, then CALLGRIND_REQUESTS requests. Their
 # difference over CALLGRIND_REQUESTS-1 requests is what a keep-alive request costs, with the
 # handshake and connection set-up cancelled out (the one-request batch minus N is their cost).
-# CG_LOAD_EXTRA: more arguments for the load generator (the bearer token).
+# CG_LOAD_EXTRA: more arguments for the load generator (the bearer token, a Host header).
+# CG_URL and CG_TLS: where the load goes and its TLS arguments, when not https on PORT with
+# the client certificate (portcullis-egress: plain HTTP to its egress listener).
 CG_LOAD_EXTRA=()
+CG_URL=""
+CG_TLS=("${TLS_ARGS[@]}")
 instructions() {
   local name=$1 port=$2
   shift 2
-  local dir="$WORK/cg-$name" url="https://127.0.0.1:$port/bench/item" pid one all ok1 okn errs
+  local dir="$WORK/cg-$name" url=${CG_URL:-"https://127.0.0.1:$port/bench/item"} pid one all ok1 okn errs
+  local kind="mTLS"
+  [[ ${#CG_TLS[@]} -gt 0 ]] || kind="plain HTTP"
   mkdir -p "$dir"
   start_bg "cg-$name" "$dir/out.log" "${PIN_SUT[@]}" valgrind --tool=callgrind \
     --callgrind-out-file="$dir/callgrind.out.%p" "$@"
   pid=${PID_OF[cg-$name]}
   CG_N="-"
-  if wait_ok "$url" 1200 "${TLS_ARGS[@]}" "${CG_LOAD_EXTRA[@]}"; then
+  if wait_ok "$url" 1200 "${CG_TLS[@]}" "${CG_LOAD_EXTRA[@]}"; then
     # Warm the upstream pool and caches on a connection of its own.
-    "${PIN_LOAD[@]}" "$LOAD" run "$url" "${TLS_ARGS[@]}" "${CG_LOAD_EXTRA[@]}" -c 1 -n 200 --duration 120s >/dev/null
+    "${PIN_LOAD[@]}" "$LOAD" run "$url" "${CG_TLS[@]}" "${CG_LOAD_EXTRA[@]}" -c 1 -n 200 --duration 120s >/dev/null
     callgrind_control -z "$pid" >/dev/null
-    "${PIN_LOAD[@]}" "$LOAD" run "$url" "${TLS_ARGS[@]}" "${CG_LOAD_EXTRA[@]}" -c 1 -n 1 --duration 60s --json >"$dir/one.json"
+    "${PIN_LOAD[@]}" "$LOAD" run "$url" "${CG_TLS[@]}" "${CG_LOAD_EXTRA[@]}" -c 1 -n 1 --duration 60s --json >"$dir/one.json"
     callgrind_control -d "$pid" >/dev/null
     callgrind_control -z "$pid" >/dev/null
-    "${PIN_LOAD[@]}" "$LOAD" run "$url" "${TLS_ARGS[@]}" "${CG_LOAD_EXTRA[@]}" -c 1 -n "$CALLGRIND_REQUESTS" \
+    "${PIN_LOAD[@]}" "$LOAD" run "$url" "${CG_TLS[@]}" "${CG_LOAD_EXTRA[@]}" -c 1 -n "$CALLGRIND_REQUESTS" \
       --duration 600s --json >"$dir/batch.json"
     callgrind_control -d "$pid" >/dev/null
     sleep 1
@@ -667,7 +728,7 @@ instructions() {
     errs=$(grep -o '"errors_total":[0-9]*' "$dir/batch.json" | grep -o '[0-9]*' || true)
     if [[ -n $one && -n $all && ${ok1:-0} -eq 1 && ${okn:-0} -gt 1 && ${errs:-1} -eq 0 ]]; then
       CG_N=$(((all - one) / (okn - 1)))
-      CG_LINE="$CG_N instructions per request ((Ir $all over $okn keep-alive GETs − Ir $one over 1) / $((okn - 1)), one mTLS connection each, all threads); a new connection's handshake and set-up: $((one - CG_N))"
+      CG_LINE="$CG_N instructions per request ((Ir $all over $okn keep-alive GETs − Ir $one over 1) / $((okn - 1)), one $kind connection each, all threads); a new connection's handshake and set-up: $((one - CG_N))"
     else
       CG_LINE="failed: no callgrind summary or failed requests (1-request batch ok=${ok1:-0}, $CALLGRIND_REQUESTS-request batch ok=${okn:-0}, errors=${errs:-?}; see $dir)"
     fi
@@ -690,11 +751,11 @@ CALLGRIND_LINES="Not measured (CALLGRIND_REQUESTS=$CALLGRIND_REQUESTS; it takes 
 if [[ $CALLGRIND_REQUESTS -gt 1 ]]; then
   if command -v valgrind >/dev/null 2>&1 && command -v callgrind_control >/dev/null 2>&1; then
     log "instruction count under callgrind: $CALLGRIND_REQUESTS keep-alive GETs per target"
-    cg_pcl() { # name port metrics-port audit binary [authentication] [limits]
+    cg_pcl() { # name port metrics-port audit binary [authentication] [limits] [protocol] [egress port]
       local dir="$WORK/cg-$1"
       mkdir -p "$dir"
       cp "$WORK"/{ca.pem,server.pem,server.key} "$dir/"
-      write_pcl_config "$dir/portcullis.yaml" "$2" "$3" "$4" "${6:-mtls}" "${7:-open}"
+      write_pcl_config "$dir/portcullis.yaml" "$2" "$3" "$4" "${6:-mtls}" "${7:-open}" "${8:-http1}" "${9:-}"
       instructions "$1" "$2" "$5" serve --config "$dir/portcullis.yaml"
     }
     cg_pcl portcullis "$CG_PORT" "$CG_METRICS_PORT" on "$PCL"
@@ -708,6 +769,15 @@ if [[ $CALLGRIND_REQUESTS -gt 1 ]]; then
     CG_LOAD_EXTRA=()
     IR_BEARER=$CG_N LINE_BEARER=$CG_LINE
     log "portcullis-bearer: $LINE_BEARER"
+    cg_pcl portcullis-h2up "$CG_PORT" "$CG_METRICS_PORT" off "$PCL" mtls open http2
+    IR_H2UP=$CG_N LINE_H2UP=$CG_LINE
+    log "portcullis-h2up: $LINE_H2UP"
+    CG_URL="http://127.0.0.1:$CG_EGRESS_PORT/bench/item" CG_TLS=()
+    CG_LOAD_EXTRA=(--header "Host: $EGRESS_HOST")
+    cg_pcl portcullis-egress "$CG_PORT" "$CG_METRICS_PORT" off "$PCL" mtls open http1 "$CG_EGRESS_PORT"
+    CG_URL="" CG_TLS=("${TLS_ARGS[@]}") CG_LOAD_EXTRA=()
+    IR_EGRESS=$CG_N LINE_EGRESS=$CG_LINE
+    log "portcullis-egress: $LINE_EGRESS"
     CG_LOAD_EXTRA=(--expect-status 429)
     cg_pcl portcullis-refused "$CG_PORT" "$CG_METRICS_PORT" off "$PCL" mtls refused
     CG_LOAD_EXTRA=()
@@ -730,6 +800,8 @@ if [[ $CALLGRIND_REQUESTS -gt 1 ]]; then
     CALLGRIND_LINES="- **portcullis** (fail-closed audit): $LINE_PCL
 - **portcullis-noaudit**: $LINE_NOAUDIT
 - **portcullis-bearer** (portcullis-noaudit + \`authentication: oidc\`, the same bearer token on every request, verified once then cached): $LINE_BEARER
+- **portcullis-h2up** (portcullis-noaudit with the echo upstream on \`protocol: http2\`, h2c): $LINE_H2UP
+- **portcullis-egress** (portcullis-noaudit's pipeline behind an \`egress:\` listener: plain HTTP/1.1 in from loopback, judged as the workload, routed by host, plain HTTP to the echo): $LINE_EGRESS
 - **portcullis-refused** (portcullis-noaudit with the tenant's rate at one request a day: every request answered 429): $LINE_REFUSED
 - **pingora** (portcullis-bare-pingora): $LINE_PINGORA
 - **nginx** (\`master_process off; daemon off;\`, one process): $LINE_NGINX"
@@ -742,7 +814,7 @@ if [[ $CALLGRIND_REQUESTS -gt 1 ]]; then
     fi
     CALLGRIND_LINES="$CALLGRIND_LINES
 
-Ratios: Portcullis / pingora $(ir_ratio "$IR_PCL" "$IR_PINGORA") with the audit log, $(ir_ratio "$IR_NOAUDIT" "$IR_PINGORA") without; pingora / nginx $(ir_ratio "$IR_PINGORA" "$IR_NGINX"); Portcullis without audit / nginx $(ir_ratio "$IR_NOAUDIT" "$IR_NGINX"); bearer token (cached validation) / mTLS only: portcullis-bearer / portcullis-noaudit $(ir_ratio "$IR_BEARER" "$IR_NOAUDIT"); a refusal (429) / a proxied request: portcullis-refused / portcullis-noaudit $(ir_ratio "$IR_REFUSED" "$IR_NOAUDIT")."
+Ratios: Portcullis / pingora $(ir_ratio "$IR_PCL" "$IR_PINGORA") with the audit log, $(ir_ratio "$IR_NOAUDIT" "$IR_PINGORA") without; pingora / nginx $(ir_ratio "$IR_PINGORA" "$IR_NGINX"); Portcullis without audit / nginx $(ir_ratio "$IR_NOAUDIT" "$IR_NGINX"); bearer token (cached validation) / mTLS only: portcullis-bearer / portcullis-noaudit $(ir_ratio "$IR_BEARER" "$IR_NOAUDIT"); HTTP/2 (h2c) / HTTP/1.1 to the upstream: portcullis-h2up / portcullis-noaudit $(ir_ratio "$IR_H2UP" "$IR_NOAUDIT"); plain HTTP from the workload on an egress listener / mTLS ingress: portcullis-egress / portcullis-noaudit $(ir_ratio "$IR_EGRESS" "$IR_NOAUDIT"); a refusal (429) / a proxied request: portcullis-refused / portcullis-noaudit $(ir_ratio "$IR_REFUSED" "$IR_NOAUDIT")."
   else
     CALLGRIND_LINES="Not measured: valgrind/callgrind_control not installed (apt-get install valgrind)."
   fi
@@ -788,6 +860,19 @@ provider on loopback: discovery document and an ES256 key set over TLS), an acce
 token's \`groups\`, and every request carrying the same \`Authorization: Bearer\` token, verified
 once and then served from the gateway's token cache (the client certificate is still required
 in the handshake). Against portcullis-noaudit it gives what cached bearer validation costs.
+**portcullis-h2up** (keep-alive GET and callgrind only) is portcullis-noaudit with the echo
+upstream on \`protocol: http2\`: the gateway speaks HTTP/2 in plaintext with prior knowledge
+(h2c) to \`portcullis echo\`, which answers HTTP/2 and HTTP/1.1 on one port; the client side is
+unchanged (HTTP/1.1 over mTLS). Against portcullis-noaudit it gives what HTTP/2 to the upstream
+costs or saves per request.
+**portcullis-egress** (keep-alive GET and callgrind only) is portcullis-noaudit's pipeline (rules,
+limits, DLP, access log) behind a sidecar's \`egress:\` listener on loopback, its \`workload:\`
+the bench client's SPIFFE ID (so the same access rule applies): the load generator sends plain
+HTTP/1.1 with \`Host: $EGRESS_HOST\`, the route is matched by that host, and the request goes to
+the echo over plain HTTP, so it is comparable to **direct** (the same plain HTTP/1.1 in and
+out, plus the proxy). A real sidecar would originate mTLS to the remote peer's sidecar, so
+its outbound hop costs more than this. Against portcullis-noaudit it gives what the egress path
+costs without TLS on the client side; against direct, what the extra hop costs.
 **pingora** is the framework floor: \`portcullis-bare-pingora\` (bench/src/bare_pingora.rs), the
 workspace's pingora 0.9 with the gateway's features (rustls, ring, Portcullis's restricted
 provider) and allocator (mimalloc), a \`ProxyHttp\` that only picks the echo upstream, mTLS with
@@ -847,6 +932,8 @@ ${PIN_SUT[*]} portcullis-bare-pingora --listen 127.0.0.1:$PINGORA_PORT --upstrea
 # per target and round, e.g. Portcullis keep-alive GET:
 ${PIN_LOAD[*]} portcullis-load run https://127.0.0.1:$PCL_PORT/bench/item --ca ca.pem --cert client.pem --key client.key --json --duration ${ROUND_SECS}s --warmup ${WARMUP_SECS}s --connections $CONNS
 #   portcullis-bearer: add --bearer-file token (the token portcullis-bench-idp wrote; keep-alive GET and callgrind only)
+#   portcullis-h2up: https://127.0.0.1:$PCL_H2UP_PORT/bench/item, the same arguments (keep-alive GET and callgrind only)
+#   portcullis-egress: ${PIN_LOAD[*]} portcullis-load run http://127.0.0.1:$PCL_EGRESS_OUT_PORT/bench/item --header 'Host: $EGRESS_HOST' --json … (no TLS arguments; keep-alive GET and callgrind only)
 #   POST: add --body body.json; HTTP/2: --http 2 --connections $H2_CONNS --streams $H2_STREAMS;
 #   handshakes: --new-conn --connections $NEWCONN_CONNS; open loop: --rate ${RATE:-R} --connections $OPEN_LOOP_CONNS
 #   two workers: proxies on ${PIN_BOTH[*]:-all CPUs} with 2 threads/workers, the echo upstream re-pinned there, load generator ${PIN_BOTH[*]} portcullis-load run … --threads $LOAD_THREADS_2W

@@ -79,7 +79,8 @@ struct Connection {
     /// POST this file's contents (as application/json) instead of GET.
     #[arg(long)]
     body: Option<PathBuf>,
-    /// Add this header to every request, as `Name: value` (repeat for more).
+    /// Add this header to every request, as `Name: value` (repeat for more). A `Host` header
+    /// replaces the URL's authority in HTTP/1.1 requests.
     #[arg(long = "header", short = 'H')]
     headers: Vec<String>,
     /// Add `Authorization: Bearer <token>` to every request, the token read from this file

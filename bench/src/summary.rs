@@ -62,7 +62,7 @@ const THROUGHPUT: &[(&str, &str)] = &[
     ),
     (
         "h2-get",
-        "HTTP/2 keep-alive GET (streams multiplexed on few connections; no direct: the echo upstream speaks HTTP/1.1 only)",
+        "HTTP/2 keep-alive GET (streams multiplexed on few connections; HTTP/1.1 from the proxies to the echo; no direct row)",
     ),
     (
         "ka-get-2w",
@@ -78,6 +78,11 @@ const TARGETS: &[&str] = &[
     // portcullis-noaudit's configuration with the benched route on `authentication: oidc`:
     // every request also carries a bearer token (verified once, then served from the cache).
     "portcullis-bearer",
+    // portcullis-noaudit with the echo upstream on `protocol: http2` (h2c to the echo).
+    "portcullis-h2up",
+    // A sidecar's egress listener: plain HTTP/1.1 from the workload on loopback, judged as the
+    // workload's SPIFFE ID, routed by host to the echo over plain HTTP.
+    "portcullis-egress",
     // An earlier build of Portcullis (`BASELINE=`), same config as portcullis-noaudit: what a
     // change costs, side by side in one run. Absent from runs without it.
     "baseline-noaudit",
@@ -86,6 +91,35 @@ const TARGETS: &[&str] = &[
     "nginx",
     "haproxy",
 ];
+
+/// Variants of portcullis-noaudit that run in keep-alive GET (one worker) only, each compared
+/// with a base in the same run: (variant, base, what the pair shows).
+const VARIANTS: &[(&str, &str, &str)] = &[
+    (
+        "portcullis-bearer",
+        "portcullis-noaudit",
+        "Bearer token (cached validation) vs mTLS only",
+    ),
+    (
+        "portcullis-h2up",
+        "portcullis-noaudit",
+        "HTTP/2 (h2c) to the upstream vs HTTP/1.1",
+    ),
+    (
+        "portcullis-egress",
+        "portcullis-noaudit",
+        "Egress listener (plain HTTP/1.1 in, judged as the workload) vs mTLS ingress",
+    ),
+    (
+        "portcullis-egress",
+        "direct",
+        "Egress listener vs no proxy (both plain HTTP/1.1 in)",
+    ),
+];
+
+fn is_variant(target: &str) -> bool {
+    VARIANTS.iter().any(|(v, _, _)| *v == target)
+}
 
 fn load(path: &Path) -> anyhow::Result<Vec<Record>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
@@ -256,9 +290,9 @@ pub(crate) fn open_loop_rate(path: &Path, scenario: &str) -> anyhow::Result<f64>
     let records = load(path)?;
     TARGETS
         .iter()
-        // The bearer variant runs in keep-alive GET only; the open loop's rate stays what the
-        // proxies that run it can carry.
-        .filter(|t| **t != "direct" && **t != "portcullis-bearer")
+        // The variants run in keep-alive GET only; the open loop's rate stays what the proxies
+        // that run it can carry.
+        .filter(|t| **t != "direct" && !is_variant(t))
         .filter_map(|t| cell(&records, scenario, t).rps)
         .min_by(f64::total_cmp)
         .map(|rps| (rps / 2.0).max(1.0).floor())
@@ -315,21 +349,18 @@ pub(crate) fn markdown(path: &Path) -> anyhow::Result<String> {
                 ratio(on.rps, off.rps)
             );
         }
-        let bearer = cell(&records, scenario, "portcullis-bearer");
-        if bearer.rps.is_some() && off.rps.is_some() {
-            let _ = writeln!(
-                out,
-                "\nBearer token (cached validation) vs mTLS only, portcullis-bearer / \
-                 portcullis-noaudit, same run: {} of the throughput (median of per-round \
-                 ratios; ratio of medians {}).",
-                times(round_ratio(
-                    &records,
-                    scenario,
-                    "portcullis-bearer",
-                    "portcullis-noaudit"
-                )),
-                ratio(bearer.rps, off.rps)
-            );
+        for (variant, base, what) in VARIANTS {
+            let v = cell(&records, scenario, variant);
+            let b = cell(&records, scenario, base);
+            if v.rps.is_some() && b.rps.is_some() {
+                let _ = writeln!(
+                    out,
+                    "\n{what}, {variant} / {base}, same run: {} of the throughput (median of \
+                     per-round ratios; ratio of medians {}).",
+                    times(round_ratio(&records, scenario, variant, base)),
+                    ratio(v.rps, b.rps)
+                );
+            }
         }
         out.push('\n');
     }
@@ -537,6 +568,43 @@ mod tests {
         assert_eq!(
             open_loop_rate(&dir.join("records.jsonl"), "ka-get").unwrap(),
             375.0
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn h2up_and_egress_against_their_bases() {
+        let lines = [
+            run("ka-get", "direct", 1, 4000.0, 1.0),
+            run("ka-get", "portcullis-noaudit", 1, 1000.0, 1.0),
+            run("ka-get", "portcullis-h2up", 1, 900.0, 1.0),
+            run("ka-get", "portcullis-egress", 1, 1200.0, 1.0),
+            run("ka-get", "pingora", 1, 1500.0, 1.0),
+        ];
+        let (md, dir) = markdown_of("variants", &lines);
+        assert!(md.contains("| portcullis-h2up | 900 | 0.23× |"), "{md}");
+        assert!(md.contains("| portcullis-egress | 1200 | 0.30× |"), "{md}");
+        assert!(
+            md.contains(
+                "HTTP/2 (h2c) to the upstream vs HTTP/1.1, portcullis-h2up / portcullis-noaudit, \
+                 same run: 0.90× of the throughput"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("portcullis-egress / portcullis-noaudit, same run: 1.20×"),
+            "{md}"
+        );
+        assert!(
+            md.contains("portcullis-egress / direct, same run: 0.30×"),
+            "{md}"
+        );
+        // No bearer run, no bearer line.
+        assert!(!md.contains("portcullis-bearer"), "{md}");
+        // The open-loop rate ignores the variants: half of noaudit's, not of h2up's.
+        assert_eq!(
+            open_loop_rate(&dir.join("records.jsonl"), "ka-get").unwrap(),
+            500.0
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -228,13 +228,20 @@ impl Connector {
         }
     }
 
-    /// The request every worker sends. HTTP/1.1 takes the origin form plus Host; HTTP/2 the
-    /// absolute form (hyper derives `:scheme` and `:authority` from it).
+    /// The request every worker sends. HTTP/1.1 takes the origin form plus Host (the URL's
+    /// authority, unless an extra header names another: a name-routed target reached at a
+    /// loopback address, as a sidecar's egress listener is); HTTP/2 the absolute form (hyper
+    /// derives `:scheme` and `:authority` from it).
     pub(crate) fn request(&self) -> Request<Full<Bytes>> {
         let builder = Request::builder()
             .method(self.method.clone())
             .header(http::header::USER_AGENT, "portcullis-load");
+        let own_host = self
+            .headers
+            .iter()
+            .any(|(name, _)| name == http::header::HOST);
         let builder = match self.protocol {
+            Protocol::Http1 if own_host => builder.uri(self.target.path()),
             Protocol::Http1 => builder
                 .uri(self.target.path())
                 .header(http::header::HOST, self.target.authority.as_str()),
@@ -363,6 +370,22 @@ mod tests {
             let req = c.request();
             assert_eq!(req.headers()[http::header::AUTHORIZATION], "Bearer t");
         }
+    }
+
+    #[test]
+    fn a_host_header_replaces_the_urls() {
+        let target = Target::parse("http://127.0.0.1:8080/x").unwrap();
+        let plain = Connector::new(target.clone(), Protocol::Http1, None, None, vec![]).unwrap();
+        assert_eq!(
+            plain.request().headers()[http::header::HOST],
+            "127.0.0.1:8080"
+        );
+        let host = parse_header("Host: echo.bench").unwrap();
+        let named = Connector::new(target, Protocol::Http1, None, None, vec![host]).unwrap();
+        let req = named.request();
+        let hosts: Vec<_> = req.headers().get_all(http::header::HOST).iter().collect();
+        assert_eq!(hosts, ["echo.bench"]);
+        assert_eq!(req.uri(), "/x");
     }
 
     #[test]

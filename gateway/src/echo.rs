@@ -1,13 +1,15 @@
 //! A built-in echo upstream for the demo and the tests: answers every request with a JSON
 //! document of what it received (method, path, headers, body), so a caller can see exactly what the
-//! gateway forwarded.
+//! gateway forwarded. It speaks HTTP/1.1 and, on the same port, HTTP/2 with prior knowledge
+//! (h2c), so an upstream with `protocol: http2` can be tried and benchmarked against it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
-use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::apps::http_app::{HttpServer, ServeHttp};
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
@@ -75,6 +77,8 @@ impl ServeHttp for Echo {
         let doc = serde_json::json!({
             "upstream": self.name,
             "method": req.method.as_str(),
+            // How the request arrived: `HTTP/1.1`, or `HTTP/2.0` over h2c.
+            "version": format!("{:?}", req.version),
             "uri": req.uri.to_string(),
             "path": req.uri.path(),
             "headers": headers,
@@ -87,7 +91,8 @@ impl ServeHttp for Echo {
     }
 }
 
-/// Runs an echo upstream on plain HTTP until SIGINT/SIGTERM.
+/// Runs an echo upstream on plain HTTP (HTTP/1.1, and h2c for callers that open with the
+/// HTTP/2 preface) until SIGINT/SIGTERM.
 pub fn serve_echo(addr: SocketAddr, name: &str) -> Result<(), GatewayError> {
     std::net::TcpListener::bind(addr)
         .map(drop)
@@ -100,12 +105,14 @@ pub fn serve_echo(addr: SocketAddr, name: &str) -> Result<(), GatewayError> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service = Service::new(
-        format!("echo {name}"),
-        Echo {
-            name: name.to_owned(),
-        },
-    );
+    let mut app = HttpServer::new_app(Echo {
+        name: name.to_owned(),
+    });
+    // pingora peeks for the HTTP/2 preface on each new connection and keeps HTTP/1.1 otherwise.
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    app.server_options = Some(options);
+    let mut service = Service::new(format!("echo {name}"), app);
     service.add_tcp(&addr.to_string());
     server.add_service(service);
     server.run(RunArgs::default());

@@ -344,4 +344,46 @@ while True:
     wait_for_line(&gw, |l| {
         l.contains("\"grpc.status\":4") && l.contains("\"authz.decision\":\"deadline_exceeded\"")
     });
+
+/// The built-in echo upstream speaks HTTP/1.1 and h2c on one port, and a `protocol: http2`
+/// upstream reaches it over h2c (what bench/run.sh's portcullis-h2up measures).
+#[test]
+fn echo_speaks_http1_and_h2c() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let echo = Echo::start(d, "echo");
+    let (status, body) = http_get(echo.port, "/plain").expect("HTTP/1.1 to the echo");
+    assert_eq!(status, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["version"], "HTTP/1.1", "{doc}");
+
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "--max-time", "10"])
+        .args(["-w", "\n%{http_version} %{http_code}"])
+        .arg(format!("http://127.0.0.1:{}/prior", echo.port))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, tail) = text.rsplit_once('\n').unwrap();
+    assert_eq!(tail, "2 200", "{text}");
+    let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(doc["version"], "HTTP/2.0", "{doc}");
+    assert_eq!(doc["path"], "/prior", "{doc}");
+
+    let yaml = CONFIG
+        .replace("{backend}", &echo.port.to_string())
+        .replace("{tls}", "")
+        .replace(
+            "path_prefix: /grpc.health.v1.Health/Check",
+            "path_prefix: /echo",
+        );
+    let gw = Gateway::start(d, &yaml);
+    let through = pki
+        .client(Some("frontend"))
+        .get(gw.port, "/echo/x")
+        .unwrap();
+    assert_eq!(through.status, 200);
+    let doc = through.json();
+    assert_eq!(doc["version"], "HTTP/2.0", "{doc}");
+    assert_eq!(doc["path"], "/echo/x", "{doc}");
 }
