@@ -344,6 +344,7 @@ while True:
     wait_for_line(&gw, |l| {
         l.contains("\"grpc.status\":4") && l.contains("\"authz.decision\":\"deadline_exceeded\"")
     });
+}
 
 /// The built-in echo upstream speaks HTTP/1.1 and h2c on one port, and a `protocol: http2`
 /// upstream reaches it over h2c (what bench/run.sh's portcullis-h2up measures).
