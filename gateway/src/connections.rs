@@ -18,6 +18,7 @@
 //!   header list size, reset-flood bound) and idle timeout.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -121,6 +122,7 @@ impl BackgroundService for ListenerService {
             metrics: Arc::clone(&self.metrics),
             audit: self.audit.clone(),
             proxy_log: LogGate::new(),
+            fresh: Arc::new(AtomicUsize::new(0)),
         });
         loop {
             let accepted = tokio::select! {
@@ -169,15 +171,25 @@ impl BackgroundService for ListenerService {
                     continue;
                 }
             };
+            // Counted here, not in the task: a drain that sees no connection must see none.
+            this.metrics.connection_opened(&this.name);
+            let fresh = Fresh::new(&this.fresh);
             let this = Arc::clone(&this);
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                this.metrics.connection_opened(&this.name);
-                this.accept(stream, peer, slot, &shutdown).await;
+                this.accept(stream, peer, slot, fresh, &shutdown).await;
                 this.metrics.connection_closed(&this.name);
             });
         }
-        // Wakes HTTP/1 connections parked between requests, as pingora's own service does.
+        // Connections accepted before the shutdown get their first request answered; then the
+        // HTTP/1 connections parked between requests are woken and closed, as pingora's own
+        // service does (pingora drops a woken connection whose request it has not read).
+        let deadline = tokio::time::Instant::now()
+            + self.limits.handshake_timeout
+            + self.limits.request_head_timeout;
+        while this.fresh.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            sleep(Duration::from_millis(10)).await;
+        }
         ServerApp::cleanup(&*self.proxy).await;
     }
 }
@@ -237,6 +249,8 @@ struct Connections {
     /// Bounds the log lines of PROXY protocol refusals (a forged or broken header is cheap to
     /// send again and again).
     proxy_log: LogGate,
+    /// Connections that have not finished their first request.
+    fresh: Arc<AtomicUsize>,
     rates: ConnectionRates,
 }
 
@@ -279,6 +293,7 @@ impl Connections {
         mut stream: pingora_core::protocols::l4::stream::Stream,
         peer: SocketAddr,
         mut slot: ConnectionSlot,
+        fresh: Fresh,
         shutdown: &ShutdownWatch,
     ) {
         let mut client = peer;
@@ -304,7 +319,7 @@ impl Connections {
                 return;
             }
         }
-        self.serve(stream, client, shutdown).await;
+        self.serve(stream, client, fresh, shutdown).await;
         drop(slot);
     }
 
@@ -335,6 +350,7 @@ impl Connections {
         &self,
         mut stream: pingora_core::protocols::l4::stream::Stream,
         peer: SocketAddr,
+        fresh: Fresh,
         shutdown: &ShutdownWatch,
     ) {
         if let Err(e) = stream.set_nodelay() {
@@ -351,7 +367,7 @@ impl Connections {
                 self.name.clone(),
                 Arc::clone(&self.metrics),
             ));
-            self.serve_http1(stream, &head, shutdown).await;
+            self.serve_http1(stream, &head, fresh, shutdown).await;
             return;
         };
         let handshake = handshake_with_callback(acceptor, stream, &self.hook);
@@ -409,6 +425,8 @@ impl Connections {
             Arc::clone(&self.metrics),
         ));
         if h2 {
+            // HTTP/2: a shutdown is a GOAWAY, which clients answer by retrying elsewhere.
+            drop(fresh);
             let shutdown = match close {
                 Some(close) => ending(close, shutdown.clone()),
                 None => shutdown.clone(),
@@ -424,7 +442,7 @@ impl Connections {
                 }
             }
         } else {
-            self.serve_http1(stream, &head, shutdown).await;
+            self.serve_http1(stream, &head, fresh, shutdown).await;
         }
     }
 
@@ -441,20 +459,23 @@ impl Connections {
     }
 
     /// pingora's HTTP/1 keep-alive loop, with this listener's bounds set on every request.
-    async fn serve_http1(&self, stream: Stream, head: &HeadPhase, shutdown: &ShutdownWatch) {
+    /// `fresh` is held until the first request is answered (see the accept loop's shutdown).
+    async fn serve_http1(
+        &self,
+        stream: Stream,
+        head: &HeadPhase,
+        fresh: Fresh,
+        shutdown: &ShutdownWatch,
+    ) {
         let limits = &self.limits;
         // pingora counts reuses: N requests are N - 1 reuses.
         let reuses = limits.max_requests_per_connection.saturating_sub(1);
         let mut session = ServerSession::new_http1(stream);
         session.set_keepalive_reuses_remaining(Some(reuses));
-        // pingora drops a connection whose request has not arrived when shutdown begins. The
-        // first request of an accepted connection is always answered (within the head
-        // deadline): a draining or upgraded-away gateway must not reset a client it accepted.
-        let (_never_tx, never) = tokio::sync::watch::channel(false);
-        let mut first = true;
+        let mut fresh = Some(fresh);
         loop {
             let draining = *shutdown.borrow();
-            if draining && !first {
+            if draining && fresh.is_none() {
                 // An idle keep-alive connection during a drain: closed, not waited on.
                 return;
             }
@@ -462,9 +483,9 @@ impl Connections {
             session.set_keepalive(keepalive);
             session.set_read_timeout(Some(limits.body_idle_timeout));
             session.set_write_timeout(Some(limits.write_timeout));
-            let watch = if first { &never } else { shutdown };
-            first = false;
-            let Some(reused) = self.proxy.process_new_http(session, watch).await else {
+            let reused = self.proxy.process_new_http(session, shutdown).await;
+            fresh = None;
+            let Some(reused) = reused else {
                 return;
             };
             let (stream, persistent) = reused.consume();
@@ -474,6 +495,22 @@ impl Connections {
                 persistent.apply_to_session(&mut session);
             }
         }
+    }
+}
+
+/// A connection that has not finished its first request, counted for the listener's shutdown.
+struct Fresh(Arc<AtomicUsize>);
+
+impl Fresh {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

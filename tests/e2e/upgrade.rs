@@ -13,6 +13,9 @@ listeners:
   - name: public
     address: 127.0.0.1:{port}
     tls: { certificate: server.pem, private_key: server.key, client_auth: required, client_ca: ca.pem }
+    # The client below opens a connection per request, faster than the default per-source rate.
+    connections:
+      abuse: { connection_rate_per_source: off, connection_rate_per_identity: off }
 metrics:
   address: 127.0.0.1:{metrics}
 shutdown:
@@ -60,7 +63,11 @@ fn an_upgrade_under_load_fails_no_request() {
                 match client.get(port, &format!("/r/{i}")) {
                     Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
                     other => {
-                        errors.push(format!("{:?}", other.map(|r| r.status)));
+                        errors.push(format!(
+                            "{:?} at {:?}",
+                            other.map(|r| r.status),
+                            std::time::SystemTime::now()
+                        ));
                         failed.fetch_add(1, Ordering::Relaxed)
                     }
                 };
@@ -119,7 +126,9 @@ fn an_upgrade_under_load_fails_no_request() {
     assert_eq!(
         failed.load(Ordering::Relaxed),
         0,
-        "failed requests: {errors:?}"
+        "failed requests: {errors:?}\nold:\n{}\nnew:\n{}",
+        old.proc.log_text(),
+        new.log_text()
     );
     assert!(old.proc.log_text().contains("handed to the new gateway"));
     let served = ok.load(Ordering::Relaxed);
