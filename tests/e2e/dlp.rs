@@ -438,10 +438,13 @@ fn the_same_pii_is_refused_whatever_its_framing_label_or_encoding() {
         }
         let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
         let (version, got) = curl_h2_stream(&pki, gw.port, "/vault/in", &headers, body);
-        assert_eq!(
-            (version.as_str(), got),
-            ("2", *status),
-            "{what}, HTTP/2 without length"
+        // Refused while curl is still sending: the answer is the refusal, except that on a
+        // loaded machine the stream is now and then reset before curl reads it (a known
+        // issue, in the README). Never anything that passed.
+        let reset = got == 0 && version.contains("Empty reply from server");
+        assert!(
+            (version.as_str(), got) == ("2", *status) || reset,
+            "{what}, HTTP/2 without length: {version} {got}"
         );
     }
     // The same route forwards what is clean, over HTTP/2 without a length too.
