@@ -93,6 +93,14 @@ fn a_client_looping_refused_requests_neither_fills_the_log_nor_goes_unrecorded()
             "  segment_bytes: 65536\n  max_bytes: {budget}\n  refusals: {{ path_bytes: 1024, per_source: 5, interval: 1s }}\n"
         ),
     );
+    // The attacker reconnects after every 400 (which closes): without the connection rates,
+    // which would refuse its reconnections at ~100/s (they are tested in e2e abuse).
+    let tls = "client_ca: ca.pem }\n";
+    let yaml = yaml.replacen(
+        tls,
+        &format!("{tls}    connections: {{ abuse: {{ connection_rate_per_source: off, connection_rate_per_identity: off }} }}\n"),
+        1,
+    );
     let mut gw = Gateway::start(d, &yaml);
     let stop_legit = Arc::new(AtomicBool::new(false));
     let legit = legitimate_caller(pki.client(Some("frontend")), gw.port, stop_legit.clone());
