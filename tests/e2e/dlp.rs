@@ -70,19 +70,25 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 #[test]
 fn a_card_number_split_across_chunks_is_blocked() {
     let (pki, _echo, gw) = start();
-    let mut conn = pki.client(Some("frontend")).connect(gw.port).unwrap();
     let body = format!(r#"{{"note":"pay with {CARD} today"}}"#);
     let split = body.find("1111 1111").unwrap();
     let (a, b) = body.as_bytes().split_at(split);
-    let resp = conn
-        .send_chunked(
-            "POST",
-            "/pay",
-            &[("content-type", "application/json")],
-            &[a, b],
-            Duration::from_millis(150),
-        )
-        .unwrap();
+    // A refusal made while the client is still writing can be lost to a reset on a loaded
+    // machine (a known issue, in the README): the client then tries again; what it must
+    // never get is anything but the refusal.
+    let resp = (0..3)
+        .find_map(|_| {
+            let mut conn = pki.client(Some("frontend")).connect(gw.port).ok()?;
+            conn.send_chunked(
+                "POST",
+                "/pay",
+                &[("content-type", "application/json")],
+                &[a, b],
+                Duration::from_millis(150),
+            )
+            .ok()
+        })
+        .expect("no answer in three tries");
     assert_eq!(resp.status, 403);
     assert_eq!(resp.json()["error"], "dlp_blocked");
     // A card-like number that fails Luhn passes.
@@ -103,9 +109,18 @@ fn a_card_number_split_across_chunks_is_blocked() {
     // The finding is counted; the number is written nowhere.
     let sample = r#"portcullis_dlp_findings_total{action="block",detector="card_number",direction="request",tenant="shop"}"#;
     let m = gw.wait_metric(sample, 1.0);
-    let log = gw.proc.log_text();
-    assert_eq!(metric_value(&m, sample), 1.0, "{m}");
-    assert!(log.contains("request:card_number:block:1"), "{log}");
+    // At least once: a try whose answer was lost was blocked and counted too.
+    assert!(metric_value(&m, sample) >= 1.0, "{m}");
+    // The access line is queued before the metric counts it, and written by its own thread.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = gw.proc.log_text();
+        if log.contains("request:card_number:block:1") {
+            break log;
+        }
+        assert!(std::time::Instant::now() < deadline, "{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(
         !log.contains(CARD_DIGITS) && !log.contains("1111 1111"),
         "matched data leaked into the log"
@@ -441,7 +456,8 @@ fn the_same_pii_is_refused_whatever_its_framing_label_or_encoding() {
         // Refused while curl is still sending: the answer is the refusal, except that on a
         // loaded machine the stream is now and then reset before curl reads it (a known
         // issue, in the README). Never anything that passed.
-        let reset = got == 0 && version.contains("Empty reply from server");
+        // (curl then prints no status, only its error: an empty reply or a reset stream.)
+        let reset = got == 0 && version.contains("curl:");
         assert!(
             (version.as_str(), got) == ("2", *status) || reset,
             "{what}, HTTP/2 without length: {version} {got}"
@@ -582,5 +598,13 @@ fn upgrades_over_limit_bodies_and_ambiguous_headers_are_refused() {
     let sample =
         r#"portcullis_dlp_unscanned_total{direction="request",reason="over_limit",tenant="shop"}"#;
     gw.wait_metric(sample, 1.0);
-    assert!(gw.proc.log_text().contains("request:unscanned:over_limit"));
+    // The access line is queued before the metric counts it, and written by its own thread.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !gw.proc.log_text().contains("request:unscanned:over_limit") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no over_limit access line"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
