@@ -32,6 +32,12 @@ use crate::upgrade;
 use crate::upstream::Pool;
 use crate::{AuditSigners, GatewayError};
 
+mod background;
+mod listeners;
+
+use background::{spawn_drain_watch, HealthChecks};
+use listeners::{egress_service, listener_service, Shared};
+
 /// Reads and checks a config file: the one entry point for `serve`, `check` and reload.
 pub fn load_config(path: &Path) -> Result<Config, GatewayError> {
     let text = std::fs::read_to_string(path).map_err(|e| GatewayError::file(path, e))?;
@@ -396,100 +402,6 @@ fn server_conf_threads(server: &Server) -> usize {
     server.configuration.threads.max(1)
 }
 
-/// One listener as its own service: its accept loop (`connections`) over its own proxy
-/// instance, which carries the listener's HTTP and HTTP/2 options. Handshakes read the
-/// listener's certificate and verifier from the current generation.
-/// What every listener's proxy shares.
-struct Shared {
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    metrics: Arc<Metrics>,
-    audit: Option<Arc<AuditTrail>>,
-    fairness: Option<Arc<FairGate>>,
-}
-
-fn listener_service(
-    server: &Server,
-    listener: &ListenerConfig,
-    index: usize,
-    shared: &Shared,
-    threads: usize,
-) -> Result<GenBackgroundService<ListenerService>, GatewayError> {
-    let limits = &listener.connections;
-    let (snapshot, metrics) = (&shared.snapshot, &shared.metrics);
-    let gateway = Gateway {
-        snapshot: snapshot.clone(),
-        metrics: metrics.clone(),
-        audit: shared.audit.clone(),
-        write_timeout: limits.write_timeout,
-        refusal_lines: Default::default(),
-        fairness: shared.fairness.clone(),
-        egress: None,
-    };
-    let mut proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
-    proxy.server_options = Some(connections::server_options(limits));
-    proxy.h2_options = Some(connections::h2_options(limits));
-    let config = server_config(
-        || ListenerSlot::new(snapshot.clone(), index),
-        &listener.name,
-        listener.tls.client_auth,
-        metrics.clone(),
-    )?;
-    let mut service = background_service(
-        &format!("listener {}", listener.name),
-        ListenerService {
-            name: listener.name.clone(),
-            index,
-            address: listener.address,
-            client_auth: listener.tls.client_auth,
-            limits: limits.clone(),
-            acceptor: Some(Arc::new(Acceptor::from_server_config(config))),
-            proxy: Arc::new(proxy),
-            metrics: metrics.clone(),
-            audit: shared.audit.clone(),
-        },
-    );
-    service.threads = Some(threads);
-    Ok(service)
-}
-
-/// An egress listener: plain HTTP/1.1 on loopback from the local workload, whose requests its
-/// own proxy instance judges as the workload's.
-fn egress_service(
-    server: &Server,
-    egress: &EgressConfig,
-    shared: &Shared,
-    threads: usize,
-) -> GenBackgroundService<ListenerService> {
-    let limits = &egress.connections;
-    let gateway = Gateway {
-        snapshot: shared.snapshot.clone(),
-        metrics: shared.metrics.clone(),
-        audit: shared.audit.clone(),
-        write_timeout: limits.write_timeout,
-        refusal_lines: Default::default(),
-        fairness: shared.fairness.clone(),
-        egress: Some(Arc::new(Workload::new(&egress.workload))),
-    };
-    let mut proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
-    proxy.server_options = Some(connections::server_options(limits));
-    let mut service = background_service(
-        &format!("egress {}", egress.name),
-        ListenerService {
-            name: egress.name.clone(),
-            index: usize::MAX,
-            address: egress.address,
-            client_auth: ClientAuth::Off,
-            limits: limits.clone(),
-            acceptor: None,
-            proxy: Arc::new(proxy),
-            metrics: shared.metrics.clone(),
-            audit: shared.audit.clone(),
-        },
-    );
-    service.threads = Some(threads);
-    service
-}
-
 /// Binding fails inside pingora with a panic; check first so the operator gets a clear error.
 fn ensure_bindable(addr: std::net::SocketAddr) -> Result<(), GatewayError> {
     std::net::TcpListener::bind(addr)
@@ -513,100 +425,4 @@ fn listening(port: u16) -> bool {
             })
         })
     })
-}
-
-/// Probes every pool with a health check at its interval, for whichever snapshot is current.
-/// Also marks the process ready once its listeners accept connections.
-struct HealthChecks {
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    metrics: Arc<Metrics>,
-    /// Ready means these accept connections.
-    listeners: Vec<std::net::SocketAddr>,
-}
-
-#[async_trait]
-impl BackgroundService for HealthChecks {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        // Services start side by side: answer ready only once every listener is listening.
-        for addr in &self.listeners {
-            while !listening(addr.port()) {
-                tokio::select! {
-                    _ = shutdown.changed() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-                }
-            }
-        }
-        self.metrics.set_ready(true);
-        let mut last: HashMap<UpstreamName, Instant> = HashMap::new();
-        loop {
-            let snapshot = self.snapshot.load_full();
-            for (name, pool) in snapshot.pools.iter() {
-                let Some(interval) = pool.health_interval() else {
-                    continue;
-                };
-                if last.get(name).is_some_and(|t| t.elapsed() < interval) {
-                    continue;
-                }
-                pool.check_health().await;
-                last.insert(name.clone(), Instant::now());
-            }
-            last.retain(|name, _| snapshot.pools.contains_key(name));
-            tokio::select! {
-                _ = shutdown.changed() => {
-                    self.metrics.set_ready(false);
-                    return;
-                }
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-            }
-        }
-    }
-}
-
-/// On SIGTERM pingora stops accepting and waits out the grace period. Exit as soon as the
-/// requests in flight have finished instead of sleeping out the rest of it.
-fn spawn_drain_watch(
-    mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
-    metrics: Arc<Metrics>,
-    audit: Option<Arc<AuditTrail>>,
-    grace: Duration,
-) {
-    let spawned = std::thread::Builder::new()
-        .name("drain-watch".into())
-        .spawn(move || loop {
-            match phases.blocking_recv() {
-                Ok(ExecutionPhase::GracefulTerminate) => {
-                    metrics.set_ready(false);
-                    let deadline = Instant::now() + grace;
-                    tracing::info!(
-                        in_flight = metrics.in_flight(),
-                        grace_s = grace.as_secs_f64(),
-                        "draining"
-                    );
-                    // Connections already accepted finish: the one in its handshake or before
-                    // its first request gets its answer (then `Connection: close`); idle
-                    // keep-alive ones are closed by the listeners, HTTP/2 ones sent GOAWAY.
-                    std::thread::sleep(Duration::from_millis(200));
-                    while (metrics.in_flight() > 0 || metrics.connections_open() > 0)
-                        && Instant::now() < deadline
-                    {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    tracing::info!(
-                        in_flight = metrics.in_flight(),
-                        connections = metrics.connections_open(),
-                        "drained; exiting"
-                    );
-                    if let Some(audit) = &audit {
-                        audit.close();
-                    }
-                    crate::access_log::flush();
-                    std::process::exit(0);
-                }
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "no drain watch: SIGTERM waits out the whole grace period");
-    }
 }

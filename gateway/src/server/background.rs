@@ -1,0 +1,99 @@
+//! The server's background work: upstream health checks and the drain on SIGTERM.
+
+use super::*;
+
+/// Probes every pool with a health check at its interval, for whichever snapshot is current.
+/// Also marks the process ready once its listeners accept connections.
+pub(super) struct HealthChecks {
+    pub(super) snapshot: Arc<ArcSwap<Snapshot>>,
+    pub(super) metrics: Arc<Metrics>,
+    /// Ready means these accept connections.
+    pub(super) listeners: Vec<std::net::SocketAddr>,
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        // Services start side by side: answer ready only once every listener is listening.
+        for addr in &self.listeners {
+            while !listening(addr.port()) {
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                }
+            }
+        }
+        self.metrics.set_ready(true);
+        let mut last: HashMap<UpstreamName, Instant> = HashMap::new();
+        loop {
+            let snapshot = self.snapshot.load_full();
+            for (name, pool) in snapshot.pools.iter() {
+                let Some(interval) = pool.health_interval() else {
+                    continue;
+                };
+                if last.get(name).is_some_and(|t| t.elapsed() < interval) {
+                    continue;
+                }
+                pool.check_health().await;
+                last.insert(name.clone(), Instant::now());
+            }
+            last.retain(|name, _| snapshot.pools.contains_key(name));
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    self.metrics.set_ready(false);
+                    return;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    }
+}
+
+/// On SIGTERM pingora stops accepting and waits out the grace period. Exit as soon as the
+/// requests in flight have finished instead of sleeping out the rest of it.
+pub(super) fn spawn_drain_watch(
+    mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
+    metrics: Arc<Metrics>,
+    audit: Option<Arc<AuditTrail>>,
+    grace: Duration,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("drain-watch".into())
+        .spawn(move || loop {
+            match phases.blocking_recv() {
+                Ok(ExecutionPhase::GracefulTerminate) => {
+                    metrics.set_ready(false);
+                    let deadline = Instant::now() + grace;
+                    tracing::info!(
+                        in_flight = metrics.in_flight(),
+                        grace_s = grace.as_secs_f64(),
+                        "draining"
+                    );
+                    // Connections already accepted finish: the one in its handshake or before
+                    // its first request gets its answer (then `Connection: close`); idle
+                    // keep-alive ones are closed by the listeners, HTTP/2 ones sent GOAWAY.
+                    std::thread::sleep(Duration::from_millis(200));
+                    while (metrics.in_flight() > 0 || metrics.connections_open() > 0)
+                        && Instant::now() < deadline
+                    {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    tracing::info!(
+                        in_flight = metrics.in_flight(),
+                        connections = metrics.connections_open(),
+                        "drained; exiting"
+                    );
+                    if let Some(audit) = &audit {
+                        audit.close();
+                    }
+                    crate::access_log::flush();
+                    std::process::exit(0);
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no drain watch: SIGTERM waits out the whole grace period");
+    }
+}
