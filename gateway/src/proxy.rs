@@ -74,6 +74,7 @@ impl ProxyHttp for Gateway {
         session.set_write_timeout(Some(self.write_timeout));
         self.metrics.request_started();
         ctx.counted = true;
+        ctx.grpc = grpc::is_call(session);
         let snapshot = self.snapshot.load_full();
         let listener = snapshot.listener(session.server_addr().and_then(|a| a.as_inet()).copied());
         let req = session.req_header();
@@ -146,7 +147,7 @@ impl ProxyHttp for Gateway {
                     BodyScan::planned(i, BodyDirection::Request, &admitted.request_body)
                 });
                 ctx.admitted = Some(admitted);
-                if session.is_http2() && grpc::is_call(session) {
+                if ctx.grpc {
                     ctx.grpc_deadline = grpc::timeout(session).map(|t| ctx.started + t);
                 }
                 if let (Some(abort), true) = (check.abort, session.is_http2()) {
@@ -320,8 +321,8 @@ impl ProxyHttp for Gateway {
             ctx.upgraded = true;
             self.metrics.upgrade_started(ctx.tenant());
         }
-        // gRPC is HTTP/2 only: a headers-only answer carries its status here.
-        if session.as_downstream().is_http2() {
+        // A gRPC call's headers-only answer carries its status here.
+        if ctx.grpc {
             ctx.grpc_status = grpc_status(&response.headers);
         }
         let Some(inspection) = ctx.route.as_ref().and_then(|r| r.inspection.clone()) else {

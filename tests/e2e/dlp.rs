@@ -111,16 +111,7 @@ fn a_card_number_split_across_chunks_is_blocked() {
     let m = gw.wait_metric(sample, 1.0);
     // At least once: a try whose answer was lost was blocked and counted too.
     assert!(metric_value(&m, sample) >= 1.0, "{m}");
-    // The access line is queued before the metric counts it, and written by its own thread.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let log = loop {
-        let log = gw.proc.log_text();
-        if log.contains("request:card_number:block:1") {
-            break log;
-        }
-        assert!(std::time::Instant::now() < deadline, "{log}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let log = gw.wait_for_line(|l| l.contains("request:card_number:block:1"));
     assert!(
         !log.contains(CARD_DIGITS) && !log.contains("1111 1111"),
         "matched data leaked into the log"
@@ -598,13 +589,5 @@ fn upgrades_over_limit_bodies_and_ambiguous_headers_are_refused() {
     let sample =
         r#"portcullis_dlp_unscanned_total{direction="request",reason="over_limit",tenant="shop"}"#;
     gw.wait_metric(sample, 1.0);
-    // The access line is queued before the metric counts it, and written by its own thread.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !gw.proc.log_text().contains("request:unscanned:over_limit") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no over_limit access line"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    gw.wait_for_line(|l| l.contains("request:unscanned:over_limit"));
 }

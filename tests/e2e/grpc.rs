@@ -233,7 +233,7 @@ fn grpc_calls_stream_and_refusals_are_grpc_statuses() {
         ("limited/limited", "\"grpc.status\":8"),
     ] {
         let route = format!("\"route.id\":\"{route}\"");
-        wait_for_line(&gw, |l| l.contains(&route) && l.contains(status));
+        gw.wait_for_line(|l| l.contains(&route) && l.contains(status));
     }
 }
 
@@ -265,23 +265,7 @@ fn grpc_over_tls_to_an_http2_upstream() {
         );
     });
     // Both hops were HTTP/2.
-    wait_for_line(&inner, |l| l.contains("\"http.version\":\"HTTP/2.0\""));
-}
-
-/// Waits (up to 5 s: the access log is written by its own thread) for a log line.
-fn wait_for_line(gw: &Gateway, found: impl Fn(&str) -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let log = gw.proc.log_text();
-        if log.lines().any(&found) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "line not found in:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    inner.wait_for_line(|l| l.contains("\"http.version\":\"HTTP/2.0\""));
 }
 
 #[test]
@@ -341,7 +325,7 @@ while True:
         "answered after {:?}: the read timeout, not the deadline",
         started.elapsed()
     );
-    wait_for_line(&gw, |l| {
+    gw.wait_for_line(|l| {
         l.contains("\"grpc.status\":4") && l.contains("\"authz.decision\":\"deadline_exceeded\"")
     });
 }

@@ -368,6 +368,20 @@ impl Gateway {
         }
     }
 
+    /// Waits (up to 5 s: access lines are written by their own thread, after the metrics
+    /// count them) for a log line that `found` accepts; the whole log then.
+    pub fn wait_for_line(&self, found: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.proc.log_text();
+            if log.lines().any(&found) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "line not found in:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The value of one sample, by its exact name and labels as printed; 0 when absent.
     pub fn metric(&self, sample: &str) -> f64 {
         metric_value(&self.metrics(), sample)

@@ -570,16 +570,5 @@ fn an_http1_caller_reaches_an_http2_upstream() {
             Some("spiffe://test.portcullis.local/ns/edge/sa/gateway")
         );
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !inner
-        .proc
-        .log_text()
-        .contains("\"http.version\":\"HTTP/2.0\"")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the inner gateway saw no HTTP/2"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    inner.wait_for_line(|l| l.contains("\"http.version\":\"HTTP/2.0\""));
 }

@@ -77,6 +77,9 @@ pub(crate) struct RequestCtx {
     pub(super) upgraded: bool,
     /// The request came from the local workload through an egress listener.
     pub(super) egress: bool,
+    /// A gRPC call (HTTP/2, `application/grpc…`): refused with gRPC statuses, its status and
+    /// deadline read. Decided once, at the head.
+    pub(super) grpc: bool,
     /// A gRPC call's deadline (`grpc-timeout`), which caps the wait for the upstream.
     pub(super) grpc_deadline: Option<std::time::Instant>,
     /// A gRPC call's status as the upstream sent it (`grpc-status`, in the trailers or a
@@ -111,6 +114,7 @@ impl RequestCtx {
             connection_deadline: None,
             upgraded: false,
             egress: false,
+            grpc: false,
             grpc_deadline: None,
             grpc_status: None,
             cut_at_max_age: false,

@@ -38,7 +38,7 @@ impl Gateway {
             grpc_status: ctx.grpc_status.or_else(|| {
                 ctx.refusal
                     .as_ref()
-                    .filter(|_| grpc::is_call(session))
+                    .filter(|_| ctx.grpc)
                     .map(|r| grpc::code(r.status()))
             }),
         };

@@ -44,8 +44,7 @@ fn parse_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-/// A gRPC call (whose refusals are answered in gRPC form): HTTP/2 with an `application/grpc`
-/// content type (`+proto`, `+json`…).
+/// A gRPC call: HTTP/2 with an `application/grpc` content type (`+proto`, `+json`…).
 pub(super) fn is_call(session: &Session) -> bool {
     session.as_downstream().is_http2()
         && session

@@ -150,7 +150,7 @@ impl Gateway {
         let Some(refusal) = &ctx.refusal else {
             return Ok(());
         };
-        if super::grpc::is_call(session) {
+        if ctx.grpc {
             return super::grpc::write_refusal(session, ctx, refusal).await;
         }
         let body = refusal.body(ctx.request_id.as_str());
