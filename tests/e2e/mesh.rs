@@ -167,12 +167,24 @@ tenants:
 
 /// What the local service sends its sidecar: plain HTTP/1.1 on loopback.
 fn plain(port: u16, host: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    plain_with(port, host, method, path, "", body)
+}
+
+/// As [`plain`], with extra header lines (`Name: value\r\n` each).
+fn plain_with(
+    port: u16,
+    host: &str,
+    method: &str,
+    path: &str,
+    extra: &str,
+    body: &str,
+) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -219,6 +231,23 @@ fn two_services_talk_through_their_sidecars_by_spiffe_id() {
         "spiffe://test.portcullis.local/ns/a/sa/svc",
         "B's sidecar saw A's SVID"
     );
+    // The local service cannot speak as another workload: identity headers it sends are
+    // stripped, and B's sidecar sees A's SVID only.
+    let (status, body) = plain_with(
+        egress,
+        "b.mesh",
+        "GET",
+        "/orders/2",
+        "X-Portcullis-Spiffe-Id: spiffe://test.portcullis.local/ns/admin/sa/root\r\nClient-Cert: :Zm9v:\r\n",
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        echoed["headers"]["x-portcullis-spiffe-id"],
+        serde_json::json!(["spiffe://test.portcullis.local/ns/a/sa/svc"])
+    );
+    assert!(echoed["headers"]["client-cert"].is_null(), "{echoed}");
     // Data leaving the service is inspected like data coming in.
     let (status, _) = plain(
         egress,
@@ -231,22 +260,11 @@ fn two_services_talk_through_their_sidecars_by_spiffe_id() {
     // Only routed hosts leave.
     assert_eq!(plain(egress, "elsewhere.example", "GET", "/", "").0, 404);
     // The access line names the workload and the direction.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let log = a.proc.log_text();
-        if log.lines().any(|l| {
-            l.contains("\"direction\":\"egress\"")
-                && l.contains("\"client.id\":\"spiffe://test.portcullis.local/ns/a/sa/svc\"")
-                && l.contains("\"http.status\":200")
-        }) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no egress line:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    a.wait_for_line(|l| {
+        l.contains("\"direction\":\"egress\"")
+            && l.contains("\"client.id\":\"spiffe://test.portcullis.local/ns/a/sa/svc\"")
+            && l.contains("\"http.status\":200")
+    });
     // A's inbound listener is untouched by the egress one: plain HTTP is not spoken there.
     assert!(http_get(a.port, "/").is_none_or(|(status, _)| status == 400));
 

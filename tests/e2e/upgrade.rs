@@ -145,3 +145,39 @@ fn an_upgrade_under_load_fails_no_request() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Only the gateway's own user may take its sockets: another user connecting to the upgrade
+/// socket gets nothing, and the running gateway keeps serving.
+#[test]
+fn another_user_cannot_take_the_sockets_over() {
+    if !std::path::Path::new("/usr/bin/setpriv").exists() {
+        return;
+    }
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let echo = Echo::start(d, "echo");
+    let socket = d.join("upgrade.sock");
+    let yaml = CONFIG
+        .replace("{echo}", &echo.port.to_string())
+        .replace("audit:\n  directory: audit\n  signing_key: audit.key\n  node: gw-upgrade\n  mode: fail-closed\n", "");
+    let gw = Gateway::start_with(d, &yaml, &["--upgrade-socket", socket.to_str().unwrap()]);
+    // Another user connecting to the socket (the folder and the 0600 socket keep it out;
+    // a caller that got through would meet the peer-credential check).
+    let connect = "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\nprint(s.recv(4096))\n";
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "python3",
+            "-c",
+            connect,
+        ])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let client = pki.client(Some("frontend"));
+    assert_eq!(client.get(gw.port, "/still").unwrap().status, 200);
+    assert!(!gw.proc.log_text().contains("handed to the new gateway"));
+}
