@@ -4,6 +4,7 @@
 mod errors;
 mod inventory;
 mod issue;
+mod policies;
 
 use std::collections::HashSet;
 use std::sync::atomic::AtomicBool;
@@ -24,6 +25,7 @@ use serde::de::DeserializeOwned;
 
 use crate::identity::{ConnInfo, PeerIdentity};
 use crate::limits::RequestLimits;
+use crate::roles::{Caller, Permission, Role, RoleBinding};
 use crate::stats::IssuanceStats;
 use crate::tls::ClientTrust;
 use crate::token::TokenStore;
@@ -54,6 +56,10 @@ pub(crate) struct AppState {
     pub(crate) crl_dirty: AtomicBool,
     /// The ACME server, when enabled.
     pub(crate) acme: Option<Arc<crate::acme::AcmeService>>,
+    /// Who holds which role (`roles:`).
+    pub(crate) roles: Vec<RoleBinding>,
+    /// Tenants' policy versions, when `policies:` is configured.
+    pub(crate) policies: Option<Arc<crate::policies::Policies>>,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -64,6 +70,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     };
     Router::new()
         .merge(acme)
+        .merge(policies::routes())
         .route("/v1/certificates", post(issue::issue).get(inventory::list))
         .route("/v1/certificates/{serial}/revoke", post(inventory::revoke))
         .route("/v1/crl", get(inventory::crl))
@@ -105,6 +112,8 @@ pub(crate) struct CallRecord {
     remote: std::net::SocketAddr,
     pub(crate) tenant: Option<String>,
     pub(crate) target: Option<String>,
+    /// The role that allowed the call, when one did.
+    pub(crate) role: Option<&'static str>,
 }
 
 impl CallRecord {
@@ -117,6 +126,7 @@ impl CallRecord {
             remote: conn.remote,
             tenant: None,
             target: None,
+            role: None,
         }
     }
 }
@@ -143,6 +153,7 @@ impl AppState {
             admin.action = action,
             tenant.id = rec.tenant.as_deref().unwrap_or(""),
             admin.target = rec.target.as_deref().unwrap_or(""),
+            admin.role = rec.role.unwrap_or(""),
             http.status = status.as_u16(),
             "admin call"
         );
@@ -152,7 +163,19 @@ impl AppState {
             target: rec.target.clone(),
             tenant: rec.tenant.clone(),
             outcome: outcome.to_owned(),
+            role: rec.role.map(str::to_owned),
         });
+    }
+
+    /// The roles of the caller whose certificate the inventory holds as `record`.
+    pub(crate) fn roles_of(&self, peer: &PeerIdentity, record: &CertRecord) -> Caller {
+        Caller::resolve(
+            &self.roles,
+            self.is_operator(peer, record),
+            self.ca.profiles(),
+            peer,
+            record,
+        )
     }
 
     /// Whether the caller, whose certificate the inventory holds as `record`, is an operator.
@@ -271,4 +294,27 @@ async fn caller_record(st: &AppState, peer: &PeerIdentity) -> Result<CertRecord,
         ));
     }
     Ok(record)
+}
+
+/// The caller's roles, from its certificate (which the inventory must hold as valid).
+pub(crate) async fn caller(st: &AppState, conn: &ConnInfo) -> Result<Caller, ApiError> {
+    let peer = conn.peer.as_ref().ok_or_else(ApiError::unauthenticated)?;
+    let record = caller_record(st, peer).await?;
+    Ok(st.roles_of(peer, &record))
+}
+
+/// The role that lets `caller` do what needs `permission` on `tenant`: a tenant it holds no
+/// role in is not found (its objects do not exist for the caller); a role without the
+/// permission is forbidden.
+pub(crate) fn authorize(
+    caller: &Caller,
+    permission: Permission,
+    tenant: &portcullis_ca::TenantId,
+) -> Result<Role, ApiError> {
+    if !caller.sees(tenant) {
+        return Err(ApiError::not_found("no such tenant"));
+    }
+    caller
+        .role_for(permission, tenant)
+        .ok_or_else(|| ApiError::forbidden("your role on this tenant does not allow this"))
 }

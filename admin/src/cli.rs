@@ -175,6 +175,7 @@ fn token_create(
             target: Some(grant.id.to_string()),
             tenant: Some(grant.tenant.to_string()),
             outcome: "ok".to_owned(),
+            role: None,
         }) {
             tracing::warn!(error = %e, "audit record dropped");
         }
@@ -234,6 +235,7 @@ fn eab_create(
             target: Some(cred.kid.clone()),
             tenant: Some(tenant.to_string()),
             outcome: "ok".to_owned(),
+            role: None,
         }) {
             tracing::warn!(error = %e, "audit record dropped");
         }

@@ -57,6 +57,8 @@ use portcullis_identity::SpiffeId;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_error, AdminError};
+use crate::policies::PoliciesConfig;
+use crate::roles::RoleBinding;
 pub use agents::{AgentConfig, AgentGrant};
 pub(crate) use agents::{AgentRefusal, Agents};
 
@@ -99,6 +101,12 @@ pub struct AdminConfig {
     /// Node agents and the SPIFFE IDs (per tenant) they may obtain SVIDs for.
     #[serde(default)]
     pub agents: Vec<AgentConfig>,
+    /// Roles bound to callers' SPIFFE IDs, per tenant or platform-wide (`roles.rs`).
+    #[serde(default)]
+    pub roles: Vec<RoleBinding>,
+    /// Tenants' policies as versioned objects (off unless set; `policies.rs`).
+    #[serde(default)]
+    pub policies: Option<PoliciesConfig>,
 }
 
 /// The ACME server's settings.
@@ -399,6 +407,11 @@ impl AdminConfig {
         }
         config.connections.check()?;
         config.checked_agents()?;
+        crate::roles::check_bindings(&config.roles)?;
+        if let Some(p) = &mut config.policies {
+            p.resolve(base);
+            p.check()?;
+        }
         Ok(config)
     }
 

@@ -31,7 +31,9 @@ mod error;
 mod identity;
 mod limits;
 mod metrics;
+mod policies;
 mod revocation_http;
+mod roles;
 mod server;
 mod stats;
 mod tls;
@@ -44,6 +46,8 @@ pub use config::{
 };
 pub use error::AdminError;
 pub use identity::PeerIdentity;
+pub use policies::{ApprovalConfig, PoliciesConfig, POLICY_DB};
+pub use roles::{Role, RoleBinding};
 pub use server::AdminServer;
 pub use stats::{ClosedConnections, IssuanceStats, OpenConnections, RateLimited, StatsSnapshot};
 pub use tls::ClientTrust;

@@ -177,6 +177,17 @@ impl AdminServer {
         } else {
             None
         };
+        let policies = match &config.policies {
+            Some(p) => Some(Arc::new(
+                crate::policies::Policies::open(p, ca.state_dir()).map_err(|detail| {
+                    AdminError::Config {
+                        path: "(admin config) policies".to_owned(),
+                        detail,
+                    }
+                })?,
+            )),
+            None => None,
+        };
         let state = Arc::new(AppState {
             ca,
             tokens,
@@ -188,6 +199,8 @@ impl AdminServer {
             trust,
             crl_dirty: AtomicBool::new(false),
             acme,
+            roles: config.roles.clone(),
+            policies,
         });
         let listener =
             TcpListener::bind(config.listen)

@@ -129,6 +129,7 @@ async fn bootstrap_token_issues_a_verifiable_certificate_exactly_once() {
             target: None,
             tenant: None,
             outcome: "ok".into(),
+            role: None,
         })
         .unwrap();
     let records: Vec<String> = portcullis_audit::tail(&audit_dir.path().join("log"), 1000)

@@ -513,6 +513,10 @@ pub struct AdminAction {
     pub tenant: Option<String>,
     /// Outcome (`"ok"`, `"denied"`, `"error"`).
     pub outcome: String,
+    /// The caller's role that allowed the call (`"tenant_admin"`), when a role did (a
+    /// compatible addition within v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 /// A configuration reload.

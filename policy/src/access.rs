@@ -208,6 +208,14 @@ pub(crate) fn net_contains(net: &IpNet, ip: IpAddr) -> bool {
 }
 
 impl AccessRule {
+    /// See [`crate::Route::reads_unrecorded_facts`].
+    pub(crate) fn reads_unrecorded_facts(&self) -> bool {
+        !self.headers.is_empty()
+            || self.dns_san.is_some()
+            || self.subject.is_some()
+            || self.needs_token()
+    }
+
     /// Whether the rule needs to know who the caller is.
     fn needs_identity(&self) -> bool {
         self.spiffe_id.is_some() || self.dns_san.is_some() || self.subject.is_some()

@@ -48,6 +48,13 @@ impl Route {
     pub fn authorize(&self, facts: &RequestFacts<'_>) -> Result<Permit, Denied> {
         decide(&self.access, facts)
     }
+
+    /// Whether any of the route's rules reads a fact the audit log does not record (headers,
+    /// DNS SANs, the certificate subject beside a SPIFFE ID, or a bearer token's claims), so
+    /// that replaying recorded requests against it can only approximate its decisions.
+    pub fn reads_unrecorded_facts(&self) -> bool {
+        self.access.iter().any(|r| r.reads_unrecorded_facts())
+    }
 }
 
 /// All routes, indexed for lookup. Immutable once built.

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{blocking, caller_record, read_json, ApiError, AppState, CallRecord};
 use crate::identity::ConnInfo;
+use crate::roles::{Permission, Role};
 
 /// Most inventory records one listing returns.
 const MAX_LIST: usize = 1000;
@@ -85,13 +86,31 @@ async fn revoke_flow(
     })?;
     let caller = caller_record(st, peer).await?;
     let kind = if st.is_operator(peer, &caller) {
+        rec.role = Some(Role::PlatformAdmin.as_str());
         RequesterKind::Operator
     } else if peer.serial == serial {
         RequesterKind::ClientCert
     } else {
-        return Err(ApiError::forbidden(
-            "only operators and the certificate's holder may revoke it",
-        ));
+        let roles = st.roles_of(peer, &caller);
+        if !roles.has_any_role() {
+            return Err(ApiError::forbidden(
+                "only operators, the certificate's holder and callers with a role may revoke it",
+            ));
+        }
+        // A certificate of a tenant the caller holds no role in does not exist for it.
+        let target = inventory_get(st, &serial)
+            .await?
+            .filter(|t| roles.sees(&t.tenant))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no certificate with this serial",
+                )
+            })?;
+        let role = super::authorize(&roles, Permission::CertificateRevoke, &target.tenant)?;
+        rec.role = Some(role.as_str());
+        RequesterKind::Operator
     };
     let requester = Requester {
         kind,
@@ -233,8 +252,14 @@ async fn list_flow(
 ) -> Result<Vec<CertRecord>, ApiError> {
     let peer = conn.peer.as_ref().ok_or_else(ApiError::unauthenticated)?;
     let caller = caller_record(st, peer).await?;
-    if !st.is_operator(peer, &caller) {
-        return Err(ApiError::forbidden("only operators may list certificates"));
+    let roles = st.roles_of(peer, &caller);
+    if roles
+        .tenants_for(Permission::CertificateRead)
+        .is_some_and(|t| t.is_empty())
+    {
+        return Err(ApiError::forbidden(
+            "only operators and callers with a role may list certificates",
+        ));
     }
     let invalid = |what: &str| {
         ApiError::new(
@@ -251,8 +276,31 @@ async fn list_flow(
         .transpose()
         .map_err(|_| invalid("tenant"))?;
     rec.tenant = tenant.as_ref().map(ToString::to_string);
+    // The tenants to list: the one asked for, if the caller may; else every tenant it may.
+    let tenants: Vec<Option<TenantId>> =
+        match (tenant, roles.tenants_for(Permission::CertificateRead)) {
+            (asked, None) => {
+                rec.role = roles
+                    .platform_role_for(Permission::CertificateRead)
+                    .map(Role::as_str);
+                vec![asked]
+            }
+            (Some(asked), Some(_)) => {
+                let role = super::authorize(&roles, Permission::CertificateRead, &asked)?;
+                rec.role = Some(role.as_str());
+                vec![Some(asked)]
+            }
+            (None, Some(mine)) => {
+                rec.role = mine
+                    .first()
+                    .and_then(|t| roles.role_for(Permission::CertificateRead, t))
+                    .map(Role::as_str);
+                mine.into_iter().map(Some).collect()
+            }
+        };
+    let limit = q.limit.unwrap_or(MAX_LIST).clamp(1, MAX_LIST);
     let filter = InventoryFilter {
-        tenant,
+        tenant: None,
         status: q
             .status
             .map(|s| s.parse::<CertStatus>())
@@ -264,13 +312,39 @@ async fn list_flow(
             .transpose()
             .map_err(|_| invalid("expires_within (a duration such as 1h)"))?
             .map(|d: Duration| d.min(Duration::from_secs(100 * 365 * 24 * 3600))),
-        limit: Some(q.limit.unwrap_or(MAX_LIST).clamp(1, MAX_LIST)),
+        limit: Some(limit),
     };
     let ca = Arc::clone(&st.ca);
-    blocking(move || ca.list(&filter, SystemTime::now()))
+    blocking(move || {
+        let now = SystemTime::now();
+        let mut all = Vec::new();
+        for tenant in tenants {
+            let filter = InventoryFilter {
+                tenant,
+                ..filter.clone()
+            };
+            all.extend(ca.list(&filter, now)?);
+        }
+        // Newest first across tenants, as the inventory lists one.
+        all.sort_by(|a, b| b.not_before.cmp(&a.not_before));
+        all.truncate(limit);
+        Ok::<_, CaError>(all)
+    })
+    .await?
+    .map_err(|e| {
+        tracing::error!(error = %e, "admin API: inventory listing failed");
+        ApiError::internal()
+    })
+}
+
+/// One certificate as the inventory holds it.
+async fn inventory_get(st: &AppState, serial: &Serial) -> Result<Option<CertRecord>, ApiError> {
+    let ca = Arc::clone(&st.ca);
+    let serial = serial.clone();
+    blocking(move || ca.inventory().get(&serial, SystemTime::now()))
         .await?
         .map_err(|e| {
-            tracing::error!(error = %e, "admin API: inventory listing failed");
+            tracing::error!(error = %e, "admin API: inventory lookup failed");
             ApiError::internal()
         })
 }

@@ -206,6 +206,7 @@ fn the_encoder_writes_what_serde_writes_for_every_kind() {
             target: None,
             tenant: Some("acme".into()),
             outcome: "ok".into(),
+            role: Some("auditor".into()),
         }),
         RecordKind::ConfigReload(ConfigReload {
             digest: ConfigReload::digest_of(b"x"),

@@ -1,0 +1,486 @@
+//! Policy versions per tenant under `/v1/tenants/{tenant}/`: upload and list (`policies`), one
+//! version (`policies/{v}`), its diff and impact, activation, approvals, rollback, history.
+//! Every call is authorised by role on the tenant (a tenant the caller holds no role in does
+//! not exist for it: 404) and recorded in the audit log with the role that allowed it.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use portcullis_ca::TenantId;
+use serde::Deserialize;
+
+use super::{blocking, read_json, ApiError, AppState, CallRecord};
+use crate::identity::ConnInfo;
+use crate::policies::{Policies, PolicyError, Problem, StoreError};
+use crate::roles::Permission;
+
+/// Longest window impact analysis replays.
+const MAX_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Longest reason kept.
+const MAX_REASON: usize = 1024;
+
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/tenants/{tenant}/policies", get(list).post(upload))
+        .route("/v1/tenants/{tenant}/policies/history", get(history))
+        .route("/v1/tenants/{tenant}/policies/rollback", post(rollback))
+        .route("/v1/tenants/{tenant}/policies/{version}", get(version))
+        .route("/v1/tenants/{tenant}/policies/{version}/diff", get(diff))
+        .route(
+            "/v1/tenants/{tenant}/policies/{version}/impact",
+            get(impact),
+        )
+        .route(
+            "/v1/tenants/{tenant}/policies/{version}/activate",
+            post(activate),
+        )
+        .route("/v1/tenants/{tenant}/approvals", get(approvals))
+        .route(
+            "/v1/tenants/{tenant}/approvals/{id}/{decision}",
+            post(decide),
+        )
+}
+
+/// A call's tenant, once the caller is known to hold `permission` in it.
+struct Scoped {
+    tenant: TenantId,
+    policies: Arc<Policies>,
+}
+
+async fn scoped(
+    st: &AppState,
+    conn: &ConnInfo,
+    tenant: &str,
+    permission: Permission,
+    rec: &mut CallRecord,
+) -> Result<Scoped, ApiError> {
+    let caller = super::caller(st, conn).await?;
+    let Ok(tenant) = tenant.parse::<TenantId>() else {
+        return Err(ApiError::not_found("no such tenant"));
+    };
+    let role = super::authorize(&caller, permission, &tenant)?;
+    rec.tenant = Some(tenant.to_string());
+    rec.role = Some(role.as_str());
+    let policies = st
+        .policies
+        .clone()
+        .ok_or_else(|| ApiError::not_found("policies are not managed by this server"))?;
+    Ok(Scoped { tenant, policies })
+}
+
+/// Answers and records the call.
+fn finish(
+    st: &AppState,
+    rec: &CallRecord,
+    action: &str,
+    result: Result<Response, ApiError>,
+) -> Response {
+    let response = result.unwrap_or_else(IntoResponse::into_response);
+    st.audit_call(rec, action, response.status());
+    response
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::UnknownVersion => ApiError::not_found("no such version"),
+        StoreError::UnknownApproval => ApiError::not_found("no such approval request"),
+        StoreError::NotPending(status) => ApiError::new(
+            StatusCode::CONFLICT,
+            "not_pending",
+            format!("the approval request is {status}"),
+        ),
+        StoreError::SamePerson => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "same_person",
+            "an activation is approved by someone other than who asked for it",
+        ),
+        StoreError::Backend { .. } => {
+            tracing::error!(error = %e, "admin API: policy store failed");
+            ApiError::internal()
+        }
+    }
+}
+
+/// `invalid` is how a document that fails the checks is answered in this call.
+fn policy_error(e: PolicyError, status: StatusCode, code: &'static str) -> Response {
+    match e {
+        PolicyError::Invalid(problems) => problems_response(status, code, &problems),
+        PolicyError::Store(e) => store_error(e).into_response(),
+        PolicyError::Traffic => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "traffic_unavailable",
+            "the recorded traffic could not be read; see the server log",
+        )
+        .into_response(),
+    }
+}
+
+fn problems_response(status: StatusCode, code: &'static str, problems: &[Problem]) -> Response {
+    let message = problems
+        .iter()
+        .map(|p| match p.line {
+            Some(line) => format!("line {line}: {}", p.message),
+            None => p.message.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let body = serde_json::json!({ "error": code, "message": message, "problems": problems });
+    (status, Json(body)).into_response()
+}
+
+fn parse_version(v: &str) -> Result<u64, ApiError> {
+    v.parse::<u64>()
+        .map_err(|_| ApiError::not_found("no such version"))
+}
+
+fn reason(r: Option<String>) -> Result<String, ApiError> {
+    match r {
+        Some(r) if !r.trim().is_empty() && r.len() <= MAX_REASON => Ok(r),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "reason_required",
+            format!("give a reason (1 to {MAX_REASON} bytes)"),
+        )),
+    }
+}
+
+async fn list(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(tenant): Path<String>,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    let result = async {
+        let s = scoped(&st, &conn, &tenant, Permission::PolicyRead, &mut rec).await?;
+        let (policies, t) = (s.policies, s.tenant);
+        let (versions, (active, _)) =
+            blocking(move || Ok::<_, StoreError>((policies.versions(&t)?, policies.active(&t)?)))
+                .await?
+                .map_err(store_error)?;
+        Ok(Json(serde_json::json!({ "active": active, "versions": versions })).into_response())
+    }
+    .await;
+    finish(&st, &rec, "policy.list", result)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadBody {
+    document: Option<String>,
+    comment: Option<String>,
+}
+
+async fn upload(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    let result = async {
+        let s = scoped(&st, &conn, &tenant, Permission::PolicyWrite, &mut rec).await?;
+        let body: UploadBody = read_json(&headers, body, false).await?;
+        let Some(document) = body.document else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_request",
+                "give the policy as \"document\": the YAML text",
+            ));
+        };
+        if body.comment.as_ref().is_some_and(|c| c.len() > MAX_REASON) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_request",
+                format!("the comment exceeds {MAX_REASON} bytes"),
+            ));
+        }
+        let actor = rec.actor.clone();
+        let (policies, t) = (s.policies, s.tenant);
+        let stored = blocking(move || {
+            policies.upload(
+                &t,
+                &document,
+                &actor,
+                body.comment.as_deref(),
+                SystemTime::now(),
+            )
+        })
+        .await?;
+        Ok(match stored {
+            Ok(version) => {
+                rec.target = Some(format!("v{version}"));
+                (
+                    StatusCode::CREATED,
+                    Json(serde_json::json!({ "version": version })),
+                )
+                    .into_response()
+            }
+            Err(e) => policy_error(e, StatusCode::BAD_REQUEST, "invalid_policy"),
+        })
+    }
+    .await;
+    finish(&st, &rec, "policy.upload", result)
+}
+
+async fn version(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path((tenant, v)): Path<(String, String)>,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    let result = async {
+        let s = scoped(&st, &conn, &tenant, Permission::PolicyRead, &mut rec).await?;
+        let v = parse_version(&v)?;
+        rec.target = Some(format!("v{v}"));
+        let (policies, t) = (s.policies, s.tenant);
+        let text = blocking(move || policies.text(&t, v))
+            .await?
+            .map_err(store_error)?
+            .ok_or_else(|| ApiError::not_found("no such version"))?;
+        Ok(Json(serde_json::json!({ "version": v, "document": text })).into_response())
+    }
+    .await;
+    finish(&st, &rec, "policy.get", result)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiffQuery {
+    /// A version number, or `active` (the default).
+    against: Option<String>,
+}
+
+async fn diff(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path((tenant, v)): Path<(String, String)>,
+    uri: Uri,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    let result = async {
+        let s = scoped(&st, &conn, &tenant, Permission::PolicyRead, &mut rec).await?;
+        let v = parse_version(&v)?;
+        let Ok(Query(query)) = Query::<DiffQuery>::try_from_uri(&uri) else {
+            return Err(ApiError::invalid_query(
+                "against: a version number or \"active\"",
+            ));
+        };
+        let against =
+            match query.against.as_deref() {
+                None | Some("active") => None,
+                Some(n) => Some(n.parse::<u64>().map_err(|_| {
+                    ApiError::invalid_query("against: a version number or \"active\"")
+                })?),
+            };
+        rec.target = Some(format!("v{v}"));
+        let (policies, t) = (s.policies, s.tenant);
+        let (from, old, new) = blocking(move || -> Result<_, StoreError> {
+            let (from, old) = match against {
+                None => policies.active(&t)?,
+                Some(n) => (n, policies.text(&t, n)?.ok_or(StoreError::UnknownVersion)?),
+            };
+            let new = policies.text(&t, v)?.ok_or(StoreError::UnknownVersion)?;
+            Ok((from, old, new))
+        })
+        .await?
+        .map_err(store_error)?;
+        let diff = similar::TextDiff::from_lines(&old, &new)
+            .unified_diff()
+            .context_radius(3)
+            .header(&format!("v{from}"), &format!("v{v}"))
+            .to_string();
+        Ok(Json(serde_json::json!({ "from": from, "to": v, "diff": diff })).into_response())
+    }
+    .await;
+    finish(&st, &rec, "policy.diff", result)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImpactQuery {
+    /// How far back to replay (`24h` by default, at most `30d`).
+    window: Option<String>,
+}
+
+async fn impact(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path((tenant, v)): Path<(String, String)>,
+    uri: Uri,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    let result = async {
+        let s = scoped(&st, &conn, &tenant, Permission::PolicyAnalyse, &mut rec).await?;
+        let v = parse_version(&v)?;
+        let Ok(Query(query)) = Query::<ImpactQuery>::try_from_uri(&uri) else {
+            return Err(ApiError::invalid_query("window: a duration such as 24h"));
+        };
+        let window = match query.window.as_deref() {
+            None => Duration::from_secs(24 * 3600),
+            Some(w) => humantime::parse_duration(w)
+                .ok()
+                .filter(|w| *w <= MAX_WINDOW && !w.is_zero())
+                .ok_or_else(|| ApiError::invalid_query("window: a duration up to 30d"))?,
+        };
+        rec.target = Some(format!("v{v}"));
+        let (policies, t) = (s.policies, s.tenant);
+        let report = blocking(move || policies.impact(&t, v, window, SystemTime::now())).await?;
+        Ok(match report {
+            Ok(report) => Json(report).into_response(),
+            Err(e) => policy_error(e, StatusCode::CONFLICT, "policy_conflict"),
+        })
+    }
+    .await;
+    finish(&st, &rec, "policy.impact", result)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    reason: Option<String>,
+}
+
+async fn activate(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path((tenant, v)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    let result = async {
+        let s = scoped(&st, &conn, &tenant, Permission::PolicyActivate, &mut rec).await?;
+        let v = parse_version(&v)?;
+        rec.target = Some(format!("v{v}"));
+        let body: ReasonBody = read_json(&headers, body, false).await?;
+        let reason = reason(body.reason)?;
+        let actor = rec.actor.clone();
+        let (policies, t) = (s.policies, s.tenant);
+        let done =
+            blocking(move || policies.activate(&t, v, &actor, &reason, SystemTime::now())).await?;
+        Ok(match done {
+            Ok(activation @ crate::policies::Activation::Activated { .. }) => {
+                (StatusCode::OK, Json(activation)).into_response()
+            }
+            Ok(pending) => (StatusCode::ACCEPTED, Json(pending)).into_response(),
+            Err(e) => policy_error(e, StatusCode::CONFLICT, "policy_conflict"),
+        })
+    }
+    .await;
+    finish(&st, &rec, "policy.activate", result)
+}
+
+async fn approvals(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(tenant): Path<String>,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    let result = async {
+        let s = scoped(&st, &conn, &tenant, Permission::PolicyRead, &mut rec).await?;
+        let (policies, t) = (s.policies, s.tenant);
+        let list = blocking(move || policies.approvals(&t, SystemTime::now()))
+            .await?
+            .map_err(store_error)?;
+        Ok(Json(serde_json::json!({ "approvals": list })).into_response())
+    }
+    .await;
+    finish(&st, &rec, "policy.approvals", result)
+}
+
+async fn decide(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path((tenant, id, decision)): Path<(String, String, String)>,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    let action = match decision.as_str() {
+        "approve" => "policy.approve",
+        "reject" => "policy.reject",
+        _ => "policy.decide",
+    };
+    let result = async {
+        let s = scoped(&st, &conn, &tenant, Permission::PolicyActivate, &mut rec).await?;
+        let approve = match decision.as_str() {
+            "approve" => true,
+            "reject" => false,
+            _ => return Err(ApiError::not_found("no such endpoint")),
+        };
+        let id = id
+            .parse::<u64>()
+            .map_err(|_| ApiError::not_found("no such approval request"))?;
+        rec.target = Some(format!("approval {id}"));
+        let actor = rec.actor.clone();
+        let (policies, t) = (s.policies, s.tenant);
+        let done =
+            blocking(move || policies.decide(&t, id, &actor, approve, SystemTime::now())).await?;
+        Ok(match done {
+            Ok(approval) => Json(approval).into_response(),
+            Err(e) => policy_error(e, StatusCode::CONFLICT, "policy_conflict"),
+        })
+    }
+    .await;
+    finish(&st, &rec, action, result)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    reason: Option<String>,
+    to_version: Option<u64>,
+}
+
+async fn rollback(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    let result = async {
+        let s = scoped(&st, &conn, &tenant, Permission::PolicyActivate, &mut rec).await?;
+        let body: RollbackBody = read_json(&headers, body, false).await?;
+        let reason = reason(body.reason)?;
+        let actor = rec.actor.clone();
+        let (policies, t) = (s.policies, s.tenant);
+        let done = blocking(move || {
+            policies.rollback(&t, body.to_version, &actor, &reason, SystemTime::now())
+        })
+        .await?;
+        Ok(match done {
+            Ok(event) => {
+                rec.target = Some(format!("v{}", event.version));
+                Json(event).into_response()
+            }
+            Err(e) => policy_error(e, StatusCode::CONFLICT, "policy_conflict"),
+        })
+    }
+    .await;
+    finish(&st, &rec, "policy.rollback", result)
+}
+
+async fn history(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(tenant): Path<String>,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    let result = async {
+        let s = scoped(&st, &conn, &tenant, Permission::PolicyRead, &mut rec).await?;
+        let (policies, t) = (s.policies, s.tenant);
+        let events = blocking(move || policies.history(&t))
+            .await?
+            .map_err(store_error)?;
+        Ok(Json(serde_json::json!({ "history": events })).into_response())
+    }
+    .await;
+    finish(&st, &rec, "policy.history", result)
+}

@@ -1,0 +1,340 @@
+//! Tenants' policies as versioned objects: uploaded (checked with the gateway's own code),
+//! listed, compared, analysed against recorded traffic, activated (with a second person's
+//! approval when configured) and rolled back, every step in the history.
+//!
+//! ```yaml
+//! policies:
+//!   gateway_config: gateway.yaml    # the platform's gateway config: listeners, upstreams, and
+//!                                   # each tenant's policy until one of its versions is active
+//!   approval: { required: true, expire_after: 24h }
+//!   traffic: [/var/lib/portcullis/audit]   # audit log folders impact analysis replays
+//! ```
+//!
+//! A policy document is the gateway config's `tenants:` with the one tenant it is for.
+
+mod check;
+mod impact;
+mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use portcullis_ca::TenantId;
+#[cfg(feature = "schema")]
+use portcullis_identity::schema::HumanDuration;
+use serde::{Deserialize, Serialize};
+
+pub(crate) use check::{Platform, Problem};
+pub(crate) use impact::ImpactReport;
+pub use store::POLICY_DB;
+pub(crate) use store::{
+    Approval, Change, HistoryEvent, PolicyStore, SqlitePolicyStore, StoreError, VersionInfo,
+};
+
+/// The `policies:` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesConfig {
+    /// The platform's gateway config (relative: against the admin config's folder).
+    pub gateway_config: PathBuf,
+    /// Whether activating a version needs a second person.
+    #[serde(default)]
+    pub approval: ApprovalConfig,
+    /// Audit log folders whose request records impact analysis replays.
+    #[serde(default)]
+    pub traffic: Vec<PathBuf>,
+}
+
+/// Two-person activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalConfig {
+    /// Activation waits for another person with the activate permission (default false).
+    pub required: bool,
+    /// A pending request lapses after this long (default 24h).
+    #[serde(with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "HumanDuration"))]
+    pub expire_after: Duration,
+}
+
+impl Default for ApprovalConfig {
+    fn default() -> Self {
+        Self {
+            required: false,
+            expire_after: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl PoliciesConfig {
+    pub(crate) fn resolve(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.gateway_config);
+        self.traffic.iter_mut().for_each(resolve);
+    }
+
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.approval.expire_after < Duration::from_secs(60)
+            || self.approval.expire_after > Duration::from_secs(30 * 24 * 3600)
+        {
+            return Err("policies.approval.expire_after must be within 1m..30d".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Why an upload or activation was refused.
+#[derive(Debug)]
+pub(crate) enum PolicyError {
+    /// The document does not pass the gateway's checks (with line numbers where they apply).
+    Invalid(Vec<Problem>),
+    Store(StoreError),
+    /// The recorded traffic could not be read (detail in the server log).
+    Traffic,
+}
+
+impl From<StoreError> for PolicyError {
+    fn from(e: StoreError) -> Self {
+        PolicyError::Store(e)
+    }
+}
+
+/// What an activation did.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub(crate) enum Activation {
+    Activated { event: HistoryEvent },
+    PendingApproval { approval: Approval },
+}
+
+/// The service behind the policy endpoints.
+#[derive(Debug)]
+pub(crate) struct Policies {
+    store: Arc<dyn PolicyStore>,
+    platform: Platform,
+    pub(crate) approval: ApprovalConfig,
+    traffic: Vec<PathBuf>,
+}
+
+impl Policies {
+    /// Opens the store (`STATE/policies.sqlite3`) and reads the platform's gateway config.
+    pub(crate) fn open(config: &PoliciesConfig, state_dir: &Path) -> Result<Self, String> {
+        let platform = Platform::load(&config.gateway_config)?;
+        let store =
+            SqlitePolicyStore::open(&state_dir.join(POLICY_DB)).map_err(|e| e.to_string())?;
+        Ok(Self {
+            store: Arc::new(store),
+            platform,
+            approval: config.approval,
+            traffic: config.traffic.clone(),
+        })
+    }
+
+    /// Every tenant's active document.
+    fn active_documents(&self) -> Result<Vec<(TenantId, String)>, StoreError> {
+        Ok(self
+            .store
+            .active()?
+            .into_iter()
+            .map(|(t, _, text)| (t, text))
+            .collect())
+    }
+
+    /// The tenant's active version number (0: the platform's own entry) and document (empty
+    /// when the platform has no entry for it either).
+    pub(crate) fn active(&self, tenant: &TenantId) -> Result<(u64, String), StoreError> {
+        let found = self
+            .store
+            .active()?
+            .into_iter()
+            .find(|(t, _, _)| t == tenant);
+        Ok(match found {
+            Some((_, v, text)) => (v, text),
+            None => (
+                0,
+                self.platform.initial_document(tenant).unwrap_or_default(),
+            ),
+        })
+    }
+
+    pub(crate) fn versions(&self, tenant: &TenantId) -> Result<Vec<VersionInfo>, StoreError> {
+        self.store.versions(tenant)
+    }
+
+    /// Version `version`'s text; 0 is the platform's own entry.
+    pub(crate) fn text(
+        &self,
+        tenant: &TenantId,
+        version: u64,
+    ) -> Result<Option<String>, StoreError> {
+        if version == 0 {
+            return Ok(self.platform.initial_document(tenant));
+        }
+        self.store.text(tenant, version)
+    }
+
+    /// Checks and stores a new version.
+    pub(crate) fn upload(
+        &self,
+        tenant: &TenantId,
+        text: &str,
+        author: &str,
+        comment: Option<&str>,
+        now: SystemTime,
+    ) -> Result<u64, PolicyError> {
+        self.platform
+            .check(tenant, text, &self.active_documents()?)
+            .map_err(PolicyError::Invalid)?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+        Ok(self
+            .store
+            .add_version(tenant, text, &hex(digest.as_ref()), author, comment, now)?)
+    }
+
+    /// Activates `version` (checked again beside the other tenants' current policies), or opens
+    /// an approval request when approval is required.
+    pub(crate) fn activate(
+        &self,
+        tenant: &TenantId,
+        version: u64,
+        actor: &str,
+        reason: &str,
+        now: SystemTime,
+    ) -> Result<Activation, PolicyError> {
+        self.recheck(tenant, version)?;
+        if self.approval.required {
+            let approval = self.store.request_approval(
+                tenant,
+                version,
+                actor,
+                reason,
+                now,
+                self.approval.expire_after,
+            )?;
+            return Ok(Activation::PendingApproval { approval });
+        }
+        let event = self
+            .store
+            .set_active(tenant, version, Change::Activate, actor, reason, now)?;
+        Ok(Activation::Activated { event })
+    }
+
+    /// Approves (activating its version, checked again first) or rejects a pending request.
+    pub(crate) fn decide(
+        &self,
+        tenant: &TenantId,
+        id: u64,
+        approver: &str,
+        approve: bool,
+        now: SystemTime,
+    ) -> Result<Approval, PolicyError> {
+        if approve {
+            let pending = self.store.approvals(tenant, now)?;
+            let request = pending
+                .iter()
+                .find(|a| a.id == id)
+                .ok_or(StoreError::UnknownApproval)?;
+            self.recheck(tenant, request.version)?;
+        }
+        Ok(self.store.decide(tenant, id, approver, approve, now)?)
+    }
+
+    /// Makes the version active before the current one (or `to`) active again, without
+    /// approval: it was in service before.
+    pub(crate) fn rollback(
+        &self,
+        tenant: &TenantId,
+        to: Option<u64>,
+        actor: &str,
+        reason: &str,
+        now: SystemTime,
+    ) -> Result<HistoryEvent, PolicyError> {
+        let history = self.store.history(tenant)?;
+        let activations: Vec<u64> = history
+            .iter()
+            .filter(|e| e.action == "activated" || e.action == "rolled_back")
+            .map(|e| e.version)
+            .collect();
+        let target = match to {
+            Some(v) if activations.contains(&v) => v,
+            Some(_) => {
+                return Err(PolicyError::Invalid(vec![Problem::message(
+                    "a rollback goes to a version that was active before",
+                )]))
+            }
+            None => {
+                let current = activations.last().copied();
+                match activations.iter().rev().find(|v| Some(**v) != current) {
+                    Some(v) => *v,
+                    None => {
+                        return Err(PolicyError::Invalid(vec![Problem::message(
+                            "no earlier active version to roll back to",
+                        )]))
+                    }
+                }
+            }
+        };
+        self.recheck(tenant, target)?;
+        Ok(self
+            .store
+            .set_active(tenant, target, Change::Rollback, actor, reason, now)?)
+    }
+
+    pub(crate) fn approvals(
+        &self,
+        tenant: &TenantId,
+        now: SystemTime,
+    ) -> Result<Vec<Approval>, StoreError> {
+        self.store.approvals(tenant, now)
+    }
+
+    pub(crate) fn history(&self, tenant: &TenantId) -> Result<Vec<HistoryEvent>, StoreError> {
+        self.store.history(tenant)
+    }
+
+    /// Replays recorded traffic of the last `window` against `version`.
+    pub(crate) fn impact(
+        &self,
+        tenant: &TenantId,
+        version: u64,
+        window: Duration,
+        now: SystemTime,
+    ) -> Result<ImpactReport, PolicyError> {
+        let text = self
+            .text(tenant, version)?
+            .ok_or(StoreError::UnknownVersion)?;
+        let active = self.active_documents()?;
+        let current = self.platform.fleet(&active).map_err(PolicyError::Invalid)?;
+        let candidate = self
+            .platform
+            .check(tenant, &text, &active)
+            .map_err(PolicyError::Invalid)?;
+        impact::analyse(&self.traffic, tenant, &current, &candidate, window, now).map_err(|e| {
+            tracing::error!(error = %e, "policy impact: reading recorded traffic failed");
+            PolicyError::Traffic
+        })
+    }
+
+    /// Checks a stored version again beside the other tenants' current policies.
+    fn recheck(&self, tenant: &TenantId, version: u64) -> Result<(), PolicyError> {
+        let text = self
+            .store
+            .text(tenant, version)?
+            .ok_or(StoreError::UnknownVersion)?;
+        self.platform
+            .check(tenant, &text, &self.active_documents()?)
+            .map(drop)
+            .map_err(PolicyError::Invalid)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

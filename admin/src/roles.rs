@@ -1,0 +1,267 @@
+//! Who may do what on the admin API: roles bound to callers' SPIFFE IDs, per tenant or
+//! platform-wide, and the permission each endpoint declares.
+//!
+//! ```yaml
+//! roles:
+//!   - role: tenant_admin            # platform_admin | tenant_admin | policy_editor |
+//!     tenant: acme                  #   certificate_issuer | auditor | read_only
+//!     spiffe_ids: ["spiffe://acme.example/people/*"]
+//!   - role: auditor                 # no tenant: every tenant (operator certificates only)
+//!     spiffe_ids: ["spiffe://ops.example/portcullis/operator/*"]
+//! ```
+//!
+//! A binding is honoured only for a certificate the CA's inventory holds as valid and whose
+//! issuing profile could stand for it: a tenant binding needs a certificate of that tenant (or
+//! an operator's), a platform-wide binding an operator profile's certificate (so no tenant's
+//! profile can mint a platform role). The listed `operators` are platform admins.
+//!
+//! Scope is answered as existence: an object of a tenant the caller holds no role in is "not
+//! found" (404), whatever the permission; a role in the tenant without the permission is 403.
+
+use portcullis_ca::{CertRecord, IssuanceProfile, ProfileRole, TenantId};
+use portcullis_identity::{PeerIdentity, SpiffeIdPattern};
+use serde::{Deserialize, Serialize};
+
+/// A role, as written in `roles:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything, on every tenant (platform-wide only).
+    PlatformAdmin,
+    /// Everything on its tenant: policies (activation and approval included), certificates.
+    TenantAdmin,
+    /// Upload and analyse policies; not activate them.
+    PolicyEditor,
+    /// List and revoke certificates.
+    CertificateIssuer,
+    /// Read policies, their history and impact, the inventory.
+    Auditor,
+    /// Read policies and the inventory.
+    ReadOnly,
+}
+
+impl Role {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Role::PlatformAdmin => "platform_admin",
+            Role::TenantAdmin => "tenant_admin",
+            Role::PolicyEditor => "policy_editor",
+            Role::CertificateIssuer => "certificate_issuer",
+            Role::Auditor => "auditor",
+            Role::ReadOnly => "read_only",
+        }
+    }
+
+    /// Whether the role carries the permission.
+    pub(crate) fn grants(self, permission: Permission) -> bool {
+        use Permission::*;
+        match self {
+            Role::PlatformAdmin | Role::TenantAdmin => true,
+            Role::PolicyEditor => matches!(permission, PolicyRead | PolicyWrite | PolicyAnalyse),
+            Role::CertificateIssuer => matches!(permission, CertificateRead | CertificateRevoke),
+            Role::Auditor => matches!(permission, PolicyRead | PolicyAnalyse | CertificateRead),
+            Role::ReadOnly => matches!(permission, PolicyRead | CertificateRead),
+        }
+    }
+}
+
+/// What an endpoint needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Permission {
+    /// Policy versions, their text, diffs and activation history.
+    PolicyRead,
+    /// Upload a policy version.
+    PolicyWrite,
+    /// Replay recorded traffic against a version.
+    PolicyAnalyse,
+    /// Activate, approve, reject, roll back.
+    PolicyActivate,
+    /// The certificate inventory.
+    CertificateRead,
+    /// Revoke certificates.
+    CertificateRevoke,
+}
+
+/// One entry of `roles:`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RoleBinding {
+    pub role: Role,
+    /// The tenant the role is held in; absent: every tenant (callers with an operator
+    /// profile's certificate only).
+    #[serde(default)]
+    pub tenant: Option<TenantId>,
+    /// Callers' SPIFFE IDs: `*` one path segment, a final `**` one or more.
+    pub spiffe_ids: Vec<SpiffeIdPattern>,
+}
+
+/// Checks `roles:`: every binding names a caller, `platform_admin` is platform-wide.
+pub(crate) fn check_bindings(bindings: &[RoleBinding]) -> Result<(), String> {
+    for (i, b) in bindings.iter().enumerate() {
+        if b.spiffe_ids.is_empty() {
+            return Err(format!(
+                "roles[{i}] ({}): give at least one SPIFFE ID pattern",
+                b.role.as_str()
+            ));
+        }
+        if b.role == Role::PlatformAdmin && b.tenant.is_some() {
+            return Err(format!(
+                "roles[{i}]: platform_admin is platform-wide; for one tenant use tenant_admin"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where a grant holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Scope {
+    Platform,
+    Tenant(TenantId),
+}
+
+/// A caller's roles, resolved once per request from its verified certificate.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Caller {
+    grants: Vec<(Scope, Role)>,
+}
+
+impl Caller {
+    /// The roles of the caller whose certificate the inventory holds as `record` (valid).
+    pub(crate) fn resolve(
+        bindings: &[RoleBinding],
+        is_operator: bool,
+        profiles: &[IssuanceProfile],
+        peer: &PeerIdentity,
+        record: &CertRecord,
+    ) -> Caller {
+        let mut grants = Vec::new();
+        if is_operator {
+            grants.push((Scope::Platform, Role::PlatformAdmin));
+        }
+        let operator_profile = record.serial == peer.serial
+            && profiles
+                .iter()
+                .any(|p| p.name == record.profile && p.role == ProfileRole::Operator);
+        if let Some(id) = &peer.spiffe_id {
+            for b in bindings {
+                if !b.spiffe_ids.iter().any(|p| p.matches(id)) {
+                    continue;
+                }
+                let scope = match &b.tenant {
+                    None if operator_profile => Scope::Platform,
+                    Some(t) if operator_profile || record.tenant == *t => Scope::Tenant(t.clone()),
+                    _ => continue,
+                };
+                grants.push((scope, b.role));
+            }
+        }
+        Caller { grants }
+    }
+
+    /// Whether the caller holds any role in `tenant` (else its objects do not exist for it).
+    pub(crate) fn sees(&self, tenant: &TenantId) -> bool {
+        self.grants.iter().any(|(s, _)| covers(s, tenant))
+    }
+
+    /// The role that gives `permission` on `tenant`, if any.
+    pub(crate) fn role_for(&self, permission: Permission, tenant: &TenantId) -> Option<Role> {
+        self.grants
+            .iter()
+            .find(|(s, r)| covers(s, tenant) && r.grants(permission))
+            .map(|(_, r)| *r)
+    }
+
+    /// Whether the caller holds `permission` platform-wide.
+    pub(crate) fn platform_role_for(&self, permission: Permission) -> Option<Role> {
+        self.grants
+            .iter()
+            .find(|(s, r)| *s == Scope::Platform && r.grants(permission))
+            .map(|(_, r)| *r)
+    }
+
+    /// The tenants in which the caller holds `permission` (for listings), or `None` for all.
+    pub(crate) fn tenants_for(&self, permission: Permission) -> Option<Vec<TenantId>> {
+        if self.platform_role_for(permission).is_some() {
+            return None;
+        }
+        let mut tenants: Vec<TenantId> = self
+            .grants
+            .iter()
+            .filter(|(_, r)| r.grants(permission))
+            .filter_map(|(s, _)| match s {
+                Scope::Tenant(t) => Some(t.clone()),
+                Scope::Platform => None,
+            })
+            .collect();
+        tenants.sort();
+        tenants.dedup();
+        Some(tenants)
+    }
+
+    /// Whether the caller has any role at all.
+    pub(crate) fn has_any_role(&self) -> bool {
+        !self.grants.is_empty()
+    }
+}
+
+fn covers(scope: &Scope, tenant: &TenantId) -> bool {
+    match scope {
+        Scope::Platform => true,
+        Scope::Tenant(t) => t == tenant,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_role_grants_what_the_table_says() {
+        use Permission::*;
+        let all = [
+            PolicyRead,
+            PolicyWrite,
+            PolicyAnalyse,
+            PolicyActivate,
+            CertificateRead,
+            CertificateRevoke,
+        ];
+        let table: [(Role, &[Permission]); 6] = [
+            (Role::PlatformAdmin, &all),
+            (Role::TenantAdmin, &all),
+            (
+                Role::PolicyEditor,
+                &[PolicyRead, PolicyWrite, PolicyAnalyse],
+            ),
+            (
+                Role::CertificateIssuer,
+                &[CertificateRead, CertificateRevoke],
+            ),
+            (Role::Auditor, &[PolicyRead, PolicyAnalyse, CertificateRead]),
+            (Role::ReadOnly, &[PolicyRead, CertificateRead]),
+        ];
+        for (role, granted) in table {
+            for p in all {
+                assert_eq!(role.grants(p), granted.contains(&p), "{role:?} {p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn bindings_are_checked() {
+        let yaml =
+            "- role: platform_admin\n  tenant: acme\n  spiffe_ids: [\"spiffe://a.example/x\"]\n";
+        let b: Vec<RoleBinding> = serde_yaml_ng::from_str(yaml).unwrap();
+        assert!(check_bindings(&b).unwrap_err().contains("platform-wide"));
+        let b: Vec<RoleBinding> =
+            serde_yaml_ng::from_str("- role: auditor\n  spiffe_ids: []\n").unwrap();
+        assert!(check_bindings(&b).unwrap_err().contains("at least one"));
+        assert!(serde_yaml_ng::from_str::<Vec<RoleBinding>>(
+            "- role: superuser\n  spiffe_ids: [\"spiffe://a.example/x\"]\n"
+        )
+        .is_err());
+    }
+}
