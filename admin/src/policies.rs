@@ -45,6 +45,10 @@ pub struct PoliciesConfig {
     /// Audit log folders whose request records impact analysis replays.
     #[serde(default)]
     pub traffic: Vec<PathBuf>,
+    /// The SQLite file holding versions, activations and approvals (default
+    /// `STATE/policies.sqlite3`, beside the CA's inventory).
+    #[serde(default)]
+    pub database: Option<PathBuf>,
 }
 
 /// Two-person activation.
@@ -78,6 +82,9 @@ impl PoliciesConfig {
         };
         resolve(&mut self.gateway_config);
         self.traffic.iter_mut().for_each(resolve);
+        if let Some(db) = &mut self.database {
+            resolve(db);
+        }
     }
 
     pub(crate) fn check(&self) -> Result<(), String> {
@@ -124,11 +131,14 @@ pub(crate) struct Policies {
 }
 
 impl Policies {
-    /// Opens the store (`STATE/policies.sqlite3`) and reads the platform's gateway config.
+    /// Opens the store and reads the platform's gateway config.
     pub(crate) fn open(config: &PoliciesConfig, state_dir: &Path) -> Result<Self, String> {
         let platform = Platform::load(&config.gateway_config)?;
-        let store =
-            SqlitePolicyStore::open(&state_dir.join(POLICY_DB)).map_err(|e| e.to_string())?;
+        let db = config
+            .database
+            .clone()
+            .unwrap_or_else(|| state_dir.join(POLICY_DB));
+        let store = SqlitePolicyStore::open(&db).map_err(|e| e.to_string())?;
         Ok(Self {
             store: Arc::new(store),
             platform,
@@ -246,8 +256,9 @@ impl Policies {
         Ok(self.store.decide(tenant, id, approver, approve, now)?)
     }
 
-    /// Makes the version active before the current one (or `to`) active again, without
-    /// approval: it was in service before.
+    /// Makes the version active before the current one (or `to`; 0 is the platform's own
+    /// entry, what ran before any activation) active again, without approval: it was in
+    /// service before.
     pub(crate) fn rollback(
         &self,
         tenant: &TenantId,
@@ -256,30 +267,30 @@ impl Policies {
         reason: &str,
         now: SystemTime,
     ) -> Result<HistoryEvent, PolicyError> {
-        let history = self.store.history(tenant)?;
-        let activations: Vec<u64> = history
-            .iter()
-            .filter(|e| e.action == "activated" || e.action == "rolled_back")
-            .map(|e| e.version)
-            .collect();
+        let (current, _) = self.active(tenant)?;
+        let mut earlier: Vec<u64> = vec![0];
+        earlier.extend(
+            self.store
+                .history(tenant)?
+                .iter()
+                .filter(|e| e.action == "activated" || e.action == "rolled_back")
+                .map(|e| e.version),
+        );
         let target = match to {
-            Some(v) if activations.contains(&v) => v,
+            Some(v) if earlier.contains(&v) => v,
             Some(_) => {
                 return Err(PolicyError::Invalid(vec![Problem::message(
                     "a rollback goes to a version that was active before",
                 )]))
             }
-            None => {
-                let current = activations.last().copied();
-                match activations.iter().rev().find(|v| Some(**v) != current) {
-                    Some(v) => *v,
-                    None => {
-                        return Err(PolicyError::Invalid(vec![Problem::message(
-                            "no earlier active version to roll back to",
-                        )]))
-                    }
+            None => match earlier.iter().rev().find(|v| **v != current) {
+                Some(v) => *v,
+                None => {
+                    return Err(PolicyError::Invalid(vec![Problem::message(
+                        "no earlier active version to roll back to",
+                    )]))
                 }
-            }
+            },
         };
         self.recheck(tenant, target)?;
         Ok(self
@@ -322,16 +333,19 @@ impl Policies {
         })
     }
 
-    /// Checks a stored version again beside the other tenants' current policies.
+    /// Checks a version again beside the other tenants' current policies.
     fn recheck(&self, tenant: &TenantId, version: u64) -> Result<(), PolicyError> {
-        let text = self
-            .store
-            .text(tenant, version)?
-            .ok_or(StoreError::UnknownVersion)?;
-        self.platform
-            .check(tenant, &text, &self.active_documents()?)
-            .map(drop)
-            .map_err(PolicyError::Invalid)
+        let active = self.active_documents()?;
+        let checked = match self.text(tenant, version)? {
+            Some(text) => self.platform.check(tenant, &text, &active),
+            // Version 0 of a tenant the platform's config does not name: no routes at all.
+            None if version == 0 => {
+                let others: Vec<_> = active.into_iter().filter(|(t, _)| t != tenant).collect();
+                self.platform.fleet(&others)
+            }
+            None => return Err(StoreError::UnknownVersion.into()),
+        };
+        checked.map(drop).map_err(PolicyError::Invalid)
     }
 }
 

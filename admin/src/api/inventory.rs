@@ -326,7 +326,7 @@ async fn list_flow(
             all.extend(ca.list(&filter, now)?);
         }
         // Newest first across tenants, as the inventory lists one.
-        all.sort_by(|a, b| b.not_before.cmp(&a.not_before));
+        all.sort_by_key(|c| std::cmp::Reverse(c.not_before));
         all.truncate(limit);
         Ok::<_, CaError>(all)
     })

@@ -291,6 +291,8 @@ async fn diff(
         })
         .await?
         .map_err(store_error)?;
+        // Compared as parsed: comments and layout aside, each side as the YAML it means.
+        let (old, new) = (canonical(&old), canonical(&new));
         let diff = similar::TextDiff::from_lines(&old, &new)
             .unified_diff()
             .context_radius(3)
@@ -300,6 +302,15 @@ async fn diff(
     }
     .await;
     finish(&st, &rec, "policy.diff", result)
+}
+
+/// A stored document re-written from its parsed form (every stored version parsed when it
+/// was uploaded; the text itself if not).
+fn canonical(text: &str) -> String {
+    serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
+        .ok()
+        .and_then(|v| serde_yaml_ng::to_string(&v).ok())
+        .unwrap_or_else(|| text.to_owned())
 }
 
 #[derive(Debug, Default, Deserialize)]

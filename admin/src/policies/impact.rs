@@ -50,6 +50,8 @@ pub(crate) struct ImpactReport {
     pub(crate) not_replayable: BTreeMap<&'static str, u64>,
     /// The read stopped at its bound before the window's end.
     pub(crate) truncated: bool,
+    /// Configured audit log folders that do not exist (yet): read as empty.
+    pub(crate) logs_missing: u64,
     /// Each change, most frequent first.
     pub(crate) changes: Vec<ChangeGroup>,
 }
@@ -130,11 +132,16 @@ pub(crate) fn analyse(
         approximate: 0,
         not_replayable: BTreeMap::new(),
         truncated: false,
+        logs_missing: 0,
         changes: Vec::new(),
     };
     let mut groups: BTreeMap<(String, String), ChangeGroup> = BTreeMap::new();
     let mut read = 0u64;
     'logs: for dir in logs {
+        if !dir.exists() {
+            report.logs_missing += 1;
+            continue;
+        }
         let filter = QueryFilter {
             since: Some(since),
             until: Some(now),
@@ -167,7 +174,7 @@ pub(crate) fn analyse(
         }
     }
     let mut changes: Vec<ChangeGroup> = groups.into_values().collect();
-    changes.sort_by(|a, b| b.count.cmp(&a.count));
+    changes.sort_by_key(|g| std::cmp::Reverse(g.count));
     report.changes = changes;
     Ok(report)
 }

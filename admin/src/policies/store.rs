@@ -135,7 +135,8 @@ pub(crate) trait PolicyStore: Send + Sync + fmt::Debug {
     fn text(&self, tenant: &TenantId, version: u64) -> Result<Option<String>, StoreError>;
     /// Every tenant's active version and its text.
     fn active(&self) -> Result<Vec<(TenantId, u64, String)>, StoreError>;
-    /// Makes `version` the tenant's active one, recording `change` in the history.
+    /// Makes `version` the tenant's active one (0: none, the platform's own entry again),
+    /// recording `change` in the history.
     fn set_active(
         &self,
         tenant: &TenantId,
@@ -275,37 +276,42 @@ fn version_exists(tx: &Transaction<'_>, tenant: &TenantId, version: u64) -> rusq
     .map(|found| found.is_some())
 }
 
+/// A history event about to be written.
+struct NewEvent<'a> {
+    action: &'a str,
+    version: u64,
+    actor: &'a str,
+    at: SystemTime,
+    reason: Option<&'a str>,
+    approval: Option<u64>,
+}
+
 fn append_event(
     tx: &Transaction<'_>,
     tenant: &TenantId,
-    action: &str,
-    version: u64,
-    actor: &str,
-    at: SystemTime,
-    reason: Option<&str>,
-    approval: Option<u64>,
+    e: NewEvent<'_>,
 ) -> rusqlite::Result<HistoryEvent> {
     tx.execute(
         "INSERT INTO policy_history (tenant, action, version, actor, at, reason, approval)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             tenant.as_str(),
-            action,
-            version,
-            actor,
-            unix(at),
-            reason,
-            approval
+            e.action,
+            e.version,
+            e.actor,
+            unix(e.at),
+            e.reason,
+            e.approval
         ],
     )?;
     Ok(HistoryEvent {
         id: u64::try_from(tx.last_insert_rowid()).unwrap_or(0),
-        action: action.to_owned(),
-        version,
-        actor: actor.to_owned(),
-        at: time(unix(at)),
-        reason: reason.map(str::to_owned),
-        approval,
+        action: e.action.to_owned(),
+        version: e.version,
+        actor: e.actor.to_owned(),
+        at: time(unix(e.at)),
+        reason: e.reason.map(str::to_owned),
+        approval: e.approval,
     })
 }
 
@@ -359,8 +365,19 @@ impl PolicyStore for SqlitePolicyStore {
             params![tenant.as_str(), next, text, sha256, author, unix(now), comment],
         )
         .map_err(|e| self.error(e))?;
-        append_event(&tx, tenant, "uploaded", next, author, now, comment, None)
-            .map_err(|e| self.error(e))?;
+        append_event(
+            &tx,
+            tenant,
+            NewEvent {
+                action: "uploaded",
+                version: next,
+                actor: author,
+                at: now,
+                reason: comment,
+                approval: None,
+            },
+        )
+        .map_err(|e| self.error(e))?;
         tx.commit().map_err(|e| self.error(e))?;
         Ok(next)
     }
@@ -438,16 +455,36 @@ impl PolicyStore for SqlitePolicyStore {
     ) -> Result<HistoryEvent, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.error(e))?;
-        if !version_exists(&tx, tenant, version).map_err(|e| self.error(e))? {
+        // Version 0 is the platform's own entry: no stored version active.
+        if version != 0 && !version_exists(&tx, tenant, version).map_err(|e| self.error(e))? {
             return Err(StoreError::UnknownVersion);
         }
         let action = match change {
             Change::Activate => "activated",
             Change::Rollback => "rolled_back",
         };
-        let event = append_event(&tx, tenant, action, version, actor, now, Some(reason), None)
+        let event = append_event(
+            &tx,
+            tenant,
+            NewEvent {
+                action,
+                version,
+                actor,
+                at: now,
+                reason: Some(reason),
+                approval: None,
+            },
+        )
+        .map_err(|e| self.error(e))?;
+        if version == 0 {
+            tx.execute(
+                "DELETE FROM policy_active WHERE tenant = ?1",
+                params![tenant.as_str()],
+            )
             .map_err(|e| self.error(e))?;
-        activate_in(&tx, tenant, version).map_err(|e| self.error(e))?;
+        } else {
+            activate_in(&tx, tenant, version).map_err(|e| self.error(e))?;
+        }
         tx.commit().map_err(|e| self.error(e))?;
         Ok(event)
     }
@@ -485,12 +522,14 @@ impl PolicyStore for SqlitePolicyStore {
         append_event(
             &tx,
             tenant,
-            "approval_requested",
-            version,
-            requester,
-            now,
-            Some(reason),
-            Some(id),
+            NewEvent {
+                action: "approval_requested",
+                version,
+                actor: requester,
+                at: now,
+                reason: Some(reason),
+                approval: Some(id),
+            },
         )
         .map_err(|e| self.error(e))?;
         tx.commit().map_err(|e| self.error(e))?;
@@ -557,24 +596,28 @@ impl PolicyStore for SqlitePolicyStore {
         append_event(
             &tx,
             tenant,
-            action,
-            approval.version,
-            approver,
-            now,
-            Some(&approval.reason),
-            Some(id),
+            NewEvent {
+                action,
+                version: approval.version,
+                actor: approver,
+                at: now,
+                reason: Some(&approval.reason),
+                approval: Some(id),
+            },
         )
         .map_err(|e| self.error(e))?;
         if approve {
             append_event(
                 &tx,
                 tenant,
-                "activated",
-                approval.version,
-                &approval.requester,
-                now,
-                Some(&approval.reason),
-                Some(id),
+                NewEvent {
+                    action: "activated",
+                    version: approval.version,
+                    actor: &approval.requester,
+                    at: now,
+                    reason: Some(&approval.reason),
+                    approval: Some(id),
+                },
             )
             .map_err(|e| self.error(e))?;
             activate_in(&tx, tenant, approval.version).map_err(|e| self.error(e))?;
