@@ -5,6 +5,7 @@ mod errors;
 mod inventory;
 mod issue;
 mod policies;
+mod tokens;
 
 use std::collections::HashSet;
 use std::sync::atomic::AtomicBool;
@@ -71,6 +72,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(acme)
         .merge(policies::routes())
+        .merge(tokens::routes())
         .route("/v1/certificates", post(issue::issue).get(inventory::list))
         .route("/v1/certificates/{serial}/revoke", post(inventory::revoke))
         .route("/v1/crl", get(inventory::crl))
@@ -317,4 +319,35 @@ pub(crate) fn authorize(
     caller
         .role_for(permission, tenant)
         .ok_or_else(|| ApiError::forbidden("your role on this tenant does not allow this"))
+}
+
+/// The tenant named in a call's path, once the caller is known to hold `permission` in it
+/// (its role then in `rec`).
+pub(crate) async fn scoped_tenant(
+    st: &AppState,
+    conn: &ConnInfo,
+    tenant: &str,
+    permission: Permission,
+    rec: &mut CallRecord,
+) -> Result<portcullis_ca::TenantId, ApiError> {
+    let caller = caller(st, conn).await?;
+    let Ok(tenant) = tenant.parse::<portcullis_ca::TenantId>() else {
+        return Err(ApiError::not_found("no such tenant"));
+    };
+    let role = authorize(&caller, permission, &tenant)?;
+    rec.tenant = Some(tenant.to_string());
+    rec.role = Some(role.as_str());
+    Ok(tenant)
+}
+
+/// Answers a call and records it.
+pub(crate) fn finish(
+    st: &AppState,
+    rec: &CallRecord,
+    action: &str,
+    result: Result<Response, ApiError>,
+) -> Response {
+    let response = result.unwrap_or_else(IntoResponse::into_response);
+    st.audit_call(rec, action, response.status());
+    response
 }

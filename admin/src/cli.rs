@@ -126,10 +126,20 @@ fn check(path: &std::path::Path) -> Result<(), AdminError> {
             path: path.display().to_string(),
             detail,
         })?;
+    if let Some(policies) = &config.policies {
+        // The platform's gateway config must pass the gateway's own check as it stands.
+        crate::policies::Platform::load(&policies.gateway_config).map_err(|detail| {
+            AdminError::Config {
+                path: path.display().to_string(),
+                detail: format!("policies.gateway_config: {detail}"),
+            }
+        })?;
+    }
     println!(
-        "{}: ok ({} operator(s); CA configuration {})",
+        "{}: ok ({} operator(s), {} role binding(s); CA configuration {})",
         path.display(),
         config.operators.len(),
+        config.roles.len(),
         config.ca.display()
     );
     Ok(())

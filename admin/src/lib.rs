@@ -52,6 +52,6 @@ pub use server::AdminServer;
 pub use stats::{ClosedConnections, IssuanceStats, OpenConnections, RateLimited, StatsSnapshot};
 pub use tls::ClientTrust;
 pub use token::{
-    create_token, BootstrapToken, SqliteTokenStore, TokenGrant, TokenHash, TokenId, TokenStore,
-    MAX_TOKEN_TTL, TOKEN_DB,
+    create_token, BootstrapToken, SqliteTokenStore, TokenGrant, TokenHash, TokenId, TokenInfo,
+    TokenStore, MAX_TOKEN_TTL, TOKEN_DB,
 };

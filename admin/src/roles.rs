@@ -33,7 +33,7 @@ pub enum Role {
     TenantAdmin,
     /// Upload and analyse policies; not activate them.
     PolicyEditor,
-    /// List and revoke certificates.
+    /// List and revoke certificates; create, list and revoke bootstrap tokens.
     CertificateIssuer,
     /// Read policies, their history and impact, the inventory.
     Auditor,
@@ -59,7 +59,12 @@ impl Role {
         match self {
             Role::PlatformAdmin | Role::TenantAdmin => true,
             Role::PolicyEditor => matches!(permission, PolicyRead | PolicyWrite | PolicyAnalyse),
-            Role::CertificateIssuer => matches!(permission, CertificateRead | CertificateRevoke),
+            Role::CertificateIssuer => {
+                matches!(
+                    permission,
+                    CertificateRead | CertificateRevoke | TokenManage
+                )
+            }
             Role::Auditor => matches!(permission, PolicyRead | PolicyAnalyse | CertificateRead),
             Role::ReadOnly => matches!(permission, PolicyRead | CertificateRead),
         }
@@ -81,6 +86,8 @@ pub(crate) enum Permission {
     CertificateRead,
     /// Revoke certificates.
     CertificateRevoke,
+    /// Create and revoke bootstrap tokens.
+    TokenManage,
 }
 
 /// One entry of `roles:`.
@@ -228,6 +235,7 @@ mod tests {
             PolicyActivate,
             CertificateRead,
             CertificateRevoke,
+            TokenManage,
         ];
         let table: [(Role, &[Permission]); 6] = [
             (Role::PlatformAdmin, &all),

@@ -136,6 +136,27 @@ pub trait TokenStore: Send + Sync + fmt::Debug {
     fn consume(&self, hash: &TokenHash, now: SystemTime) -> Result<Option<TokenGrant>, AdminError>;
     /// Makes a consumed token usable again: the issuance it was consumed for did not happen.
     fn release(&self, hash: &TokenHash) -> Result<(), AdminError>;
+    /// The tenant's tokens (never their secrets), newest first.
+    fn list(&self, tenant: &TenantId, now: SystemTime) -> Result<Vec<TokenInfo>, AdminError>;
+    /// Deletes the tenant's token `id`, used or not; false when it has no such token.
+    fn revoke(&self, tenant: &TenantId, id: &str) -> Result<bool, AdminError>;
+}
+
+/// A stored token as listed: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub spiffe_id: Option<String>,
+    #[serde(serialize_with = "rfc3339")]
+    pub created_at: SystemTime,
+    #[serde(serialize_with = "rfc3339")]
+    pub expires_at: SystemTime,
+    /// `unused`, `used` or `expired`.
+    pub status: &'static str,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_seconds(*t))
 }
 
 /// Creates a token for `tenant`, optionally bound to `spiffe_id`, valid for `ttl`, stores its
@@ -303,6 +324,46 @@ impl TokenStore for SqliteTokenStore {
             )
             .map_err(|e| self.error(e))?;
         Ok(())
+    }
+
+    fn list(&self, tenant: &TenantId, now: SystemTime) -> Result<Vec<TokenInfo>, AdminError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, spiffe_id, created_at, expires_at, used_at FROM bootstrap_tokens
+                 WHERE tenant = ?1 ORDER BY created_at DESC LIMIT 1000",
+            )
+            .map_err(|e| self.error(e))?;
+        let time = |s: i64| UNIX_EPOCH + Duration::from_secs(u64::try_from(s).unwrap_or(0));
+        let rows = stmt
+            .query_map(params![tenant.as_str()], |r| {
+                let expires_at: i64 = r.get(3)?;
+                let used: Option<i64> = r.get(4)?;
+                Ok(TokenInfo {
+                    id: r.get(0)?,
+                    spiffe_id: r.get(1)?,
+                    created_at: time(r.get(2)?),
+                    expires_at: time(expires_at),
+                    status: match used {
+                        Some(_) => "used",
+                        None if expires_at <= unix(now) => "expired",
+                        None => "unused",
+                    },
+                })
+            })
+            .map_err(|e| self.error(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.error(e))
+    }
+
+    fn revoke(&self, tenant: &TenantId, id: &str) -> Result<bool, AdminError> {
+        let deleted = self
+            .conn()
+            .execute(
+                "DELETE FROM bootstrap_tokens WHERE tenant = ?1 AND id = ?2",
+                params![tenant.as_str(), id],
+            )
+            .map_err(|e| self.error(e))?;
+        Ok(deleted > 0)
     }
 }
 

@@ -255,10 +255,16 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
             json!(null),
         ),
         ("GET", "/v1/certificates?tenant=acme".into(), json!(null)),
+        (
+            "POST",
+            "/v1/tenants/acme/tokens".into(),
+            json!({ "ttl": "10m" }),
+        ),
+        ("GET", "/v1/tenants/acme/tokens".into(), json!(null)),
     ];
     // Expected status per endpoint (rows as above) for each caller (columns as above).
     #[rustfmt::skip]
-    let expected: [[u16; 11]; 9] = [
+    let expected: [[u16; 11]; 11] = [
         //  admin editor issuer auditor reader globex sneaky everyw. workload operator anon
         [   200,  200,   403,   200,    200,   404,   404,   404,    404,     200,     401], // list
         [   201,  201,   403,   403,    403,   404,   404,   404,    404,     201,     401], // upload
@@ -269,6 +275,8 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
         [   200,  200,   403,   200,    200,   404,   404,   404,    404,     200,     401], // approvals
         [   200,  200,   403,   200,    200,   404,   404,   404,    404,     200,     401], // history
         [   200,  403,   200,   200,    200,   404,   403,   403,    403,     200,     401], // certificates
+        [   201,  403,   201,   403,    403,   404,   404,   404,    404,     201,     401], // token create
+        [   200,  403,   200,   200,    200,   404,   404,   404,    404,     200,     401], // token list
     ];
     let mut wrong = Vec::new();
     for (col, (who, identity)) in callers.iter().enumerate() {
@@ -303,6 +311,76 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
     let listed = body["certificates"].as_array().unwrap();
     assert!(!listed.is_empty());
     assert!(listed.iter().all(|c| c["tenant"] == "globex"), "{body}");
+
+    // A token made through the API issues exactly once; a revoked one never.
+    let mut issuer = server.client(callers[2].1).await;
+    let bound = "spiffe://acme.example/ns/web/sa/new";
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let (status, body) = call(
+            &mut issuer,
+            "POST",
+            "/v1/tenants/acme/tokens",
+            json!({ "spiffe_id": bound }),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        tokens.push((
+            body["token"].as_str().unwrap().to_owned(),
+            body["id"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let (status, _) = call(
+        &mut issuer,
+        "DELETE",
+        &format!("/v1/tenants/acme/tokens/{}", tokens[1].1),
+        json!(null),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _) = call(
+        &mut issuer,
+        "DELETE",
+        &format!("/v1/tenants/acme/tokens/{}", tokens[1].1),
+        json!(null),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = call(
+        &mut globex,
+        "DELETE",
+        &format!("/v1/tenants/acme/tokens/{}", tokens[0].1),
+        json!(null),
+    )
+    .await;
+    assert_eq!(
+        status, 404,
+        "another tenant's admin cannot revoke acme's token"
+    );
+    let w = Workload::new(Some(bound), &[]);
+    let mut anon = server.client(None).await;
+    let csr = json!({ "csr": w.csr });
+    assert_eq!(
+        anon.issue(Some(&tokens[0].0), csr.clone()).await.status,
+        201
+    );
+    assert_eq!(
+        anon.issue(Some(&tokens[0].0), csr.clone()).await.status,
+        401
+    );
+    assert_eq!(anon.issue(Some(&tokens[1].0), csr).await.status, 401);
+    let (_, body) = call(&mut issuer, "GET", "/v1/tenants/acme/tokens", json!(null)).await;
+    let listed = body["tokens"].as_array().unwrap();
+    let used = listed
+        .iter()
+        .find(|t| t["id"] == tokens[0].1.as_str())
+        .unwrap();
+    assert_eq!(used["status"], "used", "{body}");
+    assert!(listed.iter().all(|t| t["id"] != tokens[1].1.as_str()));
+    assert!(
+        !body.to_string().contains(&tokens[0].0),
+        "a token's secret is never listed"
+    );
     server.stop().await;
 }
 

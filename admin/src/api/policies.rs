@@ -15,7 +15,7 @@ use axum::{Extension, Json, Router};
 use portcullis_ca::TenantId;
 use serde::Deserialize;
 
-use super::{blocking, read_json, ApiError, AppState, CallRecord};
+use super::{blocking, finish, read_json, ApiError, AppState, CallRecord};
 use crate::identity::ConnInfo;
 use crate::policies::{Policies, PolicyError, Problem, StoreError};
 use crate::roles::Permission;
@@ -60,30 +60,12 @@ async fn scoped(
     permission: Permission,
     rec: &mut CallRecord,
 ) -> Result<Scoped, ApiError> {
-    let caller = super::caller(st, conn).await?;
-    let Ok(tenant) = tenant.parse::<TenantId>() else {
-        return Err(ApiError::not_found("no such tenant"));
-    };
-    let role = super::authorize(&caller, permission, &tenant)?;
-    rec.tenant = Some(tenant.to_string());
-    rec.role = Some(role.as_str());
+    let tenant = super::scoped_tenant(st, conn, tenant, permission, rec).await?;
     let policies = st
         .policies
         .clone()
         .ok_or_else(|| ApiError::not_found("policies are not managed by this server"))?;
     Ok(Scoped { tenant, policies })
-}
-
-/// Answers and records the call.
-fn finish(
-    st: &AppState,
-    rec: &CallRecord,
-    action: &str,
-    result: Result<Response, ApiError>,
-) -> Response {
-    let response = result.unwrap_or_else(IntoResponse::into_response);
-    st.audit_call(rec, action, response.status());
-    response
 }
 
 fn store_error(e: StoreError) -> ApiError {
