@@ -20,9 +20,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use base64::Engine as _;
+use portcullis_audit::{publish_public_key, Signer, SoftwareSigner};
 use portcullis_ca::TenantId;
 #[cfg(feature = "schema")]
 use portcullis_identity::schema::HumanDuration;
+use portcullis_identity::{PolicyBundle, SignedPolicyBundle, TenantPolicy, POLICY_BUNDLE_FORMAT};
 use serde::{Deserialize, Serialize};
 
 pub(crate) use check::{Platform, Problem};
@@ -49,6 +52,14 @@ pub struct PoliciesConfig {
     /// `STATE/policies.sqlite3`, beside the CA's inventory).
     #[serde(default)]
     pub database: Option<PathBuf>,
+    /// The Ed25519 key (PKCS#8, 0600) that signs the bundle gateways follow, created when
+    /// missing (default `STATE/policy-signing.key`); its public half is written beside it with
+    /// `.pub` for the gateways' `policy_source.public_key`.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
+    /// Callers' SPIFFE IDs that may fetch the bundle (the gateways); platform roles may too.
+    #[serde(default)]
+    pub gateways: Vec<portcullis_identity::SpiffeIdPattern>,
 }
 
 /// Two-person activation.
@@ -84,6 +95,9 @@ impl PoliciesConfig {
         self.traffic.iter_mut().for_each(resolve);
         if let Some(db) = &mut self.database {
             resolve(db);
+        }
+        if let Some(key) = &mut self.signing_key {
+            resolve(key);
         }
     }
 
@@ -122,12 +136,22 @@ pub(crate) enum Activation {
 }
 
 /// The service behind the policy endpoints.
-#[derive(Debug)]
 pub(crate) struct Policies {
     store: Arc<dyn PolicyStore>,
     platform: Platform,
     pub(crate) approval: ApprovalConfig,
     traffic: Vec<PathBuf>,
+    signer: Box<dyn Signer>,
+    /// Who may fetch the bundle.
+    pub(crate) gateways: Vec<portcullis_identity::SpiffeIdPattern>,
+}
+
+impl std::fmt::Debug for Policies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policies")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Policies {
@@ -139,11 +163,60 @@ impl Policies {
             .clone()
             .unwrap_or_else(|| state_dir.join(POLICY_DB));
         let store = SqlitePolicyStore::open(&db).map_err(|e| e.to_string())?;
+        let key = config
+            .signing_key
+            .clone()
+            .unwrap_or_else(|| state_dir.join("policy-signing.key"));
+        let signer = SoftwareSigner::load_or_create(&key)
+            .map_err(|e| format!("policies.signing_key {}: {e}", key.display()))?;
+        let public = key.with_extension("pub");
+        publish_public_key(&signer, &public)
+            .map_err(|e| format!("policy signing key {}: {e}", public.display()))?;
         Ok(Self {
             store: Arc::new(store),
             platform,
             approval: config.approval,
             traffic: config.traffic.clone(),
+            signer: Box::new(signer),
+            gateways: config.gateways.clone(),
+        })
+    }
+
+    /// The serial the next bundle would carry: it grows with every activation or rollback.
+    pub(crate) fn serial(&self) -> Result<u64, StoreError> {
+        self.store.serial()
+    }
+
+    /// Every tenant's active version, signed for the gateways.
+    pub(crate) fn bundle(&self, now: SystemTime) -> Result<SignedPolicyBundle, String> {
+        let serial = self.store.serial().map_err(|e| e.to_string())?;
+        let tenants = self
+            .store
+            .active()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(tenant, version, document)| TenantPolicy {
+                tenant: tenant.to_string(),
+                version,
+                document,
+            })
+            .collect();
+        let payload = serde_json::to_string(&PolicyBundle {
+            serial,
+            issued_at: humantime::format_rfc3339_seconds(now).to_string(),
+            tenants,
+        })
+        .map_err(|e| e.to_string())?;
+        let signature = self
+            .signer
+            .sign(payload.as_bytes())
+            .map_err(|e| e.to_string())?;
+        Ok(SignedPolicyBundle {
+            format: POLICY_BUNDLE_FORMAT.to_owned(),
+            payload,
+            algorithm: self.signer.algorithm().name().to_owned(),
+            key_id: portcullis_audit::key_id(&self.signer.public_key_der()),
+            signature: base64::engine::general_purpose::STANDARD.encode(signature),
         })
     }
 

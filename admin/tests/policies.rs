@@ -123,10 +123,11 @@ async fn start(fx: &Fixture, dir: &Path, audit: Option<portcullis_audit::AuditHa
     let traffic = dir.join("traffic");
     // Each test its own policy store: the CA's state folder is shared by the test binary.
     let extra = format!(
-        "{ROLES}policies:\n  gateway_config: {}\n  approval: {{ required: true, expire_after: 1h }}\n  traffic: [{}]\n  database: {}\n",
+        "{ROLES}policies:\n  gateway_config: {}\n  approval: {{ required: true, expire_after: 1h }}\n  traffic: [{}]\n  database: {}\n  signing_key: {}\n",
         gateway.display(),
         traffic.display(),
-        dir.join("policies.sqlite3").display()
+        dir.join("policies.sqlite3").display(),
+        dir.join("policy-signing.key").display()
     );
     fx.start_with(fx.admin_config_with(&extra), audit).await
 }
@@ -261,10 +262,11 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
             json!({ "ttl": "10m" }),
         ),
         ("GET", "/v1/tenants/acme/tokens".into(), json!(null)),
+        ("GET", "/v1/policies/bundle".into(), json!(null)),
     ];
     // Expected status per endpoint (rows as above) for each caller (columns as above).
     #[rustfmt::skip]
-    let expected: [[u16; 11]; 11] = [
+    let expected: [[u16; 11]; 12] = [
         //  admin editor issuer auditor reader globex sneaky everyw. workload operator anon
         [   200,  200,   403,   200,    200,   404,   404,   404,    404,     200,     401], // list
         [   201,  201,   403,   403,    403,   404,   404,   404,    404,     201,     401], // upload
@@ -277,6 +279,7 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
         [   200,  403,   200,   200,    200,   404,   403,   403,    403,     200,     401], // certificates
         [   201,  403,   201,   403,    403,   404,   404,   404,    404,     201,     401], // token create
         [   200,  403,   200,   200,    200,   404,   404,   404,    404,     200,     401], // token list
+        [   403,  403,   403,   403,    403,   403,   403,   403,    403,     200,     401], // bundle
     ];
     let mut wrong = Vec::new();
     for (col, (who, identity)) in callers.iter().enumerate() {

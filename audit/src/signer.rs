@@ -261,7 +261,7 @@ impl PublicKey {
     }
 
     /// Verifies `sig` over `msg` made with the algorithm named `algorithm`.
-    pub(crate) fn verify(&self, algorithm: &str, msg: &[u8], sig: &[u8]) -> Result<(), String> {
+    pub fn verify(&self, algorithm: &str, msg: &[u8], sig: &[u8]) -> Result<(), String> {
         let alg = SignatureAlgorithm::from_name(algorithm)
             .ok_or_else(|| format!("unknown signature algorithm {algorithm:?}"))?;
         let verifier: &dyn signature::VerificationAlgorithm = match (self.kind, alg) {

@@ -15,6 +15,7 @@ mod bundles;
 mod connections;
 mod echo;
 mod fairness;
+mod follow;
 mod forwarding;
 mod identity;
 mod inspect;
@@ -79,6 +80,9 @@ pub enum GatewayError {
     /// Handing the listening sockets over to a new gateway failed.
     #[error("upgrade: {0}")]
     Upgrade(String),
+    /// The policy bundle kept from the admin plane cannot be used.
+    #[error("policy bundle: {0}")]
+    PolicyBundle(String),
     /// The audit log could not be opened (unwritable directory, bad key, missing secret).
     #[error("audit: {0}")]
     Audit(String),

@@ -13,6 +13,7 @@ mod audit;
 mod connections;
 mod fairness;
 mod ops;
+mod policy;
 
 use audit::{catch_up, AuditMetrics};
 use connections::ConnectionMetrics;
@@ -30,6 +31,8 @@ pub(crate) struct Metrics {
     reloads: IntCounterVec,
     crl_loads: IntCounterVec,
     bundle_fetches: IntCounterVec,
+    /// Following the admin plane's policy bundle.
+    pub(crate) policy: policy::PolicyMetrics,
     renewals: IntCounterVec,
     certificate_expiry: prometheus::IntGaugeVec,
     rate_limited: IntCounterVec,
@@ -236,6 +239,7 @@ impl Metrics {
         let audit = AuditMetrics::new(&registry);
         let connections = ConnectionMetrics::new(&registry);
         let fairness = FairnessMetrics::new(&registry);
+        let policy = policy::PolicyMetrics::new(&registry);
         for c in [
             &requests,
             &tls_failures,
@@ -271,6 +275,7 @@ impl Metrics {
             reloads,
             crl_loads,
             bundle_fetches,
+            policy,
             renewals,
             certificate_expiry,
             rate_limited,

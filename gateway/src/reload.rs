@@ -40,6 +40,8 @@ pub(crate) struct Reloader {
 enum Trigger {
     Signal,
     FileChange,
+    /// A newer policy bundle from the admin plane was kept.
+    PolicyBundle,
     /// A renewed upstream client certificate: pools are rebuilt too.
     UpstreamRenewal,
     /// A renewed listener certificate or a changed CRL: listener TLS only.
@@ -53,6 +55,15 @@ impl Reloader {
         let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
             .map_err(|e| GatewayError::Signal(e.to_string()))?;
         let mut seen = stamp(&self.path);
+        // The admin plane's policy bundle, kept by `follow.rs`: a change is a config reload.
+        let cache = |snapshot: &Snapshot| {
+            snapshot
+                .config
+                .policy_source
+                .as_ref()
+                .map(|p| p.cache.clone())
+        };
+        let mut bundle_seen = cache(&self.snapshot.load()).and_then(|p| stamp(&p));
         let mut crls = CrlStamps::of(&self.snapshot.load());
         let mut ticks = 0u32;
         std::thread::Builder::new()
@@ -66,11 +77,19 @@ impl Reloader {
                     changed
                 };
                 let renewed: Vec<Renewed> = self.renewed.try_iter().collect();
-                if hup || changed {
+                let bundle = {
+                    let now = cache(&self.snapshot.load()).and_then(|p| stamp(&p));
+                    let changed = now.is_some() && now != bundle_seen;
+                    bundle_seen = now;
+                    changed
+                };
+                if hup || changed || bundle {
                     let trigger = if hup {
                         Trigger::Signal
-                    } else {
+                    } else if changed {
                         Trigger::FileChange
+                    } else {
+                        Trigger::PolicyBundle
                     };
                     self.apply(trigger);
                 }
@@ -108,14 +127,20 @@ impl Reloader {
     fn apply(&self, trigger: Trigger) -> bool {
         let current = self.snapshot.load_full();
         let next = match trigger {
-            Trigger::Signal | Trigger::FileChange => from_file(&self.path, &current),
+            Trigger::Signal | Trigger::FileChange | Trigger::PolicyBundle => {
+                from_file(&self.path, &current)
+            }
             Trigger::UpstreamRenewal => Snapshot::build((*current.config).clone(), Some(&current)),
             Trigger::ListenerFiles => current.with_fresh_tls(),
         };
-        let config_reload = matches!(trigger, Trigger::Signal | Trigger::FileChange);
+        let config_reload = matches!(
+            trigger,
+            Trigger::Signal | Trigger::FileChange | Trigger::PolicyBundle
+        );
         let label = match trigger {
             Trigger::Signal => "signal",
             Trigger::FileChange => "file change",
+            Trigger::PolicyBundle => "policy bundle",
             Trigger::UpstreamRenewal => "certificate renewal",
             Trigger::ListenerFiles => "certificate or revocation list change",
         };
@@ -126,9 +151,11 @@ impl Reloader {
         }
         match next {
             Ok(next) => {
+                let serial = next.config.policy_serial;
                 self.snapshot.store(Arc::new(next));
                 if config_reload {
                     self.metrics.reload(true);
+                    self.metrics.policy.in_effect(serial);
                 }
                 tracing::info!(config = %self.path.display(), trigger = label, "new configuration generation in effect");
                 true

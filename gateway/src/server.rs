@@ -39,9 +39,23 @@ use background::{spawn_drain_watch, HealthChecks};
 use listeners::{egress_service, listener_service, Shared};
 
 /// Reads and checks a config file: the one entry point for `serve`, `check` and reload.
+///
+/// With `policy_source`, the tenants of the last verified policy bundle from the admin plane
+/// (`follow.rs`) are laid over the file's.
 pub fn load_config(path: &Path) -> Result<Config, GatewayError> {
     let text = std::fs::read_to_string(path).map_err(|e| GatewayError::file(path, e))?;
-    Config::from_yaml(&text, path).map_err(GatewayError::Config)
+    let config = Config::from_yaml(&text, path).map_err(GatewayError::Config)?;
+    let Some(source) = &config.policy_source else {
+        return Ok(config);
+    };
+    match crate::follow::cached(source)? {
+        None => Ok(config),
+        Some(bundle) => {
+            let mut config = crate::follow::apply(&text, path, &bundle)?;
+            config.policy_serial = Some(bundle.serial);
+            Ok(config)
+        }
+    }
 }
 
 /// Checks a config and everything it refers to (certificate files, keys, CA bundles) without
@@ -266,6 +280,8 @@ pub fn serve(
             Some(Arc::new(AssertionSigner::new(key, settings)?))
         }
     };
+    let policy_source = config.policy_source.clone();
+    metrics.policy.in_effect(config.policy_serial);
     let mut first = Snapshot::build(config, None)?;
     first.assertion = assertion;
     let snapshot = Arc::new(ArcSwap::from_pointee(first));
@@ -353,6 +369,9 @@ pub fn serve(
         ));
     }
 
+    if let Some(source) = policy_source {
+        crate::follow::spawn(source, config_path.clone(), metrics.clone())?;
+    }
     let reloader = Reloader {
         path: config_path,
         watch,

@@ -20,6 +20,7 @@ mod ip;
 mod issuance;
 pub mod oidc;
 mod peer;
+mod policy_bundle;
 #[cfg(feature = "schema")]
 pub mod schema;
 mod serial;
@@ -37,6 +38,9 @@ pub use ip::canonical_ip;
 pub use issuance::{ClientCredentials, IssuanceClient, IssuanceConnection};
 pub use issuance::{ErrorBody, IssuanceRequest, IssuanceResponse, ISSUANCE_PATH};
 pub use peer::PeerIdentity;
+pub use policy_bundle::{
+    PolicyBundle, SignedPolicyBundle, TenantPolicy, POLICY_BUNDLE_FORMAT, POLICY_BUNDLE_PATH,
+};
 pub use serial::{Serial, SerialError};
 pub use spiffe::{PatternError, SpiffeId, SpiffeIdError, SpiffeIdPattern};
 pub use tenant::{TenantId, TenantIdError};

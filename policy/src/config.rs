@@ -6,6 +6,7 @@
 
 mod check;
 mod locate;
+mod overlay;
 mod raw;
 #[cfg(feature = "schema")]
 mod schema;
@@ -22,6 +23,7 @@ use crate::limits::TenantLimits;
 use crate::names::{TenantId, UpstreamName};
 use crate::routing::RouteTable;
 use locate::{Locations, Position};
+pub use overlay::{overlay_entries, overlay_tenants, tenant_entry};
 #[cfg(feature = "schema")]
 pub use schema::config_schema;
 
@@ -52,6 +54,30 @@ pub struct Config {
     pub fairness: Option<Fairness>,
     /// Sidecar outbound listeners (plain HTTP from the local workload).
     pub egress: Vec<EgressConfig>,
+    /// The admin plane whose activated tenant policies this gateway follows, if any.
+    pub policy_source: Option<PolicySource>,
+    /// The serial of the admin plane's bundle laid over the file, when one was (set by the
+    /// gateway after loading; never read from YAML).
+    pub policy_serial: Option<u64>,
+}
+
+/// The `policy_source` section: where the signed bundle of tenants' active policies comes
+/// from, how it is verified and where the last good one is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicySource {
+    /// `https://host:port` of the admin API.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// Trust bundle for the admin API's certificate.
+    pub ca: PathBuf,
+    pub client_certificate: PathBuf,
+    pub client_key: PathBuf,
+    /// The admin plane's policy signing key (SPKI PEM).
+    pub public_key: PathBuf,
+    /// The last verified bundle.
+    pub cache: PathBuf,
+    pub interval: Duration,
 }
 
 /// A sidecar's outbound listener: plain HTTP/1.1 from the local workload, each request judged

@@ -27,11 +27,12 @@ pub use authn::{
 pub use config::config_schema;
 pub use config::MIN_BUNDLE_REFRESH;
 pub use config::{
-    AbuseLimits, AssertionSettings, AuditKey, AuditMode, AuditPostgres, AuditSettings, ClientAuth,
-    Config, ConfigError, ConfigProblem, ConnectionLimits, EgressConfig, Fairness,
-    HealthCheckConfig, HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig, PostgresTls,
-    ProxyProtocol, RefusalRecords, SecretSource, TenantConfig, TlsListenerConfig,
-    TrustDomainBundle, UpstreamConfig, UpstreamProtocol, UpstreamTls,
+    overlay_entries, overlay_tenants, tenant_entry, AbuseLimits, AssertionSettings, AuditKey,
+    AuditMode, AuditPostgres, AuditSettings, ClientAuth, Config, ConfigError, ConfigProblem,
+    ConnectionLimits, EgressConfig, Fairness, HealthCheckConfig, HttpSettings, IssuerConfig,
+    ListenerConfig, MetricsConfig, PolicySource, PostgresTls, ProxyProtocol, RefusalRecords,
+    SecretSource, TenantConfig, TlsListenerConfig, TrustDomainBundle, UpstreamConfig,
+    UpstreamProtocol, UpstreamTls,
 };
 pub use dlp::{
     Blocked, BodyDirection, BuiltinDetector, CustomPatternSpec, DetectorKind, DetectorName,

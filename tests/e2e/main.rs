@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod abuse;
+mod admin_plane;
 mod agent;
 mod audit;
 mod ca;

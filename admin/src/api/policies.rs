@@ -18,7 +18,7 @@ use serde::Deserialize;
 use super::{blocking, finish, read_json, ApiError, AppState, CallRecord};
 use crate::identity::ConnInfo;
 use crate::policies::{Policies, PolicyError, Problem, StoreError};
-use crate::roles::Permission;
+use crate::roles::{Permission, Role};
 
 /// Longest window impact analysis replays.
 const MAX_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -27,6 +27,7 @@ const MAX_REASON: usize = 1024;
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
+        .route(portcullis_identity::POLICY_BUNDLE_PATH, get(bundle))
         .route("/v1/tenants/{tenant}/policies", get(list).post(upload))
         .route("/v1/tenants/{tenant}/policies/history", get(history))
         .route("/v1/tenants/{tenant}/policies/rollback", post(rollback))
@@ -476,4 +477,61 @@ async fn history(
     }
     .await;
     finish(&st, &rec, "policy.history", result)
+}
+
+/// `GET /v1/policies/bundle`: every tenant's active version, signed, for the gateways listed in
+/// `policies.gateways` (and platform roles). With `If-None-Match: "SERIAL"` naming the current
+/// serial the answer is 304, unrecorded: gateways poll, and only a change is worth a record.
+async fn bundle(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    let result = async {
+        let peer = conn.peer.as_ref().ok_or_else(ApiError::unauthenticated)?;
+        let record = super::caller_record(&st, peer).await?;
+        let policies = st
+            .policies
+            .clone()
+            .ok_or_else(|| ApiError::not_found("policies are not managed by this server"))?;
+        let listed = peer
+            .spiffe_id
+            .as_ref()
+            .is_some_and(|id| policies.gateways.iter().any(|p| p.matches(id)));
+        let role = st
+            .roles_of(peer, &record)
+            .platform_role_for(Permission::PolicyRead);
+        if !listed && role.is_none() {
+            return Err(ApiError::forbidden(
+                "only the gateways listed in policies.gateways and platform roles may fetch the bundle",
+            ));
+        }
+        rec.role = role.map(Role::as_str);
+        let known = headers
+            .get(axum::http::header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim_matches('"').to_owned());
+        let signed = blocking(move || -> Result<Option<_>, String> {
+            let serial = policies.serial().map_err(|e| e.to_string())?;
+            if known.as_deref() == Some(serial.to_string().as_str()) {
+                return Ok(None);
+            }
+            policies.bundle(SystemTime::now()).map(Some)
+        })
+        .await?
+        .map_err(|e| {
+            tracing::error!(error = %e, "admin API: policy bundle failed");
+            ApiError::internal()
+        })?;
+        Ok(match signed {
+            None => StatusCode::NOT_MODIFIED.into_response(),
+            Some(bundle) => Json(bundle).into_response(),
+        })
+    }
+    .await;
+    match result {
+        Ok(r) if r.status() == StatusCode::NOT_MODIFIED => r,
+        other => finish(&st, &rec, "policy.bundle", other),
+    }
 }

@@ -40,10 +40,12 @@ pub(crate) const MAX_POLICY: usize = 256 * 1024;
 /// with (each tenant's policy until a version is activated).
 #[derive(Debug, Clone)]
 pub(crate) struct Platform {
+    /// The config as written.
+    text: String,
     /// The config's sections other than `tenants`.
     sections: Mapping,
-    /// Its `tenants:` entries, by name, in order.
-    tenants: Vec<(String, Value)>,
+    /// Its `tenants:` entries, in order.
+    tenants: Vec<Value>,
     /// Where its relative paths are resolved from.
     file: std::path::PathBuf,
 }
@@ -58,13 +60,11 @@ impl Platform {
             return Err(format!("{}: not a mapping", file.display()));
         };
         let tenants = match sections.remove("tenants") {
-            Some(Value::Sequence(entries)) => entries
-                .into_iter()
-                .filter_map(|e| Some((entry_name(&e)?.to_owned(), e)))
-                .collect(),
+            Some(Value::Sequence(entries)) => entries,
             _ => Vec::new(),
         };
         Ok(Platform {
+            text,
             sections,
             tenants,
             file: file.to_owned(),
@@ -73,7 +73,10 @@ impl Platform {
 
     /// The platform's own entry for `tenant`, as YAML text in the policy document's form.
     pub(crate) fn initial_document(&self, tenant: &TenantId) -> Option<String> {
-        let (_, entry) = self.tenants.iter().find(|(n, _)| n == tenant.as_str())?;
+        let entry = self
+            .tenants
+            .iter()
+            .find(|e| e.get("name").and_then(Value::as_str) == Some(tenant.as_str()))?;
         let mut doc = Mapping::new();
         doc.insert("tenants".into(), Value::Sequence(vec![entry.clone()]));
         serde_yaml_ng::to_string(&doc).ok()
@@ -131,29 +134,17 @@ impl Platform {
         active: &[(TenantId, String)],
         candidate: Option<(&TenantId, Value)>,
     ) -> Result<Config, Vec<Problem>> {
-        let mut entries: Vec<(String, Value)> = self.tenants.clone();
-        let mut put = |tenant: &TenantId, entry: Value| match entries
-            .iter_mut()
-            .find(|(n, _)| n == tenant.as_str())
-        {
-            Some(slot) => slot.1 = entry,
-            None => entries.push((tenant.as_str().to_owned(), entry)),
-        };
+        let mut entries = Vec::with_capacity(active.len() + 1);
         for (tenant, text) in active {
             if candidate.as_ref().is_some_and(|(t, _)| *t == tenant) {
                 continue;
             }
-            put(tenant, tenant_entry(tenant, text)?);
+            entries.push((tenant.as_str().to_owned(), tenant_entry(tenant, text)?));
         }
         if let Some((tenant, entry)) = candidate {
-            put(tenant, entry);
+            entries.push((tenant.as_str().to_owned(), entry));
         }
-        let mut doc = self.sections.clone();
-        doc.insert(
-            "tenants".into(),
-            Value::Sequence(entries.into_iter().map(|(_, e)| e).collect()),
-        );
-        let text = serde_yaml_ng::to_string(&doc)
+        let text = portcullis_policy::overlay_entries(&self.text, entries)
             .map_err(|e| vec![Problem::message(format!("the fleet's config: {e}"))])?;
         Config::from_yaml(&text, &self.file).map_err(|e| {
             e.problems
@@ -176,10 +167,6 @@ fn in_document(p: ConfigProblem, lines: usize) -> Problem {
     }
 }
 
-fn entry_name(entry: &Value) -> Option<&str> {
-    entry.get("name").and_then(Value::as_str)
-}
-
 /// The one `tenants:` entry of a policy document, which must name `tenant`.
 fn tenant_entry(tenant: &TenantId, text: &str) -> Result<Value, Vec<Problem>> {
     let refuse = |m: String| Err(vec![Problem::message(m)]);
@@ -199,39 +186,21 @@ fn tenant_entry(tenant: &TenantId, text: &str) -> Result<Value, Vec<Problem>> {
             message: "one document without `---` or `...` markers is expected".to_owned(),
         }]);
     }
-    let value: Value = match serde_yaml_ng::from_str(text) {
-        Ok(v) => v,
-        Err(e) => {
-            return Err(vec![Problem {
-                line: e.location().map(|l| l.line()),
-                column: e.location().map(|l| l.column()),
-                message: e.to_string(),
-            }])
-        }
-    };
-    let Value::Mapping(mut doc) = value else {
-        return refuse("a policy is a mapping with `tenants:` and nothing else".to_owned());
-    };
-    let entries =
-        match doc.remove("tenants") {
-            Some(Value::Sequence(entries)) if doc.is_empty() => entries,
-            _ => return refuse(
-                "a policy is a mapping with `tenants:` (a list of one tenant) and nothing else; \
-                 listeners, upstreams and the other sections are the platform's"
-                    .to_owned(),
-            ),
-        };
-    let [entry] = <[Value; 1]>::try_from(entries).map_err(|_| {
-        vec![Problem::message(
-            "`tenants:` must list exactly one tenant, the one the policy is for".to_owned(),
-        )]
-    })?;
-    match entry_name(&entry) {
-        Some(name) if name == tenant.as_str() => Ok(entry),
-        Some(name) => refuse(format!(
+    // Where the YAML itself does not read, say where.
+    if let Err(e) = serde_yaml_ng::from_str::<Value>(text) {
+        return Err(vec![Problem {
+            line: e.location().map(|l| l.line()),
+            column: e.location().map(|l| l.column()),
+            message: e.to_string(),
+        }]);
+    }
+    let (name, entry) =
+        portcullis_policy::tenant_entry(text).map_err(|m| vec![Problem::message(m)])?;
+    if name != tenant.as_str() {
+        return refuse(format!(
             "the document is tenant {name:?}'s, not {:?}'s",
             tenant.as_str()
-        )),
-        None => refuse("the tenant entry needs `name:`".to_owned()),
+        ));
     }
+    Ok(entry)
 }

@@ -172,6 +172,8 @@ pub(crate) trait PolicyStore: Send + Sync + fmt::Debug {
     fn approvals(&self, tenant: &TenantId, now: SystemTime) -> Result<Vec<Approval>, StoreError>;
     /// The tenant's history, oldest first.
     fn history(&self, tenant: &TenantId) -> Result<Vec<HistoryEvent>, StoreError>;
+    /// Grows with every change of any tenant's active version (0: none yet).
+    fn serial(&self) -> Result<u64, StoreError>;
 }
 
 const SCHEMA: &str = "
@@ -646,6 +648,17 @@ impl PolicyStore for SqlitePolicyStore {
             }
         }
         Ok(out)
+    }
+
+    fn serial(&self) -> Result<u64, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT COALESCE(MAX(id), 0) FROM policy_history
+                 WHERE action IN ('activated', 'rolled_back')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.error(e))
     }
 
     fn history(&self, tenant: &TenantId) -> Result<Vec<HistoryEvent>, StoreError> {

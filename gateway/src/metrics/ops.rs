@@ -47,14 +47,20 @@ impl ServeHttp for OpsEndpoint {
                     b"no identity assertion is configured\n".to_vec(),
                 ),
             },
-            "/readyz" if self.metrics.is_ready() && audit_healthy => {
-                (StatusCode::OK, "text/plain", b"ready\n".to_vec())
+            "/readyz" => {
+                let ready = self.metrics.is_ready() && audit_healthy;
+                let mut body = if ready { "ready\n" } else { "not ready\n" }.to_owned();
+                // Cut off from the admin plane is degraded, not down: still ready.
+                if let Some(line) = self.metrics.policy.readiness() {
+                    body.push_str(&line);
+                }
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (status, "text/plain", body.into_bytes())
             }
-            "/readyz" => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                b"not ready\n".to_vec(),
-            ),
             _ => (StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
         };
         plain_response(status, content_type, body)

@@ -146,6 +146,54 @@ impl IssuanceClient {
     }
 }
 
+impl IssuanceClient {
+    /// `GET path` on a fresh connection with `headers`, within the client's timeout: the
+    /// status and body (at most 256 KiB), whatever the status.
+    pub async fn get(
+        &self,
+        path: &str,
+        headers: &[(http::HeaderName, String)],
+    ) -> Result<(http::StatusCode, Bytes), IdentityError> {
+        let exchange = async {
+            let mut connection = self.open().await?;
+            let broken = |detail: String| IdentityError::IssuerUnreachable {
+                issuer: self.issuer(),
+                detail,
+            };
+            let mut request = http::Request::get(path).header(http::header::HOST, self.issuer());
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            let request = request
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| broken(format!("request: {e}")))?;
+            connection
+                .sender
+                .ready()
+                .await
+                .map_err(|e| broken(format!("HTTP: {e}")))?;
+            let response = connection
+                .sender
+                .send_request(request)
+                .await
+                .map_err(|e| broken(format!("HTTP: {e}")))?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| broken(format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| IdentityError::IssuerTimeout {
+                issuer: self.issuer(),
+                timeout: self.timeout,
+            })?
+    }
+}
+
 /// An open connection to the issuance API (HTTP/1.1 keep-alive).
 pub struct IssuanceConnection {
     sender: SendRequest<Full<Bytes>>,

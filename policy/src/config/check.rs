@@ -18,12 +18,12 @@ use ipnet::IpNet;
 use super::locate::Locations;
 use super::raw::{
     RawAssertion, RawConfig, RawEgress, RawFairness, RawHealthCheck, RawHttp, RawIssuer,
-    RawListener, RawSessions, RawTrustDomain, RawUpstream, RawUpstreamTls,
+    RawListener, RawPolicySource, RawSessions, RawTrustDomain, RawUpstream, RawUpstreamTls,
 };
 use super::{
     AssertionSettings, AuditKey, BundleEndpointConfig, ClientAuth, Config, ConfigProblem,
     EgressConfig, Fairness, HealthCheckConfig, HttpSettings, IssuerConfig, ListenerConfig,
-    MetricsConfig, TlsListenerConfig, TrustDomainBundle, UpstreamConfig, UpstreamTls,
+    MetricsConfig, PolicySource, TlsListenerConfig, TrustDomainBundle, UpstreamConfig, UpstreamTls,
     MIN_BUNDLE_REFRESH,
 };
 
@@ -179,6 +179,7 @@ pub(crate) fn check(
     let audit = raw.audit.as_ref().map(|a| c.audit(a));
     let identity_assertion = raw.identity_assertion.as_ref().map(|a| c.assertion(a));
     let egress = c.egress(&raw.egress, &raw.listeners);
+    let policy_source = raw.policy_source.as_ref().and_then(|p| c.policy_source(p));
     if c.problems.is_empty() {
         Ok(Config {
             listeners,
@@ -193,6 +194,8 @@ pub(crate) fn check(
             identity_assertion,
             sessions,
             egress,
+            policy_source,
+            policy_serial: None,
         })
     } else {
         // Problems without a location first, then in file order.
@@ -498,6 +501,39 @@ impl Checker<'_> {
             );
         }
         MetricsConfig { address }
+    }
+
+    fn policy_source(&mut self, raw: &RawPolicySource) -> Option<PolicySource> {
+        let what = "policy_source";
+        let interval = raw.interval.unwrap_or(Duration::from_secs(5));
+        if !(Duration::from_millis(200)..=Duration::from_secs(3600)).contains(&interval) {
+            self.at_value(
+                "policy_source.interval",
+                "policy_source: interval must be between 200ms and 1h".to_owned(),
+            );
+        }
+        let Some((host, port)) = https_authority(&raw.url) else {
+            self.at_value(
+                "policy_source.url",
+                format!("policy_source: url `{}` is not https://host:port", raw.url),
+            );
+            return None;
+        };
+        Some(PolicySource {
+            url: raw.url.clone(),
+            host,
+            port,
+            ca: self.file_path("policy_source.ca", what, &raw.ca),
+            client_certificate: self.file_path(
+                "policy_source.client_certificate",
+                what,
+                &raw.client_certificate,
+            ),
+            client_key: self.file_path("policy_source.client_key", what, &raw.client_key),
+            public_key: self.file_path("policy_source.public_key", what, &raw.public_key),
+            cache: self.file_path("policy_source.cache", what, &raw.cache),
+            interval,
+        })
     }
 
     fn fairness(&mut self, raw: &RawFairness) -> Fairness {

@@ -53,6 +53,37 @@ pub(crate) struct RawConfig {
     /// Sidecar outbound listeners: plain HTTP from the local workload, on loopback.
     #[serde(default)]
     pub(crate) egress: Vec<RawEgress>,
+    /// Tenants' policies followed from the admin plane (signed), on top of this file's.
+    #[serde(default)]
+    pub(crate) policy_source: Option<RawPolicySource>,
+}
+
+/// `policy_source`: the admin plane whose activated tenant policies the gateway runs.
+#[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "PolicySource")
+)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPolicySource {
+    /// `https://host:port` of the admin API.
+    pub(crate) url: String,
+    /// Trust bundle for the admin API's certificate.
+    pub(crate) ca: PathBuf,
+    /// The gateway's client certificate (chain, PEM) and key, listed in the admin config's
+    /// `policies.gateways`.
+    pub(crate) client_certificate: PathBuf,
+    pub(crate) client_key: PathBuf,
+    /// The admin plane's policy signing key (public, PEM): bundles not signed by it are refused.
+    pub(crate) public_key: PathBuf,
+    /// Where the last verified bundle is kept; read at start, so a gateway that cannot reach
+    /// the admin plane keeps running the policies it last saw.
+    pub(crate) cache: PathBuf,
+    /// How often the admin plane is asked (default 5s; 200ms to 1h).
+    #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
+    pub(crate) interval: Option<Duration>,
 }
 
 /// A sidecar's outbound listener: the local workload sends plain HTTP here, and the gateway
