@@ -551,6 +551,26 @@ async fn a_policy_change_is_checked_analysed_approved_by_another_person_and_roll
         status, 400,
         "a route clashing with globex's was accepted: {body}"
     );
+    // Nor may a longer prefix on another tenant's host take part of its traffic.
+    let sub = ACME_V1.replace(
+        "host: api.acme.test\n        path_prefix: /admin",
+        "host: www.globex.test\n        path_prefix: /admin",
+    );
+    let (status, body) = call(
+        &mut a,
+        "POST",
+        "/v1/tenants/acme/policies",
+        json!({ "document": sub }),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("host www.globex.test is tenant globex's"),
+        "{body}"
+    );
 
     let (status, body) = call(
         &mut a,
@@ -772,7 +792,7 @@ async fn a_policy_change_is_checked_analysed_approved_by_another_person_and_roll
     );
     assert_eq!(
         find("policy.upload", "refused").len(),
-        8,
+        9,
         "{admin_records:#?}"
     );
     assert_eq!(find("policy.rollback", "ok").len(), 1);

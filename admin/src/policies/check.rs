@@ -109,7 +109,8 @@ impl Platform {
                 .map(|p| in_document(p, lines))
                 .collect());
         }
-        self.fleet_with(active, Some((tenant, entry)))
+        let fleet = self
+            .fleet_with(active, Some((tenant, entry)))
             .map_err(|problems| {
                 problems
                     .into_iter()
@@ -119,8 +120,13 @@ impl Platform {
                             p.message
                         ))
                     })
-                    .collect()
-            })
+                    .collect::<Vec<_>>()
+            })?;
+        let claimed = hosts_of_others(&fleet, tenant);
+        if !claimed.is_empty() {
+            return Err(claimed);
+        }
+        Ok(fleet)
     }
 
     /// The gateway config every replica runs: the platform's sections, and each tenant's
@@ -153,6 +159,34 @@ impl Platform {
                 .collect()
         })
     }
+}
+
+/// A tenant's routes may not name a host another tenant's routes name: a longer prefix there
+/// would take that tenant's traffic.
+fn hosts_of_others(fleet: &Config, tenant: &TenantId) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for route in fleet
+        .routes
+        .iter()
+        .filter(|r| r.tenant.as_str() == tenant.as_str())
+    {
+        let Some(host) = &route.host else { continue };
+        let owner = fleet
+            .routes
+            .iter()
+            .find(|r| r.tenant.as_str() != tenant.as_str() && r.host.as_ref() == Some(host));
+        if let Some(owner) = owner {
+            let message = format!(
+                "route {}: host {host} is tenant {}'s",
+                route.id.name(),
+                owner.tenant
+            );
+            if !problems.iter().any(|p: &Problem| p.message == message) {
+                problems.push(Problem::message(message));
+            }
+        }
+    }
+    problems
 }
 
 /// A problem of the "alone" check: in the uploaded document when its line is within it.
