@@ -61,6 +61,10 @@ pub(crate) struct AppState {
     pub(crate) roles: Vec<RoleBinding>,
     /// Tenants' policy versions, when `policies:` is configured.
     pub(crate) policies: Option<Arc<crate::policies::Policies>>,
+    /// Identity providers whose tokens identify people (`identity_providers:`).
+    pub(crate) people: Option<Arc<crate::people::Providers>>,
+    /// Writes by people need a second factor in their token.
+    pub(crate) mfa_for_writes: bool,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -86,6 +90,11 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
                 "method not allowed on this endpoint",
             )
         })
+        // Inner layers run last: rates are charged before a token is verified.
+        .layer(from_fn_with_state(
+            Arc::clone(&state),
+            crate::people::authenticate,
+        ))
         .layer(from_fn_with_state(Arc::clone(&state), rate_limit))
         .with_state(state)
 }
@@ -101,7 +110,8 @@ async fn rate_limit(State(st): State<Arc<AppState>>, req: Request, next: Next) -
             .as_ref()
             .and_then(|p| p.spiffe_id.as_ref())
             .is_some_and(|id| st.operators.contains(id.as_str()));
-        if let Err(limited) = st.limits.check(conn, req.headers(), operator) {
+        let people = crate::people::reads_people(&req);
+        if let Err(limited) = st.limits.check(conn, req.headers(), operator, people) {
             return limited.into_response();
         }
     }
@@ -120,11 +130,13 @@ pub(crate) struct CallRecord {
 
 impl CallRecord {
     pub(crate) fn new(conn: &ConnInfo) -> Self {
+        let actor = match (&conn.person, &conn.peer) {
+            (Some(person), _) => person.actor(),
+            (None, Some(peer)) => peer.actor(),
+            (None, None) => "anonymous".to_owned(),
+        };
         Self {
-            actor: conn
-                .peer
-                .as_ref()
-                .map_or_else(|| "anonymous".to_owned(), |p| p.actor()),
+            actor,
             remote: conn.remote,
             tenant: None,
             target: None,
@@ -300,6 +312,10 @@ async fn caller_record(st: &AppState, peer: &PeerIdentity) -> Result<CertRecord,
 
 /// The caller's roles, from its certificate (which the inventory must hold as valid).
 pub(crate) async fn caller(st: &AppState, conn: &ConnInfo) -> Result<Caller, ApiError> {
+    // A bearer token says who: the person, whatever certificate the connection has.
+    if let Some(person) = &conn.person {
+        return Ok(Caller::for_person(&st.roles, person, st.mfa_for_writes));
+    }
     let peer = conn.peer.as_ref().ok_or_else(ApiError::unauthenticated)?;
     let record = caller_record(st, peer).await?;
     Ok(st.roles_of(peer, &record))
@@ -316,9 +332,17 @@ pub(crate) fn authorize(
     if !caller.sees(tenant) {
         return Err(ApiError::not_found("no such tenant"));
     }
-    caller
+    let role = caller
         .role_for(permission, tenant)
-        .ok_or_else(|| ApiError::forbidden("your role on this tenant does not allow this"))
+        .ok_or_else(|| ApiError::forbidden("your role on this tenant does not allow this"))?;
+    if permission.writes() && caller.lacks_mfa() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "mfa_required",
+            "changes need a token from a sign-in with a second factor",
+        ));
+    }
+    Ok(role)
 }
 
 /// The tenant named in a call's path, once the caller is known to hold `permission` in it

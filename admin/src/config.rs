@@ -107,6 +107,12 @@ pub struct AdminConfig {
     /// Tenants' policies as versioned objects (off unless set; `policies.rs`).
     #[serde(default)]
     pub policies: Option<PoliciesConfig>,
+    /// OpenID Connect providers whose bearer tokens identify people (`people.rs`).
+    #[serde(default)]
+    pub identity_providers: Vec<crate::people::IdentityProviderConfig>,
+    /// Changes by people need a token whose `amr` names a second factor.
+    #[serde(default)]
+    pub mfa_for_writes: bool,
 }
 
 /// The ACME server's settings.
@@ -407,7 +413,15 @@ impl AdminConfig {
         }
         config.connections.check()?;
         config.checked_agents()?;
-        crate::roles::check_bindings(&config.roles)?;
+        for p in &mut config.identity_providers {
+            resolve_opt(&mut p.ca, base);
+        }
+        let providers: Vec<&str> = config
+            .identity_providers
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        crate::roles::check_bindings(&config.roles, &providers)?;
         if let Some(p) = &mut config.policies {
             p.resolve(base);
             p.check()?;

@@ -293,7 +293,11 @@ impl Connections {
         }
 
         let activity = Activity::new();
-        let info = ConnInfo { peer, remote };
+        let info = ConnInfo {
+            peer,
+            remote,
+            person: None,
+        };
         let (router, requests) = (self.router.clone(), Arc::clone(&activity));
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             let busy = requests.request();

@@ -15,6 +15,8 @@ pub use portcullis_identity::PeerIdentity;
 pub(crate) struct ConnInfo {
     pub(crate) peer: Option<Arc<PeerIdentity>>,
     pub(crate) remote: SocketAddr,
+    /// The person a verified bearer token names, on this request (`people.rs`).
+    pub(crate) person: Option<Arc<crate::people::Person>>,
 }
 
 /// The SANs a CSR asks for, from every extensionRequest attribute (for the bootstrap token's

@@ -31,6 +31,7 @@ mod error;
 mod identity;
 mod limits;
 mod metrics;
+mod people;
 mod policies;
 mod revocation_http;
 mod roles;
@@ -46,6 +47,7 @@ pub use config::{
 };
 pub use error::AdminError;
 pub use identity::PeerIdentity;
+pub use people::{IdentityProviderConfig, PeopleBinding};
 pub use policies::{ApprovalConfig, PoliciesConfig, POLICY_DB};
 pub use roles::{Role, RoleBinding};
 pub use server::AdminServer;

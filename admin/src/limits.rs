@@ -116,6 +116,7 @@ impl RequestLimits {
         conn: &ConnInfo,
         headers: &HeaderMap,
         operator: bool,
+        people: bool,
     ) -> Result<(), Limited> {
         let source = canonical_ip(conn.remote.ip());
         let (key, caller, outcome) = match self.source.check(&source) {
@@ -129,6 +130,12 @@ impl RequestLimits {
                         &self.identity
                     };
                     let outcome = buckets.check(&id);
+                    (LimitKey::Identity, id, outcome)
+                }
+                // A person's bearer token (not a bootstrap token): charged like an identity.
+                (None, Some(token)) if people => {
+                    let id = format!("token:{token}");
+                    let outcome = self.identity.check(&id);
                     (LimitKey::Identity, id, outcome)
                 }
                 (None, Some(token)) => {

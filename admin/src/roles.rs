@@ -101,17 +101,34 @@ pub struct RoleBinding {
     #[serde(default)]
     pub tenant: Option<TenantId>,
     /// Callers' SPIFFE IDs: `*` one path segment, a final `**` one or more.
+    #[serde(default)]
     pub spiffe_ids: Vec<SpiffeIdPattern>,
+    /// People, by their identity provider's subjects or groups (`people.rs`).
+    #[serde(default)]
+    pub people: Option<crate::people::PeopleBinding>,
 }
 
-/// Checks `roles:`: every binding names a caller, `platform_admin` is platform-wide.
-pub(crate) fn check_bindings(bindings: &[RoleBinding]) -> Result<(), String> {
+/// Checks `roles:`: every binding names a caller, `platform_admin` is platform-wide, people
+/// come from a listed provider.
+pub(crate) fn check_bindings(bindings: &[RoleBinding], providers: &[&str]) -> Result<(), String> {
     for (i, b) in bindings.iter().enumerate() {
-        if b.spiffe_ids.is_empty() {
+        let people = b.people.as_ref();
+        if b.spiffe_ids.is_empty()
+            && people.is_none_or(|p| p.subjects.is_empty() && p.groups.is_empty())
+        {
             return Err(format!(
-                "roles[{i}] ({}): give at least one SPIFFE ID pattern",
+                "roles[{i}] ({}): give at least one SPIFFE ID pattern, or people's subjects or \
+                 groups",
                 b.role.as_str()
             ));
+        }
+        if let Some(p) = people {
+            if !providers.contains(&p.provider.as_str()) {
+                return Err(format!(
+                    "roles[{i}]: people.provider {:?} is not in identity_providers",
+                    p.provider
+                ));
+            }
         }
         if b.role == Role::PlatformAdmin && b.tenant.is_some() {
             return Err(format!(
@@ -133,6 +150,8 @@ pub(crate) enum Scope {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Caller {
     grants: Vec<(Scope, Role)>,
+    /// A person whose token shows no second factor, where writes need one.
+    lacks_mfa: bool,
 }
 
 impl Caller {
@@ -165,7 +184,39 @@ impl Caller {
                 grants.push((scope, b.role));
             }
         }
-        Caller { grants }
+        Caller {
+            grants,
+            lacks_mfa: false,
+        }
+    }
+
+    /// The roles bound to a person (by provider, subject or group). The identity provider
+    /// vouches for the person: tenant and platform bindings alike are honoured.
+    pub(crate) fn for_person(
+        bindings: &[RoleBinding],
+        person: &crate::people::Person,
+        mfa_for_writes: bool,
+    ) -> Caller {
+        let grants = bindings
+            .iter()
+            .filter(|b| b.people.as_ref().is_some_and(|p| p.matches(person)))
+            .map(|b| {
+                let scope = match &b.tenant {
+                    Some(t) => Scope::Tenant(t.clone()),
+                    None => Scope::Platform,
+                };
+                (scope, b.role)
+            })
+            .collect();
+        Caller {
+            grants,
+            lacks_mfa: mfa_for_writes && !person.has_mfa(),
+        }
+    }
+
+    /// Whether writes must be refused for want of a second factor.
+    pub(crate) fn lacks_mfa(&self) -> bool {
+        self.lacks_mfa
     }
 
     /// Whether the caller holds any role in `tenant` (else its objects do not exist for it).
@@ -211,6 +262,18 @@ impl Caller {
     /// Whether the caller has any role at all.
     pub(crate) fn has_any_role(&self) -> bool {
         !self.grants.is_empty()
+    }
+}
+
+impl Permission {
+    /// Whether the permission changes something (people need a second factor for it when
+    /// `mfa_for_writes` is set).
+    pub(crate) fn writes(self) -> bool {
+        use Permission::*;
+        matches!(
+            self,
+            PolicyWrite | PolicyActivate | CertificateRevoke | TokenManage
+        )
     }
 }
 
@@ -263,10 +326,21 @@ mod tests {
         let yaml =
             "- role: platform_admin\n  tenant: acme\n  spiffe_ids: [\"spiffe://a.example/x\"]\n";
         let b: Vec<RoleBinding> = serde_yaml_ng::from_str(yaml).unwrap();
-        assert!(check_bindings(&b).unwrap_err().contains("platform-wide"));
+        assert!(check_bindings(&b, &[])
+            .unwrap_err()
+            .contains("platform-wide"));
         let b: Vec<RoleBinding> =
             serde_yaml_ng::from_str("- role: auditor\n  spiffe_ids: []\n").unwrap();
-        assert!(check_bindings(&b).unwrap_err().contains("at least one"));
+        assert!(check_bindings(&b, &[])
+            .unwrap_err()
+            .contains("at least one"));
+        let b: Vec<RoleBinding> =
+            serde_yaml_ng::from_str("- role: auditor\n  people: { provider: corp, groups: [g] }\n")
+                .unwrap();
+        assert!(check_bindings(&b, &[])
+            .unwrap_err()
+            .contains("identity_providers"));
+        assert!(check_bindings(&b, &["corp"]).is_ok());
         assert!(serde_yaml_ng::from_str::<Vec<RoleBinding>>(
             "- role: superuser\n  spiffe_ids: [\"spiffe://a.example/x\"]\n"
         )

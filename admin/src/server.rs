@@ -188,6 +188,18 @@ impl AdminServer {
             )),
             None => None,
         };
+        let people = if config.identity_providers.is_empty() {
+            None
+        } else {
+            Some(Arc::new(
+                crate::people::Providers::new(&config.identity_providers).map_err(|detail| {
+                    AdminError::Config {
+                        path: "(admin config) identity_providers".to_owned(),
+                        detail,
+                    }
+                })?,
+            ))
+        };
         let state = Arc::new(AppState {
             ca,
             tokens,
@@ -201,6 +213,8 @@ impl AdminServer {
             acme,
             roles: config.roles.clone(),
             policies,
+            people,
+            mfa_for_writes: config.mfa_for_writes,
         });
         let listener =
             TcpListener::bind(config.listen)

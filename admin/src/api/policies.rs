@@ -168,8 +168,9 @@ async fn upload(
 ) -> Response {
     let mut rec = CallRecord::new(&conn);
     let result = async {
-        let s = scoped(&st, &conn, &tenant, Permission::PolicyWrite, &mut rec).await?;
+        // The body first: a caller refused later reads its answer, not a reset stream.
         let body: UploadBody = read_json(&headers, body, false).await?;
+        let s = scoped(&st, &conn, &tenant, Permission::PolicyWrite, &mut rec).await?;
         let Some(document) = body.document else {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -350,10 +351,10 @@ async fn activate(
 ) -> Response {
     let mut rec = CallRecord::new(&conn);
     let result = async {
+        let body: ReasonBody = read_json(&headers, body, false).await?;
         let s = scoped(&st, &conn, &tenant, Permission::PolicyActivate, &mut rec).await?;
         let v = parse_version(&v)?;
         rec.target = Some(format!("v{v}"));
-        let body: ReasonBody = read_json(&headers, body, false).await?;
         let reason = reason(body.reason)?;
         let actor = rec.actor.clone();
         let (policies, t) = (s.policies, s.tenant);
@@ -440,8 +441,8 @@ async fn rollback(
 ) -> Response {
     let mut rec = CallRecord::new(&conn);
     let result = async {
-        let s = scoped(&st, &conn, &tenant, Permission::PolicyActivate, &mut rec).await?;
         let body: RollbackBody = read_json(&headers, body, false).await?;
+        let s = scoped(&st, &conn, &tenant, Permission::PolicyActivate, &mut rec).await?;
         let reason = reason(body.reason)?;
         let actor = rec.actor.clone();
         let (policies, t) = (s.policies, s.tenant);

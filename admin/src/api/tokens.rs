@@ -41,8 +41,8 @@ async fn create(
 ) -> Response {
     let mut rec = CallRecord::new(&conn);
     let result = async {
-        let tenant = scoped_tenant(&st, &conn, &tenant, Permission::TokenManage, &mut rec).await?;
         let body: CreateBody = read_json(&headers, body, true).await?;
+        let tenant = scoped_tenant(&st, &conn, &tenant, Permission::TokenManage, &mut rec).await?;
         let ttl = match body.ttl.as_deref() {
             None => Duration::from_secs(3600),
             Some(t) => humantime::parse_duration(t).map_err(|_| {
