@@ -5,6 +5,7 @@ mod errors;
 mod inventory;
 mod issue;
 mod policies;
+mod reports;
 mod tokens;
 
 use std::collections::HashSet;
@@ -77,6 +78,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .merge(acme)
         .merge(policies::routes())
         .merge(tokens::routes())
+        .merge(reports::routes())
         .route("/v1/certificates", post(issue::issue).get(inventory::list))
         .route("/v1/certificates/{serial}/revoke", post(inventory::revoke))
         .route("/v1/crl", get(inventory::crl))

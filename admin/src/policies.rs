@@ -14,6 +14,7 @@
 
 mod check;
 mod impact;
+pub(crate) mod reports;
 mod store;
 
 use std::path::{Path, PathBuf};
@@ -402,6 +403,48 @@ impl Policies {
             .map_err(PolicyError::Invalid)?;
         impact::analyse(&self.traffic, tenant, &current, &candidate, window, now).map_err(|e| {
             tracing::error!(error = %e, "policy impact: reading recorded traffic failed");
+            PolicyError::Traffic
+        })
+    }
+
+    /// When and on what a report is computed.
+    pub(crate) fn stamp(&self, now: SystemTime) -> Result<reports::Stamp, StoreError> {
+        Ok(reports::Stamp {
+            computed_at: humantime::format_rfc3339_seconds(now).to_string(),
+            policy_serial: self.store.serial()?,
+            audit_heads: reports::heads(&self.traffic),
+        })
+    }
+
+    /// Who may reach which of the tenant's routes under the policy in effect.
+    pub(crate) fn access_review(
+        &self,
+        tenant: &TenantId,
+        now: SystemTime,
+    ) -> Result<reports::AccessReview, PolicyError> {
+        let fleet = self
+            .platform
+            .fleet(&self.active_documents()?)
+            .map_err(PolicyError::Invalid)?;
+        let (version, _) = self.active(tenant)?;
+        Ok(reports::access_review(
+            &fleet,
+            tenant,
+            version,
+            self.stamp(now)?,
+        ))
+    }
+
+    /// The tenant's recorded traffic over the last `window`, summed.
+    pub(crate) fn audit_summary(
+        &self,
+        tenant: &TenantId,
+        window: Duration,
+        now: SystemTime,
+    ) -> Result<reports::AuditSummary, PolicyError> {
+        let stamp = self.stamp(now)?;
+        reports::audit_summary(&self.traffic, tenant, window, now, stamp).map_err(|e| {
+            tracing::error!(error = %e, "audit summary: reading recorded traffic failed");
             PolicyError::Traffic
         })
     }

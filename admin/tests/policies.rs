@@ -263,10 +263,17 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
         ),
         ("GET", "/v1/tenants/acme/tokens".into(), json!(null)),
         ("GET", "/v1/policies/bundle".into(), json!(null)),
+        ("GET", "/v1/tenants/acme/reports/access".into(), json!(null)),
+        ("GET", "/v1/tenants/acme/reports/audit".into(), json!(null)),
+        (
+            "GET",
+            "/v1/tenants/acme/reports/certificates".into(),
+            json!(null),
+        ),
     ];
     // Expected status per endpoint (rows as above) for each caller (columns as above).
     #[rustfmt::skip]
-    let expected: [[u16; 11]; 12] = [
+    let expected: [[u16; 11]; 15] = [
         //  admin editor issuer auditor reader globex sneaky everyw. workload operator anon
         [   200,  200,   403,   200,    200,   404,   404,   404,    404,     200,     401], // list
         [   201,  201,   403,   403,    403,   404,   404,   404,    404,     201,     401], // upload
@@ -280,6 +287,9 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
         [   201,  403,   201,   403,    403,   404,   404,   404,    404,     201,     401], // token create
         [   200,  403,   200,   200,    200,   404,   404,   404,    404,     200,     401], // token list
         [   403,  403,   403,   403,    403,   403,   403,   403,    403,     200,     401], // bundle
+        [   200,  200,   403,   200,    200,   404,   404,   404,    404,     200,     401], // access report
+        [   200,  200,   403,   200,    403,   404,   404,   404,    404,     200,     401], // audit report
+        [   200,  403,   200,   200,    200,   404,   404,   404,    404,     200,     401], // certificates report
     ];
     let mut wrong = Vec::new();
     for (col, (who, identity)) in callers.iter().enumerate() {
@@ -752,6 +762,107 @@ async fn a_policy_change_is_checked_analysed_approved_by_another_person_and_roll
         ],
         "{body}"
     );
+    // Reports, stamped with the policy serial and the traffic log's head.
+    let (status, access) = call(
+        &mut a,
+        "GET",
+        "/v1/tenants/acme/reports/access",
+        json!(null),
+    )
+    .await;
+    assert_eq!(status, 200, "{access}");
+    assert_eq!(access["policy_version"], 0, "{access}");
+    let rules: Vec<&str> = access["routes"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["frontend", "batch"], "{access}");
+    assert_eq!(
+        access["routes"][0]["rules"][1]["methods"],
+        json!(["GET", "POST"])
+    );
+    let head = &access["audit_heads"][0];
+    let last = portcullis_audit::tail(&dir.path().join("traffic"), 1)
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        (
+            head["node"].as_str(),
+            head["seq"].as_u64(),
+            head["hash"].as_str()
+        ),
+        (Some("gw-1"), Some(last.seq), Some(last.hash.as_str())),
+        "{access}"
+    );
+    assert!(access["policy_serial"].as_u64().unwrap() > 0);
+    let r = a
+        .call("GET", "/v1/tenants/acme/reports/access?format=csv", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let text = String::from_utf8_lossy(&r.body).to_string();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(
+        text.lines()
+            .nth(2)
+            .unwrap()
+            .starts_with("acme/api,api.acme.test,/api,batch,allow,"),
+        "{text}"
+    );
+    assert!(r.headers["x-portcullis-report-audit-heads"]
+        .to_str()
+        .unwrap()
+        .starts_with(&format!("gw-1:{}:", last.seq)));
+    let (status, audit) = call(
+        &mut a,
+        "GET",
+        "/v1/tenants/acme/reports/audit?window=1h",
+        json!(null),
+    )
+    .await;
+    assert_eq!(status, 200, "{audit}");
+    assert_eq!(
+        (audit["requests"].as_u64(), audit["allowed"].as_u64()),
+        (Some(7), Some(7)),
+        "{audit}"
+    );
+    let (status, changes) = call(
+        &mut a,
+        "GET",
+        "/v1/tenants/acme/reports/changes",
+        json!(null),
+    )
+    .await;
+    assert_eq!(
+        (status, changes["history"].as_array().map(Vec::len)),
+        (200, Some(5)),
+        "{changes}"
+    );
+    let (status, certs) = call(
+        &mut a,
+        "GET",
+        "/v1/tenants/acme/reports/certificates?within=2h",
+        json!(null),
+    )
+    .await;
+    assert_eq!(status, 200, "{certs}");
+    let list = certs["certificates"].as_array().unwrap();
+    assert!(list.iter().all(|c| c["tenant"] == "acme"));
+    assert!(
+        certs["expiring"].as_u64().unwrap() >= 2,
+        "alice and bob's certificates: {certs}"
+    );
+    for bad in [
+        "/v1/tenants/acme/reports/nothing",
+        "/v1/tenants/acme/reports/audit?window=forever",
+        "/v1/tenants/acme/reports/access?format=xml",
+    ] {
+        let (status, body) = call(&mut a, "GET", bad, json!(null)).await;
+        assert!(status == 400 || status == 404, "{bad}: {status} {body}");
+    }
     server.stop().await;
 
     // Every call is in the admin audit log with the caller, the role and the outcome.

@@ -207,7 +207,81 @@ pub(crate) fn net_contains(net: &IpNet, ip: IpAddr) -> bool {
     net.contains(&portcullis_identity::canonical_ip(ip))
 }
 
+/// An access rule as an access review shows it: who, with what, may (or may not) do what.
+/// Absent conditions match anything.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RuleSummary {
+    pub id: String,
+    /// `allow` or `deny`.
+    pub effect: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spiffe_ids: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_sans: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subjects: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_subjects: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emails: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_domains: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<String>,
+    /// `None`: every method.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_prefixes: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<String>>,
+    /// Header names the rule reads.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<String>,
+}
+
 impl AccessRule {
+    pub(crate) fn summary(&self) -> RuleSummary {
+        let strings = |v: &Option<Vec<String>>| v.clone();
+        RuleSummary {
+            id: self.id.as_str().to_owned(),
+            effect: match self.effect {
+                Effect::Allow => "allow",
+                Effect::Deny => "deny",
+            },
+            spiffe_ids: self
+                .spiffe_id
+                .as_ref()
+                .map(|v| v.iter().map(ToString::to_string).collect()),
+            dns_sans: self
+                .dns_san
+                .as_ref()
+                .map(|v| v.iter().map(ToString::to_string).collect()),
+            subjects: strings(&self.subject),
+            token_subjects: strings(&self.token_subject),
+            emails: strings(&self.email),
+            email_domains: strings(&self.email_domain),
+            groups: strings(&self.groups),
+            claims: self
+                .claims
+                .iter()
+                .map(|(path, values)| format!("{path} in [{}]", values.join(", ")))
+                .collect(),
+            methods: strings(&self.methods),
+            path_prefixes: strings(&self.path_prefix),
+            paths: strings(&self.path),
+            sources: self
+                .source
+                .as_ref()
+                .map(|v| v.iter().map(ToString::to_string).collect()),
+            headers: self.headers.iter().map(|h| h.name.clone()).collect(),
+        }
+    }
+
     /// See [`crate::Route::reads_unrecorded_facts`].
     pub(crate) fn reads_unrecorded_facts(&self) -> bool {
         !self.headers.is_empty()

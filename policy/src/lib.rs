@@ -17,7 +17,9 @@ mod names;
 mod path;
 mod routing;
 
-pub use access::{Denied, DenyReason, HeaderSource, NoHeaders, PatternError, Permit, RequestFacts};
+pub use access::{
+    Denied, DenyReason, HeaderSource, NoHeaders, PatternError, Permit, RequestFacts, RuleSummary,
+};
 pub use authn::{
     bearer_token, Authentication, ClaimNames, IdentityProvider, MfaRequirement, ProviderLogin,
     ProviderSettings, SessionSettings, SigningAlgorithm, TokenError, TokenIdentity, CALLBACK_PATH,

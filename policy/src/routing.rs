@@ -49,6 +49,12 @@ impl Route {
         decide(&self.access, facts)
     }
 
+    /// The route's rules as an access review shows them, in the order they are judged (deny
+    /// rules first).
+    pub fn rule_summaries(&self) -> Vec<crate::access::RuleSummary> {
+        self.access.iter().map(|r| r.summary()).collect()
+    }
+
     /// Whether any of the route's rules reads a fact the audit log does not record (headers,
     /// DNS SANs, the certificate subject beside a SPIFFE ID, or a bearer token's claims), so
     /// that replaying recorded requests against it can only approximate its decisions.

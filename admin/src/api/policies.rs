@@ -69,7 +69,7 @@ async fn scoped(
     Ok(Scoped { tenant, policies })
 }
 
-fn store_error(e: StoreError) -> ApiError {
+pub(super) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::UnknownVersion => ApiError::not_found("no such version"),
         StoreError::UnknownApproval => ApiError::not_found("no such approval request"),
