@@ -51,6 +51,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 mod issue_cfssl;
 
+// The allocator of the `portcullis` binary, which serves the admin API in production: the
+// in-process server measured here should not pay glibc malloc's cost where it does not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const TOKEN: &str = "issue-bench";
 const PIN: &str = "1234";
@@ -145,7 +150,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
     )?;
     let key = backend.find_key(ISSUING_LABEL)?;
     let msg = [0x5au8; 256];
-    let only = |threads: [usize; 2]| if args.api_only { Vec::new() } else { dedup(threads) };
+    let only = |threads: [usize; 2]| {
+        if args.api_only {
+            Vec::new()
+        } else {
+            dedup(threads)
+        }
+    };
     for threads in only([1, args.threads]) {
         let key = Arc::clone(&key);
         figures.push(measure_threads(
