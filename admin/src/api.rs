@@ -285,11 +285,17 @@ async fn read_limited(mut body: Body) -> Result<bytes::Bytes, ApiError> {
 }
 
 /// The caller's certificate as the inventory knows it: it must be there and valid.
-async fn caller_record(st: &AppState, peer: &PeerIdentity) -> Result<CertRecord, ApiError> {
-    let ca = Arc::clone(&st.ca);
-    let serial = peer.serial.clone();
-    let found = blocking(move || ca.inventory().get(&serial, SystemTime::now()))
-        .await?
+async fn caller_record(st: &Arc<AppState>, peer: &PeerIdentity) -> Result<CertRecord, ApiError> {
+    let (st, peer) = (Arc::clone(st), peer.clone());
+    blocking(move || lookup_caller(&st, &peer)).await?
+}
+
+/// [`caller_record`] on this thread (blocking: a SQLite read).
+fn lookup_caller(st: &AppState, peer: &PeerIdentity) -> Result<CertRecord, ApiError> {
+    let found = st
+        .ca
+        .inventory()
+        .get(&peer.serial, SystemTime::now())
         .map_err(|e| {
             tracing::error!(error = %e, "admin API: inventory lookup failed");
             ApiError::internal()

@@ -21,7 +21,7 @@ pub(crate) struct ConnInfo {
 
 /// The SANs a CSR asks for, from every extensionRequest attribute (for the bootstrap token's
 /// SPIFFE ID binding; the CA refuses a CSR with more than one).
-pub(crate) use portcullis_ca::{requested_names, RequestedNames};
+pub(crate) use portcullis_ca::requested_names;
 
 /// Whether the caller acts as an operator. Operators are a role, not a name: the caller's
 /// SPIFFE ID must be one of `operators`, and its certificate (`record`, as the inventory knows

@@ -12,7 +12,9 @@
 //!    deadline) — the attack of issue 11, side by side.
 //!
 //! 5. with `--cfssl`: `cfssl serve` with a file key signing CSRs from as many keep-alive
-//!    clients (`issue_cfssl.rs`), the reference the issuance figure is held against.
+//!    clients (`issue_cfssl.rs`), the reference the issuance figure is held against: in plain
+//!    HTTP (cfssl's default) and over mutual TLS (the like-for-like one: the API's clients
+//!    keep mTLS connections alive).
 //!
 //! Then the ratios API / raw sign, API / direct issue and API / cfssl. Each measurement runs for
 //! `--duration` after a short warm-up. The admin server runs with its default connection
@@ -49,6 +51,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 mod issue_cfssl;
 
+// The allocator of the `portcullis` binary, which serves the admin API in production: the
+// in-process server measured here should not pay glibc malloc's cost where it does not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const TOKEN: &str = "issue-bench";
 const PIN: &str = "1234";
@@ -78,6 +85,9 @@ struct Args {
     /// Also measure `cfssl serve` (file key) with as many clients, and print API / cfssl.
     #[arg(long)]
     cfssl: bool,
+    /// Only the API figure (for profilers: callgrind, perf, strace -c).
+    #[arg(long)]
+    api_only: bool,
 }
 
 /// How the API figure's clients renew, and what else the server is put through meanwhile.
@@ -140,7 +150,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
     )?;
     let key = backend.find_key(ISSUING_LABEL)?;
     let msg = [0x5au8; 256];
-    for threads in dedup([1, args.threads]) {
+    let only = |threads: [usize; 2]| {
+        if args.api_only {
+            Vec::new()
+        } else {
+            dedup(threads)
+        }
+    };
+    for threads in only([1, args.threads]) {
         let key = Arc::clone(&key);
         figures.push(measure_threads(
             format!("HSM P-256 sign, {threads} thread(s)"),
@@ -154,7 +171,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
 
     // (b) Ca::issue directly: parse + verify the CSR, profile, sign, inventory insert.
     let csr = Arc::new(csr("spiffe://bench.example/ns/bench/sa/direct")?);
-    for threads in dedup([1, args.threads]) {
+    for threads in only([1, args.threads]) {
         let (ca, csr) = (Arc::clone(&ca), Arc::clone(&csr));
         figures.push(measure_threads(
             format!("Ca::issue direct, {threads} thread(s)"),
@@ -199,21 +216,26 @@ fn run(args: &Args) -> anyhow::Result<()> {
         figures.push(runtime.block_on(api_figure(work.path(), &ca, args, warmup, load))?);
     }
     let api_rate = figures.get(first_api).map(Figure::rate).unwrap_or_default();
-    let cfssl_rate = match args.cfssl {
-        true => runtime
-            .block_on(issue_cfssl::cfssl_figure(
+    // cfssl in plain HTTP (its default) and over mutual TLS (like for like with the API).
+    let mut cfssl_rates = Vec::new();
+    if args.cfssl {
+        for (transport, how) in [
+            (issue_cfssl::Transport::Plain, "HTTP"),
+            (issue_cfssl::Transport::MutualTls, "mTLS"),
+        ] {
+            let figure = runtime.block_on(issue_cfssl::cfssl_figure(
                 work.path(),
                 args.clients,
                 warmup,
                 args.duration,
-            ))?
-            .map(|figure| {
-                let rate = figure.rate();
+                transport,
+            ))?;
+            if let Some(figure) = figure {
+                cfssl_rates.push((how, figure.rate()));
                 figures.push(figure);
-                rate
-            }),
-        false => None,
-    };
+            }
+        }
+    }
 
     print_table(&figures, args);
     println!();
@@ -221,19 +243,21 @@ fn run(args: &Args) -> anyhow::Result<()> {
         "load average (1/5/15 min) before: {load_before}; after: {}",
         loadavg()
     );
-    println!(
-        "ratio API / raw sign ({} threads):      {:.2}",
-        args.threads,
-        api_rate / raw_parallel
-    );
-    println!(
-        "ratio API / Ca::issue ({} threads):     {:.2}",
-        args.threads,
-        api_rate / direct_parallel
-    );
-    if let Some(cfssl) = cfssl_rate {
+    if !args.api_only {
         println!(
-            "ratio API / cfssl serve ({} clients):  {:.2}",
+            "ratio API / raw sign ({} threads):      {:.2}",
+            args.threads,
+            api_rate / raw_parallel
+        );
+        println!(
+            "ratio API / Ca::issue ({} threads):     {:.2}",
+            args.threads,
+            api_rate / direct_parallel
+        );
+    }
+    for (how, cfssl) in cfssl_rates {
+        println!(
+            "ratio API / cfssl serve {how} ({} clients): {:.2}",
             args.clients,
             api_rate / cfssl
         );

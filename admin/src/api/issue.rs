@@ -2,6 +2,10 @@
 //! client certificate (the CA keeps the renewal to that certificate's profile and names),
 //! presenting a one-time bootstrap token, or — a node agent listed in `agents:` — asking with
 //! its client certificate for a workload's SPIFFE ID its grants cover (a first issuance).
+//!
+//! Everything after the body is read — the inventory and token look-ups, the CA's decision,
+//! the signature and the durable inventory record — runs in one blocking task: one hand-off
+//! to the blocking pool and back per request.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -18,9 +22,9 @@ use portcullis_ca::{
 };
 use portcullis_identity::{IssuanceRequest, IssuanceResponse, SpiffeId};
 
-use super::{blocking, caller_record, read_json, ApiError, AppState, CallRecord};
+use super::{blocking, lookup_caller, read_json, ApiError, AppState, CallRecord};
 use crate::config::AgentRefusal;
-use crate::identity::{requested_names, ConnInfo, PeerIdentity, RequestedNames};
+use crate::identity::{requested_names, ConnInfo, PeerIdentity};
 use crate::token::TokenHash;
 
 /// The answer for an issued certificate, in the wire type clients read.
@@ -114,16 +118,46 @@ async fn issue_flow(
         })?),
     };
     let csr = req.csr.into_bytes();
-    let names = requested_names(&csr);
+    let profile = req.profile;
+    let tenant = req.tenant;
+    // The record moves into the blocking task and back (a fresh one stays if it fails).
+    let mut moved = std::mem::replace(rec, CallRecord::new(conn));
+    let st = Arc::clone(st);
+    let (result, moved) = blocking(move || {
+        let result = decide_and_issue(
+            &st,
+            credential,
+            &csr,
+            tenant.as_ref(),
+            profile.as_deref(),
+            lifetime,
+            &mut moved,
+        );
+        (result, moved)
+    })
+    .await?;
+    *rec = moved;
+    result
+}
+
+/// Authenticates and authorises the caller, then asks the CA (blocking: the inventory, the
+/// token store, the key backend).
+fn decide_and_issue(
+    st: &AppState,
+    credential: Credential,
+    csr: &[u8],
+    tenant: Option<&TenantId>,
+    profile: Option<&str>,
+    lifetime: Option<std::time::Duration>,
+    rec: &mut CallRecord,
+) -> Result<IssuedCertificate, ApiError> {
     let auth = match credential {
-        Credential::Cert(peer) => {
-            authorize_client_cert(st, &peer, names.as_ref(), req.tenant.as_ref(), rec).await?
-        }
-        Credential::Token(hash) => authorize_token(st, hash, names.as_ref(), rec).await?,
+        Credential::Cert(peer) => authorize_client_cert(st, &peer, csr, tenant, rec)?,
+        Credential::Token(hash) => authorize_token(st, hash, csr, rec)?,
     };
     // Only an agent's request may name another tenant than its credential's.
-    if req.tenant.as_ref().is_some_and(|t| *t != auth.tenant) {
-        give_back(st, auth.token).await;
+    if tenant.is_some_and(|t| *t != auth.tenant) {
+        give_back(st, auth.token);
         st.stats.refused();
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -135,33 +169,16 @@ async fn issue_flow(
     // The CA decides a renewal against the certificate renewed (its profile and names, read
     // from the CSR by the CA's own parser), and records the issuance or its refusal in its
     // event sink (this server's audit log).
-    let ca = Arc::clone(&st.ca);
-    let (tenant, requester, renews) = (
-        auth.tenant.clone(),
-        auth.requester.clone(),
-        auth.renews.clone(),
-    );
-    let profile = req.profile;
-    let result = blocking(move || {
-        let request = IssueRequest {
-            csr: &csr,
-            tenant,
-            profile: profile.as_deref(),
-            lifetime,
-            requester,
-        };
-        match &renews {
-            Some(current) => ca.renew(&request, current, SystemTime::now()),
-            None => ca.issue(&request, SystemTime::now()),
-        }
-    })
-    .await;
-    let result = match result {
-        Ok(r) => r,
-        Err(e) => {
-            give_back(st, auth.token).await;
-            return Err(e);
-        }
+    let request = IssueRequest {
+        csr,
+        tenant: auth.tenant,
+        profile,
+        lifetime,
+        requester: auth.requester,
+    };
+    let result = match &auth.renews {
+        Some(current) => st.ca.renew(&request, current, SystemTime::now()),
+        None => st.ca.issue(&request, SystemTime::now()),
     };
     match result {
         Ok(issued) => {
@@ -170,7 +187,7 @@ async fn issue_flow(
             Ok(issued)
         }
         Err(e) => {
-            give_back(st, auth.token).await;
+            give_back(st, auth.token);
             Err(match e {
                 CaError::Refused(refusal) => {
                     st.stats.refused();
@@ -219,27 +236,28 @@ fn csr_unreadable() -> ApiError {
 }
 
 /// A caller with a client certificate: a renewal, unless the caller is a listed node agent
-/// asking for another SPIFFE ID, which its grants must then cover.
-async fn authorize_client_cert(
+/// asking for another SPIFFE ID, which its grants must then cover. Only an agent's CSR is read
+/// here (for the names it asks for); a renewal's is read by the CA alone.
+fn authorize_client_cert(
     st: &AppState,
     peer: &PeerIdentity,
-    names: Option<&RequestedNames>,
+    csr: &[u8],
     tenant: Option<&TenantId>,
     rec: &mut CallRecord,
 ) -> Result<Authorized, ApiError> {
     let Some(agent) = peer.spiffe_id.as_ref().filter(|id| st.agents.is_agent(id)) else {
-        return authorize_renewal(st, peer, rec).await;
+        return authorize_renewal(st, peer, rec);
     };
-    let Some(names) = names else {
+    let Some(names) = requested_names(csr) else {
         return Err(csr_unreadable());
     };
     // An agent renewing its own certificate is a renewal like any other.
     if names.uris.as_slice() == [agent.as_str()] {
-        return authorize_renewal(st, peer, rec).await;
+        return authorize_renewal(st, peer, rec);
     }
     // The agent's own certificate is checked as a renewal's would be: known, valid, and of
     // the tenant the inventory says.
-    let own = authorize_renewal(st, peer, rec).await?;
+    let own = authorize_renewal(st, peer, rec)?;
     let tenant = tenant.cloned().unwrap_or_else(|| own.tenant.clone());
     rec.tenant = Some(tenant.to_string());
     let requested = match names.uris.as_slice() {
@@ -291,12 +309,12 @@ async fn authorize_client_cert(
 /// inventory says. What the new certificate may carry is the CA's decision ([`Ca::renew`]).
 ///
 /// [`Ca::renew`]: portcullis_ca::Ca::renew
-async fn authorize_renewal(
+fn authorize_renewal(
     st: &AppState,
     peer: &PeerIdentity,
     rec: &mut CallRecord,
 ) -> Result<Authorized, ApiError> {
-    let record = caller_record(st, peer).await?;
+    let record = lookup_caller(st, peer)?;
     rec.tenant = Some(record.tenant.to_string());
     let requester = Requester {
         kind: RequesterKind::ClientCert,
@@ -320,16 +338,15 @@ async fn authorize_renewal(
     })
 }
 
-async fn authorize_token(
+fn authorize_token(
     st: &AppState,
     hash: TokenHash,
-    names: Option<&RequestedNames>,
+    csr: &[u8],
     rec: &mut CallRecord,
 ) -> Result<Authorized, ApiError> {
-    let tokens = Arc::clone(&st.tokens);
-    let h = hash.clone();
-    let grant = blocking(move || tokens.consume(&h, SystemTime::now()))
-        .await?
+    let grant = st
+        .tokens
+        .consume(&hash, SystemTime::now())
         .map_err(|e| {
             tracing::error!(error = %e, "admin API: token store failed");
             ApiError::internal()
@@ -345,7 +362,7 @@ async fn authorize_token(
         id: grant.id.to_string(),
     };
     if let Some(bound) = &grant.spiffe_id {
-        let refusal = match names {
+        let refusal = match requested_names(csr) {
             None => Some(csr_unreadable()),
             Some(n) if n.uris.as_slice() != std::slice::from_ref(bound) => Some(identity_refusal(
                 st,
@@ -357,7 +374,7 @@ async fn authorize_token(
             Some(_) => None,
         };
         if let Some(refusal) = refusal {
-            give_back(st, Some(hash)).await;
+            give_back(st, Some(hash));
             return Err(refusal);
         }
     }
@@ -370,15 +387,9 @@ async fn authorize_token(
 }
 
 /// Gives a consumed token back when its issuance did not happen.
-async fn give_back(st: &AppState, token: Option<TokenHash>) {
+fn give_back(st: &AppState, token: Option<TokenHash>) {
     let Some(hash) = token else { return };
-    let tokens = Arc::clone(&st.tokens);
-    let id = hash.id();
-    match blocking(move || tokens.release(&hash)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(token.id = %id, error = %e, "admin API: token release failed")
-        }
-        Err(_) => {}
+    if let Err(e) = st.tokens.release(&hash) {
+        tracing::error!(token.id = %hash.id(), error = %e, "admin API: token release failed");
     }
 }

@@ -2,7 +2,7 @@
 //! lineage was recorded are given the `renewed_from` column when opened.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -55,20 +55,44 @@ const COLUMNS: &str = "serial, subject, sans, tenant, profile, requester, not_be
 
 /// The inventory in a SQLite file (WAL, synchronous FULL: a recorded issuance survives a crash).
 ///
-/// Issuances are group-committed: each caller queues its record, then takes the connection;
-/// whoever holds it writes every record queued so far in one transaction (one WAL fsync) and
-/// hands each caller its outcome after the commit. A caller whose record a previous holder
-/// committed returns at once. So no certificate is returned before its row is durable, and
-/// concurrent issuances share an fsync instead of queueing for one each.
+/// Issuances are group-committed: each caller queues its record; when no batch is being
+/// written, the caller becomes the writer and writes every record queued so far in one
+/// transaction (one WAL fsync), then hands each caller its outcome and wakes them all. The
+/// others wait on a condition variable, not on the connection: a caller whose record was
+/// committed returns as soon as that commit ends, while the records queued during it go in the
+/// next batch, written at once by one of their callers. So no certificate is returned before
+/// its row is durable, and under load a batch holds everything that arrived during the
+/// previous fsync.
 ///
 /// Reads go through a connection of their own: under WAL they see every committed write and
 /// never wait for a commit's fsync.
 pub struct SqliteInventory {
     conn: Mutex<Connection>,
     reader: Mutex<Connection>,
-    /// Records waiting for the next commit, each with where its outcome goes.
-    queued: Mutex<Vec<QueuedRecord>>,
+    /// Records waiting for the next commit, and whether a batch is being written.
+    commits: Mutex<Commits>,
+    /// Signalled when a batch's outcomes are set.
+    committed: Condvar,
     path: String,
+}
+
+#[derive(Default)]
+struct Commits {
+    /// Each with where its outcome goes.
+    queued: Vec<QueuedRecord>,
+    /// A caller is writing a batch.
+    writing: bool,
+}
+
+/// Held by the caller writing a batch: gives the role up (and wakes the waiters) however the
+/// write ends.
+struct Writing<'a>(&'a SqliteInventory);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.lock_commits().writing = false;
+        self.0.committed.notify_all();
+    }
 }
 
 /// Where one queued record's outcome is written (once, after its batch's commit).
@@ -112,7 +136,8 @@ impl SqliteInventory {
         Ok(Self {
             conn: Mutex::new(conn),
             reader: Mutex::new(reader),
-            queued: Mutex::new(Vec::new()),
+            commits: Mutex::new(Commits::default()),
+            committed: Condvar::new(),
             path: shown,
         })
     }
@@ -123,6 +148,10 @@ impl SqliteInventory {
 
     fn reader(&self) -> MutexGuard<'_, Connection> {
         self.reader.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_commits(&self) -> MutexGuard<'_, Commits> {
+        self.commits.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -322,27 +351,35 @@ fn insert(tx: &Connection, r: &NewCertRecord) -> Result<(), CaError> {
 impl InventoryStore for SqliteInventory {
     fn record_issued(&self, r: &NewCertRecord) -> Result<(), CaError> {
         let outcome: Outcome = Arc::default();
-        self.queued
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(QueuedRecord {
-                record: r.clone(),
-                outcome: Arc::clone(&outcome),
-            });
-        let mut conn = self.conn();
-        // A holder before us may have committed our record with its batch.
-        if let Some(done) = take(&outcome) {
-            return done;
+        let mut commits = self.lock_commits();
+        commits.queued.push(QueuedRecord {
+            record: r.clone(),
+            outcome: Arc::clone(&outcome),
+        });
+        loop {
+            // Set (with its batch's commit known) by whichever caller wrote the batch.
+            if let Some(done) = take(&outcome) {
+                return done;
+            }
+            if !commits.writing {
+                commits.writing = true;
+                let batch = std::mem::take(&mut commits.queued);
+                drop(commits);
+                let writing = Writing(self);
+                write_batch(&mut self.conn(), &batch);
+                drop(writing);
+                if let Some(done) = take(&outcome) {
+                    return done;
+                }
+                return Err(CaError::Inventory(
+                    "the record was not written (not in the batch)".to_owned(),
+                ));
+            }
+            commits = self
+                .committed
+                .wait(commits)
+                .unwrap_or_else(PoisonError::into_inner);
         }
-        let batch =
-            std::mem::take(&mut *self.queued.lock().unwrap_or_else(PoisonError::into_inner));
-        write_batch(&mut conn, &batch);
-        drop(conn);
-        take(&outcome).unwrap_or_else(|| {
-            Err(CaError::Inventory(
-                "the record was not written (not in the batch)".to_owned(),
-            ))
-        })
     }
 
     fn get(&self, serial: &Serial, now: SystemTime) -> Result<Option<CertRecord>, CaError> {
