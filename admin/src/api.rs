@@ -319,7 +319,7 @@ fn lookup_caller(st: &AppState, peer: &PeerIdentity) -> Result<CertRecord, ApiEr
 }
 
 /// The caller's roles, from its certificate (which the inventory must hold as valid).
-pub(crate) async fn caller(st: &AppState, conn: &ConnInfo) -> Result<Caller, ApiError> {
+pub(crate) async fn caller(st: &Arc<AppState>, conn: &ConnInfo) -> Result<Caller, ApiError> {
     // A bearer token says who: the person, whatever certificate the connection has.
     if let Some(person) = &conn.person {
         return Ok(Caller::for_person(&st.roles, person, st.mfa_for_writes));
@@ -356,7 +356,7 @@ pub(crate) fn authorize(
 /// The tenant named in a call's path, once the caller is known to hold `permission` in it
 /// (its role then in `rec`).
 pub(crate) async fn scoped_tenant(
-    st: &AppState,
+    st: &Arc<AppState>,
     conn: &ConnInfo,
     tenant: &str,
     permission: Permission,

@@ -55,7 +55,7 @@ struct Scoped {
 }
 
 async fn scoped(
-    st: &AppState,
+    st: &Arc<AppState>,
     conn: &ConnInfo,
     tenant: &str,
     permission: Permission,
