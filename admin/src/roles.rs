@@ -309,7 +309,7 @@ mod tests {
             ),
             (
                 Role::CertificateIssuer,
-                &[CertificateRead, CertificateRevoke],
+                &[CertificateRead, CertificateRevoke, TokenManage],
             ),
             (Role::Auditor, &[PolicyRead, PolicyAnalyse, CertificateRead]),
             (Role::ReadOnly, &[PolicyRead, CertificateRead]),
