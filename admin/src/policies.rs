@@ -16,6 +16,7 @@ mod check;
 mod impact;
 pub(crate) mod reports;
 mod store;
+mod traffic;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

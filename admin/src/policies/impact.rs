@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use portcullis_audit::{QueryFilter, RecordKind, RequestEvent, RequestStage};
+use portcullis_audit::{QueryFilter, RequestEvent};
 use portcullis_ca::TenantId;
 use portcullis_policy::{
     normalize_host, normalize_path, Config, Identity, NoHeaders, RequestFacts, Route, SpiffeId,
@@ -136,43 +136,24 @@ pub(crate) fn analyse(
         changes: Vec::new(),
     };
     let mut groups: BTreeMap<(String, String), ChangeGroup> = BTreeMap::new();
-    let mut read = 0u64;
-    'logs: for dir in logs {
-        if !dir.exists() {
-            report.logs_missing += 1;
-            continue;
-        }
-        let filter = QueryFilter {
-            since: Some(since),
-            until: Some(now),
-            ..QueryFilter::default()
-        };
-        let records = portcullis_audit::query(dir, filter)
-            .map_err(|e| format!("reading {}: {e}", dir.display()))?;
-        for record in records {
-            let record = record.map_err(|e| format!("reading {}: {e}", dir.display()))?;
-            read += 1;
-            if read > MAX_RECORDS {
-                report.truncated = true;
-                break 'logs;
-            }
-            let RecordKind::Request(event) = &record.kind else {
-                continue;
-            };
-            if event.stage == RequestStage::Admitted {
-                continue;
-            }
-            replay(
-                event,
-                &record.time,
-                tenant,
-                current,
-                candidate,
-                &mut report,
-                &mut groups,
-            );
-        }
-    }
+    let filter = QueryFilter {
+        since: Some(since),
+        until: Some(now),
+        ..QueryFilter::default()
+    };
+    let read = super::traffic::each_request(logs, &filter, MAX_RECORDS, |time, event| {
+        replay(
+            &event,
+            time,
+            tenant,
+            current,
+            candidate,
+            &mut report,
+            &mut groups,
+        );
+    })?;
+    report.logs_missing = read.missing;
+    report.truncated = read.truncated;
     let mut changes: Vec<ChangeGroup> = groups.into_values().collect();
     changes.sort_by_key(|g| std::cmp::Reverse(g.count));
     report.changes = changes;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use portcullis_audit::{Decision, QueryFilter, RecordKind, RequestStage};
+use portcullis_audit::{Decision, QueryFilter};
 use portcullis_ca::TenantId;
 use portcullis_policy::{Config, RuleSummary};
 use serde::Serialize;
@@ -154,7 +154,12 @@ pub(crate) struct AuditSummary {
     pub(crate) dlp: BTreeMap<String, u64>,
     /// Requests not served as allowed, by reason.
     pub(crate) refusals: BTreeMap<String, u64>,
+    /// The read stopped at its bound (`MAX_RECORDS`) before the period's end.
+    pub(crate) truncated: bool,
 }
+
+/// At most this many records are read per summary.
+const MAX_RECORDS: u64 = 20_000_000;
 
 pub(crate) fn audit_summary(
     logs: &[PathBuf],
@@ -175,41 +180,32 @@ pub(crate) fn audit_summary(
         by_rule: BTreeMap::new(),
         dlp: BTreeMap::new(),
         refusals: BTreeMap::new(),
+        truncated: false,
     };
-    for dir in logs.iter().filter(|d| d.exists()) {
-        let filter = QueryFilter {
-            tenant: Some(tenant.to_string()),
-            since: Some(since),
-            until: Some(now),
-            ..QueryFilter::default()
-        };
-        let records = portcullis_audit::query(dir, filter)
-            .map_err(|e| format!("reading {}: {e}", dir.display()))?;
-        for record in records {
-            let record = record.map_err(|e| format!("reading {}: {e}", dir.display()))?;
-            let RecordKind::Request(e) = record.kind else {
-                continue;
-            };
-            if e.stage == RequestStage::Admitted {
-                continue;
-            }
-            s.requests += 1;
-            match e.decision {
-                Decision::Allow => s.allowed += 1,
-                _ => s.denied += 1,
-            }
-            let rule = e.rule.unwrap_or_else(|| "default-deny".to_owned());
-            if e.route.is_some() {
-                *s.by_rule.entry(rule).or_default() += 1;
-            }
-            for finding in e.dlp {
-                *s.dlp.entry(finding.detector).or_default() += finding.count;
-            }
-            if let Some(reason) = e.reason {
-                *s.refusals.entry(reason).or_default() += 1;
-            }
+    let filter = QueryFilter {
+        tenant: Some(tenant.to_string()),
+        since: Some(since),
+        until: Some(now),
+        ..QueryFilter::default()
+    };
+    let read = super::traffic::each_request(logs, &filter, MAX_RECORDS, |_, e| {
+        s.requests += 1;
+        match e.decision {
+            Decision::Allow => s.allowed += 1,
+            _ => s.denied += 1,
         }
-    }
+        if e.route.is_some() {
+            let rule = e.rule.unwrap_or_else(|| "default-deny".to_owned());
+            *s.by_rule.entry(rule).or_default() += 1;
+        }
+        for finding in e.dlp {
+            *s.dlp.entry(finding.detector).or_default() += finding.count;
+        }
+        if let Some(reason) = e.reason {
+            *s.refusals.entry(reason).or_default() += 1;
+        }
+    })?;
+    s.truncated = read.truncated;
     Ok(s)
 }
 

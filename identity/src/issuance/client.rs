@@ -167,23 +167,7 @@ impl IssuanceClient {
             let request = request
                 .body(Full::new(Bytes::new()))
                 .map_err(|e| broken(format!("request: {e}")))?;
-            connection
-                .sender
-                .ready()
-                .await
-                .map_err(|e| broken(format!("HTTP: {e}")))?;
-            let response = connection
-                .sender
-                .send_request(request)
-                .await
-                .map_err(|e| broken(format!("HTTP: {e}")))?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_ANSWER)
-                .collect()
-                .await
-                .map_err(|e| broken(format!("reading the answer: {e}")))?
-                .to_bytes();
-            Ok((status, body))
+            connection.exchange(request).await
         };
         tokio::time::timeout(self.timeout, exchange)
             .await
@@ -209,6 +193,33 @@ impl std::fmt::Debug for IssuanceConnection {
 }
 
 impl IssuanceConnection {
+    /// Sends `request` and reads the whole answer (at most [`MAX_ANSWER`] bytes).
+    async fn exchange(
+        &mut self,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<(http::StatusCode, Bytes), IdentityError> {
+        let broken = |detail: String| IdentityError::IssuerUnreachable {
+            issuer: self.issuer.clone(),
+            detail,
+        };
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| broken(format!("HTTP: {e}")))?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| broken(format!("HTTP: {e}")))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| broken(format!("reading the answer: {e}")))?
+            .to_bytes();
+        Ok((status, body))
+    }
+
     /// Sends one request and reads its answer. A refusal is [`IdentityError::IssuerRefused`]
     /// with the CA's stable code and message.
     pub async fn issue(
@@ -217,10 +228,6 @@ impl IssuanceConnection {
         token: Option<&str>,
     ) -> Result<IssuanceResponse, IdentityError> {
         let issuer = self.issuer.clone();
-        let broken = |detail: String| IdentityError::IssuerUnreachable {
-            issuer: issuer.clone(),
-            detail,
-        };
         let answer = |detail: String| IdentityError::IssuerAnswer {
             issuer: issuer.clone(),
             detail,
@@ -235,21 +242,7 @@ impl IssuanceConnection {
         let http = http
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| answer(format!("request: {e}")))?;
-        self.sender
-            .ready()
-            .await
-            .map_err(|e| broken(format!("HTTP: {e}")))?;
-        let response = self
-            .sender
-            .send_request(http)
-            .await
-            .map_err(|e| broken(format!("HTTP: {e}")))?;
-        let status = response.status();
-        let bytes = Limited::new(response.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| broken(format!("reading the answer: {e}")))?
-            .to_bytes();
+        let (status, bytes) = self.exchange(http).await?;
         let json: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|_| answer(format!("answered {status} without JSON")))?;
         if status.is_success() {
