@@ -105,7 +105,15 @@ async fn issue_flow(
     body: Body,
     rec: &mut CallRecord,
 ) -> Result<IssuedCertificate, ApiError> {
-    let credential = credential(conn, headers)?;
+    let credential = match credential(conn, headers) {
+        Ok(c) => c,
+        Err(e) => {
+            // Read what the client is still sending (bounded), so that an HTTP/2 client reads
+            // the refusal rather than a reset stream.
+            let _ = super::read_body(body).await;
+            return Err(e);
+        }
+    };
     let req: IssuanceRequest = read_json(headers, body, false).await?;
     let lifetime = match &req.lifetime {
         None => None,
