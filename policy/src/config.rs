@@ -9,6 +9,7 @@ mod locate;
 mod raw;
 #[cfg(feature = "schema")]
 mod schema;
+mod traces;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use crate::routing::RouteTable;
 use locate::{Locations, Position};
 #[cfg(feature = "schema")]
 pub use schema::config_schema;
+pub use traces::{OtlpProtocol, TraceparentTrust, TracingSettings};
 
 /// The whole checked configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,6 +54,8 @@ pub struct Config {
     pub fairness: Option<Fairness>,
     /// Sidecar outbound listeners (plain HTTP from the local workload).
     pub egress: Vec<EgressConfig>,
+    /// OpenTelemetry traces; `None`: nothing is traced.
+    pub tracing: Option<TracingSettings>,
 }
 
 /// A sidecar's outbound listener: plain HTTP/1.1 from the local workload, each request judged

@@ -30,8 +30,9 @@ pub use config::{
     AbuseLimits, AssertionSettings, AuditKey, AuditMode, AuditPostgres, AuditSettings, ClientAuth,
     Config, ConfigError, ConfigProblem, ConnectionLimits, EgressConfig, Fairness,
     HealthCheckConfig, HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig, PostgresTls,
-    ProxyProtocol, RefusalRecords, SecretSource, TenantConfig, TlsListenerConfig,
-    TrustDomainBundle, UpstreamConfig, UpstreamProtocol, UpstreamTls,
+    OtlpProtocol, ProxyProtocol, RefusalRecords, SecretSource, TenantConfig, TlsListenerConfig,
+    TraceparentTrust, TracingSettings, TrustDomainBundle, UpstreamConfig, UpstreamProtocol,
+    UpstreamTls,
 };
 pub use dlp::{
     Blocked, BodyDirection, BuiltinDetector, CustomPatternSpec, DetectorKind, DetectorName,

@@ -27,6 +27,8 @@ use super::{
     MIN_BUNDLE_REFRESH,
 };
 
+mod traces;
+
 /// How often a SPIFFE bundle endpoint is fetched by default.
 const DEFAULT_BUNDLE_REFRESH: Duration = Duration::from_secs(300);
 use crate::authn::SessionSettings;
@@ -179,6 +181,7 @@ pub(crate) fn check(
     let audit = raw.audit.as_ref().map(|a| c.audit(a));
     let identity_assertion = raw.identity_assertion.as_ref().map(|a| c.assertion(a));
     let egress = c.egress(&raw.egress, &raw.listeners);
+    let tracing = raw.tracing.as_ref().map(|t| c.tracing(t));
     if c.problems.is_empty() {
         Ok(Config {
             listeners,
@@ -193,6 +196,7 @@ pub(crate) fn check(
             identity_assertion,
             sessions,
             egress,
+            tracing,
         })
     } else {
         // Problems without a location first, then in file order.
