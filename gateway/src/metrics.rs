@@ -13,12 +13,14 @@ mod audit;
 mod connections;
 mod fairness;
 mod ops;
+mod traces;
 
 use audit::{catch_up, AuditMetrics};
 use connections::ConnectionMetrics;
 use fairness::FairnessMetrics;
 
 pub(crate) use ops::{plain_response, OpsEndpoint};
+pub(crate) use traces::TraceMetrics;
 
 /// Every metric the gateway exports, registered in its own registry.
 pub(crate) struct Metrics {
@@ -45,6 +47,8 @@ pub(crate) struct Metrics {
     audit: AuditMetrics,
     connections: ConnectionMetrics,
     fairness: FairnessMetrics,
+    /// The trace exporter's counters (handed to it at start).
+    pub(crate) traces: TraceMetrics,
     ready: AtomicBool,
 }
 
@@ -236,6 +240,7 @@ impl Metrics {
         let audit = AuditMetrics::new(&registry);
         let connections = ConnectionMetrics::new(&registry);
         let fairness = FairnessMetrics::new(&registry);
+        let traces = TraceMetrics::register(&registry);
         for c in [
             &requests,
             &tls_failures,
@@ -286,6 +291,7 @@ impl Metrics {
             audit,
             connections,
             fairness,
+            traces,
             ready: AtomicBool::new(false),
         }
     }

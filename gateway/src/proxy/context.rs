@@ -12,7 +12,8 @@ use portcullis_policy::{Identity, Route};
 use crate::admission::{caller_name, Admitted, Refusal, Target};
 use crate::forwarding::{header_str, Client, IdentityHeaders};
 use crate::inspect::BodyScan;
-use crate::record::{Outcome, Summary, TRACEPARENT};
+use crate::record::{Outcome, Summary};
+use crate::traces::{incoming_trace_id, RequestTrace, TRACEPARENT};
 use crate::snapshot::{RouteState, Snapshot};
 use crate::upstream::Pool;
 
@@ -87,6 +88,8 @@ pub(crate) struct RequestCtx {
     pub(super) grpc_status: Option<u8>,
     /// The upgraded exchange was cut at the connection's age limit.
     pub(super) cut_at_max_age: bool,
+    /// The request's trace, when tracing is on.
+    pub(super) trace: Option<RequestTrace>,
 }
 
 impl RequestCtx {
@@ -118,6 +121,7 @@ impl RequestCtx {
             grpc_deadline: None,
             grpc_status: None,
             cut_at_max_age: false,
+            trace: None,
         }
     }
 
@@ -191,7 +195,10 @@ impl RequestCtx {
                 .map_or_else(|| req.uri.path(), |t| t.path.as_str()),
             query: req.uri.query(),
             http_version: req.version,
-            traceparent: header_str(req, TRACEPARENT),
+            trace_id: match &self.trace {
+                Some(trace) => Some(trace.trace_id()),
+                None => header_str(req, TRACEPARENT).and_then(incoming_trace_id),
+            },
             admitted: self.admitted.is_some(),
             outcome: self.outcome(),
             upstream: self.upstream.as_ref(),
