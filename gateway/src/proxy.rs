@@ -132,7 +132,12 @@ impl ProxyHttp for Gateway {
         ctx.target = verdict.target;
         ctx.route = verdict.route;
         if let Some(trace) = &ctx.trace {
-            trace.admitted(verdict.outcome.as_ref().map_or_else(Refusal::label, |_| "allow"));
+            trace.admitted(
+                verdict
+                    .outcome
+                    .as_ref()
+                    .map_or_else(Refusal::label, |_| "allow"),
+            );
         }
         match verdict.outcome {
             Ok(admitted) => {
@@ -196,7 +201,10 @@ impl ProxyHttp for Gateway {
             return Ok(());
         };
         let chunk = body.take().unwrap_or_default();
-        let timed = ctx.trace.as_ref().and_then(|t| t.mark().map(|_| Instant::now()));
+        let timed = ctx
+            .trace
+            .as_ref()
+            .and_then(|t| t.mark().map(|_| Instant::now()));
         let scanned = scan.push(&chunk, end_of_stream);
         if let (Some(t0), Some(trace)) = (timed, ctx.trace.as_mut()) {
             trace.dlp_scanned(false, t0.elapsed());
@@ -415,7 +423,10 @@ impl ProxyHttp for Gateway {
             return Ok(None);
         };
         let chunk = body.take().unwrap_or_default();
-        let timed = ctx.trace.as_ref().and_then(|t| t.mark().map(|_| Instant::now()));
+        let timed = ctx
+            .trace
+            .as_ref()
+            .and_then(|t| t.mark().map(|_| Instant::now()));
         let scanned = scan.push(&chunk, end_of_stream);
         if let (Some(t0), Some(trace)) = (timed, ctx.trace.as_mut()) {
             trace.dlp_scanned(true, t0.elapsed());

@@ -235,8 +235,8 @@ pub fn serve(
     }
     let tracing = match &config.tracing {
         Some(settings) => {
-            let tracing = crate::traces::Tracing::start(settings, &metrics)
-                .map_err(GatewayError::Tracing)?;
+            let tracing =
+                crate::traces::Tracing::start(settings, &metrics).map_err(GatewayError::Tracing)?;
             tracing::info!(
                 endpoint = %settings.endpoint,
                 protocol = ?settings.protocol,

@@ -15,8 +15,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use opentelemetry::trace::{
-    Link, SpanContext, SpanKind, Status, TraceContextExt, TraceState, Tracer,
-    TracerProvider,
+    Link, SpanContext, SpanKind, Status, TraceContextExt, TraceState, Tracer, TracerProvider,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
@@ -96,9 +95,7 @@ impl Tracing {
     /// The request's span, continuing a trusted caller's trace.
     pub(crate) fn begin(&self, start: &TraceStart<'_>) -> RequestTrace {
         let now = SystemTime::now();
-        let began = now
-            .checked_sub(start.started.elapsed())
-            .unwrap_or(now);
+        let began = now.checked_sub(start.started.elapsed()).unwrap_or(now);
         let incoming = header_str(start.req, TRACEPARENT).and_then(parse_traceparent);
         let trusted = incoming.is_some()
             && !self.trust.is_empty()
@@ -319,7 +316,13 @@ impl RequestTrace {
             .span()
             .set_attribute(KeyValue::new("portcullis.upstream.reused", reused));
         if !reused {
-            let connect = self.child(upstream, "upstream.connect", SpanKind::Internal, start, Vec::new());
+            let connect = self.child(
+                upstream,
+                "upstream.connect",
+                SpanKind::Internal,
+                start,
+                Vec::new(),
+            );
             connect.span().end();
         }
     }
@@ -328,7 +331,10 @@ impl RequestTrace {
     pub(crate) fn upstream_responded(&self, status: u16) {
         if let Some(upstream) = &self.upstream {
             let span = upstream.span();
-            span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
             span.add_event("response_head", Vec::new());
         }
     }
@@ -341,10 +347,9 @@ impl RequestTrace {
     /// The upstream request's `traceparent`: our trace, our upstream span (else the request's
     /// span, when not sampled) as the parent.
     pub(crate) fn upstream_traceparent(&self) -> http::HeaderValue {
-        let span_id = self
-            .upstream
-            .as_ref()
-            .map_or(self.context.span_id(), |u| u.span().span_context().span_id());
+        let span_id = self.upstream.as_ref().map_or(self.context.span_id(), |u| {
+            u.span().span_context().span_id()
+        });
         let text = format_traceparent(self.context.trace_id(), span_id, self.sampled);
         // 55 bytes of hex digits and dashes: always a valid header value.
         http::HeaderValue::from_bytes(&text).unwrap_or(http::HeaderValue::from_static(""))
@@ -368,7 +373,10 @@ impl RequestTrace {
             KeyValue::new("portcullis.request_id", end.request_id.to_owned()),
             KeyValue::new("portcullis.decision", end.decision.to_owned()),
             KeyValue::new("http.response.status_code", i64::from(end.status)),
-            KeyValue::new("network.protocol.version", protocol_version(end.http_version)),
+            KeyValue::new(
+                "network.protocol.version",
+                protocol_version(end.http_version),
+            ),
         ];
         for (key, value) in [
             ("portcullis.tenant", end.tenant),

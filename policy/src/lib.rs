@@ -29,8 +29,8 @@ pub use config::MIN_BUNDLE_REFRESH;
 pub use config::{
     AbuseLimits, AssertionSettings, AuditKey, AuditMode, AuditPostgres, AuditSettings, ClientAuth,
     Config, ConfigError, ConfigProblem, ConnectionLimits, EgressConfig, Fairness,
-    HealthCheckConfig, HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig, PostgresTls,
-    OtlpProtocol, ProxyProtocol, RefusalRecords, SecretSource, TenantConfig, TlsListenerConfig,
+    HealthCheckConfig, HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig, OtlpProtocol,
+    PostgresTls, ProxyProtocol, RefusalRecords, SecretSource, TenantConfig, TlsListenerConfig,
     TraceparentTrust, TracingSettings, TrustDomainBundle, UpstreamConfig, UpstreamProtocol,
     UpstreamTls,
 };

@@ -9,6 +9,8 @@ pub(crate) struct TraceMetrics {
     dropped: IntCounterVec,
 }
 
+// As for `Metrics::new`: constant definitions, registered once.
+#[allow(clippy::expect_used)]
 impl TraceMetrics {
     pub(super) fn register(registry: &Registry) -> Self {
         let exported = IntCounter::new(

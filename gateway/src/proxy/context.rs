@@ -13,8 +13,8 @@ use crate::admission::{caller_name, Admitted, Refusal, Target};
 use crate::forwarding::{header_str, Client, IdentityHeaders};
 use crate::inspect::BodyScan;
 use crate::record::{Outcome, Summary};
-use crate::traces::{incoming_trace_id, RequestTrace, TRACEPARENT};
 use crate::snapshot::{RouteState, Snapshot};
+use crate::traces::{incoming_trace_id, RequestTrace, TRACEPARENT};
 use crate::upstream::Pool;
 
 /// The id that names a request in every record and header: a random UUID as 32 lower-case

@@ -186,7 +186,9 @@ mod tests {
 
     #[test]
     fn tracestate_is_passed_on_only_when_bounded_and_printable() {
-        assert!(acceptable_tracestate(b"congo=t61rcWkgMzE, rojo=00f067aa0ba902b7"));
+        assert!(acceptable_tracestate(
+            b"congo=t61rcWkgMzE, rojo=00f067aa0ba902b7"
+        ));
         assert!(!acceptable_tracestate(b""));
         assert!(!acceptable_tracestate(b"a=b\tc=d"));
         assert!(!acceptable_tracestate(&[b'a'; MAX_TRACESTATE + 1]));

@@ -18,7 +18,10 @@ fn tracing_is_off_unless_configured_and_defaults_are_safe() {
     assert_eq!(t.ratio, 1.0);
     assert!(t.parent_based);
     assert_eq!(t.service_name, "portcullis");
-    assert!(t.trust.is_empty(), "nobody's traceparent is continued by default");
+    assert!(
+        t.trust.is_empty(),
+        "nobody's traceparent is continued by default"
+    );
     assert_eq!(t.max_queued_spans, 4096);
 }
 
@@ -37,9 +40,15 @@ fn a_full_tracing_section_parses() {
     let frontend: SpiffeId = "spiffe://example.org/ns/a/sa/frontend".parse().unwrap();
     let other: SpiffeId = "spiffe://example.org/ns/a/sa/other".parse().unwrap();
     assert!(t.trust.trusts(Some("10.1.2.3".parse().unwrap()), None));
-    assert!(t.trust.trusts(Some("127.0.0.1".parse().unwrap()), Some(&other)));
-    assert!(t.trust.trusts(Some("192.0.2.1".parse().unwrap()), Some(&frontend)));
-    assert!(!t.trust.trusts(Some("192.0.2.1".parse().unwrap()), Some(&other)));
+    assert!(t
+        .trust
+        .trusts(Some("127.0.0.1".parse().unwrap()), Some(&other)));
+    assert!(t
+        .trust
+        .trusts(Some("192.0.2.1".parse().unwrap()), Some(&frontend)));
+    assert!(!t
+        .trust
+        .trusts(Some("192.0.2.1".parse().unwrap()), Some(&other)));
     assert!(!t.trust.trusts(None, None));
 }
 
