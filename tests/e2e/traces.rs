@@ -414,7 +414,10 @@ fn spans_reach_an_otlp_http_receiver_continuing_only_trusted_callers() {
     assert_eq!(hex(&request.trace_id), refused_trace);
     let a = attributes(&request);
     assert_eq!(a["portcullis.decision"], "deny");
-    assert_eq!(a["portcullis.rule"], "frontend-only");
+    assert_eq!(
+        a["portcullis.rule"], "default-deny",
+        "no rule let `other` in"
+    );
     assert_eq!(a["http.response.status_code"], "403");
     assert_eq!(a["error.type"], "deny");
     assert!(!spans
