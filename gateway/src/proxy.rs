@@ -299,9 +299,10 @@ impl ProxyHttp for Gateway {
             upstream.insert_header("traceparent", trace.upstream_traceparent())?;
             match trace.tracestate() {
                 Some(state) => upstream.insert_header("tracestate", state.clone())?,
-                None => {
+                None if upstream.headers.contains_key("tracestate") => {
                     upstream.remove_header("tracestate");
                 }
+                None => {}
             }
         }
         if let (Some(signer), Some(admitted)) = (&generation.assertion, &ctx.admitted) {

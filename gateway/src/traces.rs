@@ -15,7 +15,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use opentelemetry::trace::{
-    Link, SpanContext, SpanKind, Status, TraceContextExt, TraceState, Tracer, TracerProvider,
+    Link, Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceState, Tracer,
+    TracerProvider,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
@@ -138,10 +139,14 @@ impl Tracing {
             None => Context::new(),
         };
         let span = self.tracer.build_with_context(builder, &parent);
-        let cx = Context::new().with_span(span);
-        let (context, recording) = {
-            let span = cx.span();
-            (span.span_context().clone(), span.is_recording())
+        let context = span.span_context().clone();
+        let recording = span.is_recording();
+        // Sampled out, the span is dropped here (it records nothing): no context to allocate,
+        // no tracer to hold.
+        let cx = if recording {
+            Context::new().with_span(span)
+        } else {
+            Context::new()
         };
         if recording {
             let origin = match incoming {
@@ -155,7 +160,7 @@ impl Tracing {
             }
         }
         RequestTrace {
-            tracer: self.tracer.clone(),
+            tracer: recording.then(|| self.tracer.clone()),
             trace_id: TraceHex::of(context.trace_id()),
             sampled: context.trace_flags().is_sampled(),
             context,
@@ -172,7 +177,9 @@ impl Tracing {
 
 /// A request's trace: its span, and its open upstream span.
 pub(crate) struct RequestTrace {
-    tracer: SdkTracer,
+    /// Only while recording: child spans are made with it.
+    tracer: Option<SdkTracer>,
+    /// The request span's context (empty when not recording).
     cx: Context,
     context: SpanContext,
     trace_id: TraceHex,
@@ -220,13 +227,15 @@ impl RequestTrace {
         start: SystemTime,
         attributes: Vec<KeyValue>,
     ) -> Context {
-        let builder = self
-            .tracer
+        let Some(tracer) = &self.tracer else {
+            return Context::new();
+        };
+        let builder = tracer
             .span_builder(name)
             .with_kind(kind)
             .with_start_time(start)
             .with_attributes(attributes);
-        let span = self.tracer.build_with_context(builder, parent);
+        let span = tracer.build_with_context(builder, parent);
         Context::new().with_span(span)
     }
 

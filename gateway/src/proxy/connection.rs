@@ -134,6 +134,6 @@ impl super::Gateway {
                 trace.handshake(c.established.elapsed(), took, c.tls_version);
             }
         }
-        ctx.trace = Some(trace);
+        ctx.trace = Some(Box::new(trace));
     }
 }

@@ -88,8 +88,9 @@ pub(crate) struct RequestCtx {
     pub(super) grpc_status: Option<u8>,
     /// The upgraded exchange was cut at the connection's age limit.
     pub(super) cut_at_max_age: bool,
-    /// The request's trace, when tracing is on.
-    pub(super) trace: Option<RequestTrace>,
+    /// The request's trace, when tracing is on (boxed: with tracing off the context stays
+    /// as small as before).
+    pub(super) trace: Option<Box<RequestTrace>>,
 }
 
 impl RequestCtx {
