@@ -101,6 +101,10 @@ set_ports() { # shift
   # portcullis-egress: its (unused) mTLS listener, and the egress listener the load goes to.
   PCL_EGRESS_PORT=$((BASE_PORT + 453 + $1))
   PCL_EGRESS_OUT_PORT=$((BASE_PORT + 454 + $1))
+  PCL_TRACED0_PORT=$((BASE_PORT + 456 + $1))
+  PCL_TRACED_PORT=$((BASE_PORT + 457 + $1))
+  PCL_TRACED0_METRICS_PORT=$((BASE_PORT + 909 + $1))
+  PCL_TRACED_METRICS_PORT=$((BASE_PORT + 910 + $1))
   PCL_METRICS_PORT=$((BASE_PORT + 901 + $1))
   PCL_NOAUDIT_METRICS_PORT=$((BASE_PORT + 903 + $1))
   BASE_NOAUDIT_METRICS_PORT=$((BASE_PORT + 904 + $1))
@@ -115,7 +119,7 @@ if [[ -n $BASELINE ]]; then
 fi
 TARGETS=(direct "${PROXIES[@]}")
 # Keep-alive GET (one worker) also runs these variants, next to portcullis-noaudit.
-VARIANTS=(portcullis-bearer portcullis-h2up portcullis-egress)
+VARIANTS=(portcullis-bearer portcullis-h2up portcullis-egress portcullis-traced0 portcullis-traced)
 KA_GET_TARGETS=()
 for t in "${TARGETS[@]}"; do
   KA_GET_TARGETS+=("$t")
@@ -229,6 +233,8 @@ url_of() {
     portcullis-bearer) echo "https://127.0.0.1:$PCL_BEARER_PORT/bench/item" ;;
     portcullis-h2up) echo "https://127.0.0.1:$PCL_H2UP_PORT/bench/item" ;;
     portcullis-egress) echo "http://127.0.0.1:$PCL_EGRESS_OUT_PORT/bench/item" ;;
+    portcullis-traced0) echo "https://127.0.0.1:$PCL_TRACED0_PORT/bench/item" ;;
+    portcullis-traced) echo "https://127.0.0.1:$PCL_TRACED_PORT/bench/item" ;;
     baseline-noaudit) echo "https://127.0.0.1:$BASE_NOAUDIT_PORT/bench/item" ;;
     pingora) echo "https://127.0.0.1:$PINGORA_PORT/bench/item" ;;
     nginx) echo "https://127.0.0.1:$NGINX_PORT/bench/item" ;;
@@ -319,9 +325,34 @@ fi
 start_bg echo "$WORK/echo.log" "${PIN_SUT[@]}" "$PCL" echo --listen "127.0.0.1:$ECHO_PORT" --name bench
 wait_ok "http://127.0.0.1:$ECHO_PORT/healthz" 100 || { log "echo upstream did not start"; cat "$WORK/echo.log" >&2; exit 1; }
 
+# --- the OTLP sink (for portcullis-traced) -------------------------------------------------
+# An OTLP/HTTP receiver on loopback that reads each export and answers 200 with an empty
+# ExportTraceServiceResponse, as a collector beside the gateway would. python3's http.server:
+# its cost is its own process's, outside the gateway's instruction count.
+OTLP_PORT=$((BASE_PORT + 951))
+if command -v python3 >/dev/null 2>&1; then
+  start_bg otlp-sink "$WORK/otlp-sink.log" "${PIN_LOAD[@]}" python3 -c '
+import http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
+' "$OTLP_PORT"
+else
+  log "no python3: the OTLP sink is absent, portcullis-traced's exports fail (and are dropped)"
+fi
+
 # --- the proxies' configurations ------------------------------------------------------------
 # file, port, metrics port, audit (on|off), authentication (mtls|oidc), limits (open|refused),
-# upstream protocol (http1|http2), egress listener port (none when empty)
+# upstream protocol (http1|http2), egress listener port (none when empty), trace sampling ratio
+# (tracing off when empty)
 write_pcl_config() {
   local providers="" authn="" rule="spiffe_id: [spiffe://bench.local/ns/bench/sa/client]"
   local protocol="" host="" egress=""
@@ -408,6 +439,14 @@ tenants:
       request: { card_number: block, us_ssn: redact, private_key: block, aws_secret_key: block }
       response: { card_number: redact, us_ssn: redact, private_key: block, aws_secret_key: block }
 EOF
+  if [[ -n ${9:-} ]]; then
+    # Traces: sampling ratio $9, exported over OTLP/HTTP to the local sink (OTLP_PORT).
+    cat >>"$1" <<EOF
+tracing:
+  otlp: { endpoint: "http://127.0.0.1:$OTLP_PORT/v1/traces", protocol: http }
+  sampling: { ratio: $9 }
+EOF
+  fi
   if [[ ${4:-on} == on ]]; then
     cat >>"$1" <<EOF
 audit:
@@ -513,6 +552,10 @@ start_proxies() { # workers
     start_bg portcullis-h2up "$WORK/portcullis-h2up.log" "${PIN_SUT[@]}" "$PCL" serve --config "$WORK/portcullis-h2up.yaml"
     write_pcl_config "$WORK/portcullis-egress.yaml" "$PCL_EGRESS_PORT" "$PCL_EGRESS_METRICS_PORT" off mtls open http1 "$PCL_EGRESS_OUT_PORT"
     start_bg portcullis-egress "$WORK/portcullis-egress.log" "${PIN_SUT[@]}" "$PCL" serve --config "$WORK/portcullis-egress.yaml"
+    write_pcl_config "$WORK/portcullis-traced0.yaml" "$PCL_TRACED0_PORT" "$PCL_TRACED0_METRICS_PORT" off mtls open http1 "" 0
+    start_bg portcullis-traced0 "$WORK/portcullis-traced0.log" "${PIN_SUT[@]}" "$PCL" serve --config "$WORK/portcullis-traced0.yaml"
+    write_pcl_config "$WORK/portcullis-traced.yaml" "$PCL_TRACED_PORT" "$PCL_TRACED_METRICS_PORT" off mtls open http1 "" 1
+    start_bg portcullis-traced "$WORK/portcullis-traced.log" "${PIN_SUT[@]}" "$PCL" serve --config "$WORK/portcullis-traced.yaml"
   fi
   if [[ -n $BASELINE ]]; then
     write_pcl_config "$WORK/baseline-noaudit$sfx.yaml" "$BASE_NOAUDIT_PORT" "$BASE_NOAUDIT_METRICS_PORT" off
@@ -751,11 +794,11 @@ CALLGRIND_LINES="Not measured (CALLGRIND_REQUESTS=$CALLGRIND_REQUESTS; it takes 
 if [[ $CALLGRIND_REQUESTS -gt 1 ]]; then
   if command -v valgrind >/dev/null 2>&1 && command -v callgrind_control >/dev/null 2>&1; then
     log "instruction count under callgrind: $CALLGRIND_REQUESTS keep-alive GETs per target"
-    cg_pcl() { # name port metrics-port audit binary [authentication] [limits] [protocol] [egress port]
+    cg_pcl() { # name port metrics-port audit binary [authentication] [limits] [protocol] [egress port] [trace ratio]
       local dir="$WORK/cg-$1"
       mkdir -p "$dir"
       cp "$WORK"/{ca.pem,server.pem,server.key} "$dir/"
-      write_pcl_config "$dir/portcullis.yaml" "$2" "$3" "$4" "${6:-mtls}" "${7:-open}" "${8:-http1}" "${9:-}"
+      write_pcl_config "$dir/portcullis.yaml" "$2" "$3" "$4" "${6:-mtls}" "${7:-open}" "${8:-http1}" "${9:-}" "${10:-}"
       instructions "$1" "$2" "$5" serve --config "$dir/portcullis.yaml"
     }
     cg_pcl portcullis "$CG_PORT" "$CG_METRICS_PORT" on "$PCL"
@@ -783,6 +826,12 @@ if [[ $CALLGRIND_REQUESTS -gt 1 ]]; then
     CG_LOAD_EXTRA=()
     IR_REFUSED=$CG_N LINE_REFUSED=$CG_LINE
     log "portcullis-refused: $LINE_REFUSED"
+    cg_pcl portcullis-traced0 "$CG_PORT" "$CG_METRICS_PORT" off "$PCL" mtls open http1 "" 0
+    IR_TRACED0=$CG_N LINE_TRACED0=$CG_LINE
+    log "portcullis-traced0: $LINE_TRACED0"
+    cg_pcl portcullis-traced "$CG_PORT" "$CG_METRICS_PORT" off "$PCL" mtls open http1 "" 1
+    IR_TRACED=$CG_N LINE_TRACED=$CG_LINE
+    log "portcullis-traced: $LINE_TRACED"
     mapfile -t bare < <(bare_args "$CG_PORT" 1)
     instructions pingora "$CG_PORT" "$BARE" "${bare[@]}"
     IR_PINGORA=$CG_N LINE_PINGORA=$CG_LINE
@@ -803,6 +852,8 @@ if [[ $CALLGRIND_REQUESTS -gt 1 ]]; then
 - **portcullis-h2up** (portcullis-noaudit with the echo upstream on \`protocol: http2\`, h2c): $LINE_H2UP
 - **portcullis-egress** (portcullis-noaudit's pipeline behind an \`egress:\` listener: plain HTTP/1.1 in from loopback, judged as the workload, routed by host, plain HTTP to the echo): $LINE_EGRESS
 - **portcullis-refused** (portcullis-noaudit with the tenant's rate at one request a day: every request answered 429): $LINE_REFUSED
+- **portcullis-traced0** (portcullis-noaudit with \`tracing:\` on, sampling ratio 0: a trace id and an upstream traceparent per request, nothing recorded): $LINE_TRACED0
+- **portcullis-traced** (portcullis-noaudit with \`tracing:\` on, ratio 1: every request's spans exported over OTLP/HTTP to a local sink; the exporter thread counted too): $LINE_TRACED
 - **pingora** (portcullis-bare-pingora): $LINE_PINGORA
 - **nginx** (\`master_process off; daemon off;\`, one process): $LINE_NGINX"
     if [[ -n $BASELINE ]]; then
@@ -814,7 +865,7 @@ if [[ $CALLGRIND_REQUESTS -gt 1 ]]; then
     fi
     CALLGRIND_LINES="$CALLGRIND_LINES
 
-Ratios: Portcullis / pingora $(ir_ratio "$IR_PCL" "$IR_PINGORA") with the audit log, $(ir_ratio "$IR_NOAUDIT" "$IR_PINGORA") without; pingora / nginx $(ir_ratio "$IR_PINGORA" "$IR_NGINX"); Portcullis without audit / nginx $(ir_ratio "$IR_NOAUDIT" "$IR_NGINX"); bearer token (cached validation) / mTLS only: portcullis-bearer / portcullis-noaudit $(ir_ratio "$IR_BEARER" "$IR_NOAUDIT"); HTTP/2 (h2c) / HTTP/1.1 to the upstream: portcullis-h2up / portcullis-noaudit $(ir_ratio "$IR_H2UP" "$IR_NOAUDIT"); plain HTTP from the workload on an egress listener / mTLS ingress: portcullis-egress / portcullis-noaudit $(ir_ratio "$IR_EGRESS" "$IR_NOAUDIT"); a refusal (429) / a proxied request: portcullis-refused / portcullis-noaudit $(ir_ratio "$IR_REFUSED" "$IR_NOAUDIT")."
+Ratios: Portcullis / pingora $(ir_ratio "$IR_PCL" "$IR_PINGORA") with the audit log, $(ir_ratio "$IR_NOAUDIT" "$IR_PINGORA") without; pingora / nginx $(ir_ratio "$IR_PINGORA" "$IR_NGINX"); Portcullis without audit / nginx $(ir_ratio "$IR_NOAUDIT" "$IR_NGINX"); bearer token (cached validation) / mTLS only: portcullis-bearer / portcullis-noaudit $(ir_ratio "$IR_BEARER" "$IR_NOAUDIT"); HTTP/2 (h2c) / HTTP/1.1 to the upstream: portcullis-h2up / portcullis-noaudit $(ir_ratio "$IR_H2UP" "$IR_NOAUDIT"); plain HTTP from the workload on an egress listener / mTLS ingress: portcullis-egress / portcullis-noaudit $(ir_ratio "$IR_EGRESS" "$IR_NOAUDIT"); a refusal (429) / a proxied request: portcullis-refused / portcullis-noaudit $(ir_ratio "$IR_REFUSED" "$IR_NOAUDIT"); tracing sampled out / no tracing: portcullis-traced0 / portcullis-noaudit $(ir_ratio "$IR_TRACED0" "$IR_NOAUDIT"); tracing with every request exported / no tracing: portcullis-traced / portcullis-noaudit $(ir_ratio "$IR_TRACED" "$IR_NOAUDIT")."
   else
     CALLGRIND_LINES="Not measured: valgrind/callgrind_control not installed (apt-get install valgrind)."
   fi

@@ -83,6 +83,12 @@ const TARGETS: &[&str] = &[
     // A sidecar's egress listener: plain HTTP/1.1 from the workload on loopback, judged as the
     // workload's SPIFFE ID, routed by host to the echo over plain HTTP.
     "portcullis-egress",
+    // portcullis-noaudit with `tracing:` on and sampling ratio 0 (a trace id per request, its
+    // traceparent upstream, nothing recorded or exported).
+    "portcullis-traced0",
+    // portcullis-noaudit with `tracing:` on, every request sampled, spans exported over
+    // OTLP/HTTP to a local sink.
+    "portcullis-traced",
     // An earlier build of Portcullis (`BASELINE=`), same config as portcullis-noaudit: what a
     // change costs, side by side in one run. Absent from runs without it.
     "baseline-noaudit",
@@ -114,6 +120,16 @@ const VARIANTS: &[(&str, &str, &str)] = &[
         "portcullis-egress",
         "direct",
         "Egress listener vs no proxy (both plain HTTP/1.1 in)",
+    ),
+    (
+        "portcullis-traced0",
+        "portcullis-noaudit",
+        "Tracing on, sampled out (ratio 0) vs no tracing",
+    ),
+    (
+        "portcullis-traced",
+        "portcullis-noaudit",
+        "Tracing on, every request exported over OTLP/HTTP to a local sink, vs no tracing",
     ),
 ];
 

@@ -29,6 +29,10 @@ pub(crate) struct AccessLine<'a> {
     pub duration_ms: f64,
     #[serde(rename = "request.id")]
     pub request_id: &'a str,
+    /// The request's trace: the gateway's when tracing is on, else the caller's
+    /// `traceparent`'s (as the audit record carries it).
+    #[serde(rename = "trace_id", skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
     #[serde(rename = "tenant.id")]
     pub tenant: &'a str,
     #[serde(rename = "route.id")]
@@ -198,6 +202,9 @@ impl AccessLine<'_> {
             out.extend_from_slice(b"null");
         }
         string_field(out, b",\"request.id\":", self.request_id);
+        if let Some(trace_id) = self.trace_id {
+            string_field(out, b",\"trace_id\":", trace_id);
+        }
         string_field(out, b",\"tenant.id\":", self.tenant);
         string_field(out, b",\"route.id\":", self.route);
         string_field(out, b",\"client.id\":", self.caller);

@@ -370,9 +370,20 @@ impl Connections {
             self.serve_http1(stream, &head, fresh, shutdown).await;
             return;
         };
+        let handshake_began = std::time::Instant::now();
         let handshake = handshake_with_callback(acceptor, stream, &self.hook);
         let tls = match tokio::time::timeout(self.limits.handshake_timeout, handshake).await {
-            Ok(Ok(tls)) => tls,
+            Ok(Ok(tls)) => {
+                // For the first request's trace: the handshake up to the hook's moment.
+                if let Some(digest) = tls.get_ssl_digest() {
+                    if let Some(c) = digest.extension.get::<ConnectionIdentity>() {
+                        let _ = c
+                            .handshake
+                            .set(c.established.saturating_duration_since(handshake_began));
+                    }
+                }
+                tls
+            }
             Ok(Err(e)) => {
                 // Certificate refusals are counted by the verifier, with their reason.
                 tracing::debug!(listener = %self.name, client.ip = %peer.ip(), error = %e, "TLS handshake failed");

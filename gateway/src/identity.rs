@@ -37,12 +37,25 @@ pub(crate) struct ConnectionIdentity {
     /// The listener's abuse settings, and this connection's refusals under them.
     pub abuse: Arc<AbusePolicy>,
     pub refusals: RefusalWindow,
+    /// How long the TLS handshake took (set by the accept loop once it is done).
+    pub handshake: std::sync::OnceLock<std::time::Duration>,
+    /// Whether a request's trace has taken the handshake as a child span already.
+    pub handshake_traced: std::sync::atomic::AtomicBool,
 }
 
 impl ConnectionIdentity {
     /// Asks the connection to end once its requests in flight are done.
     pub(crate) fn end(&self) {
         self.close.send_replace(true);
+    }
+
+    /// The handshake's duration for the connection's first traced request; `None` after.
+    pub(crate) fn untraced_handshake(&self) -> Option<std::time::Duration> {
+        let took = *self.handshake.get()?;
+        let first = !self
+            .handshake_traced
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        first.then_some(took)
     }
 
     /// Counts a request; whether it is the connection's last allowed one (`max`).

@@ -28,6 +28,7 @@ mod renew;
 mod server;
 mod snapshot;
 mod tls;
+mod traces;
 mod upgrade;
 mod upstream;
 
@@ -93,6 +94,9 @@ pub enum GatewayError {
     /// An identity provider's settings could not be used (trust anchors, issuer, thread).
     #[error("identity provider: {0}")]
     IdentityProvider(String),
+    /// The trace exporter could not be started.
+    #[error("tracing: {0}")]
+    Tracing(String),
 }
 
 impl From<portcullis_identity::IdentityError> for GatewayError {

@@ -14,12 +14,14 @@ mod connections;
 mod fairness;
 mod ops;
 mod policy;
+mod traces;
 
 use audit::{catch_up, AuditMetrics};
 use connections::ConnectionMetrics;
 use fairness::FairnessMetrics;
 
 pub(crate) use ops::{plain_response, OpsEndpoint};
+pub(crate) use traces::TraceMetrics;
 
 /// Every metric the gateway exports, registered in its own registry.
 pub(crate) struct Metrics {
@@ -48,6 +50,8 @@ pub(crate) struct Metrics {
     audit: AuditMetrics,
     connections: ConnectionMetrics,
     fairness: FairnessMetrics,
+    /// The trace exporter's counters (handed to it at start).
+    pub(crate) traces: TraceMetrics,
     ready: AtomicBool,
 }
 
@@ -240,6 +244,7 @@ impl Metrics {
         let connections = ConnectionMetrics::new(&registry);
         let fairness = FairnessMetrics::new(&registry);
         let policy = policy::PolicyMetrics::new(&registry);
+        let traces = TraceMetrics::register(&registry);
         for c in [
             &requests,
             &tls_failures,
@@ -291,6 +296,7 @@ impl Metrics {
             audit,
             connections,
             fairness,
+            traces,
             ready: AtomicBool::new(false),
         }
     }

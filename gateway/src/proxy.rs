@@ -4,7 +4,7 @@
 //! line, the audit record and the metrics (`record`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -27,6 +27,7 @@ use crate::forwarding::{
 use crate::inspect::{BodyScan, Unscanned};
 use crate::metrics::Metrics;
 use crate::record::grpc_status;
+use crate::traces::Tracing;
 
 mod body_watch;
 mod connection;
@@ -52,6 +53,8 @@ pub(crate) struct Gateway {
     pub fairness: Option<Arc<crate::fairness::FairGate>>,
     /// On an egress listener: the local workload every request on it comes from.
     pub egress: Option<Arc<connection::Workload>>,
+    /// Traces, when the `tracing` section is on.
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 #[async_trait]
@@ -86,6 +89,9 @@ impl ProxyHttp for Gateway {
             Some(workload) => workload.enter(ctx),
             None => connection::check_connection(session, ctx, &snapshot, listener),
         };
+        if let Some(tracing) = &self.tracing {
+            self.begin_trace(tracing, session, ctx);
+        }
         if let Err(refusal) = check.recheck {
             return self.refuse(session, ctx, refusal).await;
         }
@@ -125,6 +131,14 @@ impl ProxyHttp for Gateway {
         };
         ctx.target = verdict.target;
         ctx.route = verdict.route;
+        if let Some(trace) = &ctx.trace {
+            trace.admitted(
+                verdict
+                    .outcome
+                    .as_ref()
+                    .map_or_else(Refusal::label, |_| "allow"),
+            );
+        }
         match verdict.outcome {
             Ok(admitted) => {
                 if let Some(gate) = &self.fairness {
@@ -187,7 +201,15 @@ impl ProxyHttp for Gateway {
             return Ok(());
         };
         let chunk = body.take().unwrap_or_default();
-        match scan.push(&chunk, end_of_stream) {
+        let timed = ctx
+            .trace
+            .as_ref()
+            .and_then(|t| t.mark().map(|_| Instant::now()));
+        let scanned = scan.push(&chunk, end_of_stream);
+        if let (Some(t0), Some(trace)) = (timed, ctx.trace.as_mut()) {
+            trace.dlp_scanned(false, t0.elapsed());
+        }
+        match scanned {
             Ok(out) => {
                 // Nothing to send yet is an empty chunk, which pingora skips: `None` would end
                 // the upstream body there. At the end, nothing is `None` (an empty chunk after
@@ -227,6 +249,9 @@ impl ProxyHttp for Gateway {
                     peer.options.connection_timeout = cap(peer.options.connection_timeout);
                 }
                 ctx.upstream = Some(peer._address.clone());
+                if let Some(trace) = ctx.trace.as_mut() {
+                    trace.upstream_begin(pool.name.as_str());
+                }
                 Ok(Box::new(peer))
             }
             None => {
@@ -269,6 +294,17 @@ impl ProxyHttp for Gateway {
                 strip: generation.admission.stripped(),
             },
         )?;
+        if let Some(trace) = &ctx.trace {
+            // Our span is the upstream's parent; an outsider's context never goes on as is.
+            upstream.insert_header("traceparent", trace.upstream_traceparent())?;
+            match trace.tracestate() {
+                Some(state) => upstream.insert_header("tracestate", state.clone())?,
+                None if upstream.headers.contains_key("tracestate") => {
+                    upstream.remove_header("tracestate");
+                }
+                None => {}
+            }
+        }
         if let (Some(signer), Some(admitted)) = (&generation.assertion, &ctx.admitted) {
             let token = admitted.token.as_deref();
             let identity = ctx.identity.as_deref();
@@ -317,6 +353,9 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
+        if let Some(trace) = &ctx.trace {
+            trace.upstream_responded(response.status.as_u16());
+        }
         if response.status == http::StatusCode::SWITCHING_PROTOCOLS {
             ctx.upgraded = true;
             self.metrics.upgrade_started(ctx.tenant());
@@ -385,7 +424,15 @@ impl ProxyHttp for Gateway {
             return Ok(None);
         };
         let chunk = body.take().unwrap_or_default();
-        match scan.push(&chunk, end_of_stream) {
+        let timed = ctx
+            .trace
+            .as_ref()
+            .and_then(|t| t.mark().map(|_| Instant::now()));
+        let scanned = scan.push(&chunk, end_of_stream);
+        if let (Some(t0), Some(trace)) = (timed, ctx.trace.as_mut()) {
+            trace.dlp_scanned(true, t0.elapsed());
+        }
+        match scanned {
             Ok(out) => {
                 *body = Some(Bytes::from(out));
                 Ok(None)
@@ -427,6 +474,22 @@ impl ProxyHttp for Gateway {
         ctx.refusal
             .as_ref()
             .is_some_and(Refusal::counts_against_caller)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut Box<RequestCtx>,
+    ) -> Result<()> {
+        if let Some(trace) = ctx.trace.as_mut() {
+            trace.upstream_connected(reused);
+        }
+        Ok(())
     }
 
     fn fail_to_connect(

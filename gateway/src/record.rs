@@ -14,6 +14,7 @@ use portcullis_policy::TokenIdentity;
 use crate::access_log::AccessLine;
 use crate::inspect::BodyScan;
 use crate::metrics::{Metrics, RequestOutcome};
+use crate::traces::TraceHex;
 
 /// What a request established, in the terms every record uses.
 #[derive(Debug)]
@@ -33,7 +34,9 @@ pub(crate) struct Summary<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub http_version: http::Version,
-    pub traceparent: Option<&'a str>,
+    /// The request's trace id: the gateway's trace when tracing is on, else the incoming
+    /// `traceparent`'s.
+    pub trace_id: Option<TraceHex>,
     /// Whether admission let the request through (false: refused before admission, or never
     /// decided).
     pub admitted: bool,
@@ -42,9 +45,6 @@ pub(crate) struct Summary<'a> {
     /// Sent by the local workload through an egress listener (outbound).
     pub egress: bool,
 }
-
-/// The W3C trace context header, whose trace id the audit record carries.
-pub(crate) const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// The decision a request got.
 #[derive(Debug, Clone, Copy)]
@@ -145,6 +145,7 @@ impl Summary<'_> {
         AccessLine {
             duration_ms: exchange.duration.as_secs_f64() * 1000.0,
             request_id: self.request_id,
+            trace_id: self.trace_id.as_ref().map(TraceHex::as_str),
             tenant: self.tenant.unwrap_or("-"),
             route: self.route.unwrap_or("-"),
             caller: self.caller.unwrap_or("-"),
@@ -182,7 +183,7 @@ impl Summary<'_> {
         RequestEvent {
             request_id: self.request_id.to_owned(),
             stage,
-            trace_id: self.traceparent.and_then(trace_id),
+            trace_id: self.trace_id.map(|t| t.as_str().to_owned()),
             tenant: self.tenant.map(str::to_owned),
             route: self.route.map(str::to_owned),
             identity: self.caller.map(str::to_owned),
@@ -256,16 +257,6 @@ fn http_version(v: http::Version) -> &'static str {
         http::Version::HTTP_3 => "HTTP/3.0",
         _ => "other",
     }
-}
-
-/// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
-fn trace_id(traceparent: &str) -> Option<String> {
-    let mut parts = traceparent.trim().split('-');
-    let (_version, id) = (parts.next()?, parts.next()?);
-    let valid = id.len() == 32
-        && id.bytes().all(|b| b.is_ascii_hexdigit())
-        && id.bytes().any(|b| b != b'0');
-    valid.then(|| id.to_ascii_lowercase())
 }
 
 #[cfg(test)]

@@ -247,6 +247,20 @@ pub fn serve(
     if let Some(audit) = &audit {
         audit.config_loaded(file_digest(&config_path), "startup", false);
     }
+    let tracing = match &config.tracing {
+        Some(settings) => {
+            let tracing =
+                crate::traces::Tracing::start(settings, &metrics).map_err(GatewayError::Tracing)?;
+            tracing::info!(
+                endpoint = %settings.endpoint,
+                protocol = ?settings.protocol,
+                sampling.ratio = settings.ratio,
+                "traces exported over OTLP"
+            );
+            Some(Arc::new(tracing))
+        }
+        None => None,
+    };
     let grace = config.shutdown_grace;
     let mut server_conf = ServerConf {
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -296,6 +310,7 @@ pub fn serve(
         metrics: metrics.clone(),
         audit: audit.clone(),
         fairness: snapshot.load().config.fairness.map(FairGate::new),
+        tracing: tracing.clone(),
     };
     for (index, listener) in listeners.iter().enumerate() {
         server.add_service(listener_service(
@@ -385,9 +400,18 @@ pub fn serve(
     if let Some(path) = &upgrade_socket {
         upgrade::serve_handover(path)?;
     }
-    spawn_drain_watch(server.watch_execution_phase(), metrics, audit, grace);
+    spawn_drain_watch(
+        server.watch_execution_phase(),
+        metrics,
+        audit,
+        tracing.clone(),
+        grace,
+    );
     server.run(RunArgs::default());
     crate::access_log::flush();
+    if let Some(tracing) = &tracing {
+        tracing.shutdown();
+    }
     Ok(())
 }
 

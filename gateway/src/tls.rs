@@ -287,6 +287,8 @@ impl TlsAccept for IdentityHook {
             abort: Arc::new(tokio::sync::Notify::new()),
             abuse: Arc::clone(&self.abuse),
             refusals: RefusalWindow::new(),
+            handshake: std::sync::OnceLock::new(),
+            handshake_traced: std::sync::atomic::AtomicBool::new(false),
         };
         Some(Arc::new(connection))
     }

@@ -10,6 +10,7 @@ mod overlay;
 mod raw;
 #[cfg(feature = "schema")]
 mod schema;
+mod traces;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use locate::{Locations, Position};
 pub use overlay::{overlay_entries, overlay_tenants, tenant_entry};
 #[cfg(feature = "schema")]
 pub use schema::config_schema;
+pub use traces::{OtlpProtocol, TraceparentTrust, TracingSettings};
 
 /// The whole checked configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -54,6 +56,8 @@ pub struct Config {
     pub fairness: Option<Fairness>,
     /// Sidecar outbound listeners (plain HTTP from the local workload).
     pub egress: Vec<EgressConfig>,
+    /// OpenTelemetry traces; `None`: nothing is traced.
+    pub tracing: Option<TracingSettings>,
     /// The admin plane whose activated tenant policies this gateway follows, if any.
     pub policy_source: Option<PolicySource>,
     /// The serial of the admin plane's bundle laid over the file, when one was (set by the

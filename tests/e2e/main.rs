@@ -29,5 +29,6 @@ mod proxy;
 mod proxy_protocol;
 mod secrets;
 mod strict;
+mod traces;
 mod upgrade;
 mod websocket;

@@ -32,6 +32,7 @@ fn line(path: &str) -> AccessLine<'_> {
     AccessLine {
         duration_ms: 1.261815,
         request_id: "4b562a76510c4674ac50c6cd740f916b",
+        trace_id: None,
         tenant: "bench",
         route: "bench/all",
         caller: "spiffe://bench.local/ns/bench/sa/client",
@@ -116,6 +117,10 @@ fn the_line_is_what_serde_wrote_byte_for_byte() {
         },
         AccessLine {
             duration_ms: 123456789.5,
+            ..line("/")
+        },
+        AccessLine {
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
             ..line("/")
         },
     ];

@@ -109,3 +109,31 @@ pub(super) fn past_max_age(ctx: &mut RequestCtx) -> Result<()> {
     }
     Ok(())
 }
+
+impl super::Gateway {
+    /// Starts the request's trace (continuing a trusted caller's); the connection's TLS
+    /// handshake becomes a child span of its first traced request.
+    pub(super) fn begin_trace(
+        &self,
+        tracing: &crate::traces::Tracing,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) {
+        let trace = tracing.begin(&crate::traces::TraceStart {
+            req: session.req_header(),
+            client: ctx.client.as_ref().map(|c| c.ip),
+            spiffe_id: ctx.identity.as_deref().and_then(|i| i.spiffe_id.as_ref()),
+            started: ctx.started,
+        });
+        if trace.recording() {
+            let connection = session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .and_then(|ssl| ssl.extension.get::<ConnectionIdentity>());
+            if let Some((took, c)) = connection.and_then(|c| Some((c.untraced_handshake()?, c))) {
+                trace.handshake(c.established.elapsed(), took, c.tls_version);
+            }
+        }
+        ctx.trace = Some(Box::new(trace));
+    }
+}

@@ -12,8 +12,9 @@ use portcullis_policy::{Identity, Route};
 use crate::admission::{caller_name, Admitted, Refusal, Target};
 use crate::forwarding::{header_str, Client, IdentityHeaders};
 use crate::inspect::BodyScan;
-use crate::record::{Outcome, Summary, TRACEPARENT};
+use crate::record::{Outcome, Summary};
 use crate::snapshot::{RouteState, Snapshot};
+use crate::traces::{incoming_trace_id, RequestTrace, TRACEPARENT};
 use crate::upstream::Pool;
 
 /// The id that names a request in every record and header: a random UUID as 32 lower-case
@@ -87,6 +88,9 @@ pub(crate) struct RequestCtx {
     pub(super) grpc_status: Option<u8>,
     /// The upgraded exchange was cut at the connection's age limit.
     pub(super) cut_at_max_age: bool,
+    /// The request's trace, when tracing is on (boxed: with tracing off the context stays
+    /// as small as before).
+    pub(super) trace: Option<Box<RequestTrace>>,
 }
 
 impl RequestCtx {
@@ -118,6 +122,7 @@ impl RequestCtx {
             grpc_deadline: None,
             grpc_status: None,
             cut_at_max_age: false,
+            trace: None,
         }
     }
 
@@ -191,7 +196,10 @@ impl RequestCtx {
                 .map_or_else(|| req.uri.path(), |t| t.path.as_str()),
             query: req.uri.query(),
             http_version: req.version,
-            traceparent: header_str(req, TRACEPARENT),
+            trace_id: match &self.trace {
+                Some(trace) => Some(trace.trace_id()),
+                None => header_str(req, TRACEPARENT).and_then(incoming_trace_id),
+            },
             admitted: self.admitted.is_some(),
             outcome: self.outcome(),
             upstream: self.upstream.as_ref(),

@@ -6,6 +6,7 @@ use pingora_proxy::Session;
 
 use super::{grpc, Gateway, RequestCtx};
 use crate::record::{Exchange, Findings};
+use crate::traces::TraceEnd;
 
 impl Gateway {
     /// The request is over: its access line, audit record and metrics (`logging`).
@@ -43,6 +44,21 @@ impl Gateway {
             }),
         };
         let findings = Findings::gather(ctx.request_scan.as_ref(), ctx.response_scan.as_ref());
+        if let Some(mut trace) = ctx.trace.take() {
+            let outcome = ctx.outcome();
+            trace.finish(&TraceEnd {
+                request_id: ctx.request_id.as_str(),
+                tenant: ctx.route.as_ref().map(|r| r.tenant.as_str()),
+                route: ctx.route.as_ref().map(|r| r.id.as_str()),
+                decision: outcome.label,
+                rule: outcome.rule,
+                status: exchange.status,
+                http_version: session.req_header().version,
+                egress: ctx.egress,
+                dlp: &findings.rendered,
+            });
+            ctx.trace = Some(trace);
+        }
         let summary = ctx.summary(session.req_header());
         let written = match &ctx.refusal {
             Some(refusal) if refusal.counts_against_caller() => {

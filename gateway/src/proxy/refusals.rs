@@ -34,7 +34,12 @@ impl Gateway {
             audit.include_query(),
             Vec::new(),
         );
-        match audit.admit(event).await {
+        let waiting = ctx.trace.as_ref().and_then(|t| t.mark());
+        let admitted = audit.admit(event).await;
+        if let Some(trace) = &ctx.trace {
+            trace.audit_waited(waiting, admitted.is_ok());
+        }
+        match admitted {
             Ok(()) => Ok(false),
             Err(e) => {
                 if audit.note_refused() {

@@ -18,7 +18,9 @@ fn summary(outcome: Outcome<'static>) -> Summary<'static> {
         path: "/api/x",
         query: Some("token=secret"),
         http_version: http::Version::HTTP_2,
-        traceparent: Some("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
+        trace_id: crate::traces::incoming_trace_id(
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        ),
         admitted: outcome.label == "allow",
         outcome,
         upstream: Some(&UPSTREAM),
@@ -107,6 +109,7 @@ fn audit_sources_are_written_as_the_address_displays() {
 
 #[test]
 fn only_well_formed_nonzero_trace_ids_are_kept() {
+    use crate::traces::incoming_trace_id as trace_id;
     assert_eq!(
         trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
         None
@@ -114,4 +117,10 @@ fn only_well_formed_nonzero_trace_ids_are_kept() {
     assert_eq!(trace_id("00-xyz-00f067aa0ba902b7-01"), None);
     assert_eq!(trace_id("garbage"), None);
     assert_eq!(trace_id(""), None);
+    assert_eq!(
+        trace_id("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01")
+            .map(|t| t.as_str().to_owned())
+            .as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
 }

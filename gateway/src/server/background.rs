@@ -55,6 +55,7 @@ pub(super) fn spawn_drain_watch(
     mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
     metrics: Arc<Metrics>,
     audit: Option<Arc<AuditTrail>>,
+    tracing: Option<Arc<crate::traces::Tracing>>,
     grace: Duration,
 ) {
     let spawned = std::thread::Builder::new()
@@ -87,6 +88,9 @@ pub(super) fn spawn_drain_watch(
                         audit.close();
                     }
                     crate::access_log::flush();
+                    if let Some(tracing) = &tracing {
+                        tracing.shutdown();
+                    }
                     std::process::exit(0);
                 }
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

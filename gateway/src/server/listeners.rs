@@ -11,6 +11,7 @@ pub(super) struct Shared {
     pub(super) metrics: Arc<Metrics>,
     pub(super) audit: Option<Arc<AuditTrail>>,
     pub(super) fairness: Option<Arc<FairGate>>,
+    pub(super) tracing: Option<Arc<crate::traces::Tracing>>,
 }
 
 pub(super) fn listener_service(
@@ -30,6 +31,7 @@ pub(super) fn listener_service(
         refusal_lines: Default::default(),
         fairness: shared.fairness.clone(),
         egress: None,
+        tracing: shared.tracing.clone(),
     };
     let mut proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
     proxy.server_options = Some(connections::server_options(limits));
@@ -75,6 +77,7 @@ pub(super) fn egress_service(
         refusal_lines: Default::default(),
         fairness: shared.fairness.clone(),
         egress: Some(Arc::new(Workload::new(&egress.workload))),
+        tracing: shared.tracing.clone(),
     };
     let mut proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
     proxy.server_options = Some(connections::server_options(limits));

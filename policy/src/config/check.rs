@@ -27,6 +27,8 @@ use super::{
     MIN_BUNDLE_REFRESH,
 };
 
+mod traces;
+
 /// How often a SPIFFE bundle endpoint is fetched by default.
 const DEFAULT_BUNDLE_REFRESH: Duration = Duration::from_secs(300);
 use crate::authn::SessionSettings;
@@ -180,6 +182,7 @@ pub(crate) fn check(
     let identity_assertion = raw.identity_assertion.as_ref().map(|a| c.assertion(a));
     let egress = c.egress(&raw.egress, &raw.listeners);
     let policy_source = raw.policy_source.as_ref().and_then(|p| c.policy_source(p));
+    let tracing = raw.tracing.as_ref().map(|t| c.tracing(t));
     if c.problems.is_empty() {
         Ok(Config {
             listeners,
@@ -196,6 +199,7 @@ pub(crate) fn check(
             egress,
             policy_source,
             policy_serial: None,
+            tracing,
         })
     } else {
         // Problems without a location first, then in file order.

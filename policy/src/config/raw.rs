@@ -53,6 +53,9 @@ pub(crate) struct RawConfig {
     /// Sidecar outbound listeners: plain HTTP from the local workload, on loopback.
     #[serde(default)]
     pub(crate) egress: Vec<RawEgress>,
+    /// OpenTelemetry traces exported over OTLP; without it nothing is traced.
+    #[serde(default)]
+    pub(crate) tracing: Option<RawTracing>,
     /// Tenants' policies followed from the admin plane (signed), on top of this file's.
     #[serde(default)]
     pub(crate) policy_source: Option<RawPolicySource>,
@@ -84,6 +87,90 @@ pub(crate) struct RawPolicySource {
     #[serde(default, with = "humantime_serde")]
     #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) interval: Option<Duration>,
+}
+
+/// `tracing`: a span per request (children for the phases that cost time), exported over OTLP.
+#[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Tracing")
+)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTracing {
+    /// Where spans are sent.
+    pub(crate) otlp: RawOtlp,
+    /// Which requests are traced (default: every one).
+    #[serde(default)]
+    pub(crate) sampling: Option<RawSampling>,
+    /// The `service.name` of the spans (default `portcullis`).
+    #[serde(default)]
+    pub(crate) service_name: Option<String>,
+    /// Callers whose `traceparent` is continued; anyone else's starts a new trace (default:
+    /// nobody's).
+    #[serde(default)]
+    pub(crate) trust_traceparent: Option<RawTraceparentTrust>,
+    /// Finished spans waiting for the exporter at most; beyond it spans are dropped and
+    /// counted (default 4096; 1 to 1000000).
+    #[serde(default)]
+    pub(crate) max_queued_spans: Option<usize>,
+}
+
+/// The OTLP collector.
+#[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Otlp")
+)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOtlp {
+    /// `http://host:port/v1/traces` (protocol `http`) or `http://host:port` (protocol `grpc`);
+    /// plain text only: a collector beside the gateway.
+    pub(crate) endpoint: String,
+    /// `http` (OTLP/HTTP, protobuf; the default) or `grpc`.
+    #[serde(default)]
+    pub(crate) protocol: Option<String>,
+    /// How long one export may take (default 10s; 1ms to 60s).
+    #[serde(default, with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
+    pub(crate) timeout: Option<Duration>,
+}
+
+/// Head sampling.
+#[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Sampling")
+)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSampling {
+    /// The share of new traces recorded and exported, 0.0 to 1.0 (default 1.0).
+    #[serde(default)]
+    pub(crate) ratio: Option<f64>,
+    /// A trusted caller's sampling decision (its `traceparent`'s flag) is followed (default
+    /// true).
+    #[serde(default)]
+    pub(crate) parent_based: Option<bool>,
+}
+
+/// Whose `traceparent` is continued: a caller from one of these networks or with one of these
+/// SPIFFE IDs.
+#[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "TraceparentTrust")
+)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTraceparentTrust {
+    /// Client networks (CIDRs or addresses), as the request's client address resolves.
+    #[serde(default)]
+    pub(crate) from: Vec<String>,
+    /// SPIFFE ID patterns of the caller's certificate (`*` one segment, final `**` more).
+    #[serde(default)]
+    pub(crate) spiffe_ids: Vec<String>,
 }
 
 /// A sidecar's outbound listener: the local workload sends plain HTTP here, and the gateway

@@ -1375,3 +1375,5 @@ fn trust_domain_endpoints_parse_with_defaults_and_refuse_nonsense() {
     let err = error(&yaml.replace("b.json' }", "b.json', refresh: 1s }"));
     assert!(err.contains("between 30s and 24h"), "{err}");
 }
+
+mod traces;
