@@ -139,6 +139,19 @@ fn not_taken(result: &'static str) -> impl Fn(String) -> NotTaken {
     move |detail| NotTaken { result, detail }
 }
 
+/// Whether a verified bundle with serial `offered` replaces the one in effect (`current`): a
+/// newer one does, the same one is nothing to do, an older one is refused (a replayed bundle
+/// must not roll a policy back).
+fn newer(current: u64, offered: u64) -> Result<bool, String> {
+    match offered.cmp(&current) {
+        std::cmp::Ordering::Greater => Ok(true),
+        std::cmp::Ordering::Equal => Ok(false),
+        std::cmp::Ordering::Less => Err(format!(
+            "serial {offered} is older than the {current} in effect"
+        )),
+    }
+}
+
 async fn fetch_once(source: &PolicySource, config_path: &Path) -> Result<Fetched, NotTaken> {
     // A cache that does not verify (damaged, or written by someone else) is replaced by the
     // admin plane's bundle; until then the reload keeps refusing it.
@@ -181,14 +194,8 @@ async fn fetch_once(source: &PolicySource, config_path: &Path) -> Result<Fetched
         .map_err(|e| not_taken("malformed")(format!("unreadable bundle: {e}")))?;
     let key = public_key(source).map_err(&local)?;
     let bundle = verify(&signed, &key).map_err(not_taken("bad_signature"))?;
-    if bundle.serial == current {
+    if !newer(current, bundle.serial).map_err(not_taken("stale"))? {
         return Ok(Fetched::Unchanged);
-    }
-    if bundle.serial < current {
-        return Err(not_taken("stale")(format!(
-            "serial {} is older than the {current} in effect",
-            bundle.serial
-        )));
     }
     let text = std::fs::read_to_string(config_path)
         .map_err(|e| local(format!("{}: {e}", config_path.display())))?;
@@ -212,6 +219,15 @@ mod tests {
             signature: base64::engine::general_purpose::STANDARD
                 .encode(signer.sign(payload.as_bytes()).unwrap()),
         }
+    }
+
+    #[test]
+    fn an_older_bundle_never_replaces_a_newer_one() {
+        assert_eq!(newer(0, 1), Ok(true));
+        assert_eq!(newer(7, 8), Ok(true));
+        assert_eq!(newer(7, 7), Ok(false));
+        assert!(newer(7, 6).unwrap_err().contains("older"));
+        assert!(newer(u64::MAX, 0).is_err());
     }
 
     #[test]

@@ -173,47 +173,65 @@ impl KeyBackend for Pkcs11Backend {
             .map_err(|_| CaError::Random)?;
         let token = &self.token;
         let _one_at_a_time = GENERATING.lock().unwrap_or_else(PoisonError::into_inner);
-        let point = token.with_session(|session| {
-            for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
-                match token.find_one(session, class, label) {
-                    Err(CaError::KeyNotFound { .. }) => {}
-                    Ok(_) | Err(CaError::Pkcs11 { .. }) => {
-                        return Err(CaError::KeyExists {
-                            backend: format!("PKCS#11 token {:?}", token.label),
-                            label: label.to_owned(),
-                        })
+        // SoftHSM2's file store also fails a creation now and then with CKR_GENERAL_ERROR
+        // while other sessions (another process's too) read the token; nothing is created
+        // then, so the whole step (label check included) is tried again, a few times.
+        let mut attempt = 0;
+        let point = loop {
+            attempt += 1;
+            let mut general_error = false;
+            let outcome = token.with_session(|session| {
+                for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
+                    match token.find_one(session, class, label) {
+                        Err(CaError::KeyNotFound { .. }) => {}
+                        Ok(_) | Err(CaError::Pkcs11 { .. }) => {
+                            return Err(CaError::KeyExists {
+                                backend: format!("PKCS#11 token {:?}", token.label),
+                                label: label.to_owned(),
+                            })
+                        }
+                        Err(e) => return Err(e),
                     }
-                    Err(e) => return Err(e),
                 }
+                let label_bytes = label.as_bytes().to_vec();
+                let public = [
+                    Attribute::Token(true),
+                    Attribute::Private(false),
+                    Attribute::Verify(true),
+                    Attribute::Encrypt(false),
+                    Attribute::Wrap(false),
+                    Attribute::EcParams(algorithm.ec_params_der().to_vec()),
+                    Attribute::Label(label_bytes.clone()),
+                    Attribute::Id(id.to_vec()),
+                ];
+                let private = [
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Sign(true),
+                    Attribute::Decrypt(false),
+                    Attribute::Unwrap(false),
+                    Attribute::Derive(false),
+                    Attribute::Label(label_bytes),
+                    Attribute::Id(id.to_vec()),
+                ];
+                session
+                    .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+                    .map_err(|e| {
+                        general_error = matches!(e, P11Error::Pkcs11(RvError::GeneralError, _));
+                        token.error("generate key pair", e)
+                    })?;
+                token.public_key(session, label).map(|(_, point)| point)
+            });
+            match outcome {
+                Err(e) if general_error && attempt < 4 => {
+                    tracing::warn!(pkcs11.token = %token.label, key.label = %label, error = %e, attempt, "key generation failed; trying again");
+                    std::thread::sleep(std::time::Duration::from_millis(50 * attempt));
+                }
+                other => break other?,
             }
-            let label_bytes = label.as_bytes().to_vec();
-            let public = [
-                Attribute::Token(true),
-                Attribute::Private(false),
-                Attribute::Verify(true),
-                Attribute::Encrypt(false),
-                Attribute::Wrap(false),
-                Attribute::EcParams(algorithm.ec_params_der().to_vec()),
-                Attribute::Label(label_bytes.clone()),
-                Attribute::Id(id.to_vec()),
-            ];
-            let private = [
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(false),
-                Attribute::Sign(true),
-                Attribute::Decrypt(false),
-                Attribute::Unwrap(false),
-                Attribute::Derive(false),
-                Attribute::Label(label_bytes),
-                Attribute::Id(id.to_vec()),
-            ];
-            session
-                .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
-                .map_err(|e| token.error("generate key pair", e))?;
-            token.public_key(session, label).map(|(_, point)| point)
-        })?;
+        };
         tracing::info!(pkcs11.token = %token.label, key.label = %label, key.algorithm = %algorithm, "generated key in token");
         Ok(Arc::new(Pkcs11Key {
             token: Arc::clone(token),
