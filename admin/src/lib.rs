@@ -35,6 +35,7 @@ mod people;
 mod policies;
 mod revocation_http;
 mod roles;
+mod serde_time;
 mod server;
 mod stats;
 mod tls;

@@ -280,7 +280,7 @@ impl Policies {
         let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
         Ok(self
             .store
-            .add_version(tenant, text, &hex(digest.as_ref()), author, comment, now)?)
+            .add_version(tenant, text, &hex::encode(digest), author, comment, now)?)
     }
 
     /// Activates `version` (checked again beside the other tenants' current policies), or opens
@@ -464,8 +464,4 @@ impl Policies {
         };
         checked.map(drop).map_err(PolicyError::Invalid)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

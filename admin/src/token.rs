@@ -85,7 +85,7 @@ impl TokenHash {
 
     /// The token's public id: the first 8 bytes of the hash, hex.
     pub fn id(&self) -> TokenId {
-        TokenId(hex_lower(&self.0[..8]))
+        TokenId(hex::encode(&self.0[..8]))
     }
 }
 
@@ -147,16 +147,12 @@ pub trait TokenStore: Send + Sync + fmt::Debug {
 pub struct TokenInfo {
     pub id: String,
     pub spiffe_id: Option<String>,
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "crate::serde_time::rfc3339")]
     pub created_at: SystemTime,
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "crate::serde_time::rfc3339")]
     pub expires_at: SystemTime,
     /// `unused`, `used` or `expired`.
     pub status: &'static str,
-}
-
-fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_seconds(*t))
 }
 
 /// Creates a token for `tenant`, optionally bound to `spiffe_id`, valid for `ttl`, stores its
@@ -374,10 +370,6 @@ fn unix(t: SystemTime) -> i64 {
 
 fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -29,9 +29,9 @@ const EXAMPLES: usize = 5;
 /// What replaying a window of recorded traffic found.
 #[derive(Debug, Serialize)]
 pub(crate) struct ImpactReport {
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "crate::serde_time::rfc3339")]
     pub(crate) since: SystemTime,
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "crate::serde_time::rfc3339")]
     pub(crate) until: SystemTime,
     /// The tenant's requests in the window (routed to it by either policy).
     pub(crate) requests: u64,
@@ -104,10 +104,6 @@ impl Outcome {
             Outcome::Denied { route, rule } => format!("denied by {rule} on {route}"),
         }
     }
-}
-
-fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_seconds(*t))
 }
 
 /// Replays the requests recorded in `logs` over the last `window` for `tenant` under

@@ -38,7 +38,7 @@ pub(crate) struct VersionInfo {
     pub(crate) version: u64,
     pub(crate) sha256: String,
     pub(crate) author: String,
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "crate::serde_time::rfc3339")]
     pub(crate) created_at: SystemTime,
     pub(crate) comment: Option<String>,
     pub(crate) active: bool,
@@ -52,7 +52,7 @@ pub(crate) struct HistoryEvent {
     pub(crate) action: String,
     pub(crate) version: u64,
     pub(crate) actor: String,
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "crate::serde_time::rfc3339")]
     pub(crate) at: SystemTime,
     pub(crate) reason: Option<String>,
     /// The approval request the event belongs to.
@@ -102,9 +102,9 @@ pub(crate) struct Approval {
     pub(crate) version: u64,
     pub(crate) requester: String,
     pub(crate) reason: String,
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "crate::serde_time::rfc3339")]
     pub(crate) requested_at: SystemTime,
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "crate::serde_time::rfc3339")]
     pub(crate) expires_at: SystemTime,
     pub(crate) status: ApprovalStatus,
     pub(crate) decided_by: Option<String>,
@@ -262,10 +262,6 @@ fn unix(t: SystemTime) -> i64 {
 
 fn time(secs: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
-}
-
-fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_seconds(*t))
 }
 
 fn version_exists(tx: &Transaction<'_>, tenant: &TenantId, version: u64) -> rusqlite::Result<bool> {
