@@ -317,6 +317,26 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 
+    // An oversized document is refused before anything is checked or stored.
+    let mut admin = server.client(callers[0].1).await;
+    let huge = format!("{ACME_V1}{}", "# padding\n".repeat(8_000));
+    let (status, body) = call(
+        &mut admin,
+        "POST",
+        "/v1/tenants/acme/policies",
+        json!({ "document": huge }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("too_large")),
+        "{body}"
+    );
+    let (_, listed) = call(&mut admin, "GET", "/v1/tenants/acme/policies", json!(null)).await;
+    let versions = listed["versions"].as_array().unwrap().len();
+    // The matrix uploaded once per caller allowed to (admin, editor, operator) plus the first.
+    assert_eq!(versions, 4, "{listed}");
+
     // A tenant admin sees only its tenant's certificates when it lists without a tenant.
     let mut globex = server.client(callers[5].1).await;
     let (status, body) = call(&mut globex, "GET", "/v1/certificates", json!(null)).await;

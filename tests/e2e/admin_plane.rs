@@ -368,6 +368,46 @@ fn people_call_the_admin_api_with_tokens_and_changes_need_a_second_factor() {
             "{reason}: {body}"
         );
     }
+    // Two Authorization headers (a valid token beside another): refused, not one picked.
+    let (a1, a2) = (
+        format!("authorization: Bearer {alice}"),
+        format!("authorization: Bearer {carol}"),
+    );
+    let (code, body) = curl(d, admin.port, &["-H", &a1, "-H", &a2], "GET", list, &none);
+    assert_eq!(code, 401, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("token_malformed"),
+        "{body}"
+    );
+    // The same over HTTP/1.1.
+    let (code, _) = curl(
+        d,
+        admin.port,
+        &["--http1.1", "-H", &a1, "-H", &a2],
+        "GET",
+        list,
+        &none,
+    );
+    assert_eq!(code, 401);
+    // A flood of forged tokens (`alg: none`) never gets through, and the person's own token
+    // keeps working beside it.
+    for _ in 0..30 {
+        let (code, _) = person_call(
+            d,
+            admin.port,
+            "eyJhbGciOiJub25lIn0.e30.",
+            "GET",
+            list,
+            &none,
+        );
+        assert_eq!(code, 401);
+    }
+    let (code, _) = person_call(d, admin.port, &alice, "GET", list, &none);
+    assert_eq!(code, 200);
+
     // A bearer credential on issuance is a bootstrap token, never a person's.
     let (code, body) = person_call(
         d,

@@ -321,6 +321,34 @@ fn spans_reach_an_otlp_http_receiver_continuing_only_trusted_callers() {
         untrusted.json()["headers"].get("tracestate").is_none(),
         "an outsider's tracestate is not passed on"
     );
+    // The same outsider over HTTP/2, sending the forged header twice: the upstream sees one
+    // traceparent, the gateway's.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--http2", "--cacert"])
+        .arg(pki.path("ca.pem"))
+        .arg("--cert")
+        .arg(pki.path("other.pem"))
+        .arg("--key")
+        .arg(pki.path("other.key"))
+        .args(["-H", &format!("traceparent: {outsider}")])
+        .args([
+            "-H",
+            &format!("traceparent: 00-{OUTSIDER_TRACE}-{CALLER_SPAN}-01"),
+        ])
+        .args(["-H", "tracestate: forged=2"])
+        .arg(format!("https://localhost:{}/api/h2", gw.port))
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    let sent = doc["headers"]["traceparent"].as_array().unwrap();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(
+        !sent[0].as_str().unwrap().contains(OUTSIDER_TRACE),
+        "{sent:?}"
+    );
+    assert!(doc["headers"].get("tracestate").is_none(), "{doc}");
+
     // Refused by the access rules: a span with the decision, no upstream.
     let refused = conn.request("GET", "/admin/x", &[]).unwrap();
     assert_eq!(refused.status, 403);
