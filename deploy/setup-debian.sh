@@ -53,6 +53,9 @@ if [ "${1:-}" = "--test" ]; then
   python3 -c 'import h2, hyperframe' 2>/dev/null || pip_need+=('h2>=4.1,<5')
   python3 -c 'import websockets.sync.client' 2>/dev/null || pip_need+=('websockets>=13,<16')
   python3 -c 'import spiffe.workloadapi' 2>/dev/null || pip_need+=('spiffe>=0.3,<0.4')
+  # The admin plane's webhook receiver (admin/tests/webhook_receiver.py) checks signatures
+  # with the Standard Webhooks reference library.
+  python3 -c 'import standardwebhooks' 2>/dev/null || pip_need+=('standardwebhooks>=1.1,<2')
   # tests/deploy.sh: example configs against `portcullis config schema`, the Containerfile
   # linted, the Kubernetes manifests validated against the bundled API schemas (offline).
   have check-jsonschema || pip_need+=('check-jsonschema>=0.29')

@@ -7,6 +7,7 @@ mod issue;
 mod policies;
 mod reports;
 mod tokens;
+mod webhooks;
 
 use std::collections::HashSet;
 use std::sync::atomic::AtomicBool;
@@ -66,6 +67,8 @@ pub(crate) struct AppState {
     pub(crate) people: Option<Arc<crate::people::Providers>>,
     /// Writes by people need a second factor in their token.
     pub(crate) mfa_for_writes: bool,
+    /// Tenants' webhooks, when `webhooks:` is configured.
+    pub(crate) webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -78,6 +81,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .merge(acme)
         .merge(policies::routes())
         .merge(tokens::routes())
+        .merge(webhooks::routes())
         .merge(reports::routes())
         .route("/v1/certificates", post(issue::issue).get(inventory::list))
         .route("/v1/certificates/{serial}/revoke", post(inventory::revoke))

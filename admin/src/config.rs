@@ -113,6 +113,9 @@ pub struct AdminConfig {
     /// Changes by people need a token whose `amr` names a second factor.
     #[serde(default)]
     pub mfa_for_writes: bool,
+    /// Tenants' webhook subscriptions (off unless set; `webhooks.rs`).
+    #[serde(default)]
+    pub webhooks: Option<crate::webhooks::WebhooksConfig>,
 }
 
 /// The ACME server's settings.
@@ -425,6 +428,10 @@ impl AdminConfig {
         if let Some(p) = &mut config.policies {
             p.resolve(base);
             p.check()?;
+        }
+        if let Some(w) = &mut config.webhooks {
+            w.resolve(base);
+            w.check().map_err(|e| format!("webhooks.{e}"))?;
         }
         Ok(config)
     }

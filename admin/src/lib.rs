@@ -40,6 +40,7 @@ mod server;
 mod stats;
 mod tls;
 mod token;
+mod webhooks;
 
 pub use acme::{AcmeStore, EabCredential, ACME_DB};
 pub use config::{
@@ -52,9 +53,12 @@ pub use people::{IdentityProviderConfig, PeopleBinding};
 pub use policies::{ApprovalConfig, PoliciesConfig, POLICY_DB};
 pub use roles::{Role, RoleBinding};
 pub use server::AdminServer;
-pub use stats::{ClosedConnections, IssuanceStats, OpenConnections, RateLimited, StatsSnapshot};
+pub use stats::{
+    ClosedConnections, IssuanceStats, OpenConnections, RateLimited, StatsSnapshot, WebhookOutcomes,
+};
 pub use tls::ClientTrust;
 pub use token::{
     create_token, BootstrapToken, SqliteTokenStore, TokenGrant, TokenHash, TokenId, TokenInfo,
     TokenStore, MAX_TOKEN_TTL, TOKEN_DB,
 };
+pub use webhooks::{WebhooksConfig, WEBHOOK_DB};

@@ -91,6 +91,18 @@ fn render(s: &StatsSnapshot) -> Result<String, prometheus::Error> {
             ("source", r.source),
         ],
     )?;
+    let w = &s.webhooks;
+    counter(
+        "portcullis_admin_webhook_deliveries_total",
+        "Webhook delivery attempts by outcome (dropped: events lost before they were queued).",
+        "outcome",
+        &[
+            ("delivered", w.delivered),
+            ("retrying", w.retrying),
+            ("dead", w.dead),
+            ("dropped", w.dropped),
+        ],
+    )?;
     let open = IntGaugeVec::new(
         Opts::new(
             "portcullis_admin_connections_open",

@@ -34,7 +34,8 @@ pub(crate) use check::{Platform, Problem};
 pub(crate) use impact::ImpactReport;
 pub use store::POLICY_DB;
 pub(crate) use store::{
-    Approval, Change, HistoryEvent, PolicyStore, SqlitePolicyStore, StoreError, VersionInfo,
+    Approval, ApprovalStatus, Change, HistoryEvent, PolicyStore, SqlitePolicyStore, StoreError,
+    VersionInfo,
 };
 
 /// The `policies:` section.

@@ -35,7 +35,8 @@ pub enum Role {
     PolicyEditor,
     /// List and revoke certificates; create, list and revoke bootstrap tokens.
     CertificateIssuer,
-    /// Read policies, their history and impact, the inventory.
+    /// Read policies, their history and impact, the inventory, webhook subscriptions and
+    /// deliveries.
     Auditor,
     /// Read policies and the inventory.
     ReadOnly,
@@ -65,7 +66,10 @@ impl Role {
                     CertificateRead | CertificateRevoke | TokenManage
                 )
             }
-            Role::Auditor => matches!(permission, PolicyRead | PolicyAnalyse | CertificateRead),
+            Role::Auditor => matches!(
+                permission,
+                PolicyRead | PolicyAnalyse | CertificateRead | WebhookRead
+            ),
             Role::ReadOnly => matches!(permission, PolicyRead | CertificateRead),
         }
     }
@@ -88,6 +92,10 @@ pub(crate) enum Permission {
     CertificateRevoke,
     /// Create and revoke bootstrap tokens.
     TokenManage,
+    /// Webhook subscriptions and their deliveries.
+    WebhookRead,
+    /// Subscribe, unsubscribe, send a dead letter again.
+    WebhookManage,
 }
 
 /// One entry of `roles:`.
@@ -272,7 +280,7 @@ impl Permission {
         use Permission::*;
         matches!(
             self,
-            PolicyWrite | PolicyActivate | CertificateRevoke | TokenManage
+            PolicyWrite | PolicyActivate | CertificateRevoke | TokenManage | WebhookManage
         )
     }
 }

@@ -162,13 +162,30 @@ impl AdminServer {
             .with_cert_resolver(serving);
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
 
-        let ca = match &audit {
-            Some(audit) => Arc::new(
-                Ca::clone(&ca).with_event_sink(Arc::new(audit.clone()) as Arc<dyn CaEventSink>),
-            ),
-            None => ca,
-        };
         let stats = Arc::new(IssuanceStats::default());
+        let webhooks = match &config.webhooks {
+            Some(w) => Some(
+                crate::webhooks::Webhooks::open(w, ca.state_dir(), Arc::clone(&stats)).map_err(
+                    |detail| AdminError::Config {
+                        path: "(admin config) webhooks".to_owned(),
+                        detail,
+                    },
+                )?,
+            ),
+            None => None,
+        };
+        let mut sinks: Vec<Arc<dyn CaEventSink>> = Vec::new();
+        if let Some(audit) = &audit {
+            sinks.push(Arc::new(audit.clone()));
+        }
+        if let Some(w) = &webhooks {
+            sinks.push(Arc::clone(w) as Arc<dyn CaEventSink>);
+        }
+        let ca = match sinks.len() {
+            0 => ca,
+            1 => Arc::new(Ca::clone(&ca).with_event_sink(sinks.remove(0))),
+            _ => Arc::new(Ca::clone(&ca).with_event_sink(Arc::new(crate::webhooks::Fanout(sinks)))),
+        };
         let acme = if config.acme.enabled {
             Some(Arc::new(crate::acme::AcmeService::open(
                 ca.state_dir(),
@@ -215,6 +232,7 @@ impl AdminServer {
             policies,
             people,
             mfa_for_writes: config.mfa_for_writes,
+            webhooks,
         });
         let listener =
             TcpListener::bind(config.listen)
@@ -282,6 +300,10 @@ impl AdminServer {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AdminError> {
         let mut background = tokio::task::JoinSet::new();
         background.spawn(crl_watch(Arc::clone(&self.state), self.crl_poll));
+        if let Some(w) = &self.state.webhooks {
+            background.spawn(Arc::clone(w).deliver());
+            background.spawn(Arc::clone(w).scan_expiring(Arc::clone(&self.state.ca)));
+        }
         if let Some(listener) = self.metrics {
             background.spawn(crate::metrics::serve(
                 listener,

@@ -13,6 +13,7 @@ pub struct IssuanceStats {
     open: [AtomicU64; 3],
     closed: [AtomicU64; 7],
     rate_limited: [AtomicU64; 3],
+    webhooks: [AtomicU64; 4],
 }
 
 /// A copy of [`IssuanceStats`] at one instant.
@@ -30,6 +31,30 @@ pub struct StatsSnapshot {
     pub closed: ClosedConnections,
     /// Requests answered 429.
     pub rate_limited: RateLimited,
+    /// Webhook delivery attempts and events, by outcome.
+    pub webhooks: WebhookOutcomes,
+}
+
+/// Webhook delivery attempts by outcome, and events dropped before they were queued.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WebhookOutcomes {
+    /// The receiver answered 2xx.
+    pub delivered: u64,
+    /// The attempt failed; another is scheduled.
+    pub retrying: u64,
+    /// The last attempt failed: the delivery is a dead letter.
+    pub dead: u64,
+    /// Events dropped because the queue in front of the store was full.
+    pub dropped: u64,
+}
+
+/// The outcome of a webhook attempt, or an event dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WebhookOutcome {
+    Delivered = 0,
+    Retrying = 1,
+    Dead = 2,
+    Dropped = 3,
 }
 
 /// Open connections by class.
@@ -154,6 +179,10 @@ impl IssuanceStats {
         self.rate_limited[key as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn webhook(&self, outcome: WebhookOutcome) {
+        self.webhooks[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The current counts.
     pub fn snapshot(&self) -> StatsSnapshot {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -161,6 +190,7 @@ impl IssuanceStats {
         let [handshake_timeout, handshake_failed, first_request_timeout, idle_timeout, total_cap, source_cap, unauthenticated_cap] =
             self.closed.each_ref().map(load);
         let [identity, token, source] = self.rate_limited.each_ref().map(load);
+        let [delivered, retrying, dead, dropped] = self.webhooks.each_ref().map(load);
         StatsSnapshot {
             issued: load(&self.issued),
             refused: load(&self.refused),
@@ -183,6 +213,12 @@ impl IssuanceStats {
                 identity,
                 token,
                 source,
+            },
+            webhooks: WebhookOutcomes {
+                delivered,
+                retrying,
+                dead,
+                dropped,
             },
         }
     }

@@ -1,6 +1,6 @@
 //! The admin plane's roles and tenants' policy versions, against the real server over mTLS
-//! with a SoftHSM2-backed CA: a role matrix over every policy endpoint and the inventory, and
-//! an operator's story — upload (refused with line numbers, then accepted), impact analysis
+//! with a SoftHSM2-backed CA: a role matrix over every policy, report and webhook endpoint and
+//! the inventory, and an operator's story — upload (refused with line numbers, then accepted), impact analysis
 //! of a real audit log, two-person activation, rollback, and the audit trail of it all.
 
 #[path = "support/harness.rs"]
@@ -123,11 +123,12 @@ async fn start(fx: &Fixture, dir: &Path, audit: Option<portcullis_audit::AuditHa
     let traffic = dir.join("traffic");
     // Each test its own policy store: the CA's state folder is shared by the test binary.
     let extra = format!(
-        "{ROLES}policies:\n  gateway_config: {}\n  approval: {{ required: true, expire_after: 1h }}\n  traffic: [{}]\n  database: {}\n  signing_key: {}\n",
+        "{ROLES}policies:\n  gateway_config: {}\n  approval: {{ required: true, expire_after: 1h }}\n  traffic: [{}]\n  database: {}\n  signing_key: {}\nwebhooks:\n  database: {}\n",
         gateway.display(),
         traffic.display(),
         dir.join("policies.sqlite3").display(),
-        dir.join("policy-signing.key").display()
+        dir.join("policy-signing.key").display(),
+        dir.join("webhooks.sqlite3").display()
     );
     fx.start_with(fx.admin_config_with(&extra), audit).await
 }
@@ -270,10 +271,21 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
             "/v1/tenants/acme/reports/certificates".into(),
             json!(null),
         ),
+        ("GET", "/v1/tenants/acme/webhooks".into(), json!(null)),
+        (
+            "POST",
+            "/v1/tenants/acme/webhooks".into(),
+            json!({ "url": "https://hooks.example.com/in", "events": ["policy.activated"] }),
+        ),
+        (
+            "GET",
+            "/v1/tenants/acme/webhooks/deliveries".into(),
+            json!(null),
+        ),
     ];
     // Expected status per endpoint (rows as above) for each caller (columns as above).
     #[rustfmt::skip]
-    let expected: [[u16; 11]; 15] = [
+    let expected: [[u16; 11]; 18] = [
         //  admin editor issuer auditor reader globex sneaky everyw. workload operator anon
         [   200,  200,   403,   200,    200,   404,   404,   404,    404,     200,     401], // list
         [   201,  201,   403,   403,    403,   404,   404,   404,    404,     201,     401], // upload
@@ -290,6 +302,9 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
         [   200,  200,   403,   200,    200,   404,   404,   404,    404,     200,     401], // access report
         [   200,  200,   403,   200,    403,   404,   404,   404,    404,     200,     401], // audit report
         [   200,  403,   200,   200,    200,   404,   404,   404,    404,     200,     401], // certificates report
+        [   200,  403,   403,   200,    403,   404,   404,   404,    404,     200,     401], // webhook list
+        [   201,  403,   403,   403,    403,   404,   404,   404,    404,     201,     401], // webhook create
+        [   200,  403,   403,   200,    403,   404,   404,   404,    404,     200,     401], // deliveries
     ];
     let mut wrong = Vec::new();
     for (col, (who, identity)) in callers.iter().enumerate() {

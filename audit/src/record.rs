@@ -485,6 +485,10 @@ pub struct CaEvent {
     pub profile: Option<String>,
     /// Why (refusal or revocation reason).
     pub reason: Option<String>,
+    /// The tenant the certificate is (or would have been) for, when known. Absent in records
+    /// written before it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// The kind of CA event.

@@ -560,7 +560,7 @@ fn columns(r: &AuditRecord) -> (Option<&str>, Option<&str>, Option<&str>) {
             e.identity.as_deref(),
             Some(e.decision.as_str()),
         ),
-        RecordKind::Ca(e) => (None, Some(e.requester.as_str()), None),
+        RecordKind::Ca(e) => (e.tenant.as_deref(), Some(e.requester.as_str()), None),
         RecordKind::Admin(e) => (e.tenant.as_deref(), Some(e.actor.as_str()), None),
         _ => (None, None, None),
     }

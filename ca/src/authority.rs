@@ -395,11 +395,12 @@ impl Ca {
     pub fn record_refusal(
         &self,
         requester: &Requester,
+        tenant: Option<&TenantId>,
         subject: Option<String>,
         code: &str,
         why: &str,
     ) {
-        self.record(|| events::refused(requester, subject, None, code, &why));
+        self.record(|| events::refused(requester, tenant, subject, None, code, &why));
     }
 
     /// The trust bundle (the root certificate), PEM.

@@ -10,7 +10,7 @@ use portcullis_audit::{AuditHandle, CaAction, CaEvent};
 
 use crate::authority::{IssuedCertificate, Requester};
 use crate::crl::RevocationReason;
-use crate::ids::Serial;
+use crate::ids::{Serial, TenantId};
 use crate::inventory::CertRecord;
 
 /// Where a [`Ca`](crate::Ca) records what it did. The CA calls [`record`](Self::record) on the
@@ -46,12 +46,14 @@ pub(crate) fn issued(requester: &Requester, cert: &IssuedCertificate) -> CaEvent
             .renewed_from
             .as_ref()
             .map(|from| format!("renewal of {from}")),
+        tenant: Some(cert.tenant.to_string()),
     }
 }
 
 /// An issuance was refused; `reason` reads `"<code>: <why>"`.
 pub(crate) fn refused(
     requester: &Requester,
+    tenant: Option<&TenantId>,
     subject: Option<String>,
     profile: Option<&str>,
     code: &str,
@@ -64,6 +66,7 @@ pub(crate) fn refused(
         serial: None,
         profile: profile.map(str::to_owned),
         reason: Some(format!("{code}: {why}")),
+        tenant: tenant.map(ToString::to_string),
     }
 }
 
@@ -90,6 +93,7 @@ pub(crate) fn revoked(
         } else {
             format!("{reason} (a renewal of {named}, revoked with it)")
         }),
+        tenant: Some(record.tenant.to_string()),
     }
 }
 

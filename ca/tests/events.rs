@@ -116,6 +116,7 @@ fn issue_refuse_and_revoke_each_record_one_event() {
             serial: Some(issued.serial.to_string()),
             profile: Some("web".to_owned()),
             reason: None,
+            tenant: Some("web".to_owned()),
         }]
     );
 
@@ -149,6 +150,7 @@ fn issue_refuse_and_revoke_each_record_one_event() {
             serial: None,
             profile: Some("web".to_owned()),
             reason: Some(refusal_reason(&err)),
+            tenant: Some("web".to_owned()),
         }]
     );
 
@@ -201,6 +203,7 @@ fn issue_refuse_and_revoke_each_record_one_event() {
             serial: Some(issued.serial.to_string()),
             profile: Some("web".to_owned()),
             reason: Some("keyCompromise".to_owned()),
+            tenant: Some("web".to_owned()),
         }]
     );
     // Without a SPIFFE ID, the revocation names the certificate's subject.
@@ -241,6 +244,7 @@ fn issue_refuse_and_revoke_each_record_one_event() {
     // A refusal decided before the CA (the issuance API's identity checks) reads the same.
     ca.record_refusal(
         &token_requester(),
+        Some(&"web".parse().unwrap()),
         Some(SPIFFE.to_owned()),
         "identity_mismatch",
         "CSR SPIFFE ID differs from the token's",
@@ -254,6 +258,7 @@ fn issue_refuse_and_revoke_each_record_one_event() {
             serial: None,
             profile: None,
             reason: Some("identity_mismatch: CSR SPIFFE ID differs from the token's".to_owned()),
+            tenant: Some("web".to_owned()),
         }]
     );
 }
@@ -344,6 +349,7 @@ fn the_cli_records_through_the_ca() {
             serial: Some(serial),
             profile: Some("web".to_owned()),
             reason: Some("superseded".to_owned()),
+            tenant: Some("web".to_owned()),
         }]
     );
 }

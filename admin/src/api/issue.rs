@@ -225,13 +225,14 @@ fn decide_and_issue(
 fn identity_refusal(
     st: &AppState,
     requester: &Requester,
+    tenant: &TenantId,
     subject: Option<String>,
     why: &str,
     message: &'static str,
 ) -> ApiError {
     st.stats.refused();
     st.ca
-        .record_refusal(requester, subject, "identity_mismatch", why);
+        .record_refusal(requester, Some(tenant), subject, "identity_mismatch", why);
     ApiError::new(StatusCode::FORBIDDEN, "identity_mismatch", message)
 }
 
@@ -300,6 +301,7 @@ fn authorize_client_cert(
             st.stats.refused();
             st.ca.record_refusal(
                 &own.requester,
+                Some(&tenant),
                 names.uris.first().cloned(),
                 "agent_not_allowed",
                 &why,
@@ -333,6 +335,7 @@ fn authorize_renewal(
         return Err(identity_refusal(
             st,
             &requester,
+            &record.tenant,
             None,
             "certificate tenant disagrees with the inventory",
             "the client certificate's tenant is inconsistent",
@@ -375,6 +378,7 @@ fn authorize_token(
             Some(n) if n.uris.as_slice() != std::slice::from_ref(bound) => Some(identity_refusal(
                 st,
                 &requester,
+                &grant.tenant,
                 n.uris.first().cloned(),
                 "CSR SPIFFE ID differs from the token's",
                 "this bootstrap token is bound to another SPIFFE ID",

@@ -357,11 +357,21 @@ async fn activate(
         rec.target = Some(format!("v{v}"));
         let reason = reason(body.reason)?;
         let actor = rec.actor.clone();
-        let (policies, t) = (s.policies, s.tenant);
+        let (policies, t) = (s.policies, s.tenant.clone());
         let done =
             blocking(move || policies.activate(&t, v, &actor, &reason, SystemTime::now())).await?;
         Ok(match done {
             Ok(activation @ crate::policies::Activation::Activated { .. }) => {
+                if let crate::policies::Activation::Activated { event } = &activation {
+                    activated(
+                        &st,
+                        &s.tenant,
+                        event.version,
+                        &event.action,
+                        &event.actor,
+                        None,
+                    );
+                }
                 (StatusCode::OK, Json(activation)).into_response()
             }
             Ok(pending) => (StatusCode::ACCEPTED, Json(pending)).into_response(),
@@ -413,11 +423,18 @@ async fn decide(
             .map_err(|_| ApiError::not_found("no such approval request"))?;
         rec.target = Some(format!("approval {id}"));
         let actor = rec.actor.clone();
-        let (policies, t) = (s.policies, s.tenant);
+        let (policies, t) = (s.policies, s.tenant.clone());
         let done =
             blocking(move || policies.decide(&t, id, &actor, approve, SystemTime::now())).await?;
         Ok(match done {
-            Ok(approval) => Json(approval).into_response(),
+            Ok(approval) => {
+                if approval.status == crate::policies::ApprovalStatus::Approved {
+                    let approver = approval.decided_by.as_deref().unwrap_or_default();
+                    let id = Some(approval.id);
+                    activated(&st, &s.tenant, approval.version, "approved", approver, id);
+                }
+                Json(approval).into_response()
+            }
             Err(e) => policy_error(e, StatusCode::CONFLICT, "policy_conflict"),
         })
     }
@@ -445,13 +462,21 @@ async fn rollback(
         let s = scoped(&st, &conn, &tenant, Permission::PolicyActivate, &mut rec).await?;
         let reason = reason(body.reason)?;
         let actor = rec.actor.clone();
-        let (policies, t) = (s.policies, s.tenant);
+        let (policies, t) = (s.policies, s.tenant.clone());
         let done = blocking(move || {
             policies.rollback(&t, body.to_version, &actor, &reason, SystemTime::now())
         })
         .await?;
         Ok(match done {
             Ok(event) => {
+                activated(
+                    &st,
+                    &s.tenant,
+                    event.version,
+                    &event.action,
+                    &event.actor,
+                    None,
+                );
                 rec.target = Some(format!("v{}", event.version));
                 Json(event).into_response()
             }
@@ -534,5 +559,26 @@ async fn bundle(
     match result {
         Ok(r) if r.status() == StatusCode::NOT_MODIFIED => r,
         other => finish(&st, &rec, "policy.bundle", other),
+    }
+}
+
+/// Tells the tenant's `policy.activated` subscribers that `version` became active: `change` is
+/// `activated`, `approved` (the approval request `approval`) or `rolled_back`.
+fn activated(
+    st: &AppState,
+    tenant: &TenantId,
+    version: u64,
+    change: &str,
+    actor: &str,
+    approval: Option<u64>,
+) {
+    if let Some(webhooks) = &st.webhooks {
+        let data = serde_json::json!({
+            "version": version,
+            "change": change,
+            "actor": actor,
+            "approval": approval,
+        });
+        webhooks.emit(tenant, "policy.activated", None, data);
     }
 }

@@ -199,6 +199,7 @@ fn the_encoder_writes_what_serde_writes_for_every_kind() {
             serial: Some("0a".into()),
             profile: None,
             reason: None,
+            tenant: Some("acme".into()),
         }),
         RecordKind::Admin(AdminAction {
             actor: "a".into(),

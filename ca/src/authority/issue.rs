@@ -170,6 +170,7 @@ impl Ca {
                 self.record(|| {
                     events::refused(
                         &req.requester,
+                        Some(&req.tenant),
                         events::csr_subject(req.csr),
                         req.profile,
                         refusal.code(),

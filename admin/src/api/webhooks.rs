@@ -1,0 +1,262 @@
+//! A tenant's webhooks under `/v1/tenants/{tenant}/webhooks`: subscriptions created (their
+//! secret shown once), listed and removed; deliveries listed (the dead letters among them) and
+//! sent again.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
+use portcullis_ca::TenantId;
+use serde::Deserialize;
+
+use super::{blocking, finish, read_json, scoped_tenant, ApiError, AppState, CallRecord};
+use crate::identity::ConnInfo;
+use crate::roles::Permission;
+use crate::webhooks::{
+    new_id, new_secret, DeliveryStatus, StoreError, Subscription, Webhooks, EVENT_TYPES,
+};
+
+/// Subscriptions a tenant may hold.
+const MAX_SUBSCRIPTIONS: usize = 50;
+
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/tenants/{tenant}/webhooks", get(list).post(create))
+        .route("/v1/tenants/{tenant}/webhooks/{id}", delete(remove))
+        .route("/v1/tenants/{tenant}/webhooks/deliveries", get(deliveries))
+        .route(
+            "/v1/tenants/{tenant}/webhooks/deliveries/{id}/retry",
+            post(retry),
+        )
+}
+
+/// The tenant, once the caller holds `permission` in it, and the webhook service.
+async fn scoped(
+    st: &Arc<AppState>,
+    conn: &ConnInfo,
+    tenant: &str,
+    permission: Permission,
+    rec: &mut CallRecord,
+) -> Result<(TenantId, Arc<Webhooks>), ApiError> {
+    let tenant = scoped_tenant(st, conn, tenant, permission, rec).await?;
+    let webhooks = st
+        .webhooks
+        .clone()
+        .ok_or_else(|| ApiError::not_found("webhooks are not enabled on this server"))?;
+    Ok((tenant, webhooks))
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    tracing::error!(error = %e, "admin API: webhook store failed");
+    ApiError::internal()
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "malformed_request", message)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    url: String,
+    events: Vec<String>,
+    description: Option<String>,
+}
+
+async fn create(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    let result = async {
+        let body: CreateBody = read_json(&headers, body, false).await?;
+        let (tenant, webhooks) =
+            scoped(&st, &conn, &tenant, Permission::WebhookManage, &mut rec).await?;
+        webhooks.check_url(&body.url).map_err(invalid)?;
+        let mut events = Vec::new();
+        for e in &body.events {
+            if !EVENT_TYPES.contains(&e.as_str()) {
+                return Err(invalid(format!(
+                    "events: unknown event {:?}; known: {}",
+                    e.chars().take(64).collect::<String>(),
+                    EVENT_TYPES.join(", ")
+                )));
+            }
+            if !events.contains(e) {
+                events.push(e.clone());
+            }
+        }
+        if events.is_empty() {
+            return Err(invalid(format!(
+                "events: at least one of {}",
+                EVENT_TYPES.join(", ")
+            )));
+        }
+        if body.description.as_ref().is_some_and(|d| d.len() > 200) {
+            return Err(invalid("description: at most 200 characters"));
+        }
+        let (Some(id), Some(secret)) = (new_id("wh_"), new_secret()) else {
+            tracing::error!("admin API: no random bytes for a webhook");
+            return Err(ApiError::internal());
+        };
+        rec.target = Some(id.clone());
+        let sub = Subscription {
+            id,
+            url: body.url,
+            events,
+            description: body.description,
+            created_by: rec.actor.clone(),
+            created_at: SystemTime::now(),
+        };
+        let (store, stored, shown) = (Arc::clone(webhooks.store()), sub.clone(), secret.clone());
+        let t = tenant.clone();
+        let count = blocking(move || {
+            let existing = store.subscriptions(&t)?.len();
+            if existing >= MAX_SUBSCRIPTIONS {
+                return Ok(existing);
+            }
+            store.subscribe(&t, &stored, &secret).map(|()| existing)
+        })
+        .await?
+        .map_err(store_error)?;
+        if count >= MAX_SUBSCRIPTIONS {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "too_many_webhooks",
+                format!("a tenant holds at most {MAX_SUBSCRIPTIONS} webhook subscriptions"),
+            ));
+        }
+        let mut answer = serde_json::to_value(&sub).unwrap_or_default();
+        answer["secret"] = serde_json::Value::String(shown);
+        Ok((StatusCode::CREATED, Json(answer)).into_response())
+    }
+    .await;
+    finish(&st, &rec, "webhook.create", result)
+}
+
+async fn list(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(tenant): Path<String>,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    let result = async {
+        let (tenant, webhooks) =
+            scoped(&st, &conn, &tenant, Permission::WebhookRead, &mut rec).await?;
+        let store = Arc::clone(webhooks.store());
+        let list = blocking(move || store.subscriptions(&tenant))
+            .await?
+            .map_err(store_error)?;
+        Ok(Json(serde_json::json!({ "webhooks": list })).into_response())
+    }
+    .await;
+    finish(&st, &rec, "webhook.list", result)
+}
+
+async fn remove(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    let result = async {
+        let (tenant, webhooks) =
+            scoped(&st, &conn, &tenant, Permission::WebhookManage, &mut rec).await?;
+        rec.target = Some(id.chars().take(64).collect());
+        let store = Arc::clone(webhooks.store());
+        let found = blocking(move || store.unsubscribe(&tenant, &id))
+            .await?
+            .map_err(store_error)?;
+        if !found {
+            return Err(ApiError::not_found("no such webhook"));
+        }
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+    .await;
+    finish(&st, &rec, "webhook.delete", result)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveriesQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn deliveries(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(tenant): Path<String>,
+    uri: Uri,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    let result = async {
+        let (tenant, webhooks) =
+            scoped(&st, &conn, &tenant, Permission::WebhookRead, &mut rec).await?;
+        let Query(q) = Query::<DeliveriesQuery>::try_from_uri(&uri).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "invalid query: expected status (pending, delivered, dead) and limit",
+            )
+        })?;
+        let status = match q.status.as_deref() {
+            None => None,
+            Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    "invalid query: status is pending, delivered or dead",
+                )
+            })?),
+        };
+        let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+        let store = Arc::clone(webhooks.store());
+        let list = blocking(move || store.deliveries(&tenant, status, limit))
+            .await?
+            .map_err(store_error)?;
+        let list: Vec<serde_json::Value> = list
+            .into_iter()
+            .map(|d| {
+                let mut v = serde_json::to_value(&d).unwrap_or_default();
+                v["payload"] = serde_json::from_str(&d.payload).unwrap_or_default();
+                v
+            })
+            .collect();
+        Ok(Json(serde_json::json!({ "deliveries": list })).into_response())
+    }
+    .await;
+    finish(&st, &rec, "webhook.deliveries", result)
+}
+
+async fn retry(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    let result = async {
+        let (tenant, webhooks) =
+            scoped(&st, &conn, &tenant, Permission::WebhookManage, &mut rec).await?;
+        rec.target = Some(id.chars().take(64).collect());
+        let store = Arc::clone(webhooks.store());
+        let found = blocking(move || store.requeue(&tenant, &id, SystemTime::now()))
+            .await?
+            .map_err(store_error)?;
+        if !found {
+            return Err(ApiError::not_found("no such dead letter"));
+        }
+        webhooks.wake();
+        Ok(StatusCode::ACCEPTED.into_response())
+    }
+    .await;
+    finish(&st, &rec, "webhook.retry", result)
+}

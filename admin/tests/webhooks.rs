@@ -1,0 +1,588 @@
+//! Tenants' webhooks against the real server over mTLS with a SoftHSM2-backed CA, delivered to
+//! a receiver that checks every signature with the Standard Webhooks reference library
+//! (`webhook_receiver.py`, PyPI `standardwebhooks`): events of each kind arrive signed, a
+//! receiver that fails is retried with the same message id, a delivery that never gets through
+//! becomes a dead letter that can be listed and sent again; subscriptions stay in their tenant
+//! and point only at the addresses the operator allowed.
+
+#[path = "support/harness.rs"]
+mod harness;
+#[path = "../../ca/tests/support/softhsm.rs"]
+mod softhsm;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use harness::{write, Client, Fixture, Identity, Server, Workload};
+use portcullis_ca::{IssueRequest, Requester, RequesterKind};
+use serde_json::{json, Value};
+
+const GATEWAY: &str = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:8443
+    tls:
+      certificate: server.pem
+      private_key: server.key
+      client_auth: required
+      client_ca: bundle.pem
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9000]
+tenants:
+  - name: acme
+    routes:
+      - name: api
+        host: api.acme.test
+        path_prefix: /api
+        upstream: app
+        access:
+          - id: frontend
+            spiffe_id: [spiffe://acme.example/ns/web/sa/frontend]
+            methods: [GET]
+";
+
+const ACME_V1: &str = "\
+tenants:
+  - name: acme
+    routes:
+      - name: api
+        host: api.acme.test
+        path_prefix: /api
+        upstream: app
+        access:
+          - id: frontend
+            spiffe_id: [spiffe://acme.example/ns/web/sa/frontend]
+            methods: [GET, POST]
+";
+
+const ROLES: &str = "
+roles:
+  - { role: tenant_admin, tenant: acme, spiffe_ids: [\"spiffe://acme.example/ns/people/admin\"] }
+  - { role: auditor, tenant: acme, spiffe_ids: [\"spiffe://acme.example/ns/people/auditor\"] }
+  - { role: policy_editor, tenant: acme, spiffe_ids: [\"spiffe://acme.example/ns/people/editor\"] }
+  - { role: tenant_admin, tenant: globex, spiffe_ids: [\"spiffe://globex.example/ns/people/admin\"] }
+";
+
+const ALL_EVENTS: [&str; 4] = [
+    "certificate.revoked",
+    "certificate.issuance_refused",
+    "certificate.expiring",
+    "policy.activated",
+];
+
+/// The receiver process and its files.
+struct Receiver {
+    child: Child,
+    port: u16,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Receiver {
+    /// Starts `webhook_receiver.py` on `port` (any when None).
+    fn start(dir: &Path, name: &str, port: Option<u16>) -> Self {
+        let config = dir.join(format!("{name}-hooks.json"));
+        let log = dir.join(format!("{name}-log.jsonl"));
+        std::fs::write(&config, "{}").unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhook_receiver.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script).arg(&config).arg(&log);
+        if let Some(p) = port {
+            cmd.arg(p.to_string());
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with standardwebhooks (deploy/setup-debian.sh --test)");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port = line.trim().parse().expect("the receiver's port");
+        Self {
+            child,
+            port,
+            config,
+            log,
+        }
+    }
+
+    fn url(&self, hook: &str) -> String {
+        format!("http://127.0.0.1:{}/hook/{hook}", self.port)
+    }
+
+    /// Sets each hook's secret and how many deliveries it refuses first.
+    fn set(&self, hooks: Value) {
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, hooks.to_string()).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+    }
+
+    /// Every request received so far, except those that came before the hook was set.
+    fn entries(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["error"] != json!("unconfigured"))
+            .collect()
+    }
+
+    /// Waits up to 15 s for a request that `pred` accepts; all entries then.
+    async fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let entries = self.entries();
+            if entries.iter().any(&pred) {
+                return entries;
+            }
+            assert!(Instant::now() < deadline, "no {what}; got {entries:#?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An identity with a certificate issued straight by the CA for `tenant`.
+fn person(fx: &Fixture, tenant: &str, spiffe_id: &str) -> (Identity, String) {
+    let w = Workload::new(Some(spiffe_id), &[]);
+    let issued = fx
+        .ca
+        .issue(
+            &IssueRequest {
+                csr: w.csr.as_bytes(),
+                tenant: tenant.parse().unwrap(),
+                profile: None,
+                lifetime: None,
+                requester: Requester {
+                    kind: RequesterKind::Operator,
+                    id: "test".into(),
+                },
+            },
+            SystemTime::now(),
+        )
+        .expect("certificate");
+    let serial = issued.serial.to_string();
+    (w.identity(&issued.chain_pem, &serial), serial)
+}
+
+async fn start(fx: &Fixture, dir: &Path) -> Server {
+    let gateway = write(dir, "gateway.yaml", GATEWAY);
+    let extra = format!(
+        "{ROLES}policies:\n  gateway_config: {}\n  database: {}\n  signing_key: {}\nwebhooks:\n  allow_destinations: [127.0.0.1/32]\n  allow_plain_http: true\n  max_attempts: 3\n  first_retry: 200ms\n  max_retry: 1s\n  expiring_within: 1h\n  expiry_scan_interval: 300ms\n  database: {}\n",
+        gateway.display(),
+        dir.join("policies.sqlite3").display(),
+        dir.join("policy-signing.key").display(),
+        dir.join("webhooks.sqlite3").display(),
+    );
+    fx.start_with(fx.admin_config_with(&extra), None).await
+}
+
+async fn call(c: &mut Client, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let r = c
+        .call(method, path, &[("content-type", "application/json")], body)
+        .await
+        .unwrap();
+    let json = if r.body.is_empty() {
+        json!(null)
+    } else {
+        r.json()
+    };
+    (r.status, json)
+}
+
+/// Creates a subscription; its id and secret.
+async fn subscribe(c: &mut Client, tenant: &str, url: &str, events: &[&str]) -> (String, String) {
+    let (status, body) = call(
+        c,
+        "POST",
+        &format!("/v1/tenants/{tenant}/webhooks"),
+        json!({ "url": url, "events": events, "description": "test" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let secret = body["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"), "{body}");
+    (body["id"].as_str().unwrap().to_owned(), secret)
+}
+
+fn of_type<'a>(entries: &'a [Value], hook: &str, kind: &str) -> Vec<&'a Value> {
+    entries
+        .iter()
+        .filter(|e| e["hook"] == hook && e["payload"]["type"] == kind)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_arrive_signed_failures_are_retried_and_dead_letters_sent_again() {
+    let fx = require_fixture!();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(fx, dir.path()).await;
+    let rx = Receiver::start(dir.path(), "rx", None);
+    let (admin_id, admin_serial) = person(fx, "acme", "spiffe://acme.example/ns/people/admin");
+    let (editor_id, _) = person(fx, "acme", "spiffe://acme.example/ns/people/editor");
+    let mut admin = server.client(Some(&admin_id)).await;
+
+    // Every event to one hook; revocations also to one that refuses its first two deliveries.
+    let (_, secret) = subscribe(&mut admin, "acme", &rx.url("a"), &ALL_EVENTS).await;
+    let (_, secret_r) = subscribe(&mut admin, "acme", &rx.url("r"), &["certificate.revoked"]).await;
+    rx.set(json!({
+        "a": { "secret": secret },
+        "r": { "secret": secret_r, "fail_first": 2 },
+    }));
+
+    // certificate.revoked: retried twice, then delivered; the same message id each time,
+    // every attempt's signature valid.
+    let (_, victim) = person(fx, "acme", "spiffe://acme.example/ns/web/sa/victim");
+    let (status, body) = call(
+        &mut admin,
+        "POST",
+        &format!("/v1/certificates/{victim}/revoke"),
+        json!({ "reason": "keyCompromise" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let delivered_to_r = |e: &Value| {
+        e["hook"] == "r"
+            && e["payload"]["data"]["serial"] == victim.as_str()
+            && e["answered"] == 204
+    };
+    let entries = rx.wait_for("revocation delivered", delivered_to_r).await;
+    let delivered = entries.iter().find(|e| delivered_to_r(e)).unwrap();
+    let attempts: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["id"] == delivered["id"])
+        .collect();
+    assert_eq!(attempts.len(), 3, "{attempts:#?}");
+    assert!(
+        attempts.iter().all(|e| e["verified"] == true),
+        "{attempts:#?}"
+    );
+    let payload = &delivered["payload"];
+    assert_eq!(payload["tenant"], "acme");
+    assert_eq!(payload["data"]["reason"], "keyCompromise");
+    assert_eq!(
+        payload["data"]["subject"],
+        "spiffe://acme.example/ns/web/sa/victim"
+    );
+
+    // certificate.issuance_refused: a bootstrap token of acme used for another trust domain.
+    let token = fx.token("acme", None);
+    let foreign = Workload::new(Some("spiffe://globex.example/ns/x"), &[]);
+    let r = server
+        .client(None)
+        .await
+        .issue(Some(&token), json!({ "csr": foreign.csr }))
+        .await;
+    assert_eq!(r.status, 400, "{:?}", r.json());
+    rx.wait_for("refusal", |e| {
+        e["payload"]["type"] == "certificate.issuance_refused"
+            && e["payload"]["data"]["subject"] == "spiffe://globex.example/ns/x"
+            && e["verified"] == true
+    })
+    .await;
+
+    // policy.activated: uploaded by the editor, activated by the admin.
+    let mut editor = server.client(Some(&editor_id)).await;
+    let (status, body) = call(
+        &mut editor,
+        "POST",
+        "/v1/tenants/acme/policies",
+        json!({ "document": ACME_V1 }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let v = body["version"].as_u64().unwrap();
+    let (status, body) = call(
+        &mut admin,
+        "POST",
+        &format!("/v1/tenants/acme/policies/{v}/activate"),
+        json!({ "reason": "POST for the frontend" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    rx.wait_for("activation", |e| {
+        e["payload"]["type"] == "policy.activated"
+            && e["payload"]["data"]["version"] == v
+            && e["payload"]["data"]["actor"]
+                .as_str()
+                .is_some_and(|a| a.contains("people/admin"))
+    })
+    .await;
+
+    // certificate.expiring: the admin's own certificate (30 minutes, no renewal) is within
+    // the hour; told once however many scans see it.
+    rx.wait_for("expiring", |e| {
+        e["payload"]["type"] == "certificate.expiring"
+            && e["payload"]["data"]["serial"] == admin_serial.as_str()
+            && e["answered"] == 204
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let entries = rx.entries();
+    let told: Vec<&Value> = of_type(&entries, "a", "certificate.expiring")
+        .into_iter()
+        .filter(|e| e["payload"]["data"]["serial"] == admin_serial.as_str() && e["answered"] == 204)
+        .collect();
+    assert_eq!(told.len(), 1, "{told:#?}");
+    // The revoked certificate is not expiring: it is revoked.
+    assert!(!of_type(&entries, "a", "certificate.expiring")
+        .iter()
+        .any(|e| e["payload"]["data"]["serial"] == victim.as_str()));
+    assert!(
+        entries.iter().all(|e| e["verified"] == true),
+        "{entries:#?}"
+    );
+
+    // A hook where nothing listens: three attempts, then a dead letter, listed with why.
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead_url = format!("http://127.0.0.1:{dead_port}/hook/b");
+    let (b, secret_b) = subscribe(&mut admin, "acme", &dead_url, &["certificate.revoked"]).await;
+    let (_, second) = person(fx, "acme", "spiffe://acme.example/ns/web/sa/second");
+    let (status, _) = call(
+        &mut admin,
+        "POST",
+        &format!("/v1/certificates/{second}/revoke"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let letter = loop {
+        let (status, body) = call(
+            &mut admin,
+            "GET",
+            "/v1/tenants/acme/webhooks/deliveries?status=dead",
+            json!(null),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        if let Some(d) = body["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["subscription"] == b.as_str())
+        {
+            break d.clone();
+        }
+        assert!(Instant::now() < deadline, "no dead letter: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(letter["attempts"], 3, "{letter}");
+    assert_eq!(letter["payload"]["data"]["serial"], second.as_str());
+    assert!(
+        letter["last_error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("127.0.0.1:{dead_port}")),
+        "{letter}"
+    );
+    // The receiver comes up; the dead letter is sent again and delivered.
+    let late = Receiver::start(dir.path(), "late", Some(dead_port));
+    late.set(json!({ "b": { "secret": secret_b } }));
+    let id = letter["id"].as_str().unwrap();
+    let (status, body) = call(
+        &mut admin,
+        "POST",
+        &format!("/v1/tenants/acme/webhooks/deliveries/{id}/retry"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let entries = late
+        .wait_for("the dead letter", |e| {
+            e["id"] == id && e["verified"] == true && e["answered"] == 204
+        })
+        .await;
+    assert_eq!(entries[0]["payload"]["data"]["serial"], second.as_str());
+    let (_, body) = call(
+        &mut admin,
+        "GET",
+        "/v1/tenants/acme/webhooks/deliveries?status=delivered",
+        json!(null),
+    )
+    .await;
+    assert!(body["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["id"] == id));
+    // Only a dead letter can be sent again.
+    let (status, _) = call(
+        &mut admin,
+        "POST",
+        &format!("/v1/tenants/acme/webhooks/deliveries/{id}/retry"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let outcomes = server.stats.snapshot().webhooks;
+    assert!(
+        outcomes.delivered >= 5 && outcomes.retrying >= 4 && outcomes.dead >= 1,
+        "{outcomes:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_stay_in_their_tenant_and_point_only_where_allowed() {
+    let fx = require_fixture!();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(fx, dir.path()).await;
+    let rx = Receiver::start(dir.path(), "rx", None);
+    let (admin_id, _) = person(fx, "acme", "spiffe://acme.example/ns/people/admin");
+    let (auditor_id, _) = person(fx, "acme", "spiffe://acme.example/ns/people/auditor");
+    let (editor_id, _) = person(fx, "acme", "spiffe://acme.example/ns/people/editor");
+    let (globex_id, _) = person(fx, "globex", "spiffe://globex.example/ns/people/admin");
+    let mut admin = server.client(Some(&admin_id)).await;
+    let mut globex = server.client(Some(&globex_id)).await;
+
+    // Addresses inside the network, URLs with credentials or another scheme, unknown events:
+    // refused, and nothing stored.
+    let refused = [
+        json!({ "url": "http://169.254.169.254/latest/meta-data/", "events": ["certificate.revoked"] }),
+        json!({ "url": "http://10.0.0.1/hook", "events": ["certificate.revoked"] }),
+        json!({ "url": "http://127.0.0.2:9/hook", "events": ["certificate.revoked"] }),
+        json!({ "url": "http://[::1]:9/hook", "events": ["certificate.revoked"] }),
+        json!({ "url": "http://[::ffff:169.254.169.254]/", "events": ["certificate.revoked"] }),
+        json!({ "url": "https://user:pw@hooks.example.com/", "events": ["certificate.revoked"] }),
+        json!({ "url": "ftp://hooks.example.com/", "events": ["certificate.revoked"] }),
+        json!({ "url": "not a url", "events": ["certificate.revoked"] }),
+        json!({ "url": rx.url("a"), "events": ["certificate.everything"] }),
+        json!({ "url": rx.url("a"), "events": [] }),
+        json!({ "url": rx.url("a"), "events": ["certificate.revoked"], "secret": "mine" }),
+        json!({ "url": rx.url("a") }),
+    ];
+    for body in refused {
+        let (status, answer) = call(
+            &mut admin,
+            "POST",
+            "/v1/tenants/acme/webhooks",
+            body.clone(),
+        )
+        .await;
+        assert_eq!(status, 400, "{body} → {answer}");
+    }
+    let (_, list) = call(&mut admin, "GET", "/v1/tenants/acme/webhooks", json!(null)).await;
+    assert_eq!(list["webhooks"], json!([]), "{list}");
+
+    let (a, secret_a) = subscribe(&mut admin, "acme", &rx.url("a"), &["certificate.revoked"]).await;
+    let (_, secret_g) = subscribe(
+        &mut globex,
+        "globex",
+        &rx.url("g"),
+        &["certificate.revoked"],
+    )
+    .await;
+    rx.set(json!({ "a": { "secret": secret_a }, "g": { "secret": secret_g } }));
+
+    // Another tenant's admin sees none of acme's webhooks: 404 as for a tenant that does not
+    // exist. Auditors read, editors do not, strangers are not let in.
+    for (method, path) in [
+        ("GET", "/v1/tenants/acme/webhooks".to_owned()),
+        ("GET", "/v1/tenants/acme/webhooks/deliveries".to_owned()),
+        ("DELETE", format!("/v1/tenants/acme/webhooks/{a}")),
+        (
+            "POST",
+            "/v1/tenants/acme/webhooks/deliveries/msg_x/retry".to_owned(),
+        ),
+    ] {
+        let (status, body) = call(&mut globex, method, &path, json!(null)).await;
+        assert_eq!(status, 404, "{method} {path}: {body}");
+    }
+    let (status, _) = call(
+        &mut globex,
+        "POST",
+        "/v1/tenants/acme/webhooks",
+        json!({ "url": rx.url("g"), "events": ["certificate.revoked"] }),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let mut auditor = server.client(Some(&auditor_id)).await;
+    let (status, list) = call(
+        &mut auditor,
+        "GET",
+        "/v1/tenants/acme/webhooks",
+        json!(null),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["webhooks"][0]["id"], a.as_str());
+    assert!(list["webhooks"][0].get("secret").is_none(), "{list}");
+    let (status, _) = call(
+        &mut auditor,
+        "POST",
+        "/v1/tenants/acme/webhooks",
+        json!({ "url": rx.url("x"), "events": ["certificate.revoked"] }),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let mut editor = server.client(Some(&editor_id)).await;
+    let (status, _) = call(&mut editor, "GET", "/v1/tenants/acme/webhooks", json!(null)).await;
+    assert_eq!(status, 403);
+    let mut anonymous = server.client(None).await;
+    let (status, _) = call(
+        &mut anonymous,
+        "GET",
+        "/v1/tenants/acme/webhooks",
+        json!(null),
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // acme's revocation reaches acme's hook only.
+    let (_, victim) = person(fx, "acme", "spiffe://acme.example/ns/web/sa/other-victim");
+    let (status, _) = call(
+        &mut admin,
+        "POST",
+        &format!("/v1/certificates/{victim}/revoke"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    rx.wait_for("acme's revocation", |e| {
+        e["hook"] == "a" && e["payload"]["data"]["serial"] == victim.as_str()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let entries = rx.entries();
+    assert!(entries.iter().all(|e| e["hook"] == "a"), "{entries:#?}");
+
+    // Unsubscribed: nothing more arrives.
+    let (status, _) = call(
+        &mut admin,
+        "DELETE",
+        &format!("/v1/tenants/acme/webhooks/{a}"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _) = call(
+        &mut admin,
+        "DELETE",
+        &format!("/v1/tenants/acme/webhooks/{a}"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(status, 404);
+    server.stop().await;
+}
