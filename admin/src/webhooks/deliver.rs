@@ -330,6 +330,30 @@ mod tests {
         assert_eq!(host_header(&v6), "[::1]:8443");
     }
 
+    /// A name is checked against what it resolves to at delivery: `localhost` is loopback, so
+    /// nothing is sent (a listener there would see no connection).
+    #[tokio::test]
+    async fn a_name_resolving_inside_is_refused_at_delivery() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tls = rustls::ClientConfig::builder_with_provider(portcullis_identity::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let sender = Sender {
+            destinations: Destinations::default(),
+            plain_http: true,
+            tls: Arc::new(tls),
+        };
+        let secret = new_secret().unwrap();
+        let url = format!("http://localhost:{port}/hook");
+        let err = sender.send(&url, &secret, "msg_1", "{}").await.unwrap_err();
+        assert!(err.contains("not allowed"), "{err}");
+        let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(accepted.is_err(), "a connection reached the listener");
+    }
+
     #[test]
     fn only_public_addresses_unless_allowed() {
         let none = Destinations::default();
