@@ -85,6 +85,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .merge(reports::routes())
         .route("/v1/certificates", post(issue::issue).get(inventory::list))
         .route("/v1/certificates/{serial}/revoke", post(inventory::revoke))
+        .route("/v1/certificates/{serial}/lineage", get(inventory::lineage))
         .route("/v1/crl", get(inventory::crl))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")

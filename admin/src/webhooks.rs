@@ -382,6 +382,7 @@ impl Webhooks {
                         tenant: Some(tenant.clone()),
                         status: Some(CertStatus::Valid),
                         expires_within: None,
+                        identity: None,
                         limit: Some(100_000),
                     },
                     now,

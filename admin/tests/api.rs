@@ -233,6 +233,97 @@ async fn renewal_with_the_client_certificate_keeps_the_identity() {
     let mut client = Client::connect_with(server.addr, tls12).await.unwrap();
     let r = client.issue(None, csr_body(&next)).await;
     assert_eq!(r.status, 201, "{:?}", r.json());
+    let last = r.json()["serial"].as_str().unwrap().to_owned();
+
+    // The inventory finds every certificate naming the identity, and each one's family.
+    let serials = [
+        first.json()["serial"].as_str().unwrap().to_owned(),
+        body["serial"].as_str().unwrap().to_owned(),
+        last,
+    ];
+    let mut op = server.client(Some(&fx.operator)).await;
+    let found = |r: harness::Reply| -> Vec<String> {
+        assert_eq!(r.status, 200, "{:?}", r.json());
+        r.json()["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["serial"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for identity in [API, "api.acme.internal"] {
+        let r = op
+            .call(
+                "GET",
+                &format!("/v1/certificates?identity={identity}"),
+                &[],
+                "",
+            )
+            .await
+            .unwrap();
+        let listed = found(r);
+        assert!(
+            serials.iter().all(|s| listed.contains(s)),
+            "{identity}: {listed:?}"
+        );
+    }
+    // Exact names only: a prefix of the SPIFFE ID or another name finds none of them.
+    for identity in ["spiffe://acme.example/ns/web", "db.acme.internal"] {
+        let r = op
+            .call(
+                "GET",
+                &format!("/v1/certificates?identity={identity}"),
+                &[],
+                "",
+            )
+            .await
+            .unwrap();
+        let listed = found(r);
+        assert!(
+            !serials.iter().any(|s| listed.contains(s)),
+            "{identity}: {listed:?}"
+        );
+    }
+    // A certificate's lineage is what it renewed, it, and what renewed it (not its siblings):
+    // from the first two, all four; from the last renewal, the line that led to it.
+    for (member, expected) in [(&serials[0], 4), (&serials[1], 4), (&serials[2], 3)] {
+        let r = op
+            .call(
+                "GET",
+                &format!("/v1/certificates/{member}/lineage"),
+                &[],
+                "",
+            )
+            .await
+            .unwrap();
+        let family = found(r);
+        assert_eq!(family.len(), expected, "{family:?} {serials:?}");
+        assert_eq!(&family[..2], &serials[..2], "{family:?}");
+        assert!(family[2..].contains(&serials[2]), "{family:?}");
+    }
+    for (path, status) in [
+        ("/v1/certificates/00ff/lineage".to_owned(), 404),
+        ("/v1/certificates/not-hex/lineage".to_owned(), 400),
+        (
+            format!("/v1/certificates?identity={}", "x".repeat(1100)),
+            400,
+        ),
+    ] {
+        let r = op.call("GET", &path, &[], "").await.unwrap();
+        assert_eq!(r.status, status, "{path}");
+    }
+    // The holder has no role: to it, the lineage does not exist.
+    let mut holder = server.client(Some(&renewed)).await;
+    let r = holder
+        .call(
+            "GET",
+            &format!("/v1/certificates/{}/lineage", serials[1]),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
     server.stop().await;
 }
 

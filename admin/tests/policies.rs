@@ -229,6 +229,8 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
         people.iter().map(|(who, id)| (*who, Some(id))).collect();
     callers.push(("operator", Some(&fx.operator)));
     callers.push(("anonymous", None));
+    // A certificate of acme's: the workload's.
+    let acme_serial = people[8].1.serial.clone();
     let upload = json!({ "document": ACME_V1, "comment": "matrix" });
     let reason = json!({ "reason": "matrix" });
     let endpoints: Vec<(&str, String, serde_json::Value)> = vec![
@@ -258,6 +260,11 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
         ),
         ("GET", "/v1/certificates?tenant=acme".into(), json!(null)),
         (
+            "GET",
+            format!("/v1/certificates/{acme_serial}/lineage"),
+            json!(null),
+        ),
+        (
             "POST",
             "/v1/tenants/acme/tokens".into(),
             json!({ "ttl": "10m" }),
@@ -285,7 +292,7 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
     ];
     // Expected status per endpoint (rows as above) for each caller (columns as above).
     #[rustfmt::skip]
-    let expected: [[u16; 11]; 18] = [
+    let expected: [[u16; 11]; 19] = [
         //  admin editor issuer auditor reader globex sneaky everyw. workload operator anon
         [   200,  200,   403,   200,    200,   404,   404,   404,    404,     200,     401], // list
         [   201,  201,   403,   403,    403,   404,   404,   404,    404,     201,     401], // upload
@@ -296,6 +303,7 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
         [   200,  200,   403,   200,    200,   404,   404,   404,    404,     200,     401], // approvals
         [   200,  200,   403,   200,    200,   404,   404,   404,    404,     200,     401], // history
         [   200,  403,   200,   200,    200,   404,   403,   403,    403,     200,     401], // certificates
+        [   200,  403,   200,   200,    200,   404,   404,   404,    404,     200,     401], // lineage
         [   201,  403,   201,   403,    403,   404,   404,   404,    404,     201,     401], // token create
         [   200,  403,   200,   200,    200,   404,   404,   404,    404,     200,     401], // token list
         [   403,  403,   403,   403,    403,   403,   403,   403,    403,     200,     401], // bundle

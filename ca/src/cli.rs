@@ -206,6 +206,7 @@ pub fn run_with_audit(
                     tenant,
                     status,
                     expires_within,
+                    identity: None,
                     limit,
                 },
                 now,

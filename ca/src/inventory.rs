@@ -122,6 +122,9 @@ pub struct InventoryFilter {
     pub status: Option<CertStatus>,
     /// Not yet expired, and expiring within this long from `now`.
     pub expires_within: Option<Duration>,
+    /// Naming this identity: a SPIFFE ID (URI SAN), a DNS name (DNS SAN) or an IP address (IP
+    /// SAN), matched exactly.
+    pub identity: Option<String>,
     /// At most this many (default 1000).
     pub limit: Option<usize>,
 }
@@ -148,6 +151,9 @@ pub trait InventoryStore: Send + Sync + fmt::Debug {
         scope: RevocationScope,
         at: SystemTime,
     ) -> Result<Revocation, CaError>;
+    /// The certificate's family: the certificates it renewed, oldest first, then it, then every
+    /// renewal descending from it, each after the one it renewed. Empty when unknown.
+    fn lineage(&self, serial: &Serial, now: SystemTime) -> Result<Vec<CertRecord>, CaError>;
     /// Revoked certificates not yet expired at `now` (what a CRL must list).
     fn list_revoked(&self, now: SystemTime) -> Result<Vec<CertRecord>, CaError>;
     /// The next CRL number: strictly greater than every one returned before.

@@ -210,6 +210,73 @@ pub(super) async fn crl(
     response
 }
 
+// GET /v1/certificates/{serial}/lineage
+
+/// A certificate's family, for a caller who may read its tenant's inventory: what it renewed,
+/// it, and what renewed it.
+pub(super) async fn lineage(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(serial): Path<String>,
+) -> Response {
+    let mut rec = CallRecord::new(&conn);
+    rec.target = Some(serial.chars().take(64).collect());
+    let response = match lineage_flow(&st, &conn, &serial, &mut rec).await {
+        Ok(certificates) => Json(ListResponse { certificates }).into_response(),
+        Err(e) => e.into_response(),
+    };
+    st.audit_call(&rec, "certificate.lineage", response.status());
+    response
+}
+
+async fn lineage_flow(
+    st: &Arc<AppState>,
+    conn: &ConnInfo,
+    serial: &str,
+    rec: &mut CallRecord,
+) -> Result<Vec<CertRecord>, ApiError> {
+    let peer = conn.peer.as_ref().ok_or_else(ApiError::unauthenticated)?;
+    let serial: Serial = serial.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_serial",
+            "the serial must be 1 to 20 bytes of hex",
+        )
+    })?;
+    let caller = caller_record(st, peer).await?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no certificate with this serial",
+        )
+    };
+    if st.is_operator(peer, &caller) {
+        rec.role = Some(Role::PlatformAdmin.as_str());
+    } else {
+        let roles = st.roles_of(peer, &caller);
+        // A certificate of a tenant the caller holds no role in does not exist for it.
+        let target = inventory_get(st, &serial)
+            .await?
+            .filter(|t| roles.sees(&t.tenant))
+            .ok_or_else(not_found)?;
+        rec.tenant = Some(target.tenant.to_string());
+        let role = super::authorize(&roles, Permission::CertificateRead, &target.tenant)?;
+        rec.role = Some(role.as_str());
+    }
+    let ca = Arc::clone(&st.ca);
+    let family = blocking(move || ca.inventory().lineage(&serial, SystemTime::now()))
+        .await?
+        .map_err(|e| {
+            tracing::error!(error = %e, "admin API: inventory lineage failed");
+            ApiError::internal()
+        })?;
+    if family.is_empty() {
+        return Err(not_found());
+    }
+    Ok(family)
+}
+
 // GET /v1/certificates
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,6 +288,9 @@ struct ListQuery {
     status: Option<String>,
     #[serde(default)]
     expires_within: Option<String>,
+    /// A SPIFFE ID, DNS name or IP address the certificates name.
+    #[serde(default)]
+    identity: Option<String>,
     #[serde(default)]
     limit: Option<usize>,
 }
@@ -269,7 +339,7 @@ async fn list_flow(
         )
     };
     let Query(q) = Query::<ListQuery>::try_from_uri(uri)
-        .map_err(|_| invalid("expected tenant, status, expires_within, limit"))?;
+        .map_err(|_| invalid("expected tenant, status, expires_within, identity, limit"))?;
     let tenant = q
         .tenant
         .map(|t| t.parse::<TenantId>())
@@ -312,6 +382,12 @@ async fn list_flow(
             .transpose()
             .map_err(|_| invalid("expires_within (a duration such as 1h)"))?
             .map(|d: Duration| d.min(Duration::from_secs(100 * 365 * 24 * 3600))),
+        identity: match q.identity {
+            Some(i) if i.is_empty() || i.len() > 1024 => {
+                return Err(invalid("identity (1 to 1024 characters)"))
+            }
+            other => other,
+        },
         limit: Some(limit),
     };
     let ca = Arc::clone(&st.ca);

@@ -50,6 +50,13 @@ const LINEAGE: &str = "WITH RECURSIVE lineage(serial) AS (
     SELECT c.serial FROM certificates c JOIN lineage l ON c.renewed_from = l.serial
 ) SELECT serial FROM lineage";
 
+/// [`LINEAGE`] with each certificate's distance from the one named, for ordering.
+const LINEAGE_ROWS: &str = "WITH RECURSIVE lineage(serial, depth) AS (
+    SELECT ?1, 0
+    UNION
+    SELECT c.serial, l.depth + 1 FROM certificates c JOIN lineage l ON c.renewed_from = l.serial
+)";
+
 const COLUMNS: &str = "serial, subject, sans, tenant, profile, requester, not_before, not_after, \
                        revoked_at, revocation_reason, renewed_from";
 
@@ -390,6 +397,35 @@ impl InventoryStore for SqliteInventory {
             .next())
     }
 
+    fn lineage(&self, serial: &Serial, now: SystemTime) -> Result<Vec<CertRecord>, CaError> {
+        let Some(named) = self.get(serial, now)? else {
+            return Ok(Vec::new());
+        };
+        // Up through `renewed_from` (bounded: a loop in a corrupt file ends it), then down.
+        let mut ancestors = Vec::new();
+        let mut from = named.renewed_from.clone();
+        while let Some(parent) = from {
+            if ancestors.len() >= 10_000 {
+                break;
+            }
+            match self.get(&parent, now)? {
+                Some(record) => {
+                    from = record.renewed_from.clone();
+                    ancestors.push(record);
+                }
+                None => break,
+            }
+        }
+        ancestors.reverse();
+        let sql = format!(
+            "{LINEAGE_ROWS} SELECT {COLUMNS} FROM certificates JOIN lineage USING (serial) \
+             ORDER BY lineage.depth, not_before"
+        );
+        let serial = serial.to_string();
+        ancestors.extend(query(&self.reader(), &sql, &[&serial], unix_seconds(now))?);
+        Ok(ancestors)
+    }
+
     fn list(&self, filter: &InventoryFilter, now: SystemTime) -> Result<Vec<CertRecord>, CaError> {
         let now_s = unix_seconds(now);
         let mut sql = format!("SELECT {COLUMNS} FROM certificates WHERE 1 = 1");
@@ -415,6 +451,18 @@ impl InventoryStore for SqliteInventory {
                     args.len()
                 ));
             }
+        }
+        if let Some(identity) = &filter.identity {
+            // SANs are stored as a JSON array of `URI:…`, `DNS:…`, `IP:…` strings.
+            for prefix in ["URI:", "DNS:", "IP:"] {
+                args.push(Box::new(format!("{prefix}{identity}")));
+            }
+            let n = args.len();
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM json_each(sans) WHERE value IN (?{}, ?{}, ?{n}))",
+                n - 2,
+                n - 1
+            ));
         }
         if let Some(within) = filter.expires_within {
             let until = now_s.saturating_add(i64::try_from(within.as_secs()).unwrap_or(i64::MAX));
