@@ -71,7 +71,8 @@ enum Command {
         #[command(subcommand)]
         command: portcullis_ca::cli::CaCommand,
     },
-    /// Serve the CA's issuance API; create bootstrap tokens.
+    /// Serve the admin API (issuance, roles, policies, webhooks); create bootstrap tokens;
+    /// print reports and certificates from a running admin API.
     Admin {
         /// Record every call (and the CA's issue, refuse and revoke events) in this audit log
         /// directory.

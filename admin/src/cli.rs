@@ -1,4 +1,7 @@
-//! `portcullis admin …`: serve the admin API, check its configuration, create bootstrap tokens.
+//! `portcullis admin …`: serve the admin API, check its configuration, create bootstrap tokens;
+//! and, as a client of a running admin API, print reports and certificates (`cli/client.rs`).
+
+mod client;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -12,6 +15,7 @@ use crate::config::AdminConfig;
 use crate::error::AdminError;
 use crate::server::AdminServer;
 use crate::token::{create_token, SqliteTokenStore, MAX_TOKEN_TTL};
+pub use client::{ApiConnection, Format, ReportKind};
 
 /// The `admin` subcommands.
 #[derive(Debug, Subcommand)]
@@ -36,6 +40,49 @@ pub enum AdminCommand {
     /// The ACME server's external account binding keys.
     #[command(subcommand)]
     Acme(AcmeCommand),
+    /// Print a tenant's report from a running admin API (as a caller with a role there).
+    Report {
+        #[command(flatten)]
+        api: ApiConnection,
+        /// Which report.
+        #[arg(value_enum)]
+        kind: ReportKind,
+        /// The tenant.
+        #[arg(long)]
+        tenant: TenantId,
+        /// `audit`: the period summed (default 24h).
+        #[arg(long)]
+        window: Option<String>,
+        /// `certificates`: count those expiring within this (default 30d).
+        #[arg(long)]
+        within: Option<String>,
+        /// How to print it.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// List certificates of the inventory from a running admin API, or one's lineage.
+    Certificates {
+        #[command(flatten)]
+        api: ApiConnection,
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<TenantId>,
+        /// Only those naming this SPIFFE ID, DNS name or IP address.
+        #[arg(long)]
+        identity: Option<String>,
+        /// Only `valid`, `revoked` or `expired` ones.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only valid ones expiring within this long (`7d`).
+        #[arg(long)]
+        expires_within: Option<String>,
+        /// Instead: what this serial renewed, it, and the renewals descending from it.
+        #[arg(long, conflicts_with_all = ["tenant", "identity", "status", "expires_within"])]
+        lineage: Option<String>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The `admin acme` subcommands.
@@ -98,6 +145,40 @@ pub fn run(cmd: AdminCommand, audit: Option<AuditHandle>) -> Result<(), AdminErr
             profile,
             ttl,
         }) => eab_create(&ca_config, &tenant, &profile, ttl, audit.as_ref()),
+        AdminCommand::Report {
+            api,
+            kind,
+            tenant,
+            window,
+            within,
+            format,
+        } => client::report(
+            &api,
+            kind,
+            &tenant,
+            window.as_deref(),
+            within.as_deref(),
+            format,
+        ),
+        AdminCommand::Certificates {
+            api,
+            tenant,
+            identity,
+            status,
+            expires_within,
+            lineage,
+            json,
+        } => client::certificates(
+            &api,
+            &client::CertificateQuery {
+                tenant,
+                identity,
+                status,
+                expires_within,
+                lineage,
+            },
+            json,
+        ),
     }
 }
 

@@ -174,7 +174,7 @@ async fn fetch_once(source: &PolicySource, config_path: &Path) -> Result<Fetched
         .map_err(|e| local(e.to_string()))?
         .with_timeout(FETCH_TIMEOUT);
     let etag = (http::header::IF_NONE_MATCH, format!("\"{current}\""));
-    let (status, body) = client
+    let (status, _, body) = client
         .get(POLICY_BUNDLE_PATH, &[etag])
         .await
         .map_err(|e| not_taken("unreachable")(e.to_string()))?;

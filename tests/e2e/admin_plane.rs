@@ -225,6 +225,57 @@ fn a_gateway_follows_activations_refuses_forged_bundles_and_keeps_the_last_good_
         || std::fs::read_to_string(&cache).is_ok_and(|c| c != forged && !c.contains("DELETE")),
     );
 
+    // The same records through the CLI client, as the tenant admin: the change history as a
+    // table with its stamp, the API's CSV, the admin's certificate found by its SPIFFE ID, and
+    // another tenant's report refused with the API's code.
+    let cli = |args: &[&str]| {
+        let out = Command::new(bin())
+            .args(["admin"])
+            .args(args)
+            .args(["--server", &format!("https://localhost:{}", admin.port)])
+            .arg("--ca")
+            .arg(d.join("ca/bundle.pem"))
+            .arg("--cert")
+            .arg(d.join("policy-admin.pem"))
+            .arg("--key")
+            .arg(d.join("policy-admin.key"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, table, err) = cli(&["report", "changes", "--tenant", "acme"]);
+    assert!(ok, "{err}");
+    assert!(
+        table.starts_with("# changes report of acme; computed at "),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("activated") && l.contains("CHG-1")),
+        "{table}"
+    );
+    let (ok, csv, err) = cli(&["report", "changes", "--tenant", "acme", "--format", "csv"]);
+    assert!(ok, "{err}");
+    assert!(csv.lines().any(|l| l.contains(",activated,")), "{csv}");
+    let (ok, listed, err) = cli(&["certificates", "--tenant", "acme", "--identity", ADMIN_ID]);
+    assert!(ok, "{err}");
+    assert!(listed.starts_with("SERIAL"), "{listed}");
+    assert!(
+        listed
+            .lines()
+            .skip(1)
+            .any(|l| l.contains(ADMIN_ID) && l.contains("valid")),
+        "{listed}"
+    );
+    let (ok, _, err) = cli(&["report", "access", "--tenant", "globex"]);
+    assert!(!ok);
+    assert!(err.contains("404 not_found"), "{err}");
+
     // The admin plane goes away: the gateway keeps the last verified policies, says it is
     // degraded but stays ready, and starts again from its cache.
     drop(admin);

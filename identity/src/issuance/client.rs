@@ -42,6 +42,7 @@ pub struct IssuanceClient {
     host: String,
     port: u16,
     timeout: Duration,
+    max_answer: usize,
 }
 
 impl IssuanceClient {
@@ -73,7 +74,14 @@ impl IssuanceClient {
             host: host.to_owned(),
             port,
             timeout: DEFAULT_TIMEOUT,
+            max_answer: MAX_ANSWER,
         })
+    }
+
+    /// The longest answer read (default 256 KiB); a longer one is an error.
+    pub fn with_max_answer(mut self, bytes: usize) -> Self {
+        self.max_answer = bytes;
+        self
     }
 
     /// Time allowed for connecting plus one exchange (default 10 s).
@@ -122,6 +130,7 @@ impl IssuanceClient {
         });
         Ok(IssuanceConnection {
             sender,
+            max_answer: self.max_answer,
             issuer: self.issuer(),
         })
     }
@@ -148,12 +157,12 @@ impl IssuanceClient {
 
 impl IssuanceClient {
     /// `GET path` on a fresh connection with `headers`, within the client's timeout: the
-    /// status and body (at most 256 KiB), whatever the status.
+    /// status, headers and body (at most 256 KiB), whatever the status.
     pub async fn get(
         &self,
         path: &str,
         headers: &[(http::HeaderName, String)],
-    ) -> Result<(http::StatusCode, Bytes), IdentityError> {
+    ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), IdentityError> {
         let exchange = async {
             let mut connection = self.open().await?;
             let broken = |detail: String| IdentityError::IssuerUnreachable {
@@ -181,6 +190,7 @@ impl IssuanceClient {
 /// An open connection to the issuance API (HTTP/1.1 keep-alive).
 pub struct IssuanceConnection {
     sender: SendRequest<Full<Bytes>>,
+    max_answer: usize,
     issuer: String,
 }
 
@@ -193,11 +203,11 @@ impl std::fmt::Debug for IssuanceConnection {
 }
 
 impl IssuanceConnection {
-    /// Sends `request` and reads the whole answer (at most [`MAX_ANSWER`] bytes).
+    /// Sends `request` and reads the whole answer (at most the client's `max_answer` bytes).
     async fn exchange(
         &mut self,
         request: http::Request<Full<Bytes>>,
-    ) -> Result<(http::StatusCode, Bytes), IdentityError> {
+    ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), IdentityError> {
         let broken = |detail: String| IdentityError::IssuerUnreachable {
             issuer: self.issuer.clone(),
             detail,
@@ -212,12 +222,13 @@ impl IssuanceConnection {
             .await
             .map_err(|e| broken(format!("HTTP: {e}")))?;
         let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_ANSWER)
+        let headers = response.headers().clone();
+        let body = Limited::new(response.into_body(), self.max_answer)
             .collect()
             .await
             .map_err(|e| broken(format!("reading the answer: {e}")))?
             .to_bytes();
-        Ok((status, body))
+        Ok((status, headers, body))
     }
 
     /// Sends one request and reads its answer. A refusal is [`IdentityError::IssuerRefused`]
@@ -242,7 +253,7 @@ impl IssuanceConnection {
         let http = http
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| answer(format!("request: {e}")))?;
-        let (status, bytes) = self.exchange(http).await?;
+        let (status, _, bytes) = self.exchange(http).await?;
         let json: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|_| answer(format!("answered {status} without JSON")))?;
         if status.is_success() {
