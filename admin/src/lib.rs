@@ -61,4 +61,4 @@ pub use token::{
     create_token, BootstrapToken, SqliteTokenStore, TokenGrant, TokenHash, TokenId, TokenInfo,
     TokenStore, MAX_TOKEN_TTL, TOKEN_DB,
 };
-pub use webhooks::{WebhooksConfig, WEBHOOK_DB};
+pub use webhooks::{DlpSpikeConfig, WebhooksConfig, WEBHOOK_DB};

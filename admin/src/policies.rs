@@ -16,7 +16,7 @@ mod check;
 mod impact;
 pub(crate) mod reports;
 mod store;
-mod traffic;
+pub(crate) mod traffic;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

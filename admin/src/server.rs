@@ -303,6 +303,7 @@ impl AdminServer {
         if let Some(w) = &self.state.webhooks {
             background.spawn(Arc::clone(w).deliver());
             background.spawn(Arc::clone(w).scan_expiring(Arc::clone(&self.state.ca)));
+            background.spawn(Arc::clone(w).scan_dlp_spikes());
         }
         if let Some(listener) = self.metrics {
             background.spawn(crate::metrics::serve(

@@ -1,5 +1,6 @@
 //! Webhooks: tenants subscribe URLs to events of theirs (a certificate revoked, an issuance
-//! refused, a certificate about to expire without a renewal, a policy version made active);
+//! refused, a certificate about to expire without a renewal, a policy version made active, a
+//! spike of requests blocked by DLP in the gateways' audit logs);
 //! each event becomes a delivery per subscription, kept in SQLite, POSTed signed the Standard
 //! Webhooks way (`webhook-id`, `webhook-timestamp`, `webhook-signature`: HMAC-SHA256 under the
 //! subscription's `whsec_` secret, shown once at creation), retried with exponential backoff,
@@ -13,6 +14,10 @@
 //!   max_attempts: 8                     # then the delivery is a dead letter
 //!   first_retry: 5s                     # doubling up to max_retry (1h)
 //!   expiring_within: 24h                # certificate.expiring: this close to not_after
+//!   dlp_spike:                          # dlp.block_spike (off unless set)
+//!     logs: [/var/lib/portcullis/audit] # the gateways' audit logs
+//!     threshold: 20                     # blocked requests of a tenant within the window
+//!     window: 5m
 //! ```
 //!
 //! The CA's events reach the store through a bounded queue and its own thread, so neither an
@@ -41,11 +46,12 @@ pub(crate) use store::{DeliveryStatus, StoreError, Subscription, WebhookStore};
 use crate::stats::{IssuanceStats, WebhookOutcome};
 
 /// The events a subscription may name.
-pub(crate) const EVENT_TYPES: [&str; 4] = [
+pub(crate) const EVENT_TYPES: [&str; 5] = [
     "certificate.revoked",
     "certificate.issuance_refused",
     "certificate.expiring",
     "policy.activated",
+    "dlp.block_spike",
 ];
 
 /// Events waiting for the store thread at most; more are dropped (and counted).
@@ -90,6 +96,43 @@ pub struct WebhooksConfig {
     pub expiry_scan_interval: Duration,
     /// The SQLite file of subscriptions and deliveries (default `STATE/webhooks.sqlite3`).
     pub database: Option<PathBuf>,
+    /// `dlp.block_spike`: where to count DLP blocks, and how many make a spike (off unless
+    /// set).
+    pub dlp_spike: Option<DlpSpikeConfig>,
+}
+
+/// `webhooks.dlp_spike`: a tenant's requests blocked by DLP, counted in the gateways' audit
+/// logs; `threshold` of them within `window` is a spike, told once per window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DlpSpikeConfig {
+    /// The gateways' audit log folders (as `policies.traffic`; relative: against the admin
+    /// config's folder).
+    pub logs: Vec<PathBuf>,
+    /// Blocked requests within `window` that make a spike (default 20).
+    #[serde(default = "default_spike_threshold")]
+    pub threshold: u64,
+    /// The period counted (default 5m).
+    #[serde(default = "default_spike_window", with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "HumanDuration"))]
+    pub window: Duration,
+    /// How often the logs are counted (default 1m).
+    #[serde(default = "default_spike_scan", with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "HumanDuration"))]
+    pub scan_interval: Duration,
+}
+
+fn default_spike_threshold() -> u64 {
+    20
+}
+
+fn default_spike_window() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_spike_scan() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl Default for WebhooksConfig {
@@ -104,15 +147,18 @@ impl Default for WebhooksConfig {
             expiring_within: Duration::from_secs(24 * 3600),
             expiry_scan_interval: Duration::from_secs(60),
             database: None,
+            dlp_spike: None,
         }
     }
 }
 
 impl WebhooksConfig {
     pub(crate) fn resolve(&mut self, base: &Path) {
+        let spike_logs = self.dlp_spike.iter_mut().flat_map(|s| s.logs.iter_mut());
         for p in [&mut self.ca_bundle, &mut self.database]
             .into_iter()
             .flatten()
+            .chain(spike_logs)
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -129,6 +175,17 @@ impl WebhooksConfig {
         }
         if self.expiry_scan_interval < Duration::from_millis(100) {
             return Err("expiry_scan_interval: at least 100ms".to_owned());
+        }
+        if let Some(s) = &self.dlp_spike {
+            if s.logs.is_empty() {
+                return Err("dlp_spike.logs: at least one audit log folder".to_owned());
+            }
+            if s.threshold == 0 {
+                return Err("dlp_spike.threshold: at least 1".to_owned());
+            }
+            if s.window < Duration::from_secs(1) || s.scan_interval < Duration::from_millis(100) {
+                return Err("dlp_spike: window at least 1s, scan_interval at least 100ms".into());
+            }
         }
         Ok(())
     }
@@ -412,6 +469,84 @@ impl Webhooks {
                     }),
                 );
             }
+        }
+        Ok(())
+    }
+}
+
+impl Webhooks {
+    /// Every `dlp_spike.scan_interval`: a `dlp.block_spike` event for each subscribed tenant
+    /// with `threshold` or more requests blocked by DLP in the last `window`; once per
+    /// tenant and window (its start is the event id). Nothing without `dlp_spike`.
+    pub(crate) async fn scan_dlp_spikes(self: Arc<Self>) {
+        let Some(every) = self.config.dlp_spike.as_ref().map(|s| s.scan_interval) else {
+            return;
+        };
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let this = Arc::clone(&self);
+            let scanned =
+                tokio::task::spawn_blocking(move || this.dlp_spikes(SystemTime::now())).await;
+            if let Ok(Err(e)) = scanned {
+                tracing::error!(error = %e, "webhook DLP spike scan failed");
+            }
+        }
+    }
+
+    fn dlp_spikes(&self, now: SystemTime) -> Result<(), String> {
+        /// Records read per tenant and scan at most.
+        const MAX_RECORDS: u64 = 5_000_000;
+        let Some(spike) = &self.config.dlp_spike else {
+            return Ok(());
+        };
+        let since = now
+            .checked_sub(spike.window)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let tenants = self
+            .store
+            .tenants_subscribed("dlp.block_spike")
+            .map_err(|e| e.to_string())?;
+        for tenant in tenants {
+            let Ok(tenant) = tenant.parse::<TenantId>() else {
+                continue;
+            };
+            let filter = portcullis_audit::QueryFilter {
+                tenant: Some(tenant.to_string()),
+                since: Some(since),
+                until: Some(now),
+                ..portcullis_audit::QueryFilter::default()
+            };
+            let mut blocked = 0u64;
+            let mut detectors = std::collections::BTreeMap::<String, u64>::new();
+            crate::policies::traffic::each_request(&spike.logs, &filter, MAX_RECORDS, |_, e| {
+                let mut counted = false;
+                for finding in e.dlp.iter().filter(|f| f.action == "block") {
+                    *detectors.entry(finding.detector.clone()).or_default() += finding.count;
+                    counted = true;
+                }
+                blocked += u64::from(counted);
+            })?;
+            if blocked < spike.threshold {
+                continue;
+            }
+            let window = spike.window.as_secs().max(1);
+            let bucket = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() / window);
+            self.emit(
+                &tenant,
+                "dlp.block_spike",
+                Some(format!("dlp-spike:{bucket}")),
+                serde_json::json!({
+                    "blocked_requests": blocked,
+                    "threshold": spike.threshold,
+                    "since": humantime::format_rfc3339_seconds(since).to_string(),
+                    "until": humantime::format_rfc3339_seconds(now).to_string(),
+                    "detectors": detectors,
+                }),
+            );
         }
         Ok(())
     }

@@ -177,9 +177,14 @@ fn person(fx: &Fixture, tenant: &str, spiffe_id: &str) -> (Identity, String) {
 }
 
 async fn start(fx: &Fixture, dir: &Path) -> Server {
+    start_with(fx, dir, "").await
+}
+
+/// The server, with `webhooks_extra` (indented YAML) added to its `webhooks:` section.
+async fn start_with(fx: &Fixture, dir: &Path, webhooks_extra: &str) -> Server {
     let gateway = write(dir, "gateway.yaml", GATEWAY);
     let extra = format!(
-        "{ROLES}policies:\n  gateway_config: {}\n  database: {}\n  signing_key: {}\nwebhooks:\n  allow_destinations: [127.0.0.1/32]\n  allow_plain_http: true\n  max_attempts: 3\n  first_retry: 200ms\n  max_retry: 1s\n  expiring_within: 1h\n  expiry_scan_interval: 300ms\n  database: {}\n",
+        "{ROLES}policies:\n  gateway_config: {}\n  database: {}\n  signing_key: {}\nwebhooks:\n  allow_destinations: [127.0.0.1/32]\n  allow_plain_http: true\n  max_attempts: 3\n  first_retry: 200ms\n  max_retry: 1s\n  expiring_within: 1h\n  expiry_scan_interval: 300ms\n  database: {}\n{webhooks_extra}",
         gateway.display(),
         dir.join("policies.sqlite3").display(),
         dir.join("policy-signing.key").display(),
@@ -584,5 +589,106 @@ async fn webhooks_stay_in_their_tenant_and_point_only_where_allowed() {
     )
     .await;
     assert_eq!(status, 404);
+    server.stop().await;
+}
+
+/// A request the gateway refused because DLP blocked its body.
+fn dlp_blocked(tenant: &str, detector: &str) -> portcullis_audit::RequestEvent {
+    portcullis_audit::RequestEvent {
+        request_id: "r".into(),
+        tenant: Some(tenant.to_owned()),
+        identity: Some(format!("spiffe://{tenant}.example/ns/web/sa/app")),
+        source: "127.0.0.1:40000".into(),
+        method: "POST".into(),
+        host: format!("api.{tenant}.test"),
+        path: "/api/upload".into(),
+        status: 403,
+        decision: portcullis_audit::Decision::Deny,
+        dlp: vec![portcullis_audit::DlpFinding {
+            detector: detector.to_owned(),
+            count: 2,
+            action: "block".to_owned(),
+        }],
+        ..portcullis_audit::RequestEvent::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spike_of_dlp_blocks_is_told_once_per_window() {
+    let fx = require_fixture!();
+    let dir = tempfile::tempdir().unwrap();
+    // The gateways' audit log: acme had 25 requests blocked (20 make a spike), globex 5,
+    // and records of DLP that only redacted do not count.
+    let key = std::sync::Arc::new(
+        portcullis_audit::SoftwareSigner::load_or_create(&dir.path().join("gw.key")).unwrap(),
+    );
+    let log = portcullis_audit::AuditLog::open(
+        portcullis_audit::AuditConfig::new(dir.path().join("traffic"), "gw-1"),
+        key,
+    )
+    .unwrap();
+    let h = log.handle();
+    for i in 0..25 {
+        let detector = if i % 5 == 0 {
+            "aws_access_key"
+        } else {
+            "credit_card"
+        };
+        h.append_durable(dlp_blocked("acme", detector)).unwrap();
+    }
+    for _ in 0..5 {
+        h.append_durable(dlp_blocked("globex", "credit_card"))
+            .unwrap();
+    }
+    for _ in 0..30 {
+        let mut redacted = dlp_blocked("globex", "credit_card");
+        redacted.dlp[0].action = "redact".into();
+        redacted.decision = portcullis_audit::Decision::Allow;
+        h.append_durable(redacted).unwrap();
+    }
+    drop(log);
+
+    let spike = format!(
+        "  dlp_spike:\n    logs: [{}]\n    threshold: 20\n    window: 1h\n    scan_interval: 300ms\n",
+        dir.path().join("traffic").display()
+    );
+    let server = start_with(fx, dir.path(), &spike).await;
+    let rx = Receiver::start(dir.path(), "rx", None);
+    let (admin_id, _) = person(fx, "acme", "spiffe://acme.example/ns/people/admin");
+    let (globex_id, _) = person(fx, "globex", "spiffe://globex.example/ns/people/admin");
+    let mut admin = server.client(Some(&admin_id)).await;
+    let mut globex = server.client(Some(&globex_id)).await;
+    let (_, secret_a) = subscribe(&mut admin, "acme", &rx.url("a"), &["dlp.block_spike"]).await;
+    let (_, secret_g) = subscribe(&mut globex, "globex", &rx.url("g"), &["dlp.block_spike"]).await;
+    rx.set(json!({ "a": { "secret": secret_a }, "g": { "secret": secret_g } }));
+
+    let entries = rx
+        .wait_for("acme's spike", |e| {
+            e["hook"] == "a" && e["payload"]["type"] == "dlp.block_spike" && e["answered"] == 204
+        })
+        .await;
+    let data = &of_type(&entries, "a", "dlp.block_spike")[0]["payload"]["data"];
+    assert_eq!(data["blocked_requests"], 25, "{data}");
+    assert_eq!(
+        data["detectors"],
+        json!({ "aws_access_key": 10, "credit_card": 40 })
+    );
+    // Several scans later: still one event for acme, none for globex (5 blocks; redactions do
+    // not count).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let entries = rx.entries();
+    assert_eq!(
+        of_type(&entries, "a", "dlp.block_spike").len(),
+        1,
+        "{entries:#?}"
+    );
+    assert!(
+        of_type(&entries, "g", "dlp.block_spike").is_empty(),
+        "{entries:#?}"
+    );
+    assert!(
+        entries.iter().all(|e| e["verified"] == true),
+        "{entries:#?}"
+    );
     server.stop().await;
 }
