@@ -10,13 +10,11 @@ mod softhsm;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use harness::{write, Client, Fixture, Identity, Server, Workload};
+use harness::{write, Fixture, Identity, Server, Workload};
 use portcullis_audit::{
     AuditConfig, AuditLog, Decision, RateLimitOutcome, RequestEvent, SoftwareSigner,
 };
-use portcullis_ca::{IssueRequest, Requester, RequesterKind};
 use serde_json::json;
 
 const GATEWAY: &str = "\
@@ -95,28 +93,6 @@ roles:
   - { role: auditor, spiffe_ids: [\"spiffe://acme.example/ns/people/everywhere\"] }
 ";
 
-/// An identity with a certificate issued straight by the CA for `tenant`.
-fn person(fx: &Fixture, tenant: &str, spiffe_id: &str) -> Identity {
-    let w = Workload::new(Some(spiffe_id), &[]);
-    let issued = fx
-        .ca
-        .issue(
-            &IssueRequest {
-                csr: w.csr.as_bytes(),
-                tenant: tenant.parse().unwrap(),
-                profile: None,
-                lifetime: None,
-                requester: Requester {
-                    kind: RequesterKind::Operator,
-                    id: "test".into(),
-                },
-            },
-            SystemTime::now(),
-        )
-        .expect("certificate");
-    w.identity(&issued.chain_pem, &issued.serial.to_string())
-}
-
 /// A folder with the platform's gateway config, and the server with roles and policies.
 async fn start(fx: &Fixture, dir: &Path, audit: Option<portcullis_audit::AuditHandle>) -> Server {
     let gateway = write(dir, "gateway.yaml", GATEWAY);
@@ -131,29 +107,6 @@ async fn start(fx: &Fixture, dir: &Path, audit: Option<portcullis_audit::AuditHa
         dir.join("webhooks.sqlite3").display()
     );
     fx.start_with(fx.admin_config_with(&extra), audit).await
-}
-
-async fn call(
-    c: &mut Client,
-    method: &str,
-    path: &str,
-    body: serde_json::Value,
-) -> (u16, serde_json::Value) {
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    let r = c
-        .call(method, path, &[("content-type", "application/json")], body)
-        .await
-        .unwrap();
-    let json = if r.body.is_empty() {
-        json!(null)
-    } else {
-        r.json()
-    };
-    (r.status, json)
 }
 
 /// A request record as the gateway writes it.
@@ -185,13 +138,13 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(fx, dir.path(), None).await;
     let mut op = server.client(Some(&fx.operator)).await;
-    let (status, body) = call(
-        &mut op,
-        "POST",
-        "/v1/tenants/acme/policies",
-        json!({ "document": ACME_V1 }),
-    )
-    .await;
+    let (status, body) = op
+        .json(
+            "POST",
+            "/v1/tenants/acme/policies",
+            json!({ "document": ACME_V1 }),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
     let v = body["version"].as_u64().unwrap();
 
@@ -223,7 +176,7 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
         ),
     ]
     .into_iter()
-    .map(|(who, tenant, id)| (who, person(fx, tenant, id)))
+    .map(|(who, tenant, id)| (who, fx.person(tenant, id)))
     .collect();
     let mut callers: Vec<(&str, Option<&Identity>)> =
         people.iter().map(|(who, id)| (*who, Some(id))).collect();
@@ -318,7 +271,7 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
     for (col, (who, identity)) in callers.iter().enumerate() {
         let mut c = server.client(*identity).await;
         for (row, (method, path, body)) in endpoints.iter().enumerate() {
-            let (status, answer) = call(&mut c, method, path, body.clone()).await;
+            let (status, answer) = c.json(method, path, body.clone()).await;
             if status != expected[row][col] {
                 wrong.push(format!(
                     "{who} {method} {path}: {status} (expected {}) {answer}",
@@ -327,13 +280,9 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
             }
             if status == 404 && path.starts_with("/v1/tenants/") {
                 // Out of scope looks exactly like a tenant that does not exist.
-                let (status, missing) = call(
-                    &mut c,
-                    method,
-                    &path.replace("/acme/", "/nosuch/"),
-                    body.clone(),
-                )
-                .await;
+                let (status, missing) = c
+                    .json(method, &path.replace("/acme/", "/nosuch/"), body.clone())
+                    .await;
                 assert_eq!((status, &missing), (404, &answer), "{who} {path}");
             }
         }
@@ -343,26 +292,28 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
     // An oversized document is refused before anything is checked or stored.
     let mut admin = server.client(callers[0].1).await;
     let huge = format!("{ACME_V1}{}", "# padding\n".repeat(8_000));
-    let (status, body) = call(
-        &mut admin,
-        "POST",
-        "/v1/tenants/acme/policies",
-        json!({ "document": huge }),
-    )
-    .await;
+    let (status, body) = admin
+        .json(
+            "POST",
+            "/v1/tenants/acme/policies",
+            json!({ "document": huge }),
+        )
+        .await;
     assert_eq!(
         (status, body["error"].as_str()),
         (413, Some("too_large")),
         "{body}"
     );
-    let (_, listed) = call(&mut admin, "GET", "/v1/tenants/acme/policies", json!(null)).await;
+    let (_, listed) = admin
+        .json("GET", "/v1/tenants/acme/policies", json!(null))
+        .await;
     let versions = listed["versions"].as_array().unwrap().len();
     // The matrix uploaded once per caller allowed to (admin, editor, operator) plus the first.
     assert_eq!(versions, 4, "{listed}");
 
     // A tenant admin sees only its tenant's certificates when it lists without a tenant.
     let mut globex = server.client(callers[5].1).await;
-    let (status, body) = call(&mut globex, "GET", "/v1/certificates", json!(null)).await;
+    let (status, body) = globex.json("GET", "/v1/certificates", json!(null)).await;
     assert_eq!(status, 200, "{body}");
     let listed = body["certificates"].as_array().unwrap();
     assert!(!listed.is_empty());
@@ -373,42 +324,42 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
     let bound = "spiffe://acme.example/ns/web/sa/new";
     let mut tokens = Vec::new();
     for _ in 0..2 {
-        let (status, body) = call(
-            &mut issuer,
-            "POST",
-            "/v1/tenants/acme/tokens",
-            json!({ "spiffe_id": bound }),
-        )
-        .await;
+        let (status, body) = issuer
+            .json(
+                "POST",
+                "/v1/tenants/acme/tokens",
+                json!({ "spiffe_id": bound }),
+            )
+            .await;
         assert_eq!(status, 201, "{body}");
         tokens.push((
             body["token"].as_str().unwrap().to_owned(),
             body["id"].as_str().unwrap().to_owned(),
         ));
     }
-    let (status, _) = call(
-        &mut issuer,
-        "DELETE",
-        &format!("/v1/tenants/acme/tokens/{}", tokens[1].1),
-        json!(null),
-    )
-    .await;
+    let (status, _) = issuer
+        .json(
+            "DELETE",
+            &format!("/v1/tenants/acme/tokens/{}", tokens[1].1),
+            json!(null),
+        )
+        .await;
     assert_eq!(status, 204);
-    let (status, _) = call(
-        &mut issuer,
-        "DELETE",
-        &format!("/v1/tenants/acme/tokens/{}", tokens[1].1),
-        json!(null),
-    )
-    .await;
+    let (status, _) = issuer
+        .json(
+            "DELETE",
+            &format!("/v1/tenants/acme/tokens/{}", tokens[1].1),
+            json!(null),
+        )
+        .await;
     assert_eq!(status, 404);
-    let (status, _) = call(
-        &mut globex,
-        "DELETE",
-        &format!("/v1/tenants/acme/tokens/{}", tokens[0].1),
-        json!(null),
-    )
-    .await;
+    let (status, _) = globex
+        .json(
+            "DELETE",
+            &format!("/v1/tenants/acme/tokens/{}", tokens[0].1),
+            json!(null),
+        )
+        .await;
     assert_eq!(
         status, 404,
         "another tenant's admin cannot revoke acme's token"
@@ -425,7 +376,9 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
         401
     );
     assert_eq!(anon.issue(Some(&tokens[1].0), csr).await.status, 401);
-    let (_, body) = call(&mut issuer, "GET", "/v1/tenants/acme/tokens", json!(null)).await;
+    let (_, body) = issuer
+        .json("GET", "/v1/tenants/acme/tokens", json!(null))
+        .await;
     let listed = body["tokens"].as_array().unwrap();
     let used = listed
         .iter()
@@ -523,20 +476,20 @@ async fn a_policy_change_is_checked_analysed_approved_by_another_person_and_roll
     let key = Arc::new(SoftwareSigner::load_or_create(&dir.path().join("admin.key")).unwrap());
     let log = AuditLog::open(AuditConfig::new(&audit_dir, "admin-test"), key).unwrap();
     let server = start(fx, dir.path(), Some(log.handle())).await;
-    let alice = person(fx, "acme", "spiffe://acme.example/ns/people/admin/alice");
-    let bob = person(fx, "acme", "spiffe://acme.example/ns/people/admin/bob");
+    let alice = fx.person("acme", "spiffe://acme.example/ns/people/admin/alice");
+    let bob = fx.person("acme", "spiffe://acme.example/ns/people/admin/bob");
     let mut a = server.client(Some(&alice)).await;
     let mut b = server.client(Some(&bob)).await;
 
     // Refused with the uploaded document's own line numbers.
     let broken = ACME_V1.replace("        path_prefix: /admin", "        path_prefx: /admin");
-    let (status, body) = call(
-        &mut a,
-        "POST",
-        "/v1/tenants/acme/policies",
-        json!({ "document": broken }),
-    )
-    .await;
+    let (status, body) = a
+        .json(
+            "POST",
+            "/v1/tenants/acme/policies",
+            json!({ "document": broken }),
+        )
+        .await;
     assert_eq!(
         (status, body["error"].as_str()),
         (400, Some("invalid_policy")),
@@ -559,13 +512,13 @@ async fn a_policy_change_is_checked_analysed_approved_by_another_person_and_roll
         "upstream: app\n        access:\n          - id: admins",
         "upstream: nowhere\n        access:\n          - id: admins",
     );
-    let (status, body) = call(
-        &mut a,
-        "POST",
-        "/v1/tenants/acme/policies",
-        json!({ "document": unknown_upstream }),
-    )
-    .await;
+    let (status, body) = a
+        .json(
+            "POST",
+            "/v1/tenants/acme/policies",
+            json!({ "document": unknown_upstream }),
+        )
+        .await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["message"].as_str().unwrap().contains("nowhere"),
@@ -578,13 +531,13 @@ async fn a_policy_change_is_checked_analysed_approved_by_another_person_and_roll
         ("[1, 2".to_owned(), ""),
         (String::new(), ""),
     ] {
-        let (status, body) = call(
-            &mut a,
-            "POST",
-            "/v1/tenants/acme/policies",
-            json!({ "document": document }),
-        )
-        .await;
+        let (status, body) = a
+            .json(
+                "POST",
+                "/v1/tenants/acme/policies",
+                json!({ "document": document }),
+            )
+            .await;
         assert_eq!(status, 400, "{document:?}: {body}");
         assert!(body["message"].as_str().unwrap().contains(needle), "{body}");
     }
@@ -593,13 +546,13 @@ async fn a_policy_change_is_checked_analysed_approved_by_another_person_and_roll
         "host: api.acme.test\n        path_prefix: /admin",
         "host: www.globex.test\n        path_prefix: /",
     );
-    let (status, body) = call(
-        &mut a,
-        "POST",
-        "/v1/tenants/acme/policies",
-        json!({ "document": clash }),
-    )
-    .await;
+    let (status, body) = a
+        .json(
+            "POST",
+            "/v1/tenants/acme/policies",
+            json!({ "document": clash }),
+        )
+        .await;
     assert_eq!(
         status, 400,
         "a route clashing with globex's was accepted: {body}"
@@ -609,13 +562,13 @@ async fn a_policy_change_is_checked_analysed_approved_by_another_person_and_roll
         "host: api.acme.test\n        path_prefix: /admin",
         "host: www.globex.test\n        path_prefix: /admin",
     );
-    let (status, body) = call(
-        &mut a,
-        "POST",
-        "/v1/tenants/acme/policies",
-        json!({ "document": sub }),
-    )
-    .await;
+    let (status, body) = a
+        .json(
+            "POST",
+            "/v1/tenants/acme/policies",
+            json!({ "document": sub }),
+        )
+        .await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["message"]
@@ -625,24 +578,24 @@ async fn a_policy_change_is_checked_analysed_approved_by_another_person_and_roll
         "{body}"
     );
 
-    let (status, body) = call(
-        &mut a,
-        "POST",
-        "/v1/tenants/acme/policies",
-        json!({ "document": ACME_V1, "comment": "batch read-only, /admin" }),
-    )
-    .await;
+    let (status, body) = a
+        .json(
+            "POST",
+            "/v1/tenants/acme/policies",
+            json!({ "document": ACME_V1, "comment": "batch read-only, /admin" }),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
     let v = body["version"].as_u64().unwrap();
 
     // The diff against what runs now (the platform's own entry, version 0).
-    let (status, body) = call(
-        &mut a,
-        "GET",
-        &format!("/v1/tenants/acme/policies/{v}/diff"),
-        json!(null),
-    )
-    .await;
+    let (status, body) = a
+        .json(
+            "GET",
+            &format!("/v1/tenants/acme/policies/{v}/diff"),
+            json!(null),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let diff = body["diff"].as_str().unwrap();
     // Compared as parsed: only what changed, whatever the layout.
@@ -657,13 +610,13 @@ async fn a_policy_change_is_checked_analysed_approved_by_another_person_and_roll
     );
 
     // Impact: exactly the requests the change flips.
-    let (status, report) = call(
-        &mut a,
-        "GET",
-        &format!("/v1/tenants/acme/policies/{v}/impact?window=1h"),
-        json!(null),
-    )
-    .await;
+    let (status, report) = a
+        .json(
+            "GET",
+            &format!("/v1/tenants/acme/policies/{v}/impact?window=1h"),
+            json!(null),
+        )
+        .await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["requests"], 8, "{report}");
     assert_eq!(report["unchanged"], 4, "{report}");
@@ -684,79 +637,83 @@ async fn a_policy_change_is_checked_analysed_approved_by_another_person_and_roll
     assert!(!report.to_string().contains("globex"), "{report}");
 
     // Two-person activation.
-    let (status, body) = call(
-        &mut a,
-        "POST",
-        &format!("/v1/tenants/acme/policies/{v}/activate"),
-        json!({}),
-    )
-    .await;
+    let (status, body) = a
+        .json(
+            "POST",
+            &format!("/v1/tenants/acme/policies/{v}/activate"),
+            json!({}),
+        )
+        .await;
     assert_eq!(
         (status, body["error"].as_str()),
         (400, Some("reason_required")),
         "{body}"
     );
-    let (status, body) = call(
-        &mut a,
-        "POST",
-        &format!("/v1/tenants/acme/policies/{v}/activate"),
-        json!({ "reason": "CHG-42" }),
-    )
-    .await;
+    let (status, body) = a
+        .json(
+            "POST",
+            &format!("/v1/tenants/acme/policies/{v}/activate"),
+            json!({ "reason": "CHG-42" }),
+        )
+        .await;
     assert_eq!(
         (status, body["status"].as_str()),
         (202, Some("pending_approval")),
         "{body}"
     );
     let id = body["approval"]["id"].as_u64().unwrap();
-    let (status, body) = call(
-        &mut a,
-        "POST",
-        &format!("/v1/tenants/acme/approvals/{id}/approve"),
-        json!(null),
-    )
-    .await;
+    let (status, body) = a
+        .json(
+            "POST",
+            &format!("/v1/tenants/acme/approvals/{id}/approve"),
+            json!(null),
+        )
+        .await;
     assert_eq!(
         (status, body["error"].as_str()),
         (403, Some("same_person")),
         "{body}"
     );
-    let (status, body) = call(&mut a, "GET", "/v1/tenants/acme/policies", json!(null)).await;
+    let (status, body) = a
+        .json("GET", "/v1/tenants/acme/policies", json!(null))
+        .await;
     assert_eq!((status, &body["active"]), (200, &json!(0)), "{body}");
-    let (status, body) = call(
-        &mut b,
-        "POST",
-        &format!("/v1/tenants/acme/approvals/{id}/approve"),
-        json!(null),
-    )
-    .await;
+    let (status, body) = b
+        .json(
+            "POST",
+            &format!("/v1/tenants/acme/approvals/{id}/approve"),
+            json!(null),
+        )
+        .await;
     assert_eq!(
         (status, body["status"].as_str()),
         (200, Some("approved")),
         "{body}"
     );
-    let (status, body) = call(
-        &mut b,
-        "POST",
-        &format!("/v1/tenants/acme/approvals/{id}/approve"),
-        json!(null),
-    )
-    .await;
+    let (status, body) = b
+        .json(
+            "POST",
+            &format!("/v1/tenants/acme/approvals/{id}/approve"),
+            json!(null),
+        )
+        .await;
     assert_eq!(
         (status, body["error"].as_str()),
         (409, Some("not_pending")),
         "{body}"
     );
-    let (_, body) = call(&mut a, "GET", "/v1/tenants/acme/policies", json!(null)).await;
+    let (_, body) = a
+        .json("GET", "/v1/tenants/acme/policies", json!(null))
+        .await;
     assert_eq!(body["active"], v, "{body}");
     // With v active, its impact is nil.
-    let (_, report) = call(
-        &mut a,
-        "GET",
-        &format!("/v1/tenants/acme/policies/{v}/impact?window=1h"),
-        json!(null),
-    )
-    .await;
+    let (_, report) = a
+        .json(
+            "GET",
+            &format!("/v1/tenants/acme/policies/{v}/impact?window=1h"),
+            json!(null),
+        )
+        .await;
     assert_eq!(
         (
             report["unchanged"].as_u64(),
@@ -767,23 +724,21 @@ async fn a_policy_change_is_checked_analysed_approved_by_another_person_and_roll
     );
 
     // Rollback to what ran before (the platform's entry), no approval needed.
-    let (status, body) = call(
-        &mut b,
-        "POST",
-        "/v1/tenants/acme/policies/rollback",
-        json!({ "reason": "pager" }),
-    )
-    .await;
+    let (status, body) = b
+        .json(
+            "POST",
+            "/v1/tenants/acme/policies/rollback",
+            json!({ "reason": "pager" }),
+        )
+        .await;
     assert_eq!((status, &body["version"]), (200, &json!(0)), "{body}");
-    let (_, body) = call(&mut a, "GET", "/v1/tenants/acme/policies", json!(null)).await;
+    let (_, body) = a
+        .json("GET", "/v1/tenants/acme/policies", json!(null))
+        .await;
     assert_eq!(body["active"], 0, "{body}");
-    let (_, body) = call(
-        &mut a,
-        "GET",
-        "/v1/tenants/acme/policies/history",
-        json!(null),
-    )
-    .await;
+    let (_, body) = a
+        .json("GET", "/v1/tenants/acme/policies/history", json!(null))
+        .await;
     let actions: Vec<(&str, &str)> = body["history"]
         .as_array()
         .unwrap()
@@ -806,13 +761,9 @@ async fn a_policy_change_is_checked_analysed_approved_by_another_person_and_roll
         "{body}"
     );
     // Reports, stamped with the policy serial and the traffic log's head.
-    let (status, access) = call(
-        &mut a,
-        "GET",
-        "/v1/tenants/acme/reports/access",
-        json!(null),
-    )
-    .await;
+    let (status, access) = a
+        .json("GET", "/v1/tenants/acme/reports/access", json!(null))
+        .await;
     assert_eq!(status, 200, "{access}");
     assert_eq!(access["policy_version"], 0, "{access}");
     let rules: Vec<&str> = access["routes"][0]["rules"]
@@ -859,38 +810,34 @@ async fn a_policy_change_is_checked_analysed_approved_by_another_person_and_roll
         .to_str()
         .unwrap()
         .starts_with(&format!("gw-1:{}:", last.seq)));
-    let (status, audit) = call(
-        &mut a,
-        "GET",
-        "/v1/tenants/acme/reports/audit?window=1h",
-        json!(null),
-    )
-    .await;
+    let (status, audit) = a
+        .json(
+            "GET",
+            "/v1/tenants/acme/reports/audit?window=1h",
+            json!(null),
+        )
+        .await;
     assert_eq!(status, 200, "{audit}");
     assert_eq!(
         (audit["requests"].as_u64(), audit["allowed"].as_u64()),
         (Some(7), Some(7)),
         "{audit}"
     );
-    let (status, changes) = call(
-        &mut a,
-        "GET",
-        "/v1/tenants/acme/reports/changes",
-        json!(null),
-    )
-    .await;
+    let (status, changes) = a
+        .json("GET", "/v1/tenants/acme/reports/changes", json!(null))
+        .await;
     assert_eq!(
         (status, changes["history"].as_array().map(Vec::len)),
         (200, Some(5)),
         "{changes}"
     );
-    let (status, certs) = call(
-        &mut a,
-        "GET",
-        "/v1/tenants/acme/reports/certificates?within=2h",
-        json!(null),
-    )
-    .await;
+    let (status, certs) = a
+        .json(
+            "GET",
+            "/v1/tenants/acme/reports/certificates?within=2h",
+            json!(null),
+        )
+        .await;
     assert_eq!(status, 200, "{certs}");
     let list = certs["certificates"].as_array().unwrap();
     assert!(list.iter().all(|c| c["tenant"] == "acme"));
@@ -903,7 +850,7 @@ async fn a_policy_change_is_checked_analysed_approved_by_another_person_and_roll
         "/v1/tenants/acme/reports/audit?window=forever",
         "/v1/tenants/acme/reports/access?format=xml",
     ] {
-        let (status, body) = call(&mut a, "GET", bad, json!(null)).await;
+        let (status, body) = a.json("GET", bad, json!(null)).await;
         assert!(status == 400 || status == 404, "{bad}: {status} {body}");
     }
     server.stop().await;

@@ -12,10 +12,9 @@ mod softhsm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use harness::{write, Client, Fixture, Identity, Server, Workload};
-use portcullis_ca::{IssueRequest, Requester, RequesterKind};
+use harness::{write, Client, Fixture, Server, Workload};
 use serde_json::{json, Value};
 
 const GATEWAY: &str = "\
@@ -153,29 +152,6 @@ impl Drop for Receiver {
     }
 }
 
-/// An identity with a certificate issued straight by the CA for `tenant`.
-fn person(fx: &Fixture, tenant: &str, spiffe_id: &str) -> (Identity, String) {
-    let w = Workload::new(Some(spiffe_id), &[]);
-    let issued = fx
-        .ca
-        .issue(
-            &IssueRequest {
-                csr: w.csr.as_bytes(),
-                tenant: tenant.parse().unwrap(),
-                profile: None,
-                lifetime: None,
-                requester: Requester {
-                    kind: RequesterKind::Operator,
-                    id: "test".into(),
-                },
-            },
-            SystemTime::now(),
-        )
-        .expect("certificate");
-    let serial = issued.serial.to_string();
-    (w.identity(&issued.chain_pem, &serial), serial)
-}
-
 async fn start(fx: &Fixture, dir: &Path) -> Server {
     start_with(fx, dir, "").await
 }
@@ -193,33 +169,15 @@ async fn start_with(fx: &Fixture, dir: &Path, webhooks_extra: &str) -> Server {
     fx.start_with(fx.admin_config_with(&extra), None).await
 }
 
-async fn call(c: &mut Client, method: &str, path: &str, body: Value) -> (u16, Value) {
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    let r = c
-        .call(method, path, &[("content-type", "application/json")], body)
-        .await
-        .unwrap();
-    let json = if r.body.is_empty() {
-        json!(null)
-    } else {
-        r.json()
-    };
-    (r.status, json)
-}
-
 /// Creates a subscription; its id and secret.
 async fn subscribe(c: &mut Client, tenant: &str, url: &str, events: &[&str]) -> (String, String) {
-    let (status, body) = call(
-        c,
-        "POST",
-        &format!("/v1/tenants/{tenant}/webhooks"),
-        json!({ "url": url, "events": events, "description": "test" }),
-    )
-    .await;
+    let (status, body) = c
+        .json(
+            "POST",
+            &format!("/v1/tenants/{tenant}/webhooks"),
+            json!({ "url": url, "events": events, "description": "test" }),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
     let secret = body["secret"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("whsec_"), "{body}");
@@ -239,8 +197,9 @@ async fn events_arrive_signed_failures_are_retried_and_dead_letters_sent_again()
     let dir = tempfile::tempdir().unwrap();
     let server = start(fx, dir.path()).await;
     let rx = Receiver::start(dir.path(), "rx", None);
-    let (admin_id, admin_serial) = person(fx, "acme", "spiffe://acme.example/ns/people/admin");
-    let (editor_id, _) = person(fx, "acme", "spiffe://acme.example/ns/people/editor");
+    let admin_id = fx.person("acme", "spiffe://acme.example/ns/people/admin");
+    let admin_serial = admin_id.serial.clone();
+    let editor_id = fx.person("acme", "spiffe://acme.example/ns/people/editor");
     let mut admin = server.client(Some(&admin_id)).await;
 
     // Every event to one hook; revocations also to one that refuses its first two deliveries.
@@ -253,14 +212,16 @@ async fn events_arrive_signed_failures_are_retried_and_dead_letters_sent_again()
 
     // certificate.revoked: retried twice, then delivered; the same message id each time,
     // every attempt's signature valid.
-    let (_, victim) = person(fx, "acme", "spiffe://acme.example/ns/web/sa/victim");
-    let (status, body) = call(
-        &mut admin,
-        "POST",
-        &format!("/v1/certificates/{victim}/revoke"),
-        json!({ "reason": "keyCompromise" }),
-    )
-    .await;
+    let victim = fx
+        .person("acme", "spiffe://acme.example/ns/web/sa/victim")
+        .serial;
+    let (status, body) = admin
+        .json(
+            "POST",
+            &format!("/v1/certificates/{victim}/revoke"),
+            json!({ "reason": "keyCompromise" }),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let delivered_to_r = |e: &Value| {
         e["hook"] == "r"
@@ -304,22 +265,22 @@ async fn events_arrive_signed_failures_are_retried_and_dead_letters_sent_again()
 
     // policy.activated: uploaded by the editor, activated by the admin.
     let mut editor = server.client(Some(&editor_id)).await;
-    let (status, body) = call(
-        &mut editor,
-        "POST",
-        "/v1/tenants/acme/policies",
-        json!({ "document": ACME_V1 }),
-    )
-    .await;
+    let (status, body) = editor
+        .json(
+            "POST",
+            "/v1/tenants/acme/policies",
+            json!({ "document": ACME_V1 }),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
     let v = body["version"].as_u64().unwrap();
-    let (status, body) = call(
-        &mut admin,
-        "POST",
-        &format!("/v1/tenants/acme/policies/{v}/activate"),
-        json!({ "reason": "POST for the frontend" }),
-    )
-    .await;
+    let (status, body) = admin
+        .json(
+            "POST",
+            &format!("/v1/tenants/acme/policies/{v}/activate"),
+            json!({ "reason": "POST for the frontend" }),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     rx.wait_for("activation", |e| {
         e["payload"]["type"] == "policy.activated"
@@ -358,24 +319,26 @@ async fn events_arrive_signed_failures_are_retried_and_dead_letters_sent_again()
         .port();
     let dead_url = format!("http://127.0.0.1:{dead_port}/hook/b");
     let (b, secret_b) = subscribe(&mut admin, "acme", &dead_url, &["certificate.revoked"]).await;
-    let (_, second) = person(fx, "acme", "spiffe://acme.example/ns/web/sa/second");
-    let (status, _) = call(
-        &mut admin,
-        "POST",
-        &format!("/v1/certificates/{second}/revoke"),
-        json!({}),
-    )
-    .await;
+    let second = fx
+        .person("acme", "spiffe://acme.example/ns/web/sa/second")
+        .serial;
+    let (status, _) = admin
+        .json(
+            "POST",
+            &format!("/v1/certificates/{second}/revoke"),
+            json!({}),
+        )
+        .await;
     assert_eq!(status, 200);
     let deadline = Instant::now() + Duration::from_secs(15);
     let letter = loop {
-        let (status, body) = call(
-            &mut admin,
-            "GET",
-            "/v1/tenants/acme/webhooks/deliveries?status=dead",
-            json!(null),
-        )
-        .await;
+        let (status, body) = admin
+            .json(
+                "GET",
+                "/v1/tenants/acme/webhooks/deliveries?status=dead",
+                json!(null),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
         if let Some(d) = body["deliveries"]
             .as_array()
@@ -401,13 +364,13 @@ async fn events_arrive_signed_failures_are_retried_and_dead_letters_sent_again()
     let late = Receiver::start(dir.path(), "late", Some(dead_port));
     late.set(json!({ "b": { "secret": secret_b } }));
     let id = letter["id"].as_str().unwrap();
-    let (status, body) = call(
-        &mut admin,
-        "POST",
-        &format!("/v1/tenants/acme/webhooks/deliveries/{id}/retry"),
-        json!(null),
-    )
-    .await;
+    let (status, body) = admin
+        .json(
+            "POST",
+            &format!("/v1/tenants/acme/webhooks/deliveries/{id}/retry"),
+            json!(null),
+        )
+        .await;
     assert_eq!(status, 202, "{body}");
     let entries = late
         .wait_for("the dead letter", |e| {
@@ -415,26 +378,26 @@ async fn events_arrive_signed_failures_are_retried_and_dead_letters_sent_again()
         })
         .await;
     assert_eq!(entries[0]["payload"]["data"]["serial"], second.as_str());
-    let (_, body) = call(
-        &mut admin,
-        "GET",
-        "/v1/tenants/acme/webhooks/deliveries?status=delivered",
-        json!(null),
-    )
-    .await;
+    let (_, body) = admin
+        .json(
+            "GET",
+            "/v1/tenants/acme/webhooks/deliveries?status=delivered",
+            json!(null),
+        )
+        .await;
     assert!(body["deliveries"]
         .as_array()
         .unwrap()
         .iter()
         .any(|d| d["id"] == id));
     // Only a dead letter can be sent again.
-    let (status, _) = call(
-        &mut admin,
-        "POST",
-        &format!("/v1/tenants/acme/webhooks/deliveries/{id}/retry"),
-        json!(null),
-    )
-    .await;
+    let (status, _) = admin
+        .json(
+            "POST",
+            &format!("/v1/tenants/acme/webhooks/deliveries/{id}/retry"),
+            json!(null),
+        )
+        .await;
     assert_eq!(status, 404);
     let outcomes = server.stats.snapshot().webhooks;
     assert!(
@@ -450,10 +413,10 @@ async fn webhooks_stay_in_their_tenant_and_point_only_where_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(fx, dir.path()).await;
     let rx = Receiver::start(dir.path(), "rx", None);
-    let (admin_id, _) = person(fx, "acme", "spiffe://acme.example/ns/people/admin");
-    let (auditor_id, _) = person(fx, "acme", "spiffe://acme.example/ns/people/auditor");
-    let (editor_id, _) = person(fx, "acme", "spiffe://acme.example/ns/people/editor");
-    let (globex_id, _) = person(fx, "globex", "spiffe://globex.example/ns/people/admin");
+    let admin_id = fx.person("acme", "spiffe://acme.example/ns/people/admin");
+    let auditor_id = fx.person("acme", "spiffe://acme.example/ns/people/auditor");
+    let editor_id = fx.person("acme", "spiffe://acme.example/ns/people/editor");
+    let globex_id = fx.person("globex", "spiffe://globex.example/ns/people/admin");
     let mut admin = server.client(Some(&admin_id)).await;
     let mut globex = server.client(Some(&globex_id)).await;
 
@@ -474,16 +437,14 @@ async fn webhooks_stay_in_their_tenant_and_point_only_where_allowed() {
         json!({ "url": rx.url("a") }),
     ];
     for body in refused {
-        let (status, answer) = call(
-            &mut admin,
-            "POST",
-            "/v1/tenants/acme/webhooks",
-            body.clone(),
-        )
-        .await;
+        let (status, answer) = admin
+            .json("POST", "/v1/tenants/acme/webhooks", body.clone())
+            .await;
         assert_eq!(status, 400, "{body} → {answer}");
     }
-    let (_, list) = call(&mut admin, "GET", "/v1/tenants/acme/webhooks", json!(null)).await;
+    let (_, list) = admin
+        .json("GET", "/v1/tenants/acme/webhooks", json!(null))
+        .await;
     assert_eq!(list["webhooks"], json!([]), "{list}");
 
     let (a, secret_a) = subscribe(&mut admin, "acme", &rx.url("a"), &["certificate.revoked"]).await;
@@ -507,58 +468,54 @@ async fn webhooks_stay_in_their_tenant_and_point_only_where_allowed() {
             "/v1/tenants/acme/webhooks/deliveries/msg_x/retry".to_owned(),
         ),
     ] {
-        let (status, body) = call(&mut globex, method, &path, json!(null)).await;
+        let (status, body) = globex.json(method, &path, json!(null)).await;
         assert_eq!(status, 404, "{method} {path}: {body}");
     }
-    let (status, _) = call(
-        &mut globex,
-        "POST",
-        "/v1/tenants/acme/webhooks",
-        json!({ "url": rx.url("g"), "events": ["certificate.revoked"] }),
-    )
-    .await;
+    let (status, _) = globex
+        .json(
+            "POST",
+            "/v1/tenants/acme/webhooks",
+            json!({ "url": rx.url("g"), "events": ["certificate.revoked"] }),
+        )
+        .await;
     assert_eq!(status, 404);
     let mut auditor = server.client(Some(&auditor_id)).await;
-    let (status, list) = call(
-        &mut auditor,
-        "GET",
-        "/v1/tenants/acme/webhooks",
-        json!(null),
-    )
-    .await;
+    let (status, list) = auditor
+        .json("GET", "/v1/tenants/acme/webhooks", json!(null))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(list["webhooks"][0]["id"], a.as_str());
     assert!(list["webhooks"][0].get("secret").is_none(), "{list}");
-    let (status, _) = call(
-        &mut auditor,
-        "POST",
-        "/v1/tenants/acme/webhooks",
-        json!({ "url": rx.url("x"), "events": ["certificate.revoked"] }),
-    )
-    .await;
+    let (status, _) = auditor
+        .json(
+            "POST",
+            "/v1/tenants/acme/webhooks",
+            json!({ "url": rx.url("x"), "events": ["certificate.revoked"] }),
+        )
+        .await;
     assert_eq!(status, 403);
     let mut editor = server.client(Some(&editor_id)).await;
-    let (status, _) = call(&mut editor, "GET", "/v1/tenants/acme/webhooks", json!(null)).await;
+    let (status, _) = editor
+        .json("GET", "/v1/tenants/acme/webhooks", json!(null))
+        .await;
     assert_eq!(status, 403);
     let mut anonymous = server.client(None).await;
-    let (status, _) = call(
-        &mut anonymous,
-        "GET",
-        "/v1/tenants/acme/webhooks",
-        json!(null),
-    )
-    .await;
+    let (status, _) = anonymous
+        .json("GET", "/v1/tenants/acme/webhooks", json!(null))
+        .await;
     assert_eq!(status, 401);
 
     // acme's revocation reaches acme's hook only.
-    let (_, victim) = person(fx, "acme", "spiffe://acme.example/ns/web/sa/other-victim");
-    let (status, _) = call(
-        &mut admin,
-        "POST",
-        &format!("/v1/certificates/{victim}/revoke"),
-        json!({}),
-    )
-    .await;
+    let victim = fx
+        .person("acme", "spiffe://acme.example/ns/web/sa/other-victim")
+        .serial;
+    let (status, _) = admin
+        .json(
+            "POST",
+            &format!("/v1/certificates/{victim}/revoke"),
+            json!({}),
+        )
+        .await;
     assert_eq!(status, 200);
     rx.wait_for("acme's revocation", |e| {
         e["hook"] == "a" && e["payload"]["data"]["serial"] == victim.as_str()
@@ -569,21 +526,21 @@ async fn webhooks_stay_in_their_tenant_and_point_only_where_allowed() {
     assert!(entries.iter().all(|e| e["hook"] == "a"), "{entries:#?}");
 
     // Unsubscribed: nothing more arrives.
-    let (status, _) = call(
-        &mut admin,
-        "DELETE",
-        &format!("/v1/tenants/acme/webhooks/{a}"),
-        json!(null),
-    )
-    .await;
+    let (status, _) = admin
+        .json(
+            "DELETE",
+            &format!("/v1/tenants/acme/webhooks/{a}"),
+            json!(null),
+        )
+        .await;
     assert_eq!(status, 204);
-    let (status, _) = call(
-        &mut admin,
-        "DELETE",
-        &format!("/v1/tenants/acme/webhooks/{a}"),
-        json!(null),
-    )
-    .await;
+    let (status, _) = admin
+        .json(
+            "DELETE",
+            &format!("/v1/tenants/acme/webhooks/{a}"),
+            json!(null),
+        )
+        .await;
     assert_eq!(status, 404);
     server.stop().await;
 }
@@ -650,8 +607,8 @@ async fn a_spike_of_dlp_blocks_is_told_once_per_window() {
     );
     let server = start_with(fx, dir.path(), &spike).await;
     let rx = Receiver::start(dir.path(), "rx", None);
-    let (admin_id, _) = person(fx, "acme", "spiffe://acme.example/ns/people/admin");
-    let (globex_id, _) = person(fx, "globex", "spiffe://globex.example/ns/people/admin");
+    let admin_id = fx.person("acme", "spiffe://acme.example/ns/people/admin");
+    let globex_id = fx.person("globex", "spiffe://globex.example/ns/people/admin");
     let mut admin = server.client(Some(&admin_id)).await;
     let mut globex = server.client(Some(&globex_id)).await;
     let (_, secret_a) = subscribe(&mut admin, "acme", &rx.url("a"), &["dlp.block_spike"]).await;

@@ -77,13 +77,7 @@ async fn revoke_flow(
     rec: &mut CallRecord,
 ) -> Result<Revocation, ApiError> {
     let peer = conn.peer.as_ref().ok_or_else(ApiError::unauthenticated)?;
-    let serial: Serial = serial.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_serial",
-            "the serial must be 1 to 20 bytes of hex",
-        )
-    })?;
+    let serial = parse_serial(serial)?;
     let caller = caller_record(st, peer).await?;
     let kind = if st.is_operator(peer, &caller) {
         rec.role = Some(Role::PlatformAdmin.as_str());
@@ -101,13 +95,7 @@ async fn revoke_flow(
         let target = inventory_get(st, &serial)
             .await?
             .filter(|t| roles.sees(&t.tenant))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "no certificate with this serial",
-                )
-            })?;
+            .ok_or_else(no_such_certificate)?;
         let role = super::authorize(&roles, Permission::CertificateRevoke, &target.tenant)?;
         rec.role = Some(role.as_str());
         RequesterKind::Operator
@@ -152,11 +140,7 @@ async fn revoke_flow(
             rec.tenant = Some(revocation.certificate.tenant.to_string());
             Ok(revocation)
         }
-        Err(CaError::UnknownSerial(_)) => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no certificate with this serial",
-        )),
+        Err(CaError::UnknownSerial(_)) => Err(no_such_certificate()),
         Err(CaError::AlreadyRevoked { .. }) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "already_revoked",
@@ -210,6 +194,25 @@ pub(super) async fn crl(
     response
 }
 
+fn parse_serial(serial: &str) -> Result<Serial, ApiError> {
+    serial.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_serial",
+            "the serial must be 1 to 20 bytes of hex",
+        )
+    })
+}
+
+/// Also the answer for a certificate of a tenant the caller holds no role in.
+fn no_such_certificate() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no certificate with this serial",
+    )
+}
+
 // GET /v1/certificates/{serial}/lineage
 
 /// A certificate's family, for a caller who may read its tenant's inventory: what it renewed,
@@ -236,21 +239,8 @@ async fn lineage_flow(
     rec: &mut CallRecord,
 ) -> Result<Vec<CertRecord>, ApiError> {
     let peer = conn.peer.as_ref().ok_or_else(ApiError::unauthenticated)?;
-    let serial: Serial = serial.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_serial",
-            "the serial must be 1 to 20 bytes of hex",
-        )
-    })?;
+    let serial = parse_serial(serial)?;
     let caller = caller_record(st, peer).await?;
-    let not_found = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no certificate with this serial",
-        )
-    };
     if st.is_operator(peer, &caller) {
         rec.role = Some(Role::PlatformAdmin.as_str());
     } else {
@@ -259,7 +249,7 @@ async fn lineage_flow(
         let target = inventory_get(st, &serial)
             .await?
             .filter(|t| roles.sees(&t.tenant))
-            .ok_or_else(not_found)?;
+            .ok_or_else(no_such_certificate)?;
         rec.tenant = Some(target.tenant.to_string());
         let role = super::authorize(&roles, Permission::CertificateRead, &target.tenant)?;
         rec.role = Some(role.as_str());
@@ -272,7 +262,7 @@ async fn lineage_flow(
             ApiError::internal()
         })?;
     if family.is_empty() {
-        return Err(not_found());
+        return Err(no_such_certificate());
     }
     Ok(family)
 }

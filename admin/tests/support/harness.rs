@@ -169,6 +169,28 @@ pub fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
 }
 
 impl Fixture {
+    /// An identity with a certificate issued straight by the CA for `tenant`.
+    pub fn person(&self, tenant: &str, spiffe_id: &str) -> Identity {
+        let w = Workload::new(Some(spiffe_id), &[]);
+        let issued = self
+            .ca
+            .issue(
+                &IssueRequest {
+                    csr: w.csr.as_bytes(),
+                    tenant: tenant.parse().unwrap(),
+                    profile: None,
+                    lifetime: None,
+                    requester: Requester {
+                        kind: RequesterKind::Operator,
+                        id: "test".into(),
+                    },
+                },
+                SystemTime::now(),
+            )
+            .expect("certificate");
+        w.identity(&issued.chain_pem, &issued.serial.to_string())
+    }
+
     /// A bootstrap token for `tenant`, valid for an hour.
     pub fn token(&self, tenant: &str, spiffe_id: Option<&str>) -> String {
         self.token_at(
@@ -566,6 +588,31 @@ impl Client {
             headers,
             body,
         })
+    }
+
+    /// A call with a JSON body (none for `null`): the status and the JSON answer (`null` when
+    /// empty).
+    pub async fn json(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        let r = self
+            .call(method, path, &[("content-type", "application/json")], body)
+            .await
+            .unwrap();
+        let json = if r.body.is_empty() {
+            serde_json::Value::Null
+        } else {
+            r.json()
+        };
+        (r.status, json)
     }
 
     /// POST /v1/certificates with a JSON body, optionally with a bearer token.
