@@ -242,7 +242,11 @@ impl ProxyHttp for Gateway {
             .pool
             .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "route has no pool"))?;
-        let (peer, fallback) = match pool.peer() {
+        let avoid = match ctx.retry_elsewhere {
+            true => ctx.upstream.as_ref(),
+            false => None,
+        };
+        let (peer, fallback) = match pool.peer_avoiding(avoid) {
             Some(peer) => (Some(peer), None),
             None => failover(&self.metrics, &pool, &state.fallbacks),
         };
@@ -509,8 +513,21 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Box<RequestCtx>,
-        e: Box<Error>,
+        mut e: Box<Error>,
     ) -> Box<Error> {
+        // Nothing was sent: a route with fallbacks tries once more, elsewhere, rather than
+        // fail every request until the target's health check notices.
+        if ctx.fallback.is_none()
+            && !ctx.retry_elsewhere
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectTimedout
+            )
+            && ctx.route_state().is_some_and(|s| !s.fallbacks.is_empty())
+        {
+            ctx.retry_elsewhere = true;
+            e.set_retry(true);
+        }
         if let Some(pool) = ctx.pool() {
             let kind = match e.etype() {
                 &crate::upstream::IDENTITY_MISMATCH => "identity_mismatch",

@@ -145,9 +145,22 @@ impl Pool {
 
     /// The next healthy target, as a peer ready to connect to; `None` when all are down.
     pub(crate) fn peer(&self) -> Option<HttpPeer> {
-        let backend = match &self.single {
-            Some(one) => self.balancer.backends().ready(one).then(|| one.clone())?,
-            None => self.balancer.select(b"", 256)?,
+        self.peer_avoiding(None)
+    }
+
+    /// The next healthy target other than `avoid` (a target that just refused a connection,
+    /// before its health check has noticed).
+    pub(crate) fn peer_avoiding(
+        &self,
+        avoid: Option<&pingora_core::protocols::l4::socket::SocketAddr>,
+    ) -> Option<HttpPeer> {
+        let backend = match (&self.single, avoid) {
+            (Some(one), _) if avoid == Some(&one.addr) => return None,
+            (Some(one), _) => self.balancer.backends().ready(one).then(|| one.clone())?,
+            (None, None) => self.balancer.select(b"", 256)?,
+            (None, Some(avoid)) => self
+                .balancer
+                .select_with(b"", 256, |b, healthy| healthy && &b.addr != avoid)?,
         };
         let addr = *backend.addr.as_inet()?;
         // Over TLS too pingora sees plain HTTP: the TLS stream is made by `TlsConnect`.
@@ -239,5 +252,18 @@ mod tests {
         seen.sort();
         seen.dedup();
         assert_eq!(seen, ["127.0.0.1:9000", "127.0.0.1:9001"]);
+    }
+
+    #[test]
+    fn a_retry_avoids_the_target_that_refused() {
+        let two = pool("127.0.0.1:9000, 127.0.0.1:9001");
+        let refused = two.peer().unwrap()._address;
+        for _ in 0..4 {
+            let other = two.peer_avoiding(Some(&refused)).unwrap()._address;
+            assert_ne!(other, refused);
+        }
+        let one = pool("127.0.0.1:9000");
+        let only = one.peer().unwrap()._address;
+        assert!(one.peer_avoiding(Some(&only)).is_none());
     }
 }

@@ -70,6 +70,9 @@ pub(crate) struct RequestCtx {
     pub(super) upstream: Option<SocketAddr>,
     /// Which of the route's fallback pools took the request (`None`: the route's own pool).
     pub(super) fallback: Option<usize>,
+    /// A target of the route's own pool refused the connection: the retry goes to another
+    /// target, else to the fallbacks (once).
+    pub(super) retry_elsewhere: bool,
     /// A renewed session cookie to send with the response.
     pub(super) set_cookie: Option<String>,
     /// The request's slot under `fairness`, held until the request ends.
@@ -116,6 +119,7 @@ impl RequestCtx {
             response_scan: None,
             upstream: None,
             fallback: None,
+            retry_elsewhere: false,
             set_cookie: None,
             fair_slot: None,
             connection_deadline: None,
