@@ -213,10 +213,26 @@ fn targets_follow_the_dns_answer_and_the_last_good_set_outlives_the_name_server(
         2.0,
     );
 
+    // The name is gone from the answer (NXDOMAIN): an empty answer keeps the last good set.
+    dns.set_hosts("");
+    let emptied = Instant::now();
+    while gw.metric("portcullis_upstream_discovery_errors_total{upstream=\"echo\"}") < 1.0 {
+        assert!(
+            emptied.elapsed() < Duration::from_secs(15),
+            "no discovery error counted for an empty answer:\n{}",
+            gw.proc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let kept = answers(&client, gw.port, 10);
+    assert_eq!(kept.get("a"), Some(&5), "{kept:?}");
+    assert_eq!(kept.get("b"), Some(&5), "{kept:?}");
+
     // The name server goes away: the last good targets keep serving, the failures counted.
+    let before = gw.metric("portcullis_upstream_discovery_errors_total{upstream=\"echo\"}");
     dns.kill();
     let killed = Instant::now();
-    while gw.metric("portcullis_upstream_discovery_errors_total{upstream=\"echo\"}") < 1.0 {
+    while gw.metric("portcullis_upstream_discovery_errors_total{upstream=\"echo\"}") <= before {
         assert!(
             killed.elapsed() < Duration::from_secs(15),
             "no discovery error counted:\n{}",
@@ -225,7 +241,7 @@ fn targets_follow_the_dns_answer_and_the_last_good_set_outlives_the_name_server(
         std::thread::sleep(Duration::from_millis(100));
     }
     println!(
-        "figure: name server killed -> first discovery error counted after {:?}",
+        "figure: name server killed -> next discovery error counted after {:?}",
         killed.elapsed()
     );
     let kept = answers(&client, gw.port, 20);
