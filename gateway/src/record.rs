@@ -215,6 +215,7 @@ impl Summary<'_> {
             upstream: self.upstream.map(ToString::to_string),
             reason: (self.outcome.label != "allow").then(|| self.outcome.label.to_owned()),
             direction: self.egress.then(|| "egress".to_owned()),
+            failover: self.failover.map(str::to_owned),
         }
     }
 

@@ -323,6 +323,11 @@ fn a_pool_without_a_healthy_target_fails_over_to_the_next_upstream_and_comes_bac
             remote.port
         ),
     );
+    let audit = d.join("audit");
+    let yaml = format!(
+        "{yaml}audit:\n  directory: {}\n  signing_key: audit.key\n  node: gw-dns\n  mode: best-effort\n",
+        audit.display()
+    );
     let gw = Gateway::start(d, &yaml);
     let client = pki.client(Some("frontend"));
     assert_eq!(
@@ -369,6 +374,22 @@ fn a_pool_without_a_healthy_target_fails_over_to_the_next_upstream_and_comes_bac
         "{metrics}"
     );
     gw.wait_for_line(|l| l.contains("\"upstream.failover\":\"other-region\""));
+    // The audit records say so too.
+    let start = Instant::now();
+    loop {
+        let failed_over = crate::audit::records(&audit)
+            .iter()
+            .filter(|r| r["kind"] == "request" && r["event"]["failover"] == "other-region")
+            .count();
+        if failed_over >= 20 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{failed_over} audit records name the fallback"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // The local upstream is back: once its health check passes, requests return to it.
     let _local = echo_at(d, "local", &local_addr);
