@@ -150,9 +150,7 @@ impl DiscoveredSet {
                     .fetch_add(1, Ordering::Relaxed)
                     .saturating_add(1);
                 self.unreported_errors.fetch_add(1, Ordering::Relaxed);
-                let retry = MIN_REFRESH
-                    .saturating_mul(1 << failures.min(5).saturating_sub(1))
-                    .min(MAX_RETRY);
+                let retry = retry_after(failures);
                 *lock(&self.next) = Some(now + retry);
                 tracing::warn!(
                     upstream = %self.upstream,
@@ -190,6 +188,14 @@ impl DiscoveredSet {
         };
         self.refresh_with(&resolver).await
     }
+}
+
+/// The wait before asking again after `failures` failed attempts in a row: 1, 2, 4, 8, 16,
+/// then 30 s.
+fn retry_after(failures: u32) -> Duration {
+    MIN_REFRESH
+        .saturating_mul(1 << failures.clamp(1, 6).saturating_sub(1))
+        .min(MAX_RETRY)
 }
 
 /// A std mutex guard, poison or not: the values behind these locks stay valid either way.
@@ -457,6 +463,13 @@ mod tests {
             kept.iter().next().unwrap().addr.to_string(),
             "127.0.0.1:1000"
         );
+    }
+
+    #[test]
+    fn retries_back_off_to_thirty_seconds() {
+        let waits: Vec<u64> = (0..9).map(|n| retry_after(n).as_secs()).collect();
+        assert_eq!(waits, [1, 1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(retry_after(u32::MAX), MAX_RETRY);
     }
 
     #[test]
