@@ -92,7 +92,12 @@ impl Drop for Dnsmasq {
 
 /// An echo upstream on a chosen address (distinct loopback addresses share a port).
 fn echo_at(dir: &Path, name: &str, addr: &str) -> Proc {
-    let proc = spawn_env(
+    try_echo_at(dir, name, addr).unwrap_or_else(|log| panic!("{addr} never opened:\n{log}"))
+}
+
+/// Like `echo_at`; the echo's log when it could not listen there.
+fn try_echo_at(dir: &Path, name: &str, addr: &str) -> Result<Proc, String> {
+    let mut proc = spawn_env(
         &[
             "echo",
             "--exit-with-stdin",
@@ -101,18 +106,37 @@ fn echo_at(dir: &Path, name: &str, addr: &str) -> Proc {
             "--listen",
             addr,
         ],
-        dir.join(format!("echo-{name}.log")),
+        dir.join(format!("echo-{name}-{}.log", addr.replace(':', "-"))),
         &[],
     );
     let start = Instant::now();
     while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{addr} never opened"
-        );
+        if start.elapsed() > Duration::from_secs(20) || matches!(proc.child.try_wait(), Ok(Some(_)))
+        {
+            return Err(proc.log_text());
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
-    proc
+    Ok(proc)
+}
+
+/// Echo upstreams named `names` on 127.0.0.2, 127.0.0.3… at one port (what an A answer
+/// needs): a port free on every one of those addresses, tried again if one was not.
+fn echoes_on_one_port(dir: &Path, names: &[&str]) -> (u16, Vec<Proc>) {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let port = free_port();
+        let started: Result<Vec<Proc>, String> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| try_echo_at(dir, name, &format!("127.0.0.{}:{port}", i + 2)))
+            .collect();
+        match started {
+            Ok(procs) => return (port, procs),
+            Err(log) => last = log,
+        }
+    }
+    panic!("no port free on every address:\n{last}");
 }
 
 /// `base_config` with its `echo` upstream's targets replaced by `with` (further keys of
@@ -166,9 +190,7 @@ fn until(
 fn targets_follow_the_dns_answer_and_the_last_good_set_outlives_the_name_server() {
     let pki = Pki::new();
     let d = pki.dir.path();
-    let port = free_port();
-    let _a = echo_at(d, "a", &format!("127.0.0.2:{port}"));
-    let _b = echo_at(d, "b", &format!("127.0.0.3:{port}"));
+    let (port, _echoes) = echoes_on_one_port(d, &["a", "b"]);
     let mut dns = Dnsmasq::start(d, "127.0.0.2 svc.test\n", &[]);
     let yaml = upstream(&format!(
         "    dns: {{ name: svc.test, port: {port}, resolver: {} }}\n",
