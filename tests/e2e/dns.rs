@@ -319,6 +319,16 @@ fn srv_records_give_targets_and_ports_and_only_the_lowest_priority_serves() {
         "portcullis_upstream_discovered_targets{upstream=\"echo\"}",
         2.0,
     );
+    // `check` accepts the config without asking DNS.
+    let out = Command::new(bin())
+        .args(["check", "--config", gw.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
