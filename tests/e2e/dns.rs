@@ -14,15 +14,20 @@ use crate::harness::*;
 use crate::proxy::base_config;
 
 /// A dnsmasq answering from `hosts` (re-read on SIGHUP) and its `--srv-host` lines, on
-/// 127.0.0.1 at a random port, TTL 1 s.
+/// 127.0.0.1 at a random port, TTL 1 s; every query it answers is in its log.
 struct Dnsmasq {
     port: u16,
     hosts: PathBuf,
+    log: PathBuf,
     child: Option<Child>,
 }
 
 impl Dnsmasq {
     fn start(dir: &Path, hosts: &str, srv: &[String]) -> Self {
+        Self::start_ttl(dir, hosts, srv, 1)
+    }
+
+    fn start_ttl(dir: &Path, hosts: &str, srv: &[String], ttl: u32) -> Self {
         let port = free_port();
         let path = dir.join(format!("dns-hosts-{port}"));
         std::fs::write(&path, hosts).unwrap();
@@ -41,11 +46,13 @@ impl Dnsmasq {
             "--pid-file".into(),
             format!("--user={user}"),
             format!("--addn-hosts={}", path.display()),
-            "--local-ttl=1".into(),
+            format!("--local-ttl={ttl}"),
             "--log-facility=-".into(),
+            "--log-queries".into(),
         ];
         args.extend(srv.iter().map(|s| format!("--srv-host={s}")));
-        let log = std::fs::File::create(dir.join(format!("dnsmasq-{port}.log"))).unwrap();
+        let log_path = dir.join(format!("dnsmasq-{port}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new("dnsmasq")
             .args(&args)
             .stdin(Stdio::null())
@@ -57,8 +64,19 @@ impl Dnsmasq {
         Self {
             port,
             hosts: path,
+            log: log_path,
             child: Some(child),
         }
+    }
+
+    /// How many `query[TYPE] NAME` lines the log has.
+    fn queries(&self, kind: &str, name: &str) -> usize {
+        let needle = format!("query[{kind}] {name} ");
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .count()
     }
 
     fn resolver(&self) -> String {
@@ -282,6 +300,36 @@ fn targets_follow_the_dns_answer_and_the_last_good_set_outlives_the_name_server(
     let after_reload = answers(&client, gw.port, 10);
     assert_eq!(after_reload.get("a"), Some(&5), "{after_reload:?}");
     assert_eq!(after_reload.get("b"), Some(&5), "{after_reload:?}");
+}
+
+#[test]
+fn the_name_is_asked_again_only_when_its_ttl_runs_out() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let echo = Echo::start(d, "a");
+    let dns = Dnsmasq::start_ttl(d, "127.0.0.1 svc.test\n", &[], 2);
+    let gw = Gateway::start(
+        d,
+        &upstream(&format!(
+            "    dns: {{ name: svc.test, port: {}, resolver: {} }}\n",
+            echo.port,
+            dns.resolver()
+        )),
+    );
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_millis(6500));
+    let asked = dns.queries("A", "svc.test");
+    // The first lookup, then one each time the 2 s TTL runs out: 4 in 6.5 s (the refresh
+    // task looks every 250 ms: 26 if it asked each time).
+    println!(
+        "figure: TTL 2 s -> {asked} A queries for the name in {:?}",
+        start.elapsed()
+    );
+    assert!((3..=5).contains(&asked), "{asked} queries");
+    assert_eq!(
+        answers(&pki.client(Some("frontend")), gw.port, 3),
+        BTreeMap::from([("a".to_owned(), 3)])
+    );
 }
 
 #[test]
