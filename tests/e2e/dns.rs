@@ -300,6 +300,24 @@ fn targets_follow_the_dns_answer_and_the_last_good_set_outlives_the_name_server(
     let after_reload = answers(&client, gw.port, 10);
     assert_eq!(after_reload.get("a"), Some(&5), "{after_reload:?}");
     assert_eq!(after_reload.get("b"), Some(&5), "{after_reload:?}");
+
+    // Listed targets again: the upstream's target gauge goes away.
+    gw.reload(
+        &upstream(&format!("    targets: [127.0.0.2:{port}]\n")),
+        "success",
+    );
+    let start = Instant::now();
+    while gw
+        .metrics()
+        .contains("portcullis_upstream_discovered_targets{upstream=\"echo\"}")
+    {
+        assert!(start.elapsed() < Duration::from_secs(5), "gauge kept");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        answers(&client, gw.port, 4),
+        BTreeMap::from([("a".to_owned(), 4)])
+    );
 }
 
 #[test]

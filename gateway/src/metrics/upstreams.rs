@@ -66,6 +66,11 @@ impl Metrics {
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
+    /// An upstream no longer discovered (gone from the config, or listed now): no gauge.
+    pub(crate) fn forget_discovered(&self, upstream: &str) {
+        let _ = self.upstreams.discovered.remove_label_values(&[upstream]);
+    }
+
     pub(crate) fn discovery_errors(&self, upstream: &str, count: u64) {
         self.upstreams
             .discovery_errors

@@ -61,6 +61,8 @@ pub(super) struct DnsRefresh {
 #[async_trait]
 impl BackgroundService for DnsRefresh {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        // The upstreams whose target gauge is exported.
+        let mut gauged: Vec<UpstreamName> = Vec::new();
         loop {
             let snapshot = self.snapshot.load_full();
             let now = Instant::now();
@@ -89,6 +91,21 @@ impl BackgroundService for DnsRefresh {
                     pool.take_discovered().await;
                     self.metrics
                         .discovered_targets(pool.name.as_str(), pool.target_count());
+                }
+            }
+            gauged.retain(|name| {
+                let still = snapshot
+                    .pools
+                    .get(name)
+                    .is_some_and(|p| p.discovered().is_some());
+                if !still {
+                    self.metrics.forget_discovered(name.as_str());
+                }
+                still
+            });
+            for pool in snapshot.pools.values() {
+                if pool.discovered().is_some() && !gauged.contains(&pool.name) {
+                    gauged.push(pool.name.clone());
                 }
             }
             drop(sets);
