@@ -32,6 +32,9 @@ if [ "${1:-}" = "--test" ]; then
   # tests/deploy.sh: the systemd units are verified and rated offline (systemd-analyze), users
   # and folders made in a scratch root (systemd-sysusers, systemd-tmpfiles), man pages rendered.
   { have systemd-analyze && have systemd-sysusers && have systemd-tmpfiles; } || need+=(systemd)
+  # The DNS discovery tests start their own dnsmasq on loopback (dnsmasq-base: the binary
+  # alone, without the Debian service that would take port 53).
+  have dnsmasq || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
   have strace || need+=(strace)     # the system calls the services make, against their filter
   have groff || need+=(groff-base)
   have man || need+=(man-db)

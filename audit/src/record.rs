@@ -251,6 +251,10 @@ pub struct RequestEvent {
     /// absent for inbound requests (a compatible addition within v1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direction: Option<String>,
+    /// The fallback upstream that took the request because the route's own had no healthy
+    /// target; absent otherwise (a compatible addition within v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<String>,
 }
 
 impl RequestEvent {

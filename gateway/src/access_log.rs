@@ -62,6 +62,10 @@ pub(crate) struct AccessLine<'a> {
     /// `egress` for a request the local workload sent out; absent for inbound ones.
     #[serde(rename = "direction", skip_serializing_if = "Option::is_none")]
     pub direction: Option<&'static str>,
+    /// The fallback upstream that took the request while the route's own had no healthy
+    /// target; absent otherwise.
+    #[serde(rename = "upstream.failover", skip_serializing_if = "Option::is_none")]
+    pub failover: Option<&'a str>,
     #[serde(rename = "authz.decision")]
     pub decision: &'a str,
     #[serde(rename = "authz.rule")]
@@ -233,6 +237,9 @@ impl AccessLine<'_> {
         }
         if let Some(direction) = self.direction {
             string_field(out, b",\"direction\":", direction);
+        }
+        if let Some(failover) = self.failover {
+            string_field(out, b",\"upstream.failover\":", failover);
         }
         string_field(out, b",\"authz.decision\":", self.decision);
         string_field(out, b",\"authz.rule\":", self.rule);

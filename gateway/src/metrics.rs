@@ -15,10 +15,12 @@ mod fairness;
 mod ops;
 mod policy;
 mod traces;
+mod upstreams;
 
 use audit::{catch_up, AuditMetrics};
 use connections::ConnectionMetrics;
 use fairness::FairnessMetrics;
+use upstreams::UpstreamMetrics;
 
 pub(crate) use ops::{plain_response, OpsEndpoint};
 pub(crate) use traces::TraceMetrics;
@@ -50,6 +52,7 @@ pub(crate) struct Metrics {
     audit: AuditMetrics,
     connections: ConnectionMetrics,
     fairness: FairnessMetrics,
+    upstreams: UpstreamMetrics,
     /// The trace exporter's counters (handed to it at start).
     pub(crate) traces: TraceMetrics,
     ready: AtomicBool,
@@ -243,6 +246,7 @@ impl Metrics {
         let audit = AuditMetrics::new(&registry);
         let connections = ConnectionMetrics::new(&registry);
         let fairness = FairnessMetrics::new(&registry);
+        let upstreams = UpstreamMetrics::new(&registry);
         let policy = policy::PolicyMetrics::new(&registry);
         let traces = TraceMetrics::register(&registry);
         for c in [
@@ -296,6 +300,7 @@ impl Metrics {
             audit,
             connections,
             fairness,
+            upstreams,
             traces,
             ready: AtomicBool::new(false),
         }

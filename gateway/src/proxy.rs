@@ -40,7 +40,8 @@ mod refusals;
 pub(crate) use connection::Workload;
 pub(crate) use context::RequestCtx;
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Fallback, Snapshot};
+use crate::upstream::Pool;
 
 pub(crate) struct Gateway {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
@@ -232,11 +233,25 @@ impl ProxyHttp for Gateway {
                 "no upstream without admission",
             ));
         }
-        let pool = ctx
-            .pool()
-            .cloned()
+        // A retry picks again, from the route's own pool first.
+        ctx.fallback = None;
+        let state = ctx
+            .route_state()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "route has no pool"))?;
-        match pool.peer() {
+        let pool = state
+            .pool
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "route has no pool"))?;
+        let avoid = match ctx.retry_elsewhere {
+            true => ctx.upstream.as_ref(),
+            false => None,
+        };
+        let (peer, fallback) = match pool.peer_avoiding(avoid) {
+            Some(peer) => (Some(peer), None),
+            None => failover(&self.metrics, &pool, &state.fallbacks),
+        };
+        ctx.fallback = fallback.as_ref().map(|(i, _)| *i);
+        match peer {
             Some(mut peer) => {
                 if let Some(deadline) = ctx.grpc_deadline {
                     // The call's deadline caps every wait on the upstream.
@@ -250,7 +265,8 @@ impl ProxyHttp for Gateway {
                 }
                 ctx.upstream = Some(peer._address.clone());
                 if let Some(trace) = ctx.trace.as_mut() {
-                    trace.upstream_begin(pool.name.as_str());
+                    let serving = fallback.as_ref().map_or(&pool, |(_, p)| p);
+                    trace.upstream_begin(serving.name.as_str());
                 }
                 Ok(Box::new(peer))
             }
@@ -497,8 +513,21 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Box<RequestCtx>,
-        e: Box<Error>,
+        mut e: Box<Error>,
     ) -> Box<Error> {
+        // Nothing was sent: a route with fallbacks tries once more, elsewhere, rather than
+        // fail every request until the target's health check notices.
+        if ctx.fallback.is_none()
+            && !ctx.retry_elsewhere
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectTimedout
+            )
+            && ctx.route_state().is_some_and(|s| !s.fallbacks.is_empty())
+        {
+            ctx.retry_elsewhere = true;
+            e.set_retry(true);
+        }
         if let Some(pool) = ctx.pool() {
             let kind = match e.etype() {
                 &crate::upstream::IDENTITY_MISMATCH => "identity_mismatch",
@@ -566,4 +595,25 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<RequestCtx>) {
         self.record(session, e, ctx);
     }
+}
+
+/// The first of `fallbacks` with a healthy target, when `pool` has none: its peer, its
+/// position and pool, the request counted as failed over to it.
+fn failover(
+    metrics: &Metrics,
+    pool: &Pool,
+    fallbacks: &[Fallback],
+) -> (Option<HttpPeer>, Option<(usize, Arc<Pool>)>) {
+    for (i, fallback) in fallbacks.iter().enumerate() {
+        if let Some(peer) = fallback.pool.peer() {
+            fallback
+                .taken
+                .get_or_init(|| {
+                    metrics.failover_counter(pool.name.as_str(), fallback.pool.name.as_str())
+                })
+                .inc();
+            return (Some(peer), Some((i, Arc::clone(&fallback.pool))));
+        }
+    }
+    (None, None)
 }

@@ -42,6 +42,8 @@ pub(crate) struct Summary<'a> {
     pub admitted: bool,
     pub outcome: Outcome<'a>,
     pub upstream: Option<&'a SocketAddr>,
+    /// The fallback upstream that took the request, if the route's own had no healthy target.
+    pub failover: Option<&'a str>,
     /// Sent by the local workload through an egress listener (outbound).
     pub egress: bool,
 }
@@ -158,6 +160,7 @@ impl Summary<'_> {
             status: exchange.status,
             grpc_status: exchange.grpc_status,
             direction: self.egress.then_some("egress"),
+            failover: self.failover,
             decision: self.outcome.label,
             rule: self.outcome.rule.unwrap_or("-"),
             dlp,
@@ -212,6 +215,7 @@ impl Summary<'_> {
             upstream: self.upstream.map(ToString::to_string),
             reason: (self.outcome.label != "allow").then(|| self.outcome.label.to_owned()),
             direction: self.egress.then(|| "egress".to_owned()),
+            failover: self.failover.map(str::to_owned),
         }
     }
 

@@ -35,7 +35,7 @@ use crate::{AuditSigners, GatewayError};
 mod background;
 mod listeners;
 
-use background::{spawn_drain_watch, HealthChecks};
+use background::{spawn_drain_watch, DnsRefresh, HealthChecks};
 use listeners::{egress_service, listener_service, Shared};
 
 /// Reads and checks a config file: the one entry point for `serve`, `check` and reload.
@@ -75,8 +75,10 @@ pub fn check(path: &Path) -> Result<Config, GatewayError> {
             ListenerTls::load(listener)?;
         }
     }
+    // Discovered upstreams are not looked up here: their sets stay empty.
+    let discovered = crate::upstream::DiscoveryRegistry::default().sets_for(&config, false);
     for upstream in &config.upstreams {
-        Pool::from_config(upstream)?;
+        Pool::from_config(upstream, discovered.get(&upstream.name))?;
     }
     check_audit_key(&config)?;
     check_login_secrets(&config)?;
@@ -363,6 +365,14 @@ pub fn serve(
             snapshot: snapshot.clone(),
             metrics: metrics.clone(),
             listeners: listeners.iter().map(|l| l.address).collect(),
+        },
+    ));
+
+    server.add_service(background_service(
+        "upstream discovery",
+        DnsRefresh {
+            snapshot: snapshot.clone(),
+            metrics: metrics.clone(),
         },
     ));
 

@@ -15,7 +15,7 @@ use crate::authn::{Authenticator, KeyRegistry};
 use crate::forwarding::RouteHeaders;
 use crate::metrics::RouteSeries;
 use crate::tls::ListenerTls;
-use crate::upstream::Pool;
+use crate::upstream::{DiscoveryRegistry, Pool};
 use crate::GatewayError;
 
 #[derive(Debug, Clone)]
@@ -64,6 +64,8 @@ pub(crate) struct Snapshot {
     pub key_sets: Arc<KeyRegistry>,
     /// The signer of upstream identity assertions, if configured.
     pub assertion: Option<Arc<AssertionSigner>>,
+    /// Upstream targets found in DNS, shared by all generations (a reload keeps them).
+    pub discovery: Arc<DiscoveryRegistry>,
 }
 
 impl Snapshot {
@@ -83,11 +85,14 @@ impl Snapshot {
             }
             p.assertion.clone()
         });
+        let discovery = previous.map_or_else(Default::default, |p| Arc::clone(&p.discovery));
+        // Sets already in use carry over; new ones are asked once before the pools are made.
+        let discovered = discovery.sets_for(&config, true);
         let mut pools = HashMap::new();
         for upstream in &config.upstreams {
             pools.insert(
                 upstream.name.clone(),
-                Arc::new(Pool::from_config(upstream)?),
+                Arc::new(Pool::from_config(upstream, discovered.get(&upstream.name))?),
             );
         }
         let tls = match previous {
@@ -113,6 +118,7 @@ impl Snapshot {
             .map(|route| RouteState {
                 weight: weights.get(route.tenant.as_str()).copied().unwrap_or(1),
                 pool: pools.get(&route.upstream).cloned(),
+                fallbacks: fallbacks(&config, &pools, &route.upstream),
                 headers: RouteHeaders::of(route),
                 series: RouteSeries::default(),
             })
@@ -127,6 +133,7 @@ impl Snapshot {
             authenticator,
             key_sets,
             assertion,
+            discovery,
             config: Arc::new(config),
         })
     }
@@ -189,6 +196,9 @@ pub(crate) struct RouteState {
     /// The route's tenant's `weight` (`fairness`).
     pub weight: u32,
     pub pool: Option<Arc<Pool>>,
+    /// The pools that take the route's requests, in order, while `pool` has no healthy
+    /// target (its upstream's `failover`).
+    pub fallbacks: Box<[Fallback]>,
     pub headers: Option<RouteHeaders>,
     pub series: RouteSeries,
 }
@@ -199,6 +209,36 @@ impl std::fmt::Debug for RouteState {
             .field("pool", &self.pool)
             .finish_non_exhaustive()
     }
+}
+
+/// A pool a route's requests fail over to, with the counter of those it took (resolved on
+/// first use, like [`RouteSeries`]).
+pub(crate) struct Fallback {
+    pub pool: Arc<Pool>,
+    pub taken: std::sync::OnceLock<prometheus::IntCounter>,
+}
+
+/// The fallback pools of `upstream`, in its `failover` order.
+fn fallbacks(
+    config: &Config,
+    pools: &HashMap<UpstreamName, Arc<Pool>>,
+    upstream: &UpstreamName,
+) -> Box<[Fallback]> {
+    config
+        .upstreams
+        .iter()
+        .find(|u| &u.name == upstream)
+        .map(|u| {
+            u.failover
+                .iter()
+                .filter_map(|name| pools.get(name))
+                .map(|pool| Fallback {
+                    pool: Arc::clone(pool),
+                    taken: std::sync::OnceLock::new(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The per-listener settings requests consult.

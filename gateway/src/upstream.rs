@@ -1,22 +1,28 @@
-//! Upstream pools: static targets chosen round robin among the healthy ones, active HTTP
-//! health checks, timeouts, and plain HTTP, TLS or mTLS to the upstream (TLS made by
-//! [`connect`], which checks the upstream's name, SPIFFE ID or both).
+//! Upstream pools: targets (listed, or found in DNS by [`discovery`]) chosen round robin among
+//! the healthy ones, active HTTP health checks, timeouts, and plain HTTP, TLS or mTLS to the
+//! upstream (TLS made by [`connect`], which checks the upstream's name, SPIFFE ID or both).
 
 mod connect;
+mod discovery;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use pingora_load_balancing::health_check::HttpHealthCheck;
 use pingora_load_balancing::selection::RoundRobin;
-use pingora_load_balancing::{Backend, LoadBalancer};
+use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 use portcullis_policy::{UpstreamConfig, UpstreamName, UpstreamProtocol};
 
 use connect::TlsConnect;
 pub(crate) use connect::IDENTITY_MISMATCH;
+use discovery::DnsTargets;
+pub(crate) use discovery::{DiscoveredSet, DiscoveryRegistry};
 
 use crate::GatewayError;
 
@@ -35,6 +41,9 @@ pub(crate) struct Pool {
     connect_timeout: Duration,
     read_timeout: Duration,
     health_interval: Option<Duration>,
+    /// The DNS-discovered targets this pool balances over, and the set's version it last
+    /// took (`None`: the targets are listed in the config).
+    discovered: Option<(Arc<DiscoveredSet>, AtomicU64)>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -44,10 +53,39 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    pub(crate) fn from_config(config: &UpstreamConfig) -> Result<Self, GatewayError> {
-        let mut balancer =
-            LoadBalancer::<RoundRobin>::try_from_iter(config.targets.iter().copied())
-                .map_err(|e| GatewayError::Upstream(format!("upstream {}: {e}", config.name)))?;
+    /// A pool of `config`'s targets; for a discovered upstream, of `discovered`'s (the set
+    /// the generation shares with the previous ones; see [`DiscoveryRegistry`]).
+    pub(crate) fn from_config(
+        config: &UpstreamConfig,
+        discovered: Option<&Arc<DiscoveredSet>>,
+    ) -> Result<Self, GatewayError> {
+        let discovered = match (&config.dns, discovered) {
+            (Some(_), Some(set)) => Some(Arc::clone(set)),
+            (Some(_), None) => {
+                return Err(GatewayError::Upstream(format!(
+                    "upstream {}: no discovered set for its dns section",
+                    config.name
+                )))
+            }
+            (None, _) => None,
+        };
+        let mut balancer = match &discovered {
+            None => LoadBalancer::<RoundRobin>::try_from_iter(config.targets.iter().copied())
+                .map_err(|e| GatewayError::Upstream(format!("upstream {}: {e}", config.name)))?,
+            Some(set) => {
+                let balancer = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(
+                    DnsTargets(Arc::clone(set)),
+                )));
+                // `DnsTargets` only reads the last good set: the update is ready at once.
+                if let Some(Err(e)) = balancer.update().now_or_never() {
+                    return Err(GatewayError::Upstream(format!(
+                        "upstream {}: {e}",
+                        config.name
+                    )));
+                }
+                balancer
+            }
+        };
         let tls = match &config.tls {
             None => None,
             Some(tls) => Some(Arc::new(TlsConnect::new(
@@ -85,9 +123,13 @@ impl Pool {
         }
         let backends = balancer.backends().get_backend();
         let single = match backends.len() {
-            1 => backends.iter().next().cloned(),
+            1 if discovered.is_none() => backends.iter().next().cloned(),
             _ => None,
         };
+        let discovered = discovered.map(|set| {
+            let version = AtomicU64::new(set.version());
+            (set, version)
+        });
         Ok(Self {
             name: config.name.clone(),
             balancer,
@@ -97,14 +139,28 @@ impl Pool {
             connect_timeout: config.connect_timeout,
             read_timeout: config.read_timeout,
             health_interval,
+            discovered,
         })
     }
 
     /// The next healthy target, as a peer ready to connect to; `None` when all are down.
     pub(crate) fn peer(&self) -> Option<HttpPeer> {
-        let backend = match &self.single {
-            Some(one) => self.balancer.backends().ready(one).then(|| one.clone())?,
-            None => self.balancer.select(b"", 256)?,
+        self.peer_avoiding(None)
+    }
+
+    /// The next healthy target other than `avoid` (a target that just refused a connection,
+    /// before its health check has noticed).
+    pub(crate) fn peer_avoiding(
+        &self,
+        avoid: Option<&pingora_core::protocols::l4::socket::SocketAddr>,
+    ) -> Option<HttpPeer> {
+        let backend = match (&self.single, avoid) {
+            (Some(one), _) if avoid == Some(&one.addr) => return None,
+            (Some(one), _) => self.balancer.backends().ready(one).then(|| one.clone())?,
+            (None, None) => self.balancer.select(b"", 256)?,
+            (None, Some(avoid)) => self
+                .balancer
+                .select_with(b"", 256, |b, healthy| healthy && &b.addr != avoid)?,
         };
         let addr = *backend.addr.as_inet()?;
         // Over TLS too pingora sees plain HTTP: the TLS stream is made by `TlsConnect`.
@@ -132,6 +188,32 @@ impl Pool {
     pub(crate) async fn check_health(&self) {
         self.balancer.backends().run_health_check(true).await;
     }
+
+    /// The pool's discovered set, if its targets come from DNS.
+    pub(crate) fn discovered(&self) -> Option<&Arc<DiscoveredSet>> {
+        self.discovered.as_ref().map(|(set, _)| set)
+    }
+
+    /// Takes the discovered set's latest targets, if they changed since last taken (targets
+    /// that stay keep their health). Called by the background task only, never concurrently.
+    pub(crate) async fn take_discovered(&self) {
+        let Some((set, taken)) = &self.discovered else {
+            return;
+        };
+        let version = set.version();
+        if taken.load(Ordering::Acquire) == version {
+            return;
+        }
+        match self.balancer.update().await {
+            Ok(()) => taken.store(version, Ordering::Release),
+            Err(e) => tracing::warn!(upstream = %self.name, error = %e, "pool kept its targets"),
+        }
+    }
+
+    /// How many targets the pool balances over now.
+    pub(crate) fn target_count(&self) -> usize {
+        self.balancer.backends().get_backend().len()
+    }
 }
 
 #[cfg(test)]
@@ -152,7 +234,7 @@ mod tests {
             Path::new("t.yaml"),
         )
         .unwrap();
-        Pool::from_config(&config.upstreams[0]).unwrap()
+        Pool::from_config(&config.upstreams[0], None).unwrap()
     }
 
     #[test]
@@ -170,5 +252,18 @@ mod tests {
         seen.sort();
         seen.dedup();
         assert_eq!(seen, ["127.0.0.1:9000", "127.0.0.1:9001"]);
+    }
+
+    #[test]
+    fn a_retry_avoids_the_target_that_refused() {
+        let two = pool("127.0.0.1:9000, 127.0.0.1:9001");
+        let refused = two.peer().unwrap()._address;
+        for _ in 0..4 {
+            let other = two.peer_avoiding(Some(&refused)).unwrap()._address;
+            assert_ne!(other, refused);
+        }
+        let one = pool("127.0.0.1:9000");
+        let only = one.peer().unwrap()._address;
+        assert!(one.peer_avoiding(Some(&only)).is_none());
     }
 }

@@ -502,8 +502,13 @@ pub enum UpstreamProtocol {
 pub struct UpstreamConfig {
     /// Unique name routes refer to.
     pub name: UpstreamName,
-    /// Addresses to balance over (non-empty).
+    /// Addresses to balance over: the configured `targets`, or empty when `dns` finds them.
     pub targets: Vec<SocketAddr>,
+    /// Where the targets come from when they are discovered by DNS instead of listed.
+    pub dns: Option<DnsDiscovery>,
+    /// Upstreams whose pools take this one's requests, in order, while none of this pool's
+    /// targets is healthy (their own `failover` lists are not followed).
+    pub failover: Vec<UpstreamName>,
     /// Time allowed to connect.
     pub connect_timeout: Duration,
     /// Time allowed between reads.
@@ -514,6 +519,43 @@ pub struct UpstreamConfig {
     pub protocol: UpstreamProtocol,
     /// Active health checking, if configured.
     pub health_check: Option<HealthCheckConfig>,
+}
+
+/// How an upstream's targets are found in DNS (`dns:`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DnsDiscovery {
+    /// What is asked.
+    pub query: DnsQuery,
+    /// The name server asked; `None` for the system's (`/etc/resolv.conf`).
+    pub resolver: Option<SocketAddr>,
+}
+
+/// The records an upstream's targets are read from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DnsQuery {
+    /// A and AAAA records of `name`, each address with `port`.
+    Address {
+        /// The name looked up (absolute: ends with `.`).
+        name: String,
+        /// The port every address is reached on.
+        port: u16,
+    },
+    /// SRV records of `name` (`_service._proto.domain.`): the records of the lowest priority
+    /// give targets and ports; each target's A/AAAA records its addresses.
+    Srv {
+        /// The SRV owner name (absolute: ends with `.`).
+        name: String,
+    },
+}
+
+impl std::fmt::Display for DnsQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DnsQuery::Address { name, port } => write!(f, "A/AAAA {name} port {port}"),
+            DnsQuery::Srv { name } => write!(f, "SRV {name}"),
+        }
+    }
 }
 
 /// TLS settings towards an upstream.

@@ -12,6 +12,7 @@ mod ca;
 mod connections;
 mod demo;
 mod dlp;
+mod dns;
 mod explain;
 mod fairness;
 mod grpc;

@@ -140,6 +140,7 @@ fn write_request(out: &mut Vec<u8>, e: &RequestEvent) -> Result<(), serde_json::
     write_opt(out, b",\"upstream\":", &e.upstream)?;
     write_opt(out, b",\"reason\":", &e.reason)?;
     write_opt(out, b",\"direction\":", &e.direction)?;
+    write_opt(out, b",\"failover\":", &e.failover)?;
     out.push(b'}');
     Ok(())
 }

@@ -165,6 +165,7 @@ fn the_encoder_writes_what_serde_writes_for_every_kind() {
             upstream: Some("127.0.0.1:1".into()),
             reason: Some("no_route".into()),
             direction: Some("egress".into()),
+            failover: Some("us-east".into()),
             path: "/caf\u{e9}/\\x".into(),
             path_truncated: Some(TruncatedPath {
                 bytes: 4096,

@@ -45,6 +45,7 @@ fn line(path: &str) -> AccessLine<'_> {
         status: 200,
         grpc_status: None,
         direction: None,
+        failover: None,
         decision: "allow",
         rule: "bench-client",
         dlp: "-",
@@ -68,6 +69,10 @@ fn a_suppressed_count_is_written_like_serde_writes_it() {
     l.direction = Some("egress");
     let ours = by_hand(&l, t0, &mut seconds);
     assert_eq!(ours, by_serde(&l, t0));
+    l.failover = Some("us-east");
+    let ours = by_hand(&l, t0, &mut seconds);
+    assert_eq!(ours, by_serde(&l, t0));
+    assert!(ours.contains(",\"upstream.failover\":\"us-east\","));
 }
 
 #[test]

@@ -68,6 +68,11 @@ pub(crate) struct RequestCtx {
     pub(super) response_scan: Option<BodyScan>,
     /// The upstream address the request was sent to.
     pub(super) upstream: Option<SocketAddr>,
+    /// Which of the route's fallback pools took the request (`None`: the route's own pool).
+    pub(super) fallback: Option<usize>,
+    /// A target of the route's own pool refused the connection: the retry goes to another
+    /// target, else to the fallbacks (once).
+    pub(super) retry_elsewhere: bool,
     /// A renewed session cookie to send with the response.
     pub(super) set_cookie: Option<String>,
     /// The request's slot under `fairness`, held until the request ends.
@@ -113,6 +118,8 @@ impl RequestCtx {
             request_scan: None,
             response_scan: None,
             upstream: None,
+            fallback: None,
+            retry_elsewhere: false,
             set_cookie: None,
             fair_slot: None,
             connection_deadline: None,
@@ -132,9 +139,14 @@ impl RequestCtx {
         self.generation.as_ref()?.routes.get(index)
     }
 
-    /// The admitted route's upstream pool, in the request's generation.
+    /// The pool the request went to, in the request's generation: the admitted route's, or
+    /// the fallback that took it.
     pub(super) fn pool(&self) -> Option<&Arc<Pool>> {
-        self.route_state()?.pool.as_ref()
+        let state = self.route_state()?;
+        match self.fallback {
+            None => state.pool.as_ref(),
+            Some(i) => state.fallbacks.get(i).map(|f| &f.pool),
+        }
     }
 
     pub(super) fn tenant(&self) -> &str {
@@ -203,6 +215,10 @@ impl RequestCtx {
             admitted: self.admitted.is_some(),
             outcome: self.outcome(),
             upstream: self.upstream.as_ref(),
+            failover: match self.fallback {
+                Some(_) => self.pool().map(|p| p.name.as_str()),
+                None => None,
+            },
             egress: self.egress,
         }
     }

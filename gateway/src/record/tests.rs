@@ -24,6 +24,7 @@ fn summary(outcome: Outcome<'static>) -> Summary<'static> {
         admitted: outcome.label == "allow",
         outcome,
         upstream: Some(&UPSTREAM),
+        failover: None,
         egress: false,
     }
 }

@@ -1,4 +1,5 @@
-//! The server's background work: upstream health checks and the drain on SIGTERM.
+//! The server's background work: upstream health checks, DNS discovery of upstream targets,
+//! and the drain on SIGTERM.
 
 use super::*;
 
@@ -43,6 +44,74 @@ impl BackgroundService for HealthChecks {
                     self.metrics.set_ready(false);
                     return;
                 }
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    }
+}
+
+/// Asks DNS again for each discovered upstream of the current snapshot whose TTL has run out
+/// (see `upstream/discovery.rs`), and has the pools take what changed: off every request's
+/// path, one lookup per set at a time, all due sets at once.
+pub(super) struct DnsRefresh {
+    pub(super) snapshot: Arc<ArcSwap<Snapshot>>,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl BackgroundService for DnsRefresh {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        // The upstreams whose target gauge is exported.
+        let mut gauged: Vec<UpstreamName> = Vec::new();
+        loop {
+            let snapshot = self.snapshot.load_full();
+            let now = Instant::now();
+            // Each set once, however many generations' pools share it.
+            let mut sets: Vec<&Arc<crate::upstream::DiscoveredSet>> = Vec::new();
+            for pool in snapshot.pools.values() {
+                if let Some(set) = pool.discovered() {
+                    if !sets.iter().any(|s| Arc::ptr_eq(s, set)) {
+                        sets.push(set);
+                    }
+                }
+            }
+            let due = sets.iter().filter(|s| s.due(now)).map(|s| s.refresh());
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = futures::future::join_all(due) => {}
+            }
+            for set in &sets {
+                let errors = set.take_errors();
+                if errors > 0 {
+                    self.metrics.discovery_errors(set.upstream.as_str(), errors);
+                }
+            }
+            for pool in snapshot.pools.values() {
+                if pool.discovered().is_some() {
+                    pool.take_discovered().await;
+                    self.metrics
+                        .discovered_targets(pool.name.as_str(), pool.target_count());
+                }
+            }
+            gauged.retain(|name| {
+                let still = snapshot
+                    .pools
+                    .get(name)
+                    .is_some_and(|p| p.discovered().is_some());
+                if !still {
+                    self.metrics.forget_discovered(name.as_str());
+                }
+                still
+            });
+            for pool in snapshot.pools.values() {
+                if pool.discovered().is_some() && !gauged.contains(&pool.name) {
+                    gauged.push(pool.name.clone());
+                }
+            }
+            drop(sets);
+            drop(snapshot);
+            tokio::select! {
+                _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             }
         }

@@ -2,11 +2,12 @@
 //!
 //! This file handles the process-wide sections (listeners, metrics, shutdown, upstreams);
 //! `check/connections.rs` a listener's connection bounds; `check/tenants.rs` tenants, routes
-//! and access rules.
+//! and access rules; `check/upstreams.rs` upstreams.
 
 mod audit;
 mod connections;
 mod tenants;
+mod upstreams;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,14 +18,13 @@ use ipnet::IpNet;
 
 use super::locate::Locations;
 use super::raw::{
-    RawAssertion, RawConfig, RawEgress, RawFairness, RawHealthCheck, RawHttp, RawIssuer,
-    RawListener, RawPolicySource, RawSessions, RawTrustDomain, RawUpstream, RawUpstreamTls,
+    RawAssertion, RawConfig, RawEgress, RawFairness, RawHttp, RawIssuer, RawListener,
+    RawPolicySource, RawSessions, RawTrustDomain,
 };
 use super::{
     AssertionSettings, AuditKey, BundleEndpointConfig, ClientAuth, Config, ConfigProblem,
-    EgressConfig, Fairness, HealthCheckConfig, HttpSettings, IssuerConfig, ListenerConfig,
-    MetricsConfig, PolicySource, TlsListenerConfig, TrustDomainBundle, UpstreamConfig, UpstreamTls,
-    MIN_BUNDLE_REFRESH,
+    EgressConfig, Fairness, HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig,
+    PolicySource, TlsListenerConfig, TrustDomainBundle, MIN_BUNDLE_REFRESH,
 };
 
 mod traces;
@@ -33,15 +33,11 @@ mod traces;
 const DEFAULT_BUNDLE_REFRESH: Duration = Duration::from_secs(300);
 use crate::authn::SessionSettings;
 use crate::headers::StripList;
-use crate::names::UpstreamName;
 
 const DEFAULT_METRICS_ADDRESS: SocketAddr =
     SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9901);
 const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 const MAX_GRACE: Duration = Duration::from_secs(3600);
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
-const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Collects problems while converting; `locs` gives each node path its position.
 pub(crate) struct Checker<'a> {
@@ -624,144 +620,6 @@ impl Checker<'_> {
         grace
     }
 
-    fn upstreams(&mut self, raw: &[RawUpstream]) -> Vec<UpstreamConfig> {
-        let mut names = HashMap::new();
-        let mut out = Vec::new();
-        for (i, u) in raw.iter().enumerate() {
-            let p = format!("upstreams[{i}]");
-            let what = format!("upstream `{}`", u.name);
-            let name = match u.name.parse::<UpstreamName>() {
-                Ok(name) => Some(name),
-                Err(e) => {
-                    self.at_value(&format!("{p}.name"), format!("{what}: invalid name: {e}"));
-                    None
-                }
-            };
-            self.unique(&mut names, u.name.as_str(), format!("{p}.name"), || {
-                format!("upstream name `{}` is already used", u.name)
-            });
-            if u.targets.is_empty() {
-                self.at_key(
-                    &format!("{p}.targets"),
-                    format!("{what}: `targets` is empty"),
-                );
-            }
-            let targets: Vec<SocketAddr> = u
-                .targets
-                .iter()
-                .enumerate()
-                .filter_map(|(j, t)| self.socket_addr(&format!("{p}.targets[{j}]"), &what, t))
-                .collect();
-            let connect_timeout = self.nonzero(
-                &format!("{p}.connect_timeout"),
-                &format!("{what}: connect_timeout"),
-                u.connect_timeout,
-                DEFAULT_CONNECT_TIMEOUT,
-            );
-            let read_timeout = self.nonzero(
-                &format!("{p}.read_timeout"),
-                &format!("{what}: read_timeout"),
-                u.read_timeout,
-                DEFAULT_READ_TIMEOUT,
-            );
-            let tls = u
-                .tls
-                .as_ref()
-                .map(|t| self.upstream_tls(&format!("{p}.tls"), &what, t));
-            let health_check = u
-                .health_check
-                .as_ref()
-                .map(|h| self.health_check(&format!("{p}.health_check"), &what, h));
-            if let Some(name) = name {
-                out.push(UpstreamConfig {
-                    name,
-                    targets,
-                    connect_timeout,
-                    read_timeout,
-                    tls,
-                    protocol: u.protocol,
-                    health_check,
-                });
-            }
-        }
-        out
-    }
-
-    fn upstream_tls(&mut self, p: &str, what: &str, t: &RawUpstreamTls) -> UpstreamTls {
-        if let Some(sn) = &t.server_name {
-            if sn.is_empty()
-                || sn
-                    .bytes()
-                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-            {
-                self.at_value(
-                    &format!("{p}.server_name"),
-                    format!("{what}: server_name `{sn}` is not a valid host name"),
-                );
-            }
-        }
-        let spiffe_id = self
-            .condition(p, what, "spiffe_id", &t.spiffe_id, |s| {
-                s.parse::<portcullis_identity::SpiffeIdPattern>()
-                    .map_err(|e| format!("`{s}`: {e}"))
-            })
-            .flatten()
-            .unwrap_or_default();
-        if t.server_name.is_none() && t.spiffe_id.is_none() {
-            self.at_key(
-                p,
-                format!("{what}: tls needs `server_name`, `spiffe_id` or both: who the upstream must be"),
-            );
-        }
-        if t.spiffe_id.is_some() && t.ca.is_none() {
-            self.at_key(
-                &format!("{p}.spiffe_id"),
-                format!("{what}: `spiffe_id` needs `ca`, the trust bundle of the upstream's trust domain (public roots vouch for no SPIFFE ID)"),
-            );
-        }
-        let ca =
-            t.ca.as_ref()
-                .map(|ca| self.file_path(&format!("{p}.ca"), what, ca));
-        let client_cert = match (&t.client_certificate, &t.client_key) {
-            (Some(cert), Some(key)) => Some((
-                self.file_path(&format!("{p}.client_certificate"), what, cert),
-                self.file_path(&format!("{p}.client_key"), what, key),
-            )),
-            (Some(_), None) => {
-                self.at_key(
-                    &format!("{p}.client_certificate"),
-                    format!("{what}: `client_certificate` needs `client_key` too"),
-                );
-                None
-            }
-            (None, Some(_)) => {
-                self.at_key(
-                    &format!("{p}.client_key"),
-                    format!("{what}: `client_key` needs `client_certificate` too"),
-                );
-                None
-            }
-            (None, None) => None,
-        };
-        let issuer = t
-            .issuer
-            .as_ref()
-            .and_then(|i| self.issuer(&format!("{p}.issuer"), what, i));
-        if issuer.is_some() && client_cert.is_none() {
-            self.at_key(
-                &format!("{p}.issuer"),
-                format!("{what}: `issuer` needs `client_certificate` and `client_key` (where the certificate is kept)"),
-            );
-        }
-        UpstreamTls {
-            server_name: t.server_name.clone(),
-            spiffe_id,
-            ca,
-            client_cert,
-            issuer,
-        }
-    }
-
     fn trust_domains(
         &mut self,
         tp: &str,
@@ -829,32 +687,6 @@ impl Checker<'_> {
             });
         }
         out
-    }
-
-    fn health_check(&mut self, p: &str, what: &str, h: &RawHealthCheck) -> HealthCheckConfig {
-        if !h.path.starts_with('/')
-            || h.path
-                .bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-        {
-            self.at_value(
-                &format!("{p}.path"),
-                format!(
-                    "{what}: health_check path `{}` must start with '/' and contain no spaces",
-                    h.path
-                ),
-            );
-        }
-        let interval = self.nonzero(
-            &format!("{p}.interval"),
-            &format!("{what}: health_check interval"),
-            h.interval,
-            DEFAULT_HEALTH_INTERVAL,
-        );
-        HealthCheckConfig {
-            path: h.path.clone(),
-            interval,
-        }
     }
 }
 

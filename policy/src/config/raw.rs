@@ -693,8 +693,19 @@ pub(crate) struct RawShutdown {
 pub(crate) struct RawUpstream {
     /// The name routes refer to.
     pub(crate) name: String,
-    /// `IP:port` addresses (names are not resolved), balanced round-robin.
-    pub(crate) targets: Vec<String>,
+    /// `IP:port` addresses (names are not resolved), balanced round-robin. Either `targets`
+    /// or `dns`.
+    #[serde(default)]
+    pub(crate) targets: Option<Vec<String>>,
+    /// The targets found in DNS instead (A/AAAA of a name with a port, or SRV records),
+    /// refreshed in the background as their TTL runs out.
+    #[serde(default)]
+    pub(crate) dns: Option<RawDns>,
+    /// Other upstreams whose pools take this one's requests, in this order, while none of
+    /// its targets is healthy (needs `health_check`). Their own `failover` lists are not
+    /// followed, so two regions may name each other.
+    #[serde(default)]
+    pub(crate) failover: Option<Vec<String>>,
     /// Connect timeout.
     #[serde(default, with = "humantime_serde")]
     #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
@@ -712,6 +723,30 @@ pub(crate) struct RawUpstream {
     /// An HTTP health check of each target.
     #[serde(default)]
     pub(crate) health_check: Option<RawHealthCheck>,
+}
+
+/// An upstream's targets from DNS: `name` and `port` (A/AAAA records), or `srv`.
+#[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "UpstreamDns")
+)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDns {
+    /// A name whose A and AAAA records are the targets' addresses (with `port`).
+    #[serde(default)]
+    pub(crate) name: Option<String>,
+    /// The port of every address `name` resolves to.
+    #[serde(default)]
+    pub(crate) port: Option<u16>,
+    /// An SRV name (`_service._tcp.domain`): its records give the targets and their ports.
+    #[serde(default)]
+    pub(crate) srv: Option<String>,
+    /// The name server to ask, `IP:port` or `IP` (port 53); default: the system's
+    /// (`/etc/resolv.conf`).
+    #[serde(default)]
+    pub(crate) resolver: Option<String>,
 }
 
 #[derive(Deserialize, Debug)]

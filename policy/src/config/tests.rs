@@ -1377,3 +1377,5 @@ fn trust_domain_endpoints_parse_with_defaults_and_refuse_nonsense() {
 }
 
 mod traces;
+
+mod upstreams;
