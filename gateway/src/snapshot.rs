@@ -64,6 +64,9 @@ pub(crate) struct Snapshot {
     pub key_sets: Arc<KeyRegistry>,
     /// The signer of upstream identity assertions, if configured.
     pub assertion: Option<Arc<AssertionSigner>>,
+    /// The fleet's revocation set (etcd), enforced with every listener's CRL; shared by all
+    /// generations (set at start, kept by reloads).
+    pub fleet: Option<Arc<portcullis_fleet::RevokedSet>>,
 }
 
 impl Snapshot {
@@ -82,6 +85,13 @@ impl Snapshot {
                 tracing::warn!("identity_assertion changed: takes effect at restart");
             }
             p.assertion.clone()
+        });
+        // The fleet's set and its watch are started once: a reload keeps them.
+        let fleet = previous.and_then(|p| {
+            if p.config.fleet != config.fleet {
+                tracing::warn!("fleet changed: takes effect at restart");
+            }
+            p.fleet.clone()
         });
         let mut pools = HashMap::new();
         for upstream in &config.upstreams {
@@ -127,6 +137,7 @@ impl Snapshot {
             authenticator,
             key_sets,
             assertion,
+            fleet,
             config: Arc::new(config),
         })
     }

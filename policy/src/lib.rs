@@ -31,9 +31,9 @@ pub use config::MIN_BUNDLE_REFRESH;
 pub use config::{
     overlay_entries, overlay_tenants, tenant_entry, AbuseLimits, AssertionSettings, AuditKey,
     AuditMode, AuditPostgres, AuditSettings, ClientAuth, Config, ConfigError, ConfigProblem,
-    ConnectionLimits, EgressConfig, Fairness, HealthCheckConfig, HttpSettings, IssuerConfig,
-    ListenerConfig, MetricsConfig, OtlpProtocol, PolicySource, PostgresTls, ProxyProtocol,
-    RefusalRecords, SecretSource, TenantConfig, TlsListenerConfig, TraceparentTrust,
+    ConnectionLimits, EgressConfig, Fairness, FleetConfig, HealthCheckConfig, HttpSettings,
+    IssuerConfig, ListenerConfig, MetricsConfig, OtlpProtocol, PolicySource, PostgresTls,
+    ProxyProtocol, RefusalRecords, SecretSource, TenantConfig, TlsListenerConfig, TraceparentTrust,
     TracingSettings, TrustDomainBundle, UpstreamConfig, UpstreamProtocol, UpstreamTls,
 };
 pub use dlp::{
