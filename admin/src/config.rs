@@ -113,6 +113,82 @@ pub struct AdminConfig {
     /// Changes by people need a token whose `amr` names a second factor.
     #[serde(default)]
     pub mfa_for_writes: bool,
+    /// The fleet's etcd cluster: every revocation is also published there for every gateway
+    /// (through a local spool, so it is never lost while etcd is unreachable).
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
+}
+
+/// The `fleet:` section of the admin config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// etcd client URLs, `http://host:port` or `https://host:port` (with `tls`).
+    pub endpoints: Vec<String>,
+    /// Key prefix (default `/portcullis`); revocations are under `PREFIX/revoked/`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// TLS to etcd.
+    #[serde(default)]
+    pub tls: Option<FleetTlsConfig>,
+    /// Where revocations wait for etcd (default: the CA's `STATE/fleet-spool`).
+    #[serde(default)]
+    pub spool: Option<PathBuf>,
+}
+
+/// `fleet.tls`: etcd's CA, and a client certificate when etcd asks for one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct FleetTlsConfig {
+    pub ca: PathBuf,
+    #[serde(default)]
+    pub client_certificate: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+impl FleetConfig {
+    /// The checked connection settings.
+    pub fn settings(&self) -> Result<portcullis_identity::FleetSettings, String> {
+        let tls = match &self.tls {
+            None => None,
+            Some(tls) => Some(portcullis_identity::FleetTls {
+                ca: tls.ca.clone(),
+                client: match (&tls.client_certificate, &tls.client_key) {
+                    (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                    (None, None) => None,
+                    _ => {
+                        return Err(
+                            "fleet.tls: client_certificate and client_key go together".to_owned()
+                        )
+                    }
+                },
+            }),
+        };
+        let settings = portcullis_identity::FleetSettings {
+            endpoints: self.endpoints.clone(),
+            prefix: self
+                .prefix
+                .clone()
+                .unwrap_or_else(|| portcullis_identity::DEFAULT_FLEET_PREFIX.to_owned()),
+            tls,
+        };
+        settings.check().map_err(|e| format!("fleet: {e}"))?;
+        Ok(settings)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        resolve_opt(&mut self.spool, base);
+        if let Some(tls) = &mut self.tls {
+            if tls.ca.is_relative() {
+                tls.ca = base.join(&tls.ca);
+            }
+            resolve_opt(&mut tls.client_certificate, base);
+            resolve_opt(&mut tls.client_key, base);
+        }
+    }
 }
 
 /// The ACME server's settings.
@@ -425,6 +501,10 @@ impl AdminConfig {
         if let Some(p) = &mut config.policies {
             p.resolve(base);
             p.check()?;
+        }
+        if let Some(fleet) = &mut config.fleet {
+            fleet.resolve(base);
+            fleet.settings()?;
         }
         Ok(config)
     }

@@ -28,6 +28,7 @@ pub mod cli;
 mod config;
 mod connections;
 mod error;
+mod fleet;
 mod identity;
 mod limits;
 mod metrics;
@@ -43,8 +44,9 @@ mod token;
 
 pub use acme::{AcmeStore, EabCredential, ACME_DB};
 pub use config::{
-    AcmeConfig, AdminConfig, AgentConfig, AgentGrant, ConnectionsConfig, RateLimit,
-    RateLimitsConfig, SelfIssueConfig, ServingCertSource, ServingTlsConfig,
+    AcmeConfig, AdminConfig, AgentConfig, AgentGrant, ConnectionsConfig, FleetConfig,
+    FleetTlsConfig, RateLimit, RateLimitsConfig, SelfIssueConfig, ServingCertSource,
+    ServingTlsConfig,
 };
 pub use error::AdminError;
 pub use identity::PeerIdentity;

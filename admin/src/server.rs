@@ -44,6 +44,8 @@ pub struct AdminServer {
     metrics: Option<TcpListener>,
     /// The plain-HTTP CRL and OCSP listener, when configured.
     revocation: Option<(TcpListener, Arc<Revocation>)>,
+    /// Publishing revocations to the fleet's etcd, when configured.
+    fleet: Option<Arc<portcullis_fleet::FleetStatus>>,
 }
 
 /// What renewing the server's own, self-issued certificate takes.
@@ -168,6 +170,18 @@ impl AdminServer {
             ),
             None => ca,
         };
+        // Every revocation is also spooled for the fleet's etcd (the CLI's and ACME's too,
+        // since they go through this CA).
+        let (ca, fleet) = match &config.fleet {
+            Some(fleet) => {
+                let (status, sink) = crate::fleet::start(fleet, ca.state_dir())?;
+                (
+                    Arc::new(Ca::clone(&ca).with_revocation_sink(sink)),
+                    Some(status),
+                )
+            }
+            None => (ca, None),
+        };
         let stats = Arc::new(IssuanceStats::default());
         let acme = if config.acme.enabled {
             Some(Arc::new(crate::acme::AcmeService::open(
@@ -254,6 +268,7 @@ impl AdminServer {
             renewal,
             metrics,
             revocation,
+            fleet,
         })
     }
 
@@ -286,6 +301,7 @@ impl AdminServer {
             background.spawn(crate::metrics::serve(
                 listener,
                 Arc::clone(&self.state.stats),
+                self.fleet.clone(),
             ));
         }
         if let Some((listener, revocation)) = self.revocation {
