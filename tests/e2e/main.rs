@@ -14,6 +14,7 @@ mod demo;
 mod dlp;
 mod explain;
 mod fairness;
+mod fleet;
 mod grpc;
 mod harness;
 mod limits;
