@@ -620,6 +620,41 @@ operators: ["spiffe://example.org/portcullis/operator/alice"]
     }
 
     #[test]
+    fn the_fleet_section_is_checked_and_its_paths_resolved() {
+        let with = |fleet: &str| format!("{GOOD}fleet:\n{fleet}");
+        let c = AdminConfig::from_yaml(
+            &with("  endpoints: [https://etcd:2379]\n  tls: { ca: etcd.pem }\n  spool: spool\n"),
+            Path::new("/etc/portcullis"),
+        )
+        .unwrap();
+        let fleet = c.fleet.expect("fleet");
+        assert_eq!(fleet.spool, Some(PathBuf::from("/etc/portcullis/spool")));
+        let settings = fleet.settings().unwrap();
+        assert_eq!(settings.prefix, "/portcullis");
+        assert_eq!(
+            settings.tls.map(|t| t.ca),
+            Some(PathBuf::from("/etc/portcullis/etcd.pem"))
+        );
+        for (bad, needle) in [
+            (
+                "  endpoints: [http://etcd:2379]\n  spoool: x\n",
+                "unknown field",
+            ),
+            ("  endpoints: []\n", "at least one"),
+            ("  endpoints: [etcd:2379]\n", "http://"),
+            ("  endpoints: [https://etcd:2379]\n", "need a `tls` section"),
+            (
+                "  endpoints: [http://etcd:2379]\n  prefix: nope\n",
+                "prefix",
+            ),
+        ] {
+            let err =
+                AdminConfig::from_yaml(&with(bad), Path::new("/etc/portcullis")).expect_err(bad);
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn refuses_typos_and_ambiguity() {
         for (bad, needle) in [
             (GOOD.replace("operators", "operator"), "unknown field"),

@@ -173,7 +173,7 @@ pub fn follow(
                     }
                     status.watch_restarted();
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
+                    pause = (pause * 2).min(Duration::from_secs(1));
                 }
             });
         })

@@ -13,10 +13,12 @@ use tokio::sync::Mutex;
 use crate::entry::{parse_entry, revoked_key, revoked_prefix, RevokedEntry};
 use crate::FleetError;
 
-/// Time allowed for one request to the store (a watch is not bounded by it).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time allowed for one request to the store (a watch is not bounded by it). Short: while
+/// etcd is away every retry waits this long, and catching up after it returns waits for the
+/// retry in progress.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time allowed to connect.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long an entry outlives its certificate in etcd (its lease's slack).
 const LEASE_SLACK: Duration = Duration::from_secs(24 * 3600);
 
@@ -127,10 +129,12 @@ impl EtcdStore {
 }
 
 fn connect_options(settings: &FleetSettings) -> Result<ConnectOptions, FleetError> {
-    // Keep-alive pings find a dead connection under a watch within a few seconds.
+    // Keep-alive pings find a silently dead connection under a watch within ~10 s (a closed
+    // one at once). Not more often: etcd answers pings closer than 5 s apart (its
+    // --grpc-keepalive-min-time) with GOAWAY, which would cut every watch.
     let mut options = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
-        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+        .with_keep_alive(Duration::from_secs(6), Duration::from_secs(3))
         .with_keep_alive_while_idle(true);
     if let Some(tls) = &settings.tls {
         let read = |path: &std::path::Path| {
