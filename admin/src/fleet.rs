@@ -71,3 +71,21 @@ pub(crate) fn start(
     );
     Ok((status, Arc::new(SpooledRevocations { spool })))
 }
+
+/// The sink of a CA opened by `portcullis ca` on the command line: when the CA's state folder
+/// has the default spool (`STATE/fleet-spool`, made by an admin server with `fleet:`), its
+/// revocations are spooled there, and that admin server's publisher puts them into etcd (it
+/// reads the folder every second). `None` without the folder.
+pub fn cli_revocation_sink(state_dir: &Path) -> Option<Arc<dyn RevocationSink>> {
+    let dir = state_dir.join("fleet-spool");
+    if !dir.is_dir() {
+        return None;
+    }
+    match RevocationSpool::open(&dir, Arc::new(FleetStatus::default())) {
+        Ok(spool) => Some(Arc::new(SpooledRevocations { spool })),
+        Err(e) => {
+            tracing::error!(error = %e, "fleet: spool unusable; this revocation is on the CRL only");
+            None
+        }
+    }
+}

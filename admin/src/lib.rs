@@ -29,6 +29,7 @@ mod config;
 mod connections;
 mod error;
 mod fleet;
+pub use fleet::cli_revocation_sink;
 mod identity;
 mod limits;
 mod metrics;

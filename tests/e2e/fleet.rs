@@ -222,6 +222,11 @@ fn a_revocation_on_the_admin_node_reaches_open_connections_on_every_gateway() {
         "doomed",
         "spiffe://test.portcullis.local/ns/app/sa/doomed",
     );
+    let by_cli = ca.issue(
+        d,
+        "by-cli",
+        "spiffe://test.portcullis.local/ns/app/sa/by-cli",
+    );
     let admin_metrics = free_port();
     let admin = AdminApi::start_with(d, &ca, &admin_fleet(&etcd, admin_metrics));
     let echo = Echo::start(d, "fleet");
@@ -373,10 +378,34 @@ fn a_revocation_on_the_admin_node_reaches_open_connections_on_every_gateway() {
             .log_text()
             .contains("malformed revocation entry ignored"));
     }
+    // `portcullis ca revoke` on the CA's host spools into the admin server's spool, whose
+    // publisher puts it into etcd.
+    assert_eq!(
+        client(&pki, "by-cli").get(gw_a.port, "/x").unwrap().status,
+        200
+    );
+    let cli_at = Instant::now();
+    let out = ca.run(&["revoke", &by_cli]);
+    assert!(
+        out.status.success(),
+        "ca revoke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let took = cli_at.elapsed();
+    for gw in [&gw_a, &gw_b] {
+        within("CLI revocation enforced", Duration::from_secs(5), || {
+            refused(&pki, "by-cli", gw.port)
+        });
+    }
+    eprintln!(
+        "FIGURE fleet propagation, `portcullis ca revoke` on the CLI (which took {} ms) -> refused by both gateways: {} ms",
+        took.as_millis(),
+        cli_at.elapsed().as_millis()
+    );
     // The admin node says what it published.
     let (_, text) = http_get(admin_metrics, "/metrics").unwrap();
     assert!(
-        metric_value(&text, "portcullis_fleet_published_total") >= 1.0,
+        metric_value(&text, "portcullis_fleet_published_total") >= 2.0,
         "{text}"
     );
     assert_eq!(
