@@ -19,6 +19,8 @@ use crate::FleetError;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time allowed to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Operations per transaction (etcd's default limit is 128).
+const MAX_TXN_OPS: usize = 100;
 /// How long an entry outlives its certificate in etcd (its lease's slack).
 const LEASE_SLACK: Duration = Duration::from_secs(24 * 3600);
 
@@ -53,8 +55,8 @@ pub trait Changes: Send {
 /// What the fleet keeps in its store: the revocation set.
 #[async_trait]
 pub trait FleetStore: Send + Sync {
-    /// Writes revocations, all or none (a transaction), each kept until a day after its
-    /// certificate expires.
+    /// Writes revocations (in transactions of at most 100; writing again what was written is
+    /// harmless), each kept until a day after its certificate expires.
     async fn publish(&self, entries: &[RevokedEntry]) -> Result<(), FleetError>;
     /// Every revocation now.
     async fn list(&self) -> Result<Listing, FleetError>;
@@ -135,7 +137,9 @@ fn connect_options(settings: &FleetSettings) -> Result<ConnectOptions, FleetErro
     let mut options = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_keep_alive(Duration::from_secs(6), Duration::from_secs(3))
-        .with_keep_alive_while_idle(true);
+        // etcd also refuses pings on a connection without a stream (a publisher between
+        // publishes): ping only under a watch.
+        .with_keep_alive_while_idle(false);
     if let Some(tls) = &settings.tls {
         let read = |path: &std::path::Path| {
             std::fs::read(path).map_err(|e| FleetError::file(path, format!("fleet.tls: {e}")))
@@ -167,20 +171,24 @@ impl FleetStore for EtcdStore {
             .request(|mut c| async move { c.lease_grant(ttl, None).await })
             .await?
             .id();
-        let mut ops = Vec::with_capacity(live.len());
-        for entry in live {
-            let value = serde_json::to_vec(entry)
-                .map_err(|e| FleetError::Store(format!("encoding an entry: {e}")))?;
-            let key = revoked_key(&self.settings.prefix, entry);
-            ops.push(TxnOp::put(
-                key,
-                value,
-                Some(PutOptions::new().with_lease(lease)),
-            ));
+        // etcd takes at most 128 operations in one transaction (--max-txn-ops): a lineage
+        // with more renewals goes in several, each all or none; a retry puts them all again.
+        for chunk in live.chunks(MAX_TXN_OPS) {
+            let mut ops = Vec::with_capacity(chunk.len());
+            for entry in chunk {
+                let value = serde_json::to_vec(entry)
+                    .map_err(|e| FleetError::Store(format!("encoding an entry: {e}")))?;
+                let key = revoked_key(&self.settings.prefix, entry);
+                ops.push(TxnOp::put(
+                    key,
+                    value,
+                    Some(PutOptions::new().with_lease(lease)),
+                ));
+            }
+            let txn = Txn::new().and_then(ops);
+            self.request(|mut c| async move { c.txn(txn).await })
+                .await?;
         }
-        let txn = Txn::new().and_then(ops);
-        self.request(|mut c| async move { c.txn(txn).await })
-            .await?;
         Ok(())
     }
 
