@@ -8,6 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use portcullis_identity::{Serial, TenantId};
 use serde::{Deserialize, Serialize};
 
+/// 9999-12-31T23:59:59Z, the latest expiry an entry can name.
+const LAST_SECOND: u64 = 253_402_300_799;
+
 /// Largest value accepted from etcd.
 pub const MAX_ENTRY_BYTES: usize = 4096;
 
@@ -42,7 +45,10 @@ impl RevokedEntry {
 
     /// The certificate's expiry.
     pub fn expires(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(self.not_after.min(i64::MAX as u64))
+        // The value comes from etcd: a `not_after` past what a clock holds is the year 9999.
+        UNIX_EPOCH
+            .checked_add(Duration::from_secs(self.not_after.min(LAST_SECOND)))
+            .unwrap_or(UNIX_EPOCH)
     }
 
     /// Whether the certificate has expired at `now` (the entry is then of no use).
@@ -117,6 +123,15 @@ mod tests {
         assert_eq!(key, "/p/revoked/acme/0a1b2c");
         let value = serde_json::to_vec(&e).expect("json");
         assert_eq!(parse_entry("/p", key.as_bytes(), &value), Ok(e));
+    }
+
+    #[test]
+    fn any_expiry_reads_without_overflow() {
+        let mut e = entry();
+        e.not_after = u64::MAX;
+        assert!(!e.expired(SystemTime::now()));
+        e.not_after = 0;
+        assert!(e.expired(SystemTime::now()));
     }
 
     #[test]

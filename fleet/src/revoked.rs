@@ -279,6 +279,86 @@ mod tests {
         assert!(set.is_empty());
     }
 
+    /// A store whose first watch ends at once as if compacted; later watches wait for ever.
+    #[derive(Default)]
+    struct CompactingStore {
+        entries: Mutex<Vec<RevokedEntry>>,
+        watches: std::sync::atomic::AtomicU32,
+    }
+
+    struct Compacted(bool);
+
+    #[async_trait::async_trait]
+    impl crate::Changes for Compacted {
+        async fn next(&mut self) -> Result<Vec<Change>, FleetError> {
+            if self.0 {
+                return Err(FleetError::WatchEnded("compacted".into()));
+            }
+            std::future::pending().await
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl FleetStore for CompactingStore {
+        async fn publish(&self, entries: &[RevokedEntry]) -> Result<(), FleetError> {
+            self.entries
+                .lock()
+                .expect("lock")
+                .extend_from_slice(entries);
+            Ok(())
+        }
+
+        async fn list(&self) -> Result<crate::Listing, FleetError> {
+            Ok(crate::Listing {
+                entries: self.entries.lock().expect("lock").clone(),
+                malformed: 1,
+                revision: 7,
+            })
+        }
+
+        async fn watch(&self, _revision: i64) -> Result<Box<dyn crate::Changes>, FleetError> {
+            let first = self
+                .watches
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                == 0;
+            if first {
+                // Written while the watch was being set up, past a compaction: only a new
+                // listing finds it.
+                self.entries
+                    .lock()
+                    .expect("lock")
+                    .push(entry("0b", u64::MAX / 2));
+            }
+            Ok(Box::new(Compacted(first)))
+        }
+    }
+
+    #[test]
+    fn a_watch_ended_by_a_compaction_lists_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = Arc::new(FleetStatus::default());
+        let set = Arc::new(
+            RevokedSet::load(&dir.path().join("revoked.json"), status.clone()).expect("empty"),
+        );
+        let store = Arc::new(CompactingStore::default());
+        store
+            .entries
+            .lock()
+            .expect("lock")
+            .push(entry("0a", u64::MAX / 2));
+        follow(set.clone(), store.clone(), status.clone()).expect("follow");
+        let start = std::time::Instant::now();
+        while !(set.contains(&"0b".parse().expect("serial")) && status.figures().connected) {
+            assert!(start.elapsed() < Duration::from_secs(5), "{set:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(set.contains(&"0a".parse().expect("serial")));
+        let f = status.figures();
+        assert!(f.watch_restarts >= 1);
+        assert!(f.malformed >= 2, "each listing's malformed entries counted");
+        assert_eq!(f.revocations, 2);
+    }
+
     #[test]
     fn an_unreadable_cache_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");

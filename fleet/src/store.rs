@@ -19,6 +19,8 @@ use crate::FleetError;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time allowed to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest lease asked for, in seconds (etcd's limit is 9e9).
+const MAX_LEASE_TTL: u64 = 8_000_000_000;
 /// Operations per transaction (etcd's default limit is 128).
 const MAX_TXN_OPS: usize = 100;
 /// How long an entry outlives its certificate in etcd (its lease's slack).
@@ -166,7 +168,8 @@ impl FleetStore for EtcdStore {
             .unwrap_or_default()
             .saturating_add(LEASE_SLACK)
             .as_secs();
-        let ttl = i64::try_from(ttl).unwrap_or(i64::MAX);
+        // etcd refuses leases longer than 9e9 s: a spool entry must never be unpublishable.
+        let ttl = i64::try_from(ttl.min(MAX_LEASE_TTL)).unwrap_or(i64::MAX);
         let lease = self
             .request(|mut c| async move { c.lease_grant(ttl, None).await })
             .await?
