@@ -9,6 +9,10 @@ have cmake || need+=(cmake)          # pingora-core builds zlib-ng with cmake
 have cc || need+=(build-essential)
 have curl || need+=(curl)
 have pkg-config || need+=(pkg-config)
+# etcd-client (the fleet's store) compiles etcd's protos at build time: protoc and the
+# well-known .proto files.
+have protoc || need+=(protobuf-compiler)
+[ -e /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 # The CA keeps its keys in a PKCS#11 token; the demo and the tests use SoftHSM2's.
 [ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
 if [ "${1:-}" = "--test" ]; then
@@ -26,6 +30,10 @@ if [ "${1:-}" = "--test" ]; then
   [ -x /usr/bin/chromium ] || need+=(chromium)
   # The PROXY protocol tests put a real L4 balancer in front of the gateway.
   have haproxy || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+  # The fleet tests (tests/e2e/fleet.rs) start a real etcd on loopback and write forged
+  # entries into it with etcdctl.
+  have etcd || [ -x /usr/bin/etcd ] || need+=(etcd-server)
+  have etcdctl || need+=(etcd-client)
   # deploy/observability: promtool checks and unit-tests the alert rules, and a real Prometheus
   # scrapes a gateway to evaluate every dashboard query and alert expression.
   { have promtool && have prometheus; } || need+=(prometheus)

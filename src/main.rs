@@ -259,7 +259,14 @@ fn main() -> ExitCode {
             command,
         } => audit_cli::with_audit_log(audit_dir, &audit_key, "ca", |audit| {
             let events = audit.map(|a| Arc::new(a) as Arc<dyn portcullis_ca::CaEventSink>);
-            portcullis_ca::cli::run_audited(command, events).map_err(Into::into)
+            // Revocations are also spooled for the fleet's etcd when the CA's state folder
+            // has the admin server's spool.
+            portcullis_ca::cli::run_audited_with(
+                command,
+                events,
+                &portcullis_admin::cli_revocation_sink,
+            )
+            .map_err(Into::into)
         }),
         Command::Demo {
             state,

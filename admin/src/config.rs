@@ -116,6 +116,82 @@ pub struct AdminConfig {
     /// Tenants' webhook subscriptions (off unless set; `webhooks.rs`).
     #[serde(default)]
     pub webhooks: Option<crate::webhooks::WebhooksConfig>,
+    /// The fleet's etcd cluster: every revocation is also published there for every gateway
+    /// (through a local spool, so it is never lost while etcd is unreachable).
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
+}
+
+/// The `fleet:` section of the admin config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// etcd client URLs, `http://host:port` or `https://host:port` (with `tls`).
+    pub endpoints: Vec<String>,
+    /// Key prefix (default `/portcullis`); revocations are under `PREFIX/revoked/`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// TLS to etcd.
+    #[serde(default)]
+    pub tls: Option<FleetTlsConfig>,
+    /// Where revocations wait for etcd (default: the CA's `STATE/fleet-spool`).
+    #[serde(default)]
+    pub spool: Option<PathBuf>,
+}
+
+/// `fleet.tls`: etcd's CA, and a client certificate when etcd asks for one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct FleetTlsConfig {
+    pub ca: PathBuf,
+    #[serde(default)]
+    pub client_certificate: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+impl FleetConfig {
+    /// The checked connection settings.
+    pub fn settings(&self) -> Result<portcullis_identity::FleetSettings, String> {
+        let tls = match &self.tls {
+            None => None,
+            Some(tls) => Some(portcullis_identity::FleetTls {
+                ca: tls.ca.clone(),
+                client: match (&tls.client_certificate, &tls.client_key) {
+                    (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                    (None, None) => None,
+                    _ => {
+                        return Err(
+                            "fleet.tls: client_certificate and client_key go together".to_owned()
+                        )
+                    }
+                },
+            }),
+        };
+        let settings = portcullis_identity::FleetSettings {
+            endpoints: self.endpoints.clone(),
+            prefix: self
+                .prefix
+                .clone()
+                .unwrap_or_else(|| portcullis_identity::DEFAULT_FLEET_PREFIX.to_owned()),
+            tls,
+        };
+        settings.check().map_err(|e| format!("fleet: {e}"))?;
+        Ok(settings)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        resolve_opt(&mut self.spool, base);
+        if let Some(tls) = &mut self.tls {
+            if tls.ca.is_relative() {
+                tls.ca = base.join(&tls.ca);
+            }
+            resolve_opt(&mut tls.client_certificate, base);
+            resolve_opt(&mut tls.client_key, base);
+        }
+    }
 }
 
 /// The ACME server's settings.
@@ -433,6 +509,10 @@ impl AdminConfig {
             w.resolve(base);
             w.check().map_err(|e| format!("webhooks.{e}"))?;
         }
+        if let Some(fleet) = &mut config.fleet {
+            fleet.resolve(base);
+            fleet.settings()?;
+        }
         Ok(config)
     }
 
@@ -544,6 +624,41 @@ operators: ["spiffe://example.org/portcullis/operator/alice"]
                 private_key: "/k/a.key".into()
             }
         );
+    }
+
+    #[test]
+    fn the_fleet_section_is_checked_and_its_paths_resolved() {
+        let with = |fleet: &str| format!("{GOOD}fleet:\n{fleet}");
+        let c = AdminConfig::from_yaml(
+            &with("  endpoints: [https://etcd:2379]\n  tls: { ca: etcd.pem }\n  spool: spool\n"),
+            Path::new("/etc/portcullis"),
+        )
+        .unwrap();
+        let fleet = c.fleet.expect("fleet");
+        assert_eq!(fleet.spool, Some(PathBuf::from("/etc/portcullis/spool")));
+        let settings = fleet.settings().unwrap();
+        assert_eq!(settings.prefix, "/portcullis");
+        assert_eq!(
+            settings.tls.map(|t| t.ca),
+            Some(PathBuf::from("/etc/portcullis/etcd.pem"))
+        );
+        for (bad, needle) in [
+            (
+                "  endpoints: [http://etcd:2379]\n  spoool: x\n",
+                "unknown field",
+            ),
+            ("  endpoints: []\n", "at least one"),
+            ("  endpoints: [etcd:2379]\n", "http://"),
+            ("  endpoints: [https://etcd:2379]\n", "need a `tls` section"),
+            (
+                "  endpoints: [http://etcd:2379]\n  prefix: nope\n",
+                "prefix",
+            ),
+        ] {
+            let err =
+                AdminConfig::from_yaml(&with(bad), Path::new("/etc/portcullis")).expect_err(bad);
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub mod cli;
 mod config;
 mod connections;
 mod error;
+mod fleet;
+pub use fleet::cli_revocation_sink;
 mod identity;
 mod limits;
 mod metrics;
@@ -44,8 +46,9 @@ mod webhooks;
 
 pub use acme::{AcmeStore, EabCredential, ACME_DB};
 pub use config::{
-    AcmeConfig, AdminConfig, AgentConfig, AgentGrant, ConnectionsConfig, RateLimit,
-    RateLimitsConfig, SelfIssueConfig, ServingCertSource, ServingTlsConfig,
+    AcmeConfig, AdminConfig, AgentConfig, AgentGrant, ConnectionsConfig, FleetConfig,
+    FleetTlsConfig, RateLimit, RateLimitsConfig, SelfIssueConfig, ServingCertSource,
+    ServingTlsConfig,
 };
 pub use error::AdminError;
 pub use identity::PeerIdentity;

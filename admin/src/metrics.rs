@@ -15,12 +15,17 @@ use tokio::net::TcpListener;
 use crate::stats::{IssuanceStats, StatsSnapshot};
 
 /// Serves `/metrics` on `listener` until the task is dropped.
-pub(crate) async fn serve(listener: TcpListener, stats: Arc<IssuanceStats>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    stats: Arc<IssuanceStats>,
+    fleet: Option<Arc<portcullis_fleet::FleetStatus>>,
+) {
     let app = Router::new().route(
         "/metrics",
         get(move || {
             let stats = Arc::clone(&stats);
-            async move { scrape(&stats.snapshot()) }
+            let fleet = fleet.as_ref().map(|f| f.figures());
+            async move { scrape(&stats.snapshot(), fleet.as_ref()) }
         }),
     );
     if let Err(e) = axum::serve(listener, app).await {
@@ -35,8 +40,17 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::AdminEr
         .map_err(|source| crate::AdminError::Listen { addr, source })
 }
 
-fn scrape(s: &StatsSnapshot) -> axum::response::Response {
-    match render(s) {
+fn scrape(
+    s: &StatsSnapshot,
+    fleet: Option<&portcullis_fleet::StatusFigures>,
+) -> axum::response::Response {
+    let text = render(s).and_then(|mut text| {
+        if let Some(f) = fleet {
+            text.push_str(&render_fleet(f)?);
+        }
+        Ok(text)
+    });
+    match text {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "admin metrics: rendering failed");
@@ -119,6 +133,46 @@ fn render(s: &StatsSnapshot) -> Result<String, prometheus::Error> {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
     registry.register(Box::new(open))?;
+    let mut text = Vec::new();
+    TextEncoder::new().encode(&registry.gather(), &mut text)?;
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
+/// The fleet publisher's series: whether etcd took the last publish, revocations waiting in
+/// the spool, published, and failed attempts.
+fn render_fleet(f: &portcullis_fleet::StatusFigures) -> Result<String, prometheus::Error> {
+    use prometheus::{IntCounter, IntGauge};
+    let registry = Registry::new();
+    let gauge = |name: &str, help: &str, value: u64| {
+        let g = IntGauge::new(name, help)?;
+        g.set(i64::try_from(value).unwrap_or(i64::MAX));
+        registry.register(Box::new(g))
+    };
+    let counter = |name: &str, help: &str, value: u64| {
+        let c = IntCounter::new(name, help)?;
+        c.inc_by(value);
+        registry.register(Box::new(c))
+    };
+    gauge(
+        "portcullis_fleet_connected",
+        "1 when etcd took the last revocations published, 0 after a failed attempt.",
+        u64::from(f.connected),
+    )?;
+    gauge(
+        "portcullis_fleet_spooled_revocations",
+        "Revocations waiting in the spool for etcd.",
+        f.spooled,
+    )?;
+    counter(
+        "portcullis_fleet_published_total",
+        "Revocations etcd took from the spool.",
+        f.published,
+    )?;
+    counter(
+        "portcullis_fleet_publish_failures_total",
+        "Attempts to publish the spool to etcd that failed.",
+        f.publish_failures,
+    )?;
     let mut text = Vec::new();
     TextEncoder::new().encode(&registry.gather(), &mut text)?;
     Ok(String::from_utf8_lossy(&text).into_owned())

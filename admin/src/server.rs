@@ -44,6 +44,8 @@ pub struct AdminServer {
     metrics: Option<TcpListener>,
     /// The plain-HTTP CRL and OCSP listener, when configured.
     revocation: Option<(TcpListener, Arc<Revocation>)>,
+    /// Publishing revocations to the fleet's etcd, when configured.
+    fleet: Option<Arc<portcullis_fleet::FleetStatus>>,
 }
 
 /// What renewing the server's own, self-issued certificate takes.
@@ -162,6 +164,18 @@ impl AdminServer {
             .with_cert_resolver(serving);
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
 
+        // Every revocation is also spooled for the fleet's etcd (the CLI's and ACME's too,
+        // since they go through this CA).
+        let (ca, fleet) = match &config.fleet {
+            Some(fleet) => {
+                let (status, sink) = crate::fleet::start(fleet, ca.state_dir())?;
+                (
+                    Arc::new(Ca::clone(&ca).with_revocation_sink(sink)),
+                    Some(status),
+                )
+            }
+            None => (ca, None),
+        };
         let stats = Arc::new(IssuanceStats::default());
         let webhooks = match &config.webhooks {
             Some(w) => Some(
@@ -272,6 +286,7 @@ impl AdminServer {
             renewal,
             metrics,
             revocation,
+            fleet,
         })
     }
 
@@ -309,6 +324,7 @@ impl AdminServer {
             background.spawn(crate::metrics::serve(
                 listener,
                 Arc::clone(&self.state.stats),
+                self.fleet.clone(),
             ));
         }
         if let Some((listener, revocation)) = self.revocation {

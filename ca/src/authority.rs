@@ -21,7 +21,7 @@ use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
 
 use crate::config::CaConfig;
 use crate::crl::write_atomic;
-use crate::events::{self, CaEventSink};
+use crate::events::{self, CaEventSink, RevocationSink};
 use crate::ids::{Serial, TenantId};
 use crate::inventory::{CertRecord, InventoryFilter, InventoryStore, SqliteInventory};
 use crate::key::{KeyBackend, RcgenSigner, SigningKey};
@@ -119,6 +119,8 @@ pub struct IssuedCertificate {
 pub struct Ca {
     core: Arc<CaCore>,
     events: Option<Arc<dyn CaEventSink>>,
+    /// Told every revocation once the inventory holds it (the fleet's revocation set).
+    revocations: Option<Arc<dyn RevocationSink>>,
 }
 
 /// What every clone of a [`Ca`] shares.
@@ -153,6 +155,7 @@ impl fmt::Debug for Ca {
             .field("profiles", &self.core.profiles.len())
             .field("inventory", &self.core.inventory)
             .field("events", &self.events.is_some())
+            .field("revocations", &self.revocations.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -369,7 +372,17 @@ impl Ca {
                 crl_lock: Mutex::new(()),
             }),
             events: None,
+            revocations: None,
         })
+    }
+
+    /// This CA, telling `sink` of every certificate it revokes (in place of any sink it had).
+    #[must_use]
+    pub fn with_revocation_sink(self, sink: Arc<dyn RevocationSink>) -> Ca {
+        Ca {
+            revocations: Some(sink),
+            ..self
+        }
     }
 
     /// This CA, recording its issuances, refusals and revocations in `sink` (in place of any

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use crate::authority::{Ca, IssueRequest, Requester, RequesterKind};
 use crate::config::CaConfig;
 use crate::crl::{write_atomic, RevocationReason};
-use crate::events::CaEventSink;
+use crate::events::{CaEventSink, RevocationSink};
 use crate::ids::{Serial, TenantId};
 use crate::inventory::{format_time, CertStatus, InventoryFilter, RevocationScope};
 use crate::CaError;
@@ -111,6 +111,21 @@ pub fn run_with(cmd: CaCommand, out: &mut dyn Write, now: SystemTime) -> Result<
     run_with_audit(cmd, out, now, None)
 }
 
+/// Gives the CA opened from a state folder a [`RevocationSink`] (the binary's: the fleet's
+/// spool in that folder, when there is one), or none.
+pub type RevocationSinks = dyn Fn(&Path) -> Option<Arc<dyn RevocationSink>>;
+
+/// [`run_audited`], the CA's revocations also handed to the sink `revocations` gives.
+pub fn run_audited_with(
+    cmd: CaCommand,
+    events: Option<Arc<dyn CaEventSink>>,
+    revocations: &RevocationSinks,
+) -> Result<(), CaError> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    run_inner(cmd, &mut out, SystemTime::now(), events, Some(revocations))
+}
+
 /// [`run_with`], the CA recording its events in `events`.
 pub fn run_with_audit(
     cmd: CaCommand,
@@ -118,8 +133,22 @@ pub fn run_with_audit(
     now: SystemTime,
     events: Option<Arc<dyn CaEventSink>>,
 ) -> Result<(), CaError> {
+    run_inner(cmd, out, now, events, None)
+}
+
+fn run_inner(
+    cmd: CaCommand,
+    out: &mut dyn Write,
+    now: SystemTime,
+    events: Option<Arc<dyn CaEventSink>>,
+    revocations: Option<&RevocationSinks>,
+) -> Result<(), CaError> {
     let open = |config: &Path| -> Result<Ca, CaError> {
         let ca = Ca::open(&CaConfig::load(config)?)?;
+        let ca = match revocations.and_then(|sinks| sinks(ca.state_dir())) {
+            Some(sink) => ca.with_revocation_sink(sink),
+            None => ca,
+        };
         Ok(match &events {
             Some(sink) => ca.with_event_sink(Arc::clone(sink)),
             None => ca,

@@ -21,6 +21,15 @@ pub trait CaEventSink: Send + Sync {
     fn record(&self, event: CaEvent);
 }
 
+/// Where a [`Ca`](crate::Ca) hands every certificate it revoked, after the inventory holds the
+/// revocation (and before the CRL is signed): the fleet's revocation set. Called on the
+/// revoking thread; it must make the records durable somewhere quickly (a spool) and never
+/// fail the revocation, which stands whatever the sink does.
+pub trait RevocationSink: Send + Sync {
+    /// The certificates one revocation revoked (the one named and its renewals).
+    fn revoked(&self, records: &[CertRecord]);
+}
+
 /// The audit log, appended to without waiting: a full queue drops the event (the log counts
 /// it), never blocking the CA.
 impl CaEventSink for AuditHandle {

@@ -36,7 +36,7 @@ pub use config::{
 pub use crl::{write_atomic, Crl, RevocationReason};
 #[doc(hidden)]
 pub use csr::{parse_csr_for_fuzzing, requested_names, RequestedNames};
-pub use events::CaEventSink;
+pub use events::{CaEventSink, RevocationSink};
 pub use ids::{Serial, TenantId};
 pub use inventory::{
     CertRecord, CertStatus, InventoryFilter, InventoryStore, NewCertRecord, Revocation,

@@ -335,10 +335,15 @@ pub(crate) fn recheck_connection(
     let Some(credential) = &connection.credential else {
         return Ok(());
     };
+    // Revoked: on the listener's CRL, or in the fleet's set (etcd).
     let revoked = generation
         .tls
         .get(connection.listener)
-        .is_some_and(|tls| tls.is_revoked(&credential.serial));
+        .is_some_and(|tls| tls.is_revoked(&credential.serial))
+        || generation
+            .fleet
+            .as_ref()
+            .is_some_and(|fleet| fleet.contains(&credential.serial));
     if revoked {
         return Err(Refusal::CertificateRevoked);
     }

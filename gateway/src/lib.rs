@@ -97,6 +97,9 @@ pub enum GatewayError {
     /// The trace exporter could not be started.
     #[error("tracing: {0}")]
     Tracing(String),
+    /// The fleet's revocation set could not be loaded or followed (cache, etcd TLS files).
+    #[error("fleet: {0}")]
+    Fleet(String),
 }
 
 impl From<portcullis_identity::IdentityError> for GatewayError {

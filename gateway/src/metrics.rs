@@ -12,6 +12,7 @@ use prometheus::{
 mod audit;
 mod connections;
 mod fairness;
+mod fleet;
 mod ops;
 mod policy;
 mod traces;
@@ -37,6 +38,8 @@ pub(crate) struct Metrics {
     bundle_fetches: IntCounterVec,
     /// Following the admin plane's policy bundle.
     pub(crate) policy: policy::PolicyMetrics,
+    /// Following the fleet's revocation set on etcd.
+    pub(crate) fleet: fleet::FleetMetrics,
     renewals: IntCounterVec,
     certificate_expiry: prometheus::IntGaugeVec,
     rate_limited: IntCounterVec,
@@ -248,6 +251,7 @@ impl Metrics {
         let fairness = FairnessMetrics::new(&registry);
         let upstreams = UpstreamMetrics::new(&registry);
         let policy = policy::PolicyMetrics::new(&registry);
+        let fleet = fleet::FleetMetrics::new(&registry);
         let traces = TraceMetrics::register(&registry);
         for c in [
             &requests,
@@ -285,6 +289,7 @@ impl Metrics {
             crl_loads,
             bundle_fetches,
             policy,
+            fleet,
             renewals,
             certificate_expiry,
             rate_limited,
@@ -465,6 +470,7 @@ impl Metrics {
         // Every line of the requests counted here is in the log first.
         crate::access_log::flush();
         catch_up(&self.access_log_dropped, crate::access_log::dropped_lines());
+        self.fleet.observe();
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

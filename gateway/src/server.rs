@@ -101,7 +101,40 @@ pub fn check(path: &Path) -> Result<Config, GatewayError> {
     if let Some(pg) = config.audit.as_ref().and_then(|a| a.postgres.as_ref()) {
         crate::audit::store_tls(&pg.tls)?;
     }
+    if let Some(fleet) = &config.fleet {
+        let status = Arc::new(portcullis_fleet::FleetStatus::default());
+        portcullis_fleet::RevokedSet::load(&fleet.cache, status).map_err(fleet_error)?;
+        portcullis_fleet::EtcdStore::new(fleet.settings.clone()).map_err(fleet_error)?;
+    }
     Ok(config)
+}
+
+fn fleet_error(e: portcullis_fleet::FleetError) -> GatewayError {
+    GatewayError::Fleet(e.to_string())
+}
+
+/// Loads the fleet's revocation set from its cache (in force at once, before etcd answers)
+/// and starts following etcd on its own thread.
+fn start_fleet(
+    fleet: &portcullis_policy::FleetConfig,
+    metrics: &Metrics,
+) -> Result<Arc<portcullis_fleet::RevokedSet>, GatewayError> {
+    let status = Arc::new(portcullis_fleet::FleetStatus::default());
+    let set = Arc::new(
+        portcullis_fleet::RevokedSet::load(&fleet.cache, Arc::clone(&status))
+            .map_err(fleet_error)?,
+    );
+    let store = portcullis_fleet::EtcdStore::new(fleet.settings.clone()).map_err(fleet_error)?;
+    metrics.fleet.follow(Arc::clone(&status));
+    portcullis_fleet::follow(Arc::clone(&set), Arc::new(store), status).map_err(fleet_error)?;
+    tracing::info!(
+        fleet.endpoints = ?fleet.settings.endpoints,
+        fleet.prefix = %fleet.settings.prefix,
+        fleet.revocations = set.len(),
+        fleet.cache = %fleet.cache.display(),
+        "following the fleet's revocation set on etcd (the cached set in force meanwhile)"
+    );
+    Ok(set)
 }
 
 /// A key, PIN, connection-string or client-key file of the audit log that group or others can read is a
@@ -298,8 +331,13 @@ pub fn serve(
     };
     let policy_source = config.policy_source.clone();
     metrics.policy.in_effect(config.policy_serial);
+    let fleet = match &config.fleet {
+        Some(fleet) => Some(start_fleet(fleet, &metrics)?),
+        None => None,
+    };
     let mut first = Snapshot::build(config, None)?;
     first.assertion = assertion;
+    first.fleet = fleet;
     let snapshot = Arc::new(ArcSwap::from_pointee(first));
     // Identity providers' keys: fetched in the background from now on; a token arriving
     // before the first fetch asks for one itself.

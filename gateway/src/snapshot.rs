@@ -66,6 +66,9 @@ pub(crate) struct Snapshot {
     pub assertion: Option<Arc<AssertionSigner>>,
     /// Upstream targets found in DNS, shared by all generations (a reload keeps them).
     pub discovery: Arc<DiscoveryRegistry>,
+    /// The fleet's revocation set (etcd), enforced with every listener's CRL; shared by all
+    /// generations (set at start, kept by reloads).
+    pub fleet: Option<Arc<portcullis_fleet::RevokedSet>>,
 }
 
 impl Snapshot {
@@ -88,6 +91,13 @@ impl Snapshot {
         let discovery = previous.map_or_else(Default::default, |p| Arc::clone(&p.discovery));
         // Sets already in use carry over; new ones are asked once before the pools are made.
         let discovered = discovery.sets_for(&config, true);
+        // The fleet's set and its watch are started once: a reload keeps them.
+        let fleet = previous.and_then(|p| {
+            if p.config.fleet != config.fleet {
+                tracing::warn!("fleet changed: takes effect at restart");
+            }
+            p.fleet.clone()
+        });
         let mut pools = HashMap::new();
         for upstream in &config.upstreams {
             pools.insert(
@@ -134,6 +144,7 @@ impl Snapshot {
             key_sets,
             assertion,
             discovery,
+            fleet,
             config: Arc::new(config),
         })
     }

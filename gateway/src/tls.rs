@@ -165,12 +165,18 @@ impl ListenerSlot {
     ) -> Option<Arc<dyn ClientCertVerifier>> {
         client_auth_mode(client_auth)?;
         let mode = ClientAuthMode::Optional;
+        let generation = Arc::clone(&self.generation);
         let observer = ListenerRefusals {
             listener: listener.to_owned(),
-            metrics,
+            metrics: Arc::clone(&metrics),
         };
         let verifier = ClientVerifier::from_source(self, mode).with_observer(Arc::new(observer));
-        Some(Arc::new(verifier))
+        Some(Arc::new(FleetChecked {
+            inner: Arc::new(verifier),
+            generation,
+            listener: listener.to_owned(),
+            metrics,
+        }))
     }
 }
 
@@ -189,6 +195,94 @@ impl VerifierSource for ListenerSlot {
         let generation = self.generation.load();
         let verifier = generation.tls.get(self.index)?.verifier.as_deref()?;
         Some(check(verifier))
+    }
+}
+
+/// A listener's client verifier with the fleet's revocation set (etcd) checked after it: a
+/// certificate the verifier accepts (trust bundle, CRL, validity) whose serial is in the
+/// current generation's fleet set is refused as revoked.
+struct FleetChecked {
+    inner: Arc<dyn ClientCertVerifier>,
+    generation: Arc<ArcSwap<Snapshot>>,
+    listener: String,
+    metrics: Arc<Metrics>,
+}
+
+impl fmt::Debug for FleetChecked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetChecked")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for FleetChecked {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let generation = self.generation.load();
+        let Some(fleet) = generation.fleet.as_ref() else {
+            return Ok(verified);
+        };
+        // The verifier above has parsed it already; unreadable here would be refused anyway.
+        let serial = x509_parser::parse_x509_certificate(end_entity.as_ref())
+            .map(|(_, cert)| Serial::from_be_bytes(cert.raw_serial()))
+            .map_err(|_| {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+            })?;
+        if fleet.contains(&serial) {
+            self.metrics
+                .tls_failure(&self.listener, RefusalReason::Revoked.as_str());
+            tracing::info!(listener = %self.listener, tls.refusal = "revoked", tls.serial = %serial, revocation.source = "fleet", "client certificate refused");
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            ));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
     }
 }
 

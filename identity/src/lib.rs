@@ -16,6 +16,7 @@ mod dns;
 mod error;
 #[cfg(feature = "io")]
 mod files;
+mod fleet;
 mod ip;
 mod issuance;
 pub mod oidc;
@@ -33,6 +34,9 @@ pub use dns::{DnsName, DnsNameError, DnsPattern};
 pub use error::IdentityError;
 #[cfg(feature = "io")]
 pub use files::{write_atomic, PRIVATE_FILE_MODE, PUBLIC_FILE_MODE};
+pub use fleet::{
+    check_fleet_endpoint, check_fleet_prefix, FleetSettings, FleetTls, DEFAULT_FLEET_PREFIX,
+};
 pub use ip::canonical_ip;
 #[cfg(feature = "io")]
 pub use issuance::{ClientCredentials, IssuanceClient, IssuanceConnection};

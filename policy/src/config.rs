@@ -63,6 +63,16 @@ pub struct Config {
     /// The serial of the admin plane's bundle laid over the file, when one was (set by the
     /// gateway after loading; never read from YAML).
     pub policy_serial: Option<u64>,
+    /// The fleet's etcd cluster, whose revocation set is enforced with the CRLs; `None`: the
+    /// CRL files alone.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// The `fleet` section: the etcd cluster and where the last revocation set seen is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetConfig {
+    pub settings: portcullis_identity::FleetSettings,
+    pub cache: PathBuf,
 }
 
 /// The `policy_source` section: where the signed bundle of tenants' active policies comes

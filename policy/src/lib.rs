@@ -31,11 +31,11 @@ pub use config::MIN_BUNDLE_REFRESH;
 pub use config::{
     overlay_entries, overlay_tenants, tenant_entry, AbuseLimits, AssertionSettings, AuditKey,
     AuditMode, AuditPostgres, AuditSettings, ClientAuth, Config, ConfigError, ConfigProblem,
-    ConnectionLimits, DnsDiscovery, DnsQuery, EgressConfig, Fairness, HealthCheckConfig,
-    HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig, OtlpProtocol, PolicySource,
-    PostgresTls, ProxyProtocol, RefusalRecords, SecretSource, TenantConfig, TlsListenerConfig,
-    TraceparentTrust, TracingSettings, TrustDomainBundle, UpstreamConfig, UpstreamProtocol,
-    UpstreamTls,
+    ConnectionLimits, DnsDiscovery, DnsQuery, EgressConfig, Fairness, FleetConfig,
+    HealthCheckConfig, HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig, OtlpProtocol,
+    PolicySource, PostgresTls, ProxyProtocol, RefusalRecords, SecretSource, TenantConfig,
+    TlsListenerConfig, TraceparentTrust, TracingSettings, TrustDomainBundle, UpstreamConfig,
+    UpstreamProtocol, UpstreamTls,
 };
 pub use dlp::{
     Blocked, BodyDirection, BuiltinDetector, CustomPatternSpec, DetectorKind, DetectorName,

@@ -15,6 +15,7 @@ mod dlp;
 mod dns;
 mod explain;
 mod fairness;
+mod fleet;
 mod grpc;
 mod harness;
 mod limits;

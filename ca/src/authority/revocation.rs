@@ -56,6 +56,9 @@ impl Ca {
             );
             self.record(|| events::revoked(requester, record, reason, serial));
         }
+        if let Some(sink) = &self.revocations {
+            sink.revoked(&revocation.revoked);
+        }
         self.publish_crl(now)?;
         Ok(revocation)
     }

@@ -54,6 +54,10 @@ impl ServeHttp for OpsEndpoint {
                 if let Some(line) = self.metrics.policy.readiness() {
                     body.push_str(&line);
                 }
+                // Cut off from etcd is degraded too: the last revocation set stays in force.
+                if let Some(line) = self.metrics.fleet.readiness() {
+                    body.push_str(&line);
+                }
                 let status = if ready {
                     StatusCode::OK
                 } else {

@@ -18,12 +18,12 @@ use ipnet::IpNet;
 
 use super::locate::Locations;
 use super::raw::{
-    RawAssertion, RawConfig, RawEgress, RawFairness, RawHttp, RawIssuer, RawListener,
+    RawAssertion, RawConfig, RawEgress, RawFairness, RawFleet, RawHttp, RawIssuer, RawListener,
     RawPolicySource, RawSessions, RawTrustDomain,
 };
 use super::{
     AssertionSettings, AuditKey, BundleEndpointConfig, ClientAuth, Config, ConfigProblem,
-    EgressConfig, Fairness, HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig,
+    EgressConfig, Fairness, FleetConfig, HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig,
     PolicySource, TlsListenerConfig, TrustDomainBundle, MIN_BUNDLE_REFRESH,
 };
 
@@ -179,6 +179,7 @@ pub(crate) fn check(
     let egress = c.egress(&raw.egress, &raw.listeners);
     let policy_source = raw.policy_source.as_ref().and_then(|p| c.policy_source(p));
     let tracing = raw.tracing.as_ref().map(|t| c.tracing(t));
+    let fleet = raw.fleet.as_ref().and_then(|f| c.fleet(f));
     if c.problems.is_empty() {
         Ok(Config {
             listeners,
@@ -196,6 +197,7 @@ pub(crate) fn check(
             policy_source,
             policy_serial: None,
             tracing,
+            fleet,
         })
     } else {
         // Problems without a location first, then in file order.
@@ -534,6 +536,63 @@ impl Checker<'_> {
             cache: self.file_path("policy_source.cache", what, &raw.cache),
             interval,
         })
+    }
+
+    fn fleet(&mut self, raw: &RawFleet) -> Option<FleetConfig> {
+        use portcullis_identity::{check_fleet_endpoint, check_fleet_prefix, FleetTls};
+        let what = "fleet";
+        let mut ok = true;
+        for (i, endpoint) in raw.endpoints.iter().enumerate() {
+            if let Err(e) = check_fleet_endpoint(endpoint) {
+                self.at_value(&format!("fleet.endpoints[{i}]"), format!("fleet: {e}"));
+                ok = false;
+            }
+        }
+        let prefix = raw
+            .prefix
+            .clone()
+            .unwrap_or_else(|| portcullis_identity::DEFAULT_FLEET_PREFIX.to_owned());
+        if let Err(e) = check_fleet_prefix(&prefix) {
+            self.at_value("fleet.prefix", format!("fleet: {e}"));
+            ok = false;
+        }
+        let tls = match &raw.tls {
+            None => None,
+            Some(tls) => {
+                let client = match (&tls.client_certificate, &tls.client_key) {
+                    (Some(cert), Some(key)) => Some((
+                        self.file_path("fleet.tls.client_certificate", what, cert),
+                        self.file_path("fleet.tls.client_key", what, key),
+                    )),
+                    (None, None) => None,
+                    _ => {
+                        self.at_key(
+                            "fleet.tls",
+                            "fleet.tls: client_certificate and client_key go together".to_owned(),
+                        );
+                        ok = false;
+                        None
+                    }
+                };
+                Some(FleetTls {
+                    ca: self.file_path("fleet.tls.ca", what, &tls.ca),
+                    client,
+                })
+            }
+        };
+        let settings = portcullis_identity::FleetSettings {
+            endpoints: raw.endpoints.clone(),
+            prefix,
+            tls,
+        };
+        if ok {
+            if let Err(e) = settings.check() {
+                self.at_key("fleet", format!("fleet: {e}"));
+                ok = false;
+            }
+        }
+        let cache = self.file_path("fleet.cache", what, &raw.cache);
+        ok.then_some(FleetConfig { settings, cache })
     }
 
     fn fairness(&mut self, raw: &RawFairness) -> Fairness {

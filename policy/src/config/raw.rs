@@ -59,6 +59,47 @@ pub(crate) struct RawConfig {
     /// Tenants' policies followed from the admin plane (signed), on top of this file's.
     #[serde(default)]
     pub(crate) policy_source: Option<RawPolicySource>,
+    /// The fleet's etcd cluster: the revocation set every gateway enforces with its CRLs.
+    #[serde(default)]
+    pub(crate) fleet: Option<RawFleet>,
+}
+
+/// `fleet`: the etcd cluster holding the fleet's revocation set, watched by the gateway.
+#[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Fleet")
+)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFleet {
+    /// etcd client URLs, `http://host:port` or `https://host:port` (with `tls`).
+    pub(crate) endpoints: Vec<String>,
+    /// Key prefix (default `/portcullis`); revocations are under `PREFIX/revoked/`.
+    #[serde(default)]
+    pub(crate) prefix: Option<String>,
+    /// TLS to etcd.
+    #[serde(default)]
+    pub(crate) tls: Option<RawFleetTls>,
+    /// Where the last revocation set seen is kept; read at start, so a gateway restarted while
+    /// etcd is unreachable still refuses what it last saw.
+    pub(crate) cache: PathBuf,
+}
+
+/// `fleet.tls`: etcd's CA, and a client certificate when etcd asks for one.
+#[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "FleetTls")
+)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFleetTls {
+    pub(crate) ca: PathBuf,
+    #[serde(default)]
+    pub(crate) client_certificate: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) client_key: Option<PathBuf>,
 }
 
 /// `policy_source`: the admin plane whose activated tenant policies the gateway runs.

@@ -1379,3 +1379,59 @@ fn trust_domain_endpoints_parse_with_defaults_and_refuse_nonsense() {
 mod traces;
 
 mod upstreams;
+
+const FLEET: &str = "\
+listeners:
+  - name: l
+    address: 0.0.0.0:443
+    tls: {certificate: c, private_key: k, client_ca: ca}
+fleet:
+  endpoints: [http://127.0.0.1:2379, 'http://etcd-2:2379']
+  cache: state/fleet.json
+";
+
+#[test]
+fn the_fleet_section_parses_and_mistakes_are_refused_with_lines() {
+    let c = parse(FLEET).unwrap();
+    let fleet = c.fleet.expect("fleet");
+    assert_eq!(fleet.settings.endpoints.len(), 2);
+    assert_eq!(fleet.settings.prefix, "/portcullis");
+    assert_eq!(fleet.cache, Path::new("/srv/gw/state/fleet.json"));
+    assert!(fleet.settings.tls.is_none());
+    assert_problem(
+        &FLEET.replace("  cache:", "  cahce: x\n  cache:"),
+        "7:3:",
+        "unknown field `cahce`",
+    );
+    assert_problem(
+        &FLEET.replace("'http://etcd-2:2379'", "'etcd-2:2379'"),
+        "6:",
+        "must start with http:// or https://",
+    );
+    assert_problem(
+        &FLEET.replace("  cache:", "  prefix: portcullis/\n  cache:"),
+        "7:11:",
+        "prefix",
+    );
+    assert_problem(
+        &FLEET.replace("  cache:", "  tls: {ca: etcd-ca.pem}\n  cache:"),
+        "5:1:",
+        "not every endpoint is https://",
+    );
+    assert_problem(
+        &FLEET.replace(
+            "  cache:",
+            "  tls: {ca: a.pem, client_certificate: c.pem}\n  cache:",
+        ),
+        "7:",
+        "go together",
+    );
+    let tls = FLEET.replace("http://", "https://").replace(
+        "  cache:",
+        "  tls: {ca: a.pem, client_certificate: c.pem, client_key: k.pem}\n  cache:",
+    );
+    let fleet = parse(&tls).unwrap().fleet.expect("fleet");
+    let tls = fleet.settings.tls.expect("tls");
+    assert_eq!(tls.ca, Path::new("/srv/gw/a.pem"));
+    assert!(tls.client.is_some());
+}
