@@ -10,9 +10,9 @@ echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --locked --workspace --all-targets -- -D warnings
-echo "== cargo test" >&2
+echo "== cargo test ($(df -h --output=avail . | tail -n 1 | tr -d ' ') free on this disk)" >&2
 cargo test --locked --workspace -- --test-threads=2
 echo "== packaging: schemas, systemd, container, Kubernetes, completions, man pages" >&2
 tests/deploy.sh
-echo "== fuzz smoke run" >&2
+echo "== fuzz smoke run ($(df -h --output=avail . | tail -n 1 | tr -d ' ') free on this disk)" >&2
 tests/fuzz.sh 5

@@ -27,7 +27,7 @@ use locate::{Locations, Position};
 pub use overlay::{overlay_entries, overlay_tenants, tenant_entry};
 #[cfg(feature = "schema")]
 pub use schema::config_schema;
-pub use traces::{OtlpProtocol, TraceparentTrust, TracingSettings};
+pub use traces::{OtlpProtocol, OtlpTls, TraceparentTrust, TracingSettings};
 
 /// The whole checked configuration.
 #[derive(Clone, Debug, PartialEq)]

@@ -33,7 +33,7 @@ pub use config::{
     AuditMode, AuditPostgres, AuditSettings, ClientAuth, Config, ConfigError, ConfigProblem,
     ConnectionLimits, DnsDiscovery, DnsQuery, EgressConfig, Fairness, FleetConfig,
     HealthCheckConfig, HttpSettings, IssuerConfig, ListenerConfig, MetricsConfig, OtlpProtocol,
-    PolicySource, PostgresTls, ProxyProtocol, RefusalRecords, SecretSource, TenantConfig,
+    OtlpTls, PolicySource, PostgresTls, ProxyProtocol, RefusalRecords, SecretSource, TenantConfig,
     TlsListenerConfig, TraceparentTrust, TracingSettings, TrustDomainBundle, UpstreamConfig,
     UpstreamProtocol, UpstreamTls,
 };

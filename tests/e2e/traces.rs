@@ -73,6 +73,11 @@ impl Received {
 /// An OTLP/HTTP receiver: HTTP/1.1 `POST /v1/traces`, protobuf body, answered with an empty
 /// `ExportTraceServiceResponse`. Serves at most 200 connections of at most 1000 requests.
 fn http_receiver() -> (u16, Received) {
+    http_receiver_over(None)
+}
+
+/// [`http_receiver`] over TLS with `tls` when given (a failed handshake is dropped).
+fn http_receiver_over(tls: Option<Arc<rustls::ServerConfig>>) -> (u16, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let received = Received::default();
@@ -80,58 +85,68 @@ fn http_receiver() -> (u16, Received) {
     std::thread::spawn(move || {
         for stream in listener.incoming().take(200) {
             let Ok(stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
             let sink = sink.clone();
-            std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-                let mut writer = stream.try_clone().unwrap();
-                let mut reader = BufReader::new(stream);
-                for _ in 0..1000 {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    assert!(
-                        line.starts_with("POST /v1/traces "),
-                        "OTLP/HTTP request line: {line:?}"
-                    );
-                    let mut length = 0;
-                    let mut content_type = String::new();
-                    loop {
-                        let mut header = String::new();
-                        if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let header = header.trim_end();
-                        if header.is_empty() {
-                            break;
-                        }
-                        let (name, value) = header.split_once(':').unwrap();
-                        match name.to_ascii_lowercase().as_str() {
-                            "content-length" => length = value.trim().parse().unwrap(),
-                            "content-type" => content_type = value.trim().to_owned(),
-                            "transfer-encoding" => panic!("chunked OTLP body"),
-                            _ => {}
-                        }
-                    }
-                    assert_eq!(content_type, "application/x-protobuf");
-                    let mut body = vec![0; length];
-                    reader.read_exact(&mut body).unwrap();
-                    sink.add(ExportTraceServiceRequest::decode(body.as_slice()).unwrap());
-                    let answer = ExportTraceServiceResponse::default().encode_to_vec();
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
-                        answer.len()
-                    );
-                    if writer.write_all(head.as_bytes()).is_err()
-                        || writer.write_all(&answer).is_err()
-                    {
-                        return;
-                    }
+            let tls = tls.clone();
+            std::thread::spawn(move || match tls {
+                None => serve_otlp_http(stream, &sink),
+                Some(config) => {
+                    let conn = rustls::ServerConnection::new(config).unwrap();
+                    serve_otlp_http(rustls::StreamOwned::new(conn, stream), &sink);
                 }
             });
         }
     });
     (port, received)
+}
+
+fn serve_otlp_http(stream: impl Read + Write, sink: &Received) {
+    let mut reader = BufReader::new(stream);
+    for _ in 0..1000 {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        assert!(
+            line.starts_with("POST /v1/traces "),
+            "OTLP/HTTP request line: {line:?}"
+        );
+        let mut length = 0;
+        let mut content_type = String::new();
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let (name, value) = header.split_once(':').unwrap();
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse().unwrap(),
+                "content-type" => content_type = value.trim().to_owned(),
+                "transfer-encoding" => panic!("chunked OTLP body"),
+                _ => {}
+            }
+        }
+        assert_eq!(content_type, "application/x-protobuf");
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        sink.add(ExportTraceServiceRequest::decode(body.as_slice()).unwrap());
+        let answer = ExportTraceServiceResponse::default().encode_to_vec();
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
+            answer.len()
+        );
+        let writer = reader.get_mut();
+        if writer.write_all(head.as_bytes()).is_err()
+            || writer.write_all(&answer).is_err()
+            || writer.flush().is_err()
+        {
+            return;
+        }
+    }
 }
 
 /// An OTLP/gRPC receiver (tonic's `TraceService`), for as long as the runtime is held.
@@ -149,6 +164,14 @@ impl TraceService for GrpcReceiver {
 }
 
 fn grpc_receiver() -> (u16, Received, tokio::runtime::Runtime) {
+    grpc_receiver_over(None)
+}
+
+/// [`grpc_receiver`] over TLS: its certificate and key (PEM), and the CA whose client
+/// certificates it requires.
+fn grpc_receiver_over(
+    tls: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+) -> (u16, Received, tokio::runtime::Runtime) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -159,8 +182,16 @@ fn grpc_receiver() -> (u16, Received, tokio::runtime::Runtime) {
         .unwrap();
     let port = listener.local_addr().unwrap().port();
     let received = Received::default();
+    let mut server = tonic::transport::Server::builder();
+    if let Some((cert, key, ca)) = tls {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(cert, key))
+            .client_ca_root(Certificate::from_pem(ca));
+        server = server.tls_config(config).unwrap();
+    }
     rt.spawn(
-        tonic::transport::Server::builder()
+        server
             .add_service(TraceServiceServer::new(GrpcReceiver(received.clone())))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
@@ -547,4 +578,103 @@ fn grpc_export_works_and_ratio_zero_exports_nothing_but_still_names_the_trace() 
     std::thread::sleep(Duration::from_millis(1500));
     assert!(received.spans().is_empty(), "{:?}", received.spans());
     assert_eq!(gw.metric("portcullis_trace_spans_exported_total"), 0.0);
+}
+
+/// A TLS server configuration with `NAME.pem`/`NAME.key` from `d` that requires a client
+/// certificate from the test CA (`ca.pem`).
+fn collector_tls(d: &std::path::Path, name: &str) -> Arc<rustls::ServerConfig> {
+    let read_certs = |file: &str| {
+        rustls_pemfile::certs(&mut BufReader::new(
+            std::fs::File::open(d.join(file)).unwrap(),
+        ))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+    };
+    let key = rustls_pemfile::private_key(&mut BufReader::new(
+        std::fs::File::open(d.join(format!("{name}.key"))).unwrap(),
+    ))
+    .unwrap()
+    .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certs("ca.pem") {
+        roots.add(cert).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(read_certs(&format!("{name}.pem")), key)
+            .unwrap(),
+    )
+}
+
+/// A collector at an `https://` endpoint: OTLP/HTTP and OTLP/gRPC over TLS to a receiver that
+/// asks for the gateway's client certificate; a collector whose certificate another CA signed
+/// gets nothing, and the spans are counted as dropped.
+#[test]
+fn spans_reach_a_collector_over_verified_tls_only() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let echo = Echo::start(d, "traces-tls");
+    let tls = "tls: { ca: ca.pem, client_certificate: gateway.pem, client_key: gateway.key }";
+
+    let (otlp, received) = http_receiver_over(Some(collector_tls(d, "server")));
+    let tracing = format!(
+        "tracing:\n  otlp:\n    endpoint: \"https://localhost:{otlp}/v1/traces\"\n    {tls}\n"
+    );
+    let gw = Gateway::start(d, &config(echo.port, &tracing));
+    let resp = pki.client(Some("frontend")).get(gw.port, "/api/x").unwrap();
+    assert_eq!(resp.status, 200);
+    received.wait("spans over OTLP/HTTP with TLS", |spans| {
+        spans.iter().any(|s| s.name == "GET")
+    });
+    drop(gw);
+
+    let read = |f: &str| std::fs::read(d.join(f)).unwrap();
+    let (otlp, received, _rt) = grpc_receiver_over(Some((
+        read("server.pem"),
+        read("server.key"),
+        read("ca.pem"),
+    )));
+    let tracing = format!(
+        "tracing:\n  otlp:\n    endpoint: \"https://localhost:{otlp}\"\n    protocol: grpc\n    {tls}\n"
+    );
+    let gw = Gateway::start(d, &config(echo.port, &tracing));
+    let resp = pki.client(Some("frontend")).get(gw.port, "/api/x").unwrap();
+    assert_eq!(resp.status, 200);
+    received.wait("spans over OTLP/gRPC with TLS", |spans| {
+        spans.iter().any(|s| s.name == "GET")
+    });
+    drop(gw);
+
+    // An impostor collector (a localhost certificate from another CA): nothing reaches it,
+    // and the spans are counted as dropped; requests are served all the same.
+    portcullis_ca::dev::DevCa::new("Impostor CA")
+        .unwrap()
+        .issue(&portcullis_ca::dev::LeafSpec::localhost_server(
+            &[],
+            Duration::from_secs(86_400),
+        ))
+        .unwrap()
+        .write(d, "impostor")
+        .unwrap();
+    let (otlp, received) = http_receiver_over(Some(collector_tls(d, "impostor")));
+    let tracing = format!(
+        "tracing:\n  otlp:\n    endpoint: \"https://localhost:{otlp}/v1/traces\"\n    timeout: 2s\n    {tls}\n"
+    );
+    let gw = Gateway::start(d, &config(echo.port, &tracing));
+    let resp = pki.client(Some("frontend")).get(gw.port, "/api/x").unwrap();
+    assert_eq!(resp.status, 200);
+    let dropped = "portcullis_trace_spans_dropped_total{reason=\"export_failed\"}";
+    let text = gw.wait_metric(dropped, 1.0);
+    assert!(metric_value(&text, dropped) >= 1.0, "{text}");
+    assert!(received.spans().is_empty(), "{:?}", received.spans());
 }

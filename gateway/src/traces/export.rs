@@ -11,7 +11,7 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
 use opentelemetry_sdk::Resource;
-use portcullis_policy::{OtlpProtocol, TracingSettings};
+use portcullis_policy::{OtlpProtocol, OtlpTls, TracingSettings};
 use tokio::sync::mpsc;
 
 use crate::metrics::TraceMetrics;
@@ -118,20 +118,96 @@ impl SpanQueue {
 }
 
 fn exporter(settings: &TracingSettings) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    use opentelemetry_otlp::{WithHttpConfig, WithTonicConfig};
     let built = match settings.protocol {
-        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(settings.endpoint.clone())
-            .with_timeout(settings.timeout)
-            .build(),
-        _ => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(settings.endpoint.clone())
-            .with_timeout(settings.timeout)
-            .build(),
+        OtlpProtocol::Grpc => {
+            let builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(settings.endpoint.clone())
+                .with_timeout(settings.timeout);
+            match &settings.tls {
+                Some(tls) => builder.with_tls_config(grpc_tls(tls)?),
+                None => builder,
+            }
+            .build()
+        }
+        _ => {
+            let builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(settings.endpoint.clone())
+                .with_timeout(settings.timeout);
+            match &settings.tls {
+                Some(tls) => builder.with_http_client(https_client(tls, settings.timeout)?),
+                None => builder,
+            }
+            .build()
+        }
     };
     built.map_err(|e| format!("OTLP exporter for {}: {e}", settings.endpoint))
+}
+
+/// OTLP/HTTP over TLS: hyper with the gateway's own rustls configuration (its AEAD-only
+/// provider, TLS 1.2 and 1.3), the configured CA or the webpki roots, and the client
+/// certificate when one is configured.
+fn https_client(
+    tls: &OtlpTls,
+    timeout: std::time::Duration,
+) -> Result<
+    opentelemetry_http::hyper::HyperClient<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    >,
+    String,
+> {
+    let roots = match &tls.ca {
+        Some(ca) => portcullis_identity::load_certs(ca)
+            .and_then(|certs| portcullis_identity::root_store(certs, "tracing.otlp.tls.ca"))
+            .map_err(|e| e.to_string())?,
+        None => rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        },
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(portcullis_identity::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match &tls.client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                portcullis_identity::load_certs(cert).map_err(|e| e.to_string())?,
+                portcullis_identity::load_private_key(key).map_err(|e| e.to_string())?,
+            )
+            .map_err(|e| format!("tracing.otlp.tls client certificate: {e}"))?,
+        None => builder.with_no_client_auth(),
+    };
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only()
+        .enable_http1()
+        .build();
+    Ok(opentelemetry_http::hyper::HyperClient::new(
+        connector, timeout, None,
+    ))
+}
+
+/// OTLP/gRPC over TLS: tonic's rustls (ring), the configured CA or the webpki roots, and the
+/// client certificate when one is configured.
+fn grpc_tls(
+    tls: &OtlpTls,
+) -> Result<opentelemetry_otlp::tonic_types::transport::ClientTlsConfig, String> {
+    use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("tracing.otlp.tls: {}: {e}", path.display()))
+    };
+    let mut config = ClientTlsConfig::new();
+    config = match &tls.ca {
+        Some(ca) => config.ca_certificate(Certificate::from_pem(read(ca)?)),
+        None => config.with_webpki_roots(),
+    };
+    if let Some((cert, key)) = &tls.client {
+        config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(config)
 }
 
 impl SpanProcessor for SpanQueue {

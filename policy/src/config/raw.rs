@@ -166,8 +166,8 @@ pub(crate) struct RawTracing {
 )]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawOtlp {
-    /// `http://host:port/v1/traces` (protocol `http`) or `http://host:port` (protocol `grpc`);
-    /// plain text only: a collector beside the gateway.
+    /// `http(s)://host:port/v1/traces` (protocol `http`) or `http(s)://host:port` (protocol
+    /// `grpc`); `https://` verifies the collector (public roots, or `tls.ca`).
     pub(crate) endpoint: String,
     /// `http` (OTLP/HTTP, protobuf; the default) or `grpc`.
     #[serde(default)]
@@ -176,6 +176,30 @@ pub(crate) struct RawOtlp {
     #[serde(default, with = "humantime_serde")]
     #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) timeout: Option<Duration>,
+    /// TLS to an `https://` collector: its CA, and a client certificate if it asks for one.
+    #[serde(default)]
+    pub(crate) tls: Option<RawOtlpTls>,
+}
+
+/// `tracing.otlp.tls`.
+#[derive(Deserialize, Debug)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "OtlpTls")
+)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOtlpTls {
+    /// CA certificates (PEM) the collector's certificate chains to (default: the public web
+    /// PKI's roots).
+    #[serde(default)]
+    pub(crate) ca: Option<PathBuf>,
+    /// A client certificate (PEM) presented to the collector; with `client_key`.
+    #[serde(default)]
+    pub(crate) client_certificate: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub(crate) client_key: Option<PathBuf>,
 }
 
 /// Head sampling.

@@ -20,9 +20,12 @@ pub enum OtlpProtocol {
 /// The checked `tracing` section.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TracingSettings {
-    /// The collector's URL (`http://` only).
+    /// The collector's URL, `http://` or `https://`.
     pub endpoint: String,
     pub protocol: OtlpProtocol,
+    /// How an `https://` collector is verified and what the gateway presents to it; `None`
+    /// for `http://`.
+    pub tls: Option<OtlpTls>,
     /// How long one export may take before it is abandoned (its spans counted as dropped).
     pub timeout: Duration,
     /// The share of new traces that are recorded, 0.0 to 1.0.
@@ -35,6 +38,15 @@ pub struct TracingSettings {
     pub trust: TraceparentTrust,
     /// Finished spans queued for the exporter at most; more are dropped and counted.
     pub max_queued_spans: usize,
+}
+
+/// TLS to the collector.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OtlpTls {
+    /// CA certificates (PEM) to verify the collector with; `None`: the webpki roots.
+    pub ca: Option<std::path::PathBuf>,
+    /// A client certificate and its key (PEM files).
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// The callers whose `traceparent` (and `tracestate`) the gateway continues. Empty: nobody's.

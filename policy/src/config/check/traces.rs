@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::{parse_cidr, Checker};
 use crate::config::raw::RawTracing;
-use crate::config::traces::{OtlpProtocol, TraceparentTrust, TracingSettings};
+use crate::config::traces::{OtlpProtocol, OtlpTls, TraceparentTrust, TracingSettings};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_QUEUE: usize = 4096;
@@ -23,12 +23,51 @@ impl Checker<'_> {
             }
         };
         let endpoint = raw.otlp.endpoint.trim().to_owned();
-        if !plain_http_url(&endpoint) {
+        let https = endpoint.starts_with("https://");
+        if !http_url(&endpoint) {
             self.at_value(
                 "tracing.otlp.endpoint",
-                format!("tracing: otlp.endpoint `{endpoint}` is not an http://host:port[/path] URL (TLS to the collector is not supported: run it beside the gateway)"),
+                format!(
+                    "tracing: otlp.endpoint `{endpoint}` is not an http(s)://host:port[/path] URL"
+                ),
             );
         }
+        let tls = match (&raw.otlp.tls, https) {
+            (Some(_), false) => {
+                self.at_key(
+                    "tracing.otlp.tls",
+                    "tracing: otlp.tls needs an https:// endpoint".to_owned(),
+                );
+                None
+            }
+            (None, false) => None,
+            (None, true) => Some(OtlpTls::default()),
+            (Some(t), true) => {
+                let what = "tracing.otlp.tls";
+                let client = match (&t.client_certificate, &t.client_key) {
+                    (Some(c), Some(k)) => Some((
+                        self.file_path("tracing.otlp.tls.client_certificate", what, c),
+                        self.file_path("tracing.otlp.tls.client_key", what, k),
+                    )),
+                    (None, None) => None,
+                    _ => {
+                        self.at_key(
+                            "tracing.otlp.tls",
+                            "tracing: otlp.tls: client_certificate and client_key go together"
+                                .to_owned(),
+                        );
+                        None
+                    }
+                };
+                Some(OtlpTls {
+                    ca: t
+                        .ca
+                        .as_ref()
+                        .map(|ca| self.file_path("tracing.otlp.tls.ca", what, ca)),
+                    client,
+                })
+            }
+        };
         let timeout = raw.otlp.timeout.unwrap_or(DEFAULT_TIMEOUT);
         if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&timeout) {
             self.at_value(
@@ -89,6 +128,7 @@ impl Checker<'_> {
         TracingSettings {
             endpoint,
             protocol,
+            tls,
             timeout,
             ratio,
             parent_based: sampling.and_then(|s| s.parent_based).unwrap_or(true),
@@ -99,9 +139,12 @@ impl Checker<'_> {
     }
 }
 
-/// `http://host:port[/path]`: a host and a port number, nothing else before the path.
-fn plain_http_url(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
+/// `http(s)://host:port[/path]`: a host and a port number, nothing else before the path.
+fn http_url(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
         return false;
     };
     let authority = rest.split('/').next().unwrap_or_default();

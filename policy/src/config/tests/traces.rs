@@ -56,14 +56,33 @@ fn a_full_tracing_section_parses() {
 fn tracing_problems_have_lines() {
     let with = |body: &str| format!("{MIN}tracing:\n{body}");
     assert_problem(
-        &with("  otlp: {endpoint: 'https://collector:4318/v1/traces'}\n"),
+        &with("  otlp: {endpoint: 'ftp://collector:4318/v1/traces'}\n"),
         "6:",
-        "not an http://host:port",
+        "not an http(s)://host:port",
     );
     assert_problem(
         &with("  otlp: {endpoint: 'http://collector/v1/traces'}\n"),
         "6:",
-        "not an http://host:port",
+        "not an http(s)://host:port",
+    );
+    assert_problem(
+        &with("  otlp:\n    endpoint: http://collector:4318\n    tls: {ca: ca.pem}\n"),
+        "8:",
+        "otlp.tls needs an https:// endpoint",
+    );
+    assert_problem(
+        &with(
+            "  otlp:\n    endpoint: https://collector:4318\n    tls: {client_certificate: c.pem}\n",
+        ),
+        "8:",
+        "client_certificate and client_key go together",
+    );
+    assert_problem(
+        &with(
+            "  otlp:\n    endpoint: https://collector:4318\n    tls: {ca: ca.pem, verify: false}\n",
+        ),
+        "8:",
+        "unknown field `verify`",
     );
     assert_problem(
         &with("  otlp:\n    endpoint: http://127.0.0.1:4318\n    protocol: thrift\n"),
@@ -100,4 +119,34 @@ fn tracing_problems_have_lines() {
         "7:",
         "unknown field `sampler`",
     );
+}
+
+#[test]
+fn an_https_collector_is_verified_with_the_public_roots_or_the_configured_ca() {
+    let t = parse(&format!(
+        "{MIN}tracing:\n  otlp: {{endpoint: 'https://collector.example:4318/v1/traces'}}\n"
+    ))
+    .unwrap()
+    .tracing
+    .unwrap();
+    assert_eq!(
+        t.tls,
+        Some(OtlpTls::default()),
+        "webpki roots, no client certificate"
+    );
+    let t = parse(&format!(
+        "{MIN}tracing:\n  otlp:\n    endpoint: https://collector:4317\n    protocol: grpc\n    tls: {{ca: otlp-ca.pem, client_certificate: gw.pem, client_key: gw.key}}\n"
+    ))
+    .unwrap()
+    .tracing
+    .unwrap();
+    let tls = t.tls.unwrap();
+    assert!(tls.ca.unwrap().ends_with("otlp-ca.pem"));
+    let (cert, key) = tls.client.unwrap();
+    assert!(cert.ends_with("gw.pem") && key.ends_with("gw.key"));
+    let plain = parse(&format!(
+        "{MIN}tracing:\n  otlp: {{endpoint: 'http://127.0.0.1:4318'}}\n"
+    ))
+    .unwrap();
+    assert_eq!(plain.tracing.unwrap().tls, None);
 }
