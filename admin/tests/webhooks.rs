@@ -645,3 +645,73 @@ async fn a_spike_of_dlp_blocks_is_told_once_per_window() {
     );
     server.stop().await;
 }
+
+/// Subscriptions and dead letters are in the store, not in memory: after a restart of the
+/// admin server the subscription is listed and the dead letter made before it is sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_and_dead_letters_survive_a_restart() {
+    let fx = require_fixture!();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(fx, dir.path()).await;
+    let admin_id = fx.person("acme", "spiffe://acme.example/ns/people/admin");
+    let mut admin = server.client(Some(&admin_id)).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/hook/r");
+    let (id, secret) = subscribe(&mut admin, "acme", &url, &["certificate.revoked"]).await;
+    let victim = fx
+        .person("acme", "spiffe://acme.example/ns/web/sa/restart-victim")
+        .serial;
+    let (status, _) = admin
+        .json(
+            "POST",
+            &format!("/v1/certificates/{victim}/revoke"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let letter = loop {
+        let (_, body) = admin
+            .json(
+                "GET",
+                "/v1/tenants/acme/webhooks/deliveries?status=dead",
+                json!(null),
+            )
+            .await;
+        if let Some(d) = body["deliveries"].as_array().and_then(|d| d.first()) {
+            break d["id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no dead letter: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    drop(admin);
+    server.stop().await;
+
+    let server = start(fx, dir.path()).await;
+    let mut admin = server.client(Some(&admin_id)).await;
+    let (_, list) = admin
+        .json("GET", "/v1/tenants/acme/webhooks", json!(null))
+        .await;
+    assert_eq!(list["webhooks"][0]["id"], id.as_str(), "{list}");
+    let rx = Receiver::start(dir.path(), "late", Some(port));
+    rx.set(json!({ "r": { "secret": secret } }));
+    let (status, body) = admin
+        .json(
+            "POST",
+            &format!("/v1/tenants/acme/webhooks/deliveries/{letter}/retry"),
+            json!(null),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let entries = rx
+        .wait_for("the dead letter after the restart", |e| {
+            e["id"] == letter.as_str() && e["verified"] == true && e["answered"] == 204
+        })
+        .await;
+    assert_eq!(entries[0]["payload"]["data"]["serial"], victim.as_str());
+    server.stop().await;
+}
