@@ -107,9 +107,27 @@ impl AcmeStore {
         };
         let conn = Connection::open(&path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
+        // Two servers opening the same new file at once can get SQLITE_BUSY from the switch to
+        // WAL without the busy handler being asked (seen in the tests, which share a state
+        // folder): try the set-up again a few times before giving up.
+        let mut tries = 0;
+        loop {
+            let setup = conn
+                .pragma_update(None, "journal_mode", "WAL")
+                .and_then(|()| conn.execute_batch(SCHEMA));
+            match setup {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy && tries < 10 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50 * tries));
+                }
+                other => {
+                    other.map_err(err)?;
+                    break;
+                }
+            }
+        }
         Ok(Self {
             seal: SealKey::load_or_create(&dir.join(SEAL_KEY))?,
             path,
