@@ -79,6 +79,31 @@ impl Checker<'_> {
         self.base.join(value)
     }
 
+    /// `SECTION.client_certificate` and `SECTION.client_key`: both (their paths) or neither;
+    /// `Err` (reported at `section`) when only one is given.
+    fn client_pair(
+        &mut self,
+        section: &str,
+        what: &str,
+        certificate: Option<&Path>,
+        key: Option<&Path>,
+    ) -> Result<Option<(PathBuf, PathBuf)>, ()> {
+        match (certificate, key) {
+            (Some(c), Some(k)) => Ok(Some((
+                self.file_path(&format!("{section}.client_certificate"), what, c),
+                self.file_path(&format!("{section}.client_key"), what, k),
+            ))),
+            (None, None) => Ok(None),
+            _ => {
+                self.at_key(
+                    section,
+                    format!("{section}: client_certificate and client_key go together"),
+                );
+                Err(())
+            }
+        }
+    }
+
     fn socket_addr(&mut self, path: &str, what: &str, text: &str) -> Option<SocketAddr> {
         match text.parse() {
             Ok(addr) => Some(addr),
@@ -559,21 +584,13 @@ impl Checker<'_> {
         let tls = match &raw.tls {
             None => None,
             Some(tls) => {
-                let client = match (&tls.client_certificate, &tls.client_key) {
-                    (Some(cert), Some(key)) => Some((
-                        self.file_path("fleet.tls.client_certificate", what, cert),
-                        self.file_path("fleet.tls.client_key", what, key),
-                    )),
-                    (None, None) => None,
-                    _ => {
-                        self.at_key(
-                            "fleet.tls",
-                            "fleet.tls: client_certificate and client_key go together".to_owned(),
-                        );
+                let cert = tls.client_certificate.as_deref();
+                let client = self
+                    .client_pair("fleet.tls", what, cert, tls.client_key.as_deref())
+                    .unwrap_or_else(|()| {
                         ok = false;
                         None
-                    }
-                };
+                    });
                 Some(FleetTls {
                     ca: self.file_path("fleet.tls.ca", what, &tls.ca),
                     client,

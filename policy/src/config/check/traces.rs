@@ -44,21 +44,10 @@ impl Checker<'_> {
             (None, true) => Some(OtlpTls::default()),
             (Some(t), true) => {
                 let what = "tracing.otlp.tls";
-                let client = match (&t.client_certificate, &t.client_key) {
-                    (Some(c), Some(k)) => Some((
-                        self.file_path("tracing.otlp.tls.client_certificate", what, c),
-                        self.file_path("tracing.otlp.tls.client_key", what, k),
-                    )),
-                    (None, None) => None,
-                    _ => {
-                        self.at_key(
-                            "tracing.otlp.tls",
-                            "tracing: otlp.tls: client_certificate and client_key go together"
-                                .to_owned(),
-                        );
-                        None
-                    }
-                };
+                let cert = t.client_certificate.as_deref();
+                let client = self
+                    .client_pair(what, what, cert, t.client_key.as_deref())
+                    .unwrap_or_default();
                 Some(OtlpTls {
                     ca: t
                         .ca
