@@ -284,6 +284,23 @@ async fn renewal_with_the_client_certificate_keeps_the_identity() {
             "{identity}: {listed:?}"
         );
     }
+    // Quoting and wildcards in the name are matched as text, never as SQL or a pattern.
+    for identity in [
+        "x%27%20OR%20%271%27%3D%271",
+        "%25",
+        "spiffe%3A%2F%2Facme.example%2F%25",
+    ] {
+        let r = op
+            .call(
+                "GET",
+                &format!("/v1/certificates?identity={identity}"),
+                &[],
+                "",
+            )
+            .await
+            .unwrap();
+        assert!(found(r).is_empty(), "{identity}");
+    }
     // A certificate's lineage is what it renewed, it, and what renewed it (not its siblings):
     // from the first two, all four; from the last renewal, the line that led to it.
     for (member, expected) in [(&serials[0], 4), (&serials[1], 4), (&serials[2], 3)] {
@@ -308,6 +325,12 @@ async fn renewal_with_the_client_certificate_keeps_the_identity() {
             format!("/v1/certificates?identity={}", "x".repeat(1100)),
             400,
         ),
+        // Two identities: refused, not one of them picked.
+        (
+            format!("/v1/certificates?identity={API}&identity=api.acme.internal"),
+            400,
+        ),
+        ("/v1/certificates?identity=".to_owned(), 400),
     ] {
         let r = op.call("GET", &path, &[], "").await.unwrap();
         assert_eq!(r.status, status, "{path}");

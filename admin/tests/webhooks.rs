@@ -184,6 +184,31 @@ async fn subscribe(c: &mut Client, tenant: &str, url: &str, events: &[&str]) -> 
     (body["id"].as_str().unwrap().to_owned(), secret)
 }
 
+/// Waits up to 15 s for subscription `id`'s first dead letter, as listed.
+async fn dead_letter(admin: &mut Client, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = admin
+            .json(
+                "GET",
+                "/v1/tenants/acme/webhooks/deliveries?status=dead",
+                json!(null),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        if let Some(d) = body["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["subscription"] == id)
+        {
+            return d.clone();
+        }
+        assert!(Instant::now() < deadline, "no dead letter: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn of_type<'a>(entries: &'a [Value], hook: &str, kind: &str) -> Vec<&'a Value> {
     entries
         .iter()
@@ -330,27 +355,7 @@ async fn events_arrive_signed_failures_are_retried_and_dead_letters_sent_again()
         )
         .await;
     assert_eq!(status, 200);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let letter = loop {
-        let (status, body) = admin
-            .json(
-                "GET",
-                "/v1/tenants/acme/webhooks/deliveries?status=dead",
-                json!(null),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        if let Some(d) = body["deliveries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["subscription"] == b.as_str())
-        {
-            break d.clone();
-        }
-        assert!(Instant::now() < deadline, "no dead letter: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let letter = dead_letter(&mut admin, &b).await;
     assert_eq!(letter["attempts"], 3, "{letter}");
     assert_eq!(letter["payload"]["data"]["serial"], second.as_str());
     assert!(
@@ -673,21 +678,10 @@ async fn subscriptions_and_dead_letters_survive_a_restart() {
         )
         .await;
     assert_eq!(status, 200);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let letter = loop {
-        let (_, body) = admin
-            .json(
-                "GET",
-                "/v1/tenants/acme/webhooks/deliveries?status=dead",
-                json!(null),
-            )
-            .await;
-        if let Some(d) = body["deliveries"].as_array().and_then(|d| d.first()) {
-            break d["id"].as_str().unwrap().to_owned();
-        }
-        assert!(Instant::now() < deadline, "no dead letter: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let letter = dead_letter(&mut admin, &id).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     drop(admin);
     server.stop().await;
 
@@ -713,5 +707,64 @@ async fn subscriptions_and_dead_letters_survive_a_restart() {
         })
         .await;
     assert_eq!(entries[0]["payload"]["data"]["serial"], victim.as_str());
+    server.stop().await;
+}
+
+/// A flood of refused issuances (one bootstrap token, a foreign CSR each time, over one
+/// keep-alive connection): every refusal is answered at once, each becomes one signed delivery
+/// or is counted as dropped — none is lost silently — and a good issuance still goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refusals_is_delivered_or_counted_and_issuance_goes_on() {
+    let fx = require_fixture!();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(fx, dir.path()).await;
+    let rx = Receiver::start(dir.path(), "rx", None);
+    let admin_id = fx.person("acme", "spiffe://acme.example/ns/people/admin");
+    let mut admin = server.client(Some(&admin_id)).await;
+    let (_, secret) = subscribe(
+        &mut admin,
+        "acme",
+        &rx.url("f"),
+        &["certificate.issuance_refused"],
+    )
+    .await;
+    rx.set(json!({ "f": { "secret": secret } }));
+
+    let token = fx.token("acme", None);
+    let foreign = Workload::new(Some("spiffe://globex.example/ns/flood"), &[]);
+    let mut outsider = server.client(None).await;
+    let mut refused = 0u64;
+    for _ in 0..200 {
+        let r = outsider
+            .issue(Some(&token), json!({ "csr": foreign.csr }))
+            .await;
+        assert!(matches!(r.status, 400 | 429), "{}", r.status);
+        refused += u64::from(r.status == 400);
+    }
+    assert!(refused > 0);
+    let good = Workload::new(Some("spiffe://acme.example/ns/web/sa/after-flood"), &[]);
+    let r = outsider
+        .issue(Some(&token), json!({ "csr": good.csr }))
+        .await;
+    assert!(matches!(r.status, 201 | 429), "{:?}", r.json());
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let entries = rx.entries();
+        let delivered = of_type(&entries, "f", "certificate.issuance_refused")
+            .iter()
+            .filter(|e| e["answered"] == 204)
+            .count() as u64;
+        let dropped = server.stats.snapshot().webhooks.dropped;
+        if delivered + dropped == refused {
+            assert!(entries.iter().all(|e| e["verified"] == true));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{refused} refusals: {delivered} delivered, {dropped} dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     server.stop().await;
 }
