@@ -40,6 +40,10 @@ if [ "${1:-}" = "--test" ]; then
   # tests/deploy.sh: the systemd units are verified and rated offline (systemd-analyze), users
   # and folders made in a scratch root (systemd-sysusers, systemd-tmpfiles), man pages rendered.
   { have systemd-analyze && have systemd-sysusers && have systemd-tmpfiles; } || need+=(systemd)
+  # tests/systemd.sh boots systemd in namespaces of its own (unshare, nsenter, ip, systemd-run).
+  [ -x /lib/systemd/systemd ] || need+=(systemd-sysv)
+  have dbus-daemon || need+=(dbus)
+  have ip || need+=(iproute2)
   # The DNS discovery tests start their own dnsmasq on loopback (dnsmasq-base: the binary
   # alone, without the Debian service that would take port 53).
   have dnsmasq || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)

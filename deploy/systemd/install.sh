@@ -23,6 +23,7 @@ r=${root%/}
 
 install -D -m 0755 "$bin" "$r/usr/local/bin/portcullis"
 install -D -m 0644 "$here/portcullis.service" "$r/etc/systemd/system/portcullis.service"
+install -D -m 0644 "$here/portcullis.socket" "$r/etc/systemd/system/portcullis.socket"
 install -D -m 0644 "$here/portcullis-admin.service" "$r/etc/systemd/system/portcullis-admin.service"
 install -D -m 0644 "$here/sysusers.d/portcullis.conf" "$r/usr/lib/sysusers.d/portcullis.conf"
 install -D -m 0644 "$here/tmpfiles.d/portcullis.conf" "$r/usr/lib/tmpfiles.d/portcullis.conf"

@@ -81,6 +81,9 @@ pub enum GatewayError {
     /// Handing the listening sockets over to a new gateway failed.
     #[error("upgrade: {0}")]
     Upgrade(String),
+    /// The listening sockets systemd passed (socket activation) do not fit the config.
+    #[error("socket activation: {0}")]
+    SocketActivation(String),
     /// The policy bundle kept from the admin plane cannot be used.
     #[error("policy bundle: {0}")]
     PolicyBundle(String),

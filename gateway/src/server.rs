@@ -241,6 +241,7 @@ pub fn serve(
         renew::prepare(certificate)?;
     }
     let config = check(&config_path)?;
+    let activated = upgrade::from_systemd()?;
     if upgrade {
         let socket = upgrade_socket.as_ref().ok_or_else(|| {
             GatewayError::Upgrade("--upgrade needs --upgrade-socket, the running gateway's".into())
@@ -257,6 +258,21 @@ pub fn serve(
         .map(|l| l.address)
         .chain(config.egress.iter().map(|e| e.address))
         .collect();
+    // A socket systemd listens on for us that no listener serves would take connections
+    // nobody answers: the socket unit and the config disagree.
+    if let Some(stray) = activated.iter().find(|a| !addresses.contains(a)) {
+        return Err(GatewayError::SocketActivation(format!(
+            "systemd passed a listening socket for {stray} (portcullis.socket's ListenStream=), \
+             but no listener or egress in {} has that address",
+            config_path.display()
+        )));
+    }
+    if !activated.is_empty() {
+        tracing::info!(
+            sockets = activated.len(),
+            "listening sockets passed by systemd (socket activation)"
+        );
+    }
     upgrade::keep_only(&addresses);
     for &address in &addresses {
         if !upgrade::is_inherited(address) {
@@ -498,22 +514,4 @@ fn ensure_bindable(addr: std::net::SocketAddr) -> Result<(), GatewayError> {
     std::net::TcpListener::bind(addr)
         .map(drop)
         .map_err(|e| GatewayError::Bind { addr, source: e })
-}
-
-/// Whether a socket of this process's host is listening on TCP `port` (from /proc/net/tcp
-/// and tcp6; no connection is made, so nothing shows up in the listener's logs). The port was
-/// free at start-up, so a listener there is ours.
-fn listening(port: u16) -> bool {
-    const LISTEN: &str = "0A";
-    let port = format!("{port:04X}");
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
-        std::fs::read_to_string(table).is_ok_and(|text| {
-            text.lines().skip(1).any(|line| {
-                let mut fields = line.split_whitespace().skip(1);
-                let local = fields.next().unwrap_or_default();
-                let state = fields.nth(1).unwrap_or_default();
-                state == LISTEN && local.rsplit(':').next() == Some(port.as_str())
-            })
-        })
-    })
 }

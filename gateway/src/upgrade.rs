@@ -10,8 +10,12 @@
 //!   flight and exits, releasing the audit log, which the new gateway then opens.
 //! - The metrics listener is not handed over: it binds with `SO_REUSEPORT`, so both gateways
 //!   answer scrapes while they overlap.
+//!
+//! Under systemd the same table takes the sockets of socket activation (`LISTEN_FDS`, a
+//! `portcullis.socket` unit): systemd keeps them open while the service restarts, so
+//! connections made between the old process and the new one wait in their queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpListener};
@@ -78,8 +82,57 @@ pub(crate) fn is_inherited(address: SocketAddr) -> bool {
         .contains_key(&address)
 }
 
+/// Keeps the listening sockets systemd passed (socket activation: `LISTEN_FDS` for this
+/// process's `LISTEN_PID`) for the listeners of the same address; returns their addresses.
+pub(crate) fn from_systemd() -> Result<Vec<SocketAddr>, GatewayError> {
+    let mut passed = listenfd::ListenFd::from_env();
+    let mut table = inherited().lock().unwrap_or_else(PoisonError::into_inner);
+    let mut addresses = Vec::new();
+    for index in 0..passed.len() {
+        let bad = |e: std::io::Error| {
+            GatewayError::SocketActivation(format!(
+                "socket {index} passed by systemd (LISTEN_FDS): {e}; a portcullis.socket unit \
+                 may list TCP ListenStream= sockets only"
+            ))
+        };
+        let Some(listener) = passed.take_tcp_listener(index).map_err(bad)? else {
+            continue;
+        };
+        rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::CLOEXEC)
+            .map_err(|e| bad(e.into()))?;
+        let address = listener.local_addr().map_err(bad)?;
+        if table.insert(address, listener.into()).is_some() {
+            return Err(bad(std::io::Error::other(format!(
+                "a second socket for {address}"
+            ))));
+        }
+        addresses.push(address);
+    }
+    Ok(addresses)
+}
+
+/// Addresses this process's listeners listen on (bound, taken over or passed by systemd).
+fn bound() -> &'static Mutex<HashSet<SocketAddr>> {
+    static BOUND: OnceLock<Mutex<HashSet<SocketAddr>>> = OnceLock::new();
+    BOUND.get_or_init(Mutex::default)
+}
+
+/// Whether a listener of this process listens on `address` (its connections are queued from
+/// then on): what readiness waits for. Known from the listeners themselves, not from
+/// `/proc/net`, which a sandbox may hide (systemd's `ProcSubset=pid`).
+pub(crate) fn is_listening(address: SocketAddr) -> bool {
+    bound()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(&address)
+}
+
 /// Registers a listening socket, so that an upgrade can hand it over.
 pub(crate) fn register(address: SocketAddr, socket: &impl AsFd) {
+    bound()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(address);
     match socket.as_fd().try_clone_to_owned() {
         Ok(fd) => ours()
             .lock()

@@ -17,7 +17,7 @@ impl BackgroundService for HealthChecks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         // Services start side by side: answer ready only once every listener is listening.
         for addr in &self.listeners {
-            while !listening(addr.port()) {
+            while !crate::upgrade::is_listening(*addr) {
                 tokio::select! {
                     _ = shutdown.changed() => return,
                     _ = tokio::time::sleep(Duration::from_millis(10)) => {}
@@ -25,6 +25,11 @@ impl BackgroundService for HealthChecks {
             }
         }
         self.metrics.set_ready(true);
+        // Under systemd (`Type=notify`): started, and SIGHUP is handled from here on, so
+        // `systemctl reload` cannot reach a process that would die of it.
+        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+            tracing::warn!(error = %e, "could not tell systemd the gateway is ready");
+        }
         let mut last: HashMap<UpstreamName, Instant> = HashMap::new();
         loop {
             let snapshot = self.snapshot.load_full();
@@ -133,6 +138,7 @@ pub(super) fn spawn_drain_watch(
             match phases.blocking_recv() {
                 Ok(ExecutionPhase::GracefulTerminate) => {
                     metrics.set_ready(false);
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
                     let deadline = Instant::now() + grace;
                     tracing::info!(
                         in_flight = metrics.in_flight(),
