@@ -5,12 +5,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use portcullis_audit::{SignatureAlgorithm, Signer, SignerError, SoftwareSigner};
-use portcullis_ca::{CaError, KeyAlgorithm, KeyBackend, PinSource, Pkcs11Backend, SigningKey};
+use portcullis_audit::{Signer, SoftwareSigner};
+use portcullis_ca::PinSource;
 use portcullis_policy::{AuditKey, SecretSource};
-
-/// One session is enough: checkpoints are signed every few thousand records.
-const AUDIT_SESSIONS: usize = 1;
 
 pub(crate) fn audit_signer(key: &AuditKey) -> Result<Arc<dyn Signer>, String> {
     match key {
@@ -36,43 +33,7 @@ pub(crate) fn audit_signer(key: &AuditKey) -> Result<Arc<dyn Signer>, String> {
             let module = module
                 .as_deref()
                 .unwrap_or(Path::new(portcullis_ca::DEFAULT_PKCS11_MODULE));
-            let backend = Pkcs11Backend::open(module, token_label, &pin, AUDIT_SESSIONS)
-                .map_err(|e| format!("audit key: {e}"))?;
-            let key = match backend.find_key(key_label) {
-                Ok(key) => key,
-                Err(CaError::KeyNotFound { .. }) => {
-                    tracing::info!(token = %token_label, key = %key_label, "generating the audit signing key in the token");
-                    backend
-                        .generate_key(key_label, KeyAlgorithm::EcdsaP256Sha256)
-                        .map_err(|e| format!("audit key: {e}"))?
-                }
-                Err(e) => return Err(format!("audit key: {e}")),
-            };
-            if key.algorithm() != KeyAlgorithm::EcdsaP256Sha256 {
-                return Err(format!(
-                    "audit key {key_label:?}: only P-256 keys can sign checkpoints"
-                ));
-            }
-            Ok(Arc::new(TokenSigner(key)))
+            portcullis_ca::token_signer(module, token_label, &pin, key_label, "audit key")
         }
-    }
-}
-
-/// A checkpoint signer whose key stays in the token.
-struct TokenSigner(Arc<dyn SigningKey>);
-
-impl Signer for TokenSigner {
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, SignerError> {
-        self.0
-            .sign(msg)
-            .map_err(|e| SignerError::Backend(e.to_string()))
-    }
-
-    fn algorithm(&self) -> SignatureAlgorithm {
-        SignatureAlgorithm::EcdsaP256Sha256Asn1
-    }
-
-    fn public_key_der(&self) -> Vec<u8> {
-        self.0.public_key_der().to_vec()
     }
 }

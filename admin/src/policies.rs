@@ -60,9 +60,39 @@ pub struct PoliciesConfig {
     /// `.pub` for the gateways' `policy_source.public_key`.
     #[serde(default)]
     pub signing_key: Option<PathBuf>,
+    /// Or a P-256 key in a PKCS#11 token (generated there, non-extractable, the first time);
+    /// its public half is written to `STATE/policy-signing.pub`. Not with `signing_key`.
+    #[serde(default)]
+    pub signing_pkcs11: Option<PolicyKeyInToken>,
     /// Callers' SPIFFE IDs that may fetch the bundle (the gateways); platform roles may too.
     #[serde(default)]
     pub gateways: Vec<portcullis_identity::SpiffeIdPattern>,
+}
+
+/// The policy signing key in an HSM. The PIN comes from `pin_file` or `pin_env`, exactly one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PolicyKeyInToken {
+    /// The module (default SoftHSM2's).
+    #[serde(default)]
+    pub module: Option<PathBuf>,
+    pub token_label: String,
+    pub key_label: String,
+    #[serde(default)]
+    pub pin_file: Option<PathBuf>,
+    #[serde(default)]
+    pub pin_env: Option<String>,
+}
+
+impl PolicyKeyInToken {
+    fn pin(&self) -> Result<portcullis_ca::PinSource, String> {
+        match (&self.pin_file, &self.pin_env) {
+            (Some(file), None) => Ok(portcullis_ca::PinSource::File(file.clone())),
+            (None, Some(var)) => Ok(portcullis_ca::PinSource::Env(var.clone())),
+            _ => Err("policies.signing_pkcs11: set exactly one of pin_file and pin_env".to_owned()),
+        }
+    }
 }
 
 /// Two-person activation.
@@ -102,6 +132,9 @@ impl PoliciesConfig {
         if let Some(key) = &mut self.signing_key {
             resolve(key);
         }
+        if let Some(token) = &mut self.signing_pkcs11 {
+            token.pin_file.iter_mut().for_each(resolve);
+        }
     }
 
     pub(crate) fn check(&self) -> Result<(), String> {
@@ -109,6 +142,15 @@ impl PoliciesConfig {
             || self.approval.expire_after > Duration::from_secs(30 * 24 * 3600)
         {
             return Err("policies.approval.expire_after must be within 1m..30d".to_owned());
+        }
+        if let Some(token) = &self.signing_pkcs11 {
+            if self.signing_key.is_some() {
+                return Err(
+                    "policies: give at most one of `signing_key` (a key file) and `signing_pkcs11`"
+                        .to_owned(),
+                );
+            }
+            token.pin()?;
         }
         Ok(())
     }
@@ -138,13 +180,42 @@ pub(crate) enum Activation {
     PendingApproval { approval: Approval },
 }
 
+/// The key that signs the bundles, and where its public half goes for the gateways: a key file
+/// (created when missing) or a key in a PKCS#11 token.
+fn policy_signer(
+    config: &PoliciesConfig,
+    state_dir: &Path,
+) -> Result<(Arc<dyn Signer>, PathBuf), String> {
+    if let Some(token) = &config.signing_pkcs11 {
+        let module = token
+            .module
+            .as_deref()
+            .unwrap_or(Path::new(portcullis_ca::DEFAULT_PKCS11_MODULE));
+        let signer = portcullis_ca::token_signer(
+            module,
+            &token.token_label,
+            &token.pin()?,
+            &token.key_label,
+            "policy signing key",
+        )?;
+        return Ok((signer, state_dir.join("policy-signing.pub")));
+    }
+    let key = config
+        .signing_key
+        .clone()
+        .unwrap_or_else(|| state_dir.join("policy-signing.key"));
+    let signer = SoftwareSigner::load_or_create(&key)
+        .map_err(|e| format!("policies.signing_key {}: {e}", key.display()))?;
+    Ok((Arc::new(signer), key.with_extension("pub")))
+}
+
 /// The service behind the policy endpoints.
 pub(crate) struct Policies {
     store: Arc<dyn PolicyStore>,
     platform: Platform,
     pub(crate) approval: ApprovalConfig,
     traffic: Vec<PathBuf>,
-    signer: Box<dyn Signer>,
+    signer: Arc<dyn Signer>,
     /// Who may fetch the bundle.
     pub(crate) gateways: Vec<portcullis_identity::SpiffeIdPattern>,
 }
@@ -166,21 +237,15 @@ impl Policies {
             .clone()
             .unwrap_or_else(|| state_dir.join(POLICY_DB));
         let store = SqlitePolicyStore::open(&db).map_err(|e| e.to_string())?;
-        let key = config
-            .signing_key
-            .clone()
-            .unwrap_or_else(|| state_dir.join("policy-signing.key"));
-        let signer = SoftwareSigner::load_or_create(&key)
-            .map_err(|e| format!("policies.signing_key {}: {e}", key.display()))?;
-        let public = key.with_extension("pub");
-        publish_public_key(&signer, &public)
+        let (signer, public) = policy_signer(config, state_dir)?;
+        publish_public_key(&*signer, &public)
             .map_err(|e| format!("policy signing key {}: {e}", public.display()))?;
         Ok(Self {
             store: Arc::new(store),
             platform,
             approval: config.approval,
             traffic: config.traffic.clone(),
-            signer: Box::new(signer),
+            signer,
             gateways: config.gateways.clone(),
         })
     }
@@ -464,5 +529,38 @@ impl Policies {
             None => return Err(StoreError::UnknownVersion.into()),
         };
         checked.map(drop).map_err(PolicyError::Invalid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::AdminConfig;
+
+    const BASE: &str = "listen: 127.0.0.1:8443\nca: ca.yaml\ntls:\n  certificate: a.pem\n  private_key: a.key\npolicies:\n  gateway_config: gw.yaml\n";
+
+    #[test]
+    fn the_policy_key_is_a_file_or_in_a_token_never_both() {
+        let load =
+            |extra: &str| AdminConfig::from_yaml(&format!("{BASE}{extra}"), Path::new("/etc/p"));
+        let token =
+            "  signing_pkcs11: { token_label: admin, key_label: policy, pin_file: hsm.pin }\n";
+        let c = load(token).unwrap();
+        let key = c.policies.unwrap().signing_pkcs11.unwrap();
+        assert_eq!(key.pin_file.as_deref(), Some(Path::new("/etc/p/hsm.pin")));
+
+        let both = load(&format!("{token}  signing_key: policy.key\n")).unwrap_err();
+        assert!(both.contains("at most one of `signing_key`"), "{both}");
+        for pin in ["", ", pin_file: a, pin_env: B"] {
+            let bad =
+                format!("  signing_pkcs11: {{ token_label: admin, key_label: policy{pin} }}\n");
+            let e = load(&bad).unwrap_err();
+            assert!(e.contains("exactly one of pin_file and pin_env"), "{e}");
+        }
+        let inline =
+            load("  signing_pkcs11: { token_label: admin, key_label: policy, pin: \"1234\" }\n")
+                .unwrap_err();
+        assert!(inline.contains("unknown field `pin`"), "{inline}");
     }
 }

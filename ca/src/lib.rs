@@ -27,6 +27,7 @@ mod inventory;
 mod key;
 mod ocsp;
 mod profile;
+mod token_signer;
 
 pub use authority::{Ca, IssueRequest, IssuedCertificate, Requester, RequesterKind};
 pub use config::{
@@ -50,6 +51,7 @@ pub use ocsp::{OcspAnswer, OcspOutcome, OcspResponder, MAX_CERTS_PER_REQUEST};
 pub use profile::{
     DnsPattern, IssuanceProfile, IssueRefusal, KeyType, ProfileRole, SpiffeIdPattern, OPERATOR_PATH,
 };
+pub use token_signer::token_signer;
 
 /// Errors of the certificate authority.
 #[derive(Debug, thiserror::Error)]

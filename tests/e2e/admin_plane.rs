@@ -165,11 +165,20 @@ fn a_gateway_follows_activations_refuses_forged_bundles_and_keeps_the_last_good_
             .replace("{metrics}", "2"),
     )
     .unwrap();
+    // The bundles are signed by a P-256 key the admin plane keeps in the CA's token.
     let extra = format!(
         "roles:\n  - {{ role: tenant_admin, tenant: acme, spiffe_ids: [\"{ADMIN_ID}\"] }}\n\
-         policies:\n  gateway_config: platform.yaml\n  gateways: [\"{GATEWAY_ID}\"]\n"
+         policies:\n  gateway_config: platform.yaml\n  gateways: [\"{GATEWAY_ID}\"]\n  \
+         signing_pkcs11: {{ token_label: portcullis-ca, key_label: policy-signing, pin_file: {} }}\n",
+        d.join("hsm.pin").display()
     );
     let admin = AdminApi::start_with(d, &ca, &extra);
+    let public = std::fs::read_to_string(d.join("ca/policy-signing.pub")).unwrap();
+    assert!(public.contains("BEGIN PUBLIC KEY"), "{public}");
+    assert!(
+        !d.join("ca/policy-signing.key").exists(),
+        "a key file was written"
+    );
     ca.issue(d, "policy-admin", ADMIN_ID);
     ca.issue(d, "policy-gateway", GATEWAY_ID);
     let yaml = gateway_yaml(admin.port, echo.port);
@@ -206,6 +215,11 @@ fn a_gateway_follows_activations_refuses_forged_bundles_and_keeps_the_last_good_
     );
     let (_, ready) = http_get(gw.metrics_port, "/readyz").unwrap();
     assert!(ready.contains("admin plane following"), "{ready}");
+    let cached = std::fs::read_to_string(d.join("policy-cache.json")).unwrap();
+    assert!(
+        cached.contains("ecdsa-p256"),
+        "not signed by the token's key: {cached}"
+    );
 
     // A forged bundle (the document changed, the signature kept) is refused: the running
     // policies stay, and the gateway asks the admin plane for a verified one again.
