@@ -87,11 +87,10 @@ pub struct PolicyKeyInToken {
 
 impl PolicyKeyInToken {
     fn pin(&self) -> Result<portcullis_ca::PinSource, String> {
-        match (&self.pin_file, &self.pin_env) {
-            (Some(file), None) => Ok(portcullis_ca::PinSource::File(file.clone())),
-            (None, Some(var)) => Ok(portcullis_ca::PinSource::Env(var.clone())),
-            _ => Err("policies.signing_pkcs11: set exactly one of pin_file and pin_env".to_owned()),
-        }
+        portcullis_ca::PinSource::one_of(self.pin_file.as_deref(), self.pin_env.as_deref())
+            .ok_or_else(|| {
+                "policies.signing_pkcs11: set exactly one of pin_file and pin_env".to_owned()
+            })
     }
 }
 

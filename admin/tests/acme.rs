@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use harness::{Client, Fixture, Reply, Server, Workload};
+use harness::{free_port, Client, Fixture, Reply, Server, Workload};
 use portcullis_admin::{AcmeStore, EabCredential};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
@@ -37,14 +37,6 @@ fn eab(fx: &Fixture, tenant: &str, profile: &str) -> EabCredential {
             SystemTime::now(),
         )
         .unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// An admin server with ACME on, fetching http-01 challenges from `http01_port`.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
-use harness::{write, Workload};
+use harness::{free_port, write, Workload};
 use pki::openssl;
 use portcullis_admin::{AdminConfig, AdminServer};
 use portcullis_ca::cli::CaCommand;
@@ -57,15 +57,6 @@ struct Rig {
     ca: Arc<Ca>,
     port: u16,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-/// A loopback port free a moment ago (the CA must name it before the server binds it).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Rig {

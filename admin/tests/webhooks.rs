@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{write, Client, Fixture, Server, Workload};
+use harness::{free_port, write, Client, Fixture, Server, Workload};
 use serde_json::{json, Value};
 
 const GATEWAY: &str = "\
@@ -337,24 +337,13 @@ async fn events_arrive_signed_failures_are_retried_and_dead_letters_sent_again()
     );
 
     // A hook where nothing listens: three attempts, then a dead letter, listed with why.
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dead_port = free_port();
     let dead_url = format!("http://127.0.0.1:{dead_port}/hook/b");
     let (b, secret_b) = subscribe(&mut admin, "acme", &dead_url, &["certificate.revoked"]).await;
     let second = fx
         .person("acme", "spiffe://acme.example/ns/web/sa/second")
         .serial;
-    let (status, _) = admin
-        .json(
-            "POST",
-            &format!("/v1/certificates/{second}/revoke"),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    revoke(&mut admin, &second).await;
     let letter = dead_letter(&mut admin, &b).await;
     assert_eq!(letter["attempts"], 3, "{letter}");
     assert_eq!(letter["payload"]["data"]["serial"], second.as_str());
@@ -514,14 +503,7 @@ async fn webhooks_stay_in_their_tenant_and_point_only_where_allowed() {
     let victim = fx
         .person("acme", "spiffe://acme.example/ns/web/sa/other-victim")
         .serial;
-    let (status, _) = admin
-        .json(
-            "POST",
-            &format!("/v1/certificates/{victim}/revoke"),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    revoke(&mut admin, &victim).await;
     rx.wait_for("acme's revocation", |e| {
         e["hook"] == "a" && e["payload"]["data"]["serial"] == victim.as_str()
     })
@@ -660,24 +642,13 @@ async fn subscriptions_and_dead_letters_survive_a_restart() {
     let server = start(fx, dir.path()).await;
     let admin_id = fx.person("acme", "spiffe://acme.example/ns/people/admin");
     let mut admin = server.client(Some(&admin_id)).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}/hook/r");
     let (id, secret) = subscribe(&mut admin, "acme", &url, &["certificate.revoked"]).await;
     let victim = fx
         .person("acme", "spiffe://acme.example/ns/web/sa/restart-victim")
         .serial;
-    let (status, _) = admin
-        .json(
-            "POST",
-            &format!("/v1/certificates/{victim}/revoke"),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    revoke(&mut admin, &victim).await;
     let letter = dead_letter(&mut admin, &id).await["id"]
         .as_str()
         .unwrap()
@@ -767,4 +738,16 @@ async fn a_flood_of_refusals_is_delivered_or_counted_and_issuance_goes_on() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     server.stop().await;
+}
+
+/// Revokes `serial` as `admin` (200 expected).
+async fn revoke(admin: &mut Client, serial: &str) {
+    let (status, body) = admin
+        .json(
+            "POST",
+            &format!("/v1/certificates/{serial}/revoke"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
 }

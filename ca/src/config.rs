@@ -129,14 +129,12 @@ fn default_module() -> PathBuf {
 impl Pkcs11Config {
     /// Where the PIN comes from.
     pub fn pin_source(&self) -> Result<PinSource, CaError> {
-        match (&self.pin_file, &self.pin_env) {
-            (Some(file), None) => Ok(PinSource::File(file.clone())),
-            (None, Some(var)) => Ok(PinSource::Env(var.clone())),
-            _ => Err(CaError::Config(format!(
+        PinSource::one_of(self.pin_file.as_deref(), self.pin_env.as_deref()).ok_or_else(|| {
+            CaError::Config(format!(
                 "pkcs11 token {:?}: set exactly one of pin_file and pin_env",
                 self.token_label
-            ))),
-        }
+            ))
+        })
     }
 }
 

@@ -26,6 +26,15 @@ use tokio_rustls::TlsConnector;
 
 use crate::softhsm;
 
+/// A loopback port free a moment ago (for what must be named before it is bound).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub const OPERATOR: &str = "spiffe://ops.example/portcullis/operator/alice";
 
 const CA_CONFIG: &str = r#"

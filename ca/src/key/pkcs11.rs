@@ -37,6 +37,15 @@ pub enum PinSource {
 }
 
 impl PinSource {
+    /// The PIN's source from a config's `pin_file` and `pin_env`: exactly one of them set.
+    pub fn one_of(file: Option<&Path>, env: Option<&str>) -> Option<Self> {
+        match (file, env) {
+            (Some(file), None) => Some(PinSource::File(file.to_owned())),
+            (None, Some(var)) => Some(PinSource::Env(var.to_owned())),
+            _ => None,
+        }
+    }
+
     fn read(&self) -> Result<AuthPin, CaError> {
         let pin = match self {
             PinSource::File(path) => {
