@@ -250,4 +250,14 @@ wait_in "exec 3<>/dev/tcp/127.0.0.1/8443" 50 || fail "systemd-socket-activate di
 if wait "$stray"; then fail "the gateway started with a socket for 127.0.0.1:8443, which no listener names"; fi
 grep -q 'systemd passed a listening socket for 127.0.0.1:8443' "$work/stray.log" \
   || { cat "$work/stray.log" >&2; fail "no clear error for a stray socket"; }
+# A datagram socket where a listener's address is (a socket unit with ListenDatagram=): refused
+# by what it is, not taken for a TCP listener.
+in_ns timeout 20 systemd-socket-activate --datagram -l 127.0.0.1:443 \
+  portcullis serve --config /etc/portcullis/gateway.yaml >"$work/datagram.log" 2>&1 &
+stray=$!
+wait_in "ss -ulnH | grep -q '127.0.0.1:443 '" 50 || fail "systemd-socket-activate did not bind the datagram socket"
+in_ns bash -c 'echo x >/dev/udp/127.0.0.1/443'
+if wait "$stray"; then fail "the gateway started with a datagram socket passed by systemd"; fi
+grep -q 'socket activation: socket 0 passed by systemd' "$work/datagram.log" \
+  || { cat "$work/datagram.log" >&2; fail "no clear error for a datagram socket"; }
 echo "systemd: ok" >&2

@@ -259,4 +259,52 @@ mod tests {
             .unwrap_err()
             .contains("payload"));
     }
+
+    /// The admin plane's key in an HSM is P-256 (ASN.1 signatures): a gateway holding that
+    /// key reads its bundles, and refuses one whose algorithm label was changed, whose
+    /// signature was re-encoded, or that an Ed25519 key signed under any label.
+    #[test]
+    fn a_p256_key_reads_only_its_own_signatures_under_its_own_label() {
+        use ring::rand::SystemRandom;
+        use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        let mut spki = portcullis_audit::P256_SPKI_PREFIX.to_vec();
+        spki.extend_from_slice(pair.public_key().as_ref());
+        let key = PublicKey::from_spki_der(&spki).unwrap();
+        let payload = r#"{"serial":4,"issued_at":"2026-12-02T00:00:00Z","tenants":[]}"#;
+        let b64 = |sig: &[u8]| base64::engine::general_purpose::STANDARD.encode(sig);
+        let good = SignedPolicyBundle {
+            format: POLICY_BUNDLE_FORMAT.to_owned(),
+            payload: payload.to_owned(),
+            algorithm: "ecdsa-p256-sha256-asn1".to_owned(),
+            key_id: String::new(),
+            signature: b64(pair.sign(&rng, payload.as_bytes()).unwrap().as_ref()),
+        };
+        assert_eq!(verify(&good, &key).unwrap().serial, 4);
+
+        for label in ["ecdsa-p256-sha256-fixed", "ed25519", "none", ""] {
+            let mut relabelled = good.clone();
+            relabelled.algorithm = label.to_owned();
+            assert!(
+                verify(&relabelled, &key).is_err(),
+                "label {label:?} accepted"
+            );
+        }
+        let ed = SoftwareSigner::generate().unwrap();
+        for label in ["ed25519", "ecdsa-p256-sha256-asn1"] {
+            let mut forged = signed(&ed, payload);
+            forged.algorithm = label.to_owned();
+            assert!(
+                verify(&forged, &key).is_err(),
+                "an Ed25519 signature read as {label}"
+            );
+        }
+        let mut truncated = good.clone();
+        let sig = pair.sign(&rng, payload.as_bytes()).unwrap();
+        truncated.signature = b64(&sig.as_ref()[..sig.as_ref().len() - 1]);
+        assert!(verify(&truncated, &key).is_err());
+    }
 }
