@@ -30,6 +30,7 @@ use crate::CaError;
 
 mod issue;
 mod ocsp_signer;
+mod region;
 mod revocation;
 
 use issue::RevocationUrls;
@@ -184,6 +185,69 @@ fn ca_name(organization: Option<&str>, common_name: &str) -> DistinguishedName {
     dn
 }
 
+/// Creates the state directory (owner only) and refuses one that is already initialised.
+fn prepare_state_dir(dir: &Path) -> Result<(), CaError> {
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
+        .map_err(io_error(dir))?;
+    if dir.join("intermediate.pem").exists() {
+        return Err(state_error(
+            dir,
+            "already initialised (intermediate.pem exists)",
+        ));
+    }
+    Ok(())
+}
+
+/// An issuing intermediate's certificate parameters (CA, path length 0), valid from `now` for
+/// the configured validity but never past the root.
+fn intermediate_params(
+    config: &CaConfig,
+    default_name: &str,
+    now: SystemTime,
+    root_not_after: SystemTime,
+) -> Result<CertificateParams, CaError> {
+    let mut inter = CertificateParams::default();
+    inter.distinguished_name = ca_name(
+        config.intermediate.organization.as_deref(),
+        config
+            .intermediate
+            .common_name
+            .as_deref()
+            .unwrap_or(default_name),
+    );
+    inter.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    inter.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    inter.serial_number = Some(SerialNumber::from_slice(Serial::random()?.as_bytes()));
+    inter.use_authority_key_identifier_extension = true;
+    inter.not_before = (now - CLOCK_SKEW).into();
+    inter.not_after = (now
+        + config
+            .intermediate
+            .validity
+            .unwrap_or(INTERMEDIATE_VALIDITY))
+    .min(root_not_after)
+    .into();
+    Ok(inter)
+}
+
+/// Writes the root, the trust bundle (the root), the chain and the intermediate.
+fn write_hierarchy(dir: &Path, root_pem: &str, inter_pem: &str) -> Result<(), CaError> {
+    for (name, text) in [
+        ("root.pem", root_pem.to_owned()),
+        ("bundle.pem", root_pem.to_owned()),
+        ("chain.pem", format!("{inter_pem}{root_pem}")),
+        ("intermediate.pem", inter_pem.to_owned()),
+    ] {
+        write_atomic(&dir.join(name), text.as_bytes(), 0o644)?;
+    }
+    Ok(())
+}
+
 impl Ca {
     /// Creates the hierarchy: generates the root key (in `root_backend`, or `backend`) and the
     /// issuing key (in `backend`), a self-signed root (CA, pathlen 1) and an intermediate (CA,
@@ -192,15 +256,7 @@ impl Ca {
     pub fn init(config: &CaConfig, now: SystemTime) -> Result<Ca, CaError> {
         config.check()?;
         let dir = &config.state_dir;
-        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-            .create(dir)
-            .map_err(io_error(dir))?;
-        if dir.join("intermediate.pem").exists() {
-            return Err(state_error(
-                dir,
-                "already initialised (intermediate.pem exists)",
-            ));
-        }
+        prepare_state_dir(dir)?;
         let backend = config.backend.open()?;
         let root_backend = match &config.root_backend {
             Some(b) => b.open()?,
@@ -233,48 +289,25 @@ impl Ca {
         let root_cert = root.self_signed(&root_signer).map_err(RcgenSigner::error)?;
         let root_issuer = Issuer::new(root, &root_signer);
 
-        let mut inter = CertificateParams::default();
-        inter.distinguished_name = ca_name(
-            config.intermediate.organization.as_deref(),
-            config
-                .intermediate
-                .common_name
-                .as_deref()
-                .unwrap_or("Portcullis Issuing CA"),
-        );
-        inter.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        inter.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        inter.serial_number = Some(SerialNumber::from_slice(Serial::random()?.as_bytes()));
-        inter.use_authority_key_identifier_extension = true;
-        inter.not_before = (now - CLOCK_SKEW).into();
-        inter.not_after = (now
-            + config
-                .intermediate
-                .validity
-                .unwrap_or(INTERMEDIATE_VALIDITY))
-        .min(root_not_after)
-        .into();
+        let inter = intermediate_params(config, "Portcullis Issuing CA", now, root_not_after)?;
         let inter_signer = RcgenSigner::new(Arc::clone(&issuing_key))?;
         let inter_cert = inter
             .signed_by(&inter_signer, &root_issuer)
             .map_err(RcgenSigner::error)?;
-
-        let root_pem = root_cert.pem();
-        let inter_pem = inter_cert.pem();
-        for (name, text) in [
-            ("root.pem", root_pem.clone()),
-            ("bundle.pem", root_pem.clone()),
-            ("chain.pem", format!("{inter_pem}{root_pem}")),
-            ("intermediate.pem", inter_pem),
-        ] {
-            write_atomic(&dir.join(name), text.as_bytes(), 0o644)?;
-        }
+        write_hierarchy(dir, &root_cert.pem(), &inter_cert.pem())?;
         tracing::info!(ca.state_dir = %dir.display(), "CA initialised: root and issuing intermediate created");
-        let inventory = Arc::new(SqliteInventory::open(&dir.join("inventory.sqlite3"))?);
+        Self::open_initialised(config, issuing_key, backend, now)
+    }
+
+    /// The end of every init: the inventory opened, the CA opened on it and its first CRL.
+    fn open_initialised(
+        config: &CaConfig,
+        issuing_key: Arc<dyn SigningKey>,
+        backend: Arc<dyn KeyBackend>,
+        now: SystemTime,
+    ) -> Result<Ca, CaError> {
+        let db = config.state_dir.join("inventory.sqlite3");
+        let inventory = Arc::new(SqliteInventory::open(&db)?);
         let ca = Self::open_in(config, issuing_key, inventory, Some(backend))?;
         ca.publish_crl(now)?;
         Ok(ca)

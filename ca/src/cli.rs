@@ -23,6 +23,14 @@ pub enum CaCommand {
         /// The CA configuration file (YAML).
         #[arg(long)]
         config: PathBuf,
+        /// Initialise a region's CA under an existing root instead: its issuing key is
+        /// generated in `backend`, its intermediate signed by the root key (`root_backend`,
+        /// `keys.root_label`). Needs --root.
+        #[arg(long, requires = "root")]
+        region: Option<String>,
+        /// The fleet's root certificate (`root.pem` of the first CA), with --region.
+        #[arg(long, requires = "region")]
+        root: Option<PathBuf>,
     },
     /// Issue a certificate from a CSR under a tenant's profile.
     Issue {
@@ -162,16 +170,32 @@ fn run_inner(
             })
     };
     match cmd {
-        CaCommand::Init { config } => {
+        CaCommand::Init {
+            config,
+            region,
+            root,
+        } => {
             let config = CaConfig::load(&config)?;
             // Key generation in an HSM can take seconds: say what is happening, and how long
             // it took, on stderr (stdout stays the result).
-            eprintln!(
-                "ca init: generating the root and issuing keys ({}) and certificates...",
-                config.backend.describe()
-            );
             let started = std::time::Instant::now();
-            let ca = Ca::init(&config, now)?;
+            let ca = match (&region, &root) {
+                (Some(region), Some(root)) => {
+                    eprintln!(
+                        "ca init: generating region {region}'s issuing key ({}) and signing its \
+                         intermediate with the root key...",
+                        config.backend.describe()
+                    );
+                    Ca::init_region(&config, region, root, now)?
+                }
+                _ => {
+                    eprintln!(
+                        "ca init: generating the root and issuing keys ({}) and certificates...",
+                        config.backend.describe()
+                    );
+                    Ca::init(&config, now)?
+                }
+            };
             eprintln!("ca init: done in {:.1?}", started.elapsed());
             print(
                 out,

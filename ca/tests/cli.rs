@@ -44,6 +44,8 @@ profiles:
     };
     let out = run(CaCommand::Init {
         config: config.clone(),
+        region: None,
+        root: None,
     });
     assert!(out.contains("CA initialised"), "{out}");
     let mode = |p: &Path| {

@@ -310,6 +310,8 @@ fn the_cli_records_through_the_ca() {
     };
     run(CaCommand::Init {
         config: config.clone(),
+        region: None,
+        root: None,
     })
     .unwrap();
     assert_eq!(sink.take(), [], "init issues no leaf");

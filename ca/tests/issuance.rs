@@ -590,3 +590,153 @@ fn config_typos_are_errors() {
         CaConfig::from_yaml(&CONFIG.replace("max_lifetime: 4h", "max_lifetime: 5h")).unwrap_err();
     assert!(err.to_string().contains("max_lifetime_cap"), "{err}");
 }
+
+#[test]
+fn a_region_gets_its_own_intermediate_under_the_shared_root() {
+    let f = require_fixture!();
+    let hsm = softhsm::hsm().unwrap();
+    let dir = hsm.dir.join("region-eu");
+    let yaml = CONFIG
+        .replace("DIR/state", &dir.join("state").display().to_string())
+        .replace("DIR", &dir.display().to_string())
+        .replace("PIN_FILE", &hsm.pin_file.display().to_string())
+        .replace("token_label: ca", "token_label: region")
+        .replace(
+            "issuing_label: issuance-issuing",
+            "issuing_label: eu-issuing",
+        )
+        .replace("  common_name: Test Issuing CA\n", "");
+    let config = CaConfig::from_yaml(&yaml).expect("region config");
+    let home_root = f.config.state_dir.join("root.pem");
+
+    // Refused, with what to do: a name that cannot be a region, a certificate that is not a
+    // root, a root that the root token's key did not make.
+    let err = Ca::init_region(&config, "EU west", &home_root, now()).unwrap_err();
+    assert!(err.to_string().contains("a-z, 0-9"), "{err}");
+    let not_root = f.config.state_dir.join("intermediate.pem");
+    let err = Ca::init_region(&config, "eu", &not_root, now()).unwrap_err();
+    assert!(err.to_string().contains("not a root CA"), "{err}");
+    let mut other = CertificateParams::new(Vec::<String>::new()).unwrap();
+    other.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let other = other
+        .self_signed(&KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap())
+        .unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    let foreign = write_temp(&dir, "foreign-root.pem", &other.pem());
+    let err = Ca::init_region(&config, "eu", Path::new(&foreign), now()).unwrap_err();
+    assert!(err.to_string().contains("not the key labelled"), "{err}");
+    let two = write_temp(
+        &dir,
+        "two.pem",
+        &format!(
+            "{}{}",
+            other.pem(),
+            std::fs::read_to_string(&home_root).unwrap()
+        ),
+    );
+    let err = Ca::init_region(&config, "eu", Path::new(&two), now()).unwrap_err();
+    assert!(err.to_string().contains("exactly one certificate"), "{err}");
+
+    let eu = Ca::init_region(&config, "eu", &home_root, now()).expect("region init");
+    assert_eq!(eu.region().as_deref(), Some("eu"));
+    assert_eq!(f.ca.region(), None);
+    let eu_state = |name: &str| config.state_dir.join(name).display().to_string();
+    // The same root; a new intermediate, named for the region, signed by it.
+    assert_eq!(
+        std::fs::read(eu_state("root.pem")).unwrap(),
+        std::fs::read(&home_root).unwrap()
+    );
+    let inter_pem = std::fs::read(eu_state("intermediate.pem")).unwrap();
+    let (_, inter_pem) = parse_x509_pem(&inter_pem).unwrap();
+    let inter = inter_pem.parse_x509().unwrap();
+    assert!(
+        inter
+            .subject()
+            .to_string()
+            .contains("Portcullis Issuing CA eu"),
+        "{}",
+        inter.subject()
+    );
+    let (ok, out) = openssl(&[
+        "verify",
+        "-CAfile",
+        &state(f, "bundle.pem"),
+        &eu_state("intermediate.pem"),
+    ]);
+    assert!(ok, "{out}");
+    // Its key is in the region's token, not the home region's.
+    let in_token = |token: &str| {
+        softhsm::raw_session(token)
+            .find_objects(&[
+                cryptoki::object::Attribute::Class(cryptoki::object::ObjectClass::PRIVATE_KEY),
+                cryptoki::object::Attribute::Label(b"eu-issuing".to_vec()),
+            ])
+            .unwrap()
+            .len()
+    };
+    assert_eq!((in_token("region"), in_token("ca")), (1, 0));
+
+    // A leaf from each region verifies under the one root, each through its own intermediate.
+    let eu_leaf = eu
+        .issue(
+            &request(
+                &csr(&[uri("spiffe://acme.example/ns/eu/sa/api")]),
+                "acme",
+                None,
+            ),
+            now(),
+        )
+        .unwrap();
+    let home_leaf =
+        f.ca.issue(
+            &request(
+                &csr(&[uri("spiffe://acme.example/ns/home/sa/api")]),
+                "acme",
+                None,
+            ),
+            now(),
+        )
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let eu_leaf_file = write_temp(tmp.path(), "eu-leaf.pem", &eu_leaf.cert_pem);
+    let home_leaf_file = write_temp(tmp.path(), "home-leaf.pem", &home_leaf.cert_pem);
+    let verify = |leaf: &str, inter: &str, crl: Option<&str>| {
+        let bundle = state(f, "bundle.pem");
+        let mut args = vec!["verify", "-CAfile", &bundle, "-untrusted", inter];
+        if let Some(crl) = crl {
+            args.extend(["-crl_check", "-CRLfile", crl]);
+        }
+        args.push(leaf);
+        openssl(&args)
+    };
+    let home_inter = state(f, "intermediate.pem");
+    let eu_inter = eu_state("intermediate.pem");
+    assert!(verify(&eu_leaf_file, &eu_inter, None).0);
+    assert!(!verify(&eu_leaf_file, &home_inter, None).0);
+
+    // Revoked in its region: refused under the union of the regions' CRLs, which every
+    // gateway trusting the root can hold in one `crl:` file; the other region's leaf passes.
+    eu.revoke(
+        &eu_leaf.serial,
+        RevocationReason::KeyCompromise,
+        RevocationScope::Lineage,
+        now(),
+    )
+    .unwrap();
+    let union = write_temp(
+        tmp.path(),
+        "crls.pem",
+        &format!(
+            "{}{}",
+            std::fs::read_to_string(state(f, "crl.pem")).unwrap(),
+            std::fs::read_to_string(eu_state("crl.pem")).unwrap()
+        ),
+    );
+    let (ok, out) = verify(&eu_leaf_file, &eu_inter, Some(&union));
+    assert!(!ok && out.contains("revoked"), "{out}");
+    let (ok, out) = verify(&home_leaf_file, &home_inter, Some(&union));
+    assert!(ok, "{out}");
+
+    let err = Ca::init_region(&config, "eu", &home_root, now()).unwrap_err();
+    assert!(matches!(err, CaError::State { .. }), "{err}");
+}

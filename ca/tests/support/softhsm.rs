@@ -20,7 +20,8 @@ pub const SO_PIN: &str = "5678";
 /// Environment variable holding the user PIN (for `pin_env` configs).
 pub const PIN_ENV: &str = "PORTCULLIS_TEST_HSM_PIN";
 /// Tokens: the issuing token, a separate root token, one only ever given a wrong PIN, one whose
-/// login the recovery test breaks on purpose, and one per key-generating backend test.
+/// login the recovery test breaks on purpose, one per key-generating backend test, and a
+/// second region's issuing token.
 /// Key generation gets its own token because SoftHSM2 2.6.1 was seen to fail a generation
 /// (CKR_GENERAL_ERROR, ~1 run in 20) while other sessions of the same token were busy.
 pub const TOKENS: &[&str] = &[
@@ -31,6 +32,7 @@ pub const TOKENS: &[&str] = &[
     "attrs",
     "p384",
     "threads",
+    "region",
 ];
 
 pub struct Hsm {

@@ -1,0 +1,151 @@
+//! A region's own issuing intermediate under the fleet's shared root: the region's key is
+//! generated in the region's token (`backend`), the certificate signed once by the root key
+//! (`root_backend`, which can be a token brought online for this step only). Gateways trust
+//! the root, so certificates from every region verify everywhere; each region issues, renews
+//! and revokes (its own CRL, signed by its intermediate) without the others.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rcgen::Issuer;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::{intermediate_params, prepare_state_dir, state_error, write_hierarchy, Ca};
+use crate::config::CaConfig;
+use crate::crl::write_atomic;
+use crate::key::RcgenSigner;
+use crate::CaError;
+
+/// The file in the state directory that names the region.
+pub(crate) const REGION_FILE: &str = "region";
+
+/// Whether `name` can name a region: 1 to 32 of `a-z`, `0-9` and `-`, not starting or ending
+/// with `-` (it goes into certificate names and file names).
+pub(crate) fn valid_region_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+impl Ca {
+    /// Initialises a region's CA under an existing root: `root_pem` is the fleet's root
+    /// certificate (its `root.pem`), whose key is found in `root_backend` (or `backend`) under
+    /// `keys.root_label`. Generates the region's issuing key in `backend`, signs its
+    /// intermediate with the root key, and writes the state directory as [`Ca::init`] does, plus
+    /// `region`. Refuses a root certificate that is not a CA or whose key is not the one found.
+    pub fn init_region(
+        config: &CaConfig,
+        region: &str,
+        root_pem: &Path,
+        now: SystemTime,
+    ) -> Result<Ca, CaError> {
+        config.check()?;
+        if !valid_region_name(region) {
+            return Err(CaError::Config(format!(
+                "region {region:?}: 1 to 32 of a-z, 0-9 and '-', not starting or ending with '-'"
+            )));
+        }
+        let root_text = std::fs::read_to_string(root_pem).map_err(super::io_error(root_pem))?;
+        let root_der = root_certificate(&root_text, root_pem)?;
+        let dir = &config.state_dir;
+        prepare_state_dir(dir)?;
+        let backend = config.backend.open()?;
+        let root_backend = match &config.root_backend {
+            Some(b) => b.open()?,
+            None => Arc::clone(&backend),
+        };
+        let root_key = root_backend.find_key(&config.keys.root_label)?;
+        let (root_spki, root_not_after) = {
+            let (_, cert) = X509Certificate::from_der(&root_der)
+                .map_err(|e| state_error(root_pem, format!("not a certificate: {e}")))?;
+            (
+                cert.public_key().raw.to_vec(),
+                SystemTime::UNIX_EPOCH
+                    + std::time::Duration::from_secs(
+                        u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0),
+                    ),
+            )
+        };
+        if root_spki != root_key.public_key_der() {
+            return Err(state_error(
+                root_pem,
+                format!(
+                    "this root certificate is not the key labelled {:?} in the root token: \
+                     give the root.pem of the hierarchy that key signs",
+                    config.keys.root_label
+                ),
+            ));
+        }
+        if root_not_after <= now {
+            return Err(state_error(root_pem, "the root certificate has expired"));
+        }
+        let issuing_key =
+            backend.generate_key(&config.keys.issuing_label, config.keys.algorithm)?;
+        let root_signer = RcgenSigner::new(root_key)?;
+        let root_issuer = Issuer::from_ca_cert_der(&root_der.as_slice().into(), &root_signer)
+            .map_err(|e| state_error(root_pem, format!("root certificate: {e}")))?;
+        let inter = intermediate_params(
+            config,
+            &format!("Portcullis Issuing CA {region}"),
+            now,
+            root_not_after,
+        )?;
+        let inter_signer = RcgenSigner::new(Arc::clone(&issuing_key))?;
+        let inter_cert = inter
+            .signed_by(&inter_signer, &root_issuer)
+            .map_err(RcgenSigner::error)?;
+        write_hierarchy(dir, &root_text, &inter_cert.pem())?;
+        write_atomic(
+            &dir.join(REGION_FILE),
+            format!("{region}\n").as_bytes(),
+            0o644,
+        )?;
+        tracing::info!(
+            ca.state_dir = %dir.display(),
+            ca.region = region,
+            "regional CA initialised: issuing intermediate signed by the shared root"
+        );
+        Self::open_initialised(config, issuing_key, backend, now)
+    }
+
+    /// The region this CA issues for (`ca init --region`), if it has one.
+    pub fn region(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.state_dir().join(REGION_FILE)).ok()?;
+        Some(text.trim().to_owned()).filter(|r| valid_region_name(r))
+    }
+}
+
+/// The one CA certificate of a PEM file, DER.
+fn root_certificate(text: &str, path: &Path) -> Result<Vec<u8>, CaError> {
+    let blocks: Vec<_> = x509_parser::pem::Pem::iter_from_buffer(text.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| state_error(path, format!("not PEM: {e}")))?;
+    let [block] = blocks.as_slice() else {
+        return Err(state_error(
+            path,
+            format!(
+                "expected exactly one certificate (the root), found {} PEM blocks",
+                blocks.len()
+            ),
+        ));
+    };
+    let der = &block.contents;
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| state_error(path, format!("not a certificate: {e}")))?;
+    let is_ca = cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|bc| bc.value.ca);
+    if !is_ca || cert.subject() != cert.issuer() {
+        return Err(state_error(
+            path,
+            "not a root CA certificate (self-issued, CA: true)",
+        ));
+    }
+    Ok(der.to_vec())
+}
