@@ -371,6 +371,111 @@ fn a_revoked_certificate_is_refused_by_a_gateway_already_running() {
     assert_eq!(client("keep").get(gw.port, "/x").unwrap().status, 200);
 }
 
+/// A second region's CA: its issuing key in its own token, its intermediate signed by the
+/// first CA's root key (`ca init --region`). A gateway that trusts only the root serves both
+/// regions' workloads, and a revocation on the region's own CRL reaches it through a CRL file
+/// holding every region's CRL: new handshakes are refused, and so is the next request on a
+/// connection opened before; the first region's workloads are unaffected.
+#[test]
+fn a_region_revokes_on_its_own_crl_and_a_gateway_trusting_the_root_enforces_it() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let Some(home) = HsmCa::init(d) else { return };
+    softhsm_token(d, "portcullis-eu").unwrap();
+    let eu = HsmCa {
+        config: d.join("eu.yaml"),
+        state: d.join("eu"),
+        softhsm_conf: home.softhsm_conf.clone(),
+    };
+    let home_config = std::fs::read_to_string(&home.config).unwrap();
+    std::fs::write(
+        &eu.config,
+        home_config
+            .replace(
+                &format!("state_dir: {}", home.state.display()),
+                &format!("state_dir: {}", eu.state.display()),
+            )
+            .replace(
+                "    token_label: portcullis-ca\n",
+                &format!(
+                    "    token_label: portcullis-eu\n    pin_file: {pin}\nroot_backend:\n  pkcs11:\n    token_label: portcullis-ca\n",
+                    pin = d.join("hsm.pin").display()
+                ),
+            ),
+    )
+    .unwrap();
+    let root = home.state.join("root.pem");
+    // Without the root certificate, or with the region's intermediate in its place: refused.
+    let out = eu.run(&["init", "--region", "eu"]);
+    assert!(!out.status.success());
+    let out = eu.run(&[
+        "init",
+        "--region",
+        "eu",
+        "--root",
+        home.state.join("intermediate.pem").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not a root CA"), "{}", stderr(&out));
+    let out = eu.run(&["init", "--region", "eu", "--root", root.to_str().unwrap()]);
+    assert!(out.status.success(), "ca init --region: {}", stderr(&out));
+    assert_eq!(
+        std::fs::read(eu.state.join("root.pem")).unwrap(),
+        std::fs::read(&root).unwrap()
+    );
+
+    let home_leaf = home.issue(d, "home", "spiffe://test.portcullis.local/ns/app/sa/home");
+    let eu_leaf = eu.issue(d, "eu-app", "spiffe://test.portcullis.local/ns/app/sa/eu");
+    // Every region's CRL in the one file the gateway reads.
+    let crls = d.join("crls.pem");
+    let union = || {
+        let text = [&home.state, &eu.state]
+            .iter()
+            .map(|s| std::fs::read_to_string(s.join("crl.pem")).unwrap())
+            .collect::<String>();
+        std::fs::write(&crls, text).unwrap();
+    };
+    union();
+    let echo = Echo::start(d, "regions");
+    let gw = Gateway::start(
+        d,
+        &GATEWAY
+            .replace("{echo}", &echo.port.to_string())
+            .replace("crl: ca/crl.pem", "crl: crls.pem"),
+    );
+    let client = |name: &str| {
+        Client::new(
+            &pki.path("ca.pem"),
+            Some((d.join(format!("{name}.pem")), d.join(format!("{name}.key")))),
+        )
+    };
+    assert_eq!(client("home").get(gw.port, "/x").unwrap().status, 200);
+    assert_eq!(client("eu-app").get(gw.port, "/x").unwrap().status, 200);
+    let mut kept = client("eu-app").connect(gw.port).unwrap();
+    assert_eq!(kept.request("GET", "/x", &[]).unwrap().status, 200);
+
+    let out = eu.run(&["revoke", &eu_leaf, "--reason", "keyCompromise"]);
+    assert!(out.status.success(), "ca revoke: {}", stderr(&out));
+    union();
+    let start = Instant::now();
+    while client("eu-app")
+        .get(gw.port, "/x")
+        .is_ok_and(|r| r.status == 200)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the region's revocation was not enforced:\n{}",
+            gw.proc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let resp = kept.request("GET", "/x", &[]).unwrap();
+    assert_eq!(resp.status, 403);
+    assert_eq!(resp.json()["error"], "certificate_revoked");
+    assert_eq!(client("home").get(gw.port, "/x").unwrap().status, 200);
+    assert_ne!(home_leaf, eu_leaf);
+}
+
 /// The gateway obtains its serving certificate from the CA's admin API with a bootstrap token,
 /// then renews it (by mTLS with the current one) at two thirds of its lifetime, swapping it in
 /// under a live keep-alive client.
