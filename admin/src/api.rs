@@ -4,6 +4,7 @@
 mod errors;
 mod inventory;
 mod issue;
+mod openapi;
 mod policies;
 mod reports;
 mod tokens;
@@ -20,11 +21,13 @@ use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+
 use axum::Router;
 use portcullis_audit::{AdminAction, AuditEvent, AuditHandle};
 use portcullis_ca::{Ca, CertRecord, CertStatus};
 use serde::de::DeserializeOwned;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::identity::{ConnInfo, PeerIdentity};
 use crate::limits::RequestLimits;
@@ -71,22 +74,31 @@ pub(crate) struct AppState {
     pub(crate) webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }
 
+/// The routes the OpenAPI document describes, each mounted on the path its handler's
+/// `#[utoipa::path]` names.
+fn documented_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(policies::routes())
+        .merge(tokens::routes())
+        .merge(webhooks::routes())
+        .merge(reports::routes())
+        .routes(routes!(issue::issue, inventory::list))
+        .routes(routes!(inventory::revoke))
+        .routes(routes!(inventory::lineage))
+        .routes(routes!(inventory::crl))
+        .routes(routes!(openapi::openapi))
+}
+
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     let acme = if state.acme.is_some() {
         crate::acme::routes()
     } else {
         Router::new()
     };
+    let (documented, _) = documented_routes().split_for_parts();
     Router::new()
         .merge(acme)
-        .merge(policies::routes())
-        .merge(tokens::routes())
-        .merge(webhooks::routes())
-        .merge(reports::routes())
-        .route("/v1/certificates", post(issue::issue).get(inventory::list))
-        .route("/v1/certificates/{serial}/revoke", post(inventory::revoke))
-        .route("/v1/certificates/{serial}/lineage", get(inventory::lineage))
-        .route("/v1/crl", get(inventory::crl))
+        .merge(documented)
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
