@@ -227,8 +227,8 @@ pub(crate) async fn blocking<T: Send + 'static>(
     })
 }
 
-/// Reads a JSON body of at most [`MAX_BODY`] bytes. An empty body reads as `T::default()`
-/// when `empty_ok`.
+/// Reads a JSON object of at most [`MAX_BODY`] bytes. An empty body (or `null`) reads as
+/// `T::default()` when `empty_ok`.
 async fn read_json<T: DeserializeOwned + Default>(
     headers: &HeaderMap,
     body: Body,
@@ -242,16 +242,24 @@ async fn read_json<T: DeserializeOwned + Default>(
         return Err(ApiError::too_large());
     }
     let bytes = read_body(body).await?;
-    if empty_ok && bytes.iter().all(u8::is_ascii_whitespace) {
+    let text = bytes.trim_ascii();
+    if empty_ok && (text.is_empty() || text == b"null") {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
-        tracing::debug!(error = %e, "admin API: malformed JSON body");
+    let malformed = || {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "malformed_request",
             "the body is not the expected JSON document",
         )
+    };
+    // Every body is an object: serde would also read a struct from an array of its fields.
+    if !text.starts_with(b"{") {
+        return Err(malformed());
+    }
+    serde_json::from_slice(text).map_err(|e| {
+        tracing::debug!(error = %e, "admin API: malformed JSON body");
+        malformed()
     })
 }
 

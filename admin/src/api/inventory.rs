@@ -425,7 +425,11 @@ async fn list_flow(
                 mine.into_iter().map(Some).collect()
             }
         };
-    let limit = q.limit.unwrap_or(MAX_LIST).clamp(1, MAX_LIST);
+    let limit = match q.limit {
+        None => MAX_LIST,
+        Some(n @ 1..=MAX_LIST) => n,
+        Some(_) => return Err(invalid("limit (1 to 1000)")),
+    };
     let filter = InventoryFilter {
         tenant: None,
         status: q

@@ -120,7 +120,9 @@ pub(super) struct PolicyProblems {
     error: String,
     /// The problems, joined.
     message: String,
-    problems: Vec<PolicyProblem>,
+    /// Every problem, when the document fails the checks (`invalid_policy`,
+    /// `policy_conflict`).
+    problems: Option<Vec<PolicyProblem>>,
 }
 
 #[derive(ToSchema)]

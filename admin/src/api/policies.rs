@@ -109,9 +109,15 @@ fn problems_response(status: StatusCode, code: &'static str, problems: &[Problem
     (status, Json(body)).into_response()
 }
 
+/// Versions and approval requests are SQLite row ids: past `i64::MAX` there is none (and the
+/// store could not even look one up).
+const MAX_ID: u64 = i64::MAX as u64;
+
 fn parse_version(v: &str) -> Result<u64, ApiError> {
     v.parse::<u64>()
-        .map_err(|_| ApiError::not_found("no such version"))
+        .ok()
+        .filter(|v| *v <= MAX_ID)
+        .ok_or_else(|| ApiError::not_found("no such version"))
 }
 
 fn reason(r: Option<String>) -> Result<String, ApiError> {
@@ -152,8 +158,10 @@ async fn list(
 #[schema(as = PolicyUpload)]
 struct UploadBody {
     /// The policy: the YAML the gateway reads for the tenant.
+    #[schema(required = true)]
     document: Option<String>,
     /// At most 1024 bytes.
+    #[schema(max_length = 1024)]
     comment: Option<String>,
 }
 
@@ -221,7 +229,7 @@ async fn upload(
 }
 
 /// One version's document.
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/policies/{version}", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, description = "A version number")),
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/policies/{version}", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, description = "A version number")),
     responses((status = 200, description = "The document", body = super::openapi::PolicyDocument), (status = 404, description = "No such version, a tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody), super::openapi::Refusals))]
 async fn version(
     State(st): State<Arc<AppState>>,
@@ -253,7 +261,7 @@ struct DiffQuery {
 }
 
 /// A unified diff of a version against another (the active one by default).
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/policies/{version}/diff", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, description = "A version number"), DiffQuery),
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/policies/{version}/diff", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, description = "A version number"), DiffQuery),
     responses((status = 200, description = "The diff", body = super::openapi::PolicyDiff),
         (status = 400, description = "`against` is not a version number or `active`", body = super::openapi::ErrorBody),
         (status = 404, description = "No such version, a tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody), super::openapi::Refusals))]
@@ -275,9 +283,9 @@ async fn diff(
         let against =
             match query.against.as_deref() {
                 None | Some("active") => None,
-                Some(n) => Some(n.parse::<u64>().map_err(|_| {
-                    ApiError::invalid_query("against: a version number or \"active\"")
-                })?),
+                Some(n) => Some(n.parse::<u64>().ok().filter(|n| *n <= MAX_ID).ok_or_else(
+                    || ApiError::invalid_query("against: a version number or \"active\""),
+                )?),
             };
         rec.target = Some(format!("v{v}"));
         let (policies, t) = (s.policies, s.tenant);
@@ -323,7 +331,7 @@ struct ImpactQuery {
 
 /// Replays the tenant's recorded traffic of a window against a version: which requests would
 /// change decision.
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/policies/{version}/impact", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, description = "A version number"), ImpactQuery),
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/policies/{version}/impact", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, description = "A version number"), ImpactQuery),
     responses((status = 200, description = "The report", body = super::openapi::ImpactReport),
         (status = 400, description = "`window` is not a duration up to 30d", body = super::openapi::ErrorBody),
         (status = 409, description = "The version does not make a valid config with the others", body = super::openapi::PolicyProblems),
@@ -366,11 +374,12 @@ async fn impact(
 #[schema(as = ActivationRequest)]
 struct ReasonBody {
     /// Why (1 to 1024 bytes): required.
+    #[schema(required = true, min_length = 1, max_length = 1024)]
     reason: Option<String>,
 }
 
 /// Activates a version, or asks for a second person's approval when activation needs one.
-#[utoipa::path(post, path = "/v1/tenants/{tenant}/policies/{version}/activate", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, description = "A version number")),
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/policies/{version}/activate", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, description = "A version number")),
     request_body = ReasonBody,
     responses((status = 200, description = "Activated", body = super::openapi::Activation),
         (status = 202, description = "Waiting for approval", body = super::openapi::Activation),
@@ -439,7 +448,7 @@ async fn approvals(
 
 /// Approves (activating the version) or rejects an approval request; never by who asked.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/approvals/{id}/{decision}", tag = "policies",
-    params(("tenant" = String, Path, example = "acme"), ("id" = u64, Path, description = "The approval request"),
+    params(("tenant" = String, Path, example = "acme"), ("id" = u64, Path, maximum = 9223372036854775807_i64, description = "The approval request"),
         ("decision" = String, Path, description = "`approve` or `reject`")),
     responses((status = 200, description = "Decided", body = super::openapi::Approval),
         (status = 404, description = "No such request or decision, a tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody),
@@ -465,7 +474,9 @@ async fn decide(
         };
         let id = id
             .parse::<u64>()
-            .map_err(|_| ApiError::not_found("no such approval request"))?;
+            .ok()
+            .filter(|id| *id <= MAX_ID)
+            .ok_or_else(|| ApiError::not_found("no such approval request"))?;
         rec.target = Some(format!("approval {id}"));
         let actor = rec.actor.clone();
         let (policies, t) = (s.policies, s.tenant.clone());
@@ -492,6 +503,7 @@ async fn decide(
 #[schema(as = RollbackRequest)]
 struct RollbackBody {
     /// Why (1 to 1024 bytes): required.
+    #[schema(required = true, min_length = 1, max_length = 1024)]
     reason: Option<String>,
     /// The version to go back to (default: the one active before).
     to_version: Option<u64>,
@@ -516,6 +528,9 @@ async fn rollback(
         let body: RollbackBody = read_json(&headers, body, false).await?;
         let s = scoped(&st, &conn, &tenant, Permission::PolicyActivate, &mut rec).await?;
         let reason = reason(body.reason)?;
+        if body.to_version.is_some_and(|v| v > MAX_ID) {
+            return Err(ApiError::not_found("no such version"));
+        }
         let actor = rec.actor.clone();
         let (policies, t) = (s.policies, s.tenant.clone());
         let done = blocking(move || {

@@ -278,7 +278,13 @@ async fn deliveries(
                 )
             })?),
         };
-        let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+        let limit = match q.limit {
+            None => 100,
+            Some(n @ 1..=1000) => n,
+            Some(_) => {
+                return Err(ApiError::invalid_query("limit: 1 to 1000"));
+            }
+        };
         let store = Arc::clone(webhooks.store());
         let list = blocking(move || store.deliveries(&tenant, status, limit))
             .await?
