@@ -334,3 +334,9 @@ async fn tokens_webhooks_and_revocation_through_the_cli() {
     assert!(err.contains("409 already_revoked"), "{err}");
     server.stop().await;
 }
+
+#[test]
+fn the_commands_are_well_formed() {
+    use clap::CommandFactory;
+    Cli::command().debug_assert();
+}

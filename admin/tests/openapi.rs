@@ -169,6 +169,7 @@ async fn schemathesis_finds_nothing_against_the_live_server() {
             // calls do.
             .args(["--generation-with-security-parameters", "false"])
             .args(["--generation-database", "none", "--no-color"])
+            .args(["--report", "har"])
             .arg("--report-dir")
             .arg(dir.path().join("report"))
             .current_dir(dir.path());
@@ -191,10 +192,13 @@ async fn schemathesis_finds_nothing_against_the_live_server() {
             run(&["--include-path-regex", "/revoke$"]),
         )
     });
-    assert!(
-        everything && revocation,
-        "schemathesis found failures (above)"
-    );
+    if !(everything && revocation) {
+        // The requests and answers, for a look at what failed.
+        panic!(
+            "schemathesis found failures (above); its HAR report: {}",
+            dir.keep().join("report").display()
+        );
+    }
     server.stop().await;
 }
 

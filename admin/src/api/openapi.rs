@@ -101,7 +101,28 @@ pub(super) async fn openapi(
     finish(&st, &rec, "openapi.get", result)
 }
 
-// Mirror schemas of bodies whose types live in other crates or in the stores.
+// Mirror schemas of bodies whose types live in other crates or in the stores, and of path
+// segments the handlers match by hand.
+
+/// The reports of `/v1/tenants/{tenant}/reports/{kind}`.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(super) enum ReportKind {
+    Access,
+    Certificates,
+    Changes,
+    Audit,
+}
+
+/// What `/v1/tenants/{tenant}/approvals/{id}/{decision}` decides.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(super) enum Decision {
+    Approve,
+    Reject,
+}
 
 /// Every error answer.
 #[derive(ToSchema)]
@@ -411,4 +432,21 @@ pub(super) enum BodyRefusals {
     /// The body exceeds 64 KiB.
     #[response(status = 413)]
     TooLarge(ErrorBody),
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_document_is_openapi_3_1_and_names_the_bundle_path_gateways_fetch() {
+        let doc: serde_json::Value = serde_json::from_slice(super::document()).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        // Routes are mounted on the paths the attributes name: this one must stay the
+        // identity crate's, which gateways fetch.
+        let bundle = &doc["paths"][portcullis_identity::POLICY_BUNDLE_PATH]["get"];
+        assert!(bundle.is_object(), "{doc}");
+        assert_eq!(
+            doc["paths"]["/v1/crl"]["get"]["security"],
+            serde_json::json!([{}])
+        );
+    }
 }

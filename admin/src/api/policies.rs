@@ -229,7 +229,7 @@ async fn upload(
 }
 
 /// One version's document.
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/policies/{version}", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, description = "A version number")),
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/policies/{version}", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, example = 1, description = "A version number")),
     responses((status = 200, description = "The document", body = super::openapi::PolicyDocument), (status = 404, description = "No such version, a tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody), super::openapi::Refusals))]
 async fn version(
     State(st): State<Arc<AppState>>,
@@ -261,7 +261,7 @@ struct DiffQuery {
 }
 
 /// A unified diff of a version against another (the active one by default).
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/policies/{version}/diff", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, description = "A version number"), DiffQuery),
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/policies/{version}/diff", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, example = 1, description = "A version number"), DiffQuery),
     responses((status = 200, description = "The diff", body = super::openapi::PolicyDiff),
         (status = 400, description = "`against` is not a version number or `active`", body = super::openapi::ErrorBody),
         (status = 404, description = "No such version, a tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody), super::openapi::Refusals))]
@@ -331,7 +331,7 @@ struct ImpactQuery {
 
 /// Replays the tenant's recorded traffic of a window against a version: which requests would
 /// change decision.
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/policies/{version}/impact", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, description = "A version number"), ImpactQuery),
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/policies/{version}/impact", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, example = 1, description = "A version number"), ImpactQuery),
     responses((status = 200, description = "The report", body = super::openapi::ImpactReport),
         (status = 400, description = "`window` is not a duration up to 30d", body = super::openapi::ErrorBody),
         (status = 409, description = "The version does not make a valid config with the others", body = super::openapi::PolicyProblems),
@@ -379,7 +379,7 @@ struct ReasonBody {
 }
 
 /// Activates a version, or asks for a second person's approval when activation needs one.
-#[utoipa::path(post, path = "/v1/tenants/{tenant}/policies/{version}/activate", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, description = "A version number")),
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/policies/{version}/activate", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, example = 1, description = "A version number")),
     request_body = ReasonBody,
     responses((status = 200, description = "Activated", body = super::openapi::Activation),
         (status = 202, description = "Waiting for approval", body = super::openapi::Activation),
@@ -449,7 +449,7 @@ async fn approvals(
 /// Approves (activating the version) or rejects an approval request; never by who asked.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/approvals/{id}/{decision}", tag = "policies",
     params(("tenant" = String, Path, example = "acme"), ("id" = u64, Path, maximum = 9223372036854775807_i64, description = "The approval request"),
-        ("decision" = String, Path, description = "`approve` or `reject`")),
+        ("decision" = inline(super::openapi::Decision), Path)),
     responses((status = 200, description = "Decided", body = super::openapi::Approval),
         (status = 404, description = "No such request or decision, a tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody),
         (status = 409, description = "The request is no longer pending, or the version no longer makes a valid config", body = super::openapi::PolicyProblems),

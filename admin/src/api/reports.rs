@@ -65,7 +65,7 @@ enum Body {
     tag = "reports",
     params(
         ("tenant" = String, Path, example = "acme"),
-        ("kind" = String, Path, description = "`access`, `certificates`, `changes` or `audit`"),
+        ("kind" = inline(super::openapi::ReportKind), Path),
         ReportQuery,
     ),
     responses(
