@@ -21,7 +21,6 @@ use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
-
 use axum::Router;
 use portcullis_audit::{AdminAction, AuditEvent, AuditHandle};
 use portcullis_ca::{Ca, CertRecord, CertStatus};
