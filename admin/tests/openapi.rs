@@ -153,7 +153,9 @@ async fn schemathesis_finds_nothing_against_the_live_server() {
             .arg(&key)
             .arg("--tls-verify")
             .arg(fx.bundle_path())
-            .args(["--max-examples", "30", "--seed", "14", "--workers", "2"])
+            // One worker: the seed then fixes the cases, and hypothesis under two workers
+            // sometimes failed inside itself (a runtime error describing its strategies).
+            .args(["--max-examples", "30", "--seed", "14", "--workers", "1"])
             .args(["--checks", "all"])
             // ignored_auth drops the schema's credentials and expects a refusal, but the
             // credential here is the TLS client certificate, which schemathesis cannot take off
