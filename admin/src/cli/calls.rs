@@ -31,6 +31,7 @@ pub enum PolicyCommand {
     Upload {
         #[command(flatten)]
         call: ApiCall,
+        /// The tenant.
         #[arg(long)]
         tenant: TenantId,
         /// The policy file.
@@ -43,6 +44,7 @@ pub enum PolicyCommand {
     List {
         #[command(flatten)]
         call: ApiCall,
+        /// The tenant.
         #[arg(long)]
         tenant: TenantId,
     },
@@ -50,8 +52,10 @@ pub enum PolicyCommand {
     Diff {
         #[command(flatten)]
         call: ApiCall,
+        /// The tenant.
         #[arg(long)]
         tenant: TenantId,
+        /// The version number.
         version: u64,
         /// A version number (default: the active one).
         #[arg(long)]
@@ -61,8 +65,10 @@ pub enum PolicyCommand {
     Impact {
         #[command(flatten)]
         call: ApiCall,
+        /// The tenant.
         #[arg(long)]
         tenant: TenantId,
+        /// The version number.
         version: u64,
         /// How far back (default 24h, at most 30d).
         #[arg(long)]
@@ -72,9 +78,12 @@ pub enum PolicyCommand {
     Activate {
         #[command(flatten)]
         call: ApiCall,
+        /// The tenant.
         #[arg(long)]
         tenant: TenantId,
+        /// The version number.
         version: u64,
+        /// Why (recorded in the history).
         #[arg(long)]
         reason: String,
     },
@@ -82,6 +91,7 @@ pub enum PolicyCommand {
     Approvals {
         #[command(flatten)]
         call: ApiCall,
+        /// The tenant.
         #[arg(long)]
         tenant: TenantId,
     },
@@ -89,26 +99,33 @@ pub enum PolicyCommand {
     Approve {
         #[command(flatten)]
         call: ApiCall,
+        /// The tenant.
         #[arg(long)]
         tenant: TenantId,
+        /// The approval request's id.
         id: u64,
     },
     /// Reject a request.
     Reject {
         #[command(flatten)]
         call: ApiCall,
+        /// The tenant.
         #[arg(long)]
         tenant: TenantId,
+        /// The approval request's id.
         id: u64,
     },
     /// Activate an earlier version again (the one active before by default).
     Rollback {
         #[command(flatten)]
         call: ApiCall,
+        /// The tenant.
         #[arg(long)]
         tenant: TenantId,
+        /// Why (recorded in the history).
         #[arg(long)]
         reason: String,
+        /// The version to go back to.
         #[arg(long)]
         to_version: Option<u64>,
     },
@@ -116,6 +133,7 @@ pub enum PolicyCommand {
     History {
         #[command(flatten)]
         call: ApiCall,
+        /// The tenant.
         #[arg(long)]
         tenant: TenantId,
     },
@@ -129,6 +147,7 @@ pub enum TokensCommand {
     Create {
         #[command(flatten)]
         call: ApiCall,
+        /// The tenant.
         #[arg(long)]
         tenant: TenantId,
         /// Bind the token to this SPIFFE ID.
@@ -142,6 +161,7 @@ pub enum TokensCommand {
     List {
         #[command(flatten)]
         call: ApiCall,
+        /// The tenant.
         #[arg(long)]
         tenant: TenantId,
     },
@@ -149,8 +169,10 @@ pub enum TokensCommand {
     Revoke {
         #[command(flatten)]
         call: ApiCall,
+        /// The tenant.
         #[arg(long)]
         tenant: TenantId,
+        /// Its id.
         id: String,
     },
 }
@@ -163,6 +185,7 @@ pub enum WebhookCommand {
     Create {
         #[command(flatten)]
         call: ApiCall,
+        /// The tenant.
         #[arg(long)]
         tenant: TenantId,
         /// Where deliveries go.
@@ -171,6 +194,7 @@ pub enum WebhookCommand {
         /// An event to deliver (repeat for more).
         #[arg(long = "event", required = true)]
         events: Vec<String>,
+        /// For people reading the list (at most 200 characters).
         #[arg(long)]
         description: Option<String>,
     },
@@ -178,6 +202,7 @@ pub enum WebhookCommand {
     List {
         #[command(flatten)]
         call: ApiCall,
+        /// The tenant.
         #[arg(long)]
         tenant: TenantId,
     },
@@ -185,19 +210,23 @@ pub enum WebhookCommand {
     Delete {
         #[command(flatten)]
         call: ApiCall,
+        /// The tenant.
         #[arg(long)]
         tenant: TenantId,
+        /// Its id.
         id: String,
     },
     /// List deliveries, newest first.
     Deliveries {
         #[command(flatten)]
         call: ApiCall,
+        /// The tenant.
         #[arg(long)]
         tenant: TenantId,
         /// `pending`, `delivered` or `dead`.
         #[arg(long)]
         status: Option<String>,
+        /// At most this many (default 100, at most 1000).
         #[arg(long)]
         limit: Option<usize>,
     },
@@ -205,8 +234,10 @@ pub enum WebhookCommand {
     Retry {
         #[command(flatten)]
         call: ApiCall,
+        /// The tenant.
         #[arg(long)]
         tenant: TenantId,
+        /// Its id.
         id: String,
     },
 }
