@@ -48,6 +48,7 @@ struct RevokeResponse {
 /// Revokes a certificate (and, unless `only_this`, the certificates renewed from it): by an
 /// operator, the certificate's holder, or a role with the revoke permission on its tenant.
 #[utoipa::path(
+    operation_id = "revokeCertificate",
     post,
     path = "/v1/certificates/{serial}/revoke",
     tag = "certificates",
@@ -60,7 +61,8 @@ struct RevokeResponse {
         (status = 503, description = "Recorded, but the CRL could not be signed yet", body = super::openapi::ErrorBody),
         super::openapi::BodyRefusals,
         super::openapi::Refusals,
-    )
+    ),
+    security(("mtls" = []))
 )]
 pub(super) async fn revoke(
     State(st): State<Arc<AppState>>,
@@ -184,6 +186,7 @@ async fn revoke_flow(
 
 /// The current CRL, to anyone: PEM, or DER when `Accept: application/pkix-crl`.
 #[utoipa::path(
+    operation_id = "getCrl",
     get,
     path = "/v1/crl",
     tag = "certificates",
@@ -253,6 +256,7 @@ fn no_such_certificate() -> ApiError {
 /// A certificate's family, for a caller who may read its tenant's inventory: what it renewed,
 /// it, and what renewed it.
 #[utoipa::path(
+    operation_id = "getLineage",
     get,
     path = "/v1/certificates/{serial}/lineage",
     tag = "certificates",
@@ -262,7 +266,8 @@ fn no_such_certificate() -> ApiError {
         (status = 400, description = "Not a serial", body = super::openapi::ErrorBody),
         (status = 404, description = "No such certificate (or one of a tenant the caller holds no role in)", body = super::openapi::ErrorBody),
         super::openapi::Refusals,
-    )
+    ),
+    security(("mtls" = []))
 )]
 pub(super) async fn lineage(
     State(st): State<Arc<AppState>>,
@@ -346,6 +351,7 @@ struct ListResponse {
 
 /// The inventory, as far as the caller's roles reach (operators: every tenant).
 #[utoipa::path(
+    operation_id = "listCertificates",
     get,
     path = "/v1/certificates",
     tag = "certificates",
@@ -355,7 +361,8 @@ struct ListResponse {
         (status = 400, description = "A query parameter is not valid", body = super::openapi::ErrorBody),
         (status = 404, description = "A tenant the caller holds no role in", body = super::openapi::ErrorBody),
         super::openapi::Refusals,
-    )
+    ),
+    security(("mtls" = []))
 )]
 pub(super) async fn list(
     State(st): State<Arc<AppState>>,

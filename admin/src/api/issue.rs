@@ -86,6 +86,7 @@ struct Authorized {
 /// A certificate for a CSR: a renewal (client certificate), a first certificate (bootstrap
 /// token as bearer), or a node agent's request for a workload.
 #[utoipa::path(
+    operation_id = "issueCertificate",
     post,
     path = "/v1/certificates",
     tag = "certificates",

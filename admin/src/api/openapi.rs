@@ -78,6 +78,7 @@ pub(super) fn base() -> utoipa::openapi::OpenApi {
 
 /// `GET /v1/openapi.json`, to any authenticated caller.
 #[utoipa::path(
+    operation_id = "getOpenApi",
     get,
     path = "/v1/openapi.json",
     tag = "meta",
@@ -448,5 +449,16 @@ mod tests {
             doc["paths"]["/v1/crl"]["get"]["security"],
             serde_json::json!([{}])
         );
+        let mut ids: Vec<&str> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|p| p.as_object().unwrap().values())
+            .map(|op| op["operationId"].as_str().unwrap())
+            .collect();
+        let all = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), all, "operation ids must be unique");
     }
 }

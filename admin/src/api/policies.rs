@@ -132,7 +132,8 @@ fn reason(r: Option<String>) -> Result<String, ApiError> {
 }
 
 /// The tenant's versions and which is active.
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/policies", tag = "policies", params(("tenant" = String, Path, example = "acme")),
+#[utoipa::path(
+    operation_id = "listPolicies",get, path = "/v1/tenants/{tenant}/policies", tag = "policies", params(("tenant" = String, Path, example = "acme")),
     responses((status = 200, description = "The versions", body = super::openapi::PolicyList), (status = 404, description = "A tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody), super::openapi::Refusals))]
 async fn list(
     State(st): State<Arc<AppState>>,
@@ -166,7 +167,8 @@ struct UploadBody {
 }
 
 /// Uploads a new version, checked with the gateway's own checks (problems with line numbers).
-#[utoipa::path(post, path = "/v1/tenants/{tenant}/policies", tag = "policies", params(("tenant" = String, Path, example = "acme")),
+#[utoipa::path(
+    operation_id = "uploadPolicy",post, path = "/v1/tenants/{tenant}/policies", tag = "policies", params(("tenant" = String, Path, example = "acme")),
     request_body = UploadBody,
     responses(
         (status = 201, description = "Stored", body = super::openapi::Uploaded),
@@ -229,7 +231,8 @@ async fn upload(
 }
 
 /// One version's document.
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/policies/{version}", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, example = 1, description = "A version number")),
+#[utoipa::path(
+    operation_id = "getPolicy",get, path = "/v1/tenants/{tenant}/policies/{version}", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, example = 1, description = "A version number")),
     responses((status = 200, description = "The document", body = super::openapi::PolicyDocument), (status = 404, description = "No such version, a tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody), super::openapi::Refusals))]
 async fn version(
     State(st): State<Arc<AppState>>,
@@ -261,7 +264,8 @@ struct DiffQuery {
 }
 
 /// A unified diff of a version against another (the active one by default).
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/policies/{version}/diff", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, example = 1, description = "A version number"), DiffQuery),
+#[utoipa::path(
+    operation_id = "diffPolicy",get, path = "/v1/tenants/{tenant}/policies/{version}/diff", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, example = 1, description = "A version number"), DiffQuery),
     responses((status = 200, description = "The diff", body = super::openapi::PolicyDiff),
         (status = 400, description = "`against` is not a version number or `active`", body = super::openapi::ErrorBody),
         (status = 404, description = "No such version, a tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody), super::openapi::Refusals))]
@@ -331,7 +335,8 @@ struct ImpactQuery {
 
 /// Replays the tenant's recorded traffic of a window against a version: which requests would
 /// change decision.
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/policies/{version}/impact", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, example = 1, description = "A version number"), ImpactQuery),
+#[utoipa::path(
+    operation_id = "policyImpact",get, path = "/v1/tenants/{tenant}/policies/{version}/impact", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, example = 1, description = "A version number"), ImpactQuery),
     responses((status = 200, description = "The report", body = super::openapi::ImpactReport),
         (status = 400, description = "`window` is not a duration up to 30d", body = super::openapi::ErrorBody),
         (status = 409, description = "The version does not make a valid config with the others", body = super::openapi::PolicyProblems),
@@ -379,7 +384,8 @@ struct ReasonBody {
 }
 
 /// Activates a version, or asks for a second person's approval when activation needs one.
-#[utoipa::path(post, path = "/v1/tenants/{tenant}/policies/{version}/activate", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, example = 1, description = "A version number")),
+#[utoipa::path(
+    operation_id = "activatePolicy",post, path = "/v1/tenants/{tenant}/policies/{version}/activate", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, example = 1, description = "A version number")),
     request_body = ReasonBody,
     responses((status = 200, description = "Activated", body = super::openapi::Activation),
         (status = 202, description = "Waiting for approval", body = super::openapi::Activation),
@@ -426,7 +432,8 @@ async fn activate(
 }
 
 /// The tenant's approval requests.
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/approvals", tag = "policies", params(("tenant" = String, Path, example = "acme")),
+#[utoipa::path(
+    operation_id = "listApprovals",get, path = "/v1/tenants/{tenant}/approvals", tag = "policies", params(("tenant" = String, Path, example = "acme")),
     responses((status = 200, description = "The requests", body = super::openapi::ApprovalList), (status = 404, description = "A tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody), super::openapi::Refusals))]
 async fn approvals(
     State(st): State<Arc<AppState>>,
@@ -447,7 +454,8 @@ async fn approvals(
 }
 
 /// Approves (activating the version) or rejects an approval request; never by who asked.
-#[utoipa::path(post, path = "/v1/tenants/{tenant}/approvals/{id}/{decision}", tag = "policies",
+#[utoipa::path(
+    operation_id = "decideApproval",post, path = "/v1/tenants/{tenant}/approvals/{id}/{decision}", tag = "policies",
     params(("tenant" = String, Path, example = "acme"), ("id" = u64, Path, maximum = 9223372036854775807_i64, description = "The approval request"),
         ("decision" = inline(super::openapi::Decision), Path)),
     responses((status = 200, description = "Decided", body = super::openapi::Approval),
@@ -510,7 +518,8 @@ struct RollbackBody {
 }
 
 /// Activates an earlier version again.
-#[utoipa::path(post, path = "/v1/tenants/{tenant}/policies/rollback", tag = "policies", params(("tenant" = String, Path, example = "acme")),
+#[utoipa::path(
+    operation_id = "rollbackPolicy",post, path = "/v1/tenants/{tenant}/policies/rollback", tag = "policies", params(("tenant" = String, Path, example = "acme")),
     request_body = RollbackBody,
     responses((status = 200, description = "Rolled back", body = super::openapi::HistoryEvent),
         (status = 404, description = "No version to go back to, a tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody),
@@ -558,7 +567,8 @@ async fn rollback(
 }
 
 /// Who changed the tenant's policy, when and why.
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/policies/history", tag = "policies", params(("tenant" = String, Path, example = "acme")),
+#[utoipa::path(
+    operation_id = "policyHistory",get, path = "/v1/tenants/{tenant}/policies/history", tag = "policies", params(("tenant" = String, Path, example = "acme")),
     responses((status = 200, description = "Oldest first", body = super::openapi::History), (status = 404, description = "A tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody), super::openapi::Refusals))]
 async fn history(
     State(st): State<Arc<AppState>>,
@@ -581,12 +591,15 @@ async fn history(
 /// `GET /v1/policies/bundle`: every tenant's active version, signed, for the gateways listed in
 /// `policies.gateways` (and platform roles). With `If-None-Match: "SERIAL"` naming the current
 /// serial the answer is 304, unrecorded: gateways poll, and only a change is worth a record.
-#[utoipa::path(get, path = "/v1/policies/bundle", tag = "policies",
+#[utoipa::path(
+    operation_id = "getPolicyBundle",get, path = "/v1/policies/bundle", tag = "policies",
     params(("If-None-Match" = Option<String>, Header, description = "The serial held, quoted")),
     responses((status = 200, description = "The signed bundle", body = Object),
         (status = 304, description = "The serial held is current"),
         (status = 404, description = "Policies not managed here", body = super::openapi::ErrorBody),
-        super::openapi::Refusals))]
+        super::openapi::Refusals),
+    security(("mtls" = []))
+)]
 async fn bundle(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,

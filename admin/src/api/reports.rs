@@ -60,6 +60,7 @@ enum Body {
 /// A report of the tenant, stamped with the policy serial and audit chain heads it was
 /// computed at (in CSV: the `x-portcullis-report-*` headers).
 #[utoipa::path(
+    operation_id = "getReport",
     get,
     path = "/v1/tenants/{tenant}/reports/{kind}",
     tag = "reports",

@@ -36,6 +36,7 @@ struct CreateBody {
 
 /// Creates a bootstrap token of the tenant; its secret is shown in this answer only.
 #[utoipa::path(
+    operation_id = "createToken",
     post,
     path = "/v1/tenants/{tenant}/tokens",
     tag = "tokens",
@@ -98,6 +99,7 @@ async fn create(
 
 /// The tenant's bootstrap tokens (never their secrets).
 #[utoipa::path(
+    operation_id = "listTokens",
     get,
     path = "/v1/tenants/{tenant}/tokens",
     tag = "tokens",
@@ -132,6 +134,7 @@ async fn list(
 
 /// Revokes a bootstrap token.
 #[utoipa::path(
+    operation_id = "revokeToken",
     delete,
     path = "/v1/tenants/{tenant}/tokens/{id}",
     tag = "tokens",

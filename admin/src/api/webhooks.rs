@@ -73,6 +73,7 @@ struct CreateBody {
 
 /// Subscribes a URL to events of the tenant; the signing secret is shown in this answer only.
 #[utoipa::path(
+    operation_id = "createWebhook",
     post,
     path = "/v1/tenants/{tenant}/webhooks",
     tag = "webhooks",
@@ -162,6 +163,7 @@ async fn create(
 
 /// The tenant's subscriptions (never their secrets).
 #[utoipa::path(
+    operation_id = "listWebhooks",
     get,
     path = "/v1/tenants/{tenant}/webhooks",
     tag = "webhooks",
@@ -193,6 +195,7 @@ async fn list(
 
 /// Removes a subscription.
 #[utoipa::path(
+    operation_id = "deleteWebhook",
     delete,
     path = "/v1/tenants/{tenant}/webhooks/{id}",
     tag = "webhooks",
@@ -240,6 +243,7 @@ struct DeliveriesQuery {
 
 /// The tenant's deliveries, the dead letters among them.
 #[utoipa::path(
+    operation_id = "listDeliveries",
     get,
     path = "/v1/tenants/{tenant}/webhooks/deliveries",
     tag = "webhooks",
@@ -305,6 +309,7 @@ async fn deliveries(
 
 /// Sends a dead letter again.
 #[utoipa::path(
+    operation_id = "retryDelivery",
     post,
     path = "/v1/tenants/{tenant}/webhooks/deliveries/{id}/retry",
     tag = "webhooks",
