@@ -10,7 +10,6 @@ mod softhsm;
 
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
 use clap::Parser;
 use harness::{write, Fixture, Identity, Server};
 use portcullis_admin::cli::AdminCommand;
@@ -75,28 +74,9 @@ async fn start(fx: &Fixture, dir: &Path) -> Server {
     fx.start_with(fx.admin_config_with(&extra), None).await
 }
 
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        lines.join("\n")
-    )
-}
-
 /// The connection arguments of a caller with `who`'s certificate.
 fn caller(dir: &Path, name: &str, who: &Identity, server: &Server, fx: &Fixture) -> Vec<String> {
-    let chain: String = who.chain.iter().map(|c| pem("CERTIFICATE", c)).collect();
-    let cert = write(dir, &format!("{name}.pem"), &chain);
-    let key = write(
-        dir,
-        &format!("{name}.key"),
-        &pem("PRIVATE KEY", who.key.secret_der()),
-    );
+    let (cert, key) = who.write_pem(dir, name);
     let path = |p: PathBuf| p.display().to_string();
     vec![
         "--server".into(),

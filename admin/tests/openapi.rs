@@ -12,7 +12,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use base64::Engine;
 use harness::{write, Fixture, Identity, Server, OPERATOR};
 
 const GATEWAY: &str = "\
@@ -58,19 +57,6 @@ async fn start(fx: &Fixture, dir: &Path) -> Server {
 /// revocations, its own certificate's included.
 fn operator(fx: &Fixture) -> Identity {
     fx.person("ops", OPERATOR)
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        lines.join("\n")
-    )
 }
 
 /// `st`, unless it is missing and the run does not require it (`PORTCULLIS_REQUIRE_TOOLS`).
@@ -128,19 +114,7 @@ async fn schemathesis_finds_nothing_against_the_live_server() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(fx, dir.path()).await;
     let op = operator(fx);
-    let cert = write(
-        dir.path(),
-        "operator.pem",
-        &op.chain
-            .iter()
-            .map(|c| pem("CERTIFICATE", c))
-            .collect::<String>(),
-    );
-    let key = write(
-        dir.path(),
-        "operator.key",
-        &pem("PRIVATE KEY", op.key.secret_der()),
-    );
+    let (cert, key) = op.write_pem(dir.path(), "operator");
     let url = format!("https://localhost:{}/v1/openapi.json", server.addr.port());
     let run = |operations: &[&str]| {
         let mut cmd = Command::new(st);

@@ -481,6 +481,35 @@ pub struct Identity {
     pub serial: String,
 }
 
+impl Identity {
+    /// The chain and key as PEM files `NAME.pem` and `NAME.key` in `dir`, for clients outside
+    /// this process (the CLI, schemathesis).
+    pub fn write_pem(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let pem = |label: &str, der: &[u8]| {
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+            let lines: Vec<&str> = b64
+                .as_bytes()
+                .chunks(64)
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect();
+            format!(
+                "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+                lines.join("\n")
+            )
+        };
+        let chain: String = self.chain.iter().map(|c| pem("CERTIFICATE", c)).collect();
+        (
+            write(dir, &format!("{name}.pem"), &chain),
+            write(
+                dir,
+                &format!("{name}.key"),
+                &pem("PRIVATE KEY", self.key.secret_der()),
+            ),
+        )
+    }
+}
+
 pub struct Reply {
     pub status: u16,
     pub headers: hyper::HeaderMap,
