@@ -11,33 +11,8 @@ mod softhsm;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use harness::{write, Fixture, Identity, Server};
+use harness::{managed, write, Fixture, Identity, Server};
 use portcullis_admin::cli::AdminCommand;
-
-const GATEWAY: &str = "\
-listeners:
-  - name: public
-    address: 127.0.0.1:8443
-    tls:
-      certificate: server.pem
-      private_key: server.key
-      client_auth: required
-      client_ca: bundle.pem
-upstreams:
-  - name: app
-    targets: [127.0.0.1:9000]
-tenants:
-  - name: acme
-    routes:
-      - name: api
-        host: api.acme.test
-        path_prefix: /api
-        upstream: app
-        access:
-          - id: frontend
-            spiffe_id: [spiffe://acme.example/ns/web/sa/frontend]
-            methods: [GET]
-";
 
 const ACME_V1: &str = "\
 tenants:
@@ -62,14 +37,9 @@ struct Cli {
 }
 
 async fn start(fx: &Fixture, dir: &Path) -> Server {
-    let gateway = write(dir, "gateway.yaml", GATEWAY);
     let extra = format!(
-        "roles:\n  - {{ role: tenant_admin, tenant: acme, spiffe_ids: [\"{ADMIN}\"] }}\npolicies:\n  gateway_config: {}\n  approval: {{ required: true, expire_after: 1h }}\n  traffic: [{}]\n  database: {}\n  signing_key: {}\nwebhooks:\n  database: {}\n",
-        gateway.display(),
-        dir.join("traffic").display(),
-        dir.join("policies.sqlite3").display(),
-        dir.join("policy-signing.key").display(),
-        dir.join("webhooks.sqlite3").display()
+        "roles:\n  - {{ role: tenant_admin, tenant: acme, spiffe_ids: [\"{ADMIN}\"] }}\n{}",
+        managed(dir, "  approval: { required: true, expire_after: 1h }\n")
     );
     fx.start_with(fx.admin_config_with(&extra), None).await
 }

@@ -12,43 +12,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use harness::{write, Fixture, Identity, Server, OPERATOR};
-
-const GATEWAY: &str = "\
-listeners:
-  - name: public
-    address: 127.0.0.1:8443
-    tls:
-      certificate: server.pem
-      private_key: server.key
-      client_auth: required
-      client_ca: bundle.pem
-upstreams:
-  - name: app
-    targets: [127.0.0.1:9000]
-tenants:
-  - name: acme
-    routes:
-      - name: api
-        host: api.acme.test
-        path_prefix: /api
-        upstream: app
-        access:
-          - id: frontend
-            spiffe_id: [spiffe://acme.example/ns/web/sa/frontend]
-            methods: [GET]
-";
+use harness::{managed, Fixture, Identity, Server, OPERATOR};
 
 /// The server with policies and webhooks managed, and rate limits out of the fuzzer's way.
 async fn start(fx: &Fixture, dir: &Path) -> Server {
-    let gateway = write(dir, "gateway.yaml", GATEWAY);
     let extra = format!(
-        "policies:\n  gateway_config: {}\n  traffic: [{}]\n  database: {}\n  signing_key: {}\nwebhooks:\n  database: {}\nrate_limits:\n  per_operator: {{ requests: 100000, per: 1s, burst: 100000 }}\n  per_source: {{ requests: 100000, per: 1s, burst: 100000 }}\n",
-        gateway.display(),
-        dir.join("traffic").display(),
-        dir.join("policies.sqlite3").display(),
-        dir.join("policy-signing.key").display(),
-        dir.join("webhooks.sqlite3").display()
+        "{}rate_limits:\n  per_operator: {{ requests: 100000, per: 1s, burst: 100000 }}\n  per_source: {{ requests: 100000, per: 1s, burst: 100000 }}\n",
+        managed(dir, "")
     );
     fx.start_with(fx.admin_config_with(&extra), None).await
 }

@@ -679,6 +679,47 @@ pub async fn tcp_from(
     socket.connect(addr).await
 }
 
+/// A platform gateway config with one tenant, `acme`, for the admin plane to check policies
+/// against.
+const GATEWAY: &str = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:8443
+    tls:
+      certificate: server.pem
+      private_key: server.key
+      client_auth: required
+      client_ca: bundle.pem
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9000]
+tenants:
+  - name: acme
+    routes:
+      - name: api
+        host: api.acme.test
+        path_prefix: /api
+        upstream: app
+        access:
+          - id: frontend
+            spiffe_id: [spiffe://acme.example/ns/web/sa/frontend]
+            methods: [GET]
+";
+
+/// The `policies:` (with `policies_extra` inside it) and `webhooks:` sections of an admin
+/// config whose stores and platform gateway config are in `dir`.
+pub fn managed(dir: &Path, policies_extra: &str) -> String {
+    let gateway = write(dir, "gateway.yaml", GATEWAY);
+    format!(
+        "policies:\n  gateway_config: {}\n{policies_extra}  traffic: [{}]\n  database: {}\n  signing_key: {}\nwebhooks:\n  database: {}\n",
+        gateway.display(),
+        dir.join("traffic").display(),
+        dir.join("policies.sqlite3").display(),
+        dir.join("policy-signing.key").display(),
+        dir.join("webhooks.sqlite3").display()
+    )
+}
+
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
