@@ -1,9 +1,10 @@
 //! `portcullis admin …`: serve the admin API, check its configuration, create bootstrap tokens;
 //! and, as a client of a running admin API, print reports and certificates (`cli/client.rs`)
-//! and call its operations (`cli/calls.rs`).
+//! and call its operations (`cli/commands.rs`, `cli/calls.rs`).
 
 mod calls;
 mod client;
+mod commands;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -17,8 +18,8 @@ use crate::config::AdminConfig;
 use crate::error::AdminError;
 use crate::server::AdminServer;
 use crate::token::{create_token, SqliteTokenStore, MAX_TOKEN_TTL};
-pub use calls::{ApiCall, PolicyCommand, TokensCommand, WebhookCommand};
 pub use client::{ApiConnection, Format, ReportKind};
+pub use commands::{ApiCall, PolicyCommand, TokensCommand, WebhookCommand};
 
 /// The `admin` subcommands.
 #[derive(Debug, Subcommand)]
