@@ -166,6 +166,18 @@ async fn a_refused_revocation_reads_its_body_and_keeps_the_connection() {
     }
     let r = by.call("GET", "/v1/crl", &[], "").await.unwrap();
     assert_eq!(r.status, 200);
+    // So do the calls that take no body, sent one anyway.
+    for (method, path) in [
+        ("POST", "/v1/tenants/acme/approvals/1/approve"),
+        ("POST", "/v1/tenants/acme/webhooks/deliveries/d/retry"),
+        ("DELETE", "/v1/tenants/acme/tokens/t"),
+        ("DELETE", "/v1/tenants/acme/webhooks/w"),
+    ] {
+        for _ in 0..2 {
+            let r = by.call(method, path, &[], body.clone()).await.unwrap();
+            assert_eq!(r.status, 404, "{path}");
+        }
+    }
     server.stop().await;
 }
 
