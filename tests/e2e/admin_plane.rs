@@ -289,6 +289,20 @@ fn a_gateway_follows_activations_refuses_forged_bundles_and_keeps_the_last_good_
     let (ok, _, err) = cli(&["report", "access", "--tenant", "globex"]);
     assert!(!ok);
     assert!(err.contains("404 not_found"), "{err}");
+    // The API's other operations have commands too: the policy history as a table, another
+    // tenant's versions refused with the API's code.
+    let (ok, history, err) = cli(&["policies", "history", "--tenant", "acme"]);
+    assert!(ok, "{err}");
+    assert!(history.starts_with("AT "), "{history}");
+    assert!(
+        history
+            .lines()
+            .any(|l| l.contains("activated") && l.contains("CHG-1")),
+        "{history}"
+    );
+    let (ok, _, err) = cli(&["policies", "list", "--tenant", "globex", "--json"]);
+    assert!(!ok);
+    assert!(err.contains("404 not_found"), "{err}");
 
     // The admin plane goes away: the gateway keeps the last verified policies, says it is
     // degraded but stays ready, and starts again from its cache.

@@ -25,9 +25,10 @@ use crate::roles::{Permission, Role};
 /// Most inventory records one listing returns.
 const MAX_LIST: usize = 1000;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RevokeBody {
+    /// An RFC 5280 reason name such as `keyCompromise` (default `unspecified`).
     #[serde(default)]
     reason: Option<String>,
     /// Revoke this certificate only, not the certificates renewed from it.
@@ -44,6 +45,25 @@ struct RevokeResponse {
     revoked: Vec<Serial>,
 }
 
+/// Revokes a certificate (and, unless `only_this`, the certificates renewed from it): by an
+/// operator, the certificate's holder, or a role with the revoke permission on its tenant.
+#[utoipa::path(
+    operation_id = "revokeCertificate",
+    post,
+    path = "/v1/certificates/{serial}/revoke",
+    tag = "certificates",
+    params(("serial" = String, Path, description = "The serial, hex")),
+    request_body(content = Option<RevokeBody>, description = "Empty for the defaults"),
+    responses(
+        (status = 200, description = "Revoked", body = super::openapi::Revoked),
+        (status = 404, description = "No such certificate (or one of a tenant the caller holds no role in)", body = super::openapi::ErrorBody),
+        (status = 409, description = "Already revoked", body = super::openapi::ErrorBody),
+        (status = 503, description = "Recorded, but the CRL could not be signed yet", body = super::openapi::ErrorBody),
+        super::openapi::BodyRefusals,
+        super::openapi::Refusals,
+    ),
+    security(("mtls" = []))
+)]
 pub(super) async fn revoke(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
@@ -76,6 +96,9 @@ async fn revoke_flow(
     body: Body,
     rec: &mut CallRecord,
 ) -> Result<Revocation, ApiError> {
+    // The body is read first and judged after the caller: a refused caller still sending reads
+    // its answer, and the keep-alive connection stays usable.
+    let body = read_json::<RevokeBody>(headers, body, true).await;
     let peer = conn.peer.as_ref().ok_or_else(ApiError::unauthenticated)?;
     let serial = parse_serial(serial)?;
     let caller = caller_record(st, peer).await?;
@@ -104,7 +127,7 @@ async fn revoke_flow(
         kind,
         id: rec.actor.clone(),
     };
-    let body: RevokeBody = read_json(headers, body, true).await?;
+    let body = body?;
     let reason = match body.reason.as_deref() {
         None => RevocationReason::Unspecified,
         Some(r) => r.parse().map_err(|_| {
@@ -161,6 +184,21 @@ async fn revoke_flow(
 
 // GET /v1/crl
 
+/// The current CRL, to anyone: PEM, or DER when `Accept: application/pkix-crl`.
+#[utoipa::path(
+    operation_id = "getCrl",
+    get,
+    path = "/v1/crl",
+    tag = "certificates",
+    responses(
+        (status = 200, description = "The CRL", content(
+            (String = "application/x-pem-file"),
+            (Vec<u8> = "application/pkix-crl"),
+        )),
+        (status = 429, description = "Over a rate limit", body = super::openapi::ErrorBody),
+    ),
+    security(())
+)]
 pub(super) async fn crl(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
@@ -217,6 +255,20 @@ fn no_such_certificate() -> ApiError {
 
 /// A certificate's family, for a caller who may read its tenant's inventory: what it renewed,
 /// it, and what renewed it.
+#[utoipa::path(
+    operation_id = "getLineage",
+    get,
+    path = "/v1/certificates/{serial}/lineage",
+    tag = "certificates",
+    params(("serial" = String, Path, description = "The serial, hex")),
+    responses(
+        (status = 200, description = "Oldest first", body = super::openapi::CertificateList),
+        (status = 400, description = "Not a serial", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such certificate (or one of a tenant the caller holds no role in)", body = super::openapi::ErrorBody),
+        super::openapi::Refusals,
+    ),
+    security(("mtls" = []))
+)]
 pub(super) async fn lineage(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
@@ -269,19 +321,26 @@ async fn lineage_flow(
 
 // GET /v1/certificates
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     #[serde(default)]
     tenant: Option<String>,
+    /// `valid`, `revoked` or `expired`.
     #[serde(default)]
+    #[param(pattern = "^(valid|revoked|expired)$")]
     status: Option<String>,
+    /// Valid certificates expiring within this long (`7d`).
     #[serde(default)]
     expires_within: Option<String>,
     /// A SPIFFE ID, DNS name or IP address the certificates name.
     #[serde(default)]
+    #[param(min_length = 1, max_length = 1024)]
     identity: Option<String>,
+    /// At most this many, newest first (default and most 1000).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -290,6 +349,21 @@ struct ListResponse {
     certificates: Vec<CertRecord>,
 }
 
+/// The inventory, as far as the caller's roles reach (operators: every tenant).
+#[utoipa::path(
+    operation_id = "listCertificates",
+    get,
+    path = "/v1/certificates",
+    tag = "certificates",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Newest first", body = super::openapi::CertificateList),
+        (status = 400, description = "A query parameter is not valid", body = super::openapi::ErrorBody),
+        (status = 404, description = "A tenant the caller holds no role in", body = super::openapi::ErrorBody),
+        super::openapi::Refusals,
+    ),
+    security(("mtls" = []))
+)]
 pub(super) async fn list(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
@@ -358,7 +432,11 @@ async fn list_flow(
                 mine.into_iter().map(Some).collect()
             }
         };
-    let limit = q.limit.unwrap_or(MAX_LIST).clamp(1, MAX_LIST);
+    let limit = match q.limit {
+        None => MAX_LIST,
+        Some(n @ 1..=MAX_LIST) => n,
+        Some(_) => return Err(invalid("limit (1 to 1000)")),
+    };
     let filter = InventoryFilter {
         tenant: None,
         status: q

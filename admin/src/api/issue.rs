@@ -83,6 +83,26 @@ struct Authorized {
     token: Option<TokenHash>,
 }
 
+/// A certificate for a CSR: a renewal (client certificate), a first certificate (bootstrap
+/// token as bearer), or a node agent's request for a workload.
+#[utoipa::path(
+    operation_id = "issueCertificate",
+    post,
+    path = "/v1/certificates",
+    tag = "certificates",
+    request_body = super::openapi::IssuanceRequest,
+    responses(
+        (status = 201, description = "Issued", body = super::openapi::Issued),
+        (status = 400, description = "Malformed body or CSR, or refused by the CA's profile (the code says why)", body = super::openapi::ErrorBody),
+        (status = 401, description = "No credential, or a bootstrap token that is unknown, used or expired", body = super::openapi::ErrorBody),
+        (status = 403, description = "The credential may not obtain this certificate", body = super::openapi::ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = super::openapi::ErrorBody),
+        (status = 413, description = "The body exceeds 64 KiB", body = super::openapi::ErrorBody),
+        (status = 429, description = "Over a rate limit", body = super::openapi::ErrorBody),
+        (status = 503, description = "The CA's key backend is unavailable", body = super::openapi::ErrorBody),
+    ),
+    security(("mtls" = []), ("bearer" = []))
+)]
 pub(super) async fn issue(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,

@@ -10,10 +10,11 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use portcullis_ca::TenantId;
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{blocking, finish, read_json, ApiError, AppState, CallRecord};
 use crate::identity::ConnInfo;
@@ -25,27 +26,18 @@ const MAX_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Longest reason kept.
 const MAX_REASON: usize = 1024;
 
-pub(super) fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route(portcullis_identity::POLICY_BUNDLE_PATH, get(bundle))
-        .route("/v1/tenants/{tenant}/policies", get(list).post(upload))
-        .route("/v1/tenants/{tenant}/policies/history", get(history))
-        .route("/v1/tenants/{tenant}/policies/rollback", post(rollback))
-        .route("/v1/tenants/{tenant}/policies/{version}", get(version))
-        .route("/v1/tenants/{tenant}/policies/{version}/diff", get(diff))
-        .route(
-            "/v1/tenants/{tenant}/policies/{version}/impact",
-            get(impact),
-        )
-        .route(
-            "/v1/tenants/{tenant}/policies/{version}/activate",
-            post(activate),
-        )
-        .route("/v1/tenants/{tenant}/approvals", get(approvals))
-        .route(
-            "/v1/tenants/{tenant}/approvals/{id}/{decision}",
-            post(decide),
-        )
+pub(super) fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(bundle))
+        .routes(routes!(list, upload))
+        .routes(routes!(history))
+        .routes(routes!(rollback))
+        .routes(routes!(version))
+        .routes(routes!(diff))
+        .routes(routes!(impact))
+        .routes(routes!(activate))
+        .routes(routes!(approvals))
+        .routes(routes!(decide))
 }
 
 /// A call's tenant, once the caller is known to hold `permission` in it.
@@ -117,9 +109,15 @@ fn problems_response(status: StatusCode, code: &'static str, problems: &[Problem
     (status, Json(body)).into_response()
 }
 
+/// Versions and approval requests are SQLite row ids: past `i64::MAX` there is none (and the
+/// store could not even look one up).
+const MAX_ID: u64 = i64::MAX as u64;
+
 fn parse_version(v: &str) -> Result<u64, ApiError> {
     v.parse::<u64>()
-        .map_err(|_| ApiError::not_found("no such version"))
+        .ok()
+        .filter(|v| *v <= MAX_ID)
+        .ok_or_else(|| ApiError::not_found("no such version"))
 }
 
 fn reason(r: Option<String>) -> Result<String, ApiError> {
@@ -133,6 +131,10 @@ fn reason(r: Option<String>) -> Result<String, ApiError> {
     }
 }
 
+/// The tenant's versions and which is active.
+#[utoipa::path(
+    operation_id = "listPolicies",get, path = "/v1/tenants/{tenant}/policies", tag = "policies", params(("tenant" = String, Path, example = "acme")),
+    responses((status = 200, description = "The versions", body = super::openapi::PolicyList), (status = 404, description = "A tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody), super::openapi::Refusals))]
 async fn list(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
@@ -152,13 +154,28 @@ async fn list(
     finish(&st, &rec, "policy.list", result)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PolicyUpload)]
 struct UploadBody {
+    /// The policy: the YAML the gateway reads for the tenant.
+    #[schema(required = true)]
     document: Option<String>,
+    /// At most 1024 bytes.
+    #[schema(max_length = 1024)]
     comment: Option<String>,
 }
 
+/// Uploads a new version, checked with the gateway's own checks (problems with line numbers).
+#[utoipa::path(
+    operation_id = "uploadPolicy",post, path = "/v1/tenants/{tenant}/policies", tag = "policies", params(("tenant" = String, Path, example = "acme")),
+    request_body = UploadBody,
+    responses(
+        (status = 201, description = "Stored", body = super::openapi::Uploaded),
+        (status = 400, description = "The body is not valid, or the document fails the checks (`invalid_policy`: every problem)", body = super::openapi::PolicyProblems),
+        (status = 408, description = "The body did not arrive in time", body = super::openapi::ErrorBody),
+        (status = 413, description = "The body exceeds 64 KiB", body = super::openapi::ErrorBody),
+        (status = 404, description = "A tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody), super::openapi::Refusals))]
 async fn upload(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
@@ -213,6 +230,10 @@ async fn upload(
     finish(&st, &rec, "policy.upload", result)
 }
 
+/// One version's document.
+#[utoipa::path(
+    operation_id = "getPolicy",get, path = "/v1/tenants/{tenant}/policies/{version}", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, example = 1, description = "A version number")),
+    responses((status = 200, description = "The document", body = super::openapi::PolicyDocument), (status = 404, description = "No such version, a tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody), super::openapi::Refusals))]
 async fn version(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
@@ -234,13 +255,20 @@ async fn version(
     finish(&st, &rec, "policy.get", result)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct DiffQuery {
     /// A version number, or `active` (the default).
     against: Option<String>,
 }
 
+/// A unified diff of a version against another (the active one by default).
+#[utoipa::path(
+    operation_id = "diffPolicy",get, path = "/v1/tenants/{tenant}/policies/{version}/diff", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, example = 1, description = "A version number"), DiffQuery),
+    responses((status = 200, description = "The diff", body = super::openapi::PolicyDiff),
+        (status = 400, description = "`against` is not a version number or `active`", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such version, a tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody), super::openapi::Refusals))]
 async fn diff(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
@@ -259,9 +287,9 @@ async fn diff(
         let against =
             match query.against.as_deref() {
                 None | Some("active") => None,
-                Some(n) => Some(n.parse::<u64>().map_err(|_| {
-                    ApiError::invalid_query("against: a version number or \"active\"")
-                })?),
+                Some(n) => Some(n.parse::<u64>().ok().filter(|n| *n <= MAX_ID).ok_or_else(
+                    || ApiError::invalid_query("against: a version number or \"active\""),
+                )?),
             };
         rec.target = Some(format!("v{v}"));
         let (policies, t) = (s.policies, s.tenant);
@@ -297,13 +325,23 @@ fn canonical(text: &str) -> String {
         .unwrap_or_else(|| text.to_owned())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ImpactQuery {
     /// How far back to replay (`24h` by default, at most `30d`).
     window: Option<String>,
 }
 
+/// Replays the tenant's recorded traffic of a window against a version: which requests would
+/// change decision.
+#[utoipa::path(
+    operation_id = "policyImpact",get, path = "/v1/tenants/{tenant}/policies/{version}/impact", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, example = 1, description = "A version number"), ImpactQuery),
+    responses((status = 200, description = "The report", body = super::openapi::ImpactReport),
+        (status = 400, description = "`window` is not a duration up to 30d", body = super::openapi::ErrorBody),
+        (status = 409, description = "The version does not make a valid config with the others", body = super::openapi::PolicyProblems),
+        (status = 503, description = "The recorded traffic could not be read", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such version, a tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody), super::openapi::Refusals))]
 async fn impact(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
@@ -336,12 +374,23 @@ async fn impact(
     finish(&st, &rec, "policy.impact", result)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ActivationRequest)]
 struct ReasonBody {
+    /// Why (1 to 1024 bytes): required.
+    #[schema(required = true, min_length = 1, max_length = 1024)]
     reason: Option<String>,
 }
 
+/// Activates a version, or asks for a second person's approval when activation needs one.
+#[utoipa::path(
+    operation_id = "activatePolicy",post, path = "/v1/tenants/{tenant}/policies/{version}/activate", tag = "policies", params(("tenant" = String, Path, example = "acme"), ("version" = u64, Path, maximum = 9223372036854775807_i64, example = 1, description = "A version number")),
+    request_body = ReasonBody,
+    responses((status = 200, description = "Activated", body = super::openapi::Activation),
+        (status = 202, description = "Waiting for approval", body = super::openapi::Activation),
+        (status = 409, description = "The version does not make a valid config with the others", body = super::openapi::PolicyProblems),
+        (status = 404, description = "No such version, a tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody), super::openapi::BodyRefusals, super::openapi::Refusals))]
 async fn activate(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
@@ -382,6 +431,10 @@ async fn activate(
     finish(&st, &rec, "policy.activate", result)
 }
 
+/// The tenant's approval requests.
+#[utoipa::path(
+    operation_id = "listApprovals",get, path = "/v1/tenants/{tenant}/approvals", tag = "policies", params(("tenant" = String, Path, example = "acme")),
+    responses((status = 200, description = "The requests", body = super::openapi::ApprovalList), (status = 404, description = "A tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody), super::openapi::Refusals))]
 async fn approvals(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
@@ -400,6 +453,15 @@ async fn approvals(
     finish(&st, &rec, "policy.approvals", result)
 }
 
+/// Approves (activating the version) or rejects an approval request; never by who asked.
+#[utoipa::path(
+    operation_id = "decideApproval",post, path = "/v1/tenants/{tenant}/approvals/{id}/{decision}", tag = "policies",
+    params(("tenant" = String, Path, example = "acme"), ("id" = u64, Path, maximum = 9223372036854775807_i64, description = "The approval request"),
+        ("decision" = inline(super::openapi::Decision), Path)),
+    responses((status = 200, description = "Decided", body = super::openapi::Approval),
+        (status = 404, description = "No such request or decision, a tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody),
+        (status = 409, description = "The request is no longer pending, or the version no longer makes a valid config", body = super::openapi::PolicyProblems),
+        super::openapi::Refusals))]
 async fn decide(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
@@ -420,7 +482,9 @@ async fn decide(
         };
         let id = id
             .parse::<u64>()
-            .map_err(|_| ApiError::not_found("no such approval request"))?;
+            .ok()
+            .filter(|id| *id <= MAX_ID)
+            .ok_or_else(|| ApiError::not_found("no such approval request"))?;
         rec.target = Some(format!("approval {id}"));
         let actor = rec.actor.clone();
         let (policies, t) = (s.policies, s.tenant.clone());
@@ -442,13 +506,25 @@ async fn decide(
     finish(&st, &rec, action, result)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RollbackRequest)]
 struct RollbackBody {
+    /// Why (1 to 1024 bytes): required.
+    #[schema(required = true, min_length = 1, max_length = 1024)]
     reason: Option<String>,
+    /// The version to go back to (default: the one active before).
     to_version: Option<u64>,
 }
 
+/// Activates an earlier version again.
+#[utoipa::path(
+    operation_id = "rollbackPolicy",post, path = "/v1/tenants/{tenant}/policies/rollback", tag = "policies", params(("tenant" = String, Path, example = "acme")),
+    request_body = RollbackBody,
+    responses((status = 200, description = "Rolled back", body = super::openapi::HistoryEvent),
+        (status = 404, description = "No version to go back to, a tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody),
+        (status = 409, description = "That version does not make a valid config with the others", body = super::openapi::PolicyProblems),
+        super::openapi::BodyRefusals, super::openapi::Refusals))]
 async fn rollback(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
@@ -461,6 +537,9 @@ async fn rollback(
         let body: RollbackBody = read_json(&headers, body, false).await?;
         let s = scoped(&st, &conn, &tenant, Permission::PolicyActivate, &mut rec).await?;
         let reason = reason(body.reason)?;
+        if body.to_version.is_some_and(|v| v > MAX_ID) {
+            return Err(ApiError::not_found("no such version"));
+        }
         let actor = rec.actor.clone();
         let (policies, t) = (s.policies, s.tenant.clone());
         let done = blocking(move || {
@@ -487,6 +566,10 @@ async fn rollback(
     finish(&st, &rec, "policy.rollback", result)
 }
 
+/// Who changed the tenant's policy, when and why.
+#[utoipa::path(
+    operation_id = "policyHistory",get, path = "/v1/tenants/{tenant}/policies/history", tag = "policies", params(("tenant" = String, Path, example = "acme")),
+    responses((status = 200, description = "Oldest first", body = super::openapi::History), (status = 404, description = "A tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody), super::openapi::Refusals))]
 async fn history(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
@@ -508,6 +591,15 @@ async fn history(
 /// `GET /v1/policies/bundle`: every tenant's active version, signed, for the gateways listed in
 /// `policies.gateways` (and platform roles). With `If-None-Match: "SERIAL"` naming the current
 /// serial the answer is 304, unrecorded: gateways poll, and only a change is worth a record.
+#[utoipa::path(
+    operation_id = "getPolicyBundle",get, path = "/v1/policies/bundle", tag = "policies",
+    params(("If-None-Match" = Option<String>, Header, description = "The serial held, quoted")),
+    responses((status = 200, description = "The signed bundle", body = Object),
+        (status = 304, description = "The serial held is current"),
+        (status = 404, description = "Policies not managed here", body = super::openapi::ErrorBody),
+        super::openapi::Refusals),
+    security(("mtls" = []))
+)]
 async fn bundle(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,

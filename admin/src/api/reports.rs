@@ -10,10 +10,11 @@ use std::time::{Duration, SystemTime};
 use axum::extract::{Path, Query, State};
 use axum::http::{header::CONTENT_TYPE, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use portcullis_ca::{CertRecord, InventoryFilter};
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{blocking, finish, scoped_tenant, ApiError, AppState, CallRecord};
 use crate::identity::ConnInfo;
@@ -24,17 +25,20 @@ use crate::roles::Permission;
 /// Longest period a report covers.
 const MAX_PERIOD: Duration = Duration::from_secs(366 * 24 * 3600);
 
-pub(super) fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/v1/tenants/{tenant}/reports/{kind}", get(report))
+pub(super) fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new().routes(routes!(report))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ReportQuery {
+    /// `json` (the default) or `csv`.
+    #[param(pattern = "^(json|csv)$")]
     format: Option<String>,
-    /// `audit`: how far back.
+    /// `audit`: how far back (default 24h, at most 366d).
     window: Option<String>,
-    /// `certificates`: what counts as expiring.
+    /// `certificates`: what counts as expiring (default 30d, at most 366d).
     within: Option<String>,
 }
 
@@ -53,6 +57,30 @@ enum Body {
     Csv(String, Stamp),
 }
 
+/// A report of the tenant, stamped with the policy serial and audit chain heads it was
+/// computed at (in CSV: the `x-portcullis-report-*` headers).
+#[utoipa::path(
+    operation_id = "getReport",
+    get,
+    path = "/v1/tenants/{tenant}/reports/{kind}",
+    tag = "reports",
+    params(
+        ("tenant" = String, Path, example = "acme"),
+        ("kind" = inline(super::openapi::ReportKind), Path),
+        ReportQuery,
+    ),
+    responses(
+        (status = 200, description = "The report", content(
+            (Object = "application/json"),
+            (String = "text/csv"),
+        )),
+        (status = 400, description = "A query parameter is not valid", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such report, a tenant the caller holds no role in, or policies not managed here", body = super::openapi::ErrorBody),
+        (status = 409, description = "The policies in effect do not make a valid config", body = super::openapi::ErrorBody),
+        (status = 503, description = "The report could not be computed", body = super::openapi::ErrorBody),
+        super::openapi::Refusals,
+    )
+)]
 async fn report(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,

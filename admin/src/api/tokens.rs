@@ -8,23 +8,25 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{blocking, finish, read_json, scoped_tenant, ApiError, AppState, CallRecord};
 use crate::identity::ConnInfo;
 use crate::roles::Permission;
 use crate::token::create_token;
 
-pub(super) fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/v1/tenants/{tenant}/tokens", get(list).post(create))
-        .route("/v1/tenants/{tenant}/tokens/{id}", delete(revoke))
+pub(super) fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(revoke))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = TokenRequest)]
 struct CreateBody {
     /// The one SPIFFE ID the token may obtain, if bound.
     spiffe_id: Option<String>,
@@ -32,6 +34,21 @@ struct CreateBody {
     ttl: Option<String>,
 }
 
+/// Creates a bootstrap token of the tenant; its secret is shown in this answer only.
+#[utoipa::path(
+    operation_id = "createToken",
+    post,
+    path = "/v1/tenants/{tenant}/tokens",
+    tag = "tokens",
+    params(("tenant" = String, Path, example = "acme")),
+    request_body(content = Option<CreateBody>, description = "Empty for an unbound token valid 1h"),
+    responses(
+        (status = 201, description = "Created", body = super::openapi::TokenCreated),
+        (status = 404, description = "A tenant the caller holds no role in", body = super::openapi::ErrorBody),
+        super::openapi::BodyRefusals,
+        super::openapi::Refusals,
+    )
+)]
 async fn create(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
@@ -80,6 +97,19 @@ async fn create(
     finish(&st, &rec, "token.create", result)
 }
 
+/// The tenant's bootstrap tokens (never their secrets).
+#[utoipa::path(
+    operation_id = "listTokens",
+    get,
+    path = "/v1/tenants/{tenant}/tokens",
+    tag = "tokens",
+    params(("tenant" = String, Path, example = "acme")),
+    responses(
+        (status = 200, description = "The tokens", body = super::openapi::TokenList),
+        (status = 404, description = "A tenant the caller holds no role in", body = super::openapi::ErrorBody),
+        super::openapi::Refusals,
+    )
+)]
 async fn list(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
@@ -102,6 +132,19 @@ async fn list(
     finish(&st, &rec, "token.list", result)
 }
 
+/// Revokes a bootstrap token.
+#[utoipa::path(
+    operation_id = "revokeToken",
+    delete,
+    path = "/v1/tenants/{tenant}/tokens/{id}",
+    tag = "tokens",
+    params(("tenant" = String, Path, example = "acme"), ("id" = String, Path, description = "The token's id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No such token, or a tenant the caller holds no role in", body = super::openapi::ErrorBody),
+        super::openapi::Refusals,
+    )
+)]
 async fn revoke(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,

@@ -9,10 +9,11 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use portcullis_ca::TenantId;
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{blocking, finish, read_json, scoped_tenant, ApiError, AppState, CallRecord};
 use crate::identity::ConnInfo;
@@ -24,15 +25,12 @@ use crate::webhooks::{
 /// Subscriptions a tenant may hold.
 const MAX_SUBSCRIPTIONS: usize = 50;
 
-pub(super) fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/v1/tenants/{tenant}/webhooks", get(list).post(create))
-        .route("/v1/tenants/{tenant}/webhooks/{id}", delete(remove))
-        .route("/v1/tenants/{tenant}/webhooks/deliveries", get(deliveries))
-        .route(
-            "/v1/tenants/{tenant}/webhooks/deliveries/{id}/retry",
-            post(retry),
-        )
+pub(super) fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(remove))
+        .routes(routes!(deliveries))
+        .routes(routes!(retry))
 }
 
 /// The tenant, once the caller holds `permission` in it, and the webhook service.
@@ -60,14 +58,35 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "malformed_request", message)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = WebhookRequest)]
 struct CreateBody {
+    /// Where deliveries go (`https://`).
     url: String,
+    /// One or more of `certificate.revoked`, `certificate.issuance_refused`,
+    /// `certificate.expiring`, `policy.activated`, `dlp.block_spike`.
     events: Vec<String>,
+    /// At most 200 characters.
     description: Option<String>,
 }
 
+/// Subscribes a URL to events of the tenant; the signing secret is shown in this answer only.
+#[utoipa::path(
+    operation_id = "createWebhook",
+    post,
+    path = "/v1/tenants/{tenant}/webhooks",
+    tag = "webhooks",
+    params(("tenant" = String, Path, example = "acme")),
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "Subscribed", body = super::openapi::WebhookCreated),
+        (status = 404, description = "A tenant the caller holds no role in, or webhooks not enabled", body = super::openapi::ErrorBody),
+        (status = 409, description = "The tenant holds the most subscriptions it may", body = super::openapi::ErrorBody),
+        super::openapi::BodyRefusals,
+        super::openapi::Refusals,
+    )
+)]
 async fn create(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
@@ -142,6 +161,19 @@ async fn create(
     finish(&st, &rec, "webhook.create", result)
 }
 
+/// The tenant's subscriptions (never their secrets).
+#[utoipa::path(
+    operation_id = "listWebhooks",
+    get,
+    path = "/v1/tenants/{tenant}/webhooks",
+    tag = "webhooks",
+    params(("tenant" = String, Path, example = "acme")),
+    responses(
+        (status = 200, description = "The subscriptions", body = super::openapi::WebhookList),
+        (status = 404, description = "A tenant the caller holds no role in, or webhooks not enabled", body = super::openapi::ErrorBody),
+        super::openapi::Refusals,
+    )
+)]
 async fn list(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
@@ -161,6 +193,19 @@ async fn list(
     finish(&st, &rec, "webhook.list", result)
 }
 
+/// Removes a subscription.
+#[utoipa::path(
+    operation_id = "deleteWebhook",
+    delete,
+    path = "/v1/tenants/{tenant}/webhooks/{id}",
+    tag = "webhooks",
+    params(("tenant" = String, Path, example = "acme"), ("id" = String, Path, description = "The subscription's id")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such webhook, or a tenant the caller holds no role in", body = super::openapi::ErrorBody),
+        super::openapi::Refusals,
+    )
+)]
 async fn remove(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
@@ -184,13 +229,32 @@ async fn remove(
     finish(&st, &rec, "webhook.delete", result)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct DeliveriesQuery {
+    /// `pending`, `delivered` or `dead`.
+    #[param(pattern = "^(pending|delivered|dead)$")]
     status: Option<String>,
+    /// At most this many, newest first (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
+/// The tenant's deliveries, the dead letters among them.
+#[utoipa::path(
+    operation_id = "listDeliveries",
+    get,
+    path = "/v1/tenants/{tenant}/webhooks/deliveries",
+    tag = "webhooks",
+    params(("tenant" = String, Path, example = "acme"), DeliveriesQuery),
+    responses(
+        (status = 200, description = "Newest first", body = super::openapi::DeliveryList),
+        (status = 400, description = "A query parameter is not valid", body = super::openapi::ErrorBody),
+        (status = 404, description = "A tenant the caller holds no role in, or webhooks not enabled", body = super::openapi::ErrorBody),
+        super::openapi::Refusals,
+    )
+)]
 async fn deliveries(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
@@ -218,7 +282,13 @@ async fn deliveries(
                 )
             })?),
         };
-        let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+        let limit = match q.limit {
+            None => 100,
+            Some(n @ 1..=1000) => n,
+            Some(_) => {
+                return Err(ApiError::invalid_query("limit: 1 to 1000"));
+            }
+        };
         let store = Arc::clone(webhooks.store());
         let list = blocking(move || store.deliveries(&tenant, status, limit))
             .await?
@@ -237,6 +307,19 @@ async fn deliveries(
     finish(&st, &rec, "webhook.deliveries", result)
 }
 
+/// Sends a dead letter again.
+#[utoipa::path(
+    operation_id = "retryDelivery",
+    post,
+    path = "/v1/tenants/{tenant}/webhooks/deliveries/{id}/retry",
+    tag = "webhooks",
+    params(("tenant" = String, Path, example = "acme"), ("id" = String, Path, description = "The delivery's id")),
+    responses(
+        (status = 202, description = "Queued again"),
+        (status = 404, description = "No such dead letter, or a tenant the caller holds no role in", body = super::openapi::ErrorBody),
+        super::openapi::Refusals,
+    )
+)]
 async fn retry(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,

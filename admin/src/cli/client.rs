@@ -1,8 +1,9 @@
-//! `portcullis admin report …` and `portcullis admin certificates …`: a thin client of the
-//! admin API. It authenticates like any caller (a client certificate, or a person's bearer
+//! `portcullis admin report …`, `certificates …` and the API's operations (`calls.rs`): a
+//! thin client of the admin API. It authenticates like any caller (a client certificate, or a person's bearer
 //! token read from a file), asks the endpoint and prints the answer as an aligned table, or
 //! as the API's own CSV or JSON. Refusals print the API's code and message.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use clap::{Args, ValueEnum};
 use portcullis_ca::TenantId;
 use portcullis_identity::{load_certs, load_private_key, root_store, ClientCredentials};
 
+use super::calls::write_out;
 use crate::error::AdminError;
 
 /// Longest answer read (a report or listing of many certificates).
@@ -79,6 +81,7 @@ pub(crate) fn report(
     window: Option<&str>,
     within: Option<&str>,
     format: Format,
+    out: &mut dyn Write,
 ) -> Result<(), AdminError> {
     let wire = if format == Format::Json {
         "json"
@@ -100,11 +103,8 @@ pub(crate) fn report(
     );
     let (headers, body) = get(conn, &path)?;
     match format {
-        Format::Json => print_json(&body),
-        Format::Csv => {
-            print!("{}", String::from_utf8_lossy(&body));
-            Ok(())
-        }
+        Format::Json => print_json(&body, out),
+        Format::Csv => write_out(out, &String::from_utf8_lossy(&body)),
         Format::Table => {
             let stamp = |name: &str| {
                 headers
@@ -114,13 +114,16 @@ pub(crate) fn report(
                     .unwrap_or("none")
                     .to_owned()
             };
-            println!(
-                "# {} report of {tenant}; computed at {}, policy serial {}, audit heads {}",
-                kind.as_str(),
-                stamp("computed-at"),
-                stamp("policy-serial"),
-                stamp("audit-heads")
-            );
+            write_out(
+                out,
+                &format!(
+                    "# {} report of {tenant}; computed at {}, policy serial {}, audit heads {}\n",
+                    kind.as_str(),
+                    stamp("computed-at"),
+                    stamp("policy-serial"),
+                    stamp("audit-heads")
+                ),
+            )?;
             let mut reader = csv::ReaderBuilder::new()
                 .has_headers(false)
                 .flexible(true)
@@ -130,8 +133,7 @@ pub(crate) fn report(
                 .map(|r| r.map(|r| r.iter().map(str::to_owned).collect()))
                 .collect::<Result<Vec<Vec<String>>, _>>()
                 .map_err(|e| AdminError::Invalid(format!("the report's CSV is unreadable: {e}")))?;
-            print!("{}", table(&rows));
-            Ok(())
+            write_out(out, &table(&rows))
         }
     }
 }
@@ -151,6 +153,7 @@ pub(crate) fn certificates(
     conn: &ApiConnection,
     q: &CertificateQuery,
     json: bool,
+    out: &mut dyn Write,
 ) -> Result<(), AdminError> {
     let path = match &q.lineage {
         Some(serial) => format!(
@@ -174,7 +177,7 @@ pub(crate) fn certificates(
     };
     let (_, body) = get(conn, &path)?;
     if json {
-        return print_json(&body);
+        return print_json(&body, out);
     }
     let answer: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|_| AdminError::Invalid("the admin API answered without JSON".to_owned()))?;
@@ -204,23 +207,30 @@ pub(crate) fn certificates(
             field(c, "renewed_from"),
         ]);
     }
-    print!("{}", table(&rows));
-    Ok(())
+    write_out(out, &table(&rows))
 }
 
-fn print_json(body: &[u8]) -> Result<(), AdminError> {
+pub(super) fn print_json(body: &[u8], out: &mut dyn Write) -> Result<(), AdminError> {
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|_| AdminError::Invalid("the admin API answered without JSON".to_owned()))?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&value).unwrap_or_default()
-    );
-    Ok(())
+    let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    write_out(out, &format!("{text}\n"))
 }
 
 /// `GET path`: the headers and body of a 2xx answer; otherwise the API's code and message as
 /// the error.
 fn get(conn: &ApiConnection, path: &str) -> Result<(http::HeaderMap, bytes::Bytes), AdminError> {
+    call(conn, http::Method::GET, path, None)
+}
+
+/// `method path` with a JSON `body`: the headers and body of a 2xx answer; otherwise the API's
+/// code and message as the error.
+pub(super) fn call(
+    conn: &ApiConnection,
+    method: http::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<(http::HeaderMap, bytes::Bytes), AdminError> {
     let invalid = |m: String| AdminError::Invalid(m);
     let uri: http::Uri = conn
         .server
@@ -247,6 +257,13 @@ fn get(conn: &ApiConnection, path: &str) -> Result<(http::HeaderMap, bytes::Byte
         _ => None,
     };
     let mut headers = Vec::new();
+    let body = match body {
+        Some(json) => {
+            headers.push((http::header::CONTENT_TYPE, "application/json".to_owned()));
+            bytes::Bytes::from(json.to_string())
+        }
+        None => bytes::Bytes::new(),
+    };
     if let Some(file) = &conn.token_file {
         let token = std::fs::read_to_string(file)
             .map_err(|e| invalid(format!("--token-file {}: {e}", file.display())))?;
@@ -264,7 +281,7 @@ fn get(conn: &ApiConnection, path: &str) -> Result<(http::HeaderMap, bytes::Byte
         .build()
         .map_err(|e| invalid(format!("starting the async runtime: {e}")))?;
     let (status, headers, body) = runtime
-        .block_on(client.get(path, &headers))
+        .block_on(client.request(method, path, &headers, body))
         .map_err(|e| invalid(e.to_string()))?;
     if status.is_success() {
         return Ok((headers, body));
@@ -279,7 +296,7 @@ fn get(conn: &ApiConnection, path: &str) -> Result<(http::HeaderMap, bytes::Byte
 }
 
 /// `rows` in columns two spaces apart, each as wide as its widest cell.
-fn table(rows: &[Vec<String>]) -> String {
+pub(super) fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|i| {

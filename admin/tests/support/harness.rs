@@ -481,6 +481,35 @@ pub struct Identity {
     pub serial: String,
 }
 
+impl Identity {
+    /// The chain and key as PEM files `NAME.pem` and `NAME.key` in `dir`, for clients outside
+    /// this process (the CLI, schemathesis).
+    pub fn write_pem(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let pem = |label: &str, der: &[u8]| {
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+            let lines: Vec<&str> = b64
+                .as_bytes()
+                .chunks(64)
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect();
+            format!(
+                "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+                lines.join("\n")
+            )
+        };
+        let chain: String = self.chain.iter().map(|c| pem("CERTIFICATE", c)).collect();
+        (
+            write(dir, &format!("{name}.pem"), &chain),
+            write(
+                dir,
+                &format!("{name}.key"),
+                &pem("PRIVATE KEY", self.key.secret_der()),
+            ),
+        )
+    }
+}
+
 pub struct Reply {
     pub status: u16,
     pub headers: hyper::HeaderMap,
@@ -648,6 +677,47 @@ pub async fn tcp_from(
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
     socket.connect(addr).await
+}
+
+/// A platform gateway config with one tenant, `acme`, for the admin plane to check policies
+/// against.
+const GATEWAY: &str = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:8443
+    tls:
+      certificate: server.pem
+      private_key: server.key
+      client_auth: required
+      client_ca: bundle.pem
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9000]
+tenants:
+  - name: acme
+    routes:
+      - name: api
+        host: api.acme.test
+        path_prefix: /api
+        upstream: app
+        access:
+          - id: frontend
+            spiffe_id: [spiffe://acme.example/ns/web/sa/frontend]
+            methods: [GET]
+";
+
+/// The `policies:` (with `policies_extra` inside it) and `webhooks:` sections of an admin
+/// config whose stores and platform gateway config are in `dir`.
+pub fn managed(dir: &Path, policies_extra: &str) -> String {
+    let gateway = write(dir, "gateway.yaml", GATEWAY);
+    format!(
+        "policies:\n  gateway_config: {}\n{policies_extra}  traffic: [{}]\n  database: {}\n  signing_key: {}\nwebhooks:\n  database: {}\n",
+        gateway.display(),
+        dir.join("traffic").display(),
+        dir.join("policies.sqlite3").display(),
+        dir.join("policy-signing.key").display(),
+        dir.join("webhooks.sqlite3").display()
+    )
 }
 
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

@@ -163,18 +163,34 @@ impl IssuanceClient {
         path: &str,
         headers: &[(http::HeaderName, String)],
     ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), IdentityError> {
+        self.request(http::Method::GET, path, headers, Bytes::new())
+            .await
+    }
+
+    /// `method path` with `body` on a fresh connection with `headers`, within the client's
+    /// timeout: the status, headers and body of the answer, whatever the status.
+    pub async fn request(
+        &self,
+        method: http::Method,
+        path: &str,
+        headers: &[(http::HeaderName, String)],
+        body: Bytes,
+    ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), IdentityError> {
         let exchange = async {
             let mut connection = self.open().await?;
             let broken = |detail: String| IdentityError::IssuerUnreachable {
                 issuer: self.issuer(),
                 detail,
             };
-            let mut request = http::Request::get(path).header(http::header::HOST, self.issuer());
+            let mut request = http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header(http::header::HOST, self.issuer());
             for (name, value) in headers {
                 request = request.header(name, value);
             }
             let request = request
-                .body(Full::new(Bytes::new()))
+                .body(Full::new(body))
                 .map_err(|e| broken(format!("request: {e}")))?;
             connection.exchange(request).await
         };
