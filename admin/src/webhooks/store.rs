@@ -230,11 +230,14 @@ impl WebhookStore {
                 params![tenant.as_str(), id],
             )
             .map_err(|e| self.error(e))?;
-        tx.execute(
-            "DELETE FROM deliveries WHERE subscription = ?1 AND status = 'pending'",
-            params![id],
-        )
-        .map_err(|e| self.error(e))?;
+        if n > 0 {
+            // Only the tenant's own subscription's: another tenant's id deletes nothing.
+            tx.execute(
+                "DELETE FROM deliveries WHERE subscription = ?1 AND status = 'pending'",
+                params![id],
+            )
+            .map_err(|e| self.error(e))?;
+        }
         tx.commit().map_err(|e| self.error(e))?;
         Ok(n > 0)
     }
@@ -464,5 +467,62 @@ impl StoreError {
             path: "(task)".to_owned(),
             detail: e.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tenant admin who learns another tenant's subscription id (a log, a screenshot) and
+    /// asks to delete it: nothing of the other tenant's goes, its pending deliveries included.
+    #[test]
+    fn another_tenants_subscription_id_deletes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = WebhookStore::open(&dir.path().join("webhooks.sqlite3")).unwrap();
+        let (acme, globex): (TenantId, TenantId) =
+            ("acme".parse().unwrap(), "globex".parse().unwrap());
+        let sub = Subscription {
+            id: "wh_acme".to_owned(),
+            url: "https://hooks.acme.test/in".to_owned(),
+            events: vec!["certificate.revoked".to_owned()],
+            description: None,
+            created_by: "alice".to_owned(),
+            created_at: SystemTime::now(),
+        };
+        store.subscribe(&acme, &sub, "whsec_x").unwrap();
+        let mut n = 0;
+        let mut new_id = || {
+            n += 1;
+            format!("d{n}")
+        };
+        let queued = store
+            .enqueue(
+                &acme,
+                "certificate.revoked",
+                "e1",
+                "{}",
+                SystemTime::now(),
+                &mut new_id,
+            )
+            .unwrap();
+        assert_eq!(queued, 1);
+        let pending = |t: &TenantId| {
+            store
+                .deliveries(t, Some(DeliveryStatus::Pending), 10)
+                .unwrap()
+                .len()
+        };
+
+        assert!(!store.unsubscribe(&globex, "wh_acme").unwrap());
+        assert_eq!(store.subscriptions(&acme).unwrap().len(), 1);
+        assert_eq!(
+            pending(&acme),
+            1,
+            "another tenant's delete dropped acme's deliveries"
+        );
+
+        assert!(store.unsubscribe(&acme, "wh_acme").unwrap());
+        assert_eq!(pending(&acme), 0);
     }
 }
