@@ -407,3 +407,30 @@ pub(crate) fn finish(
     st.audit_call(rec, action, response.status());
     response
 }
+
+/// axum's `Path`, with a parameter that does not decode (percent-encoded bytes that are not
+/// UTF-8, a number out of range) answered in the API's JSON error shape rather than axum's
+/// plain-text one.
+pub(crate) struct PathParams<T>(pub(crate) T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for PathParams<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(_) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                "a path parameter does not decode as text of the expected form",
+            )),
+        }
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +18,7 @@ use portcullis_ca::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{blocking, caller_record, read_json, ApiError, AppState, CallRecord};
+use super::{blocking, caller_record, read_json, ApiError, AppState, CallRecord, PathParams};
 use crate::identity::ConnInfo;
 use crate::roles::{Permission, Role};
 
@@ -67,7 +67,7 @@ struct RevokeResponse {
 pub(super) async fn revoke(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    Path(serial): Path<String>,
+    PathParams(serial): PathParams<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -272,7 +272,7 @@ fn no_such_certificate() -> ApiError {
 pub(super) async fn lineage(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    Path(serial): Path<String>,
+    PathParams(serial): PathParams<String>,
 ) -> Response {
     let mut rec = CallRecord::new(&conn);
     rec.target = Some(serial.chars().take(64).collect());

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -16,7 +16,7 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{blocking, finish, read_json, ApiError, AppState, CallRecord};
+use super::{blocking, finish, read_json, ApiError, AppState, CallRecord, PathParams};
 use crate::identity::ConnInfo;
 use crate::policies::{Policies, PolicyError, Problem, StoreError};
 use crate::roles::{Permission, Role};
@@ -138,7 +138,7 @@ fn reason(r: Option<String>) -> Result<String, ApiError> {
 async fn list(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    Path(tenant): Path<String>,
+    PathParams(tenant): PathParams<String>,
 ) -> Response {
     let mut rec = CallRecord::new(&conn);
     let result = async {
@@ -179,7 +179,7 @@ struct UploadBody {
 async fn upload(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    Path(tenant): Path<String>,
+    PathParams(tenant): PathParams<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -237,7 +237,7 @@ async fn upload(
 async fn version(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    Path((tenant, v)): Path<(String, String)>,
+    PathParams((tenant, v)): PathParams<(String, String)>,
 ) -> Response {
     let mut rec = CallRecord::new(&conn);
     let result = async {
@@ -272,7 +272,7 @@ struct DiffQuery {
 async fn diff(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    Path((tenant, v)): Path<(String, String)>,
+    PathParams((tenant, v)): PathParams<(String, String)>,
     uri: Uri,
 ) -> Response {
     let mut rec = CallRecord::new(&conn);
@@ -345,7 +345,7 @@ struct ImpactQuery {
 async fn impact(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    Path((tenant, v)): Path<(String, String)>,
+    PathParams((tenant, v)): PathParams<(String, String)>,
     uri: Uri,
 ) -> Response {
     let mut rec = CallRecord::new(&conn);
@@ -394,7 +394,7 @@ struct ReasonBody {
 async fn activate(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    Path((tenant, v)): Path<(String, String)>,
+    PathParams((tenant, v)): PathParams<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -438,7 +438,7 @@ async fn activate(
 async fn approvals(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    Path(tenant): Path<String>,
+    PathParams(tenant): PathParams<String>,
 ) -> Response {
     let mut rec = CallRecord::new(&conn);
     let result = async {
@@ -465,7 +465,7 @@ async fn approvals(
 async fn decide(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    Path((tenant, id, decision)): Path<(String, String, String)>,
+    PathParams((tenant, id, decision)): PathParams<(String, String, String)>,
 ) -> Response {
     let mut rec = CallRecord::new(&conn);
     let action = match decision.as_str() {
@@ -528,7 +528,7 @@ struct RollbackBody {
 async fn rollback(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    Path(tenant): Path<String>,
+    PathParams(tenant): PathParams<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -573,7 +573,7 @@ async fn rollback(
 async fn history(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    Path(tenant): Path<String>,
+    PathParams(tenant): PathParams<String>,
 ) -> Response {
     let mut rec = CallRecord::new(&conn);
     let result = async {

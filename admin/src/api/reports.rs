@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header::CONTENT_TYPE, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -16,7 +16,7 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{blocking, finish, scoped_tenant, ApiError, AppState, CallRecord};
+use super::{blocking, finish, scoped_tenant, ApiError, AppState, CallRecord, PathParams};
 use crate::identity::ConnInfo;
 use crate::policies::reports::{rows_csv, Stamp};
 use crate::policies::PolicyError;
@@ -84,7 +84,7 @@ enum Body {
 async fn report(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    Path((tenant, kind)): Path<(String, String)>,
+    PathParams((tenant, kind)): PathParams<(String, String)>,
     uri: Uri,
 ) -> Response {
     let mut rec = CallRecord::new(&conn);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -13,7 +13,9 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{blocking, finish, read_json, scoped_tenant, ApiError, AppState, CallRecord};
+use super::{
+    blocking, finish, read_json, scoped_tenant, ApiError, AppState, CallRecord, PathParams,
+};
 use crate::identity::ConnInfo;
 use crate::roles::Permission;
 use crate::token::create_token;
@@ -52,7 +54,7 @@ struct CreateBody {
 async fn create(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    Path(tenant): Path<String>,
+    PathParams(tenant): PathParams<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -113,7 +115,7 @@ async fn create(
 async fn list(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    Path(tenant): Path<String>,
+    PathParams(tenant): PathParams<String>,
 ) -> Response {
     let mut rec = CallRecord::new(&conn);
     let result = async {
@@ -148,7 +150,7 @@ async fn list(
 async fn revoke(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    Path((tenant, id)): Path<(String, String)>,
+    PathParams((tenant, id)): PathParams<(String, String)>,
 ) -> Response {
     let mut rec = CallRecord::new(&conn);
     let result = async {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -15,7 +15,9 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{blocking, finish, read_json, scoped_tenant, ApiError, AppState, CallRecord};
+use super::{
+    blocking, finish, read_json, scoped_tenant, ApiError, AppState, CallRecord, PathParams,
+};
 use crate::identity::ConnInfo;
 use crate::roles::Permission;
 use crate::webhooks::{
@@ -90,7 +92,7 @@ struct CreateBody {
 async fn create(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    Path(tenant): Path<String>,
+    PathParams(tenant): PathParams<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -177,7 +179,7 @@ async fn create(
 async fn list(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    Path(tenant): Path<String>,
+    PathParams(tenant): PathParams<String>,
 ) -> Response {
     let mut rec = CallRecord::new(&conn);
     let result = async {
@@ -209,7 +211,7 @@ async fn list(
 async fn remove(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    Path((tenant, id)): Path<(String, String)>,
+    PathParams((tenant, id)): PathParams<(String, String)>,
 ) -> Response {
     let mut rec = CallRecord::new(&conn);
     let result = async {
@@ -258,7 +260,7 @@ struct DeliveriesQuery {
 async fn deliveries(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    Path(tenant): Path<String>,
+    PathParams(tenant): PathParams<String>,
     uri: Uri,
 ) -> Response {
     let mut rec = CallRecord::new(&conn);
@@ -323,7 +325,7 @@ async fn deliveries(
 async fn retry(
     State(st): State<Arc<AppState>>,
     Extension(conn): Extension<ConnInfo>,
-    Path((tenant, id)): Path<(String, String)>,
+    PathParams((tenant, id)): PathParams<(String, String)>,
 ) -> Response {
     let mut rec = CallRecord::new(&conn);
     let result = async {
