@@ -59,6 +59,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{io_error, AdminError};
 use crate::policies::PoliciesConfig;
 use crate::roles::RoleBinding;
+use crate::store::StoreConfig;
 pub use agents::{AgentConfig, AgentGrant};
 pub(crate) use agents::{AgentRefusal, Agents};
 
@@ -120,6 +121,10 @@ pub struct AdminConfig {
     /// (through a local spool, so it is never lost while etcd is unreachable).
     #[serde(default)]
     pub fleet: Option<FleetConfig>,
+    /// Where the admin plane's state lives (`store.rs`): SQLite files in the CA state
+    /// directory unless `store.postgres` is set.
+    #[serde(default)]
+    pub store: StoreConfig,
 }
 
 /// The `fleet:` section of the admin config.
@@ -512,6 +517,24 @@ impl AdminConfig {
         if let Some(fleet) = &mut config.fleet {
             fleet.resolve(base);
             fleet.settings()?;
+        }
+        config.store.resolve(base);
+        config.store.check()?;
+        if config.store.postgres.is_some() {
+            // Their stores are SQLite files on each node still: several nodes would each keep
+            // their own, diverging copies.
+            for (set, what) in [
+                (config.policies.is_some(), "policies"),
+                (config.webhooks.is_some(), "webhooks"),
+                (config.acme.enabled, "acme.enabled"),
+            ] {
+                if set {
+                    return Err(format!(
+                        "store.postgres: {what} keep their state in SQLite on each node (not yet \
+                         in PostgreSQL); with store.postgres, leave {what} unset"
+                    ));
+                }
+            }
         }
         Ok(config)
     }

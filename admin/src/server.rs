@@ -24,6 +24,7 @@ use crate::error::AdminError;
 use crate::limits::{LogBudget, RequestLimits};
 use crate::revocation_http::Revocation;
 use crate::stats::{IssuanceStats, StatsSnapshot};
+use crate::store::{mark_state_dir, PgStore};
 use portcullis_identity::ServerCertificate;
 
 use crate::tls::{issue_serving, load_serving_files, provider, renew_serving, ClientTrust};
@@ -68,17 +69,32 @@ impl std::fmt::Debug for AdminServer {
 
 impl AdminServer {
     /// Opens the CA named by `config.ca` (logging in to its HSM), then [`AdminServer::bind_with`].
+    /// With `store.postgres`, the inventory and bootstrap tokens are the database's (migrated
+    /// first; `STATE/state-in-postgres` is written), not the state directory's SQLite files.
     pub async fn bind(
         config: &AdminConfig,
         audit: Option<AuditHandle>,
     ) -> Result<Self, AdminError> {
         let path = config.ca.clone();
-        let ca = tokio::task::spawn_blocking(move || -> Result<Ca, AdminError> {
-            Ok(Ca::open(&CaConfig::load(&path)?)?)
-        })
+        let postgres = config.store.postgres.clone();
+        let (ca, tokens) = tokio::task::spawn_blocking(
+            move || -> Result<(Ca, Option<Arc<dyn TokenStore>>), AdminError> {
+                let ca_config = CaConfig::load(&path)?;
+                let Some(pg) = postgres else {
+                    return Ok((Ca::open(&ca_config)?, None));
+                };
+                let store = PgStore::open(&pg)?;
+                let ca = Ca::open_with_inventory(&ca_config, Arc::new(store.inventory()))?;
+                mark_state_dir(ca.state_dir())?;
+                Ok((ca, Some(Arc::new(store.tokens()))))
+            },
+        )
         .await
         .map_err(|e| AdminError::Invalid(format!("opening the CA: {e}")))??;
-        Self::bind_with(config, Arc::new(ca), audit).await
+        match tokens {
+            Some(tokens) => Self::bind_with_tokens(config, Arc::new(ca), tokens, audit).await,
+            None => Self::bind_with(config, Arc::new(ca), audit).await,
+        }
     }
 
     /// Builds the server on an opened CA: obtains the server certificate (self-issued or from

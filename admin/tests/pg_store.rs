@@ -1,0 +1,223 @@
+//! The admin plane's state in PostgreSQL (`store.postgres`), end to end: two admin servers
+//! started from their config on one PostgreSQL (over TLS verified against a test CA) serve one
+//! state; the state directory is marked and a start without `store.postgres` refused; the
+//! config's refusals. PostgreSQL runs on loopback, started by the test (skipped only when it is
+//! not installed and PORTCULLIS_REQUIRE_POSTGRES is unset).
+
+#[path = "support/harness.rs"]
+mod harness;
+#[path = "../../audit/tests/common/postgres.rs"]
+mod pg;
+#[path = "../../ca/tests/support/softhsm.rs"]
+mod softhsm;
+
+use std::sync::Arc;
+
+use harness::{write, Client, Workload, OPERATOR};
+use pg::{Postgres, ServerTls, TestCa};
+use portcullis_admin::{AdminServer, PgStore};
+use portcullis_ca::{Ca, STATE_IN_POSTGRES};
+use serde_json::json;
+
+const API: &str = "spiffe://acme.example/ns/web/sa/api";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_admin_servers_on_one_postgres_serve_one_state() {
+    let fx = require_fixture!();
+    let pg_ca = TestCa::new("postgres test CA");
+    let (cert_pem, key_pem) = pg_ca.leaf("127.0.0.1", &["127.0.0.1"]);
+    let tls = ServerTls {
+        cert_pem,
+        key_pem,
+        client_ca_pem: None,
+    };
+    let Some(pg) = Postgres::start_or_skip("two_admin_servers_on_one_postgres", Some(tls)) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = write(dir.path(), "pg-ca.pem", &pg_ca.cert_pem);
+    let config = fx.admin_config_with(&format!(
+        "store:\n  postgres:\n    url: \"{}\"\n    tls: {{ ca: {} }}\n    max_connections: 4\n",
+        pg.conninfo(),
+        ca_file.display()
+    ));
+    let a = fx.start_from_config(&config).await;
+    let b = fx.start_from_config(&config).await;
+    let marker = fx.ca.state_dir().join(STATE_IN_POSTGRES);
+    assert!(marker.exists(), "the state directory is marked");
+
+    // An operator whose certificate is in the shared inventory (the fixture's is in SQLite).
+    let pg_config = config.store.postgres.clone().unwrap();
+    let operator = tokio::task::spawn_blocking(move || {
+        let store = PgStore::open(&pg_config).unwrap();
+        let ca = Ca::open_with_inventory(&fx.ca_config, Arc::new(store.inventory())).unwrap();
+        fx.person_by(&ca, "ops", OPERATOR)
+    })
+    .await
+    .unwrap();
+
+    // A token created through A is consumed exactly once by 8 concurrent uses through both.
+    let mut op_a = a.client(Some(&operator)).await;
+    let (status, body) = op_a
+        .json("POST", "/v1/tenants/acme/tokens", json!({}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let token = body["token"].as_str().unwrap().to_owned();
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let server = if i % 2 == 0 { &a } else { &b };
+        clients.push(server.client(None).await);
+    }
+    let attempts: Vec<_> = clients
+        .into_iter()
+        .map(|mut client: Client| {
+            let token = token.clone();
+            tokio::spawn(async move {
+                let w = Workload::new(Some(API), &[]);
+                let reply = client.issue(Some(&token), json!({ "csr": w.csr })).await;
+                (reply.status, reply.json(), w)
+            })
+        })
+        .collect();
+    let mut issued = Vec::new();
+    for attempt in attempts {
+        let (status, body, w) = attempt.await.unwrap();
+        match status {
+            201 => issued.push((body, w)),
+            401 => assert_eq!(body["error"], "invalid_token"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(issued.len(), 1, "one use of the token succeeds");
+    let serial = issued[0].0["serial"].as_str().unwrap().to_owned();
+
+    // Issued through one, listed and revoked through the other, seen revoked through the first.
+    let mut op_b = b.client(Some(&operator)).await;
+    let (status, body) = op_b
+        .json(
+            "GET",
+            &format!("/v1/certificates?identity={API}"),
+            json!(null),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let listed = body["certificates"].as_array().unwrap();
+    assert!(
+        listed.iter().any(|c| c["serial"] == serial.as_str()),
+        "{body}"
+    );
+    let revoke = format!("/v1/certificates/{serial}/revoke");
+    let (status, body) = op_b
+        .json("POST", &revoke, json!({ "reason": "keyCompromise" }))
+        .await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("revoked")),
+        "{body}"
+    );
+    let (status, body) = op_a.json("POST", &revoke, json!({})).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (409, &json!("already_revoked")),
+        "{body}"
+    );
+    let (status, body) = op_a
+        .json(
+            "GET",
+            "/v1/certificates?status=revoked&tenant=acme",
+            json!(null),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["serial"] == serial.as_str()));
+    // The token is listed as used through B.
+    let (status, body) = op_b
+        .json("GET", "/v1/tenants/acme/tokens", json!(null))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["status"] == "used"));
+    a.stop().await;
+    b.stop().await;
+
+    // Without store.postgres, the marked state directory is refused, not read as empty.
+    let err = AdminServer::bind(&fx.admin_config("platform", "admin-server"), None)
+        .await
+        .err()
+        .expect("a start without store.postgres is refused");
+    assert!(err.to_string().contains(STATE_IN_POSTGRES), "{err}");
+    std::fs::remove_file(&marker).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_config_refusals_are_clear() {
+    let fx = require_fixture!();
+    let store = |body: &str| format!("store:\n  postgres:\n{body}");
+    for (body, expected) in [
+        (
+            "    url: postgresql://admin@127.0.0.1/portcullis\n    password: s3cret\n    \
+             tls: { ca: pg-ca.pem }\n",
+            "store.postgres.password: a password is never written in the config",
+        ),
+        (
+            "    url: postgresql://admin:s3cret@127.0.0.1/portcullis\n    tls: { ca: pg-ca.pem }\n",
+            "store.postgres.url: carries a password",
+        ),
+        (
+            "    host: db.example\n    user: admin\n    dbname: portcullis\n    \
+             insecure_plaintext: true\n",
+            "store.postgres.insecure_plaintext: only for a PostgreSQL on loopback",
+        ),
+        (
+            "    url: postgresql://admin@db.example/portcullis\n",
+            "store.postgres.tls: required",
+        ),
+    ] {
+        let err = fx.admin_config_try(&store(body)).unwrap_err();
+        assert!(err.contains(expected), "{body}\n=> {err}");
+        assert!(!err.contains("s3cret"), "the password is shown: {err}");
+    }
+    // State that is still per node cannot be shared this way: refused, not split silently.
+    let err = fx
+        .admin_config_try(
+            &(store("    url: postgresql://a@127.0.0.1/x\n    insecure_plaintext: true\n")
+                + "acme: { enabled: true }\n"),
+        )
+        .unwrap_err();
+    assert!(err.contains("store.postgres: acme.enabled"), "{err}");
+
+    // Files are named when they are missing (at start, before the CA is touched).
+    let config = fx.admin_config_with(&store(
+        "    url: postgresql://admin@127.0.0.1:1/portcullis\n    \
+         tls: { ca: no-such-ca.pem, client_cert: no-such.pem, client_key: no-such.key }\n",
+    ));
+    let err = AdminServer::bind(&config, None)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("store.postgres.tls.ca") && err.contains("no-such-ca.pem"),
+        "{err}"
+    );
+    let config = fx.admin_config_with(&store(
+        "    url: postgresql://admin@127.0.0.1:1/portcullis\n    \
+         password_file: no-such-password\n    insecure_plaintext: true\n",
+    ));
+    let err = AdminServer::bind(&config, None)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("store.postgres.password_file") && err.contains("no-such-password"),
+        "{err}"
+    );
+}
