@@ -1,7 +1,7 @@
 //! The inventory store's behaviour, written once and run against every backend: the SQLite
 //! store's unit tests and the admin plane's PostgreSQL store tests call these on a fresh, empty
 //! store.
-#![allow(clippy::unwrap_used, missing_docs)]
+#![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 use std::time::{Duration, SystemTime};
 
