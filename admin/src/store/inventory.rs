@@ -202,13 +202,13 @@ impl PgInventory {
 impl InventoryStore for PgInventory {
     fn record_issued(&self, r: &NewCertRecord) -> Result<(), CaError> {
         self.commits
-            .record(r, |batch| write_batch(&mut *self.conn()?, batch))
+            .record(r, |batch| write_batch(&mut **self.conn()?, batch))
     }
 
     fn get(&self, serial: &Serial, now: SystemTime) -> Result<Option<CertRecord>, CaError> {
         let sql = format!("SELECT {COLUMNS} FROM certificates WHERE serial = $1");
         Ok(query(
-            &mut *self.conn()?,
+            &mut **self.conn()?,
             &sql,
             &[&serial.to_string()],
             seconds(now),
@@ -242,7 +242,7 @@ impl InventoryStore for PgInventory {
              ORDER BY lineage.depth, not_before"
         );
         ancestors.extend(query(
-            &mut *self.conn()?,
+            &mut **self.conn()?,
             &sql,
             &[&serial.to_string()],
             seconds(now),
@@ -300,7 +300,7 @@ impl InventoryStore for PgInventory {
             Box::new(limit),
         );
         let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref()).collect();
-        query(&mut *self.conn()?, &sql, &refs, now_s)
+        query(&mut **self.conn()?, &sql, &refs, now_s)
     }
 
     fn revoke(
@@ -393,7 +393,7 @@ impl InventoryStore for PgInventory {
             "SELECT {COLUMNS} FROM certificates WHERE revoked_at IS NOT NULL AND not_after > $1 \
              ORDER BY revoked_at, serial"
         );
-        query(&mut *self.conn()?, &sql, &[&now_s], now_s)
+        query(&mut **self.conn()?, &sql, &[&now_s], now_s)
     }
 
     fn next_crl_number(&self) -> Result<u64, CaError> {

@@ -58,22 +58,60 @@ impl std::fmt::Debug for Connector {
     }
 }
 
-impl r2d2::ManageConnection for Connector {
-    type Connection = Client;
-    type Error = postgres::Error;
+/// A pooled client. The sync client closes its connection on a runtime of its own when
+/// dropped, which panics on a tokio worker thread; the pool (and its idle connections) may be
+/// dropped there with the last `Ca` handle, so such a drop is moved to a thread of its own.
+pub(crate) struct PgClient(Option<Client>);
 
-    fn connect(&self) -> Result<Client, postgres::Error> {
-        match &self.tls {
-            Some(tls) => self.config.connect(tls.clone()),
-            None => self.config.connect(NoTls),
+impl std::ops::Deref for PgClient {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        // Some from `connect` until `drop`.
+        #[allow(clippy::expect_used)]
+        self.0.as_ref().expect("a pooled client is present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for PgClient {
+    fn deref_mut(&mut self) -> &mut Client {
+        // Some from `connect` until `drop`.
+        #[allow(clippy::expect_used)]
+        self.0.as_mut().expect("a pooled client is present until dropped")
+    }
+}
+
+impl Drop for PgClient {
+    fn drop(&mut self) {
+        let Some(client) = self.0.take() else { return };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let closing = std::thread::Builder::new()
+                .name("pg-close".to_owned())
+                .spawn(move || drop(client));
+            if let Err(e) = closing {
+                tracing::warn!(error = %e, "admin store: a connection could not be closed cleanly");
+            }
         }
     }
+}
 
-    fn is_valid(&self, conn: &mut Client) -> Result<(), postgres::Error> {
+impl r2d2::ManageConnection for Connector {
+    type Connection = PgClient;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<PgClient, postgres::Error> {
+        let client = match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(NoTls),
+        };
+        client.map(|c| PgClient(Some(c)))
+    }
+
+    fn is_valid(&self, conn: &mut PgClient) -> Result<(), postgres::Error> {
         conn.simple_query("").map(|_| ())
     }
 
-    fn has_broken(&self, conn: &mut Client) -> bool {
+    fn has_broken(&self, conn: &mut PgClient) -> bool {
         conn.is_closed()
     }
 }
