@@ -150,8 +150,7 @@ async fn two_admin_servers_on_one_postgres_serve_one_state() {
     // Without store.postgres, the marked state directory is refused, not read as empty.
     let err = AdminServer::bind(&fx.admin_config("platform", "admin-server"), None)
         .await
-        .err()
-        .expect("a start without store.postgres is refused");
+        .expect_err("a start without store.postgres is refused");
     assert!(err.to_string().contains(STATE_IN_POSTGRES), "{err}");
     std::fs::remove_file(&marker).unwrap();
 }

@@ -243,7 +243,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     let first_api = figures.len();
     for load in loads {
-        figures.push(runtime.block_on(api_figure(work.path(), &ca, store.as_ref(), args, warmup, load))?);
+        figures.push(runtime.block_on(api_figure(
+            work.path(),
+            &ca,
+            store.as_ref(),
+            args,
+            warmup,
+            load,
+        ))?);
     }
     let api_rate = figures.get(first_api).map(Figure::rate).unwrap_or_default();
     // cfssl in plain HTTP (its default) and over mutual TLS (like for like with the API).

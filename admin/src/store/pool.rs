@@ -69,7 +69,9 @@ impl std::ops::Deref for PgClient {
     fn deref(&self) -> &Client {
         // Some from `connect` until `drop`.
         #[allow(clippy::expect_used)]
-        self.0.as_ref().expect("a pooled client is present until dropped")
+        self.0
+            .as_ref()
+            .expect("a pooled client is present until dropped")
     }
 }
 
@@ -77,7 +79,9 @@ impl std::ops::DerefMut for PgClient {
     fn deref_mut(&mut self) -> &mut Client {
         // Some from `connect` until `drop`.
         #[allow(clippy::expect_used)]
-        self.0.as_mut().expect("a pooled client is present until dropped")
+        self.0
+            .as_mut()
+            .expect("a pooled client is present until dropped")
     }
 }
 
