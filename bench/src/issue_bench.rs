@@ -531,10 +531,16 @@ async fn api_figure(
     for i in 0..args.clients {
         let id = format!("spiffe://bench.example/ns/bench/sa/client-{i}");
         let first = csr(&id)?;
-        let issued = ca.issue(
-            &request(first.0.as_bytes(), RequesterKind::Operator),
-            SystemTime::now(),
-        )?;
+        // Off the runtime's threads, as the server does: the inventory may be a blocking
+        // PostgreSQL client.
+        let (ca2, der) = (Arc::clone(ca), first.0.clone());
+        let issued = tokio::task::spawn_blocking(move || {
+            ca2.issue(
+                &request(der.as_bytes(), RequesterKind::Operator),
+                SystemTime::now(),
+            )
+        })
+        .await??;
         let credentials = ClientCredentials {
             chain: parse_certs(issued.chain_pem.as_bytes(), "issued chain")?,
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(first.1.clone())),

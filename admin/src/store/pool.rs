@@ -153,6 +153,9 @@ impl PgStore {
         let pool = r2d2::Pool::builder()
             .max_size(cfg.max_connections)
             .min_idle(Some(0))
+            // No round trip to test each connection lent: one that broke meanwhile fails its
+            // call and is dropped when returned (`has_broken`).
+            .test_on_check_out(false)
             .connection_timeout(CONNECT_TIMEOUT)
             .build_unchecked(connector);
         Ok(Self { pool })
