@@ -134,6 +134,27 @@ async fn two_admin_servers_on_one_postgres_serve_one_state() {
         .unwrap()
         .iter()
         .any(|c| c["serial"] == serial.as_str()));
+    // Hostile identity queries are answered, never failed: quotes, SQL, NUL, the longest.
+    let long = "x".repeat(1024);
+    for identity in [
+        "%27%3B%20DROP%20TABLE%20certificates%3B--",
+        "%22%5C%25_*",
+        "a%00b",
+        &long,
+    ] {
+        let (status, body) = op_b
+            .json(
+                "GET",
+                &format!("/v1/certificates?identity={identity}"),
+                json!(null),
+            )
+            .await;
+        assert_eq!(status, 200, "{identity}: {body}");
+        assert_eq!(body["certificates"], json!([]), "{identity}");
+    }
+    let too_long = format!("/v1/certificates?identity={long}x");
+    let (status, _) = op_b.json("GET", &too_long, json!(null)).await;
+    assert_eq!(status, 400);
     // The token is listed as used through B.
     let (status, body) = op_b
         .json("GET", "/v1/tenants/acme/tokens", json!(null))

@@ -280,6 +280,11 @@ impl InventoryStore for PgInventory {
             ),
         }
         if let Some(identity) = &filter.identity {
+            if identity.contains('\0') {
+                // PostgreSQL text holds no NUL, so no SAN stored here has one: nothing matches
+                // (asked, the server would fail the query instead).
+                return Ok(Vec::new());
+            }
             // SANs are a JSON array of `URI:…`, `DNS:…`, `IP:…` strings: `?|` is true when one
             // of them equals one of the three (exact, no pattern).
             let named: Vec<String> = ["URI:", "DNS:", "IP:"]

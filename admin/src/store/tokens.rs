@@ -138,6 +138,10 @@ impl TokenStore for PgTokenStore {
     }
 
     fn revoke(&self, tenant: &TenantId, id: &str) -> Result<bool, AdminError> {
+        if id.contains('\0') {
+            // No stored id has a NUL (PostgreSQL text holds none): no such token.
+            return Ok(false);
+        }
         let deleted = self
             .conn()?
             .execute(

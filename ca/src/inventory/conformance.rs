@@ -253,7 +253,14 @@ pub fn hostile_values_are_kept_intact_or_refused(inv: &dyn InventoryStore) {
         }
     }
     // Metacharacters match only themselves.
-    for pattern in ["%", "_", "*", "'", "O=%_*?[]".trim_start_matches("O=")] {
+    for pattern in [
+        "%",
+        "_",
+        "*",
+        "'",
+        "\0",
+        "O=%_*?[]".trim_start_matches("O="),
+    ] {
         let found = inv
             .list(
                 &InventoryFilter {
