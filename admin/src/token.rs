@@ -242,8 +242,18 @@ impl SqliteTokenStore {
         })
     }
 
-    /// Opens the store in a CA state directory.
+    /// Opens the store in a CA state directory; refused when `STATE/state-in-postgres` says
+    /// the tokens are in PostgreSQL (a token written here would never be honoured).
     pub fn in_state_dir(dir: &Path) -> Result<Self, AdminError> {
+        let marker = dir.join(portcullis_ca::STATE_IN_POSTGRES);
+        if marker.exists() {
+            return Err(AdminError::TokenStore {
+                path: marker.display().to_string(),
+                detail: "the bootstrap tokens are kept in PostgreSQL (store.postgres): create \
+                         them through the admin API (POST /v1/tenants/TENANT/tokens)"
+                    .to_owned(),
+            });
+        }
         Self::open(&dir.join(TOKEN_DB))
     }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use harness::{write, Client, Workload, OPERATOR};
 use pg::{Postgres, ServerTls, TestCa};
-use portcullis_admin::{AdminServer, PgStore};
+use portcullis_admin::{AdminServer, PgStore, SqliteTokenStore};
 use portcullis_ca::{Ca, STATE_IN_POSTGRES};
 use serde_json::json;
 
@@ -173,6 +173,9 @@ async fn two_admin_servers_on_one_postgres_serve_one_state() {
         .await
         .expect_err("a start without store.postgres is refused");
     assert!(err.to_string().contains(STATE_IN_POSTGRES), "{err}");
+    // Nor are tokens written where no server would honour them (`admin token create`).
+    let err = SqliteTokenStore::in_state_dir(fx.ca.state_dir()).unwrap_err();
+    assert!(err.to_string().contains("kept in PostgreSQL"), "{err}");
     std::fs::remove_file(&marker).unwrap();
 }
 

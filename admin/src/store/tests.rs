@@ -200,3 +200,46 @@ fn missing_files_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn tls_is_verified_in_full_and_a_client_certificate_presented() {
+    let ca = pg::TestCa::new("postgres test CA");
+    let (cert_pem, key_pem) = ca.leaf("127.0.0.1", &["127.0.0.1"]);
+    let tls = pg::ServerTls {
+        cert_pem,
+        key_pem,
+        // `cert` authentication: the client certificate's common name is the user.
+        client_ca_pem: Some(ca.cert_pem.clone()),
+    };
+    let Some(pg) = Postgres::start_or_skip("tls_is_verified_in_full", Some(tls)) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (client_pem, client_key) = ca.leaf("postgres", &[]);
+    let other = pg::TestCa::new("another CA");
+    for (name, text) in [
+        ("ca.pem", ca.cert_pem.as_str()),
+        ("other-ca.pem", other.cert_pem.as_str()),
+        ("client.pem", client_pem.as_str()),
+        ("client.key", client_key.as_str()),
+    ] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let open = |tls: &str| {
+        let yaml = format!("postgres:\n  url: \"{}\"\n  tls: {tls}\n", pg.conninfo());
+        let mut store: StoreConfig = serde_yaml_ng::from_str(&yaml).unwrap();
+        store.resolve(dir.path());
+        store.check().unwrap();
+        PgStore::open(store.postgres.as_ref().unwrap())
+    };
+    let store = open("{ ca: ca.pem, client_cert: client.pem, client_key: client.key }").unwrap();
+    token_suite::one_time_expiring(&store.tokens());
+
+    // A server whose certificate does not chain to the configured CA is refused.
+    let err = open("{ ca: other-ca.pem, client_cert: client.pem, client_key: client.key }")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("certificate"), "{err}");
+    // Without a client certificate, the server refuses the connection.
+    assert!(open("{ ca: ca.pem }").is_err());
+}
