@@ -524,10 +524,18 @@ impl AdminConfig {
         config.store.resolve(base);
         config.store.check()?;
         if config.store.postgres.is_some() {
+            if config
+                .policies
+                .as_ref()
+                .is_some_and(|p| p.database.is_some())
+            {
+                return Err("store.postgres: policies are kept in PostgreSQL; \
+                            leave policies.database (a SQLite file) unset"
+                    .to_owned());
+            }
             // Their stores are SQLite files on each node still: several nodes would each keep
             // their own, diverging copies.
             for (set, what) in [
-                (config.policies.is_some(), "policies"),
                 (config.webhooks.is_some(), "webhooks"),
                 (config.acme.enabled, "acme.enabled"),
             ] {

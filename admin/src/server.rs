@@ -77,8 +77,8 @@ impl AdminServer {
     ) -> Result<Self, AdminError> {
         let path = config.ca.clone();
         let postgres = config.store.postgres.clone();
-        let (ca, tokens) = tokio::task::spawn_blocking(
-            move || -> Result<(Ca, Option<Arc<dyn TokenStore>>), AdminError> {
+        let (ca, store) =
+            tokio::task::spawn_blocking(move || -> Result<(Ca, Option<PgStore>), AdminError> {
                 let ca_config = CaConfig::load(&path)?;
                 let Some(pg) = postgres else {
                     return Ok((Ca::open(&ca_config)?, None));
@@ -86,13 +86,15 @@ impl AdminServer {
                 let store = PgStore::open(&pg)?;
                 let ca = Ca::open_with_inventory(&ca_config, Arc::new(store.inventory()))?;
                 mark_state_dir(ca.state_dir())?;
-                Ok((ca, Some(Arc::new(store.tokens()))))
-            },
-        )
-        .await
-        .map_err(|e| AdminError::Invalid(format!("opening the CA: {e}")))??;
-        match tokens {
-            Some(tokens) => Self::bind_with_tokens(config, Arc::new(ca), tokens, audit).await,
+                Ok((ca, Some(store)))
+            })
+            .await
+            .map_err(|e| AdminError::Invalid(format!("opening the CA: {e}")))??;
+        match store {
+            Some(store) => {
+                let tokens = Arc::new(store.tokens());
+                Self::bind_on(config, Arc::new(ca), tokens, Some(store), audit).await
+            }
             None => Self::bind_with(config, Arc::new(ca), audit).await,
         }
     }
@@ -113,11 +115,30 @@ impl AdminServer {
         Self::bind_with_tokens(config, ca, tokens, audit).await
     }
 
-    /// As [`AdminServer::bind_with`], with a given token store.
+    /// As [`AdminServer::bind_with`], with a given token store. With `store.postgres`, the
+    /// policies and webhooks are the database's (opened here).
     pub async fn bind_with_tokens(
         config: &AdminConfig,
         ca: Arc<Ca>,
         tokens: Arc<dyn TokenStore>,
+        audit: Option<AuditHandle>,
+    ) -> Result<Self, AdminError> {
+        let store = match config.store.postgres.clone() {
+            Some(pg) => Some(
+                tokio::task::spawn_blocking(move || PgStore::open(&pg))
+                    .await
+                    .map_err(|e| AdminError::Store(format!("opening the store: {e}")))??,
+            ),
+            None => None,
+        };
+        Self::bind_on(config, ca, tokens, store, audit).await
+    }
+
+    async fn bind_on(
+        config: &AdminConfig,
+        ca: Arc<Ca>,
+        tokens: Arc<dyn TokenStore>,
+        store: Option<PgStore>,
         audit: Option<AuditHandle>,
     ) -> Result<Self, AdminError> {
         let source = config.serving_cert().map_err(|detail| AdminError::Config {
@@ -224,15 +245,20 @@ impl AdminServer {
         } else {
             None
         };
-        let policies = match &config.policies {
-            Some(p) => Some(Arc::new(
-                crate::policies::Policies::open(p, ca.state_dir()).map_err(|detail| {
-                    AdminError::Config {
-                        path: "(admin config) policies".to_owned(),
-                        detail,
-                    }
-                })?,
-            )),
+        let policies = match config.policies.clone() {
+            Some(p) => {
+                // Blocking: the SQLite file or the PostgreSQL round trips of the key check.
+                let (state_dir, pg) = (ca.state_dir().to_owned(), store.clone());
+                let opened = tokio::task::spawn_blocking(move || {
+                    crate::policies::Policies::open(&p, &state_dir, pg.as_ref())
+                })
+                .await
+                .map_err(|e| AdminError::Store(format!("opening the policy store: {e}")))?;
+                Some(Arc::new(opened.map_err(|detail| AdminError::Config {
+                    path: "(admin config) policies".to_owned(),
+                    detail,
+                })?))
+            }
             None => None,
         };
         let people = if config.identity_providers.is_empty() {

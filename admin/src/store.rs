@@ -14,6 +14,7 @@
 
 mod config;
 mod inventory;
+mod policies;
 mod pool;
 mod tokens;
 

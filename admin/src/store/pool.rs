@@ -23,11 +23,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MIGRATION_LOCK: i64 = 0x706f_7274_6375_6c6c;
 
 /// The schema, in order. A migration is never edited once released: a change is a new one.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "inventory and bootstrap tokens",
-    include_str!("migrations/0001_inventory_and_tokens.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "inventory and bootstrap tokens",
+        include_str!("migrations/0001_inventory_and_tokens.sql"),
+    ),
+    (
+        2,
+        "policies and the policy signing key",
+        include_str!("migrations/0002_policies.sql"),
+    ),
+];
 
 /// The admin plane's PostgreSQL database: a pool of connections, each store's handle a clone.
 #[derive(Clone)]

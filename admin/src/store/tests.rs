@@ -11,6 +11,7 @@ use pg::Postgres;
 use portcullis_ca::inventory_conformance as conformance;
 
 use super::*;
+use crate::policies::store_tests as policy_suite;
 use crate::token::tests as token_suite;
 
 /// A fresh database `db` on the cluster, its store opened (and migrated) in clear on loopback.
@@ -66,6 +67,44 @@ fn tokens_pass_the_token_store_tests() {
 }
 
 #[test]
+fn policies_pass_the_policy_store_tests() {
+    let Some(pg) = Postgres::start_or_skip("policies_pass_the_policy_store_tests", None) else {
+        return;
+    };
+    policy_suite::versions_number_per_tenant_and_activation_moves_the_pointer(
+        &store_in(&pg, "versions").policies(),
+    );
+    policy_suite::an_approval_needs_another_person_and_expires(
+        &store_in(&pg, "approvals").policies(),
+    );
+    // Two pools, as two admin servers would have.
+    let a = store_in(&pg, "race");
+    let b = PgStore::open(&plain_config(&pg, "race")).unwrap();
+    policy_suite::concurrent_activations_leave_one_active_and_a_consistent_history(
+        &a.policies(),
+        &b.policies(),
+    );
+}
+
+#[test]
+fn nodes_agree_on_one_policy_signing_key() {
+    let Some(pg) = Postgres::start_or_skip("nodes_agree_on_one_policy_signing_key", None) else {
+        return;
+    };
+    let store = store_in(&pg, "signing");
+    let now = std::time::SystemTime::now();
+    store.agree_on_policy_key(b"first key", now).unwrap();
+    store.agree_on_policy_key(b"first key", now).unwrap();
+    let err = store.agree_on_policy_key(b"other key", now).unwrap_err();
+    let (mine, theirs) = (
+        portcullis_audit::key_id(b"other key"),
+        portcullis_audit::key_id(b"first key"),
+    );
+    assert!(err.contains(&mine) && err.contains(&theirs), "{err}");
+    assert!(err.contains("copy STATE/policy-signing.key"), "{err}");
+}
+
+#[test]
 fn nodes_starting_at_once_migrate_once_and_a_newer_schema_is_refused() {
     let Some(pg) = Postgres::start_or_skip("nodes_starting_at_once_migrate_once", None) else {
         return;
@@ -83,7 +122,7 @@ fn nodes_starting_at_once_migrate_once_and_a_newer_schema_is_refused() {
         .query_one("SELECT count(*) FROM portcullis_admin_migrations", &[])
         .unwrap()
         .get(0);
-    assert_eq!(migrations, 1);
+    assert_eq!(migrations, 2);
     conn.execute(
         "INSERT INTO portcullis_admin_migrations (version, name) VALUES (99, 'future')",
         &[],
