@@ -215,6 +215,13 @@ async fn store_config_refusals_are_clear() {
         )
         .unwrap_err();
     assert!(err.contains("store.postgres: acme.enabled"), "{err}");
+    let err = fx
+        .admin_config_try(
+            &(store("    url: postgresql://a@127.0.0.1/x\n    insecure_plaintext: true\n")
+                + "policies: { gateway_config: gw.yaml, database: p.sqlite3 }\n"),
+        )
+        .unwrap_err();
+    assert!(err.contains("leave policies.database"), "{err}");
 
     // Files are named when they are missing (at start, before the CA is touched).
     let config = fx.admin_config_with(&store(
@@ -241,6 +248,245 @@ async fn store_config_refusals_are_clear() {
         .to_string();
     assert!(
         err.contains("store.postgres.password_file") && err.contains("no-such-password"),
+        "{err}"
+    );
+}
+
+/// The platform's gateway config the policy tests upload against.
+const GATEWAY: &str = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:8443
+    tls:
+      certificate: server.pem
+      private_key: server.key
+      client_auth: required
+      client_ca: bundle.pem
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9000]
+tenants:
+  - name: acme
+    routes:
+      - name: api
+        host: api.acme.test
+        path_prefix: /api
+        upstream: app
+        access:
+          - id: frontend
+            spiffe_id: [spiffe://acme.example/ns/web/sa/frontend]
+            methods: [GET]
+";
+
+/// acme's policy with `methods` for the frontend: each version a different one.
+fn acme_policy(method: &str) -> String {
+    GATEWAY[GATEWAY.find("tenants:").unwrap()..].replace("[GET]", &format!("[GET, {method}]"))
+}
+
+const ALICE: &str = "spiffe://acme.example/ns/people/admin/alice";
+const BOB: &str = "spiffe://acme.example/ns/people/admin/bob";
+
+/// The admin config's YAML for a node on `pg` with policies (two-person activation) signed
+/// by `signing_key`, and `extra` appended.
+fn policy_node_yaml(
+    pg: &Postgres,
+    dir: &std::path::Path,
+    signing_key: &str,
+    extra: &str,
+) -> String {
+    let gateway = write(dir, "gateway.yaml", GATEWAY);
+    format!(
+        "roles:\n  - {{ role: tenant_admin, tenant: acme, spiffe_ids: [\"spiffe://acme.example/ns/people/admin/*\"] }}\n\
+         store:\n  postgres:\n    url: \"{}\"\n    insecure_plaintext: true\n    max_connections: 4\n\
+         policies:\n  gateway_config: {}\n  approval: {{ required: true, expire_after: 1h }}\n  signing_key: {}\n{extra}",
+        pg.conninfo(),
+        gateway.display(),
+        dir.join(signing_key).display(),
+    )
+}
+
+/// People whose certificates are in the shared inventory.
+async fn people_in(
+    fx: &'static harness::Fixture,
+    config: &portcullis_admin::AdminConfig,
+    ids: &[(&'static str, &'static str)],
+) -> Vec<harness::Identity> {
+    let pg_config = config.store.postgres.clone().unwrap();
+    let ids = ids.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let store = PgStore::open(&pg_config).unwrap();
+        let ca = Ca::open_with_inventory(&fx.ca_config, Arc::new(store.inventory())).unwrap();
+        ids.iter()
+            .map(|(tenant, id)| fx.person_by(&ca, tenant, id))
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_are_shared_by_two_admin_servers_and_one_signing_key_enforced() {
+    let fx = require_fixture!();
+    let Some(pg) = Postgres::start_or_skip("policies_are_shared_by_two_admin_servers", None) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = fx.admin_config_with(&policy_node_yaml(&pg, dir.path(), "policy-signing.key", ""));
+    let a = fx.start_from_config(&config).await;
+    let b = fx.start_from_config(&config).await;
+    let people = people_in(
+        fx,
+        &config,
+        &[("acme", ALICE), ("acme", BOB), ("ops", OPERATOR)],
+    )
+    .await;
+    let (alice, bob, operator) = (&people[0], &people[1], &people[2]);
+    let mut alice_a = a.client(Some(alice)).await;
+    let mut alice_b = b.client(Some(alice)).await;
+    let mut bob_a = a.client(Some(bob)).await;
+    let mut bob_b = b.client(Some(bob)).await;
+
+    // Uploaded on A, listed on B.
+    let mut versions = Vec::new();
+    for method in ["POST", "PUT", "DELETE"] {
+        let (status, body) = alice_a
+            .json(
+                "POST",
+                "/v1/tenants/acme/policies",
+                json!({ "document": acme_policy(method) }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        versions.push(body["version"].as_u64().unwrap());
+    }
+    assert_eq!(versions, [1, 2, 3]);
+    let (status, body) = bob_b
+        .json("GET", "/v1/tenants/acme/policies", json!(null))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["versions"].as_array().unwrap().len(), 3, "{body}");
+    assert_eq!(body["active"], 0, "{body}");
+
+    // Activation asked on B, refused to its requester on A, approved by a second person on A.
+    let activate = |v: u64| format!("/v1/tenants/acme/policies/{v}/activate");
+    let approve = |id: u64| format!("/v1/tenants/acme/approvals/{id}/approve");
+    let (status, body) = alice_b
+        .json("POST", &activate(1), json!({ "reason": "CHG-1" }))
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (202, Some("pending_approval")),
+        "{body}"
+    );
+    let first = body["approval"]["id"].as_u64().unwrap();
+    let (status, body) = alice_a.json("POST", &approve(first), json!(null)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("same_person")),
+        "{body}"
+    );
+    let (status, body) = bob_a.json("POST", &approve(first), json!(null)).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("approved")),
+        "{body}"
+    );
+    let (_, body) = alice_b
+        .json("GET", "/v1/tenants/acme/policies", json!(null))
+        .await;
+    assert_eq!(body["active"], 1, "active on B: {body}");
+
+    // The same request approved on both at once: one approval, the other finds it decided.
+    let (_, body) = alice_a
+        .json("POST", &activate(2), json!({ "reason": "CHG-2" }))
+        .await;
+    let same = body["approval"]["id"].as_u64().unwrap();
+    let path = approve(same);
+    let (ra, rb) = tokio::join!(
+        bob_a.json("POST", &path, json!(null)),
+        bob_b.json("POST", &path, json!(null))
+    );
+    let mut statuses = [ra.0, rb.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409], "{} / {}", ra.1, rb.1);
+
+    // Two versions' activations approved at once on A and B: one active, the history agrees.
+    let (_, body) = alice_a
+        .json("POST", &activate(3), json!({ "reason": "CHG-3" }))
+        .await;
+    let three = body["approval"]["id"].as_u64().unwrap();
+    let (_, body) = alice_b
+        .json("POST", &activate(1), json!({ "reason": "CHG-4" }))
+        .await;
+    let one = body["approval"]["id"].as_u64().unwrap();
+    let (path_a, path_b) = (approve(three), approve(one));
+    let (ra, rb) = tokio::join!(
+        bob_a.json("POST", &path_a, json!(null)),
+        bob_b.json("POST", &path_b, json!(null))
+    );
+    assert_eq!((ra.0, rb.0), (200, 200), "{} / {}", ra.1, rb.1);
+    let (_, listed_a) = alice_a
+        .json("GET", "/v1/tenants/acme/policies", json!(null))
+        .await;
+    let (_, listed_b) = bob_b
+        .json("GET", "/v1/tenants/acme/policies", json!(null))
+        .await;
+    assert_eq!(listed_a, listed_b);
+    let flagged: Vec<_> = listed_a["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["active"] == true)
+        .collect();
+    assert_eq!(flagged.len(), 1, "{listed_a}");
+    assert_eq!(flagged[0]["version"], listed_a["active"]);
+    let (_, body) = bob_a
+        .json("GET", "/v1/tenants/acme/policies/history", json!(null))
+        .await;
+    let history = body["history"].as_array().unwrap();
+    let activated: Vec<_> = history
+        .iter()
+        .filter(|e| e["action"] == "activated")
+        .collect();
+    assert_eq!(activated.len(), 4, "{body}");
+    assert_eq!(
+        activated.last().unwrap()["version"],
+        listed_a["active"],
+        "{body}"
+    );
+    assert!(history
+        .windows(2)
+        .all(|w| w[0]["id"].as_u64() < w[1]["id"].as_u64()));
+
+    // Both nodes sign the same bundle with the same key.
+    let mut op_a = a.client(Some(operator)).await;
+    let mut op_b = b.client(Some(operator)).await;
+    let (status, bundle_a) = op_a.json("GET", "/v1/policies/bundle", json!(null)).await;
+    assert_eq!(status, 200, "{bundle_a}");
+    let (_, bundle_b) = op_b.json("GET", "/v1/policies/bundle", json!(null)).await;
+    assert_eq!(bundle_a["key_id"], bundle_b["key_id"]);
+    let serial = |b: &serde_json::Value| {
+        serde_json::from_str::<serde_json::Value>(b["payload"].as_str().unwrap()).unwrap()["serial"]
+            .clone()
+    };
+    assert_eq!(serial(&bundle_a), serial(&bundle_b));
+    a.stop().await;
+    b.stop().await;
+
+    // A node signing with another key is refused, both keys named.
+    let other = fx.admin_config_with(&policy_node_yaml(&pg, dir.path(), "other-signing.key", ""));
+    let err = AdminServer::bind(&other, None)
+        .await
+        .expect_err("a node with another policy signing key is refused")
+        .to_string();
+    assert!(err.contains("copy STATE/policy-signing.key"), "{err}");
+    let key_id = |file: &str| {
+        let signer =
+            portcullis_audit::SoftwareSigner::load_or_create(&dir.path().join(file)).unwrap();
+        portcullis_audit::key_id(&portcullis_audit::Signer::public_key_der(&signer))
+    };
+    assert!(
+        err.contains(&key_id("other-signing.key")) && err.contains(&key_id("policy-signing.key")),
         "{err}"
     );
 }
