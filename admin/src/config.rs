@@ -524,27 +524,37 @@ impl AdminConfig {
         config.store.resolve(base);
         config.store.check()?;
         if config.store.postgres.is_some() {
-            if config
-                .policies
-                .as_ref()
-                .is_some_and(|p| p.database.is_some())
-            {
-                return Err("store.postgres: policies are kept in PostgreSQL; \
-                            leave policies.database (a SQLite file) unset"
-                    .to_owned());
-            }
-            // Their stores are SQLite files on each node still: several nodes would each keep
-            // their own, diverging copies.
             for (set, what) in [
-                (config.webhooks.is_some(), "webhooks"),
-                (config.acme.enabled, "acme.enabled"),
+                (
+                    config
+                        .policies
+                        .as_ref()
+                        .is_some_and(|p| p.database.is_some()),
+                    "policies",
+                ),
+                (
+                    config
+                        .webhooks
+                        .as_ref()
+                        .is_some_and(|w| w.database.is_some()),
+                    "webhooks",
+                ),
             ] {
                 if set {
                     return Err(format!(
-                        "store.postgres: {what} keep their state in SQLite on each node (not yet \
-                         in PostgreSQL); with store.postgres, leave {what} unset"
+                        "store.postgres: {what} are kept in PostgreSQL; leave {what}.database \
+                         (a SQLite file) unset"
                     ));
                 }
+            }
+            // Its store is a SQLite file on each node still: several nodes would each keep
+            // their own, diverging copy.
+            if config.acme.enabled {
+                return Err(
+                    "store.postgres: acme.enabled keeps its state in SQLite on each node \
+                            (not yet in PostgreSQL); with store.postgres, leave acme.enabled unset"
+                        .to_owned(),
+                );
             }
         }
         Ok(config)

@@ -216,12 +216,16 @@ impl AdminServer {
         let stats = Arc::new(IssuanceStats::default());
         let webhooks = match &config.webhooks {
             Some(w) => Some(
-                crate::webhooks::Webhooks::open(w, ca.state_dir(), Arc::clone(&stats)).map_err(
-                    |detail| AdminError::Config {
-                        path: "(admin config) webhooks".to_owned(),
-                        detail,
-                    },
-                )?,
+                crate::webhooks::Webhooks::open(
+                    w,
+                    ca.state_dir(),
+                    store.as_ref(),
+                    Arc::clone(&stats),
+                )
+                .map_err(|detail| AdminError::Config {
+                    path: "(admin config) webhooks".to_owned(),
+                    detail,
+                })?,
             ),
             None => None,
         };

@@ -18,6 +18,7 @@ mod inventory;
 mod policies;
 mod pool;
 mod tokens;
+mod webhooks;
 
 #[cfg(test)]
 mod tests;

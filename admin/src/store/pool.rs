@@ -34,6 +34,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "policies and the policy signing key",
         include_str!("migrations/0002_policies.sql"),
     ),
+    (
+        3,
+        "webhook subscriptions and deliveries",
+        include_str!("migrations/0003_webhooks.sql"),
+    ),
 ];
 
 /// The admin plane's PostgreSQL database: a pool of connections, each store's handle a clone.

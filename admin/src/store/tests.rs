@@ -13,6 +13,7 @@ use portcullis_ca::inventory_conformance as conformance;
 use super::*;
 use crate::policies::store_tests as policy_suite;
 use crate::token::tests as token_suite;
+use crate::webhooks::store::tests as webhook_suite;
 
 /// A fresh database `db` on the cluster, its store opened (and migrated) in clear on loopback.
 fn store_in(pg: &Postgres, db: &str) -> PgStore {
@@ -105,6 +106,20 @@ fn nodes_agree_on_one_policy_signing_key() {
 }
 
 #[test]
+fn webhooks_pass_the_webhook_store_tests() {
+    let Some(pg) = Postgres::start_or_skip("webhooks_pass_the_webhook_store_tests", None) else {
+        return;
+    };
+    webhook_suite::subscriptions_queue_retries_and_dead_letters(
+        &store_in(&pg, "webhooks").webhooks(),
+    );
+    // Two pools, as two admin servers' delivery loops would have.
+    let a = store_in(&pg, "claims");
+    let b = PgStore::open(&plain_config(&pg, "claims")).unwrap();
+    webhook_suite::a_claimed_delivery_goes_to_one_claimant(&a.webhooks(), &b.webhooks());
+}
+
+#[test]
 fn nodes_starting_at_once_migrate_once_and_a_newer_schema_is_refused() {
     let Some(pg) = Postgres::start_or_skip("nodes_starting_at_once_migrate_once", None) else {
         return;
@@ -122,7 +137,7 @@ fn nodes_starting_at_once_migrate_once_and_a_newer_schema_is_refused() {
         .query_one("SELECT count(*) FROM portcullis_admin_migrations", &[])
         .unwrap()
         .get(0);
-    assert_eq!(migrations, 2);
+    assert_eq!(migrations, 3);
     conn.execute(
         "INSERT INTO portcullis_admin_migrations (version, name) VALUES (99, 'future')",
         &[],
