@@ -38,7 +38,7 @@
 //!   - spiffe_id: spiffe://portcullis.internal/agent/node-1       # (see `config/agents.rs`)
 //!     tenant: platform
 //!     grants: [{ tenant: acme, spiffe_ids: ["spiffe://acme.example/ns/**"] }]
-//! store:                          # optional: inventory, tokens, policies in PostgreSQL
+//! store:                          # optional: admin state in PostgreSQL (`store.rs`)
 //!   postgres: { url: "postgresql://portcullis@db.internal/portcullis",
 //!               password_file: pg-password, tls: { ca: pg-ca.pem } }
 //! ```

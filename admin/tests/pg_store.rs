@@ -1,8 +1,10 @@
 //! The admin plane's state in PostgreSQL (`store.postgres`), end to end: two admin servers
 //! started from their config on one PostgreSQL (over TLS verified against a test CA) serve one
-//! state; the state directory is marked and a start without `store.postgres` refused; the
-//! config's refusals. PostgreSQL runs on loopback, started by the test (skipped only when it is
-//! not installed and PORTCULLIS_REQUIRE_POSTGRES is unset).
+//! state (inventory and tokens; policies approved and activated across nodes, one signing key;
+//! webhooks delivered once while both run their delivery loops); the state directory is marked
+//! and a start without `store.postgres` refused; the config's refusals. PostgreSQL runs on
+//! loopback, started by the test (skipped only when it is not installed and
+//! PORTCULLIS_REQUIRE_POSTGRES is unset).
 
 #[path = "support/harness.rs"]
 mod harness;
@@ -222,6 +224,13 @@ async fn store_config_refusals_are_clear() {
         )
         .unwrap_err();
     assert!(err.contains("leave policies.database"), "{err}");
+    let err = fx
+        .admin_config_try(
+            &(store("    url: postgresql://a@127.0.0.1/x\n    insecure_plaintext: true\n")
+                + "webhooks: { database: w.sqlite3 }\n"),
+        )
+        .unwrap_err();
+    assert!(err.contains("leave webhooks.database"), "{err}");
 
     // Files are named when they are missing (at start, before the CA is touched).
     let config = fx.admin_config_with(&store(
@@ -489,4 +498,128 @@ async fn policies_are_shared_by_two_admin_servers_and_one_signing_key_enforced()
         err.contains(&key_id("other-signing.key")) && err.contains(&key_id("policy-signing.key")),
         "{err}"
     );
+}
+
+/// What a test receiver was sent: each delivery's `webhook-id` and body.
+type Received = Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// A webhook receiver on loopback answering 200 to every POST (after a short pause, so that
+/// attempts overlap); where it listens and what it got.
+async fn receiver() -> (std::net::SocketAddr, Received) {
+    use axum::{http::HeaderMap, routing::post, Router};
+    let received: Received = Arc::default();
+    let seen = Arc::clone(&received);
+    let app = Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: String| {
+            let seen = Arc::clone(&seen);
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                let id = headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                seen.lock().unwrap().push((id, body));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_made_on_one_admin_server_are_delivered_once_by_two() {
+    let fx = require_fixture!();
+    let Some(pg) = Postgres::start_or_skip("webhooks_delivered_once_by_two", None) else {
+        return;
+    };
+    let config = fx.admin_config_with(&format!(
+        "roles:\n  - {{ role: tenant_admin, tenant: acme, spiffe_ids: [\"spiffe://acme.example/ns/people/admin/*\"] }}\n\
+         store:\n  postgres:\n    url: \"{}\"\n    insecure_plaintext: true\n    max_connections: 4\n\
+         webhooks:\n  allow_destinations: [127.0.0.1/32]\n  allow_plain_http: true\n  \
+         max_attempts: 3\n  first_retry: 200ms\n  max_retry: 1s\n",
+        pg.conninfo(),
+    ));
+    let a = fx.start_from_config(&config).await;
+    let b = fx.start_from_config(&config).await;
+    let ids: Vec<(&'static str, &'static str)> = vec![
+        ("acme", ALICE),
+        ("ops", OPERATOR),
+        ("acme", "spiffe://acme.example/ns/web/sa/w0"),
+        ("acme", "spiffe://acme.example/ns/web/sa/w1"),
+        ("acme", "spiffe://acme.example/ns/web/sa/w2"),
+        ("acme", "spiffe://acme.example/ns/web/sa/w3"),
+        ("acme", "spiffe://acme.example/ns/web/sa/w4"),
+        ("acme", "spiffe://acme.example/ns/web/sa/w5"),
+    ];
+    let people = people_in(fx, &config, &ids).await;
+    let (addr, received) = receiver().await;
+
+    // Subscribed on A; the subscription is listed on B.
+    let mut alice_a = a.client(Some(&people[0])).await;
+    let (status, body) = alice_a
+        .json(
+            "POST",
+            "/v1/tenants/acme/webhooks",
+            json!({ "url": format!("http://{addr}/hook"), "events": ["certificate.revoked"] }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut alice_b = b.client(Some(&people[0])).await;
+    let (_, body) = alice_b
+        .json("GET", "/v1/tenants/acme/webhooks", json!(null))
+        .await;
+    assert_eq!(body["webhooks"].as_array().map(Vec::len), Some(1), "{body}");
+
+    // Six revocations, half through each node, while both run their delivery loops.
+    let mut op_a = a.client(Some(&people[1])).await;
+    let mut op_b = b.client(Some(&people[1])).await;
+    let serials: Vec<String> = people[2..].iter().map(|p| p.serial.clone()).collect();
+    for (i, serial) in serials.iter().enumerate() {
+        let op = if i % 2 == 0 { &mut op_a } else { &mut op_b };
+        let (status, body) = op
+            .json(
+                "POST",
+                &format!("/v1/certificates/{serial}/revoke"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while received.lock().unwrap().len() < serials.len() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Time for any second attempt of the same delivery to arrive.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), serials.len(), "{got:?}");
+    let delivery_ids: std::collections::HashSet<_> = got.iter().map(|(id, _)| id).collect();
+    assert_eq!(delivery_ids.len(), serials.len(), "{got:?}");
+    for serial in &serials {
+        let n = got
+            .iter()
+            .filter(|(_, body)| body.contains(serial.as_str()))
+            .count();
+        assert_eq!(n, 1, "{serial}: {got:?}");
+    }
+    // Listed as delivered through either node.
+    let (_, body) = alice_b
+        .json(
+            "GET",
+            "/v1/tenants/acme/webhooks/deliveries?status=delivered",
+            json!(null),
+        )
+        .await;
+    assert_eq!(
+        body["deliveries"].as_array().map(Vec::len),
+        Some(serials.len()),
+        "{body}"
+    );
+    a.stop().await;
+    b.stop().await;
 }
