@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 deploy/setup-debian.sh --test
 # Tests that would skip for a missing tool (schemathesis) fail instead: setup installed it.
 export PORTCULLIS_REQUIRE_TOOLS=1
+# PostgreSQL is installed above: its tests fail rather than skip.
+export PORTCULLIS_REQUIRE_POSTGRES=1
 
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check

@@ -38,6 +38,9 @@
 //!   - spiffe_id: spiffe://portcullis.internal/agent/node-1       # (see `config/agents.rs`)
 //!     tenant: platform
 //!     grants: [{ tenant: acme, spiffe_ids: ["spiffe://acme.example/ns/**"] }]
+//! store:                          # optional: admin state in PostgreSQL (`store.rs`)
+//!   postgres: { url: "postgresql://portcullis@db.internal/portcullis",
+//!               password_file: pg-password, tls: { ca: pg-ca.pem } }
 //! ```
 //!
 //! Operators are a role: [`AdminConfig::check_operators`] refuses an operator ID that a tenant
@@ -59,6 +62,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{io_error, AdminError};
 use crate::policies::PoliciesConfig;
 use crate::roles::RoleBinding;
+use crate::store::StoreConfig;
 pub use agents::{AgentConfig, AgentGrant};
 pub(crate) use agents::{AgentRefusal, Agents};
 
@@ -120,6 +124,10 @@ pub struct AdminConfig {
     /// (through a local spool, so it is never lost while etcd is unreachable).
     #[serde(default)]
     pub fleet: Option<FleetConfig>,
+    /// Where the admin plane's state lives (`store.rs`): SQLite files in the CA state
+    /// directory unless `store.postgres` is set.
+    #[serde(default)]
+    pub store: StoreConfig,
 }
 
 /// The `fleet:` section of the admin config.
@@ -512,6 +520,42 @@ impl AdminConfig {
         if let Some(fleet) = &mut config.fleet {
             fleet.resolve(base);
             fleet.settings()?;
+        }
+        config.store.resolve(base);
+        config.store.check()?;
+        if config.store.postgres.is_some() {
+            for (set, what) in [
+                (
+                    config
+                        .policies
+                        .as_ref()
+                        .is_some_and(|p| p.database.is_some()),
+                    "policies",
+                ),
+                (
+                    config
+                        .webhooks
+                        .as_ref()
+                        .is_some_and(|w| w.database.is_some()),
+                    "webhooks",
+                ),
+            ] {
+                if set {
+                    return Err(format!(
+                        "store.postgres: {what} are kept in PostgreSQL; leave {what}.database \
+                         (a SQLite file) unset"
+                    ));
+                }
+            }
+            // Its store is a SQLite file on each node still: several nodes would each keep
+            // their own, diverging copy.
+            if config.acme.enabled {
+                return Err(
+                    "store.postgres: acme.enabled keeps its state in SQLite on each node \
+                            (not yet in PostgreSQL); with store.postgres, leave acme.enabled unset"
+                        .to_owned(),
+                );
+            }
         }
         Ok(config)
     }

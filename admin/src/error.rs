@@ -25,6 +25,9 @@ pub enum AdminError {
     /// The bootstrap token store failed.
     #[error("token store {path}: {detail}")]
     TokenStore { path: String, detail: String },
+    /// The PostgreSQL store could not be reached, migrated or configured.
+    #[error("admin store: {0}")]
+    Store(String),
     /// The listener could not be bound.
     #[error("listen on {addr}: {source}")]
     Listen {

@@ -40,6 +40,7 @@ mod roles;
 mod serde_time;
 mod server;
 mod stats;
+mod store;
 mod tls;
 mod token;
 mod webhooks;
@@ -58,6 +59,10 @@ pub use roles::{Role, RoleBinding};
 pub use server::AdminServer;
 pub use stats::{
     ClosedConnections, IssuanceStats, OpenConnections, RateLimited, StatsSnapshot, WebhookOutcomes,
+};
+pub use store::{
+    InlineSecret, PgInventory, PgStore, PgTokenStore, PostgresStoreConfig, PostgresTlsConfig,
+    StoreConfig,
 };
 pub use tls::ClientTrust;
 pub use token::{

@@ -30,8 +30,12 @@ use portcullis_identity::schema::HumanDuration;
 use portcullis_identity::{PolicyBundle, SignedPolicyBundle, TenantPolicy, POLICY_BUNDLE_FORMAT};
 use serde::{Deserialize, Serialize};
 
+use crate::store::PgStore;
+
 pub(crate) use check::{Platform, Problem};
 pub(crate) use impact::ImpactReport;
+#[cfg(test)]
+pub(crate) use store::tests as store_tests;
 pub use store::POLICY_DB;
 pub(crate) use store::{
     Approval, ApprovalStatus, Change, HistoryEvent, PolicyStore, SqlitePolicyStore, StoreError,
@@ -228,19 +232,34 @@ impl std::fmt::Debug for Policies {
 }
 
 impl Policies {
-    /// Opens the store and reads the platform's gateway config.
-    pub(crate) fn open(config: &PoliciesConfig, state_dir: &Path) -> Result<Self, String> {
+    /// Opens the store (SQLite in the state directory, or the shared PostgreSQL database with
+    /// `store.postgres`) and reads the platform's gateway config. With PostgreSQL, every node
+    /// must sign with one key: the first to start stores its public half, and a node whose key
+    /// differs is refused.
+    pub(crate) fn open(
+        config: &PoliciesConfig,
+        state_dir: &Path,
+        postgres: Option<&PgStore>,
+    ) -> Result<Self, String> {
         let platform = Platform::load(&config.gateway_config)?;
-        let db = config
-            .database
-            .clone()
-            .unwrap_or_else(|| state_dir.join(POLICY_DB));
-        let store = SqlitePolicyStore::open(&db).map_err(|e| e.to_string())?;
         let (signer, public) = policy_signer(config, state_dir)?;
+        let store: Arc<dyn PolicyStore> = match postgres {
+            Some(pg) => {
+                pg.agree_on_policy_key(&signer.public_key_der(), SystemTime::now())?;
+                Arc::new(pg.policies())
+            }
+            None => {
+                let db = config
+                    .database
+                    .clone()
+                    .unwrap_or_else(|| state_dir.join(POLICY_DB));
+                Arc::new(SqlitePolicyStore::open(&db).map_err(|e| e.to_string())?)
+            }
+        };
         publish_public_key(&*signer, &public)
             .map_err(|e| format!("policy signing key {}: {e}", public.display()))?;
         Ok(Self {
-            store: Arc::new(store),
+            store,
             platform,
             approval: config.approval,
             traffic: config.traffic.clone(),

@@ -24,6 +24,7 @@ use crate::error::AdminError;
 use crate::limits::{LogBudget, RequestLimits};
 use crate::revocation_http::Revocation;
 use crate::stats::{IssuanceStats, StatsSnapshot};
+use crate::store::{mark_state_dir, PgStore};
 use portcullis_identity::ServerCertificate;
 
 use crate::tls::{issue_serving, load_serving_files, provider, renew_serving, ClientTrust};
@@ -68,17 +69,34 @@ impl std::fmt::Debug for AdminServer {
 
 impl AdminServer {
     /// Opens the CA named by `config.ca` (logging in to its HSM), then [`AdminServer::bind_with`].
+    /// With `store.postgres`, the inventory and bootstrap tokens are the database's (migrated
+    /// first; `STATE/state-in-postgres` is written), not the state directory's SQLite files.
     pub async fn bind(
         config: &AdminConfig,
         audit: Option<AuditHandle>,
     ) -> Result<Self, AdminError> {
         let path = config.ca.clone();
-        let ca = tokio::task::spawn_blocking(move || -> Result<Ca, AdminError> {
-            Ok(Ca::open(&CaConfig::load(&path)?)?)
-        })
-        .await
-        .map_err(|e| AdminError::Invalid(format!("opening the CA: {e}")))??;
-        Self::bind_with(config, Arc::new(ca), audit).await
+        let postgres = config.store.postgres.clone();
+        let (ca, store) =
+            tokio::task::spawn_blocking(move || -> Result<(Ca, Option<PgStore>), AdminError> {
+                let ca_config = CaConfig::load(&path)?;
+                let Some(pg) = postgres else {
+                    return Ok((Ca::open(&ca_config)?, None));
+                };
+                let store = PgStore::open(&pg)?;
+                let ca = Ca::open_with_inventory(&ca_config, Arc::new(store.inventory()))?;
+                mark_state_dir(ca.state_dir())?;
+                Ok((ca, Some(store)))
+            })
+            .await
+            .map_err(|e| AdminError::Invalid(format!("opening the CA: {e}")))??;
+        match store {
+            Some(store) => {
+                let tokens = Arc::new(store.tokens());
+                Self::bind_on(config, Arc::new(ca), tokens, Some(store), audit).await
+            }
+            None => Self::bind_with(config, Arc::new(ca), audit).await,
+        }
     }
 
     /// Builds the server on an opened CA: obtains the server certificate (self-issued or from
@@ -97,11 +115,30 @@ impl AdminServer {
         Self::bind_with_tokens(config, ca, tokens, audit).await
     }
 
-    /// As [`AdminServer::bind_with`], with a given token store.
+    /// As [`AdminServer::bind_with`], with a given token store. With `store.postgres`, the
+    /// policies and webhooks are the database's (opened here).
     pub async fn bind_with_tokens(
         config: &AdminConfig,
         ca: Arc<Ca>,
         tokens: Arc<dyn TokenStore>,
+        audit: Option<AuditHandle>,
+    ) -> Result<Self, AdminError> {
+        let store = match config.store.postgres.clone() {
+            Some(pg) => Some(
+                tokio::task::spawn_blocking(move || PgStore::open(&pg))
+                    .await
+                    .map_err(|e| AdminError::Store(format!("opening the store: {e}")))??,
+            ),
+            None => None,
+        };
+        Self::bind_on(config, ca, tokens, store, audit).await
+    }
+
+    async fn bind_on(
+        config: &AdminConfig,
+        ca: Arc<Ca>,
+        tokens: Arc<dyn TokenStore>,
+        store: Option<PgStore>,
         audit: Option<AuditHandle>,
     ) -> Result<Self, AdminError> {
         let source = config.serving_cert().map_err(|detail| AdminError::Config {
@@ -179,12 +216,16 @@ impl AdminServer {
         let stats = Arc::new(IssuanceStats::default());
         let webhooks = match &config.webhooks {
             Some(w) => Some(
-                crate::webhooks::Webhooks::open(w, ca.state_dir(), Arc::clone(&stats)).map_err(
-                    |detail| AdminError::Config {
-                        path: "(admin config) webhooks".to_owned(),
-                        detail,
-                    },
-                )?,
+                crate::webhooks::Webhooks::open(
+                    w,
+                    ca.state_dir(),
+                    store.as_ref(),
+                    Arc::clone(&stats),
+                )
+                .map_err(|detail| AdminError::Config {
+                    path: "(admin config) webhooks".to_owned(),
+                    detail,
+                })?,
             ),
             None => None,
         };
@@ -208,15 +249,20 @@ impl AdminServer {
         } else {
             None
         };
-        let policies = match &config.policies {
-            Some(p) => Some(Arc::new(
-                crate::policies::Policies::open(p, ca.state_dir()).map_err(|detail| {
-                    AdminError::Config {
-                        path: "(admin config) policies".to_owned(),
-                        detail,
-                    }
-                })?,
-            )),
+        let policies = match config.policies.clone() {
+            Some(p) => {
+                // Blocking: the SQLite file or the PostgreSQL round trips of the key check.
+                let (state_dir, pg) = (ca.state_dir().to_owned(), store.clone());
+                let opened = tokio::task::spawn_blocking(move || {
+                    crate::policies::Policies::open(&p, &state_dir, pg.as_ref())
+                })
+                .await
+                .map_err(|e| AdminError::Store(format!("opening the policy store: {e}")))?;
+                Some(Arc::new(opened.map_err(|detail| AdminError::Config {
+                    path: "(admin config) policies".to_owned(),
+                    detail,
+                })?))
+            }
             None => None,
         };
         let people = if config.identity_providers.is_empty() {

@@ -83,6 +83,11 @@ impl TokenHash {
         plausible.then(|| Self::of(token))
     }
 
+    /// The hash as stored.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The token's public id: the first 8 bytes of the hash, hex.
     pub fn id(&self) -> TokenId {
         TokenId(hex::encode(&self.0[..8]))
@@ -100,6 +105,11 @@ impl fmt::Debug for TokenHash {
 pub struct TokenId(String);
 
 impl TokenId {
+    /// An id as a store kept it.
+    pub(crate) fn stored(id: String) -> Self {
+        Self(id)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -212,7 +222,7 @@ CREATE TABLE IF NOT EXISTS bootstrap_tokens (
 ";
 
 /// Expired tokens are deleted this long after expiry.
-const KEEP_EXPIRED: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const KEEP_EXPIRED: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl SqliteTokenStore {
     /// Opens (creating if needed) the store at `path`.
@@ -232,8 +242,18 @@ impl SqliteTokenStore {
         })
     }
 
-    /// Opens the store in a CA state directory.
+    /// Opens the store in a CA state directory; refused when `STATE/state-in-postgres` says
+    /// the tokens are in PostgreSQL (a token written here would never be honoured).
     pub fn in_state_dir(dir: &Path) -> Result<Self, AdminError> {
+        let marker = dir.join(portcullis_ca::STATE_IN_POSTGRES);
+        if marker.exists() {
+            return Err(AdminError::TokenStore {
+                path: marker.display().to_string(),
+                detail: "the bootstrap tokens are kept in PostgreSQL (store.postgres): create \
+                         them through the admin API (POST /v1/tenants/TENANT/tokens)"
+                    .to_owned(),
+            });
+        }
         Self::open(&dir.join(TOKEN_DB))
     }
 
@@ -363,17 +383,19 @@ impl TokenStore for SqliteTokenStore {
     }
 }
 
-fn unix(t: SystemTime) -> i64 {
+pub(crate) fn unix(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-fn secs(d: Duration) -> i64 {
+pub(crate) fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    //! The token store's behaviour, written once: run here on SQLite and in `store`'s tests on
+    //! PostgreSQL.
     use super::*;
     use std::sync::Arc;
 
@@ -383,28 +405,23 @@ mod tests {
         (dir, s)
     }
 
-    #[test]
-    fn one_time_expiring_hashed() {
-        let (dir, s) = store();
+    /// One use, expiry, release; the token itself is never what is stored.
+    pub(crate) fn one_time_expiring(s: &dyn TokenStore) -> BootstrapToken {
         let now = SystemTime::now();
         let tenant: TenantId = "acme".parse().unwrap();
         let (token, grant) =
-            create_token(&s, tenant.clone(), None, Duration::from_secs(60), now).unwrap();
+            create_token(s, tenant.clone(), None, Duration::from_secs(60), now).unwrap();
         assert_eq!(token.expose().len(), TOKEN_CHARS);
         assert!(!format!("{token:?}").contains(token.expose()));
         let hash = TokenHash::of_presented(token.expose()).unwrap();
-        // The file holds the hash, not the token.
-        let bytes = std::fs::read(dir.path().join(TOKEN_DB)).unwrap();
-        assert!(!bytes
-            .windows(TOKEN_CHARS)
-            .any(|w| w == token.expose().as_bytes()));
 
         assert_eq!(s.consume(&hash, now).unwrap(), Some(grant.clone()));
         assert_eq!(s.consume(&hash, now).unwrap(), None, "used");
         s.release(&hash).unwrap();
         assert_eq!(s.consume(&hash, now).unwrap(), Some(grant));
 
-        let (late, _) = create_token(&s, tenant, None, Duration::from_secs(60), now).unwrap();
+        let (late, _) =
+            create_token(s, tenant.clone(), None, Duration::from_secs(60), now).unwrap();
         assert_eq!(
             s.consume(&late.hash(), now + Duration::from_secs(61))
                 .unwrap(),
@@ -412,6 +429,87 @@ mod tests {
             "expired"
         );
         assert_eq!(s.consume(&TokenHash::of("unknown"), now).unwrap(), None);
+        let listed = s.list(&tenant, now).unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(s.revoke(&tenant, late.hash().id().as_str()).unwrap());
+        assert!(!s
+            .revoke(&"other".parse().unwrap(), hash.id().as_str())
+            .unwrap());
+        assert_eq!(s.list(&tenant, now).unwrap().len(), 1);
+        token
+    }
+
+    /// Of 4 concurrent uses through two connections, exactly one gets the grant.
+    pub(crate) fn concurrent_consumers_exactly_one_wins(a: &dyn TokenStore, b: &dyn TokenStore) {
+        let now = SystemTime::now();
+        for _ in 0..20 {
+            let (token, _) = create_token(
+                a,
+                "acme".parse().unwrap(),
+                None,
+                Duration::from_secs(60),
+                now,
+            )
+            .unwrap();
+            let hash = token.hash();
+            let wins: usize = std::thread::scope(|sc| {
+                let handles: Vec<_> = [a, b, a, b]
+                    .into_iter()
+                    .map(|st| {
+                        let hash = hash.clone();
+                        sc.spawn(move || st.consume(&hash, now).unwrap().is_some())
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| usize::from(h.join().unwrap()))
+                    .sum()
+            });
+            assert_eq!(wins, 1);
+        }
+    }
+
+    /// Hostile SPIFFE IDs and ids are kept intact or refused with an error, never a panic.
+    pub(crate) fn hostile_values_kept_intact_or_refused(s: &dyn TokenStore) {
+        let now = SystemTime::now();
+        let tenant: TenantId = "acme".parse().unwrap();
+        for (i, spiffe_id) in [
+            "spiffe://acme/'; DROP TABLE bootstrap_tokens; --".to_owned(),
+            "spiffe://acme/\"q\"\\%_*".to_owned(),
+            "spiffe://acme/nul\0byte".to_owned(),
+            format!("spiffe://acme/{}", "x".repeat(2030)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let hash = TokenHash::of(&format!("hostile-{i}"));
+            let grant = TokenGrant {
+                id: hash.id(),
+                tenant: tenant.clone(),
+                spiffe_id: Some(spiffe_id.clone()),
+                expires_at: UNIX_EPOCH
+                    + Duration::from_secs(u64::try_from(unix(now)).unwrap() + 60),
+            };
+            match s.insert(&hash, &grant, now) {
+                Ok(()) => assert_eq!(s.consume(&hash, now).unwrap(), Some(grant), "value {i}"),
+                Err(e) => assert!(spiffe_id.contains('\0'), "value {i} refused: {e}"),
+            }
+        }
+        for id in ["'", "%", "*", "\0", &"f".repeat(10_000)] {
+            assert!(!s.revoke(&tenant, id).unwrap(), "{id:?}");
+        }
+        assert!(s.list(&tenant, now).is_ok());
+    }
+
+    #[test]
+    fn one_time_expiring_hashed() {
+        let (dir, s) = store();
+        let token = one_time_expiring(&s);
+        // The file holds the hash, not the token.
+        let bytes = std::fs::read(dir.path().join(TOKEN_DB)).unwrap();
+        assert!(!bytes
+            .windows(TOKEN_CHARS)
+            .any(|w| w == token.expose().as_bytes()));
         assert!(TokenHash::of_presented("short").is_none());
         assert!(TokenHash::of_presented(&"a".repeat(42).to_owned().replace('a', "+")).is_none());
     }
@@ -429,36 +527,16 @@ mod tests {
     }
 
     #[test]
-    fn concurrent_consumers_exactly_one_wins() {
+    fn concurrent_consumers_exactly_one_wins_on_sqlite() {
         let dir = tempfile::tempdir().unwrap();
         let a = Arc::new(SqliteTokenStore::in_state_dir(dir.path()).unwrap());
         // A second connection, as a second process would have.
         let b = Arc::new(SqliteTokenStore::in_state_dir(dir.path()).unwrap());
-        let now = SystemTime::now();
-        for _ in 0..20 {
-            let (token, _) = create_token(
-                a.as_ref(),
-                "acme".parse().unwrap(),
-                None,
-                Duration::from_secs(60),
-                now,
-            )
-            .unwrap();
-            let hash = token.hash();
-            let wins: usize = std::thread::scope(|sc| {
-                let handles: Vec<_> = [&a, &b, &a, &b]
-                    .into_iter()
-                    .map(|st| {
-                        let hash = hash.clone();
-                        sc.spawn(move || st.consume(&hash, now).unwrap().is_some())
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| usize::from(h.join().unwrap()))
-                    .sum()
-            });
-            assert_eq!(wins, 1);
-        }
+        concurrent_consumers_exactly_one_wins(a.as_ref(), b.as_ref());
+    }
+
+    #[test]
+    fn hostile_values_on_sqlite() {
+        hostile_values_kept_intact_or_refused(&store().1);
     }
 }

@@ -24,7 +24,7 @@
 //! issuance nor a revocation waits for a webhook; a full queue drops the event and counts it.
 
 mod deliver;
-mod store;
+pub(crate) mod store;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -41,7 +41,9 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use deliver::{new_id, new_secret, Endpoint};
 pub use store::WEBHOOK_DB;
-pub(crate) use store::{DeliveryStatus, StoreError, Subscription, WebhookStore};
+pub(crate) use store::{
+    DeliveryStatus, SqliteWebhookStore, StoreError, Subscription, WebhookStore,
+};
 
 use crate::stats::{IssuanceStats, WebhookOutcome};
 
@@ -202,7 +204,7 @@ impl WebhooksConfig {
 
 /// The webhook service: the store, the queue in front of it, the delivery loop's sender.
 pub(crate) struct Webhooks {
-    store: Arc<WebhookStore>,
+    store: Arc<dyn WebhookStore>,
     config: WebhooksConfig,
     sender: deliver::Sender,
     queue: SyncSender<Event>,
@@ -221,18 +223,25 @@ struct Event {
 }
 
 impl Webhooks {
-    /// Opens the store and starts the thread that queues events into it.
+    /// Opens the store (SQLite in the state directory, or the shared PostgreSQL database with
+    /// `store.postgres`) and starts the thread that queues events into it.
     pub(crate) fn open(
         config: &WebhooksConfig,
         state_dir: &Path,
+        postgres: Option<&crate::store::PgStore>,
         stats: Arc<IssuanceStats>,
     ) -> Result<Arc<Self>, String> {
         config.check()?;
-        let path = config
-            .database
-            .clone()
-            .unwrap_or_else(|| state_dir.join(WEBHOOK_DB));
-        let store = Arc::new(WebhookStore::open(&path).map_err(|e| e.to_string())?);
+        let store: Arc<dyn WebhookStore> = match postgres {
+            Some(pg) => Arc::new(pg.webhooks()),
+            None => {
+                let path = config
+                    .database
+                    .clone()
+                    .unwrap_or_else(|| state_dir.join(WEBHOOK_DB));
+                Arc::new(SqliteWebhookStore::open(&path).map_err(|e| e.to_string())?)
+            }
+        };
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(bundle) = &config.ca_bundle {
@@ -269,7 +278,7 @@ impl Webhooks {
             .name("webhook-queue".into())
             .spawn(move || {
                 for event in events {
-                    if let Err(e) = enqueue(&store, &event) {
+                    if let Err(e) = enqueue(&*store, &event) {
                         tracing::error!(error = %e, "webhook event not queued");
                     }
                     wake.notify_one();
@@ -279,7 +288,7 @@ impl Webhooks {
         Ok(webhooks)
     }
 
-    pub(crate) fn store(&self) -> &Arc<WebhookStore> {
+    pub(crate) fn store(&self) -> &Arc<dyn WebhookStore> {
         &self.store
     }
 
@@ -334,9 +343,10 @@ impl Webhooks {
     pub(crate) async fn deliver(self: Arc<Self>) {
         loop {
             let store = Arc::clone(&self.store);
-            let due = tokio::task::spawn_blocking(move || store.due(SystemTime::now(), BATCH))
-                .await
-                .unwrap_or_else(|e| Err(StoreError::from_join(e)));
+            let due =
+                tokio::task::spawn_blocking(move || store.claim_due(SystemTime::now(), BATCH))
+                    .await
+                    .unwrap_or_else(|e| Err(StoreError::from_join(e)));
             let due = match due {
                 Ok(due) => due,
                 Err(e) => {
@@ -601,7 +611,7 @@ fn subject_of(sans: &[String], subject: &str) -> String {
 }
 
 /// The payload (`type`, `timestamp`, `tenant`, `data`) queued for each subscriber.
-fn enqueue(store: &WebhookStore, event: &Event) -> Result<usize, StoreError> {
+fn enqueue(store: &dyn WebhookStore, event: &Event) -> Result<usize, StoreError> {
     let payload = serde_json::json!({
         "type": event.event_type,
         "timestamp": humantime::format_rfc3339_millis(event.at).to_string(),

@@ -93,7 +93,7 @@ pub use signer::{
     key_id, publish_public_key, PublicKey, SignatureAlgorithm, Signer, SignerError, SoftwareSigner,
     P256_SPKI_PREFIX,
 };
-pub use sink::{PgSink, PgSinkConfig, SinkError, SinkStats, TABLE_DDL};
+pub use sink::{with_causes, PgSink, PgSinkConfig, SinkError, SinkStats, TABLE_DDL};
 pub use store::{CentralStore, StoreTls};
 pub use verify::{verify_dir, verify_dir_expecting, BadRecord, Problem, VerifyError, VerifyReport};
 pub use writer::{

@@ -471,7 +471,7 @@ impl PgSink {
 
 /// An error and its causes (`tokio_postgres` shows only the kind: "error performing TLS
 /// handshake", "db error").
-pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+pub fn with_causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

@@ -24,8 +24,12 @@
 //!
 //! ```sh
 //! cargo run --release -p portcullis-bench --bin portcullis-issue-bench -- \
-//!     --duration 5s --threads 2 --clients 4 [--silent 2000]
+//!     --duration 5s --threads 2 --clients 4 [--silent 2000] \
+//!     [--postgres "host=127.0.0.1 port=5432 user=postgres dbname=bench"]
 //! ```
+//!
+//! With `--postgres`, the inventory and bootstrap tokens are in that database (the admin
+//! plane's `store.postgres`) instead of SQLite files.
 //!
 //! Needs `softhsm2-util` and the SoftHSM2 module (`apt-get install -y softhsm2`).
 
@@ -38,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use portcullis_admin::{AdminConfig, AdminServer};
+use portcullis_admin::{AdminConfig, AdminServer, PgStore, PostgresStoreConfig};
 use portcullis_ca::{
     Ca, CaConfig, IssueRequest, KeyBackend, PinSource, Pkcs11Backend, Requester, RequesterKind,
 };
@@ -88,6 +92,10 @@ struct Args {
     /// Only the API figure (for profilers: callgrind, perf, strace -c).
     #[arg(long)]
     api_only: bool,
+    /// Keep the inventory and bootstrap tokens in this PostgreSQL database (`store.postgres`;
+    /// a URL on loopback, in clear) instead of SQLite files.
+    #[arg(long)]
+    postgres: Option<String>,
 }
 
 /// How the API figure's clients renew, and what else the server is put through meanwhile.
@@ -137,6 +145,28 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let pin_file = softhsm(work.path())?;
     let ca_config = ca_config(work.path(), &pin_file, args.sessions)?;
     let ca = Arc::new(Ca::init(&ca_config, SystemTime::now()).context("CA init on SoftHSM2")?);
+    let store = match &args.postgres {
+        Some(url) => Some(PgStore::open(&PostgresStoreConfig {
+            url: Some(url.clone()),
+            host: None,
+            port: None,
+            user: None,
+            dbname: None,
+            password_file: None,
+            password: None,
+            tls: None,
+            insecure_plaintext: true,
+            max_connections: 8,
+        })?),
+        None => None,
+    };
+    let ca = match &store {
+        Some(store) => Arc::new(Ca::open_with_inventory(
+            &ca_config,
+            Arc::new(store.inventory()),
+        )?),
+        None => ca,
+    };
     let warmup = (args.duration / 10).min(Duration::from_secs(1));
     let load_before = loadavg();
     let mut figures = Vec::new();
@@ -213,7 +243,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     let first_api = figures.len();
     for load in loads {
-        figures.push(runtime.block_on(api_figure(work.path(), &ca, args, warmup, load))?);
+        figures.push(runtime.block_on(api_figure(
+            work.path(),
+            &ca,
+            store.as_ref(),
+            args,
+            warmup,
+            load,
+        ))?);
     }
     let api_rate = figures.get(first_api).map(Figure::rate).unwrap_or_default();
     // cfssl in plain HTTP (its default) and over mutual TLS (like for like with the API).
@@ -459,6 +496,7 @@ fn measure_threads(
 async fn api_figure(
     dir: &Path,
     ca: &Arc<Ca>,
+    store: Option<&PgStore>,
     args: &Args,
     warmup: Duration,
     load: ApiLoad,
@@ -469,7 +507,13 @@ async fn api_figure(
         dir,
     )
     .map_err(|e| anyhow::anyhow!("admin config: {e}"))?;
-    let server = AdminServer::bind_with(&config, Arc::clone(ca), None).await?;
+    let server = match store {
+        Some(store) => {
+            AdminServer::bind_with_tokens(&config, Arc::clone(ca), Arc::new(store.tokens()), None)
+                .await?
+        }
+        None => AdminServer::bind_with(&config, Arc::clone(ca), None).await?,
+    };
     let addr = server.local_addr();
     let stats = server.stats_handle();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -487,10 +531,16 @@ async fn api_figure(
     for i in 0..args.clients {
         let id = format!("spiffe://bench.example/ns/bench/sa/client-{i}");
         let first = csr(&id)?;
-        let issued = ca.issue(
-            &request(first.0.as_bytes(), RequesterKind::Operator),
-            SystemTime::now(),
-        )?;
+        // Off the runtime's threads, as the server does: the inventory may be a blocking
+        // PostgreSQL client.
+        let (ca2, der) = (Arc::clone(ca), first.0.clone());
+        let issued = tokio::task::spawn_blocking(move || {
+            ca2.issue(
+                &request(der.as_bytes(), RequesterKind::Operator),
+                SystemTime::now(),
+            )
+        })
+        .await??;
         let credentials = ClientCredentials {
             chain: parse_certs(issued.chain_pem.as_bytes(), "issued chain")?,
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(first.1.clone())),

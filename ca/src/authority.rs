@@ -108,6 +108,11 @@ pub struct IssuedCertificate {
     pub renewed_from: Option<Serial>,
 }
 
+/// The file in the CA state directory saying that the inventory (and the admin plane's
+/// bootstrap tokens) live in the admin plane's PostgreSQL store: [`Ca::open`] refuses to use
+/// the SQLite inventory beside it.
+pub const STATE_IN_POSTGRES: &str = "state-in-postgres";
+
 /// The certificate authority. `Send + Sync`: issue from many threads through `&self`.
 ///
 /// Issuances, refusals and revocations are recorded as [`CaEvent`]s in the [`CaEventSink`]
@@ -315,8 +320,20 @@ impl Ca {
 
     /// Opens an initialised CA: finds the issuing key in the backend, reads the certificates
     /// and opens the SQLite inventory. The root key is not touched.
+    ///
+    /// Refused when `STATE/state-in-postgres` says the inventory has moved to the admin plane's
+    /// PostgreSQL store: the SQLite file left behind is out of date.
     pub fn open(config: &CaConfig) -> Result<Ca, CaError> {
         config.check()?;
+        let marker = config.state_dir.join(STATE_IN_POSTGRES);
+        if marker.exists() {
+            return Err(state_error(
+                &marker,
+                "the inventory and bootstrap tokens are kept in PostgreSQL (this file says so); \
+                 configure store.postgres in the admin config: the SQLite files here are out of \
+                 date",
+            ));
+        }
         let backend = config.backend.open()?;
         let key = backend.find_key(&config.keys.issuing_label)?;
         let db = config.state_dir.join("inventory.sqlite3");
@@ -327,6 +344,18 @@ impl Ca {
             ));
         }
         let inventory = Arc::new(SqliteInventory::open(&db)?);
+        Self::open_in(config, key, inventory, Some(backend))
+    }
+
+    /// Opens an initialised CA as [`Ca::open`] does, with a given inventory store (the admin
+    /// plane's PostgreSQL one) in place of the SQLite file.
+    pub fn open_with_inventory(
+        config: &CaConfig,
+        inventory: Arc<dyn InventoryStore>,
+    ) -> Result<Ca, CaError> {
+        config.check()?;
+        let backend = config.backend.open()?;
+        let key = backend.find_key(&config.keys.issuing_label)?;
         Self::open_in(config, key, inventory, Some(backend))
     }
 

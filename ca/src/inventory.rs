@@ -1,7 +1,11 @@
 //! The inventory of every certificate issued: what, to whom, under which profile, by whose
-//! request, which certificate it renewed (its lineage), and whether it was revoked. Behind [`InventoryStore`] so that a shared store
-//! (PostgreSQL) can replace the embedded SQLite one.
+//! request, which certificate it renewed (its lineage), and whether it was revoked. Behind
+//! [`InventoryStore`] so that a shared store (the admin plane's PostgreSQL one) can replace the
+//! embedded SQLite one.
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+mod group_commit;
 mod sqlite;
 
 use std::fmt;
@@ -14,6 +18,7 @@ use crate::crl::RevocationReason;
 use crate::ids::{Serial, TenantId};
 use crate::CaError;
 
+pub use group_commit::GroupCommit;
 pub use sqlite::SqliteInventory;
 
 /// A certificate's status at some instant.

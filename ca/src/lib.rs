@@ -29,7 +29,9 @@ mod ocsp;
 mod profile;
 mod token_signer;
 
-pub use authority::{Ca, IssueRequest, IssuedCertificate, Requester, RequesterKind};
+pub use authority::{
+    Ca, IssueRequest, IssuedCertificate, Requester, RequesterKind, STATE_IN_POSTGRES,
+};
 pub use config::{
     BackendConfig, CaConfig, CertConfig, CrlConfig, KeysConfig, Pkcs11Config, ProfileConfig,
     SoftwareConfig,
@@ -39,9 +41,12 @@ pub use crl::{write_atomic, Crl, RevocationReason};
 pub use csr::{parse_csr_for_fuzzing, requested_names, RequestedNames};
 pub use events::{CaEventSink, RevocationSink};
 pub use ids::{Serial, TenantId};
+#[cfg(feature = "conformance")]
+#[doc(hidden)]
+pub use inventory::conformance as inventory_conformance;
 pub use inventory::{
-    CertRecord, CertStatus, InventoryFilter, InventoryStore, NewCertRecord, Revocation,
-    RevocationScope, SqliteInventory,
+    CertRecord, CertStatus, GroupCommit, InventoryFilter, InventoryStore, NewCertRecord,
+    Revocation, RevocationScope, SqliteInventory,
 };
 pub use key::{
     KeyAlgorithm, KeyBackend, PinSource, Pkcs11Backend, SigningKey, SoftwareBackend,

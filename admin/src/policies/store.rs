@@ -79,7 +79,7 @@ impl ApprovalStatus {
         }
     }
 
-    fn parse(s: &str) -> ApprovalStatus {
+    pub(crate) fn parse(s: &str) -> ApprovalStatus {
         match s {
             "approved" => ApprovalStatus::Approved,
             "rejected" => ApprovalStatus::Rejected,
@@ -683,7 +683,9 @@ impl PolicyStore for SqlitePolicyStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    //! The policy store's behaviour, written once: run here on SQLite and in `store`'s tests on
+    //! PostgreSQL.
     use super::*;
 
     fn store() -> (tempfile::TempDir, SqlitePolicyStore) {
@@ -693,11 +695,28 @@ mod tests {
     }
 
     #[test]
-    fn versions_number_per_tenant_and_activation_moves_the_pointer() {
-        let (_dir, s) = store();
+    fn sqlite_versions_number_per_tenant_and_activation_moves_the_pointer() {
+        versions_number_per_tenant_and_activation_moves_the_pointer(&store().1);
+    }
+
+    #[test]
+    fn sqlite_an_approval_needs_another_person_and_expires() {
+        an_approval_needs_another_person_and_expires(&store().1);
+    }
+
+    #[test]
+    fn sqlite_concurrent_activations_leave_one_active_and_a_consistent_history() {
+        // One handle: SQLite serves one node, its callers serialised on its connection.
+        let (_dir, a) = store();
+        concurrent_activations_leave_one_active_and_a_consistent_history(&a, &a);
+    }
+
+    /// Versions per tenant, activation, rollback to none, the serial growing with each change.
+    pub(crate) fn versions_number_per_tenant_and_activation_moves_the_pointer(s: &dyn PolicyStore) {
         let acme: TenantId = "acme".parse().unwrap();
         let globex: TenantId = "globex".parse().unwrap();
         let now = SystemTime::now();
+        assert_eq!(s.serial().unwrap(), 0);
         assert_eq!(
             s.add_version(&acme, "a1", "h1", "alice", None, now)
                 .unwrap(),
@@ -714,8 +733,12 @@ mod tests {
             1
         );
         assert!(s.active().unwrap().is_empty());
+        assert_eq!(s.text(&acme, 2).unwrap().as_deref(), Some("a2"));
+        assert_eq!(s.text(&acme, 3).unwrap(), None);
         s.set_active(&acme, 2, Change::Activate, "alice", "go", now)
             .unwrap();
+        let after_one = s.serial().unwrap();
+        assert!(after_one > 0);
         assert!(matches!(
             s.set_active(&acme, 9, Change::Activate, "alice", "go", now),
             Err(StoreError::UnknownVersion)
@@ -727,19 +750,34 @@ mod tests {
             v.iter().map(|v| (v.version, v.active)).collect::<Vec<_>>(),
             [(2, true), (1, false)]
         );
+        assert_eq!(v[0].comment.as_deref(), Some("c"));
         let h = s.history(&acme).unwrap();
         assert_eq!(
             h.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
             ["uploaded", "uploaded", "activated"]
         );
+        assert_eq!(h[2].reason.as_deref(), Some("go"));
+        // Back to the platform's own entry: nothing active, the serial moves on.
+        s.set_active(&acme, 0, Change::Rollback, "alice", "undo", now)
+            .unwrap();
+        assert!(s.active().unwrap().is_empty());
+        assert!(s.serial().unwrap() > after_one);
+        assert_eq!(
+            s.history(&acme).unwrap().last().unwrap().action,
+            "rolled_back"
+        );
+        assert_eq!(s.history(&globex).unwrap().len(), 1);
     }
 
-    #[test]
-    fn an_approval_needs_another_person_and_expires() {
-        let (_dir, s) = store();
+    /// Two-person approval, rejection of one's own request, expiry, tenants kept apart.
+    pub(crate) fn an_approval_needs_another_person_and_expires(s: &dyn PolicyStore) {
         let t: TenantId = "acme".parse().unwrap();
         let now = SystemTime::now();
         s.add_version(&t, "a1", "h", "alice", None, now).unwrap();
+        assert!(matches!(
+            s.request_approval(&t, 7, "alice", "why", now, Duration::from_secs(60)),
+            Err(StoreError::UnknownVersion)
+        ));
         let a = s
             .request_approval(&t, 1, "alice", "why", now, Duration::from_secs(60))
             .unwrap();
@@ -754,6 +792,7 @@ mod tests {
         ));
         let done = s.decide(&t, a.id, "bob", true, now).unwrap();
         assert_eq!(done.status, ApprovalStatus::Approved);
+        assert_eq!(done.decided_by.as_deref(), Some("bob"));
         assert_eq!(s.active().unwrap()[0].1, 1);
         assert!(matches!(
             s.decide(&t, a.id, "carol", false, now),
@@ -771,5 +810,105 @@ mod tests {
             s.decide(&t, late.id, "bob", true, later),
             Err(StoreError::NotPending(ApprovalStatus::Expired))
         ));
+        // Marked expired in the store, not only shown so.
+        assert_eq!(
+            s.approvals(&t, now).unwrap()[0].status,
+            ApprovalStatus::Expired
+        );
+        let rejected = s
+            .request_approval(&t, 1, "alice", "third", now, Duration::from_secs(60))
+            .unwrap();
+        let serial = s.serial().unwrap();
+        let r = s.decide(&t, rejected.id, "bob", false, now).unwrap();
+        assert_eq!(r.status, ApprovalStatus::Rejected);
+        assert_eq!(
+            s.serial().unwrap(),
+            serial,
+            "a rejection changes nothing active"
+        );
+        let actions: Vec<_> = s
+            .history(&t)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.action, e.approval.is_some()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("uploaded".to_owned(), false),
+                ("approval_requested".to_owned(), true),
+                ("approved".to_owned(), true),
+                ("activated".to_owned(), true),
+                ("approval_requested".to_owned(), true),
+                ("approval_requested".to_owned(), true),
+                ("rejected".to_owned(), true),
+            ]
+        );
+    }
+
+    /// Two handles on one store (two nodes) activating different versions at once, many
+    /// times: every activation is recorded, the active version is the last one recorded, and
+    /// uploads racing each other get distinct numbers.
+    pub(crate) fn concurrent_activations_leave_one_active_and_a_consistent_history(
+        a: &dyn PolicyStore,
+        b: &dyn PolicyStore,
+    ) {
+        let t: TenantId = "acme".parse().unwrap();
+        let now = SystemTime::now();
+        let uploaded: Vec<u64> = std::thread::scope(|s| {
+            let ha = s.spawn(|| {
+                (0..5)
+                    .map(|i| {
+                        a.add_version(&t, &format!("a{i}"), "h", "alice", None, now)
+                            .unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let hb = s.spawn(|| {
+                (0..5)
+                    .map(|i| {
+                        b.add_version(&t, &format!("b{i}"), "h", "bob", None, now)
+                            .unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let mut all = ha.join().unwrap();
+            all.extend(hb.join().unwrap());
+            all
+        });
+        let mut sorted = uploaded.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (1..=10).collect::<Vec<u64>>());
+        let serial = a.serial().unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..10 {
+                    a.set_active(&t, 1, Change::Activate, "alice", "one", now)
+                        .unwrap();
+                }
+            });
+            s.spawn(|| {
+                for _ in 0..10 {
+                    b.set_active(&t, 2, Change::Activate, "bob", "two", now)
+                        .unwrap();
+                }
+            });
+        });
+        let active = a.active().unwrap();
+        assert_eq!(active.len(), 1, "{active:?}");
+        let history = b.history(&t).unwrap();
+        let activations: Vec<_> = history.iter().filter(|e| e.action == "activated").collect();
+        assert_eq!(activations.len(), 20);
+        assert_eq!(active[0].1, activations.last().unwrap().version);
+        let flags: Vec<_> = b
+            .versions(&t)
+            .unwrap()
+            .into_iter()
+            .filter(|v| v.active)
+            .collect();
+        assert_eq!(flags.len(), 1);
+        assert_eq!(flags[0].version, active[0].1);
+        assert!(history.windows(2).all(|w| w[0].id < w[1].id));
+        assert!(b.serial().unwrap() >= serial + 20);
     }
 }

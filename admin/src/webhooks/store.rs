@@ -1,6 +1,12 @@
-//! Where webhook subscriptions and their deliveries are kept: SQLite
-//! (`STATE/webhooks.sqlite3`, beside the CA's inventory), so a delivery queued before a restart
-//! is still tried after it, and the dead letters stay listable.
+//! Where webhook subscriptions and their deliveries are kept: the [`WebhookStore`] trait and
+//! its SQLite implementation (`STATE/webhooks.sqlite3`, beside the CA's inventory; the
+//! PostgreSQL one is in `store/webhooks.rs`), so a delivery queued before a restart is still
+//! tried after it, and the dead letters stay listable.
+//!
+//! The delivery loop claims what is due ([`WebhookStore::claim_due`]): a claimed delivery is
+//! not due again for [`CLAIM_LEASE`] unless its attempt is recorded first, so two delivery loops
+//! on one store never attempt the same delivery at once (a node that dies mid-attempt leaves it
+//! to be tried again when the lease ends).
 //!
 //! A delivery is queued once per subscription and event (`UNIQUE(subscription, event_id)`): the
 //! expiry scan may see the same certificate many times, its subscribers hear of it once.
@@ -47,6 +53,9 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_ms
 CREATE INDEX IF NOT EXISTS deliveries_tenant ON deliveries (tenant, created_ms);
 ";
 
+/// How long a claimed delivery is kept from other delivery loops: longer than an attempt takes.
+pub(crate) const CLAIM_LEASE: Duration = Duration::from_secs(300);
+
 /// The store failed; the detail goes to the log, never to a caller.
 #[derive(Debug, thiserror::Error)]
 #[error("webhook store {path}: {detail}")]
@@ -88,7 +97,7 @@ pub(crate) enum DeliveryStatus {
 }
 
 impl DeliveryStatus {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DeliveryStatus::Pending => "pending",
             DeliveryStatus::Delivered => "delivered",
@@ -131,14 +140,66 @@ pub(crate) struct Due {
     pub(crate) target: Target,
 }
 
+/// Webhook subscriptions and deliveries, per tenant.
+pub(crate) trait WebhookStore: Send + Sync + std::fmt::Debug {
+    /// Stores a subscription with its signing secret.
+    fn subscribe(
+        &self,
+        tenant: &TenantId,
+        sub: &Subscription,
+        secret: &str,
+    ) -> Result<(), StoreError>;
+    /// The tenant's subscriptions, oldest first.
+    fn subscriptions(&self, tenant: &TenantId) -> Result<Vec<Subscription>, StoreError>;
+    /// Removes a subscription and what is still pending for it; false when the tenant has none
+    /// by that id.
+    fn unsubscribe(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError>;
+    /// Queues `payload` for every subscription of `tenant` to `event_type`, once per event id;
+    /// returns how many deliveries were queued.
+    fn enqueue(
+        &self,
+        tenant: &TenantId,
+        event_type: &str,
+        event_id: &str,
+        payload: &str,
+        now: SystemTime,
+        new_id: &mut dyn FnMut() -> String,
+    ) -> Result<usize, StoreError>;
+    /// Claims the deliveries due at `now`, oldest first, at most `limit`: none of them is due
+    /// again (to any caller) before `now + CLAIM_LEASE` unless its attempt is recorded.
+    fn claim_due(&self, now: SystemTime, limit: usize) -> Result<Vec<Due>, StoreError>;
+    /// The earliest pending attempt, if any.
+    fn next_due(&self) -> Result<Option<SystemTime>, StoreError>;
+    /// Records an attempt's outcome: delivered, failed with a next attempt, or dead.
+    fn attempted(
+        &self,
+        id: &str,
+        outcome: Result<(), String>,
+        retry_at: Option<SystemTime>,
+        now: SystemTime,
+    ) -> Result<DeliveryStatus, StoreError>;
+    /// A tenant's deliveries, newest first, optionally of one status.
+    fn deliveries(
+        &self,
+        tenant: &TenantId,
+        status: Option<DeliveryStatus>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError>;
+    /// Puts a dead letter back in the queue, due now; false when the tenant has no dead
+    /// delivery by that id.
+    fn requeue(&self, tenant: &TenantId, id: &str, now: SystemTime) -> Result<bool, StoreError>;
+    /// Tenants with at least one subscription to `event_type`.
+    fn tenants_subscribed(&self, event_type: &str) -> Result<Vec<String>, StoreError>;
+}
+
 /// Subscriptions and deliveries in one SQLite file.
 #[derive(Debug)]
-pub(crate) struct WebhookStore {
+pub(crate) struct SqliteWebhookStore {
     path: PathBuf,
     conn: Mutex<Connection>,
 }
 
-impl WebhookStore {
+impl SqliteWebhookStore {
     pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
         let err = |e: rusqlite::Error| StoreError {
             path: path.display().to_string(),
@@ -168,8 +229,10 @@ impl WebhookStore {
         // Every use is one statement or one transaction: a panic leaves nothing half done.
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
 
-    pub(crate) fn subscribe(
+impl WebhookStore for SqliteWebhookStore {
+    fn subscribe(
         &self,
         tenant: &TenantId,
         sub: &Subscription,
@@ -195,7 +258,7 @@ impl WebhookStore {
         Ok(())
     }
 
-    pub(crate) fn subscriptions(&self, tenant: &TenantId) -> Result<Vec<Subscription>, StoreError> {
+    fn subscriptions(&self, tenant: &TenantId) -> Result<Vec<Subscription>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
@@ -221,7 +284,7 @@ impl WebhookStore {
 
     /// Removes a subscription and what is still pending for it; false when the tenant has none
     /// by that id.
-    pub(crate) fn unsubscribe(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
+    fn unsubscribe(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.error(e))?;
         let n = tx
@@ -244,7 +307,7 @@ impl WebhookStore {
 
     /// Queues `payload` for every subscription of `tenant` to `event_type`, once per event id;
     /// returns how many deliveries were queued.
-    pub(crate) fn enqueue(
+    fn enqueue(
         &self,
         tenant: &TenantId,
         event_type: &str,
@@ -297,40 +360,51 @@ impl WebhookStore {
         Ok(queued)
     }
 
-    /// Deliveries due at `now`, oldest first, at most `limit`.
-    pub(crate) fn due(&self, now: SystemTime, limit: usize) -> Result<Vec<Due>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
-                "SELECT d.id, d.payload, d.attempts, d.created_ms, s.id, s.url, s.secret \
-                 FROM deliveries d JOIN subscriptions s ON s.id = d.subscription \
-                 WHERE d.status = 'pending' AND d.next_attempt_ms <= ?1 \
-                 ORDER BY d.next_attempt_ms, d.created_ms LIMIT ?2",
+    fn claim_due(&self, now: SystemTime, limit: usize) -> Result<Vec<Due>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.error(e))?;
+        let due: Vec<Due> = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT d.id, d.payload, d.attempts, d.created_ms, s.id, s.url, s.secret \
+                     FROM deliveries d JOIN subscriptions s ON s.id = d.subscription \
+                     WHERE d.status = 'pending' AND d.next_attempt_ms <= ?1 \
+                     ORDER BY d.next_attempt_ms, d.created_ms LIMIT ?2",
+                )
+                .map_err(|e| self.error(e))?;
+            let rows = stmt
+                .query_map(
+                    params![millis(now), i64::try_from(limit).unwrap_or(i64::MAX)],
+                    |r| {
+                        Ok(Due {
+                            id: r.get(0)?,
+                            payload: r.get(1)?,
+                            attempts: r.get(2)?,
+                            created: time(r.get(3)?),
+                            target: Target {
+                                id: r.get(4)?,
+                                url: r.get(5)?,
+                                secret: r.get(6)?,
+                            },
+                        })
+                    },
+                )
+                .map_err(|e| self.error(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.error(e))?
+        };
+        for d in &due {
+            tx.execute(
+                "UPDATE deliveries SET next_attempt_ms = ?2 WHERE id = ?1",
+                params![d.id, millis(now + CLAIM_LEASE)],
             )
             .map_err(|e| self.error(e))?;
-        let rows = stmt
-            .query_map(
-                params![millis(now), i64::try_from(limit).unwrap_or(i64::MAX)],
-                |r| {
-                    Ok(Due {
-                        id: r.get(0)?,
-                        payload: r.get(1)?,
-                        attempts: r.get(2)?,
-                        created: time(r.get(3)?),
-                        target: Target {
-                            id: r.get(4)?,
-                            url: r.get(5)?,
-                            secret: r.get(6)?,
-                        },
-                    })
-                },
-            )
-            .map_err(|e| self.error(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.error(e))
+        }
+        tx.commit().map_err(|e| self.error(e))?;
+        Ok(due)
     }
 
     /// The earliest pending attempt, if any.
-    pub(crate) fn next_due(&self) -> Result<Option<SystemTime>, StoreError> {
+    fn next_due(&self) -> Result<Option<SystemTime>, StoreError> {
         self.conn()
             .query_row(
                 "SELECT MIN(next_attempt_ms) FROM deliveries WHERE status = 'pending'",
@@ -342,7 +416,7 @@ impl WebhookStore {
     }
 
     /// Records an attempt's outcome: delivered, failed with a next attempt, or dead.
-    pub(crate) fn attempted(
+    fn attempted(
         &self,
         id: &str,
         outcome: Result<(), String>,
@@ -372,7 +446,7 @@ impl WebhookStore {
     }
 
     /// A tenant's deliveries, newest first, optionally of one status.
-    pub(crate) fn deliveries(
+    fn deliveries(
         &self,
         tenant: &TenantId,
         status: Option<DeliveryStatus>,
@@ -413,12 +487,7 @@ impl WebhookStore {
 
     /// Puts a dead letter back in the queue, due now; false when the tenant has no dead
     /// delivery by that id.
-    pub(crate) fn requeue(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-        now: SystemTime,
-    ) -> Result<bool, StoreError> {
+    fn requeue(&self, tenant: &TenantId, id: &str, now: SystemTime) -> Result<bool, StoreError> {
         let n = self
             .conn()
             .execute(
@@ -431,7 +500,7 @@ impl WebhookStore {
     }
 
     /// Tenants with at least one subscription to `event_type`.
-    pub(crate) fn tenants_subscribed(&self, event_type: &str) -> Result<Vec<String>, StoreError> {
+    fn tenants_subscribed(&self, event_type: &str) -> Result<Vec<String>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare("SELECT DISTINCT tenant, events FROM subscriptions")
@@ -451,16 +520,24 @@ impl WebhookStore {
     }
 }
 
-fn millis(t: SystemTime) -> i64 {
+pub(crate) fn millis(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn time(ms: i64) -> SystemTime {
+pub(crate) fn time(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 impl StoreError {
+    /// The backend at `path` failed with `detail`.
+    pub(crate) fn backend(path: &str, detail: impl std::fmt::Display) -> Self {
+        Self {
+            path: path.to_owned(),
+            detail: detail.to_string(),
+        }
+    }
+
     /// A blocking task that did not finish.
     pub(crate) fn from_join(e: tokio::task::JoinError) -> Self {
         Self {
@@ -471,58 +548,202 @@ impl StoreError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    //! The webhook store's behaviour, written once: run here on SQLite and in `store`'s tests
+    //! on PostgreSQL.
     use super::*;
+    use std::collections::HashSet;
 
-    /// A tenant admin who learns another tenant's subscription id (a log, a screenshot) and
-    /// asks to delete it: nothing of the other tenant's goes, its pending deliveries included.
-    #[test]
-    fn another_tenants_subscription_id_deletes_nothing() {
+    fn store() -> (tempfile::TempDir, SqliteWebhookStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = WebhookStore::open(&dir.path().join("webhooks.sqlite3")).unwrap();
-        let (acme, globex): (TenantId, TenantId) =
-            ("acme".parse().unwrap(), "globex".parse().unwrap());
-        let sub = Subscription {
-            id: "wh_acme".to_owned(),
-            url: "https://hooks.acme.test/in".to_owned(),
-            events: vec!["certificate.revoked".to_owned()],
-            description: None,
-            created_by: "alice".to_owned(),
-            created_at: SystemTime::now(),
-        };
-        store.subscribe(&acme, &sub, "whsec_x").unwrap();
-        let mut n = 0;
-        let mut new_id = || {
-            n += 1;
-            format!("d{n}")
-        };
-        let queued = store
-            .enqueue(
-                &acme,
-                "certificate.revoked",
-                "e1",
-                "{}",
-                SystemTime::now(),
-                &mut new_id,
-            )
-            .unwrap();
-        assert_eq!(queued, 1);
-        let pending = |t: &TenantId| {
-            store
-                .deliveries(t, Some(DeliveryStatus::Pending), 10)
-                .unwrap()
-                .len()
-        };
+        let s = SqliteWebhookStore::open(&dir.path().join(WEBHOOK_DB)).unwrap();
+        (dir, s)
+    }
 
-        assert!(!store.unsubscribe(&globex, "wh_acme").unwrap());
-        assert_eq!(store.subscriptions(&acme).unwrap().len(), 1);
+    #[test]
+    fn sqlite_subscriptions_queue_retries_and_dead_letters() {
+        subscriptions_queue_retries_and_dead_letters(&store().1);
+    }
+
+    #[test]
+    fn sqlite_a_claimed_delivery_goes_to_one_claimant() {
+        // One handle: SQLite serves one node, its callers serialised on its connection.
+        let (_dir, s) = store();
+        a_claimed_delivery_goes_to_one_claimant(&s, &s);
+    }
+
+    fn subscription(id: &str, events: &[&str], at: SystemTime) -> Subscription {
+        Subscription {
+            id: id.to_owned(),
+            url: format!("https://hooks.example/{id}"),
+            events: events.iter().map(|e| (*e).to_owned()).collect(),
+            description: Some("d".to_owned()),
+            created_by: "alice".to_owned(),
+            created_at: at,
+        }
+    }
+
+    fn counter(prefix: &'static str) -> impl FnMut() -> String {
+        let mut n = 0;
+        move || {
+            n += 1;
+            format!("{prefix}{n}")
+        }
+    }
+
+    /// Subscriptions per tenant, one delivery per subscription and event, claims, retries with
+    /// a next attempt, dead letters listed and queued again, unsubscribing.
+    pub(crate) fn subscriptions_queue_retries_and_dead_letters(s: &dyn WebhookStore) {
+        let acme: TenantId = "acme".parse().unwrap();
+        let globex: TenantId = "globex".parse().unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        s.subscribe(
+            &acme,
+            &subscription("sub_a", &["certificate.revoked"], now),
+            "whsec_a",
+        )
+        .unwrap();
+        s.subscribe(
+            &acme,
+            &subscription("sub_b", &["policy.activated"], now + Duration::from_secs(1)),
+            "whsec_b",
+        )
+        .unwrap();
+        s.subscribe(
+            &globex,
+            &subscription("sub_g", &["certificate.revoked"], now),
+            "whsec_g",
+        )
+        .unwrap();
+        let listed = s.subscriptions(&acme).unwrap();
         assert_eq!(
-            pending(&acme),
-            1,
-            "another tenant's delete dropped acme's deliveries"
+            listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            ["sub_a", "sub_b"]
+        );
+        assert_eq!(listed[0].events, ["certificate.revoked"]);
+        assert_eq!(listed[0].created_at, now);
+        let mut tenants = s.tenants_subscribed("certificate.revoked").unwrap();
+        tenants.sort();
+        assert_eq!(tenants, ["acme", "globex"]);
+
+        let mut ids = counter("msg_");
+        let queued = s
+            .enqueue(&acme, "certificate.revoked", "evt_1", "{}", now, &mut ids)
+            .unwrap();
+        assert_eq!(queued, 1, "only the subscriber to the event");
+        let again = s
+            .enqueue(&acme, "certificate.revoked", "evt_1", "{}", now, &mut ids)
+            .unwrap();
+        assert_eq!(again, 0, "once per subscription and event");
+        assert_eq!(s.next_due().unwrap(), Some(now));
+
+        let due = s.claim_due(now, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(
+            (due[0].target.id.as_str(), due[0].target.secret.as_str()),
+            ("sub_a", "whsec_a")
+        );
+        assert_eq!(due[0].attempts, 0);
+        assert!(s.claim_due(now, 10).unwrap().is_empty(), "claimed");
+        let id = due[0].id.clone();
+        let retry = now + Duration::from_secs(5);
+        let st = s
+            .attempted(&id, Err("503".to_owned()), Some(retry), now)
+            .unwrap();
+        assert_eq!(st, DeliveryStatus::Pending);
+        assert!(
+            s.claim_due(now, 10).unwrap().is_empty(),
+            "not due before its retry"
+        );
+        let due = s.claim_due(retry, 10).unwrap();
+        assert_eq!((due.len(), due[0].attempts), (1, 1));
+        let st = s
+            .attempted(&id, Err("503".to_owned()), None, retry)
+            .unwrap();
+        assert_eq!(st, DeliveryStatus::Dead);
+        let dead = s.deliveries(&acme, Some(DeliveryStatus::Dead), 10).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            (dead[0].attempts, dead[0].last_error.as_deref()),
+            (2, Some("503"))
+        );
+        assert!(s.deliveries(&globex, None, 10).unwrap().is_empty());
+        assert!(!s.requeue(&globex, &id, retry).unwrap(), "another tenant's");
+        assert!(s.requeue(&acme, &id, retry).unwrap());
+        assert!(!s.requeue(&acme, &id, retry).unwrap(), "no longer dead");
+        let due = s.claim_due(retry, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(
+            s.attempted(&id, Ok(()), None, retry).unwrap(),
+            DeliveryStatus::Delivered
+        );
+        assert_eq!(s.next_due().unwrap(), None);
+        assert_eq!(
+            s.deliveries(&acme, Some(DeliveryStatus::Delivered), 10)
+                .unwrap()
+                .len(),
+            1
         );
 
-        assert!(store.unsubscribe(&acme, "wh_acme").unwrap());
-        assert_eq!(pending(&acme), 0);
+        // Unsubscribing drops what is still pending for it, not another tenant's by that id.
+        s.enqueue(&acme, "certificate.revoked", "evt_2", "{}", now, &mut ids)
+            .unwrap();
+        assert!(!s.unsubscribe(&globex, "sub_a").unwrap());
+        assert_eq!(
+            s.deliveries(&acme, Some(DeliveryStatus::Pending), 10)
+                .unwrap()
+                .len(),
+            1,
+            "another tenant's delete by that id dropped acme's pending delivery"
+        );
+        assert!(s.unsubscribe(&acme, "sub_a").unwrap());
+        assert!(s.claim_due(retry, 10).unwrap().is_empty());
+        assert_eq!(s.subscriptions(&acme).unwrap().len(), 1);
+    }
+
+    /// Two claimants (two nodes' delivery loops) taking small batches at once: every due
+    /// delivery is claimed exactly once.
+    pub(crate) fn a_claimed_delivery_goes_to_one_claimant(
+        a: &dyn WebhookStore,
+        b: &dyn WebhookStore,
+    ) {
+        let t: TenantId = "acme".parse().unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        a.subscribe(
+            &t,
+            &subscription("sub_c", &["certificate.revoked"], now),
+            "whsec",
+        )
+        .unwrap();
+        let mut ids = counter("msg_c");
+        for n in 0..60 {
+            a.enqueue(
+                &t,
+                "certificate.revoked",
+                &format!("evt_{n}"),
+                "{}",
+                now,
+                &mut ids,
+            )
+            .unwrap();
+        }
+        let claim_all = |s: &dyn WebhookStore| {
+            let mut mine = Vec::new();
+            loop {
+                let batch = s.claim_due(now, 4).unwrap();
+                if batch.is_empty() {
+                    return mine;
+                }
+                mine.extend(batch.into_iter().map(|d| d.id));
+            }
+        };
+        let (from_a, from_b) = std::thread::scope(|scope| {
+            let ha = scope.spawn(|| claim_all(a));
+            let hb = scope.spawn(|| claim_all(b));
+            (ha.join().unwrap(), hb.join().unwrap())
+        });
+        let total = from_a.len() + from_b.len();
+        let unique: HashSet<_> = from_a.iter().chain(&from_b).collect();
+        assert_eq!((total, unique.len()), (60, 60));
     }
 }

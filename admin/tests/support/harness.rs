@@ -180,9 +180,13 @@ pub fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
 impl Fixture {
     /// An identity with a certificate issued straight by the CA for `tenant`.
     pub fn person(&self, tenant: &str, spiffe_id: &str) -> Identity {
+        self.person_by(&self.ca, tenant, spiffe_id)
+    }
+
+    /// [`Fixture::person`], issued by `ca` (the fixture's keys over another inventory).
+    pub fn person_by(&self, ca: &Ca, tenant: &str, spiffe_id: &str) -> Identity {
         let w = Workload::new(Some(spiffe_id), &[]);
-        let issued = self
-            .ca
+        let issued = ca
             .issue(
                 &IssueRequest {
                     csr: w.csr.as_bytes(),
@@ -235,8 +239,13 @@ impl Fixture {
 
     /// The default test config with `extra` YAML appended (`connections:`, `rate_limits:`).
     pub fn admin_config_with(&self, extra: &str) -> AdminConfig {
+        self.admin_config_try(extra).unwrap()
+    }
+
+    /// The default test config with `extra` appended, or why it is refused.
+    pub fn admin_config_try(&self, extra: &str) -> Result<AdminConfig, String> {
         let yaml = self.admin_yaml("platform", "admin-server") + extra;
-        AdminConfig::from_yaml(&yaml, &self.dir).unwrap()
+        AdminConfig::from_yaml(&yaml, &self.dir)
     }
 
     fn admin_yaml(&self, self_issue_tenant: &str, profile: &str) -> String {
@@ -255,6 +264,19 @@ impl Fixture {
         let server = AdminServer::bind_with(&config, Arc::clone(&self.ca), audit)
             .await
             .expect("bind admin server");
+        self.serve(server)
+    }
+
+    /// Starts an admin server as `portcullis admin serve` does: the CA (and, with
+    /// `store.postgres`, the store) opened from the config.
+    pub async fn start_from_config(&self, config: &AdminConfig) -> Server {
+        let server = AdminServer::bind(config, None)
+            .await
+            .expect("bind admin server");
+        self.serve(server)
+    }
+
+    fn serve(&self, server: AdminServer) -> Server {
         let addr = server.local_addr();
         let metrics = server.metrics_addr();
         let stats = server.stats_handle();

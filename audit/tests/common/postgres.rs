@@ -89,7 +89,25 @@ fn find_bin() -> Option<PathBuf> {
     dirs.pop()
 }
 
+/// Set (by `tests/run.sh` and CI) when PostgreSQL must be there: a test that needs it fails
+/// instead of skipping.
+pub(crate) const REQUIRE_POSTGRES: &str = "PORTCULLIS_REQUIRE_POSTGRES";
+
 impl Postgres {
+    /// A cluster ([`Postgres::start_tls`] with `tls`), or None (the caller skips) when PostgreSQL is not installed and
+    /// [`REQUIRE_POSTGRES`] is unset; with it set, a missing PostgreSQL fails the test.
+    pub(crate) fn start_or_skip(test: &str, tls: Option<ServerTls>) -> Option<Postgres> {
+        let pg = Self::start_with(tls);
+        if pg.is_none() {
+            assert!(
+                std::env::var_os(REQUIRE_POSTGRES).is_none(),
+                "{test}: PostgreSQL is not installed and {REQUIRE_POSTGRES} is set"
+            );
+            eprintln!("SKIP {test}: PostgreSQL is not installed");
+        }
+        pg
+    }
+
     /// A cluster that speaks in clear only (`ssl=off`).
     pub(crate) fn start() -> Option<Postgres> {
         Self::start_with(None)

@@ -2,11 +2,12 @@
 //! lineage was recorded are given the `renewed_from` column when opened.
 
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use super::group_commit::GroupCommit;
 use super::{
     format_time, from_unix_seconds, unix_seconds, CertRecord, CertStatus, InventoryFilter,
     InventoryStore, NewCertRecord, Revocation, RevocationScope,
@@ -62,52 +63,15 @@ const COLUMNS: &str = "serial, subject, sans, tenant, profile, requester, not_be
 
 /// The inventory in a SQLite file (WAL, synchronous FULL: a recorded issuance survives a crash).
 ///
-/// Issuances are group-committed: each caller queues its record; when no batch is being
-/// written, the caller becomes the writer and writes every record queued so far in one
-/// transaction (one WAL fsync), then hands each caller its outcome and wakes them all. The
-/// others wait on a condition variable, not on the connection: a caller whose record was
-/// committed returns as soon as that commit ends, while the records queued during it go in the
-/// next batch, written at once by one of their callers. So no certificate is returned before
-/// its row is durable, and under load a batch holds everything that arrived during the
-/// previous fsync.
+/// Issuances are group-committed ([`GroupCommit`]): one transaction, so one WAL fsync, a batch.
 ///
 /// Reads go through a connection of their own: under WAL they see every committed write and
 /// never wait for a commit's fsync.
 pub struct SqliteInventory {
     conn: Mutex<Connection>,
     reader: Mutex<Connection>,
-    /// Records waiting for the next commit, and whether a batch is being written.
-    commits: Mutex<Commits>,
-    /// Signalled when a batch's outcomes are set.
-    committed: Condvar,
+    commits: GroupCommit,
     path: String,
-}
-
-#[derive(Default)]
-struct Commits {
-    /// Each with where its outcome goes.
-    queued: Vec<QueuedRecord>,
-    /// A caller is writing a batch.
-    writing: bool,
-}
-
-/// Held by the caller writing a batch: gives the role up (and wakes the waiters) however the
-/// write ends.
-struct Writing<'a>(&'a SqliteInventory);
-
-impl Drop for Writing<'_> {
-    fn drop(&mut self) {
-        self.0.lock_commits().writing = false;
-        self.0.committed.notify_all();
-    }
-}
-
-/// Where one queued record's outcome is written (once, after its batch's commit).
-type Outcome = Arc<Mutex<Option<Result<(), CaError>>>>;
-
-struct QueuedRecord {
-    record: NewCertRecord,
-    outcome: Outcome,
 }
 
 impl std::fmt::Debug for SqliteInventory {
@@ -143,8 +107,7 @@ impl SqliteInventory {
         Ok(Self {
             conn: Mutex::new(conn),
             reader: Mutex::new(reader),
-            commits: Mutex::new(Commits::default()),
-            committed: Condvar::new(),
+            commits: GroupCommit::default(),
             path: shown,
         })
     }
@@ -155,10 +118,6 @@ impl SqliteInventory {
 
     fn reader(&self) -> MutexGuard<'_, Connection> {
         self.reader.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn lock_commits(&self) -> MutexGuard<'_, Commits> {
-        self.commits.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -262,50 +221,28 @@ fn query(
     rows.into_iter().map(|r| r.into_record(now)).collect()
 }
 
-fn take(outcome: &Outcome) -> Option<Result<(), CaError>> {
-    outcome
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
-}
-
 /// Writes a batch in one transaction, each record under its own savepoint (a refused renewal
-/// or a duplicate serial fails alone), and sets every outcome once the commit is known.
-fn write_batch(conn: &mut Connection, batch: &[QueuedRecord]) {
-    let set = |q: &QueuedRecord, result: Result<(), CaError>| {
-        *q.outcome.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
-    };
-    let committed = (|| -> Result<Vec<Result<(), CaError>>, CaError> {
-        let mut tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db_error)?;
-        let mut results = Vec::with_capacity(batch.len());
-        for q in batch {
-            let mut sp = tx.savepoint().map_err(db_error)?;
-            let result = insert(&sp, &q.record);
-            if result.is_ok() {
-                sp.commit().map_err(db_error)?;
-            } else {
-                sp.rollback().map_err(db_error)?;
-            }
-            results.push(result);
+/// or a duplicate serial fails alone).
+fn write_batch(
+    conn: &mut Connection,
+    batch: &[&NewCertRecord],
+) -> Result<Vec<Result<(), CaError>>, CaError> {
+    let mut tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_error)?;
+    let mut results = Vec::with_capacity(batch.len());
+    for record in batch {
+        let mut sp = tx.savepoint().map_err(db_error)?;
+        let result = insert(&sp, record);
+        if result.is_ok() {
+            sp.commit().map_err(db_error)?;
+        } else {
+            sp.rollback().map_err(db_error)?;
         }
-        tx.commit().map_err(db_error)?;
-        Ok(results)
-    })();
-    match committed {
-        Ok(results) => {
-            for (q, result) in batch.iter().zip(results) {
-                set(q, result);
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, batch = batch.len(), "inventory: batch not committed");
-            for q in batch {
-                set(q, Err(CaError::Inventory(e.to_string())));
-            }
-        }
+        results.push(result);
     }
+    tx.commit().map_err(db_error)?;
+    Ok(results)
 }
 
 /// Inserts one issued certificate; a renewal only while the certificate it renews is there and
@@ -357,36 +294,8 @@ fn insert(tx: &Connection, r: &NewCertRecord) -> Result<(), CaError> {
 
 impl InventoryStore for SqliteInventory {
     fn record_issued(&self, r: &NewCertRecord) -> Result<(), CaError> {
-        let outcome: Outcome = Arc::default();
-        let mut commits = self.lock_commits();
-        commits.queued.push(QueuedRecord {
-            record: r.clone(),
-            outcome: Arc::clone(&outcome),
-        });
-        loop {
-            // Set (with its batch's commit known) by whichever caller wrote the batch.
-            if let Some(done) = take(&outcome) {
-                return done;
-            }
-            if !commits.writing {
-                commits.writing = true;
-                let batch = std::mem::take(&mut commits.queued);
-                drop(commits);
-                let writing = Writing(self);
-                write_batch(&mut self.conn(), &batch);
-                drop(writing);
-                if let Some(done) = take(&outcome) {
-                    return done;
-                }
-                return Err(CaError::Inventory(
-                    "the record was not written (not in the batch)".to_owned(),
-                ));
-            }
-            commits = self
-                .committed
-                .wait(commits)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+        self.commits
+            .record(r, |batch| write_batch(&mut self.conn(), batch))
     }
 
     fn get(&self, serial: &Serial, now: SystemTime) -> Result<Option<CertRecord>, CaError> {

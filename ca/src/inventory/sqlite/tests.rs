@@ -1,28 +1,12 @@
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use crate::inventory::conformance::{self, renewal};
 
-fn record(serial: &str, tenant: &str, not_after: SystemTime) -> NewCertRecord {
-    NewCertRecord {
-        serial: serial.parse().unwrap(),
-        subject: "O=t".to_owned(),
-        sans: vec!["URI:spiffe://t/x".to_owned()],
-        tenant: tenant.parse().unwrap(),
-        profile: "p".to_owned(),
-        requester: "operator:test".to_owned(),
-        not_before: not_after - Duration::from_secs(3600),
-        not_after,
-        cert_der: vec![1, 2, 3],
-        renewed_from: None,
-    }
-}
-
-fn renewal(serial: &str, of: &str, not_after: SystemTime) -> NewCertRecord {
-    NewCertRecord {
-        renewed_from: Some(of.parse().unwrap()),
-        ..record(serial, "a", not_after)
-    }
+fn store() -> (tempfile::TempDir, SqliteInventory) {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = SqliteInventory::open(&dir.path().join("inv.sqlite3")).unwrap();
+    (dir, inv)
 }
 
 fn serials(records: &[CertRecord]) -> Vec<String> {
@@ -31,118 +15,17 @@ fn serials(records: &[CertRecord]) -> Vec<String> {
 
 #[test]
 fn filters_revokes_and_counts() {
-    let dir = tempfile::tempdir().unwrap();
-    let inv = SqliteInventory::open(&dir.path().join("inv.sqlite3")).unwrap();
-    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-    let h = Duration::from_secs(3600);
-    inv.record_issued(&record("01", "a", now + h)).unwrap();
-    inv.record_issued(&record("02", "a", now + 10 * h)).unwrap();
-    inv.record_issued(&record("03", "b", now - h)).unwrap();
-    assert!(
-        inv.record_issued(&record("03", "b", now)).is_err(),
-        "duplicate serial"
-    );
-
-    let list = |f: InventoryFilter| -> Vec<String> {
-        inv.list(&f, now)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.serial.to_string())
-            .collect()
-    };
-    assert_eq!(list(InventoryFilter::default()).len(), 3);
-    let tenant_a = InventoryFilter {
-        tenant: Some("a".parse().unwrap()),
-        ..Default::default()
-    };
-    assert_eq!(list(tenant_a), vec!["02", "01"]);
-    let expired = InventoryFilter {
-        status: Some(CertStatus::Expired),
-        ..Default::default()
-    };
-    assert_eq!(list(expired), vec!["03"]);
-    let soon = InventoryFilter {
-        expires_within: Some(2 * h),
-        ..Default::default()
-    };
-    assert_eq!(list(soon), vec!["01"]);
-
-    let serial: Serial = "02".parse().unwrap();
-    let lineage = RevocationScope::Lineage;
-    let rec = inv
-        .revoke(&serial, RevocationReason::KeyCompromise, lineage, now)
-        .unwrap();
-    assert_eq!(rec.certificate.status, CertStatus::Revoked);
-    assert_eq!(serials(&rec.revoked), vec!["02"]);
-    assert!(matches!(
-        inv.revoke(&serial, RevocationReason::Superseded, lineage, now),
-        Err(CaError::AlreadyRevoked { .. })
-    ));
-    assert!(matches!(
-        inv.revoke(
-            &"ff".parse().unwrap(),
-            RevocationReason::Superseded,
-            lineage,
-            now
-        ),
-        Err(CaError::UnknownSerial(_))
-    ));
-    let revoked = InventoryFilter {
-        status: Some(CertStatus::Revoked),
-        ..Default::default()
-    };
-    assert_eq!(list(revoked), vec!["02"]);
-    assert_eq!(inv.list_revoked(now).unwrap().len(), 1);
-    assert_eq!(inv.list_revoked(now + 11 * h).unwrap().len(), 0);
-    let a = inv.next_crl_number().unwrap();
-    assert_eq!(inv.next_crl_number().unwrap(), a + 1);
+    conformance::filters_revokes_and_counts(&store().1);
 }
 
 #[test]
 fn revoking_a_certificate_revokes_its_renewals_unless_only_this() {
-    let dir = tempfile::tempdir().unwrap();
-    let inv = SqliteInventory::open(&dir.path().join("inv.sqlite3")).unwrap();
-    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-    let later = now + Duration::from_secs(3600);
-    // 01 -> 02 -> 04, 01 -> 03; 05 unrelated.
-    inv.record_issued(&record("01", "a", later)).unwrap();
-    inv.record_issued(&renewal("02", "01", later)).unwrap();
-    inv.record_issued(&renewal("03", "01", later)).unwrap();
-    inv.record_issued(&renewal("04", "02", later)).unwrap();
-    inv.record_issued(&record("05", "a", later)).unwrap();
-    let got = inv.get(&"04".parse().unwrap(), now).unwrap().unwrap();
-    assert_eq!(got.renewed_from.unwrap().to_string(), "02");
+    conformance::revoking_a_certificate_revokes_its_renewals_unless_only_this(&store().1);
+}
 
-    let reason = RevocationReason::KeyCompromise;
-    let revoke = |serial: &str, scope| inv.revoke(&serial.parse().unwrap(), reason, scope, now);
-    let only = revoke("02", RevocationScope::OnlyThis).unwrap();
-    assert_eq!(serials(&only.revoked), vec!["02"]);
-    // 02 is revoked already, its renewal 04 is not: revoking 02's lineage revokes 04.
-    let rest = revoke("02", RevocationScope::Lineage).unwrap();
-    assert_eq!(serials(&rest.revoked), vec!["04"]);
-    assert_eq!(rest.certificate.serial.to_string(), "02");
-    // Each after the certificate it renewed; those already revoked are not listed again.
-    let all = revoke("01", RevocationScope::Lineage).unwrap();
-    assert_eq!(serials(&all.revoked), vec!["01", "03"]);
-    assert!(all.revoked.iter().all(|r| r.status == CertStatus::Revoked));
-    assert_eq!(inv.list_revoked(now).unwrap().len(), 4, "05 stays valid");
-    assert!(matches!(
-        revoke("01", RevocationScope::Lineage),
-        Err(CaError::AlreadyRevoked { .. })
-    ));
-
-    // A renewal of a revoked or unknown certificate is not recorded (a renewal racing a
-    // revocation is decided inside the store's transaction).
-    for parent in ["01", "ee"] {
-        let err = inv
-            .record_issued(&renewal("06", parent, later))
-            .unwrap_err();
-        assert!(
-            matches!(&err, CaError::Refused(r) if r.code() == "not_renewable"),
-            "{err}"
-        );
-    }
-    assert!(inv.get(&"06".parse().unwrap(), now).unwrap().is_none());
+#[test]
+fn hostile_values_are_kept_intact_or_refused() {
+    conformance::hostile_values_are_kept_intact_or_refused(&store().1);
 }
 
 #[test]
@@ -187,47 +70,12 @@ fn an_inventory_from_before_lineage_is_migrated_in_place() {
 fn concurrent_issuances_are_group_committed_each_with_its_own_outcome() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("inv.sqlite3");
-    let inv = Arc::new(SqliteInventory::open(&path).unwrap());
-    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-    let later = now + Duration::from_secs(3600);
-    inv.record_issued(&record("0a", "a", later)).unwrap();
-    inv.revoke(
-        &"0a".parse().unwrap(),
-        RevocationReason::KeyCompromise,
-        RevocationScope::OnlyThis,
-        now,
-    )
-    .unwrap();
-    // 8 threads x 50 records, and among them renewals of the revoked 0a and a duplicate serial:
-    // those fail alone, every other record is written.
-    let threads: Vec<_> = (0..8u32)
-        .map(|t| {
-            let inv = Arc::clone(&inv);
-            std::thread::spawn(move || {
-                (0..50u32)
-                    .map(|i| {
-                        let serial = format!("{:04x}", 0x1000 + t * 100 + i);
-                        let r = match i {
-                            7 => renewal(&serial, "0a", later),
-                            9 => record("0a", "a", later),
-                            _ => record(&serial, "a", later),
-                        };
-                        inv.record_issued(&r).is_ok()
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let mut written = 0;
-    for t in threads {
-        let outcomes = t.join().unwrap();
-        assert!(!outcomes[7] && !outcomes[9], "{outcomes:?}");
-        written += outcomes.iter().filter(|ok| **ok).count();
-    }
-    assert_eq!(written, 8 * 48);
+    let inv = SqliteInventory::open(&path).unwrap();
+    conformance::concurrent_issuances_each_with_its_own_outcome(&inv);
     // Durable: a fresh connection reads every row.
     drop(inv);
     let reopened = SqliteInventory::open(&path).unwrap();
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let all = reopened
         .list(
             &InventoryFilter {

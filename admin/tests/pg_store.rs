@@ -1,0 +1,625 @@
+//! The admin plane's state in PostgreSQL (`store.postgres`), end to end: two admin servers
+//! started from their config on one PostgreSQL (over TLS verified against a test CA) serve one
+//! state (inventory and tokens; policies approved and activated across nodes, one signing key;
+//! webhooks delivered once while both run their delivery loops); the state directory is marked
+//! and a start without `store.postgres` refused; the config's refusals. PostgreSQL runs on
+//! loopback, started by the test (skipped only when it is not installed and
+//! PORTCULLIS_REQUIRE_POSTGRES is unset).
+
+#[path = "support/harness.rs"]
+mod harness;
+#[path = "../../audit/tests/common/postgres.rs"]
+mod pg;
+#[path = "../../ca/tests/support/softhsm.rs"]
+mod softhsm;
+
+use std::sync::Arc;
+
+use harness::{write, Client, Workload, OPERATOR};
+use pg::{Postgres, ServerTls, TestCa};
+use portcullis_admin::{AdminServer, PgStore, SqliteTokenStore};
+use portcullis_ca::{Ca, STATE_IN_POSTGRES};
+use serde_json::json;
+
+const API: &str = "spiffe://acme.example/ns/web/sa/api";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_admin_servers_on_one_postgres_serve_one_state() {
+    let fx = require_fixture!();
+    let pg_ca = TestCa::new("postgres test CA");
+    let (cert_pem, key_pem) = pg_ca.leaf("127.0.0.1", &["127.0.0.1"]);
+    let tls = ServerTls {
+        cert_pem,
+        key_pem,
+        client_ca_pem: None,
+    };
+    let Some(pg) = Postgres::start_or_skip("two_admin_servers_on_one_postgres", Some(tls)) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = write(dir.path(), "pg-ca.pem", &pg_ca.cert_pem);
+    let config = fx.admin_config_with(&format!(
+        "store:\n  postgres:\n    url: \"{}\"\n    tls: {{ ca: {} }}\n    max_connections: 4\n",
+        pg.conninfo(),
+        ca_file.display()
+    ));
+    let a = fx.start_from_config(&config).await;
+    let b = fx.start_from_config(&config).await;
+    let marker = fx.ca.state_dir().join(STATE_IN_POSTGRES);
+    assert!(marker.exists(), "the state directory is marked");
+
+    // An operator whose certificate is in the shared inventory (the fixture's is in SQLite).
+    let pg_config = config.store.postgres.clone().unwrap();
+    let operator = tokio::task::spawn_blocking(move || {
+        let store = PgStore::open(&pg_config).unwrap();
+        let ca = Ca::open_with_inventory(&fx.ca_config, Arc::new(store.inventory())).unwrap();
+        fx.person_by(&ca, "ops", OPERATOR)
+    })
+    .await
+    .unwrap();
+
+    // A token created through A is consumed exactly once by 8 concurrent uses through both.
+    let mut op_a = a.client(Some(&operator)).await;
+    let (status, body) = op_a
+        .json("POST", "/v1/tenants/acme/tokens", json!({}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let token = body["token"].as_str().unwrap().to_owned();
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let server = if i % 2 == 0 { &a } else { &b };
+        clients.push(server.client(None).await);
+    }
+    let attempts: Vec<_> = clients
+        .into_iter()
+        .map(|mut client: Client| {
+            let token = token.clone();
+            tokio::spawn(async move {
+                let w = Workload::new(Some(API), &[]);
+                let reply = client.issue(Some(&token), json!({ "csr": w.csr })).await;
+                (reply.status, reply.json(), w)
+            })
+        })
+        .collect();
+    let mut issued = Vec::new();
+    for attempt in attempts {
+        let (status, body, w) = attempt.await.unwrap();
+        match status {
+            201 => issued.push((body, w)),
+            401 => assert_eq!(body["error"], "invalid_token"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(issued.len(), 1, "one use of the token succeeds");
+    let serial = issued[0].0["serial"].as_str().unwrap().to_owned();
+
+    // Issued through one, listed and revoked through the other, seen revoked through the first.
+    let mut op_b = b.client(Some(&operator)).await;
+    let (status, body) = op_b
+        .json(
+            "GET",
+            &format!("/v1/certificates?identity={API}"),
+            json!(null),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let listed = body["certificates"].as_array().unwrap();
+    assert!(
+        listed.iter().any(|c| c["serial"] == serial.as_str()),
+        "{body}"
+    );
+    let revoke = format!("/v1/certificates/{serial}/revoke");
+    let (status, body) = op_b
+        .json("POST", &revoke, json!({ "reason": "keyCompromise" }))
+        .await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("revoked")),
+        "{body}"
+    );
+    let (status, body) = op_a.json("POST", &revoke, json!({})).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (409, &json!("already_revoked")),
+        "{body}"
+    );
+    let (status, body) = op_a
+        .json(
+            "GET",
+            "/v1/certificates?status=revoked&tenant=acme",
+            json!(null),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["serial"] == serial.as_str()));
+    // Hostile identity queries are answered, never failed: quotes, SQL, NUL, the longest.
+    let long = "x".repeat(1024);
+    for identity in [
+        "%27%3B%20DROP%20TABLE%20certificates%3B--",
+        "%22%5C%25_*",
+        "a%00b",
+        &long,
+    ] {
+        let (status, body) = op_b
+            .json(
+                "GET",
+                &format!("/v1/certificates?identity={identity}"),
+                json!(null),
+            )
+            .await;
+        assert_eq!(status, 200, "{identity}: {body}");
+        assert_eq!(body["certificates"], json!([]), "{identity}");
+    }
+    let too_long = format!("/v1/certificates?identity={long}x");
+    let (status, _) = op_b.json("GET", &too_long, json!(null)).await;
+    assert_eq!(status, 400);
+    // The token is listed as used through B.
+    let (status, body) = op_b
+        .json("GET", "/v1/tenants/acme/tokens", json!(null))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["status"] == "used"));
+    a.stop().await;
+    b.stop().await;
+
+    // Without store.postgres, the marked state directory is refused, not read as empty.
+    let err = AdminServer::bind(&fx.admin_config("platform", "admin-server"), None)
+        .await
+        .expect_err("a start without store.postgres is refused");
+    assert!(err.to_string().contains(STATE_IN_POSTGRES), "{err}");
+    // Nor are tokens written where no server would honour them (`admin token create`).
+    let err = SqliteTokenStore::in_state_dir(fx.ca.state_dir()).unwrap_err();
+    assert!(err.to_string().contains("kept in PostgreSQL"), "{err}");
+    std::fs::remove_file(&marker).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_config_refusals_are_clear() {
+    let fx = require_fixture!();
+    let store = |body: &str| format!("store:\n  postgres:\n{body}");
+    for (body, expected) in [
+        (
+            "    url: postgresql://admin@127.0.0.1/portcullis\n    password: s3cret\n    \
+             tls: { ca: pg-ca.pem }\n",
+            "store.postgres.password: a password is never written in the config",
+        ),
+        (
+            "    url: postgresql://admin:s3cret@127.0.0.1/portcullis\n    tls: { ca: pg-ca.pem }\n",
+            "store.postgres.url: carries a password",
+        ),
+        (
+            "    host: db.example\n    user: admin\n    dbname: portcullis\n    \
+             insecure_plaintext: true\n",
+            "store.postgres.insecure_plaintext: only for a PostgreSQL on loopback",
+        ),
+        (
+            "    url: postgresql://admin@db.example/portcullis\n",
+            "store.postgres.tls: required",
+        ),
+    ] {
+        let err = fx.admin_config_try(&store(body)).unwrap_err();
+        assert!(err.contains(expected), "{body}\n=> {err}");
+        assert!(!err.contains("s3cret"), "the password is shown: {err}");
+    }
+    // State that is still per node cannot be shared this way: refused, not split silently.
+    let err = fx
+        .admin_config_try(
+            &(store("    url: postgresql://a@127.0.0.1/x\n    insecure_plaintext: true\n")
+                + "acme: { enabled: true }\n"),
+        )
+        .unwrap_err();
+    assert!(err.contains("store.postgres: acme.enabled"), "{err}");
+    let err = fx
+        .admin_config_try(
+            &(store("    url: postgresql://a@127.0.0.1/x\n    insecure_plaintext: true\n")
+                + "policies: { gateway_config: gw.yaml, database: p.sqlite3 }\n"),
+        )
+        .unwrap_err();
+    assert!(err.contains("leave policies.database"), "{err}");
+    let err = fx
+        .admin_config_try(
+            &(store("    url: postgresql://a@127.0.0.1/x\n    insecure_plaintext: true\n")
+                + "webhooks: { database: w.sqlite3 }\n"),
+        )
+        .unwrap_err();
+    assert!(err.contains("leave webhooks.database"), "{err}");
+
+    // Files are named when they are missing (at start, before the CA is touched).
+    let config = fx.admin_config_with(&store(
+        "    url: postgresql://admin@127.0.0.1:1/portcullis\n    \
+         tls: { ca: no-such-ca.pem, client_cert: no-such.pem, client_key: no-such.key }\n",
+    ));
+    let err = AdminServer::bind(&config, None)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("store.postgres.tls.ca") && err.contains("no-such-ca.pem"),
+        "{err}"
+    );
+    let config = fx.admin_config_with(&store(
+        "    url: postgresql://admin@127.0.0.1:1/portcullis\n    \
+         password_file: no-such-password\n    insecure_plaintext: true\n",
+    ));
+    let err = AdminServer::bind(&config, None)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("store.postgres.password_file") && err.contains("no-such-password"),
+        "{err}"
+    );
+}
+
+/// The platform's gateway config the policy tests upload against.
+const GATEWAY: &str = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:8443
+    tls:
+      certificate: server.pem
+      private_key: server.key
+      client_auth: required
+      client_ca: bundle.pem
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9000]
+tenants:
+  - name: acme
+    routes:
+      - name: api
+        host: api.acme.test
+        path_prefix: /api
+        upstream: app
+        access:
+          - id: frontend
+            spiffe_id: [spiffe://acme.example/ns/web/sa/frontend]
+            methods: [GET]
+";
+
+/// acme's policy with `methods` for the frontend: each version a different one.
+fn acme_policy(method: &str) -> String {
+    GATEWAY[GATEWAY.find("tenants:").unwrap()..].replace("[GET]", &format!("[GET, {method}]"))
+}
+
+const ALICE: &str = "spiffe://acme.example/ns/people/admin/alice";
+const BOB: &str = "spiffe://acme.example/ns/people/admin/bob";
+
+/// The admin config's YAML for a node on `pg` with policies (two-person activation) signed
+/// by `signing_key`, and `extra` appended.
+fn policy_node_yaml(
+    pg: &Postgres,
+    dir: &std::path::Path,
+    signing_key: &str,
+    extra: &str,
+) -> String {
+    let gateway = write(dir, "gateway.yaml", GATEWAY);
+    format!(
+        "roles:\n  - {{ role: tenant_admin, tenant: acme, spiffe_ids: [\"spiffe://acme.example/ns/people/admin/*\"] }}\n\
+         store:\n  postgres:\n    url: \"{}\"\n    insecure_plaintext: true\n    max_connections: 4\n\
+         policies:\n  gateway_config: {}\n  approval: {{ required: true, expire_after: 1h }}\n  signing_key: {}\n{extra}",
+        pg.conninfo(),
+        gateway.display(),
+        dir.join(signing_key).display(),
+    )
+}
+
+/// People whose certificates are in the shared inventory.
+async fn people_in(
+    fx: &'static harness::Fixture,
+    config: &portcullis_admin::AdminConfig,
+    ids: &[(&'static str, &'static str)],
+) -> Vec<harness::Identity> {
+    let pg_config = config.store.postgres.clone().unwrap();
+    let ids = ids.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let store = PgStore::open(&pg_config).unwrap();
+        let ca = Ca::open_with_inventory(&fx.ca_config, Arc::new(store.inventory())).unwrap();
+        ids.iter()
+            .map(|(tenant, id)| fx.person_by(&ca, tenant, id))
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_are_shared_by_two_admin_servers_and_one_signing_key_enforced() {
+    let fx = require_fixture!();
+    let Some(pg) = Postgres::start_or_skip("policies_are_shared_by_two_admin_servers", None) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = fx.admin_config_with(&policy_node_yaml(&pg, dir.path(), "policy-signing.key", ""));
+    let a = fx.start_from_config(&config).await;
+    let b = fx.start_from_config(&config).await;
+    let people = people_in(
+        fx,
+        &config,
+        &[("acme", ALICE), ("acme", BOB), ("ops", OPERATOR)],
+    )
+    .await;
+    let (alice, bob, operator) = (&people[0], &people[1], &people[2]);
+    let mut alice_a = a.client(Some(alice)).await;
+    let mut alice_b = b.client(Some(alice)).await;
+    let mut bob_a = a.client(Some(bob)).await;
+    let mut bob_b = b.client(Some(bob)).await;
+
+    // Uploaded on A, listed on B.
+    let mut versions = Vec::new();
+    for method in ["POST", "PUT", "DELETE"] {
+        let (status, body) = alice_a
+            .json(
+                "POST",
+                "/v1/tenants/acme/policies",
+                json!({ "document": acme_policy(method) }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        versions.push(body["version"].as_u64().unwrap());
+    }
+    assert_eq!(versions, [1, 2, 3]);
+    let (status, body) = bob_b
+        .json("GET", "/v1/tenants/acme/policies", json!(null))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["versions"].as_array().unwrap().len(), 3, "{body}");
+    assert_eq!(body["active"], 0, "{body}");
+
+    // Activation asked on B, refused to its requester on A, approved by a second person on A.
+    let activate = |v: u64| format!("/v1/tenants/acme/policies/{v}/activate");
+    let approve = |id: u64| format!("/v1/tenants/acme/approvals/{id}/approve");
+    let (status, body) = alice_b
+        .json("POST", &activate(1), json!({ "reason": "CHG-1" }))
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (202, Some("pending_approval")),
+        "{body}"
+    );
+    let first = body["approval"]["id"].as_u64().unwrap();
+    let (status, body) = alice_a.json("POST", &approve(first), json!(null)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("same_person")),
+        "{body}"
+    );
+    let (status, body) = bob_a.json("POST", &approve(first), json!(null)).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("approved")),
+        "{body}"
+    );
+    let (_, body) = alice_b
+        .json("GET", "/v1/tenants/acme/policies", json!(null))
+        .await;
+    assert_eq!(body["active"], 1, "active on B: {body}");
+
+    // The same request approved on both at once: one approval, the other finds it decided.
+    let (_, body) = alice_a
+        .json("POST", &activate(2), json!({ "reason": "CHG-2" }))
+        .await;
+    let same = body["approval"]["id"].as_u64().unwrap();
+    let path = approve(same);
+    let (ra, rb) = tokio::join!(
+        bob_a.json("POST", &path, json!(null)),
+        bob_b.json("POST", &path, json!(null))
+    );
+    let mut statuses = [ra.0, rb.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409], "{} / {}", ra.1, rb.1);
+
+    // Two versions' activations approved at once on A and B: one active, the history agrees.
+    let (_, body) = alice_a
+        .json("POST", &activate(3), json!({ "reason": "CHG-3" }))
+        .await;
+    let three = body["approval"]["id"].as_u64().unwrap();
+    let (_, body) = alice_b
+        .json("POST", &activate(1), json!({ "reason": "CHG-4" }))
+        .await;
+    let one = body["approval"]["id"].as_u64().unwrap();
+    let (path_a, path_b) = (approve(three), approve(one));
+    let (ra, rb) = tokio::join!(
+        bob_a.json("POST", &path_a, json!(null)),
+        bob_b.json("POST", &path_b, json!(null))
+    );
+    assert_eq!((ra.0, rb.0), (200, 200), "{} / {}", ra.1, rb.1);
+    let (_, listed_a) = alice_a
+        .json("GET", "/v1/tenants/acme/policies", json!(null))
+        .await;
+    let (_, listed_b) = bob_b
+        .json("GET", "/v1/tenants/acme/policies", json!(null))
+        .await;
+    assert_eq!(listed_a, listed_b);
+    let flagged: Vec<_> = listed_a["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["active"] == true)
+        .collect();
+    assert_eq!(flagged.len(), 1, "{listed_a}");
+    assert_eq!(flagged[0]["version"], listed_a["active"]);
+    let (_, body) = bob_a
+        .json("GET", "/v1/tenants/acme/policies/history", json!(null))
+        .await;
+    let history = body["history"].as_array().unwrap();
+    let activated: Vec<_> = history
+        .iter()
+        .filter(|e| e["action"] == "activated")
+        .collect();
+    assert_eq!(activated.len(), 4, "{body}");
+    assert_eq!(
+        activated.last().unwrap()["version"],
+        listed_a["active"],
+        "{body}"
+    );
+    assert!(history
+        .windows(2)
+        .all(|w| w[0]["id"].as_u64() < w[1]["id"].as_u64()));
+
+    // Both nodes sign the same bundle with the same key.
+    let mut op_a = a.client(Some(operator)).await;
+    let mut op_b = b.client(Some(operator)).await;
+    let (status, bundle_a) = op_a.json("GET", "/v1/policies/bundle", json!(null)).await;
+    assert_eq!(status, 200, "{bundle_a}");
+    let (_, bundle_b) = op_b.json("GET", "/v1/policies/bundle", json!(null)).await;
+    assert_eq!(bundle_a["key_id"], bundle_b["key_id"]);
+    let serial = |b: &serde_json::Value| {
+        serde_json::from_str::<serde_json::Value>(b["payload"].as_str().unwrap()).unwrap()["serial"]
+            .clone()
+    };
+    assert_eq!(serial(&bundle_a), serial(&bundle_b));
+    a.stop().await;
+    b.stop().await;
+
+    // A node signing with another key is refused, both keys named.
+    let other = fx.admin_config_with(&policy_node_yaml(&pg, dir.path(), "other-signing.key", ""));
+    let err = AdminServer::bind(&other, None)
+        .await
+        .expect_err("a node with another policy signing key is refused")
+        .to_string();
+    assert!(err.contains("copy STATE/policy-signing.key"), "{err}");
+    let key_id = |file: &str| {
+        let signer =
+            portcullis_audit::SoftwareSigner::load_or_create(&dir.path().join(file)).unwrap();
+        portcullis_audit::key_id(&portcullis_audit::Signer::public_key_der(&signer))
+    };
+    assert!(
+        err.contains(&key_id("other-signing.key")) && err.contains(&key_id("policy-signing.key")),
+        "{err}"
+    );
+}
+
+/// What a test receiver was sent: each delivery's `webhook-id` and body.
+type Received = Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// A webhook receiver on loopback answering 200 to every POST (after a short pause, so that
+/// attempts overlap); where it listens and what it got.
+async fn receiver() -> (std::net::SocketAddr, Received) {
+    use axum::{http::HeaderMap, routing::post, Router};
+    let received: Received = Arc::default();
+    let seen = Arc::clone(&received);
+    let app = Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: String| {
+            let seen = Arc::clone(&seen);
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                let id = headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                seen.lock().unwrap().push((id, body));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_made_on_one_admin_server_are_delivered_once_by_two() {
+    let fx = require_fixture!();
+    let Some(pg) = Postgres::start_or_skip("webhooks_delivered_once_by_two", None) else {
+        return;
+    };
+    let config = fx.admin_config_with(&format!(
+        "roles:\n  - {{ role: tenant_admin, tenant: acme, spiffe_ids: [\"spiffe://acme.example/ns/people/admin/*\"] }}\n\
+         store:\n  postgres:\n    url: \"{}\"\n    insecure_plaintext: true\n    max_connections: 4\n\
+         webhooks:\n  allow_destinations: [127.0.0.1/32]\n  allow_plain_http: true\n  \
+         max_attempts: 3\n  first_retry: 200ms\n  max_retry: 1s\n",
+        pg.conninfo(),
+    ));
+    let a = fx.start_from_config(&config).await;
+    let b = fx.start_from_config(&config).await;
+    let ids: Vec<(&'static str, &'static str)> = vec![
+        ("acme", ALICE),
+        ("ops", OPERATOR),
+        ("acme", "spiffe://acme.example/ns/web/sa/w0"),
+        ("acme", "spiffe://acme.example/ns/web/sa/w1"),
+        ("acme", "spiffe://acme.example/ns/web/sa/w2"),
+        ("acme", "spiffe://acme.example/ns/web/sa/w3"),
+        ("acme", "spiffe://acme.example/ns/web/sa/w4"),
+        ("acme", "spiffe://acme.example/ns/web/sa/w5"),
+    ];
+    let people = people_in(fx, &config, &ids).await;
+    let (addr, received) = receiver().await;
+
+    // Subscribed on A; the subscription is listed on B.
+    let mut alice_a = a.client(Some(&people[0])).await;
+    let (status, body) = alice_a
+        .json(
+            "POST",
+            "/v1/tenants/acme/webhooks",
+            json!({ "url": format!("http://{addr}/hook"), "events": ["certificate.revoked"] }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut alice_b = b.client(Some(&people[0])).await;
+    let (_, body) = alice_b
+        .json("GET", "/v1/tenants/acme/webhooks", json!(null))
+        .await;
+    assert_eq!(body["webhooks"].as_array().map(Vec::len), Some(1), "{body}");
+
+    // Six revocations, half through each node, while both run their delivery loops.
+    let mut op_a = a.client(Some(&people[1])).await;
+    let mut op_b = b.client(Some(&people[1])).await;
+    let serials: Vec<String> = people[2..].iter().map(|p| p.serial.clone()).collect();
+    for (i, serial) in serials.iter().enumerate() {
+        let op = if i % 2 == 0 { &mut op_a } else { &mut op_b };
+        let (status, body) = op
+            .json(
+                "POST",
+                &format!("/v1/certificates/{serial}/revoke"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while received.lock().unwrap().len() < serials.len() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Time for any second attempt of the same delivery to arrive.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), serials.len(), "{got:?}");
+    let delivery_ids: std::collections::HashSet<_> = got.iter().map(|(id, _)| id).collect();
+    assert_eq!(delivery_ids.len(), serials.len(), "{got:?}");
+    for serial in &serials {
+        let n = got
+            .iter()
+            .filter(|(_, body)| body.contains(serial.as_str()))
+            .count();
+        assert_eq!(n, 1, "{serial}: {got:?}");
+    }
+    // Listed as delivered through either node.
+    let (_, body) = alice_b
+        .json(
+            "GET",
+            "/v1/tenants/acme/webhooks/deliveries?status=delivered",
+            json!(null),
+        )
+        .await;
+    assert_eq!(
+        body["deliveries"].as_array().map(Vec::len),
+        Some(serials.len()),
+        "{body}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
