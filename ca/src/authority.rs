@@ -152,6 +152,8 @@ struct CaCore {
     intermediate_der: Vec<u8>,
     /// Serialises CRL numbering, signing and writing, so files replace each other in order.
     crl_lock: Mutex<()>,
+    /// The region this CA issues for (`STATE/region`, written by `ca init --region`).
+    region: Option<String>,
 }
 
 impl fmt::Debug for Ca {
@@ -432,6 +434,7 @@ impl Ca {
                 algorithm,
                 intermediate_der: inter_der.clone(),
                 crl_lock: Mutex::new(()),
+                region: region::read(dir)?,
             }),
             events: None,
             revocations: None,

@@ -75,6 +75,8 @@ pub struct NewCertRecord {
     /// The certificate this one renews: it must be in the inventory and not revoked when this
     /// one is recorded.
     pub renewed_from: Option<Serial>,
+    /// The region whose CA issued it (`ca init --region`), if the CA has one.
+    pub region: Option<String>,
 }
 
 /// A certificate in the inventory, with its status computed at the query's `now`.
@@ -96,6 +98,8 @@ pub struct CertRecord {
     pub revocation_reason: Option<RevocationReason>,
     /// The certificate this one renewed, if it was a renewal.
     pub renewed_from: Option<Serial>,
+    /// The region whose CA issued it, if the CA has one.
+    pub region: Option<String>,
 }
 
 /// What a revocation covers.

@@ -697,6 +697,11 @@ fn a_region_gets_its_own_intermediate_under_the_shared_root() {
             now(),
         )
         .unwrap();
+    // Each region's inventory rows say where they were issued.
+    let region_of =
+        |ca: &Ca, serial: &Serial| ca.inventory().get(serial, now()).unwrap().unwrap().region;
+    assert_eq!(region_of(&eu, &eu_leaf.serial).as_deref(), Some("eu"));
+    assert_eq!(region_of(&f.ca, &home_leaf.serial), None);
     let tmp = tempfile::tempdir().unwrap();
     let eu_leaf_file = write_temp(tmp.path(), "eu-leaf.pem", &eu_leaf.cert_pem);
     let home_leaf_file = write_temp(tmp.path(), "home-leaf.pem", &home_leaf.cert_pem);

@@ -204,6 +204,8 @@ pub(super) struct Certificate {
     revoked_at: Option<String>,
     revocation_reason: Option<String>,
     renewed_from: Option<String>,
+    /// The region whose CA issued it (`ca init --region`).
+    region: Option<String>,
 }
 
 #[derive(ToSchema)]

@@ -19,7 +19,7 @@ use super::pool::{pg_error, PgConn, PgStore};
 const LINEAGE_LOCK: i64 = 0x006c_696e_6561_6765;
 
 const COLUMNS: &str = "serial, subject, sans::text, tenant, profile, requester, not_before, \
-                       not_after, revoked_at, revocation_reason, renewed_from";
+                       not_after, revoked_at, revocation_reason, renewed_from, region";
 
 /// A certificate and every renewal descending from it, with each one's distance from the one
 /// named (UNION visits each serial once).
@@ -95,6 +95,7 @@ fn record(row: &postgres::Row, now: i64) -> Result<CertRecord, CaError> {
             .map(str::parse)
             .transpose()
             .map_err(|_| corrupt("renewed_from"))?,
+        region: row.try_get(11).map_err(db_error)?,
     })
 }
 
@@ -167,8 +168,8 @@ fn insert(tx: &mut impl GenericClient, r: &NewCertRecord) -> Result<(), CaError>
     }
     tx.execute(
         "INSERT INTO certificates (serial, subject, sans, tenant, profile, requester, \
-         not_before, not_after, cert_der, renewed_from) \
-         VALUES ($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8, $9, $10)",
+         not_before, not_after, cert_der, renewed_from, region) \
+         VALUES ($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8, $9, $10, $11)",
         &[
             &r.serial.to_string(),
             &r.subject,
@@ -180,6 +181,7 @@ fn insert(tx: &mut impl GenericClient, r: &NewCertRecord) -> Result<(), CaError>
             &seconds(r.not_after),
             &r.cert_der,
             &r.renewed_from.as_ref().map(ToString::to_string),
+            &r.region,
         ],
     )
     .map_err(db_error)

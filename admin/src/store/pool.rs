@@ -39,6 +39,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "webhook subscriptions and deliveries",
         include_str!("migrations/0003_webhooks.sql"),
     ),
+    (
+        4,
+        "the region of each certificate",
+        include_str!("migrations/0004_inventory_region.sql"),
+    ),
 ];
 
 /// The admin plane's PostgreSQL database: a pool of connections, each store's handle a clone.

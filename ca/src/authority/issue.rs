@@ -306,6 +306,7 @@ impl Ca {
             not_after,
             cert_der: cert_der.clone(),
             renewed_from: renewed_from.clone(),
+            region: self.core.region.clone(),
         })?;
 
         Ok(IssuedCertificate {

@@ -112,11 +112,30 @@ impl Ca {
         Self::open_initialised(config, issuing_key, backend, now)
     }
 
-    /// The region this CA issues for (`ca init --region`), if it has one.
-    pub fn region(&self) -> Option<String> {
-        let text = std::fs::read_to_string(self.state_dir().join(REGION_FILE)).ok()?;
-        Some(text.trim().to_owned()).filter(|r| valid_region_name(r))
+    /// The region this CA issues for (`ca init --region`), if it has one. Its certificates'
+    /// inventory rows carry it.
+    pub fn region(&self) -> Option<&str> {
+        self.core.region.as_deref()
     }
+}
+
+/// The region named in the state directory, if any; a file that does not name one is an error
+/// (rather than certificates recorded without their region).
+pub(super) fn read(dir: &Path) -> Result<Option<String>, CaError> {
+    let path = dir.join(REGION_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(super::io_error(&path)(e)),
+    };
+    let name = text.trim();
+    if !valid_region_name(name) {
+        return Err(state_error(
+            &path,
+            "does not name a region (1 to 32 of a-z, 0-9 and '-')",
+        ));
+    }
+    Ok(Some(name.to_owned()))
 }
 
 /// The one CA certificate of a PEM file, DER.

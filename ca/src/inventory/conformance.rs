@@ -24,6 +24,7 @@ pub fn record(serial: &str, tenant: &str, not_after: SystemTime) -> NewCertRecor
         not_after,
         cert_der: vec![1, 2, 3],
         renewed_from: None,
+        region: None,
     }
 }
 
@@ -43,7 +44,19 @@ pub fn filters_revokes_and_counts(inv: &dyn InventoryStore) {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let h = Duration::from_secs(3600);
     inv.record_issued(&record("01", "a", now + h)).unwrap();
-    inv.record_issued(&record("02", "a", now + 10 * h)).unwrap();
+    let regional = NewCertRecord {
+        region: Some("eu-west".to_owned()),
+        ..record("02", "a", now + 10 * h)
+    };
+    inv.record_issued(&regional).unwrap();
+    let region = |serial: &str| {
+        let serial = serial.parse().unwrap();
+        inv.get(&serial, now).unwrap().unwrap().region
+    };
+    assert_eq!(
+        (region("01"), region("02").as_deref()),
+        (None, Some("eu-west"))
+    );
     inv.record_issued(&record("03", "b", now - h)).unwrap();
     assert!(
         inv.record_issued(&record("03", "b", now)).is_err(),

@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS certificates (
     cert_der          BLOB NOT NULL,
     revoked_at        INTEGER,
     revocation_reason INTEGER,
-    renewed_from      TEXT
+    renewed_from      TEXT,
+    region            TEXT
 );
 CREATE INDEX IF NOT EXISTS certificates_tenant ON certificates (tenant, not_after);
 CREATE INDEX IF NOT EXISTS certificates_not_after ON certificates (not_after);
@@ -59,7 +60,7 @@ const LINEAGE_ROWS: &str = "WITH RECURSIVE lineage(serial, depth) AS (
 )";
 
 const COLUMNS: &str = "serial, subject, sans, tenant, profile, requester, not_before, not_after, \
-                       revoked_at, revocation_reason, renewed_from";
+                       revoked_at, revocation_reason, renewed_from, region";
 
 /// The inventory in a SQLite file (WAL, synchronous FULL: a recorded issuance survives a crash).
 ///
@@ -132,6 +133,13 @@ fn add_lineage(conn: &mut Connection) -> rusqlite::Result<()> {
     if !present {
         tx.execute_batch("ALTER TABLE certificates ADD COLUMN renewed_from TEXT")?;
     }
+    // And its `region` column, for inventories made before regions (NULL: no region).
+    let region = tx
+        .prepare("SELECT 1 FROM pragma_table_info('certificates') WHERE name = 'region'")?
+        .exists([])?;
+    if !region {
+        tx.execute_batch("ALTER TABLE certificates ADD COLUMN region TEXT")?;
+    }
     tx.execute_batch(LINEAGE_INDEX)?;
     tx.commit()
 }
@@ -148,6 +156,7 @@ struct Row {
     revoked_at: Option<i64>,
     revocation_reason: Option<u8>,
     renewed_from: Option<String>,
+    region: Option<String>,
 }
 
 impl Row {
@@ -164,6 +173,7 @@ impl Row {
             revoked_at: row.get(8)?,
             revocation_reason: row.get(9)?,
             renewed_from: row.get(10)?,
+            region: row.get(11)?,
         })
     }
 
@@ -202,6 +212,7 @@ impl Row {
                 .map(str::parse)
                 .transpose()
                 .map_err(|_| corrupt("renewed_from"))?,
+            region: self.region.clone(),
         })
     }
 }
@@ -273,8 +284,8 @@ fn insert(tx: &Connection, r: &NewCertRecord) -> Result<(), CaError> {
     }
     tx.execute(
         "INSERT INTO certificates (serial, subject, sans, tenant, profile, requester, \
-         not_before, not_after, cert_der, renewed_from) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+         not_before, not_after, cert_der, renewed_from, region) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             r.serial.to_string(),
             r.subject,
@@ -286,6 +297,7 @@ fn insert(tx: &Connection, r: &NewCertRecord) -> Result<(), CaError> {
             unix_seconds(r.not_after),
             r.cert_der,
             r.renewed_from.as_ref().map(ToString::to_string),
+            r.region,
         ],
     )
     .map_err(db_error)

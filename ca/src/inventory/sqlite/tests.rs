@@ -29,13 +29,16 @@ fn hostile_values_are_kept_intact_or_refused() {
 }
 
 #[test]
-fn an_inventory_from_before_lineage_is_migrated_in_place() {
+fn an_inventory_from_before_lineage_and_regions_is_migrated_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.sqlite3");
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     {
         let conn = Connection::open(&path).unwrap();
-        let old_schema = SCHEMA.replace(",\n    renewed_from      TEXT", "");
+        let old_schema = SCHEMA.replace(
+            ",\n    renewed_from      TEXT,\n    region            TEXT",
+            "",
+        );
         assert_ne!(old_schema, SCHEMA);
         conn.execute_batch(&old_schema).unwrap();
         conn.execute(
@@ -46,15 +49,24 @@ fn an_inventory_from_before_lineage_is_migrated_in_place() {
         )
         .unwrap();
     }
-    // Opened twice: the column is added once.
+    // Opened twice: the columns are added once.
     for _ in 0..2 {
         let inv = SqliteInventory::open(&path).unwrap();
         let old = inv.get(&"0a".parse().unwrap(), now).unwrap().unwrap();
-        assert_eq!((old.status, old.renewed_from), (CertStatus::Valid, None));
+        assert_eq!(
+            (old.status, old.renewed_from, old.region),
+            (CertStatus::Valid, None, None)
+        );
     }
     let inv = SqliteInventory::open(&path).unwrap();
     let later = now + Duration::from_secs(3600);
-    inv.record_issued(&renewal("0b", "0a", later)).unwrap();
+    let regional = NewCertRecord {
+        region: Some("eu".to_owned()),
+        ..renewal("0b", "0a", later)
+    };
+    inv.record_issued(&regional).unwrap();
+    let got = inv.get(&"0b".parse().unwrap(), now).unwrap().unwrap();
+    assert_eq!(got.region.as_deref(), Some("eu"));
     let all = inv
         .revoke(
             &"0a".parse().unwrap(),
