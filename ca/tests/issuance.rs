@@ -638,7 +638,7 @@ fn a_region_gets_its_own_intermediate_under_the_shared_root() {
     assert!(err.to_string().contains("exactly one certificate"), "{err}");
 
     let eu = Ca::init_region(&config, "eu", &home_root, now()).expect("region init");
-    assert_eq!(eu.region().as_deref(), Some("eu"));
+    assert_eq!(eu.region(), Some("eu"));
     assert_eq!(f.ca.region(), None);
     let eu_state = |name: &str| config.state_dir.join(name).display().to_string();
     // The same root; a new intermediate, named for the region, signed by it.
