@@ -71,6 +71,8 @@ pub(crate) struct AppState {
     pub(crate) mfa_for_writes: bool,
     /// Tenants' webhooks, when `webhooks:` is configured.
     pub(crate) webhooks: Option<Arc<crate::webhooks::Webhooks>>,
+    /// First issuances waiting for approval, when a profile requires it.
+    pub(crate) pending: Option<Arc<crate::pending::PendingStore>>,
 }
 
 /// The routes the OpenAPI document describes, each mounted on the path its handler's

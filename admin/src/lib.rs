@@ -33,6 +33,7 @@ pub use fleet::cli_revocation_sink;
 mod identity;
 mod limits;
 mod metrics;
+mod pending;
 mod people;
 mod policies;
 mod revocation_http;

@@ -151,6 +151,21 @@ impl AdminServer {
                 path: "(admin config)".to_owned(),
                 detail,
             })?;
+        // Pending issuances are a SQLite file on each node still: with a shared PostgreSQL
+        // store, another node could neither show nor decide them.
+        if let Some(p) = ca.profiles().iter().find(|p| p.approval.is_some()) {
+            if store.is_some() {
+                return Err(AdminError::Config {
+                    path: "(admin config) store.postgres".to_owned(),
+                    detail: format!(
+                        "profile {:?} requires approval (approval.required), whose pending \
+                         requests are kept in SQLite on each node (not yet in PostgreSQL); with \
+                         store.postgres, no profile may require approval",
+                        p.name
+                    ),
+                });
+            }
+        }
         let agents = config
             .checked_agents()
             .map_err(|detail| AdminError::Config {
@@ -277,6 +292,18 @@ impl AdminServer {
                 })?,
             ))
         };
+        let pending = if ca.profiles().iter().any(|p| p.approval.is_some()) {
+            let dir = ca.state_dir().to_owned();
+            Some(Arc::new(
+                tokio::task::spawn_blocking(move || {
+                    crate::pending::PendingStore::in_state_dir(&dir)
+                })
+                .await
+                .map_err(|e| AdminError::Store(format!("opening the pending store: {e}")))??,
+            ))
+        } else {
+            None
+        };
         let state = Arc::new(AppState {
             ca,
             tokens,
@@ -293,6 +320,7 @@ impl AdminServer {
             people,
             mfa_for_writes: config.mfa_for_writes,
             webhooks,
+            pending,
         });
         let listener =
             TcpListener::bind(config.listen)

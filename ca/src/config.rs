@@ -267,7 +267,7 @@ pub struct ProfileConfig {
     /// First issuances through the admin API wait for a person's approval
     /// (`approval: { required: true, expires_after: 1h }`; default off).
     #[serde(default)]
-    pub approval: Option<ApprovalConfig>,
+    pub approval: Option<ProfileApprovalConfig>,
 }
 
 /// Shortest wait a profile's `approval.expires_after` may set.
@@ -279,7 +279,7 @@ pub const MAX_APPROVAL_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
-pub struct ApprovalConfig {
+pub struct ProfileApprovalConfig {
     /// Whether first issuances wait for approval.
     #[serde(default)]
     pub required: bool,

@@ -33,7 +33,7 @@ pub use authority::{
     Ca, IssueRequest, IssuedCertificate, Requester, RequesterKind, STATE_IN_POSTGRES,
 };
 pub use config::{
-    ApprovalConfig, BackendConfig, CaConfig, CertConfig, CrlConfig, KeysConfig, Pkcs11Config,
+    ProfileApprovalConfig, BackendConfig, CaConfig, CertConfig, CrlConfig, KeysConfig, Pkcs11Config,
     ProfileConfig, SoftwareConfig, MAX_APPROVAL_WAIT, MIN_APPROVAL_WAIT,
 };
 pub use crl::{write_atomic, Crl, RevocationReason};
