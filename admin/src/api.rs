@@ -1,6 +1,7 @@
 //! The HTTP API: routes, authentication and authorisation, the issuance, revocation, CRL and
 //! inventory endpoints, fixed public error bodies, and the audit record of every call.
 
+mod approvals;
 mod errors;
 mod inventory;
 mod issue;
@@ -83,6 +84,7 @@ fn documented_routes() -> OpenApiRouter<Arc<AppState>> {
         .merge(tokens::routes())
         .merge(webhooks::routes())
         .merge(reports::routes())
+        .merge(approvals::routes())
         .routes(routes!(issue::issue, inventory::list))
         .routes(routes!(inventory::revoke))
         .routes(routes!(inventory::lineage))

@@ -34,6 +34,7 @@ mod identity;
 mod limits;
 mod metrics;
 mod pending;
+pub use pending::PENDING_DB;
 mod people;
 mod policies;
 mod revocation_http;

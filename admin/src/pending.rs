@@ -353,7 +353,7 @@ impl PendingStore {
     }
 
     /// The tenant's request `id`, whatever its state.
-    fn get(
+    pub(crate) fn get(
         &self,
         tenant: &TenantId,
         id: &PendingId,

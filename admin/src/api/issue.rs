@@ -32,7 +32,7 @@ use crate::identity::{requested_names, ConnInfo, PeerIdentity};
 use crate::token::TokenHash;
 
 /// The answer for an issued certificate, in the wire type clients read.
-fn issue_response(c: IssuedCertificate) -> IssuanceResponse {
+pub(super) fn issue_response(c: IssuedCertificate) -> IssuanceResponse {
     IssuanceResponse {
         serial: c.serial,
         certificate: c.cert_pem,
