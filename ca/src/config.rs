@@ -415,7 +415,8 @@ impl CaConfig {
                         // renewal, never by the admin API's first issuance: nothing would wait.
                         if p.role == ProfileRole::Operator {
                             return Err(bad(
-                                "approval applies to tenant profiles, not role: operator".to_owned(),
+                                "approval applies to tenant profiles, not role: operator"
+                                    .to_owned(),
                             ));
                         }
                         Some(crate::profile::ApprovalRule {

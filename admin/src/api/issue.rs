@@ -307,12 +307,10 @@ fn wait_for_approval(
         spiffe_id: names.as_ref().and_then(|n| n.uris.first().cloned()),
         dns_names: names.map(|n| n.dns_names).unwrap_or_default(),
     };
-    let (id, secret, expires_at) = store
-        .insert(&new, rule.expires_after, now)
-        .map_err(|e| {
-            tracing::error!(error = %e, "admin API: pending store failed");
-            ApiError::internal()
-        })?;
+    let (id, secret, expires_at) = store.insert(&new, rule.expires_after, now).map_err(|e| {
+        tracing::error!(error = %e, "admin API: pending store failed");
+        ApiError::internal()
+    })?;
     tracing::info!(
         tenant.id = %request.tenant,
         ca.profile = %profile.name,

@@ -114,12 +114,19 @@ pub struct Fixture {
 
 /// One CA for the test binary; None when SoftHSM2 is missing.
 pub fn fixture() -> Option<&'static Fixture> {
+    fixture_with_profiles("")
+}
+
+/// [`fixture`], with more profiles appended to the CA's (YAML list items), for a test binary
+/// whose profiles the others must not have (e.g. ones requiring approval, which
+/// `store.postgres` refuses). The first call in a binary decides.
+pub fn fixture_with_profiles(extra: &str) -> Option<&'static Fixture> {
     static FIXTURE: OnceLock<Option<Fixture>> = OnceLock::new();
     FIXTURE
         .get_or_init(|| {
             let hsm = softhsm::hsm()?;
             let dir = hsm.dir.join("admin");
-            let yaml = CA_CONFIG
+            let yaml = format!("{CA_CONFIG}{extra}")
                 .replace("DIR", &dir.display().to_string())
                 .replace("PIN_FILE", &hsm.pin_file.display().to_string());
             let ca_config = CaConfig::from_yaml(&yaml).expect("CA config");

@@ -146,13 +146,11 @@ impl Ca {
         req: &IssueRequest<'_>,
         now: SystemTime,
     ) -> Result<&IssuanceProfile, CaError> {
-        let result = self
-            .basis(req, None, now)
-            .and_then(|(profile, _)| {
-                let csr = read_csr(req.csr)?;
-                profile.permit(&csr, req.lifetime)?;
-                Ok(profile)
-            });
+        let result = self.basis(req, None, now).and_then(|(profile, _)| {
+            let csr = read_csr(req.csr)?;
+            profile.permit(&csr, req.lifetime)?;
+            Ok(profile)
+        });
         if let Err(CaError::Refused(refusal)) = &result {
             tracing::info!(
                 tenant.id = %req.tenant,
