@@ -67,6 +67,8 @@ async fn the_document_is_served_to_authenticated_callers_only() {
         "/v1/tenants/{tenant}/policies/{version}/impact",
         "/v1/tenants/{tenant}/approvals/{id}/{decision}",
         "/v1/tenants/{tenant}/tokens/{id}",
+        "/v1/certificates/pending/{id}",
+        "/v1/tenants/{tenant}/certificates/pending/{id}/approve",
         "/v1/tenants/{tenant}/webhooks/deliveries/{id}/retry",
         "/v1/tenants/{tenant}/reports/{kind}",
         "/v1/openapi.json",
