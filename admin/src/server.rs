@@ -67,6 +67,23 @@ impl std::fmt::Debug for AdminServer {
     }
 }
 
+/// Refuses profiles requiring approval with `store.postgres`: pending issuances are a SQLite
+/// file on each node still, which another node could neither show nor decide.
+fn approval_needs_sqlite(profiles: &[portcullis_ca::IssuanceProfile]) -> Result<(), AdminError> {
+    match profiles.iter().find(|p| p.approval.is_some()) {
+        None => Ok(()),
+        Some(p) => Err(AdminError::Config {
+            path: "(admin config) store.postgres".to_owned(),
+            detail: format!(
+                "profile {:?} requires approval (approval.required), whose pending requests are \
+                 kept in SQLite on each node (not yet in PostgreSQL); with store.postgres, no \
+                 profile may require approval",
+                p.name
+            ),
+        }),
+    }
+}
+
 impl AdminServer {
     /// Opens the CA named by `config.ca` (logging in to its HSM), then [`AdminServer::bind_with`].
     /// With `store.postgres`, the inventory and bootstrap tokens are the database's (migrated
@@ -83,6 +100,7 @@ impl AdminServer {
                 let Some(pg) = postgres else {
                     return Ok((Ca::open(&ca_config)?, None));
                 };
+                approval_needs_sqlite(&ca_config.profiles()?)?;
                 let store = PgStore::open(&pg)?;
                 let ca = Ca::open_with_inventory(&ca_config, Arc::new(store.inventory()))?;
                 mark_state_dir(ca.state_dir())?;
@@ -124,11 +142,12 @@ impl AdminServer {
         audit: Option<AuditHandle>,
     ) -> Result<Self, AdminError> {
         let store = match config.store.postgres.clone() {
-            Some(pg) => Some(
+            Some(pg) => Some({
+                approval_needs_sqlite(ca.profiles())?;
                 tokio::task::spawn_blocking(move || PgStore::open(&pg))
                     .await
-                    .map_err(|e| AdminError::Store(format!("opening the store: {e}")))??,
-            ),
+                    .map_err(|e| AdminError::Store(format!("opening the store: {e}")))??
+            }),
             None => None,
         };
         Self::bind_on(config, ca, tokens, store, audit).await
@@ -151,21 +170,6 @@ impl AdminServer {
                 path: "(admin config)".to_owned(),
                 detail,
             })?;
-        // Pending issuances are a SQLite file on each node still: with a shared PostgreSQL
-        // store, another node could neither show nor decide them.
-        if let Some(p) = ca.profiles().iter().find(|p| p.approval.is_some()) {
-            if store.is_some() {
-                return Err(AdminError::Config {
-                    path: "(admin config) store.postgres".to_owned(),
-                    detail: format!(
-                        "profile {:?} requires approval (approval.required), whose pending \
-                         requests are kept in SQLite on each node (not yet in PostgreSQL); with \
-                         store.postgres, no profile may require approval",
-                        p.name
-                    ),
-                });
-            }
-        }
         let agents = config
             .checked_agents()
             .map_err(|detail| AdminError::Config {

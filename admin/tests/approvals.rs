@@ -365,3 +365,20 @@ async fn of_two_concurrent_approvals_exactly_one_signs() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_requiring_approval_is_refused_with_the_postgres_store() {
+    let Some(fx) = fixture() else { return };
+    // Refused before any connection: nothing listens on port 1.
+    let config = fx.admin_config_with(
+        "store:\n  postgres:\n    url: \"postgresql://portcullis@127.0.0.1:1/portcullis\"\n    insecure_plaintext: true\n",
+    );
+    let err = portcullis_admin::AdminServer::bind(&config, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"vault\" requires approval") && err.contains("not yet in PostgreSQL"),
+        "{err}"
+    );
+}

@@ -503,6 +503,43 @@ profiles:
     }
 
     #[test]
+    fn approval_is_off_by_default_and_its_wait_is_bounded() {
+        let c = CaConfig::from_yaml(GOOD).unwrap();
+        assert_eq!(c.profiles().unwrap()[0].approval, None);
+        let with = |approval: &str| {
+            CaConfig::from_yaml(&GOOD.replace(
+                "    max_lifetime: 2h\n",
+                &format!("    max_lifetime: 2h\n    approval: {approval}\n"),
+            ))
+        };
+        let c = with("{ required: true }").unwrap();
+        assert_eq!(
+            c.profiles().unwrap()[0].approval,
+            Some(crate::profile::ApprovalRule {
+                expires_after: HOUR
+            })
+        );
+        assert_eq!(
+            with("{ required: false, expires_after: 1s }")
+                .unwrap()
+                .profiles()
+                .unwrap()[0]
+                .approval,
+            None
+        );
+        for bad in ["1s", "8d"] {
+            let err = with(&format!("{{ required: true, expires_after: {bad} }}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("approval.expires_after"), "{err}");
+        }
+        assert!(
+            with("{ required: true, expire_after: 1h }").is_err(),
+            "typo"
+        );
+    }
+
+    #[test]
     fn refuses_typos_wildcard_abuse_and_over_cap() {
         for (bad, needle) in [
             (
