@@ -9,9 +9,11 @@ mod harness;
 #[path = "../../ca/tests/support/softhsm.rs"]
 mod softhsm;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use harness::{Client, Fixture, Server, Workload};
+use portcullis_audit::{AdminAction, AuditConfig, AuditLog, RecordKind, SoftwareSigner};
 use serde_json::{json, Value};
 
 /// Profiles only this binary's CA has: `store.postgres` (the other binaries' PostgreSQL tests)
@@ -210,7 +212,13 @@ async fn a_request_waits_is_approved_by_another_person_and_picked_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_request_tells_the_requester_why_and_no_one_decides_their_own() {
     let Some(fx) = fixture() else { return };
-    let server = start(fx).await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit_dir = dir.path().join("admin-audit");
+    let key = Arc::new(SoftwareSigner::load_or_create(&dir.path().join("admin.key")).unwrap());
+    let log = AuditLog::open(AuditConfig::new(&audit_dir, "admin-test"), key).unwrap();
+    let server = fx
+        .start_with(fx.admin_config_with(EXTRA), Some(log.handle()))
+        .await;
     let w = Workload::new(Some("spiffe://vault.example/ns/web/rejected"), &[]);
     let pending = request(&server, fx, "vault", &w).await;
     let id = pending["pending"].as_str().unwrap();
