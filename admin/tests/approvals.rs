@@ -278,6 +278,51 @@ async fn a_rejected_request_tells_the_requester_why_and_no_one_decides_their_own
         "spiffe://vault.example/ns/web/agent-made"
     );
     server.stop().await;
+
+    // Every call is in the admin audit log with the caller, the role and the outcome.
+    log.handle()
+        .append_durable(AdminAction {
+            actor: "test".into(),
+            action: "flush".into(),
+            target: None,
+            tenant: None,
+            outcome: "ok".into(),
+            role: None,
+        })
+        .unwrap();
+    let records: Vec<AdminAction> = portcullis_audit::tail(&audit_dir, 1000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.kind {
+            RecordKind::Admin(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    let find = |action: &str, outcome: &str, actor: &str| {
+        records
+            .iter()
+            .filter(|r| r.action == action && r.outcome == outcome && r.actor == actor)
+            .collect::<Vec<_>>()
+    };
+    let approved = find("certificate.approve", "ok", ADMIN);
+    assert_eq!(approved.len(), 1, "{records:#?}");
+    assert_eq!(approved[0].role.as_deref(), Some("tenant_admin"));
+    assert_eq!(approved[0].tenant.as_deref(), Some("vault"));
+    assert_eq!(approved[0].target, Some(format!("pending:{id}")));
+    assert_eq!(find("certificate.reject", "ok", ADMIN).len(), 1);
+    assert_eq!(
+        find("certificate.reject", "refused", ADMIN).len(),
+        1,
+        "no reason"
+    );
+    assert_eq!(find("certificate.approve", "denied", AGENT).len(), 1);
+    assert_eq!(find("certificate.reject", "denied", AGENT).len(), 1);
+    let waiting = find("certificate.issue", "ok", AGENT);
+    assert_eq!(waiting.len(), 1, "{records:#?}");
+    assert_eq!(waiting[0].target, Some(format!("pending:{id}")));
+    assert!(records
+        .iter()
+        .any(|r| r.action == "certificate.pending.poll" && r.outcome == "denied"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
