@@ -359,6 +359,12 @@ fn eab_create(
              require_spiffe_id: false); an ACME account under it could obtain nothing"
         )));
     }
+    if found.approval.is_some() {
+        return Err(AdminError::Invalid(format!(
+            "profile {profile:?} requires approval (approval.required), which ACME issuance \
+             cannot wait for"
+        )));
+    }
     if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
         return Err(AdminError::Invalid(format!(
             "EAB key lifetime {}: must be positive and at most {}",

@@ -29,6 +29,12 @@ const PROFILES: &str = r#"
     tenant: brief
     spiffe_ids: ["spiffe://brief.example/ns/**"]
     approval: { required: true, expires_after: 5s }
+  - name: webvault
+    tenant: webvault
+    require_spiffe_id: false
+    dns_names: ["*.webvault.test"]
+    server_auth: true
+    approval: { required: true }
 "#;
 
 const ADMIN: &str = "spiffe://vault.example/ns/people/admin";
@@ -434,4 +440,22 @@ async fn a_profile_requiring_approval_is_refused_with_the_postgres_store() {
         err.contains("\"vault\" requires approval") && err.contains("not yet in PostgreSQL"),
         "{err}"
     );
+}
+
+#[test]
+fn acme_cannot_wait_so_no_eab_key_binds_a_profile_requiring_approval() {
+    let Some(fx) = fixture() else { return };
+    let err = portcullis_admin::cli::run_to(
+        portcullis_admin::cli::AdminCommand::Acme(portcullis_admin::cli::AcmeCommand::EabCreate {
+            ca_config: fx.dir.join("ca.yaml"),
+            tenant: "webvault".parse().unwrap(),
+            profile: "webvault".into(),
+            ttl: Duration::from_secs(3600),
+        }),
+        None,
+        &mut Vec::new(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("requires approval"), "{err}");
 }
