@@ -459,3 +459,61 @@ fn acme_cannot_wait_so_no_eab_key_binds_a_profile_requiring_approval() {
     .to_string();
     assert!(err.contains("requires approval"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_requests_are_listed_approved_and_rejected_through_the_cli() {
+    let Some(fx) = fixture() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(fx).await;
+    let admin = harness::cli_caller(dir.path(), "admin", &fx.person("vault", ADMIN), &server, fx);
+    let first = request(
+        &server,
+        fx,
+        "vault",
+        &Workload::new(Some("spiffe://vault.example/ns/cli/one"), &[]),
+    )
+    .await;
+    let second = request(
+        &server,
+        fx,
+        "vault",
+        &Workload::new(Some("spiffe://vault.example/ns/cli/two"), &[]),
+    )
+    .await;
+    let (one, two) = (
+        first["pending"].as_str().unwrap(),
+        second["pending"].as_str().unwrap(),
+    );
+    let list = harness::admin_cli(&["pending", "list", "--tenant", "vault"], &admin)
+        .await
+        .unwrap();
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(one) && l.contains("pending")),
+        "{list}"
+    );
+    let approved = harness::admin_cli(&["pending", "approve", "--tenant", "vault", one], &admin)
+        .await
+        .unwrap();
+    assert!(
+        approved.contains("spiffe://vault.example/ns/cli/one"),
+        "{approved}"
+    );
+    let rejected = harness::admin_cli(
+        &[
+            "pending", "reject", "--tenant", "vault", two, "--reason", "not ours",
+        ],
+        &admin,
+    )
+    .await
+    .unwrap();
+    assert!(
+        rejected.contains("rejected") && rejected.contains("not ours"),
+        "{rejected}"
+    );
+    let err = harness::admin_cli(&["pending", "approve", "--tenant", "vault", two], &admin)
+        .await
+        .unwrap_err();
+    assert!(err.contains("409 already_decided"), "{err}");
+    server.stop().await;
+}

@@ -801,3 +801,51 @@ impl hyper::body::Body for Chunks {
         std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
     }
 }
+
+/// `portcullis admin`'s arguments, as the binary defines them.
+#[derive(clap::Parser)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: portcullis_admin::cli::AdminCommand,
+}
+
+/// The `portcullis admin` connection arguments of a caller with `who`'s certificate.
+pub fn cli_caller(
+    dir: &Path,
+    name: &str,
+    who: &Identity,
+    server: &Server,
+    fx: &Fixture,
+) -> Vec<String> {
+    let (cert, key) = who.write_pem(dir, name);
+    let path = |p: PathBuf| p.display().to_string();
+    vec![
+        "--server".into(),
+        format!("https://localhost:{}", server.addr.port()),
+        "--ca".into(),
+        path(fx.bundle_path()),
+        "--cert".into(),
+        path(cert),
+        "--key".into(),
+        path(key),
+    ]
+}
+
+/// `portcullis admin ARGS… CONN…`, parsed by the binary's own clap definition: Ok(what it
+/// printed) or Err(its error).
+pub async fn admin_cli(args: &[&str], conn: &[String]) -> Result<String, String> {
+    use clap::Parser;
+    let argv: Vec<String> = std::iter::once("admin".to_owned())
+        .chain(args.iter().map(|a| (*a).to_owned()))
+        .chain(conn.iter().cloned())
+        .collect();
+    let cli = Cli::try_parse_from(&argv).map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        portcullis_admin::cli::run_to(cli.command, None, &mut out)
+            .map(|()| String::from_utf8(out).unwrap())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap()
+}
