@@ -171,6 +171,7 @@ async fn a_refused_revocation_reads_its_body_and_keeps_the_connection() {
     // So do the calls that take no body, sent one anyway.
     for (method, path) in [
         ("POST", "/v1/tenants/acme/approvals/1/approve"),
+        ("POST", "/v1/tenants/acme/certificates/pending/x/approve"),
         ("POST", "/v1/tenants/acme/webhooks/deliveries/d/retry"),
         ("DELETE", "/v1/tenants/acme/tokens/t"),
         ("DELETE", "/v1/tenants/acme/webhooks/w"),
