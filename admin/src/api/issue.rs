@@ -250,6 +250,8 @@ fn decide_and_issue(
     };
     let result = match &auth.renews {
         Some(current) => st.ca.renew(&request, current, SystemTime::now()),
+        // A first issuance of a tenant with a profile requiring approval: the CA checks it,
+        // then it waits if the profile it would be issued under requires approval.
         None if st
             .ca
             .profiles()
@@ -293,8 +295,13 @@ fn wait_for_approval(
         .ca
         .check_issue(request, now)
         .map_err(|e| ca_error(st, e))?;
-    let (Some(rule), Some(store)) = (profile.approval, st.pending.as_ref()) else {
+    let Some(rule) = profile.approval else {
         return Ok(None);
+    };
+    // Fail closed: the store is opened whenever a profile requires approval.
+    let Some(store) = st.pending.as_ref() else {
+        tracing::error!(ca.profile = %profile.name, "admin API: approval required but no pending store");
+        return Err(ApiError::internal());
     };
     let names = requested_names(request.csr);
     let new = crate::pending::NewPending {
