@@ -1,6 +1,7 @@
 //! The HTTP API: routes, authentication and authorisation, the issuance, revocation, CRL and
 //! inventory endpoints, fixed public error bodies, and the audit record of every call.
 
+mod approvals;
 mod errors;
 mod inventory;
 mod issue;
@@ -71,6 +72,8 @@ pub(crate) struct AppState {
     pub(crate) mfa_for_writes: bool,
     /// Tenants' webhooks, when `webhooks:` is configured.
     pub(crate) webhooks: Option<Arc<crate::webhooks::Webhooks>>,
+    /// First issuances waiting for approval, when a profile requires it.
+    pub(crate) pending: Option<Arc<crate::pending::PendingStore>>,
 }
 
 /// The routes the OpenAPI document describes, each mounted on the path its handler's
@@ -81,6 +84,7 @@ fn documented_routes() -> OpenApiRouter<Arc<AppState>> {
         .merge(tokens::routes())
         .merge(webhooks::routes())
         .merge(reports::routes())
+        .merge(approvals::routes())
         .routes(routes!(issue::issue, inventory::list))
         .routes(routes!(inventory::revoke))
         .routes(routes!(inventory::lineage))

@@ -19,7 +19,7 @@ use crate::error::AdminError;
 use crate::server::AdminServer;
 use crate::token::{create_token, SqliteTokenStore, MAX_TOKEN_TTL};
 pub use client::{ApiConnection, Format, ReportKind};
-pub use commands::{ApiCall, PolicyCommand, TokensCommand, WebhookCommand};
+pub use commands::{ApiCall, PendingCommand, PolicyCommand, TokensCommand, WebhookCommand};
 
 /// The `admin` subcommands.
 #[derive(Debug, Subcommand)]
@@ -112,6 +112,9 @@ pub enum AdminCommand {
     /// A tenant's webhook subscriptions and deliveries through a running admin API.
     #[command(subcommand)]
     Webhooks(WebhookCommand),
+    /// A tenant's issuances waiting for approval, through a running admin API.
+    #[command(subcommand)]
+    Pending(PendingCommand),
 }
 
 /// The `admin acme` subcommands.
@@ -228,6 +231,7 @@ pub fn run_to(
         AdminCommand::Policies(cmd) => calls::policies(&cmd, out),
         AdminCommand::Tokens(cmd) => calls::tokens(&cmd, out),
         AdminCommand::Webhooks(cmd) => calls::webhooks(&cmd, out),
+        AdminCommand::Pending(cmd) => calls::pending(&cmd, out),
     }
 }
 
@@ -357,6 +361,12 @@ fn eab_create(
         return Err(AdminError::Invalid(format!(
             "profile {profile:?} issues no DNS-only certificate (it needs dns_names and \
              require_spiffe_id: false); an ACME account under it could obtain nothing"
+        )));
+    }
+    if found.approval.is_some() {
+        return Err(AdminError::Invalid(format!(
+            "profile {profile:?} requires approval (approval.required), which ACME issuance \
+             cannot wait for"
         )));
     }
     if ttl.is_zero() || ttl > MAX_TOKEN_TTL {

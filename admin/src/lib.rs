@@ -33,6 +33,8 @@ pub use fleet::cli_revocation_sink;
 mod identity;
 mod limits;
 mod metrics;
+mod pending;
+pub use pending::PENDING_DB;
 mod people;
 mod policies;
 mod revocation_http;

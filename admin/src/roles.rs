@@ -33,7 +33,8 @@ pub enum Role {
     TenantAdmin,
     /// Upload and analyse policies; not activate them.
     PolicyEditor,
-    /// List and revoke certificates; create, list and revoke bootstrap tokens.
+    /// List and revoke certificates, approve or reject issuances that wait for approval;
+    /// create, list and revoke bootstrap tokens.
     CertificateIssuer,
     /// Read policies, their history and impact, the inventory, webhook subscriptions and
     /// deliveries.
@@ -63,7 +64,7 @@ impl Role {
             Role::CertificateIssuer => {
                 matches!(
                     permission,
-                    CertificateRead | CertificateRevoke | TokenManage
+                    CertificateRead | CertificateRevoke | CertificateApprove | TokenManage
                 )
             }
             Role::Auditor => matches!(
@@ -90,6 +91,8 @@ pub(crate) enum Permission {
     CertificateRead,
     /// Revoke certificates.
     CertificateRevoke,
+    /// Approve or reject an issuance that waits for approval.
+    CertificateApprove,
     /// Create and revoke bootstrap tokens.
     TokenManage,
     /// Webhook subscriptions and their deliveries.
@@ -280,7 +283,12 @@ impl Permission {
         use Permission::*;
         matches!(
             self,
-            PolicyWrite | PolicyActivate | CertificateRevoke | TokenManage | WebhookManage
+            PolicyWrite
+                | PolicyActivate
+                | CertificateRevoke
+                | CertificateApprove
+                | TokenManage
+                | WebhookManage
         )
     }
 }
@@ -306,6 +314,7 @@ mod tests {
             PolicyActivate,
             CertificateRead,
             CertificateRevoke,
+            CertificateApprove,
             TokenManage,
         ];
         let table: [(Role, &[Permission]); 6] = [
@@ -317,7 +326,12 @@ mod tests {
             ),
             (
                 Role::CertificateIssuer,
-                &[CertificateRead, CertificateRevoke, TokenManage],
+                &[
+                    CertificateRead,
+                    CertificateRevoke,
+                    CertificateApprove,
+                    TokenManage,
+                ],
             ),
             (Role::Auditor, &[PolicyRead, PolicyAnalyse, CertificateRead]),
             (Role::ReadOnly, &[PolicyRead, CertificateRead]),

@@ -8,11 +8,9 @@ mod harness;
 #[path = "../../ca/tests/support/softhsm.rs"]
 mod softhsm;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use clap::Parser;
-use harness::{managed, write, Fixture, Identity, Server};
-use portcullis_admin::cli::AdminCommand;
+use harness::{admin_cli as admin, cli_caller as caller, managed, write, Fixture, Server};
 
 const ACME_V1: &str = "\
 tenants:
@@ -30,51 +28,12 @@ tenants:
 
 const ADMIN: &str = "spiffe://acme.example/ns/people/admin/carol";
 
-#[derive(Parser)]
-struct Cli {
-    #[command(subcommand)]
-    command: AdminCommand,
-}
-
 async fn start(fx: &Fixture, dir: &Path) -> Server {
     let extra = format!(
         "roles:\n  - {{ role: tenant_admin, tenant: acme, spiffe_ids: [\"{ADMIN}\"] }}\n{}",
         managed(dir, "  approval: { required: true, expire_after: 1h }\n")
     );
     fx.start_with(fx.admin_config_with(&extra), None).await
-}
-
-/// The connection arguments of a caller with `who`'s certificate.
-fn caller(dir: &Path, name: &str, who: &Identity, server: &Server, fx: &Fixture) -> Vec<String> {
-    let (cert, key) = who.write_pem(dir, name);
-    let path = |p: PathBuf| p.display().to_string();
-    vec![
-        "--server".into(),
-        format!("https://localhost:{}", server.addr.port()),
-        "--ca".into(),
-        path(fx.bundle_path()),
-        "--cert".into(),
-        path(cert),
-        "--key".into(),
-        path(key),
-    ]
-}
-
-/// `portcullis admin ARGS… CONN…`: Ok(what it printed) or Err(its error).
-async fn admin(args: &[&str], conn: &[String]) -> Result<String, String> {
-    let argv: Vec<String> = std::iter::once("admin".to_owned())
-        .chain(args.iter().map(|a| (*a).to_owned()))
-        .chain(conn.iter().cloned())
-        .collect();
-    let cli = Cli::try_parse_from(&argv).map_err(|e| e.to_string())?;
-    tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        portcullis_admin::cli::run_to(cli.command, None, &mut out)
-            .map(|()| String::from_utf8(out).unwrap())
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,5 +247,5 @@ async fn tokens_webhooks_and_revocation_through_the_cli() {
 #[test]
 fn the_commands_are_well_formed() {
     use clap::CommandFactory;
-    Cli::command().debug_assert();
+    harness::Cli::command().debug_assert();
 }

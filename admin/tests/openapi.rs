@@ -67,6 +67,8 @@ async fn the_document_is_served_to_authenticated_callers_only() {
         "/v1/tenants/{tenant}/policies/{version}/impact",
         "/v1/tenants/{tenant}/approvals/{id}/{decision}",
         "/v1/tenants/{tenant}/tokens/{id}",
+        "/v1/certificates/pending/{id}",
+        "/v1/tenants/{tenant}/certificates/pending/{id}/approve",
         "/v1/tenants/{tenant}/webhooks/deliveries/{id}/retry",
         "/v1/tenants/{tenant}/reports/{kind}",
         "/v1/openapi.json",
@@ -169,6 +171,7 @@ async fn a_refused_revocation_reads_its_body_and_keeps_the_connection() {
     // So do the calls that take no body, sent one anyway.
     for (method, path) in [
         ("POST", "/v1/tenants/acme/approvals/1/approve"),
+        ("POST", "/v1/tenants/acme/certificates/pending/x/approve"),
         ("POST", "/v1/tenants/acme/webhooks/deliveries/d/retry"),
         ("DELETE", "/v1/tenants/acme/tokens/t"),
         ("DELETE", "/v1/tenants/acme/webhooks/w"),

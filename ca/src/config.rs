@@ -264,6 +264,33 @@ pub struct ProfileConfig {
     pub client_auth: bool,
     #[serde(default)]
     pub server_auth: bool,
+    /// First issuances through the admin API wait for a person's approval
+    /// (`approval: { required: true, expires_after: 1h }`; default off).
+    #[serde(default)]
+    pub approval: Option<ProfileApprovalConfig>,
+}
+
+/// Shortest wait a profile's `approval.expires_after` may set.
+pub const MIN_APPROVAL_WAIT: Duration = Duration::from_secs(5);
+/// Longest wait a profile's `approval.expires_after` may set.
+pub const MAX_APPROVAL_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A profile's `approval:` as written in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ProfileApprovalConfig {
+    /// Whether first issuances wait for approval.
+    #[serde(default)]
+    pub required: bool,
+    /// How long a request may wait before it expires unapproved (default 1 h; 5s to 7d).
+    #[serde(default = "default_approval_wait", with = "humantime_serde")]
+    #[cfg_attr(feature = "schema", schemars(with = "HumanDuration"))]
+    pub expires_after: Duration,
+}
+
+fn default_approval_wait() -> Duration {
+    HOUR
 }
 
 fn yes() -> bool {
@@ -374,6 +401,30 @@ impl CaConfig {
                 if !p.client_auth && !p.server_auth {
                     return Err(bad("grants neither client_auth nor server_auth".to_owned()));
                 }
+                let approval = match &p.approval {
+                    Some(a) if a.required => {
+                        if !(MIN_APPROVAL_WAIT..=MAX_APPROVAL_WAIT).contains(&a.expires_after) {
+                            return Err(bad(format!(
+                                "approval.expires_after {} must be between {} and {}",
+                                humantime::format_duration(a.expires_after),
+                                humantime::format_duration(MIN_APPROVAL_WAIT),
+                                humantime::format_duration(MAX_APPROVAL_WAIT)
+                            )));
+                        }
+                        // An operator's certificate is issued at an operator's request or by
+                        // renewal, never by the admin API's first issuance: nothing would wait.
+                        if p.role == ProfileRole::Operator {
+                            return Err(bad(
+                                "approval applies to tenant profiles, not role: operator"
+                                    .to_owned(),
+                            ));
+                        }
+                        Some(crate::profile::ApprovalRule {
+                            expires_after: a.expires_after,
+                        })
+                    }
+                    _ => None,
+                };
                 Ok(IssuanceProfile {
                     name: p.name.clone(),
                     tenant: p.tenant.clone(),
@@ -387,6 +438,7 @@ impl CaConfig {
                     default_lifetime,
                     client_auth: p.client_auth,
                     server_auth: p.server_auth,
+                    approval,
                 })
             })
             .collect()
@@ -448,6 +500,43 @@ profiles:
         assert_eq!(p.default_lifetime, Duration::from_secs(7200));
         assert!(p.client_auth && !p.server_auth);
         assert_eq!(p.key_types, vec![KeyType::P256, KeyType::P384]);
+    }
+
+    #[test]
+    fn approval_is_off_by_default_and_its_wait_is_bounded() {
+        let c = CaConfig::from_yaml(GOOD).unwrap();
+        assert_eq!(c.profiles().unwrap()[0].approval, None);
+        let with = |approval: &str| {
+            CaConfig::from_yaml(&GOOD.replace(
+                "    max_lifetime: 2h\n",
+                &format!("    max_lifetime: 2h\n    approval: {approval}\n"),
+            ))
+        };
+        let c = with("{ required: true }").unwrap();
+        assert_eq!(
+            c.profiles().unwrap()[0].approval,
+            Some(crate::profile::ApprovalRule {
+                expires_after: HOUR
+            })
+        );
+        assert_eq!(
+            with("{ required: false, expires_after: 1s }")
+                .unwrap()
+                .profiles()
+                .unwrap()[0]
+                .approval,
+            None
+        );
+        for bad in ["1s", "8d"] {
+            let err = with(&format!("{{ required: true, expires_after: {bad} }}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("approval.expires_after"), "{err}");
+        }
+        assert!(
+            with("{ required: true, expire_after: 1h }").is_err(),
+            "typo"
+        );
     }
 
     #[test]

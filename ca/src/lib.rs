@@ -33,8 +33,8 @@ pub use authority::{
     Ca, IssueRequest, IssuedCertificate, Requester, RequesterKind, STATE_IN_POSTGRES,
 };
 pub use config::{
-    BackendConfig, CaConfig, CertConfig, CrlConfig, KeysConfig, Pkcs11Config, ProfileConfig,
-    SoftwareConfig,
+    BackendConfig, CaConfig, CertConfig, CrlConfig, KeysConfig, Pkcs11Config,
+    ProfileApprovalConfig, ProfileConfig, SoftwareConfig, MAX_APPROVAL_WAIT, MIN_APPROVAL_WAIT,
 };
 pub use crl::{write_atomic, Crl, RevocationReason};
 #[doc(hidden)]
@@ -54,7 +54,8 @@ pub use key::{
 };
 pub use ocsp::{OcspAnswer, OcspOutcome, OcspResponder, MAX_CERTS_PER_REQUEST};
 pub use profile::{
-    DnsPattern, IssuanceProfile, IssueRefusal, KeyType, ProfileRole, SpiffeIdPattern, OPERATOR_PATH,
+    ApprovalRule, DnsPattern, IssuanceProfile, IssueRefusal, KeyType, ProfileRole, SpiffeIdPattern,
+    OPERATOR_PATH,
 };
 pub use token_signer::token_signer;
 

@@ -193,6 +193,17 @@ pub struct IssuanceProfile {
     pub client_auth: bool,
     /// Whether `serverAuth` may be issued.
     pub server_auth: bool,
+    /// When set, a first issuance under this profile through the admin API waits for a
+    /// person's approval (the CA itself decides and signs as ever; the waiting is the admin
+    /// plane's).
+    pub approval: Option<ApprovalRule>,
+}
+
+/// A profile's approval requirement: first issuances wait for a second person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApprovalRule {
+    /// How long a request may wait before it expires unapproved.
+    pub expires_after: Duration,
 }
 
 /// What the profile allows this CSR: exactly what the certificate will carry.

@@ -61,6 +61,19 @@ async fn finalize_flow(
     let csr = jws::unb64(&req.csr, "csr")?;
     let bad_csr = |detail: &str| Problem::new(StatusCode::BAD_REQUEST, "badCSR", detail.to_owned());
     let names = requested_names(&csr).ok_or_else(|| bad_csr("the CSR is not a PKCS#10 request"))?;
+    // ACME cannot wait for a person: a profile requiring approval (set after the account was
+    // bound) issues nothing through it.
+    if st
+        .ca
+        .profiles()
+        .iter()
+        .any(|p| p.name == account.profile && p.approval.is_some())
+    {
+        st.stats.refused();
+        return Err(Problem::unauthorized(
+            "the account's profile requires approval, which ACME issuance cannot wait for",
+        ));
+    }
     // Claim the order: of two concurrent finalizations one proceeds.
     let order_names = {
         let mut p = acme.pending();

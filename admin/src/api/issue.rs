@@ -3,6 +3,10 @@
 //! presenting a one-time bootstrap token, or — a node agent listed in `agents:` — asking with
 //! its client certificate for a workload's SPIFFE ID its grants cover (a first issuance).
 //!
+//! A first issuance under a profile that requires approval is checked by the CA as it would
+//! be issued, then kept (`crate::pending`) and answered `202` with where to poll and a pickup
+//! secret; `approvals.rs` decides it. Renewals never wait.
+//!
 //! Everything after the body is read — the inventory and token look-ups, the CA's decision,
 //! the signature and the durable inventory record — runs in one blocking task: one hand-off
 //! to the blocking pool and back per request.
@@ -28,7 +32,7 @@ use crate::identity::{requested_names, ConnInfo, PeerIdentity};
 use crate::token::TokenHash;
 
 /// The answer for an issued certificate, in the wire type clients read.
-fn issue_response(c: IssuedCertificate) -> IssuanceResponse {
+pub(super) fn issue_response(c: IssuedCertificate) -> IssuanceResponse {
     IssuanceResponse {
         serial: c.serial,
         certificate: c.cert_pem,
@@ -40,6 +44,34 @@ fn issue_response(c: IssuedCertificate) -> IssuanceResponse {
         tenant: c.tenant,
         profile: c.profile,
     }
+}
+
+/// What an issuance call resulted in.
+enum Outcome {
+    Issued(IssuedCertificate),
+    /// Kept for approval.
+    Waiting {
+        id: crate::pending::PendingId,
+        secret: crate::pending::PickupSecret,
+        expires_at: SystemTime,
+    },
+}
+
+/// The `202` body of a request waiting for approval (`secret` only in the first answer).
+pub(super) fn waiting_body(
+    id: &crate::pending::PendingId,
+    expires_at: SystemTime,
+    secret: Option<&str>,
+) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "pending": id.as_str(),
+        "expires_at": humantime::format_rfc3339_seconds(expires_at).to_string(),
+        "poll": format!("/v1/certificates/pending/{id}"),
+    });
+    if let Some(secret) = secret {
+        body["pickup_secret"] = serde_json::Value::from(secret);
+    }
+    body
 }
 
 /// How an issuance caller authenticates.
@@ -93,6 +125,7 @@ struct Authorized {
     request_body = super::openapi::IssuanceRequest,
     responses(
         (status = 201, description = "Issued", body = super::openapi::Issued),
+        (status = 202, description = "Checked by the CA and waiting for approval (the profile requires it): poll with the pickup secret", body = super::openapi::PendingIssuance),
         (status = 400, description = "Malformed body or CSR, or refused by the CA's profile (the code says why)", body = super::openapi::ErrorBody),
         (status = 401, description = "No credential, or a bootstrap token that is unknown, used or expired", body = super::openapi::ErrorBody),
         (status = 403, description = "The credential may not obtain this certificate", body = super::openapi::ErrorBody),
@@ -111,7 +144,18 @@ pub(super) async fn issue(
 ) -> Response {
     let mut rec = CallRecord::new(&conn);
     let response = match issue_flow(&st, &conn, &headers, body, &mut rec).await {
-        Ok(issued) => (StatusCode::CREATED, Json(issue_response(issued))).into_response(),
+        Ok(Outcome::Issued(issued)) => {
+            (StatusCode::CREATED, Json(issue_response(issued))).into_response()
+        }
+        Ok(Outcome::Waiting {
+            id,
+            secret,
+            expires_at,
+        }) => (
+            StatusCode::ACCEPTED,
+            Json(waiting_body(&id, expires_at, Some(secret.expose()))),
+        )
+            .into_response(),
         Err(e) => e.into_response(),
     };
     st.audit_call(&rec, "certificate.issue", response.status());
@@ -124,7 +168,7 @@ async fn issue_flow(
     headers: &HeaderMap,
     body: Body,
     rec: &mut CallRecord,
-) -> Result<IssuedCertificate, ApiError> {
+) -> Result<Outcome, ApiError> {
     let credential = match credential(conn, headers) {
         Ok(c) => c,
         Err(e) => {
@@ -178,7 +222,7 @@ fn decide_and_issue(
     profile: Option<&str>,
     lifetime: Option<std::time::Duration>,
     rec: &mut CallRecord,
-) -> Result<IssuedCertificate, ApiError> {
+) -> Result<Outcome, ApiError> {
     let auth = match credential {
         Credential::Cert(peer) => authorize_client_cert(st, &peer, csr, tenant, rec)?,
         Credential::Token(hash) => authorize_token(st, hash, csr, rec)?,
@@ -206,36 +250,109 @@ fn decide_and_issue(
     };
     let result = match &auth.renews {
         Some(current) => st.ca.renew(&request, current, SystemTime::now()),
+        // A first issuance of a tenant with a profile requiring approval: the CA checks it,
+        // then it waits if the profile it would be issued under requires approval.
+        None if st
+            .ca
+            .profiles()
+            .iter()
+            .any(|p| p.tenant == request.tenant && p.approval.is_some()) =>
+        {
+            match wait_for_approval(st, &request, rec) {
+                Ok(Some(waiting)) => return Ok(waiting),
+                Ok(None) => st.ca.issue(&request, SystemTime::now()),
+                Err(e) => {
+                    give_back(st, auth.token);
+                    return Err(e);
+                }
+            }
+        }
         None => st.ca.issue(&request, SystemTime::now()),
     };
     match result {
         Ok(issued) => {
             st.stats.issued();
             rec.target = Some(issued.serial.to_string());
-            Ok(issued)
+            Ok(Outcome::Issued(issued))
         }
         Err(e) => {
             give_back(st, auth.token);
-            Err(match e {
-                CaError::Refused(refusal) => {
-                    st.stats.refused();
-                    // A renewal asking for another identity is forbidden, as a token's is.
-                    let status = match refusal {
-                        IssueRefusal::RenewalIdentityMismatch(_) => StatusCode::FORBIDDEN,
-                        _ => StatusCode::BAD_REQUEST,
-                    };
-                    ApiError::new(status, refusal.code(), refusal.to_string())
-                }
-                e if e.is_unavailable() => {
-                    st.stats.unavailable();
-                    tracing::warn!(error = %e, "admin API: CA key backend unavailable");
-                    ApiError::ca_unavailable()
-                }
-                e => {
-                    tracing::error!(error = %e, "admin API: issuance failed");
-                    ApiError::internal()
-                }
-            })
+            Err(ca_error(st, e))
+        }
+    }
+}
+
+/// A first issuance under a profile requiring approval: checked by the CA now (a refusal is
+/// answered at once, never kept), then kept. `None`: the profile the CA would issue under does
+/// not require approval.
+fn wait_for_approval(
+    st: &AppState,
+    request: &IssueRequest<'_>,
+    rec: &mut CallRecord,
+) -> Result<Option<Outcome>, ApiError> {
+    let now = SystemTime::now();
+    let profile = st
+        .ca
+        .check_issue(request, now)
+        .map_err(|e| ca_error(st, e))?;
+    let Some(rule) = profile.approval else {
+        return Ok(None);
+    };
+    // Fail closed: the store is opened whenever a profile requires approval.
+    let Some(store) = st.pending.as_ref() else {
+        tracing::error!(ca.profile = %profile.name, "admin API: approval required but no pending store");
+        return Err(ApiError::internal());
+    };
+    let names = requested_names(request.csr);
+    let new = crate::pending::NewPending {
+        tenant: request.tenant.clone(),
+        profile: profile.name.clone(),
+        csr: request.csr.to_vec(),
+        lifetime: request.lifetime,
+        requester: request.requester.clone(),
+        requested_by: rec.actor.clone(),
+        spiffe_id: names.as_ref().and_then(|n| n.uris.first().cloned()),
+        dns_names: names.map(|n| n.dns_names).unwrap_or_default(),
+    };
+    let (id, secret, expires_at) = store.insert(&new, rule.expires_after, now).map_err(|e| {
+        tracing::error!(error = %e, "admin API: pending store failed");
+        ApiError::internal()
+    })?;
+    tracing::info!(
+        tenant.id = %request.tenant,
+        ca.profile = %profile.name,
+        ca.requester = %request.requester,
+        pending.id = %id,
+        "issuance waits for approval"
+    );
+    rec.target = Some(format!("pending:{id}"));
+    Ok(Some(Outcome::Waiting {
+        id,
+        secret,
+        expires_at,
+    }))
+}
+
+/// The public answer for a CA error (counted).
+pub(super) fn ca_error(st: &AppState, e: CaError) -> ApiError {
+    match e {
+        CaError::Refused(refusal) => {
+            st.stats.refused();
+            // A renewal asking for another identity is forbidden, as a token's is.
+            let status = match refusal {
+                IssueRefusal::RenewalIdentityMismatch(_) => StatusCode::FORBIDDEN,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            ApiError::new(status, refusal.code(), refusal.to_string())
+        }
+        e if e.is_unavailable() => {
+            st.stats.unavailable();
+            tracing::warn!(error = %e, "admin API: CA key backend unavailable");
+            ApiError::ca_unavailable()
+        }
+        e => {
+            tracing::error!(error = %e, "admin API: issuance failed");
+            ApiError::internal()
         }
     }
 }

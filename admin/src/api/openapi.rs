@@ -186,6 +186,46 @@ pub(super) struct Issued {
     profile: String,
 }
 
+/// A first issuance that waits for approval (`202`): poll `poll` with the pickup secret.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct PendingIssuance {
+    /// The request's id.
+    pending: String,
+    /// When it expires unapproved (RFC 3339).
+    expires_at: String,
+    /// Where to poll: `GET` with `Authorization: Bearer <pickup_secret>`.
+    poll: String,
+    /// Shown in the `202` of `POST /v1/certificates` only.
+    pickup_secret: Option<String>,
+}
+
+/// A request waiting for (or past) approval, as approvers see it.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct PendingRequest {
+    id: String,
+    tenant: String,
+    profile: String,
+    /// `pending`, `approving`, `approved`, `rejected` or `expired`.
+    state: String,
+    /// Who asked (`token:ID`, an agent's SPIFFE ID).
+    requested_by: String,
+    spiffe_id: Option<String>,
+    dns_names: Vec<String>,
+    created_at: String,
+    expires_at: String,
+    decided_by: Option<String>,
+    reason: Option<String>,
+    serial: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct PendingList {
+    pending: Vec<PendingRequest>,
+}
+
 /// A certificate as the inventory holds it.
 #[derive(ToSchema, serde::Serialize)]
 #[allow(dead_code)]

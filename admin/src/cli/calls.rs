@@ -9,7 +9,7 @@ use portcullis_ca::TenantId;
 use serde_json::{json, Value};
 
 use super::client::{call, print_json, table};
-use super::commands::{ApiCall, PolicyCommand, TokensCommand, WebhookCommand};
+use super::commands::{ApiCall, PendingCommand, PolicyCommand, TokensCommand, WebhookCommand};
 use crate::error::AdminError;
 
 /// How an answer is shown as text.
@@ -234,6 +234,57 @@ fn token_request(cmd: &TokensCommand) -> Request {
             view: View::Done("token revoked"),
         },
     }
+}
+
+fn pending_request(cmd: &PendingCommand) -> Request {
+    let base = |t: &TenantId| format!("/v1/tenants/{t}/certificates/pending");
+    match cmd {
+        PendingCommand::List { tenant, .. } => Request {
+            method: Method::GET,
+            path: base(tenant),
+            body: None,
+            view: View::Rows(
+                "pending",
+                &[
+                    ("ID", "id"),
+                    ("STATE", "state"),
+                    ("PROFILE", "profile"),
+                    ("SPIFFE ID", "spiffe_id"),
+                    ("REQUESTED BY", "requested_by"),
+                    ("EXPIRES", "expires_at"),
+                    ("DECIDED BY", "decided_by"),
+                    ("REASON", "reason"),
+                ],
+            ),
+        },
+        PendingCommand::Approve { tenant, id, .. } => Request {
+            method: Method::POST,
+            path: format!("{}/{}/approve", base(tenant), segment(id)),
+            body: None,
+            view: View::Fields(&[
+                ("issued serial", "serial"),
+                ("spiffe id", "spiffe_id"),
+                ("not after", "not_after"),
+            ]),
+        },
+        PendingCommand::Reject {
+            tenant, id, reason, ..
+        } => Request {
+            method: Method::POST,
+            path: format!("{}/{}/reject", base(tenant), segment(id)),
+            body: Some(json!({ "reason": reason })),
+            view: View::Fields(&[("request", "id"), ("state", "state"), ("reason", "reason")]),
+        },
+    }
+}
+
+pub(crate) fn pending(cmd: &PendingCommand, out: &mut dyn Write) -> Result<(), AdminError> {
+    let call_ = match cmd {
+        PendingCommand::List { call, .. }
+        | PendingCommand::Approve { call, .. }
+        | PendingCommand::Reject { call, .. } => call,
+    };
+    run(call_, pending_request(cmd), out)
 }
 
 fn webhook_request(cmd: &WebhookCommand) -> Request {

@@ -172,6 +172,43 @@ pub enum TokensCommand {
     },
 }
 
+/// `admin pending …`: a tenant's issuances waiting for approval.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum PendingCommand {
+    /// List requests, newest first (waiting, and lately decided or expired).
+    List {
+        #[command(flatten)]
+        call: ApiCall,
+        /// The tenant.
+        #[arg(long)]
+        tenant: TenantId,
+    },
+    /// Approve a request: the CA signs its certificate now; never by who asked.
+    Approve {
+        #[command(flatten)]
+        call: ApiCall,
+        /// The tenant.
+        #[arg(long)]
+        tenant: TenantId,
+        /// The request's id.
+        id: String,
+    },
+    /// Reject a request (the requester's poll shows the reason).
+    Reject {
+        #[command(flatten)]
+        call: ApiCall,
+        /// The tenant.
+        #[arg(long)]
+        tenant: TenantId,
+        /// The request's id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
 /// `admin webhooks …`: a tenant's webhook subscriptions and deliveries.
 #[derive(Debug, Subcommand)]
 #[non_exhaustive]

@@ -114,12 +114,19 @@ pub struct Fixture {
 
 /// One CA for the test binary; None when SoftHSM2 is missing.
 pub fn fixture() -> Option<&'static Fixture> {
+    fixture_with_profiles("")
+}
+
+/// [`fixture`], with more profiles appended to the CA's (YAML list items), for a test binary
+/// whose profiles the others must not have (e.g. ones requiring approval, which
+/// `store.postgres` refuses). The first call in a binary decides.
+pub fn fixture_with_profiles(extra: &str) -> Option<&'static Fixture> {
     static FIXTURE: OnceLock<Option<Fixture>> = OnceLock::new();
     FIXTURE
         .get_or_init(|| {
             let hsm = softhsm::hsm()?;
             let dir = hsm.dir.join("admin");
-            let yaml = CA_CONFIG
+            let yaml = format!("{CA_CONFIG}{extra}")
                 .replace("DIR", &dir.display().to_string())
                 .replace("PIN_FILE", &hsm.pin_file.display().to_string());
             let ca_config = CaConfig::from_yaml(&yaml).expect("CA config");
@@ -793,4 +800,52 @@ impl hyper::body::Body for Chunks {
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
     }
+}
+
+/// `portcullis admin`'s arguments, as the binary defines them.
+#[derive(clap::Parser)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: portcullis_admin::cli::AdminCommand,
+}
+
+/// The `portcullis admin` connection arguments of a caller with `who`'s certificate.
+pub fn cli_caller(
+    dir: &Path,
+    name: &str,
+    who: &Identity,
+    server: &Server,
+    fx: &Fixture,
+) -> Vec<String> {
+    let (cert, key) = who.write_pem(dir, name);
+    let path = |p: PathBuf| p.display().to_string();
+    vec![
+        "--server".into(),
+        format!("https://localhost:{}", server.addr.port()),
+        "--ca".into(),
+        path(fx.bundle_path()),
+        "--cert".into(),
+        path(cert),
+        "--key".into(),
+        path(key),
+    ]
+}
+
+/// `portcullis admin ARGS… CONN…`, parsed by the binary's own clap definition: Ok(what it
+/// printed) or Err(its error).
+pub async fn admin_cli(args: &[&str], conn: &[String]) -> Result<String, String> {
+    use clap::Parser;
+    let argv: Vec<String> = std::iter::once("admin".to_owned())
+        .chain(args.iter().map(|a| (*a).to_owned()))
+        .chain(conn.iter().cloned())
+        .collect();
+    let cli = Cli::try_parse_from(&argv).map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        portcullis_admin::cli::run_to(cli.command, None, &mut out)
+            .map(|()| String::from_utf8(out).unwrap())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap()
 }

@@ -137,6 +137,42 @@ impl Ca {
         self.issue_recorded(req, Some(current), now)
     }
 
+    /// Decides a first issuance without signing it: the profile, the CSR and the permit, as
+    /// [`Ca::issue`] would, so that a request that waits (for approval) is one the CA would
+    /// grant. Returns the profile it would be issued under. A refusal is recorded as
+    /// [`Ca::issue`] records one; a granted check records nothing (nothing was issued).
+    pub fn check_issue(
+        &self,
+        req: &IssueRequest<'_>,
+        now: SystemTime,
+    ) -> Result<&IssuanceProfile, CaError> {
+        let result = self.basis(req, None, now).and_then(|(profile, _)| {
+            let csr = read_csr(req.csr)?;
+            profile.permit(&csr, req.lifetime)?;
+            Ok(profile)
+        });
+        if let Err(CaError::Refused(refusal)) = &result {
+            tracing::info!(
+                tenant.id = %req.tenant,
+                ca.requester = %req.requester,
+                refusal.code = refusal.code(),
+                refusal.reason = %refusal,
+                "issuance refused"
+            );
+            self.record(|| {
+                events::refused(
+                    &req.requester,
+                    Some(&req.tenant),
+                    events::csr_subject(req.csr),
+                    req.profile,
+                    refusal.code(),
+                    refusal,
+                )
+            });
+        }
+        result
+    }
+
     /// Issues or renews, and records the outcome (one event).
     fn issue_recorded(
         &self,

@@ -23,6 +23,7 @@ fn profile() -> IssuanceProfile {
         default_lifetime: Duration::from_secs(1800),
         client_auth: true,
         server_auth: false,
+        approval: None,
     }
 }
 

@@ -1,0 +1,519 @@
+//! Issuance that waits for approval, against the real server over mTLS with a SoftHSM2-backed
+//! CA: a first issuance under a profile with `approval: { required: true }` is checked by the
+//! CA, answered 202 with a pickup secret, and signed only once someone else with
+//! `CertificateApprove` on the tenant approves it; rejection, expiry, self-approval, roles
+//! and tenants, refusals at once, renewal without waiting, and concurrent approvals.
+
+#[path = "support/harness.rs"]
+mod harness;
+#[path = "../../ca/tests/support/softhsm.rs"]
+mod softhsm;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use harness::{Client, Fixture, Server, Workload};
+use portcullis_audit::{AdminAction, AuditConfig, AuditLog, RecordKind, SoftwareSigner};
+use serde_json::{json, Value};
+
+/// Profiles only this binary's CA has: `store.postgres` (the other binaries' PostgreSQL tests)
+/// refuses profiles that require approval.
+const PROFILES: &str = r#"
+  - name: vault
+    tenant: vault
+    spiffe_ids: ["spiffe://vault.example/ns/**", "spiffe://vault.example/agent/*"]
+    max_lifetime: 1h
+    default_lifetime: 30m
+    approval: { required: true, expires_after: 1h }
+  - name: brief
+    tenant: brief
+    spiffe_ids: ["spiffe://brief.example/ns/**"]
+    approval: { required: true, expires_after: 5s }
+  - name: webvault
+    tenant: webvault
+    require_spiffe_id: false
+    dns_names: ["*.webvault.test"]
+    server_auth: true
+    approval: { required: true }
+"#;
+
+const ADMIN: &str = "spiffe://vault.example/ns/people/admin";
+const ISSUER: &str = "spiffe://vault.example/ns/people/issuer";
+const AUDITOR: &str = "spiffe://vault.example/ns/people/auditor";
+const AGENT: &str = "spiffe://vault.example/agent/node-1";
+const ACME_ADMIN: &str = "spiffe://acme.example/ns/people/admin";
+
+const EXTRA: &str = r#"roles:
+  - { role: tenant_admin, tenant: vault, spiffe_ids: ["spiffe://vault.example/ns/people/admin"] }
+  - { role: certificate_issuer, tenant: vault, spiffe_ids: ["spiffe://vault.example/ns/people/issuer"] }
+  - { role: auditor, tenant: vault, spiffe_ids: ["spiffe://vault.example/ns/people/auditor"] }
+  - { role: tenant_admin, tenant: vault, spiffe_ids: ["spiffe://vault.example/agent/node-1"] }
+  - { role: tenant_admin, tenant: acme, spiffe_ids: ["spiffe://acme.example/ns/people/admin"] }
+agents:
+  - spiffe_id: "spiffe://vault.example/agent/node-1"
+    tenant: vault
+    grants:
+      - tenant: vault
+        spiffe_ids: ["spiffe://vault.example/ns/web/**"]
+"#;
+
+fn fixture() -> Option<&'static Fixture> {
+    harness::fixture_with_profiles(PROFILES)
+}
+
+async fn start(fx: &Fixture) -> Server {
+    fx.start_with(fx.admin_config_with(EXTRA), None).await
+}
+
+/// A client presenting a certificate of `tenant` for `id`, issued straight by the CA.
+async fn person(server: &Server, fx: &Fixture, tenant: &str, id: &str) -> Client {
+    server.client(Some(&fx.person(tenant, id))).await
+}
+
+/// A first issuance with a fresh bootstrap token of `tenant`: the 202's body.
+async fn request(server: &Server, fx: &Fixture, tenant: &str, w: &Workload) -> Value {
+    let token = fx.token(tenant, None);
+    let r = server
+        .client(None)
+        .await
+        .issue(Some(&token), json!({ "csr": w.csr }))
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.json());
+    r.json()
+}
+
+async fn poll(client: &mut Client, pending: &Value, secret: &str) -> harness::Reply {
+    let auth = format!("Bearer {secret}");
+    client
+        .call(
+            "GET",
+            pending["poll"].as_str().unwrap(),
+            &[("authorization", auth.as_str())],
+            "",
+        )
+        .await
+        .unwrap()
+}
+
+fn decide_path(tenant: &str, id: &str, what: &str) -> String {
+    format!("/v1/tenants/{tenant}/certificates/pending/{id}/{what}")
+}
+
+fn time(v: &Value) -> SystemTime {
+    humantime::parse_rfc3339(v.as_str().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waits_is_approved_by_another_person_and_picked_up() {
+    let Some(fx) = fixture() else { return };
+    let server = start(fx).await;
+    let w = Workload::new(Some("spiffe://vault.example/ns/web/api"), &[]);
+    let token = fx.token("vault", None);
+    let mut anon = server.client(None).await;
+    let r = anon.issue(Some(&token), json!({ "csr": w.csr })).await;
+    assert_eq!(r.status, 202, "{:?}", r.json());
+    let pending = r.json();
+    let id = pending["pending"].as_str().unwrap().to_owned();
+    let secret = pending["pickup_secret"].as_str().unwrap().to_owned();
+    assert_eq!(pending["poll"], format!("/v1/certificates/pending/{id}"));
+    assert!(time(&pending["expires_at"]) > SystemTime::now() + Duration::from_secs(3500));
+    // The request consumed the token.
+    let again = anon.issue(Some(&token), json!({ "csr": w.csr })).await;
+    assert_eq!(
+        (again.status, again.code().as_str()),
+        (401, "invalid_token")
+    );
+
+    let r = poll(&mut anon, &pending, &secret).await;
+    assert_eq!(r.status, 202);
+    assert_eq!(r.json()["pending"], id.as_str());
+    assert!(r.json().get("pickup_secret").is_none(), "shown once only");
+    // A wrong secret and an unknown id answer alike.
+    let wrong = poll(&mut anon, &pending, &"A".repeat(43)).await;
+    let unknown = poll(
+        &mut anon,
+        &json!({ "poll": "/v1/certificates/pending/000000000000000000000000" }),
+        &secret,
+    )
+    .await;
+    assert_eq!((wrong.status, unknown.status), (404, 404));
+    assert_eq!(wrong.body, unknown.body);
+
+    // Approvers see it; an auditor may not approve; another tenant's admin does not see it.
+    let mut auditor = person(&server, fx, "vault", AUDITOR).await;
+    let (status, list) = auditor
+        .json("GET", "/v1/tenants/vault/certificates/pending", Value::Null)
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let listed = list["pending"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id.as_str())
+        .expect("listed");
+    assert_eq!(listed["state"], "pending");
+    assert_eq!(listed["spiffe_id"], "spiffe://vault.example/ns/web/api");
+    assert!(listed["requested_by"]
+        .as_str()
+        .unwrap()
+        .starts_with("token:"));
+    let (status, body) = auditor
+        .json("POST", &decide_path("vault", &id, "approve"), Value::Null)
+        .await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
+    let mut acme_admin = person(&server, fx, "acme", ACME_ADMIN).await;
+    let (status, _) = acme_admin
+        .json("POST", &decide_path("vault", &id, "approve"), Value::Null)
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = acme_admin
+        .json("POST", &decide_path("acme", &id, "approve"), Value::Null)
+        .await;
+    assert_eq!(status, 404, "not acme's request");
+
+    // The lifetime starts at approval, not at the request.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let approved_at = SystemTime::now();
+    let mut issuer = person(&server, fx, "vault", ISSUER).await;
+    let (status, issued) = issuer
+        .json("POST", &decide_path("vault", &id, "approve"), Value::Null)
+        .await;
+    assert_eq!(status, 200, "{issued}");
+    assert_eq!(issued["spiffe_id"], "spiffe://vault.example/ns/web/api");
+    assert!(
+        time(&issued["not_after"]) + Duration::from_secs(1)
+            >= approved_at + Duration::from_secs(30 * 60)
+    );
+    let (status, _) = issuer
+        .json("POST", &decide_path("vault", &id, "approve"), Value::Null)
+        .await;
+    assert_eq!(status, 409, "decided once");
+
+    let r = poll(&mut anon, &pending, &secret).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), issued, "the same body as the approval's");
+
+    // The certificate verifies (the server accepts it for mTLS), is in the inventory, and
+    // renews at once.
+    let holder = w.identity_from(&issued);
+    let mut as_holder = server.client(Some(&holder)).await;
+    let renewed = as_holder.issue(None, json!({ "csr": w.csr })).await;
+    assert_eq!(renewed.status, 201, "{:?}", renewed.json());
+    let mut admin = person(&server, fx, "vault", ADMIN).await;
+    let (status, inventory) = admin
+        .json("GET", "/v1/certificates?tenant=vault", Value::Null)
+        .await;
+    assert_eq!(status, 200, "{inventory}");
+    let serials: Vec<&str> = inventory["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["serial"].as_str())
+        .collect();
+    assert!(serials.contains(&issued["serial"].as_str().unwrap()));
+    assert!(serials.contains(&renewed.json()["serial"].as_str().unwrap()));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_request_tells_the_requester_why_and_no_one_decides_their_own() {
+    let Some(fx) = fixture() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let audit_dir = dir.path().join("admin-audit");
+    let key = Arc::new(SoftwareSigner::load_or_create(&dir.path().join("admin.key")).unwrap());
+    let log = AuditLog::open(AuditConfig::new(&audit_dir, "admin-test"), key).unwrap();
+    let server = fx
+        .start_with(fx.admin_config_with(EXTRA), Some(log.handle()))
+        .await;
+    let w = Workload::new(Some("spiffe://vault.example/ns/web/rejected"), &[]);
+    let pending = request(&server, fx, "vault", &w).await;
+    let id = pending["pending"].as_str().unwrap();
+    let secret = pending["pickup_secret"].as_str().unwrap();
+    let mut admin = person(&server, fx, "vault", ADMIN).await;
+    let (status, body) = admin
+        .json("POST", &decide_path("vault", id, "reject"), json!({}))
+        .await;
+    assert_eq!(status, 400, "a reason is required: {body}");
+    let (status, body) = admin
+        .json(
+            "POST",
+            &decide_path("vault", id, "reject"),
+            json!({ "reason": "no such workload on our nodes" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "rejected");
+    let r = poll(&mut server.client(None).await, &pending, secret).await;
+    assert_eq!((r.status, r.code().as_str()), (403, "issuance_rejected"));
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("no such workload on our nodes"));
+    let (status, _) = admin
+        .json("POST", &decide_path("vault", id, "approve"), Value::Null)
+        .await;
+    assert_eq!(status, 409);
+
+    // A node agent that also holds tenant_admin asks for a workload: it may not approve it.
+    let mut agent = person(&server, fx, "vault", AGENT).await;
+    let workload = Workload::new(Some("spiffe://vault.example/ns/web/agent-made"), &[]);
+    let r = agent
+        .issue(None, json!({ "csr": workload.csr, "tenant": "vault" }))
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.json());
+    let id = r.json()["pending"].as_str().unwrap().to_owned();
+    for what in ["approve", "reject"] {
+        let (status, body) = agent
+            .json(
+                "POST",
+                &decide_path("vault", &id, what),
+                json!({ "reason": "mine" }),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (403, Some("self_approval"))
+        );
+    }
+    let (status, body) = admin
+        .json("POST", &decide_path("vault", &id, "approve"), Value::Null)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["spiffe_id"],
+        "spiffe://vault.example/ns/web/agent-made"
+    );
+    server.stop().await;
+
+    // Every call is in the admin audit log with the caller, the role and the outcome.
+    log.handle()
+        .append_durable(AdminAction {
+            actor: "test".into(),
+            action: "flush".into(),
+            target: None,
+            tenant: None,
+            outcome: "ok".into(),
+            role: None,
+        })
+        .unwrap();
+    let records: Vec<AdminAction> = portcullis_audit::tail(&audit_dir, 1000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.kind {
+            RecordKind::Admin(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    let find = |action: &str, outcome: &str, actor: &str| {
+        records
+            .iter()
+            .filter(|r| r.action == action && r.outcome == outcome && r.actor == actor)
+            .collect::<Vec<_>>()
+    };
+    let approved = find("certificate.approve", "ok", ADMIN);
+    assert_eq!(approved.len(), 1, "{records:#?}");
+    assert_eq!(approved[0].role.as_deref(), Some("tenant_admin"));
+    assert_eq!(approved[0].tenant.as_deref(), Some("vault"));
+    assert_eq!(approved[0].target, Some(format!("pending:{id}")));
+    assert_eq!(find("certificate.reject", "ok", ADMIN).len(), 1);
+    assert_eq!(
+        find("certificate.reject", "refused", ADMIN).len(),
+        1,
+        "no reason"
+    );
+    assert_eq!(find("certificate.approve", "denied", AGENT).len(), 1);
+    assert_eq!(find("certificate.reject", "denied", AGENT).len(), 1);
+    let waiting = find("certificate.issue", "ok", AGENT);
+    assert_eq!(waiting.len(), 1, "{records:#?}");
+    assert_eq!(waiting[0].target, Some(format!("pending:{id}")));
+    assert!(records
+        .iter()
+        .any(|r| r.action == "certificate.pending.poll" && r.outcome == "denied"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_ca_would_refuse_is_refused_at_once_and_never_kept() {
+    let Some(fx) = fixture() else { return };
+    let server = start(fx).await;
+    let mut admin = person(&server, fx, "vault", ADMIN).await;
+    let token = fx.token("vault", None);
+    let mut anon = server.client(None).await;
+    let outside = Workload::new(Some("spiffe://vault.example/elsewhere/x"), &[]);
+    let r = anon
+        .issue(Some(&token), json!({ "csr": outside.csr }))
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "spiffe_id_not_allowed")
+    );
+    let r = anon
+        .issue(
+            Some(&token),
+            json!({ "csr": Workload::new(Some("spiffe://vault.example/ns/too-long"), &[]).csr, "lifetime": "2h" }),
+        )
+        .await;
+    assert_eq!((r.status, r.code().as_str()), (400, "lifetime_over_cap"));
+    let (_, after) = admin
+        .json("GET", "/v1/tenants/vault/certificates/pending", Value::Null)
+        .await;
+    // (Other tests' requests may be listed too.)
+    let kept = after["pending"].as_array().unwrap().iter().any(|p| {
+        p["spiffe_id"] == "spiffe://vault.example/elsewhere/x"
+            || p["spiffe_id"] == "spiffe://vault.example/ns/too-long"
+    });
+    assert!(!kept, "nothing kept: {after}");
+    // The token was given back: a good request with it waits.
+    let good = Workload::new(Some("spiffe://vault.example/ns/a"), &[]);
+    let r = anon.issue(Some(&token), json!({ "csr": good.csr })).await;
+    assert_eq!(r.status, 202, "{:?}", r.json());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_request_is_gone_and_can_no_longer_be_approved() {
+    let Some(fx) = fixture() else { return };
+    let server = start(fx).await;
+    let w = Workload::new(Some("spiffe://brief.example/ns/x"), &[]);
+    let pending = request(&server, fx, "brief", &w).await;
+    let id = pending["pending"].as_str().unwrap();
+    let secret = pending["pickup_secret"].as_str().unwrap();
+    let mut anon = server.client(None).await;
+    assert_eq!(poll(&mut anon, &pending, secret).await.status, 202);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let r = poll(&mut anon, &pending, secret).await;
+    assert_eq!((r.status, r.code().as_str()), (410, "expired"));
+    let mut operator = server.client(Some(&fx.operator)).await;
+    let (status, body) = operator
+        .json("POST", &decide_path("brief", id, "approve"), Value::Null)
+        .await;
+    assert_eq!((status, body["error"].as_str()), (409, Some("expired")));
+    let (status, list) = operator
+        .json("GET", "/v1/tenants/brief/certificates/pending", Value::Null)
+        .await;
+    assert_eq!(status, 200);
+    let listed = list["pending"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id)
+        .unwrap();
+    assert_eq!(listed["state"], "expired");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_concurrent_approvals_exactly_one_signs() {
+    let Some(fx) = fixture() else { return };
+    let server = start(fx).await;
+    for round in 0..3 {
+        let w = Workload::new(
+            Some(&format!("spiffe://vault.example/ns/race/{round}")),
+            &[],
+        );
+        let pending = request(&server, fx, "vault", &w).await;
+        let path = decide_path("vault", pending["pending"].as_str().unwrap(), "approve");
+        let mut admin = person(&server, fx, "vault", ADMIN).await;
+        let mut issuer = person(&server, fx, "vault", ISSUER).await;
+        let (a, b) = tokio::join!(
+            admin.json("POST", &path, Value::Null),
+            issuer.json("POST", &path, Value::Null)
+        );
+        let mut statuses = [a.0, b.0];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 409], "{a:?} {b:?}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_requiring_approval_is_refused_with_the_postgres_store() {
+    let Some(fx) = fixture() else { return };
+    // Refused before any connection: nothing listens on port 1.
+    let config = fx.admin_config_with(
+        "store:\n  postgres:\n    url: \"postgresql://portcullis@127.0.0.1:1/portcullis\"\n    insecure_plaintext: true\n",
+    );
+    let err = portcullis_admin::AdminServer::bind(&config, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"vault\" requires approval") && err.contains("not yet in PostgreSQL"),
+        "{err}"
+    );
+}
+
+#[test]
+fn acme_cannot_wait_so_no_eab_key_binds_a_profile_requiring_approval() {
+    let Some(fx) = fixture() else { return };
+    let err = portcullis_admin::cli::run_to(
+        portcullis_admin::cli::AdminCommand::Acme(portcullis_admin::cli::AcmeCommand::EabCreate {
+            ca_config: fx.dir.join("ca.yaml"),
+            tenant: "webvault".parse().unwrap(),
+            profile: "webvault".into(),
+            ttl: Duration::from_secs(3600),
+        }),
+        None,
+        &mut Vec::new(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("requires approval"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_requests_are_listed_approved_and_rejected_through_the_cli() {
+    let Some(fx) = fixture() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(fx).await;
+    let admin = harness::cli_caller(dir.path(), "admin", &fx.person("vault", ADMIN), &server, fx);
+    let first = request(
+        &server,
+        fx,
+        "vault",
+        &Workload::new(Some("spiffe://vault.example/ns/cli/one"), &[]),
+    )
+    .await;
+    let second = request(
+        &server,
+        fx,
+        "vault",
+        &Workload::new(Some("spiffe://vault.example/ns/cli/two"), &[]),
+    )
+    .await;
+    let (one, two) = (
+        first["pending"].as_str().unwrap(),
+        second["pending"].as_str().unwrap(),
+    );
+    let list = harness::admin_cli(&["pending", "list", "--tenant", "vault"], &admin)
+        .await
+        .unwrap();
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(one) && l.contains("pending")),
+        "{list}"
+    );
+    let approved = harness::admin_cli(&["pending", "approve", "--tenant", "vault", one], &admin)
+        .await
+        .unwrap();
+    assert!(
+        approved.contains("spiffe://vault.example/ns/cli/one"),
+        "{approved}"
+    );
+    let rejected = harness::admin_cli(
+        &[
+            "pending", "reject", "--tenant", "vault", two, "--reason", "not ours",
+        ],
+        &admin,
+    )
+    .await
+    .unwrap();
+    assert!(
+        rejected.contains("rejected") && rejected.contains("not ours"),
+        "{rejected}"
+    );
+    let err = harness::admin_cli(&["pending", "approve", "--tenant", "vault", two], &admin)
+        .await
+        .unwrap_err();
+    assert!(err.contains("409 already_decided"), "{err}");
+    server.stop().await;
+}
