@@ -311,7 +311,7 @@ fn token_create(
         )));
     }
     let store = SqliteTokenStore::in_state_dir(&config.state_dir)?;
-    let (token, grant) = create_token(&store, tenant, spiffe_id, ttl, SystemTime::now())?;
+    let (token, grant) = create_token(&store, tenant, spiffe_id, ttl, None, SystemTime::now())?;
     if let Some(audit) = audit {
         if let Err(e) = audit.try_append(AdminAction {
             actor: "cli".to_owned(),

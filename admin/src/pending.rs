@@ -102,6 +102,9 @@ pub(crate) struct NewPending {
     pub(crate) requester: Requester,
     /// The caller as the audit log names it (`token:…`, a SPIFFE ID, a person).
     pub(crate) requested_by: String,
+    /// Who created the bootstrap token the request came with (as the audit log names them):
+    /// the request is theirs too.
+    pub(crate) token_created_by: Option<String>,
     /// What the CSR asks for, to show approvers.
     pub(crate) spiffe_id: Option<String>,
     pub(crate) dns_names: Vec<String>,
@@ -152,6 +155,8 @@ pub(crate) struct PendingRecord {
     pub(crate) serial: Option<String>,
     #[serde(skip)]
     pub(crate) response: Option<String>,
+    #[serde(skip)]
+    pub(crate) token_created_by: Option<String>,
 }
 
 /// A claimed request: what the CA is asked to sign.
@@ -192,6 +197,7 @@ CREATE TABLE IF NOT EXISTS pending_issuances (
     requester_kind TEXT NOT NULL,
     requester_id TEXT NOT NULL,
     requested_by TEXT NOT NULL,
+    token_created_by TEXT,
     spiffe_id TEXT,
     dns_names TEXT NOT NULL,
     secret_hash BLOB NOT NULL,
@@ -208,7 +214,8 @@ CREATE INDEX IF NOT EXISTS pending_by_tenant ON pending_issuances (tenant, creat
 ";
 
 const COLUMNS: &str = "id, tenant, profile, state, requested_by, spiffe_id, dns_names, \
-                       created_at, expires_at, decided_by, reason, serial, response";
+                       created_at, expires_at, decided_by, reason, serial, response, \
+                       token_created_by";
 
 fn from_unix(s: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(s).unwrap_or(0))
@@ -235,6 +242,7 @@ fn read_record(row: &rusqlite::Row<'_>, now: SystemTime) -> rusqlite::Result<Pen
         reason: row.get(10)?,
         serial: row.get(11)?,
         response: row.get(12)?,
+        token_created_by: row.get(13)?,
     })
 }
 
@@ -291,8 +299,8 @@ impl PendingStore {
         conn.execute(
             "INSERT INTO pending_issuances (id, tenant, profile, csr, lifetime_secs, \
              requester_kind, requester_id, requested_by, spiffe_id, dns_names, secret_hash, \
-             created_at, expires_at, state) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending')",
+             created_at, expires_at, token_created_by, state) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'pending')",
             params![
                 id.as_str(),
                 req.tenant.as_str(),
@@ -307,6 +315,7 @@ impl PendingStore {
                 &secret_hash(secret.expose())[..],
                 unix(now),
                 unix(expires_at),
+                req.token_created_by,
             ],
         )
         .map_err(|e| self.error(e))?;
@@ -369,18 +378,22 @@ impl PendingStore {
             .map_err(|e| self.error(e))
     }
 
-    /// Why `id` could not be claimed, or its requester when it still could be (for the
-    /// self-approval check before a claim).
+    /// Why `id` could not be claimed, or who it is the request of when it still could be (for
+    /// the self-approval check before a claim): its caller, and the creator of the token it
+    /// came with.
     pub(crate) fn requested_by(
         &self,
         tenant: &TenantId,
         id: &PendingId,
         now: SystemTime,
-    ) -> Result<Result<String, NotClaimed>, AdminError> {
+    ) -> Result<Result<Vec<String>, NotClaimed>, AdminError> {
         Ok(match self.get(tenant, id, now)? {
             None => Err(NotClaimed::Unknown),
             Some(r) => match r.state {
-                PendingState::Pending => Ok(r.requested_by),
+                PendingState::Pending => Ok([Some(r.requested_by), r.token_created_by]
+                    .into_iter()
+                    .flatten()
+                    .collect()),
                 PendingState::Expired => Err(NotClaimed::Expired),
                 _ => Err(NotClaimed::Decided),
             },
@@ -511,6 +524,7 @@ mod tests {
                 id: "t1".to_owned(),
             },
             requested_by: "token:t1".to_owned(),
+            token_created_by: Some("person:alice".to_owned()),
             spiffe_id: Some("spiffe://acme.example/ns/a".to_owned()),
             dns_names: vec![],
         }

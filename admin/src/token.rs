@@ -130,6 +130,10 @@ pub struct TokenGrant {
     /// When set, the only SPIFFE ID the certificate may carry.
     pub spiffe_id: Option<String>,
     pub expires_at: SystemTime,
+    /// Who created it through the admin API (as its audit records name callers); `None` for
+    /// tokens made by `portcullis admin token create` on the CA's host. A request it makes is
+    /// theirs too: they may not approve it.
+    pub created_by: Option<String>,
 }
 
 /// Where bootstrap tokens are kept (hashed).
@@ -172,6 +176,7 @@ pub fn create_token(
     tenant: TenantId,
     spiffe_id: Option<String>,
     ttl: Duration,
+    created_by: Option<String>,
     now: SystemTime,
 ) -> Result<(BootstrapToken, TokenGrant), AdminError> {
     if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
@@ -197,6 +202,7 @@ pub fn create_token(
         spiffe_id,
         // Whole seconds: what the store keeps.
         expires_at: UNIX_EPOCH + Duration::from_secs(u64::try_from(unix(now + ttl)).unwrap_or(0)),
+        created_by,
     };
     store.insert(&hash, &grant, now)?;
     Ok((token, grant))
@@ -217,7 +223,8 @@ CREATE TABLE IF NOT EXISTS bootstrap_tokens (
     spiffe_id TEXT,
     created_at INTEGER NOT NULL,
     expires_at INTEGER NOT NULL,
-    used_at INTEGER
+    used_at INTEGER,
+    created_by TEXT
 );
 ";
 
@@ -236,6 +243,17 @@ impl SqliteTokenStore {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        // A store made before tokens named their creator gets the column (NULL: unknown).
+        let has_creator = conn
+            .prepare(
+                "SELECT 1 FROM pragma_table_info('bootstrap_tokens') WHERE name = 'created_by'",
+            )
+            .and_then(|mut q| q.exists([]))
+            .map_err(err)?;
+        if !has_creator {
+            conn.execute_batch("ALTER TABLE bootstrap_tokens ADD COLUMN created_by TEXT")
+                .map_err(err)?;
+        }
         Ok(Self {
             path: path.to_owned(),
             conn: Mutex::new(conn),
@@ -284,15 +302,16 @@ impl TokenStore for SqliteTokenStore {
         )
         .map_err(|e| self.error(e))?;
         conn.execute(
-            "INSERT INTO bootstrap_tokens (hash, id, tenant, spiffe_id, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO bootstrap_tokens (hash, id, tenant, spiffe_id, created_at, expires_at,
+             created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 &hash.0[..],
                 grant.id.as_str(),
                 grant.tenant.as_str(),
                 grant.spiffe_id,
                 unix(now),
-                unix(grant.expires_at)
+                unix(grant.expires_at),
+                grant.created_by,
             ],
         )
         .map_err(|e| self.error(e))?;
@@ -305,7 +324,7 @@ impl TokenStore for SqliteTokenStore {
             .query_row(
                 "UPDATE bootstrap_tokens SET used_at = ?2
                  WHERE hash = ?1 AND used_at IS NULL AND expires_at > ?2
-                 RETURNING id, tenant, spiffe_id, expires_at",
+                 RETURNING id, tenant, spiffe_id, expires_at, created_by",
                 params![&hash.0[..], unix(now)],
                 |r| {
                     Ok((
@@ -313,12 +332,13 @@ impl TokenStore for SqliteTokenStore {
                         r.get::<_, String>(1)?,
                         r.get::<_, Option<String>>(2)?,
                         r.get::<_, i64>(3)?,
+                        r.get::<_, Option<String>>(4)?,
                     ))
                 },
             )
             .optional()
             .map_err(|e| self.error(e))?;
-        let Some((id, tenant, spiffe_id, expires_at)) = row else {
+        let Some((id, tenant, spiffe_id, expires_at, created_by)) = row else {
             return Ok(None);
         };
         let tenant = tenant
@@ -329,6 +349,7 @@ impl TokenStore for SqliteTokenStore {
             tenant,
             spiffe_id,
             expires_at: UNIX_EPOCH + Duration::from_secs(u64::try_from(expires_at).unwrap_or(0)),
+            created_by,
         }))
     }
 
@@ -409,8 +430,17 @@ pub(crate) mod tests {
     pub(crate) fn one_time_expiring(s: &dyn TokenStore) -> BootstrapToken {
         let now = SystemTime::now();
         let tenant: TenantId = "acme".parse().unwrap();
-        let (token, grant) =
-            create_token(s, tenant.clone(), None, Duration::from_secs(60), now).unwrap();
+        let creator = Some("person:https://idp.example/alice".to_owned());
+        let (token, grant) = create_token(
+            s,
+            tenant.clone(),
+            None,
+            Duration::from_secs(60),
+            creator.clone(),
+            now,
+        )
+        .unwrap();
+        assert_eq!(grant.created_by, creator);
         assert_eq!(token.expose().len(), TOKEN_CHARS);
         assert!(!format!("{token:?}").contains(token.expose()));
         let hash = TokenHash::of_presented(token.expose()).unwrap();
@@ -421,7 +451,7 @@ pub(crate) mod tests {
         assert_eq!(s.consume(&hash, now).unwrap(), Some(grant));
 
         let (late, _) =
-            create_token(s, tenant.clone(), None, Duration::from_secs(60), now).unwrap();
+            create_token(s, tenant.clone(), None, Duration::from_secs(60), None, now).unwrap();
         assert_eq!(
             s.consume(&late.hash(), now + Duration::from_secs(61))
                 .unwrap(),
@@ -448,6 +478,7 @@ pub(crate) mod tests {
                 "acme".parse().unwrap(),
                 None,
                 Duration::from_secs(60),
+                None,
                 now,
             )
             .unwrap();
@@ -489,6 +520,7 @@ pub(crate) mod tests {
                 spiffe_id: Some(spiffe_id.clone()),
                 expires_at: UNIX_EPOCH
                     + Duration::from_secs(u64::try_from(unix(now)).unwrap() + 60),
+                created_by: Some(spiffe_id.clone()),
             };
             match s.insert(&hash, &grant, now) {
                 Ok(()) => assert_eq!(s.consume(&hash, now).unwrap(), Some(grant), "value {i}"),
@@ -519,11 +551,17 @@ pub(crate) mod tests {
         let (_dir, s) = store();
         let t: TenantId = "acme".parse().unwrap();
         let now = SystemTime::now();
-        assert!(create_token(&s, t.clone(), None, Duration::ZERO, now).is_err());
-        assert!(create_token(&s, t.clone(), None, MAX_TOKEN_TTL * 2, now).is_err());
-        assert!(
-            create_token(&s, t, Some("https://x".into()), Duration::from_secs(1), now).is_err()
-        );
+        assert!(create_token(&s, t.clone(), None, Duration::ZERO, None, now).is_err());
+        assert!(create_token(&s, t.clone(), None, MAX_TOKEN_TTL * 2, None, now).is_err());
+        assert!(create_token(
+            &s,
+            t,
+            Some("https://x".into()),
+            Duration::from_secs(1),
+            None,
+            now
+        )
+        .is_err());
     }
 
     #[test]

@@ -331,6 +331,49 @@ async fn a_rejected_request_tells_the_requester_why_and_no_one_decides_their_own
         .any(|r| r.action == "certificate.pending.poll" && r.outcome == "denied"));
 }
 
+/// Two people are two people: whoever created the bootstrap token a request came with may not
+/// approve (or reject) it either — otherwise one certificate issuer could mint a token, use it,
+/// and wave the result through alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_creator_of_the_token_a_request_came_with_cannot_decide_it() {
+    let Some(fx) = fixture() else { return };
+    let server = start(fx).await;
+    let mut issuer = person(&server, fx, "vault", ISSUER).await;
+    let (status, created) = issuer
+        .json("POST", "/v1/tenants/vault/tokens", json!({ "ttl": "10m" }))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let token = created["token"].as_str().unwrap();
+    let w = Workload::new(Some("spiffe://vault.example/ns/web/minted"), &[]);
+    let r = server
+        .client(None)
+        .await
+        .issue(Some(token), json!({ "csr": w.csr }))
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.json());
+    let id = r.json()["pending"].as_str().unwrap().to_owned();
+    for what in ["approve", "reject"] {
+        let (status, body) = issuer
+            .json(
+                "POST",
+                &decide_path("vault", &id, what),
+                json!({ "reason": "mine" }),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (403, Some("self_approval")),
+            "{what}: {body}"
+        );
+    }
+    let mut admin = person(&server, fx, "vault", ADMIN).await;
+    let (status, body) = admin
+        .json("POST", &decide_path("vault", &id, "approve"), Value::Null)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_the_ca_would_refuse_is_refused_at_once_and_never_kept() {
     let Some(fx) = fixture() else { return };

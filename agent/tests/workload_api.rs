@@ -123,6 +123,7 @@ fn agent_dir(fx: &Fixture) -> tempfile::TempDir {
         "platform".parse().unwrap(),
         Some(NODE.to_owned()),
         Duration::from_secs(600),
+        None,
         SystemTime::now(),
     )
     .unwrap();

@@ -221,11 +221,12 @@ fn check_decider(
         .requested_by(tenant, id, SystemTime::now())
         .map_err(store_failed)?
         .map_err(not_claimed)?;
-    if requested_by == actor {
+    if requested_by.iter().any(|r| r == actor) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "self_approval",
-            "a request is decided by someone else than its requester",
+            "a request is decided by someone else than its requester (and than the creator of \
+             the bootstrap token it came with)",
         ));
     }
     Ok(())

@@ -113,6 +113,8 @@ struct Authorized {
     requester: Requester,
     /// The consumed token, given back if no certificate results.
     token: Option<TokenHash>,
+    /// Who created that token through the admin API.
+    token_created_by: Option<String>,
 }
 
 /// A certificate for a CSR: a renewal (client certificate), a first certificate (bootstrap
@@ -258,7 +260,7 @@ fn decide_and_issue(
             .iter()
             .any(|p| p.tenant == request.tenant && p.approval.is_some()) =>
         {
-            match wait_for_approval(st, &request, rec) {
+            match wait_for_approval(st, &request, auth.token_created_by.clone(), rec) {
                 Ok(Some(waiting)) => return Ok(waiting),
                 Ok(None) => st.ca.issue(&request, SystemTime::now()),
                 Err(e) => {
@@ -288,6 +290,7 @@ fn decide_and_issue(
 fn wait_for_approval(
     st: &AppState,
     request: &IssueRequest<'_>,
+    token_created_by: Option<String>,
     rec: &mut CallRecord,
 ) -> Result<Option<Outcome>, ApiError> {
     let now = SystemTime::now();
@@ -311,6 +314,7 @@ fn wait_for_approval(
         lifetime: request.lifetime,
         requester: request.requester.clone(),
         requested_by: rec.actor.clone(),
+        token_created_by,
         spiffe_id: names.as_ref().and_then(|n| n.uris.first().cloned()),
         dns_names: names.map(|n| n.dns_names).unwrap_or_default(),
     };
@@ -422,6 +426,7 @@ fn authorize_client_cert(
                 renews: None,
                 requester: own.requester,
                 token: None,
+                token_created_by: None,
             })
         }
         Err(refusal) => {
@@ -483,6 +488,7 @@ fn authorize_renewal(
         renews: Some(record.serial),
         requester,
         token: None,
+        token_created_by: None,
     })
 }
 
@@ -532,6 +538,7 @@ fn authorize_token(
         renews: None,
         requester,
         token: Some(hash),
+        token_created_by: grant.created_by,
     })
 }
 

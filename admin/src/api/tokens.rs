@@ -73,8 +73,16 @@ async fn create(
             })?,
         };
         let tokens = Arc::clone(&st.tokens);
+        let actor = rec.actor.clone();
         let created = blocking(move || {
-            create_token(&*tokens, tenant, body.spiffe_id, ttl, SystemTime::now())
+            create_token(
+                &*tokens,
+                tenant,
+                body.spiffe_id,
+                ttl,
+                Some(actor),
+                SystemTime::now(),
+            )
         })
         .await?;
         let (token, grant) = created.map_err(|e| match e {

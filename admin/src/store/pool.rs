@@ -44,6 +44,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "the region of each certificate",
         include_str!("migrations/0004_inventory_region.sql"),
     ),
+    (
+        5,
+        "who created each bootstrap token",
+        include_str!("migrations/0005_token_creator.sql"),
+    ),
 ];
 
 /// The admin plane's PostgreSQL database: a pool of connections, each store's handle a clone.

@@ -137,7 +137,7 @@ fn nodes_starting_at_once_migrate_once_and_a_newer_schema_is_refused() {
         .query_one("SELECT count(*) FROM portcullis_admin_migrations", &[])
         .unwrap()
         .get(0);
-    assert_eq!(migrations, 4);
+    assert_eq!(migrations, 5);
     conn.execute(
         "INSERT INTO portcullis_admin_migrations (version, name) VALUES (99, 'future')",
         &[],

@@ -58,8 +58,8 @@ impl TokenStore for PgTokenStore {
         )
         .map_err(db_error)?;
         conn.execute(
-            "INSERT INTO bootstrap_tokens (hash, id, tenant, spiffe_id, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO bootstrap_tokens (hash, id, tenant, spiffe_id, created_at, expires_at,
+             created_by) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             &[
                 &hash.as_bytes(),
                 &grant.id.as_str(),
@@ -67,6 +67,7 @@ impl TokenStore for PgTokenStore {
                 &grant.spiffe_id,
                 &unix(now),
                 &unix(grant.expires_at),
+                &grant.created_by,
             ],
         )
         .map_err(db_error)?;
@@ -79,7 +80,7 @@ impl TokenStore for PgTokenStore {
             .query_opt(
                 "UPDATE bootstrap_tokens SET used_at = $2
                  WHERE hash = $1 AND used_at IS NULL AND expires_at > $2
-                 RETURNING id, tenant, spiffe_id, expires_at",
+                 RETURNING id, tenant, spiffe_id, expires_at, created_by",
                 &[&hash.as_bytes(), &unix(now)],
             )
             .map_err(db_error)?;
@@ -95,6 +96,7 @@ impl TokenStore for PgTokenStore {
             tenant,
             spiffe_id: row.try_get(2).map_err(db_error)?,
             expires_at: time(row.try_get(3).map_err(db_error)?),
+            created_by: row.try_get(4).map_err(db_error)?,
             id: TokenId::stored(id),
         }))
     }

@@ -234,6 +234,7 @@ impl Fixture {
             tenant.parse().unwrap(),
             spiffe_id.map(str::to_owned),
             ttl,
+            None,
             now,
         )
         .unwrap();
