@@ -15,7 +15,7 @@ mod softhsm;
 
 use std::sync::Arc;
 
-use harness::{write, Client, Workload, OPERATOR};
+use harness::{write, Client, Workload, GATEWAY, OPERATOR};
 use pg::{Postgres, ServerTls, TestCa};
 use portcullis_admin::{AdminServer, PgStore, SqliteTokenStore};
 use portcullis_ca::{Ca, STATE_IN_POSTGRES};
@@ -260,32 +260,6 @@ async fn store_config_refusals_are_clear() {
         "{err}"
     );
 }
-
-/// The platform's gateway config the policy tests upload against.
-const GATEWAY: &str = "\
-listeners:
-  - name: public
-    address: 127.0.0.1:8443
-    tls:
-      certificate: server.pem
-      private_key: server.key
-      client_auth: required
-      client_ca: bundle.pem
-upstreams:
-  - name: app
-    targets: [127.0.0.1:9000]
-tenants:
-  - name: acme
-    routes:
-      - name: api
-        host: api.acme.test
-        path_prefix: /api
-        upstream: app
-        access:
-          - id: frontend
-            spiffe_id: [spiffe://acme.example/ns/web/sa/frontend]
-            methods: [GET]
-";
 
 /// acme's policy with `methods` for the frontend: each version a different one.
 fn acme_policy(method: &str) -> String {

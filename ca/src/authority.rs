@@ -206,6 +206,18 @@ fn prepare_state_dir(dir: &Path) -> Result<(), CaError> {
     Ok(())
 }
 
+/// The issuing key's backend and the root key's (`root_backend`, else the same one).
+type Backends = (Arc<dyn KeyBackend>, Arc<dyn KeyBackend>);
+
+fn open_backends(config: &CaConfig) -> Result<Backends, CaError> {
+    let backend = config.backend.open()?;
+    let root_backend = match &config.root_backend {
+        Some(b) => b.open()?,
+        None => Arc::clone(&backend),
+    };
+    Ok((backend, root_backend))
+}
+
 /// An issuing intermediate's certificate parameters (CA, path length 0), valid from `now` for
 /// the configured validity but never past the root.
 fn intermediate_params(
@@ -264,11 +276,7 @@ impl Ca {
         config.check()?;
         let dir = &config.state_dir;
         prepare_state_dir(dir)?;
-        let backend = config.backend.open()?;
-        let root_backend = match &config.root_backend {
-            Some(b) => b.open()?,
-            None => Arc::clone(&backend),
-        };
+        let (backend, root_backend) = open_backends(config)?;
         let algorithm = config.keys.algorithm;
         let root_key = root_backend.generate_key(&config.keys.root_label, algorithm)?;
         let issuing_key = backend.generate_key(&config.keys.issuing_label, algorithm)?;

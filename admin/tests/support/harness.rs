@@ -711,7 +711,7 @@ pub async fn tcp_from(
 
 /// A platform gateway config with one tenant, `acme`, for the admin plane to check policies
 /// against.
-const GATEWAY: &str = "\
+pub const GATEWAY: &str = "\
 listeners:
   - name: public
     address: 127.0.0.1:8443

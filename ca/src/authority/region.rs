@@ -11,7 +11,9 @@ use std::time::SystemTime;
 use rcgen::Issuer;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::{intermediate_params, prepare_state_dir, state_error, write_hierarchy, Ca};
+use super::{
+    intermediate_params, open_backends, prepare_state_dir, state_error, write_hierarchy, Ca,
+};
 use crate::config::CaConfig;
 use crate::crl::write_atomic;
 use crate::key::RcgenSigner;
@@ -50,27 +52,12 @@ impl Ca {
             )));
         }
         let root_text = std::fs::read_to_string(root_pem).map_err(super::io_error(root_pem))?;
-        let root_der = root_certificate(&root_text, root_pem)?;
+        let root = root_certificate(&root_text, root_pem)?;
         let dir = &config.state_dir;
         prepare_state_dir(dir)?;
-        let backend = config.backend.open()?;
-        let root_backend = match &config.root_backend {
-            Some(b) => b.open()?,
-            None => Arc::clone(&backend),
-        };
+        let (backend, root_backend) = open_backends(config)?;
         let root_key = root_backend.find_key(&config.keys.root_label)?;
-        let (root_spki, root_not_after) = {
-            let (_, cert) = X509Certificate::from_der(&root_der)
-                .map_err(|e| state_error(root_pem, format!("not a certificate: {e}")))?;
-            (
-                cert.public_key().raw.to_vec(),
-                SystemTime::UNIX_EPOCH
-                    + std::time::Duration::from_secs(
-                        u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0),
-                    ),
-            )
-        };
-        if root_spki != root_key.public_key_der() {
+        if root.spki != root_key.public_key_der() {
             return Err(state_error(
                 root_pem,
                 format!(
@@ -80,19 +67,19 @@ impl Ca {
                 ),
             ));
         }
-        if root_not_after <= now {
+        if root.not_after <= now {
             return Err(state_error(root_pem, "the root certificate has expired"));
         }
         let issuing_key =
             backend.generate_key(&config.keys.issuing_label, config.keys.algorithm)?;
         let root_signer = RcgenSigner::new(root_key)?;
-        let root_issuer = Issuer::from_ca_cert_der(&root_der.as_slice().into(), &root_signer)
+        let root_issuer = Issuer::from_ca_cert_der(&root.der.as_slice().into(), &root_signer)
             .map_err(|e| state_error(root_pem, format!("root certificate: {e}")))?;
         let inter = intermediate_params(
             config,
             &format!("Portcullis Issuing CA {region}"),
             now,
-            root_not_after,
+            root.not_after,
         )?;
         let inter_signer = RcgenSigner::new(Arc::clone(&issuing_key))?;
         let inter_cert = inter
@@ -138,8 +125,16 @@ pub(super) fn read(dir: &Path) -> Result<Option<String>, CaError> {
     Ok(Some(name.to_owned()))
 }
 
-/// The one CA certificate of a PEM file, DER.
-fn root_certificate(text: &str, path: &Path) -> Result<Vec<u8>, CaError> {
+/// The fleet's root certificate, as a region's init needs it.
+struct Root {
+    der: Vec<u8>,
+    /// Its SubjectPublicKeyInfo, DER (compared with the root token's key).
+    spki: Vec<u8>,
+    not_after: SystemTime,
+}
+
+/// The one self-issued CA certificate of a PEM file.
+fn root_certificate(text: &str, path: &Path) -> Result<Root, CaError> {
     let blocks: Vec<_> = x509_parser::pem::Pem::iter_from_buffer(text.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| state_error(path, format!("not PEM: {e}")))?;
@@ -166,5 +161,10 @@ fn root_certificate(text: &str, path: &Path) -> Result<Vec<u8>, CaError> {
             "not a root CA certificate (self-issued, CA: true)",
         ));
     }
-    Ok(der.to_vec())
+    let not_after = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+    Ok(Root {
+        der: der.to_vec(),
+        spki: cert.public_key().raw.to_vec(),
+        not_after: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(not_after),
+    })
 }
