@@ -331,6 +331,74 @@ async fn a_rejected_request_tells_the_requester_why_and_no_one_decides_their_own
         .any(|r| r.action == "certificate.pending.poll" && r.outcome == "denied"));
 }
 
+/// The pickup secret as a client might garble it: another scheme, an empty bearer, two
+/// Authorization headers (in either order), a huge value, the bootstrap token in its place,
+/// and the secret offered as a bootstrap token. Nothing is served, nothing is a 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pickup_secret_is_taken_only_as_itself_in_one_header() {
+    let Some(fx) = fixture() else { return };
+    let server = start(fx).await;
+    let w = Workload::new(Some("spiffe://vault.example/ns/web/garbled"), &[]);
+    let token = fx.token("vault", None);
+    let mut anon = server.client(None).await;
+    let r = anon.issue(Some(&token), json!({ "csr": w.csr })).await;
+    assert_eq!(r.status, 202, "{:?}", r.json());
+    let pending = r.json();
+    let secret = pending["pickup_secret"].as_str().unwrap().to_owned();
+    let path = pending["poll"].as_str().unwrap().to_owned();
+    let id = pending["pending"].as_str().unwrap().to_owned();
+    let mut admin = person(&server, fx, "vault", ADMIN).await;
+    let (status, body) = admin
+        .json("POST", &decide_path("vault", &id, "approve"), Value::Null)
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let right = format!("Bearer {secret}");
+    let huge = format!("Bearer {}", "A".repeat(16 * 1024));
+    let used_token = format!("Bearer {token}");
+    for (headers, want) in [
+        (vec![("authorization", format!("Basic {secret}"))], 401),
+        (vec![("authorization", "Bearer".to_owned())], 401),
+        (vec![("authorization", "Bearer    ".to_owned())], 401),
+        (vec![("authorization", huge)], 404),
+        (vec![("authorization", used_token)], 404),
+        (
+            vec![
+                ("authorization", right.clone()),
+                ("authorization", "Bearer wrong".to_owned()),
+            ],
+            400,
+        ),
+        (
+            vec![
+                ("authorization", "Bearer wrong".to_owned()),
+                ("authorization", right.clone()),
+            ],
+            400,
+        ),
+    ] {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = anon.call("GET", &path, &h, "").await.unwrap();
+        assert_eq!(
+            r.status,
+            want,
+            "{headers:?}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    // The secret is no bootstrap token.
+    let w2 = Workload::new(Some("spiffe://vault.example/ns/web/garbled-2"), &[]);
+    let r = anon.issue(Some(&secret), json!({ "csr": w2.csr })).await;
+    assert_eq!((r.status, r.code().as_str()), (401, "invalid_token"));
+    // And the right one, alone, still picks the certificate up.
+    let r = anon
+        .call("GET", &path, &[("authorization", right.as_str())], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    server.stop().await;
+}
+
 /// Two people are two people: whoever created the bootstrap token a request came with may not
 /// approve (or reject) it either — otherwise one certificate issuer could mint a token, use it,
 /// and wave the result through alone.

@@ -60,8 +60,16 @@ fn not_claimed(why: NotClaimed) -> ApiError {
     }
 }
 
-/// The pickup secret of an `Authorization: Bearer` header.
+/// The pickup secret of an `Authorization: Bearer` header; two such headers are refused (which
+/// one counts would be a parser's choice).
 fn pickup_secret(headers: &HeaderMap) -> Result<&str, ApiError> {
+    if headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "ambiguous_credentials",
+            "present the pickup secret in one Authorization header",
+        ));
+    }
     headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -91,7 +99,7 @@ fn pickup_secret(headers: &HeaderMap) -> Result<&str, ApiError> {
     responses(
         (status = 200, description = "Approved: the certificate", body = super::openapi::Issued),
         (status = 202, description = "Still waiting", body = super::openapi::PendingIssuance),
-        (status = 400, description = "A path parameter that does not decode", body = super::openapi::ErrorBody),
+        (status = 400, description = "A path parameter that does not decode, or two Authorization headers", body = super::openapi::ErrorBody),
         (status = 401, description = "No bearer pickup secret", body = super::openapi::ErrorBody),
         (status = 403, description = "Rejected (`issuance_rejected`, with the approver's reason)", body = super::openapi::ErrorBody),
         (status = 404, description = "No such request, or not its pickup secret", body = super::openapi::ErrorBody),
