@@ -619,6 +619,38 @@ async fn concurrent_uses_of_one_token_exactly_one_wins() {
     server.stop().await;
 }
 
+/// Two bootstrap tokens in two Authorization headers (either order, or one token twice): refused
+/// as ambiguous, and neither token is spent by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_authorization_headers_are_refused_and_spend_no_token() {
+    let fx = require_fixture!();
+    let server = fx.start(None).await;
+    let (a, b) = (fx.token("acme", None), fx.token("acme", None));
+    let w = Workload::new(Some(API), &[]);
+    let body = csr_body(&w).to_string();
+    let mut c = server.client(None).await;
+    for (first, second) in [(&a, &b), (&b, &a), (&a, &a)] {
+        let (first, second) = (format!("Bearer {first}"), format!("Bearer {second}"));
+        let headers = [
+            ("content-type", "application/json"),
+            ("authorization", first.as_str()),
+            ("authorization", second.as_str()),
+        ];
+        let r = c
+            .call("POST", "/v1/certificates", &headers, body.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "ambiguous_credentials")
+        );
+    }
+    for token in [&a, &b] {
+        assert_eq!(c.issue(Some(token), csr_body(&w)).await.status, 201);
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_certificate_is_renewed_at_two_thirds_of_its_lifetime() {
     let fx = require_fixture!();

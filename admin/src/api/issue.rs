@@ -83,7 +83,14 @@ enum Credential {
 }
 
 fn credential(conn: &ConnInfo, headers: &HeaderMap) -> Result<Credential, ApiError> {
+    // Two Authorization headers: which one counts would be a parser's choice.
+    let two_tokens = headers.get_all(AUTHORIZATION).iter().nth(1).is_some();
     match (&conn.peer, headers.get(AUTHORIZATION)) {
+        (_, Some(_)) if two_tokens => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "ambiguous_credentials",
+            "present one bootstrap token, in one Authorization header",
+        )),
         (Some(_), Some(_)) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "ambiguous_credentials",
