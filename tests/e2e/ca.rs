@@ -157,6 +157,65 @@ profiles:
     }
 }
 
+/// curl sending 24 GETs at 4/s over one HTTP/2 connection with `name`'s certificate: a client
+/// that keeps its connection open across a revocation.
+struct H2Probe(std::process::Child);
+
+impl H2Probe {
+    fn start(pki: &Pki, d: &Path, name: &str, url: &str) -> Self {
+        let child = Command::new("curl")
+            .args(["-sS", "--http2", "--rate", "4/s"])
+            .args(["-w", "%{http_code} %{num_connects}\n"])
+            .arg("--cacert")
+            .arg(pki.path("ca.pem"))
+            .arg("--cert")
+            .arg(d.join(format!("{name}.pem")))
+            .arg("--key")
+            .arg(d.join(format!("{name}.key")))
+            .args((0..24).flat_map(|_| ["-o", "/dev/null", url]))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    /// Served before, refused after on the same connection, which the gateway then ends.
+    fn assert_cut_after_revocation(self) {
+        let out = self.0.wait_with_output().unwrap();
+        let lines: Vec<(u16, u32)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let (code, connects) = l.split_once(' ')?;
+                Some((code.parse().ok()?, connects.parse().ok()?))
+            })
+            .collect();
+        let curl_err = String::from_utf8_lossy(&out.stderr).to_string();
+        eprintln!("HTTP/2 (status, new connections) per request: {lines:?}");
+        assert_eq!(
+            lines.first().map(|l| l.0),
+            Some(200),
+            "{lines:?} {curl_err}"
+        );
+        // The first refusal comes on the connection opened before the revocation; the gateway
+        // then ends that connection (GOAWAY), and nothing after it is served.
+        let first_refused = lines
+            .iter()
+            .position(|l| l.0 == 403)
+            .unwrap_or_else(|| panic!("never refused: {lines:?} {curl_err}"));
+        assert!(
+            lines[..=first_refused].iter().skip(1).all(|l| l.1 == 0),
+            "the refused request came on the connection opened before the revocation: {lines:?}"
+        );
+        let after = &lines[first_refused + 1..];
+        assert!(after.iter().all(|l| l.0 != 200), "{lines:?}");
+        assert!(
+            after.iter().all(|l| l.0 == 0 || l.1 == 1),
+            "the old connection was not ended after the refusal: {lines:?} {curl_err}"
+        );
+    }
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
@@ -227,20 +286,7 @@ fn a_revoked_certificate_is_refused_by_a_gateway_already_running() {
     let resumable = client("doomed");
     assert_eq!(resumable.get(gw.port, "/x").unwrap().status, 200);
     let url = format!("https://localhost:{}/x", gw.port);
-    let h2 = std::process::Command::new("curl")
-        .args(["-sS", "--http2", "--rate", "4/s"])
-        .args(["-w", "%{http_code} %{num_connects}\n"])
-        .arg("--cacert")
-        .arg(pki.path("ca.pem"))
-        .arg("--cert")
-        .arg(d.join("doomed.pem"))
-        .arg("--key")
-        .arg(d.join("doomed.key"))
-        .args((0..24).flat_map(|_| ["-o", "/dev/null", url.as_str()]))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let h2 = H2Probe::start(&pki, d, "doomed", &url);
 
     let (audit_dir, audit_key) = (d.join("ca-audit"), d.join("ca-audit.key"));
     let out = ca.run(&[
@@ -304,37 +350,7 @@ fn a_revoked_certificate_is_refused_by_a_gateway_already_running() {
         eprintln!("after revocation: resumed={resumed}, status {status}");
     }
     // The HTTP/2 connection: served before, refused after, never reconnected.
-    let out = h2.wait_with_output().unwrap();
-    let lines: Vec<(u16, u32)> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (code, connects) = l.split_once(' ')?;
-            Some((code.parse().ok()?, connects.parse().ok()?))
-        })
-        .collect();
-    let curl_err = String::from_utf8_lossy(&out.stderr).to_string();
-    eprintln!("HTTP/2 (status, new connections) per request: {lines:?}");
-    assert_eq!(
-        lines.first().map(|l| l.0),
-        Some(200),
-        "{lines:?} {curl_err}"
-    );
-    // The first refusal comes on the connection opened before the revocation; the gateway
-    // then ends that connection (GOAWAY), and nothing after it is served.
-    let first_refused = lines
-        .iter()
-        .position(|l| l.0 == 403)
-        .unwrap_or_else(|| panic!("never refused: {lines:?} {curl_err}"));
-    assert!(
-        lines[..=first_refused].iter().skip(1).all(|l| l.1 == 0),
-        "the refused request came on the connection opened before the revocation: {lines:?}"
-    );
-    let after = &lines[first_refused + 1..];
-    assert!(after.iter().all(|l| l.0 != 200), "{lines:?}");
-    assert!(
-        after.iter().all(|l| l.0 == 0 || l.1 == 1),
-        "the old connection was not ended after the refusal: {lines:?} {curl_err}"
-    );
+    h2.assert_cut_after_revocation();
     let m = gw.wait_metric(
         "portcullis_tls_handshake_failures_total{listener=\"public\",reason=\"revoked\"}",
         1.0,
@@ -453,6 +469,14 @@ fn a_region_revokes_on_its_own_crl_and_a_gateway_trusting_the_root_enforces_it()
     assert_eq!(client("eu-app").get(gw.port, "/x").unwrap().status, 200);
     let mut kept = client("eu-app").connect(gw.port).unwrap();
     assert_eq!(kept.request("GET", "/x", &[]).unwrap().status, 200);
+    // And an HTTP/2 connection carrying requests across the revocation.
+    let h2 = H2Probe::start(
+        &pki,
+        d,
+        "eu-app",
+        &format!("https://localhost:{}/x", gw.port),
+    );
+    std::thread::sleep(Duration::from_millis(600));
 
     let out = eu.run(&["revoke", &eu_leaf, "--reason", "keyCompromise"]);
     assert!(out.status.success(), "ca revoke: {}", stderr(&out));
@@ -472,6 +496,7 @@ fn a_region_revokes_on_its_own_crl_and_a_gateway_trusting_the_root_enforces_it()
     let resp = kept.request("GET", "/x", &[]).unwrap();
     assert_eq!(resp.status, 403);
     assert_eq!(resp.json()["error"], "certificate_revoked");
+    h2.assert_cut_after_revocation();
     assert_eq!(client("home").get(gw.port, "/x").unwrap().status, 200);
     assert_ne!(home_leaf, eu_leaf);
 }
