@@ -168,3 +168,37 @@ fn root_certificate(text: &str, path: &Path) -> Result<Root, CaError> {
         not_after: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(not_after),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `region` file someone edited into something that names no region stops the CA from
+    /// opening (its certificates would be recorded under a wrong or no region otherwise).
+    #[test]
+    fn a_region_file_that_names_no_region_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read(dir.path()).unwrap(), None, "no file: no region");
+        for good in ["eu", "eu-west-1\n", "  us \n"] {
+            std::fs::write(dir.path().join(REGION_FILE), good).unwrap();
+            assert_eq!(read(dir.path()).unwrap().as_deref(), Some(good.trim()));
+        }
+        let long = "a".repeat(33);
+        for bad in [
+            "",
+            "EU",
+            "eu west",
+            "../eu",
+            "-eu",
+            "eu-",
+            "eu\0",
+            long.as_str(),
+        ] {
+            std::fs::write(dir.path().join(REGION_FILE), bad).unwrap();
+            let err = read(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("does not name a region"), "{bad:?}: {err}");
+        }
+        std::fs::write(dir.path().join(REGION_FILE), [0xff, 0xfe]).unwrap();
+        assert!(read(dir.path()).is_err(), "not UTF-8");
+    }
+}
