@@ -577,6 +577,26 @@ impl Conn {
         (out, closed)
     }
 
+    /// Reads until the bytes read so far contain `needle` (or `limit` passes, or the server
+    /// closes); all the bytes read.
+    pub fn read_until(&mut self, needle: &[u8], limit: Duration) -> Vec<u8> {
+        let deadline = std::time::Instant::now() + limit;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !out.windows(needle.len()).any(|w| w == needle) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.reader.get_ref().sock.set_read_timeout(Some(left)).unwrap();
+            match self.reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        out
+    }
+
     /// The DER of the certificate the server presented on this connection.
     pub fn server_certificate(&self) -> Vec<u8> {
         self.reader.get_ref().conn.peer_certificates().unwrap()[0].to_vec()

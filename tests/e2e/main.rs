@@ -30,6 +30,7 @@ mod postgres;
 mod proxy;
 mod proxy_protocol;
 mod secrets;
+mod streaming;
 mod strict;
 mod traces;
 mod upgrade;

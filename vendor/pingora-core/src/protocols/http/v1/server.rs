@@ -654,24 +654,33 @@ impl HttpSession {
 
     /// Write the response header to the client.
     /// This function can be called more than once to send 1xx informational headers excluding 101.
-    pub async fn write_response_header(&mut self, mut header: Box<ResponseHeader>) -> Result<()> {
+    pub async fn write_response_header(&mut self, header: Box<ResponseHeader>) -> Result<()> {
+        // flush the stream if 1xx header or there is no response body
+        if self.write_response_header_unflushed(header).await? {
+            self.underlying_stream
+                .flush()
+                .await
+                .or_err(WriteError, "flushing response header")?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::write_response_header`] without the flush: returns whether the header wants one
+    /// (PORTCULLIS PATCH, see vendor/README.md).
+    async fn write_response_header_unflushed(
+        &mut self,
+        mut header: Box<ResponseHeader>,
+    ) -> Result<bool> {
         // Prepare header (handle upgrades, set headers, initialize body writer, serialize to bytes)
         let Some((write_buf, flush)) = self.prepare_response_header(&mut header)? else {
             // Header already sent or should be ignored
-            return Ok(());
+            return Ok(false);
         };
 
         match self.underlying_stream.write_all(&write_buf).await {
             Ok(()) => {
-                // flush the stream if 1xx header or there is no response body
-                if flush || self.body_writer.finished() {
-                    self.underlying_stream
-                        .flush()
-                        .await
-                        .or_err(WriteError, "flushing response header")?;
-                }
                 self.response_written = Some(header);
-                Ok(())
+                Ok(flush || self.body_writer.finished())
             }
             Err(e) => Error::e_because(WriteError, "writing response header", e),
         }
@@ -1040,16 +1049,21 @@ impl HttpSession {
         self.body_reader.take_body_overread()
     }
 
-    async fn do_write_body_buf(&mut self) -> Result<Option<usize>> {
+    async fn do_write_body_buf(&mut self, flush: bool) -> Result<Option<usize>> {
         // Don't flush empty chunks, they are considered end of body for chunks
         if self.body_write_buf.is_empty() {
             return Ok(None);
         }
 
-        let written = self
-            .body_writer
-            .write_body(&mut self.underlying_stream, &self.body_write_buf)
-            .await;
+        let written = if flush {
+            self.body_writer
+                .write_body(&mut self.underlying_stream, &self.body_write_buf)
+                .await
+        } else {
+            self.body_writer
+                .write_body_unflushed(&mut self.underlying_stream, &self.body_write_buf)
+                .await
+        };
 
         if let Ok(Some(num_bytes)) = written {
             self.body_bytes_sent += num_bytes;
@@ -1062,12 +1076,22 @@ impl HttpSession {
     }
 
     async fn write_body_buf(&mut self) -> Result<Option<usize>> {
+        self.write_body_buf_flushed(true).await
+    }
+
+    /// [`Self::write_body_buf`] leaving a chunk in the stream's buffer, for a caller that
+    /// flushes next (PORTCULLIS PATCH).
+    async fn write_body_buf_unflushed(&mut self) -> Result<Option<usize>> {
+        self.write_body_buf_flushed(false).await
+    }
+
+    async fn write_body_buf_flushed(&mut self, flush: bool) -> Result<Option<usize>> {
         match self.write_timeout(self.body_write_buf.len()) {
-            Some(t) => match timeout(t, self.do_write_body_buf()).await {
+            Some(t) => match timeout(t, self.do_write_body_buf(flush)).await {
                 Ok(res) => res,
                 Err(_) => Error::e_explain(WriteTimedout, format!("writing body, timeout: {t:?}")),
             },
-            None => self.do_write_body_buf().await,
+            None => self.do_write_body_buf(flush).await,
         }
     }
 
@@ -1557,11 +1581,15 @@ impl HttpSession {
             return self.response_duplex(tasks.pop().unwrap()).await;
         }
 
+        // PORTCULLIS PATCH (see vendor/README.md): the batch is written with one flush at its
+        // end, so a header, its body and the last chunk leave in one write rather than three.
+        let mut header_wants_flush = false;
         let mut end_stream = false;
         for task in tasks.into_iter() {
             end_stream = match task {
                 HttpTask::Header(header, end_stream) => {
-                    self.write_response_header(header)
+                    header_wants_flush |= self
+                        .write_response_header_unflushed(header)
                         .await
                         .map_err(|e| e.into_down())?;
                     end_stream
@@ -1587,10 +1615,22 @@ impl HttpSession {
                 }
             }
         }
-        self.write_body_buf().await.map_err(|e| e.into_down())?;
         if end_stream {
+            // finish_body() flushes: the last chunk waits for it.
+            self.write_body_buf_unflushed()
+                .await
+                .map_err(|e| e.into_down())?;
             // no-op if body wasn't initialized or is finished already
             self.finish_body().await.map_err(|e| e.into_down())?;
+        } else {
+            self.write_body_buf().await.map_err(|e| e.into_down())?;
+            if header_wants_flush {
+                self.underlying_stream
+                    .flush()
+                    .await
+                    .or_err(WriteError, "flushing response header")
+                    .map_err(|e| e.into_down())?;
+            }
         }
         Ok(end_stream || self.body_writer.finished())
     }
