@@ -275,6 +275,20 @@ impl Fixture {
         self.serve(server)
     }
 
+    /// [`Fixture::start_with`] on the fixture's CA with a given token store (e.g. one in
+    /// PostgreSQL, with `store.postgres` in `config` for the rest of the admin state).
+    pub async fn start_with_tokens(
+        &self,
+        config: AdminConfig,
+        tokens: Arc<dyn TokenStore>,
+        audit: Option<AuditHandle>,
+    ) -> Server {
+        let server = AdminServer::bind_with_tokens(&config, Arc::clone(&self.ca), tokens, audit)
+            .await
+            .expect("bind admin server");
+        self.serve(server)
+    }
+
     /// Starts an admin server as `portcullis admin serve` does: the CA (and, with
     /// `store.postgres`, the store) opened from the config.
     pub async fn start_from_config(&self, config: &AdminConfig) -> Server {
