@@ -904,10 +904,11 @@ async fn a_request_made_on_one_replica_is_decided_and_picked_up_on_the_other() {
     b.stop().await;
 }
 
-/// The attack: decisions on one request raced through two replicas — two approvals, and an
-/// approval against a rejection. Exactly one wins; the other is told 409 `already_decided`;
-/// the CA signs once (one certificate in the inventory); both replicas then serve the
-/// winner's outcome to the requester, the same certificate through each.
+/// The attack: decisions on one request raced through two replicas — four approvals (two
+/// people on each), or three approvals against a rejection. Exactly one wins; the others are
+/// told 409 `already_decided`; the CA signs once (one certificate in the inventory); both
+/// replicas then serve the winner's outcome to the requester, the same certificate through
+/// each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_raced_through_two_replicas_sign_at_most_once() {
     let rig = rig!(
@@ -916,8 +917,12 @@ async fn decisions_raced_through_two_replicas_sign_at_most_once() {
     );
     let fx = rig.fx;
     let (a, b) = (rig.start(None).await, rig.start(None).await);
-    let mut admin_a = person(&a, fx, "vault", ADMIN).await;
-    let mut issuer_b = person(&b, fx, "vault", ISSUER).await;
+    let mut deciders = Vec::new();
+    for server in [&a, &b] {
+        for who in [ADMIN, ISSUER] {
+            deciders.push(person(server, fx, "vault", who).await);
+        }
+    }
     let (mut anon_a, mut anon_b) = (a.client(None).await, b.client(None).await);
     for round in 0..6 {
         let spiffe_id = format!("spiffe://vault.example/ns/replica-race/{round}");
@@ -925,34 +930,43 @@ async fn decisions_raced_through_two_replicas_sign_at_most_once() {
         let pending = request(&rig, if round % 2 == 0 { &a } else { &b }, "vault", &w).await;
         let id = pending["pending"].as_str().unwrap();
         let secret = pending["pickup_secret"].as_str().unwrap();
-        // Even rounds: two approvals; odd rounds: B rejects while A approves.
-        let b_does = if round % 2 == 0 { "approve" } else { "reject" };
-        let (path_a, path_b) = (
-            decide_path("vault", id, "approve"),
-            decide_path("vault", id, b_does),
+        // Odd rounds: the last decider (on B) rejects.
+        let what: Vec<&str> = (0..4)
+            .map(|i| if round % 2 == 1 && i == 3 { "reject" } else { "approve" })
+            .collect();
+        let paths: Vec<String> = what.iter().map(|w| decide_path("vault", id, w)).collect();
+        let body = json!({ "reason": "raced" });
+        let [d0, d1, d2, d3] = &mut deciders[..] else {
+            unreachable!()
+        };
+        let replies = tokio::join!(
+            d0.json("POST", &paths[0], body.clone()),
+            d2.json("POST", &paths[2], body.clone()),
+            d1.json("POST", &paths[1], body.clone()),
+            d3.json("POST", &paths[3], body.clone()),
         );
-        let (ra, rb) = tokio::join!(
-            admin_a.json("POST", &path_a, Value::Null),
-            issuer_b.json("POST", &path_b, json!({ "reason": "raced" })),
-        );
-        let outcomes = [(ra.0, &ra.1, "approve"), (rb.0, &rb.1, b_does)];
-        let winners: Vec<_> = outcomes.iter().filter(|o| o.0 == 200).collect();
-        let losers: Vec<_> = outcomes.iter().filter(|o| o.0 != 200).collect();
-        assert_eq!(
-            (winners.len(), losers.len()),
-            (1, 1),
-            "round {round}: {ra:?} {rb:?}"
-        );
-        assert_eq!(
-            (losers[0].0, losers[0].1["error"].as_str()),
-            (409, Some("already_decided")),
-            "round {round}: {ra:?} {rb:?}"
-        );
-        let (_, body, what) = winners[0];
+        let replies = [replies.0, replies.2, replies.1, replies.3];
+        // Each decision's status, error and the serial of what it signed.
+        let seen: Vec<_> = replies
+            .iter()
+            .map(|(status, body)| (status, body["error"].clone(), body["serial"].clone()))
+            .collect();
+        let winners: Vec<usize> = (0..4).filter(|&i| replies[i].0 == 200).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {what:?} {seen:?}");
+        for (i, (status, body)) in replies.iter().enumerate() {
+            if i != winners[0] {
+                assert_eq!(
+                    (*status, body["error"].as_str()),
+                    (409, Some("already_decided")),
+                    "round {round}: {what:?} {seen:?}"
+                );
+            }
+        }
+        let (won, issued) = (what[winners[0]], &replies[winners[0]].1);
         let row = rig.row(id).expect("in PostgreSQL");
         assert_eq!(
             row["state"],
-            if *what == "approve" { "approved" } else { "rejected" },
+            if won == "approve" { "approved" } else { "rejected" },
             "round {round}: {row}"
         );
         // What the requester is told, the same through both replicas.
@@ -961,13 +975,13 @@ async fn decisions_raced_through_two_replicas_sign_at_most_once() {
             poll(&mut anon_b, &pending, secret)
         );
         assert_eq!((pa.status, &pa.body), (pb.status, &pb.body));
-        if *what == "approve" {
-            assert_eq!((pa.status, pa.json()), (200, (*body).clone()));
+        if won == "approve" {
+            assert_eq!((pa.status, pa.json()), (200, issued.clone()));
         } else {
             assert_eq!((pa.status, pa.code().as_str()), (403, "issuance_rejected"));
         }
         // Signed at most once, only by the winner.
-        let (status, inventory) = admin_a
+        let (status, inventory) = deciders[0]
             .json(
                 "GET",
                 &format!("/v1/certificates?identity={spiffe_id}"),
@@ -978,7 +992,7 @@ async fn decisions_raced_through_two_replicas_sign_at_most_once() {
         let signed = inventory["certificates"].as_array().unwrap().len();
         assert_eq!(
             signed,
-            usize::from(*what == "approve"),
+            usize::from(won == "approve"),
             "round {round}: {inventory}"
         );
     }
