@@ -118,8 +118,8 @@ pub fn fixture() -> Option<&'static Fixture> {
 }
 
 /// [`fixture`], with more profiles appended to the CA's (YAML list items), for a test binary
-/// whose profiles the others must not have (e.g. ones requiring approval, which
-/// `store.postgres` refuses). The first call in a binary decides.
+/// whose profiles the others must not have (e.g. ones requiring approval). The first call in
+/// a binary decides.
 pub fn fixture_with_profiles(extra: &str) -> Option<&'static Fixture> {
     static FIXTURE: OnceLock<Option<Fixture>> = OnceLock::new();
     FIXTURE
