@@ -717,7 +717,9 @@ pub(crate) mod tests {
         let again = s.for_pickup(&id, secret.expose(), now).unwrap().unwrap();
         assert_eq!(again.response.as_deref(), Some("{}"));
         let listed = s.list(&acme(), now).unwrap();
-        assert!(listed.iter().any(|r| r.id == id && r.state == PendingState::Approved));
+        assert!(listed
+            .iter()
+            .any(|r| r.id == id && r.state == PendingState::Approved));
     }
 
     pub(crate) fn an_expired_request_is_neither_claimed_nor_rejected(s: &dyn PendingStore) {
@@ -784,7 +786,10 @@ pub(crate) mod tests {
             let winners: Vec<_> = outcomes.iter().filter(|(_, won)| *won).collect();
             assert_eq!(winners.len(), 1, "round {round}: {outcomes:?}");
             for store in [a, b] {
-                let r = store.for_pickup(&id, secret.expose(), now).unwrap().unwrap();
+                let r = store
+                    .for_pickup(&id, secret.expose(), now)
+                    .unwrap()
+                    .unwrap();
                 assert_ne!(r.state, PendingState::Pending);
                 assert_eq!(r.decided_by.as_deref(), Some(winners[0].0.as_str()));
             }

@@ -122,7 +122,11 @@ impl Rig {
     /// An admin server (on PostgreSQL, one more replica).
     async fn start(&self, audit: Option<AuditHandle>) -> Server {
         match &self.pg {
-            None => self.fx.start_with(self.fx.admin_config_with(EXTRA), audit).await,
+            None => {
+                self.fx
+                    .start_with(self.fx.admin_config_with(EXTRA), audit)
+                    .await
+            }
             Some((config, tokens, _)) => {
                 self.fx
                     .start_with_tokens(config.clone(), Arc::clone(tokens), audit)
@@ -159,7 +163,10 @@ impl Rig {
     /// a server): where the servers keep it, and what is kept; with SQLite, None.
     fn row(&self, id: &str) -> Option<Value> {
         let (_, _, pg) = self.pg.as_ref()?;
-        assert!(id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        assert!(
+            id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
         let text = pg.psql(&format!(
             "SELECT row_to_json(p) FROM pending_issuances p WHERE id = '{id}'"
         ));
@@ -244,7 +251,10 @@ fn time(v: &Value) -> SystemTime {
 }
 
 async fn a_request_waits_is_approved_by_another_person_and_picked_up(backend: Backend) {
-    let rig = rig!(backend, "a_request_waits_is_approved_by_another_person_and_picked_up");
+    let rig = rig!(
+        backend,
+        "a_request_waits_is_approved_by_another_person_and_picked_up"
+    );
     let (fx, server) = (rig.fx, rig.start(None).await);
     let w = Workload::new(Some("spiffe://vault.example/ns/web/api"), &[]);
     let token = rig.token("vault").await;
@@ -361,9 +371,7 @@ async fn a_request_waits_is_approved_by_another_person_and_picked_up(backend: Ba
     server.stop().await;
 }
 
-async fn a_rejected_request_tells_the_requester_why_and_no_one_decides_their_own(
-    backend: Backend,
-) {
+async fn a_rejected_request_tells_the_requester_why_and_no_one_decides_their_own(backend: Backend) {
     let rig = rig!(
         backend,
         "a_rejected_request_tells_the_requester_why_and_no_one_decides_their_own"
@@ -497,7 +505,10 @@ async fn a_rejected_request_tells_the_requester_why_and_no_one_decides_their_own
 /// Authorization headers (in either order), a huge value, the bootstrap token in its place,
 /// and the secret offered as a bootstrap token. Nothing is served, nothing is a 500.
 async fn a_pickup_secret_is_taken_only_as_itself_in_one_header(backend: Backend) {
-    let rig = rig!(backend, "a_pickup_secret_is_taken_only_as_itself_in_one_header");
+    let rig = rig!(
+        backend,
+        "a_pickup_secret_is_taken_only_as_itself_in_one_header"
+    );
     let (fx, server) = (rig.fx, rig.start(None).await);
     let w = Workload::new(Some("spiffe://vault.example/ns/web/garbled"), &[]);
     let token = rig.token("vault").await;
@@ -932,7 +943,13 @@ async fn decisions_raced_through_two_replicas_sign_at_most_once() {
         let secret = pending["pickup_secret"].as_str().unwrap();
         // Odd rounds: the last decider (on B) rejects.
         let what: Vec<&str> = (0..4)
-            .map(|i| if round % 2 == 1 && i == 3 { "reject" } else { "approve" })
+            .map(|i| {
+                if round % 2 == 1 && i == 3 {
+                    "reject"
+                } else {
+                    "approve"
+                }
+            })
             .collect();
         let paths: Vec<String> = what.iter().map(|w| decide_path("vault", id, w)).collect();
         let body = json!({ "reason": "raced" });
@@ -966,7 +983,11 @@ async fn decisions_raced_through_two_replicas_sign_at_most_once() {
         let row = rig.row(id).expect("in PostgreSQL");
         assert_eq!(
             row["state"],
-            if won == "approve" { "approved" } else { "rejected" },
+            if won == "approve" {
+                "approved"
+            } else {
+                "rejected"
+            },
             "round {round}: {row}"
         );
         // What the requester is told, the same through both replicas.

@@ -663,7 +663,10 @@ async fn approvals_are_kept_in_postgres_and_decided_through_either_admin_server(
     };
     assert_eq!(state(&pg), "pending");
     assert!(
-        !fx.ca.state_dir().join(portcullis_admin::PENDING_DB).exists(),
+        !fx.ca
+            .state_dir()
+            .join(portcullis_admin::PENDING_DB)
+            .exists(),
         "no pending requests in the state directory"
     );
 

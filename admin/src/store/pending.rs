@@ -12,8 +12,7 @@ use portcullis_ca::TenantId;
 use super::pool::{pg_error, PgConn, PgStore};
 use crate::error::AdminError;
 use crate::pending::{
-    read_record, ClaimRow, NewPending, PendingId, PendingRecord, PendingStore, COLUMNS,
-    KEEP_DONE,
+    read_record, ClaimRow, NewPending, PendingId, PendingRecord, PendingStore, COLUMNS, KEEP_DONE,
 };
 use crate::token::{secs, unix};
 
