@@ -184,6 +184,15 @@ pub(crate) enum NotClaimed {
     Decided,
 }
 
+/// A decision asked of a request: the tenant's request `id`, by `by`, at `now`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Decision<'a> {
+    pub(crate) tenant: &'a TenantId,
+    pub(crate) id: &'a PendingId,
+    pub(crate) by: &'a str,
+    pub(crate) now: SystemTime,
+}
+
 /// A claimed request's columns as the claiming `UPDATE … RETURNING` gives them: tenant,
 /// profile, CSR, lifetime in seconds, requester kind and id.
 pub(crate) type ClaimRow = (String, String, Vec<u8>, Option<i64>, String, String);
@@ -221,15 +230,9 @@ pub(crate) trait PendingStore: Send + Sync + fmt::Debug {
         now: SystemTime,
     ) -> Result<Option<PendingRecord>, AdminError>;
 
-    /// One statement: the tenant's request `id`, if pending and unexpired, becomes
-    /// `approving` by `by`; its columns, or None when it was not (any more).
-    fn try_claim(
-        &self,
-        tenant: &TenantId,
-        id: &PendingId,
-        by: &str,
-        now: SystemTime,
-    ) -> Result<Option<ClaimRow>, AdminError>;
+    /// One statement: the request, if pending and unexpired, becomes `approving` by the
+    /// decider; its columns, or None when it was not (any more).
+    fn try_claim(&self, d: Decision<'_>) -> Result<Option<ClaimRow>, AdminError>;
 
     /// A claimed request, signed: its answer kept for pickup.
     fn approved(&self, id: &PendingId, serial: &str, response: &str) -> Result<(), AdminError>;
@@ -238,17 +241,9 @@ pub(crate) trait PendingStore: Send + Sync + fmt::Debug {
     /// again, for another try.
     fn release(&self, id: &PendingId) -> Result<(), AdminError>;
 
-    /// One statement: the tenant's request `id` becomes `rejected` by `by` if it is pending
-    /// and unexpired (or, `claimed`, being approved); whether it did.
-    fn try_reject(
-        &self,
-        tenant: &TenantId,
-        id: &PendingId,
-        by: &str,
-        reason: &str,
-        now: SystemTime,
-        claimed: bool,
-    ) -> Result<bool, AdminError>;
+    /// One statement: the request becomes `rejected` by the decider if it is in state `from`
+    /// (`pending` and unexpired, or `approving`); whether it did.
+    fn try_reject(&self, d: Decision<'_>, reason: &str, from: &str) -> Result<bool, AdminError>;
 
     /// Keeps a checked request until `now + wait`; returns its id and the pickup secret.
     fn insert(
@@ -318,7 +313,12 @@ pub(crate) trait PendingStore: Send + Sync + fmt::Debug {
         by: &str,
         now: SystemTime,
     ) -> Result<Result<Claimed, NotClaimed>, AdminError> {
-        match self.try_claim(tenant, id, by, now)? {
+        match self.try_claim(Decision {
+            tenant,
+            id,
+            by,
+            now,
+        })? {
             Some(row) => claimed(row).map(Ok),
             None => self.not_claimed(tenant, id, now).map(Err),
         }
@@ -334,7 +334,14 @@ pub(crate) trait PendingStore: Send + Sync + fmt::Debug {
         now: SystemTime,
         claimed: bool,
     ) -> Result<Result<(), NotClaimed>, AdminError> {
-        if self.try_reject(tenant, id, by, reason, now, claimed)? {
+        let from = if claimed { "approving" } else { "pending" };
+        let d = Decision {
+            tenant,
+            id,
+            by,
+            now,
+        };
+        if self.try_reject(d, reason, from)? {
             return Ok(Ok(()));
         }
         self.not_claimed(tenant, id, now).map(Err)
@@ -557,20 +564,14 @@ impl PendingStore for SqlitePendingStore {
             .map_err(|e| self.error(e))
     }
 
-    fn try_claim(
-        &self,
-        tenant: &TenantId,
-        id: &PendingId,
-        by: &str,
-        now: SystemTime,
-    ) -> Result<Option<ClaimRow>, AdminError> {
+    fn try_claim(&self, d: Decision<'_>) -> Result<Option<ClaimRow>, AdminError> {
         self.conn()
             .query_row(
                 "UPDATE pending_issuances SET state = 'approving', decided_by = ?3, \
                  decided_at = ?4 \
                  WHERE id = ?1 AND tenant = ?2 AND state = 'pending' AND expires_at > ?4 \
                  RETURNING tenant, profile, csr, lifetime_secs, requester_kind, requester_id",
-                params![id.as_str(), tenant.as_str(), by, unix(now)],
+                params![d.id.as_str(), d.tenant.as_str(), d.by, unix(d.now)],
                 |row| {
                     Ok((
                         row.get(0)?,
@@ -608,23 +609,21 @@ impl PendingStore for SqlitePendingStore {
         Ok(())
     }
 
-    fn try_reject(
-        &self,
-        tenant: &TenantId,
-        id: &PendingId,
-        by: &str,
-        reason: &str,
-        now: SystemTime,
-        claimed: bool,
-    ) -> Result<bool, AdminError> {
-        let from = if claimed { "approving" } else { "pending" };
+    fn try_reject(&self, d: Decision<'_>, reason: &str, from: &str) -> Result<bool, AdminError> {
         let changed = self
             .conn()
             .execute(
                 "UPDATE pending_issuances SET state = 'rejected', decided_by = ?3, \
                  decided_at = ?4, reason = ?5, csr = x'' \
                  WHERE id = ?1 AND tenant = ?2 AND state = ?6 AND (?6 = 'approving' OR expires_at > ?4)",
-                params![id.as_str(), tenant.as_str(), by, unix(now), reason, from],
+                params![
+                    d.id.as_str(),
+                    d.tenant.as_str(),
+                    d.by,
+                    unix(d.now),
+                    reason,
+                    from
+                ],
             )
             .map_err(|e| self.error(e))?;
         Ok(changed == 1)

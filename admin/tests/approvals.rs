@@ -229,19 +229,6 @@ async fn request(rig: &Rig, server: &Server, tenant: &str, w: &Workload) -> Valu
     r.json()
 }
 
-async fn poll(client: &mut Client, pending: &Value, secret: &str) -> harness::Reply {
-    let auth = format!("Bearer {secret}");
-    client
-        .call(
-            "GET",
-            pending["poll"].as_str().unwrap(),
-            &[("authorization", auth.as_str())],
-            "",
-        )
-        .await
-        .unwrap()
-}
-
 fn decide_path(tenant: &str, id: &str, what: &str) -> String {
     format!("/v1/tenants/{tenant}/certificates/pending/{id}/{what}")
 }
@@ -280,18 +267,18 @@ async fn a_request_waits_is_approved_by_another_person_and_picked_up(backend: Ba
         (401, "invalid_token")
     );
 
-    let r = poll(&mut anon, &pending, &secret).await;
+    let r = anon.poll_pending(&pending, &secret).await;
     assert_eq!(r.status, 202);
     assert_eq!(r.json()["pending"], id.as_str());
     assert!(r.json().get("pickup_secret").is_none(), "shown once only");
     // A wrong secret and an unknown id answer alike.
-    let wrong = poll(&mut anon, &pending, &"A".repeat(43)).await;
-    let unknown = poll(
-        &mut anon,
-        &json!({ "poll": "/v1/certificates/pending/000000000000000000000000" }),
-        &secret,
-    )
-    .await;
+    let wrong = anon.poll_pending(&pending, &"A".repeat(43)).await;
+    let unknown = anon
+        .poll_pending(
+            &json!({ "poll": "/v1/certificates/pending/000000000000000000000000" }),
+            &secret,
+        )
+        .await;
     assert_eq!((wrong.status, unknown.status), (404, 404));
     assert_eq!(wrong.body, unknown.body);
 
@@ -345,7 +332,7 @@ async fn a_request_waits_is_approved_by_another_person_and_picked_up(backend: Ba
         .await;
     assert_eq!(status, 409, "decided once");
 
-    let r = poll(&mut anon, &pending, &secret).await;
+    let r = anon.poll_pending(&pending, &secret).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json(), issued, "the same body as the approval's");
 
@@ -413,7 +400,11 @@ async fn a_rejected_request_tells_the_requester_why_and_no_one_decides_their_own
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "rejected");
-    let r = poll(&mut server.client(None).await, &pending, secret).await;
+    let r = server
+        .client(None)
+        .await
+        .poll_pending(&pending, secret)
+        .await;
     assert_eq!((r.status, r.code().as_str()), (403, "issuance_rejected"));
     assert!(r.json()["message"]
         .as_str()
@@ -667,9 +658,9 @@ async fn an_expired_request_is_gone_and_can_no_longer_be_approved(backend: Backe
     let id = pending["pending"].as_str().unwrap();
     let secret = pending["pickup_secret"].as_str().unwrap();
     let mut anon = server.client(None).await;
-    assert_eq!(poll(&mut anon, &pending, secret).await.status, 202);
+    assert_eq!(anon.poll_pending(&pending, secret).await.status, 202);
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let r = poll(&mut anon, &pending, secret).await;
+    let r = anon.poll_pending(&pending, secret).await;
     assert_eq!((r.status, r.code().as_str()), (410, "expired"));
     let mut operator = server.client(Some(&fx.operator)).await;
     let (status, body) = operator
@@ -808,7 +799,7 @@ async fn a_request_made_on_one_replica_is_decided_and_picked_up_on_the_other() {
     let id = pending["pending"].as_str().unwrap().to_owned();
     let secret = pending["pickup_secret"].as_str().unwrap().to_owned();
     let (mut anon_a, mut anon_b) = (a.client(None).await, b.client(None).await);
-    assert_eq!(poll(&mut anon_b, &pending, &secret).await.status, 202);
+    assert_eq!(anon_b.poll_pending(&pending, &secret).await.status, 202);
 
     let mut admin_b = person(&b, fx, "vault", ADMIN).await;
     let (status, list) = admin_b
@@ -847,7 +838,7 @@ async fn a_request_made_on_one_replica_is_decided_and_picked_up_on_the_other() {
         (&json!("approved"), &json!(ADMIN), &issued["serial"]),
         "{on_a}"
     );
-    let r = poll(&mut anon_a, &pending, &secret).await;
+    let r = anon_a.poll_pending(&pending, &secret).await;
     assert_eq!((r.status, r.json()), (200, issued.clone()));
     for what in ["approve", "reject"] {
         let (status, body) = issuer_a
@@ -876,12 +867,9 @@ async fn a_request_made_on_one_replica_is_decided_and_picked_up_on_the_other() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let r = poll(
-        &mut anon_b,
-        &pending,
-        pending["pickup_secret"].as_str().unwrap(),
-    )
-    .await;
+    let r = anon_b
+        .poll_pending(&pending, pending["pickup_secret"].as_str().unwrap())
+        .await;
     assert_eq!((r.status, r.code().as_str()), (403, "issuance_rejected"));
     assert!(r.json()["message"]
         .as_str()
@@ -992,8 +980,8 @@ async fn decisions_raced_through_two_replicas_sign_at_most_once() {
         );
         // What the requester is told, the same through both replicas.
         let (pa, pb) = tokio::join!(
-            poll(&mut anon_a, &pending, secret),
-            poll(&mut anon_b, &pending, secret)
+            anon_a.poll_pending(&pending, secret),
+            anon_b.poll_pending(&pending, secret)
         );
         assert_eq!((pa.status, &pa.body), (pb.status, &pb.body));
         if won == "approve" {

@@ -684,18 +684,7 @@ async fn approvals_are_kept_in_postgres_and_decided_through_either_admin_server(
     assert_eq!(status, 200, "{issued}");
     assert_eq!(state(&pg), "approved");
 
-    let auth = format!("Bearer {secret}");
-    let r = a
-        .client(None)
-        .await
-        .call(
-            "GET",
-            pending["poll"].as_str().unwrap(),
-            &[("authorization", auth.as_str())],
-            "",
-        )
-        .await
-        .unwrap();
+    let r = a.client(None).await.poll_pending(&pending, secret).await;
     assert_eq!((r.status, r.json()), (200, issued.clone()));
     let (status, body) = op_a
         .json(

@@ -12,7 +12,8 @@ use portcullis_ca::TenantId;
 use super::pool::{pg_error, PgConn, PgStore};
 use crate::error::AdminError;
 use crate::pending::{
-    read_record, ClaimRow, NewPending, PendingId, PendingRecord, PendingStore, COLUMNS, KEEP_DONE,
+    read_record, ClaimRow, Decision, NewPending, PendingId, PendingRecord, PendingStore, COLUMNS,
+    KEEP_DONE,
 };
 use crate::token::{secs, unix};
 
@@ -146,13 +147,7 @@ impl PendingStore for PgPendingStore {
         )
     }
 
-    fn try_claim(
-        &self,
-        tenant: &TenantId,
-        id: &PendingId,
-        by: &str,
-        now: SystemTime,
-    ) -> Result<Option<ClaimRow>, AdminError> {
+    fn try_claim(&self, d: Decision<'_>) -> Result<Option<ClaimRow>, AdminError> {
         let row = self
             .conn()?
             .query_opt(
@@ -160,7 +155,7 @@ impl PendingStore for PgPendingStore {
                    decided_at = $4
                  WHERE id = $1 AND tenant = $2 AND state = 'pending' AND expires_at > $4
                  RETURNING tenant, profile, csr, lifetime_secs, requester_kind, requester_id",
-                &[&id.as_str(), &tenant.as_str(), &by, &unix(now)],
+                &[&d.id.as_str(), &d.tenant.as_str(), &d.by, &unix(d.now)],
             )
             .map_err(db_error)?;
         row.map(|r| {
@@ -199,16 +194,7 @@ impl PendingStore for PgPendingStore {
         Ok(())
     }
 
-    fn try_reject(
-        &self,
-        tenant: &TenantId,
-        id: &PendingId,
-        by: &str,
-        reason: &str,
-        now: SystemTime,
-        claimed: bool,
-    ) -> Result<bool, AdminError> {
-        let from = if claimed { "approving" } else { "pending" };
+    fn try_reject(&self, d: Decision<'_>, reason: &str, from: &str) -> Result<bool, AdminError> {
         let changed = self
             .conn()?
             .execute(
@@ -217,10 +203,10 @@ impl PendingStore for PgPendingStore {
                  WHERE id = $1 AND tenant = $2 AND state = $6
                    AND ($6 = 'approving' OR expires_at > $4)",
                 &[
-                    &id.as_str(),
-                    &tenant.as_str(),
-                    &by,
-                    &unix(now),
+                    &d.id.as_str(),
+                    &d.tenant.as_str(),
+                    &d.by,
+                    &unix(d.now),
                     &reason,
                     &from,
                 ],

@@ -698,6 +698,19 @@ impl Client {
     }
 
     /// POST /v1/certificates with a JSON body, optionally with a bearer token.
+    /// Polls a request waiting for approval (`pending`: the 202's body) with its pickup secret.
+    pub async fn poll_pending(&mut self, pending: &serde_json::Value, secret: &str) -> Reply {
+        let auth = format!("Bearer {secret}");
+        self.call(
+            "GET",
+            pending["poll"].as_str().unwrap(),
+            &[("authorization", auth.as_str())],
+            "",
+        )
+        .await
+        .unwrap()
+    }
+
     pub async fn issue(&mut self, token: Option<&str>, body: serde_json::Value) -> Reply {
         let auth = token.map(|t| format!("Bearer {t}"));
         let mut headers = vec![("content-type", "application/json")];
