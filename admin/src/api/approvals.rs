@@ -328,7 +328,7 @@ fn approve_blocking(
 #[serde(deny_unknown_fields)]
 #[schema(as = RejectRequest)]
 struct RejectBody {
-    /// Why, for the requester (shown when it polls). Required, at most 500 characters.
+    /// Why, for the requester (shown when it polls). Required, at most 500 characters, no NUL.
     reason: String,
 }
 
