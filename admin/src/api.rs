@@ -73,7 +73,7 @@ pub(crate) struct AppState {
     /// Tenants' webhooks, when `webhooks:` is configured.
     pub(crate) webhooks: Option<Arc<crate::webhooks::Webhooks>>,
     /// First issuances waiting for approval, when a profile requires it.
-    pub(crate) pending: Option<Arc<crate::pending::PendingStore>>,
+    pub(crate) pending: Option<Arc<dyn crate::pending::PendingStore>>,
 }
 
 /// The routes the OpenAPI document describes, each mounted on the path its handler's

@@ -1,12 +1,14 @@
 //! First issuances waiting for approval (profiles with `approval: { required: true }`): the
 //! request as the CA checked it, who asked, a one-time pickup secret (only its SHA-256 is
-//! kept), and what became of it. A SQLite file in the CA state directory
-//! (`STATE/pending.sqlite3`); not yet in PostgreSQL (a profile requiring approval is refused
-//! with `store.postgres`).
+//! kept), and what became of it. The [`PendingStore`] trait, and its SQLite implementation in
+//! the CA state directory (`STATE/pending.sqlite3`); with `store.postgres` the requests are in
+//! the shared database instead (`store/pending.rs`), so any admin server shows and decides
+//! them.
 //!
 //! A decision is taken by one `UPDATE … WHERE state = 'pending' AND expires_at > now`: of two
-//! concurrent approvals exactly one claims the request. The claimed request is then signed by
-//! the CA and its answer kept for the requester to pick up.
+//! concurrent approvals (on one node or on several sharing a database) exactly one claims the
+//! request. The claimed request is then signed by the CA and its answer kept for the requester
+//! to pick up; a pickup only reads it (the approved answer is written once and never changes).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -26,13 +28,13 @@ use crate::token::unix;
 /// File name of the pending-issuance store in the CA state directory.
 pub const PENDING_DB: &str = "pending.sqlite3";
 /// Decided and expired requests are deleted this long after they expire.
-const KEEP_DONE: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const KEEP_DONE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The secret a requester polls with (`Authorization: Bearer …`): 256 random bits, shown once.
 pub(crate) struct PickupSecret(Zeroizing<String>);
 
 impl PickupSecret {
-    fn generate() -> Result<Self, AdminError> {
+    pub(crate) fn generate() -> Result<Self, AdminError> {
         let mut bytes = Zeroizing::new([0u8; 32]);
         SystemRandom::new()
             .fill(bytes.as_mut())
@@ -54,7 +56,7 @@ impl fmt::Debug for PickupSecret {
 }
 
 /// The SHA-256 of a presented pickup secret: the only form stored and compared.
-fn secret_hash(secret: &str) -> [u8; 32] {
+pub(crate) fn secret_hash(secret: &str) -> [u8; 32] {
     let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
     let mut out = [0u8; 32];
     out.copy_from_slice(digest.as_ref());
@@ -67,7 +69,7 @@ fn secret_hash(secret: &str) -> [u8; 32] {
 pub(crate) struct PendingId(String);
 
 impl PendingId {
-    fn generate() -> Result<Self, AdminError> {
+    pub(crate) fn generate() -> Result<Self, AdminError> {
         let mut bytes = [0u8; 12];
         SystemRandom::new()
             .fill(&mut bytes)
@@ -125,11 +127,13 @@ pub(crate) enum PendingState {
 }
 
 impl PendingState {
-    fn stored(text: &str) -> Self {
+    /// The state as stored, a pending one past `expires_at` shown expired.
+    pub(crate) fn stored(text: &str, expires_at: SystemTime, now: SystemTime) -> Self {
         match text {
             "approving" => Self::Approving,
             "approved" => Self::Approved,
             "rejected" => Self::Rejected,
+            _ if expires_at <= now => Self::Expired,
             _ => Self::Pending,
         }
     }
@@ -180,9 +184,235 @@ pub(crate) enum NotClaimed {
     Decided,
 }
 
+/// A decision asked of a request: the tenant's request `id`, by `by`, at `now`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Decision<'a> {
+    pub(crate) tenant: &'a TenantId,
+    pub(crate) id: &'a PendingId,
+    pub(crate) by: &'a str,
+    pub(crate) now: SystemTime,
+}
+
+/// A claimed request's columns as the claiming `UPDATE … RETURNING` gives them: tenant,
+/// profile, CSR, lifetime in seconds, requester kind and id.
+pub(crate) type ClaimRow = (String, String, Vec<u8>, Option<i64>, String, String);
+
+/// Pending first issuances, wherever they are kept: every admin server sharing a store sees
+/// the same requests, and a request is decided once whichever server is asked.
+pub(crate) trait PendingStore: Send + Sync + fmt::Debug {
+    /// Keeps a checked request, with only the SHA-256 of its pickup secret, until
+    /// `expires_at`; deletes the requests expired for longer than [`KEEP_DONE`].
+    fn keep(
+        &self,
+        id: &PendingId,
+        secret_hash: &[u8; 32],
+        req: &NewPending,
+        now: SystemTime,
+        expires_at: SystemTime,
+    ) -> Result<(), AdminError>;
+
+    /// The request `id` if its pickup secret hashes to `secret_hash`.
+    fn by_secret(
+        &self,
+        id: &PendingId,
+        secret_hash: &[u8; 32],
+        now: SystemTime,
+    ) -> Result<Option<PendingRecord>, AdminError>;
+
+    /// The tenant's requests, newest first (at most 500).
+    fn list(&self, tenant: &TenantId, now: SystemTime) -> Result<Vec<PendingRecord>, AdminError>;
+
+    /// The tenant's request `id`, whatever its state.
+    fn get(
+        &self,
+        tenant: &TenantId,
+        id: &PendingId,
+        now: SystemTime,
+    ) -> Result<Option<PendingRecord>, AdminError>;
+
+    /// One statement: the request, if pending and unexpired, becomes `approving` by the
+    /// decider; its columns, or None when it was not (any more).
+    fn try_claim(&self, d: Decision<'_>) -> Result<Option<ClaimRow>, AdminError>;
+
+    /// A claimed request, signed: its answer kept for pickup.
+    fn approved(&self, id: &PendingId, serial: &str, response: &str) -> Result<(), AdminError>;
+
+    /// A claimed request that could not be signed now (the key backend unavailable): pending
+    /// again, for another try.
+    fn release(&self, id: &PendingId) -> Result<(), AdminError>;
+
+    /// One statement: the request becomes `rejected` by the decider if it is in state `from`
+    /// (`pending` and unexpired, or `approving`); whether it did.
+    fn try_reject(&self, d: Decision<'_>, reason: &str, from: &str) -> Result<bool, AdminError>;
+
+    /// Keeps a checked request until `now + wait`; returns its id and the pickup secret.
+    fn insert(
+        &self,
+        req: &NewPending,
+        wait: Duration,
+        now: SystemTime,
+    ) -> Result<(PendingId, PickupSecret, SystemTime), AdminError> {
+        let id = PendingId::generate()?;
+        let secret = PickupSecret::generate()?;
+        let expires_at = now + wait;
+        self.keep(&id, &secret_hash(secret.expose()), req, now, expires_at)?;
+        Ok((id, secret, expires_at))
+    }
+
+    /// The request `id` if `secret` is its pickup secret (else None, whichever was wrong).
+    fn for_pickup(
+        &self,
+        id: &PendingId,
+        secret: &str,
+        now: SystemTime,
+    ) -> Result<Option<PendingRecord>, AdminError> {
+        self.by_secret(id, &secret_hash(secret), now)
+    }
+
+    /// Why `id` could not be claimed, or who it is the request of when it still could be (for
+    /// the self-approval check before a claim): its caller, and the creator of the token it
+    /// came with.
+    fn requested_by(
+        &self,
+        tenant: &TenantId,
+        id: &PendingId,
+        now: SystemTime,
+    ) -> Result<Result<Vec<String>, NotClaimed>, AdminError> {
+        Ok(match self.get(tenant, id, now)? {
+            None => Err(NotClaimed::Unknown),
+            Some(r) => match r.state {
+                PendingState::Pending => Ok([Some(r.requested_by), r.token_created_by]
+                    .into_iter()
+                    .flatten()
+                    .collect()),
+                PendingState::Expired => Err(NotClaimed::Expired),
+                _ => Err(NotClaimed::Decided),
+            },
+        })
+    }
+
+    /// Why a decision's statement changed nothing.
+    fn not_claimed(
+        &self,
+        tenant: &TenantId,
+        id: &PendingId,
+        now: SystemTime,
+    ) -> Result<NotClaimed, AdminError> {
+        Ok(match self.requested_by(tenant, id, now)? {
+            // Decided by someone else between the two statements.
+            Ok(_) => NotClaimed::Decided,
+            Err(why) => why,
+        })
+    }
+
+    /// Claims a pending, unexpired request of `tenant` for approval by `by`: one caller wins.
+    fn claim(
+        &self,
+        tenant: &TenantId,
+        id: &PendingId,
+        by: &str,
+        now: SystemTime,
+    ) -> Result<Result<Claimed, NotClaimed>, AdminError> {
+        match self.try_claim(Decision {
+            tenant,
+            id,
+            by,
+            now,
+        })? {
+            Some(row) => claimed(row).map(Ok),
+            None => self.not_claimed(tenant, id, now).map(Err),
+        }
+    }
+
+    /// Rejects a pending, unexpired request of `tenant` (or a claimed one the CA refused).
+    fn reject(
+        &self,
+        tenant: &TenantId,
+        id: &PendingId,
+        by: &str,
+        reason: &str,
+        now: SystemTime,
+        claimed: bool,
+    ) -> Result<Result<(), NotClaimed>, AdminError> {
+        let from = if claimed { "approving" } else { "pending" };
+        let d = Decision {
+            tenant,
+            id,
+            by,
+            now,
+        };
+        if self.try_reject(d, reason, from)? {
+            return Ok(Ok(()));
+        }
+        self.not_claimed(tenant, id, now).map(Err)
+    }
+}
+
+/// The columns every read of a request selects, in the order [`read_record`] takes them.
+pub(crate) const COLUMNS: &str = "id, tenant, profile, state, requested_by, spiffe_id, \
+                                  dns_names, created_at, expires_at, decided_by, reason, \
+                                  serial, response, token_created_by";
+
+pub(crate) fn from_unix(s: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(s).unwrap_or(0))
+}
+
+/// A request from a row of [`COLUMNS`], read by `text` (a text column, NULL as None) and
+/// `int` (an integer column).
+pub(crate) fn read_record<E>(
+    text: impl Fn(usize) -> Result<Option<String>, E>,
+    int: impl Fn(usize) -> Result<i64, E>,
+    now: SystemTime,
+) -> Result<PendingRecord, E> {
+    let expires_at = from_unix(int(8)?);
+    let required = |i| text(i).map(Option::unwrap_or_default);
+    Ok(PendingRecord {
+        id: PendingId(required(0)?),
+        tenant: required(1)?,
+        profile: required(2)?,
+        state: PendingState::stored(&required(3)?, expires_at, now),
+        requested_by: required(4)?,
+        spiffe_id: text(5)?,
+        dns_names: serde_json::from_str(&required(6)?).unwrap_or_default(),
+        created_at: from_unix(int(7)?),
+        expires_at,
+        decided_by: text(9)?,
+        reason: text(10)?,
+        serial: text(11)?,
+        response: text(12)?,
+        token_created_by: text(13)?,
+    })
+}
+
+fn requester_kind(text: &str) -> RequesterKind {
+    match text {
+        "client-cert" => RequesterKind::ClientCert,
+        "operator" => RequesterKind::Operator,
+        _ => RequesterKind::BootstrapToken,
+    }
+}
+
+/// What the CA is asked to sign, from a claim's row.
+fn claimed(row: ClaimRow) -> Result<Claimed, AdminError> {
+    let (tenant, profile, csr, lifetime, kind, requester_id) = row;
+    let tenant = tenant
+        .parse::<TenantId>()
+        .map_err(|e| AdminError::Store(format!("pending request of tenant {tenant:?}: {e}")))?;
+    Ok(Claimed {
+        tenant,
+        profile,
+        csr,
+        lifetime: lifetime.map(|s| Duration::from_secs(u64::try_from(s).unwrap_or(0))),
+        requester: Requester {
+            kind: requester_kind(&kind),
+            id: requester_id,
+        },
+    })
+}
+
 /// Pending first issuances in a SQLite file.
 #[derive(Debug)]
-pub(crate) struct PendingStore {
+pub(crate) struct SqlitePendingStore {
     path: PathBuf,
     conn: Mutex<Connection>,
 }
@@ -213,48 +443,11 @@ CREATE TABLE IF NOT EXISTS pending_issuances (
 CREATE INDEX IF NOT EXISTS pending_by_tenant ON pending_issuances (tenant, created_at);
 ";
 
-const COLUMNS: &str = "id, tenant, profile, state, requested_by, spiffe_id, dns_names, \
-                       created_at, expires_at, decided_by, reason, serial, response, \
-                       token_created_by";
-
-fn from_unix(s: i64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(s).unwrap_or(0))
+fn sqlite_record(row: &rusqlite::Row<'_>, now: SystemTime) -> rusqlite::Result<PendingRecord> {
+    read_record(|i| row.get(i), |i| row.get(i), now)
 }
 
-fn read_record(row: &rusqlite::Row<'_>, now: SystemTime) -> rusqlite::Result<PendingRecord> {
-    let expires_at = from_unix(row.get(8)?);
-    let mut state = PendingState::stored(&row.get::<_, String>(3)?);
-    if state == PendingState::Pending && expires_at <= now {
-        state = PendingState::Expired;
-    }
-    let dns: String = row.get(6)?;
-    Ok(PendingRecord {
-        id: PendingId(row.get(0)?),
-        tenant: row.get(1)?,
-        profile: row.get(2)?,
-        state,
-        requested_by: row.get(4)?,
-        spiffe_id: row.get(5)?,
-        dns_names: serde_json::from_str(&dns).unwrap_or_default(),
-        created_at: from_unix(row.get(7)?),
-        expires_at,
-        decided_by: row.get(9)?,
-        reason: row.get(10)?,
-        serial: row.get(11)?,
-        response: row.get(12)?,
-        token_created_by: row.get(13)?,
-    })
-}
-
-fn requester_kind(text: &str) -> RequesterKind {
-    match text {
-        "client-cert" => RequesterKind::ClientCert,
-        "operator" => RequesterKind::Operator,
-        _ => RequesterKind::BootstrapToken,
-    }
-}
-
-impl PendingStore {
+impl SqlitePendingStore {
     /// Opens (creating if needed) the store in a CA state directory.
     pub(crate) fn in_state_dir(dir: &Path) -> Result<Self, AdminError> {
         let path = dir.join(PENDING_DB);
@@ -278,17 +471,17 @@ impl PendingStore {
         // Every use is one statement: a panic while holding the lock leaves no half-done state.
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
 
-    /// Keeps a checked request until `now + wait`; returns its id and the pickup secret.
-    pub(crate) fn insert(
+impl PendingStore for SqlitePendingStore {
+    fn keep(
         &self,
+        id: &PendingId,
+        secret_hash: &[u8; 32],
         req: &NewPending,
-        wait: Duration,
         now: SystemTime,
-    ) -> Result<(PendingId, PickupSecret, SystemTime), AdminError> {
-        let id = PendingId::generate()?;
-        let secret = PickupSecret::generate()?;
-        let expires_at = now + wait;
+        expires_at: SystemTime,
+    ) -> Result<(), AdminError> {
         let dns = serde_json::to_string(&req.dns_names).map_err(|e| self.error(e))?;
         let conn = self.conn();
         conn.execute(
@@ -312,21 +505,20 @@ impl PendingStore {
                 req.requested_by,
                 req.spiffe_id,
                 dns,
-                &secret_hash(secret.expose())[..],
+                &secret_hash[..],
                 unix(now),
                 unix(expires_at),
                 req.token_created_by,
             ],
         )
         .map_err(|e| self.error(e))?;
-        Ok((id, secret, expires_at))
+        Ok(())
     }
 
-    /// The request `id` if `secret` is its pickup secret (else None, whichever was wrong).
-    pub(crate) fn for_pickup(
+    fn by_secret(
         &self,
         id: &PendingId,
-        secret: &str,
+        secret_hash: &[u8; 32],
         now: SystemTime,
     ) -> Result<Option<PendingRecord>, AdminError> {
         self.conn()
@@ -334,19 +526,14 @@ impl PendingStore {
                 &format!(
                     "SELECT {COLUMNS} FROM pending_issuances WHERE id = ?1 AND secret_hash = ?2"
                 ),
-                params![id.as_str(), &secret_hash(secret)[..]],
-                |row| read_record(row, now),
+                params![id.as_str(), &secret_hash[..]],
+                |row| sqlite_record(row, now),
             )
             .optional()
             .map_err(|e| self.error(e))
     }
 
-    /// The tenant's requests, newest first (at most 500).
-    pub(crate) fn list(
-        &self,
-        tenant: &TenantId,
-        now: SystemTime,
-    ) -> Result<Vec<PendingRecord>, AdminError> {
+    fn list(&self, tenant: &TenantId, now: SystemTime) -> Result<Vec<PendingRecord>, AdminError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(&format!(
@@ -355,14 +542,13 @@ impl PendingStore {
             ))
             .map_err(|e| self.error(e))?;
         let rows = stmt
-            .query_map(params![tenant.as_str()], |row| read_record(row, now))
+            .query_map(params![tenant.as_str()], |row| sqlite_record(row, now))
             .map_err(|e| self.error(e))?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.error(e))
     }
 
-    /// The tenant's request `id`, whatever its state.
-    pub(crate) fn get(
+    fn get(
         &self,
         tenant: &TenantId,
         id: &PendingId,
@@ -372,90 +558,36 @@ impl PendingStore {
             .query_row(
                 &format!("SELECT {COLUMNS} FROM pending_issuances WHERE id = ?1 AND tenant = ?2"),
                 params![id.as_str(), tenant.as_str()],
-                |row| read_record(row, now),
+                |row| sqlite_record(row, now),
             )
             .optional()
             .map_err(|e| self.error(e))
     }
 
-    /// Why `id` could not be claimed, or who it is the request of when it still could be (for
-    /// the self-approval check before a claim): its caller, and the creator of the token it
-    /// came with.
-    pub(crate) fn requested_by(
-        &self,
-        tenant: &TenantId,
-        id: &PendingId,
-        now: SystemTime,
-    ) -> Result<Result<Vec<String>, NotClaimed>, AdminError> {
-        Ok(match self.get(tenant, id, now)? {
-            None => Err(NotClaimed::Unknown),
-            Some(r) => match r.state {
-                PendingState::Pending => Ok([Some(r.requested_by), r.token_created_by]
-                    .into_iter()
-                    .flatten()
-                    .collect()),
-                PendingState::Expired => Err(NotClaimed::Expired),
-                _ => Err(NotClaimed::Decided),
-            },
-        })
-    }
-
-    /// Claims a pending, unexpired request of `tenant` for approval by `by`: one caller wins.
-    pub(crate) fn claim(
-        &self,
-        tenant: &TenantId,
-        id: &PendingId,
-        by: &str,
-        now: SystemTime,
-    ) -> Result<Result<Claimed, NotClaimed>, AdminError> {
-        let claimed = self
-            .conn()
+    fn try_claim(&self, d: Decision<'_>) -> Result<Option<ClaimRow>, AdminError> {
+        self.conn()
             .query_row(
                 "UPDATE pending_issuances SET state = 'approving', decided_by = ?3, \
                  decided_at = ?4 \
                  WHERE id = ?1 AND tenant = ?2 AND state = 'pending' AND expires_at > ?4 \
                  RETURNING tenant, profile, csr, lifetime_secs, requester_kind, requester_id",
-                params![id.as_str(), tenant.as_str(), by, unix(now)],
+                params![d.id.as_str(), d.tenant.as_str(), d.by, unix(d.now)],
                 |row| {
                     Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, Vec<u8>>(2)?,
-                        row.get::<_, Option<i64>>(3)?,
-                        row.get::<_, String>(4)?,
-                        row.get::<_, String>(5)?,
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                        row.get(5)?,
                     ))
                 },
             )
             .optional()
-            .map_err(|e| self.error(e))?;
-        let Some((t, profile, csr, lifetime, kind, requester_id)) = claimed else {
-            return self.requested_by(tenant, id, now).map(|r| match r {
-                // Claimed by someone else between the two statements.
-                Ok(_) => Err(NotClaimed::Decided),
-                Err(why) => Err(why),
-            });
-        };
-        let tenant = t.parse::<TenantId>().map_err(|e| self.error(e))?;
-        Ok(Ok(Claimed {
-            tenant,
-            profile,
-            csr,
-            lifetime: lifetime.map(|s| Duration::from_secs(u64::try_from(s).unwrap_or(0))),
-            requester: Requester {
-                kind: requester_kind(&kind),
-                id: requester_id,
-            },
-        }))
+            .map_err(|e| self.error(e))
     }
 
-    /// A claimed request, signed: its answer kept for pickup.
-    pub(crate) fn approved(
-        &self,
-        id: &PendingId,
-        serial: &str,
-        response: &str,
-    ) -> Result<(), AdminError> {
+    fn approved(&self, id: &PendingId, serial: &str, response: &str) -> Result<(), AdminError> {
         self.conn()
             .execute(
                 "UPDATE pending_issuances SET state = 'approved', serial = ?2, response = ?3, \
@@ -466,9 +598,7 @@ impl PendingStore {
         Ok(())
     }
 
-    /// A claimed request that could not be signed now (the key backend unavailable): pending
-    /// again, for another try.
-    pub(crate) fn release(&self, id: &PendingId) -> Result<(), AdminError> {
+    fn release(&self, id: &PendingId) -> Result<(), AdminError> {
         self.conn()
             .execute(
                 "UPDATE pending_issuances SET state = 'pending', decided_by = NULL, \
@@ -479,38 +609,30 @@ impl PendingStore {
         Ok(())
     }
 
-    /// Rejects a pending, unexpired request of `tenant` (or a claimed one the CA refused).
-    pub(crate) fn reject(
-        &self,
-        tenant: &TenantId,
-        id: &PendingId,
-        by: &str,
-        reason: &str,
-        now: SystemTime,
-        claimed: bool,
-    ) -> Result<Result<(), NotClaimed>, AdminError> {
-        let from = if claimed { "approving" } else { "pending" };
+    fn try_reject(&self, d: Decision<'_>, reason: &str, from: &str) -> Result<bool, AdminError> {
         let changed = self
             .conn()
             .execute(
                 "UPDATE pending_issuances SET state = 'rejected', decided_by = ?3, \
                  decided_at = ?4, reason = ?5, csr = x'' \
                  WHERE id = ?1 AND tenant = ?2 AND state = ?6 AND (?6 = 'approving' OR expires_at > ?4)",
-                params![id.as_str(), tenant.as_str(), by, unix(now), reason, from],
+                params![
+                    d.id.as_str(),
+                    d.tenant.as_str(),
+                    d.by,
+                    unix(d.now),
+                    reason,
+                    from
+                ],
             )
             .map_err(|e| self.error(e))?;
-        if changed == 1 {
-            return Ok(Ok(()));
-        }
-        self.requested_by(tenant, id, now).map(|r| match r {
-            Ok(_) => Err(NotClaimed::Decided),
-            Err(why) => Err(why),
-        })
+        Ok(changed == 1)
     }
 }
 
+/// The tests every [`PendingStore`] passes (the PostgreSQL one in `store/tests.rs`).
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn request() -> NewPending {
@@ -526,61 +648,171 @@ mod tests {
             requested_by: "token:t1".to_owned(),
             token_created_by: Some("person:alice".to_owned()),
             spiffe_id: Some("spiffe://acme.example/ns/a".to_owned()),
-            dns_names: vec![],
+            dns_names: vec!["a.acme.internal".to_owned()],
         }
     }
 
-    #[test]
-    fn a_request_is_claimed_once_and_picked_up_with_its_secret_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = PendingStore::in_state_dir(dir.path()).unwrap();
+    fn acme() -> TenantId {
+        "acme".parse().unwrap()
+    }
+
+    pub(crate) fn a_request_is_claimed_once_and_picked_up_with_its_secret_only(
+        s: &dyn PendingStore,
+    ) {
         let now = SystemTime::now();
-        let acme: TenantId = "acme".parse().unwrap();
-        let (id, secret, _) = s.insert(&request(), Duration::from_secs(60), now).unwrap();
+        let (id, secret, expires_at) = s.insert(&request(), Duration::from_secs(60), now).unwrap();
+        assert_eq!(expires_at, now + Duration::from_secs(60));
         assert!(s.for_pickup(&id, "wrong", now).unwrap().is_none());
         let r = s.for_pickup(&id, secret.expose(), now).unwrap().unwrap();
         assert_eq!(r.state, PendingState::Pending);
+        assert_eq!(
+            (r.requested_by.as_str(), r.token_created_by.as_deref()),
+            ("token:t1", Some("person:alice"))
+        );
+        assert_eq!(r.dns_names, ["a.acme.internal"]);
+        assert_eq!(
+            s.requested_by(&acme(), &id, now).unwrap().unwrap(),
+            ["token:t1", "person:alice"]
+        );
         let other: TenantId = "globex".parse().unwrap();
         assert_eq!(
             s.claim(&other, &id, "bob", now).unwrap().unwrap_err(),
             NotClaimed::Unknown
         );
-        let c = s.claim(&acme, &id, "bob", now).unwrap().unwrap();
+        assert!(s.list(&other, now).unwrap().is_empty());
+        let c = s.claim(&acme(), &id, "bob", now).unwrap().unwrap();
         assert_eq!(c.csr, b"csr");
+        assert_eq!(c.tenant, acme());
         assert_eq!(c.lifetime, Some(Duration::from_secs(600)));
+        assert_eq!(c.requester.kind, RequesterKind::BootstrapToken);
         assert_eq!(
-            s.claim(&acme, &id, "carol", now).unwrap().unwrap_err(),
+            s.claim(&acme(), &id, "carol", now).unwrap().unwrap_err(),
             NotClaimed::Decided
         );
+        assert_eq!(
+            s.reject(&acme(), &id, "carol", "no", now, false)
+                .unwrap()
+                .unwrap_err(),
+            NotClaimed::Decided
+        );
+        // Not signed now: pending again, and claimable again.
+        s.release(&id).unwrap();
+        assert_eq!(
+            s.get(&acme(), &id, now).unwrap().unwrap().state,
+            PendingState::Pending
+        );
+        s.claim(&acme(), &id, "bob", now).unwrap().unwrap();
         s.approved(&id, "ab", "{}").unwrap();
+        // Approved once: a late release or approval changes nothing.
+        s.release(&id).unwrap();
+        s.approved(&id, "cd", "{\"other\":1}").unwrap();
         let r = s.for_pickup(&id, secret.expose(), now).unwrap().unwrap();
         assert_eq!(
-            (r.state, r.response.as_deref()),
-            (PendingState::Approved, Some("{}"))
+            (r.state, r.response.as_deref(), r.serial.as_deref()),
+            (PendingState::Approved, Some("{}"), Some("ab"))
         );
+        assert_eq!(r.decided_by.as_deref(), Some("bob"));
+        // Picked up as often as asked: the answer does not change.
+        let again = s.for_pickup(&id, secret.expose(), now).unwrap().unwrap();
+        assert_eq!(again.response.as_deref(), Some("{}"));
+        let listed = s.list(&acme(), now).unwrap();
+        assert!(listed
+            .iter()
+            .any(|r| r.id == id && r.state == PendingState::Approved));
     }
 
-    #[test]
-    fn an_expired_request_is_neither_claimed_nor_rejected() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = PendingStore::in_state_dir(dir.path()).unwrap();
+    pub(crate) fn an_expired_request_is_neither_claimed_nor_rejected(s: &dyn PendingStore) {
         let now = SystemTime::now();
-        let acme: TenantId = "acme".parse().unwrap();
         let (id, _, _) = s.insert(&request(), Duration::from_secs(5), now).unwrap();
         let later = now + Duration::from_secs(6);
         assert_eq!(
-            s.claim(&acme, &id, "bob", later).unwrap().unwrap_err(),
+            s.claim(&acme(), &id, "bob", later).unwrap().unwrap_err(),
             NotClaimed::Expired
         );
         assert_eq!(
-            s.reject(&acme, &id, "bob", "no", later, false)
+            s.reject(&acme(), &id, "bob", "no", later, false)
                 .unwrap()
                 .unwrap_err(),
             NotClaimed::Expired
         );
+        let listed = s.list(&acme(), later).unwrap();
         assert_eq!(
-            s.list(&acme, later).unwrap()[0].state,
+            listed.iter().find(|r| r.id == id).unwrap().state,
             PendingState::Expired
         );
+        // A rejection before expiry stands, with its reason.
+        let (id, secret, _) = s.insert(&request(), Duration::from_secs(5), now).unwrap();
+        s.reject(&acme(), &id, "bob", "not ours", now, false)
+            .unwrap()
+            .unwrap();
+        let r = s.for_pickup(&id, secret.expose(), later).unwrap().unwrap();
+        assert_eq!(
+            (r.state, r.reason.as_deref()),
+            (PendingState::Rejected, Some("not ours"))
+        );
+    }
+
+    /// `a` and `b` are two handles on one store (two nodes): of concurrent approvals and
+    /// rejections of a request through both, exactly one decides it, and both then show it
+    /// decided by the winner.
+    pub(crate) fn concurrent_decisions_through_two_handles_exactly_one_wins(
+        a: &dyn PendingStore,
+        b: &dyn PendingStore,
+    ) {
+        for round in 0..5 {
+            let now = SystemTime::now();
+            let (id, secret, _) = a.insert(&request(), Duration::from_secs(60), now).unwrap();
+            let outcomes: Vec<(String, bool)> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..8)
+                    .map(|i| {
+                        let (store, id) = (if i % 2 == 0 { a } else { b }, &id);
+                        scope.spawn(move || {
+                            let by = format!("approver-{i}");
+                            let won = if (i + round) % 3 == 0 {
+                                store
+                                    .reject(&acme(), id, &by, "no", now, false)
+                                    .unwrap()
+                                    .is_ok()
+                            } else {
+                                store.claim(&acme(), id, &by, now).unwrap().is_ok()
+                            };
+                            (by, won)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let winners: Vec<_> = outcomes.iter().filter(|(_, won)| *won).collect();
+            assert_eq!(winners.len(), 1, "round {round}: {outcomes:?}");
+            for store in [a, b] {
+                let r = store
+                    .for_pickup(&id, secret.expose(), now)
+                    .unwrap()
+                    .unwrap();
+                assert_ne!(r.state, PendingState::Pending);
+                assert_eq!(r.decided_by.as_deref(), Some(winners[0].0.as_str()));
+            }
+        }
+        // Approved through one, picked up through the other.
+        let now = SystemTime::now();
+        let (id, secret, _) = a.insert(&request(), Duration::from_secs(60), now).unwrap();
+        a.claim(&acme(), &id, "bob", now).unwrap().unwrap();
+        a.approved(&id, "ab", "{\"serial\":\"ab\"}").unwrap();
+        let r = b.for_pickup(&id, secret.expose(), now).unwrap().unwrap();
+        assert_eq!(
+            (r.state, r.response.as_deref()),
+            (PendingState::Approved, Some("{\"serial\":\"ab\"}"))
+        );
+    }
+
+    #[test]
+    fn sqlite_passes_the_pending_store_tests() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqlitePendingStore::in_state_dir(dir.path()).unwrap();
+        a_request_is_claimed_once_and_picked_up_with_its_secret_only(&s);
+        an_expired_request_is_neither_claimed_nor_rejected(&s);
+        // Two connections to one file, as two processes would have.
+        let other = SqlitePendingStore::in_state_dir(dir.path()).unwrap();
+        concurrent_decisions_through_two_handles_exactly_one_wins(&s, &other);
     }
 }

@@ -67,23 +67,6 @@ impl std::fmt::Debug for AdminServer {
     }
 }
 
-/// Refuses profiles requiring approval with `store.postgres`: pending issuances are a SQLite
-/// file on each node still, which another node could neither show nor decide.
-fn approval_needs_sqlite(profiles: &[portcullis_ca::IssuanceProfile]) -> Result<(), AdminError> {
-    match profiles.iter().find(|p| p.approval.is_some()) {
-        None => Ok(()),
-        Some(p) => Err(AdminError::Config {
-            path: "(admin config) store.postgres".to_owned(),
-            detail: format!(
-                "profile {:?} requires approval (approval.required), whose pending requests are \
-                 kept in SQLite on each node (not yet in PostgreSQL); with store.postgres, no \
-                 profile may require approval",
-                p.name
-            ),
-        }),
-    }
-}
-
 impl AdminServer {
     /// Opens the CA named by `config.ca` (logging in to its HSM), then [`AdminServer::bind_with`].
     /// With `store.postgres`, the inventory and bootstrap tokens are the database's (migrated
@@ -100,7 +83,6 @@ impl AdminServer {
                 let Some(pg) = postgres else {
                     return Ok((Ca::open(&ca_config)?, None));
                 };
-                approval_needs_sqlite(&ca_config.profiles()?)?;
                 let store = PgStore::open(&pg)?;
                 let ca = Ca::open_with_inventory(&ca_config, Arc::new(store.inventory()))?;
                 mark_state_dir(ca.state_dir())?;
@@ -134,7 +116,7 @@ impl AdminServer {
     }
 
     /// As [`AdminServer::bind_with`], with a given token store. With `store.postgres`, the
-    /// policies and webhooks are the database's (opened here).
+    /// policies, webhooks and issuances waiting for approval are the database's (opened here).
     pub async fn bind_with_tokens(
         config: &AdminConfig,
         ca: Arc<Ca>,
@@ -142,12 +124,11 @@ impl AdminServer {
         audit: Option<AuditHandle>,
     ) -> Result<Self, AdminError> {
         let store = match config.store.postgres.clone() {
-            Some(pg) => Some({
-                approval_needs_sqlite(ca.profiles())?;
+            Some(pg) => Some(
                 tokio::task::spawn_blocking(move || PgStore::open(&pg))
                     .await
-                    .map_err(|e| AdminError::Store(format!("opening the store: {e}")))??
-            }),
+                    .map_err(|e| AdminError::Store(format!("opening the store: {e}")))??,
+            ),
             None => None,
         };
         Self::bind_on(config, ca, tokens, store, audit).await
@@ -296,18 +277,25 @@ impl AdminServer {
                 })?,
             ))
         };
-        let pending = if ca.profiles().iter().any(|p| p.approval.is_some()) {
-            let dir = ca.state_dir().to_owned();
-            Some(Arc::new(
-                tokio::task::spawn_blocking(move || {
-                    crate::pending::PendingStore::in_state_dir(&dir)
-                })
-                .await
-                .map_err(|e| AdminError::Store(format!("opening the pending store: {e}")))??,
-            ))
-        } else {
-            None
-        };
+        // Issuances waiting for approval: in the shared database with `store.postgres`, so
+        // any node decides them; else in the state directory.
+        let pending: Option<Arc<dyn crate::pending::PendingStore>> =
+            match (ca.profiles().iter().any(|p| p.approval.is_some()), &store) {
+                (false, _) => None,
+                (true, Some(pg)) => Some(Arc::new(pg.pending())),
+                (true, None) => {
+                    let dir = ca.state_dir().to_owned();
+                    Some(Arc::new(
+                        tokio::task::spawn_blocking(move || {
+                            crate::pending::SqlitePendingStore::in_state_dir(&dir)
+                        })
+                        .await
+                        .map_err(|e| {
+                            AdminError::Store(format!("opening the pending store: {e}"))
+                        })??,
+                    ))
+                }
+            };
         let state = Arc::new(AppState {
             ca,
             tokens,

@@ -1,8 +1,9 @@
 //! Where the admin plane keeps its state. By default SQLite files in the CA state directory
 //! (one node: the inventory, `tokens.sqlite3`, and the policy, webhook and ACME files); with
-//! `store.postgres`, the certificate inventory, the bootstrap tokens, the policy versions and
-//! the webhook subscriptions and deliveries live in a shared PostgreSQL database instead, so
-//! several admin servers serve one state (ACME is refused with it: still SQLite, per node).
+//! `store.postgres`, the certificate inventory, the bootstrap tokens, the policy versions, the
+//! webhook subscriptions and deliveries and the issuances waiting for approval live in a shared
+//! PostgreSQL database instead, so several admin servers serve one state (ACME is refused with
+//! it: still SQLite, per node).
 //!
 //! ```yaml
 //! store:
@@ -15,6 +16,7 @@
 
 mod config;
 mod inventory;
+mod pending;
 mod policies;
 mod pool;
 mod tokens;

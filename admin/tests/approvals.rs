@@ -3,9 +3,18 @@
 //! CA, answered 202 with a pickup secret, and signed only once someone else with
 //! `CertificateApprove` on the tenant approves it; rejection, expiry, self-approval, roles
 //! and tenants, refusals at once, renewal without waiting, and concurrent approvals.
+//!
+//! Each flow runs on both stores of pending requests (`NAME::sqlite`, `NAME::postgres`): the
+//! state directory's SQLite file, and a PostgreSQL database (`store.postgres`, on a throwaway
+//! cluster on loopback; skipped only when PostgreSQL is not installed and
+//! PORTCULLIS_REQUIRE_POSTGRES is unset) that also holds the bootstrap tokens. Two admin
+//! servers on one database are two replicas: a request made through one is decided and picked
+//! up through the other, and of decisions racing through both exactly one wins.
 
 #[path = "support/harness.rs"]
 mod harness;
+#[path = "../../audit/tests/common/postgres.rs"]
+mod pg;
 #[path = "../../ca/tests/support/softhsm.rs"]
 mod softhsm;
 
@@ -13,11 +22,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use harness::{Client, Fixture, Server, Workload};
-use portcullis_audit::{AdminAction, AuditConfig, AuditLog, RecordKind, SoftwareSigner};
+use pg::Postgres;
+use portcullis_admin::{create_token, AdminConfig, PgStore, TokenStore};
+use portcullis_audit::{
+    AdminAction, AuditConfig, AuditHandle, AuditLog, RecordKind, SoftwareSigner,
+};
 use serde_json::{json, Value};
 
-/// Profiles only this binary's CA has: `store.postgres` (the other binaries' PostgreSQL tests)
-/// refuses profiles that require approval.
+/// Profiles only this binary's CA has (other binaries' clients would be refused them).
 const PROFILES: &str = r#"
   - name: vault
     tenant: vault
@@ -61,8 +73,143 @@ fn fixture() -> Option<&'static Fixture> {
     harness::fixture_with_profiles(PROFILES)
 }
 
-async fn start(fx: &Fixture) -> Server {
-    fx.start_with(fx.admin_config_with(EXTRA), None).await
+/// Where a test's admin servers keep the pending requests.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    /// `STATE/pending.sqlite3`, the fixture's token store.
+    Sqlite,
+    /// A PostgreSQL database (`store.postgres`) holding the pending requests and the tokens.
+    Postgres,
+}
+
+/// A test's CA and store. With PostgreSQL, every server it starts is a replica on one
+/// database (its own pool). The certificate inventory stays the fixture's: a server started
+/// from a config with `store.postgres` alone (`AdminServer::bind`) would mark the state
+/// directory the binary's SQLite tests share.
+struct Rig {
+    fx: &'static Fixture,
+    /// With PostgreSQL: the config naming the database, the tokens in it, and the cluster
+    /// (stopped when the rig is dropped).
+    pg: Option<(AdminConfig, Arc<dyn TokenStore>, Postgres)>,
+}
+
+impl Rig {
+    /// The fixture on `backend`; None (the test skips) without SoftHSM2, or without
+    /// PostgreSQL unless PORTCULLIS_REQUIRE_POSTGRES is set.
+    async fn new(backend: Backend, test: &str) -> Option<Rig> {
+        let fx = fixture()?;
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => {
+                let pg = Postgres::start_or_skip(test, None)?;
+                let config = fx.admin_config_with(&format!(
+                    "{EXTRA}store:\n  postgres:\n    url: \"{}\"\n    insecure_plaintext: true\n    \
+                     max_connections: 4\n",
+                    pg.conninfo()
+                ));
+                let pg_config = config.store.postgres.clone().unwrap();
+                let tokens: Arc<dyn TokenStore> = tokio::task::spawn_blocking(move || {
+                    Arc::new(PgStore::open(&pg_config).unwrap().tokens())
+                })
+                .await
+                .unwrap();
+                Some((config, tokens, pg))
+            }
+        };
+        Some(Rig { fx, pg })
+    }
+
+    /// An admin server (on PostgreSQL, one more replica).
+    async fn start(&self, audit: Option<AuditHandle>) -> Server {
+        match &self.pg {
+            None => {
+                self.fx
+                    .start_with(self.fx.admin_config_with(EXTRA), audit)
+                    .await
+            }
+            Some((config, tokens, _)) => {
+                self.fx
+                    .start_with_tokens(config.clone(), Arc::clone(tokens), audit)
+                    .await
+            }
+        }
+    }
+
+    /// A bootstrap token for `tenant` in the servers' token store, valid for an hour.
+    async fn token(&self, tenant: &str) -> String {
+        let Some((_, tokens, _)) = &self.pg else {
+            return self.fx.token(tenant, None);
+        };
+        let (tokens, tenant) = (Arc::clone(tokens), tenant.parse().unwrap());
+        tokio::task::spawn_blocking(move || {
+            let (token, _) = create_token(
+                &*tokens,
+                tenant,
+                None,
+                Duration::from_secs(3600),
+                None,
+                SystemTime::now(),
+            )
+            .unwrap();
+            token.expose().to_owned()
+        })
+        .await
+        .unwrap()
+    }
+}
+
+impl Rig {
+    /// With PostgreSQL, the request's row as JSON, read from the database itself (not through
+    /// a server): where the servers keep it, and what is kept; with SQLite, None.
+    fn row(&self, id: &str) -> Option<Value> {
+        let (_, _, pg) = self.pg.as_ref()?;
+        assert!(
+            id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+        let text = pg.psql(&format!(
+            "SELECT row_to_json(p) FROM pending_issuances p WHERE id = '{id}'"
+        ));
+        Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{id}: {e}: {text:?}")))
+    }
+}
+
+/// Each flow named, as a module with one test per store: `NAME::sqlite` and `NAME::postgres`.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres).await;
+            }
+        }
+    )*};
+}
+
+on_both_stores!(
+    a_request_waits_is_approved_by_another_person_and_picked_up,
+    a_rejected_request_tells_the_requester_why_and_no_one_decides_their_own,
+    a_pickup_secret_is_taken_only_as_itself_in_one_header,
+    the_creator_of_the_token_a_request_came_with_cannot_decide_it,
+    a_request_the_ca_would_refuse_is_refused_at_once_and_never_kept,
+    an_expired_request_is_gone_and_can_no_longer_be_approved,
+    of_two_concurrent_approvals_exactly_one_signs,
+    pending_requests_are_listed_approved_and_rejected_through_the_cli,
+);
+
+/// The rig of `test` on `backend`, or return (skip).
+macro_rules! rig {
+    ($backend:expr, $test:expr) => {
+        match Rig::new($backend, $test).await {
+            Some(rig) => rig,
+            None => return,
+        }
+    };
 }
 
 /// A client presenting a certificate of `tenant` for `id`, issued straight by the CA.
@@ -71,8 +218,8 @@ async fn person(server: &Server, fx: &Fixture, tenant: &str, id: &str) -> Client
 }
 
 /// A first issuance with a fresh bootstrap token of `tenant`: the 202's body.
-async fn request(server: &Server, fx: &Fixture, tenant: &str, w: &Workload) -> Value {
-    let token = fx.token(tenant, None);
+async fn request(rig: &Rig, server: &Server, tenant: &str, w: &Workload) -> Value {
+    let token = rig.token(tenant).await;
     let r = server
         .client(None)
         .await
@@ -80,19 +227,6 @@ async fn request(server: &Server, fx: &Fixture, tenant: &str, w: &Workload) -> V
         .await;
     assert_eq!(r.status, 202, "{:?}", r.json());
     r.json()
-}
-
-async fn poll(client: &mut Client, pending: &Value, secret: &str) -> harness::Reply {
-    let auth = format!("Bearer {secret}");
-    client
-        .call(
-            "GET",
-            pending["poll"].as_str().unwrap(),
-            &[("authorization", auth.as_str())],
-            "",
-        )
-        .await
-        .unwrap()
 }
 
 fn decide_path(tenant: &str, id: &str, what: &str) -> String {
@@ -103,12 +237,14 @@ fn time(v: &Value) -> SystemTime {
     humantime::parse_rfc3339(v.as_str().unwrap()).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_waits_is_approved_by_another_person_and_picked_up() {
-    let Some(fx) = fixture() else { return };
-    let server = start(fx).await;
+async fn a_request_waits_is_approved_by_another_person_and_picked_up(backend: Backend) {
+    let rig = rig!(
+        backend,
+        "a_request_waits_is_approved_by_another_person_and_picked_up"
+    );
+    let (fx, server) = (rig.fx, rig.start(None).await);
     let w = Workload::new(Some("spiffe://vault.example/ns/web/api"), &[]);
-    let token = fx.token("vault", None);
+    let token = rig.token("vault").await;
     let mut anon = server.client(None).await;
     let r = anon.issue(Some(&token), json!({ "csr": w.csr })).await;
     assert_eq!(r.status, 202, "{:?}", r.json());
@@ -116,6 +252,13 @@ async fn a_request_waits_is_approved_by_another_person_and_picked_up() {
     let id = pending["pending"].as_str().unwrap().to_owned();
     let secret = pending["pickup_secret"].as_str().unwrap().to_owned();
     assert_eq!(pending["poll"], format!("/v1/certificates/pending/{id}"));
+    // In PostgreSQL: the secret's SHA-256 only.
+    if let Some(row) = rig.row(&id) {
+        assert_eq!(row["state"], "pending", "{row}");
+        let hash = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+        assert_eq!(row["secret_hash"], format!("\\x{}", hex::encode(hash)));
+        assert!(!row.to_string().contains(&secret), "{row}");
+    }
     assert!(time(&pending["expires_at"]) > SystemTime::now() + Duration::from_secs(3500));
     // The request consumed the token.
     let again = anon.issue(Some(&token), json!({ "csr": w.csr })).await;
@@ -124,18 +267,18 @@ async fn a_request_waits_is_approved_by_another_person_and_picked_up() {
         (401, "invalid_token")
     );
 
-    let r = poll(&mut anon, &pending, &secret).await;
+    let r = anon.poll_pending(&pending, &secret).await;
     assert_eq!(r.status, 202);
     assert_eq!(r.json()["pending"], id.as_str());
     assert!(r.json().get("pickup_secret").is_none(), "shown once only");
     // A wrong secret and an unknown id answer alike.
-    let wrong = poll(&mut anon, &pending, &"A".repeat(43)).await;
-    let unknown = poll(
-        &mut anon,
-        &json!({ "poll": "/v1/certificates/pending/000000000000000000000000" }),
-        &secret,
-    )
-    .await;
+    let wrong = anon.poll_pending(&pending, &"A".repeat(43)).await;
+    let unknown = anon
+        .poll_pending(
+            &json!({ "poll": "/v1/certificates/pending/000000000000000000000000" }),
+            &secret,
+        )
+        .await;
     assert_eq!((wrong.status, unknown.status), (404, 404));
     assert_eq!(wrong.body, unknown.body);
 
@@ -189,7 +332,7 @@ async fn a_request_waits_is_approved_by_another_person_and_picked_up() {
         .await;
     assert_eq!(status, 409, "decided once");
 
-    let r = poll(&mut anon, &pending, &secret).await;
+    let r = anon.poll_pending(&pending, &secret).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json(), issued, "the same body as the approval's");
 
@@ -215,18 +358,19 @@ async fn a_request_waits_is_approved_by_another_person_and_picked_up() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rejected_request_tells_the_requester_why_and_no_one_decides_their_own() {
-    let Some(fx) = fixture() else { return };
+async fn a_rejected_request_tells_the_requester_why_and_no_one_decides_their_own(backend: Backend) {
+    let rig = rig!(
+        backend,
+        "a_rejected_request_tells_the_requester_why_and_no_one_decides_their_own"
+    );
+    let fx = rig.fx;
     let dir = tempfile::tempdir().unwrap();
     let audit_dir = dir.path().join("admin-audit");
     let key = Arc::new(SoftwareSigner::load_or_create(&dir.path().join("admin.key")).unwrap());
     let log = AuditLog::open(AuditConfig::new(&audit_dir, "admin-test"), key).unwrap();
-    let server = fx
-        .start_with(fx.admin_config_with(EXTRA), Some(log.handle()))
-        .await;
+    let server = rig.start(Some(log.handle())).await;
     let w = Workload::new(Some("spiffe://vault.example/ns/web/rejected"), &[]);
-    let pending = request(&server, fx, "vault", &w).await;
+    let pending = request(&rig, &server, "vault", &w).await;
     let id = pending["pending"].as_str().unwrap();
     let secret = pending["pickup_secret"].as_str().unwrap();
     let mut admin = person(&server, fx, "vault", ADMIN).await;
@@ -234,6 +378,19 @@ async fn a_rejected_request_tells_the_requester_why_and_no_one_decides_their_own
         .json("POST", &decide_path("vault", id, "reject"), json!({}))
         .await;
     assert_eq!(status, 400, "a reason is required: {body}");
+    // A NUL is refused on every store (PostgreSQL text holds none), not a 500.
+    let (status, body) = admin
+        .json(
+            "POST",
+            &decide_path("vault", id, "reject"),
+            json!({ "reason": "no\u{0}such" }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("malformed_request")),
+        "{body}"
+    );
     let (status, body) = admin
         .json(
             "POST",
@@ -243,7 +400,11 @@ async fn a_rejected_request_tells_the_requester_why_and_no_one_decides_their_own
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "rejected");
-    let r = poll(&mut server.client(None).await, &pending, secret).await;
+    let r = server
+        .client(None)
+        .await
+        .poll_pending(&pending, secret)
+        .await;
     assert_eq!((r.status, r.code().as_str()), (403, "issuance_rejected"));
     assert!(r.json()["message"]
         .as_str()
@@ -318,8 +479,8 @@ async fn a_rejected_request_tells_the_requester_why_and_no_one_decides_their_own
     assert_eq!(find("certificate.reject", "ok", ADMIN).len(), 1);
     assert_eq!(
         find("certificate.reject", "refused", ADMIN).len(),
-        1,
-        "no reason"
+        2,
+        "no reason, a NUL in it"
     );
     assert_eq!(find("certificate.approve", "denied", AGENT).len(), 1);
     assert_eq!(find("certificate.reject", "denied", AGENT).len(), 1);
@@ -334,12 +495,14 @@ async fn a_rejected_request_tells_the_requester_why_and_no_one_decides_their_own
 /// The pickup secret as a client might garble it: another scheme, an empty bearer, two
 /// Authorization headers (in either order), a huge value, the bootstrap token in its place,
 /// and the secret offered as a bootstrap token. Nothing is served, nothing is a 500.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pickup_secret_is_taken_only_as_itself_in_one_header() {
-    let Some(fx) = fixture() else { return };
-    let server = start(fx).await;
+async fn a_pickup_secret_is_taken_only_as_itself_in_one_header(backend: Backend) {
+    let rig = rig!(
+        backend,
+        "a_pickup_secret_is_taken_only_as_itself_in_one_header"
+    );
+    let (fx, server) = (rig.fx, rig.start(None).await);
     let w = Workload::new(Some("spiffe://vault.example/ns/web/garbled"), &[]);
-    let token = fx.token("vault", None);
+    let token = rig.token("vault").await;
     let mut anon = server.client(None).await;
     let r = anon.issue(Some(&token), json!({ "csr": w.csr })).await;
     assert_eq!(r.status, 202, "{:?}", r.json());
@@ -402,10 +565,12 @@ async fn a_pickup_secret_is_taken_only_as_itself_in_one_header() {
 /// Two people are two people: whoever created the bootstrap token a request came with may not
 /// approve (or reject) it either — otherwise one certificate issuer could mint a token, use it,
 /// and wave the result through alone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_creator_of_the_token_a_request_came_with_cannot_decide_it() {
-    let Some(fx) = fixture() else { return };
-    let server = start(fx).await;
+async fn the_creator_of_the_token_a_request_came_with_cannot_decide_it(backend: Backend) {
+    let rig = rig!(
+        backend,
+        "the_creator_of_the_token_a_request_came_with_cannot_decide_it"
+    );
+    let (fx, server) = (rig.fx, rig.start(None).await);
     let mut issuer = person(&server, fx, "vault", ISSUER).await;
     let (status, created) = issuer
         .json("POST", "/v1/tenants/vault/tokens", json!({ "ttl": "10m" }))
@@ -442,12 +607,14 @@ async fn the_creator_of_the_token_a_request_came_with_cannot_decide_it() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_the_ca_would_refuse_is_refused_at_once_and_never_kept() {
-    let Some(fx) = fixture() else { return };
-    let server = start(fx).await;
+async fn a_request_the_ca_would_refuse_is_refused_at_once_and_never_kept(backend: Backend) {
+    let rig = rig!(
+        backend,
+        "a_request_the_ca_would_refuse_is_refused_at_once_and_never_kept"
+    );
+    let (fx, server) = (rig.fx, rig.start(None).await);
     let mut admin = person(&server, fx, "vault", ADMIN).await;
-    let token = fx.token("vault", None);
+    let token = rig.token("vault").await;
     let mut anon = server.client(None).await;
     let outside = Workload::new(Some("spiffe://vault.example/elsewhere/x"), &[]);
     let r = anon
@@ -480,18 +647,20 @@ async fn a_request_the_ca_would_refuse_is_refused_at_once_and_never_kept() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_request_is_gone_and_can_no_longer_be_approved() {
-    let Some(fx) = fixture() else { return };
-    let server = start(fx).await;
+async fn an_expired_request_is_gone_and_can_no_longer_be_approved(backend: Backend) {
+    let rig = rig!(
+        backend,
+        "an_expired_request_is_gone_and_can_no_longer_be_approved"
+    );
+    let (fx, server) = (rig.fx, rig.start(None).await);
     let w = Workload::new(Some("spiffe://brief.example/ns/x"), &[]);
-    let pending = request(&server, fx, "brief", &w).await;
+    let pending = request(&rig, &server, "brief", &w).await;
     let id = pending["pending"].as_str().unwrap();
     let secret = pending["pickup_secret"].as_str().unwrap();
     let mut anon = server.client(None).await;
-    assert_eq!(poll(&mut anon, &pending, secret).await.status, 202);
+    assert_eq!(anon.poll_pending(&pending, secret).await.status, 202);
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let r = poll(&mut anon, &pending, secret).await;
+    let r = anon.poll_pending(&pending, secret).await;
     assert_eq!((r.status, r.code().as_str()), (410, "expired"));
     let mut operator = server.client(Some(&fx.operator)).await;
     let (status, body) = operator
@@ -512,16 +681,15 @@ async fn an_expired_request_is_gone_and_can_no_longer_be_approved() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn of_two_concurrent_approvals_exactly_one_signs() {
-    let Some(fx) = fixture() else { return };
-    let server = start(fx).await;
+async fn of_two_concurrent_approvals_exactly_one_signs(backend: Backend) {
+    let rig = rig!(backend, "of_two_concurrent_approvals_exactly_one_signs");
+    let (fx, server) = (rig.fx, rig.start(None).await);
     for round in 0..3 {
         let w = Workload::new(
             Some(&format!("spiffe://vault.example/ns/race/{round}")),
             &[],
         );
-        let pending = request(&server, fx, "vault", &w).await;
+        let pending = request(&rig, &server, "vault", &w).await;
         let path = decide_path("vault", pending["pending"].as_str().unwrap(), "approve");
         let mut admin = person(&server, fx, "vault", ADMIN).await;
         let mut issuer = person(&server, fx, "vault", ISSUER).await;
@@ -534,23 +702,6 @@ async fn of_two_concurrent_approvals_exactly_one_signs() {
         assert_eq!(statuses, [200, 409], "{a:?} {b:?}");
     }
     server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_profile_requiring_approval_is_refused_with_the_postgres_store() {
-    let Some(fx) = fixture() else { return };
-    // Refused before any connection: nothing listens on port 1.
-    let config = fx.admin_config_with(
-        "store:\n  postgres:\n    url: \"postgresql://portcullis@127.0.0.1:1/portcullis\"\n    insecure_plaintext: true\n",
-    );
-    let err = portcullis_admin::AdminServer::bind(&config, None)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("\"vault\" requires approval") && err.contains("not yet in PostgreSQL"),
-        "{err}"
-    );
 }
 
 #[test]
@@ -571,22 +722,25 @@ fn acme_cannot_wait_so_no_eab_key_binds_a_profile_requiring_approval() {
     assert!(err.contains("requires approval"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pending_requests_are_listed_approved_and_rejected_through_the_cli() {
-    let Some(fx) = fixture() else { return };
+async fn pending_requests_are_listed_approved_and_rejected_through_the_cli(backend: Backend) {
+    let rig = rig!(
+        backend,
+        "pending_requests_are_listed_approved_and_rejected_through_the_cli"
+    );
+    let fx = rig.fx;
     let dir = tempfile::tempdir().unwrap();
-    let server = start(fx).await;
+    let server = rig.start(None).await;
     let admin = harness::cli_caller(dir.path(), "admin", &fx.person("vault", ADMIN), &server, fx);
     let first = request(
+        &rig,
         &server,
-        fx,
         "vault",
         &Workload::new(Some("spiffe://vault.example/ns/cli/one"), &[]),
     )
     .await;
     let second = request(
+        &rig,
         &server,
-        fx,
         "vault",
         &Workload::new(Some("spiffe://vault.example/ns/cli/two"), &[]),
     )
@@ -627,4 +781,230 @@ async fn pending_requests_are_listed_approved_and_rejected_through_the_cli() {
         .unwrap_err();
     assert!(err.contains("409 already_decided"), "{err}");
     server.stop().await;
+}
+
+/// Two replicas: a request made through A is listed, decided and picked up through B (and the
+/// other way round); the decision, its decider and its answer are the same on both; the rule
+/// that the creator of the token a request came with may not decide it holds across them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_made_on_one_replica_is_decided_and_picked_up_on_the_other() {
+    let rig = rig!(
+        Backend::Postgres,
+        "a_request_made_on_one_replica_is_decided_and_picked_up_on_the_other"
+    );
+    let fx = rig.fx;
+    let (a, b) = (rig.start(None).await, rig.start(None).await);
+    let w = Workload::new(Some("spiffe://vault.example/ns/replicas/one"), &[]);
+    let pending = request(&rig, &a, "vault", &w).await;
+    let id = pending["pending"].as_str().unwrap().to_owned();
+    let secret = pending["pickup_secret"].as_str().unwrap().to_owned();
+    let (mut anon_a, mut anon_b) = (a.client(None).await, b.client(None).await);
+    assert_eq!(anon_b.poll_pending(&pending, &secret).await.status, 202);
+
+    let mut admin_b = person(&b, fx, "vault", ADMIN).await;
+    let (status, list) = admin_b
+        .json("GET", "/v1/tenants/vault/certificates/pending", Value::Null)
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let listed = |list: &Value| {
+        list["pending"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id.as_str())
+            .cloned()
+            .expect("listed")
+    };
+    assert_eq!(listed(&list)["state"], "pending");
+    let (status, issued) = admin_b
+        .json("POST", &decide_path("vault", &id, "approve"), Value::Null)
+        .await;
+    assert_eq!(status, 200, "{issued}");
+    let row = rig.row(&id).expect("in PostgreSQL");
+    assert_eq!(
+        (&row["state"], &row["decided_by"], &row["serial"]),
+        (&json!("approved"), &json!(ADMIN), &issued["serial"]),
+        "{row}"
+    );
+
+    // Seen approved on A, by B's approver, and picked up there with the same answer.
+    let mut issuer_a = person(&a, fx, "vault", ISSUER).await;
+    let (_, list) = issuer_a
+        .json("GET", "/v1/tenants/vault/certificates/pending", Value::Null)
+        .await;
+    let on_a = listed(&list);
+    assert_eq!(
+        (&on_a["state"], &on_a["decided_by"], &on_a["serial"]),
+        (&json!("approved"), &json!(ADMIN), &issued["serial"]),
+        "{on_a}"
+    );
+    let r = anon_a.poll_pending(&pending, &secret).await;
+    assert_eq!((r.status, r.json()), (200, issued.clone()));
+    for what in ["approve", "reject"] {
+        let (status, body) = issuer_a
+            .json(
+                "POST",
+                &decide_path("vault", &id, what),
+                json!({ "reason": "late" }),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (409, Some("already_decided")),
+            "{what}: {body}"
+        );
+    }
+
+    // Rejected on A, the requester told why on B.
+    let w = Workload::new(Some("spiffe://vault.example/ns/replicas/two"), &[]);
+    let pending = request(&rig, &b, "vault", &w).await;
+    let id = pending["pending"].as_str().unwrap().to_owned();
+    let (status, body) = issuer_a
+        .json(
+            "POST",
+            &decide_path("vault", &id, "reject"),
+            json!({ "reason": "unknown workload" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let r = anon_b
+        .poll_pending(&pending, pending["pickup_secret"].as_str().unwrap())
+        .await;
+    assert_eq!((r.status, r.code().as_str()), (403, "issuance_rejected"));
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("unknown workload"));
+
+    // A token minted through A by the issuer: its request may not be decided by the issuer
+    // through B either.
+    let (status, created) = issuer_a
+        .json("POST", "/v1/tenants/vault/tokens", json!({ "ttl": "10m" }))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let w = Workload::new(Some("spiffe://vault.example/ns/replicas/minted"), &[]);
+    let r = b
+        .client(None)
+        .await
+        .issue(created["token"].as_str(), json!({ "csr": w.csr }))
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.json());
+    let id = r.json()["pending"].as_str().unwrap().to_owned();
+    let mut issuer_b = person(&b, fx, "vault", ISSUER).await;
+    let (status, body) = issuer_b
+        .json("POST", &decide_path("vault", &id, "approve"), Value::Null)
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("self_approval")),
+        "{body}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The attack: decisions on one request raced through two replicas — four approvals (two
+/// people on each), or three approvals against a rejection. Exactly one wins; the others are
+/// told 409 `already_decided`; the CA signs once (one certificate in the inventory); both
+/// replicas then serve the winner's outcome to the requester, the same certificate through
+/// each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_raced_through_two_replicas_sign_at_most_once() {
+    let rig = rig!(
+        Backend::Postgres,
+        "decisions_raced_through_two_replicas_sign_at_most_once"
+    );
+    let fx = rig.fx;
+    let (a, b) = (rig.start(None).await, rig.start(None).await);
+    let mut deciders = Vec::new();
+    for server in [&a, &b] {
+        for who in [ADMIN, ISSUER] {
+            deciders.push(person(server, fx, "vault", who).await);
+        }
+    }
+    let (mut anon_a, mut anon_b) = (a.client(None).await, b.client(None).await);
+    for round in 0..6 {
+        let spiffe_id = format!("spiffe://vault.example/ns/replica-race/{round}");
+        let w = Workload::new(Some(&spiffe_id), &[]);
+        let pending = request(&rig, if round % 2 == 0 { &a } else { &b }, "vault", &w).await;
+        let id = pending["pending"].as_str().unwrap();
+        let secret = pending["pickup_secret"].as_str().unwrap();
+        // Odd rounds: the last decider (on B) rejects.
+        let what: Vec<&str> = (0..4)
+            .map(|i| {
+                if round % 2 == 1 && i == 3 {
+                    "reject"
+                } else {
+                    "approve"
+                }
+            })
+            .collect();
+        let paths: Vec<String> = what.iter().map(|w| decide_path("vault", id, w)).collect();
+        let body = json!({ "reason": "raced" });
+        let [d0, d1, d2, d3] = &mut deciders[..] else {
+            unreachable!()
+        };
+        let replies = tokio::join!(
+            d0.json("POST", &paths[0], body.clone()),
+            d2.json("POST", &paths[2], body.clone()),
+            d1.json("POST", &paths[1], body.clone()),
+            d3.json("POST", &paths[3], body.clone()),
+        );
+        let replies = [replies.0, replies.2, replies.1, replies.3];
+        // Each decision's status, error and the serial of what it signed.
+        let seen: Vec<_> = replies
+            .iter()
+            .map(|(status, body)| (status, body["error"].clone(), body["serial"].clone()))
+            .collect();
+        let winners: Vec<usize> = (0..4).filter(|&i| replies[i].0 == 200).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {what:?} {seen:?}");
+        for (i, (status, body)) in replies.iter().enumerate() {
+            if i != winners[0] {
+                assert_eq!(
+                    (*status, body["error"].as_str()),
+                    (409, Some("already_decided")),
+                    "round {round}: {what:?} {seen:?}"
+                );
+            }
+        }
+        let (won, issued) = (what[winners[0]], &replies[winners[0]].1);
+        let row = rig.row(id).expect("in PostgreSQL");
+        assert_eq!(
+            row["state"],
+            if won == "approve" {
+                "approved"
+            } else {
+                "rejected"
+            },
+            "round {round}: {row}"
+        );
+        // What the requester is told, the same through both replicas.
+        let (pa, pb) = tokio::join!(
+            anon_a.poll_pending(&pending, secret),
+            anon_b.poll_pending(&pending, secret)
+        );
+        assert_eq!((pa.status, &pa.body), (pb.status, &pb.body));
+        if won == "approve" {
+            assert_eq!((pa.status, pa.json()), (200, issued.clone()));
+        } else {
+            assert_eq!((pa.status, pa.code().as_str()), (403, "issuance_rejected"));
+        }
+        // Signed at most once, only by the winner.
+        let (status, inventory) = deciders[0]
+            .json(
+                "GET",
+                &format!("/v1/certificates?identity={spiffe_id}"),
+                Value::Null,
+            )
+            .await;
+        assert_eq!(status, 200, "{inventory}");
+        let signed = inventory["certificates"].as_array().unwrap().len();
+        assert_eq!(
+            signed,
+            usize::from(won == "approve"),
+            "round {round}: {inventory}"
+        );
+    }
+    a.stop().await;
+    b.stop().await;
 }

@@ -1,7 +1,8 @@
 //! The admin plane's state in PostgreSQL (`store.postgres`), end to end: two admin servers
 //! started from their config on one PostgreSQL (over TLS verified against a test CA) serve one
 //! state (inventory and tokens; policies approved and activated across nodes, one signing key;
-//! webhooks delivered once while both run their delivery loops); the state directory is marked
+//! webhooks delivered once while both run their delivery loops; issuances waiting for approval
+//! kept in the database and decided through either); the state directory is marked
 //! and a start without `store.postgres` refused; the config's refusals. PostgreSQL runs on
 //! loopback, started by the test (skipped only when it is not installed and
 //! PORTCULLIS_REQUIRE_POSTGRES is unset).
@@ -23,9 +24,28 @@ use serde_json::json;
 
 const API: &str = "spiffe://acme.example/ns/web/sa/api";
 
+/// A profile requiring approval, beside the harness's: with `store.postgres` its pending
+/// requests are the database's.
+const PROFILES: &str = r#"
+  - name: hold
+    tenant: hold
+    spiffe_ids: ["spiffe://hold.example/ns/**"]
+    approval: { required: true, expires_after: 1h }
+"#;
+
+/// The binary's fixture (with [`PROFILES`]), or return (skip) without SoftHSM2.
+macro_rules! fixture {
+    () => {
+        match harness::fixture_with_profiles(PROFILES) {
+            Some(f) => f,
+            None => return,
+        }
+    };
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_admin_servers_on_one_postgres_serve_one_state() {
-    let fx = require_fixture!();
+    let fx = fixture!();
     let pg_ca = TestCa::new("postgres test CA");
     let (cert_pem, key_pem) = pg_ca.leaf("127.0.0.1", &["127.0.0.1"]);
     let tls = ServerTls {
@@ -183,7 +203,7 @@ async fn two_admin_servers_on_one_postgres_serve_one_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_config_refusals_are_clear() {
-    let fx = require_fixture!();
+    let fx = fixture!();
     let store = |body: &str| format!("store:\n  postgres:\n{body}");
     for (body, expected) in [
         (
@@ -309,7 +329,7 @@ async fn people_in(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_are_shared_by_two_admin_servers_and_one_signing_key_enforced() {
-    let fx = require_fixture!();
+    let fx = fixture!();
     let Some(pg) = Postgres::start_or_skip("policies_are_shared_by_two_admin_servers", None) else {
         return;
     };
@@ -507,7 +527,7 @@ async fn receiver() -> (std::net::SocketAddr, Received) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_made_on_one_admin_server_are_delivered_once_by_two() {
-    let fx = require_fixture!();
+    let fx = fixture!();
     let Some(pg) = Postgres::start_or_skip("webhooks_delivered_once_by_two", None) else {
         return;
     };
@@ -592,6 +612,94 @@ async fn webhooks_made_on_one_admin_server_are_delivered_once_by_two() {
     assert_eq!(
         body["deliveries"].as_array().map(Vec::len),
         Some(serials.len()),
+        "{body}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+const HOLD_ADMIN: &str = "spiffe://hold.example/ns/people/admin";
+
+/// Two admin servers started from their config (as `portcullis admin serve`) with a profile
+/// requiring approval: no longer refused; the request waits in the database (not in a SQLite
+/// file of the state directory), made through A, decided through B by someone other than the
+/// token's creator, picked up through A, and its certificate is in the shared inventory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_are_kept_in_postgres_and_decided_through_either_admin_server() {
+    let fx = fixture!();
+    let Some(pg) = Postgres::start_or_skip("approvals_are_kept_in_postgres", None) else {
+        return;
+    };
+    let config = fx.admin_config_with(&format!(
+        "roles:\n  - {{ role: tenant_admin, tenant: hold, spiffe_ids: [\"{HOLD_ADMIN}\"] }}\n\
+         store:\n  postgres:\n    url: \"{}\"\n    insecure_plaintext: true\n    max_connections: 4\n",
+        pg.conninfo(),
+    ));
+    let a = fx.start_from_config(&config).await;
+    let b = fx.start_from_config(&config).await;
+    let people = people_in(fx, &config, &[("hold", HOLD_ADMIN), ("ops", OPERATOR)]).await;
+    let (admin, operator) = (&people[0], &people[1]);
+
+    let mut op_a = a.client(Some(operator)).await;
+    let (status, body) = op_a
+        .json("POST", "/v1/tenants/hold/tokens", json!({}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let w = Workload::new(Some("spiffe://hold.example/ns/app"), &[]);
+    let r = a
+        .client(None)
+        .await
+        .issue(body["token"].as_str(), json!({ "csr": w.csr }))
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.json());
+    let pending = r.json();
+    let id = pending["pending"].as_str().unwrap();
+    let secret = pending["pickup_secret"].as_str().unwrap();
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    let state = |pg: &Postgres| {
+        pg.psql(&format!(
+            "SELECT state FROM pending_issuances WHERE id = '{id}'"
+        ))
+    };
+    assert_eq!(state(&pg), "pending");
+    assert!(
+        !fx.ca
+            .state_dir()
+            .join(portcullis_admin::PENDING_DB)
+            .exists(),
+        "no pending requests in the state directory"
+    );
+
+    // The token's creator may not decide it, through the other server either.
+    let approve = format!("/v1/tenants/hold/certificates/pending/{id}/approve");
+    let mut op_b = b.client(Some(operator)).await;
+    let (status, body) = op_b.json("POST", &approve, json!(null)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("self_approval")),
+        "{body}"
+    );
+    let mut admin_b = b.client(Some(admin)).await;
+    let (status, issued) = admin_b.json("POST", &approve, json!(null)).await;
+    assert_eq!(status, 200, "{issued}");
+    assert_eq!(state(&pg), "approved");
+
+    let r = a.client(None).await.poll_pending(&pending, secret).await;
+    assert_eq!((r.status, r.json()), (200, issued.clone()));
+    let (status, body) = op_a
+        .json(
+            "GET",
+            "/v1/certificates?identity=spiffe://hold.example/ns/app",
+            json!(null),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["serial"] == issued["serial"]),
         "{body}"
     );
     a.stop().await;

@@ -209,7 +209,7 @@ async fn decision_target(
     tenant: &str,
     id: &str,
     rec: &mut CallRecord,
-) -> Result<(TenantId, Arc<PendingStore>, PendingId), ApiError> {
+) -> Result<(TenantId, Arc<dyn PendingStore>, PendingId), ApiError> {
     let tenant = scoped_tenant(st, conn, tenant, Permission::CertificateApprove, rec).await?;
     let (Some(store), Some(id)) = (st.pending.clone(), PendingId::parse(id)) else {
         return Err(no_such_request());
@@ -220,7 +220,7 @@ async fn decision_target(
 
 /// Refuses a decision by the requester itself, and one on a request no longer pending.
 fn check_decider(
-    store: &PendingStore,
+    store: &dyn PendingStore,
     tenant: &TenantId,
     id: &PendingId,
     actor: &str,
@@ -267,7 +267,7 @@ async fn approve(
     let result = async {
         let (tenant, store, id) = decision_target(&st, &conn, &tenant, &id, &mut rec).await?;
         let (st2, actor) = (Arc::clone(&st), rec.actor.clone());
-        blocking(move || approve_blocking(&st2, &store, &tenant, &id, &actor)).await?
+        blocking(move || approve_blocking(&st2, &*store, &tenant, &id, &actor)).await?
     }
     .await;
     finish(&st, &rec, "certificate.approve", result)
@@ -275,7 +275,7 @@ async fn approve(
 
 fn approve_blocking(
     st: &AppState,
-    store: &PendingStore,
+    store: &dyn PendingStore,
     tenant: &TenantId,
     id: &PendingId,
     actor: &str,
@@ -328,7 +328,7 @@ fn approve_blocking(
 #[serde(deny_unknown_fields)]
 #[schema(as = RejectRequest)]
 struct RejectBody {
-    /// Why, for the requester (shown when it polls). Required, at most 500 characters.
+    /// Why, for the requester (shown when it polls). Required, at most 500 characters, no NUL.
     reason: String,
 }
 
@@ -359,17 +359,18 @@ async fn reject(
     let result = async {
         let body: RejectBody = read_json(&headers, body, false).await?;
         let reason = body.reason.trim().to_owned();
-        if reason.is_empty() || reason.chars().count() > 500 {
+        // No NUL: PostgreSQL text holds none, and the reason is the same on every store.
+        if reason.is_empty() || reason.chars().count() > 500 || reason.contains('\0') {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "malformed_request",
-                "reason: required, at most 500 characters",
+                "reason: required, at most 500 characters, without NUL",
             ));
         }
         let (tenant, store, id) = decision_target(&st, &conn, &tenant, &id, &mut rec).await?;
         let actor = rec.actor.clone();
         let record = blocking(move || -> Result<PendingRecord, ApiError> {
-            check_decider(&store, &tenant, &id, &actor)?;
+            check_decider(&*store, &tenant, &id, &actor)?;
             let now = SystemTime::now();
             store
                 .reject(&tenant, &id, &actor, &reason, now, false)

@@ -49,6 +49,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "who created each bootstrap token",
         include_str!("migrations/0005_token_creator.sql"),
     ),
+    (
+        6,
+        "issuances waiting for approval",
+        include_str!("migrations/0006_pending_issuances.sql"),
+    ),
 ];
 
 /// The admin plane's PostgreSQL database: a pool of connections, each store's handle a clone.

@@ -11,6 +11,7 @@ use pg::Postgres;
 use portcullis_ca::inventory_conformance as conformance;
 
 use super::*;
+use crate::pending::tests as pending_suite;
 use crate::policies::store_tests as policy_suite;
 use crate::token::tests as token_suite;
 use crate::webhooks::store::tests as webhook_suite;
@@ -120,6 +121,33 @@ fn webhooks_pass_the_webhook_store_tests() {
 }
 
 #[test]
+fn pending_issuances_pass_the_pending_store_tests() {
+    let Some(pg) = Postgres::start_or_skip("pending_issuances_pass_the_pending_store_tests", None)
+    else {
+        return;
+    };
+    let store = store_in(&pg, "pending");
+    pending_suite::a_request_is_claimed_once_and_picked_up_with_its_secret_only(&store.pending());
+    pending_suite::an_expired_request_is_neither_claimed_nor_rejected(&store.pending());
+    // Two pools, as two admin servers would have.
+    let a = store_in(&pg, "decisions");
+    let b = PgStore::open(&plain_config(&pg, "decisions")).unwrap();
+    pending_suite::concurrent_decisions_through_two_handles_exactly_one_wins(
+        &a.pending(),
+        &b.pending(),
+    );
+    // Only the secret's SHA-256 is kept.
+    let mut conn = store.conn().unwrap();
+    let rows = conn
+        .query("SELECT secret_hash FROM pending_issuances", &[])
+        .unwrap();
+    assert!(!rows.is_empty());
+    for row in rows {
+        assert_eq!(row.get::<_, Vec<u8>>(0).len(), 32);
+    }
+}
+
+#[test]
 fn nodes_starting_at_once_migrate_once_and_a_newer_schema_is_refused() {
     let Some(pg) = Postgres::start_or_skip("nodes_starting_at_once_migrate_once", None) else {
         return;
@@ -137,7 +165,7 @@ fn nodes_starting_at_once_migrate_once_and_a_newer_schema_is_refused() {
         .query_one("SELECT count(*) FROM portcullis_admin_migrations", &[])
         .unwrap()
         .get(0);
-    assert_eq!(migrations, 5);
+    assert_eq!(migrations, 6);
     conn.execute(
         "INSERT INTO portcullis_admin_migrations (version, name) VALUES (99, 'future')",
         &[],

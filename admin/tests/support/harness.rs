@@ -118,8 +118,8 @@ pub fn fixture() -> Option<&'static Fixture> {
 }
 
 /// [`fixture`], with more profiles appended to the CA's (YAML list items), for a test binary
-/// whose profiles the others must not have (e.g. ones requiring approval, which
-/// `store.postgres` refuses). The first call in a binary decides.
+/// whose profiles the others must not have (e.g. ones requiring approval). The first call in
+/// a binary decides.
 pub fn fixture_with_profiles(extra: &str) -> Option<&'static Fixture> {
     static FIXTURE: OnceLock<Option<Fixture>> = OnceLock::new();
     FIXTURE
@@ -270,6 +270,20 @@ impl Fixture {
 
     pub async fn start_with(&self, config: AdminConfig, audit: Option<AuditHandle>) -> Server {
         let server = AdminServer::bind_with(&config, Arc::clone(&self.ca), audit)
+            .await
+            .expect("bind admin server");
+        self.serve(server)
+    }
+
+    /// [`Fixture::start_with`] on the fixture's CA with a given token store (e.g. one in
+    /// PostgreSQL, with `store.postgres` in `config` for the rest of the admin state).
+    pub async fn start_with_tokens(
+        &self,
+        config: AdminConfig,
+        tokens: Arc<dyn TokenStore>,
+        audit: Option<AuditHandle>,
+    ) -> Server {
+        let server = AdminServer::bind_with_tokens(&config, Arc::clone(&self.ca), tokens, audit)
             .await
             .expect("bind admin server");
         self.serve(server)
@@ -684,6 +698,19 @@ impl Client {
     }
 
     /// POST /v1/certificates with a JSON body, optionally with a bearer token.
+    /// Polls a request waiting for approval (`pending`: the 202's body) with its pickup secret.
+    pub async fn poll_pending(&mut self, pending: &serde_json::Value, secret: &str) -> Reply {
+        let auth = format!("Bearer {secret}");
+        self.call(
+            "GET",
+            pending["poll"].as_str().unwrap(),
+            &[("authorization", auth.as_str())],
+            "",
+        )
+        .await
+        .unwrap()
+    }
+
     pub async fn issue(&mut self, token: Option<&str>, body: serde_json::Value) -> Reply {
         let auth = token.map(|t| format!("Bearer {t}"));
         let mut headers = vec![("content-type", "application/json")];
