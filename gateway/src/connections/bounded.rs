@@ -262,8 +262,18 @@ impl AsyncWrite for BoundedStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        ready!(self.poll_send_gathered(cx))?;
-        self.bound_write(cx, |s, cx| s.poll_write_vectored(cx, bufs))
+        // pingora writes a chunk as size line, data and CRLF in one vectored write: gathered
+        // like any other, so a head, its chunks and the last chunk leave as one TLS record.
+        let this = &mut *self;
+        let len = bufs.iter().map(|b| b.len()).sum::<usize>();
+        if this.gathered.len() + len <= GATHER {
+            for buf in bufs {
+                this.gathered.extend_from_slice(buf);
+            }
+            return Poll::Ready(Ok(len));
+        }
+        ready!(this.poll_send_gathered(cx))?;
+        this.bound_write(cx, |s, cx| s.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
