@@ -588,7 +588,11 @@ impl Conn {
             if left.is_zero() {
                 break;
             }
-            self.reader.get_ref().sock.set_read_timeout(Some(left)).unwrap();
+            self.reader
+                .get_ref()
+                .sock
+                .set_read_timeout(Some(left))
+                .unwrap();
             match self.reader.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => out.extend_from_slice(&buf[..n]),

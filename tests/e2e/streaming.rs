@@ -108,7 +108,10 @@ fn a_streamed_response_reaches_the_client_part_by_part() {
 
         step.send(()).unwrap();
         let mut got = conn.read_until(b"\r\n\r\n", PROMPT);
-        assert!(got.starts_with(b"HTTP/1.1 200"), "{case}: header held back: {got:?}");
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{case}: header held back: {got:?}"
+        );
         if header_apart {
             assert!(!got.windows(5).any(|w| w == b"data:"), "{case}: {got:?}");
             step.send(()).unwrap();
@@ -119,7 +122,10 @@ fn a_streamed_response_reaches_the_client_part_by_part() {
             got.extend(conn.read_until(needle, PROMPT));
         }
         let got = String::from_utf8_lossy(&got[body_at..]).into_owned();
-        assert!(got.contains("data: one "), "{case}: first event held back: {got:?}");
+        assert!(
+            got.contains("data: one "),
+            "{case}: first event held back: {got:?}"
+        );
         match route {
             "redacting" => assert!(got.contains("[REDACTED:card_number]"), "{case}: {got:?}"),
             _ => assert!(got.contains(CARD), "{case}: {got:?}"),
