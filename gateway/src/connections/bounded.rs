@@ -165,6 +165,17 @@ impl BoundedStream {
 }
 
 impl BoundedStream {
+    /// Takes `bufs` (`len` bytes in all) into the gathered bytes if they fit.
+    fn gather<'a>(&mut self, len: usize, bufs: impl IntoIterator<Item = &'a [u8]>) -> bool {
+        if self.gathered.len() + len > GATHER {
+            return false;
+        }
+        for buf in bufs {
+            self.gathered.extend_from_slice(buf);
+        }
+        true
+    }
+
     /// Hands every gathered byte to TLS.
     fn poll_send_gathered(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         while self.gathered_sent < self.gathered.len() {
@@ -245,8 +256,7 @@ impl AsyncWrite for BoundedStream {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
-        if this.gathered.len() + buf.len() <= GATHER {
-            this.gathered.extend_from_slice(buf);
+        if this.gather(buf.len(), [buf]) {
             return Poll::Ready(Ok(buf.len()));
         }
         ready!(this.poll_send_gathered(cx))?;
@@ -266,10 +276,7 @@ impl AsyncWrite for BoundedStream {
         // like any other, so a head, its chunks and the last chunk leave as one TLS record.
         let this = &mut *self;
         let len = bufs.iter().map(|b| b.len()).sum::<usize>();
-        if this.gathered.len() + len <= GATHER {
-            for buf in bufs {
-                this.gathered.extend_from_slice(buf);
-            }
+        if this.gather(len, bufs.iter().map(|b| &**b)) {
             return Poll::Ready(Ok(len));
         }
         ready!(this.poll_send_gathered(cx))?;

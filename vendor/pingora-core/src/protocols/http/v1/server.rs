@@ -1079,12 +1079,8 @@ impl HttpSession {
         self.write_body_buf_flushed(true).await
     }
 
-    /// [`Self::write_body_buf`] leaving a chunk in the stream's buffer, for a caller that
-    /// flushes next (PORTCULLIS PATCH).
-    async fn write_body_buf_unflushed(&mut self) -> Result<Option<usize>> {
-        self.write_body_buf_flushed(false).await
-    }
-
+    /// [`Self::write_body_buf`]; without `flush` a chunk stays in the stream's buffer, for a
+    /// caller that flushes next (PORTCULLIS PATCH).
     async fn write_body_buf_flushed(&mut self, flush: bool) -> Result<Option<usize>> {
         match self.write_timeout(self.body_write_buf.len()) {
             Some(t) => match timeout(t, self.do_write_body_buf(flush)).await {
@@ -1617,7 +1613,7 @@ impl HttpSession {
         }
         if end_stream {
             // finish_body() flushes: the last chunk waits for it.
-            self.write_body_buf_unflushed()
+            self.write_body_buf_flushed(false)
                 .await
                 .map_err(|e| e.into_down())?;
             // no-op if body wasn't initialized or is finished already
