@@ -1,12 +1,14 @@
 //! Streamed responses leave as the upstream sends them: a response header sent before any body
 //! (a long poll) and each server-sent event reach the client while the upstream still holds the
 //! rest, through a route that passes responses as they are and through one whose DLP may redact
-//! them (the gateway then re-frames the body chunked). The write coalescing in our pingora patch
-//! (one flush per batch of response tasks, vendor/README.md) must never hold a part back until
-//! the response ends.
+//! them (the gateway then re-frames the body chunked), over HTTP/1.1 and HTTP/2. The write
+//! coalescing (our pingora patch's one flush per batch of response tasks, vendor/README.md, and
+//! the downstream stream gathering writes until a flush) must never hold a part back until the
+//! response ends.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -84,22 +86,30 @@ fn event_upstream(shapes: Vec<bool>) -> (u16, mpsc::Sender<()>) {
     (port, tx)
 }
 
-#[test]
-fn a_streamed_response_reaches_the_client_part_by_part() {
-    let pki = Pki::new();
-    let cases = [
-        ("plain", true),
-        ("plain", false),
-        ("redacting", true),
-        ("redacting", false),
-    ];
+/// Each route with the header sent apart (a long poll) and with the first event.
+const CASES: [(&str, bool); 4] = [
+    ("plain", true),
+    ("plain", false),
+    ("redacting", true),
+    ("redacting", false),
+];
+
+/// A gateway in front of an [`event_upstream`] answering each of `cases` once, and its steps.
+fn start(pki: &Pki, cases: &[(&str, bool)]) -> (Gateway, mpsc::Sender<()>) {
     let (events, step) = event_upstream(cases.iter().map(|c| c.1).collect());
     let gw = Gateway::start(
         pki.dir.path(),
         &CONFIG.replace("{events}", &events.to_string()),
     );
+    (gw, step)
+}
+
+#[test]
+fn a_streamed_response_reaches_the_client_part_by_part() {
+    let pki = Pki::new();
+    let (gw, step) = start(&pki, &CASES);
     let client = pki.client(Some("frontend"));
-    for (route, header_apart) in cases {
+    for (route, header_apart) in CASES {
         let case = format!("{route}, header apart: {header_apart}");
         let mut conn = client.connect(gw.port).unwrap();
         let head = format!("GET /{route}/events HTTP/1.1\r\nHost: localhost\r\n\r\n");
@@ -136,5 +146,74 @@ fn a_streamed_response_reaches_the_client_part_by_part() {
         let got = String::from_utf8_lossy(&conn.read_until(b"0\r\n\r\n", PROMPT)).into_owned();
         assert!(got.contains("data: two\n\n"), "{case}: {got:?}");
         assert!(got.ends_with("0\r\n\r\n"), "{case}: {got:?}");
+    }
+}
+
+/// The lines curl prints as they arrive (`-N`: unbuffered; `-i`: the response head first), for
+/// a GET of `path` over HTTP/2.
+fn h2_lines(pki: &Pki, port: u16, path: &str) -> (std::process::Child, mpsc::Receiver<String>) {
+    let mut child = curl_as(pki, "frontend")
+        .args(["-sS", "-N", "-i", "--http2", "--max-time", "60"])
+        .arg(format!("https://localhost:{port}{path}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, lines)
+}
+
+/// The lines up to and including the first that contains `needle` (fails after [`PROMPT`]).
+fn lines_until(lines: &mpsc::Receiver<String>, needle: &str, case: &str) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        match lines.recv_timeout(PROMPT) {
+            Ok(line) => {
+                let found = line.contains(needle);
+                got.push(line);
+                if found {
+                    return got;
+                }
+            }
+            Err(e) => panic!("{case}: no {needle:?} ({e}) after {got:?}"),
+        }
+    }
+}
+
+/// Over HTTP/2 each event leaves as the upstream sends it. Not covered: a head sent alone (a
+/// long poll) — over HTTP/2 it reaches the client only with the first body bytes (seen before
+/// this change as after it; README, "Not built yet").
+#[test]
+fn over_http2_each_event_reaches_the_client_as_it_is_sent() {
+    let pki = Pki::new();
+    let cases = [("plain", false), ("redacting", false)];
+    let (gw, step) = start(&pki, &cases);
+    for (route, _) in cases {
+        let case = format!("HTTP/2, {route}");
+        let (mut curl, lines) = h2_lines(&pki, gw.port, &format!("/{route}/events"));
+
+        step.send(()).unwrap();
+        let got = lines_until(&lines, "data: one ", &case);
+        assert!(got[0].starts_with("HTTP/2 200"), "{case}: {got:?}");
+        let got = got.join("\n");
+        match route {
+            "redacting" => assert!(got.contains("[REDACTED:card_number]"), "{case}: {got}"),
+            _ => assert!(got.contains(CARD), "{case}: {got}"),
+        }
+        assert!(!got.contains("two"), "{case}: {got}");
+
+        step.send(()).unwrap();
+        lines_until(&lines, "data: two", &case);
+        let status = curl.wait().unwrap();
+        assert!(status.success(), "{case}: curl {status}");
     }
 }
