@@ -22,39 +22,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// one empty database apply each migration once.
 const MIGRATION_LOCK: i64 = 0x706f_7274_6375_6c6c;
 
-/// The schema, in order. A migration is never edited once released: a change is a new one.
-const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (
-        1,
-        "inventory and bootstrap tokens",
-        include_str!("migrations/0001_inventory_and_tokens.sql"),
-    ),
-    (
-        2,
-        "policies and the policy signing key",
-        include_str!("migrations/0002_policies.sql"),
-    ),
-    (
-        3,
-        "webhook subscriptions and deliveries",
-        include_str!("migrations/0003_webhooks.sql"),
-    ),
-    (
-        4,
-        "the region of each certificate",
-        include_str!("migrations/0004_inventory_region.sql"),
-    ),
-    (
-        5,
-        "who created each bootstrap token",
-        include_str!("migrations/0005_token_creator.sql"),
-    ),
-    (
-        6,
-        "issuances waiting for approval",
-        include_str!("migrations/0006_pending_issuances.sql"),
-    ),
-];
+/// The schema's history table, kept by refinery.
+const MIGRATION_TABLE: &str = "portcullis_admin_schema_history";
+
+/// The history table of releases before refinery kept it: a database it describes is adopted.
+const LEGACY_MIGRATION_TABLE: &str = "portcullis_admin_migrations";
+
+/// The schema, in order (`migrations/V{n}__{name}.sql`, embedded at build time). A migration is
+/// never edited once released (refinery refuses a database whose applied migration's checksum
+/// differs): a change is a new one.
+mod embedded {
+    refinery::embed_migrations!("src/store/migrations");
+}
 
 /// The admin plane's PostgreSQL database: a pool of connections, each store's handle a clone.
 #[derive(Clone)]
@@ -204,8 +183,9 @@ impl PgStore {
     }
 }
 
-/// Applies the migrations the database lacks, in order, in one transaction under an advisory
-/// lock. Refuses a database migrated by a newer release.
+/// Applies the migrations the database lacks, in order, in one transaction, under an advisory
+/// lock held by this connection. Refuses a database migrated by a newer release, or one whose
+/// applied migrations differ from this release's.
 fn migrate(connector: &Connector) -> Result<(), AdminError> {
     // A connection of its own, not the pool's: a failure to connect is shown with its
     // causes (TLS, authentication), which r2d2's timeout would hide.
@@ -213,45 +193,97 @@ fn migrate(connector: &Connector) -> Result<(), AdminError> {
         .connect()
         .map_err(|e| store_error(format!("postgres: {}", pg_error(&e))))?;
     let err = |e: postgres::Error| store_error(format!("migrations: {}", pg_error(&e)));
-    let mut tx = conn.transaction().map_err(err)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+    // A session lock, not a transaction's: refinery opens its own transactions on `conn`.
+    // Dropping the connection on an error releases it as well.
+    conn.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .map_err(err)?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS portcullis_admin_migrations (
-                 version    INTEGER PRIMARY KEY,
-                 name       TEXT NOT NULL,
-                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-             )",
-    )
-    .map_err(err)?;
-    let applied: i32 = tx
+    run_migrations(&mut conn)?;
+    conn.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .map_err(err)?;
+    Ok(())
+}
+
+/// This release's migrations, applied in one transaction.
+fn runner() -> refinery::Runner {
+    let mut runner = embedded::migrations::runner().set_grouped(true);
+    runner.set_migration_table_name(MIGRATION_TABLE);
+    runner
+}
+
+fn run_migrations(client: &mut Client) -> Result<(), AdminError> {
+    let runner = runner();
+    let known = runner
+        .get_migrations()
+        .iter()
+        .map(|m| m.version())
+        .max()
+        .unwrap_or(0);
+    adopt_legacy_history(client, known)?;
+    let report = runner.run(client).map_err(|e| match e.kind() {
+        refinery::error::Kind::MissingVersion(m) if m.version() > known => {
+            newer_schema(m.version(), known)
+        }
+        refinery::error::Kind::DivergentVersion(applied, ours) => store_error(format!(
+            "migrations: the database's migration {applied} differs from this release's {ours} \
+             (edited after it was applied?): the schema is not the one this release expects"
+        )),
+        _ => store_error(format!("migrations: {}", with_causes(&e))),
+    })?;
+    for m in report.applied_migrations() {
+        tracing::info!(
+            store.migration = m.version(),
+            store.migration_name = m.name(),
+            "admin store: migration applied"
+        );
+    }
+    Ok(())
+}
+
+fn newer_schema(version: i32, known: i32) -> AdminError {
+    store_error(format!(
+        "the database's schema is at version {version}, newer than this release knows \
+         ({known}): run the release that migrated it, or a newer one"
+    ))
+}
+
+/// A database migrated before refinery kept the history (`portcullis_admin_migrations`, same
+/// migrations): its versions are recorded in refinery's table without being run again.
+fn adopt_legacy_history(client: &mut Client, known: i32) -> Result<(), AdminError> {
+    let err = |e: postgres::Error| store_error(format!("migrations: {}", pg_error(&e)));
+    let tables = client
         .query_one(
-            "SELECT COALESCE(MAX(version), 0) FROM portcullis_admin_migrations",
+            "SELECT to_regclass($1)::text, to_regclass($2)::text",
+            &[&LEGACY_MIGRATION_TABLE, &MIGRATION_TABLE],
+        )
+        .map_err(err)?;
+    let (legacy, current): (Option<String>, Option<String>) = (tables.get(0), tables.get(1));
+    if legacy.is_none() || current.is_some() {
+        return Ok(());
+    }
+    let applied: i32 = client
+        .query_one(
+            &format!("SELECT COALESCE(MAX(version), 0) FROM {LEGACY_MIGRATION_TABLE}"),
             &[],
         )
         .map_err(err)?
         .get(0);
-    let known = MIGRATIONS.last().map_or(0, |m| m.0);
     if applied > known {
-        return Err(store_error(format!(
-            "the database's schema is at version {applied}, newer than this release knows \
-                 ({known}): run the release that migrated it, or a newer one"
-        )));
+        return Err(newer_schema(applied, known));
     }
-    for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > applied) {
-        tx.batch_execute(sql).map_err(err)?;
-        tx.execute(
-            "INSERT INTO portcullis_admin_migrations (version, name) VALUES ($1, $2)",
-            &[version as &(dyn postgres::types::ToSql + Sync), name],
-        )
-        .map_err(err)?;
-        tracing::info!(
-            store.migration = version,
-            store.migration_name = name,
-            "admin store: migration applied"
-        );
-    }
-    tx.commit().map_err(err)
+    runner()
+        .set_target(refinery::Target::FakeVersion(applied))
+        .run(client)
+        .map_err(|e| {
+            store_error(format!(
+                "migrations: adopting {LEGACY_MIGRATION_TABLE}: {}",
+                with_causes(&e)
+            ))
+        })?;
+    tracing::info!(
+        store.migration = applied,
+        "admin store: migration history adopted from {LEGACY_MIGRATION_TABLE}"
+    );
+    Ok(())
 }
 
 /// Writes `STATE/state-in-postgres`: from now on, the CA refuses to open without

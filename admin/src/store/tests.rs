@@ -162,18 +162,68 @@ fn nodes_starting_at_once_migrate_once_and_a_newer_schema_is_refused() {
     let store = PgStore::open(&config).unwrap();
     let mut conn = store.conn().unwrap();
     let migrations: i64 = conn
-        .query_one("SELECT count(*) FROM portcullis_admin_migrations", &[])
+        .query_one("SELECT count(*) FROM portcullis_admin_schema_history", &[])
         .unwrap()
         .get(0);
     assert_eq!(migrations, 6);
     conn.execute(
-        "INSERT INTO portcullis_admin_migrations (version, name) VALUES (99, 'future')",
+        "INSERT INTO portcullis_admin_schema_history (version, name, applied_on, checksum) \
+         VALUES (99, 'future', '2030-01-01T00:00:00Z', '1')",
         &[],
     )
     .unwrap();
     drop(conn);
     let err = PgStore::open(&config).unwrap_err().to_string();
-    assert!(err.contains("version 99, newer than this release"), "{err}");
+    assert!(
+        err.contains("schema is at version 99, newer than this release knows (6)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_edited_migration_is_refused_and_an_older_history_is_adopted() {
+    let Some(pg) = Postgres::start_or_skip("an_edited_migration_is_refused", None) else {
+        return;
+    };
+    let store = store_in(&pg, "history");
+    let config = plain_config(&pg, "history");
+    let mut conn = store.conn().unwrap();
+
+    // The schema as an older release left it: its own history table, all six applied. It is
+    // adopted, not migrated again (V1's CREATE TABLE would fail on the existing tables).
+    conn.batch_execute(
+        "DROP TABLE portcullis_admin_schema_history;
+         CREATE TABLE portcullis_admin_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now());
+         INSERT INTO portcullis_admin_migrations (version, name)
+             SELECT v, 'old' FROM generate_series(1, 6) AS v;",
+    )
+    .unwrap();
+    PgStore::open(&config).unwrap();
+    let adopted: Vec<i32> = conn
+        .query(
+            "SELECT version FROM portcullis_admin_schema_history ORDER BY version",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(adopted, (1..=6).collect::<Vec<_>>());
+
+    // A migration whose text changed after it was applied: the schema is not what this release
+    // expects, so the store does not open.
+    conn.execute(
+        "UPDATE portcullis_admin_schema_history SET checksum = '1' WHERE version = 3",
+        &[],
+    )
+    .unwrap();
+    drop(conn);
+    let err = PgStore::open(&config).unwrap_err().to_string();
+    assert!(
+        err.contains("the database's migration V3__webhooks differs from this release's"),
+        "{err}"
+    );
 }
 
 #[test]
