@@ -112,6 +112,20 @@ pub(crate) struct NewPending {
     pub(crate) dns_names: Vec<String>,
 }
 
+/// How long an approval may take between its claim and the answer recorded for pickup. A
+/// claim older than this was abandoned (its server stopped, or the store failed after the CA
+/// signed): the request can be claimed, or rejected, again. The certificate signed by an
+/// abandoned claim, if any, is never handed out; its serial is in the error log.
+pub(crate) const CLAIM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The newest claim time (Unix seconds) at `now` that is abandoned.
+pub(crate) fn abandoned_before(now: SystemTime) -> i64 {
+    unix(
+        now.checked_sub(CLAIM_TIMEOUT)
+            .unwrap_or(SystemTime::UNIX_EPOCH),
+    )
+}
+
 /// Where a request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -127,10 +141,16 @@ pub(crate) enum PendingState {
 }
 
 impl PendingState {
-    /// The state as stored, a pending one past `expires_at` shown expired.
-    pub(crate) fn stored(text: &str, expires_at: SystemTime, now: SystemTime) -> Self {
+    /// The state as stored, a pending one past `expires_at` shown expired, and an approval
+    /// claimed at `claimed_at` and abandoned (older than [`CLAIM_TIMEOUT`]) shown pending again.
+    pub(crate) fn stored(
+        text: &str,
+        expires_at: SystemTime,
+        claimed_at: SystemTime,
+        now: SystemTime,
+    ) -> Self {
         match text {
-            "approving" => Self::Approving,
+            "approving" if claimed_at + CLAIM_TIMEOUT > now => Self::Approving,
             "approved" => Self::Approved,
             "rejected" => Self::Rejected,
             _ if expires_at <= now => Self::Expired,
@@ -230,19 +250,21 @@ pub(crate) trait PendingStore: Send + Sync + fmt::Debug {
         now: SystemTime,
     ) -> Result<Option<PendingRecord>, AdminError>;
 
-    /// One statement: the request, if pending and unexpired, becomes `approving` by the
-    /// decider; its columns, or None when it was not (any more).
+    /// One statement: the request, if pending (or its claim abandoned) and unexpired, becomes
+    /// `approving` by the decider; its columns, or None when it was not (any more).
     fn try_claim(&self, d: Decision<'_>) -> Result<Option<ClaimRow>, AdminError>;
 
-    /// A claimed request, signed: its answer kept for pickup.
-    fn approved(&self, id: &PendingId, serial: &str, response: &str) -> Result<(), AdminError>;
+    /// The request claimed by `d`, signed: its answer kept for pickup. False when the claim is
+    /// no longer `d`'s (abandoned, and taken over by another decision).
+    fn approved(&self, d: Decision<'_>, serial: &str, response: &str) -> Result<bool, AdminError>;
 
-    /// A claimed request that could not be signed now (the key backend unavailable): pending
+    /// The request claimed by `d`, not signed now (the key backend unavailable): pending
     /// again, for another try.
-    fn release(&self, id: &PendingId) -> Result<(), AdminError>;
+    fn release(&self, d: Decision<'_>) -> Result<(), AdminError>;
 
     /// One statement: the request becomes `rejected` by the decider if it is in state `from`
-    /// (`pending` and unexpired, or `approving`); whether it did.
+    /// (`pending` and unexpired, its claim abandoned counting as pending; or `approving`);
+    /// whether it did.
     fn try_reject(&self, d: Decision<'_>, reason: &str, from: &str) -> Result<bool, AdminError>;
 
     /// Keeps a checked request until `now + wait`; returns its id and the pickup secret.
@@ -351,7 +373,8 @@ pub(crate) trait PendingStore: Send + Sync + fmt::Debug {
 /// The columns every read of a request selects, in the order [`read_record`] takes them.
 pub(crate) const COLUMNS: &str = "id, tenant, profile, state, requested_by, spiffe_id, \
                                   dns_names, created_at, expires_at, decided_by, reason, \
-                                  serial, response, token_created_by";
+                                  serial, response, token_created_by, \
+                                  COALESCE(decided_at, 0)";
 
 pub(crate) fn from_unix(s: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(s).unwrap_or(0))
@@ -370,7 +393,7 @@ pub(crate) fn read_record<E>(
         id: PendingId(required(0)?),
         tenant: required(1)?,
         profile: required(2)?,
-        state: PendingState::stored(&required(3)?, expires_at, now),
+        state: PendingState::stored(&required(3)?, expires_at, from_unix(int(14)?), now),
         requested_by: required(4)?,
         spiffe_id: text(5)?,
         dns_names: serde_json::from_str(&required(6)?).unwrap_or_default(),
@@ -569,9 +592,16 @@ impl PendingStore for SqlitePendingStore {
             .query_row(
                 "UPDATE pending_issuances SET state = 'approving', decided_by = ?3, \
                  decided_at = ?4 \
-                 WHERE id = ?1 AND tenant = ?2 AND state = 'pending' AND expires_at > ?4 \
+                 WHERE id = ?1 AND tenant = ?2 AND expires_at > ?4 \
+                 AND (state = 'pending' OR (state = 'approving' AND decided_at <= ?5)) \
                  RETURNING tenant, profile, csr, lifetime_secs, requester_kind, requester_id",
-                params![d.id.as_str(), d.tenant.as_str(), d.by, unix(d.now)],
+                params![
+                    d.id.as_str(),
+                    d.tenant.as_str(),
+                    d.by,
+                    unix(d.now),
+                    abandoned_before(d.now)
+                ],
                 |row| {
                     Ok((
                         row.get(0)?,
@@ -587,23 +617,26 @@ impl PendingStore for SqlitePendingStore {
             .map_err(|e| self.error(e))
     }
 
-    fn approved(&self, id: &PendingId, serial: &str, response: &str) -> Result<(), AdminError> {
-        self.conn()
+    fn approved(&self, d: Decision<'_>, serial: &str, response: &str) -> Result<bool, AdminError> {
+        let changed = self
+            .conn()
             .execute(
-                "UPDATE pending_issuances SET state = 'approved', serial = ?2, response = ?3, \
-                 csr = x'' WHERE id = ?1 AND state = 'approving'",
-                params![id.as_str(), serial, response],
+                "UPDATE pending_issuances SET state = 'approved', serial = ?4, response = ?5, \
+                 csr = x'' \
+                 WHERE id = ?1 AND state = 'approving' AND decided_by = ?2 AND decided_at = ?3",
+                params![d.id.as_str(), d.by, unix(d.now), serial, response],
             )
             .map_err(|e| self.error(e))?;
-        Ok(())
+        Ok(changed == 1)
     }
 
-    fn release(&self, id: &PendingId) -> Result<(), AdminError> {
+    fn release(&self, d: Decision<'_>) -> Result<(), AdminError> {
         self.conn()
             .execute(
                 "UPDATE pending_issuances SET state = 'pending', decided_by = NULL, \
-                 decided_at = NULL WHERE id = ?1 AND state = 'approving'",
-                params![id.as_str()],
+                 decided_at = NULL \
+                 WHERE id = ?1 AND state = 'approving' AND decided_by = ?2 AND decided_at = ?3",
+                params![d.id.as_str(), d.by, unix(d.now)],
             )
             .map_err(|e| self.error(e))?;
         Ok(())
@@ -615,14 +648,18 @@ impl PendingStore for SqlitePendingStore {
             .execute(
                 "UPDATE pending_issuances SET state = 'rejected', decided_by = ?3, \
                  decided_at = ?4, reason = ?5, csr = x'' \
-                 WHERE id = ?1 AND tenant = ?2 AND state = ?6 AND (?6 = 'approving' OR expires_at > ?4)",
+                 WHERE id = ?1 AND tenant = ?2 AND CASE WHEN ?6 = 'approving' \
+                 THEN state = 'approving' \
+                 ELSE expires_at > ?4 \
+                 AND (state = 'pending' OR (state = 'approving' AND decided_at <= ?7)) END",
                 params![
                     d.id.as_str(),
                     d.tenant.as_str(),
                     d.by,
                     unix(d.now),
                     reason,
-                    from
+                    from,
+                    abandoned_before(d.now)
                 ],
             )
             .map_err(|e| self.error(e))?;
@@ -696,16 +733,17 @@ pub(crate) mod tests {
             NotClaimed::Decided
         );
         // Not signed now: pending again, and claimable again.
-        s.release(&id).unwrap();
+        let bob = decision(&id, "bob", now);
+        s.release(bob).unwrap();
         assert_eq!(
             s.get(&acme(), &id, now).unwrap().unwrap().state,
             PendingState::Pending
         );
         s.claim(&acme(), &id, "bob", now).unwrap().unwrap();
-        s.approved(&id, "ab", "{}").unwrap();
+        assert!(s.approved(bob, "ab", "{}").unwrap());
         // Approved once: a late release or approval changes nothing.
-        s.release(&id).unwrap();
-        s.approved(&id, "cd", "{\"other\":1}").unwrap();
+        s.release(bob).unwrap();
+        assert!(!s.approved(bob, "cd", "{\"other\":1}").unwrap());
         let r = s.for_pickup(&id, secret.expose(), now).unwrap().unwrap();
         assert_eq!(
             (r.state, r.response.as_deref(), r.serial.as_deref()),
@@ -719,6 +757,74 @@ pub(crate) mod tests {
         assert!(listed
             .iter()
             .any(|r| r.id == id && r.state == PendingState::Approved));
+    }
+
+    fn decision<'a>(id: &'a PendingId, by: &'a str, now: SystemTime) -> Decision<'a> {
+        static ACME: std::sync::LazyLock<TenantId> = std::sync::LazyLock::new(acme);
+        Decision {
+            tenant: &ACME,
+            id,
+            by,
+            now,
+        }
+    }
+
+    /// A claim whose answer was never recorded (the server stopped, or the store failed after
+    /// signing) holds the request for [`CLAIM_TIMEOUT`] only: then it shows pending and another
+    /// approver can claim or reject it, and the abandoned claim can no longer record an answer.
+    pub(crate) fn an_abandoned_claim_is_taken_over_after_the_claim_timeout(s: &dyn PendingStore) {
+        let now = SystemTime::now();
+        let (id, secret, _) = s.insert(&request(), Duration::from_secs(600), now).unwrap();
+        s.claim(&acme(), &id, "bob", now).unwrap().unwrap();
+        let within = now + CLAIM_TIMEOUT - Duration::from_secs(1);
+        assert_eq!(
+            s.get(&acme(), &id, within).unwrap().unwrap().state,
+            PendingState::Approving
+        );
+        assert_eq!(
+            s.claim(&acme(), &id, "carol", within).unwrap().unwrap_err(),
+            NotClaimed::Decided
+        );
+        let after = now + CLAIM_TIMEOUT + Duration::from_secs(1);
+        assert_eq!(
+            s.get(&acme(), &id, after).unwrap().unwrap().state,
+            PendingState::Pending
+        );
+        assert_eq!(
+            s.requested_by(&acme(), &id, after).unwrap().unwrap(),
+            ["token:t1", "person:alice"]
+        );
+        s.claim(&acme(), &id, "carol", after).unwrap().unwrap();
+        // Bob's late answer is refused, and so is his late release: Carol's claim stands.
+        assert!(!s.approved(decision(&id, "bob", now), "b0b", "{}").unwrap());
+        s.release(decision(&id, "bob", now)).unwrap();
+        assert!(s
+            .approved(decision(&id, "carol", after), "ca", "{\"carol\":1}")
+            .unwrap());
+        let r = s.for_pickup(&id, secret.expose(), after).unwrap().unwrap();
+        assert_eq!(
+            (r.state, r.serial.as_deref(), r.decided_by.as_deref()),
+            (PendingState::Approved, Some("ca"), Some("carol"))
+        );
+
+        // An abandoned claim may be rejected too, but not once the request expired.
+        let (id, _, _) = s.insert(&request(), Duration::from_secs(600), now).unwrap();
+        s.claim(&acme(), &id, "bob", now).unwrap().unwrap();
+        assert_eq!(
+            s.reject(&acme(), &id, "carol", "no", within, false)
+                .unwrap()
+                .unwrap_err(),
+            NotClaimed::Decided
+        );
+        s.reject(&acme(), &id, "carol", "no", after, false)
+            .unwrap()
+            .unwrap();
+        let (id, _, _) = s.insert(&request(), CLAIM_TIMEOUT, now).unwrap();
+        s.claim(&acme(), &id, "bob", now).unwrap().unwrap();
+        assert_eq!(
+            s.claim(&acme(), &id, "carol", after).unwrap().unwrap_err(),
+            NotClaimed::Expired
+        );
     }
 
     pub(crate) fn an_expired_request_is_neither_claimed_nor_rejected(s: &dyn PendingStore) {
@@ -797,7 +903,9 @@ pub(crate) mod tests {
         let now = SystemTime::now();
         let (id, secret, _) = a.insert(&request(), Duration::from_secs(60), now).unwrap();
         a.claim(&acme(), &id, "bob", now).unwrap().unwrap();
-        a.approved(&id, "ab", "{\"serial\":\"ab\"}").unwrap();
+        assert!(a
+            .approved(decision(&id, "bob", now), "ab", "{\"serial\":\"ab\"}")
+            .unwrap());
         let r = b.for_pickup(&id, secret.expose(), now).unwrap().unwrap();
         assert_eq!(
             (r.state, r.response.as_deref()),
@@ -811,6 +919,7 @@ pub(crate) mod tests {
         let s = SqlitePendingStore::in_state_dir(dir.path()).unwrap();
         a_request_is_claimed_once_and_picked_up_with_its_secret_only(&s);
         an_expired_request_is_neither_claimed_nor_rejected(&s);
+        an_abandoned_claim_is_taken_over_after_the_claim_timeout(&s);
         // Two connections to one file, as two processes would have.
         let other = SqlitePendingStore::in_state_dir(dir.path()).unwrap();
         concurrent_decisions_through_two_handles_exactly_one_wins(&s, &other);

@@ -1008,3 +1008,81 @@ async fn decisions_raced_through_two_replicas_sign_at_most_once() {
     a.stop().await;
     b.stop().await;
 }
+
+/// The database fails at the worst moment: the CA has signed, and recording the answer for
+/// pickup fails. The approver is told so (503, never a 200 whose certificate no one can pick
+/// up); the requester keeps waiting; the claim holds the request for a minute only (no one
+/// may decide it meanwhile), then another approval signs again and the requester picks that up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_database_fails_to_record_is_a_503_and_the_request_is_approved_again() {
+    let rig = rig!(
+        Backend::Postgres,
+        "an_answer_the_database_fails_to_record_is_a_503"
+    );
+    let (fx, server) = (rig.fx, rig.start(None).await);
+    let (_, _, pg) = rig.pg.as_ref().unwrap();
+    let w = Workload::new(Some("spiffe://vault.example/ns/unrecorded/one"), &[]);
+    let pending = request(&rig, &server, "vault", &w).await;
+    let id = pending["pending"].as_str().unwrap().to_owned();
+    let secret = pending["pickup_secret"].as_str().unwrap().to_owned();
+    pg.psql(
+        "CREATE FUNCTION refuse_answers() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF NEW.state = 'approved' THEN RAISE EXCEPTION 'could not extend file (test)'; END IF; \
+         RETURN NEW; END $$; \
+         CREATE TRIGGER refuse_answers BEFORE UPDATE ON pending_issuances \
+         FOR EACH ROW EXECUTE FUNCTION refuse_answers();",
+    );
+    let mut admin = person(&server, fx, "vault", ADMIN).await;
+    let (status, body) = admin
+        .json("POST", &decide_path("vault", &id, "approve"), Value::Null)
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("store_unavailable")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("the request can be approved again in 60 s"),
+        "{body}"
+    );
+    let mut anon = server.client(None).await;
+    assert_eq!(anon.poll_pending(&pending, &secret).await.status, 202);
+    assert_eq!(rig.row(&id).unwrap()["state"], "approving");
+    // Held by the claim: no second signature while it may still be recorded.
+    let mut issuer = person(&server, fx, "vault", ISSUER).await;
+    let (status, body) = issuer
+        .json("POST", &decide_path("vault", &id, "approve"), Value::Null)
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("already_decided"))
+    );
+
+    // The database recovers, and the claim's minute passes (its time moved back).
+    pg.psql(&format!(
+        "DROP TRIGGER refuse_answers ON pending_issuances; \
+         UPDATE pending_issuances SET decided_at = decided_at - 61 WHERE id = '{id}'"
+    ));
+    let (status, list) = issuer
+        .json("GET", "/v1/tenants/vault/certificates/pending", Value::Null)
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let listed = list["pending"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(listed["state"], "pending", "{listed}");
+    let (status, issued) = issuer
+        .json("POST", &decide_path("vault", &id, "approve"), Value::Null)
+        .await;
+    assert_eq!(status, 200, "{issued}");
+    let r = anon.poll_pending(&pending, &secret).await;
+    assert_eq!((r.status, r.json()), (200, issued));
+    server.stop().await;
+}

@@ -23,7 +23,9 @@ use super::{
     blocking, finish, read_json, scoped_tenant, ApiError, AppState, CallRecord, PathParams,
 };
 use crate::identity::ConnInfo;
-use crate::pending::{NotClaimed, PendingId, PendingRecord, PendingState, PendingStore};
+use crate::pending::{
+    Decision, NotClaimed, PendingId, PendingRecord, PendingState, PendingStore, CLAIM_TIMEOUT,
+};
 use crate::roles::Permission;
 
 pub(super) fn routes() -> OpenApiRouter<Arc<AppState>> {
@@ -254,7 +256,7 @@ fn check_decider(
         (status = 400, description = "A path parameter that does not decode, or the CA now refuses the request (the request is then rejected)", body = super::openapi::ErrorBody),
         (status = 404, description = "No such request, or a tenant the caller holds no role in", body = super::openapi::ErrorBody),
         (status = 409, description = "Expired, or already decided", body = super::openapi::ErrorBody),
-        (status = 503, description = "The CA's key backend is unavailable (the request stays pending)", body = super::openapi::ErrorBody),
+        (status = 503, description = "The CA's key backend is unavailable (the request stays pending), or the certificate was signed but the answer could not be recorded (the request can be approved again once the claim is abandoned, after 60 s)", body = super::openapi::ErrorBody),
         super::openapi::Refusals,
     )
 )]
@@ -286,6 +288,12 @@ fn approve_blocking(
         .claim(tenant, id, actor, now)
         .map_err(store_failed)?
         .map_err(not_claimed)?;
+    let claim = Decision {
+        tenant,
+        id,
+        by: actor,
+        now,
+    };
     let request = IssueRequest {
         csr: &claimed.csr,
         tenant: claimed.tenant.clone(),
@@ -301,11 +309,36 @@ fn approve_blocking(
                 tracing::error!(error = %e, "admin API: issued certificate not serialisable");
                 ApiError::internal()
             })?;
-            store
-                .approved(id, &body.serial.to_string(), &text)
-                .map_err(store_failed)?;
-            tracing::info!(pending.id = %id, ca.serial = %body.serial, admin.approver = actor, "pending issuance approved");
-            Ok((StatusCode::OK, Json(body)).into_response())
+            let serial = body.serial.to_string();
+            match store.approved(claim, &serial, &text) {
+                Ok(true) => {
+                    tracing::info!(pending.id = %id, ca.serial = %serial, admin.approver = actor, "pending issuance approved");
+                    Ok((StatusCode::OK, Json(body)).into_response())
+                }
+                // Signed, but the answer is not the requester's: the request is pending again
+                // once the claim is abandoned, and this certificate is never handed out.
+                recorded => {
+                    let detail = match recorded {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "the claim was abandoned and taken over meanwhile".to_owned(),
+                    };
+                    tracing::error!(
+                        pending.id = %id, ca.serial = %serial, error = %detail,
+                        "pending issuance signed but its answer not recorded: the certificate \
+                         is never handed out (revoke it if wanted); the request can be approved \
+                         again after the claim timeout"
+                    );
+                    Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store_unavailable",
+                        format!(
+                            "the certificate was signed but the answer could not be recorded; \
+                             the request can be approved again in {} s",
+                            CLAIM_TIMEOUT.as_secs()
+                        ),
+                    ))
+                }
+            }
         }
         Err(CaError::Refused(refusal)) => {
             // The profile changed since the request was checked: it will never be issued.
@@ -316,7 +349,7 @@ fn approve_blocking(
             Err(ca_error(st, CaError::Refused(refusal)))
         }
         Err(e) => {
-            if let Err(e) = store.release(id) {
+            if let Err(e) = store.release(claim) {
                 tracing::error!(error = %e, "admin API: pending store failed");
             }
             Err(ca_error(st, e))

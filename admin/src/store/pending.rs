@@ -12,8 +12,8 @@ use portcullis_ca::TenantId;
 use super::pool::{pg_error, PgConn, PgStore};
 use crate::error::AdminError;
 use crate::pending::{
-    read_record, ClaimRow, Decision, NewPending, PendingId, PendingRecord, PendingStore, COLUMNS,
-    KEEP_DONE,
+    abandoned_before, read_record, ClaimRow, Decision, NewPending, PendingId, PendingRecord,
+    PendingStore, COLUMNS, KEEP_DONE,
 };
 use crate::token::{secs, unix};
 
@@ -153,9 +153,16 @@ impl PendingStore for PgPendingStore {
             .query_opt(
                 "UPDATE pending_issuances SET state = 'approving', decided_by = $3,
                    decided_at = $4
-                 WHERE id = $1 AND tenant = $2 AND state = 'pending' AND expires_at > $4
+                 WHERE id = $1 AND tenant = $2 AND expires_at > $4
+                   AND (state = 'pending' OR (state = 'approving' AND decided_at <= $5))
                  RETURNING tenant, profile, csr, lifetime_secs, requester_kind, requester_id",
-                &[&d.id.as_str(), &d.tenant.as_str(), &d.by, &unix(d.now)],
+                &[
+                    &d.id.as_str(),
+                    &d.tenant.as_str(),
+                    &d.by,
+                    &unix(d.now),
+                    &abandoned_before(d.now),
+                ],
             )
             .map_err(db_error)?;
         row.map(|r| {
@@ -172,23 +179,26 @@ impl PendingStore for PgPendingStore {
         .map_err(db_error)
     }
 
-    fn approved(&self, id: &PendingId, serial: &str, response: &str) -> Result<(), AdminError> {
-        self.conn()?
+    fn approved(&self, d: Decision<'_>, serial: &str, response: &str) -> Result<bool, AdminError> {
+        let changed = self
+            .conn()?
             .execute(
-                "UPDATE pending_issuances SET state = 'approved', serial = $2, response = $3,
-                   csr = ''::BYTEA WHERE id = $1 AND state = 'approving'",
-                &[&id.as_str(), &serial, &response],
+                "UPDATE pending_issuances SET state = 'approved', serial = $4, response = $5,
+                   csr = ''::BYTEA
+                 WHERE id = $1 AND state = 'approving' AND decided_by = $2 AND decided_at = $3",
+                &[&d.id.as_str(), &d.by, &unix(d.now), &serial, &response],
             )
             .map_err(db_error)?;
-        Ok(())
+        Ok(changed == 1)
     }
 
-    fn release(&self, id: &PendingId) -> Result<(), AdminError> {
+    fn release(&self, d: Decision<'_>) -> Result<(), AdminError> {
         self.conn()?
             .execute(
                 "UPDATE pending_issuances SET state = 'pending', decided_by = NULL,
-                   decided_at = NULL WHERE id = $1 AND state = 'approving'",
-                &[&id.as_str()],
+                   decided_at = NULL
+                 WHERE id = $1 AND state = 'approving' AND decided_by = $2 AND decided_at = $3",
+                &[&d.id.as_str(), &d.by, &unix(d.now)],
             )
             .map_err(db_error)?;
         Ok(())
@@ -200,8 +210,10 @@ impl PendingStore for PgPendingStore {
             .execute(
                 "UPDATE pending_issuances SET state = 'rejected', decided_by = $3,
                    decided_at = $4, reason = $5, csr = ''::BYTEA
-                 WHERE id = $1 AND tenant = $2 AND state = $6
-                   AND ($6 = 'approving' OR expires_at > $4)",
+                 WHERE id = $1 AND tenant = $2 AND CASE WHEN $6 = 'approving'
+                   THEN state = 'approving'
+                   ELSE expires_at > $4
+                     AND (state = 'pending' OR (state = 'approving' AND decided_at <= $7)) END",
                 &[
                     &d.id.as_str(),
                     &d.tenant.as_str(),
@@ -209,6 +221,7 @@ impl PendingStore for PgPendingStore {
                     &unix(d.now),
                     &reason,
                     &from,
+                    &abandoned_before(d.now),
                 ],
             )
             .map_err(db_error)?;

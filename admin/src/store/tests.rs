@@ -129,6 +129,7 @@ fn pending_issuances_pass_the_pending_store_tests() {
     let store = store_in(&pg, "pending");
     pending_suite::a_request_is_claimed_once_and_picked_up_with_its_secret_only(&store.pending());
     pending_suite::an_expired_request_is_neither_claimed_nor_rejected(&store.pending());
+    pending_suite::an_abandoned_claim_is_taken_over_after_the_claim_timeout(&store.pending());
     // Two pools, as two admin servers would have.
     let a = store_in(&pg, "decisions");
     let b = PgStore::open(&plain_config(&pg, "decisions")).unwrap();
