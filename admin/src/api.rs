@@ -70,6 +70,8 @@ pub(crate) struct AppState {
     pub(crate) people: Option<Arc<crate::people::Providers>>,
     /// Writes by people need a second factor in their token.
     pub(crate) mfa_for_writes: bool,
+    /// Which identities are one person (`persons:`), for separation of duties.
+    pub(crate) persons: crate::persons::Persons,
     /// Tenants' webhooks, when `webhooks:` is configured.
     pub(crate) webhooks: Option<Arc<crate::webhooks::Webhooks>>,
     /// First issuances waiting for approval, when a profile requires it.

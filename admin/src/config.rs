@@ -117,6 +117,10 @@ pub struct AdminConfig {
     /// Changes by people need a token whose `amr` names a second factor.
     #[serde(default)]
     pub mfa_for_writes: bool,
+    /// One person's several identities (certificates, OIDC subjects): a request and its
+    /// approval must come from two persons, whichever way each signed in (`persons.rs`).
+    #[serde(default)]
+    pub persons: Vec<crate::persons::PersonConfig>,
     /// Tenants' webhook subscriptions (off unless set; `webhooks.rs`).
     #[serde(default)]
     pub webhooks: Option<crate::webhooks::WebhooksConfig>,
@@ -509,6 +513,7 @@ impl AdminConfig {
             .map(|p| p.name.as_str())
             .collect();
         crate::roles::check_bindings(&config.roles, &providers)?;
+        crate::persons::check(&config.persons, &providers)?;
         if let Some(p) = &mut config.policies {
             p.resolve(base);
             p.check()?;

@@ -36,6 +36,7 @@ mod metrics;
 mod pending;
 pub use pending::PENDING_DB;
 mod people;
+mod persons;
 mod policies;
 mod revocation_http;
 mod roles;

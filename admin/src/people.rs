@@ -76,6 +76,11 @@ impl PeopleBinding {
     }
 }
 
+/// How the audit log names the subject `subject` of provider `provider`.
+pub(crate) fn oidc_actor(provider: &str, subject: &str) -> String {
+    format!("oidc:{provider}:{subject}")
+}
+
 /// A verified person on one request.
 #[derive(Debug, Clone)]
 pub(crate) struct Person {
@@ -86,7 +91,7 @@ pub(crate) struct Person {
 impl Person {
     /// How the audit log names the person.
     pub(crate) fn actor(&self) -> String {
-        format!("oidc:{}:{}", self.provider, self.token.subject)
+        oidc_actor(&self.provider, &self.token.subject)
     }
 
     /// Whether the token says a second factor was used (RFC 8176 `amr` values).

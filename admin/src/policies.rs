@@ -30,6 +30,7 @@ use portcullis_identity::schema::HumanDuration;
 use portcullis_identity::{PolicyBundle, SignedPolicyBundle, TenantPolicy, POLICY_BUNDLE_FORMAT};
 use serde::{Deserialize, Serialize};
 
+use crate::persons::Persons;
 use crate::store::PgStore;
 
 pub(crate) use check::{Platform, Problem};
@@ -401,15 +402,20 @@ impl Policies {
         tenant: &TenantId,
         id: u64,
         approver: &str,
+        persons: &Persons,
         approve: bool,
         now: SystemTime,
     ) -> Result<Approval, PolicyError> {
+        let pending = self.store.approvals(tenant, now)?;
+        let request = pending
+            .iter()
+            .find(|a| a.id == id)
+            .ok_or(StoreError::UnknownApproval)?;
+        // The store refuses the requester's own identity; this, their other ones.
+        if request.status == ApprovalStatus::Pending && persons.same(&request.requester, approver) {
+            return Err(StoreError::SamePerson.into());
+        }
         if approve {
-            let pending = self.store.approvals(tenant, now)?;
-            let request = pending
-                .iter()
-                .find(|a| a.id == id)
-                .ok_or(StoreError::UnknownApproval)?;
             self.recheck(tenant, request.version)?;
         }
         Ok(self.store.decide(tenant, id, approver, approve, now)?)

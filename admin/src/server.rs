@@ -311,6 +311,7 @@ impl AdminServer {
             policies,
             people,
             mfa_for_writes: config.mfa_for_writes,
+            persons: crate::persons::Persons::new(&config.persons),
             webhooks,
             pending,
         });

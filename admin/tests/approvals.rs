@@ -53,14 +53,20 @@ const ADMIN: &str = "spiffe://vault.example/ns/people/admin";
 const ISSUER: &str = "spiffe://vault.example/ns/people/issuer";
 const AUDITOR: &str = "spiffe://vault.example/ns/people/auditor";
 const AGENT: &str = "spiffe://vault.example/agent/node-1";
+/// The issuer's second certificate: the same person (`persons:`).
+const ISSUER_LAPTOP: &str = "spiffe://vault.example/ns/people/issuer-laptop";
 const ACME_ADMIN: &str = "spiffe://acme.example/ns/people/admin";
 
 const EXTRA: &str = r#"roles:
   - { role: tenant_admin, tenant: vault, spiffe_ids: ["spiffe://vault.example/ns/people/admin"] }
   - { role: certificate_issuer, tenant: vault, spiffe_ids: ["spiffe://vault.example/ns/people/issuer"] }
+  - { role: certificate_issuer, tenant: vault, spiffe_ids: ["spiffe://vault.example/ns/people/issuer-laptop"] }
   - { role: auditor, tenant: vault, spiffe_ids: ["spiffe://vault.example/ns/people/auditor"] }
   - { role: tenant_admin, tenant: vault, spiffe_ids: ["spiffe://vault.example/agent/node-1"] }
   - { role: tenant_admin, tenant: acme, spiffe_ids: ["spiffe://acme.example/ns/people/admin"] }
+persons:
+  - name: ivy
+    spiffe_ids: ["spiffe://vault.example/ns/people/issuer", "spiffe://vault.example/ns/people/issuer-laptop"]
 agents:
   - spiffe_id: "spiffe://vault.example/agent/node-1"
     tenant: vault
@@ -585,19 +591,23 @@ async fn the_creator_of_the_token_a_request_came_with_cannot_decide_it(backend: 
         .await;
     assert_eq!(r.status, 202, "{:?}", r.json());
     let id = r.json()["pending"].as_str().unwrap().to_owned();
-    for what in ["approve", "reject"] {
-        let (status, body) = issuer
-            .json(
-                "POST",
-                &decide_path("vault", &id, what),
-                json!({ "reason": "mine" }),
-            )
-            .await;
-        assert_eq!(
-            (status, body["error"].as_str()),
-            (403, Some("self_approval")),
-            "{what}: {body}"
-        );
+    // Nor under another identity of the same person (`persons:`).
+    let laptop = person(&server, fx, "vault", ISSUER_LAPTOP).await;
+    for who in [&mut issuer, &mut { laptop }] {
+        for what in ["approve", "reject"] {
+            let (status, body) = who
+                .json(
+                    "POST",
+                    &decide_path("vault", &id, what),
+                    json!({ "reason": "mine" }),
+                )
+                .await;
+            assert_eq!(
+                (status, body["error"].as_str()),
+                (403, Some("self_approval")),
+                "{what}: {body}"
+            );
+        }
     }
     let mut admin = person(&server, fx, "vault", ADMIN).await;
     let (status, body) = admin

@@ -528,3 +528,123 @@ fn people_call_the_admin_api_with_tokens_and_changes_need_a_second_factor() {
         "{audit}"
     );
 }
+
+/// Two-person activation against one person with two identities: Alice asks for an activation
+/// with her OIDC token and tries to approve it with her client certificate (and the reverse).
+/// With `persons:` linking both, each is refused as the same person; Bob approves.
+#[test]
+fn one_person_under_two_identities_cannot_approve_their_own_activation() {
+    use crate::oidc_provider::{OidcProvider, ProviderOptions};
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let Some(ca) = HsmCa::init(d) else { return };
+    let provider = OidcProvider::start(&pki, d, ProviderOptions::default());
+    std::fs::write(
+        d.join("platform.yaml"),
+        gateway_yaml(1, 2)
+            .replace("{port}", "1")
+            .replace("{metrics}", "3"),
+    )
+    .unwrap();
+    let extra = format!(
+        "identity_providers:\n  - {{ name: corp, issuer: \"{issuer}\", audiences: [portcullis-admin], ca: {ca} }}\n\
+         roles:\n  - {{ role: tenant_admin, tenant: acme, people: {{ provider: corp, subjects: [alice, bob] }} }}\n\
+         \x20 - {{ role: tenant_admin, tenant: acme, spiffe_ids: [\"{ADMIN_ID}\"] }}\n\
+         persons:\n  - {{ name: alice, spiffe_ids: [\"{ADMIN_ID}\"], oidc: [{{ provider: corp, subject: alice }}] }}\n\
+         policies:\n  gateway_config: platform.yaml\n  approval: {{ required: true }}\n",
+        issuer = provider.issuer(),
+        ca = provider.ca().display()
+    );
+    let admin = AdminApi::start_with(d, &ca, &extra);
+    ca.issue(d, "policy-admin", ADMIN_ID);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = |sub: &str| {
+        provider.sign(
+            serde_json::json!({}),
+            serde_json::json!({
+                "iss": provider.issuer(), "sub": sub, "aud": "portcullis-admin",
+                "iat": now, "exp": now + 300,
+            }),
+        )
+    };
+    let (alice, bob) = (token("alice"), token("bob"));
+    let upload = serde_json::json!({ "document": ACME_V1 });
+    let reason = serde_json::json!({ "reason": "CHG-2" });
+    let (code, body) = person_call(
+        d,
+        admin.port,
+        &alice,
+        "POST",
+        "/v1/tenants/acme/policies",
+        &upload,
+    );
+    assert_eq!(code, 201, "{body}");
+
+    // Asked by token, approved by certificate; then asked by certificate, approved by token.
+    let asked_by_token = |version: u64| {
+        let path = format!("/v1/tenants/acme/policies/{version}/activate");
+        let (code, body) = person_call(d, admin.port, &alice, "POST", &path, &reason);
+        assert_eq!(code, 202, "{body}");
+        body["approval"]["id"].as_u64().unwrap()
+    };
+    let id = asked_by_token(1);
+    for decision in ["approve", "reject"] {
+        let path = format!("/v1/tenants/acme/approvals/{id}/{decision}");
+        let (code, body) = admin_call(d, admin.port, "POST", &path, &serde_json::Value::Null);
+        assert_eq!(
+            (code, body["error"].as_str()),
+            (403, Some("same_person")),
+            "{decision}: {body}"
+        );
+    }
+    let path = format!("/v1/tenants/acme/approvals/{id}/approve");
+    let (code, body) = person_call(d, admin.port, &bob, "POST", &path, &serde_json::Value::Null);
+    assert_eq!(
+        (code, body["status"].as_str()),
+        (200, Some("approved")),
+        "{body}"
+    );
+
+    let (code, body) = person_call(
+        d,
+        admin.port,
+        &alice,
+        "POST",
+        "/v1/tenants/acme/policies",
+        &upload,
+    );
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = admin_call(
+        d,
+        admin.port,
+        "POST",
+        "/v1/tenants/acme/policies/2/activate",
+        &reason,
+    );
+    assert_eq!(code, 202, "{body}");
+    let id = body["approval"]["id"].as_u64().unwrap();
+    let path = format!("/v1/tenants/acme/approvals/{id}/approve");
+    let (code, body) = person_call(
+        d,
+        admin.port,
+        &alice,
+        "POST",
+        &path,
+        &serde_json::Value::Null,
+    );
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (403, Some("same_person")),
+        "{body}"
+    );
+    let (code, body) = person_call(d, admin.port, &bob, "POST", &path, &serde_json::Value::Null);
+    assert_eq!(
+        (code, body["status"].as_str()),
+        (200, Some("approved")),
+        "{body}"
+    );
+}

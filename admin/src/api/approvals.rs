@@ -220,8 +220,10 @@ async fn decision_target(
     Ok((tenant, store, id))
 }
 
-/// Refuses a decision by the requester itself, and one on a request no longer pending.
+/// Refuses a decision by the requester itself (under any of its identities in `persons:`),
+/// and one on a request no longer pending.
 fn check_decider(
+    st: &AppState,
     store: &dyn PendingStore,
     tenant: &TenantId,
     id: &PendingId,
@@ -231,12 +233,12 @@ fn check_decider(
         .requested_by(tenant, id, SystemTime::now())
         .map_err(store_failed)?
         .map_err(not_claimed)?;
-    if requested_by.iter().any(|r| r == actor) {
+    if requested_by.iter().any(|r| st.persons.same(r, actor)) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "self_approval",
             "a request is decided by someone else than its requester (and than the creator of \
-             the bootstrap token it came with)",
+             the bootstrap token it came with), under any of their identities",
         ));
     }
     Ok(())
@@ -282,7 +284,7 @@ fn approve_blocking(
     id: &PendingId,
     actor: &str,
 ) -> Result<Response, ApiError> {
-    check_decider(store, tenant, id, actor)?;
+    check_decider(st, store, tenant, id, actor)?;
     let now = SystemTime::now();
     let claimed = store
         .claim(tenant, id, actor, now)
@@ -401,9 +403,9 @@ async fn reject(
             ));
         }
         let (tenant, store, id) = decision_target(&st, &conn, &tenant, &id, &mut rec).await?;
-        let actor = rec.actor.clone();
+        let (st2, actor) = (Arc::clone(&st), rec.actor.clone());
         let record = blocking(move || -> Result<PendingRecord, ApiError> {
-            check_decider(&*store, &tenant, &id, &actor)?;
+            check_decider(&st2, &*store, &tenant, &id, &actor)?;
             let now = SystemTime::now();
             store
                 .reject(&tenant, &id, &actor, &reason, now, false)

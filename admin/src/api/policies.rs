@@ -486,10 +486,12 @@ async fn decide(
             .filter(|id| *id <= MAX_ID)
             .ok_or_else(|| ApiError::not_found("no such approval request"))?;
         rec.target = Some(format!("approval {id}"));
-        let actor = rec.actor.clone();
+        let (actor, st2) = (rec.actor.clone(), Arc::clone(&st));
         let (policies, t) = (s.policies, s.tenant.clone());
-        let done =
-            blocking(move || policies.decide(&t, id, &actor, approve, SystemTime::now())).await?;
+        let done = blocking(move || {
+            policies.decide(&t, id, &actor, &st2.persons, approve, SystemTime::now())
+        })
+        .await?;
         Ok(match done {
             Ok(approval) => {
                 if approval.status == crate::policies::ApprovalStatus::Approved {
