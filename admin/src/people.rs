@@ -17,8 +17,9 @@
 //!     people: { provider: corp, groups: [acme-admins], subjects: [alice] }
 //! ```
 //!
-//! Tokens are read on the role endpoints only (`/v1/tenants/…`, `/v1/policies/…`, the
-//! inventory); `POST /v1/certificates` keeps `Authorization: Bearer` for bootstrap tokens.
+//! Tokens are read on the role endpoints (`/v1/tenants/…`, `/v1/policies/…`, the inventory:
+//! listing, lineage, revocation); `POST /v1/certificates` keeps `Authorization: Bearer` for
+//! bootstrap tokens, and the policy bundle is for gateways' certificates only (403).
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -5,6 +5,8 @@
 
 #[path = "support/harness.rs"]
 mod harness;
+#[path = "support/role_matrix.rs"]
+mod role_matrix;
 #[path = "../../ca/tests/support/softhsm.rs"]
 mod softhsm;
 
@@ -15,69 +17,8 @@ use harness::{write, Fixture, Identity, Server, Workload};
 use portcullis_audit::{
     AuditConfig, AuditLog, Decision, RateLimitOutcome, RequestEvent, SoftwareSigner,
 };
+use role_matrix::{ACME_V1, GATEWAY};
 use serde_json::json;
-
-const GATEWAY: &str = "\
-listeners:
-  - name: public
-    address: 127.0.0.1:8443
-    tls:
-      certificate: server.pem
-      private_key: server.key
-      client_auth: required
-      client_ca: bundle.pem
-upstreams:
-  - name: app
-    targets: [127.0.0.1:9000]
-tenants:
-  - name: acme
-    routes:
-      - name: api
-        host: api.acme.test
-        path_prefix: /api
-        upstream: app
-        access:
-          - id: frontend
-            spiffe_id: [spiffe://acme.example/ns/web/sa/frontend]
-            methods: [GET]
-          - id: batch
-            spiffe_id: [spiffe://acme.example/ns/batch/sa/job]
-            methods: [GET, POST]
-  - name: globex
-    routes:
-      - name: www
-        host: www.globex.test
-        path_prefix: /
-        upstream: app
-        access:
-          - id: anyone
-            spiffe_id: [spiffe://globex.example/ns/**]
-";
-
-/// acme's next policy: batch jobs may only read, and a new /admin route for its admins.
-const ACME_V1: &str = "\
-tenants:
-  - name: acme
-    routes:
-      - name: api
-        host: api.acme.test
-        path_prefix: /api
-        upstream: app
-        access:
-          - id: frontend
-            spiffe_id: [spiffe://acme.example/ns/web/sa/frontend]
-            methods: [GET]
-          - id: batch
-            spiffe_id: [spiffe://acme.example/ns/batch/sa/job]
-            methods: [GET]
-      - name: admin
-        host: api.acme.test
-        path_prefix: /admin
-        upstream: app
-        access:
-          - id: admins
-            spiffe_id: [spiffe://acme.example/ns/admin/sa/*]
-";
 
 const ROLES: &str = "
 roles:
@@ -184,98 +125,16 @@ async fn every_endpoint_answers_each_role_in_and_out_of_scope() {
     callers.push(("anonymous", None));
     // A certificate of acme's: the workload's.
     let acme_serial = people[8].1.serial.clone();
-    let upload = json!({ "document": ACME_V1, "comment": "matrix" });
-    let reason = json!({ "reason": "matrix" });
-    let endpoints: Vec<(&str, String, serde_json::Value)> = vec![
-        ("GET", "/v1/tenants/acme/policies".into(), json!(null)),
-        ("POST", "/v1/tenants/acme/policies".into(), upload),
-        ("GET", format!("/v1/tenants/acme/policies/{v}"), json!(null)),
-        (
-            "GET",
-            format!("/v1/tenants/acme/policies/{v}/diff"),
-            json!(null),
-        ),
-        (
-            "GET",
-            format!("/v1/tenants/acme/policies/{v}/impact?window=1h"),
-            json!(null),
-        ),
-        (
-            "POST",
-            format!("/v1/tenants/acme/policies/{v}/activate"),
-            reason.clone(),
-        ),
-        ("GET", "/v1/tenants/acme/approvals".into(), json!(null)),
-        (
-            "GET",
-            "/v1/tenants/acme/policies/history".into(),
-            json!(null),
-        ),
-        ("GET", "/v1/certificates?tenant=acme".into(), json!(null)),
-        (
-            "GET",
-            format!("/v1/certificates/{acme_serial}/lineage"),
-            json!(null),
-        ),
-        (
-            "POST",
-            "/v1/tenants/acme/tokens".into(),
-            json!({ "ttl": "10m" }),
-        ),
-        ("GET", "/v1/tenants/acme/tokens".into(), json!(null)),
-        ("GET", "/v1/policies/bundle".into(), json!(null)),
-        ("GET", "/v1/tenants/acme/reports/access".into(), json!(null)),
-        ("GET", "/v1/tenants/acme/reports/audit".into(), json!(null)),
-        (
-            "GET",
-            "/v1/tenants/acme/reports/certificates".into(),
-            json!(null),
-        ),
-        ("GET", "/v1/tenants/acme/webhooks".into(), json!(null)),
-        (
-            "POST",
-            "/v1/tenants/acme/webhooks".into(),
-            json!({ "url": "https://hooks.example.com/in", "events": ["policy.activated"] }),
-        ),
-        (
-            "GET",
-            "/v1/tenants/acme/webhooks/deliveries".into(),
-            json!(null),
-        ),
-    ];
-    // Expected status per endpoint (rows as above) for each caller (columns as above).
-    #[rustfmt::skip]
-    let expected: [[u16; 11]; 19] = [
-        //  admin editor issuer auditor reader globex sneaky everyw. workload operator anon
-        [   200,  200,   403,   200,    200,   404,   404,   404,    404,     200,     401], // list
-        [   201,  201,   403,   403,    403,   404,   404,   404,    404,     201,     401], // upload
-        [   200,  200,   403,   200,    200,   404,   404,   404,    404,     200,     401], // get
-        [   200,  200,   403,   200,    200,   404,   404,   404,    404,     200,     401], // diff
-        [   200,  200,   403,   200,    403,   404,   404,   404,    404,     200,     401], // impact
-        [   202,  403,   403,   403,    403,   404,   404,   404,    404,     202,     401], // activate
-        [   200,  200,   403,   200,    200,   404,   404,   404,    404,     200,     401], // approvals
-        [   200,  200,   403,   200,    200,   404,   404,   404,    404,     200,     401], // history
-        [   200,  403,   200,   200,    200,   404,   403,   403,    403,     200,     401], // certificates
-        [   200,  403,   200,   200,    200,   404,   404,   404,    404,     200,     401], // lineage
-        [   201,  403,   201,   403,    403,   404,   404,   404,    404,     201,     401], // token create
-        [   200,  403,   200,   200,    200,   404,   404,   404,    404,     200,     401], // token list
-        [   403,  403,   403,   403,    403,   403,   403,   403,    403,     200,     401], // bundle
-        [   200,  200,   403,   200,    200,   404,   404,   404,    404,     200,     401], // access report
-        [   200,  200,   403,   200,    403,   404,   404,   404,    404,     200,     401], // audit report
-        [   200,  403,   200,   200,    200,   404,   404,   404,    404,     200,     401], // certificates report
-        [   200,  403,   403,   200,    403,   404,   404,   404,    404,     200,     401], // webhook list
-        [   201,  403,   403,   403,    403,   404,   404,   404,    404,     201,     401], // webhook create
-        [   200,  403,   403,   200,    403,   404,   404,   404,    404,     200,     401], // deliveries
-    ];
+    let endpoints = role_matrix::endpoints(v, &acme_serial);
     let mut wrong = Vec::new();
-    for (col, (who, identity)) in callers.iter().enumerate() {
+    for (who, identity) in &callers {
         let mut c = server.client(*identity).await;
         for (row, (method, path, body)) in endpoints.iter().enumerate() {
             let (status, answer) = c.json(method, path, body.clone()).await;
-            if status != expected[row][col] {
+            let expected = role_matrix::expected(row, who);
+            if status != expected {
                 wrong.push(format!(
-                    "{who} {method} {path}: {status} (expected {}) {answer}",
-                    expected[row][col]
+                    "{who} {method} {path}: {status} (expected {expected}) {answer}"
                 ));
             }
             if status == 404 && path.starts_with("/v1/tenants/") {

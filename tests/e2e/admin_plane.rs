@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use crate::ca::{AdminApi, HsmCa};
 use crate::harness::*;
 
+#[path = "../../admin/tests/support/role_matrix.rs"]
+mod role_matrix;
+
 const ADMIN_ID: &str = "spiffe://test.portcullis.local/ns/app/sa/policy-admin";
 const GATEWAY_ID: &str = "spiffe://test.portcullis.local/ns/app/sa/policy-gateway";
 
@@ -647,4 +650,130 @@ fn one_person_under_two_identities_cannot_approve_their_own_activation() {
         (200, Some("approved")),
         "{body}"
     );
+}
+
+/// The role matrix of `admin/tests/policies.rs` (every role endpoint, each role in and out of
+/// scope), called by people with tokens from the real OpenID provider instead of client
+/// certificates: each role bound to a person by `people:` gets exactly the answers the same role
+/// gets by certificate; a person with no role is treated as a certificate with none, a
+/// platform-wide auditor as the tenant's auditor, and no token at all is 401.
+#[test]
+fn every_endpoint_answers_people_with_tokens_as_the_role_matrix_says() {
+    use crate::oidc_provider::{OidcProvider, ProviderOptions};
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let Some(ca) = HsmCa::init(d) else { return };
+    let provider = OidcProvider::start(&pki, d, ProviderOptions::default());
+    std::fs::write(d.join("platform.yaml"), role_matrix::GATEWAY).unwrap();
+    std::fs::create_dir(d.join("traffic")).unwrap();
+    let bind = |role: &str, tenant: Option<&str>, subject: &str| {
+        let tenant = tenant.map(|t| format!("tenant: {t}, ")).unwrap_or_default();
+        format!(
+            "  - {{ role: {role}, {tenant}people: {{ provider: corp, subjects: [{subject}] }} }}\n"
+        )
+    };
+    let extra = format!(
+        "identity_providers:\n  - {{ name: corp, issuer: \"{issuer}\", audiences: [portcullis-admin], ca: {ca} }}\n\
+         roles:\n{roles}\
+         policies:\n  gateway_config: platform.yaml\n  approval: {{ required: true }}\n  traffic: [{traffic}]\n\
+         webhooks: {{}}\n",
+        issuer = provider.issuer(),
+        ca = provider.ca().display(),
+        traffic = d.join("traffic").display(),
+        roles = [
+            bind("tenant_admin", Some("acme"), "bob"),
+            bind("policy_editor", Some("acme"), "eddie"),
+            bind("certificate_issuer", Some("acme"), "ivy"),
+            bind("auditor", Some("acme"), "audrey"),
+            bind("read_only", Some("acme"), "rita"),
+            bind("tenant_admin", Some("globex"), "gloria"),
+            bind("auditor", None, "paul"),
+        ]
+        .concat(),
+    );
+    let admin = AdminApi::start_with(d, &ca, &extra);
+    let acme_serial = ca.issue(
+        d,
+        "frontend",
+        "spiffe://test.portcullis.local/ns/app/sa/frontend",
+    );
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = |sub: &str| {
+        provider.sign(
+            serde_json::json!({}),
+            serde_json::json!({
+                "iss": provider.issuer(), "sub": sub, "aud": "portcullis-admin",
+                "iat": now, "exp": now + 600,
+            }),
+        )
+    };
+    let (code, body) = person_call(
+        d,
+        admin.port,
+        &token("bob"),
+        "POST",
+        "/v1/tenants/acme/policies",
+        &serde_json::json!({ "document": role_matrix::ACME_V1 }),
+    );
+    assert_eq!(code, 201, "{body}");
+    let v = body["version"].as_u64().unwrap();
+
+    // Each person, and the matrix column whose answers they must get.
+    let people = [
+        ("bob", "admin"),
+        ("eddie", "editor"),
+        ("ivy", "issuer"),
+        ("audrey", "auditor"),
+        ("rita", "reader"),
+        ("gloria", "globex"),
+        ("paul", "auditor"),
+        ("nobody", "workload"),
+        ("", "anonymous"),
+    ];
+    let mut wrong = Vec::new();
+    for (person, column) in people {
+        let header = format!("authorization: Bearer {}", token(person));
+        let auth: Vec<&str> = if person.is_empty() {
+            vec![]
+        } else {
+            vec!["-H", &header]
+        };
+        for (row, (method, path, body)) in
+            role_matrix::endpoints(v, &acme_serial).iter().enumerate()
+        {
+            let (status, answer) = curl(d, admin.port, &auth, method, path, body);
+            let expected = role_matrix::expected(row, column);
+            if status != expected {
+                wrong.push(format!(
+                    "{person} ({column}) {method} {path}: {status} (expected {expected}) {answer}"
+                ));
+            }
+            if status == 404 && path.starts_with("/v1/tenants/") {
+                // Out of scope looks exactly like a tenant that does not exist.
+                let missing = curl(
+                    d,
+                    admin.port,
+                    &auth,
+                    method,
+                    &path.replace("/acme/", "/nosuch/"),
+                    body,
+                );
+                assert_eq!(missing, (404, answer), "{person} {path}");
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // Revocation by a person: out of scope 404, a role without the permission 403, the
+    // tenant's admin 200 (and then 409).
+    let revoke = format!("/v1/certificates/{acme_serial}/revoke");
+    let reason = serde_json::json!({ "reason": "keyCompromise" });
+    for (person, expected) in [("gloria", 404), ("eddie", 403), ("bob", 200), ("bob", 409)] {
+        let (code, body) = person_call(d, admin.port, &token(person), "POST", &revoke, &reason);
+        assert_eq!(code, expected, "{person}: {body}");
+    }
 }

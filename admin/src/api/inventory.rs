@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{blocking, caller_record, read_json, ApiError, AppState, CallRecord, PathParams};
 use crate::identity::ConnInfo;
-use crate::roles::{Permission, Role};
+use crate::roles::{Caller, Permission, Role};
 
 /// Most inventory records one listing returns.
 const MAX_LIST: usize = 1000;
@@ -62,7 +62,7 @@ struct RevokeResponse {
         super::openapi::BodyRefusals,
         super::openapi::Refusals,
     ),
-    security(("mtls" = []))
+    security(("mtls" = []), ("bearer" = []))
 )]
 pub(super) async fn revoke(
     State(st): State<Arc<AppState>>,
@@ -99,29 +99,22 @@ async fn revoke_flow(
     // The body is read first and judged after the caller: a refused caller still sending reads
     // its answer, and the keep-alive connection stays usable.
     let body = read_json::<RevokeBody>(headers, body, true).await;
-    let peer = conn.peer.as_ref().ok_or_else(ApiError::unauthenticated)?;
     let serial = parse_serial(serial)?;
-    let caller = caller_record(st, peer).await?;
-    let kind = if st.is_operator(peer, &caller) {
-        rec.role = Some(Role::PlatformAdmin.as_str());
-        RequesterKind::Operator
-    } else if peer.serial == serial {
-        RequesterKind::ClientCert
-    } else {
-        let roles = st.roles_of(peer, &caller);
-        if !roles.has_any_role() {
-            return Err(ApiError::forbidden(
-                "only operators, the certificate's holder and callers with a role may revoke it",
-            ));
+    let kind = match (&conn.person, &conn.peer) {
+        // A certificate: an operator, the certificate's own holder, or a role.
+        (None, Some(peer)) => {
+            let caller = caller_record(st, peer).await?;
+            if st.is_operator(peer, &caller) {
+                rec.role = Some(Role::PlatformAdmin.as_str());
+                RequesterKind::Operator
+            } else if peer.serial == serial {
+                RequesterKind::ClientCert
+            } else {
+                revoke_by_role(st, &st.roles_of(peer, &caller), &serial, rec).await?
+            }
         }
-        // A certificate of a tenant the caller holds no role in does not exist for it.
-        let target = inventory_get(st, &serial)
-            .await?
-            .filter(|t| roles.sees(&t.tenant))
-            .ok_or_else(no_such_certificate)?;
-        let role = super::authorize(&roles, Permission::CertificateRevoke, &target.tenant)?;
-        rec.role = Some(role.as_str());
-        RequesterKind::Operator
+        // A person (bearer token), or no one.
+        _ => revoke_by_role(st, &super::caller(st, conn).await?, &serial, rec).await?,
     };
     let requester = Requester {
         kind,
@@ -267,7 +260,7 @@ fn no_such_certificate() -> ApiError {
         (status = 404, description = "No such certificate (or one of a tenant the caller holds no role in)", body = super::openapi::ErrorBody),
         super::openapi::Refusals,
     ),
-    security(("mtls" = []))
+    security(("mtls" = []), ("bearer" = []))
 )]
 pub(super) async fn lineage(
     State(st): State<Arc<AppState>>,
@@ -284,28 +277,50 @@ pub(super) async fn lineage(
     response
 }
 
+/// A revocation by a caller acting by role.
+async fn revoke_by_role(
+    st: &Arc<AppState>,
+    roles: &Caller,
+    serial: &Serial,
+    rec: &mut CallRecord,
+) -> Result<RequesterKind, ApiError> {
+    if !roles.has_any_role() {
+        return Err(ApiError::forbidden(
+            "only operators, the certificate's holder and callers with a role may revoke it",
+        ));
+    }
+    by_role(st, roles, serial, Permission::CertificateRevoke, rec).await?;
+    Ok(RequesterKind::Operator)
+}
+
+/// Checks that `roles` allow `permission` on certificate `serial` (its tenant and the role
+/// then in `rec`). A certificate of a tenant the caller holds no role in does not exist for it.
+async fn by_role(
+    st: &Arc<AppState>,
+    roles: &Caller,
+    serial: &Serial,
+    permission: Permission,
+    rec: &mut CallRecord,
+) -> Result<(), ApiError> {
+    let target = inventory_get(st, serial)
+        .await?
+        .filter(|t| roles.sees(&t.tenant))
+        .ok_or_else(no_such_certificate)?;
+    rec.tenant = Some(target.tenant.to_string());
+    let role = super::authorize(roles, permission, &target.tenant)?;
+    rec.role = Some(role.as_str());
+    Ok(())
+}
+
 async fn lineage_flow(
     st: &Arc<AppState>,
     conn: &ConnInfo,
     serial: &str,
     rec: &mut CallRecord,
 ) -> Result<Vec<CertRecord>, ApiError> {
-    let peer = conn.peer.as_ref().ok_or_else(ApiError::unauthenticated)?;
     let serial = parse_serial(serial)?;
-    let caller = caller_record(st, peer).await?;
-    if st.is_operator(peer, &caller) {
-        rec.role = Some(Role::PlatformAdmin.as_str());
-    } else {
-        let roles = st.roles_of(peer, &caller);
-        // A certificate of a tenant the caller holds no role in does not exist for it.
-        let target = inventory_get(st, &serial)
-            .await?
-            .filter(|t| roles.sees(&t.tenant))
-            .ok_or_else(no_such_certificate)?;
-        rec.tenant = Some(target.tenant.to_string());
-        let role = super::authorize(&roles, Permission::CertificateRead, &target.tenant)?;
-        rec.role = Some(role.as_str());
-    }
+    let roles = super::caller(st, conn).await?;
+    by_role(st, &roles, &serial, Permission::CertificateRead, rec).await?;
     let ca = Arc::clone(&st.ca);
     let family = blocking(move || ca.inventory().lineage(&serial, SystemTime::now()))
         .await?
@@ -362,7 +377,7 @@ struct ListResponse {
         (status = 404, description = "A tenant the caller holds no role in", body = super::openapi::ErrorBody),
         super::openapi::Refusals,
     ),
-    security(("mtls" = []))
+    security(("mtls" = []), ("bearer" = []))
 )]
 pub(super) async fn list(
     State(st): State<Arc<AppState>>,
@@ -384,9 +399,7 @@ async fn list_flow(
     uri: &Uri,
     rec: &mut CallRecord,
 ) -> Result<Vec<CertRecord>, ApiError> {
-    let peer = conn.peer.as_ref().ok_or_else(ApiError::unauthenticated)?;
-    let caller = caller_record(st, peer).await?;
-    let roles = st.roles_of(peer, &caller);
+    let roles = super::caller(st, conn).await?;
     if roles
         .tenants_for(Permission::CertificateRead)
         .is_some_and(|t| t.is_empty())

@@ -609,6 +609,11 @@ async fn bundle(
 ) -> Response {
     let mut rec = CallRecord::new(&conn);
     let result = async {
+        if conn.person.is_some() {
+            return Err(ApiError::forbidden(
+                "the policy bundle is served to gateways, by their client certificate",
+            ));
+        }
         let peer = conn.peer.as_ref().ok_or_else(ApiError::unauthenticated)?;
         let record = super::caller_record(&st, peer).await?;
         let policies = st
