@@ -14,7 +14,9 @@
 #   3. the container build file linted by hadolint (not built: no registry here);
 #   4. Kubernetes manifests validated by kubernetes-validate --strict (CRDs skipped, said so)
 #      and checked to fit together (selectors, named ports, targets);
-#   5. shell completions parsed by bash, man pages rendered by man/groff.
+#   5. shell completions parsed by bash, man pages rendered by man/groff;
+#   6. the Grafana dashboard type-checked against Grafana's published schema (npm
+#      @grafana/schema, `Dashboard`) by the TypeScript compiler (tests/grafana/check-dashboard.sh).
 # Everything listens on 127.0.0.1; every wait is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -469,4 +471,23 @@ for page in "$man1"/*.1; do
   warnings=$(groff -k -man -Tutf8 -ww -z "$page" 2>&1) || fail "groff $page"
   [ -z "$warnings" ] || fail "groff warns on $(basename "$page"): $warnings"
 done
+# --- 6. Grafana dashboard ----------------------------------------------------------------
+step "grafana: the dashboard against @grafana/schema's Dashboard type (tsc --strict)"
+if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
+  [ -z "${PORTCULLIS_REQUIRE_TOOLS:-}" ] \
+    || fail "node and npm are needed for the dashboard check (deploy/setup-debian.sh --test installs them)"
+  echo "deploy: SKIPPED the dashboard check: node or npm is not installed (deploy/setup-debian.sh --test installs them)" >&2
+else
+  tests/grafana/check-dashboard.sh || fail "the dashboard does not match Grafana's schema"
+  # It catches a broken panel (so a pass above means something).
+  python3 - deploy/observability/portcullis-dashboard.json "$work/broken-dashboard.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+next(p for p in d["panels"] if p["type"] != "row")["gridPos"] = "x"
+json.dump(d, open(sys.argv[2], "w"), indent=2)
+PY
+  ! tests/grafana/check-dashboard.sh "$work/broken-dashboard.json" >/dev/null 2>&1 \
+    || fail "the dashboard check accepted a panel whose gridPos is a string"
+fi
+
 echo "deploy: all checks passed" >&2
