@@ -181,8 +181,8 @@ grep -q '^portcullis-ca:' "$root/etc/passwd" || fail "sysusers: no portcullis-ca
 [ "$(stat -c %a "$root/etc/portcullis/credentials")" = 700 ] || fail "tmpfiles: credentials folder mode"
 [ "$(stat -c %a "$root/etc/portcullis/gateway.yaml")" = 640 ] || fail "gateway.yaml mode"
 
-# The gateway's unit requires its socket unit: `verify` finds it beside the copy.
-cp deploy/systemd/portcullis.socket "$work/"
+# Each service requires its socket unit: `verify` finds it beside the copy.
+cp deploy/systemd/portcullis.socket deploy/systemd/portcullis-admin.socket "$work/"
 for unit in portcullis.service portcullis-admin.service; do
   line=$(systemd-analyze security --offline=true --threshold=20 "deploy/systemd/$unit" 2>&1 | tail -n 1) \
     || fail "$unit: exposure above 2.0: $line"
@@ -191,7 +191,12 @@ for unit in portcullis.service portcullis-admin.service; do
   sed "s#/usr/local/bin/portcullis#$bin#g" "deploy/systemd/$unit" >"$work/$unit"
   systemd-analyze verify --man=no "$work/$unit" || fail "systemd-analyze verify $unit"
 done
-systemd-analyze verify --man=no "$work/portcullis.socket" || fail "systemd-analyze verify portcullis.socket"
+for unit in portcullis.socket portcullis-admin.socket; do
+  systemd-analyze verify --man=no "$work/$unit" || fail "systemd-analyze verify $unit"
+done
+# The admin API's socket unit listens where admin.yaml does (the server refuses any other).
+[ "$(sed -n 's/^ListenStream=//p' deploy/systemd/portcullis-admin.socket)" = "$(sed -n 's/^listen: *\([^ ]*\).*/\1/p' deploy/config/admin.yaml)" ] \
+  || fail "portcullis-admin.socket's ListenStream= is not admin.yaml's listen"
 
 # The paths the services see, inside the scratch root: the only change to the README steps.
 in_root() { sed -e "s#/etc/portcullis#$root/etc/portcullis#g" -e "s#/var/lib/portcullis#$root/var/lib/portcullis#g" \

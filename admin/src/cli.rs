@@ -237,6 +237,8 @@ pub fn run_to(
 
 fn serve(path: &std::path::Path, audit: Option<AuditHandle>) -> Result<(), AdminError> {
     let config = AdminConfig::load(path)?;
+    // Before the runtime's threads: it reads and clears LISTEN_FDS.
+    crate::activation::from_systemd(config.listen, path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
