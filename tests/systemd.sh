@@ -309,6 +309,14 @@ wait_in "exec 3<>/dev/tcp/127.0.0.1/8444" 50 || fail "systemd-socket-activate di
 if wait "$stray"; then fail "the admin API started with a socket for 127.0.0.1:8444, not admin.yaml's listen"; fi
 grep -q "systemd passed a listening socket for 127.0.0.1:8444 (portcullis-admin.socket's ListenStream=), but \`listen\` in /etc/portcullis/admin.yaml is 0.0.0.0:9443" "$work/admin-stray.log" \
   || { cat "$work/admin-stray.log" >&2; fail "no clear error for a stray admin socket"; }
+# Two sockets (the right one and another): refused too, rather than one of them left unserved.
+in_ns timeout 20 systemd-socket-activate -l 0.0.0.0:9443 -l 127.0.0.1:8445 \
+  portcullis admin serve --config /etc/portcullis/admin.yaml >"$work/admin-two.log" 2>&1 &
+stray=$!
+wait_in "exec 3<>/dev/tcp/127.0.0.1/8445" 50 || fail "systemd-socket-activate did not listen"
+if wait "$stray"; then fail "the admin API started with two sockets passed by systemd"; fi
+grep -q 'systemd passed 2 sockets (LISTEN_FDS); portcullis-admin.socket must list exactly one ListenStream=' "$work/admin-two.log" \
+  || { cat "$work/admin-two.log" >&2; fail "no clear error for two admin sockets"; }
 in_ns timeout 20 systemd-socket-activate --datagram -l 0.0.0.0:9443 \
   portcullis admin serve --config /etc/portcullis/admin.yaml >"$work/admin-datagram.log" 2>&1 &
 stray=$!
@@ -317,5 +325,5 @@ in_ns bash -c 'echo x >/dev/udp/127.0.0.1/9443'
 if wait "$stray"; then fail "the admin API started with a datagram socket passed by systemd"; fi
 grep -q 'socket activation: socket 0 passed by systemd (LISTEN_FDS): .*portcullis-admin.socket may list one TCP ListenStream= only' "$work/admin-datagram.log" \
   || { cat "$work/admin-datagram.log" >&2; fail "no clear error for a datagram admin socket"; }
-echo "systemd: the admin API refuses a stray socket and a datagram socket: $(tail -n 1 "$work/admin-datagram.log")" >&2
+echo "systemd: the admin API refuses a stray socket, two sockets and a datagram socket: $(tail -n 1 "$work/admin-datagram.log")" >&2
 echo "systemd: ok" >&2
