@@ -26,6 +26,10 @@ pub use commands::{ApiCall, PendingCommand, PolicyCommand, TokensCommand, Webhoo
 #[non_exhaustive]
 pub enum AdminCommand {
     /// Serve the admin API (HTTPS) until SIGINT or SIGTERM.
+    ///
+    /// Under systemd socket activation (portcullis-admin.socket, LISTEN_FDS) it serves the
+    /// socket systemd passes, which must be one TCP socket on the config's `listen` address;
+    /// otherwise it binds that address itself.
     Serve {
         /// The admin configuration file (YAML).
         #[arg(long)]
