@@ -14,7 +14,9 @@
 #   3. the container build file linted by hadolint (not built: no registry here);
 #   4. Kubernetes manifests validated by kubernetes-validate --strict (CRDs skipped, said so)
 #      and checked to fit together (selectors, named ports, targets);
-#   5. shell completions parsed by bash, man pages rendered by man/groff.
+#   5. shell completions parsed by bash, man pages rendered by man/groff;
+#   6. the Grafana dashboard type-checked against Grafana's published schema (npm
+#      @grafana/schema, `Dashboard`) by the TypeScript compiler (tests/grafana/check-dashboard.sh).
 # Everything listens on 127.0.0.1; every wait is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -179,8 +181,8 @@ grep -q '^portcullis-ca:' "$root/etc/passwd" || fail "sysusers: no portcullis-ca
 [ "$(stat -c %a "$root/etc/portcullis/credentials")" = 700 ] || fail "tmpfiles: credentials folder mode"
 [ "$(stat -c %a "$root/etc/portcullis/gateway.yaml")" = 640 ] || fail "gateway.yaml mode"
 
-# The gateway's unit requires its socket unit: `verify` finds it beside the copy.
-cp deploy/systemd/portcullis.socket "$work/"
+# Each service requires its socket unit: `verify` finds it beside the copy.
+cp deploy/systemd/portcullis.socket deploy/systemd/portcullis-admin.socket "$work/"
 for unit in portcullis.service portcullis-admin.service; do
   line=$(systemd-analyze security --offline=true --threshold=20 "deploy/systemd/$unit" 2>&1 | tail -n 1) \
     || fail "$unit: exposure above 2.0: $line"
@@ -189,7 +191,12 @@ for unit in portcullis.service portcullis-admin.service; do
   sed "s#/usr/local/bin/portcullis#$bin#g" "deploy/systemd/$unit" >"$work/$unit"
   systemd-analyze verify --man=no "$work/$unit" || fail "systemd-analyze verify $unit"
 done
-systemd-analyze verify --man=no "$work/portcullis.socket" || fail "systemd-analyze verify portcullis.socket"
+for unit in portcullis.socket portcullis-admin.socket; do
+  systemd-analyze verify --man=no "$work/$unit" || fail "systemd-analyze verify $unit"
+done
+# The admin API's socket unit listens where admin.yaml does (the server refuses any other).
+[ "$(sed -n 's/^ListenStream=//p' deploy/systemd/portcullis-admin.socket)" = "$(sed -n 's/^listen: *\([^ ]*\).*/\1/p' deploy/config/admin.yaml)" ] \
+  || fail "portcullis-admin.socket's ListenStream= is not admin.yaml's listen"
 
 # The paths the services see, inside the scratch root: the only change to the README steps.
 in_root() { sed -e "s#/etc/portcullis#$root/etc/portcullis#g" -e "s#/var/lib/portcullis#$root/var/lib/portcullis#g" \
@@ -469,4 +476,23 @@ for page in "$man1"/*.1; do
   warnings=$(groff -k -man -Tutf8 -ww -z "$page" 2>&1) || fail "groff $page"
   [ -z "$warnings" ] || fail "groff warns on $(basename "$page"): $warnings"
 done
+# --- 6. Grafana dashboard ----------------------------------------------------------------
+step "grafana: the dashboard against @grafana/schema's Dashboard type (tsc --strict)"
+if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
+  [ -z "${PORTCULLIS_REQUIRE_TOOLS:-}" ] \
+    || fail "node and npm are needed for the dashboard check (deploy/setup-debian.sh --test installs them)"
+  echo "deploy: SKIPPED the dashboard check: node or npm is not installed (deploy/setup-debian.sh --test installs them)" >&2
+else
+  tests/grafana/check-dashboard.sh || fail "the dashboard does not match Grafana's schema"
+  # It catches a broken panel (so a pass above means something).
+  python3 - deploy/observability/portcullis-dashboard.json "$work/broken-dashboard.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+next(p for p in d["panels"] if p["type"] != "row")["gridPos"] = "x"
+json.dump(d, open(sys.argv[2], "w"), indent=2)
+PY
+  ! tests/grafana/check-dashboard.sh "$work/broken-dashboard.json" >/dev/null 2>&1 \
+    || fail "the dashboard check accepted a panel whose gridPos is a string"
+fi
+
 echo "deploy: all checks passed" >&2

@@ -26,6 +26,10 @@ pub use commands::{ApiCall, PendingCommand, PolicyCommand, TokensCommand, Webhoo
 #[non_exhaustive]
 pub enum AdminCommand {
     /// Serve the admin API (HTTPS) until SIGINT or SIGTERM.
+    ///
+    /// Under systemd socket activation (portcullis-admin.socket, LISTEN_FDS) it serves the
+    /// socket systemd passes, which must be one TCP socket on the config's `listen` address;
+    /// otherwise it binds that address itself.
     Serve {
         /// The admin configuration file (YAML).
         #[arg(long)]
@@ -237,6 +241,8 @@ pub fn run_to(
 
 fn serve(path: &std::path::Path, audit: Option<AuditHandle>) -> Result<(), AdminError> {
     let config = AdminConfig::load(path)?;
+    // Before the runtime's threads: it reads and clears LISTEN_FDS.
+    crate::activation::from_systemd(config.listen, path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

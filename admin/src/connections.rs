@@ -12,6 +12,12 @@
 //!   within `first_request_timeout` of the handshake, and then no longer than `idle_timeout`
 //!   without a request in progress ([`Activity`]: hyper calls the service once a head is
 //!   complete, so the deadlines hold for both protocols and however slowly bytes trickle).
+//!
+//! At shutdown, a connection accepted before it still gets its first request served: its
+//! handshake finishes, and its first request head gets [`FIRST_REQUEST_AT_SHUTDOWN`] to arrive.
+//! Under systemd (`portcullis-admin.socket`) that is what makes `systemctl restart` fail no
+//! call: connections not yet accepted wait in systemd's socket for the next process, and those
+//! accepted are answered by this one.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -36,6 +42,9 @@ use crate::stats::{CloseReason, ConnClass, IssuanceStats};
 
 /// How long open connections get to finish after shutdown is asked.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a connection accepted before shutdown waits for its first request head after it:
+/// a client that has just connected sends it at once.
+const FIRST_REQUEST_AT_SHUTDOWN: Duration = Duration::from_secs(1);
 /// How long a connection closed for being idle gets to say goodbye (HTTP/2 GOAWAY).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -165,6 +174,14 @@ impl Activity {
         })
     }
 
+    /// Resolves once the first request head is complete. Only waited on at shutdown: it looks
+    /// every few milliseconds rather than take `first_begun`'s one wake-up from the watchdog.
+    async fn first_request(&self) {
+        while !self.begun.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     fn request(self: &Arc<Self>) -> Busy {
         self.in_progress.fetch_add(1, Ordering::AcqRel);
         if !self.begun.swap(true, Ordering::AcqRel) {
@@ -261,21 +278,19 @@ impl Connections {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(client.addr = %remote, error = %e, "admin API: TCP_NODELAY");
         }
-        let handshake = timeout(self.config.handshake_timeout, self.acceptor.accept(tcp));
-        let tls = tokio::select! {
-            done = handshake => match done {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    // Refused certificates among them: at info, within the log budget.
-                    self.stats.closed(CloseReason::HandshakeFailed);
-                    if let Some(suppressed) = self.log.allow() {
-                        tracing::info!(client.addr = %remote, error = %e, log.suppressed = suppressed, "admin API: TLS handshake failed");
-                    }
-                    return;
+        // Not cut short by shutdown: the client connected before it and is owed an answer
+        // (the handshake has its own deadline, and `run` its own end).
+        let tls = match timeout(self.config.handshake_timeout, self.acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                // Refused certificates among them: at info, within the log budget.
+                self.stats.closed(CloseReason::HandshakeFailed);
+                if let Some(suppressed) = self.log.allow() {
+                    tracing::info!(client.addr = %remote, error = %e, log.suppressed = suppressed, "admin API: TLS handshake failed");
                 }
-                Err(_) => return self.timed_out(remote, CloseReason::HandshakeTimeout),
-            },
-            _ = shutdown.changed() => return,
+                return;
+            }
+            Err(_) => return self.timed_out(remote, CloseReason::HandshakeTimeout),
         };
         let peer = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
             None => None,
@@ -332,7 +347,22 @@ impl Connections {
                 }
                 CLOSE_GRACE
             }
-            _ = shutdown.changed() => SHUTDOWN_GRACE,
+            _ = shutdown.changed() => {
+                // Closing before the first request head is read would drop a request already
+                // on its way (hyper closes a connection idle at `graceful_shutdown`).
+                if !activity.begun.load(Ordering::Acquire) {
+                    tokio::select! {
+                        ended = conn.as_mut() => {
+                            if let Err(e) = ended {
+                                tracing::debug!(client.addr = %remote, error = %e, "admin API: connection ended with an error");
+                            }
+                            return;
+                        }
+                        _ = timeout(FIRST_REQUEST_AT_SHUTDOWN, activity.first_request()) => {}
+                    }
+                }
+                SHUTDOWN_GRACE
+            }
         };
         conn.as_mut().graceful_shutdown();
         if timeout(grace, conn).await.is_err() {

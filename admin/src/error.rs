@@ -34,6 +34,9 @@ pub enum AdminError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    /// The socket systemd passed (socket activation) is not the one the config listens on.
+    #[error("socket activation: {0}")]
+    SocketActivation(String),
     /// A bad argument (CLI or library call).
     #[error("{0}")]
     Invalid(String),

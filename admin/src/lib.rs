@@ -23,6 +23,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod acme;
+mod activation;
 mod api;
 pub mod cli;
 mod config;

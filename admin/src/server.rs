@@ -315,17 +315,22 @@ impl AdminServer {
             webhooks,
             pending,
         });
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| AdminError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| AdminError::Listen {
+        let listen_error = |source| AdminError::Listen {
             addr: config.listen,
             source,
-        })?;
+        };
+        // The socket systemd holds across restarts (portcullis-admin.socket), else our own.
+        let listener = match crate::activation::take(config.listen) {
+            Some(passed) => {
+                passed.set_nonblocking(true).map_err(listen_error)?;
+                tracing::info!(listen.addr = %config.listen, "admin API: listening socket passed by systemd (socket activation)");
+                TcpListener::from_std(passed).map_err(listen_error)?
+            }
+            None => TcpListener::bind(config.listen)
+                .await
+                .map_err(listen_error)?,
+        };
+        let local_addr = listener.local_addr().map_err(listen_error)?;
         let metrics = match config.metrics {
             Some(addr) => Some(crate::metrics::bind(addr).await?),
             None => None,

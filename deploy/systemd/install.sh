@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs Portcullis as system services: the binary, the two units, the sysusers.d and
-# tmpfiles.d entries (applied at once), example configs (never over existing ones), their JSON
-# Schemas, man pages and bash completion. Then: README.md, "Run it under systemd".
+# Installs Portcullis as system services: the binary, the two services and their socket units,
+# the sysusers.d and tmpfiles.d entries (applied at once), example configs (never over existing
+# ones), their JSON Schemas, man pages and bash completion. Then: README.md, "Run it under systemd".
 #
 #   deploy/systemd/install.sh [--root DIR] [--bin PATH]
 #
@@ -25,6 +25,7 @@ install -D -m 0755 "$bin" "$r/usr/local/bin/portcullis"
 install -D -m 0644 "$here/portcullis.service" "$r/etc/systemd/system/portcullis.service"
 install -D -m 0644 "$here/portcullis.socket" "$r/etc/systemd/system/portcullis.socket"
 install -D -m 0644 "$here/portcullis-admin.service" "$r/etc/systemd/system/portcullis-admin.service"
+install -D -m 0644 "$here/portcullis-admin.socket" "$r/etc/systemd/system/portcullis-admin.socket"
 install -D -m 0644 "$here/sysusers.d/portcullis.conf" "$r/usr/lib/sysusers.d/portcullis.conf"
 install -D -m 0644 "$here/tmpfiles.d/portcullis.conf" "$r/usr/lib/tmpfiles.d/portcullis.conf"
 mkdir -p "$r/etc"
