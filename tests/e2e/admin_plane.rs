@@ -135,6 +135,48 @@ fn curl(
     )
 }
 
+/// The tests' OpenID provider, as the admin API's identity provider `corp`.
+struct Corp {
+    provider: crate::oidc_provider::OidcProvider,
+    /// Unix seconds at start: tokens are issued then.
+    now: u64,
+}
+
+impl Corp {
+    fn start(pki: &Pki, d: &Path) -> Self {
+        use crate::oidc_provider::{OidcProvider, ProviderOptions};
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        Corp {
+            provider: OidcProvider::start(pki, d, ProviderOptions::default()),
+            now,
+        }
+    }
+
+    /// The admin config's `identity_providers:` naming it.
+    fn config(&self) -> String {
+        format!(
+            "identity_providers:\n  - {{ name: corp, issuer: \"{}\", audiences: [portcullis-admin], ca: {} }}\n",
+            self.provider.issuer(),
+            self.provider.ca().display()
+        )
+    }
+
+    /// A token of `sub` for the admin API, valid five minutes, with `claims` added or replaced.
+    fn token(&self, sub: &str, claims: serde_json::Value) -> String {
+        let mut all = serde_json::json!({
+            "iss": self.provider.issuer(), "sub": sub, "aud": "portcullis-admin",
+            "iat": self.now, "exp": self.now + 300,
+        });
+        for (k, v) in claims.as_object().unwrap() {
+            all[k] = v.clone();
+        }
+        self.provider.sign(serde_json::json!({}), all)
+    }
+}
+
 fn status(pki: &Pki, gw: &Gateway, method: &str) -> u16 {
     let mut conn = pki.client(Some("frontend")).connect(gw.port).unwrap();
     conn.send(method, "/api/orders", &[("content-length", "2")], b"{}")
@@ -327,12 +369,10 @@ fn a_gateway_follows_activations_refuses_forged_bundles_and_keeps_the_last_good_
 /// tokens for issuance are not mistaken for people's tokens.
 #[test]
 fn people_call_the_admin_api_with_tokens_and_changes_need_a_second_factor() {
-    use crate::oidc_provider::{OidcProvider, ProviderOptions};
-    use std::time::{SystemTime, UNIX_EPOCH};
     let pki = Pki::new();
     let d = pki.dir.path();
     let Some(ca) = HsmCa::init(d) else { return };
-    let provider = OidcProvider::start(&pki, d, ProviderOptions::default());
+    let corp = Corp::start(&pki, d);
     std::fs::write(
         d.join("platform.yaml"),
         gateway_yaml(1, 2)
@@ -341,28 +381,18 @@ fn people_call_the_admin_api_with_tokens_and_changes_need_a_second_factor() {
     )
     .unwrap();
     let extra = format!(
-        "identity_providers:\n  - {{ name: corp, issuer: \"{issuer}\", audiences: [portcullis-admin], ca: {ca} }}\n\
-         mfa_for_writes: true\n\
+        "{}mfa_for_writes: true\n\
          roles:\n  - {{ role: tenant_admin, tenant: acme, people: {{ provider: corp, groups: [acme-admins] }} }}\n\
          \x20 - {{ role: auditor, people: {{ provider: corp, subjects: [erin] }} }}\n\
          policies:\n  gateway_config: platform.yaml\n",
-        issuer = provider.issuer(),
-        ca = provider.ca().display()
+        corp.config()
     );
     let admin = AdminApi::start_with(d, &ca, &extra);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let token = |sub: &str, groups: &[&str], amr: &[&str], changes: serde_json::Value| {
-        let mut claims = serde_json::json!({
-            "iss": provider.issuer(), "sub": sub, "aud": "portcullis-admin",
-            "iat": now, "exp": now + 300, "groups": groups, "amr": amr,
-        });
-        for (k, v) in changes.as_object().unwrap() {
-            claims[k] = v.clone();
-        }
-        provider.sign(serde_json::json!({}), claims)
+    let now = corp.now;
+    let token = |sub: &str, groups: &[&str], amr: &[&str], mut changes: serde_json::Value| {
+        changes["groups"] = serde_json::json!(groups);
+        changes["amr"] = serde_json::json!(amr);
+        corp.token(sub, changes)
     };
     let alice = token(
         "alice",
@@ -537,12 +567,10 @@ fn people_call_the_admin_api_with_tokens_and_changes_need_a_second_factor() {
 /// With `persons:` linking both, each is refused as the same person; Bob approves.
 #[test]
 fn one_person_under_two_identities_cannot_approve_their_own_activation() {
-    use crate::oidc_provider::{OidcProvider, ProviderOptions};
-    use std::time::{SystemTime, UNIX_EPOCH};
     let pki = Pki::new();
     let d = pki.dir.path();
     let Some(ca) = HsmCa::init(d) else { return };
-    let provider = OidcProvider::start(&pki, d, ProviderOptions::default());
+    let corp = Corp::start(&pki, d);
     std::fs::write(
         d.join("platform.yaml"),
         gateway_yaml(1, 2)
@@ -551,29 +579,15 @@ fn one_person_under_two_identities_cannot_approve_their_own_activation() {
     )
     .unwrap();
     let extra = format!(
-        "identity_providers:\n  - {{ name: corp, issuer: \"{issuer}\", audiences: [portcullis-admin], ca: {ca} }}\n\
-         roles:\n  - {{ role: tenant_admin, tenant: acme, people: {{ provider: corp, subjects: [alice, bob] }} }}\n\
+        "{corp}roles:\n  - {{ role: tenant_admin, tenant: acme, people: {{ provider: corp, subjects: [alice, bob] }} }}\n\
          \x20 - {{ role: tenant_admin, tenant: acme, spiffe_ids: [\"{ADMIN_ID}\"] }}\n\
          persons:\n  - {{ name: alice, spiffe_ids: [\"{ADMIN_ID}\"], oidc: [{{ provider: corp, subject: alice }}] }}\n\
          policies:\n  gateway_config: platform.yaml\n  approval: {{ required: true }}\n",
-        issuer = provider.issuer(),
-        ca = provider.ca().display()
+        corp = corp.config()
     );
     let admin = AdminApi::start_with(d, &ca, &extra);
     ca.issue(d, "policy-admin", ADMIN_ID);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let token = |sub: &str| {
-        provider.sign(
-            serde_json::json!({}),
-            serde_json::json!({
-                "iss": provider.issuer(), "sub": sub, "aud": "portcullis-admin",
-                "iat": now, "exp": now + 300,
-            }),
-        )
-    };
+    let token = |sub: &str| corp.token(sub, serde_json::json!({}));
     let (alice, bob) = (token("alice"), token("bob"));
     let upload = serde_json::json!({ "document": ACME_V1 });
     let reason = serde_json::json!({ "reason": "CHG-2" });
@@ -659,12 +673,10 @@ fn one_person_under_two_identities_cannot_approve_their_own_activation() {
 /// platform-wide auditor as the tenant's auditor, and no token at all is 401.
 #[test]
 fn every_endpoint_answers_people_with_tokens_as_the_role_matrix_says() {
-    use crate::oidc_provider::{OidcProvider, ProviderOptions};
-    use std::time::{SystemTime, UNIX_EPOCH};
     let pki = Pki::new();
     let d = pki.dir.path();
     let Some(ca) = HsmCa::init(d) else { return };
-    let provider = OidcProvider::start(&pki, d, ProviderOptions::default());
+    let corp = Corp::start(&pki, d);
     std::fs::write(d.join("platform.yaml"), role_matrix::GATEWAY).unwrap();
     std::fs::create_dir(d.join("traffic")).unwrap();
     let bind = |role: &str, tenant: Option<&str>, subject: &str| {
@@ -674,12 +686,10 @@ fn every_endpoint_answers_people_with_tokens_as_the_role_matrix_says() {
         )
     };
     let extra = format!(
-        "identity_providers:\n  - {{ name: corp, issuer: \"{issuer}\", audiences: [portcullis-admin], ca: {ca} }}\n\
-         roles:\n{roles}\
+        "{corp}roles:\n{roles}\
          policies:\n  gateway_config: platform.yaml\n  approval: {{ required: true }}\n  traffic: [{traffic}]\n\
          webhooks: {{}}\n",
-        issuer = provider.issuer(),
-        ca = provider.ca().display(),
+        corp = corp.config(),
         traffic = d.join("traffic").display(),
         roles = [
             bind("tenant_admin", Some("acme"), "bob"),
@@ -698,19 +708,7 @@ fn every_endpoint_answers_people_with_tokens_as_the_role_matrix_says() {
         "frontend",
         "spiffe://test.portcullis.local/ns/app/sa/frontend",
     );
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let token = |sub: &str| {
-        provider.sign(
-            serde_json::json!({}),
-            serde_json::json!({
-                "iss": provider.issuer(), "sub": sub, "aud": "portcullis-admin",
-                "iat": now, "exp": now + 600,
-            }),
-        )
-    };
+    let token = |sub: &str| corp.token(sub, serde_json::json!({}));
     let (code, body) = person_call(
         d,
         admin.port,
