@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::{BufMut, BytesMut};
 use pingora_core::apps::{HttpServerApp, HttpServerOptions, ServerApp};
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::http::v2::server::{default_h2_options, H2Options};
@@ -34,6 +35,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use pingora_proxy::HttpProxy;
 use portcullis_policy::{ClientAuth, ConnectionLimits};
+use tokio::io::AsyncReadExt;
 use tokio::time::sleep;
 
 use crate::abuse::AbusePolicy;
@@ -123,6 +125,7 @@ impl BackgroundService for ListenerService {
             audit: self.audit.clone(),
             proxy_log: LogGate::new(),
             fresh: Arc::new(AtomicUsize::new(0)),
+            close_idle: tokio::sync::watch::Sender::new(false),
         });
         loop {
             let accepted = tokio::select! {
@@ -190,6 +193,7 @@ impl BackgroundService for ListenerService {
         while this.fresh.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
             sleep(Duration::from_millis(10)).await;
         }
+        this.close_idle.send_replace(true);
         ServerApp::cleanup(&*self.proxy).await;
     }
 }
@@ -251,6 +255,9 @@ struct Connections {
     proxy_log: LogGate,
     /// Connections that have not finished their first request.
     fresh: Arc<AtomicUsize>,
+    /// Set when HTTP/1 connections waiting between requests are to close (the drain, once
+    /// every fresh connection has had its first request answered).
+    close_idle: tokio::sync::watch::Sender<bool>,
     rates: ConnectionRates,
 }
 
@@ -371,7 +378,9 @@ impl Connections {
             return;
         };
         let handshake_began = std::time::Instant::now();
-        let handshake = handshake_with_callback(acceptor, stream, &self.hook);
+        // Boxed, as is the TLS stream it makes: a connection's task is as large as its largest
+        // step, and it keeps that size for as long as the connection stays open, idle or not.
+        let handshake = Box::pin(handshake_with_callback(acceptor, stream, &self.hook));
         let tls = match tokio::time::timeout(self.limits.handshake_timeout, handshake).await {
             Ok(Ok(tls)) => {
                 // For the first request's trace: the handshake up to the hook's moment.
@@ -382,7 +391,7 @@ impl Connections {
                             .set(c.established.saturating_duration_since(handshake_began));
                     }
                 }
-                tls
+                Box::new(tls)
             }
             Ok(Err(e)) => {
                 // Certificate refusals are counted by the verifier, with their reason.
@@ -404,13 +413,13 @@ impl Connections {
             self.metrics.tls_failure(&self.name, "no_certificate");
             tracing::info!(listener = %self.name, client.ip = %peer.ip(), tls.refusal = "no_certificate", "client certificate refused");
             let mut tls = tls;
-            Shutdown::shutdown(&mut tls).await;
+            Shutdown::shutdown(&mut *tls).await;
             return;
         }
-        if let Some(identity) = self.identity_over_rate(&tls, peer) {
+        if let Some(identity) = self.identity_over_rate(&*tls, peer) {
             self.refused(peer, Refused::IdentityRate, Some(&identity));
             let mut tls = tls;
-            Shutdown::shutdown(&mut tls).await;
+            Shutdown::shutdown(&mut *tls).await;
             return;
         }
         let h2 = matches!(tls.selected_alpn_proto(), Some(ALPN::H2));
@@ -428,7 +437,7 @@ impl Connections {
         // so a client that never sends it is cut at the same deadline.
         let head = Arc::new(HeadPhase::new());
         let stream: Stream = Box::new(BoundedStream::new(
-            Box::new(tls),
+            tls,
             Arc::clone(&head),
             self.limits.request_head_timeout,
             self.limits.write_timeout,
@@ -486,25 +495,57 @@ impl Connections {
         let mut fresh = Some(fresh);
         loop {
             let draining = *shutdown.borrow();
-            if draining && fresh.is_none() {
-                // An idle keep-alive connection during a drain: closed, not waited on.
-                return;
-            }
             let keepalive = (!draining).then(|| limits.idle_timeout.as_secs().max(1));
             session.set_keepalive(keepalive);
             session.set_read_timeout(Some(limits.body_idle_timeout));
             session.set_write_timeout(Some(limits.write_timeout));
             let reused = self.proxy.process_new_http(session, shutdown).await;
-            fresh = None;
+            drop(fresh.take());
             let Some(reused) = reused else {
                 return;
             };
-            let (stream, persistent) = reused.consume();
+            let (mut stream, persistent) = reused.consume();
+            if *shutdown.borrow() {
+                // An idle keep-alive connection during a drain: closed, not waited on.
+                return;
+            }
             head.next_request();
+            // Between requests the connection waits for the next one's first byte here rather
+            // than in a pingora session, whose future, session and head buffer (~20 KiB) would
+            // be held for all of the idle time.
+            let Some(first) = self.next_request(&mut stream).await else {
+                return;
+            };
             session = ServerSession::new_http1(stream);
             if let Some(persistent) = persistent {
+                // No pipelined prefix in it: pipelining is off, and pingora does not reuse a
+                // connection whose request it read past.
                 persistent.apply_to_session(&mut session);
             }
+            session.set_pipelined_prefix(first);
+        }
+    }
+
+    /// Waits for the first byte of an HTTP/1 connection's next request, for at most the idle
+    /// timeout and until idle connections are to close (the drain); that byte, at the start
+    /// of a buffer for the rest of the head.
+    async fn next_request(&self, stream: &mut Stream) -> Option<BytesMut> {
+        let mut closing = self.close_idle.subscribe();
+        let mut byte = [0u8; 1];
+        let idle = self.limits.idle_timeout.max(Duration::from_secs(1));
+        tokio::select! {
+            biased;
+            read = tokio::time::timeout(idle, stream.read(&mut byte)) => match read {
+                Ok(Ok(1)) => {
+                    // pingora's own first head buffer size.
+                    let mut head = BytesMut::with_capacity(4096);
+                    head.put_u8(byte[0]);
+                    Some(head)
+                }
+                // Closed by the client, failed, or idle past the timeout.
+                _ => None,
+            },
+            _ = closing.wait_for(|close| *close) => None,
         }
     }
 }

@@ -172,6 +172,63 @@ fn keep_alive_is_idle_bounded_and_capped_in_requests() {
     assert!(closed && rest.is_empty());
 }
 
+/// Between requests the gateway waits for the next request's first byte itself, then hands
+/// it to pingora: the request must arrive whole however it is split, and a head started on a
+/// reused connection must still be cut at the head deadline, not kept for the idle timeout.
+#[test]
+fn a_request_on_a_reused_connection_is_read_whole_and_its_head_is_still_timed() {
+    let s = setup();
+    let mut conn = s.pki.client(Some("frontend")).connect(s.gw.port).unwrap();
+    assert_eq!(
+        conn.request("GET", "/public/first", &[]).unwrap().status,
+        200
+    );
+    // One byte, a pause, then the rest: the first byte is not lost.
+    conn.raw().write_all(b"G").unwrap();
+    conn.raw().flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let second = conn
+        .send_raw(b"ET /public/second HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    assert_eq!(second.status, 200);
+    assert_eq!(
+        second.json()["path"],
+        "/public/second",
+        "{:?}",
+        second.json()
+    );
+    // A third head begun and then trickled: cut at the 1 s head deadline.
+    let started = Instant::now();
+    conn.raw()
+        .write_all(b"GET /public/third HTTP/1.1\r\nHost: localhost\r\n")
+        .unwrap();
+    let mut cut = None;
+    for b in b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+        std::thread::sleep(Duration::from_millis(200));
+        if conn
+            .raw()
+            .write_all(&[*b])
+            .and_then(|()| conn.raw().flush())
+            .is_err()
+        {
+            cut = Some(started.elapsed());
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    let (answer, closed) = conn.read_until_closed(Duration::from_secs(3));
+    let elapsed = cut.unwrap_or_else(|| started.elapsed());
+    assert!(closed, "connection still open after {elapsed:?}");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    assert!(
+        elapsed < Duration::from_millis(3500),
+        "cut after {elapsed:?}"
+    );
+    assert_eq!(timeouts(&s.gw, "request_head"), 1.0);
+}
+
 #[test]
 fn the_per_source_cap_holds_and_frees() {
     let s = setup();
