@@ -27,6 +27,10 @@ use crate::metrics::Metrics;
 /// response), and h2 after each batch of frames.
 const GATHER: usize = 16 * 1024;
 
+/// The gathering buffer keeps at most this much room once sent: a keep-alive connection that
+/// has sent a large response does not hold the buffer it needed for all of its idle time.
+const KEEP_GATHERED: usize = 4 * 1024;
+
 /// Where an HTTP/1 connection is in reading a request head.
 #[derive(Debug)]
 pub(crate) struct HeadPhase(AtomicU8);
@@ -192,7 +196,11 @@ impl BoundedStream {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        self.gathered.clear();
+        if self.gathered.capacity() > KEEP_GATHERED {
+            self.gathered = Vec::new();
+        } else {
+            self.gathered.clear();
+        }
         self.gathered_sent = 0;
         Poll::Ready(Ok(()))
     }
