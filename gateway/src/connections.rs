@@ -482,7 +482,7 @@ impl Connections {
     /// `fresh` is held until the first request is answered (see the accept loop's shutdown).
     async fn serve_http1(
         &self,
-        stream: Stream,
+        mut stream: Stream,
         head: &HeadPhase,
         fresh: Fresh,
         shutdown: &ShutdownWatch,
@@ -490,9 +490,15 @@ impl Connections {
         let limits = &self.limits;
         // pingora counts reuses: N requests are N - 1 reuses.
         let reuses = limits.max_requests_per_connection.saturating_sub(1);
+        let mut fresh = Some(fresh);
+        // The first request is waited for here too (its head timed from the handshake), so a
+        // connection that has not sent one yet holds no pingora session either.
+        let Some(first) = self.next_request(&mut stream).await else {
+            return;
+        };
         let mut session = ServerSession::new_http1(stream);
         session.set_keepalive_reuses_remaining(Some(reuses));
-        let mut fresh = Some(fresh);
+        session.set_pipelined_prefix(first);
         loop {
             let draining = *shutdown.borrow();
             let keepalive = (!draining).then(|| limits.idle_timeout.as_secs().max(1));

@@ -172,6 +172,24 @@ fn keep_alive_is_idle_bounded_and_capped_in_requests() {
     assert!(closed && rest.is_empty());
 }
 
+/// A connection that completes its handshake and sends nothing is cut at the head deadline
+/// (the gateway waits for its first byte itself, holding no session meanwhile).
+#[test]
+fn a_silent_http1_connection_is_cut_at_the_head_deadline() {
+    let s = setup();
+    let mut conn = s.pki.client(Some("frontend")).connect(s.gw.port).unwrap();
+    let started = Instant::now();
+    let (answer, closed) = conn.read_until_closed(Duration::from_secs(4));
+    assert!(closed, "still open after {:?}", started.elapsed());
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    assert!(
+        started.elapsed() < Duration::from_millis(3000),
+        "cut after {:?}, the deadline is 1 s",
+        started.elapsed()
+    );
+    assert_eq!(timeouts(&s.gw, "request_head"), 1.0);
+}
+
 /// Between requests the gateway waits for the next request's first byte itself, then hands
 /// it to pingora: the request must arrive whole however it is split, and a head started on a
 /// reused connection must still be cut at the head deadline, not kept for the idle timeout.
