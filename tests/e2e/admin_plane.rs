@@ -135,6 +135,18 @@ fn curl(
     )
 }
 
+/// `platform.yaml`, the platform's gateway config the admin plane checks policies against, for
+/// tests where no gateway follows it (its ports are placeholders).
+fn write_platform_config(d: &Path) {
+    std::fs::write(
+        d.join("platform.yaml"),
+        gateway_yaml(1, 2)
+            .replace("{port}", "1")
+            .replace("{metrics}", "3"),
+    )
+    .unwrap();
+}
+
 /// The tests' OpenID provider, as the admin API's identity provider `corp`.
 struct Corp {
     provider: crate::oidc_provider::OidcProvider,
@@ -373,13 +385,7 @@ fn people_call_the_admin_api_with_tokens_and_changes_need_a_second_factor() {
     let d = pki.dir.path();
     let Some(ca) = HsmCa::init(d) else { return };
     let corp = Corp::start(&pki, d);
-    std::fs::write(
-        d.join("platform.yaml"),
-        gateway_yaml(1, 2)
-            .replace("{port}", "1")
-            .replace("{metrics}", "3"),
-    )
-    .unwrap();
+    write_platform_config(d);
     let extra = format!(
         "{}mfa_for_writes: true\n\
          roles:\n  - {{ role: tenant_admin, tenant: acme, people: {{ provider: corp, groups: [acme-admins] }} }}\n\
@@ -571,13 +577,7 @@ fn one_person_under_two_identities_cannot_approve_their_own_activation() {
     let d = pki.dir.path();
     let Some(ca) = HsmCa::init(d) else { return };
     let corp = Corp::start(&pki, d);
-    std::fs::write(
-        d.join("platform.yaml"),
-        gateway_yaml(1, 2)
-            .replace("{port}", "1")
-            .replace("{metrics}", "3"),
-    )
-    .unwrap();
+    write_platform_config(d);
     let extra = format!(
         "{corp}roles:\n  - {{ role: tenant_admin, tenant: acme, people: {{ provider: corp, subjects: [alice, bob] }} }}\n\
          \x20 - {{ role: tenant_admin, tenant: acme, spiffe_ids: [\"{ADMIN_ID}\"] }}\n\

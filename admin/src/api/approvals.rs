@@ -312,35 +312,31 @@ fn approve_blocking(
                 ApiError::internal()
             })?;
             let serial = body.serial.to_string();
-            match store.approved(claim, &serial, &text) {
+            // Signed, but when the answer is not recorded as the requester's, the request is
+            // pending again once the claim is abandoned, and this certificate is never handed out.
+            let detail = match store.approved(claim, &serial, &text) {
                 Ok(true) => {
                     tracing::info!(pending.id = %id, ca.serial = %serial, admin.approver = actor, "pending issuance approved");
-                    Ok((StatusCode::OK, Json(body)).into_response())
+                    return Ok((StatusCode::OK, Json(body)).into_response());
                 }
-                // Signed, but the answer is not the requester's: the request is pending again
-                // once the claim is abandoned, and this certificate is never handed out.
-                recorded => {
-                    let detail = match recorded {
-                        Err(e) => e.to_string(),
-                        Ok(_) => "the claim was abandoned and taken over meanwhile".to_owned(),
-                    };
-                    tracing::error!(
-                        pending.id = %id, ca.serial = %serial, error = %detail,
-                        "pending issuance signed but its answer not recorded: the certificate \
-                         is never handed out (revoke it if wanted); the request can be approved \
-                         again after the claim timeout"
-                    );
-                    Err(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "store_unavailable",
-                        format!(
-                            "the certificate was signed but the answer could not be recorded; \
-                             the request can be approved again in {} s",
-                            CLAIM_TIMEOUT.as_secs()
-                        ),
-                    ))
-                }
-            }
+                Ok(false) => "the claim was abandoned and taken over meanwhile".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            tracing::error!(
+                pending.id = %id, ca.serial = %serial, error = %detail,
+                "pending issuance signed but its answer not recorded: the certificate is never \
+                 handed out (revoke it if wanted); the request can be approved again after the \
+                 claim timeout"
+            );
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!(
+                    "the certificate was signed but the answer could not be recorded; the \
+                     request can be approved again in {} s",
+                    CLAIM_TIMEOUT.as_secs()
+                ),
+            ))
         }
         Err(CaError::Refused(refusal)) => {
             // The profile changed since the request was checked: it will never be issued.

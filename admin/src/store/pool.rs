@@ -192,14 +192,13 @@ fn migrate(connector: &Connector) -> Result<(), AdminError> {
     let mut conn = connector
         .connect()
         .map_err(|e| store_error(format!("postgres: {}", pg_error(&e))))?;
-    let err = |e: postgres::Error| store_error(format!("migrations: {}", pg_error(&e)));
     // A session lock, not a transaction's: refinery opens its own transactions on `conn`.
     // Dropping the connection on an error releases it as well.
     conn.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-        .map_err(err)?;
+        .map_err(migration_error)?;
     run_migrations(&mut conn)?;
     conn.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-        .map_err(err)?;
+        .map_err(migration_error)?;
     Ok(())
 }
 
@@ -239,6 +238,10 @@ fn run_migrations(client: &mut Client) -> Result<(), AdminError> {
     Ok(())
 }
 
+fn migration_error(e: postgres::Error) -> AdminError {
+    store_error(format!("migrations: {}", pg_error(&e)))
+}
+
 fn newer_schema(version: i32, known: i32) -> AdminError {
     store_error(format!(
         "the database's schema is at version {version}, newer than this release knows \
@@ -249,13 +252,12 @@ fn newer_schema(version: i32, known: i32) -> AdminError {
 /// A database migrated before refinery kept the history (`portcullis_admin_migrations`, same
 /// migrations): its versions are recorded in refinery's table without being run again.
 fn adopt_legacy_history(client: &mut Client, known: i32) -> Result<(), AdminError> {
-    let err = |e: postgres::Error| store_error(format!("migrations: {}", pg_error(&e)));
     let tables = client
         .query_one(
             "SELECT to_regclass($1)::text, to_regclass($2)::text",
             &[&LEGACY_MIGRATION_TABLE, &MIGRATION_TABLE],
         )
-        .map_err(err)?;
+        .map_err(migration_error)?;
     let (legacy, current): (Option<String>, Option<String>) = (tables.get(0), tables.get(1));
     if legacy.is_none() || current.is_some() {
         return Ok(());
@@ -265,7 +267,7 @@ fn adopt_legacy_history(client: &mut Client, known: i32) -> Result<(), AdminErro
             &format!("SELECT COALESCE(MAX(version), 0) FROM {LEGACY_MIGRATION_TABLE}"),
             &[],
         )
-        .map_err(err)?
+        .map_err(migration_error)?
         .get(0);
     if applied > known {
         return Err(newer_schema(applied, known));
