@@ -180,6 +180,35 @@ fn keep_alive_is_idle_bounded_and_capped_in_requests() {
     assert!(closed && rest.is_empty());
 }
 
+/// The first byte of each request is read apart from the rest of the head (fresh and reused
+/// connections alike): what a client puts there must mean what it meant in one read. A
+/// request after an empty line (RFC 9112 §2.2: ignored) is served as itself; a head starting
+/// with a byte that cannot start a request is refused with 400 and goes no further.
+#[test]
+fn the_first_byte_of_a_head_read_apart_changes_nothing() {
+    let s = setup();
+    let client = s.pki.client(Some("frontend"));
+    for reused in [false, true] {
+        let mut conn = client.connect(s.gw.port).unwrap();
+        if reused {
+            assert_eq!(
+                conn.request("GET", "/public/first", &[]).unwrap().status,
+                200
+            );
+        }
+        let r = conn
+            .send_raw(b"\r\nGET /public/after-crlf HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        assert_eq!(r.status, 200, "reused: {reused}");
+        assert_eq!(r.json()["path"], "/public/after-crlf", "reused: {reused}");
+        let r = conn
+            .send_raw(b"\x00GET /public/nul HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        assert_eq!(r.status, 400, "reused: {reused}");
+        assert!(conn.closed_by_server(), "reused: {reused}");
+    }
+}
+
 /// A connection that completes its handshake and sends nothing is cut at the head deadline
 /// (the gateway waits for its first byte itself, holding no session meanwhile).
 #[test]

@@ -304,6 +304,44 @@ fn sigterm_drains_in_flight_requests_then_exits() {
     assert!(client.connect(port).is_err());
 }
 
+/// Keep-alive connections waiting for their next request are closed at once when the gateway
+/// drains (they hold no request): the process exits promptly instead of waiting out their
+/// idle timeout, and the client sees a clean close, not an answer.
+#[test]
+fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    let pki = Pki::new();
+    let echo = Echo::start(pki.dir.path(), "k");
+    let mut gw = Gateway::start(pki.dir.path(), &base_config(echo.port));
+    let client = pki.client(Some("frontend"));
+    let mut idle: Vec<_> = (0..3)
+        .map(|i| {
+            let mut conn = client.connect(gw.port).unwrap();
+            let path = format!("/public/idle-{i}");
+            assert_eq!(conn.request("GET", &path, &[]).unwrap().status, 200);
+            conn
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    gw.proc.signal("TERM");
+    for conn in &mut idle {
+        let (answer, closed) = conn.read_until_closed(Duration::from_secs(3));
+        assert!(
+            closed,
+            "idle connection still open after {:?}",
+            started.elapsed()
+        );
+        assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    }
+    let status = gw.proc.wait_exit(Duration::from_secs(10)).expect("exited");
+    assert!(status.success());
+    assert!(
+        started.elapsed() < Duration::from_millis(2900),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// A policy with an explicit deny and a header condition, explained and then served.
 #[test]
 fn explain_matches_what_the_gateway_does() {
