@@ -4,6 +4,8 @@
 
 use std::borrow::Cow;
 
+use http::header::{HeaderName, LOCATION, RETRY_AFTER, SET_COOKIE, WWW_AUTHENTICATE};
+
 use portcullis_audit::Decision;
 use portcullis_policy::{BodyDirection, Denied, DetectorKind, PathError, TokenError};
 
@@ -340,34 +342,33 @@ impl Refusal {
 
     /// Extra response headers: `WWW-Authenticate` on a 401 (RFC 6750, RFC 9470), and
     /// `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit` fields on a 429.
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
+    pub fn headers(&self) -> Vec<(HeaderName, String)> {
         const REALM: &str = "Bearer realm=\"portcullis\"";
+        const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+        const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
         let limit = match self {
             Refusal::RateLimited(limit) => limit,
             Refusal::LoginRedirect { location, cookie } => {
-                return vec![
-                    ("location", location.clone()),
-                    ("set-cookie", cookie.clone()),
-                ]
+                return vec![(LOCATION, location.clone()), (SET_COOKIE, cookie.clone())]
             }
             Refusal::LoggedIn { location, cookies } => {
-                let mut headers = vec![("location", location.clone())];
-                headers.extend(cookies.iter().map(|c| ("set-cookie", c.clone())));
+                let mut headers = vec![(LOCATION, location.clone())];
+                headers.extend(cookies.iter().map(|c| (SET_COOKIE, c.clone())));
                 return headers;
             }
             Refusal::LoginFailed(_) => {
-                return vec![("set-cookie", crate::authn::clear_login_cookie())]
+                return vec![(SET_COOKIE, crate::authn::clear_login_cookie())]
             }
             Refusal::LoggedOut { location, cookie } => {
-                let mut headers = vec![("set-cookie", cookie.clone())];
-                headers.extend(location.iter().map(|l| ("location", l.clone())));
+                let mut headers = vec![(SET_COOKIE, cookie.clone())];
+                headers.extend(location.iter().map(|l| (LOCATION, l.clone())));
                 return headers;
             }
-            Refusal::TokenRequired => return vec![("www-authenticate", REALM.to_owned())],
-            Refusal::Overloaded => return vec![("retry-after", "1".to_owned())],
+            Refusal::TokenRequired => return vec![(WWW_AUTHENTICATE, REALM.to_owned())],
+            Refusal::Overloaded => return vec![(RETRY_AFTER, "1".to_owned())],
             Refusal::TokenRefused(e) if *e != TokenError::KeysUnavailable => {
                 return vec![(
-                    "www-authenticate",
+                    WWW_AUTHENTICATE,
                     format!("{REALM}, error=\"invalid_token\", error_description=\"{e}\""),
                 )]
             }
@@ -386,22 +387,33 @@ impl Refusal {
                 if let Some(age) = max_age {
                     value.push_str(&format!(", max_age={age}"));
                 }
-                return vec![("www-authenticate", value)];
+                return vec![(WWW_AUTHENTICATE, value)];
             }
             _ => return Vec::new(),
         };
+        // Built without `format!`: a flood of 429s is an attack, each should cost little.
         let retry = limit.retry_after.as_secs() + u64::from(limit.retry_after.subsec_nanos() > 0);
-        let retry = retry.max(1);
-        let mut headers = vec![("retry-after", retry.to_string())];
-        if let Some(policy) = limit.policy {
-            let window = policy.per.as_secs().max(1);
-            headers.push((
-                "ratelimit-policy",
-                format!("\"{}\";q={};w={window}", limit.limit, policy.requests),
-            ));
-            headers.push(("ratelimit", format!("\"{}\";r=0;t={retry}", limit.limit)));
+        let mut digits = itoa::Buffer::new();
+        let retry = digits.format(retry.max(1)).to_owned();
+        let Some(policy) = limit.policy else {
+            return vec![(RETRY_AFTER, retry)];
+        };
+        let name = limit.limit;
+        let mut stated = String::with_capacity(name.len() + 32);
+        for part in ["\"", name, "\";q=", digits.format(policy.requests.get())] {
+            stated.push_str(part);
         }
-        headers
+        stated.push_str(";w=");
+        stated.push_str(digits.format(policy.per.as_secs().max(1)));
+        let mut left = String::with_capacity(name.len() + 16 + retry.len());
+        for part in ["\"", name, "\";r=0;t=", &retry] {
+            left.push_str(part);
+        }
+        vec![
+            (RETRY_AFTER, retry),
+            (RATELIMIT_POLICY, stated),
+            (RATELIMIT, left),
+        ]
     }
 
     /// The JSON body sent with the refusal: `{"error":…,"message":…,"request_id":…}`.

@@ -101,7 +101,10 @@ fn no_token_or_a_refused_one_is_401_with_a_challenge() {
     );
     assert_eq!(
         r.headers(),
-        [("www-authenticate", "Bearer realm=\"portcullis\"".to_owned())]
+        [(
+            http::header::WWW_AUTHENTICATE,
+            "Bearer realm=\"portcullis\"".to_owned()
+        )]
     );
     let r = refusal(decide(
         None,

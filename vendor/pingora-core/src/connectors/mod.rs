@@ -360,7 +360,10 @@ impl TransportConnector {
         if let Some(s) = reused_stream {
             Ok((s, true))
         } else {
-            let s = self.new_stream(peer).await?;
+            // PORTCULLIS PATCH (see vendor/README.md): boxed, so the size of a new connection's
+            // future (~9 KB with TLS) is not part of every request's future, which is copied
+            // whole into its box on every request.
+            let s = Box::pin(self.new_stream(peer)).await?;
             Ok((s, false))
         }
     }

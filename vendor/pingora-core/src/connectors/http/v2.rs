@@ -346,7 +346,8 @@ impl Connector {
         &self,
         peer: &P,
     ) -> Result<HttpSession<C>> {
-        let stream = self.transport.new_stream(peer).await?;
+        // PORTCULLIS PATCH (see vendor/README.md): boxed, as in `TransportConnector::get_stream`.
+        let stream = Box::pin(self.transport.new_stream(peer)).await?;
 
         // check alpn
         match stream.selected_alpn_proto() {
