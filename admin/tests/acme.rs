@@ -702,6 +702,7 @@ fn eab_create_refuses_a_profile_an_acme_account_could_not_use() {
                 tenant: tenant.parse().unwrap(),
                 profile: profile.to_owned(),
                 ttl: Duration::from_secs(60),
+                config: None,
             }),
             None,
         )

@@ -11,6 +11,8 @@ use pg::Postgres;
 use portcullis_ca::inventory_conformance as conformance;
 
 use super::*;
+use crate::acme::store::tests as acme_suite;
+use crate::acme::AcmeStore;
 use crate::pending::tests as pending_suite;
 use crate::policies::store_tests as policy_suite;
 use crate::token::tests as token_suite;
@@ -375,4 +377,70 @@ fn tls_is_verified_in_full_and_a_client_certificate_presented() {
     assert!(err.contains("certificate"), "{err}");
     // Without a client certificate, the server refuses the connection.
     assert!(open("{ ca: ca.pem }").is_err());
+}
+
+#[test]
+fn acme_passes_the_acme_store_tests() {
+    let Some(pg) = Postgres::start_or_skip("acme_passes_the_acme_store_tests", None) else {
+        return;
+    };
+    // Two pools on one database, as two admin servers would have, sealing under one key.
+    let state = tempfile::tempdir().unwrap();
+    let open = |store: &PgStore| AcmeStore::postgres(store, state.path()).unwrap();
+    let a = store_in(&pg, "acme");
+    let b = PgStore::open(&plain_config(&pg, "acme")).unwrap();
+    let (a, b) = (open(&a), open(&b));
+    acme_suite::accounts_are_found_by_key_and_an_eab_key_binds_one(&a);
+    acme_suite::concurrent_bindings_of_one_eab_key_make_one_account(&a, &b);
+    acme_suite::a_nonce_is_taken_once_under_a_race(&a, &b);
+    acme_suite::challenges_and_finalization_are_claimed_once_under_a_race(&a, &b);
+    acme_suite::orders_are_bounded_and_a_certificate_is_replaced_once(&a, &b);
+}
+
+#[test]
+fn nodes_agree_on_one_acme_seal_key() {
+    let Some(pg) = Postgres::start_or_skip("nodes_agree_on_one_acme_seal_key", None) else {
+        return;
+    };
+    let store = store_in(&pg, "seal");
+    let (first, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = AcmeStore::postgres(&store, first.path()).unwrap();
+    let now = std::time::SystemTime::now();
+    let cred = a
+        .create_eab(
+            &"webco".parse().unwrap(),
+            "webco-web",
+            std::time::Duration::from_secs(60),
+            now,
+        )
+        .unwrap();
+    // A node with another key is refused, naming both keys and the file.
+    let err = AcmeStore::postgres(&store, other.path())
+        .unwrap_err()
+        .to_string();
+    let mine = AcmeStore::in_state_dir(other.path()).unwrap();
+    assert!(
+        err.contains(mine.seal_key_id()) && err.contains(a.seal_key_id()),
+        "{err}"
+    );
+    assert!(err.contains("copy STATE/acme-eab.key"), "{err}");
+    // With the first node's key copied, it opens the keys the first node sealed.
+    std::fs::copy(
+        first.path().join("acme-eab.key"),
+        other.path().join("acme-eab.key"),
+    )
+    .unwrap();
+    let b = AcmeStore::postgres(&store, other.path()).unwrap();
+    assert_eq!(
+        crate::acme::jws::b64(&b.eab_mac_key(&cred.kid, now).unwrap().unwrap()),
+        cred.expose_hmac()
+    );
+    // Only the sealed key is in the database.
+    let mut conn = store.conn().unwrap();
+    let sealed: Vec<u8> = conn
+        .query_one("SELECT sealed FROM acme_eab_keys", &[])
+        .unwrap()
+        .get(0);
+    let hmac = crate::acme::jws::unb64(cred.expose_hmac(), "hmac").unwrap();
+    assert!(!sealed.windows(hmac.len()).any(|w| w == hmac.as_slice()));
 }
