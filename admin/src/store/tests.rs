@@ -168,7 +168,7 @@ fn nodes_starting_at_once_migrate_once_and_a_newer_schema_is_refused() {
         .query_one("SELECT count(*) FROM portcullis_admin_schema_history", &[])
         .unwrap()
         .get(0);
-    assert_eq!(migrations, 6);
+    assert_eq!(migrations, 7);
     conn.execute(
         "INSERT INTO portcullis_admin_schema_history (version, name, applied_on, checksum) \
          VALUES (99, 'future', '2030-01-01T00:00:00Z', '1')",
@@ -178,7 +178,7 @@ fn nodes_starting_at_once_migrate_once_and_a_newer_schema_is_refused() {
     drop(conn);
     let err = PgStore::open(&config).unwrap_err().to_string();
     assert!(
-        err.contains("schema is at version 99, newer than this release knows (6)"),
+        err.contains("schema is at version 99, newer than this release knows (7)"),
         "{err}"
     );
 }
@@ -192,14 +192,14 @@ fn an_edited_migration_is_refused_and_an_older_history_is_adopted() {
     let config = plain_config(&pg, "history");
     let mut conn = store.conn().unwrap();
 
-    // The schema as an older release left it: its own history table, all six applied. It is
+    // The schema as an older release left it: its own history table, all seven applied. It is
     // adopted, not migrated again (V1's CREATE TABLE would fail on the existing tables).
     conn.batch_execute(
         "DROP TABLE portcullis_admin_schema_history;
          CREATE TABLE portcullis_admin_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
              applied_at TIMESTAMPTZ NOT NULL DEFAULT now());
          INSERT INTO portcullis_admin_migrations (version, name)
-             SELECT v, 'old' FROM generate_series(1, 6) AS v;",
+             SELECT v, 'old' FROM generate_series(1, 7) AS v;",
     )
     .unwrap();
     PgStore::open(&config).unwrap();
@@ -212,7 +212,7 @@ fn an_edited_migration_is_refused_and_an_older_history_is_adopted() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(adopted, (1..=6).collect::<Vec<_>>());
+    assert_eq!(adopted, (1..=7).collect::<Vec<_>>());
 
     // A migration whose text changed after it was applied: the schema is not what this release
     // expects, so the store does not open.
