@@ -965,4 +965,42 @@ async fn two_admin_servers_on_one_postgres_are_one_acme_server() {
     assert!(crl_lists(fx, &renewed), "the CRL lists the revoked serial");
     a.stop().await;
     b.stop().await;
+
+    // `admin acme eab-create --config ADMIN.yaml` stores the key in the database; without
+    // the admin config, the marked state directory is refused rather than written to.
+    let admin_yaml = write(
+        dir.path(),
+        "admin.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\nca: {}\ntls:\n  self_issue:\n    tenant: platform\n    \
+             profile: admin-server\n    dns_names: [localhost]\noperators: [\"{OPERATOR}\"]\n\
+             store:\n  postgres:\n    url: \"{}\"\n    insecure_plaintext: true\n",
+            fx.dir.join("ca.yaml").display(),
+            pg.conninfo()
+        ),
+    );
+    let eab_create = |config: Option<std::path::PathBuf>| {
+        portcullis_admin::cli::run_to(
+            portcullis_admin::cli::AdminCommand::Acme(
+                portcullis_admin::cli::AcmeCommand::EabCreate {
+                    ca_config: fx.dir.join("ca.yaml"),
+                    tenant: "webco".parse().unwrap(),
+                    profile: "webco-web".into(),
+                    ttl: Duration::from_secs(3600),
+                    config,
+                },
+            ),
+            None,
+            &mut Vec::new(),
+        )
+        .map_err(|e| e.to_string())
+    };
+    let (with_config, without) =
+        tokio::task::spawn_blocking(move || (eab_create(Some(admin_yaml)), eab_create(None)))
+            .await
+            .unwrap();
+    with_config.unwrap();
+    assert_eq!(pg.psql("SELECT count(*) FROM acme_eab_keys").trim(), "3");
+    let err = without.unwrap_err();
+    assert!(err.contains("kept in PostgreSQL"), "{err}");
 }
