@@ -24,7 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use acme_client::{
-    crl_lists, have, location, nonce_of, path_of, problem, run, serial_of, verify_chain, Acme,
+    crl_lists, csr_der, have, location, nonce_of, path_of, problem, responder_at, run, serial_of,
+    validate, verify_chain, Acme,
 };
 
 use harness::{write, Client, Workload, GATEWAY, OPERATOR};
@@ -963,6 +964,41 @@ async fn two_admin_servers_on_one_postgres_are_one_acme_server() {
         assert_eq!(find(&renewed)["status"], "revoked", "{body}");
     }
     assert!(crl_lists(fx, &renewed), "the CRL lists the revoked serial");
+
+    // One ready order finalized through both nodes at once: one signs, the other is told the
+    // order is not ready; one certificate more is recorded.
+    let (_, answers) = responder_at(&format!("127.0.0.1:{http01}")).await;
+    let r = acme.order(&["localhost"]).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let order = r.json();
+    validate(&mut acme, &order, &answers).await;
+    let finalize = path_of(order["finalize"].as_str().unwrap());
+    let csr = json!({ "csr": csr_der(&["localhost"]) });
+    let r = via_b
+        .call("HEAD", "/acme/new-nonce", &[], "")
+        .await
+        .unwrap();
+    let through_a = acme.sign(&finalize, &acme.nonce.clone(), Some(&csr));
+    let through_b = acme.sign(&finalize, &nonce_of(&r), Some(&csr));
+    let recorded = || pg.psql("SELECT count(*) FROM acme_certificates");
+    let before: u32 = recorded().trim().parse().unwrap();
+    let (ra, rb) = tokio::join!(
+        post_jose(&mut acme.client, &finalize, through_a),
+        post_jose(&mut via_b, &finalize, through_b)
+    );
+    let mut statuses = [ra.status, rb.status];
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [200, 403],
+        "{} / {}",
+        String::from_utf8_lossy(&ra.body),
+        String::from_utf8_lossy(&rb.body)
+    );
+    let refused = if ra.status == 403 { &ra } else { &rb };
+    assert_eq!(problem(refused), "urn:ietf:params:acme:error:orderNotReady");
+    let after: u32 = recorded().trim().parse().unwrap();
+    assert_eq!(after, before + 1, "signed once");
     a.stop().await;
     b.stop().await;
 

@@ -82,15 +82,12 @@ async fn finalize_flow(
         .await?
         .filter(|o| o.account == owner_id)
         .ok_or_else(Problem::not_found)?;
-    let not_ready = || {
-        Problem::new(
+    if order.status != Status::Ready {
+        return Err(Problem::new(
             StatusCode::FORBIDDEN,
             "orderNotReady",
             "the order's authorizations are not all valid",
-        )
-    };
-    if order.status != Status::Ready {
-        return Err(not_ready());
+        ));
     }
     let asked: BTreeSet<String> = names
         .dns_names
@@ -144,7 +141,12 @@ async fn finalize_flow(
             blocking_store(st, move |s| {
                 s.backend().add_certificate(&serial, account.id, &chain)
             })
-            .await?;
+            .await
+            .inspect_err(|_| {
+                // Signed (it is in the inventory) but not downloadable: the order stays
+                // processing until it expires, and the client orders again.
+                tracing::error!(ca.serial = %issued.serial, "acme: issued certificate not recorded");
+            })?;
             rec.target = Some(issued.serial.to_string());
             Ok(issued.serial)
         }

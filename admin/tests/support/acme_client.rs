@@ -233,8 +233,13 @@ pub(crate) fn problem(r: &Reply) -> String {
 
 /// An http-01 responder on loopback answering the key authorizations it is given.
 pub(crate) async fn responder() -> (SocketAddr, Arc<Mutex<HashMap<String, String>>>) {
+    responder_at("127.0.0.1:0").await
+}
+
+/// [`responder`] listening at `addr`.
+pub(crate) async fn responder_at(addr: &str) -> (SocketAddr, Arc<Mutex<HashMap<String, String>>>) {
     let answers: Arc<Mutex<HashMap<String, String>>> = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let map = Arc::clone(&answers);
     tokio::spawn(async move {
