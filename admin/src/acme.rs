@@ -193,7 +193,17 @@ async fn new_nonce(
         StatusCode::OK
     };
     let base = base_url(&headers, &uri).ok();
-    finish(&st, base.as_deref(), status.into_response()).await
+    let response = finish(&st, base.as_deref(), status.into_response()).await;
+    if response.headers().contains_key("replay-nonce") {
+        return response;
+    }
+    // The store could not keep one (logged): an answer without a nonce would be useless.
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "serverInternal",
+        "no nonce could be issued now; retry later",
+    )
+    .into_response()
 }
 
 /// An authenticated ACME request: the verified payload, and the account when signed by `kid`.

@@ -999,6 +999,18 @@ async fn two_admin_servers_on_one_postgres_are_one_acme_server() {
     assert_eq!(problem(refused), "urn:ietf:params:acme:error:orderNotReady");
     let after: u32 = recorded().trim().parse().unwrap();
     assert_eq!(after, before + 1, "signed once");
+
+    // The database down: no nonce is handed out (and no request is accepted), nothing panics.
+    pg.ctl_stop("fast");
+    let r = via_b
+        .call("HEAD", "/acme/new-nonce", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503);
+    assert!(r.headers.get("replay-nonce").is_none());
+    let r = post_jose(&mut via_b, &order_path, acme.sign(&order_path, "n", None)).await;
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:serverInternal");
+    pg.ctl_start();
     a.stop().await;
     b.stop().await;
 
