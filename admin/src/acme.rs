@@ -15,8 +15,11 @@
 //! certificate issued here, and an order may name the certificate it replaces. Every refusal is
 //! a problem document ([`Problem`]).
 //!
-//! Accounts, EAB keys and issued certificates are in `STATE/acme.sqlite3`; orders and
-//! authorizations are kept in memory (bounded, expiring): a restart abandons them.
+//! On one node accounts, EAB keys and issued certificates are in `STATE/acme.sqlite3`, and
+//! nonces, orders and authorizations in memory (bounded, expiring: a restart abandons them).
+//! With `store.postgres` all of it is in the admin plane's database ([`AcmeStore`]): behind a
+//! balancer every admin server is the same ACME server, a nonce is accepted once fleet-wide,
+//! and an order is finalized (signed) once even when two nodes are asked at once.
 //!
 //! [`Ca::issue`]: portcullis_ca::Ca::issue
 
@@ -24,14 +27,14 @@ mod certificates;
 mod dns01;
 mod flow;
 mod http01;
-mod jws;
+pub(crate) mod jws;
+pub(crate) mod order;
 mod problem;
 mod renewal;
-mod store;
+pub(crate) mod store;
 mod tlsalpn01;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
@@ -45,24 +48,16 @@ use ring::rand::{SecureRandom, SystemRandom};
 use crate::api::AppState;
 use crate::config::AcmeConfig;
 use crate::error::AdminError;
+use crate::store::PgStore;
 pub(crate) use problem::Problem;
 pub use store::{AcmeStore, EabCredential, ACME_DB};
 
-/// How long an issued nonce stays usable.
-const NONCE_TTL: Duration = Duration::from_secs(3600);
-/// Nonces outstanding at most (the oldest are forgotten first).
-const MAX_NONCES: u64 = 100_000;
-/// Orders (and their authorizations) kept in memory at most, and per account.
-const MAX_ORDERS: usize = 10_000;
-const MAX_ORDERS_PER_ACCOUNT: usize = 100;
 /// How long an order and its authorizations live.
 const ORDER_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The ACME server's state.
 pub(crate) struct AcmeService {
     store: AcmeStore,
-    nonces: moka::sync::Cache<String, ()>,
-    pending: Mutex<flow::Pending>,
     http01_port: u16,
     tls_alpn01_port: u16,
     /// dns-01's resolver, when offered.
@@ -70,40 +65,48 @@ pub(crate) struct AcmeService {
 }
 
 impl AcmeService {
+    /// Opens the store: the state directory's SQLite file, or the admin plane's PostgreSQL
+    /// database when there is one. Blocking.
     pub(crate) fn open(
         state_dir: &std::path::Path,
         config: &AcmeConfig,
+        pg: Option<&PgStore>,
     ) -> Result<Self, AdminError> {
         Ok(Self {
-            store: AcmeStore::in_state_dir(state_dir)?,
-            nonces: moka::sync::Cache::builder()
-                .max_capacity(MAX_NONCES)
-                .time_to_live(NONCE_TTL)
-                .build(),
-            pending: Mutex::new(flow::Pending::default()),
+            store: match pg {
+                Some(pg) => AcmeStore::postgres(pg, state_dir)?,
+                None => AcmeStore::in_state_dir(state_dir)?,
+            },
             http01_port: config.http01_port,
             tls_alpn01_port: config.tls_alpn01_port,
             dns01: config.dns01_resolver.map(dns01::resolver),
         })
     }
+}
 
-    fn new_nonce(&self) -> Option<String> {
-        let mut bytes = [0u8; 16];
-        SystemRandom::new().fill(&mut bytes).ok()?;
-        let nonce = jws::b64(&bytes);
-        self.nonces.insert(nonce.clone(), ());
-        Some(nonce)
-    }
+/// A fresh nonce, kept by the store until taken once or expired; None (no `Replay-Nonce`
+/// header) when the store failed, which is logged.
+async fn new_nonce_value(st: &AppState) -> Option<String> {
+    st.acme.as_ref()?;
+    let mut bytes = [0u8; 16];
+    SystemRandom::new().fill(&mut bytes).ok()?;
+    let nonce = jws::b64(&bytes);
+    let kept = nonce.clone();
+    flow::blocking_store(st, move |s| {
+        s.backend().issue_nonce(&kept, SystemTime::now())
+    })
+    .await
+    .ok()?;
+    Some(nonce)
+}
 
-    /// Consumes a nonce: true exactly once per issued nonce.
-    fn take_nonce(&self, nonce: &str) -> bool {
-        self.nonces.remove(nonce).is_some()
-    }
-
-    fn pending(&self) -> std::sync::MutexGuard<'_, flow::Pending> {
-        // Every change under the lock is a few map updates: nothing is left half done.
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+/// Consumes a nonce: true exactly once per issued nonce (fleet-wide with `store.postgres`).
+async fn take_nonce(st: &AppState, nonce: &str) -> Result<bool, Problem> {
+    let nonce = nonce.to_owned();
+    flow::blocking_store(st, move |s| {
+        s.backend().take_nonce(&nonce, SystemTime::now())
+    })
+    .await
 }
 
 /// The ACME routes, under `/acme/`.
@@ -142,14 +145,10 @@ pub(crate) fn base_url(headers: &HeaderMap, uri: &axum::http::Uri) -> Result<Str
 }
 
 /// Adds what every ACME response carries: a fresh nonce, the directory link, no caching.
-fn finish(st: &AppState, base: Option<&str>, mut response: Response) -> Response {
+async fn finish(st: &AppState, base: Option<&str>, mut response: Response) -> Response {
+    let nonce = new_nonce_value(st).await;
     let headers = response.headers_mut();
-    if let Some(nonce) = st
-        .acme
-        .as_ref()
-        .and_then(|a| a.new_nonce())
-        .and_then(|n| HeaderValue::from_str(&n).ok())
-    {
+    if let Some(nonce) = nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
         headers.insert("replay-nonce", nonce);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -168,7 +167,7 @@ async fn directory(
 ) -> Response {
     let base = match base_url(&headers, &uri) {
         Ok(b) => b,
-        Err(p) => return finish(&st, None, p.into_response()),
+        Err(p) => return finish(&st, None, p.into_response()).await,
     };
     let body = serde_json::json!({
         "newNonce": format!("{base}/acme/new-nonce"),
@@ -179,7 +178,7 @@ async fn directory(
         "renewalInfo": format!("{base}/acme/renewal-info"),
         "meta": { "externalAccountRequired": true },
     });
-    finish(&st, None, axum::Json(body).into_response())
+    finish(&st, None, axum::Json(body).into_response()).await
 }
 
 async fn new_nonce(
@@ -194,7 +193,17 @@ async fn new_nonce(
         StatusCode::OK
     };
     let base = base_url(&headers, &uri).ok();
-    finish(&st, base.as_deref(), status.into_response())
+    let response = finish(&st, base.as_deref(), status.into_response()).await;
+    if response.headers().contains_key("replay-nonce") {
+        return response;
+    }
+    // The store could not keep one (logged): an answer without a nonce would be useless.
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "serverInternal",
+        "no nonce could be issued now; retry later",
+    )
+    .into_response()
 }
 
 /// An authenticated ACME request: the verified payload, and the account when signed by `kid`.
@@ -211,7 +220,6 @@ pub(crate) struct Signed {
 /// `jwk_ok`, by the key in the header.
 pub(crate) async fn verify_post(
     st: &AppState,
-    acme: &AcmeService,
     headers: &HeaderMap,
     uri: &axum::http::Uri,
     body: Body,
@@ -239,7 +247,7 @@ pub(crate) async fn verify_post(
             "the JWS url is not the URL of this request",
         ));
     }
-    if !acme.take_nonce(&parsed.nonce) {
+    if !take_nonce(st, &parsed.nonce).await? {
         return Err(Problem::bad_nonce());
     }
     match parsed.signer.clone() {
@@ -268,7 +276,7 @@ pub(crate) async fn verify_post(
                         "no such account",
                     )
                 })?;
-            let account = flow::blocking_store(st, move |s| s.account(id))
+            let account = flow::blocking_store(st, move |s| s.backend().account(id))
                 .await?
                 .ok_or_else(|| {
                     Problem::new(
@@ -291,10 +299,4 @@ pub(crate) async fn verify_post(
             })
         }
     }
-}
-
-/// A map from ids to pending objects, bounded, with expired entries dropped on insert.
-pub(crate) fn purge_expired<T>(map: &mut HashMap<String, T>, expires: impl Fn(&T) -> SystemTime) {
-    let now = SystemTime::now();
-    map.retain(|_, v| expires(v) > now);
 }

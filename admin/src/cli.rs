@@ -17,6 +17,7 @@ use crate::acme::AcmeStore;
 use crate::config::AdminConfig;
 use crate::error::AdminError;
 use crate::server::AdminServer;
+use crate::store::PgStore;
 use crate::token::{create_token, SqliteTokenStore, MAX_TOKEN_TTL};
 pub use client::{ApiConnection, Format, ReportKind};
 pub use commands::{ApiCall, PendingCommand, PolicyCommand, TokensCommand, WebhookCommand};
@@ -140,6 +141,10 @@ pub enum AcmeCommand {
         /// How long the key may bind an account.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// The admin server's configuration file: with `store.postgres`, the key is stored in
+        /// its database (sealed under this node's `STATE/acme-eab.key`, the fleet's).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -189,7 +194,15 @@ pub fn run_to(
             tenant,
             profile,
             ttl,
-        }) => eab_create(&ca_config, &tenant, &profile, ttl, audit.as_ref()),
+            config,
+        }) => eab_create(
+            &ca_config,
+            config.as_deref(),
+            &tenant,
+            &profile,
+            ttl,
+            audit.as_ref(),
+        ),
         AdminCommand::Report {
             api,
             kind,
@@ -347,6 +360,7 @@ fn token_create(
 
 fn eab_create(
     ca_config: &std::path::Path,
+    admin_config: Option<&std::path::Path>,
     tenant: &TenantId,
     profile: &str,
     ttl: Duration,
@@ -382,7 +396,14 @@ fn eab_create(
             humantime::format_duration(MAX_TOKEN_TTL)
         )));
     }
-    let store = AcmeStore::in_state_dir(&config.state_dir)?;
+    let postgres = match admin_config {
+        Some(path) => AdminConfig::load(path)?.store.postgres,
+        None => None,
+    };
+    let store = match postgres {
+        Some(pg) => AcmeStore::postgres(&PgStore::open(&pg)?, &config.state_dir)?,
+        None => AcmeStore::in_state_dir(&config.state_dir)?,
+    };
     let cred = store.create_eab(tenant, profile, ttl, SystemTime::now())?;
     if let Some(audit) = audit {
         if let Err(e) = audit.try_append(AdminAction {

@@ -552,15 +552,6 @@ impl AdminConfig {
                     ));
                 }
             }
-            // Its store is a SQLite file on each node still: several nodes would each keep
-            // their own, diverging copy.
-            if config.acme.enabled {
-                return Err(
-                    "store.postgres: acme.enabled keeps its state in SQLite on each node \
-                            (not yet in PostgreSQL); with store.postgres, leave acme.enabled unset"
-                        .to_owned(),
-                );
-            }
         }
         Ok(config)
     }

@@ -242,10 +242,18 @@ impl AdminServer {
             _ => Arc::new(Ca::clone(&ca).with_event_sink(Arc::new(crate::webhooks::Fanout(sinks)))),
         };
         let acme = if config.acme.enabled {
-            Some(Arc::new(crate::acme::AcmeService::open(
-                ca.state_dir(),
-                &config.acme,
-            )?))
+            // Blocking: the SQLite file, or the PostgreSQL round trips of the seal key check.
+            let (state_dir, acme_config, pg) = (
+                ca.state_dir().to_owned(),
+                config.acme.clone(),
+                store.clone(),
+            );
+            let opened = tokio::task::spawn_blocking(move || {
+                crate::acme::AcmeService::open(&state_dir, &acme_config, pg.as_ref())
+            })
+            .await
+            .map_err(|e| AdminError::Store(format!("opening the ACME store: {e}")))??;
+            Some(Arc::new(opened))
         } else {
             None
         };

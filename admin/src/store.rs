@@ -1,9 +1,9 @@
 //! Where the admin plane keeps its state. By default SQLite files in the CA state directory
 //! (one node: the inventory, `tokens.sqlite3`, and the policy, webhook and ACME files); with
 //! `store.postgres`, the certificate inventory, the bootstrap tokens, the policy versions, the
-//! webhook subscriptions and deliveries and the issuances waiting for approval live in a shared
-//! PostgreSQL database instead, so several admin servers serve one state (ACME is refused with
-//! it: still SQLite, per node).
+//! webhook subscriptions and deliveries, the issuances waiting for approval and the ACME server's
+//! state (accounts, sealed EAB keys, certificates, nonces, orders and authorizations) live in a
+//! shared PostgreSQL database instead, so several admin servers serve one state.
 //!
 //! ```yaml
 //! store:
@@ -14,6 +14,7 @@
 //!     max_connections: 16
 //! ```
 
+mod acme;
 mod config;
 mod inventory;
 mod pending;

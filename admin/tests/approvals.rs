@@ -723,6 +723,7 @@ fn acme_cannot_wait_so_no_eab_key_binds_a_profile_requiring_approval() {
             tenant: "webvault".parse().unwrap(),
             profile: "webvault".into(),
             ttl: Duration::from_secs(3600),
+            config: None,
         }),
         None,
         &mut Vec::new(),

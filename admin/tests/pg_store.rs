@@ -7,18 +7,30 @@
 //! loopback, started by the test (skipped only when it is not installed and
 //! PORTCULLIS_REQUIRE_POSTGRES is unset).
 
+#[path = "support/acme_client.rs"]
+mod acme_client;
 #[path = "support/harness.rs"]
 mod harness;
 #[path = "../../audit/tests/common/postgres.rs"]
 mod pg;
+#[path = "../../ca/tests/support/pki.rs"]
+mod pki;
 #[path = "../../ca/tests/support/softhsm.rs"]
 mod softhsm;
 
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use acme_client::{
+    crl_lists, csr_der, have, location, nonce_of, path_of, problem, responder_at, run, serial_of,
+    validate, verify_chain, Acme,
+};
 
 use harness::{write, Client, Workload, GATEWAY, OPERATOR};
 use pg::{Postgres, ServerTls, TestCa};
-use portcullis_admin::{AdminServer, PgStore, SqliteTokenStore};
+use portcullis_admin::{AcmeStore, AdminServer, EabCredential, PgStore, SqliteTokenStore};
 use portcullis_ca::{Ca, STATE_IN_POSTGRES};
 use serde_json::json;
 
@@ -229,14 +241,13 @@ async fn store_config_refusals_are_clear() {
         assert!(err.contains(expected), "{body}\n=> {err}");
         assert!(!err.contains("s3cret"), "the password is shown: {err}");
     }
-    // State that is still per node cannot be shared this way: refused, not split silently.
-    let err = fx
-        .admin_config_try(
-            &(store("    url: postgresql://a@127.0.0.1/x\n    insecure_plaintext: true\n")
-                + "acme: { enabled: true }\n"),
-        )
-        .unwrap_err();
-    assert!(err.contains("store.postgres: acme.enabled"), "{err}");
+    // ACME's state is in the database too: accepted.
+    fx.admin_config_try(
+        &(store("    url: postgresql://a@127.0.0.1/x\n    insecure_plaintext: true\n")
+            + "acme: { enabled: true }\n"),
+    )
+    .unwrap();
+    // SQLite files beside a shared store would split the state: refused.
     let err = fx
         .admin_config_try(
             &(store("    url: postgresql://a@127.0.0.1/x\n    insecure_plaintext: true\n")
@@ -704,4 +715,340 @@ async fn approvals_are_kept_in_postgres_and_decided_through_either_admin_server(
     );
     a.stop().await;
     b.stop().await;
+}
+
+/// A round-robin HTTPS balancer on loopback, in front of two admin servers: it terminates TLS
+/// (a certificate for `localhost` from `ca`) and sends each request, Host header and all, to
+/// the next server in turn on a connection of its own. What a node knew only in its memory
+/// (a nonce, an order) would be missing on the next request. Returns its port and how many
+/// requests each server was sent.
+async fn round_robin(
+    backends: [std::net::SocketAddr; 2],
+    roots: rustls::RootCertStore,
+    ca: &TestCa,
+) -> (u16, Arc<[AtomicUsize; 2]>) {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
+
+    let (cert_pem, key_pem) = ca.leaf("localhost", &["localhost"]);
+    let certs = harness::certs(&cert_pem);
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .unwrap()
+        .unwrap();
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let upstream = Arc::new(harness::client_config(&roots, None));
+    let counts: Arc<[AtomicUsize; 2]> = Arc::default();
+    let next = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (seen, counts_out) = (Arc::clone(&counts), counts);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, upstream, seen, next) = (
+                acceptor.clone(),
+                Arc::clone(&upstream),
+                Arc::clone(&seen),
+                Arc::clone(&next),
+            );
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (upstream, seen, next) =
+                            (Arc::clone(&upstream), Arc::clone(&seen), Arc::clone(&next));
+                        async move {
+                            let i = next.fetch_add(1, Ordering::SeqCst) % 2;
+                            seen[i].fetch_add(1, Ordering::SeqCst);
+                            let tcp = tokio::net::TcpStream::connect(backends[i]).await?;
+                            let name = rustls::pki_types::ServerName::try_from("localhost")
+                                .map_err(std::io::Error::other)?;
+                            let tls = tokio_rustls::TlsConnector::from(upstream)
+                                .connect(name, tcp)
+                                .await?;
+                            let (mut send, conn) =
+                                hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                                    .await
+                                    .map_err(std::io::Error::other)?;
+                            tokio::spawn(conn);
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map_err(std::io::Error::other)?;
+                            let reply = send
+                                .send_request(hyper::Request::from_parts(
+                                    parts,
+                                    Full::new(body.to_bytes()),
+                                ))
+                                .await
+                                .map_err(std::io::Error::other)?;
+                            let (parts, body) = reply.into_parts();
+                            let body = body.collect().await.map_err(std::io::Error::other)?;
+                            Ok::<_, std::io::Error>(hyper::Response::from_parts(
+                                parts,
+                                Full::new(body.to_bytes()),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (port, counts_out)
+}
+
+/// `POST path` with a JWS body through `client` (a connection to one node).
+async fn post_jose(client: &mut Client, path: &str, body: String) -> harness::Reply {
+    client
+        .call(
+            "POST",
+            path,
+            &[("content-type", "application/jose+json")],
+            body,
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_admin_servers_on_one_postgres_are_one_acme_server() {
+    let fx = fixture!();
+    if !have("lego") {
+        return;
+    }
+    let Some(pg) = Postgres::start_or_skip("two_admin_servers_are_one_acme_server", None) else {
+        return;
+    };
+    let http01 = harness::free_port();
+    let config = fx.admin_config_with(&format!(
+        "store:\n  postgres:\n    url: \"{}\"\n    insecure_plaintext: true\n    \
+         max_connections: 4\nacme:\n  enabled: true\n  http01_port: {http01}\n  \
+         tls_alpn01_port: 1\n",
+        pg.conninfo()
+    ));
+    let a = fx.start_from_config(&config).await;
+    let b = fx.start_from_config(&config).await;
+    let pg_config = config.store.postgres.clone().unwrap();
+    let state_dir = fx.ca.state_dir().to_owned();
+    // EAB keys in the shared database, sealed under the (shared) state directory's key; and an
+    // operator whose certificate is in the shared inventory.
+    let (creds, operator) = tokio::task::spawn_blocking(move || {
+        let store = PgStore::open(&pg_config).unwrap();
+        let acme = AcmeStore::postgres(&store, &state_dir).unwrap();
+        let creds: Vec<EabCredential> = (0..2)
+            .map(|_| {
+                acme.create_eab(
+                    &"webco".parse().unwrap(),
+                    "webco-web",
+                    Duration::from_secs(3600),
+                    SystemTime::now(),
+                )
+                .unwrap()
+            })
+            .collect();
+        let ca = Ca::open_with_inventory(&fx.ca_config, Arc::new(store.inventory())).unwrap();
+        (creds, fx.person_by(&ca, "ops", OPERATOR))
+    })
+    .await
+    .unwrap();
+
+    // The attacks, by hand, each request sent to the node we choose. A nonce issued by A is
+    // accepted once by B, then refused by either; one used on B is refused on A.
+    let mut acme = Acme::new(&a).await;
+    acme.register(&creds[0]).await;
+    let mut via_b = b.client(None).await;
+    let order = json!({"identifiers": [{"type": "dns", "value": "localhost"}]});
+    let from_a = acme.sign("/acme/new-order", &acme.nonce.clone(), Some(&order));
+    let r = post_jose(&mut via_b, "/acme/new-order", from_a.clone()).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let order_path = path_of(&location(&r));
+    let from_b = nonce_of(&r);
+    for client in [&mut acme.client, &mut via_b] {
+        let r = post_jose(client, "/acme/new-order", from_a.clone()).await;
+        assert_eq!(problem(&r), "urn:ietf:params:acme:error:badNonce");
+    }
+    let signed = acme.sign(&order_path, &from_b, None);
+    let r = post_jose(&mut acme.client, &order_path, signed.clone()).await;
+    assert_eq!(r.status, 200, "the order made through B is read through A");
+    assert_eq!(r.json()["status"], "pending");
+    acme.nonce = nonce_of(&r);
+    let r = post_jose(&mut via_b, &order_path, signed).await;
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:badNonce");
+    // The EAB key bound through A binds nothing through B.
+    let mut second = Acme::new(&b).await;
+    let payload = json!({"externalAccountBinding": second.eab(&creds[0])});
+    let r = second.post("/acme/new-account", Some(&payload)).await;
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:unauthorized");
+
+    // lego through the balancer: every request goes to the other node than the one before.
+    let balancer_ca = TestCa::new("balancer test CA");
+    let (port, counts) = round_robin([a.addr, b.addr], a.roots().clone(), &balancer_ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = write(dir.path(), "balancer-ca.pem", &balancer_ca.cert_pem);
+    let cred = &creds[1];
+    let lego = |action: &[&str]| {
+        let mut cmd = Command::new("lego");
+        cmd.env("LEGO_CA_CERTIFICATES", &trusted)
+            .args([
+                "--server",
+                &format!("https://localhost:{port}/acme/directory"),
+                "--eab",
+                &format!("--kid={}", cred.kid),
+                &format!("--hmac={}", cred.expose_hmac()),
+                "--email",
+                "ops@webco.test",
+                "--accept-tos",
+                "--domains",
+                "localhost",
+                "--http",
+                "--http.port",
+                &format!("127.0.0.1:{http01}"),
+                "--path",
+                dir.path().join("lego").to_str().unwrap(),
+            ])
+            .args(action);
+        cmd
+    };
+    run(lego(&["run"])).await;
+    let cert = dir.path().join("lego/certificates/localhost.crt");
+    verify_chain(fx, &cert);
+    let first = serial_of(&cert);
+    run(lego(&["renew", "--days", "30", "--no-random-sleep"])).await;
+    verify_chain(fx, &cert);
+    let renewed = serial_of(&cert);
+    assert_ne!(first, renewed, "renewal issued a new certificate");
+    run(lego(&["revoke"])).await;
+    let sent = [
+        counts[0].load(Ordering::SeqCst),
+        counts[1].load(Ordering::SeqCst),
+    ];
+    assert!(
+        sent[0] >= 10 && sent[1] >= 10,
+        "requests per node: {sent:?}"
+    );
+    assert!(sent[0].abs_diff(sent[1]) <= 1, "alternated: {sent:?}");
+
+    // Both certificates are in the shared inventory, the renewed one revoked, as either node
+    // lists them; the CRL lists it.
+    for server in [&a, &b] {
+        let mut op = server.client(Some(&operator)).await;
+        let (status, body) = op
+            .json("GET", "/v1/certificates?tenant=webco", json!(null))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let listed = body["certificates"].as_array().unwrap();
+        let find = |serial: &str| {
+            listed
+                .iter()
+                .find(|c| {
+                    c["serial"]
+                        .as_str()
+                        .unwrap()
+                        .trim_start_matches('0')
+                        .eq_ignore_ascii_case(serial)
+                })
+                .unwrap_or_else(|| panic!("{serial} not listed: {body}"))
+        };
+        assert_eq!(find(&first)["status"], "valid", "{body}");
+        assert_eq!(find(&renewed)["status"], "revoked", "{body}");
+    }
+    assert!(crl_lists(fx, &renewed), "the CRL lists the revoked serial");
+
+    // One ready order finalized through both nodes at once: one signs, the other is told the
+    // order is not ready; one certificate more is recorded.
+    let (_, answers) = responder_at(&format!("127.0.0.1:{http01}")).await;
+    let r = acme.order(&["localhost"]).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let order = r.json();
+    validate(&mut acme, &order, &answers).await;
+    let finalize = path_of(order["finalize"].as_str().unwrap());
+    let csr = json!({ "csr": csr_der(&["localhost"]) });
+    let r = via_b
+        .call("HEAD", "/acme/new-nonce", &[], "")
+        .await
+        .unwrap();
+    let through_a = acme.sign(&finalize, &acme.nonce.clone(), Some(&csr));
+    let through_b = acme.sign(&finalize, &nonce_of(&r), Some(&csr));
+    let recorded = || pg.psql("SELECT count(*) FROM acme_certificates");
+    let before: u32 = recorded().trim().parse().unwrap();
+    let (ra, rb) = tokio::join!(
+        post_jose(&mut acme.client, &finalize, through_a),
+        post_jose(&mut via_b, &finalize, through_b)
+    );
+    let mut statuses = [ra.status, rb.status];
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [200, 403],
+        "{} / {}",
+        String::from_utf8_lossy(&ra.body),
+        String::from_utf8_lossy(&rb.body)
+    );
+    let refused = if ra.status == 403 { &ra } else { &rb };
+    assert_eq!(problem(refused), "urn:ietf:params:acme:error:orderNotReady");
+    let after: u32 = recorded().trim().parse().unwrap();
+    assert_eq!(after, before + 1, "signed once");
+
+    // The database down: no nonce is handed out (and no request is accepted), nothing panics.
+    pg.ctl_stop("fast");
+    let r = via_b
+        .call("HEAD", "/acme/new-nonce", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503);
+    assert!(r.headers.get("replay-nonce").is_none());
+    let r = post_jose(&mut via_b, &order_path, acme.sign(&order_path, "n", None)).await;
+    assert_eq!(problem(&r), "urn:ietf:params:acme:error:serverInternal");
+    pg.ctl_start();
+    a.stop().await;
+    b.stop().await;
+
+    // `admin acme eab-create --config ADMIN.yaml` stores the key in the database; without
+    // the admin config, the marked state directory is refused rather than written to.
+    let admin_yaml = write(
+        dir.path(),
+        "admin.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\nca: {}\ntls:\n  self_issue:\n    tenant: platform\n    \
+             profile: admin-server\n    dns_names: [localhost]\noperators: [\"{OPERATOR}\"]\n\
+             store:\n  postgres:\n    url: \"{}\"\n    insecure_plaintext: true\n",
+            fx.dir.join("ca.yaml").display(),
+            pg.conninfo()
+        ),
+    );
+    let eab_create = |config: Option<std::path::PathBuf>| {
+        portcullis_admin::cli::run_to(
+            portcullis_admin::cli::AdminCommand::Acme(
+                portcullis_admin::cli::AcmeCommand::EabCreate {
+                    ca_config: fx.dir.join("ca.yaml"),
+                    tenant: "webco".parse().unwrap(),
+                    profile: "webco-web".into(),
+                    ttl: Duration::from_secs(3600),
+                    config,
+                },
+            ),
+            None,
+            &mut Vec::new(),
+        )
+        .map_err(|e| e.to_string())
+    };
+    let (with_config, without) =
+        tokio::task::spawn_blocking(move || (eab_create(Some(admin_yaml)), eab_create(None)))
+            .await
+            .unwrap();
+    with_config.unwrap();
+    assert_eq!(pg.psql("SELECT count(*) FROM acme_eab_keys").trim(), "3");
+    let err = without.unwrap_err();
+    assert!(err.contains("kept in PostgreSQL"), "{err}");
 }

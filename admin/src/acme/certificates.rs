@@ -16,8 +16,9 @@ use portcullis_ca::{
 use serde::Deserialize;
 
 use super::flow::{
-    acme, blocking_store, json_response, order_json, owner, respond, signed_by_account, Status,
+    acme, blocking_store, json_response, order_json, owner, respond, signed_by_account,
 };
+use super::order::{Finalized, Status};
 use super::{jws, verify_post, Problem};
 use crate::api::{blocking, AppState, CallRecord};
 use crate::identity::ConnInfo;
@@ -38,7 +39,7 @@ pub(super) async fn finalize(
     let mut rec = CallRecord::new(&conn);
     let base = super::base_url(&headers, &uri).ok();
     let result = finalize_flow(&st, &id, &headers, &uri, body, &mut rec).await;
-    let response = respond(&st, base.as_deref(), result);
+    let response = respond(&st, base.as_deref(), result).await;
     st.audit_call(&rec, "acme.order.finalize", response.status());
     response
 }
@@ -55,7 +56,7 @@ async fn finalize_flow(
     let account = owner(&signed)?.clone();
     rec.actor = format!("acme:account:{}", account.id);
     rec.tenant = Some(account.tenant.to_string());
-    let acme = acme(st)?;
+    acme(st)?;
     let req: Finalize = serde_json::from_slice(&signed.payload)
         .map_err(|_| Problem::malformed("the finalize payload is not the expected JSON"))?;
     let csr = jws::unb64(&req.csr, "csr")?;
@@ -74,38 +75,44 @@ async fn finalize_flow(
             "the account's profile requires approval, which ACME issuance cannot wait for",
         ));
     }
-    // Claim the order: of two concurrent finalizations one proceeds.
-    let order_names = {
-        let mut p = acme.pending();
-        let order = p
-            .orders
-            .get(id)
-            .filter(|o| o.account == account.id)
-            .cloned()
-            .ok_or_else(Problem::not_found)?;
-        if p.order_status(&order) != Status::Ready {
-            return Err(Problem::new(
-                StatusCode::FORBIDDEN,
-                "orderNotReady",
-                "the order's authorizations are not all valid",
-            ));
-        }
-        let asked: BTreeSet<String> = names
-            .dns_names
-            .iter()
-            .map(|n| n.to_ascii_lowercase())
-            .collect();
-        let ordered: BTreeSet<String> = order.names.iter().cloned().collect();
-        if !names.uris.is_empty() || asked != ordered {
-            return Err(bad_csr(
-                "the CSR's names are not exactly the order's identifiers",
-            ));
-        }
-        if let Some(o) = p.orders.get_mut(id) {
-            o.status = Status::Processing;
-        }
-        order.names
-    };
+    // Checked first, then claimed: of two concurrent finalizations (on any nodes) one
+    // proceeds to sign.
+    let (key, owner_id) = (id.to_owned(), account.id);
+    let order = blocking_store(st, move |s| s.backend().order(&key, SystemTime::now()))
+        .await?
+        .filter(|o| o.account == owner_id)
+        .ok_or_else(Problem::not_found)?;
+    if order.status != Status::Ready {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "orderNotReady",
+            "the order's authorizations are not all valid",
+        ));
+    }
+    let asked: BTreeSet<String> = names
+        .dns_names
+        .iter()
+        .map(|n| n.to_ascii_lowercase())
+        .collect();
+    let ordered: BTreeSet<String> = order.names.iter().cloned().collect();
+    if !names.uris.is_empty() || asked != ordered {
+        return Err(bad_csr(
+            "the CSR's names are not exactly the order's identifiers",
+        ));
+    }
+    let key = id.to_owned();
+    let order_names = blocking_store(st, move |s| {
+        s.backend().claim_order(&key, owner_id, SystemTime::now())
+    })
+    .await?
+    .ok_or_else(|| {
+        Problem::new(
+            StatusCode::FORBIDDEN,
+            "orderNotReady",
+            "the order is being finalized or is no longer ready",
+        )
+    })?
+    .names;
     rec.target = Some(order_names.join(","));
     let ca = Arc::clone(&st.ca);
     let (tenant, profile) = (account.tenant.clone(), account.profile.clone());
@@ -131,7 +138,15 @@ async fn finalize_flow(
         Ok(issued) => {
             st.stats.issued();
             let (serial, chain) = (issued.serial.clone(), issued.chain_pem.clone());
-            blocking_store(st, move |s| s.add_certificate(&serial, account.id, &chain)).await?;
+            blocking_store(st, move |s| {
+                s.backend().add_certificate(&serial, account.id, &chain)
+            })
+            .await
+            .inspect_err(|_| {
+                // Signed (it is in the inventory) but not downloadable: the order stays
+                // processing until it expires, and the client orders again.
+                tracing::error!(ca.serial = %issued.serial, "acme: issued certificate not recorded");
+            })?;
             rec.target = Some(issued.serial.to_string());
             Ok(issued.serial)
         }
@@ -155,30 +170,22 @@ async fn finalize_flow(
             ))
         }
     };
-    let mut p = acme.pending();
-    let Some(order) = p.orders.get_mut(id) else {
-        return Err(Problem::not_found());
+    let finalized = match &outcome {
+        Ok(serial) => Finalized::Issued(serial.clone()),
+        // A refused CSR ends the order; an unavailable CA leaves it ready for a retry.
+        Err(problem) if problem.kind == "badCSR" => Finalized::Refused(problem.to_json()),
+        Err(_) => Finalized::Retry,
     };
-    match outcome {
-        Ok(serial) => {
-            order.status = Status::Valid;
-            order.certificate = Some(serial);
-        }
-        Err(problem) => {
-            // A refused CSR ends the order; an unavailable CA leaves it ready for a retry.
-            if problem.kind == "badCSR" {
-                order.status = Status::Invalid;
-                order.error = Some(problem.to_json());
-            } else {
-                order.status = Status::Pending;
-            }
-            return Err(problem);
-        }
-    }
-    let order = order.clone();
+    let key = id.to_owned();
+    blocking_store(st, move |s| s.backend().order_finalized(&key, &finalized)).await?;
+    outcome?;
+    let key = id.to_owned();
+    let order = blocking_store(st, move |s| s.backend().order(&key, SystemTime::now()))
+        .await?
+        .ok_or_else(Problem::not_found)?;
     Ok(json_response(
         StatusCode::OK,
-        order_json(&p, &signed.base, id, &order),
+        order_json(&signed.base, id, &order),
         Some(format!("{}/acme/order/{id}", signed.base)),
     ))
 }
@@ -196,7 +203,7 @@ pub(super) async fn certificate(
         let signed = signed_by_account(&st, &headers, &uri, body).await?;
         let account = owner(&signed)?.id;
         let serial: Serial = id.parse().map_err(|_| Problem::not_found())?;
-        let (holder, chain) = blocking_store(&st, move |s| s.certificate(&serial))
+        let (holder, chain) = blocking_store(&st, move |s| s.backend().certificate(&serial))
             .await?
             .ok_or_else(Problem::not_found)?;
         if holder != account {
@@ -210,7 +217,7 @@ pub(super) async fn certificate(
         Ok(r)
     }
     .await;
-    respond(&st, base.as_deref(), result)
+    respond(&st, base.as_deref(), result).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,7 +251,7 @@ pub(super) async fn revoke(
     let mut rec = CallRecord::new(&conn);
     let base = super::base_url(&headers, &uri).ok();
     let result = revoke_flow(&st, &headers, &uri, body, &mut rec).await;
-    let response = respond(&st, base.as_deref(), result);
+    let response = respond(&st, base.as_deref(), result).await;
     st.audit_call(&rec, "acme.certificate.revoke", response.status());
     response
 }
@@ -256,8 +263,8 @@ async fn revoke_flow(
     body: Body,
     rec: &mut CallRecord,
 ) -> Result<Response, Problem> {
-    let acme = acme(st)?;
-    let signed = verify_post(st, acme, headers, uri, body, true).await?;
+    acme(st)?;
+    let signed = verify_post(st, headers, uri, body, true).await?;
     let account = signed.account.clone().ok_or_else(|| {
         Problem::unauthorized("revoke with the account that obtained the certificate")
     })?;
@@ -284,7 +291,7 @@ async fn revoke_flow(
         .map_err(|_| Problem::malformed("certificate is not a DER certificate"))?;
     rec.target = Some(serial.to_string());
     let s = serial.clone();
-    let holder = blocking_store(st, move |store| store.certificate(&s)).await?;
+    let holder = blocking_store(st, move |store| store.backend().certificate(&s)).await?;
     if holder.map(|(a, _)| a) != Some(account.id) {
         return Err(Problem::unauthorized(
             "this account did not obtain this certificate",

@@ -1,7 +1,7 @@
 //! The ACME resources: accounts, orders, authorizations and their challenges (finalization,
 //! download and revocation are in `certificates`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -9,101 +9,21 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use portcullis_ca::Serial;
 use portcullis_identity::DnsName;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::jws::{self, b64};
-use super::renewal::{check_replaces, CertId};
+use super::order::{Authz, Order, OrderRefused, Status};
+use super::renewal::check_replaces;
 use super::store::{Account, AcmeStore};
-use super::{
-    finish, purge_expired, verify_post, AcmeService, Problem, Signed, MAX_ORDERS,
-    MAX_ORDERS_PER_ACCOUNT, ORDER_TTL,
-};
+use super::{finish, verify_post, AcmeService, Problem, Signed, ORDER_TTL};
 use crate::api::{blocking, AppState, CallRecord};
 use crate::error::AdminError;
 use crate::identity::ConnInfo;
 
 /// Names in one order at most.
 const MAX_IDENTIFIERS: usize = 100;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Status {
-    Pending,
-    Processing,
-    Ready,
-    Valid,
-    Invalid,
-}
-
-impl Status {
-    fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Processing => "processing",
-            Status::Ready => "ready",
-            Status::Valid => "valid",
-            Status::Invalid => "invalid",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub(super) struct Order {
-    pub(super) account: i64,
-    /// Pending until finalized: `ready` is worked out from the authorizations.
-    pub(super) status: Status,
-    pub(super) expires: SystemTime,
-    pub(super) names: Vec<String>,
-    pub(super) authz: Vec<String>,
-    pub(super) certificate: Option<Serial>,
-    pub(super) error: Option<Value>,
-    /// The certificate this order replaces (RFC 9773), checked to be the account's.
-    pub(super) replaces: Option<CertId>,
-}
-
-#[derive(Debug, Clone)]
-pub(super) struct Authz {
-    account: i64,
-    name: String,
-    expires: SystemTime,
-    token: String,
-    /// The challenge's status (the authorization's follows it).
-    status: Status,
-    /// The challenge the client chose (`http-01`, `tls-alpn-01`, `dns-01`), once it chose.
-    chosen: Option<&'static str>,
-    validated: Option<SystemTime>,
-    error: Option<Value>,
-}
-
-/// Orders and authorizations in progress.
-#[derive(Debug, Default)]
-pub(super) struct Pending {
-    pub(super) orders: HashMap<String, Order>,
-    pub(super) authz: HashMap<String, Authz>,
-}
-
-impl Pending {
-    /// The order's status as a client sees it.
-    pub(super) fn order_status(&self, order: &Order) -> Status {
-        if order.status != Status::Pending {
-            return order.status;
-        }
-        let states: Vec<Status> = order
-            .authz
-            .iter()
-            .map(|id| self.authz.get(id).map_or(Status::Invalid, |a| a.status))
-            .collect();
-        if states.contains(&Status::Invalid) {
-            Status::Invalid
-        } else if states.iter().all(|s| *s == Status::Valid) {
-            Status::Ready
-        } else {
-            Status::Pending
-        }
-    }
-}
 
 pub(super) fn acme(st: &AppState) -> Result<&AcmeService, Problem> {
     st.acme.as_deref().ok_or_else(Problem::not_found)
@@ -139,8 +59,8 @@ pub(super) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// Answers `result`, adding the ACME headers, and records the call when `action` is named.
-pub(super) fn respond(
+/// Answers `result`, adding the ACME headers.
+pub(super) async fn respond(
     st: &AppState,
     base: Option<&str>,
     result: Result<Response, Problem>,
@@ -149,7 +69,7 @@ pub(super) fn respond(
         Ok(r) => r,
         Err(p) => p.into_response(),
     };
-    finish(st, base, response)
+    finish(st, base, response).await
 }
 
 pub(super) fn json_response(status: StatusCode, body: Value, location: Option<String>) -> Response {
@@ -191,7 +111,7 @@ pub(super) async fn new_account(
     let mut rec = CallRecord::new(&conn);
     let result = new_account_flow(&st, &headers, &uri, body, &mut rec).await;
     let base = super::base_url(&headers, &uri).ok();
-    let response = respond(&st, base.as_deref(), result);
+    let response = respond(&st, base.as_deref(), result).await;
     st.audit_call(&rec, "acme.account.create", response.status());
     response
 }
@@ -203,10 +123,10 @@ async fn new_account_flow(
     body: Body,
     rec: &mut CallRecord,
 ) -> Result<Response, Problem> {
-    let acme = acme(st)?;
+    acme(st)?;
     let Signed {
         payload, jwk, base, ..
-    } = verify_post(st, acme, headers, uri, body, true).await?;
+    } = verify_post(st, headers, uri, body, true).await?;
     let Some(jwk) = jwk else {
         return Err(Problem::malformed("newAccount is signed with the jwk form"));
     };
@@ -214,7 +134,9 @@ async fn new_account_flow(
         .map_err(|_| Problem::malformed("the newAccount payload is not the expected JSON"))?;
     let thumbprint = jwk.thumbprint();
     let t = thumbprint.clone();
-    if let Some(existing) = blocking_store(st, move |s| s.account_by_thumbprint(&t)).await? {
+    if let Some(existing) =
+        blocking_store(st, move |s| s.backend().account_by_thumbprint(&t)).await?
+    {
         rec.tenant = Some(existing.tenant.to_string());
         rec.target = Some(format!("account:{}", existing.id));
         return Ok(json_response(
@@ -267,7 +189,8 @@ async fn new_account_flow(
     let canonical = jwk.canonical();
     let contact = req.contact.clone();
     let account = blocking_store(st, move |s| {
-        s.create_account(&kid, &thumbprint, &canonical, &contact, SystemTime::now())
+        s.backend()
+            .create_account(&kid, &thumbprint, &canonical, &contact, SystemTime::now())
     })
     .await?
     .ok_or_else(|| Problem::unauthorized("the external account binding does not verify"))?;
@@ -309,7 +232,7 @@ pub(super) async fn account(
         ))
     }
     .await;
-    respond(&st, base.as_deref(), result)
+    respond(&st, base.as_deref(), result).await
 }
 
 pub(super) async fn signed_by_account(
@@ -318,7 +241,7 @@ pub(super) async fn signed_by_account(
     uri: &Uri,
     body: Body,
 ) -> Result<Signed, Problem> {
-    verify_post(st, acme(st)?, headers, uri, body, false).await
+    verify_post(st, headers, uri, body, false).await
 }
 
 pub(super) fn owner(signed: &Signed) -> Result<&Account, Problem> {
@@ -459,42 +382,30 @@ pub(super) async fn new_order(
             error: None,
             replaces,
         };
-        let body = {
-            let mut p = acme.pending();
-            purge_expired(&mut p.orders, |o| o.expires);
-            purge_expired(&mut p.authz, |a| a.expires);
-            let own = p
-                .orders
-                .values()
-                .filter(|o| o.account == account.id)
-                .count();
-            if p.orders.len() >= MAX_ORDERS || own >= MAX_ORDERS_PER_ACCOUNT {
+        let body = order_json(&signed.base, &order_id, &order);
+        let id = order_id.clone();
+        let added = blocking_store(&st, move |s| {
+            s.backend()
+                .add_order(&id, &order, &new_authz, SystemTime::now())
+        })
+        .await?;
+        match added {
+            Ok(()) => {}
+            Err(OrderRefused::TooMany) => {
                 return Err(Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "rateLimited",
                     "too many orders in progress; retry later",
-                ));
+                ))
             }
-            if let Some(replaced) = &order.replaces {
-                let taken = p.orders.values().any(|o| {
-                    o.replaces
-                        .as_ref()
-                        .is_some_and(|r| r.serial == replaced.serial)
-                        && p.order_status(o) != Status::Invalid
-                });
-                if taken {
-                    return Err(Problem::new(
-                        StatusCode::CONFLICT,
-                        "alreadyReplaced",
-                        "another order already replaces this certificate",
-                    ));
-                }
+            Err(OrderRefused::AlreadyReplaced) => {
+                return Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "alreadyReplaced",
+                    "another order already replaces this certificate",
+                ))
             }
-            p.authz.extend(new_authz);
-            let body = order_json(&p, &signed.base, &order_id, &order);
-            p.orders.insert(order_id.clone(), order);
-            body
-        };
+        }
         Ok(json_response(
             StatusCode::CREATED,
             body,
@@ -502,12 +413,12 @@ pub(super) async fn new_order(
         ))
     }
     .await;
-    respond(&st, base.as_deref(), result)
+    respond(&st, base.as_deref(), result).await
 }
 
-pub(super) fn order_json(p: &Pending, base: &str, id: &str, o: &Order) -> Value {
+pub(super) fn order_json(base: &str, id: &str, o: &Order) -> Value {
     let mut v = json!({
-        "status": p.order_status(o).as_str(),
+        "status": o.status.as_str(),
         "expires": rfc3339(o.expires),
         "identifiers": o.names.iter().map(|n| json!({"type": "dns", "value": n})).collect::<Vec<_>>(),
         "authorizations": o.authz.iter().map(|a| format!("{base}/acme/authz/{a}")).collect::<Vec<_>>(),
@@ -588,21 +499,20 @@ pub(super) async fn order(
     let base = super::base_url(&headers, &uri).ok();
     let result = async {
         let signed = signed_by_account(&st, &headers, &uri, body).await?;
-        let account = owner(&signed)?;
-        let p = acme(&st)?.pending();
-        let order = p
-            .orders
-            .get(&id)
-            .filter(|o| o.account == account.id)
+        let account = owner(&signed)?.id;
+        let key = id.clone();
+        let order = blocking_store(&st, move |s| s.backend().order(&key, SystemTime::now()))
+            .await?
+            .filter(|o| o.account == account)
             .ok_or_else(Problem::not_found)?;
         Ok(json_response(
             StatusCode::OK,
-            order_json(&p, &signed.base, &id, order),
+            order_json(&signed.base, &id, &order),
             None,
         ))
     }
     .await;
-    respond(&st, base.as_deref(), result)
+    respond(&st, base.as_deref(), result).await
 }
 
 pub(super) async fn authz(
@@ -615,22 +525,17 @@ pub(super) async fn authz(
     let base = super::base_url(&headers, &uri).ok();
     let result = async {
         let signed = signed_by_account(&st, &headers, &uri, body).await?;
-        let account = owner(&signed)?;
-        let acme = acme(&st)?;
-        let p = acme.pending();
-        let a = p
-            .authz
-            .get(&id)
-            .filter(|a| a.account == account.id)
-            .ok_or_else(Problem::not_found)?;
+        let account = owner(&signed)?.id;
+        let dns01 = acme(&st)?.dns01.is_some();
+        let a = authz_of(&st, &id, account).await?;
         Ok(json_response(
             StatusCode::OK,
-            authz_json(&signed.base, &id, a, acme.dns01.is_some()),
+            authz_json(&signed.base, &id, &a, dns01),
             None,
         ))
     }
     .await;
-    respond(&st, base.as_deref(), result)
+    respond(&st, base.as_deref(), result).await
 }
 
 /// A challenge: POST `{}` starts its validation (once); POST-as-GET reads it.
@@ -647,78 +552,92 @@ pub(super) async fn challenge(
         let account = owner(&signed)?;
         let acme = acme(&st)?;
         let thumbprint = {
-            let stored: Value = serde_json::from_str(&account.jwk)
-                .map_err(|_| Problem::server_internal())?;
+            let stored: Value =
+                serde_json::from_str(&account.jwk).map_err(|_| Problem::server_internal())?;
             jws::Jwk::from_json(&stored)?.thumbprint()
         };
         let respond_now = signed.payload.is_empty();
-        let (body, start) = {
-            let mut p = acme.pending();
-            let a = p
-                .authz
-                .get_mut(&id)
-                .filter(|a| a.account == account.id)
-                .ok_or_else(Problem::not_found)?;
-            let kind = offered(a, acme.dns01.is_some())
-                .into_iter()
-                .find(|k| *k == kind)
-                .ok_or_else(Problem::not_found)?;
-            let start = !respond_now && a.status == Status::Pending;
-            if start {
-                a.status = Status::Processing;
-                a.chosen = Some(kind);
+        let mut a = authz_of(&st, &id, account.id).await?;
+        let kind = offered(&a, acme.dns01.is_some())
+            .into_iter()
+            .find(|k| *k == kind)
+            .ok_or_else(Problem::not_found)?;
+        if !respond_now && a.status == Status::Pending {
+            let (key, account) = (id.clone(), account.id);
+            let started = blocking_store(&st, move |s| {
+                s.backend()
+                    .start_challenge(&key, account, kind, SystemTime::now())
+            })
+            .await?;
+            if started {
+                spawn_validation(&st, &id, kind, &a, thumbprint);
             }
-            (
-                challenge_json(&signed.base, &id, kind, a),
-                start.then(|| (kind, a.name.clone(), a.token.clone())),
-            )
-        };
-        if let Some((kind, name, token)) = start {
-            let st2 = Arc::clone(&st);
-            let (port, tls_port) = (acme.http01_port, acme.tls_alpn01_port);
-            let id = id.clone();
-            tokio::spawn(async move {
-                let key_authorization = format!("{token}.{thumbprint}");
-                let Some(acme) = st2.acme.as_deref() else {
-                    return;
-                };
-                let outcome = match (kind, &acme.dns01) {
-                    ("dns-01", Some(resolver)) => {
-                        let base = name.trim_start_matches("*.");
-                        super::dns01::validate(resolver, base, &key_authorization).await
-                    }
-                    ("tls-alpn-01", _) => {
-                        super::tlsalpn01::validate(&name, tls_port, &key_authorization).await
-                    }
-                    _ => super::http01::validate(&name, port, &token, &key_authorization).await,
-                };
-                {
-                    let mut p = acme.pending();
-                    if let Some(a) = p.authz.get_mut(&id) {
-                        match outcome {
-                            Ok(()) => {
-                                a.status = Status::Valid;
-                                a.validated = Some(SystemTime::now());
-                                tracing::info!(acme.name = %name, acme.challenge = kind, "acme: validated");
-                            }
-                            Err(problem) => {
-                                tracing::info!(acme.name = %name, acme.challenge = kind, acme.problem = %problem.detail, "acme: validation failed");
-                                a.status = Status::Invalid;
-                                a.error = Some(problem.to_json());
-                            }
-                        }
-                    }
-                }
-            });
+            // Started here or by a concurrent request (maybe on another node): as stored now.
+            a = authz_of(&st, &id, account).await?;
         }
+        let body = challenge_json(&signed.base, &id, kind, &a);
         let mut r = json_response(StatusCode::OK, body, None);
-        if let Ok(up) = HeaderValue::from_str(&format!("<{}/acme/authz/{id}>;rel=\"up\"", signed.base)) {
+        if let Ok(up) =
+            HeaderValue::from_str(&format!("<{}/acme/authz/{id}>;rel=\"up\"", signed.base))
+        {
             r.headers_mut().append(header::LINK, up);
         }
         Ok(r)
     }
     .await;
-    respond(&st, base.as_deref(), result)
+    respond(&st, base.as_deref(), result).await
+}
+
+/// The account's unexpired authorization `id`.
+async fn authz_of(st: &AppState, id: &str, account: i64) -> Result<Authz, Problem> {
+    let key = id.to_owned();
+    blocking_store(st, move |s| s.backend().authz(&key, SystemTime::now()))
+        .await?
+        .filter(|a| a.account == account)
+        .ok_or_else(Problem::not_found)
+}
+
+/// Validates a challenge this node started, in the background; its outcome goes to the store,
+/// where any node reads it.
+fn spawn_validation(
+    st: &Arc<AppState>,
+    id: &str,
+    kind: &'static str,
+    a: &Authz,
+    thumbprint: String,
+) {
+    let st = Arc::clone(st);
+    let (id, name, token) = (id.to_owned(), a.name.clone(), a.token.clone());
+    tokio::spawn(async move {
+        let key_authorization = format!("{token}.{thumbprint}");
+        let Some(acme) = st.acme.as_deref() else {
+            return;
+        };
+        let (port, tls_port) = (acme.http01_port, acme.tls_alpn01_port);
+        let outcome = match (kind, &acme.dns01) {
+            ("dns-01", Some(resolver)) => {
+                let base = name.trim_start_matches("*.");
+                super::dns01::validate(resolver, base, &key_authorization).await
+            }
+            ("tls-alpn-01", _) => {
+                super::tlsalpn01::validate(&name, tls_port, &key_authorization).await
+            }
+            _ => super::http01::validate(&name, port, &token, &key_authorization).await,
+        };
+        let outcome = match outcome {
+            Ok(()) => {
+                tracing::info!(acme.name = %name, acme.challenge = kind, "acme: validated");
+                Ok(SystemTime::now())
+            }
+            Err(problem) => {
+                tracing::info!(acme.name = %name, acme.challenge = kind, acme.problem = %problem.detail, "acme: validation failed");
+                Err(problem.to_json())
+            }
+        };
+        // A failure is logged by blocking_store; the authorization stays processing until it
+        // expires.
+        let _ = blocking_store(&st, move |s| s.backend().end_challenge(&id, outcome)).await;
+    });
 }
 
 pub(super) async fn key_change(
@@ -736,4 +655,5 @@ pub(super) async fn key_change(
             "account key rollover is not supported",
         )),
     )
+    .await
 }

@@ -28,14 +28,14 @@ const RETRY_AFTER_MIN: Duration = Duration::from_secs(60);
 
 /// A certificate named by its issuer's key identifier and its serial.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct CertId {
+pub(crate) struct CertId {
     key_id: Vec<u8>,
-    pub(super) serial: Serial,
+    pub(crate) serial: Serial,
 }
 
 impl CertId {
     /// Parses a certID; any other text is `malformed`.
-    pub(super) fn parse(text: &str) -> Result<Self, Problem> {
+    pub(crate) fn parse(text: &str) -> Result<Self, Problem> {
         let bad =
             || Problem::malformed("the certID is not base64url(keyIdentifier).base64url(serial)");
         if text.len() > MAX_CERT_ID {
@@ -55,7 +55,7 @@ impl CertId {
 
     /// The certID in its canonical form (the serial as DER writes it: a leading zero byte
     /// when its top bit is set).
-    pub(super) fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let mut serial = self.serial.as_bytes().to_vec();
         if serial.first().is_some_and(|b| b & 0x80 != 0) {
             serial.insert(0, 0);
@@ -102,7 +102,9 @@ fn leaf_of(chain_pem: &str) -> Option<Leaf> {
 /// when unknown or issued under another key.
 async fn find(st: &AppState, id: &CertId) -> Result<Option<(i64, BTreeSet<String>)>, Problem> {
     let serial = id.serial.clone();
-    let Some((account, chain)) = blocking_store(st, move |s| s.certificate(&serial)).await? else {
+    let Some((account, chain)) =
+        blocking_store(st, move |s| s.backend().certificate(&serial)).await?
+    else {
         return Ok(None);
     };
     let Some(leaf) = leaf_of(&chain) else {
@@ -183,7 +185,7 @@ pub(super) async fn renewal_info(
         Ok(r)
     }
     .await;
-    respond(&st, base.as_deref(), result)
+    respond(&st, base.as_deref(), result).await
 }
 
 /// Checks a new order's `replaces` (RFC 9773 §5): a certificate issued through ACME to this

@@ -1,54 +1,48 @@
-//! What ACME keeps across restarts, in `STATE/acme.sqlite3`: external account binding keys
-//! (the HMAC key sealed with AES-256-GCM under `STATE/acme-eab.key`, 0600, since verifying a
-//! MAC needs the key itself), accounts (their key, tenant and profile, fixed by the binding)
-//! and the certificates issued to each account (for download and revocation).
+//! What ACME keeps: external account binding keys (the HMAC key sealed with AES-256-GCM under
+//! `STATE/acme-eab.key`, 0600, since verifying a MAC needs the key itself), accounts (their
+//! key, tenant and profile, fixed by the binding), the certificates issued to each account
+//! (for download and revocation), replay nonces, and orders with their authorizations.
+//!
+//! [`AcmeStore`] seals and opens EAB keys itself and hands the rest to a backend
+//! ([`AcmeBackend`]): on one node `STATE/acme.sqlite3`, with nonces, orders and authorizations
+//! in memory (bounded, expiring: a restart abandons them); with `store.postgres`, the admin
+//! plane's database for all of it, so every admin server is one ACME server. There each node
+//! seals under its own `STATE/acme-eab.key`: the first node to start records the key's id,
+//! and a node whose key differs is refused at start (its keys would not open elsewhere).
 //!
 //! An EAB key binds exactly one account: the first `newAccount` that verifies with it.
 
+mod sqlite;
+#[cfg(test)]
+pub(crate) mod tests;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portcullis_ca::{write_atomic, Serial, TenantId};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
-use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::Value;
 use zeroize::Zeroizing;
 
+use super::order::{Authz, Finalized, Order, OrderRefused};
 use crate::error::AdminError;
+use crate::store::PgStore;
+pub(crate) use sqlite::SqliteAcme;
 
 /// File name of the ACME store in the CA state directory.
 pub const ACME_DB: &str = "acme.sqlite3";
 /// File name of the key that seals EAB HMAC keys.
 const SEAL_KEY: &str = "acme-eab.key";
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS eab_keys (
-    kid TEXT PRIMARY KEY NOT NULL,
-    tenant TEXT NOT NULL,
-    profile TEXT NOT NULL,
-    sealed BLOB NOT NULL,
-    created_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL,
-    account INTEGER
-);
-CREATE TABLE IF NOT EXISTS accounts (
-    id INTEGER PRIMARY KEY,
-    thumbprint TEXT UNIQUE NOT NULL,
-    jwk TEXT NOT NULL,
-    tenant TEXT NOT NULL,
-    profile TEXT NOT NULL,
-    eab_kid TEXT NOT NULL,
-    contact TEXT NOT NULL,
-    created_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS certificates (
-    serial TEXT PRIMARY KEY NOT NULL,
-    account INTEGER NOT NULL,
-    chain_pem TEXT NOT NULL
-);
-";
+/// How long an issued nonce stays usable.
+pub(crate) const NONCE_TTL: Duration = Duration::from_secs(3600);
+/// Nonces outstanding at most (the oldest are forgotten first).
+pub(crate) const MAX_NONCES: u64 = 100_000;
+/// Orders (and their authorizations) kept at most, and per account.
+pub(crate) const MAX_ORDERS: usize = 10_000;
+pub(crate) const MAX_ORDERS_PER_ACCOUNT: usize = 100;
 
 /// A new EAB key, shown once: the key id and the base64url HMAC key.
 pub struct EabCredential {
@@ -81,70 +75,178 @@ pub(crate) struct Account {
     pub(crate) contact: Vec<String>,
 }
 
-/// The SQLite store.
+/// An EAB key about to be stored, its HMAC key sealed.
 #[derive(Debug)]
-pub struct AcmeStore {
-    path: PathBuf,
-    seal: SealKey,
-    conn: Mutex<Connection>,
+pub(crate) struct NewEab<'a> {
+    pub(crate) kid: &'a str,
+    pub(crate) tenant: &'a TenantId,
+    pub(crate) profile: &'a str,
+    pub(crate) sealed: &'a [u8],
+    pub(crate) created_at: SystemTime,
+    pub(crate) expires_at: SystemTime,
 }
 
-struct SealKey(LessSafeKey);
+/// Where ACME's state is kept. Every call is blocking (run it off the async threads); every
+/// change that two nodes may race on is one conditional write, so exactly one wins.
+pub(crate) trait AcmeBackend: Send + Sync + fmt::Debug {
+    /// Checks the seal key's id against the one the backend's sealed keys were made under
+    /// (recording it if there is none yet): Err((stored id)) when they differ.
+    fn agree_on_seal_key(
+        &self,
+        key_id: &str,
+        now: SystemTime,
+    ) -> Result<Result<(), String>, AdminError>;
+
+    fn insert_eab(&self, eab: &NewEab<'_>) -> Result<(), AdminError>;
+
+    /// The sealed HMAC key of an EAB key id that is unexpired and binds no account yet.
+    fn eab_sealed(&self, kid: &str, now: SystemTime) -> Result<Option<Vec<u8>>, AdminError>;
+
+    /// Creates the account bound by EAB key `kid`, marking the key used at once: of two
+    /// concurrent bindings one wins, the other gets None.
+    fn create_account(
+        &self,
+        kid: &str,
+        thumbprint: &str,
+        jwk: &str,
+        contact: &[String],
+        now: SystemTime,
+    ) -> Result<Option<Account>, AdminError>;
+
+    fn account_by_thumbprint(&self, thumbprint: &str) -> Result<Option<Account>, AdminError>;
+
+    fn account(&self, id: i64) -> Result<Option<Account>, AdminError>;
+
+    fn add_certificate(
+        &self,
+        serial: &Serial,
+        account: i64,
+        chain_pem: &str,
+    ) -> Result<(), AdminError>;
+
+    /// A certificate issued to an ACME account: (account, PEM chain).
+    fn certificate(&self, serial: &Serial) -> Result<Option<(i64, String)>, AdminError>;
+
+    /// Keeps a nonce just issued, usable until `now + NONCE_TTL`.
+    fn issue_nonce(&self, nonce: &str, now: SystemTime) -> Result<(), AdminError>;
+
+    /// Consumes a nonce: true exactly once per issued, unexpired nonce.
+    fn take_nonce(&self, nonce: &str, now: SystemTime) -> Result<bool, AdminError>;
+
+    /// Keeps a new order and its authorizations, unless there are too many in progress or
+    /// another live order replaces the same certificate.
+    fn add_order(
+        &self,
+        id: &str,
+        order: &Order,
+        authz: &[(String, Authz)],
+        now: SystemTime,
+    ) -> Result<Result<(), OrderRefused>, AdminError>;
+
+    /// An unexpired order, its status as a client sees it.
+    fn order(&self, id: &str, now: SystemTime) -> Result<Option<Order>, AdminError>;
+
+    /// An unexpired authorization.
+    fn authz(&self, id: &str, now: SystemTime) -> Result<Option<Authz>, AdminError>;
+
+    /// Starts validating the account's pending authorization `id` with challenge `kind`:
+    /// true for the one caller that moved it from pending to processing.
+    fn start_challenge(
+        &self,
+        id: &str,
+        account: i64,
+        kind: &'static str,
+        now: SystemTime,
+    ) -> Result<bool, AdminError>;
+
+    /// Records a validation's outcome (when it was validated, or the problem) on an
+    /// authorization still processing.
+    fn end_challenge(&self, id: &str, outcome: Result<SystemTime, Value>)
+        -> Result<(), AdminError>;
+
+    /// Claims the account's ready order for finalization (ready → processing): the order for
+    /// the one caller that claimed it, None for every other.
+    fn claim_order(
+        &self,
+        id: &str,
+        account: i64,
+        now: SystemTime,
+    ) -> Result<Option<Order>, AdminError>;
+
+    /// Records what became of a claimed order's finalization.
+    fn order_finalized(&self, id: &str, outcome: &Finalized) -> Result<(), AdminError>;
+}
+
+/// ACME's store: the EAB seal key and a backend.
+#[derive(Debug)]
+pub struct AcmeStore {
+    seal: SealKey,
+    backend: Box<dyn AcmeBackend>,
+}
+
+struct SealKey {
+    key: LessSafeKey,
+    /// Names the key (a digest of it, never the key), to compare nodes' keys.
+    id: String,
+    path: PathBuf,
+}
 
 impl fmt::Debug for SealKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SealKey(..)")
+        write!(f, "SealKey({})", self.id)
     }
 }
 
 impl AcmeStore {
-    /// Opens (creating if needed) the store and its sealing key in a CA state directory.
+    /// Opens (creating if needed) the SQLite store and its sealing key in a CA state
+    /// directory; refused when `STATE/state-in-postgres` says the admin state is in PostgreSQL
+    /// (an EAB key written here would never be honoured).
     pub fn in_state_dir(dir: &Path) -> Result<Self, AdminError> {
-        let path = dir.join(ACME_DB);
-        let err = |e: rusqlite::Error| AdminError::TokenStore {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        };
-        let conn = Connection::open(&path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-        // Two servers opening the same new file at once can get SQLITE_BUSY from the switch to
-        // WAL without the busy handler being asked (seen in the tests, which share a state
-        // folder): try the set-up again a few times before giving up.
-        let mut tries = 0;
-        loop {
-            let setup = conn
-                .pragma_update(None, "journal_mode", "WAL")
-                .and_then(|()| conn.execute_batch(SCHEMA));
-            match setup {
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::DatabaseBusy && tries < 10 =>
-                {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(50 * tries));
-                }
-                other => {
-                    other.map_err(err)?;
-                    break;
-                }
-            }
+        let marker = dir.join(portcullis_ca::STATE_IN_POSTGRES);
+        if marker.exists() {
+            return Err(AdminError::TokenStore {
+                path: marker.display().to_string(),
+                detail: "the ACME state is kept in PostgreSQL (store.postgres): create EAB keys \
+                         with `admin acme eab-create --config ADMIN.yaml`"
+                    .to_owned(),
+            });
         }
         Ok(Self {
+            backend: Box::new(SqliteAcme::in_state_dir(dir)?),
             seal: SealKey::load_or_create(&dir.join(SEAL_KEY))?,
-            path,
-            conn: Mutex::new(conn),
         })
     }
 
-    fn error(&self, e: impl fmt::Display) -> AdminError {
-        AdminError::TokenStore {
-            path: self.path.display().to_string(),
-            detail: e.to_string(),
+    /// Opens the ACME state in the admin plane's PostgreSQL database, sealing under the state
+    /// directory's `acme-eab.key` (created if missing), which must be the one the database's
+    /// keys are sealed under: the first node to start records its id, and a node whose key
+    /// differs is refused, naming both. Blocking.
+    pub fn postgres(store: &PgStore, state_dir: &Path) -> Result<Self, AdminError> {
+        let seal = SealKey::load_or_create(&state_dir.join(SEAL_KEY))?;
+        let backend = store.acme();
+        if let Err(theirs) = backend.agree_on_seal_key(&seal.id, SystemTime::now())? {
+            return Err(AdminError::Store(format!(
+                "acme: this node's EAB seal key {} (key id {}) differs from the one the EAB \
+                 keys in the admin plane's PostgreSQL database are sealed under (key id \
+                 {theirs}, recorded by the first node to start): every admin server must hold \
+                 the same key; copy STATE/{SEAL_KEY} from the first node",
+                seal.path.display(),
+                seal.id
+            )));
         }
+        Ok(Self {
+            seal,
+            backend: Box::new(backend),
+        })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // Every use is one statement or one transaction: a panic leaves nothing half done.
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The id of the key EAB keys are sealed under (a digest, not the key).
+    pub fn seal_key_id(&self) -> &str {
+        &self.seal.id
+    }
+
+    pub(crate) fn backend(&self) -> &dyn AcmeBackend {
+        self.backend.as_ref()
     }
 
     /// Creates an EAB key for `tenant` and `profile`, usable to bind one account for `ttl`.
@@ -172,20 +274,14 @@ impl AcmeStore {
         let kid = super::jws::b64(&id);
         let sealed = self.seal.seal(&kid, key.as_ref())?;
         let expires_at = UNIX_EPOCH + Duration::from_secs(secs(now + ttl));
-        self.conn()
-            .execute(
-                "INSERT INTO eab_keys (kid, tenant, profile, sealed, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    kid,
-                    tenant.as_str(),
-                    profile,
-                    sealed,
-                    unix(now),
-                    unix(expires_at)
-                ],
-            )
-            .map_err(|e| self.error(e))?;
+        self.backend.insert_eab(&NewEab {
+            kid: &kid,
+            tenant,
+            profile,
+            sealed: &sealed,
+            created_at: now,
+            expires_at,
+        })?;
         Ok(EabCredential {
             kid,
             hmac: Zeroizing::new(super::jws::b64(key.as_ref())),
@@ -199,148 +295,10 @@ impl AcmeStore {
         kid: &str,
         now: SystemTime,
     ) -> Result<Option<Zeroizing<Vec<u8>>>, AdminError> {
-        let sealed: Option<Vec<u8>> = self
-            .conn()
-            .query_row(
-                "SELECT sealed FROM eab_keys WHERE kid = ?1 AND account IS NULL AND expires_at > ?2",
-                params![kid, unix(now)],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.error(e))?;
-        sealed.map(|s| self.seal.open(kid, s)).transpose()
-    }
-
-    /// Creates the account bound by EAB key `kid`, marking the key used in the same
-    /// transaction: of two concurrent bindings one wins, the other gets None.
-    pub(crate) fn create_account(
-        &self,
-        kid: &str,
-        thumbprint: &str,
-        jwk: &str,
-        contact: &[String],
-        now: SystemTime,
-    ) -> Result<Option<Account>, AdminError> {
-        let mut conn = self.conn();
-        // Immediate: the write lock is taken (waiting out other writers) before the read, so
-        // the transaction never has to upgrade a read lock that another writer made stale.
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| self.error(e))?;
-        let grant: Option<(String, String)> = tx
-            .query_row(
-                "SELECT tenant, profile FROM eab_keys WHERE kid = ?1 AND account IS NULL",
-                params![kid],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| self.error(e))?;
-        let Some((tenant, profile)) = grant else {
-            return Ok(None);
-        };
-        let contact_json = serde_json::to_string(contact).map_err(|e| self.error(e))?;
-        tx.execute(
-            "INSERT INTO accounts (thumbprint, jwk, tenant, profile, eab_kid, contact, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                thumbprint,
-                jwk,
-                tenant,
-                profile,
-                kid,
-                contact_json,
-                unix(now)
-            ],
-        )
-        .map_err(|e| self.error(e))?;
-        let id = tx.last_insert_rowid();
-        tx.execute(
-            "UPDATE eab_keys SET account = ?2 WHERE kid = ?1",
-            params![kid, id],
-        )
-        .map_err(|e| self.error(e))?;
-        tx.commit().map_err(|e| self.error(e))?;
-        Ok(Some(Account {
-            id,
-            jwk: jwk.to_owned(),
-            tenant: tenant.parse().map_err(|e| self.error(e))?,
-            profile,
-            eab_kid: kid.to_owned(),
-            contact: contact.to_vec(),
-        }))
-    }
-
-    pub(crate) fn account_by_thumbprint(&self, t: &str) -> Result<Option<Account>, AdminError> {
-        self.account_where("thumbprint = ?1", t.to_owned())
-    }
-
-    pub(crate) fn account(&self, id: i64) -> Result<Option<Account>, AdminError> {
-        self.account_where("id = ?1", id)
-    }
-
-    fn account_where(
-        &self,
-        clause: &str,
-        value: impl rusqlite::ToSql,
-    ) -> Result<Option<Account>, AdminError> {
-        let row = self
-            .conn()
-            .query_row(
-                &format!(
-                    "SELECT id, jwk, tenant, profile, eab_kid, contact FROM accounts WHERE {clause}"
-                ),
-                params![value],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, String>(5)?,
-                    ))
-                },
-            )
-            .optional()
-            .map_err(|e| self.error(e))?;
-        let Some((id, jwk, tenant, profile, eab_kid, contact)) = row else {
-            return Ok(None);
-        };
-        Ok(Some(Account {
-            id,
-            jwk,
-            tenant: tenant.parse().map_err(|e| self.error(e))?,
-            profile,
-            eab_kid,
-            contact: serde_json::from_str(&contact).map_err(|e| self.error(e))?,
-        }))
-    }
-
-    pub(crate) fn add_certificate(
-        &self,
-        serial: &Serial,
-        account: i64,
-        chain_pem: &str,
-    ) -> Result<(), AdminError> {
-        self.conn()
-            .execute(
-                "INSERT INTO certificates (serial, account, chain_pem) VALUES (?1, ?2, ?3)",
-                params![serial.to_string(), account, chain_pem],
-            )
-            .map_err(|e| self.error(e))?;
-        Ok(())
-    }
-
-    /// A certificate issued to an ACME account: (account, PEM chain).
-    pub(crate) fn certificate(&self, serial: &Serial) -> Result<Option<(i64, String)>, AdminError> {
-        self.conn()
-            .query_row(
-                "SELECT account, chain_pem FROM certificates WHERE serial = ?1",
-                params![serial.to_string()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| self.error(e))
+        self.backend
+            .eab_sealed(kid, now)?
+            .map(|s| self.seal.open(kid, s))
+            .transpose()
     }
 }
 
@@ -376,7 +334,11 @@ impl SealKey {
         let bytes = Zeroizing::new(std::fs::read(path).map_err(io)?);
         let key = UnboundKey::new(&AES_256_GCM, &bytes)
             .map_err(|_| AdminError::Invalid(format!("{}: not a 32-byte key", path.display())))?;
-        Ok(Self(LessSafeKey::new(key)))
+        Ok(Self {
+            key: LessSafeKey::new(key),
+            id: seal_key_id(&bytes),
+            path: path.to_owned(),
+        })
     }
 
     /// nonce ‖ ciphertext ‖ tag, the key id as associated data (a sealed key cannot be moved
@@ -387,7 +349,7 @@ impl SealKey {
             .fill(&mut nonce)
             .map_err(|_| AdminError::Random)?;
         let mut out = plain.to_vec();
-        self.0
+        self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(kid.as_bytes()),
@@ -408,74 +370,33 @@ impl SealKey {
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| broken())?;
         let mut body = Zeroizing::new(body.to_vec());
         let plain = self
-            .0
+            .key
             .open_in_place(nonce, Aad::from(kid.as_bytes()), &mut body)
             .map_err(|_| broken())?;
         Ok(Zeroizing::new(plain.to_vec()))
     }
 }
 
-fn unix(t: SystemTime) -> i64 {
+/// A seal key's id: the first 8 bytes of a domain-separated SHA-256 of it, in hex. It names
+/// the key in errors and in the database; it cannot be turned back into the key.
+fn seal_key_id(key: &[u8]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"portcullis acme eab seal key id\0");
+    ctx.update(key);
+    ctx.finish().as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub(crate) fn unix(t: SystemTime) -> i64 {
     i64::try_from(secs(t)).unwrap_or(i64::MAX)
 }
 
-fn secs(t: SystemTime) -> u64 {
+pub(crate) fn secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn eab_key_is_sealed_and_binds_one_account() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = AcmeStore::in_state_dir(dir.path()).unwrap();
-        let now = SystemTime::now();
-        let cred = s
-            .create_eab(
-                &"webco".parse().unwrap(),
-                "webco-web",
-                Duration::from_secs(60),
-                now,
-            )
-            .unwrap();
-        let key = s.eab_mac_key(&cred.kid, now).unwrap().unwrap();
-        assert_eq!(super::super::jws::b64(&key), cred.expose_hmac());
-        let file = std::fs::read(dir.path().join(ACME_DB)).unwrap();
-        assert!(
-            !file.windows(32).any(|w| w == key.as_slice()),
-            "stored sealed"
-        );
-        assert!(s
-            .eab_mac_key(&cred.kid, now + Duration::from_secs(61))
-            .unwrap()
-            .is_none());
-        let a = s.create_account(&cred.kid, "t1", "{}", &[], now).unwrap();
-        assert!(a.is_some());
-        assert!(s
-            .create_account(&cred.kid, "t2", "{}", &[], now)
-            .unwrap()
-            .is_none());
-        assert!(s.eab_mac_key(&cred.kid, now).unwrap().is_none(), "used");
-    }
-
-    #[test]
-    fn eab_credentials_never_begin_with_a_dash() {
-        // One draw in 64 would without the rule; 400 draws make a miss unlikely (~2e-3).
-        let dir = tempfile::tempdir().unwrap();
-        let s = AcmeStore::in_state_dir(dir.path()).unwrap();
-        for _ in 0..200 {
-            let cred = s
-                .create_eab(
-                    &"webco".parse().unwrap(),
-                    "webco-web",
-                    Duration::from_secs(60),
-                    SystemTime::now(),
-                )
-                .unwrap();
-            assert!(!cred.kid.starts_with('-'), "{}", cred.kid);
-            assert!(!cred.expose_hmac().starts_with('-'));
-        }
-    }
+pub(crate) fn from_unix(s: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(s).unwrap_or(0))
 }

@@ -11,6 +11,8 @@ use pg::Postgres;
 use portcullis_ca::inventory_conformance as conformance;
 
 use super::*;
+use crate::acme::store::tests as acme_suite;
+use crate::acme::AcmeStore;
 use crate::pending::tests as pending_suite;
 use crate::policies::store_tests as policy_suite;
 use crate::token::tests as token_suite;
@@ -166,7 +168,7 @@ fn nodes_starting_at_once_migrate_once_and_a_newer_schema_is_refused() {
         .query_one("SELECT count(*) FROM portcullis_admin_schema_history", &[])
         .unwrap()
         .get(0);
-    assert_eq!(migrations, 6);
+    assert_eq!(migrations, 7);
     conn.execute(
         "INSERT INTO portcullis_admin_schema_history (version, name, applied_on, checksum) \
          VALUES (99, 'future', '2030-01-01T00:00:00Z', '1')",
@@ -176,7 +178,7 @@ fn nodes_starting_at_once_migrate_once_and_a_newer_schema_is_refused() {
     drop(conn);
     let err = PgStore::open(&config).unwrap_err().to_string();
     assert!(
-        err.contains("schema is at version 99, newer than this release knows (6)"),
+        err.contains("schema is at version 99, newer than this release knows (7)"),
         "{err}"
     );
 }
@@ -190,14 +192,14 @@ fn an_edited_migration_is_refused_and_an_older_history_is_adopted() {
     let config = plain_config(&pg, "history");
     let mut conn = store.conn().unwrap();
 
-    // The schema as an older release left it: its own history table, all six applied. It is
+    // The schema as an older release left it: its own history table, all seven applied. It is
     // adopted, not migrated again (V1's CREATE TABLE would fail on the existing tables).
     conn.batch_execute(
         "DROP TABLE portcullis_admin_schema_history;
          CREATE TABLE portcullis_admin_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
              applied_at TIMESTAMPTZ NOT NULL DEFAULT now());
          INSERT INTO portcullis_admin_migrations (version, name)
-             SELECT v, 'old' FROM generate_series(1, 6) AS v;",
+             SELECT v, 'old' FROM generate_series(1, 7) AS v;",
     )
     .unwrap();
     PgStore::open(&config).unwrap();
@@ -210,7 +212,7 @@ fn an_edited_migration_is_refused_and_an_older_history_is_adopted() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(adopted, (1..=6).collect::<Vec<_>>());
+    assert_eq!(adopted, (1..=7).collect::<Vec<_>>());
 
     // A migration whose text changed after it was applied: the schema is not what this release
     // expects, so the store does not open.
@@ -375,4 +377,70 @@ fn tls_is_verified_in_full_and_a_client_certificate_presented() {
     assert!(err.contains("certificate"), "{err}");
     // Without a client certificate, the server refuses the connection.
     assert!(open("{ ca: ca.pem }").is_err());
+}
+
+#[test]
+fn acme_passes_the_acme_store_tests() {
+    let Some(pg) = Postgres::start_or_skip("acme_passes_the_acme_store_tests", None) else {
+        return;
+    };
+    // Two pools on one database, as two admin servers would have, sealing under one key.
+    let state = tempfile::tempdir().unwrap();
+    let open = |store: &PgStore| AcmeStore::postgres(store, state.path()).unwrap();
+    let a = store_in(&pg, "acme");
+    let b = PgStore::open(&plain_config(&pg, "acme")).unwrap();
+    let (a, b) = (open(&a), open(&b));
+    acme_suite::accounts_are_found_by_key_and_an_eab_key_binds_one(&a);
+    acme_suite::concurrent_bindings_of_one_eab_key_make_one_account(&a, &b);
+    acme_suite::a_nonce_is_taken_once_under_a_race(&a, &b);
+    acme_suite::challenges_and_finalization_are_claimed_once_under_a_race(&a, &b);
+    acme_suite::orders_are_bounded_and_a_certificate_is_replaced_once(&a, &b);
+}
+
+#[test]
+fn nodes_agree_on_one_acme_seal_key() {
+    let Some(pg) = Postgres::start_or_skip("nodes_agree_on_one_acme_seal_key", None) else {
+        return;
+    };
+    let store = store_in(&pg, "seal");
+    let (first, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = AcmeStore::postgres(&store, first.path()).unwrap();
+    let now = std::time::SystemTime::now();
+    let cred = a
+        .create_eab(
+            &"webco".parse().unwrap(),
+            "webco-web",
+            std::time::Duration::from_secs(60),
+            now,
+        )
+        .unwrap();
+    // A node with another key is refused, naming both keys and the file.
+    let err = AcmeStore::postgres(&store, other.path())
+        .unwrap_err()
+        .to_string();
+    let mine = AcmeStore::in_state_dir(other.path()).unwrap();
+    assert!(
+        err.contains(mine.seal_key_id()) && err.contains(a.seal_key_id()),
+        "{err}"
+    );
+    assert!(err.contains("copy STATE/acme-eab.key"), "{err}");
+    // With the first node's key copied, it opens the keys the first node sealed.
+    std::fs::copy(
+        first.path().join("acme-eab.key"),
+        other.path().join("acme-eab.key"),
+    )
+    .unwrap();
+    let b = AcmeStore::postgres(&store, other.path()).unwrap();
+    assert_eq!(
+        crate::acme::jws::b64(&b.eab_mac_key(&cred.kid, now).unwrap().unwrap()),
+        cred.expose_hmac()
+    );
+    // Only the sealed key is in the database.
+    let mut conn = store.conn().unwrap();
+    let sealed: Vec<u8> = conn
+        .query_one("SELECT sealed FROM acme_eab_keys", &[])
+        .unwrap()
+        .get(0);
+    let hmac = crate::acme::jws::unb64(cred.expose_hmac(), "hmac").unwrap();
+    assert!(!sealed.windows(hmac.len()).any(|w| w == hmac.as_slice()));
 }
