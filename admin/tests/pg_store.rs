@@ -1014,8 +1014,10 @@ async fn two_admin_servers_on_one_postgres_are_one_acme_server() {
     a.stop().await;
     b.stop().await;
 
-    // `admin acme eab-create --config ADMIN.yaml` stores the key in the database; without
-    // the admin config, the marked state directory is refused rather than written to.
+    // `admin acme eab-create --config ADMIN.yaml` stores the key in the database. (Without
+    // the admin config a marked state directory is refused: `acme::store` unit tests. Not
+    // checked here: the fixture's state directory is shared, and another test of this binary
+    // removes its marker when it ends.)
     let admin_yaml = write(
         dir.path(),
         "admin.yaml",
@@ -1043,12 +1045,9 @@ async fn two_admin_servers_on_one_postgres_are_one_acme_server() {
         )
         .map_err(|e| e.to_string())
     };
-    let (with_config, without) =
-        tokio::task::spawn_blocking(move || (eab_create(Some(admin_yaml)), eab_create(None)))
-            .await
-            .unwrap();
-    with_config.unwrap();
+    tokio::task::spawn_blocking(move || eab_create(Some(admin_yaml)))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(pg.psql("SELECT count(*) FROM acme_eab_keys").trim(), "3");
-    let err = without.unwrap_err();
-    assert!(err.contains("kept in PostgreSQL"), "{err}");
 }
