@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use acme_client::{
-    b64, crl_lists, csr_der, have, location, path_of, problem, responder, run, serial_of, validate,
-    verify_chain, Acme, BASE,
+    authz_settled, b64, crl_lists, csr_der, have, location, path_of, problem, responder, run,
+    serial_of, validate, verify_chain, Acme, BASE,
 };
 use harness::{free_port, Fixture, Server};
 use portcullis_admin::{AcmeStore, EabCredential};
@@ -324,19 +324,8 @@ async fn finalize_needs_valid_authorizations_and_exactly_the_ordered_names() {
         .insert(ch["token"].as_str().unwrap().to_owned(), "wrong".to_owned());
     acme.post(&path_of(ch["url"].as_str().unwrap()), Some(&json!({})))
         .await;
-    let mut status = String::new();
-    for _ in 0..50 {
-        let a = acme
-            .post(&path_of(order["authorizations"][0].as_str().unwrap()), None)
-            .await
-            .json();
-        status = a["status"].as_str().unwrap().to_owned();
-        if status != "pending" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, "invalid");
+    let authz = path_of(order["authorizations"][0].as_str().unwrap());
+    assert_eq!(authz_settled(&mut acme, &authz).await, "invalid");
     let r = acme
         .post(&finalize, Some(&json!({"csr": csr_der(&["localhost"])})))
         .await;
@@ -519,17 +508,7 @@ async fn dns01_validates_through_the_configured_resolver() {
             .post(&path_of(ch["url"].as_str().unwrap()), Some(&json!({})))
             .await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        let mut status = String::new();
-        for _ in 0..100 {
-            status = acme.post(&authz, None).await.json()["status"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            if status != "pending" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let status = authz_settled(&mut acme, &authz).await;
         if !right {
             assert_eq!(status, "invalid");
             continue;

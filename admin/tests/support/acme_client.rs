@@ -299,18 +299,7 @@ pub(crate) async fn validate(
             .post(&path_of(ch["url"].as_str().unwrap()), Some(&json!({})))
             .await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        let mut status = String::new();
-        for _ in 0..50 {
-            let a = acme
-                .post(&path_of(authz.as_str().unwrap()), None)
-                .await
-                .json();
-            status = a["status"].as_str().unwrap().to_owned();
-            if status != "pending" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let status = authz_settled(acme, &path_of(authz.as_str().unwrap())).await;
         assert_eq!(status, "valid");
     }
 }
@@ -321,4 +310,20 @@ pub(crate) fn csr_der(names: &[&str]) -> String {
     b64(&base64::engine::general_purpose::STANDARD
         .decode(body)
         .unwrap())
+}
+
+/// Polls an authorization (for up to 10 s) until it is no longer pending: its status then.
+pub(crate) async fn authz_settled(acme: &mut Acme, path: &str) -> String {
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = acme.post(path, None).await.json()["status"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if status != "pending" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    status
 }
