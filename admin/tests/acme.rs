@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use acme_client::{
-    authz_settled, b64, crl_lists, csr_der, have, location, path_of, problem, responder, run,
-    serial_of, validate, verify_chain, Acme, BASE,
+    authz_settled, b64, crl_lists, csr_der, have, lego_obtain_renew_revoke, location, path_of,
+    problem, responder, run, serial_of, validate, verify_chain, Acme, BASE,
 };
 use harness::{free_port, Fixture, Server};
 use portcullis_admin::{AcmeStore, EabCredential};
@@ -73,43 +73,17 @@ async fn lego_obtains_renews_and_revokes(challenge: &str) {
     };
     let cred = eab(fx, "webco", "webco-web");
     let dir = tempfile::tempdir().unwrap();
-    let lego = |action: &[&str]| {
-        let mut cmd = Command::new("lego");
-        cmd.env("LEGO_CA_CERTIFICATES", fx.bundle_path())
-            .args([
-                "--server",
-                &format!("https://localhost:{}/acme/directory", server.addr.port()),
-                "--eab",
-                // `=`: a base64url kid or key may begin with '-', which a separate argument
-                // would make look like a flag.
-                &format!("--kid={}", cred.kid),
-                &format!("--hmac={}", cred.expose_hmac()),
-                "--email",
-                "ops@webco.test",
-                "--accept-tos",
-                "--domains",
-                "localhost",
-                challenge,
-                &format!("{challenge}.port"),
-                &format!("127.0.0.1:{port}"),
-                "--path",
-                dir.path().to_str().unwrap(),
-            ])
-            .args(action);
-        cmd
-    };
-    run(lego(&["run"])).await;
-    let cert = dir.path().join("certificates/localhost.crt");
-    verify_chain(fx, &cert);
-    let first = serial_of(&cert);
-
-    // lego renews within --days of expiry: the profile's certificates live an hour.
-    run(lego(&["renew", "--days", "30", "--no-random-sleep"])).await;
-    verify_chain(fx, &cert);
-    let renewed = serial_of(&cert);
-    assert_ne!(first, renewed, "renewal issued a new certificate");
-
-    run(lego(&["revoke"])).await;
+    let directory = format!("https://localhost:{}/acme/directory", server.addr.port());
+    let (first, renewed) = lego_obtain_renew_revoke(
+        fx,
+        &directory,
+        &fx.bundle_path(),
+        &cred,
+        challenge,
+        port,
+        dir.path(),
+    )
+    .await;
     assert!(crl_lists(fx, &renewed), "the CRL lists the revoked serial");
     assert!(!crl_lists(fx, &first));
     server.stop().await;

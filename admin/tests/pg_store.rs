@@ -18,14 +18,13 @@ mod pki;
 #[path = "../../ca/tests/support/softhsm.rs"]
 mod softhsm;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use acme_client::{
-    crl_lists, csr_der, have, location, nonce_of, path_of, problem, responder_at, run, serial_of,
-    validate, verify_chain, Acme,
+    crl_lists, csr_der, have, lego_obtain_renew_revoke, location, nonce_of, path_of, post_jose,
+    problem, responder_at, validate, Acme,
 };
 
 use harness::{write, Client, Workload, GATEWAY, OPERATOR};
@@ -808,19 +807,6 @@ async fn round_robin(
     (port, counts_out)
 }
 
-/// `POST path` with a JWS body through `client` (a connection to one node).
-async fn post_jose(client: &mut Client, path: &str, body: String) -> harness::Reply {
-    client
-        .call(
-            "POST",
-            path,
-            &[("content-type", "application/jose+json")],
-            body,
-        )
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_admin_servers_on_one_postgres_are_one_acme_server() {
     let fx = fixture!();
@@ -897,38 +883,17 @@ async fn two_admin_servers_on_one_postgres_are_one_acme_server() {
     let dir = tempfile::tempdir().unwrap();
     let trusted = write(dir.path(), "balancer-ca.pem", &balancer_ca.cert_pem);
     let cred = &creds[1];
-    let lego = |action: &[&str]| {
-        let mut cmd = Command::new("lego");
-        cmd.env("LEGO_CA_CERTIFICATES", &trusted)
-            .args([
-                "--server",
-                &format!("https://localhost:{port}/acme/directory"),
-                "--eab",
-                &format!("--kid={}", cred.kid),
-                &format!("--hmac={}", cred.expose_hmac()),
-                "--email",
-                "ops@webco.test",
-                "--accept-tos",
-                "--domains",
-                "localhost",
-                "--http",
-                "--http.port",
-                &format!("127.0.0.1:{http01}"),
-                "--path",
-                dir.path().join("lego").to_str().unwrap(),
-            ])
-            .args(action);
-        cmd
-    };
-    run(lego(&["run"])).await;
-    let cert = dir.path().join("lego/certificates/localhost.crt");
-    verify_chain(fx, &cert);
-    let first = serial_of(&cert);
-    run(lego(&["renew", "--days", "30", "--no-random-sleep"])).await;
-    verify_chain(fx, &cert);
-    let renewed = serial_of(&cert);
-    assert_ne!(first, renewed, "renewal issued a new certificate");
-    run(lego(&["revoke"])).await;
+    let directory = format!("https://localhost:{port}/acme/directory");
+    let (first, renewed) = lego_obtain_renew_revoke(
+        fx,
+        &directory,
+        &trusted,
+        cred,
+        "--http",
+        http01,
+        &dir.path().join("lego"),
+    )
+    .await;
     let sent = [
         counts[0].load(Ordering::SeqCst),
         counts[1].load(Ordering::SeqCst),

@@ -85,10 +85,15 @@ pub(crate) fn order_status(stored: Status, authz: impl IntoIterator<Item = Statu
     if stored != Status::Pending {
         return stored;
     }
-    let states: Vec<Status> = authz.into_iter().collect();
-    if states.contains(&Status::Invalid) {
-        Status::Invalid
-    } else if states.iter().all(|s| *s == Status::Valid) {
+    let mut all_valid = true;
+    for status in authz {
+        match status {
+            Status::Invalid => return Status::Invalid,
+            Status::Valid => {}
+            _ => all_valid = false,
+        }
+    }
+    if all_valid {
         Status::Ready
     } else {
         Status::Pending

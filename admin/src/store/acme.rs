@@ -15,7 +15,7 @@ use portcullis_ca::Serial;
 use postgres::types::ToSql;
 use serde_json::Value;
 
-use super::pool::{pg_error, PgConn, PgStore};
+use super::pool::{has_nul, pg_error, PgConn, PgStore};
 use crate::acme::order::{
     challenge_kind, order_status, Authz, CertId, Finalized, Order, OrderRefused, Status,
 };
@@ -41,11 +41,6 @@ fn error(detail: impl std::fmt::Display) -> AdminError {
 
 fn db_error(e: postgres::Error) -> AdminError {
     error(pg_error(&e))
-}
-
-/// Text holds no NUL in PostgreSQL: a value with one names nothing stored.
-fn has_nul(values: &[&str]) -> bool {
-    values.iter().any(|v| v.contains('\0'))
 }
 
 fn status(text: &str) -> Result<Status, AdminError> {

@@ -12,7 +12,7 @@ use portcullis_ca::TenantId;
 use postgres::types::ToSql;
 use postgres::Transaction;
 
-use super::pool::{pg_error, PgConn, PgStore};
+use super::pool::{has_nul, pg_error, PgConn, PgStore};
 use crate::policies::{
     Approval, ApprovalStatus, Change, HistoryEvent, PolicyStore, StoreError, VersionInfo,
 };
@@ -50,12 +50,6 @@ fn int(v: u64) -> i64 {
 
 fn uint(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
-}
-
-/// Text holds no NUL in PostgreSQL: a value with one names nothing stored (and is refused on
-/// writes rather than failing the query with a backend error).
-fn has_nul(values: &[&str]) -> bool {
-    values.iter().any(|v| v.contains('\0'))
 }
 
 /// Takes the tenant's advisory lock for the rest of the transaction.

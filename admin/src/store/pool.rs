@@ -350,3 +350,9 @@ fn client_tls(tls: &super::PostgresTlsConfig) -> Result<rustls::ClientConfig, Ad
 pub(crate) fn pg_error(e: &postgres::Error) -> String {
     with_causes(e)
 }
+
+/// Text holds no NUL in PostgreSQL: a value with one names nothing stored (and is refused on
+/// writes rather than failing the query with a backend error).
+pub(crate) fn has_nul(values: &[&str]) -> bool {
+    values.iter().any(|v| v.contains('\0'))
+}

@@ -151,16 +151,7 @@ impl Acme {
     }
 
     pub(crate) async fn send(&mut self, path: &str, body: String) -> Reply {
-        let r = self
-            .client
-            .call(
-                "POST",
-                path,
-                &[("content-type", "application/jose+json")],
-                body,
-            )
-            .await
-            .unwrap();
+        let r = post_jose(&mut self.client, path, body).await;
         self.nonce = nonce_of(&r);
         r
     }
@@ -202,6 +193,19 @@ impl Acme {
         self.post("/acme/new-order", Some(&json!({ "identifiers": ids })))
             .await
     }
+}
+
+/// `POST path` with a JWS body through `client`.
+pub(crate) async fn post_jose(client: &mut Client, path: &str, body: String) -> Reply {
+    client
+        .call(
+            "POST",
+            path,
+            &[("content-type", "application/jose+json")],
+            body,
+        )
+        .await
+        .unwrap()
 }
 
 pub(crate) fn nonce_of(r: &Reply) -> String {
@@ -326,4 +330,56 @@ pub(crate) async fn authz_settled(acme: &mut Acme, path: &str) -> String {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     status
+}
+
+/// lego against the ACME `directory` (trusting `ca`), bound by `cred`, answering `challenge`
+/// (`--http` or `--tls`) on 127.0.0.1:`port`, its files under `path`: obtains, renews and
+/// revokes localhost's certificate, checking each chain and that renewal issued a new one.
+/// The two serials: (obtained, renewed and revoked).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn lego_obtain_renew_revoke(
+    fx: &Fixture,
+    directory: &str,
+    ca: &Path,
+    cred: &EabCredential,
+    challenge: &str,
+    port: u16,
+    path: &Path,
+) -> (String, String) {
+    let lego = |action: &[&str]| {
+        let mut cmd = Command::new("lego");
+        cmd.env("LEGO_CA_CERTIFICATES", ca)
+            .args([
+                "--server",
+                directory,
+                "--eab",
+                // `=`: a base64url kid or key may begin with '-', which a separate argument
+                // would make look like a flag.
+                &format!("--kid={}", cred.kid),
+                &format!("--hmac={}", cred.expose_hmac()),
+                "--email",
+                "ops@webco.test",
+                "--accept-tos",
+                "--domains",
+                "localhost",
+                challenge,
+                &format!("{challenge}.port"),
+                &format!("127.0.0.1:{port}"),
+                "--path",
+                path.to_str().unwrap(),
+            ])
+            .args(action);
+        cmd
+    };
+    run(lego(&["run"])).await;
+    let cert = path.join("certificates/localhost.crt");
+    verify_chain(fx, &cert);
+    let first = serial_of(&cert);
+    // lego renews within --days of expiry: the profiles' certificates live an hour.
+    run(lego(&["renew", "--days", "30", "--no-random-sleep"])).await;
+    verify_chain(fx, &cert);
+    let renewed = serial_of(&cert);
+    assert_ne!(first, renewed, "renewal issued a new certificate");
+    run(lego(&["revoke"])).await;
+    (first, renewed)
 }
