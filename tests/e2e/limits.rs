@@ -184,6 +184,38 @@ fn over_http2_streams_are_charged_and_streamed_bodies_capped() {
     ]);
     assert_eq!(out, "2 200\n2 200\n2 429\n", "{out}");
 
+    // The 429's rate-limit fields over HTTP/2: lower-case names (HTTP/2 refuses others),
+    // each field once, the same values as over HTTP/1.1.
+    let head = curl(&["-o", "/dev/null", "-D", "-", &url]);
+    let fields: Vec<(&str, &str)> = head
+        .lines()
+        .filter_map(|l| l.trim_end().split_once(": "))
+        .collect();
+    let field = |name: &str| -> Vec<&str> {
+        fields
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .collect()
+    };
+    assert!(head.starts_with("HTTP/2 429"), "{head}");
+    let retry = field("retry-after");
+    assert_eq!(retry.len(), 1, "{head}");
+    assert!(
+        (1..=60).contains(&retry[0].parse::<u64>().unwrap()),
+        "{head}"
+    );
+    assert_eq!(
+        field("ratelimit-policy"),
+        [r#""identity";q=2;w=60"#],
+        "{head}"
+    );
+    assert_eq!(
+        field("ratelimit"),
+        [format!(r#""identity";r=0;t={}"#, retry[0]).as_str()],
+        "{head}"
+    );
+
     // 200 bytes streamed (no Content-Length) to a tenant capped at 100.
     let mut child = curl_as(&pki, "frontend")
         .args([
