@@ -14,8 +14,9 @@
 # far above what it sends (never refused), POSTs HEAVY_BYTES of JSON that its request DLP
 # rules scan in full (nothing matches) over HEAVY_CONNS keep-alive connections, as fast as
 # they are answered. The quiet tenant's open-loop latency is measured alone, then beside it,
-# for Portcullis with `fairness: { max_in_flight: FAIR_SLOTS }` (quiet and heavy weight 1
-# each), Portcullis without fairness, and nginx (the same body, no DLP).
+# for Portcullis with `fairness: { max_in_flight: N }` for each N in FAIR_SLOTS
+# (portcullis-fairN; quiet and heavy weight 1 each), Portcullis without fairness, and nginx
+# (the same body, no DLP).
 # Sets NOISY_LINES (the report's markdown).
 
 NOISY_PORT=$((BASE_PORT + 460))
@@ -191,8 +192,8 @@ heavy_target() { # name
   mkdir -p "$dir"
   cp "$WORK"/{ca.pem,server.pem,server.key} "$dir/"
   case $name in
-    portcullis-fair)
-      heavy_pcl_config "$dir/portcullis.yaml" "fairness: { max_in_flight: $FAIR_SLOTS }"
+    portcullis-fair*)
+      heavy_pcl_config "$dir/portcullis.yaml" "fairness: { max_in_flight: ${name#portcullis-fair} }"
       start_bg "heavy-$name" "$dir/proxy.log" "${PIN_SUT[@]}" "$PCL" serve --config "$dir/portcullis.yaml"
       ;;
     portcullis)
@@ -264,14 +265,16 @@ if [[ $HEAVY == 1 ]]; then
   HEAVY_ROWS=""
   HEAVY_METRICS=""
   heavy_body "$WORK/heavy.json"
-  log "expensive neighbour: quiet $QUIET_RATE req/s open loop, heavy $HEAVY_CONNS connections POSTing $HEAVY_BYTES bytes (DLP-scanned), fairness max_in_flight $FAIR_SLOTS, ${NOISY_SECS}s each"
-  heavy_target portcullis-fair
+  log "expensive neighbour: quiet $QUIET_RATE req/s open loop, heavy $HEAVY_CONNS connections POSTing $HEAVY_BYTES bytes (DLP-scanned), fairness max_in_flight ${FAIR_SLOTS// / and }, ${NOISY_SECS}s each"
+  for slots in $FAIR_SLOTS; do
+    heavy_target "portcullis-fair$slots"
+  done
   heavy_target portcullis
   if [[ -z $NGINX_MISSING ]]; then
     heavy_target nginx
   fi
   NOISY_LINES+="
-Beside an expensive but allowed tenant: tenant \`quiet\` as above; tenant \`heavy\` (rate limit 10M/s, never refused; request DLP: card_number, us_ssn, private_key, aws_secret_key, nothing matching) POSTs $(wc -c <"$WORK/heavy.json") bytes of JSON over $HEAVY_CONNS keep-alive connections as fast as they are answered. portcullis-fair: \`fairness: { max_in_flight: $FAIR_SLOTS }\`, quiet and heavy weight 1 each; portcullis: no fairness section; both without audit. nginx proxies the same body with no DLP (it has none), the body kept in memory (\`client_body_buffer_size\`). ${NOISY_SECS} s each; the quiet run beside the heavy tenant starts 1 s into it; both load generators share the load core, the heavy one at \`nice -n 19\`.
+Beside an expensive but allowed tenant: tenant \`quiet\` as above; tenant \`heavy\` (rate limit 10M/s, never refused; request DLP: card_number, us_ssn, private_key, aws_secret_key, nothing matching) POSTs $(wc -c <"$WORK/heavy.json") bytes of JSON over $HEAVY_CONNS keep-alive connections as fast as they are answered. portcullis-fair*N*: \`fairness: { max_in_flight: N }\`, quiet and heavy weight 1 each (so while both are active the heavy tenant holds at most half the slots, and its body chunks give way to the quiet tenant's requests); portcullis: no fairness section; all Portcullis targets without audit. nginx proxies the same body with no DLP (it has none), the body kept in memory (\`client_body_buffer_size\`). ${NOISY_SECS} s each; the quiet run beside the heavy tenant starts 1 s into it; both load generators share the load core, the heavy one at \`nice -n 19\`.
 
 | target | quiet alone p50 / p99 ms | quiet beside heavy p50 / p99 ms | beside / alone | quiet errors | heavy answered /s | heavy failures |
 |---|---:|---:|---:|---:|---:|---:|

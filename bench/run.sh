@@ -40,7 +40,7 @@
 # instruction count), NOISY (1; 0 skips the noisy-neighbour scenario, bench/noisy.sh),
 # QUIET_RATE (300), NOISY_LIMIT (200), NOISY_CONNS (32), NOISY_SECS (5), HEAVY (1; 0 skips
 # the expensive-but-allowed neighbour of bench/noisy.sh), HEAVY_BYTES (65536), HEAVY_CONNS
-# (32), FAIR_SLOTS (8: its fairness.max_in_flight), PROXY_CPU (0),
+# (32), FAIR_SLOTS ("2 8": fairness.max_in_flight, one portcullis-fairN per value), PROXY_CPU (0),
 # LOAD_CPU (1), BASE_PORT (18000), RESULTS (bench/RESULTS.md; "-" to only print),
 # CARGO_TARGET_DIR.
 # Needs: cargo, nginx, haproxy (installed with apt-get when missing and running as root),
@@ -75,7 +75,7 @@ NOISY_SECS=${NOISY_SECS:-5}
 HEAVY=${HEAVY:-1}
 HEAVY_BYTES=${HEAVY_BYTES:-65536}
 HEAVY_CONNS=${HEAVY_CONNS:-32}
-FAIR_SLOTS=${FAIR_SLOTS:-8}
+FAIR_SLOTS=${FAIR_SLOTS:-2 8}
 
 ECHO_PORT=$((BASE_PORT + 81))
 CG_PORT=$((BASE_PORT + 446))

@@ -201,6 +201,10 @@ impl ProxyHttp for Gateway {
         let Some(scan) = ctx.request_scan.as_mut() else {
             return Ok(());
         };
+        // Between two chunks of a scanned body, the other tenants' ready requests go first.
+        if ctx.fair_slot.as_ref().is_some_and(|s| s.contended()) {
+            tokio::task::yield_now().await;
+        }
         let chunk = body.take().unwrap_or_default();
         let timed = ctx
             .trace

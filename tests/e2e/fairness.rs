@@ -1,8 +1,11 @@
 //! `fairness`: with the gateway at `max_in_flight`, a tenant whose requests are slow (within
 //! its own limits) cannot make another tenant wait behind its queue — a freed slot goes to
-//! the tenant with the fewest requests in flight for its weight — and a request that waits
-//! past `queue_timeout` gets 503 `overloaded` with Retry-After.
+//! the tenant with the fewest requests in flight for its weight — nor fill the gateway while
+//! another tenant is using it (it holds at most its weight's share, and the rest stay free),
+//! and a request that waits past `queue_timeout` gets 503 `overloaded` with Retry-After.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
@@ -91,6 +94,67 @@ fn a_slow_tenant_at_the_cap_does_not_queue_another_tenant_behind_it() {
         ) >= 1.0
     );
     assert_eq!(metric_value(&m, queued), 0.0);
+}
+
+#[test]
+fn a_slow_tenant_cannot_fill_the_gateway_while_another_tenant_is_active() {
+    let pki = Pki::new();
+    let echo = Echo::start(pki.dir.path(), "fair-share");
+    let gw = Gateway::start(pki.dir.path(), &config(echo.port, 4, "10s"));
+    // `quick` sends a request every 100 ms on one keep-alive connection, as a steady user.
+    let stop = Arc::new(AtomicBool::new(false));
+    let steady = {
+        let client = pki.client(Some("frontend"));
+        let stop = Arc::clone(&stop);
+        let port = gw.port;
+        std::thread::spawn(move || {
+            let mut conn = client.connect(port).unwrap();
+            let mut statuses = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                statuses.push(
+                    conn.request("GET", "/quick/tick", &[])
+                        .map_or(0, |r| r.status),
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            statuses
+        })
+    };
+    gw.wait_metric(
+        "portcullis_requests_total{decision=\"allow\",route=\"quick/quick\",status_class=\"2xx\",tenant=\"quick\"}",
+        1.0,
+    );
+    // `slow` opens eight one-second requests at once: it gets two of the four slots (its half
+    // while `quick` is active), the other six wait although two slots are free.
+    let slow = slow_requests(&pki, gw.port, 8);
+    let queued = "portcullis_fairness_queued_requests{tenant=\"slow\"}";
+    gw.wait_metric(queued, 6.0);
+    // Waiters look again every 100 ms; still six wait.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        gw.metric(queued),
+        6.0,
+        "the slow tenant took more than its share"
+    );
+    // So `quick` is answered at once, not after a slow request frees a slot (about a second).
+    let started = Instant::now();
+    let answer = pki
+        .client(Some("frontend"))
+        .get(gw.port, "/quick/now")
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(answer.status, 200);
+    assert!(
+        waited < Duration::from_millis(700),
+        "quick waited {waited:?}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let statuses = steady.join().unwrap();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // Once `quick` has been idle for a second, `slow` may use the whole gateway: all eight
+    // are served, none refused.
+    let statuses: Vec<u16> = slow.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 }
 
 #[test]
