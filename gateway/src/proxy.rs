@@ -198,13 +198,13 @@ impl ProxyHttp for Gateway {
                 return Err(self.refused_in_request_body(ctx, Refusal::BodyTooLarge));
             }
         }
-        let Some(scan) = ctx.request_scan.as_mut() else {
-            return Ok(());
-        };
-        // Between two chunks of a scanned body, the other tenants' ready requests go first.
+        // Between two chunks of a body, the other tenants' ready requests go first.
         if ctx.fair_slot.as_ref().is_some_and(|s| s.contended()) {
             tokio::task::yield_now().await;
         }
+        let Some(scan) = ctx.request_scan.as_mut() else {
+            return Ok(());
+        };
         let chunk = body.take().unwrap_or_default();
         let timed = ctx
             .trace
