@@ -58,6 +58,16 @@ impl RefusalWindow {
     }
 }
 
+/// `delay` spread over half to one and a half times itself (the clock's nanoseconds pick
+/// where), so that a flood's connections, slowed alike, are not answered all at once and do
+/// not come back in step.
+pub(crate) fn spread(delay: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    delay / 2 + delay.mul_f64(f64::from(nanos % 1024) / 1024.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +80,18 @@ mod tests {
             delay: Duration::from_millis(100),
             ..AbuseLimits::DEFAULT
         }
+    }
+
+    #[test]
+    fn late_answers_are_spread_around_the_delay() {
+        let d = Duration::from_millis(250);
+        let seen: Vec<Duration> = (0..1000).map(|_| spread(d)).collect();
+        assert!(
+            seen.iter().all(|s| *s >= d / 2 && *s < d * 3 / 2),
+            "{seen:?}"
+        );
+        let (min, max) = (seen.iter().min().unwrap(), seen.iter().max().unwrap());
+        assert!(*max - *min > d / 4, "not spread: {min:?}..{max:?}");
     }
 
     #[test]

@@ -116,7 +116,7 @@ impl Gateway {
             audit.escalated(offender, what);
         }
         match escalation {
-            Escalation::Slow(delay) => tokio::time::sleep(delay).await,
+            Escalation::Slow(delay) => tokio::time::sleep(crate::abuse::spread(delay)).await,
             Escalation::Close => {
                 session.set_keepalive(None);
                 connection.end();

@@ -635,7 +635,8 @@ pub(crate) struct RawRefusals {
     /// Refusals in the window answered at once (default 20).
     #[serde(default)]
     pub(crate) slow_after: Option<u32>,
-    /// How late each further refusal is answered (default 250ms; at most 10s).
+    /// How late each further refusal is answered (default 250ms; at most 10s), spread over
+    /// half to one and a half times it so that slowed connections do not come back in step.
     #[serde(default, with = "humantime_serde")]
     #[cfg_attr(feature = "schema", schemars(with = "Option<HumanDuration>"))]
     pub(crate) delay: Option<Duration>,
