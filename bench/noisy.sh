@@ -61,14 +61,36 @@ noisy_nginx_config() { # file
     -e "s|^    location / {|    location /noisy {\n      limit_req zone=noisy burst=$NOISY_LIMIT nodelay;\n      proxy_pass http://echo;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }\n    location / {|" "$1"
 }
 
-# p50 and p99 (ms) and the answered rate of one load report: "p50 p99 rps ok errors".
-noisy_figures() { # report.json
-  python3 -c '
-import json, sys
-r = json.load(open(sys.argv[1]))
-l = r["latency_us"]
-print("%.3f %.3f %.0f %d %d" % (l["p50"] / 1000, l["p99"] / 1000, r["rps"], r["ok"], r["errors_total"]))
-' "$1" 2>/dev/null || echo "- - - - -"
+# Medians over NOISY_ROUNDS rounds of one target's reports in DIR (alone-R.json,
+# beside-R.json and SIDE-R.json, SIDE being the neighbour's load): "alone_p50 alone_p99
+# beside_p50 beside_p99 ratio_p50 ratio_p99 side_rps quiet_errors side_errors", latencies in
+# ms, ratios the median of each round's beside/alone (a missing report counts as a failure).
+noisy_rounds() { # dir side
+  python3 - "$1" "$2" "$NOISY_ROUNDS" <<'PY' 2>/dev/null || echo "- - - - - - - - -"
+import json, statistics, sys
+d, side, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def load(name, r):
+    try:
+        return json.load(open("%s/%s-%d.json" % (d, name, r)))
+    except (OSError, ValueError):
+        return None
+rows, quiet_err, side_err, side_rps = [], 0, 0, []
+for r in range(1, rounds + 1):
+    a, b, f = load("alone", r), load("beside", r), load(side, r)
+    for rep in (a, b):
+        quiet_err += rep["errors_total"] if rep else 1
+    side_err += f["errors_total"] if f else 1
+    if f:
+        side_rps.append(f["rps"])
+    if a and b:
+        rows.append([a["latency_us"]["p50"] / 1000, a["latency_us"]["p99"] / 1000,
+                     b["latency_us"]["p50"] / 1000, b["latency_us"]["p99"] / 1000])
+med = lambda xs: statistics.median(xs)
+cols = [med([r[i] for r in rows]) for i in range(4)]
+r50 = med([r[2] / r[0] for r in rows if r[0] > 0])
+r99 = med([r[3] / r[1] for r in rows if r[1] > 0])
+print("%.3f %.3f %.3f %.3f %.2f× %.2f× %.0f %d %d" % (*cols, r50, r99, med(side_rps), quiet_err, side_err))
+PY
 }
 
 noisy_target() { # name
@@ -97,24 +119,22 @@ noisy_target() { # name
     stop_bg "noisy-$name"
     return
   fi
-  "${PIN_LOAD[@]}" "$LOAD" run "$quiet" "${TLS_ARGS[@]}" --rate "$QUIET_RATE" -c 16 \
-    --warmup 1s --duration "${NOISY_SECS}s" --json >"$dir/alone.json" 2>/dev/null || true
-  # The flood starts first and outlasts the quiet run.
-  "${PIN_LOAD[@]}" "$LOAD" run "$noisy" "${TLS_ARGS[@]}" -c "$NOISY_CONNS" --expect-status 429 \
-    --duration "$((NOISY_SECS + 3))s" --json >"$dir/flood.json" 2>/dev/null &
-  local flood=$!
-  sleep 1
-  "${PIN_LOAD[@]}" "$LOAD" run "$quiet" "${TLS_ARGS[@]}" --rate "$QUIET_RATE" -c 16 \
-    --warmup 1s --duration "${NOISY_SECS}s" --json >"$dir/beside.json" 2>/dev/null || true
-  wait "$flood" 2>/dev/null || true
-  local a b f
-  read -r a_p50 a_p99 _ a_ok a_err <<<"$(noisy_figures "$dir/alone.json")"
-  read -r b_p50 b_p99 _ b_ok b_err <<<"$(noisy_figures "$dir/beside.json")"
-  read -r _ _ f_rps f_ok f_err <<<"$(noisy_figures "$dir/flood.json")"
-  local r50 r99
-  r50=$(awk -v a="$a_p50" -v b="$b_p50" 'BEGIN { if (a > 0) printf "%.2f×", b / a; else print "—" }')
-  r99=$(awk -v a="$a_p99" -v b="$b_p99" 'BEGIN { if (a > 0) printf "%.2f×", b / a; else print "—" }')
-  NOISY_ROWS+="| $name | $a_p50 / $a_p99 | $b_p50 / $b_p99 | $r50 / $r99 | $((a_err + b_err)) | $f_rps | $f_err |"$'\n'
+  local round flood
+  for round in $(seq 1 "$NOISY_ROUNDS"); do
+    "${PIN_LOAD[@]}" "$LOAD" run "$quiet" "${TLS_ARGS[@]}" --rate "$QUIET_RATE" -c 16 \
+      --warmup 1s --duration "${NOISY_SECS}s" --json >"$dir/alone-$round.json" 2>/dev/null || true
+    # The flood starts first and outlasts the quiet run.
+    "${PIN_LOAD[@]}" "$LOAD" run "$noisy" "${TLS_ARGS[@]}" -c "$NOISY_CONNS" --expect-status 429 \
+      --duration "$((NOISY_SECS + 3))s" --json >"$dir/flood-$round.json" 2>/dev/null &
+    flood=$!
+    sleep 1
+    "${PIN_LOAD[@]}" "$LOAD" run "$quiet" "${TLS_ARGS[@]}" --rate "$QUIET_RATE" -c 16 \
+      --warmup 1s --duration "${NOISY_SECS}s" --json >"$dir/beside-$round.json" 2>/dev/null || true
+    wait "$flood" 2>/dev/null || true
+  done
+  local a_p50 a_p99 b_p50 b_p99 r50 r99 f_rps q_err f_err
+  read -r a_p50 a_p99 b_p50 b_p99 r50 r99 f_rps q_err f_err <<<"$(noisy_rounds "$dir" flood)"
+  NOISY_ROWS+="| $name | $a_p50 / $a_p99 | $b_p50 / $b_p99 | $r50 / $r99 | $q_err | $f_rps | $f_err |"$'\n'
   log "noisy neighbour, $name: quiet alone p50/p99 $a_p50/$a_p99 ms, beside the flood $b_p50/$b_p99 ms ($r50 / $r99); flood answered $f_rps/s, $f_err failed"
   if [[ $name == portcullis* ]]; then
     NOISY_METRICS+="    # $name"$'\n'
@@ -212,27 +232,26 @@ heavy_target() { # name
     stop_bg "heavy-$name"
     return
   fi
-  "${PIN_LOAD[@]}" "$LOAD" run "$quiet" "${TLS_ARGS[@]}" --rate "$QUIET_RATE" -c 16 \
-    --warmup 1s --duration "${NOISY_SECS}s" --json >"$dir/alone.json" 2>/dev/null || true
-  # The heavy tenant starts first and outlasts the quiet run. Its generator runs at the lowest
-  # priority, so that on the shared load core the quiet generator still sends on time and
-  # reads its answers at once: the quiet latency is the proxy's.
-  "${PIN_LOAD[@]}" nice -n 19 "$LOAD" run "$heavy" "${TLS_ARGS[@]}" -c "$HEAVY_CONNS" --body "$WORK/heavy.json" \
-    --duration "$((NOISY_SECS + 3))s" --json >"$dir/heavy.json" 2>/dev/null &
-  local load=$!
-  sleep 1
-  "${PIN_LOAD[@]}" "$LOAD" run "$quiet" "${TLS_ARGS[@]}" --rate "$QUIET_RATE" -c 16 \
-    --warmup 1s --duration "${NOISY_SECS}s" --json >"$dir/beside.json" 2>/dev/null || true
-  wait "$load" 2>/dev/null || true
-  local a_p50 a_p99 a_err b_p50 b_p99 b_err h_rps h_err r50 r99
-  read -r a_p50 a_p99 _ _ a_err <<<"$(noisy_figures "$dir/alone.json")"
-  read -r b_p50 b_p99 _ _ b_err <<<"$(noisy_figures "$dir/beside.json")"
-  read -r _ _ h_rps _ h_err <<<"$(noisy_figures "$dir/heavy.json")"
-  r50=$(awk -v a="$a_p50" -v b="$b_p50" 'BEGIN { if (a > 0) printf "%.2f×", b / a; else print "—" }')
-  r99=$(awk -v a="$a_p99" -v b="$b_p99" 'BEGIN { if (a > 0) printf "%.2f×", b / a; else print "—" }')
+  local round load
+  for round in $(seq 1 "$NOISY_ROUNDS"); do
+    "${PIN_LOAD[@]}" "$LOAD" run "$quiet" "${TLS_ARGS[@]}" --rate "$QUIET_RATE" -c 16 \
+      --warmup 1s --duration "${NOISY_SECS}s" --json >"$dir/alone-$round.json" 2>/dev/null || true
+    # The heavy tenant starts first and outlasts the quiet run. Its generator runs at the
+    # lowest priority, so that on the shared load core the quiet generator still sends on
+    # time and reads its answers at once: the quiet latency is the proxy's.
+    "${PIN_LOAD[@]}" nice -n 19 "$LOAD" run "$heavy" "${TLS_ARGS[@]}" -c "$HEAVY_CONNS" --body "$WORK/heavy.json" \
+      --duration "$((NOISY_SECS + 3))s" --json >"$dir/heavy-$round.json" 2>/dev/null &
+    load=$!
+    sleep 1
+    "${PIN_LOAD[@]}" "$LOAD" run "$quiet" "${TLS_ARGS[@]}" --rate "$QUIET_RATE" -c 16 \
+      --warmup 1s --duration "${NOISY_SECS}s" --json >"$dir/beside-$round.json" 2>/dev/null || true
+    wait "$load" 2>/dev/null || true
+  done
+  local a_p50 a_p99 b_p50 b_p99 r50 r99 h_rps q_err h_err
+  read -r a_p50 a_p99 b_p50 b_p99 r50 r99 h_rps q_err h_err <<<"$(noisy_rounds "$dir" heavy)"
   local mib
   mib=$(awk -v r="$h_rps" -v b="$HEAVY_BYTES" 'BEGIN { if (r > 0) printf "%.0f", r * b / 1048576; else print "—" }')
-  HEAVY_ROWS+="| $name | $a_p50 / $a_p99 | $b_p50 / $b_p99 | $r50 / $r99 | $((a_err + b_err)) | $h_rps ($mib MiB/s) | $h_err |"$'\n'
+  HEAVY_ROWS+="| $name | $a_p50 / $a_p99 | $b_p50 / $b_p99 | $r50 / $r99 | $q_err | $h_rps ($mib MiB/s) | $h_err |"$'\n'
   log "expensive neighbour, $name: quiet alone p50/p99 $a_p50/$a_p99 ms, beside the heavy tenant $b_p50/$b_p99 ms ($r50 / $r99); heavy answered $h_rps/s, $h_err failed"
   if [[ $name == portcullis* ]]; then
     HEAVY_METRICS+="    # $name"$'\n'
@@ -252,7 +271,7 @@ noisy_target portcullis-noescalation
 if [[ -z $NGINX_MISSING ]]; then
   noisy_target nginx
 fi
-NOISY_LINES="Tenant \`quiet\`: $QUIET_RATE req/s open loop (16 connections); tenant \`noisy\` (rate limit $NOISY_LIMIT/s): $NOISY_CONNS keep-alive connections as fast as they are answered. ${NOISY_SECS} s each; the quiet run beside the flood starts 1 s into it.
+NOISY_LINES="Tenant \`quiet\`: $QUIET_RATE req/s open loop (16 connections); tenant \`noisy\` (rate limit $NOISY_LIMIT/s): $NOISY_CONNS keep-alive connections as fast as they are answered. ${NOISY_SECS} s each; the quiet run beside the flood starts 1 s into it. $NOISY_ROUNDS rounds per target (alone, then beside): the latencies are medians over rounds, the ratios the median of each round's beside / alone.
 
 | target | quiet alone p50 / p99 ms | quiet beside the flood p50 / p99 ms | beside / alone | quiet errors | flood answered /s | flood failures |
 |---|---:|---:|---:|---:|---:|---:|
@@ -274,7 +293,7 @@ if [[ $HEAVY == 1 ]]; then
     heavy_target nginx
   fi
   NOISY_LINES+="
-Beside an expensive but allowed tenant: tenant \`quiet\` as above; tenant \`heavy\` (rate limit 10M/s, never refused; request DLP: card_number, us_ssn, private_key, aws_secret_key, nothing matching) POSTs $(wc -c <"$WORK/heavy.json") bytes of JSON over $HEAVY_CONNS keep-alive connections as fast as they are answered. portcullis-fair*N*: \`fairness: { max_in_flight: N }\`, quiet and heavy weight 1 each (so while both are active the heavy tenant holds at most half the slots, and its body chunks give way to the quiet tenant's requests); portcullis: no fairness section; all Portcullis targets without audit. nginx proxies the same body with no DLP (it has none), the body kept in memory (\`client_body_buffer_size\`). ${NOISY_SECS} s each; the quiet run beside the heavy tenant starts 1 s into it; both load generators share the load core, the heavy one at \`nice -n 19\`.
+Beside an expensive but allowed tenant: tenant \`quiet\` as above; tenant \`heavy\` (rate limit 10M/s, never refused; request DLP: card_number, us_ssn, private_key, aws_secret_key, nothing matching) POSTs $(wc -c <"$WORK/heavy.json") bytes of JSON over $HEAVY_CONNS keep-alive connections as fast as they are answered. portcullis-fair*N*: \`fairness: { max_in_flight: N }\`, quiet and heavy weight 1 each (so while both are active the heavy tenant holds at most half the slots, and its body chunks give way to the quiet tenant's requests); portcullis: no fairness section; all Portcullis targets without audit. nginx proxies the same body with no DLP (it has none), the body kept in memory (\`client_body_buffer_size\`). ${NOISY_SECS} s each, $NOISY_ROUNDS rounds per target as above; the quiet run beside the heavy tenant starts 1 s into it; both load generators share the load core, the heavy one at \`nice -n 19\`.
 
 | target | quiet alone p50 / p99 ms | quiet beside heavy p50 / p99 ms | beside / alone | quiet errors | heavy answered /s | heavy failures |
 |---|---:|---:|---:|---:|---:|---:|

@@ -38,7 +38,8 @@
 # NEWCONN_CONNS (16), OPEN_LOOP_CONNS (64), H2_CONNS (4), H2_STREAMS (8), IDLE_CONNS (2000),
 # HOLD_SECS (6), TWO_WORKERS (1), LOAD_THREADS_2W (2), CALLGRIND_REQUESTS (2000, 0 skips the
 # instruction count), NOISY (1; 0 skips the noisy-neighbour scenario, bench/noisy.sh),
-# QUIET_RATE (300), NOISY_LIMIT (200), NOISY_CONNS (32), NOISY_SECS (5), HEAVY (1; 0 skips
+# QUIET_RATE (300), NOISY_LIMIT (200), NOISY_CONNS (32), NOISY_SECS (5), NOISY_ROUNDS (3:
+# rounds per target of both neighbour scenarios, medians reported), HEAVY (1; 0 skips
 # the expensive-but-allowed neighbour of bench/noisy.sh), HEAVY_BYTES (65536), HEAVY_CONNS
 # (32), FAIR_SLOTS ("2 8": fairness.max_in_flight, one portcullis-fairN per value), PROXY_CPU (0),
 # LOAD_CPU (1), BASE_PORT (18000), RESULTS (bench/RESULTS.md; "-" to only print),
@@ -72,6 +73,7 @@ QUIET_RATE=${QUIET_RATE:-300}
 NOISY_LIMIT=${NOISY_LIMIT:-200}
 NOISY_CONNS=${NOISY_CONNS:-32}
 NOISY_SECS=${NOISY_SECS:-5}
+NOISY_ROUNDS=${NOISY_ROUNDS:-3}
 HEAVY=${HEAVY:-1}
 HEAVY_BYTES=${HEAVY_BYTES:-65536}
 HEAVY_CONNS=${HEAVY_CONNS:-32}
