@@ -93,6 +93,24 @@ print("%.3f %.3f %.3f %.3f %.2f× %.2f× %.0f %d %d" % (*cols, r50, r99, med(sid
 PY
 }
 
+# NOISY_ROUNDS rounds of the quiet tenant's open loop alone (DIR/alone-R.json), then beside the
+# neighbour's load (SIDE-COMMAND, started 1 s before it and outlasting it: DIR/SIDE-R.json,
+# DIR/beside-R.json).
+neighbour_rounds() { # dir quiet-url side side-command...
+  local dir=$1 quiet=$2 side=$3 round pid
+  shift 3
+  for round in $(seq 1 "$NOISY_ROUNDS"); do
+    "${PIN_LOAD[@]}" "$LOAD" run "$quiet" "${TLS_ARGS[@]}" --rate "$QUIET_RATE" -c 16 \
+      --warmup 1s --duration "${NOISY_SECS}s" --json >"$dir/alone-$round.json" 2>/dev/null || true
+    "$@" --duration "$((NOISY_SECS + 3))s" --json >"$dir/$side-$round.json" 2>/dev/null &
+    pid=$!
+    sleep 1
+    "${PIN_LOAD[@]}" "$LOAD" run "$quiet" "${TLS_ARGS[@]}" --rate "$QUIET_RATE" -c 16 \
+      --warmup 1s --duration "${NOISY_SECS}s" --json >"$dir/beside-$round.json" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+}
+
 noisy_target() { # name
   local name=$1 dir="$WORK/noisy-$1" quiet noisy
   mkdir -p "$dir"
@@ -119,19 +137,9 @@ noisy_target() { # name
     stop_bg "noisy-$name"
     return
   fi
-  local round flood
-  for round in $(seq 1 "$NOISY_ROUNDS"); do
-    "${PIN_LOAD[@]}" "$LOAD" run "$quiet" "${TLS_ARGS[@]}" --rate "$QUIET_RATE" -c 16 \
-      --warmup 1s --duration "${NOISY_SECS}s" --json >"$dir/alone-$round.json" 2>/dev/null || true
-    # The flood starts first and outlasts the quiet run.
-    "${PIN_LOAD[@]}" "$LOAD" run "$noisy" "${TLS_ARGS[@]}" -c "$NOISY_CONNS" --expect-status 429 \
-      --duration "$((NOISY_SECS + 3))s" --json >"$dir/flood-$round.json" 2>/dev/null &
-    flood=$!
-    sleep 1
-    "${PIN_LOAD[@]}" "$LOAD" run "$quiet" "${TLS_ARGS[@]}" --rate "$QUIET_RATE" -c 16 \
-      --warmup 1s --duration "${NOISY_SECS}s" --json >"$dir/beside-$round.json" 2>/dev/null || true
-    wait "$flood" 2>/dev/null || true
-  done
+  # The flood starts first and outlasts the quiet run.
+  neighbour_rounds "$dir" "$quiet" flood "${PIN_LOAD[@]}" "$LOAD" run "$noisy" "${TLS_ARGS[@]}" \
+    -c "$NOISY_CONNS" --expect-status 429
   local a_p50 a_p99 b_p50 b_p99 r50 r99 f_rps q_err f_err
   read -r a_p50 a_p99 b_p50 b_p99 r50 r99 f_rps q_err f_err <<<"$(noisy_rounds "$dir" flood)"
   NOISY_ROWS+="| $name | $a_p50 / $a_p99 | $b_p50 / $b_p99 | $r50 / $r99 | $q_err | $f_rps | $f_err |"$'\n'
@@ -232,21 +240,11 @@ heavy_target() { # name
     stop_bg "heavy-$name"
     return
   fi
-  local round load
-  for round in $(seq 1 "$NOISY_ROUNDS"); do
-    "${PIN_LOAD[@]}" "$LOAD" run "$quiet" "${TLS_ARGS[@]}" --rate "$QUIET_RATE" -c 16 \
-      --warmup 1s --duration "${NOISY_SECS}s" --json >"$dir/alone-$round.json" 2>/dev/null || true
-    # The heavy tenant starts first and outlasts the quiet run. Its generator runs at the
-    # lowest priority, so that on the shared load core the quiet generator still sends on
-    # time and reads its answers at once: the quiet latency is the proxy's.
-    "${PIN_LOAD[@]}" nice -n 19 "$LOAD" run "$heavy" "${TLS_ARGS[@]}" -c "$HEAVY_CONNS" --body "$WORK/heavy.json" \
-      --duration "$((NOISY_SECS + 3))s" --json >"$dir/heavy-$round.json" 2>/dev/null &
-    load=$!
-    sleep 1
-    "${PIN_LOAD[@]}" "$LOAD" run "$quiet" "${TLS_ARGS[@]}" --rate "$QUIET_RATE" -c 16 \
-      --warmup 1s --duration "${NOISY_SECS}s" --json >"$dir/beside-$round.json" 2>/dev/null || true
-    wait "$load" 2>/dev/null || true
-  done
+  # The heavy tenant starts first and outlasts the quiet run. Its generator runs at the lowest
+  # priority, so that on the shared load core the quiet generator still sends on time and
+  # reads its answers at once: the quiet latency is the proxy's.
+  neighbour_rounds "$dir" "$quiet" heavy "${PIN_LOAD[@]}" nice -n 19 "$LOAD" run "$heavy" "${TLS_ARGS[@]}" \
+    -c "$HEAVY_CONNS" --body "$WORK/heavy.json"
   local a_p50 a_p99 b_p50 b_p99 r50 r99 h_rps q_err h_err
   read -r a_p50 a_p99 b_p50 b_p99 r50 r99 h_rps q_err h_err <<<"$(noisy_rounds "$dir" heavy)"
   local mib
