@@ -49,15 +49,21 @@ tenants:
     )
 }
 
-/// `n` requests of one second each to /slow, each on its own connection, started together.
-fn slow_requests(pki: &Pki, port: u16, n: usize) -> Vec<std::thread::JoinHandle<u16>> {
+/// `n` requests of `secs` seconds each to /slow, each on its own connection, started together.
+fn slow_requests(pki: &Pki, port: u16, n: usize, secs: u64) -> Vec<std::thread::JoinHandle<u16>> {
+    let delay = (secs * 1000).to_string();
     (0..n)
         .map(|i| {
             let client = pki.client(Some("frontend"));
+            let delay = delay.clone();
             std::thread::spawn(move || {
                 let mut conn = client.connect(port).unwrap();
-                conn.request("GET", &format!("/slow/{i}"), &[("x-echo-delay-ms", "1000")])
-                    .map_or(0, |r| r.status)
+                conn.request(
+                    "GET",
+                    &format!("/slow/{i}"),
+                    &[("x-echo-delay-ms", delay.as_str())],
+                )
+                .map_or(0, |r| r.status)
             })
         })
         .collect()
@@ -69,7 +75,7 @@ fn a_slow_tenant_at_the_cap_does_not_queue_another_tenant_behind_it() {
     let echo = Echo::start(pki.dir.path(), "fair");
     let gw = Gateway::start(pki.dir.path(), &config(echo.port, 4, "10s"));
     // Twelve one-second requests of `slow`: four in flight, eight waiting (three rounds).
-    let slow = slow_requests(&pki, gw.port, 12);
+    let slow = slow_requests(&pki, gw.port, 12, 1);
     let queued = "portcullis_fairness_queued_requests{tenant=\"slow\"}";
     gw.wait_metric(queued, 8.0);
     // `quick` gets the first slot that frees (about a second), not the fourth round's.
@@ -124,9 +130,9 @@ fn a_slow_tenant_cannot_fill_the_gateway_while_another_tenant_is_active() {
         "portcullis_requests_total{decision=\"allow\",route=\"quick/quick\",status_class=\"2xx\",tenant=\"quick\"}",
         1.0,
     );
-    // `slow` opens eight one-second requests at once: it gets two of the four slots (its half
+    // `slow` opens eight two-second requests at once: it gets two of the four slots (its half
     // while `quick` is active), the other six wait although two slots are free.
-    let slow = slow_requests(&pki, gw.port, 8);
+    let slow = slow_requests(&pki, gw.port, 8, 2);
     let queued = "portcullis_fairness_queued_requests{tenant=\"slow\"}";
     gw.wait_metric(queued, 6.0);
     // Waiters look again every 100 ms; still six wait.
@@ -136,7 +142,7 @@ fn a_slow_tenant_cannot_fill_the_gateway_while_another_tenant_is_active() {
         6.0,
         "the slow tenant took more than its share"
     );
-    // So `quick` is answered at once, not after a slow request frees a slot (about a second).
+    // So `quick` is answered at once, not after a slow request frees a slot (up to 2 s).
     let started = Instant::now();
     let answer = pki
         .client(Some("frontend"))
@@ -162,7 +168,7 @@ fn a_request_that_waits_past_the_queue_timeout_gets_503_overloaded() {
     let pki = Pki::new();
     let echo = Echo::start(pki.dir.path(), "fair-timeout");
     let gw = Gateway::start(pki.dir.path(), &config(echo.port, 2, "200ms"));
-    let slow = slow_requests(&pki, gw.port, 2);
+    let slow = slow_requests(&pki, gw.port, 2, 1);
     gw.wait_metric("portcullis_requests_in_flight", 2.0);
     let started = Instant::now();
     let mut conn = pki.client(Some("frontend")).connect(gw.port).unwrap();
