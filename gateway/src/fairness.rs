@@ -96,8 +96,7 @@ impl State {
 
     /// Hands free slots to waiting tenants within their share, fewest in flight for their
     /// weight first.
-    fn dispatch(&mut self, capacity: u32, now: Instant) {
-        let active_weight = self.active_weight(now);
+    fn dispatch(&mut self, capacity: u32, active_weight: u64, now: Instant) {
         while self.in_flight < capacity && self.waiting > 0 {
             let in_flight = self.in_flight;
             // a.active / a.weight < b.active / b.weight, without division.
@@ -160,6 +159,21 @@ impl FairGate {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The active tenants' weight (`State::active_weight`), publishing whether more than one
+    /// is active for `FairSlot::contended`.
+    fn weigh(&self, s: &mut State, now: Instant) -> u64 {
+        let weight = s.active_weight(now);
+        self.contended
+            .store(s.active_tenants > 1, Ordering::Relaxed);
+        weight
+    }
+
+    /// Hands free slots to the waiters that may take them.
+    fn dispatch(&self, s: &mut State, now: Instant) {
+        let active_weight = self.weigh(s, now);
+        s.dispatch(self.capacity, active_weight, now);
+    }
+
     /// A slot for one request of `tenant`: at once while the gateway is not full, the tenant
     /// is within its share and has nobody waiting, else once its turn comes; `None` after
     /// `queue_timeout`.
@@ -190,9 +204,7 @@ impl FairGate {
             }
             t.weight = weight;
             t.last = now;
-            let active_weight = s.active_weight(now);
-            self.contended
-                .store(s.active_tenants > 1, Ordering::Relaxed);
+            let active_weight = self.weigh(s, now);
             let t = s.tenants.get_mut(&key)?;
             // Waiters of other tenants cannot take a free slot (each release and recheck
             // hands out every one a waiter may take); the tenant's own go first.
@@ -216,7 +228,7 @@ impl FairGate {
             match tokio::time::timeout_at(recheck, &mut turn).await {
                 Ok(outcome) => break outcome.is_ok(),
                 Err(_) if recheck >= deadline => break false,
-                Err(_) => self.lock().dispatch(self.capacity, Instant::now()),
+                Err(_) => self.dispatch(&mut self.lock(), Instant::now()),
             }
         };
         metrics.fairness_queued(tenant, -1);
@@ -257,9 +269,7 @@ impl FairGate {
         if let Some(t) = s.tenants.get_mut(tenant) {
             t.active = t.active.saturating_sub(1);
         }
-        s.dispatch(self.capacity, now);
-        self.contended
-            .store(s.active_tenants > 1, Ordering::Relaxed);
+        self.dispatch(&mut s, now);
         // Tenants neither active nor waiting are forgotten.
         if s.tenants.len() > 1024 {
             s.tenants.retain(|_, t| t.is_active(now));
@@ -282,6 +292,16 @@ mod tests {
         })
     }
 
+    /// A request of `tenant` waiting for its slot in a task of its own.
+    fn waiter(
+        g: &Arc<FairGate>,
+        tenant: &'static str,
+        weight: u32,
+    ) -> tokio::task::JoinHandle<Option<FairSlot>> {
+        let g = Arc::clone(g);
+        tokio::spawn(async move { g.acquire(tenant, weight, &Metrics::default()).await })
+    }
+
     async fn settle() {
         for _ in 0..8 {
             tokio::task::yield_now().await;
@@ -299,11 +319,7 @@ mod tests {
             g.acquire("heavy", 1, &metrics).await.unwrap(),
             g.acquire("heavy", 1, &metrics).await.unwrap(),
         ];
-        let g2 = Arc::clone(&g);
-        let third = tokio::spawn(async move {
-            let m = Metrics::default();
-            g2.acquire("heavy", 1, &m).await
-        });
+        let third = waiter(&g, "heavy", 1);
         settle().await;
         assert!(!third.is_finished(), "heavy took a third slot of four");
         // The free slots are quiet's, at once.
@@ -333,11 +349,7 @@ mod tests {
         for _ in 0..6 {
             held.push(g.acquire("big", 3, &metrics).await.unwrap());
         }
-        let g2 = Arc::clone(&g);
-        let seventh = tokio::spawn(async move {
-            let m = Metrics::default();
-            g2.acquire("big", 3, &m).await
-        });
+        let seventh = waiter(&g, "big", 3);
         settle().await;
         assert!(!seventh.is_finished());
         let light = [
@@ -346,17 +358,13 @@ mod tests {
         ];
         // light's share is two: a third waits, and the slot freed by `big` goes to big's
         // waiter, the only one within its share.
-        let g3 = Arc::clone(&g);
-        let light_third = tokio::spawn(async move {
-            let m = Metrics::default();
-            g3.acquire("light", 1, &m).await.is_some()
-        });
+        let light_third = waiter(&g, "light", 1);
         settle().await;
         assert!(!light_third.is_finished());
         held.pop();
         assert!(seventh.await.unwrap().is_some());
         drop(light);
-        assert!(light_third.await.unwrap());
+        assert!(light_third.await.unwrap().is_some());
     }
 
     #[tokio::test]

@@ -69,6 +69,13 @@ fn slow_requests(pki: &Pki, port: u16, n: usize, secs: u64) -> Vec<std::thread::
         .collect()
 }
 
+/// One GET as `frontend` on a new connection: its status and how long it took.
+fn timed_get(pki: &Pki, port: u16, path: &str) -> (u16, Duration) {
+    let started = Instant::now();
+    let status = pki.client(Some("frontend")).get(port, path).unwrap().status;
+    (status, started.elapsed())
+}
+
 #[test]
 fn a_slow_tenant_at_the_cap_does_not_queue_another_tenant_behind_it() {
     let pki = Pki::new();
@@ -79,13 +86,8 @@ fn a_slow_tenant_at_the_cap_does_not_queue_another_tenant_behind_it() {
     let queued = "portcullis_fairness_queued_requests{tenant=\"slow\"}";
     gw.wait_metric(queued, 8.0);
     // `quick` gets the first slot that frees (about a second), not the fourth round's.
-    let started = Instant::now();
-    let quick = pki
-        .client(Some("frontend"))
-        .get(gw.port, "/quick/x")
-        .unwrap();
-    let waited = started.elapsed();
-    assert_eq!(quick.status, 200);
+    let (status, waited) = timed_get(&pki, gw.port, "/quick/x");
+    assert_eq!(status, 200);
     assert!(
         waited < Duration::from_millis(1900),
         "quick waited {waited:?} (first in, first out would be about 3 s)"
@@ -143,13 +145,8 @@ fn a_slow_tenant_cannot_fill_the_gateway_while_another_tenant_is_active() {
         "the slow tenant took more than its share"
     );
     // So `quick` is answered at once, not after a slow request frees a slot (up to 2 s).
-    let started = Instant::now();
-    let answer = pki
-        .client(Some("frontend"))
-        .get(gw.port, "/quick/now")
-        .unwrap();
-    let waited = started.elapsed();
-    assert_eq!(answer.status, 200);
+    let (status, waited) = timed_get(&pki, gw.port, "/quick/now");
+    assert_eq!(status, 200);
     assert!(
         waited < Duration::from_millis(700),
         "quick waited {waited:?}"
