@@ -104,10 +104,49 @@ fn a_slow_tenant_at_the_cap_does_not_queue_another_tenant_behind_it() {
     assert_eq!(metric_value(&m, queued), 0.0);
 }
 
+/// Eight two-second requests of `slow` at once (`open` starts them and gives back a wait for
+/// their statuses) beside `quick`'s steady requests.
+type OpenSlow = fn(&Pki, u16) -> Box<dyn FnOnce() -> Vec<u16>>;
+
 #[test]
 fn a_slow_tenant_cannot_fill_the_gateway_while_another_tenant_is_active() {
+    held_to_its_share("fair-share", |pki, port| {
+        let slow = slow_requests(pki, port, 8, 2);
+        Box::new(move || slow.into_iter().map(|h| h.join().unwrap()).collect())
+    });
+}
+
+/// The same over HTTP/2, the eight requests as streams of one already-open connection.
+#[test]
+fn a_slow_tenant_cannot_fill_the_gateway_with_the_streams_of_one_http2_connection() {
+    held_to_its_share("fair-share-h2", |pki, port| {
+        let mut curl = curl_as(pki, "frontend");
+        curl.args(["-sS", "--http2", "--parallel", "--parallel-max", "8"])
+            .args(["--max-time", "20", "-H", "x-echo-delay-ms: 2000"])
+            .args(["-w", "\n%{http_version} %{http_code} %{num_connects}\n"]);
+        for i in 0..8 {
+            curl.arg(format!("https://localhost:{port}/slow/{i}"));
+        }
+        let child = curl.stdout(std::process::Stdio::piped()).spawn().unwrap();
+        Box::new(move || {
+            let out = child.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let answers: Vec<Vec<u32>> = text
+                .lines()
+                .filter(|l| l.starts_with("2 "))
+                .map(|l| l.split(' ').map(|n| n.parse().unwrap()).collect())
+                .collect();
+            assert_eq!(answers.len(), 8, "{text}");
+            let connects: u32 = answers.iter().map(|a| a[2]).sum();
+            assert_eq!(connects, 1, "not one connection: {text}");
+            answers.iter().map(|a| a[1] as u16).collect()
+        })
+    });
+}
+
+fn held_to_its_share(echo_name: &str, open_slow: OpenSlow) {
     let pki = Pki::new();
-    let echo = Echo::start(pki.dir.path(), "fair-share");
+    let echo = Echo::start(pki.dir.path(), echo_name);
     let gw = Gateway::start(pki.dir.path(), &config(echo.port, 4, "10s"));
     // `quick` sends a request every 100 ms on one keep-alive connection, as a steady user.
     let stop = Arc::new(AtomicBool::new(false));
@@ -134,7 +173,7 @@ fn a_slow_tenant_cannot_fill_the_gateway_while_another_tenant_is_active() {
     );
     // `slow` opens eight two-second requests at once: it gets two of the four slots (its half
     // while `quick` is active), the other six wait although two slots are free.
-    let slow = slow_requests(&pki, gw.port, 8, 2);
+    let slow = open_slow(&pki, gw.port);
     let queued = "portcullis_fairness_queued_requests{tenant=\"slow\"}";
     gw.wait_metric(queued, 6.0);
     // Waiters look again every 100 ms; still six wait.
@@ -156,7 +195,7 @@ fn a_slow_tenant_cannot_fill_the_gateway_while_another_tenant_is_active() {
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     // Once `quick` has been idle for a second, `slow` may use the whole gateway: all eight
     // are served, none refused.
-    let statuses: Vec<u16> = slow.into_iter().map(|h| h.join().unwrap()).collect();
+    let statuses = slow();
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 }
 
